@@ -1,0 +1,5 @@
+"""``python -m chrootarchive``."""
+
+from .cli import entry_point
+
+entry_point()

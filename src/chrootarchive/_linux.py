@@ -1,0 +1,183 @@
+"""The only module that talks to libc directly (ctypes).
+
+Python 3.11 has no ``os.unshare``, ``pivot_root``, ``mount``, ``open_tree`` or
+``openat2``; these thin wrappers raise ``OSError`` with errno, and a message that
+names the call and its arguments, as libpathrs' syscall layer does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+
+__all__ = [
+    "AT_EMPTY_PATH",
+    "AT_SYMLINK_NOFOLLOW",
+    "CLONE_NEWNS",
+    "CLONE_NEWUSER",
+    "MNT_DETACH",
+    "MS_BIND",
+    "MS_PRIVATE",
+    "MS_REC",
+    "MS_SLAVE",
+    "fchownat_empty",
+    "mount",
+    "move_mount_onto_cwd",
+    "open_tree_clone_cwd",
+    "pivot_root",
+    "prctl",
+    "preload_library",
+    "umount2",
+    "unshare",
+    "utimensat_empty",
+]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+_SYSCALLS = {
+    # name: (x86_64, aarch64)
+    "pivot_root": (155, 41),
+    "open_tree": (428, 428),
+    "move_mount": (429, 429),
+    "openat2": (437, 437),
+}
+_ARCH = 0 if platform.machine() in ("x86_64", "AMD64") else 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [
+    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                           ctypes.c_int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec),
+                            ctypes.c_int]
+
+
+def _check(result: int, call: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{call}: {os.strerror(err)}")
+    return result
+
+
+def _nr(name: str) -> int:
+    return _SYSCALLS[name][_ARCH]
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    _check(
+        _libc.mount(_b(source), _b(target), _b(fstype), flags, None),
+        f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x})",
+    )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount2({target!r}, {flags:#x})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(
+        _libc.syscall(_nr("pivot_root"), _b(new_root), _b(put_old)),
+        f"pivot_root({new_root!r}, {put_old!r})",
+    )
+
+
+def open_tree_clone_cwd() -> int:
+    """A detached recursive bind-mount copy of the current directory (open_tree(2))."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+    return _check(
+        _libc.syscall(_nr("open_tree"), AT_FDCWD, b".", flags), "open_tree('.', CLONE)"
+    )
+
+
+def move_mount_onto_cwd(tree_fd: int) -> None:
+    """Attach the detached mount ``tree_fd`` on top of the current directory."""
+    _check(
+        _libc.syscall(_nr("move_mount"), tree_fd, b"", AT_FDCWD, b".",
+                      MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount({tree_fd}, '.')",
+    )
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option}, {arg2})")
+
+
+def fchownat_empty(fd: int, uid: int, gid: int) -> None:
+    """Change the owner of the object behind ``fd`` (an O_PATH fd works; never follows)."""
+    _check(
+        _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        f"fchownat({fd}, '', {uid}, {gid}, AT_EMPTY_PATH)",
+    )
+
+
+def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:
+    """Set the times of the object behind ``fd`` (an O_PATH fd of a symlink works)."""
+    times = (_Timespec * 2)(
+        _Timespec(*divmod(atime_ns, 1_000_000_000)),
+        _Timespec(*divmod(mtime_ns, 1_000_000_000)),
+    )
+    _check(
+        _libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        f"utimensat({fd}, '', AT_EMPTY_PATH)",
+    )
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2): resolve ``path`` under ``dirfd`` with RESOLVE_* restrictions."""
+    how = struct.pack("QQQ", flags, mode, resolve)
+    buf = ctypes.create_string_buffer(how, len(how))
+    return _check(
+        _libc.syscall(_nr("openat2"), dirfd, os.fsencode(path), buf, ctypes.c_size_t(len(how))),
+        f"openat2({dirfd}, {path!r}, {flags:#x}, {resolve:#x})",
+    )
+
+
+def preload_library(name: str) -> bool:
+    """dlopen a library now, so that glibc never loads it later from inside the jail.
+
+    glibc loads ``libgcc_s.so.1`` lazily (thread cancellation, unwinding); inside the
+    jail that would run a library from the destination.
+    """
+    try:
+        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,242 @@
+"""The ``chrootarchive`` command line.
+
+Every error is one line, ``chrootarchive: error: ENTRY: PROBLEM``, and an exit status:
+0 done, 1 bad archive, 2 usage, 3 no confinement mechanism, 4 destination problem,
+70 internal error. ``--debug`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import untar, untar_uncompressed, untar_with_root
+from .errors import ChrootArchiveError
+from .options import IDMap, UnpackOptions, UnpackResult
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+_DESCRIPTION = """\
+Unpack untrusted tar archives and container layers into a directory, with the
+confinement enforced by the kernel: the process that writes the files sees nothing
+but the destination, and nothing from the archive ever runs.
+"""
+
+_UNTAR_EPILOG = """\
+examples:
+  chrootarchive untar rootfs.tar.gz /srv/rootfs
+  curl -s https://example.org/x.tar.zst | chrootarchive untar - ./x
+  chrootarchive untar --exclude 'usr/share/doc' --exclude '!usr/share/doc/keep' a.tar out
+  chrootarchive untar --uid-map 0:100000:65536 --gid-map 0:100000:65536 layer.tar root
+  chrootarchive untar --root /containers/c1/rootfs --json app.tar /srv/app
+
+Compression (gzip, bzip2, xz, zstd) is detected from the data and undone outside the
+jail. Names that leave the destination, or hardlinks to outside, fail the whole
+extraction (exit status 1). Owners are numeric; names are never looked up.
+
+exit status: 0 done, 1 bad archive, 2 usage, 3 no confinement mechanism available,
+4 destination problem (permission, no space), 70 internal error.
+"""
+
+
+def _id_map(text: str) -> IDMap:
+    try:
+        container, host, size = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CONTAINER_ID:HOST_ID:SIZE, got {text!r}"
+        ) from None
+    if container < 0 or host < 0 or size <= 0:
+        raise argparse.ArgumentTypeError(f"ids must be >= 0 and size > 0: {text!r}")
+    return IDMap(container, host, size)
+
+
+def _owner(text: str) -> tuple[int, int]:
+    try:
+        uid, gid = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numeric UID:GID (names are never looked up), got {text!r}"
+        ) from None
+    if uid < 0 or gid < 0:
+        raise argparse.ArgumentTypeError(f"ids must be >= 0: {text!r}")
+    return uid, gid
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="print nothing but errors (no warnings, no progress bar)")
+    out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    out.add_argument(
+        "--confine", default="auto", metavar="MECHANISM",
+        help="confinement mechanism: auto (default: the strongest available), "
+             "pivot (mount namespace + pivot_root, needs root), chroot",
+    )
+
+
+def _add_unpack_options(parser: argparse.ArgumentParser) -> None:
+    own = parser.add_argument_group("ownership (numeric only)")
+    own.add_argument("--no-lchown", action="store_true",
+                     help="do not change owners: files belong to the user running this")
+    own.add_argument("--chown", type=_owner, metavar="UID:GID",
+                     help="give every entry this owner instead of the archive's")
+    own.add_argument("--uid-map", type=_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE",
+                     help="map archive uids to host uids (repeatable); unmapped uids fail")
+    own.add_argument("--gid-map", type=_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE", help="the same for gids")
+    sel = parser.add_argument_group("selection and replacement")
+    sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="skip entries matching PATTERN and everything below them "
+                          "(glob, '**' across directories, '!PATTERN' re-includes; "
+                          "repeatable, last match wins)")
+    sel.add_argument("--no-overwrite-dir-nondir", action="store_true",
+                     help="fail instead of replacing a directory by a non-directory "
+                          "or the reverse")
+    sel.add_argument("--best-effort-xattrs", action="store_true",
+                     help="skip xattrs that the destination filesystem does not support")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chrootarchive",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    untar_p = commands.add_parser(
+        "untar",
+        help="unpack a tar archive (plain or compressed) into a directory, confined",
+        description="Unpack ARCHIVE into DEST from inside a kernel jail at DEST "
+                    "(or at --root).",
+        epilog=_UNTAR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    untar_p.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
+    untar_p.add_argument("dest", metavar="DEST", help="the destination directory")
+    untar_p.add_argument("--root", metavar="ROOT",
+                         help="jail at ROOT and resolve DEST inside it (as docker cp does)")
+    untar_p.add_argument("--uncompressed", action="store_true",
+                         help="the input is plain tar: do not detect compression")
+    _add_unpack_options(untar_p)
+    _add_common(untar_p)
+    return parser
+
+
+def _unpack_options(args: argparse.Namespace) -> UnpackOptions:
+    return UnpackOptions(
+        no_lchown=args.no_lchown,
+        chown=args.chown,
+        uid_maps=tuple(args.uid_map),
+        gid_maps=tuple(args.gid_map),
+        excludes=tuple(args.exclude),
+        no_overwrite_dir_nondir=args.no_overwrite_dir_nondir,
+        best_effort_xattrs=args.best_effort_xattrs,
+        confine=args.confine,
+    )
+
+
+class _Progress:
+    """A progress bar on stderr, only on a terminal and only once work takes a moment."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self._bar: Any = None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+        except ImportError:
+            return
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                         delay=0.5, leave=False, file=sys.stderr, desc="unpacking")
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _source_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size if path != "-" else None
+    except OSError:
+        return None
+
+
+def _run_untar(args: argparse.Namespace) -> int:
+    options = _unpack_options(args)
+    bar = _Progress(_source_size(args.archive),
+                    enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        if args.root is not None:
+            result = untar_with_root(args.archive, args.dest, args.root, options,
+                                     progress=bar.update)
+        elif args.uncompressed:
+            result = untar_uncompressed(args.archive, args.dest, options, progress=bar.update)
+        else:
+            result = untar(args.archive, args.dest, options, progress=bar.update)
+    finally:
+        bar.close()
+    _report(result, args)
+    return 0
+
+
+def _report(result: UnpackResult, args: argparse.Namespace) -> None:
+    if args.json:
+        json.dump(result.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+        return
+    if not args.quiet:
+        for warning in result.warnings:
+            print(f"chrootarchive: warning: {warning}", file=sys.stderr)
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err) if isinstance(err, ChrootArchiveError) else f"{type(err).__name__}: {err}"
+    text = " ".join(text.split())  # one line, whatever the entry name holds
+    return "chrootarchive: error: " + textwrap.shorten(text, 2000, placeholder="...")
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"untar": _run_untar}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (callable from tests)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["CHROOTARCHIVE_DEBUG"] = "1"
+    try:
+        return _COMMANDS[args.command](args)
+    except ChrootArchiveError as err:
+        if args.debug:
+            raise
+        print(_error_line(err), file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("chrootarchive: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(_error_line(err) + " (this is a bug: please report it with --debug output)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry_point() -> None:
+    sys.exit(main())

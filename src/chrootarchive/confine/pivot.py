@@ -1,0 +1,127 @@
+"""Mechanism ``pivot``: a private mount namespace and ``pivot_root`` into the destination.
+
+The steps of Docker's ``chroot_linux.go``: new mount namespace; ``/`` made rslave (not
+private, so that unmounts on the host still reach us and nothing stays pinned); the
+destination bind-mounted on itself when it is not a mount point; ``pivot_root`` with the
+old root in a temporary directory inside the destination; the old root made private and
+detached; the directory removed. It falls back to ``chroot`` where the reference does:
+inside a user namespace, when the bind mount fails, when ``pivot_root`` fails.
+
+Unlike the reference, the destination is never looked up by path here: the worker
+inherits a descriptor pinned by the parent and works from ``fchdir`` of it
+(``unshare`` carries the working directory into the new namespace), so nobody can swap
+a path component for a symlink between the parent's check and the jail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from chrootarchive import _linux
+from chrootarchive.errors import ConfinementError
+
+from . import chroot
+
+__all__ = ["enter", "running_in_user_namespace"]
+
+
+def running_in_user_namespace() -> bool:
+    """True inside a user namespace (the uid map is not the full identity map)."""
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields != [b"0", b"0", b"4294967295"]
+
+
+def _mount_id(fd: int) -> bytes:
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"mnt_id:"):
+                return line.split()[1]
+    raise OSError("no mnt_id in fdinfo")
+
+
+def _cwd_is_mount_root() -> bool:
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            a, b = os.fstat(here), os.fstat(parent)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                return True  # the root of the namespace
+            return _mount_id(here) != _mount_id(parent)
+        finally:
+            os.close(parent)
+    finally:
+        os.close(here)
+
+
+def _bind_cwd_onto_itself() -> None:
+    """Bind-mount the working directory on itself and move into the new mount."""
+    tree = _linux.open_tree_clone_cwd()
+    try:
+        _linux.move_mount_onto_cwd(tree)
+        os.fchdir(tree)
+    finally:
+        os.close(tree)
+
+
+def enter(root_fd: int) -> str:
+    os.fchdir(root_fd)
+    if running_in_user_namespace():
+        return chroot.enter_cwd()
+    try:
+        _linux.unshare(_linux.CLONE_NEWNS)
+    except OSError as err:
+        raise ConfinementError(
+            f"creating a mount namespace before pivot failed: {err.strerror}"
+        ) from err
+    try:
+        _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
+    except OSError as err:
+        raise ConfinementError(f"making / rslave failed: {err.strerror}") from err
+    if not _cwd_is_mount_root():
+        try:
+            _bind_cwd_onto_itself()
+        except OSError:
+            return chroot.enter_cwd()
+    try:
+        pivot_dir = os.path.basename(tempfile.mkdtemp(prefix=".pivot_root", dir="."))
+    except OSError as err:
+        raise ConfinementError(f"setting up the pivot directory failed: {err.strerror}") from err
+    try:
+        _linux.pivot_root(".", pivot_dir)
+    except OSError:
+        try:
+            os.rmdir(pivot_dir)
+        except OSError as err:
+            raise ConfinementError(
+                f"cleaning up after a failed pivot failed: {err.strerror}"
+            ) from err
+        return chroot.enter_cwd()
+    old_root = "/" + pivot_dir
+    mounted = True
+    try:
+        os.chdir("/")
+        _linux.mount(None, old_root, None, _linux.MS_PRIVATE | _linux.MS_REC)
+        _linux.umount2(old_root, _linux.MNT_DETACH)
+        mounted = False
+    except OSError as err:
+        raise ConfinementError(f"detaching the old root after pivot failed: {err}") from err
+    finally:
+        if mounted:
+            with contextlib.suppress(OSError):
+                _linux.umount2(old_root, _linux.MNT_DETACH)
+                mounted = False
+        if not mounted:
+            try:
+                os.rmdir(old_root)
+            except OSError as err:
+                raise ConfinementError(
+                    f"cleaning up after pivot failed: {err.strerror}"
+                ) from err
+    return "pivot"

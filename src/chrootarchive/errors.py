@@ -1,0 +1,126 @@
+"""The exception hierarchy.
+
+Every error the package raises derives from :class:`ChrootArchiveError`. Errors raised in
+the confined worker travel to the parent as ``(class name, message, entry)`` and are
+raised there again as the same class, so callers can catch them by type. All classes are
+picklable (their constructor arguments are exactly ``(message, entry)``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveError",
+    "BreakoutError",
+    "ChrootArchiveError",
+    "CompressionError",
+    "ConfinementError",
+    "DestinationError",
+    "ImageError",
+    "InternalError",
+    "LimitExceededError",
+    "MalformedArchiveError",
+    "WorkerError",
+    "error_class",
+]
+
+
+class ChrootArchiveError(Exception):
+    """Base class of every error raised by chrootarchive.
+
+    Attributes:
+        message: what went wrong, one line.
+        entry: the archive entry (or path) concerned, when there is one.
+    """
+
+    exit_status = 70
+
+    def __init__(self, message: str, entry: str | None = None) -> None:
+        super().__init__(message, entry)
+        self.message = message
+        self.entry = entry
+
+    def __str__(self) -> str:
+        if self.entry:
+            return f"{self.entry}: {self.message}"
+        return self.message
+
+
+class ArchiveError(ChrootArchiveError):
+    """The archive itself is bad or hostile; nothing outside the destination was touched.
+
+    Fix the archive, or do not trust its source. Exit status 1.
+    """
+
+    exit_status = 1
+
+
+class MalformedArchiveError(ArchiveError):
+    """The input is not a valid tar archive: corrupt header, bad PAX record, truncated data."""
+
+
+class CompressionError(MalformedArchiveError):
+    """The compressed stream is corrupt or truncated."""
+
+
+class BreakoutError(ArchiveError):
+    """An entry's name or hardlink target would leave the destination.
+
+    Raised for the whole extraction, as Docker does: such an archive is hostile.
+    """
+
+
+class LimitExceededError(ArchiveError):
+    """A resource limit (bytes, entries, path depth, time...) was crossed; work was stopped."""
+
+
+class ImageError(ArchiveError):
+    """A container image is malformed, incomplete, or its digests do not match."""
+
+
+class DestinationError(ChrootArchiveError):
+    """The destination cannot be written: missing permission, no space, not a directory.
+
+    Exit status 4.
+    """
+
+    exit_status = 4
+
+
+class ConfinementError(ChrootArchiveError):
+    """No confinement mechanism is available; nothing was unpacked (never unconfined).
+
+    The message lists each mechanism and why it could not be used. Exit status 3.
+    """
+
+    exit_status = 3
+
+
+class InternalError(ChrootArchiveError):
+    """A bug in chrootarchive: please report it with the message and ``--debug`` output."""
+
+
+class WorkerError(InternalError):
+    """The confined worker process died or broke the protocol (killed, crashed)."""
+
+
+_CLASSES: dict[str, type[ChrootArchiveError]] = {
+    cls.__name__: cls
+    for cls in (
+        ChrootArchiveError,
+        ArchiveError,
+        MalformedArchiveError,
+        CompressionError,
+        BreakoutError,
+        LimitExceededError,
+        ImageError,
+        DestinationError,
+        ConfinementError,
+        InternalError,
+        WorkerError,
+    )
+}
+
+
+def error_class(name: str) -> type[ChrootArchiveError]:
+    """Map a class name sent by the worker back to the class (unknown names: InternalError)."""
+    return _CLASSES.get(name, InternalError)

@@ -1,0 +1,140 @@
+"""Cleaning untrusted entry names, breakout checks, and exclude patterns.
+
+These lexical checks give Docker's error semantics (a hostile name fails the whole
+extraction with a clear message). They are not the security boundary: the jail is.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+
+from .errors import BreakoutError, MalformedArchiveError
+
+__all__ = ["PatternMatcher", "check_symlink", "clean_name", "hardlink_target"]
+
+
+def clean_name(unsafe_name: str) -> str:
+    """Return the root-relative clean form of an entry name (``.`` for the root).
+
+    Like Go's ``filepath.Clean`` then join to the root: a rooted name cannot climb
+    above the root (``/../x`` is ``x``); a relative one that climbs is a breakout.
+
+    Raises:
+        BreakoutError: the name leaves the root.
+        MalformedArchiveError: the name holds a NUL byte.
+    """
+    if "\x00" in unsafe_name:
+        raise MalformedArchiveError("entry name contains a NUL byte", repr(unsafe_name))
+    cleaned = posixpath.normpath(unsafe_name) if unsafe_name else "."
+    if cleaned.startswith("/"):
+        cleaned = posixpath.normpath("/" + cleaned.lstrip("/")).lstrip("/") or "."
+    elif cleaned == ".." or cleaned.startswith("../"):
+        raise BreakoutError("name would leave the destination", unsafe_name)
+    return cleaned
+
+
+def hardlink_target(unsafe_target: str, entry: str) -> str:
+    """Clean a hardlink target (root-relative, absolute means root-relative)."""
+    if not unsafe_target:
+        raise MalformedArchiveError("hardlink with an empty target", entry)
+    try:
+        return clean_name(unsafe_target)
+    except BreakoutError:
+        raise BreakoutError(
+            f"hardlink target {unsafe_target!r} would leave the destination", entry
+        ) from None
+
+
+def check_symlink(name: str, unsafe_target: str, entry: str) -> None:
+    """Docker's rule: a relative target that climbs above the root is a breakout.
+
+    Absolute targets are allowed: inside the jail they resolve inside.
+    """
+    if "\x00" in unsafe_target:
+        raise MalformedArchiveError("symlink target contains a NUL byte", entry)
+    if unsafe_target.startswith("/"):
+        return
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), unsafe_target))
+    if joined == ".." or joined.startswith("../"):
+        raise BreakoutError(
+            f"symlink target {unsafe_target!r} would leave the destination", entry
+        )
+
+
+def _translate(pattern: str) -> str:
+    """Translate one filepath.Match-style pattern (plus ``**``) to a regex."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+                if pattern.startswith("/", i):
+                    out.append("(?:/|)")  # "**/" also matches nothing
+                    i += 1
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                raise ValueError(f"bad exclude pattern {pattern!r}: unclosed '['")
+            body = pattern[i + 1 : j]
+            if body.startswith("^"):
+                body = "!" + body[1:]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+class PatternMatcher:
+    """Docker's exclude patterns: globs per path, ``!`` exceptions, last match wins.
+
+    A pattern that matches a directory also matches everything below it.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self._rules: list[tuple[bool, re.Pattern[str], int]] = []
+        for raw in patterns:
+            text = raw.strip()
+            if not text:
+                continue
+            negated = text.startswith("!")
+            if negated:
+                text = text[1:]
+            text = posixpath.normpath(text).lstrip("/") or "."
+            depth = text.count("/") + 1
+            self._rules.append((negated, re.compile(_translate(text) + r"\Z"), depth))
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def matches(self, path: str) -> bool:
+        """True when ``path`` (clean, root-relative) is excluded."""
+        excluded = False
+        parts: list[str] | None = None
+        for negated, regex, depth in self._rules:
+            if excluded == (not negated):
+                continue  # this rule could not change the answer
+            hit = regex.match(path) is not None
+            if not hit:
+                if parts is None:
+                    parts = path.split("/")
+                if depth < len(parts):
+                    hit = regex.match("/".join(parts[:depth])) is not None
+            if hit:
+                excluded = not negated
+        return excluded

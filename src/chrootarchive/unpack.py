@@ -1,0 +1,421 @@
+"""Tar entries to filesystem objects, relative to a root, with Docker's semantics.
+
+One :class:`Unpacker` per extraction. It gets entries from a
+:class:`~chrootarchive.tarreader.TarReader` and acts through a
+:class:`~chrootarchive.fsops.FileOps`, so it does not know how it is confined.
+
+Order of work for each entry (Docker's): clean the name; skip excluded ones; make
+implied parents (0755, owned by the mapped root); replace what is there unless a
+directory meets a directory; create the object so that nothing pre-existing can be
+written through; then owner, xattrs, mode and times through the new object's
+descriptor. Directory modes and times are applied at the end, deepest first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import fsops, paths, tarreader
+from .errors import (
+    ArchiveError,
+    ChrootArchiveError,
+    DestinationError,
+    InternalError,
+    MalformedArchiveError,
+)
+from .options import IDMap, UnpackOptions
+from .tarreader import TarEntry, TarReader
+
+__all__ = ["UnpackStats", "Unpacker"]
+
+_NS_MIN = -(2**63)
+_NS_MAX = 2**63 - 1
+_DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+_MAX_RETRIES = 8
+
+
+@dataclass
+class UnpackStats:
+    entries: int = 0
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _PendingDir:
+    path: str
+    dev: int
+    ino: int
+    mode: int
+    atime_ns: int
+    mtime_ns: int
+
+
+def _clamp_ns(value: int) -> int:
+    return min(max(value, _NS_MIN), _NS_MAX)
+
+
+def _map_id(value: int, maps: tuple[IDMap, ...], kind: str, entry: str) -> int:
+    if not maps:
+        return value
+    for m in maps:
+        if m.container_id <= value < m.container_id + m.size:
+            return m.host_id + (value - m.container_id)
+    raise ArchiveError(f"container {kind} {value} cannot be mapped to a host {kind}", entry)
+
+
+class Unpacker:
+    """Applies the entries of one archive below the current root."""
+
+    def __init__(
+        self,
+        fs: fsops.FileOps,
+        options: UnpackOptions,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.fs = fs
+        self.options = options
+        self.warn = warn
+        self.excludes = paths.PatternMatcher(options.excludes)
+        self.stats = UnpackStats()
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        root_uid = _map_id(0, options.uid_maps, "uid", ".")
+        root_gid = _map_id(0, options.gid_maps, "gid", ".")
+        self.root_owner = options.chown or (root_uid, root_gid)
+        # Directories known to exist, with whether they are setgid (new files then
+        # inherit the directory's group, so the owner must be set explicitly).
+        self.dirs: dict[str, bool] = {
+            ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
+        }
+        self.pending_dirs: list[_PendingDir] = []
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self, reader: TarReader) -> UnpackStats:
+        for entry in reader:
+            self.stats.entries += 1
+            self.stats.size += entry.size
+            try:
+                self.apply(entry, reader)
+            except ChrootArchiveError:
+                raise
+            except OSError as err:
+                raise self._os_error(err, entry.name) from err
+        self.finish_dirs()
+        return self.stats
+
+    def apply(self, entry: TarEntry, reader: TarReader) -> None:
+        name = paths.clean_name(entry.name)
+        if self.excludes and self.excludes.matches(name):
+            return
+        kind = entry.kind
+        if name == ".":
+            if kind != tarreader.DIRECTORY:
+                raise ArchiveError("cannot replace the destination root", entry.name)
+            self._merge_dir(".", entry)
+            return
+        self._ensure_parent(name, entry.name)
+        if kind == tarreader.REGULAR:
+            self._file(name, entry, reader)
+        elif kind == tarreader.DIRECTORY:
+            self._dir(name, entry)
+        elif kind == tarreader.SYMLINK:
+            self._symlink(name, entry)
+        elif kind == tarreader.HARDLINK:
+            self._hardlink(name, entry)
+        elif kind in (tarreader.CHARDEV, tarreader.BLOCKDEV, tarreader.FIFO):
+            self._special(name, entry)
+        else:
+            raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
+
+    # -- parents and replacement --------------------------------------------------
+
+    def _ensure_parent(self, name: str, entry_name: str) -> None:
+        parent = posixpath.dirname(name)
+        if not parent or parent in self.dirs:
+            return
+        self._make_dirs(parent, entry_name)
+
+    def _make_dirs(self, path: str, entry_name: str) -> None:
+        parts = path.split("/")
+        prefix = ""
+        parent_setgid = self.dirs.get(".", False)
+        for part in parts:
+            prefix = f"{prefix}/{part}" if prefix else part
+            known = self.dirs.get(prefix)
+            if known is not None:
+                parent_setgid = known
+                continue
+            try:
+                self.fs.mkdir(prefix, 0o755)
+            except FileExistsError:
+                st = self.fs.stat(prefix)  # in-root symlinks to directories are fine
+                if not stat.S_ISDIR(st.st_mode):
+                    raise ArchiveError(
+                        f"cannot create parent directory {prefix!r}: not a directory",
+                        entry_name,
+                    ) from None
+                parent_setgid = bool(st.st_mode & stat.S_ISGID)
+                self.dirs[prefix] = parent_setgid
+                continue
+            # A new implied directory: 0755 owned by the mapped root. mkdir under a
+            # setgid parent inherits setgid and the parent's group.
+            if parent_setgid or self.root_owner != (self.euid, self.egid):
+                self._chown_new_dir(prefix, entry_name)
+            self.dirs[prefix] = parent_setgid
+
+    def _chown_new_dir(self, path: str, entry_name: str) -> None:
+        if self.options.no_lchown:
+            return
+        fd = self.fs.open_dir(path)
+        try:
+            os.fchown(fd, *self.root_owner)
+            os.fchmod(fd, 0o755 | (os.fstat(fd).st_mode & stat.S_ISGID))
+        finally:
+            os.close(fd)
+
+    def _forget(self, path: str) -> None:
+        """Drop cached knowledge about ``path`` and anything below it."""
+        self.dirs.pop(path, None)
+        prefix = path + "/"
+        for known in [p for p in self.dirs if p.startswith(prefix)]:
+            del self.dirs[known]
+
+    def _clear_for(self, name: str, entry: TarEntry) -> bool:
+        """Make room for ``entry`` at ``name``. Returns True when a directory is kept.
+
+        Replaces what is there, except when a directory meets a directory.
+        """
+        st = self.fs.lstat(name)
+        if st is None:
+            return False
+        existing_dir = stat.S_ISDIR(st.st_mode)
+        new_dir = entry.kind == tarreader.DIRECTORY
+        if self.options.no_overwrite_dir_nondir and existing_dir != new_dir:
+            what = "directory" if existing_dir else "non-directory"
+            raise ArchiveError(
+                f"cannot replace existing {what} (no-overwrite-dir-nondir)", entry.name
+            )
+        if existing_dir and new_dir:
+            return True
+        if existing_dir:
+            self.fs.remove_tree(name)
+        else:
+            self.fs.unlink(name)
+        self._forget(name)
+        return False
+
+    def _create(self, name: str, entry: TarEntry, create: Callable[[], None]) -> bool:
+        """Run ``create``; when something is in the way, clear it and retry.
+
+        Returns True when an existing directory was kept (dir meets dir).
+        """
+        for _ in range(_MAX_RETRIES):
+            try:
+                create()
+                return False
+            except FileExistsError:
+                if self._clear_for(name, entry):
+                    return True
+        raise DestinationError("the path keeps reappearing (a concurrent writer?)", entry.name)
+
+    # -- entry kinds --------------------------------------------------------------
+
+    def _owner(self, entry: TarEntry) -> tuple[int, int] | None:
+        """The owner to set, or None to leave the creator's."""
+        if self.options.no_lchown:
+            return None
+        if self.options.chown is not None:
+            return self.options.chown
+        return (
+            _map_id(entry.uid, self.options.uid_maps, "uid", entry.name),
+            _map_id(entry.gid, self.options.gid_maps, "gid", entry.name),
+        )
+
+    def _times(self, entry: TarEntry) -> tuple[int, int]:
+        mtime = _clamp_ns(entry.mtime_ns)
+        atime = mtime if entry.atime_ns is None else max(_clamp_ns(entry.atime_ns), mtime)
+        return atime, mtime
+
+    def _needs_chown(self, owner: tuple[int, int] | None, parent: str) -> bool:
+        if owner is None:
+            return False
+        return owner != (self.euid, self.egid) or self.dirs.get(parent or ".", True)
+
+    def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+        fd = -1
+
+        def create() -> None:
+            nonlocal fd
+            fd = self.fs.create_file(name, entry.mode & 0o777)
+
+        self._create(name, entry, create)
+        try:
+            sparse = entry.sparse is not None
+            write = os.write
+            pwrite = os.pwrite
+            for offset, chunk in reader.data(entry):
+                if sparse:
+                    while chunk:
+                        n = pwrite(fd, chunk, offset)
+                        chunk = chunk[n:]
+                        offset += n
+                else:
+                    while chunk:
+                        n = write(fd, chunk)
+                        chunk = chunk[n:]
+            if sparse:
+                os.ftruncate(fd, entry.size)
+            owner = self._owner(entry)
+            if self._needs_chown(owner, posixpath.dirname(name)):
+                assert owner is not None
+                os.fchown(fd, *owner)
+            if entry.xattrs:
+                self._xattrs_fd(fd, entry)
+            if entry.mode & 0o7000:
+                os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=self._times(entry))
+        finally:
+            os.close(fd)
+
+    def _dir(self, name: str, entry: TarEntry) -> None:
+        created_mode = (entry.mode & 0o7777) | 0o700
+
+        def create() -> None:
+            self.fs.mkdir(name, created_mode)
+
+        kept = self._create(name, entry, create)
+        self._apply_dir(name, entry, kept)
+
+    def _merge_dir(self, name: str, entry: TarEntry) -> None:
+        self._apply_dir(name, entry, True)
+
+    def _apply_dir(self, name: str, entry: TarEntry, existed: bool) -> None:
+        fd = self.fs.open_dir(name)
+        try:
+            owner = self._owner(entry)
+            if owner is not None and (existed or self._needs_chown(owner, posixpath.dirname(name))):
+                os.fchown(fd, *owner)
+            if entry.xattrs:
+                self._xattrs_fd(fd, entry)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self.dirs[name] = bool(st.st_mode & stat.S_ISGID)
+        atime, mtime = self._times(entry)
+        self.pending_dirs.append(
+            _PendingDir(name, st.st_dev, st.st_ino, entry.mode & 0o7777, atime, mtime)
+        )
+
+    def _symlink(self, name: str, entry: TarEntry) -> None:
+        paths.check_symlink(name, entry.linkname, entry.name)
+        self._create(name, entry, lambda: self.fs.symlink(entry.linkname, name))
+        self._path_metadata(name, entry)
+
+    def _hardlink(self, name: str, entry: TarEntry) -> None:
+        target = paths.hardlink_target(entry.linkname, entry.name)
+        if target == name:
+            return  # a link to itself: nothing to do
+        if target == ".":
+            raise ArchiveError("cannot hard link to the destination root", entry.name)
+
+        def create() -> None:
+            try:
+                self.fs.hardlink(target, name)
+            except FileNotFoundError:
+                if self.fs.lstat(target) is None:
+                    raise ArchiveError(
+                        f"hardlink target {entry.linkname!r} does not exist", entry.name
+                    ) from None
+                raise
+            except PermissionError:
+                st = self.fs.lstat(target)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    raise ArchiveError(
+                        f"hardlink target {entry.linkname!r} is a directory", entry.name
+                    ) from None
+                raise
+
+        self._create(name, entry, create)
+
+    def _special(self, name: str, entry: TarEntry) -> None:
+        if entry.kind == tarreader.FIFO:
+            fmt, device = stat.S_IFIFO, 0
+        else:
+            fmt = stat.S_IFCHR if entry.kind == tarreader.CHARDEV else stat.S_IFBLK
+            if entry.devmajor >= 1 << 32 or entry.devminor >= 1 << 32:
+                raise MalformedArchiveError("device number out of range", entry.name)
+            device = os.makedev(entry.devmajor, entry.devminor)
+        mode = fmt | (entry.mode & 0o777)
+        self._create(name, entry, lambda: self.fs.mknod(name, mode, device))
+        self._path_metadata(name, entry)
+
+    def _path_metadata(self, name: str, entry: TarEntry) -> None:
+        """Owner, xattrs, mode and times of a symlink or special file, via O_PATH."""
+        fd = self.fs.open_path(name)
+        try:
+            st = os.fstat(fd)
+            owner = self._owner(entry)
+            if owner is not None and (owner != (st.st_uid, st.st_gid)):
+                fsops.set_owner_path_fd(fd, *owner)
+            if entry.xattrs:
+                for key, value in entry.xattrs.items():
+                    self._set_xattr(lambda k, v: os.setxattr(name, k, v,
+                                                              follow_symlinks=False),
+                                    key, value, entry)
+            if not stat.S_ISLNK(st.st_mode) and entry.mode & 0o7000:
+                # Special bits on a device or FIFO: by path, but only on the object
+                # we just created (the O_PATH descriptor proves it is still there).
+                os.chmod(name, stat.S_IFMT(st.st_mode) | entry.mode, follow_symlinks=True)
+            fsops.set_times_path_fd(fd, *self._times(entry))
+        finally:
+            os.close(fd)
+
+    def _xattrs_fd(self, fd: int, entry: TarEntry) -> None:
+        for key, value in entry.xattrs.items():
+            self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
+
+    def _set_xattr(
+        self, setter: Callable[[str, bytes], None], key: str, value: bytes, entry: TarEntry
+    ) -> None:
+        try:
+            setter(key, value)
+        except OSError as err:
+            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
+                self.warn(f"{entry.name}: xattr {key} not supported here, skipped")
+                return
+            raise ArchiveError(f"setting xattr {key}: {err.strerror}", entry.name) from err
+
+    # -- the end ------------------------------------------------------------------
+
+    def finish_dirs(self) -> None:
+        """Apply directory modes and times, deepest first, only to our directories."""
+        for pending in reversed(self.pending_dirs):
+            try:
+                fd = self.fs.open_dir(pending.path)
+            except OSError:
+                continue  # replaced or removed since: not ours any more
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (pending.dev, pending.ino):
+                    continue
+                if stat.S_IMODE(st.st_mode) != pending.mode:
+                    os.fchmod(fd, pending.mode)
+                os.utime(fd, ns=(pending.atime_ns, pending.mtime_ns))
+            except OSError as err:
+                raise self._os_error(err, pending.path) from err
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _os_error(err: OSError, entry: str) -> ChrootArchiveError:
+        reason = err.strerror or str(err)
+        if err.errno in _DEST_ERRNOS:
+            return DestinationError(reason[:1].lower() + reason[1:], entry)
+        return ArchiveError(reason[:1].lower() + reason[1:], entry)
