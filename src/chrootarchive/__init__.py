@@ -8,16 +8,14 @@ a :class:`ChrootArchiveError` subclass on failure.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import posixpath
-import stat
-import sys
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
-
-from . import compression, confine
-from .errors import (
+from chrootarchive.api import (
+    apply_layer,
+    apply_uncompressed_layer,
+    untar,
+    untar_uncompressed,
+    untar_with_root,
+)
+from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
     ChrootArchiveError,
@@ -30,8 +28,7 @@ from .errors import (
     MalformedArchiveError,
     WorkerError,
 )
-from .options import IDMap, UnpackOptions, UnpackResult
-from .worker import run_worker
+from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 
 __all__ = [
     "ArchiveError",
@@ -48,199 +45,9 @@ __all__ = [
     "UnpackOptions",
     "UnpackResult",
     "WorkerError",
+    "apply_layer",
+    "apply_uncompressed_layer",
     "untar",
     "untar_uncompressed",
     "untar_with_root",
 ]
-
-Source = str | os.PathLike[str] | BinaryIO
-Progress = Callable[[int], None]
-
-
-def untar(
-    source: Source,
-    dest: str | os.PathLike[str],
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
-) -> UnpackResult:
-    """Unpack a tar archive (plain, gzip, bzip2, xz or zstd) into ``dest``, confined.
-
-    Args:
-        source: a path, ``"-"`` for standard input, or a binary file object.
-        dest: the destination directory; created (0755) if missing.
-        options: how to unpack (owners, excludes, confinement...).
-        progress: called with the number of source bytes read so far, now and then.
-
-    Returns:
-        What was unpacked.
-
-    Raises:
-        ArchiveError: the archive is malformed or hostile (a BreakoutError for names
-            that leave the destination).
-        DestinationError: the destination cannot be written.
-        ConfinementError: no confinement mechanism is available.
-    """
-    return _unpack(source, dest, None, options, compressed=True, progress=progress)
-
-
-def untar_uncompressed(
-    source: Source,
-    dest: str | os.PathLike[str],
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
-) -> UnpackResult:
-    """Like :func:`untar` for a stream that is known to be plain tar (no detection)."""
-    return _unpack(source, dest, None, options, compressed=False, progress=progress)
-
-
-def untar_with_root(
-    source: Source,
-    dest: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
-) -> UnpackResult:
-    """Unpack into ``dest`` while jailed at ``root`` (``docker cp`` into a container).
-
-    ``dest`` is resolved inside the jail, so symlinks in ``root`` cannot lead outside
-    it; when it does not exist it is created inside the jail, never from outside
-    (CVE-2021-41089). A relative ``dest`` is taken relative to ``root``; an absolute one
-    either lies below ``root`` on the host or is taken as a path inside ``root``.
-    """
-    return _unpack(source, dest, root, options, compressed=True, progress=progress)
-
-
-# -- implementation --------------------------------------------------------------------
-
-
-def _debug() -> bool:
-    return bool(os.environ.get("CHROOTARCHIVE_DEBUG"))
-
-
-def _unpack(
-    source: Source,
-    dest: str | os.PathLike[str],
-    root: str | os.PathLike[str] | None,
-    options: UnpackOptions | None,
-    *,
-    compressed: bool,
-    progress: Progress | None,
-) -> UnpackResult:
-    options = options or UnpackOptions()
-    mechanism = confine.choose(options.confine)
-    with _open_source(source) as raw:
-        root_fd, rel_dest = _pin_destination(os.fspath(dest), root)
-        try:
-            direct_fd = _plain_regular_fd(raw, compressed)
-            if direct_fd is not None:
-                data: int | Iterator[bytes] = direct_fd
-            else:
-                counted: compression.Readable = _Counting(raw, progress) if progress else raw
-                _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
-            return run_worker(
-                root_fd=root_fd,
-                dest=rel_dest,
-                mechanism=mechanism,
-                options=options,
-                data=data,
-                debug=_debug(),
-            )
-        finally:
-            os.close(root_fd)
-
-
-@contextlib.contextmanager
-def _open_source(source: Source) -> Iterator[BinaryIO]:
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path == "-":
-            yield sys.stdin.buffer
-            return
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as err:
-            raise ChrootArchiveError(f"cannot open archive: {err.strerror}", path) from err
-        with f:
-            yield f
-        return
-    yield source
-
-
-def _plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:
-    """The fd of a plain tar in a regular file, which the worker can read directly."""
-    try:
-        fd = raw.fileno()
-        st = os.fstat(fd)
-    except (OSError, AttributeError, ValueError):
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    if hasattr(raw, "peek") or hasattr(raw, "raw"):
-        # A buffered reader may hold bytes already; only trust an unread file.
-        try:
-            pos = raw.tell()
-        except OSError:
-            return None
-        if pos != os.lseek(fd, 0, os.SEEK_CUR):
-            return None
-    else:
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
-    if compressed:
-        head = os.pread(fd, 6, pos)
-        if compression.detect(head) != "none":
-            return None
-    return fd
-
-
-class _Counting:
-    """Reports how many bytes were read from the source."""
-
-    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
-        self._raw = raw
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self._progress(len(data))
-        return data
-
-
-def _pin_destination(dest: str, root: str | os.PathLike[str] | None) -> tuple[int, str]:
-    """Open the jail's root once; everything afterwards is relative to that descriptor."""
-    if root is None:
-        jail, rel = dest, "."
-        try:
-            os.makedirs(dest, 0o755, exist_ok=True)
-        except FileExistsError:
-            raise DestinationError("not a directory", dest) from None
-        except OSError as err:
-            raise DestinationError(f"cannot create: {err.strerror}", dest) from err
-    else:
-        jail = os.fspath(root)
-        rel = _dest_inside_root(dest, jail)
-    try:
-        fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except NotADirectoryError:
-        raise DestinationError("not a directory", jail) from None
-    except OSError as err:
-        raise DestinationError(f"cannot open: {err.strerror}", jail) from err
-    return fd, rel
-
-
-def _dest_inside_root(dest: str, root: str) -> str:
-    if not os.path.isabs(dest):
-        rel = posixpath.normpath(dest)
-    else:
-        abs_root = os.path.abspath(root)
-        abs_dest = os.path.abspath(dest)
-        if abs_dest == abs_root or abs_dest.startswith(abs_root.rstrip("/") + "/"):
-            rel = os.path.relpath(abs_dest, abs_root)
-        else:
-            rel = posixpath.normpath(dest).lstrip("/") or "."
-    if rel == ".." or rel.startswith("../"):
-        raise BreakoutError("destination would leave the root", dest)
-    return rel

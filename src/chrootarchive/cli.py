@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import untar, untar_uncompressed, untar_with_root
+from .api import apply_layer_result
 from .errors import ChrootArchiveError
 from .options import IDMap, UnpackOptions, UnpackResult
 
@@ -44,6 +45,15 @@ extraction (exit status 1). Owners are numeric; names are never looked up.
 
 exit status: 0 done, 1 bad archive, 2 usage, 3 no confinement mechanism available,
 4 destination problem (permission, no space), 70 internal error.
+"""
+
+
+_LAYER_EPILOG = """\
+examples:
+  chrootarchive apply-layer layer1.tar.gz /var/lib/images/x/rootfs
+  chrootarchive apply-layer --whiteout-format overlay layer2.tar.zst /var/lib/overlay/l2/diff
+
+exit status: as for 'chrootarchive untar'.
 """
 
 
@@ -131,11 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the input is plain tar: do not detect compression")
     _add_unpack_options(untar_p)
     _add_common(untar_p)
+
+    layer_p = commands.add_parser(
+        "apply-layer",
+        help="apply a container image layer (whiteouts included) onto a directory",
+        description="Apply LAYER onto DEST from inside a kernel jail at DEST: '.wh.NAME' "
+                    "entries remove NAME from what lower layers left, '.wh..wh..opq' "
+                    "empties its directory of it. Prints the applied size (the sum of "
+                    "the entries' sizes, as Docker reports it).",
+        epilog=_LAYER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    layer_p.add_argument("layer", metavar="LAYER", help="the layer (tar, compressed or not; - "
+                                                       "for stdin)")
+    layer_p.add_argument("dest", metavar="DEST", help="the directory holding the lower layers")
+    layer_p.add_argument(
+        "--whiteout-format", choices=("aufs", "overlay"), default="aufs",
+        help="aufs (default): apply whiteouts to DEST; overlay: write overlayfs whiteouts "
+             "(0/0 character devices, trusted.overlay.opaque) for a per-layer diff directory",
+    )
+    _add_unpack_options(layer_p)
+    _add_common(layer_p)
     return parser
 
 
 def _unpack_options(args: argparse.Namespace) -> UnpackOptions:
     return UnpackOptions(
+        whiteout_format=getattr(args, "whiteout_format", "aufs"),
         no_lchown=args.no_lchown,
         chown=args.chown,
         uid_maps=tuple(args.uid_map),
@@ -195,6 +227,20 @@ def _run_untar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_apply_layer(args: argparse.Namespace) -> int:
+    bar = _Progress(_source_size(args.layer),
+                    enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        result = apply_layer_result(args.dest, args.layer, _unpack_options(args),
+                                    progress=bar.update)
+    finally:
+        bar.close()
+    _report(result, args)
+    if not args.json:
+        print(result.size)
+    return 0
+
+
 def _report(result: UnpackResult, args: argparse.Namespace) -> None:
     if args.json:
         json.dump(result.to_json(), sys.stdout)
@@ -211,7 +257,10 @@ def _error_line(err: BaseException) -> str:
     return "chrootarchive: error: " + textwrap.shorten(text, 2000, placeholder="...")
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"untar": _run_untar}
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "untar": _run_untar,
+    "apply-layer": _run_apply_layer,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["IDMap", "UnpackOptions", "UnpackResult"]
 
-CONFINE_CHOICES = ("auto", "pivot", "chroot")
+WHITEOUT_FORMATS = ("aufs", "overlay")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class UnpackOptions:
             reverse) is an error instead of a replacement.
         best_effort_xattrs: ignore "not supported" errors when setting xattrs.
         confine: ``auto``, or the name of one confinement mechanism.
+        whiteout_format: ``aufs`` (default): whiteout entries are applied, removing
+            what lower layers left (layers) or extracted as plain files (untar);
+            ``overlay``: they become overlayfs whiteouts (a 0/0 character device, and
+            ``trusted.overlay.opaque=y`` on opaque directories), for unpacking each
+            layer into its own overlay diff directory.
     """
 
     no_lchown: bool = False
@@ -53,6 +58,14 @@ class UnpackOptions:
     no_overwrite_dir_nondir: bool = False
     best_effort_xattrs: bool = False
     confine: str = "auto"
+    whiteout_format: str = "aufs"
+
+    def __post_init__(self) -> None:
+        if self.whiteout_format not in WHITEOUT_FORMATS:
+            raise ValueError(
+                f"whiteout_format must be one of {', '.join(WHITEOUT_FORMATS)}, "
+                f"not {self.whiteout_format!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

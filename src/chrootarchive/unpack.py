@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fsops, paths, tarreader
+from . import fsops, layer, paths, tarreader
 from .errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -77,6 +77,9 @@ class Unpacker:
         fs: fsops.FileOps,
         options: UnpackOptions,
         warn: Callable[[str], None],
+        *,
+        layer_mode: bool = False,
+        in_user_namespace: bool = False,
     ) -> None:
         self.fs = fs
         self.options = options
@@ -94,6 +97,13 @@ class Unpacker:
             ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
         }
         self.pending_dirs: list[_PendingDir] = []
+        self.whiteouts = layer.LayerRules(
+            fs,
+            apply_whiteouts=layer_mode,
+            overlay=options.whiteout_format == "overlay",
+            in_user_namespace=in_user_namespace,
+            forget=self._forget,
+        )
 
     # -- the loop -----------------------------------------------------------------
 
@@ -108,11 +118,15 @@ class Unpacker:
             except OSError as err:
                 raise self._os_error(err, entry.name) from err
         self.finish_dirs()
+        self.whiteouts.finish()
         return self.stats
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         name = paths.clean_name(entry.name)
         if self.excludes and self.excludes.matches(name):
+            return
+        if self.whiteouts.is_marker(name):
+            self._marker(name, entry, reader)
             return
         kind = entry.kind
         if name == ".":
@@ -133,6 +147,23 @@ class Unpacker:
             self._special(name, entry)
         else:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
+        self.whiteouts.note_written(name)
+
+    def _marker(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+        """A whiteout, opaque marker or AUFS metadata entry of a layer."""
+        kept_copy = self.whiteouts.aufs_link_file(name, entry)
+        if kept_copy is not None:
+            self._file(kept_copy, entry, reader)
+            return
+        self._ensure_parent(name, entry.name)
+
+        def overlay_whiteout(target: str) -> None:
+            device = TarEntry(name=entry.name, kind=tarreader.CHARDEV, mode=0,
+                              uid=entry.uid, gid=entry.gid, size=0, mtime_ns=entry.mtime_ns)
+            self._special(target, device)
+            self.whiteouts.note_written(target)
+
+        self.whiteouts.apply_marker(name, entry, overlay_whiteout)
 
     # -- parents and replacement --------------------------------------------------
 
@@ -319,7 +350,7 @@ class Unpacker:
         self._path_metadata(name, entry)
 
     def _hardlink(self, name: str, entry: TarEntry) -> None:
-        target = paths.hardlink_target(entry.linkname, entry.name)
+        target = self.whiteouts.hardlink_target(paths.hardlink_target(entry.linkname, entry.name))
         if target == name:
             return  # a link to itself: nothing to do
         if target == ".":

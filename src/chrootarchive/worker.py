@@ -1,16 +1,17 @@
 """The confined worker process and the parent/child protocol.
 
 The parent spawns a fresh interpreter (``python -I -S``: no site, no environment, no
-user paths; spawned, not forked, so it is cheap and inherits no threads or locks) with
-three pipes:
+user paths; spawned, not forked, so it is cheap and inherits no threads or locks) with:
 
-* options: one JSON document, parent to child, on a pipe of its own;
-* data: the uncompressed tar stream on the child's stdin;
-* result: one JSON document, child to parent: the result, or an error given as
-  (class name, message, entry) and raised again in the parent as the same class.
+* a request pipe: one JSON document, parent to child (job name, mechanism, options);
+* stdin: the data the job reads (the uncompressed tar stream for ``unpack``);
+* stdout: the data the job writes (the tar stream for ``pack``), or /dev/null;
+* a result pipe: one JSON document, child to parent: the job's result, or an error
+  given as (class name, message, entry) and raised in the parent as the same class.
 
-The child asks to be killed when its parent dies, imports everything it needs, enters
-the jail, then makes every further import fail. It reads its input to the end.
+The child asks to be killed when its parent dies, imports everything it needs (the job
+module included), enters the jail, then makes every further import fail. A job is a
+module with ``run(request, warn) -> dict`` (see :data:`JOBS`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib
 import json
 import os
 import signal
@@ -27,15 +29,17 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import (
+from chrootarchive.errors import (
     ChrootArchiveError,
     DestinationError,
     WorkerError,
     error_class,
 )
-from .options import UnpackOptions, UnpackResult
 
-__all__ = ["run_worker"]
+__all__ = ["JOBS", "Worker", "feed", "run_job"]
+
+#: Job name -> module (inside this package) whose ``run(request, warn)`` does the work.
+JOBS = {"unpack": "unpack_job"}
 
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
@@ -55,85 +59,145 @@ def _package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_worker(
-    *,
-    root_fd: int,
-    dest: str,
-    mechanism: str,
-    options: UnpackOptions,
-    data: Iterable[bytes] | int,
-    on_progress: Callable[[int], None] | None = None,
-    debug: bool = False,
-) -> UnpackResult:
-    """Unpack ``data`` (chunks, or a readable fd of plain tar) in a confined worker.
+def _pipe(big: bool = False) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    if big:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+    return r, w
+
+
+class Worker:
+    """One confined worker process running one job.
 
     Args:
+        job: a name from :data:`JOBS`.
         root_fd: directory descriptor of the jail's root, pinned by the caller.
-        dest: where to unpack, relative to the root (``.`` for the root itself).
-        mechanism: the confinement mechanism chosen by :func:`confine.choose`.
-        options: unpack options.
-        data: the uncompressed tar stream.
-        on_progress: called with the number of bytes handed to the worker.
+        request: the job's JSON-able request (``mechanism`` and ``dest`` included).
+        stdin: an fd the worker reads as its stdin, or None for a pipe
+            (:attr:`stdin_w` is then its write end).
+        stdout_pipe: give the worker a stdout pipe (:attr:`stdout_r` is its read end).
     """
-    opts_r, opts_w = os.pipe2(os.O_CLOEXEC)
-    res_r, res_w = os.pipe2(os.O_CLOEXEC)
-    data_w = -1
-    if isinstance(data, int):
-        stdin_fd = data
-    else:
-        stdin_fd, data_w = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(data_w, _F_SETPIPE_SZ, _PIPE_SIZE)
-    document = json.dumps(
-        {"options": options.to_json(), "mechanism": mechanism, "dest": dest,
-         "debug": debug}
-    ).encode()
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
-             str(opts_r), str(res_w), str(root_fd), str(os.getpid())],
-            stdin=stdin_fd,
-            stdout=subprocess.DEVNULL,
-            pass_fds=(opts_r, res_w, root_fd),
-            env={"LC_ALL": "C.UTF-8"},
-        )
-        for fd in (opts_r, res_w):
-            os.close(fd)
-        opts_r = res_w = -1
-        if data_w >= 0:
-            os.close(stdin_fd)
-        _write_all(opts_w, document)
-        os.close(opts_w)
-        opts_w = -1
-        reply = bytearray()
-        reader = threading.Thread(target=_read_result, args=(res_r, reply), daemon=True)
-        reader.start()
-        feed_error: BaseException | None = None
-        if data_w >= 0:
-            assert not isinstance(data, int)
-            try:
-                _feed(data_w, data, on_progress)
-            except BaseException as err:
-                feed_error = err
-            finally:
-                os.close(data_w)
-                data_w = -1
-        if feed_error is not None and not isinstance(feed_error, ChrootArchiveError):
-            proc.kill()
-        proc.wait()
-        reader.join()
-        if feed_error is not None:
-            raise feed_error
-        return _decode_reply(bytes(reply), proc.returncode)
-    finally:
-        for fd in (opts_r, opts_w, res_w, data_w):
-            if fd >= 0:
+
+    def __init__(
+        self,
+        job: str,
+        root_fd: int,
+        request: dict[str, Any],
+        *,
+        stdin: int | None = None,
+        stdout_pipe: bool = False,
+    ) -> None:
+        if job not in JOBS:
+            raise ValueError(f"unknown worker job {job!r}")
+        self.stdin_w = -1
+        self.stdout_r = -1
+        self._reply = bytearray()
+        self._closed = False
+        req_r, req_w = _pipe()
+        self._res_r, res_w = _pipe()
+        child_stdin = stdin
+        if stdin is None:
+            child_stdin, self.stdin_w = _pipe(big=True)
+        child_stdout: int | None = None
+        if stdout_pipe:
+            self.stdout_r, child_stdout = _pipe(big=True)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
+                 str(req_r), str(res_w), str(root_fd), str(os.getpid())],
+                stdin=child_stdin,
+                stdout=child_stdout if child_stdout is not None else subprocess.DEVNULL,
+                pass_fds=(req_r, res_w, root_fd),
+                env={"LC_ALL": "C.UTF-8"},
+            )
+        except BaseException:
+            for fd in (req_w, self._res_r, self.stdin_w, self.stdout_r):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (req_r, res_w):
                 os.close(fd)
-        os.close(res_r)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            if stdin is None and child_stdin is not None:
+                os.close(child_stdin)
+            if child_stdout is not None:
+                os.close(child_stdout)
+        self._reader = threading.Thread(target=self._read_result, daemon=True)
+        self._reader.start()
+        try:
+            _write_all(req_w, json.dumps(dict(request, job=job)).encode())
+        except BrokenPipeError:
+            pass  # the worker died early; finish() reports it
+        finally:
+            os.close(req_w)
+
+    def _read_result(self) -> None:
+        while len(self._reply) <= _MAX_RESULT:
+            data = os.read(self._res_r, 65536)
+            if not data:
+                return
+            self._reply += data
+
+    def close_stdin(self) -> None:
+        if self.stdin_w >= 0:
+            os.close(self.stdin_w)
+            self.stdin_w = -1
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the worker; return its result or raise its error (same class)."""
+        try:
+            self.close_stdin()
+            self.proc.wait()
+            self._reader.join()
+            return _decode_reply(bytes(self._reply), self.proc.returncode)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release everything; kills the worker if it still runs. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_stdin()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join()
+        os.close(self._res_r)
+        if self.stdout_r >= 0:
+            os.close(self.stdout_r)
+            self.stdout_r = -1
+
+
+def run_job(
+    job: str,
+    root_fd: int,
+    request: dict[str, Any],
+    data: Iterable[bytes] | int,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run a job that reads ``data`` (chunks, or a readable fd) and return its result."""
+    worker = Worker(job, root_fd, request, stdin=data if isinstance(data, int) else None)
+    try:
+        if not isinstance(data, int):
+            try:
+                feed(worker.stdin_w, data, on_progress)
+            except ChrootArchiveError:
+                worker.close_stdin()  # the worker sees a truncated stream and stops
+                with contextlib.suppress(ChrootArchiveError):
+                    worker.finish()
+                raise
+            except BaseException:
+                worker.kill()
+                raise
+        return worker.finish()
+    finally:
+        worker.close()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -143,7 +207,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def _feed(fd: int, chunks: Iterable[bytes], on_progress: Callable[[int], None] | None) -> None:
+def feed(fd: int, chunks: Iterable[bytes], on_progress: Callable[[int], None] | None) -> None:
     """Write the stream to the worker; stop quietly if the worker stopped reading."""
     try:
         for chunk in chunks:
@@ -154,15 +218,7 @@ def _feed(fd: int, chunks: Iterable[bytes], on_progress: Callable[[int], None] |
         return  # the worker ended (its reply says why)
 
 
-def _read_result(fd: int, out: bytearray) -> None:
-    while len(out) <= _MAX_RESULT:
-        data = os.read(fd, 65536)
-        if not data:
-            return
-        out += data
-
-
-def _decode_reply(reply: bytes, returncode: int) -> UnpackResult:
+def _decode_reply(reply: bytes, returncode: int) -> dict[str, Any]:
     if not reply:
         if returncode < 0:
             name = signal.Signals(-returncode).name
@@ -177,7 +233,8 @@ def _decode_reply(reply: bytes, returncode: int) -> UnpackResult:
         raise error_class(str(detail["type"]))(str(detail["message"]), detail.get("entry"))
     if returncode != 0:
         raise WorkerError(f"the worker exited with status {returncode}")
-    return UnpackResult.from_json(message["result"])
+    result: dict[str, Any] = message["result"]
+    return result
 
 
 # -- child side ----------------------------------------------------------------------
@@ -206,22 +263,24 @@ def _error_message(err: BaseException) -> dict[str, Any]:
     if isinstance(err, ChrootArchiveError):
         return {"error": {"type": type(err).__name__, "message": err.message,
                           "entry": err.entry}}
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return {"error": {"type": "DestinationError", "message": err.strerror, "entry": None}}
     return {"error": {"type": "InternalError",
                       "message": f"{type(err).__name__}: {err}", "entry": None}}
 
 
 def child_main(argv: list[str]) -> None:
-    """Entry point of the worker: ``OPTS_FD RESULT_FD ROOT_FD PARENT_PID``."""
-    opts_fd, result_fd, root_fd, parent_pid = (int(a) for a in argv)
-    from . import _linux
+    """Entry point of the worker: ``REQUEST_FD RESULT_FD ROOT_FD PARENT_PID``."""
+    req_fd, result_fd, root_fd, parent_pid = (int(a) for a in argv)
+    from chrootarchive import _linux
 
     _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)  # the parent is already gone
     request: dict[str, Any] = {}
     try:
-        result = _child_work(opts_fd, root_fd, request)
-        _send(result_fd, {"result": result.to_json()})
+        result = _child_work(req_fd, root_fd, request)
+        _send(result_fd, {"result": result})
         code = 0
     except BaseException as err:
         if request.get("debug"):
@@ -230,7 +289,6 @@ def child_main(argv: list[str]) -> None:
             _send(result_fd, _error_message(err))
         code = 1
     os.close(result_fd)
-    sys.stdout.flush()
     os._exit(code)
 
 
@@ -246,20 +304,26 @@ def _print_traceback(err: BaseException) -> None:
                      + f"\n{type(err).__name__}: {err}\n")
 
 
-def _child_work(opts_fd: int, root_fd: int, request: dict[str, Any]) -> UnpackResult:
-    # Everything the worker will ever need is imported here, before confinement.
-    from . import _linux, confine, fsops, tarreader, unpack
-
+def _read_request(fd: int) -> dict[str, Any]:
     document = bytearray()
     while True:
-        chunk = os.read(opts_fd, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             break
         document += chunk
-    os.close(opts_fd)
-    request.update(json.loads(document))
-    options = UnpackOptions.from_json(request["options"])
-    dest = str(request["dest"])
+    os.close(fd)
+    request: dict[str, Any] = json.loads(document)
+    return request
+
+
+def _child_work(req_fd: int, root_fd: int, request: dict[str, Any]) -> dict[str, Any]:
+    # Everything the worker will ever need is imported here, before confinement.
+    from chrootarchive import _linux, confine
+    from chrootarchive.confine import pivot
+
+    request.update(_read_request(req_fd))
+    request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
+    job = importlib.import_module(f"chrootarchive.{JOBS[str(request['job'])]}")
     _linux.preload_library("libgcc_s.so.1")
     os.umask(0)
 
@@ -273,28 +337,23 @@ def _child_work(opts_fd: int, root_fd: int, request: dict[str, Any]) -> UnpackRe
         if len(warnings) < _MAX_WARNINGS:
             warnings.append(text)
 
-    fs = fsops.JailedFileOps()
+    dest = str(request.get("dest", "."))
     if dest not in ("", ".", "/"):
-        _enter_dest(dest)
-    unpacker = unpack.Unpacker(fs, options, warn)
-    reader = tarreader.TarReader(0)
-    try:
-        stats = unpacker.run(reader)
-    finally:
-        with contextlib.suppress(Exception):
-            reader.drain()
-    return UnpackResult(
-        entries=stats.entries, size=stats.size, confinement=used, warnings=tuple(warnings)
-    )
+        _enter_dest(dest, create=bool(request.get("create_dest", True)))
+    result: dict[str, Any] = job.run(request, warn)
+    result["confinement"] = used
+    result["warnings"] = warnings
+    return result
 
 
-def _enter_dest(dest: str) -> None:
+def _enter_dest(dest: str, *, create: bool) -> None:
     """Create ``dest`` inside the jail if needed (following in-root symlinks) and enter it.
 
     CVE-2021-41089: the destination below the root is never made from outside the jail.
     """
     try:
-        os.makedirs(dest, 0o755, exist_ok=True)
+        if create:
+            os.makedirs(dest, 0o755, exist_ok=True)
         os.chdir(dest)
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):

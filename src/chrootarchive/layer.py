@@ -1,0 +1,188 @@
+"""Whiteouts and opaque directories: what an entry means in a container image layer.
+
+AUFS-style markers in the stream (``.wh.NAME``, ``.wh..wh..opq``, other ``.wh..wh.*``
+metadata) are applied to what lower layers left, or, with the ``overlay`` output
+format, turned into overlayfs whiteouts (a 0/0 character device) and opaque xattrs.
+
+Following the OCI image spec, a whiteout hides only what lower layers left: the layer
+remembers every path it wrote (and their parents), so that a later marker in the same
+layer cannot remove them (umoci's ``upperPaths``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import stat
+import tempfile
+from collections.abc import Callable
+
+from chrootarchive import fsops, tarreader
+from chrootarchive.errors import MalformedArchiveError
+from chrootarchive.tarreader import TarEntry
+
+__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "LayerRules"]
+
+WHITEOUT_PREFIX = ".wh."
+META_PREFIX = ".wh..wh."
+OPAQUE = ".wh..wh..opq"
+LINK_DIR = ".wh..wh.plnk"
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LayerRules:
+    """Decides, entry by entry, what a whiteout marker does.
+
+    Args:
+        fs: the file operations of the unpacker.
+        apply_whiteouts: layer mode: markers remove lower content. Without it (plain
+            untar), AUFS markers are ordinary files unless ``overlay`` is asked.
+        overlay: write overlayfs whiteouts instead of applying them.
+        in_user_namespace: use ``user.overlay.opaque`` (``trusted.*`` needs real root).
+        forget: tell the unpacker that a path (and what was below it) is gone.
+    """
+
+    def __init__(
+        self,
+        fs: fsops.FileOps,
+        *,
+        apply_whiteouts: bool,
+        overlay: bool,
+        in_user_namespace: bool,
+        forget: Callable[[str], None],
+    ) -> None:
+        self.fs = fs
+        self.active = apply_whiteouts or overlay
+        self.apply_whiteouts = apply_whiteouts and not overlay
+        self.overlay = overlay
+        self.opaque_xattr = ("user" if in_user_namespace else "trusted") + ".overlay.opaque"
+        self.forget = forget
+        self.written: set[str] = set()
+        self.written_parents: set[str] = {"."}
+        self.link_dir: str | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def note_written(self, name: str) -> None:
+        """Remember that this layer wrote ``name`` (and so, implicitly, its parents)."""
+        if not self.active:
+            return
+        self.written.add(name)
+        parent = posixpath.dirname(name) or "."
+        while parent not in self.written_parents:
+            self.written_parents.add(parent)
+            parent = posixpath.dirname(parent) or "."
+
+    def _kept(self, path: str) -> bool:
+        return path in self.written or path in self.written_parents
+
+    # -- markers -------------------------------------------------------------------
+
+    def is_marker(self, name: str) -> bool:
+        """True when ``name`` is a whiteout marker or AUFS metadata to handle here."""
+        if not self.active:
+            return False
+        base = posixpath.basename(name)
+        return base.startswith(WHITEOUT_PREFIX) or name == LINK_DIR or name.startswith(
+            LINK_DIR + "/"
+        )
+
+    def aufs_link_file(self, name: str, entry: TarEntry) -> str | None:
+        """Where a regular file of the AUFS hardlink directory is kept, or None to skip.
+
+        Files in ``/.wh..wh.plnk`` back hardlinks elsewhere in the layer: they are
+        unpacked into a hidden directory that :meth:`finish` removes.
+        """
+        if not (name.startswith(LINK_DIR + "/") and entry.kind == tarreader.REGULAR):
+            return None
+        if self.link_dir is None:
+            self.link_dir = posixpath.basename(tempfile.mkdtemp(prefix=".chrootarchive-plnk-",
+                                                                dir="."))
+        return f"{self.link_dir}/{posixpath.basename(name)}"
+
+    def hardlink_target(self, target: str) -> str:
+        """Redirect a hardlink into the AUFS link directory to its kept copy."""
+        if self.link_dir is not None and target.startswith(LINK_DIR + "/"):
+            return f"{self.link_dir}/{posixpath.basename(target)}"
+        return target
+
+    def apply_marker(
+        self, name: str, entry: TarEntry, make_whiteout: Callable[[str], None]
+    ) -> None:
+        """Act on a marker entry (never extracted as itself)."""
+        base = posixpath.basename(name)
+        parent = posixpath.dirname(name) or "."
+        if base == OPAQUE:
+            if self.overlay:
+                fd = self.fs.open_dir(parent)
+                try:
+                    os.setxattr(fd, self.opaque_xattr, b"y")
+                finally:
+                    os.close(fd)
+            elif self.apply_whiteouts:
+                self._empty_lower(parent)
+            return
+        if base.startswith(META_PREFIX) or name == LINK_DIR or name.startswith(LINK_DIR + "/"):
+            return  # AUFS metadata: never extracted
+        original = base[len(WHITEOUT_PREFIX):]
+        if original in ("", ".", "..") or "/" in original:
+            raise MalformedArchiveError(f"invalid whiteout name {base!r}", entry.name)
+        target = original if parent == "." else f"{parent}/{original}"
+        if self.overlay:
+            make_whiteout(target)
+        elif self.apply_whiteouts and target not in self.written:
+            self._remove(target)
+
+    # -- removal -------------------------------------------------------------------
+
+    def _remove(self, path: str) -> None:
+        st = self.fs.lstat(path)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.fs.remove_tree(path)
+        else:
+            self.fs.unlink(path)
+        self.forget(path)
+
+    def _empty_lower(self, directory: str) -> None:
+        """Remove from ``directory`` everything that this layer did not write."""
+        try:
+            top = self.fs.open_dir(directory)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return
+        stack = [(top, directory)]
+        try:
+            while stack:
+                fd, path = stack.pop()
+                try:
+                    with os.scandir(fd) as it:
+                        children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    for child, child_is_dir in children:
+                        child_path = child if path == "." else f"{path}/{child}"
+                        if self._kept(child_path):
+                            # Kept, but lower content below it is hidden too.
+                            if child_is_dir:
+                                sub = os.open(child, _OPEN_DIR, dir_fd=fd)
+                                stack.append((sub, child_path))
+                            continue
+                        if child_is_dir:
+                            fsops.remove_tree_at(fd, child)
+                        else:
+                            os.unlink(child, dir_fd=fd)
+                        self.forget(child_path)
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def finish(self) -> None:
+        """Remove the AUFS hardlink directory, if one was made."""
+        if self.link_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.remove_tree(self.link_dir)
+            self.link_dir = None
