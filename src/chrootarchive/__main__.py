@@ -1,5 +1,5 @@
 """``python -m chrootarchive``."""
 
-from .cli import entry_point
+from chrootarchive.cli import entry_point
 
 entry_point()

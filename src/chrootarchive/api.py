@@ -13,8 +13,15 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
-from chrootarchive import compression, confine
-from chrootarchive.errors import BreakoutError, ChrootArchiveError, DestinationError
+from chrootarchive import compression, confine, unpack_job
+from chrootarchive.confine import userns
+from chrootarchive.errors import (
+    BreakoutError,
+    ChrootArchiveError,
+    ConfinementError,
+    DestinationError,
+    MechanismUnavailableError,
+)
 from chrootarchive.options import UnpackOptions, UnpackResult
 from chrootarchive.worker import run_job
 
@@ -154,7 +161,7 @@ def _unpack(
     layer: bool = False,
 ) -> UnpackResult:
     options = options or UnpackOptions()
-    mechanism = confine.choose(options.confine)
+    confine.candidates(options.confine)  # fail before creating anything
     with _open_source(source) as raw:
         root_fd, rel_dest = pin_destination(os.fspath(dest), root)
         try:
@@ -164,7 +171,7 @@ def _unpack(
             else:
                 counted: compression.Readable = _Counting(raw, progress) if progress else raw
                 _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
-            return _run_unpack(root_fd, rel_dest, mechanism, options, data, layer=layer)
+            return _run_unpack(root_fd, rel_dest, options, data, layer=layer)
         finally:
             os.close(root_fd)
 
@@ -172,20 +179,40 @@ def _unpack(
 def _run_unpack(
     root_fd: int,
     rel_dest: str,
-    mechanism: str,
     options: UnpackOptions,
     data: int | Iterable[bytes],
     *,
     layer: bool,
 ) -> UnpackResult:
+    """Unpack with the first mechanism of the ladder that the kernel accepts.
+
+    The worker says when it is confined before it reads any data, so a mechanism the
+    kernel refuses ("not supported") costs nothing and the next rung is tried. Any
+    other error is reported as it is.
+    """
     request: dict[str, Any] = {
-        "mechanism": mechanism,
         "dest": rel_dest,
         "options": options.to_json(),
         "layer": layer,
         "debug": _debug(),
     }
-    return UnpackResult.from_json(run_job("unpack", root_fd, request, data))
+    refused: dict[str, str] = {}
+    for mechanism in confine.candidates(options.confine):
+        request["mechanism"] = mechanism
+        try:
+            if mechanism in confine.IN_PROCESS:
+                return UnpackResult.from_json(
+                    unpack_job.run_in_process(root_fd, request, data)
+                )
+            if mechanism == "userns":
+                request["id_ranges"] = userns.subordinate_ranges()
+            return UnpackResult.from_json(run_job("unpack", root_fd, request, data))
+        except MechanismUnavailableError as err:
+            if options.confine != "auto":
+                raise
+            confine.mark_unavailable(mechanism, err.message)
+            refused[mechanism] = err.message
+    raise ConfinementError(confine.unavailable_summary(refused))
 
 
 def unpack_stream(
@@ -201,10 +228,10 @@ def unpack_stream(
     iterator stops the worker and propagates.
     """
     options = options or UnpackOptions()
-    mechanism = confine.choose(options.confine)
+    confine.candidates(options.confine)  # fail before creating anything
     root_fd, rel_dest = pin_destination(os.fspath(dest), None)
     try:
-        return _run_unpack(root_fd, rel_dest, mechanism, options, chunks, layer=layer)
+        return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer)
     finally:
         os.close(root_fd)
 

@@ -15,10 +15,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import untar, untar_uncompressed, untar_with_root
-from .api import apply_layer_result
-from .errors import ChrootArchiveError
-from .options import IDMap, UnpackOptions, UnpackResult
+from chrootarchive import untar, untar_uncompressed, untar_with_root
+from chrootarchive.api import apply_layer_result
+from chrootarchive.errors import ChrootArchiveError
+from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 
 __all__ = ["main"]
 
@@ -89,8 +89,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     out.add_argument(
         "--confine", default="auto", metavar="MECHANISM",
-        help="confinement mechanism: auto (default: the strongest available), "
-             "pivot (mount namespace + pivot_root, needs root), chroot",
+        help="confinement mechanism: auto (default: the strongest available: pivot as "
+             "root, else userns, else openat2), pivot (mount namespace + pivot_root, "
+             "needs root), chroot (needs root), userns (unprivileged user namespace + "
+             "pivot_root), openat2 (in-process, every path resolved with "
+             "RESOLVE_IN_ROOT; Linux 5.6+)",
     )
 
 
@@ -105,6 +108,9 @@ def _add_unpack_options(parser: argparse.ArgumentParser) -> None:
                      help="map archive uids to host uids (repeatable); unmapped uids fail")
     own.add_argument("--gid-map", type=_id_map, action="append", default=[],
                      metavar="CONTAINER:HOST:SIZE", help="the same for gids")
+    own.add_argument("--rootless-xattr", action="store_true",
+                     help="unprivileged: record owners that could not be applied in the "
+                          "user.rootlesscontainers xattr (umoci's convention)")
     sel = parser.add_argument_group("selection and replacement")
     sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                      help="skip entries matching PATTERN and everything below them "
@@ -176,6 +182,7 @@ def _unpack_options(args: argparse.Namespace) -> UnpackOptions:
         no_overwrite_dir_nondir=args.no_overwrite_dir_nondir,
         best_effort_xattrs=args.best_effort_xattrs,
         confine=args.confine,
+        rootless_xattr=args.rootless_xattr,
     )
 
 

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Protocol, cast
 
-from .errors import CompressionError
+from chrootarchive.errors import CompressionError
 
 __all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect"]
 
@@ -84,11 +84,20 @@ def _read_exactly_head(raw: Readable, n: int) -> bytes:
 def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
     fileobj = cast(IO[bytes], src)
     if kind == "gzip":
-        from isal import igzip  # fastest well-kept gzip decoder on PyPI (ISA-L)
+        try:
+            from isal import igzip  # fastest well-kept gzip decoder on PyPI (ISA-L)
+        except ImportError:  # a declared dependency; the stdlib is the fallback
+            import gzip
 
+            return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb"))
         return cast(IO[bytes], igzip.GzipFile(fileobj=fileobj, mode="rb"))  # type: ignore[no-untyped-call]
     if kind == "zstd":
-        import zstandard
+        try:
+            import zstandard
+        except ImportError as err:
+            raise CompressionError(
+                "zstd input needs the 'zstandard' package (pip install zstandard)"
+            ) from err
 
         reader = zstandard.ZstdDecompressor().stream_reader(
             fileobj, read_size=CHUNK, read_across_frames=True

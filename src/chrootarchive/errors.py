@@ -19,6 +19,7 @@ __all__ = [
     "InternalError",
     "LimitExceededError",
     "MalformedArchiveError",
+    "MechanismUnavailableError",
     "WorkerError",
     "error_class",
 ]
@@ -95,6 +96,14 @@ class ConfinementError(ChrootArchiveError):
     exit_status = 3
 
 
+class MechanismUnavailableError(ConfinementError):
+    """One confinement mechanism is not supported here (the kernel or a filter said no).
+
+    In ``auto`` mode the next mechanism of the ladder is tried; a forced mechanism
+    fails with this error (exit status 3).
+    """
+
+
 class InternalError(ChrootArchiveError):
     """A bug in chrootarchive: please report it with the message and ``--debug`` output."""
 
@@ -115,6 +124,7 @@ _CLASSES: dict[str, type[ChrootArchiveError]] = {
         ImageError,
         DestinationError,
         ConfinementError,
+        MechanismUnavailableError,
         InternalError,
         WorkerError,
     )

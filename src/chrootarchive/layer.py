@@ -15,7 +15,6 @@ import contextlib
 import os
 import posixpath
 import stat
-import tempfile
 from collections.abc import Callable
 
 from chrootarchive import fsops, tarreader
@@ -98,8 +97,7 @@ class LayerRules:
         if not (name.startswith(LINK_DIR + "/") and entry.kind == tarreader.REGULAR):
             return None
         if self.link_dir is None:
-            self.link_dir = posixpath.basename(tempfile.mkdtemp(prefix=".chrootarchive-plnk-",
-                                                                dir="."))
+            self.link_dir = self.fs.make_temp_dir(".chrootarchive-plnk-")
         return f"{self.link_dir}/{posixpath.basename(name)}"
 
     def hardlink_target(self, target: str) -> str:

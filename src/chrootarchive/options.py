@@ -48,6 +48,8 @@ class UnpackOptions:
             ``overlay``: they become overlayfs whiteouts (a 0/0 character device, and
             ``trusted.overlay.opaque=y`` on opaque directories), for unpacking each
             layer into its own overlay diff directory.
+        rootless_xattr: where an owner cannot be applied (unprivileged), record it in
+            the ``user.rootlesscontainers`` xattr, as umoci's ``--rootless`` does.
     """
 
     no_lchown: bool = False
@@ -59,6 +61,7 @@ class UnpackOptions:
     best_effort_xattrs: bool = False
     confine: str = "auto"
     whiteout_format: str = "aufs"
+    rootless_xattr: bool = False
 
     def __post_init__(self) -> None:
         if self.whiteout_format not in WHITEOUT_FORMATS:

@@ -10,7 +10,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 
-from .errors import BreakoutError, MalformedArchiveError
+from chrootarchive.errors import BreakoutError, MalformedArchiveError
 
 __all__ = ["PatternMatcher", "check_symlink", "clean_name", "hardlink_target"]
 

@@ -13,6 +13,7 @@ descriptor. Directory modes and times are applied at the end, deepest first.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -20,16 +21,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fsops, layer, paths, tarreader
-from .errors import (
+from chrootarchive import fsops, layer, paths, tarreader
+from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
     DestinationError,
     InternalError,
     MalformedArchiveError,
 )
-from .options import IDMap, UnpackOptions
-from .tarreader import TarEntry, TarReader
+from chrootarchive.options import IDMap, UnpackOptions
+from chrootarchive.tarreader import TarEntry, TarReader
 
 __all__ = ["UnpackStats", "Unpacker"]
 
@@ -54,6 +55,31 @@ class _PendingDir:
     mode: int
     atime_ns: int
     mtime_ns: int
+
+
+ROOTLESS_XATTR = "user.rootlesscontainers"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _rootless_resource(uid: int, gid: int) -> bytes:
+    """umoci's ``user.rootlesscontainers`` value: protobuf ``Resource{uid=1, gid=2}``."""
+    record = b""
+    if uid:
+        record += b"\x08" + _varint(uid)
+    if gid:
+        record += b"\x10" + _varint(gid)
+    return record
 
 
 def _clamp_ns(value: int) -> int:
@@ -87,6 +113,14 @@ class Unpacker:
         self.excludes = paths.PatternMatcher(options.excludes)
         self.stats = UnpackStats()
         self.euid = os.geteuid()
+        # Without full privilege (a user namespace, or no root at all) some things
+        # cannot be represented; they are skipped and counted, as Docker does in a
+        # user namespace and umoci does with --rootless.
+        self.limited = in_user_namespace or self.euid != 0
+        self.unmappable: set[tuple[int, int]] = set()
+        self.skipped_owners = 0
+        self.skipped_devices = 0
+        self.skipped_xattrs = 0
         self.egid = os.getegid()
         root_uid = _map_id(0, options.uid_maps, "uid", ".")
         root_gid = _map_id(0, options.gid_maps, "gid", ".")
@@ -119,6 +153,7 @@ class Unpacker:
                 raise self._os_error(err, entry.name) from err
         self.finish_dirs()
         self.whiteouts.finish()
+        self._summarize_skips()
         return self.stats
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
@@ -206,7 +241,7 @@ class Unpacker:
             return
         fd = self.fs.open_dir(path)
         try:
-            os.fchown(fd, *self.root_owner)
+            self._chown(fd, self.root_owner, entry_name, os.fchown)
             os.fchmod(fd, 0o755 | (os.fstat(fd).st_mode & stat.S_ISGID))
         finally:
             os.close(fd)
@@ -306,7 +341,7 @@ class Unpacker:
             owner = self._owner(entry)
             if self._needs_chown(owner, posixpath.dirname(name)):
                 assert owner is not None
-                os.fchown(fd, *owner)
+                self._chown(fd, owner, entry.name, os.fchown)
             if entry.xattrs:
                 self._xattrs_fd(fd, entry)
             if entry.mode & 0o7000:
@@ -332,7 +367,7 @@ class Unpacker:
         try:
             owner = self._owner(entry)
             if owner is not None and (existed or self._needs_chown(owner, posixpath.dirname(name))):
-                os.fchown(fd, *owner)
+                self._chown(fd, owner, entry.name, os.fchown)
             if entry.xattrs:
                 self._xattrs_fd(fd, entry)
             st = os.fstat(fd)
@@ -384,7 +419,13 @@ class Unpacker:
                 raise MalformedArchiveError("device number out of range", entry.name)
             device = os.makedev(entry.devmajor, entry.devminor)
         mode = fmt | (entry.mode & 0o777)
-        self._create(name, entry, lambda: self.fs.mknod(name, mode, device))
+        try:
+            self._create(name, entry, lambda: self.fs.mknod(name, mode, device))
+        except PermissionError:
+            if not self.limited or entry.kind == tarreader.FIFO:
+                raise
+            self.skipped_devices += 1  # devices need real root (CAP_MKNOD in init userns)
+            return
         self._path_metadata(name, entry)
 
     def _path_metadata(self, name: str, entry: TarEntry) -> None:
@@ -394,16 +435,15 @@ class Unpacker:
             st = os.fstat(fd)
             owner = self._owner(entry)
             if owner is not None and (owner != (st.st_uid, st.st_gid)):
-                fsops.set_owner_path_fd(fd, *owner)
+                self._chown(fd, owner, entry.name, fsops.set_owner_path_fd)
             if entry.xattrs:
                 for key, value in entry.xattrs.items():
-                    self._set_xattr(lambda k, v: os.setxattr(name, k, v,
-                                                              follow_symlinks=False),
+                    self._set_xattr(lambda k, v: self.fs.setxattr_via(fd, name, k, v),
                                     key, value, entry)
             if not stat.S_ISLNK(st.st_mode) and entry.mode & 0o7000:
                 # Special bits on a device or FIFO: by path, but only on the object
                 # we just created (the O_PATH descriptor proves it is still there).
-                os.chmod(name, stat.S_IFMT(st.st_mode) | entry.mode, follow_symlinks=True)
+                self.fs.chmod_via(fd, name, stat.S_IFMT(st.st_mode) | entry.mode)
             fsops.set_times_path_fd(fd, *self._times(entry))
         finally:
             os.close(fd)
@@ -421,7 +461,53 @@ class Unpacker:
             if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
                 self.warn(f"{entry.name}: xattr {key} not supported here, skipped")
                 return
+            if err.errno == errno.EPERM and self.limited and not key.startswith("user."):
+                self.skipped_xattrs += 1  # trusted.* and friends need real root
+                return
             raise ArchiveError(f"setting xattr {key}: {err.strerror}", entry.name) from err
+
+    # -- what cannot be represented without privilege ----------------------------
+
+    def _chown(
+        self, fd: int, owner: tuple[int, int], entry: str, chown: Callable[[int, int, int], None]
+    ) -> None:
+        """Set an owner; unprivileged, an owner that cannot be represented is skipped."""
+        if owner in self.unmappable:
+            self._skip_owner(fd, owner)
+            return
+        try:
+            chown(fd, *owner)
+        except OSError as err:
+            if not self.limited or err.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            self.unmappable.add(owner)
+            self._skip_owner(fd, owner)
+
+    def _skip_owner(self, fd: int, owner: tuple[int, int]) -> None:
+        self.skipped_owners += 1
+        if self.options.rootless_xattr:
+            record = _rootless_resource(*owner)
+            try:
+                os.setxattr(fd, ROOTLESS_XATTR, record)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.setxattr(f"/proc/self/fd/{fd}", ROOTLESS_XATTR, record)
+
+    def _summarize_skips(self) -> None:
+        if self.skipped_owners:
+            ids = ", ".join(f"{u}:{g}" for u, g in sorted(self.unmappable)[:5])
+            self.warn(
+                f"{self.skipped_owners} entries kept the unpacking user's ownership: "
+                f"owners ({ids}{', ...' if len(self.unmappable) > 5 else ''}) cannot be "
+                "represented without privilege or outside the user namespace's id map"
+                + (f" (recorded in {ROOTLESS_XATTR})" if self.options.rootless_xattr else "")
+            )
+        if self.skipped_devices:
+            self.warn(f"{self.skipped_devices} device nodes skipped: creating devices needs "
+                      "real root")
+        if self.skipped_xattrs:
+            self.warn(f"{self.skipped_xattrs} privileged xattrs (trusted.*) skipped: they "
+                      "need real root")
 
     # -- the end ------------------------------------------------------------------
 

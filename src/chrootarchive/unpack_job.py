@@ -1,12 +1,20 @@
-"""The worker job ``unpack``: read a tar stream on stdin and unpack it below the jail."""
+"""The job ``unpack``: read a tar stream and unpack it below the root.
+
+:func:`run` runs in the jailed worker; :func:`run_in_process` runs the same job in the
+caller's process for the ``openat2`` mechanism.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from chrootarchive import fsops, tarreader, unpack
+from chrootarchive import fsops, tarreader, unpack, worker
+from chrootarchive.errors import ChrootArchiveError, DestinationError
 from chrootarchive.options import UnpackOptions
 
 __all__ = ["run"]
@@ -28,3 +36,72 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             reader.drain()  # archives may be zero-padded: read the input to its end
     return {"entries": stats.entries, "size": stats.size}
+
+
+def _make_dest(fs: fsops.FileOps, dest: str) -> None:
+    """Create ``dest`` below the root, resolving every step inside it."""
+    prefix = ""
+    for part in dest.strip("/").split("/"):
+        prefix = f"{prefix}/{part}" if prefix else part
+        try:
+            fs.mkdir(prefix, 0o755)
+        except FileExistsError:
+            if not stat.S_ISDIR(fs.stat(prefix).st_mode):
+                raise DestinationError("not a directory", dest) from None
+
+
+def run_in_process(
+    root_fd: int, request: dict[str, Any], data: int | Iterable[bytes]
+) -> dict[str, Any]:
+    """The ``openat2`` mechanism: the same job in the caller's process, no jail.
+
+    Every path is resolved with ``openat2(RESOLVE_IN_ROOT)`` under ``root_fd``. Compressed
+    or chunked input is fed through a pipe by a thread, as the parent feeds a worker.
+    """
+    options = UnpackOptions.from_json(request["options"])
+    dest = str(request.get("dest", "."))
+    if dest not in ("", ".", "/"):
+        try:
+            _make_dest(fsops.Openat2FileOps(root_fd), dest)
+        except OSError as err:
+            raise DestinationError(err.strerror or str(err), dest) from err
+    warnings: list[str] = []
+    unpacker = unpack.Unpacker(
+        fsops.Openat2FileOps(root_fd, dest), options, warnings.append,
+        layer_mode=bool(request.get("layer")),
+    )
+    feeder: threading.Thread | None = None
+    feed_error: list[BaseException] = []
+    if isinstance(data, int):
+        read_fd = data
+    else:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        chunks = data
+
+        def feed() -> None:
+            try:
+                worker.feed(write_fd, chunks, None)
+            except BaseException as err:
+                feed_error.append(err)
+            finally:
+                os.close(write_fd)
+
+        feeder = threading.Thread(target=feed, name="chrootarchive-feed", daemon=True)
+        feeder.start()
+    try:
+        reader = tarreader.TarReader(read_fd)
+        try:
+            stats = unpacker.run(reader)
+            reader.drain()
+        except ChrootArchiveError:
+            if feed_error:
+                raise feed_error[0] from None
+            raise
+    finally:
+        if feeder is not None:
+            os.close(read_fd)
+            feeder.join()
+    if feed_error:
+        raise feed_error[0]
+    return {"entries": stats.entries, "size": stats.size, "confinement": "openat2",
+            "warnings": warnings[:1000]}

@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 _MAX_RESULT = 16 << 20
 _MAX_WARNINGS = 1000
+_READY = b"\x01"  # sent by the worker once it is confined, before it reads any data
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -93,7 +95,15 @@ class Worker:
         self.stdin_w = -1
         self.stdout_r = -1
         self._reply = bytearray()
+        self._ready = threading.Event()
+        self._is_ready = False
         self._closed = False
+        id_ranges = request.get("id_ranges")
+        sync_parent: socket.socket | None = None
+        sync_child: socket.socket | None = None
+        if id_ranges:
+            sync_parent, sync_child = socket.socketpair()
+            request = dict(request, sync_fd=sync_child.fileno())
         req_r, req_w = _pipe()
         self._res_r, res_w = _pipe()
         child_stdin = stdin
@@ -108,17 +118,22 @@ class Worker:
                  str(req_r), str(res_w), str(root_fd), str(os.getpid())],
                 stdin=child_stdin,
                 stdout=child_stdout if child_stdout is not None else subprocess.DEVNULL,
-                pass_fds=(req_r, res_w, root_fd),
+                pass_fds=(req_r, res_w, root_fd)
+                + ((sync_child.fileno(),) if sync_child is not None else ()),
                 env={"LC_ALL": "C.UTF-8"},
             )
         except BaseException:
             for fd in (req_w, self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
                     os.close(fd)
+            if sync_parent is not None:
+                sync_parent.close()
             raise
         finally:
             for fd in (req_r, res_w):
                 os.close(fd)
+            if sync_child is not None:
+                sync_child.close()
             if stdin is None and child_stdin is not None:
                 os.close(child_stdin)
             if child_stdout is not None:
@@ -131,13 +146,50 @@ class Worker:
             pass  # the worker died early; finish() reports it
         finally:
             os.close(req_w)
+        if sync_parent is not None:
+            with sync_parent:
+                self._map_ids(sync_parent, id_ranges)
+
+    def _map_ids(self, sync: socket.socket, ranges: Any) -> None:
+        """Map the worker's user namespace to the caller's subordinate ranges."""
+        from chrootarchive.confine import userns
+
+        sync.settimeout(30)
+        try:
+            if sync.recv(1) != b"U":
+                return  # the worker failed before unsharing; its reply says why
+            try:
+                userns.map_ids(self.proc.pid, tuple(ranges))
+            except ChrootArchiveError as err:
+                sync.sendall(b"F" + err.message.encode())
+                return
+            sync.sendall(b"M")
+        except OSError:
+            return
 
     def _read_result(self) -> None:
-        while len(self._reply) <= _MAX_RESULT:
-            data = os.read(self._res_r, 65536)
-            if not data:
-                return
-            self._reply += data
+        first = True
+        try:
+            while len(self._reply) <= _MAX_RESULT:
+                data = os.read(self._res_r, 65536)
+                if not data:
+                    return
+                if first:
+                    first = False
+                    if data.startswith(_READY):
+                        self._is_ready = True
+                        data = data[1:]
+                        self._ready.set()
+                self._reply += data
+        finally:
+            self._ready.set()
+
+    def wait_ready(self) -> None:
+        """Block until the worker is confined; raise its error if it never got there."""
+        self._ready.wait()
+        if not self._is_ready:
+            self.finish()  # raises the worker's error
+            raise WorkerError("the worker stopped before it was confined")
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
@@ -184,6 +236,7 @@ def run_job(
     """Run a job that reads ``data`` (chunks, or a readable fd) and return its result."""
     worker = Worker(job, root_fd, request, stdin=data if isinstance(data, int) else None)
     try:
+        worker.wait_ready()
         if not isinstance(data, int):
             try:
                 feed(worker.stdin_w, data, on_progress)
@@ -279,7 +332,7 @@ def child_main(argv: list[str]) -> None:
         os._exit(1)  # the parent is already gone
     request: dict[str, Any] = {}
     try:
-        result = _child_work(req_fd, root_fd, request)
+        result = _child_work(req_fd, root_fd, result_fd, request)
         _send(result_fd, {"result": result})
         code = 0
     except BaseException as err:
@@ -316,7 +369,9 @@ def _read_request(fd: int) -> dict[str, Any]:
     return request
 
 
-def _child_work(req_fd: int, root_fd: int, request: dict[str, Any]) -> dict[str, Any]:
+def _child_work(
+    req_fd: int, root_fd: int, result_fd: int, request: dict[str, Any]
+) -> dict[str, Any]:
     # Everything the worker will ever need is imported here, before confinement.
     from chrootarchive import _linux, confine
     from chrootarchive.confine import pivot
@@ -327,8 +382,12 @@ def _child_work(req_fd: int, root_fd: int, request: dict[str, Any]) -> dict[str,
     _linux.preload_library("libgcc_s.so.1")
     os.umask(0)
 
-    used = confine.enter(str(request["mechanism"]), root_fd)
+    sync_fd = request.get("sync_fd")
+    used = confine.enter(str(request["mechanism"]), root_fd,
+                         int(sync_fd) if sync_fd is not None else None)
     os.close(root_fd)
+    if used.startswith("userns"):
+        request["in_user_namespace"] = True
     _forbid_imports()
 
     warnings: list[str] = []
@@ -340,6 +399,7 @@ def _child_work(req_fd: int, root_fd: int, request: dict[str, Any]) -> dict[str,
     dest = str(request.get("dest", "."))
     if dest not in ("", ".", "/"):
         _enter_dest(dest, create=bool(request.get("create_dest", True)))
+    _write_all(result_fd, _READY)
     result: dict[str, Any] = job.run(request, warn)
     result["confinement"] = used
     result["warnings"] = warnings

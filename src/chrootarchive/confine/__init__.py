@@ -1,8 +1,15 @@
-"""Confinement mechanisms and the choice between them.
+"""Confinement mechanisms and the choice between them (the ladder).
 
-The parent chooses a mechanism by name (:func:`choose`); the worker enters it
-(:func:`enter`) before it reads a single byte of the archive. Each mechanism lives in
-its own module. "Not available" is learned once per process; any other error from the
+| mechanism | needs | how |
+|---|---|---|
+| ``pivot`` | root | mount namespace + ``pivot_root`` (falls back to ``chroot``) |
+| ``chroot`` | root | ``chroot`` + ``chdir("/")`` |
+| ``userns`` | user namespaces | user + mount namespace, caller mapped to root, pivot |
+| ``openat2`` | Linux 5.6 | in-process, every path resolved with ``RESOLVE_IN_ROOT`` |
+
+The parent chooses (:func:`candidates`); the worker enters a mechanism (:func:`enter`)
+before it reads a byte of the archive. "Not supported" is learned once per process
+(:func:`mark_unavailable`); success is never cached, and any other error from the
 kernel is reported, never hidden by falling through to a weaker rung.
 """
 
@@ -10,26 +17,43 @@ from __future__ import annotations
 
 import os
 
-from chrootarchive.errors import ConfinementError
+from chrootarchive import fsops
+from chrootarchive.confine import chroot, pivot, userns
+from chrootarchive.errors import ConfinementError, MechanismUnavailableError
 
-from . import chroot, pivot
+__all__ = ["IN_PROCESS", "LADDER", "MECHANISMS", "candidates", "enter", "mark_unavailable"]
 
-__all__ = ["MECHANISMS", "choose", "enter"]
+MECHANISMS = ("pivot", "chroot", "userns", "openat2")
+#: What ``auto`` tries, strongest first (``chroot`` is pivot's own fallback).
+LADDER = ("pivot", "userns", "openat2")
+#: Mechanisms that run in the caller's process instead of a worker.
+IN_PROCESS = frozenset({"openat2"})
 
-MECHANISMS = ("pivot", "chroot")
+_learned: dict[str, str] = {}
+
+
+def mark_unavailable(name: str, reason: str) -> None:
+    """Remember for this process that ``name`` is not supported here."""
+    _learned[name] = reason
 
 
 def _unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot work for this process, or None if it may."""
+    if name in _learned:
+        return _learned[name]
     if name in ("pivot", "chroot"):
         if os.geteuid() != 0:
             return "needs root (CAP_SYS_ADMIN for pivot, CAP_SYS_CHROOT for chroot)"
         return None
+    if name == "userns":
+        return userns.unavailable_reason()
+    if name == "openat2":
+        return fsops.openat2_unavailable_reason()
     return "unknown mechanism"
 
 
-def choose(requested: str = "auto") -> str:
-    """Return the mechanism to use for ``requested`` (``auto`` or a name).
+def candidates(requested: str = "auto") -> list[str]:
+    """The mechanisms to try for ``requested`` (``auto`` or a name), in order.
 
     Raises:
         ConfinementError: nothing usable; the message lists each mechanism and why.
@@ -42,18 +66,31 @@ def choose(requested: str = "auto") -> str:
             )
         reason = _unavailable_reason(requested)
         if reason:
-            raise ConfinementError(f"confinement {requested!r} is not available: {reason}")
-        return requested
+            raise MechanismUnavailableError(
+                f"confinement {requested!r} is not available: {reason}"
+            )
+        return [requested]
+    found = [name for name in LADDER if _unavailable_reason(name) is None]
+    if not found:
+        raise ConfinementError(unavailable_summary())
+    return found
+
+
+def unavailable_summary(extra: dict[str, str] | None = None) -> str:
+    """One line: each rung of the ladder and why it could not be used."""
     reasons = []
-    for name in MECHANISMS:
-        reason = _unavailable_reason(name)
-        if reason is None:
-            return name
+    for name in LADDER:
+        reason = (extra or {}).get(name) or _unavailable_reason(name) or "failed"
         reasons.append(f"{name}: {reason}")
-    raise ConfinementError("no confinement mechanism is available (" + "; ".join(reasons) + ")")
+    return "no confinement mechanism is available (" + "; ".join(reasons) + ")"
 
 
-def enter(name: str, root_fd: int) -> str:
+def choose(requested: str = "auto") -> str:
+    """The first candidate (kept for callers that need a single name)."""
+    return candidates(requested)[0]
+
+
+def enter(name: str, root_fd: int, sync_fd: int | None = None) -> str:
     """Confine the calling (worker) process to the directory ``root_fd``.
 
     Afterwards ``/`` and the working directory are that directory. Returns the mechanism
@@ -63,4 +100,6 @@ def enter(name: str, root_fd: int) -> str:
         return pivot.enter(root_fd)
     if name == "chroot":
         return chroot.enter(root_fd)
-    raise ConfinementError(f"unknown confinement mechanism {name!r}")
+    if name == "userns":
+        return userns.enter(root_fd, sync_fd)
+    raise ConfinementError(f"mechanism {name!r} cannot run in a worker")

@@ -20,9 +20,8 @@ import os
 import tempfile
 
 from chrootarchive import _linux
+from chrootarchive.confine import chroot
 from chrootarchive.errors import ConfinementError
-
-from . import chroot
 
 __all__ = ["enter", "running_in_user_namespace"]
 
@@ -80,6 +79,14 @@ def enter(root_fd: int) -> str:
         raise ConfinementError(
             f"creating a mount namespace before pivot failed: {err.strerror}"
         ) from err
+    return pivot_cwd()
+
+
+def pivot_cwd() -> str:
+    """In a fresh mount namespace: jail the process at its working directory.
+
+    Returns ``pivot``, or ``chroot`` where the reference falls back to it.
+    """
     try:
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
