@@ -26,9 +26,10 @@ from chrootarchive.errors import (
     InternalError,
     LimitExceededError,
     MalformedArchiveError,
+    MechanismUnavailableError,
     WorkerError,
 )
-from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
+from chrootarchive.options import IDMap, Limits, UnpackOptions, UnpackResult
 
 __all__ = [
     "ArchiveError",
@@ -41,7 +42,9 @@ __all__ = [
     "ImageError",
     "InternalError",
     "LimitExceededError",
+    "Limits",
     "MalformedArchiveError",
+    "MechanismUnavailableError",
     "UnpackOptions",
     "UnpackResult",
     "WorkerError",

@@ -6,14 +6,16 @@ The package ``__init__`` re-exports these; ``image`` and ``copy`` build on them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import posixpath
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, BinaryIO
 
-from chrootarchive import compression, confine, unpack_job
+from chrootarchive import compression, confine, staging, unpack_job
 from chrootarchive.confine import userns
 from chrootarchive.errors import (
     BreakoutError,
@@ -159,11 +161,20 @@ def _unpack(
     compressed: bool,
     progress: Progress | None,
     layer: bool = False,
+    lock: bool = True,
 ) -> UnpackResult:
     options = options or UnpackOptions()
     confine.candidates(options.confine)  # fail before creating anything
+    if options.atomic:
+        if root is not None:
+            raise DestinationError("atomic unpacking is not available with a root", str(root))
+        with staging.atomic_destination(os.fspath(dest)) as stage:
+            # The staging directory is private (and flocked as such): no second lock.
+            return _unpack(source, stage, None, replace(options, atomic=False),
+                           compressed=compressed, progress=progress, layer=layer,
+                           lock=False)
     with _open_source(source) as raw:
-        root_fd, rel_dest = pin_destination(os.fspath(dest), root)
+        root_fd, rel_dest = pin_destination(os.fspath(dest), root, lock=lock)
         try:
             direct_fd = _plain_regular_fd(raw, compressed)
             if direct_fd is not None:
@@ -293,8 +304,14 @@ class _Counting:
         return data
 
 
-def pin_destination(dest: str, root: str | os.PathLike[str] | None) -> tuple[int, str]:
-    """Open the jail's root once; everything afterwards is relative to that descriptor."""
+def pin_destination(
+    dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True
+) -> tuple[int, str]:
+    """Open the jail's root once; everything afterwards is relative to that descriptor.
+
+    With ``lock``, an exclusive ``flock`` on it serializes two operations on the same
+    destination: the second waits for the first.
+    """
     if root is None:
         jail, rel = dest, "."
         try:
@@ -312,6 +329,8 @@ def pin_destination(dest: str, root: str | os.PathLike[str] | None) -> tuple[int
         raise DestinationError("not a directory", jail) from None
     except OSError as err:
         raise DestinationError(f"cannot open: {err.strerror}", jail) from err
+    if lock:
+        fcntl.flock(fd, fcntl.LOCK_EX)
     return fd, rel
 
 

@@ -13,12 +13,13 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from chrootarchive import untar, untar_uncompressed, untar_with_root
 from chrootarchive.api import apply_layer_result
 from chrootarchive.errors import ChrootArchiveError
-from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
+from chrootarchive.options import IDMap, Limits, UnpackOptions, UnpackResult
 
 __all__ = ["main"]
 
@@ -121,6 +122,33 @@ def _add_unpack_options(parser: argparse.ArgumentParser) -> None:
                           "or the reverse")
     sel.add_argument("--best-effort-xattrs", action="store_true",
                      help="skip xattrs that the destination filesystem does not support")
+    sel.add_argument("--data-only", action="store_true",
+                     help="unpack data, not a root filesystem: no device nodes, no "
+                          "setuid/setgid/sticky bits, no security.*/trusted.* xattrs, owners "
+                          "left to the user running this (what is dropped is reported)")
+    sel.add_argument("--atomic", action="store_true",
+                     help="all or nothing: unpack beside DEST and rename into place only "
+                          "when everything succeeded (DEST must be missing or empty)")
+    lim = parser.add_argument_group(
+        "limits (crossing one stops the work: exit status 1; SIZE takes K, M, G, T)")
+    defaults = Limits()
+    lim.add_argument("--max-bytes", type=_size, metavar="SIZE",
+                     help=f"file data written in total (default {_human(defaults.max_bytes)})")
+    lim.add_argument("--max-entries", type=_count, metavar="N",
+                     help=f"archive entries (default {defaults.max_entries:,})")
+    lim.add_argument("--max-file-size", type=_size, metavar="SIZE",
+                     help=f"one file (default {_human(defaults.max_file_size)})")
+    lim.add_argument("--max-path-length", type=_count, metavar="N",
+                     help=f"bytes in a name (default {defaults.max_path_length})")
+    lim.add_argument("--max-path-depth", type=_count, metavar="N",
+                     help=f"directories in a name (default {defaults.max_path_depth})")
+    lim.add_argument("--max-xattr-bytes", type=_size, metavar="SIZE",
+                     help=f"one entry's xattrs (default {_human(defaults.max_xattr_bytes)})")
+    lim.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="wall-clock time for the whole operation (default: none)")
+    lim.add_argument("--strict-limits", action="store_true",
+                     help="start from limits for untrusted downloads (4G bytes, 100,000 "
+                          "entries, 1 hour) instead of the container-sized defaults")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,8 +199,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"a size must be >= 0: {text!r}")
+    return int(number * _UNITS[unit])
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _human(value: int | None) -> str:
+    if value is None:
+        return "none"
+    for unit in ("T", "G", "M", "K"):
+        if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit}"
+    return str(value)
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    limits = Limits.strict() if args.strict_limits else Limits()
+    changes = {
+        name: getattr(args, name)
+        for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
+                     "max_path_depth", "max_xattr_bytes", "timeout")
+        if getattr(args, name) is not None
+    }
+    return replace(limits, **changes)
+
+
 def _unpack_options(args: argparse.Namespace) -> UnpackOptions:
     return UnpackOptions(
+        limits=_limits(args),
+        data_only=args.data_only,
+        atomic=args.atomic,
         whiteout_format=getattr(args, "whiteout_format", "aufs"),
         no_lchown=args.no_lchown,
         chown=args.chown,

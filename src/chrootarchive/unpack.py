@@ -18,6 +18,7 @@ import errno
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from chrootarchive.errors import (
     ChrootArchiveError,
     DestinationError,
     InternalError,
+    LimitExceededError,
     MalformedArchiveError,
 )
 from chrootarchive.options import IDMap, UnpackOptions
@@ -121,6 +123,13 @@ class Unpacker:
         self.skipped_owners = 0
         self.skipped_devices = 0
         self.skipped_xattrs = 0
+        self.limits = options.limits
+        self.deadline = (None if self.limits.timeout is None
+                         else time.monotonic() + self.limits.timeout)
+        self.bytes_budget = (1 << 80) if self.limits.max_bytes is None else self.limits.max_bytes
+        self.dropped: dict[str, int] = {
+            "device nodes": 0, "setuid/setgid/sticky bits": 0, "security/trusted xattrs": 0
+        }
         self.egid = os.getegid()
         root_uid = _map_id(0, options.uid_maps, "uid", ".")
         root_gid = _map_id(0, options.gid_maps, "gid", ".")
@@ -142,9 +151,13 @@ class Unpacker:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, reader: TarReader) -> UnpackStats:
+        max_entries = self.limits.max_entries
         for entry in reader:
             self.stats.entries += 1
             self.stats.size += entry.size
+            if max_entries is not None and self.stats.entries > max_entries:
+                self._limit("max_entries", max_entries, "entries", entry.name)
+            self._check_time(entry.name)
             try:
                 self.apply(entry, reader)
             except ChrootArchiveError:
@@ -158,7 +171,10 @@ class Unpacker:
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         name = paths.clean_name(entry.name)
+        self._check_entry_limits(name, entry)
         if self.excludes and self.excludes.matches(name):
+            return
+        if self.options.data_only and not self._data_only(entry):
             return
         if self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
@@ -291,11 +307,50 @@ class Unpacker:
                     return True
         raise DestinationError("the path keeps reappearing (a concurrent writer?)", entry.name)
 
+    # -- limits and data-only mode ------------------------------------------------
+
+    def _limit(self, limit: str, value: float, unit: str, entry: str) -> None:
+        raise LimitExceededError(f"limit {limit} ({value:g} {unit}) exceeded", entry)
+
+    def _check_time(self, entry: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            assert self.limits.timeout is not None
+            self._limit("timeout", self.limits.timeout, "seconds", entry)
+
+    def _check_entry_limits(self, name: str, entry: TarEntry) -> None:
+        limits = self.limits
+        if limits.max_path_length is not None and len(os.fsencode(name)) > limits.max_path_length:
+            self._limit("max_path_length", limits.max_path_length, "bytes", entry.name)
+        if limits.max_path_depth is not None and name.count("/") + 1 > limits.max_path_depth:
+            self._limit("max_path_depth", limits.max_path_depth, "components", entry.name)
+        if (limits.max_file_size is not None and entry.kind == tarreader.REGULAR
+                and entry.size > limits.max_file_size):
+            self._limit("max_file_size", limits.max_file_size, "bytes", entry.name)
+        if limits.max_xattr_bytes is not None and entry.xattrs:
+            total = sum(len(k) + len(v) for k, v in entry.xattrs.items())
+            if total > limits.max_xattr_bytes:
+                self._limit("max_xattr_bytes", limits.max_xattr_bytes, "bytes", entry.name)
+
+    def _data_only(self, entry: TarEntry) -> bool:
+        """Strip what only a root filesystem needs; False when the entry is dropped."""
+        if entry.kind in (tarreader.CHARDEV, tarreader.BLOCKDEV):
+            self.dropped["device nodes"] += 1
+            return False
+        if entry.mode & 0o7000 and entry.kind != tarreader.HARDLINK:
+            self.dropped["setuid/setgid/sticky bits"] += 1
+            entry.mode &= 0o777
+        if entry.xattrs:
+            kept = {k: v for k, v in entry.xattrs.items() if k.startswith("user.")}
+            if len(kept) != len(entry.xattrs):
+                self.dropped["security/trusted xattrs"] += len(entry.xattrs) - len(kept)
+                entry.xattrs = kept
+        return True
+
     # -- entry kinds --------------------------------------------------------------
 
     def _owner(self, entry: TarEntry) -> tuple[int, int] | None:
         """The owner to set, or None to leave the creator's."""
-        if self.options.no_lchown:
+        if self.options.no_lchown or self.options.data_only:
             return None
         if self.options.chown is not None:
             return self.options.chown
@@ -326,7 +381,14 @@ class Unpacker:
             sparse = entry.sparse is not None
             write = os.write
             pwrite = os.pwrite
+            budget = self.bytes_budget
             for offset, chunk in reader.data(entry):
+                budget -= len(chunk)
+                if budget < 0:
+                    assert self.limits.max_bytes is not None
+                    self._limit("max_bytes", self.limits.max_bytes, "bytes", entry.name)
+                if self.deadline is not None:
+                    self._check_time(entry.name)
                 if sparse:
                     while chunk:
                         n = pwrite(fd, chunk, offset)
@@ -336,6 +398,7 @@ class Unpacker:
                     while chunk:
                         n = write(fd, chunk)
                         chunk = chunk[n:]
+            self.bytes_budget = budget
             if sparse:
                 os.ftruncate(fd, entry.size)
             owner = self._owner(entry)
@@ -494,6 +557,9 @@ class Unpacker:
                     os.setxattr(f"/proc/self/fd/{fd}", ROOTLESS_XATTR, record)
 
     def _summarize_skips(self) -> None:
+        for what, count in self.dropped.items():
+            if count:
+                self.warn(f"data-only: dropped {count} {what}")
         if self.skipped_owners:
             ids = ", ".join(f"{u}:{g}" for u, g in sorted(self.unmappable)[:5])
             self.warn(

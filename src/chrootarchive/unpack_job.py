@@ -8,20 +8,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from chrootarchive import fsops, tarreader, unpack, worker
-from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive.errors import ChrootArchiveError, DestinationError, LimitExceededError
 from chrootarchive.options import UnpackOptions
 
 __all__ = ["run"]
 
 
+def capabilities(request: dict[str, Any]) -> frozenset[str]:
+    """The jailed worker keeps CAP_SYS_ADMIN only to write ``trusted.overlay.opaque``."""
+    caps = worker.DEFAULT_CAPABILITIES
+    if request["options"].get("whiteout_format") == "overlay":
+        caps = caps | {"CAP_SYS_ADMIN"}
+    return caps
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise LimitExceededError("limit timeout exceeded (the worker was stopped)")
+
+
 def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
     options = UnpackOptions.from_json(request["options"])
+    if options.limits.timeout is not None:
+        # Entry-by-entry checks stop a busy worker; the alarm also stops a worker
+        # blocked on a slow (trickling) input.
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, options.limits.timeout + 0.2)
     unpacker = unpack.Unpacker(
         fsops.JailedFileOps(),
         options,

@@ -22,6 +22,7 @@ import fcntl
 import importlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -40,7 +41,13 @@ from chrootarchive.errors import (
 __all__ = ["JOBS", "Worker", "feed", "run_job"]
 
 #: Job name -> module (inside this package) whose ``run(request, warn)`` does the work.
-JOBS = {"unpack": "unpack_job"}
+JOBS = {"unpack": "unpack_job", "probe": "probe_job", "pack": "pack"}
+
+#: What a jailed worker keeps to write files; a job may ask for more (``CAPABILITIES``).
+DEFAULT_CAPABILITIES = frozenset({
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_MKNOD", "CAP_SETFCAP",
+})
 
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
@@ -388,6 +395,7 @@ def _child_work(
     os.close(root_fd)
     if used.startswith("userns"):
         request["in_user_namespace"] = True
+    _lock_down(job, request)
     _forbid_imports()
 
     warnings: list[str] = []
@@ -404,6 +412,26 @@ def _child_work(
     result["confinement"] = used
     result["warnings"] = warnings
     return result
+
+
+def _lock_down(job: Any, request: dict[str, Any]) -> None:
+    """Give up every power the job does not need, once jailed.
+
+    Capabilities are cut to what writing files needs (no CAP_SYS_ADMIN, so no more
+    mounts, no CAP_SYS_CHROOT, no ptrace, no network), ``no_new_privs`` is set, a
+    seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin, and
+    core dumps are off.
+    """
+    from chrootarchive import _linux
+
+    wanted = getattr(job, "capabilities", None)
+    names = wanted(request) if callable(wanted) else DEFAULT_CAPABILITIES
+    keep = {_linux.CAPABILITIES[name] for name in names}
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    if os.geteuid() == 0:
+        _linux.drop_capabilities(keep)
+    _linux.install_seccomp_denylist()
 
 
 def _enter_dest(dest: str, *, create: bool) -> None:

@@ -21,7 +21,7 @@ import tempfile
 
 from chrootarchive import _linux
 from chrootarchive.confine import chroot
-from chrootarchive.errors import ConfinementError
+from chrootarchive.errors import ConfinementError, DestinationError
 
 __all__ = ["enter", "running_in_user_namespace"]
 
@@ -98,6 +98,8 @@ def pivot_cwd() -> str:
             return chroot.enter_cwd()
     try:
         pivot_dir = os.path.basename(tempfile.mkdtemp(prefix=".pivot_root", dir="."))
+    except PermissionError as err:
+        raise DestinationError(f"cannot write to the destination: {err.strerror}") from err
     except OSError as err:
         raise ConfinementError(f"setting up the pivot directory failed: {err.strerror}") from err
     try:
