@@ -31,6 +31,7 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
 )
+from chrootarchive.filewriter import FileMetadata, FileWriter
 from chrootarchive.options import IDMap, UnpackOptions
 from chrootarchive.tarreader import TarEntry, TarReader
 
@@ -41,6 +42,7 @@ _NS_MAX = 2**63 - 1
 _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                 errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 _MAX_RETRIES = 8
+_THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 
 
 @dataclass
@@ -108,8 +110,11 @@ class Unpacker:
         *,
         layer_mode: bool = False,
         in_user_namespace: bool = False,
+        threaded: bool = True,
     ) -> None:
         self.fs = fs
+        self.threaded = threaded
+        self.writer: FileWriter | None = None
         self.options = options
         self.warn = warn
         self.excludes = paths.PatternMatcher(options.excludes)
@@ -151,6 +156,23 @@ class Unpacker:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, reader: TarReader) -> UnpackStats:
+        if self.threaded:
+            self.writer = FileWriter(self._writer_chown, self._writer_xattrs)
+        try:
+            self._loop(reader)
+            if self.writer is not None:
+                self.writer.drain()
+                if self.writer.error is not None:
+                    self._raise_writer_error()
+        finally:
+            if self.writer is not None:
+                self.writer.drain()
+        self.finish_dirs()
+        self.whiteouts.finish()
+        self._summarize_skips()
+        return self.stats
+
+    def _loop(self, reader: TarReader) -> None:
         max_entries = self.limits.max_entries
         for entry in reader:
             self.stats.entries += 1
@@ -164,10 +186,6 @@ class Unpacker:
                 raise
             except OSError as err:
                 raise self._os_error(err, entry.name) from err
-        self.finish_dirs()
-        self.whiteouts.finish()
-        self._summarize_skips()
-        return self.stats
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         name = paths.clean_name(entry.name)
@@ -219,7 +237,7 @@ class Unpacker:
     # -- parents and replacement --------------------------------------------------
 
     def _ensure_parent(self, name: str, entry_name: str) -> None:
-        parent = posixpath.dirname(name)
+        parent = name.rpartition("/")[0]
         if not parent or parent in self.dirs:
             return
         self._make_dirs(parent, entry_name)
@@ -319,7 +337,8 @@ class Unpacker:
 
     def _check_entry_limits(self, name: str, entry: TarEntry) -> None:
         limits = self.limits
-        if limits.max_path_length is not None and len(os.fsencode(name)) > limits.max_path_length:
+        if (limits.max_path_length is not None and len(name) * 4 > limits.max_path_length
+                and len(os.fsencode(name)) > limits.max_path_length):
             self._limit("max_path_length", limits.max_path_length, "bytes", entry.name)
         if limits.max_path_depth is not None and name.count("/") + 1 > limits.max_path_depth:
             self._limit("max_path_depth", limits.max_path_depth, "components", entry.name)
@@ -369,16 +388,73 @@ class Unpacker:
             return False
         return owner != (self.euid, self.egid) or self.dirs.get(parent or ".", True)
 
-    def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+    def _create_file(self, name: str, entry: TarEntry) -> int:
+        mode = entry.mode & 0o777
+        try:
+            return self.fs.create_file(name, mode)
+        except FileExistsError:
+            pass
         fd = -1
 
         def create() -> None:
             nonlocal fd
-            fd = self.fs.create_file(name, entry.mode & 0o777)
+            fd = self.fs.create_file(name, mode)
 
         self._create(name, entry, create)
+        return fd
+
+    def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+        fd = self._create_file(name, entry)
+        handed_over = False
         try:
             sparse = entry.sparse is not None
+            owner = self._owner(entry)
+            atime, mtime = self._times(entry)
+            meta = FileMetadata(
+                entry=entry.name,
+                size=entry.size if sparse else None,
+                owner=owner if self._needs_chown(owner, name.rpartition("/")[0]) else None,
+                xattrs=entry.xattrs or None,
+                special_mode=entry.mode if entry.mode & 0o7000 else None,
+                atime_ns=atime,
+                mtime_ns=mtime,
+            )
+            writer = self.writer
+            if writer is None or entry.size < _THREADED_MIN_SIZE:
+                # Small files: a hand-over costs about what their few syscalls cost.
+                if writer is not None:
+                    handed_over = True  # _write_inline closes fd
+                self._write_inline(fd, meta, reader, entry, sparse)
+                return
+            budget = self.bytes_budget
+            pending: tuple[int, bytes] | None = None
+            for offset, chunk in reader.data(entry):
+                budget -= len(chunk)
+                if budget < 0:
+                    assert self.limits.max_bytes is not None
+                    self._limit("max_bytes", self.limits.max_bytes, "bytes", entry.name)
+                if self.deadline is not None:
+                    self._check_time(entry.name)
+                if writer.error is not None:
+                    self._raise_writer_error()
+                if pending is not None:
+                    writer.put(fd, pending[0], pending[1], meta, False)
+                    handed_over = True
+                pending = (offset if sparse else -1, bytes(chunk))
+            self.bytes_budget = budget
+            if pending is None:
+                pending = (-1, b"")
+            writer.put(fd, pending[0], pending[1], meta, True)
+            handed_over = True
+        finally:
+            if not handed_over and self.writer is not None:
+                os.close(fd)
+
+    def _write_inline(
+        self, fd: int, meta: FileMetadata, reader: TarReader, entry: TarEntry, sparse: bool
+    ) -> None:
+        """Without a writer thread (one core): data and metadata here, then close."""
+        try:
             write = os.write
             pwrite = os.pwrite
             budget = self.bytes_budget
@@ -399,19 +475,33 @@ class Unpacker:
                         n = write(fd, chunk)
                         chunk = chunk[n:]
             self.bytes_budget = budget
-            if sparse:
-                os.ftruncate(fd, entry.size)
-            owner = self._owner(entry)
-            if self._needs_chown(owner, posixpath.dirname(name)):
-                assert owner is not None
-                self._chown(fd, owner, entry.name, os.fchown)
-            if entry.xattrs:
+            if meta.size is not None:
+                os.ftruncate(fd, meta.size)
+            if meta.owner is not None:
+                self._chown(fd, meta.owner, entry.name, os.fchown)
+            if meta.xattrs:
                 self._xattrs_fd(fd, entry)
-            if entry.mode & 0o7000:
-                os.fchmod(fd, entry.mode)
-            os.utime(fd, ns=self._times(entry))
+            if meta.special_mode is not None:
+                os.fchmod(fd, meta.special_mode)
+            os.utime(fd, ns=(meta.atime_ns, meta.mtime_ns))
         finally:
             os.close(fd)
+
+    def _writer_chown(self, fd: int, owner: tuple[int, int], entry: str) -> None:
+        self._chown(fd, owner, entry, os.fchown)
+
+    def _writer_xattrs(self, fd: int, xattrs: dict[str, bytes], entry: str) -> None:
+        for key, value in xattrs.items():
+            self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
+
+    def _raise_writer_error(self) -> None:
+        assert self.writer is not None and self.writer.error is not None
+        err, entry = self.writer.error
+        if isinstance(err, ChrootArchiveError):
+            raise err
+        if isinstance(err, OSError):
+            raise self._os_error(err, entry) from err
+        raise InternalError(f"{type(err).__name__}: {err}", entry) from err
 
     def _dir(self, name: str, entry: TarEntry) -> None:
         created_mode = (entry.mode & 0o7777) | 0o700
@@ -516,18 +606,20 @@ class Unpacker:
             self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
 
     def _set_xattr(
-        self, setter: Callable[[str, bytes], None], key: str, value: bytes, entry: TarEntry
+        self, setter: Callable[[str, bytes], None], key: str, value: bytes,
+        entry: TarEntry | str,
     ) -> None:
+        entry_name = entry if isinstance(entry, str) else entry.name
         try:
             setter(key, value)
         except OSError as err:
             if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
-                self.warn(f"{entry.name}: xattr {key} not supported here, skipped")
+                self.warn(f"{entry_name}: xattr {key} not supported here, skipped")
                 return
             if err.errno == errno.EPERM and self.limited and not key.startswith("user."):
                 self.skipped_xattrs += 1  # trusted.* and friends need real root
                 return
-            raise ArchiveError(f"setting xattr {key}: {err.strerror}", entry.name) from err
+            raise ArchiveError(f"setting xattr {key}: {err.strerror}", entry_name) from err
 
     # -- what cannot be represented without privilege ----------------------------
 
