@@ -15,6 +15,14 @@ from chrootarchive.api import (
     untar_uncompressed,
     untar_with_root,
 )
+from chrootarchive.copy import (
+    TarStream,
+    copy_file_with_tar,
+    copy_path,
+    copy_with_tar,
+    tar,
+    untar_path,
+)
 from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
@@ -27,9 +35,17 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
     MechanismUnavailableError,
+    SourceError,
     WorkerError,
 )
-from chrootarchive.options import IDMap, Limits, UnpackOptions, UnpackResult
+from chrootarchive.options import (
+    IDMap,
+    Limits,
+    PackOptions,
+    PackResult,
+    UnpackOptions,
+    UnpackResult,
+)
 
 __all__ = [
     "ArchiveError",
@@ -45,12 +61,21 @@ __all__ = [
     "Limits",
     "MalformedArchiveError",
     "MechanismUnavailableError",
+    "PackOptions",
+    "PackResult",
+    "SourceError",
+    "TarStream",
     "UnpackOptions",
     "UnpackResult",
     "WorkerError",
     "apply_layer",
     "apply_uncompressed_layer",
+    "copy_file_with_tar",
+    "copy_path",
+    "copy_with_tar",
+    "tar",
     "untar",
+    "untar_path",
     "untar_uncompressed",
     "untar_with_root",
 ]

@@ -214,25 +214,48 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def drop_capabilities(keep: set[int]) -> None:
-    """Keep only ``keep`` in every capability set, the bounding set included."""
+_permitted_mask = 0
+
+
+def _capset(effective: int, permitted: int) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(
+        _CapData(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0),
+        _CapData(effective >> 32, permitted >> 32, 0),
+    )
+    _check(_libc.syscall(_CAPSET[_ARCH], ctypes.byref(header), data), "capset")
+
+
+def _mask(caps: set[int]) -> int:
+    mask = 0
+    for cap in caps:
+        mask |= 1 << cap
+    return mask
+
+
+def set_effective(caps: set[int]) -> None:
+    """Make ``caps`` (a subset of what is permitted) the calling thread's effective set."""
+    _capset(_mask(caps) & _permitted_mask, _permitted_mask)
+
+
+def drop_capabilities(keep: set[int], dormant: set[int] | frozenset[int] = frozenset()) -> None:
+    """Keep only ``keep`` effective and ``keep | dormant`` at all, bounding set included.
+
+    A dormant capability stays permitted but not effective: the caller raises it with
+    :func:`set_effective` around the one call that needs it.
+    """
+    global _permitted_mask
+    allowed = set(keep) | set(dormant)
     for cap in range(_CAP_LAST + 1):
-        if cap in keep:
+        if cap in allowed:
             continue
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
             err = ctypes.get_errno()
             if err == errno.EINVAL:
                 break  # past the last capability this kernel knows
             raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)}")
-    mask = 0
-    for cap in keep:
-        mask |= 1 << cap
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)(
-        _CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
-        _CapData(mask >> 32, mask >> 32, 0),
-    )
-    _check(_libc.syscall(_CAPSET[_ARCH], ctypes.byref(header), data), "capset")
+    _permitted_mask = _mask(allowed)
+    _capset(_mask(set(keep)), _permitted_mask)
 
 
 # seccomp: a small deny-list filter, a few instructions, no measurable cost.

@@ -18,13 +18,14 @@ from typing import Any, BinaryIO
 from chrootarchive import compression, confine, staging, unpack_job
 from chrootarchive.confine import userns
 from chrootarchive.errors import (
+    ArchiveError,
     BreakoutError,
     ChrootArchiveError,
     ConfinementError,
     DestinationError,
     MechanismUnavailableError,
 )
-from chrootarchive.options import UnpackOptions, UnpackResult
+from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 from chrootarchive.worker import run_job
 
 __all__ = [
@@ -174,7 +175,8 @@ def _unpack(
                            compressed=compressed, progress=progress, layer=layer,
                            lock=False)
     with _open_source(source) as raw:
-        root_fd, rel_dest = pin_destination(os.fspath(dest), root, lock=lock)
+        root_fd, rel_dest = pin_destination(os.fspath(dest), root, lock=lock,
+                                            owner=_root_owner(options))
         try:
             direct_fd = _plain_regular_fd(raw, compressed)
             if direct_fd is not None:
@@ -203,6 +205,7 @@ def _run_unpack(
     """
     request: dict[str, Any] = {
         "dest": rel_dest,
+        "dest_owner": _root_owner(options),
         "options": options.to_json(),
         "layer": layer,
         "debug": _debug(),
@@ -240,7 +243,7 @@ def unpack_stream(
     """
     options = options or UnpackOptions()
     confine.candidates(options.confine)  # fail before creating anything
-    root_fd, rel_dest = pin_destination(os.fspath(dest), None)
+    root_fd, rel_dest = pin_destination(os.fspath(dest), None, owner=_root_owner(options))
     try:
         return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer)
     finally:
@@ -304,8 +307,50 @@ class _Counting:
         return data
 
 
+def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
+    """Create a missing destination (and parents) 0755 whatever the umask, owned by
+    the mapped root, as Docker's ``MkdirAllAndChownNew`` does; existing ones are kept."""
+    missing = []
+    path = os.path.abspath(dest)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for new in reversed(missing):
+        os.mkdir(new, 0o755)
+        fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(fd, *owner)
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+    if not os.path.isdir(dest):
+        raise FileExistsError(dest)
+
+
+def _root_owner(options: UnpackOptions) -> tuple[int, int] | None:
+    """The host owner of directories the unpack makes: the mapped root."""
+    if options.no_lchown or options.data_only:
+        return None
+    if options.chown is not None:
+        return options.chown
+    uid = _map_root(options.uid_maps)
+    gid = _map_root(options.gid_maps)
+    return (uid, gid)
+
+
+def _map_root(maps: tuple[IDMap, ...]) -> int:
+    for m in maps:
+        if m.container_id <= 0 < m.container_id + m.size:
+            return m.host_id - m.container_id
+    if maps:
+        raise ArchiveError("container root (id 0) cannot be mapped to a host id")
+    return 0
+
+
 def pin_destination(
-    dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True
+    dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True,
+    owner: tuple[int, int] | None = None,
 ) -> tuple[int, str]:
     """Open the jail's root once; everything afterwards is relative to that descriptor.
 
@@ -315,7 +360,7 @@ def pin_destination(
     if root is None:
         jail, rel = dest, "."
         try:
-            os.makedirs(dest, 0o755, exist_ok=True)
+            _make_dest(dest, owner)
         except FileExistsError:
             raise DestinationError("not a directory", dest) from None
         except OSError as err:

@@ -1,16 +1,19 @@
 """The ``chrootarchive`` command line.
 
 Every error is one line, ``chrootarchive: error: ENTRY: PROBLEM``, and an exit status:
-0 done, 1 bad archive, 2 usage, 3 no confinement mechanism, 4 destination problem,
-70 internal error. ``--debug`` adds tracebacks.
+0 done, 1 bad archive, 2 usage, 3 no confinement mechanism, 4 destination (or, for
+``tar`` and ``cp``, source) problem, 70 internal error. ``--debug`` adds tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,8 +21,10 @@ from typing import Any
 
 from chrootarchive import untar, untar_uncompressed, untar_with_root
 from chrootarchive.api import apply_layer_result
-from chrootarchive.errors import ChrootArchiveError
-from chrootarchive.options import IDMap, Limits, UnpackOptions, UnpackResult
+from chrootarchive.confine import MECHANISMS
+from chrootarchive.copy import TarStream, copy_path, tar
+from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive.options import IDMap, Limits, PackOptions, UnpackOptions, UnpackResult
 
 __all__ = ["main"]
 
@@ -90,6 +95,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     out.add_argument(
         "--confine", default="auto", metavar="MECHANISM",
+        choices=("auto", *MECHANISMS),
         help="confinement mechanism: auto (default: the strongest available: pivot as "
              "root, else userns, else openat2), pivot (mount namespace + pivot_root, "
              "needs root), chroot (needs root), userns (unprivileged user namespace + "
@@ -196,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_unpack_options(layer_p)
     _add_common(layer_p)
+    _add_pack_commands(commands)
     return parser
 
 
@@ -265,7 +272,7 @@ def _unpack_options(args: argparse.Namespace) -> UnpackOptions:
 class _Progress:
     """A progress bar on stderr, only on a terminal and only once work takes a moment."""
 
-    def __init__(self, total: int | None, enabled: bool) -> None:
+    def __init__(self, total: int | None, enabled: bool, desc: str = "unpacking") -> None:
         self._bar: Any = None
         if not enabled:
             return
@@ -274,7 +281,7 @@ class _Progress:
         except ImportError:
             return
         self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                         delay=0.5, leave=False, file=sys.stderr, desc="unpacking")
+                         delay=0.5, leave=False, file=sys.stderr, desc=desc)
 
     def update(self, n: int) -> None:
         if self._bar is not None:
@@ -334,6 +341,259 @@ def _report(result: UnpackResult, args: argparse.Namespace) -> None:
             print(f"chrootarchive: warning: {warning}", file=sys.stderr)
 
 
+_TAR_EPILOG = """\
+examples:
+  chrootarchive tar ./app -o app.tar.gz
+  chrootarchive tar --root /var/lib/containers/c1/rootfs /etc -o etc.tar
+  chrootarchive tar --root /containers/c1/rootfs /var/log/ --exclude '*.gz' > logs.tar
+  chrootarchive tar ./tree --include bin --include lib --exclude 'lib/*.a' -o sub.tar.zst
+  chrootarchive tar ./rootfs --uid-map 0:100000:65536 --gid-map 0:100000:65536 -o layer.tar
+
+The reading side runs in a kernel jail at ROOT (or at SRC, or SRC's directory), walks
+the tree by directory descriptors and never follows a symlink below SRC, so nothing
+outside ROOT can be read, even by someone who swaps a directory for a symlink while it
+runs. SRC's last component is packed as it is (a symlink as a symlink) unless SRC ends
+with '/' or '/.'. Owners are numeric; names are never looked up. Compression happens
+outside the jail. Sockets are skipped with a warning.
+
+exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
+read or output cannot be written, 70 internal error.
+"""
+
+_CP_EPILOG = """\
+examples:
+  chrootarchive cp ./site /srv/www/site
+  chrootarchive cp --from-root /containers/c1/rootfs /etc/nginx ./nginx-conf
+  chrootarchive cp --from-root /containers/c1/rootfs /var/log/app.log ./logs/
+  chrootarchive cp --to-root /containers/c2/rootfs ./config/. /etc/app
+  chrootarchive cp --from-root /containers/c1/rootfs --to-root /containers/c2/rootfs /data /data
+
+SRC is copied to DST, or into DST when DST ends with '/' (as DST/NAME); 'SRC/.' copies
+SRC's contents into DST. Directories are copied whole (modes, numeric owners, times,
+xattrs, hardlinks, devices); DST's parents are created if missing. The reading side is
+jailed at --from-root (else at SRC or its directory) and follows no symlink below SRC;
+the writing side is jailed at --to-root (else at DST's directory), so symlinks in
+either root resolve inside it.
+
+exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
+read or destination cannot be written, 70 internal error.
+"""
+
+_SUFFIXES = ((".tar.gz", "gzip"), (".tgz", "gzip"), (".gz", "gzip"), (".tar.zst", "zstd"),
+             (".tzst", "zstd"), (".zst", "zstd"))
+
+
+def _rebase(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old:
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old, new
+
+
+def _add_pack_commands(commands: Any) -> None:
+    tar_p = commands.add_parser(
+        "tar",
+        help="make a tar archive of a directory or file, reading it from inside a jail",
+        description="Write a tar archive of SRC, read by a worker jailed at ROOT (or at\n"
+                    "SRC), so that no symlink in the tree can make it read from outside.",
+        epilog=_TAR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tar_p.add_argument("src", metavar="SRC",
+                       help="the directory or file to pack (a path inside ROOT with --root)")
+    tar_p.add_argument("--root", metavar="ROOT",
+                       help="jail the reading side at ROOT and resolve SRC inside it "
+                            "(copying out of a container's root filesystem)")
+    tar_p.add_argument("-o", "--output", metavar="OUT", default="-",
+                       help="write the archive to OUT (default: - for standard output, "
+                            "refused on a terminal)")
+    tar_p.add_argument("--compress", choices=("auto", "gzip", "zstd", "none"), default="auto",
+                       help="auto (default): from OUT's suffix (.gz, .tgz: gzip; .zst, "
+                            ".tzst: zstd), none for standard output")
+    sel = tar_p.add_argument_group("selection and names")
+    sel.add_argument("--include", action="append", default=[], metavar="PATH",
+                     help="pack only PATH below SRC (repeatable); an included path is "
+                          "packed even if an --exclude pattern matches it")
+    sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="skip paths below SRC matching PATTERN and everything below them "
+                          "(glob, '**' across directories, '!PATTERN' re-includes; "
+                          "repeatable, last match wins)")
+    sel.add_argument("--rebase", type=_rebase, action="append", default=[], metavar="OLD=NEW",
+                     help="rename the prefix OLD of names to NEW ('.' renames SRC itself; "
+                          "repeatable)")
+    sel.add_argument("--include-source-dir", action="store_true",
+                     help="also write an entry './' for SRC itself (its mode, owner, times)")
+    own = tar_p.add_argument_group("ownership and metadata (numeric owners only)")
+    own.add_argument("--chown", type=_owner, metavar="UID:GID",
+                     help="write every entry with this owner")
+    own.add_argument("--uid-map", type=_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE",
+                     help="write host uid HOST+n as CONTAINER+n (repeatable); a uid outside "
+                          "every range fails")
+    own.add_argument("--gid-map", type=_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE", help="the same for gids")
+    own.add_argument("--no-xattrs", action="store_true",
+                     help="leave extended attributes (security.capability...) out")
+    own.add_argument("--whole-second-mtimes", action="store_true",
+                     help="truncate times to whole seconds, as Docker does (reproducible "
+                          "layers)")
+    _add_common(tar_p)
+
+    cp_p = commands.add_parser(
+        "cp",
+        help="copy a file or directory through a tar stream, both sides jailed",
+        description="Copy SRC to DST (as docker cp): a worker jailed at --from-root reads\n"
+                    "SRC, another jailed at --to-root writes DST.",
+        epilog=_CP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cp_p.add_argument("src", metavar="SRC", help="what to copy (inside --from-root if given)")
+    cp_p.add_argument("dst", metavar="DST", help="where to copy it (inside --to-root if given)")
+    cp_p.add_argument("--from-root", metavar="ROOT",
+                      help="jail the reading side at ROOT and resolve SRC inside it")
+    cp_p.add_argument("--to-root", metavar="ROOT",
+                      help="jail the writing side at ROOT and resolve DST inside it")
+    cp_sel = cp_p.add_argument_group("selection and ownership")
+    cp_sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="skip paths below SRC matching PATTERN (as for 'tar')")
+    cp_sel.add_argument("--chown", type=_owner, metavar="UID:GID",
+                        help="give every copy this owner instead of the source's")
+    cp_sel.add_argument("--no-lchown", action="store_true",
+                        help="do not set owners: copies belong to the user running this")
+    _add_common(cp_p)
+
+
+def _one_line_usage(message: str) -> int:
+    print(f"chrootarchive: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _pack_options(args: argparse.Namespace, compression: str) -> PackOptions:
+    return PackOptions(
+        include_files=tuple(args.include),
+        excludes=tuple(args.exclude),
+        rebase_names=dict(args.rebase),
+        include_source_dir=args.include_source_dir,
+        chown=args.chown,
+        uid_maps=tuple(args.uid_map),
+        gid_maps=tuple(args.gid_map),
+        compression=compression,
+        xattrs=not args.no_xattrs,
+        whole_second_mtimes=args.whole_second_mtimes,
+        confine=args.confine,
+    )
+
+
+def _run_tar(args: argparse.Namespace) -> int:
+    to_stdout = args.output == "-"
+    compression = args.compress
+    if compression == "auto":
+        name = "" if to_stdout else args.output.lower()
+        compression = next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)),
+                           "none")
+    if to_stdout and args.json:
+        return _one_line_usage("--json needs -o FILE: standard output holds the archive")
+    if to_stdout and sys.stdout.isatty():
+        return _one_line_usage("refusing to write an archive to a terminal "
+                               "(use -o FILE, or a pipe)")
+    try:
+        options = _pack_options(args, compression)
+    except ValueError as err:
+        return _one_line_usage(str(err))
+    bar = _Progress(None, enabled=not args.quiet and sys.stderr.isatty(), desc="packing")
+    try:
+        with tar(args.src, args.root, options, progress=bar.update) as stream:
+            if to_stdout:
+                sys.stdout.flush()
+                _copy_out(stream, sys.stdout.fileno(), "standard output")
+            else:
+                _write_file(stream, args.output)
+            result = stream.result
+    finally:
+        bar.close()
+    assert result is not None
+    if args.json:
+        json.dump(result.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        for warning in result.warnings:
+            print(f"chrootarchive: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _copy_out(stream: TarStream, fd: int, where: str) -> None:
+    """Write the whole stream to ``fd``, unbuffered (an error is met once, here)."""
+    while True:
+        data = stream.read(1 << 20)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except OSError as err:
+                reason = (err.strerror or str(err)).lower()
+                raise DestinationError(f"cannot write the archive: {reason}", where) from err
+            view = view[written:]
+
+
+def _write_file(stream: TarStream, path: str) -> None:
+    """Write the archive to ``path``: a regular file appears whole or not at all (it is
+    written beside and renamed into place); a device or FIFO is written directly."""
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as err:
+            reason = (err.strerror or str(err)).lower()
+            raise DestinationError(f"cannot open the output: {reason}", path) from err
+        try:
+            _copy_out(stream, fd, path)
+        finally:
+            os.close(fd)
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        raise DestinationError(f"cannot create the archive: {reason}", path) from err
+    try:
+        try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)
+            _copy_out(stream, fd, path)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _run_cp(args: argparse.Namespace) -> int:
+    try:
+        pack_options = PackOptions(excludes=tuple(args.exclude), confine=args.confine)
+    except ValueError as err:
+        return _one_line_usage(str(err))
+    options = UnpackOptions(chown=args.chown, no_lchown=args.no_lchown, confine=args.confine)
+    bar = _Progress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
+                    desc="copying")
+    try:
+        result = copy_path(args.src, args.dst, src_root=args.from_root,
+                           dst_root=args.to_root, options=options,
+                           pack_options=pack_options, progress=bar.update)
+    finally:
+        bar.close()
+    _report(result, args)
+    return 0
+
+
 def _error_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, ChrootArchiveError) else f"{type(err).__name__}: {err}"
     text = " ".join(text.split())  # one line, whatever the entry name holds
@@ -343,6 +603,8 @@ def _error_line(err: BaseException) -> str:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "untar": _run_untar,
     "apply-layer": _run_apply_layer,
+    "tar": _run_tar,
+    "cp": _run_cp,
 }
 
 

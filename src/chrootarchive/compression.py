@@ -110,6 +110,42 @@ def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
     raise CompressionError(f"unknown compression {kind!r}")
 
 
+def _zstd_chunks(src: _Peekable) -> Iterator[bytes]:
+    """zstd, frame by frame, so that a stream cut inside a frame is an error.
+
+    (The library's stream reader ends quietly at a truncated frame.)
+    """
+    try:
+        import zstandard
+    except ImportError as err:
+        raise CompressionError(
+            "zstd input needs the 'zstandard' package (pip install zstandard)"
+        ) from err
+    dctx = zstandard.ZstdDecompressor()
+    frame = dctx.decompressobj()
+    in_frame = False
+    try:
+        while True:
+            data = src.read(CHUNK)
+            if not data:
+                break
+            while data:
+                in_frame = True
+                out = frame.decompress(data)
+                if out:
+                    yield out
+                if frame.eof:
+                    data = frame.unused_data
+                    frame = dctx.decompressobj()
+                    in_frame = False
+                else:
+                    data = b""
+    except zstandard.ZstdError as err:
+        raise CompressionError(f"corrupt zstd data: {err}") from err
+    if in_frame:
+        raise CompressionError("zstd data is truncated")
+
+
 def decompressed_chunks(
     raw: Readable, *, compressed: bool = True
 ) -> tuple[str, Iterator[bytes]]:
@@ -130,6 +166,9 @@ def decompressed_chunks(
                 yield data
 
         return kind, plain()
+
+    if kind == "zstd":
+        return kind, _zstd_chunks(src)
 
     def inflate() -> Iterator[bytes]:
         try:

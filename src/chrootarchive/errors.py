@@ -20,6 +20,7 @@ __all__ = [
     "LimitExceededError",
     "MalformedArchiveError",
     "MechanismUnavailableError",
+    "SourceError",
     "WorkerError",
     "error_class",
 ]
@@ -87,6 +88,15 @@ class DestinationError(ChrootArchiveError):
     exit_status = 4
 
 
+class SourceError(ChrootArchiveError):
+    """What is to be packed or copied cannot be read: it is missing, access is denied, it
+    is not a directory where one is needed, or an owner cannot be mapped with the id
+    maps given. A stream being read ends with this error. Exit status 4.
+    """
+
+    exit_status = 4
+
+
 class ConfinementError(ChrootArchiveError):
     """No confinement mechanism is available; nothing was unpacked (never unconfined).
 
@@ -123,6 +133,7 @@ _CLASSES: dict[str, type[ChrootArchiveError]] = {
         LimitExceededError,
         ImageError,
         DestinationError,
+        SourceError,
         ConfinementError,
         MechanismUnavailableError,
         InternalError,

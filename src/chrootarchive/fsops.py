@@ -16,6 +16,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 
 from chrootarchive import _linux
 
@@ -299,6 +300,28 @@ def openat2_unavailable_reason() -> str | None:
         raise
     os.close(fd)
     return None
+
+
+_privilege_toggle: Callable[[bool], None] | None = None
+
+
+def enable_privileged_xattrs(toggle: Callable[[bool], None]) -> None:
+    """Install how to raise (True) and lower (False) CAP_SYS_ADMIN in the calling thread."""
+    global _privilege_toggle
+    _privilege_toggle = toggle
+
+
+def with_privilege(action: Callable[[], None]) -> None:
+    """Run ``action`` (a ``trusted.*`` setxattr) with CAP_SYS_ADMIN effective, if dormant."""
+    toggle = _privilege_toggle
+    if toggle is None:
+        action()
+        return
+    toggle(True)
+    try:
+        action()
+    finally:
+        toggle(False)
 
 
 def set_owner_fd(fd: int, uid: int, gid: int) -> None:

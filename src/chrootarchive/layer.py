@@ -116,7 +116,7 @@ class LayerRules:
             if self.overlay:
                 fd = self.fs.open_dir(parent)
                 try:
-                    os.setxattr(fd, self.opaque_xattr, b"y")
+                    fsops.with_privilege(lambda: os.setxattr(fd, self.opaque_xattr, b"y"))
                 finally:
                     os.close(fd)
             elif self.apply_whiteouts:

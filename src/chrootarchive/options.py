@@ -205,7 +205,9 @@ class PackOptions:
             outside the jail.
         compression_level: the compressor's level (None: its default).
         xattrs: write extended attributes (``SCHILY.xattr.*`` PAX records), such as
-            ``security.capability``; ``security.selinux`` labels are never written.
+            ``security.capability``; ``security.selinux`` labels (host-specific) and
+            ``trusted.*`` (readable only with CAP_SYS_ADMIN, which the jailed reader
+            gives up) are never written.
         whole_second_mtimes: truncate times to whole seconds, as Docker does
             (reproducible layers, no PAX record per file); by default sub-second
             times are kept.

@@ -11,9 +11,12 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from chrootarchive import _linux
+from chrootarchive import _linux, fsops, unpack_job
 
 __all__ = ["run"]
+
+# The same powers as the unpack job, so the probe shows what an unpack worker can do.
+dormant_capabilities = unpack_job.dormant_capabilities
 
 
 def _attempt(action: Callable[[], object]) -> str:
@@ -38,6 +41,11 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
         "socket": _attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
         "import": _attempt(lambda: __import__("xml.dom.minidom")),
         "proc": _attempt(lambda: os.stat("/proc/self")),
+        "mount_with_dormant_raised": _attempt(
+            lambda: fsops.with_privilege(
+                lambda: _linux.mount("none", "probe-dir", "tmpfs", 0)
+            )
+        ),
         "sees_root": str(sorted(os.listdir("/"))),
     }
     os.rmdir("probe-dir")

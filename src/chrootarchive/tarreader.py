@@ -1,15 +1,41 @@
-"""A lean, streaming tar reader (INTERFACE STUB - to be implemented).
+"""A lean, streaming tar reader for untrusted archives.
 
-Reads ustar, GNU (long names 'L'/'K', old sparse 'S', base-256 numbers) and PAX
-(per-entry 'x' records, global 'g' ignored, GNU sparse 0.0/0.1/1.0) from a file
-descriptor, without tarfile's per-member objects. Names stay untrusted strings
-(decoded utf-8 with surrogateescape) until unpack cleans them.
+Reads v7, ustar, star, GNU (long names 'L'/'K', old sparse 'S', base-256 numbers) and
+PAX (per-entry 'x' records, GNU sparse 0.0/0.1/1.0) from a file descriptor into one
+reusable buffer, without tarfile's per-member objects. Memory stays bounded whatever
+sizes the headers declare. Names stay untrusted strings (decoded utf-8 with
+surrogateescape) until unpack cleans them.
+
+Where readers disagree, extraction follows GNU tar, except where Go's archive/tar (what
+Docker uses) is stricter: malformed PAX records, NUL bytes in PAX names, a lone zero
+block followed by data. PAX global headers are validated and then ignored, as Docker
+does (GNU tar and tarfile apply them).
 """
 
 from __future__ import annotations
 
+import binascii
+import os
+import stat
+import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
+
+from chrootarchive.errors import InternalError, MalformedArchiveError
+
+__all__ = [
+    "BLOCKDEV",
+    "CHARDEV",
+    "DIRECTORY",
+    "FIFO",
+    "HARDLINK",
+    "REGULAR",
+    "SYMLINK",
+    "TarEntry",
+    "TarReader",
+]
 
 # Entry kinds (the unpacker switches on these).
 REGULAR = "file"
@@ -19,6 +45,67 @@ HARDLINK = "hardlink"
 CHARDEV = "chardev"
 BLOCKDEV = "blockdev"
 FIFO = "fifo"
+
+BLOCK = 512
+MAX_PAX_SIZE = 1 << 20  # bytes of one PAX header (Go's limit)
+MAX_LONG_NAME = 1 << 16  # bytes of one GNU long name or long link name
+MAX_SPARSE_REGIONS = 1_000_000  # ~120 MB of (offset, length) tuples at most
+SEEK_MIN = 1 << 16  # on a regular file, seek over data to skip beyond this much
+
+_Bytes = bytes | bytearray
+_ZERO_BLOCK = bytes(BLOCK)
+_MAX_OFF = (1 << 63) - 1  # off_t
+_MAX_ID = (1 << 32) - 1  # uid_t, gid_t, and each device number
+_NS = 1_000_000_000
+
+# Kinds of the typeflags that need no extended header (all are read on the fast path).
+_PLAIN_KINDS = {
+    0x30: REGULAR,  # '0'
+    0x00: REGULAR,  # '\0' (old archives)
+    0x37: REGULAR,  # '7' contiguous file
+    0x31: HARDLINK,
+    0x32: SYMLINK,
+    0x33: CHARDEV,
+    0x34: BLOCKDEV,
+    0x35: DIRECTORY,
+    0x36: FIFO,
+}
+_KINDS = {
+    **_PLAIN_KINDS,
+    0x44: DIRECTORY,  # 'D' GNU dumpdir: a directory whose data lists its contents
+    0x53: REGULAR,  # 'S' old GNU sparse file
+}
+_PAX_X = (0x78, 0x58)  # 'x', and Solaris 'X', which GNU tar and tarfile read alike
+_PAX_G = 0x67  # 'g'
+_LONG_NAME = 0x4C  # 'L'
+_LONG_LINK = 0x4B  # 'K'
+_VOLUME = 0x56  # 'V'
+_MULTIVOL = 0x4D  # 'M'
+_SPARSE = 0x53  # 'S'
+_DUMPDIR = 0x44  # 'D'
+_CONTIGUOUS = 0x37  # '7'
+
+_USTAR_MAGIC = b"ustar\x00"  # POSIX ustar and star: the prefix field holds a name part
+_GNU_MAGIC = b"ustar  \x00"  # old GNU: no prefix; atime/ctime/sparse fields instead
+
+# The numeric fields as GNU tar and Go write them: mode, uid, gid (7 octal digits),
+# size, mtime (11), each ended by NUL or space, then the checksum (6 digits, NUL, space).
+# Translating digits to "0" and NUL/space to " " checks that layout in one compare.
+_CANON_TABLE = bytes.maketrans(
+    bytes(range(256)),
+    bytes(0x30 if 0x30 <= b <= 0x37 else 0x20 if b in (0, 0x20) else 0x78 for b in range(256)),
+)
+_CANON_FORM = b"0000000 0000000 0000000 00000000000 00000000000 000000  "
+_SPACES = b" \t\n\v\f\r"
+
+_SPARSE_KEYS = frozenset(
+    (
+        "GNU.sparse.major",
+        "GNU.sparse.minor",
+        "GNU.sparse.map",
+        "GNU.sparse.numblocks",
+    )
+)
 
 
 @dataclass(slots=True)
@@ -30,30 +117,812 @@ class TarEntry:
     mode: int  # permission bits incl. setuid/setgid/sticky (no file-type bits)
     uid: int
     gid: int
-    size: int  # logical size of the file (for sparse files: the full size)
+    size: int  # logical size of a regular file (for sparse files: the full size), else 0
     mtime_ns: int
     atime_ns: int | None = None
-    linkname: str = ""
-    devmajor: int = 0
+    linkname: str = ""  # for hard and symbolic links only
+    devmajor: int = 0  # for device nodes only
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
     sparse: list[tuple[int, int]] | None = None  # (offset, length) data regions
     stored_size: int = 0  # bytes of data stored in the archive for this entry
+    unknown_type: str = ""  # typeflag of an unknown type, read as a regular file
+
+
+class _Pax:
+    """The records of one PAX 'x' header that matter for extraction."""
+
+    __slots__ = (
+        "atime",
+        "gid",
+        "linkpath",
+        "mtime",
+        "path",
+        "size",
+        "sparse",
+        "sparse_pairs",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(self) -> None:
+        self.path: bytes | None = None
+        self.linkpath: bytes | None = None
+        self.size: int | None = None
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.mtime: int | None = None
+        self.atime: int | None = None
+        self.xattrs: dict[str, bytes] = {}
+        self.sparse: dict[str, bytes] = {}  # GNU.sparse.* values
+        self.sparse_pairs: list[bytes] = []  # format 0.0: offset, numbytes, offset...
+
+
+def _fail(message: str, where: str | None) -> NoReturn:
+    raise MalformedArchiveError(message, where)
+
+
+def _decode(raw: _Bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstr(raw: _Bytes) -> bytes:
+    """The bytes up to the first NUL, as tar reads its C strings."""
+    nul = raw.find(0)
+    return bytes(raw if nul < 0 else raw[:nul])
+
+
+def _number(raw: _Bytes) -> int | None:
+    """A numeric header field, read as GNU tar's from_header() does; None if invalid.
+
+    Octal: one leading NUL and leading blanks are skipped, the digits end at a NUL,
+    a blank or the end of the field (all NUL is 0, all blank is invalid). Base-256:
+    0x80 then a big-endian number, or 0xff then a negative two's complement one.
+    """
+    first = raw[0]
+    if first >= 0x80:
+        if first == 0x80:
+            return int.from_bytes(raw[1:], "big")
+        if first == 0xFF:
+            return int.from_bytes(raw, "big", signed=True)
+        return None
+    text = bytes(raw[1:] if first == 0 else raw).lstrip(_SPACES)
+    if not text:
+        return None
+    rest = text.lstrip(b"01234567")
+    if rest and rest[0] != 0 and rest[0] not in _SPACES:
+        return None
+    digits = text[: len(text) - len(rest)]
+    return int(digits, 8) if digits else 0
+
+
+def _decimal(raw: bytes, maximum: int) -> int | None:
+    """A non-negative decimal PAX value (no sign, blank or underscore), or None."""
+    if not raw.isdigit():
+        return None
+    digits = raw.lstrip(b"0")
+    if len(digits) > 20:
+        return None
+    value = int(digits or b"0")
+    return value if value <= maximum else None
+
+
+def _pax_time(raw: bytes) -> int | None:
+    """A PAX time "[-]seconds[.fraction]" in nanoseconds, or None (as Go's parsePAXTime)."""
+    secs, _, frac = raw.partition(b".")
+    negative = secs.startswith(b"-")
+    if negative:
+        secs = secs[1:]
+    whole = _decimal(secs, _MAX_OFF)
+    if whole is None or (frac and not frac.isdigit()):
+        return None
+    nanos = whole * _NS + (int(frac[:9].ljust(9, b"0")) if frac else 0)
+    return -nanos if negative else nanos
+
+
+def _byte_sum(hdr: _Bytes) -> int:
+    """The sum of the 512 bytes of a block, computed in C.
+
+    zlib.adler32's low half is 1 + the byte sum mod 65521; a 256-byte half sums to at
+    most 65280, so two calls give the exact sum, much faster than sum().
+    """
+    return (zlib.adler32(hdr[:256]) & 0xFFFF) + (zlib.adler32(hdr[256:]) & 0xFFFF) - 2
+
+
+def _checksum_ok(hdr: _Bytes) -> bool:
+    """Check the header checksum, unsigned or signed, as GNU tar accepts both."""
+    field = hdr[148:156]
+    recorded = _number(field) if field[0] < 0x80 else None  # octal only
+    if recorded is None:
+        return False
+    unsigned = _byte_sum(hdr) - sum(field) + 8 * 0x20
+    if recorded == unsigned:
+        return True
+    # Old writers summed signed chars: each byte >= 0x80 then counts 256 less.
+    high = sum(1 for byte in hdr if byte >= 0x80) - sum(1 for byte in field if byte >= 0x80)
+    return recorded == unsigned - 256 * high
+
+
+def _header_name(hdr: _Bytes) -> bytes:
+    """The name field, joined to the prefix field of ustar headers (as GNU tar does)."""
+    nul = hdr.find(0, 0, 100)
+    name = bytes(hdr[:nul] if nul >= 0 else hdr[:100])
+    if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
+        return _cstr(hdr[345:500]) + b"/" + name
+    return name
+
+
+def _is_seekable(fd: int) -> bool:
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return False
+    return True
 
 
 class TarReader:
-    """Iterate over the entries of a tar stream read from ``fd``."""
+    """Iterate over the entries of a tar stream read from ``fd``.
 
-    def __init__(self, fd: int, *, bufsize: int = 1 << 20) -> None:
-        raise NotImplementedError
+    The caller owns ``fd``. Chunks from ``data()`` are views into the reader's buffer,
+    valid until the next step of any iterator of this reader.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        bufsize: int = 1 << 20,
+        max_pax_size: int = MAX_PAX_SIZE,
+        max_long_name: int = MAX_LONG_NAME,
+        max_sparse_regions: int = MAX_SPARSE_REGIONS,
+    ) -> None:
+        if bufsize < BLOCK or bufsize % BLOCK:
+            raise ValueError("bufsize must be a positive multiple of 512")
+        self._fd = fd
+        self._buf = bytearray(bufsize)
+        self._mv = memoryview(self._buf)
+        self._pos = 0  # next unread byte in the buffer
+        self._end = 0  # end of the valid bytes in the buffer
+        self._base = 0  # stream offset of buffer[0]
+        self._eof = False
+        self._seekable = _is_seekable(fd)
+        # Reads made to find headers: on a regular file, small ones, so that skipping
+        # large entries (by lseek) does not read their data anyway. Entry data is
+        # always read in whole buffers.
+        self._header_read = min(SEEK_MIN, bufsize) if self._seekable else bufsize
+        self._max_pax = max_pax_size
+        self._max_long = max_long_name
+        self._max_regions = max_sparse_regions
+        self._current: TarEntry | None = None
+        self._remaining = 0  # stored data bytes of the current entry not yet read
+        self._padding = 0  # padding after them
+        self._started = False
+        self._done = False
+        self.global_headers = 0  # PAX global headers seen (validated, then ignored)
+
+    # -- public interface ---------------------------------------------------------
 
     def __iter__(self) -> Iterator[TarEntry]:
-        raise NotImplementedError
+        # The hot loop, inlined for speed: most headers take the fast path, a whole,
+        # non-zero header already in the buffer, its numbers in the usual layout, a
+        # correct unsigned checksum, a type that needs no other header. Anything else
+        # (extended headers, zero blocks, odd numbers, errors) goes to _next_slow().
+        buf = self._buf
+        kinds = _PLAIN_KINDS
+        table = _CANON_TABLE
+        form = _CANON_FORM
+        adler32 = zlib.adler32
+        while not self._done:
+            if self._current is not None:
+                skip = self._remaining + self._padding
+                if skip <= self._end - self._pos:
+                    self._pos += skip
+                    self._current = None
+                    self._remaining = self._padding = 0
+                else:
+                    self._finish_entry(self._current)
+            pos = self._pos
+            if self._end - pos >= BLOCK and buf[pos] and self._started:
+                hdr = buf[pos : pos + BLOCK]
+                kind = kinds.get(hdr[156])
+                if (
+                    kind is not None
+                    and hdr[100:156].translate(table) == form
+                    # The exact byte sum, see _byte_sum().
+                    and int(hdr[148:154], 8)
+                    == (adler32(hdr[:256]) & 0xFFFF)
+                    + (adler32(hdr[256:]) & 0xFFFF)
+                    - (adler32(hdr[148:156]) & 0xFFFF)
+                    + 8 * 0x20
+                    - 1
+                ):
+                    self._pos = pos + BLOCK
+                    nul = hdr.find(0, 0, 100)
+                    raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
+                    if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
+                        raw = _cstr(hdr[345:500]) + b"/" + raw
+                    entry = TarEntry(
+                        raw.decode("utf-8", "surrogateescape"),
+                        kind,
+                        int(hdr[100:107], 8) & 0o7777,
+                        int(hdr[108:115], 8),
+                        int(hdr[116:123], 8),
+                        0,
+                        int(hdr[136:147], 8) * _NS,
+                    )
+                    self._current = entry
+                    if kind is REGULAR:
+                        if entry.name[-1:] == "/":
+                            entry.kind = DIRECTORY  # see _entry()
+                        else:
+                            size = int(hdr[124:135], 8)
+                            entry.size = entry.stored_size = self._remaining = size
+                            self._padding = -size % BLOCK
+                    elif kind is HARDLINK or kind is SYMLINK:
+                        entry.linkname = _decode(_cstr(hdr[157:257]))
+                    elif kind is CHARDEV or kind is BLOCKDEV:
+                        self._devices(hdr, entry)
+                    yield entry
+                    continue
+            slow = self._next_slow()
+            if slow is None:
+                return
+            yield slow
 
     def data(self, entry: TarEntry) -> Iterator[tuple[int, memoryview]]:
-        """Yield (offset, chunk) of the current entry's data."""
-        raise NotImplementedError
+        """Yield (offset, chunk) of the current entry's data.
+
+        Offsets are logical: consecutive for a plain file; for a sparse file, each
+        data region's place in the file (the holes in between read as zeros).
+        A second call resumes where the first stopped.
+        """
+        if entry is not self._current:
+            raise InternalError("data() called for an entry that is not the current one")
+        done = entry.stored_size - self._remaining
+        regions = entry.sparse if entry.sparse is not None else [(0, entry.stored_size)]
+        for start, length in regions:
+            if done >= length:
+                done -= length
+                continue
+            offset = start + done
+            left = length - done
+            done = 0
+            while left:
+                if self._current is not entry:
+                    return  # the reader moved on: the rest was skipped
+                chunk = self._chunk(left, entry.name)
+                yield offset, chunk
+                size = len(chunk)
+                offset += size
+                left -= size
 
     def drain(self) -> int:
-        """Read the input to its end; return the bytes discarded."""
-        raise NotImplementedError
+        """Read the input to its end; return the bytes discarded.
+
+        Lets the process feeding a pipe finish normally after the end of the archive
+        or after an error. Nothing read here is interpreted.
+        """
+        self._done = True
+        self._current = None
+        count = self._end - self._pos
+        self._base += self._end
+        self._pos = self._end = 0
+        if self._eof:
+            return count
+        self._eof = True
+        if self._seekable:
+            here = os.lseek(self._fd, 0, os.SEEK_CUR)
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            return count + max(end - here, 0)
+        while n := os.readv(self._fd, [self._mv]):
+            count += n
+        return count
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream consumed so far."""
+        return self._base + self._pos
+
+    # -- buffer -------------------------------------------------------------------
+
+    def _fill(self, want: int) -> int:
+        """Make ``want`` (<= bufsize) bytes readable at ``_pos``; return how many are.
+
+        Fewer than ``want`` only at the end of the input; short reads are retried.
+        """
+        avail = self._end - self._pos
+        if avail >= want or self._eof:
+            return avail
+        if self._pos + want > len(self._buf):
+            # Move the tail to the front (through a copy: the ranges may overlap).
+            self._buf[:avail] = bytes(self._mv[self._pos : self._end])
+            self._base += self._pos
+            self._pos, self._end = 0, avail
+        while avail < want:
+            end = self._end
+            n = os.readv(self._fd, [self._mv[end : end + max(want - avail, self._header_read)]])
+            if not n:
+                self._eof = True
+                break
+            self._end += n
+            avail += n
+        return avail
+
+    def _refill(self, limit: int = 0) -> int:
+        """Start a fresh buffer with what one read (of up to ``limit`` bytes, default
+        the whole buffer) gives; 0 at the end of the input."""
+        self._base += self._end
+        self._pos = self._end = 0
+        if self._eof:
+            return 0
+        n = os.readv(self._fd, [self._mv[: limit or len(self._buf)]])
+        if not n:
+            self._eof = True
+        self._end = n
+        return n
+
+    def _chunk(self, limit: int, name: str) -> memoryview:
+        """Consume up to ``limit`` bytes of entry data and return them as a view."""
+        pos = self._pos
+        avail = self._end - pos
+        if not avail:
+            avail = self._refill()
+            pos = 0
+            if not avail:
+                _fail("unexpected end of archive: truncated data", name)
+        n = min(avail, limit)
+        self._pos = pos + n
+        self._remaining -= n
+        return self._mv[pos : pos + n]
+
+    def _read_bytes(self, size: int, what: str, where: str) -> bytes:
+        """Read ``size`` bytes (bounded by the caller) and skip their padding."""
+        parts = []
+        left = size
+        while left:
+            avail = self._end - self._pos
+            if not avail:
+                avail = self._refill()
+                if not avail:
+                    _fail(f"unexpected end of archive: truncated {what}", where)
+            n = min(avail, left)
+            parts.append(self._buf[self._pos : self._pos + n])
+            self._pos += n
+            left -= n
+        self._skip_padding(-size % BLOCK)
+        return b"".join(parts)
+
+    def _read_block(self, what: str, where: str) -> bytearray:
+        """Read one whole block (a sparse map block)."""
+        if self._fill(BLOCK) < BLOCK:
+            _fail(f"unexpected end of archive: truncated {what}", where)
+        pos = self._pos
+        self._pos = pos + BLOCK
+        return self._buf[pos : pos + BLOCK]
+
+    def _skip_data(self, size: int, name: str) -> None:
+        """Skip entry data; seek over large amounts when the input is a regular file."""
+        avail = self._end - self._pos
+        if size <= avail:
+            self._pos += size
+            return
+        size -= avail
+        self._base += self._end
+        self._pos = self._end = 0
+        if self._seekable and size >= SEEK_MIN and not self._eof:
+            # Seek to the last byte and read it: lseek happily goes past the end of
+            # the file, and a truncated archive must not pass unnoticed.
+            os.lseek(self._fd, size - 1, os.SEEK_CUR)
+            self._base += size - 1
+            size = 1
+        while size:
+            # Read the next header(s) along with the end of the data.
+            avail = self._refill(min(size + self._header_read, len(self._buf)))
+            if not avail:
+                _fail("unexpected end of archive: truncated data", name)
+            n = min(avail, size)
+            self._pos = n
+            size -= n
+
+    def _skip_padding(self, size: int) -> None:
+        """Skip block padding; the input may end inside it (as Go and GNU tar allow)."""
+        if size:
+            avail = self._fill(size)  # may move the buffer contents: read _pos after
+            self._pos += min(avail, size)
+
+    def _finish_entry(self, entry: TarEntry) -> None:
+        """Skip what the consumer left of the current entry's data, and its padding."""
+        self._current = None
+        if self._remaining:
+            self._skip_data(self._remaining, entry.name)
+            self._remaining = 0
+        self._skip_padding(self._padding)
+        self._padding = 0
+
+    def _start_data(self, entry: TarEntry) -> TarEntry:
+        self._current = entry
+        self._remaining = entry.stored_size
+        self._padding = -entry.stored_size % BLOCK
+        return entry
+
+    # -- headers ------------------------------------------------------------------
+
+    def _next_slow(self) -> TarEntry | None:
+        """Read headers up to the next entry in the general case; None at the end."""
+        pax: _Pax | None = None
+        long_name: bytes | None = None
+        long_link: bytes | None = None
+        while True:
+            where = self.offset
+            hdr = self._header(where)
+            if hdr is None:
+                self._done = True
+                return None
+            flag = hdr[156]
+            size = _number(hdr[124:136])
+            if size is None:
+                _fail("invalid size field", self._where(hdr, where))
+            if size < 0:
+                _fail("negative size", self._where(hdr, where))
+            if size > _MAX_OFF:
+                _fail("size out of range", self._where(hdr, where))
+            kind = _KINDS.get(flag)
+            if kind is not None:
+                return self._entry(hdr, flag, kind, size, pax, long_name, long_link, where)
+            if flag in _PAX_X:
+                pax = self._read_pax(size, f"extended header at offset {where}")
+            elif flag in (_LONG_NAME, _LONG_LINK):
+                if size > self._max_long:
+                    _fail(f"GNU long name too long ({size} bytes)", f"header at offset {where}")
+                what = "long name" if flag == _LONG_NAME else "long link name"
+                value = _cstr(self._read_bytes(size, what, f"header at offset {where}"))
+                if flag == _LONG_NAME:
+                    long_name = value
+                else:
+                    long_link = value
+            elif flag == _PAX_G:
+                self._read_pax(size, f"global header at offset {where}")
+                self.global_headers += 1
+            elif flag == _VOLUME:
+                self._skip_data(size, f"volume header at offset {where}")
+                self._skip_padding(-size % BLOCK)
+            elif flag == _MULTIVOL:
+                _fail("multi-volume archives are not supported", self._where(hdr, where))
+            else:
+                # GNU tar extracts unknown types as regular files.
+                return self._entry(hdr, flag, REGULAR, size, pax, long_name, long_link, where)
+
+    def _header(self, where: int) -> bytearray | None:
+        """Read and check the next header block; None at the end of the archive."""
+        avail = self._fill(BLOCK)
+        first = not self._started
+        self._started = True
+        if avail < BLOCK:
+            if not avail:
+                return None  # the input ends at a header boundary: accepted, as GNU tar
+            if first:
+                _fail("not a tar archive", None)
+            _fail("unexpected end of archive: truncated header", f"header at offset {where}")
+        pos = self._pos
+        self._pos = pos + BLOCK
+        buf = self._buf
+        if buf[pos] == 0 and buf.startswith(_ZERO_BLOCK, pos):
+            avail = self._fill(BLOCK)
+            if not avail:
+                return None  # one zero block, then the end of the input
+            nxt = f"header at offset {where + BLOCK}"
+            if avail < BLOCK:
+                _fail("unexpected end of archive: truncated header", nxt)
+            pos = self._pos
+            self._pos = pos + BLOCK
+            if buf.startswith(_ZERO_BLOCK, pos):
+                return None  # two zero blocks: the end-of-archive marker
+            _fail("a lone zero block is followed by data", nxt)
+        hdr = buf[pos : pos + BLOCK]
+        if not _checksum_ok(hdr):
+            if first:
+                _fail("not a tar archive", None)
+            _fail("invalid header checksum", f"header at offset {where}")
+        return hdr
+
+    @staticmethod
+    def _where(hdr: _Bytes, offset: int) -> str:
+        """The entry's header name for an error message, else its offset."""
+        name = _header_name(hdr)
+        return _decode(name) if name else f"header at offset {offset}"
+
+    def _entry(
+        self,
+        hdr: bytearray,
+        flag: int,
+        kind: str,
+        size: int,
+        pax: _Pax | None,
+        long_name: bytes | None,
+        long_link: bytes | None,
+        where: int,
+    ) -> TarEntry:
+        """Build an entry from its header, the pending long names and PAX records."""
+        mode = _number(hdr[100:108])
+        uid = _number(hdr[108:116])
+        gid = _number(hdr[116:124])
+        mtime = _number(hdr[136:148])
+        for value, label in ((mode, "mode"), (uid, "uid"), (gid, "gid"), (mtime, "mtime")):
+            if value is None:
+                _fail(f"invalid {label} field", self._where(hdr, where))
+        assert mode is not None and uid is not None and gid is not None and mtime is not None
+        # Precedence as in GNU tar: header < GNU long name < PAX path < GNU.sparse.name.
+        raw_name = long_name if long_name is not None else _header_name(hdr)
+        raw_link = long_link if long_link is not None else _cstr(hdr[157:257])
+        mtime_ns = mtime * _NS
+        atime_ns: int | None = None
+        xattrs: dict[str, bytes] = {}
+        sparse = False
+        if pax is not None:
+            raw_name = pax.path if pax.path is not None else raw_name
+            raw_link = pax.linkpath if pax.linkpath is not None else raw_link
+            size = pax.size if pax.size is not None else size
+            uid = pax.uid if pax.uid is not None else uid
+            gid = pax.gid if pax.gid is not None else gid
+            mtime_ns = pax.mtime if pax.mtime is not None else mtime_ns
+            atime_ns = pax.atime
+            xattrs = pax.xattrs
+            sparse = bool(pax.sparse or pax.sparse_pairs)
+        name = _decode(raw_name)
+        if mode < 0:
+            _fail("negative mode", name)
+        if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID):
+            _fail("uid or gid out of range", name)
+        entry = TarEntry(name, kind, mode & 0o7777, uid, gid, 0, mtime_ns, atime_ns)
+        entry.xattrs = xattrs
+        if flag not in _KINDS:
+            entry.unknown_type = chr(flag)
+        if kind in (HARDLINK, SYMLINK):
+            entry.linkname = _decode(raw_link)
+        elif kind in (CHARDEV, BLOCKDEV):
+            self._devices(hdr, entry)
+        if flag == _SPARSE:
+            if sparse:
+                _fail("both old GNU and PAX sparse headers", name)
+            if hdr[257:265] != _GNU_MAGIC:
+                _fail("sparse header in a non-GNU format is not supported", name)
+            realsize, regions = self._old_gnu_sparse(hdr, name)
+            self._set_sparse(entry, regions, realsize, size)
+        elif sparse:
+            assert pax is not None
+            if kind != REGULAR:
+                _fail("sparse records on an entry that is not a regular file", name)
+            self._pax_sparse(entry, pax, size)
+        elif kind == REGULAR:
+            if flag in _PLAIN_KINDS and name.endswith("/"):
+                # Old archives mark directories with a trailing slash. GNU tar reads
+                # '0', '\0' and '7' alike (Go and tarfile only '\0'); no data follows.
+                entry.kind = DIRECTORY
+            else:
+                entry.size = entry.stored_size = size
+        elif flag == _DUMPDIR:
+            entry.stored_size = size  # the dumpdir listing: skipped, not extracted
+        # Links, devices, FIFOs and directories have no data in the stream, whatever
+        # their size field says: GNU tar (when extracting), Go and tarfile agree.
+        return self._start_data(entry)
+
+    @staticmethod
+    def _devices(hdr: _Bytes, entry: TarEntry) -> None:
+        """Device numbers: only ustar and GNU headers have them (as GNU tar reads them)."""
+        if hdr[257:262] != b"ustar":
+            return
+        major = _number(hdr[329:337])
+        minor = _number(hdr[337:345])
+        if major is None or minor is None:
+            _fail("invalid device number field", entry.name)
+        if not (0 <= major <= _MAX_ID and 0 <= minor <= _MAX_ID):
+            _fail("device number out of range", entry.name)
+        entry.devmajor = major
+        entry.devminor = minor
+
+    # -- PAX ----------------------------------------------------------------------
+
+    def _read_pax(self, size: int, where: str) -> _Pax:
+        """Read and parse the records of a PAX header, with Go's strict rules."""
+        if size > self._max_pax:
+            _fail(f"PAX header too large ({size} bytes)", where)
+        data = self._read_bytes(size, "extended header", where)
+        pax = _Pax()
+        pos = 0
+        end = len(data)
+        while pos < end:
+            # "%d %s=%s\n": length (of the whole record), keyword, value.
+            space = data.find(b" ", pos, min(end, pos + 21))
+            length = _decimal(data[pos:space], end) if space > pos else None
+            if length is None:
+                _fail("malformed PAX record: bad length", where)
+            stop = pos + length
+            if stop > end or stop <= space + 1:
+                _fail("malformed PAX record: length out of range", where)
+            if data[stop - 1] != 0x0A:
+                _fail("malformed PAX record: missing newline", where)
+            equal = data.find(b"=", space + 1, stop - 1)
+            if equal < 0:
+                _fail("malformed PAX record: missing '='", where)
+            key = data[space + 1 : equal]
+            if not key:
+                _fail("malformed PAX record: empty keyword", where)
+            if 0 in key:
+                _fail("malformed PAX record: NUL byte in keyword", where)
+            self._pax_record(pax, _decode(key), data[equal + 1 : stop - 1], where)
+            pos = stop
+        return pax
+
+    @staticmethod
+    def _pax_record(pax: _Pax, key: str, value: bytes, where: str) -> None:
+        """Apply one record. An empty value removes an earlier one (POSIX, Go)."""
+        if key == "path" or key == "linkpath":
+            if 0 in value:
+                _fail(f"NUL byte in PAX {key}", where)
+            setattr(pax, key, value or None)
+        elif key == "size" or key == "uid" or key == "gid":
+            number = _decimal(value, _MAX_OFF if key == "size" else _MAX_ID)
+            if value and number is None:
+                _fail(f"invalid PAX {key} {value[:40]!r}", where)
+            setattr(pax, key, number)
+        elif key == "mtime" or key == "atime" or key == "ctime":
+            time = _pax_time(value)
+            if value and time is None:
+                _fail(f"invalid PAX {key} {value[:40]!r}", where)
+            if key != "ctime":
+                setattr(pax, key, time)
+        elif key == "uname" or key == "gname":
+            if 0 in value:
+                _fail(f"NUL byte in PAX {key}", where)
+        elif key.startswith("SCHILY.xattr."):
+            if len(key) == 13:
+                _fail("empty xattr name", where)
+            pax.xattrs[key[13:]] = value
+        elif key.startswith("LIBARCHIVE.xattr."):
+            name = urllib.parse.unquote_to_bytes(key[17:])
+            if not name or 0 in name:
+                _fail("invalid xattr name", where)
+            try:
+                decoded = binascii.a2b_base64(value + b"=" * (-len(value) % 4), strict_mode=True)
+            except binascii.Error:
+                _fail(f"invalid base64 value of {key}", where)
+            # libarchive writes SCHILY.xattr records too: those win.
+            pax.xattrs.setdefault(_decode(name), decoded)
+        elif key.startswith("GNU.sparse."):
+            if key == "GNU.sparse.offset" or key == "GNU.sparse.numbytes":
+                # Format 0.0: repeated offset/numbytes records, in order (as Go).
+                pairs = pax.sparse_pairs
+                if key != ("GNU.sparse.offset", "GNU.sparse.numbytes")[len(pairs) % 2]:
+                    _fail("malformed GNU sparse 0.0 records", where)
+                pairs.append(value)
+            else:
+                if key == "GNU.sparse.name" and 0 in value:
+                    _fail("NUL byte in GNU.sparse.name", where)
+                pax.sparse[key] = value
+
+    # -- sparse files ---------------------------------------------------------------
+
+    def _set_sparse(
+        self, entry: TarEntry, regions: list[tuple[int, int]], realsize: int, stored: int
+    ) -> None:
+        """Check a sparse map against the sizes, then attach it to the entry."""
+        if len(regions) > self._max_regions:
+            _fail("too many sparse regions", entry.name)
+        end = 0
+        total = 0
+        for offset, length in regions:
+            if offset < 0 or length < 0:
+                _fail("negative offset or length in the sparse map", entry.name)
+            if offset < end:
+                _fail("sparse map regions overlap or are out of order", entry.name)
+            end = offset + length
+            total += length
+        if end > realsize:
+            _fail("sparse map region beyond the end of the file", entry.name)
+        if total != stored:
+            _fail(f"sparse map describes {total} bytes but {stored} are stored", entry.name)
+        entry.sparse = regions
+        entry.size = realsize
+        entry.stored_size = stored
+
+    def _old_gnu_sparse(self, hdr: _Bytes, name: str) -> tuple[int, list[tuple[int, int]]]:
+        """Read the old GNU sparse map: 4 slots in the header, 21 per extension block."""
+        realsize = _number(hdr[483:495])
+        if realsize is None or not 0 <= realsize <= _MAX_OFF:
+            _fail("invalid sparse file size", name)
+        regions: list[tuple[int, int]] = []
+        block, first, count, extended = hdr, 386, 4, hdr[482]
+        while True:
+            ended = False
+            for slot in range(first, first + 24 * count, 24):
+                if block[slot] == 0 and block[slot + 12] == 0:
+                    ended = True  # GNU tar and Go stop at the first empty slot
+                    break
+                offset = _number(block[slot : slot + 12])
+                length = _number(block[slot + 12 : slot + 24])
+                if offset is None or length is None or not (block[slot] and block[slot + 12]):
+                    _fail("malformed sparse map entry", name)
+                regions.append((offset, length))
+            if not extended:
+                return realsize, regions
+            if ended:
+                # GNU tar would stop here and Go read on: refuse the ambiguity.
+                _fail("sparse map extension after an empty slot", name)
+            if len(regions) > self._max_regions:
+                _fail("too many sparse regions", name)
+            block = self._read_block("sparse map", name)
+            first, count, extended = 0, 21, block[504]
+
+    def _pax_sparse(self, entry: TarEntry, pax: _Pax, stored: int) -> None:
+        """Apply GNU sparse PAX records (formats 0.0, 0.1 and 1.0)."""
+        name = entry.name
+        records = pax.sparse
+        pairs = pax.sparse_pairs
+        if not pairs and not _SPARSE_KEYS.intersection(records):
+            _fail("GNU sparse records without a sparse map", name)
+        major = _decimal(records.get("GNU.sparse.major", b"0"), 9)
+        minor = _decimal(records.get("GNU.sparse.minor", b"0"), 9)
+        if major is None or minor is None or (major, minor) not in ((0, 0), (0, 1), (1, 0)):
+            _fail("unsupported GNU sparse format version", name)
+        size_raw = records.get("GNU.sparse.realsize", records.get("GNU.sparse.size"))
+        realsize = _decimal(size_raw, _MAX_OFF) if size_raw is not None else None
+        if realsize is None:
+            _fail("missing or invalid GNU sparse file size", name)
+        if "GNU.sparse.name" in records:
+            entry.name = name = _decode(records["GNU.sparse.name"])
+        has_map = "GNU.sparse.map" in records
+        regions: list[tuple[int, int]] = []
+        if major == 1:
+            if has_map or pairs or "GNU.sparse.numblocks" in records:
+                _fail("conflicting GNU sparse records", name)
+            regions, map_size = self._sparse_map_1_0(stored, name)
+            stored -= map_size
+        else:
+            if has_map and pairs:
+                _fail("conflicting GNU sparse records", name)
+            count = _decimal(records.get("GNU.sparse.numblocks", b""), self._max_regions)
+            if count is None:
+                _fail("invalid or too large GNU.sparse.numblocks", name)
+            text = records.get("GNU.sparse.map", b"")
+            numbers = pairs if pairs else text.split(b",") if text else []
+            if len(numbers) != 2 * count:
+                _fail("GNU sparse map does not match GNU.sparse.numblocks", name)
+            for i in range(0, len(numbers), 2):
+                offset = _decimal(numbers[i], _MAX_OFF)
+                length = _decimal(numbers[i + 1], _MAX_OFF)
+                if offset is None or length is None:
+                    _fail("malformed GNU sparse map", name)
+                regions.append((offset, length))
+        self._set_sparse(entry, regions, realsize, stored)
+
+    def _sparse_map_1_0(self, stored: int, name: str) -> tuple[list[tuple[int, int]], int]:
+        """Read the GNU 1.0 sparse map at the start of the data; return it and its size.
+
+        Decimal numbers, one a line: the count, then offset/length pairs. The map ends
+        with the block that holds its last newline.
+        """
+        numbers: list[int] = []
+        need = 1
+        tail = b""
+        used = 0
+        while True:
+            if used + BLOCK > stored:
+                _fail("truncated GNU sparse map", name)
+            lines = (tail + self._read_block("sparse map", name)).split(b"\n")
+            used += BLOCK
+            tail = lines.pop()
+            for line in lines:
+                value = _decimal(line, _MAX_OFF)
+                if value is None:
+                    _fail("malformed GNU sparse map", name)
+                numbers.append(value)
+                if len(numbers) == 1:
+                    if value > self._max_regions:
+                        _fail("too many sparse regions", name)
+                    need = 1 + 2 * value
+                if len(numbers) == need:
+                    return list(zip(numbers[1::2], numbers[2::2], strict=True)), used
+            if len(tail) > 20:
+                _fail("malformed GNU sparse map", name)

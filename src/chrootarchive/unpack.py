@@ -611,7 +611,10 @@ class Unpacker:
     ) -> None:
         entry_name = entry if isinstance(entry, str) else entry.name
         try:
-            setter(key, value)
+            if key.startswith("trusted."):
+                fsops.with_privilege(lambda: setter(key, value))
+            else:
+                setter(key, value)
         except OSError as err:
             if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
                 self.warn(f"{entry_name}: xattr {key} not supported here, skipped")

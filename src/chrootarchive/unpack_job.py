@@ -21,12 +21,8 @@ from chrootarchive.options import UnpackOptions
 __all__ = ["run"]
 
 
-def capabilities(request: dict[str, Any]) -> frozenset[str]:
-    """The jailed worker keeps CAP_SYS_ADMIN only to write ``trusted.overlay.opaque``."""
-    caps = worker.DEFAULT_CAPABILITIES
-    if request["options"].get("whiteout_format") == "overlay":
-        caps = caps | {"CAP_SYS_ADMIN"}
-    return caps
+#: Raised only around setting ``trusted.*`` xattrs (see ``worker._lock_down``).
+dormant_capabilities = frozenset({"CAP_SYS_ADMIN"})
 
 
 def _alarm(signum: int, frame: object) -> None:

@@ -406,7 +406,9 @@ def _child_work(
 
     dest = str(request.get("dest", "."))
     if dest not in ("", ".", "/"):
-        _enter_dest(dest, create=bool(request.get("create_dest", True)))
+        owner = request.get("dest_owner")
+        _enter_dest(dest, create=bool(request.get("create_dest", True)),
+                    request_owner=tuple(owner) if owner else None)
     _write_all(result_fd, _READY)
     result: dict[str, Any] = job.run(request, warn)
     result["confinement"] = used
@@ -417,31 +419,58 @@ def _child_work(
 def _lock_down(job: Any, request: dict[str, Any]) -> None:
     """Give up every power the job does not need, once jailed.
 
-    Capabilities are cut to what writing files needs (no CAP_SYS_ADMIN, so no more
-    mounts, no CAP_SYS_CHROOT, no ptrace, no network), ``no_new_privs`` is set, a
-    seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin, and
-    core dumps are off.
+    Capabilities are cut to what writing files needs (no CAP_SYS_CHROOT, no ptrace, no
+    network, and CAP_SYS_ADMIN only dormant: permitted but not effective, raised by one
+    thread around the ``setxattr`` of a ``trusted.*`` name), ``no_new_privs`` is set, a
+    seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin
+    whatever the capabilities, and core dumps are off.
     """
     from chrootarchive import _linux
 
     wanted = getattr(job, "capabilities", None)
     names = wanted(request) if callable(wanted) else DEFAULT_CAPABILITIES
     keep = {_linux.CAPABILITIES[name] for name in names}
+    dormant: frozenset[str] = getattr(job, "dormant_capabilities", frozenset())
+    dormant_caps = {_linux.CAPABILITIES[name] for name in dormant} - keep
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if os.geteuid() == 0:
-        _linux.drop_capabilities(keep)
+        _linux.drop_capabilities(keep, dormant_caps)
+        if dormant_caps:
+            from chrootarchive import fsops
+
+            fsops.enable_privileged_xattrs(
+                lambda on: _linux.set_effective(keep | dormant_caps if on else keep)
+            )
     _linux.install_seccomp_denylist()
 
 
-def _enter_dest(dest: str, *, create: bool) -> None:
+def _make_dirs(path: str, owner: tuple[int, int] | None) -> None:
+    """mkdir -p with 0755 for every new directory (not the umask's or os.makedirs' 0777)."""
+    prefix = ""
+    for part in path.strip("/").split("/"):
+        prefix = f"{prefix}/{part}" if prefix else part
+        try:
+            os.mkdir(prefix, 0o755)
+        except FileExistsError:
+            continue
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            fd = os.open(prefix, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchown(fd, *owner)
+                os.fchmod(fd, 0o755)
+            finally:
+                os.close(fd)
+
+
+def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | None) -> None:
     """Create ``dest`` inside the jail if needed (following in-root symlinks) and enter it.
 
     CVE-2021-41089: the destination below the root is never made from outside the jail.
     """
     try:
         if create:
-            os.makedirs(dest, 0o755, exist_ok=True)
+            _make_dirs(dest, request_owner)
         os.chdir(dest)
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):

@@ -16,6 +16,7 @@ a path component for a symlink between the parent's check and the jail.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 
@@ -98,9 +99,9 @@ def pivot_cwd() -> str:
             return chroot.enter_cwd()
     try:
         pivot_dir = os.path.basename(tempfile.mkdtemp(prefix=".pivot_root", dir="."))
-    except PermissionError as err:
-        raise DestinationError(f"cannot write to the destination: {err.strerror}") from err
     except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise DestinationError(f"cannot write to the destination: {err.strerror}") from err
         raise ConfinementError(f"setting up the pivot directory failed: {err.strerror}") from err
     try:
         _linux.pivot_root(".", pivot_dir)

@@ -1,0 +1,538 @@
+"""Tar streams made with the reading side confined, and copies made through them.
+
+:func:`tar` is Docker's ``Tar(src, options, root)``: the tree is read by a worker
+jailed at ``root`` (a container's root filesystem, say), which walks it by directory
+descriptors and never follows a symlink below the source, so neither the root's own
+symlinks nor a racer swapping a directory for a symlink can make it read a byte from
+outside (CVE-2018-15664). Compression happens here, in the caller's process, outside
+the jail. The copy helpers (Docker's archiver: ``CopyWithTar``, ``CopyFileWithTar``,
+``UntarPath``) pipe such a stream into :func:`~chrootarchive.untar`, whose writing
+side is confined at the destination: both ends are jailed, each in its own root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import posixpath
+import stat
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol, cast
+
+from chrootarchive import api, confine, pack
+from chrootarchive.compression import CHUNK
+from chrootarchive.confine import userns
+from chrootarchive.errors import (
+    ChrootArchiveError,
+    ConfinementError,
+    InternalError,
+    MechanismUnavailableError,
+    SourceError,
+)
+from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult
+from chrootarchive.worker import Worker
+
+__all__ = [
+    "TarStream",
+    "copy_file_with_tar",
+    "copy_path",
+    "copy_with_tar",
+    "tar",
+    "untar_path",
+]
+
+Progress = Callable[[int], None]
+PathLike = str | os.PathLike[str]
+
+_MAX_WARNINGS = 1000
+
+
+# -- where the stream comes from -------------------------------------------------------
+
+
+class _Source(Protocol):
+    fd: int
+
+    def finish(self) -> dict[str, Any]: ...
+
+    def abort(self) -> None: ...
+
+
+class _WorkerSource:
+    """A jailed worker writing the stream to a pipe."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.fd = worker.stdout_r
+
+    def finish(self) -> dict[str, Any]:
+        return self.worker.finish()
+
+    def abort(self) -> None:
+        if self.worker.proc.poll() is not None:
+            self.worker.finish()  # it ended on its own: raise its error, if any
+        else:
+            self.worker.close()  # kills it
+
+
+class _ThreadSource:
+    """The ``openat2`` mechanism: the walk in a thread of this process, into a pipe."""
+
+    def __init__(self, root_fd: int, request: dict[str, Any]) -> None:
+        self.fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        self.warnings: list[str] = []
+        self.result: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self.aborted = False
+
+        def work() -> None:
+            try:
+                self.result = pack.run_in_process(root_fd, request, write_fd, self.warn)
+            except BaseException as err:
+                self.error = err
+            finally:
+                os.close(write_fd)
+                os.close(root_fd)
+
+        self.thread = threading.Thread(target=work, name="chrootarchive-pack", daemon=True)
+        try:
+            self.thread.start()
+        except BaseException:
+            for fd in (self.fd, write_fd, root_fd):
+                os.close(fd)
+            raise
+
+    def warn(self, text: str) -> None:
+        if len(self.warnings) < _MAX_WARNINGS:
+            self.warnings.append(text)
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # a writer still running gets EPIPE and stops
+            self.fd = -1
+        self.thread.join()
+
+    def finish(self) -> dict[str, Any]:
+        self._close()
+        err = self.error
+        if err is not None:
+            if isinstance(err, ChrootArchiveError):
+                raise err
+            raise InternalError(f"{type(err).__name__}: {err}") from err
+        return dict(self.result, warnings=self.warnings)
+
+    def abort(self) -> None:
+        done = not self.thread.is_alive()
+        self._close()
+        if done and isinstance(self.error, ChrootArchiveError):
+            raise self.error
+
+
+# -- the stream --------------------------------------------------------------------------
+
+
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+def _compressor(kind: str, level: int | None) -> _Compressor | None:
+    if kind == "none":
+        return None
+    if kind == "gzip":
+        try:
+            from isal import isal_zlib  # ISA-L: several times faster than zlib
+        except ImportError:  # a declared dependency; the stdlib is the fallback
+            import zlib
+
+            return cast(_Compressor, zlib.compressobj(6 if level is None else level,
+                                                      zlib.DEFLATED, 31))
+        return cast(_Compressor, isal_zlib.compressobj(
+            isal_zlib.ISAL_DEFAULT_COMPRESSION if level is None else level,
+            isal_zlib.DEFLATED, 31))
+    if kind == "zstd":
+        import zstandard
+
+        return cast(_Compressor,
+                    zstandard.ZstdCompressor(level=3 if level is None else level).compressobj())
+    raise ValueError(f"unknown compression {kind!r}")
+
+
+class TarStream(io.RawIOBase):
+    """A readable binary stream of a tar archive being made by a confined worker.
+
+    Reading it to the end yields the whole archive (compressed if asked); the read
+    that meets the end also waits for the worker and raises its error, with its
+    type, if it failed (a :class:`~chrootarchive.SourceError` for a source that
+    cannot be read). Closing the stream before the end stops the worker. Use it as a
+    context manager, or close it: the worker is a child process.
+
+    Attributes:
+        result: what was packed (entries, bytes, warnings), once the end was read.
+    """
+
+    def __init__(
+        self, source: _Source, compression: str, level: int | None, progress: Progress | None
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._fd = source.fd
+        self._compressor = _compressor(compression, level)
+        self._pending = bytearray()
+        self._eof = False
+        self._progress = progress
+        self.result: PackResult | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed TarStream")
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        if self._compressor is None and not self._pending:
+            if self._eof:
+                return b""
+            data = os.read(self._fd, size)
+            if data:
+                if self._progress is not None:
+                    self._progress(len(data))
+                return data
+            self._end()
+            return b""
+        while not self._pending and not self._eof:
+            self._fill()
+        out = bytes(self._pending[:size])
+        del self._pending[:size]
+        return out
+
+    def readall(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _fill(self) -> None:
+        raw = os.read(self._fd, CHUNK)
+        compressor = self._compressor
+        if raw:
+            if self._progress is not None:
+                self._progress(len(raw))
+            self._pending += compressor.compress(raw) if compressor is not None else raw
+            return
+        if compressor is not None:
+            self._pending += compressor.flush()
+        self._end()
+
+    def _end(self) -> None:
+        self._eof = True
+        self.result = PackResult.from_json(self._source.finish())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._eof:
+                self._eof = True
+                self._source.abort()
+        finally:
+            super().close()
+
+
+# -- tar ---------------------------------------------------------------------------------
+
+
+def tar(
+    src: PathLike,
+    root: PathLike | None = None,
+    options: PackOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> TarStream:
+    """Make a tar stream of ``src``, read by a worker jailed at ``root``.
+
+    Args:
+        src: what to pack. With ``root``, a path inside it (relative to it, or
+            absolute: below ``root`` on the host, else taken inside ``root``); in-root
+            symlinks on the way are followed inside the jail. Without ``root``, a
+            host path; the jail is then ``src`` itself (a directory) or its parent.
+            Its last component is packed as it is (a symlink as a symlink) unless
+            ``src`` ends with ``/`` or ``/.``. A directory's entries are named
+            relative to it; anything else is one entry named after it.
+        root: the jail for the reading side, e.g. a container's root filesystem.
+        options: what to include, names, owners, compression (:class:`PackOptions`).
+        progress: called with the number of tar bytes read from the worker, as
+            they come.
+
+    Returns:
+        A :class:`TarStream`: read it to the end, then close it (or use ``with``).
+
+    Raises:
+        SourceError: the source or the root cannot be opened (the worker's errors
+            are raised by the stream).
+        ConfinementError: no confinement mechanism is available.
+    """
+    options = options or PackOptions()
+    mechanisms = _pack_candidates(options.confine)
+    jail, inner = _locate(os.fspath(src), None if root is None else os.fspath(root))
+    try:
+        root_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SourceError(_reason(err), jail) from err
+    try:
+        source = _start(root_fd, inner, options, mechanisms, os.fspath(src))
+    finally:
+        os.close(root_fd)
+    return TarStream(source, options.compression, options.compression_level, progress)
+
+
+def _reason(err: OSError) -> str:
+    text = err.strerror or str(err)
+    return text[:1].lower() + text[1:]
+
+
+def _pack_candidates(requested: str) -> list[str]:
+    """The mechanisms for the reading side: the ladder, in another order for ``auto``.
+
+    As root, ``chroot`` first: ``pivot`` makes its temporary directory in the root,
+    which would change the source's modification time and fails on a read-only
+    source, while ``chroot`` leaves the source untouched; the worker then holds no
+    descriptor from outside, neither CAP_SYS_CHROOT nor the ``chroot`` system call
+    (seccomp), and no capability but reading. Unprivileged, ``openat2`` before
+    ``userns``: reading needs no namespace, and inside one, owners would read as the
+    namespace sees them (the caller as 0, others as 65534).
+    """
+    found = confine.candidates(requested)
+    if requested != "auto":
+        return found
+    if os.geteuid() == 0:
+        with contextlib.suppress(ConfinementError):
+            found = confine.candidates("chroot") + found
+    elif "openat2" in found:
+        found.remove("openat2")
+        found.insert(0, "openat2")
+    return found
+
+
+def _locate(src: str, root: str | None) -> tuple[str, str]:
+    """The directory to jail at, and the source's path inside it."""
+    if not src:
+        raise SourceError("empty source path")
+    follow = src.endswith("/") or src.endswith("/.")
+    if root is not None:
+        if os.path.isabs(src):
+            abs_root = os.path.abspath(root)
+            abs_src = os.path.abspath(src)
+            if abs_src == abs_root or abs_src.startswith(abs_root.rstrip("/") + "/"):
+                src = os.path.relpath(abs_src, abs_root)
+        inner = posixpath.normpath("/" + src)
+        return root, inner + ("/" if follow and inner != "/" else "")
+    head, tail = os.path.split(src)
+    if tail in ("", ".", ".."):
+        return src, "/"
+    try:
+        st = os.lstat(src)
+    except OSError as err:
+        raise SourceError(_reason(err), src) from err
+    if stat.S_ISDIR(st.st_mode):
+        return src, "/"
+    return head or ".", "/" + tail
+
+
+def _start(
+    root_fd: int, inner: str, options: PackOptions, mechanisms: list[str], display: str
+) -> _Source:
+    """Start the pack with the first mechanism the kernel accepts."""
+    request: dict[str, Any] = {
+        "dest": ".",
+        "create_dest": False,
+        "src": inner,
+        "display": display,
+        "options": options.to_json(),
+        "debug": bool(os.environ.get("CHROOTARCHIVE_DEBUG")),
+    }
+    refused: dict[str, str] = {}
+    for mechanism in mechanisms:
+        request["mechanism"] = mechanism
+        try:
+            if mechanism in confine.IN_PROCESS:
+                return _ThreadSource(os.dup(root_fd), request)
+            if mechanism == "userns":
+                request["id_ranges"] = userns.subordinate_ranges()
+            worker = Worker("pack", root_fd, request, stdout_pipe=True)
+            try:
+                worker.close_stdin()
+                worker.wait_ready()
+            except BaseException:
+                worker.close()
+                raise
+            return _WorkerSource(worker)
+        except MechanismUnavailableError as err:
+            if options.confine != "auto":
+                raise
+            confine.mark_unavailable(mechanism, err.message)
+            refused[mechanism] = err.message
+    raise ConfinementError(confine.unavailable_summary(refused))
+
+
+# -- copies ------------------------------------------------------------------------------
+
+
+def _pipe(
+    src: str,
+    src_root: PathLike | None,
+    dst: str,
+    dst_root: PathLike | None,
+    options: UnpackOptions | None,
+    pack_options: PackOptions,
+    progress: Progress | None,
+) -> UnpackResult:
+    """tar (jailed at the source) | untar (jailed at the destination)."""
+    pack_options = dataclasses.replace(pack_options, compression="none")
+    with tar(src, src_root, pack_options, progress=progress) as stream:
+        source = cast(BinaryIO, stream)
+        if dst_root is None:
+            result = api.untar_uncompressed(source, dst, options)
+        else:
+            result = api.untar_with_root(source, dst, dst_root, options)
+        packed = stream.result
+    if packed is not None and packed.warnings:
+        result = dataclasses.replace(result, warnings=packed.warnings + result.warnings)
+    return result
+
+
+def copy_with_tar(
+    src: PathLike,
+    dst: PathLike,
+    options: UnpackOptions | None = None,
+    *,
+    pack_options: PackOptions | None = None,
+    progress: Progress | None = None,
+) -> UnpackResult:
+    """Copy the contents of the directory ``src`` into ``dst`` (created if missing).
+
+    Docker's ``CopyWithTar``: ``src`` is read by a worker jailed at ``src`` and
+    written by one jailed at ``dst``. A ``src`` that is not a directory is copied
+    with :func:`copy_file_with_tar`. ``src`` itself may be a symlink (followed).
+
+    Returns:
+        The unpack's result; its warnings include the pack's.
+    """
+    path = os.fspath(src)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SourceError(_reason(err), path) from err
+    if not stat.S_ISDIR(st.st_mode):
+        return copy_file_with_tar(src, dst, options, pack_options=pack_options,
+                                  progress=progress)
+    source = path if path.endswith("/") else path + "/"
+    return _pipe(source, None, os.fspath(dst), None, options,
+                 pack_options or PackOptions(), progress)
+
+
+def copy_file_with_tar(
+    src: PathLike,
+    dst: PathLike,
+    options: UnpackOptions | None = None,
+    *,
+    pack_options: PackOptions | None = None,
+    progress: Progress | None = None,
+) -> UnpackResult:
+    """Copy the file ``src`` to ``dst``; a ``dst`` ending in ``/`` means into it.
+
+    Docker's ``CopyFileWithTar``: a symlink ``src`` is followed (its target is
+    copied); the directory that receives the file is created if missing; mode,
+    owner, times and xattrs go along.
+
+    Raises:
+        SourceError: ``src`` is missing or is a directory.
+    """
+    path = os.fspath(src)
+    target = os.fspath(dst)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SourceError(_reason(err), path) from err
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError("is a directory (copy directories with copy_with_tar)", path)
+    if target.endswith("/"):
+        target = os.path.join(target, os.path.basename(path.rstrip("/")))
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    dst_dir, dst_name = os.path.split(target)
+    pack_options = dataclasses.replace(pack_options or PackOptions(),
+                                       rebase_names={".": dst_name}, include_files=())
+    return _pipe(path, None, dst_dir or ".", None, options, pack_options, progress)
+
+
+def untar_path(
+    archive: PathLike,
+    dst: PathLike,
+    options: UnpackOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> UnpackResult:
+    """Unpack the archive file ``archive`` (compression detected) into ``dst``, confined.
+
+    Docker's ``UntarPath``; the same as :func:`~chrootarchive.untar` with a path.
+    """
+    return api.untar(archive, dst, options, progress=progress)
+
+
+def copy_path(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    src_root: PathLike | None = None,
+    dst_root: PathLike | None = None,
+    options: UnpackOptions | None = None,
+    pack_options: PackOptions | None = None,
+    progress: Progress | None = None,
+) -> UnpackResult:
+    """Copy ``src`` to ``dst`` (``docker cp``), reading jailed at ``src_root`` and
+    writing jailed at ``dst_root``.
+
+    * ``src`` is copied to ``dst`` (a directory with everything below it, its mode,
+      owner and times included), or into ``dst`` when ``dst`` ends with ``/`` (it
+      then becomes ``dst/basename(src)``).
+    * ``src`` ending with ``/.`` copies its contents into ``dst`` instead.
+    * The last component of ``src`` is not followed (a symlink is copied as a
+      symlink) unless ``src`` ends with ``/`` or ``/.``; nothing below it ever is.
+    * ``dst``'s parent directories are created (inside ``dst_root``) if missing.
+
+    Paths are inside their roots when roots are given (see :func:`tar` and
+    :func:`~chrootarchive.untar_with_root`), host paths otherwise.
+    """
+    source = os.fspath(src)
+    target = os.fspath(dst)
+    name = posixpath.basename(posixpath.normpath(source))
+    base = pack_options or PackOptions()
+    if source.endswith("/.") or name in ("", ".", ".."):
+        pack_options = dataclasses.replace(base, include_source_dir=True, rebase_names={})
+        untar_dir = target
+    else:
+        cleaned = posixpath.normpath(target)
+        new_name = posixpath.basename(cleaned)
+        if target.endswith("/") or new_name in ("", ".", ".."):
+            untar_dir, new_name = target, name
+        else:
+            untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
+        pack_options = dataclasses.replace(base, include_source_dir=True,
+                                           rebase_names={".": new_name})
+    return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)

@@ -1,0 +1,819 @@
+"""The worker job ``pack``: a tar stream of a tree, read without following a symlink.
+
+:func:`run` runs in the jailed worker (the tree lies below its root ``/``) and writes
+the stream to fd 1; :func:`run_in_process` runs the same walk in the caller's process
+for the ``openat2`` mechanism, writing to a pipe. Compression is the parent's business.
+
+How the tree is read, so that nobody can redirect a read (CVE-2018-15664):
+
+* the source is resolved once, with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)``
+  from the root (inside the jail as well: a procfs mounted in the root must not lead
+  out); in-root symlinks on the way to it are followed, its last component only when
+  the source ends with ``/`` or ``/.`` (as ``docker cp`` does);
+* below it, every directory is opened from its parent's descriptor with
+  ``O_NOFOLLOW | O_DIRECTORY`` and listed through its own descriptor, and every name
+  is one component acted on with ``*at`` calls that never follow a symlink. No path
+  string is resolved again from the root, so a racer who swaps a directory for a
+  symlink gets the symlink packed as a symlink (or the entry skipped), never followed;
+* a regular file is opened with ``O_NOFOLLOW`` and checked with ``fstat``; its header
+  is made from that ``fstat``, so header and data describe the same inode;
+* no user or group name is ever looked up (CVE-2019-14271): names come from the
+  caller's mapping or are left empty; owners are numeric.
+
+The output is POSIX ustar, with PAX records where ustar cannot hold a value (long or
+non-ASCII names, big ids, sizes and times, sub-second times) and ``SCHILY.xattr.*``
+records for extended attributes, as GNU tar, bsdtar and Go write them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import resource
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from chrootarchive import _linux, paths
+from chrootarchive.errors import SourceError
+from chrootarchive.options import IDMap, PackOptions
+
+__all__ = ["capabilities", "header", "run", "run_in_process"]
+
+BLOCK = 512
+_NS = 1_000_000_000
+_FLUSH_AT = 1 << 20  # bytes buffered before a write to the pipe
+_SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
+_SENDFILE_MAX = 1 << 30
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_RESOLVE_IN_ROOT = 0x10
+_RESOLVE_NO_MAGICLINKS = 0x02
+
+#: Host-specific labels that mean nothing elsewhere (Docker and GNU tar omit them too).
+_SKIPPED_XATTRS = frozenset({"security.selinux"})
+#: Readable only with CAP_SYS_ADMIN, which the jailed worker gives up: never packed, so
+#: that every mechanism writes the same archive.
+_SKIPPED_PREFIX = "trusted."
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES})
+# errno of an open that met something else than what was listed: a racer was there.
+_CHANGED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EINVAL})
+
+REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE = b"0123456"
+PAXTYPE = ord("x")
+
+
+def capabilities(request: dict[str, Any]) -> frozenset[str]:
+    """Reading needs no more than bypassing read permissions (and O_NOATIME)."""
+    return frozenset({"CAP_DAC_READ_SEARCH", "CAP_FOWNER"})
+
+
+# -- headers -------------------------------------------------------------------------
+
+
+def _octal(value: int, width: int) -> bytes | None:
+    """``value`` as NUL-terminated octal in ``width`` bytes, or None if it does not fit."""
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\x00" % (width - 1, value)
+    return None
+
+
+def _base256(value: int, width: int) -> bytes:
+    """GNU base-256 (for device numbers, which PAX has no standard record for)."""
+    return bytes([0x80]) + value.to_bytes(width - 1, "big")
+
+
+def _pax_time(ns: int) -> bytes:
+    """A PAX time: the exact real number of seconds, ``-1.5`` meaning 1.5 s before 1970."""
+    sign = b"-" if ns < 0 else b""
+    secs, frac = divmod(abs(ns), _NS)
+    if not frac:
+        return sign + b"%d" % secs
+    return sign + (b"%d.%09d" % (secs, frac)).rstrip(b"0")
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One ``"%d %s=%s\\n"`` record; the length counts itself."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length = len(b"%d" % length) + len(body)
+    return b"%d" % length + body
+
+
+def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """Split a name into ustar (prefix, name), or None when it does not fit."""
+    if len(name) <= 100:
+        return b"", name
+    if len(name) > 256:
+        return None
+    i = name.find(b"/", max(len(name) - 101, 1))
+    while 0 < i <= 155:
+        if len(name) - i - 1 > 0:
+            return name[:i], name[i + 1 :]
+        i = name.find(b"/", i + 1)
+    return None
+
+
+def _is_ascii(raw: bytes) -> bool:
+    return raw.isascii() and 0 not in raw
+
+
+def header(
+    name: bytes,
+    typeflag: int,
+    *,
+    mode: int,
+    uid: int,
+    gid: int,
+    mtime_ns: int,
+    size: int = 0,
+    linkname: bytes = b"",
+    uname: str = "",
+    gname: str = "",
+    devmajor: int = 0,
+    devminor: int = 0,
+    xattrs: dict[str, bytes] | None = None,
+) -> bytes:
+    """The header blocks of one entry: a PAX 'x' header when needed, then ustar.
+
+    Args:
+        name: the entry's name, raw bytes (directories end with ``/``).
+        typeflag: the ustar type byte (``ord("0")`` for a file...).
+        mtime_ns: the modification time; sub-second parts get a PAX record.
+        xattrs: name -> value, written as ``SCHILY.xattr.NAME`` records.
+    """
+    pax: list[bytes] = []
+    binary = False
+    split = _split_name(name) if _is_ascii(name) else None
+    if split is None:
+        pax.append(_pax_record(b"path", name))
+        binary = not _valid_utf8(name)
+        prefix, short = b"", _fallback_name(name)
+    else:
+        prefix, short = split
+    if len(linkname) > 100 or not _is_ascii(linkname):
+        pax.append(_pax_record(b"linkpath", linkname))
+        binary = binary or not _valid_utf8(linkname)
+        link_field = b""
+    else:
+        link_field = linkname
+    fields: dict[str, bytes] = {}
+    for key, value, width in (("uid", uid, 8), ("gid", gid, 8), ("size", size, 12)):
+        encoded = _octal(value, width)
+        if encoded is None:
+            pax.append(_pax_record(key.encode(), b"%d" % value))
+            encoded = _octal(0, width)
+            assert encoded is not None
+        fields[key] = encoded
+    secs = mtime_ns // _NS
+    mtime_field = _octal(secs, 12)
+    if mtime_field is None or mtime_ns % _NS:
+        pax.append(_pax_record(b"mtime", _pax_time(mtime_ns)))
+        if mtime_field is None:
+            mtime_field = _octal(0, 12)
+    uname_b = uname.encode("utf-8", "surrogateescape")
+    gname_b = gname.encode("utf-8", "surrogateescape")
+    if len(uname_b) > 32 or not _is_ascii(uname_b):
+        pax.append(_pax_record(b"uname", uname_b))
+        uname_b = b""
+    if len(gname_b) > 32 or not _is_ascii(gname_b):
+        pax.append(_pax_record(b"gname", gname_b))
+        gname_b = b""
+    for key in sorted(xattrs or ()):
+        assert xattrs is not None
+        pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"),
+                               xattrs[key]))
+    if binary:
+        pax.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
+    assert mtime_field is not None
+    block = _ustar(
+        short, prefix, typeflag, mode, fields["uid"], fields["gid"], fields["size"],
+        mtime_field, link_field, uname_b, gname_b, devmajor, devminor,
+    )
+    if not pax:
+        return block
+    records = b"".join(pax)
+    base = posixpath.basename(name.rstrip(b"/")) or b"."
+    pax_name = b"PaxHeaders.0/" + (base if _is_ascii(base) else b"entry")[-80:]
+    pax_block = _ustar(
+        pax_name, b"", PAXTYPE, 0o644, _octal(0, 8) or b"", _octal(0, 8) or b"",
+        _octal(len(records), 12) or b"", mtime_field, b"", b"", b"", 0, 0,
+    )
+    return pax_block + records + bytes(-len(records) % BLOCK) + block
+
+
+def _valid_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _fallback_name(name: bytes) -> bytes:
+    """What a reader without PAX sees: the ASCII tail of the name, at most 100 bytes."""
+    tail = bytes(c if 0x20 <= c < 0x7F else 0x5F for c in name[-100:])
+    return tail
+
+
+def _ustar(
+    name: bytes, prefix: bytes, typeflag: int, mode: int, uid: bytes, gid: bytes,
+    size: bytes, mtime: bytes, linkname: bytes, uname: bytes, gname: bytes,
+    devmajor: int, devminor: int,
+) -> bytes:
+    h = bytearray(BLOCK)
+    h[0 : len(name)] = name
+    h[100:108] = _octal(mode & 0o7777, 8) or b""
+    h[108:116] = uid
+    h[116:124] = gid
+    h[124:136] = size
+    h[136:148] = mtime
+    h[148:156] = b" " * 8
+    h[156] = typeflag
+    h[157 : 157 + len(linkname)] = linkname
+    h[257:263] = b"ustar\x00"
+    h[263:265] = b"00"
+    h[265 : 265 + len(uname)] = uname
+    h[297 : 297 + len(gname)] = gname
+    if typeflag in (CHRTYPE, BLKTYPE):
+        h[329:337] = _octal(devmajor, 8) or _base256(devmajor, 8)
+        h[337:345] = _octal(devminor, 8) or _base256(devminor, 8)
+    h[345 : 345 + len(prefix)] = prefix
+    h[148:156] = b"%06o\x00 " % sum(h)
+    return bytes(h)
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    with memoryview(data) as view:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+
+class _Out:
+    """Buffered writes to the output pipe; big files go straight with sendfile."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.sendfile_ok = True
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= _FLUSH_AT:
+            self.flush()
+
+    def zeros(self, count: int) -> None:
+        while count > 0:
+            n = min(count, _FLUSH_AT)
+            self.write(bytes(n))
+            count -= n
+
+    def flush(self) -> None:
+        if self.buf:
+            _write_all(self.fd, self.buf)
+            self.buf = bytearray()
+
+    def copy_from(self, src: int, size: int) -> int:
+        """Copy the first ``size`` bytes of ``src``; returns how many there were."""
+        done = 0
+        if size <= _SMALL_FILE:
+            while done < size:
+                chunk = os.pread(src, size - done, done)
+                if not chunk:
+                    break
+                self.buf += chunk
+                done += len(chunk)
+            if len(self.buf) >= _FLUSH_AT:
+                self.flush()
+            return done
+        self.flush()
+        while done < size:
+            if self.sendfile_ok:
+                try:
+                    n = os.sendfile(self.fd, src, done, min(size - done, _SENDFILE_MAX))
+                except OSError as err:
+                    if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    self.sendfile_ok = False
+                    continue
+            else:
+                chunk = os.pread(src, min(size - done, _FLUSH_AT), done)
+                n = len(chunk)
+                if n:
+                    _write_all(self.fd, chunk)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def finish(self) -> None:
+        self.zeros(2 * BLOCK)  # the end-of-archive marker
+        self.flush()
+
+
+# -- the walk ------------------------------------------------------------------------
+
+
+def _to_container(value: int, maps: tuple[IDMap, ...], kind: str, where: str) -> int:
+    if not maps:
+        return value
+    for m in maps:
+        if m.host_id <= value < m.host_id + m.size:
+            return m.container_id + (value - m.host_id)
+    raise SourceError(f"host {kind} {value} cannot be mapped to a container {kind}", where)
+
+
+def _source_error(err: OSError, where: str) -> SourceError:
+    reason = err.strerror or str(err)
+    return SourceError(reason[:1].lower() + reason[1:], where)
+
+
+Opener = Callable[[str], int]
+
+
+class Packer:
+    """Writes the tar stream of one source.
+
+    Args:
+        out_fd: where the stream goes.
+        options: what to pack and how to name and own it.
+        warn: called with one line for each thing skipped.
+        src: the source's name in messages (its path as the caller gave it).
+        jailed: running confined (xattrs of symlinks are read via ``fchdir``; there
+            is no ``/proc``), else in-process (via ``/proc/self/fd``).
+    """
+
+    def __init__(
+        self,
+        out_fd: int,
+        options: PackOptions,
+        warn: Callable[[str], None],
+        *,
+        src: str,
+        jailed: bool,
+    ) -> None:
+        self.out = _Out(out_fd)
+        self.options = options
+        self.warn = warn
+        self.src = src
+        self.jailed = jailed
+        self.excludes = paths.PatternMatcher(options.excludes)
+        self.has_exceptions = any(p.strip().startswith("!") for p in options.excludes)
+        self.rebase = sorted(options.rebase_names.items(), key=lambda kv: -len(kv[0]))
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.seen: set[str] | None = set() if len(options.include_files) > 1 else None
+        self.noatime = os.O_NOATIME
+        self.entries = 0
+        self.size = 0
+
+    # -- naming and owners ----------------------------------------------------------
+
+    def _where(self, rel: str) -> str:
+        return self.src if rel == "." else posixpath.join(self.src, rel)
+
+    def _rebased(self, rel: str) -> str:
+        for old, new in self.rebase:
+            if old == ".":
+                if not new:
+                    return rel
+                return new if rel == "." else f"{new}/{rel}"
+            if rel == old:
+                return new or "."
+            if rel.startswith(old + "/"):
+                return new + rel[len(old) :] if new else rel[len(old) + 1 :]
+        return rel
+
+    def _archive_name(self, rel: str, is_dir: bool, single: str = "") -> bytes:
+        name = self._rebased(rel)
+        if name == "." and single:
+            name = single
+        raw = os.fsencode(name)
+        if is_dir:
+            raw = b"./" if raw == b"." else raw + b"/"
+        return raw
+
+    def _owner(self, st: os.stat_result, where: str) -> tuple[int, int]:
+        if self.options.chown is not None:
+            return self.options.chown
+        return (_to_container(st.st_uid, self.options.uid_maps, "uid", where),
+                _to_container(st.st_gid, self.options.gid_maps, "gid", where))
+
+    def _emit(
+        self,
+        name: bytes,
+        typeflag: int,
+        st: os.stat_result,
+        where: str,
+        *,
+        size: int = 0,
+        linkname: bytes = b"",
+        xattrs: dict[str, bytes] | None = None,
+    ) -> None:
+        uid, gid = self._owner(st, where)
+        mtime_ns = st.st_mtime_ns
+        if self.options.whole_second_mtimes:
+            mtime_ns -= mtime_ns % _NS
+        devmajor = devminor = 0
+        if typeflag in (CHRTYPE, BLKTYPE):
+            devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        self.out.write(header(
+            name, typeflag, mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
+            mtime_ns=mtime_ns, size=size, linkname=linkname,
+            uname=self.options.user_names.get(uid, ""),
+            gname=self.options.group_names.get(gid, ""),
+            devmajor=devmajor, devminor=devminor, xattrs=xattrs,
+        ))
+        self.entries += 1
+
+    def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
+        """The name this inode was already packed under (a hardlink), or None."""
+        if st.st_nlink < 2:
+            return None
+        key = (st.st_dev, st.st_ino)
+        first = self.links.get(key)
+        if first is None:
+            self.links[key] = name
+        return first
+
+    # -- xattrs ---------------------------------------------------------------------
+
+    def _collect(self, names: list[str], get: Callable[[str], bytes]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for key in sorted(names):
+            if key in _SKIPPED_XATTRS or key.startswith(_SKIPPED_PREFIX):
+                continue
+            try:
+                out[key] = get(key)
+            except OSError as err:
+                if err.errno in (errno.ENODATA, *_NO_XATTRS):
+                    continue
+                raise
+        return out
+
+    def _fd_xattrs(self, fd: int, where: str) -> dict[str, bytes]:
+        if not self.options.xattrs:
+            return {}
+        try:
+            return self._collect(os.listxattr(fd), lambda key: os.getxattr(fd, key))
+        except OSError as err:
+            if err.errno in _NO_XATTRS:
+                return {}
+            raise _source_error(err, where) from err
+
+    def _path_xattrs(self, parent_fd: int, name: str, where: str) -> dict[str, bytes]:
+        """Xattrs of a symlink or special file (which cannot be opened for reading)."""
+        if not self.options.xattrs:
+            return {}
+        opath = -1
+        try:
+            if self.jailed:
+                # One component from the pinned directory, the symlink not followed.
+                os.fchdir(parent_fd)
+                target, follow = name, False
+            else:
+                # The magic link leads to the pinned object itself.
+                opath = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=parent_fd)
+                target, follow = f"/proc/self/fd/{opath}", True
+            return self._collect(
+                os.listxattr(target, follow_symlinks=follow),
+                lambda key: os.getxattr(target, key, follow_symlinks=follow),
+            )
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            if err.errno in _NO_XATTRS:
+                return {}
+            raise _source_error(err, where) from err
+        finally:
+            if opath >= 0:
+                os.close(opath)
+
+    # -- the source -----------------------------------------------------------------
+
+    def pack(self, open_dir: Opener, src: str) -> None:
+        """Pack ``src`` (a path below the root); ``open_dir`` resolves it inside the root."""
+        norm = posixpath.normpath("/" + src)
+        follow = norm == "/" or src.endswith("/") or src.endswith("/.")
+        if follow:
+            self._tree(self._open_source(open_dir, norm))
+        else:
+            parent = self._open_source(open_dir, posixpath.dirname(norm))
+            try:
+                base = posixpath.basename(norm)
+                try:
+                    st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                except OSError as err:
+                    raise _source_error(err, self.src) from err
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        top = os.open(base, _DIR_FLAGS, dir_fd=parent)
+                    except OSError as err:
+                        raise _source_error(err, self.src) from err
+                    self._tree(top)
+                else:
+                    self._single(parent, base, st)
+            finally:
+                os.close(parent)
+        self.out.finish()
+
+    def _open_source(self, open_dir: Opener, path: str) -> int:
+        try:
+            return open_dir(path)
+        except OSError as err:
+            raise _source_error(err, self.src) from err
+
+    def _single(self, parent_fd: int, base: str, st: os.stat_result) -> None:
+        """A source that is not a directory: one entry, named after it (or rebased)."""
+        self._one(parent_fd, base, ".", st, single=base)
+
+    def _tree(self, top_fd: int) -> None:
+        """The source directory (``top_fd``, closed here) and the included paths below."""
+        try:
+            for include in self.options.include_files or (".",):
+                if include == ".":
+                    if self.options.include_source_dir:
+                        st = os.fstat(top_fd)
+                        self._emit(self._archive_name(".", True), DIRTYPE, st, self.src,
+                                   xattrs=self._fd_xattrs(top_fd, self.src))
+                    self._walk(os.dup(top_fd), ".")
+                    continue
+                reached = self._reach(top_fd, include)
+                if reached is None:
+                    continue
+                parent_fd, name = reached
+                try:
+                    child = self._entry(parent_fd, name, include, include=include)
+                finally:
+                    if parent_fd != top_fd:
+                        os.close(parent_fd)
+                if child is not None:
+                    self._walk(child, include)
+        finally:
+            os.close(top_fd)
+
+    def _reach(self, top_fd: int, include: str) -> tuple[int, str] | None:
+        """The directory holding ``include`` (below the source, no symlink followed)."""
+        *dirs, name = include.split("/")
+        fd = top_fd
+        for part in dirs:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if fd != top_fd:
+                    os.close(fd)
+                if err.errno in (errno.ENOENT, *_CHANGED):
+                    self.warn(f"{self._where(include)}: not found below the source "
+                              "(symlinks are not followed), skipped")
+                    return None
+                raise _source_error(err, self._where(include)) from err
+            if fd != top_fd:
+                os.close(fd)
+            fd = nxt
+        return fd, name
+
+    def _walk(self, dir_fd: int, rel: str) -> None:
+        """Everything below the directory ``dir_fd`` (closed here), depth first, sorted."""
+        stack: list[tuple[int, str, list[str]]] = []
+        try:
+            stack.append((dir_fd, rel, self._listing(dir_fd, rel)))
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        try:
+            while stack:
+                fd, here, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    os.close(fd)
+                    continue
+                name = names.pop()
+                child_rel = name if here == "." else f"{here}/{name}"
+                child = self._entry(fd, name, child_rel)
+                if child is not None:
+                    try:
+                        listing = self._listing(child, child_rel)
+                    except BaseException:
+                        os.close(child)
+                        raise
+                    stack.append((child, child_rel, listing))
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
+
+    def _listing(self, fd: int, rel: str) -> list[str]:
+        """The names in a directory, in reverse order (popped from the end)."""
+        try:
+            with os.scandir(fd) as it:
+                return sorted((entry.name for entry in it), reverse=True)
+        except OSError as err:
+            raise _source_error(err, self._where(rel)) from err
+
+    def _entry(self, parent_fd: int, name: str, rel: str, include: str = "") -> int | None:
+        """Pack one entry; returns the descriptor of a directory to descend into."""
+        where = self._where(rel)
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if include:
+                self.warn(f"{where}: not found below the source, skipped")
+            else:
+                self.warn(f"{where}: removed while being packed, skipped")
+            return None
+        except OSError as err:
+            raise _source_error(err, where) from err
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if rel != include and self.excludes and self.excludes.matches(rel):
+            if is_dir and self.has_exceptions:
+                return self._open_dir(parent_fd, name, where)  # an exception may match below
+            return None
+        if self.seen is not None:  # overlapping includes: each path once
+            if rel in self.seen:
+                return None
+            self.seen.add(rel)
+        if is_dir:
+            fd = self._open_dir(parent_fd, name, where)
+            if fd is None:
+                return None
+            try:
+                st = os.fstat(fd)
+                self._emit(self._archive_name(rel, True), DIRTYPE, st, where,
+                           xattrs=self._fd_xattrs(fd, where))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        self._one(parent_fd, name, rel, st)
+        return None
+
+    def _open_dir(self, parent_fd: int, name: str, where: str) -> int | None:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            self.warn(f"{where}: removed while being packed, skipped")
+        except OSError as err:
+            if err.errno not in _CHANGED:
+                raise _source_error(err, where) from err
+            self.warn(f"{where}: no longer a directory (changed while being packed), skipped")
+        return None
+
+    def _one(
+        self, parent_fd: int, name: str, rel: str, st: os.stat_result, single: str = ""
+    ) -> None:
+        """Pack a non-directory."""
+        where = self._where(rel)
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._file(parent_fd, name, rel, single)
+            return
+        if stat.S_ISSOCK(mode):
+            self.warn(f"{where}: socket skipped (tar cannot hold sockets)")
+            return
+        if stat.S_ISLNK(mode):
+            typeflag = SYMTYPE
+            try:
+                target = os.readlink(os.fsencode(name), dir_fd=parent_fd)
+            except FileNotFoundError:
+                self.warn(f"{where}: removed while being packed, skipped")
+                return
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise _source_error(err, where) from err
+                self.warn(f"{where}: no longer a symlink (changed while being packed), skipped")
+                return
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            typeflag = (CHRTYPE if stat.S_ISCHR(mode)
+                        else BLKTYPE if stat.S_ISBLK(mode) else FIFOTYPE)
+            target = b""
+        else:
+            self.warn(f"{where}: unknown file type {stat.S_IFMT(mode):#o} skipped")
+            return
+        archived = self._archive_name(rel, False, single)
+        first = self._first_link(st, archived)
+        if first is not None:
+            self._emit(archived, LNKTYPE, st, where, linkname=first)
+            return
+        self._emit(archived, typeflag, st, where, linkname=target,
+                   xattrs=self._path_xattrs(parent_fd, name, where))
+
+    def _open_file(self, parent_fd: int, name: str) -> int:
+        while True:
+            try:
+                return os.open(name, _FILE_FLAGS | self.noatime, dir_fd=parent_fd)
+            except PermissionError:
+                if not self.noatime:
+                    raise
+                self.noatime = 0  # O_NOATIME needs ownership or CAP_FOWNER
+
+    def _file(self, parent_fd: int, name: str, rel: str, single: str) -> None:
+        where = self._where(rel)
+        try:
+            fd = self._open_file(parent_fd, name)
+        except FileNotFoundError:
+            self.warn(f"{where}: removed while being packed, skipped")
+            return
+        except OSError as err:
+            if err.errno not in _CHANGED:
+                raise _source_error(err, where) from err
+            self.warn(f"{where}: no longer a regular file (changed while being packed), "
+                      "skipped")
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.warn(f"{where}: no longer a regular file (changed while being packed), "
+                          "skipped")
+                return
+            archived = self._archive_name(rel, False, single)
+            first = self._first_link(st, archived)
+            if first is not None:
+                self._emit(archived, LNKTYPE, st, where, linkname=first)
+                return
+            size = st.st_size
+            self._emit(archived, REGTYPE, st, where, size=size,
+                       xattrs=self._fd_xattrs(fd, where))
+            try:
+                copied = self.out.copy_from(fd, size)
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise _source_error(err, where) from err
+            if copied < size:
+                self.warn(f"{where}: file shrank by {size - copied} bytes while being "
+                          "packed; padded with zeros")
+                self.out.zeros(size - copied)
+            self.out.zeros(-size % BLOCK)
+            self.size += size
+        finally:
+            os.close(fd)
+
+
+# -- entry points --------------------------------------------------------------------
+
+
+def _raise_fd_limit() -> None:
+    """One descriptor per directory level is held open: allow as many as we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _open_in_root(root_fd: int, path: str) -> int:
+    """Open the directory ``path`` below ``root_fd``, as if ``root_fd`` were ``/``.
+
+    In-root symlinks on the way are followed; ``/proc`` magic links are not (a procfs
+    mounted inside the root must not lead out of it); ``..`` stops at the root.
+    """
+    relative = path.lstrip("/") or "."
+    while True:
+        try:
+            return _linux.openat2(root_fd, relative,
+                                  os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                                  _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        except BlockingIOError:
+            continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
+        except OSError as err:
+            code = err.errno or errno.EIO
+            if code in (errno.ENOSYS, errno.EPERM) and root_fd == _linux.AT_FDCWD:
+                # No openat2 (Linux < 5.6): in the jail, paths cannot leave anyway.
+                return os.open(relative, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            raise OSError(code, os.strerror(code)) from err  # without the call
+
+
+def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
+    """The job, in the jailed worker: write the tar stream of ``request["src"]`` to fd 1."""
+    _raise_fd_limit()
+    options = PackOptions.from_json(request["options"])
+    src = str(request["src"])
+    packer = Packer(1, options, warn, src=str(request.get("display") or src), jailed=True)
+    packer.pack(lambda path: _open_in_root(_linux.AT_FDCWD, path), src)
+    return {"entries": packer.entries, "size": packer.size}
+
+
+def run_in_process(
+    root_fd: int, request: dict[str, Any], out_fd: int, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """The ``openat2`` mechanism: the same walk in the caller's process, no jail.
+
+    The source is resolved with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)``
+    under ``root_fd``; below it the walk never follows a symlink, so it cannot leave.
+    """
+
+    def open_dir(path: str) -> int:
+        return _open_in_root(root_fd, path)
+
+    options = PackOptions.from_json(request["options"])
+    src = str(request["src"])
+    packer = Packer(out_fd, options, warn, src=str(request.get("display") or src),
+                    jailed=False)
+    packer.pack(open_dir, src)
+    return {"entries": packer.entries, "size": packer.size, "confinement": "openat2"}

@@ -1,0 +1,70 @@
+"""Shared fixtures.
+
+CI runs this suite as root on Linux: the kernel mechanisms (mount namespaces,
+pivot_root, user namespaces) run for real. A missing kernel feature makes a test
+fail, never skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import CLIResult
+from helpers.cli import run_cli as _run_cli
+from helpers.leaks import LeakCheck
+from helpers.victim import Victim
+
+
+@pytest.fixture
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """After the test: the caller's mount table is unchanged (``/`` and everything
+    under pytest's temporary directory: other processes on a shared machine may mount
+    elsewhere), no ``.pivot_root*`` directory is left under tmp_path, and no child
+    process (zombies included) remains."""
+    check = LeakCheck(tmp_path)
+    yield
+    check.assert_clean()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A work directory holding an empty ``dest``."""
+    w = tmp_path / "work"
+    (w / "dest").mkdir(parents=True)
+    return w
+
+
+@pytest.fixture
+def dest(work: Path) -> Path:
+    return work / "dest"
+
+
+@pytest.fixture
+def victim(work: Path, dest: Path) -> Victim:
+    """A victim tree beside the destination, already snapshotted."""
+    return Victim(work).create()
+
+
+@pytest.fixture
+def write_archive(tmp_path: Path) -> Callable[..., Path]:
+    """``write_archive(data, suffix=".tar")``: archive bytes to a file outside ``work``."""
+    counter = [0]
+
+    def write(data: bytes, suffix: str = ".tar") -> Path:
+        counter[0] += 1
+        p = tmp_path / "archives" / f"archive{counter[0]}{suffix}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        return p
+
+    return write
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CLIResult]:
+    """``run_cli(*args, input=None, timeout=60, env=None, prefix=None, umask=None)``:
+    run ``python -m chrootarchive ARGS``; returns ``(rc, stdout, stderr)``."""
+    return _run_cli

@@ -1,0 +1,1 @@
+"""Test helpers: hostile archive construction, tree snapshots, victim trees."""

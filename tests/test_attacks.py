@@ -1,0 +1,2005 @@
+"""Attack classes: every hostile archive against a victim tree outside the destination.
+
+Each test builds an archive byte by byte, builds a victim tree beside the destination
+(``work/victim`` next to ``work/dest``), extracts, and proves the victim tree is
+byte-for-byte and metadata-identical afterwards (ctime included: a chmod, chown, link
+or unlink of a victim inode moves it), that no victim content was read into the
+destination, and that nothing leaked (mounts, ``.pivot_root*``, child processes).
+
+Expected outcomes follow Docker's rules (``docs``: reference/docker-facts.md):
+
+- ``BREAKOUT``: a name that leaves the root after cleaning, a hardlink target that
+  does, or a *relative* symlink whose target, joined to the symlink's directory and
+  cleaned lexically, does: :class:`chrootarchive.BreakoutError` for the whole
+  extraction, naming the entry.
+- ``OK``: the extraction succeeds (and writes where the jail says: inside).
+- ``SAFE``: the archive is hostile in a way only the jail can stop (absolute
+  symlinks, chains that look harmless lexically, magic links); the extraction may
+  succeed, landing inside the destination, or fail with a clean archive or
+  destination error; it must never be an internal error, and the victim must be
+  untouched either way.
+- ``MALFORMED``: :class:`chrootarchive.MalformedArchiveError` (or a subclass).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from helpers import tarbuild as tb
+from helpers import tree
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.victim import HELLO, SECRET, Victim
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+PWN = b"pwned-by-archive\n"
+
+OK, BREAKOUT, SAFE, MALFORMED, ARCHIVE = "ok", "breakout", "safe", "malformed", "archive"
+
+
+# -- running one case ----------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    archive: bytes
+    expect: str
+    #: a substring that the error (entry or message) must contain
+    mentions: str | None = None
+    #: dest-relative path -> content, checked when the extraction succeeded
+    landed: dict[str, bytes] = field(default_factory=dict)
+    #: dest-relative paths that must not exist after a successful extraction
+    absent: list[str] = field(default_factory=list)
+    #: called with dest before the extraction (pre-existing destination content)
+    prepare: Callable[[Path], None] | None = None
+    #: dest-relative path -> file type expected on success
+    types: dict[str, str] = field(default_factory=dict)
+
+
+def untar_outcome(
+    data: bytes | Path, dest: Path, options: chrootarchive.UnpackOptions | None = None
+) -> chrootarchive.UnpackResult | BaseException:
+    """Run the API; return the result or the exception raised."""
+    source: object = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        return chrootarchive.untar(source, dest, options)
+    except Exception as err:  # classified by the caller
+        return err
+
+
+def check_outcome(outcome: object, case: Case, dest: Path) -> None:
+    expect = case.expect
+    if expect == OK:
+        if isinstance(outcome, BaseException):
+            raise AssertionError(f"expected success, got {type(outcome).__name__}: {outcome}")
+    elif expect == BREAKOUT:
+        assert isinstance(outcome, chrootarchive.BreakoutError), (
+            f"expected BreakoutError, got {outcome!r}"
+        )
+        assert outcome.entry, f"BreakoutError names no entry: {outcome!r}"
+    elif expect == MALFORMED:
+        assert isinstance(outcome, chrootarchive.MalformedArchiveError), (
+            f"expected MalformedArchiveError, got {outcome!r}"
+        )
+    elif expect == ARCHIVE:
+        assert isinstance(outcome, chrootarchive.ArchiveError), (
+            f"expected an ArchiveError, got {outcome!r}"
+        )
+    elif expect == SAFE:
+        if isinstance(outcome, BaseException):
+            assert isinstance(
+                outcome, (chrootarchive.ArchiveError, chrootarchive.DestinationError)
+            ), f"expected success or a clean archive/destination error, got {outcome!r}"
+    else:  # pragma: no cover
+        raise AssertionError(expect)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, chrootarchive.ChrootArchiveError)
+        if case.mentions and expect != SAFE:
+            assert case.mentions in str(outcome), f"{case.mentions!r} not in {str(outcome)!r}"
+    else:
+        for rel, content in case.landed.items():
+            p = dest / rel
+            assert p.is_file() and not p.is_symlink(), f"{rel} was not written inside dest"
+            assert p.read_bytes() == content, f"{rel} has the wrong content"
+        for rel in case.absent:
+            assert not os.path.lexists(dest / rel), f"{rel} should not exist"
+        for rel, kind in case.types.items():
+            st = os.lstat(dest / rel)
+            assert tree.file_type(st) == kind, f"{rel} is a {tree.file_type(st)}, not {kind}"
+
+
+def run_case(case: Case, dest: Path, victim: Victim) -> object:
+    if case.prepare:
+        case.prepare(dest)
+        victim.snap()
+    outcome = untar_outcome(case.archive, dest)
+    check_outcome(outcome, case, dest)
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+    assert_nothing_big(dest)
+    return outcome
+
+
+def assert_nothing_big(dest: Path, limit: int = 64 << 20) -> None:
+    """No case writes much: a declared-but-absent 8 GiB must not be allocated."""
+    for dirpath, _dirs, files in os.walk(dest):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            assert st.st_blocks * 512 < limit, f"{f}: {st.st_blocks * 512} bytes allocated"
+
+
+def B() -> tb.TarBuilder:
+    return tb.TarBuilder()
+
+
+def rel(path: str | Path) -> str:
+    """An absolute host path as it appears inside the jail's root (leading / removed)."""
+    return str(path).lstrip("/")
+
+
+# -- the cases: a function of the victim's absolute path ------------------------------
+
+CASES: dict[str, Callable[[str], Case]] = {}
+
+
+def case(fn: Callable[[str], Case]) -> Callable[[str], Case]:
+    CASES[fn.__name__.removeprefix("case_")] = fn
+    return fn
+
+
+# Absolute names: the leading "/" is stripped, the entry lands inside.
+
+
+@case
+def case_absolute_name_to_victim_file(V: str) -> Case:
+    return Case(B().file(f"{V}/hello", PWN).build(), OK, landed={f"{rel(V)}/hello": PWN})
+
+
+@case
+def case_absolute_name_new_file_in_victim(V: str) -> Case:
+    return Case(B().file(f"{V}/pwned", PWN).build(), OK, landed={f"{rel(V)}/pwned": PWN})
+
+
+@case
+def case_absolute_name_many_slashes(V: str) -> Case:
+    return Case(B().file(f"///{V}//hello", PWN).build(), OK, landed={f"{rel(V)}/hello": PWN})
+
+
+@case
+def case_absolute_name_etc(V: str) -> Case:
+    return Case(
+        B().file("/etc/chrootarchive-test-pwned", PWN).build(),
+        OK,
+        landed={"etc/chrootarchive-test-pwned": PWN},
+    )
+
+
+@case
+def case_absolute_dir_over_victim(V: str) -> Case:
+    # A directory entry naming the victim with another mode: must not chmod the victim.
+    return Case(B().dir(f"{V}/", mode=0o777).dir(f"{V}/sub", mode=0o700).build(), OK)
+
+
+# ".." in every spelling.
+
+
+@case
+def case_dotdot_plain(V: str) -> Case:
+    return Case(B().file("../victim/pwned", PWN).build(), BREAKOUT, mentions="pwned")
+
+
+@case
+def case_dotdot_existing_victim_file(V: str) -> Case:
+    return Case(B().file("../victim/hello", PWN).build(), BREAKOUT, mentions="hello")
+
+
+@case
+def case_dotdot_dot_prefix(V: str) -> Case:
+    return Case(B().file("./../victim/pwned", PWN).build(), BREAKOUT, mentions="pwned")
+
+
+@case
+def case_dotdot_nested(V: str) -> Case:
+    return Case(B().file("a/b/../../../victim/pwned", PWN).build(), BREAKOUT, mentions="pwned")
+
+
+@case
+def case_dotdot_after_dir(V: str) -> Case:
+    return Case(B().file("a/../../victim/pwned", PWN).build(), BREAKOUT, mentions="pwned")
+
+
+@case
+def case_dotdot_deep(V: str) -> Case:
+    name = "../" * 40 + rel(V) + "/pwned"
+    return Case(B().file(name, PWN).build(), BREAKOUT, mentions="pwned")
+
+
+@case
+def case_dotdot_directory_entry(V: str) -> Case:
+    return Case(B().dir("../victim/newdir").build(), BREAKOUT, mentions="newdir")
+
+
+@case
+def case_dotdot_after_good_entries(V: str) -> Case:
+    # The breakout is an error for the whole extraction even after good entries.
+    return Case(
+        B().file("good", b"good\n").file("../victim/pwned", PWN).build(),
+        BREAKOUT,
+        mentions="pwned",
+    )
+
+
+@case
+def case_dotdot_bare_dir(V: str) -> Case:
+    return Case(B().dir("..", mode=0o777).build(), BREAKOUT, mentions="..")
+
+
+@case
+def case_dotdot_bare_dir_slash(V: str) -> Case:
+    return Case(B().dir("../", mode=0o777).build(), BREAKOUT, mentions="..")
+
+
+@case
+def case_dotdot_bare_file(V: str) -> Case:
+    return Case(B().file("..", PWN).build(), BREAKOUT, mentions="..")
+
+
+@case
+def case_dotdot_bare_symlink(V: str) -> Case:
+    return Case(B().symlink("..", "/").build(), BREAKOUT, mentions="..")
+
+
+@case
+def case_dotdot_slash_prefixed(V: str) -> Case:
+    # Docker cleans "/../victim/x" to "/victim/x": inside. An implementation that
+    # strips the slash first and calls it a breakout is as good.
+    return Case(B().file("/../victim/pwned", PWN).build(), SAFE)
+
+
+@case
+def case_dotdot_in_pax_path(V: str) -> Case:
+    return Case(
+        B().pax({"path": "../victim/pwned-pax"}).file("innocent", PWN).build(),
+        BREAKOUT,
+        mentions="pwned-pax",
+    )
+
+
+@case
+def case_dotdot_in_pax_path_long(V: str) -> Case:
+    name = "../victim/" + "p" * 200
+    return Case(B().pax({"path": name}).file("innocent", PWN).build(), BREAKOUT)
+
+
+@case
+def case_dotdot_in_gnu_longname(V: str) -> Case:
+    name = "../victim/" + "g" * 150
+    return Case(B().longname(name).file("innocent", PWN).build(), BREAKOUT)
+
+
+@case
+def case_dotdot_in_gnu_longname_short(V: str) -> Case:
+    return Case(
+        B().longname("../victim/pwned-gnu").file("innocent", PWN).build(),
+        BREAKOUT,
+        mentions="pwned-gnu",
+    )
+
+
+@case
+def case_dotdot_in_ustar_prefix(V: str) -> Case:
+    return Case(
+        B().raw(tb.member("victim/pwned-prefix", PWN, prefix="..")).build(),
+        BREAKOUT,
+        mentions="pwned-prefix",
+    )
+
+
+@case
+def case_dotdot_in_ustar_prefix_nested(V: str) -> Case:
+    return Case(
+        B().raw(tb.member("../victim/pwned-prefix", PWN, prefix="a/..")).build(),
+        BREAKOUT,
+        mentions="pwned-prefix",
+    )
+
+
+@case
+def case_sibling_prefix(V: str) -> Case:
+    # "dest-evil" starts with "dest": a string-prefix check would let it through.
+    return Case(B().file("../dest-evil/pwned", PWN).build(), BREAKOUT, mentions="dest-evil")
+
+
+@case
+def case_sibling_prefix_file(V: str) -> Case:
+    return Case(B().file("../destX", PWN).build(), BREAKOUT, mentions="destX")
+
+
+@case
+def case_backslashes_are_plain_characters(V: str) -> Case:
+    return Case(B().file("..\\victim\\pwned", PWN).build(), OK, landed={"..\\victim\\pwned": PWN})
+
+
+@case
+def case_dotdot_gitme_is_a_name(V: str) -> Case:
+    # Docker's TestUntarParentPathPermissions/"..gitme": a name that merely starts with "..".
+    return Case(
+        B().file("..gitme", b"git\n").file("dir/..gitme", b"git2\n").file("...", b"3\n").build(),
+        OK,
+        landed={"..gitme": b"git\n", "dir/..gitme": b"git2\n", "...": b"3\n"},
+    )
+
+
+# Symlinks, then writes through them.
+
+
+@case
+def case_symlink_relative_escape(V: str) -> Case:
+    return Case(
+        B().symlink("loophole", "../victim").file("loophole/pwned", PWN).build(),
+        BREAKOUT,
+        mentions="loophole",
+    )
+
+
+@case
+def case_symlink_relative_escape_alone(V: str) -> Case:
+    # Docker rejects the symlink itself, before anything uses it.
+    return Case(B().symlink("up", "..").build(), BREAKOUT, mentions="up")
+
+
+@case
+def case_symlink_relative_escape_nested(V: str) -> Case:
+    return Case(
+        B()
+        .symlink("dir/loophole", "../../victim")
+        .file("dir/loophole/newdir/newfile", PWN)
+        .build(),
+        BREAKOUT,
+        mentions="loophole",
+    )
+
+
+@case
+def case_symlink_chain_dot_then_up(V: str) -> Case:
+    # a -> .  then  b -> a/../..  (lexically: "..", a breakout)
+    return Case(
+        B().symlink("a", ".").symlink("b", "a/../..").file("b/victim/pwned", PWN).build(),
+        BREAKOUT,
+        mentions="b",
+    )
+
+
+@case
+def case_symlink_chain_lexically_inside(V: str) -> Case:
+    # a -> .  then  b -> a/a/a/..  (lexically "a/a": inside; really: the parent of the
+    # root). Only the jail keeps b inside: b/victim/pwned must land in dest/victim.
+    return Case(
+        B()
+        .dir("victim")
+        .symlink("a", ".")
+        .symlink("b", "a/a/a/..")
+        .file("b/victim/pwned", PWN)
+        .build(),
+        SAFE,
+        landed={"victim/pwned": PWN},
+    )
+
+
+@case
+def case_symlink_two_hop(V: str) -> Case:
+    # inner/go_up -> ..  then  inner/go_up/escape -> ../victim: each looks inside on its
+    # own; together they leave the root (without a jail). Then a write through escape.
+    return Case(
+        B()
+        .dir("victim")
+        .dir("inner")
+        .symlink("inner/go_up", "..")
+        .symlink("inner/go_up/escape", "../victim")
+        .file("escape/pwned", PWN)
+        .build(),
+        SAFE,
+        landed={"victim/pwned": PWN},
+    )
+
+
+@case
+def case_symlink_two_hop_docker(V: str) -> Case:
+    # The moby 2026 spelling: the second hop is itself a lexical breakout.
+    return Case(
+        B()
+        .dir("inner")
+        .symlink("inner/go_up", "..")
+        .symlink("escape", "../victim")
+        .file("escape/pwned", PWN)
+        .build(),
+        BREAKOUT,
+        mentions="escape",
+    )
+
+
+@case
+def case_symlink_absolute_to_victim_dir(V: str) -> Case:
+    return Case(B().symlink("loophole", V).file("loophole/pwned", PWN).build(), SAFE)
+
+
+@case
+def case_symlink_absolute_lands_inside(V: str) -> Case:
+    # With the victim's path re-created inside dest, the write through the absolute
+    # symlink succeeds, inside.
+    return Case(
+        B().dir(f"{V}").symlink("loophole", V).file("loophole/pwned", PWN).build(),
+        OK,
+        landed={f"{rel(V)}/pwned": PWN},
+        types={"loophole": "symlink"},
+    )
+
+
+@case
+def case_symlink_absolute_to_victim_file_then_file(V: str) -> Case:
+    # A regular entry replaces the symlink; it never writes through it.
+    return Case(
+        B().symlink("lnk", f"{V}/hello").file("lnk", PWN, mode=0o777).build(),
+        OK,
+        landed={"lnk": PWN},
+    )
+
+
+@case
+def case_symlink_absolute_root_then_write(V: str) -> Case:
+    # host -> /  then  host/<victim>/hello: "/" is the jail's root.
+    return Case(
+        B().dir(V).symlink("host", "/").file(f"host/{rel(V)}/hello", PWN).build(),
+        OK,
+        landed={f"{rel(V)}/hello": PWN},
+    )
+
+
+@case
+def case_symlink_then_dir_entry_chmod(V: str) -> Case:
+    # A directory entry over an absolute symlink to the victim: replace, never chmod/chown
+    # through it.
+    return Case(
+        B().symlink("d", V).dir("d", mode=0o777, uid=1234, gid=1234).build(),
+        OK,
+        types={"d": "dir"},
+    )
+
+
+@case
+def case_dir_replaced_by_relative_symlink(V: str) -> Case:
+    return Case(
+        B().dir("d").file("d/f", b"f").symlink("d", "../victim").file("d/pwned", PWN).build(),
+        BREAKOUT,
+        mentions="d",
+    )
+
+
+@case
+def case_dir_replaced_by_absolute_symlink(V: str) -> Case:
+    return Case(
+        B().dir("d").file("d/f", b"f").symlink("d", V).file("d/hello", PWN).build(),
+        SAFE,
+    )
+
+
+@case
+def case_dir_replaced_by_absolute_symlink_lands_inside(V: str) -> Case:
+    return Case(
+        B().dir(V).dir("d").file("d/f", b"f").symlink("d", V).file("d/hello", PWN).build(),
+        OK,
+        landed={f"{rel(V)}/hello": PWN},
+        types={"d": "symlink"},
+    )
+
+
+@case
+def case_dir_replaced_by_chain_symlink(V: str) -> Case:
+    return Case(
+        B()
+        .dir("victim")
+        .dir("d")
+        .symlink("a", ".")
+        .symlink("d", "a/a/..")
+        .file("d/victim/pwned", PWN)
+        .build(),
+        SAFE,
+        landed={"victim/pwned": PWN},
+    )
+
+
+# Docker's seven invalid symlink cases (TestUntarInvalidSymlink).
+
+
+@case
+def case_docker_symlink_1_dotdot(V: str) -> Case:
+    return Case(B().symlink("dotdot", "../victim/hello").build(), BREAKOUT, mentions="dotdot")
+
+
+@case
+def case_docker_symlink_2_slash_dotdot(V: str) -> Case:
+    # Absolute target: allowed (inside the jail it resolves inside).
+    return Case(B().symlink("slash-dotdot", "/../victim/hello").build(), OK)
+
+
+@case
+def case_docker_symlink_3_write_victim_file(V: str) -> Case:
+    return Case(
+        B().symlink("loophole-victim", "../victim").file("loophole-victim/file", PWN).build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_symlink_4_symlink_symlink(V: str) -> Case:
+    return Case(
+        B()
+        .symlink("loophole-victim", "../victim")
+        .symlink("symlink", "loophole-victim/hello")
+        .build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_symlink_5_symlink_hardlink(V: str) -> Case:
+    return Case(
+        B()
+        .symlink("loophole-victim", "../victim")
+        .hardlink("hardlink", "loophole-victim/hello")
+        .build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_symlink_6_remove_victim_dir(V: str) -> Case:
+    return Case(
+        B().symlink("loophole-victim", "../victim").file("loophole-victim", PWN).build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_symlink_7_write_through_nested(V: str) -> Case:
+    return Case(
+        B()
+        .symlink("dir/loophole", "../../victim")
+        .file("dir/loophole/newdir/newfile", PWN)
+        .build(),
+        BREAKOUT,
+    )
+
+
+# Docker's six invalid hardlink cases (TestUntarInvalidHardlink).
+
+
+@case
+def case_docker_hardlink_1_dotdot(V: str) -> Case:
+    return Case(B().hardlink("dotdot", "../victim/hello").build(), BREAKOUT, mentions="dotdot")
+
+
+@case
+def case_docker_hardlink_2_slash_dotdot(V: str) -> Case:
+    # Root-relative: "/../victim/hello" is "victim/hello" inside the root, absent.
+    return Case(B().hardlink("slash-dotdot", "/../victim/hello").build(), SAFE)
+
+
+@case
+def case_docker_hardlink_3_write_victim_file(V: str) -> Case:
+    return Case(
+        B().hardlink("loophole-victim", "../victim").file("loophole-victim/file", PWN).build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_hardlink_4_hardlink_symlink(V: str) -> Case:
+    return Case(
+        B()
+        .hardlink("loophole-victim", "../victim")
+        .symlink("symlink", "loophole-victim/hello")
+        .build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_hardlink_5_hardlink_hardlink(V: str) -> Case:
+    return Case(
+        B()
+        .hardlink("loophole-victim", "../victim")
+        .hardlink("hardlink", "loophole-victim/hello")
+        .build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_docker_hardlink_6_remove_victim_dir(V: str) -> Case:
+    return Case(
+        B().hardlink("loophole-victim", "../victim").file("loophole-victim", PWN).build(),
+        BREAKOUT,
+    )
+
+
+# More hardlinks.
+
+
+@case
+def case_hardlink_absolute_to_victim(V: str) -> Case:
+    # Root-relative: the victim's path inside dest does not exist; never the host's.
+    return Case(B().hardlink("h", f"{V}/hello").build(), SAFE)
+
+
+@case
+def case_hardlink_absolute_lands_inside(V: str) -> Case:
+    return Case(
+        B().file(f"{V}/hello", b"inside\n").hardlink("h", f"{V}/hello").build(),
+        OK,
+        landed={"h": b"inside\n"},
+    )
+
+
+@case
+def case_hardlink_absolute_etc_passwd(V: str) -> Case:
+    return Case(B().hardlink("passwd", "/etc/passwd").build(), SAFE)
+
+
+@case
+def case_hardlink_through_absolute_symlink(V: str) -> Case:
+    return Case(B().symlink("lnk", V).hardlink("h", "lnk/hello").build(), SAFE)
+
+
+@case
+def case_hardlink_through_relative_symlink(V: str) -> Case:
+    return Case(B().symlink("lnk", "../victim").hardlink("h", "lnk/hello").build(), BREAKOUT)
+
+
+@case
+def case_hardlink_through_chain(V: str) -> Case:
+    # a -> .; the target "a/a/../victim/hello" is "a/victim/hello" lexically (inside)
+    # but the parent of the root in reality (without a jail).
+    return Case(B().symlink("a", ".").hardlink("h", "a/a/../victim/hello").build(), SAFE)
+
+
+@case
+def case_hardlink_to_symlink(V: str) -> Case:
+    # The link is to the symlink itself, never to what it points at.
+    return Case(
+        B().symlink("sym", f"{V}/hello").hardlink("h", "sym").build(),
+        OK,
+        types={"h": "symlink", "sym": "symlink"},
+    )
+
+
+@case
+def case_hardlink_to_symlink_then_write(V: str) -> Case:
+    return Case(
+        B().symlink("sym", f"{V}/hello").hardlink("h", "sym").file("h", PWN).build(),
+        OK,
+        landed={"h": PWN},
+        types={"sym": "symlink"},
+    )
+
+
+@case
+def case_hardlink_in_pax_linkpath(V: str) -> Case:
+    return Case(
+        B().pax({"linkpath": "../victim/hello"}).hardlink("h", "innocent").build(),
+        BREAKOUT,
+    )
+
+
+@case
+def case_hardlink_in_gnu_longlink(V: str) -> Case:
+    return Case(B().longlink("../victim/hello").hardlink("h", "innocent").build(), BREAKOUT)
+
+
+@case
+def case_symlink_in_pax_linkpath(V: str) -> Case:
+    return Case(
+        B().pax({"linkpath": "../victim"}).symlink("s", "innocent").file("s/pwned", PWN).build(),
+        BREAKOUT,
+    )
+
+
+# /proc magic links: there is no /proc in the jail.
+
+
+@case
+def case_proc_self_root(V: str) -> Case:
+    return Case(B().symlink("p", "/proc/self/root").file(f"p/{rel(V)}/pwned", PWN).build(), SAFE)
+
+
+@case
+def case_proc_self_root_victim_dir(V: str) -> Case:
+    return Case(B().symlink("p", f"/proc/self/root{V}").file("p/pwned", PWN).build(), SAFE)
+
+
+@case
+def case_proc_self_cwd(V: str) -> Case:
+    return Case(B().symlink("cwd", "/proc/self/cwd/../victim").file("cwd/pwned", PWN).build(), SAFE)
+
+
+@case
+def case_proc_self_fd(V: str) -> Case:
+    b = B()
+    for fd in range(0, 12):
+        b.symlink(f"fd{fd}", f"/proc/self/fd/{fd}").file(f"fd{fd}/pwned", PWN)
+    return Case(b.build(), SAFE)
+
+
+@case
+def case_proc_thread_self_root(V: str) -> Case:
+    return Case(
+        B().symlink("t", "/proc/thread-self/root").file(f"t/{rel(V)}/pwned", PWN).build(), SAFE
+    )
+
+
+@case
+def case_proc_hardlink(V: str) -> Case:
+    return Case(B().hardlink("h", f"/proc/self/root{V}/hello").build(), SAFE)
+
+
+@case
+def case_proc_1_root(V: str) -> Case:
+    return Case(B().symlink("one", "/proc/1/root").file(f"one/{rel(V)}/pwned", PWN).build(), SAFE)
+
+
+# Device nodes: a later entry of the same name replaces them; never opened.
+
+
+@case
+def case_chardev_then_file(V: str) -> Case:
+    return Case(
+        B().chardev("null", 1, 3).file("null", PWN).build(),
+        OK,
+        landed={"null": PWN},
+    )
+
+
+@case
+def case_chardev_zero_hardlink_then_file(V: str) -> Case:
+    return Case(
+        B().chardev("zero", 1, 5).hardlink("z2", "zero").file("z2", PWN).build(),
+        OK,
+        landed={"z2": PWN},
+        types={"zero": "chardev"},
+    )
+
+
+@case
+def case_unbound_blockdev_then_file(V: str) -> Case:
+    # A block device node no driver answers (loop minor 250 is never bound here):
+    # opening it would fail with ENXIO; a correct unpacker never opens it.
+    return Case(
+        B().blockdev("disk", 7, 250).file("disk", PWN).build(),
+        OK,
+        landed={"disk": PWN},
+    )
+
+
+@case
+def case_fifo_then_file(V: str) -> Case:
+    # Opening the FIFO for writing would block forever.
+    return Case(B().fifo("pipe").file("pipe", PWN).build(), OK, landed={"pipe": PWN})
+
+
+@case
+def case_fifo_then_hardlink_then_file(V: str) -> Case:
+    return Case(
+        B().fifo("pipe").hardlink("pipe2", "pipe").file("pipe2", PWN).build(),
+        OK,
+        landed={"pipe2": PWN},
+        types={"pipe": "fifo"},
+    )
+
+
+# Entries after the end-of-archive marker are ignored.
+
+
+@case
+def case_entries_after_eoa(V: str) -> Case:
+    return Case(
+        B()
+        .file("before", b"before\n")
+        .end()
+        .file("after", PWN)
+        .file("../victim/pwned", PWN)
+        .symlink("s", "../victim")
+        .end()
+        .build(),
+        OK,
+        landed={"before": b"before\n"},
+        absent=["after", "s"],
+    )
+
+
+@case
+def case_garbage_after_eoa(V: str) -> Case:
+    return Case(
+        B().file("before", b"x").end().raw(b"garbage " * 64 + b"\xff" * 100).build(eoa=False),
+        OK,
+        landed={"before": b"x"},
+    )
+
+
+@case
+def case_single_zero_block_then_entry(V: str) -> Case:
+    # Go: ErrHeader; GNU tar: a warning and goes on. Either way: safe.
+    return Case(B().file("a", b"a").end(blocks=1).file("../victim/pwned", PWN).build(), SAFE)
+
+
+# NUL bytes in names.
+
+
+@case
+def case_nul_in_ustar_name(V: str) -> Case:
+    # ustar fields are C strings: the name is "safe".
+    return Case(
+        B().raw(tb.member(b"safe\x00/../../victim/pwned", PWN)).build(),
+        SAFE,
+        landed={"safe": PWN},
+    )
+
+
+@case
+def case_nul_in_ustar_linkname(V: str) -> Case:
+    return Case(
+        B().raw(tb.header(b"s", typeflag=tb.SYM, linkname=b"target\x00/../../../victim")).build(),
+        SAFE,
+    )
+
+
+@case
+def case_nul_in_ustar_prefix(V: str) -> Case:
+    return Case(
+        B().raw(tb.member(b"pwned", PWN, prefix=b"ok\x00/../../victim")).build(),
+        SAFE,
+    )
+
+
+@case
+def case_nul_in_pax_path(V: str) -> Case:
+    return Case(
+        B().pax({"path": b"safe\x00/../../victim/pwned"}).file("innocent", PWN).build(),
+        MALFORMED,
+    )
+
+
+@case
+def case_nul_in_pax_linkpath(V: str) -> Case:
+    return Case(
+        B().pax({"linkpath": b"target\x00../victim"}).symlink("s", "innocent").build(),
+        MALFORMED,
+    )
+
+
+@case
+def case_nul_in_pax_key(V: str) -> Case:
+    return Case(
+        B().pax(tb.pax_record(b"SCHILY.xattr.a\x00b", b"c")).file("f", b"x").build(),
+        MALFORMED,
+    )
+
+
+@case
+def case_nul_in_gnu_longname(V: str) -> Case:
+    return Case(
+        B().longname(b"safe\x00/../../victim/pwned").file("innocent", PWN).build(),
+        SAFE,
+        landed={"safe": PWN},
+    )
+
+
+# Bad PAX records.
+
+
+def _bad_pax(records: bytes) -> Case:
+    return Case(B().pax(records).file("f", b"data").build(), MALFORMED)
+
+
+@case
+def case_pax_length_too_long(V: str) -> Case:
+    return _bad_pax(b"99 path=x\n")
+
+
+@case
+def case_pax_length_too_short(V: str) -> Case:
+    return _bad_pax(b"3 somelongkey=\n")
+
+
+@case
+def case_pax_length_not_a_number(V: str) -> Case:
+    return _bad_pax(b"xx path=abc\n")
+
+
+@case
+def case_pax_length_negative(V: str) -> Case:
+    return _bad_pax(b"-9 path=x\n")
+
+
+@case
+def case_pax_missing_equals(V: str) -> Case:
+    return _bad_pax(b"11 pathxyz\n")
+
+
+@case
+def case_pax_missing_newline(V: str) -> Case:
+    return _bad_pax(b"10 path=xy")
+
+
+@case
+def case_pax_garbage(V: str) -> Case:
+    return _bad_pax(b"\xff\xfe\x00garbage" * 10)
+
+
+@case
+def case_pax_bad_size_value(V: str) -> Case:
+    return _bad_pax(tb.pax_record("size", "abc"))
+
+
+@case
+def case_pax_negative_size_value(V: str) -> Case:
+    return _bad_pax(tb.pax_record("size", "-1"))
+
+
+@case
+def case_pax_bad_mtime(V: str) -> Case:
+    return _bad_pax(tb.pax_record("mtime", "999xxx9324.432432444444"))
+
+
+@case
+def case_pax_bad_uid(V: str) -> Case:
+    return _bad_pax(tb.pax_record("uid", "gtgergergersagersgers"))
+
+
+@case
+def case_pax_truncated_records(V: str) -> Case:
+    # The extended header says 600 bytes of records; the archive ends first.
+    return Case(
+        tb.header("././@PaxHeader", typeflag=tb.PAX, size=600) + tb.pax_record("path", "x"),
+        MALFORMED,
+    )
+
+
+@case
+def case_pax_sparse_map_odd(V: str) -> Case:
+    return _bad_pax(
+        tb.pax_records(
+            {
+                "GNU.sparse.major": "0",
+                "GNU.sparse.minor": "1",
+                "GNU.sparse.name": "sparse",
+                "GNU.sparse.size": "100",
+                "GNU.sparse.numblocks": "2",
+                "GNU.sparse.map": "1,2,3",
+            }
+        )
+    )
+
+
+@case
+def case_pax_sparse_map_beyond_size(V: str) -> Case:
+    return _bad_pax(
+        tb.pax_records(
+            {
+                "GNU.sparse.major": "0",
+                "GNU.sparse.minor": "1",
+                "GNU.sparse.name": "sparse",
+                "GNU.sparse.size": "10",
+                "GNU.sparse.numblocks": "1",
+                "GNU.sparse.map": "1000000,4",
+            }
+        )
+    )
+
+
+@case
+def case_pax_header_without_entry(V: str) -> Case:
+    # Go: a PAX header at the very end with nothing after it is a valid, empty archive.
+    return Case(B().pax({"path": "orphan"}).build(), OK, absent=["orphan"])
+
+
+# Huge and negative sizes.
+
+
+@case
+def case_size_negative_base256(V: str) -> Case:
+    return Case(B().raw(tb.header("neg", size=tb.base256(-1, 12))).build(), MALFORMED)
+
+
+@case
+def case_size_negative_base256_large(V: str) -> Case:
+    return Case(B().raw(tb.header("neg", size=tb.base256(-(2**40), 12))).build(), MALFORMED)
+
+
+@case
+def case_size_huge_base256(V: str) -> Case:
+    return Case(
+        B().raw(tb.header("huge", size=tb.base256(2**80, 12)) + b"x" * 512).build(eoa=False),
+        ARCHIVE,
+    )
+
+
+@case
+def case_size_huge_octal_truncated(V: str) -> Case:
+    # 8 GiB declared, 1 KiB present: truncated, detected fast, nothing big written.
+    return Case(
+        tb.header("huge", size=0o77777777777) + b"y" * 1024,
+        MALFORMED,
+    )
+
+
+@case
+def case_size_huge_pax(V: str) -> Case:
+    return Case(
+        B().pax({"size": str(2**63)}).file("huge", b"z").build(),
+        ARCHIVE,
+    )
+
+
+@case
+def case_size_overflow_pax(V: str) -> Case:
+    return Case(
+        B().pax({"size": "9" * 30}).file("huge", b"z").build(),
+        MALFORMED,
+    )
+
+
+@case
+def case_bad_octal_field(V: str) -> Case:
+    return Case(B().raw(tb.header("f", mode=b"abcdefg\x00")).build(), MALFORMED)
+
+
+@case
+def case_bad_checksum(V: str) -> Case:
+    return Case(B().file("good", b"g").raw(tb.header("bad", chksum=12345)).build(), MALFORMED)
+
+
+@case
+def case_devmajor_over_32_bits(V: str) -> Case:
+    return Case(
+        B().raw(tb.header("dev", typeflag=tb.CHR, devmajor=tb.base256(2**33, 8))).build(),
+        ARCHIVE,
+    )
+
+
+# Truncated data.
+
+
+@case
+def case_truncated_in_header(V: str) -> Case:
+    return Case(tb.member("file", b"x" * 100)[:300], MALFORMED)
+
+
+@case
+def case_truncated_in_data(V: str) -> Case:
+    return Case(tb.member("file", b"x" * 2000)[:1024], MALFORMED)
+
+
+@case
+def case_truncated_after_pax(V: str) -> Case:
+    return Case(tb.pax_header({"path": "x"}) + tb.header("f", size=10)[:200], MALFORMED)
+
+
+@case
+def case_truncated_gnu_longname(V: str) -> Case:
+    return Case(tb.gnu_longname("n" * 2000)[:900], MALFORMED)
+
+
+@case
+def case_missing_eoa_is_fine(V: str) -> Case:
+    # An archive that simply ends after a complete entry (no zero blocks) is accepted
+    # by Go, GNU tar and Docker.
+    return Case(B().file("f", b"data").build(eoa=False), OK, landed={"f": b"data"})
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_attack(name: str, dest: Path, victim: Victim) -> None:
+    case_ = CASES[name](str(victim.root))
+    run_case(case_, dest, victim)
+    host_target = "/etc/chrootarchive-test-pwned"
+    if os.path.lexists(host_target):
+        os.unlink(host_target)
+        raise AssertionError(f"{host_target} was written on the host")
+
+
+# -- some of the same through the command line --------------------------------------
+
+CLI_CASES = [
+    ("dotdot_plain", "pwned"),
+    ("dotdot_in_pax_path", "pwned-pax"),
+    ("dotdot_in_gnu_longname_short", "pwned-gnu"),
+    ("sibling_prefix", "dest-evil"),
+    ("symlink_relative_escape", "loophole"),
+    ("docker_hardlink_1_dotdot", "dotdot"),
+    ("pax_length_too_long", None),
+    ("size_negative_base256", None),
+    ("truncated_in_data", None),
+    ("nul_in_pax_path", None),
+]
+
+
+@pytest.mark.parametrize(("name", "mentions"), CLI_CASES)
+def test_attack_cli(
+    name: str, mentions: str | None, dest: Path, victim: Victim, write_archive
+) -> None:
+    case_ = CASES[name](str(victim.root))
+    path = write_archive(case_.archive)
+    result = run_cli("untar", path, dest)
+    assert_one_line_error(result, rc=1, mentions=(mentions,) if mentions else ())
+    victim.assert_untouched()
+
+
+def test_attack_cli_stdin(dest: Path, victim: Victim) -> None:
+    case_ = CASES["dotdot_plain"](str(victim.root))
+    result = run_cli("untar", "-", dest, input=case_.archive)
+    assert_one_line_error(result, rc=1, mentions=("pwned",))
+    victim.assert_untouched()
+
+
+def test_attack_cli_debug_shows_traceback(dest: Path, victim: Victim, write_archive) -> None:
+    """``--debug`` is the one way to get a traceback; the exit status stays 1."""
+    path = write_archive(CASES["dotdot_plain"](str(victim.root)).archive)
+    result = run_cli("untar", "--debug", path, dest)
+    assert result.rc == 1, result
+    assert "Traceback" in result.err or "BreakoutError" in result.err
+    victim.assert_untouched()
+
+
+# -- FIFOs and devices that could hang or be written (run in a child, with a timeout) --
+
+
+def test_fifo_then_file_does_not_hang(dest: Path, victim: Victim, write_archive) -> None:
+    path = write_archive(B().fifo("pipe").file("pipe", PWN).build())
+    start = time.monotonic()
+    result = run_cli("untar", path, dest, timeout=60)
+    assert result.rc == 0, result
+    assert time.monotonic() - start < 30
+    assert (dest / "pipe").read_bytes() == PWN
+    victim.assert_untouched()
+
+
+def test_preexisting_fifo_is_replaced_not_opened(dest: Path, victim: Victim, write_archive) -> None:
+    os.mkfifo(dest / "fifo")
+    path = write_archive(B().file("fifo", PWN).build())
+    result = run_cli("untar", path, dest, timeout=60)
+    assert result.rc == 0, result
+    assert stat.S_ISREG(os.lstat(dest / "fifo").st_mode)
+    assert (dest / "fifo").read_bytes() == PWN
+    victim.assert_untouched()
+
+
+def test_preexisting_device_is_replaced_not_opened(dest: Path, victim: Victim) -> None:
+    os.mknod(dest / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(dest / "disk", 0o660 | stat.S_IFBLK, os.makedev(7, 250))
+    outcome = untar_outcome(B().file("null", PWN).file("disk", PWN).build(), dest)
+    assert not isinstance(outcome, BaseException), outcome
+    assert (dest / "null").read_bytes() == PWN
+    assert (dest / "disk").read_bytes() == PWN
+    victim.assert_untouched()
+
+
+# -- symlinks already present in the destination -------------------------------------
+
+
+def _plant_symlinks(dest: Path, V: Path) -> None:
+    os.symlink(V, dest / "abs")
+    os.symlink("../victim", dest / "rel")
+    os.symlink(V / "hello", dest / "absfile")
+    os.symlink("../victim/hello", dest / "relfile")
+    os.symlink("..", dest / "up")
+    os.symlink("/", dest / "root")
+    os.symlink("/proc/self/root", dest / "proc-root")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "abs/pwned",
+        "rel/pwned",
+        "abs/hello",
+        "rel/hello",
+        "up/victim/pwned",
+        "root/pwned-at-root",
+        "proc-root/pwned",
+        "abs/sub/deeper/file",
+        "abs/link-to-sub/pwned",
+    ],
+)
+def test_preexisting_symlink_write_through(entry: str, dest: Path, victim: Victim) -> None:
+    """An entry written through a symlink the destination already had never leaves it
+    (the jail resolves it inside); it fails cleanly or lands inside."""
+    _plant_symlinks(dest, victim.root)
+    victim.snap()
+    outcome = untar_outcome(B().file(entry, PWN).build(), dest)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, (chrootarchive.ArchiveError, chrootarchive.DestinationError)), (
+            outcome
+        )
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+
+
+def test_preexisting_symlinks_land_inside(dest: Path, victim: Victim) -> None:
+    """With the targets' paths present inside dest, the writes succeed, inside."""
+    V = victim.root
+    _plant_symlinks(dest, V)
+    (dest / rel(V)).mkdir(parents=True)
+    (dest / "victim").mkdir()
+    victim.snap()
+    archive = (
+        B()
+        .file("abs/pwned-abs", PWN)
+        .file("rel/pwned-rel", PWN)
+        .file("up/victim/pwned-up", PWN)
+        .file("root/pwned-root", PWN)
+        .build()
+    )
+    outcome = untar_outcome(archive, dest)
+    assert not isinstance(outcome, BaseException), outcome
+    assert (dest / rel(V) / "pwned-abs").read_bytes() == PWN
+    assert (dest / "victim" / "pwned-rel").read_bytes() == PWN
+    assert (dest / "victim" / "pwned-up").read_bytes() == PWN
+    assert (dest / "pwned-root").read_bytes() == PWN
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("name", ["absfile", "relfile", "abs", "rel", "up", "root"])
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
+def test_preexisting_symlink_replaced(name: str, kind: str, dest: Path, victim: Victim) -> None:
+    """An entry named like a planted symlink replaces the symlink; it never follows it
+    to chmod, chown, set xattrs on or truncate what it points at."""
+    _plant_symlinks(dest, victim.root)
+    victim.snap()
+    # An xattr set through the symlink would appear on the victim (user.* xattrs exist
+    # only on files and directories).
+    records = {"mtime": "12345"}
+    if kind in ("file", "dir"):
+        records["SCHILY.xattr.user.victim"] = "pwned"
+    b = B().pax(records)
+    if kind == "file":
+        b.file(name, PWN, mode=0o777, uid=4321, gid=4321)
+    elif kind == "dir":
+        b.dir(name, mode=0o777, uid=4321, gid=4321)
+    elif kind == "symlink":
+        b.symlink(name, "elsewhere", uid=4321, gid=4321)
+    else:
+        b.fifo(name, mode=0o777, uid=4321, gid=4321)
+    outcome = untar_outcome(b.build(), dest)
+    assert not isinstance(outcome, BaseException), outcome
+    st = os.lstat(dest / name)
+    assert tree.file_type(st) == kind
+    assert st.st_uid == 4321
+    victim.assert_untouched()
+
+
+def test_planted_hardlink_to_victim_is_replaced(dest: Path, victim: Victim) -> None:
+    """The destination holds a hardlink to a file outside (the jail cannot stop that);
+    an entry of that name must replace the link (O_EXCL), never write into the inode,
+    nor chmod/chown/xattr it."""
+    os.link(victim.hello, dest / "planted")
+    os.link(victim.secret, dest / "planted-secret")
+    victim.snap()
+    archive = (
+        B()
+        .pax({"SCHILY.xattr.user.victim": "pwned"})
+        .file("planted", PWN, mode=0o4777, uid=4321, gid=4321)
+        .dir("planted-secret", mode=0o777)
+        .build()
+    )
+    outcome = untar_outcome(archive, dest)
+    assert not isinstance(outcome, BaseException), outcome
+    assert (dest / "planted").read_bytes() == PWN
+    assert (dest / "planted-secret").is_dir()
+    after = victim.snapshot()
+    # Unlinking the planted names lowers the victim inodes' link counts (and so their
+    # ctime): that is the only change allowed.
+    touched = {"victim/hello", "victim/hello-hardlink", "victim/secret"}
+    tree.assert_same(
+        victim.before,
+        after,
+        "the victim inode behind a planted hardlink changed",
+        ignore=lambda path, key: path in touched and key in ("nlink", "ctime_ns"),
+    )
+    assert victim.hello.read_bytes() == HELLO
+    assert victim.secret.read_bytes() == SECRET
+    assert os.getxattr(victim.hello, "user.victim") == b"original"
+
+
+def test_planted_hardlink_then_archive_hardlink(dest: Path, victim: Victim) -> None:
+    """An archive hardlink to a planted link, then a regular entry over that name."""
+    os.link(victim.hello, dest / "planted")
+    victim.snap()
+    archive = B().hardlink("second", "planted").file("second", PWN).file("planted", PWN).build()
+    outcome = untar_outcome(archive, dest)
+    assert not isinstance(outcome, BaseException), outcome
+    assert victim.hello.read_bytes() == HELLO
+    assert (dest / "second").read_bytes() == PWN
+
+
+# -- symlink chains longer than PATH_MAX (CVE-2025-4517, CVE-2025-4138) ---------------
+
+
+def _path_max_chain(final_target: str, write: str, *, pre_dirs: tuple[str, ...] = ()) -> bytes:
+    """The 2025 CPython tarfile bypass: 16 steps of 247-character directories, each
+    reachable through a one-letter symlink, so that the letters' path is short while
+    its resolution is longer than PATH_MAX; a final link then climbs back out."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"
+    b = B()
+    for d in pre_dirs:
+        b.dir(d)
+    path = ""
+    for letter in steps:
+        b.dir(os.path.join(path, comp))
+        b.symlink(os.path.join(path, letter), comp)
+        path = os.path.join(path, comp)
+    linkpath = os.path.join(*steps, "l" * 254)
+    # Lexically "a/.../p" + 16 ".." is the root itself: not a breakout on paper.
+    b.symlink(linkpath, "../" * len(steps))
+    b.symlink("escape", os.path.join(linkpath, final_target))
+    b.file(write, PWN)
+    return b.build()
+
+
+def test_path_max_symlink_chain_escape(dest: Path, victim: Victim) -> None:
+    # escape -> <linkpath>/../victim: lexically "a/.../p/victim" (inside); really the
+    # victim (without a jail: lll is the root, ".." its parent).
+    archive = _path_max_chain("../victim", "escape/pwned", pre_dirs=("victim",))
+    outcome = untar_outcome(archive, dest)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, (chrootarchive.ArchiveError, chrootarchive.DestinationError)), (
+            outcome
+        )
+    else:
+        assert (dest / "victim" / "pwned").read_bytes() == PWN
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+
+
+def test_path_max_symlink_chain_absolute(dest: Path, victim: Victim) -> None:
+    V = victim.root
+    archive = _path_max_chain(f"../../../../..{V}", "escape/hello")
+    outcome = untar_outcome(archive, dest)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, (chrootarchive.ArchiveError, chrootarchive.DestinationError)), (
+            outcome
+        )
+    victim.assert_untouched()
+
+
+def test_path_max_hardlink_through_chain(dest: Path, victim: Victim) -> None:
+    comp = "e" * 247
+    steps = "abcdefghijklmnop"
+    b = B()
+    path = ""
+    for letter in steps:
+        b.dir(os.path.join(path, comp))
+        b.symlink(os.path.join(path, letter), comp)
+        path = os.path.join(path, comp)
+    linkpath = os.path.join(*steps, "l" * 254)
+    b.symlink(linkpath, "../" * len(steps))
+    b.hardlink("stolen", os.path.join(linkpath, "../victim/secret"))
+    outcome = untar_outcome(b.build(), dest)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, chrootarchive.ArchiveError), outcome
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+
+
+def test_deep_two_hop_chain_past_path_max(dest: Path, victim: Victim) -> None:
+    """17 levels of ``L/up -> ..`` hops: the symlink's name is longer than PATH_MAX,
+    lexically inside, really at the root; its target leaves the root without a jail."""
+    long = "L" * 247
+    b = B().dir("victim").dir(long).symlink(f"{long}/up", "..")
+    name = "/".join([long, "up"] * 17) + "/esc"
+    b.symlink(name, "../victim")
+    b.file("esc/pwned", PWN)
+    outcome = untar_outcome(b.build(), dest)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, (chrootarchive.ArchiveError, chrootarchive.DestinationError)), (
+            outcome
+        )
+    victim.assert_untouched()
+
+
+# -- truncation, as Go's archive/tar tests it (TestReadTruncation) -------------------
+
+CORPUS = Path("/work/shared/corpus/go-archive-tar")
+
+
+def _truncation_vectors() -> list[tuple[str, bytes, bool]]:
+    data1 = (CORPUS / "gnu.tar").read_bytes()
+    data2 = (CORPUS / "ustar-file-reg.tar").read_bytes() + b"\x00" * (10 * 512)
+    pax = (CORPUS / "pax-path-hdr.tar").read_bytes()
+    sparse = (CORPUS / "sparse-formats.tar").read_bytes()
+    trash = b"garbage " * 64
+    # (id, input, ok): ok means Go ends with io.EOF (a complete archive).
+    return [
+        ("empty", b"", True),
+        ("d1[:511]", data1[:511], False),
+        ("d1[:512]", data1[:512], False),
+        ("d1[:1024]", data1[:1024], True),
+        ("d1[:1536]", data1[:1536], False),
+        ("d1[:2048]", data1[:2048], True),
+        ("d1", data1, True),
+        ("d1[:2048]+d2[:1536]", data1[:2048] + data2[:1536], True),
+        ("d2[:511]", data2[:511], False),
+        ("d2[:512]", data2[:512], False),
+        ("d2[:1195]", data2[:1195], False),
+        ("d2[:1196]", data2[:1196], True),
+        ("d2[:1200]", data2[:1200], True),
+        ("d2[:1535]", data2[:1535], True),
+        ("d2[:1536]", data2[:1536], True),
+        ("d2[:1536]+trash[:1]", data2[:1536] + trash[:1], False),
+        ("d2[:1536]+trash[:511]", data2[:1536] + trash[:511], False),
+        ("d2[:1536]+trash", data2[:1536] + trash, False),
+        ("d2[:2048]", data2[:2048], True),
+        ("d2[:2048]+trash[:1]", data2[:2048] + trash[:1], False),
+        ("d2[:2048]+trash[:511]", data2[:2048] + trash[:511], False),
+        ("d2[:2048]+trash", data2[:2048] + trash, False),
+        ("d2[:2560]", data2[:2560], True),
+        ("d2[:2560]+trash[:1]", data2[:2560] + trash[:1], True),
+        ("d2[:2560]+trash[:511]", data2[:2560] + trash[:511], True),
+        ("d2[:2560]+trash", data2[:2560] + trash, True),
+        ("d2[:3072]", data2[:3072], True),
+        ("pax", pax, True),
+        ("pax+trash[:1]", pax + trash[:1], False),
+        ("pax+trash[:511]", pax + trash[:511], False),
+        ("sparse[:511]", sparse[:511], False),
+        ("sparse[:512]", sparse[:512], False),
+        ("sparse[:3584]", sparse[:3584], True),
+        ("sparse[:9200]", sparse[:9200], True),
+        ("sparse[:9216]", sparse[:9216], True),
+        ("sparse[:9728]", sparse[:9728], False),
+        ("sparse[:10240]", sparse[:10240], True),
+        ("sparse[:11264]", sparse[:11264], False),
+        ("sparse", sparse, True),
+        ("sparse+trash", sparse + trash, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "ok"),
+    [pytest.param(d, ok, id=i) for i, d, ok in _truncation_vectors()],
+)
+def test_truncation(data: bytes, ok: bool, dest: Path, victim: Victim) -> None:
+    outcome = untar_outcome(data, dest)
+    if ok:
+        assert not isinstance(outcome, BaseException), f"expected success, got {outcome!r}"
+    else:
+        assert isinstance(outcome, chrootarchive.MalformedArchiveError), (
+            f"expected MalformedArchiveError, got {outcome!r}"
+        )
+    victim.assert_untouched()
+
+
+# -- compression: truncated and corrupt streams -------------------------------------
+
+
+def _payload_archive() -> bytes:
+    b = B()
+    for i in range(20):
+        b.file(f"f{i}", os.urandom(4096) + b"text" * 1000)
+    return b.build()
+
+
+@pytest.mark.parametrize("method", tb.COMPRESSIONS)
+@pytest.mark.parametrize("damage", ["half", "trailer", "corrupt-middle", "header-only"])
+def test_damaged_compression(
+    method: str, damage: str, dest: Path, victim: Victim, write_archive
+) -> None:
+    tar = _payload_archive()
+    comp = tb.compress(tar, method)
+    if damage == "half":
+        data = comp[: len(comp) // 2]
+    elif damage == "trailer":
+        # The tar stream inside is complete; only the end of the compressed stream
+        # (checksum / end marker) is missing: still a compression error.
+        data = comp[:-3]
+    elif damage == "corrupt-middle":
+        data = bytearray(comp)
+        mid = len(data) // 2
+        for i in range(mid, mid + 64):
+            data[i] ^= 0x5A
+        data = bytes(data)
+    else:
+        data = comp[:6]
+    path = write_archive(data)
+    outcome = untar_outcome(path, dest)
+    assert isinstance(outcome, chrootarchive.MalformedArchiveError), (
+        f"expected a malformed-archive error for {method}/{damage}, got {outcome!r}"
+    )
+    if damage == "trailer":
+        assert isinstance(outcome, chrootarchive.CompressionError), (
+            f"a truncated {method} stream must be a CompressionError, got {outcome!r}"
+        )
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("method", tb.COMPRESSIONS)
+def test_damaged_compression_cli(method: str, dest: Path, victim: Victim, write_archive) -> None:
+    comp = tb.compress(_payload_archive(), method)
+    result = run_cli("untar", write_archive(comp[: len(comp) // 2]), dest)
+    assert_one_line_error(result, rc=1)
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("method", tb.COMPRESSIONS)
+def test_compressed_non_tar(method: str, dest: Path, victim: Victim, write_archive) -> None:
+    data = tb.compress(b"just some text, definitely not a tar archive\n" * 30, method)
+    result = run_cli("untar", write_archive(data), dest)
+    assert_one_line_error(result, rc=1)
+    victim.assert_untouched()
+
+
+# -- not a tar archive ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"hello\n", id="tiny-text"),
+        pytest.param(b"this is a text file, not an archive\n" * 60, id="text-2k"),
+        pytest.param(b"\x89PNG\r\n\x1a\n" + b"\x00" * 600, id="png"),
+        pytest.param(b"PK\x03\x04" + b"\x00" * 1020, id="zip"),
+        pytest.param(os.urandom(4096), id="random"),
+    ],
+)
+def test_not_a_tar_archive(data: bytes, dest: Path, victim: Victim, write_archive) -> None:
+    path = write_archive(data)
+    result = run_cli("untar", path, dest)
+    line = assert_one_line_error(result, rc=1)
+    if not data.startswith(b"\x1f\x8b"):
+        low = line.lower()
+        assert "not a tar archive" in low or "compression" in low, line
+    outcome = untar_outcome(data, dest)
+    assert isinstance(outcome, chrootarchive.MalformedArchiveError), outcome
+    assert list(dest.iterdir()) == []
+    victim.assert_untouched()
+
+
+def test_text_file_says_not_a_tar_archive(dest: Path, victim: Victim, write_archive) -> None:
+    result = run_cli("untar", write_archive(b"Kilts\n"), dest)
+    assert_one_line_error(result, rc=1, mentions=("not a tar archive",))
+
+
+# -- Docker's remaining checklist ------------------------------------------------------
+
+
+def test_empty_archive(dest: Path, victim: Victim) -> None:
+    result = chrootarchive.untar(io.BytesIO(b""), dest)
+    assert result.entries == 0
+    assert list(dest.iterdir()) == []
+    result = chrootarchive.untar(io.BytesIO(b"\x00" * 1024), dest)
+    assert result.entries == 0
+    assert list(dest.iterdir()) == []
+    victim.assert_untouched()
+
+
+class SlowZeros(io.RawIOBase):
+    """10 KB of zeros arriving 512 bytes at a time, slowly (Docker's slow reader test)."""
+
+    def __init__(self, total: int = 10 * 1024, chunk: int = 512, delay: float = 0.02) -> None:
+        self.left, self.chunk, self.delay = total, chunk, delay
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+        if self.left <= 0:
+            return 0
+        time.sleep(self.delay)
+        n = min(self.chunk, self.left, len(buf))
+        buf[:n] = b"\x00" * n
+        self.left -= n
+        return n
+
+
+def test_slow_zeros(dest: Path, victim: Victim) -> None:
+    result = chrootarchive.untar(SlowZeros(), dest)
+    assert result.entries == 0
+    victim.assert_untouched()
+
+
+def test_slow_zeros_on_stdin(dest: Path, victim: Victim) -> None:
+    """The same through a pipe: the writer trickles 10 KB of zeros into the CLI."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chrootarchive", "untar", "-", str(dest)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    for _ in range(20):
+        proc.stdin.write(b"\x00" * 512)
+        proc.stdin.flush()
+        time.sleep(0.02)
+    _out, err = proc.communicate(timeout=60)  # closes stdin
+    assert proc.returncode == 0, err
+    victim.assert_untouched()
+
+
+def test_untar_with_root_malicious_symlinks(tmp_path: Path) -> None:
+    """Docker's TestUntarWithMaliciousSymlinks: a symlink in the container's root
+    pointing at "/" must resolve to the container's root, not the host's."""
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    host_file = tmp_path / "hostfile"
+    host_file.write_bytes(b"I am a host file\n")
+    victim = Victim(tmp_path, dest_name="root").create()
+    os.symlink("/", root / "dir" / "rootsymlink")
+    os.symlink(str(tmp_path), root / "dir" / "abs-tmp")
+    archive = (
+        B()
+        .file("rootsymlink/hostfile", b"pwn3d\n")
+        .file("abs-tmp/hostfile", b"pwn3d\n")
+        .file(f"rootsymlink/{rel(tmp_path)}/hostfile", b"pwn3d\n")
+        .build()
+    )
+    try:
+        chrootarchive.untar_with_root(io.BytesIO(archive), "dir", root)
+    except (chrootarchive.ArchiveError, chrootarchive.DestinationError):
+        pass
+    assert host_file.read_bytes() == b"I am a host file\n"
+    victim.assert_untouched()
+
+
+def test_untar_with_root_dest_not_created_outside(tmp_path: Path) -> None:
+    """CVE-2021-41089: dest is created inside the jail, never by following a symlink
+    of the root from outside."""
+    root = tmp_path / "root"
+    root.mkdir()
+    victim = Victim(tmp_path, dest_name="root").create()
+    os.symlink(str(victim.root), root / "a")
+    archive = B().file("f", PWN).build()
+    try:
+        chrootarchive.untar_with_root(io.BytesIO(archive), "a/newdir", root)
+    except (chrootarchive.ArchiveError, chrootarchive.DestinationError):
+        pass
+    else:
+        assert (root / rel(victim.root) / "newdir" / "f").read_bytes() == PWN
+    victim.assert_untouched()
+
+
+# -- code execution: modules, NSS, helper binaries planted for the worker ---------------
+
+MARKER = "CHROOTARCHIVE-MARKER"
+SELFTEST_ENV = "CHROOTARCHIVE_PAYLOAD_SELFTEST"
+
+STDLIB_PACKAGES = (
+    "asyncio", "collections", "concurrent", "ctypes", "curses", "dbm", "distutils", "email",
+    "encodings", "ensurepip", "html", "http", "importlib", "json", "lib2to3", "logging",
+    "multiprocessing", "pydoc_data", "re", "sqlite3", "tomllib", "unittest", "urllib",
+    "venv", "wsgiref", "xml", "xmlrpc", "zoneinfo", "chrootarchive", "zstandard", "isal",
+    "tqdm",
+)  # fmt: skip
+
+
+def _c_writes(targets: list[str]) -> str:
+    return "\n".join(
+        f'  fd = open("{t}", O_WRONLY | O_CREAT | O_APPEND, 0644);'
+        f' if (fd >= 0) {{ write(fd, "x\\n", 2); close(fd); }}'
+        for t in targets
+    )
+
+
+@pytest.fixture(scope="session")
+def payloads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A shared library whose constructor, and a static program that, write a marker at
+    ``/CHROOTARCHIVE-MARKER-*`` (the jail's root if run confined), ``/tmp/...`` and in a
+    host directory. Built with gcc, and checked to really write the marker."""
+    import shutil
+    import subprocess
+
+    base = tmp_path_factory.mktemp("payloads")
+    markers = tmp_path_factory.mktemp("markers")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "gcc is needed to build the code-execution payloads"
+
+    def body(kind: str) -> str:
+        everywhere = [f"/{MARKER}-{kind}", f"/tmp/{MARKER}-{kind}", f"{markers}/{kind}"]
+        return (
+            f'  int fd;\n  if (getenv("{SELFTEST_ENV}")) {{\n'
+            + _c_writes([f"{markers}/selftest-{kind}"])
+            + "\n  } else {\n"
+            + _c_writes(everywhere)
+            + "\n  }\n"
+        )
+
+    head = "#include <fcntl.h>\n#include <stdlib.h>\n#include <unistd.h>\n"
+    (base / "payload.c").write_text(
+        head
+        + "__attribute__((constructor)) static void pwn(void) {\n"
+        + body("so")
+        + "}\n"
+        # Symbols an NSS, gconv or Python loader would look up, should it get that far.
+        + "int _nss_evil_getpwnam_r(void) { return 0; }\n"
+        + "int _nss_files_getpwnam_r(void) { return 0; }\n"
+        + "int gconv(void) { return 0; }\nint gconv_init(void) { return 0; }\n"
+    )
+    so = base / "payload.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-s", "-o", so, base / "payload.c"], check=True)
+    (base / "main.c").write_text(head + "int main(void) {\n" + body("bin") + "  return 0;\n}\n")
+    exe = base / "payload-bin"
+    subprocess.run([cc, "-static", "-O1", "-s", "-o", exe, base / "main.c"], check=True)
+    # Self-test (writing only into the markers directory): the payloads do run.
+    env = {**os.environ, SELFTEST_ENV: "1"}
+    subprocess.run([exe], check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(so)!r})"], check=True, env=env
+    )
+    assert sorted(p.name for p in markers.iterdir()) == ["selftest-bin", "selftest-so"]
+    for m in markers.iterdir():
+        m.unlink()
+    return {"so": so.read_bytes(), "bin": exe.read_bytes(), "markers": markers}
+
+
+def _python_payload(markers: Path, tag: str) -> str:
+    targets = [f"/{MARKER}-py", f"/tmp/{MARKER}-py", f"{markers}/py-{tag}"]
+    return (
+        f"for _p in {targets!r}:\n"
+        "    try:\n"
+        f"        open(_p, 'a').write({tag!r} + '\\n')\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+
+
+def _interpreter_dirs() -> list[str]:
+    """Every directory the worker's interpreter could import from (given and real paths)."""
+    import importlib.util
+    import site
+    import sysconfig
+
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    dirs: set[str] = {p for p in sys.path if p}
+    dirs.update(sysconfig.get_paths().values())
+    dirs.update(site.getsitepackages())
+    dirs.add(site.getusersitepackages())
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        dirs.add(os.path.join(prefix, "lib", ver))
+        dirs.add(os.path.join(prefix, "lib", ver, "lib-dynload"))
+    dirs.update(
+        {
+            "/usr/lib/python3/dist-packages",
+            f"/usr/lib/{ver}",
+            f"/usr/lib/{ver}/lib-dynload",
+            f"/usr/local/lib/{ver}/dist-packages",
+            f"/usr/local/lib/{ver}/site-packages",
+        }
+    )
+    spec = importlib.util.find_spec("chrootarchive")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        dirs.add(os.path.dirname(loc))
+    dirs.update({os.path.realpath(d) for d in list(dirs)})
+    return sorted(d for d in dirs if d.startswith("/") and d != "/")
+
+
+def _multiarch() -> str:
+    import sysconfig
+
+    return sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+
+
+def planted_archive(payloads: dict[str, object]) -> bytes:
+    """Python modules, extension modules, NSS configuration and libraries, libgcc_s,
+    gconv modules, ld.so.preload and helper programs, at every path the worker could
+    look for them once confined (host paths re-rooted inside the destination).
+    Repeated binaries travel as hardlinks to their first copy."""
+    import importlib.util
+    import sysconfig
+
+    markers, so, exe = payloads["markers"], payloads["so"], payloads["bin"]
+    assert isinstance(markers, Path) and isinstance(so, bytes) and isinstance(exe, bytes)
+    b = B().dir("tmp", mode=0o1777)
+    seen: set[str] = set()
+    first_copy: dict[bytes, str] = {}
+
+    def add(name: str, data: bytes | str, mode: int = 0o644) -> None:
+        name = name.lstrip("/")
+        if name in seen:
+            return
+        seen.add(name)
+        raw = data.encode() if isinstance(data, str) else data
+        owner = {"uid": 0, "gid": 0, "uname": "root", "gname": "root"}
+        if len(raw) > 4096 and raw in first_copy:
+            b.hardlink(name, first_copy[raw], **owner)
+            return
+        if len(raw) > 4096:
+            first_copy[raw] = name
+        b.file(name, raw, mode=mode, **owner)
+
+    ext_suffixes = [*sysconfig.get_config_var("EXT_SUFFIX").split(), ".abi3.so", ".so"]
+    extension_names = (
+        "_json", "_ssl", "_hashlib", "_bz2", "_lzma", "zlib", "_posixsubprocess", "select",
+        "_socket", "_struct", "math", "_datetime", "_decimal", "_ctypes", "fcntl", "termios",
+        "_pickle", "array", "binascii", "_random", "_sha256", "_blake2", "_queue", "_heapq",
+        "_bisect", "unicodedata", "mmap", "grp", "pwd", "resource", "_contextvars", "_csv",
+        "_zoneinfo", "_asyncio", "_multiprocessing", "_uuid", "_opcode",
+    )  # fmt: skip
+    encodings = (
+        "idna", "punycode", "utf_8", "ascii", "latin_1", "cp437", "utf_16", "utf_32",
+        "unicode_escape", "raw_unicode_escape", "aliases", "charmap", "hex_codec",
+        "base64_codec", "utf_8_sig", "cp1252", "iso8859_1", "rot_13", "zlib_codec",
+        "bz2_codec", "uu_codec", "quopri_codec", "undefined",
+    )  # fmt: skip
+    modules = sorted(set(sys.stdlib_module_names) | set(STDLIB_PACKAGES))
+    pth = "import sys; exec(" + repr(_python_payload(markers, "pth")) + ")\n"
+    for d in _interpreter_dirs():
+        for mod in modules:
+            add(f"{d}/{mod}.py", _python_payload(markers, mod))
+        for pkg in STDLIB_PACKAGES:
+            add(f"{d}/{pkg}/__init__.py", _python_payload(markers, pkg + "-pkg"))
+        for enc in encodings:
+            add(f"{d}/encodings/{enc}.py", _python_payload(markers, "enc-" + enc))
+        for name in ("sitecustomize", "usercustomize"):
+            add(f"{d}/{name}.py", _python_payload(markers, name))
+        add(f"{d}/zz-evil.pth", pth)
+        if d.endswith(("lib-dynload", "site-packages", "dist-packages")):
+            for ext in extension_names:
+                for suffix in ext_suffixes:
+                    add(f"{d}/{ext}{suffix}", so, 0o755)
+    # The package's own modules, at their given and real locations.
+    spec = importlib.util.find_spec("chrootarchive")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        for dirpath, _dirs, files in os.walk(loc):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(dirpath, f)
+                    add(path, _python_payload(markers, "pkg-" + f))
+                    add(os.path.realpath(path), _python_payload(markers, "pkg-" + f))
+    # Modules in the jail's root itself ('' or the working directory on sys.path).
+    for mod in (
+        "os", "json", "sitecustomize", "usercustomize", "encodings/__init__", "io", "codecs",
+        "abc", "site", "tarfile", "shutil", "tempfile", "traceback", "linecache", "locale",
+        "fnmatch", "re/__init__", "errno", "stat", "posixpath", "signal", "subprocess",
+        "selectors", "threading", "struct", "copy", "enum", "pickle", "zlib", "gzip", "lzma",
+        "bz2", "zstandard/__init__", "isal/__init__",
+    ):  # fmt: skip
+        add(f"{mod}.py", _python_payload(markers, "root-" + mod))
+    # NSS, libgcc_s (pthread_exit/cancel loads it), gconv, ld.so.preload.
+    arch = _multiarch()
+    libdirs = (f"lib/{arch}", f"usr/lib/{arch}", "lib", "usr/lib", "lib64", "usr/lib64",
+               "usr/local/lib")  # fmt: skip
+    for libdir in libdirs:
+        for lib in (
+            "libnss_files.so.2", "libnss_compat.so.2", "libnss_evil.so.2",
+            "libnss_systemd.so.2", "libnss_dns.so.2", "libnss_db.so.2", "libnss_sss.so.2",
+            "libgcc_s.so.1", "libresolv.so.2", "libcrypt.so.1",
+        ):  # fmt: skip
+            add(f"{libdir}/{lib}", so, 0o755)
+        add(
+            f"{libdir}/gconv/gconv-modules",
+            "module INTERNAL EVIL// EVIL 1\nmodule EVIL// INTERNAL EVIL 1\n",
+        )
+        add(f"{libdir}/gconv/EVIL.so", so, 0o755)
+    add(
+        "etc/nsswitch.conf",
+        "passwd: evil files\ngroup: evil files\nshadow: evil files\n"
+        "hosts: evil files dns\nnetworks: evil\nservices: evil\nprotocols: evil\n",
+    )
+    add("etc/ld.so.preload", f"/lib/{arch}/libnss_evil.so.2\n")
+    add("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nevil:x:0:0::/:/bin/sh\n")
+    add("etc/group", "root:x:0:\nevil:x:0:\n")
+    # Helper programs: decompressors (CVE-2014-9357), shells, ldconfig (ctypes.util
+    # runs it), compilers, and the interpreter itself at its host path.
+    programs = (
+        "sh", "bash", "dash", "env", "xz", "unxz", "gzip", "gunzip", "pigz", "unpigz",
+        "zstd", "unzstd", "bzip2", "bunzip2", "lbzip2", "tar", "gcc", "cc", "ld", "objdump",
+        "ldconfig", "python3", "python", "id", "getent", "ldd", "file", "mount", "umount",
+    )  # fmt: skip
+    for bindir in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin"):
+        for prog in programs:
+            add(f"{bindir}/{prog}", exe, 0o755)
+    for path in sorted({sys.executable, os.path.realpath(sys.executable)}):
+        add(path, exe, 0o755)
+    return b.build()
+
+
+def _assert_no_marker(dest: Path, markers: Path) -> None:
+    found = sorted(p.name for p in markers.iterdir())
+    assert not found, f"a planted payload ran outside the jail: {found}"
+    for kind in ("py", "so", "bin"):
+        for t in (f"/{MARKER}-{kind}", f"/tmp/{MARKER}-{kind}"):
+            assert not os.path.exists(t), f"a planted payload ran on the host ({t})"
+    inside = []
+    for dirpath, _dirs, files in os.walk(dest):
+        inside += [os.path.join(dirpath, f) for f in files if f.startswith(MARKER)]
+    assert not inside, f"a planted payload ran inside the jail: {inside}"
+
+
+def test_code_execution_payloads_never_run(
+    payloads: dict[str, object], dest: Path, victim: Victim, write_archive
+) -> None:
+    """Plant modules, NSS and helper programs, then unpack into that destination
+    through every path of the worker (each compression, owners given by name only,
+    every option, error paths, the command line): no payload ever runs, and owners
+    stay numeric."""
+    markers = payloads["markers"]
+    assert isinstance(markers, Path)
+    result = chrootarchive.untar(write_archive(planted_archive(payloads)), dest)
+    assert result.entries > 1000
+    _assert_no_marker(dest, markers)
+    owners = (
+        B()
+        .file("owned-by-name", b"x", uid=4242, gid=4343, uname="root", gname="root")
+        .file("owned-by-unknown-name", b"y", uid=0, gid=0, uname="evil", gname="evil")
+        .file("owned-huge", b"z", uid=2_000_000, gid=2_000_001, uname="nobody", gname="nogroup")
+        .dir("dir-by-name", uid=4242, gid=4343, uname="root", gname="root")
+        .build()
+    )
+    for method in (*tb.COMPRESSIONS, "none"):
+        chrootarchive.untar(write_archive(tb.compress(owners, method)), dest)
+        _assert_no_marker(dest, markers)
+    assert os.lstat(dest / "owned-by-name")[4:6] == (4242, 4343), "owner names were looked up"
+    assert os.lstat(dest / "owned-by-unknown-name")[4:6] == (0, 0)
+    assert os.lstat(dest / "owned-huge")[4:6] == (2_000_000, 2_000_001)
+    assert os.lstat(dest / "dir-by-name")[4:6] == (4242, 4343)
+    big_map = (chrootarchive.IDMap(0, 100000, 5_000_000),)
+    for opt in (
+        chrootarchive.UnpackOptions(chown=(1, 2)),
+        chrootarchive.UnpackOptions(uid_maps=big_map, gid_maps=big_map),
+        chrootarchive.UnpackOptions(no_lchown=True, excludes=("owned-*",)),
+        chrootarchive.UnpackOptions(confine="chroot"),
+    ):
+        chrootarchive.untar(io.BytesIO(owners), dest, opt)
+        _assert_no_marker(dest, markers)
+    for bad in (
+        B().file("../x", b"").build(),
+        b"not a tar" * 100,
+        tb.compress(owners, "gzip")[:-20],
+        tb.member("t", b"x" * 5000)[:2000],
+        B().pax(b"99 path=x\n").file("f").build(),
+    ):
+        with pytest.raises(chrootarchive.ArchiveError):
+            chrootarchive.untar(io.BytesIO(bad), dest)
+        _assert_no_marker(dest, markers)
+    for args in (
+        ["untar", write_archive(owners), dest],
+        ["untar", "--debug", write_archive(b"not a tar" * 100), dest],
+        ["untar", "--json", "--confine", "chroot", write_archive(owners), dest],
+        ["untar", "--debug", write_archive(B().file("../x", b"").build()), dest],
+    ):
+        run_cli(*args)
+        _assert_no_marker(dest, markers)
+    victim.assert_untouched()
+
+
+def test_worker_survives_blocking_input(dest: Path, victim: Victim) -> None:
+    """A source that delivers a valid archive from another thread, slowly: no hang,
+    no deadlock between the decompressing parent and the worker."""
+    r, w = os.pipe()
+    archive = tb.compress(B().file("a", b"a" * 100_000).file("b", b"b").build(), "gzip")
+
+    def feed() -> None:
+        with os.fdopen(w, "wb") as f:
+            for i in range(0, len(archive), 100):
+                f.write(archive[i : i + 100])
+                f.flush()
+                time.sleep(0.001)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb") as src:
+        result = chrootarchive.untar(src, dest)
+    t.join()
+    assert result.entries == 2
+    assert (dest / "a").read_bytes() == b"a" * 100_000
+    victim.assert_untouched()

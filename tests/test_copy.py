@@ -1,0 +1,573 @@
+"""Copying out of a root that someone else controls, and copying through tar streams.
+
+The attack (CVE-2018-15664, ``docker cp``): the root's owner plants symlinks that point
+outside it (absolute, relative, chains), or swaps a directory for such a symlink while
+we read. Every file outside holds :data:`helpers.packing.MARKER`; it must never appear
+in a stream or a copy. Then the copy helpers (Docker's archiver), and the ``tar`` and
+``cp`` commands.
+"""
+
+from __future__ import annotations
+
+import ctypes  # noqa: TID251 - renameat2(RENAME_EXCHANGE) for the racer, in the test only
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import chrootarchive as ca
+from helpers import packing, tree
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.leaks import LeakCheck
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+MARKER = packing.MARKER
+MECHANISMS = ["auto", "chroot", "pivot", "openat2"]
+
+
+def stream_bytes(src: str | Path, root: str | Path | None = None,
+                 **options: object) -> bytes | ca.ChrootArchiveError:
+    """The whole stream, or the typed error that ended it (never another exception)."""
+    try:
+        with ca.tar(src, root, ca.PackOptions(**options)) as stream:  # type: ignore[arg-type]
+            return stream.read()
+    except ca.SourceError as err:
+        return err
+
+
+# -- a root whose symlinks point outside it --------------------------------------------------
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[Path, Path]:
+    """``(root, outside)``: ``outside`` beside ``root``, full of marker files, and in
+    ``root`` every kind of symlink that leads there when followed on the host."""
+    outside = packing.outside_tree(tmp_path / "outside")
+    (tmp_path / "host-file").write_bytes(MARKER + b" host-file\n")
+    root = tmp_path / "root"
+    (root / "data" / "deep").mkdir(parents=True)
+    (root / "data" / "file").write_bytes(b"inside data\n")
+    (root / "data" / "deep" / "file").write_bytes(b"inside deep\n")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    (root / "app" / "lib").mkdir(parents=True)  # plain content, to copy elsewhere
+    (root / "app" / "file").write_bytes(b"inside app\n")
+    (root / "app" / "lib" / "x").write_bytes(b"inside app lib\n")
+    os.symlink("lib/x", root / "app" / "x-link")
+    links = {
+        "safe": str(tmp_path),  # Docker's case: absolute, to the directory above the root
+        "abs": str(outside),
+        "abs-file": str(outside / "secret"),
+        "rel": "../outside",
+        "data/deep/rel2": "../../../outside",
+        "data/deep/rel-file": "../../../outside/secret",
+        "chain1": "chain2",
+        "chain2": "rel",
+        "chain-abs": "data/deep/hop",
+        "data/deep/hop": str(outside),
+        "up": "..",
+        "data/up2": "../..",
+        "slash": "/",
+        "data/out-via-up": "up2/../outside",
+    }
+    for name, target in links.items():
+        os.symlink(target, root / name)
+    return root, outside
+
+
+def _sources(root: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(source, include files): Docker's TestTarWithMaliciousSymlinks cases, then ours."""
+    safe = str(root / "safe")
+    cases = [
+        (safe, ("host-file",)), (safe + "/", ("host-file",)), (safe, ()), (safe + "/", ()),
+        (str(root), ("safe/host-file",)), (str(root), ("/safe/host-file",)), (str(root), ()),
+    ]
+    for name in ("abs", "abs-file", "rel", "data/deep/rel2", "data/deep/rel-file", "chain1",
+                 "chain-abs", "up", "data/up2", "slash", "data/out-via-up"):
+        for suffix in ("", "/", "/.", "/secret", "/dir/", "/file"):
+            cases.append((name + suffix, ()))
+    cases += [("/", ("abs/secret", "rel/file", "chain1/dir", "up/outside/file")),
+              ("data", ("deep/rel2/secret",)), ("/", ())]
+    return cases
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_symlinks_out_of_the_root_are_never_followed(
+    mechanism: str, hostile: tuple[Path, Path]
+) -> None:
+    root, _ = hostile
+    for src, includes in _sources(root):
+        got = stream_bytes(src, root, include_files=includes, confine=mechanism)
+        if isinstance(got, bytes):
+            assert MARKER not in got, (src, includes)
+        else:
+            assert got.entry, (src, got)  # a clean error naming the source
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_packing_the_whole_root_keeps_links_as_links(
+    mechanism: str, hostile: tuple[Path, Path]
+) -> None:
+    root, _ = hostile
+    for src, jail in ((root, None), ("/", root), (".", root)):
+        data = stream_bytes(src, jail, confine=mechanism, include_source_dir=True)
+        assert isinstance(data, bytes)
+        assert MARKER not in data
+        by_name = {m.name: m for m in packing.members(data)}
+        assert by_name["safe"].issym() and by_name["safe"].linkname == str(root.parent)
+        assert by_name["data/deep/rel2"].linkname == "../../../outside"
+        assert by_name["data/file"].isreg()
+
+
+def test_root_none_jails_at_the_source(hostile: tuple[Path, Path]) -> None:
+    """Without a root, the jail is the source (or its directory): a source given
+    through its symlink with "/" follows it on the host (the caller's own path), and
+    everything below is still read without following anything."""
+    root, _ = hostile
+    data = stream_bytes(root / "data")
+    assert isinstance(data, bytes) and MARKER not in data
+    assert sorted(packing.names(data)) == ["deep", "deep/file", "deep/hop", "deep/rel-file",
+                                           "deep/rel2", "file", "out-via-up", "up2"]
+
+
+def test_proc_magic_links_in_the_root_are_not_followed(hostile: tuple[Path, Path]) -> None:
+    """A procfs mounted inside the root: /proc/1/root leads to the host's root. The
+    source path is resolved without magic links, even inside the jail."""
+    root, outside = hostile
+    (root / "proc").mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", root / "proc"], check=True)
+    try:
+        for mechanism in MECHANISMS:
+            for src in (f"/proc/1/root{outside}/", f"/proc/self/root{outside}/",
+                        "/proc/1/cwd/", "/proc/self/fd/"):
+                got = stream_bytes(src, root, confine=mechanism)
+                if isinstance(got, bytes):
+                    assert MARKER not in got, (mechanism, src)
+    finally:
+        subprocess.run(["umount", "-l", root / "proc"], check=True)
+
+
+@pytest.mark.parametrize("mechanism", ["auto", "openat2"])
+def test_copy_out_of_the_root_never_copies_outside_bytes(
+    mechanism: str, hostile: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, outside = hostile
+    before = tree.snapshot(outside, ctime=True)
+    for i, (src, _) in enumerate(_sources(root)):
+        dst = tmp_path / "copies" / str(i)
+        try:
+            ca.copy_path(src, dst, src_root=root,
+                         pack_options=ca.PackOptions(confine=mechanism))
+        except (ca.SourceError, ca.BreakoutError):
+            # A missing source, or a symlink that climbs out of the destination
+            # (refused by the unpacking side, as Docker does).
+            continue
+        assert tree.find_content(tmp_path / "copies", MARKER.split(b":")[0]) == [], src
+    tree.assert_same(before, tree.snapshot(outside, ctime=True), "outside changed")
+
+
+# -- a racer swapping a directory for a symlink ---------------------------------------------
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: bytes, b: bytes) -> None:
+    if _libc.renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class Racer(threading.Thread):
+    """Swaps each ``(directory, symlink)`` pair again and again, counting swaps."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], method: str) -> None:
+        super().__init__(daemon=True)
+        self.pairs = [(os.fsencode(a), os.fsencode(b)) for a, b in pairs]
+        self.method = method
+        self.swaps = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                for a, b in self.pairs:
+                    if self.method == "exchange":
+                        _exchange(a, b)
+                    else:  # the rename dance: three renames, "a" missing for a moment
+                        os.rename(a, a + b".tmp")
+                        os.rename(b, a)
+                        os.rename(a + b".tmp", b)
+                    self.swaps += 1
+        except BaseException as err:
+            self.error = err
+
+
+def _race_root(tmp_path: Path, target: str) -> tuple[Path, list[tuple[Path, Path]]]:
+    """A root with a big tree and three directories that a racer will swap with
+    symlinks to an outside directory of the same shape (marker files)."""
+    root = tmp_path / "root"
+    tree_dir = root / "tree"
+    outside = tmp_path / "outside"
+    for base in (tree_dir, outside):
+        base.mkdir(parents=True)
+    for i in range(60):
+        d = tree_dir / f"bulk{i:03d}"
+        d.mkdir()
+        for j in range(25):
+            (d / f"f{j}").write_bytes(b"inside bulk\n")
+    pairs = []
+    for name in ("a-swap", "m-swap", "z-swap"):
+        real = tree_dir / name
+        mirror = outside / name
+        for sub in ("", "s1", "s1/s2", "s3"):
+            (real / sub).mkdir(parents=True, exist_ok=True)
+            (mirror / sub).mkdir(parents=True, exist_ok=True)
+            for j in range(15):
+                (real / sub / f"f{j}").write_bytes(b"inside swap\n")
+                (mirror / sub / f"f{j}").write_bytes(MARKER + b"\n")
+        link = tree_dir / f"{name}-link"
+        link_target = {"abs": str(mirror), "rel": os.path.relpath(mirror, tree_dir),
+                       "slash": "/"}[target]
+        os.symlink(link_target, link)
+        pairs.append((real, link))
+    return root, pairs
+
+
+def _race(root: Path, pairs: list[tuple[Path, Path]], method: str, mechanism: str,
+          pack: object) -> None:
+    racer = Racer(pairs, method)
+    old_interval = sys.getswitchinterval()
+    if mechanism == "openat2":
+        sys.setswitchinterval(1e-5)  # interleave the racer with the in-process walk finely
+    racer.start()
+    counted = rounds = 0
+    try:
+        deadline = time.monotonic() + 60
+        while counted < 5 and time.monotonic() < deadline:
+            rounds += 1
+            before = racer.swaps
+            data = pack()  # type: ignore[operator]
+            during = racer.swaps - before
+            assert racer.error is None, racer.error
+            assert MARKER not in data, f"outside bytes in round {rounds} ({mechanism})"
+            if during >= 10:
+                counted += 1
+    finally:
+        racer.stop.set()
+        racer.join()
+        sys.setswitchinterval(old_interval)
+    assert racer.error is None, racer.error
+    assert counted >= 5, f"only {counted} of {rounds} rounds raced (swaps: {racer.swaps})"
+
+
+RACES = [("exchange", "abs"), ("exchange", "rel"), ("exchange", "slash"), ("rename", "abs")]
+
+
+@pytest.mark.parametrize(("method", "target"), RACES)
+@pytest.mark.parametrize("mechanism", ["auto", "pivot", "openat2"])
+def test_race_swapping_a_directory_for_a_symlink(
+    mechanism: str, method: str, target: str, tmp_path: Path
+) -> None:
+    """While ``tar`` walks, a racer swaps directories inside the root with symlinks
+    to outside (renameat2 RENAME_EXCHANGE, or a rename dance); over several rounds
+    that each saw swaps, nothing from outside ever reaches the stream."""
+    root, pairs = _race_root(tmp_path, target)
+
+    def pack() -> bytes:
+        with ca.tar("tree", root, ca.PackOptions(confine=mechanism)) as stream:
+            return stream.read()
+
+    _race(root, pairs, method, mechanism, pack)
+
+
+def test_race_while_copying_out(tmp_path: Path) -> None:
+    root, pairs = _race_root(tmp_path, "abs")
+    dst = tmp_path / "copy"
+
+    def copy() -> bytes:
+        ca.copy_path("/tree", dst, src_root=root)
+        hits = tree.find_content(dst, MARKER)
+        return MARKER if hits else b""
+
+    _race(root, pairs, "exchange", "auto", copy)
+
+
+# -- copies ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rich(tmp_path: Path) -> Path:
+    return packing.build_tree(tmp_path / "src")
+
+
+def test_copy_with_tar(rich: Path, tmp_path: Path) -> None:
+    """Docker's CopyWithTar: the directory's contents into dst (created)."""
+    dst = tmp_path / "new" / "dst"
+    result = ca.copy_with_tar(rich, dst)
+    assert result.warnings == ()
+    packing.assert_same_tree(rich, dst, root_meta=False)
+    assert os.getxattr(dst / "cap-file", "security.capability") == packing.capability_blob()
+
+
+def test_copy_with_tar_through_a_symlink_and_of_a_file(rich: Path, tmp_path: Path) -> None:
+    os.symlink(rich, tmp_path / "via-link")
+    ca.copy_with_tar(tmp_path / "via-link", tmp_path / "dst")
+    packing.assert_same_tree(rich, tmp_path / "dst", root_meta=False)
+    ca.copy_with_tar(rich / "plain", tmp_path / "files" / "copied")
+    assert (tmp_path / "files" / "copied").read_bytes() == (rich / "plain").read_bytes()
+
+
+def test_copy_file_with_tar(rich: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    ca.copy_file_with_tar(rich / "cap-file", f"{out}/")
+    copied = out / "cap-file"
+    assert copied.read_bytes() == (rich / "cap-file").read_bytes()
+    src_st, dst_st = os.stat(rich / "cap-file"), os.stat(copied)
+    assert (dst_st.st_mode, dst_st.st_mtime_ns) == (src_st.st_mode, src_st.st_mtime_ns)
+    assert os.getxattr(copied, "security.capability") == packing.capability_blob()
+
+    ca.copy_file_with_tar(rich / "setuid", out / "renamed")
+    assert os.stat(out / "renamed").st_mode & 0o7777 == 0o4755
+    # A symlink source is followed: its target's content is copied.
+    ca.copy_file_with_tar(rich / "rel-link", out / "from-link")
+    assert not (out / "from-link").is_symlink()
+    assert (out / "from-link").read_bytes() == (rich / "plain").read_bytes()
+    # Replacing an existing file.
+    ca.copy_file_with_tar(rich / "empty", out / "renamed")
+    assert (out / "renamed").read_bytes() == b""
+
+    with pytest.raises(ca.SourceError, match="is a directory"):
+        ca.copy_file_with_tar(rich / "sub", out / "x")
+    with pytest.raises(ca.SourceError, match="no such file"):
+        ca.copy_file_with_tar(rich / "missing", out / "x")
+
+
+def test_untar_path(rich: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar.zst"
+    with ca.tar(rich, options=ca.PackOptions(compression="zstd")) as stream:
+        archive.write_bytes(stream.read())
+    result = ca.untar_path(archive, tmp_path / "dst")
+    assert result.entries > 20
+    packing.assert_same_tree(rich, tmp_path / "dst", root_meta=False)
+
+
+def test_copy_path_naming(rich: Path, tmp_path: Path) -> None:
+    """SRC to DST; into DST/ as DST/NAME; SRC/. copies the contents; metadata of the
+    directory itself goes along."""
+    ca.copy_path(rich, tmp_path / "a" / "copy")
+    packing.assert_same_tree(rich, tmp_path / "a" / "copy")
+    (tmp_path / "b").mkdir()
+    ca.copy_path(rich, f"{tmp_path}/b/")
+    packing.assert_same_tree(rich, tmp_path / "b" / "src")
+    ca.copy_path(f"{rich}/.", tmp_path / "c")
+    packing.assert_same_tree(rich, tmp_path / "c")
+    ca.copy_path(rich / "dir-link", tmp_path / "d" / "link")
+    assert os.readlink(tmp_path / "d" / "link") == "sub"
+    ca.copy_path(f"{rich}/dir-link/", tmp_path / "e")
+    packing.assert_same_tree(rich / "sub", tmp_path / "e")
+    ca.copy_path(rich / "plain", f"{tmp_path}/f/")
+    assert (tmp_path / "f" / "plain").read_bytes() == (rich / "plain").read_bytes()
+
+
+def test_copy_between_roots(hostile: tuple[Path, Path], tmp_path: Path) -> None:
+    """From one root to another; the destination's symlinks resolve inside its root,
+    whatever they say."""
+    src_root, outside = hostile
+    dst_root = tmp_path / "other"
+    (dst_root / "real").mkdir(parents=True)
+    os.symlink("/real", dst_root / "in-root")  # absolute: inside the jail, stays inside
+    os.symlink(str(outside), dst_root / "evil")  # a host path: means nothing inside
+    before = tree.snapshot(outside, ctime=True)
+    ca.copy_path("/app", "/in-root/restored", src_root=src_root, dst_root=dst_root)
+    assert (dst_root / "real" / "restored" / "file").read_bytes() == b"inside app\n"
+    assert os.readlink(dst_root / "real" / "restored" / "x-link") == "lib/x"
+    # A host path means nothing inside the jail: there, "evil" is a dangling symlink.
+    with pytest.raises(ca.DestinationError):
+        ca.copy_path("/data/file", "/evil/", src_root=src_root, dst_root=dst_root)
+    (dst_root / str(outside).lstrip("/")).mkdir(parents=True)
+    ca.copy_path("/data/file", "/evil/", src_root=src_root, dst_root=dst_root)
+    assert (dst_root / str(outside).lstrip("/") / "file").read_bytes() == b"inside data\n"
+    ca.copy_path("etc/passwd", "etc/", src_root=src_root, dst_root=dst_root)
+    assert (dst_root / "etc" / "passwd").exists()
+    tree.assert_same(before, tree.snapshot(outside, ctime=True), "outside changed")
+
+
+def test_copy_errors_leave_nothing_behind(rich: Path, tmp_path: Path) -> None:
+    check = LeakCheck(tmp_path, fds=True)
+    with pytest.raises(ca.SourceError):
+        ca.copy_path("/missing", tmp_path / "x", src_root=rich)
+    (tmp_path / "a-file").write_bytes(b"x")
+    with pytest.raises(ca.DestinationError):
+        ca.copy_with_tar(rich, tmp_path / "a-file")  # the destination is not a directory
+    with pytest.raises(ca.ArchiveError):
+        # The unpacking side refuses what it must: a directory over a file.
+        ca.copy_path(rich, tmp_path / "a-file",
+                     options=ca.UnpackOptions(no_overwrite_dir_nondir=True))
+    assert check.problems() == []
+
+
+def test_pack_warnings_reach_the_copy_result(tmp_path: Path) -> None:
+    import socket
+
+    src = tmp_path / "with-socket"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.fspath(src / "sock"))
+        result = ca.copy_with_tar(src, tmp_path / "dst")
+    assert any("socket skipped" in w for w in result.warnings)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def cli_bytes(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "chrootarchive", *map(os.fspath, args)],
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".tar", b""), (".tar.gz", b"\x1f\x8b"),
+                                               (".tgz", b"\x1f\x8b"),
+                                               (".tar.zst", b"\x28\xb5\x2f\xfd")])
+def test_cli_tar_to_a_file(suffix: str, magic: bytes, rich: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"out{suffix}"
+    result = run_cli("tar", rich, "-o", out, "--include-source-dir")
+    assert result.rc == 0, result.err
+    assert result.out == "" and result.err == ""
+    assert out.read_bytes().startswith(magic)
+    ca.untar(out, tmp_path / "dst")
+    packing.assert_same_tree(rich, tmp_path / "dst")
+
+
+def test_cli_tar_to_stdout_and_options(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for name in ("keep/a", "keep/b.log", "skip/c"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    proc = cli_bytes("tar", src, "--exclude", "skip", "--exclude", "**/*.log",
+                     "--rebase", "keep=kept", "--chown", "7:8")
+    assert proc.returncode == 0, proc.stderr
+    members = packing.members(proc.stdout)
+    assert [(m.name, m.uid, m.gid) for m in members] == [("kept", 7, 8), ("kept/a", 7, 8)]
+    proc = cli_bytes("tar", src, "--include", "skip/c", "--compress", "gzip")
+    assert proc.stdout.startswith(b"\x1f\x8b") and packing.names(proc.stdout) == ["skip/c"]
+
+
+def test_cli_tar_with_root_never_reads_outside(hostile: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    root, _ = hostile
+    for i, src in enumerate(("/", "safe/", "abs/", "rel/", "chain1/", "data")):
+        out = tmp_path / f"out{i}.tar"
+        result = run_cli("tar", "--root", root, src, "-o", out)
+        if result.rc == 0:
+            assert MARKER not in out.read_bytes(), src
+        else:
+            assert_one_line_error(result, rc=4, mentions=(src.rstrip("/"),))
+            assert not out.exists()
+
+
+def test_cli_tar_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    result = run_cli("tar", missing, "-o", tmp_path / "x.tar")
+    assert_one_line_error(result, rc=4, mentions=(str(missing), "no such file"))
+    assert not (tmp_path / "x.tar").exists()
+    (tmp_path / "src").mkdir()
+    result = run_cli("tar", tmp_path / "src", "-o", tmp_path / "no-dir" / "x.tar")
+    assert_one_line_error(result, rc=4, mentions=("cannot create the archive",))
+    (tmp_path / "previous.tar").write_bytes(b"previous")
+    result = run_cli("tar", missing, "-o", tmp_path / "previous.tar")
+    assert_one_line_error(result, rc=4)
+    assert (tmp_path / "previous.tar").read_bytes() == b"previous"  # untouched on failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous.tar", "src"]
+    result = run_cli("tar", tmp_path / "src", "-o", "/dev/full")
+    assert_one_line_error(result, rc=4, mentions=("no space",))
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # an existing output is not removed
+    result = run_cli("tar", tmp_path / "src", "--json")
+    assert_one_line_error(result, rc=2, mentions=("--json",))
+    result = run_cli("tar", tmp_path / "src", "--include", "../up", "-o", tmp_path / "y.tar")
+    assert_one_line_error(result, rc=2, mentions=("leaves the source",))
+    result = run_cli("tar", tmp_path / "src", "--chown", "root:root")
+    assert result.rc == 2 and "names are never looked up" in result.err
+    result = run_cli("tar", tmp_path / "src", "--confine", "nonsense", "-o", tmp_path / "z.tar")
+    assert result.rc == 2 and "nonsense" in result.err
+
+
+def test_cli_tar_json_and_warnings(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"12345")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.fspath(src / "sock"))
+        result = run_cli("tar", src, "-o", tmp_path / "a.tar", "--json")
+        assert result.rc == 0, result.err
+        report = json.loads(result.out)
+        assert (report["entries"], report["size"]) == (1, 5)
+        assert report["confinement"] == "chroot"
+        result = run_cli("tar", src, "-o", tmp_path / "b.tar")
+        assert result.err.startswith("chrootarchive: warning: ") and "socket" in result.err
+        result = run_cli("tar", src, "-o", tmp_path / "c.tar", "-q")
+        assert result.err == ""
+
+
+def test_cli_tar_into_a_closed_pipe(tmp_path: Path) -> None:
+    """A reader that goes away: one error line, the worker is gone, no traceback."""
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(16 << 20))
+    proc = subprocess.run(
+        f"{sys.executable} -m chrootarchive tar {src} | head -c 100 >/dev/null; "
+        "echo ${PIPESTATUS[0]} >&2",
+        shell=True, capture_output=True, executable="/bin/bash", timeout=60)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert lines[-1] == "4", proc.stderr
+    assert lines[:-1] == ["chrootarchive: error: standard output: cannot write the archive: "
+                          "broken pipe"], proc.stderr
+
+
+def test_cli_cp(rich: Path, hostile: tuple[Path, Path], tmp_path: Path) -> None:
+    result = run_cli("cp", rich, tmp_path / "copy")
+    assert result.rc == 0 and result.err == "", result.err
+    packing.assert_same_tree(rich, tmp_path / "copy")
+    root, _ = hostile
+    other = tmp_path / "other-root"
+    other.mkdir()
+    result = run_cli("cp", "--from-root", root, "--to-root", other, "/app", "/restored",
+                     "--json")
+    assert result.rc == 0, result.err
+    assert '"entries"' in result.out
+    assert (other / "restored" / "file").read_bytes() == b"inside app\n"
+    for src in ("safe/", "abs/", "rel/.", "chain1/", "up/outside/"):
+        result = run_cli("cp", "--from-root", root, src, tmp_path / "loot" / src.strip("/."))
+        if result.rc != 0:
+            assert_one_line_error(result, rc=(1, 4))
+    assert tree.find_content(tmp_path / "loot", MARKER.split(b":")[0]) == []
+    result = run_cli("cp", "--from-root", root, "/nothing-here", tmp_path / "x")
+    assert_one_line_error(result, rc=4, mentions=("/nothing-here", "no such file"))
+    result = run_cli("cp", rich / "plain", tmp_path / "plain-copy", "--chown", "5:6")
+    assert result.rc == 0, result.err
+    st = os.stat(tmp_path / "plain-copy")
+    assert (st.st_uid, st.st_gid) == (5, 6)
+
+
+def test_cli_help_has_examples() -> None:
+    for command in ("tar", "cp"):
+        result = run_cli(command, "--help")
+        assert result.rc == 0
+        assert "examples:" in result.out and "exit status:" in result.out
+        assert f"chrootarchive {command} " in result.out
+    result = run_cli("--help")
+    assert " tar " in result.out and " cp " in result.out
+

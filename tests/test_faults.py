@@ -1,0 +1,402 @@
+"""Faults: killed processes, odd inputs, a full disk, odd destinations.
+
+Whatever happens, the caller gets a clear error (one line from the command line, no
+traceback) and nothing is left behind: no mount, no ``.pivot_root*`` directory, no
+process (zombies included), no file descriptor.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from helpers import tarbuild as tb
+from helpers.cli import CLI, CLIResult, assert_one_line_error, run_cli
+from helpers.hardening import (
+    Trickler,
+    Unprivileged,
+    alive,
+    chunks,
+    state,
+    wait_for,
+    wait_worker,
+)
+from helpers.leaks import LeakCheck, child_pids, pivot_leftovers
+
+
+def B() -> tb.TarBuilder:
+    return tb.TarBuilder()
+
+
+def small() -> bytes:
+    return B().dir("d").file("d/f", b"hello\n").symlink("d/s", "f").build()
+
+
+@pytest.fixture(scope="module")
+def unpriv() -> Iterator[Unprivileged]:
+    area = Unprivileged()
+    yield area
+    area.cleanup()
+
+
+# -- the worker killed -----------------------------------------------------------------
+
+
+class _UntarThread(threading.Thread):
+    """``untar`` from a pipe in a thread; ``error`` and ``finished`` (monotonic time)."""
+
+    def __init__(self, dest: Path, **kw: object) -> None:
+        super().__init__(daemon=True)
+        r, self.w = os.pipe()
+        self.source = os.fdopen(r, "rb")
+        self.dest = dest
+        self.kw = kw
+        self.error: BaseException | None = None
+        self.result: object = None
+        self.finished = 0.0
+
+    def run(self) -> None:
+        try:
+            self.result = chrootarchive.untar(self.source, self.dest, **self.kw)
+        except BaseException as err:
+            self.error = err
+        finally:
+            self.finished = time.monotonic()
+
+
+def _kill_worker_mid_stream(tmp_path: Path, *, flowing: bool) -> tuple[float, _UntarThread]:
+    dest = tmp_path / "dest"
+    job = _UntarThread(dest)
+    job.start()
+    head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 32)
+    pieces = [head, bytes(2 << 20)] + ([bytes(64 << 10)] * 1_000_000 if flowing else [])
+    feeder = Trickler(job.w, pieces, 0.001 if flowing else 0, keep_open=True)
+    feeder.start()
+    try:
+        wait_for(lambda: (dest / "big").exists(), what="the worker to be writing 'big'")
+        worker = wait_worker()
+        killed = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        job.join(5)
+        delay = (job.finished or time.monotonic()) - killed
+    finally:
+        feeder.stop.set()
+        feeder.join()
+        os.close(job.w)  # unblocks a parent stuck reading its input
+        job.join()
+        job.source.close()
+    return delay, job
+
+
+def test_worker_killed_mid_stream(tmp_path: Path) -> None:
+    check = LeakCheck(tmp_path, fds=True)
+    delay, job = _kill_worker_mid_stream(tmp_path, flowing=True)
+    assert isinstance(job.error, chrootarchive.WorkerError), job.error
+    assert "SIGKILL" in str(job.error)
+    assert delay < 1.0, f"the parent noticed after {delay:.2f}s"
+    check.assert_clean()
+
+
+def test_worker_killed_while_input_stalls(tmp_path: Path) -> None:
+    """The input stops arriving (a stalled network), then the worker dies: the parent
+    must not wait for more input to notice."""
+    check = LeakCheck(tmp_path, fds=True)
+    delay, job = _kill_worker_mid_stream(tmp_path, flowing=False)
+    assert isinstance(job.error, chrootarchive.WorkerError), job.error
+    assert delay < 1.0, f"the parent noticed only after {delay:.2f}s (when its input closed)"
+    check.assert_clean()
+
+
+def test_worker_killed_cli(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    check = LeakCheck(tmp_path)
+    proc = subprocess.Popen([*CLI, "untar", "-", str(dest)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 32)
+    feeder = Trickler(proc.stdin.fileno(), [head] + [bytes(1 << 20)] * 20_000, 0.001,
+                      keep_open=True)
+    feeder.start()
+    try:
+        wait_for(lambda: (dest / "big").exists(), what="the worker to be writing 'big'")
+        os.kill(wait_worker(proc.pid), signal.SIGKILL)
+        rc = proc.wait(10)
+    finally:
+        feeder.stop.set()
+        feeder.join()
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert_one_line_error(CLIResult((rc, "", err)), rc=70, mentions=("worker", "SIGKILL"))
+    check.assert_clean()
+
+
+# -- the parent killed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("confine", ["pivot", "chroot", "userns"])
+def test_parent_killed_worker_dies(confine: str, tmp_path: Path) -> None:
+    """SIGKILL the command while its worker waits for input: the worker dies too
+    (PR_SET_PDEATHSIG), and leaves no pivot directory behind."""
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([*CLI, "untar", "--confine", confine, "-", str(dest)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    proc.stdin.write(B().file("first", b"1").build(eoa=False) + tb.header("big", size=4 << 20)
+                     + bytes(2 << 20))
+    proc.stdin.flush()
+    try:
+        wait_for(lambda: (dest / "big").exists(), what="the worker to be writing 'big'")
+        worker = wait_worker(proc.pid)
+        assert state(worker) in ("S", "R", "D")
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not alive(worker), 5, what="the worker to die with its parent")
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    assert pivot_leftovers(tmp_path) == []
+    assert [pid for pid, _, _ in child_pids(worker)] == []
+
+
+# -- odd inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [512 + 200, 1536 + 100, 3000], ids=["data", "next-header",
+                                                                    "end"])
+def test_input_closed_early_cli(cut: int, tmp_path: Path) -> None:
+    data = B().file("a", b"x" * 1000).file("b", b"y" * 2000).build()[:cut]
+    result = run_cli("untar", "-", tmp_path / "dest", input=data)
+    assert_one_line_error(result, rc=1, mentions=("truncated",))
+
+
+def test_input_closed_within_the_first_header(tmp_path: Path) -> None:
+    result = run_cli("untar", "-", tmp_path / "dest", input=small()[:100])
+    assert_one_line_error(result, rc=1, mentions=("not a tar archive",))
+
+
+def test_input_closed_at_an_entry_boundary(tmp_path: Path) -> None:
+    """No end-of-archive marker at all: accepted, as GNU tar and Go's archive/tar do."""
+    data = B().file("a", b"x" * 1000).build(eoa=False)
+    result = run_cli("untar", "-", tmp_path / "dest", input=data)
+    assert result.rc == 0, result.err
+    assert (tmp_path / "dest" / "a").read_bytes() == b"x" * 1000
+
+
+def test_input_closed_early_names_the_entry(tmp_path: Path) -> None:
+    data = B().file("first", b"1").file("second", b"y" * 5000).build()[:2000]
+    with pytest.raises(chrootarchive.MalformedArchiveError) as info:
+        chrootarchive.untar(io.BytesIO(data), tmp_path / "dest")
+    assert info.value.entry == "second"
+    assert (tmp_path / "dest" / "first").read_bytes() == b"1"
+
+
+def test_input_closed_early_compressed(tmp_path: Path) -> None:
+    data = tb.compress(B().file("a", os.urandom(100_000)).build(), "gzip")[:30_000]
+    result = run_cli("untar", "-", tmp_path / "dest", input=data)
+    assert_one_line_error(result, rc=1, mentions=("truncated",))
+
+
+def test_empty_input_is_an_empty_archive(tmp_path: Path) -> None:
+    result = run_cli("untar", "-", tmp_path / "dest", input=b"")
+    assert result.rc in (0, 1), result
+    assert "Traceback" not in result.err
+
+
+def test_trickling_zeros_are_an_empty_archive(tmp_path: Path) -> None:
+    """10 KB of zeros arriving 512 bytes at a time is a valid, empty archive."""
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([*CLI, "untar", "-", str(dest)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    feeder = Trickler(proc.stdin.fileno(), chunks(bytes(10 * 1024), 512), 0.03,
+                      keep_open=True)
+    feeder.start()
+    feeder.join(30)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert os.listdir(dest) == []
+
+
+def test_trickling_archive(tmp_path: Path) -> None:
+    """A real archive arriving in small pieces with pauses unpacks whole."""
+    data = B().dir("d").file("d/a", b"a" * 3000).file("d/b", b"b" * 700).build()
+    r, w = os.pipe()
+    feeder = Trickler(w, chunks(data, 333), 0.005)
+    feeder.start()
+    with os.fdopen(r, "rb") as source:
+        result = chrootarchive.untar(source, tmp_path / "dest")
+    feeder.join()
+    assert result.entries == 3
+    assert (tmp_path / "dest" / "d" / "a").read_bytes() == b"a" * 3000
+
+
+@pytest.mark.parametrize("padding", [0, 512, 10 * 1024, 3 << 20])
+@pytest.mark.parametrize("how", ["pipe", "file", "gzip"])
+def test_zero_padded_input(how: str, padding: int, tmp_path: Path, write_archive) -> None:
+    """Archives padded with zeros (blocking factor, dd, tapes) are fine, and the whole
+    input is read (the writer of a pipe does not get EPIPE)."""
+    data = small() + bytes(padding)
+    if how == "gzip":
+        data = tb.compress(data, "gzip")
+    dest = tmp_path / "dest"
+    if how == "file":
+        result = run_cli("untar", write_archive(data), dest)
+    else:
+        result = run_cli("untar", "-", dest, input=data)
+    assert result.rc == 0, result.err
+    assert (dest / "d" / "f").read_bytes() == b"hello\n"
+
+
+def test_zero_padded_pipe_writer_sees_no_epipe(tmp_path: Path) -> None:
+    """A producer writing the archive and then padding never sees a broken pipe."""
+    data = small() + bytes(2 << 20)
+    producer = subprocess.Popen(["sh", "-c", 'cat "$1"; echo "rc=$?" >&2', "sh", "-"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    assert producer.stdout is not None and producer.stdin is not None
+    consumer = subprocess.Popen([*CLI, "untar", "-", str(tmp_path / "dest")],
+                                stdin=producer.stdout, stderr=subprocess.PIPE)
+    producer.stdout.close()
+    _, perr = producer.communicate(data, timeout=60)
+    _, cerr = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, cerr
+    assert producer.returncode == 0 and b"rc=0" in perr, perr
+
+
+def test_missing_archive_is_not_an_internal_error(tmp_path: Path) -> None:
+    result = run_cli("untar", tmp_path / "no-such.tar", tmp_path / "dest")
+    line = assert_one_line_error(result, rc=(1, 2, 4), mentions=("no-such.tar",))
+    assert "no such file" in line.lower()
+
+
+# -- a full disk -----------------------------------------------------------------------
+
+
+def test_full_disk_names_the_entry(tmp_path: Path, write_archive) -> None:
+    """A 1 MiB tmpfs mounted in a private mount namespace of a child process."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    data = B().file("small", b"s").dir("d").file("d/big", os.urandom(3 << 20)) \
+        .file("after", b"a").build()
+    path = write_archive(data)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=1m chrootarchive-test "$1" && shift && exec "$@"',
+         "sh", str(mnt), *CLI, "untar", str(path), str(mnt / "dest")],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
+    line = assert_one_line_error(result, rc=4, mentions=("no space left",))
+    assert "d/big" in line, line
+    assert list(mnt.iterdir()) == []
+
+
+def test_full_disk_api_error(tmp_path: Path, write_archive) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    path = write_archive(B().file("big", os.urandom(3 << 20)).build())
+    code = (
+        "import sys, chrootarchive\n"
+        "try:\n"
+        "    chrootarchive.untar(sys.argv[1], sys.argv[2])\n"
+        "except chrootarchive.DestinationError as e:\n"
+        "    print(type(e).__name__, e.exit_status, e.entry, e.message, sep='|')\n"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=1m chrootarchive-test "$1" && shift && exec "$@"',
+         "sh", str(mnt), *CLI[:1], "-c", code, str(path), str(mnt / "dest")],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    name, status, entry, message = proc.stdout.decode().strip().split("|")
+    assert (name, status, entry) == ("DestinationError", "4", "big")
+    assert "no space left" in message.lower()
+
+
+# -- odd destinations ------------------------------------------------------------------
+
+
+def test_destination_is_a_file(tmp_path: Path, write_archive) -> None:
+    dest = tmp_path / "file"
+    dest.write_bytes(b"not a directory")
+    result = run_cli("untar", write_archive(small()), dest)
+    line = assert_one_line_error(result, rc=4, mentions=("not a directory",))
+    assert str(dest.name) in line
+    assert dest.read_bytes() == b"not a directory"
+    with pytest.raises(chrootarchive.DestinationError):
+        chrootarchive.untar(io.BytesIO(small()), dest)
+
+
+def test_destination_below_a_file(tmp_path: Path, write_archive) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    result = run_cli("untar", write_archive(small()), tmp_path / "file" / "dest")
+    assert_one_line_error(result, rc=4, mentions=("not a directory",))
+
+
+def test_destination_symlink_to_directory_is_followed(tmp_path: Path, write_archive) -> None:
+    """The destination path is the user's own: a symlink there is followed (only
+    symlinks *inside* the destination are the archive's business)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    os.symlink("real", link)
+    result = run_cli("untar", write_archive(small()), link)
+    assert result.rc == 0, result.err
+    assert (real / "d" / "f").read_bytes() == b"hello\n"
+    assert os.readlink(link) == "real"
+    assert pivot_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", ["nowhere", "/nonexistent-chrootarchive/x"])
+def test_destination_dangling_symlink(target: str, tmp_path: Path, write_archive) -> None:
+    link = tmp_path / "dest-link"
+    os.symlink(target, link)
+    result = run_cli("untar", write_archive(small()), link)
+    line = assert_one_line_error(result, rc=4)
+    problem = line.replace(str(link), "").lower()
+    assert any(w in problem for w in ("dangling", "symlink", "no such", "does not exist")), (
+        f"a symlink to nowhere is not explained: {line}")
+    assert os.readlink(link) == target
+    assert not (tmp_path / "nowhere").exists()
+    assert not os.path.exists("/nonexistent-chrootarchive")
+
+
+def test_destination_not_writable_unprivileged(unpriv: Unprivileged) -> None:
+    archive = unpriv.write("small.tar", small())
+    dest = unpriv.mkdir("root-owned", owned=False)
+    result = unpriv.cli("untar", archive, dest)
+    line = assert_one_line_error(result, rc=4, mentions=("permission denied",))
+    assert str(dest) in line, f"the error does not say which destination: {line}"
+    assert os.listdir(dest) == []
+
+
+def test_destination_parent_not_writable_unprivileged(unpriv: Unprivileged) -> None:
+    archive = unpriv.write("small2.tar", small())
+    parent = unpriv.mkdir("root-owned-parent", owned=False)
+    result = unpriv.cli("untar", archive, parent / "dest")
+    line = assert_one_line_error(result, rc=4, mentions=("permission denied",))
+    assert str(parent / "dest") in line
+    assert not (parent / "dest").exists()
+
+
+def test_unprivileged_success_for_comparison(unpriv: Unprivileged) -> None:
+    archive = unpriv.write("small3.tar", small())
+    dest = unpriv.mkdir("mine")
+    result = unpriv.cli("untar", archive, dest)
+    assert result.rc == 0, result.err
+    assert (dest / "d" / "f").read_bytes() == b"hello\n"

@@ -1,0 +1,426 @@
+"""Resource limits: every limit through the API and the command line, bombs, timeouts.
+
+Crossing a limit raises LimitExceededError (exit status 1) naming the limit and the
+entry, in one line without a traceback, and the work stops promptly: within about a
+second, with at most one buffer (1 MiB) written past the limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import LimitExceededError, Limits, UnpackOptions
+from helpers import tarbuild as tb
+from helpers.cli import CLI, CLIResult, assert_one_line_error, run_cli
+from helpers.hardening import GiB, MiB, Trickler, chunks, gzip_bomb, many_files
+from helpers.leaks import LeakCheck
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+
+
+def B() -> tb.TarBuilder:
+    return tb.TarBuilder()
+
+
+# One case per limit: (archive, Limits, CLI flags, offending entry, entries before it).
+CASES = {
+    "max_bytes": (
+        lambda: B().file("a", b"x" * 3000).file("b", b"y" * 3000).file("c", b"z").build(),
+        Limits(max_bytes=5000), ["--max-bytes", "5000"], "b", ["a"],
+    ),
+    "max_entries": (
+        lambda: B().file("a").file("b").file("c").file("d").build(),
+        Limits(max_entries=2), ["--max-entries", "2"], "c", ["a", "b"],
+    ),
+    "max_file_size": (
+        lambda: B().file("small", b"x" * 10).file("big", b"y" * 3000).build(),
+        Limits(max_file_size=1000), ["--max-file-size", "1000"], "big", ["small"],
+    ),
+    "max_path_length": (
+        lambda: B().file("a" * 90).file("d/" + "b" * 200).build(),
+        Limits(max_path_length=100), ["--max-path-length", "100"], "d/" + "b" * 200,
+        ["a" * 90],
+    ),
+    "max_path_depth": (
+        lambda: B().file("a/b/c/d").file("a/b/c/d2/e/f").build(),
+        Limits(max_path_depth=4), ["--max-path-depth", "4"], "a/b/c/d2/e/f", ["a/b/c/d"],
+    ),
+    "max_xattr_bytes": (
+        lambda: B().pax({"SCHILY.xattr.user.small": "v" * 100}).file("ok", b"1")
+        .pax({"SCHILY.xattr.user.big": "v" * 3000}).file("fat", b"1").build(),
+        Limits(max_xattr_bytes=1000), ["--max-xattr-bytes", "1000"], "fat", ["ok"],
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", sorted(CASES))
+def test_limit_api(limit: str, tmp_path: Path) -> None:
+    build, limits, _flags, entry, before = CASES[limit]
+    dest = tmp_path / "dest"
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(io.BytesIO(build()), dest, UnpackOptions(limits=limits))
+    err = info.value
+    assert limit in err.message, err
+    assert err.entry == entry, err
+    assert err.exit_status == 1
+    for name in before:
+        assert (dest / name).exists(), f"{name} (before the limit) is missing"
+    if limit == "max_bytes":  # stopped while writing it: what is there stays below
+        assert _bytes_on_disk(dest)[0] <= 5000
+    else:  # refused before anything of it was made
+        assert not (dest / entry).exists(), "the offending entry was written"
+
+
+@pytest.mark.parametrize("limit", sorted(CASES))
+def test_limit_cli(limit: str, tmp_path: Path, write_archive) -> None:
+    build, _limits, flags, entry, _before = CASES[limit]
+    archive = write_archive(tb.compress(build(), "gzip"), ".tar.gz")
+    result = run_cli("untar", *flags, archive, tmp_path / "dest")
+    line = assert_one_line_error(result, rc=1, mentions=(limit,))
+    assert entry in line, line
+
+
+def test_limits_none_means_unlimited(tmp_path: Path) -> None:
+    unlimited = Limits(**{f.name: None for f in dataclasses.fields(Limits)})
+    data = B().file("a/b/c/" + "n" * 150, b"x" * 5000).build()
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(limits=unlimited))
+    assert r.entries == 1
+
+
+def test_limit_exactly_reached_is_allowed(tmp_path: Path) -> None:
+    data = B().file("a", b"x" * 3000).file("b", b"y" * 2000).file("c").build()
+    limits = Limits(max_bytes=5000, max_entries=3, max_file_size=3000, max_path_depth=1,
+                    max_path_length=1)
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(limits=limits))
+    assert r.entries == 3
+
+
+def test_limit_value_is_printed_exactly(tmp_path: Path, write_archive) -> None:
+    """The message gives the limit as a number a user can read back (not 1.04858e+07)."""
+    archive = write_archive(B().file("big", bytes(3 * MiB)).build())
+    result = run_cli("untar", "--max-bytes", "2M", archive, tmp_path / "d2")
+    line = assert_one_line_error(result, rc=1, mentions=("max_bytes", "big"))
+    assert not re.search(r"\de[+-]\d", line), f"limit printed in scientific notation: {line}"
+    assert "2097152" in line or "2M" in line or "2 MiB" in line, line
+
+
+def test_max_bytes_counts_all_files(tmp_path: Path) -> None:
+    """Many small files (written without the writer thread) add up."""
+    data = many_files(200, b"z" * 1000)
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
+                            UnpackOptions(limits=Limits(max_bytes=50_000)))
+    assert info.value.entry == "f000050"
+
+
+def _gnu_sparse_1_0(name: str, realsize: int, data: bytes) -> bytes:
+    """A PAX GNU sparse 1.0 file: ``data`` at the very end of ``realsize`` bytes."""
+    offset = realsize - len(data)
+    sparse_map = tb.pad(f"1\n{offset}\n{len(data)}\n".encode())
+    body = sparse_map + data
+    return (
+        B()
+        .pax({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
+              "GNU.sparse.realsize": str(realsize)})
+        .file("GNUSparseFile.0/" + name, body)
+        .build()
+    )
+
+
+def test_max_bytes_does_not_count_sparse_holes(tmp_path: Path) -> None:
+    data = _gnu_sparse_1_0("sparse", GiB, b"end" * 1000)
+    dest = tmp_path / "d"
+    chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(limits=Limits(max_bytes=MiB)))
+    st = os.stat(dest / "sparse")
+    assert st.st_size == GiB
+    assert st.st_blocks * 512 < 10 * MiB
+
+
+# -- bombs -----------------------------------------------------------------------------
+
+
+def _bytes_on_disk(root: Path) -> tuple[int, int]:
+    """(sum of file sizes, sum of allocated bytes) below ``root``."""
+    size = allocated = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            size += st.st_size
+            allocated += st.st_blocks * 512
+    return size, allocated
+
+
+BOMB_SIZE = 6 * GiB  # 6 MiB of gzip; more than Limits.strict() allows for one file
+BOMB_LIMIT = 16 * MiB
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "bomb.tar.gz"
+    path.write_bytes(gzip_bomb(BOMB_SIZE))
+    assert path.stat().st_size < BOMB_SIZE // 1000
+    return path
+
+
+def test_gzip_bomb_stopped_by_max_bytes_cli(bomb: Path, tmp_path: Path) -> None:
+    """6 MiB of gzip that inflate to 6 GiB of zeros: stopped at the limit, at once."""
+    dest = tmp_path / "dest"
+    check = LeakCheck(tmp_path)
+    start = time.monotonic()
+    result = run_cli("untar", "--max-bytes", str(BOMB_LIMIT), bomb, dest, timeout=120)
+    elapsed = time.monotonic() - start
+    assert_one_line_error(result, rc=1, mentions=("max_bytes", "zeros"))
+    assert elapsed < 5, f"the bomb was not stopped promptly: {elapsed:.1f}s"
+    size, allocated = _bytes_on_disk(dest)
+    assert size <= BOMB_LIMIT + MiB, size
+    assert allocated <= BOMB_LIMIT + MiB, allocated
+    check.assert_clean()
+
+
+def test_gzip_bomb_stopped_by_max_bytes_api(bomb: Path, tmp_path: Path) -> None:
+    """Stopping means stopping: once the limit is crossed, the rest of the source is not
+    read (and inflated) any more."""
+    dest = tmp_path / "dest"
+    read: list[int] = []
+    start = time.monotonic()
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(bomb, dest, UnpackOptions(limits=Limits(max_bytes=BOMB_LIMIT)),
+                            progress=read.append)
+    elapsed = time.monotonic() - start
+    assert info.value.entry == "zeros"
+    assert _bytes_on_disk(dest)[0] <= BOMB_LIMIT + MiB
+    size = bomb.stat().st_size
+    assert sum(read) < size // 4, (
+        f"{sum(read)} of {size} compressed bytes were read after the limit "
+        f"({BOMB_LIMIT} bytes, about {BOMB_LIMIT * size // BOMB_SIZE} compressed) was crossed")
+    assert elapsed < 5, f"the bomb was not stopped promptly: {elapsed:.1f}s"
+
+
+@pytest.fixture
+def huge_header(write_archive) -> Path:
+    """A gzip'd tar whose first header declares a 6 GiB file (only 1 MiB follows)."""
+    data = tb.header("zeros", size=BOMB_SIZE) + bytes(MiB)
+    return write_archive(tb.compress(data, "gzip"), ".tar.gz")
+
+
+def test_max_file_size_checked_before_writing(huge_header: Path, tmp_path: Path) -> None:
+    """The declared size is checked before a byte is written."""
+    dest = tmp_path / "dest"
+    result = run_cli("untar", "--max-file-size", "1G", huge_header, dest)
+    assert_one_line_error(result, rc=1, mentions=("max_file_size", "zeros"))
+    assert not (dest / "zeros").exists()
+
+
+def test_strict_limits_refuse_a_huge_file(huge_header: Path, tmp_path: Path) -> None:
+    """--strict-limits (4 GiB per file) refuses a 6 GiB file from its header."""
+    result = run_cli("untar", "--strict-limits", huge_header, tmp_path / "dest")
+    assert_one_line_error(result, rc=1, mentions=("max_file_size", "zeros"))
+    assert not (tmp_path / "dest" / "zeros").exists()
+
+
+def test_hundred_thousand_files_stopped_by_max_entries(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(tb.compress(many_files(100_000), "gzip"), ".tar.gz")
+    dest = tmp_path / "dest"
+    start = time.monotonic()
+    result = run_cli("untar", "--max-entries", "1000", archive, dest, timeout=120)
+    elapsed = time.monotonic() - start
+    assert_one_line_error(result, rc=1, mentions=("max_entries", "f001000"))
+    assert elapsed < 5, f"not stopped promptly: {elapsed:.1f}s"
+    assert len(os.listdir(dest)) == 1000
+
+
+def test_deep_path_made_of_implied_directories(tmp_path: Path) -> None:
+    name = "/".join(["d"] * 70) + "/f"
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(io.BytesIO(B().file(name, b"x").build()), tmp_path / "d",
+                            UnpackOptions(limits=Limits.strict()))
+    assert "max_path_depth" in info.value.message
+    assert not (tmp_path / "d" / "d").exists()
+
+
+def test_path_length_counts_bytes_not_characters(tmp_path: Path) -> None:
+    name = "é" * 60  # 60 characters, 120 bytes
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(io.BytesIO(B().file(name, b"x").build()), tmp_path / "d",
+                            UnpackOptions(limits=Limits(max_path_length=100)))
+    assert "max_path_length" in info.value.message
+
+
+# -- time --------------------------------------------------------------------------------
+
+
+def test_timeout_cli_with_trickling_pipe(tmp_path: Path) -> None:
+    """Input that trickles in (50 bytes every 0.1 s, for 20 s): --timeout 1 stops the
+    whole command within about a second of the timeout, not when the input ends."""
+    dest = tmp_path / "dest"
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as err_file:
+        proc = subprocess.Popen([*CLI, "untar", "--timeout", "1", "-", str(dest)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=err_file)
+    assert proc.stdin is not None
+    data = B().file("slow", b"s" * 20_000).build()
+    feeder = Trickler(proc.stdin.fileno(), chunks(data, 50), 0.1, keep_open=True)
+    start = time.monotonic()
+    feeder.start()
+    try:
+        try:
+            proc.wait(timeout=4)
+        except subprocess.TimeoutExpired:
+            pass
+        elapsed = time.monotonic() - start
+        still_running = proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+        feeder.stop.set()
+        feeder.join()
+        proc.stdin.close()
+    assert not still_running, (
+        f"the command still ran {elapsed:.1f}s after it started with --timeout 1 "
+        "(its input was still trickling in)")
+    out, err = b"", errors.read_bytes()
+    result = CLIResult((proc.returncode, out.decode(), err.decode()))
+    assert_one_line_error(result, rc=1, mentions=("timeout",))
+    assert elapsed < 2.5, f"the command ran {elapsed:.1f}s with --timeout 1"
+    assert not feeder.broken or feeder.written < len(data)
+
+
+class _SlowSource(io.RawIOBase):
+    """A file object that gives ``piece`` bytes every ``delay`` seconds."""
+
+    def __init__(self, data: bytes, piece: int, delay: float) -> None:
+        self.data = data
+        self.pos = 0
+        self.piece = piece
+        self.delay = delay
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        time.sleep(self.delay)
+        out = self.data[self.pos : self.pos + self.piece]
+        self.pos += len(out)
+        return out
+
+
+def test_timeout_api_slow_source(tmp_path: Path) -> None:
+    data = many_files(2000, b"y" * 100)
+    source = _SlowSource(data, 16 * 1024, 0.05)  # about 6 s of input
+    start = time.monotonic()
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(source, tmp_path / "d",
+                            UnpackOptions(limits=Limits(timeout=0.5)))
+    elapsed = time.monotonic() - start
+    assert "timeout" in info.value.message
+    assert elapsed < 2.0, f"stopped after {elapsed:.1f}s with a 0.5 s timeout"
+
+
+def test_timeout_not_reached(tmp_path: Path) -> None:
+    data = B().file("a", b"x").build()
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
+                            UnpackOptions(limits=Limits(timeout=30)))
+    assert r.entries == 1
+
+
+# -- documented defaults ---------------------------------------------------------------
+
+
+FLAGS = {
+    "max_bytes": "--max-bytes", "max_entries": "--max-entries",
+    "max_file_size": "--max-file-size", "max_path_length": "--max-path-length",
+    "max_path_depth": "--max-path-depth", "max_xattr_bytes": "--max-xattr-bytes",
+    "timeout": "--timeout",
+}
+
+
+def _human(value: int | float | None) -> set[str]:
+    """Spellings of a default that --help may use."""
+    if value is None:
+        return {"none"}
+    out = {str(value), f"{value:,}"}
+    for suffix, unit in (("T", 1 << 40), ("G", GiB), ("M", MiB), ("K", 1 << 10)):
+        if isinstance(value, int) and value >= unit and value % unit == 0:
+            out.add(f"{value // unit}{suffix}")
+            break
+    return out
+
+
+def _help_for(flag: str, text: str) -> str:
+    """The help paragraph of ``flag`` in argparse's output (joined into one line)."""
+    match = re.search(rf"^\s+{re.escape(flag)}\b.*?(?=^\s+--|\Z)", text, re.M | re.S)
+    assert match, f"{flag} not in --help"
+    return " ".join(match.group(0).split())
+
+
+@pytest.fixture(scope="module")
+def untar_help() -> str:
+    proc = subprocess.run([*CLI, "untar", "--help"], capture_output=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0
+    return proc.stdout.decode()
+
+
+def test_every_limit_has_a_flag_and_a_documented_default(untar_help: str) -> None:
+    defaults = Limits()
+    doc = Limits.__doc__ or ""
+    assert set(FLAGS) == {f.name for f in dataclasses.fields(Limits)}
+    for name, flag in FLAGS.items():
+        assert f"{name}:" in doc, f"{name} not described in Limits' docstring"
+        text = _help_for(flag, untar_help)
+        spelled = text.split("default")[-1]
+        assert "default" in text, f"{flag} does not give its default"
+        assert any(re.search(rf"(?<![\w.,]){re.escape(s)}(?![\w,])", spelled)
+                   for s in _human(getattr(defaults, name))), (
+            f"{flag}: help says {text!r}, Limits() has {getattr(defaults, name)!r}")
+
+
+def test_strict_limits_documented_as_they_are(untar_help: str) -> None:
+    strict = Limits.strict()
+    doc = " ".join((Limits.strict.__doc__ or "").split())
+    help_text = _help_for("--strict-limits", untar_help)
+    assert strict.max_bytes == 4 * GiB and "4 GiB" in doc and "4G" in help_text
+    assert strict.max_entries == 100_000 and "100k" in doc and "100,000" in help_text
+    assert strict.timeout == 3600 and "1 hour" in doc and "1 hour" in help_text
+
+
+def test_cli_strict_limits_can_be_loosened(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(B().file("/".join(["d"] * 70) + "/f", b"x").build())
+    result = run_cli("untar", "--strict-limits", archive, tmp_path / "a")
+    assert_one_line_error(result, rc=1, mentions=("max_path_depth",))
+    result = run_cli("untar", "--strict-limits", "--max-path-depth", "100", archive,
+                     tmp_path / "b")
+    assert result.rc == 0, result.err
+
+
+def test_security_doc_lists_the_defaults() -> None:
+    text = DOCS.read_text()
+    defaults = Limits()
+    for name in FLAGS:
+        rows = [line for line in text.splitlines() if f"`{name}`" in line and "|" in line]
+        assert rows, f"{name} has no row in the limits table of docs/security.md"
+        assert any(s in rows[0] for s in _human(getattr(defaults, name))), rows[0]
+
+
+def test_bad_limit_values_are_usage_errors(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(B().file("a").build())
+    for args in (["--max-bytes", "lots"], ["--max-entries", "-1"], ["--timeout", "soon"]):
+        result = run_cli("untar", *args, archive, tmp_path / "d")
+        assert result.rc == 2, (args, result)
+        assert "Traceback" not in result.err
+
+
+def test_cli_limit_error_has_no_traceback_even_from_stdin(tmp_path: Path) -> None:
+    data = tb.compress(many_files(10), "zstd")
+    result = run_cli("untar", "--max-entries", "3", "-", tmp_path / "d", input=data)
+    assert_one_line_error(result, rc=1, mentions=("max_entries", "f000003"))

@@ -1,0 +1,674 @@
+"""Making tar streams: round trips, compatibility with GNU tar and bsdtar, options, PAX,
+names never looked up, errors from the jail, and nothing left behind.
+
+Every pack runs for real in a worker jailed with the kernel (``chroot``, ``pivot``) or
+in-process with ``openat2``; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import chrootarchive as ca
+from chrootarchive import pack
+from helpers import packing, tree
+from helpers.leaks import LeakCheck, child_pids
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+MECHANISMS = ["auto", "chroot", "pivot", "openat2"]
+
+
+def packed(src: Path | str, root: Path | str | None = None, **options: object) -> bytes:
+    with ca.tar(src, root, ca.PackOptions(**options)) as stream:  # type: ignore[arg-type]
+        return stream.read()
+
+
+def packed_result(src: Path | str, root: Path | str | None = None,
+                  **options: object) -> tuple[bytes, ca.PackResult]:
+    with ca.tar(src, root, ca.PackOptions(**options)) as stream:  # type: ignore[arg-type]
+        data = stream.read()
+    assert stream.result is not None
+    return data, stream.result
+
+
+@pytest.fixture
+def rich(tmp_path: Path) -> Path:
+    return packing.build_tree(tmp_path / "src")
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_round_trip(mechanism: str, rich: Path, tmp_path: Path) -> None:
+    """Pack then unpack: the same names, types, modes (setuid included), owners (ids
+    beyond octal included), sizes, contents, link targets, hardlink groups, device
+    numbers, xattrs (security.capability included) and times to the nanosecond."""
+    data, result = packed_result(rich, confine=mechanism, include_source_dir=True)
+    expected = "chroot" if mechanism == "auto" else mechanism
+    assert result.confinement == expected
+    assert result.warnings == ()
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, data), dest)
+
+    packing.assert_same_tree(rich, dest)
+    caps = os.getxattr(dest / "cap-file", "security.capability")
+    assert caps == packing.capability_blob()
+    assert os.stat(dest / "setuid").st_mode & 0o7777 == 0o4755
+    assert (os.lstat(dest / "bigid").st_uid, os.lstat(dest / "bigid").st_gid) == (
+        packing.BIG_UID, packing.BIG_GID)
+
+
+def test_auto_leaves_the_source_untouched(rich: Path) -> None:
+    """Reading changes nothing in the source, not even the root's mtime or ctime."""
+    before = tree.snapshot(rich, ctime=True, nlink=True)
+    packed(rich, include_source_dir=True)
+    packed("src", rich.parent)  # with a root
+    assert tree.diff(before, tree.snapshot(rich, ctime=True, nlink=True)) == []
+
+
+def test_read_only_source(tmp_path: Path, rich: Path) -> None:
+    """A source on a read-only mount can be packed (nothing is written there)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", rich, ro], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", ro], check=True)
+        data = packed(ro)
+    finally:
+        subprocess.run(["umount", ro], check=True)
+    assert "plain" in packing.names(data)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_round_trip_compressed(compression: str, rich: Path, tmp_path: Path) -> None:
+    data = packed(rich, compression=compression, include_source_dir=True)
+    magic = {"gzip": b"\x1f\x8b\x08", "zstd": b"\x28\xb5\x2f\xfd"}[compression]
+    assert data.startswith(magic)
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, data), dest)
+    packing.assert_same_tree(rich, dest)
+
+
+def test_compression_level(tmp_path: Path) -> None:
+    src = tmp_path / "text"
+    src.mkdir()
+    (src / "words").write_bytes(b" ".join(b"word%d" % (i % 977) for i in range(200000)))
+    fast = packed(src, compression="gzip", compression_level=0)
+    small = packed(src, compression="gzip", compression_level=3)
+    assert len(small) < len(fast)
+
+
+def _file(tmp_path: Path, data: bytes, name: str = "archive.tar") -> Path:
+    path = tmp_path / "archives" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# -- other tools read ours, we read theirs -----------------------------------------------
+
+
+def _bsdtar_waiver(path: str, key: str) -> bool:
+    """libarchive writes and reads a negative PAX time as (floor seconds) + (positive
+    fraction), not as the real number Go and GNU tar use: -1.500000001 s comes back as
+    -0.499999999 s. Only the file dated before 1970 with a fraction is affected."""
+    return path == "empty" and key == "mtime_ns"
+
+
+def test_gnu_tar_extracts_ours(rich: Path, tmp_path: Path) -> None:
+    archive = _file(tmp_path, packed(rich, include_source_dir=True))
+    dest = tmp_path / "gnu"
+    dest.mkdir()
+    packing.run(["tar", "-xpf", archive, "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                 "-C", dest])
+    packing.assert_same_tree(rich, dest)
+
+
+def test_bsdtar_extracts_ours(rich: Path, tmp_path: Path) -> None:
+    archive = _file(tmp_path, packed(rich, include_source_dir=True))
+    dest = tmp_path / "bsd"
+    dest.mkdir()
+    packing.run(["bsdtar", "-xpf", archive, "--xattrs", "--numeric-owner", "-C", dest])
+
+    def waived(path: str, key: str) -> bool:
+        # bsdtar does not restore the mtime of "./" (the directory it extracts into).
+        return _bsdtar_waiver(path, key) or (path == "." and key == "mtime_ns")
+
+    packing.assert_same_tree(rich, dest, ignore=waived)
+
+
+def test_we_extract_gnu_tar(rich: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "gnu.tar"
+    packing.run(["tar", "-cf", archive, "--format=pax", "--xattrs", "--xattrs-include=*",
+                 "--numeric-owner", "-C", rich, "."])
+    dest = tmp_path / "dest"
+    ca.untar(archive, dest)
+    packing.assert_same_tree(rich, dest)
+
+
+def test_we_extract_bsdtar(rich: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "bsd.tar"
+    packing.run(["bsdtar", "-cf", archive, "--format", "pax", "--xattrs", "--numeric-owner",
+                 "-C", rich, "."])
+    dest = tmp_path / "dest"
+    ca.untar(archive, dest)
+    packing.assert_same_tree(rich, dest, ignore=_bsdtar_waiver)
+
+
+def test_gnu_tar_lists_same_entries_as_ours(rich: Path, tmp_path: Path) -> None:
+    """The same member list (names, types, sizes) as GNU tar's for the same tree."""
+    ours = packing.members(packed(rich))
+    gnu = tmp_path / "gnu.tar"
+    packing.run(["tar", "-cf", gnu, "--format=pax", "--numeric-owner", "-C", rich, "."])
+    theirs = [m for m in packing.members(gnu.read_bytes()) if m.name != "."]
+
+    def key(m: tarfile.TarInfo) -> tuple[str, bytes, str]:
+        # Which name of a hardlink group carries the data depends on the walk order
+        # (ours is sorted, GNU tar's is the directory's).
+        kind = tarfile.REGTYPE if m.islnk() else m.type
+        return (m.name.removeprefix("./"), kind, m.linkname if m.issym() else "")
+
+    assert sorted(map(key, ours)) == sorted(map(key, theirs))
+
+
+def test_stdlib_reads_ours(rich: Path) -> None:
+    """Python's tarfile (a third reader) sees what we meant."""
+    by_name = {m.name: m for m in packing.members(packed(rich))}
+    # "hard1" comes first in sorted order: it carries the data, the others link to it.
+    assert by_name["hard1"].isreg() and by_name["hard1"].size == 140
+    assert by_name["hard1"].pax_headers["SCHILY.xattr.user.comment"] == "hello xattr"
+    assert "SCHILY.xattr.security.capability" in by_name["cap-file"].pax_headers
+    assert by_name["bigid"].uid == packing.BIG_UID
+    assert by_name["bigid"].gid == packing.BIG_GID
+    assert by_name["huge-dev"].devmajor == 4095 and by_name["huge-dev"].devminor == 1048575
+    assert by_name["long-link"].linkname == packing.LONG_TARGET
+    assert by_name["exec"].mtime == packing.FAR_TIME / 1e9
+    hard = [m for m in by_name.values() if m.islnk()]
+    assert sorted(m.name for m in hard) == ["plain", "sub/hard2"]
+    assert {m.linkname for m in hard} == {"hard1"}
+    long_name = f"{packing.LONG_COMPONENT}/{packing.LONG_COMPONENT}/{'n' * 120}"
+    assert by_name[long_name].size == len(b"long name\n")
+    assert by_name["sub"].isdir()
+    # Directories are written before what they hold, in sorted order.
+    listed = [m.name for m in packing.members(packed(rich))]
+    assert listed.index("sub") < listed.index("sub/deeper") < listed.index("sub/deeper/file")
+
+
+def test_no_names_unless_given(rich: Path) -> None:
+    """Owners are numeric; user and group names are empty unless the caller maps them
+    (names are never looked up: CVE-2019-14271)."""
+    for m in packing.members(packed(rich)):
+        assert (m.uname, m.gname) == ("", ""), m.name
+    named = packing.members(packed(rich, user_names={0: "root", 1234: "a" * 40},
+                                   group_names={5678: "grøup"}))
+    by_name = {m.name: m for m in named}
+    assert (by_name["plain"].uname, by_name["plain"].gname) == ("root", "")
+    assert (by_name["private"].uname, by_name["private"].gname) == ("a" * 40, "grøup")
+
+
+@pytest.fixture(scope="module")
+def nss_payload(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
+    """A shared library whose constructor writes a marker: an NSS module that glibc
+    would load from the root if anything looked a name up there."""
+    base = tmp_path_factory.mktemp("nss")
+    markers = tmp_path_factory.mktemp("nss-markers")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "gcc is needed to build the NSS payload"
+    (base / "evil.c").write_text(
+        "#include <fcntl.h>\n#include <unistd.h>\n"
+        "__attribute__((constructor)) static void pwn(void) {\n"
+        f'  int fd = open("{markers}/loaded", O_WRONLY | O_CREAT, 0644);\n'
+        '  if (fd < 0) fd = open("/NSS-LOADED", O_WRONLY | O_CREAT, 0644);\n'
+        "  if (fd >= 0) close(fd);\n}\n"
+        "int _nss_evil_getpwuid_r(void) { return 0; }\n"
+        "int _nss_evil_getgrgid_r(void) { return 0; }\n"
+    )
+    so = base / "libnss_evil.so.2"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", so, base / "evil.c"], check=True)
+    subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(so)!r})"],
+                   check=True)
+    assert (markers / "loaded").exists(), "the payload does not run: the test proves nothing"
+    (markers / "loaded").unlink()
+    return so.read_bytes(), markers
+
+
+def test_no_nss_module_loaded_from_the_root(nss_payload: tuple[bytes, Path],
+                                            tmp_path: Path) -> None:
+    """CVE-2019-14271: the jailed reader never loads a library from the root."""
+    so, markers = nss_payload
+    root = tmp_path / "container"
+    for libdir in ("lib", "lib64", "usr/lib", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu",
+                   "usr/lib/x86_64-linux-gnu"):
+        (root / libdir).mkdir(parents=True, exist_ok=True)
+        (root / libdir / "libnss_evil.so.2").write_bytes(so)
+    (root / "etc").mkdir()
+    (root / "etc" / "nsswitch.conf").write_text("passwd: evil\ngroup: evil\n")
+    (root / "data").mkdir()
+    (root / "data" / "f").write_bytes(b"x")
+    os.chown(root / "data" / "f", 4242, 4343)
+    for mechanism in MECHANISMS:
+        data = packed("/data", root, confine=mechanism)
+        assert packing.names(data) == ["f"]
+    assert not list(markers.iterdir())
+    assert not (root / "NSS-LOADED").exists()
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def selection(tmp_path: Path) -> Path:
+    src = tmp_path / "sel"
+    for path in ("a/x.log", "a/keep.log", "a/y.txt", "b/x", "b/y/z", "c/drop", "c/keep/k",
+                 "d/one", "top.log"):
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_bytes(path.encode())
+    return src
+
+
+def test_excludes_with_exceptions(selection: Path) -> None:
+    names = packing.names(packed(selection, excludes=(
+        "a/*.log", "!a/keep.log", "b", "c", "!c/keep/**", "*.log")))
+    # As Docker: an excluded directory is not written, even when an exception brings
+    # back something below it.
+    assert sorted(names) == ["a", "a/keep.log", "a/y.txt", "c/keep/k", "d", "d/one"]
+
+
+def test_include_files(selection: Path) -> None:
+    """Only the included paths; an explicitly included path is packed even when
+    excluded (its children are not), as Docker does; includes may overlap."""
+    data, result = packed_result(selection, include_files=("a/y.txt", "d", "d/one", "b"),
+                                 excludes=("b", "d/one"))
+    assert sorted(packing.names(data)) == ["a/y.txt", "b", "d", "d/one"]
+    assert result.warnings == ()
+    _, result = packed_result(selection, include_files=("missing/x", "a/nothing"))
+    assert len(result.warnings) == 2 and "not found" in result.warnings[0]
+
+
+def test_include_does_not_follow_symlinks(selection: Path, tmp_path: Path) -> None:
+    outside = packing.outside_tree(tmp_path / "outside")
+    os.symlink(outside, selection / "link")
+    data, result = packed_result(selection, include_files=("link/file", "link"))
+    assert packing.MARKER not in data
+    assert [m.issym() for m in packing.members(data)] == [True]
+    assert any("symlinks are not followed" in w for w in result.warnings)
+
+
+def test_rebase_names(selection: Path) -> None:
+    os.link(selection / "a" / "y.txt", selection / "d" / "y-link")
+    members = packing.members(packed(selection, rebase_names={"a": "renamed/a2", "d": ""}))
+    names = sorted(m.name for m in members)
+    assert "renamed/a2/y.txt" in names and "one" in names and "b/y/z" in names
+    assert not any(n == "a" or n.startswith("a/") or n.startswith("d") for n in names)
+    link = next(m for m in members if m.islnk())
+    assert (link.name, link.linkname) == ("y-link", "renamed/a2/y.txt")
+
+
+def test_include_source_dir_and_rename_source(selection: Path) -> None:
+    os.chmod(selection, 0o750)
+    members = packing.members(packed(selection, include_source_dir=True))
+    assert members[0].name == "." and members[0].isdir() and members[0].mode == 0o750
+    names = packing.names(packed(selection, include_source_dir=True,
+                                 rebase_names={".": "top"}))
+    assert names[0] == "top" and "top/a/y.txt" in names
+
+
+def test_chown(rich: Path) -> None:
+    for m in packing.members(packed(rich, chown=(1, 2))):
+        assert (m.uid, m.gid) == (1, 2), m.name
+
+
+def test_id_maps_host_to_container(tmp_path: Path) -> None:
+    """Host ids are written as container ids (the reverse of unpack's maps)."""
+    src = tmp_path / "mapped"
+    src.mkdir()
+    for name, uid in (("root-owned", 100000), ("user", 101000)):
+        (src / name).write_bytes(b"x")
+        os.chown(src / name, uid, uid + 5)
+    maps = (ca.IDMap(container_id=0, host_id=100000, size=65536),)
+    by_name = {m.name: m for m in packing.members(packed(src, uid_maps=maps, gid_maps=maps))}
+    assert (by_name["root-owned"].uid, by_name["root-owned"].gid) == (0, 5)
+    assert (by_name["user"].uid, by_name["user"].gid) == (1000, 1005)
+    (src / "unmapped").write_bytes(b"x")  # owned by 0:0, outside the map
+    with pytest.raises(ca.SourceError) as info:
+        packed(src, uid_maps=maps, gid_maps=maps)
+    assert info.value.entry is not None and info.value.entry.endswith("unmapped")
+    assert "cannot be mapped" in info.value.message
+
+
+def test_whole_second_mtimes_and_no_xattrs(rich: Path) -> None:
+    data = packed(rich, whole_second_mtimes=True, xattrs=False)
+    for m in packing.members(data):
+        assert not any(k.startswith("SCHILY.xattr.") for k in m.pax_headers), m.name
+        assert "mtime" not in m.pax_headers or m.name in ("empty", "exec"), m.name
+    plain = next(m for m in packing.members(data) if m.name == "plain")
+    assert plain.mtime == packing.NS_TIME // 10**9
+
+
+def test_security_selinux_and_trusted_not_written(tmp_path: Path) -> None:
+    src = tmp_path / "labels"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.setxattr(src / "f", "trusted.overlay.opaque", b"y")
+    os.setxattr(src / "f", "user.kept", b"1")
+    for mechanism in ("chroot", "openat2"):
+        (m,) = packing.members(packed(src, confine=mechanism))
+        keys = sorted(k for k in m.pax_headers if k.startswith("SCHILY.xattr."))
+        assert keys == ["SCHILY.xattr.user.kept"], mechanism
+
+
+def test_socket_skipped_with_warning(tmp_path: Path) -> None:
+    src = tmp_path / "sock"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.fspath(src / "s"))
+        data, result = packed_result(src)
+    assert packing.names(data) == ["f"]
+    assert len(result.warnings) == 1 and "s: socket skipped" in result.warnings[0]
+
+
+def test_hardlink_whose_first_name_is_excluded(tmp_path: Path) -> None:
+    src = tmp_path / "links"
+    src.mkdir()
+    (src / "a").write_bytes(b"content")
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "c")
+    members = packing.members(packed(src, excludes=("a",)))
+    assert [(m.name, m.type, m.linkname) for m in members] == [
+        ("b", tarfile.REGTYPE, ""), ("c", tarfile.LNKTYPE, "b")]
+
+
+def test_options_validation() -> None:
+    with pytest.raises(ValueError, match="compression"):
+        ca.PackOptions(compression="xz")
+    with pytest.raises(ValueError, match="leaves the source"):
+        ca.PackOptions(include_files=("../x",))
+    with pytest.raises(ValueError, match="leaves the source"):
+        ca.PackOptions(rebase_names={"a/../..": "b"})
+    options = ca.PackOptions(include_files=("/a/./b/",), rebase_names={"x/": "/y/"})
+    assert options.include_files == ("a/b",)
+    assert dict(options.rebase_names) == {"x": "y"}
+    assert ca.PackOptions.from_json(options.to_json()) == options
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+def test_single_file_and_symlink_sources(tmp_path: Path) -> None:
+    src = tmp_path / "dir"
+    src.mkdir()
+    (src / "file").write_bytes(b"one file")
+    os.chmod(src / "file", 0o640)
+    os.symlink("file", src / "link")
+    (src / "sub").mkdir()
+    (src / "sub" / "inner").write_bytes(b"inner")
+    os.symlink("sub", src / "dirlink")
+
+    (m,) = packing.members(packed(src / "file"))
+    assert (m.name, m.size, m.mode) == ("file", 8, 0o640)
+    (m,) = packing.members(packed(src / "file", rebase_names={".": "renamed"}))
+    assert m.name == "renamed"
+    (m,) = packing.members(packed(src / "link"))
+    assert (m.name, m.issym(), m.linkname) == ("link", True, "file")
+    (m,) = packing.members(packed(src / "dirlink"))
+    assert m.issym()
+    # A trailing "/" follows the last component (inside the jail).
+    assert packing.names(packed(f"{src}/dirlink/")) == ["inner"]
+    assert packing.names(packed("dirlink/", src)) == ["inner"]
+    assert packing.names(packed("dirlink/.", src)) == ["inner"]
+
+
+def test_paths_inside_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc" / "app").mkdir(parents=True)
+    (root / "etc" / "app" / "conf").write_bytes(b"conf")
+    os.symlink("etc", root / "config")  # an in-root symlink on the way is followed
+    for src in ("etc/app", "/etc/app", root / "etc" / "app", "config/app", "/x/../etc/app"):
+        assert packing.names(packed(src, root)) == ["conf"], src
+    assert sorted(packing.names(packed("/", root))) == ["config", "etc", "etc/app",
+                                                        "etc/app/conf"]
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_missing_source_is_a_typed_error(mechanism: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "file").write_bytes(b"x")
+    with pytest.raises(ca.SourceError) as info:
+        packed("missing/thing", root, confine=mechanism)
+    assert info.value.entry == "missing/thing"
+    assert "no such file" in info.value.message
+    with pytest.raises(ca.SourceError) as info:
+        packed("file/below/", root, confine=mechanism)
+    assert "not a directory" in info.value.message
+    with pytest.raises(ca.SourceError) as info:
+        ca.tar(tmp_path / "nope")
+    assert info.value.entry == str(tmp_path / "nope")
+    with pytest.raises(ca.SourceError):
+        ca.tar("x", tmp_path / "no-root")
+
+
+def test_unreadable_file_is_a_source_error_naming_it(tmp_path: Path) -> None:
+    """Without CAP_DAC_READ_SEARCH (an unprivileged caller), a file that cannot be
+    read stops the stream with a SourceError naming it."""
+    top = Path(tempfile.mkdtemp(prefix="pack-unreadable-", dir="/tmp"))
+    top.chmod(0o755)
+    src = top / "src"
+    src.mkdir()
+    (src / "locked").write_bytes(b"x")
+    os.chmod(src / "locked", 0)
+    script = (
+        "import chrootarchive as ca, sys\n"
+        "try:\n"
+        f"    ca.tar({str(src)!r}, options=ca.PackOptions(confine='openat2')).read()\n"
+        "except ca.SourceError as e:\n"
+        "    print(type(e).__name__, e.entry, e.message)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                               "--clear-groups", sys.executable, "-c", script],
+                              capture_output=True, env=env, cwd="/", timeout=60)
+    finally:
+        shutil.rmtree(top)
+    assert proc.stdout.decode().split(" ", 2)[:2] == ["SourceError", f"{src}/locked"], proc
+
+
+def test_deep_tree(tmp_path: Path) -> None:
+    """One descriptor per level is held: a deep tree works and keeps its order."""
+    src = tmp_path / "deep"
+    path = src
+    for _ in range(300):
+        path = path / "d"
+    path.mkdir(parents=True)
+    (path / "leaf").write_bytes(b"leaf")
+    names = packing.names(packed(src))
+    assert len(names) == 301 and names[-1].endswith("d/leaf")
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, packed(src)), dest)
+    packing.assert_same_tree(src, dest, root_meta=False)
+
+
+def test_progress_counts_every_byte(rich: Path) -> None:
+    seen: list[int] = []
+    with ca.tar(rich, progress=seen.append) as stream:
+        data = stream.read()
+    assert sum(seen) == len(data)
+    seen.clear()
+    with ca.tar(rich, options=ca.PackOptions(compression="gzip"), progress=seen.append) as s:
+        compressed = s.read()
+    assert sum(seen) > len(compressed)  # progress counts tar bytes
+
+
+def test_stream_reads_in_small_pieces(rich: Path) -> None:
+    whole = packed(rich)
+    for compression in ("none", "zstd"):
+        with ca.tar(rich, options=ca.PackOptions(compression=compression)) as stream:
+            parts = []
+            buf = bytearray(777)
+            while True:
+                n = stream.readinto(buf)
+                if not n:
+                    break
+                parts.append(bytes(buf[:n]))
+        data = b"".join(parts)
+        if compression == "zstd":
+            import zstandard
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        assert data == whole
+
+
+# -- headers --------------------------------------------------------------------------------
+
+
+def _pax_records(blocks: bytes) -> dict[bytes, bytes]:
+    assert blocks[156:157] == b"x"
+    size = int(blocks[124:135], 8)
+    body = blocks[512 : 512 + size]
+    records = {}
+    while body:
+        length = body.partition(b" ")[0]
+        record = body[: int(length)]
+        key, _, value = record[len(length) + 1 : -1].partition(b"=")
+        records[key] = value
+        body = body[int(length) :]
+    return records
+
+
+def test_header_pax_for_what_ustar_cannot_hold() -> None:
+    plain = pack.header(b"name", pack.REGTYPE, mode=0o644, uid=1, gid=2,
+                        mtime_ns=1_000_000_000_000_000_000, size=3)
+    assert len(plain) == 512 and plain[257:263] == b"ustar\x00"
+    big = pack.header(b"big", pack.REGTYPE, mode=0o644, uid=0, gid=0, mtime_ns=0,
+                      size=9 << 30)
+    assert _pax_records(big)[b"size"] == str(9 << 30).encode()
+    negative = pack.header(b"old", pack.REGTYPE, mode=0, uid=0, gid=0,
+                           mtime_ns=-1_500_000_001)
+    assert _pax_records(negative)[b"mtime"] == b"-1.500000001"
+    binary = pack.header(b"x" * 300 + b"\xff", pack.REGTYPE, mode=0, uid=0, gid=0,
+                         mtime_ns=0)
+    records = _pax_records(binary)
+    assert records[b"hdrcharset"] == b"BINARY" and records[b"path"].endswith(b"\xff")
+    # A 200-byte name with a slash in the right place fits ustar's prefix field.
+    split = pack.header(b"p" * 120 + b"/" + b"n" * 90, pack.REGTYPE, mode=0, uid=0, gid=0,
+                        mtime_ns=0)
+    assert len(split) == 512
+    for record_len in range(1, 1200, 7):  # record lengths across digit boundaries
+        value = b"v" * record_len
+        rec = pack._pax_record(b"k", value)
+        assert int(rec.split(b" ")[0]) == len(rec)
+
+
+# -- 4 MB of exclude patterns ---------------------------------------------------------------
+
+
+def test_four_megabytes_of_exclude_patterns(tmp_path: Path) -> None:
+    """Docker's options once travelled in the environment and hit the argument-size
+    limit with 4 MB of exclude patterns; ours go through a pipe."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("keep-1", "keep-2", "drop-me"):
+        (src / name).write_bytes(name.encode())
+    patterns = [f"pattern-{i:06d}-".ljust(64, "x") for i in range(65536)] + ["drop-me"]
+    assert sum(len(p) for p in patterns) >= 4 << 20
+    for mechanism in ("chroot", "openat2"):
+        names = packing.names(packed(src, excludes=tuple(patterns), confine=mechanism))
+        assert names == ["keep-1", "keep-2"], mechanism
+
+
+# -- nothing left behind --------------------------------------------------------------------
+
+
+def _big_tree(tmp_path: Path) -> Path:
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(4 << 20))
+    return src
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_nothing_leaked(mechanism: str, tmp_path: Path) -> None:
+    """Read to the end, closed early, never read, failed, or dropped without close:
+    no child process, no descriptor, no mount is left."""
+    src = _big_tree(tmp_path)
+    options = ca.PackOptions(confine=mechanism)
+    check = LeakCheck(tmp_path, fds=True)
+    with ca.tar(src, options=options) as stream:
+        assert len(stream.read()) > 32 << 20
+    with ca.tar(src, options=options) as stream:
+        assert len(stream.read(1000)) == 1000  # the worker is blocked on a full pipe
+    started = time.monotonic()
+    stream = ca.tar(src, options=options)
+    stream.close()
+    assert time.monotonic() - started < 10
+    with pytest.raises(ca.SourceError), ca.tar("missing", src, options) as stream:
+        stream.read()
+    stream = ca.tar(src, options=options)
+    stream.read(10)
+    del stream
+    gc.collect()
+    assert check.problems() == []
+
+
+def test_closing_early_kills_the_worker(tmp_path: Path) -> None:
+    src = _big_tree(tmp_path)
+    before = {pid for pid, _, _ in child_pids()}
+    stream = ca.tar(src, options=ca.PackOptions(confine="chroot"))
+    workers = [pid for pid, _, _ in child_pids() if pid not in before]
+    assert len(workers) == 1
+    stream.read(10)
+    stream.close()
+    assert not [pid for pid, _, _ in child_pids() if pid in workers]
+    with pytest.raises(ValueError):
+        stream.read(1)
+
+
+def test_result_and_errors_reach_the_reader_once(tmp_path: Path) -> None:
+    src = tmp_path / "one"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    stream = ca.tar(src)
+    assert stream.result is None
+    stream.read()
+    assert stream.result is not None and stream.result.entries == 1
+    assert stream.result.size == 1
+    stream.close()
+    stream = ca.tar("gone", src)
+    with pytest.raises(ca.SourceError):
+        stream.read()
+    assert stream.read() == b""  # raised once, at the end
+    stream.close()
+
+
+def test_worker_keeps_only_read_capabilities() -> None:
+    assert pack.capabilities({}) == frozenset({"CAP_DAC_READ_SEARCH", "CAP_FOWNER"})
+
+
+def test_special_files_keep_their_kind(tmp_path: Path) -> None:
+    src = tmp_path / "special"
+    src.mkdir()
+    os.mkfifo(src / "fifo")
+    os.mknod(src / "chr", 0o600 | stat.S_IFCHR, os.makedev(10, 200))
+    os.mknod(src / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 1))
+    by_name = {m.name: m for m in packing.members(packed(src))}
+    assert by_name["fifo"].isfifo()
+    assert by_name["chr"].ischr() and (by_name["chr"].devmajor, by_name["chr"].devminor) == (
+        10, 200)
+    assert by_name["blk"].isblk() and (by_name["blk"].devmajor, by_name["blk"].devminor) == (
+        7, 1)

@@ -1,0 +1,1208 @@
+"""Unit tests of chrootarchive.tarreader: the streaming tar reader.
+
+The corpus tests compare with Python's tarfile reading the same archive. tarfile is
+only a reference: where it differs from GNU tar (or from Docker's semantics, which the
+reader follows for global headers), the expectation is corrected and the reason noted
+in ``CORRECTIONS``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import math
+import os
+import random
+import tarfile
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chrootarchive.errors import InternalError, MalformedArchiveError
+from chrootarchive.tarreader import (
+    BLOCKDEV,
+    CHARDEV,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    TarEntry,
+    TarReader,
+)
+
+CORPUS = Path(os.environ.get("CHROOTARCHIVE_CORPUS", "/work/shared/corpus/go-archive-tar"))
+EOA = bytes(1024)  # the end-of-archive marker
+
+# ---------------------------------------------------------------------------------
+# Building archives from raw bytes
+# ---------------------------------------------------------------------------------
+
+
+def octal(value: int, width: int) -> bytes:
+    """A NUL-terminated octal field of ``width`` bytes."""
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def base256(value: int, width: int) -> bytes:
+    """A GNU base-256 field (0x80 marker, or 0xff two's complement if negative)."""
+    if value >= 0:
+        return b"\x80" + value.to_bytes(width - 1, "big")
+    return value.to_bytes(width, "big", signed=True)
+
+
+def header(
+    name: bytes | str,
+    *,
+    typeflag: bytes = b"0",
+    size: int | bytes = 0,
+    mode: int | bytes = 0o644,
+    uid: int | bytes = 1000,
+    gid: int | bytes = 1000,
+    mtime: int | bytes = 1_700_000_000,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    devmajor: int | bytes = 0,
+    devminor: int | bytes = 0,
+    prefix: bytes = b"",
+    extra: dict[int, bytes] | None = None,
+    signed_checksum: bool = False,
+    checksum: bytes | None = None,
+) -> bytes:
+    """A 512-byte header with a correct checksum (unless ``checksum`` is given).
+
+    Numbers given as bytes are put in their field as they are.
+    """
+    if isinstance(name, str):
+        name = name.encode()
+
+    def num(value: int | bytes, width: int) -> bytes:
+        return value if isinstance(value, bytes) else octal(value, width)
+
+    block = bytearray(512)
+    fields = [
+        (0, name[:100]),
+        (100, num(mode, 8)),
+        (108, num(uid, 8)),
+        (116, num(gid, 8)),
+        (124, num(size, 12)),
+        (136, num(mtime, 12)),
+        (156, typeflag),
+        (157, linkname[:100]),
+        (257, magic),
+        (329, num(devmajor, 8)),
+        (337, num(devminor, 8)),
+        (345, prefix),
+        *(extra or {}).items(),
+    ]
+    for offset, value in fields:
+        block[offset : offset + len(value)] = value
+    block[148:156] = b" " * 8
+    if signed_checksum:
+        total = sum(b - 256 if b >= 128 else b for b in block)
+    else:
+        total = sum(block)
+    block[148:156] = checksum if checksum is not None else b"%06o\x00 " % total
+    return bytes(block)
+
+
+def pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def member(name: bytes | str, data: bytes = b"", **kw: Any) -> bytes:
+    """A header and its padded data."""
+    return header(name, size=len(data), **kw) + pad(data)
+
+
+def pax_record(key: bytes | str, value: bytes | str) -> bytes:
+    """One "%d %s=%s\\n" record with the right length."""
+    if isinstance(key, str):
+        key = key.encode()
+    if isinstance(value, str):
+        value = value.encode()
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length).encode()) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def pax(records: list[tuple[str, bytes | str]] | bytes, typeflag: bytes = b"x") -> bytes:
+    """A PAX extended header ('x' or 'g') holding ``records`` (or raw record bytes)."""
+    data = records if isinstance(records, bytes) else b"".join(pax_record(*r) for r in records)
+    return member("PaxHeaders/x", data, typeflag=typeflag, mode=0o644)
+
+
+def tarfile_bytes(format: int, members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=format) as tf:
+        for info, data in members:
+            info.size = len(data) if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def info(name: str, **kw: Any) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.mtime = 1_700_000_000
+    ti.mode = 0o644
+    for key, value in kw.items():
+        setattr(ti, key, value)
+    return ti
+
+
+# ---------------------------------------------------------------------------------
+# Reading archives
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Read:
+    entry: TarEntry
+    content: bytes  # plain files: the data; sparse files: the data regions concatenated
+    chunks: list[tuple[int, int]]  # (offset, length) of each chunk data() gave
+
+
+def feed_pipe(data: bytes, chunk_sizes: tuple[int, int] | None = None) -> int:
+    """A pipe's read end; a thread writes ``data`` (in random small chunks if asked)."""
+    rfd, wfd = os.pipe()
+
+    def write() -> None:
+        rng = random.Random(len(data))
+        view = memoryview(data)
+        try:
+            while view:
+                n = rng.randint(*chunk_sizes) if chunk_sizes else len(view)
+                written = os.write(wfd, view[:n])
+                view = view[written:]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(wfd)
+
+    threading.Thread(target=write, daemon=True).start()
+    return rfd
+
+
+def read_fd(fd: int, **kw: Any) -> tuple[list[Read], TarReader]:
+    reader = TarReader(fd, **kw)
+    out = []
+    for entry in reader:
+        parts, chunks = [], []
+        for offset, chunk in reader.data(entry):
+            chunks.append((offset, len(chunk)))
+            parts.append(bytes(chunk))
+        out.append(Read(entry, b"".join(parts), chunks))
+    return out, reader
+
+
+def read(data: bytes, via: str = "pipe", tmp_path: Path | None = None, **kw: Any) -> list[Read]:
+    """Read an archive given as bytes, from a pipe or from a regular file."""
+    if via == "file":
+        assert tmp_path is not None
+        path = tmp_path / "in.tar"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        fd = feed_pipe(data, (1, 7) if via == "tiny" else None)
+    try:
+        out, reader = read_fd(fd, **kw)
+        reader.drain()
+        return out
+    finally:
+        if via != "file":
+            TarReader(fd).drain()  # let the writer thread finish after an error
+        os.close(fd)
+
+
+def names(data: bytes, **kw: Any) -> list[str]:
+    return [r.entry.name for r in read(data, **kw)]
+
+
+def fails(data: bytes, *words: str, **kw: Any) -> MalformedArchiveError:
+    with pytest.raises(MalformedArchiveError) as err:
+        read(data, **kw)
+    text = str(err.value).lower()
+    for word in words:
+        assert word.lower() in text, text
+    return err.value
+
+
+def logical(r: Read) -> dict[int, bytes]:
+    """The data of an entry by logical offset, consecutive chunks merged."""
+    out: dict[int, bytes] = {}
+    pos = 0
+    last = None
+    for offset, length in r.chunks:
+        piece = r.content[pos : pos + length]
+        pos += length
+        if last is not None and last + len(out[last]) == offset:
+            out[last] += piece
+        else:
+            out[offset] = piece
+            last = offset
+    return {k: v for k, v in out.items() if v}
+
+
+# ---------------------------------------------------------------------------------
+# The corpus, compared with tarfile
+# ---------------------------------------------------------------------------------
+
+WELL_FORMED = [
+    "file-and-dir.tar",
+    "gnu-incremental.tar",
+    "gnu-long-nul.tar",
+    "gnu-multi-hdrs.tar",
+    "gnu-nil-sparse-data.tar",
+    "gnu-nil-sparse-hole.tar",
+    "gnu-not-utf8.tar",
+    "gnu-sparse-big.tar",
+    "gnu-utf8.tar",
+    "gnu.tar",
+    "hardlink.tar",
+    "hdr-only.tar",
+    "invalid-go17.tar",
+    "nil-uid.tar",
+    "pax-global-records.tar",
+    "pax-multi-hdrs.tar",
+    "pax-nil-sparse-data.tar",
+    "pax-nil-sparse-hole.tar",
+    "pax-pos-size-file.tar",
+    "pax-records.tar",
+    "pax-sparse-big.tar",
+    "pax.tar",
+    "sparse-formats.tar",
+    "star.tar",
+    "trailing-slash.tar",
+    "ustar-file-devs.tar",
+    "ustar-file-reg.tar",
+    "ustar.tar",
+    "v7.tar",
+    "writer.tar",
+    "xattrs.tar",
+]
+
+# name -> words the error must contain.
+MALFORMED = {
+    "pax-bad-hdr-file.tar": ("pax", "newline"),
+    "pax-bad-hdr-large.tar.bz2": ("pax header too large",),
+    "pax-bad-mtime-file.tar": ("mtime",),
+    "pax-nul-xattrs.tar": ("nul",),
+    "pax-nul-path.tar": ("nul", "path"),
+    "neg-size.tar": ("size",),
+    "issue10968.tar": ("not a tar archive",),
+    "issue11169.tar": ("pax",),
+    "issue12435.tar": ("size",),
+    "writer-big.tar": ("truncated data", "16gig.txt"),
+    "writer-big-long.tar": ("truncated data", "16gig.txt"),
+    "small.txt": ("not a tar archive",),
+    "small2.txt": ("not a tar archive",),
+}
+
+# Where tarfile's reading differs from GNU tar's (or from Docker's, for global
+# headers), the entries as GNU tar reads them: index -> field -> value.
+CORRECTIONS: dict[str, dict[int, dict[str, Any]]] = {
+    # GNU-format headers have no prefix field (atime is stored there): tarfile
+    # prefixes the atime digits ("12574544345/test2/"). 'D' (dumpdir) is a directory.
+    "gnu-incremental.tar": {0: {"name": "test2", "kind": DIRECTORY}, 1: {"name": "test2/foo"}},
+    # Several 'L'/'K' headers: GNU tar and Go use the last one, tarfile the first.
+    "gnu-multi-hdrs.tar": {
+        0: {"name": "GNU2/GNU2/long-path-name", "linkname": "GNU4/GNU4/long-linkpath-name"}
+    },
+    # Several 'x' headers: the last one replaces the others (GNU tar, Go); tarfile
+    # merges them. The name is then the header's own, "bar".
+    "pax-multi-hdrs.tar": {0: {"name": "bar", "linkname": "PAX4/PAX4/long-linkpath-name"}},
+    # Global headers are ignored (Docker); tarfile and GNU tar apply their records.
+    "pax-global-records.tar": {
+        0: {"name": "file1", "mtime_ns": 0},
+        1: {"name": "file2", "mtime_ns": 0},
+        2: {"name": "file3", "mtime_ns": 0},
+        3: {"name": "file4"},
+    },
+}
+
+
+def corpus(name: str) -> bytes:
+    path = CORPUS / name
+    if not path.exists():
+        pytest.fail(f"corpus file missing: {path}")
+    data = path.read_bytes()
+    return bz2.decompress(data) if name.endswith(".bz2") else data
+
+
+def tarfile_kind(m: tarfile.TarInfo) -> str:
+    for test, kind in (
+        (m.isdir, DIRECTORY),
+        (m.issym, SYMLINK),
+        (m.islnk, HARDLINK),
+        (m.ischr, CHARDEV),
+        (m.isblk, BLOCKDEV),
+        (m.isfifo, FIFO),
+    ):
+        if test():
+            return kind
+    return REGULAR
+
+
+def expected(name: str) -> list[dict[str, Any]]:
+    """The entries as tarfile reads them, then corrected (see CORRECTIONS)."""
+    out = []
+    with tarfile.open(CORPUS / name) as tf:
+        for m in tf:
+            kind = tarfile_kind(m)
+            want: dict[str, Any] = {
+                "name": m.name.rstrip("/"),  # tarfile drops the trailing slash of dirs
+                "kind": kind,
+                "mode": m.mode & 0o7777,
+                "uid": m.uid,
+                "gid": m.gid,
+                "mtime": m.mtime,
+                "xattrs": {
+                    k[13:]: v.encode("utf-8", "surrogateescape")
+                    for k, v in m.pax_headers.items()
+                    if k.startswith("SCHILY.xattr.")
+                },
+            }
+            if kind in (SYMLINK, HARDLINK):
+                want["linkname"] = m.linkname
+            # tarfile reads device numbers for every type; GNU tar only for devices.
+            if kind in (CHARDEV, BLOCKDEV):
+                want["dev"] = (m.devmajor, m.devminor)
+            if kind == REGULAR:
+                # tarfile reports the size field for links, dirs...: they have no data.
+                want["size"] = m.size
+                f = tf.extractfile(m)
+                assert f is not None
+                if m.sparse is not None:
+                    want["data"] = {}
+                    for offset, length in m.sparse:
+                        if length:
+                            f.seek(offset)
+                            want["data"][offset] = f.read(length)
+                else:
+                    want["data"] = {0: f.read()} if m.size else {}
+            out.append(want)
+    for index, fixes in CORRECTIONS.get(name, {}).items():
+        out[index].update(fixes)
+    return out
+
+
+def actual(r: Read) -> dict[str, Any]:
+    e = r.entry
+    got: dict[str, Any] = {
+        "name": e.name.rstrip("/"),
+        "kind": e.kind,
+        "mode": e.mode,
+        "uid": e.uid,
+        "gid": e.gid,
+        "mtime": e.mtime_ns / 1e9,
+        "mtime_ns": e.mtime_ns,
+        "xattrs": e.xattrs,
+        "linkname": e.linkname,
+        "dev": (e.devmajor, e.devminor),
+        "size": e.size,
+        "data": logical(r),
+    }
+    return got
+
+
+@pytest.mark.parametrize("via", ["file", "pipe"])
+@pytest.mark.parametrize("name", WELL_FORMED)
+def test_corpus_matches_reference(name: str, via: str, tmp_path: Path) -> None:
+    got = read(corpus(name), via=via, tmp_path=tmp_path)
+    want = expected(name)
+    assert len(got) == len(want)
+    for r, w in zip(got, want, strict=True):
+        a = actual(r)
+        for key, value in w.items():
+            if key == "mtime":
+                assert math.isclose(a["mtime"], value, abs_tol=1e-6), (r.entry, key)
+            else:
+                assert a[key] == value, (r.entry.name, key, a[key], value)
+        if r.entry.kind != REGULAR:
+            assert r.entry.size == 0 and r.content == b""
+
+
+def test_corpus_pax_path_header_without_entry() -> None:
+    """An 'x' header and then the end of the input: an empty archive, as in Go
+    (tarfile raises "empty header")."""
+    assert read(corpus("pax-path-hdr.tar")) == []
+
+
+@pytest.mark.parametrize("via", ["file", "pipe"])
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_corpus_malformed(name: str, via: str, tmp_path: Path) -> None:
+    fails(corpus(name), *MALFORMED[name], via=via, tmp_path=tmp_path)
+
+
+def test_corpus_details() -> None:
+    """Values tarfile cannot show: nanoseconds, sparse maps, hardlink sizes."""
+    pax_tar = read(corpus("pax.tar"))
+    assert pax_tar[0].entry.mtime_ns == 1350244992_023960108
+    assert pax_tar[1].entry.mtime_ns == 1350266320_910238425
+    xattrs = read(corpus("xattrs.tar"))[0].entry
+    assert xattrs.mtime_ns == 1386065770_448252320
+    assert xattrs.atime_ns == 1389782991_419875220
+    big = read(corpus("gnu-sparse-big.tar"))[0].entry
+    assert big.size == 60_000_000_000 and big.stored_size == 3072
+    assert big.sparse == [(n * 10_000_000_000 - 512, 512) for n in range(1, 7)]
+    pax_big = read(corpus("pax-sparse-big.tar"))[0].entry
+    assert pax_big.sparse == big.sparse and pax_big.stored_size == 3072
+    hole = read(corpus("pax-nil-sparse-hole.tar"))[0].entry
+    assert (hole.size, hole.stored_size, hole.sparse) == (1000, 0, [(1000, 0)])
+    # hdr-only.tar: the second half has size fields of 5 on links, dirs, devices and
+    # FIFOs, and no data after them (GNU tar extracting, Go and tarfile agree).
+    entries = [r.entry for r in read(corpus("hdr-only.tar"))]
+    assert len(entries) == 16
+    for first, second in zip(entries[:8], entries[8:], strict=True):
+        assert first == second
+    # The GNU dumpdir's listing is skipped, not extracted.
+    dumpdir = read(corpus("gnu-incremental.tar"))[0]
+    assert dumpdir.entry.stored_size == 14 and dumpdir.content == b""
+    # Not UTF-8: surrogateescape gives the bytes back.
+    odd = read(corpus("gnu-not-utf8.tar"))[0].entry.name
+    assert os.fsencode(odd) == b"hi\x80\x81\x82\x83bye"
+
+
+def test_corpus_through_tiny_pipe_writes() -> None:
+    """A writer thread feeding 1-7 bytes at a time gives the same entries and data."""
+    for name in ("sparse-formats.tar", "pax.tar", "gnu-incremental.tar", "xattrs.tar"):
+        data = corpus(name)
+        whole = read(data)
+        tiny = read(data, via="tiny")
+        assert [(r.entry, r.content, r.chunks) for r in tiny] != []
+        assert [(r.entry, logical(r)) for r in tiny] == [(r.entry, logical(r)) for r in whole]
+
+
+# ---------------------------------------------------------------------------------
+# Synthetic archives
+# ---------------------------------------------------------------------------------
+
+
+def test_empty_stream_is_an_empty_archive() -> None:
+    assert read(b"") == []
+
+
+def test_only_zeros() -> None:
+    fd = feed_pipe(bytes(10240))
+    entries, reader = read_fd(fd)
+    assert entries == []
+    assert reader.drain() == 10240 - 1024
+    os.close(fd)
+
+
+def test_lone_zero_block_then_end_of_input() -> None:
+    assert names(member("a", b"x") + bytes(512)) == ["a"]
+
+
+def test_end_of_input_at_a_header_boundary() -> None:
+    """No end marker at all: accepted, as GNU tar does (with a warning)."""
+    assert names(member("a", b"x") + member("b")) == ["a", "b"]
+
+
+def test_end_of_input_in_padding_is_accepted() -> None:
+    """As Go: all the data is there, only the padding is cut."""
+    data = member("a", b"x" * 700)
+    assert [r.content for r in read(data[:512 + 700])] == [b"x" * 700]
+    assert [r.content for r in read(data[:512 + 1000])] == [b"x" * 700]
+
+
+def test_lone_zero_block_followed_by_data() -> None:
+    fails(member("a") + bytes(512) + member("b") + EOA, "zero block")
+
+
+def test_entries_after_the_end_marker_are_ignored_but_drained() -> None:
+    garbage = b"garbage!" * 300
+    data = member("a", b"1") + EOA + member("hidden", b"2") + garbage
+    fd = feed_pipe(data)
+    entries, reader = read_fd(fd)
+    assert [r.entry.name for r in entries] == ["a"]
+    assert reader.drain() == len(member("hidden", b"2")) + len(garbage)
+    assert reader.drain() == 0
+    assert list(reader) == []
+    os.close(fd)
+
+
+def test_drain_after_an_error_reads_everything(tmp_path: Path) -> None:
+    data = member("a", b"1") + header("b", checksum=b"0000000\x00") + bytes(100_000)
+    for via in ("pipe", "file"):
+        if via == "file":
+            (tmp_path / "t").write_bytes(data)
+            fd = os.open(tmp_path / "t", os.O_RDONLY)
+        else:
+            fd = feed_pipe(data)
+        reader = TarReader(fd, bufsize=4096)
+        with pytest.raises(MalformedArchiveError, match="checksum"):
+            for _ in reader:
+                pass
+        assert reader.drain() == 100_000
+        os.close(fd)
+
+
+def test_not_a_tar_archive() -> None:
+    err = fails(b"hello, world\n" * 100, "not a tar archive")
+    assert err.entry is None
+    fails(b"hello", "not a tar archive")  # shorter than a block
+
+
+def test_truncated_header() -> None:
+    err = fails(member("a", b"x") + header("b")[:300], "truncated header")
+    assert err.entry == "header at offset 1024"
+
+
+def test_truncated_data(tmp_path: Path) -> None:
+    data = header("file.bin", size=10_000) + b"x" * 5000
+    for via in ("pipe", "file", "tiny"):
+        # Skipped by the reader, and consumed through data().
+        err = fails(data, "unexpected end of archive: truncated data", via=via, tmp_path=tmp_path)
+        assert err.entry == "file.bin"
+    fd = feed_pipe(data)
+    reader = TarReader(fd)
+    with pytest.raises(MalformedArchiveError, match="truncated data"):
+        for _ in reader:
+            pass
+    reader.drain()
+    os.close(fd)
+
+
+@pytest.mark.parametrize("via", ["pipe", "file"])
+def test_huge_declared_size_fails_fast_with_bounded_memory(via: str, tmp_path: Path) -> None:
+    data = header("big", size=base256(1 << 40, 12)) + b"x" * 1000
+    tracemalloc.start()
+    try:
+        fails(data, "truncated data", via=via, tmp_path=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_large_entries_are_skipped_by_seeking(tmp_path: Path) -> None:
+    """On a regular file the reader seeks over large data; the result is the same."""
+    big = bytes(range(256)) * 4096  # 1 MiB
+    data = member("big1", big) + member("small", b"s") + member("big2", big * 3) + EOA
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    for bufsize in (4096, 1 << 20):
+        fd = os.open(path, os.O_RDONLY)
+        reader = TarReader(fd, bufsize=bufsize)
+        got = []
+        for entry in reader:
+            if entry.name == "small":
+                got.append(b"".join(bytes(c) for _, c in reader.data(entry)))
+            got.append(entry.name.encode())
+        assert got == [b"big1", b"s", b"small", b"big2"]
+        assert reader.offset == len(data) and reader.drain() == 0
+        os.close(fd)
+    # Truncated in the middle of a skipped large entry: noticed despite lseek.
+    path.write_bytes(data[: len(data) // 2])
+    fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(MalformedArchiveError, match="truncated data"):
+        list(TarReader(fd, bufsize=4096))
+    os.close(fd)
+
+
+def test_data_chunks_offsets_and_bounds() -> None:
+    content = os.urandom(50_000)
+    data = member("f", content) + member("g", b"tail") + EOA
+    fd = feed_pipe(data)
+    entries, _ = read_fd(fd, bufsize=4096)
+    os.close(fd)
+    f = entries[0]
+    assert f.content == content
+    assert max(length for _, length in f.chunks) <= 4096
+    offsets = [offset for offset, _ in f.chunks]
+    assert offsets == [sum(n for _, n in f.chunks[:i]) for i in range(len(f.chunks))]
+    assert entries[1].content == b"tail"
+
+
+def test_partial_data_then_next_entry() -> None:
+    content = bytes(range(256)) * 100
+    data = member("f", content) + member("g", b"next") + EOA
+    fd = feed_pipe(data)
+    reader = TarReader(fd, bufsize=1024)
+    it = iter(reader)
+    first = next(it)
+    chunks = reader.data(first)
+    offset, chunk = next(chunks)
+    assert (offset, bytes(chunk)) == (0, content[:1024 - 512])
+    # A second data() call resumes where the first stopped.
+    offset, chunk = next(reader.data(first))
+    assert offset == 512 and bytes(chunk) == content[512 : 512 + len(chunk)]
+    second = next(it)
+    assert second.name == "g"
+    assert list(chunks) == []  # the stale iterator stops: the reader moved on
+    with pytest.raises(InternalError):
+        next(reader.data(first))
+    assert b"".join(bytes(c) for _, c in reader.data(second)) == b"next"
+    assert list(it) == []
+    os.close(fd)
+
+
+def test_kinds_modes_and_fields() -> None:
+    data = (
+        member("file", b"data", mode=0o104755)
+        + member("dir/", typeflag=b"5", mode=0o41777)
+        + member("sym", typeflag=b"2", linkname=b"target")
+        + member("hard", typeflag=b"1", linkname=b"file")
+        + member("chr", typeflag=b"3", devmajor=1, devminor=3)
+        + member("blk", typeflag=b"4", devmajor=8, devminor=1)
+        + member("fifo", typeflag=b"6")
+        + member("cont", b"7", typeflag=b"7")
+        + member("old", b"v7", typeflag=b"\x00", magic=b"")
+        + EOA
+    )
+    got = {r.entry.name: r for r in read(data)}
+    f = got["file"].entry
+    assert (f.kind, f.mode, f.uid, f.gid, f.size, f.mtime_ns) == (
+        REGULAR,
+        0o4755,
+        1000,
+        1000,
+        4,
+        1_700_000_000 * 10**9,
+    )
+    assert got["file"].content == b"data" and f.linkname == "" and f.atime_ns is None
+    assert (got["dir/"].entry.kind, got["dir/"].entry.mode) == (DIRECTORY, 0o1777)
+    assert (got["sym"].entry.kind, got["sym"].entry.linkname) == (SYMLINK, "target")
+    assert (got["hard"].entry.kind, got["hard"].entry.linkname) == (HARDLINK, "file")
+    assert (got["chr"].entry.kind, got["chr"].entry.devmajor, got["chr"].entry.devminor) == (
+        CHARDEV,
+        1,
+        3,
+    )
+    assert (got["blk"].entry.kind, got["blk"].entry.devmajor) == (BLOCKDEV, 8)
+    assert got["fifo"].entry.kind == FIFO
+    assert (got["cont"].entry.kind, got["cont"].content) == (REGULAR, b"7")
+    assert (got["old"].entry.kind, got["old"].content) == (REGULAR, b"v7")
+
+
+def test_links_devices_and_dirs_have_no_data_in_the_stream() -> None:
+    """Whatever their size field says (hdr-only.tar; GNU tar extracting, Go, tarfile)."""
+    data = b"".join(
+        header(n, typeflag=t, size=700, linkname=b"x")
+        for n, t in (("h", b"1"), ("s", b"2"), ("c", b"3"), ("b", b"4"), ("d", b"5"), ("p", b"6"))
+    )
+    got = read(data + member("last", b"end") + EOA)
+    assert [r.entry.name for r in got] == ["h", "s", "c", "b", "d", "p", "last"]
+    assert all(r.entry.size == 0 and r.content == b"" for r in got[:-1])
+    assert got[-1].content == b"end"
+
+
+def test_trailing_slash_on_a_regular_type_means_directory() -> None:
+    """GNU tar: '0', '\\0' and '7' with a trailing slash are directories, no data."""
+    for flag in (b"0", b"\x00", b"7"):
+        got = read(header("d/", typeflag=flag, size=600) + member("f", b"x") + EOA)
+        assert [(r.entry.name, r.entry.kind) for r in got] == [("d/", DIRECTORY), ("f", REGULAR)]
+
+
+def test_unknown_type_is_a_regular_file() -> None:
+    got = read(member("weird", b"payload", typeflag=b"Z") + EOA)
+    e = got[0].entry
+    assert (e.kind, e.unknown_type, got[0].content) == (REGULAR, "Z", b"payload")
+
+
+def test_volume_label_skipped_and_multivolume_refused() -> None:
+    data = member("label", b"vol", typeflag=b"V", magic=b"ustar  \x00") + member("a") + EOA
+    assert names(data) == ["a"]
+    fails(member("part", b"x", typeflag=b"M") + EOA, "multi-volume", "part")
+
+
+def test_base256_numbers() -> None:
+    data = member(
+        "b256",
+        b"12345",
+        size=base256(5, 12),
+        uid=base256(3_000_000, 8),
+        gid=base256(70000, 8),
+        mtime=base256(-86400, 12),
+        mode=base256(0o755, 8),
+    ) + EOA
+    e = read(data)[0].entry
+    assert (e.size, e.uid, e.gid, e.mtime_ns, e.mode) == (5, 3_000_000, 70000, -86400 * 10**9, 0o755)
+    fails(header("neg", size=base256(-1, 12)) + EOA, "negative size", "neg")
+    fails(header("big", uid=base256(1 << 40, 8)) + EOA, "out of range", "big")
+    fails(header("bad", size=b"\x81" + bytes(11)) + EOA, "size")
+
+
+def test_octal_number_variants() -> None:
+    """Leading blanks, space/NUL terminators, all-NUL fields (GNU tar's from_header)."""
+    data = member(
+        "n",
+        b"abc",
+        size=b"   3 \x00\x00\x00\x00\x00\x00\x00",
+        uid=bytes(8),
+        gid=b"12\x00junk\x00",
+        mode=b"00644   ",
+    ) + EOA
+    e = read(data)[0].entry
+    assert (e.size, e.uid, e.gid, e.mode) == (3, 0, 0o12, 0o644)
+    fails(header("s", size=b"12x4" + bytes(8)) + EOA, "invalid size field", "s")
+    fails(header("s", size=b"9" + bytes(11)) + EOA, "invalid size field")
+    fails(header("s", size=b"-1" + bytes(10)) + EOA, "invalid size field")
+    fails(header("u", uid=b"        ") + EOA, "invalid uid field")
+
+
+def test_checksums() -> None:
+    name = "caf\xe9".encode("latin-1")  # a byte >= 0x80 makes signed and unsigned differ
+    assert names(member(name, b"x", signed_checksum=True) + EOA) == ["caf\udce9"]
+    bad = header("b", checksum=b"000000\x00 ")
+    fails(member("a") + bad + EOA, "invalid header checksum")
+    err = fails(bad + EOA, "not a tar archive")
+    assert err.entry is None
+
+
+def test_ustar_prefix() -> None:
+    long_name = "d" * 90 + "/" + "e" * 60 + "/file.txt"
+    data = tarfile_bytes(tarfile.USTAR_FORMAT, [(info(long_name), b"x")])
+    assert data[345:350] == b"ddddd"  # really in the prefix field
+    assert names(data) == [long_name]
+    raw = member("name", prefix=b"pre/fix") + EOA
+    assert names(raw) == ["pre/fix/name"]
+    # GNU headers have no prefix field (atime/ctime are there).
+    gnu = member("name", magic=b"ustar  \x00", prefix=b"12574544345") + EOA
+    assert names(gnu) == ["name"]
+
+
+@pytest.mark.parametrize("length", [150, 5000])
+@pytest.mark.parametrize("format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_names(length: int, format: int) -> None:
+    name = "/".join(["sub" * 10] * (length // 31 + 1))[:length].rstrip("/") + "é"
+    target = "t" * length
+    data = tarfile_bytes(
+        format,
+        [
+            (info(name), b"content"),
+            (info(name + "-link", type=tarfile.SYMTYPE, linkname=target), b""),
+            (info(name + "-hard", type=tarfile.LNKTYPE, linkname=name), b""),
+        ],
+    )
+    got = read(data, via="tiny")
+    assert [r.entry.name for r in got] == [name, name + "-link", name + "-hard"]
+    assert got[0].content == b"content"
+    assert (got[1].entry.linkname, got[2].entry.linkname) == (target, name)
+
+
+def test_gnu_long_name_limits_and_nul() -> None:
+    long = member("././@LongLink", b"x" * 70_000, typeflag=b"L") + member("short") + EOA
+    fails(long, "long name too long")
+    assert names(long, max_long_name=1 << 17) == ["x" * 70_000]
+    nul = member("././@LongLink", b"real\x00junk", typeflag=b"L") + member("short") + EOA
+    assert names(nul) == ["real"]
+    fails(header("././@LongLink", typeflag=b"L", size=2000) + b"x" * 100, "truncated long name")
+
+
+def test_precedence_of_names() -> None:
+    """Header < GNU 'L' < PAX path (GNU tar), the last of each kind winning."""
+    data = (
+        pax([("path", "from-pax")])
+        + member("././@LongLink", b"from-L", typeflag=b"L")
+        + member("from-header")
+        + member("././@LongLink", b"first-L", typeflag=b"L")
+        + member("././@LongLink", b"second-L", typeflag=b"L")
+        + member("from-header")
+        + pax([("path", "first-x"), ("uid", "7")])
+        + pax([("linkpath", "second-x")])
+        + member("from-header", typeflag=b"2")
+        + EOA
+    )
+    got = [r.entry for r in read(data)]
+    assert [e.name for e in got] == ["from-pax", "second-L", "from-header"]
+    assert (got[2].linkname, got[2].uid) == ("second-x", 1000)
+
+
+def test_pax_records() -> None:
+    data = (
+        pax(
+            [
+                ("path", "pax/é-name"),
+                ("size", "000005"),
+                ("uid", "4000000000"),
+                ("gid", "0"),
+                ("mtime", "1350244992.02396"),
+                ("atime", "-1.5"),
+                ("ctime", "1"),
+                ("uname", "someone"),
+                ("comment", "ignored"),
+                ("SCHILY.xattr.user.key", b"v\x00al=ue\n"),
+                ("SCHILY.xattr.user.empty", ""),
+                ("LIBARCHIVE.xattr.user.b64", "aGVsbG8"),
+                ("LIBARCHIVE.xattr.user.key", "b3RoZXI="),
+                ("LIBARCHIVE.xattr.user%3Dodd", "eA=="),
+            ]
+        )
+        + member("ignored", b"12345")
+        + EOA
+    )
+    r = read(data)[0]
+    e = r.entry
+    assert (e.name, e.size, e.uid, e.gid, r.content) == ("pax/é-name", 5, 4_000_000_000, 0, b"12345")
+    assert e.mtime_ns == 1350244992_023960000
+    assert e.atime_ns == -1_500_000_000
+    assert e.xattrs == {
+        "user.key": b"v\x00al=ue\n",
+        "user.empty": b"",
+        "user.b64": b"hello",
+        "user=odd": b"x",
+    }
+
+
+def test_pax_empty_value_keeps_the_header_value() -> None:
+    data = pax([("path", ""), ("mtime", ""), ("size", "")]) + member("hdr", b"abc") + EOA
+    r = read(data)[0]
+    assert (r.entry.name, r.entry.mtime_ns, r.content) == ("hdr", 1_700_000_000 * 10**9, b"abc")
+
+
+def test_pax_non_utf8_values_round_trip() -> None:
+    data = pax([("path", b"bin\xff\xfe"), ("linkpath", b"\xc3(")]) + member("x", typeflag=b"2")
+    e = read(data + EOA)[0].entry
+    assert os.fsencode(e.name) == b"bin\xff\xfe"
+    assert os.fsencode(e.linkname) == b"\xc3("
+
+
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        (b"9 path=ab\n", ("length out of range",)),
+        (b"13 path=abc\n", ("length out of range",)),
+        (b"12 path=abc\n" + b"x", ("bad length",)),
+        (b"11 pathabc\n", ("missing '='",)),
+        (b"12 path=abcd", ("missing newline",)),
+        (b"x2 path=abc\n", ("bad length",)),
+        (b"+12 path=ab\n", ("bad length",)),
+        (b"12path=abcd\n", ("bad length",)),
+        (b"6 =ab\n", ("empty keyword",)),
+        (pax_record("path", b"a\x00b"), ("nul", "path")),
+        (pax_record("linkpath", b"a\x00b"), ("nul", "linkpath")),
+        (pax_record("uname", b"a\x00b"), ("nul", "uname")),
+        (pax_record(b"SCHILY.xattr.a\x00b", b"v"), ("nul",)),
+        (pax_record("SCHILY.xattr.", b"v"), ("xattr",)),
+        (pax_record("mtime", "12x"), ("mtime",)),
+        (pax_record("mtime", "1.5e3"), ("mtime",)),
+        (pax_record("mtime", "--1"), ("mtime",)),
+        (pax_record("atime", "."), ("atime",)),
+        (pax_record("ctime", "yesterday"), ("ctime",)),
+        (pax_record("size", "-1"), ("size",)),
+        (pax_record("size", "1_000"), ("size",)),
+        (pax_record("size", " 12"), ("size",)),
+        (pax_record("size", "99999999999999999999999"), ("size",)),
+        (pax_record("uid", "4294967296"), ("uid",)),
+        (pax_record("LIBARCHIVE.xattr.user.k", "!!!"), ("base64",)),
+    ],
+)
+def test_pax_malformed(records: bytes, words: tuple[str, ...]) -> None:
+    fails(pax(records) + member("f", b"x") + EOA, *words)
+    # Global headers are validated as strictly.
+    fails(pax(records, typeflag=b"g") + member("f", b"x") + EOA, *words)
+
+
+def test_pax_global_headers_are_ignored() -> None:
+    data = pax([("path", "global"), ("mtime", "5"), ("uid", "9")], typeflag=b"g")
+    fd = feed_pipe(data + member("f", b"x") + pax([("path", "")], typeflag=b"g") + member("g") + EOA)
+    entries, reader = read_fd(fd)
+    os.close(fd)
+    assert [(r.entry.name, r.entry.uid, r.entry.mtime_ns) for r in entries] == [
+        ("f", 1000, 1_700_000_000 * 10**9),
+        ("g", 1000, 1_700_000_000 * 10**9),
+    ]
+    assert reader.global_headers == 2
+
+
+def test_pax_size_limit() -> None:
+    fails(header("PaxHeaders/x", typeflag=b"x", size=(1 << 20) + 1), "pax header too large")
+    records = pax_record("comment", "c" * 5000)
+    assert names(pax(records) + member("f") + EOA) == ["f"]
+    fails(pax(records) + member("f") + EOA, "too large", max_pax_size=1000)
+    fails(header("PaxHeaders/x", typeflag=b"x", size=100) + b"12 ", "truncated extended header")
+
+
+def test_pax_header_then_end_of_input() -> None:
+    """As Go: an 'x' header and the end of the input is an empty archive; a partial
+    header after it is not."""
+    data = pax([("path", "p")])
+    assert read(data) == [] and read(data + EOA) == []
+    fails(data + b"g", "truncated header")
+
+
+def test_device_numbers() -> None:
+    fails(header("c", typeflag=b"3", devmajor=base256(1 << 32, 8)) + EOA, "device number out of range")
+    fails(header("c", typeflag=b"4", devminor=b"zz\x00\x00\x00\x00\x00\x00") + EOA, "device")
+    # Only device nodes have device numbers (GNU tar): garbage elsewhere is ignored.
+    assert names(member("f", devmajor=b"zz\x00\x00\x00\x00\x00\x00") + EOA) == ["f"]
+    big = member("c", typeflag=b"3", devmajor=base256(4095, 8), devminor=base256(1 << 20, 8))
+    e = read(big + EOA)[0].entry
+    assert (e.devmajor, e.devminor) == (4095, 1 << 20)
+
+
+# -- sparse files ---------------------------------------------------------------------
+
+
+def old_gnu_sparse(
+    name: str,
+    regions: list[tuple[int, int]],
+    realsize: int,
+    data: bytes,
+    *,
+    empty_slot_then_extension: bool = False,
+) -> bytes:
+    """An old GNU 'S' header, with extension blocks for regions beyond the first 4."""
+
+    def slot(offset: int, length: int) -> bytes:
+        return octal(offset, 12) + octal(length, 12)
+
+    first, rest = regions[:4], regions[4:]
+    extra = {386 + 24 * i: slot(*r) for i, r in enumerate(first)}
+    extra[483] = octal(realsize, 12)
+    if rest or empty_slot_then_extension:
+        extra[482] = b"\x01"
+    out = header(name, typeflag=b"S", size=len(data), magic=b"ustar  \x00", extra=extra)
+    while rest:
+        block = bytearray(512)
+        for i, r in enumerate(rest[:21]):
+            block[24 * i : 24 * i + 24] = slot(*r)
+        rest = rest[21:]
+        block[504] = 1 if rest else 0
+        out += bytes(block)
+    if empty_slot_then_extension and not regions[4:]:
+        out += bytes(512)
+    return out + pad(data)
+
+
+def sparse_content(r: Read) -> bytes:
+    out = bytearray(r.entry.size)
+    for offset, piece in logical(r).items():
+        out[offset : offset + len(piece)] = piece
+    return bytes(out)
+
+
+def test_old_gnu_sparse_with_extension_blocks() -> None:
+    regions = [(i * 100, 10) for i in range(30)]
+    data = bytes(range(256))[:10] * 30
+    got = read(old_gnu_sparse("sp", regions, 3000, data) + member("after", b"a") + EOA, via="tiny")
+    e = got[0].entry
+    assert (e.kind, e.size, e.stored_size, e.sparse) == (REGULAR, 3000, 300, regions)
+    want = bytearray(3000)
+    for i in range(30):
+        want[i * 100 : i * 100 + 10] = data[:10]
+    assert sparse_content(got[0]) == bytes(want)
+    assert [c[0] for c in got[0].chunks] == [i * 100 for i in range(30)]
+    assert got[1].content == b"a"
+
+
+@pytest.mark.parametrize(
+    ("regions", "realsize", "stored", "words"),
+    [
+        ([(10, 5), (0, 5)], 100, 10, ("overlap or are out of order",)),
+        ([(0, 10), (5, 5)], 100, 15, ("overlap",)),
+        ([(0, 10), (95, 10)], 100, 20, ("beyond the end",)),
+        ([(0, 10)], 100, 11, ("describes 10 bytes but 11",)),
+    ],
+)
+def test_sparse_map_checks(
+    regions: list[tuple[int, int]], realsize: int, stored: int, words: tuple[str, ...]
+) -> None:
+    fails(old_gnu_sparse("s", regions, realsize, b"x" * stored) + EOA, *words)
+    records: list[tuple[str, bytes | str]] = [
+        ("GNU.sparse.major", "0"),
+        ("GNU.sparse.minor", "1"),
+        ("GNU.sparse.name", "s"),
+        ("GNU.sparse.realsize", str(realsize)),
+        ("GNU.sparse.numblocks", str(len(regions))),
+        ("GNU.sparse.map", ",".join(f"{o},{n}" for o, n in regions)),
+    ]
+    fails(pax(records) + member("GNUSparseFile.0/s", b"x" * stored) + EOA, *words)
+
+
+def test_old_gnu_sparse_ambiguous_or_malformed() -> None:
+    fails(
+        old_gnu_sparse("s", [(0, 1)], 10, b"x", empty_slot_then_extension=True) + EOA,
+        "extension after an empty slot",
+    )
+    bad = old_gnu_sparse("s", [(0, 1)], 10, b"x")
+    fails(header("s", typeflag=b"S", size=1) + pad(b"x") + EOA, "non-gnu")
+    broken = bytearray(bad[:512])
+    broken[386 + 12] = 0  # offset present, length missing
+    broken[148:156] = b" " * 8
+    broken[148:156] = b"%06o\x00 " % sum(broken)
+    fails(bytes(broken) + bad[512:] + EOA, "malformed sparse map entry")
+    many = [(i * 2, 1) for i in range(100)]
+    fails(old_gnu_sparse("s", many, 200, b"x" * 100) + EOA, "too many", max_sparse_regions=50)
+    fails(old_gnu_sparse("s", many, 200, b"x" * 100)[:1024], "truncated sparse map")
+
+
+def pax_sparse_1_0(regions: list[tuple[int, int]], realsize: int, data: bytes) -> bytes:
+    text = f"{len(regions)}\n" + "".join(f"{o}\n{n}\n" for o, n in regions)
+    stored = pad(text.encode()) + data
+    records: list[tuple[str, bytes | str]] = [
+        ("GNU.sparse.major", "1"),
+        ("GNU.sparse.minor", "0"),
+        ("GNU.sparse.name", "real/name"),
+        ("GNU.sparse.realsize", str(realsize)),
+    ]
+    return pax(records) + member("GNUSparseFile.1/name", stored)
+
+
+def test_pax_sparse_1_0_map_over_several_blocks() -> None:
+    regions = [(i * 1000, 3) for i in range(200)]  # a map of about 1.7 KB
+    data = b"abc" * 200
+    got = read(pax_sparse_1_0(regions, 200_000, data) + member("z", b"z") + EOA, via="tiny")
+    e = got[0].entry
+    assert (e.name, e.size, e.stored_size, e.sparse) == ("real/name", 200_000, 600, regions)
+    assert got[0].content == data and got[1].content == b"z"
+
+
+def test_pax_sparse_0_0_and_0_1() -> None:
+    regions = [(5, 2), (100, 3)]
+    pairs: list[tuple[str, bytes | str]] = []
+    for o, n in regions:
+        pairs += [("GNU.sparse.offset", str(o)), ("GNU.sparse.numbytes", str(n))]
+    v00 = pax([("GNU.sparse.size", "200"), ("GNU.sparse.numblocks", "2"), *pairs])
+    v01 = pax(
+        [
+            ("GNU.sparse.size", "200"),
+            ("GNU.sparse.numblocks", "2"),
+            ("GNU.sparse.name", "n01"),
+            ("GNU.sparse.map", "5,2,100,3"),
+        ]
+    )
+    data = v00 + member("n00", b"xxyyy") + v01 + member("GNUSparseFile/n01", b"xxyyy") + EOA
+    got = read(data)
+    assert [(r.entry.name, r.entry.size, r.entry.sparse) for r in got] == [
+        ("n00", 200, regions),
+        ("n01", 200, regions),
+    ]
+    assert logical(got[0]) == {5: b"xx", 100: b"yyy"}
+
+
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        ([("GNU.sparse.size", "10")], ("without a sparse map",)),
+        ([("GNU.sparse.major", "2"), ("GNU.sparse.minor", "0")], ("version",)),
+        ([("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,1")], ("size",)),
+        (
+            [("GNU.sparse.size", "10"), ("GNU.sparse.numblocks", "2"), ("GNU.sparse.map", "0,1")],
+            ("numblocks",),
+        ),
+        (
+            [("GNU.sparse.size", "10"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.map", "0,x")],
+            ("malformed",),
+        ),
+        (
+            [("GNU.sparse.size", "10"), ("GNU.sparse.numblocks", "1"), ("GNU.sparse.numbytes", "1")],
+            ("0.0",),
+        ),
+        (
+            [
+                ("GNU.sparse.major", "1"),
+                ("GNU.sparse.minor", "0"),
+                ("GNU.sparse.realsize", "10"),
+                ("GNU.sparse.map", "0,1"),
+            ],
+            ("conflicting",),
+        ),
+        (
+            [("GNU.sparse.size", "10"), ("GNU.sparse.numblocks", "2000000")],
+            ("numblocks",),
+        ),
+    ],
+)
+def test_pax_sparse_malformed(records: list[tuple[str, bytes | str]], words: tuple[str, ...]) -> None:
+    fails(pax(records) + member("f", b"x") + EOA, *words)
+
+
+def test_pax_sparse_1_0_malformed() -> None:
+    fails(pax_sparse_1_0([(0, 1)], 10, b"x")[:-512] + EOA[:512] * 0, "truncated")
+    bad_map = pax(
+        [("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.realsize", "10")]
+    )
+    fails(bad_map + member("f", pad(b"1\nzero\n1\n") + b"x") + EOA, "malformed gnu sparse map")
+    fails(bad_map + member("f", pad(b"3000000\n")) + EOA, "too many")
+    fails(bad_map + member("f", b"1\n0\n1\n") + EOA, "truncated gnu sparse map")
+    fails(bad_map + member("f", b"7" * 600) + EOA, "malformed gnu sparse map")
+    fails(bad_map + header("f", typeflag=b"2", size=0) + EOA, "not a regular file")
+
+
+# -- Go's TestReadTruncation vectors ---------------------------------------------------
+
+
+def go_truncation_vectors() -> Iterator[tuple[str, bytes, int, bool]]:
+    """(label, input, entries before the end, error expected): Go's reader_test.go."""
+    data1 = corpus("gnu.tar")
+    data2 = corpus("ustar-file-reg.tar") + bytes(10 * 512)
+    pax_hdr = corpus("pax-path-hdr.tar")
+    sparse = corpus("sparse-formats.tar")
+    trash = b"garbage " * 64
+    cases = [
+        (b"", 0, False),
+        (data1[:511], 0, True),
+        (data1[:512], 1, True),
+        (data1[:1024], 1, False),
+        (data1[:1536], 2, True),
+        (data1[:2048], 2, False),
+        (data1, 2, False),
+        (data1[:2048] + data2[:1536], 3, False),
+        (data2[:511], 0, True),
+        (data2[:512], 1, True),
+        (data2[:1195], 1, True),
+        (data2[:1196], 1, False),
+        (data2[:1200], 1, False),
+        (data2[:1535], 1, False),
+        (data2[:1536], 1, False),
+        (data2[:1536] + trash[:1], 1, True),
+        (data2[:1536] + trash[:511], 1, True),
+        (data2[:1536] + trash, 1, True),
+        (data2[:2048], 1, False),
+        (data2[:2048] + trash[:1], 1, True),
+        (data2[:2048] + trash[:511], 1, True),
+        (data2[:2048] + trash, 1, True),
+        (data2[:2560], 1, False),
+        (data2[:2560] + trash[:1], 1, False),
+        (data2[:2560] + trash[:511], 1, False),
+        (data2[:2560] + trash, 1, False),
+        (data2[:3072], 1, False),
+        (pax_hdr, 0, False),
+        (pax_hdr + trash[:1], 0, True),
+        (pax_hdr + trash[:511], 0, True),
+        (sparse[:511], 0, True),
+        (sparse[:512], 0, True),
+        (sparse[:3584], 1, False),
+        (sparse[:9200], 1, False),
+        (sparse[:9216], 1, False),
+        (sparse[:9728], 2, True),
+        (sparse[:10240], 2, False),
+        (sparse[:11264], 2, True),
+        (sparse, 5, False),
+        (sparse + trash, 5, False),
+    ]
+    for i, (data, count, error) in enumerate(cases):
+        yield f"vector {i}", data, count, error
+
+
+def test_go_truncation_vectors(tmp_path: Path) -> None:
+    for label, data, count, error in go_truncation_vectors():
+        for via, consume in (("pipe", False), ("file", True), ("pipe", True)):
+            path = tmp_path / "t.tar"
+            path.write_bytes(data)
+            fd = os.open(path, os.O_RDONLY) if via == "file" else feed_pipe(data)
+            reader = TarReader(fd, bufsize=1024)
+            seen = 0
+            try:
+                for entry in reader:
+                    seen += 1
+                    if consume:
+                        for _ in reader.data(entry):
+                            pass
+            except MalformedArchiveError:
+                raised = True
+            else:
+                raised = False
+            reader.drain()
+            os.close(fd)
+            assert (seen, raised) == (count, error), (label, via, consume)
