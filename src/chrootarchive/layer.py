@@ -61,6 +61,7 @@ class LayerRules:
         self.written: set[str] = set()
         self.written_parents: set[str] = {"."}
         self.link_dir: str | None = None
+        self.whited_out: set[str] = set()  # overlay: names whited out by this layer
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -130,8 +131,15 @@ class LayerRules:
         target = original if parent == "." else f"{parent}/{original}"
         if self.overlay:
             make_whiteout(target)
+            self.whited_out.add(target)
         elif self.apply_whiteouts and target not in self.written:
             self._remove(target)
+
+    def directory_made(self, name: str, fd: int) -> None:
+        """Overlay: a directory re-created where this layer whited one out hides the
+        lower one entirely, so it must be opaque (else lower content shows through)."""
+        if self.overlay and name in self.whited_out:
+            fsops.with_privilege(lambda: os.setxattr(fd, self.opaque_xattr, b"y"))
 
     # -- removal -------------------------------------------------------------------
 

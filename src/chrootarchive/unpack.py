@@ -224,7 +224,10 @@ class Unpacker:
         if kept_copy is not None:
             self._file(kept_copy, entry, reader)
             return
-        self._ensure_parent(name, entry.name)
+        try:
+            self._ensure_parent(name, entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # below a symlink that leads nowhere: nothing to white out
 
         def overlay_whiteout(target: str) -> None:
             device = TarEntry(name=entry.name, kind=tarreader.CHARDEV, mode=0,
@@ -255,7 +258,15 @@ class Unpacker:
             try:
                 self.fs.mkdir(prefix, 0o755)
             except FileExistsError:
-                st = self.fs.stat(prefix)  # in-root symlinks to directories are fine
+                try:
+                    st = self.fs.stat(prefix)  # in-root symlinks to directories are fine
+                except FileNotFoundError:
+                    if self.whiteouts.is_marker(entry_name.rpartition("/")[2]):
+                        raise
+                    raise ArchiveError(
+                        f"cannot create parent directory {prefix!r}: a symlink that leads "
+                        "nowhere is in the way", entry_name,
+                    ) from None
                 if not stat.S_ISDIR(st.st_mode):
                     raise ArchiveError(
                         f"cannot create parent directory {prefix!r}: not a directory",
@@ -523,6 +534,8 @@ class Unpacker:
                 self._chown(fd, owner, entry.name, os.fchown)
             if entry.xattrs:
                 self._xattrs_fd(fd, entry)
+            if not existed:
+                self.whiteouts.directory_made(name, fd)
             st = os.fstat(fd)
         finally:
             os.close(fd)
