@@ -440,7 +440,7 @@ def measure(cmd: list[str], timeout: float, sample_ms: float) -> Sample:
     error = ""
     if not ok:
         lines = stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
-        error = f"exit {proc.returncode}: " + " | ".join(lines[-3:])[:500]
+        error = f"exit {proc.returncode}: " + lines[-1].strip()[:300]
     return Sample(
         ok=ok,
         wall=wall,
@@ -565,6 +565,7 @@ def run_input(
             )
     result: dict[str, Any] = {
         "input": inp.name,
+        "loadavg_after": os.getloadavg(),
         "target": target,
         "entries": inp.entries,
         "tar_bytes": inp.tar_bytes,
@@ -791,6 +792,10 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
 def fmt_other(t: dict[str, Any]) -> str:
     other = t.get("other_cpu_s")
     return f"{other['median']:.2f}" if other else ""
@@ -801,7 +806,8 @@ def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines.append(
         f"Run {meta['started']} on {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']},"
-        f" {meta['runs']} runs per tool, round-robin. Times in seconds unless marked;"
+        f" {meta['runs']} runs per tool, round-robin, niceness {meta.get('nice', 0)}."
+        " Times in seconds unless marked;"
         " wall and CPU: median (min-max); ratio: median wall / GNU tar's median wall in the"
         " same run; peak RSS: largest over runs, MiB; others' CPU: median CPU time used by"
         " other processes on the machine during a run (noise)."
@@ -829,14 +835,14 @@ def markdown(report: dict[str, Any]) -> str:
                 )
                 first = False
                 if "wall_s" not in t:
-                    why = t.get("error") or t.get("skipped") or "no run"
+                    why = str(t.get("error") or t.get("skipped") or "no run").replace("|", "/")
                     lines.append(f"| {head} | {tool} | {why} | | | | | | |")
                     continue
                 ratio = t["ratio_to_gnutar"]
                 lines.append(
                     f"| {head} | {tool} | {fmt_s(t['wall_s'])} | {fmt_s(t['cpu_s'])}"
                     f" | {t['peak_rss_kib']['max'] / 1024:.1f}"
-                    f" | {t['entries_per_s']:,.0f} | {t['mb_per_s']:,.0f}"
+                    f" | {fmt_rate(t['entries_per_s'])} | {t['mb_per_s']:,.0f}"
                     f" | {'' if ratio is None else f'{ratio:.2f}'}"
                     f" | {fmt_other(t)} |"
                 )
@@ -969,6 +975,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--warmup", type=int, default=1, help="untimed GNU tar runs per input first (default 1)"
     )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="add this to the niceness of the run and every tool (e.g. -10 as root on a"
+        " shared machine)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="per run, seconds")
     ap.add_argument(
         "--rss-sample-ms", type=float, default=20, help="/proc sampling interval (0: off)"
@@ -1004,6 +1017,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         log("warning: not root; chrootarchive's default confinement and tar's owners need root")
+    if args.nice:
+        # Inherited by every tool alike: a shared machine's other work disturbs less.
+        os.nice(args.nice)
     order = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in order:
         if t not in ALL_TOOLS:
@@ -1063,6 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "argv": sys.argv,
             "runs": args.runs,
             "warmup": args.warmup,
+            "nice": os.nice(0),
             "tools": order,
             "versions": versions(tools),
             "chrootarchive_source": source_state(snap[1]) | {"path": snap[1]} if snap else {},

@@ -199,10 +199,12 @@ def test_killed_worker_leaves_nothing(parent: Path) -> None:
         thread.join(10)
         assert not thread.is_alive(), "untar did not return after its worker was killed"
     finally:
+        # Once untar has returned nobody reads the pipe: close its read end so that a
+        # feeder blocked in write() gets EPIPE instead of waiting forever.
         feeder.stop.set()
-        feeder.join()
-        thread.join()
+        thread.join(30)
         source.close()
+        feeder.join()
     assert isinstance(outcome.get("error"), chrootarchive.WorkerError), outcome
     assert not dest.exists()
     tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")
@@ -227,10 +229,10 @@ def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
         rc = proc.wait(10)
     finally:
         feeder.stop.set()
+        proc.kill()  # its end of the pipe goes: a blocked feeder gets EPIPE
+        proc.wait()
         feeder.join()
         proc.stdin.close()
-        proc.kill()
-        proc.wait()
     result = CLIResult((rc, "", proc.stderr.read().decode()))
     proc.stderr.close()
     assert_one_line_error(result, rc=70, mentions=("worker", "SIGKILL"))

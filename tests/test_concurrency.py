@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import chrootarchive
-from chrootarchive import UnpackOptions
+from chrootarchive import UnpackOptions, api, staging
 from helpers import tarbuild as tb
 from helpers import tree
 from helpers.cli import CLI
@@ -191,7 +191,8 @@ def test_same_destination_is_serialized(tmp_path: Path) -> None:
             errors.append(err)
         times["second_done"] = time.time()
 
-    t1 = threading.Thread(target=first)
+    t1 = threading.Thread(target=first, daemon=True)
+    t2 = threading.Thread(target=second, daemon=True)
     t1.start()
     # The parent reads its input 1 MiB at a time: the first part of the archive (the
     # entries first/0..4) and 1 MiB of padding go in at once, the rest much later.
@@ -199,17 +200,21 @@ def test_same_destination_is_serialized(tmp_path: Path) -> None:
     feeder = Trickler(w, [data[:cut] + tb.header("first/pad", size=2 << 20) + bytes(1 << 20)],
                       0, keep_open=True)
     feeder.start()
-    wait_for(lambda: (dest / "first" / "4").exists(), what="the first unpack to be under way")
-    t2 = threading.Thread(target=second)
-    t2.start()
-    time.sleep(0.5)
-    assert not (dest / "second").exists(), "the second unpack did not wait for the first"
-    assert t2.is_alive()
-    feeder.join()
-    os.write(w, bytes(1 << 20) + data[cut:])
-    os.close(w)
-    t1.join(60)
-    t2.join(60)
+    try:
+        wait_for(lambda: (dest / "first" / "4").exists(),
+                 what="the first unpack to be under way")
+        t2.start()
+        time.sleep(0.5)
+        assert not (dest / "second").exists(), "the second unpack did not wait for the first"
+        assert t2.is_alive()
+        feeder.join()
+        os.write(w, bytes(1 << 20) + data[cut:])
+    finally:
+        feeder.join()
+        os.close(w)
+        t1.join(60)
+        if t2.ident is not None:
+            t2.join(60)
     assert not errors, errors
     assert times["second_done"] > times["first_done"] > times["second_called"]
 
@@ -267,3 +272,87 @@ def test_same_destination_cli_processes(tmp_path: Path, write_archive) -> None:
         assert proc.returncode == 0, err.decode()
     assert sorted(os.listdir(dest)) == sorted(["common", *(f"own{i}" for i in range(6))])
     assert len(set((dest / "common").read_bytes())) == 1
+
+
+def test_two_atomic_unpacks_into_one_destination(tmp_path: Path) -> None:
+    """Atomic unpacks into the same missing destination: one wins the rename, the other
+    fails cleanly; the destination holds exactly one archive's tree, never a mixture."""
+    dest = tmp_path / "parent" / "dest"
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        data = tb.TarBuilder().file(f"own{i}", b"x").file("common", bytes([i]) * 5000).build()
+        barrier.wait()
+        try:
+            outcomes[i] = chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(atomic=True))
+        except BaseException as err:
+            outcomes[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    winners = [i for i, r in outcomes.items() if isinstance(r, chrootarchive.UnpackResult)]
+    losers = [r for r in outcomes.values() if not isinstance(r, chrootarchive.UnpackResult)]
+    assert winners, outcomes
+    for err in losers:
+        assert isinstance(err, chrootarchive.DestinationError), err
+    names = sorted(os.listdir(dest))
+    assert len(names) == 2 and names[0] == "common", names
+    winner = int(names[1].removeprefix("own"))
+    assert winner in winners
+    assert (dest / "common").read_bytes() == bytes([winner]) * 5000
+    assert sorted(os.listdir(dest.parent)) == ["dest"], "a staging directory was left"
+
+
+# -- the same races, without workers (many rounds in a second) ----------------------------
+
+
+def _race(rounds: int, threads: int, action) -> list[BaseException]:
+    errors: list[BaseException] = []
+    for r in range(rounds):
+        barrier = threading.Barrier(threads)
+
+        def run(i: int, r: int = r) -> None:
+            barrier.wait()
+            try:
+                action(r, i)
+            except BaseException as err:
+                errors.append(err)
+
+        pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(30)
+    return errors
+
+
+def test_concurrent_creation_of_a_missing_destination(tmp_path: Path) -> None:
+    """Several operations that all create the same missing destination (and its
+    parents) at once: every one of them gets it (what ``pin_destination`` does)."""
+
+    def pin(r: int, i: int) -> None:
+        fd, _ = api.pin_destination(str(tmp_path / f"round{r}" / "a" / "dest"), None,
+                                    lock=False)
+        os.close(fd)
+
+    errors = _race(40, 8, pin)
+    assert not errors, f"{len(errors)} of {40 * 8} failed, e.g. {errors[0]!r}"
+
+
+def test_concurrent_staging_in_one_parent(tmp_path: Path) -> None:
+    """Atomic operations side by side in one parent: none removes another's live
+    staging directory (what ``staging.atomic_destination`` does before unpacking)."""
+
+    def stage(r: int, i: int) -> None:
+        with staging.atomic_destination(str(tmp_path / f"r{r}-{i}")) as path:
+            Path(path, "file").write_bytes(b"x")
+            time.sleep(0.001)
+            assert Path(path, "file").read_bytes() == b"x"
+
+    errors = _race(150, 8, stage)
+    assert not errors, f"{len(errors)} of {150 * 8} failed, e.g. {errors[0]!r}"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(staging.PREFIX)]

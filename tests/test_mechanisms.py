@@ -17,9 +17,11 @@ The cases:
   names, ``..`` in every spelling, symlink-then-write with absolute, relative and
   chained targets, directories replaced by symlinks mid-archive, hardlinks to outside
   and through symlinks, ``/proc`` magic links, devices and FIFOs replaced) under every
-  mechanism; the cases that only exercise the tar reader (bad PAX records, sizes,
-  truncation) under ``openat2``, the one mechanism whose reader runs in the caller's
-  process;
+  mechanism (a dozen more spellings of lexical ``..`` breakouts, rejected by the same
+  name check before any file system call, only under ``pivot``, ``openat2`` and, as
+  65534, ``userns``); the cases that only exercise the tar reader (bad PAX records,
+  sizes, truncation) under ``openat2``, the one mechanism whose reader runs in the
+  caller's process;
 - symlinks already present in the destination, pointing outside (absolute, relative,
   ``..``, ``/``, ``/proc/self/root``), written through or replaced; a planted hardlink;
 - symlink chains whose resolution is longer than PATH_MAX (CVE-2025-4517 class);
@@ -29,8 +31,10 @@ The cases:
 - :func:`chrootarchive.untar_with_root` with in-root symlinks (``lib -> usr/lib``,
   ``/usr/lib``) and symlinks leading out of the root;
 - a real procfs mounted inside the destination (in a private mount namespace), so that
-  ``proc/self/root``, ``proc/1/root`` and ``proc/self/cwd`` are live magic links: under
-  ``openat2`` they must be refused (``RESOLVE_NO_MAGICLINKS``) or stay inside.
+  ``proc/self/root``, ``proc/1/root``, ``proc/self/cwd`` and the ``root`` and ``cwd``
+  links of another root process (one without capabilities) are live magic links:
+  writes through them must be refused or stay inside; under ``openat2`` they are
+  refused (``RESOLVE_NO_MAGICLINKS``).
 
 Unprivileged runs: the whole work tree (victim included) belongs to uid 65534, so an
 unconfined extraction could damage it; the destination is writable by that user.
@@ -74,7 +78,6 @@ from helpers.unpriv import (
 )
 from helpers.victim import HELLO, SECRET, Victim
 from test_attacks import (
-    ARCHIVE,
     BREAKOUT,
     CASES,
     OK,
@@ -120,6 +123,9 @@ class Scenario:
     landed: dict[str, bytes] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
     types: dict[str, str] = field(default_factory=dict)
+    #: directories that must be marked opaque (trusted.overlay.opaque, or
+    #: user.overlay.opaque without real root), checked on success
+    opaque: list[str] = field(default_factory=list)
     #: path -> (uid, gid), checked on success when owners can be set (real root)
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: called with (dest, victim root) before the run: pre-existing destination content
@@ -450,7 +456,8 @@ def sc_wh_overlay_plain(V: Path) -> Scenario:
     upper = (B().dir("d").file("d/.wh..wh..opq").file("d/.wh.gone").file("d/kept", b"k")
              .build())
     return Scenario([upper], OK, op="layer", whiteout_format="overlay",
-                    types={"d/gone": "chardev", "d": "dir"}, landed={"d/kept": b"k"})
+                    types={"d/gone": "chardev", "d": "dir"}, landed={"d/kept": b"k"},
+                    opaque=["d"])
 
 
 # untar_with_root: the jail is work/dest, the destination a path inside it.
@@ -517,12 +524,26 @@ SCENARIOS.update({
 })
 
 
+#: More spellings of lexical breakouts, rejected by the same name check before any file
+#: system call: under pivot (root's default), openat2 (in-process) and userns as 65534
+#: (its default), while chroot and userns as root get the representative spellings.
+LEXICAL_EXTRA = {
+    "dotdot_after_dir", "dotdot_bare_dir_slash", "dotdot_bare_file", "dotdot_directory_entry",
+    "dotdot_dot_prefix", "dotdot_existing_victim_file", "dotdot_in_gnu_longname",
+    "dotdot_in_pax_path_long", "dotdot_in_ustar_prefix_nested", "sibling_prefix_file",
+    "nul_in_ustar_linkname", "nul_in_ustar_prefix",
+}
+
+
 def cases_for(mechanism: str, user: str) -> list[str]:
     if mechanism == "auto":
         return sorted(AUTO_CASES)
     if mechanism == "openat2":
         return sorted(SCENARIOS)
-    return sorted(n for n in SCENARIOS if n not in READER_ONLY)
+    names = {n for n in SCENARIOS if n not in READER_ONLY}
+    if user == "root" and mechanism in ("chroot", "userns"):
+        names -= LEXICAL_EXTRA
+    return sorted(names)
 
 
 #: As 65534, ``auto`` must pick ``userns``: a representative subset.
@@ -678,6 +699,10 @@ def verify(p: Prepared, outcome: dict[str, Any], *, mechanism: str, limited: boo
         for result in obj:
             assert result.confinement in REPORTED[mechanism], (
                 f"confinement {result.confinement!r}, expected {REPORTED[mechanism]}")
+        for path in scn.opaque:
+            marks = {k: os.getxattr(p.dest / path, k) for k in os.listxattr(p.dest / path)}
+            assert b"y" in (marks.get("trusted.overlay.opaque"),
+                            marks.get("user.overlay.opaque")), f"{path} not opaque: {marks}"
         if not limited:
             for path, owner in scn.owners.items():
                 st = os.lstat(p.dest / path)
@@ -736,40 +761,54 @@ def test_case_selection() -> None:
     for prefix in ("pre_", "wh_", "root_", "pathmax_"):
         assert sum(n.startswith(prefix) for n in SCENARIOS) >= 4, prefix
     assert AUTO_CASES <= set(SCENARIOS)
+    assert LEXICAL_EXTRA <= set(confinement)
 
 
 # -- a real procfs inside the destination ---------------------------------------------
 
-_PROC_ARCHIVES: dict[str, Callable[[Path], bytes]] = {
-    "symlink_self_root": lambda V: B().symlink("x", "/proc/self/root")
+_PROC_ARCHIVES: dict[str, Callable[[Path, int], bytes]] = {
+    "symlink_self_root": lambda V, pid: B().symlink("x", "/proc/self/root")
     .file(f"x/{rel(V)}/pwned", PWN).build(),
-    "through_self_root": lambda V: B().file(f"proc/self/root/{rel(V)}/pwned", PWN).build(),
-    "through_pid1_root": lambda V: B().file(f"proc/1/root/{rel(V)}/pwned", PWN).build(),
-    "through_self_cwd": lambda V: B().file("proc/self/cwd/pwned-cwd", PWN)
+    "through_self_root": lambda V, pid: B().file(f"proc/self/root/{rel(V)}/pwned", PWN).build(),
+    "through_pid1_root": lambda V, pid: B().file(f"proc/1/root/{rel(V)}/pwned", PWN).build(),
+    "through_self_cwd": lambda V, pid: B().file("proc/self/cwd/pwned-cwd", PWN)
     .file("proc/thread-self/cwd/pwned-cwd", PWN).build(),
-    "hardlink_through_self_root": lambda V: B().hardlink("stolen",
-                                                         f"proc/self/root/{V}/secret").build(),
-    "symlink_fd": lambda V: B().symlink("fd", "/proc/self/fd").file("fd/3/pwned", PWN)
+    "hardlink_through_self_root": lambda V, pid: B()
+    .hardlink("stolen", f"proc/self/root/{V}/secret").build(),
+    "symlink_fd": lambda V, pid: B().symlink("fd", "/proc/self/fd").file("fd/3/pwned", PWN)
     .file("fd/0", PWN).build(),
-    "whiteout_through_self_root": lambda V: _layer(f"proc/self/root/{rel(V)}/.wh.hello"),
+    "whiteout_through_self_root": lambda V, pid: _layer(f"proc/self/root/{rel(V)}/.wh.hello"),
+}
+
+#: Through the magic links of another process: a root process without capabilities
+#: (``setpriv --bounding-set=-all``: a hardened service, say) whose root is the host's
+#: and whose working directory is the victim's parent.
+_PID_ARCHIVES: dict[str, Callable[[Path, int], bytes]] = {
+    "pid_root_write": lambda V, pid: B().file(f"proc/{pid}/root/{rel(V)}/pwned", PWN).build(),
+    "pid_cwd_write": lambda V, pid: B()
+    .file(f"proc/{pid}/cwd/{V.parent.name}/victim/pwned", PWN).build(),
+    "pid_root_hardlink": lambda V, pid: B()
+    .hardlink("stolen", f"proc/{pid}/root/{rel(V)}/secret").build(),
+    "pid_root_symlink_then_write": lambda V, pid: B().symlink("p", f"/proc/{pid}/root")
+    .file(f"p/{rel(V)}/pwned", PWN).build(),
+    "pid_root_whiteout": lambda V, pid: _layer(f"proc/{pid}/root/{rel(V)}/.wh.hello"),
 }
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
-def test_real_procfs_inside_destination(mechanism: str, tmp_path: Path) -> None:
-    """A procfs is mounted at ``dest/proc`` (a container's root filesystem while it runs;
-    in a private mount namespace here), so ``proc/self/root`` and its kin are live magic
-    links. Writes through them must be refused or stay inside; under ``openat2``,
-    ``RESOLVE_NO_MAGICLINKS`` refuses them."""
+def _run_with_procfs(tmp_path: Path, mechanism: str,
+                     archives: dict[str, Callable[[Path, int], bytes]],
+                     pid: int) -> dict[str, tuple[Path, Victim, object]]:
+    """Each archive against its own victim, with a procfs (of this pid namespace)
+    mounted at ``dest/proc``, in a private mount namespace (``unshare -m``)."""
     jobs, cases = [], {}
-    for name, build in _PROC_ARCHIVES.items():
+    for name, build in archives.items():
         work = tmp_path / name
         dest = work / "dest"
         (dest / "proc").mkdir(parents=True)
         victim = Victim(work).create()
         archive = tmp_path / f"{name}.tar"
-        archive.write_bytes(build(victim.root))
-        op = "layer" if name.startswith("whiteout") else "untar"
+        archive.write_bytes(build(victim.root, pid))
+        op = "layer" if "whiteout" in name else "untar"
         jobs.append({"id": name, "op": op, "archives": [str(archive)], "dest": str(dest),
                      "in_root": ".", "options": {"confine": mechanism}})
         cases[name] = (dest, victim)
@@ -787,22 +826,66 @@ def test_real_procfs_inside_destination(mechanism: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     leaks.assert_clean()
     outcomes = json.loads((tmp_path / "results.json").read_text())
-    refused = []
-    for name, (dest, victim) in cases.items():
-        obj = outcome_object(outcomes[name])
+    return {name: (dest, victim, outcome_object(outcomes[name]))
+            for name, (dest, victim) in cases.items()}
+
+
+def _check_procfs_outcomes(results: dict[str, tuple[Path, Victim, object]],
+                           tmp_path: Path) -> list[str]:
+    """Victims untouched, nothing read in; returns the names that were refused."""
+    refused, escaped = [], []
+    for name, (dest, victim, obj) in results.items():
         if isinstance(obj, BaseException):
             assert isinstance(obj, (chrootarchive.ArchiveError, chrootarchive.DestinationError)), (
                 name, obj)
             refused.append(name)
-        victim.assert_untouched()
-        scan_dest(dest)
-        assert not (tmp_path / "pwned-cwd").exists()
-    print(f"\n[procfs] {mechanism}: refused {sorted(refused)}")
+        try:
+            victim.assert_untouched()
+            scan_dest(dest)
+        except AssertionError as err:
+            escaped.append(f"{name} ({'refused' if name in refused else 'succeeded'}): "
+                           f"{str(err).splitlines()[0]} {str(err).splitlines()[1:3]}")
+    assert not (tmp_path / "pwned-cwd").exists()
+    assert not escaped, "writes left the destination:\n" + "\n".join(escaped)
+    return refused
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_real_procfs_inside_destination(mechanism: str, tmp_path: Path) -> None:
+    """A procfs is mounted at ``dest/proc`` (a container's root filesystem while it runs;
+    in a private mount namespace here), so ``proc/self/root`` and its kin are live magic
+    links. Writes through them must be refused or stay inside; under ``openat2``,
+    ``RESOLVE_NO_MAGICLINKS`` refuses them."""
+    results = _run_with_procfs(tmp_path, mechanism, _PROC_ARCHIVES, 1)
+    refused = _check_procfs_outcomes(results, tmp_path)
+    for name in ("symlink_self_root", "through_self_root", "through_pid1_root"):
+        dest, _victim, obj = results[name]
+        if not isinstance(obj, BaseException):
+            landed = [f for _, _, files in os.walk(dest) for f in files if f == "pwned"]
+            assert landed, f"{name}: succeeded, but nothing landed inside the destination"
     if mechanism == "openat2":
         # Every magic link on the way is refused, not followed.
         magic = {"through_self_root", "through_pid1_root", "through_self_cwd",
                  "hardlink_through_self_root", "whiteout_through_self_root"}
         assert magic <= set(refused), f"followed a magic link: {sorted(magic - set(refused))}"
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_real_procfs_root_of_another_root_process(mechanism: str, tmp_path: Path) -> None:
+    """The same, through ``proc/PID/root`` and ``proc/PID/cwd`` of a root process that
+    holds no capabilities: the kernel's ptrace check lets a root worker whose
+    capabilities are a superset follow those links to the host's root, so only a jail
+    that hides or refuses magic links keeps the writes inside."""
+    sleeper = subprocess.Popen(["setpriv", "--bounding-set=-all", "--inh-caps=-all",
+                                "sleep", "300"], cwd=tmp_path)
+    try:
+        results = _run_with_procfs(tmp_path, mechanism, _PID_ARCHIVES, sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    refused = _check_procfs_outcomes(results, tmp_path)
+    if mechanism == "openat2":
+        assert set(refused) == set(_PID_ARCHIVES), refused
 
 
 # -- through the command line, as uid 65534 -------------------------------------------
@@ -852,6 +935,23 @@ def test_cli_nobody_auto_picks_userns(nobody_work, pythonpath, unpriv_base: Path
                                                             .build()), work / "dest")
     assert result.rc == 0, result.err
     assert json.loads(result.out)["confinement"] == "userns"
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
+def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pythonpath,
+                                                unpriv_base: Path) -> None:
+    """A destination that does not exist yet is created (0755, the user's own), as it is
+    for root: an unprivileged user has no other owner to give it."""
+    work, victim = nobody_work
+    dest = work / "dest" / "new" / "deeper"
+    archive = _archive(unpriv_base, B().file("f", b"f").build())
+    result = cli_as(pythonpath, "untar", "--json", "--confine", mechanism, archive, dest)
+    assert result.rc == 0, result.err
+    assert (dest / "f").read_bytes() == b"f"
+    for path in (dest, dest.parent):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (NOBODY, NOBODY, 0o755), path
     victim.assert_untouched()
 
 

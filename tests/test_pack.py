@@ -656,8 +656,23 @@ def test_result_and_errors_reach_the_reader_once(tmp_path: Path) -> None:
     stream.close()
 
 
-def test_worker_keeps_only_read_capabilities() -> None:
-    assert pack.capabilities({}) == frozenset({"CAP_DAC_READ_SEARCH", "CAP_FOWNER"})
+def test_worker_keeps_only_what_reading_needs() -> None:
+    """No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail."""
+    assert pack.capabilities({}) == frozenset({"CAP_DAC_OVERRIDE", "CAP_FOWNER"})
+
+
+def test_root_reads_files_without_permissions(tmp_path: Path) -> None:
+    src = tmp_path / "locked"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "inner").write_bytes(b"inner")
+    (src / "file").write_bytes(b"file")
+    os.chown(src / "file", 1000, 1000)
+    os.chmod(src / "file", 0)
+    os.chmod(src / "dir", 0)
+    for mechanism in MECHANISMS:
+        by_name = {m.name: m for m in packing.members(packed(src, confine=mechanism))}
+        assert sorted(by_name) == ["dir", "dir/inner", "file"], mechanism
+        assert by_name["file"].mode == 0 and by_name["dir"].mode == 0
 
 
 def test_special_files_keep_their_kind(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 The archive is built once per module from this machine's file system with GNU tar
 (``--numeric-owner``, user.* and trusted.* xattrs): ``/etc``, ``/usr/bin``,
 ``/usr/sbin`` and the shared libraries of ``/usr/lib/<arch>`` (files up to a size cap,
-about 40-50 MB in all; every symlink and directory kept), plus a small tree that holds
+about 30-40 MB in all; every symlink and directory kept), plus a small tree that holds
 what a base system may lack: setuid and setgid files, a sticky directory, files,
 directories and symlinks owned by other users (1000, 2000, root:shadow), a hardlink
 group, device nodes, a FIFO, user.* xattrs with binary values and a trusted.* xattr.
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 ARCH_LIB = "usr/lib/x86_64-linux-gnu" if os.path.isdir("/usr/lib/x86_64-linux-gnu") else (
     "usr/lib/aarch64-linux-gnu")
 FILE_CAP = 200 << 10  # files above this are left out
-BUDGET = 45 << 20  # bytes of file data from the host
+BUDGET = 32 << 20  # bytes of file data from the host
 TAR_CREATE = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=user.*",
               "--xattrs-include=trusted.*", "--format=posix"]
 ROOTLESS = "user.rootlesscontainers"

@@ -30,6 +30,7 @@ from chrootarchive.errors import (
     CompressionError,
     ConfinementError,
     DestinationError,
+    DigestMismatchError,
     ImageError,
     InternalError,
     LimitExceededError,
@@ -38,6 +39,7 @@ from chrootarchive.errors import (
     SourceError,
     WorkerError,
 )
+from chrootarchive.image import ImageResult, LayerProgress, LayerResult, unpack_image
 from chrootarchive.options import (
     IDMap,
     Limits,
@@ -54,9 +56,13 @@ __all__ = [
     "CompressionError",
     "ConfinementError",
     "DestinationError",
+    "DigestMismatchError",
     "IDMap",
     "ImageError",
+    "ImageResult",
     "InternalError",
+    "LayerProgress",
+    "LayerResult",
     "LimitExceededError",
     "Limits",
     "MalformedArchiveError",
@@ -74,6 +80,7 @@ __all__ = [
     "copy_path",
     "copy_with_tar",
     "tar",
+    "unpack_image",
     "untar",
     "untar_path",
     "untar_uncompressed",

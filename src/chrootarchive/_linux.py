@@ -149,6 +149,14 @@ def fchownat_empty(fd: int, uid: int, gid: int) -> None:
     )
 
 
+def fchmod_path_fd(fd: int, mode: int) -> None:
+    """fchmodat2(fd, "", mode, AT_EMPTY_PATH): chmod the object an O_PATH fd pins.
+
+    Linux 6.6+; raises OSError(ENOSYS) before.
+    """
+    _check(_libc.syscall(452, fd, b"", mode, AT_EMPTY_PATH), f"fchmodat2({fd}, {mode:#o})")
+
+
 def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:
     """Set the times of the object behind ``fd`` (an O_PATH fd of a symlink works)."""
     times = (_Timespec * 2)(
@@ -274,6 +282,7 @@ _DENIED_SYSCALLS = {
     "swapon": (167, 224), "swapoff": (168, 225), "keyctl": (250, 219),
     "add_key": (248, 217), "request_key": (249, 218), "userfaultfd": (323, 282),
     "perf_event_open": (298, 241), "socket": (41, 198), "connect": (42, 203),
+    "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
 }
 
 

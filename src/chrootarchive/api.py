@@ -235,15 +235,18 @@ def unpack_stream(
     options: UnpackOptions | None = None,
     *,
     layer: bool = False,
+    lock: bool = True,
 ) -> UnpackResult:
     """Unpack an already-decompressed tar stream given as chunks (for ``image``).
 
     The caller may hash the chunks on their way (DiffIDs); an exception raised by the
-    iterator stops the worker and propagates.
+    iterator stops the worker and propagates. ``lock=False``: the caller already holds
+    the destination's lock (``image`` holds it across all layers).
     """
     options = options or UnpackOptions()
     confine.candidates(options.confine)  # fail before creating anything
-    root_fd, rel_dest = pin_destination(os.fspath(dest), None, owner=_root_owner(options))
+    root_fd, rel_dest = pin_destination(os.fspath(dest), None, lock=lock,
+                                        owner=_root_owner(options))
     try:
         return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer)
     finally:
@@ -319,7 +322,7 @@ def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
         os.mkdir(new, 0o755)
         fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if owner is not None and owner != (os.geteuid(), os.getegid()):
+            if owner is not None and os.geteuid() == 0 and owner != (0, 0):
                 os.fchown(fd, *owner)
             os.fchmod(fd, 0o755)
         finally:

@@ -24,6 +24,13 @@ from chrootarchive.api import apply_layer_result
 from chrootarchive.confine import MECHANISMS
 from chrootarchive.copy import TarStream, copy_path, tar
 from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive.image import (
+    DEFAULT_MAX_LAYERS,
+    ImageResult,
+    LayerProgress,
+    parse_platform,
+    unpack_image,
+)
 from chrootarchive.options import IDMap, Limits, PackOptions, UnpackOptions, UnpackResult
 
 __all__ = ["main"]
@@ -202,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_unpack_options(layer_p)
     _add_common(layer_p)
+    _add_image_command(commands)
     _add_pack_commands(commands)
     return parser
 
@@ -329,6 +337,142 @@ def _run_apply_layer(args: argparse.Namespace) -> int:
     if not args.json:
         print(result.size)
     return 0
+
+
+_IMAGE_EPILOG = """\
+examples:
+  skopeo copy docker://debian:bookworm oci:debian:bookworm
+  chrootarchive unpack-image --ref bookworm debian /srv/rootfs/debian
+  docker save -o app.tar example/app:1.0 && chrootarchive unpack-image app.tar ./app-root
+  chrootarchive unpack-image --platform linux/arm64/v8 --json multiarch.tar ./root
+  docker save example/app | chrootarchive unpack-image --ref example/app:latest - ./root
+
+IMAGE is an OCI image layout (a directory holding oci-layout, index.json and blobs/,
+or a tar of one) or a 'docker save' archive (classic, or Docker 25+'s OCI layout);
+tars may be compressed; - reads standard input. The image tar is never extracted: its
+members are read in place. Every document and blob is checked against its digest and
+size, and every layer's uncompressed stream against the config's DiffID. Layers are
+applied in order, each by a worker jailed at DEST, whiteouts included. Nothing but the
+digest and DiffID of a layer can be checked before it is written: with --atomic, DEST
+appears only when every layer was verified.
+
+exit status: 0 done, 1 bad or hostile image (digest mismatch, missing blob, unknown
+media type, too many layers...), 2 usage, 3 no confinement mechanism available,
+4 destination problem, 70 internal error.
+"""
+
+
+def _platform_arg(text: str) -> str:
+    try:
+        return parse_platform(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_image_command(commands: Any) -> None:
+    image_p = commands.add_parser(
+        "unpack-image",
+        help="unpack a container image (OCI layout or docker save archive) into a "
+             "root filesystem, every digest checked",
+        description="Select one image of IMAGE by reference and platform, check it, and "
+                    "apply its layers in order onto DEST, each from inside a kernel jail "
+                    "at DEST.",
+        epilog=_IMAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    image_p.add_argument("image", metavar="IMAGE",
+                         help="the image: a directory, a tar file (compressed or not), or -")
+    image_p.add_argument("dest", metavar="DEST",
+                         help="the root filesystem directory (created if missing)")
+    sel = image_p.add_argument_group("image selection")
+    sel.add_argument("--ref", metavar="REF",
+                     help="which image: an OCI ref name (org.opencontainers.image.ref.name, "
+                          "e.g. 'latest'), a docker save tag ('example/app:1.0'), or a "
+                          "digest ('sha256:...': manifest or index for OCI, image ID for "
+                          "docker save); needed when IMAGE holds several images")
+    sel.add_argument("--platform", type=_platform_arg, metavar="OS/ARCH[/VARIANT]",
+                     help="the platform to pick in image indexes (default: this machine's, "
+                          "e.g. linux/amd64); an image for another platform is then an "
+                          "error instead of a warning")
+    sel.add_argument("--max-layers", type=_count, default=DEFAULT_MAX_LAYERS, metavar="N",
+                     help=f"refuse manifests with more layers (default {DEFAULT_MAX_LAYERS:,})")
+    _add_unpack_options(image_p)
+    _add_common(image_p)
+
+
+class _LayerBars:
+    """One progress bar per layer on stderr (a terminal only)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: Any = None
+        self._index = -1
+        self._done = 0
+        self._tqdm: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._tqdm = tqdm
+
+    def __call__(self, event: LayerProgress) -> None:
+        if not self._enabled:
+            return
+        label = f"layer {event.index + 1}/{event.count} {event.digest.partition(':')[2][:12]}"
+        if self._tqdm is None:
+            if event.finished:
+                print(f"{label}: applied", file=sys.stderr)
+            return
+        if event.index != self._index:
+            self.close()
+            self._index = event.index
+            self._done = 0
+            self._bar = self._tqdm(total=event.total, unit="B", unit_scale=True,
+                                   unit_divisor=1024, leave=True, file=sys.stderr,
+                                   desc=label)
+        self._bar.update(event.done - self._done)
+        self._done = event.done
+        if event.finished:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _run_unpack_image(args: argparse.Namespace) -> int:
+    options = _unpack_options(args)
+    bars = _LayerBars(enabled=not args.quiet and not args.json and sys.stderr.isatty())
+    try:
+        result: ImageResult = unpack_image(
+            args.image, args.dest, ref=args.ref, platform=args.platform, options=options,
+            progress=bars, max_layers=args.max_layers,
+        )
+    finally:
+        bars.close()
+    if args.json:
+        json.dump(result.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    if not args.quiet:
+        for warning in result.warnings:
+            print(f"chrootarchive: warning: {warning}", file=sys.stderr)
+        if sys.stderr.isatty():
+            name = result.ref or result.manifest_digest or result.config_digest
+            print(f"unpacked {name} ({result.platform}, {len(result.layers)} layers, "
+                  f"{_human_bytes(result.size)}) into {args.dest}", file=sys.stderr)
+    return 0
+
+
+def _human_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _report(result: UnpackResult, args: argparse.Namespace) -> None:
@@ -603,6 +747,7 @@ def _error_line(err: BaseException) -> str:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "untar": _run_untar,
     "apply-layer": _run_apply_layer,
+    "unpack-image": _run_unpack_image,
     "tar": _run_tar,
     "cp": _run_cp,
 }

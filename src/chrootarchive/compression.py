@@ -185,7 +185,7 @@ def decompressed_chunks(
                 raise
             raise CompressionError(f"corrupt {kind} data: {err}") from err
         except Exception as err:
-            if type(err).__module__.startswith("zstandard") or "Zstd" in type(err).__name__:
+            if type(err).__module__.split(".")[0] in ("isal", "zstandard", "gzip"):
                 raise CompressionError(f"corrupt {kind} data: {err}") from err
             raise
 

@@ -15,6 +15,7 @@ __all__ = [
     "CompressionError",
     "ConfinementError",
     "DestinationError",
+    "DigestMismatchError",
     "ImageError",
     "InternalError",
     "LimitExceededError",
@@ -79,6 +80,14 @@ class ImageError(ArchiveError):
     """A container image is malformed, incomplete, or its digests do not match."""
 
 
+class DigestMismatchError(ImageError):
+    """A blob's digest or size, or a layer's DiffID, is not what the image declares.
+
+    The content was corrupted or tampered with. The message names the layer (or
+    document) and both digests.
+    """
+
+
 class DestinationError(ChrootArchiveError):
     """The destination cannot be written: missing permission, no space, not a directory.
 
@@ -132,6 +141,7 @@ _CLASSES: dict[str, type[ChrootArchiveError]] = {
         BreakoutError,
         LimitExceededError,
         ImageError,
+        DigestMismatchError,
         DestinationError,
         SourceError,
         ConfinementError,

@@ -88,8 +88,12 @@ class FileOps:
         os.setxattr(path, key, value, follow_symlinks=False)
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
-        """Change the mode of the special file (never a symlink) that ``fd`` pins."""
-        os.chmod(path, mode)
+        """Change the mode of the special file (never a symlink) that ``fd`` pins.
+
+        Through the descriptor (fchmodat2, Linux 6.6+), never by path: a racer could
+        have put a hard link to another file at the path.
+        """
+        _linux.fchmod_path_fd(fd, mode)
 
     def make_temp_dir(self, prefix: str) -> str:
         """Create a new private directory at the root with an unpredictable name."""
@@ -268,7 +272,12 @@ class Openat2FileOps(FileOps):
         os.setxattr(f"/proc/self/fd/{fd}", key, value)
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
-        os.chmod(f"/proc/self/fd/{fd}", mode)
+        try:
+            _linux.fchmod_path_fd(fd, mode)
+        except OSError as err:
+            if err.errno != errno.ENOSYS:
+                raise
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
 
 
 def _current_umask() -> int:

@@ -33,6 +33,7 @@ import os
 import posixpath
 import resource
 import stat
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from chrootarchive.options import IDMap, PackOptions
 __all__ = ["capabilities", "header", "run", "run_in_process"]
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
 _NS = 1_000_000_000
 _FLUSH_AT = 1 << 20  # bytes buffered before a write to the pipe
 _SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
@@ -67,8 +69,11 @@ PAXTYPE = ord("x")
 
 
 def capabilities(request: dict[str, Any]) -> frozenset[str]:
-    """Reading needs no more than bypassing read permissions (and O_NOATIME)."""
-    return frozenset({"CAP_DAC_READ_SEARCH", "CAP_FOWNER"})
+    """Reading needs only to bypass permissions (CAP_DAC_OVERRIDE; CAP_FOWNER for
+    O_NOATIME). Not CAP_DAC_READ_SEARCH, although it would be enough to read: it also
+    opens ``open_by_handle_at(2)``, which reaches any inode of the filesystem from inside
+    the jail (the 2014 "shocker" container escape)."""
+    return frozenset({"CAP_DAC_OVERRIDE", "CAP_FOWNER"})
 
 
 # -- headers -------------------------------------------------------------------------
@@ -243,8 +248,14 @@ def _ustar(
         h[329:337] = _octal(devmajor, 8) or _base256(devmajor, 8)
         h[337:345] = _octal(devminor, 8) or _base256(devminor, 8)
     h[345 : 345 + len(prefix)] = prefix
-    h[148:156] = b"%06o\x00 " % sum(h)
+    h[148:156] = b"%06o\x00 " % _byte_sum(h)
     return bytes(h)
+
+
+def _byte_sum(block: bytearray) -> int:
+    """The sum of a block's 512 bytes, in C: adler32's low half of each 256-byte half
+    is 1 + its byte sum (at most 65280, below the modulus 65521)."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
 # -- output --------------------------------------------------------------------------
@@ -271,6 +282,9 @@ class _Out:
             self.flush()
 
     def zeros(self, count: int) -> None:
+        if count < BLOCK:
+            self.buf += _ZERO_BLOCK[:count]
+            return
         while count > 0:
             n = min(count, _FLUSH_AT)
             self.write(bytes(n))
@@ -322,13 +336,13 @@ class _Out:
 # -- the walk ------------------------------------------------------------------------
 
 
-def _to_container(value: int, maps: tuple[IDMap, ...], kind: str, where: str) -> int:
+def _to_container(value: int, maps: tuple[IDMap, ...]) -> int | None:
     if not maps:
         return value
     for m in maps:
         if m.host_id <= value < m.host_id + m.size:
             return m.container_id + (value - m.host_id)
-    raise SourceError(f"host {kind} {value} cannot be mapped to a container {kind}", where)
+    return None
 
 
 def _source_error(err: OSError, where: str) -> SourceError:
@@ -400,24 +414,31 @@ class Packer:
             raw = b"./" if raw == b"." else raw + b"/"
         return raw
 
-    def _owner(self, st: os.stat_result, where: str) -> tuple[int, int]:
+    def _owner(self, st: os.stat_result, rel: str) -> tuple[int, int]:
         if self.options.chown is not None:
             return self.options.chown
-        return (_to_container(st.st_uid, self.options.uid_maps, "uid", where),
-                _to_container(st.st_gid, self.options.gid_maps, "gid", where))
+        uid = _to_container(st.st_uid, self.options.uid_maps)
+        gid = _to_container(st.st_gid, self.options.gid_maps)
+        for kind, host, mapped in (("uid", st.st_uid, uid), ("gid", st.st_gid, gid)):
+            if mapped is None:
+                raise SourceError(
+                    f"host {kind} {host} cannot be mapped to a container {kind}",
+                    self._where(rel))
+        assert uid is not None and gid is not None
+        return uid, gid
 
     def _emit(
         self,
         name: bytes,
         typeflag: int,
         st: os.stat_result,
-        where: str,
+        rel: str,
         *,
         size: int = 0,
         linkname: bytes = b"",
         xattrs: dict[str, bytes] | None = None,
     ) -> None:
-        uid, gid = self._owner(st, where)
+        uid, gid = self._owner(st, rel)
         mtime_ns = st.st_mtime_ns
         if self.options.whole_second_mtimes:
             mtime_ns -= mtime_ns % _NS
@@ -458,7 +479,7 @@ class Packer:
                 raise
         return out
 
-    def _fd_xattrs(self, fd: int, where: str) -> dict[str, bytes]:
+    def _fd_xattrs(self, fd: int, rel: str) -> dict[str, bytes]:
         if not self.options.xattrs:
             return {}
         try:
@@ -466,9 +487,9 @@ class Packer:
         except OSError as err:
             if err.errno in _NO_XATTRS:
                 return {}
-            raise _source_error(err, where) from err
+            raise _source_error(err, self._where(rel)) from err
 
-    def _path_xattrs(self, parent_fd: int, name: str, where: str) -> dict[str, bytes]:
+    def _path_xattrs(self, parent_fd: int, name: str, rel: str) -> dict[str, bytes]:
         """Xattrs of a symlink or special file (which cannot be opened for reading)."""
         if not self.options.xattrs:
             return {}
@@ -492,7 +513,7 @@ class Packer:
         except OSError as err:
             if err.errno in _NO_XATTRS:
                 return {}
-            raise _source_error(err, where) from err
+            raise _source_error(err, self._where(rel)) from err
         finally:
             if opath >= 0:
                 os.close(opath)
@@ -542,8 +563,8 @@ class Packer:
                 if include == ".":
                     if self.options.include_source_dir:
                         st = os.fstat(top_fd)
-                        self._emit(self._archive_name(".", True), DIRTYPE, st, self.src,
-                                   xattrs=self._fd_xattrs(top_fd, self.src))
+                        self._emit(self._archive_name(".", True), DIRTYPE, st, ".",
+                                   xattrs=self._fd_xattrs(top_fd, "."))
                     self._walk(os.dup(top_fd), ".")
                     continue
                 reached = self._reach(top_fd, include)
@@ -619,34 +640,33 @@ class Packer:
 
     def _entry(self, parent_fd: int, name: str, rel: str, include: str = "") -> int | None:
         """Pack one entry; returns the descriptor of a directory to descend into."""
-        where = self._where(rel)
         try:
             st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             if include:
-                self.warn(f"{where}: not found below the source, skipped")
+                self.warn(f"{self._where(rel)}: not found below the source, skipped")
             else:
-                self.warn(f"{where}: removed while being packed, skipped")
+                self.warn(f"{self._where(rel)}: removed while being packed, skipped")
             return None
         except OSError as err:
-            raise _source_error(err, where) from err
+            raise _source_error(err, self._where(rel)) from err
         is_dir = stat.S_ISDIR(st.st_mode)
         if rel != include and self.excludes and self.excludes.matches(rel):
             if is_dir and self.has_exceptions:
-                return self._open_dir(parent_fd, name, where)  # an exception may match below
+                return self._open_dir(parent_fd, name, rel)  # an exception may match below
             return None
         if self.seen is not None:  # overlapping includes: each path once
             if rel in self.seen:
                 return None
             self.seen.add(rel)
         if is_dir:
-            fd = self._open_dir(parent_fd, name, where)
+            fd = self._open_dir(parent_fd, name, rel)
             if fd is None:
                 return None
             try:
                 st = os.fstat(fd)
-                self._emit(self._archive_name(rel, True), DIRTYPE, st, where,
-                           xattrs=self._fd_xattrs(fd, where))
+                self._emit(self._archive_name(rel, True), DIRTYPE, st, rel,
+                           xattrs=self._fd_xattrs(fd, rel))
             except BaseException:
                 os.close(fd)
                 raise
@@ -654,55 +674,58 @@ class Packer:
         self._one(parent_fd, name, rel, st)
         return None
 
-    def _open_dir(self, parent_fd: int, name: str, where: str) -> int | None:
+    def _open_dir(self, parent_fd: int, name: str, rel: str) -> int | None:
+        where = self._where  # computed only for a message
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
-            self.warn(f"{where}: removed while being packed, skipped")
+            self.warn(f"{where(rel)}: removed while being packed, skipped")
         except OSError as err:
             if err.errno not in _CHANGED:
-                raise _source_error(err, where) from err
-            self.warn(f"{where}: no longer a directory (changed while being packed), skipped")
+                raise _source_error(err, where(rel)) from err
+            self.warn(f"{where(rel)}: no longer a directory (changed while being packed), "
+                      "skipped")
         return None
 
     def _one(
         self, parent_fd: int, name: str, rel: str, st: os.stat_result, single: str = ""
     ) -> None:
         """Pack a non-directory."""
-        where = self._where(rel)
+        where = self._where  # computed only for a message
         mode = st.st_mode
         if stat.S_ISREG(mode):
             self._file(parent_fd, name, rel, single)
             return
         if stat.S_ISSOCK(mode):
-            self.warn(f"{where}: socket skipped (tar cannot hold sockets)")
+            self.warn(f"{where(rel)}: socket skipped (tar cannot hold sockets)")
             return
         if stat.S_ISLNK(mode):
             typeflag = SYMTYPE
             try:
                 target = os.readlink(os.fsencode(name), dir_fd=parent_fd)
             except FileNotFoundError:
-                self.warn(f"{where}: removed while being packed, skipped")
+                self.warn(f"{where(rel)}: removed while being packed, skipped")
                 return
             except OSError as err:
                 if err.errno != errno.EINVAL:
-                    raise _source_error(err, where) from err
-                self.warn(f"{where}: no longer a symlink (changed while being packed), skipped")
+                    raise _source_error(err, where(rel)) from err
+                self.warn(f"{where(rel)}: no longer a symlink (changed while being packed), "
+                          "skipped")
                 return
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
             typeflag = (CHRTYPE if stat.S_ISCHR(mode)
                         else BLKTYPE if stat.S_ISBLK(mode) else FIFOTYPE)
             target = b""
         else:
-            self.warn(f"{where}: unknown file type {stat.S_IFMT(mode):#o} skipped")
+            self.warn(f"{where(rel)}: unknown file type {stat.S_IFMT(mode):#o} skipped")
             return
         archived = self._archive_name(rel, False, single)
         first = self._first_link(st, archived)
         if first is not None:
-            self._emit(archived, LNKTYPE, st, where, linkname=first)
+            self._emit(archived, LNKTYPE, st, rel, linkname=first)
             return
-        self._emit(archived, typeflag, st, where, linkname=target,
-                   xattrs=self._path_xattrs(parent_fd, name, where))
+        self._emit(archived, typeflag, st, rel, linkname=target,
+                   xattrs=self._path_xattrs(parent_fd, name, rel))
 
     def _open_file(self, parent_fd: int, name: str) -> int:
         while True:
@@ -714,40 +737,40 @@ class Packer:
                 self.noatime = 0  # O_NOATIME needs ownership or CAP_FOWNER
 
     def _file(self, parent_fd: int, name: str, rel: str, single: str) -> None:
-        where = self._where(rel)
+        where = self._where  # computed only for a message
         try:
             fd = self._open_file(parent_fd, name)
         except FileNotFoundError:
-            self.warn(f"{where}: removed while being packed, skipped")
+            self.warn(f"{where(rel)}: removed while being packed, skipped")
             return
         except OSError as err:
             if err.errno not in _CHANGED:
-                raise _source_error(err, where) from err
-            self.warn(f"{where}: no longer a regular file (changed while being packed), "
+                raise _source_error(err, where(rel)) from err
+            self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
                       "skipped")
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self.warn(f"{where}: no longer a regular file (changed while being packed), "
+                self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
                           "skipped")
                 return
             archived = self._archive_name(rel, False, single)
             first = self._first_link(st, archived)
             if first is not None:
-                self._emit(archived, LNKTYPE, st, where, linkname=first)
+                self._emit(archived, LNKTYPE, st, rel, linkname=first)
                 return
             size = st.st_size
-            self._emit(archived, REGTYPE, st, where, size=size,
-                       xattrs=self._fd_xattrs(fd, where))
+            self._emit(archived, REGTYPE, st, rel, size=size,
+                       xattrs=self._fd_xattrs(fd, rel))
             try:
                 copied = self.out.copy_from(fd, size)
             except BrokenPipeError:
                 raise
             except OSError as err:
-                raise _source_error(err, where) from err
+                raise _source_error(err, where(rel)) from err
             if copied < size:
-                self.warn(f"{where}: file shrank by {size - copied} bytes while being "
+                self.warn(f"{where(rel)}: file shrank by {size - copied} bytes while being "
                           "packed; padded with zeros")
                 self.out.zeros(size - copied)
             self.out.zeros(-size % BLOCK)

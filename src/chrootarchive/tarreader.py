@@ -83,7 +83,6 @@ _VOLUME = 0x56  # 'V'
 _MULTIVOL = 0x4D  # 'M'
 _SPARSE = 0x53  # 'S'
 _DUMPDIR = 0x44  # 'D'
-_CONTIGUOUS = 0x37  # '7'
 
 _USTAR_MAGIC = b"ustar\x00"  # POSIX ustar and star: the prefix field holds a name part
 _GNU_MAGIC = b"ustar  \x00"  # old GNU: no prefix; atime/ctime/sparse fields instead
@@ -305,6 +304,7 @@ class TarReader:
     # -- public interface ---------------------------------------------------------
 
     def __iter__(self) -> Iterator[TarEntry]:
+        """Yield the entries; data the consumer did not read is skipped on each step."""
         # The hot loop, inlined for speed: most headers take the fast path, a whole,
         # non-zero header already in the buffer, its numbers in the usual layout, a
         # correct unsigned checksum, a type that needs no other header. Anything else
@@ -380,6 +380,8 @@ class TarReader:
         """
         if entry is not self._current:
             raise InternalError("data() called for an entry that is not the current one")
+        if entry.kind != REGULAR:
+            return  # a GNU dumpdir's listing is data, but not a file's: it is skipped
         done = entry.stored_size - self._remaining
         regions = entry.sparse if entry.sparse is not None else [(0, entry.stored_size)]
         for start, length in regions:
@@ -735,7 +737,7 @@ class TarReader:
         while pos < end:
             # "%d %s=%s\n": length (of the whole record), keyword, value.
             space = data.find(b" ", pos, min(end, pos + 21))
-            length = _decimal(data[pos:space], end) if space > pos else None
+            length = _decimal(data[pos:space], _MAX_OFF) if space > pos else None
             if length is None:
                 _fail("malformed PAX record: bad length", where)
             stop = pos + length

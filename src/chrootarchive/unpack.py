@@ -226,8 +226,8 @@ class Unpacker:
             return
         try:
             self._ensure_parent(name, entry.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return  # below a symlink that leads nowhere: nothing to white out
+        except (FileNotFoundError, NotADirectoryError, ArchiveError):
+            return  # below a file, or a symlink that leads nowhere: nothing to white out
 
         def overlay_whiteout(target: str) -> None:
             device = TarEntry(name=entry.name, kind=tarreader.CHARDEV, mode=0,
@@ -339,7 +339,8 @@ class Unpacker:
     # -- limits and data-only mode ------------------------------------------------
 
     def _limit(self, limit: str, value: float, unit: str, entry: str) -> None:
-        raise LimitExceededError(f"limit {limit} ({value:g} {unit}) exceeded", entry)
+        shown = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+        raise LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded", entry)
 
     def _check_time(self, entry: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -599,6 +600,7 @@ class Unpacker:
         fd = self.fs.open_path(name)
         try:
             st = os.fstat(fd)
+            self._check_just_made(st, entry)
             owner = self._owner(entry)
             if owner is not None and (owner != (st.st_uid, st.st_gid)):
                 self._chown(fd, owner, entry.name, fsops.set_owner_path_fd)
@@ -613,6 +615,23 @@ class Unpacker:
             fsops.set_times_path_fd(fd, *self._times(entry))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _check_just_made(st: os.stat_result, entry: TarEntry) -> None:
+        """The object re-opened by name must be the one just made, not something a
+        racer put there (a hard link to a file elsewhere would take our metadata)."""
+        if entry.kind == tarreader.SYMLINK:
+            ok = stat.S_ISLNK(st.st_mode)
+        elif entry.kind == tarreader.FIFO:
+            ok = stat.S_ISFIFO(st.st_mode)
+        else:
+            want = stat.S_IFCHR if entry.kind == tarreader.CHARDEV else stat.S_IFBLK
+            ok = (stat.S_IFMT(st.st_mode) == want
+                  and st.st_rdev == os.makedev(entry.devmajor, entry.devminor))
+        if not ok or st.st_nlink != 1:
+            raise DestinationError(
+                "replaced while being created (a concurrent writer?)", entry.name
+            )
 
     def _xattrs_fd(self, fd: int, entry: TarEntry) -> None:
         for key, value in entry.xattrs.items():
@@ -656,7 +675,7 @@ class Unpacker:
 
     def _skip_owner(self, fd: int, owner: tuple[int, int]) -> None:
         self.skipped_owners += 1
-        if self.options.rootless_xattr:
+        if self.options.rootless_xattr and owner != (0, 0):
             record = _rootless_resource(*owner)
             try:
                 os.setxattr(fd, ROOTLESS_XATTR, record)

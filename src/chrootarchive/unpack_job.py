@@ -6,7 +6,6 @@ caller's process for the ``openat2`` mechanism.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
@@ -44,11 +43,10 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
         in_user_namespace=bool(request.get("in_user_namespace")),
     )
     reader = tarreader.TarReader(0)
-    try:
-        stats = unpacker.run(reader)
-    finally:
-        with contextlib.suppress(Exception):
-            reader.drain()  # archives may be zero-padded: read the input to its end
+    stats = unpacker.run(reader)
+    # Archives may be zero-padded: read the input to its end. Only on success: after
+    # an error (a bomb stopped by a limit) the worker exits and the parent stops.
+    reader.drain()
     return {"entries": stats.entries, "size": stats.size}
 
 
@@ -83,6 +81,7 @@ def run_in_process(
     unpacker = unpack.Unpacker(
         fsops.Openat2FileOps(root_fd, dest), options, warnings.append,
         layer_mode=bool(request.get("layer")),
+        in_user_namespace=os.geteuid() != 0,  # unprivileged: user.overlay.opaque
     )
     feeder: threading.Thread | None = None
     feed_error: list[BaseException] = []

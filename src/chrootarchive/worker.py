@@ -45,8 +45,8 @@ JOBS = {"unpack": "unpack_job", "probe": "probe_job", "pack": "pack"}
 
 #: What a jailed worker keeps to write files; a job may ask for more (``CAPABILITIES``).
 DEFAULT_CAPABILITIES = frozenset({
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_MKNOD", "CAP_SETFCAP",
+    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
 })
 
 _F_SETPIPE_SZ = 1031

@@ -233,17 +233,22 @@ class Attacker:
             pass
 
     def restore_parent(self) -> None:
+        """Put the real parent directory back (the test checks that it is there)."""
         parent = self.cfg["parent"]
         for _ in range(3):
             if os.path.isdir(parent) and not os.path.islink(parent):
                 return
-            if os.path.islink(parent):
-                if os.path.isdir(parent + ".lnk") and not os.path.islink(parent + ".lnk"):
-                    renameat2(parent, parent + ".lnk", RENAME_EXCHANGE)
-                    continue
-                os.unlink(parent)
-            if os.path.isdir(parent + ".moved"):
-                os.rename(parent + ".moved", parent)
+            try:
+                if os.path.islink(parent):
+                    lnk = parent + ".lnk"
+                    if os.path.isdir(lnk) and not os.path.islink(lnk):
+                        renameat2(parent, lnk, RENAME_EXCHANGE)
+                        continue
+                    os.unlink(parent)
+                if os.path.isdir(parent + ".moved"):
+                    os.rename(parent + ".moved", parent)
+            except OSError:
+                self.errors += 1
 
     def file_swap(self) -> None:
         kind = self.cfg["kind"]

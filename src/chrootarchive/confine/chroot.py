@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import os
 
+from chrootarchive import _linux
 from chrootarchive.errors import ConfinementError
 
 __all__ = ["enter", "enter_cwd"]
 
 
 def enter(root_fd: int) -> str:
+    """The forced ``chroot`` mechanism (root): a private mount namespace first, so that
+    a procfs inside the destination can be detached (its magic links lead out)."""
+    from chrootarchive.confine import pivot
+
     os.fchdir(root_fd)
+    try:
+        _linux.unshare(_linux.CLONE_NEWNS)
+        _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
+    except OSError as err:
+        raise ConfinementError(
+            f"creating a private mount namespace failed: {err.strerror}"
+        ) from err
+    pivot.detach_proc_mounts()
     return enter_cwd()
 
 

@@ -45,6 +45,59 @@ def _mount_id(fd: int) -> bytes:
     raise OSError("no mnt_id in fdinfo")
 
 
+_UMOUNT_NOFOLLOW = 8
+
+
+def _unescape(field: bytes) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i] == 0x5C and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def detach_proc_mounts() -> None:
+    """Detach every procfs mounted at or below the working directory (the destination).
+
+    A live procfs inside the destination (a ``--pid=host`` container's ``/proc``) holds
+    magic links such as ``/proc/PID/root`` that lead out of any jail. Call in a private
+    mount namespace (nothing propagates back), before the jail is entered.
+    """
+    here = os.getcwd()
+    found: list[str] = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            try:
+                sep = fields.index(b"-")
+            except ValueError:
+                continue
+            mount_point = _unescape(fields[4])
+            fstype = fields[sep + 1]
+            if fstype != b"proc":
+                continue
+            if mount_point == here:
+                raise ConfinementError("the destination is a procfs mount")
+            if mount_point.startswith(here.rstrip("/") + "/"):
+                found.append(os.path.relpath(mount_point, here))
+    for rel in sorted(set(found), key=lambda p: p.count("/"), reverse=True):
+        while True:
+            try:
+                _linux.umount2(rel, _linux.MNT_DETACH | _UMOUNT_NOFOLLOW)
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOENT):
+                    break  # not (or no longer) a mount point
+                raise ConfinementError(
+                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
+                ) from err
+
+
 def _cwd_is_mount_root() -> bool:
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -92,6 +145,7 @@ def pivot_cwd() -> str:
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
         raise ConfinementError(f"making / rslave failed: {err.strerror}") from err
+    detach_proc_mounts()
     if not _cwd_is_mount_root():
         try:
             _bind_cwd_onto_itself()

@@ -17,7 +17,11 @@ import subprocess
 
 from chrootarchive import _linux
 from chrootarchive.confine import pivot
-from chrootarchive.errors import ConfinementError, MechanismUnavailableError
+from chrootarchive.errors import (
+    ConfinementError,
+    DestinationError,
+    MechanismUnavailableError,
+)
 
 __all__ = ["IdRanges", "enter", "map_ids", "subordinate_ranges", "unavailable_reason"]
 
@@ -141,5 +145,11 @@ def enter(root_fd: int, sync_fd: int | None) -> str:
             _write("/proc/self/gid_map", f"0 {gid} 1\n")
     except OSError as err:
         raise ConfinementError(f"userns: mapping ids failed: {err.strerror}") from err
-    used = pivot.pivot_cwd()
+    try:
+        used = pivot.pivot_cwd()
+    except DestinationError:
+        raise
+    except ConfinementError as err:
+        # Mounting denied inside the namespace (an LSM policy): the next rung may work.
+        raise MechanismUnavailableError(f"userns: {err.message}") from err
     return "userns" if used == "pivot" else "userns-chroot"

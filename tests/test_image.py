@@ -1,0 +1,998 @@
+"""unpack_image and ``chrootarchive unpack-image``: OCI image layouts and docker save.
+
+Real images come from Debian's ``umoci`` (see ``helpers/oci_images.py``); the result is
+compared with ``umoci unpack``'s root filesystem, and the same layers repackaged (other
+compressions and media types, a tar of the layout, ``docker save`` in both layouts)
+must give the same tree. Hostile images must end in one clear error, with nothing
+written outside the destination (a victim tree beside it is compared byte for byte)
+and, for everything that can be checked before a layer is read, nothing written at
+all.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import (
+    BreakoutError,
+    DigestMismatchError,
+    ImageError,
+    LimitExceededError,
+    UnpackOptions,
+    unpack_image,
+)
+from chrootarchive import image as image_module
+from chrootarchive.options import Limits
+from helpers import tree
+from helpers.cli import assert_one_line_error
+from helpers.oci_images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME,
+    Entry,
+    ImageParts,
+    OCIBuilder,
+    UmociImage,
+    build_umoci_dir_to_file_image,
+    build_umoci_image,
+    canonical,
+    make_tar,
+    platform_of,
+    read_image,
+    sha256,
+    tar_directory,
+    umoci,
+    write_docker_save,
+)
+from helpers.unpriv import NOBODY, cli_as, make_package_copy, run_as, world_dir
+from helpers.victim import Victim
+
+pytestmark = pytest.mark.kernel
+
+
+# -- comparing root filesystems -------------------------------------------------------
+
+
+def assert_same_rootfs(expected: Path, actual: Path) -> None:
+    """The two trees hold the same names, types, modes (setuid/sticky included), owners,
+    sizes, contents, symlink targets, hardlink groups, device numbers, xattrs and
+    modification times, with one documented exception:
+
+    **Directory modification times.** umoci restores a directory's metadata after it
+    adds or removes an entry below it when the layer does not list that directory
+    (``restoreMetadata`` of the parent in its ``UnpackEntry``), so a directory keeps the
+    time of the last layer that listed it. chrootarchive does what Docker and
+    containerd do: directories listed in a layer get their times from the layer (set
+    after all its entries), while a directory that a layer changes without listing it
+    (a child added or whited out) keeps the time of that change. The destination root
+    is such a directory for every layer: the pivot_root jail puts its temporary
+    ``.pivot_root*`` directory there and removes it, as Docker's does. Directory mtimes
+    are not part of an image's content (the OCI spec leaves them to the implementation),
+    so they are left out; every other attribute must match.
+    """
+    exp = tree.snapshot(expected)
+    act = tree.snapshot(actual)
+
+    def ignore(path: str, key: str) -> bool:
+        return key == "mtime_ns" and exp.get(path, {}).get("type") == "dir"
+
+    tree.assert_same(exp, act, "the unpacked image differs from the reference", ignore=ignore)
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def umoci_image(tmp_path_factory: pytest.TempPathFactory) -> UmociImage:
+    """A four-layer OCI image built with umoci, and umoci's own unpacking of it."""
+    return build_umoci_image(tmp_path_factory.mktemp("umoci"))
+
+
+@pytest.fixture(scope="session")
+def parts(umoci_image: UmociImage) -> ImageParts:
+    """Its config and uncompressed layers."""
+    return read_image(umoci_image.layout, umoci_image.ref)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Where a test writes its images: outside ``work`` (the victim's snapshot)."""
+    d = tmp_path / "images"
+    d.mkdir()
+    return d
+
+
+# -- real images: umoci ---------------------------------------------------------------
+
+
+def test_umoci_image_matches_umoci_unpack(umoci_image: UmociImage, tmp_path: Path,
+                                          no_leaks: None) -> None:
+    dest = tmp_path / "rootfs"
+    result = unpack_image(umoci_image.layout, dest, ref=umoci_image.ref)
+    assert_same_rootfs(umoci_image.rootfs, dest)
+
+    index = json.loads((umoci_image.layout / "index.json").read_bytes())
+    latest = next(m for m in index["manifests"] if m["annotations"][REF_NAME] == "latest")
+    assert result.format == "oci"
+    assert result.manifest_digest == latest["digest"]
+    assert result.ref == "latest"
+    assert result.platform == image_module.default_platform()
+    assert len(result.layers) == umoci_image.layer_count
+    assert [layer.index for layer in result.layers] == list(range(umoci_image.layer_count))
+    assert all(layer.compression == "gzip" for layer in result.layers)
+    assert result.size == sum(layer.size for layer in result.layers) > 0
+    assert result.confinement
+    json.dumps(result.to_json())
+
+
+def test_umoci_directory_replaced_by_file(tmp_path: Path) -> None:
+    """umoci's layer for a directory replaced by a file holds whiteouts below the new
+    file (``becomes-file/.wh.q``): nothing is there to remove, so they are no-ops, as in
+    ``umoci unpack``."""
+    image = build_umoci_dir_to_file_image(tmp_path / "umoci")
+    with tarfile.open(fileobj=io.BytesIO(read_image(image.layout, "latest").tars[1])) as tf:
+        names = tf.getnames()
+    assert names.index("becomes-file") < names.index("becomes-file/.wh.q")
+    unpack_image(image.layout, tmp_path / "rootfs", ref="latest")
+    assert_same_rootfs(image.rootfs, tmp_path / "rootfs")
+
+
+def test_umoci_intermediate_tag_by_name_and_digest(umoci_image: UmociImage,
+                                                   tmp_path: Path) -> None:
+    """Another tag of the same layout, chosen by name and by manifest digest."""
+    reference = tmp_path / "reference"
+    umoci("unpack", "--image", f"{umoci_image.layout}:step2", reference)
+    by_name = unpack_image(umoci_image.layout, tmp_path / "a", ref="step2")
+    assert len(by_name.layers) == 2
+    assert_same_rootfs(reference / "rootfs", tmp_path / "a")
+    assert by_name.manifest_digest is not None
+    by_digest = unpack_image(umoci_image.layout, tmp_path / "b", ref=by_name.manifest_digest)
+    assert by_digest.manifest_digest == by_name.manifest_digest
+    assert_same_rootfs(reference / "rootfs", tmp_path / "b")
+
+
+def test_several_tags_need_a_ref(umoci_image: UmociImage, tmp_path: Path) -> None:
+    with pytest.raises(ImageError) as info:
+        unpack_image(umoci_image.layout, tmp_path / "dest")
+    message = str(info.value)
+    assert "choose one" in message and "latest" in message and "step1" in message
+    with pytest.raises(ImageError, match="no image named 'nope'"):
+        unpack_image(umoci_image.layout, tmp_path / "dest", ref="nope")
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("form", ["tar", "tar-with-top-directory", "tar.gz"])
+def test_layout_as_tar(umoci_image: UmociImage, images: Path, tmp_path: Path,
+                       form: str) -> None:
+    """A tar of the layout is read in place (members by offset), not extracted."""
+    archive = images / "layout.tar"
+    tar_directory(umoci_image.layout, archive,
+                  prefix="image/" if form == "tar-with-top-directory" else "")
+    if form == "tar.gz":
+        gz = images / "layout.tar.gz"
+        gz.write_bytes(gzip.compress(archive.read_bytes()))
+        archive = gz
+    before = sorted(p.name for p in images.iterdir())
+    unpack_image(archive, tmp_path / "rootfs", ref="latest")
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    assert sorted(p.name for p in images.iterdir()) == before
+
+
+# -- the same layers, repackaged ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["plain-and-zstd", "docker-media-types",
+                                     "non-distributable", "nested-index"])
+def test_repackaged_layers_give_the_same_tree(umoci_image: UmociImage, parts: ImageParts,
+                                              images: Path, tmp_path: Path,
+                                              variant: str) -> None:
+    b = OCIBuilder(images / "layout")
+    config = json.loads(parts.config)
+    diff_ids = config["rootfs"]["diff_ids"]
+    assert diff_ids == [sha256(t) for t in parts.tars]
+    kinds = ["none", "zstd", "gzip", "zstd"]
+    if variant == "docker-media-types":
+        types = {"none": "application/vnd.docker.image.rootfs.diff.tar",
+                 "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 "zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd"}
+        layers = [b.layer(t, k, types[k]) for t, k in zip(parts.tars, kinds, strict=True)]
+        config_desc = b.blob(parts.config, "application/vnd.docker.container.image.v1+json")
+        doc = {"schemaVersion": 2,
+               "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+               "config": config_desc, "layers": layers}
+        desc = b.blob(canonical(doc), "application/vnd.docker.distribution.manifest.v2+json")
+    else:
+        if variant == "non-distributable":
+            types = {k: f"application/vnd.oci.image.layer.nondistributable.v1.tar{s}"
+                     for k, s in (("none", ""), ("gzip", "+gzip"), ("zstd", "+zstd"))}
+            layers = [b.layer(t, k, types[k]) for t, k in zip(parts.tars, kinds, strict=True)]
+        else:
+            layers = [b.layer(t, k) for t, k in zip(parts.tars, kinds, strict=True)]
+        desc = b.manifest(b.blob(parts.config, "application/vnd.oci.image.config.v1+json"),
+                          layers)
+    if variant == "nested-index":
+        other = b.image([make_tar([Entry("arm-only", data=b"arm\n")])], arch="arm64")
+        inner = b.index([{**desc, "platform": platform_of("linux", "amd64")},
+                         {**other, "platform": platform_of("linux", "arm64", "v8")}])
+        desc = b.index([inner])
+    b.tag(desc, "v1")
+    result = unpack_image(b.root, tmp_path / "rootfs", platform="linux/amd64")
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    assert [layer.compression for layer in result.layers] == kinds
+
+
+@pytest.mark.parametrize("layout", ["classic", "oci"])
+def test_docker_save_gives_the_same_tree(umoci_image: UmociImage, parts: ImageParts,
+                                         images: Path, tmp_path: Path, layout: str) -> None:
+    archive = write_docker_save(images / "save.tar", parts.config, parts.tars, layout=layout,
+                                repo_tags=["example/app:1.0", "example/app:latest"])
+    result = unpack_image(archive, tmp_path / "rootfs")
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    assert result.format == "docker-save"
+    assert result.config_digest == sha256(parts.config)
+    assert result.ref == "example/app:1.0"
+    # Chosen by tag (Docker's short forms too) and by image ID.
+    for ref in ("example/app:latest", "docker.io/example/app", result.config_digest):
+        dest = tmp_path / f"by-{len(ref)}"
+        assert unpack_image(archive, dest, ref=ref).config_digest == result.config_digest
+    # The Docker 25+ archive is also a plain OCI layout (without manifest.json).
+    if layout == "oci":
+        plain = images / "plain"
+        with tarfile.open(archive) as tf:
+            tf.extractall(plain, filter="data")  # our own fixture, trusted
+        (plain / "manifest.json").unlink()
+        unpack_image(plain, tmp_path / "via-index")
+        assert_same_rootfs(umoci_image.rootfs, tmp_path / "via-index")
+
+
+def test_docker_save_directory_and_repeated_layer(parts: ImageParts, images: Path,
+                                                  tmp_path: Path) -> None:
+    """A repeated layer is a symlink to the first ``layer.tar`` in a classic archive
+    (as Docker writes it); the same archive unpacked as a directory gives the same."""
+    tars = [parts.tars[0], parts.tars[1], parts.tars[0]]
+    config = json.loads(parts.config)
+    config["rootfs"]["diff_ids"] = [sha256(t) for t in tars]
+    config_bytes = canonical(config)
+    archive = write_docker_save(images / "save.tar", config_bytes, tars, layout="classic")
+    with tarfile.open(archive) as tf:
+        assert sum(m.issym() for m in tf.getmembers()) == 1
+        tf.extractall(images / "dir", filter="fully_trusted")  # our own fixture
+    oci = OCIBuilder(images / "oci")
+    oci.tag(oci.image(tars, "gzip"), "x")
+    unpack_image(oci.root, tmp_path / "expected")
+    unpack_image(archive, tmp_path / "from-tar")
+    unpack_image(images / "dir", tmp_path / "from-dir")
+    assert_same_rootfs(tmp_path / "expected", tmp_path / "from-tar")
+    assert_same_rootfs(tmp_path / "expected", tmp_path / "from-dir")
+
+
+def test_compressed_docker_save_from_stdin(parts: ImageParts, images: Path, tmp_path: Path,
+                                           run_cli: Callable[..., tuple[int, str, str]],
+                                           umoci_image: UmociImage) -> None:
+    archive = write_docker_save(images / "save.tar", parts.config, parts.tars,
+                                layout="classic")
+    data = gzip.compress(archive.read_bytes())
+    rc, out, err = run_cli("unpack-image", "--json", "-", tmp_path / "rootfs", input=data)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["format"] == "docker-save" and len(doc["layers"]) == len(parts.tars)
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+
+
+# -- selection: platforms, refs ---------------------------------------------------------
+
+
+def _marker_image(b: OCIBuilder, name: str, **config_kw: str) -> dict[str, object]:
+    return b.image([make_tar([Entry(name, data=name.encode())])], **config_kw)
+
+
+@pytest.fixture
+def multiarch(images: Path) -> OCIBuilder:
+    """An index: linux/amd64, linux/arm64/v8, linux/arm/v7, and an attestation
+    manifest (unknown/unknown), as buildx writes them."""
+    b = OCIBuilder(images / "multi")
+    entries = [
+        {**_marker_image(b, "amd64"), "platform": platform_of("linux", "amd64")},
+        {**_marker_image(b, "arm64", arch="arm64", variant="v8"),
+         "platform": platform_of("linux", "arm64", "v8")},
+        {**_marker_image(b, "armv7", arch="arm", variant="v7"),
+         "platform": platform_of("linux", "arm", "v7")},
+        {**_marker_image(b, "attestation", os_name="unknown", arch="unknown"),
+         "platform": platform_of("unknown", "unknown")},
+    ]
+    b.tag(b.index(entries), "multi")
+    return b
+
+
+@pytest.mark.parametrize(("platform", "marker"), [
+    (None, "amd64"), ("linux/amd64", "amd64"), ("linux/x86_64", "amd64"),
+    ("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64"), ("linux/aarch64", "arm64"),
+    ("linux/arm/v7", "armv7"), ("linux/arm", "armv7"),
+])
+def test_platform_selection(multiarch: OCIBuilder, tmp_path: Path, platform: str | None,
+                            marker: str) -> None:
+    if platform is None and image_module.default_platform() != "linux/amd64":
+        marker = {"linux/arm64": "arm64", "linux/arm/v7": "armv7"}[
+            image_module.default_platform()]
+    result = unpack_image(multiarch.root, tmp_path / "root", platform=platform)
+    assert sorted(os.listdir(tmp_path / "root")) == [marker]
+    assert result.platform == image_module.parse_platform(platform or
+                                                          image_module.default_platform())
+
+
+def test_platform_not_available(multiarch: OCIBuilder, tmp_path: Path) -> None:
+    with pytest.raises(ImageError) as info:
+        unpack_image(multiarch.root, tmp_path / "root", platform="linux/s390x")
+    assert "linux/s390x" in str(info.value) and "linux/arm64" in str(info.value)
+    with pytest.raises(ValueError, match="OS/ARCH"):
+        unpack_image(multiarch.root, tmp_path / "root", platform="linux")
+    assert not (tmp_path / "root").exists()
+
+
+def test_single_image_for_another_platform(images: Path, tmp_path: Path) -> None:
+    """Without an index, the config says what the image is: another platform is an
+    error when one was asked for, a warning otherwise."""
+    b = OCIBuilder(images / "one")
+    b.tag(_marker_image(b, "s390x", arch="s390x"), "x")
+    with pytest.raises(ImageError, match="is for linux/s390x"):
+        unpack_image(b.root, tmp_path / "a", platform="linux/amd64")
+    result = unpack_image(b.root, tmp_path / "b", platform="linux/s390x")
+    assert result.platform == "linux/s390x" and not result.warnings
+    if image_module.default_platform() != "linux/s390x":
+        result = unpack_image(b.root, tmp_path / "c")
+        assert any("linux/s390x" in w for w in result.warnings)
+
+
+def test_empty_image_creates_dest(images: Path, tmp_path: Path) -> None:
+    b = OCIBuilder(images / "empty")
+    b.tag(b.image([]), "empty")
+    result = unpack_image(b.root, tmp_path / "a" / "root")
+    assert result.layers == () and os.listdir(tmp_path / "a" / "root") == []
+
+
+def test_progress_reports(images: Path, tmp_path: Path) -> None:
+    b = OCIBuilder(images / "p")
+    tars = [make_tar([Entry(f"f{i}", data=os.urandom(3 << 20))]) for i in range(3)]
+    b.tag(b.image(tars, "none"), "p")
+    events: list[chrootarchive.LayerProgress] = []
+    unpack_image(b.root, tmp_path / "root", progress=events.append)
+    for i in range(3):
+        mine = [e for e in events if e.index == i]
+        assert mine[0].done == 0 and not mine[0].finished
+        assert mine[-1].finished and mine[-1].done == mine[-1].total == len(tars[i])
+        assert all(e.count == 3 for e in mine)
+        assert [e.done for e in mine] == sorted(e.done for e in mine)
+    assert [e.index for e in events] == sorted(e.index for e in events)
+
+
+def test_limits_hold_for_the_whole_image(images: Path, tmp_path: Path) -> None:
+    b = OCIBuilder(images / "l")
+    tars = [make_tar([Entry(f"d{i}/", "dir"), *(Entry(f"d{i}/{n}") for n in range(30))])
+            for i in range(3)]
+    b.tag(b.image(tars), "l")
+    options = UnpackOptions(limits=Limits(max_entries=70))
+    with pytest.raises(LimitExceededError) as info:
+        unpack_image(b.root, tmp_path / "root", options=options)
+    assert "layer 2" in str(info.value)
+
+
+def test_atomic_leaves_nothing_on_a_diffid_mismatch(images: Path, tmp_path: Path) -> None:
+    b = OCIBuilder(images / "a")
+    good = make_tar([Entry("good", data=b"good")])
+    bad = make_tar([Entry("bad", data=b"bad")])
+    layers = [b.layer(good), b.layer(bad)]
+    config = b.config([sha256(good), sha256(good)])  # the second DiffID is wrong
+    b.tag(b.manifest(config, layers), "a")
+    dest = tmp_path / "root"
+    with pytest.raises(DigestMismatchError, match="DiffID mismatch"):
+        unpack_image(b.root, dest, options=UnpackOptions(atomic=True))
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".chrootarchive")]
+    # Without atomic, the mismatching layer was written (documented).
+    with pytest.raises(DigestMismatchError):
+        unpack_image(b.root, dest)
+    assert sorted(os.listdir(dest)) == ["bad", "good"]
+    shutil.rmtree(dest)
+    b2 = OCIBuilder(images / "ok")
+    b2.tag(b2.image([good, bad]), "ok")
+    unpack_image(b2.root, dest, options=UnpackOptions(atomic=True))
+    assert sorted(os.listdir(dest)) == ["bad", "good"]
+
+
+def test_overlay_format_is_refused(images: Path, tmp_path: Path) -> None:
+    b = OCIBuilder(images / "o")
+    b.tag(b.image([]), "o")
+    with pytest.raises(ValueError, match="aufs"):
+        unpack_image(b.root, tmp_path / "r", options=UnpackOptions(whiteout_format="overlay"))
+
+
+@pytest.mark.parametrize("mechanism", ["pivot", "chroot", "userns", "openat2"])
+def test_every_mechanism(mechanism: str, umoci_image: UmociImage, parts: ImageParts,
+                         images: Path, tmp_path: Path, no_leaks: None) -> None:
+    """The layers go through the worker (or, for openat2, a feeder thread) as chunks:
+    the same tree, and a DiffID mismatch found at the end of a layer, everywhere."""
+    options = UnpackOptions(confine=mechanism)
+    result = unpack_image(umoci_image.layout, tmp_path / "rootfs", ref="latest",
+                          options=options)
+    assert result.confinement == mechanism
+    if mechanism == "userns":
+        # Only the caller is mapped (no subordinate ranges here): other owners and
+        # device nodes cannot be made, and are reported, never faked.
+        warnings = " ".join(result.warnings)
+        assert "ownership" in warnings and "device" in warnings
+        exp = tree.snapshot(umoci_image.rootfs)
+        act = tree.snapshot(tmp_path / "rootfs")
+        assert exp.pop("var/null")["type"] == "chardev"
+        tree.assert_same(exp, act, "userns unpack differs", ignore=lambda path, key: (
+            key in ("uid", "gid") or (key == "mtime_ns" and exp[path]["type"] == "dir")))
+    else:
+        assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    b = OCIBuilder(images / "bad")
+    layers = [b.layer(t) for t in parts.tars[:2]]
+    b.tag(b.manifest(b.config([sha256(parts.tars[0])] * 2), layers), "bad")
+    with pytest.raises(DigestMismatchError, match="layer 1"):
+        unpack_image(b.root, tmp_path / "bad", options=options)
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def test_cli_json_and_help(umoci_image: UmociImage, tmp_path: Path,
+                           run_cli: Callable[..., tuple[int, str, str]]) -> None:
+    rc, out, err = run_cli("unpack-image", "--ref", "latest", "--json", umoci_image.layout,
+                           tmp_path / "rootfs")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["ref"] == "latest" and len(doc["layers"]) == umoci_image.layer_count
+    assert doc["manifest_digest"].startswith("sha256:")
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    rc, out, err = run_cli("unpack-image", "--help")
+    assert rc == 0 and "examples:" in out and "--platform" in out and "--ref" in out
+    rc, out, err = run_cli("unpack-image", "--platform", "linux", umoci_image.layout,
+                           tmp_path / "x")
+    assert rc == 2 and "OS/ARCH" in err
+    line = assert_one_line_error(run_cli("unpack-image", "-q", umoci_image.layout,
+                                         tmp_path / "y"), rc=1, mentions=("choose one",))
+    assert "latest" in line
+
+
+# -- hostile images -------------------------------------------------------------------
+
+GOOD = [
+    make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/a", data=b"a\n"),
+              Entry("etc/b", data=b"b\n")]),
+    make_tar([Entry("etc/.wh.a"), Entry("etc/c", data=b"c\n")]),
+]
+ZERO = "sha256:" + "0" * 64
+
+
+@dataclass
+class Case:
+    """A hostile image, the error it must give, and whether a layer was applied
+    before the error could be known (a blob's digest, a DiffID)."""
+
+    build: Callable[[Path, Victim], Path]
+    mentions: tuple[str, ...]
+    error: type[Exception] = ImageError
+    written: bool = False
+
+
+def _good(root: Path) -> tuple[OCIBuilder, list[dict[str, object]], dict[str, object]]:
+    b = OCIBuilder(root)
+    layers = [b.layer(t, "none") for t in GOOD]
+    config = b.config([sha256(t) for t in GOOD])
+    return b, layers, config
+
+
+def _with_manifest(root: Path, change: Callable[[OCIBuilder, list[dict], dict], None]) -> Path:
+    b, layers, config = _good(root)
+    change(b, layers, config)
+    b.tag(b.manifest(config, layers), "x")
+    return root
+
+
+def case_dotdot_digest_in_index(root: Path, victim: Victim) -> Path:
+    b, layers, config = _good(root)
+    b.manifest(config, layers)
+    evil = "sha256:../../../../" + os.path.relpath(victim.secret, "/")
+    b.index_manifests.append({"mediaType": OCI_MANIFEST, "digest": evil, "size": 10})
+    b.write_index()
+    return root
+
+
+def case_slash_digest_in_layer(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[1] = {**layers[1], "digest": "sha256:abc/../../../victim/secret"}
+    return _with_manifest(root, change)
+
+
+def case_dotdot_algorithm(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        hexpart = layers[0]["digest"].split(":")[1]
+        layers[0] = {**layers[0], "digest": f"..:{hexpart}"}
+    return _with_manifest(root, change)
+
+
+def case_uppercase_digest(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[0] = {**layers[0], "digest": layers[0]["digest"].upper().replace("SHA", "sha")}
+    return _with_manifest(root, change)
+
+
+def case_layer_digest_mismatch(root: Path, victim: Victim) -> Path:
+    """Another tar of the same size under the layer's digest: found at its end."""
+    b, layers, config = _good(root)
+    evil = make_tar([Entry("evil", data=b"substituted\n")], pad_to=len(GOOD[1]))
+    b.path(layers[1]).write_bytes(evil)
+    b.tag(b.manifest(config, layers), "x")
+    return root
+
+
+def case_corrupt_gzip_layer(root: Path, victim: Victim) -> Path:
+    """A flipped byte: reported as the digest mismatch it is, not as bad gzip."""
+    b = OCIBuilder(root)
+    layer = b.layer(GOOD[0], "gzip")
+    data = bytearray(b.path(layer).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    b.path(layer).write_bytes(bytes(data))
+    b.tag(b.manifest(b.config([sha256(GOOD[0])]), [layer]), "x")
+    return root
+
+
+def case_size_mismatch(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[1] = {**layers[1], "size": layers[1]["size"] + 1}
+    return _with_manifest(root, change)
+
+
+def case_diffid_mismatch(root: Path, victim: Victim) -> Path:
+    b, layers, _ = _good(root)
+    config = b.config([sha256(GOOD[0]), ZERO])
+    b.tag(b.manifest(config, layers), "x")
+    return root
+
+
+def case_missing_blob(root: Path, victim: Victim) -> Path:
+    b, layers, config = _good(root)
+    b.path(layers[1]).unlink()
+    b.tag(b.manifest(config, layers), "x")
+    return root
+
+
+def case_missing_config(root: Path, victim: Victim) -> Path:
+    b, layers, config = _good(root)
+    b.path(config).unlink()
+    b.tag(b.manifest(config, layers), "x")
+    return root
+
+
+def _self_index(b: OCIBuilder) -> str:
+    """A blob that claims to be the index with digest D and lists D itself."""
+    digest = sha256(b"this is not the content")
+    size = 0
+    for _ in range(3):
+        doc = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_INDEX, "digest": digest, "size": size}]})
+        size = len(doc)
+    b.path(digest).write_bytes(doc)
+    b.index_manifests.append({"mediaType": OCI_INDEX, "digest": digest, "size": size})
+    b.write_index()
+    return digest
+
+
+def case_index_points_to_itself(root: Path, victim: Victim) -> Path:
+    _self_index(OCIBuilder(root))
+    return root
+
+
+def case_indexes_nested_too_deeply(root: Path, victim: Victim) -> Path:
+    b, layers, config = _good(root)
+    desc = b.manifest(config, layers)
+    for _ in range(image_module.MAX_INDEX_DEPTH + 1):
+        desc = b.index([desc])
+    b.tag(desc, "x")
+    return root
+
+
+def case_index_json_not_json(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    b.write_index(b"\x00\xffthis is not JSON{")
+    return root
+
+
+def case_manifest_not_json(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    b.tag(b.blob(b"<html>not json</html>", OCI_MANIFEST), "x")
+    return root
+
+
+def case_deeply_nested_json(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    b.tag(b.blob(b"[" * 200_000 + b"]" * 200_000, OCI_MANIFEST), "x")
+    return root
+
+
+def case_manifest_wrong_shape(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    b.tag(b.blob(canonical({"schemaVersion": 2, "layers": "all of them"}), OCI_MANIFEST), "x")
+    return root
+
+
+def case_ten_thousand_layers(root: Path, victim: Victim) -> Path:
+    b, layers, _ = _good(root)
+    many = [layers[0]] * 10_000
+    config = b.config([layers[0]["digest"]] * 10_000)
+    b.tag(b.manifest(config, many), "x")
+    return root
+
+
+def case_huge_layer_size(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[1] = {**layers[1], "size": 1 << 62}
+    return _with_manifest(root, change)
+
+
+def case_huge_manifest_size(root: Path, victim: Victim) -> Path:
+    b, layers, config = _good(root)
+    desc = b.manifest(config, layers)
+    b.tag({**desc, "size": 1 << 62}, "x")
+    return root
+
+
+def case_size_beyond_64_bits(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[0] = {**layers[0], "size": 1 << 70}
+    return _with_manifest(root, change)
+
+
+def case_unknown_media_type(root: Path, victim: Victim) -> Path:
+    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+        layers[1] = {**layers[1], "mediaType": "application/vnd.example.evil.tar"}
+    return _with_manifest(root, change)
+
+
+def case_media_type_lies(root: Path, victim: Victim) -> Path:
+    """Declared gzip, stored as zstd."""
+    b = OCIBuilder(root)
+    layer = b.layer(GOOD[0], "zstd", "application/vnd.oci.image.layer.v1.tar+gzip")
+    b.tag(b.manifest(b.config([sha256(GOOD[0])]), [layer]), "x")
+    return root
+
+
+def case_not_an_image(root: Path, victim: Victim) -> Path:
+    root.mkdir()
+    (root / "README").write_text("hello\n")
+    return root
+
+
+def case_breakout_in_layer(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    evil = make_tar([Entry("../victim/evil", data=b"pwned\n")])
+    b.tag(b.image([GOOD[0], evil]), "x")
+    return root
+
+
+def case_blob_symlink_out_of_layout(root: Path, victim: Victim) -> Path:
+    """A blob that is a symlink to a victim file whose digest the attacker knows."""
+    b = OCIBuilder(root)
+    secret = victim.secret.read_bytes()
+    layer = b.blob(secret, "application/vnd.oci.image.layer.v1.tar")
+    b.path(layer).unlink()
+    b.path(layer).symlink_to(os.path.relpath(victim.secret, b.path(layer).parent))
+    b.tag(b.manifest(b.config([sha256(secret)]), [layer]), "x")
+    return root
+
+
+def case_blob_absolute_symlink(root: Path, victim: Victim) -> Path:
+    b = OCIBuilder(root)
+    secret = victim.secret.read_bytes()
+    layer = b.blob(secret, "application/vnd.oci.image.layer.v1.tar")
+    b.path(layer).unlink()
+    b.path(layer).symlink_to(victim.secret)
+    b.tag(b.manifest(b.config([sha256(secret)]), [layer]), "x")
+    return root
+
+
+def _docker_archive(root: Path, layers: list[str], members: dict[str, bytes | str],
+                    config: bytes | None = None) -> Path:
+    """A docker save tar: ``members`` maps names to data, or to a symlink target."""
+    config = config or canonical({"os": "linux", "architecture": "amd64",
+                                  "rootfs": {"type": "layers",
+                                             "diff_ids": [sha256(GOOD[0])] * len(layers)}})
+    config_name = sha256(config).split(":")[1] + ".json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(root, "w") as tf:
+        def add(name: str, value: bytes | str) -> None:
+            info = tarfile.TarInfo(name)
+            if isinstance(value, str):
+                info.type = tarfile.SYMTYPE
+                info.linkname = value
+                tf.addfile(info)
+            else:
+                info.size = len(value)
+                tf.addfile(info, io.BytesIO(value))
+        add(config_name, config)
+        for name, value in members.items():
+            add(name, value)
+        add("manifest.json", canonical([{"Config": config_name, "RepoTags": ["x:1"],
+                                          "Layers": layers}]))
+    return root
+
+
+def case_docker_layer_path_leaves(root: Path, victim: Victim) -> Path:
+    return _docker_archive(root.with_suffix(".tar"), ["../../victim/secret"], {})
+
+
+def case_docker_layer_symlink_absolute(root: Path, victim: Victim) -> Path:
+    return _docker_archive(root.with_suffix(".tar"), ["abc/layer.tar"],
+                           {"abc/layer.tar": str(victim.secret)})
+
+
+def case_docker_layer_symlink_loop(root: Path, victim: Victim) -> Path:
+    return _docker_archive(root.with_suffix(".tar"), ["a/layer.tar"],
+                           {"a/layer.tar": "../b/layer.tar", "b/layer.tar": "../a/layer.tar"})
+
+
+def case_docker_config_tampered(root: Path, victim: Victim) -> Path:
+    archive = _docker_archive(root.with_suffix(".tar"), ["l/layer.tar"],
+                              {"l/layer.tar": GOOD[0]})
+    # Rewrite the config member with other bytes under the same (digest) name.
+    with tarfile.open(archive) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None)
+                   for m in tf.getmembers()]
+    with tarfile.open(archive, "w") as tf:
+        for m, data in members:
+            if m.name.endswith(".json") and m.name != "manifest.json":
+                data = data.replace(b"amd64", b"AMD64")
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    return archive
+
+
+def case_docker_diffid_mismatch(root: Path, victim: Victim) -> Path:
+    return _docker_archive(root.with_suffix(".tar"), ["l/layer.tar"],
+                           {"l/layer.tar": GOOD[1]})
+
+
+def case_docker_not_a_tar(root: Path, victim: Victim) -> Path:
+    path = root.with_suffix(".tar")
+    path.write_bytes(os.urandom(4096))
+    return path
+
+
+CASES = {
+    "dotdot-digest-in-index": Case(case_dotdot_digest_in_index, ("invalid", "digest")),
+    "slash-digest-in-layer": Case(case_slash_digest_in_layer, ("invalid", "digest")),
+    "dotdot-algorithm": Case(case_dotdot_algorithm, ("invalid digest",)),
+    "uppercase-digest": Case(case_uppercase_digest, ("invalid sha256 digest",)),
+    "layer-digest-mismatch": Case(case_layer_digest_mismatch,
+                                  ("digest mismatch", "layer 1", "expected sha256:"),
+                                  DigestMismatchError, written=True),
+    "corrupt-gzip-layer": Case(case_corrupt_gzip_layer, ("digest mismatch", "layer 0"),
+                               DigestMismatchError, written=True),
+    "size-mismatch": Case(case_size_mismatch, ("size mismatch", "layer 1"),
+                          DigestMismatchError),
+    "diffid-mismatch": Case(case_diffid_mismatch,
+                            ("diffid mismatch", "layer 1", ZERO), DigestMismatchError,
+                            written=True),
+    "missing-blob": Case(case_missing_blob, ("missing", "layer 1")),
+    "missing-config": Case(case_missing_config, ("missing", "config")),
+    "index-points-to-itself": Case(case_index_points_to_itself,
+                                   ("image index", "digest mismatch"), DigestMismatchError),
+    "indexes-nested-too-deeply": Case(case_indexes_nested_too_deeply, ("nested",)),
+    "index-json-not-json": Case(case_index_json_not_json, ("index.json", "not valid json")),
+    "manifest-not-json": Case(case_manifest_not_json, ("manifest", "not valid json")),
+    "deeply-nested-json": Case(case_deeply_nested_json, ("not valid json",)),
+    "manifest-wrong-shape": Case(case_manifest_wrong_shape, ("must be a list",)),
+    "ten-thousand-layers": Case(case_ten_thousand_layers, ("too many layers", "10,000")),
+    "huge-layer-size": Case(case_huge_layer_size, ("size mismatch", str(1 << 62)),
+                            DigestMismatchError),
+    "huge-manifest-size": Case(case_huge_manifest_size, ("declared size", "limit")),
+    "size-beyond-64-bits": Case(case_size_beyond_64_bits, ("invalid size",)),
+    "unknown-media-type": Case(case_unknown_media_type,
+                               ("unsupported media type", "application/vnd.example.evil.tar",
+                                "layer 1")),
+    "media-type-lies": Case(case_media_type_lies, ("says gzip", "zstd"), written=False),
+    "not-an-image": Case(case_not_an_image, ("not an oci image layout",)),
+    "breakout-in-layer": Case(case_breakout_in_layer, ("layer 1",), BreakoutError,
+                              written=True),
+    "blob-symlink-out-of-layout": Case(case_blob_symlink_out_of_layout, ("leaves the image",)),
+    "blob-absolute-symlink": Case(case_blob_absolute_symlink, ("outside the image",)),
+    "docker-layer-path-leaves": Case(case_docker_layer_path_leaves, ("leaves the image",)),
+    "docker-layer-symlink-absolute": Case(case_docker_layer_symlink_absolute,
+                                          ("outside the image",)),
+    "docker-layer-symlink-loop": Case(case_docker_layer_symlink_loop, ("too many levels",)),
+    "docker-config-tampered": Case(case_docker_config_tampered,
+                                   ("image config", "digest mismatch"), DigestMismatchError),
+    "docker-diffid-mismatch": Case(case_docker_diffid_mismatch, ("diffid mismatch", "layer 0"),
+                                   DigestMismatchError, written=True),
+    "docker-not-a-tar": Case(case_docker_not_a_tar, ("not an image archive",)),
+}
+
+
+def _check_dest(dest: Path, case: Case) -> None:
+    if not case.written:
+        assert not dest.exists() or os.listdir(dest) == [], (
+            f"something was written before the error: {os.listdir(dest)}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_image_api(name: str, images: Path, work: Path, dest: Path,
+                           victim: Victim, no_leaks: None) -> None:
+    case = CASES[name]
+    image = case.build(images / name, victim)
+    victim.snap()  # the builders read the victim (for its digest) but change nothing
+    started = time.monotonic()
+    with pytest.raises(case.error) as info:
+        unpack_image(image, dest, platform="linux/amd64")
+    elapsed = time.monotonic() - started
+    assert isinstance(info.value, ImageError | BreakoutError)
+    message = str(info.value).lower()
+    for word in case.mentions:
+        assert word.lower() in message, f"{word!r} not in {message!r}"
+    assert "\n" not in message and len(message) < 2000
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+    _check_dest(dest, case)
+    if name == "ten-thousand-layers":
+        assert elapsed < 5, f"took {elapsed:.1f}s to refuse"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_image_cli(name: str, images: Path, work: Path, dest: Path,
+                           victim: Victim,
+                           run_cli: Callable[..., tuple[int, str, str]]) -> None:
+    case = CASES[name]
+    image = case.build(images / name, victim)
+    victim.snap()
+    result = run_cli("unpack-image", "--platform", "linux/amd64", image, dest)
+    assert_one_line_error(result, rc=1, mentions=case.mentions)
+    victim.assert_untouched()
+    victim.assert_not_read_into(dest)
+    _check_dest(dest, case)
+
+
+def test_index_cycle_is_detected_even_without_digests(images: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A self-referencing index cannot have a correct digest; should verification ever
+    let one through, the walk still stops with a cycle error, not a loop."""
+    b = OCIBuilder(images / "cycle")
+    digest = _self_index(b)
+    monkeypatch.setattr(image_module, "_verify_blob", lambda data, desc, what: None)
+    with pytest.raises(ImageError, match="cycle") as info:
+        unpack_image(b.root, tmp_path / "dest")
+    assert digest in str(info.value)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_nesting_up_to_the_limit_is_fine(images: Path, tmp_path: Path) -> None:
+    b, layers, config = _good(images / "deep")
+    desc = b.manifest(config, layers)
+    for _ in range(image_module.MAX_INDEX_DEPTH):
+        desc = b.index([desc])
+    b.tag(desc, "x")
+    unpack_image(b.root, tmp_path / "dest")
+    assert sorted(os.listdir(tmp_path / "dest" / "etc")) == ["b", "c"]
+
+
+def test_digest_check_refuses_names_before_opening() -> None:
+    good = "sha256:" + "a" * 64
+    assert image_module.check_digest(good, "x") == good
+    assert image_module.check_digest("sha512:" + "b" * 128, "x")
+    for bad in ("sha256:../../etc/passwd", "sha256:" + "a" * 63, "sha256:" + "A" * 64,
+                "sha256:" + "a" * 64 + "\n", "sha256/../x:" + "a" * 64, "md5:" + "a" * 32,
+                "sha256:" + "a" * 64 + "/..", "", 42, None, ".." + ":" + "a" * 64):
+        with pytest.raises(ImageError):
+            image_module.check_digest(bad, "x")
+
+
+def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
+    """On a terminal, one progress line per layer on stderr (tqdm), and a summary."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    b = OCIBuilder(images / "tty")
+    tars = [make_tar([Entry(f"f{i}", data=os.urandom(1 << 20))]) for i in range(2)]
+    b.tag(b.image(tars, "gzip"), "tty")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "chrootarchive", "unpack-image", b.root, tmp_path / "r"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, timeout=120,
+        )
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    err = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert "layer 1/2" in err and "layer 2/2" in err
+    assert "unpacked tty" in err and "2 layers" in err
+    assert proc.stdout == b""
+
+
+# -- unprivileged ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def nobody_image(umoci_image: UmociImage) -> Iterator[tuple[Path, Path]]:
+    """(world-readable copy of the umoci layout, PYTHONPATH for uid 65534)."""
+    with world_dir("image") as base:
+        layout = base / "layout"
+        shutil.copytree(umoci_image.layout, layout)
+        for dirpath, _, filenames in os.walk(layout):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        yield layout, make_package_copy(base)
+
+
+def _as_nobody_mkdir(path: Path) -> None:
+    path.mkdir()
+    os.chown(path, NOBODY, NOBODY)
+
+
+def test_unprivileged_matches_umoci_rootless(nobody_image: tuple[Path, Path]) -> None:
+    """As uid 65534, ``unpack-image --rootless-xattr`` against ``umoci unpack
+    --rootless``: owners that cannot be applied stay the user's and are recorded in
+    ``user.rootlesscontainers`` by both, identically. One documented difference: umoci
+    writes an empty regular file in place of a device node (``var/null``), chrootarchive
+    skips device nodes with a warning, as Docker does in a user namespace. Directory
+    mtimes are left out as in :func:`assert_same_rootfs`."""
+    layout, pythonpath = nobody_image
+    out = layout.parent / "out"
+    _as_nobody_mkdir(out)
+    result = run_as(["umoci", "unpack", "--rootless", "--image", f"{layout}:latest",
+                     out / "umoci"], pythonpath)
+    assert result.rc == 0, result.err
+    _as_nobody_mkdir(out / "ours")
+    result = cli_as(pythonpath, "unpack-image", "--rootless-xattr", "--ref", "latest",
+                    layout, out / "ours")
+    assert result.rc == 0, result.err
+    assert "device nodes skipped" in result.err
+    expected = tree.snapshot(out / "umoci" / "rootfs")
+    actual = tree.snapshot(out / "ours")
+    assert expected.pop("var/null")["type"] == "file"
+    assert any(info.get("xattrs", {}).get("user.rootlesscontainers")
+               for info in actual.values())
+    tree.assert_same(expected, actual, "unprivileged unpack differs from umoci --rootless",
+                     ignore=lambda path, key: key == "mtime_ns"
+                     and expected.get(path, {}).get("type") == "dir")
+
+
+def test_unprivileged_creates_missing_dest(nobody_image: tuple[Path, Path]) -> None:
+    """The destination is created when missing, by an unprivileged user too."""
+    layout, pythonpath = nobody_image
+    out = layout.parent / "out"
+    _as_nobody_mkdir(out)
+    result = cli_as(pythonpath, "unpack-image", "-q", "--ref", "latest", layout,
+                    out / "new" / "rootfs")
+    assert result.rc == 0, result.err
+    assert (out / "new" / "rootfs" / "etc" / "hello").read_bytes() == b"hello, changed\n"
