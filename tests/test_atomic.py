@@ -190,7 +190,7 @@ def test_killed_worker_leaves_nothing(parent: Path) -> None:
     thread = threading.Thread(target=run)
     thread.start()
     head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 30)
-    feeder = Trickler(w, [head] + [bytes(64 << 10)] * 100_000, 0.001)
+    feeder = Trickler(w, [head] + [bytes(64 << 10)] * 100_000, 0.001, keep_open=True)
     feeder.start()
     try:
         wait_for(lambda: any((parent / s / "first").exists() for s in stages(parent)),
@@ -199,12 +199,11 @@ def test_killed_worker_leaves_nothing(parent: Path) -> None:
         thread.join(10)
         assert not thread.is_alive(), "untar did not return after its worker was killed"
     finally:
-        # Once untar has returned nobody reads the pipe: close its read end so that a
-        # feeder blocked in write() gets EPIPE instead of waiting forever.
         feeder.stop.set()
+        feeder.join()
+        os.close(w)  # the end of the input: whatever still reads it stops
         thread.join(30)
         source.close()
-        feeder.join()
     assert isinstance(outcome.get("error"), chrootarchive.WorkerError), outcome
     assert not dest.exists()
     tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")

@@ -208,6 +208,7 @@ def test_same_destination_is_serialized(tmp_path: Path) -> None:
         assert not (dest / "second").exists(), "the second unpack did not wait for the first"
         assert t2.is_alive()
         feeder.join()
+        os.set_blocking(w, True)  # the feeder made it non-blocking
         os.write(w, bytes(1 << 20) + data[cut:])
     finally:
         feeder.join()

@@ -90,15 +90,12 @@ def _kill_worker_mid_stream(tmp_path: Path, *, flowing: bool) -> tuple[float, _U
         delay = (job.finished or time.monotonic()) - killed
     finally:
         feeder.stop.set()
-        job.join(2)
-        if job.is_alive():
-            os.close(job.w)  # the end of its input unblocks a parent stuck reading it
-            job.w = -1
-        job.join(30)
-        job.source.close()  # a feeder blocked in write() now gets EPIPE
         feeder.join()
-        if job.w >= 0:
-            os.close(job.w)
+        # The end of the input unblocks whatever still reads it: a caller stuck there,
+        # or the thread that feeds the worker, which may outlive the call.
+        os.close(job.w)
+        job.join(30)
+        job.source.close()
     return delay, job
 
 

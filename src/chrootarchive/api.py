@@ -20,10 +20,10 @@ from chrootarchive.confine import userns
 from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
-    ChrootArchiveError,
     ConfinementError,
     DestinationError,
     MechanismUnavailableError,
+    SourceError,
 )
 from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 from chrootarchive.worker import run_job
@@ -179,14 +179,42 @@ def _unpack(
                                             owner=_root_owner(options))
         try:
             direct_fd = _plain_regular_fd(raw, compressed)
-            if direct_fd is not None:
-                data: int | Iterator[bytes] = direct_fd
-            else:
-                counted: compression.Readable = _Counting(raw, progress) if progress else raw
-                _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
-            return _run_unpack(root_fd, rel_dest, options, data, layer=layer)
+            return _name_destination(
+                lambda: _unpack_data(raw, direct_fd, root_fd, rel_dest, options,
+                                     compressed=compressed, progress=progress, layer=layer),
+                os.fspath(dest),
+            )
         finally:
             os.close(root_fd)
+
+
+def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResult:
+    """A destination error that names no entry is about the destination: say which."""
+    try:
+        return run()
+    except DestinationError as err:
+        if err.entry:
+            raise
+        raise DestinationError(err.message, dest) from err
+
+
+def _unpack_data(
+    raw: BinaryIO,
+    direct_fd: int | None,
+    root_fd: int,
+    rel_dest: str,
+    options: UnpackOptions,
+    *,
+    compressed: bool,
+    progress: Progress | None,
+    layer: bool,
+) -> UnpackResult:
+    if direct_fd is not None:
+        data: int | Iterator[bytes] = direct_fd
+    else:
+        counted: compression.Readable = _Counting(raw, progress) if progress else raw
+        _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
+    return _run_unpack(root_fd, rel_dest, options, data, layer=layer)
 
 
 def _run_unpack(
@@ -263,7 +291,7 @@ def _open_source(source: Source) -> Iterator[BinaryIO]:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as err:
-            raise ChrootArchiveError(f"cannot open archive: {err.strerror}", path) from err
+            raise SourceError(f"cannot open the archive: {err.strerror}", path) from err
         with f:
             yield f
         return
@@ -319,7 +347,12 @@ def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
         missing.append(path)
         path = os.path.dirname(path)
     for new in reversed(missing):
-        os.mkdir(new, 0o755)
+        try:
+            os.mkdir(new, 0o755)
+        except FileExistsError:
+            if os.path.isdir(new):
+                continue  # made at the same moment by a concurrent call: fine
+            raise
         fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             if owner is not None and os.geteuid() == 0 and owner != (0, 0):
@@ -328,6 +361,8 @@ def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
         finally:
             os.close(fd)
     if not os.path.isdir(dest):
+        if os.path.islink(dest):
+            raise DestinationError("a symlink to a directory that does not exist", dest)
         raise FileExistsError(dest)
 
 

@@ -778,4 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    # Exit without interpreter shutdown: a feeding thread may still be blocked reading
+    # standard input (a worker that stopped early), and finalizing would wait on it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterator
 
 from chrootarchive.errors import DestinationError
@@ -22,6 +23,8 @@ from chrootarchive.fsops import remove_tree_at
 __all__ = ["PREFIX", "atomic_destination", "remove_stale"]
 
 PREFIX = ".chrootarchive-stage-"
+NEW_PREFIX = ".chrootarchive-new-"  # a staging directory being made (not yet locked)
+_NEW_MAX_AGE = 60.0
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -39,6 +42,9 @@ def remove_stale(parent: str) -> int:
     removed = 0
     try:
         for name in os.listdir(parent_fd):
+            if name.startswith(NEW_PREFIX):
+                removed += _remove_abandoned_new(parent_fd, name)
+                continue
             if not name.startswith(PREFIX):
                 continue
             try:
@@ -62,6 +68,21 @@ def remove_stale(parent: str) -> int:
     return removed
 
 
+def _remove_abandoned_new(parent_fd: int, name: str) -> int:
+    """A half-made staging directory (the process died between mkdir and rename)."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return 0
+    if time.time() - st.st_mtime < _NEW_MAX_AGE:
+        return 0
+    try:
+        _remove(parent_fd, name)
+    except OSError:
+        return 0
+    return 1
+
+
 def _is_empty_dir(path: str) -> bool:
     try:
         st = os.lstat(path)
@@ -70,6 +91,27 @@ def _is_empty_dir(path: str) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise DestinationError("not a directory", path)
     return not os.listdir(path)
+
+
+def _make_locked_stage(parent_fd: int, parent: str) -> tuple[str, int]:
+    """A new staging directory that is locked before it carries the staging prefix,
+    so that a concurrent run never takes it for one left behind."""
+    for _ in range(100):
+        token = os.urandom(6).hex()
+        building = NEW_PREFIX + token
+        try:
+            os.mkdir(building, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise DestinationError(f"cannot create a staging directory: {err.strerror}",
+                                   parent) from err
+        fd = os.open(building, _OPEN_DIR, dir_fd=parent_fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        stage = PREFIX + token
+        os.rename(building, stage, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        return stage, fd
+    raise DestinationError("cannot create a staging directory", parent)
 
 
 @contextlib.contextmanager
@@ -93,18 +135,8 @@ def atomic_destination(dest: str) -> Iterator[str]:
     except OSError as err:
         raise DestinationError(f"cannot open: {err.strerror}", parent) from err
     try:
-        for _ in range(100):
-            stage = PREFIX + os.urandom(6).hex()
-            try:
-                os.mkdir(stage, 0o755, dir_fd=parent_fd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise DestinationError("cannot create a staging directory", parent)
-        stage_fd = os.open(stage, _OPEN_DIR, dir_fd=parent_fd)
+        stage, stage_fd = _make_locked_stage(parent_fd, parent)
         try:
-            fcntl.flock(stage_fd, fcntl.LOCK_EX)
             os.fchmod(stage_fd, 0o755)
             try:
                 yield os.path.join(parent, stage)

@@ -159,7 +159,16 @@ class Unpacker:
         if self.threaded:
             self.writer = FileWriter(self._writer_chown, self._writer_xattrs)
         try:
-            self._loop(reader)
+            try:
+                self._loop(reader)
+            except ChrootArchiveError:
+                # A file the writer thread failed on came earlier in the archive: its
+                # error (a full disk, say) is the one to report.
+                if self.writer is not None:
+                    self.writer.drain()
+                    if self.writer.error is not None:
+                        self._raise_writer_error()
+                raise
             if self.writer is not None:
                 self.writer.drain()
                 if self.writer.error is not None:

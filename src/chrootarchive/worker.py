@@ -240,24 +240,59 @@ def run_job(
     data: Iterable[bytes] | int,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run a job that reads ``data`` (chunks, or a readable fd) and return its result."""
+    """Run a job that reads ``data`` (chunks, or a readable fd) and return its result.
+
+    Chunks are fed by a thread, so that a worker that dies while the input stalls is
+    noticed at once (the caller gets its error; the feeding thread ends with the input).
+    """
     worker = Worker(job, root_fd, request, stdin=data if isinstance(data, int) else None)
     try:
         worker.wait_ready()
         if not isinstance(data, int):
-            try:
-                feed(worker.stdin_w, data, on_progress)
-            except ChrootArchiveError:
-                worker.close_stdin()  # the worker sees a truncated stream and stops
-                with contextlib.suppress(ChrootArchiveError):
-                    worker.finish()
-                raise
-            except BaseException:
-                worker.kill()
-                raise
+            _feed_while_alive(worker, data, on_progress)
         return worker.finish()
     finally:
         worker.close()
+
+
+def _feed_while_alive(
+    worker: Worker, data: Iterable[bytes], on_progress: Callable[[int], None] | None
+) -> None:
+    fd, worker.stdin_w = worker.stdin_w, -1  # the feeding thread owns (and closes) it
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            feed(fd, data, on_progress)
+        except BaseException as err:
+            failure.append(err)
+        finally:
+            os.close(fd)
+            done.set()
+
+    threading.Thread(target=run, name="chrootarchive-feed", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            if worker.proc.poll() is not None:
+                # The worker ended first. If the feeding ends too (the input's last
+                # bytes were bad, say), its error counts; if the input stalls, the
+                # worker's own result or error is reported now.
+                if not done.wait(0.2):
+                    return
+                break
+    except BaseException:
+        worker.kill()
+        raise
+    if failure:
+        err = failure[0]
+        if isinstance(err, ChrootArchiveError):
+            # The worker saw a truncated stream; the feeding error is the real cause.
+            with contextlib.suppress(ChrootArchiveError):
+                worker.finish()
+        else:
+            worker.kill()
+        raise err
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -433,6 +468,7 @@ def _lock_down(job: Any, request: dict[str, Any]) -> None:
     dormant: frozenset[str] = getattr(job, "dormant_capabilities", frozenset())
     dormant_caps = {_linux.CAPABILITIES[name] for name in dormant} - keep
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _backing_rlimits(request)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if os.geteuid() == 0:
         _linux.drop_capabilities(keep, dormant_caps)
@@ -461,6 +497,24 @@ def _make_dirs(path: str, owner: tuple[int, int] | None) -> None:
                 os.fchmod(fd, 0o755)
             finally:
                 os.close(fd)
+
+
+def _backing_rlimits(request: dict[str, Any]) -> None:
+    """Kernel limits behind the unpack limits: file size and open files."""
+    limits = (request.get("options") or {}).get("limits") or {}
+    max_file = limits.get("max_file_size")
+    if max_file is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        want = int(max_file) + 1
+        if hard == resource.RLIM_INFINITY or want <= hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
+    depth = limits.get("max_path_depth") or 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = int(depth) + 256  # a descriptor per level when removing deep trees
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
 
 
 def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | None) -> None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import struct
 import subprocess
@@ -178,7 +179,12 @@ def status(pid: int) -> dict[str, str]:
 
 class Trickler(threading.Thread):
     """Write ``pieces`` to ``fd`` one at a time, ``delay`` seconds apart, then close it
-    (unless ``keep_open``). Stops quietly when the reader goes away."""
+    (unless ``keep_open``). Stops quietly when the reader goes away.
+
+    The descriptor is made non-blocking and every write waits at most 0.1 s at a time,
+    so that ``stop.set(); join()`` always ends the thread, even when nobody reads the
+    pipe any more (a blocked ``write`` could not be interrupted).
+    """
 
     def __init__(self, fd: int, pieces: Iterable[bytes], delay: float,
                  *, keep_open: bool = False) -> None:
@@ -191,17 +197,27 @@ class Trickler(threading.Thread):
         self.written = 0
         self.broken = False
 
+    def _write(self, piece: bytes) -> bool:
+        view = memoryview(piece)
+        while view:
+            if self.stop.is_set():
+                return False
+            _, ready, _ = select.select([], [self.fd], [], 0.1)
+            if not ready:
+                continue
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                continue
+            view = view[n:]
+            self.written += n
+        return True
+
     def run(self) -> None:
         try:
+            os.set_blocking(self.fd, False)
             for piece in self.pieces:
-                if self.stop.is_set():
-                    break
-                view = memoryview(piece)
-                while view:
-                    n = os.write(self.fd, view)
-                    view = view[n:]
-                self.written += len(piece)
-                if self.stop.wait(self.delay):
+                if not self._write(piece) or self.stop.wait(self.delay):
                     break
         except OSError:
             self.broken = True

@@ -16,8 +16,9 @@ __all__ = ["enter", "enter_cwd"]
 
 
 def enter(root_fd: int) -> str:
-    """The forced ``chroot`` mechanism (root): a private mount namespace first, so that
-    a procfs inside the destination can be detached (its magic links lead out)."""
+    """The forced ``chroot`` mechanism (root): a private mount namespace first where
+    one can be made, so that a procfs inside the destination can be detached (its
+    magic links lead out)."""
     from chrootarchive.confine import pivot
 
     os.fchdir(root_fd)
@@ -25,9 +26,13 @@ def enter(root_fd: int) -> str:
         _linux.unshare(_linux.CLONE_NEWNS)
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
-        raise ConfinementError(
-            f"creating a private mount namespace failed: {err.strerror}"
-        ) from err
+        # chroot needs no namespace, unless there is a procfs to hide.
+        if pivot.proc_mounts_below():
+            raise ConfinementError(
+                "a procfs is mounted inside the destination and no private mount "
+                f"namespace can be made to detach it: {err.strerror}"
+            ) from err
+        return enter_cwd()
     pivot.detach_proc_mounts()
     return enter_cwd()
 

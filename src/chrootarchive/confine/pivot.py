@@ -69,6 +69,20 @@ def detach_proc_mounts() -> None:
     magic links such as ``/proc/PID/root`` that lead out of any jail. Call in a private
     mount namespace (nothing propagates back), before the jail is entered.
     """
+    for rel in proc_mounts_below():
+        while True:
+            try:
+                _linux.umount2(rel, _linux.MNT_DETACH | _UMOUNT_NOFOLLOW)
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOENT):
+                    break  # not (or no longer) a mount point
+                raise ConfinementError(
+                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
+                ) from err
+
+
+def proc_mounts_below() -> list[str]:
+    """procfs mount points at or below the working directory, relative, deepest first."""
     here = os.getcwd()
     found: list[str] = []
     with open("/proc/self/mountinfo", "rb") as f:
@@ -86,16 +100,7 @@ def detach_proc_mounts() -> None:
                 raise ConfinementError("the destination is a procfs mount")
             if mount_point.startswith(here.rstrip("/") + "/"):
                 found.append(os.path.relpath(mount_point, here))
-    for rel in sorted(set(found), key=lambda p: p.count("/"), reverse=True):
-        while True:
-            try:
-                _linux.umount2(rel, _linux.MNT_DETACH | _UMOUNT_NOFOLLOW)
-            except OSError as err:
-                if err.errno in (errno.EINVAL, errno.ENOENT):
-                    break  # not (or no longer) a mount point
-                raise ConfinementError(
-                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
-                ) from err
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
 def _cwd_is_mount_root() -> bool:
