@@ -39,6 +39,7 @@ import chrootarchive
 from helpers import tarbuild as tb
 from helpers import tree
 from helpers.cli import assert_one_line_error, run_cli
+from helpers.corpus import corpus_dir
 from helpers.victim import HELLO, SECRET, Victim
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -1419,7 +1420,7 @@ def test_deep_two_hop_chain_past_path_max(dest: Path, victim: Victim) -> None:
 
 # -- truncation, as Go's archive/tar tests it (TestReadTruncation) -------------------
 
-CORPUS = Path("/work/shared/corpus/go-archive-tar")
+CORPUS = corpus_dir()
 
 
 def _truncation_vectors() -> list[tuple[str, bytes, bool]]:

@@ -48,8 +48,9 @@ import pytest
 import chrootarchive
 from helpers import tree
 from helpers.cli import CLI, assert_one_line_error, run_cli
+from helpers.corpus import corpus_dir
 
-CORPUS = Path(os.environ.get("CHROOTARCHIVE_CORPUS", "/work/shared/corpus/go-archive-tar"))
+CORPUS = corpus_dir()
 
 WELL_FORMED = [
     "file-and-dir.tar",

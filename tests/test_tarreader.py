@@ -35,8 +35,9 @@ from chrootarchive.tarreader import (
     TarEntry,
     TarReader,
 )
+from helpers.corpus import corpus_dir
 
-CORPUS = Path(os.environ.get("CHROOTARCHIVE_CORPUS", "/work/shared/corpus/go-archive-tar"))
+CORPUS = corpus_dir()
 EOA = bytes(1024)  # the end-of-archive marker
 
 # ---------------------------------------------------------------------------------
