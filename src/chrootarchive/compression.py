@@ -110,39 +110,124 @@ def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
     raise CompressionError(f"unknown compression {kind!r}")
 
 
-def _zstd_chunks(src: _Peekable) -> Iterator[bytes]:
-    """zstd, frame by frame, so that a stream cut inside a frame is an error.
+class _ZstdFrames:
+    """Follows the zstd frame structure of the bytes read through it.
 
-    (The library's stream reader ends quietly at a truncated frame.)
+    The library's streaming reader bounds its output (a frame of zeros can expand a
+    thousandfold) but ends quietly at a truncated frame; this tells whether the input
+    ended between frames. Only headers are looked at; block contents are counted.
     """
+
+    def __init__(self, raw: _Peekable) -> None:
+        self._raw = raw
+        self._state = "magic"
+        self._header = bytearray()
+        self._skip = 0
+        self._checksum = False
+        self.lost = False  # an unknown structure: leave judgement to the library
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if data and not self.lost:
+            self._follow(memoryview(data))
+        return data
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def between_frames(self) -> bool:
+        return self.lost or (self._state == "magic" and not self._header and not self._skip)
+
+    def _want(self, data: memoryview, i: int, n: int) -> tuple[bytes | None, int]:
+        take = min(n - len(self._header), len(data) - i)
+        self._header += data[i:i + take]
+        i += take
+        if len(self._header) < n:
+            return None, i
+        out = bytes(self._header)
+        self._header.clear()
+        return out, i
+
+    def _follow(self, data: memoryview) -> None:
+        i = 0
+        while i < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - i)
+                self._skip -= step
+                i += step
+                continue
+            if self._state == "magic":
+                got, i = self._want(data, i, 4)
+                if got is None:
+                    return
+                magic = int.from_bytes(got, "little")
+                if magic == 0xFD2FB528:
+                    self._state = "descriptor"
+                elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                    self._state = "skippable"
+                else:
+                    self.lost = True
+                    return
+            elif self._state == "skippable":
+                got, i = self._want(data, i, 4)
+                if got is None:
+                    return
+                self._skip = int.from_bytes(got, "little")
+                self._state = "magic"
+            elif self._state == "descriptor":
+                got, i = self._want(data, i, 1)
+                if got is None:
+                    return
+                d = got[0]
+                single = (d >> 5) & 1
+                self._checksum = bool((d >> 2) & 1)
+                fcs = (1 if single else 0, 2, 4, 8)[d >> 6]
+                self._skip = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs
+                self._state = "block"
+            elif self._state == "block":
+                got, i = self._want(data, i, 3)
+                if got is None:
+                    return
+                h = int.from_bytes(got, "little")
+                kind, size = (h >> 1) & 3, h >> 3
+                if kind == 3:
+                    self.lost = True
+                    return
+                self._skip = 1 if kind == 1 else size
+                if h & 1:  # the last block: then the checksum, then the next frame
+                    self._skip += 4 if self._checksum else 0
+                    self._state = "magic"
+
+
+def _zstd_chunks(src: _Peekable) -> Iterator[bytes]:
+    """zstd with bounded output, and an error for a stream cut inside a frame."""
     try:
         import zstandard
     except ImportError as err:
         raise CompressionError(
             "zstd input needs the 'zstandard' package (pip install zstandard)"
         ) from err
-    dctx = zstandard.ZstdDecompressor()
-    frame = dctx.decompressobj()
-    in_frame = False
+    frames = _ZstdFrames(src)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        cast(IO[bytes], frames), read_size=CHUNK, read_across_frames=True
+    )
     try:
         while True:
-            data = src.read(CHUNK)
+            data = reader.read(CHUNK)
             if not data:
                 break
-            while data:
-                in_frame = True
-                out = frame.decompress(data)
-                if out:
-                    yield out
-                if frame.eof:
-                    data = frame.unused_data
-                    frame = dctx.decompressobj()
-                    in_frame = False
-                else:
-                    data = b""
+            yield data
+        while frames.read(CHUNK):  # what the reader did not ask for (trailing bytes)
+            pass
     except zstandard.ZstdError as err:
         raise CompressionError(f"corrupt zstd data: {err}") from err
-    if in_frame:
+    if not frames.between_frames:
         raise CompressionError("zstd data is truncated")
 
 
