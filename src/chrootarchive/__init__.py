@@ -8,46 +8,104 @@ a :class:`ChrootArchiveError` subclass on failure.
 
 from __future__ import annotations
 
-from chrootarchive.api import (
-    apply_layer,
-    apply_uncompressed_layer,
-    untar,
-    untar_uncompressed,
-    untar_with_root,
-)
-from chrootarchive.copy import (
-    TarStream,
-    copy_file_with_tar,
-    copy_path,
-    copy_with_tar,
-    tar,
-    untar_path,
-)
-from chrootarchive.errors import (
-    ArchiveError,
-    BreakoutError,
-    ChrootArchiveError,
-    CompressionError,
-    ConfinementError,
-    DestinationError,
-    DigestMismatchError,
-    ImageError,
-    InternalError,
-    LimitExceededError,
-    MalformedArchiveError,
-    MechanismUnavailableError,
-    SourceError,
-    WorkerError,
-)
-from chrootarchive.image import ImageResult, LayerProgress, LayerResult, unpack_image
-from chrootarchive.options import (
-    IDMap,
-    Limits,
-    PackOptions,
-    PackResult,
-    UnpackOptions,
-    UnpackResult,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chrootarchive.api import (
+        apply_layer,
+        apply_uncompressed_layer,
+        untar,
+        untar_uncompressed,
+        untar_with_root,
+    )
+    from chrootarchive.copy import (
+        TarStream,
+        copy_file_with_tar,
+        copy_path,
+        copy_with_tar,
+        tar,
+        untar_path,
+    )
+    from chrootarchive.errors import (
+        ArchiveError,
+        BreakoutError,
+        ChrootArchiveError,
+        CompressionError,
+        ConfinementError,
+        DestinationError,
+        DigestMismatchError,
+        ImageError,
+        InternalError,
+        LimitExceededError,
+        MalformedArchiveError,
+        MechanismUnavailableError,
+        SourceError,
+        WorkerError,
+    )
+    from chrootarchive.image import ImageResult, LayerProgress, LayerResult, unpack_image
+    from chrootarchive.options import (
+        IDMap,
+        Limits,
+        PackOptions,
+        PackResult,
+        UnpackOptions,
+        UnpackResult,
+    )
+
+# Names are imported when first used (PEP 562): the confined worker imports this
+# package too, and must not pay for (or load) the parts it never uses.
+_EXPORTS = {
+    "ArchiveError": "chrootarchive.errors",
+    "BreakoutError": "chrootarchive.errors",
+    "ChrootArchiveError": "chrootarchive.errors",
+    "CompressionError": "chrootarchive.errors",
+    "ConfinementError": "chrootarchive.errors",
+    "DestinationError": "chrootarchive.errors",
+    "DigestMismatchError": "chrootarchive.errors",
+    "IDMap": "chrootarchive.options",
+    "ImageError": "chrootarchive.errors",
+    "ImageResult": "chrootarchive.image",
+    "InternalError": "chrootarchive.errors",
+    "LayerProgress": "chrootarchive.image",
+    "LayerResult": "chrootarchive.image",
+    "LimitExceededError": "chrootarchive.errors",
+    "Limits": "chrootarchive.options",
+    "MalformedArchiveError": "chrootarchive.errors",
+    "MechanismUnavailableError": "chrootarchive.errors",
+    "PackOptions": "chrootarchive.options",
+    "PackResult": "chrootarchive.options",
+    "SourceError": "chrootarchive.errors",
+    "TarStream": "chrootarchive.copy",
+    "UnpackOptions": "chrootarchive.options",
+    "UnpackResult": "chrootarchive.options",
+    "WorkerError": "chrootarchive.errors",
+    "apply_layer": "chrootarchive.api",
+    "apply_uncompressed_layer": "chrootarchive.api",
+    "copy_file_with_tar": "chrootarchive.copy",
+    "copy_path": "chrootarchive.copy",
+    "copy_with_tar": "chrootarchive.copy",
+    "tar": "chrootarchive.copy",
+    "unpack_image": "chrootarchive.image",
+    "untar": "chrootarchive.api",
+    "untar_path": "chrootarchive.copy",
+    "untar_uncompressed": "chrootarchive.api",
+    "untar_with_root": "chrootarchive.api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chrootarchive' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "ArchiveError",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable
 
@@ -98,7 +97,7 @@ class FileOps:
     def make_temp_dir(self, prefix: str) -> str:
         """Create a new private directory at the root with an unpredictable name."""
         for _ in range(100):
-            name = prefix + secrets.token_hex(6)
+            name = prefix + os.urandom(6).hex()
             try:
                 self.mkdir(name, 0o700)
             except FileExistsError:
