@@ -43,7 +43,22 @@ def detect(head: bytes) -> str:
     return "none"
 
 
-class _Peekable:
+class _ReaderBase:
+    """What file-like consumers want beyond ``read``."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Peekable(_ReaderBase):
     """A file object whose first bytes were already read for detection."""
 
     def __init__(self, head: bytes, raw: Readable) -> None:
@@ -60,13 +75,6 @@ class _Peekable:
             return head
         return self._raw.read(size)
 
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
 
 def _read_exactly_head(raw: Readable, n: int) -> bytes:
@@ -110,7 +118,7 @@ def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
     raise CompressionError(f"unknown compression {kind!r}")
 
 
-class _ZstdFrames:
+class _ZstdFrames(_ReaderBase):
     """Follows the zstd frame structure of the bytes read through it.
 
     The library's streaming reader bounds its output (a frame of zeros can expand a
@@ -132,13 +140,6 @@ class _ZstdFrames:
             self._follow(memoryview(data))
         return data
 
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     @property
     def between_frames(self) -> bool:

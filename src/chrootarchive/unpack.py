@@ -351,6 +351,15 @@ class Unpacker:
         shown = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
         raise LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded", entry)
 
+    def _charge(self, size: int, entry: str) -> None:
+        """Count ``size`` bytes of file data against max_bytes (before they are written)."""
+        self.bytes_budget -= size
+        if self.bytes_budget < 0:
+            assert self.limits.max_bytes is not None
+            self._limit("max_bytes", self.limits.max_bytes, "bytes", entry)
+        if self.deadline is not None:
+            self._check_time(entry)
+
     def _check_time(self, entry: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             assert self.limits.timeout is not None
@@ -447,22 +456,15 @@ class Unpacker:
                     handed_over = True  # _write_inline closes fd
                 self._write_inline(fd, meta, reader, entry, sparse)
                 return
-            budget = self.bytes_budget
             pending: tuple[int, bytes] | None = None
             for offset, chunk in reader.data(entry):
-                budget -= len(chunk)
-                if budget < 0:
-                    assert self.limits.max_bytes is not None
-                    self._limit("max_bytes", self.limits.max_bytes, "bytes", entry.name)
-                if self.deadline is not None:
-                    self._check_time(entry.name)
+                self._charge(len(chunk), entry.name)
                 if writer.error is not None:
                     self._raise_writer_error()
                 if pending is not None:
                     writer.put(fd, pending[0], pending[1], meta, False)
                     handed_over = True
                 pending = (offset if sparse else -1, bytes(chunk))
-            self.bytes_budget = budget
             if pending is None:
                 pending = (-1, b"")
             writer.put(fd, pending[0], pending[1], meta, True)
@@ -478,14 +480,8 @@ class Unpacker:
         try:
             write = os.write
             pwrite = os.pwrite
-            budget = self.bytes_budget
             for offset, chunk in reader.data(entry):
-                budget -= len(chunk)
-                if budget < 0:
-                    assert self.limits.max_bytes is not None
-                    self._limit("max_bytes", self.limits.max_bytes, "bytes", entry.name)
-                if self.deadline is not None:
-                    self._check_time(entry.name)
+                self._charge(len(chunk), entry.name)
                 if sparse:
                     while chunk:
                         n = pwrite(fd, chunk, offset)
@@ -495,7 +491,6 @@ class Unpacker:
                     while chunk:
                         n = write(fd, chunk)
                         chunk = chunk[n:]
-            self.bytes_budget = budget
             if meta.size is not None:
                 os.ftruncate(fd, meta.size)
             if meta.owner is not None:
