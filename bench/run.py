@@ -1021,7 +1021,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        print(markdown(merge_reports([json.loads(p.read_text()) for p in args.report])))
+        merged = merge_reports([json.loads(p.read_text()) for p in args.report])
+        merged.setdefault("targets", check_targets(merged["results"], merged.get("micro")))
+        print(markdown(merged))
         return 0
     if os.geteuid() != 0:
         log("warning: not root; chrootarchive's default confinement and tar's owners need root")
@@ -1081,6 +1083,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"warning: {t} target {roots[t]} is on {kind}")
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = started.replace(":", "")
+    partial = None if args.smoke else args.dir / "results" / f"{stamp}.partial.json"
     report: dict[str, Any] = {
         "meta": {
             "started": started,
@@ -1127,6 +1131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.warmup,
                     )
                 )
+                if partial:  # a long run that is stopped keeps what it measured
+                    partial.parent.mkdir(parents=True, exist_ok=True)
+                    partial.write_text(json.dumps(report, indent=1) + "\n")
         if args.micro:
             log("micro-benchmark: one-file archive")
             mroot = Path(tempfile.mkdtemp(prefix="micro-", dir=roots.get("tmpfs", tmpfs_root)))
@@ -1150,7 +1157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         res_dir = args.dir / "results"
         res_dir.mkdir(parents=True, exist_ok=True)
-        stamp = started.replace(":", "")
+        if partial:
+            partial.unlink(missing_ok=True)
         (res_dir / f"{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
         (res_dir / f"{stamp}.md").write_text(md + "\n")
         outs = [res_dir / f"{stamp}.json", res_dir / f"{stamp}.md"]
