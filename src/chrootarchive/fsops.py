@@ -94,6 +94,27 @@ class FileOps:
         """
         _linux.fchmod_path_fd(fd, mode)
 
+    def make_dirs(self, path: str, owner: tuple[int, int] | None = None) -> None:
+        """``mkdir -p`` below the root: every new directory 0755 (whatever the umask,
+        not os.makedirs' 0777), owned by ``owner`` when given. Existing steps may be
+        in-root symlinks to directories; anything else is NotADirectoryError."""
+        prefix = ""
+        for part in path.strip("/").split("/"):
+            prefix = f"{prefix}/{part}" if prefix else part
+            try:
+                self.mkdir(prefix, 0o755)
+            except FileExistsError:
+                if not stat.S_ISDIR(self.stat(prefix).st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
+                continue
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                fd = self.open_dir(prefix)
+                try:
+                    os.fchown(fd, *owner)
+                    os.fchmod(fd, 0o755)
+                finally:
+                    os.close(fd)
+
     def make_temp_dir(self, prefix: str) -> str:
         """Create a new private directory at the root with an unpredictable name."""
         for _ in range(100):
@@ -330,10 +351,6 @@ def with_privilege(action: Callable[[], None]) -> None:
         action()
     finally:
         toggle(False)
-
-
-def set_owner_fd(fd: int, uid: int, gid: int) -> None:
-    os.fchown(fd, uid, gid)
 
 
 def set_owner_path_fd(fd: int, uid: int, gid: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,18 +49,6 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
     return {"entries": stats.entries, "size": stats.size}
 
 
-def _make_dest(fs: fsops.FileOps, dest: str) -> None:
-    """Create ``dest`` below the root, resolving every step inside it."""
-    prefix = ""
-    for part in dest.strip("/").split("/"):
-        prefix = f"{prefix}/{part}" if prefix else part
-        try:
-            fs.mkdir(prefix, 0o755)
-        except FileExistsError:
-            if not stat.S_ISDIR(fs.stat(prefix).st_mode):
-                raise DestinationError("not a directory", dest) from None
-
-
 def run_in_process(
     root_fd: int, request: dict[str, Any], data: int | Iterable[bytes]
 ) -> dict[str, Any]:
@@ -74,7 +61,7 @@ def run_in_process(
     dest = str(request.get("dest", "."))
     if dest not in ("", ".", "/"):
         try:
-            _make_dest(fsops.Openat2FileOps(root_fd), dest)
+            fsops.Openat2FileOps(root_fd).make_dirs(dest)
         except OSError as err:
             raise DestinationError(err.strerror or str(err), dest) from err
     warnings: list[str] = []

@@ -415,7 +415,7 @@ def _child_work(
     req_fd: int, root_fd: int, result_fd: int, request: dict[str, Any]
 ) -> dict[str, Any]:
     # Everything the worker will ever need is imported here, before confinement.
-    from chrootarchive import _linux, confine
+    from chrootarchive import _linux, confine, fsops  # noqa: F401 - fsops: _enter_dest
     from chrootarchive.confine import pivot
 
     request.update(_read_request(req_fd))
@@ -481,24 +481,6 @@ def _lock_down(job: Any, request: dict[str, Any]) -> None:
     _linux.install_seccomp_denylist()
 
 
-def _make_dirs(path: str, owner: tuple[int, int] | None) -> None:
-    """mkdir -p with 0755 for every new directory (not the umask's or os.makedirs' 0777)."""
-    prefix = ""
-    for part in path.strip("/").split("/"):
-        prefix = f"{prefix}/{part}" if prefix else part
-        try:
-            os.mkdir(prefix, 0o755)
-        except FileExistsError:
-            continue
-        if owner is not None and owner != (os.geteuid(), os.getegid()):
-            fd = os.open(prefix, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fchown(fd, *owner)
-                os.fchmod(fd, 0o755)
-            finally:
-                os.close(fd)
-
-
 def _backing_rlimits(request: dict[str, Any]) -> None:
     """Kernel limits behind the unpack limits: file size and open files."""
     limits = (request.get("options") or {}).get("limits") or {}
@@ -524,7 +506,9 @@ def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | Non
     """
     try:
         if create:
-            _make_dirs(dest, request_owner)
+            from chrootarchive import fsops  # already imported by _child_work, pre-jail
+
+            fsops.JailedFileOps().make_dirs(dest, request_owner)
         os.chdir(dest)
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):
