@@ -182,7 +182,7 @@ SHOCKER = textwrap.dedent(
     # open_by_handle_at() of a directory outside the jail, whose handle was taken
     # before confinement (Docker 2014: CAP_DAC_READ_SEARCH breaks any chroot).
     import ctypes, json, os, sys
-    from chrootarchive import confine, unpack_job, worker
+    from chrootarchive import child, confine, unpack_job
 
     jail, outside, mechanism = sys.argv[1:4]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -199,7 +199,7 @@ SHOCKER = textwrap.dedent(
     root_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY)
     used = confine.enter(mechanism, root_fd, None)
     os.close(root_fd)
-    worker._lock_down(unpack_job, {"options": {}, "mechanism": mechanism})
+    child._lock_down(unpack_job, {"options": {}, "mechanism": mechanism})
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     fd = libc.open_by_handle_at(here, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY)
     out = {"used": used}

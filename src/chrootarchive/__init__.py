@@ -9,9 +9,13 @@ a :class:`ChrootArchiveError` subclass on failure.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# Not ``typing.TYPE_CHECKING``: the confined worker imports this package, and importing
+# ``typing`` costs milliseconds of its start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from chrootarchive.api import (
         apply_layer,
         apply_uncompressed_layer,

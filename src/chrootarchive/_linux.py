@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 __all__ = [
@@ -60,7 +59,7 @@ _SYSCALLS = {
     "move_mount": (429, 429),
     "openat2": (437, 437),
 }
-_ARCH = 0 if platform.machine() in ("x86_64", "AMD64") else 1
+_ARCH = 0 if os.uname().machine in ("x86_64", "AMD64") else 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

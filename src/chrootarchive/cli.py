@@ -13,25 +13,30 @@ import json
 import os
 import stat
 import sys
-import tempfile
-import textwrap
-from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from chrootarchive import untar, untar_uncompressed, untar_with_root
 from chrootarchive.api import apply_layer_result
 from chrootarchive.confine import MECHANISMS
-from chrootarchive.copy import TarStream, copy_path, tar
 from chrootarchive.errors import ChrootArchiveError, DestinationError
-from chrootarchive.image import (
+from chrootarchive.options import (
     DEFAULT_MAX_LAYERS,
-    ImageResult,
-    LayerProgress,
-    parse_platform,
-    unpack_image,
+    IDMap,
+    Limits,
+    PackOptions,
+    UnpackOptions,
+    UnpackResult,
 )
-from chrootarchive.options import IDMap, Limits, PackOptions, UnpackOptions, UnpackResult
+
+# What only some commands need is imported by them (``image``, ``copy``): a one-file
+# untar should not pay for loading the rest.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from chrootarchive.copy import TarStream
+    from chrootarchive.image import ImageResult, LayerProgress
 
 __all__ = ["main"]
 
@@ -363,6 +368,8 @@ media type, too many layers...), 2 usage, 3 no confinement mechanism available,
 
 
 def _platform_arg(text: str) -> str:
+    from chrootarchive.image import parse_platform
+
     try:
         return parse_platform(text)
     except ValueError as err:
@@ -443,6 +450,8 @@ class _LayerBars:
 
 
 def _run_unpack_image(args: argparse.Namespace) -> int:
+    from chrootarchive.image import unpack_image
+
     options = _unpack_options(args)
     bars = _LayerBars(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
@@ -644,6 +653,8 @@ def _run_tar(args: argparse.Namespace) -> int:
         options = _pack_options(args, compression)
     except ValueError as err:
         return _one_line_usage(str(err))
+    from chrootarchive.copy import tar
+
     bar = _Progress(None, enabled=not args.quiet and sys.stderr.isatty(), desc="packing")
     try:
         with tar(args.src, args.root, options, progress=bar.update) as stream:
@@ -701,6 +712,8 @@ def _write_file(stream: TarStream, path: str) -> None:
         return
     directory, name = os.path.split(os.path.abspath(path))
     try:
+        import tempfile
+
         fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
     except OSError as err:
         reason = (err.strerror or str(err)).lower()
@@ -728,6 +741,8 @@ def _run_cp(args: argparse.Namespace) -> int:
     options = UnpackOptions(chown=args.chown, no_lchown=args.no_lchown, confine=args.confine)
     bar = _Progress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
                     desc="copying")
+    from chrootarchive.copy import copy_path
+
     try:
         result = copy_path(args.src, args.dst, src_root=args.from_root,
                            dst_root=args.to_root, options=options,
@@ -741,6 +756,8 @@ def _run_cp(args: argparse.Namespace) -> int:
 def _error_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, ChrootArchiveError) else f"{type(err).__name__}: {err}"
     text = " ".join(text.split())  # one line, whatever the entry name holds
+    import textwrap
+
     return "chrootarchive: error: " + textwrap.shorten(text, 2000, placeholder="...")
 
 

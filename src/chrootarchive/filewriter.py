@@ -5,6 +5,8 @@ The unpacker's thread parses headers, checks names and creates each file (with
 then writes the data, owner, xattrs, mode and times through the new file's descriptor
 and closes it. The system calls of one file overlap with the parsing of the next.
 Memory stays bounded: at most :data:`MAX_PENDING` chunks of at most 1 MiB are queued.
+Built on ``_thread`` and ``_queue`` (what ``threading`` and ``queue`` are made of):
+importing those costs the worker milliseconds of start-up.
 
 An error is remembered with its entry name and raised by the unpacker's thread at the
 next hand-over or at :meth:`FileWriter.drain`.
@@ -12,28 +14,41 @@ next hand-over or at :meth:`FileWriter.drain`.
 
 from __future__ import annotations
 
+import _thread
 import os
-import queue
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from _queue import SimpleQueue
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["MAX_PENDING", "FileMetadata", "FileWriter"]
 
-MAX_PENDING = 16
+MAX_PENDING = 4  # chunks: enough to keep the thread busy, few MiB of memory
 
 
-@dataclass(slots=True)
 class FileMetadata:
     """What to apply to a file once its data is written."""
 
-    entry: str
-    size: int | None  # ftruncate to this size (sparse files), or None
-    owner: tuple[int, int] | None
-    xattrs: dict[str, bytes] | None
-    special_mode: int | None  # fchmod after fchown (setuid/setgid/sticky), or None
-    atime_ns: int
-    mtime_ns: int
+    __slots__ = ("atime_ns", "entry", "mtime_ns", "owner", "size", "special_mode", "xattrs")
+
+    def __init__(
+        self,
+        entry: str,
+        size: int | None,  # ftruncate to this size (sparse files), or None
+        owner: tuple[int, int] | None,
+        xattrs: dict[str, bytes] | None,
+        special_mode: int | None,  # fchmod after fchown (setuid/setgid/sticky), or None
+        atime_ns: int,
+        mtime_ns: int,
+    ) -> None:
+        self.entry = entry
+        self.size = size
+        self.owner = owner
+        self.xattrs = xattrs
+        self.special_mode = special_mode
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
 
 
 # Queue items: (fd, offset or -1 for "append", data, metadata, last chunk of the file)
@@ -56,12 +71,16 @@ class FileWriter:
     ) -> None:
         self._chown = chown
         self._set_xattrs = set_xattrs
-        self._queue: queue.Queue[_Item | None] = queue.Queue(MAX_PENDING)
+        self._queue: SimpleQueue[_Item | None] = SimpleQueue()
+        self._free: SimpleQueue[None] = SimpleQueue()  # one token per free queue slot
+        for _ in range(MAX_PENDING):
+            self._free.put(None)
         self.error: tuple[BaseException, str] | None = None
         self._open: set[int] = set()
-        self._thread = threading.Thread(target=self._run, name="chrootarchive-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._stopped = _thread.allocate_lock()  # released by the thread as it ends
+        self._stopped.acquire()
+        self._running = True
+        _thread.start_new_thread(self._run, ())
 
     def put(self, fd: int, offset: int, data: bytes, metadata: FileMetadata,
             last: bool) -> None:
@@ -70,6 +89,7 @@ class FileWriter:
         The writer owns ``fd`` from the first chunk on.
         """
         self._open.add(fd)
+        self._free.get()  # blocks while MAX_PENDING chunks wait
         self._queue.put((fd, offset, data, metadata, last))
 
     def drain(self) -> None:
@@ -77,21 +97,30 @@ class FileWriter:
 
         Safe to call after an error, and more than once.
         """
-        if self._thread.is_alive():
+        if self._running:
             self._queue.put(None)
-            self._thread.join()
+            self._stopped.acquire()
+            self._running = False
         for fd in self._open:
             os.close(fd)
         self._open.clear()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._stopped.release()
+
+    def _loop(self) -> None:
         get = self._queue.get
+        free = self._free.put
         write = os.write
         pwrite = os.pwrite
         while True:
             item = get()
             if item is None:
                 return
+            free(None)
             fd, offset, data, metadata, last = item
             if self.error is not None:
                 if last:

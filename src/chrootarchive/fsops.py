@@ -15,9 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 
 from chrootarchive import _linux
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["FileOps", "JailedFileOps", "Openat2FileOps", "openat2_unavailable_reason"]
 

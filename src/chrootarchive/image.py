@@ -75,7 +75,7 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
 )
-from chrootarchive.options import UnpackOptions, UnpackResult
+from chrootarchive.options import DEFAULT_MAX_LAYERS, UnpackOptions, UnpackResult
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",
@@ -94,9 +94,6 @@ MAX_JSON_SIZE = 4 << 20
 
 MAX_INDEX_DEPTH = 8
 """How deeply image indexes may nest below ``index.json``."""
-
-DEFAULT_MAX_LAYERS = 1000
-"""Layers in one manifest, unless the caller says otherwise."""
 
 MAX_TAR_MEMBERS = 200_000
 """Members of an image tar that are indexed (``docker save`` writes about 4 per layer)."""

@@ -11,15 +11,17 @@ layer cannot remove them (umoci's ``upperPaths``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import stat
-from collections.abc import Callable
 
 from chrootarchive import fsops, tarreader
 from chrootarchive.errors import MalformedArchiveError
 from chrootarchive.tarreader import TarEntry
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["OPAQUE", "WHITEOUT_PREFIX", "LayerRules"]
 
@@ -183,12 +185,16 @@ class LayerRules:
                     os.close(fd)
         finally:
             for fd, _ in stack:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
 
     def finish(self) -> None:
         """Remove the AUFS hardlink directory, if one was made."""
         if self.link_dir is not None:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 self.fs.remove_tree(self.link_dir)
+            except FileNotFoundError:
+                pass
             self.link_dir = None

@@ -18,6 +18,9 @@ __all__ = [
 
 GiB = 1 << 30
 
+#: Manifests with more layers are refused (``unpack_image(max_layers=...)``).
+DEFAULT_MAX_LAYERS = 1000
+
 WHITEOUT_FORMATS = ("aufs", "overlay")
 
 

@@ -7,10 +7,13 @@ extraction with a clear message). They are not the security boundary: the jail i
 from __future__ import annotations
 
 import posixpath
-import re
-from collections.abc import Iterable
 
 from chrootarchive.errors import BreakoutError, MalformedArchiveError
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    import re
+    from collections.abc import Iterable
 
 __all__ = ["PatternMatcher", "check_symlink", "clean_name", "hardlink_target"]
 
@@ -65,6 +68,8 @@ def check_symlink(name: str, unsafe_target: str, entry: str) -> None:
 
 def _translate(pattern: str) -> str:
     """Translate one filepath.Match-style pattern (plus ``**``) to a regex."""
+    import re  # only for patterns (the worker imports it before the jail when needed)
+
     out = []
     i, n = 0, len(pattern)
     while i < n:
@@ -129,6 +134,8 @@ class PatternMatcher:
                 else:
                     self._rules.append((negated, None, 0, {text}))
                 continue
+            import re  # see _translate
+
             depth = text.count("/") + 1
             self._rules.append((negated, re.compile(_translate(text) + r"\Z"), depth, None))
 

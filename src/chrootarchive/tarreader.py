@@ -17,13 +17,14 @@ from __future__ import annotations
 import binascii
 import os
 import stat
-import urllib.parse
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import NoReturn
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import NoReturn
 
 __all__ = [
     "BLOCKDEV",
@@ -107,25 +108,75 @@ _SPARSE_KEYS = frozenset(
 )
 
 
-@dataclass(slots=True)
 class TarEntry:
-    """One archive member, after long-name/PAX records were applied."""
+    """One archive member, after long-name/PAX records were applied.
 
-    name: str
-    kind: str
-    mode: int  # permission bits incl. setuid/setgid/sticky (no file-type bits)
-    uid: int
-    gid: int
-    size: int  # logical size of a regular file (for sparse files: the full size), else 0
-    mtime_ns: int
-    atime_ns: int | None = None
-    linkname: str = ""  # for hard and symbolic links only
-    devmajor: int = 0  # for device nodes only
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    sparse: list[tuple[int, int]] | None = None  # (offset, length) data regions
-    stored_size: int = 0  # bytes of data stored in the archive for this entry
-    unknown_type: str = ""  # typeflag of an unknown type, read as a regular file
+    A plain slotted class rather than a dataclass: the worker imports no
+    ``dataclasses`` (start-up cost), and one is made per entry (keep it cheap).
+    """
+
+    __slots__ = (
+        "atime_ns",
+        "devmajor",
+        "devminor",
+        "gid",
+        "kind",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "size",
+        "sparse",
+        "stored_size",
+        "uid",
+        "unknown_type",
+        "xattrs",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime_ns: int,
+        atime_ns: int | None = None,
+        linkname: str = "",
+        devmajor: int = 0,
+        devminor: int = 0,
+        xattrs: dict[str, bytes] | None = None,
+        sparse: list[tuple[int, int]] | None = None,
+        stored_size: int = 0,
+        unknown_type: str = "",
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.mode = mode  # permission bits incl. setuid/setgid/sticky (no type bits)
+        self.uid = uid
+        self.gid = gid
+        self.size = size  # logical size of a regular file (sparse: the full size), else 0
+        self.mtime_ns = mtime_ns
+        self.atime_ns = atime_ns
+        self.linkname = linkname  # for hard and symbolic links only
+        self.devmajor = devmajor  # for device nodes only
+        self.devminor = devminor
+        self.xattrs: dict[str, bytes] = {} if xattrs is None else xattrs
+        self.sparse = sparse  # (offset, length) data regions
+        self.stored_size = stored_size  # bytes of data stored in the archive
+        self.unknown_type = unknown_type  # typeflag of an unknown type, read as a file
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"TarEntry({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TarEntry):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
 
 class _Pax:
@@ -217,6 +268,23 @@ def _pax_time(raw: bytes) -> int | None:
         return None
     nanos = whole * _NS + (int(frac[:9].ljust(9, b"0")) if frac else 0)
     return -nanos if negative else nanos
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _percent_decode(text: str) -> bytes:
+    """``%XX`` escapes to bytes, anything else kept (``urllib.parse.unquote_to_bytes``,
+    which the worker does not import)."""
+    parts = text.encode("utf-8", "surrogateescape").split(b"%")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        if len(part) >= 2 and part[0] in _HEX and part[1] in _HEX:
+            out.append(int(part[:2], 16))
+            out += part[2:]
+        else:
+            out += b"%" + part
+    return bytes(out)
 
 
 def _byte_sum(hdr: _Bytes) -> int:
@@ -783,7 +851,7 @@ class TarReader:
                 _fail("empty xattr name", where)
             pax.xattrs[key[13:]] = value
         elif key.startswith("LIBARCHIVE.xattr."):
-            name = urllib.parse.unquote_to_bytes(key[17:])
+            name = _percent_decode(key[17:])
             if not name or 0 in name:
                 _fail("invalid xattr name", where)
             try:

@@ -13,14 +13,11 @@ descriptor. Directory modes and times are applied at the end, deepest first.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posixpath
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from chrootarchive import fsops, layer, paths, tarreader
 from chrootarchive.errors import (
@@ -32,8 +29,13 @@ from chrootarchive.errors import (
     MalformedArchiveError,
 )
 from chrootarchive.filewriter import FileMetadata, FileWriter
-from chrootarchive.options import IDMap, UnpackOptions
 from chrootarchive.tarreader import TarEntry, TarReader
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from chrootarchive.options import IDMap, UnpackOptions
 
 __all__ = ["UnpackStats", "Unpacker"]
 
@@ -45,20 +47,30 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 
 
-@dataclass
 class UnpackStats:
-    entries: int = 0
-    size: int = 0
+    """Entries seen and the sum of their sizes (Docker's ApplyLayer size)."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.size = 0
 
 
-@dataclass(slots=True)
 class _PendingDir:
-    path: str
-    dev: int
-    ino: int
-    mode: int
-    atime_ns: int
-    mtime_ns: int
+    """A directory whose mode and times are applied at the end (deepest first)."""
+
+    __slots__ = ("atime_ns", "dev", "ino", "mode", "mtime_ns", "path")
+
+    def __init__(
+        self, path: str, dev: int, ino: int, mode: int, atime_ns: int, mtime_ns: int
+    ) -> None:
+        self.path = path
+        self.dev = dev
+        self.ino = ino
+        self.mode = mode
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
@@ -684,8 +696,10 @@ class Unpacker:
             try:
                 os.setxattr(fd, ROOTLESS_XATTR, record)
             except OSError:
-                with contextlib.suppress(OSError):
+                try:
                     os.setxattr(f"/proc/self/fd/{fd}", ROOTLESS_XATTR, record)
+                except OSError:
+                    pass
 
     def _summarize_skips(self) -> None:
         for what, count in self.dropped.items():

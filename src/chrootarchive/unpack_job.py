@@ -7,19 +7,19 @@ caller's process for the ``openat2`` mechanism.
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterable
-from typing import Any
 
-from chrootarchive import fsops, tarreader, unpack, worker
+from chrootarchive import fsops, tarreader, unpack
 from chrootarchive.errors import ChrootArchiveError, DestinationError, LimitExceededError
-from chrootarchive.options import UnpackOptions
 
-__all__ = ["run"]
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+__all__ = ["prepare", "run", "run_in_process"]
 
 
-#: Raised only around setting ``trusted.*`` xattrs (see ``worker._lock_down``).
+#: Raised only around setting ``trusted.*`` xattrs (see ``child._lock_down``).
 dormant_capabilities = frozenset({"CAP_SYS_ADMIN"})
 
 
@@ -27,9 +27,40 @@ def _alarm(signum: int, frame: object) -> None:
     raise LimitExceededError("limit timeout exceeded (the worker was stopped)")
 
 
+class _Fields:
+    """Attribute access to a JSON object (options as the parent validated and sent them)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+
+def _wire_options(data: dict[str, Any]) -> Any:
+    """The :class:`~chrootarchive.options.UnpackOptions` the parent sent, duck-typed.
+
+    The worker does not import ``options``: its dataclasses (and ``dataclasses`` itself)
+    cost milliseconds of start-up, most of the time a small archive takes.
+    """
+    fields = dict(data)
+    fields["uid_maps"] = tuple(_Fields(m) for m in data.get("uid_maps", ()))
+    fields["gid_maps"] = tuple(_Fields(m) for m in data.get("gid_maps", ()))
+    fields["excludes"] = tuple(data.get("excludes", ()))
+    chown = data.get("chown")
+    fields["chown"] = None if chown is None else (int(chown[0]), int(chown[1]))
+    fields["limits"] = _Fields(data["limits"])
+    return _Fields(fields)
+
+
+def prepare(request: dict[str, Any]) -> None:
+    """Before the jail: import what this request needs and nothing else."""
+    if request["options"]["limits"].get("timeout") is not None:
+        import signal  # noqa: F401 - used by run()
+
+
 def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
-    options = UnpackOptions.from_json(request["options"])
+    options = _wire_options(request["options"])
     if options.limits.timeout is not None:
+        import signal  # imported by prepare(), before the jail
+
         # Entry-by-entry checks stop a busy worker; the alarm also stops a worker
         # blocked on a slow (trickling) input.
         signal.signal(signal.SIGALRM, _alarm)
@@ -57,6 +88,11 @@ def run_in_process(
     Every path is resolved with ``openat2(RESOLVE_IN_ROOT)`` under ``root_fd``. Compressed
     or chunked input is fed through a pipe by a thread, as the parent feeds a worker.
     """
+    import threading
+
+    from chrootarchive import worker
+    from chrootarchive.options import UnpackOptions
+
     options = UnpackOptions.from_json(request["options"])
     dest = str(request.get("dest", "."))
     if dest not in ("", ".", "/"):

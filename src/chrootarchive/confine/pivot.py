@@ -15,10 +15,8 @@ a path component for a symlink between the parent's check and the jail.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import tempfile
 
 from chrootarchive import _linux
 from chrootarchive.confine import chroot
@@ -141,6 +139,19 @@ def enter(root_fd: int) -> str:
     return pivot_cwd()
 
 
+def _make_pivot_dir() -> str:
+    """A fresh, private directory in the cwd for the old root (``mkdtemp``, without
+    importing ``tempfile`` and ``random`` into the worker)."""
+    for _ in range(100):
+        name = ".pivot_root" + os.urandom(6).hex()
+        try:
+            os.mkdir(name, 0o700)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no unused name for the pivot directory")
+
+
 def pivot_cwd() -> str:
     """In a fresh mount namespace: jail the process at its working directory.
 
@@ -157,7 +168,7 @@ def pivot_cwd() -> str:
         except OSError:
             return chroot.enter_cwd()
     try:
-        pivot_dir = os.path.basename(tempfile.mkdtemp(prefix=".pivot_root", dir="."))
+        pivot_dir = _make_pivot_dir()
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
             raise DestinationError(f"cannot write to the destination: {err.strerror}") from err
@@ -183,9 +194,11 @@ def pivot_cwd() -> str:
         raise ConfinementError(f"detaching the old root after pivot failed: {err}") from err
     finally:
         if mounted:
-            with contextlib.suppress(OSError):
+            try:
                 _linux.umount2(old_root, _linux.MNT_DETACH)
                 mounted = False
+            except OSError:
+                pass
         if not mounted:
             try:
                 os.rmdir(old_root)

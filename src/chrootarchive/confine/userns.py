@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import socket
-import subprocess
 
 from chrootarchive import _linux
 from chrootarchive.confine import pivot
@@ -81,6 +78,8 @@ def _range(path: str, uid: int, name: str | None) -> tuple[int, int] | None:
 
 def subordinate_ranges() -> IdRanges | None:
     """The caller's subordinate id ranges, when newuidmap/newgidmap can apply them."""
+    import shutil  # parent side only: the worker does not load it
+
     if os.geteuid() == 0 or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
         return None
     uid = os.getuid()
@@ -94,6 +93,8 @@ def subordinate_ranges() -> IdRanges | None:
 
 def map_ids(pid: int, ranges: IdRanges) -> None:
     """Parent side: map the caller to root and the subordinate ranges above it."""
+    import subprocess  # parent side only: the worker does not load it
+
     ustart, ucount, gstart, gcount = ranges
     for tool, own, start, count in (("newuidmap", os.getuid(), ustart, ucount),
                                     ("newgidmap", os.getgid(), gstart, gcount)):
@@ -133,9 +134,11 @@ def enter(root_fd: int, sync_fd: int | None) -> str:
         raise ConfinementError(f"userns: unshare failed: {err.strerror}") from err
     try:
         if sync_fd is not None:
-            with socket.socket(fileno=sync_fd) as sync:
-                sync.sendall(b"U")
-                reply = sync.recv(4096)
+            try:
+                os.write(sync_fd, b"U")
+                reply = os.read(sync_fd, 4096)
+            finally:
+                os.close(sync_fd)
             if reply != b"M":
                 raise ConfinementError("userns: the parent could not map the id ranges: "
                                        + reply[1:].decode(errors="replace"))

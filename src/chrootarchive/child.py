@@ -1,0 +1,234 @@
+"""The worker process itself: confine, lock down, run one job, report.
+
+Started by :class:`chrootarchive.worker.Worker` as ``python -I -S -c <boot>``. Its
+start-up is most of the cost of a small archive, so this module and everything a job
+needs before the jail imports only what it uses: no ``json`` (and ``re``), no
+``typing``, no ``dataclasses``, no ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import resource
+import sys
+
+from chrootarchive import _wire
+from chrootarchive.errors import ChrootArchiveError, DestinationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["child_main"]
+
+#: Job name -> module (inside this package) whose ``run(request, warn)`` does the work.
+JOBS = {"unpack": "unpack_job", "probe": "probe_job", "pack": "pack"}
+
+#: What a jailed worker keeps to write files; a job may ask for more (``capabilities``).
+DEFAULT_CAPABILITIES = frozenset({
+    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
+})
+
+_MAX_WARNINGS = 1000
+READY = b"\x01"  # sent once confined, before any data is read
+_SIGKILL = 9
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class _ImportsForbidden:
+    """A meta path finder that fails every import after confinement, loudly."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        raise ImportError(f"import of {name!r} attempted inside the jail (refused)")
+
+
+def _forbid_imports() -> None:
+    sys.meta_path[:] = [_ImportsForbidden()]
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
+    sys.path[:] = []
+
+
+def _send(fd: int, message: dict[str, Any]) -> None:
+    _write_all(fd, _wire.dumps(message))
+
+
+def _error_message(err: BaseException) -> dict[str, Any]:
+    if isinstance(err, ChrootArchiveError):
+        return {"error": {"type": type(err).__name__, "message": err.message,
+                          "entry": err.entry}}
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return {"error": {"type": "DestinationError", "message": err.strerror, "entry": None}}
+    return {"error": {"type": "InternalError",
+                      "message": f"{type(err).__name__}: {err}", "entry": None}}
+
+
+def child_main(argv: list[str]) -> None:
+    """Entry point of the worker: ``REQUEST_FD RESULT_FD ROOT_FD PARENT_PID``."""
+    req_fd, result_fd, root_fd, parent_pid = (int(a) for a in argv)
+    from chrootarchive import _linux
+
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, _SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent is already gone
+    request: dict[str, Any] = {}
+    try:
+        result = _child_work(req_fd, root_fd, result_fd, request)
+        _send(result_fd, {"result": result})
+        code = 0
+    except BaseException as err:
+        if request.get("debug"):
+            _print_traceback(err)
+        try:
+            _send(result_fd, _error_message(err))
+        except OSError:
+            pass
+        code = 1
+    os.close(result_fd)
+    os._exit(code)
+
+
+def _print_traceback(err: BaseException) -> None:
+    """--debug: the traceback, printed with what was imported before the jail."""
+    tb = err.__traceback__
+    lines = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        lines.append(f"  {code.co_filename}:{tb.tb_lineno} in {code.co_name}")
+        tb = tb.tb_next
+    sys.stderr.write("worker traceback:\n" + "\n".join(lines)
+                     + f"\n{type(err).__name__}: {err}\n")
+
+
+def _read_request(fd: int) -> dict[str, Any]:
+    document = bytearray()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        document += chunk
+    os.close(fd)
+    request = _wire.loads(document)
+    if not isinstance(request, dict):
+        raise ValueError("the request is not a JSON object")
+    return request
+
+
+def _child_work(
+    req_fd: int, root_fd: int, result_fd: int, request: dict[str, Any]
+) -> dict[str, Any]:
+    # Everything the worker will ever need is imported here, before confinement.
+    from chrootarchive import _linux, confine, fsops  # noqa: F401 - fsops: _enter_dest
+    from chrootarchive.confine import pivot
+
+    request.update(_read_request(req_fd))
+    request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
+    job = importlib.import_module(f"chrootarchive.{JOBS[str(request['job'])]}")
+    prepare = getattr(job, "prepare", None)
+    if callable(prepare):
+        prepare(request)  # imports only some requests need (none are possible later)
+    if (request.get("options") or {}).get("excludes"):
+        import re  # noqa: F401 - exclude patterns are compiled inside the jail
+    _linux.preload_library("libgcc_s.so.1")
+    os.umask(0)
+
+    sync_fd = request.get("sync_fd")
+    used = confine.enter(str(request["mechanism"]), root_fd,
+                         int(sync_fd) if sync_fd is not None else None)
+    os.close(root_fd)
+    if used.startswith("userns"):
+        request["in_user_namespace"] = True
+    _lock_down(job, request)
+    _forbid_imports()
+
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        if len(warnings) < _MAX_WARNINGS:
+            warnings.append(text)
+
+    dest = str(request.get("dest", "."))
+    if dest not in ("", ".", "/"):
+        owner = request.get("dest_owner")
+        _enter_dest(dest, create=bool(request.get("create_dest", True)),
+                    request_owner=tuple(owner) if owner else None)
+    _write_all(result_fd, READY)
+    result: dict[str, Any] = job.run(request, warn)
+    result["confinement"] = used
+    result["warnings"] = warnings
+    return result
+
+
+def _lock_down(job: Any, request: dict[str, Any]) -> None:
+    """Give up every power the job does not need, once jailed.
+
+    Capabilities are cut to what writing files needs (no CAP_SYS_CHROOT, no ptrace, no
+    network, and CAP_SYS_ADMIN only dormant: permitted but not effective, raised by one
+    thread around the ``setxattr`` of a ``trusted.*`` name), ``no_new_privs`` is set, a
+    seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin
+    whatever the capabilities, and core dumps are off.
+    """
+    from chrootarchive import _linux
+
+    wanted = getattr(job, "capabilities", None)
+    names = wanted(request) if callable(wanted) else DEFAULT_CAPABILITIES
+    keep = {_linux.CAPABILITIES[name] for name in names}
+    dormant: frozenset[str] = getattr(job, "dormant_capabilities", frozenset())
+    dormant_caps = {_linux.CAPABILITIES[name] for name in dormant} - keep
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _backing_rlimits(request)
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    if os.geteuid() == 0:
+        _linux.drop_capabilities(keep, dormant_caps)
+        if dormant_caps:
+            from chrootarchive import fsops
+
+            fsops.enable_privileged_xattrs(
+                lambda on: _linux.set_effective(keep | dormant_caps if on else keep)
+            )
+    _linux.install_seccomp_denylist()
+
+
+def _backing_rlimits(request: dict[str, Any]) -> None:
+    """Kernel limits behind the unpack limits: file size and open files."""
+    limits = (request.get("options") or {}).get("limits") or {}
+    max_file = limits.get("max_file_size")
+    if max_file is not None:
+        # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        want = int(max_file) + 1
+        if hard == resource.RLIM_INFINITY or want <= hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
+    depth = limits.get("max_path_depth") or 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = int(depth) + 256  # a descriptor per level when removing deep trees
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+
+
+def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | None) -> None:
+    """Create ``dest`` inside the jail if needed (following in-root symlinks) and enter it.
+
+    CVE-2021-41089: the destination below the root is never made from outside the jail.
+    """
+    try:
+        if create:
+            from chrootarchive import fsops  # already imported by _child_work, pre-jail
+
+            fsops.JailedFileOps().make_dirs(dest, request_owner)
+        os.chdir(dest)
+    except OSError as err:
+        if err.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise DestinationError("not a directory", dest) from err
+        raise DestinationError(err.strerror or str(err), dest) from err
