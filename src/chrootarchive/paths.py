@@ -28,6 +28,10 @@ def clean_name(unsafe_name: str) -> str:
         BreakoutError: the name leaves the root.
         MalformedArchiveError: the name holds a NUL byte.
     """
+    name = unsafe_name[2:] if unsafe_name.startswith("./") else unsafe_name
+    if (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
+            and "/." not in name and "\x00" not in name):
+        return name  # already clean (most names): no normpath
     if "\x00" in unsafe_name:
         raise MalformedArchiveError("entry name contains a NUL byte", repr(unsafe_name))
     cleaned = posixpath.normpath(unsafe_name) if unsafe_name else "."

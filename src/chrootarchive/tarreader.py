@@ -468,6 +468,19 @@ class TarReader:
                 offset += size
                 left -= size
 
+    def whole_data(self, entry: TarEntry) -> memoryview | None:
+        """All the data of a plain file as one view, when the buffer already holds it
+        (most small files); None otherwise, and :meth:`data` gives it in chunks."""
+        size = self._remaining
+        pos = self._pos
+        if (entry is not self._current or entry.sparse is not None
+                or size != entry.stored_size or self._end - pos < size
+                or entry.kind != REGULAR):
+            return None
+        self._pos = pos + size
+        self._remaining = 0
+        return self._mv[pos : pos + size]
+
     def drain(self) -> int:
         """Read the input to its end; return the bytes discarded.
 

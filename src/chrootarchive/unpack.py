@@ -164,6 +164,19 @@ class Unpacker:
             in_user_namespace=in_user_namespace,
             forget=self._forget,
         )
+        # Decided once, not per entry: the per-entry cost is what small files cost.
+        self.markers = self.whiteouts.active
+        # Below these, an entry cannot cross a limit: one compare each instead of
+        # _check_entry_limits() (a name of n characters has at most 4n bytes).
+        limits = self.limits
+        huge = 1 << 80
+        self.safe_name_chars = (huge if limits.max_path_length is None
+                                else limits.max_path_length // 4)
+        self.safe_slashes = huge if limits.max_path_depth is None else limits.max_path_depth - 1
+        self.safe_size = huge if limits.max_file_size is None else limits.max_file_size
+        self.create_file = fs.create_file
+        self.identity_owner = not (options.no_lchown or options.data_only or options.chown
+                                   or options.uid_maps or options.gid_maps)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -195,14 +208,18 @@ class Unpacker:
 
     def _loop(self, reader: TarReader) -> None:
         max_entries = self.limits.max_entries
+        most_entries = (1 << 80) if max_entries is None else max_entries
+        stats = self.stats
+        apply = self.apply
         for entry in reader:
-            self.stats.entries += 1
-            self.stats.size += entry.size
-            if max_entries is not None and self.stats.entries > max_entries:
-                self._limit("max_entries", max_entries, "entries", entry.name)
-            self._check_time(entry.name)
+            stats.entries += 1
+            stats.size += entry.size
+            if stats.entries > most_entries:
+                self._limit("max_entries", most_entries, "entries", entry.name)
+            if self.deadline is not None:
+                self._check_time(entry.name)
             try:
-                self.apply(entry, reader)
+                apply(entry, reader)
             except ChrootArchiveError:
                 raise
             except OSError as err:
@@ -210,12 +227,14 @@ class Unpacker:
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         name = paths.clean_name(entry.name)
-        self._check_entry_limits(name, entry)
+        if (len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs
+                or name.count("/") > self.safe_slashes):
+            self._check_entry_limits(name, entry)
         if self.excludes and self.excludes.matches(name):
             return
         if self.options.data_only and not self._data_only(entry):
             return
-        if self.whiteouts.is_marker(name):
+        if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
             return
         kind = entry.kind
@@ -224,8 +243,10 @@ class Unpacker:
                 raise ArchiveError("cannot replace the destination root", entry.name)
             self._merge_dir(".", entry)
             return
-        self._ensure_parent(name, entry.name)
-        if kind == tarreader.REGULAR:
+        parent = name.rpartition("/")[0]
+        if parent and parent not in self.dirs:
+            self._make_dirs(parent, entry.name)
+        if kind is tarreader.REGULAR:
             self._file(name, entry, reader)
         elif kind == tarreader.DIRECTORY:
             self._dir(name, entry)
@@ -237,7 +258,8 @@ class Unpacker:
             self._special(name, entry)
         else:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
-        self.whiteouts.note_written(name)
+        if self.markers:
+            self.whiteouts.note_written(name)
 
     def _marker(self, name: str, entry: TarEntry, reader: TarReader) -> None:
         """A whiteout, opaque marker or AUFS metadata entry of a layer."""
@@ -411,6 +433,8 @@ class Unpacker:
 
     def _owner(self, entry: TarEntry) -> tuple[int, int] | None:
         """The owner to set, or None to leave the creator's."""
+        if self.identity_owner:
+            return (entry.uid, entry.gid)
         if self.options.no_lchown or self.options.data_only:
             return None
         if self.options.chown is not None:
@@ -420,10 +444,14 @@ class Unpacker:
             _map_id(entry.gid, self.options.gid_maps, "gid", entry.name),
         )
 
-    def _times(self, entry: TarEntry) -> tuple[int, int]:
-        mtime = _clamp_ns(entry.mtime_ns)
-        atime = mtime if entry.atime_ns is None else max(_clamp_ns(entry.atime_ns), mtime)
-        return atime, mtime
+    @staticmethod
+    def _times(entry: TarEntry) -> tuple[int, int]:
+        mtime = entry.mtime_ns
+        if not _NS_MIN <= mtime <= _NS_MAX:
+            mtime = _clamp_ns(mtime)
+        if entry.atime_ns is None:
+            return mtime, mtime
+        return max(_clamp_ns(entry.atime_ns), mtime), mtime
 
     def _needs_chown(self, owner: tuple[int, int] | None, parent: str) -> bool:
         if owner is None:
@@ -433,7 +461,7 @@ class Unpacker:
     def _create_file(self, name: str, entry: TarEntry) -> int:
         mode = entry.mode & 0o777
         try:
-            return self.fs.create_file(name, mode)
+            return self.create_file(name, mode)
         except FileExistsError:
             pass
         fd = -1
@@ -447,6 +475,13 @@ class Unpacker:
 
     def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
         fd = self._create_file(name, entry)
+        if entry.size < _THREADED_MIN_SIZE or self.writer is None:
+            # Small files: a hand-over costs about what their few syscalls cost.
+            if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
+                self._plain_file(fd, name, reader, entry)  # closes fd
+            else:
+                self._write_inline(fd, name, reader, entry)  # closes fd
+            return
         handed_over = False
         try:
             sparse = entry.sparse is not None
@@ -462,12 +497,6 @@ class Unpacker:
                 mtime_ns=mtime,
             )
             writer = self.writer
-            if writer is None or entry.size < _THREADED_MIN_SIZE:
-                # Small files: a hand-over costs about what their few syscalls cost.
-                if writer is not None:
-                    handed_over = True  # _write_inline closes fd
-                self._write_inline(fd, meta, reader, entry, sparse)
-                return
             pending: tuple[int, bytes] | None = None
             for offset, chunk in reader.data(entry):
                 self._charge(len(chunk), entry.name)
@@ -485,35 +514,77 @@ class Unpacker:
             if not handed_over and self.writer is not None:
                 os.close(fd)
 
-    def _write_inline(
-        self, fd: int, meta: FileMetadata, reader: TarReader, entry: TarEntry, sparse: bool
-    ) -> None:
-        """Without a writer thread (one core): data and metadata here, then close."""
+    def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
+        """:meth:`_write_inline` for the most common file (owner as archived, no xattrs,
+        no special bits), written out: most of an archive's cost is per entry."""
         try:
-            write = os.write
-            pwrite = os.pwrite
-            for offset, chunk in reader.data(entry):
-                self._charge(len(chunk), entry.name)
-                if sparse:
-                    while chunk:
-                        n = pwrite(fd, chunk, offset)
-                        chunk = chunk[n:]
-                        offset += n
-                else:
-                    while chunk:
-                        n = write(fd, chunk)
-                        chunk = chunk[n:]
-            if meta.size is not None:
-                os.ftruncate(fd, meta.size)
-            if meta.owner is not None:
-                self._chown(fd, meta.owner, entry.name, os.fchown)
-            if meta.xattrs:
-                self._xattrs_fd(fd, entry)
-            if meta.special_mode is not None:
-                os.fchmod(fd, meta.special_mode)
-            os.utime(fd, ns=(meta.atime_ns, meta.mtime_ns))
+            view = reader.whole_data(entry)
+            if view is None:
+                self._write_chunks(fd, reader, entry)
+            elif view:
+                size = len(view)
+                self.bytes_budget -= size
+                if self.bytes_budget < 0 or self.deadline is not None:
+                    self.bytes_budget += size
+                    self._charge(size, entry.name)
+                written = os.write(fd, view)
+                while written < size:
+                    written += os.write(fd, view[written:])
+            uid = entry.uid
+            gid = entry.gid
+            if uid != self.euid or gid != self.egid or self.dirs.get(
+                name.rpartition("/")[0] or ".", True
+            ):
+                self._chown(fd, (uid, gid), entry.name, os.fchown)
+            mtime = entry.mtime_ns
+            if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
+                os.utime(fd, ns=(mtime, mtime))
+            else:
+                os.utime(fd, ns=self._times(entry))
         finally:
             os.close(fd)
+
+    def _write_inline(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
+        """Data and metadata in this thread, then close ``fd`` (in every case)."""
+        try:
+            write = os.write
+            view = reader.whole_data(entry)
+            if view is not None:
+                if view:
+                    self._charge(len(view), entry.name)
+                    while view:
+                        view = view[write(fd, view):]
+            else:
+                self._write_chunks(fd, reader, entry)
+            owner = self._owner(entry)
+            if owner is not None and self._needs_chown(owner, name.rpartition("/")[0]):
+                self._chown(fd, owner, entry.name, os.fchown)
+            if entry.xattrs:
+                self._xattrs_fd(fd, entry)
+            if entry.mode & 0o7000:
+                os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=self._times(entry))
+        finally:
+            os.close(fd)
+
+    def _write_chunks(self, fd: int, reader: TarReader, entry: TarEntry) -> None:
+        """A file's data chunk by chunk (large or sparse files)."""
+        sparse = entry.sparse is not None
+        write = os.write
+        pwrite = os.pwrite
+        for offset, chunk in reader.data(entry):
+            self._charge(len(chunk), entry.name)
+            if sparse:
+                while chunk:
+                    n = pwrite(fd, chunk, offset)
+                    chunk = chunk[n:]
+                    offset += n
+            else:
+                while chunk:
+                    n = write(fd, chunk)
+                    chunk = chunk[n:]
+        if sparse:
+            os.ftruncate(fd, entry.size)
 
     def _writer_chown(self, fd: int, owner: tuple[int, int], entry: str) -> None:
         self._chown(fd, owner, entry, os.fchown)

@@ -262,10 +262,14 @@ def _feed_while_alive(
     try:
         while not done.wait(0.05):
             if worker.proc.poll() is not None:
-                # The worker ended first. If the feeding ends too (the input's last
-                # bytes were bad, say), its error counts; if the input stalls, the
-                # worker's own result or error is reported now.
-                if not done.wait(0.2):
+                # The worker ended first. A worker that succeeded read its input to
+                # the end, so the feeding has ended too: wait for its verdict (a bad
+                # checksum at the very end of a gzip stream, say), however busy the
+                # machine. After a failure, if the input stalls, the worker's error
+                # is reported now.
+                if worker.proc.returncode == 0:
+                    done.wait()
+                elif not done.wait(0.2):
                     return
                 break
     except BaseException:

@@ -141,7 +141,7 @@ def alive(pid: int) -> bool:
 
 
 def is_worker(pid: int) -> bool:
-    return any("chrootarchive.worker" in a for a in cmdline(pid))
+    return any("chrootarchive.child" in a for a in cmdline(pid))
 
 
 def workers_of(parent: int | None = None) -> list[int]:
