@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import os
 import stat
+import struct
 import zlib
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
@@ -96,6 +97,8 @@ _CANON_TABLE = bytes.maketrans(
     bytes(0x30 if 0x30 <= b <= 0x37 else 0x20 if b in (0, 0x20) else 0x78 for b in range(256)),
 )
 _CANON_FORM = b"0000000 0000000 0000000 00000000000 00000000000 000000  "
+# Once that layout is checked: mode, uid, gid, size, mtime and checksum digits, in one call.
+_CANON_FIELDS = struct.Struct("100x7sx7sx7sx11sx11sx6s")
 _SPACES = b" \t\n\v\f\r"
 
 _SPARSE_KEYS = frozenset(
@@ -382,6 +385,7 @@ class TarReader:
         table = _CANON_TABLE
         form = _CANON_FORM
         adler32 = zlib.adler32
+        fields = _CANON_FIELDS.unpack_from
         while not self._done:
             if self._current is not None:
                 skip = self._remaining + self._padding
@@ -395,45 +399,44 @@ class TarReader:
             if self._end - pos >= BLOCK and buf[pos] and self._started:
                 hdr = buf[pos : pos + BLOCK]
                 kind = kinds.get(hdr[156])
-                if (
-                    kind is not None
-                    and hdr[100:156].translate(table) == form
+                if kind is not None and hdr[100:156].translate(table) == form:
+                    mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
                     # The exact byte sum, see _byte_sum().
-                    and int(hdr[148:154], 8)
-                    == (adler32(hdr[:256]) & 0xFFFF)
-                    + (adler32(hdr[256:]) & 0xFFFF)
-                    - (adler32(hdr[148:156]) & 0xFFFF)
-                    + 8 * 0x20
-                    - 1
-                ):
-                    self._pos = pos + BLOCK
-                    nul = hdr.find(0, 0, 100)
-                    raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
-                    if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
-                        raw = _cstr(hdr[345:500]) + b"/" + raw
-                    entry = TarEntry(
-                        raw.decode("utf-8", "surrogateescape"),
-                        kind,
-                        int(hdr[100:107], 8) & 0o7777,
-                        int(hdr[108:115], 8),
-                        int(hdr[116:123], 8),
-                        0,
-                        int(hdr[136:147], 8) * _NS,
-                    )
-                    self._current = entry
-                    if kind is REGULAR:
-                        if entry.name[-1:] == "/":
-                            entry.kind = DIRECTORY  # see _entry()
-                        else:
-                            size = int(hdr[124:135], 8)
-                            entry.size = entry.stored_size = self._remaining = size
-                            self._padding = -size % BLOCK
-                    elif kind is HARDLINK or kind is SYMLINK:
-                        entry.linkname = _decode(_cstr(hdr[157:257]))
-                    elif kind is CHARDEV or kind is BLOCKDEV:
-                        self._devices(hdr, entry)
-                    yield entry
-                    continue
+                    if int(checksum, 8) == (
+                        (adler32(hdr[:256]) & 0xFFFF)
+                        + (adler32(hdr[256:]) & 0xFFFF)
+                        - (adler32(hdr[148:156]) & 0xFFFF)
+                        + 8 * 0x20
+                        - 1
+                    ):
+                        self._pos = pos + BLOCK
+                        nul = hdr.find(0, 0, 100)
+                        raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
+                        if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
+                            raw = _cstr(hdr[345:500]) + b"/" + raw
+                        entry = TarEntry(
+                            raw.decode("utf-8", "surrogateescape"),
+                            kind,
+                            int(mode, 8) & 0o7777,
+                            int(uid, 8),
+                            int(gid, 8),
+                            0,
+                            int(mtime, 8) * _NS,
+                        )
+                        self._current = entry
+                        if kind is REGULAR:
+                            if entry.name[-1:] == "/":
+                                entry.kind = DIRECTORY  # see _entry()
+                            else:
+                                size = int(size_field, 8)
+                                entry.size = entry.stored_size = self._remaining = size
+                                self._padding = -size % BLOCK
+                        elif kind is HARDLINK or kind is SYMLINK:
+                            entry.linkname = _decode(_cstr(hdr[157:257]))
+                        elif kind is CHARDEV or kind is BLOCKDEV:
+                            self._devices(hdr, entry)
+                        yield entry
+                        continue
             slow = self._next_slow()
             if slow is None:
                 return

@@ -175,6 +175,8 @@ class Unpacker:
         self.safe_slashes = huge if limits.max_path_depth is None else limits.max_path_depth - 1
         self.safe_size = huge if limits.max_file_size is None else limits.max_file_size
         self.create_file = fs.create_file
+        self.has_excludes = bool(self.excludes)
+        self.data_only = options.data_only
         self.identity_owner = not (options.no_lchown or options.data_only or options.chown
                                    or options.uid_maps or options.gid_maps)
 
@@ -230,9 +232,9 @@ class Unpacker:
         if (len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs
                 or name.count("/") > self.safe_slashes):
             self._check_entry_limits(name, entry)
-        if self.excludes and self.excludes.matches(name):
+        if self.has_excludes and self.excludes.matches(name):
             return
-        if self.options.data_only and not self._data_only(entry):
+        if self.data_only and not self._data_only(entry):
             return
         if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
@@ -474,7 +476,10 @@ class Unpacker:
         return fd
 
     def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
-        fd = self._create_file(name, entry)
+        try:
+            fd = self.create_file(name, entry.mode & 0o777)
+        except FileExistsError:
+            fd = self._create_file(name, entry)  # clears what is in the way
         if entry.size < _THREADED_MIN_SIZE or self.writer is None:
             # Small files: a hand-over costs about what their few syscalls cost.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
