@@ -8,7 +8,7 @@ a :class:`ChrootArchiveError` subclass on failure.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 # Not ``typing.TYPE_CHECKING``: the confined worker imports this package, and importing
 # ``typing`` costs milliseconds of its start-up.
@@ -102,7 +102,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'chrootarchive' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    __import__(module)  # not importlib: it costs the worker's start-up
+    value = getattr(sys.modules[module], name)
     globals()[name] = value
     return value
 

@@ -9,7 +9,6 @@ needs before the jail imports only what it uses: no ``json`` (and ``re``), no
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import resource
 import sys
@@ -133,7 +132,9 @@ def _child_work(
 
     request.update(_read_request(req_fd))
     request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
-    job = importlib.import_module(f"chrootarchive.{JOBS[str(request['job'])]}")
+    job_module = f"chrootarchive.{JOBS[str(request['job'])]}"
+    __import__(job_module)
+    job = sys.modules[job_module]
     prepare = getattr(job, "prepare", None)
     if callable(prepare):
         prepare(request)  # imports only some requests need (none are possible later)
