@@ -183,8 +183,6 @@ class Unpacker:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, reader: TarReader) -> UnpackStats:
-        if self.threaded:
-            self.writer = FileWriter(self._writer_chown, self._writer_xattrs)
         try:
             try:
                 self._loop(reader)
@@ -480,7 +478,7 @@ class Unpacker:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
-        if entry.size < _THREADED_MIN_SIZE or self.writer is None:
+        if entry.size < _THREADED_MIN_SIZE or not self.threaded:
             # Small files: a hand-over costs about what their few syscalls cost.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
                 self._plain_file(fd, name, reader, entry)  # closes fd
@@ -502,6 +500,8 @@ class Unpacker:
                 mtime_ns=mtime,
             )
             writer = self.writer
+            if writer is None:  # started at the first large file: most archives have none
+                writer = self.writer = FileWriter(self._writer_chown, self._writer_xattrs)
             pending: tuple[int, bytes] | None = None
             for offset, chunk in reader.data(entry):
                 self._charge(len(chunk), entry.name)
@@ -516,7 +516,7 @@ class Unpacker:
             writer.put(fd, pending[0], pending[1], meta, True)
             handed_over = True
         finally:
-            if not handed_over and self.writer is not None:
+            if not handed_over:
                 os.close(fd)
 
     def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
