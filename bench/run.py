@@ -19,6 +19,7 @@ a tiny archive in a temporary directory and runs one round of everything).
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import fnmatch
 import importlib.util
@@ -210,6 +211,9 @@ def snapshot_package(where: Path) -> tuple[Path, str] | None:
         return None
     src = Path(next(iter(spec.submodule_search_locations)))
     shutil.copytree(src, where / "chrootarchive", ignore=shutil.ignore_patterns("__pycache__"))
+    # Byte-compiled, as pip leaves an installed package: with PYTHONDONTWRITEBYTECODE
+    # set, every command-line run would otherwise compile the modules again.
+    compileall.compile_dir(str(where / "chrootarchive"), quiet=1)
     return where, str(src)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from chrootarchive import compression, confine, staging, unpack_job
+from chrootarchive import compression, confine, staging
 from chrootarchive.confine import userns
 from chrootarchive.errors import (
     ArchiveError,
@@ -243,6 +243,8 @@ def _run_unpack(
         request["mechanism"] = mechanism
         try:
             if mechanism in confine.IN_PROCESS:
+                from chrootarchive import unpack_job  # the unpacker, in this process
+
                 return UnpackResult.from_json(
                     unpack_job.run_in_process(root_fd, request, data)
                 )

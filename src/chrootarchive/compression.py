@@ -6,8 +6,6 @@ the image's own ``xz``). Memory stays bounded: data flows through in chunks.
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import zlib
 from collections.abc import Iterator
 from typing import IO, Protocol, cast
@@ -112,8 +110,12 @@ def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
         )
         return cast(IO[bytes], reader)
     if kind == "bzip2":
+        import bz2  # loaded for the formats that need it
+
         return cast(IO[bytes], bz2.BZ2File(fileobj))
     if kind == "xz":
+        import lzma
+
         return cast(IO[bytes], lzma.LZMAFile(fileobj))
     raise CompressionError(f"unknown compression {kind!r}")
 
@@ -266,12 +268,13 @@ def decompressed_chunks(
                     yield data
         except EOFError as err:
             raise CompressionError(f"{kind} data is truncated") from err
-        except (OSError, lzma.LZMAError, zlib.error, ValueError) as err:
+        except (OSError, zlib.error, ValueError) as err:
             if isinstance(err, OSError) and err.errno is not None:
                 raise
             raise CompressionError(f"corrupt {kind} data: {err}") from err
         except Exception as err:
-            if type(err).__module__.split(".")[0] in ("isal", "zstandard", "gzip"):
+            # The decoders' own errors (lzma.LZMAError is _lzma's), imported lazily.
+            if type(err).__module__.split(".")[0] in ("isal", "zstandard", "gzip", "_lzma"):
                 raise CompressionError(f"corrupt {kind} data: {err}") from err
             raise
 

@@ -22,12 +22,11 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chrootarchive.child import DEFAULT_CAPABILITIES, JOBS, READY
 from chrootarchive.errors import (
@@ -35,6 +34,9 @@ from chrootarchive.errors import (
     WorkerError,
     error_class,
 )
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["DEFAULT_CAPABILITIES", "JOBS", "Worker", "feed", "run_job"]
 
@@ -96,6 +98,8 @@ class Worker:
         sync_parent: socket.socket | None = None
         sync_child: socket.socket | None = None
         if id_ranges:
+            import socket  # only to map subordinate ids (userns)
+
             sync_parent, sync_child = socket.socketpair()
             request = dict(request, sync_fd=sync_child.fileno())
         req_r, req_w = _pipe()
