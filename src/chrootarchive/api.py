@@ -20,9 +20,7 @@ from chrootarchive.confine import userns
 from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
-    ConfinementError,
     DestinationError,
-    MechanismUnavailableError,
     SourceError,
 )
 from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
@@ -238,25 +236,18 @@ def _run_unpack(
         "layer": layer,
         "debug": _debug(),
     }
-    refused: dict[str, str] = {}
-    for mechanism in confine.candidates(options.confine):
-        request["mechanism"] = mechanism
-        try:
-            if mechanism in confine.IN_PROCESS:
-                from chrootarchive import unpack_job  # the unpacker, in this process
 
-                return UnpackResult.from_json(
-                    unpack_job.run_in_process(root_fd, request, data)
-                )
-            if mechanism == "userns":
-                request["id_ranges"] = userns.subordinate_ranges()
-            return UnpackResult.from_json(run_job("unpack", root_fd, request, data))
-        except MechanismUnavailableError as err:
-            if options.confine != "auto":
-                raise
-            confine.mark_unavailable(mechanism, err.message)
-            refused[mechanism] = err.message
-    raise ConfinementError(confine.unavailable_summary(refused))
+    def attempt(mechanism: str) -> UnpackResult:
+        request["mechanism"] = mechanism
+        if mechanism in confine.IN_PROCESS:
+            from chrootarchive import unpack_job  # the unpacker, in this process
+
+            return UnpackResult.from_json(unpack_job.run_in_process(root_fd, request, data))
+        if mechanism == "userns":
+            request["id_ranges"] = userns.subordinate_ranges()
+        return UnpackResult.from_json(run_job("unpack", root_fd, request, data))
+
+    return confine.run_ladder(options.confine, attempt)
 
 
 def unpack_stream(

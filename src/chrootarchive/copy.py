@@ -29,7 +29,6 @@ from chrootarchive.errors import (
     ChrootArchiveError,
     ConfinementError,
     InternalError,
-    MechanismUnavailableError,
     SourceError,
 )
 from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult
@@ -366,28 +365,23 @@ def _start(
         "options": options.to_json(),
         "debug": bool(os.environ.get("CHROOTARCHIVE_DEBUG")),
     }
-    refused: dict[str, str] = {}
-    for mechanism in mechanisms:
+
+    def attempt(mechanism: str) -> _Source:
         request["mechanism"] = mechanism
+        if mechanism in confine.IN_PROCESS:
+            return _ThreadSource(os.dup(root_fd), request)
+        if mechanism == "userns":
+            request["id_ranges"] = userns.subordinate_ranges()
+        worker = Worker("pack", root_fd, request, stdout_pipe=True)
         try:
-            if mechanism in confine.IN_PROCESS:
-                return _ThreadSource(os.dup(root_fd), request)
-            if mechanism == "userns":
-                request["id_ranges"] = userns.subordinate_ranges()
-            worker = Worker("pack", root_fd, request, stdout_pipe=True)
-            try:
-                worker.close_stdin()
-                worker.wait_ready()
-            except BaseException:
-                worker.close()
-                raise
-            return _WorkerSource(worker)
-        except MechanismUnavailableError as err:
-            if options.confine != "auto":
-                raise
-            confine.mark_unavailable(mechanism, err.message)
-            refused[mechanism] = err.message
-    raise ConfinementError(confine.unavailable_summary(refused))
+            worker.close_stdin()
+            worker.wait_ready()
+        except BaseException:
+            worker.close()
+            raise
+        return _WorkerSource(worker)
+
+    return confine.run_ladder(options.confine, attempt, mechanisms)
 
 
 # -- copies ------------------------------------------------------------------------------

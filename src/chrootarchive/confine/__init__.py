@@ -21,7 +21,17 @@ from chrootarchive import fsops
 from chrootarchive.confine import chroot, pivot, userns
 from chrootarchive.errors import ConfinementError, MechanismUnavailableError
 
-__all__ = ["IN_PROCESS", "LADDER", "MECHANISMS", "candidates", "enter", "mark_unavailable"]
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
+__all__ = [
+    "IN_PROCESS", "LADDER", "MECHANISMS", "candidates", "enter", "mark_unavailable",
+    "run_ladder",
+]
 
 MECHANISMS = ("pivot", "chroot", "userns", "openat2")
 #: What ``auto`` tries, strongest first (``chroot`` is pivot's own fallback).
@@ -85,9 +95,26 @@ def unavailable_summary(extra: dict[str, str] | None = None) -> str:
     return "no confinement mechanism is available (" + "; ".join(reasons) + ")"
 
 
-def choose(requested: str = "auto") -> str:
-    """The first candidate (kept for callers that need a single name)."""
-    return candidates(requested)[0]
+def run_ladder(
+    requested: str, attempt: Callable[[str], T], mechanisms: Sequence[str] | None = None
+) -> T:
+    """Return ``attempt(mechanism)`` for the first mechanism the kernel accepts.
+
+    ``mechanisms`` defaults to :func:`candidates`. A rung that raises
+    :class:`MechanismUnavailableError` is learned as unavailable and, with ``auto``, the
+    next one is tried; any other error is the caller's. With no rung left, the error
+    names every rung and why.
+    """
+    refused: dict[str, str] = {}
+    for mechanism in candidates(requested) if mechanisms is None else mechanisms:
+        try:
+            return attempt(mechanism)
+        except MechanismUnavailableError as err:
+            if requested != "auto":
+                raise
+            mark_unavailable(mechanism, err.message)
+            refused[mechanism] = err.message
+    raise ConfinementError(unavailable_summary(refused))
 
 
 def enter(name: str, root_fd: int, sync_fd: int | None = None) -> str:
