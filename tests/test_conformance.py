@@ -48,44 +48,10 @@ import pytest
 import chrootarchive
 from helpers import tree
 from helpers.cli import CLI, assert_one_line_error, run_cli
-from helpers.corpus import corpus_dir
+from helpers.corpus import WELL_FORMED, corpus_dir
 
 CORPUS = corpus_dir()
 
-WELL_FORMED = [
-    "file-and-dir.tar",
-    "gnu-incremental.tar",
-    "gnu-long-nul.tar",
-    "gnu-multi-hdrs.tar",
-    "gnu-nil-sparse-data.tar",
-    "gnu-nil-sparse-hole.tar",
-    "gnu-not-utf8.tar",
-    "gnu-sparse-big.tar",
-    "gnu-utf8.tar",
-    "gnu.tar",
-    "hardlink.tar",
-    "hdr-only.tar",
-    "invalid-go17.tar",
-    "nil-uid.tar",
-    "pax-global-records.tar",
-    "pax-multi-hdrs.tar",
-    "pax-nil-sparse-data.tar",
-    "pax-nil-sparse-hole.tar",
-    "pax-path-hdr.tar",
-    "pax-pos-size-file.tar",
-    "pax-records.tar",
-    "pax-sparse-big.tar",
-    "pax.tar",
-    "sparse-formats.tar",
-    "star.tar",
-    "trailing-slash.tar",
-    "ustar-file-devs.tar",
-    "ustar-file-reg.tar",
-    "ustar.tar",
-    "v7.tar",
-    "writer.tar",
-    "xattrs.tar",
-]
 
 # name -> words the one-line error must contain (case-insensitive).
 MALFORMED: dict[str, tuple[str, ...]] = {
