@@ -1259,15 +1259,9 @@ def test_preexisting_symlinks_land_inside(dest: Path, victim: Victim) -> None:
     victim.assert_untouched()
 
 
-@pytest.mark.parametrize("name", ["absfile", "relfile", "abs", "rel", "up", "root"])
-@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
-def test_preexisting_symlink_replaced(name: str, kind: str, dest: Path, victim: Victim) -> None:
-    """An entry named like a planted symlink replaces the symlink; it never follows it
-    to chmod, chown, set xattrs on or truncate what it points at."""
-    _plant_symlinks(dest, victim.root)
-    victim.snap()
-    # An xattr set through the symlink would appear on the victim (user.* xattrs exist
-    # only on files and directories).
+def _replacing_archive(name: str, kind: str) -> bytes:
+    """One entry of ``kind`` named like a planted symlink, with an owner, a mode and (for
+    files and directories) an xattr that would show on the victim if set through it."""
     records = {"mtime": "12345"}
     if kind in ("file", "dir"):
         records["SCHILY.xattr.user.victim"] = "pwned"
@@ -1280,7 +1274,19 @@ def test_preexisting_symlink_replaced(name: str, kind: str, dest: Path, victim: 
         b.symlink(name, "elsewhere", uid=4321, gid=4321)
     else:
         b.fifo(name, mode=0o777, uid=4321, gid=4321)
-    outcome = untar_outcome(b.build(), dest)
+    return b.build()
+
+
+@pytest.mark.parametrize("name", ["absfile", "relfile", "abs", "rel", "up", "root"])
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
+def test_preexisting_symlink_replaced(name: str, kind: str, dest: Path, victim: Victim) -> None:
+    """An entry named like a planted symlink replaces the symlink; it never follows it
+    to chmod, chown, set xattrs on or truncate what it points at."""
+    _plant_symlinks(dest, victim.root)
+    victim.snap()
+    # An xattr set through the symlink would appear on the victim (user.* xattrs exist
+    # only on files and directories).
+    outcome = untar_outcome(_replacing_archive(name, kind), dest)
     assert not isinstance(outcome, BaseException), outcome
     st = os.lstat(dest / name)
     assert tree.file_type(st) == kind

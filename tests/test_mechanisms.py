@@ -86,6 +86,7 @@ from test_attacks import (
     Case,
     _path_max_chain,
     _plant_symlinks,
+    _replacing_archive,
     check_outcome,
     rel,
 )
@@ -218,19 +219,8 @@ def sc_pre_symlinks_land_inside(V: Path) -> Scenario:
 
 def _pre_replaced(name: str, kind: str) -> Callable[[Path], Scenario]:
     def make(V: Path) -> Scenario:
-        records = {"mtime": "12345"}
-        if kind in ("file", "dir"):
-            records["SCHILY.xattr.user.victim"] = "pwned"
-        b = B().pax(records)
-        if kind == "file":
-            b.file(name, PWN, mode=0o777, uid=4321, gid=4321)
-        elif kind == "dir":
-            b.dir(name, mode=0o777, uid=4321, gid=4321)
-        elif kind == "symlink":
-            b.symlink(name, "elsewhere", uid=4321, gid=4321)
-        else:
-            b.fifo(name, mode=0o777, uid=4321, gid=4321)
-        return Scenario([b.build()], OK, prepare=lambda dest, V: _plant_symlinks(dest, V),
+        return Scenario([_replacing_archive(name, kind)], OK,
+                        prepare=lambda dest, V: _plant_symlinks(dest, V),
                         types={name: kind}, owners={name: (4321, 4321)})
 
     return make
