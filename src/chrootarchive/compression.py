@@ -87,36 +87,27 @@ def _read_exactly_head(raw: Readable, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _open_decompressor(kind: str, src: _Peekable) -> IO[bytes]:
+def _open_decompressor(kind: str, src: _Peekable) -> tuple[IO[bytes], tuple[type[Exception], ...]]:
+    """The decoder for ``kind``, and the errors by which it reports corrupt data."""
     fileobj = cast(IO[bytes], src)
     if kind == "gzip":
         try:
-            from isal import igzip  # fastest well-kept gzip decoder on PyPI (ISA-L)
+            from isal import igzip, igzip_lib  # fastest well-kept gzip decoder (ISA-L)
         except ImportError:  # a declared dependency; the stdlib is the fallback
             import gzip
 
-            return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb"))
-        return cast(IO[bytes], igzip.GzipFile(fileobj=fileobj, mode="rb"))  # type: ignore[no-untyped-call]
-    if kind == "zstd":
-        try:
-            import zstandard
-        except ImportError as err:
-            raise CompressionError(
-                "zstd input needs the 'zstandard' package (pip install zstandard)"
-            ) from err
-
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            fileobj, read_size=CHUNK, read_across_frames=True
-        )
-        return cast(IO[bytes], reader)
+            return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb")), (zlib.error,)
+        stream = igzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[no-untyped-call]
+        isal_error = cast(type[Exception], igzip_lib.IsalError)  # the stub calls it an instance
+        return cast(IO[bytes], stream), (isal_error, zlib.error)
     if kind == "bzip2":
         import bz2  # loaded for the formats that need it
 
-        return cast(IO[bytes], bz2.BZ2File(fileobj))
+        return cast(IO[bytes], bz2.BZ2File(fileobj)), ()
     if kind == "xz":
         import lzma
 
-        return cast(IO[bytes], lzma.LZMAFile(fileobj))
+        return cast(IO[bytes], lzma.LZMAFile(fileobj)), (lzma.LZMAError,)
     raise CompressionError(f"unknown compression {kind!r}")
 
 
@@ -259,8 +250,10 @@ def decompressed_chunks(
         return kind, _zstd_chunks(src)
 
     def inflate() -> Iterator[bytes]:
+        stream, decoder_errors = _open_decompressor(kind, src)
+        corrupt: tuple[type[Exception], ...] = (ValueError, *decoder_errors)
         try:
-            with _open_decompressor(kind, src) as stream:
+            with stream:
                 while True:
                     data = stream.read(CHUNK)
                     if not data:
@@ -268,14 +261,11 @@ def decompressed_chunks(
                     yield data
         except EOFError as err:
             raise CompressionError(f"{kind} data is truncated") from err
-        except (OSError, zlib.error, ValueError) as err:
-            if isinstance(err, OSError) and err.errno is not None:
+        except OSError as err:
+            if err.errno is not None:  # reading the input failed, not decoding it
                 raise
+            raise CompressionError(f"corrupt {kind} data: {err}") from err  # BadGzipFile, bz2
+        except corrupt as err:
             raise CompressionError(f"corrupt {kind} data: {err}") from err
-        except Exception as err:
-            # The decoders' own errors (lzma.LZMAError is _lzma's), imported lazily.
-            if type(err).__module__.split(".")[0] in ("isal", "zstandard", "gzip", "_lzma"):
-                raise CompressionError(f"corrupt {kind} data: {err}") from err
-            raise
 
     return kind, inflate()
