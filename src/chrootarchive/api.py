@@ -26,6 +26,8 @@ from chrootarchive.errors import (
 from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 from chrootarchive.worker import run_job
 
+_HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
+
 __all__ = [
     "Progress",
     "Source",
@@ -212,7 +214,11 @@ def _unpack_data(
     else:
         counted: compression.Readable = _Counting(raw, progress) if progress else raw
         _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
-    return _run_unpack(root_fd, rel_dest, options, data, layer=layer)
+    # The worker may fork a helper for small files (see finisher) when the parent
+    # leaves the second core idle: a plain tar, read by the worker itself, and large
+    # enough to pay for the fork. Compressed input keeps the parent decompressing.
+    helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
+    return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
 
 
 def _run_unpack(
@@ -222,6 +228,7 @@ def _run_unpack(
     data: int | Iterable[bytes],
     *,
     layer: bool,
+    helper: bool = False,
 ) -> UnpackResult:
     """Unpack with the first mechanism of the ladder that the kernel accepts.
 
@@ -235,6 +242,7 @@ def _run_unpack(
         "options": options.to_json(),
         "layer": layer,
         "debug": _debug(),
+        "helper": helper,
     }
 
     def attempt(mechanism: str) -> UnpackResult:

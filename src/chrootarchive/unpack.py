@@ -34,7 +34,9 @@ from chrootarchive.tarreader import TarEntry, TarReader
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import NoReturn
 
+    from chrootarchive.finisher import Finisher
     from chrootarchive.options import IDMap, UnpackOptions
 
 __all__ = ["UnpackStats", "Unpacker"]
@@ -45,6 +47,8 @@ _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
                 errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
+FINISHER_AFTER = 64  # small files before a helper process is worth its fork
+_FINISHER_MAX_FILE = 64 << 10  # finisher.MAX_FILE (not imported: it loads _socket)
 
 
 class UnpackStats:
@@ -127,6 +131,10 @@ class Unpacker:
         self.fs = fs
         self.threaded = threaded
         self.writer: FileWriter | None = None
+        # The helper process that finishes small files (see finisher): allowed by the
+        # jailed worker for large inputs, forked after the first few small files.
+        self.finisher: Finisher | None = None
+        self.finisher_countdown = -1  # set to FINISHER_AFTER to allow the helper
         self.options = options
         self.warn = warn
         self.excludes = paths.PatternMatcher(options.excludes)
@@ -187,18 +195,14 @@ class Unpacker:
             try:
                 self._loop(reader)
             except ChrootArchiveError:
-                # A file the writer thread failed on came earlier in the archive: its
-                # error (a full disk, say) is the one to report.
-                if self.writer is not None:
-                    self.writer.drain()
-                    if self.writer.error is not None:
-                        self._raise_writer_error()
+                # A file the helper or the writer thread failed on came earlier in the
+                # archive: its error (a full disk, say) is the one to report.
+                self._finish_helpers()
                 raise
-            if self.writer is not None:
-                self.writer.drain()
-                if self.writer.error is not None:
-                    self._raise_writer_error()
+            self._finish_helpers()
         finally:
+            if self.finisher is not None:
+                self.finisher.abort()  # only if still running (an unexpected error)
             if self.writer is not None:
                 self.writer.drain()
         self.finish_dirs()
@@ -524,30 +528,47 @@ class Unpacker:
         no special bits), written out: most of an archive's cost is per entry."""
         try:
             view = reader.whole_data(entry)
-            if view is None:
-                self._write_chunks(fd, reader, entry)
-            elif view:
-                size = len(view)
-                self.bytes_budget -= size
-                if self.bytes_budget < 0 or self.deadline is not None:
-                    self.bytes_budget += size
-                    self._charge(size, entry.name)
-                written = os.write(fd, view)
-                while written < size:
-                    written += os.write(fd, view[written:])
             uid = entry.uid
             gid = entry.gid
-            if uid != self.euid or gid != self.egid or self.dirs.get(
+            chown = uid != self.euid or gid != self.egid or self.dirs.get(
                 name.rpartition("/")[0] or ".", True
-            ):
-                self._chown(fd, (uid, gid), entry.name, os.fchown)
+            )
             mtime = entry.mtime_ns
-            if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
+            times_plain = entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX
+            if view is None:
+                self._write_chunks(fd, reader, entry)
+            else:
+                size = len(view)
+                if size:
+                    self.bytes_budget -= size
+                    if self.bytes_budget < 0 or self.deadline is not None:
+                        self.bytes_budget += size
+                        self._charge(size, entry.name)
+                finisher = self.finisher
+                if (finisher is not None and not chown and times_plain
+                        and size <= _FINISHER_MAX_FILE):
+                    finisher.add(fd, view, mtime, entry.name)  # writes, times, closes
+                    fd = -1
+                    if finisher.error is not None:
+                        self._raise_finisher_error(finisher.error)
+                    return
+                if self.finisher_countdown > 0:
+                    self.finisher_countdown -= 1
+                    if not self.finisher_countdown:
+                        self._start_finisher()
+                if size:
+                    written = os.write(fd, view)
+                    while written < size:
+                        written += os.write(fd, view[written:])
+            if chown:
+                self._chown(fd, (uid, gid), entry.name, os.fchown)
+            if times_plain:
                 os.utime(fd, ns=(mtime, mtime))
             else:
                 os.utime(fd, ns=self._times(entry))
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _write_inline(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
         """Data and metadata in this thread, then close ``fd`` (in every case)."""
@@ -597,6 +618,31 @@ class Unpacker:
     def _writer_xattrs(self, fd: int, xattrs: dict[str, bytes], entry: str) -> None:
         for key, value in xattrs.items():
             self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
+
+    def _finish_helpers(self) -> None:
+        """Wait for the helper process and the writer thread; raise their first error."""
+        if self.finisher is not None:
+            failed = self.finisher.finish()
+            if failed is not None:
+                self._raise_finisher_error(failed)
+        if self.writer is not None:
+            self.writer.drain()
+            if self.writer.error is not None:
+                self._raise_writer_error()
+
+    def _raise_finisher_error(self, failed: tuple[OSError, str]) -> NoReturn:
+        err, entry = failed
+        if not err.errno:
+            raise InternalError(err.strerror or str(err), entry or None)
+        raise self._os_error(err, entry) from err
+
+    def _start_finisher(self) -> None:
+        """Fork the helper, if the worker runs no thread yet (forking then is safe)."""
+        self.finisher_countdown = -1  # one try
+        if self.writer is None:
+            from chrootarchive.finisher import Finisher  # imported before the jail
+
+            self.finisher = Finisher.start()
 
     def _raise_writer_error(self) -> None:
         assert self.writer is not None and self.writer.error is not None

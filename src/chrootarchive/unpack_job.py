@@ -54,6 +54,8 @@ def prepare(request: dict[str, Any]) -> None:
     """Before the jail: import what this request needs and nothing else."""
     if request["options"]["limits"].get("timeout") is not None:
         import signal  # noqa: F401 - used by run()
+    if request.get("helper"):
+        import chrootarchive.finisher  # noqa: F401 - forked by the unpacker (socketpair)
 
 
 def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
@@ -72,6 +74,8 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
         layer_mode=bool(request.get("layer")),
         in_user_namespace=bool(request.get("in_user_namespace")),
     )
+    if request.get("helper"):
+        unpacker.finisher_countdown = unpack.FINISHER_AFTER
     reader = tarreader.TarReader(0)
     stats = unpacker.run(reader)
     # Archives may be zero-padded: read the input to its end. Only on success: after

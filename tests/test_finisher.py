@@ -1,0 +1,220 @@
+"""The helper process that finishes small files (``chrootarchive.finisher``).
+
+For a large plain tar the confined worker forks a helper after its first small files;
+the worker creates each file and passes the descriptor, the data and the time over a
+socket, and the helper writes, sets the time and closes. These tests check that:
+
+- through the command line the helper exists, is confined and locked down exactly as
+  the worker is (same root, seccomp, no_new_privs, capabilities), and the tree is the
+  archive's, byte for byte, with every mode and time; no process is left behind;
+- an error in the helper (a full disk, a file-size limit) is reported as the worker
+  reports its own: one line, naming the entry that failed;
+- batches the kernel refuses (here: the helper is gone before the first) are
+  finished by the worker itself, in order, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import hardening
+from helpers.cli import CLI, CLIResult, assert_one_line_error
+from helpers.leaks import child_pids
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HELPER_AFTER = 64  # unpack.FINISHER_AFTER
+
+
+def _archive(count: int, size_of, *, big_every: int = 0) -> bytes:
+    """``count`` files in 10 directories: sizes from ``size_of(i)``, various modes and
+    times, every ``big_every``-th file larger than the helper takes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for d in range(10):
+            info = tarfile.TarInfo(f"d{d}")
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tf.addfile(info)
+        for i in range(count):
+            size = size_of(i)
+            if big_every and i % big_every == big_every - 1:
+                size = 100_000
+            data = (f"file {i};".encode() * (size // 7 + 1))[:size]
+            info = tarfile.TarInfo(f"d{i % 10}/f{i:05d}")
+            info.size = size
+            info.mode = (0o644, 0o600, 0o755, 0o640)[i % 4]
+            info.mtime = 1_000_000_000 + i * 37
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _expected(archive: bytes) -> dict[str, tuple[int, int, str]]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        for m in tf:
+            if m.isfile():
+                f = tf.extractfile(m)
+                assert f is not None
+                out[m.name] = (m.mode, m.mtime, hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+def _actual(root: Path) -> dict[str, tuple[int, int, str]]:
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (
+                st.st_mode & 0o7777, int(st.st_mtime), hashlib.sha256(path.read_bytes()).hexdigest()
+            )
+    return out
+
+
+def _status(pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def test_helper_is_confined_and_the_tree_is_exact(tmp_path: Path) -> None:
+    archive = _archive(20_000, lambda i: (i * 331) % 3000)
+    assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
+    path = tmp_path / "many.tar"
+    path.write_bytes(archive)
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([*CLI, "untar", str(path), str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[str, dict[str, str]] = {}
+
+    def watch() -> None:
+        while proc.poll() is None and "helper" not in seen:
+            for worker in hardening.workers_of(proc.pid):
+                for helper in hardening.workers_of(worker):
+                    try:
+                        seen["worker"] = _status(worker)
+                        seen["helper"] = _status(helper)
+                        seen["roots"] = {"same": str(
+                            os.stat(f"/proc/{worker}/root").st_ino
+                            == os.stat(f"/proc/{helper}/root").st_ino
+                            and os.readlink(f"/proc/{worker}/root")
+                            == os.readlink(f"/proc/{helper}/root"))}
+                    except OSError:
+                        seen.clear()  # one of them ended while it was read
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    _out, err = proc.communicate(timeout=300)
+    watcher.join()
+    assert proc.returncode == 0, err.decode()
+    assert "helper" in seen, "no helper process was seen during the extraction"
+    worker, helper = seen["worker"], seen["helper"]
+    for key in ("Seccomp", "NoNewPrivs", "CapEff", "CapPrm", "CapBnd", "Uid", "Gid"):
+        assert helper[key] == worker[key], (key, helper[key], worker[key])
+    assert helper["Seccomp"] == "2" and helper["NoNewPrivs"] == "1"
+    assert seen["roots"]["same"] == "True"
+    assert _actual(dest) == _expected(archive)
+    assert not [p for p, _, st in child_pids(proc.pid) if st != "Z"]
+
+
+def test_helper_full_disk_names_the_entry(tmp_path: Path) -> None:
+    """A 4 MiB tmpfs in a private mount namespace; 300 files of 30 KiB: the disk fills
+    after the helper has taken over the small files."""
+    archive = _archive(300, lambda i: 30_000)
+    path = tmp_path / "fills.tar"
+    assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
+    path.write_bytes(archive)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=4m chrootarchive-test "$1" && shift && exec "$@"',
+         "sh", str(mnt), *CLI, "untar", str(path), str(mnt / "dest")],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
+    line = assert_one_line_error(result, rc=4, mentions=("no space left",))
+    found = re.search(r"d\d/f(\d{5})", line)
+    assert found, line
+    assert int(found.group(1)) > HELPER_AFTER, line  # a file the helper was given
+
+
+# In a child process, the unpacker in-process (no jail) with the helper allowed.
+_IN_PROCESS = """\
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+from chrootarchive import fsops, tarreader, unpack
+from chrootarchive.options import UnpackOptions
+import chrootarchive.finisher as finisher
+archive, dest, mode = sys.argv[2:5]
+os.chdir(dest)
+os.umask(0)
+if mode == "fsize":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+u = unpack.Unpacker(fsops.JailedFileOps(), UnpackOptions(), print)
+u.finisher_countdown = 64
+if mode == "gone":
+    start = u._start_finisher
+    def start_then_lose_the_helper():
+        start()
+        pid = u.finisher._pid
+        os.kill(pid, signal.SIGKILL)
+        while open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            pass  # dead, its socket closed (finish() reaps it)
+    u._start_finisher = start_then_lose_the_helper
+fd = os.open(archive, os.O_RDONLY)
+result = {"helper": False}
+try:
+    u.run(tarreader.TarReader(fd))
+except Exception as err:
+    result["error"] = [type(err).__name__, err.message, err.entry]
+result["helper"] = u.finisher is not None
+result["finished_here"] = u.finisher.finished_here if u.finisher else 0
+print(json.dumps(result))
+"""
+
+
+def _in_process(archive: bytes, tmp_path: Path, mode: str) -> dict:
+    path = tmp_path / "in.tar"
+    path.write_bytes(archive)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(SRC), str(path), str(dest),
+                           mode], capture_output=True, timeout=120)
+    assert proc.stdout, proc.stderr.decode()
+    return json.loads(proc.stdout.decode().splitlines()[-1])
+
+
+def test_helper_error_names_its_entry(tmp_path: Path) -> None:
+    """A write the helper makes fails (RLIMIT_FSIZE): the error names that file."""
+    archive = _archive(200, lambda i: 60_000 if i == 150 else 1000)
+    result = _in_process(archive, tmp_path, "fsize")
+    assert result["helper"]
+    assert result["error"][0] == "DestinationError", result
+    assert result["error"][2] == "d0/f00150", result
+    assert "too large" in result["error"][1].lower(), result
+
+
+@pytest.mark.parametrize("count", [HELPER_AFTER + 10, 1000])
+def test_batches_the_helper_cannot_take_are_finished_here(count: int, tmp_path: Path) -> None:
+    archive = _archive(count, lambda i: (i * 97) % 5000, big_every=50)
+    result = _in_process(archive, tmp_path, "gone")
+    assert "error" not in result, result
+    assert result["helper"] and result["finished_here"] > 0, result
+    assert _actual(tmp_path / "dest") == _expected(archive)
