@@ -22,6 +22,7 @@ __all__ = [
     "MS_PRIVATE",
     "MS_REC",
     "MS_SLAVE",
+    "clear_capabilities",
     "fchownat_empty",
     "mount",
     "move_mount_onto_cwd",
@@ -263,6 +264,14 @@ def drop_capabilities(keep: set[int], dormant: set[int] | frozenset[int] = froze
             raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)}")
     _permitted_mask = _mask(allowed)
     _capset(_mask(set(keep)), _permitted_mask)
+
+
+def clear_capabilities() -> None:
+    """Give up every capability, effective and permitted (the bounding set is kept:
+    dropping from it needs ``CAP_SETPCAP``, which a locked-down worker no longer has)."""
+    global _permitted_mask
+    _permitted_mask = 0
+    _capset(0, 0)
 
 
 # seccomp: a small deny-list filter, a few instructions, no measurable cost.

@@ -10,8 +10,10 @@ does inside the destination can redirect its writes.
 A process and not a thread: a thread would need the interpreter's lock between its
 system calls and would wait for it, as the unpacker's thread holds it while it parses.
 The helper is forked from the worker once the worker is jailed and locked down, so it
-has the same jail, seccomp filter, capabilities and limits, and it dies with the
-worker (``PR_SET_PDEATHSIG``). It touches no file but those it is given.
+has the same jail, seccomp filter and limits; it then gives up every capability (it
+writes to descriptors it is given and sets the times of files its own user created),
+and it dies with the worker (``PR_SET_PDEATHSIG``). It touches no file but those it is
+given: it only ever runs for files that need no owner, xattr or special mode set.
 
 Batches of at most :data:`MAX_FDS` files travel as one message; at most
 :data:`MAX_IN_FLIGHT` batches are unacknowledged, which bounds the descriptors in
@@ -92,6 +94,10 @@ class Finisher:
             try:
                 ours.close()
                 _linux.prctl(_linux.PR_SET_PDEATHSIG, _SIGKILL)
+                if os.geteuid() == 0:
+                    # Writing to descriptors it is given, and setting the times of files
+                    # its own user created, needs no capability.
+                    _linux.clear_capabilities()
                 if os.getppid() == parent:
                     keep = theirs.fileno()
                     os.closerange(0, keep)  # the archive, the reply pipe, the root...
