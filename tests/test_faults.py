@@ -26,6 +26,7 @@ from helpers.hardening import (
     Unprivileged,
     alive,
     chunks,
+    on_small_tmpfs,
     state,
     wait_for,
     wait_worker,
@@ -297,12 +298,7 @@ def test_full_disk_names_the_entry(tmp_path: Path, write_archive) -> None:
     data = B().file("small", b"s").dir("d").file("d/big", os.urandom(3 << 20)) \
         .file("after", b"a").build()
     path = write_archive(data)
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         'mount -t tmpfs -o size=1m chrootarchive-test "$1" && shift && exec "$@"',
-         "sh", str(mnt), *CLI, "untar", str(path), str(mnt / "dest")],
-        capture_output=True, timeout=120,
-    )  # fmt: skip
+    proc = on_small_tmpfs(mnt, "1m", *CLI, "untar", str(path), str(mnt / "dest"))
     result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
     line = assert_one_line_error(result, rc=4, mentions=("no space left",))
     assert "d/big" in line, line
@@ -320,12 +316,7 @@ def test_full_disk_api_error(tmp_path: Path, write_archive) -> None:
         "except chrootarchive.DestinationError as e:\n"
         "    print(type(e).__name__, e.exit_status, e.entry, e.message, sep='|')\n"
     )
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         'mount -t tmpfs -o size=1m chrootarchive-test "$1" && shift && exec "$@"',
-         "sh", str(mnt), *CLI[:1], "-c", code, str(path), str(mnt / "dest")],
-        capture_output=True, timeout=120,
-    )  # fmt: skip
+    proc = on_small_tmpfs(mnt, "1m", *CLI[:1], "-c", code, str(path), str(mnt / "dest"))
     assert proc.returncode == 0, proc.stderr.decode()
     name, status, entry, message = proc.stdout.decode().strip().split("|")
     assert (name, status, entry) == ("DestinationError", "4", "big")

@@ -83,15 +83,6 @@ def _actual(root: Path) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def _status(pid: int) -> dict[str, str]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
-
-
 def test_helper_is_confined_and_the_tree_is_exact(tmp_path: Path) -> None:
     archive = _archive(20_000, lambda i: (i * 331) % 3000)
     assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
@@ -107,8 +98,8 @@ def test_helper_is_confined_and_the_tree_is_exact(tmp_path: Path) -> None:
             for worker in hardening.workers_of(proc.pid):
                 for helper in hardening.workers_of(worker):
                     try:
-                        seen["worker"] = _status(worker)
-                        seen["helper"] = _status(helper)
+                        seen["worker"] = hardening.status(worker)
+                        seen["helper"] = hardening.status(helper)
                         seen["roots"] = {"same": str(
                             os.stat(f"/proc/{worker}/root").st_ino
                             == os.stat(f"/proc/{helper}/root").st_ino
@@ -144,12 +135,7 @@ def test_helper_full_disk_names_the_entry(tmp_path: Path) -> None:
     path.write_bytes(archive)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         'mount -t tmpfs -o size=4m chrootarchive-test "$1" && shift && exec "$@"',
-         "sh", str(mnt), *CLI, "untar", str(path), str(mnt / "dest")],
-        capture_output=True, timeout=120,
-    )  # fmt: skip
+    proc = hardening.on_small_tmpfs(mnt, "4m", *CLI, "untar", str(path), str(mnt / "dest"))
     result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
     line = assert_one_line_error(result, rc=4, mentions=("no space left",))
     found = re.search(r"d\d/f(\d{5})", line)

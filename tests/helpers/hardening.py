@@ -168,6 +168,17 @@ def wait_worker(parent: int | None = None, timeout: float = 20.0) -> int:
     return int(pids[0])
 
 
+def on_small_tmpfs(mnt: Path, size: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` with a tmpfs of ``size`` (``1m``) mounted on ``mnt``, in a private
+    mount namespace of a child process (the machine's mount table is not touched)."""
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs -o size={size} chrootarchive-test "$1" && shift && exec "$@"',
+         "sh", str(mnt), *argv],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
 def status(pid: int) -> dict[str, str]:
     out = {}
     with open(f"/proc/{pid}/status") as f:
