@@ -4,10 +4,10 @@ For a large plain tar the confined worker forks a helper after its first small f
 the worker creates each file and passes the descriptor, the data and the time over a
 socket, and the helper writes, sets the time and closes. These tests check that:
 
-- through the command line the helper exists, is confined and locked down as the worker
-  is (same root, seccomp, no_new_privs, bounding set) and holds no capability at all,
-  and the tree is the archive's, byte for byte, with every mode and time; no process is
-  left behind;
+- through the command line, as root and as uid 65534 (``userns``), the helper exists,
+  is confined and locked down as the worker is (same root, seccomp, no_new_privs,
+  bounding set) and holds no capability at all, and the tree is the archive's, byte for
+  byte, with every mode and time; no process is left behind;
 - an error in the helper (a full disk, a file-size limit) is reported as the worker
   reports its own: one line, naming the entry that failed;
 - batches the kernel refuses (here: the helper is gone before the first) are
@@ -26,6 +26,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,14 +84,33 @@ def _actual(root: Path) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def test_helper_is_confined_and_the_tree_is_exact(tmp_path: Path) -> None:
+@pytest.fixture
+def unpriv() -> Iterator[hardening.Unprivileged]:
+    area = hardening.Unprivileged()
+    yield area
+    area.cleanup()
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_helper_is_confined_and_the_tree_is_exact(
+    user: str, tmp_path: Path, unpriv: hardening.Unprivileged
+) -> None:
+    """As root (``pivot``) and as uid 65534 (``userns``)."""
     archive = _archive(20_000, lambda i: (i * 331) % 3000)
     assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
-    path = tmp_path / "many.tar"
-    path.write_bytes(archive)
-    dest = tmp_path / "dest"
-    proc = subprocess.Popen([*CLI, "untar", str(path), str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if user == "root":
+        path = tmp_path / "many.tar"
+        path.write_bytes(archive)
+        dest = tmp_path / "dest"
+        argv, env, cwd = [*CLI, "untar", str(path), str(dest)], None, None
+    else:
+        path = unpriv.write("many.tar", archive)
+        dest = unpriv.mkdir() / "dest"
+        argv = [*hardening.SETPRIV, hardening.SYSTEM_PYTHON, "-m", "chrootarchive", "untar",
+                str(path), str(dest)]
+        env, cwd = unpriv.env(), "/"
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     seen: dict[str, dict[str, str]] = {}
 
     def watch() -> None:
