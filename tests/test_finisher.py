@@ -39,6 +39,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 HELPER_AFTER = 64  # unpack.FINISHER_AFTER
 
 
+def test_constants_agree() -> None:
+    """The unpacker keeps copies (importing ``finisher`` loads ``_socket``)."""
+    from chrootarchive import finisher, unpack
+
+    assert unpack._FINISHER_MAX_FILE == finisher.MAX_FILE
+    assert unpack.FINISHER_AFTER == HELPER_AFTER
+
+
 def _archive(count: int, size_of, *, big_every: int = 0) -> bytes:
     """``count`` files in 10 directories: sizes from ``size_of(i)``, various modes and
     times, every ``big_every``-th file larger than the helper takes."""

@@ -18,8 +18,9 @@ given: it only ever runs for files that need no owner, xattr or special mode set
 Batches of at most :data:`MAX_FDS` files travel as one message; at most
 :data:`MAX_IN_FLIGHT` batches are unacknowledged, which bounds the descriptors in
 flight (the kernel counts them against ``RLIMIT_NOFILE``). A batch the kernel refuses
-is finished in the worker itself. The first error is reported with its entry name, by
-:meth:`Finisher.check` or :meth:`Finisher.finish`.
+is finished in the worker itself. The first error, with its entry name, is in
+:attr:`Finisher.error` as soon as its reply is read, and returned by
+:meth:`Finisher.finish`.
 """
 
 from __future__ import annotations
@@ -175,7 +176,10 @@ class Finisher:
         self._sent.append(names)
 
     def _receive(self) -> None:
-        reply = self._sock.recv(64)
+        try:
+            reply = self._sock.recv(64)
+        except ConnectionError:
+            reply = b""  # the helper is gone (ECONNRESET)
         names = self._sent.pop(0)
         if not reply:
             self._sent.clear()
