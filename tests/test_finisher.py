@@ -31,20 +31,13 @@ from pathlib import Path
 
 import pytest
 
+from chrootarchive import unpack
 from helpers import hardening
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import child_pids
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-HELPER_AFTER = 64  # unpack.FINISHER_AFTER
-
-
-def test_constants_agree() -> None:
-    """The unpacker keeps copies (importing ``finisher`` loads ``_socket``)."""
-    from chrootarchive import finisher, unpack
-
-    assert unpack._FINISHER_MAX_FILE == finisher.MAX_FILE
-    assert unpack.FINISHER_AFTER == HELPER_AFTER
+HELPER_AFTER = unpack.FINISHER_AFTER
 
 
 def _archive(count: int, size_of, *, big_every: int = 0) -> bytes:
@@ -177,7 +170,6 @@ import json, os, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
 from chrootarchive import fsops, tarreader, unpack
 from chrootarchive.options import UnpackOptions
-import chrootarchive.finisher as finisher
 archive, dest, mode = sys.argv[2:5]
 os.chdir(dest)
 os.umask(0)

@@ -33,9 +33,8 @@ import struct
 
 from chrootarchive import _linux
 
-__all__ = ["MAX_FILE", "Finisher"]
+__all__ = ["Finisher"]
 
-MAX_FILE = 64 << 10  # larger files are written by the unpacker (or its writer thread)
 MAX_FDS = 32  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
 _MAX_MESSAGE = 160 << 10  # below the default socket buffer (a batch is one message)

@@ -48,7 +48,7 @@ _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
-_FINISHER_MAX_FILE = 64 << 10  # finisher.MAX_FILE (not imported: it loads _socket)
+_FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
 
 
 class UnpackStats:
