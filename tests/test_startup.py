@@ -29,14 +29,13 @@ from chrootarchive.errors import BreakoutError, MalformedArchiveError
 
 SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
 
-# What the worker imports before it enters the jail: the child, the mechanisms, the file
-# operations and the job's module (see child._child_work).
+# What the worker imports as it boots, before its job arrives and before the jail: the
+# child, the mechanisms, the file operations and the job's module (child._boot).
 _WORKER_IMPORTS = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from chrootarchive import child, confine, fsops
-from chrootarchive.confine import pivot
-__import__("chrootarchive." + child.JOBS[sys.argv[2]])
+from chrootarchive import child
+child._boot(sys.argv[2])
 sys.stdout.write(" ".join(sorted(sys.modules)))
 """
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         UnpackOptions,
         UnpackResult,
     )
+    from chrootarchive.standby import set_standby
 
 # Names are imported when first used (PEP 562): the confined worker imports this
 # package too, and must not pay for (or load) the parts it never uses.
@@ -89,6 +90,7 @@ _EXPORTS = {
     "copy_file_with_tar": "chrootarchive.copy",
     "copy_path": "chrootarchive.copy",
     "copy_with_tar": "chrootarchive.copy",
+    "set_standby": "chrootarchive.standby",
     "tar": "chrootarchive.copy",
     "unpack_image": "chrootarchive.image",
     "untar": "chrootarchive.api",
@@ -142,6 +144,7 @@ __all__ = [
     "copy_file_with_tar",
     "copy_path",
     "copy_with_tar",
+    "set_standby",
     "tar",
     "unpack_image",
     "untar",

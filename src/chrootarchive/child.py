@@ -34,6 +34,7 @@ DEFAULT_CAPABILITIES = frozenset({
 _MAX_WARNINGS = 1000
 READY = b"\x01"  # sent once confined, before any data is read
 _SIGKILL = 9
+_MAX_FDS = 8  # result, root, stdin, stdout, stderr, sync: the most a job is given
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -73,16 +74,29 @@ def _error_message(err: BaseException) -> dict[str, Any]:
 
 
 def child_main(argv: list[str]) -> None:
-    """Entry point of the worker: ``REQUEST_FD RESULT_FD ROOT_FD PARENT_PID``."""
-    req_fd, result_fd, root_fd, parent_pid = (int(a) for a in argv)
+    """Entry point of the worker: ``CONTROL_FD PARENT_PID JOB``.
+
+    The worker boots (imports everything its job can need) before it knows its job's
+    details, then waits on the control socket for them: one request document and the
+    descriptors it works with. A worker spawned for a call gets them at once; a standby
+    (:mod:`chrootarchive.standby`) gets them at the next call.
+    """
+    control_fd, parent_pid, job_name = int(argv[0]), int(argv[1]), argv[2]
     from chrootarchive import _linux
 
     _linux.prctl(_linux.PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)  # the parent is already gone
-    request: dict[str, Any] = {}
+    job = _boot(job_name)
+    received = _receive(control_fd)
+    if received is None:
+        os._exit(0)  # the parent let its standby go without a job
+    request, fds = received
+    result_fd = fds.get("result", -1)
+    if result_fd < 0:
+        os._exit(1)  # nowhere to report: the parent sees a worker without a result
     try:
-        result = _child_work(req_fd, root_fd, result_fd, request)
+        result = _child_work(job, request, fds)
         _send(result_fd, {"result": result})
         code = 0
     except BaseException as err:
@@ -97,6 +111,18 @@ def child_main(argv: list[str]) -> None:
     os._exit(code)
 
 
+def _boot(job_name: str) -> Any:
+    """Import everything the worker will ever need (before its job, before the jail)."""
+    from chrootarchive import _linux, confine, fsops  # noqa: F401 - fsops: _enter_dest
+    from chrootarchive.confine import pivot  # noqa: F401
+
+    job_module = f"chrootarchive.{JOBS[job_name]}"
+    __import__(job_module)
+    _linux.preload_library("libgcc_s.so.1")
+    os.umask(0)
+    return sys.modules[job_module]
+
+
 def _print_traceback(err: BaseException) -> None:
     """--debug: the traceback, printed with what was imported before the jail."""
     tb = err.__traceback__
@@ -109,39 +135,63 @@ def _print_traceback(err: BaseException) -> None:
                      + f"\n{type(err).__name__}: {err}\n")
 
 
-def _read_request(fd: int) -> dict[str, Any]:
-    document = bytearray()
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        document += chunk
-    os.close(fd)
+def _receive(control_fd: int) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The job from the parent: a JSON request, and descriptors named by its ``fds``.
+
+    None when the parent closed the socket without a job. The first message carries
+    the descriptors (SCM_RIGHTS); the rest of the document follows until EOF.
+    """
+    import _socket
+
+    sock = _socket.socket(fileno=control_fd)
+    try:
+        data, ancillary, flags, _addr = sock.recvmsg(
+            1 << 16, _socket.CMSG_SPACE(_MAX_FDS * 4), _socket.MSG_CMSG_CLOEXEC)
+        passed: list[int] = []
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                passed += [int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True)
+                           for i in range(0, len(payload) - 3, 4)]
+        if not data and not passed:
+            return None
+        document = bytearray(data)
+        while chunk := sock.recv(1 << 16):
+            document += chunk
+    finally:
+        sock.close()
     request = _wire.loads(document)
-    if not isinstance(request, dict):
-        raise ValueError("the request is not a JSON object")
-    return request
+    names = request.get("fds") if isinstance(request, dict) else None
+    if (flags & _socket.MSG_CTRUNC or not isinstance(request, dict)
+            or not isinstance(names, list) or len(names) != len(passed)):
+        for fd in passed:
+            os.close(fd)
+        os._exit(1)  # not what the parent sends: nothing to report to
+    return request, {str(name): fd for name, fd in zip(names, passed, strict=True)}
 
 
-def _child_work(
-    req_fd: int, root_fd: int, result_fd: int, request: dict[str, Any]
-) -> dict[str, Any]:
-    # Everything the worker will ever need is imported here, before confinement.
-    from chrootarchive import _linux, confine, fsops  # noqa: F401 - fsops: _enter_dest
+def _take_descriptors(fds: dict[str, int], request: dict[str, Any]) -> None:
+    """Put the passed stdin, stdout and stderr in place; note the sync socket."""
+    for name, target in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+        fd = fds.get(name)
+        if fd is not None:
+            os.dup2(fd, target)
+            os.close(fd)
+    if "sync" in fds:
+        request["sync_fd"] = fds["sync"]
+
+
+def _child_work(job: Any, request: dict[str, Any], fds: dict[str, int]) -> dict[str, Any]:
+    _take_descriptors(fds, request)
+    result_fd, root_fd = fds["result"], fds["root"]
+    from chrootarchive import confine
     from chrootarchive.confine import pivot
 
-    request.update(_read_request(req_fd))
     request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
-    job_module = f"chrootarchive.{JOBS[str(request['job'])]}"
-    __import__(job_module)
-    job = sys.modules[job_module]
     prepare = getattr(job, "prepare", None)
     if callable(prepare):
         prepare(request)  # imports only some requests need (none are possible later)
     if (request.get("options") or {}).get("excludes"):
         import re  # noqa: F401 - exclude patterns are compiled inside the jail
-    _linux.preload_library("libgcc_s.so.1")
-    os.umask(0)
 
     sync_fd = request.get("sync_fd")
     used = confine.enter(str(request["mechanism"]), root_fd,

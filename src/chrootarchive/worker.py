@@ -1,22 +1,30 @@
 """The confined worker process and the parent/child protocol.
 
 The parent spawns a fresh interpreter (``python -I -S``: no site, no environment, no
-user paths; spawned, not forked, so it is cheap and inherits no threads or locks) with:
+user paths; spawned, not forked, so it is cheap and inherits no threads or locks) with
+one control socket (:class:`Booted`). The worker boots: it asks to be killed when its
+parent dies and imports everything its job needs. Then the parent hands it its job
+(:meth:`Booted.hand_over`) over that socket, in one go:
 
-* a request pipe: one JSON document, parent to child (job name, mechanism, options);
-* stdin: the data the job reads (the uncompressed tar stream for ``unpack``);
-* stdout: the data the job writes (the tar stream for ``pack``), or /dev/null;
-* a result pipe: one JSON document, child to parent: the job's result, or an error
-  given as (class name, message, entry) and raised in the parent as the same class.
+* one JSON document (job name, mechanism, options, and the names of the descriptors);
+* with it (SCM_RIGHTS) the jail's root, a result pipe, stdin (the data the job reads:
+  the uncompressed tar stream for ``unpack``), stdout if the job writes data (the tar
+  stream for ``pack``; else /dev/null), the caller's stderr, and for ``userns`` a socket
+  to synchronise the id mapping.
 
-The child (:mod:`chrootarchive.child`) asks to be killed when its parent dies, imports
-everything it needs (the job module included), enters the jail, then makes every further
+The result pipe carries one JSON document back: the job's result, or an error given as
+(class name, message, entry) and raised in the parent as the same class. Booting first
+is what lets a thread keep a worker booted ahead of its next call
+(:mod:`chrootarchive.standby`).
+
+The child (:mod:`chrootarchive.child`) then enters the jail and makes every further
 import fail. A job is a module with ``run(request, warn) -> dict`` (see :data:`JOBS`) and
 optionally ``prepare(request)``, run before the jail.
 """
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
 import json
@@ -26,7 +34,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chrootarchive.child import DEFAULT_CAPABILITIES, JOBS, READY
 from chrootarchive.errors import (
@@ -35,14 +43,13 @@ from chrootarchive.errors import (
     error_class,
 )
 
-if TYPE_CHECKING:
-    import socket
-
-__all__ = ["DEFAULT_CAPABILITIES", "JOBS", "Worker", "feed", "run_job"]
+__all__ = ["DEFAULT_CAPABILITIES", "JOBS", "Booted", "Worker", "feed", "run_job"]
 
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 _MAX_RESULT = 16 << 20
+_DISCARD_WAIT = 5.0  # seconds for a discarded worker to end (it dies with us anyway)
+_FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -63,6 +70,94 @@ def _pipe(big: bool = False) -> tuple[int, int]:
         with contextlib.suppress(OSError):
             fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
     return r, w
+
+
+class Booted:
+    """A worker interpreter, started and booting; it waits for its job on a socket.
+
+    Args:
+        job: a name from :data:`JOBS` (the worker imports its module as it boots).
+        standby: booted ahead of a call (:mod:`chrootarchive.standby`): its stderr is
+            /dev/null until a call hands it the caller's.
+    """
+
+    def __init__(self, job: str, *, standby: bool = False) -> None:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
+                 str(theirs.fileno()), str(os.getpid()), job],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL if standby else None,
+                pass_fds=(theirs.fileno(),),
+                env={"LC_ALL": "C.UTF-8"},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control: _socket.socket | None = ours
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def hand_over(self, document: bytes, fds: list[int]) -> None:
+        """Send the job: the request and the descriptors it names, then EOF.
+
+        Raises OSError when the worker is gone (a standby killed meanwhile, say).
+        """
+        control, self._control = self._control, None
+        if control is None:
+            raise ValueError("this worker already has its job")
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        try:
+            first = document[:_FIRST_MESSAGE]
+            sent = control.sendmsg([first], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
+                                   _socket.MSG_NOSIGNAL)
+            control.sendall(document[sent:], _socket.MSG_NOSIGNAL)
+        finally:
+            control.close()
+
+    def discard(self) -> None:
+        """Let the worker go: kill it if it still runs, and reap it.
+
+        Closing the control socket ends a worker that waits for its job by itself; the
+        kill is for one still booting, and may be refused (EPERM) to a caller that has
+        given up the uid it spawned the worker with.
+        """
+        self.forget()
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=_DISCARD_WAIT)
+
+    def forget(self) -> None:
+        """Close this process's end of the control socket (after a fork, say)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+
+def _boot(job: str) -> Booted:
+    """A worker for ``job``: this thread's standby if it may be used, else a new one."""
+    from chrootarchive import standby
+
+    booted = standby.take(job)
+    return booted if isinstance(booted, Booted) else Booted(job)
+
+
+def _stderr_or_none() -> list[int]:
+    try:
+        os.fstat(2)
+    except OSError:
+        return []  # no stderr to pass (a daemon's, closed)
+    return [2]
 
 
 class Worker:
@@ -88,6 +183,8 @@ class Worker:
     ) -> None:
         if job not in JOBS:
             raise ValueError(f"unknown worker job {job!r}")
+        from chrootarchive import standby
+
         self.stdin_w = -1
         self.stdout_r = -1
         self._reply = bytearray()
@@ -95,60 +192,65 @@ class Worker:
         self._is_ready = False
         self._closed = False
         id_ranges = request.get("id_ranges")
-        sync_parent: socket.socket | None = None
-        sync_child: socket.socket | None = None
+        sync_parent: _socket.socket | None = None
+        sync_child: _socket.socket | None = None
         if id_ranges:
-            import socket  # only to map subordinate ids (userns)
-
-            sync_parent, sync_child = socket.socketpair()
-            request = dict(request, sync_fd=sync_child.fileno())
-        req_r, req_w = _pipe()
+            sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
         self._res_r, res_w = _pipe()
-        child_stdin = stdin
         if stdin is None:
             child_stdin, self.stdin_w = _pipe(big=True)
+        else:
+            child_stdin = stdin
         child_stdout: int | None = None
         if stdout_pipe:
             self.stdout_r, child_stdout = _pipe(big=True)
+        names = ["result", "root", "stdin"]
+        fds = [res_w, root_fd, child_stdin]
+        if child_stdout is not None:
+            names.append("stdout")
+            fds.append(child_stdout)
+        for fd in _stderr_or_none():
+            names.append("stderr")
+            fds.append(fd)
+        if sync_child is not None:
+            names.append("sync")
+            fds.append(sync_child.fileno())
+        document = json.dumps(dict(request, job=job, fds=names)).encode()
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
-                 str(req_r), str(res_w), str(root_fd), str(os.getpid())],
-                stdin=child_stdin,
-                stdout=child_stdout if child_stdout is not None else subprocess.DEVNULL,
-                pass_fds=(req_r, res_w, root_fd)
-                + ((sync_child.fileno(),) if sync_child is not None else ()),
-                env={"LC_ALL": "C.UTF-8"},
-            )
+            booted = _boot(job)
+            try:
+                booted.hand_over(document, fds)
+            except OSError:
+                booted.discard()  # a standby that died meanwhile: spawn one now
+                booted = Booted(job)
+                with contextlib.suppress(OSError):  # it died at once: finish() says why
+                    booted.hand_over(document, fds)
         except BaseException:
-            for fd in (req_w, self._res_r, self.stdin_w, self.stdout_r):
+            for fd in (self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
                     os.close(fd)
             if sync_parent is not None:
                 sync_parent.close()
             raise
         finally:
-            for fd in (req_r, res_w):
-                os.close(fd)
+            os.close(res_w)
             if sync_child is not None:
                 sync_child.close()
-            if stdin is None and child_stdin is not None:
+            if stdin is None:
                 os.close(child_stdin)
             if child_stdout is not None:
                 os.close(child_stdout)
+        self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
         self._reader.start()
-        try:
-            _write_all(req_w, json.dumps(dict(request, job=job)).encode())
-        except BrokenPipeError:
-            pass  # the worker died early; finish() reports it
-        finally:
-            os.close(req_w)
+        standby.replenish(job, lambda: Booted(job, standby=True))
         if sync_parent is not None:
-            with sync_parent:
+            try:
                 self._map_ids(sync_parent, id_ranges)
+            finally:
+                sync_parent.close()
 
-    def _map_ids(self, sync: socket.socket, ranges: Any) -> None:
+    def _map_ids(self, sync: _socket.socket, ranges: Any) -> None:
         """Map the worker's user namespace to the caller's subordinate ranges."""
         from chrootarchive.confine import userns
 

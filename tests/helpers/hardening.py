@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from chrootarchive import standby
 from helpers import tarbuild as tb
 from helpers.cli import CLIResult
 from helpers.leaks import child_pids
@@ -145,8 +146,11 @@ def is_worker(pid: int) -> bool:
 
 
 def workers_of(parent: int | None = None) -> list[int]:
-    """Live worker processes that are children of ``parent`` (default: this process)."""
-    return [pid for pid, _, st in child_pids(parent) if st != "Z" and is_worker(pid)]
+    """Live worker processes that are children of ``parent`` (default: this process),
+    this process's idle standby workers excepted (they have no job yet)."""
+    kept = set(standby.running()) if parent in (None, os.getpid()) else set()
+    return [pid for pid, _, st in child_pids(parent)
+            if st != "Z" and is_worker(pid) and pid not in kept]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0,

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from chrootarchive import standby
+
 
 def child_pids(parent: int | None = None) -> list[tuple[int, str, str]]:
     """``(pid, comm, state)`` of the children of ``parent`` (default: this process),
@@ -27,11 +29,26 @@ def child_pids(parent: int | None = None) -> list[tuple[int, str, str]]:
     return out
 
 
+def idle_standbys() -> set[int]:
+    """This process's standby workers (``chrootarchive.standby``): kept on purpose, so
+    not a leak, as long as each still waits for its job outside any jail."""
+    pids = set(standby.running())
+    for pid in pids:
+        try:
+            root = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            continue  # gone meanwhile
+        assert root == "/", f"standby worker {pid} is kept but jailed at {root}"
+    return pids
+
+
 def wait_no_new_children(before: set[int], timeout: float = 2.0) -> list[tuple[int, str, str]]:
-    """Children not in ``before`` still present after ``timeout`` seconds."""
+    """Children not in ``before`` still present after ``timeout`` seconds (idle
+    standby workers excepted)."""
     deadline = time.monotonic() + timeout
     while True:
-        extra = [c for c in child_pids() if c[0] not in before]
+        kept = idle_standbys()
+        extra = [c for c in child_pids() if c[0] not in before and c[0] not in kept]
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.05)

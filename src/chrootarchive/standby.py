@@ -1,0 +1,191 @@
+"""Standby workers: a worker interpreter booted ahead of a thread's next unpack.
+
+Starting the worker's interpreter and importing the unpacker is most of the time of a
+small unpack (about 15 ms of 20 on a 2-core VM). A thread that unpacks more than once
+keeps one worker booted ahead: spawned right after the thread's current worker got its
+job, it imports everything, then waits on its control socket. It has read no input,
+holds nothing but that socket, /dev/null and the interpreter's own files, and is not
+confined yet: the hand-over (:meth:`chrootarchive.worker.Booted.hand_over`) gives it
+exactly what a worker spawned for the call gets, and from there the two are the same.
+
+A standby is used only when nothing it inherited can differ from what a worker spawned
+now would inherit (:func:`_context`): the same process (not a fork of it) and thread
+(it dies with the thread that spawned it: ``PR_SET_PDEATHSIG``), credentials,
+capabilities, ``no_new_privs`` and seccomp, namespaces, cgroup, security label, root
+directory, resource limits, niceness and CPU affinity. Otherwise it is killed and a
+worker is spawned as usual. :func:`set_standby` turns standbys off for a program; at
+exit, they are killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import resource
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Booted", "replenish", "running", "set_standby", "stop_all", "take"]
+
+#: Jobs worth a standby: those a program runs many times (layers, small archives).
+JOBS = frozenset({"unpack"})
+
+_STATUS_FIELDS = (
+    b"Uid:", b"Gid:", b"Groups:", b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:",
+    b"CapAmb:", b"NoNewPrivs:", b"Seccomp:", b"Seccomp_filters:", b"Speculation_Store",
+    b"Cpus_allowed:", b"Mems_allowed:",
+)
+_NAMESPACES = ("mnt", "user", "pid_for_children", "net", "ipc", "uts", "cgroup",
+               "time_for_children")
+_RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource))
+                 if name.startswith("RLIMIT_"))
+
+
+class Booted(Protocol):
+    """A worker that has booted and waits for its job (see :mod:`chrootarchive.worker`)."""
+
+    def alive(self) -> bool: ...
+
+    def pid(self) -> int: ...
+
+    def discard(self) -> None: ...
+
+    def forget(self) -> None: ...
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.enabled = True
+        # native thread id -> (context when spawned, job, worker)
+        self.standbys: dict[int, tuple[tuple[object, ...], str, Booted]] = {}
+
+
+_registry = _Registry()
+_calls = threading.local()
+_inherited: list[Booted] = []  # a fork's copies of its parent's standbys, never used
+
+
+def _read(path: str, fields: tuple[bytes, ...] = ()) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if fields:
+        return b"".join(line for line in data.splitlines(True) if line.startswith(fields))
+    return data
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _context() -> tuple[object, ...]:
+    """What a worker inherits from the calling thread, as far as it matters."""
+    root = os.stat("/")
+    return (
+        os.getpid(),
+        threading.get_native_id(),
+        os.getresuid(),
+        os.getresgid(),
+        tuple(os.getgroups()),
+        _read("/proc/thread-self/status", _STATUS_FIELDS),
+        _read("/proc/self/cgroup"),
+        _read("/proc/thread-self/attr/current"),
+        tuple(_readlink(f"/proc/thread-self/ns/{name}") for name in _NAMESPACES),
+        (root.st_dev, root.st_ino),
+        tuple(resource.getrlimit(limit) for limit in _RLIMITS),
+        os.getpriority(os.PRIO_PROCESS, 0),
+    )
+
+
+def set_standby(enabled: bool) -> None:
+    """Keep standby workers (the default) or not, and stop those kept.
+
+    Turn them off in a program that must have no child process between calls, or
+    that changes its identity in ways :func:`_context` does not see.
+    """
+    with _registry.lock:
+        _registry.enabled = enabled
+    if not enabled:
+        stop_all()
+
+
+def running() -> list[int]:
+    """The process ids of the standby workers kept now (for tests and diagnostics)."""
+    with _registry.lock:
+        return [booted.pid() for _c, _j, booted in _registry.standbys.values()]
+
+
+def stop_all() -> None:
+    """Kill every standby worker (at exit, and when standbys are turned off)."""
+    with _registry.lock:
+        entries = list(_registry.standbys.values())
+        _registry.standbys.clear()
+    for _context_then, _job, booted in entries:
+        booted.discard()
+
+
+def take(job: str) -> Booted | None:
+    """This thread's standby for ``job``, if it is alive and nothing has changed."""
+    tid = threading.get_native_id()
+    with _registry.lock:
+        entry = _registry.standbys.pop(tid, None)
+        dead = [t for t, (_c, _j, b) in _registry.standbys.items() if not b.alive()]
+        gone = [_registry.standbys.pop(t)[2] for t in dead]  # threads that ended
+    for booted in gone:
+        booted.discard()
+    if entry is None:
+        return None
+    context, kind, booted = entry
+    if kind != job or not booted.alive() or context != _context():
+        booted.discard()
+        return None
+    return booted
+
+
+def replenish(job: str, spawn: Callable[[], Booted]) -> None:
+    """After this thread's worker got its job: boot one for the thread's next call.
+
+    Only from a thread's second call on, so that a program (or a thread) that unpacks
+    once never pays for a worker it will not use.
+    """
+    calls = getattr(_calls, "count", 0) + 1
+    _calls.count = calls
+    if calls < 2 or job not in JOBS:
+        return
+    tid = threading.get_native_id()
+    with _registry.lock:
+        if not _registry.enabled or tid in _registry.standbys:
+            return
+    context = _context()
+    try:
+        booted: Booted | None = spawn()
+    except OSError:
+        return  # only a head start was lost: the next call spawns its worker itself
+    with _registry.lock:
+        if _registry.enabled and tid not in _registry.standbys and booted is not None:
+            _registry.standbys[tid] = (context, job, booted)
+            booted = None
+    if booted is not None:
+        booted.discard()
+
+
+def _after_fork_in_child() -> None:
+    """A fork's standbys are its parent's children: never use, wait for or kill them."""
+    global _registry
+    old = _registry
+    _registry = _Registry()
+    _registry.enabled = old.enabled
+    for _context_then, _job, booted in old.standbys.values():
+        booted.forget()
+        _inherited.append(booted)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(stop_all)

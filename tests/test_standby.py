@@ -1,0 +1,253 @@
+"""Standby workers (``chrootarchive.standby``): a worker booted ahead of a thread's next
+unpack, and every case in which it must not be used.
+
+Each test runs a small program in a process of its own (the standby belongs to a process
+and a thread), which prints what it saw as JSON. What is proven:
+
+- from a thread's second call on, one worker waits for the next call; it holds only
+  /dev/null and its control socket, is not jailed, and the next call uses it;
+- a fork, another thread, a killed standby, or a caller that changed its uid never gets
+  a standby that is not its own; the unpack is right every time;
+- turning standbys off, or the program's exit, leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import chrootarchive
+from helpers import hardening
+from helpers.hardening import NOBODY, SYSTEM_PYTHON, Unprivileged
+
+SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
+
+PRELUDE = """
+import json, os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import chrootarchive
+from chrootarchive import standby
+
+top = sys.argv[2]
+archive = os.path.join(top, "one.tar")
+count = [0]
+
+
+def unpack(where=None):
+    count[0] += 1
+    dest = os.path.join(where or top, f"dest{count[0]}")
+    result = chrootarchive.untar(archive, dest)
+    with open(os.path.join(dest, "hello.txt"), "rb") as f:
+        assert f.read() == b"hello\\n", "wrong content"
+    return result, dest
+
+
+def mine():
+    return standby._registry.standbys[threading.get_native_id()][2]
+
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
+
+
+def wait_gone(pid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return state(pid)
+"""
+
+
+def one_file_archive(top: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(b"hello\n"))
+    (top / "one.tar").write_bytes(buf.getvalue())
+    (top / "one.tar").chmod(0o644)
+
+
+def run(tmp_path: Path, body: str, timeout: float = 60) -> dict[str, Any]:
+    one_file_archive(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + body, SRC, str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_second_call_boots_a_standby_that_the_third_uses(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+unpack()
+after_first = standby.running()
+unpack()
+[pid] = standby.running()
+booted = mine()
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:  # booted: blocked reading its control socket
+    if open(f"/proc/{pid}/wchan").read() == "unix_stream_read_generic":
+        break
+    time.sleep(0.01)
+fds = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+root = os.readlink(f"/proc/{pid}/root")
+result, _ = unpack()
+print(json.dumps({"after_first": after_first, "pid": pid, "fds": fds, "root": root,
+                  "returncode": booted.proc.returncode, "used": result.confinement,
+                  "now": standby.running()}))
+""")
+    assert seen["after_first"] == [], "a program that unpacks once must not boot a standby"
+    fds = seen["fds"]
+    assert {fds["0"], fds["1"], fds["2"]} == {"/dev/null"}
+    others = [what for fd, what in fds.items() if fd not in ("0", "1", "2")]
+    assert len(others) == 1 and others[0].startswith("socket:"), fds
+    assert seen["root"] == "/", "a standby is not jailed before it has a job"
+    # It did the third call's job and ended by itself (a discarded standby is killed).
+    assert seen["returncode"] == 0
+    assert seen["used"] == "pivot"
+    assert seen["now"] and seen["now"] != [seen["pid"]]
+
+
+def test_a_fork_never_uses_its_parents_standby(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+unpack(); unpack()
+[pid] = standby.running()
+booted = mine()
+child = os.fork()
+if child == 0:
+    code = 0
+    try:
+        if standby.running():
+            code = 3  # the parent's standby is listed in the fork
+        unpack()
+        if pid in standby.running() or state(pid) != "S":
+            code = 4  # used, or harmed
+    except BaseException:
+        code = 5
+    os._exit(code)
+_, status = os.waitpid(child, 0)
+still = standby.running()
+unpack()
+print(json.dumps({"status": status, "pid": pid, "still": still,
+                  "returncode": booted.proc.returncode}))
+""")
+    assert seen["status"] == 0, f"the fork's check failed with {seen['status'] >> 8}"
+    assert seen["still"] == [seen["pid"]], "the fork disturbed its parent's standby"
+    assert seen["returncode"] == 0, "the parent's next call did not use its standby"
+
+
+def test_a_thread_never_uses_another_threads_standby(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+theirs = []
+release = threading.Event()
+def other():
+    unpack(); unpack()
+    theirs.extend(standby.running())
+    release.wait()
+thread = threading.Thread(target=other)
+thread.start()
+while not theirs:
+    time.sleep(0.01)
+[pid] = theirs
+unpack()   # the main thread's first and second calls, while the other thread lives
+unpack()
+while_alive = state(pid)
+mine_pid = mine().pid()
+release.set()
+thread.join()
+after_exit = wait_gone(pid)   # it dies with the thread that spawned it
+unpack()
+print(json.dumps({"pid": pid, "while_alive": while_alive, "mine": mine_pid,
+                  "after_exit": after_exit, "now": standby.running()}))
+""")
+    assert seen["while_alive"] == "S", "the main thread used (or harmed) the other's standby"
+    assert seen["mine"] != seen["pid"]
+    assert seen["after_exit"] in ("gone", "Z")
+    assert seen["pid"] not in seen["now"], "a dead thread's standby is still kept"
+
+
+def test_a_killed_standby_is_replaced_by_a_fresh_worker(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+unpack(); unpack()
+[pid] = standby.running()
+os.kill(pid, signal.SIGKILL)
+wait_gone(pid)
+result, _ = unpack()
+print(json.dumps({"used": result.confinement, "pid": pid, "now": standby.running()}))
+""")
+    assert seen["used"] == "pivot"
+    assert seen["pid"] not in seen["now"]
+
+
+def test_turned_off_or_at_exit_no_process_is_left(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+unpack(); unpack()
+[first] = standby.running()
+standby.set_standby(False)
+off = standby.running()
+children = [p for p in os.listdir("/proc") if p.isdigit() and
+            open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
+unpack(); unpack()
+still_off = standby.running()
+standby.set_standby(True)
+unpack()
+[second] = standby.running()
+print(json.dumps({"first": first, "first_state": state(first), "off": off,
+                  "children": children, "still_off": still_off, "second": second}))
+""")
+    assert seen["off"] == [] and seen["still_off"] == []
+    assert seen["first_state"] == "gone" and seen["children"] == []
+    # The program has exited: its standby went with it (killed and reaped at exit).
+    assert hardening.state(seen["second"]) == "gone"
+
+
+def test_a_caller_that_gave_up_root_never_gets_a_root_standby() -> None:
+    """The standby was spawned as root; the program then becomes uid 65534. Its next
+    unpack must run with its new identity (a user namespace, files owned by 65534), not
+    in the root standby spawned before."""
+    area = Unprivileged()
+    try:
+        one_file_archive(area.top)
+        own = area.mkdir("nobody")
+        code = PRELUDE + f"""
+unpack(); unpack()
+[pid] = standby.running()
+os.setgroups([])
+os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
+result, dest = unpack({str(own)!r})
+owner = os.stat(os.path.join(dest, "hello.txt")).st_uid
+old, now = state(pid), standby.running()
+booted = mine()  # booted as uid {NOBODY}: the next call uses it
+again, dest = unpack({str(own)!r})
+print(json.dumps({{"pid": pid, "owner": owner, "used": result.confinement, "old": old,
+                  "now": now, "again": again.confinement, "returncode": booted.proc.returncode,
+                  "owner_again": os.stat(os.path.join(dest, "hello.txt")).st_uid}}))
+"""
+        script = area.write("gave_up_root.py", code.encode())
+        proc = subprocess.run([SYSTEM_PYTHON, str(script), str(area.lib), str(area.top)],
+                              capture_output=True, text=True, env=area.env(), cwd="/",
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        seen = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert seen["owner"] == NOBODY
+        assert seen["used"].startswith("userns")
+        assert seen["old"] == "gone", "the root standby was not let go"
+        assert seen["pid"] not in seen["now"]
+        # A standby of the unprivileged caller works like its cold worker (userns).
+        assert seen["returncode"] == 0
+        assert seen["again"].startswith("userns") and seen["owner_again"] == NOBODY
+    finally:
+        area.cleanup()
