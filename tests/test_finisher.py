@@ -115,20 +115,23 @@ def test_helper_is_confined_and_the_tree_is_exact(
     seen: dict[str, dict[str, str]] = {}
 
     def watch() -> None:
-        while proc.poll() is None and "helper" not in seen:
+        # The last look at both while they run: the helper may be seen between its
+        # fork and its own lock-down (it has read nothing yet then), so not the first.
+        while proc.poll() is None:
             for worker in hardening.workers_of(proc.pid):
                 for helper in hardening.workers_of(worker):
                     try:
-                        seen["worker"] = hardening.status(worker)
-                        seen["helper"] = hardening.status(helper)
-                        seen["roots"] = {"same": str(
-                            os.stat(f"/proc/{worker}/root").st_ino
-                            == os.stat(f"/proc/{helper}/root").st_ino
-                            and os.readlink(f"/proc/{worker}/root")
-                            == os.readlink(f"/proc/{helper}/root"))}
+                        look = {"worker": hardening.status(worker),
+                                "helper": hardening.status(helper),
+                                "roots": {"same": str(
+                                    os.stat(f"/proc/{worker}/root").st_ino
+                                    == os.stat(f"/proc/{helper}/root").st_ino
+                                    and os.readlink(f"/proc/{worker}/root")
+                                    == os.readlink(f"/proc/{helper}/root"))}}
                     except OSError:
-                        seen.clear()  # one of them ended while it was read
-            time.sleep(0.001)
+                        continue  # one of them ended while it was read
+                    seen.update(look)
+            time.sleep(0.005)
 
     watcher = threading.Thread(target=watch)
     watcher.start()

@@ -216,16 +216,20 @@ class Worker:
             names.append("sync")
             fds.append(sync_child.fileno())
         document = json.dumps(dict(request, job=job, fds=names)).encode()
+        booted: Booted | None = None
         try:
             booted = _boot(job)
             try:
                 booted.hand_over(document, fds)
             except OSError:
                 booted.discard()  # a standby that died meanwhile: spawn one now
+                booted = None
                 booted = Booted(job)
                 with contextlib.suppress(OSError):  # it died at once: finish() says why
                     booted.hand_over(document, fds)
         except BaseException:
+            if booted is not None:
+                booted.discard()  # interrupted: no worker may outlive this call
             for fd in (self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
                     os.close(fd)
@@ -240,6 +244,7 @@ class Worker:
                 os.close(child_stdin)
             if child_stdout is not None:
                 os.close(child_stdout)
+        assert booted is not None
         self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
         self._reader.start()
