@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -78,11 +79,12 @@ def one_file_archive(top: Path) -> None:
     (top / "one.tar").chmod(0o644)
 
 
-def run(tmp_path: Path, body: str, timeout: float = 60) -> dict[str, Any]:
+def run(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     one_file_archive(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-c", PRELUDE + body, SRC, str(tmp_path)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -251,3 +253,29 @@ print(json.dumps({{"pid": pid, "owner": owner, "used": result.confinement, "old"
         assert seen["again"].startswith("userns") and seen["owner_again"] == NOBODY
     finally:
         area.cleanup()
+
+
+def test_another_job_leaves_the_standby_for_the_next_unpack(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+_, dest = unpack(); unpack()
+[pid] = standby.running()
+booted = mine()
+with chrootarchive.tar(dest) as stream:   # a pack worker in between
+    packed = stream.read()
+kept = standby.running()
+unpack()
+print(json.dumps({"pid": pid, "kept": kept, "packed": len(packed),
+                  "returncode": booted.proc.returncode}))
+""")
+    assert seen["packed"] >= 1024
+    assert seen["kept"] == [seen["pid"]], "a pack job took or dropped the unpack standby"
+    assert seen["returncode"] == 0, "the next unpack did not use the standby"
+
+
+def test_the_environment_can_turn_standbys_off(tmp_path: Path) -> None:
+    seen = run(tmp_path, """
+unpack(); unpack(); unpack()
+print(json.dumps({"kept": standby.running()}))
+""", env={"CHROOTARCHIVE_STANDBY": "0"})
+    assert seen["kept"] == []
+

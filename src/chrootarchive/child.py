@@ -88,7 +88,7 @@ def child_main(argv: list[str]) -> None:
     if os.getppid() != parent_pid:
         os._exit(1)  # the parent is already gone
     job = _boot(job_name)
-    received = _receive(control_fd)
+    received = _receive(control_fd, job_name)
     if received is None:
         os._exit(0)  # the parent let its standby go without a job
     request, fds = received
@@ -135,8 +135,9 @@ def _print_traceback(err: BaseException) -> None:
                      + f"\n{type(err).__name__}: {err}\n")
 
 
-def _receive(control_fd: int) -> tuple[dict[str, Any], dict[str, int]] | None:
-    """The job from the parent: a JSON request, and descriptors named by its ``fds``.
+def _receive(control_fd: int, job_name: str) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The job from the parent: a JSON request for ``job_name``, and the descriptors
+    named by its ``fds``.
 
     None when the parent closed the socket without a job. The first message carries
     the descriptors (SCM_RIGHTS); the rest of the document follows until EOF.
@@ -162,6 +163,7 @@ def _receive(control_fd: int) -> tuple[dict[str, Any], dict[str, int]] | None:
     request = _wire.loads(document)
     names = request.get("fds") if isinstance(request, dict) else None
     if (flags & _socket.MSG_CTRUNC or not isinstance(request, dict)
+            or request.get("job") != job_name
             or not isinstance(names, list) or len(names) != len(passed)):
         for fd in passed:
             os.close(fd)

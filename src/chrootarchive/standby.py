@@ -13,8 +13,8 @@ now would inherit (:func:`_context`): the same process (not a fork of it) and th
 (it dies with the thread that spawned it: ``PR_SET_PDEATHSIG``), credentials,
 capabilities, ``no_new_privs`` and seccomp, namespaces, cgroup, security label, root
 directory, resource limits, niceness and CPU affinity. Otherwise it is killed and a
-worker is spawned as usual. :func:`set_standby` turns standbys off for a program; at
-exit, they are killed.
+worker is spawned as usual. :func:`set_standby` (or ``CHROOTARCHIVE_STANDBY=0`` in the
+environment) turns standbys off for a program; at exit, they are killed.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Booted(Protocol):
 class _Registry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.enabled = True
+        self.enabled = os.environ.get("CHROOTARCHIVE_STANDBY", "1") != "0"
         # native thread id -> (context when spawned, job, worker)
         self.standbys: dict[int, tuple[tuple[object, ...], str, Booted]] = {}
 
@@ -135,15 +135,19 @@ def take(job: str) -> Booted | None:
     """This thread's standby for ``job``, if it is alive and nothing has changed."""
     tid = threading.get_native_id()
     with _registry.lock:
-        entry = _registry.standbys.pop(tid, None)
+        entry = _registry.standbys.get(tid)
+        if entry is not None and entry[1] == job:
+            del _registry.standbys[tid]
+        else:
+            entry = None  # none, or one for another job: kept for that job
         dead = [t for t, (_c, _j, b) in _registry.standbys.items() if not b.alive()]
         gone = [_registry.standbys.pop(t)[2] for t in dead]  # threads that ended
     for booted in gone:
         booted.discard()
     if entry is None:
         return None
-    context, kind, booted = entry
-    if kind != job or not booted.alive() or context != _context():
+    context, _job, booted = entry
+    if not booted.alive() or context != _context():
         booted.discard()
         return None
     return booted
