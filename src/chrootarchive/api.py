@@ -27,6 +27,7 @@ from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
 from chrootarchive.worker import run_job
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
+_PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
 
 __all__ = [
     "Progress",
@@ -57,7 +58,8 @@ def untar(
         source: a path, ``"-"`` for standard input, or a binary file object.
         dest: the destination directory; created (0755) if missing.
         options: how to unpack (owners, excludes, confinement...).
-        progress: called with the number of source bytes read so far, now and then.
+        progress: called with the number of source bytes read so far, now and then,
+            from a thread of the library's (the one that reads the source).
 
     Returns:
         What was unpacked.
@@ -220,7 +222,45 @@ def _unpack_data(
     # leaves the second core idle: a plain tar, read by the worker itself, and large
     # enough to pay for the fork. Compressed input keeps the parent decompressing.
     helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
-    return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
+    if direct_fd is None or progress is None:
+        return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
+    with _offset_progress(direct_fd, progress):
+        return _run_unpack(root_fd, rel_dest, options, direct_fd, layer=layer, helper=helper)
+
+
+@contextlib.contextmanager
+def _offset_progress(fd: int, progress: Progress) -> Iterator[None]:
+    """Progress of a file the worker reads itself: the offset it shares with us.
+
+    The worker reads through a duplicate of ``fd`` (the same open file), so the
+    file's offset is how far it got; it is polled, and reported in steps.
+    """
+    import threading
+
+    last = [os.lseek(fd, 0, os.SEEK_CUR)]
+    done = threading.Event()
+
+    def report() -> None:
+        try:
+            here = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            return
+        if here > last[0]:
+            progress(here - last[0])
+            last[0] = here
+
+    def poll() -> None:
+        while not done.wait(_PROGRESS_POLL):
+            report()
+
+    poller = threading.Thread(target=poll, name="chrootarchive-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        done.set()
+        poller.join()
+    report()
 
 
 def _run_unpack(
