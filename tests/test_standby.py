@@ -279,3 +279,29 @@ print(json.dumps({"kept": standby.running()}))
 """, env={"CHROOTARCHIVE_STANDBY": "0"})
     assert seen["kept"] == []
 
+
+def test_a_failed_call_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Bad input leaves no process: the thread's standby goes with the failed call."""
+    seen = run(tmp_path, """
+unpack(); unpack()
+[pid] = standby.running()
+bad = os.path.join(top, "bad.tar")
+with open(bad, "wb") as f:
+    f.write(b"this is not a tar archive, not even close" * 40)
+try:
+    chrootarchive.untar(bad, os.path.join(top, "bad-dest"))
+    error = None
+except chrootarchive.ArchiveError as err:
+    error = type(err).__name__
+children = [p for p in os.listdir("/proc") if p.isdigit() and
+            open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
+after = standby.running()
+unpack()   # and the next good call works, booting a standby again
+print(json.dumps({"error": error, "children": children, "after": after,
+                  "old": state(pid), "again": standby.running()}))
+""")
+    assert seen["error"] == "MalformedArchiveError"
+    assert seen["after"] == [] and seen["children"] == []
+    assert seen["old"] == "gone"
+    assert len(seen["again"]) == 1
+

@@ -13,7 +13,8 @@ now would inherit (:func:`_context`): the same process (not a fork of it) and th
 (it dies with the thread that spawned it: ``PR_SET_PDEATHSIG``), credentials,
 capabilities, ``no_new_privs`` and seccomp, namespaces, cgroup, security label, root
 directory, resource limits, niceness and CPU affinity. Otherwise it is killed and a
-worker is spawned as usual. :func:`set_standby` (or ``CHROOTARCHIVE_STANDBY=0`` in the
+worker is spawned as usual. A call that fails lets its thread's standby go, so that
+bad input leaves no process behind. :func:`set_standby` (or ``CHROOTARCHIVE_STANDBY=0`` in the
 environment) turns standbys off for a program; at exit, they are killed.
 """
 
@@ -26,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Booted", "replenish", "running", "set_standby", "stop_all", "take"]
+__all__ = ["Booted", "drop_own", "replenish", "running", "set_standby", "stop_all", "take"]
 
 #: Jobs worth a standby: those a program runs many times (layers, small archives).
 JOBS = frozenset({"unpack"})
@@ -129,6 +130,14 @@ def stop_all() -> None:
         _registry.standbys.clear()
     for _context_then, _job, booted in entries:
         booted.discard()
+
+
+def drop_own() -> None:
+    """Let this thread's standby go (after a failed call: an error leaves no process)."""
+    with _registry.lock:
+        entry = _registry.standbys.pop(threading.get_native_id(), None)
+    if entry is not None:
+        entry[2].discard()
 
 
 def take(job: str) -> Booted | None:

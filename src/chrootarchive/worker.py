@@ -343,14 +343,20 @@ def run_job(
     Chunks are fed by a thread, so that a worker that dies while the input stalls is
     noticed at once (the caller gets its error; the feeding thread ends with the input).
     """
-    worker = Worker(job, root_fd, request, stdin=data if isinstance(data, int) else None)
     try:
-        worker.wait_ready()
-        if not isinstance(data, int):
-            _feed_while_alive(worker, data, on_progress)
-        return worker.finish()
-    finally:
-        worker.close()
+        worker = Worker(job, root_fd, request, stdin=data if isinstance(data, int) else None)
+        try:
+            worker.wait_ready()
+            if not isinstance(data, int):
+                _feed_while_alive(worker, data, on_progress)
+            return worker.finish()
+        finally:
+            worker.close()
+    except BaseException:
+        from chrootarchive import standby
+
+        standby.drop_own()  # a failed call leaves no process behind
+        raise
 
 
 def _feed_while_alive(
