@@ -27,7 +27,10 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Booted", "drop_own", "replenish", "running", "set_standby", "stop_all", "take"]
+__all__ = [
+    "Booted", "descriptors", "drop_own", "replenish", "running", "set_standby", "stop_all",
+    "take",
+]
 
 #: Jobs worth a standby: those a program runs many times (layers, small archives).
 JOBS = frozenset({"unpack"})
@@ -49,6 +52,8 @@ class Booted(Protocol):
     def alive(self) -> bool: ...
 
     def pid(self) -> int: ...
+
+    def control_fd(self) -> int: ...
 
     def discard(self) -> None: ...
 
@@ -121,6 +126,14 @@ def running() -> list[int]:
     """The process ids of the standby workers kept now (for tests and diagnostics)."""
     with _registry.lock:
         return [booted.pid() for _c, _j, booted in _registry.standbys.values()]
+
+
+def descriptors() -> list[int]:
+    """The descriptors this process holds for its standby workers (their control
+    sockets): kept open between calls on purpose."""
+    with _registry.lock:
+        return [fd for _c, _j, booted in _registry.standbys.values()
+                if (fd := booted.control_fd()) >= 0]
 
 
 def stop_all() -> None:

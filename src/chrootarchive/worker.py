@@ -106,6 +106,10 @@ class Booted:
     def pid(self) -> int:
         return self.proc.pid
 
+    def control_fd(self) -> int:
+        """Our end of the control socket, or -1 once the job was handed over."""
+        return self._control.fileno() if self._control is not None else -1
+
     def hand_over(self, document: bytes, fds: list[int]) -> None:
         """Send the job: the request and the descriptors it names, then EOF.
 

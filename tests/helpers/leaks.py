@@ -128,7 +128,8 @@ class LeakCheck:
             out.append(f"child processes left behind: {extra}")
         if self.check_fds:
             now = open_fds()
-            new = {fd: what for fd, what in now.items() if fd not in self.fds}
+            kept = set(standby.descriptors())  # the control sockets of idle standbys
+            new = {fd: what for fd, what in now.items() if fd not in self.fds and fd not in kept}
             if new:
                 out.append(f"file descriptors leaked: {new}")
         return out
