@@ -222,10 +222,11 @@ def _unpack_data(
     # leaves the second core idle: a plain tar, read by the worker itself, and large
     # enough to pay for the fork. Compressed input keeps the parent decompressing.
     helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
-    if direct_fd is None or progress is None:
+    # The worker reads a plain file itself: its progress is the file's shared offset.
+    watch = (_offset_progress(direct_fd, progress) if direct_fd is not None and progress
+             else contextlib.nullcontext())
+    with watch:
         return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
-    with _offset_progress(direct_fd, progress):
-        return _run_unpack(root_fd, rel_dest, options, direct_fd, layer=layer, helper=helper)
 
 
 @contextlib.contextmanager

@@ -156,12 +156,12 @@ def _boot(job: str) -> Booted:
     return booted if isinstance(booted, Booted) else Booted(job)
 
 
-def _stderr_or_none() -> list[int]:
+def _has_stderr() -> bool:
     try:
         os.fstat(2)
     except OSError:
-        return []  # no stderr to pass (a daemon's, closed)
-    return [2]
+        return False  # no stderr to pass (a daemon's, closed)
+    return True
 
 
 class Worker:
@@ -208,18 +208,15 @@ class Worker:
         child_stdout: int | None = None
         if stdout_pipe:
             self.stdout_r, child_stdout = _pipe(big=True)
-        names = ["result", "root", "stdin"]
-        fds = [res_w, root_fd, child_stdin]
+        passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         if child_stdout is not None:
-            names.append("stdout")
-            fds.append(child_stdout)
-        for fd in _stderr_or_none():
-            names.append("stderr")
-            fds.append(fd)
+            passed["stdout"] = child_stdout
+        if _has_stderr():
+            passed["stderr"] = 2
         if sync_child is not None:
-            names.append("sync")
-            fds.append(sync_child.fileno())
-        document = json.dumps(dict(request, job=job, fds=names)).encode()
+            passed["sync"] = sync_child.fileno()
+        document = json.dumps(dict(request, job=job, fds=list(passed))).encode()
+        fds = list(passed.values())
         booted: Booted | None = None
         try:
             booted = _boot(job)
@@ -227,7 +224,6 @@ class Worker:
                 booted.hand_over(document, fds)
             except OSError:
                 booted.discard()  # a standby that died meanwhile: spawn one now
-                booted = None
                 booted = Booted(job)
                 with contextlib.suppress(OSError):  # it died at once: finish() says why
                     booted.hand_over(document, fds)
