@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import chrootarchive
-from chrootarchive import UnpackOptions, api, staging
+from chrootarchive import UnpackOptions
+from chrootarchive.operations import staging
+from chrootarchive.operations import untar as api
 from helpers import tarbuild as tb
 from helpers import tree
 from helpers.cli import CLI

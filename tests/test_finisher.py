@@ -1,4 +1,4 @@
-"""The helper process that finishes small files (``chrootarchive.finisher``).
+"""The helper process that finishes small files (``chrootarchive.engine.finisher``).
 
 For a large plain tar the confined worker forks a helper after its first small files;
 the worker creates each file and passes the descriptor, the data and the time over a
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from chrootarchive import unpack
+from chrootarchive.engine import unpacker as unpack
 from helpers import hardening
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import child_pids
@@ -171,7 +171,9 @@ def test_helper_full_disk_names_the_entry(tmp_path: Path) -> None:
 _IN_PROCESS = """\
 import json, os, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-from chrootarchive import fsops, tarreader, unpack
+from chrootarchive.engine import fsops
+from chrootarchive.tarformat import reader as tarreader
+from chrootarchive.engine import unpacker as unpack
 from chrootarchive.options import UnpackOptions
 archive, dest, mode = sys.argv[2:5]
 os.chdir(dest)

@@ -213,7 +213,8 @@ def test_not_supported_is_learned_once_per_process(pythonpath: Path, good_archiv
     script = textwrap.dedent(f"""
         import json
         import chrootarchive
-        from chrootarchive import api, confine
+        from chrootarchive.operations import untar as api
+        from chrootarchive.jail import confine
 
         spawned = []
         real = api.run_job

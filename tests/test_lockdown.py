@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from chrootarchive.confine import userns
+from chrootarchive.jail.confine import userns
 from chrootarchive.options import UnpackOptions
-from chrootarchive.worker import Worker
+from chrootarchive.runner.worker import Worker
 from helpers.hardening import NOBODY, Unprivileged, status
 from helpers.leaks import LeakCheck
 
@@ -182,7 +182,9 @@ SHOCKER = textwrap.dedent(
     # open_by_handle_at() of a directory outside the jail, whose handle was taken
     # before confinement (Docker 2014: CAP_DAC_READ_SEARCH breaks any chroot).
     import ctypes, json, os, sys
-    from chrootarchive import child, confine, unpack_job
+    from chrootarchive.jail import main as child
+    from chrootarchive.jail import confine
+    from chrootarchive.engine.jobs import unpack as unpack_job
 
     jail, outside, mechanism = sys.argv[1:4]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -235,7 +237,7 @@ def test_no_escape_by_file_handle(mechanism: str, jail: Path, tmp_path: Path) ->
 UNPRIV_PROBE = textwrap.dedent(
     """
     import json, os, sys
-    from chrootarchive.worker import Worker
+    from chrootarchive.runner.worker import Worker
     fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
     w = Worker("probe", fd, {"mechanism": "userns", "dest": ".", "options": {}})
     w.wait_ready()

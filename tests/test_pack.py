@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import chrootarchive as ca
-from chrootarchive import pack
+from chrootarchive.engine.jobs import pack
 from helpers import packing, tree
 from helpers.leaks import LeakCheck, child_pids
 

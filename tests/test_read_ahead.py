@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from chrootarchive import compression
 from chrootarchive.errors import CompressionError
+from chrootarchive.operations import compression
 
 
 def _threads() -> list[str]:

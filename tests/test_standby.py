@@ -1,4 +1,4 @@
-"""Standby workers (``chrootarchive.standby``): a worker booted ahead of a thread's next
+"""Standby workers (``chrootarchive.runner.standby``): a worker booted ahead of a thread's next
 unpack, and every case in which it must not be used.
 
 Each test runs a small program in a process of its own (the standby belongs to a process
@@ -32,7 +32,7 @@ PRELUDE = """
 import json, os, signal, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import chrootarchive
-from chrootarchive import standby
+from chrootarchive.runner import standby
 
 top = sys.argv[2]
 archive = os.path.join(top, "one.tar")

@@ -1,4 +1,4 @@
-"""Unit tests of chrootarchive.tarreader: the streaming tar reader.
+"""Unit tests of chrootarchive.tarformat.reader: the streaming tar reader.
 
 The corpus tests compare with Python's tarfile reading the same archive. tarfile is
 only a reference: where it differs from GNU tar (or from Docker's semantics, which the
@@ -24,7 +24,7 @@ from typing import Any, cast
 import pytest
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
-from chrootarchive.tarreader import (
+from chrootarchive.tarformat.reader import (
     BLOCKDEV,
     CHARDEV,
     DIRECTORY,

@@ -16,21 +16,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from chrootarchive.api import (
-        apply_layer,
-        apply_uncompressed_layer,
-        untar,
-        untar_uncompressed,
-        untar_with_root,
-    )
-    from chrootarchive.copy import (
-        TarStream,
-        copy_file_with_tar,
-        copy_path,
-        copy_with_tar,
-        tar,
-        untar_path,
-    )
     from chrootarchive.errors import (
         ArchiveError,
         BreakoutError,
@@ -48,6 +33,21 @@ if TYPE_CHECKING:
         WorkerError,
     )
     from chrootarchive.image import ImageResult, LayerProgress, LayerResult, unpack_image
+    from chrootarchive.operations.copy import (
+        TarStream,
+        copy_file_with_tar,
+        copy_path,
+        copy_with_tar,
+        tar,
+        untar_path,
+    )
+    from chrootarchive.operations.untar import (
+        apply_layer,
+        apply_uncompressed_layer,
+        untar,
+        untar_uncompressed,
+        untar_with_root,
+    )
     from chrootarchive.options import (
         IDMap,
         Limits,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
         UnpackOptions,
         UnpackResult,
     )
-    from chrootarchive.standby import set_standby
+    from chrootarchive.runner.standby import set_standby
 
 # Names are imported when first used (PEP 562): the confined worker imports this
 # package too, and must not pay for (or load) the parts it never uses.
@@ -81,22 +81,22 @@ _EXPORTS = {
     "PackOptions": "chrootarchive.options",
     "PackResult": "chrootarchive.options",
     "SourceError": "chrootarchive.errors",
-    "TarStream": "chrootarchive.copy",
+    "TarStream": "chrootarchive.operations.copy",
     "UnpackOptions": "chrootarchive.options",
     "UnpackResult": "chrootarchive.options",
     "WorkerError": "chrootarchive.errors",
-    "apply_layer": "chrootarchive.api",
-    "apply_uncompressed_layer": "chrootarchive.api",
-    "copy_file_with_tar": "chrootarchive.copy",
-    "copy_path": "chrootarchive.copy",
-    "copy_with_tar": "chrootarchive.copy",
-    "set_standby": "chrootarchive.standby",
-    "tar": "chrootarchive.copy",
+    "apply_layer": "chrootarchive.operations.untar",
+    "apply_uncompressed_layer": "chrootarchive.operations.untar",
+    "copy_file_with_tar": "chrootarchive.operations.copy",
+    "copy_path": "chrootarchive.operations.copy",
+    "copy_with_tar": "chrootarchive.operations.copy",
+    "set_standby": "chrootarchive.runner.standby",
+    "tar": "chrootarchive.operations.copy",
     "unpack_image": "chrootarchive.image",
-    "untar": "chrootarchive.api",
-    "untar_path": "chrootarchive.copy",
-    "untar_uncompressed": "chrootarchive.api",
-    "untar_with_root": "chrootarchive.api",
+    "untar": "chrootarchive.operations.untar",
+    "untar_path": "chrootarchive.operations.copy",
+    "untar_uncompressed": "chrootarchive.operations.untar",
+    "untar_with_root": "chrootarchive.operations.untar",
 }
 
 

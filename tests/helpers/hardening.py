@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from chrootarchive import standby
+from chrootarchive.runner import standby
 from helpers import tarbuild as tb
 from helpers.cli import CLIResult
 from helpers.leaks import child_pids
@@ -142,7 +142,7 @@ def alive(pid: int) -> bool:
 
 
 def is_worker(pid: int) -> bool:
-    return any("chrootarchive.child" in a for a in cmdline(pid))
+    return any("chrootarchive.jail.main" in a for a in cmdline(pid))
 
 
 def workers_of(parent: int | None = None) -> list[int]:

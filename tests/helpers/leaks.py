@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from chrootarchive import standby
+from chrootarchive.runner import standby
 
 
 def child_pids(parent: int | None = None) -> list[tuple[int, str, str]]:
@@ -30,7 +30,7 @@ def child_pids(parent: int | None = None) -> list[tuple[int, str, str]]:
 
 
 def idle_standbys() -> set[int]:
-    """This process's standby workers (``chrootarchive.standby``): kept on purpose, so
+    """This process's standby workers (``chrootarchive.runner.standby``): kept on purpose, so
     not a leak, as long as each still waits for its job outside any jail."""
     pids = set(standby.running())
     for pid in pids:

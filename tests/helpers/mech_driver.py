@@ -28,7 +28,7 @@ from typing import Any
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import chrootarchive
-    from chrootarchive.api import apply_layer_result
+    from chrootarchive.operations.untar import apply_layer_result
 
     try:
         options = chrootarchive.UnpackOptions(**job.get("options", {}))

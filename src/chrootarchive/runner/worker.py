@@ -15,9 +15,9 @@ parent dies and imports everything its job needs. Then the parent hands it its j
 The result pipe carries one JSON document back: the job's result, or an error given as
 (class name, message, entry) and raised in the parent as the same class. Booting first
 is what lets a thread keep a worker booted ahead of its next call
-(:mod:`chrootarchive.standby`).
+(:mod:`chrootarchive.runner.standby`).
 
-The child (:mod:`chrootarchive.child`) then enters the jail and makes every further
+The child (:mod:`chrootarchive.jail.main`) then enters the jail and makes every further
 import fail. A job is a module with ``run(request, warn) -> dict`` (see :data:`JOBS`) and
 optionally ``prepare(request)``, run before the jail.
 """
@@ -36,12 +36,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chrootarchive.child import DEFAULT_CAPABILITIES, JOBS, READY
 from chrootarchive.errors import (
     ChrootArchiveError,
     WorkerError,
     error_class,
 )
+from chrootarchive.jail.main import DEFAULT_CAPABILITIES, JOBS, READY
 
 __all__ = ["DEFAULT_CAPABILITIES", "JOBS", "Booted", "Worker", "feed", "run_job"]
 
@@ -53,7 +53,7 @@ _FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from chrootarchive.child import child_main; child_main(sys.argv[2:])"
+    "from chrootarchive.jail.main import child_main; child_main(sys.argv[2:])"
 )
 
 
@@ -61,7 +61,9 @@ _BOOT = (
 
 
 def _package_parent() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # src/chrootarchive/runner/worker.py -> src
+    here = os.path.abspath(__file__)
+    return os.path.dirname(os.path.dirname(os.path.dirname(here)))
 
 
 def _pipe(big: bool = False) -> tuple[int, int]:
@@ -77,7 +79,7 @@ class Booted:
 
     Args:
         job: a name from :data:`JOBS` (the worker imports its module as it boots).
-        standby: booted ahead of a call (:mod:`chrootarchive.standby`): its stderr is
+        standby: booted ahead of a call (:mod:`chrootarchive.runner.standby`): its stderr is
             /dev/null until a call hands it the caller's.
     """
 
@@ -150,7 +152,7 @@ class Booted:
 
 def _boot(job: str) -> Booted:
     """A worker for ``job``: this thread's standby if it may be used, else a new one."""
-    from chrootarchive import standby
+    from chrootarchive.runner import standby
 
     booted = standby.take(job)
     return booted if isinstance(booted, Booted) else Booted(job)
@@ -187,7 +189,7 @@ class Worker:
     ) -> None:
         if job not in JOBS:
             raise ValueError(f"unknown worker job {job!r}")
-        from chrootarchive import standby
+        from chrootarchive.runner import standby
 
         self.stdin_w = -1
         self.stdout_r = -1
@@ -257,7 +259,7 @@ class Worker:
 
     def _map_ids(self, sync: _socket.socket, ranges: Any) -> None:
         """Map the worker's user namespace to the caller's subordinate ranges."""
-        from chrootarchive.confine import userns
+        from chrootarchive.jail.confine import userns
 
         sync.settimeout(30)
         try:
@@ -353,7 +355,7 @@ def run_job(
         finally:
             worker.close()
     except BaseException:
-        from chrootarchive import standby
+        from chrootarchive.runner import standby
 
         standby.drop_own()  # a failed call leaves no process behind
         raise

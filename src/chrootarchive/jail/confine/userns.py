@@ -13,12 +13,12 @@ import errno
 import os
 
 from chrootarchive import _linux
-from chrootarchive.confine import pivot
 from chrootarchive.errors import (
     ConfinementError,
     DestinationError,
     MechanismUnavailableError,
 )
+from chrootarchive.jail.confine import pivot
 
 __all__ = ["IdRanges", "enter", "map_ids", "subordinate_ranges", "unavailable_reason"]
 

@@ -15,16 +15,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
-from chrootarchive import compression, confine, staging
-from chrootarchive.confine import userns
 from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
     DestinationError,
     SourceError,
 )
+from chrootarchive.jail import confine
+from chrootarchive.jail.confine import userns
+from chrootarchive.operations import compression, staging
 from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
-from chrootarchive.worker import run_job
+from chrootarchive.runner.worker import run_job
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 _PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
@@ -291,7 +292,9 @@ def _run_unpack(
     def attempt(mechanism: str) -> UnpackResult:
         request["mechanism"] = mechanism
         if mechanism in confine.IN_PROCESS:
-            from chrootarchive import unpack_job  # the unpacker, in this process
+            from chrootarchive.engine.jobs import (
+                unpack as unpack_job,  # the unpacker, in this process
+            )
 
             return UnpackResult.from_json(unpack_job.run_in_process(root_fd, request, data))
         if mechanism == "userns":

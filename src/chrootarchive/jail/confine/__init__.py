@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 
-from chrootarchive import fsops
-from chrootarchive.confine import chroot, pivot, userns
+from chrootarchive.engine import fsops
 from chrootarchive.errors import ConfinementError, MechanismUnavailableError
+from chrootarchive.jail.confine import chroot, pivot, userns
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:

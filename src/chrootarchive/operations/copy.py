@@ -22,17 +22,19 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, cast
 
-from chrootarchive import api, confine, pack
-from chrootarchive.compression import CHUNK
-from chrootarchive.confine import userns
+from chrootarchive.engine.jobs import pack
 from chrootarchive.errors import (
     ChrootArchiveError,
     ConfinementError,
     InternalError,
     SourceError,
 )
+from chrootarchive.jail import confine
+from chrootarchive.jail.confine import userns
+from chrootarchive.operations import untar as api
+from chrootarchive.operations.compression import CHUNK
 from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult
-from chrootarchive.worker import Worker
+from chrootarchive.runner.worker import Worker
 
 __all__ = [
     "TarStream",

@@ -19,8 +19,8 @@ import errno
 import os
 
 from chrootarchive import _linux
-from chrootarchive.confine import chroot
 from chrootarchive.errors import ConfinementError, DestinationError
+from chrootarchive.jail.confine import chroot
 
 __all__ = ["enter", "running_in_user_namespace"]
 

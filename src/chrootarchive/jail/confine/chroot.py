@@ -19,7 +19,7 @@ def enter(root_fd: int) -> str:
     """The forced ``chroot`` mechanism (root): a private mount namespace first where
     one can be made, so that a procfs inside the destination can be detached (its
     magic links lead out)."""
-    from chrootarchive.confine import pivot
+    from chrootarchive.jail.confine import pivot
 
     os.fchdir(root_fd)
     try:

@@ -15,9 +15,10 @@ import os
 import posixpath
 import stat
 
-from chrootarchive import fsops, tarreader
+from chrootarchive.engine import fsops
 from chrootarchive.errors import MalformedArchiveError
-from chrootarchive.tarreader import TarEntry
+from chrootarchive.tarformat import reader as tarreader
+from chrootarchive.tarformat.reader import TarEntry
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:

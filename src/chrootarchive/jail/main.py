@@ -1,6 +1,6 @@
 """The worker process itself: confine, lock down, run one job, report.
 
-Started by :class:`chrootarchive.worker.Worker` as ``python -I -S -c <boot>``. Its
+Started by :class:`chrootarchive.runner.worker.Worker` as ``python -I -S -c <boot>``. Its
 start-up is most of the cost of a small archive, so this module and everything a job
 needs before the jail imports only what it uses: no ``json`` (and ``re``), no
 ``typing``, no ``dataclasses``, no ``subprocess``.
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["child_main"]
 
 #: Job name -> module (inside this package) whose ``run(request, warn)`` does the work.
-JOBS = {"unpack": "unpack_job", "probe": "probe_job", "pack": "pack"}
+JOBS = {"unpack": "engine.jobs.unpack", "probe": "engine.jobs.probe", "pack": "engine.jobs.pack"}
 
 #: What a jailed worker keeps to write files; a job may ask for more (``capabilities``).
 DEFAULT_CAPABILITIES = frozenset({
@@ -79,7 +79,7 @@ def child_main(argv: list[str]) -> None:
     The worker boots (imports everything its job can need) before it knows its job's
     details, then waits on the control socket for them: one request document and the
     descriptors it works with. A worker spawned for a call gets them at once; a standby
-    (:mod:`chrootarchive.standby`) gets them at the next call.
+    (:mod:`chrootarchive.runner.standby`) gets them at the next call.
     """
     control_fd, parent_pid, job_name = int(argv[0]), int(argv[1]), argv[2]
     from chrootarchive import _linux
@@ -113,8 +113,9 @@ def child_main(argv: list[str]) -> None:
 
 def _boot(job_name: str) -> Any:
     """Import everything the worker will ever need (before its job, before the jail)."""
-    from chrootarchive import _linux, confine, fsops  # noqa: F401 - fsops: _enter_dest
-    from chrootarchive.confine import pivot  # noqa: F401
+    from chrootarchive import _linux
+    from chrootarchive.engine import fsops  # noqa: F401 - fsops: _enter_dest
+    from chrootarchive.jail.confine import pivot  # noqa: F401
 
     job_module = f"chrootarchive.{JOBS[job_name]}"
     __import__(job_module)
@@ -185,8 +186,8 @@ def _take_descriptors(fds: dict[str, int], request: dict[str, Any]) -> None:
 def _child_work(job: Any, request: dict[str, Any], fds: dict[str, int]) -> dict[str, Any]:
     _take_descriptors(fds, request)
     result_fd, root_fd = fds["result"], fds["root"]
-    from chrootarchive import confine
-    from chrootarchive.confine import pivot
+    from chrootarchive.jail import confine
+    from chrootarchive.jail.confine import pivot
 
     request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
     prepare = getattr(job, "prepare", None)
@@ -244,7 +245,7 @@ def _lock_down(job: Any, request: dict[str, Any]) -> None:
     if os.geteuid() == 0:
         _linux.drop_capabilities(keep, dormant_caps)
         if dormant_caps:
-            from chrootarchive import fsops
+            from chrootarchive.engine import fsops
 
             fsops.enable_privileged_xattrs(
                 lambda on: _linux.set_effective(keep | dormant_caps if on else keep)
@@ -277,7 +278,7 @@ def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | Non
     """
     try:
         if create:
-            from chrootarchive import fsops  # already imported by _child_work, pre-jail
+            from chrootarchive.engine import fsops  # already imported by _child_work, pre-jail
 
             fsops.JailedFileOps().make_dirs(dest, request_owner)
         os.chdir(dest)

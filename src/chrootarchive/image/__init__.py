@@ -5,7 +5,7 @@ and without extracting the image tar to disk: a tar is indexed once (with the
 package's bounded tar reader) and its members are read as byte ranges. It selects one
 image manifest by reference and platform, checks every document and blob it reads
 against its digest and size, and applies the layers in order, each in its own confined
-worker (see :mod:`chrootarchive.api`), checking each layer's DiffID (the config's
+worker (see :mod:`chrootarchive.operations.untar`), checking each layer's DiffID (the config's
 ``rootfs.diff_ids``) against the sha256 of the uncompressed stream.
 
 Everything in the image is untrusted:
@@ -64,7 +64,6 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from chrootarchive import api, compression, staging, tarreader
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -75,7 +74,10 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
 )
+from chrootarchive.operations import compression, staging
+from chrootarchive.operations import untar as api
 from chrootarchive.options import DEFAULT_MAX_LAYERS, UnpackOptions, UnpackResult
+from chrootarchive.tarformat import reader as tarreader
 
 __all__ = [
     "DEFAULT_MAX_LAYERS",

@@ -5,7 +5,7 @@ small unpack (about 15 ms of 20 on a 2-core VM). A thread that unpacks more than
 keeps one worker booted ahead: spawned right after the thread's current worker got its
 job, it imports everything, then waits on its control socket. It has read no input,
 holds nothing but that socket, /dev/null and the interpreter's own files, and is not
-confined yet: the hand-over (:meth:`chrootarchive.worker.Booted.hand_over`) gives it
+confined yet: the hand-over (:meth:`chrootarchive.runner.worker.Booted.hand_over`) gives it
 exactly what a worker spawned for the call gets, and from there the two are the same.
 
 A standby is used only when nothing it inherited can differ from what a worker spawned
@@ -47,7 +47,7 @@ _RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource))
 
 
 class Booted(Protocol):
-    """A worker that has booted and waits for its job (see :mod:`chrootarchive.worker`)."""
+    """A worker that has booted and waits for its job (see :mod:`chrootarchive.runner.worker`)."""
 
     def alive(self) -> bool: ...
 

@@ -16,9 +16,9 @@ import sys
 from dataclasses import replace
 
 from chrootarchive import untar, untar_uncompressed, untar_with_root
-from chrootarchive.api import apply_layer_result
-from chrootarchive.confine import MECHANISMS
 from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive.jail.confine import MECHANISMS
+from chrootarchive.operations.untar import apply_layer_result
 from chrootarchive.options import (
     DEFAULT_MAX_LAYERS,
     IDMap,
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from chrootarchive.copy import TarStream
     from chrootarchive.image import ImageResult, LayerProgress
+    from chrootarchive.operations.copy import TarStream
 
 __all__ = ["main"]
 
@@ -653,7 +653,7 @@ def _run_tar(args: argparse.Namespace) -> int:
         options = _pack_options(args, compression)
     except ValueError as err:
         return _one_line_usage(str(err))
-    from chrootarchive.copy import tar
+    from chrootarchive.operations.copy import tar
 
     bar = _Progress(None, enabled=not args.quiet and sys.stderr.isatty(), desc="packing")
     try:
@@ -741,7 +741,7 @@ def _run_cp(args: argparse.Namespace) -> int:
     options = UnpackOptions(chown=args.chown, no_lchown=args.no_lchown, confine=args.confine)
     bar = _Progress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
                     desc="copying")
-    from chrootarchive.copy import copy_path
+    from chrootarchive.operations.copy import copy_path
 
     try:
         result = copy_path(args.src, args.dst, src_root=args.from_root,

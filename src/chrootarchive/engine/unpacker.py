@@ -1,8 +1,8 @@
 """Tar entries to filesystem objects, relative to a root, with Docker's semantics.
 
 One :class:`Unpacker` per extraction. It gets entries from a
-:class:`~chrootarchive.tarreader.TarReader` and acts through a
-:class:`~chrootarchive.fsops.FileOps`, so it does not know how it is confined.
+:class:`~chrootarchive.tarformat.reader.TarReader` and acts through a
+:class:`~chrootarchive.engine.fsops.FileOps`, so it does not know how it is confined.
 
 Order of work for each entry (Docker's): clean the name; skip excluded ones; make
 implied parents (0755, owned by the mapped root); replace what is there unless a
@@ -19,7 +19,9 @@ import posixpath
 import stat
 import time
 
-from chrootarchive import fsops, layer, paths, tarreader
+from chrootarchive.engine import fsops, layer
+from chrootarchive.engine import names as paths
+from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -28,15 +30,15 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
 )
-from chrootarchive.filewriter import FileMetadata, FileWriter
-from chrootarchive.tarreader import TarEntry, TarReader
+from chrootarchive.tarformat import reader as tarreader
+from chrootarchive.tarformat.reader import TarEntry, TarReader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
-    from chrootarchive.finisher import Finisher
+    from chrootarchive.engine.finisher import Finisher
     from chrootarchive.options import IDMap, UnpackOptions
 
 __all__ = ["UnpackStats", "Unpacker"]
@@ -640,7 +642,7 @@ class Unpacker:
         """Fork the helper, if the worker runs no thread yet (forking then is safe)."""
         self.finisher_countdown = -1  # one try
         if self.writer is None:
-            from chrootarchive.finisher import Finisher  # imported before the jail
+            from chrootarchive.engine.finisher import Finisher  # imported before the jail
 
             self.finisher = Finisher.start()
 

@@ -37,7 +37,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from chrootarchive import _linux, paths
+from chrootarchive import _linux
+from chrootarchive.engine import names as paths
 from chrootarchive.errors import SourceError
 from chrootarchive.options import IDMap, PackOptions
 

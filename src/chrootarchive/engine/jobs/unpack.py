@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
-from chrootarchive import fsops, tarreader, unpack
+from chrootarchive.engine import fsops
+from chrootarchive.engine import unpacker as unpack
 from chrootarchive.errors import ChrootArchiveError, DestinationError, LimitExceededError
+from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def prepare(request: dict[str, Any]) -> None:
     if request["options"]["limits"].get("timeout") is not None:
         import signal  # noqa: F401 - used by run()
     if request.get("helper"):
-        import chrootarchive.finisher  # noqa: F401 - forked by the unpacker (socketpair)
+        import chrootarchive.engine.finisher  # noqa: F401 - forked by the unpacker (socketpair)
 
 
 def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
@@ -94,8 +96,8 @@ def run_in_process(
     """
     import threading
 
-    from chrootarchive import worker
     from chrootarchive.options import UnpackOptions
+    from chrootarchive.runner import worker
 
     options = UnpackOptions.from_json(request["options"])
     dest = str(request.get("dest", "."))

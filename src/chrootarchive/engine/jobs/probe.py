@@ -11,7 +11,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from chrootarchive import _linux, fsops, unpack_job
+from chrootarchive import _linux
+from chrootarchive.engine import fsops
+from chrootarchive.engine.jobs import unpack as unpack_job
 
 __all__ = ["run"]
 

@@ -17,8 +17,8 @@ import stat
 import time
 from collections.abc import Iterator
 
+from chrootarchive.engine.fsops import remove_tree_at
 from chrootarchive.errors import DestinationError
-from chrootarchive.fsops import remove_tree_at
 
 __all__ = ["PREFIX", "atomic_destination", "remove_stale"]
 
