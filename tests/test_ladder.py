@@ -213,23 +213,22 @@ def test_not_supported_is_learned_once_per_process(pythonpath: Path, good_archiv
     script = textwrap.dedent(f"""
         import json
         import chrootarchive
-        from chrootarchive.operations import untar as api
-        from chrootarchive.jail import confine
+        from chrootarchive.runner import ladder
 
         spawned = []
-        real = api.run_job
+        real = ladder.Worker
 
-        def counting(*args, **kwargs):
-            spawned.append(args[2]["mechanism"])
-            return real(*args, **kwargs)
+        def counting(root_fd, request, **kwargs):
+            spawned.append(request.mechanism)
+            return real(root_fd, request, **kwargs)
 
-        api.run_job = counting
+        ladder.Worker = counting
         used = []
         for sub in ("one", "two", "three"):
             r = chrootarchive.untar({str(good_archive)!r}, {str(dest)!r} + "/" + sub)
             used.append(r.confinement)
         print(json.dumps({{"used": used, "spawned": spawned,
-                           "learned": sorted(confine._learned)}}))
+                           "learned": sorted(ladder._learned)}}))
     """)
     result = run_as([SYSTEM_PYTHON, "-c", script], pythonpath,
                     prefix=[SYSTEM_PYTHON, str(pythonpath / "seccomp_run.py"), "--deny",

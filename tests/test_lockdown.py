@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from chrootarchive.jail.confine import userns
-from chrootarchive.options import UnpackOptions
+from chrootarchive.contract import JobRequest
+from chrootarchive.options import UnpackOptions, unpack_spec
 from chrootarchive.runner.worker import Worker
 from helpers.hardening import NOBODY, Unprivileged, status
 from helpers.leaks import LeakCheck
@@ -55,23 +55,20 @@ def caps(mask_hex: str) -> set[str]:
     return {names.get(bit, f"cap{bit}") for bit in range(64) if mask >> bit & 1}
 
 
-def _request(mechanism: str, **extra: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {"mechanism": mechanism, "dest": ".", "options": {}, **extra}
-    if mechanism == "userns":
-        request["id_ranges"] = userns.subordinate_ranges()
-    return request
+def _request(job: str, mechanism: str, **extra: Any) -> JobRequest:
+    return JobRequest.make(job, mechanism=mechanism, **extra)
 
 
 def probe(dest: Path, mechanism: str) -> dict[str, str]:
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        worker = Worker("probe", fd, _request(mechanism))
+        worker = Worker(fd, _request("probe", mechanism))
         worker.wait_ready()
         result = worker.finish()
     finally:
         os.close(fd)
-    assert result["confinement"].startswith(mechanism), result
-    return dict(result["probe"])
+    assert result.confinement.startswith(mechanism), result
+    return dict(result.details["probe"])
 
 
 @pytest.fixture
@@ -114,14 +111,14 @@ def waiting_worker(request: pytest.FixtureRequest, jail: Path) -> Iterator[tuple
     """An ``unpack`` worker, confined and locked down, waiting for its input."""
     mechanism, whiteout_format = request.param
     fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    options = UnpackOptions(whiteout_format=whiteout_format).to_json()
-    worker = Worker("unpack", fd, _request(mechanism, options=options, layer=True))
+    options = unpack_spec(UnpackOptions(whiteout_format=whiteout_format))
+    worker = Worker(fd, _request("unpack", mechanism, unpack=options, layer=True))
     try:
         worker.wait_ready()
         yield worker.proc.pid, mechanism
         os.write(worker.stdin_w, bytes(1024))
         result = worker.finish()
-        assert result["entries"] == 0
+        assert result.entries == 0
     finally:
         worker.close()
         os.close(fd)
@@ -182,9 +179,9 @@ SHOCKER = textwrap.dedent(
     # open_by_handle_at() of a directory outside the jail, whose handle was taken
     # before confinement (Docker 2014: CAP_DAC_READ_SEARCH breaks any chroot).
     import ctypes, json, os, sys
-    from chrootarchive.jail import main as child
-    from chrootarchive.jail import confine
-    from chrootarchive.engine.jobs import unpack as unpack_job
+    from chrootarchive.contract import JobRequest
+    from chrootarchive.engine.jobs.unpack import JOB
+    from chrootarchive.jail import confine, lockdown
 
     jail, outside, mechanism = sys.argv[1:4]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -201,7 +198,7 @@ SHOCKER = textwrap.dedent(
     root_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY)
     used = confine.enter(mechanism, root_fd, None)
     os.close(root_fd)
-    child._lock_down(unpack_job, {"options": {}, "mechanism": mechanism})
+    lockdown.lock_down(JOB, JobRequest.make("unpack", mechanism=mechanism))
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     fd = libc.open_by_handle_at(here, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY)
     out = {"used": used}
@@ -237,11 +234,13 @@ def test_no_escape_by_file_handle(mechanism: str, jail: Path, tmp_path: Path) ->
 UNPRIV_PROBE = textwrap.dedent(
     """
     import json, os, sys
+    from chrootarchive.contract import JobRequest
     from chrootarchive.runner.worker import Worker
     fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-    w = Worker("probe", fd, {"mechanism": "userns", "dest": ".", "options": {}})
+    w = Worker(fd, JobRequest.make("probe", mechanism="userns"))
     w.wait_ready()
-    print(json.dumps({"uid": os.getuid(), **w.finish()}))
+    r = w.finish()
+    print(json.dumps({"uid": os.getuid(), "confinement": r.confinement, **r.details}))
     """
 )
 

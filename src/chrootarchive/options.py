@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chrootarchive.contract import IdRange, LimitSpec, PackSpec, UnpackSpec
+
 __all__ = [
     "GiB", "IDMap", "Limits", "PackOptions", "PackResult", "UnpackOptions", "UnpackResult",
 ]
@@ -301,3 +303,39 @@ class PackResult:
             confinement=str(data["confinement"]),
             warnings=tuple(str(w) for w in data["warnings"]),
         )
+
+
+# -- the job contract: the one conversion from these classes to what a job reads -------
+
+
+def _id_ranges(maps: tuple[IDMap, ...]) -> tuple[IdRange, ...]:
+    return tuple(IdRange(container_id=m.container_id, host_id=m.host_id, size=m.size)
+                 for m in maps)
+
+
+def unpack_spec(options: UnpackOptions) -> UnpackSpec:
+    """What the unpack job reads of ``options`` (the rest is the parent's business)."""
+    limits = options.limits
+    return UnpackSpec(
+        no_lchown=options.no_lchown, chown=options.chown,
+        uid_maps=_id_ranges(options.uid_maps), gid_maps=_id_ranges(options.gid_maps),
+        excludes=tuple(options.excludes),
+        no_overwrite_dir_nondir=options.no_overwrite_dir_nondir,
+        best_effort_xattrs=options.best_effort_xattrs,
+        whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,
+        limits=LimitSpec(**{name: getattr(limits, name) for name in LimitSpec.__slots__}),
+        data_only=options.data_only,
+    )
+
+
+def pack_spec(options: PackOptions) -> PackSpec:
+    """What the pack job reads of ``options`` (compression is the parent's business)."""
+    return PackSpec(
+        include_files=tuple(options.include_files), excludes=tuple(options.excludes),
+        rebase_names=dict(options.rebase_names),
+        include_source_dir=options.include_source_dir, chown=options.chown,
+        uid_maps=_id_ranges(options.uid_maps), gid_maps=_id_ranges(options.gid_maps),
+        user_names={str(k): v for k, v in options.user_names.items()},
+        group_names={str(k): v for k, v in options.group_names.items()},
+        xattrs=options.xattrs, whole_second_mtimes=options.whole_second_mtimes,
+    )

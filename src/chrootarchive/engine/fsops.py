@@ -1,9 +1,10 @@
 """The file operations the unpacker needs, relative to a pinned root.
 
 ``unpack`` never knows how it is confined: it calls these methods with clean,
-root-relative paths. :class:`JailedFileOps` is used once the worker is jailed (the
-kernel keeps every path, symlinks included, inside ``/``). A later mechanism that
-resolves paths with ``openat2`` supplies another implementation of the same methods.
+root-relative paths. :class:`FileOps` itself is used once the worker is jailed (the
+kernel keeps every path, symlinks included, inside ``/``); the ``openat2`` mechanism
+supplies another implementation of the same methods
+(:mod:`chrootarchive.jail.confine.openat2`).
 
 Every new object is created so that nothing already there (or planted by a racer)
 can be written through: files with ``O_CREAT | O_EXCL | O_NOFOLLOW``, metadata through
@@ -22,11 +23,13 @@ TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FileOps", "JailedFileOps", "Openat2FileOps", "openat2_unavailable_reason"]
+__all__ = ["FileOps", "open_dir_in_root", "remove_tree_at"]
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: How every path below a pinned root is resolved: as if it were ``/``, no magic links.
+RESOLVE = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
 
 
 class FileOps:
@@ -52,7 +55,7 @@ class FileOps:
 
     def create_file(self, path: str, mode: int) -> int:
         """Create a new regular file; never opens an existing one."""
-        return os.open(path, _CREATE, mode)
+        return os.open(path, CREATE, mode)
 
     def symlink(self, target: str, path: str) -> None:
         os.symlink(target, path)
@@ -64,11 +67,11 @@ class FileOps:
         os.mknod(path, mode, device)
 
     def open_dir(self, path: str) -> int:
-        return os.open(path, _OPEN_DIR)
+        return os.open(path, OPEN_DIR)
 
     def open_path(self, path: str) -> int:
         """An ``O_PATH`` descriptor of the object itself (a symlink is not followed)."""
-        return os.open(path, _OPEN_PATH)
+        return os.open(path, OPEN_PATH)
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
@@ -133,7 +136,7 @@ class FileOps:
 def remove_tree_at(parent_fd: int, name: str) -> None:
     """Remove ``name`` under ``parent_fd`` recursively, walking by descriptors only."""
     stack: list[tuple[int, str, int]] = []  # (parent fd, name, own fd)
-    fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+    fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
     stack.append((parent_fd, name, fd))
     while stack:
         pfd, pname, dfd = stack[-1]
@@ -141,7 +144,7 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
         with os.scandir(dfd) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=False):
-                    child = os.open(entry.name, _OPEN_DIR, dir_fd=dfd)
+                    child = os.open(entry.name, OPEN_DIR, dir_fd=dfd)
                     stack.append((dfd, entry.name, child))
                     descended = True
                     break
@@ -151,187 +154,6 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
         stack.pop()
         os.close(dfd)
         os.rmdir(pname, dir_fd=pfd)
-
-
-JailedFileOps = FileOps
-
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
-
-
-class Openat2FileOps(FileOps):
-    """In-process, unprivileged: every path is resolved under a pinned root descriptor.
-
-    Parent directories are resolved with ``openat2(RESOLVE_IN_ROOT |
-    RESOLVE_NO_MAGICLINKS)`` (symlinks are followed as if the root were ``/``, ``..``
-    stops at the root, ``/proc`` magic links are refused, and the kernel fails the
-    lookup when a racing rename could have moved it outside); the last component is
-    acted on with ``*at`` calls that never follow a symlink.
-
-    Args:
-        root_fd: descriptor of the root (borrowed, not closed here).
-        base: the directory below the root that relative paths start from.
-    """
-
-    def __init__(self, root_fd: int, base: str = ".") -> None:
-        self.root_fd = root_fd
-        self.base = "" if base in ("", ".") else base.strip("/") + "/"
-        self.umask = _current_umask()
-
-    def _full(self, path: str) -> str:
-        if path in ("", "."):
-            return self.base or "."
-        return self.base + path
-
-    def _resolve(self, path: str, flags: int) -> int:
-        while True:
-            try:
-                return _linux.openat2(self.root_fd, self._full(path), flags | os.O_CLOEXEC,
-                                      0, _RESOLVE)
-            except BlockingIOError:
-                continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
-
-    def _parent(self, path: str) -> tuple[int, str]:
-        parent, _, name = path.rpartition("/")
-        return self._resolve(parent or ".", os.O_PATH | os.O_DIRECTORY), name
-
-    def lstat(self, path: str) -> os.stat_result | None:
-        try:
-            fd = self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
-    def stat(self, path: str) -> os.stat_result:
-        fd = self._resolve(path, os.O_PATH)
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
-    # In-process, the caller's umask applies: modes it removed are put back through
-    # the new object's descriptor.
-
-    def mkdir(self, path: str, mode: int) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.mkdir(name, mode, dir_fd=pfd)
-            if mode & self.umask:
-                fd = os.open(name, _OPEN_DIR, dir_fd=pfd)
-                try:
-                    os.fchmod(fd, mode)
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(pfd)
-
-    def create_file(self, path: str, mode: int) -> int:
-        pfd, name = self._parent(path)
-        try:
-            fd = os.open(name, _CREATE, mode, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-        if mode & self.umask:
-            os.fchmod(fd, mode)
-        return fd
-
-    def symlink(self, target: str, path: str) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.symlink(target, name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-
-    def hardlink(self, target: str, path: str) -> None:
-        sfd, sname = self._parent(target)
-        try:
-            dfd, dname = self._parent(path)
-            try:
-                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
-
-    def mknod(self, path: str, mode: int, device: int) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.mknod(name, mode, device, dir_fd=pfd)
-            if mode & 0o7777 & self.umask:
-                fd = os.open(name, _OPEN_PATH, dir_fd=pfd)
-                try:
-                    self.chmod_via(fd, path, mode)
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(pfd)
-
-    def open_dir(self, path: str) -> int:
-        return self._resolve(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-
-    def open_path(self, path: str) -> int:
-        return self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
-
-    def unlink(self, path: str) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.unlink(name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-
-    def remove_tree(self, path: str) -> None:
-        pfd, name = self._parent(path)
-        try:
-            remove_tree_at(pfd, name)
-        finally:
-            os.close(pfd)
-
-    def setxattr_via(self, fd: int, path: str, key: str, value: bytes) -> None:
-        # The magic link leads to the pinned object itself, not through the path.
-        os.setxattr(f"/proc/self/fd/{fd}", key, value)
-
-    def chmod_via(self, fd: int, path: str, mode: int) -> None:
-        try:
-            _linux.fchmod_path_fd(fd, mode)
-        except OSError as err:
-            if err.errno != errno.ENOSYS:
-                raise
-            os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it (Linux 4.7+ shows it in /proc)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-_openat2_reason: str | None = None
-
-
-def openat2_unavailable_reason() -> str | None:
-    """Why ``openat2`` cannot be used here, or None. "Not supported" is learned once."""
-    global _openat2_reason
-    if _openat2_reason is not None:
-        return _openat2_reason
-    try:
-        fd = _linux.openat2(_linux.AT_FDCWD, "/", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE)
-    except OSError as err:
-        if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
-            _openat2_reason = f"openat2 with RESOLVE_IN_ROOT is not available ({err.strerror})"
-            return _openat2_reason
-        raise
-    os.close(fd)
-    return None
 
 
 _privilege_toggle: Callable[[bool], None] | None = None
@@ -367,3 +189,25 @@ def set_times_path_fd(fd: int, atime_ns: int, mtime_ns: int) -> None:
 
 def is_dir(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode)
+
+
+def open_dir_in_root(root_fd: int, path: str) -> int:
+    """Open the directory ``path`` below ``root_fd`` as if ``root_fd`` were ``/``.
+
+    In-root symlinks on the way are followed; ``/proc`` magic links are not (a procfs
+    mounted inside the root must not lead out of it); ``..`` stops at the root. In a
+    jail ``root_fd`` is ``AT_FDCWD``; without ``openat2`` (Linux < 5.6) the jail alone
+    keeps paths inside.
+    """
+    relative = path.lstrip("/") or "."
+    while True:
+        try:
+            return _linux.openat2(root_fd, relative,
+                                  os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, RESOLVE)
+        except BlockingIOError:
+            continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
+        except OSError as err:
+            code = err.errno or errno.EIO
+            if code in (errno.ENOSYS, errno.EPERM) and root_fd == _linux.AT_FDCWD:
+                return os.open(relative, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            raise OSError(code, os.strerror(code)) from err  # without the call

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from chrootarchive.contract import IdRange, UnpackSpec
     from chrootarchive.engine.finisher import Finisher
-    from chrootarchive.options import IDMap, UnpackOptions
 
 __all__ = ["UnpackStats", "Unpacker"]
 
@@ -108,7 +108,7 @@ def _clamp_ns(value: int) -> int:
     return min(max(value, _NS_MIN), _NS_MAX)
 
 
-def _map_id(value: int, maps: tuple[IDMap, ...], kind: str, entry: str) -> int:
+def _map_id(value: int, maps: tuple[IdRange, ...], kind: str, entry: str) -> int:
     if not maps:
         return value
     for m in maps:
@@ -123,7 +123,7 @@ class Unpacker:
     def __init__(
         self,
         fs: fsops.FileOps,
-        options: UnpackOptions,
+        options: UnpackSpec,
         warn: Callable[[str], None],
         *,
         layer_mode: bool = False,

@@ -1,6 +1,6 @@
-"""The worker process itself: confine, lock down, run one job, report.
+"""The worker process itself: boot, receive the job, confine, lock down, run, report.
 
-Started by :class:`chrootarchive.runner.worker.Worker` as ``python -I -S -c <boot>``. Its
+Started by :class:`chrootarchive.runner.spawn.Booted` as ``python -I -S -c <boot>``. Its
 start-up is most of the cost of a small archive, so this module and everything a job
 needs before the jail imports only what it uses: no ``json`` (and ``re``), no
 ``typing``, no ``dataclasses``, no ``subprocess``.
@@ -10,67 +10,22 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import sys
 
-from chrootarchive import _wire
-from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive import _fdio, _wire
+from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest, encode_error, encode_reply
+from chrootarchive.errors import DestinationError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
 
-__all__ = ["child_main"]
+    from chrootarchive.engine.jobs import Job
 
-#: Job name -> module (inside this package) whose ``run(request, warn)`` does the work.
-JOBS = {"unpack": "engine.jobs.unpack", "probe": "engine.jobs.probe", "pack": "engine.jobs.pack"}
+__all__ = ["READY", "child_main"]
 
-#: What a jailed worker keeps to write files; a job may ask for more (``capabilities``).
-DEFAULT_CAPABILITIES = frozenset({
-    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
-})
-
-_MAX_WARNINGS = 1000
 READY = b"\x01"  # sent once confined, before any data is read
 _SIGKILL = 9
 _MAX_FDS = 8  # result, root, stdin, stdout, stderr, sync: the most a job is given
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-class _ImportsForbidden:
-    """A meta path finder that fails every import after confinement, loudly."""
-
-    @staticmethod
-    def find_spec(name: str, path: object = None, target: object = None) -> None:
-        raise ImportError(f"import of {name!r} attempted inside the jail (refused)")
-
-
-def _forbid_imports() -> None:
-    sys.meta_path[:] = [_ImportsForbidden()]
-    sys.path_hooks.clear()
-    sys.path_importer_cache.clear()
-    sys.path[:] = []
-
-
-def _send(fd: int, message: dict[str, Any]) -> None:
-    _write_all(fd, _wire.dumps(message))
-
-
-def _error_message(err: BaseException) -> dict[str, Any]:
-    if isinstance(err, ChrootArchiveError):
-        return {"error": {"type": type(err).__name__, "message": err.message,
-                          "entry": err.entry}}
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        return {"error": {"type": "DestinationError", "message": err.strerror, "entry": None}}
-    return {"error": {"type": "InternalError",
-                      "message": f"{type(err).__name__}: {err}", "entry": None}}
 
 
 def child_main(argv: list[str]) -> None:
@@ -96,14 +51,14 @@ def child_main(argv: list[str]) -> None:
     if result_fd < 0:
         os._exit(1)  # nowhere to report: the parent sees a worker without a result
     try:
-        result = _child_work(job, request, fds)
-        _send(result_fd, {"result": result})
+        reply = _child_work(job, request, fds)
+        _fdio.write_all(result_fd, _wire.dumps(encode_reply(reply)))
         code = 0
     except BaseException as err:
-        if request.get("debug"):
+        if request.debug:
             _print_traceback(err)
         try:
-            _send(result_fd, _error_message(err))
+            _fdio.write_all(result_fd, _wire.dumps(encode_error(err)))
         except OSError:
             pass
         code = 1
@@ -111,17 +66,21 @@ def child_main(argv: list[str]) -> None:
     os._exit(code)
 
 
-def _boot(job_name: str) -> Any:
+def _boot(job_name: str) -> Job:
     """Import everything the worker will ever need (before its job, before the jail)."""
     from chrootarchive import _linux
-    from chrootarchive.engine import fsops  # noqa: F401 - fsops: _enter_dest
-    from chrootarchive.jail.confine import pivot  # noqa: F401
+    from chrootarchive.engine import (
+        fsops,  # noqa: F401 - _enter_dest
+        jobs,  # noqa: F401
+    )
+    from chrootarchive.jail import confine, lockdown  # noqa: F401
 
-    job_module = f"chrootarchive.{JOBS[job_name]}"
-    __import__(job_module)
+    module = JOB_MODULES[job_name]
+    __import__(module)
     _linux.preload_library("libgcc_s.so.1")
     os.umask(0)
-    return sys.modules[job_module]
+    job: Job = sys.modules[module].JOB
+    return job
 
 
 def _print_traceback(err: BaseException) -> None:
@@ -136,9 +95,9 @@ def _print_traceback(err: BaseException) -> None:
                      + f"\n{type(err).__name__}: {err}\n")
 
 
-def _receive(control_fd: int, job_name: str) -> tuple[dict[str, Any], dict[str, int]] | None:
-    """The job from the parent: a JSON request for ``job_name``, and the descriptors
-    named by its ``fds``.
+def _receive(control_fd: int, job_name: str) -> tuple[JobRequest, dict[str, int]] | None:
+    """The job from the parent: a request for ``job_name``, and the descriptors named
+    by the envelope's ``fds``.
 
     None when the parent closed the socket without a job. The first message carries
     the descriptors (SCM_RIGHTS); the rest of the document follows until EOF.
@@ -161,126 +120,78 @@ def _receive(control_fd: int, job_name: str) -> tuple[dict[str, Any], dict[str, 
             document += chunk
     finally:
         sock.close()
-    request = _wire.loads(document)
-    names = request.get("fds") if isinstance(request, dict) else None
-    if (flags & _socket.MSG_CTRUNC or not isinstance(request, dict)
-            or request.get("job") != job_name
-            or not isinstance(names, list) or len(names) != len(passed)):
+    request = _decode_envelope(document, job_name, len(passed))
+    if flags & _socket.MSG_CTRUNC or request is None:
         for fd in passed:
             os.close(fd)
         os._exit(1)  # not what the parent sends: nothing to report to
-    return request, {str(name): fd for name, fd in zip(names, passed, strict=True)}
+    names = request[1]
+    return request[0], dict(zip(names, passed, strict=True))
 
 
-def _take_descriptors(fds: dict[str, int], request: dict[str, Any]) -> None:
-    """Put the passed stdin, stdout and stderr in place; note the sync socket."""
+def _decode_envelope(document: bytes | bytearray, job_name: str,
+                     count: int) -> tuple[JobRequest, list[str]] | None:
+    """The request and the names of the passed descriptors, or None if malformed."""
+    try:
+        envelope = _wire.loads(document)
+        if not isinstance(envelope, dict):
+            return None
+        names = envelope.get("fds")
+        request = JobRequest.from_wire(envelope.get("request"))
+    except (ValueError, TypeError, KeyError):
+        return None
+    if (request.job != job_name or not isinstance(names, list) or len(names) != count
+            or not all(isinstance(n, str) for n in names)):
+        return None
+    return request, names
+
+
+def _take_descriptors(fds: dict[str, int]) -> None:
+    """Put the passed stdin, stdout and stderr in place."""
     for name, target in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
         fd = fds.get(name)
         if fd is not None:
             os.dup2(fd, target)
             os.close(fd)
-    if "sync" in fds:
-        request["sync_fd"] = fds["sync"]
 
 
-def _child_work(job: Any, request: dict[str, Any], fds: dict[str, int]) -> dict[str, Any]:
-    _take_descriptors(fds, request)
+def _child_work(job: Job, request: JobRequest, fds: dict[str, int]) -> JobReply:
+    _take_descriptors(fds)
     result_fd, root_fd = fds["result"], fds["root"]
-    from chrootarchive.jail import confine
-    from chrootarchive.jail.confine import pivot
+    from chrootarchive import _linux
+    from chrootarchive.engine import fsops
+    from chrootarchive.engine.jobs import JobContext
+    from chrootarchive.jail import confine, lockdown
+    from chrootarchive.jail.confine import mounts
 
-    request.setdefault("in_user_namespace", pivot.running_in_user_namespace())
-    prepare = getattr(job, "prepare", None)
-    if callable(prepare):
-        prepare(request)  # imports only some requests need (none are possible later)
-    if (request.get("options") or {}).get("excludes"):
-        import re  # noqa: F401 - exclude patterns are compiled inside the jail
-
-    sync_fd = request.get("sync_fd")
-    used = confine.enter(str(request["mechanism"]), root_fd,
-                         int(sync_fd) if sync_fd is not None else None)
+    in_user_namespace = mounts.running_in_user_namespace()
+    job.prepare(request)  # imports only some requests need (none are possible later)
+    used = confine.enter(request.mechanism, root_fd, fds.get("sync"))
     os.close(root_fd)
     if used.startswith("userns"):
-        request["in_user_namespace"] = True
-    _lock_down(job, request)
-    _forbid_imports()
-
-    warnings: list[str] = []
-
-    def warn(text: str) -> None:
-        if len(warnings) < _MAX_WARNINGS:
-            warnings.append(text)
-
-    dest = str(request.get("dest", "."))
-    if dest not in ("", ".", "/"):
-        owner = request.get("dest_owner")
-        _enter_dest(dest, create=bool(request.get("create_dest", True)),
-                    request_owner=tuple(owner) if owner else None)
-    _write_all(result_fd, READY)
-    result: dict[str, Any] = job.run(request, warn)
-    result["confinement"] = used
-    result["warnings"] = warnings
-    return result
+        in_user_namespace = True
+    lockdown.lock_down(job, request)
+    if request.dest not in ("", ".", "/"):
+        _enter_dest(request.dest, create=request.create_dest, owner=request.dest_owner)
+    context = JobContext(stdin=0, stdout=1, files=fsops.FileOps(), root_fd=_linux.AT_FDCWD,
+                         own_process=True, in_user_namespace=in_user_namespace)
+    _fdio.write_all(result_fd, READY)
+    reply = job.run(request, context)
+    reply.confinement = used
+    reply.warnings = tuple(context.warnings)
+    return reply
 
 
-def _lock_down(job: Any, request: dict[str, Any]) -> None:
-    """Give up every power the job does not need, once jailed.
-
-    Capabilities are cut to what writing files needs (no CAP_SYS_CHROOT, no ptrace, no
-    network, and CAP_SYS_ADMIN only dormant: permitted but not effective, raised by one
-    thread around the ``setxattr`` of a ``trusted.*`` name), ``no_new_privs`` is set, a
-    seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin
-    whatever the capabilities, and core dumps are off.
-    """
-    from chrootarchive import _linux
-
-    wanted = getattr(job, "capabilities", None)
-    names = wanted(request) if callable(wanted) else DEFAULT_CAPABILITIES
-    keep = {_linux.CAPABILITIES[name] for name in names}
-    dormant: frozenset[str] = getattr(job, "dormant_capabilities", frozenset())
-    dormant_caps = {_linux.CAPABILITIES[name] for name in dormant} - keep
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _backing_rlimits(request)
-    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-    if os.geteuid() == 0:
-        _linux.drop_capabilities(keep, dormant_caps)
-        if dormant_caps:
-            from chrootarchive.engine import fsops
-
-            fsops.enable_privileged_xattrs(
-                lambda on: _linux.set_effective(keep | dormant_caps if on else keep)
-            )
-    _linux.install_seccomp_denylist()
-
-
-def _backing_rlimits(request: dict[str, Any]) -> None:
-    """Kernel limits behind the unpack limits: file size and open files."""
-    limits = (request.get("options") or {}).get("limits") or {}
-    max_file = limits.get("max_file_size")
-    if max_file is not None:
-        # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.
-        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        want = int(max_file) + 1
-        if hard == resource.RLIM_INFINITY or want <= hard:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
-    depth = limits.get("max_path_depth") or 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = int(depth) + 256  # a descriptor per level when removing deep trees
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-
-
-def _enter_dest(dest: str, *, create: bool, request_owner: tuple[int, int] | None) -> None:
+def _enter_dest(dest: str, *, create: bool, owner: tuple[int, int] | None) -> None:
     """Create ``dest`` inside the jail if needed (following in-root symlinks) and enter it.
 
     CVE-2021-41089: the destination below the root is never made from outside the jail.
     """
     try:
         if create:
-            from chrootarchive.engine import fsops  # already imported by _child_work, pre-jail
+            from chrootarchive.engine import fsops  # imported by _boot, before the jail
 
-            fsops.JailedFileOps().make_dirs(dest, request_owner)
+            fsops.FileOps().make_dirs(dest, owner)
         os.chdir(dest)
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):

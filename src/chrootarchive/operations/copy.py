@@ -18,23 +18,16 @@ import io
 import os
 import posixpath
 import stat
-import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, cast
 
-from chrootarchive.engine.jobs import pack
-from chrootarchive.errors import (
-    ChrootArchiveError,
-    ConfinementError,
-    InternalError,
-    SourceError,
-)
-from chrootarchive.jail import confine
-from chrootarchive.jail.confine import userns
+from chrootarchive.contract import JobRequest
+from chrootarchive.errors import ConfinementError, SourceError
 from chrootarchive.operations import untar as api
 from chrootarchive.operations.compression import CHUNK
-from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult
-from chrootarchive.runner.worker import Worker
+from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult, pack_spec
+from chrootarchive.runner import ladder
+from chrootarchive.runner.worker import Running
 
 __all__ = [
     "TarStream",
@@ -47,90 +40,6 @@ __all__ = [
 
 Progress = Callable[[int], None]
 PathLike = str | os.PathLike[str]
-
-_MAX_WARNINGS = 1000
-
-
-# -- where the stream comes from -------------------------------------------------------
-
-
-class _Source(Protocol):
-    fd: int
-
-    def finish(self) -> dict[str, Any]: ...
-
-    def abort(self) -> None: ...
-
-
-class _WorkerSource:
-    """A jailed worker writing the stream to a pipe."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.fd = worker.stdout_r
-
-    def finish(self) -> dict[str, Any]:
-        return self.worker.finish()
-
-    def abort(self) -> None:
-        if self.worker.proc.poll() is not None:
-            self.worker.finish()  # it ended on its own: raise its error, if any
-        else:
-            self.worker.close()  # kills it
-
-
-class _ThreadSource:
-    """The ``openat2`` mechanism: the walk in a thread of this process, into a pipe."""
-
-    def __init__(self, root_fd: int, request: dict[str, Any]) -> None:
-        self.fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        self.warnings: list[str] = []
-        self.result: dict[str, Any] = {}
-        self.error: BaseException | None = None
-        self.aborted = False
-
-        def work() -> None:
-            try:
-                self.result = pack.run_in_process(root_fd, request, write_fd, self.warn)
-            except BaseException as err:
-                self.error = err
-            finally:
-                os.close(write_fd)
-                os.close(root_fd)
-
-        self.thread = threading.Thread(target=work, name="chrootarchive-pack", daemon=True)
-        try:
-            self.thread.start()
-        except BaseException:
-            for fd in (self.fd, write_fd, root_fd):
-                os.close(fd)
-            raise
-
-    def warn(self, text: str) -> None:
-        if len(self.warnings) < _MAX_WARNINGS:
-            self.warnings.append(text)
-
-    def _close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # a writer still running gets EPIPE and stops
-            self.fd = -1
-        self.thread.join()
-
-    def finish(self) -> dict[str, Any]:
-        self._close()
-        err = self.error
-        if err is not None:
-            if isinstance(err, ChrootArchiveError):
-                raise err
-            raise InternalError(f"{type(err).__name__}: {err}") from err
-        return dict(self.result, warnings=self.warnings)
-
-    def abort(self) -> None:
-        done = not self.thread.is_alive()
-        self._close()
-        if done and isinstance(self.error, ChrootArchiveError):
-            raise self.error
-
 
 # -- the stream --------------------------------------------------------------------------
 
@@ -177,11 +86,11 @@ class TarStream(io.RawIOBase):
     """
 
     def __init__(
-        self, source: _Source, compression: str, level: int | None, progress: Progress | None
+        self, source: Running, compression: str, level: int | None, progress: Progress | None
     ) -> None:
         super().__init__()
         self._source = source
-        self._fd = source.fd
+        self._fd = source.stdout_r
         self._compressor = _compressor(compression, level)
         self._pending = bytearray()
         self._eof = False
@@ -242,7 +151,9 @@ class TarStream(io.RawIOBase):
 
     def _end(self) -> None:
         self._eof = True
-        self.result = PackResult.from_json(self._source.finish())
+        reply = self._source.finish()
+        self.result = PackResult(entries=reply.entries, size=reply.size,
+                                 confinement=reply.confinement, warnings=reply.warnings)
 
     def close(self) -> None:
         if self.closed:
@@ -250,9 +161,16 @@ class TarStream(io.RawIOBase):
         try:
             if not self._eof:
                 self._eof = True
-                self._source.abort()
+                self._abort()
         finally:
             super().close()
+
+    def _abort(self) -> None:
+        """Stop the job; a job that had already failed on its own says why."""
+        source = self._source
+        if source.outcome() is False:
+            source.finish()  # raises its error
+        source.close()
 
 
 # -- tar ---------------------------------------------------------------------------------
@@ -318,12 +236,12 @@ def _pack_candidates(requested: str) -> list[str]:
     ``userns``: reading needs no namespace, and inside one, owners would read as the
     namespace sees them (the caller as 0, others as 65534).
     """
-    found = confine.candidates(requested)
+    found = ladder.candidates(requested)
     if requested != "auto":
         return found
     if os.geteuid() == 0:
         with contextlib.suppress(ConfinementError):
-            found = confine.candidates("chroot") + found
+            found = ladder.candidates("chroot") + found
     elif "openat2" in found:
         found.remove("openat2")
         found.insert(0, "openat2")
@@ -357,33 +275,19 @@ def _locate(src: str, root: str | None) -> tuple[str, str]:
 
 def _start(
     root_fd: int, inner: str, options: PackOptions, mechanisms: list[str], display: str
-) -> _Source:
+) -> Running:
     """Start the pack with the first mechanism the kernel accepts."""
-    request: dict[str, Any] = {
-        "dest": ".",
-        "create_dest": False,
-        "src": inner,
-        "display": display,
-        "options": options.to_json(),
-        "debug": bool(os.environ.get("CHROOTARCHIVE_DEBUG")),
-    }
+    request = JobRequest.make(
+        "pack", create_dest=False, src=inner, display=display, pack=pack_spec(options),
+        debug=bool(os.environ.get("CHROOTARCHIVE_DEBUG")),
+    )
 
-    def attempt(mechanism: str) -> _Source:
-        request["mechanism"] = mechanism
-        if mechanism in confine.IN_PROCESS:
-            return _ThreadSource(os.dup(root_fd), request)
-        if mechanism == "userns":
-            request["id_ranges"] = userns.subordinate_ranges()
-        worker = Worker("pack", root_fd, request, stdout_pipe=True)
-        try:
-            worker.close_stdin()
-            worker.wait_ready()
-        except BaseException:
-            worker.close()
-            raise
-        return _WorkerSource(worker)
+    def attempt(mechanism: str) -> Running:
+        running = ladder.start(root_fd, request.with_mechanism(mechanism), stdout_pipe=True)
+        running.close_stdin()
+        return running
 
-    return confine.run_ladder(options.confine, attempt, mechanisms)
+    return ladder.run_ladder(options.confine, attempt, mechanisms)
 
 
 # -- copies ------------------------------------------------------------------------------

@@ -13,22 +13,20 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
     ArchiveError,
     BreakoutError,
     DestinationError,
     SourceError,
 )
-from chrootarchive.jail import confine
-from chrootarchive.jail.confine import userns
 from chrootarchive.operations import compression, staging
-from chrootarchive.options import IDMap, UnpackOptions, UnpackResult
-from chrootarchive.runner.worker import run_job
+from chrootarchive.options import IDMap, UnpackOptions, UnpackResult, unpack_spec
+from chrootarchive.runner import ladder, pump
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
-_PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
 
 __all__ = [
     "Progress",
@@ -168,7 +166,7 @@ def _unpack(
     lock: bool = True,
 ) -> UnpackResult:
     options = options or UnpackOptions()
-    confine.candidates(options.confine)  # fail before creating anything
+    ladder.candidates(options.confine)  # fail before creating anything
     if options.atomic:
         if root is not None:
             raise DestinationError("atomic unpacking is not available with a root", str(root))
@@ -224,45 +222,10 @@ def _unpack_data(
     # enough to pay for the fork. Compressed input keeps the parent decompressing.
     helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
     # The worker reads a plain file itself: its progress is the file's shared offset.
-    watch = (_offset_progress(direct_fd, progress) if direct_fd is not None and progress
+    watch = (pump.offset_progress(direct_fd, progress) if direct_fd is not None and progress
              else contextlib.nullcontext())
     with watch:
         return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
-
-
-@contextlib.contextmanager
-def _offset_progress(fd: int, progress: Progress) -> Iterator[None]:
-    """Progress of a file the worker reads itself: the offset it shares with us.
-
-    The worker reads through a duplicate of ``fd`` (the same open file), so the
-    file's offset is how far it got; it is polled, and reported in steps.
-    """
-    import threading
-
-    last = [os.lseek(fd, 0, os.SEEK_CUR)]
-    done = threading.Event()
-
-    def report() -> None:
-        try:
-            here = os.lseek(fd, 0, os.SEEK_CUR)
-        except OSError:
-            return
-        if here > last[0]:
-            progress(here - last[0])
-            last[0] = here
-
-    def poll() -> None:
-        while not done.wait(_PROGRESS_POLL):
-            report()
-
-    poller = threading.Thread(target=poll, name="chrootarchive-progress", daemon=True)
-    poller.start()
-    try:
-        yield
-    finally:
-        done.set()
-        poller.join()
-    report()
 
 
 def _run_unpack(
@@ -274,34 +237,14 @@ def _run_unpack(
     layer: bool,
     helper: bool = False,
 ) -> UnpackResult:
-    """Unpack with the first mechanism of the ladder that the kernel accepts.
-
-    The worker says when it is confined before it reads any data, so a mechanism the
-    kernel refuses ("not supported") costs nothing and the next rung is tried. Any
-    other error is reported as it is.
-    """
-    request: dict[str, Any] = {
-        "dest": rel_dest,
-        "dest_owner": _root_owner(options),
-        "options": options.to_json(),
-        "layer": layer,
-        "debug": _debug(),
-        "helper": helper,
-    }
-
-    def attempt(mechanism: str) -> UnpackResult:
-        request["mechanism"] = mechanism
-        if mechanism in confine.IN_PROCESS:
-            from chrootarchive.engine.jobs import (
-                unpack as unpack_job,  # the unpacker, in this process
-            )
-
-            return UnpackResult.from_json(unpack_job.run_in_process(root_fd, request, data))
-        if mechanism == "userns":
-            request["id_ranges"] = userns.subordinate_ranges()
-        return UnpackResult.from_json(run_job("unpack", root_fd, request, data))
-
-    return confine.run_ladder(options.confine, attempt)
+    """Unpack with the first mechanism of the ladder that the kernel accepts."""
+    request = JobRequest.make(
+        "unpack", dest=rel_dest, dest_owner=_root_owner(options), layer=layer, helper=helper,
+        debug=_debug(), unpack=unpack_spec(options),
+    )
+    reply = ladder.run(root_fd, request, data, options.confine)
+    return UnpackResult(entries=reply.entries, size=reply.size,
+                        confinement=reply.confinement, warnings=reply.warnings)
 
 
 def unpack_stream(
@@ -319,7 +262,7 @@ def unpack_stream(
     the destination's lock (``image`` holds it across all layers).
     """
     options = options or UnpackOptions()
-    confine.candidates(options.confine)  # fail before creating anything
+    ladder.candidates(options.confine)  # fail before creating anything
     root_fd, rel_dest = pin_destination(os.fspath(dest), None, lock=lock,
                                         owner=_root_owner(options))
     try:

@@ -1,0 +1,73 @@
+"""The jobs a worker (or the in-process runner) can run: ``unpack``, ``pack``, ``probe``.
+
+A job module provides ``JOB``, an object with the :class:`Job` interface. The mechanism
+that runs it (a jailed worker, :mod:`chrootarchive.jail.main`, or the in-process
+``openat2`` runner) gives it a :class:`JobContext`: where to read and write, how paths
+are resolved, how to warn. A job never knows how it is confined.
+"""
+
+from __future__ import annotations
+
+from chrootarchive.contract import MAX_WARNINGS
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from chrootarchive.contract import JobReply, JobRequest
+    from chrootarchive.engine.fsops import FileOps
+
+__all__ = ["Job", "JobContext"]
+
+
+class JobContext:
+    """What a running job is given besides its request.
+
+    Attributes:
+        stdin: the descriptor the job reads its input from (unpack: the tar stream).
+        stdout: the descriptor the job writes its output to (pack: the tar stream).
+        files: the file operations, relative to the directory the job works in, as the
+            mechanism resolves paths (the jail's, or ``openat2`` under a pinned root).
+        root_fd: the root that absolute paths of the job are resolved under
+            (``AT_FDCWD`` in a jail).
+        own_process: the job runs in a worker process of its own (it may take signals);
+            False in the caller's process.
+        in_user_namespace: without full privilege over the files (a user namespace, or
+            an unprivileged caller): owners and some xattrs degrade.
+        warnings: what :meth:`warn` collected (at most ``MAX_WARNINGS``).
+    """
+
+    __slots__ = ("files", "in_user_namespace", "own_process", "root_fd", "stdin", "stdout",
+                 "warnings")
+
+    def __init__(self, *, stdin: int, stdout: int, files: FileOps, root_fd: int,
+                 own_process: bool, in_user_namespace: bool) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.files = files
+        self.root_fd = root_fd
+        self.own_process = own_process
+        self.in_user_namespace = in_user_namespace
+        self.warnings: list[str] = []
+
+    def warn(self, text: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(text)
+
+
+if TYPE_CHECKING:
+
+    class Job(Protocol):
+        """What a job module provides as its ``JOB`` object."""
+
+        #: Capabilities raised only around a privileged call (``trusted.*`` xattrs).
+        dormant_capabilities: frozenset[str]
+
+        def capabilities(self, request: JobRequest) -> frozenset[str]:
+            """The capabilities the job keeps once jailed."""
+
+        def prepare(self, request: JobRequest) -> None:
+            """Before the jail: import what this request needs (none are possible later)."""
+
+        def run(self, request: JobRequest, context: JobContext) -> JobReply:
+            """Do the work, confined; raise a ChrootArchiveError on bad input."""

@@ -35,14 +35,15 @@ import resource
 import stat
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 from chrootarchive import _linux
+from chrootarchive.contract import IdRange, JobReply, JobRequest, PackSpec
+from chrootarchive.engine import fsops
 from chrootarchive.engine import names as paths
+from chrootarchive.engine.jobs import JobContext
 from chrootarchive.errors import SourceError
-from chrootarchive.options import IDMap, PackOptions
 
-__all__ = ["capabilities", "header", "run", "run_in_process"]
+__all__ = ["JOB", "capabilities", "header"]
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -53,8 +54,6 @@ _SENDFILE_MAX = 1 << 30
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_RESOLVE_IN_ROOT = 0x10
-_RESOLVE_NO_MAGICLINKS = 0x02
 
 #: Host-specific labels that mean nothing elsewhere (Docker and GNU tar omit them too).
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
@@ -69,7 +68,7 @@ REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE = b"0123456"
 PAXTYPE = ord("x")
 
 
-def capabilities(request: dict[str, Any]) -> frozenset[str]:
+def capabilities(request: JobRequest) -> frozenset[str]:
     """Reading needs only to bypass permissions (CAP_DAC_OVERRIDE; CAP_FOWNER for
     O_NOATIME). Not CAP_DAC_READ_SEARCH, although it would be enough to read: it also
     opens ``open_by_handle_at(2)``, which reaches any inode of the filesystem from inside
@@ -337,7 +336,7 @@ class _Out:
 # -- the walk ------------------------------------------------------------------------
 
 
-def _to_container(value: int, maps: tuple[IDMap, ...]) -> int | None:
+def _to_container(value: int, maps: tuple[IdRange, ...]) -> int | None:
     if not maps:
         return value
     for m in maps:
@@ -369,7 +368,7 @@ class Packer:
     def __init__(
         self,
         out_fd: int,
-        options: PackOptions,
+        options: PackSpec,
         warn: Callable[[str], None],
         *,
         src: str,
@@ -449,8 +448,8 @@ class Packer:
         self.out.write(header(
             name, typeflag, mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
             mtime_ns=mtime_ns, size=size, linkname=linkname,
-            uname=self.options.user_names.get(uid, ""),
-            gname=self.options.group_names.get(gid, ""),
+            uname=self.options.user_names.get(str(uid), ""),
+            gname=self.options.group_names.get(str(gid), ""),
             devmajor=devmajor, devminor=devminor, xattrs=xattrs,
         ))
         self.entries += 1
@@ -791,53 +790,29 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _open_in_root(root_fd: int, path: str) -> int:
-    """Open the directory ``path`` below ``root_fd``, as if ``root_fd`` were ``/``.
+class PackJob:
+    """The job ``pack``: write the tar stream of ``request.src`` to the job's stdout."""
 
-    In-root symlinks on the way are followed; ``/proc`` magic links are not (a procfs
-    mounted inside the root must not lead out of it); ``..`` stops at the root.
-    """
-    relative = path.lstrip("/") or "."
-    while True:
-        try:
-            return _linux.openat2(root_fd, relative,
-                                  os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                                  _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        except BlockingIOError:
-            continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
-        except OSError as err:
-            code = err.errno or errno.EIO
-            if code in (errno.ENOSYS, errno.EPERM) and root_fd == _linux.AT_FDCWD:
-                # No openat2 (Linux < 5.6): in the jail, paths cannot leave anyway.
-                return os.open(relative, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            raise OSError(code, os.strerror(code)) from err  # without the call
+    dormant_capabilities: frozenset[str] = frozenset()
 
+    def capabilities(self, request: JobRequest) -> frozenset[str]:
+        return capabilities(request)
 
-def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
-    """The job, in the jailed worker: write the tar stream of ``request["src"]`` to fd 1."""
-    _raise_fd_limit()
-    options = PackOptions.from_json(request["options"])
-    src = str(request["src"])
-    packer = Packer(1, options, warn, src=str(request.get("display") or src), jailed=True)
-    packer.pack(lambda path: _open_in_root(_linux.AT_FDCWD, path), src)
-    return {"entries": packer.entries, "size": packer.size}
+    def prepare(self, request: JobRequest) -> None:
+        if request.pack is not None and request.pack.excludes:
+            import re  # noqa: F401 - exclude patterns are compiled inside the jail
+
+    def run(self, request: JobRequest, context: JobContext) -> JobReply:
+        spec = request.pack
+        if spec is None:
+            raise ValueError("a pack request without pack options")
+        if context.own_process:
+            _raise_fd_limit()
+        root_fd = context.root_fd
+        packer = Packer(context.stdout, spec, context.warn, src=request.display or request.src,
+                        jailed=root_fd == _linux.AT_FDCWD)
+        packer.pack(lambda path: fsops.open_dir_in_root(root_fd, path), request.src)
+        return JobReply.make(packer.entries, packer.size)
 
 
-def run_in_process(
-    root_fd: int, request: dict[str, Any], out_fd: int, warn: Callable[[str], None]
-) -> dict[str, Any]:
-    """The ``openat2`` mechanism: the same walk in the caller's process, no jail.
-
-    The source is resolved with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)``
-    under ``root_fd``; below it the walk never follows a symlink, so it cannot leave.
-    """
-
-    def open_dir(path: str) -> int:
-        return _open_in_root(root_fd, path)
-
-    options = PackOptions.from_json(request["options"])
-    src = str(request["src"])
-    packer = Packer(out_fd, options, warn, src=str(request.get("display") or src),
-                    jailed=False)
-    packer.pack(open_dir, src)
-    return {"entries": packer.entries, "size": packer.size, "confinement": "openat2"}
+JOB = PackJob()

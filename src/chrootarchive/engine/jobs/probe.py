@@ -9,16 +9,14 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from chrootarchive import _linux
+from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.engine import fsops
-from chrootarchive.engine.jobs import unpack as unpack_job
+from chrootarchive.engine.jobs import JobContext
+from chrootarchive.engine.jobs.unpack import UnpackJob
 
-__all__ = ["run"]
-
-# The same powers as the unpack job, so the probe shows what an unpack worker can do.
-dormant_capabilities = unpack_job.dormant_capabilities
+__all__ = ["JOB"]
 
 
 def _attempt(action: Callable[[], object]) -> str:
@@ -31,7 +29,17 @@ def _attempt(action: Callable[[], object]) -> str:
     return "ALLOWED"
 
 
-def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
+class ProbeJob(UnpackJob):
+    """The same powers as the unpack job, so the probe shows what an unpack worker can do."""
+
+    def prepare(self, request: JobRequest) -> None:
+        pass
+
+    def run(self, request: JobRequest, context: JobContext) -> JobReply:
+        return JobReply.make(0, 0, {"probe": _probe()})
+
+
+def _probe() -> dict[str, str]:
     os.mkdir("probe-dir", 0o700)
     results = {
         "mount": _attempt(lambda: _linux.mount("none", "probe-dir", "tmpfs", 0)),
@@ -51,4 +59,7 @@ def run(request: dict[str, Any], warn: Callable[[str], None]) -> dict[str, Any]:
         "sees_root": str(sorted(os.listdir("/"))),
     }
     os.rmdir("probe-dir")
-    return {"probe": results, "entries": 0, "size": 0}
+    return results
+
+
+JOB = ProbeJob()

@@ -11,6 +11,7 @@ import os
 
 from chrootarchive import _linux
 from chrootarchive.errors import ConfinementError
+from chrootarchive.jail.confine import mounts
 
 __all__ = ["enter", "enter_cwd"]
 
@@ -19,21 +20,19 @@ def enter(root_fd: int) -> str:
     """The forced ``chroot`` mechanism (root): a private mount namespace first where
     one can be made, so that a procfs inside the destination can be detached (its
     magic links lead out)."""
-    from chrootarchive.jail.confine import pivot
-
     os.fchdir(root_fd)
     try:
         _linux.unshare(_linux.CLONE_NEWNS)
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
         # chroot needs no namespace, unless there is a procfs to hide.
-        if pivot.proc_mounts_below():
+        if mounts.proc_mounts_below():
             raise ConfinementError(
                 "a procfs is mounted inside the destination and no private mount "
                 f"namespace can be made to detach it: {err.strerror}"
             ) from err
         return enter_cwd()
-    pivot.detach_proc_mounts()
+    mounts.detach_proc_mounts()
     return enter_cwd()
 
 

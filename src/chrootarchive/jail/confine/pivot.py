@@ -20,85 +20,9 @@ import os
 
 from chrootarchive import _linux
 from chrootarchive.errors import ConfinementError, DestinationError
-from chrootarchive.jail.confine import chroot
+from chrootarchive.jail.confine import chroot, mounts
 
-__all__ = ["enter", "running_in_user_namespace"]
-
-
-def running_in_user_namespace() -> bool:
-    """True inside a user namespace (the uid map is not the full identity map)."""
-    try:
-        with open("/proc/self/uid_map", "rb") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return fields != [b"0", b"0", b"4294967295"]
-
-
-def _mount_id(fd: int) -> bytes:
-    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
-        for line in f:
-            if line.startswith(b"mnt_id:"):
-                return line.split()[1]
-    raise OSError("no mnt_id in fdinfo")
-
-
-_UMOUNT_NOFOLLOW = 8
-
-
-def _unescape(field: bytes) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i] == 0x5C and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(int(field[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-def detach_proc_mounts() -> None:
-    """Detach every procfs mounted at or below the working directory (the destination).
-
-    A live procfs inside the destination (a ``--pid=host`` container's ``/proc``) holds
-    magic links such as ``/proc/PID/root`` that lead out of any jail. Call in a private
-    mount namespace (nothing propagates back), before the jail is entered.
-    """
-    for rel in proc_mounts_below():
-        while True:
-            try:
-                _linux.umount2(rel, _linux.MNT_DETACH | _UMOUNT_NOFOLLOW)
-            except OSError as err:
-                if err.errno in (errno.EINVAL, errno.ENOENT):
-                    break  # not (or no longer) a mount point
-                raise ConfinementError(
-                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
-                ) from err
-
-
-def proc_mounts_below() -> list[str]:
-    """procfs mount points at or below the working directory, relative, deepest first."""
-    here = os.getcwd()
-    found: list[str] = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            try:
-                sep = fields.index(b"-")
-            except ValueError:
-                continue
-            mount_point = _unescape(fields[4])
-            fstype = fields[sep + 1]
-            if fstype != b"proc":
-                continue
-            if mount_point == here:
-                raise ConfinementError("the destination is a procfs mount")
-            if mount_point.startswith(here.rstrip("/") + "/"):
-                found.append(os.path.relpath(mount_point, here))
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+__all__ = ["enter", "pivot_cwd"]
 
 
 def _cwd_is_mount_root() -> bool:
@@ -109,7 +33,7 @@ def _cwd_is_mount_root() -> bool:
             a, b = os.fstat(here), os.fstat(parent)
             if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
                 return True  # the root of the namespace
-            return _mount_id(here) != _mount_id(parent)
+            return mounts.mount_id(here) != mounts.mount_id(parent)
         finally:
             os.close(parent)
     finally:
@@ -128,7 +52,7 @@ def _bind_cwd_onto_itself() -> None:
 
 def enter(root_fd: int) -> str:
     os.fchdir(root_fd)
-    if running_in_user_namespace():
+    if mounts.running_in_user_namespace():
         return chroot.enter_cwd()
     try:
         _linux.unshare(_linux.CLONE_NEWNS)
@@ -161,7 +85,7 @@ def pivot_cwd() -> str:
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
         raise ConfinementError(f"making / rslave failed: {err.strerror}") from err
-    detach_proc_mounts()
+    mounts.detach_proc_mounts()
     if not _cwd_is_mount_root():
         try:
             _bind_cwd_onto_itself()

@@ -1,0 +1,309 @@
+"""The job contract: what the parent asks a job to do, and what the job answers.
+
+One module for both sides. The parent builds a :class:`JobRequest` (from the public,
+validated option classes of :mod:`chrootarchive.options`); a worker receives it as one
+JSON document (:meth:`JobRequest.to_wire` / :meth:`JobRequest.from_wire`, the one
+encoder and the one decoder) and the in-process runner receives the object itself. The
+answer is a :class:`JobReply`, or an error that :func:`decode_reply` raises in the
+parent as the same exception class.
+
+The worker imports this module before it is jailed, so it stays lean: plain classes
+with ``__slots__``, no ``typing``, no ``dataclasses``, no ``json``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from chrootarchive.errors import ChrootArchiveError, WorkerError, error_class
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "JOB_MODULES", "MAX_WARNINGS", "IdRange", "JobReply", "JobRequest", "LimitSpec",
+    "PackSpec", "UnpackSpec", "decode_reply", "encode_error", "encode_reply",
+]
+
+#: Job name -> the module whose ``JOB`` object does the work (see
+#: :class:`chrootarchive.engine.jobs.Job`).
+JOB_MODULES = {
+    "unpack": "chrootarchive.engine.jobs.unpack",
+    "pack": "chrootarchive.engine.jobs.pack",
+    "probe": "chrootarchive.engine.jobs.probe",
+}
+
+#: Warnings a job reports at most (one line each); the rest are dropped.
+MAX_WARNINGS = 1000
+
+
+class _Record:
+    """A record of named fields that crosses the process boundary as a JSON object.
+
+    Subclasses list their fields in ``__slots__`` and, in ``_NESTED``, the fields that
+    hold other records (or tuples of them). Values are not checked here: the parent's
+    option classes check them when they are made.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    _NESTED: dict[str, type[_Record]] = {}  # noqa: RUF012 - read-only class table
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.pop(name))
+        if fields:
+            raise TypeError(f"{type(self).__name__}: unknown fields {sorted(fields)}")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The record as JSON-able values (records become objects, tuples lists)."""
+        return {name: _to_wire(getattr(self, name)) for name in self.__slots__}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Any:
+        """The record from :meth:`to_wire`'s output; ValueError if it is not one."""
+        if not isinstance(data, dict) or set(data) != set(cls.__slots__):
+            raise ValueError(f"not a {cls.__name__} document")
+        fields = {}
+        for name in cls.__slots__:
+            value = data[name]
+            nested = cls._NESTED.get(name)
+            if nested is not None and value is not None:
+                value = (tuple(nested.from_wire(v) for v in value) if isinstance(value, list)
+                         else nested.from_wire(value))
+            elif isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            fields[name] = value
+        return cls(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(repr(getattr(self, n)) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_wire()
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_wire(v) for k, v in value.items()}
+    return value
+
+
+class IdRange(_Record):
+    """One range of an id map (see :class:`chrootarchive.IDMap`)."""
+
+    __slots__ = ("container_id", "host_id", "size")
+    container_id: int
+    host_id: int
+    size: int
+
+
+class LimitSpec(_Record):
+    """The limits of :class:`chrootarchive.Limits`, as the engine reads them."""
+
+    __slots__ = (
+        "max_bytes",
+        "max_entries",
+        "max_file_size",
+        "max_path_depth",
+        "max_path_length",
+        "max_xattr_bytes",
+        "timeout",
+    )
+    max_bytes: int | None
+    max_entries: int | None
+    max_file_size: int | None
+    max_path_length: int | None
+    max_path_depth: int | None
+    max_xattr_bytes: int | None
+    timeout: float | None
+
+
+class UnpackSpec(_Record):
+    """What the unpacker needs of :class:`chrootarchive.UnpackOptions`."""
+
+    __slots__ = (
+        "best_effort_xattrs",
+        "chown",
+        "data_only",
+        "excludes",
+        "gid_maps",
+        "limits",
+        "no_lchown",
+        "no_overwrite_dir_nondir",
+        "rootless_xattr",
+        "uid_maps",
+        "whiteout_format",
+    )
+    _NESTED = {"uid_maps": IdRange, "gid_maps": IdRange,  # noqa: RUF012
+               "limits": LimitSpec}
+    no_lchown: bool
+    chown: tuple[int, int] | None
+    uid_maps: tuple[IdRange, ...]
+    gid_maps: tuple[IdRange, ...]
+    excludes: tuple[str, ...]
+    no_overwrite_dir_nondir: bool
+    best_effort_xattrs: bool
+    whiteout_format: str
+    rootless_xattr: bool
+    limits: LimitSpec
+    data_only: bool
+
+
+class PackSpec(_Record):
+    """What the tree walk needs of :class:`chrootarchive.PackOptions`.
+
+    ``user_names`` and ``group_names`` map ids (as strings: JSON object keys) to names.
+    """
+
+    __slots__ = (
+        "chown",
+        "excludes",
+        "gid_maps",
+        "group_names",
+        "include_files",
+        "include_source_dir",
+        "rebase_names",
+        "uid_maps",
+        "user_names",
+        "whole_second_mtimes",
+        "xattrs",
+    )
+    _NESTED = {"uid_maps": IdRange, "gid_maps": IdRange}  # noqa: RUF012
+    include_files: tuple[str, ...]
+    excludes: tuple[str, ...]
+    rebase_names: dict[str, str]
+    include_source_dir: bool
+    chown: tuple[int, int] | None
+    uid_maps: tuple[IdRange, ...]
+    gid_maps: tuple[IdRange, ...]
+    user_names: dict[str, str]
+    group_names: dict[str, str]
+    xattrs: bool
+    whole_second_mtimes: bool
+
+
+class JobRequest(_Record):
+    """One job for a worker (or the in-process runner).
+
+    Attributes:
+        job: a name of :data:`JOB_MODULES`.
+        mechanism: the confinement to enter (``pivot``, ``chroot``, ``userns``,
+            ``openat2``).
+        dest: the directory below the root to work in (``.``: the root itself).
+        create_dest: create ``dest`` inside the jail when it is missing (CVE-2021-41089:
+            never from outside).
+        dest_owner: the host owner of directories the job makes, or None.
+        layer: unpack a container layer (whiteouts).
+        helper: the unpacker may fork a helper for small files (a large plain tar).
+        debug: print the worker's traceback on failure.
+        src: pack: the path to pack, inside the root.
+        display: pack: the source as the caller named it (for messages).
+        unpack: the unpack job's options.
+        pack: the pack job's options.
+    """
+
+    __slots__ = (
+        "create_dest",
+        "debug",
+        "dest",
+        "dest_owner",
+        "display",
+        "helper",
+        "job",
+        "layer",
+        "mechanism",
+        "pack",
+        "src",
+        "unpack",
+    )
+    _NESTED = {"unpack": UnpackSpec, "pack": PackSpec}  # noqa: RUF012
+    job: str
+    mechanism: str
+    dest: str
+    create_dest: bool
+    dest_owner: tuple[int, int] | None
+    layer: bool
+    helper: bool
+    debug: bool
+    src: str
+    display: str
+    unpack: UnpackSpec | None
+    pack: PackSpec | None
+
+    @classmethod
+    def make(cls, job: str, **fields: Any) -> JobRequest:
+        """A request with every field not given at its default (``mechanism`` is set
+        by the runner for each rung of the ladder)."""
+        values: dict[str, Any] = {
+            "mechanism": "", "dest": ".", "create_dest": True, "dest_owner": None,
+            "layer": False, "helper": False, "debug": False, "src": "", "display": "",
+            "unpack": None, "pack": None,
+        }
+        values.update(fields)
+        if job not in JOB_MODULES:
+            raise ValueError(f"unknown job {job!r}")
+        return cls(job=job, **values)
+
+    def with_mechanism(self, mechanism: str) -> JobRequest:
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields["mechanism"] = mechanism
+        return JobRequest(**fields)
+
+
+class JobReply(_Record):
+    """What a job did: counts, the mechanism used, warnings, and job-specific details."""
+
+    __slots__ = ("confinement", "details", "entries", "size", "warnings")
+    entries: int
+    size: int
+    confinement: str
+    warnings: tuple[str, ...]
+    details: dict[str, Any]
+
+    @classmethod
+    def make(cls, entries: int, size: int, details: dict[str, Any] | None = None) -> JobReply:
+        """A job's own answer; the runner fills in the mechanism and the warnings."""
+        return cls(entries=entries, size=size, confinement="", warnings=(),
+                   details=details or {})
+
+
+def encode_reply(reply: JobReply) -> dict[str, Any]:
+    return {"result": reply.to_wire()}
+
+
+def encode_error(err: BaseException) -> dict[str, Any]:
+    """A job's failure as a document; :func:`decode_reply` raises it as the same class."""
+    if isinstance(err, ChrootArchiveError):
+        detail = {"type": type(err).__name__, "message": err.message, "entry": err.entry}
+    elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        detail = {"type": "DestinationError", "message": err.strerror, "entry": None}
+    else:
+        detail = {"type": "InternalError", "message": f"{type(err).__name__}: {err}",
+                  "entry": None}
+    return {"error": detail}
+
+
+def decode_reply(document: Any) -> JobReply:
+    """The reply in a document from :func:`encode_reply`, or its error raised."""
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        detail = document["error"]
+        entry = detail.get("entry")
+        raise error_class(str(detail.get("type")))(
+            str(detail.get("message")), None if entry is None else str(entry))
+    if not isinstance(document, dict) or "result" not in document:
+        raise WorkerError("the worker sent a reply that is neither a result nor an error")
+    try:
+        reply: JobReply = JobReply.from_wire(document["result"])
+    except (ValueError, TypeError) as err:
+        raise WorkerError(f"the worker sent an unreadable result: {err}") from None
+    return reply

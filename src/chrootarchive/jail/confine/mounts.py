@@ -1,0 +1,88 @@
+"""What the mechanisms need to know about mounts: procfs inside the destination, mount
+ids, and whether we already run in a user namespace (read from ``/proc``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from chrootarchive import _linux
+from chrootarchive.errors import ConfinementError
+
+__all__ = ["detach_proc_mounts", "mount_id", "proc_mounts_below", "running_in_user_namespace"]
+
+
+def running_in_user_namespace() -> bool:
+    """True inside a user namespace (the uid map is not the full identity map)."""
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields != [b"0", b"0", b"4294967295"]
+
+
+def mount_id(fd: int) -> bytes:
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"mnt_id:"):
+                return line.split()[1]
+    raise OSError("no mnt_id in fdinfo")
+
+
+_UMOUNT_NOFOLLOW = 8
+
+
+def _unescape(field: bytes) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i] == 0x5C and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def detach_proc_mounts() -> None:
+    """Detach every procfs mounted at or below the working directory (the destination).
+
+    A live procfs inside the destination (a ``--pid=host`` container's ``/proc``) holds
+    magic links such as ``/proc/PID/root`` that lead out of any jail. Call in a private
+    mount namespace (nothing propagates back), before the jail is entered.
+    """
+    for rel in proc_mounts_below():
+        while True:
+            try:
+                _linux.umount2(rel, _linux.MNT_DETACH | _UMOUNT_NOFOLLOW)
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOENT):
+                    break  # not (or no longer) a mount point
+                raise ConfinementError(
+                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
+                ) from err
+
+
+def proc_mounts_below() -> list[str]:
+    """procfs mount points at or below the working directory, relative, deepest first."""
+    here = os.getcwd()
+    found: list[str] = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            try:
+                sep = fields.index(b"-")
+            except ValueError:
+                continue
+            mount_point = _unescape(fields[4])
+            fstype = fields[sep + 1]
+            if fstype != b"proc":
+                continue
+            if mount_point == here:
+                raise ConfinementError("the destination is a procfs mount")
+            if mount_point.startswith(here.rstrip("/") + "/"):
+                found.append(os.path.relpath(mount_point, here))
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)

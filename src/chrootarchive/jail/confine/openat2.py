@@ -1,0 +1,331 @@
+"""Mechanism ``openat2``: no jail, no privilege; the job runs in the caller's process.
+
+Every path is resolved under a pinned root descriptor with ``openat2(RESOLVE_IN_ROOT |
+RESOLVE_NO_MAGICLINKS)`` (:class:`Openat2FileOps`, and
+:func:`chrootarchive.engine.fsops.open_dir_in_root` for the pack walk), and the last
+component is acted on with ``*at`` calls that never follow a symlink. The job runs in a
+thread of its own behind the same interface as a worker process (:class:`InProcess`),
+so the parent feeds it and reads it exactly as it does a worker.
+
+Everything about this mechanism is in this module: whether the kernel has it
+(:func:`unavailable_reason`), its file operations, and its runner.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from chrootarchive import _linux
+from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
+from chrootarchive.engine import fsops
+from chrootarchive.engine.fsops import RESOLVE
+from chrootarchive.engine.jobs import JobContext
+from chrootarchive.errors import ChrootArchiveError, DestinationError, InternalError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chrootarchive.engine.jobs import Job
+
+__all__ = ["InProcess", "Openat2FileOps", "unavailable_reason"]
+
+
+
+
+
+class Openat2FileOps(fsops.FileOps):
+    """In-process, unprivileged: every path is resolved under a pinned root descriptor.
+
+    Parent directories are resolved with ``openat2(RESOLVE_IN_ROOT |
+    RESOLVE_NO_MAGICLINKS)`` (symlinks are followed as if the root were ``/``, ``..``
+    stops at the root, ``/proc`` magic links are refused, and the kernel fails the
+    lookup when a racing rename could have moved it outside); the last component is
+    acted on with ``*at`` calls that never follow a symlink.
+
+    Args:
+        root_fd: descriptor of the root (borrowed, not closed here).
+        base: the directory below the root that relative paths start from.
+    """
+
+    def __init__(self, root_fd: int, base: str = ".") -> None:
+        self.root_fd = root_fd
+        self.base = "" if base in ("", ".") else base.strip("/") + "/"
+        self.umask = _current_umask()
+
+    def _full(self, path: str) -> str:
+        if path in ("", "."):
+            return self.base or "."
+        return self.base + path
+
+    def _resolve(self, path: str, flags: int) -> int:
+        while True:
+            try:
+                return _linux.openat2(self.root_fd, self._full(path), flags | os.O_CLOEXEC,
+                                      0, RESOLVE)
+            except BlockingIOError:
+                continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
+
+    def _parent(self, path: str) -> tuple[int, str]:
+        parent, _, name = path.rpartition("/")
+        return self._resolve(parent or ".", os.O_PATH | os.O_DIRECTORY), name
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        try:
+            fd = self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def stat(self, path: str) -> os.stat_result:
+        fd = self._resolve(path, os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    # In-process, the caller's umask applies: modes it removed are put back through
+    # the new object's descriptor.
+
+    def mkdir(self, path: str, mode: int) -> None:
+        pfd, name = self._parent(path)
+        try:
+            os.mkdir(name, mode, dir_fd=pfd)
+            if mode & self.umask:
+                fd = os.open(name, fsops.OPEN_DIR, dir_fd=pfd)
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def create_file(self, path: str, mode: int) -> int:
+        pfd, name = self._parent(path)
+        try:
+            fd = os.open(name, fsops.CREATE, mode, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        if mode & self.umask:
+            os.fchmod(fd, mode)
+        return fd
+
+    def symlink(self, target: str, path: str) -> None:
+        pfd, name = self._parent(path)
+        try:
+            os.symlink(target, name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def hardlink(self, target: str, path: str) -> None:
+        sfd, sname = self._parent(target)
+        try:
+            dfd, dname = self._parent(path)
+            try:
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def mknod(self, path: str, mode: int, device: int) -> None:
+        pfd, name = self._parent(path)
+        try:
+            os.mknod(name, mode, device, dir_fd=pfd)
+            if mode & 0o7777 & self.umask:
+                fd = os.open(name, fsops.OPEN_PATH, dir_fd=pfd)
+                try:
+                    self.chmod_via(fd, path, mode)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def open_dir(self, path: str) -> int:
+        return self._resolve(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+    def open_path(self, path: str) -> int:
+        return self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
+
+    def unlink(self, path: str) -> None:
+        pfd, name = self._parent(path)
+        try:
+            os.unlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def remove_tree(self, path: str) -> None:
+        pfd, name = self._parent(path)
+        try:
+            fsops.remove_tree_at(pfd, name)
+        finally:
+            os.close(pfd)
+
+    def setxattr_via(self, fd: int, path: str, key: str, value: bytes) -> None:
+        # The magic link leads to the pinned object itself, not through the path.
+        os.setxattr(f"/proc/self/fd/{fd}", key, value)
+
+    def chmod_via(self, fd: int, path: str, mode: int) -> None:
+        try:
+            _linux.fchmod_path_fd(fd, mode)
+        except OSError as err:
+            if err.errno != errno.ENOSYS:
+                raise
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it (Linux 4.7+ shows it in /proc)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+_openat2_reason: str | None = None
+
+
+def unavailable_reason() -> str | None:
+    """Why ``openat2`` cannot be used here, or None. "Not supported" is learned once."""
+    global _openat2_reason
+    if _openat2_reason is not None:
+        return _openat2_reason
+    try:
+        fd = _linux.openat2(_linux.AT_FDCWD, "/", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE)
+    except OSError as err:
+        if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+            _openat2_reason = f"openat2 with RESOLVE_IN_ROOT is not available ({err.strerror})"
+            return _openat2_reason
+        raise
+    os.close(fd)
+    return None
+
+
+
+
+class InProcess:
+    """A job run by a thread of this process under ``openat2``, shaped like a worker.
+
+    The same interface as :class:`chrootarchive.runner.worker.Worker`: ``stdin_w`` (a
+    pipe to feed, unless ``stdin`` was given), ``stdout_r`` (with ``stdout_pipe``),
+    :meth:`wait_ready`, :meth:`finish`, :meth:`kill`, :meth:`close`.
+
+    Args:
+        root_fd: the pinned root (borrowed: duplicated for the thread).
+        request: the job, with ``dest`` below the root.
+        stdin: a descriptor the job reads (borrowed), or None for a pipe.
+        stdout_pipe: give the job a pipe to write its output to.
+    """
+
+    def __init__(self, root_fd: int, request: JobRequest, *, stdin: int | None = None,
+                 stdout_pipe: bool = False) -> None:
+        __import__(JOB_MODULES[request.job])
+        import sys
+
+        job: Job = sys.modules[JOB_MODULES[request.job]].JOB
+        self.stdin_w = -1
+        self.stdout_r = -1
+        self._reply: JobReply | None = None
+        self._error: BaseException | None = None
+        self._own: list[int] = []  # descriptors the thread closes when it ends
+        files = Openat2FileOps(root_fd, _enter_dest(root_fd, request))
+        if stdin is None:
+            job_stdin, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+            self._own.append(job_stdin)
+        else:
+            job_stdin = stdin
+        job_stdout = -1
+        if stdout_pipe:
+            self.stdout_r, job_stdout = os.pipe2(os.O_CLOEXEC)
+            self._own.append(job_stdout)
+        root = os.dup(root_fd)
+        self._own.append(root)
+        files.root_fd = root
+        context = JobContext(stdin=job_stdin, stdout=job_stdout, files=files, root_fd=root,
+                             own_process=False, in_user_namespace=os.geteuid() != 0)
+
+        def work() -> None:
+            try:
+                reply = job.run(request, context)
+                reply.confinement = "openat2"
+                reply.warnings = tuple(context.warnings)
+                self._reply = reply
+            except BaseException as err:
+                self._error = err
+            finally:
+                for fd in self._own:
+                    os.close(fd)
+
+        self._thread = threading.Thread(target=work, name=f"chrootarchive-{request.job}",
+                                        daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            for fd in (*self._own, self.stdin_w, self.stdout_r):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+
+    def wait_ready(self) -> None:
+        """Confined from the start: nothing to wait for."""
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def outcome(self) -> bool | None:
+        """None while the job runs; then whether it succeeded."""
+        return None if self._thread.is_alive() else self._error is None
+
+    def close_stdin(self) -> None:
+        if self.stdin_w >= 0:
+            os.close(self.stdin_w)
+            self.stdin_w = -1
+
+    def kill(self) -> None:
+        """Stop feeding and reading: the job meets the end of its input (or EPIPE)."""
+        self.close_stdin()
+        if self.stdout_r >= 0:
+            os.close(self.stdout_r)
+            self.stdout_r = -1
+
+    def finish(self) -> JobReply:
+        """Wait for the job; return its reply or raise its error."""
+        self.close_stdin()
+        self._thread.join()
+        self.close()
+        if self._error is not None:
+            if isinstance(self._error, ChrootArchiveError):
+                raise self._error
+            if isinstance(self._error, OSError) and self._error.errno in (
+                    errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise DestinationError(self._error.strerror or str(self._error)) \
+                    from self._error
+            raise InternalError(f"{type(self._error).__name__}: {self._error}") \
+                from self._error
+        assert self._reply is not None
+        return self._reply
+
+    def close(self) -> None:
+        """Release everything; the job stops at its next read or write. Idempotent."""
+        self.kill()
+        self._thread.join()
+
+
+def _enter_dest(root_fd: int, request: JobRequest) -> str:
+    """The job's directory below the root, created first when the request says so."""
+    dest = request.dest
+    if dest in ("", ".", "/"):
+        return "."
+    if request.create_dest:
+        try:
+            Openat2FileOps(root_fd).make_dirs(dest)  # owned by the caller, as it runs it
+        except OSError as err:
+            raise DestinationError(err.strerror or str(err), dest) from err
+    return dest

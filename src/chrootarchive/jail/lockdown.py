@@ -1,0 +1,81 @@
+"""Giving up every power a jailed worker does not need, once it is confined.
+
+Capabilities are cut to what writing files needs (no CAP_SYS_CHROOT, no ptrace, no
+network, and CAP_SYS_ADMIN only dormant: permitted but not effective, raised by one
+thread around the ``setxattr`` of a ``trusted.*`` name), ``no_new_privs`` is set, a
+seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin whatever
+the capabilities, core dumps are off, and every further import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+from chrootarchive import _linux
+from chrootarchive.engine import fsops
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from chrootarchive.contract import JobRequest, LimitSpec
+    from chrootarchive.engine.jobs import Job
+
+__all__ = ["DEFAULT_CAPABILITIES", "forbid_imports", "lock_down"]
+
+#: What a jailed worker keeps to write files; a job may ask for more (``capabilities``).
+DEFAULT_CAPABILITIES = frozenset({
+    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
+})
+
+
+class _ImportsForbidden:
+    """A meta path finder that fails every import after confinement, loudly."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        raise ImportError(f"import of {name!r} attempted inside the jail (refused)")
+
+
+def forbid_imports() -> None:
+    """No module can be loaded from now on (no code from the destination ever runs)."""
+    sys.meta_path[:] = [_ImportsForbidden()]
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
+    sys.path[:] = []
+
+
+def lock_down(job: Job, request: JobRequest) -> None:
+    """Keep only what ``job`` needs for ``request``; then forbid imports."""
+    keep = {_linux.CAPABILITIES[name] for name in job.capabilities(request)}
+    dormant = {_linux.CAPABILITIES[name] for name in job.dormant_capabilities} - keep
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limits = request.unpack.limits if request.unpack is not None else None
+    _backing_rlimits(limits)
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    if os.geteuid() == 0:
+        _linux.drop_capabilities(keep, dormant)
+        if dormant:
+            fsops.enable_privileged_xattrs(
+                lambda on: _linux.set_effective(keep | dormant if on else keep)
+            )
+    _linux.install_seccomp_denylist()
+    forbid_imports()
+
+
+def _backing_rlimits(limits: LimitSpec | None) -> None:
+    """Kernel limits behind the unpack limits: file size and open files."""
+    max_file = limits.max_file_size if limits is not None else None
+    if max_file is not None:
+        # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        want = max_file + 1
+        if hard == resource.RLIM_INFINITY or want <= hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
+    depth = (limits.max_path_depth if limits is not None else None) or 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = depth + 256  # a descriptor per level when removing deep trees
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))

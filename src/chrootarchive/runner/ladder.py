@@ -1,0 +1,142 @@
+"""The ladder: which confinement mechanism a call uses, and the one way to start a job.
+
+"Not supported" is learned once per process (:func:`mark_unavailable`); success is
+never cached, and any other error from the kernel is reported, never hidden by falling
+through to a weaker rung.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+from chrootarchive.contract import JobReply, JobRequest
+from chrootarchive.errors import ConfinementError, MechanismUnavailableError
+from chrootarchive.jail import confine
+from chrootarchive.jail.confine import IN_PROCESS, MECHANISMS
+from chrootarchive.runner import pump, standby
+from chrootarchive.runner.worker import Running, Worker
+
+__all__ = [
+    "LADDER", "candidates", "mark_unavailable", "run", "run_ladder", "start",
+    "unavailable_summary",
+]
+
+T = TypeVar("T")
+
+#: What ``auto`` tries, strongest first (``chroot`` is pivot's own fallback).
+LADDER = ("pivot", "userns", "openat2")
+
+_learned: dict[str, str] = {}
+
+
+def mark_unavailable(name: str, reason: str) -> None:
+    """Remember for this process that ``name`` is not supported here."""
+    _learned[name] = reason
+
+
+def _unavailable_reason(name: str) -> str | None:
+    return _learned.get(name) or confine.unavailable_reason(name)
+
+
+def candidates(requested: str = "auto") -> list[str]:
+    """The mechanisms to try for ``requested`` (``auto`` or a name), in order.
+
+    Raises:
+        ConfinementError: nothing usable; the message lists each mechanism and why.
+    """
+    if requested != "auto":
+        if requested not in MECHANISMS:
+            raise ConfinementError(
+                f"unknown confinement mechanism {requested!r} "
+                f"(choose from: auto, {', '.join(MECHANISMS)})"
+            )
+        reason = _unavailable_reason(requested)
+        if reason:
+            raise MechanismUnavailableError(
+                f"confinement {requested!r} is not available: {reason}"
+            )
+        return [requested]
+    found = [name for name in LADDER if _unavailable_reason(name) is None]
+    if not found:
+        raise ConfinementError(unavailable_summary())
+    return found
+
+
+def unavailable_summary(extra: dict[str, str] | None = None) -> str:
+    """One line: each rung of the ladder and why it could not be used."""
+    reasons = []
+    for name in LADDER:
+        reason = (extra or {}).get(name) or _unavailable_reason(name) or "failed"
+        reasons.append(f"{name}: {reason}")
+    return "no confinement mechanism is available (" + "; ".join(reasons) + ")"
+
+
+def run_ladder(
+    requested: str, attempt: Callable[[str], T], mechanisms: Sequence[str] | None = None
+) -> T:
+    """Return ``attempt(mechanism)`` for the first mechanism the kernel accepts.
+
+    ``mechanisms`` defaults to :func:`candidates`. A rung that raises
+    :class:`MechanismUnavailableError` is learned as unavailable and, with ``auto``, the
+    next one is tried; any other error is the caller's. With no rung left, the error
+    names every rung and why.
+    """
+    refused: dict[str, str] = {}
+    for mechanism in candidates(requested) if mechanisms is None else mechanisms:
+        try:
+            return attempt(mechanism)
+        except MechanismUnavailableError as err:
+            if requested != "auto":
+                raise
+            mark_unavailable(mechanism, err.message)
+            refused[mechanism] = err.message
+    raise ConfinementError(unavailable_summary(refused))
+
+
+def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
+          stdout_pipe: bool = False) -> Running:
+    """Start ``request`` with its mechanism: a jailed worker, or the in-process runner.
+
+    Either way the caller gets the same interface (:class:`Running`), confined and
+    ready to be fed (``stdin_w``) or read (``stdout_r``).
+    """
+    running: Running
+    if request.mechanism in IN_PROCESS:
+        from chrootarchive.jail.confine.openat2 import InProcess
+
+        running = InProcess(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe)
+    else:
+        running = Worker(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe)
+    try:
+        running.wait_ready()
+    except BaseException:
+        running.close()
+        raise
+    return running
+
+
+def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requested: str,
+        *, on_progress: Callable[[int], None] | None = None) -> JobReply:
+    """Run ``request``, reading ``data`` (a readable fd, or chunks that are fed), with
+    the first mechanism of the ladder that the kernel accepts.
+
+    The job says when it is confined before it reads any data, so a mechanism the
+    kernel refuses ("not supported") costs nothing and the next rung is tried.
+    """
+
+    def attempt(mechanism: str) -> JobReply:
+        stdin = data if isinstance(data, int) else None
+        running = start(root_fd, request.with_mechanism(mechanism), stdin=stdin)
+        try:
+            if not isinstance(data, int):
+                pump.feed_while_alive(running, data, on_progress)
+            return running.finish()
+        finally:
+            running.close()
+
+    try:
+        return run_ladder(requested, attempt)
+    except BaseException:
+        standby.drop_own()  # a failed call leaves no process behind
+        raise

@@ -1,0 +1,111 @@
+"""Moving the input into a running job, and reporting how far it got.
+
+The caller's thread never blocks on a job that died: chunks are written by a feeding
+thread while the caller watches the job, so a job that fails while the input stalls is
+reported at once (the feeding thread ends with the input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from chrootarchive import _fdio
+from chrootarchive.errors import ChrootArchiveError
+from chrootarchive.runner.worker import Running
+
+__all__ = ["feed", "feed_while_alive", "offset_progress"]
+
+Progress = Callable[[int], None]
+
+_WATCH = 0.05  # seconds between looks at the job while feeding it
+_PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
+
+
+def feed(fd: int, chunks: Iterable[bytes], on_progress: Progress | None) -> None:
+    """Write the stream to the job; stop quietly if the job stopped reading."""
+    try:
+        for chunk in chunks:
+            _fdio.write_all(fd, chunk)
+            if on_progress is not None:
+                on_progress(len(chunk))
+    except BrokenPipeError:
+        return  # the job ended (its reply says why)
+
+
+def feed_while_alive(job: Running, data: Iterable[bytes], on_progress: Progress | None) -> None:
+    """Feed ``data`` to ``job`` (which owns a stdin pipe) until it ends or the data does."""
+    fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            feed(fd, data, on_progress)
+        except BaseException as err:
+            failure.append(err)
+        finally:
+            os.close(fd)
+            done.set()
+
+    threading.Thread(target=run, name="chrootarchive-feed", daemon=True).start()
+    try:
+        while not done.wait(_WATCH):
+            outcome = job.outcome()
+            if outcome is not None:
+                # The job ended first. A job that succeeded read its input to the end,
+                # so the feeding has ended too: wait for its verdict (a bad checksum at
+                # the very end of a gzip stream, say), however busy the machine. After
+                # a failure, if the input stalls, the job's error is reported now.
+                if outcome:
+                    done.wait()
+                elif not done.wait(0.2):
+                    return
+                break
+    except BaseException:
+        job.kill()
+        raise
+    if failure:
+        err = failure[0]
+        if isinstance(err, ChrootArchiveError):
+            # The job saw a truncated stream; the feeding error is the real cause.
+            with contextlib.suppress(ChrootArchiveError):
+                job.finish()
+        else:
+            job.kill()
+        raise err
+
+
+@contextlib.contextmanager
+def offset_progress(fd: int, progress: Progress) -> Iterator[None]:
+    """Progress of a file the job reads itself: the offset it shares with us.
+
+    The job reads through a duplicate of ``fd`` (the same open file), so the file's
+    offset is how far it got; it is polled, and reported in steps.
+    """
+    last = [os.lseek(fd, 0, os.SEEK_CUR)]
+    done = threading.Event()
+
+    def report() -> None:
+        try:
+            here = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            return
+        if here > last[0]:
+            progress(here - last[0])
+            last[0] = here
+
+    def poll() -> None:
+        while not done.wait(_PROGRESS_POLL):
+            report()
+
+    poller = threading.Thread(target=poll, name="chrootarchive-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        done.set()
+        poller.join()
+    report()

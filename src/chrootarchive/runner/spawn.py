@@ -1,0 +1,111 @@
+"""Starting a worker interpreter, and handing it its job.
+
+The parent spawns a fresh interpreter (``python -I -S``: no site, no environment, no
+user paths; spawned, not forked, so it is cheap and inherits no threads or locks) with
+one control socket. The worker boots: it asks to be killed when its parent dies and
+imports everything its job needs. Then the parent hands it its job
+(:meth:`Booted.hand_over`) over that socket, in one go: the request document and, with
+it (SCM_RIGHTS), the descriptors it names. Booting first is what lets a thread keep a
+worker booted ahead of its next call (:mod:`chrootarchive.runner.standby`).
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import os
+import subprocess
+import sys
+
+__all__ = ["Booted"]
+
+_DISCARD_WAIT = 5.0  # seconds for a discarded worker to end (it dies with us anyway)
+_FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from chrootarchive.jail.main import child_main; child_main(sys.argv[2:])"
+)
+
+
+def _package_parent() -> str:
+    # src/chrootarchive/runner/worker.py -> src
+    here = os.path.abspath(__file__)
+    return os.path.dirname(os.path.dirname(os.path.dirname(here)))
+
+
+class Booted:
+    """A worker interpreter, started and booting; it waits for its job on a socket.
+
+    Args:
+        job: a name of :data:`chrootarchive.contract.JOB_MODULES` (the worker imports
+            its module as it boots).
+        standby: booted ahead of a call (:mod:`chrootarchive.runner.standby`): its stderr is
+            /dev/null until a call hands it the caller's.
+    """
+
+    def __init__(self, job: str, *, standby: bool = False) -> None:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
+                 str(theirs.fileno()), str(os.getpid()), job],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL if standby else None,
+                pass_fds=(theirs.fileno(),),
+                env={"LC_ALL": "C.UTF-8"},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control: _socket.socket | None = ours
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def control_fd(self) -> int:
+        """Our end of the control socket, or -1 once the job was handed over."""
+        return self._control.fileno() if self._control is not None else -1
+
+    def hand_over(self, document: bytes, fds: list[int]) -> None:
+        """Send the job: the request and the descriptors it names, then EOF.
+
+        Raises OSError when the worker is gone (a standby killed meanwhile, say).
+        """
+        control, self._control = self._control, None
+        if control is None:
+            raise ValueError("this worker already has its job")
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        try:
+            first = document[:_FIRST_MESSAGE]
+            sent = control.sendmsg([first], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
+                                   _socket.MSG_NOSIGNAL)
+            control.sendall(document[sent:], _socket.MSG_NOSIGNAL)
+        finally:
+            control.close()
+
+    def discard(self) -> None:
+        """Let the worker go: kill it if it still runs, and reap it.
+
+        Closing the control socket ends a worker that waits for its job by itself; the
+        kill is for one still booting, and may be refused (EPERM) to a caller that has
+        given up the uid it spawned the worker with.
+        """
+        self.forget()
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=_DISCARD_WAIT)
+
+    def forget(self) -> None:
+        """Close this process's end of the control socket (after a fork, say)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
