@@ -21,14 +21,7 @@ if TYPE_CHECKING:
     from chrootarchive.contract import JobRequest, LimitSpec
     from chrootarchive.engine.jobs import Job
 
-__all__ = ["DEFAULT_CAPABILITIES", "forbid_imports", "lock_down"]
-
-#: What a jailed worker keeps to write files; a job may ask for more (``capabilities``).
-DEFAULT_CAPABILITIES = frozenset({
-    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
-})
-
+__all__ = ["forbid_imports", "lock_down"]
 
 class _ImportsForbidden:
     """A meta path finder that fails every import after confinement, loudly."""

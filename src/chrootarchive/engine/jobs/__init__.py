@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from chrootarchive.contract import JobReply, JobRequest
     from chrootarchive.engine.fsops import FileOps
 
-__all__ = ["Job", "JobContext"]
+__all__ = ["WRITE_FILES", "Job", "JobContext"]
+
+#: The capabilities writing files needs (what the unpack job keeps once jailed).
+WRITE_FILES = frozenset({
+    # No CAP_DAC_READ_SEARCH: it would allow open_by_handle_at out of the jail.
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP",
+})
 
 
 class JobContext:

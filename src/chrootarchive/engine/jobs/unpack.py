@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from chrootarchive.contract import JobReply
 from chrootarchive.engine import unpacker
+from chrootarchive.engine.jobs import WRITE_FILES
 from chrootarchive.errors import LimitExceededError
-from chrootarchive.jail.lockdown import DEFAULT_CAPABILITIES
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -25,7 +25,7 @@ class UnpackJob:
     dormant_capabilities = frozenset({"CAP_SYS_ADMIN"})
 
     def capabilities(self, request: JobRequest) -> frozenset[str]:
-        return DEFAULT_CAPABILITIES
+        return WRITE_FILES
 
     def prepare(self, request: JobRequest) -> None:
         """Before the jail: import what this request needs and nothing else."""
