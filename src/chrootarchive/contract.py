@@ -254,9 +254,10 @@ class JobRequest(_Record):
             raise ValueError(f"unknown job {job!r}")
         return cls(job=job, **values)
 
-    def with_mechanism(self, mechanism: str) -> JobRequest:
+    def replace(self, **changes: Any) -> JobRequest:
+        """A copy with ``changes`` (the mechanism of each rung of the ladder, say)."""
         fields = {name: getattr(self, name) for name in self.__slots__}
-        fields["mechanism"] = mechanism
+        fields.update(changes)
         return JobRequest(**fields)
 
 

@@ -278,12 +278,10 @@ def _start(
 ) -> Running:
     """Start the pack with the first mechanism the kernel accepts."""
     request = JobRequest.make(
-        "pack", create_dest=False, src=inner, display=display, pack=pack_spec(options),
-        debug=bool(os.environ.get("CHROOTARCHIVE_DEBUG")),
-    )
+        "pack", create_dest=False, src=inner, display=display, pack=pack_spec(options))
 
     def attempt(mechanism: str) -> Running:
-        running = ladder.start(root_fd, request.with_mechanism(mechanism), stdout_pipe=True)
+        running = ladder.start(root_fd, request.replace(mechanism=mechanism), stdout_pipe=True)
         running.close_stdin()
         return running
 

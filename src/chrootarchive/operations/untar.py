@@ -150,10 +150,6 @@ def apply_layer_result(
 # -- implementation --------------------------------------------------------------------
 
 
-def _debug() -> bool:
-    return bool(os.environ.get("CHROOTARCHIVE_DEBUG"))
-
-
 def _unpack(
     source: Source,
     dest: str | os.PathLike[str],
@@ -240,7 +236,7 @@ def _run_unpack(
     """Unpack with the first mechanism of the ladder that the kernel accepts."""
     request = JobRequest.make(
         "unpack", dest=rel_dest, dest_owner=_root_owner(options), layer=layer, helper=helper,
-        debug=_debug(), unpack=unpack_spec(options),
+        unpack=unpack_spec(options),
     )
     reply = ladder.run(root_fd, request, data, options.confine)
     return UnpackResult(entries=reply.entries, size=reply.size,

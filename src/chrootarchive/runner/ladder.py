@@ -14,7 +14,7 @@ from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ConfinementError, MechanismUnavailableError
 from chrootarchive.jail import confine
 from chrootarchive.jail.confine import IN_PROCESS, MECHANISMS
-from chrootarchive.runner import pump, standby
+from chrootarchive.runner import pump, settings, standby
 from chrootarchive.runner.worker import Running, Worker
 
 __all__ = [
@@ -102,6 +102,8 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
     ready to be fed (``stdin_w``) or read (``stdout_r``).
     """
     running: Running
+    if settings.debug() and not request.debug:
+        request = request.replace(debug=True)
     if request.mechanism in IN_PROCESS:
         from chrootarchive.jail.confine.openat2 import InProcess
 
@@ -127,7 +129,7 @@ def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requeste
 
     def attempt(mechanism: str) -> JobReply:
         stdin = data if isinstance(data, int) else None
-        running = start(root_fd, request.with_mechanism(mechanism), stdin=stdin)
+        running = start(root_fd, request.replace(mechanism=mechanism), stdin=stdin)
         try:
             if not isinstance(data, int):
                 pump.feed_while_alive(running, data, on_progress)

@@ -1,0 +1,108 @@
+"""The job contract (``chrootarchive.contract``): one request and one reply, one codec.
+
+The public option classes and the lean classes a job reads must not drift apart, and a
+request must survive the trip to a worker (JSON) unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from chrootarchive import _wire
+from chrootarchive.contract import (
+    JobReply,
+    JobRequest,
+    LimitSpec,
+    PackSpec,
+    UnpackSpec,
+    decode_reply,
+    encode_error,
+    encode_reply,
+)
+from chrootarchive.errors import BreakoutError, DestinationError, InternalError, WorkerError
+from chrootarchive.options import (
+    IDMap,
+    Limits,
+    PackOptions,
+    UnpackOptions,
+    pack_spec,
+    unpack_spec,
+)
+
+#: What only the parent acts on: never sent to a job.
+PARENT_ONLY = {
+    UnpackOptions: {"confine", "atomic"},
+    PackOptions: {"confine", "compression", "compression_level"},
+    Limits: set(),
+}
+
+
+@pytest.mark.parametrize(("public", "spec"), [(UnpackOptions, UnpackSpec),
+                                              (PackOptions, PackSpec), (Limits, LimitSpec)])
+def test_every_option_reaches_the_job_or_is_the_parents(public: type, spec: type) -> None:
+    fields = {f.name for f in dataclasses.fields(public)}
+    assert set(spec.__slots__) == fields - PARENT_ONLY[public]
+
+
+def _round_trip(request: JobRequest) -> JobRequest:
+    decoded: JobRequest = JobRequest.from_wire(_wire.loads(_wire.dumps(request.to_wire())))
+    return decoded
+
+
+def test_an_unpack_request_survives_the_wire() -> None:
+    options = UnpackOptions(
+        chown=(5, 6), uid_maps=(IDMap(0, 100000, 65536),), gid_maps=(IDMap(0, 200000, 10),),
+        excludes=("a/*", "!a/b"), whiteout_format="overlay", limits=Limits.strict(),
+        data_only=True, best_effort_xattrs=True,
+    )
+    request = JobRequest.make("unpack", mechanism="pivot", dest="x/y", dest_owner=(1, 2),
+                              layer=True, helper=True, unpack=unpack_spec(options))
+    decoded = _round_trip(request)
+    assert decoded == request
+    assert decoded.unpack is not None and decoded.unpack.uid_maps[0].host_id == 100000
+    assert decoded.unpack.limits.timeout == 3600.0
+
+
+def test_a_pack_request_survives_the_wire() -> None:
+    options = PackOptions(include_files=("a", "b/c"), rebase_names={"a": "z"},
+                          user_names={0: "root", 1000: "me"}, group_names={0: "wheel"},
+                          uid_maps=(IDMap(0, 1000, 1),), whole_second_mtimes=True)
+    request = JobRequest.make("pack", mechanism="chroot", src="/a", display="a",
+                              create_dest=False, pack=pack_spec(options))
+    decoded = _round_trip(request)
+    assert decoded == request
+    assert decoded.pack is not None and decoded.pack.user_names == {"0": "root", "1000": "me"}
+
+
+@pytest.mark.parametrize("document", [
+    None, [], {}, {"job": "unpack"},
+    dict(JobRequest.make("unpack").to_wire(), extra=1),
+    {k: v for k, v in JobRequest.make("unpack").to_wire().items() if k != "dest"},
+])
+def test_a_malformed_request_is_refused(document: object) -> None:
+    with pytest.raises(ValueError):
+        JobRequest.from_wire(document)
+
+
+def test_an_unknown_job_is_refused_when_made() -> None:
+    with pytest.raises(ValueError, match="unknown job"):
+        JobRequest.make("format-the-disk")
+
+
+def test_a_reply_and_errors_cross_as_the_same_class() -> None:
+    reply = JobReply.make(3, 42, {"probe": {"mount": "EPERM"}})
+    reply.confinement, reply.warnings = "pivot", ("w1",)
+    assert decode_reply(_wire.loads(_wire.dumps(encode_reply(reply)))) == reply
+    with pytest.raises(BreakoutError) as info:
+        decode_reply(encode_error(BreakoutError("leaves the root", "../x")))
+    assert info.value.entry == "../x" and info.value.message == "leaves the root"
+    with pytest.raises(DestinationError):
+        decode_reply(encode_error(OSError(28, "No space left on device")))
+    with pytest.raises(InternalError, match="KeyError"):
+        decode_reply(encode_error(KeyError("bug")))
+    with pytest.raises(WorkerError):
+        decode_reply({"result": {"entries": 1}})
+    with pytest.raises(WorkerError):
+        decode_reply("nonsense")
