@@ -18,8 +18,7 @@ from pathlib import Path
 
 import chrootarchive
 from chrootarchive import UnpackOptions
-from chrootarchive.operations import staging
-from chrootarchive.operations import untar as api
+from chrootarchive.operations import destination, staging
 from helpers import tarbuild as tb
 from helpers import tree
 from helpers.cli import CLI
@@ -338,8 +337,8 @@ def test_concurrent_creation_of_a_missing_destination(tmp_path: Path) -> None:
     parents) at once: every one of them gets it (what ``pin_destination`` does)."""
 
     def pin(r: int, i: int) -> None:
-        fd, _ = api.pin_destination(str(tmp_path / f"round{r}" / "a" / "dest"), None,
-                                    lock=False)
+        fd, _ = destination.pin_destination(str(tmp_path / f"round{r}" / "a" / "dest"), None,
+                                            lock=False)
         os.close(fd)
 
     errors = _race(40, 8, pin)

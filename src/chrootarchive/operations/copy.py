@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import ConfinementError, SourceError
+from chrootarchive.operations import destination
 from chrootarchive.operations import untar as api
 from chrootarchive.operations.compression import CHUNK
 from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult, pack_spec
@@ -255,10 +256,7 @@ def _locate(src: str, root: str | None) -> tuple[str, str]:
     follow = src.endswith("/") or src.endswith("/.")
     if root is not None:
         if os.path.isabs(src):
-            abs_root = os.path.abspath(root)
-            abs_src = os.path.abspath(src)
-            if abs_src == abs_root or abs_src.startswith(abs_root.rstrip("/") + "/"):
-                src = os.path.relpath(abs_src, abs_root)
+            src = destination.inside(src, root) or src
         inner = posixpath.normpath("/" + src)
         return root, inner + ("/" if follow and inner != "/" else "")
     head, tail = os.path.split(src)

@@ -6,9 +6,7 @@ The package ``__init__`` re-exports these; ``image`` and ``copy`` build on them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import posixpath
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -17,13 +15,11 @@ from typing import BinaryIO
 
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
-    ArchiveError,
-    BreakoutError,
     DestinationError,
     SourceError,
 )
-from chrootarchive.operations import compression, staging
-from chrootarchive.options import IDMap, UnpackOptions, UnpackResult, unpack_spec
+from chrootarchive.operations import compression, destination, staging
+from chrootarchive.options import UnpackOptions, UnpackResult, unpack_spec
 from chrootarchive.runner import ladder, pump
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
@@ -33,7 +29,6 @@ __all__ = [
     "Source",
     "apply_layer",
     "apply_uncompressed_layer",
-    "pin_destination",
     "unpack_stream",
     "untar",
     "untar_uncompressed",
@@ -172,8 +167,8 @@ def _unpack(
                            compressed=compressed, progress=progress, layer=layer,
                            lock=False)
     with _open_source(source) as raw:
-        root_fd, rel_dest = pin_destination(os.fspath(dest), root, lock=lock,
-                                            owner=_root_owner(options))
+        root_fd, rel_dest = destination.pin_destination(os.fspath(dest), root, lock=lock,
+                                            owner=destination.root_owner(options))
         try:
             direct_fd = _plain_regular_fd(raw, compressed)
             return _name_destination(
@@ -235,8 +230,8 @@ def _run_unpack(
 ) -> UnpackResult:
     """Unpack with the first mechanism of the ladder that the kernel accepts."""
     request = JobRequest.make(
-        "unpack", dest=rel_dest, dest_owner=_root_owner(options), layer=layer, helper=helper,
-        unpack=unpack_spec(options),
+        "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=layer,
+        helper=helper, unpack=unpack_spec(options),
     )
     reply = ladder.run(root_fd, request, data, options.confine)
     return UnpackResult(entries=reply.entries, size=reply.size,
@@ -259,8 +254,8 @@ def unpack_stream(
     """
     options = options or UnpackOptions()
     ladder.candidates(options.confine)  # fail before creating anything
-    root_fd, rel_dest = pin_destination(os.fspath(dest), None, lock=lock,
-                                        owner=_root_owner(options))
+    root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=lock,
+                                        owner=destination.root_owner(options))
     try:
         return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer)
     finally:
@@ -324,95 +319,6 @@ class _Counting:
         return data
 
 
-def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
-    """Create a missing destination (and parents) 0755 whatever the umask, owned by
-    the mapped root, as Docker's ``MkdirAllAndChownNew`` does; existing ones are kept."""
-    missing = []
-    path = os.path.abspath(dest)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for new in reversed(missing):
-        try:
-            os.mkdir(new, 0o755)
-        except FileExistsError:
-            if os.path.isdir(new):
-                continue  # made at the same moment by a concurrent call: fine
-            raise
-        fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if owner is not None and os.geteuid() == 0 and owner != (0, 0):
-                os.fchown(fd, *owner)
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
-    if not os.path.isdir(dest):
-        if os.path.islink(dest):
-            raise DestinationError("a symlink to a directory that does not exist", dest)
-        raise FileExistsError(dest)
-
-
-def _root_owner(options: UnpackOptions) -> tuple[int, int] | None:
-    """The host owner of directories the unpack makes: the mapped root."""
-    if options.no_lchown or options.data_only:
-        return None
-    if options.chown is not None:
-        return options.chown
-    uid = _map_root(options.uid_maps)
-    gid = _map_root(options.gid_maps)
-    return (uid, gid)
-
-
-def _map_root(maps: tuple[IDMap, ...]) -> int:
-    for m in maps:
-        if m.container_id <= 0 < m.container_id + m.size:
-            return m.host_id - m.container_id
-    if maps:
-        raise ArchiveError("container root (id 0) cannot be mapped to a host id")
-    return 0
-
-
-def pin_destination(
-    dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True,
-    owner: tuple[int, int] | None = None,
-) -> tuple[int, str]:
-    """Open the jail's root once; everything afterwards is relative to that descriptor.
-
-    With ``lock``, an exclusive ``flock`` on it serializes two operations on the same
-    destination: the second waits for the first.
-    """
-    if root is None:
-        jail, rel = dest, "."
-        try:
-            _make_dest(dest, owner)
-        except FileExistsError:
-            raise DestinationError("not a directory", dest) from None
-        except OSError as err:
-            raise DestinationError(f"cannot create: {err.strerror}", dest) from err
-    else:
-        jail = os.fspath(root)
-        rel = _dest_inside_root(dest, jail)
-    try:
-        fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except NotADirectoryError:
-        raise DestinationError("not a directory", jail) from None
-    except OSError as err:
-        raise DestinationError(f"cannot open: {err.strerror}", jail) from err
-    if lock:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd, rel
-
-
-def _dest_inside_root(dest: str, root: str) -> str:
-    if not os.path.isabs(dest):
-        rel = posixpath.normpath(dest)
-    else:
-        abs_root = os.path.abspath(root)
-        abs_dest = os.path.abspath(dest)
-        if abs_dest == abs_root or abs_dest.startswith(abs_root.rstrip("/") + "/"):
-            rel = os.path.relpath(abs_dest, abs_root)
-        else:
-            rel = posixpath.normpath(dest).lstrip("/") or "."
-    if rel == ".." or rel.startswith("../"):
-        raise BreakoutError("destination would leave the root", dest)
-    return rel
+# TEMPORARY until image/ is merged: its old names.
+pin_destination = destination.pin_destination
+_root_owner = destination.root_owner

@@ -1,0 +1,115 @@
+"""The destination, pinned: opened once, locked, created as Docker creates it.
+
+Everything after :func:`pin_destination` works from the descriptor it returns, so no
+path component can be swapped for a symlink between our checks and the jail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import posixpath
+
+from chrootarchive.errors import ArchiveError, BreakoutError, DestinationError
+from chrootarchive.options import IDMap, UnpackOptions
+
+__all__ = ["inside", "pin_destination", "root_owner"]
+
+
+def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
+    """Create a missing destination (and parents) 0755 whatever the umask, owned by
+    the mapped root, as Docker's ``MkdirAllAndChownNew`` does; existing ones are kept."""
+    missing = []
+    path = os.path.abspath(dest)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o755)
+        except FileExistsError:
+            if os.path.isdir(new):
+                continue  # made at the same moment by a concurrent call: fine
+            raise
+        fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if owner is not None and os.geteuid() == 0 and owner != (0, 0):
+                os.fchown(fd, *owner)
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+    if not os.path.isdir(dest):
+        if os.path.islink(dest):
+            raise DestinationError("a symlink to a directory that does not exist", dest)
+        raise FileExistsError(dest)
+
+
+def root_owner(options: UnpackOptions) -> tuple[int, int] | None:
+    """The host owner of directories the unpack makes: the mapped root."""
+    if options.no_lchown or options.data_only:
+        return None
+    if options.chown is not None:
+        return options.chown
+    uid = map_root(options.uid_maps)
+    gid = map_root(options.gid_maps)
+    return (uid, gid)
+
+
+def map_root(maps: tuple[IDMap, ...]) -> int:
+    for m in maps:
+        if m.container_id <= 0 < m.container_id + m.size:
+            return m.host_id - m.container_id
+    if maps:
+        raise ArchiveError("container root (id 0) cannot be mapped to a host id")
+    return 0
+
+
+def pin_destination(
+    dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> tuple[int, str]:
+    """Open the jail's root once; everything afterwards is relative to that descriptor.
+
+    With ``lock``, an exclusive ``flock`` on it serializes two operations on the same
+    destination: the second waits for the first.
+    """
+    if root is None:
+        jail, rel = dest, "."
+        try:
+            _make_dest(dest, owner)
+        except FileExistsError:
+            raise DestinationError("not a directory", dest) from None
+        except OSError as err:
+            raise DestinationError(f"cannot create: {err.strerror}", dest) from err
+    else:
+        jail = os.fspath(root)
+        rel = _dest_inside_root(dest, jail)
+    try:
+        fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise DestinationError("not a directory", jail) from None
+    except OSError as err:
+        raise DestinationError(f"cannot open: {err.strerror}", jail) from err
+    if lock:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, rel
+
+
+def inside(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` if it names ``root`` or lies below it on the host
+    (lexically: symlinks are the jail's business), else None."""
+    abs_root = os.path.abspath(root)
+    abs_path = os.path.abspath(path)
+    if abs_path == abs_root or abs_path.startswith(abs_root.rstrip("/") + "/"):
+        return os.path.relpath(abs_path, abs_root)
+    return None
+
+
+def _dest_inside_root(dest: str, root: str) -> str:
+    if not os.path.isabs(dest):
+        rel = posixpath.normpath(dest)
+    else:
+        rel = inside(dest, root) or posixpath.normpath(dest).lstrip("/") or "."
+    if rel == ".." or rel.startswith("../"):
+        raise BreakoutError("destination would leave the root", dest)
+    return rel
