@@ -181,7 +181,7 @@ os.umask(0)
 if mode == "fsize":
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-u = unpack.Unpacker(fsops.JailedFileOps(), UnpackOptions(), print)
+u = unpack.Unpacker(fsops.FileOps(), UnpackOptions(), print)
 u.finisher_countdown = 64
 if mode == "gone":
     start = u._start_finisher

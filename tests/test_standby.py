@@ -60,6 +60,21 @@ def state(pid):
         return "gone"
 
 
+def children_of_ours():
+    # Our child processes (one that ends while we look is not one).
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rpartition(")")[2].split()[1]
+            except OSError:
+                continue
+            if ppid == str(os.getpid()):
+                found.append(p)
+    return found
+
+
 def wait_gone(pid, timeout=10.0):
     deadline = time.monotonic() + timeout
     while state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
@@ -199,8 +214,7 @@ unpack(); unpack()
 [first] = standby.running()
 standby.set_standby(False)
 off = standby.running()
-children = [p for p in os.listdir("/proc") if p.isdigit() and
-            open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
+children = children_of_ours()
 unpack(); unpack()
 still_off = standby.running()
 standby.set_standby(True)
@@ -293,8 +307,7 @@ try:
     error = None
 except chrootarchive.ArchiveError as err:
     error = type(err).__name__
-children = [p for p in os.listdir("/proc") if p.isdigit() and
-            open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[1] == str(os.getpid())]
+children = children_of_ours()
 after = standby.running()
 unpack()   # and the next good call works, booting a standby again
 print(json.dumps({"error": error, "children": children, "after": after,
