@@ -364,6 +364,3 @@ def set_owner_path_fd(fd: int, uid: int, gid: int) -> None:
 def set_times_path_fd(fd: int, atime_ns: int, mtime_ns: int) -> None:
     _linux.utimensat_empty(fd, atime_ns, mtime_ns)
 
-
-def is_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode)
