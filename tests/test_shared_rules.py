@@ -68,6 +68,7 @@ def test_write_all_writes_everything_to_a_pipe() -> None:
     try:
         data = os.urandom(200_000)  # more than a pipe holds: many partial writes
         out = bytearray()
+
         def reader() -> None:
             while chunk := os.read(r, 65536):
                 out.extend(chunk)
