@@ -23,6 +23,8 @@ import pytest
 
 import chrootarchive as ca
 from chrootarchive.engine.jobs import pack
+from chrootarchive.tarformat import format as tarformat
+from chrootarchive.tarformat import writer
 from helpers import packing, tree
 from helpers.leaks import LeakCheck, child_pids
 
@@ -551,26 +553,26 @@ def _pax_records(blocks: bytes) -> dict[bytes, bytes]:
 
 
 def test_header_pax_for_what_ustar_cannot_hold() -> None:
-    plain = pack.header(b"name", pack.REGTYPE, mode=0o644, uid=1, gid=2,
-                        mtime_ns=1_000_000_000_000_000_000, size=3)
+    plain = writer.header(b"name", tarformat.REGTYPE, mode=0o644, uid=1, gid=2,
+                          mtime_ns=1_000_000_000_000_000_000, size=3)
     assert len(plain) == 512 and plain[257:263] == b"ustar\x00"
-    big = pack.header(b"big", pack.REGTYPE, mode=0o644, uid=0, gid=0, mtime_ns=0,
-                      size=9 << 30)
+    big = writer.header(b"big", tarformat.REGTYPE, mode=0o644, uid=0, gid=0, mtime_ns=0,
+                        size=9 << 30)
     assert _pax_records(big)[b"size"] == str(9 << 30).encode()
-    negative = pack.header(b"old", pack.REGTYPE, mode=0, uid=0, gid=0,
-                           mtime_ns=-1_500_000_001)
+    negative = writer.header(b"old", tarformat.REGTYPE, mode=0, uid=0, gid=0,
+                             mtime_ns=-1_500_000_001)
     assert _pax_records(negative)[b"mtime"] == b"-1.500000001"
-    binary = pack.header(b"x" * 300 + b"\xff", pack.REGTYPE, mode=0, uid=0, gid=0,
-                         mtime_ns=0)
+    binary = writer.header(b"x" * 300 + b"\xff", tarformat.REGTYPE, mode=0, uid=0, gid=0,
+                           mtime_ns=0)
     records = _pax_records(binary)
     assert records[b"hdrcharset"] == b"BINARY" and records[b"path"].endswith(b"\xff")
     # A 200-byte name with a slash in the right place fits ustar's prefix field.
-    split = pack.header(b"p" * 120 + b"/" + b"n" * 90, pack.REGTYPE, mode=0, uid=0, gid=0,
-                        mtime_ns=0)
+    split = writer.header(b"p" * 120 + b"/" + b"n" * 90, tarformat.REGTYPE, mode=0, uid=0, gid=0,
+                          mtime_ns=0)
     assert len(split) == 512
     for record_len in range(1, 1200, 7):  # record lengths across digit boundaries
         value = b"v" * record_len
-        rec = pack._pax_record(b"k", value)
+        rec = writer._pax_record(b"k", value)
         assert int(rec.split(b" ")[0]) == len(rec)
 
 

@@ -12,51 +12,47 @@ import sys
 
 # Not ``typing.TYPE_CHECKING``: the confined worker imports this package, and importing
 # ``typing`` costs milliseconds of its start-up.
+# "X as X": re-exported for type checkers, which cannot read a computed ``__all__``.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from chrootarchive.errors import (
-        ArchiveError,
-        BreakoutError,
-        ChrootArchiveError,
-        CompressionError,
-        ConfinementError,
-        DestinationError,
-        DigestMismatchError,
-        ImageError,
-        InternalError,
-        LimitExceededError,
-        MalformedArchiveError,
-        MechanismUnavailableError,
-        SourceError,
-        WorkerError,
-    )
-    from chrootarchive.image import ImageResult, LayerProgress, LayerResult, unpack_image
-    from chrootarchive.operations.copy import (
-        TarStream,
-        copy_file_with_tar,
-        copy_path,
-        copy_with_tar,
-        tar,
-        untar_path,
-    )
-    from chrootarchive.operations.untar import (
-        apply_layer,
-        apply_uncompressed_layer,
-        untar,
-        untar_uncompressed,
-        untar_with_root,
-    )
-    from chrootarchive.options import (
-        IDMap,
-        Limits,
-        PackOptions,
-        PackResult,
-        UnpackOptions,
-        UnpackResult,
-    )
-    from chrootarchive.runner.standby import set_standby
+    from chrootarchive.errors import ArchiveError as ArchiveError
+    from chrootarchive.errors import BreakoutError as BreakoutError
+    from chrootarchive.errors import ChrootArchiveError as ChrootArchiveError
+    from chrootarchive.errors import CompressionError as CompressionError
+    from chrootarchive.errors import ConfinementError as ConfinementError
+    from chrootarchive.errors import DestinationError as DestinationError
+    from chrootarchive.errors import DigestMismatchError as DigestMismatchError
+    from chrootarchive.errors import ImageError as ImageError
+    from chrootarchive.errors import InternalError as InternalError
+    from chrootarchive.errors import LimitExceededError as LimitExceededError
+    from chrootarchive.errors import MalformedArchiveError as MalformedArchiveError
+    from chrootarchive.errors import MechanismUnavailableError as MechanismUnavailableError
+    from chrootarchive.errors import SourceError as SourceError
+    from chrootarchive.errors import WorkerError as WorkerError
+    from chrootarchive.image import ImageResult as ImageResult
+    from chrootarchive.image import LayerProgress as LayerProgress
+    from chrootarchive.image import LayerResult as LayerResult
+    from chrootarchive.image import unpack_image as unpack_image
+    from chrootarchive.operations.copy import TarStream as TarStream
+    from chrootarchive.operations.copy import copy_file_with_tar as copy_file_with_tar
+    from chrootarchive.operations.copy import copy_path as copy_path
+    from chrootarchive.operations.copy import copy_with_tar as copy_with_tar
+    from chrootarchive.operations.copy import tar as tar
+    from chrootarchive.operations.copy import untar_path as untar_path
+    from chrootarchive.operations.untar import apply_layer as apply_layer
+    from chrootarchive.operations.untar import apply_uncompressed_layer as apply_uncompressed_layer
+    from chrootarchive.operations.untar import untar as untar
+    from chrootarchive.operations.untar import untar_uncompressed as untar_uncompressed
+    from chrootarchive.operations.untar import untar_with_root as untar_with_root
+    from chrootarchive.options import IDMap as IDMap
+    from chrootarchive.options import Limits as Limits
+    from chrootarchive.options import PackOptions as PackOptions
+    from chrootarchive.options import PackResult as PackResult
+    from chrootarchive.options import UnpackOptions as UnpackOptions
+    from chrootarchive.options import UnpackResult as UnpackResult
+    from chrootarchive.runner.standby import set_standby as set_standby
 
 # Names are imported when first used (PEP 562): the confined worker imports this
 # package too, and must not pay for (or load) the parts it never uses.
@@ -114,41 +110,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = [
-    "ArchiveError",
-    "BreakoutError",
-    "ChrootArchiveError",
-    "CompressionError",
-    "ConfinementError",
-    "DestinationError",
-    "DigestMismatchError",
-    "IDMap",
-    "ImageError",
-    "ImageResult",
-    "InternalError",
-    "LayerProgress",
-    "LayerResult",
-    "LimitExceededError",
-    "Limits",
-    "MalformedArchiveError",
-    "MechanismUnavailableError",
-    "PackOptions",
-    "PackResult",
-    "SourceError",
-    "TarStream",
-    "UnpackOptions",
-    "UnpackResult",
-    "WorkerError",
-    "apply_layer",
-    "apply_uncompressed_layer",
-    "copy_file_with_tar",
-    "copy_path",
-    "copy_with_tar",
-    "set_standby",
-    "tar",
-    "unpack_image",
-    "untar",
-    "untar_path",
-    "untar_uncompressed",
-    "untar_with_root",
-]
+#: The public names: the one list (the imports above repeat it for type checkers;
+#: tests/test_public_names.py checks that they agree).
+__all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Descriptor helpers both sides use (lean: the worker imports this before the jail)."""
+"""Descriptor I/O both sides need. Lean: the jailed worker imports it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ __all__ = ["write_all"]
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Write all of ``data``: a pipe or socket may take less than asked."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    """Write all of ``data`` to ``fd``: a pipe or socket may take less than asked."""
+    with memoryview(data) as view:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]

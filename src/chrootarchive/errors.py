@@ -8,7 +8,11 @@ picklable (their constructor arguments are exactly ``(message, entry)``).
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
+    "MAX_WARNINGS",
+    "NO_ROOM_ERRNOS",
     "ArchiveError",
     "BreakoutError",
     "ChrootArchiveError",
@@ -24,7 +28,16 @@ __all__ = [
     "SourceError",
     "WorkerError",
     "error_class",
+    "from_os_error",
+    "os_reason",
 ]
+
+#: Warnings kept for one operation (one line each): a hostile archive can make millions.
+MAX_WARNINGS = 1000
+
+#: errno values that mean the destination cannot take more, whatever was being done:
+#: these are always a :class:`DestinationError`.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class ChrootArchiveError(Exception):
@@ -155,3 +168,34 @@ _CLASSES: dict[str, type[ChrootArchiveError]] = {
 def error_class(name: str) -> type[ChrootArchiveError]:
     """Map a class name sent by the worker back to the class (unknown names: InternalError)."""
     return _CLASSES.get(name, InternalError)
+
+
+def os_reason(err: OSError) -> str:
+    """The kernel's reason for ``err``, as a message goes on: ``"no such file or directory"``."""
+    reason = err.strerror or str(err)
+    return reason[:1].lower() + reason[1:]
+
+
+def from_os_error(
+    err: OSError,
+    entry: str | None = None,
+    *,
+    kind: type[ChrootArchiveError] = InternalError,
+    action: str = "",
+) -> ChrootArchiveError:
+    """The library error for an ``OSError``: the one place where one becomes the other.
+
+    Raise it ``from err``. A full or read-only destination (:data:`NO_ROOM_ERRNOS`) is
+    always a :class:`DestinationError`; anything else is ``kind``.
+
+    Args:
+        entry: the path or archive entry concerned.
+        kind: the class for other errors (what the caller was working on: the source,
+            the destination, the archive).
+        action: what failed, e.g. ``"cannot open"``: the message is then
+            ``"cannot open: No such file or directory"``; without it, the reason alone,
+            ``"no such file or directory"``.
+    """
+    message = f"{action}: {err.strerror or err}" if action else os_reason(err)
+    cls = DestinationError if err.errno in NO_ROOM_ERRNOS else kind
+    return cls(message, entry)

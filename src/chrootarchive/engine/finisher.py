@@ -43,7 +43,6 @@ _COUNT = struct.Struct("<H")
 _ERROR = struct.Struct("<cIH")  # b"E", errno, index of the file in its batch
 _OK = b"k"
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
-_SIGKILL = 9
 _EMSGSIZE = 90
 
 
@@ -93,7 +92,7 @@ class Finisher:
             status = 1
             try:
                 ours.close()
-                _linux.prctl(_linux.PR_SET_PDEATHSIG, _SIGKILL)
+                _linux.prctl(_linux.PR_SET_PDEATHSIG, _linux.SIGKILL)
                 if os.geteuid() == 0:
                     # Writing to descriptors it is given, and setting the times of files
                     # its own user created, needs no capability.
@@ -148,7 +147,7 @@ class Finisher:
         self._fds.clear()
         self._sock.close()
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self._pid, _SIGKILL)
+            os.kill(self._pid, _linux.SIGKILL)
         os.waitpid(self._pid, 0)
 
     def _send(self) -> None:

@@ -187,10 +187,6 @@ def set_times_path_fd(fd: int, atime_ns: int, mtime_ns: int) -> None:
     _linux.utimensat_empty(fd, atime_ns, mtime_ns)
 
 
-def is_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode)
-
-
 def open_dir_in_root(root_fd: int, path: str) -> int:
     """Open the directory ``path`` below ``root_fd`` as if ``root_fd`` were ``/``.
 

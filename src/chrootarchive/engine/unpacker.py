@@ -19,7 +19,7 @@ import posixpath
 import stat
 import time
 
-from chrootarchive.engine import fsops, layer
+from chrootarchive.engine import fsops, idmap, layer
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -29,6 +29,7 @@ from chrootarchive.errors import (
     InternalError,
     LimitExceededError,
     MalformedArchiveError,
+    from_os_error,
 )
 from chrootarchive.tarformat import reader as tarreader
 from chrootarchive.tarformat.reader import TarEntry, TarReader
@@ -108,15 +109,6 @@ def _clamp_ns(value: int) -> int:
     return min(max(value, _NS_MIN), _NS_MAX)
 
 
-def _map_id(value: int, maps: tuple[IdRange, ...], kind: str, entry: str) -> int:
-    if not maps:
-        return value
-    for m in maps:
-        if m.container_id <= value < m.container_id + m.size:
-            return m.host_id + (value - m.container_id)
-    raise ArchiveError(f"container {kind} {value} cannot be mapped to a host {kind}", entry)
-
-
 class Unpacker:
     """Applies the entries of one archive below the current root."""
 
@@ -128,10 +120,8 @@ class Unpacker:
         *,
         layer_mode: bool = False,
         in_user_namespace: bool = False,
-        threaded: bool = True,
     ) -> None:
         self.fs = fs
-        self.threaded = threaded
         self.writer: FileWriter | None = None
         # The helper process that finishes small files (see finisher): allowed by the
         # jailed worker for large inputs, forked after the first few small files.
@@ -158,9 +148,8 @@ class Unpacker:
             "device nodes": 0, "setuid/setgid/sticky bits": 0, "security/trusted xattrs": 0
         }
         self.egid = os.getegid()
-        root_uid = _map_id(0, options.uid_maps, "uid", ".")
-        root_gid = _map_id(0, options.gid_maps, "gid", ".")
-        self.root_owner = options.chown or (root_uid, root_gid)
+        # The owner of the implied parents it makes (None: the creator's).
+        self.root_owner = idmap.root_owner(options)
         # Directories known to exist, with whether they are setgid (new files then
         # inherit the directory's group, so the owner must be set explicitly).
         self.dirs: dict[str, bool] = {
@@ -326,16 +315,15 @@ class Unpacker:
                 continue
             # A new implied directory: 0755 owned by the mapped root. mkdir under a
             # setgid parent inherits setgid and the parent's group.
-            if parent_setgid or self.root_owner != (self.euid, self.egid):
-                self._chown_new_dir(prefix, entry_name)
+            owner = self.root_owner
+            if owner is not None and (parent_setgid or owner != (self.euid, self.egid)):
+                self._chown_new_dir(prefix, owner, entry_name)
             self.dirs[prefix] = parent_setgid
 
-    def _chown_new_dir(self, path: str, entry_name: str) -> None:
-        if self.options.no_lchown:
-            return
+    def _chown_new_dir(self, path: str, owner: tuple[int, int], entry_name: str) -> None:
         fd = self.fs.open_dir(path)
         try:
-            self._chown(fd, self.root_owner, entry_name, os.fchown)
+            self._chown(fd, owner, entry_name, os.fchown)
             os.fchmod(fd, 0o755 | (os.fstat(fd).st_mode & stat.S_ISGID))
         finally:
             os.close(fd)
@@ -446,8 +434,8 @@ class Unpacker:
         if self.options.chown is not None:
             return self.options.chown
         return (
-            _map_id(entry.uid, self.options.uid_maps, "uid", entry.name),
-            _map_id(entry.gid, self.options.gid_maps, "gid", entry.name),
+            idmap.to_host_or_fail(entry.uid, self.options.uid_maps, "uid", entry.name),
+            idmap.to_host_or_fail(entry.gid, self.options.gid_maps, "gid", entry.name),
         )
 
     @staticmethod
@@ -484,7 +472,7 @@ class Unpacker:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
-        if entry.size < _THREADED_MIN_SIZE or not self.threaded:
+        if entry.size < _THREADED_MIN_SIZE:
             # Small files: a hand-over costs about what their few syscalls cost.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
                 self._plain_file(fd, name, reader, entry)  # closes fd
@@ -794,7 +782,8 @@ class Unpacker:
             if err.errno == errno.EPERM and self.limited and not key.startswith("user."):
                 self.skipped_xattrs += 1  # trusted.* and friends need real root
                 return
-            raise ArchiveError(f"setting xattr {key}: {err.strerror}", entry_name) from err
+            raise from_os_error(err, entry_name, kind=ArchiveError,
+                                action=f"setting xattr {key}") from err
 
     # -- what cannot be represented without privilege ----------------------------
 
@@ -867,7 +856,6 @@ class Unpacker:
 
     @staticmethod
     def _os_error(err: OSError, entry: str) -> ChrootArchiveError:
-        reason = err.strerror or str(err)
-        if err.errno in _DEST_ERRNOS:
-            return DestinationError(reason[:1].lower() + reason[1:], entry)
-        return ArchiveError(reason[:1].lower() + reason[1:], entry)
+        """Whether the destination or the archive is at fault, by errno."""
+        kind = DestinationError if err.errno in _DEST_ERRNOS else ArchiveError
+        return from_os_error(err, entry, kind=kind)

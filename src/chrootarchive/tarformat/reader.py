@@ -21,6 +21,8 @@ import struct
 import zlib
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
+from chrootarchive.tarformat import format as fmt
+from chrootarchive.tarformat.format import BLOCK, NS, ZERO_BLOCK
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
@@ -48,46 +50,33 @@ CHARDEV = "chardev"
 BLOCKDEV = "blockdev"
 FIFO = "fifo"
 
-BLOCK = 512
 MAX_PAX_SIZE = 1 << 20  # bytes of one PAX header (Go's limit)
 MAX_LONG_NAME = 1 << 16  # bytes of one GNU long name or long link name
 MAX_SPARSE_REGIONS = 1_000_000  # ~120 MB of (offset, length) tuples at most
 SEEK_MIN = 1 << 16  # on a regular file, seek over data to skip beyond this much
 
 _Bytes = bytes | bytearray
-_ZERO_BLOCK = bytes(BLOCK)
 _MAX_OFF = (1 << 63) - 1  # off_t
 _MAX_ID = (1 << 32) - 1  # uid_t, gid_t, and each device number
-_NS = 1_000_000_000
 
 # Kinds of the typeflags that need no extended header (all are read on the fast path).
 _PLAIN_KINDS = {
-    0x30: REGULAR,  # '0'
-    0x00: REGULAR,  # '\0' (old archives)
-    0x37: REGULAR,  # '7' contiguous file
-    0x31: HARDLINK,
-    0x32: SYMLINK,
-    0x33: CHARDEV,
-    0x34: BLOCKDEV,
-    0x35: DIRECTORY,
-    0x36: FIFO,
+    fmt.REGTYPE: REGULAR,
+    fmt.OLD_REGTYPE: REGULAR,
+    fmt.CONTTYPE: REGULAR,  # contiguous file
+    fmt.LNKTYPE: HARDLINK,
+    fmt.SYMTYPE: SYMLINK,
+    fmt.CHRTYPE: CHARDEV,
+    fmt.BLKTYPE: BLOCKDEV,
+    fmt.DIRTYPE: DIRECTORY,
+    fmt.FIFOTYPE: FIFO,
 }
 _KINDS = {
     **_PLAIN_KINDS,
-    0x44: DIRECTORY,  # 'D' GNU dumpdir: a directory whose data lists its contents
-    0x53: REGULAR,  # 'S' old GNU sparse file
+    fmt.DUMPDIRTYPE: DIRECTORY,  # a directory whose data lists its contents
+    fmt.GNU_SPARSETYPE: REGULAR,
 }
-_PAX_X = (0x78, 0x58)  # 'x', and Solaris 'X', which GNU tar and tarfile read alike
-_PAX_G = 0x67  # 'g'
-_LONG_NAME = 0x4C  # 'L'
-_LONG_LINK = 0x4B  # 'K'
-_VOLUME = 0x56  # 'V'
-_MULTIVOL = 0x4D  # 'M'
-_SPARSE = 0x53  # 'S'
-_DUMPDIR = 0x44  # 'D'
-
-_USTAR_MAGIC = b"ustar\x00"  # POSIX ustar and star: the prefix field holds a name part
-_GNU_MAGIC = b"ustar  \x00"  # old GNU: no prefix; atime/ctime/sparse fields instead
+_PAX_X = (fmt.PAXTYPE, fmt.SOLARIS_PAXTYPE)  # GNU tar and tarfile read 'X' as 'x'
 
 # The numeric fields as GNU tar and Go write them: mode, uid, gid (7 octal digits),
 # size, mtime (11), each ended by NUL or space, then the checksum (6 digits, NUL, space).
@@ -269,7 +258,7 @@ def _pax_time(raw: bytes) -> int | None:
     whole = _decimal(secs, _MAX_OFF)
     if whole is None or (frac and not frac.isdigit()):
         return None
-    nanos = whole * _NS + (int(frac[:9].ljust(9, b"0")) if frac else 0)
+    nanos = whole * NS + (int(frac[:9].ljust(9, b"0")) if frac else 0)
     return -nanos if negative else nanos
 
 
@@ -290,22 +279,13 @@ def _percent_decode(text: str) -> bytes:
     return bytes(out)
 
 
-def _byte_sum(hdr: _Bytes) -> int:
-    """The sum of the 512 bytes of a block, computed in C.
-
-    zlib.adler32's low half is 1 + the byte sum mod 65521; a 256-byte half sums to at
-    most 65280, so two calls give the exact sum, much faster than sum().
-    """
-    return (zlib.adler32(hdr[:256]) & 0xFFFF) + (zlib.adler32(hdr[256:]) & 0xFFFF) - 2
-
-
 def _checksum_ok(hdr: _Bytes) -> bool:
     """Check the header checksum, unsigned or signed, as GNU tar accepts both."""
     field = hdr[148:156]
     recorded = _number(field) if field[0] < 0x80 else None  # octal only
     if recorded is None:
         return False
-    unsigned = _byte_sum(hdr) - sum(field) + 8 * 0x20
+    unsigned = fmt.byte_sum(hdr) - sum(field) + 8 * 0x20
     if recorded == unsigned:
         return True
     # Old writers summed signed chars: each byte >= 0x80 then counts 256 less.
@@ -317,7 +297,7 @@ def _header_name(hdr: _Bytes) -> bytes:
     """The name field, joined to the prefix field of ustar headers (as GNU tar does)."""
     nul = hdr.find(0, 0, 100)
     name = bytes(hdr[:nul] if nul >= 0 else hdr[:100])
-    if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
+    if hdr[345] and hdr[257:263] == fmt.USTAR_MAGIC:
         return _cstr(hdr[345:500]) + b"/" + name
     return name
 
@@ -401,7 +381,7 @@ class TarReader:
                 kind = kinds.get(hdr[156])
                 if kind is not None and hdr[100:156].translate(table) == form:
                     mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
-                    # The exact byte sum, see _byte_sum().
+                    # The exact byte sum, see format.byte_sum().
                     if int(checksum, 8) == (
                         (adler32(hdr[:256]) & 0xFFFF)
                         + (adler32(hdr[256:]) & 0xFFFF)
@@ -412,7 +392,7 @@ class TarReader:
                         self._pos = pos + BLOCK
                         nul = hdr.find(0, 0, 100)
                         raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
-                        if hdr[345] and hdr[257:263] == _USTAR_MAGIC:
+                        if hdr[345] and hdr[257:263] == fmt.USTAR_MAGIC:
                             raw = _cstr(hdr[345:500]) + b"/" + raw
                         entry = TarEntry(
                             raw.decode("utf-8", "surrogateescape"),
@@ -421,7 +401,7 @@ class TarReader:
                             int(uid, 8),
                             int(gid, 8),
                             0,
-                            int(mtime, 8) * _NS,
+                            int(mtime, 8) * NS,
                         )
                         self._current = entry
                         if kind is REGULAR:
@@ -659,22 +639,22 @@ class TarReader:
                 return self._entry(hdr, flag, kind, size, pax, long_name, long_link, where)
             if flag in _PAX_X:
                 pax = self._read_pax(size, f"extended header at offset {where}")
-            elif flag in (_LONG_NAME, _LONG_LINK):
+            elif flag in (fmt.LONGNAMETYPE, fmt.LONGLINKTYPE):
                 if size > self._max_long:
                     _fail(f"GNU long name too long ({size} bytes)", f"header at offset {where}")
-                what = "long name" if flag == _LONG_NAME else "long link name"
+                what = "long name" if flag == fmt.LONGNAMETYPE else "long link name"
                 value = _cstr(self._read_bytes(size, what, f"header at offset {where}"))
-                if flag == _LONG_NAME:
+                if flag == fmt.LONGNAMETYPE:
                     long_name = value
                 else:
                     long_link = value
-            elif flag == _PAX_G:
+            elif flag == fmt.PAXGTYPE:
                 self._read_pax(size, f"global header at offset {where}")
                 self.global_headers += 1
-            elif flag == _VOLUME:
+            elif flag == fmt.VOLTYPE:
                 self._skip_data(size, f"volume header at offset {where}")
                 self._skip_padding(-size % BLOCK)
-            elif flag == _MULTIVOL:
+            elif flag == fmt.MULTIVOLTYPE:
                 _fail("multi-volume archives are not supported", self._where(hdr, where))
             else:
                 # GNU tar extracts unknown types as regular files.
@@ -694,7 +674,7 @@ class TarReader:
         pos = self._pos
         self._pos = pos + BLOCK
         buf = self._buf
-        if buf[pos] == 0 and buf.startswith(_ZERO_BLOCK, pos):
+        if buf[pos] == 0 and buf.startswith(ZERO_BLOCK, pos):
             avail = self._fill(BLOCK)
             if not avail:
                 return None  # one zero block, then the end of the input
@@ -703,7 +683,7 @@ class TarReader:
                 _fail("unexpected end of archive: truncated header", nxt)
             pos = self._pos
             self._pos = pos + BLOCK
-            if buf.startswith(_ZERO_BLOCK, pos):
+            if buf.startswith(ZERO_BLOCK, pos):
                 return None  # two zero blocks: the end-of-archive marker
             _fail("a lone zero block is followed by data", nxt)
         hdr = buf[pos : pos + BLOCK]
@@ -742,7 +722,7 @@ class TarReader:
         # Precedence as in GNU tar: header < GNU long name < PAX path < GNU.sparse.name.
         raw_name = long_name if long_name is not None else _header_name(hdr)
         raw_link = long_link if long_link is not None else _cstr(hdr[157:257])
-        mtime_ns = mtime * _NS
+        mtime_ns = mtime * NS
         atime_ns: int | None = None
         xattrs: dict[str, bytes] = {}
         sparse = False
@@ -769,10 +749,10 @@ class TarReader:
             entry.linkname = _decode(raw_link)
         elif kind in (CHARDEV, BLOCKDEV):
             self._devices(hdr, entry)
-        if flag == _SPARSE:
+        if flag == fmt.GNU_SPARSETYPE:
             if sparse:
                 _fail("both old GNU and PAX sparse headers", name)
-            if hdr[257:265] != _GNU_MAGIC:
+            if hdr[257:265] != fmt.GNU_MAGIC:
                 _fail("sparse header in a non-GNU format is not supported", name)
             realsize, regions = self._old_gnu_sparse(hdr, name)
             self._set_sparse(entry, regions, realsize, size)
@@ -788,7 +768,7 @@ class TarReader:
                 entry.kind = DIRECTORY
             else:
                 entry.size = entry.stored_size = size
-        elif flag == _DUMPDIR:
+        elif flag == fmt.DUMPDIRTYPE:
             entry.stored_size = size  # the dumpdir listing: skipped, not extracted
         # Links, devices, FIFOs and directories have no data in the stream, whatever
         # their size field says: GNU tar (when extracting), Go and tarfile agree.

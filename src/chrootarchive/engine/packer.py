@@ -1,0 +1,576 @@
+"""The tree walk of the ``pack`` job: a tar stream of a tree, read without following a
+symlink.
+
+How the tree is read, so that nobody can redirect a read (CVE-2018-15664):
+
+* the source is resolved once, by the ``open_dir`` the job gives (``openat2`` with
+  ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` from the root); in-root symlinks on the
+  way to it are followed, its last component only when the source ends with ``/`` or
+  ``/.`` (as ``docker cp`` does);
+* below it, every directory is opened from its parent's descriptor with
+  ``O_NOFOLLOW | O_DIRECTORY`` and listed through its own descriptor, and every name
+  is one component acted on with ``*at`` calls that never follow a symlink. No path
+  string is resolved again from the root, so a racer who swaps a directory for a
+  symlink gets the symlink packed as a symlink (or the entry skipped), never followed;
+* a regular file is opened with ``O_NOFOLLOW`` and checked with ``fstat``; its header
+  is made from that ``fstat``, so header and data describe the same inode;
+* no user or group name is ever looked up (CVE-2019-14271): names come from the
+  caller's mapping or are left empty; owners are numeric.
+
+The headers are written by :mod:`chrootarchive.tarformat.writer`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+
+from chrootarchive._fdio import write_all
+from chrootarchive.engine import idmap
+from chrootarchive.engine import names as paths
+from chrootarchive.errors import ChrootArchiveError, SourceError, from_os_error
+from chrootarchive.tarformat.format import (
+    BLKTYPE,
+    BLOCK,
+    CHRTYPE,
+    DIRTYPE,
+    FIFOTYPE,
+    LNKTYPE,
+    NS,
+    REGTYPE,
+    SYMTYPE,
+    ZERO_BLOCK,
+)
+from chrootarchive.tarformat.writer import header
+
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Protocol
+
+    from chrootarchive.contract import PackSpec
+
+
+    #: Opens a directory below the root (a path as the caller gave it), returns its fd.
+    Opener = Callable[[str], int]
+
+__all__ = ["Packer"]
+
+_FLUSH_AT = 1 << 20  # bytes buffered before a write to the pipe
+_SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
+_SENDFILE_MAX = 1 << 30
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+#: Host-specific labels that mean nothing elsewhere (Docker and GNU tar omit them too).
+_SKIPPED_XATTRS = frozenset({"security.selinux"})
+#: Readable only with CAP_SYS_ADMIN, which the jailed worker gives up: never packed, so
+#: that every mechanism writes the same archive.
+_SKIPPED_PREFIX = "trusted."
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES})
+# errno of an open that met something else than what was listed: a racer was there.
+_CHANGED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EINVAL})
+
+
+# -- output --------------------------------------------------------------------------
+
+
+class _Out:
+    """Buffered writes to the output pipe; big files go straight with sendfile."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.sendfile_ok = True
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= _FLUSH_AT:
+            self.flush()
+
+    def zeros(self, count: int) -> None:
+        if count < BLOCK:
+            self.buf += ZERO_BLOCK[:count]
+            return
+        while count > 0:
+            n = min(count, _FLUSH_AT)
+            self.write(bytes(n))
+            count -= n
+
+    def flush(self) -> None:
+        if self.buf:
+            write_all(self.fd, self.buf)
+            self.buf = bytearray()
+
+    def copy_from(self, src: int, size: int) -> int:
+        """Copy the first ``size`` bytes of ``src``; returns how many there were."""
+        done = 0
+        if size <= _SMALL_FILE:
+            while done < size:
+                chunk = os.pread(src, size - done, done)
+                if not chunk:
+                    break
+                self.buf += chunk
+                done += len(chunk)
+            if len(self.buf) >= _FLUSH_AT:
+                self.flush()
+            return done
+        self.flush()
+        while done < size:
+            if self.sendfile_ok:
+                try:
+                    n = os.sendfile(self.fd, src, done, min(size - done, _SENDFILE_MAX))
+                except OSError as err:
+                    if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    self.sendfile_ok = False
+                    continue
+            else:
+                chunk = os.pread(src, min(size - done, _FLUSH_AT), done)
+                n = len(chunk)
+                if n:
+                    write_all(self.fd, chunk)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def finish(self) -> None:
+        self.zeros(2 * BLOCK)  # the end-of-archive marker
+        self.flush()
+
+
+# -- the walk ------------------------------------------------------------------------
+
+
+def _source_error(err: OSError, where: str) -> ChrootArchiveError:
+    return from_os_error(err, where, kind=SourceError)
+
+
+class Packer:
+    """Writes the tar stream of one source.
+
+    Args:
+        out_fd: where the stream goes.
+        options: what to pack and how to name and own it.
+        warn: called with one line for each thing skipped.
+        src: the source's name in messages (its path as the caller gave it).
+        jailed: running confined (xattrs of symlinks are read via ``fchdir``; there
+            is no ``/proc``), else in-process (via ``/proc/self/fd``).
+    """
+
+    def __init__(
+        self,
+        out_fd: int,
+        options: PackSpec,
+        warn: Callable[[str], None],
+        *,
+        src: str,
+        jailed: bool,
+    ) -> None:
+        self.out = _Out(out_fd)
+        self.options = options
+        self.warn = warn
+        self.src = src
+        self.jailed = jailed
+        self.excludes = paths.PatternMatcher(options.excludes)
+        self.has_exceptions = any(p.strip().startswith("!") for p in options.excludes)
+        self.rebase = sorted(options.rebase_names.items(), key=lambda kv: -len(kv[0]))
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.seen: set[str] | None = set() if len(options.include_files) > 1 else None
+        self.noatime = os.O_NOATIME
+        self.entries = 0
+        self.size = 0
+
+    # -- naming and owners ----------------------------------------------------------
+
+    def _where(self, rel: str) -> str:
+        return self.src if rel == "." else posixpath.join(self.src, rel)
+
+    def _rebased(self, rel: str) -> str:
+        for old, new in self.rebase:
+            if old == ".":
+                if not new:
+                    return rel
+                return new if rel == "." else f"{new}/{rel}"
+            if rel == old:
+                return new or "."
+            if rel.startswith(old + "/"):
+                return new + rel[len(old) :] if new else rel[len(old) + 1 :]
+        return rel
+
+    def _archive_name(self, rel: str, is_dir: bool, single: str = "") -> bytes:
+        name = self._rebased(rel)
+        if name == "." and single:
+            name = single
+        raw = os.fsencode(name)
+        if is_dir:
+            raw = b"./" if raw == b"." else raw + b"/"
+        return raw
+
+    def _owner(self, st: os.stat_result, rel: str) -> tuple[int, int]:
+        if self.options.chown is not None:
+            return self.options.chown
+        uid = idmap.to_container(st.st_uid, self.options.uid_maps)
+        gid = idmap.to_container(st.st_gid, self.options.gid_maps)
+        for kind, host, mapped in (("uid", st.st_uid, uid), ("gid", st.st_gid, gid)):
+            if mapped is None:
+                raise SourceError(
+                    f"host {kind} {host} cannot be mapped to a container {kind}",
+                    self._where(rel))
+        assert uid is not None and gid is not None
+        return uid, gid
+
+    def _emit(
+        self,
+        name: bytes,
+        typeflag: int,
+        st: os.stat_result,
+        rel: str,
+        *,
+        size: int = 0,
+        linkname: bytes = b"",
+        xattrs: dict[str, bytes] | None = None,
+    ) -> None:
+        uid, gid = self._owner(st, rel)
+        mtime_ns = st.st_mtime_ns
+        if self.options.whole_second_mtimes:
+            mtime_ns -= mtime_ns % NS
+        devmajor = devminor = 0
+        if typeflag in (CHRTYPE, BLKTYPE):
+            devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        self.out.write(header(
+            name, typeflag, mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
+            mtime_ns=mtime_ns, size=size, linkname=linkname,
+            uname=self.options.user_names.get(str(uid), ""),
+            gname=self.options.group_names.get(str(gid), ""),
+            devmajor=devmajor, devminor=devminor, xattrs=xattrs,
+        ))
+        self.entries += 1
+
+    def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
+        """The name this inode was already packed under (a hardlink), or None."""
+        if st.st_nlink < 2:
+            return None
+        key = (st.st_dev, st.st_ino)
+        first = self.links.get(key)
+        if first is None:
+            self.links[key] = name
+        return first
+
+    # -- xattrs ---------------------------------------------------------------------
+
+    def _collect(self, names: list[str], get: Callable[[str], bytes]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for key in sorted(names):
+            if key in _SKIPPED_XATTRS or key.startswith(_SKIPPED_PREFIX):
+                continue
+            try:
+                out[key] = get(key)
+            except OSError as err:
+                if err.errno in (errno.ENODATA, *_NO_XATTRS):
+                    continue
+                raise
+        return out
+
+    def _fd_xattrs(self, fd: int, rel: str) -> dict[str, bytes]:
+        if not self.options.xattrs:
+            return {}
+        try:
+            return self._collect(os.listxattr(fd), lambda key: os.getxattr(fd, key))
+        except OSError as err:
+            if err.errno in _NO_XATTRS:
+                return {}
+            raise _source_error(err, self._where(rel)) from err
+
+    def _path_xattrs(self, parent_fd: int, name: str, rel: str) -> dict[str, bytes]:
+        """Xattrs of a symlink or special file (which cannot be opened for reading)."""
+        if not self.options.xattrs:
+            return {}
+        opath = -1
+        try:
+            if self.jailed:
+                # One component from the pinned directory, the symlink not followed.
+                os.fchdir(parent_fd)
+                target, follow = name, False
+            else:
+                # The magic link leads to the pinned object itself.
+                opath = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=parent_fd)
+                target, follow = f"/proc/self/fd/{opath}", True
+            return self._collect(
+                os.listxattr(target, follow_symlinks=follow),
+                lambda key: os.getxattr(target, key, follow_symlinks=follow),
+            )
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            if err.errno in _NO_XATTRS:
+                return {}
+            raise _source_error(err, self._where(rel)) from err
+        finally:
+            if opath >= 0:
+                os.close(opath)
+
+    # -- the source -----------------------------------------------------------------
+
+    def pack(self, open_dir: Opener, src: str) -> None:
+        """Pack ``src`` (a path below the root); ``open_dir`` resolves it inside the root."""
+        norm = posixpath.normpath("/" + src)
+        follow = norm == "/" or src.endswith("/") or src.endswith("/.")
+        if follow:
+            self._tree(self._open_source(open_dir, norm))
+        else:
+            parent = self._open_source(open_dir, posixpath.dirname(norm))
+            try:
+                base = posixpath.basename(norm)
+                try:
+                    st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                except OSError as err:
+                    raise _source_error(err, self.src) from err
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        top = os.open(base, _DIR_FLAGS, dir_fd=parent)
+                    except OSError as err:
+                        raise _source_error(err, self.src) from err
+                    self._tree(top)
+                else:
+                    self._single(parent, base, st)
+            finally:
+                os.close(parent)
+        self.out.finish()
+
+    def _open_source(self, open_dir: Opener, path: str) -> int:
+        try:
+            return open_dir(path)
+        except OSError as err:
+            raise _source_error(err, self.src) from err
+
+    def _single(self, parent_fd: int, base: str, st: os.stat_result) -> None:
+        """A source that is not a directory: one entry, named after it (or rebased)."""
+        self._one(parent_fd, base, ".", st, single=base)
+
+    def _tree(self, top_fd: int) -> None:
+        """The source directory (``top_fd``, closed here) and the included paths below."""
+        try:
+            for include in self.options.include_files or (".",):
+                if include == ".":
+                    if self.options.include_source_dir:
+                        st = os.fstat(top_fd)
+                        self._emit(self._archive_name(".", True), DIRTYPE, st, ".",
+                                   xattrs=self._fd_xattrs(top_fd, "."))
+                    self._walk(os.dup(top_fd), ".")
+                    continue
+                reached = self._reach(top_fd, include)
+                if reached is None:
+                    continue
+                parent_fd, name = reached
+                try:
+                    child = self._entry(parent_fd, name, include, include=include)
+                finally:
+                    if parent_fd != top_fd:
+                        os.close(parent_fd)
+                if child is not None:
+                    self._walk(child, include)
+        finally:
+            os.close(top_fd)
+
+    def _reach(self, top_fd: int, include: str) -> tuple[int, str] | None:
+        """The directory holding ``include`` (below the source, no symlink followed)."""
+        *dirs, name = include.split("/")
+        fd = top_fd
+        for part in dirs:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if fd != top_fd:
+                    os.close(fd)
+                if err.errno in (errno.ENOENT, *_CHANGED):
+                    self.warn(f"{self._where(include)}: not found below the source "
+                              "(symlinks are not followed), skipped")
+                    return None
+                raise _source_error(err, self._where(include)) from err
+            if fd != top_fd:
+                os.close(fd)
+            fd = nxt
+        return fd, name
+
+    def _walk(self, dir_fd: int, rel: str) -> None:
+        """Everything below the directory ``dir_fd`` (closed here), depth first, sorted."""
+        stack: list[tuple[int, str, list[str]]] = []
+        try:
+            stack.append((dir_fd, rel, self._listing(dir_fd, rel)))
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        try:
+            while stack:
+                fd, here, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    os.close(fd)
+                    continue
+                name = names.pop()
+                child_rel = name if here == "." else f"{here}/{name}"
+                child = self._entry(fd, name, child_rel)
+                if child is not None:
+                    try:
+                        listing = self._listing(child, child_rel)
+                    except BaseException:
+                        os.close(child)
+                        raise
+                    stack.append((child, child_rel, listing))
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
+
+    def _listing(self, fd: int, rel: str) -> list[str]:
+        """The names in a directory, in reverse order (popped from the end)."""
+        try:
+            with os.scandir(fd) as it:
+                return sorted((entry.name for entry in it), reverse=True)
+        except OSError as err:
+            raise _source_error(err, self._where(rel)) from err
+
+    def _entry(self, parent_fd: int, name: str, rel: str, include: str = "") -> int | None:
+        """Pack one entry; returns the descriptor of a directory to descend into."""
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if include:
+                self.warn(f"{self._where(rel)}: not found below the source, skipped")
+            else:
+                self.warn(f"{self._where(rel)}: removed while being packed, skipped")
+            return None
+        except OSError as err:
+            raise _source_error(err, self._where(rel)) from err
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if rel != include and self.excludes and self.excludes.matches(rel):
+            if is_dir and self.has_exceptions:
+                return self._open_dir(parent_fd, name, rel)  # an exception may match below
+            return None
+        if self.seen is not None:  # overlapping includes: each path once
+            if rel in self.seen:
+                return None
+            self.seen.add(rel)
+        if is_dir:
+            fd = self._open_dir(parent_fd, name, rel)
+            if fd is None:
+                return None
+            try:
+                st = os.fstat(fd)
+                self._emit(self._archive_name(rel, True), DIRTYPE, st, rel,
+                           xattrs=self._fd_xattrs(fd, rel))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        self._one(parent_fd, name, rel, st)
+        return None
+
+    def _open_dir(self, parent_fd: int, name: str, rel: str) -> int | None:
+        where = self._where  # computed only for a message
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            self.warn(f"{where(rel)}: removed while being packed, skipped")
+        except OSError as err:
+            if err.errno not in _CHANGED:
+                raise _source_error(err, where(rel)) from err
+            self.warn(f"{where(rel)}: no longer a directory (changed while being packed), "
+                      "skipped")
+        return None
+
+    def _one(
+        self, parent_fd: int, name: str, rel: str, st: os.stat_result, single: str = ""
+    ) -> None:
+        """Pack a non-directory."""
+        where = self._where  # computed only for a message
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._file(parent_fd, name, rel, single)
+            return
+        if stat.S_ISSOCK(mode):
+            self.warn(f"{where(rel)}: socket skipped (tar cannot hold sockets)")
+            return
+        if stat.S_ISLNK(mode):
+            typeflag = SYMTYPE
+            try:
+                target = os.readlink(os.fsencode(name), dir_fd=parent_fd)
+            except FileNotFoundError:
+                self.warn(f"{where(rel)}: removed while being packed, skipped")
+                return
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise _source_error(err, where(rel)) from err
+                self.warn(f"{where(rel)}: no longer a symlink (changed while being packed), "
+                          "skipped")
+                return
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            typeflag = (CHRTYPE if stat.S_ISCHR(mode)
+                        else BLKTYPE if stat.S_ISBLK(mode) else FIFOTYPE)
+            target = b""
+        else:
+            self.warn(f"{where(rel)}: unknown file type {stat.S_IFMT(mode):#o} skipped")
+            return
+        archived = self._archive_name(rel, False, single)
+        first = self._first_link(st, archived)
+        if first is not None:
+            self._emit(archived, LNKTYPE, st, rel, linkname=first)
+            return
+        self._emit(archived, typeflag, st, rel, linkname=target,
+                   xattrs=self._path_xattrs(parent_fd, name, rel))
+
+    def _open_file(self, parent_fd: int, name: str) -> int:
+        while True:
+            try:
+                return os.open(name, _FILE_FLAGS | self.noatime, dir_fd=parent_fd)
+            except PermissionError:
+                if not self.noatime:
+                    raise
+                self.noatime = 0  # O_NOATIME needs ownership or CAP_FOWNER
+
+    def _file(self, parent_fd: int, name: str, rel: str, single: str) -> None:
+        where = self._where  # computed only for a message
+        try:
+            fd = self._open_file(parent_fd, name)
+        except FileNotFoundError:
+            self.warn(f"{where(rel)}: removed while being packed, skipped")
+            return
+        except OSError as err:
+            if err.errno not in _CHANGED:
+                raise _source_error(err, where(rel)) from err
+            self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
+                      "skipped")
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
+                          "skipped")
+                return
+            archived = self._archive_name(rel, False, single)
+            first = self._first_link(st, archived)
+            if first is not None:
+                self._emit(archived, LNKTYPE, st, rel, linkname=first)
+                return
+            size = st.st_size
+            self._emit(archived, REGTYPE, st, rel, size=size,
+                       xattrs=self._fd_xattrs(fd, rel))
+            try:
+                copied = self.out.copy_from(fd, size)
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise _source_error(err, where(rel)) from err
+            if copied < size:
+                self.warn(f"{where(rel)}: file shrank by {size - copied} bytes while being "
+                          "packed; padded with zeros")
+                self.out.zeros(size - copied)
+            self.out.zeros(-size % BLOCK)
+            self.size += size
+        finally:
+            os.close(fd)
