@@ -8,6 +8,7 @@ Building an options object validates it: a value it refuses is a usage error
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 
 from chrootarchive.jail.confine import MECHANISMS
@@ -67,7 +68,9 @@ def parse_size(text: str) -> int:
     try:
         number = float(value[: len(value) - len(unit)])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}") from None
+        number = math.nan
+    if not math.isfinite(number):  # nan, inf, 1e400: no size, and int() would raise
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}")
     if number < 0:
         raise argparse.ArgumentTypeError(f"a size must be >= 0: {text!r}")
     return int(number * _UNITS[unit])
