@@ -34,6 +34,7 @@ from chrootarchive import (
     unpack_image,
 )
 from chrootarchive import image as image_module
+from chrootarchive.image import documents as image_documents
 from chrootarchive.options import Limits
 from helpers import tree
 from helpers.cli import assert_one_line_error
@@ -869,7 +870,7 @@ def test_index_cycle_is_detected_even_without_digests(images: Path, tmp_path: Pa
     let one through, the walk still stops with a cycle error, not a loop."""
     b = OCIBuilder(images / "cycle")
     digest = _self_index(b)
-    monkeypatch.setattr(image_module, "_verify_blob", lambda data, desc, what: None)
+    monkeypatch.setattr(image_documents, "verify_blob", lambda data, desc, what: None)
     with pytest.raises(ImageError, match="cycle") as info:
         unpack_image(b.root, tmp_path / "dest")
     assert digest in str(info.value)

@@ -439,7 +439,8 @@ def test_security_doc_lists_the_defaults() -> None:
 
 def test_bad_limit_values_are_usage_errors(tmp_path: Path, write_archive) -> None:
     archive = write_archive(B().file("a").build())
-    for args in (["--max-bytes", "lots"], ["--max-entries", "-1"], ["--timeout", "soon"]):
+    for args in (["--max-bytes", "lots"], ["--max-entries", "-1"], ["--timeout", "soon"],
+                 ["--max-bytes", "nan"], ["--max-bytes", "inf"], ["--max-file-size", "1e400"]):
         result = run_cli("untar", *args, archive, tmp_path / "d")
         assert result.rc == 2, (args, result)
         assert "Traceback" not in result.err

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from chrootarchive.options import PackResult as PackResult
     from chrootarchive.options import UnpackOptions as UnpackOptions
     from chrootarchive.options import UnpackResult as UnpackResult
+    from chrootarchive.runner.settings import set_debug as set_debug
     from chrootarchive.runner.standby import set_standby as set_standby
 
 # Names are imported when first used (PEP 562): the confined worker imports this
@@ -86,6 +87,7 @@ _EXPORTS = {
     "copy_file_with_tar": "chrootarchive.operations.copy",
     "copy_path": "chrootarchive.operations.copy",
     "copy_with_tar": "chrootarchive.operations.copy",
+    "set_debug": "chrootarchive.runner.settings",
     "set_standby": "chrootarchive.runner.standby",
     "tar": "chrootarchive.operations.copy",
     "unpack_image": "chrootarchive.image",

@@ -47,8 +47,7 @@ from chrootarchive.tarformat.writer import header
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
-    from typing import Protocol
+    from collections.abc import Callable
 
     from chrootarchive.contract import PackSpec
 

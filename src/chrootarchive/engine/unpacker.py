@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
-    from chrootarchive.contract import IdRange, UnpackSpec
+    from chrootarchive.contract import UnpackSpec
     from chrootarchive.engine.finisher import Finisher
 
 __all__ = ["UnpackStats", "Unpacker"]

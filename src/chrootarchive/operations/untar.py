@@ -317,8 +317,3 @@ class _Counting:
         if data:
             self._progress(len(data))
         return data
-
-
-# TEMPORARY until image/ is merged: its old names.
-pin_destination = destination.pin_destination
-_root_owner = destination.root_owner

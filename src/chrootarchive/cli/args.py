@@ -1,0 +1,196 @@
+"""What the commands accept: argument types (sizes, counts, id maps, owners), the
+options that several commands share, and the options objects built from them.
+
+Building an options object validates it: a value it refuses is a usage error
+(:class:`UsageError`, exit status 2), raised before any worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+
+from chrootarchive.jail.confine import MECHANISMS
+from chrootarchive.options import IDMap, Limits, UnpackOptions
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """A command line that cannot run: reported as one line, exit status 2."""
+
+
+def checked(build: Callable[..., T], /, *args: Any, **fields: Any) -> T:
+    """``build(*args, **fields)``, an options object; a value it refuses (``ValueError``,
+    ``TypeError``) is the user's, so it becomes a :class:`UsageError`."""
+    try:
+        return build(*args, **fields)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
+
+
+def parse_id_map(text: str) -> IDMap:
+    try:
+        container, host, size = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected CONTAINER_ID:HOST_ID:SIZE, got {text!r}"
+        ) from None
+    if container < 0 or host < 0 or size <= 0:
+        raise argparse.ArgumentTypeError(f"ids must be >= 0 and size > 0: {text!r}")
+    return IDMap(container, host, size)
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    try:
+        uid, gid = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numeric UID:GID (names are never looked up), got {text!r}"
+        ) from None
+    if uid < 0 or gid < 0:
+        raise argparse.ArgumentTypeError(f"ids must be >= 0: {text!r}")
+    return uid, gid
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):  # nan, inf, 1e400: no size, and int() would raise
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 4G, got {text!r}")
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"a size must be >= 0: {text!r}")
+    return int(number * _UNITS[unit])
+
+
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def format_size(value: int | None) -> str:
+    if value is None:
+        return "none"
+    for unit in ("T", "G", "M", "K"):
+        if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit}"
+    return str(value)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="print nothing but errors (no warnings, no progress bar)")
+    out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    out.add_argument(
+        "--confine", default="auto", metavar="MECHANISM",
+        choices=("auto", *MECHANISMS),
+        help="confinement mechanism: auto (default: the strongest available: pivot as "
+             "root, else userns, else openat2), pivot (mount namespace + pivot_root, "
+             "needs root), chroot (needs root), userns (unprivileged user namespace + "
+             "pivot_root), openat2 (in-process, every path resolved with "
+             "RESOLVE_IN_ROOT; Linux 5.6+)",
+    )
+
+
+def add_unpack_options(parser: argparse.ArgumentParser) -> None:
+    own = parser.add_argument_group("ownership (numeric only)")
+    own.add_argument("--no-lchown", action="store_true",
+                     help="do not change owners: files belong to the user running this")
+    own.add_argument("--chown", type=parse_owner, metavar="UID:GID",
+                     help="give every entry this owner instead of the archive's")
+    own.add_argument("--uid-map", type=parse_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE",
+                     help="map archive uids to host uids (repeatable); unmapped uids fail")
+    own.add_argument("--gid-map", type=parse_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE", help="the same for gids")
+    own.add_argument("--rootless-xattr", action="store_true",
+                     help="unprivileged: record owners that could not be applied in the "
+                          "user.rootlesscontainers xattr (umoci's convention)")
+    sel = parser.add_argument_group("selection and replacement")
+    sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="skip entries matching PATTERN and everything below them "
+                          "(glob, '**' across directories, '!PATTERN' re-includes; "
+                          "repeatable, last match wins)")
+    sel.add_argument("--no-overwrite-dir-nondir", action="store_true",
+                     help="fail instead of replacing a directory by a non-directory "
+                          "or the reverse")
+    sel.add_argument("--best-effort-xattrs", action="store_true",
+                     help="skip xattrs that the destination filesystem does not support")
+    sel.add_argument("--data-only", action="store_true",
+                     help="unpack data, not a root filesystem: no device nodes, no "
+                          "setuid/setgid/sticky bits, no security.*/trusted.* xattrs, owners "
+                          "left to the user running this (what is dropped is reported)")
+    sel.add_argument("--atomic", action="store_true",
+                     help="all or nothing: unpack beside DEST and rename into place only "
+                          "when everything succeeded (DEST must be missing or empty)")
+    lim = parser.add_argument_group(
+        "limits (crossing one stops the work: exit status 1; SIZE takes K, M, G, T)")
+    defaults = Limits()
+    lim.add_argument("--max-bytes", type=parse_size, metavar="SIZE",
+                     help=f"file data written in total (default {format_size(defaults.max_bytes)})")
+    lim.add_argument("--max-entries", type=parse_count, metavar="N",
+                     help=f"archive entries (default {defaults.max_entries:,})")
+    lim.add_argument("--max-file-size", type=parse_size, metavar="SIZE",
+                     help=f"one file (default {format_size(defaults.max_file_size)})")
+    lim.add_argument("--max-path-length", type=parse_count, metavar="N",
+                     help=f"bytes in a name (default {defaults.max_path_length})")
+    lim.add_argument("--max-path-depth", type=parse_count, metavar="N",
+                     help=f"directories in a name (default {defaults.max_path_depth})")
+    lim.add_argument("--max-xattr-bytes", type=parse_size, metavar="SIZE",
+                     help=f"one entry's xattrs (default {format_size(defaults.max_xattr_bytes)})")
+    lim.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="wall-clock time for the whole operation (default: none)")
+    lim.add_argument("--strict-limits", action="store_true",
+                     help="start from limits for untrusted downloads (4G bytes, 100,000 "
+                          "entries, 1 hour) instead of the container-sized defaults")
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    base = Limits.strict() if args.strict_limits else Limits()
+    changes = {
+        name: getattr(args, name)
+        for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
+                     "max_path_depth", "max_xattr_bytes", "timeout")
+        if getattr(args, name) is not None
+    }
+    chosen: Limits = checked(replace, base, **changes)
+    return chosen
+
+
+def unpack_options(args: argparse.Namespace) -> UnpackOptions:
+    return checked(
+        UnpackOptions,
+        limits=limits(args),
+        data_only=args.data_only,
+        atomic=args.atomic,
+        whiteout_format=getattr(args, "whiteout_format", "aufs"),
+        no_lchown=args.no_lchown,
+        chown=args.chown,
+        uid_maps=tuple(args.uid_map),
+        gid_maps=tuple(args.gid_map),
+        excludes=tuple(args.exclude),
+        no_overwrite_dir_nondir=args.no_overwrite_dir_nondir,
+        best_effort_xattrs=args.best_effort_xattrs,
+        confine=args.confine,
+        rootless_xattr=args.rootless_xattr,
+    )

@@ -1,0 +1,104 @@
+"""The command line's entry: the parser, the dispatch to a command, and the mapping of
+errors to one line on stderr and an exit status.
+
+Parsing needs only the options and the mechanisms' names; a command's operation (and
+whatever it imports) is loaded by its ``run`` once the arguments are known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from chrootarchive.cli import image, layer, pack, untar
+from chrootarchive.cli.args import UsageError
+from chrootarchive.errors import ChrootArchiveError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+_DESCRIPTION = """\
+Unpack untrusted tar archives and container layers into a directory, with the
+confinement enforced by the kernel: the process that writes the files sees nothing
+but the destination, and nothing from the archive ever runs.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chrootarchive",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    untar.add_parser(commands)
+    layer.add_parser(commands)
+    image.add_parser(commands)
+    pack.add_parsers(commands)
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "untar": untar.run,
+    "apply-layer": layer.run,
+    "unpack-image": image.run,
+    "tar": pack.run_tar,
+    "cp": pack.run_cp,
+}
+
+
+def _one_line(text: str) -> str:
+    """``chrootarchive: error: TEXT`` on one line, whatever the entry name holds."""
+    text = " ".join(text.split())
+    import textwrap
+
+    return "chrootarchive: error: " + textwrap.shorten(text, 2000, placeholder="...")
+
+
+def _error_line(err: BaseException) -> str:
+    return _one_line(str(err) if isinstance(err, ChrootArchiveError)
+                     else f"{type(err).__name__}: {err}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (callable from tests)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        from chrootarchive.runner.settings import set_debug
+
+        set_debug(True)
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as err:
+        print(_one_line(str(err)), file=sys.stderr)
+        return EXIT_USAGE
+    except ChrootArchiveError as err:
+        if args.debug:
+            raise
+        print(_error_line(err), file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("chrootarchive: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(_error_line(err) + " (this is a bug: please report it with --debug output)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry_point() -> None:
+    code = main()
+    # Exit without interpreter shutdown: a feeding thread may still be blocked reading
+    # standard input (a worker that stopped early), and finalizing would wait on it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

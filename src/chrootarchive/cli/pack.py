@@ -1,0 +1,265 @@
+"""``chrootarchive tar`` and ``chrootarchive cp``: pack a tree read from inside a jail,
+and copy one through a tar stream with both sides jailed."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import stat
+import sys
+
+from chrootarchive.cli.args import UsageError, add_common, checked, parse_id_map, parse_owner
+from chrootarchive.cli.output import report
+from chrootarchive.cli.progress import ByteProgress
+from chrootarchive.errors import DestinationError
+from chrootarchive.options import PackOptions, UnpackOptions
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from chrootarchive.operations.copy import TarStream
+
+_TAR_EPILOG = """\
+examples:
+  chrootarchive tar ./app -o app.tar.gz
+  chrootarchive tar --root /var/lib/containers/c1/rootfs /etc -o etc.tar
+  chrootarchive tar --root /containers/c1/rootfs /var/log/ --exclude '*.gz' > logs.tar
+  chrootarchive tar ./tree --include bin --include lib --exclude 'lib/*.a' -o sub.tar.zst
+  chrootarchive tar ./rootfs --uid-map 0:100000:65536 --gid-map 0:100000:65536 -o layer.tar
+
+The reading side runs in a kernel jail at ROOT (or at SRC, or SRC's directory), walks
+the tree by directory descriptors and never follows a symlink below SRC, so nothing
+outside ROOT can be read, even by someone who swaps a directory for a symlink while it
+runs. SRC's last component is packed as it is (a symlink as a symlink) unless SRC ends
+with '/' or '/.'. Owners are numeric; names are never looked up. Compression happens
+outside the jail. Sockets are skipped with a warning.
+
+exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
+read or output cannot be written, 70 internal error.
+"""
+
+_CP_EPILOG = """\
+examples:
+  chrootarchive cp ./site /srv/www/site
+  chrootarchive cp --from-root /containers/c1/rootfs /etc/nginx ./nginx-conf
+  chrootarchive cp --from-root /containers/c1/rootfs /var/log/app.log ./logs/
+  chrootarchive cp --to-root /containers/c2/rootfs ./config/. /etc/app
+  chrootarchive cp --from-root /containers/c1/rootfs --to-root /containers/c2/rootfs /data /data
+
+SRC is copied to DST, or into DST when DST ends with '/' (as DST/NAME); 'SRC/.' copies
+SRC's contents into DST. Directories are copied whole (modes, numeric owners, times,
+xattrs, hardlinks, devices); DST's parents are created if missing. The reading side is
+jailed at --from-root (else at SRC or its directory) and follows no symlink below SRC;
+the writing side is jailed at --to-root (else at DST's directory), so symlinks in
+either root resolve inside it.
+
+exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
+read or destination cannot be written, 70 internal error.
+"""
+
+_SUFFIXES = ((".tar.gz", "gzip"), (".tgz", "gzip"), (".gz", "gzip"), (".tar.zst", "zstd"),
+             (".tzst", "zstd"), (".zst", "zstd"))
+
+
+def _rebase(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old:
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old, new
+
+
+def add_parsers(commands: Any) -> None:
+    tar_p = commands.add_parser(
+        "tar",
+        help="make a tar archive of a directory or file, reading it from inside a jail",
+        description="Write a tar archive of SRC, read by a worker jailed at ROOT (or at\n"
+                    "SRC), so that no symlink in the tree can make it read from outside.",
+        epilog=_TAR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tar_p.add_argument("src", metavar="SRC",
+                       help="the directory or file to pack (a path inside ROOT with --root)")
+    tar_p.add_argument("--root", metavar="ROOT",
+                       help="jail the reading side at ROOT and resolve SRC inside it "
+                            "(copying out of a container's root filesystem)")
+    tar_p.add_argument("-o", "--output", metavar="OUT", default="-",
+                       help="write the archive to OUT (default: - for standard output, "
+                            "refused on a terminal)")
+    tar_p.add_argument("--compress", choices=("auto", "gzip", "zstd", "none"), default="auto",
+                       help="auto (default): from OUT's suffix (.gz, .tgz: gzip; .zst, "
+                            ".tzst: zstd), none for standard output")
+    sel = tar_p.add_argument_group("selection and names")
+    sel.add_argument("--include", action="append", default=[], metavar="PATH",
+                     help="pack only PATH below SRC (repeatable); an included path is "
+                          "packed even if an --exclude pattern matches it")
+    sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="skip paths below SRC matching PATTERN and everything below them "
+                          "(glob, '**' across directories, '!PATTERN' re-includes; "
+                          "repeatable, last match wins)")
+    sel.add_argument("--rebase", type=_rebase, action="append", default=[], metavar="OLD=NEW",
+                     help="rename the prefix OLD of names to NEW ('.' renames SRC itself; "
+                          "repeatable)")
+    sel.add_argument("--include-source-dir", action="store_true",
+                     help="also write an entry './' for SRC itself (its mode, owner, times)")
+    own = tar_p.add_argument_group("ownership and metadata (numeric owners only)")
+    own.add_argument("--chown", type=parse_owner, metavar="UID:GID",
+                     help="write every entry with this owner")
+    own.add_argument("--uid-map", type=parse_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE",
+                     help="write host uid HOST+n as CONTAINER+n (repeatable); a uid outside "
+                          "every range fails")
+    own.add_argument("--gid-map", type=parse_id_map, action="append", default=[],
+                     metavar="CONTAINER:HOST:SIZE", help="the same for gids")
+    own.add_argument("--no-xattrs", action="store_true",
+                     help="leave extended attributes (security.capability...) out")
+    own.add_argument("--whole-second-mtimes", action="store_true",
+                     help="truncate times to whole seconds, as Docker does (reproducible "
+                          "layers)")
+    add_common(tar_p)
+
+    cp_p = commands.add_parser(
+        "cp",
+        help="copy a file or directory through a tar stream, both sides jailed",
+        description="Copy SRC to DST (as docker cp): a worker jailed at --from-root reads\n"
+                    "SRC, another jailed at --to-root writes DST.",
+        epilog=_CP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cp_p.add_argument("src", metavar="SRC", help="what to copy (inside --from-root if given)")
+    cp_p.add_argument("dst", metavar="DST", help="where to copy it (inside --to-root if given)")
+    cp_p.add_argument("--from-root", metavar="ROOT",
+                      help="jail the reading side at ROOT and resolve SRC inside it")
+    cp_p.add_argument("--to-root", metavar="ROOT",
+                      help="jail the writing side at ROOT and resolve DST inside it")
+    cp_sel = cp_p.add_argument_group("selection and ownership")
+    cp_sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="skip paths below SRC matching PATTERN (as for 'tar')")
+    cp_sel.add_argument("--chown", type=parse_owner, metavar="UID:GID",
+                        help="give every copy this owner instead of the source's")
+    cp_sel.add_argument("--no-lchown", action="store_true",
+                        help="do not set owners: copies belong to the user running this")
+    add_common(cp_p)
+
+
+def _pack_options(args: argparse.Namespace, compression: str) -> PackOptions:
+    return checked(
+        PackOptions,
+        include_files=tuple(args.include),
+        excludes=tuple(args.exclude),
+        rebase_names=dict(args.rebase),
+        include_source_dir=args.include_source_dir,
+        chown=args.chown,
+        uid_maps=tuple(args.uid_map),
+        gid_maps=tuple(args.gid_map),
+        compression=compression,
+        xattrs=not args.no_xattrs,
+        whole_second_mtimes=args.whole_second_mtimes,
+        confine=args.confine,
+    )
+
+
+def run_tar(args: argparse.Namespace) -> int:
+    to_stdout = args.output == "-"
+    compression = args.compress
+    if compression == "auto":
+        name = "" if to_stdout else args.output.lower()
+        compression = next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)),
+                           "none")
+    if to_stdout and args.json:
+        raise UsageError("--json needs -o FILE: standard output holds the archive")
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write an archive to a terminal (use -o FILE, or a pipe)")
+    options = _pack_options(args, compression)
+    from chrootarchive.operations.copy import tar
+
+    bar = ByteProgress(None, enabled=not args.quiet and sys.stderr.isatty(), desc="packing")
+    try:
+        with tar(args.src, args.root, options, progress=bar.update) as stream:
+            if to_stdout:
+                sys.stdout.flush()
+                _copy_out(stream, sys.stdout.fileno(), "standard output")
+            else:
+                _write_file(stream, args.output)
+            result = stream.result
+    finally:
+        bar.close()
+    assert result is not None
+    report(result, args)
+    return 0
+
+
+def _copy_out(stream: TarStream, fd: int, where: str) -> None:
+    """Write the whole stream to ``fd``, unbuffered (an error is met once, here)."""
+    while True:
+        data = stream.read(1 << 20)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except OSError as err:
+                reason = (err.strerror or str(err)).lower()
+                raise DestinationError(f"cannot write the archive: {reason}", where) from err
+            view = view[written:]
+
+
+def _write_file(stream: TarStream, path: str) -> None:
+    """Write the archive to ``path``: a regular file appears whole or not at all (it is
+    written beside and renamed into place); a device or FIFO is written directly."""
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as err:
+            reason = (err.strerror or str(err)).lower()
+            raise DestinationError(f"cannot open the output: {reason}", path) from err
+        try:
+            _copy_out(stream, fd, path)
+        finally:
+            os.close(fd)
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        import tempfile
+
+        fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        raise DestinationError(f"cannot create the archive: {reason}", path) from err
+    try:
+        try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)
+            _copy_out(stream, fd, path)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def run_cp(args: argparse.Namespace) -> int:
+    pack_options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine)
+    options = checked(UnpackOptions, chown=args.chown, no_lchown=args.no_lchown,
+                      confine=args.confine)
+    from chrootarchive.operations.copy import copy_path
+
+    bar = ByteProgress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
+                       desc="copying")
+    try:
+        result = copy_path(args.src, args.dst, src_root=args.from_root,
+                           dst_root=args.to_root, options=options,
+                           pack_options=pack_options, progress=bar.update)
+    finally:
+        bar.close()
+    report(result, args)
+    return 0

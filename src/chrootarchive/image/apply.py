@@ -1,0 +1,311 @@
+"""Applying the planned layers, each by a confined worker, and :func:`unpack_image`.
+
+A layer blob's digest and its DiffID are known only at the end of its stream: they are
+checked as the worker reads it, and a mismatch says the layer was (partly) applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
+from typing import Any
+
+from chrootarchive.errors import (
+    ArchiveError,
+    ChrootArchiveError,
+    CompressionError,
+    DigestMismatchError,
+    ImageError,
+    LimitExceededError,
+)
+from chrootarchive.image.digests import Hasher
+from chrootarchive.image.layout import Layout, Reader, open_layout
+from chrootarchive.image.plan import LayerPlan, make_plan
+from chrootarchive.image.platforms import default_platform, platform_from_text
+from chrootarchive.image.results import (
+    ImageResult,
+    LayerProgress,
+    LayerResult,
+    ProgressCallback,
+)
+from chrootarchive.image.selection import Selection
+from chrootarchive.operations import compression, destination, staging
+from chrootarchive.operations import untar as api
+from chrootarchive.options import DEFAULT_MAX_LAYERS, UnpackOptions, UnpackResult
+
+_CHUNK = compression.CHUNK
+_MAX_WARNINGS = 1000
+
+_APPLIED = "(the layer was applied, at least in part, before this could be known)"
+
+
+class _BlobStream:
+    """Reads a layer blob, counting and hashing; checks size and digest at its end."""
+
+    def __init__(self, reader: Reader, layer: LayerPlan, label: str,
+                 progress: Callable[[int], None] | None) -> None:
+        self._reader = reader
+        self._layer = layer
+        self._label = label
+        self._hasher = Hasher(layer.digest) if layer.digest else None
+        self._progress = progress
+        self.count = 0
+        self._ended = False
+        self._error: ChrootArchiveError | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ended:
+            return b""
+        want = _CHUNK if size < 0 else size
+        expected = self._layer.size
+        if expected is not None:
+            # Ask for one byte more than declared: a longer blob is an error.
+            want = min(want, expected - self.count + 1)
+        try:
+            data = self._reader.read(max(want, 1))
+        except OSError as err:
+            raise ImageError(f"cannot read the blob: {err.strerror}", self._label) from err
+        if not data:
+            self._end()
+            return b""
+        self.count += len(data)
+        if expected is not None and self.count > expected:
+            self._fail(DigestMismatchError(
+                f"size mismatch: declared {expected} bytes, the blob is longer {_APPLIED}",
+                self._label))
+        if self._hasher is not None:
+            self._hasher.update(data)
+        if self._progress is not None:
+            self._progress(self.count)
+        return data
+
+    def _fail(self, error: ChrootArchiveError) -> None:
+        self._ended = True
+        self._error = error
+        raise error
+
+    def _end(self) -> None:
+        self._ended = True
+        expected = self._layer.size
+        if expected is not None and self.count != expected:
+            self._fail(DigestMismatchError(
+                f"size mismatch: declared {expected} bytes, the blob has {self.count} "
+                f"{_APPLIED}", self._label))
+        if self._hasher is not None and not self._hasher.matches():
+            self._fail(DigestMismatchError(
+                f"digest mismatch: expected {self._hasher.expected}, got "
+                f"{self._hasher.actual} {_APPLIED}", self._label))
+
+    def finish(self) -> None:
+        """Read what is left of the blob (not decompressing it) and check it."""
+        if self._error is not None:
+            raise self._error
+        while not self._ended:
+            self.read(_CHUNK)
+
+
+def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str,
+                  kind_seen: list[str]) -> Generator[bytes, None, None]:
+    """The layer's uncompressed tar stream, hashed on its way for the DiffID."""
+    declared = layer.compression
+    kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none")
+    kind_seen.append(kind)
+    if declared not in ("none", "auto") and kind != declared:
+        actual = "not compressed" if kind == "none" else kind
+        raise ImageError(f"the media type {layer.media_type} says {declared} but the data "
+                         f"is {actual}", label)
+    diff = Hasher(layer.diff_id)
+    try:
+        for chunk in chunks:
+            diff.update(chunk)
+            yield chunk
+    except ChrootArchiveError:
+        raise
+    except Exception as err:  # a decompressor's own error type (isal's IsalError...)
+        raise CompressionError(f"corrupt {kind} data: {err}", label) from err
+    blob.finish()
+    if not diff.matches():
+        raise DigestMismatchError(
+            f"DiffID mismatch: the config says {layer.diff_id}, the uncompressed layer is "
+            f"{diff.actual} {_APPLIED}", label)
+
+
+def _layer_label(layer: LayerPlan) -> str:
+    return f"layer {layer.index} ({layer.digest or layer.name})"
+
+
+def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
+               deadline: float | None) -> UnpackOptions:
+    """The limits left for the next layer: they hold for the whole image."""
+    limits = options.limits
+    changes: dict[str, Any] = {}
+    if limits.max_bytes is not None:
+        changes["max_bytes"] = max(limits.max_bytes - used_bytes, 0)
+    if limits.max_entries is not None:
+        changes["max_entries"] = max(limits.max_entries - used_entries, 0)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LimitExceededError("limit timeout exceeded (between layers)")
+        changes["timeout"] = left
+    return replace(options, atomic=False, limits=replace(limits, **changes))
+
+
+def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOptions,
+                 count: int, progress: ProgressCallback | None) -> tuple[UnpackResult, str]:
+    """Apply one layer; return the worker's result and the compression met."""
+    label = _layer_label(layer)
+    report: Callable[[int], None] | None = None
+    if progress is not None:
+        cb = progress
+        digest = layer.digest or layer.diff_id
+
+        def report(done: int) -> None:
+            cb(LayerProgress(layer.index, count, digest, layer.blob_size, done))
+
+        report(0)
+    reader = layout.open(layer.name, label)
+    blob = _BlobStream(reader, layer, label, report)
+    kind_seen: list[str] = []
+    chunks = _layer_chunks(blob, layer, label, kind_seen)
+    try:
+        result = api.unpack_stream(chunks, dest, options, layer=True, lock=False)
+        for _ in chunks:  # the worker drains its input; make sure every check ran
+            pass
+    except ChrootArchiveError as err:
+        if not isinstance(err, DigestMismatchError):
+            # A corrupt blob shows up first as a tar or compression error: report the
+            # digest mismatch, which says what is wrong.
+            try:
+                blob.finish()
+            except DigestMismatchError as mismatch:
+                raise mismatch from err
+            except ChrootArchiveError:
+                pass
+        if isinstance(err, ArchiveError) and not (err.entry or "").startswith("layer "):
+            err.entry = f"{label}: {err.entry}" if err.entry else label
+        raise
+    finally:
+        chunks.close()
+        reader.close()
+    if progress is not None:
+        progress(LayerProgress(layer.index, count, layer.digest or layer.diff_id,
+                               layer.blob_size, blob.count, finished=True))
+    return result, kind_seen[0] if kind_seen else layer.compression
+
+
+@contextlib.contextmanager
+def _locked_dest(dest: str, options: UnpackOptions) -> Iterator[str]:
+    """Create ``dest`` if missing and hold its lock while the layers are applied, so
+    that two unpacks into the same destination do not interleave their layers."""
+    if options.atomic:
+        with staging.atomic_destination(dest) as stage:
+            yield stage
+        return
+    fd, _rel = destination.pin_destination(dest, None, lock=True,
+                                           owner=destination.root_owner(options))
+    try:
+        yield dest
+    finally:
+        os.close(fd)
+
+
+def unpack_image(
+    image: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    ref: str | None = None,
+    platform: str | None = None,
+    options: UnpackOptions | None = None,
+    progress: ProgressCallback | None = None,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+) -> ImageResult:
+    """Unpack a container image's root filesystem into ``dest``, every layer confined.
+
+    Args:
+        image: an OCI image layout (a directory with ``oci-layout``, ``index.json`` and
+            ``blobs/``, or a tar of one), or a ``docker save`` archive (``manifest.json``;
+            the classic layout with ``<id>/layer.tar`` and the newer one that embeds an
+            OCI layout), as a tar file (compressed or not; ``-`` for standard input) or
+            a directory.
+        dest: the root filesystem directory; created (0755) if missing. Layers are
+            applied onto what it holds.
+        ref: which image: an ``org.opencontainers.image.ref.name`` (or
+            ``io.containerd.image.name``) annotation of ``index.json``, a ``RepoTags``
+            entry of a ``docker save`` archive (``name`` means ``name:latest``), or a
+            digest (``sha256:...``, also ``name@sha256:...``): of a manifest or index
+            for an OCI layout, of the config (the image ID) for ``docker save``.
+            Required when the image holds several images.
+        platform: ``OS/ARCH[/VARIANT]`` to choose in image indexes; default: the
+            running machine's (``linux/amd64`` on x86_64). When given, an image whose
+            config names another platform is an error; by default, a warning.
+        options: how to unpack (owners, limits, confinement, ``atomic``...). Limits
+            hold for the whole image (bytes, entries, time), not per layer. Whiteouts
+            are always applied (``whiteout_format`` must be ``aufs``).
+        progress: called with a :class:`LayerProgress` as each layer starts, as its
+            blob is read, and when it is applied.
+        max_layers: the most layers a manifest may have (checked before unpacking).
+
+    Returns:
+        What was applied: manifest and config digests, the layers, sizes, warnings.
+
+    Raises:
+        ImageError: the image is malformed, incomplete, or names a missing image; a
+            :class:`DigestMismatchError` when a blob's size or digest, or a layer's
+            DiffID, does not match. Everything but a layer's own digest and DiffID is
+            checked before the destination is touched; a layer whose digest or DiffID
+            does not match has already been applied when the error is raised (use
+            ``options.atomic`` to leave nothing behind).
+        ArchiveError: a layer is a bad or hostile tar (breakout, limits...).
+        DestinationError, ConfinementError: as for :func:`chrootarchive.untar`.
+        ValueError: a malformed ``platform`` or an ``overlay`` whiteout format.
+    """
+    options = options or UnpackOptions()
+    if options.whiteout_format != "aufs":
+        raise ValueError("unpack_image applies whiteouts: whiteout_format must be 'aufs'")
+    if max_layers < 0:
+        raise ValueError("max_layers must be >= 0")
+    explicit = platform is not None
+    want = platform_from_text(platform if platform is not None else default_platform())
+    sel = Selection(want, explicit, [])
+    started = time.monotonic()
+    timeout = options.limits.timeout
+    deadline = started + timeout if timeout is not None else None
+    image_path = os.fspath(image)
+    with open_layout(image_path, options.limits.max_bytes) as layout:
+        plan = make_plan(layout, ref, sel, max_layers)
+        warnings = list(plan.warnings)
+        applied: list[LayerResult] = []
+        size = entries = 0
+        confinement = ""
+        with _locked_dest(os.fspath(dest), options) as target:
+            if not plan.layers:
+                # Nothing to apply, but the destination is made as a layer would make it.
+                api.unpack_stream([bytes(1024)], target, _remaining(options, 0, 0, deadline),
+                                  layer=True, lock=False)
+            for layer in plan.layers:
+                layer_options = _remaining(options, size, entries, deadline)
+                result, kind = _apply_layer(layout, layer, target, layer_options,
+                                            len(plan.layers), progress)
+                size += result.size
+                entries += result.entries
+                confinement = result.confinement
+                label = _layer_label(layer)
+                for warning in result.warnings:
+                    if len(warnings) < _MAX_WARNINGS:
+                        warnings.append(f"{label}: {warning}")
+                applied.append(LayerResult(
+                    index=layer.index, digest=layer.digest, diff_id=layer.diff_id,
+                    media_type=layer.media_type,
+                    compression=kind,
+                    blob_size=layer.blob_size, size=result.size, entries=result.entries,
+                ))
+    return ImageResult(
+        format=plan.format, manifest_digest=plan.manifest_digest,
+        config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,
+        layers=tuple(applied), size=size, entries=entries, confinement=confinement,
+        warnings=tuple(warnings),
+    )

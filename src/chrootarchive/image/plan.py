@@ -1,0 +1,272 @@
+"""The plan: everything that can be checked without reading layer data, checked before
+the destination is touched (documents, digests, media types, every layer blob's
+presence and size, the number of layers, the DiffIDs' form)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chrootarchive.errors import DigestMismatchError, ImageError
+from chrootarchive.image.digests import blob_name, check_digest, clip, digest_ref
+from chrootarchive.image.documents import (
+    MAX_JSON_SIZE,
+    Descriptor,
+    as_object,
+    check_media_type,
+    list_field,
+    parse_descriptor,
+    parse_json,
+    read_all,
+    read_blob_json,
+    read_root_json,
+    string_field,
+    verify_blob,
+)
+from chrootarchive.image.layout import Layout
+from chrootarchive.image.mediatypes import CONFIG_TYPES, CONTAINERD_NAME, DOCKER_CONFIG, LAYER_TYPES
+from chrootarchive.image.platforms import normalize_platform, platform_rank
+from chrootarchive.image.selection import (
+    Selection,
+    find_digest,
+    normalize_name,
+    pick,
+    resolve_manifest,
+)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int
+    name: str  # the file in the layout
+    digest: str | None
+    size: int | None
+    media_type: str
+    compression: str  # none, gzip, zstd, or auto (docker save: detect)
+    diff_id: str
+    blob_size: int
+
+
+@dataclass
+class Plan:
+    format: str
+    manifest_digest: str | None
+    config_digest: str
+    ref: str | None
+    platform: str
+    layers: list[LayerPlan]
+    warnings: list[str]
+
+
+def _config_info(config: Any, where: str, layer_count: int,
+                 sel: Selection) -> tuple[list[str], str]:
+    """The config's DiffIDs (checked against the layer count) and its platform, which
+    must suit the one asked for (an index's platform fields are only hints: the config
+    is what the image is)."""
+    doc = as_object(config, "the image config", where)
+    rootfs = as_object(doc.get("rootfs"), "rootfs", where)
+    if rootfs.get("type") != "layers":
+        raise ImageError(f"rootfs.type must be 'layers', not {clip(rootfs.get('type'))}",
+                         where)
+    diff_ids = list_field(rootfs, "diff_ids", where)
+    if len(diff_ids) != layer_count:
+        raise ImageError(f"the manifest has {layer_count} layers but the config lists "
+                         f"{len(diff_ids)} diff_ids", where)
+    checked = [check_digest(d, f"{where}: rootfs.diff_ids[{i}]")
+               for i, d in enumerate(diff_ids)]
+    os_name = doc.get("os")
+    arch = doc.get("architecture")
+    variant = doc.get("variant") or ""
+    if not (isinstance(os_name, str) and isinstance(arch, str) and isinstance(variant, str)):
+        return checked, "unknown"
+    image_platform = normalize_platform(os_name, arch, variant)
+    if platform_rank(image_platform, sel.want) is None:
+        message = f"the image is for {image_platform}, not {sel.want}"
+        if sel.explicit:
+            raise ImageError(message, where)
+        sel.warnings.append(message + " (the running machine's platform)")
+    return checked, str(image_platform)
+
+
+def _check_count(count: int, max_layers: int, where: str) -> None:
+    if count > max_layers:
+        raise ImageError(f"too many layers: {count:,} (limit {max_layers:,})", where)
+
+
+def _blob_size(layout: Layout, name: str, what: str) -> int:
+    reader = layout.open(name, what)
+    try:
+        return reader.size
+    finally:
+        reader.close()
+
+
+def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
+    marker = as_object(read_root_json(layout, "oci-layout", "oci-layout"), "oci-layout",
+                       "oci-layout")
+    version = marker.get("imageLayoutVersion")
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise ImageError(f"unsupported image layout version {clip(version)}", "oci-layout")
+    index = as_object(read_root_json(layout, "index.json", "index.json"), "index.json",
+                      "index.json")
+    top = [parse_descriptor(d, "index.json") for d in list_field(index, "manifests", "index.json")]
+    chosen_ref: str | None = None
+    if ref is not None:
+        digest = digest_ref(ref)
+        if digest is not None:
+            found = find_digest(layout, top, digest, sel)
+            if found is None:
+                raise ImageError(f"no manifest or index with digest {digest} in the layout",
+                                 "index.json")
+            candidates = [found]
+        else:
+            short = normalize_name(ref)
+            candidates = [d for d in top if ref in d.names()
+                          or normalize_name(d.annotations.get(CONTAINERD_NAME, "")) == short]
+            if not candidates:
+                names = sorted({n for d in top for n in d.names()})
+                raise ImageError(f"no image named {ref!r} in the layout (names: "
+                                 f"{', '.join(names[:20]) or 'none'})", "index.json")
+        chosen_ref = ref
+        desc = pick(candidates, sel, "index.json", top=True)
+    else:
+        desc = pick(top, sel, "index.json", top=True)
+        names = desc.names()
+        chosen_ref = names[0] if names else None
+    desc = resolve_manifest(layout, desc, sel, ())
+
+    manifest = as_object(read_blob_json(layout, desc, "image manifest"), "an image manifest",
+                         desc.digest)
+    check_media_type(manifest, desc, "image manifest")
+    where = f"image manifest {desc.digest}"
+    if manifest.get("schemaVersion") != 2:
+        raise ImageError(f"unsupported schemaVersion {clip(manifest.get('schemaVersion'))}",
+                         where)
+    raw_layers = list_field(manifest, "layers", where)
+    _check_count(len(raw_layers), max_layers, where)
+    config_desc = parse_descriptor(manifest.get("config"), f"{where}: config")
+    if config_desc.media_type not in CONFIG_TYPES:
+        raise ImageError(f"not a container image: config media type "
+                         f"{clip(config_desc.media_type)}", where)
+    layer_descs = [parse_descriptor(d, f"{where}: layers[{i}]") for i, d in enumerate(raw_layers)]
+    for i, d in enumerate(layer_descs):
+        if d.media_type not in LAYER_TYPES:
+            raise ImageError(f"layer {i} ({d.digest}): unsupported media type "
+                             f"{clip(d.media_type)}", where)
+    config = read_blob_json(layout, config_desc, "image config")
+    diff_ids, image_platform = _config_info(config, f"image config {config_desc.digest}",
+                                            len(layer_descs), sel)
+    layers = []
+    for i, d in enumerate(layer_descs):
+        name = blob_name(d.digest)
+        what = f"blob of layer {i} ({d.digest})"
+        if not layout.exists(name):
+            hint = " (a non-distributable layer: its urls are not fetched)" if d.urls else ""
+            raise ImageError(f"{what} is missing from the {layout.description}{hint}", name)
+        actual = _blob_size(layout, name, what)
+        if actual != d.size:
+            raise DigestMismatchError(f"size mismatch: declared {d.size} bytes, the blob has "
+                                      f"{actual}", f"layer {i} ({d.digest})")
+        layers.append(LayerPlan(i, name, d.digest, d.size, d.media_type,
+                                LAYER_TYPES[d.media_type], diff_ids[i], actual))
+    return Plan("oci", desc.digest, config_desc.digest, chosen_ref, image_platform, layers,
+                sel.warnings)
+
+
+_DOCKER_CONFIG_NAME = re.compile(r"(?:.*/)?([a-f0-9]{64})(?:\.json)?")
+_BLOB_PATH = re.compile(r"(?:\./)?blobs/(sha256|sha512)/([a-f0-9]+)")
+
+
+def _plan_docker(layout: Layout, ref: str | None, sel: Selection,
+                 max_layers: int) -> Plan:
+    doc = read_root_json(layout, "manifest.json", "manifest.json")
+    if not isinstance(doc, list) or not doc:
+        raise ImageError("manifest.json must be a non-empty list", "manifest.json")
+    entries = [as_object(e, "an entry of manifest.json", "manifest.json") for e in doc]
+    configs: list[tuple[dict[str, Any], str, str | None]] = []
+    for i, e in enumerate(entries):
+        where = f"manifest.json[{i}]"
+        config_name = string_field(e, "Config", where)
+        match = _DOCKER_CONFIG_NAME.fullmatch(config_name)
+        blob = _BLOB_PATH.fullmatch(config_name)
+        if blob is not None:
+            config_digest: str | None = check_digest(f"{blob.group(1)}:{blob.group(2)}", where)
+        elif match is not None:
+            config_digest = f"sha256:{match.group(1)}"
+        else:
+            config_digest = None
+        configs.append((e, config_name, config_digest))
+    chosen_ref: str | None = None
+    if ref is not None:
+        digest = digest_ref(ref)
+        short = normalize_name(ref)
+        picked: list[tuple[dict[str, Any], str, str | None]] = []
+        for e, name, config_digest in configs:
+            tags = e.get("RepoTags") or []
+            if not isinstance(tags, list):
+                raise ImageError("RepoTags must be a list", "manifest.json")
+            if digest is not None:
+                if digest == config_digest:
+                    picked.append((e, name, config_digest))
+            elif ref in tags or short in (normalize_name(str(t)) for t in tags):
+                picked.append((e, name, config_digest))
+        if not picked:
+            tags = sorted({str(t) for e, _, _ in configs for t in (e.get("RepoTags") or [])})
+            raise ImageError(f"no image tagged {ref!r} in the archive (tags: "
+                             f"{', '.join(tags[:20]) or 'none'})", "manifest.json")
+        entry, config_name, config_digest = picked[0]
+        chosen_ref = ref
+    else:
+        if len(configs) > 1:
+            tags = sorted({str(t) for e, _, _ in configs for t in (e.get("RepoTags") or [])})
+            raise ImageError(f"the archive holds {len(configs)} images; choose one by tag "
+                             f"(tags: {', '.join(tags[:20]) or 'none'})", "manifest.json")
+        entry, config_name, config_digest = configs[0]
+        tags = entry.get("RepoTags") or []
+        chosen_ref = str(tags[0]) if isinstance(tags, list) and tags else None
+    where = "manifest.json"
+    layer_names = list_field(entry, "Layers", where)
+    _check_count(len(layer_names), max_layers, where)
+    if not all(isinstance(n, str) for n in layer_names):
+        raise ImageError("Layers must list file names", where)
+    # The config: its name is its digest in both layouts.
+    reader = layout.open(config_name, "image config")
+    try:
+        if reader.size > MAX_JSON_SIZE:
+            raise ImageError(f"image config is too large ({reader.size} bytes)", config_name)
+        data = read_all(reader, MAX_JSON_SIZE)
+    finally:
+        reader.close()
+    if config_digest is None:
+        config_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sel.warnings.append(f"the config {config_name!r} is not named by its digest: "
+                            "not verified")
+    else:
+        verify_blob(data, Descriptor(DOCKER_CONFIG, config_digest, len(data), {}, None),
+                    "image config")
+    config = parse_json(data, "image config", config_name)
+    diff_ids, image_platform = _config_info(config, f"image config {config_digest}",
+                                            len(layer_names), sel)
+    layers = []
+    for i, name in enumerate(layer_names):
+        what = f"layer {i} ({name})"
+        blob = _BLOB_PATH.fullmatch(name)
+        digest = check_digest(f"{blob.group(1)}:{blob.group(2)}", what) if blob else None
+        if not layout.exists(name):
+            raise ImageError(f"{what} is missing from the {layout.description}", name)
+        size = _blob_size(layout, name, what)
+        layers.append(LayerPlan(i, name, digest, size if digest else None, "", "auto",
+                                diff_ids[i], size))
+    return Plan("docker-save", None, config_digest, chosen_ref, image_platform, layers,
+                sel.warnings)
+
+
+def make_plan(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
+    if layout.exists("manifest.json"):
+        return _plan_docker(layout, ref, sel, max_layers)
+    if layout.exists("index.json"):
+        return _plan_oci(layout, ref, sel, max_layers)
+    raise ImageError("not an OCI image layout (no index.json) nor a docker save archive "
+                     "(no manifest.json)", layout.description)

@@ -1,0 +1,134 @@
+"""Selecting one image manifest in an OCI layout: by reference, digest and platform,
+through nested image indexes (bounded in depth and number, cycles refused)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chrootarchive.errors import ImageError
+from chrootarchive.image.digests import clip, short_digest
+from chrootarchive.image.documents import (
+    Descriptor,
+    as_object,
+    check_media_type,
+    list_field,
+    parse_descriptor,
+    read_blob_json,
+)
+from chrootarchive.image.layout import Layout
+from chrootarchive.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
+from chrootarchive.image.platforms import Platform, platform_rank
+
+MAX_INDEX_DEPTH = 8
+"""How deeply image indexes may nest below ``index.json``."""
+
+MAX_DOCUMENTS = 1000
+"""Index documents read while looking for a digest given as ``ref``."""
+
+@dataclass
+class Selection:
+    want: Platform
+    explicit: bool
+    warnings: list[str]
+    documents: int = 0
+
+
+def _index_children(layout: Layout, desc: Descriptor, sel: Selection,
+                    chain: tuple[str, ...]) -> list[Descriptor]:
+    if len(chain) >= MAX_INDEX_DEPTH:
+        raise ImageError(f"image indexes are nested more than {MAX_INDEX_DEPTH} levels deep",
+                         f"image index {desc.digest}")
+    if desc.digest in chain:
+        raise ImageError("image index cycle: the index refers to itself "
+                         f"({' -> '.join(short_digest(d) for d in (*chain, desc.digest))})",
+                         desc.digest)
+    sel.documents += 1
+    if sel.documents > MAX_DOCUMENTS:
+        raise ImageError(f"more than {MAX_DOCUMENTS} image indexes", desc.digest)
+    doc = as_object(read_blob_json(layout, desc, "image index"), "an image index", desc.digest)
+    check_media_type(doc, desc, "image index")
+    where = f"image index {desc.digest}"
+    return [parse_descriptor(d, where) for d in list_field(doc, "manifests", where)]
+
+
+def pick(candidates: list[Descriptor], sel: Selection, where: str,
+         top: bool) -> Descriptor:
+    """Choose among an index's entries by platform (containerd's rules)."""
+    usable = [d for d in candidates if d.media_type in MANIFEST_TYPES | INDEX_TYPES]
+    unique = {d.digest: d for d in usable}
+    if not usable:
+        types = sorted({d.media_type for d in candidates})
+        if not candidates:
+            raise ImageError("the index lists no manifests", where)
+        if any(t in SCHEMA1_TYPES for t in types):
+            raise ImageError("Docker schema 1 manifests are not supported", where)
+        raise ImageError(f"no image manifest in the index (media types: {', '.join(types)})",
+                         where)
+    if len(unique) == 1:
+        return usable[0]
+    ranked = []
+    for position, d in enumerate(usable):
+        if d.platform is None:
+            continue
+        rank = platform_rank(d.platform, sel.want)
+        if rank is not None:
+            ranked.append((rank, position, d))
+    if ranked:
+        return min(ranked, key=lambda r: (r[0], r[1]))[2]
+    unplatformed = [d for d in usable if d.platform is None]
+    if top and len(unplatformed) > 1:
+        names = sorted({n for d in unplatformed for n in d.names()})
+        listed = ", ".join(names[:20]) or "unnamed"
+        raise ImageError(f"the layout holds {len(unique)} images; choose one by reference "
+                         f"(names: {listed})", where)
+    if len(unplatformed) == 1:
+        return unplatformed[0]
+    available = sorted({str(d.platform) for d in usable if d.platform is not None})
+    raise ImageError(f"no manifest for platform {sel.want} (available: "
+                     f"{', '.join(available) or 'none'})", where)
+
+
+def resolve_manifest(layout: Layout, desc: Descriptor, sel: Selection,
+                     chain: tuple[str, ...]) -> Descriptor:
+    while desc.media_type in INDEX_TYPES:
+        children = _index_children(layout, desc, sel, chain)
+        chain = (*chain, desc.digest)
+        desc = pick(children, sel, f"image index {desc.digest}", top=False)
+    if desc.media_type in SCHEMA1_TYPES:
+        raise ImageError("Docker schema 1 manifests are not supported", desc.digest)
+    if desc.media_type not in MANIFEST_TYPES:
+        raise ImageError(f"not an image manifest: media type {clip(desc.media_type)}",
+                         desc.digest)
+    return desc
+
+
+def find_digest(layout: Layout, top: list[Descriptor], digest: str,
+                sel: Selection) -> Descriptor | None:
+    """Breadth-first search of the index tree for a descriptor with ``digest``."""
+    level: list[tuple[Descriptor, tuple[str, ...]]] = [(d, ()) for d in top]
+    while level:
+        for d, _chain in level:
+            if d.digest == digest:
+                return d
+        following: list[tuple[Descriptor, tuple[str, ...]]] = []
+        for d, chain in level:
+            if d.media_type in INDEX_TYPES:
+                children = _index_children(layout, d, sel, chain)
+                following += [(c, (*chain, d.digest)) for c in children]
+        level = following
+    return None
+
+
+def normalize_name(name: str) -> str:
+    """Docker's short form of a name: ``docker.io/library/x:latest`` -> ``x:latest``."""
+    base, at, digest = name.partition("@")
+    last = base.rsplit("/", 1)[-1]
+    if ":" not in last and not at:
+        base += ":latest"
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if base.startswith(prefix):
+            base = base[len(prefix):]
+            break
+    if base.startswith("library/") and base.count("/") == 1:
+        base = base[len("library/"):]
+    return base + at + digest
