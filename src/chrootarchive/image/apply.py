@@ -13,6 +13,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from typing import Any
 
+from chrootarchive.contract import MAX_WARNINGS
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -20,6 +21,7 @@ from chrootarchive.errors import (
     DigestMismatchError,
     ImageError,
     LimitExceededError,
+    from_os_error,
 )
 from chrootarchive.image.digests import Hasher
 from chrootarchive.image.layout import Layout, Reader, open_layout
@@ -37,7 +39,6 @@ from chrootarchive.operations import untar as api
 from chrootarchive.options import DEFAULT_MAX_LAYERS, UnpackOptions, UnpackResult
 
 _CHUNK = compression.CHUNK
-_MAX_WARNINGS = 1000
 
 _APPLIED = "(the layer was applied, at least in part, before this could be known)"
 
@@ -67,7 +68,7 @@ class _BlobStream:
         try:
             data = self._reader.read(max(want, 1))
         except OSError as err:
-            raise ImageError(f"cannot read the blob: {err.strerror}", self._label) from err
+            raise from_os_error(err, self._label, kind=ImageError, action="cannot read the blob") from err
         if not data:
             self._end()
             return b""
@@ -295,7 +296,7 @@ def unpack_image(
                 confinement = result.confinement
                 label = _layer_label(layer)
                 for warning in result.warnings:
-                    if len(warnings) < _MAX_WARNINGS:
+                    if len(warnings) < MAX_WARNINGS:
                         warnings.append(f"{label}: {warning}")
                 applied.append(LayerResult(
                     index=layer.index, digest=layer.digest, diff_id=layer.diff_id,

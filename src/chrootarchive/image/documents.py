@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from chrootarchive.errors import DigestMismatchError, ImageError
+from chrootarchive.errors import DigestMismatchError, ImageError, from_os_error
 from chrootarchive.image.digests import Hasher, blob_name, check_digest, clip
 from chrootarchive.image.layout import Layout, Reader
 from chrootarchive.image.mediatypes import CONTAINERD_NAME, REF_NAME
@@ -32,7 +32,7 @@ def read_all(reader: Reader, limit: int) -> bytes:
         try:
             data = reader.read(min(_CHUNK, limit + 1 - got))
         except OSError as err:
-            raise ImageError(f"cannot read the image: {err.strerror}") from err
+            raise from_os_error(err, kind=ImageError, action="cannot read the image") from err
         if not data:
             break
         parts.append(data)

@@ -22,6 +22,7 @@ from chrootarchive.errors import (
     ImageError,
     LimitExceededError,
     MalformedArchiveError,
+    from_os_error,
 )
 from chrootarchive.operations import compression
 from chrootarchive.tarformat import reader as tarreader
@@ -153,7 +154,7 @@ class _DirLayout(Layout):
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
-            raise ImageError(f"cannot open the image: {err.strerror}", path) from err
+            raise from_os_error(err, path, kind=ImageError, action="cannot open the image") from err
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -166,12 +167,12 @@ class _DirLayout(Layout):
         except (FileNotFoundError, NotADirectoryError):
             return None, ""
         except OSError as err:
-            raise ImageError(f"cannot read the image: {err.strerror}", name) from err
+            raise from_os_error(err, name, kind=ImageError, action="cannot read the image") from err
         if stat.S_ISLNK(st.st_mode):
             try:
                 return "symlink", os.readlink(name, dir_fd=self._fd)
             except OSError as err:
-                raise ImageError(f"cannot read the image: {err.strerror}", name) from err
+                raise from_os_error(err, name, kind=ImageError, action="cannot read the image") from err
         if stat.S_ISDIR(st.st_mode):
             return "dir", ""
         if stat.S_ISREG(st.st_mode):
@@ -190,7 +191,7 @@ class _DirLayout(Layout):
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=dir_fd)
         except OSError as err:
-            raise ImageError(f"cannot open: {err.strerror}", name) from err
+            raise from_os_error(err, name, kind=ImageError, action="cannot open") from err
         finally:
             if dir_fd != self._fd:
                 os.close(dir_fd)
@@ -337,7 +338,7 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
         try:
             st = os.stat(image)
         except OSError as err:
-            raise ImageError(f"cannot open the image: {err.strerror}", image) from err
+            raise from_os_error(err, image, kind=ImageError, action="cannot open the image") from err
         if stat.S_ISDIR(st.st_mode):
             layout: Layout = _DirLayout(image)
             try:
@@ -348,7 +349,7 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
         try:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
-            raise ImageError(f"cannot open the image: {err.strerror}", image) from err
+            raise from_os_error(err, image, kind=ImageError, action="cannot open the image") from err
         if not stat.S_ISREG(st.st_mode) or compression.detect(os.pread(fd, 6, 0)) != "none":
             with open(fd, "rb", closefd=True) as raw:
                 fd = _spool(raw, image, max_bytes)

@@ -14,7 +14,7 @@ import sys
 
 from chrootarchive import _fdio, _wire
 from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest, encode_error, encode_reply
-from chrootarchive.errors import DestinationError
+from chrootarchive.errors import DestinationError, from_os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["READY", "child_main"]
 
 READY = b"\x01"  # sent once confined, before any data is read
-_SIGKILL = 9
 _MAX_FDS = 8  # result, root, stdin, stdout, stderr, sync: the most a job is given
 
 
@@ -39,7 +38,7 @@ def child_main(argv: list[str]) -> None:
     control_fd, parent_pid, job_name = int(argv[0]), int(argv[1]), argv[2]
     from chrootarchive import _linux
 
-    _linux.prctl(_linux.PR_SET_PDEATHSIG, _SIGKILL)
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, _linux.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)  # the parent is already gone
     job = _boot(job_name)
@@ -196,4 +195,4 @@ def _enter_dest(dest: str, *, create: bool, owner: tuple[int, int] | None) -> No
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):
             raise DestinationError("not a directory", dest) from err
-        raise DestinationError(err.strerror or str(err), dest) from err
+        raise from_os_error(err, dest, kind=DestinationError) from err

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, cast
 
 from chrootarchive.contract import JobRequest
-from chrootarchive.errors import ConfinementError, SourceError
+from chrootarchive.errors import ConfinementError, SourceError, from_os_error
 from chrootarchive.operations import destination
 from chrootarchive.operations import untar as api
 from chrootarchive.operations.compression import CHUNK
@@ -213,7 +213,7 @@ def tar(
     try:
         root_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
-        raise SourceError(_reason(err), jail) from err
+        raise from_os_error(err, jail, kind=SourceError) from err
     try:
         source = _start(root_fd, inner, options, mechanisms, os.fspath(src))
     finally:
@@ -265,7 +265,7 @@ def _locate(src: str, root: str | None) -> tuple[str, str]:
     try:
         st = os.lstat(src)
     except OSError as err:
-        raise SourceError(_reason(err), src) from err
+        raise from_os_error(err, src, kind=SourceError) from err
     if stat.S_ISDIR(st.st_mode):
         return src, "/"
     return head or ".", "/" + tail
@@ -333,7 +333,7 @@ def copy_with_tar(
     try:
         st = os.stat(path)
     except OSError as err:
-        raise SourceError(_reason(err), path) from err
+        raise from_os_error(err, path, kind=SourceError) from err
     if not stat.S_ISDIR(st.st_mode):
         return copy_file_with_tar(src, dst, options, pack_options=pack_options,
                                   progress=progress)
@@ -364,7 +364,7 @@ def copy_file_with_tar(
     try:
         st = os.stat(path)
     except OSError as err:
-        raise SourceError(_reason(err), path) from err
+        raise from_os_error(err, path, kind=SourceError) from err
     if stat.S_ISDIR(st.st_mode):
         raise SourceError("is a directory (copy directories with copy_with_tar)", path)
     if target.endswith("/"):

@@ -10,8 +10,8 @@ import fcntl
 import os
 import posixpath
 
-from chrootarchive.errors import ArchiveError, BreakoutError, DestinationError
-from chrootarchive.options import IDMap, UnpackOptions
+from chrootarchive.engine.idmap import root_owner
+from chrootarchive.errors import BreakoutError, DestinationError, from_os_error
 
 __all__ = ["inside", "pin_destination", "root_owner"]
 
@@ -44,26 +44,6 @@ def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
         raise FileExistsError(dest)
 
 
-def root_owner(options: UnpackOptions) -> tuple[int, int] | None:
-    """The host owner of directories the unpack makes: the mapped root."""
-    if options.no_lchown or options.data_only:
-        return None
-    if options.chown is not None:
-        return options.chown
-    uid = map_root(options.uid_maps)
-    gid = map_root(options.gid_maps)
-    return (uid, gid)
-
-
-def map_root(maps: tuple[IDMap, ...]) -> int:
-    for m in maps:
-        if m.container_id <= 0 < m.container_id + m.size:
-            return m.host_id - m.container_id
-    if maps:
-        raise ArchiveError("container root (id 0) cannot be mapped to a host id")
-    return 0
-
-
 def pin_destination(
     dest: str, root: str | os.PathLike[str] | None, *, lock: bool = True,
     owner: tuple[int, int] | None = None,
@@ -80,7 +60,7 @@ def pin_destination(
         except FileExistsError:
             raise DestinationError("not a directory", dest) from None
         except OSError as err:
-            raise DestinationError(f"cannot create: {err.strerror}", dest) from err
+            raise from_os_error(err, dest, kind=DestinationError, action="cannot create") from err
     else:
         jail = os.fspath(root)
         rel = _dest_inside_root(dest, jail)
@@ -89,7 +69,7 @@ def pin_destination(
     except NotADirectoryError:
         raise DestinationError("not a directory", jail) from None
     except OSError as err:
-        raise DestinationError(f"cannot open: {err.strerror}", jail) from err
+        raise from_os_error(err, jail, kind=DestinationError, action="cannot open") from err
     if lock:
         fcntl.flock(fd, fcntl.LOCK_EX)
     return fd, rel

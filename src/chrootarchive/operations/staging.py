@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 from chrootarchive.engine.fsops import remove_tree_at
-from chrootarchive.errors import DestinationError
+from chrootarchive.errors import DestinationError, from_os_error
 
 __all__ = ["PREFIX", "atomic_destination", "remove_stale"]
 
@@ -104,8 +104,7 @@ def _make_locked_stage(parent_fd: int, parent: str) -> tuple[str, int]:
         except FileExistsError:
             continue
         except OSError as err:
-            raise DestinationError(f"cannot create a staging directory: {err.strerror}",
-                                   parent) from err
+            raise from_os_error(err, parent, kind=DestinationError, action="cannot create a staging directory") from err
         fd = os.open(building, _OPEN_DIR, dir_fd=parent_fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         stage = PREFIX + token
@@ -126,14 +125,14 @@ def atomic_destination(dest: str) -> Iterator[str]:
     try:
         os.makedirs(parent, 0o755, exist_ok=True)
     except OSError as err:
-        raise DestinationError(f"cannot create: {err.strerror}", parent) from err
+        raise from_os_error(err, parent, kind=DestinationError, action="cannot create") from err
     remove_stale(parent)
     if not _is_empty_dir(dest):
         raise DestinationError("atomic unpacking needs a missing or empty destination", dest)
     try:
         parent_fd = os.open(parent, _OPEN_DIR)
     except OSError as err:
-        raise DestinationError(f"cannot open: {err.strerror}", parent) from err
+        raise from_os_error(err, parent, kind=DestinationError, action="cannot open") from err
     try:
         stage, stage_fd = _make_locked_stage(parent_fd, parent)
         try:
@@ -147,8 +146,7 @@ def atomic_destination(dest: str) -> Iterator[str]:
                         raise DestinationError(
                             "the destination was filled while unpacking", dest
                         ) from err
-                    raise DestinationError(f"cannot rename into place: {err.strerror}",
-                                           dest) from err
+                    raise from_os_error(err, dest, kind=DestinationError, action="cannot rename into place") from err
             except BaseException:
                 _remove(parent_fd, stage)
                 raise

@@ -17,6 +17,7 @@ from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
     DestinationError,
     SourceError,
+    from_os_error,
 )
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.options import UnpackOptions, UnpackResult, unpack_spec
@@ -272,7 +273,7 @@ def _open_source(source: Source) -> Iterator[BinaryIO]:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as err:
-            raise SourceError(f"cannot open the archive: {err.strerror}", path) from err
+            raise from_os_error(err, path, kind=SourceError, action="cannot open the archive") from err
         with f:
             yield f
         return

@@ -22,7 +22,7 @@ from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
 from chrootarchive.engine.jobs import JobContext
-from chrootarchive.errors import ChrootArchiveError, DestinationError, InternalError
+from chrootarchive.errors import ChrootArchiveError, DestinationError, InternalError, from_os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -327,5 +327,5 @@ def _enter_dest(root_fd: int, request: JobRequest) -> str:
         try:
             Openat2FileOps(root_fd).make_dirs(dest)  # owned by the caller, as it runs it
         except OSError as err:
-            raise DestinationError(err.strerror or str(err), dest) from err
+            raise from_os_error(err, dest, kind=DestinationError) from err
     return dest
