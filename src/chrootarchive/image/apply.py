@@ -68,7 +68,8 @@ class _BlobStream:
         try:
             data = self._reader.read(max(want, 1))
         except OSError as err:
-            raise from_os_error(err, self._label, kind=ImageError, action="cannot read the blob") from err
+            raise from_os_error(
+                err, self._label, kind=ImageError, action="cannot read the blob") from err
         if not data:
             self._end()
             return b""

@@ -172,7 +172,8 @@ class _DirLayout(Layout):
             try:
                 return "symlink", os.readlink(name, dir_fd=self._fd)
             except OSError as err:
-                raise from_os_error(err, name, kind=ImageError, action="cannot read the image") from err
+                raise from_os_error(
+                    err, name, kind=ImageError, action="cannot read the image") from err
         if stat.S_ISDIR(st.st_mode):
             return "dir", ""
         if stat.S_ISREG(st.st_mode):
@@ -338,7 +339,8 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
         try:
             st = os.stat(image)
         except OSError as err:
-            raise from_os_error(err, image, kind=ImageError, action="cannot open the image") from err
+            raise from_os_error(
+                err, image, kind=ImageError, action="cannot open the image") from err
         if stat.S_ISDIR(st.st_mode):
             layout: Layout = _DirLayout(image)
             try:
@@ -349,7 +351,8 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
         try:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
-            raise from_os_error(err, image, kind=ImageError, action="cannot open the image") from err
+            raise from_os_error(
+                err, image, kind=ImageError, action="cannot open the image") from err
         if not stat.S_ISREG(st.st_mode) or compression.detect(os.pread(fd, 6, 0)) != "none":
             with open(fd, "rb", closefd=True) as raw:
                 fd = _spool(raw, image, max_bytes)

@@ -273,7 +273,8 @@ def _open_source(source: Source) -> Iterator[BinaryIO]:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as err:
-            raise from_os_error(err, path, kind=SourceError, action="cannot open the archive") from err
+            raise from_os_error(
+                err, path, kind=SourceError, action="cannot open the archive") from err
         with f:
             yield f
         return
