@@ -105,7 +105,8 @@ def _make_locked_stage(parent_fd: int, parent: str) -> tuple[str, int]:
             continue
         except OSError as err:
             raise from_os_error(
-                err, parent, kind=DestinationError, action="cannot create a staging directory") from err
+                err, parent, kind=DestinationError,
+                action="cannot create a staging directory") from err
         fd = os.open(building, _OPEN_DIR, dir_fd=parent_fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         stage = PREFIX + token
@@ -148,7 +149,8 @@ def atomic_destination(dest: str) -> Iterator[str]:
                             "the destination was filled while unpacking", dest
                         ) from err
                     raise from_os_error(
-                        err, dest, kind=DestinationError, action="cannot rename into place") from err
+                        err, dest, kind=DestinationError,
+                        action="cannot rename into place") from err
             except BaseException:
                 _remove(parent_fd, stage)
                 raise
