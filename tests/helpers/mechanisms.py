@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+from helpers.tree import Snapshot
+
 
 def _ladder() -> ModuleType:
     """The module that holds ``MECHANISMS`` and ``candidates``."""
@@ -35,3 +37,20 @@ def unavailable_reason(name: str) -> str | None:
 def on_ci() -> bool:
     """CI runs as root on Linux 6.x, where every mechanism works: none may be missing."""
     return os.environ.get("CI", "").lower() == "true"
+
+
+#: Mechanisms that, even as root, cannot give files arbitrary owners or make device
+#: nodes: ``userns`` maps the caller's subordinate ids only, so owners outside them
+#: and devices are skipped, each with a warning (``test_mechanisms.py`` checks those).
+LIMITED_AS_ROOT = frozenset({"userns"})
+
+_DEVICES = ("chardev", "blockdev")
+
+
+def comparable(snap: Snapshot, mechanism: str) -> Snapshot:
+    """A tree snapshot (``helpers.tree``) without what ``mechanism`` cannot reproduce:
+    under a limited one, owners and device nodes are left out of the comparison."""
+    if mechanism not in LIMITED_AS_ROOT:
+        return snap
+    return {path: {k: v for k, v in info.items() if k not in ("uid", "gid")}
+            for path, info in snap.items() if info.get("type") not in _DEVICES}
