@@ -7,7 +7,11 @@ ladder functions (to ``chrootarchive.runner.ladder``, say) is a one-line change 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from types import ModuleType
+from typing import Any
+
+import pytest
 
 from helpers.tree import Snapshot
 
@@ -32,6 +36,22 @@ def unavailable_reason(name: str) -> str | None:
     except ConfinementError as err:  # MechanismUnavailableError is one
         return err.message
     return None
+
+
+def variants(*, without: Collection[str] = (),
+             slow_beyond: Collection[str] | None = None) -> list[Any]:
+    """Parameters for ``@pytest.mark.parametrize("mechanism", ..., indirect=True)``: the
+    ``mechanism`` fixture (skip or CI failure included) over :data:`MECHANISMS`.
+
+    Args:
+        without: mechanisms this test is not about, for a reason its comment gives.
+        slow_beyond: when set, every other mechanism's variant is marked ``slow`` (a
+            slow test keeps only these in the fast tier).
+    """
+    return [pytest.param(name, id=name,
+                         marks=pytest.mark.slow if slow_beyond is not None
+                         and name not in slow_beyond else ())
+            for name in MECHANISMS if name not in without]
 
 
 def on_ci() -> bool:
