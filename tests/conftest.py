@@ -38,13 +38,7 @@ def mechanism(request: pytest.FixtureRequest) -> str:
     One this machine cannot run is skipped with the package's reason; on CI
     (``CI=true``: root, Linux 6.x, where all of them work) it fails instead.
     """
-    name: str = request.param
-    reason = mechanisms.unavailable_reason(name)
-    if reason is not None:
-        if mechanisms.on_ci():
-            pytest.fail(f"on CI every mechanism must work: {reason}")
-        pytest.skip(reason)
-    return name
+    return mechanisms.require(request.param)
 
 
 @pytest.fixture

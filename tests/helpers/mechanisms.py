@@ -38,6 +38,17 @@ def unavailable_reason(name: str) -> str | None:
     return None
 
 
+def require(name: str) -> str:
+    """``name``, if this machine can run it; else skip the test with the package's
+    reason, or on CI (:func:`on_ci`) fail it: there a missing mechanism is a bug."""
+    reason = unavailable_reason(name)
+    if reason is not None:
+        if on_ci():
+            pytest.fail(f"on CI every mechanism must work: {reason}")
+        pytest.skip(reason)
+    return name
+
+
 def variants(*, without: Collection[str] = (),
              slow_beyond: Collection[str] | None = None) -> list[Any]:
     """Parameters for ``@pytest.mark.parametrize("mechanism", ..., indirect=True)``: the
