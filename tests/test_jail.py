@@ -10,11 +10,14 @@
 - Every option and every rule of "Unpack semantics": owners, id maps, excludes,
   replace versus merge, implied parents, special bits, xattrs, devices, sparse files,
   long names, times, PAX global headers, ``untar_with_root``, sources, errors, the
-  command line (``--json``, exit statuses, ``--help``).
+  command line (``--json``, exit statuses, ``--help``). The tests of what an unpack
+  does run under each mechanism (the ``mechanism`` fixture); those about owners,
+  devices and ``trusted.*`` xattrs under each that can make them as root (:data:`OWNERS`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -35,8 +38,14 @@ from helpers import tarbuild as tb
 from helpers import tree
 from helpers.cli import CLI, assert_one_line_error, run_cli
 from helpers.leaks import LeakCheck, child_pids, pivot_leftovers
+from helpers.mechanisms import LIMITED_AS_ROOT, variants
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_leaks")]
+
+#: For tests of owners, devices and trusted.* xattrs: ``userns`` as root maps only its
+#: own ids and skips the rest with a warning (``test_mechanisms.py`` and
+#: ``test_subuid.py`` check that).
+OWNERS = variants(without=LIMITED_AS_ROOT)
 
 
 def B() -> tb.TarBuilder:
@@ -338,20 +347,20 @@ def _state(pid: int) -> str:
 # -- the worker cannot see the host ----------------------------------------------------
 
 
-def test_root_symlink_lands_inside(dest: Path) -> None:
+def test_root_symlink_lands_inside(mechanism: str, dest: Path) -> None:
     """``host -> /`` then ``host/etc/passwd-test``: "/" is the destination."""
     archive = B().dir("etc").symlink("host", "/").file("host/etc/passwd-test", b"x").build()
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert (dest / "etc" / "passwd-test").read_bytes() == b"x"
     assert not os.path.lexists("/etc/passwd-test")
 
 
-def test_etc_symlink_write(dest: Path) -> None:
+def test_etc_symlink_write(mechanism: str, dest: Path) -> None:
     """``etc -> /etc`` then ``etc/passwd-test``: inside the jail /etc is the symlink
     itself; the host's /etc is never written."""
     archive = B().symlink("etc", "/etc").file("etc/passwd-test", b"x").build()
     try:
-        chrootarchive.untar(io.BytesIO(archive), dest)
+        chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     except (chrootarchive.ArchiveError, chrootarchive.DestinationError):
         pass
     assert not os.path.lexists("/etc/passwd-test")
@@ -359,7 +368,7 @@ def test_etc_symlink_write(dest: Path) -> None:
         assert "passwd" not in files
 
 
-def test_host_files_are_not_reachable(dest: Path) -> None:
+def test_host_files_are_not_reachable(mechanism: str, dest: Path) -> None:
     secret = Path("/etc/hostname").read_bytes() if Path("/etc/hostname").exists() else None
     for archive in (
         B().hardlink("shadow", "/etc/shadow").build(),
@@ -367,7 +376,7 @@ def test_host_files_are_not_reachable(dest: Path) -> None:
         B().symlink("p", "/proc/self/root/etc").hardlink("h", "p/passwd").build(),
     ):
         with pytest.raises(chrootarchive.ArchiveError):
-            chrootarchive.untar(io.BytesIO(archive), dest)
+            chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     if secret:
         assert not tree.find_content(dest, secret.strip())
     root_line = Path("/etc/passwd").read_bytes().splitlines()[0]
@@ -390,8 +399,9 @@ def owners_archive() -> bytes:
     )
 
 
-def test_numeric_owners(dest: Path) -> None:
-    chrootarchive.untar(io.BytesIO(owners_archive()), dest)
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_numeric_owners(mechanism: str, dest: Path) -> None:
+    chrootarchive.untar(io.BytesIO(owners_archive()), dest, UnpackOptions(confine=mechanism))
     assert owner(dest / "dir") == (1000, 2000)
     assert owner(dest / "dir" / "file") == (1001, 2001)
     assert owner(dest / "dir" / "link") == (1002, 2002)
@@ -400,14 +410,17 @@ def test_numeric_owners(dest: Path) -> None:
     assert owner(dest / "implied") == (0, 0)
 
 
-def test_no_lchown(dest: Path) -> None:
-    chrootarchive.untar(io.BytesIO(owners_archive()), dest, UnpackOptions(no_lchown=True))
+def test_no_lchown(mechanism: str, dest: Path) -> None:
+    chrootarchive.untar(io.BytesIO(owners_archive()), dest,
+                        UnpackOptions(confine=mechanism, no_lchown=True))
     for p in ("dir", "dir/file", "dir/link", "dir/fifo", "implied/child"):
         assert owner(dest / p) == (os.getuid(), os.getgid()), p
 
 
-def test_chown(dest: Path) -> None:
-    chrootarchive.untar(io.BytesIO(owners_archive()), dest, UnpackOptions(chown=(77, 88)))
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_chown(mechanism: str, dest: Path) -> None:
+    chrootarchive.untar(io.BytesIO(owners_archive()), dest,
+                        UnpackOptions(confine=mechanism, chown=(77, 88)))
     for p in ("dir", "dir/file", "dir/link", "dir/fifo", "implied/child", "root-owned"):
         assert owner(dest / p) == (77, 88), p
 
@@ -424,9 +437,11 @@ MAP = UnpackOptions(
 )
 
 
-def test_id_maps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_id_maps(mechanism: str, tmp_path: Path) -> None:
     dest = tmp_path / "missing-dest"
-    chrootarchive.untar(io.BytesIO(owners_archive()), dest, MAP)
+    chrootarchive.untar(io.BytesIO(owners_archive()), dest,
+                        dataclasses.replace(MAP, confine=mechanism))
     assert owner(dest / "dir") == (101000, 202000)
     assert owner(dest / "dir" / "file") == (101001, 202001)
     assert owner(dest / "dir" / "link") == (101002, 202002)
@@ -435,16 +450,19 @@ def test_id_maps(tmp_path: Path) -> None:
     assert owner(dest / "implied") == (100000, 200000)
 
 
-def test_id_maps_missing_dest_owned_by_mapped_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_id_maps_missing_dest_owned_by_mapped_root(mechanism: str, tmp_path: Path) -> None:
     """Docker creates a missing destination 0755, owned by the mapped root."""
     dest = tmp_path / "missing-dest"
-    chrootarchive.untar(io.BytesIO(owners_archive()), dest, MAP)
+    chrootarchive.untar(io.BytesIO(owners_archive()), dest,
+                        dataclasses.replace(MAP, confine=mechanism))
     assert owner(dest) == (100000, 200000)
     assert mode(dest) == 0o755
 
 
-def test_id_maps_several_ranges(dest: Path) -> None:
-    opts = UnpackOptions(
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_id_maps_several_ranges(mechanism: str, dest: Path) -> None:
+    opts = UnpackOptions(confine=mechanism,
         uid_maps=(IDMap(0, 500000, 1000), IDMap(1000, 700000, 10)),
         gid_maps=(IDMap(0, 500000, 5000),),
     )
@@ -454,11 +472,12 @@ def test_id_maps_several_ranges(dest: Path) -> None:
     assert owner(dest / "b") == (700005, 500000)
 
 
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
 @pytest.mark.parametrize(("uid", "gid"), [(70000, 0), (0, 70000), (65536, 0)])
-def test_unmapped_id_is_an_error(uid: int, gid: int, dest: Path) -> None:
+def test_unmapped_id_is_an_error(mechanism: str, uid: int, gid: int, dest: Path) -> None:
     archive = B().file("ok", b"").file("unmapped", b"", uid=uid, gid=gid).build()
     with pytest.raises(chrootarchive.ChrootArchiveError) as info:
-        chrootarchive.untar(io.BytesIO(archive), dest, MAP)
+        chrootarchive.untar(io.BytesIO(archive), dest, dataclasses.replace(MAP, confine=mechanism))
     assert not isinstance(info.value, chrootarchive.InternalError), repr(info.value)
     assert str(max(uid, gid)) in str(info.value), str(info.value)
 
@@ -480,14 +499,15 @@ def test_id_map_cli(dest: Path, write_archive) -> None:
     assert owner(dest / "dir" / "file") == (101001, 202001)
 
 
-def test_owner_names_are_ignored(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_owner_names_are_ignored(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .file("a", b"", uid=4242, gid=4343, uname="root", gname="root")
         .file("b", b"", uid=0, gid=0, uname="nobody", gname="nogroup")
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert owner(dest / "a") == (4242, 4343)
     assert owner(dest / "b") == (0, 0)
 
@@ -525,12 +545,12 @@ def _assert_excludes(dest: Path) -> None:
     assert (dest / "cache/keep").read_bytes() == b"cache/keep"
 
 
-def test_excludes(dest: Path) -> None:
+def test_excludes(mechanism: str, dest: Path) -> None:
     """Docker's patterns (filepath.Match: ``*`` does not cross ``/``); a directory
     pattern excludes what is below it (not ``docs2``: no string prefixes); ``!``
     re-includes."""
     result = chrootarchive.untar(
-        io.BytesIO(excludes_archive()), dest, UnpackOptions(excludes=EXCLUDES)
+        io.BytesIO(excludes_archive()), dest, UnpackOptions(confine=mechanism, excludes=EXCLUDES)
     )
     _assert_excludes(dest)
     assert result.entries == 9
@@ -543,23 +563,25 @@ def test_excludes_cli(dest: Path, write_archive) -> None:
     _assert_excludes(dest)
 
 
-def test_excluded_breakout_is_still_a_breakout_or_skipped(dest: Path, victim) -> None:
+def test_excluded_breakout_is_still_a_breakout_or_skipped(mechanism: str, dest: Path,
+                                                          victim) -> None:
     archive = B().file("../victim/pwned", b"x").build()
     try:
-        chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(excludes=("*",)))
+        chrootarchive.untar(io.BytesIO(archive), dest,
+                            UnpackOptions(confine=mechanism, excludes=("*",)))
     except chrootarchive.BreakoutError:
         pass
     victim.assert_untouched()
 
 
-def test_many_excludes(dest: Path) -> None:
+def test_many_excludes(mechanism: str, dest: Path) -> None:
     """Docker's 4 MB exclude list (it overflowed the argument size limit once)."""
     patterns = tuple(f"nothing-matches-{i:06d}-" + "x" * 40 for i in range(70_000))
     assert sum(map(len, patterns)) > 4_000_000
     result = chrootarchive.untar(
         io.BytesIO(B().file("kept", b"k").build()),
         dest,
-        UnpackOptions(excludes=(*patterns, "dropped")),
+        UnpackOptions(confine=mechanism, excludes=(*patterns, "dropped")),
     )
     assert result.entries == 1
     assert (dest / "kept").read_bytes() == b"k"
@@ -568,7 +590,7 @@ def test_many_excludes(dest: Path) -> None:
 # -- replace, merge, no-overwrite-dir-nondir ----------------------------------------------------
 
 
-def test_replace_and_merge(dest: Path) -> None:
+def test_replace_and_merge(mechanism: str, dest: Path) -> None:
     (dest / "d").mkdir()
     (dest / "d" / "old").write_bytes(b"old")
     (dest / "f").write_bytes(b"old file")
@@ -587,7 +609,7 @@ def test_replace_and_merge(dest: Path) -> None:
         .dir("s", mode=0o711)
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     # dir meets dir: merged, metadata from the archive (times set last)
     assert (dest / "d" / "old").read_bytes() == b"old"
     assert (dest / "d" / "new").read_bytes() == b"new"
@@ -605,7 +627,7 @@ def test_replace_and_merge(dest: Path) -> None:
 
 
 @pytest.mark.parametrize("existing", ["dir", "file"])
-def test_no_overwrite_dir_nondir(existing: str, dest: Path) -> None:
+def test_no_overwrite_dir_nondir(mechanism: str, existing: str, dest: Path) -> None:
     if existing == "dir":
         (dest / "n").mkdir()
         (dest / "n" / "inside").write_bytes(b"i")
@@ -614,14 +636,15 @@ def test_no_overwrite_dir_nondir(existing: str, dest: Path) -> None:
         (dest / "n").write_bytes(b"a file")
         archive = B().dir("n").file("n/x", b"x").build()
     with pytest.raises(chrootarchive.ChrootArchiveError) as info:
-        chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(no_overwrite_dir_nondir=True))
+        chrootarchive.untar(io.BytesIO(archive), dest,
+                            UnpackOptions(confine=mechanism, no_overwrite_dir_nondir=True))
     assert not isinstance(info.value, chrootarchive.InternalError), repr(info.value)
     if existing == "dir":
         assert (dest / "n" / "inside").read_bytes() == b"i"
     else:
         assert (dest / "n").read_bytes() == b"a file"
     # Without the option: replaced.
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     if existing == "dir":
         assert (dest / "n").read_bytes() == b"file now"
     else:
@@ -637,13 +660,13 @@ def test_no_overwrite_dir_nondir_cli(dest: Path, write_archive) -> None:
     assert (dest / "n").is_dir()
 
 
-def test_no_overwrite_dir_nondir_symlink_over_dir(dest: Path) -> None:
+def test_no_overwrite_dir_nondir_symlink_over_dir(mechanism: str, dest: Path) -> None:
     (dest / "n").mkdir()
     with pytest.raises(chrootarchive.ChrootArchiveError):
         chrootarchive.untar(
             io.BytesIO(B().symlink("n", "/").build()),
             dest,
-            UnpackOptions(no_overwrite_dir_nondir=True),
+            UnpackOptions(confine=mechanism, no_overwrite_dir_nondir=True),
         )
     assert (dest / "n").is_dir() and not (dest / "n").is_symlink()
 
@@ -651,7 +674,7 @@ def test_no_overwrite_dir_nondir_symlink_over_dir(dest: Path) -> None:
 # -- modes, implied parents, umask -----------------------------------------------------
 
 
-def test_implied_parents_0755_under_umask_077(tmp_path: Path) -> None:
+def test_implied_parents_0755_under_umask_077(mechanism: str, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     archive = (
         B()
@@ -663,7 +686,7 @@ def test_implied_parents_0755_under_umask_077(tmp_path: Path) -> None:
     )
     old = os.umask(0o077)
     try:
-        chrootarchive.untar(io.BytesIO(archive), dest)
+        chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     finally:
         os.umask(old)
     for p in ("a", "a/b", "a/b/c"):
@@ -674,17 +697,18 @@ def test_implied_parents_0755_under_umask_077(tmp_path: Path) -> None:
     assert mode(dest / "explicit/f") == 0o604
 
 
-def test_missing_dest_created_0755(tmp_path: Path) -> None:
+def test_missing_dest_created_0755(mechanism: str, tmp_path: Path) -> None:
     dest = tmp_path / "new" / "dest"
-    chrootarchive.untar(io.BytesIO(B().file("f").build()), dest)
+    chrootarchive.untar(io.BytesIO(B().file("f").build()), dest, UnpackOptions(confine=mechanism))
     assert mode(dest) == 0o755
 
 
-def test_missing_dest_created_0755_under_umask_077(tmp_path: Path) -> None:
+def test_missing_dest_created_0755_under_umask_077(mechanism: str, tmp_path: Path) -> None:
     dest = tmp_path / "new-dest"
     old = os.umask(0o077)
     try:
-        chrootarchive.untar(io.BytesIO(B().file("f").build()), dest)
+        chrootarchive.untar(io.BytesIO(B().file("f").build()), dest,
+                            UnpackOptions(confine=mechanism))
     finally:
         os.umask(old)
     assert mode(dest) == 0o755
@@ -698,8 +722,8 @@ def test_implied_parents_cli_umask_077(dest: Path, write_archive) -> None:
     assert mode(dest / "p" / "q") == 0o755
 
 
-@pytest.mark.parametrize("confine", ["pivot", "chroot"])
-def test_special_bits_kept(confine: str, dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_special_bits_kept(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .file("suid", b"#!", mode=0o4755, uid=1000, gid=1000)
@@ -711,7 +735,7 @@ def test_special_bits_kept(confine: str, dest: Path) -> None:
         .fifo("fifo", mode=0o4644)
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=confine))
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert mode(dest / "suid") == 0o4755
     assert owner(dest / "suid") == (1000, 1000)
     assert mode(dest / "sgid") == 0o2755
@@ -728,7 +752,7 @@ def test_special_bits_kept(confine: str, dest: Path) -> None:
 CAP_NET_RAW_EP = (0x02000001).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12)
 
 
-def test_xattrs_including_security_capability(dest: Path) -> None:
+def test_xattrs_including_security_capability(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .pax(
@@ -743,7 +767,7 @@ def test_xattrs_including_security_capability(dest: Path) -> None:
         .dir("dir")
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert os.getxattr(dest / "ping", "user.text") == b"value"
     assert os.getxattr(dest / "ping", "user.binary") == b"\x00\x01\xff\xfe binary"
     assert os.getxattr(dest / "ping", "security.capability") == CAP_NET_RAW_EP
@@ -752,7 +776,8 @@ def test_xattrs_including_security_capability(dest: Path) -> None:
     assert "cap_net_raw" in getcap.stdout, getcap
 
 
-def test_capability_survives_chown(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_capability_survives_chown(mechanism: str, dest: Path) -> None:
     """Owner first, then xattrs: a chown after setting security.capability would drop it."""
     archive = (
         B()
@@ -760,12 +785,13 @@ def test_capability_survives_chown(dest: Path) -> None:
         .file("ping", b"x", mode=0o4755, uid=1000, gid=1000)
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert os.getxattr(dest / "ping", "security.capability") == CAP_NET_RAW_EP
     assert mode(dest / "ping") == 0o4755
 
 
-def test_trusted_xattrs_as_root(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_trusted_xattrs_as_root(mechanism: str, dest: Path) -> None:
     """As root, GNU tar --xattrs-include='*' sets trusted.* xattrs (overlay metadata
     lives there); so must we."""
     archive = (
@@ -776,26 +802,27 @@ def test_trusted_xattrs_as_root(dest: Path) -> None:
         .file("f", b"x")
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert os.getxattr(dest / "opaque", "trusted.overlay.opaque") == b"y"
     assert os.getxattr(dest / "f", "trusted.test") == b"\x00\xff"
 
 
-def test_unsupported_xattr_fails_without_best_effort(dest: Path) -> None:
+def test_unsupported_xattr_fails_without_best_effort(mechanism: str, dest: Path) -> None:
     archive = B().pax({"SCHILY.xattr.bogusns.name": "v"}).file("f", b"x").build()
     with pytest.raises(chrootarchive.ChrootArchiveError) as info:
-        chrootarchive.untar(io.BytesIO(archive), dest)
+        chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert not isinstance(info.value, chrootarchive.InternalError), repr(info.value)
 
 
-def test_best_effort_xattrs(dest: Path) -> None:
+def test_best_effort_xattrs(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .pax({"SCHILY.xattr.bogusns.name": "v", "SCHILY.xattr.user.ok": "fine"})
         .file("f", b"x")
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(best_effort_xattrs=True))
+    chrootarchive.untar(io.BytesIO(archive), dest,
+                        UnpackOptions(confine=mechanism, best_effort_xattrs=True))
     assert (dest / "f").read_bytes() == b"x"
     assert os.getxattr(dest / "f", "user.ok") == b"fine"
 
@@ -810,7 +837,8 @@ def test_best_effort_xattrs_cli(dest: Path, write_archive) -> None:
 # -- devices, FIFOs, sparse files ------------------------------------------------------
 
 
-def test_devices_and_fifos(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_devices_and_fifos(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .chardev("null", 1, 3, mode=0o620, uid=12, gid=34)
@@ -819,7 +847,7 @@ def test_devices_and_fifos(dest: Path) -> None:
         .fifo("fifo", mode=0o604, uid=5, gid=6)
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     st = os.lstat(dest / "null")
     assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
     assert mode(dest / "null") == 0o620 and owner(dest / "null") == (12, 34)
@@ -833,7 +861,7 @@ def test_devices_and_fifos(dest: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["posix", "gnu"])
-def test_sparse_files_keep_holes(fmt: str, tmp_path: Path) -> None:
+def test_sparse_files_keep_holes(mechanism: str, fmt: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     size = 1 << 30
@@ -850,7 +878,7 @@ def test_sparse_files_keep_holes(fmt: str, tmp_path: Path) -> None:
     )
     assert archive.stat().st_size < (1 << 20)
     dest = tmp_path / "dest"
-    chrootarchive.untar(archive, dest)
+    chrootarchive.untar(archive, dest, UnpackOptions(confine=mechanism))
     st = os.lstat(dest / "sparse")
     assert st.st_size == size
     assert st.st_blocks * 512 < (4 << 20), f"holes filled: {st.st_blocks * 512} bytes"
@@ -867,7 +895,7 @@ def test_sparse_files_keep_holes(fmt: str, tmp_path: Path) -> None:
 # -- names -----------------------------------------------------------------------------
 
 
-def test_long_names_and_link_names(dest: Path) -> None:
+def test_long_names_and_link_names(mechanism: str, dest: Path) -> None:
     # Long paths, not long components (NAME_MAX is 255).
     pax_name = "pax/" + "p" * 200 + "/" + "q" * 200
     gnu_name = "gnu/" + "g" * 200 + "/" + "h" * 200
@@ -891,7 +919,7 @@ def test_long_names_and_link_names(dest: Path) -> None:
         .pax({"linkpath": gnu_name})
         .hardlink("pax-hardlink", "ignored")
     )
-    chrootarchive.untar(io.BytesIO(b.build()), dest)
+    chrootarchive.untar(io.BytesIO(b.build()), dest, UnpackOptions(confine=mechanism))
     assert (dest / pax_name).read_bytes() == b"pax"
     assert (dest / gnu_name).read_bytes() == b"gnu"
     assert (dest / prefix / name).read_bytes() == b"ustar"
@@ -904,18 +932,19 @@ def test_long_names_and_link_names(dest: Path) -> None:
     assert not os.path.lexists(dest / "ignored")
 
 
-def test_non_utf8_names(dest: Path) -> None:
+def test_non_utf8_names(mechanism: str, dest: Path) -> None:
     raw = b"caf\xe9-\xff\xfe"
-    chrootarchive.untar(io.BytesIO(B().file(raw, b"latin1").symlink(b"l", raw).build()), dest)
+    chrootarchive.untar(io.BytesIO(B().file(raw, b"latin1").symlink(b"l", raw).build()), dest,
+                        UnpackOptions(confine=mechanism))
     assert os.path.exists(os.path.join(os.fsencode(dest), raw))
     assert os.readlink(os.path.join(os.fsencode(dest), b"l")) == raw
 
 
-def test_names_are_cleaned(dest: Path) -> None:
+def test_names_are_cleaned(mechanism: str, dest: Path) -> None:
     archive = (
         B().file("./a//b/./c", b"1").file("/abs/x", b"2").file("d/../e", b"3").dir("./").build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert (dest / "a" / "b" / "c").read_bytes() == b"1"
     assert (dest / "abs" / "x").read_bytes() == b"2"
     assert (dest / "e").read_bytes() == b"3"
@@ -925,7 +954,7 @@ def test_names_are_cleaned(dest: Path) -> None:
 # -- times -----------------------------------------------------------------------------
 
 
-def test_directory_times_set_last(dest: Path) -> None:
+def test_directory_times_set_last(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .dir("d", mtime=1_000_000_000)
@@ -938,7 +967,7 @@ def test_directory_times_set_last(dest: Path) -> None:
         .file("d/nanos", b"n")
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert os.lstat(dest / "d").st_mtime_ns == 1_000_000_000 * 10**9
     assert os.lstat(dest / "d" / "e").st_mtime_ns == 1_100_000_000 * 10**9
     assert os.lstat(dest / "d" / "e" / "f").st_mtime == 1_200_000_000
@@ -946,14 +975,15 @@ def test_directory_times_set_last(dest: Path) -> None:
     assert os.lstat(dest / "d" / "nanos").st_mtime_ns == 1_500_000_000_123_456_789
 
 
-def test_symlink_metadata_without_following(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_symlink_metadata_without_following(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .file("target", b"t", mtime=1_000_000_000, uid=5, gid=5, mode=0o600)
         .symlink("link", "target", mtime=1_234_567_890, uid=77, gid=88)
         .build()
     )
-    chrootarchive.untar(io.BytesIO(archive), dest)
+    chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     st = os.lstat(dest / "link")
     assert (st.st_uid, st.st_gid, st.st_mtime) == (77, 88, 1_234_567_890)
     st = os.lstat(dest / "target")
@@ -973,7 +1003,8 @@ def test_symlink_metadata_without_following(dest: Path) -> None:
         pytest.param({"pax": "99999999999.999999999"}, "future", id="pax-fraction"),
     ],
 )
-def test_out_of_range_mtimes_are_clamped(mtime: dict, direction: str, dest: Path) -> None:
+def test_out_of_range_mtimes_are_clamped(mechanism: str, mtime: dict, direction: str,
+                                         dest: Path) -> None:
     """Times the file system cannot hold are clamped (Docker: to the epoch), never an
     error, never wrapped around to the other side."""
     b = B()
@@ -981,7 +1012,7 @@ def test_out_of_range_mtimes_are_clamped(mtime: dict, direction: str, dest: Path
         b.pax({"mtime": mtime["pax"]}).file("f", b"x").pax({"mtime": mtime["pax"]}).dir("d")
     else:
         b.file("f", b"x", mtime=mtime["mtime"]).dir("d", mtime=mtime["mtime"])
-    chrootarchive.untar(io.BytesIO(b.build()), dest)
+    chrootarchive.untar(io.BytesIO(b.build()), dest, UnpackOptions(confine=mechanism))
     for p in ("f", "d"):
         t = os.lstat(dest / p).st_mtime_ns
         if direction == "future":
@@ -990,7 +1021,8 @@ def test_out_of_range_mtimes_are_clamped(mtime: dict, direction: str, dest: Path
             assert t <= 0, f"{p}: a far-past time became {t}"
 
 
-def test_pax_global_headers_ignored(dest: Path) -> None:
+@pytest.mark.parametrize("mechanism", OWNERS, indirect=True)
+def test_pax_global_headers_ignored(mechanism: str, dest: Path) -> None:
     archive = (
         B()
         .pax_global(
@@ -1008,7 +1040,7 @@ def test_pax_global_headers_ignored(dest: Path) -> None:
         .file("c", b"c")
         .build()
     )
-    result = chrootarchive.untar(io.BytesIO(archive), dest)
+    result = chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert sorted(os.listdir(dest)) == ["a", "b", "c"]
     assert owner(dest / "a") == (1, 1)
     assert os.lstat(dest / "a").st_mtime == 1_600_000_000
@@ -1030,41 +1062,47 @@ def container(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("dest", ["lib", "lib-abs", "/lib", "/lib-abs", "usr/lib", "lib/"])
-def test_untar_with_root_resolves_inside(dest: str, container: Path) -> None:
+def test_untar_with_root_resolves_inside(mechanism: str, dest: str, container: Path) -> None:
     archive = B().file("module.so", b"so").dir("sub").file("sub/x", b"x").build()
-    result = chrootarchive.untar_with_root(io.BytesIO(archive), dest, container)
+    result = chrootarchive.untar_with_root(io.BytesIO(archive), dest, container,
+                                           UnpackOptions(confine=mechanism))
     assert result.entries == 3
     assert (container / "usr" / "lib" / "module.so").read_bytes() == b"so"
     assert (container / "usr" / "lib" / "sub" / "x").read_bytes() == b"x"
     assert os.path.islink(container / "lib")
 
 
-def test_untar_with_root_host_absolute_dest(container: Path) -> None:
+def test_untar_with_root_host_absolute_dest(mechanism: str, container: Path) -> None:
     """An absolute dest below root on the host means that directory."""
     chrootarchive.untar_with_root(
-        io.BytesIO(B().file("f", b"f").build()), container / "usr", container
+        io.BytesIO(B().file("f", b"f").build()), container / "usr", container,
+        UnpackOptions(confine=mechanism)
     )
     assert (container / "usr" / "f").read_bytes() == b"f"
 
 
-def test_untar_with_root_creates_missing_dest_inside(container: Path) -> None:
-    chrootarchive.untar_with_root(io.BytesIO(B().file("f", b"f").build()), "a/b/c", container)
+def test_untar_with_root_creates_missing_dest_inside(mechanism: str, container: Path) -> None:
+    chrootarchive.untar_with_root(io.BytesIO(B().file("f", b"f").build()), "a/b/c", container,
+                                  UnpackOptions(confine=mechanism))
     assert (container / "a" / "b" / "c" / "f").read_bytes() == b"f"
     for p in ("a", "a/b", "a/b/c"):
         assert mode(container / p) == 0o755
 
 
-def test_untar_with_root_missing_dest_through_symlink(container: Path) -> None:
-    chrootarchive.untar_with_root(io.BytesIO(B().file("f", b"f").build()), "lib-abs/new", container)
+def test_untar_with_root_missing_dest_through_symlink(mechanism: str, container: Path) -> None:
+    chrootarchive.untar_with_root(io.BytesIO(B().file("f", b"f").build()), "lib-abs/new", container,
+                                  UnpackOptions(confine=mechanism))
     assert (container / "usr" / "lib" / "new" / "f").read_bytes() == b"f"
 
 
-def test_untar_with_root_breakout_in_archive(container: Path, tmp_path: Path) -> None:
+def test_untar_with_root_breakout_in_archive(mechanism: str, container: Path,
+                                             tmp_path: Path) -> None:
     """Names are checked against dest, not root: ``..`` out of dest is a breakout even
     where it would still be inside root (Docker unpacks relative to dest)."""
     archive = B().file("../../escape", b"x").build()
     with pytest.raises(chrootarchive.BreakoutError):
-        chrootarchive.untar_with_root(io.BytesIO(archive), "usr/lib", container)
+        chrootarchive.untar_with_root(io.BytesIO(archive), "usr/lib", container,
+                                      UnpackOptions(confine=mechanism))
     assert not (tmp_path / "escape").exists()
 
 
@@ -1079,7 +1117,7 @@ def test_untar_with_root_cli(container: Path, write_archive) -> None:
 
 
 @pytest.mark.parametrize("method", [*tb.COMPRESSIONS, "none"])
-def test_sources(method: str, tmp_path: Path) -> None:
+def test_sources(mechanism: str, method: str, tmp_path: Path) -> None:
     data = tb.compress(small_archive(), method)
     path = tmp_path / f"a.{method}"
     path.write_bytes(data)
@@ -1089,21 +1127,21 @@ def test_sources(method: str, tmp_path: Path) -> None:
         assert (dest / "d" / "f").read_bytes() == b"hello\n"
         assert os.lstat(dest / "d" / "h").st_ino == os.lstat(dest / "d" / "f").st_ino
 
-    chrootarchive.untar(str(path), tmp_path / "str")
+    chrootarchive.untar(str(path), tmp_path / "str", UnpackOptions(confine=mechanism))
     check(tmp_path / "str")
-    chrootarchive.untar(path, tmp_path / "pathlike")
+    chrootarchive.untar(path, tmp_path / "pathlike", UnpackOptions(confine=mechanism))
     check(tmp_path / "pathlike")
-    chrootarchive.untar(io.BytesIO(data), tmp_path / "bytesio")
+    chrootarchive.untar(io.BytesIO(data), tmp_path / "bytesio", UnpackOptions(confine=mechanism))
     check(tmp_path / "bytesio")
     with open(path, "rb") as f:
-        chrootarchive.untar(f, tmp_path / "file")
+        chrootarchive.untar(f, tmp_path / "file", UnpackOptions(confine=mechanism))
     check(tmp_path / "file")
     os.write(w, data)
     os.close(w)
     with os.fdopen(r, "rb") as f:
-        chrootarchive.untar(f, tmp_path / "pipe")
+        chrootarchive.untar(f, tmp_path / "pipe", UnpackOptions(confine=mechanism))
     check(tmp_path / "pipe")
-    result = run_cli("untar", "-", tmp_path / "stdin", input=data)
+    result = run_cli("untar", "--confine", mechanism, "-", tmp_path / "stdin", input=data)
     assert result.rc == 0, result.err
     check(tmp_path / "stdin")
 
@@ -1128,19 +1166,19 @@ def test_untar_uncompressed(dest: Path) -> None:
         chrootarchive.untar_uncompressed(io.BytesIO(tb.compress(small_archive(), "gzip")), dest)
 
 
-def test_zero_padded_stream(dest: Path) -> None:
+def test_zero_padded_stream(mechanism: str, dest: Path) -> None:
     """Archives may be followed by lots of zero padding (tape blocking)."""
     data = small_archive() + bytes(1 << 20)
-    result = chrootarchive.untar(io.BytesIO(data), dest)
+    result = chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(confine=mechanism))
     assert result.entries == 4
 
 
 # -- results and errors ----------------------------------------------------------------
 
 
-def test_result_counts(dest: Path) -> None:
+def test_result_counts(mechanism: str, dest: Path) -> None:
     archive = B().file("a", b"x" * 10).file("b", b"y" * 20).dir("c").symlink("d", "a").build()
-    result = chrootarchive.untar(io.BytesIO(archive), dest)
+    result = chrootarchive.untar(io.BytesIO(archive), dest, UnpackOptions(confine=mechanism))
     assert result.entries == 4
     assert result.size == 30
     assert result.warnings == ()

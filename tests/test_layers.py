@@ -99,24 +99,27 @@ EXPECTED_AFTER = [
 ]
 
 
-def test_four_layer_whiteouts(tmp_path: Path) -> None:
+def test_four_layer_whiteouts(mechanism: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
     for i, entries in enumerate(FOUR_LAYERS):
-        size = chrootarchive.apply_layer(root, layer(tmp_path / f"l{i}.tar", entries))
+        size = chrootarchive.apply_layer(root, layer(tmp_path / f"l{i}.tar", entries), opts)
         assert size == sum(len(d) for _, k, d in entries if k == "f" and isinstance(d, bytes))
         assert listing(root) == EXPECTED_AFTER[i], f"after layer {i + 1}"
 
 
-def test_whiteout_in_same_layer_keeps_what_the_layer_wrote(tmp_path: Path) -> None:
+def test_whiteout_in_same_layer_keeps_what_the_layer_wrote(mechanism: str,
+                                                           tmp_path: Path) -> None:
     root = tmp_path / "root"
-    chrootarchive.apply_layer(root, layer(tmp_path / "l1.tar", [("f", "f", b"lower")]))
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    chrootarchive.apply_layer(root, layer(tmp_path / "l1.tar", [("f", "f", b"lower")]), opts)
     chrootarchive.apply_layer(root, layer(tmp_path / "l2.tar", [
         ("g", "f", b"upper"), (".wh.g", "f", b""), (".wh.f", "f", b""),
-    ]))
+    ]), opts)
     assert listing(root) == {"g": "upper"}
 
 
-def test_whiteout_through_lower_symlink_stays_inside(tmp_path: Path) -> None:
+def test_whiteout_through_lower_symlink_stays_inside(mechanism: str, tmp_path: Path) -> None:
     """A lower layer leaves ``link -> /outside-like`` paths; whiteouts through it only
     ever act inside the root."""
     victim = tmp_path / "victim"
@@ -124,39 +127,43 @@ def test_whiteout_through_lower_symlink_stays_inside(tmp_path: Path) -> None:
     (victim / "sub" / "precious").write_text("keep me")
     before = tree.snapshot(victim, ctime=True)
     root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
     chrootarchive.apply_layer(root, layer(tmp_path / "l1.tar", [
         ("abs", "l", str(victim)), ("rel", "l", "/../../../../../../../.." + str(victim)),
         ("up", "l", "/../../../.."), ("d", "d", None),
-    ]))
+    ]), opts)
     for i, marker in enumerate(["abs/.wh.sub", "abs/sub/.wh.precious", "up/.wh.tmp",
                                 "abs/sub/.wh..wh..opq", "rel/.wh.sub"]):
-        chrootarchive.apply_layer(root, layer(tmp_path / f"w{i}.tar", [(marker, "f", b"")]))
+        chrootarchive.apply_layer(root, layer(tmp_path / f"w{i}.tar", [(marker, "f", b"")]),
+                                  opts)
     tree.assert_same(before, tree.snapshot(victim, ctime=True), "victim changed")
 
 
 @pytest.mark.parametrize("bad", [".wh.", ".wh..", ".wh...", "d/.wh..."])
-def test_invalid_whiteout_names(tmp_path: Path, bad: str) -> None:
+def test_invalid_whiteout_names(mechanism: str, tmp_path: Path, bad: str) -> None:
     root = tmp_path / "root"
     with pytest.raises(chrootarchive.ArchiveError, match="invalid whiteout"):
         chrootarchive.apply_layer(root, layer(tmp_path / "l.tar", [("d", "d", None),
-                                                                     (bad, "f", b"")]))
+                                                                     (bad, "f", b"")]),
+                                  chrootarchive.UnpackOptions(confine=mechanism))
 
 
-def test_aufs_metadata_and_hardlink_dir(tmp_path: Path) -> None:
+def test_aufs_metadata_and_hardlink_dir(mechanism: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     chrootarchive.apply_layer(root, layer(tmp_path / "l.tar", [
         (".wh..wh.aufs", "f", b""), (".wh..wh.orph", "d", None),
         (".wh..wh.plnk", "d", None), (".wh..wh.plnk/1234.5678", "f", b"shared"),
         ("one", "h", ".wh..wh.plnk/1234.5678"), ("two", "h", ".wh..wh.plnk/1234.5678"),
-    ]))
+    ]), chrootarchive.UnpackOptions(confine=mechanism))
     assert listing(root) == {"one": "shared", "two": "shared"}
     assert (root / "one").stat().st_ino == (root / "two").stat().st_ino
 
 
-def test_untar_keeps_whiteout_files_as_files(tmp_path: Path) -> None:
+def test_untar_keeps_whiteout_files_as_files(mechanism: str, tmp_path: Path) -> None:
     """Plain untar (not a layer) extracts AUFS markers verbatim, as Docker's Unpack."""
     root = tmp_path / "root"
-    chrootarchive.untar(layer(tmp_path / "l.tar", [(".wh.x", "f", b"m")]), root)
+    chrootarchive.untar(layer(tmp_path / "l.tar", [(".wh.x", "f", b"m")]), root,
+                        chrootarchive.UnpackOptions(confine=mechanism))
     assert listing(root) == {".wh.x": "m"}
 
 
@@ -197,24 +204,30 @@ KERNEL_LAYERS = [*FOUR_LAYERS[:3], [("top", "f", b"t4"), ("a/v", "f", b"v4"),
                                     (".hdir/.wh.y", "f", b"")]]
 
 
-def test_overlay_format_matches_the_kernel(tmp_path: Path) -> None:
+def test_overlay_format_matches_the_kernel(mechanism: str, tmp_path: Path) -> None:
     """Each layer in overlay format in its own diff dir, mounted as overlayfs lowers,
     equals applying the same layers in order: zero differences."""
     applied = tmp_path / "applied"
     diffs = []
-    opts = chrootarchive.UnpackOptions(whiteout_format="overlay")
+    aufs = chrootarchive.UnpackOptions(confine=mechanism)
+    opts = chrootarchive.UnpackOptions(whiteout_format="overlay", confine=mechanism)
     for i, entries in enumerate(KERNEL_LAYERS):
         path = layer(tmp_path / f"l{i}.tar", entries)
-        chrootarchive.apply_layer(applied, path)
+        chrootarchive.apply_layer(applied, path, aufs)
         diff_dir = tmp_path / f"diff{i}"
         chrootarchive.apply_layer(diff_dir, path, opts)
         diffs.append(diff_dir)
-    # Whiteouts are 0/0 character devices; opaque dirs carry trusted.overlay.opaque.
+    # Whiteouts are 0/0 character devices; opaque dirs carry trusted.overlay.opaque, or
+    # under userns (no real root in the jail) user.overlay.opaque, which the kernel
+    # reads with the "userxattr" mount option.
     assert stat.S_ISCHR((tmp_path / "diff1" / "e").lstat().st_mode)
-    assert os.getxattr(tmp_path / "diff2" / "a", "trusted.overlay.opaque") == b"y"
+    namespace = "user" if mechanism == "userns" else "trusted"
+    assert os.getxattr(tmp_path / "diff2" / "a", f"{namespace}.overlay.opaque") == b"y"
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     lowers = ":".join(str(d) for d in reversed(diffs))
+    if namespace == "user":
+        lowers += ",userxattr"
     proc = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
          _MOUNT_AND_LIST, lowers, str(mnt)],

@@ -64,11 +64,12 @@ CASES = {
 
 
 @pytest.mark.parametrize("limit", sorted(CASES))
-def test_limit_api(limit: str, tmp_path: Path) -> None:
+def test_limit_api(mechanism: str, limit: str, tmp_path: Path) -> None:
     build, limits, _flags, entry, before = CASES[limit]
     dest = tmp_path / "dest"
     with pytest.raises(LimitExceededError) as info:
-        chrootarchive.untar(io.BytesIO(build()), dest, UnpackOptions(limits=limits))
+        chrootarchive.untar(io.BytesIO(build()), dest,
+                            UnpackOptions(confine=mechanism, limits=limits))
     err = info.value
     assert limit in err.message, err
     assert err.entry == entry, err
@@ -90,18 +91,20 @@ def test_limit_cli(limit: str, tmp_path: Path, write_archive) -> None:
     assert entry in line, line
 
 
-def test_limits_none_means_unlimited(tmp_path: Path) -> None:
+def test_limits_none_means_unlimited(mechanism: str, tmp_path: Path) -> None:
     unlimited = Limits(**{f.name: None for f in dataclasses.fields(Limits)})
     data = B().file("a/b/c/" + "n" * 150, b"x" * 5000).build()
-    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(limits=unlimited))
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
+                            UnpackOptions(confine=mechanism, limits=unlimited))
     assert r.entries == 1
 
 
-def test_limit_exactly_reached_is_allowed(tmp_path: Path) -> None:
+def test_limit_exactly_reached_is_allowed(mechanism: str, tmp_path: Path) -> None:
     data = B().file("a", b"x" * 3000).file("b", b"y" * 2000).file("c").build()
     limits = Limits(max_bytes=5000, max_entries=3, max_file_size=3000, max_path_depth=1,
                     max_path_length=1)
-    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(limits=limits))
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
+                            UnpackOptions(confine=mechanism, limits=limits))
     assert r.entries == 3
 
 
@@ -115,12 +118,12 @@ def test_limit_value_is_printed_exactly(tmp_path: Path, write_archive) -> None:
     assert "2097152" in plain or "2M" in plain or "2 MiB" in plain, line
 
 
-def test_max_bytes_counts_all_files(tmp_path: Path) -> None:
+def test_max_bytes_counts_all_files(mechanism: str, tmp_path: Path) -> None:
     """Many small files (written without the writer thread) add up."""
     data = many_files(200, b"z" * 1000)
     with pytest.raises(LimitExceededError) as info:
         chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
-                            UnpackOptions(limits=Limits(max_bytes=50_000)))
+                            UnpackOptions(confine=mechanism, limits=Limits(max_bytes=50_000)))
     assert info.value.entry == "f000050"
 
 
@@ -138,10 +141,11 @@ def _gnu_sparse_1_0(name: str, realsize: int, data: bytes) -> bytes:
     )
 
 
-def test_max_bytes_does_not_count_sparse_holes(tmp_path: Path) -> None:
+def test_max_bytes_does_not_count_sparse_holes(mechanism: str, tmp_path: Path) -> None:
     data = _gnu_sparse_1_0("sparse", GiB, b"end" * 1000)
     dest = tmp_path / "d"
-    chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(limits=Limits(max_bytes=MiB)))
+    chrootarchive.untar(io.BytesIO(data), dest,
+                        UnpackOptions(confine=mechanism, limits=Limits(max_bytes=MiB)))
     st = os.stat(dest / "sparse")
     assert st.st_size == GiB
     assert st.st_blocks * 512 < 10 * MiB
@@ -210,14 +214,15 @@ def test_gzip_bomb_stopped_by_max_bytes_cli(bomb: Path, tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_gzip_bomb_stopped_by_max_bytes_api(bomb: Path, tmp_path: Path) -> None:
+def test_gzip_bomb_stopped_by_max_bytes_api(mechanism: str, bomb: Path, tmp_path: Path) -> None:
     """Stopping means stopping: once the limit is crossed, the rest of the source is not
     read (and inflated) any more."""
     dest = tmp_path / "dest"
     read: list[int] = []
     start = time.monotonic()
     with pytest.raises(LimitExceededError) as info:
-        chrootarchive.untar(bomb, dest, UnpackOptions(limits=Limits(max_bytes=BOMB_LIMIT)),
+        chrootarchive.untar(bomb, dest,
+                            UnpackOptions(confine=mechanism, limits=Limits(max_bytes=BOMB_LIMIT)),
                             progress=read.append)
     elapsed = time.monotonic() - start
     assert info.value.entry == "zeros"
@@ -263,20 +268,20 @@ def test_hundred_thousand_files_stopped_by_max_entries(tmp_path: Path, write_arc
     assert len(os.listdir(dest)) == 1000
 
 
-def test_deep_path_made_of_implied_directories(tmp_path: Path) -> None:
+def test_deep_path_made_of_implied_directories(mechanism: str, tmp_path: Path) -> None:
     name = "/".join(["d"] * 70) + "/f"
     with pytest.raises(LimitExceededError) as info:
         chrootarchive.untar(io.BytesIO(B().file(name, b"x").build()), tmp_path / "d",
-                            UnpackOptions(limits=Limits.strict()))
+                            UnpackOptions(confine=mechanism, limits=Limits.strict()))
     assert "max_path_depth" in info.value.message
     assert not (tmp_path / "d" / "d").exists()
 
 
-def test_path_length_counts_bytes_not_characters(tmp_path: Path) -> None:
+def test_path_length_counts_bytes_not_characters(mechanism: str, tmp_path: Path) -> None:
     name = "é" * 60  # 60 characters, 120 bytes
     with pytest.raises(LimitExceededError) as info:
         chrootarchive.untar(io.BytesIO(B().file(name, b"x").build()), tmp_path / "d",
-                            UnpackOptions(limits=Limits(max_path_length=100)))
+                            UnpackOptions(confine=mechanism, limits=Limits(max_path_length=100)))
     assert "max_path_length" in info.value.message
 
 
@@ -339,22 +344,22 @@ class _SlowSource(io.RawIOBase):
         return out
 
 
-def test_timeout_api_slow_source(tmp_path: Path) -> None:
+def test_timeout_api_slow_source(mechanism: str, tmp_path: Path) -> None:
     data = many_files(2000, b"y" * 100)
     source = _SlowSource(data, 16 * 1024, 0.05)  # about 6 s of input
     start = time.monotonic()
     with pytest.raises(LimitExceededError) as info:
         chrootarchive.untar(source, tmp_path / "d",
-                            UnpackOptions(limits=Limits(timeout=0.5)))
+                            UnpackOptions(confine=mechanism, limits=Limits(timeout=0.5)))
     elapsed = time.monotonic() - start
     assert "timeout" in info.value.message
     assert elapsed < 2.0, f"stopped after {elapsed:.1f}s with a 0.5 s timeout"
 
 
-def test_timeout_not_reached(tmp_path: Path) -> None:
+def test_timeout_not_reached(mechanism: str, tmp_path: Path) -> None:
     data = B().file("a", b"x").build()
     r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d",
-                            UnpackOptions(limits=Limits(timeout=30)))
+                            UnpackOptions(confine=mechanism, limits=Limits(timeout=30)))
     assert r.entries == 1
 
 

@@ -13,7 +13,7 @@ the destination, and that the outcome is the one ``test_attacks.py`` documents (
 
 The cases:
 
-- every case of ``test_attacks.CASES`` that is about where a write lands (absolute
+- every case of ``helpers.attack_cases.CASES`` that is about where a write lands (absolute
   names, ``..`` in every spelling, symlink-then-write with absolute, relative and
   chained targets, directories replaced by symlinks mid-archive, hardlinks to outside
   and through symlinks, ``/proc`` magic links, devices and FIFOs replaced) under every
@@ -62,8 +62,21 @@ import pytest
 
 import chrootarchive
 from chrootarchive.errors import error_class
+from helpers import mechanisms, tree
 from helpers import tarbuild as tb
-from helpers import tree
+from helpers.attack_cases import (
+    BREAKOUT,
+    CASES,
+    OK,
+    PWN,
+    SAFE,
+    Case,
+    check_outcome,
+    path_max_chain,
+    plant_symlinks,
+    rel,
+    replacing_archive,
+)
 from helpers.cli import assert_one_line_error
 from helpers.leaks import LeakCheck
 from helpers.mech_driver import run_jobs
@@ -77,23 +90,10 @@ from helpers.unpriv import (
     world_dir,
 )
 from helpers.victim import HELLO, SECRET, Victim
-from test_attacks import (
-    BREAKOUT,
-    CASES,
-    OK,
-    PWN,
-    SAFE,
-    Case,
-    _path_max_chain,
-    _plant_symlinks,
-    _replacing_archive,
-    check_outcome,
-    rel,
-)
 
 pytestmark = pytest.mark.kernel
 
-MECHANISMS = ("pivot", "chroot", "userns", "openat2")
+MECHANISMS = mechanisms.MECHANISMS  # the package's own list
 NOBODY_MECHANISMS = ("userns", "openat2", "auto")
 #: What a successful run must report as its confinement.
 REPORTED = {"pivot": {"pivot"}, "chroot": {"chroot"}, "userns": {"userns"},
@@ -143,7 +143,7 @@ SCENARIOS: dict[str, Callable[[Path], Scenario]] = {}
 #: Scenario names that only exercise the tar reader: run under openat2 only.
 READER_ONLY: set[str] = set()
 
-#: test_attacks cases about where writes land (the rest exercise the tar reader).
+#: attack cases about where writes land (the rest exercise the tar reader).
 _CONFINEMENT_PREFIXES = (
     "absolute_", "dotdot_", "sibling_", "backslashes_", "symlink_", "dir_replaced_",
     "docker_", "hardlink_", "proc_", "chardev_", "unbound_", "fifo_", "nul_in_ustar_",
@@ -181,7 +181,7 @@ def scenario(fn: Callable[[Path], Scenario]) -> Callable[[Path], Scenario]:
     return fn
 
 
-# Symlinks already in the destination (test_attacks._plant_symlinks: abs, rel, absfile,
+# Symlinks already in the destination (helpers.attack_cases.plant_symlinks: abs, rel, absfile,
 # relfile, up, root, proc-root).
 
 _WRITE_THROUGH = ["abs/pwned", "rel/pwned", "abs/hello", "rel/hello", "up/victim/pwned",
@@ -192,7 +192,7 @@ _WRITE_THROUGH = ["abs/pwned", "rel/pwned", "abs/hello", "rel/hello", "up/victim
 def _pre_write_through(entry: str) -> Callable[[Path], Scenario]:
     def make(V: Path) -> Scenario:
         return Scenario([B().file(entry, PWN).build()], SAFE,
-                        prepare=lambda dest, V: _plant_symlinks(dest, V))
+                        prepare=lambda dest, V: plant_symlinks(dest, V))
 
     return make
 
@@ -205,7 +205,7 @@ for _i, _entry in enumerate(_WRITE_THROUGH):
 @scenario
 def sc_pre_symlinks_land_inside(V: Path) -> Scenario:
     def prepare(dest: Path, V: Path) -> None:
-        _plant_symlinks(dest, V)
+        plant_symlinks(dest, V)
         (dest / rel(V)).mkdir(parents=True)
         (dest / "victim").mkdir()
 
@@ -219,8 +219,8 @@ def sc_pre_symlinks_land_inside(V: Path) -> Scenario:
 
 def _pre_replaced(name: str, kind: str) -> Callable[[Path], Scenario]:
     def make(V: Path) -> Scenario:
-        return Scenario([_replacing_archive(name, kind)], OK,
-                        prepare=lambda dest, V: _plant_symlinks(dest, V),
+        return Scenario([replacing_archive(name, kind)], OK,
+                        prepare=lambda dest, V: plant_symlinks(dest, V),
                         types={name: kind}, owners={name: (4321, 4321)})
 
     return make
@@ -248,18 +248,18 @@ def sc_pre_planted_hardlink_replaced(V: Path) -> Scenario:
                         {"victim/hello", "victim/hello-hardlink", "victim/secret"}))
 
 
-# Symlink chains longer than PATH_MAX (test_attacks' builders).
+# Symlink chains longer than PATH_MAX (helpers.attack_cases.path_max_chain).
 
 
 @scenario
 def sc_pathmax_chain_escape(V: Path) -> Scenario:
-    return Scenario([_path_max_chain("../victim", "escape/pwned", pre_dirs=("victim",))], SAFE,
+    return Scenario([path_max_chain("../victim", "escape/pwned", pre_dirs=("victim",))], SAFE,
                     landed={"victim/pwned": PWN})
 
 
 @scenario
 def sc_pathmax_chain_absolute(V: Path) -> Scenario:
-    return Scenario([_path_max_chain(f"../../../../..{V}", "escape/hello")], SAFE)
+    return Scenario([path_max_chain(f"../../../../..{V}", "escape/hello")], SAFE)
 
 
 @scenario
