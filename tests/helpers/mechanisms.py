@@ -1,30 +1,23 @@
 """The confinement mechanisms, as the package itself lists and checks them.
 
-Tests import the package's ladder only through :func:`_ladder`, so that a move of the
-ladder functions (to ``chrootarchive.runner.ladder``, say) is a one-line change here.
+The list is the confinement package's (``chrootarchive.jail.confine.MECHANISMS``); whether
+this machine can run one is the ladder's answer (``chrootarchive.runner.ladder``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from chrootarchive.jail import confine
+from chrootarchive.runner import ladder
 from helpers.tree import Snapshot
 
-
-def _ladder() -> ModuleType:
-    """The module that holds ``MECHANISMS`` and ``candidates``."""
-    from chrootarchive.jail import confine
-
-    return confine
-
-
 #: Every mechanism the package can be asked for by name (``UnpackOptions(confine=...)``).
-MECHANISMS: tuple[str, ...] = tuple(_ladder().MECHANISMS)
+MECHANISMS: tuple[str, ...] = tuple(confine.MECHANISMS)
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -32,7 +25,7 @@ def unavailable_reason(name: str) -> str | None:
     from chrootarchive.errors import ConfinementError
 
     try:
-        _ladder().candidates(name)
+        ladder.candidates(name)
     except ConfinementError as err:  # MechanismUnavailableError is one
         return err.message
     return None
