@@ -437,7 +437,6 @@ def test_options_validation() -> None:
     options = ca.PackOptions(include_files=("/a/./b/",), rebase_names={"x/": "/y/"})
     assert options.include_files == ("a/b",)
     assert dict(options.rebase_names) == {"x": "y"}
-    assert ca.PackOptions.from_json(options.to_json()) == options
 
 
 # -- sources --------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ strings, booleans and tuples of those.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,110 @@ DEFAULT_MAX_LAYERS = 1000
 WHITEOUT_FORMATS = ("aufs", "overlay")
 
 
+# -- checks: every field is checked when an option object is made -----------------------
+
+_MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to the kernel: never a real owner
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + "..." + text[-15:]
+
+
+def _int(name: str, value: object, *, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {_shown(value)}")
+    if value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {span}, not {value}")
+    return value
+
+
+def _bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {_shown(value)}")
+
+
+def _confine(name: str, value: object) -> None:
+    """``auto`` or the name of a confinement mechanism."""
+    from chrootarchive.jail.confine import MECHANISMS
+
+    _choice(name, value, ("auto", *MECHANISMS))
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {_shown(value)}")
+
+
+def _strings(name: str, value: object) -> tuple[str, ...]:
+    """A sequence of strings as a tuple; a lone string is a mistake, not a sequence."""
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a sequence of strings (a list or tuple), "
+                        f"not one string {_shown(value)}")
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence of strings, not {_shown(value)}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must hold strings, not {_shown(item)}")
+        if "\x00" in item:
+            raise ValueError(f"{name}: {_shown(item)} contains a NUL byte")
+    return items
+
+
+def _patterns(name: str, value: object) -> tuple[str, ...]:
+    """Exclude patterns, compiled now (with the engine's own compiler) so that a bad one
+    is the caller's error, not the jail's."""
+    import re
+
+    from chrootarchive.engine.names import PatternMatcher
+
+    patterns = _strings(name, value)
+    try:
+        PatternMatcher(patterns)
+    except (ValueError, re.error) as err:
+        raise ValueError(f"{name}: {err}") from None
+    return patterns
+
+
+def _owner(name: str, value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (uid, gid) pair or None, not {_shown(value)}")
+    return (_int(f"{name} uid", value[0], high=_MAX_ID), _int(f"{name} gid", value[1],
+                                                              high=_MAX_ID))
+
+
+def _id_maps(name: str, value: object) -> tuple[IDMap, ...]:
+    if isinstance(value, IDMap):
+        raise TypeError(f"{name} must be a sequence of IDMap, not one IDMap")
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence of IDMap, not {_shown(value)}")
+    maps = tuple(value)
+    for m in maps:
+        if not isinstance(m, IDMap):
+            raise TypeError(f"{name} must hold IDMap ranges, not {_shown(m)}")
+    for kind in ("container_id", "host_id"):
+        spans = sorted((getattr(m, kind), getattr(m, kind) + m.size) for m in maps)
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            if start < end:
+                raise ValueError(f"{name}: ranges overlap in their {kind}s")
+    return maps
+
+
+def _names(name: str, value: object) -> dict[int, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of ids to names, not {_shown(value)}")
+    out: dict[int, str] = {}
+    for key, text in value.items():
+        out[_int(f"{name} key", key, high=_MAX_ID)] = text
+        if not isinstance(text, str) or "\x00" in text:
+            raise TypeError(f"{name}[{key}] must be a string without NUL, not {_shown(text)}")
+    return out
+
+
 @dataclass(frozen=True)
 class IDMap:
     """One range of an id map: ``container_id .. container_id+size-1`` maps to host ids.
@@ -37,6 +142,14 @@ class IDMap:
     container_id: int
     host_id: int
     size: int
+
+    def __post_init__(self) -> None:
+        _int("IDMap.container_id", self.container_id, high=_MAX_ID)
+        _int("IDMap.host_id", self.host_id, high=_MAX_ID)
+        _int("IDMap.size", self.size, low=1, high=_MAX_ID + 1)
+        for kind in ("container_id", "host_id"):
+            if getattr(self, kind) + self.size - 1 > _MAX_ID:
+                raise ValueError(f"IDMap: {kind} + size goes past the largest id {_MAX_ID}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +177,20 @@ class Limits:
     max_path_depth: int | None = 1024
     max_xattr_bytes: int | None = 1 << 20
     timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
+                     "max_path_depth", "max_xattr_bytes"):
+            value = getattr(self, name)
+            if value is not None:
+                _int(f"Limits.{name}", value, low=1)
+        timeout = self.timeout
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"Limits.timeout must be a number of seconds or None, "
+                                f"not {_shown(timeout)}")
+            if not 0 < timeout < float("inf"):
+                raise ValueError(f"Limits.timeout must be a positive number, not {timeout}")
 
     @classmethod
     def strict(cls) -> Limits:
@@ -119,26 +246,18 @@ class UnpackOptions:
     atomic: bool = False
 
     def __post_init__(self) -> None:
-        if self.whiteout_format not in WHITEOUT_FORMATS:
-            raise ValueError(
-                f"whiteout_format must be one of {', '.join(WHITEOUT_FORMATS)}, "
-                f"not {self.whiteout_format!r}"
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> UnpackOptions:
-        data = dict(data)
-        data["uid_maps"] = tuple(IDMap(**m) for m in data.get("uid_maps", ()))
-        data["gid_maps"] = tuple(IDMap(**m) for m in data.get("gid_maps", ()))
-        data["excludes"] = tuple(data.get("excludes", ()))
-        if data.get("chown") is not None:
-            data["chown"] = (int(data["chown"][0]), int(data["chown"][1]))
-        if isinstance(data.get("limits"), dict):
-            data["limits"] = Limits(**data["limits"])
-        return cls(**data)
+        set_ = object.__setattr__
+        for name in ("no_lchown", "no_overwrite_dir_nondir", "best_effort_xattrs",
+                     "rootless_xattr", "data_only", "atomic"):
+            _bool(f"UnpackOptions.{name}", getattr(self, name))
+        set_(self, "chown", _owner("UnpackOptions.chown", self.chown))
+        set_(self, "uid_maps", _id_maps("UnpackOptions.uid_maps", self.uid_maps))
+        set_(self, "gid_maps", _id_maps("UnpackOptions.gid_maps", self.gid_maps))
+        set_(self, "excludes", _patterns("UnpackOptions.excludes", self.excludes))
+        _confine("UnpackOptions.confine", self.confine)
+        _choice("UnpackOptions.whiteout_format", self.whiteout_format, WHITEOUT_FORMATS)
+        if not isinstance(self.limits, Limits):
+            raise TypeError(f"UnpackOptions.limits must be a Limits, not {_shown(self.limits)}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +290,8 @@ class UnpackResult:
 
 
 COMPRESSIONS = ("none", "gzip", "zstd")
+#: The levels each compressor takes (zlib/ISA-L's gzip: 0-9, zstd: 1-22).
+_LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}
 
 
 def _relative_path(text: str, what: str) -> str:
@@ -235,17 +356,28 @@ class PackOptions:
     confine: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(
-                f"compression must be one of {', '.join(COMPRESSIONS)}, "
-                f"not {self.compression!r}"
-            )
-        if self.chown is not None and min(self.chown) < 0:
-            raise ValueError(f"chown ids must be >= 0, not {self.chown!r}")
+        _choice("PackOptions.compression", self.compression, COMPRESSIONS)
+        level = self.compression_level
+        if level is not None:
+            low, high = _LEVELS.get(self.compression, (0, 0))
+            _int(f"PackOptions.compression_level ({self.compression})", level, low=low,
+                 high=high)
+        for name in ("include_source_dir", "xattrs", "whole_second_mtimes"):
+            _bool(f"PackOptions.{name}", getattr(self, name))
+        _confine("PackOptions.confine", self.confine)
         set_ = object.__setattr__
+        set_(self, "chown", _owner("PackOptions.chown", self.chown))
+        set_(self, "uid_maps", _id_maps("PackOptions.uid_maps", self.uid_maps))
+        set_(self, "gid_maps", _id_maps("PackOptions.gid_maps", self.gid_maps))
         set_(self, "include_files",
-             tuple(_relative_path(p, "include path") for p in self.include_files))
-        set_(self, "excludes", tuple(self.excludes))
+             tuple(_relative_path(p, "include path")
+                   for p in _strings("PackOptions.include_files", self.include_files)))
+        set_(self, "excludes", _patterns("PackOptions.excludes", self.excludes))
+        if not isinstance(self.rebase_names, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str)
+                for k, v in self.rebase_names.items()):
+            raise TypeError("PackOptions.rebase_names must map strings to strings, "
+                            f"not {_shown(self.rebase_names)}")
         set_(self, "rebase_names", {
             _relative_path(old, "rebase prefix"): new.strip("/")
             for old, new in dict(self.rebase_names).items()
@@ -253,26 +385,8 @@ class PackOptions:
         for new in self.rebase_names.values():
             if new and _relative_path(new, "rebased name") != new:
                 raise ValueError(f"rebased name {new!r} must be a clean relative path")
-        set_(self, "user_names", {int(k): str(v) for k, v in dict(self.user_names).items()})
-        set_(self, "group_names", {int(k): str(v) for k, v in dict(self.group_names).items()})
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["rebase_names"] = dict(self.rebase_names)
-        data["user_names"] = {str(k): v for k, v in self.user_names.items()}
-        data["group_names"] = {str(k): v for k, v in self.group_names.items()}
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PackOptions:
-        data = dict(data)
-        data["uid_maps"] = tuple(IDMap(**m) for m in data.get("uid_maps", ()))
-        data["gid_maps"] = tuple(IDMap(**m) for m in data.get("gid_maps", ()))
-        data["include_files"] = tuple(data.get("include_files", ()))
-        data["excludes"] = tuple(data.get("excludes", ()))
-        if data.get("chown") is not None:
-            data["chown"] = (int(data["chown"][0]), int(data["chown"][1]))
-        return cls(**data)
+        set_(self, "user_names", _names("PackOptions.user_names", self.user_names))
+        set_(self, "group_names", _names("PackOptions.group_names", self.group_names))
 
 
 @dataclass(frozen=True)
