@@ -60,7 +60,7 @@ def test_bad_limits_are_refused(fields: dict[str, Any], error: type[Exception]) 
 @pytest.mark.parametrize(("fields", "error"), BAD_UNPACK, ids=repr)
 def test_bad_unpack_options_are_refused(fields: dict[str, Any],
                                         error: type[Exception]) -> None:
-    with pytest.raises(error, match="UnpackOptions|IDMap"):
+    with pytest.raises(error, match=r"UnpackOptions|IDMap"):
         UnpackOptions(**fields)
     with pytest.raises(error):  # replace() runs the same checks
         dataclasses.replace(UnpackOptions(), **fields)
