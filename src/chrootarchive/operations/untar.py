@@ -21,7 +21,7 @@ from chrootarchive.errors import (
 )
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.options import UnpackOptions, UnpackResult, unpack_spec
-from chrootarchive.runner import ladder, pump
+from chrootarchive.runner import ladder
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 
@@ -213,11 +213,10 @@ def _unpack_data(
     # leaves the second core idle: a plain tar, read by the worker itself, and large
     # enough to pay for the fork. Compressed input keeps the parent decompressing.
     helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
-    # The worker reads a plain file itself: its progress is the file's shared offset.
-    watch = (pump.offset_progress(direct_fd, progress) if direct_fd is not None and progress
-             else contextlib.nullcontext())
-    with watch:
-        return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper)
+    # A plain file is read by the job itself: its progress is the file's shared offset
+    # (the pump watches it); otherwise the source is counted as it is read.
+    return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper,
+                       offset_progress=progress if direct_fd is not None else None)
 
 
 def _run_unpack(
@@ -228,13 +227,14 @@ def _run_unpack(
     *,
     layer: bool,
     helper: bool = False,
+    offset_progress: Progress | None = None,
 ) -> UnpackResult:
     """Unpack with the first mechanism of the ladder that the kernel accepts."""
     request = JobRequest.make(
         "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=layer,
         helper=helper, unpack=unpack_spec(options),
     )
-    reply = ladder.run(root_fd, request, data, options.confine)
+    reply = ladder.run(root_fd, request, data, options.confine, offset_progress=offset_progress)
     return UnpackResult(entries=reply.entries, size=reply.size,
                         confinement=reply.confinement, warnings=reply.warnings)
 

@@ -119,21 +119,20 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
 
 
 def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requested: str,
-        *, on_progress: Callable[[int], None] | None = None) -> JobReply:
+        *, offset_progress: Callable[[int], None] | None = None) -> JobReply:
     """Run ``request``, reading ``data`` (a readable fd, or chunks that are fed), with
     the first mechanism of the ladder that the kernel accepts.
 
     The job says when it is confined before it reads any data, so a mechanism the
     kernel refuses ("not supported") costs nothing and the next rung is tried.
+    ``offset_progress``: for an fd, called with the bytes the job read, now and then.
     """
 
     def attempt(mechanism: str) -> JobReply:
         stdin = data if isinstance(data, int) else None
         running = start(root_fd, request.replace(mechanism=mechanism), stdin=stdin)
         try:
-            if not isinstance(data, int):
-                pump.feed_while_alive(running, data, on_progress)
-            return running.finish()
+            return pump.drive(running, data, offset_progress)
         finally:
             running.close()
 

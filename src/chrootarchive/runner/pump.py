@@ -1,8 +1,9 @@
-"""Moving the input into a running job, and reporting how far it got.
+"""Moving the input into a running job, and reporting how far it got: one pump thread.
 
-The caller's thread never blocks on a job that died: chunks are written by a feeding
+The caller's thread never blocks on a job that died: chunks are written by the pump
 thread while the caller watches the job, so a job that fails while the input stalls is
-reported at once (the feeding thread ends with the input).
+reported at once (the pump ends with the input). When the job reads a file itself, the
+pump thread (only with a progress callback) watches how far it got instead.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from chrootarchive import _fdio
+from chrootarchive.contract import JobReply
 from chrootarchive.errors import ChrootArchiveError
 from chrootarchive.runner.worker import Running
 
-__all__ = ["feed", "feed_while_alive", "offset_progress"]
+__all__ = ["drive", "feed", "feed_while_alive", "watch_offset"]
 
 Progress = Callable[[int], None]
 
@@ -24,18 +26,29 @@ _WATCH = 0.05  # seconds between looks at the job while feeding it
 _PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
 
 
-def feed(fd: int, chunks: Iterable[bytes], on_progress: Progress | None) -> None:
+def drive(job: Running, data: int | Iterable[bytes], offset_progress: Progress | None,
+          ) -> JobReply:
+    """Run ``job`` to its end with its input: chunks are fed; a descriptor it reads
+    itself is watched for ``offset_progress``. Returns its reply or raises its error."""
+    if not isinstance(data, int):
+        feed_while_alive(job, data)
+        return job.finish()
+    if offset_progress is None:
+        return job.finish()
+    with watch_offset(data, offset_progress):
+        return job.finish()
+
+
+def feed(fd: int, chunks: Iterable[bytes]) -> None:
     """Write the stream to the job; stop quietly if the job stopped reading."""
     try:
         for chunk in chunks:
             _fdio.write_all(fd, chunk)
-            if on_progress is not None:
-                on_progress(len(chunk))
     except BrokenPipeError:
         return  # the job ended (its reply says why)
 
 
-def feed_while_alive(job: Running, data: Iterable[bytes], on_progress: Progress | None) -> None:
+def feed_while_alive(job: Running, data: Iterable[bytes]) -> None:
     """Feed ``data`` to ``job`` (which owns a stdin pipe) until it ends or the data does."""
     fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
     failure: list[BaseException] = []
@@ -43,7 +56,7 @@ def feed_while_alive(job: Running, data: Iterable[bytes], on_progress: Progress 
 
     def run() -> None:
         try:
-            feed(fd, data, on_progress)
+            feed(fd, data)
         except BaseException as err:
             failure.append(err)
         finally:
@@ -79,7 +92,7 @@ def feed_while_alive(job: Running, data: Iterable[bytes], on_progress: Progress 
 
 
 @contextlib.contextmanager
-def offset_progress(fd: int, progress: Progress) -> Iterator[None]:
+def watch_offset(fd: int, progress: Progress) -> Iterator[None]:
     """Progress of a file the job reads itself: the offset it shares with us.
 
     The job reads through a duplicate of ``fd`` (the same open file), so the file's
