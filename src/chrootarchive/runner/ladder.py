@@ -128,13 +128,12 @@ def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requeste
     ``offset_progress``: for an fd, called with the bytes the job read, now and then.
     """
 
+    stdin = data if isinstance(data, int) else None
+
     def attempt(mechanism: str) -> JobReply:
-        stdin = data if isinstance(data, int) else None
-        running = start(root_fd, request.replace(mechanism=mechanism), stdin=stdin)
-        try:
-            return pump.drive(running, data, offset_progress)
-        finally:
-            running.close()
+        return pump.drive(
+            lambda: start(root_fd, request.replace(mechanism=mechanism), stdin=stdin),
+            data, offset_progress)
 
     try:
         return run_ladder(requested, attempt)

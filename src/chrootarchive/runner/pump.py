@@ -26,17 +26,22 @@ _WATCH = 0.05  # seconds between looks at the job while feeding it
 _PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
 
 
-def drive(job: Running, data: int | Iterable[bytes], offset_progress: Progress | None,
-          ) -> JobReply:
-    """Run ``job`` to its end with its input: chunks are fed; a descriptor it reads
-    itself is watched for ``offset_progress``. Returns its reply or raises its error."""
-    if not isinstance(data, int):
-        feed_while_alive(job, data)
-        return job.finish()
-    if offset_progress is None:
-        return job.finish()
-    with watch_offset(data, offset_progress):
-        return job.finish()
+def drive(start: Callable[[], Running], data: int | Iterable[bytes],
+          offset_progress: Progress | None) -> JobReply:
+    """Start a job and run it to its end with its input: chunks are fed; a descriptor
+    it reads itself is watched for ``offset_progress`` (from before it starts, so that
+    no byte goes unreported). Returns its reply or raises its error."""
+    watch = (watch_offset(data, offset_progress)
+             if isinstance(data, int) and offset_progress is not None
+             else contextlib.nullcontext())
+    with watch:
+        job = start()
+        try:
+            if not isinstance(data, int):
+                feed_while_alive(job, data)
+            return job.finish()
+        finally:
+            job.close()
 
 
 def feed(fd: int, chunks: Iterable[bytes]) -> None:
