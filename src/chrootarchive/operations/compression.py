@@ -12,7 +12,7 @@ from typing import IO, Protocol, cast
 
 from chrootarchive.errors import CompressionError
 
-__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "read_ahead"]
+__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect"]
 
 
 class Readable(Protocol):
@@ -269,58 +269,3 @@ def decompressed_chunks(
             raise CompressionError(f"corrupt {kind} data: {err}") from err
 
     return kind, inflate()
-
-
-_AHEAD = 2  # decompressed chunks that may wait for the feeder (2 MiB)
-
-
-def read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """``chunks``, produced by a thread of their own up to two chunks ahead.
-
-    The decoders (ISA-L, zstd, xz, bzip2) release the interpreter's lock while they
-    work, so decompression overlaps with the caller's writes of the previous chunks to
-    the worker's pipe: on an input bound by decompression, the copy into the pipe
-    leaves the critical path. An error arrives after the chunks that came before it.
-    When the caller stops early, the thread stops at its next chunk.
-    """
-    import queue
-    import threading
-
-    ready: queue.Queue[object] = queue.Queue(maxsize=_AHEAD)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if not put(chunk):
-                    break
-            else:
-                put(end)
-        except BaseException as err:  # delivered to the caller, in order
-            put(err)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    threading.Thread(target=produce, name="chrootarchive-decompress", daemon=True).start()
-    try:
-        while True:
-            item = ready.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield cast(bytes, item)
-    finally:
-        stop.set()
