@@ -116,7 +116,10 @@ def _patterns(name: str, value: object) -> tuple[str, ...]:
             try:
                 PatternMatcher((pattern,))
             except (ValueError, re.error) as err:
-                raise ValueError(f"{name}: bad pattern {_shown(pattern)}: {err}") from None
+                text = str(err)  # the engine's names the pattern, re's does not
+                text = (text.replace(repr(pattern), _shown(pattern)) if repr(pattern) in text
+                        else f"bad pattern {_shown(pattern)}: {text}")
+                raise ValueError(f"{name}: {text}") from None
         raise
     return patterns
 
