@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import posixpath
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from chrootarchive.contract import IdRange, LimitSpec, PackSpec, UnpackSpec
+from chrootarchive.engine.names import PatternMatcher  # 0.4 ms: the one pattern compiler
 
 __all__ = [
     "GiB", "IDMap", "Limits", "PackOptions", "PackResult", "UnpackOptions", "UnpackResult",
@@ -30,10 +32,17 @@ WHITEOUT_FORMATS = ("aufs", "overlay")
 # -- checks: every field is checked when an option object is made -----------------------
 
 _MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "no change" to the kernel: never a real owner
+#: The longest timeout, in seconds (about 31 years): the worker's interval timer takes
+#: nanoseconds in 64 bits, and refuses more than about 292 years.
+_MAX_TIMEOUT = 1e9
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
+    """``repr(value)``, shortened: a message must stay readable whatever was passed."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (sys.set_int_max_str_digits)
+        return f"<{type(value).__name__} too long to show>"
     return text if len(text) <= 60 else text[:40] + "..." + text[-15:]
 
 
@@ -42,8 +51,19 @@ def _int(name: str, value: object, *, low: int = 0, high: int | None = None) -> 
         raise TypeError(f"{name} must be an int, not {type(value).__name__} {_shown(value)}")
     if value < low or (high is not None and value > high):
         span = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {span}, not {value}")
+        raise ValueError(f"{name} must be {span}, not {_shown(value)}")
     return value
+
+
+def _seconds(name: str, value: object) -> None:
+    """A positive, finite number of seconds that the worker's timer can hold, or None."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {_shown(value)}")
+    if not 0 < value <= _MAX_TIMEOUT:  # also refuses NaN
+        raise ValueError(f"{name} must be more than 0 and at most {_MAX_TIMEOUT:.0e} "
+                         f"seconds, not {_shown(value)}")
 
 
 def _bool(name: str, value: object) -> None:
@@ -53,13 +73,16 @@ def _bool(name: str, value: object) -> None:
 
 def _confine(name: str, value: object) -> None:
     """``auto`` or the name of a confinement mechanism."""
-    from chrootarchive.jail.confine import MECHANISMS
+    from chrootarchive.jail.confine import MECHANISMS  # 4-7 ms (ctypes): when first made
 
     _choice(name, value, ("auto", *MECHANISMS))
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string (one of {', '.join(choices)}), "
+                        f"not {_shown(value)}")
+    if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {_shown(value)}")
 
 
@@ -68,7 +91,8 @@ def _strings(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, (str, bytes, bytearray)):
         raise TypeError(f"{name} must be a sequence of strings (a list or tuple), "
                         f"not one string {_shown(value)}")
-    if not isinstance(value, Iterable):
+    if not isinstance(value, Iterable) or isinstance(value, (Set, Mapping)):
+        # a set or a dict has no order of its own, and the order of patterns matters
         raise TypeError(f"{name} must be a sequence of strings, not {_shown(value)}")
     items = tuple(value)
     for item in items:
@@ -82,15 +106,19 @@ def _strings(name: str, value: object) -> tuple[str, ...]:
 def _patterns(name: str, value: object) -> tuple[str, ...]:
     """Exclude patterns, compiled now (with the engine's own compiler) so that a bad one
     is the caller's error, not the jail's."""
-    import re
-
-    from chrootarchive.engine.names import PatternMatcher
-
     patterns = _strings(name, value)
     try:
         PatternMatcher(patterns)
-    except (ValueError, re.error) as err:
-        raise ValueError(f"{name}: {err}") from None
+    except (ValueError, re.error):
+        for pattern in patterns:  # name the bad one: re's own message does not
+            try:
+                PatternMatcher((pattern,))
+            except (ValueError, re.error) as err:
+                text = str(err)  # the engine's names the pattern, re's does not
+                text = (text.replace(repr(pattern), _shown(pattern)) if repr(pattern) in text
+                        else f"bad pattern {_shown(pattern)}: {text}")
+                raise ValueError(f"{name}: {text}") from None
+        raise
     return patterns
 
 
@@ -112,11 +140,11 @@ def _id_maps(name: str, value: object) -> tuple[IDMap, ...]:
     for m in maps:
         if not isinstance(m, IDMap):
             raise TypeError(f"{name} must hold IDMap ranges, not {_shown(m)}")
-    for kind in ("container_id", "host_id"):
-        spans = sorted((getattr(m, kind), getattr(m, kind) + m.size) for m in maps)
-        for (_, end), (start, _) in itertools.pairwise(spans):
+    for kind in ("container_id", "host_id"):  # the kernel's uid_map refuses both
+        spans = sorted(((getattr(m, kind), getattr(m, kind) + m.size), m) for m in maps)
+        for ((_, end), first), ((start, _), second) in itertools.pairwise(spans):
             if start < end:
-                raise ValueError(f"{name}: ranges overlap in their {kind}s")
+                raise ValueError(f"{name}: {first} and {second} overlap in their {kind}s")
     return maps
 
 
@@ -126,8 +154,10 @@ def _names(name: str, value: object) -> dict[int, str]:
     out: dict[int, str] = {}
     for key, text in value.items():
         out[_int(f"{name} key", key, high=_MAX_ID)] = text
-        if not isinstance(text, str) or "\x00" in text:
-            raise TypeError(f"{name}[{key}] must be a string without NUL, not {_shown(text)}")
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{key}] must be a string, not {_shown(text)}")
+        if "\x00" in text:
+            raise ValueError(f"{name}[{key}]: {_shown(text)} contains a NUL byte")
     return out
 
 
@@ -167,7 +197,7 @@ class Limits:
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).
         max_path_depth: components in an entry's cleaned name.
         max_xattr_bytes: names and values of one entry's xattrs together.
-        timeout: wall-clock seconds for the whole operation.
+        timeout: wall-clock seconds for the whole operation (at most 10**9).
     """
 
     max_bytes: int | None = 1024 * GiB
@@ -184,13 +214,7 @@ class Limits:
             value = getattr(self, name)
             if value is not None:
                 _int(f"Limits.{name}", value, low=1)
-        timeout = self.timeout
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"Limits.timeout must be a number of seconds or None, "
-                                f"not {_shown(timeout)}")
-            if not 0 < timeout < float("inf"):
-                raise ValueError(f"Limits.timeout must be a positive number, not {timeout}")
+        _seconds("Limits.timeout", self.timeout)
 
     @classmethod
     def strict(cls) -> Limits:
@@ -297,10 +321,10 @@ _LEVELS = {"gzip": (0, 9), "zstd": (1, 22)}
 def _relative_path(text: str, what: str) -> str:
     """Clean a path given relative to the source (``.`` for the source itself)."""
     if "\x00" in text:
-        raise ValueError(f"{what} {text!r} contains a NUL byte")
+        raise ValueError(f"{what}: {_shown(text)} contains a NUL byte")
     cleaned = posixpath.normpath(text.lstrip("/")) if text.strip("/") else "."
     if cleaned == ".." or cleaned.startswith("../"):
-        raise ValueError(f"{what} {text!r} leaves the source directory")
+        raise ValueError(f"{what}: {_shown(text)} leaves the source directory")
     return cleaned
 
 
@@ -329,7 +353,8 @@ class PackOptions:
         group_names: gid -> group name, the same way.
         compression: ``none``, ``gzip`` or ``zstd``; done by the caller's process,
             outside the jail.
-        compression_level: the compressor's level (None: its default).
+        compression_level: the compressor's level, gzip 0-9, zstd 1-22 (None: its
+            default).
         xattrs: write extended attributes (``SCHILY.xattr.*`` PAX records), such as
             ``security.capability``; ``security.selinux`` labels (host-specific) and
             ``trusted.*`` (readable only with CAP_SYS_ADMIN, which the jailed reader
@@ -359,7 +384,10 @@ class PackOptions:
         _choice("PackOptions.compression", self.compression, COMPRESSIONS)
         level = self.compression_level
         if level is not None:
-            low, high = _LEVELS.get(self.compression, (0, 0))
+            if self.compression not in _LEVELS:
+                raise ValueError(f"PackOptions.compression_level {_shown(level)} needs a "
+                                 f"compression, not {self.compression!r}")
+            low, high = _LEVELS[self.compression]
             _int(f"PackOptions.compression_level ({self.compression})", level, low=low,
                  high=high)
         for name in ("include_source_dir", "xattrs", "whole_second_mtimes"):
@@ -370,7 +398,7 @@ class PackOptions:
         set_(self, "uid_maps", _id_maps("PackOptions.uid_maps", self.uid_maps))
         set_(self, "gid_maps", _id_maps("PackOptions.gid_maps", self.gid_maps))
         set_(self, "include_files",
-             tuple(_relative_path(p, "include path")
+             tuple(_relative_path(p, "PackOptions.include_files")
                    for p in _strings("PackOptions.include_files", self.include_files)))
         set_(self, "excludes", _patterns("PackOptions.excludes", self.excludes))
         if not isinstance(self.rebase_names, Mapping) or not all(
@@ -379,12 +407,13 @@ class PackOptions:
             raise TypeError("PackOptions.rebase_names must map strings to strings, "
                             f"not {_shown(self.rebase_names)}")
         set_(self, "rebase_names", {
-            _relative_path(old, "rebase prefix"): new.strip("/")
+            _relative_path(old, "PackOptions.rebase_names key"): new.strip("/")
             for old, new in dict(self.rebase_names).items()
         })
         for new in self.rebase_names.values():
-            if new and _relative_path(new, "rebased name") != new:
-                raise ValueError(f"rebased name {new!r} must be a clean relative path")
+            if new and _relative_path(new, "PackOptions.rebase_names value") != new:
+                raise ValueError(f"PackOptions.rebase_names value {_shown(new)} must be a "
+                                 "clean relative path")
         set_(self, "user_names", _names("PackOptions.user_names", self.user_names))
         set_(self, "group_names", _names("PackOptions.group_names", self.group_names))
 

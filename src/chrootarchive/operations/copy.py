@@ -58,13 +58,16 @@ def _compressor(kind: str, level: int | None) -> _Compressor | None:
         try:
             from isal import isal_zlib  # ISA-L: several times faster than zlib
         except ImportError:  # a declared dependency; the stdlib is the fallback
-            import zlib
+            pass
+        else:
+            if level is None or level <= isal_zlib.ISAL_BEST_COMPRESSION:  # ISA-L: 0-3
+                return cast(_Compressor, isal_zlib.compressobj(
+                    isal_zlib.ISAL_DEFAULT_COMPRESSION if level is None else level,
+                    isal_zlib.DEFLATED, 31))
+        import zlib  # without ISA-L, or for gzip's levels above ISA-L's (4-9)
 
-            return cast(_Compressor, zlib.compressobj(6 if level is None else level,
-                                                      zlib.DEFLATED, 31))
-        return cast(_Compressor, isal_zlib.compressobj(
-            isal_zlib.ISAL_DEFAULT_COMPRESSION if level is None else level,
-            isal_zlib.DEFLATED, 31))
+        return cast(_Compressor, zlib.compressobj(6 if level is None else level,
+                                                  zlib.DEFLATED, 31))
     if kind == "zstd":
         import zstandard
 
