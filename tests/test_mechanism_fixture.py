@@ -17,9 +17,9 @@ TESTS = Path(__file__).resolve().parent
 # In a child process: "not supported" is learned once per process, for good.
 _REQUIRE_MISSING = """
 import pytest
-from chrootarchive.jail import confine
+from chrootarchive.runner import ladder
 from helpers.mechanisms import require
-confine.mark_unavailable("userns", "simulated: no user namespaces")
+ladder.mark_unavailable("userns", "simulated: no user namespaces")
 try:
     require("userns")
 except pytest.skip.Exception as e:
