@@ -80,3 +80,31 @@ def run_cli() -> Callable[..., CLIResult]:
     """``run_cli(*args, input=None, timeout=60, env=None, prefix=None, umask=None)``:
     run ``python -m chrootarchive ARGS``; returns ``(rc, stdout, stderr)``."""
     return _run_cli
+
+
+#: The slow tier, in one place: modules and tests that take seconds each (races run
+#: hundreds of rounds, whole root filesystems, every attack under every mechanism). The
+#: fast tier, ``pytest -m "not slow"``, runs the rest in under two minutes; CI runs both.
+SLOW_MODULES = frozenset({
+    "test_races.py", "test_rootfs.py", "test_unprivileged_rootfs.py", "test_fuzz.py",
+    "test_concurrency.py",
+})
+SLOW_TESTS = frozenset({
+    "test_copy.py::test_race_swapping_a_directory_for_a_symlink",
+    "test_copy.py::test_copy_out_of_the_root_never_copies_outside_bytes",
+    "test_copy.py::test_symlinks_out_of_the_root_are_never_followed",
+    "test_copy.py::test_race_while_copying_out",
+    "test_mechanisms.py::test_attack_as_root",
+    "test_mechanisms.py::test_attack_as_nobody",
+    "test_finisher.py::test_helper_is_confined_and_the_tree_is_exact",
+    "test_image.py::test_hostile_image_cli",
+    "test_attacks.py::test_code_execution_payloads_never_run",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        name = f"{module}::{item.originalname}" if isinstance(item, pytest.Function) else ""
+        if module in SLOW_MODULES or name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
