@@ -83,8 +83,9 @@ def run_cli() -> Callable[..., CLIResult]:
 
 
 #: The slow tier, in one place: modules and tests that take seconds each (races run
-#: hundreds of rounds, whole root filesystems, every attack under every mechanism). The
-#: fast tier, ``pytest -m "not slow"``, runs the rest in under two minutes; CI runs both.
+#: hundreds of rounds, whole root filesystems, every attack under every mechanism), and
+#: the variants of a per-mechanism test beyond the first mechanism (``pivot``). The fast
+#: tier, ``pytest -m "not slow"``, runs the rest in under two minutes; CI runs both.
 SLOW_MODULES = frozenset({
     "test_races.py", "test_rootfs.py", "test_unprivileged_rootfs.py", "test_fuzz.py",
     "test_concurrency.py",
@@ -106,5 +107,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.name
         name = f"{module}::{item.originalname}" if isinstance(item, pytest.Function) else ""
-        if module in SLOW_MODULES or name in SLOW_TESTS:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        other_mechanism = params.get("mechanism", mechanisms.MECHANISMS[0]) \
+            != mechanisms.MECHANISMS[0]
+        if module in SLOW_MODULES or name in SLOW_TESTS or other_mechanism:
             item.add_marker(pytest.mark.slow)
