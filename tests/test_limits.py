@@ -88,7 +88,8 @@ def test_limit_cli(limit: str, tmp_path: Path, write_archive) -> None:
     archive = write_archive(tb.compress(build(), "gzip"), ".tar.gz")
     result = run_cli("untar", *flags, archive, tmp_path / "dest")
     line = assert_one_line_error(result, rc=1, mentions=(limit,))
-    assert entry in line, line
+    # A long entry is shortened in the middle (errors.printable): both ends are shown.
+    assert entry in line or (entry[:40] in line and entry[-40:] in line), line
 
 
 def test_limits_none_means_unlimited(mechanism: str, tmp_path: Path) -> None:

@@ -939,9 +939,12 @@ def test_device_numbers() -> None:
     fails(header("c", typeflag=b"4", devminor=b"zz\x00\x00\x00\x00\x00\x00") + EOA, "device")
     # Only device nodes have device numbers (GNU tar): garbage elsewhere is ignored.
     assert names(member("f", devmajor=b"zz\x00\x00\x00\x00\x00\x00") + EOA) == ["f"]
-    big = member("c", typeflag=b"3", devmajor=base256(4095, 8), devminor=base256(1 << 20, 8))
+    big = member("c", typeflag=b"3", devmajor=base256(4095, 8), devminor=base256((1 << 20) - 1, 8))
     e = read(big + EOA)[0].entry
-    assert (e.devmajor, e.devminor) == (4095, 1 << 20)
+    assert (e.devmajor, e.devminor) == (4095, (1 << 20) - 1)
+    # Linux's dev_t has 12 bits of major and 20 of minor: more is refused, not truncated.
+    fails(header("c", typeflag=b"3", devmajor=base256(4096, 8)) + EOA, "out of range")
+    fails(header("c", typeflag=b"3", devminor=base256(1 << 20, 8)) + EOA, "out of range")
 
 
 # -- sparse files ---------------------------------------------------------------------

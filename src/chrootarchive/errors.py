@@ -30,6 +30,7 @@ __all__ = [
     "error_class",
     "from_os_error",
     "os_reason",
+    "printable",
 ]
 
 #: Warnings kept for one operation (one line each): a hostile archive can make millions.
@@ -38,6 +39,33 @@ MAX_WARNINGS = 1000
 #: errno values that mean the destination cannot take more, whatever was being done:
 #: these are always a :class:`DestinationError`.
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+#: Characters of a name kept at each end when a message shortens it in the middle.
+NAME_KEEP = 60
+
+
+def printable(name: str, keep: int = NAME_KEEP) -> str:
+    """NAME safe for a terminal: a hostile entry name can hold escape sequences.
+
+    C0 and C1 controls, DEL and undecodable bytes (surrogate-escaped) become ``\\xNN``;
+    printable Unicode is kept. A name longer than ``2 * keep + 1`` characters keeps its
+    first and last ``keep`` characters around an ellipsis, so the message still shows.
+    """
+    if keep > 0 and len(name) > 2 * keep + 1:
+        name = name[:keep] + "\u2026" + name[-keep:]
+    out = []
+    for char in name:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 class ChrootArchiveError(Exception):
@@ -57,8 +85,8 @@ class ChrootArchiveError(Exception):
 
     def __str__(self) -> str:
         if self.entry:
-            return f"{self.entry}: {self.message}"
-        return self.message
+            return f"{printable(self.entry)}: {printable(self.message, 0)}"
+        return printable(self.message, 0)
 
 
 class ArchiveError(ChrootArchiveError):

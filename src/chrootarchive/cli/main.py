@@ -13,7 +13,7 @@ import sys
 
 from chrootarchive.cli import image, layer, pack, untar
 from chrootarchive.cli.args import UsageError
-from chrootarchive.errors import ChrootArchiveError
+from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,16 +54,17 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _one_line(text: str) -> str:
-    """``chrootarchive: error: TEXT`` on one line, whatever the entry name holds."""
-    text = " ".join(text.split())
-    import textwrap
+    """``chrootarchive: error: TEXT`` on one line, whatever the entry name holds.
 
-    return "chrootarchive: error: " + textwrap.shorten(text, 2000, placeholder="...")
+    Names are shortened in the middle where they are formatted (``errors.printable``);
+    here only controls are escaped, so the problem text always shows.
+    """
+    return "chrootarchive: error: " + printable(text, 0)
 
 
 def _error_line(err: BaseException) -> str:
     return _one_line(str(err) if isinstance(err, ChrootArchiveError)
-                     else f"{type(err).__name__}: {err}")
+                     else f"{type(err).__name__}: {printable(str(err))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from chrootarchive.errors import printable
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
@@ -28,7 +30,7 @@ def print_json(data: dict[str, Any]) -> None:
 
 def print_warnings(warnings: Iterable[str]) -> None:
     for warning in warnings:
-        print(f"chrootarchive: warning: {warning}", file=sys.stderr)
+        print(f"chrootarchive: warning: {printable(warning, 0)}", file=sys.stderr)
 
 
 def report(result: Result, args: argparse.Namespace) -> None:

@@ -57,7 +57,9 @@ SEEK_MIN = 1 << 16  # on a regular file, seek over data to skip beyond this much
 
 _Bytes = bytes | bytearray
 _MAX_OFF = (1 << 63) - 1  # off_t
-_MAX_ID = (1 << 32) - 1  # uid_t, gid_t, and each device number
+_MAX_ID = (1 << 32) - 2  # uid_t, gid_t: (1 << 32) - 1 is -1, "no change" to chown
+_MAX_MAJOR = (1 << 12) - 1  # Linux's device numbers: 12 bits of major, 20 of minor
+_MAX_MINOR = (1 << 20) - 1
 
 # Kinds of the typeflags that need no extended header (all are read on the fast path).
 _PLAIN_KINDS = {
@@ -783,7 +785,7 @@ class TarReader:
         minor = _number(hdr[337:345])
         if major is None or minor is None:
             _fail("invalid device number field", entry.name)
-        if not (0 <= major <= _MAX_ID and 0 <= minor <= _MAX_ID):
+        if not (0 <= major <= _MAX_MAJOR and 0 <= minor <= _MAX_MINOR):
             _fail("device number out of range", entry.name)
         entry.devmajor = major
         entry.devminor = minor
