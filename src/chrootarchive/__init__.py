@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 
+#: The package's version (PEP 440); ``chrootarchive --version`` prints it.
+__version__ = "0.2.0.dev0"
+
 # Not ``typing.TYPE_CHECKING``: the confined worker imports this package, and importing
 # ``typing`` costs milliseconds of its start-up.
 # "X as X": re-exported for type checkers, which cannot read a computed ``__all__``.

@@ -62,7 +62,20 @@ _SYSCALLS = {
     "move_mount": (429, 429),
     "openat2": (437, 437),
 }
-_ARCH = 0 if os.uname().machine in ("x86_64", "AMD64") else 1
+#: The machines (``uname -m``) whose system-call numbers this module knows, in the
+#: order of the pairs above.
+MACHINES = ("x86_64", "aarch64")
+_MACHINE = os.uname().machine
+_ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
+
+
+def unsupported_machine() -> str | None:
+    """Why no confinement can work on this machine, or None: the system-call numbers
+    (and the seccomp filter's architecture) are known for :data:`MACHINES` only."""
+    if _MACHINE in MACHINES:
+        return None
+    return (f"this machine is {_MACHINE or 'unknown'}; chrootarchive supports "
+            f"{' and '.join(MACHINES)} only")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

@@ -285,7 +285,10 @@ def encode_reply(reply: JobReply) -> dict[str, Any]:
 def encode_error(err: BaseException) -> dict[str, Any]:
     """A job's failure as a document; :func:`decode_reply` raises it as the same class."""
     if isinstance(err, ChrootArchiveError):
-        detail = {"type": type(err).__name__, "message": err.message, "entry": err.entry}
+        detail: dict[str, Any] = {
+            "type": type(err).__name__, "message": err.message, "entry": err.entry}
+        if isinstance(err, OSError) and err.errno is not None:
+            detail["errno"] = err.errno
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         detail = {"type": "DestinationError", "message": err.strerror, "entry": None}
     else:
@@ -299,8 +302,12 @@ def decode_reply(document: Any) -> JobReply:
     if isinstance(document, dict) and isinstance(document.get("error"), dict):
         detail = document["error"]
         entry = detail.get("entry")
-        raise error_class(str(detail.get("type")))(
-            str(detail.get("message")), None if entry is None else str(entry))
+        cls = error_class(str(detail.get("type")))
+        message, where = str(detail.get("message")), None if entry is None else str(entry)
+        code = detail.get("errno")
+        if issubclass(cls, OSError) and isinstance(code, int):
+            raise cls(message, where, code)  # type: ignore[call-arg]
+        raise cls(message, where)
     if not isinstance(document, dict) or "result" not in document:
         raise WorkerError("the worker sent a reply that is neither a result nor an error")
     try:

@@ -3,7 +3,8 @@
 Every error the package raises derives from :class:`ChrootArchiveError`. Errors raised in
 the confined worker travel to the parent as ``(class name, message, entry)`` and are
 raised there again as the same class, so callers can catch them by type. All classes are
-picklable (their constructor arguments are exactly ``(message, entry)``).
+picklable (their constructor arguments are ``(message, entry)``, and the errno for the
+two that are also :class:`OSError`: :class:`SourceError`, :class:`DestinationError`).
 """
 
 from __future__ import annotations
@@ -129,19 +130,80 @@ class DigestMismatchError(ImageError):
     """
 
 
-class DestinationError(ChrootArchiveError):
+#: errno -> the built-in subclass of OSError that Python raises for it.
+_BUILTIN_OSERRORS: dict[int, type[OSError]] = {
+    errno.ENOENT: FileNotFoundError,
+    errno.EACCES: PermissionError,
+    errno.EPERM: PermissionError,
+    errno.EEXIST: FileExistsError,
+    errno.ENOTDIR: NotADirectoryError,
+    errno.EISDIR: IsADirectoryError,
+}
+
+
+class _OSLevelError(ChrootArchiveError, OSError):
+    """An error that is also an :class:`OSError`, with the kernel's ``errno`` when one was
+    the cause, so ``except FileNotFoundError`` or ``except PermissionError`` work as
+    they do around :func:`open`.
+
+    Like ``OSError(errno.ENOENT, ...)``, which makes a :class:`FileNotFoundError`, the
+    constructor picks the subclass that is also the built-in class for ``code``.
+    """
+
+    _by_errno: dict[int, type[_OSLevelError]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_by_errno" in vars(cls) or cls.__dict__.get("_errno_variant"):
+            return
+        # One subclass per built-in class, named like its base (the name is what crosses
+        # the process boundary; the errno travels beside it).
+        cls._by_errno = {}
+        made: dict[type[OSError], type[_OSLevelError]] = {}
+        for code, builtin in _BUILTIN_OSERRORS.items():
+            if builtin not in made:
+                made[builtin] = type(cls.__name__, (cls, builtin), {
+                    "_errno_variant": True, "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                })
+            cls._by_errno[code] = made[builtin]
+
+    def __new__(cls, message: str, entry: str | None = None,
+                code: int | None = None) -> _OSLevelError:
+        variant = cls._by_errno.get(code, cls) if code is not None else cls
+        # OSError.__new__ sets errno, strerror and filename when __new__ is overridden.
+        return OSError.__new__(variant, code, message, entry)
+
+    def __init__(self, message: str, entry: str | None = None,
+                 code: int | None = None) -> None:
+        self.args = (message, entry) if code is None else (message, entry, code)
+        self.message = message
+        self.entry = entry
+
+    def __str__(self) -> str:
+        return ChrootArchiveError.__str__(self)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str | None, int | None]]:
+        base = type(self).__mro__[1] if type(self).__dict__.get("_errno_variant") else type(self)
+        return (base, (self.message, self.entry, self.errno))
+
+
+class DestinationError(_OSLevelError):
     """The destination cannot be written: missing permission, no space, not a directory.
 
-    Exit status 4.
+    Also an :class:`OSError` (``errno`` set when the kernel gave one). Exit status 4.
     """
 
     exit_status = 4
 
 
-class SourceError(ChrootArchiveError):
-    """What is to be packed or copied cannot be read: it is missing, access is denied, it
-    is not a directory where one is needed, or an owner cannot be mapped with the id
-    maps given. A stream being read ends with this error. Exit status 4.
+class SourceError(_OSLevelError):
+    """What is to be read cannot be: the archive or what is to be packed or copied is
+    missing, access is denied, it is not a directory where one is needed, or an owner
+    cannot be mapped with the id maps given. A stream being read ends with this error.
+
+    Also an :class:`OSError` (``errno`` set when the kernel gave one): a missing
+    archive is a :class:`FileNotFoundError` too. Exit status 4.
     """
 
     exit_status = 4
@@ -226,4 +288,6 @@ def from_os_error(
     """
     message = f"{action}: {err.strerror or err}" if action else os_reason(err)
     cls = DestinationError if err.errno in NO_ROOM_ERRNOS else kind
+    if issubclass(cls, _OSLevelError):
+        return cls(message, entry, err.errno)
     return cls(message, entry)

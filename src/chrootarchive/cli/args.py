@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import replace
 
 from chrootarchive.jail.confine import MECHANISMS
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 
 class UsageError(Exception):
     """A command line that cannot run: reported as one line, exit status 2."""
+
+
+def archive_input(path: str) -> str:
+    """``path``, unless it is ``-`` and standard input is a terminal: GNU tar refuses
+    that too (a user who forgot the archive would wait forever, typing into it)."""
+    if path == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read an archive from a terminal "
+                         "(give ARCHIVE, or pipe one into -)")
+    return path
 
 
 def checked(build: Callable[..., T], /, *args: Any, **fields: Any) -> T:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chrootarchive.cli.args import add_common, add_unpack_options, parse_count, unpack_options
+from chrootarchive.cli.args import (
+    add_common,
+    add_unpack_options,
+    archive_input,
+    parse_count,
+    unpack_options,
+)
 from chrootarchive.cli.output import human_bytes, report
 from chrootarchive.cli.progress import LayerBars
 from chrootarchive.options import DEFAULT_MAX_LAYERS
@@ -78,6 +84,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    archive_input(args.image)
     options = unpack_options(args)
     from chrootarchive.image import unpack_image
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chrootarchive.cli.args import add_common, add_unpack_options, unpack_options
+from chrootarchive.cli.args import add_common, add_unpack_options, archive_input, unpack_options
 from chrootarchive.cli.output import report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
@@ -46,6 +46,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    archive_input(args.layer)
     options = unpack_options(args)
     from chrootarchive.operations.untar import apply_layer_result
 

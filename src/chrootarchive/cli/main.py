@@ -29,12 +29,23 @@ but the destination, and nothing from the archive ever runs.
 """
 
 
+def _version_line() -> str:
+    """``chrootarchive 0.2.0 (Python 3.11.7, Linux 6.1.0 x86_64)``: what a bug report needs."""
+    from chrootarchive import __version__
+
+    uname = os.uname()
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return (f"chrootarchive {__version__} (Python {python}, "
+            f"{uname.sysname} {uname.release} {uname.machine})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chrootarchive",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     untar.add_parser(commands)

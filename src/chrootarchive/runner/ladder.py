@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
+from chrootarchive import _linux
 from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ConfinementError, MechanismUnavailableError
 from chrootarchive.jail import confine
@@ -43,8 +44,12 @@ def candidates(requested: str = "auto") -> list[str]:
     """The mechanisms to try for ``requested`` (``auto`` or a name), in order.
 
     Raises:
-        ConfinementError: nothing usable; the message lists each mechanism and why.
+        ConfinementError: nothing usable; the message lists each mechanism and why
+            (or, on a machine whose system calls are not known, says that once).
     """
+    machine = _linux.unsupported_machine()
+    if machine:
+        raise ConfinementError(machine)
     if requested != "auto":
         if requested not in MECHANISMS:
             raise ConfinementError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from chrootarchive import _linux
 from chrootarchive.errors import ConfinementError
 from chrootarchive.jail.confine import chroot, pivot, userns
 
@@ -30,6 +31,9 @@ IN_PROCESS = frozenset({"openat2"})
 
 def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot work for this process, or None if it may (not cached here)."""
+    machine = _linux.unsupported_machine()
+    if machine:
+        return machine
     if name in ("pivot", "chroot"):
         if os.geteuid() != 0:
             return "needs root (CAP_SYS_ADMIN for pivot, CAP_SYS_CHROOT for chroot)"
