@@ -103,7 +103,7 @@ def test_success_cli(parent: Path, write_archive) -> None:
 
 def test_apply_layer_atomic(parent: Path) -> None:
     layer = B().file("a", b"1").file(".wh.gone").file("d/.wh..wh..opq").build()
-    size = chrootarchive.apply_layer(parent / "dest", io.BytesIO(layer), ATOMIC)
+    size = chrootarchive.apply_layer(io.BytesIO(layer), parent / "dest", ATOMIC).size
     assert size == 1
     assert sorted(os.listdir(parent / "dest")) == ["a", "d"]
     assert stages(parent) == []

@@ -165,7 +165,7 @@ def run_example(base: Path, p: dict, *, layer: bool) -> None:
     options = UnpackOptions(confine=p["confine"])
     try:
         if layer:
-            chrootarchive.apply_layer(ex.dest, io.BytesIO(data), options)
+            chrootarchive.apply_layer(io.BytesIO(data), ex.dest, options)
         else:
             chrootarchive.untar(io.BytesIO(data), ex.dest, options)
     except chrootarchive.InternalError as err:

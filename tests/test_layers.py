@@ -103,7 +103,7 @@ def test_four_layer_whiteouts(mechanism: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     opts = chrootarchive.UnpackOptions(confine=mechanism)
     for i, entries in enumerate(FOUR_LAYERS):
-        size = chrootarchive.apply_layer(root, layer(tmp_path / f"l{i}.tar", entries), opts)
+        size = chrootarchive.apply_layer(layer(tmp_path / f"l{i}.tar", entries), root, opts).size
         assert size == sum(len(d) for _, k, d in entries if k == "f" and isinstance(d, bytes))
         assert listing(root) == EXPECTED_AFTER[i], f"after layer {i + 1}"
 
@@ -112,10 +112,10 @@ def test_whiteout_in_same_layer_keeps_what_the_layer_wrote(mechanism: str,
                                                            tmp_path: Path) -> None:
     root = tmp_path / "root"
     opts = chrootarchive.UnpackOptions(confine=mechanism)
-    chrootarchive.apply_layer(root, layer(tmp_path / "l1.tar", [("f", "f", b"lower")]), opts)
-    chrootarchive.apply_layer(root, layer(tmp_path / "l2.tar", [
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", [("f", "f", b"lower")]), root, opts)
+    chrootarchive.apply_layer(layer(tmp_path / "l2.tar", [
         ("g", "f", b"upper"), (".wh.g", "f", b""), (".wh.f", "f", b""),
-    ]), opts)
+    ]), root, opts)
     assert listing(root) == {"g": "upper"}
 
 
@@ -128,13 +128,13 @@ def test_whiteout_through_lower_symlink_stays_inside(mechanism: str, tmp_path: P
     before = tree.snapshot(victim, ctime=True)
     root = tmp_path / "root"
     opts = chrootarchive.UnpackOptions(confine=mechanism)
-    chrootarchive.apply_layer(root, layer(tmp_path / "l1.tar", [
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", [
         ("abs", "l", str(victim)), ("rel", "l", "/../../../../../../../.." + str(victim)),
         ("up", "l", "/../../../.."), ("d", "d", None),
-    ]), opts)
+    ]), root, opts)
     for i, marker in enumerate(["abs/.wh.sub", "abs/sub/.wh.precious", "up/.wh.tmp",
                                 "abs/sub/.wh..wh..opq", "rel/.wh.sub"]):
-        chrootarchive.apply_layer(root, layer(tmp_path / f"w{i}.tar", [(marker, "f", b"")]),
+        chrootarchive.apply_layer(layer(tmp_path / f"w{i}.tar", [(marker, "f", b"")]), root,
                                   opts)
     tree.assert_same(before, tree.snapshot(victim, ctime=True), "victim changed")
 
@@ -143,18 +143,18 @@ def test_whiteout_through_lower_symlink_stays_inside(mechanism: str, tmp_path: P
 def test_invalid_whiteout_names(mechanism: str, tmp_path: Path, bad: str) -> None:
     root = tmp_path / "root"
     with pytest.raises(chrootarchive.ArchiveError, match="invalid whiteout"):
-        chrootarchive.apply_layer(root, layer(tmp_path / "l.tar", [("d", "d", None),
-                                                                     (bad, "f", b"")]),
+        chrootarchive.apply_layer(layer(tmp_path / "l.tar", [("d", "d", None),
+                                                                     (bad, "f", b"")]), root,
                                   chrootarchive.UnpackOptions(confine=mechanism))
 
 
 def test_aufs_metadata_and_hardlink_dir(mechanism: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    chrootarchive.apply_layer(root, layer(tmp_path / "l.tar", [
+    chrootarchive.apply_layer(layer(tmp_path / "l.tar", [
         (".wh..wh.aufs", "f", b""), (".wh..wh.orph", "d", None),
         (".wh..wh.plnk", "d", None), (".wh..wh.plnk/1234.5678", "f", b"shared"),
         ("one", "h", ".wh..wh.plnk/1234.5678"), ("two", "h", ".wh..wh.plnk/1234.5678"),
-    ]), chrootarchive.UnpackOptions(confine=mechanism))
+    ]), root, chrootarchive.UnpackOptions(confine=mechanism))
     assert listing(root) == {"one": "shared", "two": "shared"}
     assert (root / "one").stat().st_ino == (root / "two").stat().st_ino
 
@@ -213,9 +213,9 @@ def test_overlay_format_matches_the_kernel(mechanism: str, tmp_path: Path) -> No
     opts = chrootarchive.UnpackOptions(whiteout_format="overlay", confine=mechanism)
     for i, entries in enumerate(KERNEL_LAYERS):
         path = layer(tmp_path / f"l{i}.tar", entries)
-        chrootarchive.apply_layer(applied, path, aufs)
+        chrootarchive.apply_layer(path, applied, aufs)
         diff_dir = tmp_path / f"diff{i}"
-        chrootarchive.apply_layer(diff_dir, path, opts)
+        chrootarchive.apply_layer(path, diff_dir, opts)
         diffs.append(diff_dir)
     # Whiteouts are 0/0 character devices; opaque dirs carry trusted.overlay.opaque, or
     # under userns (no real root in the jail) user.overlay.opaque, which the kernel

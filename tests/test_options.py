@@ -43,7 +43,7 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (UnpackOptions, "whiteout_format", b"aufs", "btrfs"),
     (UnpackOptions, "rootless_xattr", None, _NO_BAD_VALUE),
     (UnpackOptions, "limits", {"max_bytes": 1}, _NO_BAD_VALUE),
-    (UnpackOptions, "data_only", "yes", _NO_BAD_VALUE),
+    (UnpackOptions, "filter", True, "trusting"),
     (UnpackOptions, "atomic", 1.0, _NO_BAD_VALUE),
     (PackOptions, "include_files", "a", ["a", "../b"]),
     (PackOptions, "excludes", b"x", ["a[b"]),
@@ -191,7 +191,7 @@ def test_good_values_are_accepted_and_normalised() -> None:
         gid_maps=(m for m in [IDMap(0, 100000, 65536)]), confine="openat2",
         limits=Limits.strict(), whiteout_format="overlay", no_lchown=True,
         no_overwrite_dir_nondir=True, best_effort_xattrs=True, rootless_xattr=True,
-        data_only=True, atomic=True)
+        filter="tar", atomic=True)
     assert options.excludes == ("a", "!a/b", "*.log", "**/x", "[!a]?", "a\\*", "  ", "")
     assert options.chown == (5, 6)
     assert options.uid_maps == (IDMap(0, 100000, 65536), IDMap(65536, 0, 1))

@@ -44,7 +44,7 @@ def test_root_owner_is_chown_or_the_mapped_root_or_none() -> None:
     assert idmap.root_owner(UnpackOptions()) == (0, 0)
     assert idmap.root_owner(UnpackOptions(chown=(7, 8), uid_maps=MAPS[1:])) == (7, 8)
     assert idmap.root_owner(UnpackOptions(no_lchown=True, uid_maps=MAPS)) is None
-    assert idmap.root_owner(UnpackOptions(data_only=True, uid_maps=MAPS)) is None
+    assert idmap.root_owner(UnpackOptions(filter="data", uid_maps=MAPS)) is None
     with pytest.raises(ArchiveError):
         idmap.root_owner(UnpackOptions(uid_maps=MAPS[1:]))
 
@@ -52,7 +52,8 @@ def test_root_owner_is_chown_or_the_mapped_root_or_none() -> None:
 def test_os_errors_become_library_errors() -> None:
     missing = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
     err = from_os_error(missing, "src/x", kind=SourceError)
-    assert type(err) is SourceError and err.message == "no such file or directory"
+    assert isinstance(err, SourceError) and isinstance(err, FileNotFoundError)
+    assert type(err).__name__ == "SourceError" and err.message == "no such file or directory"
     assert err.entry == "src/x"
     assert type(from_os_error(missing)) is InternalError
     opened = from_os_error(missing, "d", kind=DestinationError, action="cannot open")

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from chrootarchive.operations.copy import copy_with_tar as copy_with_tar
     from chrootarchive.operations.copy import tar as tar
     from chrootarchive.operations.copy import untar_path as untar_path
+    from chrootarchive.operations.pythonic import extractall as extractall
+    from chrootarchive.operations.pythonic import (
+        register_unpack_formats as register_unpack_formats,
+    )
     from chrootarchive.operations.untar import apply_layer as apply_layer
     from chrootarchive.operations.untar import apply_uncompressed_layer as apply_uncompressed_layer
     from chrootarchive.operations.untar import untar as untar
@@ -86,6 +90,8 @@ _EXPORTS = {
     "UnpackResult": "chrootarchive.options",
     "WorkerError": "chrootarchive.errors",
     "apply_layer": "chrootarchive.operations.untar",
+    "extractall": "chrootarchive.operations.pythonic",
+    "register_unpack_formats": "chrootarchive.operations.pythonic",
     "apply_uncompressed_layer": "chrootarchive.operations.untar",
     "copy_file_with_tar": "chrootarchive.operations.copy",
     "copy_path": "chrootarchive.operations.copy",

@@ -69,6 +69,19 @@ _MACHINE = os.uname().machine
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux 4.7+ shows it in /proc):
+    ``os.umask`` can only read it by setting it, which races with other threads."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def unsupported_machine() -> str | None:
     """Why no confinement can work on this machine, or None: the system-call numbers
     (and the seccomp filter's architecture) are known for :data:`MACHINES` only."""

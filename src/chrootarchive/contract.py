@@ -22,9 +22,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "JOB_MODULES", "MAX_WARNINGS", "IdRange", "JobReply", "JobRequest", "LimitSpec",
+    "FILTERS", "JOB_MODULES", "MAX_WARNINGS", "IdRange", "JobReply", "JobRequest", "LimitSpec",
     "PackSpec", "UnpackSpec", "decode_reply", "encode_error", "encode_reply",
 ]
+
+#: PEP 706's filter names (``tarfile``'s ``filter=``), most trusting first.
+FILTERS = ("fully_trusted", "tar", "data")
 
 #: Job name -> the module whose ``JOB`` object does the work (see
 #: :class:`chrootarchive.engine.jobs.Job`).
@@ -134,14 +137,15 @@ class UnpackSpec(_Record):
     __slots__ = (
         "best_effort_xattrs",
         "chown",
-        "data_only",
         "excludes",
+        "filter",
         "gid_maps",
         "limits",
         "no_lchown",
         "no_overwrite_dir_nondir",
         "rootless_xattr",
         "uid_maps",
+        "umask",
         "whiteout_format",
     )
     _NESTED = {"uid_maps": IdRange, "gid_maps": IdRange,  # noqa: RUF012
@@ -156,7 +160,8 @@ class UnpackSpec(_Record):
     whiteout_format: str
     rootless_xattr: bool
     limits: LimitSpec
-    data_only: bool
+    filter: str  # PEP 706's name: fully_trusted, tar, data
+    umask: int  # the caller's: the data filter gives directories 0777 & ~umask
 
 
 class PackSpec(_Record):

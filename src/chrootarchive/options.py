@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from chrootarchive.contract import IdRange, LimitSpec, PackSpec, UnpackSpec
+from chrootarchive.contract import FILTERS, IdRange, LimitSpec, PackSpec, UnpackSpec
 from chrootarchive.engine.names import PatternMatcher  # 0.4 ms: the one pattern compiler
 
 __all__ = [
@@ -247,10 +247,15 @@ class UnpackOptions:
         rootless_xattr: where an owner cannot be applied (unprivileged), record it in
             the ``user.rootlesscontainers`` xattr, as umoci's ``--rootless`` does.
         limits: resource limits (see :class:`Limits`).
-        data_only: for data, not root filesystems: no device nodes, no
-            setuid/setgid/sticky bits, no file capabilities or other ``security.*`` and
-            ``trusted.*`` xattrs, owners left to the caller; what is dropped is counted
-            in the result's warnings.
+        filter: PEP 706's name for how far the archive is trusted, as
+            :mod:`tarfile`'s ``filter=`` (docs/filters.md): ``fully_trusted`` (the
+            default: a root filesystem, as Docker unpacks it; what only a root
+            filesystem needs is counted in :attr:`UnpackResult.privileged`); ``tar``
+            (no setuid/setgid/sticky bit, no group/other write, no file capability);
+            ``data`` (for uploads: ``tar``'s rules, no device node or FIFO, no symlink
+            to an absolute path or out of the tree, files at least owner read/write,
+            directories at the caller's default mode, only ``user.*`` xattrs, owners
+            left to the caller). What a filter removes is counted in the warnings.
         atomic: unpack into a staging directory beside ``dest`` and rename it into
             place only when everything succeeded; ``dest`` must be missing or empty.
     """
@@ -266,13 +271,13 @@ class UnpackOptions:
     whiteout_format: str = "aufs"
     rootless_xattr: bool = False
     limits: Limits = field(default_factory=Limits)
-    data_only: bool = False
+    filter: str = "fully_trusted"
     atomic: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         for name in ("no_lchown", "no_overwrite_dir_nondir", "best_effort_xattrs",
-                     "rootless_xattr", "data_only", "atomic"):
+                     "rootless_xattr", "atomic"):
             _bool(f"UnpackOptions.{name}", getattr(self, name))
         set_(self, "chown", _owner("UnpackOptions.chown", self.chown))
         set_(self, "uid_maps", _id_maps("UnpackOptions.uid_maps", self.uid_maps))
@@ -280,6 +285,7 @@ class UnpackOptions:
         set_(self, "excludes", _patterns("UnpackOptions.excludes", self.excludes))
         _confine("UnpackOptions.confine", self.confine)
         _choice("UnpackOptions.whiteout_format", self.whiteout_format, WHITEOUT_FORMATS)
+        _choice("UnpackOptions.filter", self.filter, FILTERS)
         if not isinstance(self.limits, Limits):
             raise TypeError(f"UnpackOptions.limits must be a Limits, not {_shown(self.limits)}")
 
@@ -293,12 +299,16 @@ class UnpackResult:
         size: sum of the entries' sizes, as Docker's ApplyLayer reports it.
         confinement: the mechanism actually used (``pivot``, ``chroot``, ...).
         warnings: things skipped or degraded, one line each.
+        privileged: what the ``fully_trusted`` filter created that only a root
+            filesystem needs, by kind (``device nodes``, ``setuid/setgid files``,
+            ``file capabilities``); empty when there was none (or another filter).
     """
 
     entries: int = 0
     size: int = 0
     confinement: str = ""
     warnings: tuple[str, ...] = field(default=())
+    privileged: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,6 +320,7 @@ class UnpackResult:
             size=int(data["size"]),
             confinement=str(data["confinement"]),
             warnings=tuple(str(w) for w in data["warnings"]),
+            privileged={str(k): int(v) for k, v in data.get("privileged", {}).items()},
         )
 
 
@@ -467,8 +478,15 @@ def unpack_spec(options: UnpackOptions) -> UnpackSpec:
         best_effort_xattrs=options.best_effort_xattrs,
         whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,
         limits=LimitSpec(**{name: getattr(limits, name) for name in LimitSpec.__slots__}),
-        data_only=options.data_only,
+        filter=options.filter,
+        umask=_caller_umask() if options.filter == "data" else 0o022,
     )
+
+
+def _caller_umask() -> int:
+    from chrootarchive import _linux  # ctypes: only when the data filter needs it
+
+    return _linux.current_umask()
 
 
 def pack_spec(options: PackOptions) -> PackSpec:

@@ -28,7 +28,7 @@ from typing import Any
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import chrootarchive
-    from chrootarchive.operations.untar import apply_layer_result
+    from chrootarchive.operations.untar import apply_layer
 
     try:
         options = chrootarchive.UnpackOptions(**job.get("options", {}))
@@ -37,7 +37,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             if job["op"] == "untar":
                 result = chrootarchive.untar(archive, job["dest"], options)
             elif job["op"] == "layer":
-                result = apply_layer_result(job["dest"], archive, options)
+                result = apply_layer(archive, job["dest"], options)
             elif job["op"] == "root":
                 result = chrootarchive.untar_with_root(archive, job["in_root"], job["dest"],
                                                        options)

@@ -12,6 +12,7 @@ import math
 import sys
 from dataclasses import replace
 
+from chrootarchive.contract import FILTERS
 from chrootarchive.jail.confine import MECHANISMS
 from chrootarchive.options import IDMap, Limits, UnpackOptions
 
@@ -146,10 +147,16 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                           "or the reverse")
     sel.add_argument("--best-effort-xattrs", action="store_true",
                      help="skip xattrs that the destination filesystem does not support")
-    sel.add_argument("--data-only", action="store_true",
-                     help="unpack data, not a root filesystem: no device nodes, no "
-                          "setuid/setgid/sticky bits, no security.*/trusted.* xattrs, owners "
-                          "left to the user running this (what is dropped is reported)")
+    sel.add_argument("--filter", choices=FILTERS, default=None, metavar="NAME",
+                     help="how far the archive is trusted, with the names and rules of "
+                          "Python's tarfile (PEP 706): fully_trusted (default: a root "
+                          "filesystem, owners, device nodes and setuid files as the "
+                          "archive says), tar (no setuid/setgid/sticky bits, no "
+                          "group/other write, no file capabilities), data (for uploads: "
+                          "tar's rules, no device nodes or FIFOs, no symlinks to absolute "
+                          "paths or out of DEST, owners left to the user running this)")
+    sel.add_argument("--data-only", dest="filter", action="store_const", const="data",
+                     help="the same as --filter data")
     sel.add_argument("--atomic", action="store_true",
                      help="all or nothing: unpack beside DEST and rename into place only "
                           "when everything succeeded (DEST must be missing or empty)")
@@ -191,7 +198,7 @@ def unpack_options(args: argparse.Namespace) -> UnpackOptions:
     return checked(
         UnpackOptions,
         limits=limits(args),
-        data_only=args.data_only,
+        filter=args.filter or "fully_trusted",
         atomic=args.atomic,
         whiteout_format=getattr(args, "whiteout_format", "aufs"),
         no_lchown=args.no_lchown,

@@ -48,12 +48,12 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     archive_input(args.layer)
     options = unpack_options(args)
-    from chrootarchive.operations.untar import apply_layer_result
+    from chrootarchive.operations.untar import apply_layer
 
     bar = ByteProgress(source_size(args.layer),
                        enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
-        result = apply_layer_result(args.dest, args.layer, options, progress=bar.update)
+        result = apply_layer(args.layer, args.dest, options, progress=bar.update)
     finally:
         bar.close()
     report(result, args)

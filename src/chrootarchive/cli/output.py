@@ -11,7 +11,7 @@ from chrootarchive.errors import printable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from typing import Any, Protocol
 
     class Result(Protocol):
@@ -40,6 +40,18 @@ def report(result: Result, args: argparse.Namespace) -> None:
         return
     if not args.quiet:
         print_warnings(result.warnings)
+        if getattr(args, "filter", "") is None:
+            print_privileged(getattr(result, "privileged", {}))
+
+
+def print_privileged(privileged: Mapping[str, int]) -> None:
+    """One line when the default filter (``fully_trusted``) made what only a root
+    filesystem needs: a user who unpacked an upload learns it, and the option."""
+    counts = ", ".join(f"{count} {what}" for what, count in privileged.items() if count)
+    if counts:
+        print(f"chrootarchive: note: as the archive says (filter fully_trusted), this "
+              f"created {counts}; for data you do not trust, use --filter data",
+              file=sys.stderr)
 
 
 def human_bytes(value: int) -> str:

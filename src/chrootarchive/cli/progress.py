@@ -26,9 +26,10 @@ class ByteProgress:
         self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                          delay=0.5, leave=False, file=sys.stderr, desc=desc)
 
-    def update(self, n: int) -> None:
+    def update(self, done: int) -> None:
+        """``done``: bytes so far (the library's callbacks are cumulative)."""
         if self._bar is not None:
-            self._bar.update(n)
+            self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

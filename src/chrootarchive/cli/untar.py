@@ -52,18 +52,13 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     archive_input(args.archive)
     options = unpack_options(args)
-    from chrootarchive.operations.untar import untar, untar_uncompressed, untar_with_root
+    from chrootarchive.operations.untar import untar
 
     bar = ByteProgress(source_size(args.archive),
                        enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
-        if args.root is not None:
-            result = untar_with_root(args.archive, args.dest, args.root, options,
-                                     progress=bar.update)
-        elif args.uncompressed:
-            result = untar_uncompressed(args.archive, args.dest, options, progress=bar.update)
-        else:
-            result = untar(args.archive, args.dest, options, progress=bar.update)
+        result = untar(args.archive, args.dest, options, root=args.root,
+                       detect_compression=not args.uncompressed, progress=bar.update)
     finally:
         bar.close()
     report(result, args)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         @property
         def no_lchown(self) -> bool: ...
         @property
-        def data_only(self) -> bool: ...
+        def filter(self) -> str: ...
 
 __all__ = ["mapped_root", "root_owner", "to_container", "to_host", "to_host_or_fail"]
 
@@ -96,12 +96,12 @@ def mapped_root(uid_maps: IDMaps, gid_maps: IDMaps) -> tuple[int, int]:
 def root_owner(options: OwnerOptions) -> tuple[int, int] | None:
     """The host owner of the directories an unpack makes itself, or None to leave the
     creator's: ``chown`` when given, else the mapped root; None when owners are not set
-    (``no_lchown``, ``data_only``).
+    (``no_lchown``, the ``data`` filter).
 
     Raises:
         ArchiveError: owners are mapped and a map has no range for id 0.
     """
-    if options.no_lchown or options.data_only:
+    if options.no_lchown or options.filter == "data":
         return None
     if options.chown is not None:
         return options.chown

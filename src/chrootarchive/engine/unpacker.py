@@ -19,7 +19,7 @@ import posixpath
 import stat
 import time
 
-from chrootarchive.engine import fsops, idmap, layer
+from chrootarchive.engine import filters, fsops, idmap, layer
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -52,6 +52,7 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
+_DEVICE_KINDS = (tarreader.CHARDEV, tarreader.BLOCKDEV)
 
 
 class UnpackStats:
@@ -144,9 +145,8 @@ class Unpacker:
         self.deadline = (None if self.limits.timeout is None
                          else time.monotonic() + self.limits.timeout)
         self.bytes_budget = (1 << 80) if self.limits.max_bytes is None else self.limits.max_bytes
-        self.dropped: dict[str, int] = {
-            "device nodes": 0, "setuid/setgid/sticky bits": 0, "security/trusted xattrs": 0
-        }
+        self.filter = filters.EntryFilter(options.filter, options.umask)
+        self.filtering = options.filter != "fully_trusted"
         self.egid = os.getegid()
         # The owner of the implied parents it makes (None: the creator's).
         self.root_owner = idmap.root_owner(options)
@@ -175,8 +175,8 @@ class Unpacker:
         self.safe_size = huge if limits.max_file_size is None else limits.max_file_size
         self.create_file = fs.create_file
         self.has_excludes = bool(self.excludes)
-        self.data_only = options.data_only
-        self.identity_owner = not (options.no_lchown or options.data_only or options.chown
+        self.caller_owns = options.filter == "data"  # PEP 706: the owners are the caller's
+        self.identity_owner = not (options.no_lchown or self.caller_owns or options.chown
                                    or options.uid_maps or options.gid_maps)
 
     # -- the loop -----------------------------------------------------------------
@@ -227,8 +227,11 @@ class Unpacker:
             self._check_entry_limits(name, entry)
         if self.has_excludes and self.excludes.matches(name):
             return
-        if self.data_only and not self._data_only(entry):
-            return
+        if self.filtering:
+            if not self.filter.keep(entry):
+                return
+        elif entry.mode & 0o6000 or entry.xattrs or entry.kind in _DEVICE_KINDS:
+            self.filter.note(entry)
         if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
             return
@@ -373,7 +376,7 @@ class Unpacker:
                     return True
         raise DestinationError("the path keeps reappearing (a concurrent writer?)", entry.name)
 
-    # -- limits and data-only mode ------------------------------------------------
+    # -- limits ------------------------------------------------
 
     def _limit(self, limit: str, value: float, unit: str, entry: str) -> None:
         shown = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
@@ -408,28 +411,13 @@ class Unpacker:
             if total > limits.max_xattr_bytes:
                 self._limit("max_xattr_bytes", limits.max_xattr_bytes, "bytes", entry.name)
 
-    def _data_only(self, entry: TarEntry) -> bool:
-        """Strip what only a root filesystem needs; False when the entry is dropped."""
-        if entry.kind in (tarreader.CHARDEV, tarreader.BLOCKDEV):
-            self.dropped["device nodes"] += 1
-            return False
-        if entry.mode & 0o7000 and entry.kind != tarreader.HARDLINK:
-            self.dropped["setuid/setgid/sticky bits"] += 1
-            entry.mode &= 0o777
-        if entry.xattrs:
-            kept = {k: v for k, v in entry.xattrs.items() if k.startswith("user.")}
-            if len(kept) != len(entry.xattrs):
-                self.dropped["security/trusted xattrs"] += len(entry.xattrs) - len(kept)
-                entry.xattrs = kept
-        return True
-
     # -- entry kinds --------------------------------------------------------------
 
     def _owner(self, entry: TarEntry) -> tuple[int, int] | None:
         """The owner to set, or None to leave the creator's."""
         if self.identity_owner:
             return (entry.uid, entry.gid)
-        if self.options.no_lchown or self.options.data_only:
+        if self.options.no_lchown or self.caller_owns:
             return None
         if self.options.chown is not None:
             return self.options.chown
@@ -815,9 +803,8 @@ class Unpacker:
                     pass
 
     def _summarize_skips(self) -> None:
-        for what, count in self.dropped.items():
-            if count:
-                self.warn(f"data-only: dropped {count} {what}")
+        for line in self.filter.warnings():
+            self.warn(line)
         if self.skipped_owners:
             ids = ", ".join(f"{u}:{g}" for u, g in sorted(self.unmappable)[:5])
             self.warn(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -36,7 +36,7 @@ from chrootarchive.image.results import (
 from chrootarchive.image.selection import Selection
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.operations import untar as api
-from chrootarchive.options import DEFAULT_MAX_LAYERS, UnpackOptions, UnpackResult
+from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions, UnpackResult
 
 _CHUNK = compression.CHUNK
 
@@ -218,10 +218,15 @@ def _locked_dest(dest: str, options: UnpackOptions) -> Iterator[str]:
 def unpack_image(
     image: str | os.PathLike[str],
     dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
     *,
     ref: str | None = None,
     platform: str | None = None,
-    options: UnpackOptions | None = None,
+    filter: str | None = None,  # tarfile's name (PEP 706)
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
     progress: ProgressCallback | None = None,
     max_layers: int = DEFAULT_MAX_LAYERS,
 ) -> ImageResult:
@@ -247,6 +252,9 @@ def unpack_image(
         options: how to unpack (owners, limits, confinement, ``atomic``...). Limits
             hold for the whole image (bytes, entries, time), not per layer. Whiteouts
             are always applied (``whiteout_format`` must be ``aufs``).
+        filter, excludes, atomic, confine, limits: shortcuts for those fields of
+            ``options``, as for :func:`chrootarchive.untar` (``filter``: PEP 706's
+            name; ``fully_trusted``, the default, is right for a root filesystem).
         progress: called with a :class:`LayerProgress` as each layer starts, as its
             blob is read, and when it is applied.
         max_layers: the most layers a manifest may have (checked before unpacking).
@@ -265,7 +273,8 @@ def unpack_image(
         DestinationError, ConfinementError: as for :func:`chrootarchive.untar`.
         ValueError: a malformed ``platform`` or an ``overlay`` whiteout format.
     """
-    options = options or UnpackOptions()
+    options = api.with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                               confine=confine, limits=limits)
     if options.whiteout_format != "aufs":
         raise ValueError("unpack_image applies whiteouts: whiteout_format must be 'aufs'")
     if max_layers < 0:
@@ -283,6 +292,7 @@ def unpack_image(
         applied: list[LayerResult] = []
         size = entries = 0
         confinement = ""
+        privileged: dict[str, int] = {}
         with _locked_dest(os.fspath(dest), options) as target:
             if not plan.layers:
                 # Nothing to apply, but the destination is made as a layer would make it.
@@ -295,6 +305,8 @@ def unpack_image(
                 size += result.size
                 entries += result.entries
                 confinement = result.confinement
+                for what, count in result.privileged.items():
+                    privileged[what] = privileged.get(what, 0) + count
                 label = _layer_label(layer)
                 for warning in result.warnings:
                     if len(warnings) < MAX_WARNINGS:
@@ -309,5 +321,5 @@ def unpack_image(
         format=plan.format, manifest_digest=plan.manifest_digest,
         config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,
         layers=tuple(applied), size=size, entries=entries, confinement=confinement,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), privileged=privileged,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,8 @@ class ImageResult:
         entries: tar entries processed in all layers.
         confinement: the mechanism used (of the last layer).
         warnings: things skipped or degraded, one line each.
+        privileged: what the ``fully_trusted`` filter created in all layers that only
+            a root filesystem needs, by kind (see :attr:`UnpackResult.privileged`).
     """
 
     format: str
@@ -66,6 +68,7 @@ class ImageResult:
     entries: int
     confinement: str
     warnings: tuple[str, ...] = ()
+    privileged: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -199,8 +199,8 @@ def tar(
             relative to it; anything else is one entry named after it.
         root: the jail for the reading side, e.g. a container's root filesystem.
         options: what to include, names, owners, compression (:class:`PackOptions`).
-        progress: called with the number of tar bytes read from the worker, as
-            they come.
+        progress: called with the number of tar bytes read from the worker so far
+            (cumulative, like tqdm's ``n``), as they come.
 
     Returns:
         A :class:`TarStream`: read it to the end, then close it (or use ``with``).
@@ -221,7 +221,8 @@ def tar(
         source = _start(root_fd, inner, options, mechanisms, os.fspath(src))
     finally:
         os.close(root_fd)
-    return TarStream(source, options.compression, options.compression_level, progress)
+    return TarStream(source, options.compression, options.compression_level,
+                     api.cumulative(progress))
 
 
 def _reason(err: OSError) -> str:

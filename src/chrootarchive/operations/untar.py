@@ -6,12 +6,13 @@ The package ``__init__`` re-exports these; ``image`` and ``copy`` build on them.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
@@ -20,7 +21,7 @@ from chrootarchive.errors import (
     from_os_error,
 )
 from chrootarchive.operations import compression, destination, staging
-from chrootarchive.options import UnpackOptions, UnpackResult, unpack_spec
+from chrootarchive.options import Limits, UnpackOptions, UnpackResult, unpack_spec
 from chrootarchive.runner import ladder
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
@@ -30,13 +31,15 @@ __all__ = [
     "Source",
     "apply_layer",
     "apply_uncompressed_layer",
+    "cumulative",
     "unpack_stream",
     "untar",
     "untar_uncompressed",
     "untar_with_root",
+    "with_changes",
 ]
 
-Source = str | os.PathLike[str] | BinaryIO
+Source = str | os.PathLike[str] | BinaryIO | bytes | bytearray | memoryview
 Progress = Callable[[int], None]
 
 
@@ -45,16 +48,31 @@ def untar(
     dest: str | os.PathLike[str],
     options: UnpackOptions | None = None,
     *,
+    filter: str | None = None,  # tarfile's name (PEP 706)
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    root: str | os.PathLike[str] | None = None,
+    detect_compression: bool = True,
     progress: Progress | None = None,
 ) -> UnpackResult:
     """Unpack a tar archive (plain, gzip, bzip2, xz or zstd) into ``dest``, confined.
 
     Args:
-        source: a path, ``"-"`` for standard input, or a binary file object.
+        source: a path, ``"-"`` for standard input, a binary file object, or the
+            archive itself as ``bytes``, ``bytearray`` or ``memoryview``.
         dest: the destination directory; created (0755) if missing.
-        options: how to unpack (owners, excludes, confinement...).
-        progress: called with the number of source bytes read so far, now and then,
-            from a thread of the library's (the one that reads the source).
+        options: how to unpack (owners, excludes, confinement...); the keyword
+            arguments below change the most common of them, as a shortcut.
+        filter: PEP 706's name, as :mod:`tarfile`'s ``filter=``: ``fully_trusted``
+            (the default: a root filesystem), ``tar`` or ``data`` (for uploads).
+        excludes, atomic, confine, limits: the :class:`UnpackOptions` fields.
+        root: jail at ``root`` and resolve ``dest`` inside it (``docker cp`` into a
+            container; see :func:`untar_with_root`).
+        detect_compression: False for a stream known to be plain tar.
+        progress: called with the number of source bytes read so far (cumulative,
+            like tqdm's ``n``), now and then, from a thread of the library's.
 
     Returns:
         What was unpacked.
@@ -62,85 +80,94 @@ def untar(
     Raises:
         ArchiveError: the archive is malformed or hostile (a BreakoutError for names
             that leave the destination).
-        DestinationError: the destination cannot be written.
+        SourceError: the archive cannot be read (also an OSError:
+            ``FileNotFoundError`` for a missing one).
+        DestinationError: the destination cannot be written (also an OSError).
         ConfinementError: no confinement mechanism is available.
     """
-    return _unpack(source, dest, None, options, compressed=True, progress=progress)
+    chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                          confine=confine, limits=limits)
+    return _unpack(source, dest, root, chosen, compressed=detect_compression,
+                   progress=cumulative(progress))
+
+
+def apply_layer(
+    source: Source,
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    filter: str | None = None,  # tarfile's name (PEP 706)
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    detect_compression: bool = True,
+    progress: Progress | None = None,
+) -> UnpackResult:
+    """Apply a container image layer (compression detected) onto ``dest``, confined.
+
+    :func:`untar` with a layer's whiteouts: ``.wh.NAME`` removes what lower layers
+    left, ``.wh..wh..opq`` empties its directory of it; with
+    ``options.whiteout_format == "overlay"`` they become overlay whiteouts instead.
+    ``result.size`` is the applied size Docker's ``ApplyLayer`` returns.
+    """
+    chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                          confine=confine, limits=limits)
+    return _unpack(source, dest, None, chosen, compressed=detect_compression,
+                   progress=cumulative(progress), layer=True)
+
+
+# Docker's names (pkg/chrootarchive), thin aliases of the two calls above.
 
 
 def untar_uncompressed(
-    source: Source,
-    dest: str | os.PathLike[str],
-    options: UnpackOptions | None = None,
-    *,
+    source: Source, dest: str | os.PathLike[str], options: UnpackOptions | None = None, *,
     progress: Progress | None = None,
 ) -> UnpackResult:
-    """Like :func:`untar` for a stream that is known to be plain tar (no detection)."""
-    return _unpack(source, dest, None, options, compressed=False, progress=progress)
+    """Docker's ``UntarUncompressed``: :func:`untar` with ``detect_compression=False``."""
+    return untar(source, dest, options, detect_compression=False, progress=progress)
 
 
 def untar_with_root(
-    source: Source,
-    dest: str | os.PathLike[str],
-    root: str | os.PathLike[str],
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
+    source: Source, dest: str | os.PathLike[str], root: str | os.PathLike[str],
+    options: UnpackOptions | None = None, *, progress: Progress | None = None,
 ) -> UnpackResult:
-    """Unpack into ``dest`` while jailed at ``root`` (``docker cp`` into a container).
+    """Docker's ``UntarWithRoot``: :func:`untar` with ``root``.
 
     ``dest`` is resolved inside the jail, so symlinks in ``root`` cannot lead outside
     it; when it does not exist it is created inside the jail, never from outside
     (CVE-2021-41089). A relative ``dest`` is taken relative to ``root``; an absolute one
     either lies below ``root`` on the host or is taken as a path inside ``root``.
     """
-    return _unpack(source, dest, root, options, compressed=True, progress=progress)
-
-
-def apply_layer(
-    dest: str | os.PathLike[str],
-    layer: Source,
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Apply a container image layer (compression detected) onto ``dest``, confined.
-
-    Whiteouts (``.wh.NAME``) remove what lower layers left, opaque markers
-    (``.wh..wh..opq``) empty their directory of it; with
-    ``options.whiteout_format == "overlay"`` they become overlay whiteouts instead.
-
-    Returns:
-        The applied size: the sum of the entries' sizes, as Docker reports it.
-    """
-    result = _unpack(layer, dest, None, options, compressed=True, progress=progress,
-                     layer=True)
-    return result.size
+    return untar(source, dest, options, root=root, progress=progress)
 
 
 def apply_uncompressed_layer(
-    dest: str | os.PathLike[str],
-    layer: Source,
-    options: UnpackOptions | None = None,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Like :func:`apply_layer` for a plain tar layer (no detection)."""
-    result = _unpack(layer, dest, None, options, compressed=False, progress=progress,
-                     layer=True)
-    return result.size
-
-
-def apply_layer_result(
-    dest: str | os.PathLike[str],
-    layer: Source,
-    options: UnpackOptions | None = None,
-    *,
+    source: Source, dest: str | os.PathLike[str], options: UnpackOptions | None = None, *,
     progress: Progress | None = None,
 ) -> UnpackResult:
-    """Like :func:`apply_layer`, returning the whole result (warnings, counts)."""
-    return _unpack(layer, dest, None, options, compressed=True, progress=progress,
-                   layer=True)
+    """Docker's ``ApplyUncompressedLayer``: :func:`apply_layer` without detection."""
+    return apply_layer(source, dest, options, detect_compression=False, progress=progress)
+
+
+def with_changes(options: UnpackOptions | None, **changes: Any) -> UnpackOptions:
+    """``options`` (or the defaults) with the keyword shortcuts that were given."""
+    given = {name: value for name, value in changes.items() if value is not None}
+    base = options or UnpackOptions()
+    return replace(base, **given) if given else base
+
+
+def cumulative(progress: Progress | None) -> Progress | None:
+    """The caller's callback gets totals (bytes so far); the pumps report steps."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def report(step: int) -> None:
+        done[0] += step
+        progress(done[0])
+
+    return report
 
 
 # -- implementation --------------------------------------------------------------------
@@ -235,8 +262,10 @@ def _run_unpack(
         helper=helper, unpack=unpack_spec(options),
     )
     reply = ladder.run(root_fd, request, data, options.confine, offset_progress=offset_progress)
+    privileged = reply.details.get("privileged") or {}
     return UnpackResult(entries=reply.entries, size=reply.size,
-                        confinement=reply.confinement, warnings=reply.warnings)
+                        confinement=reply.confinement, warnings=reply.warnings,
+                        privileged={str(k): int(v) for k, v in privileged.items()})
 
 
 def unpack_stream(
@@ -277,6 +306,9 @@ def _open_source(source: Source) -> Iterator[BinaryIO]:
                 err, path, kind=SourceError, action="cannot open the archive") from err
         with f:
             yield f
+        return
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
         return
     yield source
 

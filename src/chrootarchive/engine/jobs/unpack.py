@@ -60,7 +60,9 @@ class UnpackJob:
         # Archives may be zero-padded: read the input to its end. Only on success: after
         # an error (a bomb stopped by a limit) the worker exits and the parent stops.
         reader.drain()
-        return JobReply.make(stats.entries, stats.size)
+        privileged = {what: n for what, n in worker.filter.privileged.items() if n}
+        return JobReply.make(stats.entries, stats.size,
+                             {"privileged": privileged} if privileged else None)
 
 
 JOB = UnpackJob()

@@ -51,7 +51,7 @@ class Openat2FileOps(fsops.FileOps):
     def __init__(self, root_fd: int, base: str = ".") -> None:
         self.root_fd = root_fd
         self.base = "" if base in ("", ".") else base.strip("/") + "/"
-        self.umask = _current_umask()
+        self.umask = _linux.current_umask()
 
     def _full(self, path: str) -> str:
         if path in ("", "."):
@@ -175,18 +175,6 @@ class Openat2FileOps(fsops.FileOps):
             if err.errno != errno.ENOSYS:
                 raise
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it (Linux 4.7+ shows it in /proc)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 _openat2_reason: str | None = None

@@ -1,0 +1,73 @@
+"""The calls a Python developer already knows: ``tarfile``'s ``extractall`` and
+``shutil.unpack_archive``, with the confined engine behind them.
+
+Both default to PEP 706's ``data`` filter (the default of :mod:`tarfile` from Python
+3.14): code that unpacks what it did not write gets data, not a root filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+
+from chrootarchive.operations import untar as api
+from chrootarchive.options import Limits, UnpackOptions, UnpackResult
+
+__all__ = ["SHUTIL_FORMATS", "extractall", "register_unpack_formats"]
+
+#: shutil's format names and extensions, and zstd's (Python 3.14's name for it).
+SHUTIL_FORMATS = {
+    "tar": ([".tar"], "uncompressed tar file, unpacked confined (chrootarchive)"),
+    "gztar": ([".tar.gz", ".tgz"], "gzip'ed tar file, unpacked confined (chrootarchive)"),
+    "bztar": ([".tar.bz2", ".tbz2"], "bzip2'ed tar file, unpacked confined (chrootarchive)"),
+    "xztar": ([".tar.xz", ".txz"], "xz'ed tar file, unpacked confined (chrootarchive)"),
+    "zstdtar": ([".tar.zst", ".tzst"], "zstd'ed tar file, unpacked confined (chrootarchive)"),
+}
+
+
+def extractall(
+    source: api.Source,
+    path: str | os.PathLike[str] = ".",
+    *,
+    filter: str = "data",  # tarfile's name (PEP 706)
+    options: UnpackOptions | None = None,
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    progress: api.Progress | None = None,
+) -> UnpackResult:
+    """Unpack ``source`` into ``path`` as ``tarfile.open(source).extractall(path,
+    filter=...)`` would, but confined by the kernel.
+
+    ``filter`` takes PEP 706's names (``data``, the default; ``tar``;
+    ``fully_trusted``), not a callable. ``source`` is a path, a binary file object, or
+    the archive as bytes; compression is detected.
+    """
+    return api.untar(source, path, options, filter=filter, excludes=excludes, atomic=atomic,
+                     confine=confine, limits=limits, progress=progress)
+
+
+def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None) -> None:
+    """What ``shutil.unpack_archive`` calls for the formats registered below."""
+    if filter is not None and not isinstance(filter, str):
+        raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
+                        "not a callable")
+    api.untar(filename, extract_dir, filter=filter or "data")
+
+
+def register_unpack_formats() -> None:
+    """Make ``shutil.unpack_archive`` unpack tar archives with chrootarchive.
+
+    Replaces shutil's own ``tar``, ``gztar``, ``bztar`` and ``xztar`` unpackers (and
+    adds ``zstdtar``): ``shutil.unpack_archive("upload.tar.gz", dest, filter="data")``
+    then runs confined. Without ``filter=``, ``data`` applies. Calling it again does
+    nothing more.
+    """
+    for name, (extensions, description) in SHUTIL_FORMATS.items():
+        for registered, known, _ in shutil.get_unpack_formats():
+            if registered == name or set(known) & set(extensions):
+                shutil.unregister_unpack_format(registered)
+        shutil.register_unpack_format(name, extensions, _shutil_unpack,
+                                      description=description)

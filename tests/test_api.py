@@ -1,0 +1,136 @@
+"""One API: source before destination, keyword shortcuts beside an options object,
+bytes as a source, one result type, cumulative progress, and the calls a Python
+developer knows (``extractall`` like tarfile's, ``shutil.unpack_archive``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import BreakoutError, Limits, LimitExceededError, UnpackOptions
+from helpers import tarbuild as tb
+
+
+def small() -> bytes:
+    return (tb.TarBuilder().file("keep/a.txt", b"a" * 3000, mode=0o4755)
+            .file("skip/b.txt", b"b").build())
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_bytes_like_sources(tmp_path: Path, kind: type) -> None:
+    result = chrootarchive.untar(kind(tb.compress(small(), "gzip")), tmp_path / "d")
+    assert result.entries == 2
+    assert (tmp_path / "d" / "keep" / "a.txt").read_bytes() == b"a" * 3000
+
+
+def test_keyword_shortcuts_change_the_options(tmp_path: Path) -> None:
+    base = UnpackOptions(excludes=("nothing",))
+    result = chrootarchive.untar(small(), tmp_path / "d", base, filter="tar",
+                                 excludes=["skip"])
+    assert not (tmp_path / "d" / "skip").exists()
+    assert stat.S_IMODE(os.stat(tmp_path / "d" / "keep" / "a.txt").st_mode) == 0o755
+    assert base.excludes == ("nothing",)  # the caller's object is not changed
+    with pytest.raises(LimitExceededError):
+        chrootarchive.untar(small(), tmp_path / "e", limits=Limits(max_entries=1))
+    with pytest.raises(ValueError, match="filter"):
+        chrootarchive.untar(small(), tmp_path / "f", filter="trusting")
+    with pytest.raises(TypeError, match="excludes"):
+        chrootarchive.untar(small(), tmp_path / "f", excludes="skip")  # a lone string
+    assert not (tmp_path / "f").exists()
+
+
+def test_apply_layer_takes_source_first_and_returns_the_result(tmp_path: Path) -> None:
+    dest = tmp_path / "root"
+    chrootarchive.untar(tb.TarBuilder().file("gone", b"x").build(), dest)
+    layer = tb.TarBuilder().file(".wh.gone").file("new", b"12345").build()
+    result = chrootarchive.apply_layer(layer, dest)
+    assert isinstance(result, chrootarchive.UnpackResult)
+    assert result.size == 5 and result.entries == 2
+    assert sorted(os.listdir(dest)) == ["new"]
+    same = chrootarchive.apply_uncompressed_layer(layer, tmp_path / "other")
+    assert same.size == 5
+
+
+def test_progress_is_cumulative(tmp_path: Path) -> None:
+    data = tb.TarBuilder().file("big", os.urandom(3 << 20)).build()
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(tb.compress(data, "gzip"))
+    seen: list[int] = []
+    chrootarchive.untar(archive, tmp_path / "d", progress=seen.append)
+    assert seen and seen == sorted(seen)
+    assert seen[-1] == archive.stat().st_size
+    seen.clear()
+    with chrootarchive.tar(tmp_path / "d", progress=seen.append) as stream:
+        total = len(stream.read())
+    assert seen == sorted(seen) and seen[-1] == total
+
+
+def test_extractall_reads_like_tarfile(tmp_path: Path) -> None:
+    """The defaults of tarfile's extractall from Python 3.14: filter "data"."""
+    data = modes = (tb.TarBuilder().file("bin/su", b"su", mode=0o4755, uid=1000)
+                    .dir("shared", mode=0o2777).file("f", b"f", mode=0o070).build())
+    theirs = tmp_path / "tarfile"
+    with tarfile.open(fileobj=io.BytesIO(modes)) as archive:
+        archive.extractall(theirs, filter="data")
+    ours = tmp_path / "ours"
+    chrootarchive.extractall(data, ours)
+    for name in ("bin/su", "shared", "f"):
+        a, b = os.lstat(ours / name), os.lstat(theirs / name)
+        assert (a.st_mode, a.st_uid, a.st_gid) == (b.st_mode, b.st_uid, b.st_gid), name
+    link = tb.TarBuilder().symlink("l", "/etc/passwd").build()
+    with pytest.raises(BreakoutError):
+        chrootarchive.extractall(link, tmp_path / "link")
+    chrootarchive.extractall(link, tmp_path / "trusted", filter="fully_trusted")
+    assert os.readlink(tmp_path / "trusted" / "l") == "/etc/passwd"
+
+
+@pytest.fixture
+def shutil_formats() -> Iterator[None]:
+    """The registry of shutil's unpack formats, restored after the test."""
+    saved = {name: (exts, desc) for name, exts, desc in shutil.get_unpack_formats()}
+    functions = dict(shutil._UNPACK_FORMATS)  # type: ignore[attr-defined]
+    yield
+    shutil._UNPACK_FORMATS.clear()  # type: ignore[attr-defined]
+    shutil._UNPACK_FORMATS.update(functions)  # type: ignore[attr-defined]
+    assert {n for n, _, _ in shutil.get_unpack_formats()} == set(saved)
+
+
+def rootfs_with_device() -> bytes:
+    return (tb.TarBuilder().chardev("dev/null", 1, 3).file("etc/hostname", b"box\n")
+            .build())
+
+
+def test_shutil_unpack_archive_uses_the_confined_engine(tmp_path: Path,
+                                                        shutil_formats: None) -> None:
+    """tarfile's data filter refuses a device node; ours drops it (counted). The same
+    call through shutil tells which engine ran."""
+    archive = tmp_path / "upload.tar.gz"
+    archive.write_bytes(tb.compress(rootfs_with_device(), "gzip"))
+    with pytest.raises(tarfile.SpecialFileError):
+        shutil.unpack_archive(archive, tmp_path / "before", filter="data")
+    chrootarchive.register_unpack_formats()
+    chrootarchive.register_unpack_formats()  # twice: no error
+    shutil.unpack_archive(archive, tmp_path / "after", filter="data")
+    assert (tmp_path / "after" / "etc" / "hostname").read_bytes() == b"box\n"
+    assert not (tmp_path / "after" / "dev" / "null").exists()
+    # No filter given: data, as tarfile's default from Python 3.14.
+    shutil.unpack_archive(archive, tmp_path / "default")
+    assert not (tmp_path / "default" / "dev" / "null").exists()
+    # fully_trusted: the device node is made (as root).
+    shutil.unpack_archive(archive, tmp_path / "trusted", filter="fully_trusted")
+    assert stat.S_ISCHR(os.lstat(tmp_path / "trusted" / "dev" / "null").st_mode)
+    # zstd, which shutil did not know before Python 3.14.
+    zst = tmp_path / "upload.tar.zst"
+    zst.write_bytes(tb.compress(rootfs_with_device(), "zstd"))
+    shutil.unpack_archive(zst, tmp_path / "zst")
+    assert (tmp_path / "zst" / "etc" / "hostname").exists()
+    names = {name for name, _, _ in shutil.get_unpack_formats()}
+    assert {"tar", "gztar", "bztar", "xztar", "zstdtar"} <= names

@@ -1,0 +1,294 @@
+"""PEP 706's filters (``filter=``, ``--filter``): ``fully_trusted`` (the default, a root
+filesystem), ``tar`` and ``data``, with tarfile's names and, where they apply, its rules;
+compared with :mod:`tarfile` on the same archives.
+
+``data`` drops device nodes and FIFOs (counted; tarfile refuses them), keeps only
+``user.*`` xattrs and leaves owners to the caller; what a filter removes is counted in
+the result's warnings, and what ``fully_trusted`` created that only a root filesystem
+needs is counted in ``result.privileged`` and named on the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import BreakoutError, UnpackOptions
+from helpers import tarbuild as tb
+from helpers.cli import run_cli
+
+
+def capability(bits: int = 1 << 13) -> bytes:
+    """A v2 ``security.capability`` value (cap_net_raw+ep by default)."""
+    return struct.pack("<IIIII", 0x02000001, bits & 0xFFFFFFFF, 0, bits >> 32, 0)
+
+
+def xattrs(**pairs: bytes) -> dict[str, bytes | str]:
+    return {f"SCHILY.xattr.{k.replace('__', '.')}": v for k, v in pairs.items()}
+
+
+def rootfs_like() -> bytes:
+    b = tb.TarBuilder()
+    b.chardev("dev/null", 1, 3, uid=0, gid=0)
+    b.blockdev("dev/sda", 8, 0, uid=0, gid=6)
+    b.fifo("run/fifo", mode=0o620, uid=1000, gid=1000)
+    b.file("bin/su", b"#!su", mode=0o4755, uid=0, gid=0)
+    b.file("bin/wall", b"#!wall", mode=0o2755, uid=0, gid=5)
+    b.dir("tmp", mode=0o1777)
+    b.dir("srv/shared", mode=0o2775, uid=1000, gid=1000)
+    b.pax(xattrs(security__capability=capability(), user__note=b"kept"))
+    b.file("bin/ping", b"#!ping", mode=0o755, uid=0, gid=0)
+    b.pax(xattrs(trusted__overlay__opaque=b"y", user__other=b"kept too"))
+    b.dir("srv/opaque", mode=0o755)
+    b.pax(xattrs(security__selinux=b"system_u:object_r:bin_t:s0"))
+    b.file("srv/label", b"l")
+    b.file("home/user/data", b"mine", mode=0o640, uid=1234, gid=5678)
+    b.hardlink("bin/su-link", "bin/su")
+    return b.build()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def modes_archive() -> bytes:
+    """Every mode class PEP 706's rules distinguish, no devices (tarfile refuses them
+    under ``data``), links inside the tree."""
+    b = tb.TarBuilder()
+    for i, m in enumerate((0o4755, 0o2755, 0o6777, 0o1644, 0o666, 0o644, 0o600, 0o700,
+                           0o070, 0o007, 0o604, 0o750, 0o000, 0o711, 0o077)):
+        b.file(f"f/{i:02d}-{m:04o}", b"x" * i, mode=m, uid=1000 + i, gid=2000 + i)
+    for i, m in enumerate((0o777, 0o1777, 0o2750, 0o700, 0o775, 0o555)):
+        b.dir(f"d/{i:02d}-{m:04o}", mode=m, uid=3000 + i, gid=3000)
+    b.symlink("d/link", "../f/00-4755")
+    b.symlink("f/sibling", "05-0644")
+    b.hardlink("f/hard", "f/05-0644", mode=0o644, uid=1005, gid=2005)
+    return b.build()
+
+
+def tree(root: Path) -> dict[str, tuple[str, int, int, int]]:
+    """path -> (type, mode, uid, gid) of everything below root."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = os.lstat(path)
+        kind = ("dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode)
+                else "file")
+        out[str(path.relative_to(root))] = (
+            kind, 0 if kind == "link" else stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return out
+
+
+@pytest.mark.parametrize("name", ["fully_trusted", "tar", "data"])
+def test_modes_and_owners_match_tarfile(tmp_path: Path, name: str) -> None:
+    """The same archive through tarfile's filter and ours: the same modes and owners."""
+    data = modes_archive()
+    theirs = tmp_path / "tarfile"
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        archive.extractall(theirs, filter=name)
+    ours = tmp_path / "ours"
+    result = chrootarchive.untar(io.BytesIO(data), ours, UnpackOptions(filter=name))
+    assert tree(ours) == tree(theirs)
+    if name == "fully_trusted":
+        assert result.privileged == {"setuid/setgid files": 3}  # not the setgid dir
+        assert result.warnings == ()
+    else:
+        assert result.privileged == {}
+        text = "\n".join(result.warnings)
+        assert f"filter {name}: dropped 6 setuid/setgid/sticky bits" in text, text
+        assert f"filter {name}: dropped 8 group/other write bits" in text, text
+
+
+@pytest.mark.parametrize(("target", "tarfile_error"), [
+    ("/etc/passwd", tarfile.AbsoluteLinkError),
+    ("../../outside", tarfile.LinkOutsideDestinationError),
+    ("sub/../../..", tarfile.LinkOutsideDestinationError),
+])
+def test_data_refuses_symlinks_out_of_the_tree(tmp_path: Path, target: str,
+                                                tarfile_error: type[Exception]) -> None:
+    """tarfile's data rule: a link that a later reader would follow out of the tree."""
+    data = tb.TarBuilder().dir("a").symlink("a/link", target).file("after", b"x").build()
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive, pytest.raises(tarfile_error):
+        archive.extractall(tmp_path / "tarfile", filter="data")
+    with pytest.raises(BreakoutError) as caught:
+        chrootarchive.untar(io.BytesIO(data), tmp_path / "ours", UnpackOptions(filter="data"))
+    assert caught.value.entry == "a/link"
+    if target.startswith("/"):
+        assert "symlink to an absolute path (/etc/passwd) refused by the data filter" in \
+            caught.value.message
+        # Under tar the jail keeps it harmless while unpacking: unpacked as is.
+        chrootarchive.untar(io.BytesIO(data), tmp_path / "tar", UnpackOptions(filter="tar"))
+        assert os.readlink(tmp_path / "tar" / "a" / "link") == target
+    else:  # climbing out: refused whatever the filter (Docker's rule)
+        with pytest.raises(BreakoutError):
+            chrootarchive.untar(io.BytesIO(data), tmp_path / "tar", UnpackOptions(filter="tar"))
+
+
+def test_data_keeps_symlinks_inside_the_tree(tmp_path: Path) -> None:
+    data = tb.TarBuilder().symlink("a/b/up", "../../c").symlink("self", ".").build()
+    chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(filter="data"))
+    assert os.readlink(tmp_path / "d" / "a" / "b" / "up") == "../../c"
+
+
+def test_tar_filter_keeps_devices_and_owners_drops_capabilities(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    r = chrootarchive.untar(io.BytesIO(rootfs_like()), dest, UnpackOptions(filter="tar"))
+    assert stat.S_ISCHR(os.lstat(dest / "dev" / "null").st_mode)
+    assert mode(dest / "bin" / "su") == 0o755
+    assert mode(dest / "tmp") == 0o755
+    assert mode(dest / "srv" / "shared") == 0o755
+    assert "security.capability" not in os.listxattr(dest / "bin" / "ping")
+    assert os.getxattr(dest / "srv" / "opaque", "trusted.overlay.opaque") == b"y"
+    st = os.lstat(dest / "home" / "user" / "data")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    text = "\n".join(r.warnings)
+    assert "filter tar: dropped 1 file capabilities" in text, text
+    assert r.privileged == {}
+
+
+def test_fully_trusted_counts_what_needs_privilege(tmp_path: Path) -> None:
+    r = chrootarchive.untar(io.BytesIO(rootfs_like()), tmp_path / "dest")
+    assert r.privileged == {"device nodes": 2, "setuid/setgid files": 2,
+                            "file capabilities": 1}
+
+
+def test_cli_names_the_filter_when_the_default_made_privileged_files(
+        tmp_path: Path, write_archive) -> None:
+    path = write_archive(rootfs_like(), ".tar")
+    result = run_cli("untar", path, tmp_path / "dest")
+    assert result.rc == 0, result.err
+    assert result.err.splitlines() == [
+        "chrootarchive: note: as the archive says (filter fully_trusted), this created "
+        "2 device nodes, 2 setuid/setgid files, 1 file capabilities; for data you do not "
+        "trust, use --filter data"]
+    # Chosen explicitly, quiet, or as JSON: no note (the JSON has the counts).
+    for extra in (["--filter", "fully_trusted"], ["-q"]):
+        result = run_cli("untar", *extra, path, tmp_path / extra[-1])
+        assert result.rc == 0 and result.err == "", result.err
+    result = run_cli("untar", "--json", path, tmp_path / "json")
+    assert json.loads(result.out)["privileged"]["device nodes"] == 2
+    result = run_cli("untar", "--filter", "data", path, tmp_path / "data")
+    assert "note:" not in result.err
+
+
+def test_cli_refuses_an_unknown_filter(tmp_path: Path, write_archive) -> None:
+    path = write_archive(rootfs_like(), ".tar")
+    result = run_cli("untar", "--filter", "trusting", path, tmp_path / "dest")
+    assert result.rc == 2
+    assert "invalid choice: 'trusting'" in result.err
+    assert not (tmp_path / "dest").exists()
+
+
+def test_data_filter_api(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    umask = os.umask(0o027)
+    try:
+        r = chrootarchive.untar(io.BytesIO(rootfs_like()), dest, UnpackOptions(filter="data"))
+    finally:
+        os.umask(umask)
+    # Devices and FIFOs are not made (tarfile refuses them).
+    assert not (dest / "dev" / "null").exists() and not (dest / "dev" / "sda").exists()
+    assert not (dest / "run" / "fifo").exists()
+    # No special bits; directories at the caller's default mode (umask 027 here).
+    assert mode(dest / "bin" / "su") == 0o755
+    assert mode(dest / "bin" / "wall") == 0o755
+    assert mode(dest / "tmp") == 0o750
+    assert mode(dest / "srv" / "shared") == 0o750
+    assert os.path.samefile(dest / "bin" / "su-link", dest / "bin" / "su")
+    # security.* and trusted.* gone, user.* kept.
+    assert os.listxattr(dest / "bin" / "ping") == ["user.note"]
+    assert os.getxattr(dest / "bin" / "ping", "user.note") == b"kept"
+    assert os.listxattr(dest / "srv" / "opaque") == ["user.other"]
+    assert "security.selinux" not in os.listxattr(dest / "srv" / "label") or \
+        os.getxattr(dest / "srv" / "label", "security.selinux") != b"system_u:object_r:bin_t:s0"
+    # Owners are the caller's.
+    for path in ("bin/su", "bin/wall", "srv/shared", "home/user/data", "tmp"):
+        st = os.lstat(dest / path)
+        assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), path
+    # Counted.
+    text = "\n".join(r.warnings)
+    assert "filter data: dropped 3 device nodes and FIFOs" in text, r.warnings
+    assert "filter data: dropped 4 setuid/setgid/sticky bits" in text, r.warnings
+    assert "filter data: dropped 1 file capabilities" in text, r.warnings
+    assert "filter data: dropped 2 security/trusted xattrs" in text, r.warnings
+    assert r.privileged == {}
+
+
+def test_default_mode_keeps_everything(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    r = chrootarchive.untar(io.BytesIO(rootfs_like()), dest)
+    assert r.warnings == ()
+    assert r.privileged == {"device nodes": 2, "setuid/setgid files": 2,
+                            "file capabilities": 1}
+    null = os.lstat(dest / "dev" / "null")
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1
+    assert os.minor(null.st_rdev) == 3
+    assert stat.S_ISBLK(os.lstat(dest / "dev" / "sda").st_mode)
+    assert mode(dest / "bin" / "su") == 0o4755
+    assert mode(dest / "bin" / "wall") == 0o2755
+    assert mode(dest / "tmp") == 0o1777
+    assert mode(dest / "srv" / "shared") == 0o2775
+    assert os.getxattr(dest / "bin" / "ping", "security.capability") == capability()
+    assert os.getxattr(dest / "srv" / "opaque", "trusted.overlay.opaque") == b"y"
+    st = os.lstat(dest / "home" / "user" / "data")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert os.lstat(dest / "bin" / "wall").st_gid == 5
+
+
+def test_data_filter_cli(tmp_path: Path, write_archive) -> None:
+    path = write_archive(tb.compress(rootfs_like(), "gzip"), ".tar.gz")
+    result = run_cli("untar", "--filter", "data", "--json", path, tmp_path / "dest")
+    assert result.rc == 0, result.err
+    out = json.loads(result.out)
+    assert any("device nodes" in w for w in out["warnings"]), out
+    assert mode(tmp_path / "dest" / "bin" / "su") == 0o755
+    # Without --json the drops are reported on stderr, one warning a line.
+    result = run_cli("untar", "--data-only", path, tmp_path / "dest2")  # the old spelling
+    assert result.rc == 0, result.err
+    lines = result.err.splitlines()
+    assert lines and all(line.startswith("chrootarchive: warning: ") for line in lines)
+    assert any("device nodes" in line for line in lines)
+
+
+def test_data_filter_nothing_dropped_no_warnings(tmp_path: Path) -> None:
+    data = tb.TarBuilder().file("a", b"1", mode=0o600, uid=1000).dir("d", mode=0o700).build()
+    r = chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(filter="data"))
+    assert r.warnings == ()
+    assert mode(tmp_path / "d" / "a") == 0o600
+    assert os.lstat(tmp_path / "d" / "a").st_uid == os.geteuid()
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_data_filter_layer_overlay_whiteouts_are_not_devices(layer: bool, tmp_path: Path) -> None:
+    """Under the data filter a layer's whiteouts still remove what they should; no 0/0
+    character device is left behind."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "gone").write_bytes(b"lower")
+    data = tb.TarBuilder().file(".wh.gone").file("kept", b"k").build()
+    if layer:
+        chrootarchive.apply_layer(io.BytesIO(data), dest, UnpackOptions(filter="data"))
+        assert not (dest / "gone").exists()
+    else:
+        chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(filter="data"))
+    assert (dest / "kept").read_bytes() == b"k"
+    for name in os.listdir(dest):
+        assert not stat.S_ISCHR(os.lstat(dest / name).st_mode), name
+
+
+def test_data_filter_same_under_every_mechanism(tmp_path: Path) -> None:
+    """The data filter under chroot, userns and openat2 as under pivot: the same tree."""
+    trees = []
+    for confine in ("pivot", "chroot", "userns", "openat2"):
+        dest = tmp_path / confine
+        chrootarchive.untar(io.BytesIO(rootfs_like()), dest,
+                            UnpackOptions(filter="data", confine=confine))
+        trees.append(sorted(str(p.relative_to(dest)) for p in dest.rglob("*")))
+    assert all(t == trees[0] for t in trees)
