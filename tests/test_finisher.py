@@ -174,14 +174,14 @@ sys.path.insert(0, sys.argv[1])
 from chrootarchive.engine import fsops
 from chrootarchive.tarformat import reader as tarreader
 from chrootarchive.engine import unpacker as unpack
-from chrootarchive.options import UnpackOptions
+from chrootarchive.options import UnpackOptions, unpack_spec
 archive, dest, mode = sys.argv[2:5]
 os.chdir(dest)
 os.umask(0)
 if mode == "fsize":
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-u = unpack.Unpacker(fsops.FileOps(), UnpackOptions(), print)
+u = unpack.Unpacker(fsops.FileOps(), unpack_spec(UnpackOptions()), print)
 u.finisher_countdown = 64
 if mode == "gone":
     start = u._start_finisher

@@ -669,10 +669,6 @@ class TarReader:
         self._started = True
         if avail < BLOCK:
             if not avail:
-                if first:
-                    # GNU tar and bsdtar both refuse an empty input; a tar of only the
-                    # end-of-archive blocks stays a valid empty archive.
-                    _fail("not a tar archive: empty input", None)
                 return None  # the input ends at a header boundary: accepted, as GNU tar
             if first:
                 _fail("not a tar archive", None)

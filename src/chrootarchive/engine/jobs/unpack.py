@@ -5,7 +5,7 @@ from __future__ import annotations
 from chrootarchive.contract import JobReply
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
-from chrootarchive.errors import LimitExceededError
+from chrootarchive.errors import LimitExceededError, MalformedArchiveError
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -57,6 +57,10 @@ class UnpackJob:
             worker.finisher_countdown = unpacker.FINISHER_AFTER
         reader = tarreader.TarReader(context.stdin)
         stats = worker.run(reader)
+        if not stats.entries and not reader.offset:
+            # GNU tar and bsdtar refuse an empty input (a tar of only end-of-archive
+            # blocks stays a valid empty archive: layers use it).
+            raise MalformedArchiveError("not a tar archive: empty input")
         # Archives may be zero-padded: read the input to its end. Only on success: after
         # an error (a bomb stopped by a limit) the worker exits and the parent stops.
         reader.drain()
