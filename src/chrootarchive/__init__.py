@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from chrootarchive.operations.copy import copy_with_tar as copy_with_tar
     from chrootarchive.operations.copy import tar as tar
     from chrootarchive.operations.copy import untar_path as untar_path
+    from chrootarchive.operations.listing import ListedEntry as ListedEntry
+    from chrootarchive.operations.listing import list_entries as list_entries
     from chrootarchive.operations.pythonic import extractall as extractall
     from chrootarchive.operations.pythonic import (
         register_unpack_formats as register_unpack_formats,
@@ -91,6 +93,8 @@ _EXPORTS = {
     "WorkerError": "chrootarchive.errors",
     "apply_layer": "chrootarchive.operations.untar",
     "extractall": "chrootarchive.operations.pythonic",
+    "ListedEntry": "chrootarchive.operations.listing",
+    "list_entries": "chrootarchive.operations.listing",
     "register_unpack_formats": "chrootarchive.operations.pythonic",
     "apply_uncompressed_layer": "chrootarchive.operations.untar",
     "copy_file_with_tar": "chrootarchive.operations.copy",

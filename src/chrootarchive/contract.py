@@ -22,12 +22,26 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "FILTERS", "JOB_MODULES", "MAX_WARNINGS", "IdRange", "JobReply", "JobRequest", "LimitSpec",
-    "PackSpec", "UnpackSpec", "decode_reply", "encode_error", "encode_reply",
+    "FILTERS",
+    "JOB_MODULES",
+    "MAX_WARNINGS",
+    "OLD_FILES",
+    "IdRange",
+    "JobReply",
+    "JobRequest",
+    "LimitSpec",
+    "PackSpec",
+    "UnpackSpec",
+    "decode_reply",
+    "encode_error",
+    "encode_reply",
 ]
 
 #: PEP 706's filter names (``tarfile``'s ``filter=``), most trusting first.
 FILTERS = ("fully_trusted", "tar", "data")
+
+#: What to do with a file that exists where an entry goes (GNU tar's options).
+OLD_FILES = ("replace", "keep", "skip")
 
 #: Job name -> the module whose ``JOB`` object does the work (see
 #: :class:`chrootarchive.engine.jobs.Job`).
@@ -143,7 +157,9 @@ class UnpackSpec(_Record):
         "limits",
         "no_lchown",
         "no_overwrite_dir_nondir",
+        "old_files",
         "rootless_xattr",
+        "strip_components",
         "uid_maps",
         "umask",
         "whiteout_format",
@@ -161,6 +177,8 @@ class UnpackSpec(_Record):
     rootless_xattr: bool
     limits: LimitSpec
     filter: str  # PEP 706's name: fully_trusted, tar, data
+    strip_components: int
+    old_files: str  # replace, keep (an existing file is an error), skip
     umask: int  # the caller's: the data filter gives directories 0777 & ~umask
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from chrootarchive.contract import FILTERS, IdRange, LimitSpec, PackSpec, UnpackSpec
+from chrootarchive.contract import FILTERS, OLD_FILES, IdRange, LimitSpec, PackSpec, UnpackSpec
 from chrootarchive.engine.names import PatternMatcher  # 0.4 ms: the one pattern compiler
 
 __all__ = [
@@ -256,6 +256,13 @@ class UnpackOptions:
             to an absolute path or out of the tree, files at least owner read/write,
             directories at the caller's default mode, only ``user.*`` xattrs, owners
             left to the caller). What a filter removes is counted in the warnings.
+        strip_components: GNU tar's ``--strip-components``: remove this many leading
+            components from each name and hardlink target; entries with no more are
+            skipped.
+        old_files: a file that exists where an entry goes (directories merge
+            anyway): ``replace`` it (the default, as Docker and GNU tar do), ``keep``
+            it and fail (``--keep-old-files``: a :class:`DestinationError` that is a
+            ``FileExistsError``), or ``skip`` the entry (``--skip-old-files``).
         atomic: unpack into a staging directory beside ``dest`` and rename it into
             place only when everything succeeded; ``dest`` must be missing or empty.
     """
@@ -272,6 +279,8 @@ class UnpackOptions:
     rootless_xattr: bool = False
     limits: Limits = field(default_factory=Limits)
     filter: str = "fully_trusted"
+    strip_components: int = 0
+    old_files: str = "replace"
     atomic: bool = False
 
     def __post_init__(self) -> None:
@@ -286,6 +295,8 @@ class UnpackOptions:
         _confine("UnpackOptions.confine", self.confine)
         _choice("UnpackOptions.whiteout_format", self.whiteout_format, WHITEOUT_FORMATS)
         _choice("UnpackOptions.filter", self.filter, FILTERS)
+        _choice("UnpackOptions.old_files", self.old_files, OLD_FILES)
+        _int("UnpackOptions.strip_components", self.strip_components, high=4096)
         if not isinstance(self.limits, Limits):
             raise TypeError(f"UnpackOptions.limits must be a Limits, not {_shown(self.limits)}")
 
@@ -478,7 +489,8 @@ def unpack_spec(options: UnpackOptions) -> UnpackSpec:
         best_effort_xattrs=options.best_effort_xattrs,
         whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,
         limits=LimitSpec(**{name: getattr(limits, name) for name in LimitSpec.__slots__}),
-        filter=options.filter,
+        filter=options.filter, strip_components=options.strip_components,
+        old_files=options.old_files,
         umask=_caller_umask() if options.filter == "data" else 0o022,
     )
 

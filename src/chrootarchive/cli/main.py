@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from chrootarchive.cli import image, layer, pack, untar
+from chrootarchive.cli import image, layer, listing, pack, untar
 from chrootarchive.cli.args import UsageError
 from chrootarchive.errors import ChrootArchiveError, printable
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_parser(commands)
     image.add_parser(commands)
     pack.add_parsers(commands)
+    listing.add_parser(commands)
     return parser
 
 
@@ -61,6 +62,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "unpack-image": image.run,
     "tar": pack.run_tar,
     "cp": pack.run_cp,
+    "list": listing.run,
 }
 
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
-from chrootarchive.cli.args import add_common, add_unpack_options, archive_input, unpack_options
+from chrootarchive.cli.args import (
+    UsageError,
+    add_common,
+    add_unpack_options,
+    archive_input,
+    checked,
+    parse_count,
+    unpack_options,
+)
 from chrootarchive.cli.output import report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
@@ -40,24 +49,42 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     untar_p.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
-    untar_p.add_argument("dest", metavar="DEST", help="the destination directory")
+    untar_p.add_argument("dest", metavar="DEST", nargs="?",
+                         help="the destination directory (or give it with -C)")
+    untar_p.add_argument("-C", "--directory", metavar="DIR",
+                         help="the destination directory, as tar takes it: "
+                              "'untar -C DIR ARCHIVE' is 'untar ARCHIVE DIR'")
     untar_p.add_argument("--root", metavar="ROOT",
                          help="jail at ROOT and resolve DEST inside it (as docker cp does)")
     untar_p.add_argument("--uncompressed", action="store_true",
                          help="the input is plain tar: do not detect compression")
+    tar_like = untar_p.add_argument_group("as GNU tar")
+    tar_like.add_argument("--strip-components", type=parse_count, default=0, metavar="N",
+                          help="remove N leading components from names (and hardlink "
+                               "targets); entries with no more are skipped")
+    old = tar_like.add_mutually_exclusive_group()
+    old.add_argument("-k", "--keep-old-files", dest="old_files", action="store_const",
+                     const="keep", default="replace",
+                     help="an existing file is an error (exit status 4); directories merge")
+    old.add_argument("--skip-old-files", dest="old_files", action="store_const",
+                     const="skip", help="leave existing files alone, silently")
     add_unpack_options(untar_p)
     add_common(untar_p)
 
 
 def run(args: argparse.Namespace) -> int:
     archive_input(args.archive)
-    options = unpack_options(args)
+    if (args.dest is None) == (args.directory is None):
+        raise UsageError("give the destination once: as DEST or with -C DIR")
+    dest = args.dest if args.dest is not None else args.directory
+    options = checked(replace, unpack_options(args), strip_components=args.strip_components,
+                      old_files=args.old_files)
     from chrootarchive.operations.untar import untar
 
     bar = ByteProgress(source_size(args.archive),
                        enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
-        result = untar(args.archive, args.dest, options, root=args.root,
+        result = untar(args.archive, dest, options, root=args.root,
                        detect_compression=not args.uncompressed, progress=bar.update)
     finally:
         bar.close()

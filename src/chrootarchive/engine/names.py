@@ -42,6 +42,26 @@ def clean_name(unsafe_name: str) -> str:
     return cleaned
 
 
+def strip_components(unsafe_name: str, count: int) -> str | None:
+    """GNU tar's ``--strip-components``: ``unsafe_name`` without its first ``count``
+    components, or None when nothing is left (the entry is then skipped).
+
+    As GNU tar counts them: leading slashes are skipped, a run of slashes is one
+    separator, and ``.`` is a component (``./a/b`` stripped of 1 is ``a/b``).
+    """
+    end = len(unsafe_name)
+    at = 0
+    while at < end and unsafe_name[at] == "/":
+        at += 1
+    for _ in range(count):
+        at = unsafe_name.find("/", at)
+        if at < 0:
+            return None
+        while at < end and unsafe_name[at] == "/":
+            at += 1
+    return unsafe_name[at:] or None
+
+
 def hardlink_target(unsafe_target: str, entry: str) -> str:
     """Clean a hardlink target (root-relative, absolute means root-relative)."""
     if not unsafe_target:

@@ -30,6 +30,7 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
     from_os_error,
+    printable,
 )
 from chrootarchive.tarformat import reader as tarreader
 from chrootarchive.tarformat.reader import TarEntry, TarReader
@@ -53,6 +54,10 @@ _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the wri
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
 _DEVICE_KINDS = (tarreader.CHARDEV, tarreader.BLOCKDEV)
+
+
+class _SkipEntry(Exception):
+    """An existing file is kept (``old_files == "skip"``): the entry is not unpacked."""
 
 
 class UnpackStats:
@@ -131,6 +136,8 @@ class Unpacker:
         self.options = options
         self.warn = warn
         self.excludes = paths.PatternMatcher(options.excludes)
+        self.strip = options.strip_components
+        self.old_files = options.old_files
         self.stats = UnpackStats()
         self.euid = os.geteuid()
         # Without full privilege (a user namespace, or no root at all) some things
@@ -215,12 +222,16 @@ class Unpacker:
                 self._check_time(entry.name)
             try:
                 apply(entry, reader)
+            except _SkipEntry:
+                continue  # the reader skips its data
             except ChrootArchiveError:
                 raise
             except OSError as err:
                 raise self._os_error(err, entry.name) from err
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
+        if self.strip and not self._strip(entry):
+            return
         name = paths.clean_name(entry.name)
         if (len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs
                 or name.count("/") > self.safe_slashes):
@@ -258,6 +269,23 @@ class Unpacker:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
         if self.markers:
             self.whiteouts.note_written(name)
+
+    def _strip(self, entry: TarEntry) -> bool:
+        """``strip_components`` as GNU tar does it: on the name and on a hardlink's
+        target (a symlink's target is left alone); False: skip the entry (its name has
+        no more components)."""
+        name = paths.strip_components(entry.name, self.strip)
+        if name is None:
+            return False
+        if entry.kind == tarreader.HARDLINK:
+            target = paths.strip_components(entry.linkname, self.strip)
+            if target is None:  # GNU tar fails this entry too ("Cannot hard link to ''")
+                raise ArchiveError(
+                    f"hardlink target {printable(entry.linkname)} has no more than "
+                    f"{self.strip} components (--strip-components)", entry.name)
+            entry.linkname = target
+        entry.name = name
+        return True
 
     def _marker(self, name: str, entry: TarEntry, reader: TarReader) -> None:
         """A whiteout, opaque marker or AUFS metadata entry of a layer."""
@@ -348,6 +376,11 @@ class Unpacker:
             return False
         existing_dir = stat.S_ISDIR(st.st_mode)
         new_dir = entry.kind == tarreader.DIRECTORY
+        if self.old_files != "replace" and not (existing_dir and new_dir):
+            if self.old_files == "skip":
+                raise _SkipEntry
+            raise DestinationError("exists, and old files are kept (--keep-old-files)",
+                                   entry.name, errno.EEXIST)
         if self.options.no_overwrite_dir_nondir and existing_dir != new_dir:
             what = "directory" if existing_dir else "non-directory"
             raise ArchiveError(
@@ -644,6 +677,15 @@ class Unpacker:
         self._apply_dir(name, entry, True)
 
     def _apply_dir(self, name: str, entry: TarEntry, existed: bool) -> None:
+        if existed and self.old_files != "replace":
+            # GNU tar's --keep-old-files/--skip-old-files: an existing directory is
+            # merged into, its own metadata kept.
+            fd = self.fs.open_dir(name)
+            try:
+                self.dirs[name] = bool(os.fstat(fd).st_mode & stat.S_ISGID)
+            finally:
+                os.close(fd)
+            return
         fd = self.fs.open_dir(name)
         try:
             owner = self._owner(entry)

@@ -194,7 +194,7 @@ def _unpack(
             return _unpack(source, stage, None, replace(options, atomic=False),
                            compressed=compressed, progress=progress, layer=layer,
                            lock=False)
-    with _open_source(source) as raw:
+    with open_source(source) as raw:
         root_fd, rel_dest = destination.pin_destination(os.fspath(dest), root, lock=lock,
                                             owner=destination.root_owner(options))
         try:
@@ -293,7 +293,7 @@ def unpack_stream(
 
 
 @contextlib.contextmanager
-def _open_source(source: Source) -> Iterator[BinaryIO]:
+def open_source(source: Source) -> Iterator[BinaryIO]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path == "-":

@@ -1,0 +1,63 @@
+"""``chrootarchive list``: the entries of an archive, as ``tar -t`` and ``tar -tv``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from chrootarchive.cli.args import archive_input
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_EPILOG = """\
+examples:
+  chrootarchive list rootfs.tar.gz
+  chrootarchive list -v layer.tar.zst          # mode, owner, size, time, name (tar -tv)
+  chrootarchive list --json image-layer.tar | jq -r '.[] | select(.kind=="chardev") | .name'
+
+Nothing is unpacked, so no jail is needed; compression is detected. Names are printed
+escaped (control characters as \\xNN): an archive controls them.
+
+exit status: 0 listed, 1 bad archive, 2 usage, 4 cannot read the archive.
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "list", help="list the entries of a tar archive (like tar -t), unpacking nothing",
+        description="List the entries of ARCHIVE, as tar -t (names) or tar -tv does.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="mode, owner (numeric), size, time and name, as tar -tv")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="the input is plain tar: do not detect compression")
+    parser.add_argument("--json", action="store_true",
+                        help="a JSON array of entries (docs/json.md) instead of lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def run(args: argparse.Namespace) -> int:
+    archive_input(args.archive)
+    from chrootarchive.operations.listing import list_entries
+
+    entries = list_entries(args.archive, detect_compression=not args.uncompressed)
+    try:
+        if args.json:
+            listed: list[dict[str, Any]] = [asdict(entry) for entry in entries]
+            json.dump({"schema_version": 1, "entries": listed}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            for entry in entries:
+                sys.stdout.write(entry.line(args.verbose) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head`: the reader has what it wanted. Quiet, like tar under SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

@@ -1,0 +1,134 @@
+"""Listing an archive (``tar -t``): read its headers in the caller's process.
+
+Nothing is written, so no jail is needed: the reader only parses (with the same bounds
+on PAX records, long names and sparse maps as when unpacking), and decompression runs
+here as it always does.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from chrootarchive._fdio import write_all
+from chrootarchive.errors import MalformedArchiveError, printable
+from chrootarchive.operations import compression
+from chrootarchive.operations.untar import Source, open_source
+from chrootarchive.tarformat import reader as tarreader
+
+__all__ = ["ListedEntry", "list_entries"]
+
+_TYPE_BITS = {
+    tarreader.REGULAR: stat.S_IFREG, tarreader.DIRECTORY: stat.S_IFDIR,
+    tarreader.SYMLINK: stat.S_IFLNK, tarreader.HARDLINK: stat.S_IFREG,
+    tarreader.CHARDEV: stat.S_IFCHR, tarreader.BLOCKDEV: stat.S_IFBLK,
+    tarreader.FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass(frozen=True)
+class ListedEntry:
+    """One archive entry, as ``tar -tv`` shows it.
+
+    ``kind`` is ``file``, ``dir``, ``symlink``, ``hardlink``, ``chardev``,
+    ``blockdev`` or ``fifo``; ``linkname`` is a link's target; ``mtime`` in seconds.
+    """
+
+    name: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+
+    def line(self, verbose: bool = False) -> str:
+        """``tar -t`` (the name) or ``tar -tv`` (mode, owner, size, time, name) output,
+        with names escaped: an archive controls them."""
+        name = printable(self.name, 0)
+        if not verbose:
+            return name
+        mode = stat.filemode(_TYPE_BITS[self.kind] | self.mode)
+        if self.kind == tarreader.HARDLINK:
+            mode = "h" + mode[1:]
+        size = (f"{self.devmajor},{self.devminor}"
+                if self.kind in (tarreader.CHARDEV, tarreader.BLOCKDEV) else str(self.size))
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(_clamped(self.mtime)))
+        text = f"{mode} {self.uid}/{self.gid} {size:>9} {when} {name}"
+        if self.kind == tarreader.SYMLINK:
+            text += f" -> {printable(self.linkname, 0)}"
+        elif self.kind == tarreader.HARDLINK:
+            text += f" link to {printable(self.linkname, 0)}"
+        return text
+
+
+def _clamped(seconds: float) -> float:
+    return min(max(seconds, -(2**40)), 2**40)  # what localtime can show
+
+
+def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator[ListedEntry]:
+    """The entries of a tar archive (compression detected), in order, without
+    unpacking anything.
+
+    Raises:
+        MalformedArchiveError: the archive is corrupt (after the entries before).
+        SourceError: the archive cannot be read.
+    """
+    with open_source(source) as raw:
+        _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression)
+        read_fd, write_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                for chunk in chunks:
+                    write_all(write_fd, chunk)
+            except BrokenPipeError:
+                pass  # the listing stopped early
+            except BaseException as err:  # raised again in the caller's thread
+                failure.append(err)
+            finally:
+                os.close(write_fd)
+
+        feeder = threading.Thread(target=feed, name="chrootarchive-list", daemon=True)
+        feeder.start()
+        open_fds = [read_fd]
+
+        def stop_feeding() -> None:
+            """Close our end (a feeder still writing gets EPIPE) and wait for it."""
+            while open_fds:
+                os.close(open_fds.pop())
+            feeder.join()
+
+        try:
+            reader = tarreader.TarReader(read_fd)
+            seen = 0
+            try:
+                for entry in reader:
+                    seen += 1
+                    yield ListedEntry(
+                        name=entry.name, kind=entry.kind, mode=entry.mode & 0o7777,
+                        uid=entry.uid, gid=entry.gid, size=entry.size,
+                        mtime=entry.mtime_ns / 1e9, linkname=entry.linkname,
+                        devmajor=entry.devmajor, devminor=entry.devminor)
+                offset = reader.offset
+                reader.drain()  # the padding after the end: the feeder writes it
+            except MalformedArchiveError:
+                stop_feeding()
+                if failure:  # the decompressor's error says more than "truncated"
+                    raise failure[0] from None
+                raise
+            stop_feeding()
+            if failure:
+                raise failure[0]
+            if not seen and not offset:
+                raise MalformedArchiveError("not a tar archive: empty input")
+        finally:
+            stop_feeding()

@@ -1,0 +1,251 @@
+"""tar's habits on the command line, compared with GNU tar where it defines them:
+``-C DIR``, ``--strip-components``, ``--keep-old-files``/``--skip-old-files``, and
+``chrootarchive list`` (``tar -t``, ``tar -tv``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import UnpackOptions
+from helpers import tarbuild as tb
+from helpers.cli import run_cli
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """name -> (kind, content or target, mode), plus which names share an inode."""
+    out: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, list[str]] = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            out[name] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[name] = ("dir", stat.S_IMODE(st.st_mode))
+        else:
+            out[name] = ("file", path.read_bytes(), stat.S_IMODE(st.st_mode))
+            inodes.setdefault(st.st_ino, []).append(name)
+    out["<hardlinks>"] = tuple(sorted(tuple(v) for v in inodes.values() if len(v) > 1))
+    return out
+
+
+def strip_archive() -> bytes:
+    b = tb.TarBuilder()
+    b.dir("./")
+    b.dir("./top/")
+    b.file("./top/a", b"a")
+    b.dir("./top/sub/")
+    b.file("./top/sub/deep", b"deep", mode=0o600)
+    b.dir("./top/sub/more/")
+    b.file("./top/sub/more/deepest", b"deepest")
+    b.file("shallow", b"shallow")
+    b.file("plain/x", b"x")
+    b.file("/abs/y", b"y")
+    b.hardlink("./top/hard-deep", "./top/sub/deep")
+    b.hardlink("plain/hard-x", "plain/x")
+    b.symlink("./top/sub/more/rel", "../deep")  # stays inside up to 3 stripped
+    b.symlink("./top/abs", "/etc/passwd")
+    return b.build()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_strip_components_as_gnu_tar(tmp_path: Path, count: int) -> None:
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(strip_archive())
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(gnu),
+                    f"--strip-components={count}"], check=True, capture_output=True)
+    ours = tmp_path / "ours"
+    result = run_cli("untar", "--strip-components", str(count), archive, ours)
+    assert result.rc == 0, result.err
+    ours.mkdir(exist_ok=True)
+    mine, theirs = snapshot(ours), snapshot(gnu)
+    assert mine == theirs
+
+
+def test_strip_components_never_makes_a_name_absolute(tmp_path: Path) -> None:
+    """GNU tar 1.34 strips ``a//b/c`` of one component to ``/b/c`` and writes it at the
+    filesystem's root, outside -C (seen while writing this test). Here a run of
+    slashes is one separator, the name stays inside DEST, and the jail would hold it
+    anyway."""
+    unique = f"chrootarchive-strip-{os.getpid()}"
+    data = tb.TarBuilder().file(f"top//{unique}/z", b"z").build()
+    result = chrootarchive.untar(data, tmp_path / "d", UnpackOptions(strip_components=1))
+    assert result.entries == 1
+    assert (tmp_path / "d" / unique / "z").read_bytes() == b"z"
+    assert not os.path.lexists(f"/{unique}")
+
+
+def test_strip_components_hardlink_to_a_stripped_name(tmp_path: Path) -> None:
+    """GNU tar cannot make it either ("Cannot hard link to ''", status 2)."""
+    data = tb.TarBuilder().file("top/f", b"f").file("shallow", b"s") \
+        .hardlink("top/h", "shallow").build()
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(data)
+    (tmp_path / "gnu").mkdir()
+    gnu = subprocess.run(["tar", "-xf", str(archive), "-C", str(tmp_path / "gnu"),
+                          "--strip-components=1"], capture_output=True, check=False)
+    assert gnu.returncode == 2 and b"Cannot hard link" in gnu.stderr
+    result = run_cli("untar", "--strip-components", "1", archive, tmp_path / "ours")
+    assert result.rc == 1
+    assert result.err.strip() == ("chrootarchive: error: top/h: hardlink target shallow "
+                                  "has no more than 1 components (--strip-components)")
+
+
+def test_strip_components_through_the_api(tmp_path: Path) -> None:
+    result = chrootarchive.untar(strip_archive(), tmp_path / "d",
+                                 UnpackOptions(strip_components=2))
+    assert (tmp_path / "d" / "sub" / "deep").read_bytes() == b"deep"
+    assert result.entries == 14  # every entry is read, stripped or not
+    with pytest.raises(ValueError, match="strip_components"):
+        UnpackOptions(strip_components=-1)
+
+
+def test_dash_c_is_the_destination(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(tb.TarBuilder().file("f", b"1").build())
+    assert run_cli("untar", "-C", tmp_path / "c", archive).rc == 0
+    assert run_cli("untar", archive, tmp_path / "p").rc == 0
+    assert snapshot(tmp_path / "c") == snapshot(tmp_path / "p")
+    for argv in (["-C", tmp_path / "x", archive, tmp_path / "y"], [archive]):
+        result = run_cli("untar", *argv)
+        assert result.rc == 2, result
+        assert "give the destination once: as DEST or with -C DIR" in result.err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def existing(tmp_path: Path) -> Path:
+    dest = tmp_path / "dest"
+    (dest / "dir").mkdir(parents=True)
+    (dest / "dir" / "old").write_bytes(b"mine")
+    return dest
+
+
+def new_archive() -> bytes:
+    return (tb.TarBuilder().dir("dir", mode=0o700).file("dir/old", b"theirs")
+            .file("dir/new", b"new").build())
+
+
+def test_keep_old_files_refuses_to_replace(tmp_path: Path, write_archive) -> None:
+    dest = existing(tmp_path)
+    archive = write_archive(new_archive())
+    result = run_cli("untar", "--keep-old-files", archive, dest)
+    assert result.rc == 4, result
+    assert result.err.strip() == ("chrootarchive: error: dir/old: exists, and old files "
+                                  "are kept (--keep-old-files)")
+    assert (dest / "dir" / "old").read_bytes() == b"mine"
+    with pytest.raises(FileExistsError):
+        chrootarchive.untar(new_archive(), dest, UnpackOptions(old_files="keep"))
+    # GNU tar -k also refuses (and goes on with the rest: status 2).
+    gnu = subprocess.run(["tar", "-xkf", str(archive), "-C", str(dest)],
+                         capture_output=True, check=False)
+    assert gnu.returncode == 2 and (dest / "dir" / "old").read_bytes() == b"mine"
+
+
+def test_skip_old_files_as_gnu_tar(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(new_archive())
+    ours = existing(tmp_path / "ours")
+    result = run_cli("untar", "--skip-old-files", archive, ours)
+    assert result.rc == 0 and result.err == "", result
+    gnu = existing(tmp_path / "gnu")
+    subprocess.run(["tar", "-xf", str(archive), "--skip-old-files", "-C", str(gnu)],
+                   check=True)
+    assert snapshot(ours) == snapshot(gnu)
+    assert (ours / "dir" / "old").read_bytes() == b"mine"
+    assert (ours / "dir" / "new").read_bytes() == b"new"
+
+
+def test_keep_and_skip_exclude_each_other(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(new_archive())
+    result = run_cli("untar", "-k", "--skip-old-files", archive, tmp_path / "d")
+    assert result.rc == 2 and "not allowed with argument" in result.err
+
+
+# -- list -------------------------------------------------------------------------------
+
+
+def listing_archive() -> bytes:
+    b = tb.TarBuilder()
+    b.dir("d/", mode=0o750, uid=1000, gid=100)
+    b.file("d/f", b"12345", mode=0o4755, uid=0, gid=0, mtime=1_600_000_000)
+    b.symlink("d/s", "f")
+    b.hardlink("d/h", "d/f")
+    b.chardev("dev/null", 1, 3)
+    b.fifo("p")
+    b.file("evil\x1b[32mOK\x1b[0m", b"")
+    return b.build()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_list_names_as_gnu_tar(tmp_path: Path, compression: str, write_archive) -> None:
+    data = listing_archive()
+    archive = write_archive(data if compression == "none" else tb.compress(data, compression))
+    result = run_cli("list", archive)
+    assert result.rc == 0, result.err
+    gnu = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    expected = gnu.stdout.decode().splitlines()
+    # GNU tar escapes the control characters its own way (\033); ours as \x1b.
+    assert result.out.splitlines()[:-1] == expected[:-1]
+    assert result.out.splitlines()[-1] == "evil\\x1b[32mOK\\x1b[0m"
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_list_verbose(write_archive) -> None:
+    archive = write_archive(listing_archive())
+    lines = run_cli("list", "-v", archive).out.splitlines()
+    assert lines[0].startswith("drwxr-x--- 1000/100 ")
+    assert lines[1].startswith("-rwsr-xr-x 0/0 ") and " 5 " in lines[1]
+    assert lines[1].endswith(" d/f")
+    assert lines[2].startswith("lrwxrwxrwx ") and lines[2].endswith(" d/s -> f")
+    assert lines[3].startswith("h") and lines[3].endswith(" d/h link to d/f")
+    assert lines[4].startswith("crw-rw-rw- ") and " 1,3 " in lines[4]
+    assert lines[5].startswith("prw-r--r-- ")
+    assert "\x1b" not in "\n".join(lines)
+
+
+def test_list_json_and_api(write_archive) -> None:
+    archive = write_archive(listing_archive())
+    document = json.loads(run_cli("list", "--json", archive).out)
+    assert document["schema_version"] == 1
+    assert [e["name"] for e in document["entries"]][:3] == ["d/", "d/f", "d/s"]
+    assert document["entries"][1]["mode"] == 0o4755
+    entries = list(chrootarchive.list_entries(archive))
+    assert entries[3].kind == "hardlink" and entries[3].linkname == "d/f"
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"", 1, "not a tar archive: empty input"),
+    (b"x" * 700, 1, "not a tar archive"),
+    (tb.TarBuilder().file("a", b"x" * 3000).build()[:1500], 1, "unexpected end"),
+])
+def test_list_bad_input(write_archive, data: bytes, status: int, message: str) -> None:
+    result = run_cli("list", write_archive(data))
+    assert result.rc == status, result
+    assert message in result.err and "Traceback" not in result.err
+
+
+def test_list_missing_archive(tmp_path: Path) -> None:
+    result = run_cli("list", tmp_path / "missing.tar")
+    assert result.rc == 4
+    assert "cannot open the archive: No such file or directory" in result.err
+
+
+def test_list_to_a_closed_pipe_is_quiet(write_archive) -> None:
+    many = tb.TarBuilder()
+    for i in range(5000):
+        many.file(f"f{i:05d}", b"")
+    archive = write_archive(many.build())
+    proc = subprocess.run(
+        f"{sys.executable} -m chrootarchive list {archive} | head -1",
+        shell=True, capture_output=True, check=False)
+    assert proc.stdout == b"f00000\n"
+    assert proc.stderr == b""
