@@ -44,6 +44,8 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (UnpackOptions, "rootless_xattr", None, _NO_BAD_VALUE),
     (UnpackOptions, "limits", {"max_bytes": 1}, _NO_BAD_VALUE),
     (UnpackOptions, "filter", True, "trusting"),
+    (UnpackOptions, "strip_components", "1", -1),
+    (UnpackOptions, "old_files", None, "overwrite"),
     (UnpackOptions, "atomic", 1.0, _NO_BAD_VALUE),
     (PackOptions, "include_files", "a", ["a", "../b"]),
     (PackOptions, "excludes", b"x", ["a[b"]),
