@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 
 from chrootarchive.cli.args import archive_input
+from chrootarchive.cli.output import JSON_SCHEMA_VERSION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             listed: list[dict[str, Any]] = [asdict(entry) for entry in entries]
-            json.dump({"schema_version": 1, "entries": listed}, sys.stdout)
+            json.dump({"schema_version": JSON_SCHEMA_VERSION, "entries": listed}, sys.stdout)
             sys.stdout.write("\n")
         else:
             for entry in entries:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
+
 EXIT_INTERNAL = 70
 
 _DESCRIPTION = """\
@@ -91,22 +92,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except UsageError as err:
-        print(_one_line(str(err)), file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, "UsageError", _one_line(str(err)), EXIT_USAGE, str(err))
     except ChrootArchiveError as err:
         if args.debug:
             raise
-        print(_error_line(err), file=sys.stderr)
-        return err.exit_status
+        return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
+                     printable(err.message, 0), err.entry)
     except KeyboardInterrupt:
-        print("chrootarchive: error: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "KeyboardInterrupt", "chrootarchive: error: interrupted", 130,
+                     "interrupted")
     except Exception as err:
         if args.debug:
             raise
-        print(_error_line(err) + " (this is a bug: please report it with --debug output)",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        line = _error_line(err) + " (this is a bug: please report it with --debug output)"
+        return _fail(args, "InternalError", line, EXIT_INTERNAL, line)
+
+
+def _fail(args: argparse.Namespace, cls: str, line: str, status: int, message: str,
+          entry: str | None = None) -> int:
+    """The one-line message on stderr; with ``--json``, also the error as JSON on
+    stdout (docs/json.md), so a script reads one document whatever happened."""
+    print(line, file=sys.stderr)
+    if getattr(args, "json", False):
+        from chrootarchive.cli import output
+
+        output.print_json({"schema_version": output.JSON_SCHEMA_VERSION, "error": {
+            "class": cls, "entry": entry, "message": message, "exit_status": status}})
+    return status
 
 
 def entry_point() -> None:

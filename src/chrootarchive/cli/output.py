@@ -23,7 +23,14 @@ if TYPE_CHECKING:
         def to_json(self) -> dict[str, Any]: ...
 
 
+#: The version of the JSON documents (docs/json.md): raised when a field changes meaning
+#: or goes away; new fields may appear without it.
+JSON_SCHEMA_VERSION = 1
+
+
 def print_json(data: dict[str, Any]) -> None:
+    """One JSON document on a line. Names with undecodable bytes (surrogate escapes)
+    are written as ``\\udcXX`` escapes: the document stays valid JSON."""
     json.dump(data, sys.stdout)
     sys.stdout.write("\n")
 
@@ -36,7 +43,7 @@ def print_warnings(warnings: Iterable[str]) -> None:
 def report(result: Result, args: argparse.Namespace) -> None:
     """The result as JSON with ``--json``; else its warnings, unless ``--quiet``."""
     if args.json:
-        print_json(result.to_json())
+        print_json({"schema_version": JSON_SCHEMA_VERSION, **result.to_json()})
         return
     if not args.quiet:
         print_warnings(result.warnings)

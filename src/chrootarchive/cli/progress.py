@@ -1,4 +1,5 @@
-"""Progress bars on stderr (with tqdm, when it is installed): shown on a terminal only."""
+"""Progress bars on stderr (tqdm, a dependency): shown on a terminal only. (Should
+tqdm be missing all the same, the work goes on without a bar.)"""
 
 from __future__ import annotations
 

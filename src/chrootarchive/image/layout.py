@@ -22,6 +22,7 @@ from chrootarchive.errors import (
     ImageError,
     LimitExceededError,
     MalformedArchiveError,
+    SourceError,
     from_os_error,
 )
 from chrootarchive.operations import compression
@@ -154,7 +155,8 @@ class _DirLayout(Layout):
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
-            raise from_os_error(err, path, kind=ImageError, action="cannot open the image") from err
+            raise from_os_error(
+                err, path, kind=SourceError, action="cannot open the image") from err
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -340,7 +342,7 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
             st = os.stat(image)
         except OSError as err:
             raise from_os_error(
-                err, image, kind=ImageError, action="cannot open the image") from err
+                err, image, kind=SourceError, action="cannot open the image") from err
         if stat.S_ISDIR(st.st_mode):
             layout: Layout = _DirLayout(image)
             try:
@@ -352,7 +354,7 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
             raise from_os_error(
-                err, image, kind=ImageError, action="cannot open the image") from err
+                err, image, kind=SourceError, action="cannot open the image") from err
         if not stat.S_ISREG(st.st_mode) or compression.detect(os.pread(fd, 6, 0)) != "none":
             with open(fd, "rb", closefd=True) as raw:
                 fd = _spool(raw, image, max_bytes)

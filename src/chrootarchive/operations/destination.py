@@ -6,25 +6,56 @@ path component can be swapped for a symlink between our checks and the jail.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import posixpath
 
 from chrootarchive.engine.idmap import root_owner
-from chrootarchive.errors import BreakoutError, DestinationError, from_os_error
+from chrootarchive.errors import (
+    BreakoutError,
+    ChrootArchiveError,
+    DestinationError,
+    from_os_error,
+)
 
-__all__ = ["inside", "pin_destination", "root_owner"]
+__all__ = ["inside", "missing_dirs", "pin_destination", "root_owner", "undo_created"]
+
+
+def missing_dirs(dest: str) -> list[str]:
+    """The directories on the way to ``dest`` (itself included) that do not exist yet,
+    deepest first: what an unpack will create, and remove again if it fails."""
+    missing = []
+    path = os.path.abspath(dest)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def undo_created(created: list[str], err: ChrootArchiveError) -> None:
+    """After a failure: remove the directories this run created, while they are empty
+    (nothing is left of a run that wrote nothing). When the destination is not empty,
+    the message says that what came before the error is left there."""
+    for path in created:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            continue
+        except OSError as cause:
+            if path == created[0] and cause.errno == errno.ENOTEMPTY:
+                err.message += (" (what was unpacked before is left in the destination; "
+                                "--atomic unpacks all or nothing)")
+            return
 
 
 def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
     """Create a missing destination (and parents) 0755 whatever the umask, owned by
     the mapped root, as Docker's ``MkdirAllAndChownNew`` does; existing ones are kept."""
-    missing = []
-    path = os.path.abspath(dest)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for new in reversed(missing):
+    for new in reversed(missing_dirs(dest)):
         try:
             os.mkdir(new, 0o755)
         except FileExistsError:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
+    ChrootArchiveError,
     DestinationError,
     SourceError,
     from_os_error,
@@ -194,18 +195,24 @@ def _unpack(
             return _unpack(source, stage, None, replace(options, atomic=False),
                            compressed=compressed, progress=progress, layer=layer,
                            lock=False)
-    with open_source(source) as raw:
-        root_fd, rel_dest = destination.pin_destination(os.fspath(dest), root, lock=lock,
-                                            owner=destination.root_owner(options))
-        try:
-            direct_fd = _plain_regular_fd(raw, compressed)
-            return _name_destination(
-                lambda: _unpack_data(raw, direct_fd, root_fd, rel_dest, options,
-                                     compressed=compressed, progress=progress, layer=layer),
-                os.fspath(dest),
-            )
-        finally:
-            os.close(root_fd)
+    created = destination.missing_dirs(os.fspath(dest)) if root is None else []
+    try:
+        with open_source(source) as raw:
+            root_fd, rel_dest = destination.pin_destination(
+                os.fspath(dest), root, lock=lock, owner=destination.root_owner(options))
+            try:
+                direct_fd = _plain_regular_fd(raw, compressed)
+                return _name_destination(
+                    lambda: _unpack_data(raw, direct_fd, root_fd, rel_dest, options,
+                                         compressed=compressed, progress=progress,
+                                         layer=layer),
+                    os.fspath(dest),
+                )
+            finally:
+                os.close(root_fd)
+    except ChrootArchiveError as err:
+        destination.undo_created(created, err)
+        raise
 
 
 def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResult:
@@ -215,7 +222,7 @@ def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResul
     except DestinationError as err:
         if err.entry:
             raise
-        raise DestinationError(err.message, dest) from err
+        raise DestinationError(err.message, dest, err.errno) from err
 
 
 def _unpack_data(
