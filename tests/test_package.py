@@ -159,3 +159,23 @@ def test_end_of_archive_blocks_alone_are_an_empty_archive(tmp_path: Path) -> Non
     empty.write_bytes(b"")
     assert subprocess.run(["tar", "tf", str(empty)], capture_output=True,
                           check=False).returncode != 0, "GNU tar refuses an empty input"
+
+
+def test_readme_reads_well_on_a_package_index() -> None:
+    """Links absolute (a package index shows the README without the repository), the
+    first two commands install-and-run and install-and-test, the Python parses."""
+    import ast
+    import re
+
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("https://") for link in links), links
+    blocks = re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+    assert blocks[0][1].strip().endswith("ls -lR /tmp/sample-root")
+    assert "chrootarchive untar examples/sample.tar.gz" in blocks[0][1]
+    assert blocks[1][1].strip().endswith(".venv/bin/python -m pytest -q")
+    for lang, code in blocks:
+        if lang == "python":
+            ast.parse(code)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -q\n" in ci
