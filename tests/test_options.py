@@ -46,6 +46,7 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (UnpackOptions, "filter", True, "trusting"),
     (UnpackOptions, "strip_components", "1", -1),
     (UnpackOptions, "old_files", None, "overwrite"),
+    (UnpackOptions, "exclude_style", 1, "rsync"),
     (UnpackOptions, "atomic", 1.0, _NO_BAD_VALUE),
     (PackOptions, "include_files", "a", ["a", "../b"]),
     (PackOptions, "excludes", b"x", ["a[b"]),

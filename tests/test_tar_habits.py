@@ -249,3 +249,42 @@ def test_list_to_a_closed_pipe_is_quiet(write_archive) -> None:
         shell=True, capture_output=True, check=False)
     assert proc.stdout == b"f00000\n"
     assert proc.stderr == b""
+
+
+# -- exclude styles ------------------------------------------------------------------
+
+
+def exclude_archive() -> bytes:
+    b = tb.TarBuilder()
+    for name in ("a.txt", "b.txt", "keep", "!keep", "sub/b.txt", "sub/c.log", "sub/deep/x.txt",
+                 "sub/deep/y", "other/sub/z", "dir/f", "dar/f", "x.txt/inner"):
+        b.file(name, name.encode())
+    return b.build()
+
+
+@pytest.mark.parametrize("pattern", ["*.txt", "b.txt", "sub", "sub/*.txt", "*/deep", "d?r",
+                                     "[ab].txt", "!keep", "sub/deep", "*.txt/inner", "x*"])
+def test_tar_exclude_style_matches_gnu_tar(tmp_path: Path, pattern: str) -> None:
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(exclude_archive())
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(gnu), f"--exclude={pattern}"],
+                   check=True)
+    ours = tmp_path / "ours"
+    result = run_cli("untar", "--exclude-style", "tar", "--exclude", pattern, archive, ours)
+    assert result.rc == 0, result.err
+    assert snapshot(ours) == snapshot(gnu)
+
+
+def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
+    """The default (Docker's): ``*.txt`` is matched from the root within one component,
+    so ``sub/b.txt`` stays, where GNU tar (and ``--exclude-style tar``) drops it."""
+    chrootarchive.untar(exclude_archive(), tmp_path / "d", excludes=["*.txt"])
+    assert not (tmp_path / "d" / "a.txt").exists()
+    assert (tmp_path / "d" / "sub" / "b.txt").exists()
+    chrootarchive.untar(exclude_archive(), tmp_path / "t",
+                        UnpackOptions(excludes=("*.txt",), exclude_style="tar"))
+    assert not (tmp_path / "t" / "sub" / "b.txt").exists()
+    with pytest.raises(ValueError, match="exclude_style"):
+        UnpackOptions(exclude_style="rsync")

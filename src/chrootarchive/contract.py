@@ -151,6 +151,7 @@ class UnpackSpec(_Record):
     __slots__ = (
         "best_effort_xattrs",
         "chown",
+        "exclude_style",
         "excludes",
         "filter",
         "gid_maps",
@@ -171,6 +172,7 @@ class UnpackSpec(_Record):
     uid_maps: tuple[IdRange, ...]
     gid_maps: tuple[IdRange, ...]
     excludes: tuple[str, ...]
+    exclude_style: str  # docker or tar
     no_overwrite_dir_nondir: bool
     best_effort_xattrs: bool
     whiteout_format: str

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chrootarchive.contract import FILTERS, OLD_FILES, IdRange, LimitSpec, PackSpec, UnpackSpec
-from chrootarchive.engine.names import PatternMatcher  # 0.4 ms: the one pattern compiler
+from chrootarchive.engine.names import (  # 0.4 ms: the one pattern compiler
+    EXCLUDE_STYLES,
+    exclude_matcher,
+)
 
 __all__ = [
     "GiB", "IDMap", "Limits", "PackOptions", "PackResult", "UnpackOptions", "UnpackResult",
@@ -103,16 +106,16 @@ def _strings(name: str, value: object) -> tuple[str, ...]:
     return items
 
 
-def _patterns(name: str, value: object) -> tuple[str, ...]:
+def _patterns(name: str, value: object, style: str = "docker") -> tuple[str, ...]:
     """Exclude patterns, compiled now (with the engine's own compiler) so that a bad one
     is the caller's error, not the jail's."""
     patterns = _strings(name, value)
     try:
-        PatternMatcher(patterns)
+        exclude_matcher(patterns, style)
     except (ValueError, re.error):
         for pattern in patterns:  # name the bad one: re's own message does not
             try:
-                PatternMatcher((pattern,))
+                exclude_matcher((pattern,), style)
             except (ValueError, re.error) as err:
                 text = str(err)  # the engine's names the pattern, re's does not
                 text = (text.replace(repr(pattern), _shown(pattern)) if repr(pattern) in text
@@ -233,8 +236,14 @@ class UnpackOptions:
         chown: give every entry this ``(uid, gid)`` instead of the archive's.
         uid_maps: map archive uids to host uids; an unmapped uid is an error.
         gid_maps: the same for gids.
-        excludes: patterns (Docker/filepath.Match syntax, ``!`` for exceptions); a
-            matching entry, or one under a matching directory, is not unpacked.
+        excludes: patterns; a matching entry, or one under a matching directory, is
+            not unpacked. How they match is ``exclude_style``.
+        exclude_style: ``docker`` (the default, Docker's): a pattern is matched
+            against the whole name from the root, ``*`` and ``?`` stay within one
+            component, ``**`` crosses them, ``!PATTERN`` re-includes (last match
+            wins); ``tar`` (GNU tar's ``--exclude``): a pattern may match any tail of
+            the name that starts after a ``/``, and ``*`` crosses ``/`` (``*.txt``
+            excludes ``sub/b.txt``). docs/excludes.md compares them.
         no_overwrite_dir_nondir: replacing a directory by a non-directory (or the
             reverse) is an error instead of a replacement.
         best_effort_xattrs: ignore "not supported" errors when setting xattrs.
@@ -272,6 +281,7 @@ class UnpackOptions:
     uid_maps: tuple[IDMap, ...] = ()
     gid_maps: tuple[IDMap, ...] = ()
     excludes: tuple[str, ...] = ()
+    exclude_style: str = "docker"
     no_overwrite_dir_nondir: bool = False
     best_effort_xattrs: bool = False
     confine: str = "auto"
@@ -291,7 +301,9 @@ class UnpackOptions:
         set_(self, "chown", _owner("UnpackOptions.chown", self.chown))
         set_(self, "uid_maps", _id_maps("UnpackOptions.uid_maps", self.uid_maps))
         set_(self, "gid_maps", _id_maps("UnpackOptions.gid_maps", self.gid_maps))
-        set_(self, "excludes", _patterns("UnpackOptions.excludes", self.excludes))
+        _choice("UnpackOptions.exclude_style", self.exclude_style, EXCLUDE_STYLES)
+        set_(self, "excludes", _patterns("UnpackOptions.excludes", self.excludes,
+                                         self.exclude_style))
         _confine("UnpackOptions.confine", self.confine)
         _choice("UnpackOptions.whiteout_format", self.whiteout_format, WHITEOUT_FORMATS)
         _choice("UnpackOptions.filter", self.filter, FILTERS)
@@ -484,7 +496,7 @@ def unpack_spec(options: UnpackOptions) -> UnpackSpec:
     return UnpackSpec(
         no_lchown=options.no_lchown, chown=options.chown,
         uid_maps=_id_ranges(options.uid_maps), gid_maps=_id_ranges(options.gid_maps),
-        excludes=tuple(options.excludes),
+        excludes=tuple(options.excludes), exclude_style=options.exclude_style,
         no_overwrite_dir_nondir=options.no_overwrite_dir_nondir,
         best_effort_xattrs=options.best_effort_xattrs,
         whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,

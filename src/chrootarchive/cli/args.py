@@ -140,8 +140,14 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
     sel = parser.add_argument_group("selection and replacement")
     sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                      help="skip entries matching PATTERN and everything below them "
-                          "(glob, '**' across directories, '!PATTERN' re-includes; "
-                          "repeatable, last match wins)")
+                          "(repeatable; by default Docker's style: from the root, '**' "
+                          "across directories, '!PATTERN' re-includes, last match wins; "
+                          "see --exclude-style)")
+    sel.add_argument("--exclude-style", choices=("docker", "tar"), default="docker",
+                     help="how --exclude matches: docker (default: from the root, '*' "
+                          "within one component, '**' across, '!' re-includes) or tar "
+                          "(GNU tar's: any tail of the name, '*' crosses '/': '*.txt' "
+                          "also excludes sub/b.txt)")
     sel.add_argument("--no-overwrite-dir-nondir", action="store_true",
                      help="fail instead of replacing a directory by a non-directory "
                           "or the reverse")
@@ -206,6 +212,7 @@ def unpack_options(args: argparse.Namespace) -> UnpackOptions:
         uid_maps=tuple(args.uid_map),
         gid_maps=tuple(args.gid_map),
         excludes=tuple(args.exclude),
+        exclude_style=args.exclude_style,
         no_overwrite_dir_nondir=args.no_overwrite_dir_nondir,
         best_effort_xattrs=args.best_effort_xattrs,
         confine=args.confine,

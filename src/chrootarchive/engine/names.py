@@ -15,7 +15,12 @@ if TYPE_CHECKING:
     import re
     from collections.abc import Iterable
 
-__all__ = ["PatternMatcher", "check_symlink", "clean_name", "hardlink_target"]
+__all__ = ["EXCLUDE_STYLES", "PatternMatcher", "TarPatternMatcher", "check_symlink",
+           "clean_name", "exclude_matcher", "hardlink_target", "strip_components"]
+
+#: How exclude patterns match: ``docker`` (anchored at the root, ``*`` within one
+#: component, ``!`` exceptions) or ``tar`` (GNU tar's ``--exclude``).
+EXCLUDE_STYLES = ("docker", "tar")
 
 
 def clean_name(unsafe_name: str) -> str:
@@ -130,6 +135,69 @@ def _translate(pattern: str) -> str:
 
 
 _GLOB_CHARS = frozenset("*?[\\")
+
+
+def _translate_tar(pattern: str) -> str:
+    """One GNU tar wildcard to a regex: ``*`` and ``?`` match ``/`` too (tar's
+    ``--wildcards-match-slash``, its default for excludes)."""
+    import re  # see _translate
+
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            while i + 1 < n and pattern[i + 1] == "*":
+                i += 1  # a run of stars is one: no needless backtracking
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern.startswith("[]", i) else i + 1)
+            if j < 0:
+                raise ValueError(f"bad exclude pattern {pattern!r}: unclosed '['")
+            body = pattern[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+class TarPatternMatcher:
+    """GNU tar's ``--exclude``: a pattern matches the whole name, or any tail of it
+    that starts after a ``/``, and a name below what it matches (``*.txt`` excludes
+    ``a.txt`` and ``sub/b.txt``; ``sub`` excludes ``sub``, ``x/sub`` and ``sub/f``).
+    No ``!`` exceptions: a leading ``!`` is literal, as in tar.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        import re  # see _translate
+
+        alternatives = [_translate_tar(p.rstrip("/") or p) for p in patterns if p]
+        self._regex = (re.compile(r"(?:.*/)?(?:" + "|".join(alternatives) + r")(?:/.*)?\Z",
+                                  re.DOTALL) if alternatives else None)
+
+    def __bool__(self) -> bool:
+        return self._regex is not None
+
+    def matches(self, path: str) -> bool:
+        """True when ``path`` (clean, root-relative) is excluded."""
+        return self._regex is not None and self._regex.match(path) is not None
+
+
+def exclude_matcher(patterns: Iterable[str], style: str = "docker"
+                    ) -> PatternMatcher | TarPatternMatcher:
+    """The matcher for ``style`` (:data:`EXCLUDE_STYLES`)."""
+    if style == "tar":
+        return TarPatternMatcher(patterns)
+    return PatternMatcher(patterns)
 
 
 class PatternMatcher:

@@ -135,7 +135,7 @@ class Unpacker:
         self.finisher_countdown = -1  # set to FINISHER_AFTER to allow the helper
         self.options = options
         self.warn = warn
-        self.excludes = paths.PatternMatcher(options.excludes)
+        self.excludes = paths.exclude_matcher(options.excludes, options.exclude_style)
         self.strip = options.strip_components
         self.old_files = options.old_files
         self.stats = UnpackStats()
