@@ -97,8 +97,9 @@ def test_strip_components_hardlink_to_a_stripped_name(tmp_path: Path) -> None:
     assert gnu.returncode == 2 and b"Cannot hard link" in gnu.stderr
     result = run_cli("untar", "--strip-components", "1", archive, tmp_path / "ours")
     assert result.rc == 1
-    assert result.err.strip() == ("chrootarchive: error: top/h: hardlink target shallow "
-                                  "has no more than 1 components (--strip-components)")
+    assert result.err.strip().startswith(
+        "chrootarchive: error: top/h: hardlink target shallow has no more than 1 "
+        "components (--strip-components)")
 
 
 def test_strip_components_through_the_api(tmp_path: Path) -> None:
