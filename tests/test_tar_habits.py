@@ -289,3 +289,50 @@ def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
     assert not (tmp_path / "t" / "sub" / "b.txt").exists()
     with pytest.raises(ValueError, match="exclude_style"):
         UnpackOptions(exclude_style="rsync")
+
+
+# -- -v: entries as they are unpacked --------------------------------------------------
+
+
+def verbose_archive() -> bytes:
+    b = tb.TarBuilder().dir("d/").file("d/a", b"a").symlink("d/s", "a")
+    b.hardlink("d/h", "d/a").file("skip/me", b"x").file("evil\x1b[2Jname\nx", b"")
+    return b.build()
+
+
+def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(verbose_archive())
+    result = run_cli("untar", "-v", "--exclude", "skip", archive, tmp_path / "ours")
+    assert result.rc == 0, result.err
+    (tmp_path / "gnu").mkdir()
+    gnu = subprocess.run(["tar", "-xvf", str(archive), "-C", str(tmp_path / "gnu"),
+                          "--exclude=skip"], capture_output=True, check=True)
+    gnu_lines = gnu.stdout.decode().splitlines()
+    ours = result.out.splitlines()
+    assert ours[:4] == gnu_lines[:4] == ["d/", "d/a", "d/s", "d/h"]
+    assert ours[4:] == ["evil\\x1b[2Jname\\x0ax"]  # one line, escaped
+
+
+@pytest.mark.parametrize("confine", ["pivot", "chroot", "userns", "openat2"])
+def test_on_entry_under_every_mechanism(tmp_path: Path, confine: str) -> None:
+    seen: list[str] = []
+    chrootarchive.untar(verbose_archive(), tmp_path / "d", confine=confine,
+                        excludes=["skip"], on_entry=seen.append)
+    assert seen == ["d/", "d/a", "d/s", "d/h", "evil\x1b[2Jname\nx"]
+
+
+def test_verbose_json_and_layers(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(verbose_archive())
+    document = json.loads(run_cli("untar", "-v", "--json", archive, tmp_path / "j").out)
+    assert document["names"][-1] == "evil\x1b[2Jname\nx" and document["entries"] == 6
+    layer = write_archive(tb.TarBuilder().file(".wh.gone").file("new", b"n").build())
+    result = run_cli("apply-layer", "-v", layer, tmp_path / "j")
+    assert result.rc == 0 and result.out.splitlines()[:2] == [".wh.gone", "new"]
+
+
+def test_verbose_lists_what_came_before_an_error(tmp_path: Path) -> None:
+    seen: list[str] = []
+    data = tb.TarBuilder().file("one", b"1").file("two", b"2").file("../x", b"x").build()
+    with pytest.raises(chrootarchive.BreakoutError):
+        chrootarchive.untar(data, tmp_path / "d", on_entry=seen.append)
+    assert seen == ["one", "two"]

@@ -163,6 +163,7 @@ class UnpackSpec(_Record):
         "strip_components",
         "uid_maps",
         "umask",
+        "verbose",
         "whiteout_format",
     )
     _NESTED = {"uid_maps": IdRange, "gid_maps": IdRange,  # noqa: RUF012
@@ -182,6 +183,7 @@ class UnpackSpec(_Record):
     strip_components: int
     old_files: str  # replace, keep (an existing file is an error), skip
     umask: int  # the caller's: the data filter gives directories 0777 & ~umask
+    verbose: bool  # write each unpacked entry's name to stdout (NUL-terminated)
 
 
 class PackSpec(_Record):

@@ -490,8 +490,9 @@ def _id_ranges(maps: tuple[IDMap, ...]) -> tuple[IdRange, ...]:
                  for m in maps)
 
 
-def unpack_spec(options: UnpackOptions) -> UnpackSpec:
-    """What the unpack job reads of ``options`` (the rest is the parent's business)."""
+def unpack_spec(options: UnpackOptions, *, verbose: bool = False) -> UnpackSpec:
+    """What the unpack job reads of ``options`` (the rest is the parent's business);
+    ``verbose``: the job lists the names it unpacks."""
     limits = options.limits
     return UnpackSpec(
         no_lchown=options.no_lchown, chown=options.chown,
@@ -502,7 +503,7 @@ def unpack_spec(options: UnpackOptions) -> UnpackSpec:
         whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,
         limits=LimitSpec(**{name: getattr(limits, name) for name in LimitSpec.__slots__}),
         filter=options.filter, strip_components=options.strip_components,
-        old_files=options.old_files,
+        old_files=options.old_files, verbose=verbose,
         umask=_caller_umask() if options.filter == "data" else 0o022,
     )
 

@@ -108,7 +108,9 @@ def format_size(value: int | None) -> str:
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    out.add_argument("--json", action="store_true",
+                     help="print the result (or the error) as one JSON document on stdout "
+                          "(docs/json.md)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="print nothing but errors (no warnings, no progress bar)")
     out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -124,6 +126,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_unpack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="list each entry as it is unpacked, like tar -xv (names "
+                             "escaped); with --json, as the document's names")
     own = parser.add_argument_group("ownership (numeric only)")
     own.add_argument("--no-lchown", action="store_true",
                      help="do not change owners: files belong to the user running this")

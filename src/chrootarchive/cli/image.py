@@ -12,7 +12,7 @@ from chrootarchive.cli.args import (
     parse_count,
     unpack_options,
 )
-from chrootarchive.cli.output import human_bytes, report
+from chrootarchive.cli.output import EntryLister, human_bytes, report
 from chrootarchive.cli.progress import LayerBars
 from chrootarchive.options import DEFAULT_MAX_LAYERS
 
@@ -88,15 +88,16 @@ def run(args: argparse.Namespace) -> int:
     options = unpack_options(args)
     from chrootarchive.image import unpack_image
 
+    lister = EntryLister(args) if args.verbose else None
     bars = LayerBars(enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
         result = unpack_image(
             args.image, args.dest, ref=args.ref, platform=args.platform, options=options,
-            progress=bars, max_layers=args.max_layers,
+            progress=bars, max_layers=args.max_layers, on_entry=lister,
         )
     finally:
         bars.close()
-    report(result, args)
+    report(result, args, lister.extra() if lister else None)
     if not args.json and not args.quiet and sys.stderr.isatty():
         name = result.ref or result.manifest_digest or result.config_digest
         print(f"unpacked {name} ({result.platform}, {len(result.layers)} layers, "

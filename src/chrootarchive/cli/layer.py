@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from chrootarchive.cli.args import add_common, add_unpack_options, archive_input, unpack_options
-from chrootarchive.cli.output import report
+from chrootarchive.cli.output import EntryLister, report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
 TYPE_CHECKING = False
@@ -50,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
     options = unpack_options(args)
     from chrootarchive.operations.untar import apply_layer
 
+    lister = EntryLister(args) if args.verbose else None
     bar = ByteProgress(source_size(args.layer),
                        enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
-        result = apply_layer(args.layer, args.dest, options, progress=bar.update)
+        result = apply_layer(args.layer, args.dest, options, progress=bar.update,
+                             on_entry=lister)
     finally:
         bar.close()
-    report(result, args)
+    report(result, args, lister.extra() if lister else None)
     if not args.json:
         print(result.size)
     return 0

@@ -40,10 +40,13 @@ def print_warnings(warnings: Iterable[str]) -> None:
         print(f"chrootarchive: warning: {printable(warning, 0)}", file=sys.stderr)
 
 
-def report(result: Result, args: argparse.Namespace) -> None:
-    """The result as JSON with ``--json``; else its warnings, unless ``--quiet``."""
+def report(result: Result, args: argparse.Namespace,
+           extra: dict[str, Any] | None = None) -> None:
+    """The result as JSON with ``--json`` (with ``extra`` fields); else its warnings,
+    unless ``--quiet``."""
     if args.json:
-        print_json({"schema_version": JSON_SCHEMA_VERSION, **result.to_json()})
+        print_json({"schema_version": JSON_SCHEMA_VERSION, **result.to_json(),
+                    **(extra or {})})
         return
     if not args.quiet:
         print_warnings(result.warnings)
@@ -59,6 +62,24 @@ def print_privileged(privileged: Mapping[str, int]) -> None:
         print(f"chrootarchive: note: as the archive says (filter fully_trusted), this "
               f"created {counts}; for data you do not trust, use --filter data",
               file=sys.stderr)
+
+
+class EntryLister:
+    """``-v``: each unpacked entry's name on stdout as it comes (escaped, like
+    ``tar -xv``), or kept for the JSON document (``names``) with ``--json``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = bool(args.json)
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        if self.json:
+            self.names.append(name)
+        else:
+            sys.stdout.write(printable(name, 0) + "\n")
+
+    def extra(self) -> dict[str, Any]:
+        return {"names": self.names} if self.json else {}
 
 
 def human_bytes(value: int) -> str:

@@ -15,7 +15,7 @@ from chrootarchive.cli.args import (
     parse_count,
     unpack_options,
 )
-from chrootarchive.cli.output import report
+from chrootarchive.cli.output import EntryLister, report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
 TYPE_CHECKING = False
@@ -81,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
                       old_files=args.old_files)
     from chrootarchive.operations.untar import untar
 
+    lister = EntryLister(args) if args.verbose else None
     bar = ByteProgress(source_size(args.archive),
                        enabled=not args.quiet and not args.json and sys.stderr.isatty())
     try:
         result = untar(args.archive, dest, options, root=args.root,
-                       detect_compression=not args.uncompressed, progress=bar.update)
+                       detect_compression=not args.uncompressed, progress=bar.update,
+                       on_entry=lister)
     finally:
         bar.close()
-    report(result, args)
+    report(result, args, lister.extra() if lister else None)
     return 0

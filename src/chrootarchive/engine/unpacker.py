@@ -126,8 +126,10 @@ class Unpacker:
         *,
         layer_mode: bool = False,
         in_user_namespace: bool = False,
+        listed: Callable[[str], None] | None = None,
     ) -> None:
         self.fs = fs
+        self.listed = listed  # told each entry's name once it is unpacked (tar -v)
         self.writer: FileWriter | None = None
         # The helper process that finishes small files (see finisher): allowed by the
         # jailed worker for large inputs, forked after the first few small files.
@@ -213,6 +215,7 @@ class Unpacker:
         most_entries = (1 << 80) if max_entries is None else max_entries
         stats = self.stats
         apply = self.apply
+        listed = self.listed
         for entry in reader:
             stats.entries += 1
             stats.size += entry.size
@@ -221,7 +224,8 @@ class Unpacker:
             if self.deadline is not None:
                 self._check_time(entry.name)
             try:
-                apply(entry, reader)
+                if apply(entry, reader) and listed is not None:
+                    listed(entry.name)
             except _SkipEntry:
                 continue  # the reader skips its data
             except ChrootArchiveError:
@@ -229,29 +233,30 @@ class Unpacker:
             except OSError as err:
                 raise self._os_error(err, entry.name) from err
 
-    def apply(self, entry: TarEntry, reader: TarReader) -> None:
+    def apply(self, entry: TarEntry, reader: TarReader) -> bool:
+        """Unpack one entry; False when it was left out (excluded, stripped, dropped)."""
         if self.strip and not self._strip(entry):
-            return
+            return False
         name = paths.clean_name(entry.name)
         if (len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs
                 or name.count("/") > self.safe_slashes):
             self._check_entry_limits(name, entry)
         if self.has_excludes and self.excludes.matches(name):
-            return
+            return False
         if self.filtering:
             if not self.filter.keep(entry):
-                return
+                return False
         elif entry.mode & 0o6000 or entry.xattrs or entry.kind in _DEVICE_KINDS:
             self.filter.note(entry)
         if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
-            return
+            return True
         kind = entry.kind
         if name == ".":
             if kind != tarreader.DIRECTORY:
                 raise ArchiveError("cannot replace the destination root", entry.name)
             self._merge_dir(".", entry)
-            return
+            return True
         parent = name.rpartition("/")[0]
         if parent and parent not in self.dirs:
             self._make_dirs(parent, entry.name)
@@ -269,6 +274,7 @@ class Unpacker:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
         if self.markers:
             self.whiteouts.note_written(name)
+        return True
 
     def _strip(self, entry: TarEntry) -> bool:
         """``strip_components`` as GNU tar does it: on the name and on a hardlink's

@@ -157,7 +157,9 @@ def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
 
 
 def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOptions,
-                 count: int, progress: ProgressCallback | None) -> tuple[UnpackResult, str]:
+                 count: int, progress: ProgressCallback | None,
+                 on_entry: Callable[[str], None] | None = None,
+                 ) -> tuple[UnpackResult, str]:
     """Apply one layer; return the worker's result and the compression met."""
     label = _layer_label(layer)
     report: Callable[[int], None] | None = None
@@ -174,7 +176,8 @@ def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOpt
     kind_seen: list[str] = []
     chunks = _layer_chunks(blob, layer, label, kind_seen)
     try:
-        result = api.unpack_stream(chunks, dest, options, layer=True, lock=False)
+        result = api.unpack_stream(chunks, dest, options, layer=True, lock=False,
+                                   on_entry=on_entry)
         for _ in chunks:  # the worker drains its input; make sure every check ran
             pass
     except ChrootArchiveError as err:
@@ -228,6 +231,7 @@ def unpack_image(
     confine: str | None = None,
     limits: Limits | None = None,
     progress: ProgressCallback | None = None,
+    on_entry: Callable[[str], None] | None = None,
     max_layers: int = DEFAULT_MAX_LAYERS,
 ) -> ImageResult:
     """Unpack a container image's root filesystem into ``dest``, every layer confined.
@@ -257,6 +261,8 @@ def unpack_image(
             name; ``fully_trusted``, the default, is right for a root filesystem).
         progress: called with a :class:`LayerProgress` as each layer starts, as its
             blob is read, and when it is applied.
+        on_entry: called with each entry's name once it is unpacked, layer after
+            layer (``tar -v``).
         max_layers: the most layers a manifest may have (checked before unpacking).
 
     Returns:
@@ -301,7 +307,7 @@ def unpack_image(
             for layer in plan.layers:
                 layer_options = _remaining(options, size, entries, deadline)
                 result, kind = _apply_layer(layout, layer, target, layer_options,
-                                            len(plan.layers), progress)
+                                            len(plan.layers), progress, on_entry)
                 size += result.size
                 entries += result.entries
                 confinement = result.confinement

@@ -57,6 +57,7 @@ def untar(
     root: str | os.PathLike[str] | None = None,
     detect_compression: bool = True,
     progress: Progress | None = None,
+    on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     """Unpack a tar archive (plain, gzip, bzip2, xz or zstd) into ``dest``, confined.
 
@@ -74,6 +75,8 @@ def untar(
         detect_compression: False for a stream known to be plain tar.
         progress: called with the number of source bytes read so far (cumulative,
             like tqdm's ``n``), now and then, from a thread of the library's.
+        on_entry: called with each entry's name once it is unpacked (``tar -v``),
+            from a thread of the library's; excluded and dropped entries are not.
 
     Returns:
         What was unpacked.
@@ -89,7 +92,7 @@ def untar(
     chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                           confine=confine, limits=limits)
     return _unpack(source, dest, root, chosen, compressed=detect_compression,
-                   progress=cumulative(progress))
+                   progress=cumulative(progress), on_entry=on_entry)
 
 
 def apply_layer(
@@ -104,6 +107,7 @@ def apply_layer(
     limits: Limits | None = None,
     detect_compression: bool = True,
     progress: Progress | None = None,
+    on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     """Apply a container image layer (compression detected) onto ``dest``, confined.
 
@@ -115,7 +119,7 @@ def apply_layer(
     chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                           confine=confine, limits=limits)
     return _unpack(source, dest, None, chosen, compressed=detect_compression,
-                   progress=cumulative(progress), layer=True)
+                   progress=cumulative(progress), layer=True, on_entry=on_entry)
 
 
 # Docker's names (pkg/chrootarchive), thin aliases of the two calls above.
@@ -184,6 +188,7 @@ def _unpack(
     progress: Progress | None,
     layer: bool = False,
     lock: bool = True,
+    on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     options = options or UnpackOptions()
     ladder.candidates(options.confine)  # fail before creating anything
@@ -194,7 +199,7 @@ def _unpack(
             # The staging directory is private (and flocked as such): no second lock.
             return _unpack(source, stage, None, replace(options, atomic=False),
                            compressed=compressed, progress=progress, layer=layer,
-                           lock=False)
+                           lock=False, on_entry=on_entry)
     created = destination.missing_dirs(os.fspath(dest)) if root is None else []
     try:
         with open_source(source) as raw:
@@ -205,7 +210,7 @@ def _unpack(
                 return _name_destination(
                     lambda: _unpack_data(raw, direct_fd, root_fd, rel_dest, options,
                                          compressed=compressed, progress=progress,
-                                         layer=layer),
+                                         layer=layer, on_entry=on_entry),
                     os.fspath(dest),
                 )
             finally:
@@ -235,6 +240,7 @@ def _unpack_data(
     compressed: bool,
     progress: Progress | None,
     layer: bool,
+    on_entry: Callable[[str], None] | None,
 ) -> UnpackResult:
     if direct_fd is not None:
         data: int | Iterator[bytes] = direct_fd
@@ -250,7 +256,8 @@ def _unpack_data(
     # A plain file is read by the job itself: its progress is the file's shared offset
     # (the pump watches it); otherwise the source is counted as it is read.
     return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper,
-                       offset_progress=progress if direct_fd is not None else None)
+                       offset_progress=progress if direct_fd is not None else None,
+                       on_entry=on_entry)
 
 
 def _run_unpack(
@@ -262,13 +269,15 @@ def _run_unpack(
     layer: bool,
     helper: bool = False,
     offset_progress: Progress | None = None,
+    on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     """Unpack with the first mechanism of the ladder that the kernel accepts."""
     request = JobRequest.make(
         "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=layer,
-        helper=helper, unpack=unpack_spec(options),
+        helper=helper, unpack=unpack_spec(options, verbose=on_entry is not None),
     )
-    reply = ladder.run(root_fd, request, data, options.confine, offset_progress=offset_progress)
+    reply = ladder.run(root_fd, request, data, options.confine,
+                       offset_progress=offset_progress, names=on_entry)
     privileged = reply.details.get("privileged") or {}
     return UnpackResult(entries=reply.entries, size=reply.size,
                         confinement=reply.confinement, warnings=reply.warnings,
@@ -282,6 +291,7 @@ def unpack_stream(
     *,
     layer: bool = False,
     lock: bool = True,
+    on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     """Unpack an already-decompressed tar stream given as chunks (for ``image``).
 
@@ -294,7 +304,8 @@ def unpack_stream(
     root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=lock,
                                         owner=destination.root_owner(options))
     try:
-        return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer)
+        return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer,
+                           on_entry=on_entry)
     finally:
         os.close(root_fd)
 

@@ -124,21 +124,24 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
 
 
 def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requested: str,
-        *, offset_progress: Callable[[int], None] | None = None) -> JobReply:
+        *, offset_progress: Callable[[int], None] | None = None,
+        names: Callable[[str], None] | None = None) -> JobReply:
     """Run ``request``, reading ``data`` (a readable fd, or chunks that are fed), with
     the first mechanism of the ladder that the kernel accepts.
 
     The job says when it is confined before it reads any data, so a mechanism the
     kernel refuses ("not supported") costs nothing and the next rung is tried.
     ``offset_progress``: for an fd, called with the bytes the job read, now and then.
+    ``names``: told each name the job lists (an unpack with ``verbose``).
     """
 
     stdin = data if isinstance(data, int) else None
 
     def attempt(mechanism: str) -> JobReply:
         return pump.drive(
-            lambda: start(root_fd, request.replace(mechanism=mechanism), stdin=stdin),
-            data, offset_progress)
+            lambda: start(root_fd, request.replace(mechanism=mechanism), stdin=stdin,
+                          stdout_pipe=names is not None),
+            data, offset_progress, names)
 
     try:
         return run_ladder(requested, attempt)

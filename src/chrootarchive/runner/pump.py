@@ -27,21 +27,51 @@ _PROGRESS_POLL = 0.1  # seconds between looks at how far the worker read a file
 
 
 def drive(start: Callable[[], Running], data: int | Iterable[bytes],
-          offset_progress: Progress | None) -> JobReply:
+          offset_progress: Progress | None,
+          names: Callable[[str], None] | None = None) -> JobReply:
     """Start a job and run it to its end with its input: chunks are fed; a descriptor
     it reads itself is watched for ``offset_progress`` (from before it starts, so that
-    no byte goes unreported). Returns its reply or raises its error."""
+    no byte goes unreported). ``names``: told each name the job lists on its stdout
+    (started with a stdout pipe). Returns its reply or raises its error."""
     watch = (watch_offset(data, offset_progress)
              if isinstance(data, int) and offset_progress is not None
              else contextlib.nullcontext())
     with watch:
         job = start()
+        lister = None
+        if names is not None:
+            fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
+            lister = _list_names(fd, names)
         try:
             if not isinstance(data, int):
                 feed_while_alive(job, data)
             return job.finish()
         finally:
+            if lister is not None:
+                lister.join()  # the job has ended: its stdout is at its end
             job.close()
+
+
+def _list_names(fd: int, names: Callable[[str], None]) -> threading.Thread:
+    """A thread that reads NUL-terminated names from ``fd`` until its end (the job's
+    exit), then closes it."""
+
+    def run() -> None:
+        pending = b""
+        try:
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return
+                *whole, pending = (pending + data).split(b"\0")
+                for name in whole:
+                    names(name.decode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run, name="chrootarchive-names", daemon=True)
+    thread.start()
+    return thread
 
 
 def feed(fd: int, chunks: Iterable[bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chrootarchive._fdio import write_all
 from chrootarchive.contract import JobReply
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
@@ -49,14 +50,20 @@ class UnpackJob:
             # signal handler is not the caller's to take.)
             signal.signal(signal.SIGALRM, _alarm)
             signal.setitimer(signal.ITIMER_REAL, spec.limits.timeout + 0.2)
+        names = _NameList(context.stdout) if spec.verbose else None
         worker = unpacker.Unpacker(
             context.files, spec, context.warn, layer_mode=request.layer,
             in_user_namespace=context.in_user_namespace,
+            listed=None if names is None else names.add,
         )
         if request.helper:
             worker.finisher_countdown = unpacker.FINISHER_AFTER
         reader = tarreader.TarReader(context.stdin)
-        stats = worker.run(reader)
+        try:
+            stats = worker.run(reader)
+        finally:
+            if names is not None:
+                names.flush()  # what was unpacked before an error is listed too
         if not stats.entries and not reader.offset:
             # GNU tar and bsdtar refuse an empty input (a tar of only end-of-archive
             # blocks stays a valid empty archive: layers use it).
@@ -67,6 +74,27 @@ class UnpackJob:
         privileged = {what: n for what, n in worker.filter.privileged.items() if n}
         return JobReply.make(stats.entries, stats.size,
                              {"privileged": privileged} if privileged else None)
+
+
+class _NameList:
+    """The names of unpacked entries, NUL-terminated, written to the job's stdout in
+    batches (``tar -v``): the caller prints them as they come."""
+
+    __slots__ = ("_buffer", "_fd")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def add(self, name: str) -> None:
+        self._buffer += name.encode("utf-8", "surrogateescape") + b"\0"
+        if len(self._buffer) >= 16 << 10:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            write_all(self._fd, self._buffer)
+            self._buffer.clear()
 
 
 JOB = UnpackJob()
