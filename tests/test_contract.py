@@ -33,8 +33,9 @@ from chrootarchive.options import (
 
 #: What only the parent acts on: never sent to a job.
 #: What the parent adds to a spec that is no option: the caller's umask (the data
-#: filter gives directories its default mode; the worker's own umask is 0).
-SPEC_ONLY = {"umask"}
+#: filter gives directories its default mode; the worker's own umask is 0) and whether
+#: the job lists the names it unpacks (-v, on_entry).
+SPEC_ONLY = {"umask", "verbose"}
 PARENT_ONLY = {
     UnpackOptions: {"confine", "atomic"},
     PackOptions: {"confine", "compression", "compression_level"},
