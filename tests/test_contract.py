@@ -31,11 +31,11 @@ from chrootarchive.options import (
     unpack_spec,
 )
 
-#: What only the parent acts on: never sent to a job.
 #: What the parent adds to a spec that is no option: the caller's umask (the data
 #: filter gives directories its default mode; the worker's own umask is 0) and whether
 #: the job lists the names it unpacks (-v, on_entry).
 SPEC_ONLY = {"umask", "verbose"}
+#: What only the parent acts on: never sent to a job.
 PARENT_ONLY = {
     UnpackOptions: {"confine", "atomic"},
     PackOptions: {"confine", "compression", "compression_level"},
