@@ -60,6 +60,20 @@ def test_apply_layer_takes_source_first_and_returns_the_result(tmp_path: Path) -
     assert same.size == 5
 
 
+def test_one_result_type() -> None:
+    """Every operation's result is a Result; an image's is an UnpackResult over all of
+    its layers, with what an image adds."""
+    assert issubclass(chrootarchive.UnpackResult, chrootarchive.Result)
+    assert issubclass(chrootarchive.PackResult, chrootarchive.Result)
+    assert issubclass(chrootarchive.ImageResult, chrootarchive.UnpackResult)
+    image = chrootarchive.ImageResult(
+        format="oci", manifest_digest=None, config_digest="sha256:0", ref=None,
+        platform="linux/amd64", layers=(), entries=3)
+    document = image.to_json()
+    assert document["entries"] == 3 and document["privileged"] == {}
+    assert document["layers"] == [] and document["format"] == "oci"
+
+
 def test_progress_is_cumulative(tmp_path: Path) -> None:
     data = tb.TarBuilder().file("big", os.urandom(3 << 20)).build()
     archive = tmp_path / "big.tar.gz"

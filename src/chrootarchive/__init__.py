@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from chrootarchive.options import Limits as Limits
     from chrootarchive.options import PackOptions as PackOptions
     from chrootarchive.options import PackResult as PackResult
+    from chrootarchive.options import Result as Result
     from chrootarchive.options import UnpackOptions as UnpackOptions
     from chrootarchive.options import UnpackResult as UnpackResult
     from chrootarchive.runner.settings import set_debug as set_debug
@@ -86,6 +87,7 @@ _EXPORTS = {
     "MechanismUnavailableError": "chrootarchive.errors",
     "PackOptions": "chrootarchive.options",
     "PackResult": "chrootarchive.options",
+    "Result": "chrootarchive.options",
     "SourceError": "chrootarchive.errors",
     "TarStream": "chrootarchive.operations.copy",
     "UnpackOptions": "chrootarchive.options",

@@ -314,27 +314,39 @@ class UnpackOptions:
 
 
 @dataclass(frozen=True)
-class UnpackResult:
-    """What an unpack did.
+class Result:
+    """What every operation reports; :class:`UnpackResult`, :class:`PackResult` and
+    :class:`~chrootarchive.ImageResult` add what is theirs.
 
     Attributes:
-        entries: archive entries processed (excluded ones included).
-        size: sum of the entries' sizes, as Docker's ApplyLayer reports it.
+        entries: archive entries processed (unpacking: excluded ones included;
+            packing: written, hardlinks included).
+        size: unpacking: the sum of the entries' sizes, as Docker's ApplyLayer
+            reports it; packing: bytes of file data written.
         confinement: the mechanism actually used (``pivot``, ``chroot``, ...).
         warnings: things skipped or degraded, one line each.
-        privileged: what the ``fully_trusted`` filter created that only a root
-            filesystem needs, by kind (``device nodes``, ``setuid/setgid files``,
-            ``file capabilities``); empty when there was none (or another filter).
     """
 
     entries: int = 0
     size: int = 0
     confinement: str = ""
     warnings: tuple[str, ...] = field(default=())
-    privileged: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class UnpackResult(Result):
+    """What an unpack did (see :class:`Result`), and:
+
+    Attributes:
+        privileged: what the ``fully_trusted`` filter created that only a root
+            filesystem needs, by kind (``device nodes``, ``setuid/setgid files``,
+            ``file capabilities``); empty when there was none (or another filter).
+    """
+
+    privileged: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UnpackResult:
@@ -453,24 +465,10 @@ class PackOptions:
 
 
 @dataclass(frozen=True)
-class PackResult:
-    """What a pack did (available once its stream was read to the end).
-
-    Attributes:
-        entries: entries written (hardlinks included).
-        size: bytes of file data written.
-        confinement: the mechanism actually used.
-        warnings: things skipped (sockets, files that vanished or changed type while
-            being read, files that shrank), one line each.
-    """
-
-    entries: int = 0
-    size: int = 0
-    confinement: str = ""
-    warnings: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+class PackResult(Result):
+    """What a pack did (see :class:`Result`; available once its stream was read to the
+    end). Its warnings name what was skipped: sockets, files that vanished or changed
+    type while being read, files that shrank."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PackResult:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from chrootarchive.options import UnpackResult
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,11 @@ class LayerResult:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """What :func:`unpack_image` did.
+@dataclass(frozen=True, kw_only=True)
+class ImageResult(UnpackResult):
+    """What :func:`unpack_image` did: an :class:`~chrootarchive.UnpackResult` over all
+    layers (``entries``, ``size`` and ``privileged`` summed; ``confinement`` of the last
+    layer), and:
 
     Attributes:
         format: ``oci`` (an OCI image layout) or ``docker-save``.
@@ -50,12 +54,6 @@ class ImageResult:
             a ``RepoTags`` entry...), if any.
         platform: the image's platform, from its config (``linux/amd64``).
         layers: the layers applied, bottom first.
-        size: the sum of the layers' applied sizes.
-        entries: tar entries processed in all layers.
-        confinement: the mechanism used (of the last layer).
-        warnings: things skipped or degraded, one line each.
-        privileged: what the ``fully_trusted`` filter created in all layers that only
-            a root filesystem needs, by kind (see :attr:`UnpackResult.privileged`).
     """
 
     format: str
@@ -64,11 +62,6 @@ class ImageResult:
     ref: str | None
     platform: str
     layers: tuple[LayerResult, ...]
-    size: int
-    entries: int
-    confinement: str
-    warnings: tuple[str, ...] = ()
-    privileged: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
