@@ -199,7 +199,18 @@ class Unpacker:
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
+        self._reader_notes(reader)
         return self.stats
+
+    def _reader_notes(self, reader: TarReader) -> None:
+        """What the reader read leniently, as GNU tar and bsdtar do (Go refuses it)."""
+        if reader.lone_zero_block is not None:
+            self.warn(f"the archive ends at a lone zero block (offset {reader.lone_zero_block:,}):"
+                      " what follows it was not read, as GNU tar and bsdtar stop there")
+        if reader.lenient_times:
+            self.warn(f"{reader.lenient_times} PAX time records had characters after the "
+                      f"number (the first in the {reader.lenient_time_where}): read as GNU "
+                      "tar and bsdtar read them")
 
     def _loop(self, reader: TarReader) -> None:
         max_entries = self.limits.max_entries
