@@ -293,12 +293,16 @@ class UnpackResult:
         size: sum of the entries' sizes, as Docker's ApplyLayer reports it.
         confinement: the mechanism actually used (``pivot``, ``chroot``, ...).
         warnings: things skipped or degraded, one line each.
+        skipped_xattrs: xattrs of the archive not set: refused by the kernel (``EPERM``,
+            as Docker and GNU tar skip them), not supported (``best_effort_xattrs``) or
+            privileged without privilege. A warning says which.
     """
 
     entries: int = 0
     size: int = 0
     confinement: str = ""
     warnings: tuple[str, ...] = field(default=())
+    skipped_xattrs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,6 +314,7 @@ class UnpackResult:
             size=int(data["size"]),
             confinement=str(data["confinement"]),
             warnings=tuple(str(w) for w in data["warnings"]),
+            skipped_xattrs=int(data.get("skipped_xattrs", 0)),
         )
 
 

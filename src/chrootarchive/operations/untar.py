@@ -235,8 +235,10 @@ def _run_unpack(
         helper=helper, unpack=unpack_spec(options),
     )
     reply = ladder.run(root_fd, request, data, options.confine, offset_progress=offset_progress)
+    skipped = reply.details.get("skipped_xattrs", 0)
     return UnpackResult(entries=reply.entries, size=reply.size,
-                        confinement=reply.confinement, warnings=reply.warnings)
+                        confinement=reply.confinement, warnings=reply.warnings,
+                        skipped_xattrs=skipped if isinstance(skipped, int) else 0)
 
 
 def unpack_stream(

@@ -60,7 +60,8 @@ class UnpackJob:
         # Archives may be zero-padded: read the input to its end. Only on success: after
         # an error (a bomb stopped by a limit) the worker exits and the parent stops.
         reader.drain()
-        return JobReply.make(stats.entries, stats.size)
+        details = {"skipped_xattrs": stats.skipped_xattrs} if stats.skipped_xattrs else None
+        return JobReply.make(stats.entries, stats.size, details)
 
 
 JOB = UnpackJob()
