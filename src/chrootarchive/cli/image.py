@@ -8,6 +8,7 @@ import sys
 from chrootarchive.cli.args import add_common, add_unpack_options, parse_count, unpack_options
 from chrootarchive.cli.output import human_bytes, report
 from chrootarchive.cli.progress import LayerBars
+from chrootarchive.errors import printable
 from chrootarchive.options import DEFAULT_MAX_LAYERS
 
 TYPE_CHECKING = False
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         bars.close()
     report(result, args)
     if not args.json and not args.quiet and sys.stderr.isatty():
-        name = result.ref or result.manifest_digest or result.config_digest
-        print(f"unpacked {name} ({result.platform}, {len(result.layers)} layers, "
-              f"{human_bytes(result.size)}) into {args.dest}", file=sys.stderr)
+        # The ref and the platform come from the image: escaped like any name.
+        name = printable(result.ref or result.manifest_digest or result.config_digest)
+        print(f"unpacked {name} ({printable(result.platform)}, {len(result.layers)} layers, "
+              f"{human_bytes(result.size)}) into {printable(args.dest)}", file=sys.stderr)
     return 0

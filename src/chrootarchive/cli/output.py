@@ -23,8 +23,21 @@ if TYPE_CHECKING:
         def to_json(self) -> dict[str, Any]: ...
 
 
+def _printable_json(value: Any) -> Any:
+    """Every string escaped as messages are (:func:`errors.printable`, nothing
+    shortened): names from an archive or an image may hold control characters, and
+    undecodable bytes (surrogates) that no strict JSON parser accepts."""
+    if isinstance(value, str):
+        return printable(value, 0)
+    if isinstance(value, dict):
+        return {printable(str(k), 0): _printable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_json(v) for v in value]
+    return value
+
+
 def print_json(data: dict[str, Any]) -> None:
-    json.dump(data, sys.stdout)
+    json.dump(_printable_json(data), sys.stdout)
     sys.stdout.write("\n")
 
 
