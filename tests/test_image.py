@@ -805,7 +805,7 @@ CASES = {
                                ("unsupported media type", "application/vnd.example.evil.tar",
                                 "layer 1")),
     "media-type-lies": Case(case_media_type_lies, ("says gzip", "zstd"), written=False),
-    "not-an-image": Case(case_not_an_image, ("not an oci image layout",)),
+    "not-an-image": Case(case_not_an_image, ("not an image", "supported formats")),
     "breakout-in-layer": Case(case_breakout_in_layer, ("layer 1",), BreakoutError,
                               written=True),
     "blob-symlink-out-of-layout": Case(case_blob_symlink_out_of_layout, ("leaves the image",)),
@@ -887,6 +887,72 @@ def test_nesting_up_to_the_limit_is_fine(images: Path, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "dest" / "etc")) == ["b", "c"]
 
 
+def _dir_transport(root: Path, media_type: str) -> Path:
+    """containers/image's ``dir:`` layout (podman save --format docker-dir or oci-dir,
+    skopeo copy dir:): one image manifest as manifest.json, a version file, and the
+    blobs named by their hex digests."""
+    root.mkdir()
+    layer = GOOD[0]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}).encode()
+    for blob in (layer, config):
+        (root / sha256(blob).partition(":")[2]).write_bytes(blob)
+    manifest = {"schemaVersion": 2, "mediaType": media_type,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": sha256(config), "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                            "digest": sha256(layer), "size": len(layer)}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "version").write_text("Directory Transport Version: 1.1\n")
+    return root
+
+
+def _docker_v1(root: Path) -> Path:
+    """``docker save`` of Docker before 1.10: 'repositories' and a directory per layer."""
+    root.mkdir()
+    layer_id = "a" * 64
+    (root / layer_id).mkdir()
+    (root / layer_id / "layer.tar").write_bytes(GOOD[0])
+    (root / layer_id / "json").write_text(json.dumps({"id": layer_id}))
+    (root / layer_id / "VERSION").write_text("1.0")
+    (root / "repositories").write_text(json.dumps({"example": {"latest": layer_id}}))
+    return root
+
+
+@pytest.mark.parametrize(("kind", "mentions"), [
+    ("docker-dir", ("Docker v2 schema 2", "docker-dir", "'dir' layout")),
+    ("oci-dir", ("single OCI image manifest", "oci-dir")),
+    ("docker-v1", ("Docker before 1.10", "repositories")),
+    ("docker-v1-tar", ("Docker before 1.10",)),
+    ("empty", ("not an image", "no index.json")),
+])
+def test_unsupported_format_says_what_is_supported(
+        kind: str, mentions: tuple[str, ...], images: Path, tmp_path: Path,
+        run_cli: Callable[..., tuple[int, str, str]]) -> None:
+    """An image in a format we do not read gets one line that names it and lists the
+    formats that are read, not a parse error (podman save --format docker-dir gave
+    "manifest.json must be a non-empty list")."""
+    if kind == "docker-dir":
+        image = _dir_transport(images / kind, "application/vnd.docker.distribution."
+                                              "manifest.v2+json")
+    elif kind == "oci-dir":
+        image = _dir_transport(images / kind, OCI_MANIFEST)
+    elif kind.startswith("docker-v1"):
+        image = _docker_v1(images / "v1")
+        if kind.endswith("tar"):
+            image = tar_directory(image, images / "v1.tar")
+    else:
+        image = images / kind
+        image.mkdir()
+    dest = tmp_path / "dest"
+    line = assert_one_line_error(run_cli("unpack-image", image, dest), rc=1,
+                                 mentions=("not supported" if kind != "empty" else "",
+                                           "supported formats", "OCI image layout",
+                                           "docker save", *mentions))
+    assert "non-empty list" not in line
+    assert not dest.exists()
+
+
 def test_digest_check_refuses_names_before_opening() -> None:
     good = "sha256:" + "a" * 64
     assert image_module.check_digest(good, "x") == good
@@ -899,7 +965,8 @@ def test_digest_check_refuses_names_before_opening() -> None:
 
 
 def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
-    """On a terminal, one progress line per layer on stderr (tqdm), and a summary."""
+    """On a terminal, one progress line per layer on stderr (tqdm), and a summary; the
+    image's ref in it is escaped (a tag with an escape sequence prints no raw ESC)."""
     import fcntl
     import pty
     import struct
@@ -909,7 +976,7 @@ def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
 
     b = OCIBuilder(images / "tty")
     tars = [make_tar([Entry(f"f{i}", data=os.urandom(1 << 20))]) for i in range(2)]
-    b.tag(b.image(tars, "gzip"), "tty")
+    b.tag(b.image(tars, "gzip"), "tty\x1b[32m OK")
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
@@ -935,7 +1002,8 @@ def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
     err = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0, err
     assert "layer 1/2" in err and "layer 2/2" in err
-    assert "unpacked tty" in err and "2 layers" in err
+    assert "unpacked tty\\x1b[32m OK (" in err and "2 layers" in err
+    assert "\x1b[32m" not in err
     assert proc.stdout == b""
 
 

@@ -21,6 +21,7 @@ import pytest
 
 import chrootarchive
 from helpers import tree
+from helpers.tarbuild import ACL_GROUP, ACL_USER, TarBuilder, posix_acl
 
 Entry = tuple[str, str, object]  # (name, kind f/d/l/h/c, data or link target)
 
@@ -238,3 +239,93 @@ def test_overlay_format_matches_the_kernel(mechanism: str, tmp_path: Path) -> No
     assert merged == listing(applied)
     assert merged == {"a": "dir", "a/z": "z3", "a/w": "w3", "a/v": "v4", ".hdir": "dir",
                       "keep": "dir", "keep/k2": "k3", "new": "n2", "top": "t4"}
+
+
+# -- a directory declared again takes exactly its own xattrs and ACLs ------------------
+
+_MOUNT_AND_XATTRS = r"""
+import json, os, subprocess, sys
+lowers, mnt, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + lowers, mnt],
+               check=True)
+out = {}
+for name in names:
+    p = os.path.join(mnt, name)
+    out[name] = {k: os.getxattr(p, k).hex() for k in os.listxattr(p)}
+subprocess.run(["umount", mnt], check=True)
+print(json.dumps(out))
+"""
+
+_HOST_MANAGED = ("security.selinux", "security.SMACK64", "security.apparmor", "security.ima",
+                 "security.evm")
+
+
+def xattrs_of(path: Path) -> dict[str, str]:
+    return {k: os.getxattr(path, k).hex() for k in os.listxattr(path)
+            if not k.startswith(_HOST_MANAGED)}
+
+
+def test_redeclared_directory_takes_exactly_its_xattrs_as_overlayfs_shows(
+        mechanism: str, tmp_path: Path) -> None:
+    """Two layers declare the same directories with different xattrs and ACLs: applied
+    in order, each directory has exactly the upper entry's, which is what overlayfs
+    shows with the two layers as its lowers (no xattr of the lower layer survives)."""
+    privileged = mechanism != "userns"  # trusted.* needs real root
+    lower_extra = {"SCHILY.xattr.trusted.lower": b"t"} if privileged else {}
+    lower = (TarBuilder()
+             .pax({"SCHILY.xattr.user.lower": b"1", "SCHILY.xattr.user.both": b"lower",
+                   "SCHILY.xattr.system.posix_acl_access": posix_acl((ACL_USER, 7, 0)),
+                   "SCHILY.xattr.system.posix_acl_default": posix_acl((ACL_GROUP, 5, 0)),
+                   **lower_extra})
+             .dir("d", mode=0o775)
+             .file("d/f", b"lower")
+             .pax({"SCHILY.xattr.user.gone": b"x",
+                   "SCHILY.xattr.system.posix_acl_access": posix_acl((ACL_GROUP, 7, 0))})
+             .dir("e")
+             .pax({"SCHILY.xattr.user.root": b"r"}).dir("./"))
+    upper = (TarBuilder()
+             .pax({"SCHILY.xattr.user.both": b"upper", "SCHILY.xattr.user.upper": b"2"})
+             .dir("d", mode=0o755)
+             .pax({"SCHILY.xattr.system.posix_acl_access": posix_acl((ACL_USER, 5, 0))})
+             .dir("e", mode=0o775)  # the group bits are the ACL's mask (rwx)
+             .dir("./"))
+    layers = [tmp_path / "lower.tar", tmp_path / "upper.tar"]
+    lower.write(layers[0])
+    upper.write(layers[1])
+    applied = tmp_path / "applied"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    diffs = []
+    for i, path in enumerate(layers):
+        chrootarchive.apply_layer(applied, path, opts)
+        diff = tmp_path / f"diff{i}"
+        chrootarchive.apply_layer(diff, path, opts)
+        diffs.append(diff)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    names = ["d", "e", "."]
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+         _MOUNT_AND_XATTRS, f"{diffs[1]}:{diffs[0]}", str(mnt), *names],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    merged = {n: {k: v for k, v in x.items() if not k.startswith(_HOST_MANAGED)}
+              for n, x in json.loads(proc.stdout).items()}
+    ours = {n: xattrs_of(applied / n) for n in names}
+    assert ours == merged
+    assert ours["d"] == {"user.both": b"upper".hex(), "user.upper": b"2".hex()}
+    assert ours["e"] == {"system.posix_acl_access": posix_acl((ACL_USER, 5, 0)).hex()}
+    assert ours["."] == {}
+    assert (applied / "d" / "f").read_bytes() == b"lower"
+    assert stat.S_IMODE((applied / "d").stat().st_mode) == 0o755
+
+
+def test_redeclared_directory_in_plain_untar_keeps_other_xattrs(tmp_path: Path) -> None:
+    """Not a layer: a directory meeting a directory merges, as GNU tar and Docker's
+    Untar do (nothing is removed)."""
+    dest = tmp_path / "dest"
+    for i, value in enumerate((b"1", b"2")):
+        archive = tmp_path / f"{i}.tar"
+        TarBuilder().pax({f"SCHILY.xattr.user.k{i}": value}).dir("d").write(archive)
+        chrootarchive.untar(archive, dest)
+    assert xattrs_of(dest / "d") == {"user.k0": b"1".hex(), "user.k1": b"2".hex()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from chrootarchive.errors import MalformedArchiveError, printable
@@ -54,3 +57,148 @@ def test_cli_error_with_hostile_name(tmp_path, name: str) -> None:  # type: igno
     assert lines[0].startswith("chrootarchive: error: ")
     assert len(lines[0]) < 400
     assert "trunc" in lines[0].lower() or "end" in lines[0].lower(), lines[0]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _assert_strict_json(out: str) -> dict[str, object]:
+    """One JSON document that a strict parser takes: valid UTF-8 once decoded (no lone
+    surrogate from undecodable bytes), no control character in any string."""
+    doc = json.loads(out)
+    for text in _strings(doc):
+        text.encode("utf-8")  # a lone surrogate raises here
+        assert not _raw_controls(text) and "\n" not in text, repr(text)
+    return doc
+
+
+def test_json_output_escapes_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A warning naming a hostile entry (an xattr the kernel refuses, on a symlink whose
+    name holds an escape sequence and undecodable bytes): --json prints it escaped."""
+    name = b"bad\xff\x1b[32mOK"
+    archive = tmp_path / "a.tar"
+    TarBuilder().pax({"SCHILY.xattr.user.x": b"1"}).symlink(name, "t").write(archive)
+    result = run_cli("untar", "--json", archive, tmp_path / "dest")
+    assert result.rc == 0, result.err
+    doc = _assert_strict_json(result.out)
+    warnings = doc["warnings"]
+    assert isinstance(warnings, list) and len(warnings) == 1, warnings
+    assert "bad\\xff\\x1b[32mOK" in warnings[0], warnings
+    result = run_cli("untar", tmp_path / "a.tar", tmp_path / "dest2")
+    assert result.rc == 0 and "bad\\xff\\x1b[32mOK" in result.err, result.err
+    assert not _raw_controls(result.err.replace("\n", "")), repr(result.err)
+
+
+def test_image_json_escapes_the_ref(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The ref comes from the image (an index annotation): escaped in --json output."""
+    from helpers.oci_images import Entry, OCIBuilder, make_tar
+
+    b = OCIBuilder(tmp_path / "image")
+    b.tag(b.image([make_tar([Entry("f", data=b"x")])], "none"), "v1\udcff\x1b[2J")
+    result = run_cli("unpack-image", "--json", b.root, tmp_path / "dest")
+    assert result.rc == 0, result.err
+    doc = _assert_strict_json(result.out)
+    assert doc["ref"] == "v1\\xff\\x1b[2J"
+
+
+# -- a worker interpreter the caller cannot run is a setup error (exit 3) -------------
+
+_DROP_AND_UNTAR = r"""
+import importlib, os, pkgutil, sys
+sys.path.insert(0, sys.argv[1])
+import chrootarchive
+# A daemon's start-up: everything imported as root, then the user dropped.
+for info in pkgutil.walk_packages(chrootarchive.__path__, "chrootarchive."):
+    if not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
+from chrootarchive.cli.main import main
+if sys.argv[2] != "root":
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+sys.executable = sys.argv[3]
+sys.exit(main(["untar", "--confine", sys.argv[4], sys.argv[5], sys.argv[6]]))
+"""
+
+
+def _untar_with_interpreter(base, package, user: str, interpreter: str,  # type: ignore[no-untyped-def]
+                            mechanism: str = "userns"):
+    import subprocess
+
+    from helpers.unpriv import NOBODY, SYSTEM_PYTHON
+
+    archive = base / "a.tar"
+    TarBuilder().file("f", b"x").write(archive)
+    archive.chmod(0o644)
+    dest = base / "dest"
+    dest.mkdir()
+    os.chown(dest, NOBODY, NOBODY)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-c", _DROP_AND_UNTAR, str(package), user, interpreter,
+         mechanism, str(archive), str(dest)],
+        capture_output=True, text=True, timeout=60, env={"CHROOTARCHIVE_STANDBY": "0"},
+    )
+    return proc, dest
+
+
+@pytest.mark.parametrize("interpreter", ["missing", "empty", "not-executable"])
+def test_worker_interpreter_missing_is_a_setup_error(interpreter: str) -> None:
+    from helpers.unpriv import make_package_copy, world_dir
+
+    with world_dir("interp") as base:
+        package = make_package_copy(base)
+        path = {"missing": str(base / "no-such-python"), "empty": "",
+                "not-executable": str(base / "a.tar")}[interpreter]
+        proc, dest = _untar_with_interpreter(base, package, "root", path, "pivot")
+        assert proc.returncode == 3, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("chrootarchive: error: cannot start "
+                                                       "the worker"), proc.stderr
+        assert "sys.executable" in lines[0] and "bug" not in lines[0]
+        assert not (dest / "f").exists()
+
+
+def test_worker_interpreter_the_user_may_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A caller that dropped root (uid 65534), whose interpreter lives below a directory
+    only root may enter (a venv in a private home): exit 3 saying what to fix."""
+    from helpers.unpriv import SYSTEM_PYTHON, make_package_copy, world_dir
+
+    with world_dir("interp") as base:
+        package = make_package_copy(base)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        (private / "python3").symlink_to(SYSTEM_PYTHON)
+        proc, dest = _untar_with_interpreter(base, package, "nobody", str(private / "python3"))
+        assert proc.returncode == 3, proc.stderr
+        line = proc.stderr.strip()
+        assert "\n" not in line and "uid 65534 may not execute" in line, line
+        assert "bug" not in line
+        assert not (dest / "f").exists()
+
+
+def test_worker_cannot_import_the_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The interpreter runs, but the package is below a directory the (dropped) user may
+    not read: exit 3 naming the package's directory, not "exited with status 1"."""
+    import shutil
+
+    from helpers.unpriv import SYSTEM_PYTHON, make_package_copy, world_dir
+
+    with world_dir("interp") as base:
+        package = make_package_copy(base)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        shutil.move(package, private / "pythonpath")
+        proc, dest = _untar_with_interpreter(base, private / "pythonpath", "nobody",
+                                             SYSTEM_PYTHON)
+        assert proc.returncode == 3, proc.stderr
+        line = proc.stderr.strip()
+        assert "\n" not in line and "cannot import chrootarchive" in line, line
+        assert str(private / "pythonpath") in line and "uid 65534" in line, line
+        assert not (dest / "f").exists()

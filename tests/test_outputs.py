@@ -27,7 +27,7 @@ def test_json_error_document(tmp_path: Path, write_archive) -> None:
     assert result.rc == 1
     document = json.loads(result.out)
     assert document == {"schema_version": 1, "error": {
-        "class": "BreakoutError", "entry": "../evil\x1b[31m",
+        "class": "BreakoutError", "entry": "../evil\\x1b[31m",
         "message": "name would leave the destination", "exit_status": 1}}
     assert result.err.splitlines() == [
         "chrootarchive: error: ../evil\\x1b[31m: name would leave the destination"]

@@ -344,9 +344,13 @@ class UnpackResult(Result):
         privileged: what the ``fully_trusted`` filter created that only a root
             filesystem needs, by kind (``device nodes``, ``setuid/setgid files``,
             ``file capabilities``); empty when there was none (or another filter).
+        skipped_xattrs: xattrs of the archive not set: refused by the kernel (``EPERM``,
+            as Docker and GNU tar skip them), not supported (``best_effort_xattrs``) or
+            privileged without privilege. A warning says which.
     """
 
     privileged: Mapping[str, int] = field(default_factory=dict)
+    skipped_xattrs: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UnpackResult:
@@ -356,6 +360,7 @@ class UnpackResult(Result):
             confinement=str(data["confinement"]),
             warnings=tuple(str(w) for w in data["warnings"]),
             privileged={str(k): int(v) for k, v in data.get("privileged", {}).items()},
+            skipped_xattrs=int(data.get("skipped_xattrs", 0)),
         )
 
 

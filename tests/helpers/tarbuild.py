@@ -238,6 +238,33 @@ def gnu_longlink(target: bytes | str, *, nul: bool = True, **kw: object) -> byte
     )
 
 
+# -- POSIX ACLs (the system.posix_acl_* xattr values) ---------------------------------
+
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+
+
+def posix_acl(*named: tuple[int, int, int], mask: int = 7) -> bytes:
+    """A POSIX ACL xattr value (version 2): rwx owner, r-x group and other, the ``named``
+    (tag, perm, id) entries (``ACL_USER``/``ACL_GROUP``) and, with them, a mask."""
+    undefined = 0xFFFFFFFF
+    entries = [(ACL_USER_OBJ, 7, undefined), *[e for e in named if e[0] == ACL_USER],
+               (ACL_GROUP_OBJ, 5, undefined), *[e for e in named if e[0] == ACL_GROUP]]
+    if named:
+        entries.append((ACL_MASK, mask, undefined))
+    entries.append((ACL_OTHER, 5, undefined))
+    return b"\x02\x00\x00\x00" + b"".join(
+        t.to_bytes(2, "little") + p.to_bytes(2, "little") + i.to_bytes(4, "little")
+        for t, p, i in entries)
+
+
+def parse_acl(value: bytes) -> list[tuple[int, int, int]]:
+    """(tag, perm, id) of each entry of an ACL xattr value."""
+    assert value[:4] == b"\x02\x00\x00\x00", value
+    return [(int.from_bytes(value[i:i + 2], "little"), int.from_bytes(value[i + 2:i + 4], "little"),
+             int.from_bytes(value[i + 4:i + 8], "little")) for i in range(4, len(value), 8)]
+
+
 # -- A fluent builder --------------------------------------------------------------
 
 

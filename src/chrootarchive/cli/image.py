@@ -14,6 +14,7 @@ from chrootarchive.cli.args import (
 )
 from chrootarchive.cli.output import EntryLister, human_bytes, report
 from chrootarchive.cli.progress import LayerBars
+from chrootarchive.errors import printable
 from chrootarchive.options import DEFAULT_MAX_LAYERS
 
 TYPE_CHECKING = False
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         bars.close()
     report(result, args, lister.extra() if lister else None)
     if not args.json and not args.quiet and sys.stderr.isatty():
-        name = result.ref or result.manifest_digest or result.config_digest
-        print(f"unpacked {name} ({result.platform}, {len(result.layers)} layers, "
-              f"{human_bytes(result.size)}) into {args.dest}", file=sys.stderr)
+        # The ref and the platform come from the image: escaped like any name.
+        name = printable(result.ref or result.manifest_digest or result.config_digest)
+        print(f"unpacked {name} ({printable(result.platform)}, {len(result.layers)} layers, "
+              f"{human_bytes(result.size)}) into {printable(args.dest)}", file=sys.stderr)
     return 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
 
 from chrootarchive.cli.args import archive_input
-from chrootarchive.cli.output import JSON_SCHEMA_VERSION
+from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             listed: list[dict[str, Any]] = [asdict(entry) for entry in entries]
-            json.dump({"schema_version": JSON_SCHEMA_VERSION, "entries": listed}, sys.stdout)
-            sys.stdout.write("\n")
+            print_json({"schema_version": JSON_SCHEMA_VERSION, "entries": listed})
         else:
             for entry in entries:
                 sys.stdout.write(entry.line(args.verbose) + "\n")

@@ -28,10 +28,21 @@ if TYPE_CHECKING:
 JSON_SCHEMA_VERSION = 1
 
 
+def _printable_json(value: Any) -> Any:
+    """Every string escaped as messages are (:func:`errors.printable`, nothing
+    shortened): names from an archive or an image may hold control characters, and
+    undecodable bytes (surrogates) that no strict JSON parser accepts."""
+    if isinstance(value, str):
+        return printable(value, 0)
+    if isinstance(value, dict):
+        return {printable(str(k), 0): _printable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_json(v) for v in value]
+    return value
+
+
 def print_json(data: dict[str, Any]) -> None:
-    """One JSON document on a line. Names with undecodable bytes (surrogate escapes)
-    are written as ``\\udcXX`` escapes: the document stays valid JSON."""
-    json.dump(data, sys.stdout)
+    json.dump(_printable_json(data), sys.stdout)
     sys.stdout.write("\n")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from chrootarchive.errors import printable
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -63,7 +65,8 @@ class LayerBars:
     def __call__(self, event: LayerProgress) -> None:
         if not self._enabled:
             return
-        label = f"layer {event.index + 1}/{event.count} {event.digest.partition(':')[2][:12]}"
+        digest = printable(event.digest.partition(":")[2][:12])  # checked, yet escaped
+        label = f"layer {event.index + 1}/{event.count} {digest}"
         if self._tqdm is None:
             if event.finished:
                 print(f"{label}: applied", file=sys.stderr)

@@ -19,7 +19,7 @@ import posixpath
 import stat
 import time
 
-from chrootarchive.engine import filters, fsops, idmap, layer
+from chrootarchive.engine import acl, filters, fsops, idmap, layer
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -61,13 +61,15 @@ class _SkipEntry(Exception):
 
 
 class UnpackStats:
-    """Entries seen and the sum of their sizes (Docker's ApplyLayer size)."""
+    """Entries seen and the sum of their sizes (Docker's ApplyLayer size), and the
+    xattrs that were skipped (refused by the kernel, unsupported, or privileged)."""
 
-    __slots__ = ("entries", "size")
+    __slots__ = ("entries", "size", "skipped_xattrs")
 
     def __init__(self) -> None:
         self.entries = 0
         self.size = 0
+        self.skipped_xattrs = 0
 
 
 class _PendingDir:
@@ -87,6 +89,15 @@ class _PendingDir:
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
+
+#: xattrs a directory declared again by a layer keeps from below: labels that the kernel
+#: or a security module manages (as umoci leaves ``security.selinux`` and
+#: ``system.nfs4_acl`` alone). Names ending in "." are prefixes.
+_HOST_XATTRS = ("security.selinux", "security.SMACK64", "security.apparmor", "security.ima",
+                "security.evm", "system.nfs4_acl")
+#: ... and, in the overlay output format, the layer's own overlayfs markers.
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+_ACL_PROBES = 4096  # ACL ids tried in a user namespace, at most (each costs a setxattr)
 
 
 def _varint(value: int) -> bytes:
@@ -149,7 +160,18 @@ class Unpacker:
         self.unmappable: set[tuple[int, int]] = set()
         self.skipped_owners = 0
         self.skipped_devices = 0
-        self.skipped_xattrs = 0
+        self.skipped_xattrs = 0  # privileged ones, without privilege
+        self.refused_xattrs = 0  # refused by the kernel (EPERM), as Docker and GNU tar skip
+        self.refused_example = ""
+        self.unsupported_xattrs = 0  # best effort: not supported by the filesystem
+        self.stale_xattrs = 0  # of a redeclared directory, that could not be removed
+        self.acl_dropped = 0  # named ACL entries the user namespace cannot represent
+        self.acl_dropped_ids: list[str] = []
+        self.acl_known: dict[tuple[int, int], bool] = {}
+        self.acl_probes_left = _ACL_PROBES
+        self.layer_mode = layer_mode
+        self.kept_xattrs = _HOST_XATTRS + (
+            _OVERLAY_XATTRS if options.whiteout_format == "overlay" else ())
         self.limits = options.limits
         self.deadline = (None if self.limits.timeout is None
                          else time.monotonic() + self.limits.timeout)
@@ -187,6 +209,9 @@ class Unpacker:
         self.caller_owns = options.filter == "data"  # PEP 706: the owners are the caller's
         self.identity_owner = not (options.no_lchown or self.caller_owns or options.chown
                                    or options.uid_maps or options.gid_maps)
+        # ACL ids are owners: mapped when owners are (not with chown, no_lchown).
+        self.map_acl_ids = bool(options.uid_maps or options.gid_maps) and not (
+            options.no_lchown or options.filter == "data" or options.chown)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -208,7 +233,20 @@ class Unpacker:
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
+        self._reader_notes(reader)
+        self.stats.skipped_xattrs = (self.skipped_xattrs + self.refused_xattrs
+                                     + self.unsupported_xattrs)
         return self.stats
+
+    def _reader_notes(self, reader: TarReader) -> None:
+        """What the reader read leniently, as GNU tar and bsdtar do (Go refuses it)."""
+        if reader.lone_zero_block is not None:
+            self.warn(f"the archive ends at a lone zero block (offset {reader.lone_zero_block:,}):"
+                      " what follows it was not read, as GNU tar and bsdtar stop there")
+        if reader.lenient_times:
+            self.warn(f"{reader.lenient_times} PAX time records had characters after the "
+                      f"number (the first in the {reader.lenient_time_where}): read as GNU "
+                      "tar and bsdtar read them")
 
     def _loop(self, reader: TarReader) -> None:
         max_entries = self.limits.max_entries
@@ -694,6 +732,8 @@ class Unpacker:
             return
         fd = self.fs.open_dir(name)
         try:
+            if existed and self.layer_mode:
+                self._drop_other_xattrs(fd, entry)
             owner = self._owner(entry)
             if owner is not None and (existed or self._needs_chown(owner, posixpath.dirname(name))):
                 self._chown(fd, owner, entry.name, os.fchown)
@@ -801,11 +841,54 @@ class Unpacker:
         for key, value in entry.xattrs.items():
             self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
 
+    def _drop_other_xattrs(self, fd: int, entry: TarEntry) -> None:
+        """A directory that a layer declares again takes exactly this entry's xattrs and
+        ACLs, as overlayfs shows the upper directory's (and umoci clears them): remove
+        the lower one's others, but for labels the host manages."""
+        names: list[str] = []
+        try:
+            # trusted.* are listed (and removed) only with CAP_SYS_ADMIN.
+            fsops.with_privilege(lambda: names.extend(os.listxattr(fd)))
+        except OSError as err:
+            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return
+            raise
+        wanted = entry.xattrs
+        for key in names:
+            if key in wanted or key.startswith(self.kept_xattrs):
+                continue
+            try:
+                if key.startswith("trusted."):
+                    def remove(name: str = key) -> None:
+                        os.removexattr(fd, name)
+
+                    fsops.with_privilege(remove)
+                else:
+                    os.removexattr(fd, key)
+            except OSError as err:
+                if err.errno == errno.ENODATA:
+                    continue
+                if err.errno in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    self.stale_xattrs += 1
+                    continue
+                raise from_os_error(err, entry.name, kind=ArchiveError,
+                                    action=f"removing xattr {key}") from err
+
+    def _acl_host_ids(self, value: bytes, entry: str) -> bytes:
+        maps = self.options
+        return acl.map_ids(
+            value,
+            lambda i: idmap.to_host_or_fail(i, maps.uid_maps, "uid", entry),
+            lambda i: idmap.to_host_or_fail(i, maps.gid_maps, "gid", entry),
+        )
+
     def _set_xattr(
         self, setter: Callable[[str, bytes], None], key: str, value: bytes,
         entry: TarEntry | str,
     ) -> None:
         entry_name = entry if isinstance(entry, str) else entry.name
+        if self.map_acl_ids and key in acl.ACL_XATTRS:
+            value = self._acl_host_ids(value, entry_name)
         try:
             if key.startswith("trusted."):
                 fsops.with_privilege(lambda: setter(key, value))
@@ -813,13 +896,71 @@ class Unpacker:
                 setter(key, value)
         except OSError as err:
             if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
+                self.unsupported_xattrs += 1
                 self.warn(f"{entry_name}: xattr {key} not supported here, skipped")
                 return
-            if err.errno == errno.EPERM and self.limited and not key.startswith("user."):
-                self.skipped_xattrs += 1  # trusted.* and friends need real root
+            if err.errno == errno.EPERM:
+                # Refused by the kernel: a privileged namespace without privilege, or
+                # security.ima under an IMA policy, user.* on a symlink. Docker and GNU
+                # tar skip these with a warning.
+                if self.limited and not key.startswith("user."):
+                    self.skipped_xattrs += 1  # trusted.* and friends need real root
+                else:
+                    if not self.refused_xattrs:
+                        self.refused_example = f"{key} of {entry_name}"
+                    self.refused_xattrs += 1
                 return
+            if err.errno == errno.EINVAL and self.limited and key in acl.ACL_XATTRS:
+                try:
+                    if self._set_representable_acl(setter, key, value):
+                        return
+                except OSError as again:
+                    err = again
             raise from_os_error(err, entry_name, kind=ArchiveError,
                                 action=f"setting xattr {key}") from err
+
+    def _set_representable_acl(
+        self, setter: Callable[[str, bytes], None], key: str, value: bytes
+    ) -> bool:
+        """In a user namespace, an ACL naming an id outside its map is refused whole
+        (EINVAL): set it without those entries (they grant nothing anyone here could
+        use), as owners that cannot be represented are skipped. False if every entry is
+        representable (the EINVAL has another cause)."""
+        entries = acl.parse(value)
+        if entries is None:
+            return False
+        named = (acl.USER, acl.GROUP)
+        kept = []
+        for item in entries:
+            tag, _perm, ident = item
+            if tag in named:
+                known = self.acl_known.get((tag, ident))
+                if known is None and self.acl_probes_left <= 0:
+                    known = False  # a hostile number of distinct ids: no more probes
+                elif known is None:
+                    # The kernel alone knows the namespace's map (/proc is not in the
+                    # jail): ask it with this one entry, once per id.
+                    self.acl_probes_left -= 1
+                    probe = [e for e in entries if e[0] not in named or e is item]
+                    try:
+                        setter(key, acl.build(probe))
+                        known = True
+                    except OSError as err:
+                        if err.errno != errno.EINVAL:
+                            raise
+                        known = False
+                    self.acl_known[(tag, ident)] = known
+                if not known:
+                    self.acl_dropped += 1
+                    shown = f"{'u' if tag == acl.USER else 'g'}:{ident}"
+                    if len(self.acl_dropped_ids) < 5 and shown not in self.acl_dropped_ids:
+                        self.acl_dropped_ids.append(shown)
+                    continue
+            kept.append(item)
+        if len(kept) == len(entries):
+            return False
+        setter(key, acl.build(kept))
+        return True
 
     # -- what cannot be represented without privilege ----------------------------
 
@@ -867,6 +1008,18 @@ class Unpacker:
         if self.skipped_xattrs:
             self.warn(f"{self.skipped_xattrs} privileged xattrs (trusted.*) skipped: they "
                       "need real root")
+        if self.refused_xattrs:
+            self.warn(f"{self.refused_xattrs} xattrs refused by the kernel (operation not "
+                      f"permitted) skipped, as Docker and GNU tar skip them (the first: "
+                      f"{self.refused_example})")
+        if self.acl_dropped:
+            ids = ", ".join(self.acl_dropped_ids)
+            self.warn(f"{self.acl_dropped} ACL entries left out: their ids ({ids}"
+                      f"{', ...' if self.acl_dropped > len(self.acl_dropped_ids) else ''}) "
+                      "are outside the user namespace's id map and cannot be represented")
+        if self.stale_xattrs:
+            self.warn(f"{self.stale_xattrs} xattrs of directories declared again by the "
+                      "layer could not be removed (not permitted here)")
 
     # -- the end ------------------------------------------------------------------
 

@@ -40,6 +40,11 @@ through its ``manifest.json`` (tags as ``RepoTags``), whose layer and config nam
 ``blobs/sha256/...`` and so are checked against their digests too. Without
 ``manifest.json``, the same archive is read as the OCI layout it holds.
 
+Other formats are refused with a message that names them and lists these two:
+containers/image's ``dir:`` layout (``podman save --format docker-dir`` or ``oci-dir``,
+``skopeo copy dir:``: one image manifest as ``manifest.json`` and bare blobs), and the
+``docker save`` of Docker before 1.10 (``repositories``, no ``manifest.json``).
+
 Docker's ``docker save`` has no digest for its ``manifest.json`` (nor an OCI layout for
 its ``index.json``): the chain of trust starts there. Pass a digest as ``ref`` to pin
 an OCI image by its manifest digest, or a ``docker save`` image by its image ID (its

@@ -322,6 +322,7 @@ def unpack_image(
                     media_type=layer.media_type,
                     compression=kind,
                     blob_size=layer.blob_size, size=result.size, entries=result.entries,
+                    skipped_xattrs=result.skipped_xattrs,
                 ))
     return ImageResult(
         format=plan.format, manifest_digest=plan.manifest_digest,

@@ -26,7 +26,14 @@ from chrootarchive.image.documents import (
     verify_blob,
 )
 from chrootarchive.image.layout import Layout
-from chrootarchive.image.mediatypes import CONFIG_TYPES, CONTAINERD_NAME, DOCKER_CONFIG, LAYER_TYPES
+from chrootarchive.image.mediatypes import (
+    CONFIG_TYPES,
+    CONTAINERD_NAME,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    LAYER_TYPES,
+    OCI_MANIFEST,
+)
 from chrootarchive.image.platforms import normalize_platform, platform_rank
 from chrootarchive.image.selection import (
     Selection,
@@ -179,10 +186,9 @@ _DOCKER_CONFIG_NAME = re.compile(r"(?:.*/)?([a-f0-9]{64})(?:\.json)?")
 _BLOB_PATH = re.compile(r"(?:\./)?blobs/(sha256|sha512)/([a-f0-9]+)")
 
 
-def _plan_docker(layout: Layout, ref: str | None, sel: Selection,
+def _plan_docker(layout: Layout, doc: list[Any], ref: str | None, sel: Selection,
                  max_layers: int) -> Plan:
-    doc = read_root_json(layout, "manifest.json", "manifest.json")
-    if not isinstance(doc, list) or not doc:
+    if not doc:
         raise ImageError("manifest.json must be a non-empty list", "manifest.json")
     entries = [as_object(e, "an entry of manifest.json", "manifest.json") for e in doc]
     configs: list[tuple[dict[str, Any], str, str | None]] = []
@@ -263,10 +269,47 @@ def _plan_docker(layout: Layout, ref: str | None, sel: Selection,
                 sel.warnings)
 
 
+#: What unpack_image reads: said whenever an image is in another format.
+SUPPORTED_FORMATS = (
+    "supported formats: an OCI image layout (oci-layout, index.json, blobs/), as a "
+    "directory or a tar (podman save --format oci-archive, skopeo copy oci: or "
+    "oci-archive:, docker save of Docker 25 and later), and a docker save archive "
+    "(manifest.json listing the images, a directory or a tar: docker save, podman save "
+    "--format docker-archive)"
+)
+
+
+def _not_supported(what: str, where: str) -> ImageError:
+    return ImageError(f"{what} is not supported; {SUPPORTED_FORMATS}", where)
+
+
+def _single_manifest(layout: Layout, doc: Any) -> ImageError:
+    """manifest.json holds one image manifest, not docker save's list: containers/image's
+    ``dir:`` layout (podman save --format docker-dir or oci-dir, skopeo copy dir:)."""
+    if isinstance(doc, dict) and "schemaVersion" in doc:
+        media = doc.get("mediaType")
+        kind = ("Docker schema 1" if doc.get("schemaVersion") == 1
+                else "Docker v2 schema 2" if media == DOCKER_MANIFEST
+                else "OCI" if media in (None, OCI_MANIFEST) else clip(media))
+        dir_transport = " in a containers/image 'dir' layout" if layout.exists("version") else ""
+        return _not_supported(
+            f"a single {kind} image manifest{dir_transport} (podman save --format docker-dir "
+            "or oci-dir, skopeo copy dir:)", "manifest.json")
+    return _not_supported("a manifest.json that is not docker save's list of images",
+                          "manifest.json")
+
+
 def make_plan(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
     if layout.exists("manifest.json"):
-        return _plan_docker(layout, ref, sel, max_layers)
+        doc = read_root_json(layout, "manifest.json", "manifest.json")
+        if isinstance(doc, list):
+            return _plan_docker(layout, doc, ref, sel, max_layers)
+        if not layout.exists("index.json"):
+            raise _single_manifest(layout, doc)
     if layout.exists("index.json"):
         return _plan_oci(layout, ref, sel, max_layers)
-    raise ImageError("not an OCI image layout (no index.json) nor a docker save archive "
-                     "(no manifest.json)", layout.description)
+    if layout.exists("repositories"):
+        raise _not_supported("a docker save archive of Docker before 1.10 ('repositories' "
+                             "and per-layer directories, no manifest.json)", "repositories")
+    raise ImageError("not an image: no index.json (OCI image layout) and no manifest.json "
+                     f"(docker save); {SUPPORTED_FORMATS}", layout.description)

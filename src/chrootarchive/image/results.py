@@ -24,6 +24,7 @@ class LayerResult:
         blob_size: bytes of the blob read.
         size: the applied size (the sum of the entries' sizes, as Docker reports it).
         entries: tar entries processed.
+        skipped_xattrs: xattrs not set (see ``UnpackResult.skipped_xattrs``).
     """
 
     index: int
@@ -34,6 +35,7 @@ class LayerResult:
     blob_size: int
     size: int
     entries: int
+    skipped_xattrs: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -63,7 +63,7 @@ def _backing_rlimits(limits: LimitSpec | None) -> None:
     if max_file is not None:
         # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.
         _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        want = max_file + 1
+        want = min(max_file + 1, (1 << 63) - 1)  # rlim_t as Python converts it
         if hard == resource.RLIM_INFINITY or want <= hard:
             resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
     depth = (limits.max_path_depth if limits is not None else None) or 1024

@@ -279,9 +279,11 @@ def _run_unpack(
     reply = ladder.run(root_fd, request, data, options.confine,
                        offset_progress=offset_progress, names=on_entry)
     privileged = reply.details.get("privileged") or {}
+    skipped = reply.details.get("skipped_xattrs", 0)
     return UnpackResult(entries=reply.entries, size=reply.size,
                         confinement=reply.confinement, warnings=reply.warnings,
-                        privileged={str(k): int(v) for k, v in privileged.items()})
+                        privileged={str(k): int(v) for k, v in privileged.items()},
+                        skipped_xattrs=skipped if isinstance(skipped, int) else 0)
 
 
 def unpack_stream(

@@ -17,15 +17,53 @@ import os
 import subprocess
 import sys
 
-__all__ = ["Booted"]
+from chrootarchive.errors import ConfinementError
+
+__all__ = ["EXIT_NO_PACKAGE", "Booted", "cannot_import_error", "interpreter_error"]
 
 _DISCARD_WAIT = 5.0  # seconds for a discarded worker to end (it dies with us anyway)
 _FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
+#: The worker's exit status when its interpreter cannot import the package.
+EXIT_NO_PACKAGE = 119
 
 _BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from chrootarchive.jail.main import child_main; child_main(sys.argv[2:])"
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "try:\n"
+    " from chrootarchive.jail.main import child_main\n"
+    "except (ImportError, OSError):\n"
+    f" sys.exit({EXIT_NO_PACKAGE})\n"
+    "child_main(sys.argv[2:])"
 )
+
+
+def interpreter_error(err: OSError) -> ConfinementError:
+    """The worker's interpreter could not be started: a setup problem, said with the fix.
+
+    The worker runs ``sys.executable``; an embedded interpreter has none, and a caller
+    that changed its user (or a venv below a private home) may not be allowed to run it.
+    """
+    exe = sys.executable
+    user = f"uid {os.geteuid()}"
+    if not exe:
+        what = "there is no Python interpreter to run it with (sys.executable is empty)"
+    elif isinstance(err, FileNotFoundError):
+        what = f"its interpreter {exe!r} (sys.executable) does not exist"
+    elif isinstance(err, PermissionError):
+        what = (f"{user} may not execute its interpreter {exe!r} (sys.executable): make it "
+                "and its directories executable for this user")
+    else:
+        what = f"its interpreter {exe!r} (sys.executable) cannot be run: {err.strerror or err}"
+    return ConfinementError(
+        f"cannot start the worker: {what}; or run chrootarchive with a python3 that {user} "
+        "can execute")
+
+
+def cannot_import_error() -> ConfinementError:
+    """The worker's interpreter started but could not import the package."""
+    return ConfinementError(
+        f"the worker's interpreter {sys.executable!r} cannot import chrootarchive from "
+        f"{_package_parent()!r} as uid {os.geteuid()}: make the package readable (and its "
+        "directories searchable) for this user, or install it where this user can read it")
 
 
 def _package_parent() -> str:

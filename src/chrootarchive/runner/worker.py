@@ -28,7 +28,12 @@ from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.confine import userns
 from chrootarchive.jail.main import READY
 from chrootarchive.runner import standby
-from chrootarchive.runner.spawn import Booted
+from chrootarchive.runner.spawn import (
+    EXIT_NO_PACKAGE,
+    Booted,
+    cannot_import_error,
+    interpreter_error,
+)
 
 __all__ = ["Running", "Worker"]
 
@@ -69,7 +74,14 @@ def _pipe(big: bool = False) -> tuple[int, int]:
 def _boot(job: str) -> Booted:
     """A worker for ``job``: this thread's standby if it may be used, else a new one."""
     booted = standby.take(job)
-    return booted if isinstance(booted, Booted) else Booted(job)
+    return booted if isinstance(booted, Booted) else _spawn(job)
+
+
+def _spawn(job: str) -> Booted:
+    try:
+        return Booted(job)
+    except OSError as err:
+        raise interpreter_error(err) from err
 
 
 def _has_stderr() -> bool:
@@ -135,7 +147,7 @@ class Worker:
                 booted.hand_over(document, fds)
             except OSError:
                 booted.discard()  # a standby that died meanwhile: spawn one now
-                booted = Booted(job)
+                booted = _spawn(job)
                 with contextlib.suppress(OSError):  # it died at once: finish() says why
                     booted.hand_over(document, fds)
         except BaseException:
@@ -250,6 +262,8 @@ class Worker:
 
 def _decode(reply: bytes, returncode: int) -> JobReply:
     if not reply:
+        if returncode == EXIT_NO_PACKAGE:
+            raise cannot_import_error()
         if returncode < 0:
             name = signal.Signals(-returncode).name
             raise WorkerError(f"the worker was killed by {name} before it finished")

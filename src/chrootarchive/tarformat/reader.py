@@ -7,9 +7,13 @@ sizes the headers declare. Names stay untrusted strings (decoded utf-8 with
 surrogateescape) until unpack cleans them.
 
 Where readers disagree, extraction follows GNU tar, except where Go's archive/tar (what
-Docker uses) is stricter: malformed PAX records, NUL bytes in PAX names, a lone zero
-block followed by data. PAX global headers are validated and then ignored, as Docker
-does (GNU tar and tarfile apply them).
+Docker uses) is stricter: malformed PAX records, NUL bytes in PAX names, sparse maps
+whose slots GNU tar and bsdtar read differently. Two things GNU tar and bsdtar agree on
+and Go refuses are read as they read them, and noted for a warning: a lone zero block
+followed by data ends the archive (:attr:`TarReader.lone_zero_block`), and a PAX time
+with trailing characters after ``[-]seconds[.fraction]`` is that number
+(:attr:`TarReader.lenient_times`). PAX global headers are validated and then ignored,
+as Docker does (GNU tar and tarfile apply them).
 """
 
 from __future__ import annotations
@@ -264,6 +268,23 @@ def _pax_time(raw: bytes) -> int | None:
     return -nanos if negative else nanos
 
 
+def _pax_time_prefix(raw: bytes) -> int | None:
+    """The leading "[-]seconds[.fraction]" of a PAX time followed by other characters,
+    as GNU tar and bsdtar both read it ("999xxx" is 999 s), or None when it does not
+    start with one (there they disagree: GNU tar refuses, bsdtar reads 0)."""
+    start = 1 if raw.startswith(b"-") else 0
+    end = start
+    while end < len(raw) and 0x30 <= raw[end] <= 0x39:
+        end += 1
+    if end == start:
+        return None
+    if end < len(raw) and raw[end] == 0x2E:  # "."
+        end += 1
+        while end < len(raw) and 0x30 <= raw[end] <= 0x39:
+            end += 1
+    return _pax_time(raw[:end].rstrip(b"."))
+
+
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -353,6 +374,11 @@ class TarReader:
         self._started = False
         self._done = False
         self.global_headers = 0  # PAX global headers seen (validated, then ignored)
+        # Read as GNU tar and bsdtar read them (Go refuses), for the caller to warn about:
+        self.lone_zero_block: int | None = None  # offset of a lone zero block that
+        # ended the archive although data followed it
+        self.lenient_times = 0  # PAX times with trailing characters after the number
+        self.lenient_time_where = ""  # the first one's extended header
 
     # -- public interface ---------------------------------------------------------
 
@@ -582,7 +608,11 @@ class TarReader:
         if self._seekable and size >= SEEK_MIN and not self._eof:
             # Seek to the last byte and read it: lseek happily goes past the end of
             # the file, and a truncated archive must not pass unnoticed.
-            os.lseek(self._fd, size - 1, os.SEEK_CUR)
+            try:
+                os.lseek(self._fd, size - 1, os.SEEK_CUR)
+            except OSError:
+                # EINVAL/EOVERFLOW: past the largest offset, so past the end of the file.
+                _fail("unexpected end of archive: truncated data", name)
             self._base += size - 1
             size = 1
         while size:
@@ -687,7 +717,11 @@ class TarReader:
             self._pos = pos + BLOCK
             if buf.startswith(ZERO_BLOCK, pos):
                 return None  # two zero blocks: the end-of-archive marker
-            _fail("a lone zero block is followed by data", nxt)
+            # A lone zero block followed by data: GNU tar, bsdtar and tarfile stop
+            # there (GNU tar warns), Go refuses. No reader extracts what follows: the
+            # archive ends here, and the caller warns (the rest is drained unread).
+            self.lone_zero_block = where
+            return None
         hdr = buf[pos : pos + BLOCK]
         if not _checksum_ok(hdr):
             if first:
@@ -823,8 +857,7 @@ class TarReader:
             pos = stop
         return pax
 
-    @staticmethod
-    def _pax_record(pax: _Pax, key: str, value: bytes, where: str) -> None:
+    def _pax_record(self, pax: _Pax, key: str, value: bytes, where: str) -> None:
         """Apply one record. An empty value removes an earlier one (POSIX, Go)."""
         if key == "path" or key == "linkpath":
             if 0 in value:
@@ -838,7 +871,12 @@ class TarReader:
         elif key == "mtime" or key == "atime" or key == "ctime":
             time = _pax_time(value)
             if value and time is None:
-                _fail(f"invalid PAX {key} {value[:40]!r}", where)
+                time = _pax_time_prefix(value)
+                if time is None:
+                    _fail(f"invalid PAX {key} {value[:40]!r}", where)
+                if not self.lenient_times:
+                    self.lenient_time_where = where
+                self.lenient_times += 1
             if key != "ctime":
                 setattr(pax, key, time)
         elif key == "uname" or key == "gname":
@@ -907,6 +945,10 @@ class TarReader:
             for slot in range(first, first + 24 * count, 24):
                 if block[slot] == 0 and block[slot + 12] == 0:
                     ended = True  # GNU tar and Go stop at the first empty slot
+                    if any(block[s] or block[s + 12]
+                           for s in range(slot + 24, first + 24 * count, 24)):
+                        # bsdtar skips the empty slot and reads on: another file.
+                        _fail("sparse map has a used slot after an empty one", name)
                     break
                 offset = _number(block[slot : slot + 12])
                 length = _number(block[slot + 12 : slot + 24])

@@ -71,9 +71,13 @@ class UnpackJob:
         # Archives may be zero-padded: read the input to its end. Only on success: after
         # an error (a bomb stopped by a limit) the worker exits and the parent stops.
         reader.drain()
+        details: dict[str, object] = {}
         privileged = {what: n for what, n in worker.filter.privileged.items() if n}
-        return JobReply.make(stats.entries, stats.size,
-                             {"privileged": privileged} if privileged else None)
+        if privileged:
+            details["privileged"] = privileged
+        if stats.skipped_xattrs:
+            details["skipped_xattrs"] = stats.skipped_xattrs
+        return JobReply.make(stats.entries, stats.size, details or None)
 
 
 class _NameList:
