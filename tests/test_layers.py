@@ -296,9 +296,9 @@ def test_redeclared_directory_takes_exactly_its_xattrs_as_overlayfs_shows(
     opts = chrootarchive.UnpackOptions(confine=mechanism)
     diffs = []
     for i, path in enumerate(layers):
-        chrootarchive.apply_layer(applied, path, opts)
+        chrootarchive.apply_layer(path, applied, opts)
         diff = tmp_path / f"diff{i}"
-        chrootarchive.apply_layer(diff, path, opts)
+        chrootarchive.apply_layer(path, diff, opts)
         diffs.append(diff)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
