@@ -95,8 +95,10 @@ def check_symlink(name: str, unsafe_target: str, entry: str) -> None:
         )
 
 
-def _translate(pattern: str) -> str:
-    """Translate one filepath.Match-style pattern (plus ``**``) to a regex."""
+def _translate(pattern: str, *, across_slashes: bool = False) -> str:
+    """One glob to a regex: Docker's (``filepath.Match`` plus ``**``: ``*`` and ``?``
+    stay within one component) or, ``across_slashes``, GNU tar's (``*`` and ``?``
+    match ``/`` too: tar's default for excludes; ``[]...]`` holds a ``]``)."""
     import re  # only for patterns (the worker imports it before the jail when needed)
 
     out = []
@@ -104,21 +106,27 @@ def _translate(pattern: str) -> str:
     while i < n:
         c = pattern[i]
         if c == "*":
-            if pattern.startswith("**", i):
+            if across_slashes:
+                while i + 1 < n and pattern[i + 1] == "*":
+                    i += 1  # a run of stars is one: no needless backtracking
+                out.append(".*")
+            elif pattern.startswith("**", i):
                 out.append(".*")
                 i += 2
                 if pattern.startswith("/", i):
                     out.append("(?:/|)")  # "**/" also matches nothing
                     i += 1
                 continue
-            out.append("[^/]*")
+            else:
+                out.append("[^/]*")
         elif c == "?":
-            out.append("[^/]")
+            out.append("." if across_slashes else "[^/]")
         elif c == "\\" and i + 1 < n:
             i += 1
             out.append(re.escape(pattern[i]))
         elif c == "[":
-            j = pattern.find("]", i + 1)
+            first = i + 2 if across_slashes and pattern.startswith("[]", i) else i + 1
+            j = pattern.find("]", first)
             if j < 0:
                 raise ValueError(f"bad exclude pattern {pattern!r}: unclosed '['")
             body = pattern[i + 1 : j]
@@ -137,39 +145,6 @@ def _translate(pattern: str) -> str:
 _GLOB_CHARS = frozenset("*?[\\")
 
 
-def _translate_tar(pattern: str) -> str:
-    """One GNU tar wildcard to a regex: ``*`` and ``?`` match ``/`` too (tar's
-    ``--wildcards-match-slash``, its default for excludes)."""
-    import re  # see _translate
-
-    out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            while i + 1 < n and pattern[i + 1] == "*":
-                i += 1  # a run of stars is one: no needless backtracking
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            j = pattern.find("]", i + 2 if pattern.startswith("[]", i) else i + 1)
-            if j < 0:
-                raise ValueError(f"bad exclude pattern {pattern!r}: unclosed '['")
-            body = pattern[i + 1 : j]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
 class TarPatternMatcher:
     """GNU tar's ``--exclude``: a pattern matches the whole name, or any tail of it
     that starts after a ``/``, and a name below what it matches (``*.txt`` excludes
@@ -180,7 +155,8 @@ class TarPatternMatcher:
     def __init__(self, patterns: Iterable[str]) -> None:
         import re  # see _translate
 
-        alternatives = [_translate_tar(p.rstrip("/") or p) for p in patterns if p]
+        alternatives = [_translate(p.rstrip("/") or p, across_slashes=True)
+                        for p in patterns if p]
         self._regex = (re.compile(r"(?:.*/)?(?:" + "|".join(alternatives) + r")(?:/.*)?\Z",
                                   re.DOTALL) if alternatives else None)
 
