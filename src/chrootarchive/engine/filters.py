@@ -63,16 +63,16 @@ class EntryFilter:
         }
 
     def note(self, entry: TarEntry) -> None:
-        """``fully_trusted``: count what the entry will create that needs privilege.
-
-        Called only for entries with special bits, xattrs or a device kind.
-        """
-        if entry.kind in _NODES:
-            self.privileged["device nodes"] += 1
-        elif entry.kind not in _LINK_OR_DIR and entry.mode & 0o6000:
+        """``fully_trusted``: count a setuid or setgid file (called only for entries
+        with those bits). Device nodes and file capabilities are counted by
+        :meth:`made` where they are made: without privilege they are skipped."""
+        if entry.kind not in _LINK_OR_DIR:
             self.privileged["setuid/setgid files"] += 1
-        if entry.xattrs and _CAPABILITY in entry.xattrs:
-            self.privileged["file capabilities"] += 1
+
+    def made(self, what: str) -> None:
+        """``fully_trusted``: a ``device nodes`` or ``file capabilities`` was made."""
+        if self.name == "fully_trusted":
+            self.privileged[what] += 1
 
     def keep(self, entry: TarEntry) -> bool:
         """``tar`` or ``data``: rewrite ``entry``; False when it is dropped.

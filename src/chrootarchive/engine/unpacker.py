@@ -53,7 +53,6 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
-_DEVICE_KINDS = (tarreader.CHARDEV, tarreader.BLOCKDEV)
 
 
 class _SkipEntry(Exception):
@@ -284,7 +283,7 @@ class Unpacker:
         if self.filtering:
             if not self.filter.keep(entry):
                 return False
-        elif entry.mode & 0o6000 or entry.xattrs or entry.kind in _DEVICE_KINDS:
+        elif entry.mode & 0o6000:
             self.filter.note(entry)
         if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
@@ -797,6 +796,8 @@ class Unpacker:
                 raise
             self.skipped_devices += 1  # devices need real root (CAP_MKNOD in init userns)
             return
+        if entry.kind != tarreader.FIFO and (entry.devmajor or entry.devminor):
+            self.filter.made("device nodes")  # not a 0/0 whiteout
         self._path_metadata(name, entry)
 
     def _path_metadata(self, name: str, entry: TarEntry) -> None:
@@ -894,6 +895,8 @@ class Unpacker:
                 fsops.with_privilege(lambda: setter(key, value))
             else:
                 setter(key, value)
+                if key == "security.capability":
+                    self.filter.made("file capabilities")
         except OSError as err:
             if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and self.options.best_effort_xattrs:
                 self.unsupported_xattrs += 1
