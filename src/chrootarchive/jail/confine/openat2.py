@@ -22,7 +22,13 @@ from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
 from chrootarchive.engine.jobs import JobContext
-from chrootarchive.errors import ChrootArchiveError, DestinationError, InternalError, from_os_error
+from chrootarchive.errors import (
+    BreakoutError,
+    ChrootArchiveError,
+    DestinationError,
+    InternalError,
+    from_os_error,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,10 +67,12 @@ class Openat2FileOps(fsops.FileOps):
     def _resolve(self, path: str, flags: int) -> int:
         while True:
             try:
-                return _linux.openat2(self.root_fd, self._full(path), flags | os.O_CLOEXEC,
-                                      0, RESOLVE)
+                fd = _linux.openat2(self.root_fd, self._full(path), flags | os.O_CLOEXEC,
+                                    0, RESOLVE)
             except BlockingIOError:
                 continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
+            _refuse_kernel_filesystems(fd, path)
+            return fd
 
     def _parent(self, path: str) -> tuple[int, str]:
         parent, _, name = path.rpartition("/")
@@ -175,6 +183,22 @@ class Openat2FileOps(fsops.FileOps):
             if err.errno != errno.ENOSYS:
                 raise
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
+
+
+_KERNEL_FILESYSTEMS = {_linux.PROC_SUPER_MAGIC: "procfs", _linux.SYSFS_MAGIC: "sysfs"}
+
+
+def _refuse_kernel_filesystems(fd: int, path: str) -> None:
+    """A procfs or sysfs mounted inside the root is never written, read or walked.
+
+    ``pivot`` and ``chroot`` detach such mounts; in-process there is no mount namespace
+    of our own, so every descriptor resolution gives is checked (one ``fstatfs``): no
+    object below them can be reached but through one.
+    """
+    kind = _KERNEL_FILESYSTEMS.get(_linux.fstatfs_type(fd))
+    if kind is not None:
+        os.close(fd)
+        raise BreakoutError(f"a {kind} mounted inside the destination (refused)", path)
 
 
 def _current_umask() -> int:
