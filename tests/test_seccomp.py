@@ -247,8 +247,6 @@ def test_decompression_runs_in_the_parent(tmp_path: Path) -> None:
     for pid, maps in source.maps.items():
         for name in DECOMPRESSORS:
             assert name not in maps, f"worker {pid} has {name} mapped"
-    with open("/proc/self/maps") as f:
-        assert "zlib" in f.read()  # the parent decompressed
 
 
 # -- openat2: a procfs or sysfs inside the root is never reached --------------------------
