@@ -1,4 +1,5 @@
-"""The worker's seccomp filter, call by call, in real locked-down processes.
+"""The worker's seccomp filter, call by call, in real locked-down processes; and the
+other item-7 defences: decompression in the parent, signals, the kernel's file systems.
 
 Each system call the filter has a rule for is made, by number, by the ``probe`` job
 inside a real worker (:func:`chrootarchive.engine.jobs.probe.syscall_attempts`), with
@@ -8,17 +9,24 @@ own; the same calls are therefore also made by a process that replays the worker
 confinement and lockdown while keeping every capability (only the filter can refuse
 there), and by one that keeps every capability without the filter (the kernel's own
 answer, which must differ: removing any rule from the filter fails a test here).
+
+Then: decompression is shown to run in the parent (what the worker reads, what it
+maps); the worker signals only itself and its helper still ends; and a procfs, sysfs
+or cgroup2 mounted inside the destination (in a child's private mount namespace) is
+detached by ``pivot`` and ``chroot`` and never reached under ``openat2``, unpacking or
+packing.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import zlib
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,12 +36,13 @@ from chrootarchive import _linux
 from chrootarchive.contract import JobRequest
 from chrootarchive.options import UnpackOptions
 from chrootarchive.runner.worker import Worker
-from helpers.tarbuild import TarBuilder
+from helpers.tarbuild import TarBuilder, compress
 
 ALLOWED_ANSWERS = {"clone:plain": "EINVAL", "kill:self": "ALLOWED",
-                   "prlimit64:self": "ALLOWED"}
+                   "prlimit64:self": "ALLOWED", "ioctl:plain": "EBADF"}
 """What must still work: clone() without a namespace flag (threads, the finisher's fork;
-the kernel answers EINVAL to these arguments), signalling itself, its own limits."""
+the kernel answers EINVAL to these arguments), signalling itself, its own limits, and
+ioctl() requests other than the refused ones (EBADF: no such descriptor)."""
 
 
 def expected(name: str) -> str:
@@ -66,11 +75,17 @@ REPLAY = textwrap.dedent(
 
     jail, mode = sys.argv[1:3]
 
+    # Every capability this process holds (a container may lack some, e.g.
+    # CAP_SYS_RESOURCE outside its bounding set: capset() would refuse those).
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+    HELD = {name for name, bit in _linux.CAPABILITIES.items() if mask >> bit & 1}
+
     class EveryCapability:
         dormant_capabilities = frozenset()
 
         def capabilities(self, request):
-            return set(_linux.CAPABILITIES)
+            return HELD
 
     if mode == "no-filter":
         _linux.install_seccomp_denylist = lambda: None
@@ -109,10 +124,10 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str
 
 
 def _names() -> list[str]:
-    names = [n for n in _linux.SYSCALL_NUMBERS if n != "getpid" and n != "clone"]
+    names = [n for n in _linux.SYSCALL_NUMBERS if n not in ("getpid", "clone", "ioctl")]
     names += ["clone:NEWNS", "clone:NEWCGROUP", "clone:NEWUTS", "clone:NEWIPC",
               "clone:NEWUSER", "clone:NEWPID", "clone:NEWNET", "clone:plain", "kill:self",
-              "prlimit64:self"]
+              "prlimit64:self", "ioctl:TIOCSTI", "ioctl:TIOCLINUX", "ioctl:plain"]
     if _linux.X32_SYSCALL_BIT:
         names.append("x32:getpid")
     return sorted(names)
@@ -188,11 +203,16 @@ def test_finisher_and_writer_thread_work_under_the_filter(tmp_path: Path) -> Non
 
 # -- decompression runs in the parent ----------------------------------------------------
 
-
-DECOMPRESSORS = ("zlib", "libz.so", "zstd", "isal", "lzma", "bz2")
+#: What each compression's decoder maps into a process that uses it (the parent's:
+#: ISA-L or zlib for gzip, zstandard, liblzma, libbz2). zlib itself is not listed: the
+#: worker's tar reader uses ``zlib.adler32`` to sum headers.
+DECODERS = {"gzip": ("isal",), "zstd": ("zstandard", "libzstd"), "xz": ("_lzma", "liblzma"),
+            "bzip2": ("_bz2", "libbz2")}
+ZEROS = 24 << 20  # compresses to a few kilobytes at most
 
 
 def _worker_pids() -> list[int]:
+    """This process's workers: children running the isolated interpreter (-I -S)."""
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -211,96 +231,319 @@ def _worker_pids() -> list[int]:
     return found
 
 
-class WatchingSource(io.RawIOBase):
-    """A gzip stream read in small pieces; at each read, the mappings of this process's
-    workers are recorded (a worker that decompressed would have zlib mapped)."""
+class WorkerWatch:
+    """Samples, while an unpack runs, each worker's mappings and the bytes it has read
+    (``rchar`` of ``/proc/PID/io``: every read(2)/readv(2), its input pipe included)."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
+    def __init__(self) -> None:
         self.maps: dict[int, str] = {}
+        self.read: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def readable(self) -> bool:
-        return True
+    def __enter__(self) -> WorkerWatch:
+        self._thread.start()
+        return self
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        for pid in _worker_pids():
-            try:
-                with open(f"/proc/{pid}/maps") as f:
-                    self.maps[pid] = f.read()
-            except OSError:
-                pass
-        chunk = self._data.read(min(len(buffer), 8192))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            for pid in _worker_pids():
+                try:
+                    with open(f"/proc/{pid}/maps") as f:
+                        maps = f.read()
+                    with open(f"/proc/{pid}/io") as f:
+                        rchar = next(int(line.split()[1]) for line in f
+                                     if line.startswith("rchar:"))
+                except (OSError, StopIteration):
+                    continue
+                self.maps[pid] = self.maps.get(pid, "") + maps
+                self.read[pid] = max(self.read.get(pid, 0), rchar)
 
 
-def test_decompression_runs_in_the_parent(tmp_path: Path) -> None:
-    builder = TarBuilder()
-    payload = os.urandom(256 << 10)
-    builder.file("data", payload)
-    compressed = zlib.compress(builder.build(), wbits=31)  # gzip
-    source = WatchingSource(compressed)
+@pytest.mark.parametrize("method", sorted(DECODERS))
+def test_decompression_runs_in_the_parent(method: str, tmp_path: Path) -> None:
+    """A .tar.gz (.zst, .xz, .bz2) of 24 MiB of zeros is a few kilobytes: the worker
+    reads at least half the plain tar bytes (a worker that decompressed would read the
+    few kilobytes), and no decoder of that compression is ever mapped in it."""
+    plain = TarBuilder().file("zeros", bytes(ZEROS)).build()
+    compressed = compress(plain, method)
+    assert len(compressed) < len(plain) // 100
+    archive = tmp_path / "a.tar.x"
+    archive.write_bytes(compressed)
     dest = tmp_path / "dest"
-    result = chrootarchive.untar(source, dest, UnpackOptions(confine="pivot"))
-    assert result.entries == 1 and (dest / "data").read_bytes() == payload
-    assert source.maps, "no worker was seen while the source was read"
-    for pid, maps in source.maps.items():
-        for name in DECOMPRESSORS:
+    with WorkerWatch() as watch:
+        result = chrootarchive.untar(str(archive), dest, UnpackOptions(confine="pivot"))
+    assert result.entries == 1 and (dest / "zeros").stat().st_size == ZEROS
+    assert watch.read, "no worker was seen while the archive was unpacked"
+    assert max(watch.read.values()) >= len(plain) // 2, (watch.read, len(compressed))
+    for pid, maps in watch.maps.items():
+        for name in DECODERS[method]:
             assert name not in maps, f"worker {pid} has {name} mapped"
 
 
-# -- openat2: a procfs or sysfs inside the root is never reached --------------------------
+# -- openat2: the kernel's file systems inside the root are never reached ----------------
 
-
-KERNEL_FS_UNTAR = textwrap.dedent(
+KERNEL_FS_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import chrootarchive
     from chrootarchive.options import UnpackOptions
-    dest, archive = sys.argv[1:3]
+    op, dest, archive, confine = sys.argv[1:5]
+    options = UnpackOptions(confine=confine)
     try:
-        chrootarchive.untar(archive, dest, UnpackOptions(confine="openat2"))
+        if op == "layer":
+            chrootarchive.apply_layer(dest, archive, options)
+        else:
+            chrootarchive.untar(archive, dest, options)
         print(json.dumps({"error": None}))
     except chrootarchive.ChrootArchiveError as err:
         print(json.dumps({"error": type(err).__name__, "message": str(err)}))
     """
 )
 
-KERNEL_FS_CASES = {
-    # A new file in procfs's root, a hard link to a procfs file (read through it),
-    # a path through a symlink to /proc/self, a directory entry for a sysfs directory
-    # (its mode would be set: 0755 here, what it already has), a file below sysfs.
-    "create_in_proc": lambda b: b.file("proc/pwned", b"x"),
-    "hardlink_to_proc": lambda b: b.hardlink("stolen", "proc/version"),
-    "through_symlink": lambda b: b.symlink("p", "/proc/self").file("p/pwned", b"x"),
-    "dir_in_sys": lambda b: b.dir("sys/fs", mode=0o755),
-    "file_in_sys": lambda b: b.file("sys/kernel/pwned", b"x"),
+#: Mounted in the child's private mount namespace, below the destination.
+KERNEL_MOUNTS = {"proc": "proc", "sys": "sysfs", "d/p": "proc", "cg": "cgroup2"}
+
+
+def _with_kernel_mounts(dest: Path, argv: list[str], *,
+                        after: str = "") -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` in a private mount namespace where :data:`KERNEL_MOUNTS` are mounted
+    below ``dest``; ``after`` is a shell command run there once it ended."""
+    for where in KERNEL_MOUNTS:
+        (dest / where).mkdir(parents=True)
+    mounts = " && ".join(f'mount -t {fs} none "$D/{where}"'
+                         for where, fs in KERNEL_MOUNTS.items())
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'D="$1"; shift; {mounts} && "$@"; status=$?; {after or "true"}; exit $status',
+         "sh", str(dest), *argv],
+        capture_output=True, timeout=120)
+
+
+def _layer(*names: str) -> Callable[[TarBuilder], TarBuilder]:
+    def build(b: TarBuilder) -> TarBuilder:
+        for name in names:
+            b.file(name, b"")
+        return b
+    return build
+
+
+KERNEL_FS_CASES: dict[str, tuple[str, Callable[[TarBuilder], TarBuilder]]] = {
+    # A new file in procfs's root; a hard link to a procfs file (read through it); a
+    # path through a symlink to /proc/self; a directory entry for a sysfs directory
+    # (its mode would be set: 0755, what it already has); a file below sysfs; a new
+    # cgroup (mkdir in cgroup2 makes one, host-wide).
+    "create_in_proc": ("untar", lambda b: b.file("proc/pwned", b"x")),
+    "hardlink_to_proc": ("untar", lambda b: b.hardlink("stolen", "proc/version")),
+    "through_symlink": ("untar", lambda b: b.symlink("p", "/proc/self").file("p/pwned", b"x")),
+    "dir_in_sys": ("untar", lambda b: b.dir("sys/fs", mode=0o755)),
+    "file_in_sys": ("untar", lambda b: b.file("sys/kernel/pwned", b"x")),
+    "mkdir_in_cgroup": ("untar", lambda b: b.dir("cg/chrootarchive-pwned")),
+    # Replacing the mount point itself; replacing a directory that holds one (the
+    # removal would walk it); a whiteout of it; an opaque directory holding one.
+    "replace_mount_point": ("untar", lambda b: b.file("proc", b"x")),
+    "replace_dir_holding_proc": ("untar", lambda b: b.file("d", b"x")),
+    "whiteout_mount_point": ("layer", _layer(".wh.sys")),
+    "whiteout_below_proc": ("layer", _layer("proc/.wh.self")),
+    "opaque_dir_holding_proc": ("layer", _layer("d/.wh..wh..opq")),
 }
 
 
 @pytest.mark.parametrize("case", sorted(KERNEL_FS_CASES))
-def test_openat2_never_reaches_procfs_or_sysfs(case: str, tmp_path: Path) -> None:
-    """A real procfs and sysfs mounted inside the destination (private mount namespace
-    of a child process): every entry that would reach them fails as a breakout."""
+def test_openat2_never_reaches_kernel_filesystems(case: str, tmp_path: Path) -> None:
+    """A real procfs, sysfs and cgroup2 mounted inside the destination (private mount
+    namespace of a child process): every entry that would reach one fails as a
+    breakout, naming it; nothing in them or outside the destination changed."""
+    op, build = KERNEL_FS_CASES[case]
     dest = tmp_path / "dest"
-    for sub in ("proc", "sys"):
-        (dest / sub).mkdir(parents=True)
     archive = tmp_path / "a.tar"
-    archive.write_bytes(KERNEL_FS_CASES[case](TarBuilder()).build())
-    script = tmp_path / "untar.py"
-    script.write_text(KERNEL_FS_UNTAR)
+    archive.write_bytes(build(TarBuilder()).build())
+    script = tmp_path / "unpack.py"
+    script.write_text(KERNEL_FS_SCRIPT)
     before = os.stat("/sys/fs")
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         'mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" && shift'
-         ' && exec "$@"', "sh", str(dest), sys.executable, str(script), str(dest),
-         str(archive)],
-        capture_output=True, timeout=60)  # fmt: skip
+    proc = _with_kernel_mounts(
+        dest, [sys.executable, str(script), op, str(dest), str(archive), "openat2"],
+        # (a cgroup made by mistake is removed again, and makes the test fail)
+        after='test ! -e "$D/cg/chrootarchive-pwned" || { rmdir "$D/cg/chrootarchive-pwned";'
+              ' echo made a cgroup >&2; exit 9; }')  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
     assert out["error"] == "BreakoutError", out
-    assert "mounted inside the destination" in out["message"], out
-    assert sorted(os.listdir(dest)) == ["proc", "sys"]  # the mounts were private
-    assert not os.path.lexists(dest / "stolen")
+    assert "mounted inside the destination (refused)" in out["message"], out
+    # The mounts were private; what the destination held is there, nothing else (the
+    # symlink of "through_symlink" is in the destination).
+    assert sorted(os.listdir(dest)) == sorted({"proc", "sys", "d", "cg"}
+                                              | ({"p"} if case == "through_symlink" else set()))
+    assert os.listdir(dest / "d") == ["p"]
+    for where in KERNEL_MOUNTS:
+        assert os.listdir(dest / where) == [], where
     after = os.stat("/sys/fs")
     assert (after.st_mode, after.st_ctime_ns) == (before.st_mode, before.st_ctime_ns)
+
+
+@pytest.mark.parametrize("mechanism", ["pivot", "chroot"])
+def test_jails_detach_kernel_filesystems(mechanism: str, tmp_path: Path) -> None:
+    """``pivot`` and ``chroot`` detach a procfs, sysfs or cgroup2 mounted inside the
+    destination in their own mount namespace: the entries land in the directories
+    below the mounts, and no cgroup is made."""
+    dest = tmp_path / "dest"
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(TarBuilder().file("sys/pwned", b"x").dir("cg/chrootarchive-pwned")
+                        .file("proc/pwned", b"x").build())
+    script = tmp_path / "unpack.py"
+    script.write_text(KERNEL_FS_SCRIPT)
+    proc = _with_kernel_mounts(
+        dest, [sys.executable, str(script), "untar", str(dest), str(archive), mechanism],
+        after='test ! -e "$D/cg/chrootarchive-pwned" || { rmdir "$D/cg/chrootarchive-pwned";'
+              ' echo made a cgroup >&2; exit 9; }')  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout) == {"error": None}
+    # Seen from here (no mounts), the entries are in the directories below them.
+    assert (dest / "sys" / "pwned").read_bytes() == b"x"
+    assert (dest / "proc" / "pwned").read_bytes() == b"x"
+    assert (dest / "cg" / "chrootarchive-pwned").is_dir()
+
+
+PACK_SCRIPT = textwrap.dedent(
+    """
+    import io, json, sys, tarfile
+    import chrootarchive
+    from chrootarchive.options import PackOptions
+    root, src = sys.argv[1:3]
+    try:
+        with chrootarchive.tar(src, root, PackOptions(confine="openat2")) as stream:
+            data = stream.read()
+            result = stream.result
+        names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+        print(json.dumps({"names": names, "warnings": list(result.warnings)}))
+    except chrootarchive.ChrootArchiveError as err:
+        print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+    """
+)
+
+
+def test_openat2_pack_never_reads_kernel_filesystems(tmp_path: Path) -> None:
+    """Packing a root that holds a procfs, sysfs and cgroup2 (a running container's
+    root file system) under ``openat2``: they are skipped with a warning each, never
+    walked or read."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_bytes(b"box\n")
+    script = tmp_path / "pack.py"
+    script.write_text(PACK_SCRIPT)
+    proc = _with_kernel_mounts(root, [sys.executable, str(script), str(root), "/"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert "error" not in out, out
+    names = {name.rstrip("/") for name in out["names"]}
+    assert names == {"etc", "etc/hostname", "d"}, names
+    kinds = sorted(w.split(": a ")[1].split()[0] for w in out["warnings"])
+    assert kinds == ["cgroup2fs", "procfs", "procfs", "sysfs"], out["warnings"]
+
+
+@pytest.mark.parametrize("src", ["/proc", "/d/p/self", "/sys/kernel"])
+def test_openat2_pack_refuses_a_kernel_filesystem_source(src: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    script = tmp_path / "pack.py"
+    script.write_text(PACK_SCRIPT)
+    proc = _with_kernel_mounts(root, [sys.executable, str(script), str(root), src + "/"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert out.get("error") == "SourceError", out
+    assert "the kernel's files are never packed" in out["message"], out
+
+
+# -- signals: the worker reaches itself only; its helper ends without one --------------
+
+HELPER_SCRIPT = textwrap.dedent(
+    """
+    # A process under the worker's filter (no_new_privs + seccomp, as lock_down does)
+    # starts the file helper, gives it work, then aborts it (mode "abort") or waits to
+    # be killed from outside (mode "die").
+    import errno, json, os, sys, time
+    from chrootarchive import _linux
+    from chrootarchive.engine.finisher import Finisher
+
+    work, mode = sys.argv[1:3]
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    _linux.install_seccomp_denylist()
+    finisher = Finisher.start()
+    helper = finisher._pid
+
+    def signal(pid):
+        try:
+            os.kill(pid, 0)
+            return "ALLOWED"
+        except OSError as err:
+            return errno.errorcode[err.errno]
+
+    out = {"helper": helper, "self": signal(os.getpid()), "to_helper": signal(helper),
+           "to_parent": signal(os.getppid())}
+    for i in range(3000):
+        fd = os.open(f"{work}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
+        finisher.add(fd, b"x" * 2048, 0, f"f{i}")
+    if mode == "die":
+        print(json.dumps(out), flush=True)
+        time.sleep(60)
+    start = time.monotonic()
+    finisher.abort()
+    out["abort_seconds"] = time.monotonic() - start
+    out["helper_gone"] = not os.path.exists(f"/proc/{helper}")
+    print(json.dumps(out))
+    """
+)
+
+
+def _helper_script(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
+    work = tmp_path / "files"
+    work.mkdir()
+    script = tmp_path / "helper.py"
+    script.write_text(HELPER_SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(work), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_signals_reach_only_the_worker_itself(tmp_path: Path) -> None:
+    """Under the filter a process signals itself, neither its parent (the caller, or any
+    root process) nor its own helper; aborting the helper needs no signal: with its
+    socket closed it ends after the batch it is writing, at once."""
+    proc = _helper_script(tmp_path, "abort")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()
+    out = json.loads(stdout)
+    assert (out["self"], out["to_parent"], out["to_helper"]) == ("ALLOWED", "EPERM", "EPERM")
+    assert out["helper_gone"] and out["abort_seconds"] < 2, out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # ended, not reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_helper_ends_when_the_worker_is_killed(tmp_path: Path) -> None:
+    """The parent kills a worker from outside; its helper (busy with queued batches)
+    follows at once (``PR_SET_PDEATHSIG``), although the worker could not signal it."""
+    proc = _helper_script(tmp_path, "die")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read().decode() if proc.stderr else ""
+        helper = json.loads(line)["helper"]
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 2
+        while not _gone(helper):
+            assert time.monotonic() < deadline, "the helper outlived its worker"
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -43,7 +43,8 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 AT_FDCWD = -100
-RESOLVE_NO_MAGICLINKS = 0x02  # openat2(2)
+RESOLVE_NO_XDEV = 0x01  # openat2(2)
+RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
@@ -183,6 +184,15 @@ def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
 
 PROC_SUPER_MAGIC = 0x9FA0
 SYSFS_MAGIC = 0x62656572
+#: The kernel's own file systems (``f_type`` -> name, linux/magic.h): a window on kernel
+#: state (procfs, sysfs and what is mounted below them), never a place for files.
+KERNEL_FILESYSTEMS = {
+    PROC_SUPER_MAGIC: "procfs", SYSFS_MAGIC: "sysfs", 0x42494E4D: "binfmt_misc",
+    0x64626720: "debugfs", 0x74726163: "tracefs", 0x73636673: "securityfs",
+    0x0027E0EB: "cgroupfs", 0x63677270: "cgroup2fs", 0xCAFE4A11: "bpffs",
+    0x62656570: "configfs", 0xDE5E81E4: "efivarfs", 0x6165676C: "pstorefs",
+    0x65735543: "fusectl", 0xF97CFF8C: "selinuxfs", 0x43415D53: "smackfs",
+}
 _libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
 
@@ -225,6 +235,9 @@ CAPABILITIES = {
     "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
     "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27,
     "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
 }
 
 
@@ -305,7 +318,8 @@ _DENIED_SYSCALLS = {
     "pivot_root": (155, 41), "chroot": (161, 51), "unshare": (272, 97), "setns": (308, 268),
     "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
     "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
-    "mount_setattr": (442, 442), "open_tree_attr": (467, 467),
+    "mount_setattr": (442, 442), "open_tree_attr": (467, 467), "statmount": (457, 457),
+    "listmount": (458, 458),
     # The kernel itself: modules, kexec, reboot, swap, accounting, clocks, names, quotas:
     "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
     "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142),
@@ -330,6 +344,13 @@ _DENIED_SYSCALLS = {
     "setpriority": (141, 140), "ioprio_set": (251, 30), "sched_setparam": (142, 118),
     "sched_setscheduler": (144, 119), "sched_setaffinity": (203, 122),
     "sched_setattr": (314, 274),
+    # Other processes' System V IPC objects and POSIX message queues (in the host's IPC
+    # namespace; a uid-0 process owns every root-made one, no capability needed):
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "semget": (64, 190),
+    "semop": (65, 193), "semtimedop": (220, 192), "semctl": (66, 191),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183), "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
 }
 #: Calls that signal a process: allowed only when their target (the first argument) is
 #: the locked-down process itself (``raise`` and ``abort`` work; nothing else is reached).
@@ -338,6 +359,10 @@ _SELF_ONLY_SYSCALLS = {
     "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
 }
 _PRLIMIT64 = (302, 261)  # setrlimit(): target 0 (itself) or its own pid
+_IOCTL = (16, 29)
+#: ioctl() requests refused on any descriptor: typing into a terminal (the worker's
+#: stderr may be the caller's: TIOCSTI would run commands there) and the console's.
+DENIED_IOCTLS = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
 _CLONE = (56, 220)
 _CLONE3 = (435, 435)  # refused with ENOSYS: glibc then falls back to clone()
 
@@ -347,7 +372,7 @@ SYSCALL_NUMBERS = {
     name: nrs[_ARCH]
     for name, nrs in (*_DENIED_SYSCALLS.items(), *_SELF_ONLY_SYSCALLS.items(),
                       ("prlimit64", _PRLIMIT64), ("clone", _CLONE), ("clone3", _CLONE3),
-                      ("getpid", (39, 172)))
+                      ("ioctl", _IOCTL), ("getpid", (39, 172)))
     if nrs[_ARCH] != _NONE
 }
 X32_SYSCALL_BIT = _X32_SYSCALL_BIT if _ARCH == 0 else 0
@@ -369,8 +394,9 @@ class _SockFprog(ctypes.Structure):
 
 
 _LD_W_ABS, _JEQ_K, _JSET_K, _RET_K = 0x20, 0x15, 0x45, 0x06
-_NR_OFFSET, _ARCH_OFFSET, _ARG0_OFFSET = 0, 4, 16  # seccomp_data; args[0]'s low word
-# (little-endian; the kernel reads a pid or clone's flags from the low 32 bits only)
+_NR_OFFSET, _ARCH_OFFSET, _ARG0_OFFSET, _ARG1_OFFSET = 0, 4, 16, 24  # seccomp_data:
+# the low words of args[0] and args[1] (little-endian; the kernel reads a pid, clone's
+# flags and an ioctl request from the low 32 bits only)
 
 
 def _assemble(code: list[tuple[int, int | str, int | str, int] | str]) -> list[
@@ -398,10 +424,15 @@ def _assemble(code: list[tuple[int, int | str, int | str, int] | str]) -> list[
 
 def seccomp_program(own_pid: int) -> list[tuple[int, int, int, int]]:
     """The filter, as BPF instructions: a foreign architecture is killed; the x32
-    numbers, clone() with a namespace flag, the denied calls, and a signal or
-    ``prlimit64`` aimed at any other process fail with EPERM; clone3 with ENOSYS."""
+    numbers, clone() with a namespace flag, the denied calls and ioctl requests, and a
+    signal or ``prlimit64`` aimed at any other process fail with EPERM; clone3 with
+    ENOSYS. Calls whose answer depends on their number only (all but clone, ioctl,
+    prlimit64 and the signals) are answered from the kernel's per-number cache
+    (Linux 5.11+) without running the program."""
     nr = (_LD_W_ABS, 0, 0, _NR_OFFSET)
     arg0 = (_LD_W_ABS, 0, 0, _ARG0_OFFSET)
+    arg1 = (_LD_W_ABS, 0, 0, _ARG1_OFFSET)
+    tiocsti, tioclinux = DENIED_IOCTLS.values()
     code: list[tuple[int, int | str, int | str, int] | str] = [
         (_LD_W_ABS, 0, 0, _ARCH_OFFSET),
         (_JEQ_K, 1, 0, _AUDIT_ARCH[_ARCH]),
@@ -414,6 +445,7 @@ def seccomp_program(own_pid: int) -> list[tuple[int, int, int, int]]:
         (_JEQ_K, "enosys", 0, _CLONE3[_ARCH]),
         (_JEQ_K, "clone", 0, _CLONE[_ARCH]),
         (_JEQ_K, "prlimit", 0, _PRLIMIT64[_ARCH]),
+        (_JEQ_K, "ioctl", 0, _IOCTL[_ARCH]),
     ]
     code += [(_JEQ_K, "self", 0, nrs[_ARCH]) for nrs in _SELF_ONLY_SYSCALLS.values()]
     code += [(_JEQ_K, "eperm", 0, nrs[_ARCH]) for nrs in _DENIED_SYSCALLS.values()
@@ -422,6 +454,7 @@ def seccomp_program(own_pid: int) -> list[tuple[int, int, int, int]]:
         (_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
         "clone", arg0, (_JSET_K, "eperm", "allow", CLONE_NEW_MASK),
         "prlimit", arg0, (_JEQ_K, "allow", "self_pid", 0),
+        "ioctl", arg1, (_JEQ_K, "eperm", 0, tiocsti), (_JEQ_K, "eperm", "allow", tioclinux),
         "self", arg0,
         "self_pid", (_JEQ_K, "allow", "eperm", own_pid),
         "allow", (_RET_K, 0, 0, _SECCOMP_RET_ALLOW),

@@ -73,6 +73,7 @@ _CLONE_NEW = {
     "NEWNET": 0x40000000,
 }
 _RLIMIT_NOFILE = 7
+_FIONREAD = 0x541B
 #: name -> arguments. A call that is absent on this architecture is skipped.
 _CALLS: dict[str, tuple[int, ...]] = {
     "execve": (0, 0, 0), "execveat": (-1, 0, 0, 0, 0), "mount": (0, _BAD, 0, 0, 0),
@@ -80,7 +81,8 @@ _CALLS: dict[str, tuple[int, ...]] = {
     "setns": (-1, 0), "open_tree": (-1, _BAD, 0), "move_mount": (-1, _BAD, -1, _BAD, 0),
     "fsopen": (_BAD, 0), "fsconfig": (-1, 0, 0, 0, 0), "fsmount": (-1, 0, 0),
     "fspick": (-1, _BAD, 0), "mount_setattr": (-1, _BAD, 0, 0, 0),
-    "open_tree_attr": (-1, _BAD, 0, 0, 0),
+    "open_tree_attr": (-1, _BAD, 0, 0, 0), "statmount": (_BAD, 0, 0, 0),
+    "listmount": (_BAD, 0, 0, 0),
     "kexec_load": (0, 1000, 0, 0x80), "kexec_file_load": (-1, -1, 0, 0, 0x80),
     "init_module": (0, 0, 0), "finit_module": (-1, 0, 0), "delete_module": (_BAD, 0),
     "reboot": (0, 0, 0, 0), "swapon": (_BAD, 0), "swapoff": (_BAD,), "acct": (_BAD,),
@@ -102,6 +104,14 @@ _CALLS: dict[str, tuple[int, ...]] = {
     "move_pages": (-1, 0, 0, 0, 0, 0), "setpriority": (0x7F, 0, 0),
     "ioprio_set": (0x7F, 0, 0), "sched_setparam": (-1, 0), "sched_setscheduler": (-1, 0, 0),
     "sched_setaffinity": (-1, 0, 0), "sched_setattr": (-1, 0, 0),
+    # System V IPC and message queues: bad ids, sizes or descriptors (no key is made):
+    "shmget": (0, 0, 0), "shmat": (-1, 0, 0), "shmctl": (-1, 0xFF, 0),
+    "semget": (0, -1, 0), "semop": (-1, 0, 0), "semtimedop": (-1, 0, 0, 0),
+    "semctl": (-1, 0, 0xFF, 0), "msgget": (0x7FFFFFF1, 0), "msgsnd": (-1, 0, 0, 0),
+    "msgrcv": (-1, 0, 0, 0, 0), "msgctl": (-1, 0xFF, 0), "mq_open": (_BAD, 0, 0, 0),
+    "mq_unlink": (_BAD,), "mq_timedsend": (-1, 0, 0, 0, 0),
+    "mq_timedreceive": (-1, 0, 0, 0, 0), "mq_notify": (-1, 0),
+    "mq_getsetattr": (-1, 0, 0),
     # Signals (signal 0: only the permission check) and limits of another process (pid 1):
     "kill": (1, 0), "tkill": (1, 0), "tgkill": (1, 1, 0), "rt_sigqueueinfo": (1, 0, _BAD),
     "rt_tgsigqueueinfo": (1, 1, 0, _BAD), "prlimit64": (1, _RLIMIT_NOFILE, 0, 0),
@@ -113,7 +123,8 @@ def syscall_attempts() -> dict[str, str]:
     """Each call the filter has a rule for: its errno name, or ALLOWED.
 
     Besides the refused calls, what must stay allowed: signalling itself, its own
-    limits, and clone() without a namespace flag (answered by the kernel: EINVAL).
+    limits, clone() without a namespace flag (answered by the kernel: EINVAL), and
+    other ioctl requests (EBADF).
     """
     results: dict[str, str] = {}
     calls = {name: (_linux.SYSCALL_NUMBERS[name], args) for name, args in _CALLS.items()
@@ -125,6 +136,10 @@ def syscall_attempts() -> dict[str, str]:
     calls["kill:self"] = (_linux.SYSCALL_NUMBERS["kill"], (os.getpid(), 0))
     calls["prlimit64:self"] = (_linux.SYSCALL_NUMBERS["prlimit64"],
                                (0, _RLIMIT_NOFILE, 0, 0))
+    ioctl = _linux.SYSCALL_NUMBERS["ioctl"]
+    for request, value in _linux.DENIED_IOCTLS.items():
+        calls[f"ioctl:{request}"] = (ioctl, (-1, value, 0))  # no descriptor: EBADF
+    calls["ioctl:plain"] = (ioctl, (-1, _FIONREAD, 0))
     if _linux.X32_SYSCALL_BIT:
         calls["x32:getpid"] = (_linux.X32_SYSCALL_BIT | _linux.SYSCALL_NUMBERS["getpid"], ())
     for name, (nr, args) in calls.items():
