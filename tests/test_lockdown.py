@@ -9,6 +9,7 @@ for its input shows its capability sets, no_new_privs and seccomp mode.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -183,8 +184,19 @@ SHOCKER = textwrap.dedent(
     from chrootarchive.engine.jobs.unpack import JOB
     from chrootarchive.jail import confine, lockdown
 
-    jail, outside, mechanism = sys.argv[1:4]
+    jail, outside, mechanism, mode = sys.argv[1:5]
     libc = ctypes.CDLL(None, use_errno=True)
+
+    class Job:  # the unpack job's powers, CAP_DAC_READ_SEARCH added in some modes
+        dormant_capabilities = JOB.dormant_capabilities
+
+        def capabilities(self, request):
+            extra = {"CAP_DAC_READ_SEARCH"} if mode in ("capability", "neither") else set()
+            return set(JOB.capabilities(request)) | extra
+
+    if mode in ("no-filter", "neither"):
+        from chrootarchive import _linux
+        _linux.install_seccomp_denylist = lambda: None
 
     class Handle(ctypes.Structure):
         _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
@@ -198,7 +210,7 @@ SHOCKER = textwrap.dedent(
     root_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY)
     used = confine.enter(mechanism, root_fd, None)
     os.close(root_fd)
-    lockdown.lock_down(JOB, JobRequest.make("unpack", mechanism=mechanism))
+    lockdown.lock_down(Job(), JobRequest.make("unpack", mechanism=mechanism))
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     fd = libc.open_by_handle_at(here, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY)
     out = {"used": used}
@@ -212,20 +224,39 @@ SHOCKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mechanism", ["pivot", "chroot"])
-def test_no_escape_by_file_handle(mechanism: str, jail: Path, tmp_path: Path) -> None:
-    """A locked-down worker cannot open a host directory by its file handle."""
+def _shocker(jail: Path, tmp_path: Path, mechanism: str, mode: str) -> dict[str, Any]:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "host-secret").write_bytes(b"secret")
     script = tmp_path / "shocker.py"
     script.write_text(SHOCKER)
-    proc = subprocess.run([sys.executable, str(script), str(jail), str(outside), mechanism],
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(jail), str(outside), mechanism, mode],
+        capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
-    out = json.loads(proc.stdout)
-    assert out["open_by_handle_at"] != "ALLOWED", (
-        f"the jailed, locked-down worker opened {outside} by handle: {out}")
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+@pytest.mark.parametrize("mechanism", ["pivot", "chroot"])
+@pytest.mark.parametrize("mode", ["both", "capability", "no-filter"])
+def test_no_escape_by_file_handle(mechanism: str, mode: str, jail: Path,
+                                  tmp_path: Path) -> None:
+    """A locked-down worker cannot open a host directory by its file handle; each
+    defence holds alone: the filter with CAP_DAC_READ_SEARCH kept ("capability"), and
+    the missing capability without the filter ("no-filter")."""
+    out = _shocker(jail, tmp_path, mechanism, mode)
+    assert out["open_by_handle_at"] == os.strerror(errno.EPERM), (
+        f"the jailed, locked-down worker opened a host directory by handle: {out}")
+
+
+def test_file_handle_escape_is_real_without_both_defences(jail: Path,
+                                                          tmp_path: Path) -> None:
+    """The control: with the capability and without the filter, the same replay does
+    open the host directory (so the tests above test something)."""
+    out = _shocker(jail, tmp_path, "pivot", "neither")
+    assert out["open_by_handle_at"] == "ALLOWED", out
+    assert out["outside"] == ["host-secret"]
 
 
 # -- unprivileged ----------------------------------------------------------------------

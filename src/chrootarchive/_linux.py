@@ -43,7 +43,8 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 AT_FDCWD = -100
-RESOLVE_NO_MAGICLINKS = 0x02  # openat2(2)
+RESOLVE_NO_XDEV = 0x01  # openat2(2)
+RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
@@ -207,6 +208,28 @@ def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     )
 
 
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+#: The kernel's own file systems (``f_type`` -> name, linux/magic.h): a window on kernel
+#: state (procfs, sysfs and what is mounted below them), never a place for files.
+KERNEL_FILESYSTEMS = {
+    PROC_SUPER_MAGIC: "procfs", SYSFS_MAGIC: "sysfs", 0x42494E4D: "binfmt_misc",
+    0x64626720: "debugfs", 0x74726163: "tracefs", 0x73636673: "securityfs",
+    0x0027E0EB: "cgroupfs", 0x63677270: "cgroup2fs", 0xCAFE4A11: "bpffs",
+    0x62656570: "configfs", 0xDE5E81E4: "efivarfs", 0x6165676C: "pstorefs",
+    0x65735543: "fusectl", 0xF97CFF8C: "selinuxfs", 0x43415D53: "smackfs",
+}
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
+
+
+def fstatfs_type(fd: int) -> int:
+    """The file system type (``f_type``, a magic number) of the object behind ``fd``."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    _check(_libc.fstatfs(fd, buf), f"fstatfs({fd})")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
 def preload_library(name: str) -> bool:
     """dlopen a library now, so that glibc never loads it later from inside the jail.
 
@@ -238,6 +261,9 @@ CAPABILITIES = {
     "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
     "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27,
     "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
 }
 
 
@@ -302,24 +328,86 @@ def clear_capabilities() -> None:
     _capset(0, 0)
 
 
-# seccomp: a small deny-list filter, a few instructions, no measurable cost.
+# seccomp: a deny-list filter (docs/security.md says why not an allow-list).
 _AUDIT_ARCH = {0: 0xC000003E, 1: 0xC00000B7}
 _SECCOMP_RET_ALLOW = 0x7FFF0000
 _SECCOMP_RET_ERRNO = 0x00050000
 _SECCOMP_RET_KILL_PROCESS = 0x80000000
+_X32_SYSCALL_BIT = 0x40000000  # x86_64: the x32 ABI's numbers (same audit arch)
+#: clone() flags that make a namespace (CLONE_NEWTIME is the exit signal's byte there).
+CLONE_NEW_MASK = 0x7E020000
+_NONE = -1  # no such call on this architecture
 _DENIED_SYSCALLS = {
-    # name: (x86_64, aarch64)
+    # name: (x86_64, aarch64). Refused with EPERM whatever the capabilities.
+    # Running programs, changing the mount tree or the namespaces:
     "execve": (59, 221), "execveat": (322, 281), "mount": (165, 40), "umount2": (166, 39),
     "pivot_root": (155, 41), "chroot": (161, 51), "unshare": (272, 97), "setns": (308, 268),
-    "ptrace": (101, 117), "kexec_load": (246, 104), "init_module": (175, 105),
-    "finit_module": (313, 273), "delete_module": (176, 106), "bpf": (321, 280),
     "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
-    "fsmount": (432, 432), "mount_setattr": (442, 442), "reboot": (169, 142),
-    "swapon": (167, 224), "swapoff": (168, 225), "keyctl": (250, 219),
-    "add_key": (248, 217), "request_key": (249, 218), "userfaultfd": (323, 282),
-    "perf_event_open": (298, 241), "socket": (41, 198), "connect": (42, 203),
+    "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "mount_setattr": (442, 442), "open_tree_attr": (467, 467), "statmount": (457, 457),
+    "listmount": (458, 458),
+    # The kernel itself: modules, kexec, reboot, swap, accounting, clocks, names, quotas:
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142),
+    "swapon": (167, 224), "swapoff": (168, 225), "acct": (163, 89),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "adjtimex": (159, 171),
+    "clock_adjtime": (305, 266), "sethostname": (170, 161), "setdomainname": (171, 162),
+    "quotactl": (179, 60), "quotactl_fd": (443, 443), "syslog": (103, 116),
+    "personality": (135, 92), "iopl": (172, _NONE), "ioperm": (173, _NONE),
+    "modify_ldt": (154, _NONE), "uselib": (134, _NONE), "fanotify_init": (300, 262),
+    # Large attack surfaces no unpacker needs:
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427), "socket": (41, 198), "connect": (42, 203),
+    # Files by handle (reach any inode of a file system, whatever the jail):
     "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    # Other processes: tracing, memory, descriptors, scheduling, signals by pidfd:
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "kcmp": (312, 272), "pidfd_open": (434, 434), "pidfd_getfd": (438, 438),
+    "pidfd_send_signal": (424, 424), "process_madvise": (440, 440),
+    "process_mrelease": (448, 448), "migrate_pages": (256, 238), "move_pages": (279, 239),
+    "setpriority": (141, 140), "ioprio_set": (251, 30), "sched_setparam": (142, 118),
+    "sched_setscheduler": (144, 119), "sched_setaffinity": (203, 122),
+    "sched_setattr": (314, 274),
+    # Other processes' System V IPC objects and POSIX message queues (in the host's IPC
+    # namespace; a uid-0 process owns every root-made one, no capability needed):
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "semget": (64, 190),
+    "semop": (65, 193), "semtimedop": (220, 192), "semctl": (66, 191),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183), "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
 }
+#: Calls that signal a process: allowed only when their target (the first argument) is
+#: the locked-down process itself (``raise`` and ``abort`` work; nothing else is reached).
+_SELF_ONLY_SYSCALLS = {
+    "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
+}
+_PRLIMIT64 = (302, 261)  # setrlimit(): target 0 (itself) or its own pid
+_IOCTL = (16, 29)
+#: ioctl() requests refused on any descriptor: typing into a terminal (the worker's
+#: stderr may be the caller's: TIOCSTI would run commands there) and the console's.
+DENIED_IOCTLS = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+_CLONE = (56, 220)
+_CLONE3 = (435, 435)  # refused with ENOSYS: glibc then falls back to clone()
+
+#: Every call the filter has a rule for, by name (this architecture's numbers; the
+#: probe job tries each by number).
+SYSCALL_NUMBERS = {
+    name: nrs[_ARCH]
+    for name, nrs in (*_DENIED_SYSCALLS.items(), *_SELF_ONLY_SYSCALLS.items(),
+                      ("prlimit64", _PRLIMIT64), ("clone", _CLONE), ("clone3", _CLONE3),
+                      ("ioctl", _IOCTL), ("getpid", (39, 172)))
+    if nrs[_ARCH] != _NONE
+}
+X32_SYSCALL_BIT = _X32_SYSCALL_BIT if _ARCH == 0 else 0
+
+
+def raw_syscall(nr: int, *args: int) -> int:
+    """syscall(2) by number with integer arguments (the probe job's only use)."""
+    values = [ctypes.c_long(arg) for arg in args]
+    return _check(_libc.syscall(ctypes.c_long(nr), *values), f"syscall({nr})")
 
 
 class _SockFilter(ctypes.Structure):
@@ -331,24 +419,83 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
+_LD_W_ABS, _JEQ_K, _JSET_K, _RET_K = 0x20, 0x15, 0x45, 0x06
+_NR_OFFSET, _ARCH_OFFSET, _ARG0_OFFSET, _ARG1_OFFSET = 0, 4, 16, 24  # seccomp_data:
+# the low words of args[0] and args[1] (little-endian; the kernel reads a pid, clone's
+# flags and an ioctl request from the low 32 bits only)
+
+
+def _assemble(code: list[tuple[int, int | str, int | str, int] | str]) -> list[
+        tuple[int, int, int, int]]:
+    """Resolve forward jumps to labels (a plain string in ``code`` marks a label)."""
+    labels: dict[str, int] = {}
+    index = 0
+    for item in code:
+        if isinstance(item, str):
+            labels[item] = index
+        else:
+            index += 1
+    prog: list[tuple[int, int, int, int]] = []
+    for item in code:
+        if isinstance(item, str):
+            continue
+        op, jt, jf, k = item
+        here = len(prog) + 1
+        jumps = [labels[j] - here if isinstance(j, str) else j for j in (jt, jf)]
+        if not all(0 <= j <= 255 for j in jumps):
+            raise ValueError(f"seccomp filter: jump out of range at {len(prog)}")
+        prog.append((op, jumps[0], jumps[1], k))
+    return prog
+
+
+def seccomp_program(own_pid: int) -> list[tuple[int, int, int, int]]:
+    """The filter, as BPF instructions: a foreign architecture is killed; the x32
+    numbers, clone() with a namespace flag, the denied calls and ioctl requests, and a
+    signal or ``prlimit64`` aimed at any other process fail with EPERM; clone3 with
+    ENOSYS. Calls whose answer depends on their number only (all but clone, ioctl,
+    prlimit64 and the signals) are answered from the kernel's per-number cache
+    (Linux 5.11+) without running the program."""
+    nr = (_LD_W_ABS, 0, 0, _NR_OFFSET)
+    arg0 = (_LD_W_ABS, 0, 0, _ARG0_OFFSET)
+    arg1 = (_LD_W_ABS, 0, 0, _ARG1_OFFSET)
+    tiocsti, tioclinux = DENIED_IOCTLS.values()
+    code: list[tuple[int, int | str, int | str, int] | str] = [
+        (_LD_W_ABS, 0, 0, _ARCH_OFFSET),
+        (_JEQ_K, 1, 0, _AUDIT_ARCH[_ARCH]),
+        (_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+        nr,
+    ]
+    if _ARCH == 0:
+        code.append((_JSET_K, "eperm", 0, _X32_SYSCALL_BIT))
+    code += [
+        (_JEQ_K, "enosys", 0, _CLONE3[_ARCH]),
+        (_JEQ_K, "clone", 0, _CLONE[_ARCH]),
+        (_JEQ_K, "prlimit", 0, _PRLIMIT64[_ARCH]),
+        (_JEQ_K, "ioctl", 0, _IOCTL[_ARCH]),
+    ]
+    code += [(_JEQ_K, "self", 0, nrs[_ARCH]) for nrs in _SELF_ONLY_SYSCALLS.values()]
+    code += [(_JEQ_K, "eperm", 0, nrs[_ARCH]) for nrs in _DENIED_SYSCALLS.values()
+             if nrs[_ARCH] != _NONE]
+    code += [
+        (_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+        "clone", arg0, (_JSET_K, "eperm", "allow", CLONE_NEW_MASK),
+        "prlimit", arg0, (_JEQ_K, "allow", "self_pid", 0),
+        "ioctl", arg1, (_JEQ_K, "eperm", 0, tiocsti), (_JEQ_K, "eperm", "allow", tioclinux),
+        "self", arg0,
+        "self_pid", (_JEQ_K, "allow", "eperm", own_pid),
+        "allow", (_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+        "eperm", (_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM),
+        "enosys", (_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.ENOSYS),
+    ]
+    return _assemble(code)
+
+
 def install_seccomp_denylist() -> None:
-    """Make the denied syscalls fail with EPERM (a foreign architecture is killed).
+    """Install :func:`seccomp_program` for this process (and what it forks).
 
     Needs no_new_privs (or CAP_SYS_ADMIN) first.
     """
-    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
-    denied = [nrs[_ARCH] for nrs in _DENIED_SYSCALLS.values()]
-    prog = [
-        (ld_w_abs, 0, 0, 4),  # seccomp_data.arch
-        (jeq_k, 1, 0, _AUDIT_ARCH[_ARCH]),
-        (ret_k, 0, 0, _SECCOMP_RET_KILL_PROCESS),
-        (ld_w_abs, 0, 0, 0),  # seccomp_data.nr
-    ]
-    for i, nr in enumerate(denied):
-        remaining = len(denied) - i - 1
-        prog.append((jeq_k, remaining + 1, 0, nr))  # jump to the EPERM return
-    prog.append((ret_k, 0, 0, _SECCOMP_RET_ALLOW))
-    prog.append((ret_k, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM))
+    prog = seccomp_program(os.getpid())
     filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
     fprog = _SockFprog(len(prog), filters)
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,

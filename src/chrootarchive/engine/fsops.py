@@ -18,12 +18,14 @@ import os
 import stat
 
 from chrootarchive import _linux
+from chrootarchive.errors import BreakoutError
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FileOps", "open_dir_in_root", "remove_tree_at"]
+__all__ = ["FileOps", "kernel_filesystem", "open_dir_in_root", "refuse_kernel_filesystem",
+           "remove_tree_at"]
 
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -81,7 +83,7 @@ class FileOps:
         parent, _, name = path.rpartition("/")
         top = self.open_dir(parent or ".")
         try:
-            remove_tree_at(top, name)
+            remove_tree_at(top, name, path)
         finally:
             os.close(top)
 
@@ -133,27 +135,57 @@ class FileOps:
         raise FileExistsError(errno.EEXIST, "cannot create a temporary directory", prefix)
 
 
-def remove_tree_at(parent_fd: int, name: str) -> None:
-    """Remove ``name`` under ``parent_fd`` recursively, walking by descriptors only."""
-    stack: list[tuple[int, str, int]] = []  # (parent fd, name, own fd)
+def kernel_filesystem(fd: int) -> str | None:
+    """The name of the kernel file system (procfs, sysfs...) ``fd`` is on, else None."""
+    return _linux.KERNEL_FILESYSTEMS.get(_linux.fstatfs_type(fd))
+
+
+def refuse_kernel_filesystem(fd: int, path: str) -> None:
+    """Close ``fd`` and raise a breakout if it is on a procfs, sysfs or their kin.
+
+    A jail's mount namespace detaches a procfs inside the destination; where there is
+    none (``openat2``), or a walk goes down by descriptors, this is what keeps the
+    kernel's files from being written, read or walked.
+    """
+    kind = kernel_filesystem(fd)
+    if kind is not None:
+        os.close(fd)
+        raise BreakoutError(f"a {kind} mounted inside the destination (refused)", path)
+
+
+def remove_tree_at(parent_fd: int, name: str, where: str = "") -> None:
+    """Remove ``name`` under ``parent_fd`` recursively, walking by descriptors only.
+
+    A directory on a kernel file system (a procfs mounted below) is never walked:
+    :class:`BreakoutError` naming it (``where`` is ``name``'s path, for the message).
+    """
+    stack: list[tuple[int, str, int, str]] = []  # (parent fd, name, own fd, path)
+    top = where or name
     fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
-    stack.append((parent_fd, name, fd))
-    while stack:
-        pfd, pname, dfd = stack[-1]
-        descended = False
-        with os.scandir(dfd) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    child = os.open(entry.name, OPEN_DIR, dir_fd=dfd)
-                    stack.append((dfd, entry.name, child))
-                    descended = True
-                    break
-                os.unlink(entry.name, dir_fd=dfd)
-        if descended:
-            continue
-        stack.pop()
-        os.close(dfd)
-        os.rmdir(pname, dir_fd=pfd)
+    refuse_kernel_filesystem(fd, top)
+    stack.append((parent_fd, name, fd, top))
+    try:
+        while stack:
+            pfd, pname, dfd, path = stack[-1]
+            descended = False
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = os.open(entry.name, OPEN_DIR, dir_fd=dfd)
+                        child_path = f"{path}/{entry.name}"
+                        refuse_kernel_filesystem(child, child_path)
+                        stack.append((dfd, entry.name, child, child_path))
+                        descended = True
+                        break
+                    os.unlink(entry.name, dir_fd=dfd)
+            if descended:
+                continue
+            stack.pop()
+            os.close(dfd)
+            os.rmdir(pname, dir_fd=pfd)
+    finally:
+        for _pfd, _pname, dfd, _path in stack:
+            os.close(dfd)
 
 
 _privilege_toggle: Callable[[bool], None] | None = None

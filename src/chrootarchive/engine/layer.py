@@ -175,10 +175,11 @@ class LayerRules:
                             # Kept, but lower content below it is hidden too.
                             if child_is_dir:
                                 sub = os.open(child, _OPEN_DIR, dir_fd=fd)
+                                fsops.refuse_kernel_filesystem(sub, child_path)
                                 stack.append((sub, child_path))
                             continue
                         if child_is_dir:
-                            fsops.remove_tree_at(fd, child)
+                            fsops.remove_tree_at(fd, child, child_path)
                         else:
                             os.unlink(child, dir_fd=fd)
                         self.forget(child_path)

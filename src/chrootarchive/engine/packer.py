@@ -28,7 +28,7 @@ import posixpath
 import stat
 
 from chrootarchive._fdio import write_all
-from chrootarchive.engine import idmap
+from chrootarchive.engine import fsops, idmap
 from chrootarchive.engine import names as paths
 from chrootarchive.errors import ChrootArchiveError, SourceError, from_os_error
 from chrootarchive.tarformat.format import (
@@ -181,6 +181,8 @@ class Packer:
         self.links: dict[tuple[int, int], bytes] = {}
         self.seen: set[str] | None = set() if len(options.include_files) > 1 else None
         self.noatime = os.O_NOATIME
+        #: st_dev -> the kernel file system it is (procfs...), or None; learnt once each.
+        self.kinds: dict[int, str | None] = {}
         self.entries = 0
         self.size = 0
 
@@ -344,9 +346,46 @@ class Packer:
 
     def _open_source(self, open_dir: Opener, path: str) -> int:
         try:
-            return open_dir(path)
+            fd = open_dir(path)
         except OSError as err:
             raise _source_error(err, self.src) from err
+        kind = self._kind_of(fd, os.fstat(fd))
+        if kind is not None:
+            os.close(fd)
+            raise SourceError(f"on a {kind} (the kernel's files are never packed)", self.src)
+        return fd
+
+    # -- the kernel's file systems ----------------------------------------------------
+    # A procfs or sysfs mounted below the source is never walked or read (under
+    # ``openat2`` nothing detaches it): each entry's device is looked up (a dict), and
+    # a device seen for the first time is asked its file system type once.
+
+    def _kind_of(self, fd: int, st: os.stat_result) -> str | None:
+        """The kernel file system that ``fd`` (``st`` is its fstat) is on, or None."""
+        kinds = self.kinds
+        dev = st.st_dev
+        if dev not in kinds:
+            kinds[dev] = fsops.kernel_filesystem(fd)
+        return kinds[dev]
+
+    def _kind_at(self, parent_fd: int, name: str, st: os.stat_result) -> str | None:
+        """The same for ``name`` (``st`` its lstat) before it is opened."""
+        kinds = self.kinds
+        if st.st_dev in kinds:
+            return kinds[st.st_dev]
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError:
+            return None  # gone or changed: opening it for real says so
+        try:
+            self._kind_of(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+        return kinds.get(st.st_dev)  # None if it changed: what is opened is checked
+
+    def _skip_kernel(self, kind: str, rel: str) -> None:
+        self.warn(f"{self._where(rel)}: a {kind} mounted in the source, skipped "
+                  "(the kernel's files are never packed)")
 
     def _single(self, parent_fd: int, base: str, st: os.stat_result) -> None:
         """A source that is not a directory: one entry, named after it (or rebased)."""
@@ -395,6 +434,11 @@ class Packer:
             if fd != top_fd:
                 os.close(fd)
             fd = nxt
+            kind = self._kind_of(fd, os.fstat(fd))
+            if kind is not None:
+                os.close(fd)
+                self._skip_kernel(kind, include)
+                return None
         return fd, name
 
     def _walk(self, dir_fd: int, rel: str) -> None:
@@ -446,6 +490,11 @@ class Packer:
             return None
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
+        kinds = self.kinds
+        kind = kinds[st.st_dev] if st.st_dev in kinds else self._kind_at(parent_fd, name, st)
+        if kind is not None:
+            self._skip_kernel(kind, rel)
+            return None
         is_dir = stat.S_ISDIR(st.st_mode)
         if rel != include and self.excludes and self.excludes.matches(rel):
             if is_dir and self.has_exceptions:
@@ -461,11 +510,17 @@ class Packer:
                 return None
             try:
                 st = os.fstat(fd)
-                self._emit(self._archive_name(rel, True), DIRTYPE, st, rel,
-                           xattrs=self._fd_xattrs(fd, rel))
+                kind = self._kind_of(fd, st)
+                if kind is None:
+                    self._emit(self._archive_name(rel, True), DIRTYPE, st, rel,
+                               xattrs=self._fd_xattrs(fd, rel))
             except BaseException:
                 os.close(fd)
                 raise
+            if kind is not None:  # mounted since it was looked at
+                os.close(fd)
+                self._skip_kernel(kind, rel)
+                return None
             return fd
         self._one(parent_fd, name, rel, st)
         return None
@@ -547,6 +602,10 @@ class Packer:
             return
         try:
             st = os.fstat(fd)
+            kind = self._kind_of(fd, st)
+            if kind is not None:  # mounted since it was looked at
+                self._skip_kernel(kind, rel)
+                return
             if not stat.S_ISREG(st.st_mode):
                 self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
                           "skipped")

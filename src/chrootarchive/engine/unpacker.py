@@ -24,6 +24,7 @@ from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
     ArchiveError,
+    BreakoutError,
     ChrootArchiveError,
     DestinationError,
     InternalError,
@@ -338,6 +339,8 @@ class Unpacker:
             return
         try:
             self._ensure_parent(name, entry.name)
+        except BreakoutError:
+            raise  # a parent on a kernel file system (openat2): never "nothing there"
         except (FileNotFoundError, NotADirectoryError, ArchiveError):
             return  # below a file, or a symlink that leads nowhere: nothing to white out
 

@@ -3,8 +3,10 @@
 Capabilities are cut to what writing files needs (no CAP_SYS_CHROOT, no ptrace, no
 network, and CAP_SYS_ADMIN only dormant: permitted but not effective, raised by one
 thread around the ``setxattr`` of a ``trusted.*`` name), ``no_new_privs`` is set, a
-seccomp filter refuses exec, mount, pivot_root, chroot, unshare and their kin whatever
-the capabilities, core dumps are off, and every further import fails.
+seccomp filter refuses exec, mounts, namespaces, the kernel's own state, other
+processes (signals reach only the worker itself) and their kin whatever the
+capabilities (``_linux.seccomp_program``), core dumps are off, and every further import
+fails.
 """
 
 from __future__ import annotations

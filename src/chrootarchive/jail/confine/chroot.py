@@ -18,17 +18,17 @@ __all__ = ["enter", "enter_cwd"]
 
 def enter(root_fd: int) -> str:
     """The forced ``chroot`` mechanism (root): a private mount namespace first where
-    one can be made, so that a procfs inside the destination can be detached (its
-    magic links lead out)."""
+    one can be made, so that a procfs or sysfs inside the destination can be detached
+    (procfs's magic links lead out; sysfs is the kernel's state)."""
     os.fchdir(root_fd)
     try:
         _linux.unshare(_linux.CLONE_NEWNS)
         _linux.mount(None, "/", None, _linux.MS_SLAVE | _linux.MS_REC)
     except OSError as err:
-        # chroot needs no namespace, unless there is a procfs to hide.
+        # chroot needs no namespace, unless there is a procfs or sysfs to hide.
         if mounts.proc_mounts_below():
             raise ConfinementError(
-                "a procfs is mounted inside the destination and no private mount "
+                "a procfs or sysfs is mounted inside the destination and no private mount "
                 f"namespace can be made to detach it: {err.strerror}"
             ) from err
         return enter_cwd()

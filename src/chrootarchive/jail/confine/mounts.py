@@ -1,5 +1,6 @@
-"""What the mechanisms need to know about mounts: procfs inside the destination, mount
-ids, and whether we already run in a user namespace (read from ``/proc``)."""
+"""What the mechanisms need to know about mounts: procfs, sysfs and their kin inside the
+destination, mount ids, and whether we already run in a user namespace (read from
+``/proc``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def mount_id(fd: int) -> bytes:
 
 
 _UMOUNT_NOFOLLOW = 8
+#: The kernel's own file systems, as /proc/self/mountinfo names them (the types of
+#: ``_linux.KERNEL_FILESYSTEMS``): detached from the jail, never written or walked.
+KERNEL_FSTYPES = frozenset({
+    b"proc", b"sysfs", b"binfmt_misc", b"debugfs", b"tracefs", b"securityfs", b"cgroup",
+    b"cgroup2", b"bpf", b"configfs", b"efivarfs", b"pstore", b"fusectl", b"selinuxfs",
+    b"smackfs",
+})
 
 
 def _unescape(field: bytes) -> str:
@@ -48,11 +56,13 @@ def _unescape(field: bytes) -> str:
 
 
 def detach_proc_mounts() -> None:
-    """Detach every procfs mounted at or below the working directory (the destination).
+    """Detach every procfs, sysfs or kin mounted at or below the working directory.
 
     A live procfs inside the destination (a ``--pid=host`` container's ``/proc``) holds
-    magic links such as ``/proc/PID/root`` that lead out of any jail. Call in a private
-    mount namespace (nothing propagates back), before the jail is entered.
+    magic links such as ``/proc/PID/root`` that lead out of any jail; a sysfs (and the
+    cgroup, debug or security file systems below it) is the kernel's state, which no
+    archive may write. Call in a private mount namespace (nothing propagates back),
+    before the jail is entered.
     """
     for rel in proc_mounts_below():
         while True:
@@ -62,12 +72,13 @@ def detach_proc_mounts() -> None:
                 if err.errno in (errno.EINVAL, errno.ENOENT):
                     break  # not (or no longer) a mount point
                 raise ConfinementError(
-                    f"detaching the procfs at {rel!r} failed: {err.strerror}"
+                    f"detaching the kernel file system at {rel!r} failed: {err.strerror}"
                 ) from err
 
 
 def proc_mounts_below() -> list[str]:
-    """procfs mount points at or below the working directory, relative, deepest first."""
+    """Mount points of the kernel's file systems (:data:`KERNEL_FSTYPES`) at or below the
+    working directory, relative, deepest first."""
     here = os.getcwd()
     found: list[str] = []
     with open("/proc/self/mountinfo", "rb") as f:
@@ -79,10 +90,11 @@ def proc_mounts_below() -> list[str]:
                 continue
             mount_point = _unescape(fields[4])
             fstype = fields[sep + 1]
-            if fstype != b"proc":
+            if fstype not in KERNEL_FSTYPES:
                 continue
             if mount_point == here:
-                raise ConfinementError("the destination is a procfs mount")
+                raise ConfinementError(
+                    f"the destination is a {os.fsdecode(fstype)} mount (the kernel's files)")
             if mount_point.startswith(here.rstrip("/") + "/"):
                 found.append(os.path.relpath(mount_point, here))
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)

@@ -22,7 +22,13 @@ from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
 from chrootarchive.engine.jobs import JobContext
-from chrootarchive.errors import ChrootArchiveError, DestinationError, InternalError, from_os_error
+from chrootarchive.errors import (
+    ChrootArchiveError,
+    ConfinementError,
+    DestinationError,
+    InternalError,
+    from_os_error,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,12 +65,30 @@ class Openat2FileOps(fsops.FileOps):
         return self.base + path
 
     def _resolve(self, path: str, flags: int) -> int:
+        """Resolve ``path`` under the root; never to an object on a kernel file system.
+
+        First without crossing a mount (``RESOLVE_NO_XDEV``): the object is then on the
+        root's own file system, checked once. A path that crosses a mount (``EXDEV``)
+        is resolved again and what it reaches is checked with ``fstatfs``: a procfs or
+        sysfs mounted inside the root is never written, read or walked
+        (``pivot`` and ``chroot`` detach them in their own mount namespace).
+        """
+        full = self._full(path)
+        flags |= os.O_CLOEXEC
+        resolve = RESOLVE | _linux.RESOLVE_NO_XDEV
         while True:
             try:
-                return _linux.openat2(self.root_fd, self._full(path), flags | os.O_CLOEXEC,
-                                      0, RESOLVE)
+                fd = _linux.openat2(self.root_fd, full, flags, 0, resolve)
             except BlockingIOError:
                 continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
+            except OSError as err:
+                if err.errno != errno.EXDEV or resolve == RESOLVE:
+                    raise
+                resolve = RESOLVE  # crosses a mount: resolve, then check the type
+                continue
+            if resolve == RESOLVE:
+                fsops.refuse_kernel_filesystem(fd, path)
+            return fd
 
     def _parent(self, path: str) -> tuple[int, str]:
         parent, _, name = path.rpartition("/")
@@ -160,7 +184,7 @@ class Openat2FileOps(fsops.FileOps):
     def remove_tree(self, path: str) -> None:
         pfd, name = self._parent(path)
         try:
-            fsops.remove_tree_at(pfd, name)
+            fsops.remove_tree_at(pfd, name, path)
         finally:
             os.close(pfd)
 
@@ -196,8 +220,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-
-
 class InProcess:
     """A job run by a thread of this process under ``openat2``, shaped like a worker.
 
@@ -223,6 +245,9 @@ class InProcess:
         self._reply: JobReply | None = None
         self._error: BaseException | None = None
         self._own: list[int] = []  # descriptors the thread closes when it ends
+        kind = fsops.kernel_filesystem(root_fd)
+        if kind is not None:  # as pivot and chroot refuse a procfs destination
+            raise ConfinementError(f"the root is a {kind} mount (refused)")
         files = Openat2FileOps(root_fd, _enter_dest(root_fd, request))
         if stdin is None:
             job_stdin, self.stdin_w = os.pipe2(os.O_CLOEXEC)
