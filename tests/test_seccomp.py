@@ -296,7 +296,7 @@ KERNEL_FS_SCRIPT = textwrap.dedent(
     options = UnpackOptions(confine=confine)
     try:
         if op == "layer":
-            chrootarchive.apply_layer(dest, archive, options)
+            chrootarchive.apply_layer(archive, dest, options)
         else:
             chrootarchive.untar(archive, dest, options)
         print(json.dumps({"error": None}))
