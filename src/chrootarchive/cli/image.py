@@ -40,7 +40,7 @@ appears only when every layer was verified.
 
 exit status: 0 done, 1 bad or hostile image (digest mismatch, missing blob, unknown
 media type, too many layers...), 2 usage, 3 no confinement mechanism available,
-4 destination problem, 70 internal error.
+4 the image cannot be read or DEST cannot be written, 70 internal error.
 """
 
 

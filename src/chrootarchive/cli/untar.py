@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 _UNTAR_EPILOG = """\
 examples:
   chrootarchive untar rootfs.tar.gz /srv/rootfs
+  chrootarchive untar --filter data upload.tar.gz /srv/uploads/42   # data, not a rootfs
+  chrootarchive untar -v -C ./src --strip-components 1 project-1.2.tar.xz
   curl -s https://example.org/x.tar.zst | chrootarchive untar - ./x
   chrootarchive untar --exclude 'usr/share/doc' --exclude '!usr/share/doc/keep' a.tar out
   chrootarchive untar --uid-map 0:100000:65536 --gid-map 0:100000:65536 layer.tar root
@@ -34,8 +36,9 @@ Compression (gzip, bzip2, xz, zstd) is detected from the data and undone outside
 jail. Names that leave the destination, or hardlinks to outside, fail the whole
 extraction (exit status 1). Owners are numeric; names are never looked up.
 
-exit status: 0 done, 1 bad archive, 2 usage, 3 no confinement mechanism available,
-4 destination problem (permission, no space), 70 internal error.
+exit status: 0 done, 1 bad or hostile archive (or a limit crossed), 2 usage, 3 no
+confinement mechanism available, 4 the archive cannot be read or DEST cannot be written,
+70 internal error (please report it with --debug). docs/json.md has the details.
 """
 
 
