@@ -39,7 +39,9 @@ def add_parser(commands: Any) -> None:
         epilog=_UNTAR_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    untar_p.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
+    untar_p.add_argument("archive", metavar="ARCHIVE",
+                         help="the archive file, or - for stdin (a device or named FIFO is "
+                              "read only from stdin: it is never opened)")
     untar_p.add_argument("dest", metavar="DEST", help="the destination directory")
     untar_p.add_argument("--root", metavar="ROOT",
                          help="jail at ROOT and resolve DEST inside it (as docker cp does)")
