@@ -51,7 +51,9 @@ def add_parser(commands: Any) -> None:
         epilog=_UNTAR_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    untar_p.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
+    untar_p.add_argument("archive", metavar="ARCHIVE",
+                         help="the archive file, or - for stdin (a device or named FIFO is "
+                              "read only from stdin: it is never opened)")
     untar_p.add_argument("dest", metavar="DEST", nargs="?",
                          help="the destination directory (or give it with -C)")
     untar_p.add_argument("-C", "--directory", metavar="DIR",

@@ -12,8 +12,16 @@ How the tree is read, so that nobody can redirect a read (CVE-2018-15664):
   is one component acted on with ``*at`` calls that never follow a symlink. No path
   string is resolved again from the root, so a racer who swaps a directory for a
   symlink gets the symlink packed as a symlink (or the entry skipped), never followed;
-* a regular file is opened with ``O_NOFOLLOW`` and checked with ``fstat``; its header
-  is made from that ``fstat``, so header and data describe the same inode;
+* no device, FIFO or socket is ever opened, not even one a racer swaps in for a file
+  (:mod:`chrootarchive._fdio`): in the caller's process a file is pinned with
+  ``O_PATH | O_NOFOLLOW``, its type checked on that descriptor and only then is that
+  inode opened for reading (``/proc/self/fd``); in a jail, whose mounts are ``nodev``,
+  the kernel refuses a device's open and what else opens is closed unread. The header
+  is made from the ``fstat`` of that descriptor, so header and data describe the same
+  inode;
+* the listing's file types (``d_type``) only choose the first call: a file is opened
+  and a directory is opened ``O_DIRECTORY`` without a ``stat`` first, and what is
+  found on the descriptor decides;
 * no user or group name is ever looked up (CVE-2019-14271): names come from the
   caller's mapping or are left empty; owners are numeric.
 
@@ -27,10 +35,23 @@ import os
 import posixpath
 import stat
 
-from chrootarchive._fdio import write_all
+from chrootarchive._fdio import (
+    READ_FLAGS,
+    close_pair,
+    open_regular_in_jail,
+    pin_regular,
+    proc_fds,
+    reopen,
+    write_all,
+)
 from chrootarchive.engine import fsops, idmap
 from chrootarchive.engine import names as paths
-from chrootarchive.errors import ChrootArchiveError, SourceError, from_os_error
+from chrootarchive.errors import (
+    ChrootArchiveError,
+    ConfinementError,
+    SourceError,
+    from_os_error,
+)
 from chrootarchive.tarformat.format import (
     BLKTYPE,
     BLOCK,
@@ -62,7 +83,6 @@ _SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
 _SENDFILE_MAX = 1 << 30
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 #: Host-specific labels that mean nothing elsewhere (Docker and GNU tar omit them too).
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
@@ -72,6 +92,8 @@ _SKIPPED_PREFIX = "trusted."
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES})
 # errno of an open that met something else than what was listed: a racer was there.
 _CHANGED = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EINVAL})
+# What the listing said a name was (d_type): only a hint of which call to try first.
+_OTHER, _FILE, _DIR = 0, 1, 2
 
 
 # -- output --------------------------------------------------------------------------
@@ -157,7 +179,8 @@ class Packer:
         options: what to pack and how to name and own it.
         warn: called with one line for each thing skipped.
         src: the source's name in messages (its path as the caller gave it).
-        jailed: running confined (xattrs of symlinks are read via ``fchdir``; there
+        jailed: running confined (xattrs of symlinks are read via ``fchdir``; files
+            are opened as :func:`~chrootarchive._fdio.open_regular_in_jail` says; there
             is no ``/proc``), else in-process (via ``/proc/self/fd``).
     """
 
@@ -181,6 +204,7 @@ class Packer:
         self.links: dict[tuple[int, int], bytes] = {}
         self.seen: set[str] | None = set() if len(options.include_files) > 1 else None
         self.noatime = os.O_NOATIME
+        self.fds = -1  # /proc/self/fd while packing in-process
         #: st_dev -> the kernel file system it is (procfs...), or None; learnt once each.
         self.kinds: dict[int, str | None] = {}
         self.entries = 0
@@ -320,6 +344,21 @@ class Packer:
 
     def pack(self, open_dir: Opener, src: str) -> None:
         """Pack ``src`` (a path below the root); ``open_dir`` resolves it inside the root."""
+        if not self.jailed:
+            try:
+                self.fds = proc_fds()
+            except OSError as err:
+                raise ConfinementError(
+                    "/proc/self/fd cannot be opened (is /proc mounted?): files are read "
+                    f"through it so that no device is ever opened ({err.strerror})") from err
+        try:
+            self._pack(open_dir, src)
+        finally:
+            if self.fds >= 0:
+                os.close(self.fds)
+                self.fds = -1
+
+    def _pack(self, open_dir: Opener, src: str) -> None:
         norm = posixpath.normpath("/" + src)
         follow = norm == "/" or src.endswith("/") or src.endswith("/.")
         if follow:
@@ -383,6 +422,16 @@ class Packer:
             os.close(fd)
         return kinds.get(st.st_dev)  # None if it changed: what is opened is checked
 
+    def _on_kernel_fs(self, parent_fd: int, name: str, rel: str, st: os.stat_result) -> bool:
+        """Whether ``name`` (``st`` its lstat) is on a kernel file system: then it is
+        skipped with a warning."""
+        kinds = self.kinds
+        kind = kinds[st.st_dev] if st.st_dev in kinds else self._kind_at(parent_fd, name, st)
+        if kind is None:
+            return False
+        self._skip_kernel(kind, rel)
+        return True
+
     def _skip_kernel(self, kind: str, rel: str) -> None:
         self.warn(f"{self._where(rel)}: a {kind} mounted in the source, skipped "
                   "(the kernel's files are never packed)")
@@ -443,45 +492,51 @@ class Packer:
 
     def _walk(self, dir_fd: int, rel: str) -> None:
         """Everything below the directory ``dir_fd`` (closed here), depth first, sorted."""
-        stack: list[tuple[int, str, list[str]]] = []
+        stack: list[tuple[int, str, list[str], bytearray]] = []
         try:
-            stack.append((dir_fd, rel, self._listing(dir_fd, rel)))
+            names, kinds = self._listing(dir_fd, rel)
+            stack.append((dir_fd, rel, names, kinds))
         except BaseException:
             os.close(dir_fd)
             raise
         try:
             while stack:
-                fd, here, names = stack[-1]
+                fd, here, names, kinds = stack[-1]
                 if not names:
                     stack.pop()
                     os.close(fd)
                     continue
                 name = names.pop()
                 child_rel = name if here == "." else f"{here}/{name}"
-                child = self._entry(fd, name, child_rel)
+                child = self._entry(fd, name, child_rel, kind=kinds.pop())
                 if child is not None:
                     try:
-                        listing = self._listing(child, child_rel)
+                        names, kinds = self._listing(child, child_rel)
                     except BaseException:
                         os.close(child)
                         raise
-                    stack.append((child, child_rel, listing))
+                    stack.append((child, child_rel, names, kinds))
         finally:
-            for fd, _, _ in stack:
+            for fd, _, _, _ in stack:
                 os.close(fd)
 
-    def _listing(self, fd: int, rel: str) -> list[str]:
-        """The names in a directory, in reverse order (popped from the end)."""
+    def _listing(self, fd: int, rel: str) -> tuple[list[str], bytearray]:
+        """The names in a directory, in reverse order (popped from the end), and what
+        the listing says each is (``_FILE``, ``_DIR``, ``_OTHER``; one byte a name)."""
         try:
             with os.scandir(fd) as it:
-                return sorted((entry.name for entry in it), reverse=True)
+                listed = sorted(
+                    ((entry.name, _FILE if entry.is_file(follow_symlinks=False)
+                      else _DIR if entry.is_dir(follow_symlinks=False) else _OTHER)
+                     for entry in it),
+                    reverse=True)
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
+        return [name for name, _ in listed], bytearray(kind for _, kind in listed)
 
-    def _entry(self, parent_fd: int, name: str, rel: str, include: str = "") -> int | None:
-        """Pack one entry; returns the descriptor of a directory to descend into."""
+    def _lstat(self, parent_fd: int, name: str, rel: str, include: str) -> os.stat_result | None:
         try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             if include:
                 self.warn(f"{self._where(rel)}: not found below the source, skipped")
@@ -490,38 +545,72 @@ class Packer:
             return None
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
-        kinds = self.kinds
-        kind = kinds[st.st_dev] if st.st_dev in kinds else self._kind_at(parent_fd, name, st)
-        if kind is not None:
-            self._skip_kernel(kind, rel)
-            return None
-        is_dir = stat.S_ISDIR(st.st_mode)
+
+    def _entry(
+        self, parent_fd: int, name: str, rel: str, include: str = "", kind: int = _OTHER
+    ) -> int | None:
+        """Pack one entry; returns the descriptor of a directory to descend into.
+
+        ``kind`` is what the listing said (``d_type``): a file or a directory is opened
+        at once, without a ``stat`` first; what the descriptor shows decides, and a
+        listing that is no longer true costs one ``stat`` more.
+        """
+        st: os.stat_result | None = None
+        if kind == _OTHER:
+            st = self._lstat(parent_fd, name, rel, include)
+            if st is None or self._on_kernel_fs(parent_fd, name, rel, st):
+                return None
+            kind = (_DIR if stat.S_ISDIR(st.st_mode)
+                    else _FILE if stat.S_ISREG(st.st_mode) else _OTHER)
         if rel != include and self.excludes and self.excludes.matches(rel):
-            if is_dir and self.has_exceptions:
+            if kind == _DIR and self.has_exceptions:
                 return self._open_dir(parent_fd, name, rel)  # an exception may match below
             return None
         if self.seen is not None:  # overlapping includes: each path once
             if rel in self.seen:
                 return None
             self.seen.add(rel)
-        if is_dir:
-            fd = self._open_dir(parent_fd, name, rel)
-            if fd is None:
+        if kind == _FILE:
+            other = self._file(parent_fd, name, rel)
+            if other is None or self._on_kernel_fs(parent_fd, name, rel, other):
+                return None
+            if not stat.S_ISDIR(other.st_mode):
+                self._one(parent_fd, name, rel, other)  # what is there now (not opened)
+                return None
+            kind = _DIR
+        if kind == _DIR:
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            except FileNotFoundError:
+                self.warn(f"{self._where(rel)}: removed while being packed, skipped")
+                return None
+            except OSError as err:
+                if err.errno not in _CHANGED:
+                    raise _source_error(err, self._where(rel)) from err
+                now = self._lstat(parent_fd, name, rel, "")
+                if now is None or self._on_kernel_fs(parent_fd, name, rel, now):
+                    return None
+                if stat.S_ISDIR(now.st_mode):
+                    self.warn(f"{self._where(rel)}: no longer a directory (changed while "
+                              "being packed), skipped")
+                    return None
+                self._one(parent_fd, name, rel, now)  # what is there now
                 return None
             try:
                 st = os.fstat(fd)
-                kind = self._kind_of(fd, st)
-                if kind is None:
+                found = self._kind_of(fd, st)
+                if found is None:
                     self._emit(self._archive_name(rel, True), DIRTYPE, st, rel,
                                xattrs=self._fd_xattrs(fd, rel))
             except BaseException:
                 os.close(fd)
                 raise
-            if kind is not None:  # mounted since it was looked at
+            if found is not None:  # a kernel file system's directory: never listed
                 os.close(fd)
-                self._skip_kernel(kind, rel)
+                self._skip_kernel(found, rel)
                 return None
             return fd
+        assert st is not None
         self._one(parent_fd, name, rel, st)
         return None
 
@@ -545,7 +634,9 @@ class Packer:
         where = self._where  # computed only for a message
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._file(parent_fd, name, rel, single)
+            if self._file(parent_fd, name, rel, single) is not None:
+                self.warn(f"{where(rel)}: no longer a regular file (changed while being "
+                          "packed), skipped")
             return
         if stat.S_ISSOCK(mode):
             self.warn(f"{where(rel)}: socket skipped (tar cannot hold sockets)")
@@ -578,43 +669,62 @@ class Packer:
         self._emit(archived, typeflag, st, rel, linkname=target,
                    xattrs=self._path_xattrs(parent_fd, name, rel))
 
-    def _open_file(self, parent_fd: int, name: str) -> int:
-        while True:
-            try:
-                return os.open(name, _FILE_FLAGS | self.noatime, dir_fd=parent_fd)
-            except PermissionError:
-                if not self.noatime:
-                    raise
-                self.noatime = 0  # O_NOATIME needs ownership or CAP_FOWNER
+    def _file(
+        self, parent_fd: int, name: str, rel: str, single: str = ""
+    ) -> os.stat_result | None:
+        """Pack a regular file. Returns None when done (or skipped with a warning), or
+        the ``stat`` of what is there if it is not a regular file (nothing was opened).
 
-    def _file(self, parent_fd: int, name: str, rel: str, single: str) -> None:
+        In the caller's process the file is pinned (``O_PATH``), its type and file
+        system checked on the pin, and only then opened; in a jail (``nodev``) it is
+        opened and checked on the descriptor (:mod:`chrootarchive._fdio`).
+        """
         where = self._where  # computed only for a message
+        pinned = fd = -1
         try:
-            fd = self._open_file(parent_fd, name)
+            if self.jailed:
+                while True:
+                    try:
+                        fd, st = open_regular_in_jail(name, parent_fd, READ_FLAGS | self.noatime)
+                        break
+                    except PermissionError:
+                        if not self.noatime:
+                            raise
+                        self.noatime = 0  # O_NOATIME needs ownership or CAP_FOWNER
+                if fd < 0:
+                    return st
+            else:
+                pinned, st = pin_regular(name, parent_fd)
+                if pinned < 0:
+                    return st
         except FileNotFoundError:
             self.warn(f"{where(rel)}: removed while being packed, skipped")
-            return
+            return None
         except OSError as err:
             if err.errno not in _CHANGED:
                 raise _source_error(err, where(rel)) from err
             self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
                       "skipped")
-            return
+            return None
         try:
-            st = os.fstat(fd)
-            kind = self._kind_of(fd, st)
-            if kind is not None:  # mounted since it was looked at
+            kind = self._kind_of(fd if fd >= 0 else pinned, st)
+            if kind is not None:  # never opened under openat2; in a jail, closed unread
                 self._skip_kernel(kind, rel)
-                return
-            if not stat.S_ISREG(st.st_mode):
-                self.warn(f"{where(rel)}: no longer a regular file (changed while being packed), "
-                          "skipped")
-                return
+                return None
+            while fd < 0:
+                try:
+                    fd = reopen(pinned, READ_FLAGS | self.noatime, self.fds)
+                except PermissionError as err:
+                    if not self.noatime:
+                        raise _source_error(err, where(rel)) from err
+                    self.noatime = 0
+                except OSError as err:
+                    raise _source_error(err, where(rel)) from err
             archived = self._archive_name(rel, False, single)
             first = self._first_link(st, archived)
             if first is not None:
                 self._emit(archived, LNKTYPE, st, rel, linkname=first)
-                return
+                return None
             size = st.st_size
             self._emit(archived, REGTYPE, st, rel, size=size,
                        xattrs=self._fd_xattrs(fd, rel))
@@ -631,4 +741,5 @@ class Packer:
             self.out.zeros(-size % BLOCK)
             self.size += size
         finally:
-            os.close(fd)
+            close_pair(fd, pinned)
+        return None

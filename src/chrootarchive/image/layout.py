@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from chrootarchive._fdio import describe, open_input, open_regular
 from chrootarchive.errors import (
     DestinationError,
     ImageError,
@@ -191,17 +192,15 @@ class _DirLayout(Layout):
                 if dir_fd != self._fd:
                     os.close(dir_fd)
                 dir_fd = new
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
+            # A blob that is a device, FIFO or socket is refused without being opened.
+            fd, st = open_regular(parts[-1], dir_fd)
         except OSError as err:
             raise from_os_error(err, name, kind=ImageError, action="cannot open") from err
         finally:
             if dir_fd != self._fd:
                 os.close(dir_fd)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise ImageError("not a regular file", name)
+        if fd < 0:
+            raise ImageError(f"{describe(st)}, not a regular file (not opened)", name)
         return _FdReader(fd, st.st_size)
 
 
@@ -351,10 +350,13 @@ def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
                 layout.close()
             return
         try:
-            fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+            fd, st = open_input(image)
         except OSError as err:
             raise from_os_error(
                 err, image, kind=SourceError, action="cannot open the image") from err
+        if fd < 0:
+            raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
+                              "never is); give its data on standard input ('-')", image)
         if not stat.S_ISREG(st.st_mode) or compression.detect(os.pread(fd, 6, 0)) != "none":
             with open(fd, "rb", closefd=True) as raw:
                 fd = _spool(raw, image, max_bytes)

@@ -14,7 +14,7 @@ import sys
 
 from chrootarchive import _fdio, _wire
 from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest, encode_error, encode_reply
-from chrootarchive.errors import DestinationError, from_os_error
+from chrootarchive.errors import DestinationError, MechanismUnavailableError, from_os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -167,6 +167,11 @@ def _child_work(job: Job, request: JobRequest, fds: dict[str, int]) -> JobReply:
     job.prepare(request)  # imports only some requests need (none are possible later)
     used = confine.enter(request.mechanism, root_fd, fds.get("sync"))
     os.close(root_fd)
+    if job.reads_files and not mounts.devices_forbidden():
+        raise MechanismUnavailableError(
+            f"{used}: the jail's mounts could not be made nodev (mount_setattr, Linux "
+            "5.12, in a mount namespace of the worker's own), so reading the tree could "
+            "open a device swapped in for a file")
     if used.startswith("userns"):
         in_user_namespace = True
     lockdown.lock_down(job, request)

@@ -21,8 +21,15 @@ import stat
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, cast
 
+from chrootarchive import _linux
 from chrootarchive.contract import JobRequest
-from chrootarchive.errors import ConfinementError, SourceError, from_os_error
+from chrootarchive.errors import (
+    ConfinementError,
+    MechanismUnavailableError,
+    SourceError,
+    from_os_error,
+)
+from chrootarchive.jail.confine import IN_PROCESS
 from chrootarchive.operations import destination
 from chrootarchive.operations import untar as api
 from chrootarchive.operations.compression import CHUNK
@@ -237,19 +244,31 @@ def _pack_candidates(requested: str) -> list[str]:
     which would change the source's modification time and fails on a read-only
     source, while ``chroot`` leaves the source untouched; the worker then holds no
     descriptor from outside, neither CAP_SYS_CHROOT nor the ``chroot`` system call
-    (seccomp), and no capability but reading. Unprivileged, ``openat2`` before
+    (seccomp), and no capability but reading. Then ``openat2``, before ``pivot`` and
     ``userns``: reading needs no namespace, and inside one, owners would read as the
-    namespace sees them (the caller as 0, others as 65534).
+    namespace sees them (the caller as 0, others as 65534); and where ``chroot`` cannot
+    make a mount namespace of its own, it cannot make its mounts ``nodev`` and refuses
+    to read (a device swapped in could be opened), so neither can ``pivot``.
     """
     found = ladder.candidates(requested)
-    if requested != "auto":
-        return found
-    if os.geteuid() == 0:
-        with contextlib.suppress(ConfinementError):
-            found = ladder.candidates("chroot") + found
-    elif "openat2" in found:
-        found.remove("openat2")
-        found.insert(0, "openat2")
+    if requested == "auto":
+        if "openat2" in found:
+            found.remove("openat2")
+            found.insert(0, "openat2")
+        if os.geteuid() == 0:
+            with contextlib.suppress(ConfinementError):
+                found = ladder.candidates("chroot") + found
+    jailed = [name for name in found if name not in IN_PROCESS]
+    if jailed and _linux.mount_setattr_missing():
+        # A jailed reader needs nodev mounts (jail.confine.mounts.forbid_devices).
+        reason = ("reading a tree in a jail needs mount_setattr (Linux 5.12) to keep "
+                  "devices from being opened")
+        if requested != "auto":
+            raise MechanismUnavailableError(
+                f"confinement {requested!r} is not available: {reason}")
+        found = [name for name in found if name in IN_PROCESS]
+        if not found:
+            raise ConfinementError(ladder.unavailable_summary(dict.fromkeys(jailed, reason)))
     return found
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
+from chrootarchive import _fdio
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
     ChrootArchiveError,
@@ -320,11 +321,14 @@ def open_source(source: Source) -> Iterator[BinaryIO]:
             yield sys.stdin.buffer
             return
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
+            fd, st = _fdio.open_input(path)
         except OSError as err:
             raise from_os_error(
                 err, path, kind=SourceError, action="cannot open the archive") from err
-        with f:
+        if fd < 0:
+            raise SourceError(f"{_fdio.describe(st)}: not opened (a device, named FIFO or "
+                              "socket never is); give its data on standard input ('-')", path)
+        with open(fd, "rb") as f:
             yield f
         return
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 
         #: Capabilities raised only around a privileged call (``trusted.*`` xattrs).
         dormant_capabilities: frozenset[str]
+        #: Opens files of the tree for reading: a jailed worker runs it only where its
+        #: mounts are ``nodev`` (no device a racer swaps in can be opened).
+        reads_files: bool
 
         def capabilities(self, request: JobRequest) -> frozenset[str]:
             """The capabilities the job keeps once jailed."""

@@ -45,6 +45,7 @@ class PackJob:
     """The job ``pack``: write the tar stream of ``request.src`` to the job's stdout."""
 
     dormant_capabilities: frozenset[str] = frozenset()
+    reads_files = True
 
     def capabilities(self, request: JobRequest) -> frozenset[str]:
         return capabilities(request)

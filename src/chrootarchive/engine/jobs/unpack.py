@@ -24,6 +24,8 @@ def _alarm(signum: int, frame: object) -> None:
 class UnpackJob:
     #: Raised only around setting ``trusted.*`` xattrs (see ``jail.lockdown``).
     dormant_capabilities = frozenset({"CAP_SYS_ADMIN"})
+    #: Opens nothing it did not create (``O_EXCL``), but directories and ``O_PATH``.
+    reads_files = False
 
     def capabilities(self, request: JobRequest) -> frozenset[str]:
         return WRITE_FILES

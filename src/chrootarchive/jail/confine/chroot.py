@@ -31,13 +31,20 @@ def enter(root_fd: int) -> str:
                 "a procfs or sysfs is mounted inside the destination and no private mount "
                 f"namespace can be made to detach it: {err.strerror}"
             ) from err
-        return enter_cwd()
+        return enter_cwd(own_mounts=False)
     mounts.detach_proc_mounts()
-    return enter_cwd()
+    return enter_cwd(own_mounts=True)
 
 
-def enter_cwd() -> str:
-    """Chroot to the current directory (which the caller pinned with fchdir)."""
+def enter_cwd(*, own_mounts: bool) -> str:
+    """Chroot to the current directory (which the caller pinned with fchdir).
+
+    ``own_mounts``: this process made the mount namespace it is in, so its mounts may
+    be made ``nodev`` (a pack job refuses to start where they are not:
+    :func:`chrootarchive.jail.confine.mounts.devices_forbidden`).
+    """
+    if own_mounts:
+        mounts.forbid_devices()
     try:
         os.chroot(".")
         os.chdir("/")

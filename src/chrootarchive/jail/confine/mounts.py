@@ -10,7 +10,14 @@ import os
 from chrootarchive import _linux
 from chrootarchive.errors import ConfinementError
 
-__all__ = ["detach_proc_mounts", "mount_id", "proc_mounts_below", "running_in_user_namespace"]
+__all__ = [
+    "detach_proc_mounts",
+    "devices_forbidden",
+    "forbid_devices",
+    "mount_id",
+    "proc_mounts_below",
+    "running_in_user_namespace",
+]
 
 
 def running_in_user_namespace() -> bool:
@@ -98,3 +105,30 @@ def proc_mounts_below() -> list[str]:
             if mount_point.startswith(here.rstrip("/") + "/"):
                 found.append(os.path.relpath(mount_point, here))
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+_nodev = False
+
+
+def forbid_devices() -> bool:
+    """Make every mount of this process's mount namespace from ``/`` down ``nodev``.
+
+    Only ever called in a mount namespace the worker made for itself (the change would
+    otherwise reach every process of the namespace it shares). Then no device node in
+    the jail can be opened, by a racer's swap or otherwise: the kernel refuses the open
+    (EACCES) before the driver's ``open`` runs. Creating device nodes (``mknod``, for
+    an archive that holds them) still works. Returns False where the kernel has no
+    ``mount_setattr`` (Linux < 5.12) or refuses it.
+    """
+    global _nodev
+    try:
+        _linux.mount_setattr_nodev("/")
+    except OSError:
+        return False
+    _nodev = True
+    return True
+
+
+def devices_forbidden() -> bool:
+    """Whether :func:`forbid_devices` made this worker's mounts ``nodev``."""
+    return _nodev

@@ -53,7 +53,7 @@ def _bind_cwd_onto_itself() -> None:
 def enter(root_fd: int) -> str:
     os.fchdir(root_fd)
     if mounts.running_in_user_namespace():
-        return chroot.enter_cwd()
+        return chroot.enter_cwd(own_mounts=False)
     try:
         _linux.unshare(_linux.CLONE_NEWNS)
     except OSError as err:
@@ -90,7 +90,7 @@ def pivot_cwd() -> str:
         try:
             _bind_cwd_onto_itself()
         except OSError:
-            return chroot.enter_cwd()
+            return chroot.enter_cwd(own_mounts=True)
     try:
         pivot_dir = _make_pivot_dir()
     except OSError as err:
@@ -106,7 +106,7 @@ def pivot_cwd() -> str:
             raise ConfinementError(
                 f"cleaning up after a failed pivot failed: {err.strerror}"
             ) from err
-        return chroot.enter_cwd()
+        return chroot.enter_cwd(own_mounts=True)
     old_root = "/" + pivot_dir
     mounted = True
     try:
@@ -130,4 +130,5 @@ def pivot_cwd() -> str:
                 raise ConfinementError(
                     f"cleaning up after pivot failed: {err.strerror}"
                 ) from err
+    mounts.forbid_devices()  # a pack job refuses to start without it
     return "pivot"
