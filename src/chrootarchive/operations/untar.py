@@ -6,6 +6,7 @@ The package ``__init__`` re-exports these; ``image`` and ``copy`` build on them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -325,6 +326,8 @@ def open_source(source: Source) -> Iterator[BinaryIO]:
         except OSError as err:
             raise from_os_error(
                 err, path, kind=SourceError, action="cannot open the archive") from err
+        if fd < 0 and stat.S_ISDIR(st.st_mode):
+            raise SourceError("cannot open the archive: Is a directory", path, errno.EISDIR)
         if fd < 0:
             raise SourceError(f"{_fdio.describe(st)}: not opened (a device, named FIFO or "
                               "socket never is); give its data on standard input ('-')", path)
