@@ -1,0 +1,153 @@
+"""Bounded memory: streams that declare a huge window or dictionary are refused before
+the memory is taken, with a limit error that says how much they need and how to allow it.
+
+The hostile streams are a few dozen bytes, built here: a valid xz stream whose block
+header declares a larger dictionary (its CRC fixed), and a zstd frame of one raw block
+whose window descriptor says 1.5 GiB. Each is checked in a fresh interpreter whose peak
+RSS is measured, so a refusal that came after the allocation would show (its own VmHWM:
+ru_maxrss would carry the forking process's peak across ``exec``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import LimitExceededError, UnpackOptions
+from chrootarchive.operations import compression
+from helpers import tarbuild as tb
+from helpers.cli import assert_one_line_error, run_cli
+from helpers.hardening import MiB
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _tar() -> bytes:
+    return tb.TarBuilder().file("a", b"hello").build()
+
+
+def xz_declaring(bits: int, data: bytes) -> bytes:
+    """An xz stream of ``data`` whose LZMA2 filter declares the dictionary ``bits``
+    encodes (37: 1.5 GiB, 40: 4 GiB - 1; the data itself needs 1 MiB)."""
+    x = bytearray(lzma.compress(data, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": MiB}]))
+    size = (x[12] + 1) * 4
+    header = x[12:12 + size]
+    i = header.index(b"\x21\x01") + 2
+    header[i] = bits
+    header[-4:] = zlib.crc32(bytes(header[:-4])).to_bytes(4, "little")
+    x[12:12 + size] = header
+    return bytes(x)
+
+
+def zstd_declaring(exponent: int, mantissa: int, data: bytes) -> bytes:
+    """A zstd frame of one raw block whose window is (1 << (10 + exponent)) * (1 +
+    mantissa / 8): (20, 4) is 1.5 GiB."""
+    block = ((len(data) << 3) | 1).to_bytes(3, "little")  # raw, last
+    return b"\x28\xb5\x2f\xfd" + bytes([0, exponent << 3 | mantissa]) + block + data
+
+
+HOSTILE = {
+    "xz-1.5G": (lambda: xz_declaring(37, _tar()), 1537),
+    "xz-4G": (lambda: xz_declaring(40, _tar()), 4097),
+    "zstd-1.5G": (lambda: zstd_declaring(20, 4, _tar()), 1536),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_huge_window_refused_with_what_it_needs(case: str) -> None:
+    build, need_mib = HOSTILE[case]
+    with pytest.raises(LimitExceededError) as info:
+        _kind, chunks = compression.decompressed_chunks(io.BytesIO(build()))
+        b"".join(chunks)
+    message = info.value.message
+    assert "max_memory" in message and f"needs {need_mib} MiB" in message, message
+    assert "--max-memory" in message and "Limits.max_memory" in message, message
+    assert info.value.exit_status == 1
+
+
+def test_windows_within_the_limit_decompress() -> None:
+    for blob in (xz_declaring(20, _tar()), zstd_declaring(10, 0, _tar()),  # 1 MiB, 1 KiB
+                 zstd_declaring(13, 0, _tar())):  # 8 MiB: zstd -19's window
+        kind, chunks = compression.decompressed_chunks(io.BytesIO(blob))
+        assert b"".join(chunks) == _tar(), kind
+
+
+def test_a_larger_max_memory_allows_a_larger_window() -> None:
+    blob = xz_declaring(28, _tar())  # 64 MiB: xz -9
+    with pytest.raises(LimitExceededError, match=r"needs 65 MiB.*--max-memory 105M"):
+        b"".join(compression.decompressed_chunks(io.BytesIO(blob))[1])
+    chunks = compression.decompressed_chunks(io.BytesIO(blob), max_memory=105 * MiB)[1]
+    assert b"".join(chunks) == _tar()
+
+
+def test_a_later_xz_stream_is_checked_too() -> None:
+    blob = xz_declaring(20, _tar()) + xz_declaring(37, _tar())
+    with pytest.raises(LimitExceededError, match="max_memory"):
+        b"".join(compression.decompressed_chunks(io.BytesIO(blob))[1])
+
+
+def test_xz_reads_as_before() -> None:
+    """Concatenated streams are read on; trailing bytes that are no stream are ignored;
+    a cut stream and corrupt data are compression errors."""
+    one, two = _tar(), tb.TarBuilder().file("b", b"more").build()
+    both = lzma.compress(one[:-1024]) + lzma.compress(two)
+    assert b"".join(compression.decompressed_chunks(io.BytesIO(both))[1]) == one[:-1024] + two
+    junk = lzma.compress(one) + b"\0" * 8 + b"junk"
+    assert b"".join(compression.decompressed_chunks(io.BytesIO(junk))[1]) == one
+    cut = lzma.compress(one)[:-20]
+    with pytest.raises(chrootarchive.CompressionError, match="truncated"):
+        b"".join(compression.decompressed_chunks(io.BytesIO(cut))[1])
+    bad = bytearray(lzma.compress(os.urandom(4000)))
+    bad[40:60] = bytes(20)
+    with pytest.raises(chrootarchive.CompressionError, match="corrupt xz"):
+        b"".join(compression.decompressed_chunks(io.BytesIO(bytes(bad)))[1])
+
+
+_PEAK = """
+import io, json, resource, sys
+import chrootarchive
+from chrootarchive import UnpackOptions
+data = sys.stdin.buffer.read()
+try:
+    chrootarchive.untar(io.BytesIO(data), sys.argv[1], UnpackOptions(confine=sys.argv[2]))
+    error = None
+except chrootarchive.LimitExceededError as err:
+    error = err.message
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"error": error, "self": int(hwm[0].split()[1]),
+                  "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_huge_window_refused_before_allocation(mechanism: str, case: str,
+                                               tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path / "dest"), mechanism],
+        input=HOSTILE[case][0](), capture_output=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"] and "max_memory" in seen["error"], seen
+    assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
+
+
+def test_cli_huge_window_is_a_one_line_limit_error(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(xz_declaring(37, _tar()), ".tar.xz")
+    result = run_cli("untar", archive, tmp_path / "d")
+    assert_one_line_error(result, rc=1, mentions=("max_memory", "1537 MiB", "--max-memory"))
+
+
+def test_api_limit_error(tmp_path: Path) -> None:
+    with pytest.raises(LimitExceededError, match="max_memory"):
+        chrootarchive.untar(io.BytesIO(zstd_declaring(20, 4, _tar())), tmp_path / "d",
+                            UnpackOptions(confine="openat2"))
