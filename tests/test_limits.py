@@ -371,7 +371,7 @@ FLAGS = {
     "max_bytes": "--max-bytes", "max_entries": "--max-entries",
     "max_file_size": "--max-file-size", "max_path_length": "--max-path-length",
     "max_path_depth": "--max-path-depth", "max_xattr_bytes": "--max-xattr-bytes",
-    "timeout": "--timeout",
+    "max_memory": "--max-memory", "timeout": "--timeout",
 }
 
 

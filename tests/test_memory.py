@@ -10,23 +10,26 @@ ru_maxrss would carry the forking process's peak across ``exec``).
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import lzma
 import os
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
 import pytest
 
 import chrootarchive
-from chrootarchive import LimitExceededError, UnpackOptions
+from chrootarchive import LimitExceededError, Limits, UnpackOptions
+from chrootarchive.jail import lockdown
 from chrootarchive.operations import compression
 from helpers import tarbuild as tb
 from helpers.cli import assert_one_line_error, run_cli
-from helpers.hardening import MiB
+from helpers.hardening import MiB, wait_for, wait_worker
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -151,3 +154,75 @@ def test_api_limit_error(tmp_path: Path) -> None:
     with pytest.raises(LimitExceededError, match="max_memory"):
         chrootarchive.untar(io.BytesIO(zstd_declaring(20, 4, _tar())), tmp_path / "d",
                             UnpackOptions(confine="openat2"))
+
+
+# -- the limit as an option, and the worker's backstop --------------------------------
+
+
+def test_max_memory_option_allows_a_larger_window(tmp_path: Path, write_archive) -> None:
+    archive = write_archive(xz_declaring(28, _tar()), ".tar.xz")  # 64 MiB: xz -9
+    result = run_cli("untar", archive, tmp_path / "refused")
+    assert_one_line_error(result, rc=1, mentions=("max_memory", "65 MiB", "--max-memory 105M"))
+    result = run_cli("untar", "--max-memory", "105M", archive, tmp_path / "allowed")
+    assert result.rc == 0, result.err
+    assert (tmp_path / "allowed" / "a").read_bytes() == b"hello"
+    with pytest.raises(ValueError, match="max_memory"):
+        Limits(max_memory=47 * MiB)
+    assert run_cli("untar", "--max-memory", "16M", archive, tmp_path / "small").rc == 2
+
+
+def _sparse_map_bomb(regions: int) -> bytes:
+    """A GNU sparse 1.0 file whose map holds ``regions`` one-byte regions: a few MB of
+    map that the reader keeps as a list of tuples (about 120 bytes each)."""
+    lines = [str(regions)]
+    for i in range(regions):
+        lines += [str(2 * i), "1"]
+    body = tb.pad(("\n".join(lines) + "\n").encode()) + b"x" * regions
+    return (tb.TarBuilder()
+            .pax({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "s",
+                  "GNU.sparse.realsize": str(2 * regions)})
+            .file("GNUSparseFile.0/s", body).build())
+
+
+def test_worker_backstop_turns_runaway_memory_into_a_limit_error(
+        mechanism: str, tmp_path: Path) -> None:
+    """A worker that allocates beyond its share (here the reader's sparse map, about
+    100 MiB for 900,000 regions) gets MemoryError from RLIMIT_DATA, reported as the
+    max_memory limit; the in-process openat2 runner has no worker to cap."""
+    if mechanism == "openat2":
+        pytest.skip("no worker process: the caller's memory is the caller's")
+    data = gzip.compress(_sparse_map_bomb(900_000), 1)
+    with pytest.raises(LimitExceededError, match="max_memory") as info:
+        chrootarchive.untar(io.BytesIO(data), tmp_path / "d", UnpackOptions(confine=mechanism))
+    assert info.value.exit_status == 1
+    assert "worker ran out" in info.value.message
+
+
+def test_worker_data_limit_is_sized_from_max_memory(tmp_path: Path) -> None:
+    """RLIMIT_DATA of a real worker is max_memory minus the parent's share."""
+    r, w = os.pipe()
+    done: list[BaseException | None] = []
+
+    def run() -> None:
+        with os.fdopen(r, "rb") as source:
+            try:
+                chrootarchive.untar(source, tmp_path / "d", UnpackOptions(
+                    confine="pivot", limits=Limits(max_memory=100 * MiB)))
+                done.append(None)
+            except BaseException as err:
+                done.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        os.write(w, _tar()[:512])
+        pid = wait_worker()
+        limit = wait_for(lambda: next(
+            (line.split()[3] for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+             if line.startswith("Max data size") and line.split()[3] != "unlimited"), None))
+        assert int(limit) == 100 * MiB - lockdown.PARENT_SHARE
+    finally:
+        os.write(w, _tar()[512:])
+        os.close(w)
+        thread.join(60)
+    assert done == [None]

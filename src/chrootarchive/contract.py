@@ -114,6 +114,7 @@ class LimitSpec(_Record):
         "max_bytes",
         "max_entries",
         "max_file_size",
+        "max_memory",
         "max_path_depth",
         "max_path_length",
         "max_xattr_bytes",
@@ -125,6 +126,7 @@ class LimitSpec(_Record):
     max_path_length: int | None
     max_path_depth: int | None
     max_xattr_bytes: int | None
+    max_memory: int | None
     timeout: float | None
 
 
@@ -286,6 +288,10 @@ def encode_error(err: BaseException) -> dict[str, Any]:
     """A job's failure as a document; :func:`decode_reply` raises it as the same class."""
     if isinstance(err, ChrootArchiveError):
         detail = {"type": type(err).__name__, "message": err.message, "entry": err.entry}
+    elif isinstance(err, MemoryError):  # the worker's RLIMIT_DATA (Limits.max_memory)
+        detail = {"type": "LimitExceededError", "entry": None, "message":
+                  "limit max_memory exceeded: the worker ran out of the memory the limit "
+                  "allows it (raise it with --max-memory, Limits.max_memory)"}
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         detail = {"type": "DestinationError", "message": err.strerror, "entry": None}
     else:

@@ -22,6 +22,9 @@ __all__ = [
 ]
 
 GiB = 1 << 30
+MiB = 1 << 20
+#: The smallest ``Limits.max_memory``: a worker needs about 16 MiB to run.
+MIN_MEMORY = 48 * MiB
 
 #: Manifests with more layers are refused (``unpack_image(max_layers=...)``).
 DEFAULT_MAX_LAYERS = 1000
@@ -197,6 +200,11 @@ class Limits:
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).
         max_path_depth: components in an entry's cleaned name.
         max_xattr_bytes: names and values of one entry's xattrs together.
+        max_memory: memory of the parent's decompressor and the worker together, at
+            least 48 MiB: a compressed stream whose window or dictionary needs more than
+            ``max_memory`` - 40 MiB is refused before it is allocated, and the worker's
+            data segment (``RLIMIT_DATA``: heap, anonymous mappings, thread stacks) is
+            capped at ``max_memory`` - 24 MiB (the parent's share).
         timeout: wall-clock seconds for the whole operation (at most 10**9).
     """
 
@@ -206,6 +214,7 @@ class Limits:
     max_path_length: int | None = 4096
     max_path_depth: int | None = 1024
     max_xattr_bytes: int | None = 1 << 20
+    max_memory: int | None = 64 * MiB
     timeout: float | None = None
 
     def __post_init__(self) -> None:
@@ -214,6 +223,8 @@ class Limits:
             value = getattr(self, name)
             if value is not None:
                 _int(f"Limits.{name}", value, low=1)
+        if self.max_memory is not None:
+            _int("Limits.max_memory", self.max_memory, low=MIN_MEMORY)
         _seconds("Limits.timeout", self.timeout)
 
     @classmethod

@@ -158,6 +158,10 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                      help=f"directories in a name (default {defaults.max_path_depth})")
     lim.add_argument("--max-xattr-bytes", type=parse_size, metavar="SIZE",
                      help=f"one entry's xattrs (default {format_size(defaults.max_xattr_bytes)})")
+    lim.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                     help="memory of the decompressor and the worker together: a stream "
+                          "needing a larger window is refused (at least 48M; default "
+                          f"{format_size(defaults.max_memory)})")
     lim.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="wall-clock time for the whole operation (default: none)")
     lim.add_argument("--strict-limits", action="store_true",
@@ -170,7 +174,7 @@ def limits(args: argparse.Namespace) -> Limits:
     changes = {
         name: getattr(args, name)
         for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
-                     "max_path_depth", "max_xattr_bytes", "timeout")
+                     "max_path_depth", "max_xattr_bytes", "max_memory", "timeout")
         if getattr(args, name) is not None
     }
     chosen: Limits = checked(replace, base, **changes)

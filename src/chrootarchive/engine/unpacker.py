@@ -245,19 +245,33 @@ class Unpacker:
         most_entries = (1 << 80) if max_entries is None else max_entries
         stats = self.stats
         apply = self.apply
-        for entry in reader:
-            stats.entries += 1
-            stats.size += entry.size
-            if stats.entries > most_entries:
-                self._limit("max_entries", most_entries, "entries", entry.name)
-            if self.deadline is not None:
-                self._check_time(entry.name)
-            try:
-                apply(entry, reader)
-            except ChrootArchiveError:
+        name: str | None = None  # of the entry being applied; None while reading one
+        out_of_memory = False
+        try:
+            for entry in reader:
+                name = entry.name
+                stats.entries += 1
+                stats.size += entry.size
+                if stats.entries > most_entries:
+                    self._limit("max_entries", most_entries, "entries", name)
+                if self.deadline is not None:
+                    self._check_time(name)
+                try:
+                    apply(entry, reader)
+                except ChrootArchiveError:
+                    raise
+                except OSError as err:
+                    raise self._os_error(err, name) from err
+                name = None
+        except MemoryError:  # the worker's RLIMIT_DATA (jail.lockdown)
+            if self.limits.max_memory is None:
                 raise
-            except OSError as err:
-                raise self._os_error(err, entry.name) from err
+            out_of_memory = True
+        if out_of_memory:  # raised here, so that what ran out is freed (no traceback)
+            raise LimitExceededError(
+                f"limit max_memory ({self.limits.max_memory:,} bytes) exceeded: the worker "
+                f"ran out of the memory the limit allows it (raise it with --max-memory, "
+                f"Limits.max_memory)", name)
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         name = paths.clean_name(entry.name)

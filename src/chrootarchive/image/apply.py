@@ -109,11 +109,12 @@ class _BlobStream:
             self.read(_CHUNK)
 
 
-def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str,
-                  kind_seen: list[str]) -> Generator[bytes, None, None]:
+def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: list[str],
+                  max_memory: int | None) -> Generator[bytes, None, None]:
     """The layer's uncompressed tar stream, hashed on its way for the DiffID."""
     declared = layer.compression
-    kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none")
+    kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none",
+                                                   max_memory=max_memory)
     kind_seen.append(kind)
     if declared not in ("none", "auto") and kind != declared:
         actual = "not compressed" if kind == "none" else kind
@@ -172,7 +173,7 @@ def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOpt
     reader = layout.open(layer.name, label)
     blob = _BlobStream(reader, layer, label, report)
     kind_seen: list[str] = []
-    chunks = _layer_chunks(blob, layer, label, kind_seen)
+    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory)
     try:
         result = api.unpack_stream(chunks, dest, options, layer=True, lock=False)
         for _ in chunks:  # the worker drains its input; make sure every check ran
