@@ -226,3 +226,53 @@ def test_worker_data_limit_is_sized_from_max_memory(tmp_path: Path) -> None:
         os.close(w)
         thread.join(60)
     assert done == [None]
+
+
+# -- state kept per name --------------------------------------------------------------
+
+
+_DEEP = """
+import io, json, resource, sys
+import chrootarchive
+from chrootarchive import UnpackOptions
+data = sys.stdin.buffer.read()
+try:
+    chrootarchive.untar(io.BytesIO(data), sys.argv[1], UnpackOptions(confine=sys.argv[2]))
+    error = None
+except chrootarchive.ChrootArchiveError as err:
+    error = f"{type(err).__name__}: {err.message[:200]}"
+print(json.dumps({"error": error,
+                  "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def _through_symlinks_into_depth(entries: int, depth: int = 1000) -> bytes:
+    """A chain of ``depth`` directories, then ``entries`` pairs: a symlink ``sN`` to its
+    top and a file reached through it at the bottom. Every file's name has ``depth``
+    distinct prefixes (about a megabyte of names) that a cache of known parents keeps."""
+    chain = "/".join(["d"] * depth)
+    builder = tb.TarBuilder().file(chain + "/f", b"x")
+    below = "/".join(["d"] * (depth - 1))
+    for i in range(entries):
+        builder = builder.symlink(f"s{i}", "d").file(f"s{i}/{below}/g", b"y")
+    return builder.build()
+
+
+def test_names_through_symlinks_into_depth_do_not_grow_the_worker(
+        mechanism: str, tmp_path: Path) -> None:
+    """40 such files grew the worker by about 1 MiB each (past max_memory's 40 MiB, so the
+    backstop stopped them); the cache is now bounded (4 MiB of names) and they unpack."""
+    if mechanism == "openat2":
+        pytest.skip("no worker process to measure")
+    dest = tmp_path / "dest"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEEP, str(dest), mechanism],
+        input=_through_symlinks_into_depth(40), capture_output=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"] is None, seen
+    # The worker's peak (at least the spawning interpreter's size: ru_maxrss survives exec).
+    assert seen["children"] < 28 * 1024, seen
+    assert (dest / "s39").is_symlink()
+    assert (dest / "/".join(["d"] * 1000) / "g").read_bytes() == b"y"

@@ -13,10 +13,12 @@ descriptor. Directory modes and times are applied at the end, deepest first.
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import posixpath
 import stat
+import struct
 import time
 
 from chrootarchive.engine import acl, fsops, idmap, layer
@@ -37,7 +39,7 @@ from chrootarchive.tarformat.reader import TarEntry, TarReader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import NoReturn
 
     from chrootarchive.contract import UnpackSpec
@@ -53,6 +55,13 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
+# The cache of known directories: names (and about 100 bytes each) up to this much, then
+# the older half is forgotten. Only a cache (a forgotten parent is found again with
+# mkdir and stat), but every distinct prefix of every name would otherwise stay: a name
+# that goes through a symlink into a deep tree adds a thousand long ones.
+_DIRS_BUDGET = 4 << 20
+_DIR_OVERHEAD = 100
+_MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 
 
 class UnpackStats:
@@ -67,20 +76,37 @@ class UnpackStats:
         self.skipped_xattrs = 0
 
 
-class _PendingDir:
-    """A directory whose mode and times are applied at the end (deepest first)."""
+_PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
 
-    __slots__ = ("atime_ns", "dev", "ino", "mode", "mtime_ns", "path")
 
-    def __init__(
-        self, path: str, dev: int, ino: int, mode: int, atime_ns: int, mtime_ns: int
-    ) -> None:
-        self.path = path
-        self.dev = dev
-        self.ino = ino
-        self.mode = mode
-        self.atime_ns = atime_ns
-        self.mtime_ns = mtime_ns
+class _PendingDirs:
+    """Directories whose mode and times are applied at the end (deepest first).
+
+    Packed, a directory is its name and 40 bytes (as objects it was about 300): one per
+    directory entry, so the entry limit bounds them.
+    """
+
+    __slots__ = ("_data", "_ends")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array.array("Q")
+
+    def append(self, path: str, dev: int, ino: int, mode: int, atime_ns: int,
+               mtime_ns: int) -> None:
+        name = os.fsencode(path)
+        self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
+        self._data += name
+        self._ends.append(len(self._data))
+
+    def newest_first(self) -> Iterator[tuple[str, int, int, int, int, int]]:
+        """(path, dev, ino, mode, atime_ns, mtime_ns), the last appended first."""
+        data, ends = self._data, self._ends
+        for i in range(len(ends) - 1, -1, -1):
+            start = ends[i - 1] if i else 0
+            dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, start)
+            name = data[start + _PENDING.size:start + _PENDING.size + size]
+            yield os.fsdecode(bytes(name)), dev, ino, mode, atime, mtime
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
@@ -178,7 +204,8 @@ class Unpacker:
         self.dirs: dict[str, bool] = {
             ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
         }
-        self.pending_dirs: list[_PendingDir] = []
+        self.dirs_size = 0  # what the cache holds, counted against _DIRS_BUDGET
+        self.pending_dirs = _PendingDirs()
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -366,14 +393,28 @@ class Unpacker:
                         entry_name,
                     ) from None
                 parent_setgid = bool(st.st_mode & stat.S_ISGID)
-                self.dirs[prefix] = parent_setgid
+                self._remember(prefix, parent_setgid)
                 continue
             # A new implied directory: 0755 owned by the mapped root. mkdir under a
             # setgid parent inherits setgid and the parent's group.
             owner = self.root_owner
             if owner is not None and (parent_setgid or owner != (self.euid, self.egid)):
                 self._chown_new_dir(prefix, owner, entry_name)
-            self.dirs[prefix] = parent_setgid
+            self._remember(prefix, parent_setgid)
+
+    def _remember(self, path: str, setgid: bool) -> None:
+        """Cache ``path`` as a directory; past the budget, forget the older half."""
+        if path not in self.dirs:
+            self.dirs_size += len(path) + _DIR_OVERHEAD
+            if self.dirs_size > _DIRS_BUDGET:
+                dirs = self.dirs
+                root = dirs.pop(".")
+                keep = list(dirs.items())[len(dirs) // 2:]
+                dirs.clear()
+                dirs["."] = root
+                dirs.update(keep)
+                self.dirs_size = sum(len(p) + _DIR_OVERHEAD for p, _ in keep)
+        self.dirs[path] = setgid
 
     def _chown_new_dir(self, path: str, owner: tuple[int, int], entry_name: str) -> None:
         fd = self.fs.open_dir(path)
@@ -385,10 +426,12 @@ class Unpacker:
 
     def _forget(self, path: str) -> None:
         """Drop cached knowledge about ``path`` and anything below it."""
-        self.dirs.pop(path, None)
+        if self.dirs.pop(path, None) is not None:
+            self.dirs_size -= len(path) + _DIR_OVERHEAD
         prefix = path + "/"
         for known in [p for p in self.dirs if p.startswith(prefix)]:
             del self.dirs[known]
+            self.dirs_size -= len(known) + _DIR_OVERHEAD
 
     def _clear_for(self, name: str, entry: TarEntry) -> bool:
         """Make room for ``entry`` at ``name``. Returns True when a directory is kept.
@@ -725,11 +768,9 @@ class Unpacker:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        self.dirs[name] = bool(st.st_mode & stat.S_ISGID)
+        self._remember(name, bool(st.st_mode & stat.S_ISGID))
         atime, mtime = self._times(entry)
-        self.pending_dirs.append(
-            _PendingDir(name, st.st_dev, st.st_ino, entry.mode & 0o7777, atime, mtime)
-        )
+        self.pending_dirs.append(name, st.st_dev, st.st_ino, entry.mode & 0o7777, atime, mtime)
 
     def _symlink(self, name: str, entry: TarEntry) -> None:
         paths.check_symlink(name, entry.linkname, entry.name)
@@ -957,7 +998,8 @@ class Unpacker:
         except OSError as err:
             if not self.limited or err.errno not in (errno.EINVAL, errno.EPERM):
                 raise
-            self.unmappable.add(owner)
+            if len(self.unmappable) < _MAX_UNMAPPABLE:
+                self.unmappable.add(owner)
             self._skip_owner(fd, owner)
 
     def _skip_owner(self, fd: int, owner: tuple[int, int]) -> None:
@@ -1007,20 +1049,20 @@ class Unpacker:
 
     def finish_dirs(self) -> None:
         """Apply directory modes and times, deepest first, only to our directories."""
-        for pending in reversed(self.pending_dirs):
+        for path, dev, ino, mode, atime_ns, mtime_ns in self.pending_dirs.newest_first():
             try:
-                fd = self.fs.open_dir(pending.path)
+                fd = self.fs.open_dir(path)
             except OSError:
                 continue  # replaced or removed since: not ours any more
             try:
                 st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != (pending.dev, pending.ino):
+                if (st.st_dev, st.st_ino) != (dev, ino):
                     continue
-                if stat.S_IMODE(st.st_mode) != pending.mode:
-                    os.fchmod(fd, pending.mode)
-                os.utime(fd, ns=(pending.atime_ns, pending.mtime_ns))
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(atime_ns, mtime_ns))
             except OSError as err:
-                raise self._os_error(err, pending.path) from err
+                raise self._os_error(err, path) from err
             finally:
                 os.close(fd)
 

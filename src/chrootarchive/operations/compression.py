@@ -269,6 +269,9 @@ class _ZstdFrames(_ReaderBase):
             exponent, mantissa = header[0] >> 3, header[0] & 7
             base = 1 << (10 + exponent)
             window = base + (base >> 3) * mantissa
+        if window > _ZSTD_WINDOW_MAX:  # no encoder makes it: garbage, not a demand
+            raise CompressionError(f"corrupt zstd data: a frame declares a window of "
+                                   f"{window} bytes, more than the format's 2 GiB")
         if self._max_window is not None and window > self._max_window:
             raise _too_big("zstd", "its window", window, self._max_window)
 
