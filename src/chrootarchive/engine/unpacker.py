@@ -13,7 +13,6 @@ descriptor. Directory modes and times are applied at the end, deepest first.
 
 from __future__ import annotations
 
-import array
 import errno
 import os
 import posixpath
@@ -86,27 +85,26 @@ class _PendingDirs:
     directory entry, so the entry limit bounds them.
     """
 
-    __slots__ = ("_data", "_ends")
+    __slots__ = ("_data",)
 
     def __init__(self) -> None:
-        self._data = bytearray()
-        self._ends = array.array("Q")
+        self._data = bytearray()  # records: the name, then _PENDING (read backwards)
 
     def append(self, path: str, dev: int, ino: int, mode: int, atime_ns: int,
                mtime_ns: int) -> None:
         name = os.fsencode(path)
-        self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
         self._data += name
-        self._ends.append(len(self._data))
+        self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
 
     def newest_first(self) -> Iterator[tuple[str, int, int, int, int, int]]:
         """(path, dev, ino, mode, atime_ns, mtime_ns), the last appended first."""
-        data, ends = self._data, self._ends
-        for i in range(len(ends) - 1, -1, -1):
-            start = ends[i - 1] if i else 0
-            dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, start)
-            name = data[start + _PENDING.size:start + _PENDING.size + size]
-            yield os.fsdecode(bytes(name)), dev, ino, mode, atime, mtime
+        data = self._data
+        end = len(data)
+        while end:
+            end -= _PENDING.size
+            dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, end)
+            end -= size
+            yield os.fsdecode(bytes(data[end:end + size])), dev, ino, mode, atime, mtime
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
