@@ -118,6 +118,7 @@ class LimitSpec(_Record):
         "max_path_depth",
         "max_path_length",
         "max_xattr_bytes",
+        "reserve",
         "timeout",
     )
     max_bytes: int | None
@@ -127,6 +128,7 @@ class LimitSpec(_Record):
     max_path_depth: int | None
     max_xattr_bytes: int | None
     max_memory: int | None
+    reserve: float | None
     timeout: float | None
 
 

@@ -69,6 +69,17 @@ def _seconds(name: str, value: object) -> None:
                          f"seconds, not {_shown(value)}")
 
 
+def _percent(name: str, value: object) -> None:
+    """A percentage from 0 to 100 (excluded), or None."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a percentage or None, not {_shown(value)}")
+    if not 0 <= value < 100:  # also refuses NaN
+        raise ValueError(f"{name} must be a percentage from 0 to less than 100, not "
+                         f"{_shown(value)}")
+
+
 def _bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, not {_shown(value)}")
@@ -205,6 +216,12 @@ class Limits:
             ``max_memory`` - 40 MiB is refused before it is allocated, and the worker's
             data segment (``RLIMIT_DATA``: heap, anonymous mappings, thread stacks) is
             capped at ``max_memory`` - 24 MiB (the parent's share).
+        reserve: a percentage of the destination's filesystem kept free, of its space
+            and of its inodes, but at most 1 GiB and 100,000 inodes: writing (the
+            spool of an image tar included) stops with a limit error before the
+            filesystem has less free (checked with ``fstatvfs``, at least every 64 MiB
+            and 4,096 entries, and more often as the room left shrinks). 0 or None: no
+            reserve (writing may fill the filesystem).
         timeout: wall-clock seconds for the whole operation (at most 10**9).
     """
 
@@ -215,6 +232,7 @@ class Limits:
     max_path_depth: int | None = 1024
     max_xattr_bytes: int | None = 1 << 20
     max_memory: int | None = 64 * MiB
+    reserve: float | None = 5.0
     timeout: float | None = None
 
     def __post_init__(self) -> None:
@@ -225,6 +243,7 @@ class Limits:
                 _int(f"Limits.{name}", value, low=1)
         if self.max_memory is not None:
             _int("Limits.max_memory", self.max_memory, low=MIN_MEMORY)
+        _percent("Limits.reserve", self.reserve)
         _seconds("Limits.timeout", self.timeout)
 
     @classmethod

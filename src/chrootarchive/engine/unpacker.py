@@ -20,7 +20,7 @@ import stat
 import struct
 import time
 
-from chrootarchive.engine import acl, fsops, idmap, layer
+from chrootarchive.engine import acl, fsops, idmap, layer, space
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -54,6 +54,10 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
+# Data charged and not yet written, at most: the writer thread's queue (MAX_PENDING
+# chunks of 1 MiB, and the one it writes), the helper's batches in flight.
+_WRITER_IN_FLIGHT = 6 << 20
+_FINISHER_IN_FLIGHT = 2 << 20
 # The cache of known directories: names (and about 100 bytes each) up to this much, then
 # the older half is forgotten. Only a cache (a forgotten parent is found again with
 # mkdir and stat), but every distinct prefix of every name would otherwise stay: a name
@@ -61,6 +65,13 @@ _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
 _DIRS_BUDGET = 4 << 20
 _DIR_OVERHEAD = 100
 _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
+# The filesystem's reserve (Limits.reserve, engine.space) is looked at again (one
+# fstatvfs) when half of what was left above it may have been used (a quarter, in
+# entries: an entry may take an inode and a block or two), and at least every
+# _LOOK_BYTES of data and _LOOK_ENTRIES entries.
+_LOOK_BYTES = 64 << 20
+_LOOK_ENTRIES = 4096
+_HUGE = 1 << 80
 
 
 class UnpackStats:
@@ -190,7 +201,12 @@ class Unpacker:
         self.limits = options.limits
         self.deadline = (None if self.limits.timeout is None
                          else time.monotonic() + self.limits.timeout)
-        self.bytes_budget = (1 << 80) if self.limits.max_bytes is None else self.limits.max_bytes
+        # File data is charged against bytes_budget: the bytes until the next look at
+        # max_bytes and the filesystem's reserve (_look_bytes).
+        self.bytes_used = 0
+        self.bytes_budget = self.bytes_given = 0
+        self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
+        self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
         self.dropped: dict[str, int] = {
             "device nodes": 0, "setuid/setgid/sticky bits": 0, "security/trusted xattrs": 0
         }
@@ -266,8 +282,7 @@ class Unpacker:
                       "tar and bsdtar read them")
 
     def _loop(self, reader: TarReader) -> None:
-        max_entries = self.limits.max_entries
-        most_entries = (1 << 80) if max_entries is None else max_entries
+        most_entries = 0  # entries before the next look (_look_entries)
         stats = self.stats
         apply = self.apply
         name: str | None = None  # of the entry being applied; None while reading one
@@ -278,7 +293,7 @@ class Unpacker:
                 stats.entries += 1
                 stats.size += entry.size
                 if stats.entries > most_entries:
-                    self._limit("max_entries", most_entries, "entries", name)
+                    most_entries = self._look_entries(stats.entries, name)
                 if self.deadline is not None:
                     self._check_time(name)
                 try:
@@ -476,13 +491,59 @@ class Unpacker:
         raise LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded", entry)
 
     def _charge(self, size: int, entry: str) -> None:
-        """Count ``size`` bytes of file data against max_bytes (before they are written)."""
+        """Count ``size`` bytes of file data against max_bytes and the reserve (before
+        they are written)."""
         self.bytes_budget -= size
         if self.bytes_budget < 0:
-            assert self.limits.max_bytes is not None
-            self._limit("max_bytes", self.limits.max_bytes, "bytes", entry)
+            self._look_bytes(entry, size)
         if self.deadline is not None:
             self._check_time(entry)
+
+    def _look_bytes(self, entry: str, size: int) -> None:
+        """The byte budget ran out charging ``size``: check max_bytes and the reserve,
+        and give a new budget."""
+        self.bytes_used += self.bytes_given - self.bytes_budget  # ``size`` included
+        max_bytes = self.limits.max_bytes
+        if max_bytes is not None and self.bytes_used > max_bytes:
+            self._limit("max_bytes", max_bytes, "bytes", entry)
+        step = _HUGE
+        if self.reserve is not None:
+            # Not on the filesystem yet: ``size`` and what the writer thread and the
+            # helper hold (what was written before is in what fstatvfs tells).
+            in_flight = size
+            if self.writer is not None:
+                in_flight += _WRITER_IN_FLIGHT
+            if self.finisher is not None:
+                in_flight += _FINISHER_IN_FLIGHT
+            self._check_reserve(entry, in_flight)
+            step = min(self.room[0] // 2, _LOOK_BYTES)
+        if max_bytes is not None:
+            step = min(step, max_bytes - self.bytes_used)
+        self.bytes_given = self.bytes_budget = step
+
+    def _look_entries(self, entries: int, entry: str) -> int:
+        """Check max_entries and the reserve; return the count of the next look."""
+        max_entries = self.limits.max_entries
+        if max_entries is not None and entries > max_entries:
+            self._limit("max_entries", max_entries, "entries", entry)
+        step = _HUGE
+        if self.reserve is not None:
+            self._check_reserve(entry, 0)
+            room_bytes, room_inodes = self.room
+            step = max(min(room_inodes // 4, room_bytes // 4 // self.reserve.block,
+                           _LOOK_ENTRIES), 1)
+        if max_entries is not None:
+            step = min(step, max_entries - entries + 1)
+        return entries + step - 1
+
+    def _check_reserve(self, entry: str, need: int) -> None:
+        """Stop before the destination's filesystem has less than the reserve free."""
+        assert self.reserve is not None
+        fd = self.fs.open_dir(".")
+        try:
+            self.room = self.reserve.room(fd, entry, need)
+        finally:
+            os.close(fd)
 
     def _check_time(self, entry: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
