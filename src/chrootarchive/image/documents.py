@@ -76,6 +76,10 @@ def read_blob_json(layout: Layout, desc: Descriptor, what: str) -> Any:
                          f"({MAX_JSON_SIZE} bytes)", where)
     reader = layout.open(blob_name(desc.digest), f"blob of the {what}")
     try:
+        if reader.size != desc.size:  # known before reading (a large one is not spooled)
+            raise DigestMismatchError(
+                f"size mismatch: declared {desc.size} bytes, the blob has {reader.size}",
+                f"{what} {desc.digest}")
         data = read_all(reader, desc.size)
     finally:
         reader.close()
