@@ -19,17 +19,19 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import chrootarchive
 from chrootarchive import LimitExceededError, Limits, UnpackOptions
-from chrootarchive.jail import lockdown
+from chrootarchive.contract import memory_shares
 from chrootarchive.operations import compression
 from helpers import tarbuild as tb
-from helpers.cli import assert_one_line_error, run_cli
-from helpers.hardening import MiB, wait_for, wait_worker
+from helpers.cli import CLI, assert_one_line_error, run_cli
+from helpers.hardening import MiB, on_tmpfs, wait_for, wait_worker
+from helpers.mechanisms import variants
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -86,9 +88,9 @@ def test_windows_within_the_limit_decompress() -> None:
 
 def test_a_larger_max_memory_allows_a_larger_window() -> None:
     blob = xz_declaring(28, _tar())  # 64 MiB: xz -9
-    with pytest.raises(LimitExceededError, match=r"needs 65 MiB.*--max-memory 105M"):
+    with pytest.raises(LimitExceededError, match=r"needs 65 MiB.*--max-memory 175M"):
         b"".join(compression.decompressed_chunks(io.BytesIO(blob))[1])
-    chunks = compression.decompressed_chunks(io.BytesIO(blob), max_memory=105 * MiB)[1]
+    chunks = compression.decompressed_chunks(io.BytesIO(blob), max_memory=175 * MiB)[1]
     assert b"".join(chunks) == _tar()
 
 
@@ -162,8 +164,8 @@ def test_api_limit_error(tmp_path: Path) -> None:
 def test_max_memory_option_allows_a_larger_window(tmp_path: Path, write_archive) -> None:
     archive = write_archive(xz_declaring(28, _tar()), ".tar.xz")  # 64 MiB: xz -9
     result = run_cli("untar", archive, tmp_path / "refused")
-    assert_one_line_error(result, rc=1, mentions=("max_memory", "65 MiB", "--max-memory 105M"))
-    result = run_cli("untar", "--max-memory", "105M", archive, tmp_path / "allowed")
+    assert_one_line_error(result, rc=1, mentions=("max_memory", "65 MiB", "--max-memory 175M"))
+    result = run_cli("untar", "--max-memory", "175M", archive, tmp_path / "allowed")
     assert result.rc == 0, result.err
     assert (tmp_path / "allowed" / "a").read_bytes() == b"hello"
     with pytest.raises(ValueError, match="max_memory"):
@@ -220,7 +222,7 @@ def test_worker_data_limit_is_sized_from_max_memory(tmp_path: Path) -> None:
         limit = wait_for(lambda: next(
             (line.split()[3] for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
              if line.startswith("Max data size") and line.split()[3] != "unlimited"), None))
-        assert int(limit) == 100 * MiB - lockdown.PARENT_SHARE
+        assert int(limit) == memory_shares(100 * MiB)[1] == 45 * MiB
     finally:
         os.write(w, _tar()[512:])
         os.close(w)
@@ -261,7 +263,7 @@ def _through_symlinks_into_depth(entries: int, depth: int = 1000) -> bytes:
 def test_names_through_symlinks_into_depth_do_not_grow_the_worker(
         mechanism: str, tmp_path: Path) -> None:
     """40 such files grew the worker by about 1 MiB each (past max_memory's 40 MiB, so the
-    backstop stopped them); the cache is now bounded (4 MiB of names) and they unpack."""
+    backstop stopped them); the cache is now bounded (2 MiB of names) and they unpack."""
     if mechanism == "openat2":
         pytest.skip("no worker process to measure")
     dest = tmp_path / "dest"
@@ -279,3 +281,112 @@ def test_names_through_symlinks_into_depth_do_not_grow_the_worker(
         assert (dest / "/".join(["d"] * 1000) / "g").read_bytes() == b"y"
     finally:  # 1000 levels: too deep for pytest's recursive clean-up of old runs
         subprocess.run(["rm", "-rf", "--", str(dest)], check=True)
+
+
+# -- state that grows with the archive: packed, spilled or capped ---------------------
+#
+# Run on a tmpfs in a private mount namespace of a child (fast, and the spill file is
+# on the destination's filesystem), with --max-memory 48M: the worker's data segment is
+# then 19 MiB (contract.memory_shares), far less than the state the old code kept.
+
+WORKERS = variants(without=("openat2",))  # the in-process runner has no worker to cap
+
+
+def _templated(count: int, name_of: Callable[[int], str], typeflag: bytes,
+               linkname: str = "") -> bytes:
+    """A plain tar of ``count`` data-less entries (one template header, patched)."""
+    first = name_of(0)
+    template = bytearray(tb.header(first, typeflag=typeflag, mode=0o750, mtime=1_234_567,
+                                   linkname=linkname))
+    base = tb.checksum(bytes(template)) - sum(first.encode())
+    parts = []
+    for i in range(count):
+        name = name_of(i).encode()
+        template[:100] = name.ljust(100, b"\0")
+        template[148:156] = format(base + sum(name), "06o").encode() + b"\x00 "
+        parts.append(bytes(template))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("mechanism", WORKERS, indirect=True)
+def test_pending_directories_spill_beside_the_tree(mechanism: str, tmp_path: Path) -> None:
+    """60,000 directories with 99-byte names: 8 MiB of modes and times to apply at the
+    end, past the worker's budget (1 MiB in memory): spilled to an unnamed file in the
+    destination, read back, and applied (mode 0750 and mtime on the first, a middle and
+    the last); nothing of the spill file remains."""
+    count = 60_000
+    archive = tmp_path / "dirs.tar"
+    archive.write_bytes(_templated(count, lambda i: f"d{i:06d}".ljust(99, "x"), b"5")
+                        + bytes(1024))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    check = ('d="$0"; for i in 000000 031337 059999; do '
+             'stat -c "%a %Y" "$d"/d$i*; done; ls -A "$d" | wc -l; df -k --output=used "$d"')
+    run = on_tmpfs(mnt, "size=256m", "sh", "-c",
+                   f'"$@" && sh -c \'{check}\' "{mnt}/dest"', "sh",
+                   *CLI, "untar", "--max-memory", "48M", "--confine", mechanism,
+                   str(archive), str(mnt / "dest"))
+    assert run.rc == 0, run.err
+    lines = run.proc.stdout.decode().split()
+    assert lines[:6] == ["750", "1234567"] * 3, lines
+    assert lines[6] == str(count), lines  # the directories, and nothing else
+
+
+@pytest.mark.parametrize("mechanism", WORKERS, indirect=True)
+def test_layer_bookkeeping_is_packed(mechanism: str, tmp_path: Path) -> None:
+    """A layer of 200,000 files over a lower layer, with whiteouts and an opaque marker
+    after them: what the layer wrote is remembered as 8-byte hashes (as strings, about
+    20 MiB, more than the worker's 19 MiB). The markers still act on the lower content
+    only: ``d00/lower`` whited out, ``d00/f000000`` (this layer's) kept through its own
+    whiteout, ``d01`` made opaque without losing this layer's files."""
+    lower = tb.TarBuilder().file("d00/lower", b"l").file("d01/lower", b"l").build()
+    files = _templated(200_000, lambda i: f"d{i % 50:02d}/f{i:06d}", b"0")
+    markers = (tb.TarBuilder().file("d00/.wh.lower").file("d00/.wh.f000000")
+               .file("d01/.wh..wh..opq").build())
+    (tmp_path / "lower.tar").write_bytes(lower)
+    (tmp_path / "upper.tar").write_bytes(files + markers)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    dest = mnt / "dest"
+    check = ('d="$0"; for f in d00/lower d00/f000000 d01/lower d01/f000001 d49/f199999; '
+             'do test -e "$d/$f" && echo "$f"; done; find "$d" -type f | wc -l')
+    cli = " ".join(f"'{a}'" for a in CLI)
+    run = on_tmpfs(mnt, "size=256m", "sh", "-c",
+                   f"{cli} untar --confine {mechanism} {tmp_path}/lower.tar {dest} && "
+                   f"{cli} apply-layer --max-memory 48M --confine {mechanism} "
+                   f"{tmp_path}/upper.tar {dest} >/dev/null && sh -c '{check}' {dest}")
+    assert run.rc == 0, run.err
+    out = run.proc.stdout.decode().split()
+    assert out == ["d00/f000000", "d01/f000001", "d49/f199999", "200000"], out
+
+
+# Hostile inputs whose state is bounded by limits of their own (per entry, dropped after
+# it): parent + worker stay under 64 MiB.
+BOUNDED = {
+    "PAX headers of 1 MiB": lambda: b"".join(
+        tb.TarBuilder().pax({"comment": "c" * ((1 << 20) - 200)}).file(f"p{i}", b"x")
+        .build(eoa=False) for i in range(40)) + bytes(1024),
+    "xattrs of 1 MB": lambda: b"".join(
+        tb.TarBuilder().pax({f"SCHILY.xattr.user.a{j}": "v" * 4000 for j in range(250)})
+        .file(f"x{i}", b"x").build(eoa=False) for i in range(40)) + bytes(1024),
+    "100,000 hardlinks": lambda: tb.member("target", b"x") + _templated(
+        100_000, lambda i: f"h{i:06d}", b"1", "target") + bytes(1024),
+    "long names": lambda: b"".join(
+        tb.TarBuilder().pax({"path": f"{i:04d}/" + "/".join(["n" * 200] * 19)})
+        .file(f"n{i}", b"x").build(eoa=False) for i in range(2000)) + bytes(1024),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDED))
+def test_bounded_state_stays_under_the_memory_limit(case: str, tmp_path: Path) -> None:
+    """On a tmpfs (ext4 keeps 4 KiB of xattrs and 65,000 links per inode)."""
+    archive = tmp_path / "case.tar.gz"
+    archive.write_bytes(gzip.compress(BOUNDED[case](), 1))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=512m", "sh", "-c", '"$@" <"$0"', str(archive),
+                   sys.executable, "-c", _PEAK, str(mnt / "dest"), "pivot")
+    assert run.rc == 0, run.err
+    seen = json.loads(run.proc.stdout)
+    assert seen["error"] is None, seen
+    assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker

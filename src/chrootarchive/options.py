@@ -211,11 +211,12 @@ class Limits:
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).
         max_path_depth: components in an entry's cleaned name.
         max_xattr_bytes: names and values of one entry's xattrs together.
-        max_memory: memory of the parent's decompressor and the worker together, at
-            least 48 MiB: a compressed stream whose window or dictionary needs more than
-            ``max_memory`` - 40 MiB is refused before it is allocated, and the worker's
-            data segment (``RLIMIT_DATA``: heap, anonymous mappings, thread stacks) is
-            capped at ``max_memory`` - 24 MiB (the parent's share).
+        max_memory: memory of the parent and the worker together, at least 48 MiB,
+            shared (``contract.memory_shares``) between the window or dictionary a
+            compressed stream may declare (9 MiB of the default 64 MiB: ``zstd -19``,
+            ``xz -6``; a larger one is refused before it is allocated) and the worker's
+            data segment (``RLIMIT_DATA``, 27 MiB: heap, anonymous mappings, thread
+            stacks); above 64 MiB each gets half of the rest.
         reserve: a percentage of the destination's filesystem kept free, of its space
             and of its inodes, but at most 1 GiB and 100,000 inodes: writing (the
             spool of an image tar included) stops with a limit error before the

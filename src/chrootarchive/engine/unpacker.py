@@ -62,7 +62,7 @@ _FINISHER_IN_FLIGHT = 2 << 20
 # the older half is forgotten. Only a cache (a forgotten parent is found again with
 # mkdir and stat), but every distinct prefix of every name would otherwise stay: a name
 # that goes through a symlink into a deep tree adds a thousand long ones.
-_DIRS_BUDGET = 4 << 20
+_DIRS_BUDGET = 2 << 20
 _DIR_OVERHEAD = 100
 _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 # The filesystem's reserve (Limits.reserve, engine.space) is looked at again (one
@@ -87,35 +87,76 @@ class UnpackStats:
 
 
 _PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
+_PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
 
 class _PendingDirs:
     """Directories whose mode and times are applied at the end (deepest first).
 
-    Packed, a directory is its name and 40 bytes (as objects it was about 300): one per
-    directory entry, so the entry limit bounds them.
+    Packed, a directory is its name and 40 bytes (as objects it was about 300). Past
+    :data:`_PENDING_BUDGET` the records go to a spill file: an unnamed file
+    (``O_TMPFILE``) in the destination, on its filesystem and under its reserve, gone
+    when closed (where the filesystem has none, they stay in memory, under the worker's
+    memory limit).
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_open_spill", "_segments", "_spill")
 
-    def __init__(self) -> None:
+    def __init__(self, open_spill: Callable[[], int]) -> None:
         self._data = bytearray()  # records: the name, then _PENDING (read backwards)
+        self._open_spill = open_spill
+        self._spill = -2  # -2: not opened yet, -1: none to be had
+        self._segments: list[tuple[int, int]] = []  # (offset, size) in the spill file
 
     def append(self, path: str, dev: int, ino: int, mode: int, atime_ns: int,
                mtime_ns: int) -> None:
         name = os.fsencode(path)
         self._data += name
         self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
+        if len(self._data) > _PENDING_BUDGET:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._spill == -2:
+            try:
+                self._spill = self._open_spill()
+            except OSError:
+                self._spill = -1
+        if self._spill < 0:
+            return
+        offset = self._segments[-1][0] + self._segments[-1][1] if self._segments else 0
+        view = memoryview(self._data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._spill, view[written:], offset + written)
+        self._segments.append((offset, len(self._data)))
+        self._data = bytearray()
 
     def newest_first(self) -> Iterator[tuple[str, int, int, int, int, int]]:
         """(path, dev, ino, mode, atime_ns, mtime_ns), the last appended first."""
-        data = self._data
+        yield from self._records(self._data)
+        for offset, size in reversed(self._segments):
+            data = bytearray()
+            while len(data) < size:
+                got = os.pread(self._spill, size - len(data), offset + len(data))
+                if not got:
+                    raise OSError(errno.EIO, "the spill file of pending directories is short")
+                data += got
+            yield from self._records(data)
+
+    @staticmethod
+    def _records(data: bytearray) -> Iterator[tuple[str, int, int, int, int, int]]:
         end = len(data)
         while end:
             end -= _PENDING.size
             dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, end)
             end -= size
             yield os.fsdecode(bytes(data[end:end + size])), dev, ino, mode, atime, mtime
+
+    def close(self) -> None:
+        if self._spill >= 0:
+            os.close(self._spill)
+        self._spill = -1
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
@@ -219,7 +260,7 @@ class Unpacker:
             ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
         }
         self.dirs_size = 0  # what the cache holds, counted against _DIRS_BUDGET
-        self.pending_dirs = _PendingDirs()
+        self.pending_dirs = _PendingDirs(self._open_spill)
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -251,18 +292,22 @@ class Unpacker:
     def run(self, reader: TarReader) -> UnpackStats:
         try:
             try:
-                self._loop(reader)
-            except ChrootArchiveError:
-                # A file the helper or the writer thread failed on came earlier in the
-                # archive: its error (a full disk, say) is the one to report.
+                try:
+                    self._loop(reader)
+                except ChrootArchiveError:
+                    # A file the helper or the writer thread failed on came earlier in
+                    # the archive: its error (a full disk, say) is the one to report.
+                    self._finish_helpers()
+                    raise
                 self._finish_helpers()
-                raise
-            self._finish_helpers()
-        finally:
-            if self.finisher is not None:
-                self.finisher.abort()  # only if still running (an unexpected error)
-            if self.writer is not None:
-                self.writer.drain()
+            finally:
+                if self.finisher is not None:
+                    self.finisher.abort()  # only if still running (an unexpected error)
+                if self.writer is not None:
+                    self.writer.drain()
+        except BaseException:
+            self.pending_dirs.close()  # its spill file, if any
+            raise
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
@@ -1106,8 +1151,23 @@ class Unpacker:
 
     # -- the end ------------------------------------------------------------------
 
+    def _open_spill(self) -> int:
+        """An unnamed file in the destination (gone when closed), for state that does
+        not fit in the worker's memory."""
+        root = self.fs.open_dir(".")
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
+        finally:
+            os.close(root)
+
     def finish_dirs(self) -> None:
         """Apply directory modes and times, deepest first, only to our directories."""
+        try:
+            self._finish_dirs()
+        finally:
+            self.pending_dirs.close()
+
+    def _finish_dirs(self) -> None:
         for path, dev, ino, mode, atime_ns, mtime_ns in self.pending_dirs.newest_first():
             try:
                 fd = self.fs.open_dir(path)

@@ -14,10 +14,10 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Protocol, cast
 
+from chrootarchive.contract import memory_for_window, memory_shares
 from chrootarchive.errors import CompressionError, LimitExceededError
 
-__all__ = ["CHUNK", "MEMORY_OVERHEAD", "Readable", "decompressed_chunks", "detect",
-           "window_allowance"]
+__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "window_allowance"]
 
 
 class Readable(Protocol):
@@ -28,21 +28,16 @@ class Readable(Protocol):
 CHUNK = 1 << 20
 _MiB = 1 << 20
 
-#: What the parent, the worker and a helper take besides the decompressor's window
-#: (measured: about 20 MiB of parent and 16 MiB of worker, buffers included); the
-#: decompressor may use what ``max_memory`` leaves above it.
-MEMORY_OVERHEAD = 40 * _MiB
-#: The smallest window any decoder is given (``Limits`` refuses a smaller max_memory).
-_MIN_WINDOW = 1 * _MiB
 _ZSTD_WINDOW_MAX = 1 << 31  # ZSTD_WINDOWLOG_MAX on 64-bit: the library's own ceiling
 _XZ_OVERHEAD = 128 << 10  # liblzma's decoder state beside the dictionary (about 64 KiB)
 
 
 def window_allowance(max_memory: int | None) -> int | None:
-    """The memory a decompressor's window may take under ``max_memory`` (None: any)."""
+    """The memory a decompressor's window may take under ``max_memory`` (None: any):
+    its share (``contract.memory_shares``; 9 MiB of the default 64 MiB)."""
     if max_memory is None:
         return None
-    return max(max_memory - MEMORY_OVERHEAD, _MIN_WINDOW)
+    return memory_shares(max_memory)[0]
 
 
 def _mib(n: int) -> int:
@@ -54,7 +49,7 @@ def _too_big(kind: str, what: str, need: int | None, allowance: int) -> LimitExc
     ceil = _mib
     needs = (f"needs {ceil(need)} MiB of memory ({what})" if need is not None
              else f"needs more than {ceil(allowance)} MiB of memory ({what})")
-    hint = (f"--max-memory {ceil(need + MEMORY_OVERHEAD)}M" if need is not None
+    hint = (f"--max-memory {ceil(memory_for_window(need))}M" if need is not None
             else "a larger --max-memory")
     return LimitExceededError(
         f"limit max_memory exceeded: the {kind} stream {needs} to decompress, more than "
