@@ -38,7 +38,6 @@ LINK_DIR = ".wh..wh.plnk"
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RUN = 1 << 14  # hashes gathered in a set (about 1 MiB) before they are packed
 _KNOWN_PARENTS = 4096  # parents known to be noted, a cache of names (then cleared)
-_MASK = (1 << 64) - 1
 
 
 class NameSet:
@@ -50,23 +49,28 @@ class NameSet:
     file that a whiteout meant to remove, and nothing else.
     """
 
-    __slots__ = ("_recent", "_runs")
+    __slots__ = ("_runs", "recent")
 
     def __init__(self) -> None:
-        self._recent: set[int] = set()
+        self.recent: set[int] = set()
         self._runs: list[memoryview] = []
 
     def add(self, name: str) -> None:
-        recent = self._recent
-        recent.add(hash(name) & _MASK)
+        recent = self.recent
+        recent.add(hash(name))
         if len(recent) >= _RUN:
-            packed = struct.pack(f"={len(recent)}Q", *sorted(recent))
-            self._runs.append(memoryview(packed).cast("Q"))
-            recent.clear()
+            self.pack()
+
+    def pack(self) -> None:
+        """Move the newest hashes into a sorted run (signed 64-bit, as ``hash`` gives)."""
+        recent = self.recent
+        packed = struct.pack(f"={len(recent)}q", *sorted(recent))
+        self._runs.append(memoryview(packed).cast("q"))
+        recent.clear()
 
     def __contains__(self, name: str) -> bool:
-        key = hash(name) & _MASK
-        if key in self._recent:
+        key = hash(name)
+        if key in self.recent:
             return True
         for run in self._runs:
             i = bisect_left(run, key)
@@ -103,6 +107,7 @@ class LayerRules:
         self.opaque_xattr = ("user" if in_user_namespace else "trusted") + ".overlay.opaque"
         self.forget = forget
         self.written = NameSet()
+        self.written_recent = self.written.recent
         self.written_parents = NameSet()
         self.written_parents.add(".")
         self.last_parent = "."  # of the last name written: most names share it
@@ -116,7 +121,10 @@ class LayerRules:
         """Remember that this layer wrote ``name`` (and so, implicitly, its parents)."""
         if not self.active:
             return
-        self.written.add(name)
+        written = self.written_recent  # NameSet.add, inlined: once per entry
+        written.add(hash(name))
+        if len(written) >= _RUN:
+            self.written.pack()
         parent = name.rpartition("/")[0] or "."
         if parent == self.last_parent:
             return
