@@ -289,7 +289,7 @@ def test_names_through_symlinks_into_depth_do_not_grow_the_worker(
 # on the destination's filesystem), with --max-memory 48M: the worker's data segment is
 # then 19 MiB (contract.memory_shares), far less than the state the old code kept.
 
-WORKERS = variants(without=("openat2",))  # the in-process runner has no worker to cap
+WORKERS = variants(without=("openat2",), slow_beyond=("pivot",))  # openat2: no worker
 
 
 def _templated(count: int, name_of: Callable[[int], str], typeflag: bytes,
