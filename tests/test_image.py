@@ -1208,3 +1208,34 @@ def test_members_no_layer_needs_are_not_spooled(tmp_path: Path) -> None:
     out = _spool_run(tmp_path, "size=64m", str(archive), "@D/rootfs")
     assert out["rc"] == "0", out
     assert out["content"] == "hi" and out["listing"].split() == ["rootfs"], out
+
+
+_IMAGE_PEAK = """
+import json, resource, sys
+import chrootarchive
+try:
+    chrootarchive.unpack_image(sys.argv[1], sys.argv[2])
+    error = None
+except chrootarchive.ChrootArchiveError as err:
+    error = f"{type(err).__name__}: {err}"
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"error": error, "self": int(hwm[0].split()[1]),
+                  "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def test_json_documents_with_too_many_values_are_refused(tmp_path: Path) -> None:
+    """A 4 MiB ``manifest.json`` of empty objects (1.4 million values, 118 MB once
+    parsed) in a 12 KB archive: refused before it is parsed, within the memory limit."""
+    doc = b"[" + b",".join([b"{}"] * ((4 << 20) // 3 - 2)) + b"]"
+    assert len(doc) <= image_documents.MAX_JSON_SIZE
+    archive = tmp_path / "image.tar.gz"
+    archive.write_bytes(gzip.compress(tb.member("manifest.json", doc) + bytes(1024)))
+    proc = subprocess.run(
+        [CLI[0], "-c", _IMAGE_PEAK, str(archive), str(tmp_path / "rootfs")],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"].startswith("ImageError") and "too many values" in seen["error"], seen
+    assert seen["self"] < 64 * 1024, seen  # KiB
+    assert not (tmp_path / "rootfs").exists()
