@@ -298,7 +298,8 @@ def test_full_disk_names_the_entry(tmp_path: Path, write_archive) -> None:
     data = B().file("small", b"s").dir("d").file("d/big", os.urandom(3 << 20)) \
         .file("after", b"a").build()
     path = write_archive(data)
-    proc = on_small_tmpfs(mnt, "1m", *CLI, "untar", str(path), str(mnt / "dest"))
+    proc = on_small_tmpfs(mnt, "1m", *CLI, "untar", "--reserve", "0", str(path),
+                          str(mnt / "dest"))
     result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
     line = assert_one_line_error(result, rc=4, mentions=("no space left",))
     assert "d/big" in line, line
@@ -312,7 +313,8 @@ def test_full_disk_api_error(tmp_path: Path, write_archive) -> None:
     code = (
         "import sys, chrootarchive\n"
         "try:\n"
-        "    chrootarchive.untar(sys.argv[1], sys.argv[2])\n"
+        "    chrootarchive.untar(sys.argv[1], sys.argv[2], chrootarchive.UnpackOptions(\n"
+        "        limits=chrootarchive.Limits(reserve=0)))\n"
         "except chrootarchive.DestinationError as e:\n"
         "    print(type(e).__name__, e.exit_status, e.entry, e.message, sep='|')\n"
     )

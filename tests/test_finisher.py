@@ -159,7 +159,8 @@ def test_helper_full_disk_names_the_entry(tmp_path: Path) -> None:
     path.write_bytes(archive)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = hardening.on_small_tmpfs(mnt, "4m", *CLI, "untar", str(path), str(mnt / "dest"))
+    proc = hardening.on_small_tmpfs(mnt, "4m", *CLI, "untar", "--reserve", "0", str(path),
+                                    str(mnt / "dest"))
     result = CLIResult((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
     line = assert_one_line_error(result, rc=4, mentions=("no space left",))
     found = re.search(r"d\d/f(\d{5})", line)

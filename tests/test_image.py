@@ -12,15 +12,18 @@ all.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +39,9 @@ from chrootarchive import (
 from chrootarchive import image as image_module
 from chrootarchive.image import documents as image_documents
 from chrootarchive.options import Limits
+from helpers import tarbuild as tb
 from helpers import tree
-from helpers.cli import assert_one_line_error
+from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.oci_images import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -1065,3 +1069,173 @@ def test_unprivileged_creates_missing_dest(nobody_image: tuple[Path, Path]) -> N
                     out / "new" / "rootfs")
     assert result.rc == 0, result.err
     assert (out / "new" / "rootfs" / "etc" / "hello").read_bytes() == b"hello, changed\n"
+
+
+# -- the spool: nothing outside the destination grows -----------------------------------
+#
+# A compressed image archive is read twice (indexed, then the chosen layers spooled)
+# and what is spooled goes to an unnamed file on the destination's filesystem, counted
+# against max_bytes and under the reserve. Each test mounts a 1 MiB tmpfs as TMPDIR and
+# a small tmpfs as the destination's parent, in a private mount namespace of a child.
+
+SPOOL_RUN = """
+mount -t tmpfs -o size=1m chrootarchive-tmp "$T" || exit 99
+mount -t tmpfs -o "$DOPTS" chrootarchive-dest "$D" || exit 99
+if [ -n "$INPUT" ]; then TMPDIR="$T" "$@" <"$INPUT" 2>"$ERR"; rc=$?
+else TMPDIR="$T" "$@" 2>"$ERR"; rc=$?; fi
+echo "rc=$rc"
+echo "tmp_used=$(df -k --output=used "$T" | tail -1 | tr -d ' ')"
+echo "dest_used=$(df -k --output=used "$D" | tail -1 | tr -d ' ')"
+echo "listing=$(ls -A "$D" | tr '\\n' ' ')"
+echo "content=$(cat "$D/rootfs/hello" 2>/dev/null)"
+"""
+
+
+def _spool_run(tmp_path: Path, dest_options: str, *args: str,
+               stdin: Path | None = None) -> dict[str, str]:
+    """``chrootarchive unpack-image ARGS`` (``D`` stands for the destination's parent)."""
+    t, d = tmp_path / "tmpdir", tmp_path / "destfs"
+    t.mkdir()
+    d.mkdir()
+    err = tmp_path / "err"
+    argv = [a.replace("@D", str(d)) for a in args]
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", SPOOL_RUN, "sh",
+         *CLI, "unpack-image", *argv],
+        env={**os.environ, "T": str(t), "D": str(d), "DOPTS": dest_options,
+             "ERR": str(err), "INPUT": str(stdin or "")},
+        capture_output=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = dict(line.split("=", 1) for line in proc.stdout.decode().splitlines() if "=" in line)
+    out["err"] = err.read_text()
+    t.rmdir()
+    d.rmdir()  # the mounts were the child's: nothing below either
+    return out
+
+
+def _streamed_docker_save(out: Path, layer_file_size: int, *, junk: int = 0,
+                          good_digests: bool = True) -> None:
+    """A zstd-compressed classic ``docker save`` archive of one layer holding ``hello``
+    and ``zeros`` (``layer_file_size`` zero bytes), written as a stream (the layer can
+    be far larger than memory should hold); ``junk``: a member of that many zeros that
+    no manifest names, before the rest."""
+    import zstandard
+
+    layer_head = tb.member("hello", b"hi\n") + tb.header("zeros", size=layer_file_size)
+    layer_tail = bytes(-layer_file_size % 512) + bytes(1024)
+    layer_size = len(layer_head) + layer_file_size + len(layer_tail)
+    if good_digests:
+        h = hashlib.sha256(layer_head)
+        zeros = bytes(1 << 20)
+        left = layer_file_size
+        while left:
+            h.update(zeros[:min(left, len(zeros))])
+            left -= min(left, len(zeros))
+        h.update(layer_tail)
+        diff_id = "sha256:" + h.hexdigest()
+    else:
+        diff_id = "sha256:" + "0" * 64  # never reached: refused before
+    config = canonical({"architecture": "amd64", "os": "linux",
+                        "rootfs": {"type": "layers", "diff_ids": [diff_id]}})
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = canonical([{"Config": config_name, "RepoTags": ["x:1"],
+                           "Layers": ["l1/layer.tar"]}])
+
+    def zeros_to(writer: Any, count: int) -> None:
+        block = bytes(1 << 20)
+        while count:
+            writer.write(block[:min(count, len(block))])
+            count -= min(count, len(block))
+
+    with out.open("wb") as f, zstandard.ZstdCompressor(level=1).stream_writer(f) as w:
+        if junk:
+            w.write(tb.header("junk.bin", size=junk))
+            zeros_to(w, junk + (-junk % 512))
+        w.write(tb.header("l1/layer.tar", size=layer_size))
+        w.write(layer_head)
+        zeros_to(w, layer_file_size)
+        w.write(layer_tail + bytes(-layer_size % 512))
+        w.write(tb.member(config_name, config) + tb.member("manifest.json", manifest))
+        w.write(bytes(1024))
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_compressed_image_spools_beside_the_destination_not_in_tmpdir(
+        tmp_path: Path, source: str) -> None:
+    """A compressed image whose layer holds 16 MiB, with a 1 MiB TMPDIR: it unpacks (the
+    spool is beside the destination, not in TMPDIR, which stays empty) and the spool is
+    gone afterwards (O_TMPFILE)."""
+    archive = tmp_path / "image.tar.zst"
+    _streamed_docker_save(archive, 16 << 20)
+    args = ["-" if source == "stdin" else str(archive), "@D/rootfs"]
+    out = _spool_run(tmp_path, "size=128m", *args,
+                     stdin=archive if source == "stdin" else None)
+    assert out["rc"] == "0", out
+    assert out["content"] == "hi", out
+    assert out["tmp_used"] == "0", out
+    assert out["listing"].split() == ["rootfs"], out
+    assert int(out["dest_used"]) < (16 << 10) + 1024, out  # the rootfs alone (KiB)
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_image_bomb_is_refused_before_the_bulk(tmp_path: Path, source: str) -> None:
+    """A 30 KB compressed image whose layer is 256 MiB, for a destination on a 64 MiB
+    filesystem: the layer's size is checked against the reserve before it is spooled
+    (a limit error naming it), TMPDIR stays empty and nothing is left behind; with
+    ``--max-bytes`` it is that limit, which the spool counts against."""
+    archive = tmp_path / "bomb.tar.zst"
+    _streamed_docker_save(archive, 256 << 20, good_digests=False)
+    assert archive.stat().st_size < 100_000
+    stdin = archive if source == "stdin" else None
+    image = "-" if source == "stdin" else str(archive)
+    out = _spool_run(tmp_path, "size=64m", image, "@D/rootfs", stdin=stdin)
+    assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
+                          mentions=("limit reserve", "l1/layer.tar"))
+    assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
+    out = _spool_run(tmp_path, "size=1g", "--max-bytes", "100M", image, "@D/rootfs",
+                     stdin=stdin)
+    assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
+                          mentions=("limit max_bytes", "spooled", "l1/layer.tar"))
+    assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
+
+
+def test_members_no_layer_needs_are_not_spooled(tmp_path: Path) -> None:
+    """256 MiB of zeros in a member that no manifest names, then a small image, for a
+    destination on a 64 MiB filesystem: only what the plan reads is spooled."""
+    archive = tmp_path / "junk.tar.zst"
+    _streamed_docker_save(archive, 1 << 20, junk=256 << 20)
+    out = _spool_run(tmp_path, "size=64m", str(archive), "@D/rootfs")
+    assert out["rc"] == "0", out
+    assert out["content"] == "hi" and out["listing"].split() == ["rootfs"], out
+
+
+_IMAGE_PEAK = """
+import json, resource, sys
+import chrootarchive
+try:
+    chrootarchive.unpack_image(sys.argv[1], sys.argv[2])
+    error = None
+except chrootarchive.ChrootArchiveError as err:
+    error = f"{type(err).__name__}: {err}"
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"error": error, "self": int(hwm[0].split()[1]),
+                  "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def test_json_documents_with_too_many_values_are_refused(tmp_path: Path) -> None:
+    """A 4 MiB ``manifest.json`` of empty objects (1.4 million values, 118 MB once
+    parsed) in a 12 KB archive: refused before it is parsed, within the memory limit."""
+    doc = b"[" + b",".join([b"{}"] * ((4 << 20) // 3 - 2)) + b"]"
+    assert len(doc) <= image_documents.MAX_JSON_SIZE
+    archive = tmp_path / "image.tar.gz"
+    archive.write_bytes(gzip.compress(tb.member("manifest.json", doc) + bytes(1024)))
+    proc = subprocess.run(
+        [CLI[0], "-c", _IMAGE_PEAK, str(archive), str(tmp_path / "rootfs")],
+        capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"].startswith("ImageError") and "too many values" in seen["error"], seen
+    assert seen["self"] < 64 * 1024, seen  # KiB
+    assert not (tmp_path / "rootfs").exists()

@@ -22,8 +22,18 @@ import chrootarchive
 from chrootarchive import LimitExceededError, Limits, UnpackOptions
 from helpers import tarbuild as tb
 from helpers.cli import CLI, CLIResult, assert_one_line_error, run_cli
-from helpers.hardening import GiB, MiB, Trickler, chunks, gzip_bomb, many_files
+from helpers.hardening import (
+    GiB,
+    MiB,
+    TmpfsRun,
+    Trickler,
+    chunks,
+    gzip_bomb,
+    many_files,
+    on_tmpfs,
+)
 from helpers.leaks import LeakCheck
+from helpers.mechanisms import variants
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
 
@@ -371,7 +381,7 @@ FLAGS = {
     "max_bytes": "--max-bytes", "max_entries": "--max-entries",
     "max_file_size": "--max-file-size", "max_path_length": "--max-path-length",
     "max_path_depth": "--max-path-depth", "max_xattr_bytes": "--max-xattr-bytes",
-    "timeout": "--timeout",
+    "max_memory": "--max-memory", "reserve": "--reserve", "timeout": "--timeout",
 }
 
 
@@ -379,7 +389,7 @@ def _human(value: int | float | None) -> set[str]:
     """Spellings of a default that --help may use."""
     if value is None:
         return {"none"}
-    out = {str(value), f"{value:,}"}
+    out = {str(value), f"{value:,}", f"{value:g}"}
     for suffix, unit in (("T", 1 << 40), ("G", GiB), ("M", MiB), ("K", 1 << 10)):
         if isinstance(value, int) and value >= unit and value % unit == 0:
             out.add(f"{value // unit}{suffix}")
@@ -456,3 +466,118 @@ def test_cli_limit_error_has_no_traceback_even_from_stdin(tmp_path: Path) -> Non
     data = tb.compress(many_files(10), "zstd")
     result = run_cli("untar", "--max-entries", "3", "-", tmp_path / "d", input=data)
     assert_one_line_error(result, rc=1, mentions=("max_entries", "f000003"))
+
+
+# -- the destination filesystem's reserve (Limits.reserve) -----------------------------
+#
+# Each runs the command line with a small tmpfs mounted on the destination's parent, in a
+# private mount namespace of a child process (helpers.hardening.on_tmpfs).
+
+RESERVE_MECHANISMS = variants(slow_beyond=("pivot",))
+
+
+def zstd_bomb(size: int, name: str = "zeros") -> bytes:
+    """A ``.tar.zst`` of one file of ``size`` zero bytes (about 32 KB per GiB)."""
+    import zstandard
+
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as writer:
+        writer.write(tb.header(name, size=size))
+        zeros = bytes(MiB)
+        for _ in range(size // MiB):
+            writer.write(zeros)
+        writer.write(bytes(1024))
+    return out.getvalue()
+
+
+def _reserve_error(run: TmpfsRun, entry: str, *more: str) -> str:
+    result = CLIResult((run.rc, run.proc.stdout.decode(), run.err))
+    return assert_one_line_error(result, rc=1,
+                                 mentions=("limit reserve", "--reserve", entry, *more))
+
+
+@pytest.mark.parametrize("mechanism", RESERVE_MECHANISMS, indirect=True)
+def test_reserve_stops_a_zstd_bomb_before_the_filesystem_fills(
+        mechanism: str, tmp_path: Path) -> None:
+    """A 1 GiB file of zeros in 33 KB of zstd, into a 256 MiB filesystem: the default
+    reserve (5%: 12.8 MiB) stops it with a limit error naming the entry, the filesystem
+    nearly used up to the reserve and never full."""
+    archive = tmp_path / "bomb.tar.zst"
+    archive.write_bytes(zstd_bomb(GiB))
+    assert archive.stat().st_size < 100_000
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=256m", *CLI, "untar", "--confine", mechanism, str(archive),
+                   str(mnt / "dest"))
+    _reserve_error(run, "zeros")
+    reserve = run.size // 20
+    assert reserve <= run.avail < reserve + 16 * MiB, (run.avail, reserve)
+    assert run.seconds < 20, run.seconds
+
+
+def test_without_a_reserve_the_bomb_fills_the_filesystem(tmp_path: Path) -> None:
+    """What the reserve prevents: ``--reserve 0`` writes until "no space left"."""
+    archive = tmp_path / "bomb.tar.zst"
+    archive.write_bytes(zstd_bomb(512 * MiB))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=64m", *CLI, "untar", "--reserve", "0", str(archive),
+                   str(mnt / "dest"))
+    result = CLIResult((run.rc, "", run.err))
+    assert_one_line_error(result, rc=4, mentions=("no space left", "zeros"))
+    assert run.avail == 0
+
+
+@pytest.mark.parametrize("mechanism", RESERVE_MECHANISMS, indirect=True)
+def test_reserve_stops_an_inode_bomb(mechanism: str, tmp_path: Path,
+                                     write_archive) -> None:
+    """5,000 empty files into a filesystem of 2,000 inodes: the reserve (5%: 100 inodes)
+    stops them before the filesystem runs out of inodes; without it, it does."""
+    archive = write_archive(many_files(5000, b""))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=64m,nr_inodes=2000", *CLI, "untar", "--confine", mechanism,
+                   str(archive), str(mnt / "dest"))
+    _reserve_error(run, "f00", "inodes")
+    assert 100 <= run.ffree < 100 + 600, run.ffree  # used up to the reserve, not past it
+    run = on_tmpfs(mnt, "size=64m,nr_inodes=2000", *CLI, "untar", "--reserve", "0",
+                   "--confine", mechanism, str(archive), str(mnt / "dest"))
+    assert_one_line_error(CLIResult((run.rc, "", run.err)), rc=4, mentions=("no space left",))
+    assert run.ffree == 0
+
+
+def test_reserve_stops_many_small_files(tmp_path: Path) -> None:
+    """10,000 files of 8 KiB (80 MiB) into 32 MiB: small files go through the entry
+    count (and the helper process that finishes them), not one large charge."""
+    archive = tmp_path / "many.tar.zst"
+    archive.write_bytes(tb.compress(many_files(10_000, b"x" * 8192), "zstd"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=32m", *CLI, "untar", str(archive), str(mnt / "dest"))
+    _reserve_error(run, "f0")
+    reserve = run.size // 20
+    assert reserve <= run.avail < run.size // 2, (run.avail, reserve)
+
+
+def test_reserve_option_and_api(tmp_path: Path) -> None:
+    """``--reserve 50`` keeps half of a 64 MiB filesystem: a 40 MiB file that the default
+    lets through is refused; through the API, ``Limits(reserve=50)`` is the same
+    LimitExceededError (exit status 1) naming the entry."""
+    archive = tmp_path / "big.tar.zst"
+    archive.write_bytes(zstd_bomb(40 * MiB, "big"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=64m", *CLI, "untar", str(archive), str(mnt / "dest"))
+    assert run.rc == 0, run.err
+    run = on_tmpfs(mnt, "size=64m", *CLI, "untar", "--reserve", "50%", str(archive),
+                   str(mnt / "dest"))
+    _reserve_error(run, "big", "50%")
+    code = ("import sys, chrootarchive\n"
+            "from chrootarchive import Limits, UnpackOptions\n"
+            "try:\n"
+            "    chrootarchive.untar(sys.argv[1], sys.argv[2],"
+            " UnpackOptions(limits=Limits(reserve=50)))\n"
+            "except chrootarchive.LimitExceededError as e:\n"
+            "    print(e.exit_status, e.entry, sep='|', file=sys.stderr)\n")
+    run = on_tmpfs(mnt, "size=64m", CLI[0], "-c", code, str(archive), str(mnt / "dest"))
+    assert run.err.strip() == "1|big", run.err

@@ -30,7 +30,8 @@ FIELDS: list[tuple[type, str, object, object]] = [
     *((Limits, name, bad_type, bad_value) for name, bad_type, bad_value in [
         ("max_bytes", "1G", 0), ("max_entries", 1.5, -1), ("max_file_size", True, 0),
         ("max_path_length", "4096", 0), ("max_path_depth", 3.0, -3),
-        ("max_xattr_bytes", b"1", 0), ("timeout", "60", 0),
+        ("max_xattr_bytes", b"1", 0), ("max_memory", "64M", 47 << 20),
+        ("reserve", "5%", 100), ("timeout", "60", 0),
     ]),
     (UnpackOptions, "no_lchown", 1, _NO_BAD_VALUE),
     (UnpackOptions, "chown", 5, (-1, 0)),

@@ -427,6 +427,32 @@ def test_hardlink_whose_first_name_is_excluded(mechanism: str, tmp_path: Path) -
         ("b", tarfile.REGTYPE, ""), ("c", tarfile.LNKTYPE, "b")]
 
 
+def test_hardlink_bookkeeping_is_bounded(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inode is remembered until its last link is packed, and at most _MAX_LINKS
+    at a time (lowered to 2 here; in-process, where the constant can be changed): links
+    whose other names lie outside the source would otherwise be kept for the whole walk.
+    Past the cap, a file is packed whole, with one warning."""
+    from chrootarchive.engine import packer
+
+    monkeypatch.setattr(packer, "_MAX_LINKS", 2)
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    src.mkdir()
+    outside.mkdir()
+    for name in "acde":
+        (src / name).write_bytes(name.encode())
+    os.link(src / "a", src / "b")  # complete in the source: forgotten after "b"
+    os.link(src / "c", outside / "c")  # "c" and "d": their other link is outside,
+    os.link(src / "d", outside / "d")  # so they stay remembered
+    os.link(src / "e", src / "f")  # met when two inodes are remembered: packed whole
+    data, result = packed_result(src, confine="openat2")
+    members = {m.name: (m.type, m.linkname) for m in packing.members(data)}
+    assert members["b"] == (tarfile.LNKTYPE, "a")
+    assert members["c"] == members["d"] == (tarfile.REGTYPE, "")
+    assert members["e"] == members["f"] == (tarfile.REGTYPE, "")
+    assert len(result.warnings) == 1 and "packed as separate files" in result.warnings[0]
+
+
 def test_options_validation() -> None:
     with pytest.raises(ValueError, match="compression"):
         ca.PackOptions(compression="xz")

@@ -35,6 +35,8 @@ __all__ = [
     "decode_reply",
     "encode_error",
     "encode_reply",
+    "memory_for_window",
+    "memory_shares",
 ]
 
 #: PEP 706's filter names (``tarfile``'s ``filter=``), most trusting first.
@@ -53,6 +55,31 @@ JOB_MODULES = {
 
 #: Warnings a job reports at most (one line each); the rest are dropped.
 MAX_WARNINGS = 1000
+
+# How Limits.max_memory is shared between the parent's decompressor and the worker
+# (memory_shares): both sides read it from here.
+_MiB = 1 << 20
+_MEMORY_BASE = 28 * _MiB  # the two interpreters: the parent ~21 MiB, the worker's code ~7
+_MEMORY_REFERENCE = 64 * _MiB
+_WINDOW_AT_REFERENCE = 9 * _MiB  # zstd up to -19 (8 MiB), xz up to -6 (8 MiB + 64 KiB)
+_MIN_WINDOW = 1 * _MiB
+
+
+def memory_shares(max_memory: int) -> tuple[int, int]:
+    """How ``Limits.max_memory`` is shared: (the window or dictionary the parent's
+    decompressor may take, the worker's data segment, ``RLIMIT_DATA``).
+
+    The parent and the worker's mapped code take about 28 MiB besides; at 64 MiB the
+    window gets 9 MiB (what ``zstd -19`` and ``xz -6`` need) and the worker 27 MiB;
+    above or below 64 MiB each gets half of the difference.
+    """
+    window = max(_WINDOW_AT_REFERENCE + (max_memory - _MEMORY_REFERENCE) // 2, _MIN_WINDOW)
+    return window, max_memory - _MEMORY_BASE - window
+
+
+def memory_for_window(window: int) -> int:
+    """The smallest ``max_memory`` whose window share holds ``window`` bytes."""
+    return _MEMORY_REFERENCE + 2 * (window - _WINDOW_AT_REFERENCE)
 
 
 class _Record:
@@ -131,9 +158,11 @@ class LimitSpec(_Record):
         "max_bytes",
         "max_entries",
         "max_file_size",
+        "max_memory",
         "max_path_depth",
         "max_path_length",
         "max_xattr_bytes",
+        "reserve",
         "timeout",
     )
     max_bytes: int | None
@@ -142,6 +171,8 @@ class LimitSpec(_Record):
     max_path_length: int | None
     max_path_depth: int | None
     max_xattr_bytes: int | None
+    max_memory: int | None
+    reserve: float | None
     timeout: float | None
 
 
@@ -316,6 +347,10 @@ def encode_error(err: BaseException) -> dict[str, Any]:
             "type": type(err).__name__, "message": err.message, "entry": err.entry}
         if isinstance(err, OSError) and err.errno is not None:
             detail["errno"] = err.errno
+    elif isinstance(err, MemoryError):  # the worker's RLIMIT_DATA (Limits.max_memory)
+        detail = {"type": "LimitExceededError", "entry": None, "message":
+                  "limit max_memory exceeded: the worker ran out of the memory the limit "
+                  "allows it (raise it with --max-memory, Limits.max_memory)"}
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         detail = {"type": "DestinationError", "message": err.strerror, "entry": None}
     else:

@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 GiB = 1 << 30
+MiB = 1 << 20
+#: The smallest ``Limits.max_memory``: a worker needs about 16 MiB to run.
+MIN_MEMORY = 48 * MiB
 
 #: Manifests with more layers are refused (``unpack_image(max_layers=...)``).
 DEFAULT_MAX_LAYERS = 1000
@@ -67,6 +70,17 @@ def _seconds(name: str, value: object) -> None:
     if not 0 < value <= _MAX_TIMEOUT:  # also refuses NaN
         raise ValueError(f"{name} must be more than 0 and at most {_MAX_TIMEOUT:.0e} "
                          f"seconds, not {_shown(value)}")
+
+
+def _percent(name: str, value: object) -> None:
+    """A percentage from 0 to 100 (excluded), or None."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a percentage or None, not {_shown(value)}")
+    if not 0 <= value < 100:  # also refuses NaN
+        raise ValueError(f"{name} must be a percentage from 0 to less than 100, not "
+                         f"{_shown(value)}")
 
 
 def _bool(name: str, value: object) -> None:
@@ -200,6 +214,18 @@ class Limits:
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).
         max_path_depth: components in an entry's cleaned name.
         max_xattr_bytes: names and values of one entry's xattrs together.
+        max_memory: memory of the parent and the worker together, at least 48 MiB,
+            shared (``contract.memory_shares``) between the window or dictionary a
+            compressed stream may declare (9 MiB of the default 64 MiB: ``zstd -19``,
+            ``xz -6``; a larger one is refused before it is allocated) and the worker's
+            data segment (``RLIMIT_DATA``, 27 MiB: heap, anonymous mappings, thread
+            stacks); above 64 MiB each gets half of the rest.
+        reserve: a percentage of the destination's filesystem kept free, of its space
+            and of its inodes, but at most 1 GiB and 100,000 inodes: writing (the
+            spool of an image tar included) stops with a limit error before the
+            filesystem has less free (checked with ``fstatvfs``, at least every 64 MiB
+            and 4,096 entries, and more often as the room left shrinks). 0 or None: no
+            reserve (writing may fill the filesystem).
         timeout: wall-clock seconds for the whole operation (at most 10**9).
     """
 
@@ -209,6 +235,8 @@ class Limits:
     max_path_length: int | None = 4096
     max_path_depth: int | None = 1024
     max_xattr_bytes: int | None = 1 << 20
+    max_memory: int | None = 64 * MiB
+    reserve: float | None = 5.0
     timeout: float | None = None
 
     def __post_init__(self) -> None:
@@ -217,6 +245,9 @@ class Limits:
             value = getattr(self, name)
             if value is not None:
                 _int(f"Limits.{name}", value, low=1)
+        if self.max_memory is not None:
+            _int("Limits.max_memory", self.max_memory, low=MIN_MEMORY)
+        _percent("Limits.reserve", self.reserve)
         _seconds("Limits.timeout", self.timeout)
 
     @classmethod

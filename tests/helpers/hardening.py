@@ -183,6 +183,41 @@ def on_small_tmpfs(mnt: Path, size: str, *argv: str) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
+class TmpfsRun:
+    """What :func:`on_tmpfs` saw: the command's result, how long it took, and the
+    filesystem afterwards (``statfs``)."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[bytes], fields: list[str]) -> None:
+        self.proc = proc
+        self.rc = int(fields[0])
+        self.seconds = int(fields[1]) / 1e9
+        bsize, blocks, bavail, files, ffree = (int(f) for f in fields[2:7])
+        self.size = bsize * blocks
+        self.avail = bsize * bavail
+        self.files = files
+        self.ffree = ffree
+        self.err = proc.stderr.decode()
+
+
+def on_tmpfs(mnt: Path, options: str, *argv: str) -> TmpfsRun:
+    """Run ``argv`` with a tmpfs mounted with ``options`` (``size=64m,nr_inodes=2000``)
+    on ``mnt``, in a private mount namespace of a child process; time it and read the
+    filesystem's free space and inodes after it (the tmpfs goes with the child)."""
+    out = mnt.parent / f".{mnt.name}.statfs"
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o "$1" chrootarchive-test "$2" || exit 99; mnt=$2; out=$3; '
+         'shift 3; start=$(date +%s%N); "$@"; rc=$?; end=$(date +%s%N); '
+         'echo "$rc $((end - start)) $(stat -f -c "%S %b %a %c %d" "$mnt")" >"$out"',
+         "sh", options, str(mnt), str(out), *argv],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    fields = out.read_text().split()
+    out.unlink()
+    return TmpfsRun(proc, fields)
+
+
 def status(pid: int) -> dict[str, str]:
     out = {}
     with open(f"/proc/{pid}/status") as f:

@@ -97,6 +97,17 @@ def parse_count(text: str) -> int:
     return value
 
 
+def parse_percent(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to less than 100 "
+                                         f"(5, 0.5%), got {text!r}")
+    return value
+
+
 def format_size(value: int | None) -> str:
     if value is None:
         return "none"
@@ -186,6 +197,14 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                      help=f"directories in a name (default {defaults.max_path_depth})")
     lim.add_argument("--max-xattr-bytes", type=parse_size, metavar="SIZE",
                      help=f"one entry's xattrs (default {format_size(defaults.max_xattr_bytes)})")
+    lim.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                     help="memory of the decompressor and the worker together: a stream "
+                          "needing a larger window is refused (at least 48M; default "
+                          f"{format_size(defaults.max_memory)})")
+    lim.add_argument("--reserve", type=parse_percent, metavar="PERCENT",
+                     help="stop before the destination's filesystem has less than PERCENT "
+                          "of its space and inodes free, at most 1G and 100,000 inodes "
+                          f"(default {defaults.reserve:g}; 0: none)")
     lim.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="wall-clock time for the whole operation (default: none)")
     lim.add_argument("--strict-limits", action="store_true",
@@ -198,7 +217,7 @@ def limits(args: argparse.Namespace) -> Limits:
     changes = {
         name: getattr(args, name)
         for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
-                     "max_path_depth", "max_xattr_bytes", "timeout")
+                     "max_path_depth", "max_xattr_bytes", "max_memory", "reserve", "timeout")
         if getattr(args, name) is not None
     }
     chosen: Limits = checked(replace, base, **changes)

@@ -6,7 +6,9 @@ format, turned into overlayfs whiteouts (a 0/0 character device) and opaque xatt
 
 Following the OCI image spec, a whiteout hides only what lower layers left: the layer
 remembers every path it wrote (and their parents), so that a later marker in the same
-layer cannot remove them (umoci's ``upperPaths``).
+layer cannot remove them (umoci's ``upperPaths``). It remembers them as 64-bit hashes,
+8 bytes a name once packed (:class:`NameSet`), not as strings (about 120 bytes each: a
+layer of 200,000 files took 24 MiB of the worker's memory).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import struct
+from bisect import bisect_left
 
 from chrootarchive.engine import fsops
 from chrootarchive.errors import MalformedArchiveError
@@ -32,6 +36,47 @@ OPAQUE = ".wh..wh..opq"
 LINK_DIR = ".wh..wh.plnk"
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RUN = 1 << 14  # hashes gathered in a set (about 1 MiB) before they are packed
+_KNOWN_PARENTS = 4096  # parents known to be noted, a cache of names (then cleared)
+
+
+class NameSet:
+    """A set of names kept as 64-bit hashes: the newest in a set, the rest packed in
+    sorted runs of 8 bytes each, searched by bisection (looked up only by markers).
+
+    The hashes are Python's, salted per process (``PYTHONHASHSEED``): two names that
+    collide (about one chance in 2**64 per pair) count as one, which can keep a lower
+    file that a whiteout meant to remove, and nothing else.
+    """
+
+    __slots__ = ("_runs", "recent")
+
+    def __init__(self) -> None:
+        self.recent: set[int] = set()
+        self._runs: list[memoryview] = []
+
+    def add(self, name: str) -> None:
+        recent = self.recent
+        recent.add(hash(name))
+        if len(recent) >= _RUN:
+            self.pack()
+
+    def pack(self) -> None:
+        """Move the newest hashes into a sorted run (signed 64-bit, as ``hash`` gives)."""
+        recent = self.recent
+        packed = struct.pack(f"={len(recent)}q", *sorted(recent))
+        self._runs.append(memoryview(packed).cast("q"))
+        recent.clear()
+
+    def __contains__(self, name: str) -> bool:
+        key = hash(name)
+        if key in self.recent:
+            return True
+        for run in self._runs:
+            i = bisect_left(run, key)
+            if i < len(run) and run[i] == key:
+                return True
+        return False
 
 
 class LayerRules:
@@ -61,10 +106,14 @@ class LayerRules:
         self.overlay = overlay
         self.opaque_xattr = ("user" if in_user_namespace else "trusted") + ".overlay.opaque"
         self.forget = forget
-        self.written: set[str] = set()
-        self.written_parents: set[str] = {"."}
+        self.written = NameSet()
+        self.written_recent = self.written.recent
+        self.written_parents = NameSet()
+        self.written_parents.add(".")
+        self.last_parent = "."  # of the last name written: most names share it
+        self.known_parents: set[str] = set()  # parents already in written_parents
         self.link_dir: str | None = None
-        self.whited_out: set[str] = set()  # overlay: names whited out by this layer
+        self.whited_out = NameSet()  # overlay: names whited out by this layer
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -72,11 +121,23 @@ class LayerRules:
         """Remember that this layer wrote ``name`` (and so, implicitly, its parents)."""
         if not self.active:
             return
-        self.written.add(name)
-        parent = posixpath.dirname(name) or "."
+        written = self.written_recent  # NameSet.add, inlined: once per entry
+        written.add(hash(name))
+        if len(written) >= _RUN:
+            self.written.pack()
+        parent = name.rpartition("/")[0] or "."
+        if parent == self.last_parent:
+            return
+        self.last_parent = parent
+        known = self.known_parents
+        if parent in known:
+            return
+        if len(known) >= _KNOWN_PARENTS:
+            known.clear()
+        known.add(parent)
         while parent not in self.written_parents:
             self.written_parents.add(parent)
-            parent = posixpath.dirname(parent) or "."
+            parent = parent.rpartition("/")[0] or "."
 
     def _kept(self, path: str) -> bool:
         return path in self.written or path in self.written_parents

@@ -81,6 +81,7 @@ __all__ = ["Packer"]
 _FLUSH_AT = 1 << 20  # bytes buffered before a write to the pipe
 _SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
 _SENDFILE_MAX = 1 << 30
+_MAX_LINKS = 100_000  # inodes remembered for their next hard link (about 150 bytes each)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -97,7 +98,6 @@ _OTHER, _FILE, _DIR = 0, 1, 2
 
 
 # -- output --------------------------------------------------------------------------
-
 
 class _Out:
     """Buffered writes to the output pipe; big files go straight with sendfile."""
@@ -201,7 +201,9 @@ class Packer:
         self.excludes = paths.PatternMatcher(options.excludes)
         self.has_exceptions = any(p.strip().startswith("!") for p in options.excludes)
         self.rebase = sorted(options.rebase_names.items(), key=lambda kv: -len(kv[0]))
-        self.links: dict[tuple[int, int], bytes] = {}
+        # Inodes with more links still to come: (name packed first, links not seen yet).
+        self.links: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.links_full = False  # warned that _MAX_LINKS was reached
         self.seen: set[str] | None = set() if len(options.include_files) > 1 else None
         self.noatime = os.O_NOATIME
         self.fds = -1  # /proc/self/fd while packing in-process
@@ -277,13 +279,29 @@ class Packer:
         self.entries += 1
 
     def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
-        """The name this inode was already packed under (a hardlink), or None."""
+        """The name this inode was already packed under (a hardlink), or None.
+
+        An inode is remembered until its last link is seen (as GNU tar does), and at
+        most :data:`_MAX_LINKS` at a time: past that, a new one is packed as a regular
+        file each time it is met (its content repeated), with one warning.
+        """
         if st.st_nlink < 2:
             return None
         key = (st.st_dev, st.st_ino)
-        first = self.links.get(key)
-        if first is None:
-            self.links[key] = name
+        known = self.links.get(key)
+        if known is None:
+            if len(self.links) < _MAX_LINKS:
+                self.links[key] = (name, st.st_nlink - 1)
+            elif not self.links_full:
+                self.links_full = True
+                self.warn(f"{self._where('.')}: more than {_MAX_LINKS:,} files with links "
+                          "still to come; further ones are packed as separate files")
+            return None
+        first, left = known
+        if left <= 1:
+            del self.links[key]
+        else:
+            self.links[key] = (first, left - 1)
         return first
 
     # -- xattrs ---------------------------------------------------------------------

@@ -17,9 +17,10 @@ import errno
 import os
 import posixpath
 import stat
+import struct
 import time
 
-from chrootarchive.engine import acl, filters, fsops, idmap, layer
+from chrootarchive.engine import acl, filters, fsops, idmap, layer, space
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -38,7 +39,7 @@ from chrootarchive.tarformat.reader import TarEntry, TarReader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import NoReturn
 
     from chrootarchive.contract import UnpackSpec
@@ -54,6 +55,24 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper
+# Data charged and not yet written, at most: the writer thread's queue (MAX_PENDING
+# chunks of 1 MiB, and the one it writes), the helper's batches in flight.
+_WRITER_IN_FLIGHT = 6 << 20
+_FINISHER_IN_FLIGHT = 2 << 20
+# The cache of known directories: names (and about 100 bytes each) up to this much, then
+# the older half is forgotten. Only a cache (a forgotten parent is found again with
+# mkdir and stat), but every distinct prefix of every name would otherwise stay: a name
+# that goes through a symlink into a deep tree adds a thousand long ones.
+_DIRS_BUDGET = 2 << 20
+_DIR_OVERHEAD = 100
+_MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
+# The filesystem's reserve (Limits.reserve, engine.space) is looked at again (one
+# fstatvfs) when half of what was left above it may have been used (a quarter, in
+# entries: an entry may take an inode and a block or two), and at least every
+# _LOOK_BYTES of data and _LOOK_ENTRIES entries.
+_LOOK_BYTES = 64 << 20
+_LOOK_ENTRIES = 4096
+_HUGE = 1 << 80
 
 
 class _SkipEntry(Exception):
@@ -72,20 +91,77 @@ class UnpackStats:
         self.skipped_xattrs = 0
 
 
-class _PendingDir:
-    """A directory whose mode and times are applied at the end (deepest first)."""
+_PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
+_PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
-    __slots__ = ("atime_ns", "dev", "ino", "mode", "mtime_ns", "path")
 
-    def __init__(
-        self, path: str, dev: int, ino: int, mode: int, atime_ns: int, mtime_ns: int
-    ) -> None:
-        self.path = path
-        self.dev = dev
-        self.ino = ino
-        self.mode = mode
-        self.atime_ns = atime_ns
-        self.mtime_ns = mtime_ns
+class _PendingDirs:
+    """Directories whose mode and times are applied at the end (deepest first).
+
+    Packed, a directory is its name and 40 bytes (as objects it was about 300). Past
+    :data:`_PENDING_BUDGET` the records go to a spill file: an unnamed file
+    (``O_TMPFILE``) in the destination, on its filesystem and under its reserve, gone
+    when closed (where the filesystem has none, they stay in memory, under the worker's
+    memory limit).
+    """
+
+    __slots__ = ("_data", "_open_spill", "_segments", "_spill")
+
+    def __init__(self, open_spill: Callable[[], int]) -> None:
+        self._data = bytearray()  # records: the name, then _PENDING (read backwards)
+        self._open_spill = open_spill
+        self._spill = -2  # -2: not opened yet, -1: none to be had
+        self._segments: list[tuple[int, int]] = []  # (offset, size) in the spill file
+
+    def append(self, path: str, dev: int, ino: int, mode: int, atime_ns: int,
+               mtime_ns: int) -> None:
+        name = os.fsencode(path)
+        self._data += name
+        self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
+        if len(self._data) > _PENDING_BUDGET:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._spill == -2:
+            try:
+                self._spill = self._open_spill()
+            except OSError:
+                self._spill = -1
+        if self._spill < 0:
+            return
+        offset = self._segments[-1][0] + self._segments[-1][1] if self._segments else 0
+        view = memoryview(self._data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._spill, view[written:], offset + written)
+        self._segments.append((offset, len(self._data)))
+        self._data = bytearray()
+
+    def newest_first(self) -> Iterator[tuple[str, int, int, int, int, int]]:
+        """(path, dev, ino, mode, atime_ns, mtime_ns), the last appended first."""
+        yield from self._records(self._data)
+        for offset, size in reversed(self._segments):
+            data = bytearray()
+            while len(data) < size:
+                got = os.pread(self._spill, size - len(data), offset + len(data))
+                if not got:
+                    raise OSError(errno.EIO, "the spill file of pending directories is short")
+                data += got
+            yield from self._records(data)
+
+    @staticmethod
+    def _records(data: bytearray) -> Iterator[tuple[str, int, int, int, int, int]]:
+        end = len(data)
+        while end:
+            end -= _PENDING.size
+            dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, end)
+            end -= size
+            yield os.fsdecode(bytes(data[end:end + size])), dev, ino, mode, atime, mtime
+
+    def close(self) -> None:
+        if self._spill >= 0:
+            os.close(self._spill)
+        self._spill = -1
 
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
@@ -175,7 +251,12 @@ class Unpacker:
         self.limits = options.limits
         self.deadline = (None if self.limits.timeout is None
                          else time.monotonic() + self.limits.timeout)
-        self.bytes_budget = (1 << 80) if self.limits.max_bytes is None else self.limits.max_bytes
+        # File data is charged against bytes_budget: the bytes until the next look at
+        # max_bytes and the filesystem's reserve (_look_bytes).
+        self.bytes_used = 0
+        self.bytes_budget = self.bytes_given = 0
+        self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
+        self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
         self.filter = filters.EntryFilter(options.filter, options.umask)
         self.filtering = options.filter != "fully_trusted"
         self.egid = os.getegid()
@@ -186,7 +267,8 @@ class Unpacker:
         self.dirs: dict[str, bool] = {
             ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
         }
-        self.pending_dirs: list[_PendingDir] = []
+        self.dirs_size = 0  # what the cache holds, counted against _DIRS_BUDGET
+        self.pending_dirs = _PendingDirs(self._open_spill)
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -218,18 +300,22 @@ class Unpacker:
     def run(self, reader: TarReader) -> UnpackStats:
         try:
             try:
-                self._loop(reader)
-            except ChrootArchiveError:
-                # A file the helper or the writer thread failed on came earlier in the
-                # archive: its error (a full disk, say) is the one to report.
+                try:
+                    self._loop(reader)
+                except ChrootArchiveError:
+                    # A file the helper or the writer thread failed on came earlier in
+                    # the archive: its error (a full disk, say) is the one to report.
+                    self._finish_helpers()
+                    raise
                 self._finish_helpers()
-                raise
-            self._finish_helpers()
-        finally:
-            if self.finisher is not None:
-                self.finisher.abort()  # only if still running (an unexpected error)
-            if self.writer is not None:
-                self.writer.drain()
+            finally:
+                if self.finisher is not None:
+                    self.finisher.abort()  # only if still running (an unexpected error)
+                if self.writer is not None:
+                    self.writer.drain()
+        except BaseException:
+            self.pending_dirs.close()  # its spill file, if any
+            raise
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
@@ -249,27 +335,40 @@ class Unpacker:
                       "tar and bsdtar read them")
 
     def _loop(self, reader: TarReader) -> None:
-        max_entries = self.limits.max_entries
-        most_entries = (1 << 80) if max_entries is None else max_entries
+        most_entries = 0  # entries before the next look (_look_entries)
         stats = self.stats
         apply = self.apply
         listed = self.listed
-        for entry in reader:
-            stats.entries += 1
-            stats.size += entry.size
-            if stats.entries > most_entries:
-                self._limit("max_entries", most_entries, "entries", entry.name)
-            if self.deadline is not None:
-                self._check_time(entry.name)
-            try:
-                if apply(entry, reader) and listed is not None:
-                    listed(entry.name)
-            except _SkipEntry:
-                continue  # the reader skips its data
-            except ChrootArchiveError:
+        name: str | None = None  # of the entry being applied; None while reading one
+        out_of_memory = False
+        try:
+            for entry in reader:
+                name = entry.name
+                stats.entries += 1
+                stats.size += entry.size
+                if stats.entries > most_entries:
+                    most_entries = self._look_entries(stats.entries, name)
+                if self.deadline is not None:
+                    self._check_time(name)
+                try:
+                    if apply(entry, reader) and listed is not None:
+                        listed(entry.name)
+                except _SkipEntry:
+                    pass  # the reader skips its data
+                except ChrootArchiveError:
+                    raise
+                except OSError as err:
+                    raise self._os_error(err, name) from err
+                name = None
+        except MemoryError:  # the worker's RLIMIT_DATA (jail.lockdown)
+            if self.limits.max_memory is None:
                 raise
-            except OSError as err:
-                raise self._os_error(err, entry.name) from err
+            out_of_memory = True
+        if out_of_memory:  # raised here, so that what ran out is freed (no traceback)
+            raise LimitExceededError(
+                f"limit max_memory ({self.limits.max_memory:,} bytes) exceeded: the worker "
+                f"ran out of the memory the limit allows it (raise it with --max-memory, "
+                f"Limits.max_memory)", name)
 
     def apply(self, entry: TarEntry, reader: TarReader) -> bool:
         """Unpack one entry; False when it was left out (excluded, stripped, dropped)."""
@@ -388,14 +487,28 @@ class Unpacker:
                         entry_name,
                     ) from None
                 parent_setgid = bool(st.st_mode & stat.S_ISGID)
-                self.dirs[prefix] = parent_setgid
+                self._remember(prefix, parent_setgid)
                 continue
             # A new implied directory: 0755 owned by the mapped root. mkdir under a
             # setgid parent inherits setgid and the parent's group.
             owner = self.root_owner
             if owner is not None and (parent_setgid or owner != (self.euid, self.egid)):
                 self._chown_new_dir(prefix, owner, entry_name)
-            self.dirs[prefix] = parent_setgid
+            self._remember(prefix, parent_setgid)
+
+    def _remember(self, path: str, setgid: bool) -> None:
+        """Cache ``path`` as a directory; past the budget, forget the older half."""
+        if path not in self.dirs:
+            self.dirs_size += len(path) + _DIR_OVERHEAD
+            if self.dirs_size > _DIRS_BUDGET:
+                dirs = self.dirs
+                root = dirs.pop(".")
+                keep = list(dirs.items())[len(dirs) // 2:]
+                dirs.clear()
+                dirs["."] = root
+                dirs.update(keep)
+                self.dirs_size = sum(len(p) + _DIR_OVERHEAD for p, _ in keep)
+        self.dirs[path] = setgid
 
     def _chown_new_dir(self, path: str, owner: tuple[int, int], entry_name: str) -> None:
         fd = self.fs.open_dir(path)
@@ -407,10 +520,12 @@ class Unpacker:
 
     def _forget(self, path: str) -> None:
         """Drop cached knowledge about ``path`` and anything below it."""
-        self.dirs.pop(path, None)
+        if self.dirs.pop(path, None) is not None:
+            self.dirs_size -= len(path) + _DIR_OVERHEAD
         prefix = path + "/"
         for known in [p for p in self.dirs if p.startswith(prefix)]:
             del self.dirs[known]
+            self.dirs_size -= len(known) + _DIR_OVERHEAD
 
     def _clear_for(self, name: str, entry: TarEntry) -> bool:
         """Make room for ``entry`` at ``name``. Returns True when a directory is kept.
@@ -462,13 +577,59 @@ class Unpacker:
         raise LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded", entry)
 
     def _charge(self, size: int, entry: str) -> None:
-        """Count ``size`` bytes of file data against max_bytes (before they are written)."""
+        """Count ``size`` bytes of file data against max_bytes and the reserve (before
+        they are written)."""
         self.bytes_budget -= size
         if self.bytes_budget < 0:
-            assert self.limits.max_bytes is not None
-            self._limit("max_bytes", self.limits.max_bytes, "bytes", entry)
+            self._look_bytes(entry, size)
         if self.deadline is not None:
             self._check_time(entry)
+
+    def _look_bytes(self, entry: str, size: int) -> None:
+        """The byte budget ran out charging ``size``: check max_bytes and the reserve,
+        and give a new budget."""
+        self.bytes_used += self.bytes_given - self.bytes_budget  # ``size`` included
+        max_bytes = self.limits.max_bytes
+        if max_bytes is not None and self.bytes_used > max_bytes:
+            self._limit("max_bytes", max_bytes, "bytes", entry)
+        step = _HUGE
+        if self.reserve is not None:
+            # Not on the filesystem yet: ``size`` and what the writer thread and the
+            # helper hold (what was written before is in what fstatvfs tells).
+            in_flight = size
+            if self.writer is not None:
+                in_flight += _WRITER_IN_FLIGHT
+            if self.finisher is not None:
+                in_flight += _FINISHER_IN_FLIGHT
+            self._check_reserve(entry, in_flight)
+            step = min(self.room[0] // 2, _LOOK_BYTES)
+        if max_bytes is not None:
+            step = min(step, max_bytes - self.bytes_used)
+        self.bytes_given = self.bytes_budget = step
+
+    def _look_entries(self, entries: int, entry: str) -> int:
+        """Check max_entries and the reserve; return the count of the next look."""
+        max_entries = self.limits.max_entries
+        if max_entries is not None and entries > max_entries:
+            self._limit("max_entries", max_entries, "entries", entry)
+        step = _HUGE
+        if self.reserve is not None:
+            self._check_reserve(entry, 0)
+            room_bytes, room_inodes = self.room
+            step = max(min(room_inodes // 4, room_bytes // 4 // self.reserve.block,
+                           _LOOK_ENTRIES), 1)
+        if max_entries is not None:
+            step = min(step, max_entries - entries + 1)
+        return entries + step - 1
+
+    def _check_reserve(self, entry: str, need: int) -> None:
+        """Stop before the destination's filesystem has less than the reserve free."""
+        assert self.reserve is not None
+        fd = self.fs.open_dir(".")
+        try:
+            self.room = self.reserve.room(fd, entry, need)
+        finally:
+            os.close(fd)
 
     def _check_time(self, entry: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -746,11 +907,9 @@ class Unpacker:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        self.dirs[name] = bool(st.st_mode & stat.S_ISGID)
+        self._remember(name, bool(st.st_mode & stat.S_ISGID))
         atime, mtime = self._times(entry)
-        self.pending_dirs.append(
-            _PendingDir(name, st.st_dev, st.st_ino, entry.mode & 0o7777, atime, mtime)
-        )
+        self.pending_dirs.append(name, st.st_dev, st.st_ino, entry.mode & 0o7777, atime, mtime)
 
     def _symlink(self, name: str, entry: TarEntry) -> None:
         paths.check_symlink(name, entry.linkname, entry.name)
@@ -982,7 +1141,8 @@ class Unpacker:
         except OSError as err:
             if not self.limited or err.errno not in (errno.EINVAL, errno.EPERM):
                 raise
-            self.unmappable.add(owner)
+            if len(self.unmappable) < _MAX_UNMAPPABLE:
+                self.unmappable.add(owner)
             self._skip_owner(fd, owner)
 
     def _skip_owner(self, fd: int, owner: tuple[int, int]) -> None:
@@ -1029,22 +1189,37 @@ class Unpacker:
 
     # -- the end ------------------------------------------------------------------
 
+    def _open_spill(self) -> int:
+        """An unnamed file in the destination (gone when closed), for state that does
+        not fit in the worker's memory."""
+        root = self.fs.open_dir(".")
+        try:
+            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
+        finally:
+            os.close(root)
+
     def finish_dirs(self) -> None:
         """Apply directory modes and times, deepest first, only to our directories."""
-        for pending in reversed(self.pending_dirs):
+        try:
+            self._finish_dirs()
+        finally:
+            self.pending_dirs.close()
+
+    def _finish_dirs(self) -> None:
+        for path, dev, ino, mode, atime_ns, mtime_ns in self.pending_dirs.newest_first():
             try:
-                fd = self.fs.open_dir(pending.path)
+                fd = self.fs.open_dir(path)
             except OSError:
                 continue  # replaced or removed since: not ours any more
             try:
                 st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != (pending.dev, pending.ino):
+                if (st.st_dev, st.st_ino) != (dev, ino):
                     continue
-                if stat.S_IMODE(st.st_mode) != pending.mode:
-                    os.fchmod(fd, pending.mode)
-                os.utime(fd, ns=(pending.atime_ns, pending.mtime_ns))
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+                os.utime(fd, ns=(atime_ns, mtime_ns))
             except OSError as err:
-                raise self._os_error(err, pending.path) from err
+                raise self._os_error(err, path) from err
             finally:
                 os.close(fd)
 

@@ -109,11 +109,12 @@ class _BlobStream:
             self.read(_CHUNK)
 
 
-def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str,
-                  kind_seen: list[str]) -> Generator[bytes, None, None]:
+def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: list[str],
+                  max_memory: int | None) -> Generator[bytes, None, None]:
     """The layer's uncompressed tar stream, hashed on its way for the DiffID."""
     declared = layer.compression
-    kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none")
+    kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none",
+                                                   max_memory=max_memory)
     kind_seen.append(kind)
     if declared not in ("none", "auto") and kind != declared:
         actual = "not compressed" if kind == "none" else kind
@@ -145,9 +146,9 @@ def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
     limits = options.limits
     changes: dict[str, Any] = {}
     if limits.max_bytes is not None:
-        changes["max_bytes"] = max(limits.max_bytes - used_bytes, 0)
+        changes["max_bytes"] = max(limits.max_bytes - used_bytes, 1)  # 0 is no Limits
     if limits.max_entries is not None:
-        changes["max_entries"] = max(limits.max_entries - used_entries, 0)
+        changes["max_entries"] = max(limits.max_entries - used_entries, 1)
     if deadline is not None:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -174,7 +175,7 @@ def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOpt
     reader = layout.open(layer.name, label)
     blob = _BlobStream(reader, layer, label, report)
     kind_seen: list[str] = []
-    chunks = _layer_chunks(blob, layer, label, kind_seen)
+    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory)
     try:
         result = api.unpack_stream(chunks, dest, options, layer=True, lock=False,
                                    on_entry=on_entry)
@@ -292,8 +293,12 @@ def unpack_image(
     timeout = options.limits.timeout
     deadline = started + timeout if timeout is not None else None
     image_path = os.fspath(image)
-    with open_layout(image_path, options.limits.max_bytes) as layout:
+    with open_layout(image_path, os.fspath(dest), options.limits) as layout:
         plan = make_plan(layout, ref, sel, max_layers)
+        # A compressed image archive: the chosen layers are spooled now (their sizes
+        # checked first), beside the destination; the spool counts against max_bytes.
+        layout.fetch([layer.name for layer in plan.layers])
+        spooled = layout.spooled
         warnings = list(plan.warnings)
         applied: list[LayerResult] = []
         size = entries = 0
@@ -302,10 +307,11 @@ def unpack_image(
         with _locked_dest(os.fspath(dest), options) as target:
             if not plan.layers:
                 # Nothing to apply, but the destination is made as a layer would make it.
-                api.unpack_stream([bytes(1024)], target, _remaining(options, 0, 0, deadline),
+                api.unpack_stream([bytes(1024)], target,
+                                  _remaining(options, spooled, 0, deadline),
                                   layer=True, lock=False)
             for layer in plan.layers:
-                layer_options = _remaining(options, size, entries, deadline)
+                layer_options = _remaining(options, spooled + size, entries, deadline)
                 result, kind = _apply_layer(layout, layer, target, layer_options,
                                             len(plan.layers), progress, on_entry)
                 size += result.size

@@ -16,6 +16,11 @@ from chrootarchive.operations import compression
 
 MAX_JSON_SIZE = 4 << 20
 """The largest JSON document (index, manifest, config, ``manifest.json``) read."""
+MAX_JSON_VALUES = 200_000
+"""The most values (objects, arrays, and what commas separate) in one JSON document:
+parsed, each is a Python object of 30 to 100 bytes, so 4 MiB of ``[{},{},...]`` would
+take 118 MB of the parent's memory. Counted on the bytes before parsing (commas and
+brackets inside strings count too: the bound is conservative)."""
 
 _MAX_SIZE = (1 << 63) - 1
 _CHUNK = compression.CHUNK
@@ -41,6 +46,10 @@ def read_all(reader: Reader, limit: int) -> bytes:
 
 
 def parse_json(data: bytes, what: str, where: str) -> Any:
+    values = data.count(b",") + data.count(b"{") + data.count(b"[")
+    if values > MAX_JSON_VALUES:
+        raise ImageError(f"{what} holds too many values (more than {MAX_JSON_VALUES:,}: "
+                         f"parsed, they would not fit the memory limit)", where)
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
@@ -76,6 +85,10 @@ def read_blob_json(layout: Layout, desc: Descriptor, what: str) -> Any:
                          f"({MAX_JSON_SIZE} bytes)", where)
     reader = layout.open(blob_name(desc.digest), f"blob of the {what}")
     try:
+        if reader.size != desc.size:  # known before reading (a large one is not spooled)
+            raise DigestMismatchError(
+                f"size mismatch: declared {desc.size} bytes, the blob has {reader.size}",
+                f"{what} {desc.digest}")
         data = read_all(reader, desc.size)
     finally:
         reader.close()

@@ -1,26 +1,38 @@
 """Reading the files of an image from a directory or a tar, never trusting its paths.
 
 A directory's symlinks are resolved here, lexically, never by the kernel, and only
-regular files are opened; a tar is indexed once and its members are read by offset
-(a compressed tar, or standard input, is spooled to an unnamed temporary file first).
+regular files are opened; a tar is indexed once and its members are read by offset.
+
+Nothing outside the destination grows: what must be spooled (standard input as it
+comes, the members of a compressed tar that are read) goes to an unnamed file on the
+destination's filesystem (``O_TMPFILE``, gone when closed), counted against
+``max_bytes`` and kept above the filesystem's reserve. A compressed tar is read twice:
+once to index it and keep its small members (the JSON documents), and once, after the
+plan is made and the sizes of the chosen layers are checked against the limits, to
+spool those layers alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chrootarchive._fdio import describe, open_input, open_regular
+from chrootarchive.engine import space
 from chrootarchive.errors import (
+    ChrootArchiveError,
     DestinationError,
     ImageError,
+    InternalError,
     LimitExceededError,
     MalformedArchiveError,
     SourceError,
@@ -29,8 +41,18 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression
 from chrootarchive.tarformat import reader as tarreader
 
+if TYPE_CHECKING:
+    from chrootarchive.options import Limits
+
 MAX_TAR_MEMBERS = 200_000
 """Members of an image tar that are indexed (``docker save`` writes about 4 per layer)."""
+MAX_INDEX_BYTES = 8 << 20
+"""What the index of an image tar may hold: names, and about 100 bytes per member."""
+_MEMBER_OVERHEAD = 100
+MAX_KEPT_MEMBER = 4 << 20
+"""Members of a compressed image tar up to this size (the JSON documents: see
+``documents.MAX_JSON_SIZE``) are spooled when it is indexed; larger ones when chosen."""
+_LOOK_BYTES = 64 << 20  # the spool looks at the reserve at least this often
 
 _MAX_LINK_HOPS = 16
 
@@ -67,7 +89,12 @@ class _RangeReader:
         self._end = offset + size
         self.size = size
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0:  # the rest
+            parts = []
+            while data := self.read(compression.CHUNK):
+                parts.append(data)
+            return b"".join(parts)
         n = min(n, self._end - self._pos)
         if n <= 0:
             return b""
@@ -93,6 +120,15 @@ class Layout:
 
     def close(self) -> None:
         """Release the layout's resources."""
+
+    def fetch(self, names: list[str]) -> None:
+        """Make the files ``names`` readable (a compressed tar spools them; see
+        :class:`_StreamLayout`); their sizes are known before."""
+
+    @property
+    def spooled(self) -> int:
+        """Bytes written beside the destination to read the image (counted as data)."""
+        return 0
 
     def resolve(self, name: str, *, hops: list[int] | None = None) -> str | None:
         """The name that ``name`` leads to inside the image after following symbolic
@@ -207,9 +243,10 @@ class _DirLayout(Layout):
 @dataclass(slots=True)
 class _Member:
     kind: str  # file, dir, symlink, hardlink, other
-    offset: int = 0
+    offset: int = 0  # of its data; -1: not spooled yet (a compressed tar's large member)
     size: int = 0
     target: str = ""
+    index: int = 0  # its place in the archive (the first member is 1)
 
 
 def _member_name(raw: str) -> str | None:
@@ -229,13 +266,24 @@ class _TarLayout(Layout):
 
     description = "image archive"
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, spool: Spool | None = None) -> None:
         self._fd = fd
+        self._spool = spool  # where ``fd`` is, if it is a spool
+        reader = tarreader.TarReader(fd)
+        self._index(reader, lambda entry: _Member("file", reader.offset, entry.size))
+
+    @property
+    def spooled(self) -> int:
+        return self._spool.size if self._spool is not None else 0
+
+    def _index(self, reader: tarreader.TarReader,
+               file_member: Callable[[tarreader.TarEntry], _Member]) -> None:
+        """Index the members; ``file_member`` makes a regular file's (its data unread)."""
         self._members: dict[str, _Member] = {}
         self._dirs: set[str] = set()
         self._prefix = ""
-        reader = tarreader.TarReader(fd)
         count = 0
+        held = 0
         try:
             for entry in reader:
                 count += 1
@@ -245,8 +293,12 @@ class _TarLayout(Layout):
                 name = _member_name(entry.name)
                 if name is None:
                     continue
+                held += len(name) + _MEMBER_OVERHEAD
+                if held > MAX_INDEX_BYTES:
+                    raise ImageError(f"the names of the image archive's members take more "
+                                     f"than {MAX_INDEX_BYTES >> 20} MiB", entry.name)
                 if entry.kind == tarreader.REGULAR and entry.sparse is None:
-                    member = _Member("file", reader.offset, entry.size)
+                    member = file_member(entry)
                 elif entry.kind == tarreader.DIRECTORY:
                     member = _Member("dir")
                 elif entry.kind == tarreader.SYMLINK:
@@ -255,6 +307,7 @@ class _TarLayout(Layout):
                     member = _Member("hardlink", target=entry.linkname)
                 else:
                     member = _Member("other")
+                member.index = count
                 self._members[name] = member
                 parent = posixpath.dirname(name)
                 while parent and parent not in self._dirs:
@@ -285,7 +338,8 @@ class _TarLayout(Layout):
             return ("dir", "") if full in self._dirs else (None, "")
         return member.kind, member.target
 
-    def open_resolved(self, name: str) -> Reader:
+    def _member(self, name: str) -> _Member:
+        """The regular file ``name`` is, hard links followed."""
         hops = [0]
         member = self._members.get(self._prefix + name)
         while member is not None and member.kind == "hardlink":
@@ -301,70 +355,278 @@ class _TarLayout(Layout):
             member = self._members.get(self._prefix + resolved) if resolved else None
         if member is None or member.kind != "file":
             raise ImageError("not a regular file in the image archive", name)
+        return member
+
+    def open_resolved(self, name: str) -> Reader:
+        member = self._member(name)
+        if member.offset < 0:
+            return _Unspooled(name, member.size)
         return _RangeReader(self._fd, member.offset, member.size)
 
 
-def _spool(source: compression.Readable, where: str, max_bytes: int | None) -> int:
-    """Decompress (or copy) ``source`` into an unnamed temporary file; return its fd."""
-    kind, chunks = compression.decompressed_chunks(source)
-    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - its fd outlives the object
-    fd = os.dup(tmp.fileno())
-    tmp.close()
-    total = 0
-    try:
-        for chunk in chunks:
-            total += len(chunk)
-            if max_bytes is not None and total > max_bytes:
-                raise LimitExceededError(
-                    f"limit max_bytes exceeded: the {kind} image archive holds more than "
-                    f"{max_bytes} bytes", where)
-            view = memoryview(chunk)
+class _Unspooled:
+    """A large member of a compressed tar, before :meth:`_StreamLayout.fetch`: its size
+    is known (the plan checks it), its data is not read yet."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self._name = name
+        self.size = size
+
+    def read(self, n: int) -> bytes:
+        raise InternalError("a member of the compressed image archive was read before it "
+                            "was spooled", self._name)
+
+    def close(self) -> None:
+        pass
+
+
+def _spool_directory(dest: str) -> str:
+    """Where the spool goes: ``dest`` if it is a directory, else its nearest existing
+    ancestor (where ``dest`` will be made): the destination's filesystem."""
+    path = os.path.abspath(dest)
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+class Spool:
+    """An unnamed file on the destination's filesystem, under its limits.
+
+    ``O_TMPFILE`` (no name: gone when closed, whatever happens to this process); where
+    the filesystem has none, a hidden file unlinked at once. Everything written is
+    counted against ``max_bytes``, and the filesystem's reserve is looked at as it grows.
+    """
+
+    def __init__(self, dest: str, limits: Limits) -> None:
+        self.where = _spool_directory(dest)
+        self.size = 0
+        self._max_bytes = limits.max_bytes
+        self._reserve = space.Reserve(limits.reserve) if limits.reserve else None
+        self._budget = 0  # bytes until the next look at the reserve
+        try:
+            self.fd = os.open(self.where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise self._error(err) from err
+            try:
+                self.fd, path = tempfile.mkstemp(prefix=".chrootarchive-spool-",
+                                                 dir=self.where)
+                os.unlink(path)
+            except OSError as err2:
+                raise self._error(err2) from err2
+
+    def _error(self, err: OSError) -> ChrootArchiveError:
+        return from_os_error(err, self.where, kind=DestinationError,
+                             action="cannot spool the image archive")
+
+    def check(self, more: int, entry: str | None) -> None:
+        """Refuse now what ``more`` bytes would do to the limits (before the bulk)."""
+        if self._max_bytes is not None and self.size + more > self._max_bytes:
+            raise LimitExceededError(
+                f"limit max_bytes ({self._max_bytes:,} bytes) exceeded: the image archive "
+                f"needs {self.size + more:,} bytes spooled beside the destination", entry)
+        if self._reserve is not None:
+            room, _inodes = self._reserve.room(self.fd, entry, more)
+            self._budget = min(room // 2, _LOOK_BYTES)
+
+    def write(self, data: bytes | memoryview, entry: str | None) -> None:
+        """Append ``data``, within max_bytes and above the reserve."""
+        size = len(data)
+        self._budget -= size
+        if self._budget < 0 or (self._max_bytes is not None
+                                and self.size + size > self._max_bytes):
+            self.check(size, entry)
+        view = memoryview(data)
+        offset = self.size
+        try:
             while view:
-                view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except OSError as err:
-        os.close(fd)
-        raise DestinationError(f"cannot spool the image archive: {err.strerror}",
-                               tempfile.gettempdir()) from err
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as err:
+            raise self._error(err) from err
+        self.size += size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Feed:
+    """A compressed source decompressed by a thread into a pipe, for a TarReader."""
+
+    def __init__(self, source: compression.Readable, max_memory: int | None) -> None:
+        _kind, chunks = compression.decompressed_chunks(source, max_memory=max_memory)
+        self.fd, self._w = os.pipe2(os.O_CLOEXEC)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True,
+                                        name="chrootarchive-image-feed")
+        self._thread.start()
+
+    def _run(self, chunks: Iterator[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._w, view):]
+        except BrokenPipeError:
+            pass  # the reader stopped: it has what it wanted
+        except BaseException as err:  # reported by finish()
+            self.error = err
+        finally:
+            os.close(self._w)
+
+    def finish(self) -> None:
+        """Wait for the thread; raise its error (a corrupt stream, a window too large)."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Stop reading (the thread's next write fails) and wait for the thread."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._thread.join()
+
+
+class _StreamLayout(_TarLayout):
+    """A compressed image tar, read as a stream: indexed in a first pass that spools the
+    small members; the large members the plan chooses are spooled by :meth:`fetch`."""
+
+    def __init__(self, open_source: Callable[[], compression.Readable], spool: Spool,
+                 max_memory: int | None) -> None:
+        self._open_source = open_source
+        self._spool = self._stream_spool = spool
+        self._max_memory = max_memory
+        self._fd = spool.fd
+        self._each_member(self._first_pass)
+
+    def _each_member(self, run: Callable[[tarreader.TarReader], None]) -> None:
+        """Run ``run`` on a reader of the decompressed stream; its errors or the
+        decompressor's (which come first: a cut stream shows as a truncated tar)."""
+        feed = _Feed(self._open_source(), self._max_memory)
+        try:
+            try:
+                run(tarreader.TarReader(feed.fd))
+            except ChrootArchiveError:
+                feed.close()
+                if feed.error is not None:
+                    raise feed.error from None
+                raise
+            feed.close()
+            if feed.error is not None:
+                raise feed.error
+        finally:
+            feed.close()
+
+    def _first_pass(self, reader: tarreader.TarReader) -> None:
+        spool = self._stream_spool
+
+        def keep_small(entry: tarreader.TarEntry) -> _Member:
+            if entry.size > MAX_KEPT_MEMBER:
+                return _Member("file", -1, entry.size)
+            offset = spool.size
+            for _at, chunk in reader.data(entry):
+                spool.write(chunk, entry.name)
+            return _Member("file", offset, entry.size)
+
+        self._index(reader, keep_small)
+
+    def fetch(self, names: list[str]) -> None:
+        members: dict[int, _Member] = {}
+        largest = ("", -1)
+        for name in names:
+            resolved = self.resolve(name)
+            if resolved is not None:
+                member = self._member(resolved)
+                if member.offset < 0:
+                    members[member.index] = member
+                    if member.size > largest[1]:
+                        largest = (name, member.size)
+        if not members:
+            return
+        # Before the bulk: what the chosen members need, against max_bytes and the
+        # reserve (the error names the largest).
+        self._stream_spool.check(sum(m.size for m in members.values()), largest[0])
+        wanted = dict(members)
+
+        def second_pass(reader: tarreader.TarReader) -> None:
+            count = 0
+            for entry in reader:
+                count += 1
+                member = wanted.pop(count, None)
+                if member is None:
+                    continue
+                if entry.size != member.size or entry.sparse is not None:
+                    raise ImageError("the image archive changed while it was read",
+                                     entry.name)
+                offset = self._stream_spool.size
+                for _at, chunk in reader.data(entry):
+                    self._stream_spool.write(chunk, entry.name)
+                member.offset = offset
+                if not wanted:
+                    return
+            raise ImageError("the image archive changed while it was read (members gone)")
+
+        self._each_member(second_pass)
 
 
 @contextlib.contextmanager
-def open_layout(image: str, max_bytes: int | None) -> Iterator[Layout]:
+def open_layout(image: str, dest: str, limits: Limits) -> Iterator[Layout]:
+    """The layout of ``image``; what must be spooled goes beside ``dest`` (see above)."""
+    with contextlib.ExitStack() as stack:
+        layout = _open(image, dest, limits, stack)
+        stack.callback(layout.close)
+        yield layout
+
+
+def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) -> Layout:
     if image == "-":
-        fd = _spool(sys.stdin.buffer, "standard input", max_bytes)
-    else:
-        try:
-            st = os.stat(image)
-        except OSError as err:
-            raise from_os_error(
-                err, image, kind=SourceError, action="cannot open the image") from err
-        if stat.S_ISDIR(st.st_mode):
-            layout: Layout = _DirLayout(image)
-            try:
-                yield layout
-            finally:
-                layout.close()
-            return
-        try:
-            fd, st = open_input(image)
-        except OSError as err:
-            raise from_os_error(
-                err, image, kind=SourceError, action="cannot open the image") from err
-        if fd < 0:
-            raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
-                              "never is); give its data on standard input ('-')", image)
-        if not stat.S_ISREG(st.st_mode) or compression.detect(os.pread(fd, 6, 0)) != "none":
-            with open(fd, "rb", closefd=True) as raw:
-                fd = _spool(raw, image, max_bytes)
+        return _from_stream(sys.stdin.buffer, "standard input", dest, limits, stack)
     try:
-        tar_layout = _TarLayout(fd)
-        try:
-            yield tar_layout
-        finally:
-            tar_layout.close()
-    finally:
-        os.close(fd)
+        st = os.stat(image)
+    except OSError as err:
+        raise from_os_error(
+            err, image, kind=SourceError, action="cannot open the image") from err
+    if stat.S_ISDIR(st.st_mode):
+        return _DirLayout(image)
+    try:
+        fd, st = open_input(image)
+    except OSError as err:
+        raise from_os_error(
+            err, image, kind=SourceError, action="cannot open the image") from err
+    if fd < 0:
+        raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
+                         "never is); give its data on standard input ('-')", image)
+    stack.callback(os.close, fd)
+    if not stat.S_ISREG(st.st_mode):  # an anonymous pipe: read once, as it comes
+        return _from_stream(open(fd, "rb", closefd=False), image, dest, limits, stack)
+    if compression.detect(os.pread(fd, 6, 0)) == "none":
+        return _TarLayout(fd)  # read in place
+    spool = Spool(dest, limits)
+    stack.callback(spool.close)
+    return _StreamLayout(lambda: _RangeReader(fd, 0, _WHOLE), spool, limits.max_memory)
+
+
+_WHOLE = 1 << 62  # "to the end of the file"
+
+
+def _from_stream(raw: compression.Readable, where: str, dest: str, limits: Limits,
+                 stack: contextlib.ExitStack) -> Layout:
+    """A stream that cannot be read twice: spooled as it comes (compressed or not)."""
+    spool = Spool(dest, limits)
+    stack.callback(spool.close)
+    try:
+        while data := raw.read(compression.CHUNK):
+            spool.write(data, where)
+    except OSError as err:
+        raise from_os_error(err, where, kind=ImageError, action="cannot read the image") from err
+    size = spool.size
+    if compression.detect(os.pread(spool.fd, 6, 0)) == "none":
+        return _TarLayout(spool.fd, spool)
+    return _StreamLayout(lambda: _RangeReader(spool.fd, 0, size), spool, limits.max_memory)

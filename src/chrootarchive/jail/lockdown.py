@@ -16,6 +16,7 @@ import resource
 import sys
 
 from chrootarchive import _linux
+from chrootarchive.contract import memory_shares
 from chrootarchive.engine import fsops
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -60,7 +61,22 @@ def lock_down(job: Job, request: JobRequest) -> None:
 
 
 def _backing_rlimits(limits: LimitSpec | None) -> None:
-    """Kernel limits behind the unpack limits: file size and open files."""
+    """Kernel limits behind the unpack limits: file size, open files, memory.
+
+    Memory is ``RLIMIT_DATA`` (heap, anonymous mappings, thread stacks), not
+    ``RLIMIT_AS``: the interpreter and its libraries map about 90 MiB of address space
+    (150 MiB at boot) that is mostly never touched. Its size is the worker's share of
+    ``max_memory`` (``contract.memory_shares``: 27 MiB of the default 64 MiB). A bug
+    that allocates without bound then gets ``MemoryError``, reported as the max_memory
+    limit (``contract``).
+    """
+    max_memory = limits.max_memory if limits is not None else None
+    if max_memory is not None:
+        want = memory_shares(max_memory)[1]
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (want, want))
     max_file = limits.max_file_size if limits is not None else None
     if max_file is not None:
         # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.

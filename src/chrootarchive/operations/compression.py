@@ -1,7 +1,11 @@
 """Compression detection by magic bytes, and streaming decompression in the parent.
 
 Decompression never happens inside the jail (CVE-2014-9357: the jailed child once ran
-the image's own ``xz``). Memory stays bounded: data flows through in chunks.
+the image's own ``xz``). Memory stays bounded: data flows through in chunks, and a
+stream whose declared window (zstd) or dictionary (xz) needs more memory than
+``Limits.max_memory`` leaves for decompression is refused before it is allocated (the
+formats allow 2 GiB and 4 GiB, which a few bytes of input can ask for). gzip (32 KiB)
+and bzip2 (900 KiB blocks, under 4 MiB) are bounded by their formats.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Protocol, cast
 
-from chrootarchive.errors import CompressionError
+from chrootarchive.contract import memory_for_window, memory_shares
+from chrootarchive.errors import CompressionError, LimitExceededError
 
-__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect"]
+__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "window_allowance"]
 
 
 class Readable(Protocol):
@@ -21,6 +26,35 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 CHUNK = 1 << 20
+_MiB = 1 << 20
+
+_ZSTD_WINDOW_MAX = 1 << 31  # ZSTD_WINDOWLOG_MAX on 64-bit: the library's own ceiling
+_XZ_OVERHEAD = 128 << 10  # liblzma's decoder state beside the dictionary (about 64 KiB)
+
+
+def window_allowance(max_memory: int | None) -> int | None:
+    """The memory a decompressor's window may take under ``max_memory`` (None: any):
+    its share (``contract.memory_shares``; 9 MiB of the default 64 MiB)."""
+    if max_memory is None:
+        return None
+    return memory_shares(max_memory)[0]
+
+
+def _mib(n: int) -> int:
+    return -(-n // _MiB)
+
+
+def _too_big(kind: str, what: str, need: int | None, allowance: int) -> LimitExceededError:
+    """The refusal of a stream that needs more memory than the limit leaves it."""
+    ceil = _mib
+    needs = (f"needs {ceil(need)} MiB of memory ({what})" if need is not None
+             else f"needs more than {ceil(allowance)} MiB of memory ({what})")
+    hint = (f"--max-memory {ceil(memory_for_window(need))}M" if need is not None
+            else "a larger --max-memory")
+    return LimitExceededError(
+        f"limit max_memory exceeded: the {kind} stream {needs} to decompress, more than "
+        f"the {ceil(allowance)} MiB the limit leaves for decompression; to allow it, use "
+        f"{hint} (Limits.max_memory)")
 
 _MAGIC = (
     (b"\x1f\x8b\x08", "gzip"),
@@ -104,11 +138,92 @@ def _open_decompressor(kind: str, src: _Peekable) -> tuple[IO[bytes], tuple[type
         import bz2  # loaded for the formats that need it
 
         return cast(IO[bytes], bz2.BZ2File(fileobj)), ()
-    if kind == "xz":
-        import lzma
-
-        return cast(IO[bytes], lzma.LZMAFile(fileobj)), (lzma.LZMAError,)
     raise CompressionError(f"unknown compression {kind!r}")
+
+
+def _xz_dictionary(stream_head: bytes) -> int | None:
+    """The dictionary size the first block of an xz stream declares (None: unknown).
+
+    Only to say how much memory a refused stream needs: liblzma enforces the limit.
+    """
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while i < len(stream_head) and shift < 63:
+            byte = stream_head[i]
+            value |= (byte & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if not byte & 0x80:
+                return value, i
+        raise IndexError
+    try:
+        if stream_head[12] == 0:  # the index: no block
+            return None
+        flags = stream_head[13]
+        i = 14
+        for present in (0x40, 0x80):  # compressed, uncompressed size
+            if flags & present:
+                _, i = varint(i)
+        for _ in range((flags & 3) + 1):
+            filter_id, i = varint(i)
+            size, i = varint(i)
+            props, i = stream_head[i:i + size], i + size
+            if filter_id == 0x21 and size == 1:  # LZMA2
+                bits = props[0] & 0x3F
+                if bits > 40:
+                    return None
+                return 0xFFFFFFFF if bits == 40 else (2 | (bits & 1)) << (bits // 2 + 11)
+    except IndexError:
+        pass
+    return None
+
+
+def _xz_chunks(src: Readable, allowance: int | None) -> Iterator[bytes]:
+    """xz with bounded output and a memory limit checked before the dictionary is made.
+
+    As ``lzma.LZMAFile`` reads: concatenated streams are read on, and bytes after the
+    last stream that do not start a valid one are ignored.
+    """
+    import lzma  # loaded for the formats that need it
+
+    def fresh() -> lzma.LZMADecompressor:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=allowance)
+
+    def decode(dec: lzma.LZMADecompressor, data: bytes, head: bytes) -> bytes:
+        try:
+            return dec.decompress(data, CHUNK)
+        except lzma.LZMAError as err:
+            if allowance is not None and "emory usage limit" in str(err):
+                size = _xz_dictionary(head)
+                need = size + _XZ_OVERHEAD if size is not None and size > allowance else None
+                raise _too_big("xz", "its dictionary", need, allowance) from err
+            raise
+
+    dec = fresh()
+    head = b""
+    try:
+        while True:
+            if dec.eof:
+                data = dec.unused_data or src.read(CHUNK)
+                if not data:
+                    return
+                dec, head = fresh(), data[:64]
+                try:
+                    out = decode(dec, data, head)
+                except lzma.LZMAError:
+                    return  # trailing bytes that are not a stream: ignored, as LZMAFile does
+            else:
+                data = b""
+                if dec.needs_input:
+                    data = src.read(CHUNK)
+                    if not data:
+                        raise CompressionError("xz data is truncated")
+                    if len(head) < 64:
+                        head += data[:64 - len(head)]
+                out = decode(dec, data, head)
+            if out:
+                yield out
+    except lzma.LZMAError as err:
+        raise CompressionError(f"corrupt xz data: {err}") from err
 
 
 class _ZstdFrames(_ReaderBase):
@@ -116,15 +231,20 @@ class _ZstdFrames(_ReaderBase):
 
     The library's streaming reader bounds its output (a frame of zeros can expand a
     thousandfold) but ends quietly at a truncated frame; this tells whether the input
-    ended between frames. Only headers are looked at; block contents are counted.
+    ended between frames. Only headers are looked at; block contents are counted. A
+    frame whose window is larger than ``max_window`` is refused here, before the library
+    sees its header (the library is also told the limit, for what this cannot follow).
     """
 
-    def __init__(self, raw: _Peekable) -> None:
+    def __init__(self, raw: _Peekable, max_window: int | None) -> None:
         self._raw = raw
+        self._max_window = max_window
         self._state = "magic"
         self._header = bytearray()
         self._skip = 0
         self._checksum = False
+        self._descriptor = 0
+        self._rest = 0
         self.lost = False  # an unknown structure: leave judgement to the library
 
     def read(self, size: int = -1) -> bytes:
@@ -133,6 +253,22 @@ class _ZstdFrames(_ReaderBase):
             self._follow(memoryview(data))
         return data
 
+
+    def _check_window(self, header: bytes) -> None:
+        """Refuse a frame whose window (the memory its decoder needs) is over the limit."""
+        d = self._descriptor
+        if d & 0x20:  # single segment: the window is the content size
+            size = (0, 2, 4, 8)[d >> 6] or 1
+            window = int.from_bytes(header[-size:], "little") + (256 if size == 2 else 0)
+        else:
+            exponent, mantissa = header[0] >> 3, header[0] & 7
+            base = 1 << (10 + exponent)
+            window = base + (base >> 3) * mantissa
+        if window > _ZSTD_WINDOW_MAX:  # no encoder makes it: garbage, not a demand
+            raise CompressionError(f"corrupt zstd data: a frame declares a window of "
+                                   f"{window} bytes, more than the format's 2 GiB")
+        if self._max_window is not None and window > self._max_window:
+            raise _too_big("zstd", "its window", window, self._max_window)
 
     @property
     def between_frames(self) -> bool:
@@ -179,10 +315,17 @@ class _ZstdFrames(_ReaderBase):
                 if got is None:
                     return
                 d = got[0]
+                self._descriptor = d
                 single = (d >> 5) & 1
                 self._checksum = bool((d >> 2) & 1)
                 fcs = (1 if single else 0, 2, 4, 8)[d >> 6]
-                self._skip = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs
+                self._rest = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs
+                self._state = "header"
+            elif self._state == "header":
+                got, i = self._want(data, i, self._rest)
+                if got is None:
+                    return
+                self._check_window(got)
                 self._state = "block"
             elif self._state == "block":
                 got, i = self._want(data, i, 3)
@@ -199,16 +342,17 @@ class _ZstdFrames(_ReaderBase):
                     self._state = "magic"
 
 
-def _zstd_chunks(src: _Peekable) -> Iterator[bytes]:
-    """zstd with bounded output, and an error for a stream cut inside a frame."""
+def _zstd_chunks(src: _Peekable, allowance: int | None) -> Iterator[bytes]:
+    """zstd with bounded output and window, and an error for a stream cut inside a frame."""
     try:
         import zstandard
     except ImportError as err:
         raise CompressionError(
             "zstd input needs the 'zstandard' package (pip install zstandard)"
         ) from err
-    frames = _ZstdFrames(src)
-    reader = zstandard.ZstdDecompressor().stream_reader(
+    frames = _ZstdFrames(src, allowance)
+    limit = _ZSTD_WINDOW_MAX if allowance is None else min(allowance, _ZSTD_WINDOW_MAX)
+    reader = zstandard.ZstdDecompressor(max_window_size=limit).stream_reader(
         cast(IO[bytes], frames), read_size=CHUNK, read_across_frames=True
     )
     try:
@@ -220,18 +364,23 @@ def _zstd_chunks(src: _Peekable) -> Iterator[bytes]:
         while frames.read(CHUNK):  # what the reader did not ask for (trailing bytes)
             pass
     except zstandard.ZstdError as err:
+        if allowance is not None and "too much memory" in str(err):  # a frame not followed
+            raise _too_big("zstd", "its window", None, allowance) from err
         raise CompressionError(f"corrupt zstd data: {err}") from err
     if not frames.between_frames:
         raise CompressionError("zstd data is truncated")
 
 
 def decompressed_chunks(
-    raw: Readable, *, compressed: bool = True
+    raw: Readable, *, compressed: bool = True, max_memory: int | None = 64 * _MiB
 ) -> tuple[str, Iterator[bytes]]:
     """Detect the compression of ``raw`` and return (kind, iterator of plain chunks).
 
-    With ``compressed=False`` the stream is passed through as plain tar.
+    With ``compressed=False`` the stream is passed through as plain tar. A stream that
+    needs more memory than ``max_memory`` leaves (``window_allowance``) raises
+    LimitExceededError when its header is read, before the memory is taken.
     """
+    allowance = window_allowance(max_memory)
     head = _read_exactly_head(raw, 6)
     kind = detect(head) if compressed else "none"
     src = _Peekable(head, raw)
@@ -247,7 +396,9 @@ def decompressed_chunks(
         return kind, plain()
 
     if kind == "zstd":
-        return kind, _zstd_chunks(src)
+        return kind, _zstd_chunks(src, allowance)
+    if kind == "xz":
+        return kind, _xz_chunks(src, allowance)
 
     def inflate() -> Iterator[bytes]:
         stream, decoder_errors = _open_decompressor(kind, src)

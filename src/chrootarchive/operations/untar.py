@@ -250,7 +250,8 @@ def _unpack_data(
         counted: compression.Readable = _Counting(raw, progress) if progress else raw
         # Decompressed by the pump thread as it feeds the job (a read-ahead thread of its
         # own gained nothing measurable: docs/performance.md).
-        _kind, data = compression.decompressed_chunks(counted, compressed=compressed)
+        _kind, data = compression.decompressed_chunks(
+            counted, compressed=compressed, max_memory=options.limits.max_memory)
     # The worker may fork a helper for small files (see finisher) when the parent
     # leaves the second core idle: a plain tar, read by the worker itself, and large
     # enough to pay for the fork. Compressed input keeps the parent decompressing.
