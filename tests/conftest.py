@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chrootarchive.jail.confine import IN_PROCESS
 from helpers import mechanisms
 from helpers.cli import CLIResult
 from helpers.cli import run_cli as _run_cli
@@ -38,6 +39,13 @@ def mechanism(request: pytest.FixtureRequest) -> str:
     One this machine cannot run is skipped with the package's reason; on CI
     (``CI=true``: root, Linux 6.x, where all of them work) it fails instead.
     """
+    return mechanisms.require(request.param)
+
+
+@pytest.fixture(params=[m for m in mechanisms.MECHANISMS if m not in IN_PROCESS])
+def worker_mechanism(request: pytest.FixtureRequest) -> str:
+    """Each mechanism that runs a worker process (not the in-process ``openat2``): for
+    what only a worker has, such as its memory backstop."""
     return mechanisms.require(request.param)
 
 
@@ -108,7 +116,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.path.name
         name = f"{module}::{item.originalname}" if isinstance(item, pytest.Function) else ""
         params = getattr(getattr(item, "callspec", None), "params", {})
-        other_mechanism = params.get("mechanism", mechanisms.MECHANISMS[0]) \
-            != mechanisms.MECHANISMS[0]
+        other_mechanism = any(
+            params.get(key, mechanisms.MECHANISMS[0]) != mechanisms.MECHANISMS[0]
+            for key in ("mechanism", "worker_mechanism"))
         if module in SLOW_MODULES or name in SLOW_TESTS or other_mechanism:
             item.add_marker(pytest.mark.slow)
