@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 
 from chrootarchive.contract import FILTERS
+from chrootarchive.engine.names import EXCLUDE_STYLES
 from chrootarchive.jail.confine import MECHANISMS
 from chrootarchive.options import IDMap, Limits, UnpackOptions
 
@@ -159,7 +160,7 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                           "(repeatable; by default Docker's style: from the root, '**' "
                           "across directories, '!PATTERN' re-includes, last match wins; "
                           "see --exclude-style)")
-    sel.add_argument("--exclude-style", choices=("docker", "tar"), default="docker",
+    sel.add_argument("--exclude-style", choices=EXCLUDE_STYLES, default="docker",
                      help="how --exclude matches: docker (default: from the root, '*' "
                           "within one component, '**' across, '!' re-includes) or tar "
                           "(GNU tar's: any tail of the name, '*' crosses '/': '*.txt' "

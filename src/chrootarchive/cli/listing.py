@@ -39,7 +39,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--uncompressed", action="store_true",
                         help="the input is plain tar: do not detect compression")
     parser.add_argument("--json", action="store_true",
-                        help="a JSON array of entries (docs/json.md) instead of lines")
+                        help="one JSON document with the entries (docs/json.md) instead of lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
