@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from chrootarchive import _fdio
-from chrootarchive.contract import JobRequest
+from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import (
     ChrootArchiveError,
     DestinationError,
@@ -26,15 +26,18 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, unpack_spec
 from chrootarchive.runner import ladder
+from chrootarchive.runner import stack as runner_stack
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 
 __all__ = [
+    "LayerStack",
     "Progress",
     "Source",
     "apply_layer",
     "apply_uncompressed_layer",
     "cumulative",
+    "layer_stack",
     "unpack_stream",
     "untar",
     "untar_uncompressed",
@@ -281,12 +284,67 @@ def _run_unpack(
     )
     reply = ladder.run(root_fd, request, data, options.confine,
                        offset_progress=offset_progress, names=on_entry)
+    return _result(reply)
+
+
+def _result(reply: JobReply) -> UnpackResult:
     privileged = reply.details.get("privileged") or {}
     skipped = reply.details.get("skipped_xattrs", 0)
     return UnpackResult(entries=reply.entries, size=reply.size,
                         confinement=reply.confinement, warnings=reply.warnings,
                         privileged={str(k): int(v) for k, v in privileged.items()},
                         skipped_xattrs=skipped if isinstance(skipped, int) else 0)
+
+
+class LayerStack:
+    """Layers applied one after another by one job (:func:`layer_stack`)."""
+
+    def __init__(self, stack: runner_stack.Stack) -> None:
+        self._stack = stack
+        self.confinement = ""
+
+    def apply(self, chunks: Iterable[bytes]) -> UnpackResult:
+        """Apply one layer's uncompressed tar stream; what it did. An exception raised
+        by ``chunks`` (a digest found wrong) stops the stack before any further layer
+        and propagates."""
+        return _result(self._stack.apply(chunks))
+
+    def finish(self) -> str:
+        """No more layers: wait for the job; the mechanism it used."""
+        self.confinement = self._stack.finish().confinement
+        return self.confinement
+
+
+@contextlib.contextmanager
+def layer_stack(
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    on_entry: Callable[[str], None] | None = None,
+) -> Iterator[LayerStack]:
+    """One confined job for several layers (an image's): one worker, one jail.
+
+    The caller holds the destination's lock (``image`` holds it across all layers) and
+    calls :meth:`LayerStack.apply` for each layer, then :meth:`LayerStack.finish`.
+    ``options.limits`` hold for all the layers together. Leaving the block early (an
+    error, a digest mismatch) stops the job before it applies anything more.
+    """
+    options = options or UnpackOptions()
+    ladder.candidates(options.confine)  # fail before creating anything
+    root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=False,
+                                                    owner=destination.root_owner(options))
+    try:
+        request = JobRequest.make(
+            "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=True,
+            stack=True, unpack=unpack_spec(options, verbose=on_entry is not None),
+        )
+        stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
+    finally:
+        os.close(root_fd)  # the job has its own (passed, or duplicated)
+    try:
+        yield LayerStack(stack)
+    finally:
+        stack.close()
 
 
 def unpack_stream(
