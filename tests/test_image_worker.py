@@ -159,3 +159,77 @@ def test_a_layer_cannot_run_into_the_next(mechanism: str, tmp_path: Path) -> Non
     assert sorted(os.listdir(dest)) == ["one", "three", "two"]
     assert (dest / "two").read_bytes() == b"2" * 600
     assert [layer.entries for layer in result.layers] == [1, 1, 1]
+
+
+# -- several layers on the command line: apply-layer L1 L2 L3 DEST --------------------
+
+_COUNT_CLI_WORKERS = r"""
+import json, sys
+from chrootarchive.cli.main import main
+
+started = []
+
+def hook(event, args):
+    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
+                                           for a in args[1]):
+        started.append(1)
+
+sys.addaudithook(hook)
+code = main(sys.argv[1:])
+print(json.dumps({"workers": len(started), "code": code}), file=sys.stderr)
+"""
+
+
+def _layer_files(where: Path) -> list[Path]:
+    layers = [
+        make_tar([Entry("a/", "dir"), Entry("a/x", data=b"x"), Entry("a/y", data=b"yy")]),
+        make_tar([Entry("f", data=b"fff"), Entry("a/.wh.x")]),
+        make_tar([Entry(".wh.f"), Entry("g", data=b"gggg")]),
+    ]
+    paths = []
+    for i, data in enumerate(layers):
+        path = where / f"l{i}.tar"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def test_apply_layer_cli_applies_several_layers_in_one_worker(
+        worker_mechanism: str, tmp_path: Path) -> None:
+    paths = _layer_files(tmp_path)
+    dest = tmp_path / "root"
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNT_CLI_WORKERS, "apply-layer", "--confine",
+         worker_mechanism, *map(str, paths), str(dest)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, check=False)
+    seen = json.loads(out.stderr.strip().splitlines()[-1])
+    assert seen["code"] == 0, out.stderr
+    assert seen["workers"] == 1
+    assert out.stdout.split() == ["3", "3", "4"]  # the applied size of each layer
+    assert sorted(os.listdir(dest)) == ["a", "g"]
+    assert sorted(os.listdir(dest / "a")) == ["y"]
+
+
+def test_apply_layers_names_the_layer_and_stops_there(mechanism: str, tmp_path: Path,
+                                                      no_leaks: None) -> None:
+    from chrootarchive import BreakoutError, apply_layers
+
+    paths = _layer_files(tmp_path)
+    hostile = tmp_path / "hostile.tar"
+    hostile.write_bytes(make_tar([Entry("h", data=b"h"), Entry("../escape", data=b"e")]))
+    dest = tmp_path / "root"
+    with pytest.raises(BreakoutError) as info:
+        apply_layers([paths[0], hostile, paths[2]], dest, UnpackOptions(confine=mechanism))
+    assert (info.value.entry or "").startswith(f"layer 1 ({hostile}): ../escape")
+    assert not (tmp_path / "escape").exists()
+    assert sorted(os.listdir(dest)) == ["a", "h"]  # layer 3 (g) never applied
+    # All or nothing with atomic.
+    atomic = tmp_path / "atomic"
+    with pytest.raises(BreakoutError):
+        apply_layers([paths[0], hostile, paths[2]], atomic,
+                     UnpackOptions(confine=mechanism, atomic=True))
+    assert not atomic.exists()
+    results = apply_layers(paths, atomic, UnpackOptions(confine=mechanism, atomic=True))
+    assert [r.size for r in results] == [3, 3, 4]
+    assert {r.confinement.split()[0] for r in results} == {mechanism}
+    assert sorted(os.listdir(atomic)) == ["a", "g"]

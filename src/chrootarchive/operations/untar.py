@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 from chrootarchive import _fdio
 from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import (
+    ArchiveError,
     ChrootArchiveError,
     DestinationError,
     SourceError,
@@ -35,6 +36,7 @@ __all__ = [
     "Progress",
     "Source",
     "apply_layer",
+    "apply_layers",
     "apply_uncompressed_layer",
     "cumulative",
     "layer_stack",
@@ -125,6 +127,93 @@ def apply_layer(
                           confine=confine, limits=limits)
     return _unpack(source, dest, None, chosen, compressed=detect_compression,
                    progress=cumulative(progress), layer=True, on_entry=on_entry)
+
+
+def apply_layers(
+    sources: Iterable[Source],
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    filter: str | None = None,  # tarfile's name (PEP 706)
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    detect_compression: bool = True,
+    progress: Progress | None = None,
+    on_entry: Callable[[str], None] | None = None,
+) -> list[UnpackResult]:
+    """Apply several layers in order onto ``dest``, all of them by one confined job.
+
+    What :func:`apply_layer` does for each in turn, with one worker and one jail for
+    them all (one process start, not one per layer): each layer's whiteouts apply to
+    the layers before it. The limits hold for all the layers together; ``atomic``
+    makes the whole stack all-or-nothing. An error names the layer (``layer N
+    (SOURCE)``, N counted from 0) and stops before the next one.
+
+    Returns:
+        Each layer's result, in order.
+    """
+    chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                          confine=confine, limits=limits)
+    layers = list(sources)
+    if not layers:
+        raise ValueError("apply_layers needs at least one layer")
+    if sum(1 for s in layers if isinstance(s, str) and s == "-") > 1:
+        raise ValueError("standard input ('-') can be only one of the layers")
+    ladder.candidates(chosen.confine)  # fail before creating anything
+    if chosen.atomic:
+        with staging.atomic_destination(os.fspath(dest)) as stage:
+            return _apply_stack(layers, stage, replace(chosen, atomic=False),
+                                compressed=detect_compression, progress=cumulative(progress),
+                                on_entry=on_entry)
+    created = destination.missing_dirs(os.fspath(dest))
+    try:
+        fd, _rel = destination.pin_destination(os.fspath(dest), None, lock=True,
+                                               owner=destination.root_owner(chosen))
+        try:
+            return _apply_stack(layers, os.fspath(dest), chosen,
+                                compressed=detect_compression, progress=cumulative(progress),
+                                on_entry=on_entry)
+        finally:
+            os.close(fd)
+    except ChrootArchiveError as err:
+        destination.undo_created(created, err)
+        raise
+
+
+def _apply_stack(layers: list[Source], dest: str, options: UnpackOptions, *,
+                 compressed: bool, progress: Progress | None,
+                 on_entry: Callable[[str], None] | None) -> list[UnpackResult]:
+    """The layers through one :func:`layer_stack`; the caller holds ``dest``'s lock."""
+    results = []
+    with layer_stack(dest, options, on_entry=on_entry) as stack:
+        for index, source in enumerate(layers):
+            label = f"layer {index} ({_display(source)})"
+            try:
+                with open_source(source) as raw:
+                    counted: compression.Readable = (_Counting(raw, progress) if progress
+                                                     else raw)
+                    _kind, chunks = compression.decompressed_chunks(
+                        counted, compressed=compressed,
+                        max_memory=options.limits.max_memory)
+                    results.append(stack.apply(chunks))
+            except ArchiveError as err:
+                err.entry = f"{label}: {err.entry}" if err.entry else label
+                raise
+            except SourceError as err:
+                if err.entry is None:
+                    err.entry = label
+                raise
+        used = stack.finish()
+    # Each layer's reply came before the job's last one, which names the mechanism.
+    return [replace(result, confinement=used) for result in results]
+
+
+def _display(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)  # escaped where the error is printed
+    return type(source).__name__
 
 
 # Docker's names (pkg/chrootarchive), thin aliases of the two calls above.
