@@ -8,7 +8,6 @@ is then stopped before the next layer.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from chrootarchive.errors import (
     LimitExceededError,
     from_os_error,
 )
-from chrootarchive.image.digests import Hasher, HashThread
+from chrootarchive.image.digests import Hasher
 from chrootarchive.image.layout import Reader, open_layout
 from chrootarchive.image.plan import LayerPlan, make_plan
 from chrootarchive.image.platforms import default_platform, platform_from_text
@@ -49,9 +48,8 @@ class _BlobStream:
     """Reads a layer blob, counting and hashing; checks size and digest at its end."""
 
     def __init__(self, reader: Reader, layer: LayerPlan, label: str,
-                 progress: Callable[[int], None] | None, hashing: HashThread | None) -> None:
+                 progress: Callable[[int], None] | None) -> None:
         self._reader = reader
-        self._hashing = hashing
         self._layer = layer
         self._label = label
         self._hasher = Hasher(layer.digest) if layer.digest else None
@@ -82,10 +80,7 @@ class _BlobStream:
                 f"size mismatch: declared {expected} bytes, the blob is longer {_APPLIED}",
                 self._label))
         if self._hasher is not None:
-            if self._hashing is not None:
-                self._hashing.update(self._hasher, data)
-            else:
-                self._hasher.update(data)
+            self._hasher.update(data)
         if self._progress is not None:
             self._progress(self.count)
         return data
@@ -102,8 +97,6 @@ class _BlobStream:
             self._fail(DigestMismatchError(
                 f"size mismatch: declared {expected} bytes, the blob has {self.count} "
                 f"{_APPLIED}", self._label))
-        if self._hasher is not None and self._hashing is not None:
-            self._hashing.sync()
         if self._hasher is not None and not self._hasher.matches():
             self._fail(DigestMismatchError(
                 f"digest mismatch: expected {self._hasher.expected}, got "
@@ -118,8 +111,7 @@ class _BlobStream:
 
 
 def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: list[str],
-                  max_memory: int | None, hashing: HashThread | None,
-                  ) -> Generator[bytes, None, None]:
+                  max_memory: int | None) -> Generator[bytes, None, None]:
     """The layer's uncompressed tar stream, hashed on its way for the DiffID."""
     declared = layer.compression
     kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none",
@@ -129,19 +121,18 @@ def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: li
         actual = "not compressed" if kind == "none" else kind
         raise ImageError(f"the media type {layer.media_type} says {declared} but the data "
                          f"is {actual}", label)
+    # Hashed here, in the feeding thread: a thread of its own for the digest and the
+    # DiffID did not pay on two cores (docs/performance.md, issue 16).
     diff = Hasher(layer.diff_id)
-    update = diff.update if hashing is None else functools.partial(hashing.update, diff)
     try:
         for chunk in chunks:
-            update(chunk)
+            diff.update(chunk)
             yield chunk
     except ChrootArchiveError:
         raise
     except Exception as err:  # a decompressor's own error type (isal's IsalError...)
         raise CompressionError(f"corrupt {kind} data: {err}", label) from err
     blob.finish()
-    if hashing is not None:
-        hashing.sync()
     if not diff.matches():
         raise DigestMismatchError(
             f"DiffID mismatch: the config says {layer.diff_id}, the uncompressed layer is "
@@ -176,7 +167,7 @@ BlobOpener = Callable[[LayerPlan, str], Reader]
 
 def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
                  options: UnpackOptions, count: int, progress: ProgressCallback | None,
-                 hashing: HashThread | None) -> tuple[UnpackResult, str]:
+                 ) -> tuple[UnpackResult, str]:
     """Apply one layer; return the job's result for it and the compression met."""
     label = _layer_label(layer)
     report: Callable[[int], None] | None = None
@@ -189,10 +180,9 @@ def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
 
         report(0)
     reader = open_blob(layer, label)
-    blob = _BlobStream(reader, layer, label, report, hashing)
+    blob = _BlobStream(reader, layer, label, report)
     kind_seen: list[str] = []
-    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory,
-                           hashing)
+    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory)
     try:
         result = stack.apply(chunks)
         for _ in chunks:  # the job drains its input; make sure every check ran
@@ -243,13 +233,8 @@ def apply_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, target: str
     the limits hold for all the layers together, until ``deadline``."""
     applied = Applied()
     applied.warnings = list(warnings)
-    # The blobs' digests and DiffIDs are computed by a thread of their own, beside the
-    # one that reads and decompresses (docs/performance.md: issue 16).
-    hashing = HashThread()
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(hashing.close)
-        stack = cleanup.enter_context(api.layer_stack(
-            target, _remaining(options, used_bytes, 0, deadline), on_entry=on_entry))
+    with api.layer_stack(target, _remaining(options, used_bytes, 0, deadline),
+                         on_entry=on_entry) as stack:
         if not layers:
             # Nothing to apply, but the destination is made as a layer would make it.
             stack.apply([bytes(1024)])
@@ -257,7 +242,7 @@ def apply_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, target: str
             if deadline is not None and time.monotonic() >= deadline:
                 raise LimitExceededError("limit timeout exceeded (between layers)")
             result, kind = _apply_layer(stack, open_blob, layer, options, len(layers),
-                                        progress, hashing)
+                                        progress)
             applied.size += result.size
             applied.entries += result.entries
             for what, count in result.privileged.items():

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import queue
 import re
-import threading
 
 from chrootarchive.errors import ImageError
 
@@ -76,40 +74,3 @@ def digest_ref(ref: str) -> str | None:
     """The digest that ``ref`` pins (``sha256:...`` or ``name@sha256:...``), if any."""
     match = _DIGEST_REF_RE.fullmatch(ref)
     return match.group(1) if match else None
-
-
-class HashThread:
-    """Hashes data in a thread of its own, so that reading, decompressing and hashing a
-    layer overlap (hashlib releases the GIL for large buffers; so do the decompressors).
-
-    :meth:`update` queues the data (at most ``pending`` chunks wait: a bound on the
-    memory in flight); :meth:`sync` waits until everything queued is hashed, before a
-    :class:`Hasher` is compared.
-    """
-
-    def __init__(self, pending: int = 8) -> None:
-        self._queue: queue.Queue[tuple[Hasher, bytes] | threading.Event | None] = (
-            queue.Queue(pending))
-        self._thread = threading.Thread(target=self._run, name="chrootarchive-hash",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-            else:
-                item[0].update(item[1])
-
-    def update(self, hasher: Hasher, data: bytes) -> None:
-        self._queue.put((hasher, data))
-
-    def sync(self) -> None:
-        """Return once every chunk queued so far is hashed."""
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
