@@ -11,6 +11,9 @@ Inputs (built once into ``DIR/inputs``, from ``DIR/inputs/rootfs.tar`` of
   manual pages and changes files in ``/etc`` (``umoci unpack``, changes, ``umoci
   repack``: whiteouts), then one that replaces ``/var/lib/dpkg/info`` with an opaque
   directory (``umoci insert --opaque``): 6 gzip layers;
+* ``small-oci-layers/`` (tag ``small``): 20 small layers (``umoci insert``), each a
+  directory of 20 files of 100 bytes, every fifth one also whiting out a directory of
+  the layer before it: where the fixed cost of each layer shows;
 * ``rootfs-oci-one/`` (tag ``one``): the whole root filesystem as one gzip layer
   (``umoci insert``); its blob is also kept as ``rootfs-oci-one.layer.tar.gz`` for
   ``untar``.
@@ -130,6 +133,30 @@ def build_layers(inputs: Path, work: Path) -> Path:
     return out
 
 
+def build_small(inputs: Path, work: Path) -> Path:
+    out = inputs / "small-oci-layers"
+    if out.exists():
+        return out
+    tmp = inputs / "small-oci-layers.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    image = f"{tmp}:small"
+    run(["umoci", "init", "--layout", str(tmp)])
+    run(["umoci", "new", "--image", image])
+    for i in range(20):
+        part = work / f"small{i}"
+        part.mkdir()
+        for n in range(20):
+            (part / f"f{n}").write_bytes(b"x" * 100)
+        run(["umoci", "insert", "--no-history", "--image", image, str(part), f"/l{i}"],
+            stderr=subprocess.DEVNULL)
+        if i % 5 == 4:
+            run(["umoci", "insert", "--no-history", "--whiteout", "--image", image,
+                 f"/l{i - 1}"], stderr=subprocess.DEVNULL)
+    run(["umoci", "gc", "--layout", str(tmp)])
+    tmp.rename(out)
+    return out
+
+
 def build_one(inputs: Path, work: Path) -> tuple[Path, Path]:
     out = inputs / "rootfs-oci-one"
     blob = inputs / "rootfs-oci-one.layer.tar.gz"
@@ -216,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         layers = build_layers(inputs, Path(work))
         one, blob = build_one(inputs, Path(work))
+        small = build_small(inputs, Path(work))
     if args.build_only:
         return 0
     here = Path(__file__).resolve().parent.parent / "src"
@@ -233,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         many = {name: [*cli(src), "unpack-image", str(layers), "{dest}"]
                 for name, src in sources.items()}
         many["umoci unpack"] = ["umoci", "unpack", "--image", f"{layers}:layers", "{dest}"]
+        few = {name: [*cli(src), "unpack-image", str(small), "{dest}"]
+               for name, src in sources.items()}
+        few["umoci unpack"] = ["umoci", "unpack", "--image", f"{small}:small", "{dest}"]
         single = {f"{name} unpack-image": [*cli(src), "unpack-image", str(one), "{dest}"]
                   for name, src in sources.items()}
         single.update({f"{name} untar": [*cli(src), "untar", str(blob), "{dest}"]
@@ -242,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel {os.uname().release}; {args.runs} rounds; target {args.target}\n")
         print(table(f"six-layer image ({len(os.listdir(layers / 'blobs' / 'sha256'))} blobs)",
                     compare(many, args.target, args.runs), "umoci unpack"))
+        print(table("24 small layers (20 of 20 files, 4 of a whiteout)",
+                    compare(few, args.target, args.runs), "umoci unpack"))
         print(table(f"one-layer image ({entries} entries, {blob.stat().st_size:,} bytes gzip)",
                     compare(single, args.target, args.runs), "chrootarchive untar"))
     finally:

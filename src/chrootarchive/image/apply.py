@@ -210,7 +210,7 @@ def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
 
 
 class Applied:
-    """What :func:`apply_layers` did: the layers' results and the totals."""
+    """What :func:`apply_planned_layers` did: the layers' results and the totals."""
 
     def __init__(self) -> None:
         self.layers: list[LayerResult] = []
@@ -221,11 +221,12 @@ class Applied:
         self.privileged: dict[str, int] = {}
 
 
-def apply_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, target: str,
-                 options: UnpackOptions, *, used_bytes: int = 0,
-                 deadline: float | None = None, progress: ProgressCallback | None = None,
-                 on_entry: Callable[[str], None] | None = None,
-                 warnings: Sequence[str] = ()) -> Applied:
+def apply_planned_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, target: str,
+                         options: UnpackOptions, *, used_bytes: int = 0,
+                         deadline: float | None = None,
+                         progress: ProgressCallback | None = None,
+                         on_entry: Callable[[str], None] | None = None,
+                         warnings: Sequence[str] = ()) -> Applied:
     """Apply ``layers`` in order onto ``target`` by one confined job (one worker, one
     jail); the caller holds ``target``'s lock. Each layer's blob is opened as its turn
     comes, read and hashed (digest, DiffID) as it is fed; a mismatch stops the job
@@ -358,7 +359,7 @@ def unpack_image(
         layout.fetch([layer.name for layer in plan.layers])
         spooled = layout.spooled
         with _locked_dest(os.fspath(dest), options) as target:
-            applied = apply_layers(
+            applied = apply_planned_layers(
                 plan.layers, lambda layer, label: layout.open(layer.name, label), target,
                 options, used_bytes=spooled, deadline=deadline, progress=progress,
                 on_entry=on_entry, warnings=plan.warnings)
