@@ -142,6 +142,22 @@ def test_whiteouts_apply_to_lower_layers_only_in_one_worker(
     assert sorted(os.listdir(dest / "d")) == ["new"]
 
 
+def test_max_bytes_holds_across_the_layers_of_one_worker(mechanism: str,
+                                                         tmp_path: Path) -> None:
+    from chrootarchive import LimitExceededError
+    from chrootarchive.options import Limits
+
+    tars = [make_tar([Entry(f"f{i}", data=bytes(40))]) for i in range(3)]
+    image = _layered(tmp_path / "image", tars)
+    dest = tmp_path / "root"
+    with pytest.raises(LimitExceededError, match="max_bytes") as info:
+        unpack_image(image, dest, UnpackOptions(confine=mechanism,
+                                                limits=Limits(max_bytes=100)))
+    assert (info.value.entry or "").startswith("layer 2 (sha256:")
+    assert (dest / "f1").stat().st_size == 40  # the layers below it were whole
+    assert not (dest / "f2").exists() or (dest / "f2").stat().st_size < 40
+
+
 def test_a_layer_cannot_run_into_the_next(mechanism: str, tmp_path: Path) -> None:
     # Layer 1: a whole second archive after its end-of-archive blocks. Layer 2: no
     # end-of-archive blocks at all. Layer 3: an ordinary layer.
