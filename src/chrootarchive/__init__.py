@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         register_unpack_formats as register_unpack_formats,
     )
     from chrootarchive.operations.untar import apply_layer as apply_layer
+    from chrootarchive.operations.untar import apply_layers as apply_layers
     from chrootarchive.operations.untar import apply_uncompressed_layer as apply_uncompressed_layer
     from chrootarchive.operations.untar import untar as untar
     from chrootarchive.operations.untar import untar_uncompressed as untar_uncompressed
@@ -94,6 +95,7 @@ _EXPORTS = {
     "UnpackResult": "chrootarchive.options",
     "WorkerError": "chrootarchive.errors",
     "apply_layer": "chrootarchive.operations.untar",
+    "apply_layers": "chrootarchive.operations.untar",
     "extractall": "chrootarchive.operations.pythonic",
     "ListedEntry": "chrootarchive.operations.listing",
     "list_entries": "chrootarchive.operations.listing",

@@ -120,6 +120,13 @@ class _Record:
             fields[name] = value
         return cls(**fields)
 
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (the mechanism of each rung of the ladder, the limits
+        left for the next layer...)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return type(self)(**fields)
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and all(
             getattr(self, n) == getattr(other, n) for n in self.__slots__)
@@ -263,6 +270,8 @@ class JobRequest(_Record):
         dest_owner: the host owner of directories the job makes, or None.
         layer: unpack a container layer (whiteouts).
         helper: the unpacker may fork a helper for small files (a large plain tar).
+        stack: unpack several layers one after another, each read from a descriptor
+            passed on the layer channel (:mod:`chrootarchive._channel`), not stdin.
         debug: print the worker's traceback on failure.
         src: pack: the path to pack, inside the root.
         display: pack: the source as the caller named it (for messages).
@@ -282,6 +291,7 @@ class JobRequest(_Record):
         "mechanism",
         "pack",
         "src",
+        "stack",
         "unpack",
     )
     _NESTED = {"unpack": UnpackSpec, "pack": PackSpec}  # noqa: RUF012
@@ -292,6 +302,7 @@ class JobRequest(_Record):
     dest_owner: tuple[int, int] | None
     layer: bool
     helper: bool
+    stack: bool
     debug: bool
     src: str
     display: str
@@ -304,8 +315,8 @@ class JobRequest(_Record):
         by the runner for each rung of the ladder)."""
         values: dict[str, Any] = {
             "mechanism": "", "dest": ".", "create_dest": True, "dest_owner": None,
-            "layer": False, "helper": False, "debug": False, "src": "", "display": "",
-            "unpack": None, "pack": None,
+            "layer": False, "helper": False, "stack": False, "debug": False, "src": "",
+            "display": "", "unpack": None, "pack": None,
         }
         values.update(fields)
         if job not in JOB_MODULES:
@@ -314,9 +325,8 @@ class JobRequest(_Record):
 
     def replace(self, **changes: Any) -> JobRequest:
         """A copy with ``changes`` (the mechanism of each rung of the ladder, say)."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
-        fields.update(changes)
-        return JobRequest(**fields)
+        request: JobRequest = super().replace(**changes)
+        return request
 
 
 class JobReply(_Record):

@@ -1,7 +1,8 @@
-"""Applying the planned layers, each by a confined worker, and :func:`unpack_image`.
+"""Applying the planned layers, all of them by one confined job, and :func:`unpack_image`.
 
 A layer blob's digest and its DiffID are known only at the end of its stream: they are
-checked as the worker reads it, and a mismatch says the layer was (partly) applied.
+checked as the job reads it, and a mismatch says the layer was (partly) applied; the job
+is then stopped before the next layer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from chrootarchive.errors import (
     from_os_error,
 )
 from chrootarchive.image.digests import Hasher
-from chrootarchive.image.layout import Layout, Reader, open_layout
+from chrootarchive.image.layout import Reader, open_layout
 from chrootarchive.image.plan import LayerPlan, make_plan
 from chrootarchive.image.platforms import default_platform, platform_from_text
 from chrootarchive.image.results import (
@@ -120,6 +121,8 @@ def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: li
         actual = "not compressed" if kind == "none" else kind
         raise ImageError(f"the media type {layer.media_type} says {declared} but the data "
                          f"is {actual}", label)
+    # Hashed here, in the feeding thread: a thread of its own for the digest and the
+    # DiffID did not pay on two cores (docs/performance.md, issue 16).
     diff = Hasher(layer.diff_id)
     try:
         for chunk in chunks:
@@ -157,11 +160,15 @@ def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
     return replace(options, atomic=False, limits=replace(limits, **changes))
 
 
-def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOptions,
-                 count: int, progress: ProgressCallback | None,
-                 on_entry: Callable[[str], None] | None = None,
+#: Opens a layer's blob, lazily, as its turn comes (a file of the layout, or a stream
+#: from a registry): ``open_blob(layer, label)``.
+BlobOpener = Callable[[LayerPlan, str], Reader]
+
+
+def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
+                 options: UnpackOptions, count: int, progress: ProgressCallback | None,
                  ) -> tuple[UnpackResult, str]:
-    """Apply one layer; return the worker's result and the compression met."""
+    """Apply one layer; return the job's result for it and the compression met."""
     label = _layer_label(layer)
     report: Callable[[int], None] | None = None
     if progress is not None:
@@ -172,14 +179,13 @@ def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOpt
             cb(LayerProgress(layer.index, count, digest, layer.blob_size, done))
 
         report(0)
-    reader = layout.open(layer.name, label)
+    reader = open_blob(layer, label)
     blob = _BlobStream(reader, layer, label, report)
     kind_seen: list[str] = []
     chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory)
     try:
-        result = api.unpack_stream(chunks, dest, options, layer=True, lock=False,
-                                   on_entry=on_entry)
-        for _ in chunks:  # the worker drains its input; make sure every check ran
+        result = stack.apply(chunks)
+        for _ in chunks:  # the job drains its input; make sure every check ran
             pass
     except ChrootArchiveError as err:
         if not isinstance(err, DigestMismatchError):
@@ -201,6 +207,59 @@ def _apply_layer(layout: Layout, layer: LayerPlan, dest: str, options: UnpackOpt
         progress(LayerProgress(layer.index, count, layer.digest or layer.diff_id,
                                layer.blob_size, blob.count, finished=True))
     return result, kind_seen[0] if kind_seen else layer.compression
+
+
+class Applied:
+    """What :func:`apply_planned_layers` did: the layers' results and the totals."""
+
+    def __init__(self) -> None:
+        self.layers: list[LayerResult] = []
+        self.size = 0
+        self.entries = 0
+        self.confinement = ""
+        self.warnings: list[str] = []
+        self.privileged: dict[str, int] = {}
+
+
+def apply_planned_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, target: str,
+                         options: UnpackOptions, *, used_bytes: int = 0,
+                         deadline: float | None = None,
+                         progress: ProgressCallback | None = None,
+                         on_entry: Callable[[str], None] | None = None,
+                         warnings: Sequence[str] = ()) -> Applied:
+    """Apply ``layers`` in order onto ``target`` by one confined job (one worker, one
+    jail); the caller holds ``target``'s lock. Each layer's blob is opened as its turn
+    comes, read and hashed (digest, DiffID) as it is fed; a mismatch stops the job
+    before the next layer. ``used_bytes`` (a spool, say) counts against ``max_bytes``;
+    the limits hold for all the layers together, until ``deadline``."""
+    applied = Applied()
+    applied.warnings = list(warnings)
+    with api.layer_stack(target, _remaining(options, used_bytes, 0, deadline),
+                         on_entry=on_entry) as stack:
+        if not layers:
+            # Nothing to apply, but the destination is made as a layer would make it.
+            stack.apply([bytes(1024)])
+        for layer in layers:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LimitExceededError("limit timeout exceeded (between layers)")
+            result, kind = _apply_layer(stack, open_blob, layer, options, len(layers),
+                                        progress)
+            applied.size += result.size
+            applied.entries += result.entries
+            for what, count in result.privileged.items():
+                applied.privileged[what] = applied.privileged.get(what, 0) + count
+            label = _layer_label(layer)
+            for warning in result.warnings:
+                if len(applied.warnings) < MAX_WARNINGS:
+                    applied.warnings.append(f"{label}: {warning}")
+            applied.layers.append(LayerResult(
+                index=layer.index, digest=layer.digest, diff_id=layer.diff_id,
+                media_type=layer.media_type, compression=kind,
+                blob_size=layer.blob_size, size=result.size, entries=result.entries,
+                skipped_xattrs=result.skipped_xattrs,
+            ))
+        applied.confinement = stack.finish()
+    return applied
 
 
 @contextlib.contextmanager
@@ -299,40 +358,15 @@ def unpack_image(
         # checked first), beside the destination; the spool counts against max_bytes.
         layout.fetch([layer.name for layer in plan.layers])
         spooled = layout.spooled
-        warnings = list(plan.warnings)
-        applied: list[LayerResult] = []
-        size = entries = 0
-        confinement = ""
-        privileged: dict[str, int] = {}
         with _locked_dest(os.fspath(dest), options) as target:
-            if not plan.layers:
-                # Nothing to apply, but the destination is made as a layer would make it.
-                api.unpack_stream([bytes(1024)], target,
-                                  _remaining(options, spooled, 0, deadline),
-                                  layer=True, lock=False)
-            for layer in plan.layers:
-                layer_options = _remaining(options, spooled + size, entries, deadline)
-                result, kind = _apply_layer(layout, layer, target, layer_options,
-                                            len(plan.layers), progress, on_entry)
-                size += result.size
-                entries += result.entries
-                confinement = result.confinement
-                for what, count in result.privileged.items():
-                    privileged[what] = privileged.get(what, 0) + count
-                label = _layer_label(layer)
-                for warning in result.warnings:
-                    if len(warnings) < MAX_WARNINGS:
-                        warnings.append(f"{label}: {warning}")
-                applied.append(LayerResult(
-                    index=layer.index, digest=layer.digest, diff_id=layer.diff_id,
-                    media_type=layer.media_type,
-                    compression=kind,
-                    blob_size=layer.blob_size, size=result.size, entries=result.entries,
-                    skipped_xattrs=result.skipped_xattrs,
-                ))
+            applied = apply_planned_layers(
+                plan.layers, lambda layer, label: layout.open(layer.name, label), target,
+                options, used_bytes=spooled, deadline=deadline, progress=progress,
+                on_entry=on_entry, warnings=plan.warnings)
     return ImageResult(
         format=plan.format, manifest_digest=plan.manifest_digest,
         config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,
-        layers=tuple(applied), size=size, entries=entries, confinement=confinement,
-        warnings=tuple(warnings), privileged=privileged,
+        layers=tuple(applied.layers), size=applied.size, entries=applied.entries,
+        confinement=applied.confinement, warnings=tuple(applied.warnings),
+        privileged=applied.privileged,
     )

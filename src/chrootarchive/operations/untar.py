@@ -16,8 +16,9 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from chrootarchive import _fdio
-from chrootarchive.contract import JobRequest
+from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import (
+    ArchiveError,
     ChrootArchiveError,
     DestinationError,
     SourceError,
@@ -26,15 +27,19 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, unpack_spec
 from chrootarchive.runner import ladder
+from chrootarchive.runner import stack as runner_stack
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 
 __all__ = [
+    "LayerStack",
     "Progress",
     "Source",
     "apply_layer",
+    "apply_layers",
     "apply_uncompressed_layer",
     "cumulative",
+    "layer_stack",
     "unpack_stream",
     "untar",
     "untar_uncompressed",
@@ -122,6 +127,93 @@ def apply_layer(
                           confine=confine, limits=limits)
     return _unpack(source, dest, None, chosen, compressed=detect_compression,
                    progress=cumulative(progress), layer=True, on_entry=on_entry)
+
+
+def apply_layers(
+    sources: Iterable[Source],
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    filter: str | None = None,  # tarfile's name (PEP 706)
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    detect_compression: bool = True,
+    progress: Progress | None = None,
+    on_entry: Callable[[str], None] | None = None,
+) -> list[UnpackResult]:
+    """Apply several layers in order onto ``dest``, all of them by one confined job.
+
+    What :func:`apply_layer` does for each in turn, with one worker and one jail for
+    them all (one process start, not one per layer): each layer's whiteouts apply to
+    the layers before it. The limits hold for all the layers together; ``atomic``
+    makes the whole stack all-or-nothing. An error names the layer (``layer N
+    (SOURCE)``, N counted from 0) and stops before the next one.
+
+    Returns:
+        Each layer's result, in order.
+    """
+    chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                          confine=confine, limits=limits)
+    layers = list(sources)
+    if not layers:
+        raise ValueError("apply_layers needs at least one layer")
+    if sum(1 for s in layers if isinstance(s, str) and s == "-") > 1:
+        raise ValueError("standard input ('-') can be only one of the layers")
+    ladder.candidates(chosen.confine)  # fail before creating anything
+    if chosen.atomic:
+        with staging.atomic_destination(os.fspath(dest)) as stage:
+            return _apply_stack(layers, stage, replace(chosen, atomic=False),
+                                compressed=detect_compression, progress=cumulative(progress),
+                                on_entry=on_entry)
+    created = destination.missing_dirs(os.fspath(dest))
+    try:
+        fd, _rel = destination.pin_destination(os.fspath(dest), None, lock=True,
+                                               owner=destination.root_owner(chosen))
+        try:
+            return _apply_stack(layers, os.fspath(dest), chosen,
+                                compressed=detect_compression, progress=cumulative(progress),
+                                on_entry=on_entry)
+        finally:
+            os.close(fd)
+    except ChrootArchiveError as err:
+        destination.undo_created(created, err)
+        raise
+
+
+def _apply_stack(layers: list[Source], dest: str, options: UnpackOptions, *,
+                 compressed: bool, progress: Progress | None,
+                 on_entry: Callable[[str], None] | None) -> list[UnpackResult]:
+    """The layers through one :func:`layer_stack`; the caller holds ``dest``'s lock."""
+    results = []
+    with layer_stack(dest, options, on_entry=on_entry) as stack:
+        for index, source in enumerate(layers):
+            label = f"layer {index} ({_display(source)})"
+            try:
+                with open_source(source) as raw:
+                    counted: compression.Readable = (_Counting(raw, progress) if progress
+                                                     else raw)
+                    _kind, chunks = compression.decompressed_chunks(
+                        counted, compressed=compressed,
+                        max_memory=options.limits.max_memory)
+                    results.append(stack.apply(chunks))
+            except ArchiveError as err:
+                err.entry = f"{label}: {err.entry}" if err.entry else label
+                raise
+            except SourceError as err:
+                if err.entry is None:
+                    err.entry = label
+                raise
+        used = stack.finish()
+    # Each layer's reply came before the job's last one, which names the mechanism.
+    return [replace(result, confinement=used) for result in results]
+
+
+def _display(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)  # escaped where the error is printed
+    return type(source).__name__
 
 
 # Docker's names (pkg/chrootarchive), thin aliases of the two calls above.
@@ -281,12 +373,67 @@ def _run_unpack(
     )
     reply = ladder.run(root_fd, request, data, options.confine,
                        offset_progress=offset_progress, names=on_entry)
+    return _result(reply)
+
+
+def _result(reply: JobReply) -> UnpackResult:
     privileged = reply.details.get("privileged") or {}
     skipped = reply.details.get("skipped_xattrs", 0)
     return UnpackResult(entries=reply.entries, size=reply.size,
                         confinement=reply.confinement, warnings=reply.warnings,
                         privileged={str(k): int(v) for k, v in privileged.items()},
                         skipped_xattrs=skipped if isinstance(skipped, int) else 0)
+
+
+class LayerStack:
+    """Layers applied one after another by one job (:func:`layer_stack`)."""
+
+    def __init__(self, stack: runner_stack.Stack) -> None:
+        self._stack = stack
+        self.confinement = ""
+
+    def apply(self, chunks: Iterable[bytes]) -> UnpackResult:
+        """Apply one layer's uncompressed tar stream; what it did. An exception raised
+        by ``chunks`` (a digest found wrong) stops the stack before any further layer
+        and propagates."""
+        return _result(self._stack.apply(chunks))
+
+    def finish(self) -> str:
+        """No more layers: wait for the job; the mechanism it used."""
+        self.confinement = self._stack.finish().confinement
+        return self.confinement
+
+
+@contextlib.contextmanager
+def layer_stack(
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    on_entry: Callable[[str], None] | None = None,
+) -> Iterator[LayerStack]:
+    """One confined job for several layers (an image's): one worker, one jail.
+
+    The caller holds the destination's lock (``image`` holds it across all layers) and
+    calls :meth:`LayerStack.apply` for each layer, then :meth:`LayerStack.finish`.
+    ``options.limits`` hold for all the layers together. Leaving the block early (an
+    error, a digest mismatch) stops the job before it applies anything more.
+    """
+    options = options or UnpackOptions()
+    ladder.candidates(options.confine)  # fail before creating anything
+    root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=False,
+                                                    owner=destination.root_owner(options))
+    try:
+        request = JobRequest.make(
+            "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=True,
+            stack=True, unpack=unpack_spec(options, verbose=on_entry is not None),
+        )
+        stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
+    finally:
+        os.close(root_fd)  # the job has its own (passed, or duplicated)
+    try:
+        yield LayerStack(stack)
+    finally:
+        stack.close()
 
 
 def unpack_stream(

@@ -100,11 +100,12 @@ def run_ladder(
 
 
 def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
-          stdout_pipe: bool = False) -> Running:
+          stdout_pipe: bool = False, channel: int | None = None) -> Running:
     """Start ``request`` with its mechanism: a jailed worker, or the in-process runner.
 
     Either way the caller gets the same interface (:class:`Running`), confined and
-    ready to be fed (``stdin_w``) or read (``stdout_r``).
+    ready to be fed (``stdin_w``) or read (``stdout_r``). ``channel``: the job's end of
+    a layer channel (borrowed), for a stack of layers.
     """
     running: Running
     if settings.debug() and not request.debug:
@@ -112,9 +113,11 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
     if request.mechanism in IN_PROCESS:
         from chrootarchive.jail.confine.openat2 import InProcess
 
-        running = InProcess(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe)
+        running = InProcess(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe,
+                            channel=channel)
     else:
-        running = Worker(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe)
+        running = Worker(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe,
+                         channel=channel)
     try:
         running.wait_ready()
     except BaseException:

@@ -18,7 +18,8 @@ from chrootarchive.contract import JobReply
 from chrootarchive.errors import ChrootArchiveError
 from chrootarchive.runner.worker import Running
 
-__all__ = ["drive", "feed", "feed_while_alive", "watch_offset"]
+__all__ = ["drive", "feed", "feed_fd_while_alive", "feed_while_alive", "list_names",
+           "watch_offset"]
 
 Progress = Callable[[int], None]
 
@@ -41,7 +42,7 @@ def drive(start: Callable[[], Running], data: int | Iterable[bytes],
         lister = None
         if names is not None:
             fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
-            lister = _list_names(fd, names)
+            lister = list_names(fd, names)
         try:
             if not isinstance(data, int):
                 feed_while_alive(job, data)
@@ -52,7 +53,7 @@ def drive(start: Callable[[], Running], data: int | Iterable[bytes],
             job.close()
 
 
-def _list_names(fd: int, names: Callable[[str], None]) -> threading.Thread:
+def list_names(fd: int, names: Callable[[str], None]) -> threading.Thread:
     """A thread that reads NUL-terminated names from ``fd`` until its end (the job's
     exit), then closes it."""
 
@@ -86,6 +87,21 @@ def feed(fd: int, chunks: Iterable[bytes]) -> None:
 def feed_while_alive(job: Running, data: Iterable[bytes]) -> None:
     """Feed ``data`` to ``job`` (which owns a stdin pipe) until it ends or the data does."""
     fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
+    err = feed_fd_while_alive(job, fd, data)
+    if err is not None:
+        if isinstance(err, ChrootArchiveError):
+            # The job saw a truncated stream; the feeding error is the real cause.
+            with contextlib.suppress(ChrootArchiveError):
+                job.finish()
+        else:
+            job.kill()
+        raise err
+
+
+def feed_fd_while_alive(job: Running, fd: int, data: Iterable[bytes]) -> BaseException | None:
+    """Feed ``data`` into ``fd`` (a pipe the job reads; closed here) from a thread of its
+    own, until the data ends or the job does; return what the feeding raised, if
+    anything (the caller decides what becomes of the job)."""
     failure: list[BaseException] = []
     done = threading.Event()
 
@@ -110,20 +126,12 @@ def feed_while_alive(job: Running, data: Iterable[bytes]) -> None:
                 if outcome:
                     done.wait()
                 elif not done.wait(0.2):
-                    return
+                    return None
                 break
     except BaseException:
         job.kill()
         raise
-    if failure:
-        err = failure[0]
-        if isinstance(err, ChrootArchiveError):
-            # The job saw a truncated stream; the feeding error is the real cause.
-            with contextlib.suppress(ChrootArchiveError):
-                job.finish()
-        else:
-            job.kill()
-        raise err
+    return failure[0] if failure else None
 
 
 @contextlib.contextmanager

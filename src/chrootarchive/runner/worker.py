@@ -35,7 +35,7 @@ from chrootarchive.runner.spawn import (
     interpreter_error,
 )
 
-__all__ = ["Running", "Worker"]
+__all__ = ["Running", "Worker", "pipe"]
 
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
@@ -63,7 +63,7 @@ class Running(Protocol):
     def close(self) -> None: ...
 
 
-def _pipe(big: bool = False) -> tuple[int, int]:
+def pipe(big: bool = False) -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
     if big:
         with contextlib.suppress(OSError):
@@ -101,6 +101,8 @@ class Worker:
         stdin: an fd the worker reads as its stdin, or None for a pipe
             (:attr:`stdin_w` is then its write end).
         stdout_pipe: give the worker a stdout pipe (:attr:`stdout_r` is its read end).
+        channel: the worker's end of a layer channel (:mod:`chrootarchive._channel`),
+            passed to it (the caller keeps and closes its own copy).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Worker:
         *,
         stdin: int | None = None,
         stdout_pipe: bool = False,
+        channel: int | None = None,
     ) -> None:
         job = request.job
         self.stdin_w = -1
@@ -123,14 +126,14 @@ class Worker:
         sync_child: _socket.socket | None = None
         if id_ranges:
             sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
-        self._res_r, res_w = _pipe()
+        self._res_r, res_w = pipe()
         if stdin is None:
-            child_stdin, self.stdin_w = _pipe(big=True)
+            child_stdin, self.stdin_w = pipe(big=True)
         else:
             child_stdin = stdin
         child_stdout: int | None = None
         if stdout_pipe:
-            self.stdout_r, child_stdout = _pipe(big=True)
+            self.stdout_r, child_stdout = pipe(big=True)
         passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         if child_stdout is not None:
             passed["stdout"] = child_stdout
@@ -138,6 +141,8 @@ class Worker:
             passed["stderr"] = 2
         if sync_child is not None:
             passed["sync"] = sync_child.fileno()
+        if channel is not None:
+            passed["channel"] = channel
         document = json.dumps({"request": request.to_wire(), "fds": list(passed)}).encode()
         fds = list(passed.values())
         booted: Booted | None = None

@@ -32,6 +32,8 @@ class JobContext:
     Attributes:
         stdin: the descriptor the job reads its input from (unpack: the tar stream).
         stdout: the descriptor the job writes its output to (pack: the tar stream).
+        channel: a stack of layers: the layer channel (:mod:`chrootarchive._channel`),
+            else -1.
         files: the file operations, relative to the directory the job works in, as the
             mechanism resolves paths (the jail's, or ``openat2`` under a pinned root).
         root_fd: the root that absolute paths of the job are resolved under
@@ -43,13 +45,14 @@ class JobContext:
         warnings: what :meth:`warn` collected (at most ``MAX_WARNINGS``).
     """
 
-    __slots__ = ("files", "in_user_namespace", "own_process", "root_fd", "stdin", "stdout",
-                 "warnings")
+    __slots__ = ("channel", "files", "in_user_namespace", "own_process", "root_fd", "stdin",
+                 "stdout", "warnings")
 
     def __init__(self, *, stdin: int, stdout: int, files: FileOps, root_fd: int,
-                 own_process: bool, in_user_namespace: bool) -> None:
+                 own_process: bool, in_user_namespace: bool, channel: int = -1) -> None:
         self.stdin = stdin
         self.stdout = stdout
+        self.channel = channel
         self.files = files
         self.root_fd = root_fd
         self.own_process = own_process

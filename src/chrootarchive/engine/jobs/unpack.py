@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import _socket
+import os
+import time
+
+from chrootarchive import _channel
 from chrootarchive._fdio import write_all
 from chrootarchive.contract import JobReply
 from chrootarchive.engine import unpacker
@@ -11,7 +16,7 @@ from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from chrootarchive.contract import JobRequest
+    from chrootarchive.contract import JobRequest, LimitSpec, UnpackSpec
     from chrootarchive.engine.jobs import JobContext
 
 __all__ = ["JOB"]
@@ -53,33 +58,95 @@ class UnpackJob:
             signal.signal(signal.SIGALRM, _alarm)
             signal.setitimer(signal.ITIMER_REAL, spec.limits.timeout + 0.2)
         names = _NameList(context.stdout) if spec.verbose else None
-        worker = unpacker.Unpacker(
-            context.files, spec, context.warn, layer_mode=request.layer,
-            in_user_namespace=context.in_user_namespace,
-            listed=None if names is None else names.add,
-        )
-        if request.helper:
-            worker.finisher_countdown = unpacker.FINISHER_AFTER
-        reader = tarreader.TarReader(context.stdin)
-        try:
-            stats = worker.run(reader)
-        finally:
-            if names is not None:
-                names.flush()  # what was unpacked before an error is listed too
-        if not stats.entries and not reader.offset:
-            # GNU tar and bsdtar refuse an empty input (a tar of only end-of-archive
-            # blocks stays a valid empty archive: layers use it).
-            raise MalformedArchiveError("not a tar archive: empty input")
-        # Archives may be zero-padded: read the input to its end. Only on success: after
-        # an error (a bomb stopped by a limit) the worker exits and the parent stops.
-        reader.drain()
-        details: dict[str, object] = {}
-        privileged = {what: n for what, n in worker.filter.privileged.items() if n}
-        if privileged:
-            details["privileged"] = privileged
-        if stats.skipped_xattrs:
-            details["skipped_xattrs"] = stats.skipped_xattrs
+        if request.stack:
+            return _run_stack(request, spec, context, names)
+        stats, details = _unpack_one(request, spec, context, context.stdin, names)
         return JobReply.make(stats.entries, stats.size, details or None)
+
+
+def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: int,
+                names: _NameList | None) -> tuple[unpacker.UnpackStats, dict[str, object]]:
+    """Unpack the tar stream read from ``fd`` (to its end) with a fresh unpacker: its
+    stats and the reply's details."""
+    worker = unpacker.Unpacker(
+        context.files, spec, context.warn, layer_mode=request.layer,
+        in_user_namespace=context.in_user_namespace,
+        listed=None if names is None else names.add,
+    )
+    if request.helper:
+        worker.finisher_countdown = unpacker.FINISHER_AFTER
+    reader = tarreader.TarReader(fd)
+    try:
+        stats = worker.run(reader)
+    finally:
+        if names is not None:
+            names.flush()  # what was unpacked before an error is listed too
+    if not stats.entries and not reader.offset:
+        # GNU tar and bsdtar refuse an empty input (a tar of only end-of-archive
+        # blocks stays a valid empty archive: layers use it).
+        raise MalformedArchiveError("not a tar archive: empty input")
+    # Archives may be zero-padded: read the input to its end. Only on success: after
+    # an error (a bomb stopped by a limit) the worker exits and the parent stops.
+    reader.drain()
+    details: dict[str, object] = {}
+    privileged = {what: n for what, n in worker.filter.privileged.items() if n}
+    if privileged:
+        details["privileged"] = privileged
+    if stats.skipped_xattrs:
+        details["skipped_xattrs"] = stats.skipped_xattrs
+    return stats, details
+
+
+def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
+               names: _NameList | None) -> JobReply:
+    """The layers of one image, one after another, as the layer channel hands them over.
+
+    Each layer gets a fresh unpacker, as a worker of its own would: a layer's whiteouts
+    apply to the layers below it only, and what it wrote is its own state. The limits
+    hold for the whole stack: each layer gets what the ones before it left.
+    """
+    if context.channel < 0:
+        raise ValueError("a stack of layers without a layer channel")
+    sock = _socket.socket(fileno=os.dup(context.channel))
+    limits = spec.limits
+    deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+    entries = size = layers = 0
+    try:
+        while (fd := _channel.receive_layer(sock)) is not None:
+            try:
+                layer_spec = spec.replace(limits=_left(limits, size, entries, deadline))
+                stats, details = _unpack_one(request, layer_spec, context, fd, names)
+            finally:
+                os.close(fd)
+            entries += stats.entries
+            size += stats.size
+            layers += 1
+            reply = JobReply.make(stats.entries, stats.size, details)
+            reply.warnings = tuple(context.warnings)
+            context.warnings.clear()  # each layer's own (and at most MAX_WARNINGS each)
+            _channel.send_result(sock, reply.to_wire())
+    finally:
+        sock.close()
+    return JobReply.make(entries, size, {"layers": layers})
+
+
+def _left(limits: LimitSpec, size: int, entries: int, deadline: float | None) -> LimitSpec:
+    """The limits left for the next layer, after ``size`` bytes and ``entries``
+    entries of the layers below it (the parent did this between workers before)."""
+    changes: dict[str, object] = {}
+    if limits.max_bytes is not None:
+        changes["max_bytes"] = max(limits.max_bytes - size, 1)  # 0 is no limit
+    if limits.max_entries is not None:
+        changes["max_entries"] = max(limits.max_entries - entries, 1)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LimitExceededError("limit timeout exceeded (between layers)")
+        changes["timeout"] = left
+    if not changes:
+        return limits
+    left_limits: LimitSpec = limits.replace(**changes)
+    return left_limits
 
 
 class _NameList:

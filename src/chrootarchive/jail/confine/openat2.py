@@ -232,10 +232,11 @@ class InProcess:
         request: the job, with ``dest`` below the root.
         stdin: a descriptor the job reads (borrowed), or None for a pipe.
         stdout_pipe: give the job a pipe to write its output to.
+        channel: the job's end of a layer channel (borrowed: duplicated for the thread).
     """
 
     def __init__(self, root_fd: int, request: JobRequest, *, stdin: int | None = None,
-                 stdout_pipe: bool = False) -> None:
+                 stdout_pipe: bool = False, channel: int | None = None) -> None:
         __import__(JOB_MODULES[request.job])
         import sys
 
@@ -258,11 +259,16 @@ class InProcess:
         if stdout_pipe:
             self.stdout_r, job_stdout = os.pipe2(os.O_CLOEXEC)
             self._own.append(job_stdout)
+        job_channel = -1
+        if channel is not None:
+            job_channel = os.dup(channel)
+            self._own.append(job_channel)
         root = os.dup(root_fd)
         self._own.append(root)
         files.root_fd = root
         context = JobContext(stdin=job_stdin, stdout=job_stdout, files=files, root_fd=root,
-                             own_process=False, in_user_namespace=os.geteuid() != 0)
+                             own_process=False, in_user_namespace=os.geteuid() != 0,
+                             channel=job_channel)
 
         def work() -> None:
             try:

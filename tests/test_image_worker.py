@@ -1,0 +1,251 @@
+"""One worker per image (issue 16): every layer of an image applied by one job.
+
+The layers reach the job one after another over the layer channel
+(``chrootarchive._channel``), each through a pipe of its own; the parent hands over the
+next layer only after it checked this one's digest and DiffID. What must hold:
+
+- one worker process is started for the whole image (counted with the interpreter's
+  own audit events, in a program of its own: no standby from an earlier call);
+- a DiffID or digest mismatch in layer 2 of 3 stops the job before layer 3 is applied,
+  and the job is gone when the error is raised;
+- each layer's whiteouts apply to the layers below it only, exactly as with a worker
+  per layer: what a layer wrote is its own state, reset between layers;
+- a layer cannot run into the next one: data after its end-of-archive blocks (a whole
+  second archive, say) is not unpacked, and a layer without them ends where its stream
+  does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from chrootarchive import DigestMismatchError, UnpackOptions, unpack_image
+from helpers.leaks import child_pids, idle_standbys
+from helpers.oci_images import Entry, OCIBuilder, make_tar, sha256
+
+pytestmark = pytest.mark.kernel
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+# Counts the worker interpreters this process starts: every subprocess.Popen raises an
+# audit event with its arguments; a worker's are its boot code (jail.main).
+_COUNT_WORKERS = r"""
+import json, sys
+from chrootarchive import UnpackOptions, unpack_image
+
+started = []
+
+def hook(event, args):
+    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
+                                           for a in args[1]):
+        started.append(1)
+
+sys.addaudithook(hook)
+result = unpack_image(sys.argv[1], sys.argv[2], UnpackOptions(confine=sys.argv[3]))
+print(json.dumps({"workers": len(started), "layers": len(result.layers),
+                  "confinement": result.confinement}))
+"""
+
+
+def _three_layers(root: Path) -> Path:
+    b = OCIBuilder(root)
+    tars = [make_tar([Entry(f"d{i}/", "dir"), Entry(f"d{i}/f", data=b"x" * i)])
+            for i in range(3)]
+    b.tag(b.image(tars), "three")
+    return b.root
+
+
+def test_one_worker_for_a_three_layer_image(worker_mechanism: str, tmp_path: Path) -> None:
+    image = _three_layers(tmp_path / "image")
+    dest = tmp_path / "root"
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNT_WORKERS, str(image), str(dest), worker_mechanism],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, check=False)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["layers"] == 3
+    assert seen["confinement"].startswith(worker_mechanism)
+    assert seen["workers"] == 1, f"{seen['workers']} workers for one image"
+    assert sorted(os.listdir(dest)) == ["d0", "d1", "d2"]
+
+
+def _layered(root: Path, tars: list[bytes], diff_ids: list[str] | None = None) -> Path:
+    b = OCIBuilder(root)
+    if diff_ids is None:
+        b.tag(b.image(tars), "t")
+    else:
+        layers = [b.layer(t) for t in tars]
+        b.tag(b.manifest(b.config(diff_ids), layers), "t")
+    return b.root
+
+
+def test_a_diffid_mismatch_in_layer_2_stops_before_layer_3(
+        mechanism: str, tmp_path: Path, no_leaks: None) -> None:
+    tars = [make_tar([Entry(name, data=name.encode())]) for name in ("one", "two", "three")]
+    wrong = [sha256(tars[0]), sha256(tars[0]), sha256(tars[2])]  # layer 2's is wrong
+    image = _layered(tmp_path / "image", tars, wrong)
+    dest = tmp_path / "root"
+    with pytest.raises(DigestMismatchError, match="DiffID mismatch") as info:
+        unpack_image(image, dest, UnpackOptions(confine=mechanism))
+    assert (info.value.entry or "").startswith("layer 1 (sha256:")
+    # Layer 2 was applied (documented: the DiffID is known at its end), layer 3 not.
+    assert sorted(os.listdir(dest)) == ["one", "two"]
+    # The job has ended (a standby booted for a later call is no job).
+    assert not {pid for pid, _comm, state in child_pids() if state != "Z"} - idle_standbys()
+
+
+def test_a_blob_digest_mismatch_in_layer_2_stops_before_layer_3(
+        mechanism: str, tmp_path: Path) -> None:
+    tars = [make_tar([Entry(name, data=name.encode())]) for name in ("one", "two", "three")]
+    b = OCIBuilder(tmp_path / "image")
+    b.tag(b.image(tars, "none"), "t")
+    # The second layer's blob (an uncompressed tar), changed after its digest was
+    # written: the same length, still a valid tar, other file data.
+    second = b.root / "blobs" / "sha256" / sha256(tars[1]).partition(":")[2]
+    second.chmod(0o644)
+    data = second.read_bytes()
+    assert data.count(b"two") == 2  # the name, then the data
+    second.write_bytes(data[:data.rindex(b"two")] + b"TWO" + data[data.rindex(b"two") + 3:])
+    dest = tmp_path / "root"
+    with pytest.raises(DigestMismatchError, match="digest mismatch") as info:
+        unpack_image(b.root, dest, UnpackOptions(confine=mechanism))
+    assert (info.value.entry or "").startswith("layer 1 (sha256:")
+    assert sorted(os.listdir(dest)) == ["one", "two"]
+
+
+def test_whiteouts_apply_to_lower_layers_only_in_one_worker(
+        mechanism: str, tmp_path: Path) -> None:
+    layer1 = make_tar([Entry("a/", "dir"), Entry("a/x", data=b"x"), Entry("a/y", data=b"y"),
+                       Entry("d/", "dir"), Entry("d/low", data=b"low")])
+    # Layer 2 writes f and d/mid, and whites out a/x of layer 1.
+    layer2 = make_tar([Entry("f", data=b"f"), Entry("d/mid", data=b"mid"),
+                       Entry("a/.wh.x")])
+    # Layer 3: f and d/mid were written by a layer below (not by this one), so its
+    # whiteout and its opaque marker remove them; g is its own, so its whiteout of g
+    # (in the same layer) leaves it, as does the opaque marker for d/new.
+    layer3 = make_tar([Entry("g", data=b"g"), Entry(".wh.f"), Entry(".wh.g"),
+                       Entry("d/new", data=b"new"), Entry("d/.wh..wh..opq")])
+    image = _layered(tmp_path / "image", [layer1, layer2, layer3])
+    dest = tmp_path / "root"
+    result = unpack_image(image, dest, UnpackOptions(confine=mechanism))
+    assert [layer.entries for layer in result.layers] == [5, 3, 5]
+    assert sorted(os.listdir(dest)) == ["a", "d", "g"]
+    assert sorted(os.listdir(dest / "a")) == ["y"]
+    assert sorted(os.listdir(dest / "d")) == ["new"]
+
+
+def test_max_bytes_holds_across_the_layers_of_one_worker(mechanism: str,
+                                                         tmp_path: Path) -> None:
+    from chrootarchive import LimitExceededError
+    from chrootarchive.options import Limits
+
+    tars = [make_tar([Entry(f"f{i}", data=bytes(40))]) for i in range(3)]
+    image = _layered(tmp_path / "image", tars)
+    dest = tmp_path / "root"
+    with pytest.raises(LimitExceededError, match="max_bytes") as info:
+        unpack_image(image, dest, UnpackOptions(confine=mechanism,
+                                                limits=Limits(max_bytes=100)))
+    assert (info.value.entry or "").startswith("layer 2 (sha256:")
+    assert (dest / "f1").stat().st_size == 40  # the layers below it were whole
+    assert not (dest / "f2").exists() or (dest / "f2").stat().st_size < 40
+
+
+def test_a_layer_cannot_run_into_the_next(mechanism: str, tmp_path: Path) -> None:
+    # Layer 1: a whole second archive after its end-of-archive blocks. Layer 2: no
+    # end-of-archive blocks at all. Layer 3: an ordinary layer.
+    smuggled = make_tar([Entry("one", data=b"1")]) + make_tar(
+        [Entry("smuggled", data=b"s"), Entry(".wh.two")])
+    bare = make_tar([Entry("two", data=b"2" * 600)])
+    with tarfile.open(fileobj=io.BytesIO(bare)) as tf:
+        end = tf.getmembers()[-1].offset_data + 1024  # 600 bytes: two blocks
+    assert not bare[end:].strip(b"\0")
+    bare = bare[:end]  # no end-of-archive blocks
+    layer3 = make_tar([Entry("three", data=b"3")])
+    image = _layered(tmp_path / "image", [smuggled, bare, layer3])
+    dest = tmp_path / "root"
+    result = unpack_image(image, dest, UnpackOptions(confine=mechanism))
+    assert sorted(os.listdir(dest)) == ["one", "three", "two"]
+    assert (dest / "two").read_bytes() == b"2" * 600
+    assert [layer.entries for layer in result.layers] == [1, 1, 1]
+
+
+# -- several layers on the command line: apply-layer L1 L2 L3 DEST --------------------
+
+_COUNT_CLI_WORKERS = r"""
+import json, sys
+from chrootarchive.cli.main import main
+
+started = []
+
+def hook(event, args):
+    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
+                                           for a in args[1]):
+        started.append(1)
+
+sys.addaudithook(hook)
+code = main(sys.argv[1:])
+print(json.dumps({"workers": len(started), "code": code}), file=sys.stderr)
+"""
+
+
+def _layer_files(where: Path) -> list[Path]:
+    layers = [
+        make_tar([Entry("a/", "dir"), Entry("a/x", data=b"x"), Entry("a/y", data=b"yy")]),
+        make_tar([Entry("f", data=b"fff"), Entry("a/.wh.x")]),
+        make_tar([Entry(".wh.f"), Entry("g", data=b"gggg")]),
+    ]
+    paths = []
+    for i, data in enumerate(layers):
+        path = where / f"l{i}.tar"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def test_apply_layer_cli_applies_several_layers_in_one_worker(
+        worker_mechanism: str, tmp_path: Path) -> None:
+    paths = _layer_files(tmp_path)
+    dest = tmp_path / "root"
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNT_CLI_WORKERS, "apply-layer", "--confine",
+         worker_mechanism, *map(str, paths), str(dest)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, check=False)
+    seen = json.loads(out.stderr.strip().splitlines()[-1])
+    assert seen["code"] == 0, out.stderr
+    assert seen["workers"] == 1
+    assert out.stdout.split() == ["3", "3", "4"]  # the applied size of each layer
+    assert sorted(os.listdir(dest)) == ["a", "g"]
+    assert sorted(os.listdir(dest / "a")) == ["y"]
+
+
+def test_apply_layers_names_the_layer_and_stops_there(mechanism: str, tmp_path: Path,
+                                                      no_leaks: None) -> None:
+    from chrootarchive import BreakoutError, apply_layers
+
+    paths = _layer_files(tmp_path)
+    hostile = tmp_path / "hostile.tar"
+    hostile.write_bytes(make_tar([Entry("h", data=b"h"), Entry("../escape", data=b"e")]))
+    dest = tmp_path / "root"
+    with pytest.raises(BreakoutError) as info:
+        apply_layers([paths[0], hostile, paths[2]], dest, UnpackOptions(confine=mechanism))
+    assert (info.value.entry or "").startswith(f"layer 1 ({hostile}): ../escape")
+    assert not (tmp_path / "escape").exists()
+    assert sorted(os.listdir(dest)) == ["a", "h"]  # layer 3 (g) never applied
+    # All or nothing with atomic.
+    atomic = tmp_path / "atomic"
+    with pytest.raises(BreakoutError):
+        apply_layers([paths[0], hostile, paths[2]], atomic,
+                     UnpackOptions(confine=mechanism, atomic=True))
+    assert not atomic.exists()
+    results = apply_layers(paths, atomic, UnpackOptions(confine=mechanism, atomic=True))
+    assert [r.size for r in results] == [3, 3, 4]
+    assert {r.confinement.split()[0] for r in results} == {mechanism}
+    assert sorted(os.listdir(atomic)) == ["a", "g"]
