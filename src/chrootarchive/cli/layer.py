@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from chrootarchive.cli.args import add_common, add_unpack_options, archive_input, unpack_options
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import EntryLister, report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
@@ -25,13 +26,13 @@ exit status: as for 'chrootarchive untar'.
 def add_parser(commands: Any) -> None:
     layer_p = commands.add_parser(
         "apply-layer",
-        help="apply a container image layer (whiteouts included) onto a directory",
+        help=HELP["apply-layer"],
         description="Apply LAYER onto DEST from inside a kernel jail at DEST: '.wh.NAME' "
                     "entries remove NAME from what lower layers left, '.wh..wh..opq' "
                     "empties its directory of it. Prints the applied size (the sum of "
                     "the entries' sizes, as Docker reports it).",
         epilog=_LAYER_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     layer_p.add_argument("layer", metavar="LAYER", help="the layer (tar, compressed or not; - "
                                                        "for stdin)")
