@@ -173,8 +173,8 @@ def _inherited_fds(keep: Sequence[int]) -> list[int] | None:
 
 def spawn_early(job: str) -> tuple[Child, _socket.socket] | None:
     """Start a worker for ``job`` now, before the caller imports anything: the child
-    and our end of its control socket, or None if it could not be started (the call
-    then spawns its worker as usual).
+    and our end of its control socket, or None if it was not started (the call then
+    spawns its worker as usual).
 
     The worker gets what :class:`chrootarchive.runner.spawn.Booted` gives a standby:
     the same command and environment, /dev/null as stdin, stdout and stderr, its
@@ -186,8 +186,8 @@ def spawn_early(job: str) -> tuple[Child, _socket.socket] | None:
     try:
         fd = theirs.fileno()
         leaks = _inherited_fds((fd,))
-        if leaks is None:
-            ours.close()
+        if leaks is None or min(fd, ours.fileno()) <= 2:
+            ours.close()  # no /proc; or stdin, stdout or stderr was closed (a daemon's)
             return None
         os.set_inheritable(fd, True)
         actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
