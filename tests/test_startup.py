@@ -383,3 +383,42 @@ def test_each_command_parses_as_with_the_full_parser() -> None:
         assert one.format_help() == full.format_help()
         one_sub = next(a for a in one._actions if a.dest == "command")
         assert one_sub.choices[name].format_help() == sub.choices[name].format_help()
+
+
+def _workers_started_by(pid: int) -> list[int]:
+    """Live worker processes whose parent pid argument is ``pid`` (they outlive it as
+    orphans: the parent pid link itself is gone)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if any(b"chrootarchive.jail.main" in a for a in argv) and str(pid).encode() in argv \
+                and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("args", [
+    ["untar", "{archive}", "{dest}", "--max-bytes", "lots"],  # refused by argparse
+    ["untar", "{missing}", "{dest}"],  # refused by the operation
+])
+def test_a_failed_command_leaves_no_early_worker(tmp_path: Path, args: list[str]) -> None:
+    """The worker started for an unpack that never runs is killed before the command
+    line exits, not left to find out by itself."""
+    archive = _one_file_archive(tmp_path)
+    argv = [a.format(archive=archive, dest=tmp_path / "dest", missing=tmp_path / "no.tar")
+            for a in args]
+    proc = subprocess.Popen([sys.executable, "-m", "chrootarchive", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": SRC})
+    _, err = proc.communicate(timeout=60)
+    left = _workers_started_by(proc.pid)
+    assert proc.returncode in (2, 4), err
+    assert left == [], f"workers left behind: {left}"
