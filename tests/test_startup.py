@@ -18,6 +18,7 @@ import sys
 import tarfile
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -158,3 +159,266 @@ def test_clean_name_fast_path_agrees_with_normpath(name: str) -> None:
     except (BreakoutError, MalformedArchiveError) as err:
         got = type(err)
     assert got == expected
+
+
+# -- the command line's start (issue 16) ------------------------------------------------
+#
+# One ``chrootarchive untar`` runs two interpreters, and each spends most of its start
+# importing. The command line imports only what the chosen command needs, and starts
+# the worker of an unpack before any of that, so that the two start on two cores.
+
+# Runs the console script's entry point with ARGS; writes the modules it loaded (beyond
+# the interpreter's own) to OUT, and those loaded when the worker was spawned to OUT.spawn.
+_CLI_IMPORTS = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+base = set(sys.modules)
+out = sys.argv[2]
+
+def dump(path, names):
+    with open(path, "w") as f:
+        f.write(" ".join(sorted(names - base)))
+
+real_spawn = os.posix_spawn
+def posix_spawn(*args, **kwargs):  # the real one, noting what was loaded by then
+    dump(out + ".spawn", set(sys.modules))
+    return real_spawn(*args, **kwargs)
+os.posix_spawn = posix_spawn
+real_exit = os._exit
+def _exit(code):
+    dump(out, set(sys.modules))
+    real_exit(code)
+os._exit = _exit
+sys.argv = ["chrootarchive", *sys.argv[3:]]
+from chrootarchive import cli
+try:
+    cli.entry_point()
+except SystemExit:
+    dump(out, set(sys.modules))
+    raise
+"""
+
+# Loaded by the command line for no command at all, or by untar: each costs milliseconds
+# of the start, or belongs to another command.
+_NOT_FOR_UNTAR = {
+    "json", "typing", "subprocess", "shutil", "tempfile", "signal", "socket", "selectors",
+    "hashlib", "urllib", "http", "email", "ssl", "bz2", "lzma", "zstandard", "isal", "tqdm",
+    "chrootarchive.cli.image", "chrootarchive.cli.layer", "chrootarchive.cli.listing",
+    "chrootarchive.cli.pack", "chrootarchive.operations.copy",
+    "chrootarchive.operations.listing", "chrootarchive.operations.pythonic",
+    "chrootarchive.jail.confine.openat2",
+}
+_NOT_BEFORE_A_COMMAND = {
+    "dataclasses", "inspect", "typing", "json", "subprocess", "threading", "ctypes",
+    "shutil", "chrootarchive.options", "chrootarchive.cli.args", "chrootarchive.runner",
+}
+# Loaded when the worker is spawned: the entry point, and what the spawn itself needs.
+_AT_SPAWN = {"chrootarchive", "chrootarchive.cli", "chrootarchive.runner",
+             "chrootarchive.runner.launch"}
+
+
+def _cli_imports(tmp_path: Path, *args: str) -> tuple[set[str], set[str] | None]:
+    """The modules ``chrootarchive ARGS`` loaded, and those it had when it spawned its
+    worker (None: it spawned none)."""
+    out = tmp_path / "modules"
+    env = {k: v for k, v in os.environ.items() if k != "CHROOTARCHIVE_STANDBY"}
+    subprocess.run([sys.executable, "-I", "-S", "-c", _CLI_IMPORTS, SRC, str(out), *args],
+                   capture_output=True, check=False, env=env, timeout=60)
+    spawned = Path(str(out) + ".spawn")
+    at_spawn = set(spawned.read_text().split()) if spawned.exists() else None
+    return set(out.read_text().split()), at_spawn
+
+
+def _one_file_archive(tmp_path: Path) -> Path:
+    archive = tmp_path / "one.tar"
+    with tarfile.open(archive, "w") as t:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        t.addfile(info, io.BytesIO(b"hello\n"))
+    return archive
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], []])
+def test_help_and_version_import_almost_nothing(tmp_path: Path, args: list[str]) -> None:
+    loaded, at_spawn = _cli_imports(tmp_path, *args)
+    assert "argparse" in loaded  # the check looked at a real run
+    assert not _NOT_BEFORE_A_COMMAND & loaded, sorted(_NOT_BEFORE_A_COMMAND & loaded)
+    ours = {m for m in loaded if m.startswith("chrootarchive")}
+    assert ours <= {"chrootarchive", "chrootarchive.cli", "chrootarchive.cli.main",
+                    "chrootarchive.cli.commands", "chrootarchive.errors"}, sorted(ours)
+    assert at_spawn is None  # no worker for a command that runs none
+
+
+def test_untar_imports_only_what_it_needs(tmp_path: Path) -> None:
+    archive = _one_file_archive(tmp_path)
+    loaded, _ = _cli_imports(tmp_path, "untar", str(archive), str(tmp_path / "dest"))
+    assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"hello\n"
+    assert "chrootarchive.operations.untar" in loaded  # the check looked at a real untar
+    image = sorted(m for m in loaded if m.startswith("chrootarchive.image"))
+    assert not image, f"untar imports the image code: {image}"
+    assert not _NOT_FOR_UNTAR & loaded, f"untar imports {sorted(_NOT_FOR_UNTAR & loaded)}"
+
+
+@pytest.mark.parametrize("command", ["untar", "apply-layer"])
+def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: str) -> None:
+    """The worker's interpreter starts while the command line imports what it needs."""
+    archive = _one_file_archive(tmp_path)
+    loaded, at_spawn = _cli_imports(tmp_path, command, str(archive), str(tmp_path / "dest"))
+    assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"hello\n"
+    assert at_spawn is not None, "no worker was started early"
+    assert at_spawn <= _AT_SPAWN | {m for m in loaded if not m.startswith("chrootarchive")}
+    heavy = (_NOT_BEFORE_A_COMMAND - _AT_SPAWN | {"argparse", "re", "enum"}) & at_spawn
+    assert not heavy, f"imported before the worker was spawned: {sorted(heavy)}"
+    ours = {m for m in at_spawn if m.startswith("chrootarchive")}
+    assert ours <= _AT_SPAWN, sorted(ours - _AT_SPAWN)
+
+
+@pytest.mark.parametrize("argv", [
+    ["untar", "--help", "a.tar", "d"], ["untar", "-h"], ["untar", "--confine", "openat2", "a"],
+    ["untar", "--confine=openat2", "a", "d"], ["apply-layer", "--conf", "openat2", "a", "d"],
+    ["list", "a.tar"], ["tar", "src"], ["unpack-image", "i", "d"], ["--version"], [],
+    ["--", "untar", "a", "d"],
+])
+def test_no_early_worker_where_none_would_run(argv: list[str]) -> None:
+    from chrootarchive import cli
+
+    assert not cli._wants_early_worker(argv)
+
+
+def test_early_worker_wanted_for_an_unpack() -> None:
+    from chrootarchive import cli
+
+    assert cli._wants_early_worker(["untar", "a.tar", "d"])
+    assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"])
+    assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"])  # a file named so
+
+
+# Starts the worker early as entry_point does, then CHANGE, then runs untar; prints
+# whether the call handed its job to that worker.
+_EARLY = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+archive, dest, change = sys.argv[2:5]
+keep = os.open(archive, os.O_RDONLY)  # a descriptor the worker must not inherit
+os.set_inheritable(keep, True)
+from chrootarchive import cli
+from chrootarchive.runner import spawn, standby
+import threading, time
+handed = []  # the pid of each worker given a job (the real hand-over, observed)
+real_hand_over = spawn.Booted.hand_over
+def hand_over(self, document, fds):
+    handed.append(self.pid())
+    return real_hand_over(self, document, fds)
+spawn.Booted.hand_over = hand_over
+assert cli._start_worker_early(["untar", archive, dest])
+booted = standby._registry.standbys[threading.get_native_id()][2]
+pid = booted.pid()
+fds = {}
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:  # until the booting interpreter holds only what it keeps
+    fds = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds[name] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            pass
+    if len(fds) <= 4:
+        break
+    time.sleep(0.01)
+if change == "nice":
+    os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + 1)
+code = cli.main(["untar", archive, dest])
+booted.proc.wait()
+print(json.dumps({"code": code, "used": handed == [pid], "handed": len(handed), "fds": fds,
+                  "left": standby.running(), "early_gone": booted.proc.returncode is not None}))
+"""
+
+
+def _early(tmp_path: Path, change: str) -> dict[str, Any]:
+    archive = _one_file_archive(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _EARLY, SRC, str(archive), str(tmp_path / "dest"),
+         change], capture_output=True, text=True, check=True, timeout=60)
+    assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"hello\n"
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_the_early_worker_holds_nothing_and_runs_the_call(tmp_path: Path) -> None:
+    """Started before the command line's imports, the worker is a standby like any
+    other (docs/security.md): /dev/null and its control socket, no descriptor of ours
+    (the spawn closes what it would inherit), and the call hands it its job."""
+    seen = _early(tmp_path, "none")
+    assert seen["code"] == 0
+    assert seen["used"], "the call did not use the early worker"
+    assert seen["left"] == [] and seen["early_gone"]
+    fds = seen["fds"]
+    assert len(fds) == 4, fds
+    assert [fds[n] for n in ("0", "1", "2")] == ["/dev/null"] * 3, fds
+    others = [target for name, target in fds.items() if name not in ("0", "1", "2")]
+    assert len(others) == 1 and others[0].startswith("socket:"), fds
+
+
+def test_the_early_worker_is_not_used_once_the_context_changed(tmp_path: Path) -> None:
+    """A command line that changed what a worker inherits (here its niceness) after the
+    early start gets a worker spawned now; the early one is let go unused."""
+    seen = _early(tmp_path, "nice")
+    assert seen["code"] == 0
+    assert not seen["used"], "the early worker ran a call made in another context"
+    assert seen["handed"] == 1  # to a worker spawned for the call
+    assert seen["left"] == [] and seen["early_gone"]
+
+
+def test_each_command_parses_as_with_the_full_parser() -> None:
+    """The parser built for one command (the others only listed) is the full parser for
+    it: same help, same top-level listing."""
+    from chrootarchive.cli.commands import COMMANDS
+    from chrootarchive.cli.main import build_parser
+
+    full = build_parser()
+    assert build_parser("").format_help() == full.format_help()
+    sub = next(a for a in full._actions if a.dest == "command")
+    for name in COMMANDS:
+        one = build_parser(name)
+        assert one.format_help() == full.format_help()
+        one_sub = next(a for a in one._actions if a.dest == "command")
+        assert one_sub.choices[name].format_help() == sub.choices[name].format_help()
+
+
+def _workers_started_by(pid: int) -> list[int]:
+    """Live worker processes whose parent pid argument is ``pid`` (they outlive it as
+    orphans: the parent pid link itself is gone)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if any(b"chrootarchive.jail.main" in a for a in argv) and str(pid).encode() in argv \
+                and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("args", [
+    ["untar", "{archive}", "{dest}", "--max-bytes", "lots"],  # refused by argparse
+    ["untar", "{missing}", "{dest}"],  # refused by the operation
+])
+def test_a_failed_command_leaves_no_early_worker(tmp_path: Path, args: list[str]) -> None:
+    """The worker started for an unpack that never runs is killed before the command
+    line exits, not left to find out by itself."""
+    archive = _one_file_archive(tmp_path)
+    argv = [a.format(archive=archive, dest=tmp_path / "dest", missing=tmp_path / "no.tar")
+            for a in args]
+    proc = subprocess.Popen([sys.executable, "-m", "chrootarchive", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": SRC})
+    _, err = proc.communicate(timeout=60)
+    left = _workers_started_by(proc.pid)
+    assert proc.returncode in (2, 4), err
+    assert left == [], f"workers left behind: {left}"

@@ -12,13 +12,16 @@ import posixpath
 import re
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
-from typing import Any
 
 from chrootarchive.contract import FILTERS, OLD_FILES, IdRange, LimitSpec, PackSpec, UnpackSpec
 from chrootarchive.engine.names import (  # 0.4 ms: the one pattern compiler
     EXCLUDE_STYLES,
     exclude_matcher,
 )
+
+TYPE_CHECKING = False  # no typing at run time: the command line's start (issue 16)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "GiB", "IDMap", "Limits", "PackOptions", "PackResult", "UnpackOptions", "UnpackResult",

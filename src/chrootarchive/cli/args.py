@@ -12,6 +12,7 @@ import math
 import sys
 from dataclasses import replace
 
+from chrootarchive.cli.commands import UsageError as UsageError
 from chrootarchive.contract import FILTERS
 from chrootarchive.engine.names import EXCLUDE_STYLES
 from chrootarchive.jail.confine import MECHANISMS
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     T = TypeVar("T")
-
-
-class UsageError(Exception):
-    """A command line that cannot run: reported as one line, exit status 2."""
 
 
 def archive_input(path: str) -> str:

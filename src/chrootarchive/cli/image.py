@@ -12,6 +12,7 @@ from chrootarchive.cli.args import (
     parse_count,
     unpack_options,
 )
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import EntryLister, human_bytes, report
 from chrootarchive.cli.progress import LayerBars
 from chrootarchive.errors import printable
@@ -56,13 +57,12 @@ def _platform_arg(text: str) -> str:
 def add_parser(commands: Any) -> None:
     image_p = commands.add_parser(
         "unpack-image",
-        help="unpack a container image (OCI layout or docker save archive) into a "
-             "root filesystem, every digest checked",
+        help=HELP["unpack-image"],
         description="Select one image of IMAGE by reference and platform, check it, and "
                     "apply its layers in order onto DEST, each from inside a kernel jail "
                     "at DEST.",
         epilog=_IMAGE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     image_p.add_argument("image", metavar="IMAGE",
                          help="the image: a directory, a tar file (compressed or not), or -")

@@ -12,6 +12,7 @@ from chrootarchive.cli.args import (
     archive_input,
     unpack_options,
 )
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import EntryLister, report
 from chrootarchive.cli.progress import ByteProgress, source_size
 from chrootarchive.options import UnpackResult
@@ -33,7 +34,7 @@ exit status: as for 'chrootarchive untar'.
 def add_parser(commands: Any) -> None:
     layer_p = commands.add_parser(
         "apply-layer",
-        help="apply a container image layer (whiteouts included) onto a directory",
+        help=HELP["apply-layer"],
         description="Apply LAYER onto DEST from inside a kernel jail at DEST: '.wh.NAME' "
                     "entries remove NAME from what lower layers left, '.wh..wh..opq' "
                     "empties its directory of it. Prints the applied size (the sum of "
@@ -41,7 +42,7 @@ def add_parser(commands: Any) -> None:
                     "applied in order by one worker (one jail); the limits hold for "
                     "them together, and one size is printed per layer.",
         epilog=_LAYER_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     layer_p.add_argument("layer", metavar="LAYER", nargs="+",
                          help="the layer (tar, compressed or not; - for stdin); several: "

@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 
 from chrootarchive.cli.args import archive_input
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json
 
 TYPE_CHECKING = False
@@ -29,9 +30,9 @@ exit status: 0 listed, 1 bad archive, 2 usage, 4 cannot read the archive.
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
-        "list", help="list the entries of a tar archive (like tar -t), unpacking nothing",
+        "list", help=HELP["list"],
         description="List the entries of ARCHIVE, as tar -t (names) or tar -tv does.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG, formatter_class=Formatter,
     )
     parser.add_argument("archive", metavar="ARCHIVE", help="the archive file, or - for stdin")
     parser.add_argument("-v", "--verbose", action="store_true",

@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 
-from chrootarchive.cli import image, layer, listing, pack, untar
-from chrootarchive.cli.args import UsageError
+from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, UsageError
 from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from types import ModuleType
 
 EXIT_USAGE = 2
 
@@ -40,31 +40,42 @@ def _version_line() -> str:
             f"{uname.sysname} {uname.release} {uname.machine})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``command``, only that one's arguments are
+    added (the others are listed by name, for ``--help``), so that only its module is
+    imported. ``""``: none of them (``--help``, ``--version``)."""
     parser = argparse.ArgumentParser(
         prog="chrootarchive",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    untar.add_parser(commands)
-    layer.add_parser(commands)
-    image.add_parser(commands)
-    pack.add_parsers(commands)
-    listing.add_parser(commands)
+    for name, (_module, add, _run) in COMMANDS.items():
+        if command is None or name == command:
+            getattr(_module_of(name), add)(commands)
+        else:
+            commands.add_parser(name, help=HELP[name], formatter_class=Formatter)
     return parser
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "untar": untar.run,
-    "apply-layer": layer.run,
-    "unpack-image": image.run,
-    "tar": pack.run_tar,
-    "cp": pack.run_cp,
-    "list": listing.run,
-}
+def _module_of(command: str) -> ModuleType:
+    """The module of ``command`` (``chrootarchive.cli.untar``...), imported now."""
+    name = "chrootarchive.cli." + COMMANDS[command][0]
+    __import__(name)
+    return sys.modules[name]
+
+
+def chosen_command(argv: Sequence[str]) -> str:
+    """The command ``argv`` names (its first word), or ``""`` when it starts with an
+    option: the only options before a command are ``--help`` and ``--version``."""
+    words = list(argv)
+    if words[:1] == ["--"]:
+        words = words[1:]
+    if not words or words[0].startswith("-"):
+        return ""
+    return words[0] if words[0] in COMMANDS else ""
 
 
 def _one_line(text: str) -> str:
@@ -83,14 +94,19 @@ def _error_line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (callable from tests)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    args = build_parser(command).parse_args(argv)
+    if args.command != command:  # not where chosen_command looked: parse it all
+        args = build_parser().parse_args(argv)
     if args.debug:
         from chrootarchive.runner.settings import set_debug
 
         set_debug(True)
     try:
-        return _COMMANDS[args.command](args)
+        run: Callable[[argparse.Namespace], int] = getattr(
+            _module_of(args.command), COMMANDS[args.command][2])
+        return run(args)
     except UsageError as err:
         return _fail(args, "UsageError", _one_line(str(err)), EXIT_USAGE, str(err))
     except ChrootArchiveError as err:
@@ -119,12 +135,3 @@ def _fail(args: argparse.Namespace, cls: str, line: str, status: int, message: s
         output.print_json({"schema_version": output.JSON_SCHEMA_VERSION, "error": {
             "class": cls, "entry": entry, "message": message, "exit_status": status}})
     return status
-
-
-def entry_point() -> None:
-    code = main()
-    # Exit without interpreter shutdown: a feeding thread may still be blocked reading
-    # standard input (a worker that stopped early), and finalizing would wait on it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -3,7 +3,6 @@ people."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 from chrootarchive.errors import printable
@@ -42,6 +41,8 @@ def _printable_json(value: Any) -> Any:
 
 
 def print_json(data: dict[str, Any]) -> None:
+    import json  # only for --json: not at the command line's start
+
     json.dump(_printable_json(data), sys.stdout)
     sys.stdout.write("\n")
 

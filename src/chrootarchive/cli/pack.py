@@ -10,6 +10,7 @@ import stat
 import sys
 
 from chrootarchive.cli.args import UsageError, add_common, checked, parse_id_map, parse_owner
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import report
 from chrootarchive.cli.progress import ByteProgress
 from chrootarchive.errors import DestinationError
@@ -70,14 +71,14 @@ def _rebase(text: str) -> tuple[str, str]:
     return old, new
 
 
-def add_parsers(commands: Any) -> None:
+def add_tar_parser(commands: Any) -> None:
     tar_p = commands.add_parser(
         "tar",
-        help="make a tar archive of a directory or file, reading it from inside a jail",
+        help=HELP["tar"],
         description="Write a tar archive of SRC, read by a worker jailed at ROOT (or at\n"
                     "SRC), so that no symlink in the tree can make it read from outside.",
         epilog=_TAR_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     tar_p.add_argument("src", metavar="SRC",
                        help="the directory or file to pack (a path inside ROOT with --root)")
@@ -119,13 +120,15 @@ def add_parsers(commands: Any) -> None:
                           "layers)")
     add_common(tar_p)
 
+
+def add_cp_parser(commands: Any) -> None:
     cp_p = commands.add_parser(
         "cp",
-        help="copy a file or directory through a tar stream, both sides jailed",
+        help=HELP["cp"],
         description="Copy SRC to DST (as docker cp): a worker jailed at --from-root reads\n"
                     "SRC, another jailed at --to-root writes DST.",
         epilog=_CP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     cp_p.add_argument("src", metavar="SRC", help="what to copy (inside --from-root if given)")
     cp_p.add_argument("dst", metavar="DST", help="where to copy it (inside --to-root if given)")

@@ -15,6 +15,7 @@ from chrootarchive.cli.args import (
     parse_count,
     unpack_options,
 )
+from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import EntryLister, report
 from chrootarchive.cli.progress import ByteProgress, source_size
 
@@ -45,11 +46,11 @@ confinement mechanism available, 4 the archive cannot be read or DEST cannot be 
 def add_parser(commands: Any) -> None:
     untar_p = commands.add_parser(
         "untar",
-        help="unpack a tar archive (plain or compressed) into a directory, confined",
+        help=HELP["untar"],
         description="Unpack ARCHIVE into DEST from inside a kernel jail at DEST "
                     "(or at --root).",
         epilog=_UNTAR_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     untar_p.add_argument("archive", metavar="ARCHIVE",
                          help="the archive file, or - for stdin (a device or named FIFO is "

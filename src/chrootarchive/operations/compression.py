@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import IO, Protocol, cast
 
 from chrootarchive.contract import memory_for_window, memory_shares
 from chrootarchive.errors import CompressionError, LimitExceededError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Protocol, cast
+else:  # no typing at run time (the command line's start): stand-ins
+    Protocol = object
+
+    def cast(_type: object, value: object) -> object:
+        return value
 
 __all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "window_allowance"]
 
@@ -123,21 +131,21 @@ def _read_exactly_head(raw: Readable, n: int) -> bytes:
 
 def _open_decompressor(kind: str, src: _Peekable) -> tuple[IO[bytes], tuple[type[Exception], ...]]:
     """The decoder for ``kind``, and the errors by which it reports corrupt data."""
-    fileobj = cast(IO[bytes], src)
+    fileobj = cast("IO[bytes]", src)
     if kind == "gzip":
         try:
             from isal import igzip, igzip_lib  # fastest well-kept gzip decoder (ISA-L)
         except ImportError:  # a declared dependency; the stdlib is the fallback
             import gzip
 
-            return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb")), (zlib.error,)
+            return cast("IO[bytes]", gzip.GzipFile(fileobj=fileobj, mode="rb")), (zlib.error,)
         stream = igzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[no-untyped-call]
         isal_error = cast(type[Exception], igzip_lib.IsalError)  # the stub calls it an instance
-        return cast(IO[bytes], stream), (isal_error, zlib.error)
+        return cast("IO[bytes]", stream), (isal_error, zlib.error)
     if kind == "bzip2":
         import bz2  # loaded for the formats that need it
 
-        return cast(IO[bytes], bz2.BZ2File(fileobj)), ()
+        return cast("IO[bytes]", bz2.BZ2File(fileobj)), ()
     raise CompressionError(f"unknown compression {kind!r}")
 
 
@@ -353,7 +361,7 @@ def _zstd_chunks(src: _Peekable, allowance: int | None) -> Iterator[bytes]:
     frames = _ZstdFrames(src, allowance)
     limit = _ZSTD_WINDOW_MAX if allowance is None else min(allowance, _ZSTD_WINDOW_MAX)
     reader = zstandard.ZstdDecompressor(max_window_size=limit).stream_reader(
-        cast(IO[bytes], frames), read_size=CHUNK, read_across_frames=True
+        cast("IO[bytes]", frames), read_size=CHUNK, read_across_frames=True
     )
     try:
         while True:

@@ -13,7 +13,6 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, BinaryIO
 
 from chrootarchive import _fdio
 from chrootarchive.contract import JobReply, JobRequest
@@ -47,7 +46,13 @@ __all__ = [
     "with_changes",
 ]
 
-Source = str | os.PathLike[str] | BinaryIO | bytes | bytearray | memoryview
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
+    Source = str | os.PathLike[str] | BinaryIO | bytes | bytearray | memoryview
+else:  # no typing at run time (the command line's start): io.IOBase for BinaryIO
+    Source = str | os.PathLike[str] | io.IOBase | bytes | bytearray | memoryview
 Progress = Callable[[int], None]
 
 
@@ -285,7 +290,7 @@ def _unpack(
     on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     options = options or UnpackOptions()
-    ladder.candidates(options.confine)  # fail before creating anything
+    ladder.check(options.confine)  # fail before creating anything
     if options.atomic:
         if root is not None:
             raise DestinationError("atomic unpacking is not available with a root", str(root))

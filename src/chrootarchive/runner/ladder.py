@@ -7,8 +7,7 @@ through to a weaker rung.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from chrootarchive import _linux
 from chrootarchive.contract import JobReply, JobRequest
@@ -19,11 +18,15 @@ from chrootarchive.runner import pump, settings, standby
 from chrootarchive.runner.worker import Running, Worker
 
 __all__ = [
-    "LADDER", "candidates", "mark_unavailable", "run", "run_ladder", "start",
+    "LADDER", "candidates", "check", "mark_unavailable", "run", "run_ladder", "start",
     "unavailable_summary",
 ]
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # no typing at run time: the command line's start (issue 16)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 #: What ``auto`` tries, strongest first (``chroot`` is pivot's own fallback).
 LADDER = ("pivot", "userns", "openat2")
@@ -68,6 +71,30 @@ def candidates(requested: str = "auto") -> list[str]:
     return found
 
 
+def check(requested: str = "auto") -> None:
+    """Raise what :func:`candidates` raises when nothing is usable, looking no further
+    than the first usable rung."""
+    next(_rungs(requested))
+
+
+def _rungs(requested: str) -> Iterator[str]:
+    """:func:`candidates`, one at a time: a rung below the first that works is never
+    examined (``openat2``'s check imports the in-process runner: start-up, issue 16)."""
+    if requested != "auto":
+        yield from candidates(requested)
+        return
+    machine = _linux.unsupported_machine()
+    if machine:
+        raise ConfinementError(machine)
+    found = False
+    for name in LADDER:
+        if _unavailable_reason(name) is None:
+            found = True
+            yield name
+    if not found:
+        raise ConfinementError(unavailable_summary())
+
+
 def unavailable_summary(extra: dict[str, str] | None = None) -> str:
     """One line: each rung of the ladder and why it could not be used."""
     reasons = []
@@ -88,7 +115,7 @@ def run_ladder(
     names every rung and why.
     """
     refused: dict[str, str] = {}
-    for mechanism in candidates(requested) if mechanisms is None else mechanisms:
+    for mechanism in _rungs(requested) if mechanisms is None else mechanisms:
         try:
             return attempt(mechanism)
         except MechanismUnavailableError as err:

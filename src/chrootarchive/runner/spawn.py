@@ -14,26 +14,31 @@ from __future__ import annotations
 import _socket
 import contextlib
 import os
-import subprocess
 import sys
 
 from chrootarchive.errors import ConfinementError
+from chrootarchive.runner.launch import ENV, EXIT_NO_PACKAGE, command, package_parent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Process(Protocol):
+        """A worker process: ``subprocess.Popen``, or :class:`launch.Child`."""
+
+        pid: int
+        returncode: int | None
+
+        def poll(self) -> int | None: ...
+
+        def wait(self, timeout: float | None = None) -> int: ...
+
+        def kill(self) -> None: ...
 
 __all__ = ["EXIT_NO_PACKAGE", "Booted", "cannot_import_error", "interpreter_error"]
 
 _DISCARD_WAIT = 5.0  # seconds for a discarded worker to end (it dies with us anyway)
 _FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
-#: The worker's exit status when its interpreter cannot import the package.
-EXIT_NO_PACKAGE = 119
-
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1])\n"
-    "try:\n"
-    " from chrootarchive.jail.main import child_main\n"
-    "except (ImportError, OSError):\n"
-    f" sys.exit({EXIT_NO_PACKAGE})\n"
-    "child_main(sys.argv[2:])"
-)
 
 
 def interpreter_error(err: OSError) -> ConfinementError:
@@ -62,14 +67,8 @@ def cannot_import_error() -> ConfinementError:
     """The worker's interpreter started but could not import the package."""
     return ConfinementError(
         f"the worker's interpreter {sys.executable!r} cannot import chrootarchive from "
-        f"{_package_parent()!r} as uid {os.geteuid()}: make the package readable (and its "
+        f"{package_parent()!r} as uid {os.geteuid()}: make the package readable (and its "
         "directories searchable) for this user, or install it where this user can read it")
-
-
-def _package_parent() -> str:
-    # src/chrootarchive/runner/worker.py -> src
-    here = os.path.abspath(__file__)
-    return os.path.dirname(os.path.dirname(os.path.dirname(here)))
 
 
 class Booted:
@@ -82,24 +81,37 @@ class Booted:
             /dev/null until a call hands it the caller's.
     """
 
+    proc: Process
+    _control: _socket.socket | None
+
     def __init__(self, job: str, *, standby: bool = False) -> None:
+        import subprocess  # not at the top: the command line's early start does without
+
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOT, _package_parent(),
-                 str(theirs.fileno()), str(os.getpid()), job],
+                command(theirs.fileno(), job),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL if standby else None,
                 pass_fds=(theirs.fileno(),),
-                env={"LC_ALL": "C.UTF-8"},
+                env=ENV,
             )
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self._control: _socket.socket | None = ours
+        self._control = ours
+
+    @classmethod
+    def adopt(cls, proc: Process, control: _socket.socket) -> Booted:
+        """A worker started otherwise (:func:`chrootarchive.runner.launch.spawn_early`),
+        booting as a standby: it has /dev/null for stderr until it gets its job."""
+        booted = cls.__new__(cls)
+        booted.proc = proc
+        booted._control = control
+        return booted
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -137,6 +149,8 @@ class Booted:
         """
         self.forget()
         if self.proc.poll() is None:
+            import subprocess
+
             with contextlib.suppress(OSError):
                 self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -22,28 +22,24 @@ from __future__ import annotations
 
 import atexit
 import os
-import resource
 import threading
 from collections.abc import Callable
-from typing import Protocol
+
+from chrootarchive.runner.launch import context as _context
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # no typing at run time (start-up): a plain class stands in
 
 __all__ = [
-    "Booted", "descriptors", "drop_own", "replenish", "running", "set_standby", "stop_all",
-    "take",
+    "Booted", "adopt", "descriptors", "drop_own", "enabled", "replenish", "running",
+    "set_standby", "stop_all", "take",
 ]
 
 #: Jobs worth a standby: those a program runs many times (layers, small archives).
 JOBS = frozenset({"unpack"})
-
-_STATUS_FIELDS = (
-    b"Uid:", b"Gid:", b"Groups:", b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:",
-    b"CapAmb:", b"NoNewPrivs:", b"Seccomp:", b"Seccomp_filters:", b"Speculation_Store",
-    b"Cpus_allowed:", b"Mems_allowed:",
-)
-_NAMESPACES = ("mnt", "user", "pid_for_children", "net", "ipc", "uts", "cgroup",
-               "time_for_children")
-_RLIMITS = tuple(getattr(resource, name) for name in sorted(dir(resource))
-                 if name.startswith("RLIMIT_"))
 
 
 class Booted(Protocol):
@@ -71,43 +67,6 @@ class _Registry:
 _registry = _Registry()
 _calls = threading.local()
 _inherited: list[Booted] = []  # a fork's copies of its parent's standbys, never used
-
-
-def _read(path: str, fields: tuple[bytes, ...] = ()) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if fields:
-        return b"".join(line for line in data.splitlines(True) if line.startswith(fields))
-    return data
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def _context() -> tuple[object, ...]:
-    """What a worker inherits from the calling thread, as far as it matters."""
-    root = os.stat("/")
-    return (
-        os.getpid(),
-        threading.get_native_id(),
-        os.getresuid(),
-        os.getresgid(),
-        tuple(os.getgroups()),
-        _read("/proc/thread-self/status", _STATUS_FIELDS),
-        _read("/proc/self/cgroup"),
-        _read("/proc/thread-self/attr/current"),
-        tuple(_readlink(f"/proc/thread-self/ns/{name}") for name in _NAMESPACES),
-        (root.st_dev, root.st_ino),
-        tuple(resource.getrlimit(limit) for limit in _RLIMITS),
-        os.getpriority(os.PRIO_PROCESS, 0),
-    )
 
 
 def set_standby(enabled: bool) -> None:
@@ -200,6 +159,28 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
             booted = None
     if booted is not None:
         booted.discard()
+
+
+def enabled() -> bool:
+    """Whether standbys are kept (:func:`set_standby`, ``CHROOTARCHIVE_STANDBY``)."""
+    with _registry.lock:
+        return _registry.enabled
+
+
+def adopt(job: str, context: tuple[object, ...], booted: Booted) -> None:
+    """Keep ``booted`` as this thread's standby for its next call: a worker the caller
+    started for a call it is about to make (the command line starts its worker before
+    its own imports: :func:`chrootarchive.runner.launch.spawn_early`).
+
+    ``context`` is :func:`_context` taken before that worker was spawned; the call uses
+    it only if that is still so (:func:`take`), as with any standby.
+    """
+    tid = threading.get_native_id()
+    with _registry.lock:
+        if _registry.enabled and tid not in _registry.standbys:
+            _registry.standbys[tid] = (context, job, booted)
+            return
+    booted.discard()
 
 
 def _after_fork_in_child() -> None:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import _socket
 import contextlib
 import fcntl
-import json
 import os
-import signal
 import threading
-from typing import Protocol
 
+from chrootarchive import _wire
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.confine import userns
@@ -34,6 +32,12 @@ from chrootarchive.runner.spawn import (
     cannot_import_error,
     interpreter_error,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # no typing at run time (start-up): a plain class stands in
 
 __all__ = ["Running", "Worker", "pipe"]
 
@@ -143,7 +147,7 @@ class Worker:
             passed["sync"] = sync_child.fileno()
         if channel is not None:
             passed["channel"] = channel
-        document = json.dumps({"request": request.to_wire(), "fds": list(passed)}).encode()
+        document = _wire.dumps({"request": request.to_wire(), "fds": list(passed)})
         fds = list(passed.values())
         booted: Booted | None = None
         try:
@@ -243,9 +247,9 @@ class Worker:
         """Wait for the worker; return its reply or raise its error (same class)."""
         try:
             self.close_stdin()
-            self.proc.wait()
+            code = self.proc.wait()
             self._reader.join()
-            return _decode(bytes(self._reply), self.proc.returncode)
+            return _decode(bytes(self._reply), code)
         finally:
             self.close()
 
@@ -270,11 +274,13 @@ def _decode(reply: bytes, returncode: int) -> JobReply:
         if returncode == EXIT_NO_PACKAGE:
             raise cannot_import_error()
         if returncode < 0:
+            import signal  # only now: it loads enum (the command line's start)
+
             name = signal.Signals(-returncode).name
             raise WorkerError(f"the worker was killed by {name} before it finished")
         raise WorkerError(f"the worker exited with status {returncode} without a result")
     try:
-        message = json.loads(reply)
+        message = _wire.loads(reply)
     except ValueError as err:
         raise WorkerError(f"the worker sent an unreadable reply: {err}") from None
     result = decode_reply(message)  # raises the worker's error

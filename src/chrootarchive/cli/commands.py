@@ -1,0 +1,64 @@
+"""The commands: each one's module, the functions that add its parser and run it, and
+the line ``chrootarchive --help`` shows for it; and the usage error they all raise.
+
+Apart from the commands' modules, so that the command line imports only the module of
+the command it runs (and what that one needs), and lists the others from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["COMMANDS", "HELP", "Formatter", "UsageError"]
+
+
+class UsageError(Exception):
+    """A command line that cannot run: reported as one line, exit status 2."""
+
+
+#: name -> (module under chrootarchive.cli, function adding its parser, function running it)
+COMMANDS = {
+    "untar": ("untar", "add_parser", "run"),
+    "apply-layer": ("layer", "add_parser", "run"),
+    "unpack-image": ("image", "add_parser", "run"),
+    "tar": ("pack", "add_tar_parser", "run_tar"),
+    "cp": ("pack", "add_cp_parser", "run_cp"),
+    "list": ("listing", "add_parser", "run"),
+}
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, told the terminal's width: left to find it, argparse imports
+    ``shutil`` (and with it ``bz2``, ``lzma``, ``fnmatch``) for every parser it builds."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+#: name -> its line in ``chrootarchive --help``
+HELP = {
+    "untar": "unpack a tar archive (plain or compressed) into a directory, confined",
+    "apply-layer": "apply a container image layer (whiteouts included) onto a directory",
+    "unpack-image": "unpack a container image (OCI layout or docker save archive) into a "
+                    "root filesystem, every digest checked",
+    "tar": "make a tar archive of a directory or file, reading it from inside a jail",
+    "cp": "copy a file or directory through a tar stream, both sides jailed",
+    "list": "list the entries of a tar archive (like tar -t), unpacking nothing",
+}
