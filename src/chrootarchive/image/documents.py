@@ -4,6 +4,7 @@ and validated field by field (descriptors included) before anything uses them.""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,23 +78,43 @@ def read_root_json(layout: Layout, name: str, what: str) -> Any:
     return parse_json(data, what, name)
 
 
-def read_blob_json(layout: Layout, desc: Descriptor, what: str) -> Any:
+#: Fetches the bytes of a document named by a descriptor: from a layout's blobs, or a
+#: registry's manifests and blobs. ``fetch(desc, what)`` returns at most ``desc.size + 1``
+#: bytes (one more tells "too long"); :func:`fetch_json` checks size and digest.
+Fetch = Callable[["Descriptor", str], bytes]
+
+
+def layout_fetch(layout: Layout) -> Fetch:
+    """A :data:`Fetch` reading the blobs of ``layout``."""
+
+    def fetch(desc: Descriptor, what: str) -> bytes:
+        reader = layout.open(blob_name(desc.digest), f"blob of the {what}")
+        try:
+            if reader.size != desc.size:  # known before reading (a large one is not spooled)
+                raise DigestMismatchError(
+                    f"size mismatch: declared {desc.size} bytes, the blob has {reader.size}",
+                    f"{what} {desc.digest}")
+            return read_all(reader, desc.size)
+        finally:
+            reader.close()
+
+    return fetch
+
+
+def fetch_json(fetch: Fetch, desc: Descriptor, what: str) -> Any:
     """A document named by a descriptor: size and digest checked before parsing."""
     where = f"{what} {desc.digest}"
     if desc.size > MAX_JSON_SIZE:
         raise ImageError(f"declared size {desc.size} exceeds the limit for a JSON document "
                          f"({MAX_JSON_SIZE} bytes)", where)
-    reader = layout.open(blob_name(desc.digest), f"blob of the {what}")
-    try:
-        if reader.size != desc.size:  # known before reading (a large one is not spooled)
-            raise DigestMismatchError(
-                f"size mismatch: declared {desc.size} bytes, the blob has {reader.size}",
-                f"{what} {desc.digest}")
-        data = read_all(reader, desc.size)
-    finally:
-        reader.close()
+    data = fetch(desc, what)
     verify_blob(data, desc, what)
     return parse_json(data, what, where)
+
+
+def read_blob_json(layout: Layout, desc: Descriptor, what: str) -> Any:
+    """A document of ``layout`` named by a descriptor (:func:`fetch_json`)."""
+    return fetch_json(layout_fetch(layout), desc, what)
 
 
 def verify_blob(data: bytes, desc: Descriptor, what: str) -> None:

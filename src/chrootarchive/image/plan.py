@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +15,15 @@ from chrootarchive.image.digests import blob_name, check_digest, clip, digest_re
 from chrootarchive.image.documents import (
     MAX_JSON_SIZE,
     Descriptor,
+    Fetch,
     as_object,
     check_media_type,
+    fetch_json,
+    layout_fetch,
     list_field,
     parse_descriptor,
     parse_json,
     read_all,
-    read_blob_json,
     read_root_json,
     string_field,
     verify_blob,
@@ -123,7 +126,7 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
     if ref is not None:
         digest = digest_ref(ref)
         if digest is not None:
-            found = find_digest(layout, top, digest, sel)
+            found = find_digest(layout_fetch(layout), top, digest, sel)
             if found is None:
                 raise ImageError(f"no manifest or index with digest {digest} in the layout",
                                  "index.json")
@@ -142,9 +145,34 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         desc = pick(top, sel, "index.json", top=True)
         names = desc.names()
         chosen_ref = names[0] if names else None
-    desc = resolve_manifest(layout, desc, sel, ())
+    desc = resolve_manifest(layout_fetch(layout), desc, sel, ())
 
-    manifest = as_object(read_blob_json(layout, desc, "image manifest"), "an image manifest",
+    def check_blob(index: int, d: Descriptor) -> tuple[str, int]:
+        name = blob_name(d.digest)
+        what = f"blob of layer {index} ({d.digest})"
+        if not layout.exists(name):
+            hint = " (a non-distributable layer: its urls are not fetched)" if d.urls else ""
+            raise ImageError(f"{what} is missing from the {layout.description}{hint}", name)
+        actual = _blob_size(layout, name, what)
+        if actual != d.size:
+            raise DigestMismatchError(f"size mismatch: declared {d.size} bytes, the blob has "
+                                      f"{actual}", f"layer {index} ({d.digest})")
+        return name, actual
+
+    return plan_manifest(layout_fetch(layout), desc, chosen_ref, sel, max_layers, check_blob,
+                         "oci")
+
+
+#: Checks a layer's blob before anything is applied and returns its name (for the
+#: opener) and size: ``check_blob(index, descriptor)``.
+BlobCheck = Callable[[int, Descriptor], tuple[str, int]]
+
+
+def plan_manifest(fetch: Fetch, desc: Descriptor, ref: str | None, sel: Selection,
+                  max_layers: int, check_blob: BlobCheck, fmt: str) -> Plan:
+    """The plan of the image manifest ``desc`` (chosen, its digest known), its documents
+    read by ``fetch``: from a layout or a registry, the same checks."""
+    manifest = as_object(fetch_json(fetch, desc, "image manifest"), "an image manifest",
                          desc.digest)
     check_media_type(manifest, desc, "image manifest")
     where = f"image manifest {desc.digest}"
@@ -162,23 +190,15 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         if d.media_type not in LAYER_TYPES:
             raise ImageError(f"layer {i} ({d.digest}): unsupported media type "
                              f"{clip(d.media_type)}", where)
-    config = read_blob_json(layout, config_desc, "image config")
+    config = fetch_json(fetch, config_desc, "image config")
     diff_ids, image_platform = _config_info(config, f"image config {config_desc.digest}",
                                             len(layer_descs), sel)
     layers = []
     for i, d in enumerate(layer_descs):
-        name = blob_name(d.digest)
-        what = f"blob of layer {i} ({d.digest})"
-        if not layout.exists(name):
-            hint = " (a non-distributable layer: its urls are not fetched)" if d.urls else ""
-            raise ImageError(f"{what} is missing from the {layout.description}{hint}", name)
-        actual = _blob_size(layout, name, what)
-        if actual != d.size:
-            raise DigestMismatchError(f"size mismatch: declared {d.size} bytes, the blob has "
-                                      f"{actual}", f"layer {i} ({d.digest})")
+        name, actual = check_blob(i, d)
         layers.append(LayerPlan(i, name, d.digest, d.size, d.media_type,
                                 LAYER_TYPES[d.media_type], diff_ids[i], actual))
-    return Plan("oci", desc.digest, config_desc.digest, chosen_ref, image_platform, layers,
+    return Plan(fmt, desc.digest, config_desc.digest, ref, image_platform, layers,
                 sel.warnings)
 
 

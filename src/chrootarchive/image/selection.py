@@ -9,13 +9,13 @@ from chrootarchive.errors import ImageError
 from chrootarchive.image.digests import clip, short_digest
 from chrootarchive.image.documents import (
     Descriptor,
+    Fetch,
     as_object,
     check_media_type,
+    fetch_json,
     list_field,
     parse_descriptor,
-    read_blob_json,
 )
-from chrootarchive.image.layout import Layout
 from chrootarchive.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
 from chrootarchive.image.platforms import Platform, platform_rank
 
@@ -33,7 +33,7 @@ class Selection:
     documents: int = 0
 
 
-def _index_children(layout: Layout, desc: Descriptor, sel: Selection,
+def _index_children(fetch: Fetch, desc: Descriptor, sel: Selection,
                     chain: tuple[str, ...]) -> list[Descriptor]:
     if len(chain) >= MAX_INDEX_DEPTH:
         raise ImageError(f"image indexes are nested more than {MAX_INDEX_DEPTH} levels deep",
@@ -45,7 +45,7 @@ def _index_children(layout: Layout, desc: Descriptor, sel: Selection,
     sel.documents += 1
     if sel.documents > MAX_DOCUMENTS:
         raise ImageError(f"more than {MAX_DOCUMENTS} image indexes", desc.digest)
-    doc = as_object(read_blob_json(layout, desc, "image index"), "an image index", desc.digest)
+    doc = as_object(fetch_json(fetch, desc, "image index"), "an image index", desc.digest)
     check_media_type(doc, desc, "image index")
     where = f"image index {desc.digest}"
     return [parse_descriptor(d, where) for d in list_field(doc, "manifests", where)]
@@ -88,10 +88,10 @@ def pick(candidates: list[Descriptor], sel: Selection, where: str,
                      f"{', '.join(available) or 'none'})", where)
 
 
-def resolve_manifest(layout: Layout, desc: Descriptor, sel: Selection,
+def resolve_manifest(fetch: Fetch, desc: Descriptor, sel: Selection,
                      chain: tuple[str, ...]) -> Descriptor:
     while desc.media_type in INDEX_TYPES:
-        children = _index_children(layout, desc, sel, chain)
+        children = _index_children(fetch, desc, sel, chain)
         chain = (*chain, desc.digest)
         desc = pick(children, sel, f"image index {desc.digest}", top=False)
     if desc.media_type in SCHEMA1_TYPES:
@@ -102,7 +102,7 @@ def resolve_manifest(layout: Layout, desc: Descriptor, sel: Selection,
     return desc
 
 
-def find_digest(layout: Layout, top: list[Descriptor], digest: str,
+def find_digest(fetch: Fetch, top: list[Descriptor], digest: str,
                 sel: Selection) -> Descriptor | None:
     """Breadth-first search of the index tree for a descriptor with ``digest``."""
     level: list[tuple[Descriptor, tuple[str, ...]]] = [(d, ()) for d in top]
@@ -113,7 +113,7 @@ def find_digest(layout: Layout, top: list[Descriptor], digest: str,
         following: list[tuple[Descriptor, tuple[str, ...]]] = []
         for d, chain in level:
             if d.media_type in INDEX_TYPES:
-                children = _index_children(layout, d, sel, chain)
+                children = _index_children(fetch, d, sel, chain)
                 following += [(c, (*chain, d.digest)) for c in children]
         level = following
     return None

@@ -1,0 +1,238 @@
+"""An image from a registry: the plan made from documents fetched over the network
+(the same checks as for a layout: :func:`.plan.plan_manifest`), and the layers streamed
+from the registry into the one confined job of :func:`.apply.apply_planned_layers`.
+
+This module knows a registry only as the three calls of :class:`Registry` (the client
+of :mod:`chrootarchive.registry` is one): the image package stays below the network
+code. Everything here runs in the parent; the jailed worker only ever sees tar bytes.
+
+The next layer's download starts while one is applied (:class:`Prefetcher`): when
+layer N is opened, a thread opens layer N+1 and reads its first :data:`PREFETCH_BYTES`
+into memory, so that the connection's set-up and the first round trips overlap the
+application of layer N. Memory stays bounded: the rest of layer N+1 streams as it is
+read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from chrootarchive.errors import ChrootArchiveError, ImageError
+from chrootarchive.image.apply import _locked_dest, apply_planned_layers
+from chrootarchive.image.digests import clip
+from chrootarchive.image.documents import (
+    MAX_JSON_SIZE,
+    Descriptor,
+    as_object,
+    parse_json,
+)
+from chrootarchive.image.layout import Reader
+from chrootarchive.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
+from chrootarchive.image.plan import LayerPlan, Plan, plan_manifest
+from chrootarchive.image.platforms import default_platform, platform_from_text
+from chrootarchive.image.results import ImageResult, ProgressCallback
+from chrootarchive.image.selection import Selection, resolve_manifest
+from chrootarchive.operations import untar as api
+from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions
+
+PREFETCH_BYTES = 8 << 20
+"""How much of the next layer's blob is read ahead, in memory, while one is applied."""
+
+_PREFETCH_CHUNK = 1 << 20
+
+
+class Registry(Protocol):
+    """What a plan and the layers need from a registry (its client)."""
+
+    def get_manifest(self, reference: str, *, max_size: int = ...
+                     ) -> tuple[str, bytes, str]: ...
+
+    def get_blob(self, digest: str, *, max_size: int) -> bytes: ...
+
+    def open_blob(self, digest: str, size: int | None) -> Any: ...
+
+
+def _document_type(media_type: str, body: bytes, where: str) -> str:
+    """The media type of the document a tag names: the registry's Content-Type when it
+    is one of an index or a manifest, else the document's own ``mediaType``."""
+    known = INDEX_TYPES | MANIFEST_TYPES | SCHEMA1_TYPES
+    base = media_type.split(";", 1)[0].strip()
+    if base in known:
+        return base
+    doc = as_object(parse_json(body, "the manifest", where), "a manifest", where)
+    own = doc.get("mediaType")
+    if isinstance(own, str) and own in known:
+        return own
+    if doc.get("schemaVersion") == 1:
+        raise ImageError("Docker schema 1 manifests are not supported", where)
+    if "manifests" in doc:  # an OCI index that names no mediaType
+        return "application/vnd.oci.image.index.v1+json"
+    if "layers" in doc:
+        return "application/vnd.oci.image.manifest.v1+json"
+    raise ImageError(f"not an image manifest or index: media type {clip(media_type)}", where)
+
+
+def remote_plan(registry: Registry, reference: str, name: str, sel: Selection,
+                max_layers: int) -> Plan:
+    """The plan of the image ``reference`` (a tag or a digest) names in ``registry``:
+    the index (platform chosen as for a layout), manifest and config fetched, each
+    bounded and checked against its digest; the layer blobs are checked as they stream."""
+    media_type, body, digest = registry.get_manifest(reference, max_size=MAX_JSON_SIZE)
+    top = Descriptor(_document_type(media_type, body, name), digest, len(body), {}, None)
+
+    def fetch(desc: Descriptor, what: str) -> bytes:
+        if desc.digest == top.digest:
+            return body
+        if desc.media_type in INDEX_TYPES | MANIFEST_TYPES | SCHEMA1_TYPES:
+            return registry.get_manifest(desc.digest, max_size=desc.size)[1]
+        return registry.get_blob(desc.digest, max_size=desc.size)
+
+    desc = resolve_manifest(fetch, top, sel, ())
+
+    def check_blob(index: int, d: Descriptor) -> tuple[str, int]:
+        return d.digest, d.size  # size and digest are checked as the blob streams
+
+    return plan_manifest(fetch, desc, name, sel, max_layers, check_blob, "registry")
+
+
+class _Prefetched:
+    """A layer blob whose first bytes were read ahead: those, then the rest."""
+
+    def __init__(self, head: list[bytes], reader: Any) -> None:
+        self._head = head
+        self._reader = reader
+        self.size: int = reader.size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            data = self._head.pop(0)
+            if 0 <= n < len(data):
+                self._head.insert(0, data[n:])
+                data = data[:n]
+            return data
+        rest: bytes = self._reader.read(n)
+        return rest
+
+    def close(self) -> None:
+        self._head = []
+        self._reader.close()
+
+
+class Prefetcher:
+    """Opens the layers' blobs for :func:`apply_planned_layers`, each as its turn comes,
+    and starts reading the next one (at most :data:`PREFETCH_BYTES`) in a thread."""
+
+    def __init__(self, registry: Registry, layers: Sequence[LayerPlan],
+                 limit: int = PREFETCH_BYTES) -> None:
+        self._registry = registry
+        self._layers = list(layers)
+        self._limit = limit
+        self._pending: dict[int, tuple[threading.Thread, dict[str, Any]]] = {}
+        self._closed = False
+
+    def _fetch_head(self, layer: LayerPlan, box: dict[str, Any]) -> None:
+        try:
+            reader = self._registry.open_blob(layer.name, layer.size)
+            box["reader"] = reader
+            head: list[bytes] = []
+            got = 0
+            while got < self._limit and not self._closed:
+                data = reader.read(min(_PREFETCH_CHUNK, self._limit - got))
+                if not data:
+                    break
+                head.append(data)
+                got += len(data)
+            box["head"] = head
+        except BaseException as err:  # raised again where the layer is opened
+            box["error"] = err
+
+    def _start(self, position: int) -> None:
+        if (self._limit <= 0 or position >= len(self._layers) or position in self._pending
+                or self._closed):
+            return
+        box: dict[str, Any] = {}
+        thread = threading.Thread(target=self._fetch_head, args=(self._layers[position], box),
+                                  name=f"chrootarchive-prefetch-{position}", daemon=True)
+        self._pending[position] = (thread, box)
+        thread.start()
+
+    def __call__(self, layer: LayerPlan, label: str) -> Reader:
+        position = next(i for i, planned in enumerate(self._layers) if planned is layer)
+        pending = self._pending.pop(position, None)
+        self._start(position + 1)
+        if pending is None:
+            reader: Reader = self._registry.open_blob(layer.name, layer.size)
+            return reader
+        thread, box = pending
+        thread.join()
+        error = box.get("error")
+        if error is not None:
+            if "reader" in box:
+                box["reader"].close()
+            if isinstance(error, ChrootArchiveError | OSError):
+                raise error
+            raise ImageError(f"cannot read the blob: {error}", label) from error
+        return _Prefetched(box["head"], box["reader"])
+
+    def close(self) -> None:
+        """Stop the read-ahead: its thread ends at its next chunk, its reader is closed."""
+        self._closed = True
+        for thread, box in self._pending.values():
+            thread.join(timeout=60)
+            if "reader" in box:
+                box["reader"].close()
+        self._pending.clear()
+
+
+def unpack_remote(
+    registry: Registry,
+    reference: str,
+    name: str,
+    dest: str | os.PathLike[str],
+    options: UnpackOptions | None = None,
+    *,
+    platform: str | None = None,
+    filter: str | None = None,
+    excludes: Iterable[str] | None = None,
+    atomic: bool | None = None,
+    confine: str | None = None,
+    limits: Limits | None = None,
+    progress: ProgressCallback | None = None,
+    on_entry: Callable[[str], None] | None = None,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+    prefetch: int = PREFETCH_BYTES,
+) -> ImageResult:
+    """:func:`chrootarchive.pull`'s work once the registry's client is made: plan (all
+    documents checked before ``dest`` is touched), then the layers streamed into one
+    confined job. ``reference`` is the tag or digest, ``name`` the full reference."""
+    options = api.with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                               confine=confine, limits=limits)
+    if options.whiteout_format != "aufs":
+        raise ValueError("pull applies whiteouts: whiteout_format must be 'aufs'")
+    if max_layers < 0:
+        raise ValueError("max_layers must be >= 0")
+    explicit = platform is not None
+    want = platform_from_text(platform if platform is not None else default_platform())
+    sel = Selection(want, explicit, [])
+    timeout = options.limits.timeout
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    plan = remote_plan(registry, reference, name, sel, max_layers)
+    opener = Prefetcher(registry, plan.layers, prefetch)
+    try:
+        with _locked_dest(os.fspath(dest), options) as target:
+            applied = apply_planned_layers(
+                plan.layers, opener, target, options, deadline=deadline, progress=progress,
+                on_entry=on_entry, warnings=plan.warnings)
+    finally:
+        opener.close()
+    return ImageResult(
+        format=plan.format, manifest_digest=plan.manifest_digest,
+        config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,
+        layers=tuple(applied.layers), size=applied.size, entries=applied.entries,
+        confinement=applied.confinement, warnings=tuple(applied.warnings),
+        privileged=applied.privileged,
+    )
