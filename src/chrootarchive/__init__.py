@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from chrootarchive.errors import LimitExceededError as LimitExceededError
     from chrootarchive.errors import MalformedArchiveError as MalformedArchiveError
     from chrootarchive.errors import MechanismUnavailableError as MechanismUnavailableError
+    from chrootarchive.errors import RegistryError as RegistryError
     from chrootarchive.errors import SourceError as SourceError
     from chrootarchive.errors import WorkerError as WorkerError
     from chrootarchive.image import ImageResult as ImageResult
@@ -88,6 +89,7 @@ _EXPORTS = {
     "MechanismUnavailableError": "chrootarchive.errors",
     "PackOptions": "chrootarchive.options",
     "PackResult": "chrootarchive.options",
+    "RegistryError": "chrootarchive.errors",
     "Result": "chrootarchive.options",
     "SourceError": "chrootarchive.errors",
     "TarStream": "chrootarchive.operations.copy",

@@ -26,6 +26,7 @@ __all__ = [
     "LimitExceededError",
     "MalformedArchiveError",
     "MechanismUnavailableError",
+    "RegistryError",
     "SourceError",
     "WorkerError",
     "error_class",
@@ -127,6 +128,15 @@ class DigestMismatchError(ImageError):
 
     The content was corrupted or tampered with. The message names the layer (or
     document) and both digests.
+    """
+
+
+class RegistryError(ImageError):
+    """A registry refused, failed or misbehaved: an HTTP error, a timeout, a TLS failure,
+    a redirect loop, a document over its bound, a digest that does not match.
+
+    The entry is ``REGISTRY/REPOSITORY:REFERENCE``; the message is the problem, one line,
+    never a credential.
     """
 
 
@@ -245,6 +255,7 @@ _CLASSES: dict[str, type[ChrootArchiveError]] = {
         LimitExceededError,
         ImageError,
         DigestMismatchError,
+        RegistryError,
         DestinationError,
         SourceError,
         ConfinementError,

@@ -1,0 +1,581 @@
+"""A client for one repository of a registry (OCI distribution spec, Docker registry v2).
+
+The registry is untrusted input: every body is bounded or streamed, every digest is
+checked (the caller checks streamed blobs), redirects are followed by hand (a bounded
+number, no loops, and no ``Authorization`` header to another origin), every request
+has connect and read timeouts, and every failure is one :class:`RegistryError` line
+naming the registry, the reference and the problem, never a credential.
+
+HTTP and TLS are urllib3's; nothing here parses HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import SSLError as Urllib3SSLError
+
+from chrootarchive.errors import RegistryError, printable
+from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
+from chrootarchive.registry.reference import Reference
+from chrootarchive.registry.tls import ssl_context
+
+__all__ = ["MANIFEST_MEDIA_TYPES", "BlobReader", "Client"]
+
+#: What a manifest request accepts, preferred first.
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+#: Bounds for what is read only to make a message or a token.
+ERROR_BODY_MAX = 64 << 10
+TOKEN_BODY_MAX = 1 << 20
+#: Resumes of one blob after a dropped connection.
+MAX_RESUMES = 5
+_CHUNK = 1 << 20
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _is_digest(text: str) -> bool:
+    return _DIGEST.fullmatch(text) is not None
+
+
+def _digest_of(algorithm: str, data: bytes) -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Give up a response whose body is not read to its end: its connection is closed,
+    never reused."""
+    response.close()
+    response.release_conn()
+
+
+def _netloc(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def _cause(err: BaseException) -> str:
+    """A short, credential-free reason for a network failure."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    reasons: list[str] = []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verification failed: {current.verify_message}"
+        if isinstance(current, ssl.SSLError):
+            reasons.append(f"TLS error: {current.reason or current.strerror or 'handshake failed'}")
+        elif isinstance(current, ConnectionRefusedError):
+            reasons.append("connection refused")
+        elif isinstance(current, ConnectionResetError):
+            reasons.append("connection reset")
+        elif isinstance(current, socket.gaierror):
+            reasons.append("host name not resolved")
+        elif isinstance(current, OSError) and current.strerror:
+            reasons.append(current.strerror.lower())
+        for arg in current.args:
+            if isinstance(arg, BaseException):
+                stack.append(arg)
+        for linked in (current.__cause__, current.__context__,
+                       getattr(current, "reason", None)):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    return reasons[0] if reasons else type(err).__name__
+
+
+class Client:
+    """The registry of one reference, for one repository: manifests and blobs.
+
+    Thread-safe for concurrent requests (one layer downloading while another is read).
+    """
+
+    def __init__(self, ref: Reference, *, insecure: bool = False, authfile: str | None = None,
+                 certs_dirs: Sequence[str] | None = None, timeout: float = 30.0,
+                 max_redirects: int = 5) -> None:
+        self.ref = ref
+        self.insecure = insecure
+        self._certs_dirs = certs_dirs
+        self.timeout = timeout
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self.max_redirects = max_redirects
+        self._scheme = "https"
+        self._plain_tried = False
+        self._authfile = authfile
+        self._credentials: Credentials | None = None
+        self._credentials_read = False
+        self._authorization: str | None = None
+        self._lock = threading.Lock()
+        self._pools: dict[tuple[str, str, int], urllib3.PoolManager] = {}
+
+    # -- naming -------------------------------------------------------------------------
+
+    def _entry(self, reference: str | None = None) -> str:
+        reference = reference or self.ref.object
+        sep = "@" if _is_digest(reference) else ":"
+        return f"{self.ref.registry}/{self.ref.repository}{sep}{reference}"
+
+    def _error(self, problem: str, reference: str | None = None) -> RegistryError:
+        return RegistryError(printable(problem, 0), self._entry(reference))
+
+    @property
+    def base_url(self) -> str:
+        """``SCHEME://ENDPOINT/v2/REPOSITORY`` (http only after ``insecure`` fell back)."""
+        return f"{self._scheme}://{self.ref.endpoint}/v2/{self.ref.repository}"
+
+    def _is_registry(self, url: str) -> bool:
+        return _origin(url) == _origin(f"{self._scheme}://{self.ref.endpoint}/")
+
+    # -- connections --------------------------------------------------------------------
+
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        key = _origin(url)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                netloc = _netloc(url)
+                registry = self._is_registry(url)
+                context = None
+                if key[0] == "https":
+                    context = ssl_context(netloc, certs_dirs=self._certs_dirs,
+                                          insecure=self.insecure and registry,
+                                          entry=self._entry())
+                pool = urllib3.PoolManager(num_pools=2, maxsize=4, ssl_context=context,
+                                           retries=False, timeout=self._timeout)
+                self._pools[key] = pool
+            return pool
+
+    def _send(self, url: str, headers: dict[str, str], what: str,
+              reference: str | None) -> urllib3.BaseHTTPResponse:
+        """One request, no redirect followed, body not read."""
+        try:
+            return self._pool(url).request(
+                "GET", url, headers=headers, redirect=False, retries=False,
+                preload_content=False, decode_content=False, timeout=self._timeout)
+        except ConnectTimeoutError as err:
+            raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
+                              f"{self.timeout:g} s", reference) from err
+        except ReadTimeoutError as err:
+            raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
+                              f"{self.timeout:g} s", reference) from err
+        except (Urllib3SSLError, NewConnectionError, ProtocolError, HTTPError) as err:
+            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
+                              reference) from err
+
+    def _first_contact(self, url: str, headers: dict[str, str], what: str,
+                       reference: str | None) -> urllib3.BaseHTTPResponse:
+        """``_send``, falling back to plain HTTP once for an ``insecure`` registry whose
+        HTTPS cannot be reached (as Docker's insecure-registries)."""
+        try:
+            return self._send(url, headers, what, reference)
+        except RegistryError:
+            if not (self.insecure and self._scheme == "https" and not self._plain_tried
+                    and self._is_registry(url)):
+                raise
+            self._plain_tried = True
+            plain = "http://" + url.split("://", 1)[1]
+            try:
+                response = self._send(plain, headers, what, reference)
+            except RegistryError:
+                pass
+            else:
+                self._scheme = "http"
+                return response
+            raise
+
+    def _drain(self, response: urllib3.BaseHTTPResponse, limit: int = ERROR_BODY_MAX) -> bytes:
+        try:
+            return self._read_bounded(response, limit, "", None)
+        except RegistryError:
+            return b""
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _get_credentials(self) -> Credentials | None:
+        if not self._credentials_read:
+            self._credentials = find_credentials(
+                self.ref.registry, self.ref.repository, authfile=self._authfile,
+                entry=self._entry())
+            self._credentials_read = True
+        return self._credentials
+
+    def _authenticate(self, header: str, what: str, reference: str | None) -> None:
+        """Answer a 401's challenge: set the ``Authorization`` for the registry."""
+        challenges = dict(parse_challenges(header))
+        if "bearer" in challenges:
+            self._authorization = "Bearer " + self._token(challenges["bearer"], what,
+                                                          reference)
+        elif "basic" in challenges:
+            credentials = self._get_credentials()
+            if credentials is None:
+                raise self._error(f"authentication required ({what}): no credentials for "
+                                  f"{self.ref.registry} in the auth files", reference)
+            self._authorization = credentials.basic()
+        else:
+            raise self._error(f"authentication required ({what}) with an unsupported "
+                              "challenge", reference)
+
+    def _token(self, params: dict[str, str], what: str, reference: str | None) -> str:
+        realm = params.get("realm", "")
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme not in ("http", "https") or not urlsplit(realm).hostname:
+            raise self._error("the bearer challenge has no usable realm", reference)
+        credentials = self._get_credentials()
+        if scheme != "https" and credentials is not None and not (
+                self.insecure and self._is_registry(realm)):
+            # Basic credentials over plain HTTP to whoever the registry named: no.
+            raise self._error(f"the token realm {_netloc(realm)} is not HTTPS; credentials "
+                              "are not sent there", reference)
+        query = {"scope": f"repository:{self.ref.repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        url = realm + ("&" if urlsplit(realm).query else "?") + urlencode(query)
+        headers = {"Accept": "application/json"}
+        if credentials is not None:
+            headers["Authorization"] = credentials.basic()
+        response = self._send(url, headers, f"token from {_netloc(realm)}", reference)
+        try:
+            if response.status != 200:
+                raise self._error(f"token request to {_netloc(realm)} refused: HTTP "
+                                  f"{response.status}{self._error_code(response)}", reference)
+            body = self._read_bounded(response, TOKEN_BODY_MAX, "token", reference)
+        finally:
+            response.release_conn()
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise self._error(f"the token from {_netloc(realm)} is not JSON", reference) from err
+        token = document.get("token") or document.get("access_token") if isinstance(
+            document, dict) else None
+        if not isinstance(token, str) or not token or not token.isascii() or any(
+                c in token for c in "\r\n"):
+            raise self._error(f"{_netloc(realm)} gave no token", reference)
+        return token
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _open(self, path: str, headers: dict[str, str], what: str,
+              reference: str | None) -> urllib3.BaseHTTPResponse:
+        """GET ``BASE_URL + path``: authenticate on a 401, follow redirects by hand."""
+        url = self.base_url + path
+        seen = {url}
+        redirects = 0
+        authenticated = False
+        while True:
+            to_registry = self._is_registry(url)
+            sent = dict(headers)
+            if to_registry and self._authorization is not None:
+                sent["Authorization"] = self._authorization
+            if to_registry and redirects == 0:
+                response = self._first_contact(url, sent, what, reference)
+                url = self.base_url + path  # the scheme may have changed
+                seen.add(url)
+            else:
+                response = self._send(url, sent, what, reference)
+            if response.status == 401 and to_registry and not authenticated:
+                header = response.headers.get("WWW-Authenticate", "")
+                self._drain(response)
+                response.release_conn()
+                authenticated = True
+                self._authenticate(header, what, reference)
+                continue
+            if response.status not in _REDIRECTS:
+                return response
+            location = response.headers.get("Location")
+            self._drain(response)
+            response.release_conn()
+            if not location:
+                raise self._error(f"HTTP {response.status} without a Location ({what})",
+                                  reference)
+            redirects += 1
+            if redirects > self.max_redirects:
+                raise self._error(f"more than {self.max_redirects} redirects ({what})",
+                                  reference)
+            target = urljoin(url, location.strip())
+            if urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise self._error(f"redirect to an unsupported scheme ({what})", reference)
+            if urlsplit(target).scheme.lower() == "http" and not self.insecure:
+                raise self._error(f"redirect from HTTPS to plain HTTP refused ({what})",
+                                  reference)
+            if target in seen:
+                raise self._error(f"redirect loop ({what})", reference)
+            seen.add(target)
+            url = target
+
+    def _error_code(self, response: urllib3.BaseHTTPResponse) -> str:
+        """`` (CODE)`` from the registry's JSON error body, if it has one."""
+        body = self._drain(response)
+        try:
+            errors = json.loads(body).get("errors")
+            code = errors[0].get("code")
+        except (ValueError, UnicodeDecodeError, AttributeError, IndexError, KeyError,
+                TypeError):
+            return ""
+        if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
+            return f" ({code})"
+        return ""
+
+    def _check_status(self, response: urllib3.BaseHTTPResponse, what: str,
+                      reference: str | None, ok: tuple[int, ...] = (200,)) -> None:
+        if response.status in ok:
+            return
+        code = self._error_code(response)
+        response.release_conn()
+        if response.status == 401:
+            problem = "access denied"
+        elif response.status == 404:
+            problem = "not found"
+        else:
+            problem = "failed"
+        raise self._error(f"{what} {problem}: HTTP {response.status}{code}", reference)
+
+    def _read_bounded(self, response: urllib3.BaseHTTPResponse, limit: int, what: str,
+                      reference: str | None) -> bytes:
+        """The whole body, at most ``limit`` bytes: the declared length is checked first,
+        then what arrives is counted (a lying or missing Content-Length)."""
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            _discard(response)
+            raise self._error(f"{what} too large: {int(declared)} bytes declared, the limit "
+                              f"is {limit}", reference)
+        parts: list[bytes] = []
+        total = 0
+        try:
+            while True:
+                data = response.read(min(_CHUNK, limit + 1 - total))
+                if not data:
+                    break
+                parts.append(data)
+                total += len(data)
+                if total > limit:
+                    _discard(response)
+                    raise self._error(f"{what} too large: over the limit of {limit} bytes",
+                                      reference)
+        except ReadTimeoutError as err:
+            _discard(response)
+            raise self._error(f"{what} stalled: no data for {self.timeout:g} s",
+                              reference) from err
+        except (ProtocolError, HTTPError, OSError) as err:
+            _discard(response)
+            raise self._error(f"{what} cut short: {_cause(err)}", reference) from err
+        return b"".join(parts)
+
+    # -- the API ------------------------------------------------------------------------
+
+    def _check_reference(self, reference: str) -> None:
+        if not (_is_digest(reference) or _TAG.fullmatch(reference)):
+            raise self._error("not a tag or a sha256/sha512 digest", "?")
+
+    def get_manifest(self, reference: str, *, max_size: int = 4 << 20
+                     ) -> tuple[str, bytes, str]:
+        """The manifest or index ``reference`` (a tag or a digest):
+        ``(media type, body, digest)``; the digest is checked when it was asked for."""
+        self._check_reference(reference)
+        what = "manifest"
+        response = self._open(f"/manifests/{reference}",
+                              {"Accept": ", ".join(MANIFEST_MEDIA_TYPES),
+                               "Accept-Encoding": "identity"}, what, reference)
+        try:
+            self._check_status(response, what, reference)
+            body = self._read_bounded(response, max_size, what, reference)
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = response.headers.get("Docker-Content-Digest", "").strip()
+        finally:
+            response.release_conn()
+        if _is_digest(reference):
+            digest = _digest_of(reference.split(":")[0], body)
+            if digest != reference:
+                raise self._error(f"digest mismatch: the manifest's digest is {digest}",
+                                  reference)
+        else:
+            digest = _digest_of("sha256", body)
+            if header_digest.startswith("sha256:") and header_digest != digest:
+                raise self._error(f"digest mismatch: the registry says {header_digest}, "
+                                  f"the manifest's digest is {digest}", reference)
+        if media_type not in MANIFEST_MEDIA_TYPES:
+            # Some registries send text/plain or nothing: the document says what it is.
+            try:
+                declared = json.loads(body).get("mediaType")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                declared = None
+            media_type = declared if isinstance(declared, str) else media_type
+        return media_type, body, digest
+
+    def get_blob(self, digest: str, *, max_size: int) -> bytes:
+        """A small blob (an image config) whole: bounded, and its digest checked."""
+        if not _is_digest(digest):
+            raise self._error("not a sha256/sha512 digest", "?")
+        what = "blob"
+        response = self._open(f"/blobs/{digest}", {"Accept-Encoding": "identity"}, what,
+                              digest)
+        try:
+            self._check_status(response, what, digest)
+            body = self._read_bounded(response, max_size, what, digest)
+        finally:
+            response.release_conn()
+        actual = _digest_of(digest.split(":")[0], body)
+        if actual != digest:
+            raise self._error(f"digest mismatch: the blob's digest is {actual}", digest)
+        return body
+
+    def open_blob(self, digest: str, size: int | None) -> BlobReader:
+        """A blob as a stream (a layer): read it in pieces; the caller checks its digest."""
+        if not _is_digest(digest):
+            raise self._error("not a sha256/sha512 digest", "?")
+        return BlobReader(self, digest, size)
+
+    def _blob_response(self, digest: str, offset: int) -> urllib3.BaseHTTPResponse:
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        return self._open(f"/blobs/{digest}", headers, "blob", digest)
+
+    def close(self) -> None:
+        """Close every connection."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobReader:
+    """One blob's body as a stream, resumed with a range request when the connection
+    drops (at most :data:`MAX_RESUMES` times; a read timeout once).
+
+    Attributes:
+        size: the size the caller declared (None: unknown).
+        bytes_read: the bytes returned so far.
+    """
+
+    def __init__(self, client: Client, digest: str, size: int | None) -> None:
+        self._client = client
+        self.digest = digest
+        self.size = size
+        self.bytes_read = 0
+        self.resumes = 0
+        self._timeouts = 0
+        self._closed = False
+        self._response: urllib3.BaseHTTPResponse | None = self._start(0)
+
+    def _error(self, problem: str) -> RegistryError:
+        return self._client._error(problem, self.digest)
+
+    def _start(self, offset: int) -> urllib3.BaseHTTPResponse:
+        client = self._client
+        response = client._blob_response(self.digest, offset)
+        if offset and response.status == 200:
+            # The server ignored the range: only usable from the start.
+            _discard(response)
+            raise self._error(f"the registry cannot resume (no range support) after "
+                              f"{offset} bytes")
+        client._check_status(response, "blob", self.digest, (206,) if offset else (200,))
+        declared = response.headers.get("Content-Length", "").strip()
+        if offset:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            if match is None or int(match.group(1)) != offset:
+                _discard(response)
+                raise self._error(f"the registry resumed at the wrong place (asked for "
+                                  f"byte {offset})")
+        if self.size is not None and declared.isdigit() and int(declared) != self.size - offset:
+            _discard(response)
+            raise self._error(f"size mismatch: the registry sends {int(declared) + offset} "
+                              f"bytes, the manifest declares {self.size}")
+        return response
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (b"" at the end)."""
+        if self._closed:
+            raise ValueError("read of a closed BlobReader")
+        want = _CHUNK if n is None or n < 0 else n
+        if want == 0:
+            return b""
+        while True:
+            response = self._response
+            if response is None:
+                return b""
+            try:
+                data = response.read(want)
+            except ReadTimeoutError as err:
+                self._timeouts += 1
+                if self._timeouts > 1:
+                    raise self._error(f"stalled: no data for {self._client.timeout:g} s "
+                                      f"after {self.bytes_read} bytes") from err
+                self._resume(err)
+                continue
+            except (ProtocolError, HTTPError, OSError) as err:
+                self._resume(err)
+                continue
+            if data:
+                self.bytes_read += len(data)
+                return data
+            if self.size is not None and self.bytes_read < self.size:
+                # A close-delimited body cut short looks like an end: resume it.
+                self._resume(None)
+                continue
+            response.release_conn()
+            self._response = None
+            return b""
+
+    def _resume(self, cause: BaseException | None) -> None:
+        if self._response is not None:
+            _discard(self._response)
+            self._response = None
+        self.resumes += 1
+        if self.resumes > MAX_RESUMES:
+            reason = _cause(cause) if cause is not None else "the body ended early"
+            raise self._error(f"the connection dropped {self.resumes} times; last: {reason} "
+                              f"after {self.bytes_read} bytes")
+        self._response = self._start(self.bytes_read)
+
+    def close(self) -> None:
+        """Drop the connection (what is unread is not read)."""
+        self._closed = True
+        if self._response is not None:
+            _discard(self._response)
+            self._response = None
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
