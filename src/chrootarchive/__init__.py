@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from chrootarchive.options import Result as Result
     from chrootarchive.options import UnpackOptions as UnpackOptions
     from chrootarchive.options import UnpackResult as UnpackResult
+    from chrootarchive.registry.pull import pull as pull
     from chrootarchive.runner.settings import set_debug as set_debug
     from chrootarchive.runner.standby import set_standby as set_standby
 
@@ -106,6 +107,7 @@ _EXPORTS = {
     "copy_file_with_tar": "chrootarchive.operations.copy",
     "copy_path": "chrootarchive.operations.copy",
     "copy_with_tar": "chrootarchive.operations.copy",
+    "pull": "chrootarchive.registry.pull",
     "set_debug": "chrootarchive.runner.settings",
     "set_standby": "chrootarchive.runner.standby",
     "tar": "chrootarchive.operations.copy",

@@ -23,6 +23,7 @@ COMMANDS = {
     "untar": ("untar", "add_parser", "run"),
     "apply-layer": ("layer", "add_parser", "run"),
     "unpack-image": ("image", "add_parser", "run"),
+    "pull": ("pull", "add_parser", "run"),
     "tar": ("pack", "add_tar_parser", "run_tar"),
     "cp": ("pack", "add_cp_parser", "run_cp"),
     "list": ("listing", "add_parser", "run"),
@@ -58,6 +59,8 @@ HELP = {
     "apply-layer": "apply a container image layer (whiteouts included) onto a directory",
     "unpack-image": "unpack a container image (OCI layout or docker save archive) into a "
                     "root filesystem, every digest checked",
+    "pull": "pull an image from a registry into a root filesystem, streamed into the "
+            "jail, every digest checked",
     "tar": "make a tar archive of a directory or file, reading it from inside a jail",
     "cp": "copy a file or directory through a tar stream, both sides jailed",
     "list": "list the entries of a tar archive (like tar -t), unpacking nothing",

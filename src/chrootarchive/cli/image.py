@@ -45,7 +45,7 @@ media type, too many layers...), 2 usage, 3 no confinement mechanism available,
 """
 
 
-def _platform_arg(text: str) -> str:
+def platform_arg(text: str) -> str:
     from chrootarchive.image import parse_platform
 
     try:
@@ -74,7 +74,7 @@ def add_parser(commands: Any) -> None:
                           "e.g. 'latest'), a docker save tag ('example/app:1.0'), or a "
                           "digest ('sha256:...': manifest or index for OCI, image ID for "
                           "docker save); needed when IMAGE holds several images")
-    sel.add_argument("--platform", type=_platform_arg, metavar="OS/ARCH[/VARIANT]",
+    sel.add_argument("--platform", type=platform_arg, metavar="OS/ARCH[/VARIANT]",
                      help="the platform to pick in image indexes (default: this machine's, "
                           "e.g. linux/amd64); an image for another platform is then an "
                           "error instead of a warning")
