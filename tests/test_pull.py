@@ -1,0 +1,396 @@
+"""``chrootarchive pull`` against a real registry: Debian's ``docker-registry`` (the CNCF
+distribution server, 2.8) started here on 127.0.0.1 with TLS (a CA made by the test)
+and htpasswd authentication; images pushed to it by ``skopeo`` from layouts built by
+``umoci``. The pulled root filesystem must equal ``umoci unpack`` of the same layout.
+
+Fault tests: the registry killed mid-blob and restarted on the same port and storage
+(the pull resumes with a range request), and a small stub registry that serves a
+layer whose bytes do not match its digest (``--atomic`` leaves nothing at DEST).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive.errors import RegistryError
+from helpers.cli import CLIResult, assert_one_line_error, run_cli
+from helpers.fake_registry import FakeServer, Handler, TestCA, make_ca
+from helpers.oci_images import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Entry,
+    OCIBuilder,
+    UmociImage,
+    build_umoci_image,
+    canonical,
+    make_tar,
+    platform_of,
+    sha256,
+)
+from test_image import assert_same_rootfs
+
+pytestmark = pytest.mark.kernel
+
+USER, PASSWORD = "puller", "s3cret-pass"
+
+for _tool in ("docker-registry", "skopeo", "htpasswd", "umoci", "openssl"):
+    if shutil.which(_tool) is None:
+        pytestmark = [pytestmark, pytest.mark.skip(reason=f"{_tool} is not installed "
+                                                   "(scripts/install-test-deps)")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Registry:
+    """A running ``docker-registry serve``: its address, CA, and the files to reach it."""
+
+    root: Path
+    ca: TestCA
+    port: int
+    config: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def certs_d(self) -> Path:
+        """A certs.d base: ``127.0.0.1:PORT/ca.crt``."""
+        return self.root / "certs.d"
+
+    @property
+    def skopeo_certs(self) -> Path:
+        """skopeo's --dest-cert-dir: the CA file directly in it."""
+        return self.certs_d / self.netloc
+
+    @property
+    def authfile(self) -> Path:
+        return self.root / "auth.json"
+
+    def start(self) -> None:
+        log = (self.root / "registry.log").open("ab")
+        self.process = subprocess.Popen(["docker-registry", "serve", str(self.config)],
+                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        context = ssl.create_default_context(cafile=str(self.ca.ca_crt))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"https://{self.netloc}/v2/", context=context,
+                                       timeout=2)
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # up, and asking for credentials
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("docker-registry did not start: "
+                                     + (self.root / "registry.log").read_text()[-2000:])
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def push(self, source: str, name: str, *, all_images: bool = False) -> str:
+        """``skopeo copy SOURCE docker://REGISTRY/NAME``; returns the pushed reference."""
+        dest = f"{self.netloc}/{name}"
+        subprocess.run(
+            ["skopeo", "--insecure-policy", "copy", "--quiet",
+             *(["--all"] if all_images else []),
+             "--dest-cert-dir", str(self.skopeo_certs),
+             "--dest-creds", f"{USER}:{PASSWORD}", source, f"docker://{dest}"],
+            check=True, capture_output=True, timeout=120)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("registry")
+    ca = make_ca(root / "ca")
+    port = _free_port()
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True,
+                              capture_output=True).stdout
+    (root / "htpasswd").write_bytes(htpasswd)
+    config = root / "config.yml"
+    config.write_text(f"""\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root / "storage"}
+http:
+  addr: 127.0.0.1:{port}
+  tls:
+    certificate: {ca.cert}
+    key: {ca.key}
+auth:
+  htpasswd:
+    realm: chrootarchive-test
+    path: {root / "htpasswd"}
+""")
+    reg = Registry(root, ca, port, config)
+    reg.skopeo_certs.mkdir(parents=True)
+    shutil.copy(ca.ca_crt, reg.skopeo_certs / "ca.crt")
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    reg.authfile.write_text(json.dumps({"auths": {reg.netloc: {"auth": token}}}))
+    reg.start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _pull(reg: Registry, ref: str, dest: Path, *args: str) -> CLIResult:
+    return run_cli("pull", "--authfile", reg.authfile, "--cert-dir", reg.certs_d,
+                   *args, ref, dest, timeout=120)
+
+
+# -- images ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def umoci_image(tmp_path_factory: pytest.TempPathFactory) -> UmociImage:
+    """Four layers built by umoci: deletions, a replaced directory, opaque whiteouts."""
+    return build_umoci_image(tmp_path_factory.mktemp("umoci"))
+
+
+@pytest.fixture(scope="session")
+def pushed_umoci(registry: Registry, umoci_image: UmociImage) -> str:
+    return registry.push(f"oci:{umoci_image.layout}:{umoci_image.ref}", "team/whiteouts:4")
+
+
+@pytest.fixture(scope="session")
+def multi_platform(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An index with a linux/amd64 and a linux/arm64/v8 image, each one file saying
+    which it is, pushed with ``skopeo copy --all``."""
+    root = tmp_path_factory.mktemp("multi")
+    oci = OCIBuilder(root / "layout")
+    manifests = []
+    for arch, variant in (("amd64", None), ("arm64", "v8")):
+        tar = make_tar([Entry("etc/", "dir", mode=0o755),
+                        Entry("etc/arch", data=f"{arch}\n".encode())])
+        desc = oci.image([tar], "gzip", arch=arch, variant=variant)
+        desc["platform"] = platform_of("linux", arch, variant)
+        manifests.append(desc)
+    oci.tag(oci.index(manifests), "multi")
+    return registry.push(f"oci:{root / 'layout'}:multi", "multi/arch:1", all_images=True)
+
+
+# -- the tests -------------------------------------------------------------------------
+
+
+def test_pull_equals_umoci_unpack(registry: Registry, pushed_umoci: str,
+                                  umoci_image: UmociImage, tmp_path: Path) -> None:
+    dest = tmp_path / "rootfs"
+    result = _pull(registry, pushed_umoci, dest, "--json")
+    assert result.rc == 0, result.err
+    assert_same_rootfs(umoci_image.rootfs, dest)
+    doc = json.loads(result.out)
+    assert doc["format"] == "registry"
+    assert doc["ref"] == pushed_umoci
+    assert len(doc["layers"]) == umoci_image.layer_count
+    assert PASSWORD not in result.out and PASSWORD not in result.err
+
+
+def test_pull_by_digest_with_the_api(registry: Registry, pushed_umoci: str,
+                                     umoci_image: UmociImage, tmp_path: Path) -> None:
+    first = chrootarchive.pull(pushed_umoci, tmp_path / "a", authfile=str(registry.authfile),
+                               certs_dirs=[str(registry.certs_d)])
+    assert first.manifest_digest is not None
+    pinned = pushed_umoci.rsplit(":", 1)[0] + "@" + first.manifest_digest
+    second = chrootarchive.pull(pinned, tmp_path / "b", authfile=str(registry.authfile),
+                                certs_dirs=[str(registry.certs_d)], atomic=True)
+    assert second.manifest_digest == first.manifest_digest
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "b")
+
+
+def test_pull_chooses_the_platform_of_an_index(registry: Registry, multi_platform: str,
+                                               tmp_path: Path) -> None:
+    arm = _pull(registry, multi_platform, tmp_path / "arm", "--platform", "linux/arm64", "-q")
+    assert arm.rc == 0, arm.err
+    assert (tmp_path / "arm/etc/arch").read_text() == "arm64\n"
+    amd = _pull(registry, multi_platform, tmp_path / "amd", "--platform", "linux/amd64", "-q")
+    assert amd.rc == 0, amd.err
+    assert (tmp_path / "amd/etc/arch").read_text() == "amd64\n"
+    none = _pull(registry, multi_platform, tmp_path / "none", "--platform", "linux/s390x")
+    line = assert_one_line_error(none, rc=1, mentions=("s390x", "linux/arm64"))
+    assert "linux/amd64" in line
+    assert not (tmp_path / "none").exists()
+
+
+def test_without_credentials_the_registry_refuses(registry: Registry, pushed_umoci: str,
+                                                  tmp_path: Path) -> None:
+    empty = tmp_path / "empty-auth.json"
+    empty.write_text('{"auths": {}}')
+    result = run_cli("pull", "--authfile", empty, "--cert-dir", registry.certs_d,
+                     pushed_umoci, tmp_path / "dest", env={"HOME": str(tmp_path)})
+    assert_one_line_error(result, rc=1, mentions=(registry.netloc,))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_credentials_from_docker_config_in_home(registry: Registry, pushed_umoci: str,
+                                                tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    shutil.copy(registry.authfile, home / ".docker/config.json")
+    env = {"HOME": str(home), "REGISTRY_AUTH_FILE": "", "XDG_RUNTIME_DIR": str(tmp_path)}
+    result = run_cli("pull", "--cert-dir", registry.certs_d, "-q", pushed_umoci,
+                     tmp_path / "dest", env=env, timeout=120)
+    assert result.rc == 0, result.err
+    assert (tmp_path / "dest/opq/new").exists()
+
+
+def test_tls_is_verified_without_the_ca(registry: Registry, pushed_umoci: str,
+                                        tmp_path: Path) -> None:
+    result = run_cli("pull", "--authfile", registry.authfile, "--cert-dir", tmp_path,
+                     pushed_umoci, tmp_path / "dest")
+    assert_one_line_error(result, rc=1, mentions=(registry.netloc,))
+    assert not (tmp_path / "dest").exists()
+    # --insecure for this registry only: the unverified certificate is accepted.
+    ok = run_cli("pull", "--authfile", registry.authfile, "--cert-dir", tmp_path,
+                 "--insecure", registry.netloc, "-q", pushed_umoci, tmp_path / "ok",
+                 timeout=120)
+    assert ok.rc == 0, ok.err
+
+
+def test_a_bad_reference_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("pull", "Not/A:Good:Ref", tmp_path / "dest")
+    assert_one_line_error(result, rc=2)
+    assert not (tmp_path / "dest").exists()
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def test_registry_killed_mid_blob_and_restarted_resumes(
+        registry: Registry, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The registry dies after the first MiB of a 24 MiB layer and comes back on the
+    same port and storage: the pull resumes with a range request and the layer is
+    whole (its digest and DiffID checked)."""
+    root = tmp_path_factory.mktemp("big")
+    oci = OCIBuilder(root / "layout")
+    payload = os.urandom(24 << 20)
+    tar = make_tar([Entry("big.bin", data=payload)])
+    oci.tag(oci.image([tar], "none"), "big")
+    ref = registry.push(f"oci:{root / 'layout'}:big", "faults/big:1")
+    killed: list[int] = []
+
+    def progress(p: chrootarchive.LayerProgress) -> None:
+        if not killed and not p.finished and p.done >= 1 << 20:
+            killed.append(p.done)
+            registry.stop()
+            registry.start()
+
+    try:
+        result = chrootarchive.pull(ref, tmp_path / "dest", authfile=str(registry.authfile),
+                                    certs_dirs=[str(registry.certs_d)], progress=progress)
+    finally:
+        if registry.process is None:
+            registry.start()
+    # skopeo compressed the layer on its way (gzip): the blob is about 24 MiB still.
+    blob_size = result.layers[0].blob_size
+    assert killed and killed[0] < blob_size - (8 << 20), "not stopped mid-blob"
+    got = hashlib.sha256((tmp_path / "dest/big.bin").read_bytes()).hexdigest()
+    assert got == hashlib.sha256(payload).hexdigest()
+
+
+def _stub_registry(layer_served: bytes, layer_declared: bytes) -> tuple[FakeServer, str]:
+    """A registry stub serving one image whose layer blob is ``layer_served`` while its
+    manifest declares the digest of ``layer_declared`` (same size)."""
+    tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}})
+    layer_digest = sha256(layer_declared)
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": len(layer_declared)}]})
+    blobs = {sha256(config): config, layer_digest: layer_served}
+
+    def app(h: Handler) -> None:
+        path = h.path
+        if path == "/v2/":
+            h.reply(200, b"{}", {"Content-Type": "application/json"})
+        elif path.startswith("/v2/stub/img/manifests/"):
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST,
+                                    "Docker-Content-Digest": sha256(manifest)})
+        elif path.startswith("/v2/stub/img/blobs/"):
+            digest = path.rsplit("/", 1)[1]
+            if digest in blobs:
+                h.reply(200, blobs[digest], {"Content-Type": "application/octet-stream"})
+            else:
+                h.reply(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+        else:
+            h.reply(404)
+
+    return FakeServer(app), sha256(manifest)
+
+
+def test_a_wrong_layer_digest_with_atomic_leaves_nothing(tmp_path: Path) -> None:
+    tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
+    good = gzip.compress(tar, mtime=0)
+    bad = gzip.compress(tar, compresslevel=1, mtime=1)  # same content, other bytes
+    bad = bad[: len(good)].ljust(len(good), b"\0")
+    assert bad != good
+    server, _ = _stub_registry(layer_served=bad, layer_declared=good)
+    with server.running():
+        dest = tmp_path / "dest"
+        result = run_cli("pull", "--insecure", server.netloc, "--atomic",
+                         f"{server.netloc}/stub/img:1", dest)
+        line = assert_one_line_error(result, rc=1, mentions=("layer 0",))
+        assert "mismatch" in line
+        assert not dest.exists()
+        assert os.listdir(tmp_path) == []  # no staging directory left beside it
+        # Without --atomic the same pull says the layer was (partly) applied.
+        plain = run_cli("pull", "--insecure", server.netloc, f"{server.netloc}/stub/img:1",
+                        tmp_path / "plain")
+        assert_one_line_error(plain, rc=1, mentions=("mismatch",))
+
+
+def test_the_stub_image_pulls_when_its_digest_matches(tmp_path: Path) -> None:
+    """The stub of the previous test is a good registry when the bytes match: what
+    fails there is the digest alone."""
+    tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
+    good = gzip.compress(tar, mtime=0)
+    server, manifest_digest = _stub_registry(layer_served=good, layer_declared=good)
+    with server.running():
+        result = chrootarchive.pull(f"{server.netloc}/stub/img:1", tmp_path / "dest",
+                                    insecure=True, atomic=True)
+    assert result.manifest_digest == manifest_digest
+    assert (tmp_path / "dest/etc/f").read_bytes() == b"f\n"
+
+
+def test_registry_error_is_an_image_error() -> None:
+    assert issubclass(RegistryError, chrootarchive.ImageError)
+    assert RegistryError("x").exit_status == 1
