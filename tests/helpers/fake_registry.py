@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 @dataclass
-class TestCA:
+class CA:
     """A CA and one server/client certificate for ``localhost`` and ``127.0.0.1``."""
 
     directory: Path
@@ -40,7 +40,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_ca(directory: Path, name: str = "test") -> TestCA:
+def make_ca(directory: Path, name: str = "test") -> CA:
     """A CA (``NAME-ca.crt``) and a certificate signed by it (``NAME.crt``/``NAME.key``)
     for DNS:localhost and IP:127.0.0.1, usable by a server and by a client."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def make_ca(directory: Path, name: str = "test") -> TestCA:
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{name}-ca.crt",
              "-CAkey", f"{name}-ca.key", "-CAcreateserial", "-out", f"{name}.crt",
              "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
-    return TestCA(directory, directory / f"{name}-ca.crt", directory / f"{name}.crt",
+    return CA(directory, directory / f"{name}-ca.crt", directory / f"{name}.crt",
                   directory / f"{name}.key")
 
 
@@ -98,7 +98,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def drop(self) -> None:
+        """Drop the connection here, mid-body (as a crashed server or proxy would)."""
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
