@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,38 @@ def test_blob_resumed_after_a_dropped_connection(tls_server: FakeServer, certs: 
     assert calls[0] is None and calls[1] is not None
     resumed_at = int(calls[1].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= cut
+
+
+def test_blob_resumed_after_the_registry_restarts(ca: CA, certs: Path) -> None:
+    def first_life(h: Handler) -> None:
+        ranged(h, BLOB)
+        h.wfile.write(BLOB[:100_000])
+        h.wfile.flush()
+        gone.wait(5)
+        h.drop()
+
+    def second_life(h: Handler) -> None:
+        offset, _ = ranged(h, BLOB)
+        h.wfile.write(BLOB[offset:])
+
+    gone = threading.Event()
+    first = FakeServer(first_life, ca.server_context())
+    first.start()
+    trust(certs, first, ca)
+    second = FakeServer(second_life, ca.server_context(), port=first.port)
+    restart = threading.Timer(1.0, second.start)
+    try:
+        with client(first, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader:
+            head = reader.read(50_000)
+            first.stop()  # the registry goes away: connections are refused
+            gone.set()
+            restart.start()  # and comes back a second later
+            assert head + read_all(reader) == BLOB
+            assert reader.resumes >= 2  # at least one attempt was refused
+    finally:
+        restart.join()
+        second.stop()
+    assert second.seen[0].headers["range"].startswith("bytes=")
 
 
 def test_blob_resume_without_range_support_is_an_error(tls_server: FakeServer,

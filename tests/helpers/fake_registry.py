@@ -115,6 +115,7 @@ class FakeServer:
     app: Callable[[Handler], None]
     tls: ssl.SSLContext | None = None
     host: str = "127.0.0.1"
+    port: int = 0
     seen: list[Seen] = field(default_factory=list)
 
     class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -133,21 +134,31 @@ class FakeServer:
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # a client that gave up, or a failed handshake: expected here
 
-    @contextmanager
-    def running(self) -> Iterator[FakeServer]:
-        server = self._HTTPServer(("127.0.0.1", 0), Handler)
+    def start(self) -> None:
+        """Listen (on ``port`` when set: a restarted server) and serve in a thread."""
+        server = self._HTTPServer(("127.0.0.1", self.port), Handler)
         server.owner = self
         server.tls = self.tls
         self.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                   daemon=True)
         thread.start()
+        self._running = (server, thread)
+
+    def stop(self) -> None:
+        """Stop listening: new connections are refused."""
+        server, thread = self._running
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    @contextmanager
+    def running(self) -> Iterator[FakeServer]:
+        self.start()
         try:
             yield self
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+            self.stop()
 
     @property
     def netloc(self) -> str:

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -51,6 +52,10 @@ ERROR_BODY_MAX = 64 << 10
 TOKEN_BODY_MAX = 1 << 20
 #: Resumes of one blob after a dropped connection.
 MAX_RESUMES = 5
+#: The first pause before a resume when the registry cannot be reached (then doubled).
+RESUME_PAUSE = 0.5
+#: Failures that mean "not reachable now" (a resume tries again after a pause).
+_UNREACHABLE = (NewConnectionError, ConnectTimeoutError, ProtocolError)
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
@@ -578,15 +583,25 @@ class BlobReader:
             return b""
 
     def _resume(self, cause: BaseException | None) -> None:
+        """Ask for the rest of the blob; a registry that cannot be reached (restarting)
+        is asked again after a pause, within the same :data:`MAX_RESUMES`."""
         if self._response is not None:
             _discard(self._response)
             self._response = None
-        self.resumes += 1
-        if self.resumes > MAX_RESUMES:
-            reason = _cause(cause) if cause is not None else "the body ended early"
-            raise self._error(f"the connection dropped {self.resumes} times; last: {reason} "
-                              f"after {self.bytes_read} bytes")
-        self._response = self._start(self.bytes_read)
+        while True:
+            self.resumes += 1
+            if self.resumes > MAX_RESUMES:
+                reason = _cause(cause) if cause is not None else "the body ended early"
+                raise self._error(f"the connection dropped {self.resumes} times; last: "
+                                  f"{reason} after {self.bytes_read} bytes")
+            try:
+                self._response = self._start(self.bytes_read)
+                return
+            except RegistryError as err:
+                if not isinstance(err.__cause__, _UNREACHABLE):
+                    raise
+                cause = err.__cause__
+            time.sleep(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0))
 
     def close(self) -> None:
         """Drop the connection (what is unread is not read)."""
