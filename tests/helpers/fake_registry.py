@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 @dataclass
-class TestCA:
+class CA:
     """A CA and one server/client certificate for ``localhost`` and ``127.0.0.1``."""
 
     directory: Path
@@ -40,7 +40,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_ca(directory: Path, name: str = "test") -> TestCA:
+def make_ca(directory: Path, name: str = "test") -> CA:
     """A CA (``NAME-ca.crt``) and a certificate signed by it (``NAME.crt``/``NAME.key``)
     for DNS:localhost and IP:127.0.0.1, usable by a server and by a client."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def make_ca(directory: Path, name: str = "test") -> TestCA:
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{name}-ca.crt",
              "-CAkey", f"{name}-ca.key", "-CAcreateserial", "-out", f"{name}.crt",
              "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
-    return TestCA(directory, directory / f"{name}-ca.crt", directory / f"{name}.crt",
+    return CA(directory, directory / f"{name}-ca.crt", directory / f"{name}.crt",
                   directory / f"{name}.key")
 
 
@@ -98,6 +98,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
+    def drop(self) -> None:
+        """Drop the connection here, mid-body (as a crashed server or proxy would)."""
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -109,6 +115,7 @@ class FakeServer:
     app: Callable[[Handler], None]
     tls: ssl.SSLContext | None = None
     host: str = "127.0.0.1"
+    port: int = 0
     seen: list[Seen] = field(default_factory=list)
 
     class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -127,21 +134,31 @@ class FakeServer:
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # a client that gave up, or a failed handshake: expected here
 
-    @contextmanager
-    def running(self) -> Iterator[FakeServer]:
-        server = self._HTTPServer(("127.0.0.1", 0), Handler)
+    def start(self) -> None:
+        """Listen (on ``port`` when set: a restarted server) and serve in a thread."""
+        server = self._HTTPServer(("127.0.0.1", self.port), Handler)
         server.owner = self
         server.tls = self.tls
         self.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                   daemon=True)
         thread.start()
+        self._running = (server, thread)
+
+    def stop(self) -> None:
+        """Stop listening: new connections are refused."""
+        server, thread = self._running
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    @contextmanager
+    def running(self) -> Iterator[FakeServer]:
+        self.start()
         try:
             yield self
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+            self.stop()
 
     @property
     def netloc(self) -> str:

@@ -17,6 +17,8 @@ import re
 import socket
 import ssl
 import threading
+import time
+import warnings
 from collections.abc import Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -24,6 +26,7 @@ import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
+    InsecureRequestWarning,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
@@ -49,11 +52,17 @@ ERROR_BODY_MAX = 64 << 10
 TOKEN_BODY_MAX = 1 << 20
 #: Resumes of one blob after a dropped connection.
 MAX_RESUMES = 5
+#: The first pause before a resume when the registry cannot be reached (then doubled).
+RESUME_PAUSE = 0.5
+#: Failures that mean "not reachable now" (a resume tries again after a pause).
+_UNREACHABLE = (NewConnectionError, ConnectTimeoutError, ProtocolError)
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
+_HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -118,6 +127,15 @@ def _cause(err: BaseException) -> str:
     return reasons[0] if reasons else type(err).__name__
 
 
+class _Secret(str):
+    """A header value that never shows in a ``repr`` (of the client, in a traceback)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
 class Client:
     """The registry of one reference, for one repository: manifests and blobs.
 
@@ -141,6 +159,13 @@ class Client:
         self._authorization: str | None = None
         self._lock = threading.Lock()
         self._pools: dict[tuple[str, str, int], urllib3.PoolManager] = {}
+        if insecure:
+            # --insecure was asked for this host: urllib3's warning on each request would
+            # only repeat it (other hosts keep theirs).
+            host = urlsplit(f"//{ref.endpoint}").hostname or ""
+            warnings.filterwarnings(
+                "ignore", message=f"Unverified HTTPS request is being made to host "
+                f"'{re.escape(host)}'", category=InsecureRequestWarning)
 
     # -- naming -------------------------------------------------------------------------
 
@@ -237,14 +262,14 @@ class Client:
         """Answer a 401's challenge: set the ``Authorization`` for the registry."""
         challenges = dict(parse_challenges(header))
         if "bearer" in challenges:
-            self._authorization = "Bearer " + self._token(challenges["bearer"], what,
-                                                          reference)
+            self._authorization = _Secret(
+                "Bearer " + self._token(challenges["bearer"], what, reference))
         elif "basic" in challenges:
             credentials = self._get_credentials()
             if credentials is None:
                 raise self._error(f"authentication required ({what}): no credentials for "
                                   f"{self.ref.registry} in the auth files", reference)
-            self._authorization = credentials.basic()
+            self._authorization = _Secret(credentials.basic())
         else:
             raise self._error(f"authentication required ({what}) with an unsupported "
                               "challenge", reference)
@@ -534,7 +559,8 @@ class BlobReader:
             if response is None:
                 return b""
             try:
-                data = response.read(want)
+                # read1: what has arrived (up to n), not a wait for n bytes.
+                data = (response.read1(want) if _HAS_READ1 else response.read(want))
             except ReadTimeoutError as err:
                 self._timeouts += 1
                 if self._timeouts > 1:
@@ -557,15 +583,25 @@ class BlobReader:
             return b""
 
     def _resume(self, cause: BaseException | None) -> None:
+        """Ask for the rest of the blob; a registry that cannot be reached (restarting)
+        is asked again after a pause, within the same :data:`MAX_RESUMES`."""
         if self._response is not None:
             _discard(self._response)
             self._response = None
-        self.resumes += 1
-        if self.resumes > MAX_RESUMES:
-            reason = _cause(cause) if cause is not None else "the body ended early"
-            raise self._error(f"the connection dropped {self.resumes} times; last: {reason} "
-                              f"after {self.bytes_read} bytes")
-        self._response = self._start(self.bytes_read)
+        while True:
+            self.resumes += 1
+            if self.resumes > MAX_RESUMES:
+                reason = _cause(cause) if cause is not None else "the body ended early"
+                raise self._error(f"the connection dropped {self.resumes} times; last: "
+                                  f"{reason} after {self.bytes_read} bytes")
+            try:
+                self._response = self._start(self.bytes_read)
+                return
+            except RegistryError as err:
+                if not isinstance(err.__cause__, _UNREACHABLE):
+                    raise
+                cause = err.__cause__
+            time.sleep(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0))
 
     def close(self) -> None:
         """Drop the connection (what is unread is not read)."""
