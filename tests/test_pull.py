@@ -31,7 +31,7 @@ import pytest
 import chrootarchive
 from chrootarchive.errors import RegistryError
 from helpers.cli import CLIResult, assert_one_line_error, run_cli
-from helpers.fake_registry import FakeServer, Handler, TestCA, make_ca
+from helpers.fake_registry import CA, FakeServer, Handler, make_ca
 from helpers.oci_images import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -68,7 +68,7 @@ class Registry:
     """A running ``docker-registry serve``: its address, CA, and the files to reach it."""
 
     root: Path
-    ca: TestCA
+    ca: CA
     port: int
     config: Path
     process: subprocess.Popen[bytes] | None = None
