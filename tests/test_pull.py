@@ -394,3 +394,46 @@ def test_the_stub_image_pulls_when_its_digest_matches(tmp_path: Path) -> None:
 def test_registry_error_is_an_image_error() -> None:
     assert issubclass(RegistryError, chrootarchive.ImageError)
     assert RegistryError("x").exit_status == 1
+
+
+def test_the_next_layer_downloads_while_one_is_applied(tmp_path: Path) -> None:
+    """When layer 0 is applied, the request for layer 1's blob has already been made
+    (the read-ahead): waited for in layer 0's last progress call, which comes before
+    the job is handed layer 1."""
+    tars = [make_tar([Entry(f"l{i}/", "dir", mode=0o755), Entry(f"l{i}/f", data=b"x" * 1000)])
+            for i in range(2)]
+    layers = [gzip.compress(t, mtime=0) for t in tars]
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in tars]}})
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(b), "size": len(b)} for b in layers]})
+    blobs = {sha256(config): config, **{sha256(b): b for b in layers}}
+
+    def app(h: Handler) -> None:
+        if h.path.startswith("/v2/two/layers/manifests/"):
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.startswith("/v2/two/layers/blobs/"):
+            h.reply(200, blobs[h.path.rsplit("/", 1)[1]])
+        else:
+            h.reply(200, b"{}")
+
+    server = FakeServer(app)
+    second = f"/v2/two/layers/blobs/{sha256(layers[1])}"
+    seen_early: list[bool] = []
+
+    def progress(p: chrootarchive.LayerProgress) -> None:
+        if p.index == 0 and p.finished:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(
+                    s.path == second for s in server.seen):
+                time.sleep(0.01)
+            seen_early.append(any(s.path == second for s in server.seen))
+
+    with server.running():
+        chrootarchive.pull(f"{server.netloc}/two/layers:1", tmp_path / "dest", insecure=True,
+                           progress=progress)
+    assert seen_early == [True]
+    assert (tmp_path / "dest/l1/f").exists()
