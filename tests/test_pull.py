@@ -437,3 +437,53 @@ def test_the_next_layer_downloads_while_one_is_applied(tmp_path: Path) -> None:
                            progress=progress)
     assert seen_early == [True]
     assert (tmp_path / "dest/l1/f").exists()
+
+
+def test_an_index_with_too_many_platforms_is_refused(tmp_path: Path) -> None:
+    from chrootarchive.image.selection import MAX_INDEX_ENTRIES
+
+    entry = {"mediaType": OCI_MANIFEST, "digest": sha256(b"x"), "size": 1,
+             "platform": {"os": "linux", "architecture": "riscv64"}}
+    index = canonical({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": [entry] * (MAX_INDEX_ENTRIES + 1)})
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, index, {"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        else:
+            h.reply(200, b"{}")
+
+    with FakeServer(app).running() as server:
+        result = run_cli("pull", "--insecure", server.netloc, f"{server.netloc}/many/p:1",
+                         tmp_path / "dest")
+    assert_one_line_error(result, rc=1, mentions=("manifests", f"{MAX_INDEX_ENTRIES:,}"))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_timeout_bounds_a_stalled_registry(tmp_path: Path) -> None:
+    """--timeout is also the longest wait for a registry's next bytes."""
+    release = __import__("threading").Event()
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            release.wait(30)  # never answers while the pull waits
+        h.reply(200, b"{}")
+
+    with FakeServer(app).running() as server:
+        started = time.monotonic()
+        try:
+            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "1",
+                             f"{server.netloc}/stalled/img:1", tmp_path / "dest")
+        finally:
+            release.set()
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, rc=1, mentions=(server.netloc,))
+    assert elapsed < 15, elapsed
+
+
+def test_pull_help_teaches_with_examples(tmp_path: Path) -> None:
+    result = run_cli("pull", "--help")
+    assert result.rc == 0
+    for text in ("chrootarchive pull --platform linux/arm64 --atomic debian:12 ./rootfs",
+                 "--authfile", "--cert-dir", "--insecure", "exit status"):
+        assert text in result.out

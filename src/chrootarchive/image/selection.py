@@ -25,6 +25,10 @@ MAX_INDEX_DEPTH = 8
 MAX_DOCUMENTS = 1000
 """Index documents read while looking for a digest given as ``ref``."""
 
+MAX_INDEX_ENTRIES = 1000
+"""Manifests (platforms) one image index below ``index.json`` may list: a registry's
+index for a tag is one of these (Docker Hub's largest list a dozen or two)."""
+
 @dataclass
 class Selection:
     want: Platform
@@ -48,7 +52,11 @@ def _index_children(fetch: Fetch, desc: Descriptor, sel: Selection,
     doc = as_object(fetch_json(fetch, desc, "image index"), "an image index", desc.digest)
     check_media_type(doc, desc, "image index")
     where = f"image index {desc.digest}"
-    return [parse_descriptor(d, where) for d in list_field(doc, "manifests", where)]
+    entries = list_field(doc, "manifests", where)
+    if len(entries) > MAX_INDEX_ENTRIES:
+        raise ImageError(f"the index lists {len(entries):,} manifests (limit "
+                         f"{MAX_INDEX_ENTRIES:,})", where)
+    return [parse_descriptor(d, where) for d in entries]
 
 
 def pick(candidates: list[Descriptor], sel: Selection, where: str,

@@ -9,11 +9,15 @@ from collections.abc import Callable, Iterable, Sequence
 
 from chrootarchive.image.remote import unpack_remote
 from chrootarchive.image.results import ImageResult, ProgressCallback
+from chrootarchive.operations.untar import with_changes
 from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions
 from chrootarchive.registry.client import Client
 from chrootarchive.registry.reference import parse_reference
 
-__all__ = ["pull"]
+__all__ = ["REQUEST_TIMEOUT", "pull"]
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds a request may wait to connect, or for its next bytes (a stalled registry)."""
 
 
 def pull(
@@ -78,11 +82,17 @@ def pull(
             :func:`chrootarchive.unpack_image`.
     """
     reference = parse_reference(ref)
-    client = Client(reference, insecure=insecure, authfile=authfile, certs_dirs=certs_dirs)
+    options = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
+                           confine=confine, limits=limits)
+    # Each request waits at most REQUEST_TIMEOUT for a byte, and never past the limit.
+    timeout = REQUEST_TIMEOUT
+    if options.limits.timeout is not None:
+        timeout = max(min(timeout, options.limits.timeout), 0.001)
+    client = Client(reference, insecure=insecure, authfile=authfile, certs_dirs=certs_dirs,
+                    timeout=timeout)
     try:
         return unpack_remote(
             client, reference.object, str(reference), dest, options, platform=platform,
-            filter=filter, excludes=excludes, atomic=atomic, confine=confine, limits=limits,
             progress=progress, on_entry=on_entry, max_layers=max_layers)
     finally:
         client.close()
