@@ -33,6 +33,7 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+from chrootarchive import __version__
 from chrootarchive.errors import RegistryError, printable
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
@@ -50,6 +51,9 @@ MANIFEST_MEDIA_TYPES = (
 #: Bounds for what is read only to make a message or a token.
 ERROR_BODY_MAX = 64 << 10
 TOKEN_BODY_MAX = 1 << 20
+#: A bounded body (manifest, config, token, error) must arrive within this many
+#: timeouts in all.
+BODY_TIME_FACTOR = 10
 #: Resumes of one blob after a dropped connection.
 MAX_RESUMES = 5
 #: The first pause before a resume when the registry cannot be reached (then doubled).
@@ -57,6 +61,7 @@ RESUME_PAUSE = 0.5
 #: Failures that mean "not reachable now" (a resume tries again after a pause).
 _UNREACHABLE = (NewConnectionError, ConnectTimeoutError, ProtocolError)
 _CHUNK = 1 << 20
+_USER_AGENT = f"chrootarchive/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
@@ -209,8 +214,9 @@ class Client:
         """One request, no redirect followed, body not read."""
         try:
             return self._pool(url).request(
-                "GET", url, headers=headers, redirect=False, retries=False,
-                preload_content=False, decode_content=False, timeout=self._timeout)
+                "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
+                retries=False, preload_content=False, decode_content=False,
+                timeout=self._timeout)
         except ConnectTimeoutError as err:
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
                               f"{self.timeout:g} s", reference) from err
@@ -399,11 +405,18 @@ class Client:
                               f"is {limit}", reference)
         parts: list[bytes] = []
         total = 0
+        # A server that trickles a byte now and then never trips the read timeout.
+        deadline = time.monotonic() + self.timeout * BODY_TIME_FACTOR
         try:
             while True:
-                data = response.read(min(_CHUNK, limit + 1 - total))
+                want = min(_CHUNK, limit + 1 - total)
+                data = response.read1(want) if _HAS_READ1 else response.read(want)
                 if not data:
                     break
+                if time.monotonic() > deadline:
+                    _discard(response)
+                    raise self._error(f"{what} too slow: not complete in "
+                                      f"{self.timeout * BODY_TIME_FACTOR:g} s", reference)
                 parts.append(data)
                 total += len(data)
                 if total > limit:
@@ -423,7 +436,7 @@ class Client:
 
     def _check_reference(self, reference: str) -> None:
         if not (_is_digest(reference) or _TAG.fullmatch(reference)):
-            raise self._error("not a tag or a sha256/sha512 digest", "?")
+            raise self._error("not a tag or a sha256/sha512 digest", reference)
 
     def get_manifest(self, reference: str, *, max_size: int = 4 << 20
                      ) -> tuple[str, bytes, str]:
@@ -463,7 +476,7 @@ class Client:
     def get_blob(self, digest: str, *, max_size: int) -> bytes:
         """A small blob (an image config) whole: bounded, and its digest checked."""
         if not _is_digest(digest):
-            raise self._error("not a sha256/sha512 digest", "?")
+            raise self._error("not a sha256/sha512 digest", digest)
         what = "blob"
         response = self._open(f"/blobs/{digest}", {"Accept-Encoding": "identity"}, what,
                               digest)
@@ -480,7 +493,7 @@ class Client:
     def open_blob(self, digest: str, size: int | None) -> BlobReader:
         """A blob as a stream (a layer): read it in pieces; the caller checks its digest."""
         if not _is_digest(digest):
-            raise self._error("not a sha256/sha512 digest", "?")
+            raise self._error("not a sha256/sha512 digest", digest)
         return BlobReader(self, digest, size)
 
     def _blob_response(self, digest: str, offset: int) -> urllib3.BaseHTTPResponse:
