@@ -22,22 +22,28 @@ import warnings
 from collections.abc import Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    InsecureRequestWarning,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.exceptions import SSLError as Urllib3SSLError
-
 from chrootarchive import __version__
 from chrootarchive.errors import RegistryError, printable
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
 from chrootarchive.registry.tls import ssl_context
+
+# urllib3 is imported with the first Client, not with this module: the package imports
+# no third-party module before it needs one (a daemon imports every module at start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import urllib3
+    import urllib3.exceptions as _ux
+
+
+def _load_urllib3() -> None:
+    global urllib3, _ux, _HAS_READ1, _UNREACHABLE
+    import urllib3
+    import urllib3.exceptions as _ux
+
+    # urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
+    _HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
+    _UNREACHABLE = (_ux.NewConnectionError, _ux.ConnectTimeoutError, _ux.ProtocolError)
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "BlobReader", "Client"]
 
@@ -59,15 +65,14 @@ MAX_RESUMES = 5
 #: The first pause before a resume when the registry cannot be reached (then doubled).
 RESUME_PAUSE = 0.5
 #: Failures that mean "not reachable now" (a resume tries again after a pause).
-_UNREACHABLE = (NewConnectionError, ConnectTimeoutError, ProtocolError)
+_UNREACHABLE: tuple[type[Exception], ...] = ()
 _CHUNK = 1 << 20
 _USER_AGENT = f"chrootarchive/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-#: urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
-_HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
+_HAS_READ1 = False
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -150,6 +155,7 @@ class Client:
     def __init__(self, ref: Reference, *, insecure: bool = False, authfile: str | None = None,
                  certs_dirs: Sequence[str] | None = None, timeout: float = 30.0,
                  max_redirects: int = 5) -> None:
+        _load_urllib3()
         self.ref = ref
         self.insecure = insecure
         self._certs_dirs = certs_dirs
@@ -170,7 +176,7 @@ class Client:
             host = urlsplit(f"//{ref.endpoint}").hostname or ""
             warnings.filterwarnings(
                 "ignore", message=f"Unverified HTTPS request is being made to host "
-                f"'{re.escape(host)}'", category=InsecureRequestWarning)
+                f"'{re.escape(host)}'", category=_ux.InsecureRequestWarning)
 
     # -- naming -------------------------------------------------------------------------
 
@@ -217,13 +223,13 @@ class Client:
                 "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
                 retries=False, preload_content=False, decode_content=False,
                 timeout=self._timeout)
-        except ConnectTimeoutError as err:
+        except _ux.ConnectTimeoutError as err:
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
                               f"{self.timeout:g} s", reference) from err
-        except ReadTimeoutError as err:
+        except _ux.ReadTimeoutError as err:
             raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
                               f"{self.timeout:g} s", reference) from err
-        except (Urllib3SSLError, NewConnectionError, ProtocolError, HTTPError) as err:
+        except _ux.HTTPError as err:  # SSLError, NewConnectionError, ProtocolError...
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
                               reference) from err
 
@@ -423,11 +429,11 @@ class Client:
                     _discard(response)
                     raise self._error(f"{what} too large: over the limit of {limit} bytes",
                                       reference)
-        except ReadTimeoutError as err:
+        except _ux.ReadTimeoutError as err:
             _discard(response)
             raise self._error(f"{what} stalled: no data for {self.timeout:g} s",
                               reference) from err
-        except (ProtocolError, HTTPError, OSError) as err:
+        except (_ux.HTTPError, OSError) as err:
             _discard(response)
             raise self._error(f"{what} cut short: {_cause(err)}", reference) from err
         return b"".join(parts)
@@ -574,14 +580,14 @@ class BlobReader:
             try:
                 # read1: what has arrived (up to n), not a wait for n bytes.
                 data = (response.read1(want) if _HAS_READ1 else response.read(want))
-            except ReadTimeoutError as err:
+            except _ux.ReadTimeoutError as err:
                 self._timeouts += 1
                 if self._timeouts > 1:
                     raise self._error(f"stalled: no data for {self._client.timeout:g} s "
                                       f"after {self.bytes_read} bytes") from err
                 self._resume(err)
                 continue
-            except (ProtocolError, HTTPError, OSError) as err:
+            except (_ux.HTTPError, OSError) as err:
                 self._resume(err)
                 continue
             if data:
