@@ -281,6 +281,22 @@ def test_blob_resumed_after_the_registry_restarts(ca: CA, certs: Path) -> None:
     assert second.seen[0].headers["range"].startswith("bytes=")
 
 
+def test_blob_complete_but_its_end_lost_is_not_resumed(tls_server: FakeServer,
+                                                       certs: Path) -> None:
+    def no_last_chunk(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(BLOB), BLOB))
+        h.drop()  # the closing 0-length chunk never comes
+
+    tls_server.app = no_last_chunk
+    with client(tls_server, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader:
+        assert read_all(reader) == BLOB
+        assert reader.resumes == 0
+    assert len(tls_server.seen) == 1
+
+
 def test_blob_resume_without_range_support_is_an_error(tls_server: FakeServer,
                                                        certs: Path) -> None:
     def no_ranges(h: Handler) -> None:

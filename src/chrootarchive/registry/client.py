@@ -581,13 +581,19 @@ class BlobReader:
                 # read1: what has arrived (up to n), not a wait for n bytes.
                 data = (response.read1(want) if _HAS_READ1 else response.read(want))
             except _ux.ReadTimeoutError as err:
+                if self._complete():
+                    return b""
                 self._timeouts += 1
                 if self._timeouts > 1:
+                    _discard(response)
+                    self._response = None
                     raise self._error(f"stalled: no data for {self._client.timeout:g} s "
                                       f"after {self.bytes_read} bytes") from err
                 self._resume(err)
                 continue
             except (_ux.HTTPError, OSError) as err:
+                if self._complete():
+                    return b""
                 self._resume(err)
                 continue
             if data:
@@ -600,6 +606,16 @@ class BlobReader:
             response.release_conn()
             self._response = None
             return b""
+
+    def _complete(self) -> bool:
+        """After a failure: whether every declared byte had arrived (only the end of
+        the response was lost; nothing to resume, the caller checks the digest)."""
+        if self.size is None or self.bytes_read < self.size:
+            return False
+        if self._response is not None:
+            _discard(self._response)
+            self._response = None
+        return True
 
     def _resume(self, cause: BaseException | None) -> None:
         """Ask for the rest of the blob; a registry that cannot be reached (restarting)
