@@ -104,6 +104,7 @@ def test_manifest_by_tag_and_by_digest(tls_server: FakeServer, certs: Path) -> N
     for media in MANIFEST_MEDIA_TYPES:
         assert media in first.headers["accept"]
     assert "authorization" not in first.headers
+    assert first.headers["user-agent"].startswith("chrootarchive/")
 
 
 def test_manifest_wrong_digest(tls_server: FakeServer, certs: Path) -> None:
@@ -161,6 +162,33 @@ def test_stalled_manifest_body(tls_server: FakeServer, certs: Path) -> None:
         c.get_manifest("1.0")
     assert time.monotonic() - start < 2.5
     assert "manifest stalled: no data for 0.5 s" in str(caught.value)
+
+
+def test_trickled_manifest_body(tls_server: FakeServer, certs: Path) -> None:
+    def trickle(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(MANIFEST)))
+        h.end_headers()
+        for byte in MANIFEST:
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+            time.sleep(0.1)
+
+    tls_server.app = trickle
+    start = time.monotonic()
+    with client(tls_server, certs, timeout=0.2) as c, pytest.raises(RegistryError) as caught:
+        c.get_manifest("1.0")
+    assert "manifest too slow: not complete in 2 s" in str(caught.value)
+    assert time.monotonic() - start < 4
+
+
+def test_bad_reference_is_refused_before_a_request(tls_server: FakeServer, certs: Path) -> None:
+    with client(tls_server, certs) as c:
+        with pytest.raises(RegistryError, match="not a tag"):
+            c.get_manifest("../../x")
+        with pytest.raises(RegistryError, match="not a sha256"):
+            c.open_blob("sha256:../x", None)
+    assert tls_server.seen == []
 
 
 # -- blobs ------------------------------------------------------------------------------
@@ -251,6 +279,22 @@ def test_blob_resumed_after_the_registry_restarts(ca: CA, certs: Path) -> None:
         restart.join()
         second.stop()
     assert second.seen[0].headers["range"].startswith("bytes=")
+
+
+def test_blob_complete_but_its_end_lost_is_not_resumed(tls_server: FakeServer,
+                                                       certs: Path) -> None:
+    def no_last_chunk(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(BLOB), BLOB))
+        h.drop()  # the closing 0-length chunk never comes
+
+    tls_server.app = no_last_chunk
+    with client(tls_server, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader:
+        assert read_all(reader) == BLOB
+        assert reader.resumes == 0
+    assert len(tls_server.seen) == 1
 
 
 def test_blob_resume_without_range_support_is_an_error(tls_server: FakeServer,

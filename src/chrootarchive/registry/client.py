@@ -22,21 +22,28 @@ import warnings
 from collections.abc import Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    InsecureRequestWarning,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.exceptions import SSLError as Urllib3SSLError
-
+from chrootarchive import __version__
 from chrootarchive.errors import RegistryError, printable
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
 from chrootarchive.registry.tls import ssl_context
+
+# urllib3 is imported with the first Client, not with this module: the package imports
+# no third-party module before it needs one (a daemon imports every module at start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import urllib3
+    import urllib3.exceptions as _ux
+
+
+def _load_urllib3() -> None:
+    global urllib3, _ux, _HAS_READ1, _UNREACHABLE
+    import urllib3
+    import urllib3.exceptions as _ux
+
+    # urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
+    _HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
+    _UNREACHABLE = (_ux.NewConnectionError, _ux.ConnectTimeoutError, _ux.ProtocolError)
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "BlobReader", "Client"]
 
@@ -50,19 +57,22 @@ MANIFEST_MEDIA_TYPES = (
 #: Bounds for what is read only to make a message or a token.
 ERROR_BODY_MAX = 64 << 10
 TOKEN_BODY_MAX = 1 << 20
+#: A bounded body (manifest, config, token, error) must arrive within this many
+#: timeouts in all.
+BODY_TIME_FACTOR = 10
 #: Resumes of one blob after a dropped connection.
 MAX_RESUMES = 5
 #: The first pause before a resume when the registry cannot be reached (then doubled).
 RESUME_PAUSE = 0.5
 #: Failures that mean "not reachable now" (a resume tries again after a pause).
-_UNREACHABLE = (NewConnectionError, ConnectTimeoutError, ProtocolError)
+_UNREACHABLE: tuple[type[Exception], ...] = ()
 _CHUNK = 1 << 20
+_USER_AGENT = f"chrootarchive/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-#: urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
-_HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
+_HAS_READ1 = False
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -145,6 +155,7 @@ class Client:
     def __init__(self, ref: Reference, *, insecure: bool = False, authfile: str | None = None,
                  certs_dirs: Sequence[str] | None = None, timeout: float = 30.0,
                  max_redirects: int = 5) -> None:
+        _load_urllib3()
         self.ref = ref
         self.insecure = insecure
         self._certs_dirs = certs_dirs
@@ -165,7 +176,7 @@ class Client:
             host = urlsplit(f"//{ref.endpoint}").hostname or ""
             warnings.filterwarnings(
                 "ignore", message=f"Unverified HTTPS request is being made to host "
-                f"'{re.escape(host)}'", category=InsecureRequestWarning)
+                f"'{re.escape(host)}'", category=_ux.InsecureRequestWarning)
 
     # -- naming -------------------------------------------------------------------------
 
@@ -209,15 +220,16 @@ class Client:
         """One request, no redirect followed, body not read."""
         try:
             return self._pool(url).request(
-                "GET", url, headers=headers, redirect=False, retries=False,
-                preload_content=False, decode_content=False, timeout=self._timeout)
-        except ConnectTimeoutError as err:
+                "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
+                retries=False, preload_content=False, decode_content=False,
+                timeout=self._timeout)
+        except _ux.ConnectTimeoutError as err:
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
                               f"{self.timeout:g} s", reference) from err
-        except ReadTimeoutError as err:
+        except _ux.ReadTimeoutError as err:
             raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
                               f"{self.timeout:g} s", reference) from err
-        except (Urllib3SSLError, NewConnectionError, ProtocolError, HTTPError) as err:
+        except _ux.HTTPError as err:  # SSLError, NewConnectionError, ProtocolError...
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
                               reference) from err
 
@@ -399,22 +411,29 @@ class Client:
                               f"is {limit}", reference)
         parts: list[bytes] = []
         total = 0
+        # A server that trickles a byte now and then never trips the read timeout.
+        deadline = time.monotonic() + self.timeout * BODY_TIME_FACTOR
         try:
             while True:
-                data = response.read(min(_CHUNK, limit + 1 - total))
+                want = min(_CHUNK, limit + 1 - total)
+                data = response.read1(want) if _HAS_READ1 else response.read(want)
                 if not data:
                     break
+                if time.monotonic() > deadline:
+                    _discard(response)
+                    raise self._error(f"{what} too slow: not complete in "
+                                      f"{self.timeout * BODY_TIME_FACTOR:g} s", reference)
                 parts.append(data)
                 total += len(data)
                 if total > limit:
                     _discard(response)
                     raise self._error(f"{what} too large: over the limit of {limit} bytes",
                                       reference)
-        except ReadTimeoutError as err:
+        except _ux.ReadTimeoutError as err:
             _discard(response)
             raise self._error(f"{what} stalled: no data for {self.timeout:g} s",
                               reference) from err
-        except (ProtocolError, HTTPError, OSError) as err:
+        except (_ux.HTTPError, OSError) as err:
             _discard(response)
             raise self._error(f"{what} cut short: {_cause(err)}", reference) from err
         return b"".join(parts)
@@ -423,7 +442,7 @@ class Client:
 
     def _check_reference(self, reference: str) -> None:
         if not (_is_digest(reference) or _TAG.fullmatch(reference)):
-            raise self._error("not a tag or a sha256/sha512 digest", "?")
+            raise self._error("not a tag or a sha256/sha512 digest", reference)
 
     def get_manifest(self, reference: str, *, max_size: int = 4 << 20
                      ) -> tuple[str, bytes, str]:
@@ -463,7 +482,7 @@ class Client:
     def get_blob(self, digest: str, *, max_size: int) -> bytes:
         """A small blob (an image config) whole: bounded, and its digest checked."""
         if not _is_digest(digest):
-            raise self._error("not a sha256/sha512 digest", "?")
+            raise self._error("not a sha256/sha512 digest", digest)
         what = "blob"
         response = self._open(f"/blobs/{digest}", {"Accept-Encoding": "identity"}, what,
                               digest)
@@ -480,7 +499,7 @@ class Client:
     def open_blob(self, digest: str, size: int | None) -> BlobReader:
         """A blob as a stream (a layer): read it in pieces; the caller checks its digest."""
         if not _is_digest(digest):
-            raise self._error("not a sha256/sha512 digest", "?")
+            raise self._error("not a sha256/sha512 digest", digest)
         return BlobReader(self, digest, size)
 
     def _blob_response(self, digest: str, offset: int) -> urllib3.BaseHTTPResponse:
@@ -561,14 +580,20 @@ class BlobReader:
             try:
                 # read1: what has arrived (up to n), not a wait for n bytes.
                 data = (response.read1(want) if _HAS_READ1 else response.read(want))
-            except ReadTimeoutError as err:
+            except _ux.ReadTimeoutError as err:
+                if self._complete():
+                    return b""
                 self._timeouts += 1
                 if self._timeouts > 1:
+                    _discard(response)
+                    self._response = None
                     raise self._error(f"stalled: no data for {self._client.timeout:g} s "
                                       f"after {self.bytes_read} bytes") from err
                 self._resume(err)
                 continue
-            except (ProtocolError, HTTPError, OSError) as err:
+            except (_ux.HTTPError, OSError) as err:
+                if self._complete():
+                    return b""
                 self._resume(err)
                 continue
             if data:
@@ -581,6 +606,16 @@ class BlobReader:
             response.release_conn()
             self._response = None
             return b""
+
+    def _complete(self) -> bool:
+        """After a failure: whether every declared byte had arrived (only the end of
+        the response was lost; nothing to resume, the caller checks the digest)."""
+        if self.size is None or self.bytes_read < self.size:
+            return False
+        if self._response is not None:
+            _discard(self._response)
+            self._response = None
+        return True
 
     def _resume(self, cause: BaseException | None) -> None:
         """Ask for the rest of the blob; a registry that cannot be reached (restarting)
