@@ -147,6 +147,8 @@ class Prefetcher:
                 head.append(data)
                 got += len(data)
             box["head"] = head
+            if self._closed:  # given up on meanwhile: nobody will read it
+                reader.close()
         except BaseException as err:  # raised again where the layer is opened
             box["error"] = err
 
@@ -179,11 +181,13 @@ class Prefetcher:
         return _Prefetched(box["head"], box["reader"])
 
     def close(self) -> None:
-        """Stop the read-ahead: its thread ends at its next chunk, its reader is closed."""
+        """Stop the read-ahead: its thread ends at its next chunk, its reader closed."""
         self._closed = True
         for thread, box in self._pending.values():
-            thread.join(timeout=60)
-            if "reader" in box:
+            # Not waited for long: a read in flight ends with the client's timeout at
+            # worst, and the thread closes its reader then (the caller closes the client).
+            thread.join(timeout=1)
+            if not thread.is_alive() and "reader" in box:
                 box["reader"].close()
         self._pending.clear()
 
