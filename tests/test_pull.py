@@ -44,6 +44,7 @@ from helpers.oci_images import (
     platform_of,
     sha256,
 )
+from helpers.unpriv import NOBODY, cli_as, make_package_copy, world_dir
 from test_image import assert_same_rootfs
 
 pytestmark = pytest.mark.kernel
@@ -487,3 +488,28 @@ def test_pull_help_teaches_with_examples(tmp_path: Path) -> None:
     for text in ("chrootarchive pull --platform linux/arm64 --atomic debian:12 ./rootfs",
                  "--authfile", "--cert-dir", "--insecure", "exit status"):
         assert text in result.out
+
+
+def test_an_unprivileged_user_pulls(tmp_path: Path) -> None:
+    """As nobody (a user namespace jail): the network side needs no privilege, and the
+    layers are applied as by ``unpack-image``."""
+    import urllib3
+
+    tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
+    good = gzip.compress(tar, mtime=0)
+    server, _ = _stub_registry(layer_served=good, layer_declared=good)
+    with world_dir("pull") as base, server.running():
+        pythonpath = make_package_copy(base)
+        # The system Python runs the command line: urllib3 beside the package.
+        shutil.copytree(Path(urllib3.__file__).parent, pythonpath / "urllib3",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, _dirs, files in os.walk(pythonpath / "urllib3"):
+            os.chmod(dirpath, 0o755)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        (base / "out").mkdir()
+        os.chown(base / "out", NOBODY, NOBODY)
+        result = cli_as(pythonpath, "pull", "--insecure", server.netloc, "--atomic",
+                        f"{server.netloc}/stub/img:1", base / "out" / "rootfs")
+        assert result.rc == 0, result.err
+        assert (base / "out/rootfs/etc/f").read_bytes() == b"f\n"
