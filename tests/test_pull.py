@@ -119,12 +119,14 @@ class Registry:
             self.process.wait(10)
         self.process = None
 
-    def push(self, source: str, name: str, *, all_images: bool = False) -> str:
-        """``skopeo copy SOURCE docker://REGISTRY/NAME``; returns the pushed reference."""
+    def push(self, source: str, name: str, *, all_images: bool = False,
+             fmt: str | None = None) -> str:
+        """``skopeo copy SOURCE docker://REGISTRY/NAME``; returns the pushed reference.
+        ``fmt``: skopeo's ``--format`` (``v2s2``: Docker's media types)."""
         dest = f"{self.netloc}/{name}"
         subprocess.run(
             ["skopeo", "--insecure-policy", "copy", "--quiet",
-             *(["--all"] if all_images else []),
+             *(["--all"] if all_images else []), *(["--format", fmt] if fmt else []),
              "--dest-cert-dir", str(self.skopeo_certs),
              "--dest-creds", f"{USER}:{PASSWORD}", source, f"docker://{dest}"],
             check=True, capture_output=True, timeout=120)
@@ -221,6 +223,20 @@ def test_pull_equals_umoci_unpack(registry: Registry, pushed_umoci: str,
     assert doc["ref"] == pushed_umoci
     assert len(doc["layers"]) == umoci_image.layer_count
     assert PASSWORD not in result.out and PASSWORD not in result.err
+
+
+def test_pull_of_docker_media_types(registry: Registry, umoci_image: UmociImage,
+                                    tmp_path: Path) -> None:
+    """The same image pushed as Docker's v2 schema 2 (skopeo --format v2s2): Docker's
+    manifest, config and layer media types."""
+    ref = registry.push(f"oci:{umoci_image.layout}:{umoci_image.ref}", "team/docker:4",
+                        fmt="v2s2")
+    result = _pull(registry, ref, tmp_path / "rootfs", "--json")
+    assert result.rc == 0, result.err
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    doc = json.loads(result.out)
+    assert {layer["media_type"] for layer in doc["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"}
 
 
 def test_pull_by_digest_with_the_api(registry: Registry, pushed_umoci: str,
