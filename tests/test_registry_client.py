@@ -342,6 +342,36 @@ def test_stalled_blob_body(tls_server: FakeServer, certs: Path) -> None:
     assert time.monotonic() - start < 2.5
 
 
+def test_two_blobs_at_once_from_one_client(tls_server: FakeServer, certs: Path,
+                                           tmp_path: Path) -> None:
+    """pull reads the next layer while one is applied: one client, two threads."""
+    other = BLOB[::-1]
+    blobs = {BLOB_DIGEST: BLOB, "sha256:" + hashlib.sha256(other).hexdigest(): other}
+
+    def app(h: Handler) -> None:
+        data = blobs[h.path.rsplit("/", 1)[1]]
+        ranged(h, data)
+        for start in range(0, len(data), 65536):
+            h.wfile.write(data[start:start + 65536])
+            time.sleep(0.002)
+
+    tls_server.app = basic_protected(app)  # type: ignore[assignment]
+    auth = authfile(tmp_path / "a.json", tls_server.netloc)
+    results: dict[str, bytes] = {}
+
+    def fetch(c: Client, digest: str) -> None:
+        with c.open_blob(digest, len(blobs[digest])) as reader:
+            results[digest] = read_all(reader)
+
+    with client(tls_server, certs, authfile=str(auth)) as c:
+        threads = [threading.Thread(target=fetch, args=(c, d)) for d in blobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert results == blobs
+
+
 def test_blob_size_disagrees_with_content_length(tls_server: FakeServer, certs: Path) -> None:
     tls_server.app = lambda h: h.reply(200, BLOB)
     with client(tls_server, certs) as c, pytest.raises(RegistryError, match="size mismatch"):
