@@ -201,6 +201,7 @@ except Exception as err:
     result["error"] = [type(err).__name__, err.message, err.entry]
 result["helper"] = u.finisher is not None
 result["finished_here"] = u.finisher.finished_here if u.finisher else 0
+result["taken"] = u.finisher.taken if u.finisher else 0
 print(json.dumps(result))
 """
 
@@ -233,3 +234,31 @@ def test_batches_the_helper_cannot_take_are_finished_here(count: int, tmp_path: 
     assert "error" not in result, result
     assert result["helper"] and result["finished_here"] > 0, result
     assert _actual(tmp_path / "dest") == _expected(archive)
+
+
+def test_files_with_an_atime_go_to_the_helper_and_keep_both_times(tmp_path: Path) -> None:
+    """GNU tar --xattrs and --format=posix write a PAX atime for every entry (a root
+    filesystem's tar does): the helper takes those files too, and sets both times."""
+    buf = io.BytesIO()
+    times = {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(300):
+            data = b"x" * (i * 13 % 3000)
+            info = tarfile.TarInfo(f"f{i:03d}")
+            info.size = len(data)
+            info.mtime = 1_000_000_000 + i
+            atime = (1_500_000_000 + i * 7) * 10**9 + 123_456_789
+            if i % 50 == 7:
+                atime = 900_000_000 * 10**9  # older than the mtime: the mtime is used
+            info.pax_headers = {"atime": f"{atime // 10**9}.{atime % 10**9:09d}",
+                                "ctime": "1700000000.5"}
+            times[info.name] = (max(atime, info.mtime * 10**9), info.mtime * 10**9)
+            tf.addfile(info, io.BytesIO(data))
+    result = _in_process(buf.getvalue(), tmp_path, "plain")
+    assert "error" not in result, result
+    assert result["helper"] and result["taken"] > 200, result
+    dest = tmp_path / "dest"
+    for name, (atime_ns, mtime_ns) in times.items():
+        st = (dest / name).stat()
+        assert (st.st_atime_ns, st.st_mtime_ns) == (atime_ns, mtime_ns), name
+    assert _actual(dest) == _expected(buf.getvalue())

@@ -36,8 +36,10 @@ __all__ = ["Finisher"]
 
 MAX_FDS = 32  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
-_MAX_MESSAGE = 160 << 10  # below the default socket buffer (a batch is one message)
-# A batch: the number of files n, their n data sizes and n mtimes, then the data.
+_MAX_MESSAGE = 160 << 10  # data of a batch at most (a batch is one message)
+_SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
+# A batch: the number of files n, their n data sizes, an atime and an mtime for each
+# file, then the data.
 _COUNT = struct.Struct("<H")
 _ERROR = struct.Struct("<cIH")  # b"E", errno, index of the file in its batch
 _OK = b"k"
@@ -45,8 +47,14 @@ _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpack
 _EMSGSIZE = 90
 
 
+_LAYOUTS: dict[int, struct.Struct] = {}
+
+
 def _layout(count: int) -> struct.Struct:
-    return struct.Struct(f"<{count}I{count}q")
+    layout = _LAYOUTS.get(count)
+    if layout is None:
+        layout = _LAYOUTS[count] = struct.Struct(f"<{count}I{2 * count}q")
+    return layout
 
 
 class Finisher:
@@ -55,17 +63,25 @@ class Finisher:
     def __init__(self, sock: _socket.socket, pid: int) -> None:
         self._sock = sock
         self._pid = pid
-        # One batch is one message, which must fit in the socket's send buffer.
+        # One batch is one message, which must fit in the socket's send buffer; and
+        # several must, or the worker waits at each send until the helper has read the
+        # batch before (files of 8 KiB on average made one batch of 160 KiB fill the
+        # default buffer). The kernel caps the size asked for (net.core.wmem_max).
+        try:  # noqa: SIM105 - the worker does not import contextlib
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _SNDBUF)
+        except OSError:
+            pass
         buffer = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
-        self._max_data = max(min(_MAX_MESSAGE, buffer - 4096) - MAX_FDS * 12 - 2, 0)
+        self._max_data = max(min(_MAX_MESSAGE, buffer // 3 - 4096) - MAX_FDS * 20 - 2, 0)
         self._data = bytearray()
         self._fds: list[int] = []
         self._sizes: list[int] = []
-        self._mtimes: list[int] = []
+        self._times: list[int] = []  # atime, mtime of each file
         self._names: list[str] = []
         self._sent: list[list[str]] = []  # entry names of the batches not yet acknowledged
         self.error: tuple[OSError, str] | None = None  # the first, with its entry name
         self.finished_here = 0  # files of batches the kernel refused, finished here
+        self.taken = 0  # files given to add()
         self._done = False
 
     @classmethod
@@ -107,8 +123,9 @@ class Finisher:
         theirs.close()
         return cls(ours, pid)
 
-    def add(self, fd: int, data: memoryview | bytes, mtime_ns: int, entry: str) -> None:
-        """Finish ``fd`` (which this takes over): write ``data``, set both times, close.
+    def add(self, fd: int, data: memoryview | bytes, atime_ns: int, mtime_ns: int,
+            entry: str) -> None:
+        """Finish ``fd`` (which this takes over): write ``data``, set its times, close.
 
         ``data`` is copied: the caller's buffer may change once this returns.
         """
@@ -117,9 +134,10 @@ class Finisher:
             self._send()
         self._fds.append(fd)
         self._sizes.append(len(data))
-        self._mtimes.append(mtime_ns)
+        self._times += (atime_ns, mtime_ns)
         self._names.append(entry)
         self._data += data
+        self.taken += 1
 
     def finish(self) -> tuple[OSError, str] | None:
         """Send what is left, wait for the helper to finish everything; the first error."""
@@ -154,9 +172,9 @@ class Finisher:
         while len(self._sent) >= MAX_IN_FLIGHT:
             self._receive()
         fds, names = self._fds, self._names
-        head = _COUNT.pack(len(fds)) + _layout(len(fds)).pack(*self._sizes, *self._mtimes)
+        head = _COUNT.pack(len(fds)) + _layout(len(fds)).pack(*self._sizes, *self._times)
         batch = head + self._data
-        self._fds, self._names, self._sizes, self._mtimes = [], [], [], []
+        self._fds, self._names, self._sizes, self._times = [], [], [], []
         self._data = bytearray()
         rights = struct.pack(f"{len(fds)}i", *fds)
         try:
@@ -210,8 +228,8 @@ def _finish_batch(batch: memoryview, fds: list[int]) -> tuple[OSError, int] | No
                 written = write(fd, data) if size else 0
                 while written < size:
                     written += write(fd, data[written:])
-                mtime = numbers[count + index]
-                os.utime(fd, ns=(mtime, mtime))
+                times = count + 2 * index
+                os.utime(fd, ns=(numbers[times], numbers[times + 1]))
         except OSError as err:
             failed = (err, index)
         finally:

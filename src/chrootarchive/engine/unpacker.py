@@ -763,9 +763,12 @@ class Unpacker:
                         self.bytes_budget += size
                         self._charge(size, entry.name)
                 finisher = self.finisher
-                if (finisher is not None and not chown and times_plain
-                        and size <= _FINISHER_MAX_FILE):
-                    finisher.add(fd, view, mtime, entry.name)  # writes, times, closes
+                if finisher is not None and not chown and size <= _FINISHER_MAX_FILE:
+                    # It writes, sets the times and closes.
+                    if times_plain:
+                        finisher.add(fd, view, mtime, mtime, entry.name)
+                    else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
+                        finisher.add(fd, view, *self._times(entry), entry.name)
                     fd = -1
                     if finisher.error is not None:
                         self._raise_finisher_error(finisher.error)
