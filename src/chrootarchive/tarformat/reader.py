@@ -363,6 +363,8 @@ class TarReader:
         self._base = 0  # stream offset of buffer[0]
         self._eof = False
         self._seekable = _is_seekable(fd)
+        # Where the stream starts in the file (for extent()).
+        self._origin = os.lseek(fd, 0, os.SEEK_CUR) if self._seekable else -1
         # Reads made to find headers: on a regular file, small ones, so that skipping
         # large entries (by lseek) does not read their data anyway. Entry data is
         # always read in whole buffers.
@@ -521,6 +523,20 @@ class TarReader:
         self._pos = pos + size
         self._remaining = 0
         return self._mv[pos : pos + size]
+
+    def file_source(self) -> int:
+        """The input, when it is a regular file that :meth:`extent` offsets are in; -1."""
+        return self._fd if self._seekable else -1
+
+    def extent(self, entry: TarEntry) -> int:
+        """The file offset of all the data of a plain file in a regular-file input,
+        which the caller copies from the file itself (the reader then seeks over it,
+        and finds a truncated archive there); -1 when it cannot (a pipe, a sparse
+        file, data already read)."""
+        if (entry is not self._current or not self._seekable or entry.sparse is not None
+                or self._remaining != entry.stored_size or entry.kind != REGULAR):
+            return -1
+        return self._origin + self._base + self._pos
 
     def drain(self) -> int:
         """Read the input to its end; return the bytes discarded.
