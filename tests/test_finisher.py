@@ -97,7 +97,9 @@ def test_helper_is_confined_and_the_tree_is_exact(
     user: str, tmp_path: Path, unpriv: hardening.Unprivileged
 ) -> None:
     """As root (``pivot``) and as uid 65534 (``userns``)."""
-    archive = _archive(20_000, lambda i: (i * 331) % 3000)
+    # Every 400th file is larger than the helper takes as data: it copies those from
+    # the archive (extents).
+    archive = _archive(20_000, lambda i: (i * 331) % 3000, big_every=400)
     assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
     if user == "root":
         path = tmp_path / "many.tar"
@@ -186,8 +188,8 @@ u = unpack.Unpacker(fsops.FileOps(), unpack_spec(UnpackOptions()), print)
 u.finisher_countdown = 64
 if mode == "gone":
     start = u._start_finisher
-    def start_then_lose_the_helper():
-        start()
+    def start_then_lose_the_helper(*args):
+        start(*args)
         pid = u.finisher._pid
         os.kill(pid, signal.SIGKILL)
         while open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
@@ -201,6 +203,8 @@ except Exception as err:
     result["error"] = [type(err).__name__, err.message, err.entry]
 result["helper"] = u.finisher is not None
 result["finished_here"] = u.finisher.finished_here if u.finisher else 0
+result["taken"] = u.finisher.taken if u.finisher else 0
+result["extents"] = u.finisher.extents if u.finisher else 0
 print(json.dumps(result))
 """
 
@@ -233,3 +237,59 @@ def test_batches_the_helper_cannot_take_are_finished_here(count: int, tmp_path: 
     assert "error" not in result, result
     assert result["helper"] and result["finished_here"] > 0, result
     assert _actual(tmp_path / "dest") == _expected(archive)
+
+
+def test_files_with_an_atime_go_to_the_helper_and_keep_both_times(tmp_path: Path) -> None:
+    """GNU tar --xattrs and --format=posix write a PAX atime for every entry (a root
+    filesystem's tar does): the helper takes those files too, and sets both times."""
+    buf = io.BytesIO()
+    times = {}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(300):
+            data = b"x" * (i * 13 % 3000)
+            info = tarfile.TarInfo(f"f{i:03d}")
+            info.size = len(data)
+            info.mtime = 1_000_000_000 + i
+            atime = (1_500_000_000 + i * 7) * 10**9 + 123_456_789
+            if i % 50 == 7:
+                atime = 900_000_000 * 10**9  # older than the mtime: the mtime is used
+            info.pax_headers = {"atime": f"{atime // 10**9}.{atime % 10**9:09d}",
+                                "ctime": "1700000000.5"}
+            times[info.name] = (max(atime, info.mtime * 10**9), info.mtime * 10**9)
+            tf.addfile(info, io.BytesIO(data))
+    result = _in_process(buf.getvalue(), tmp_path, "plain")
+    assert "error" not in result, result
+    assert result["helper"] and result["taken"] > 200, result
+    dest = tmp_path / "dest"
+    for name, (atime_ns, mtime_ns) in times.items():
+        st = (dest / name).stat()
+        assert (st.st_atime_ns, st.st_mtime_ns) == (atime_ns, mtime_ns), name
+    assert _actual(dest) == _expected(buf.getvalue())
+
+
+def test_larger_files_are_copied_by_the_helper_from_the_archive(tmp_path: Path) -> None:
+    """Files larger than a batch takes (here 70 KB to 3 MB) travel as extents: the
+    helper copies them from the archive into the descriptor it is given."""
+    sizes = {i: 70_000 + i * 9_973 for i in range(100, 400, 7)}
+    sizes[300] = 3_000_000
+    archive = _archive(400, lambda i: sizes.get(i, (i * 97) % 5000))
+    result = _in_process(archive, tmp_path, "plain")
+    assert "error" not in result, result
+    assert result["helper"] and result["extents"] >= len(sizes) - 1, result
+    assert _actual(tmp_path / "dest") == _expected(archive)
+
+
+def test_an_extent_past_the_end_of_a_truncated_archive_names_its_entry(
+    tmp_path: Path,
+) -> None:
+    """The archive ends inside a large file's data: one error, naming that file (found
+    by the helper's copy or by the reader's seek, whichever comes first)."""
+    archive = _archive(200, lambda i: 2_000_000 if i == 150 else 1000)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        member = tf.getmember("d0/f00150")
+    cut = archive[: member.offset_data + 1_000_000]
+    result = _in_process(cut, tmp_path, "plain")
+    assert result["helper"], result
+    assert result["error"][0] == "MalformedArchiveError", result
+    assert result["error"][2] == "d0/f00150", result
+    assert "truncated" in result["error"][1], result

@@ -486,7 +486,7 @@ HELPER_SCRIPT = textwrap.dedent(
            "to_parent": signal(os.getppid())}
     for i in range(3000):
         fd = os.open(f"{work}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
-        finisher.add(fd, b"x" * 2048, 0, f"f{i}")
+        finisher.add(fd, b"x" * 2048, 0, 0, f"f{i}")
     if mode == "die":
         print(json.dumps(out), flush=True)
         time.sleep(60)

@@ -1313,3 +1313,67 @@ def test_mutated_corpus_raises_only_malformed_archive_error(tmp_path: Path) -> N
             pass
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------------
+# The PAX fast path: a PAX header and the header after it, read in the hot loop when
+# both are in the buffer, give what the general path gives (a one-block buffer never
+# holds both, so it always takes the general path)
+# ---------------------------------------------------------------------------------
+
+_FAST_PAX_CASES = {
+    "times": pax([("mtime", "1796405849.080967965"), ("atime", "1796405531.86"),
+                  ("ctime", "1796405849.080967965")]) + member("f", b"data"),
+    "odd times": pax([("mtime", "123."), ("atime", "-1.5"), ("ctime", "0012.5")])
+    + member("f", b"x"),
+    "long times": pax([("mtime", "99999999999999999999"), ("atime", "1.0000000001")])
+    + member("f"),
+    "lenient time": pax([("mtime", "12x")]) + member("f"),
+    "path size ids": pax([("path", "p/é"), ("size", "3"), ("uid", "4000000000"), ("gid", "7")])
+    + member("ignored", b"abc"),
+    "symlink": pax([("linkpath", "target/é"), ("atime", "5")])
+    + header("l", typeflag=b"2", linkname=b"short"),
+    "hardlink": pax([("atime", "5")]) + header("h", typeflag=b"1", linkname=b"f"),
+    "directory": pax([("mtime", "7.5")]) + header("d/", typeflag=b"5"),
+    "slash file": pax([("mtime", "7")]) + member("old-dir/"),
+    "device": pax([("atime", "1")]) + header("c", typeflag=b"3", devmajor=4, devminor=5),
+    "fifo": pax([("atime", "1")]) + header("p", typeflag=b"6"),
+    "xattrs": pax([("SCHILY.xattr.user.k", b"v\x00\n"), ("LIBARCHIVE.xattr.user.b", "aGk=")])
+    + member("f", b"1"),
+    "then long name": pax([("atime", "2")]) + member("././@LongLink", b"long/" * 30 + b"\x00",
+                                                     typeflag=b"L") + member("short", b"z"),
+    "two pax": pax([("path", "first"), ("atime", "1")]) + pax([("mtime", "3")]) + member("f"),
+    "then global": pax([("path", "local")]) + pax([("path", "g")], typeflag=b"g")
+    + member("f"),
+    "sparse": pax([("GNU.sparse.size", "200"), ("GNU.sparse.numblocks", "1"),
+                   ("GNU.sparse.offset", "5"), ("GNU.sparse.numbytes", "2")])
+    + member("s", b"xy"),
+    "base256 uid": pax([("atime", "1")]) + member("f", uid=base256(5, 8)),
+    "signed checksum": pax([("atime", "1")]) + member("f\xe9", signed_checksum=True),
+    "then end": pax([("atime", "1")]),
+    "bad record": pax(b"12 path=abcd") + member("f"),
+    "bad time": pax([("mtime", "e3")]) + member("f"),
+    "bad checksum after": pax([("atime", "1")]) + header("f", checksum=b"000000\x00 "),
+    "truncated after": pax([("atime", "1")]) + header("f", size=2000)[:512],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FAST_PAX_CASES))
+def test_pax_fast_path_reads_as_the_general_path(case: str, tmp_path: Path) -> None:
+    # Not first: the first header of an archive always takes the general path.
+    data = member("first", b"1") + _FAST_PAX_CASES[case]
+    data = data + member("after", b"tail") + EOA if "after" not in case else data + EOA
+
+    def outcome(bufsize: int) -> object:
+        try:
+            return [(r.entry, r.content, r.chunks)
+                    for r in read(data, "file", tmp_path, bufsize=bufsize)]
+        except MalformedArchiveError as err:
+            return ("error", str(err))
+
+    fast, general = outcome(1 << 20), outcome(512)
+    assert fast == general
+    if case == "times":
+        assert isinstance(fast, list)
+        entry = fast[1][0]
+        assert (entry.mtime_ns, entry.atime_ns) == (1796405849_080967965, 1796405531_860000000)

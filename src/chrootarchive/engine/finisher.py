@@ -15,6 +15,10 @@ writes to descriptors it is given and sets the times of files its own user creat
 and it dies with the worker (``PR_SET_PDEATHSIG``). It touches no file but those it is
 given: it only ever runs for files that need no owner, xattr or special mode set.
 
+A larger file of a tar the worker reads from a regular file travels as an extent: the
+helper copies it from the archive (a read-only descriptor it keeps from the fork) into
+the new file, so the worker neither reads nor copies its data (it seeks over it).
+
 Batches of at most :data:`MAX_FDS` files travel as one message; at most
 :data:`MAX_IN_FLIGHT` batches are unacknowledged, which bounds the descriptors in
 flight (the kernel counts them against ``RLIMIT_NOFILE``). A batch the kernel refuses
@@ -36,43 +40,70 @@ __all__ = ["Finisher"]
 
 MAX_FDS = 32  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
-_MAX_MESSAGE = 160 << 10  # below the default socket buffer (a batch is one message)
-# A batch: the number of files n, their n data sizes and n mtimes, then the data.
+_MAX_MESSAGE = 160 << 10  # data of a batch at most (a batch is one message)
+_BATCH_EXTENTS = 8 << 20  # bytes of extents in a batch, at most (then it is sent)
+MAX_BYTES_IN_FLIGHT = 32 << 20  # data and extents sent and not acknowledged, at most
+_COPY_CHUNK = 1 << 20  # the helper's buffer for extents
+_SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
+# A batch: the number of files n, their n sizes, then for each file its atime, its
+# mtime and the archive offset of its extent (-1: its data is in the batch), then the
+# data of the files that have it.
 _COUNT = struct.Struct("<H")
 _ERROR = struct.Struct("<cIH")  # b"E", errno, index of the file in its batch
 _OK = b"k"
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
 _EMSGSIZE = 90
+_ENODATA = 61  # an extent beyond the end of the archive (a truncated archive)
+
+
+_LAYOUTS: dict[int, struct.Struct] = {}
 
 
 def _layout(count: int) -> struct.Struct:
-    return struct.Struct(f"<{count}I{count}q")
+    layout = _LAYOUTS.get(count)
+    if layout is None:
+        layout = _LAYOUTS[count] = struct.Struct(f"<{count}Q{3 * count}q")
+    return layout
 
 
 class Finisher:
     """The worker's side: batches files for the helper and collects its replies."""
 
-    def __init__(self, sock: _socket.socket, pid: int) -> None:
+    def __init__(self, sock: _socket.socket, pid: int, source: int = -1) -> None:
         self._sock = sock
         self._pid = pid
-        # One batch is one message, which must fit in the socket's send buffer.
+        self._source = source  # the archive (for extents), or -1
+        # One batch is one message, which must fit in the socket's send buffer; and
+        # several must, or the worker waits at each send until the helper has read the
+        # batch before (files of 8 KiB on average made one batch of 160 KiB fill the
+        # default buffer). The kernel caps the size asked for (net.core.wmem_max).
+        try:  # noqa: SIM105 - the worker does not import contextlib
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _SNDBUF)
+        except OSError:
+            pass
         buffer = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
-        self._max_data = max(min(_MAX_MESSAGE, buffer - 4096) - MAX_FDS * 12 - 2, 0)
+        self._max_data = max(min(_MAX_MESSAGE, buffer // 3 - 4096) - MAX_FDS * 32 - 2, 0)
+        self._extents = 0  # bytes of extents in the batch being made
+        self._in_flight: list[int] = []  # bytes of each batch not yet acknowledged
+        self.in_flight_bytes = 0  # file data the helper has not confirmed written
         self._data = bytearray()
         self._fds: list[int] = []
         self._sizes: list[int] = []
-        self._mtimes: list[int] = []
+        self._numbers: list[int] = []  # atime, mtime, extent offset of each file
         self._names: list[str] = []
         self._sent: list[list[str]] = []  # entry names of the batches not yet acknowledged
         self.error: tuple[OSError, str] | None = None  # the first, with its entry name
         self.finished_here = 0  # files of batches the kernel refused, finished here
+        self.taken = 0  # files given to add() and add_extent()
+        self.extents = 0  # of which given as extents
         self._done = False
 
     @classmethod
-    def start(cls) -> Finisher | None:
+    def start(cls, source: int = -1) -> Finisher | None:
         """Fork the helper; None when that is not possible (the caller works alone).
 
-        Call only while the worker runs no other thread.
+        ``source``: the archive, a regular file the helper may copy extents from
+        (:meth:`add_extent`), or -1. Call only while the worker runs no other thread.
         """
         if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < _MIN_NOFILE:
             return None  # the batches' descriptors would crowd out the unpacker's
@@ -97,18 +128,19 @@ class Finisher:
                     # its own user created, needs no capability.
                     _linux.clear_capabilities()
                 if os.getppid() == parent:
-                    keep = theirs.fileno()
-                    os.closerange(0, keep)  # the archive, the reply pipe, the root...
-                    os.closerange(keep + 1, 1 << 16)
-                    _serve(theirs)
+                    # Everything else is closed: the reply pipe, the root, stdio...
+                    for low, high in _ranges_without({theirs.fileno(), source}):
+                        os.closerange(low, high)
+                    _serve(theirs, source)
                     status = 0
             finally:
                 os._exit(status)
         theirs.close()
-        return cls(ours, pid)
+        return cls(ours, pid, source)
 
-    def add(self, fd: int, data: memoryview | bytes, mtime_ns: int, entry: str) -> None:
-        """Finish ``fd`` (which this takes over): write ``data``, set both times, close.
+    def add(self, fd: int, data: memoryview | bytes, atime_ns: int, mtime_ns: int,
+            entry: str) -> None:
+        """Finish ``fd`` (which this takes over): write ``data``, set its times, close.
 
         ``data`` is copied: the caller's buffer may change once this returns.
         """
@@ -117,9 +149,27 @@ class Finisher:
             self._send()
         self._fds.append(fd)
         self._sizes.append(len(data))
-        self._mtimes.append(mtime_ns)
+        self._numbers += (atime_ns, mtime_ns, -1)
         self._names.append(entry)
         self._data += data
+        self.taken += 1
+
+    def add_extent(self, fd: int, offset: int, size: int, atime_ns: int, mtime_ns: int,
+                   entry: str) -> None:
+        """Finish ``fd`` (which this takes over) with ``size`` bytes of the archive from
+        ``offset`` (the file given to :meth:`start`), then its times, and close it."""
+        if self._fds and len(self._fds) >= MAX_FDS:
+            self._send()
+        self._fds.append(fd)
+        self._sizes.append(size)
+        self._numbers += (atime_ns, mtime_ns, offset)
+        self._names.append(entry)
+        self._extents += size
+        self.in_flight_bytes += size
+        self.taken += 1
+        self.extents += 1
+        if self._extents >= _BATCH_EXTENTS:
+            self._send()
 
     def finish(self) -> tuple[OSError, str] | None:
         """Send what is left, wait for the helper to finish everything; the first error."""
@@ -153,34 +203,56 @@ class Finisher:
     def _send(self) -> None:
         while len(self._sent) >= MAX_IN_FLIGHT:
             self._receive()
-        fds, names = self._fds, self._names
-        head = _COUNT.pack(len(fds)) + _layout(len(fds)).pack(*self._sizes, *self._mtimes)
-        batch = head + self._data
-        self._fds, self._names, self._sizes, self._mtimes = [], [], [], []
+        size = len(self._data) + self._extents
+        while self._in_flight and self.in_flight_bytes + len(self._data) > MAX_BYTES_IN_FLIGHT:
+            self._receive()
+        fds, names, data = self._fds, self._names, self._data
+        head = _COUNT.pack(len(fds)) + _layout(len(fds)).pack(*self._sizes, *self._numbers)
+        self._fds, self._names, self._sizes, self._numbers = [], [], [], []
         self._data = bytearray()
+        self._extents = 0
         rights = struct.pack(f"{len(fds)}i", *fds)
         try:
-            self._sock.sendmsg([batch], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            self._sock.sendmsg([head, data],
+                               [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         except OSError:
             # ETOOMANYREFS (descriptors in flight, counted per user) or a helper that
             # ended: this batch is finished here, in order, before anything else.
-            failed = _finish_batch(memoryview(batch), fds)
+            self.in_flight_bytes -= size - len(data)
+            failed = _finish_batch(memoryview(head + data), fds, self._source)
             self.finished_here += len(fds)
             if failed is not None:
                 self._record(failed[0], names[failed[1]])
             return
         for fd in fds:
             os.close(fd)
+        self.in_flight_bytes += len(data)
+        self._in_flight.append(size)
         self._sent.append(names)
 
-    def _receive(self) -> None:
+    def poll(self) -> int:
+        """Read the replies already there, without waiting; the bytes still in flight."""
+        while self._sent:
+            try:
+                reply = self._sock.recv(64, _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except ConnectionError:
+                reply = b""
+            self._receive(reply)
+        return self.in_flight_bytes
+
+    def _receive(self, reply: bytes | None = None) -> None:
         try:
-            reply = self._sock.recv(64)
+            if reply is None:
+                reply = self._sock.recv(64)
         except ConnectionError:
             reply = b""  # the helper is gone (ECONNRESET)
         names = self._sent.pop(0)
+        self.in_flight_bytes -= self._in_flight.pop(0)
         if not reply:
             self._sent.clear()
+            self._in_flight.clear()
             self._record(OSError(0, "the file helper ended early"), "")
         elif reply[:1] != _OK:
             _tag, number, index = _ERROR.unpack_from(reply)
@@ -191,7 +263,37 @@ class Finisher:
             self.error = (err, entry)
 
 
-def _finish_batch(batch: memoryview, fds: list[int]) -> tuple[OSError, int] | None:
+def _ranges_without(keep: set[int]) -> list[tuple[int, int]]:
+    """The ranges of descriptor numbers (for ``os.closerange``) that leave out ``keep``.
+
+    No empty range: ``os.closerange(0, 0)`` closes every descriptor (close_range(0, -1)).
+    """
+    ranges = []
+    low = 0
+    for fd in sorted(n for n in keep if n >= 0):
+        if fd > low:
+            ranges.append((low, fd))
+        low = fd + 1
+    ranges.append((low, 1 << 16))
+    return ranges
+
+
+def _copy_extent(fd: int, source: int, offset: int, size: int, buffer: memoryview) -> None:
+    """Copy ``size`` bytes of ``source`` from ``offset`` to ``fd`` (through ``buffer``)."""
+    write = os.write
+    while size:
+        got = os.preadv(source, [buffer[:min(size, len(buffer))]], offset)
+        if not got:
+            raise OSError(_ENODATA, "the archive ends inside the file's data")
+        chunk = buffer[:got]
+        while chunk:
+            chunk = chunk[write(fd, chunk):]
+        offset += got
+        size -= got
+
+
+def _finish_batch(batch: memoryview, fds: list[int], source: int,
+                  buffer: memoryview | None = None) -> tuple[OSError, int] | None:
     """Write, time and close each file of a batch; the first error and its index.
 
     After an error the remaining files are only closed.
@@ -204,26 +306,34 @@ def _finish_batch(batch: memoryview, fds: list[int]) -> tuple[OSError, int] | No
     write = os.write
     for index, fd in enumerate(fds):
         size = numbers[index]
+        at = count + 3 * index
+        extent = numbers[at + 2]
         try:
             if failed is None:
-                data = batch[pos : pos + size]
-                written = write(fd, data) if size else 0
-                while written < size:
-                    written += write(fd, data[written:])
-                mtime = numbers[count + index]
-                os.utime(fd, ns=(mtime, mtime))
+                if extent >= 0:
+                    if buffer is None:
+                        buffer = memoryview(bytearray(_COPY_CHUNK))
+                    _copy_extent(fd, source, extent, size, buffer)
+                else:
+                    data = batch[pos : pos + size]
+                    written = write(fd, data) if size else 0
+                    while written < size:
+                        written += write(fd, data[written:])
+                os.utime(fd, ns=(numbers[at], numbers[at + 1]))
         except OSError as err:
             failed = (err, index)
         finally:
             os.close(fd)
-        pos += size
+        if extent < 0:
+            pos += size
     return failed
 
 
-def _serve(sock: _socket.socket) -> None:
+def _serve(sock: _socket.socket, source: int) -> None:
     """The helper's loop: one batch per message, one reply per batch, until EOF."""
-    buf = bytearray(_MAX_MESSAGE)
+    buf = bytearray(_MAX_MESSAGE + MAX_FDS * 32 + _COUNT.size)
     view = memoryview(buf)
+    copy_buffer: memoryview | None = None
     space = _socket.CMSG_SPACE(MAX_FDS * 4)
     failed = False
     while True:
@@ -244,7 +354,9 @@ def _serve(sock: _socket.socket) -> None:
             for fd in fds:  # after an error, files are only closed
                 os.close(fd)
         else:
-            problem = _finish_batch(view[:size], fds)
+            if copy_buffer is None and source >= 0:
+                copy_buffer = memoryview(bytearray(_COPY_CHUNK))
+            problem = _finish_batch(view[:size], fds, source, copy_buffer)
         if problem is not None and not failed:
             failed = True
             sock.send(_ERROR.pack(b"E", problem[0].errno or 0, problem[1]))

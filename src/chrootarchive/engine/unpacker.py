@@ -600,7 +600,7 @@ class Unpacker:
             if self.writer is not None:
                 in_flight += _WRITER_IN_FLIGHT
             if self.finisher is not None:
-                in_flight += _FINISHER_IN_FLIGHT
+                in_flight += _FINISHER_IN_FLIGHT + self.finisher.poll()
             self._check_reserve(entry, in_flight)
             step = min(self.room[0] // 2, _LOOK_BYTES)
         if max_bytes is not None:
@@ -700,6 +700,10 @@ class Unpacker:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
+        if (entry.size > _FINISHER_MAX_FILE and self.finisher is not None
+                and self.identity_owner and not entry.xattrs and not entry.mode & 0o7000
+                and self._extent_file(fd, name, reader, entry)):
+            return
         if entry.size < _THREADED_MIN_SIZE:
             # Small files: a hand-over costs about what their few syscalls cost.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
@@ -741,6 +745,28 @@ class Unpacker:
             if not handed_over:
                 os.close(fd)
 
+    def _extent_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> bool:
+        """A larger plain file of an archive read from a regular file: the helper copies
+        its data from the archive, sets its times and closes it (the reader seeks over
+        the data). False (``fd`` still ours) when it cannot."""
+        assert self.finisher is not None
+        if entry.uid != self.euid or entry.gid != self.egid or self.dirs.get(
+                name.rpartition("/")[0] or ".", True):
+            return False  # an owner to set: the helper has no capability
+        offset = reader.extent(entry)
+        if offset < 0:
+            return False
+        try:
+            self._charge(entry.size, entry.name)
+            atime, mtime = self._times(entry)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.finisher.add_extent(fd, offset, entry.size, atime, mtime, entry.name)
+        if self.finisher.error is not None:
+            self._raise_finisher_error(self.finisher.error)
+        return True
+
     def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
         """:meth:`_write_inline` for the most common file (owner as archived, no xattrs,
         no special bits), written out: most of an archive's cost is per entry."""
@@ -763,9 +789,12 @@ class Unpacker:
                         self.bytes_budget += size
                         self._charge(size, entry.name)
                 finisher = self.finisher
-                if (finisher is not None and not chown and times_plain
-                        and size <= _FINISHER_MAX_FILE):
-                    finisher.add(fd, view, mtime, entry.name)  # writes, times, closes
+                if finisher is not None and not chown and size <= _FINISHER_MAX_FILE:
+                    # It writes, sets the times and closes.
+                    if times_plain:
+                        finisher.add(fd, view, mtime, mtime, entry.name)
+                    else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
+                        finisher.add(fd, view, *self._times(entry), entry.name)
                     fd = -1
                     if finisher.error is not None:
                         self._raise_finisher_error(finisher.error)
@@ -773,7 +802,7 @@ class Unpacker:
                 if self.finisher_countdown > 0:
                     self.finisher_countdown -= 1
                     if not self.finisher_countdown:
-                        self._start_finisher()
+                        self._start_finisher(reader)
                 if size:
                     written = os.write(fd, view)
                     while written < size:
@@ -852,15 +881,17 @@ class Unpacker:
         err, entry = failed
         if not err.errno:
             raise InternalError(err.strerror or str(err), entry or None)
+        if err.errno == errno.ENODATA:  # an extent past the end of the archive
+            raise MalformedArchiveError("unexpected end of archive: truncated data", entry)
         raise self._os_error(err, entry) from err
 
-    def _start_finisher(self) -> None:
+    def _start_finisher(self, reader: TarReader) -> None:
         """Fork the helper, if the worker runs no thread yet (forking then is safe)."""
         self.finisher_countdown = -1  # one try
         if self.writer is None:
             from chrootarchive.engine.finisher import Finisher  # imported before the jail
 
-            self.finisher = Finisher.start()
+            self.finisher = Finisher.start(reader.file_source())
 
     def _raise_writer_error(self) -> None:
         assert self.writer is not None and self.writer.error is not None

@@ -96,6 +96,8 @@ _CANON_FORM = b"0000000 0000000 0000000 00000000000 00000000000 000000  "
 _CANON_FIELDS = struct.Struct("100x7sx7sx7sx11sx11sx6s")
 _SPACES = b" \t\n\v\f\r"
 
+_TIME_KEYS = frozenset((b"mtime", b"atime", b"ctime"))
+
 _SPARSE_KEYS = frozenset(
     (
         "GNU.sparse.major",
@@ -361,6 +363,8 @@ class TarReader:
         self._base = 0  # stream offset of buffer[0]
         self._eof = False
         self._seekable = _is_seekable(fd)
+        # Where the stream starts in the file (for extent()).
+        self._origin = os.lseek(fd, 0, os.SEEK_CUR) if self._seekable else -1
         # Reads made to find headers: on a regular file, small ones, so that skipping
         # large entries (by lseek) does not read their data anyway. Entry data is
         # always read in whole buffers.
@@ -404,10 +408,29 @@ class TarReader:
                 else:
                     self._finish_entry(self._current)
             pos = self._pos
+            pax: _Pax | None = None
             if self._end - pos >= BLOCK and buf[pos] and self._started:
                 hdr = buf[pos : pos + BLOCK]
+                if hdr[156] == 0x78 and hdr[100:156].translate(table) == form:
+                    # A PAX header ('x'; GNU tar --format=posix or --xattrs writes one
+                    # per entry): read here when its records and the header after them
+                    # are in the buffer, with _read_pax's strict rules.
+                    mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
+                    size = int(size_field, 8)
+                    after = pos + BLOCK + size + (-size % BLOCK)
+                    if (after + BLOCK <= self._end and size <= self._max_pax
+                            and int(checksum, 8) == (
+                                (adler32(hdr[:256]) & 0xFFFF)
+                                + (adler32(hdr[256:]) & 0xFFFF)
+                                - (adler32(hdr[148:156]) & 0xFFFF)
+                                + 8 * 0x20
+                                - 1)):
+                        self._pos = pos + BLOCK
+                        pax = self._read_pax(size, f"extended header at offset {self._base + pos}")
+                        pos = self._pos
+                        hdr = buf[pos : pos + BLOCK]
                 kind = kinds.get(hdr[156])
-                if kind is not None and hdr[100:156].translate(table) == form:
+                if kind is not None and buf[pos] and hdr[100:156].translate(table) == form:
                     mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
                     # The exact byte sum, see format.byte_sum().
                     if int(checksum, 8) == (
@@ -417,6 +440,15 @@ class TarReader:
                         + 8 * 0x20
                         - 1
                     ):
+                        if pax is not None:
+                            # The general rules apply the records (names, sizes, sparse
+                            # maps...), with the numbers already read.
+                            where = self._base + pos
+                            self._pos = pos + BLOCK
+                            yield self._entry(
+                                hdr, hdr[156], kind, int(size_field, 8), pax, None, None,
+                                where, (int(mode, 8), int(uid, 8), int(gid, 8), int(mtime, 8)))
+                            continue
                         self._pos = pos + BLOCK
                         nul = hdr.find(0, 0, 100)
                         raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
@@ -445,7 +477,7 @@ class TarReader:
                             self._devices(hdr, entry)
                         yield entry
                         continue
-            slow = self._next_slow()
+            slow = self._next_slow(pax)
             if slow is None:
                 return
             yield slow
@@ -491,6 +523,20 @@ class TarReader:
         self._pos = pos + size
         self._remaining = 0
         return self._mv[pos : pos + size]
+
+    def file_source(self) -> int:
+        """The input, when it is a regular file that :meth:`extent` offsets are in; -1."""
+        return self._fd if self._seekable else -1
+
+    def extent(self, entry: TarEntry) -> int:
+        """The file offset of all the data of a plain file in a regular-file input,
+        which the caller copies from the file itself (the reader then seeks over it,
+        and finds a truncated archive there); -1 when it cannot (a pipe, a sparse
+        file, data already read)."""
+        if (entry is not self._current or not self._seekable or entry.sparse is not None
+                or self._remaining != entry.stored_size or entry.kind != REGULAR):
+            return -1
+        return self._origin + self._base + self._pos
 
     def drain(self) -> int:
         """Read the input to its end; return the bytes discarded.
@@ -647,9 +693,11 @@ class TarReader:
 
     # -- headers ------------------------------------------------------------------
 
-    def _next_slow(self) -> TarEntry | None:
-        """Read headers up to the next entry in the general case; None at the end."""
-        pax: _Pax | None = None
+    def _next_slow(self, pax: _Pax | None = None) -> TarEntry | None:
+        """Read headers up to the next entry in the general case; None at the end.
+
+        ``pax``: the records of a PAX header the fast path has read just before.
+        """
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
@@ -745,12 +793,23 @@ class TarReader:
         long_name: bytes | None,
         long_link: bytes | None,
         where: int,
+        numbers: tuple[int, int, int, int] | None = None,
     ) -> TarEntry:
-        """Build an entry from its header, the pending long names and PAX records."""
-        mode = _number(hdr[100:108])
-        uid = _number(hdr[108:116])
-        gid = _number(hdr[116:124])
-        mtime = _number(hdr[136:148])
+        """Build an entry from its header, the pending long names and PAX records.
+
+        ``numbers``: mode, uid, gid and mtime when the caller has read them already.
+        """
+        mode: int | None
+        uid: int | None
+        gid: int | None
+        mtime: int | None
+        if numbers is not None:
+            mode, uid, gid, mtime = numbers
+        else:
+            mode = _number(hdr[100:108])
+            uid = _number(hdr[108:116])
+            gid = _number(hdr[116:124])
+            mtime = _number(hdr[136:148])
         for value, label in ((mode, "mode"), (uid, "uid"), (gid, "gid"), (mtime, "mtime")):
             if value is None:
                 _fail(f"invalid {label} field", self._where(hdr, where))
@@ -849,11 +908,25 @@ class TarReader:
             if equal < 0:
                 _fail("malformed PAX record: missing '='", where)
             key = data[space + 1 : equal]
+            value = data[equal + 1 : stop - 1]
+            if key in _TIME_KEYS:
+                # The common case, written out: "[seconds].[fraction]", both plain digits
+                # (what _pax_time() reads the same way); anything else goes the long way.
+                secs, dot, frac = value.partition(b".")
+                if secs.isdigit() and len(secs) <= 18 and (not dot or frac.isdigit()):
+                    if key != b"ctime":
+                        time = int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
+                        if key == b"mtime":
+                            pax.mtime = time
+                        else:
+                            pax.atime = time
+                    pos = stop
+                    continue
             if not key:
                 _fail("malformed PAX record: empty keyword", where)
             if 0 in key:
                 _fail("malformed PAX record: NUL byte in keyword", where)
-            self._pax_record(pax, _decode(key), data[equal + 1 : stop - 1], where)
+            self._pax_record(pax, _decode(key), value, where)
             pos = stop
         return pax
 
