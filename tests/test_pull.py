@@ -133,7 +133,7 @@ class Registry:
         return dest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("registry")
     ca = make_ca(root / "ca")
@@ -181,18 +181,18 @@ def _pull(reg: Registry, ref: str, dest: Path, *args: str) -> CLIResult:
 # -- images ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def umoci_image(tmp_path_factory: pytest.TempPathFactory) -> UmociImage:
     """Four layers built by umoci: deletions, a replaced directory, opaque whiteouts."""
     return build_umoci_image(tmp_path_factory.mktemp("umoci"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pushed_umoci(registry: Registry, umoci_image: UmociImage) -> str:
     return registry.push(f"oci:{umoci_image.layout}:{umoci_image.ref}", "team/whiteouts:4")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def multi_platform(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An index with a linux/amd64 and a linux/arm64/v8 image, each one file saying
     which it is, pushed with ``skopeo copy --all``."""

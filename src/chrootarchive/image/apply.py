@@ -26,7 +26,7 @@ from chrootarchive.errors import (
 )
 from chrootarchive.image.digests import Hasher
 from chrootarchive.image.layout import Reader, open_layout
-from chrootarchive.image.plan import LayerPlan, make_plan
+from chrootarchive.image.plan import LayerPlan, Plan, make_plan
 from chrootarchive.image.platforms import default_platform, platform_from_text
 from chrootarchive.image.results import (
     ImageResult,
@@ -341,16 +341,7 @@ def unpack_image(
     """
     options = api.with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                                confine=confine, limits=limits)
-    if options.whiteout_format != "aufs":
-        raise ValueError("unpack_image applies whiteouts: whiteout_format must be 'aufs'")
-    if max_layers < 0:
-        raise ValueError("max_layers must be >= 0")
-    explicit = platform is not None
-    want = platform_from_text(platform if platform is not None else default_platform())
-    sel = Selection(want, explicit, [])
-    started = time.monotonic()
-    timeout = options.limits.timeout
-    deadline = started + timeout if timeout is not None else None
+    sel, deadline = image_setup("unpack_image", options, platform, max_layers)
     image_path = os.fspath(image)
     with open_layout(image_path, os.fspath(dest), options.limits) as layout:
         plan = make_plan(layout, ref, sel, max_layers)
@@ -363,6 +354,25 @@ def unpack_image(
                 plan.layers, lambda layer, label: layout.open(layer.name, label), target,
                 options, used_bytes=spooled, deadline=deadline, progress=progress,
                 on_entry=on_entry, warnings=plan.warnings)
+    return image_result(plan, applied)
+
+
+def image_setup(what: str, options: UnpackOptions, platform: str | None,
+                max_layers: int) -> tuple[Selection, float | None]:
+    """What an image unpack (local or pulled) checks and derives from its arguments
+    first: the platform to choose and the deadline of the whole image."""
+    if options.whiteout_format != "aufs":
+        raise ValueError(f"{what} applies whiteouts: whiteout_format must be 'aufs'")
+    if max_layers < 0:
+        raise ValueError("max_layers must be >= 0")
+    want = platform_from_text(platform if platform is not None else default_platform())
+    timeout = options.limits.timeout
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    return Selection(want, platform is not None, []), deadline
+
+
+def image_result(plan: Plan, applied: Applied) -> ImageResult:
+    """The result of an image unpack: the plan's documents and what was applied."""
     return ImageResult(
         format=plan.format, manifest_digest=plan.manifest_digest,
         config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,

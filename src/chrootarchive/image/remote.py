@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from chrootarchive.errors import ChrootArchiveError, ImageError
-from chrootarchive.image.apply import _locked_dest, apply_planned_layers
+from chrootarchive.image.apply import (
+    _locked_dest,
+    apply_planned_layers,
+    image_result,
+    image_setup,
+)
 from chrootarchive.image.digests import clip
 from chrootarchive.image.documents import (
     MAX_JSON_SIZE,
@@ -33,7 +37,6 @@ from chrootarchive.image.documents import (
 from chrootarchive.image.layout import Reader
 from chrootarchive.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
 from chrootarchive.image.plan import LayerPlan, Plan, plan_manifest
-from chrootarchive.image.platforms import default_platform, platform_from_text
 from chrootarchive.image.results import ImageResult, ProgressCallback
 from chrootarchive.image.selection import Selection, resolve_manifest
 from chrootarchive.operations import untar as api
@@ -215,15 +218,7 @@ def unpack_remote(
     confined job. ``reference`` is the tag or digest, ``name`` the full reference."""
     options = api.with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                                confine=confine, limits=limits)
-    if options.whiteout_format != "aufs":
-        raise ValueError("pull applies whiteouts: whiteout_format must be 'aufs'")
-    if max_layers < 0:
-        raise ValueError("max_layers must be >= 0")
-    explicit = platform is not None
-    want = platform_from_text(platform if platform is not None else default_platform())
-    sel = Selection(want, explicit, [])
-    timeout = options.limits.timeout
-    deadline = time.monotonic() + timeout if timeout is not None else None
+    sel, deadline = image_setup("pull", options, platform, max_layers)
     plan = remote_plan(registry, reference, name, sel, max_layers)
     opener = Prefetcher(registry, plan.layers, prefetch)
     try:
@@ -233,10 +228,4 @@ def unpack_remote(
                 on_entry=on_entry, warnings=plan.warnings)
     finally:
         opener.close()
-    return ImageResult(
-        format=plan.format, manifest_digest=plan.manifest_digest,
-        config_digest=plan.config_digest, ref=plan.ref, platform=plan.platform,
-        layers=tuple(applied.layers), size=applied.size, entries=applied.entries,
-        confinement=applied.confinement, warnings=tuple(applied.warnings),
-        privileged=applied.privileged,
-    )
+    return image_result(plan, applied)
