@@ -66,6 +66,12 @@ def main() -> int:
           f"{int(fields[12]) / tick:.2f} s); helper user "
           f"{after.children_user - before.children_user:.3f} s, system "
           f"{after.children_system - before.children_system:.3f} s", file=sys.stderr)
+    helper = worker.finisher
+    if helper is not None:
+        print(f"helper: {helper.taken:,} files taken ({helper.by_name:,} by name, "
+              f"{helper.extents:,} extents), {helper.given_back:,} given back; "
+              f"{worker.stats.entries - helper.taken:,} entries done by the worker",
+              file=sys.stderr)
     return 0
 
 

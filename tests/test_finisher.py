@@ -11,7 +11,13 @@ socket, and the helper writes, sets the time and closes. These tests check that:
 - an error in the helper (a full disk, a file-size limit) is reported as the worker
   reports its own: one line, naming the entry that failed;
 - batches the kernel refuses (here: the helper is gone before the first) are
-  finished by the worker itself, in order, and nothing is lost.
+  finished by the worker itself, in order, and nothing is lost;
+- files the helper creates by name (the worker only parses and decides) give the tree
+  the worker alone would make, whatever is in the way: the same name again, a file
+  then a directory or a link at its name, a directory replaced by a symlink, what a
+  destination already holds (a symlink to a victim outside, which is never followed),
+  a directory of another owner (which the helper, without capabilities, leaves to the
+  worker).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from chrootarchive.engine import unpacker as unpack
-from helpers import hardening
+from helpers import hardening, tree
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import child_pids
 
@@ -184,8 +190,9 @@ os.umask(0)
 if mode == "fsize":
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-u = unpack.Unpacker(fsops.FileOps(), unpack_spec(UnpackOptions()), print)
-u.finisher_countdown = 64
+u = unpack.Unpacker(fsops.FileOps(), unpack_spec(UnpackOptions()), print,
+                    layer_mode=mode.startswith("layer"))
+u.finisher_countdown = -1 if mode.endswith("alone") else 64
 if mode == "gone":
     start = u._start_finisher
     def start_then_lose_the_helper(*args):
@@ -205,15 +212,18 @@ result["helper"] = u.finisher is not None
 result["finished_here"] = u.finisher.finished_here if u.finisher else 0
 result["taken"] = u.finisher.taken if u.finisher else 0
 result["extents"] = u.finisher.extents if u.finisher else 0
+result["by_name"] = u.finisher.by_name if u.finisher else 0
+result["given_back"] = u.finisher.given_back if u.finisher else 0
 print(json.dumps(result))
 """
 
 
-def _in_process(archive: bytes, tmp_path: Path, mode: str) -> dict:
+def _in_process(archive: bytes, tmp_path: Path, mode: str, dest: Path | None = None) -> dict:
     path = tmp_path / "in.tar"
     path.write_bytes(archive)
-    dest = tmp_path / "dest"
-    dest.mkdir()
+    if dest is None:
+        dest = tmp_path / "dest"
+        dest.mkdir()
     proc = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(SRC), str(path), str(dest),
                            mode], capture_output=True, timeout=120)
     assert proc.stdout, proc.stderr.decode()
@@ -293,3 +303,204 @@ def test_an_extent_past_the_end_of_a_truncated_archive_names_its_entry(
     assert result["error"][0] == "MalformedArchiveError", result
     assert result["error"][2] == "d0/f00150", result
     assert "truncated" in result["error"][1], result
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE,
+         linkname: str = "", mode: int = 0o644, owner: int = 0, mtime: int = 1_500_000_000
+         ) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = mode
+    info.uid = info.gid = owner
+    info.mtime = mtime
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data) if data else None)
+
+
+def _tricky_archive() -> bytes:
+    """After enough small files for the helper, every way in which a file created by
+    name meets something in its way, between many small files (batches mix them)."""
+    buf = io.BytesIO()
+    big = bytes(range(256)) * 400  # 102,400 bytes: an extent
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        _add(tf, "owned", kind=tarfile.DIRTYPE, mode=0o755, owner=1000)
+        _add(tf, "sg", kind=tarfile.DIRTYPE, mode=0o2775)
+        _add(tf, "dd", kind=tarfile.DIRTYPE, mode=0o755)
+        for i in range(100):
+            _add(tf, f"a/f{i:03d}", f"first {i}".encode() * (i % 9), mtime=1_000_000 + i)
+        for round_ in range(3):
+            _add(tf, "dup", f"dup {round_}".encode() * 50, mtime=2_000_000 + round_)
+            _add(tf, "bigdup", big[round_:] + big[:round_], mtime=2_000_100 + round_)
+            for i in range(40):
+                _add(tf, f"b{round_}/f{i:03d}", f"filler {round_} {i}".encode())
+        _add(tf, "fd1", b"a file first")
+        _add(tf, "fd1", kind=tarfile.DIRTYPE, mode=0o750)
+        _add(tf, "fd1/x", b"then below it")
+        _add(tf, "hl", b"linked to")
+        _add(tf, "hl2", kind=tarfile.LNKTYPE, linkname="hl")
+        _add(tf, "sl", b"a file, then a symlink")
+        _add(tf, "sl", kind=tarfile.SYMTYPE, linkname="hl")
+        for i in range(30):
+            _add(tf, f"dd/f{i:02d}", f"in dd {i}".encode())
+            _add(tf, f"owned/f{i:02d}", f"owned {i}".encode())  # the helper cannot
+            _add(tf, f"sg/f{i:02d}", f"setgid {i}".encode())
+        _add(tf, "dd", kind=tarfile.SYMTYPE, linkname="a")
+        _add(tf, "dd2/f", b"under a new directory")
+        for name in ("pre/file", "pre/dir", "pre/link", "pre/biglink"):
+            _add(tf, name, (name.encode() * 30000)[: 70_000 if "big" in name else 900])
+        for i in range(100):
+            _add(tf, f"c/f{i:03d}", f"last {i}".encode() * (i % 7))
+    return buf.getvalue()
+
+
+def _victim_and_dest(tmp_path: Path, name: str) -> tuple[Path, Path, tree.Snapshot]:
+    """A victim tree outside, and a destination that already holds what the archive
+    replaces: a file, a directory with files, symlinks to the victim's files."""
+    victim = tmp_path / f"victim-{name}"
+    victim.mkdir()
+    (victim / "secret").write_bytes(b"do not touch")
+    (victim / "big").write_bytes(b"do not touch either")
+    dest = tmp_path / name
+    (dest / "pre" / "dir").mkdir(parents=True)
+    (dest / "pre" / "dir" / "inside").write_bytes(b"old")
+    (dest / "pre" / "file").write_bytes(b"old file")
+    (dest / "pre" / "link").symlink_to(victim / "secret")
+    (dest / "pre" / "biglink").symlink_to(victim / "big")
+    (dest / "dup").symlink_to(victim / "secret")
+    return victim, dest, tree.snapshot(victim, ctime=True, nlink=True)
+
+
+def test_files_created_by_the_helper_give_the_tree_the_worker_alone_gives(
+    tmp_path: Path,
+) -> None:
+    """The worker alone against the worker with its helper creating files by name, the
+    same archive into the same kind of destination: the same tree; the helper created
+    files, and gave some back (those in the way, those of the directory of uid 1000)."""
+    archive = _tricky_archive()
+    trees = {}
+    for mode in ("alone", "plain"):
+        victim, dest, before = _victim_and_dest(tmp_path, mode)
+        result = _in_process(archive, tmp_path, mode, dest)
+        assert "error" not in result, result
+        tree.assert_same(before, tree.snapshot(victim, ctime=True, nlink=True),
+                         "the victim outside changed")
+        trees[mode] = tree.snapshot(dest, nlink=True)
+        if mode == "plain":
+            assert result["by_name"] > 300, result
+            # dup x2, bigdup x2, pre/* x4, the 30 files of "owned" (at least)
+            assert result["given_back"] >= 38, result
+    listed = {"owned", "sg", "fd1"}  # the others' times are those of their making
+
+    def implied_dir_time(path: str, key: str) -> bool:
+        return (key == "mtime_ns" and trees["alone"][path]["type"] == "dir"
+                and path not in listed)
+
+    tree.assert_same(trees["alone"], trees["plain"], "the helper made another tree",
+                     ignore=implied_dir_time)
+    dest = tmp_path / "plain"
+    assert (dest / "dup").read_bytes() == b"dup 2" * 50
+    assert (dest / "fd1" / "x").read_bytes() == b"then below it"
+    assert os.readlink(dest / "dd") == "a" and os.readlink(dest / "sl") == "hl"
+    assert (dest / "owned" / "f07").stat().st_uid == 0
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_files_created_by_the_helper_never_follow_a_planted_symlink(
+    user: str, tmp_path: Path, unpriv: hardening.Unprivileged
+) -> None:
+    """Through the command line (``pivot`` as root, ``userns`` as uid 65534), a large
+    archive read from a file (the helper creates its files) into a destination holding
+    symlinks to a victim outside at the names the archive writes: the victim is
+    unchanged, and the tree is the one unpacked from a pipe (no helper)."""
+    names = [f"f{i:05d}" for i in range(6000)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i, name in enumerate(names):
+            _add(tf, f"d/{name}", f"archive {i}\n".encode() * (i % 40), mtime=1_000_000 + i)
+    archive = buf.getvalue()
+    assert len(archive) >= 4 << 20  # the worker may fork a helper from this size on
+    base = unpriv.mkdir("base") if user == "nobody" else tmp_path
+    victim = base / "victim"
+    victim.mkdir()
+    (victim / "secret").write_bytes(b"do not touch")
+    if user == "nobody":
+        os.chown(victim, hardening.NOBODY, hardening.NOBODY)
+        os.chown(victim / "secret", hardening.NOBODY, hardening.NOBODY)
+    before = tree.snapshot(victim, ctime=True, nlink=True)
+    path = base / "many.tar"
+    path.write_bytes(archive)
+    path.chmod(0o644)
+    dests = {}
+    for how in ("file", "pipe"):
+        dest = base / f"dest-{how}"
+        (dest / "d").mkdir(parents=True)
+        for name in names[100::7]:  # after the helper started
+            (dest / "d" / name).symlink_to(victim / "secret")
+        if user == "nobody":
+            for dirpath, dirnames, filenames in os.walk(dest):
+                for entry in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+                    os.lchown(entry, hardening.NOBODY, hardening.NOBODY)
+        source = str(path) if how == "file" else "-"
+        feed = None if how == "file" else archive
+        if user == "root":
+            proc = subprocess.run([*CLI, "untar", source, str(dest)], input=feed,
+                                  capture_output=True, timeout=120)
+            rc, err = proc.returncode, proc.stderr.decode()
+        else:
+            result = unpriv.cli("untar", source, dest, input=feed, timeout=120)
+            rc, err = result.rc, result.err
+        assert rc == 0, err
+        dests[how] = tree.snapshot(dest)
+    tree.assert_same(before, tree.snapshot(victim, ctime=True, nlink=True),
+                     "the victim outside changed")
+    tree.assert_same(dests["pipe"], dests["file"], "the helper made another tree",
+                     ignore=lambda path, key: key == "mtime_ns" and path in {".", "d"})
+    assert (base / "dest-file" / "d" / names[107]).read_bytes() == b"archive 107\n" * 27
+
+
+def test_a_name_below_a_file_the_helper_creates_fails_as_without_it(tmp_path: Path) -> None:
+    """A file, then a name below it with no directory entry: the parent cannot be made
+    (not a directory), with or without the helper (the worker waits for the helper's
+    file before it makes the parent)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(100):
+            _add(tf, f"a/f{i:03d}", b"x" * i)
+        _add(tf, "p", b"a file")
+        _add(tf, "p/y", b"below a file")
+    for mode in ("alone", "plain"):
+        (tmp_path / mode).mkdir()
+        result = _in_process(buf.getvalue(), tmp_path / mode, mode)
+        assert result["error"][0] == "ArchiveError", (mode, result)
+        assert result["error"][2] == "p/y", (mode, result)
+        assert "not a directory" in result["error"][1], (mode, result)
+        assert (tmp_path / mode / "dest" / "p").read_bytes() == b"a file"
+
+
+def test_whiteouts_after_files_the_helper_creates_as_without_it(tmp_path: Path) -> None:
+    """A layer: files, then a whiteout of one of them and an opaque marker in their
+    directory (the worker waits for the helper's files before a marker): the tree is the
+    one the worker alone makes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(100):
+            _add(tf, f"a/f{i:03d}", b"x" * i)
+        _add(tf, "x", b"whited out later")
+        _add(tf, "y", b"kept")
+        _add(tf, ".wh.x")
+        _add(tf, "d/a", b"in d")
+        _add(tf, "d/.wh..wh..opq")
+        _add(tf, "d/b", b"after the marker")
+    trees = {}
+    for mode in ("layer-alone", "layer"):
+        dest = tmp_path / mode / "dest"
+        (dest / "d").mkdir(parents=True)
+        (dest / "d" / "lower").write_bytes(b"from a lower layer")
+        result = _in_process(buf.getvalue(), tmp_path / mode, mode, dest)
+        assert "error" not in result, result
+        trees[mode] = tree.snapshot(dest)
+    tree.assert_same(trees["layer-alone"], trees["layer"], "the helper made another tree",
+                     ignore=lambda path, key: key == "mtime_ns" and path in {".", "a", "d"})
+    # A whiteout hides what lower layers have, not what its own layer wrote.
+    assert "x" in trees["layer"] and "d/lower" not in trees["layer"], sorted(trees["layer"])

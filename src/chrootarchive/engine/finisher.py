@@ -19,6 +19,15 @@ A larger file of a tar the worker reads from a regular file travels as an extent
 helper copies it from the archive (a read-only descriptor it keeps from the fork) into
 the new file, so the worker neither reads nor copies its data (it seeks over it).
 
+A file may also travel by name (:meth:`Finisher.add_new`): the helper then creates it
+itself, with ``O_CREAT | O_EXCL | O_NOFOLLOW`` as the worker would, in the same jail
+(its root and working directory are the worker's), so the worker's core only parses
+and decides. What the helper cannot create (something is in the way, or the
+directory is not its user's) it leaves to the worker: the reply lists those files,
+and :meth:`Finisher.take_returned` gives them back in order. Names in flight are in
+:attr:`Finisher.pending`; the unpacker waits for them (:meth:`Finisher.settle`)
+before it touches such a name, or a name below it, in any other way.
+
 Batches of at most :data:`MAX_FDS` files travel as one message; at most
 :data:`MAX_IN_FLIGHT` batches are unacknowledged, which bounds the descriptors in
 flight (the kernel counts them against ``RLIMIT_NOFILE``). A batch the kernel refuses
@@ -38,19 +47,26 @@ from chrootarchive import _linux
 
 __all__ = ["Finisher"]
 
-MAX_FDS = 32  # files per batch
+MAX_FDS = 32  # descriptors per batch
+MAX_FILES = 64  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
 _MAX_MESSAGE = 160 << 10  # data of a batch at most (a batch is one message)
 _BATCH_EXTENTS = 8 << 20  # bytes of extents in a batch, at most (then it is sent)
 MAX_BYTES_IN_FLIGHT = 32 << 20  # data and extents sent and not acknowledged, at most
 _COPY_CHUNK = 1 << 20  # the helper's buffer for extents
 _SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
-# A batch: the number of files n, their n sizes, then for each file its atime, its
-# mtime and the archive offset of its extent (-1: its data is in the batch), then the
-# data of the files that have it.
+# A batch: the number of files n, their n sizes, the n lengths of their names (0: the
+# file's descriptor is passed with the batch), then for each file its atime, its
+# mtime, the archive offset of its extent (-1: its data is in the batch) and the mode
+# to create it with; then the names; then the data of the files that have it.
 _COUNT = struct.Struct("<H")
-_ERROR = struct.Struct("<cIH")  # b"E", errno, index of the file in its batch
+# The reply to a batch: b"k" or b"E", the error's errno and the index of its file,
+# then the indexes of the files left to the worker (as H each).
+_REPLY = struct.Struct("<cIH")
 _OK = b"k"
+_ERR = b"E"
+_RETURNED = {17, 13, 1}  # EEXIST, EACCES, EPERM: the worker creates those files
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
 _EMSGSIZE = 90
 _ENODATA = 61  # an extent beyond the end of the archive (a truncated archive)
@@ -62,7 +78,7 @@ _LAYOUTS: dict[int, struct.Struct] = {}
 def _layout(count: int) -> struct.Struct:
     layout = _LAYOUTS.get(count)
     if layout is None:
-        layout = _LAYOUTS[count] = struct.Struct(f"<{count}Q{3 * count}q")
+        layout = _LAYOUTS[count] = struct.Struct(f"<{count}Q{count}I{4 * count}q")
     return layout
 
 
@@ -82,20 +98,32 @@ class Finisher:
         except OSError:
             pass
         buffer = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
-        self._max_data = max(min(_MAX_MESSAGE, buffer // 3 - 4096) - MAX_FDS * 32 - 2, 0)
+        self._max_data = max(min(_MAX_MESSAGE, buffer // 3 - 4096) - MAX_FILES * 48 - 2, 0)
         self._extents = 0  # bytes of extents in the batch being made
         self._in_flight: list[int] = []  # bytes of each batch not yet acknowledged
         self.in_flight_bytes = 0  # file data the helper has not confirmed written
         self._data = bytearray()
+        self._paths = bytearray()  # the names of the files created by name
         self._fds: list[int] = []
         self._sizes: list[int] = []
-        self._numbers: list[int] = []  # atime, mtime, extent offset of each file
-        self._names: list[str] = []
-        self._sent: list[list[str]] = []  # entry names of the batches not yet acknowledged
+        self._name_sizes: list[int] = []
+        self._numbers: list[int] = []  # atime, mtime, extent offset, mode of each file
+        self._names: list[str] = []  # the entry name of each file (for errors)
+        # What the worker needs to create a file itself that the helper left to it:
+        # (path, token, data start, size, extent offset) of each file sent by name.
+        self._own: list[tuple[str, object, int, int, int] | None] = []
+        # The batches not yet acknowledged: entry names, _own, the data.
+        self._sent: list[tuple[list[str], list[tuple[str, object, int, int, int] | None],
+                               bytearray]] = []
+        #: Paths of the files sent by name and not yet created (or given back).
+        self.pending: set[str] = set()
+        self._returned: list[tuple[str, object, memoryview | None, int, int]] = []
         self.error: tuple[OSError, str] | None = None  # the first, with its entry name
         self.finished_here = 0  # files of batches the kernel refused, finished here
-        self.taken = 0  # files given to add() and add_extent()
+        self.taken = 0  # files given to add(), add_extent() and add_new()
         self.extents = 0  # of which given as extents
+        self.by_name = 0  # of which given by name
+        self.given_back = 0  # of which the helper left to the worker
         self._done = False
 
     @classmethod
@@ -124,8 +152,9 @@ class Finisher:
                 ours.close()
                 _linux.prctl(_linux.PR_SET_PDEATHSIG, _linux.SIGKILL)
                 if os.geteuid() == 0:
-                    # Writing to descriptors it is given, and setting the times of files
-                    # its own user created, needs no capability.
+                    # Writing to descriptors it is given, creating files in directories
+                    # of its own user and setting the times of files its user created
+                    # needs no capability (what else it meets it leaves to the worker).
                     _linux.clear_capabilities()
                 if os.getppid() == parent:
                     # Everything else is closed: the reply pipe, the root, stdio...
@@ -144,13 +173,15 @@ class Finisher:
 
         ``data`` is copied: the caller's buffer may change once this returns.
         """
-        if self._fds and (len(self._fds) >= MAX_FDS
-                          or len(self._data) + len(data) > self._max_data):
+        if self._names and (len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES
+                            or len(self._data) + len(self._paths) + len(data) > self._max_data):
             self._send()
         self._fds.append(fd)
         self._sizes.append(len(data))
-        self._numbers += (atime_ns, mtime_ns, -1)
+        self._name_sizes.append(0)
+        self._numbers += (atime_ns, mtime_ns, -1, 0)
         self._names.append(entry)
+        self._own.append(None)
         self._data += data
         self.taken += 1
 
@@ -158,12 +189,14 @@ class Finisher:
                    entry: str) -> None:
         """Finish ``fd`` (which this takes over) with ``size`` bytes of the archive from
         ``offset`` (the file given to :meth:`start`), then its times, and close it."""
-        if self._fds and len(self._fds) >= MAX_FDS:
+        if self._names and (len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES):
             self._send()
         self._fds.append(fd)
         self._sizes.append(size)
-        self._numbers += (atime_ns, mtime_ns, offset)
+        self._name_sizes.append(0)
+        self._numbers += (atime_ns, mtime_ns, offset, 0)
         self._names.append(entry)
+        self._own.append(None)
         self._extents += size
         self.in_flight_bytes += size
         self.taken += 1
@@ -171,15 +204,83 @@ class Finisher:
         if self._extents >= _BATCH_EXTENTS:
             self._send()
 
+    def has_room(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes of data (and name) can be added now without
+        waiting for the helper; False: the helper is behind, the worker does it itself."""
+        if (len(self._names) < MAX_FILES
+                and len(self._data) + len(self._paths) + size <= self._max_data):
+            return True
+        if len(self._sent) < MAX_IN_FLIGHT:
+            return True
+        self.poll()
+        return len(self._sent) < MAX_IN_FLIGHT
+
+    def add_new(self, path: str, mode: int, data: memoryview | bytes, offset: int, size: int,
+                atime_ns: int, mtime_ns: int, entry: str, token: object) -> None:
+        """Create the new file ``path`` (which :attr:`pending` must not hold) with
+        ``mode`` in the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes
+        of the archive from there), set its times and close it; or give it back (with
+        ``token``) through :meth:`take_returned`."""
+        encoded = os.fsencode(path)
+        if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
+                self._paths) + len(data) + len(encoded) > self._max_data):
+            self._send()
+        start = len(self._data)
+        if offset < 0:
+            size = len(data)
+            self._data += data
+        else:
+            self._extents += size
+            self.in_flight_bytes += size
+            self.extents += 1
+        self._paths += encoded
+        self._sizes.append(size)
+        self._name_sizes.append(len(encoded))
+        self._numbers += (atime_ns, mtime_ns, offset, mode)
+        self._names.append(entry)
+        self._own.append((path, token, start, size, offset))
+        self.pending.add(path)
+        self.taken += 1
+        self.by_name += 1
+        if self._extents >= _BATCH_EXTENTS:
+            self._send()
+
+    def settle(self) -> None:
+        """Send what is batched and wait until the helper has done all it was sent;
+        afterwards :attr:`pending` holds only the files given back."""
+        if self._names:
+            self._send()
+        while self._sent:
+            self._receive()
+
+    def take_returned(self) -> list[tuple[str, object, memoryview | None, int, int]]:
+        """The files the helper left to the worker, in order: (path, token, data or
+        None, extent offset, size); they leave :attr:`pending`."""
+        returned = self._returned
+        self._returned = []
+        for item in returned:
+            self.pending.discard(item[0])
+        return returned
+
+    @property
+    def returned(self) -> bool:
+        """Whether files wait in :meth:`take_returned`."""
+        return bool(self._returned)
+
+    def copy_extent(self, fd: int, offset: int, size: int) -> None:
+        """Copy ``size`` bytes of the archive from ``offset`` into ``fd`` (a file given
+        back)."""
+        _copy_extent(fd, self._source, offset, size,
+                     memoryview(bytearray(min(_COPY_CHUNK, max(size, 1)))))
+
     def finish(self) -> tuple[OSError, str] | None:
-        """Send what is left, wait for the helper to finish everything; the first error."""
+        """Send what is left, wait for the helper to finish everything; the first error.
+
+        Files given back are still in :meth:`take_returned`."""
         if self._done:
             return self.error
         try:
-            if self._fds:
-                self._send()
-            while self._sent:
-                self._receive()
+            self.settle()
         finally:
             self._done = True
             self._sock.close()
@@ -206,21 +307,27 @@ class Finisher:
         size = len(self._data) + self._extents
         while self._in_flight and self.in_flight_bytes + len(self._data) > MAX_BYTES_IN_FLIGHT:
             self._receive()
-        fds, names, data = self._fds, self._names, self._data
-        head = _COUNT.pack(len(fds)) + _layout(len(fds)).pack(*self._sizes, *self._numbers)
-        self._fds, self._names, self._sizes, self._numbers = [], [], [], []
+        fds, names, own, data, paths = (self._fds, self._names, self._own, self._data,
+                                        self._paths)
+        count = len(names)
+        head = _COUNT.pack(count) + _layout(count).pack(
+            *self._sizes, *self._name_sizes, *self._numbers) + paths
+        self._fds, self._names, self._own, self._sizes = [], [], [], []
+        self._name_sizes, self._numbers = [], []
         self._data = bytearray()
+        self._paths = bytearray()
         self._extents = 0
-        rights = struct.pack(f"{len(fds)}i", *fds)
+        ancillary = ([(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                       struct.pack(f"{len(fds)}i", *fds))] if fds else [])
         try:
-            self._sock.sendmsg([head, data],
-                               [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            self._sock.sendmsg([head, data], ancillary)
         except OSError:
             # ETOOMANYREFS (descriptors in flight, counted per user) or a helper that
             # ended: this batch is finished here, in order, before anything else.
             self.in_flight_bytes -= size - len(data)
-            failed = _finish_batch(memoryview(head + data), fds, self._source)
-            self.finished_here += len(fds)
+            failed, returned = _finish_batch(memoryview(head + data), fds, self._source)
+            self.finished_here += count
+            self._give_back(returned, own, data)
             if failed is not None:
                 self._record(failed[0], names[failed[1]])
             return
@@ -228,13 +335,13 @@ class Finisher:
             os.close(fd)
         self.in_flight_bytes += len(data)
         self._in_flight.append(size)
-        self._sent.append(names)
+        self._sent.append((names, own, data))
 
     def poll(self) -> int:
         """Read the replies already there, without waiting; the bytes still in flight."""
         while self._sent:
             try:
-                reply = self._sock.recv(64, _socket.MSG_DONTWAIT)
+                reply = self._sock.recv(_REPLY.size + 2 * MAX_FILES, _socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             except ConnectionError:
@@ -245,18 +352,46 @@ class Finisher:
     def _receive(self, reply: bytes | None = None) -> None:
         try:
             if reply is None:
-                reply = self._sock.recv(64)
+                reply = self._sock.recv(_REPLY.size + 2 * MAX_FILES)
         except ConnectionError:
             reply = b""  # the helper is gone (ECONNRESET)
-        names = self._sent.pop(0)
+        names, own, data = self._sent.pop(0)
         self.in_flight_bytes -= self._in_flight.pop(0)
-        if not reply:
+        if len(reply) < _REPLY.size:
+            for item in own:  # nothing of these files is known
+                if item is not None:
+                    self.pending.discard(item[0])
+            for _names, later, _data in self._sent:
+                for item in later:
+                    if item is not None:
+                        self.pending.discard(item[0])
             self._sent.clear()
             self._in_flight.clear()
             self._record(OSError(0, "the file helper ended early"), "")
-        elif reply[:1] != _OK:
-            _tag, number, index = _ERROR.unpack_from(reply)
+            return
+        tag, number, index = _REPLY.unpack_from(reply)
+        count = (len(reply) - _REPLY.size) // 2
+        returned = struct.unpack_from(f"<{count}H", reply, _REPLY.size)
+        self._give_back(returned, own, data)
+        if tag != _OK:
             self._record(OSError(number, os.strerror(number)), names[index])
+
+    def _give_back(self, returned: tuple[int, ...] | list[int],
+                   own: list[tuple[str, object, int, int, int] | None],
+                   data: bytearray) -> None:
+        """Keep the files the helper left to the worker; the others are done."""
+        back = set(returned)
+        view = memoryview(data)
+        for index, item in enumerate(own):
+            if item is None:
+                continue
+            path, token, start, size, offset = item
+            if index in back:
+                chunk = view[start : start + size] if offset < 0 else None
+                self._returned.append((path, token, chunk, offset, size))
+                self.given_back += 1
+            else:
+                self.pending.discard(path)
 
     def _record(self, err: OSError, entry: str) -> None:
         if self.error is None:
@@ -293,23 +428,43 @@ def _copy_extent(fd: int, source: int, offset: int, size: int, buffer: memoryvie
 
 
 def _finish_batch(batch: memoryview, fds: list[int], source: int,
-                  buffer: memoryview | None = None) -> tuple[OSError, int] | None:
-    """Write, time and close each file of a batch; the first error and its index.
+                  buffer: memoryview | None = None
+                  ) -> tuple[tuple[OSError, int] | None, list[int]]:
+    """Create (those sent by name), write, time and close each file of a batch; the
+    first error and its index, and the indexes of the files left to the worker.
 
     After an error the remaining files are only closed.
     """
-    count = len(fds)
+    count = _COUNT.unpack_from(batch)[0]
     layout = _layout(count)
     numbers = layout.unpack_from(batch, _COUNT.size)
-    pos = _COUNT.size + layout.size
+    name_at = _COUNT.size + layout.size
+    pos = name_at + sum(numbers[count : 2 * count])
     failed: tuple[OSError, int] | None = None
+    returned: list[int] = []
     write = os.write
-    for index, fd in enumerate(fds):
+    next_fd = 0
+    for index in range(count):
         size = numbers[index]
-        at = count + 3 * index
+        name_size = numbers[count + index]
+        at = 2 * count + 4 * index
         extent = numbers[at + 2]
+        fd = -1
         try:
-            if failed is None:
+            if name_size:
+                name = bytes(batch[name_at : name_at + name_size])
+                name_at += name_size
+                if failed is None:
+                    try:
+                        fd = os.open(name, _CREATE, numbers[at + 3])
+                    except OSError as err:
+                        if err.errno not in _RETURNED:
+                            raise
+                        returned.append(index)
+            else:
+                fd = fds[next_fd]
+                next_fd += 1
+            if failed is None and fd >= 0:
                 if extent >= 0:
                     if buffer is None:
                         buffer = memoryview(bytearray(_COPY_CHUNK))
@@ -323,15 +478,16 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
         except OSError as err:
             failed = (err, index)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if extent < 0:
             pos += size
-    return failed
+    return failed, returned
 
 
 def _serve(sock: _socket.socket, source: int) -> None:
     """The helper's loop: one batch per message, one reply per batch, until EOF."""
-    buf = bytearray(_MAX_MESSAGE + MAX_FDS * 32 + _COUNT.size)
+    buf = bytearray(_MAX_MESSAGE + MAX_FILES * 48 + _COUNT.size)
     view = memoryview(buf)
     copy_buffer: memoryview | None = None
     space = _socket.CMSG_SPACE(MAX_FDS * 4)
@@ -346,9 +502,8 @@ def _serve(sock: _socket.socket, source: int) -> None:
         if not size and not fds:
             return  # the worker closed its end
         problem: tuple[OSError, int] | None = None
-        if flags & (_socket.MSG_CTRUNC | _socket.MSG_TRUNC) or (
-            size < _COUNT.size or _COUNT.unpack_from(buf)[0] != len(fds)
-        ):
+        returned: list[int] = []
+        if flags & (_socket.MSG_CTRUNC | _socket.MSG_TRUNC) or not _well_formed(view[:size], fds):
             problem = (OSError(_EMSGSIZE, os.strerror(_EMSGSIZE)), 0)  # files lost
         if failed or problem is not None:
             for fd in fds:  # after an error, files are only closed
@@ -356,9 +511,26 @@ def _serve(sock: _socket.socket, source: int) -> None:
         else:
             if copy_buffer is None and source >= 0:
                 copy_buffer = memoryview(bytearray(_COPY_CHUNK))
-            problem = _finish_batch(view[:size], fds, source, copy_buffer)
+            problem, returned = _finish_batch(view[:size], fds, source, copy_buffer)
+        tail = struct.pack(f"<{len(returned)}H", *returned)
         if problem is not None and not failed:
             failed = True
-            sock.send(_ERROR.pack(b"E", problem[0].errno or 0, problem[1]))
+            sock.send(_REPLY.pack(_ERR, problem[0].errno or 0, problem[1]) + tail)
         else:
-            sock.send(_OK)
+            sock.send(_REPLY.pack(_OK, 0, 0) + tail)
+
+
+def _well_formed(batch: memoryview, fds: list[int]) -> bool:
+    """A batch as the worker makes them: its count, its layout and as many descriptors
+    as files without a name."""
+    if len(batch) < _COUNT.size:
+        return False
+    count = _COUNT.unpack_from(batch)[0]
+    if not 0 < count <= MAX_FILES:
+        return False
+    layout = _layout(count)
+    if len(batch) < _COUNT.size + layout.size:
+        return False
+    numbers = layout.unpack_from(batch, _COUNT.size)
+    name_sizes = numbers[count : 2 * count]
+    return name_sizes.count(0) == len(fds)

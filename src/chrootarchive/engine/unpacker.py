@@ -222,6 +222,13 @@ class Unpacker:
         # jailed worker for large inputs, forked after the first few small files.
         self.finisher: Finisher | None = None
         self.finisher_countdown = -1  # set to FINISHER_AFTER to allow the helper
+        # Paths of files the helper creates and has not yet created (its pending set):
+        # nothing else is done to such a path, or below it, before it has (_settle).
+        self.pending: set[str] = set()
+        self._redoing = False  # the worker creates files the helper gave back
+        # Files are sent by name only where replacing is the rule: what the helper
+        # finds in the way it gives back, and the worker replaces it as it would.
+        self.by_name = options.old_files == "replace"
         self.options = options
         self.warn = warn
         self.excludes = paths.exclude_matcher(options.excludes, options.exclude_style)
@@ -388,6 +395,8 @@ class Unpacker:
         if self.markers and self.whiteouts.is_marker(name):
             self._marker(name, entry, reader)
             return True
+        if self.pending and name in self.pending:
+            self._settle()  # the same name again: the helper's file first
         kind = entry.kind
         if name == ".":
             if kind != tarreader.DIRECTORY:
@@ -432,6 +441,8 @@ class Unpacker:
 
     def _marker(self, name: str, entry: TarEntry, reader: TarReader) -> None:
         """A whiteout, opaque marker or AUFS metadata entry of a layer."""
+        if self.pending:
+            self._settle()  # it may remove what the helper is creating
         kept_copy = self.whiteouts.aufs_link_file(name, entry)
         if kept_copy is not None:
             self._file(kept_copy, entry, reader)
@@ -469,6 +480,8 @@ class Unpacker:
             if known is not None:
                 parent_setgid = known
                 continue
+            if self.pending and prefix in self.pending:
+                self._settle()  # a file the helper creates is in the way
             try:
                 self.fs.mkdir(prefix, 0o755)
             except FileExistsError:
@@ -532,6 +545,8 @@ class Unpacker:
 
         Replaces what is there, except when a directory meets a directory.
         """
+        if self.pending:
+            self._settle()  # what is removed may hold files the helper creates
         st = self.fs.lstat(name)
         if st is None:
             return False
@@ -696,18 +711,25 @@ class Unpacker:
         return fd
 
     def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+        finisher = self.finisher
+        helper = True
+        if (finisher is not None and self.by_name and self.identity_owner
+                and not entry.xattrs and not entry.mode & 0o7000):
+            if self._file_by_name(finisher, name, entry, reader):
+                return
+            helper = False  # the helper is behind: this one is done here
         try:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
-        if (entry.size > _FINISHER_MAX_FILE and self.finisher is not None
+        if (helper and entry.size > _FINISHER_MAX_FILE and self.finisher is not None
                 and self.identity_owner and not entry.xattrs and not entry.mode & 0o7000
                 and self._extent_file(fd, name, reader, entry)):
             return
         if entry.size < _THREADED_MIN_SIZE:
             # Small files: a hand-over costs about what their few syscalls cost.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
-                self._plain_file(fd, name, reader, entry)  # closes fd
+                self._plain_file(fd, name, reader, entry, helper)  # closes fd
             else:
                 self._write_inline(fd, name, reader, entry)  # closes fd
             return
@@ -745,6 +767,95 @@ class Unpacker:
             if not handed_over:
                 os.close(fd)
 
+    def _file_by_name(self, finisher: Finisher, name: str, entry: TarEntry,
+                      reader: TarReader) -> bool:
+        """A plain file that the helper creates, writes (or copies from the archive),
+        times and closes; False (nothing done) when it cannot take it now."""
+        if entry.uid != self.euid or entry.gid != self.egid or self.dirs.get(
+                name.rpartition("/")[0] or ".", True):
+            return False  # an owner to set: the helper has no capability
+        size = entry.size
+        if size > _FINISHER_MAX_FILE:
+            offset = reader.extent(entry)
+            if offset < 0 or not finisher.has_room(len(name)):
+                return False
+            self._charge(size, entry.name)
+            atime, mtime = self._times(entry)
+            finisher.add_new(name, entry.mode & 0o777, b"", offset, size, atime, mtime,
+                             entry.name, entry)
+        else:
+            if not finisher.has_room(size + len(name)):
+                return False  # the helper is behind: the worker does this one
+            view = reader.whole_data(entry)
+            if view is None:
+                return False
+            if size:
+                self.bytes_budget -= size
+                if self.bytes_budget < 0 or self.deadline is not None:
+                    self.bytes_budget += size
+                    self._charge(size, entry.name)
+            mtime = entry.mtime_ns
+            if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
+                atime = mtime
+            else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
+                atime, mtime = self._times(entry)
+            finisher.add_new(name, entry.mode & 0o777, view, -1, 0, atime, mtime, entry.name,
+                             entry)
+        if finisher.error is not None:
+            self._raise_finisher_error(finisher.error)
+        if finisher.returned:
+            self._redo_returned()
+        return True
+
+    def _settle(self) -> None:
+        """Wait until the helper has created the files it was sent; create those it gave
+        back."""
+        assert self.finisher is not None
+        self.finisher.settle()
+        if self.finisher.error is not None:
+            self._raise_finisher_error(self.finisher.error)
+        self._redo_returned()
+
+    def _redo_returned(self) -> None:
+        """Create, in archive order, the files the helper left to the worker (something
+        was in the way: it is replaced here as for any file)."""
+        finisher = self.finisher
+        if finisher is None or self._redoing:
+            return  # the outer call goes on with them in order
+        self._redoing = True
+        try:
+            while finisher.returned:
+                for path, token, data, offset, size in finisher.take_returned():
+                    entry = token
+                    assert isinstance(entry, TarEntry)
+                    self._redo_file(finisher, path, entry, data, offset, size)
+        finally:
+            self._redoing = False
+
+    def _redo_file(self, finisher: Finisher, path: str, entry: TarEntry,
+                   data: memoryview | None, offset: int, size: int) -> None:
+        try:
+            fd = self._create_file(path, entry)
+            try:
+                if offset >= 0:
+                    finisher.copy_extent(fd, offset, size)
+                elif data:
+                    written = os.write(fd, data)
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                os.utime(fd, ns=self._times(entry))
+            finally:
+                os.close(fd)
+        except _SkipEntry:
+            pass
+        except ChrootArchiveError:
+            raise
+        except OSError as err:
+            if err.errno == errno.ENODATA:  # an extent past the end of the archive
+                raise MalformedArchiveError("unexpected end of archive: truncated data",
+                                            entry.name) from None
+            raise self._os_error(err, entry.name) from err
+
     def _extent_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> bool:
         """A larger plain file of an archive read from a regular file: the helper copies
         its data from the archive, sets its times and closes it (the reader seeks over
@@ -765,11 +876,15 @@ class Unpacker:
         self.finisher.add_extent(fd, offset, entry.size, atime, mtime, entry.name)
         if self.finisher.error is not None:
             self._raise_finisher_error(self.finisher.error)
+        if self.finisher.returned:
+            self._redo_returned()
         return True
 
-    def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry) -> None:
+    def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry,
+                    helper: bool = True) -> None:
         """:meth:`_write_inline` for the most common file (owner as archived, no xattrs,
-        no special bits), written out: most of an archive's cost is per entry."""
+        no special bits), written out: most of an archive's cost is per entry.
+        ``helper``: it may be handed to the helper."""
         try:
             view = reader.whole_data(entry)
             uid = entry.uid
@@ -789,7 +904,8 @@ class Unpacker:
                         self.bytes_budget += size
                         self._charge(size, entry.name)
                 finisher = self.finisher
-                if finisher is not None and not chown and size <= _FINISHER_MAX_FILE:
+                if (finisher is not None and helper and not chown
+                        and size <= _FINISHER_MAX_FILE):
                     # It writes, sets the times and closes.
                     if times_plain:
                         finisher.add(fd, view, mtime, mtime, entry.name)
@@ -798,6 +914,8 @@ class Unpacker:
                     fd = -1
                     if finisher.error is not None:
                         self._raise_finisher_error(finisher.error)
+                    if finisher.returned:
+                        self._redo_returned()
                     return
                 if self.finisher_countdown > 0:
                     self.finisher_countdown -= 1
@@ -872,6 +990,7 @@ class Unpacker:
             failed = self.finisher.finish()
             if failed is not None:
                 self._raise_finisher_error(failed)
+            self._redo_returned()
         if self.writer is not None:
             self.writer.drain()
             if self.writer.error is not None:
@@ -892,6 +1011,8 @@ class Unpacker:
             from chrootarchive.engine.finisher import Finisher  # imported before the jail
 
             self.finisher = Finisher.start(reader.file_source())
+            if self.finisher is not None:
+                self.pending = self.finisher.pending
 
     def _raise_writer_error(self) -> None:
         assert self.writer is not None and self.writer.error is not None
@@ -953,6 +1074,8 @@ class Unpacker:
             return  # a link to itself: nothing to do
         if target == ".":
             raise ArchiveError("cannot hard link to the destination root", entry.name)
+        if self.pending and target in self.pending:
+            self._settle()
 
         def create() -> None:
             try:
