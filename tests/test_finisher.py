@@ -412,7 +412,7 @@ def test_files_created_by_the_helper_never_follow_a_planted_symlink(
     """Through the command line (``pivot`` as root, ``userns`` as uid 65534), a large
     archive read from a file (the helper creates its files) into a destination holding
     symlinks to a victim outside at the names the archive writes: the victim is
-    unchanged, and the tree is the one unpacked from a pipe (no helper)."""
+    unchanged, and the tree is the one ``--confine openat2`` makes (no helper)."""
     names = [f"f{i:05d}" for i in range(6000)]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
@@ -432,7 +432,7 @@ def test_files_created_by_the_helper_never_follow_a_planted_symlink(
     path.write_bytes(archive)
     path.chmod(0o644)
     dests = {}
-    for how in ("file", "pipe"):
+    for how in ("file", "openat2"):
         dest = base / f"dest-{how}"
         (dest / "d").mkdir(parents=True)
         for name in names[100::7]:  # after the helper started
@@ -441,20 +441,20 @@ def test_files_created_by_the_helper_never_follow_a_planted_symlink(
             for dirpath, dirnames, filenames in os.walk(dest):
                 for entry in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
                     os.lchown(entry, hardening.NOBODY, hardening.NOBODY)
-        source = str(path) if how == "file" else "-"
-        feed = None if how == "file" else archive
+        args = ["untar", str(path), str(dest)]
+        if how == "openat2":
+            args[1:1] = ["--confine", "openat2"]
         if user == "root":
-            proc = subprocess.run([*CLI, "untar", source, str(dest)], input=feed,
-                                  capture_output=True, timeout=120)
+            proc = subprocess.run([*CLI, *args], capture_output=True, timeout=120)
             rc, err = proc.returncode, proc.stderr.decode()
         else:
-            result = unpriv.cli("untar", source, dest, input=feed, timeout=120)
+            result = unpriv.cli(*args, timeout=120)
             rc, err = result.rc, result.err
         assert rc == 0, err
         dests[how] = tree.snapshot(dest)
     tree.assert_same(before, tree.snapshot(victim, ctime=True, nlink=True),
                      "the victim outside changed")
-    tree.assert_same(dests["pipe"], dests["file"], "the helper made another tree",
+    tree.assert_same(dests["openat2"], dests["file"], "the helper made another tree",
                      ignore=lambda path, key: key == "mtime_ns" and path in {".", "d"})
     assert (base / "dest-file" / "d" / names[107]).read_bytes() == b"archive 107\n" * 27
 
@@ -504,3 +504,74 @@ def test_whiteouts_after_files_the_helper_creates_as_without_it(tmp_path: Path) 
                      ignore=lambda path, key: key == "mtime_ns" and path in {".", "a", "d"})
     # A whiteout hides what lower layers have, not what its own layer wrote.
     assert "x" in trees["layer"] and "d/lower" not in trees["layer"], sorted(trees["layer"])
+
+
+def test_no_helper_under_openat2_and_nothing_lands_in_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """``--confine openat2`` runs the unpacker in the caller's process: no helper is
+    forked there (the caller's threads), and no file is created by name from the
+    caller's working directory, which here holds the archive's directory ``d``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(6000):
+            _add(tf, f"d/f{i:05d}", f"archive {i}\\n".encode() * (i % 40))
+    archive = buf.getvalue()
+    assert len(archive) >= 4 << 20  # the jailed worker would fork a helper
+    path = tmp_path / "many.tar"
+    path.write_bytes(archive)
+    cwd = tmp_path / "cwd"
+    (cwd / "d").mkdir(parents=True)
+    (cwd / "d" / "keep").write_bytes(b"the caller's")
+    before = tree.snapshot(cwd, ctime=True, nlink=True)
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([*CLI, "untar", "--confine", "openat2", str(path), str(dest)],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    forked = []
+    while proc.poll() is None:
+        forked += child_pids(proc.pid)
+        time.sleep(0.002)
+    _out, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert not forked, forked
+    tree.assert_same(before, tree.snapshot(cwd, ctime=True, nlink=True),
+                     "the working directory changed")
+    assert len(os.listdir(dest / "d")) == 6000
+
+
+@pytest.mark.parametrize("how", ["gz-file", "zst-pipe"])
+def test_compressed_input_has_the_helper_too(how: str, tmp_path: Path) -> None:
+    """While the parent decompresses, the worker still forks its helper (a .tar.gz
+    file of 1 MiB or more, or a pipe of unknown size), and the tree is exact."""
+    import gzip
+
+    import zstandard
+
+    archive = _archive(20_000, lambda i: (i * 331) % 3000)
+    packed = (gzip.compress(archive, 1) if how.startswith("gz")
+              else zstandard.ZstdCompressor().compress(archive))
+    assert how.endswith("pipe") or len(packed) >= 1 << 20
+    path = tmp_path / "many.tar.x"
+    path.write_bytes(packed)
+    dest = tmp_path / "dest"
+    feed = None
+    if how.endswith("file"):
+        proc = subprocess.Popen([*CLI, "untar", str(path), str(dest)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    else:
+        feed = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
+        assert feed.stdout is not None
+        proc = subprocess.Popen([*CLI, "untar", "-", str(dest)], stdin=feed.stdout,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        feed.stdout.close()
+    helpers: set[int] = set()
+    while proc.poll() is None:
+        for worker in hardening.workers_of(proc.pid):
+            helpers.update(hardening.workers_of(worker))
+        time.sleep(0.002)
+    _out, err = proc.communicate()
+    if feed is not None:
+        feed.wait()
+    assert proc.returncode == 0, err.decode()
+    assert helpers, "no helper process was seen during the extraction"
+    assert _actual(dest) == _expected(archive)

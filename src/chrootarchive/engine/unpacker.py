@@ -228,7 +228,9 @@ class Unpacker:
         self._redoing = False  # the worker creates files the helper gave back
         # Files are sent by name only where replacing is the rule: what the helper
         # finds in the way it gives back, and the worker replaces it as it would.
-        self.by_name = options.old_files == "replace"
+        # And only in a jail (the base FileOps): the helper resolves names from its
+        # working directory, which must be the jail's root.
+        self.by_name = options.old_files == "replace" and type(fs) is fsops.FileOps
         self.options = options
         self.warn = warn
         self.excludes = paths.exclude_matcher(options.excludes, options.exclude_style)

@@ -29,6 +29,7 @@ from chrootarchive.runner import ladder
 from chrootarchive.runner import stack as runner_stack
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
+_HELPER_MIN_COMPRESSED = 1 << 20  # the same, compressed
 
 __all__ = [
     "LayerStack",
@@ -349,10 +350,7 @@ def _unpack_data(
         # own gained nothing measurable: docs/performance.md).
         _kind, data = compression.decompressed_chunks(
             counted, compressed=compressed, max_memory=options.limits.max_memory)
-    # The worker may fork a helper for small files (see finisher) when the parent
-    # leaves the second core idle: a plain tar, read by the worker itself, and large
-    # enough to pay for the fork. Compressed input keeps the parent decompressing.
-    helper = direct_fd is not None and os.fstat(direct_fd).st_size >= _HELPER_MIN_INPUT
+    helper = _helper_pays(raw, direct_fd)
     # A plain file is read by the job itself: its progress is the file's shared offset
     # (the pump watches it); otherwise the source is counted as it is read.
     return _run_unpack(root_fd, rel_dest, options, data, layer=layer, helper=helper,
@@ -491,6 +489,22 @@ def open_source(source: Source) -> Iterator[BinaryIO]:
         yield io.BytesIO(source)
         return
     yield source
+
+
+def _helper_pays(raw: BinaryIO, direct_fd: int | None) -> bool:
+    """Whether the worker may fork a helper that creates and writes its small files
+    (see ``engine.finisher``): for an input large enough to pay for the fork. Also
+    while the parent decompresses: the worker parsing, the helper creating files and
+    the parent decompressing share two cores better than two of them do (measured:
+    docs/performance.md). An input of unknown size may (the worker forks it only
+    after its first small files)."""
+    try:
+        st = os.fstat(raw.fileno() if direct_fd is None else direct_fd)
+    except (OSError, AttributeError, ValueError):
+        return True
+    if not stat.S_ISREG(st.st_mode):
+        return True
+    return st.st_size >= (_HELPER_MIN_INPUT if direct_fd is not None else _HELPER_MIN_COMPRESSED)
 
 
 def _plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:

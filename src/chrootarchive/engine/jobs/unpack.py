@@ -73,7 +73,9 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         in_user_namespace=context.in_user_namespace,
         listed=None if names is None else names.add,
     )
-    if request.helper:
+    if request.helper and context.own_process:
+        # Forked from a jailed worker of our own only: openat2 runs in the caller's
+        # process (its threads, its working directory), where a fork is no helper's.
         worker.finisher_countdown = unpacker.FINISHER_AFTER
     reader = tarreader.TarReader(fd)
     try:
