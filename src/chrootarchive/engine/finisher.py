@@ -70,6 +70,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
 _EMSGSIZE = 90
 _ENODATA = 61  # an extent beyond the end of the archive (a truncated archive)
+_NO_SENDFILE = {22, 38, 95}  # EINVAL, ENOSYS, EOPNOTSUPP: copied through a buffer
 
 
 _LAYOUTS: dict[int, struct.Struct] = {}
@@ -414,7 +415,19 @@ def _ranges_without(keep: set[int]) -> list[tuple[int, int]]:
 
 
 def _copy_extent(fd: int, source: int, offset: int, size: int, buffer: memoryview) -> None:
-    """Copy ``size`` bytes of ``source`` from ``offset`` to ``fd`` (through ``buffer``)."""
+    """Copy ``size`` bytes of ``source`` from ``offset`` to ``fd``: in the kernel
+    (``sendfile``, page cache to page cache), else through ``buffer``."""
+    try:
+        while size:
+            sent = os.sendfile(fd, source, offset, size)
+            if not sent:
+                raise OSError(_ENODATA, "the archive ends inside the file's data")
+            offset += sent
+            size -= sent
+        return
+    except OSError as err:
+        if err.errno not in _NO_SENDFILE:
+            raise
     write = os.write
     while size:
         got = os.preadv(source, [buffer[:min(size, len(buffer))]], offset)
