@@ -1377,3 +1377,79 @@ def test_pax_fast_path_reads_as_the_general_path(case: str, tmp_path: Path) -> N
         assert isinstance(fast, list)
         entry = fast[1][0]
         assert (entry.mtime_ns, entry.atime_ns) == (1796405849_080967965, 1796405531_860000000)
+
+
+def _spliced_archive() -> tuple[bytes, dict[str, bytes]]:
+    files = {"small": b"s" * 700, "big": bytes(random.Random(1).randbytes(3_000_123)),
+             "after": b"a" * 10, "big2": b"z" * (20 << 20) + b"end", "last": b"l"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), files
+
+
+@pytest.mark.parametrize("chunks", [None, (1, 70_000)])
+def test_spliced_moves_a_files_data_from_a_pipe(chunks: tuple[int, int] | None,
+                                                  tmp_path: Path) -> None:
+    """From a pipe (written whole, or in small random pieces), the data of files that
+    the buffer holds in part or not at all is moved into the file: the buffered part
+    written, the rest spliced; the steps add up to the size; the next entries follow."""
+    archive, files = _spliced_archive()
+    rfd = feed_pipe(archive, chunks)
+    reader = TarReader(rfd, bufsize=1 << 20)
+    seen = {}
+    for entry in reader:
+        if entry.size > 1 << 20:
+            assert reader.can_splice(entry)
+            path = tmp_path / entry.name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                steps = list(reader.spliced(entry, fd))
+            finally:
+                os.close(fd)
+            assert sum(steps) == entry.size and max(steps) <= 8 << 20
+            assert not reader.can_splice(entry)  # all of it moved
+            seen[entry.name] = path.read_bytes()
+        else:
+            seen[entry.name] = b"".join(bytes(c) for _, c in reader.data(entry))
+    os.close(rfd)
+    assert seen == files
+
+
+def test_spliced_from_a_pipe_that_ends_inside_the_data_names_the_entry(
+    tmp_path: Path,
+) -> None:
+    archive, _files = _spliced_archive()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        cut = tf.getmember("big2").offset_data + (5 << 20)
+    rfd = feed_pipe(archive[:cut])
+    reader = TarReader(rfd)
+    with pytest.raises(MalformedArchiveError, match="truncated data") as caught:
+        for entry in reader:
+            if entry.name == "big2":
+                fd = os.open(tmp_path / "big2", os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    for _step in reader.spliced(entry, fd):
+                        pass
+                finally:
+                    os.close(fd)
+    os.close(rfd)
+    assert caught.value.entry == "big2"
+
+
+def test_spliced_is_only_for_a_pipe(tmp_path: Path) -> None:
+    archive, _files = _spliced_archive()
+    path = tmp_path / "a.tar"
+    path.write_bytes(archive)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = TarReader(fd)
+        entry = next(iter(reader))
+        assert not reader.can_splice(entry)
+        with pytest.raises(InternalError):
+            next(reader.spliced(entry, fd))
+    finally:
+        os.close(fd)

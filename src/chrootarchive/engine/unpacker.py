@@ -728,8 +728,9 @@ class Unpacker:
                 and self.identity_owner and not entry.xattrs and not entry.mode & 0o7000
                 and self._extent_file(fd, name, reader, entry)):
             return
-        if entry.size < _THREADED_MIN_SIZE:
-            # Small files: a hand-over costs about what their few syscalls cost.
+        if entry.size < _THREADED_MIN_SIZE or reader.can_splice(entry):
+            # Small files: a hand-over costs about what their few syscalls cost. Large
+            # ones from a pipe: moved by the kernel (splice), nothing to hand over.
             if self.identity_owner and not entry.xattrs and not entry.mode & 0o7000:
                 self._plain_file(fd, name, reader, entry, helper)  # closes fd
             else:
@@ -961,7 +962,12 @@ class Unpacker:
             os.close(fd)
 
     def _write_chunks(self, fd: int, reader: TarReader, entry: TarEntry) -> None:
-        """A file's data chunk by chunk (large or sparse files)."""
+        """A file's data chunk by chunk (large or sparse files), or moved by the kernel
+        from a pipe."""
+        if reader.can_splice(entry):
+            for step in reader.spliced(entry, fd):
+                self._charge(step, entry.name)
+            return
         sparse = entry.sparse is not None
         write = os.write
         pwrite = os.pwrite

@@ -327,6 +327,16 @@ def _header_name(hdr: _Bytes) -> bytes:
     return name
 
 
+_SPLICE_STEP = 8 << 20  # bytes moved between two looks at the limits
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def _is_seekable(fd: int) -> bool:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -363,6 +373,7 @@ class TarReader:
         self._base = 0  # stream offset of buffer[0]
         self._eof = False
         self._seekable = _is_seekable(fd)
+        self._pipe = _is_pipe(fd)  # data may be moved from it with splice()
         # Where the stream starts in the file (for extent()).
         self._origin = os.lseek(fd, 0, os.SEEK_CUR) if self._seekable else -1
         # Reads made to find headers: on a regular file, small ones, so that skipping
@@ -523,6 +534,45 @@ class TarReader:
         self._pos = pos + size
         self._remaining = 0
         return self._mv[pos : pos + size]
+
+    def can_splice(self, entry: TarEntry) -> bool:
+        """Whether :meth:`spliced` can move the current plain file's data (the input is
+        a pipe, and none of the data was read yet)."""
+        return (self._pipe and entry is self._current and entry.sparse is None
+                and self._remaining == entry.stored_size and entry.kind == REGULAR)
+
+    def spliced(self, entry: TarEntry, fd: int) -> Iterator[int]:
+        """Move all the data of the current plain file into ``fd`` (see
+        :meth:`can_splice`): what the buffer holds by ``write``, the rest straight from
+        the pipe with ``splice``, never through the interpreter. Yields the size of each
+        step before it is moved, for the caller to count against its limits; a pipe
+        that ends inside the data is the entry's "truncated data" error."""
+        if not self.can_splice(entry):
+            raise InternalError("spliced() called for data it cannot move", entry.name)
+        pos = self._pos
+        step = min(self._end - pos, self._remaining)
+        if step:
+            yield step
+            view = self._mv[pos : pos + step]
+            while view:
+                view = view[os.write(fd, view):]
+            self._pos = pos + step
+            self._remaining -= step
+        if not self._remaining:
+            return
+        self._base += self._end  # the buffer is used up
+        self._pos = self._end = 0
+        while self._remaining:
+            step = min(self._remaining, _SPLICE_STEP)
+            yield step
+            while step:
+                moved = os.splice(self._fd, fd, step) if not self._eof else 0
+                if not moved:
+                    self._eof = True
+                    _fail("unexpected end of archive: truncated data", entry.name)
+                step -= moved
+                self._remaining -= moved
+                self._base += moved
 
     def file_source(self) -> int:
         """The input, when it is a regular file that :meth:`extent` offsets are in; -1."""
