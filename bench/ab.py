@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Before and after: the command line of two (or more) source trees, taking turns.
+
+``python bench/ab.py --inputs rootfs.tar,small.tar.zst --variant before=/work/old/src
+--variant after=/work/main/src [--gnutar] [--runs 5]``
+
+Each round runs every variant once on each input (``chrootarchive untar INPUT DEST``
+with ``PYTHONPATH`` set to the variant's tree, into a fresh directory of
+``--target``), and GNU tar with ``--gnutar``; the order of the variants rotates each
+round, so that a machine that slows down or speeds up during the run weighs on all of
+them alike. Printed: the median wall time (and its minimum), the median CPU time of
+the process tree, and the ratio to GNU tar's median in the same run. A quick check
+between two commits; the table of issue 16 is ``bench/run.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONSOLE = Path(sys.executable).with_name("chrootarchive")
+
+
+def _run(argv: list[str], env: dict[str, str] | None) -> tuple[float, float]:
+    before = os.times()
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = os.times()
+    cpu = (after.children_user - before.children_user
+           + after.children_system - before.children_system)
+    return wall, cpu
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", required=True,
+                    help="comma-separated names in DIR/inputs, or paths")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SRC",
+                    help="a source tree to run (PYTHONPATH); give two or more")
+    ap.add_argument("--gnutar", action="store_true", help="also GNU tar (the ratios)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dir", type=Path, default=Path("/var/tmp/chrootarchive-bench"))
+    ap.add_argument("--target", type=Path, default=Path("/dev/shm/chrootarchive-ab"))
+    args = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
+    names = [*variants, *(["gnutar"] if args.gnutar else [])]
+    inputs = [p if os.sep in p else str(args.dir / "inputs" / p)
+              for p in args.inputs.split(",")]
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    print(f"kernel {os.uname().release}; {args.runs} rounds; target {args.target}")
+    try:
+        for round_ in range(args.runs):
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            for path in inputs:
+                for name in order:
+                    shutil.rmtree(args.target, ignore_errors=True)
+                    if name == "gnutar":
+                        args.target.mkdir(parents=True)
+                        argv = ["tar", "-xf", path, "-C", str(args.target)]
+                        env = None
+                    else:
+                        argv = [str(CONSOLE), "untar", path, str(args.target)]
+                        env = dict(os.environ, PYTHONPATH=variants[name])
+                    times.setdefault((path, name), []).append(_run(argv, env))
+    finally:
+        shutil.rmtree(args.target, ignore_errors=True)
+    for path in inputs:
+        runs = times.get((path, "gnutar"))
+        gnutar = statistics.median(w for w, _ in runs) if runs else None
+        for name in names:
+            walls = [w for w, _ in times[(path, name)]]
+            cpus = [c for _, c in times[(path, name)]]
+            wall = statistics.median(walls)
+            ratio = f"  ratio {wall / gnutar:.2f}" if gnutar else ""
+            print(f"{Path(path).name:18} {name:12} wall {wall:7.3f} s (min {min(walls):.3f})"
+                  f"  cpu {statistics.median(cpus):6.3f} s{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
