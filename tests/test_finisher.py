@@ -318,6 +318,11 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", *, kind: bytes = tar
     tf.addfile(info, io.BytesIO(data) if data else None)
 
 
+def _files_for_the_helper_to_start(tf: tarfile.TarFile) -> None:
+    for i in range(100):
+        _add(tf, f"a/f{i:03d}", b"x" * i)
+
+
 def _tricky_archive() -> bytes:
     """After enough small files for the helper, every way in which a file created by
     name meets something in its way, between many small files (batches mix them)."""
@@ -465,8 +470,7 @@ def test_a_name_below_a_file_the_helper_creates_fails_as_without_it(tmp_path: Pa
     file before it makes the parent)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for i in range(100):
-            _add(tf, f"a/f{i:03d}", b"x" * i)
+        _files_for_the_helper_to_start(tf)
         _add(tf, "p", b"a file")
         _add(tf, "p/y", b"below a file")
     for mode in ("alone", "plain"):
@@ -484,8 +488,7 @@ def test_whiteouts_after_files_the_helper_creates_as_without_it(tmp_path: Path) 
     one the worker alone makes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for i in range(100):
-            _add(tf, f"a/f{i:03d}", b"x" * i)
+        _files_for_the_helper_to_start(tf)
         _add(tf, "x", b"whited out later")
         _add(tf, "y", b"kept")
         _add(tf, ".wh.x")

@@ -602,6 +602,14 @@ class Unpacker:
         if self.deadline is not None:
             self._check_time(entry)
 
+    def _charge_small(self, size: int, entry: str) -> None:
+        """:meth:`_charge` for a small file: one subtraction while the budget lasts and
+        no deadline is set."""
+        self.bytes_budget -= size
+        if self.bytes_budget < 0 or self.deadline is not None:
+            self.bytes_budget += size
+            self._charge(size, entry)
+
     def _look_bytes(self, entry: str, size: int) -> None:
         """The byte budget ran out charging ``size``: check max_bytes and the reserve,
         and give a new budget."""
@@ -793,10 +801,7 @@ class Unpacker:
             if view is None:
                 return False
             if size:
-                self.bytes_budget -= size
-                if self.bytes_budget < 0 or self.deadline is not None:
-                    self.bytes_budget += size
-                    self._charge(size, entry.name)
+                self._charge_small(size, entry.name)
             mtime = entry.mtime_ns
             if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
                 atime = mtime
@@ -902,10 +907,7 @@ class Unpacker:
             else:
                 size = len(view)
                 if size:
-                    self.bytes_budget -= size
-                    if self.bytes_budget < 0 or self.deadline is not None:
-                        self.bytes_budget += size
-                        self._charge(size, entry.name)
+                    self._charge_small(size, entry.name)
                 finisher = self.finisher
                 if (finisher is not None and helper and not chown
                         and size <= _FINISHER_MAX_FILE):
