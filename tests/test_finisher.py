@@ -351,6 +351,18 @@ def _tricky_archive() -> bytes:
             _add(tf, f"owned/f{i:02d}", f"owned {i}".encode())  # the helper cannot
             _add(tf, f"sg/f{i:02d}", f"setgid {i}".encode())
         _add(tf, "dd", kind=tarfile.SYMTYPE, linkname="a")
+        # Symlinks: the helper makes them too.
+        _add(tf, "s1", kind=tarfile.SYMTYPE, linkname="a/f001", mtime=3_000_001)
+        _add(tf, "s2", kind=tarfile.SYMTYPE, linkname="nowhere", mtime=3_000_002)
+        _add(tf, "s3", kind=tarfile.SYMTYPE, linkname="a/f002")
+        _add(tf, "s3", b"a file where a symlink was")
+        _add(tf, "s4", kind=tarfile.SYMTYPE, linkname="b0")
+        _add(tf, "s4/new", b"through a symlink to a directory")
+        _add(tf, "s5", kind=tarfile.SYMTYPE, linkname="a/f003")
+        _add(tf, "s5h", kind=tarfile.LNKTYPE, linkname="s5")
+        _add(tf, "pre/sym", kind=tarfile.SYMTYPE, linkname="file")
+        for i in range(5):
+            _add(tf, f"owned/sl{i}", kind=tarfile.SYMTYPE, linkname=f"f{i:02d}")
         _add(tf, "dd2/f", b"under a new directory")
         for name in ("pre/file", "pre/dir", "pre/link", "pre/biglink"):
             _add(tf, name, (name.encode() * 30000)[: 70_000 if "big" in name else 900])
@@ -370,6 +382,7 @@ def _victim_and_dest(tmp_path: Path, name: str) -> tuple[Path, Path, tree.Snapsh
     (dest / "pre" / "dir").mkdir(parents=True)
     (dest / "pre" / "dir" / "inside").write_bytes(b"old")
     (dest / "pre" / "file").write_bytes(b"old file")
+    (dest / "pre" / "sym").write_bytes(b"a file where the archive has a symlink")
     (dest / "pre" / "link").symlink_to(victim / "secret")
     (dest / "pre" / "biglink").symlink_to(victim / "big")
     (dest / "dup").symlink_to(victim / "secret")
@@ -393,8 +406,8 @@ def test_files_created_by_the_helper_give_the_tree_the_worker_alone_gives(
         trees[mode] = tree.snapshot(dest, nlink=True)
         if mode == "plain":
             assert result["by_name"] > 300, result
-            # dup x2, bigdup x2, pre/* x4, the 30 files of "owned" (at least)
-            assert result["given_back"] >= 38, result
+            # dup x2, bigdup x2, pre/* x5, s3, the 35 names in "owned" (at least)
+            assert result["given_back"] >= 45, result
     listed = {"owned", "sg", "fd1"}  # the others' times are those of their making
 
     def implied_dir_time(path: str, key: str) -> bool:
@@ -407,6 +420,9 @@ def test_files_created_by_the_helper_give_the_tree_the_worker_alone_gives(
     assert (dest / "dup").read_bytes() == b"dup 2" * 50
     assert (dest / "fd1" / "x").read_bytes() == b"then below it"
     assert os.readlink(dest / "dd") == "a" and os.readlink(dest / "sl") == "hl"
+    assert os.readlink(dest / "s1") == "a/f001" and os.lstat(dest / "s1").st_mtime == 3_000_001
+    assert (dest / "b0" / "new").read_bytes() == b"through a symlink to a directory"
+    assert os.readlink(dest / "pre" / "sym") == "file"
     assert (dest / "owned" / "f07").stat().st_uid == 0
 
 

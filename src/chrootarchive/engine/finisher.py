@@ -58,7 +58,8 @@ _SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
 # A batch: the number of files n, their n sizes, the n lengths of their names (0: the
 # file's descriptor is passed with the batch), then for each file its atime, its
 # mtime, the archive offset of its extent (-1: its data is in the batch) and the mode
-# to create it with; then the names; then the data of the files that have it.
+# to create it with (SYMLINK: a symlink, whose target is its data); then the names;
+# then the data of the files that have it.
 _COUNT = struct.Struct("<H")
 # The reply to a batch: b"k" or b"E", the error's errno and the index of its file,
 # then the indexes of the files left to the worker (as H each).
@@ -67,6 +68,8 @@ _OK = b"k"
 _ERR = b"E"
 _RETURNED = {17, 13, 1}  # EEXIST, EACCES, EPERM: the worker creates those files
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+SYMLINK = -1  # the mode of a symlink sent by name (add_symlink)
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
 _EMSGSIZE = 90
 _ENODATA = 61  # an extent beyond the end of the archive (a truncated archive)
@@ -245,6 +248,13 @@ class Finisher:
         self.by_name += 1
         if self._extents >= _BATCH_EXTENTS:
             self._send()
+
+    def add_symlink(self, path: str, target: bytes, atime_ns: int, mtime_ns: int,
+                    entry: str, token: object) -> None:
+        """Create the symlink ``path`` (which :attr:`pending` must not hold) to
+        ``target`` in the helper and set its times through an ``O_PATH`` descriptor
+        (refused unless it is the symlink just made); or give it back."""
+        self.add_new(path, SYMLINK, target, -1, 0, atime_ns, mtime_ns, entry, token)
 
     def settle(self) -> None:
         """Send what is batched and wait until the helper has done all it was sent;
@@ -467,7 +477,13 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
             if name_size:
                 name = bytes(batch[name_at : name_at + name_size])
                 name_at += name_size
-                if failed is None:
+                if failed is not None:
+                    pass
+                elif numbers[at + 3] == SYMLINK:
+                    if not _symlink(name, bytes(batch[pos : pos + size]), numbers[at],
+                                    numbers[at + 1]):
+                        returned.append(index)
+                else:
                     try:
                         fd = os.open(name, _CREATE, numbers[at + 3])
                     except OSError as err:
@@ -496,6 +512,27 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
         if extent < 0:
             pos += size
     return failed, returned
+
+
+def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
+    """Make a symlink and time it through an ``O_PATH`` descriptor, which must be the
+    symlink just made (one link: not a hard link a racer swapped in); False: left to
+    the worker (something in the way, or replaced while being made)."""
+    try:
+        os.symlink(target, name)
+    except OSError as err:
+        if err.errno not in _RETURNED:
+            raise
+        return False
+    fd = os.open(name, _OPEN_PATH)
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o120000 and st.st_nlink == 1):
+            return False  # the worker meets it, and says so
+        _linux.utimensat_empty(fd, atime_ns, mtime_ns)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _serve(sock: _socket.socket, source: int) -> None:

@@ -843,6 +843,9 @@ class Unpacker:
     def _redo_file(self, finisher: Finisher, path: str, entry: TarEntry,
                    data: memoryview | None, offset: int, size: int) -> None:
         try:
+            if entry.kind == tarreader.SYMLINK:
+                self._make_symlink(path, entry)
+                return
             fd = self._create_file(path, entry)
             try:
                 if offset >= 0:
@@ -1075,6 +1078,22 @@ class Unpacker:
 
     def _symlink(self, name: str, entry: TarEntry) -> None:
         paths.check_symlink(name, entry.linkname, entry.name)
+        finisher = self.finisher
+        if (finisher is not None and self.by_name and self.identity_owner
+                and not entry.xattrs and entry.uid == self.euid and entry.gid == self.egid
+                and not self.dirs.get(name.rpartition("/")[0] or ".", True)):
+            # Nothing to set but the times: the helper makes it (or gives it back).
+            target = os.fsencode(entry.linkname)
+            if finisher.has_room(len(target) + len(name)):
+                finisher.add_symlink(name, target, *self._times(entry), entry.name, entry)
+                if finisher.error is not None:
+                    self._raise_finisher_error(finisher.error)
+                if finisher.returned:
+                    self._redo_returned()
+                return
+        self._make_symlink(name, entry)
+
+    def _make_symlink(self, name: str, entry: TarEntry) -> None:
         self._create(name, entry, lambda: self.fs.symlink(entry.linkname, name))
         self._path_metadata(name, entry)
 
