@@ -195,6 +195,12 @@ class _Pax:
         "xattrs",
     )
 
+    def times_only(self) -> bool:
+        """No record but times: the entry is its header's, with these times."""
+        return (self.path is None and self.linkpath is None and self.size is None
+                and self.uid is None and self.gid is None and not self.xattrs
+                and not self.sparse and not self.sparse_pairs)
+
     def __init__(self) -> None:
         self.path: bytes | None = None
         self.linkpath: bytes | None = None
@@ -451,7 +457,7 @@ class TarReader:
                         + 8 * 0x20
                         - 1
                     ):
-                        if pax is not None:
+                        if pax is not None and not pax.times_only():
                             # The general rules apply the records (names, sizes, sparse
                             # maps...), with the numbers already read.
                             where = self._base + pos
@@ -474,6 +480,10 @@ class TarReader:
                             0,
                             int(mtime, 8) * NS,
                         )
+                        if pax is not None:  # only times (GNU tar --xattrs, posix)
+                            if pax.mtime is not None:
+                                entry.mtime_ns = pax.mtime
+                            entry.atime_ns = pax.atime
                         self._current = entry
                         if kind is REGULAR:
                             if entry.name[-1:] == "/":
