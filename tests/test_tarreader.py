@@ -1355,6 +1355,25 @@ _FAST_PAX_CASES = {
     "bad time": pax([("mtime", "e3")]) + member("f"),
     "bad checksum after": pax([("atime", "1")]) + header("f", checksum=b"000000\x00 "),
     "truncated after": pax([("atime", "1")]) + header("f", size=2000)[:512],
+    # What the times-only reader (_times_only) must take, or leave to the general rules:
+    "times repeated": pax([("mtime", "5.5"), ("atime", "6"), ("mtime", "7.25")]) + member("f"),
+    "times zero-padded length": pax(b"030 mtime=1796405849.08096796\n") + member("f"),
+    "times length one short": pax(b"29 mtime=1796405849.080967965\n") + member("f"),
+    "times length one long": pax(b"31 mtime=1796405849.080967965\n") + member("f"),
+    "times no last newline": pax(b"30 mtime=1796405849.080967965\n10 atime=1") + member("f"),
+    "times last unterminated": pax(b"30 mtime=1796405849.080967965\n11 atime=1") + member("f"),
+    "times value with '='": pax(b"14 mtime=1=23\n") + member("f"),
+    "times value with newline": pax(b"14 mtime=1\n23\n") + member("f"),
+    "times only ctime": pax([("ctime", "9.5")]) + member("f"),
+    "times empty value": pax([("mtime", "4"), ("mtime", "")]) + member("f"),
+    "times plus sign": pax([("mtime", "+4")]) + member("f"),
+    "times blank in length": pax(b" 13 mtime=4\n") + member("f"),
+    "times then symlink": pax([("mtime", "8.5"), ("atime", "9")])
+    + header("l", typeflag=b"2", linkname=b"t"),
+    "times then long link": pax([("mtime", "8")]) + member("././@LongLink", b"t/" * 60 + b"\x00",
+                                                      typeflag=b"K")
+    + header("l", typeflag=b"2", linkname=b"short"),
+    "times then pax": pax([("mtime", "8")]) + pax([("path", "other")]) + member("f"),
 }
 
 
