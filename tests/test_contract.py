@@ -7,6 +7,7 @@ request must survive the trip to a worker (JSON) unchanged.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -20,8 +21,15 @@ from chrootarchive.contract import (
     decode_reply,
     encode_error,
     encode_reply,
+    limits_left,
 )
-from chrootarchive.errors import BreakoutError, DestinationError, InternalError, WorkerError
+from chrootarchive.errors import (
+    BreakoutError,
+    DestinationError,
+    InternalError,
+    LimitExceededError,
+    WorkerError,
+)
 from chrootarchive.options import (
     IDMap,
     Limits,
@@ -110,3 +118,39 @@ def test_a_reply_and_errors_cross_as_the_same_class() -> None:
         decode_reply({"result": {"entries": 1}})
     with pytest.raises(WorkerError):
         decode_reply("nonsense")
+
+
+# -- the limits of an image's next layer (one function for the parent and the worker) --
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "max_entries", "used_bytes", "used_entries", "expected"),
+    [
+        (None, None, 10, 10, {}),  # no limit stays no limit
+        (100, 50, 30, 20, {"max_bytes": 70, "max_entries": 30}),
+        (100, None, 100, 7, {"max_bytes": 1}),  # used up exactly: 1, never 0 (no limit)
+        (100, 5, 250, 9, {"max_bytes": 1, "max_entries": 1}),  # over-used: still 1
+    ],
+)
+def test_limits_left_for_the_next_layer(max_bytes: int | None, max_entries: int | None,
+                                        used_bytes: int, used_entries: int,
+                                        expected: dict[str, int]) -> None:
+    assert limits_left(max_bytes, max_entries, used_bytes, used_entries, None) == expected
+
+
+def test_limits_left_counts_the_time_until_the_deadline() -> None:
+    changes = limits_left(None, None, 0, 0, time.monotonic() + 30)
+    assert set(changes) == {"timeout"} and 29 < changes["timeout"] <= 30
+    with pytest.raises(LimitExceededError, match="timeout exceeded"):
+        limits_left(None, None, 0, 0, time.monotonic() - 0.001)
+
+
+def test_both_sides_apply_the_same_limits_left() -> None:
+    """The public ``Limits`` (parent, between workers) and ``LimitSpec`` (an image's
+    worker, between layers) take the changes alike and reach the same job limits."""
+    limits = Limits(max_bytes=1000, max_entries=10, timeout=None)
+    changes = limits_left(limits.max_bytes, limits.max_entries, 400, 10, None)
+    public = unpack_spec(UnpackOptions(limits=dataclasses.replace(limits, **changes))).limits
+    spec = unpack_spec(UnpackOptions(limits=limits)).limits.replace(**changes)
+    assert public == spec
+    assert (spec.max_bytes, spec.max_entries) == (600, 1)

@@ -594,3 +594,47 @@ def test_compressed_input_has_the_helper_too(how: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, err.decode()
     assert helpers, "no helper process was seen during the extraction"
     assert _actual(dest) == _expected(archive)
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_file_over_a_directory_of_ours_then_a_name_below_it_as_without_the_helper(
+    kind: str, tmp_path: Path
+) -> None:
+    """A directory the archive made (with a file in it), then a file or a symlink at its
+    name, then a name below that: the worker alone replaces the directory and fails the
+    name below it ("not a directory"). With the helper the same: the file or symlink is
+    not sent by name over a directory of ours (the helper would give it back, and the
+    name below would meanwhile have been written into the old directory, then lost with
+    it when the file was made: no error, a file missing)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        _files_for_the_helper_to_start(tf)
+        _add(tf, "q", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "q/old", b"in the directory")
+        for i in range(70):
+            _add(tf, f"z/f{i:02d}", b"between")
+        if kind == "file":
+            _add(tf, "q", b"now a file")
+        else:
+            _add(tf, "q", kind=tarfile.SYMTYPE, linkname="z")
+        _add(tf, "q/y", b"below it")
+        for i in range(70):
+            _add(tf, f"w/f{i:02d}", b"after")
+    outcomes = {}
+    for mode in ("alone", "plain"):
+        (tmp_path / mode).mkdir()
+        result = _in_process(buf.getvalue(), tmp_path / mode, mode)
+        dest = tmp_path / mode / "dest"
+        outcomes[mode] = (result.get("error"), tree.snapshot(dest))
+        if mode == "plain":
+            assert result["by_name"] > 100, result
+    assert outcomes["plain"][0] == outcomes["alone"][0]
+    snapshots = {mode: snapshot for mode, (_error, snapshot) in outcomes.items()}
+    tree.assert_same(snapshots["alone"], snapshots["plain"], "the helper made another tree",
+                     ignore=lambda path, key: (key == "mtime_ns"
+                                               and snapshots["alone"][path]["type"] == "dir"))
+    if kind == "file":
+        assert outcomes["alone"][0][2] == "q/y", outcomes["alone"]
+        assert not (tmp_path / "plain" / "dest" / "q").is_dir()
+    else:
+        assert (tmp_path / "plain" / "dest" / "z" / "y").read_bytes() == b"below it"

@@ -14,8 +14,9 @@ with ``__slots__``, no ``typing``, no ``dataclasses``, no ``json``.
 from __future__ import annotations
 
 import errno
+import time
 
-from chrootarchive.errors import ChrootArchiveError, WorkerError, error_class
+from chrootarchive.errors import ChrootArchiveError, LimitExceededError, WorkerError, error_class
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "decode_reply",
     "encode_error",
     "encode_reply",
+    "limits_left",
     "memory_for_window",
     "memory_shares",
 ]
@@ -181,6 +183,29 @@ class LimitSpec(_Record):
     max_memory: int | None
     reserve: float | None
     timeout: float | None
+
+
+def limits_left(max_bytes: int | None, max_entries: int | None, used_bytes: int,
+                used_entries: int, deadline: float | None) -> dict[str, Any]:
+    """What is left of the limits for the next layer of an image, as changes to make to
+    its :class:`LimitSpec` or :class:`chrootarchive.Limits` (the same field names): the
+    limits hold for all the layers together, the time until ``deadline`` (a
+    ``time.monotonic()`` value). Both the parent (between workers) and the worker of an
+    image (between layers) count this way.
+
+    A budget used up becomes 1, not 0 (which is no limit): the next entry or byte fails.
+    """
+    changes: dict[str, Any] = {}
+    if max_bytes is not None:
+        changes["max_bytes"] = max(max_bytes - used_bytes, 1)
+    if max_entries is not None:
+        changes["max_entries"] = max(max_entries - used_entries, 1)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LimitExceededError("limit timeout exceeded (between layers)")
+        changes["timeout"] = left
+    return changes
 
 
 class UnpackSpec(_Record):

@@ -724,7 +724,9 @@ class Unpacker:
         finisher = self.finisher
         helper = True
         if (finisher is not None and self.by_name and self.identity_owner
-                and not entry.xattrs and not entry.mode & 0o7000):
+                and not entry.xattrs and not entry.mode & 0o7000 and name not in self.dirs):
+            # Not over a directory of ours: the helper would give the file back, and
+            # until then the names below would still go into that directory.
             if self._file_by_name(finisher, name, entry, reader):
                 return
             helper = False  # the helper is behind: this one is done here
@@ -1081,8 +1083,10 @@ class Unpacker:
         finisher = self.finisher
         if (finisher is not None and self.by_name and self.identity_owner
                 and not entry.xattrs and entry.uid == self.euid and entry.gid == self.egid
-                and not self.dirs.get(name.rpartition("/")[0] or ".", True)):
-            # Nothing to set but the times: the helper makes it (or gives it back).
+                and not self.dirs.get(name.rpartition("/")[0] or ".", True)
+                and name not in self.dirs):
+            # Nothing to set but the times: the helper makes it (or gives it back; not
+            # over a directory of ours, as for files).
             target = os.fsencode(entry.linkname)
             if finisher.has_room(len(target) + len(name)):
                 finisher.add_symlink(name, target, *self._times(entry), entry.name, entry)

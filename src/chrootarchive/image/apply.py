@@ -12,9 +12,8 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
-from chrootarchive.contract import MAX_WARNINGS
+from chrootarchive.contract import MAX_WARNINGS, limits_left
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -145,18 +144,10 @@ def _layer_label(layer: LayerPlan) -> str:
 
 def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
                deadline: float | None) -> UnpackOptions:
-    """The limits left for the next layer: they hold for the whole image."""
+    """The options of the next layer: the limits left (they hold for the whole image)."""
     limits = options.limits
-    changes: dict[str, Any] = {}
-    if limits.max_bytes is not None:
-        changes["max_bytes"] = max(limits.max_bytes - used_bytes, 1)  # 0 is no Limits
-    if limits.max_entries is not None:
-        changes["max_entries"] = max(limits.max_entries - used_entries, 1)
-    if deadline is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LimitExceededError("limit timeout exceeded (between layers)")
-        changes["timeout"] = left
+    changes = limits_left(limits.max_bytes, limits.max_entries, used_bytes, used_entries,
+                          deadline)
     return replace(options, atomic=False, limits=replace(limits, **changes))
 
 

@@ -8,7 +8,7 @@ import time
 
 from chrootarchive import _channel
 from chrootarchive._fdio import write_all
-from chrootarchive.contract import JobReply
+from chrootarchive.contract import JobReply, limits_left
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
 from chrootarchive.errors import LimitExceededError, MalformedArchiveError
@@ -134,20 +134,9 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
 
 def _left(limits: LimitSpec, size: int, entries: int, deadline: float | None) -> LimitSpec:
     """The limits left for the next layer, after ``size`` bytes and ``entries``
-    entries of the layers below it (the parent did this between workers before)."""
-    changes: dict[str, object] = {}
-    if limits.max_bytes is not None:
-        changes["max_bytes"] = max(limits.max_bytes - size, 1)  # 0 is no limit
-    if limits.max_entries is not None:
-        changes["max_entries"] = max(limits.max_entries - entries, 1)
-    if deadline is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LimitExceededError("limit timeout exceeded (between layers)")
-        changes["timeout"] = left
-    if not changes:
-        return limits
-    left_limits: LimitSpec = limits.replace(**changes)
+    entries of the layers below it."""
+    changes = limits_left(limits.max_bytes, limits.max_entries, size, entries, deadline)
+    left_limits: LimitSpec = limits.replace(**changes) if changes else limits
     return left_limits
 
 
