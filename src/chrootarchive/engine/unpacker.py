@@ -1107,7 +1107,9 @@ class Unpacker:
             return  # a link to itself: nothing to do
         if target == ".":
             raise ArchiveError("cannot hard link to the destination root", entry.name)
-        if self.pending and target in self.pending:
+        if self.pending:
+            # Not only the same name: the target may reach a pending file through an
+            # in-root symlink (s/f for real/f), or an old file the helper gives back.
             self._settle()
 
         def create() -> None:
