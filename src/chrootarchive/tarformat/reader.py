@@ -96,8 +96,7 @@ _CANON_FORM = b"0000000 0000000 0000000 00000000000 00000000000 000000  "
 _CANON_FIELDS = struct.Struct("100x7sx7sx7sx11sx11sx6s")
 _SPACES = b" \t\n\v\f\r"
 
-_TIME_KEYS = frozenset((b"mtime", b"atime", b"ctime"))
-_TIME_SLOTS = {b"mtime": 0, b"atime": 1, b"ctime": 2}  # ctime: read, then ignored
+_TIME_SLOTS = {b"mtime": 0, b"atime": 1, b"ctime": 2}  # ctime: checked, then ignored
 
 _SPARSE_KEYS = frozenset(
     (
@@ -264,15 +263,24 @@ def _decimal(raw: bytes, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
+def _plain_time(value: bytes) -> int | None:
+    """A PAX time in the form GNU tar writes, "seconds[.fraction]" of plain digits, in
+    nanoseconds; None for any other form (:func:`_pax_time` reads those)."""
+    secs, dot, frac = value.partition(b".")
+    if not (secs.isdigit() and len(secs) <= 18 and (not dot or frac.isdigit())):
+        return None
+    return int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
+
+
 def _times_only(data: bytes) -> tuple[int | None, int | None] | None:
     """(mtime, atime) of PAX records that hold nothing but times in the plain form
-    "[seconds].[fraction]" (GNU tar's --format=posix and --xattrs headers), or None for
-    anything else, which :meth:`TarReader._read_pax` then reads with its strict rules.
+    (GNU tar's --format=posix and --xattrs headers), or None for anything else, which
+    :meth:`TarReader._read_pax` then reads with its strict rules.
 
     The per-entry cost of a root filesystem's archive: about 3 us against 8 for the
     general reader (docs/performance.md, issue 16).
     """
-    mtime = atime = None
+    times: list[int | None] = [None, None, None]  # mtime, atime, ctime
     records = data.split(b"\n")
     if records.pop():
         return None  # not ending with a newline: malformed, or a record holds one
@@ -284,14 +292,11 @@ def _times_only(data: bytes) -> tuple[int | None, int | None] | None:
         slot = _TIME_SLOTS.get(key)
         if slot is None:
             return None
-        secs, dot, frac = value.partition(b".")
-        if not (secs.isdigit() and len(secs) <= 18 and (not dot or frac.isdigit())):
+        time = _plain_time(value)
+        if time is None:
             return None
-        if slot == 0:
-            mtime = int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
-        elif slot == 1:
-            atime = int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
-    return mtime, atime
+        times[slot] = time
+    return times[0], times[1]
 
 
 def _pax_time(raw: bytes) -> int | None:
@@ -1014,17 +1019,15 @@ class TarReader:
                 _fail("malformed PAX record: missing '='", where)
             key = data[space + 1 : equal]
             value = data[equal + 1 : stop - 1]
-            if key in _TIME_KEYS:
-                # The common case, written out: "[seconds].[fraction]", both plain digits
-                # (what _pax_time() reads the same way); anything else goes the long way.
-                secs, dot, frac = value.partition(b".")
-                if secs.isdigit() and len(secs) <= 18 and (not dot or frac.isdigit()):
-                    if key != b"ctime":
-                        time = int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
-                        if key == b"mtime":
-                            pax.mtime = time
-                        else:
-                            pax.atime = time
+            if key in _TIME_SLOTS:
+                # The common case: the plain form (what _pax_time() reads the same way);
+                # anything else goes the long way.
+                time = _plain_time(value)
+                if time is not None:
+                    if key == b"mtime":
+                        pax.mtime = time
+                    elif key == b"atime":
+                        pax.atime = time
                     pos = stop
                     continue
             if not key:
