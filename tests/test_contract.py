@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from chrootarchive.contract import (
     decode_reply,
     encode_error,
     encode_reply,
-    limits_left,
+    limits_after,
 )
 from chrootarchive.errors import (
     BreakoutError,
@@ -42,7 +43,9 @@ from chrootarchive.options import (
 #: What the parent adds to a spec that is no option: the caller's umask (the data
 #: filter gives directories its default mode; the worker's own umask is 0) and whether
 #: the job lists the names it unpacks (-v, on_entry).
-SPEC_ONLY = {"umask", "verbose"}
+SPEC_ONLY = {"umask", "verbose",
+             # What an image's earlier parts used (limits_after), counted by the engine.
+             "used_bytes", "used_entries", "used_seconds"}
 #: What only the parent acts on: never sent to a job.
 PARENT_ONLY = {
     UnpackOptions: {"confine", "atomic"},
@@ -123,34 +126,34 @@ def test_a_reply_and_errors_cross_as_the_same_class() -> None:
 # -- the limits of an image's next layer (one function for the parent and the worker) --
 
 
-@pytest.mark.parametrize(
-    ("max_bytes", "max_entries", "used_bytes", "used_entries", "expected"),
-    [
-        (None, None, 10, 10, {}),  # no limit stays no limit
-        (100, 50, 30, 20, {"max_bytes": 70, "max_entries": 30}),
-        (100, None, 100, 7, {"max_bytes": 1}),  # used up exactly: 1, never 0 (no limit)
-        (100, 5, 250, 9, {"max_bytes": 1, "max_entries": 1}),  # over-used: still 1
-    ],
-)
-def test_limits_left_for_the_next_layer(max_bytes: int | None, max_entries: int | None,
-                                        used_bytes: int, used_entries: int,
-                                        expected: dict[str, int]) -> None:
-    assert limits_left(max_bytes, max_entries, used_bytes, used_entries, None) == expected
+def _spec(**limits: Any) -> LimitSpec:
+    spec: LimitSpec = unpack_spec(UnpackOptions(limits=Limits(**limits))).limits
+    return spec
 
 
-def test_limits_left_counts_the_time_until_the_deadline() -> None:
-    changes = limits_left(None, None, 0, 0, time.monotonic() + 30)
-    assert set(changes) == {"timeout"} and 29 < changes["timeout"] <= 30
-    with pytest.raises(LimitExceededError, match="timeout exceeded"):
-        limits_left(None, None, 0, 0, time.monotonic() - 0.001)
+def test_limits_after_counts_what_was_used_beside_the_caller_limits() -> None:
+    spec = _spec(max_bytes=100, max_entries=50, timeout=None)
+    assert (spec.used_bytes, spec.used_entries, spec.used_seconds) == (0, 0, 0.0)
+    after = limits_after(spec, 30, 20, None)
+    assert (after.max_bytes, after.max_entries) == (100, 50)  # the caller's, unchanged
+    assert (after.used_bytes, after.used_entries) == (30, 20)
+    # Counted on top of what the parts before used (the worker adds each layer's to
+    # what the parent's spool used).
+    again = limits_after(after, 70, 30, None)
+    assert (again.used_bytes, again.used_entries) == (100, 50)  # used up exactly
+    assert (spec.used_bytes, spec.used_entries) == (0, 0)  # a copy
 
 
-def test_both_sides_apply_the_same_limits_left() -> None:
-    """The public ``Limits`` (parent, between workers) and ``LimitSpec`` (an image's
-    worker, between layers) take the changes alike and reach the same job limits."""
-    limits = Limits(max_bytes=1000, max_entries=10, timeout=None)
-    changes = limits_left(limits.max_bytes, limits.max_entries, 400, 10, None)
-    public = unpack_spec(UnpackOptions(limits=dataclasses.replace(limits, **changes))).limits
-    spec = unpack_spec(UnpackOptions(limits=limits)).limits.replace(**changes)
-    assert public == spec
-    assert (spec.max_bytes, spec.max_entries) == (600, 1)
+def test_limits_after_counts_the_time_until_the_deadline() -> None:
+    spec = _spec(timeout=30.0)
+    after = limits_after(spec, 0, 0, time.monotonic() + 20)
+    assert after.timeout == 30.0 and 9.9 < after.used_seconds <= 10.1
+    with pytest.raises(LimitExceededError, match=r"limit timeout \(30 seconds\) exceeded"):
+        limits_after(spec, 0, 0, time.monotonic() - 0.001)
+    untimed = limits_after(_spec(timeout=None), 0, 0, None)
+    assert untimed.used_seconds == 0.0
+
+
+def test_limits_after_crosses_the_process_boundary() -> None:
+    after = limits_after(_spec(max_bytes=100), 7, 3, None)
+    assert LimitSpec.from_wire(after.to_wire()) == after

@@ -158,6 +158,46 @@ def test_max_bytes_holds_across_the_layers_of_one_worker(mechanism: str,
     assert not (dest / "f2").exists() or (dest / "f2").stat().st_size < 40
 
 
+@pytest.mark.parametrize(("limit", "value", "shown", "upper"), [
+    ("max_bytes", 100, "100 bytes", [Entry("g", data=b"g")]),
+    ("max_entries", 2, "2 entries", [Entry("d/", "dir")]),
+])
+def test_a_limit_used_up_exactly_by_the_layers_below_stops_the_next_one(
+        mechanism: str, tmp_path: Path, limit: str, value: int, shown: str,
+        upper: list[Entry]) -> None:
+    """Layer 1 uses the budget exactly (two files of 50 bytes): not one more entry or
+    byte of layer 2, and the error names the limit the caller set, not what was left."""
+    from chrootarchive import LimitExceededError
+    from chrootarchive.options import Limits
+
+    lower = make_tar([Entry("f0", data=bytes(50)), Entry("f1", data=bytes(50))])
+    image = _layered(tmp_path / "image", [lower, make_tar(upper)])
+    dest = tmp_path / "root"
+    limits = Limits(**{limit: value})
+    with pytest.raises(LimitExceededError) as info:
+        unpack_image(image, dest, UnpackOptions(confine=mechanism, limits=limits))
+    assert f"limit {limit} ({shown}) exceeded" in str(info.value)
+    assert (info.value.entry or "").startswith("layer 1 (sha256:")
+    # The file that crossed max_bytes is made, then stopped before its data (as in
+    # one archive); the entry that crossed max_entries is not made at all.
+    assert set(os.listdir(dest)) - {"g"} == {"f0", "f1"}
+    assert not (dest / "g").exists() or (dest / "g").stat().st_size == 0
+    assert limit == "max_bytes" or not (dest / "d").exists()
+
+
+def test_an_empty_layer_after_a_limit_used_up_exactly(mechanism: str, tmp_path: Path) -> None:
+    """Nothing left is no error while nothing more is asked for."""
+    from chrootarchive.options import Limits
+
+    lower = make_tar([Entry("f0", data=bytes(50)), Entry("f1", data=bytes(50))])
+    image = _layered(tmp_path / "image", [lower, make_tar([])])
+    dest = tmp_path / "root"
+    result = unpack_image(image, dest, UnpackOptions(
+        confine=mechanism, limits=Limits(max_bytes=100, max_entries=2)))
+    assert [layer.entries for layer in result.layers] == [2, 0]
+    assert sorted(os.listdir(dest)) == ["f0", "f1"]
+
+
 def test_a_layer_cannot_run_into_the_next(mechanism: str, tmp_path: Path) -> None:
     # Layer 1: a whole second archive after its end-of-archive blocks. Layer 2: no
     # end-of-archive blocks at all. Layer 3: an ordinary layer.

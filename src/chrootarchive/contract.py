@@ -36,7 +36,7 @@ __all__ = [
     "decode_reply",
     "encode_error",
     "encode_reply",
-    "limits_left",
+    "limits_after",
     "memory_for_window",
     "memory_shares",
 ]
@@ -173,6 +173,9 @@ class LimitSpec(_Record):
         "max_xattr_bytes",
         "reserve",
         "timeout",
+        "used_bytes",
+        "used_entries",
+        "used_seconds",
     )
     max_bytes: int | None
     max_entries: int | None
@@ -183,29 +186,36 @@ class LimitSpec(_Record):
     max_memory: int | None
     reserve: float | None
     timeout: float | None
+    # What the earlier parts of the same operation used (an image's spool and the layers
+    # below this one): they count against max_bytes, max_entries and timeout, which
+    # stay the caller's own (an error names the limit the caller set).
+    used_bytes: int
+    used_entries: int
+    used_seconds: float
 
 
-def limits_left(max_bytes: int | None, max_entries: int | None, used_bytes: int,
-                used_entries: int, deadline: float | None) -> dict[str, Any]:
-    """What is left of the limits for the next layer of an image, as changes to make to
-    its :class:`LimitSpec` or :class:`chrootarchive.Limits` (the same field names): the
-    limits hold for all the layers together, the time until ``deadline`` (a
-    ``time.monotonic()`` value). Both the parent (between workers) and the worker of an
+def limits_after(limits: LimitSpec, more_bytes: int, more_entries: int,
+                 deadline: float | None) -> LimitSpec:
+    """The limits of the next part of an operation (an image's next layer) after
+    ``more_bytes`` and ``more_entries`` more were used, until ``deadline`` (a
+    ``time.monotonic()`` value; None without a timeout). The limits hold for all the
+    parts together; both the parent (a spool before the layers) and the worker of an
     image (between layers) count this way.
 
-    A budget used up becomes 1, not 0 (which is no limit): the next entry or byte fails.
+    What is used is counted beside the limits, not taken from them: a budget used up
+    exactly stays 0 left (the next entry or byte fails), never "no limit".
     """
-    changes: dict[str, Any] = {}
-    if max_bytes is not None:
-        changes["max_bytes"] = max(max_bytes - used_bytes, 1)
-    if max_entries is not None:
-        changes["max_entries"] = max(max_entries - used_entries, 1)
-    if deadline is not None:
+    used_seconds = limits.used_seconds
+    if deadline is not None and limits.timeout is not None:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise LimitExceededError("limit timeout exceeded (between layers)")
-        changes["timeout"] = left
-    return changes
+            raise LimitExceededError(
+                f"limit timeout ({limits.timeout:g} seconds) exceeded (between layers)")
+        used_seconds = max(limits.timeout - left, 0.0)
+    changed: LimitSpec = limits.replace(used_bytes=limits.used_bytes + more_bytes,
+                                        used_entries=limits.used_entries + more_entries,
+                                        used_seconds=used_seconds)
+    return changed
 
 
 class UnpackSpec(_Record):

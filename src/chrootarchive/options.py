@@ -527,6 +527,10 @@ def _id_ranges(maps: tuple[IDMap, ...]) -> tuple[IdRange, ...]:
                  for m in maps)
 
 
+#: The caller's limits as the engine reads them (the rest of LimitSpec is counted).
+_LIMIT_FIELDS = tuple(name for name in LimitSpec.__slots__ if not name.startswith("used_"))
+
+
 def unpack_spec(options: UnpackOptions, *, verbose: bool = False) -> UnpackSpec:
     """What the unpack job reads of ``options`` (the rest is the parent's business);
     ``verbose``: the job lists the names it unpacks."""
@@ -538,7 +542,8 @@ def unpack_spec(options: UnpackOptions, *, verbose: bool = False) -> UnpackSpec:
         no_overwrite_dir_nondir=options.no_overwrite_dir_nondir,
         best_effort_xattrs=options.best_effort_xattrs,
         whiteout_format=options.whiteout_format, rootless_xattr=options.rootless_xattr,
-        limits=LimitSpec(**{name: getattr(limits, name) for name in LimitSpec.__slots__}),
+        limits=LimitSpec(**{name: getattr(limits, name) for name in _LIMIT_FIELDS},
+                         used_bytes=0, used_entries=0, used_seconds=0.0),
         filter=options.filter, strip_components=options.strip_components,
         old_files=options.old_files, verbose=verbose,
         umask=_caller_umask() if options.filter == "data" else 0o022,

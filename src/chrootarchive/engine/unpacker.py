@@ -258,11 +258,14 @@ class Unpacker:
         self.kept_xattrs = _HOST_XATTRS + (
             _OVERLAY_XATTRS if options.whiteout_format == "overlay" else ())
         self.limits = options.limits
-        self.deadline = (None if self.limits.timeout is None
-                         else time.monotonic() + self.limits.timeout)
+        # The limits hold for the whole operation: an image's layers below this one
+        # (and its spool) used some already.
+        self.deadline = (None if self.limits.timeout is None else
+                         time.monotonic() + self.limits.timeout - self.limits.used_seconds)
+        self.entries_before = self.limits.used_entries
         # File data is charged against bytes_budget: the bytes until the next look at
         # max_bytes and the filesystem's reserve (_look_bytes).
-        self.bytes_used = 0
+        self.bytes_used = self.limits.used_bytes
         self.bytes_budget = self.bytes_given = 0
         self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
         self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
@@ -635,7 +638,8 @@ class Unpacker:
     def _look_entries(self, entries: int, entry: str) -> int:
         """Check max_entries and the reserve; return the count of the next look."""
         max_entries = self.limits.max_entries
-        if max_entries is not None and entries > max_entries:
+        total = entries + self.entries_before
+        if max_entries is not None and total > max_entries:
             self._limit("max_entries", max_entries, "entries", entry)
         step = _HUGE
         if self.reserve is not None:
@@ -644,7 +648,7 @@ class Unpacker:
             step = max(min(room_inodes // 4, room_bytes // 4 // self.reserve.block,
                            _LOOK_ENTRIES), 1)
         if max_entries is not None:
-            step = min(step, max_entries - entries + 1)
+            step = min(step, max_entries - total + 1)
         return entries + step - 1
 
     def _check_reserve(self, entry: str, need: int) -> None:

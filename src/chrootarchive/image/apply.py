@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 
-from chrootarchive.contract import MAX_WARNINGS, limits_left
+from chrootarchive.contract import MAX_WARNINGS
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -142,15 +142,6 @@ def _layer_label(layer: LayerPlan) -> str:
     return f"layer {layer.index} ({layer.digest or layer.name})"
 
 
-def _remaining(options: UnpackOptions, used_bytes: int, used_entries: int,
-               deadline: float | None) -> UnpackOptions:
-    """The options of the next layer: the limits left (they hold for the whole image)."""
-    limits = options.limits
-    changes = limits_left(limits.max_bytes, limits.max_entries, used_bytes, used_entries,
-                          deadline)
-    return replace(options, atomic=False, limits=replace(limits, **changes))
-
-
 #: Opens a layer's blob, lazily, as its turn comes (a file of the layout, or a stream
 #: from a registry): ``open_blob(layer, label)``.
 BlobOpener = Callable[[LayerPlan, str], Reader]
@@ -225,14 +216,15 @@ def apply_planned_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, tar
     the limits hold for all the layers together, until ``deadline``."""
     applied = Applied()
     applied.warnings = list(warnings)
-    with api.layer_stack(target, _remaining(options, used_bytes, 0, deadline),
-                         on_entry=on_entry) as stack:
+    with api.layer_stack(target, replace(options, atomic=False), on_entry=on_entry,
+                         used_bytes=used_bytes, deadline=deadline) as stack:
         if not layers:
             # Nothing to apply, but the destination is made as a layer would make it.
             stack.apply([bytes(1024)])
         for layer in layers:
             if deadline is not None and time.monotonic() >= deadline:
-                raise LimitExceededError("limit timeout exceeded (between layers)")
+                raise LimitExceededError(f"limit timeout ({options.limits.timeout:g} seconds) "
+                                         "exceeded (between layers)")
             result, kind = _apply_layer(stack, open_blob, layer, options, len(layers),
                                         progress)
             applied.size += result.size

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 from chrootarchive import _fdio
-from chrootarchive.contract import JobReply, JobRequest
+from chrootarchive.contract import JobReply, JobRequest, limits_after
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
@@ -413,22 +413,28 @@ def layer_stack(
     options: UnpackOptions | None = None,
     *,
     on_entry: Callable[[str], None] | None = None,
+    used_bytes: int = 0,
+    deadline: float | None = None,
 ) -> Iterator[LayerStack]:
     """One confined job for several layers (an image's): one worker, one jail.
 
     The caller holds the destination's lock (``image`` holds it across all layers) and
     calls :meth:`LayerStack.apply` for each layer, then :meth:`LayerStack.finish`.
-    ``options.limits`` hold for all the layers together. Leaving the block early (an
-    error, a digest mismatch) stops the job before it applies anything more.
+    ``options.limits`` hold for all the layers together, with ``used_bytes`` (a spool)
+    already used and the time until ``deadline`` (the ``time.monotonic()`` value at
+    which ``timeout`` runs out). Leaving the block early (an error, a digest mismatch)
+    stops the job before it applies anything more.
     """
     options = options or UnpackOptions()
     ladder.candidates(options.confine)  # fail before creating anything
+    spec = unpack_spec(options, verbose=on_entry is not None)
+    spec.limits = limits_after(spec.limits, used_bytes, 0, deadline)
     root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=False,
                                                     owner=destination.root_owner(options))
     try:
         request = JobRequest.make(
             "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=True,
-            stack=True, unpack=unpack_spec(options, verbose=on_entry is not None),
+            stack=True, unpack=spec,
         )
         stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
     finally:

@@ -8,7 +8,7 @@ import time
 
 from chrootarchive import _channel
 from chrootarchive._fdio import write_all
-from chrootarchive.contract import JobReply, limits_left
+from chrootarchive.contract import JobReply, limits_after
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
 from chrootarchive.errors import LimitExceededError, MalformedArchiveError
@@ -16,7 +16,7 @@ from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from chrootarchive.contract import JobRequest, LimitSpec, UnpackSpec
+    from chrootarchive.contract import JobRequest, UnpackSpec
     from chrootarchive.engine.jobs import JobContext
 
 __all__ = ["JOB"]
@@ -105,18 +105,19 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
 
     Each layer gets a fresh unpacker, as a worker of its own would: a layer's whiteouts
     apply to the layers below it only, and what it wrote is its own state. The limits
-    hold for the whole stack: each layer gets what the ones before it left.
+    hold for the whole stack: each layer counts what the ones before it used.
     """
     if context.channel < 0:
         raise ValueError("a stack of layers without a layer channel")
     sock = _socket.socket(fileno=os.dup(context.channel))
     limits = spec.limits
-    deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+    deadline = (None if limits.timeout is None
+                else time.monotonic() + limits.timeout - limits.used_seconds)
     entries = size = layers = 0
     try:
         while (fd := _channel.receive_layer(sock)) is not None:
             try:
-                layer_spec = spec.replace(limits=_left(limits, size, entries, deadline))
+                layer_spec = spec.replace(limits=limits_after(limits, size, entries, deadline))
                 stats, details = _unpack_one(request, layer_spec, context, fd, names)
             finally:
                 os.close(fd)
@@ -130,14 +131,6 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
     finally:
         sock.close()
     return JobReply.make(entries, size, {"layers": layers})
-
-
-def _left(limits: LimitSpec, size: int, entries: int, deadline: float | None) -> LimitSpec:
-    """The limits left for the next layer, after ``size`` bytes and ``entries``
-    entries of the layers below it."""
-    changes = limits_left(limits.max_bytes, limits.max_entries, size, entries, deadline)
-    left_limits: LimitSpec = limits.replace(**changes) if changes else limits
-    return left_limits
 
 
 class _NameList:
