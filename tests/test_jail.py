@@ -193,6 +193,56 @@ def test_dest_bind_mounted_on_itself(tmp_path: Path, write_archive) -> None:
     assert pivot_leftovers(dest) == []
 
 
+_PACK_INSIDE_NS = """
+import io, json, sys, tarfile
+import chrootarchive
+from chrootarchive import PackOptions
+data = chrootarchive.tar(sys.argv[1], options=PackOptions(confine="pivot")).read()
+with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+    print(json.dumps({m.name: tf.extractfile(m).read().decode() if m.isfile() else None
+                      for m in tf}))
+"""
+
+
+def test_pack_from_a_read_only_mount_under_pivot(tmp_path: Path) -> None:
+    """Packing writes nothing into the directory it jails itself at: a read-only source
+    (a squashfs, an overlay's lower layer, a read-only bind mount) packs as root under
+    ``pivot`` (it failed with "cannot write to the destination" while the jail needed
+    a temporary directory there)."""
+    src = tmp_path / "ro"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f").write_text("hi\n")
+    script = tmp_path / "pack.py"
+    script.write_text(_PACK_INSIDE_NS)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && touch "$1/x" 2>/dev/null;'
+         ' [ ! -e "$1/x" ] && exec "$0" "$2" "$1"',
+         sys.executable, str(src), str(script)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"a": None, "a/f": "hi\n"}
+
+
+def test_the_jail_is_made_without_writing_into_the_destination(mechanism: str,
+                                                               tmp_path: Path) -> None:
+    """No temporary name is made in the destination to set up the jail: pivot_root's old
+    root is stacked on the new root and detached there, not put in a ``.pivot_root*``
+    directory (which a worker killed at that moment would leave behind). An archive of
+    no entries leaves the destination's times as they were."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.utime(dest, ns=(10**18, 10**18))
+    before = os.stat(dest)
+    result = chrootarchive.untar(io.BytesIO(bytes(1024)), dest,
+                                 UnpackOptions(confine=mechanism))
+    assert result.confinement == mechanism
+    after = os.stat(dest)
+    assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+    assert os.listdir(dest) == []
+
+
 def test_dest_read_only_mount_is_a_destination_error(tmp_path: Path, write_archive) -> None:
     dest = tmp_path / "ro"
     dest.mkdir()

@@ -1416,8 +1416,17 @@ class Unpacker:
             finally:
                 os.close(fd)
 
-    @staticmethod
-    def _os_error(err: OSError, entry: str) -> ChrootArchiveError:
+    def _os_error(self, err: OSError, entry: str) -> ChrootArchiveError:
         """Whether the destination or the archive is at fault, by errno."""
+        if err.errno in (errno.EACCES, errno.EROFS) and not self._root_writable():
+            # Not this entry's fault: the destination itself (the parent names it).
+            return DestinationError(f"cannot write to the destination: {err.strerror}")
         kind = DestinationError if err.errno in _DEST_ERRNOS else ArchiveError
         return from_os_error(err, entry, kind=kind)
+
+    def _root_writable(self) -> bool:
+        fd = self.fs.open_dir(".")
+        try:
+            return os.access(".", os.W_OK, dir_fd=fd, effective_ids=True)
+        finally:
+            os.close(fd)

@@ -2,10 +2,14 @@
 
 The steps of Docker's ``chroot_linux.go``: new mount namespace; ``/`` made rslave (not
 private, so that unmounts on the host still reach us and nothing stays pinned); the
-destination bind-mounted on itself when it is not a mount point; ``pivot_root`` with the
-old root in a temporary directory inside the destination; the old root made private and
-detached; the directory removed. It falls back to ``chroot`` where the reference does:
+destination bind-mounted on itself when it is not a mount point; ``pivot_root``; the old
+root made private and detached. It falls back to ``chroot`` where the reference does:
 inside a user namespace, when the bind mount fails, when ``pivot_root`` fails.
+
+Unlike the reference, the old root is not put in a temporary directory made in the
+destination (``.pivot_root*``) but stacked on the new root (``pivot_root(".", ".")``,
+as runc does) and detached from there: nothing is written into the destination before
+the archive is, and a worker killed at that moment leaves nothing behind.
 
 Unlike the reference, the destination is never looked up by path here: the worker
 inherits a descriptor pinned by the parent and works from ``fchdir`` of it
@@ -15,11 +19,10 @@ a path component for a symlink between the parent's check and the jail.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from chrootarchive import _linux
-from chrootarchive.errors import ConfinementError, DestinationError
+from chrootarchive.errors import ConfinementError
 from chrootarchive.jail.confine import chroot, mounts
 
 __all__ = ["enter", "pivot_cwd"]
@@ -63,19 +66,6 @@ def enter(root_fd: int) -> str:
     return pivot_cwd()
 
 
-def _make_pivot_dir() -> str:
-    """A fresh, private directory in the cwd for the old root (``mkdtemp``, without
-    importing ``tempfile`` and ``random`` into the worker)."""
-    for _ in range(100):
-        name = ".pivot_root" + os.urandom(6).hex()
-        try:
-            os.mkdir(name, 0o700)
-        except FileExistsError:
-            continue
-        return name
-    raise FileExistsError(errno.EEXIST, "no unused name for the pivot directory")
-
-
 def pivot_cwd() -> str:
     """In a fresh mount namespace: jail the process at its working directory.
 
@@ -91,44 +81,22 @@ def pivot_cwd() -> str:
             _bind_cwd_onto_itself()
         except OSError:
             return chroot.enter_cwd(own_mounts=True)
+    old_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        pivot_dir = _make_pivot_dir()
-    except OSError as err:
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
-            raise DestinationError(f"cannot write to the destination: {err.strerror}") from err
-        raise ConfinementError(f"setting up the pivot directory failed: {err.strerror}") from err
-    try:
-        _linux.pivot_root(".", pivot_dir)
-    except OSError:
         try:
-            os.rmdir(pivot_dir)
-        except OSError as err:
-            raise ConfinementError(
-                f"cleaning up after a failed pivot failed: {err.strerror}"
-            ) from err
-        return chroot.enter_cwd(own_mounts=True)
-    old_root = "/" + pivot_dir
-    mounted = True
+            # The old root ends up mounted on top of the new one, at the same place.
+            _linux.pivot_root(".", ".")
+        except OSError:
+            return chroot.enter_cwd(own_mounts=True)
+        os.fchdir(old_root)  # "." is now the old root's mount, on top
+    finally:
+        os.close(old_root)
     try:
-        os.chdir("/")
-        _linux.mount(None, old_root, None, _linux.MS_PRIVATE | _linux.MS_REC)
-        _linux.umount2(old_root, _linux.MNT_DETACH)
-        mounted = False
+        # Private first, so that detaching it does not propagate anywhere.
+        _linux.mount(None, ".", None, _linux.MS_PRIVATE | _linux.MS_REC)
+        _linux.umount2(".", _linux.MNT_DETACH)
+        os.chdir("/")  # the new root, now uncovered
     except OSError as err:
         raise ConfinementError(f"detaching the old root after pivot failed: {err}") from err
-    finally:
-        if mounted:
-            try:
-                _linux.umount2(old_root, _linux.MNT_DETACH)
-                mounted = False
-            except OSError:
-                pass
-        if not mounted:
-            try:
-                os.rmdir(old_root)
-            except OSError as err:
-                raise ConfinementError(
-                    f"cleaning up after pivot failed: {err.strerror}"
-                ) from err
     mounts.forbid_devices()  # a pack job refuses to start without it
     return "pivot"
