@@ -13,7 +13,7 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +21,13 @@ import pytest
 
 from chrootarchive.errors import ImageError, RegistryError
 from chrootarchive.registry.auth import find_credentials, parse_challenges
-from chrootarchive.registry.client import MANIFEST_MEDIA_TYPES, Client
+from chrootarchive.registry.client import (
+    MANIFEST_MEDIA_TYPES,
+    MAX_RETRIES,
+    MAX_RETRY_PAUSE,
+    RETRY_PAUSE,
+    Client,
+)
 from chrootarchive.registry.reference import parse_reference
 from helpers.fake_registry import CA, FakeServer, Handler, make_ca
 
@@ -145,6 +151,94 @@ def test_error_status_names_registry_reference_and_code(tls_server: FakeServer,
     assert isinstance(caught.value, ImageError)
     again = pickle.loads(pickle.dumps(caught.value))
     assert type(again) is RegistryError and str(again) == str(caught.value)
+
+
+# -- busy answers: 429 and 502/503/504 are asked again ---------------------------------
+
+
+def busy_then(status: int, times: int, retry_after: str | None,
+              then: Callable[[Handler], None]) -> Callable[[Handler], None]:
+    """An app that answers ``status`` (with ``Retry-After``) ``times`` times, then
+    as ``then``."""
+    count = [0]
+
+    def app(h: Handler) -> None:
+        count[0] += 1
+        if count[0] <= times:
+            body = json.dumps({"errors": [{"code": "TOOMANYREQUESTS"}]}).encode()
+            h.reply(status, body, {"Content-Type": "application/json",
+                                   **({"Retry-After": retry_after} if retry_after else {})})
+        else:
+            then(h)
+    return app
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_busy_registry_is_asked_again(tls_server: FakeServer, certs: Path,
+                                        status: int) -> None:
+    tls_server.app = busy_then(status, 2, "0", serve_manifest)
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[2] == MANIFEST_DIGEST
+    assert len(tls_server.seen) == 3
+
+
+def test_retry_after_is_waited_for(tls_server: FakeServer, certs: Path) -> None:
+    tls_server.app = busy_then(429, 1, "1", serve_manifest)
+    start = time.monotonic()
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[2] == MANIFEST_DIGEST
+    assert time.monotonic() - start >= 1.0
+    assert len(tls_server.seen) == 2
+
+
+def test_without_retry_after_the_pause_doubles(tls_server: FakeServer, certs: Path) -> None:
+    tls_server.app = busy_then(503, 2, None, serve_manifest)
+    start = time.monotonic()
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[2] == MANIFEST_DIGEST
+    assert time.monotonic() - start >= RETRY_PAUSE * 3  # 0.5 s, then 1 s
+    assert len(tls_server.seen) == 3
+
+
+def test_a_registry_busy_for_good_is_an_error_after_the_retries(tls_server: FakeServer,
+                                                                certs: Path) -> None:
+    tls_server.app = busy_then(503, 1000, "0", serve_manifest)
+    with client(tls_server, certs) as c, pytest.raises(RegistryError) as caught:
+        c.get_manifest("1.0")
+    assert str(caught.value) == (
+        f"{tls_server.netloc}/team/app:1.0: manifest failed: HTTP 503 (TOOMANYREQUESTS), "
+        f"gave up after {MAX_RETRIES} retries")
+    assert len(tls_server.seen) == MAX_RETRIES + 1
+
+
+def test_a_long_retry_after_is_the_error_not_a_wait(tls_server: FakeServer,
+                                                    certs: Path) -> None:
+    """Docker Hub's rate limit asks for hours: say so at once."""
+    tls_server.app = busy_then(429, 1000, "21600", serve_manifest)
+    start = time.monotonic()
+    with client(tls_server, certs) as c, pytest.raises(RegistryError) as caught:
+        c.get_manifest("1.0")
+    assert time.monotonic() - start < MAX_RETRY_PAUSE
+    assert str(caught.value).endswith("HTTP 429 (TOOMANYREQUESTS), retry after 21600 s")
+    assert len(tls_server.seen) == 1
+
+
+def test_other_errors_are_not_asked_again(tls_server: FakeServer, certs: Path) -> None:
+    tls_server.app = busy_then(500, 1000, "0", serve_manifest)
+    with client(tls_server, certs) as c, pytest.raises(RegistryError, match="HTTP 500"):
+        c.get_manifest("1.0")
+    assert len(tls_server.seen) == 1
+
+
+def test_a_busy_blob_is_asked_again(tls_server: FakeServer, certs: Path) -> None:
+    def blob(h: Handler) -> None:
+        offset, _ = ranged(h, BLOB)
+        h.wfile.write(BLOB[offset:])
+
+    tls_server.app = busy_then(503, 1, "0", blob)
+    with client(tls_server, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader:
+        assert read_all(reader) == BLOB
+    assert len(tls_server.seen) == 2
 
 
 def test_stalled_manifest_body(tls_server: FakeServer, certs: Path) -> None:

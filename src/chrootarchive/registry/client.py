@@ -64,6 +64,14 @@ BODY_TIME_FACTOR = 10
 MAX_RESUMES = 5
 #: The first pause before a resume when the registry cannot be reached (then doubled).
 RESUME_PAUSE = 0.5
+#: Answers that mean "busy now, ask again" (rate limited, a proxy or the registry
+#: overloaded or restarting): a request is sent again up to MAX_RETRIES times, after the
+#: server's ``Retry-After`` (at most MAX_RETRY_PAUSE seconds: a longer wait is the
+#: error, naming it) or else RETRY_PAUSE seconds, doubled each time.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRIES = 4
+RETRY_PAUSE = 0.5
+MAX_RETRY_PAUSE = 10.0
 #: Failures that mean "not reachable now" (a resume tries again after a pause).
 _UNREACHABLE: tuple[type[Exception], ...] = ()
 _CHUNK = 1 << 20
@@ -99,6 +107,28 @@ def _discard(response: urllib3.BaseHTTPResponse) -> None:
     never reused."""
     response.close()
     response.release_conn()
+
+
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
+    """The server's ``Retry-After`` in seconds (a number or an HTTP date, read by
+    urllib3); None without one, or with one that cannot be read."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds: float = urllib3.util.Retry().parse_retry_after(value)
+    except _ux.InvalidHeader:
+        return None
+    return seconds
+
+
+def _retry_pause(response: urllib3.BaseHTTPResponse, retries: int) -> float | None:
+    """How long to wait before asking again after a busy answer; None: do not (the
+    server asks for longer than MAX_RETRY_PAUSE)."""
+    asked = _retry_after(response)
+    if asked is None:
+        return min(RETRY_PAUSE * (1 << retries), MAX_RETRY_PAUSE)
+    return asked if asked <= MAX_RETRY_PAUSE else None
 
 
 def _netloc(url: str) -> str:
@@ -330,7 +360,7 @@ class Client:
         """GET ``BASE_URL + path``: authenticate on a 401, follow redirects by hand."""
         url = self.base_url + path
         seen = {url}
-        redirects = 0
+        redirects = retries = 0
         authenticated = False
         while True:
             to_registry = self._is_registry(url)
@@ -350,6 +380,14 @@ class Client:
                 authenticated = True
                 self._authenticate(header, what, reference)
                 continue
+            if response.status in RETRY_STATUSES and retries < MAX_RETRIES:
+                pause = _retry_pause(response, retries)
+                if pause is not None:
+                    self._drain(response)
+                    response.release_conn()
+                    retries += 1
+                    time.sleep(pause)
+                    continue
             if response.status not in _REDIRECTS:
                 return response
             location = response.headers.get("Location")
@@ -398,7 +436,12 @@ class Client:
             problem = "not found"
         else:
             problem = "failed"
-        raise self._error(f"{what} {problem}: HTTP {response.status}{code}", reference)
+        later = ""
+        if response.status in RETRY_STATUSES:
+            pause = _retry_after(response)
+            later = (f", gave up after {MAX_RETRIES} retries" if pause is None
+                     or pause <= MAX_RETRY_PAUSE else f", retry after {pause:.0f} s")
+        raise self._error(f"{what} {problem}: HTTP {response.status}{code}{later}", reference)
 
     def _read_bounded(self, response: urllib3.BaseHTTPResponse, limit: int, what: str,
                       reference: str | None) -> bytes:
