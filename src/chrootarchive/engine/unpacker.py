@@ -1425,7 +1425,10 @@ class Unpacker:
         return from_os_error(err, entry, kind=kind)
 
     def _root_writable(self) -> bool:
-        fd = self.fs.open_dir(".")
+        try:
+            fd = self.fs.open_dir(".")
+        except OSError:
+            return True  # cannot tell: the entry's own error stands
         try:
             return os.access(".", os.W_OK, dir_fd=fd, effective_ids=True)
         finally:
