@@ -106,6 +106,7 @@ SLOW_TESTS = frozenset({
     "test_mechanisms.py::test_attack_as_root",
     "test_mechanisms.py::test_attack_as_nobody",
     "test_finisher.py::test_helper_is_confined_and_the_tree_is_exact",
+    "test_finisher_attacks.py::test_a_racer_swapping_directories_never_redirects_the_helper",
     "test_image.py::test_hostile_image_cli",
     "test_attacks.py::test_code_execution_payloads_never_run",
 })

@@ -535,3 +535,6 @@ def test_archive_shape() -> None:
     assert names.count("hot") == N_FILES // HOT_EVERY
     assert names.count("hotlink") == names.count("hotfifo") == N_FILES // LINK_EVERY
     assert names.index("top/meta") < names.index("d0/f0")
+    # A plain tar of 4 MiB or more: the worker forks its helper, which creates the d*/f*
+    # files by name (in the rounds with a mirror, through the swapped-in symlinks).
+    assert len(build_race_archive()) >= 4 << 20
