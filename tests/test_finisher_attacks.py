@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from chrootarchive.operations.untar import _HELPER_MIN_INPUT
 from helpers import hardening, tree
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import LeakCheck
@@ -212,7 +213,7 @@ def test_a_racer_swapping_directories_never_redirects_the_helper(user: str) -> N
     (``pivot``) and as uid 65534 (``userns``). Every variant must count: a swap before
     the extraction ended, with the helper alive after it."""
     archive = _race_archive()
-    assert len(archive) >= 4 << 20  # the worker may fork its helper from this size on
+    assert len(archive) >= _HELPER_MIN_INPUT  # the worker may fork its helper from this size on
     area = hardening.Unprivileged()
     leaks = LeakCheck(area.top)
     try:

@@ -62,6 +62,7 @@ from typing import Any
 import pytest
 
 import chrootarchive
+from chrootarchive.operations.untar import _HELPER_MIN_INPUT
 from helpers import tree
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import LeakCheck
@@ -537,4 +538,4 @@ def test_archive_shape() -> None:
     assert names.index("top/meta") < names.index("d0/f0")
     # A plain tar of 4 MiB or more: the worker forks its helper, which creates the d*/f*
     # files by name (in the rounds with a mirror, through the swapped-in symlinks).
-    assert len(build_race_archive()) >= 4 << 20
+    assert len(build_race_archive()) >= _HELPER_MIN_INPUT

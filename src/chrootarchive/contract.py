@@ -39,6 +39,7 @@ __all__ = [
     "limits_after",
     "memory_for_window",
     "memory_shares",
+    "timeout_between_layers",
 ]
 
 #: PEP 706's filter names (``tarfile``'s ``filter=``), most trusting first.
@@ -194,6 +195,11 @@ class LimitSpec(_Record):
     used_seconds: float
 
 
+def timeout_between_layers(timeout: float) -> LimitExceededError:
+    """The error of an image whose ``timeout`` ran out before its next layer."""
+    return LimitExceededError(f"limit timeout ({timeout:g} seconds) exceeded (between layers)")
+
+
 def limits_after(limits: LimitSpec, more_bytes: int, more_entries: int,
                  deadline: float | None) -> LimitSpec:
     """The limits of the next part of an operation (an image's next layer) after
@@ -209,8 +215,7 @@ def limits_after(limits: LimitSpec, more_bytes: int, more_entries: int,
     if deadline is not None and limits.timeout is not None:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise LimitExceededError(
-                f"limit timeout ({limits.timeout:g} seconds) exceeded (between layers)")
+            raise timeout_between_layers(limits.timeout)
         used_seconds = max(limits.timeout - left, 0.0)
     changed: LimitSpec = limits.replace(used_bytes=limits.used_bytes + more_bytes,
                                         used_entries=limits.used_entries + more_entries,

@@ -262,7 +262,6 @@ class Unpacker:
         # (and its spool) used some already.
         self.deadline = (None if self.limits.timeout is None else
                          time.monotonic() + self.limits.timeout - self.limits.used_seconds)
-        self.entries_before = self.limits.used_entries
         # File data is charged against bytes_budget: the bytes until the next look at
         # max_bytes and the filesystem's reserve (_look_bytes).
         self.bytes_used = self.limits.used_bytes
@@ -638,7 +637,7 @@ class Unpacker:
     def _look_entries(self, entries: int, entry: str) -> int:
         """Check max_entries and the reserve; return the count of the next look."""
         max_entries = self.limits.max_entries
-        total = entries + self.entries_before
+        total = entries + self.limits.used_entries  # the layers below counted too
         if max_entries is not None and total > max_entries:
             self._limit("max_entries", max_entries, "entries", entry)
         step = _HUGE

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import replace
 
-from chrootarchive.contract import MAX_WARNINGS
+from chrootarchive.contract import MAX_WARNINGS, timeout_between_layers
 from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
     CompressionError,
     DigestMismatchError,
     ImageError,
-    LimitExceededError,
     from_os_error,
 )
 from chrootarchive.image.digests import Hasher
@@ -223,8 +222,7 @@ def apply_planned_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, tar
             stack.apply([bytes(1024)])
         for layer in layers:
             if deadline is not None and time.monotonic() >= deadline:
-                raise LimitExceededError(f"limit timeout ({options.limits.timeout:g} seconds) "
-                                         "exceeded (between layers)")
+                raise timeout_between_layers(options.limits.timeout or 0.0)
             result, kind = _apply_layer(stack, open_blob, layer, options, len(layers),
                                         progress)
             applied.size += result.size
