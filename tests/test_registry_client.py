@@ -592,6 +592,37 @@ def test_anonymous_bearer_token(tls_server: FakeServer, certs: Path, key: str) -
     assert len(tls_server.seen) == 4
 
 
+def busy_token_endpoint(server: FakeServer, times: int) -> None:
+    """A bearer registry whose token endpoint answers 503 ``times`` times first."""
+    bearer_registry(server)
+    registry = server.app
+    token = busy_then(503, times, "0", registry)
+
+    def app(h: Handler) -> None:
+        (token if h.path.startswith("/token") else registry)(h)
+
+    server.app = app
+
+
+def test_a_busy_token_endpoint_is_asked_again(tls_server: FakeServer, certs: Path) -> None:
+    busy_token_endpoint(tls_server, 2)
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[1] == MANIFEST
+    assert [s.path.startswith("/token") for s in tls_server.seen] == [
+        False, True, True, True, False]
+
+
+def test_a_token_endpoint_busy_for_good_is_an_error_after_the_retries(
+        tls_server: FakeServer, certs: Path) -> None:
+    busy_token_endpoint(tls_server, 1000)
+    with client(tls_server, certs) as c, pytest.raises(RegistryError) as caught:
+        c.get_manifest("1.0")
+    assert str(caught.value) == (
+        f"{tls_server.netloc}/team/app:1.0: token request to {tls_server.netloc} refused: "
+        f"HTTP 503 (TOOMANYREQUESTS), gave up after {MAX_RETRIES} retries")
+    assert len(tls_server.seen) == 1 + MAX_RETRIES + 1
+
+
 def test_bearer_token_with_credentials(tls_server: FakeServer, certs: Path,
                                        tmp_path: Path) -> None:
     bearer_registry(tls_server)

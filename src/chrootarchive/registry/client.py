@@ -131,6 +131,16 @@ def _retry_pause(response: urllib3.BaseHTTPResponse, retries: int) -> float | No
     return asked if asked <= MAX_RETRY_PAUSE else None
 
 
+def _why_not_again(response: urllib3.BaseHTTPResponse) -> str:
+    """For a busy answer that ends the request: why it was not asked again."""
+    if response.status not in RETRY_STATUSES:
+        return ""
+    pause = _retry_after(response)
+    if pause is None or pause <= MAX_RETRY_PAUSE:
+        return f", gave up after {MAX_RETRIES} retries"
+    return f", retry after {pause:.0f} s"
+
+
 def _netloc(url: str) -> str:
     return urlsplit(url).netloc.rpartition("@")[2]
 
@@ -334,11 +344,17 @@ class Client:
         headers = {"Accept": "application/json"}
         if credentials is not None:
             headers["Authorization"] = credentials.basic()
-        response = self._send(url, headers, f"token from {_netloc(realm)}", reference)
+        retries = 0
+        while True:
+            response = self._send(url, headers, f"token from {_netloc(realm)}", reference)
+            if not self._waited_if_busy(response, retries):
+                break
+            retries += 1
         try:
             if response.status != 200:
                 raise self._error(f"token request to {_netloc(realm)} refused: HTTP "
-                                  f"{response.status}{self._error_code(response)}", reference)
+                                  f"{response.status}{self._error_code(response)}"
+                                  f"{_why_not_again(response)}", reference)
             body = self._read_bounded(response, TOKEN_BODY_MAX, "token", reference)
         finally:
             response.release_conn()
@@ -380,14 +396,9 @@ class Client:
                 authenticated = True
                 self._authenticate(header, what, reference)
                 continue
-            if response.status in RETRY_STATUSES and retries < MAX_RETRIES:
-                pause = _retry_pause(response, retries)
-                if pause is not None:
-                    self._drain(response)
-                    response.release_conn()
-                    retries += 1
-                    time.sleep(pause)
-                    continue
+            if self._waited_if_busy(response, retries):
+                retries += 1
+                continue
             if response.status not in _REDIRECTS:
                 return response
             location = response.headers.get("Location")
@@ -410,6 +421,19 @@ class Client:
                 raise self._error(f"redirect loop ({what})", reference)
             seen.add(target)
             url = target
+
+    def _waited_if_busy(self, response: urllib3.BaseHTTPResponse, retries: int) -> bool:
+        """For a busy answer that may be asked again (RETRY_STATUSES): discard it, wait
+        the pause and say so; else False (the answer is the caller's to read)."""
+        if response.status not in RETRY_STATUSES or retries >= MAX_RETRIES:
+            return False
+        pause = _retry_pause(response, retries)
+        if pause is None:
+            return False
+        self._drain(response)
+        response.release_conn()
+        time.sleep(pause)
+        return True
 
     def _error_code(self, response: urllib3.BaseHTTPResponse) -> str:
         """`` (CODE)`` from the registry's JSON error body, if it has one."""
@@ -436,12 +460,8 @@ class Client:
             problem = "not found"
         else:
             problem = "failed"
-        later = ""
-        if response.status in RETRY_STATUSES:
-            pause = _retry_after(response)
-            later = (f", gave up after {MAX_RETRIES} retries" if pause is None
-                     or pause <= MAX_RETRY_PAUSE else f", retry after {pause:.0f} s")
-        raise self._error(f"{what} {problem}: HTTP {response.status}{code}{later}", reference)
+        raise self._error(f"{what} {problem}: HTTP {response.status}{code}"
+                          f"{_why_not_again(response)}", reference)
 
     def _read_bounded(self, response: urllib3.BaseHTTPResponse, limit: int, what: str,
                       reference: str | None) -> bytes:
