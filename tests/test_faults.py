@@ -147,6 +147,97 @@ def test_worker_killed_cli(tmp_path: Path) -> None:
     check.assert_clean()
 
 
+# -- the worker's file helper killed ----------------------------------------------------
+
+
+def _many_small_files() -> list[bytes]:
+    """An archive of 6,000 small files (21 MB) in 64 KiB pieces: from a pipe, the worker
+    forks its helper for them and hands them over in batches. (Fed 4 ms apart, 16 MB/s:
+    the worker goes on alone while its helper is stopped, so it must not run out.)"""
+    b = B()
+    for d in range(60):
+        b.dir(f"d{d}")
+        for f in range(100):
+            b.file(f"d{d}/f{f}", os.urandom(3000))
+    data = b.build()
+    return [data[i:i + (64 << 10)] for i in range(0, len(data), 64 << 10)]
+
+
+def _kill_the_helper(parent: int, feeder: Trickler) -> None:
+    """SIGKILL the worker's helper (its child) with batches in flight: it is stopped
+    first, so that the worker's next batches wait for it, then killed. (A helper that
+    dies between batches loses nothing: the worker finishes the next batch itself.)"""
+    worker = wait_worker(parent)
+    helpers = wait_for(lambda: child_pids(worker), 20, what="the worker's file helper")
+    assert isinstance(helpers, list)
+    helper = helpers[0][0]
+    os.kill(helper, signal.SIGSTOP)
+    time.sleep(0.1)  # a batch every 64 files: some are sent to it meanwhile
+    assert feeder.written < sum(map(len, feeder.pieces)) // 2, "the helper came too late"
+    os.kill(helper, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["in-place", "atomic"])
+def test_helper_killed_cli(atomic: bool, tmp_path: Path) -> None:
+    """The out-of-memory killer takes the helper mid-archive: one line naming it and the
+    signal, status 70 as for the worker, nothing left running or mounted; what was in
+    the destination is kept, and with --atomic (into a missing destination) nothing is
+    made."""
+    dest = tmp_path / "dest"
+    if not atomic:
+        dest.mkdir()
+        (dest / "kept").write_bytes(b"there before\n")
+    check = LeakCheck(tmp_path)
+    proc = subprocess.Popen([*CLI, "untar", *(["--atomic"] if atomic else []), "-", str(dest)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    feeder = Trickler(proc.stdin.fileno(), _many_small_files(), 0.004, keep_open=True)
+    feeder.start()
+    try:
+        _kill_the_helper(proc.pid, feeder)
+        rc = proc.wait(20)
+    finally:
+        feeder.stop.set()
+        proc.kill()
+        proc.wait()
+        feeder.join()
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert_one_line_error(CLIResult((rc, "", err)), rc=70,
+                          mentions=("file helper", "killed by SIGKILL"))
+    check.assert_clean()
+    if atomic:
+        assert os.listdir(tmp_path) == [], "a destination or staging directory was left"
+    else:
+        assert (dest / "kept").read_bytes() == b"there before\n"
+
+
+@pytest.mark.parametrize("confine", ["pivot", "userns"])
+def test_helper_killed_api(confine: str, tmp_path: Path) -> None:
+    """Through the API: a WorkerError, raised while the input still flows, and no
+    descriptor, process or mount left in the caller."""
+    check = LeakCheck(tmp_path, fds=True)
+    job = _UntarThread(tmp_path / "dest", confine=confine)
+    job.start()
+    feeder = Trickler(job.w, _many_small_files(), 0.004, keep_open=True)
+    feeder.start()
+    try:
+        _kill_the_helper(os.getpid(), feeder)
+        job.join(20)
+        assert not job.is_alive(), "the call did not end when its helper was killed"
+    finally:
+        feeder.stop.set()
+        feeder.join()
+        os.close(job.w)
+        job.join(30)
+        job.source.close()
+    assert isinstance(job.error, chrootarchive.WorkerError), job.error
+    assert "file helper was killed by SIGKILL" in str(job.error)
+    check.assert_clean()
+
+
 # -- the parent killed -----------------------------------------------------------------
 
 

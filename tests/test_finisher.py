@@ -638,3 +638,17 @@ def test_a_file_over_a_directory_of_ours_then_a_name_below_it_as_without_the_hel
         assert not (tmp_path / "plain" / "dest" / "q").is_dir()
     else:
         assert (tmp_path / "plain" / "dest" / "z" / "y").read_bytes() == b"below it"
+
+
+@pytest.mark.parametrize("number, name", [(9, "SIGKILL"), (6, "SIGABRT"), (17, "SIGCHLD"),
+                                          (31, "SIGSYS"), (200, "signal 200")])
+def test_the_helper_names_a_signal_without_the_signal_module(number: int, name: str) -> None:
+    """The worker cannot import ``signal`` once jailed (and it would load ``enum`` at
+    start-up): the helper's killer is named from ``_signal``, as ``signal`` names it."""
+    import signal
+
+    from chrootarchive.engine.finisher import signal_name
+
+    assert signal_name(number) == name
+    if number < 65:
+        assert signal.Signals(number).name == name

@@ -38,6 +38,7 @@ is finished in the worker itself. The first error, with its entry name, is in
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub; `signal` imports enum
 import _socket
 import os
 import resource
@@ -129,6 +130,7 @@ class Finisher:
         self.by_name = 0  # of which given by name
         self.given_back = 0  # of which the helper left to the worker
         self._done = False
+        self._reaped = False
 
     @classmethod
     def start(cls, source: int = -1) -> Finisher | None:
@@ -295,7 +297,8 @@ class Finisher:
         finally:
             self._done = True
             self._sock.close()
-            os.waitpid(self._pid, 0)
+            if not self._reaped:
+                os.waitpid(self._pid, 0)
         return self.error
 
     def abort(self) -> None:
@@ -310,7 +313,8 @@ class Finisher:
         # its socket closed, the helper's next reply fails and it ends (at most the
         # batch it is writing is finished).
         self._sock.close()
-        os.waitpid(self._pid, 0)
+        if not self._reaped:
+            os.waitpid(self._pid, 0)
 
     def _send(self) -> None:
         while len(self._sent) >= MAX_IN_FLIGHT:
@@ -378,7 +382,7 @@ class Finisher:
                         self.pending.discard(item[0])
             self._sent.clear()
             self._in_flight.clear()
-            self._record(OSError(0, "the file helper ended early"), "")
+            self._record(OSError(0, self._why_ended(reply)), "")
             return
         tag, number, index = _REPLY.unpack_from(reply)
         count = (len(reply) - _REPLY.size) // 2
@@ -404,9 +408,31 @@ class Finisher:
             else:
                 self.pending.discard(path)
 
+    def _why_ended(self, reply: bytes) -> str:
+        """Why the helper stopped replying. An empty reply is its end of the socket
+        closed: it is exiting, so it is waited for here and its status named (the
+        kernel's out-of-memory killer sends SIGKILL)."""
+        if reply or self._reaped:
+            return "the worker's file helper ended early"
+        _pid, status = os.waitpid(self._pid, 0)
+        self._reaped = True  # finish() and abort() have nothing left to wait for
+        if os.WIFSIGNALED(status):
+            return (f"the worker's file helper was killed by "
+                    f"{signal_name(os.WTERMSIG(status))} before it finished")
+        return f"the worker's file helper exited early (status {os.WEXITSTATUS(status)})"
+
     def _record(self, err: OSError, entry: str) -> None:
         if self.error is None:
             self.error = (err, entry)
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9, without the ``signal`` module (it imports ``enum``: the
+    worker's start-up); of two names for one number, the first in order."""
+    names = sorted(name for name in dir(_signal)
+                   if name.startswith("SIG") and "_" not in name
+                   and getattr(_signal, name) == number)
+    return names[0] if names else f"signal {number}"
 
 
 def _ranges_without(keep: set[int]) -> list[tuple[int, int]]:

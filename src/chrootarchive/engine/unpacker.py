@@ -31,6 +31,7 @@ from chrootarchive.errors import (
     InternalError,
     LimitExceededError,
     MalformedArchiveError,
+    WorkerError,
     from_os_error,
     printable,
 )
@@ -1016,8 +1017,8 @@ class Unpacker:
 
     def _raise_finisher_error(self, failed: tuple[OSError, str]) -> NoReturn:
         err, entry = failed
-        if not err.errno:
-            raise InternalError(err.strerror or str(err), entry or None)
+        if not err.errno:  # the helper ended early (killed, say): a process died
+            raise WorkerError(err.strerror or str(err), entry or None)
         if err.errno == errno.ENODATA:  # an extent past the end of the archive
             raise MalformedArchiveError("unexpected end of archive: truncated data", entry)
         raise self._os_error(err, entry) from err
