@@ -73,6 +73,16 @@ class _UntarThread(threading.Thread):
         finally:
             self.finished = time.monotonic()
 
+    def end(self, feeder: Trickler) -> None:
+        """Stop ``feeder`` and close the input. Its end unblocks whatever still reads
+        it: a caller stuck there, or the thread that feeds the worker, which may outlive
+        the call."""
+        feeder.stop.set()
+        feeder.join()
+        os.close(self.w)
+        self.join(30)
+        self.source.close()
+
 
 def _kill_worker_mid_stream(tmp_path: Path, *, flowing: bool) -> tuple[float, _UntarThread]:
     dest = tmp_path / "dest"
@@ -90,13 +100,7 @@ def _kill_worker_mid_stream(tmp_path: Path, *, flowing: bool) -> tuple[float, _U
         job.join(3)
         delay = (job.finished or time.monotonic()) - killed
     finally:
-        feeder.stop.set()
-        feeder.join()
-        # The end of the input unblocks whatever still reads it: a caller stuck there,
-        # or the thread that feeds the worker, which may outlive the call.
-        os.close(job.w)
-        job.join(30)
-        job.source.close()
+        job.end(feeder)
     return delay, job
 
 
@@ -228,11 +232,7 @@ def test_helper_killed_api(confine: str, tmp_path: Path) -> None:
         job.join(20)
         assert not job.is_alive(), "the call did not end when its helper was killed"
     finally:
-        feeder.stop.set()
-        feeder.join()
-        os.close(job.w)
-        job.join(30)
-        job.source.close()
+        job.end(feeder)
     assert isinstance(job.error, chrootarchive.WorkerError), job.error
     assert "file helper was killed by SIGKILL" in str(job.error)
     check.assert_clean()
