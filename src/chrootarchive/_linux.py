@@ -12,6 +12,9 @@ import errno
 import os
 import struct
 
+from chrootarchive._host import MACHINE as _MACHINE
+from chrootarchive._host import MACHINES
+
 __all__ = [
     "AT_EMPTY_PATH",
     "AT_SYMLINK_NOFOLLOW",
@@ -59,40 +62,14 @@ SIGKILL = 9  # without importing signal (worker start-up)
 PR_SET_NO_NEW_PRIVS = 38
 
 _SYSCALLS = {
-    # name: (x86_64, aarch64)
+    # name: one number per machine of _host.MACHINES (x86_64, aarch64)
     "pivot_root": (155, 41),
     "open_tree": (428, 428),
     "move_mount": (429, 429),
     "openat2": (437, 437),
     "mount_setattr": (442, 442),
 }
-#: The machines (``uname -m``) whose system-call numbers this module knows, in the
-#: order of the pairs above.
-MACHINES = ("x86_64", "aarch64")
-_MACHINE = os.uname().machine
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (Linux 4.7+ shows it in /proc):
-    ``os.umask`` can only read it by setting it, which races with other threads."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def unsupported_machine() -> str | None:
-    """Why no confinement can work on this machine, or None: the system-call numbers
-    (and the seccomp filter's architecture) are known for :data:`MACHINES` only."""
-    if _MACHINE in MACHINES:
-        return None
-    return (f"this machine is {_MACHINE or 'unknown'}; chrootarchive supports "
-            f"{' and '.join(MACHINES)} only")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

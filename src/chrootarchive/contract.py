@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILTERS",
+    "IN_PROCESS",
     "JOB_MODULES",
     "MAX_WARNINGS",
+    "MECHANISMS",
     "OLD_FILES",
     "IdRange",
     "JobReply",
@@ -44,6 +46,12 @@ __all__ = [
 
 #: PEP 706's filter names (``tarfile``'s ``filter=``), most trusting first.
 FILTERS = ("fully_trusted", "tar", "data")
+
+#: The confinement mechanisms a request may name (:mod:`chrootarchive.jail.confine`
+#: has one module each), strongest first.
+MECHANISMS = ("pivot", "chroot", "userns", "openat2")
+#: Mechanisms that run in the caller's process instead of a worker.
+IN_PROCESS = frozenset({"openat2"})
 
 #: What to do with a file that exists where an entry goes (GNU tar's options).
 OLD_FILES = ("replace", "keep", "skip")

@@ -6,13 +6,13 @@ strings, booleans and tuples of those.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, field
 
+from chrootarchive._record import as_dict, field
+from chrootarchive._record import record as dataclass
 from chrootarchive.contract import FILTERS, OLD_FILES, IdRange, LimitSpec, PackSpec, UnpackSpec
 from chrootarchive.engine.names import (  # 0.4 ms: the one pattern compiler
     EXCLUDE_STYLES,
@@ -367,7 +367,7 @@ class Result:
     warnings: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_dict(self)
 
 
 @dataclass(frozen=True)
@@ -551,9 +551,9 @@ def unpack_spec(options: UnpackOptions, *, verbose: bool = False) -> UnpackSpec:
 
 
 def _caller_umask() -> int:
-    from chrootarchive import _linux  # ctypes: only when the data filter needs it
+    from chrootarchive import _host
 
-    return _linux.current_umask()
+    return _host.current_umask()
 
 
 def pack_spec(options: PackOptions) -> PackSpec:

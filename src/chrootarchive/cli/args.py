@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
 
+from chrootarchive._record import replace
 from chrootarchive.cli.commands import UsageError as UsageError
 from chrootarchive.contract import FILTERS
 from chrootarchive.engine.names import EXCLUDE_STYLES

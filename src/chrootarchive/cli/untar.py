@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
+from chrootarchive._record import replace
 from chrootarchive.cli.args import (
     UsageError,
     add_common,

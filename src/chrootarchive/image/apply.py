@@ -11,8 +11,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import replace
 
+from chrootarchive._record import replace
 from chrootarchive.contract import MAX_WARNINGS, timeout_between_layers
 from chrootarchive.errors import (
     ArchiveError,

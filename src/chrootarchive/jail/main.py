@@ -74,6 +74,7 @@ def _boot(job_name: str) -> Job:
     )
     from chrootarchive.jail import confine, lockdown  # noqa: F401
 
+    confine.import_all()
     module = JOB_MODULES[job_name]
     __import__(module)
     _linux.preload_library("libgcc_s.so.1")

@@ -13,7 +13,6 @@ side is confined at the destination: both ends are jailed, each in its own root.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import posixpath
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, cast
 
 from chrootarchive import _linux
+from chrootarchive._record import replace
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
     ConfinementError,
@@ -322,7 +322,7 @@ def _pipe(
     progress: Progress | None,
 ) -> UnpackResult:
     """tar (jailed at the source) | untar (jailed at the destination)."""
-    pack_options = dataclasses.replace(pack_options, compression="none")
+    pack_options = replace(pack_options, compression="none")
     with tar(src, src_root, pack_options, progress=progress) as stream:
         source = cast(BinaryIO, stream)
         if dst_root is None:
@@ -331,7 +331,7 @@ def _pipe(
             result = api.untar_with_root(source, dst, dst_root, options)
         packed = stream.result
     if packed is not None and packed.warnings:
-        result = dataclasses.replace(result, warnings=packed.warnings + result.warnings)
+        result = replace(result, warnings=packed.warnings + result.warnings)
     return result
 
 
@@ -395,7 +395,7 @@ def copy_file_with_tar(
     if os.path.islink(path):
         path = os.path.realpath(path)
     dst_dir, dst_name = os.path.split(target)
-    pack_options = dataclasses.replace(pack_options or PackOptions(),
+    pack_options = replace(pack_options or PackOptions(),
                                        rebase_names={".": dst_name}, include_files=())
     return _pipe(path, None, dst_dir or ".", None, options, pack_options, progress)
 
@@ -443,7 +443,7 @@ def copy_path(
     name = posixpath.basename(posixpath.normpath(source))
     base = pack_options or PackOptions()
     if source.endswith("/.") or name in ("", ".", ".."):
-        pack_options = dataclasses.replace(base, include_source_dir=True, rebase_names={})
+        pack_options = replace(base, include_source_dir=True, rebase_names={})
         untar_dir = target
     else:
         cleaned = posixpath.normpath(target)
@@ -452,6 +452,6 @@ def copy_path(
             untar_dir, new_name = target, name
         else:
             untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
-        pack_options = dataclasses.replace(base, include_source_dir=True,
+        pack_options = replace(base, include_source_dir=True,
                                            rebase_names={".": new_name})
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)

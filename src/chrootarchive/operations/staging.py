@@ -17,7 +17,6 @@ import stat
 import time
 from collections.abc import Iterator
 
-from chrootarchive.engine.fsops import remove_tree_at
 from chrootarchive.errors import DestinationError, from_os_error
 
 __all__ = ["PREFIX", "atomic_destination", "remove_stale"]
@@ -29,6 +28,8 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _remove(parent_fd: int, name: str) -> None:
+    from chrootarchive.engine.fsops import remove_tree_at  # ctypes: only to clean up
+
     with contextlib.suppress(FileNotFoundError):
         remove_tree_at(parent_fd, name)
 

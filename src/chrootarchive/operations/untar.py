@@ -12,9 +12,9 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 
 from chrootarchive import _fdio
+from chrootarchive._record import replace
 from chrootarchive.contract import JobReply, JobRequest, limits_after
 from chrootarchive.errors import (
     ArchiveError,

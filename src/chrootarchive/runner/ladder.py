@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from chrootarchive import _linux
+from chrootarchive import _host
 from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ConfinementError, MechanismUnavailableError
 from chrootarchive.jail import confine
@@ -50,7 +50,7 @@ def candidates(requested: str = "auto") -> list[str]:
         ConfinementError: nothing usable; the message lists each mechanism and why
             (or, on a machine whose system calls are not known, says that once).
     """
-    machine = _linux.unsupported_machine()
+    machine = _host.unsupported_machine()
     if machine:
         raise ConfinementError(machine)
     if requested != "auto":
@@ -83,7 +83,7 @@ def _rungs(requested: str) -> Iterator[str]:
     if requested != "auto":
         yield from candidates(requested)
         return
-    machine = _linux.unsupported_machine()
+    machine = _host.unsupported_machine()
     if machine:
         raise ConfinementError(machine)
     found = False

@@ -23,7 +23,6 @@ import threading
 from chrootarchive import _wire
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
-from chrootarchive.jail.confine import userns
 from chrootarchive.jail.main import READY
 from chrootarchive.runner import standby
 from chrootarchive.runner.spawn import (
@@ -36,6 +35,8 @@ from chrootarchive.runner.spawn import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
+
+    from chrootarchive.jail.confine.userns import IdRanges
 else:
     Protocol = object  # no typing at run time (start-up): a plain class stands in
 
@@ -125,7 +126,11 @@ class Worker:
         self._ready = threading.Event()
         self._is_ready = False
         self._closed = False
-        id_ranges = userns.subordinate_ranges() if request.mechanism == "userns" else None
+        id_ranges = None
+        if request.mechanism == "userns":
+            from chrootarchive.jail.confine import userns  # ctypes: only for this mechanism
+
+            id_ranges = userns.subordinate_ranges()
         sync_parent: _socket.socket | None = None
         sync_child: _socket.socket | None = None
         if id_ranges:
@@ -187,8 +192,10 @@ class Worker:
             finally:
                 sync_parent.close()
 
-    def _map_ids(self, sync: _socket.socket, ranges: userns.IdRanges) -> None:
+    def _map_ids(self, sync: _socket.socket, ranges: IdRanges) -> None:
         """Map the worker's user namespace to the caller's subordinate ranges."""
+        from chrootarchive.jail.confine import userns
+
         sync.settimeout(30)
         try:
             if sync.recv(1) != b"U":

@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import os
 
-from chrootarchive import _linux
+from chrootarchive import _host
+from chrootarchive.contract import IN_PROCESS, MECHANISMS
 from chrootarchive.errors import ConfinementError
-from chrootarchive.jail.confine import chroot, pivot, userns
 
-__all__ = ["IN_PROCESS", "MECHANISMS", "enter", "unavailable_reason"]
+__all__ = ["IN_PROCESS", "MECHANISMS", "enter", "import_all", "unavailable_reason"]
 
-#: Every mechanism, strongest first.
-MECHANISMS = ("pivot", "chroot", "userns", "openat2")
-#: Mechanisms that run in the caller's process instead of a worker.
-IN_PROCESS = frozenset({"openat2"})
+
+def import_all() -> None:
+    """Import every mechanism a worker may enter: the worker does so as it boots,
+    before the jail (imports are refused there). Not at this package's import: the
+    parent asks only :func:`unavailable_reason`, and as root that needs no ``ctypes``."""
+    from chrootarchive.jail.confine import chroot, mounts, pivot, userns  # noqa: F401
 
 
 def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot work for this process, or None if it may (not cached here)."""
-    machine = _linux.unsupported_machine()
+    machine = _host.unsupported_machine()
     if machine:
         return machine
     if name in ("pivot", "chroot"):
@@ -39,6 +41,8 @@ def unavailable_reason(name: str) -> str | None:
             return "needs root (CAP_SYS_ADMIN for pivot, CAP_SYS_CHROOT for chroot)"
         return None
     if name == "userns":
+        from chrootarchive.jail.confine import userns
+
         return userns.unavailable_reason()
     if name == "openat2":
         from chrootarchive.jail.confine import openat2  # parent side only
@@ -53,6 +57,8 @@ def enter(name: str, root_fd: int, sync_fd: int | None = None) -> str:
     Afterwards ``/`` and the working directory are that directory. Returns the mechanism
     actually used: ``pivot`` falls back to ``chroot`` where Docker's does.
     """
+    from chrootarchive.jail.confine import chroot, pivot, userns  # loaded by import_all()
+
     if name == "pivot":
         return pivot.enter(root_fd)
     if name == "chroot":

@@ -17,7 +17,7 @@ import errno
 import os
 import threading
 
-from chrootarchive import _linux
+from chrootarchive import _host, _linux
 from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
@@ -57,7 +57,7 @@ class Openat2FileOps(fsops.FileOps):
     def __init__(self, root_fd: int, base: str = ".") -> None:
         self.root_fd = root_fd
         self.base = "" if base in ("", ".") else base.strip("/") + "/"
-        self.umask = _linux.current_umask()
+        self.umask = _host.current_umask()
 
     def _full(self, path: str) -> str:
         if path in ("", "."):

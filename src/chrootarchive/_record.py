@@ -1,0 +1,237 @@
+"""Frozen records: the option and result classes as ``@dataclass(frozen=True)`` makes
+them, without importing ``dataclasses`` to define them.
+
+``dataclasses`` imports ``inspect`` (with ``ast``, ``dis`` and ``tokenize``) and compiles
+each class's methods from source: 17 ms of the command line's start, more than the rest
+of its own imports (docs/performance.md, issue 16). A record gets the same fields from
+the same class body (annotations, defaults, :func:`field`), shares its methods with every
+other record instead, and is a dataclass on demand: the first time anything looks for
+``__dataclass_fields__`` (``dataclasses.fields``, ``replace``, ``asdict``,
+``is_dataclass``, a dataclass inheriting from it), the record builds the same class with
+``dataclasses`` and lends its field descriptions. Type checkers see the real
+``dataclass`` (``options`` imports it under ``TYPE_CHECKING``), and
+``tests/test_record.py`` checks that both agree.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+__all__ = ["as_dict", "field", "make_field", "make_record", "record", "record_as_dict",
+           "replace", "replace_record"]
+
+_MISSING = object()
+
+
+class _Field:
+    """What :func:`field` declares: a default, or a factory of one."""
+
+    __slots__ = ("default", "default_factory")
+
+    def __init__(self, default: Any, default_factory: Any) -> None:
+        self.default = default
+        self.default_factory = default_factory
+
+
+def make_field(*, default: Any = _MISSING, default_factory: Any = _MISSING) -> Any:
+    """``dataclasses.field`` for a record: ``default`` or ``default_factory``."""
+    if default is not _MISSING and default_factory is not _MISSING:
+        raise ValueError("cannot specify both default and default_factory")
+    return _Field(default, default_factory)
+
+
+class _AsDataclass:
+    """``__dataclass_fields__`` and the like, made on first use from the same class built
+    with ``dataclasses`` (and then kept on the record class)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type) -> Any:
+        import dataclasses
+        import inspect
+
+        fields = []
+        for name, annotation in owner.__record_annotations__:  # type: ignore[attr-defined]
+            spec = owner.__record_defaults__.get(name, _MISSING)  # type: ignore[attr-defined]
+            if isinstance(spec, _Field):
+                made = (dataclasses.field(default_factory=spec.default_factory)
+                        if spec.default_factory is not _MISSING
+                        else dataclasses.field(default=spec.default))
+            elif spec is _MISSING:
+                made = dataclasses.field()
+            else:
+                made = dataclasses.field(default=spec)
+            fields.append((name, annotation, made))
+        twin = dataclasses.make_dataclass(owner.__name__, fields, frozen=True)
+        owner.__dataclass_fields__ = twin.__dataclass_fields__  # type: ignore[attr-defined]
+        owner.__dataclass_params__ = twin.__dataclass_params__  # type: ignore[attr-defined]
+        owner.__signature__ = inspect.signature(twin)  # type: ignore[attr-defined]
+        return getattr(owner, self.name)
+
+
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    cls = type(self)
+    names = cls.__record_fields__
+    if len(args) > len(names):
+        raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments but "
+                        f"{len(args)} were given")
+    values = dict(zip(names, args, strict=False))
+    for name, value in kwargs.items():
+        if name not in cls.__record_defaults__ and name not in names:
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
+        if name in values:
+            raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
+        values[name] = value
+    set_ = object.__setattr__
+    for name in names:
+        if name in values:
+            set_(self, name, values[name])
+            continue
+        spec = cls.__record_defaults__.get(name, _MISSING)
+        if spec is _MISSING:
+            raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
+        if isinstance(spec, _Field):
+            spec = spec.default if spec.default_factory is _MISSING else spec.default_factory()
+        set_(self, name, spec)
+    post_init = getattr(self, "__post_init__", None)
+    if post_init is not None:
+        post_init()
+
+
+def _values(self: Any) -> tuple[Any, ...]:
+    return tuple(getattr(self, name) for name in type(self).__record_fields__)
+
+
+def _repr(self: Any) -> str:
+    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in type(self).__record_fields__)
+    return f"{type(self).__qualname__}({shown})"
+
+
+def _eq(self: Any, other: object) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self: Any) -> int:
+    return hash(_values(self))
+
+
+def _frozen(self: Any, name: str, *_value: object) -> None:
+    import dataclasses
+
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _replace(self: Any, /, **changes: Any) -> Any:
+    return replace_record(self, **changes)
+
+
+def _annotations(cls: type) -> list[tuple[str, str]]:
+    """The fields ``cls`` declares itself: its annotations but ``ClassVar``."""
+    own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063 - inspect is what we avoid
+    return [(name, ann) for name, ann in own.items()
+            if not str(ann).startswith(("ClassVar", "typing.ClassVar"))]
+
+
+def _merge(annotations: dict[str, str], defaults: dict[str, object],
+           fields: list[tuple[str, str]], given: dict[str, object]) -> None:
+    """Add ``fields`` (and the defaults ``given`` for them) as a class body adds them
+    to its bases': a field declared again keeps its place, and takes its new default
+    or none."""
+    for name, annotation in fields:
+        annotations[name] = annotation
+        if name in given:
+            defaults[name] = given[name]
+        else:
+            defaults.pop(name, None)
+
+
+def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
+    """``@dataclass(frozen=True)`` at run time, as cheap as a plain class."""
+    if not frozen:
+        raise TypeError("records are frozen")
+
+    def make(cls: type[T]) -> type[T]:
+        # Fields in the order dataclasses gives them: the bases' first (most basic
+        # first), a redeclared field keeping its place; then this class's own.
+        annotations: dict[str, str] = {}
+        defaults: dict[str, object] = {}
+        for base in reversed(cls.__mro__[1:]):
+            if "__record_fields__" in base.__dict__:
+                _merge(annotations, defaults, base.__record_annotations__,  # type: ignore[attr-defined]
+                       base.__record_defaults__)  # type: ignore[attr-defined]
+        own = _annotations(cls)
+        own_defaults = {name: cls.__dict__[name] for name, _ in own if name in cls.__dict__}
+        _merge(annotations, defaults, own, own_defaults)
+        for name, value in own_defaults.items():
+            if isinstance(value, _Field):
+                if value.default_factory is _MISSING:
+                    setattr(cls, name, value.default)
+                else:
+                    delattr(cls, name)
+        seen_default = ""
+        for name in annotations:
+            if name in defaults:
+                seen_default = name
+            elif seen_default:
+                raise TypeError(f"non-default argument {name!r} follows default argument")
+        names = tuple(annotations)
+        attrs: dict[str, object] = {
+            "__record_fields__": names, "__record_annotations__": list(annotations.items()),
+            "__record_defaults__": defaults, "__match_args__": names,
+            "__init__": _init, "__repr__": _repr, "__eq__": _eq, "__hash__": _hash,
+            "__setattr__": _frozen, "__delattr__": _frozen, "__replace__": _replace,
+            "__dataclass_fields__": _AsDataclass("__dataclass_fields__"),
+            "__dataclass_params__": _AsDataclass("__dataclass_params__"),
+            "__signature__": _AsDataclass("__signature__"),
+        }
+        for name, value in attrs.items():
+            setattr(cls, name, value)
+        return cls
+
+    return make if cls is None else make(cls)
+
+
+def replace_record(obj: T, /, **changes: Any) -> T:
+    """``dataclasses.replace`` for a record: a new one (checked again) with ``changes``."""
+    cls = type(obj)
+    values = {name: getattr(obj, name) for name in cls.__record_fields__}  # type: ignore[attr-defined]
+    for name in changes:
+        if name not in values:
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
+    values.update(changes)
+    made: T = cls(**values)
+    return made
+
+
+def record_as_dict(obj: Any, factory: Callable[[], dict[str, Any]] = dict) -> Any:
+    """``dataclasses.asdict`` for records (nested records, tuples, lists and dicts)."""
+    if hasattr(type(obj), "__record_fields__"):
+        result = factory()
+        for name in type(obj).__record_fields__:
+            result[name] = record_as_dict(getattr(obj, name), factory)
+        return result
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(record_as_dict(v, factory) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)((record_as_dict(k, factory), record_as_dict(v, factory))
+                         for k, v in obj.items())
+    return obj
+
+
+# What the rest of the code imports: type checkers see ``dataclasses`` itself (the same
+# fields, checked by the dataclass plugin), the interpreter the records above.
+if TYPE_CHECKING:
+    from dataclasses import asdict as as_dict
+    from dataclasses import dataclass as record
+    from dataclasses import field as field
+    from dataclasses import replace as replace
+else:
+    record, field, replace, as_dict = make_record, make_field, replace_record, record_as_dict

@@ -1,0 +1,200 @@
+"""Records (``chrootarchive._record``): the option and result classes are defined without
+``dataclasses`` (17 ms of the command line's start), and must still be, to a caller,
+the frozen dataclasses their class bodies declare.
+
+Each check compares a record with the same class body made by ``dataclasses`` itself,
+or uses the ``dataclasses`` functions a caller would (``fields``, ``replace``,
+``asdict``, ``is_dataclass``) on the public classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import pickle
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from chrootarchive import IDMap, Limits, PackOptions, PackResult, UnpackOptions, UnpackResult
+from chrootarchive._record import field, make_field, make_record
+from chrootarchive.image.results import ImageResult
+from chrootarchive.options import Result
+
+PUBLIC = [IDMap, Limits, UnpackOptions, Result, UnpackResult, PackOptions, PackResult]
+
+
+def _bodies(decorate: Any, field_of: Any) -> tuple[type, type]:
+    """The same two class bodies (a base and a subclass), made by ``decorate``."""
+
+    @decorate
+    class Base:
+        """A base with a required field, a default, a factory and a check."""
+
+        name: str
+        size: int = 0
+        tags: tuple[str, ...] = field_of(default=())
+        extra: Mapping[str, int] = field_of(default_factory=dict)
+
+        def __post_init__(self) -> None:
+            if self.size < 0:
+                raise ValueError("size must be >= 0")
+            object.__setattr__(self, "tags", tuple(self.tags))
+
+        def doubled(self) -> int:
+            return self.size * 2
+
+    @decorate
+    class Child(Base):
+        """A subclass that adds a field and changes a default."""
+
+        size: int = 7
+        more: bool = False
+
+    return Base, Child
+
+
+RecordBase, RecordChild = _bodies(make_record(frozen=True), make_field)
+DataBase, DataChild = _bodies(dataclasses.dataclass(frozen=True), dataclasses.field)
+# Pickle finds classes by their module and qualified name.
+for _cls, _name in ((RecordBase, "RecordBase"), (RecordChild, "RecordChild"),
+                    (DataBase, "DataBase"), (DataChild, "DataChild")):
+    _cls.__qualname__ = _cls.__name__ = _name
+
+
+def _hash_or_error(obj: object) -> object:
+    try:
+        return hash(obj)
+    except TypeError as err:  # a dict field: unhashable, as a frozen dataclass is
+        return str(err)
+
+
+def _same(record: object, data: object) -> None:
+    """``record`` shows and compares as ``data`` does, but for the class's name."""
+    shown = repr(data).replace("DataBase(", "RecordBase(").replace("DataChild(", "RecordChild(")
+    assert repr(record) == shown
+
+
+@pytest.mark.parametrize("pair", [(RecordBase, DataBase), (RecordChild, DataChild)],
+                         ids=["base", "subclass"])
+def test_a_record_is_the_dataclass_of_its_class_body(pair: tuple[type, type]) -> None:
+    record_cls, data_cls = pair
+    for args, kwargs in [(("a",), {}), (("a", 3), {"tags": ["x", "y"]}),
+                         ((), {"name": "b", "extra": {"k": 1}})]:
+        record, data = record_cls(*args, **kwargs), data_cls(*args, **kwargs)
+        _same(record, data)
+        assert record == record_cls(*args, **kwargs)
+        assert _hash_or_error(record) == _hash_or_error(data)
+        assert record != data  # another class, as two dataclasses are
+        assert dataclasses.asdict(record) == dataclasses.asdict(data)
+        assert dataclasses.astuple(record) == dataclasses.astuple(data)
+        _same(dataclasses.replace(record, size=5), dataclasses.replace(data, size=5))
+        _same(copy.copy(record), data)
+        _same(copy.deepcopy(record), data)
+        _same(pickle.loads(pickle.dumps(record)), data)
+        assert record.doubled() == data.doubled()
+        if sys.version_info >= (3, 13):  # copy.replace: the protocol of 3.13
+            _same(copy.replace(record, name="z"), copy.replace(data, name="z"))  # type: ignore[attr-defined]
+    assert dataclasses.is_dataclass(record_cls)
+    described = [[(f.name, f.type, f.default, f.default_factory) for f in dataclasses.fields(c)]
+                 for c in (record_cls, data_cls)]
+    assert described[0] == described[1]
+    assert record_cls.__match_args__ == data_cls.__match_args__
+    assert str(inspect.signature(record_cls)) == str(inspect.signature(data_cls))
+
+
+@pytest.mark.parametrize("call", [
+    lambda cls: cls(),  # a required field missing
+    lambda cls: cls("a", 1, (), {}, "too many"),
+    lambda cls: cls("a", nonsense=1),
+    lambda cls: cls("a", name="b"),  # twice
+    lambda cls: cls("a", size=-1),  # __post_init__ refuses it
+    lambda cls: dataclasses.replace(cls("a"), nonsense=1),
+    lambda cls: dataclasses.replace(cls("a"), size=-1),
+], ids=["missing", "too-many", "unknown", "twice", "post-init", "replace-unknown",
+        "replace-checked"])
+def test_a_record_refuses_what_its_dataclass_refuses(call: Any) -> None:
+    with pytest.raises(Exception) as data_err:
+        call(DataBase)
+    with pytest.raises(data_err.type):
+        call(RecordBase)
+
+
+def test_a_record_is_frozen() -> None:
+    record = RecordBase("a")
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'size'"):
+        record.size = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del record.size  # type: ignore[misc]
+    assert record.size == 0
+
+
+def test_a_default_after_no_default_is_refused_as_dataclasses_refuses_it() -> None:
+    for decorate in (make_record, dataclasses.dataclass(frozen=True)):
+        class Body:
+            first: int = 0
+            second: int
+
+        with pytest.raises(TypeError, match="non-default argument 'second'"):
+            decorate(Body)
+
+
+def test_field_takes_a_default_or_a_factory_not_both() -> None:
+    with pytest.raises(ValueError, match="both default and default_factory"):
+        field(default=1, default_factory=list)
+
+
+@pytest.mark.parametrize("cls", PUBLIC, ids=lambda cls: cls.__name__)
+def test_the_public_classes_are_dataclasses_to_callers(cls: type) -> None:
+    """``fields``, ``replace`` and ``asdict`` work on every public option and result
+    class, and describe what the class does: each field's default is what a new object
+    gets."""
+    required = {"container_id": 0, "host_id": 1000, "size": 1} if cls is IDMap else {}
+    made = cls(**required)
+    assert dataclasses.is_dataclass(made)
+    fields = dataclasses.fields(cls)
+    assert [f.name for f in fields] == list(cls.__record_fields__)  # type: ignore[attr-defined]
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            assert getattr(made, f.name) == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert getattr(made, f.name) == f.default_factory(), f.name
+        else:
+            assert f.name in required
+    assert dataclasses.replace(made) == made
+    assert dataclasses.asdict(made) == {f.name: _plain(getattr(made, f.name)) for f in fields}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, None)
+
+
+def _plain(value: object) -> object:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value  # type: ignore[arg-type]
+
+
+def test_a_dataclass_inherits_a_records_fields() -> None:
+    """``ImageResult`` is a dataclass made from the record ``Result``: it has Result's
+    fields first, and is frozen as its base."""
+    names = [f.name for f in dataclasses.fields(ImageResult)]
+    assert names[:4] == ["entries", "size", "confinement", "warnings"]
+
+    @dataclasses.dataclass(frozen=True)
+    class Sub(UnpackResult):
+        extra: int = 0
+
+    sub = Sub(entries=2, extra=3)
+    assert (sub.entries, sub.extra, sub.privileged) == (2, 3, {})
+    with pytest.raises(TypeError, match="non-frozen dataclass"):
+        dataclasses.dataclass(type("Thawed", (UnpackResult,), {}))
+
+
+def test_options_validate_as_before() -> None:
+    """A record's checks run on every new object, from ``replace`` too."""
+    options = UnpackOptions(excludes=["a/**"], filter="data")
+    assert options.excludes == ("a/**",)
+    with pytest.raises(ValueError, match=r"UnpackOptions\.filter"):
+        dataclasses.replace(options, filter="nonsense")
+    with pytest.raises(TypeError, match=r"Limits\.max_bytes"):
+        Limits(max_bytes="1")  # type: ignore[arg-type]
