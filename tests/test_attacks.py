@@ -112,6 +112,33 @@ def test_attack_cli_debug_shows_traceback(dest: Path, victim: Victim, write_arch
     victim.assert_untouched()
 
 
+@pytest.mark.parametrize("options", [[], ["--json"], ["-v"], ["--atomic"]],
+                         ids=["plain", "json", "verbose", "atomic"])
+def test_modules_unpacked_into_the_working_directory_are_never_imported(
+    options: list[str], dest: Path, victim: Victim
+) -> None:
+    """``python -m chrootarchive untar evil.tar .``: ``-m`` puts the working directory
+    first on ``sys.path``, and the archive writes a module there for every name the
+    standard library and our dependencies have. Imported by the parent after the
+    unpack (``--json`` once imported ``json``), one would run outside the jail."""
+    marker = victim.root / "imported"
+    names = sorted(sys.stdlib_module_names | {"zstandard", "isal", "tqdm", "urllib3"})
+    code = f"open({str(marker)!r} + '-' + __name__, 'w').close()\n".encode()
+    builder = tb.TarBuilder()
+    for name in names:
+        builder.file(f"{name}.py", code)
+    archive = builder.build()
+    target = dest / "here"
+    target.mkdir()
+    result = run_cli("untar", *options, "-", "." if "--atomic" not in options else "new",
+                     input=archive, cwd=target)
+    assert result.rc == 0, result.err
+    unpacked = target / "new" if "--atomic" in options else target
+    assert (unpacked / "json.py").read_bytes() == code
+    assert not list(victim.root.glob("imported*"))
+    victim.assert_untouched()
+
+
 # -- FIFOs and devices that could hang or be written (run in a child, with a timeout) --
 
 

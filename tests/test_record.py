@@ -198,3 +198,105 @@ def test_options_validate_as_before() -> None:
         dataclasses.replace(options, filter="nonsense")
     with pytest.raises(TypeError, match=r"Limits\.max_bytes"):
         Limits(max_bytes="1")  # type: ignore[arg-type]
+
+
+# -- what a class body may add, and subclasses made otherwise ---------------------------
+
+
+def test_a_class_bodys_own_methods_are_kept_as_dataclasses_keeps_them() -> None:
+    for decorate in (make_record, dataclasses.dataclass(frozen=True)):
+        class Secret:
+            user: str
+            token: str = "t"
+
+            def __repr__(self) -> str:
+                return f"Secret(user={self.user!r}, token=...)"
+
+        assert repr(decorate(Secret)("me")) == "Secret(user='me', token=...)"
+
+        class Thawed:
+            size: int = 0
+
+            def __setattr__(self, name: str, value: object) -> None:
+                object.__setattr__(self, name, value)
+
+        with pytest.raises(TypeError, match="Cannot overwrite attribute __setattr__"):
+            decorate(Thawed)
+
+
+def test_a_mutable_default_is_refused_as_dataclasses_refuses_it() -> None:
+    for decorate in (make_record, dataclasses.dataclass(frozen=True)):
+        class Shared:
+            items: list[int] = []
+
+        with pytest.raises(ValueError, match="mutable default <class 'list'> for field items"):
+            decorate(Shared)
+
+
+def test_a_field_given_again_keeps_its_inherited_default() -> None:
+    for base in (RecordBase, DataBase):
+        decorate = make_record if base is RecordBase else dataclasses.dataclass(frozen=True)
+
+        class Again(base):  # type: ignore[valid-type, misc]
+            size: int
+
+        assert decorate(Again)("a").size == 0
+
+
+def test_a_plain_subclass_may_add_attributes_but_not_change_fields() -> None:
+    for base in (RecordBase, DataBase):
+        class Plain(base):  # type: ignore[valid-type, misc]
+            pass
+
+        plain = Plain("a")
+        plain.note = "mine"  # not a field: allowed, as for a dataclass's plain subclass
+        assert plain.note == "mine"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            plain.size = 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OwnedOptions(UnpackOptions):
+    """A caller's own options class: a dataclass made from the record UnpackOptions."""
+
+    owner: str
+    retries: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class CountedResult(UnpackResult):
+    extra: int = 0
+
+
+def test_a_dataclass_subclass_keeps_its_own_fields_through_our_code() -> None:
+    """``replace`` and ``asdict`` as the operations use them (``atomic`` turned off for
+    the staging directory's unpack, ``to_json``) keep a subclass's fields."""
+    from chrootarchive._record import as_dict, replace
+
+    options = OwnedOptions(owner="me", retries=9, atomic=True)
+    changed = replace(options, atomic=False)
+    assert (type(changed), changed.owner, changed.retries, changed.atomic) \
+        == (OwnedOptions, "me", 9, False)
+    assert as_dict(options)["owner"] == "me"
+    assert CountedResult(entries=1, extra=3).to_json()["extra"] == 3
+    assert "layers" in inspect.signature(ImageResult).parameters
+    assert "owner" in inspect.signature(OwnedOptions).parameters
+    assert list(inspect.signature(UnpackResult).parameters)[:2] == ["entries", "size"]
+
+
+def test_a_dataclass_subclass_of_the_options_unpacks(tmp_path: Any) -> None:
+    """The whole way: an atomic untar with a caller's dataclass of UnpackOptions."""
+    import io
+    import tarfile
+
+    import chrootarchive
+
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"hello\n"))
+    result = chrootarchive.untar(str(archive), str(tmp_path / "dest"),
+                                 OwnedOptions(owner="me", atomic=True))
+    assert result.entries == 1
+    assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"hello\n"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any, TypeVar
 
     T = TypeVar("T")
@@ -46,15 +45,30 @@ def make_field(*, default: Any = _MISSING, default_factory: Any = _MISSING) -> A
 
 
 class _AsDataclass:
-    """``__dataclass_fields__`` and the like, made on first use from the same class built
-    with ``dataclasses`` (and then kept on the record class)."""
+    """``__dataclass_fields__``, ``__dataclass_params__`` or ``__signature__`` of a record
+    class: those of the same class built with ``dataclasses``, made on first use."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __get__(self, obj: object, owner: type) -> Any:
+        if self.name == "__signature__":
+            if owner.__init__ is not _init:  # type: ignore[misc]  # a subclass's own
+                return None  # inspect reads that __init__ instead
+            import inspect
+
+            return inspect.signature(_twin(owner))
+        return getattr(_twin(owner), self.name)
+
+
+_TWINS: dict[type, type] = {}
+
+
+def _twin(owner: type) -> type:
+    """``owner``'s fields as a class made by ``dataclasses`` (once per class)."""
+    twin = _TWINS.get(owner)
+    if twin is None:
         import dataclasses
-        import inspect
 
         fields = []
         for name, annotation in owner.__record_annotations__:  # type: ignore[attr-defined]
@@ -68,11 +82,13 @@ class _AsDataclass:
             else:
                 made = dataclasses.field(default=spec)
             fields.append((name, annotation, made))
-        twin = dataclasses.make_dataclass(owner.__name__, fields, frozen=True)
-        owner.__dataclass_fields__ = twin.__dataclass_fields__  # type: ignore[attr-defined]
-        owner.__dataclass_params__ = twin.__dataclass_params__  # type: ignore[attr-defined]
-        owner.__signature__ = inspect.signature(twin)  # type: ignore[attr-defined]
-        return getattr(owner, self.name)
+        twin = _TWINS[owner] = dataclasses.make_dataclass(owner.__name__, fields, frozen=True)
+    return twin
+
+
+def _is_record(cls: type) -> bool:
+    """Whether ``cls`` was made by :func:`make_record` (not a subclass made otherwise)."""
+    return "__record_fields__" in cls.__dict__
 
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -123,7 +139,19 @@ def _hash(self: Any) -> int:
     return hash(_values(self))
 
 
-def _frozen(self: Any, name: str, *_value: object) -> None:
+def _frozen_setattr(self: Any, name: str, value: object) -> None:
+    if _is_record(type(self)) or name in type(self).__record_fields__:
+        _refuse(name)
+    object.__setattr__(self, name, value)  # a plain subclass's own attribute
+
+
+def _frozen_delattr(self: Any, name: str) -> None:
+    if _is_record(type(self)) or name in type(self).__record_fields__:
+        _refuse(name)
+    object.__delattr__(self, name)
+
+
+def _refuse(name: str) -> None:
     import dataclasses
 
     raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -168,7 +196,13 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
                 _merge(annotations, defaults, base.__record_annotations__,  # type: ignore[attr-defined]
                        base.__record_defaults__)  # type: ignore[attr-defined]
         own = _annotations(cls)
-        own_defaults = {name: cls.__dict__[name] for name, _ in own if name in cls.__dict__}
+        # A field given again without a value keeps the value its class inherits.
+        own_defaults = {name: getattr(cls, name) for name, _ in own
+                        if getattr(cls, name, _MISSING) is not _MISSING}
+        for name, value in own_defaults.items():
+            if not isinstance(value, _Field) and type(value).__hash__ is None:
+                raise ValueError(f"mutable default {type(value)} for field {name} is not "
+                                 "allowed: use default_factory")
         _merge(annotations, defaults, own, own_defaults)
         for name, value in own_defaults.items():
             if isinstance(value, _Field):
@@ -183,15 +217,25 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
             elif seen_default:
                 raise TypeError(f"non-default argument {name!r} follows default argument")
         names = tuple(annotations)
+        for name in ("__setattr__", "__delattr__"):
+            if name in cls.__dict__:
+                raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
         attrs: dict[str, object] = {
             "__record_fields__": names, "__record_annotations__": list(annotations.items()),
             "__record_defaults__": defaults, "__match_args__": names,
-            "__init__": _init, "__repr__": _repr, "__eq__": _eq, "__hash__": _hash,
-            "__setattr__": _frozen, "__delattr__": _frozen, "__replace__": _replace,
+            "__setattr__": _frozen_setattr, "__delattr__": _frozen_delattr,
+            "__replace__": _replace,
             "__dataclass_fields__": _AsDataclass("__dataclass_fields__"),
             "__dataclass_params__": _AsDataclass("__dataclass_params__"),
             "__signature__": _AsDataclass("__signature__"),
         }
+        # As dataclasses: a method the class body defines itself is kept.
+        for name, method in (("__init__", _init), ("__repr__", _repr), ("__eq__", _eq)):
+            if name not in cls.__dict__:
+                attrs[name] = method
+        own_hash = cls.__dict__.get("__hash__", _MISSING)
+        if own_hash is _MISSING or (own_hash is None and "__eq__" in cls.__dict__):
+            attrs["__hash__"] = _hash
         for name, value in attrs.items():
             setattr(cls, name, value)
         return cls
@@ -202,6 +246,10 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
 def replace_record(obj: T, /, **changes: Any) -> T:
     """``dataclasses.replace`` for a record: a new one (checked again) with ``changes``."""
     cls = type(obj)
+    if not _is_record(cls):  # a dataclass (or other) subclass of a record: its own fields
+        import dataclasses
+
+        return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
     values = {name: getattr(obj, name) for name in cls.__record_fields__}  # type: ignore[attr-defined]
     for name in changes:
         if name not in values:
@@ -211,18 +259,19 @@ def replace_record(obj: T, /, **changes: Any) -> T:
     return made
 
 
-def record_as_dict(obj: Any, factory: Callable[[], dict[str, Any]] = dict) -> Any:
+def record_as_dict(obj: Any) -> Any:
     """``dataclasses.asdict`` for records (nested records, tuples, lists and dicts)."""
-    if hasattr(type(obj), "__record_fields__"):
-        result = factory()
-        for name in type(obj).__record_fields__:
-            result[name] = record_as_dict(getattr(obj, name), factory)
-        return result
+    cls = type(obj)
+    if _is_record(cls):
+        return {name: record_as_dict(getattr(obj, name)) for name in cls.__record_fields__}
+    if any("__dataclass_fields__" in c.__dict__ for c in cls.__mro__):  # a dataclass
+        import dataclasses
+
+        return dataclasses.asdict(obj)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(record_as_dict(v, factory) for v in obj)
+        return type(obj)(record_as_dict(v) for v in obj)
     if isinstance(obj, dict):
-        return type(obj)((record_as_dict(k, factory), record_as_dict(v, factory))
-                         for k, v in obj.items())
+        return type(obj)((record_as_dict(k), record_as_dict(v)) for k, v in obj.items())
     return obj
 
 
