@@ -286,16 +286,11 @@ def test_a_dataclass_subclass_keeps_its_own_fields_through_our_code() -> None:
 
 def test_a_dataclass_subclass_of_the_options_unpacks(tmp_path: Any) -> None:
     """The whole way: an atomic untar with a caller's dataclass of UnpackOptions."""
-    import io
-    import tarfile
-
     import chrootarchive
+    from helpers import tarbuild as tb
 
     archive = tmp_path / "a.tar"
-    with tarfile.open(archive, "w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = 6
-        tar.addfile(info, io.BytesIO(b"hello\n"))
+    archive.write_bytes(tb.TarBuilder().file("hello.txt", b"hello\n").build())
     result = chrootarchive.untar(str(archive), str(tmp_path / "dest"),
                                  OwnedOptions(owner="me", atomic=True))
     assert result.entries == 1
