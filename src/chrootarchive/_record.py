@@ -99,7 +99,7 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
                         f"{len(args)} were given")
     values = dict(zip(names, args, strict=False))
     for name, value in kwargs.items():
-        if name not in cls.__record_defaults__ and name not in names:
+        if name not in names:
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
         if name in values:
             raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")

@@ -396,7 +396,7 @@ def copy_file_with_tar(
         path = os.path.realpath(path)
     dst_dir, dst_name = os.path.split(target)
     pack_options = replace(pack_options or PackOptions(),
-                                       rebase_names={".": dst_name}, include_files=())
+                           rebase_names={".": dst_name}, include_files=())
     return _pipe(path, None, dst_dir or ".", None, options, pack_options, progress)
 
 
@@ -452,6 +452,5 @@ def copy_path(
             untar_dir, new_name = target, name
         else:
             untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
-        pack_options = replace(base, include_source_dir=True,
-                                           rebase_names={".": new_name})
+        pack_options = replace(base, include_source_dir=True, rebase_names={".": new_name})
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)
