@@ -202,8 +202,26 @@ if mode == "gone":
         while open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
             pass  # dead, its socket closed (finish() reaps it)
     u._start_finisher = start_then_lose_the_helper
-fd = os.open(archive, os.O_RDONLY)
 result = {"helper": False}
+if mode.startswith("stalled:"):
+    # The helper is stopped once forked, and let go only when the worker has created
+    # the archive's last file (or after 20 s): the worker must not wait for it.
+    import threading, time
+    last = mode.partition(":")[2]
+    start = u._start_finisher
+    def start_then_stall(*args):
+        start(*args)
+        pid = u.finisher._pid
+        os.kill(pid, signal.SIGSTOP)
+        def resume():
+            deadline = time.monotonic() + 20
+            while not os.path.exists(last) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            result["last_made_while_stalled"] = os.path.exists(last)
+            os.kill(pid, signal.SIGCONT)
+        threading.Thread(target=resume, daemon=True).start()
+    u._start_finisher = start_then_stall
+fd = os.open(archive, os.O_RDONLY)
 try:
     u.run(tarreader.TarReader(fd))
 except Exception as err:
@@ -214,6 +232,7 @@ result["taken"] = u.finisher.taken if u.finisher else 0
 result["extents"] = u.finisher.extents if u.finisher else 0
 result["by_name"] = u.finisher.by_name if u.finisher else 0
 result["given_back"] = u.finisher.given_back if u.finisher else 0
+result["extents_here"] = u.extents_here
 print(json.dumps(result))
 """
 
@@ -279,13 +298,31 @@ def test_files_with_an_atime_go_to_the_helper_and_keep_both_times(tmp_path: Path
 
 def test_larger_files_are_copied_by_the_helper_from_the_archive(tmp_path: Path) -> None:
     """Files larger than a batch takes (here 70 KB to 3 MB) travel as extents: the
-    helper copies them from the archive into the descriptor it is given."""
+    helper copies them from the archive into the descriptor it is given (or the worker
+    does, those that come while the helper is as far behind as it may be)."""
     sizes = {i: 70_000 + i * 9_973 for i in range(100, 400, 7)}
     sizes[300] = 3_000_000
     archive = _archive(400, lambda i: sizes.get(i, (i * 97) % 5000))
     result = _in_process(archive, tmp_path, "plain")
     assert "error" not in result, result
-    assert result["helper"] and result["extents"] >= len(sizes) - 1, result
+    assert result["helper"] and result["extents"] > len(sizes) // 2, result
+    assert result["extents"] + result["extents_here"] >= len(sizes) - 1, result
+    assert _actual(tmp_path / "dest") == _expected(archive)
+
+
+def test_larger_files_are_copied_here_while_the_helper_is_behind(tmp_path: Path) -> None:
+    """A run of large files: once the helper has as many batches or bytes in flight as
+    it may, the worker copies the next ones from the archive itself instead of waiting
+    for it (its core would stay idle). Here the helper is stopped, and the worker still
+    reaches the archive's last file."""
+    count = HELPER_AFTER + 20
+    archive = _archive(count, lambda i: 9_000_000 + i if i >= HELPER_AFTER + 4 else 1000)
+    last = f"d{(count - 1) % 10}/f{count - 1:05d}"
+    result = _in_process(archive, tmp_path, f"stalled:{last}")
+    assert "error" not in result, result
+    assert result["last_made_while_stalled"], result
+    assert result["extents"] >= 1 and result["extents_here"] >= 10, result
+    assert result["extents"] + result["extents_here"] == 16, result
     assert _actual(tmp_path / "dest") == _expected(archive)
 
 

@@ -216,10 +216,33 @@ class Finisher:
         if (len(self._names) < MAX_FILES
                 and len(self._data) + len(self._paths) + size <= self._max_data):
             return True
-        if len(self._sent) < MAX_IN_FLIGHT:
+        return self._can_send(1, 0)
+
+    def has_extent_room(self, size: int, name_size: int, by_name: bool = True) -> bool:
+        """:meth:`has_room` for a file of ``size`` bytes of the archive (an extent), sent
+        by name (``name_size`` bytes) or with its descriptor. False: the helper is that
+        far behind, and the worker copies the file itself rather than wait: a run of
+        large files would otherwise leave its core idle while the helper copies."""
+        full = (len(self._names) >= MAX_FILES
+                or len(self._data) + len(self._paths) + name_size > self._max_data
+                if by_name else
+                len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES)
+        sends = full + (self._extents * (not full) + size >= _BATCH_EXTENTS)
+        return self._can_send(sends, size)
+
+    def _can_send(self, sends: int, extra: int) -> bool:
+        """Whether ``sends`` batches, holding ``extra`` more bytes, can leave now without
+        :meth:`_send` waiting for the helper's replies (after reading those there)."""
+        if not sends:
             return True
-        self.poll()
-        return len(self._sent) < MAX_IN_FLIGHT
+        for look in (False, True):
+            if look:
+                self.poll()
+            if len(self._sent) + sends <= MAX_IN_FLIGHT and (
+                    (not self._in_flight and sends == 1)
+                    or self.in_flight_bytes + len(self._data) + extra <= MAX_BYTES_IN_FLIGHT):
+                return True
+        return False
 
     def add_new(self, path: str, mode: int, data: memoryview | bytes, offset: int, size: int,
                 atime_ns: int, mtime_ns: int, entry: str, token: object) -> None:

@@ -223,6 +223,7 @@ class Unpacker:
         # jailed worker for large inputs, forked after the first few small files.
         self.finisher: Finisher | None = None
         self.finisher_countdown = -1  # set to FINISHER_AFTER to allow the helper
+        self.extents_here = 0  # larger files copied here while the helper was behind
         # Paths of files the helper creates and has not yet created (its pending set):
         # nothing else is done to such a path, or below it, before it has (_settle).
         self.pending: set[str] = set()
@@ -794,8 +795,18 @@ class Unpacker:
         size = entry.size
         if size > _FINISHER_MAX_FILE:
             offset = reader.extent(entry)
-            if offset < 0 or not finisher.has_room(len(name)):
+            if offset < 0:
                 return False
+            if not finisher.has_extent_room(
+                    size, len(name.encode("utf-8", "surrogateescape"))):
+                fd = self._create_file(name, entry)
+                try:
+                    self._charge(size, entry.name)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._copy_extent_here(fd, entry, offset)
+                return True
             self._charge(size, entry.name)
             atime, mtime = self._times(entry)
             finisher.add_new(name, entry.mode & 0o777, b"", offset, size, atime, mtime,
@@ -890,12 +901,32 @@ class Unpacker:
         except BaseException:
             os.close(fd)
             raise
+        if not self.finisher.has_extent_room(entry.size, 0, by_name=False):
+            self._copy_extent_here(fd, entry, offset)
+            return True
         self.finisher.add_extent(fd, offset, entry.size, atime, mtime, entry.name)
         if self.finisher.error is not None:
             self._raise_finisher_error(self.finisher.error)
         if self.finisher.returned:
             self._redo_returned()
         return True
+
+    def _copy_extent_here(self, fd: int, entry: TarEntry, offset: int) -> None:
+        """Copy a larger file's data from the archive in this thread (the helper is too
+        far behind to take it: see :meth:`Finisher.has_extent_room`), time and close it
+        (``fd``, in every case); the reader seeks over the data, as for the helper."""
+        assert self.finisher is not None
+        try:
+            self.finisher.copy_extent(fd, offset, entry.size)
+            os.utime(fd, ns=self._times(entry))
+            self.extents_here += 1
+        except OSError as err:
+            if err.errno == errno.ENODATA:  # an extent past the end of the archive
+                raise MalformedArchiveError("unexpected end of archive: truncated data",
+                                            entry.name) from None
+            raise
+        finally:
+            os.close(fd)
 
     def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry,
                     helper: bool = True) -> None:
