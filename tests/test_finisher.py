@@ -207,14 +207,14 @@ if mode.startswith("stalled:"):
     # The helper is stopped once forked, and let go only when the worker has created
     # the archive's last file (or after 20 s): the worker must not wait for it.
     import threading, time
-    last = mode.partition(":")[2]
+    last, _, wait = mode.partition(":")[2].partition(":")
     start = u._start_finisher
     def start_then_stall(*args):
         start(*args)
         pid = u.finisher._pid
         os.kill(pid, signal.SIGSTOP)
         def resume():
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + float(wait or 20)
             while not os.path.exists(last) and time.monotonic() < deadline:
                 time.sleep(0.005)
             result["last_made_while_stalled"] = os.path.exists(last)
@@ -515,6 +515,57 @@ def test_files_created_by_the_helper_never_follow_a_planted_symlink(
     tree.assert_same(dests["openat2"], dests["file"], "the helper made another tree",
                      ignore=lambda path, key: key == "mtime_ns" and path in {".", "d"})
     assert (base / "dest-file" / "d" / names[107]).read_bytes() == b"archive 107\n" * 27
+
+
+def _aliases(case: str) -> bytes:
+    """Two names of one file (``s/x`` and ``real/x``, ``s -> real``), the earlier one
+    handed to the helper by name, the later one made while it is still in flight."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        _add(tf, "real", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "s", kind=tarfile.SYMTYPE, linkname="real")
+        _files_for_the_helper_to_start(tf)
+        first, second = ("real", "s") if case == "large-reversed" else ("s", "real")
+        if case.startswith("large"):  # the worker copies the second itself (bytes)
+            _add(tf, f"{first}/big", b"A" * 20_000_000, mtime=1_000)
+            _add(tf, f"{second}/big", b"B" * 20_000_000, mtime=2_000)
+        elif case == "small-after-large":  # a full batch, 34 MB in flight
+            _add(tf, "s/big", b"A" * 34_000_000, mtime=1_000)
+            for i in range(64):
+                _add(tf, f"b/f{i:03d}", b"y")
+            _add(tf, "real/big", b"B small", mode=0o600, mtime=2_000)
+        else:  # "batches": the helper is behind by as many batches as it may be
+            _add(tf, "s/x", b"A", mtime=1_000)
+            _add(tf, "s/y", b"A", mtime=1_000)
+            for i in range(300):
+                _add(tf, f"b/f{i:03d}", b"y" * 100)
+            _add(tf, "real/x", b"B", mode=0o600, mtime=2_000)
+            _add(tf, "real/y", kind=tarfile.DIRTYPE, mode=0o755)
+            _add(tf, "real/y/inner", b"C")
+        _add(tf, "zzz", b"last")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["large", "large-reversed", "small-after-large", "batches"])
+def test_two_names_of_one_file_through_a_symlink_as_without_the_helper(
+    case: str, tmp_path: Path,
+) -> None:
+    """``s/x`` and ``real/x`` are one file when ``s -> real``: whatever the helper still
+    has in flight, the later entry wins, as when the worker works alone (a name below a
+    symlink never goes to the helper by name, and the worker settles with the helper
+    before it makes one)."""
+    archive = _aliases(case)
+    trees = {}
+    for mode in ("alone", "plain", "stalled:never:0.5"):
+        area = tmp_path / mode.partition(":")[0]
+        area.mkdir()
+        result = _in_process(archive, area, mode)
+        assert "error" not in result, (mode, result)
+        trees[mode] = _actual(area / "dest")
+    assert trees["plain"] == trees["alone"]
+    assert trees["stalled:never:0.5"] == trees["alone"]
+    assert (tmp_path / "alone" / "dest" / "real" / "big" if case != "batches" else
+            tmp_path / "alone" / "dest" / "real" / "x").read_bytes()[:1] == b"B"
 
 
 def test_a_name_below_a_file_the_helper_creates_fails_as_without_it(tmp_path: Path) -> None:

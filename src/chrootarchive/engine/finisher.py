@@ -18,6 +18,9 @@ given: it only ever runs for files that need no owner, xattr or special mode set
 A larger file of a tar the worker reads from a regular file travels as an extent: the
 helper copies it from the archive (a read-only descriptor it keeps from the fork) into
 the new file, so the worker neither reads nor copies its data (it seeks over it).
+While the helper is as far behind as it may be (:meth:`Finisher.has_extent_room`),
+the worker copies the next such file itself: in a run of large files its core would
+otherwise wait for the helper's copies.
 
 A file may also travel by name (:meth:`Finisher.add_new`): the helper then creates it
 itself, with ``O_CREAT | O_EXCL | O_NOFOLLOW`` as the worker would, in the same jail
@@ -227,8 +230,9 @@ class Finisher:
                 or len(self._data) + len(self._paths) + name_size > self._max_data
                 if by_name else
                 len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES)
-        sends = full + (self._extents * (not full) + size >= _BATCH_EXTENTS)
-        return self._can_send(sends, size)
+        # Sent after it is added: the batch it is in, once its extents reach the limit.
+        after = (0 if full else self._extents) + size >= _BATCH_EXTENTS
+        return self._can_send(full + after, size if after else 0)
 
     def _can_send(self, sends: int, extra: int) -> bool:
         """Whether ``sends`` batches, holding ``extra`` more bytes, can leave now without
@@ -305,9 +309,8 @@ class Finisher:
 
     def copy_extent(self, fd: int, offset: int, size: int) -> None:
         """Copy ``size`` bytes of the archive from ``offset`` into ``fd`` (a file given
-        back)."""
-        _copy_extent(fd, self._source, offset, size,
-                     memoryview(bytearray(min(_COPY_CHUNK, max(size, 1)))))
+        back, or one the worker copies itself)."""
+        _copy_extent(fd, self._source, offset, size, None)
 
     def finish(self) -> tuple[OSError, str] | None:
         """Send what is left, wait for the helper to finish everything; the first error.
@@ -473,9 +476,11 @@ def _ranges_without(keep: set[int]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _copy_extent(fd: int, source: int, offset: int, size: int, buffer: memoryview) -> None:
+def _copy_extent(fd: int, source: int, offset: int, size: int,
+                 buffer: memoryview | None) -> None:
     """Copy ``size`` bytes of ``source`` from ``offset`` to ``fd``: in the kernel
-    (``sendfile``, page cache to page cache), else through ``buffer``."""
+    (``sendfile``, page cache to page cache), else through ``buffer`` (None: one is
+    made for this copy)."""
     try:
         while size:
             sent = os.sendfile(fd, source, offset, size)
@@ -488,6 +493,8 @@ def _copy_extent(fd: int, source: int, offset: int, size: int, buffer: memoryvie
         if err.errno not in _NO_SENDFILE:
             raise
     write = os.write
+    if buffer is None:
+        buffer = memoryview(bytearray(min(_COPY_CHUNK, max(size, 1))))
     while size:
         got = os.preadv(source, [buffer[:min(size, len(buffer))]], offset)
         if not got:

@@ -281,6 +281,11 @@ class Unpacker:
             ".": bool(fs.stat(".").st_mode & stat.S_ISGID)
         }
         self.dirs_size = 0  # what the cache holds, counted against _DIRS_BUDGET
+        # Those of them reached through an in-root symlink (``s`` for ``s -> real``, and
+        # below it): a name there is another name of a file elsewhere, so the helper
+        # never creates one by name, and the worker settles with the helper before it
+        # creates one (a file the helper is still creating could be the same file).
+        self.aliased: set[str] = set()
         self.pending_dirs = _PendingDirs(self._open_spill)
         self.whiteouts = layer.LayerRules(
             fs,
@@ -412,6 +417,8 @@ class Unpacker:
         parent = name.rpartition("/")[0]
         if parent and parent not in self.dirs:
             self._make_dirs(parent, entry.name)
+        if self.aliased and self.pending and parent in self.aliased:
+            self._settle()  # this name may be another name of a file in flight
         if kind is tarreader.REGULAR:
             self._file(name, entry, reader)
         elif kind == tarreader.DIRECTORY:
@@ -480,14 +487,16 @@ class Unpacker:
         parts = path.split("/")
         prefix = ""
         parent_setgid = self.dirs.get(".", False)
+        linked = False  # reached through an in-root symlink
         for part in parts:
             prefix = f"{prefix}/{part}" if prefix else part
             known = self.dirs.get(prefix)
             if known is not None:
                 parent_setgid = known
+                linked = prefix in self.aliased
                 continue
-            if self.pending and prefix in self.pending:
-                self._settle()  # a file the helper creates is in the way
+            if self.pending and (linked or prefix in self.pending):
+                self._settle()  # a file the helper creates is in the way, or may be
             try:
                 self.fs.mkdir(prefix, 0o755)
             except FileExistsError:
@@ -506,17 +515,23 @@ class Unpacker:
                         entry_name,
                     ) from None
                 parent_setgid = bool(st.st_mode & stat.S_ISGID)
-                self._remember(prefix, parent_setgid)
+                if not linked:
+                    here = self.fs.lstat(prefix)
+                    linked = here is None or stat.S_ISLNK(here.st_mode)
+                self._remember(prefix, parent_setgid, linked)
                 continue
             # A new implied directory: 0755 owned by the mapped root. mkdir under a
             # setgid parent inherits setgid and the parent's group.
             owner = self.root_owner
             if owner is not None and (parent_setgid or owner != (self.euid, self.egid)):
                 self._chown_new_dir(prefix, owner, entry_name)
-            self._remember(prefix, parent_setgid)
+            self._remember(prefix, parent_setgid, linked)
 
-    def _remember(self, path: str, setgid: bool) -> None:
-        """Cache ``path`` as a directory; past the budget, forget the older half."""
+    def _remember(self, path: str, setgid: bool, linked: bool = False) -> None:
+        """Cache ``path`` as a directory (``linked``: reached through an in-root
+        symlink, as is all below such a directory); past the budget, forget the older
+        half."""
+        linked = linked or (bool(self.aliased) and path.rpartition("/")[0] in self.aliased)
         if path not in self.dirs:
             self.dirs_size += len(path) + _DIR_OVERHEAD
             if self.dirs_size > _DIRS_BUDGET:
@@ -527,7 +542,10 @@ class Unpacker:
                 dirs["."] = root
                 dirs.update(keep)
                 self.dirs_size = sum(len(p) + _DIR_OVERHEAD for p, _ in keep)
+                self.aliased.intersection_update(dirs)
         self.dirs[path] = setgid
+        if linked:
+            self.aliased.add(path)
 
     def _chown_new_dir(self, path: str, owner: tuple[int, int], entry_name: str) -> None:
         fd = self.fs.open_dir(path)
@@ -541,10 +559,12 @@ class Unpacker:
         """Drop cached knowledge about ``path`` and anything below it."""
         if self.dirs.pop(path, None) is not None:
             self.dirs_size -= len(path) + _DIR_OVERHEAD
+        self.aliased.discard(path)
         prefix = path + "/"
         for known in [p for p in self.dirs if p.startswith(prefix)]:
             del self.dirs[known]
             self.dirs_size -= len(known) + _DIR_OVERHEAD
+            self.aliased.discard(known)
 
     def _clear_for(self, name: str, entry: TarEntry) -> bool:
         """Make room for ``entry`` at ``name``. Returns True when a directory is kept.
@@ -729,7 +749,8 @@ class Unpacker:
         finisher = self.finisher
         helper = True
         if (finisher is not None and self.by_name and self.identity_owner
-                and not entry.xattrs and not entry.mode & 0o7000 and name not in self.dirs):
+                and not entry.xattrs and not entry.mode & 0o7000 and name not in self.dirs
+                and not (self.aliased and name.rpartition("/")[0] in self.aliased)):
             # Not over a directory of ours: the helper would give the file back, and
             # until then the names below would still go into that directory.
             if self._file_by_name(finisher, name, entry, reader):
@@ -797,15 +818,14 @@ class Unpacker:
             offset = reader.extent(entry)
             if offset < 0:
                 return False
-            if not finisher.has_extent_room(
-                    size, len(name.encode("utf-8", "surrogateescape"))):
+            if not finisher.has_extent_room(size, len(os.fsencode(name))):
                 fd = self._create_file(name, entry)
                 try:
                     self._charge(size, entry.name)
                 except BaseException:
                     os.close(fd)
                     raise
-                self._copy_extent_here(fd, entry, offset)
+                self._copy_extent_here(finisher, fd, entry, offset)
                 return True
             self._charge(size, entry.name)
             atime, mtime = self._times(entry)
@@ -898,11 +918,12 @@ class Unpacker:
         try:
             self._charge(entry.size, entry.name)
             atime, mtime = self._times(entry)
+            room = self.finisher.has_extent_room(entry.size, 0, by_name=False)
         except BaseException:
             os.close(fd)
             raise
-        if not self.finisher.has_extent_room(entry.size, 0, by_name=False):
-            self._copy_extent_here(fd, entry, offset)
+        if not room:
+            self._copy_extent_here(self.finisher, fd, entry, offset)
             return True
         self.finisher.add_extent(fd, offset, entry.size, atime, mtime, entry.name)
         if self.finisher.error is not None:
@@ -911,13 +932,15 @@ class Unpacker:
             self._redo_returned()
         return True
 
-    def _copy_extent_here(self, fd: int, entry: TarEntry, offset: int) -> None:
+    def _copy_extent_here(self, finisher: Finisher, fd: int, entry: TarEntry,
+                          offset: int) -> None:
         """Copy a larger file's data from the archive in this thread (the helper is too
         far behind to take it: see :meth:`Finisher.has_extent_room`), time and close it
         (``fd``, in every case); the reader seeks over the data, as for the helper."""
-        assert self.finisher is not None
         try:
-            self.finisher.copy_extent(fd, offset, entry.size)
+            if finisher.error is not None:  # the helper failed: say so, not go on
+                self._raise_finisher_error(finisher.error)
+            finisher.copy_extent(fd, offset, entry.size)
             os.utime(fd, ns=self._times(entry))
             self.extents_here += 1
         except OSError as err:
@@ -1091,7 +1114,7 @@ class Unpacker:
             # merged into, its own metadata kept.
             fd = self.fs.open_dir(name)
             try:
-                self.dirs[name] = bool(os.fstat(fd).st_mode & stat.S_ISGID)
+                self._remember(name, bool(os.fstat(fd).st_mode & stat.S_ISGID))
             finally:
                 os.close(fd)
             return
@@ -1119,7 +1142,7 @@ class Unpacker:
         if (finisher is not None and self.by_name and self.identity_owner
                 and not entry.xattrs and entry.uid == self.euid and entry.gid == self.egid
                 and not self.dirs.get(name.rpartition("/")[0] or ".", True)
-                and name not in self.dirs):
+                and name not in self.dirs and name.rpartition("/")[0] not in self.aliased):
             # Nothing to set but the times: the helper makes it (or gives it back; not
             # over a directory of ours, as for files).
             target = os.fsencode(entry.linkname)
