@@ -30,6 +30,7 @@ from chrootarchive.tarformat.reader import (
     DIRECTORY,
     FIFO,
     HARDLINK,
+    NS,
     REGULAR,
     SYMLINK,
     TarEntry,
@@ -1396,6 +1397,81 @@ def test_pax_fast_path_reads_as_the_general_path(case: str, tmp_path: Path) -> N
         assert isinstance(fast, list)
         entry = fast[1][0]
         assert (entry.mtime_ns, entry.atime_ns) == (1796405849_080967965, 1796405531_860000000)
+
+
+# Times-only blocks in one archive, read by the layouts remembered from the ones
+# before them (same keys, lengths and digit counts) or not: each as the general path.
+_T = "1796405849"
+_LAYOUT_CASES: dict[str, list[bytes]] = {
+    "same layout, other digits": [
+        b"30 mtime=%s.080967965\n30 atime=%s.860000000\n30 ctime=%s.080967965\n" % (
+            _T.encode(), _T.encode(), _T.encode()),
+        b"30 mtime=1234567890.123456789\n30 atime=0000000001.000000009\n"
+        b"30 ctime=9999999999.999999999\n"],
+    "short fraction": [b"24 mtime=1796405849.86\n", b"24 mtime=1796405849.05\n",
+                       b"24 mtime=0000000000.00\n"],
+    "long fraction": [b"33 mtime=1796405849.123456789123\n",
+                      b"33 mtime=1796405849.987654321987\n"],
+    "no fraction": [b"21 mtime=1796405849\n17 atime=123456\n",
+                    b"21 mtime=1111111111\n17 atime=654321\n"],
+    "repeated": [b"12 mtime=5.5\n10 atime=6\n13 mtime=7.25\n",
+                 b"12 mtime=1.1\n10 atime=2\n13 mtime=3.33\n"],
+    "length then one long": [b"30 mtime=1796405849.080967965\n",
+                             b"31 mtime=1796405849.080967965\n"],
+    "length then one short": [b"30 mtime=1796405849.080967965\n",
+                              b"29 mtime=1796405849.080967965\n"],
+    "length with a zero": [b"30 mtime=1796405849.080967965\n",
+                           b"030 mtime=1796405849.08096796\n",
+                           b"030 mtime=1796405849.18096796\n"],
+    "then a lenient time": [b"14 mtime=12.5\n", b"14 mtime=12x5\n"],
+    "then another key": [b"14 atime=12.5\n", b"14 ctime=12.5\n", b"14 mtime=12.5\n"],
+    "many layouts": [pax_record("mtime", "1" * n + "." + "2" * (n % 9 + 1))
+                     for n in range(1, 19)] * 3,
+    "large block": [b"".join(pax_record("mtime", f"{n}.{n}") for n in range(40))] * 2,
+}
+
+
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_times_read_by_a_remembered_layout_as_by_the_general_path(case: str,
+                                                                  tmp_path: Path) -> None:
+    blocks = _LAYOUT_CASES[case]
+    data = member("first", b"1") + b"".join(
+        pax(block) + member(f"f{i}", b"x" * i) for i, block in enumerate(blocks))
+    data += member("after", b"tail") + EOA
+
+    def outcome(bufsize: int) -> object:
+        try:
+            return [(r.entry, r.content, r.chunks)
+                    for r in read(data, "file", tmp_path, bufsize=bufsize)]
+        except MalformedArchiveError as err:
+            return ("error", str(err))
+
+    fast, general = outcome(1 << 20), outcome(512)
+    assert fast == general
+    if case == "same layout, other digits":
+        assert isinstance(fast, list)
+        assert [(r[0].mtime_ns, r[0].atime_ns) for r in fast[1:3]] == [
+            (1796405849_080967965, 1796405849_860000000),
+            (1234567890_123456789, 1_000000009)]
+
+
+def test_a_reader_remembers_a_few_small_layouts(tmp_path: Path) -> None:
+    times = [(10 ** n, "5" * k) for n in range(17) for k in (1, 2, 3)]  # 51 layouts
+    blocks = [pax_record("mtime", f"{secs}.{frac}") for secs, frac in times] * 2 + [
+        b"".join(pax_record("mtime", f"{n}.{n}") for n in range(40))]
+    data = b"".join(pax(block) + member(f"f{i}") for i, block in enumerate(blocks))
+    path = tmp_path / "in.tar"
+    path.write_bytes(member("first") + data + EOA)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        entries, reader = read_fd(fd)
+    finally:
+        os.close(fd)
+    expected = [secs * NS + int(frac.ljust(9, "0")) for secs, frac in times]
+    assert [r.entry.mtime_ns for r in entries[1:-1]] == expected * 2
+    assert entries[-1].entry.mtime_ns == 39 * NS + 390_000_000
+    layouts = reader._time_layouts
+    assert len(layouts) == 32 and all(len(shape) <= 256 for shape in layouts)
 
 
 def _spliced_archive() -> tuple[bytes, dict[str, bytes]]:

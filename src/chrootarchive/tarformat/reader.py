@@ -272,18 +272,54 @@ def _plain_time(value: bytes) -> int | None:
     return int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
 
 
-def _times_only(data: bytes) -> tuple[int | None, int | None] | None:
+#: Digits to "9": the layout of a times-only PAX block (see _times_only).
+_DIGIT_TABLE = bytes.maketrans(b"0123456789", b"9999999999")
+_MAX_LAYOUTS = 32  # layouts remembered by one reader
+_MAX_LAYOUT_SIZE = 256  # bytes of a block whose layout is remembered
+# The layout of a times-only block: the bytes of each record's length field (start,
+# stop, bytes), then for each mtime or atime record in order its slot, where its
+# seconds and fraction are, and the fraction's scale to nanoseconds.
+_TimeLayout = tuple[tuple[tuple[int, int, bytes], ...],
+                    tuple[tuple[int, int, int, int, int, int], ...]]
+
+
+def _times_only(data: bytes, layouts: dict[bytes, _TimeLayout]
+                ) -> tuple[int | None, int | None] | None:
     """(mtime, atime) of PAX records that hold nothing but times in the plain form
     (GNU tar's --format=posix and --xattrs headers), or None for anything else, which
     :meth:`TarReader._read_pax` then reads with its strict rules.
 
-    The per-entry cost of a root filesystem's archive: about 3 us against 8 for the
-    general reader (docs/performance.md, issue 16).
+    An archive's blocks share a few layouts (the same keys, lengths and digit counts;
+    other digits), so each layout read here is remembered in ``layouts``, keyed by the
+    block with every digit made "9": a block of a known layout is read by position,
+    once its length fields are checked, in a third of the time (issue 16).
     """
+    shape = data.translate(_DIGIT_TABLE)
+    layout = layouts.get(shape)
+    if layout is not None:
+        lengths, places = layout
+        for start, stop, digits in lengths:
+            if data[start:stop] != digits:
+                break
+        else:
+            times: list[int | None] = [None, None]
+            for slot, secs, dot, frac, end, scale in places:
+                times[slot] = (int(data[secs:dot]) * NS + int(data[frac:end]) * scale
+                               if end > frac else int(data[secs:dot]) * NS)
+            return times[0], times[1]
+    return _times_by_record(data, shape, layouts)
+
+
+def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout]
+                     ) -> tuple[int | None, int | None] | None:
+    """:func:`_times_only` for a block of a layout not seen before; remembers it."""
     times: list[int | None] = [None, None, None]  # mtime, atime, ctime
     records = data.split(b"\n")
     if records.pop():
         return None  # not ending with a newline: malformed, or a record holds one
+    lengths: list[tuple[int, int, bytes]] = []
+    places: list[tuple[int, int, int, int, int, int]] = []
+    pos = 0
     for record in records:
         length, _, rest = record.partition(b" ")
         key, _, value = rest.partition(b"=")
@@ -296,6 +332,15 @@ def _times_only(data: bytes) -> tuple[int | None, int | None] | None:
         if time is None:
             return None
         times[slot] = time
+        lengths.append((pos, pos + len(length), length))
+        if slot < 2:
+            secs = pos + len(length) + len(key) + 2
+            dot = secs + value.find(b".") if b"." in value else secs + len(value)
+            digits = min(pos + len(record) - dot - 1, 9) if dot < pos + len(record) else 0
+            places.append((slot, secs, dot, dot + 1, dot + 1 + digits, 10 ** (9 - digits)))
+        pos += len(record) + 1
+    if len(shape) <= _MAX_LAYOUT_SIZE and len(layouts) < _MAX_LAYOUTS:
+        layouts[shape] = (tuple(lengths), tuple(places))
     return times[0], times[1]
 
 
@@ -423,6 +468,7 @@ class TarReader:
         # always read in whole buffers.
         self._header_read = min(SEEK_MIN, bufsize) if self._seekable else bufsize
         self._max_pax = max_pax_size
+        self._time_layouts: dict[bytes, _TimeLayout] = {}  # see _times_only
         self._max_long = max_long_name
         self._max_regions = max_sparse_regions
         self._current: TarEntry | None = None
@@ -451,6 +497,7 @@ class TarReader:
         form = _CANON_FORM
         adler32 = zlib.adler32
         fields = _CANON_FIELDS.unpack_from
+        layouts = self._time_layouts
         while not self._done:
             if self._current is not None:
                 skip = self._remaining + self._padding
@@ -480,7 +527,8 @@ class TarReader:
                                 - (adler32(hdr[148:156]) & 0xFFFF)
                                 + 8 * 0x20
                                 - 1)):
-                        times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]))
+                        times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]),
+                                           layouts)
                         if times is not None:
                             self._pos = pos = after
                         else:
