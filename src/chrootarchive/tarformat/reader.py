@@ -317,6 +317,7 @@ def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout
     records = data.split(b"\n")
     if records.pop():
         return None  # not ending with a newline: malformed, or a record holds one
+    learn = len(shape) <= _MAX_LAYOUT_SIZE and len(layouts) < _MAX_LAYOUTS
     lengths: list[tuple[int, int, bytes]] = []
     places: list[tuple[int, int, int, int, int, int]] = []
     pos = 0
@@ -332,6 +333,8 @@ def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout
         if time is None:
             return None
         times[slot] = time
+        if not learn:
+            continue
         lengths.append((pos, pos + len(length), length))
         if slot < 2:
             secs = pos + len(length) + len(key) + 2
@@ -339,7 +342,7 @@ def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout
             digits = min(pos + len(record) - dot - 1, 9) if dot < pos + len(record) else 0
             places.append((slot, secs, dot, dot + 1, dot + 1 + digits, 10 ** (9 - digits)))
         pos += len(record) + 1
-    if len(shape) <= _MAX_LAYOUT_SIZE and len(layouts) < _MAX_LAYOUTS:
+    if learn:
         layouts[shape] = (tuple(lengths), tuple(places))
     return times[0], times[1]
 
