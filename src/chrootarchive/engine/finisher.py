@@ -15,12 +15,13 @@ writes to descriptors it is given and sets the times of files its own user creat
 and it dies with the worker (``PR_SET_PDEATHSIG``). It touches no file but those it is
 given: it only ever runs for files that need no owner, xattr or special mode set.
 
-A larger file of a tar the worker reads from a regular file travels as an extent: the
-helper copies it from the archive (a read-only descriptor it keeps from the fork) into
-the new file, so the worker neither reads nor copies its data (it seeks over it).
-While the helper is as far behind as it may be (:meth:`Finisher.has_extent_room`),
-the worker copies the next such file itself: in a run of large files its core would
-otherwise wait for the helper's copies.
+A file of a tar the worker reads from a regular file travels as an extent, whatever
+its size: the helper copies it from the archive (a read-only descriptor it keeps from
+the fork) into the new file, so the worker neither copies its data into a batch nor
+sends it (it skips it, seeking over larger ones), and a batch holds :data:`MAX_FILES`
+files however large they are. While the helper is as far behind as it may be
+(:meth:`Finisher.has_extent_room`), the worker copies the next such file itself: in a
+run of large files its core would otherwise wait for the helper's copies.
 
 A file may also travel by name (:meth:`Finisher.add_new`): the helper then creates it
 itself, with ``O_CREAT | O_EXCL | O_NOFOLLOW`` as the worker would, in the same jail
