@@ -303,9 +303,10 @@ def test_files_of_an_archive_in_a_regular_file_travel_as_extents(tmp_path: Path)
     archive = _archive(600, lambda i: (i * 397) % 20_000 if i % 9 else 0)
     result = _in_process(archive, tmp_path, "plain")
     assert "error" not in result, result
-    assert result["helper"] and result["by_name"] > 400, result
-    empty_taken = result["taken"] - result["extents"]
-    assert 0 < empty_taken <= 600 // 9 + 1, result  # only the empty files carry no extent
+    # At least the four batches the helper may have in flight: 256 files.
+    assert result["helper"] and result["extents"] > 200, result
+    empty = len(range(0, 600, 9))
+    assert result["taken"] - result["extents"] <= empty, result  # those carry no extent
     assert _actual(tmp_path / "dest") == _expected(archive)
 
 

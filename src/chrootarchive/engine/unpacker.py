@@ -55,13 +55,7 @@ _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
-_FINISHER_MAX_FILE = 64 << 10  # larger files are not handed to the helper (from a pipe)
-# From a regular file, a file with data travels to the helper as an extent whatever its
-# size: the worker then neither copies its data into a batch nor sends it, and a batch
-# holds up to MAX_FILES files however large they are (with the data in the batch, a
-# tree of source files filled one batch every ten files; linux.tar 1.33 -> 1.07 s in
-# bench/engine_time.py, issue 16's ninth round).
-_EXTENT_MIN = 1
+_FINISHER_MAX_FILE = 64 << 10  # larger files from a pipe are not handed to the helper
 # Data charged and not yet written, at most: the writer thread's queue (MAX_PENDING
 # chunks of 1 MiB, and the one it writes), the helper's batches in flight.
 _WRITER_IN_FLIGHT = 6 << 20
@@ -766,7 +760,7 @@ class Unpacker:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
-        if (helper and entry.size >= _EXTENT_MIN and self.finisher is not None
+        if (helper and entry.size and self.finisher is not None
                 and self.identity_owner and not entry.xattrs and not entry.mode & 0o7000
                 and self._extent_file(fd, name, reader, entry)):
             return
@@ -820,7 +814,12 @@ class Unpacker:
                 name.rpartition("/")[0] or ".", True):
             return False  # an owner to set: the helper has no capability
         size = entry.size
-        offset = reader.extent(entry) if size >= _EXTENT_MIN else -1
+        # From a regular file, any file with data travels as an extent: the worker then
+        # neither copies its data into a batch nor sends it, and a batch holds up to
+        # MAX_FILES files however large they are (with the data in the batch, a tree of
+        # source files filled one batch every ten files: linux.tar 1.33 -> 1.07 s in
+        # bench/engine_time.py, issue 16's ninth round).
+        offset = reader.extent(entry) if size else -1
         if offset >= 0:
             if not finisher.has_extent_room(size, len(os.fsencode(name))):
                 fd = self._create_file(name, entry)
