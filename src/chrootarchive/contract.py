@@ -320,6 +320,8 @@ class JobRequest(_Record):
         helper: the unpacker may fork a helper for small files (a large plain tar).
         stack: unpack several layers one after another, each read from a descriptor
             passed on the layer channel (:mod:`chrootarchive._channel`), not stdin.
+        ring: unpack: stdin is a ring of this many bytes that the parent writes the
+            stream into (:mod:`chrootarchive._ring`); 0: a pipe or a file.
         debug: print the worker's traceback on failure.
         src: pack: the path to pack, inside the root.
         display: pack: the source as the caller named it (for messages).
@@ -338,6 +340,7 @@ class JobRequest(_Record):
         "layer",
         "mechanism",
         "pack",
+        "ring",
         "src",
         "stack",
         "unpack",
@@ -351,6 +354,7 @@ class JobRequest(_Record):
     layer: bool
     helper: bool
     stack: bool
+    ring: int
     debug: bool
     src: str
     display: str
@@ -363,7 +367,8 @@ class JobRequest(_Record):
         by the runner for each rung of the ladder)."""
         values: dict[str, Any] = {
             "mechanism": "", "dest": ".", "create_dest": True, "dest_owner": None,
-            "layer": False, "helper": False, "stack": False, "debug": False, "src": "",
+            "layer": False, "helper": False, "stack": False, "ring": 0, "debug": False,
+            "src": "",
             "display": "", "unpack": None, "pack": None,
         }
         values.update(fields)

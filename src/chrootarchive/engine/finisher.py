@@ -48,7 +48,7 @@ import os
 import resource
 import struct
 
-from chrootarchive import _linux
+from chrootarchive import _linux, _ring
 
 __all__ = ["Finisher"]
 
@@ -94,10 +94,18 @@ def _layout(count: int) -> struct.Struct:
 class Finisher:
     """The worker's side: batches files for the helper and collects its replies."""
 
-    def __init__(self, sock: _socket.socket, pid: int, source: int = -1) -> None:
+    def __init__(self, sock: _socket.socket, pid: int, source: int = -1, ring: int = 0
+                 ) -> None:
         self._sock = sock
         self._pid = pid
         self._source = source  # the archive (for extents), or -1
+        # A ring (chrootarchive._ring) holds what is not yet copied: a quarter of it in
+        # flight at most, so that the parent always has room to write ahead.
+        self._ring = ring
+        self._max_in_flight = min(MAX_BYTES_IN_FLIGHT, ring // 4) if ring else MAX_BYTES_IN_FLIGHT
+        self._batch_extents = min(_BATCH_EXTENTS, ring // 8) if ring else _BATCH_EXTENTS
+        self._first_extent = -1  # stream offset of the batch's first extent, or -1
+        self._sent_extents: list[int] = []  # the same, of each batch in flight
         # One batch is one message, which must fit in the socket's send buffer; and
         # several must, or the worker waits at each send until the helper has read the
         # batch before (files of 8 KiB on average made one batch of 160 KiB fill the
@@ -137,11 +145,12 @@ class Finisher:
         self._reaped = False
 
     @classmethod
-    def start(cls, source: int = -1) -> Finisher | None:
+    def start(cls, source: int = -1, ring: int = 0) -> Finisher | None:
         """Fork the helper; None when that is not possible (the caller works alone).
 
         ``source``: the archive, a regular file the helper may copy extents from
-        (:meth:`add_extent`), or -1. Call only while the worker runs no other thread.
+        (:meth:`add_extent`), or -1; ``ring``: the size of the ring it is, if it is one
+        (extents wrap there). Call only while the worker runs no other thread.
         """
         if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < _MIN_NOFILE:
             return None  # the batches' descriptors would crowd out the unpacker's
@@ -170,12 +179,12 @@ class Finisher:
                     # Everything else is closed: the reply pipe, the root, stdio...
                     for low, high in _ranges_without({theirs.fileno(), source}):
                         os.closerange(low, high)
-                    _serve(theirs, source)
+                    _serve(theirs, source, ring)
                     status = 0
             finally:
                 os._exit(status)
         theirs.close()
-        return cls(ours, pid, source)
+        return cls(ours, pid, source, ring)
 
     def add(self, fd: int, data: memoryview | bytes, atime_ns: int, mtime_ns: int,
             entry: str) -> None:
@@ -207,11 +216,13 @@ class Finisher:
         self._numbers += (atime_ns, mtime_ns, offset, 0)
         self._names.append(entry)
         self._own.append(None)
+        if self._first_extent < 0:
+            self._first_extent = offset
         self._extents += size
         self.in_flight_bytes += size
         self.taken += 1
         self.extents += 1
-        if self._extents >= _BATCH_EXTENTS:
+        if self._extents >= self._batch_extents:
             self._send()
 
     def has_room(self, size: int) -> bool:
@@ -232,7 +243,7 @@ class Finisher:
                 if by_name else
                 len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES)
         # Sent after it is added: the batch it is in, once its extents reach the limit.
-        after = (0 if full else self._extents) + size >= _BATCH_EXTENTS
+        after = (0 if full else self._extents) + size >= self._batch_extents
         return self._can_send(full + after, size if after else 0)
 
     def _can_send(self, sends: int, extra: int) -> bool:
@@ -245,7 +256,7 @@ class Finisher:
                 self.poll()
             if len(self._sent) + sends <= MAX_IN_FLIGHT and (
                     (not self._in_flight and sends == 1)
-                    or self.in_flight_bytes + len(self._data) + extra <= MAX_BYTES_IN_FLIGHT):
+                    or self.in_flight_bytes + len(self._data) + extra <= self._max_in_flight):
                 return True
         return False
 
@@ -264,6 +275,8 @@ class Finisher:
             size = len(data)
             self._data += data
         else:
+            if self._first_extent < 0:
+                self._first_extent = offset
             self._extents += size
             self.in_flight_bytes += size
             self.extents += 1
@@ -276,7 +289,7 @@ class Finisher:
         self.pending.add(path)
         self.taken += 1
         self.by_name += 1
-        if self._extents >= _BATCH_EXTENTS:
+        if self._extents >= self._batch_extents:
             self._send()
 
     def add_symlink(self, path: str, target: bytes, atime_ns: int, mtime_ns: int,
@@ -311,7 +324,23 @@ class Finisher:
     def copy_extent(self, fd: int, offset: int, size: int) -> None:
         """Copy ``size`` bytes of the archive from ``offset`` into ``fd`` (a file given
         back, or one the worker copies itself)."""
-        _copy_extent(fd, self._source, offset, size, None)
+        _copy_extent(fd, self._source, offset, size, None, self._ring)
+
+    def oldest_extent(self) -> int:
+        """The stream offset of the oldest extent not yet copied (batched, in flight or
+        given back), or ``_ring.NOTHING_PINNED``: what a ring must still hold."""
+        oldest = _ring.NOTHING_PINNED
+        for item in self._returned:
+            if item[3] >= 0:
+                oldest = item[3]
+                break
+        for first in self._sent_extents:
+            if first >= 0:
+                oldest = min(oldest, first)
+                break
+        if self._first_extent >= 0:
+            oldest = min(oldest, self._first_extent)
+        return oldest
 
     def finish(self) -> tuple[OSError, str] | None:
         """Send what is left, wait for the helper to finish everything; the first error.
@@ -347,7 +376,7 @@ class Finisher:
         while len(self._sent) >= MAX_IN_FLIGHT:
             self._receive()
         size = len(self._data) + self._extents
-        while self._in_flight and self.in_flight_bytes + len(self._data) > MAX_BYTES_IN_FLIGHT:
+        while self._in_flight and self.in_flight_bytes + len(self._data) > self._max_in_flight:
             self._receive()
         fds, names, own, data, paths = (self._fds, self._names, self._own, self._data,
                                         self._paths)
@@ -359,6 +388,7 @@ class Finisher:
         self._data = bytearray()
         self._paths = bytearray()
         self._extents = 0
+        first_extent, self._first_extent = self._first_extent, -1
         ancillary = ([(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                        struct.pack(f"{len(fds)}i", *fds))] if fds else [])
         try:
@@ -367,7 +397,8 @@ class Finisher:
             # ETOOMANYREFS (descriptors in flight, counted per user) or a helper that
             # ended: this batch is finished here, in order, before anything else.
             self.in_flight_bytes -= size - len(data)
-            failed, returned = _finish_batch(memoryview(head + data), fds, self._source)
+            failed, returned = _finish_batch(memoryview(head + data), fds, self._source,
+                                             None, self._ring)
             self.finished_here += count
             self._give_back(returned, own, data)
             if failed is not None:
@@ -378,6 +409,7 @@ class Finisher:
         self.in_flight_bytes += len(data)
         self._in_flight.append(size)
         self._sent.append((names, own, data))
+        self._sent_extents.append(first_extent)
 
     def poll(self) -> int:
         """Read the replies already there, without waiting; the bytes still in flight."""
@@ -399,6 +431,7 @@ class Finisher:
             reply = b""  # the helper is gone (ECONNRESET)
         names, own, data = self._sent.pop(0)
         self.in_flight_bytes -= self._in_flight.pop(0)
+        self._sent_extents.pop(0)
         if len(reply) < _REPLY.size:
             for item in own:  # nothing of these files is known
                 if item is not None:
@@ -409,6 +442,7 @@ class Finisher:
                         self.pending.discard(item[0])
             self._sent.clear()
             self._in_flight.clear()
+            self._sent_extents.clear()
             self._record(OSError(0, self._why_ended(reply)), "")
             return
         tag, number, index = _REPLY.unpack_from(reply)
@@ -478,10 +512,14 @@ def _ranges_without(keep: set[int]) -> list[tuple[int, int]]:
 
 
 def _copy_extent(fd: int, source: int, offset: int, size: int,
-                 buffer: memoryview | None) -> None:
+                 buffer: memoryview | None, ring: int = 0) -> None:
     """Copy ``size`` bytes of ``source`` from ``offset`` to ``fd``: in the kernel
     (``sendfile``, page cache to page cache), else through ``buffer`` (None: one is
-    made for this copy)."""
+    made for this copy). ``ring``: ``source`` is a ring of that size (the offset is in
+    the stream)."""
+    if ring:
+        _ring.send(fd, source, offset, size, ring)
+        return
     try:
         while size:
             sent = os.sendfile(fd, source, offset, size)
@@ -508,7 +546,7 @@ def _copy_extent(fd: int, source: int, offset: int, size: int,
 
 
 def _finish_batch(batch: memoryview, fds: list[int], source: int,
-                  buffer: memoryview | None = None
+                  buffer: memoryview | None = None, ring: int = 0
                   ) -> tuple[tuple[OSError, int] | None, list[int]]:
     """Create (those sent by name), write, time and close each file of a batch; the
     first error and its index, and the indexes of the files left to the worker.
@@ -554,7 +592,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                 if extent >= 0:
                     if buffer is None:
                         buffer = memoryview(bytearray(_COPY_CHUNK))
-                    _copy_extent(fd, source, extent, size, buffer)
+                    _copy_extent(fd, source, extent, size, buffer, ring)
                 else:
                     data = batch[pos : pos + size]
                     written = write(fd, data) if size else 0
@@ -592,7 +630,7 @@ def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
     return True
 
 
-def _serve(sock: _socket.socket, source: int) -> None:
+def _serve(sock: _socket.socket, source: int, ring: int) -> None:
     """The helper's loop: one batch per message, one reply per batch, until EOF."""
     buf = bytearray(_MAX_MESSAGE + MAX_FILES * 48 + _COUNT.size)
     view = memoryview(buf)
@@ -618,7 +656,7 @@ def _serve(sock: _socket.socket, source: int) -> None:
         else:
             if copy_buffer is None and source >= 0:
                 copy_buffer = memoryview(bytearray(_COPY_CHUNK))
-            problem, returned = _finish_batch(view[:size], fds, source, copy_buffer)
+            problem, returned = _finish_batch(view[:size], fds, source, copy_buffer, ring)
         tail = struct.pack(f"<{len(returned)}H", *returned)
         if problem is not None and not failed:
             failed = True

@@ -1086,9 +1086,12 @@ class Unpacker:
         if self.writer is None:
             from chrootarchive.engine.finisher import Finisher  # imported before the jail
 
-            self.finisher = Finisher.start(reader.file_source())
+            self.finisher = Finisher.start(reader.file_source(), reader.ring_size)
             if self.finisher is not None:
                 self.pending = self.finisher.pending
+                # In a ring, the extents not yet copied hold it; when the parent has no
+                # room left, the reader has them copied (see chrootarchive._ring).
+                reader.hold_ring(self.finisher.oldest_extent, self._settle)
 
     def _raise_writer_error(self) -> None:
         assert self.writer is not None and self.writer.error is not None

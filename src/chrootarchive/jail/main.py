@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["READY", "child_main"]
 
 READY = b"\x01"  # sent once confined, before any data is read
-_MAX_FDS = 8  # result, root, stdin, stdout, stderr, sync, channel: the most a job is given
+_MAX_FDS = 10  # result, root, stdin, stdout, stderr, sync, channel, the ring's two pipes
 
 
 def child_main(argv: list[str]) -> None:
@@ -180,7 +180,8 @@ def _child_work(job: Job, request: JobRequest, fds: dict[str, int]) -> JobReply:
         _enter_dest(request.dest, create=request.create_dest, owner=request.dest_owner)
     context = JobContext(stdin=0, stdout=1, files=fsops.FileOps(), root_fd=_linux.AT_FDCWD,
                          own_process=True, in_user_namespace=in_user_namespace,
-                         channel=fds.get("channel", -1))
+                         channel=fds.get("channel", -1),
+                         ring_pipes=(fds.get("ring_written", -1), fds.get("ring_freed", -1)))
     _fdio.write_all(result_fd, READY)
     reply = job.run(request, context)
     reply.confinement = used

@@ -127,12 +127,14 @@ def run_ladder(
 
 
 def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
-          stdout_pipe: bool = False, channel: int | None = None) -> Running:
+          stdout_pipe: bool = False, channel: int | None = None,
+          ring: bool = False) -> Running:
     """Start ``request`` with its mechanism: a jailed worker, or the in-process runner.
 
     Either way the caller gets the same interface (:class:`Running`), confined and
-    ready to be fed (``stdin_w``) or read (``stdout_r``). ``channel``: the job's end of
-    a layer channel (borrowed), for a stack of layers.
+    ready to be fed (``stdin_w``, or ``ring``) or read (``stdout_r``). ``channel``: the
+    job's end of a layer channel (borrowed), for a stack of layers. ``ring``: feed a
+    worker through a ring (:mod:`chrootarchive._ring`) rather than a pipe.
     """
     running: Running
     if settings.debug() and not request.debug:
@@ -144,7 +146,7 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
                             channel=channel)
     else:
         running = Worker(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe,
-                         channel=channel)
+                         channel=channel, ring=ring)
     try:
         running.wait_ready()
     except BaseException:
@@ -166,11 +168,14 @@ def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requeste
     """
 
     stdin = data if isinstance(data, int) else None
+    # Chunks to unpack go through a ring: the worker reads them as a file, so its files
+    # can be extents, as from a plain tar in a file (chrootarchive._ring).
+    ring = stdin is None and request.job == "unpack" and not request.stack
 
     def attempt(mechanism: str) -> JobReply:
         return pump.drive(
             lambda: start(root_fd, request.replace(mechanism=mechanism), stdin=stdin,
-                          stdout_pipe=names is not None),
+                          stdout_pipe=names is not None, ring=ring),
             data, offset_progress, names)
 
     try:

@@ -18,6 +18,10 @@ from chrootarchive.contract import JobReply
 from chrootarchive.errors import ChrootArchiveError
 from chrootarchive.runner.worker import Running
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chrootarchive._ring import RingWriter
+
 __all__ = ["drive", "feed", "feed_fd_while_alive", "feed_while_alive", "list_names",
            "watch_offset"]
 
@@ -85,9 +89,14 @@ def feed(fd: int, chunks: Iterable[bytes]) -> None:
 
 
 def feed_while_alive(job: Running, data: Iterable[bytes]) -> None:
-    """Feed ``data`` to ``job`` (which owns a stdin pipe) until it ends or the data does."""
-    fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
-    err = feed_fd_while_alive(job, fd, data)
+    """Feed ``data`` to ``job`` (through its ring, or its stdin pipe) until it ends or
+    the data does."""
+    if job.ring is not None:
+        ring, job.ring = job.ring, None  # the feeding thread owns (and closes) it
+        err = _feed_ring_while_alive(job, ring, data)
+    else:
+        fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
+        err = feed_fd_while_alive(job, fd, data)
     if err is not None:
         if isinstance(err, ChrootArchiveError):
             # The job saw a truncated stream; the feeding error is the real cause.
@@ -102,16 +111,34 @@ def feed_fd_while_alive(job: Running, fd: int, data: Iterable[bytes]) -> BaseExc
     """Feed ``data`` into ``fd`` (a pipe the job reads; closed here) from a thread of its
     own, until the data ends or the job does; return what the feeding raised, if
     anything (the caller decides what becomes of the job)."""
+    return _feed_from_thread(job, lambda: feed(fd, data), lambda: os.close(fd))
+
+
+def _feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
+                           ) -> BaseException | None:
+    """:func:`feed_fd_while_alive` through the job's ring (closed here): the end of the
+    data (or an error) is the end of the stream."""
+
+    def write() -> None:
+        for chunk in data:
+            if not ring.write(chunk):
+                return  # the job ended (its reply says why)
+
+    return _feed_from_thread(job, write, ring.close)
+
+
+def _feed_from_thread(job: Running, write: Callable[[], None], end: Callable[[], None]
+                      ) -> BaseException | None:
     failure: list[BaseException] = []
     done = threading.Event()
 
     def run() -> None:
         try:
-            feed(fd, data)
+            write()
         except BaseException as err:
             failure.append(err)
         finally:
-            os.close(fd)
+            end()
             done.set()
 
     threading.Thread(target=run, name="chrootarchive-feed", daemon=True).start()

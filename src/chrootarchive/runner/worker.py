@@ -21,6 +21,7 @@ import os
 import threading
 
 from chrootarchive import _wire
+from chrootarchive._ring import RingWriter
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.main import READY
@@ -52,6 +53,7 @@ class Running(Protocol):
 
     stdin_w: int
     stdout_r: int
+    ring: RingWriter | None
 
     def wait_ready(self) -> None: ...
 
@@ -108,6 +110,8 @@ class Worker:
         stdout_pipe: give the worker a stdout pipe (:attr:`stdout_r` is its read end).
         channel: the worker's end of a layer channel (:mod:`chrootarchive._channel`),
             passed to it (the caller keeps and closes its own copy).
+        ring: with ``stdin`` None, feed the worker through a ring
+            (:mod:`chrootarchive._ring`, :attr:`ring`) instead of a pipe.
     """
 
     def __init__(
@@ -118,10 +122,12 @@ class Worker:
         stdin: int | None = None,
         stdout_pipe: bool = False,
         channel: int | None = None,
+        ring: bool = False,
     ) -> None:
         job = request.job
         self.stdin_w = -1
         self.stdout_r = -1
+        self.ring: RingWriter | None = None
         self._reply = bytearray()
         self._ready = threading.Event()
         self._is_ready = False
@@ -136,14 +142,20 @@ class Worker:
         if id_ranges:
             sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
         self._res_r, res_w = pipe()
-        if stdin is None:
-            child_stdin, self.stdin_w = pipe(big=True)
+        own_stdin = stdin is None and not ring
+        if ring:
+            self.ring = RingWriter()
+            request = request.replace(ring=self.ring.size)
+            passed = {"result": res_w, "root": root_fd, **self.ring.child_fds()}
         else:
-            child_stdin = stdin
+            if stdin is None:
+                child_stdin, self.stdin_w = pipe(big=True)
+            else:
+                child_stdin = stdin
+            passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         child_stdout: int | None = None
         if stdout_pipe:
             self.stdout_r, child_stdout = pipe(big=True)
-        passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         if child_stdout is not None:
             passed["stdout"] = child_stdout
         if _has_stderr():
@@ -170,6 +182,8 @@ class Worker:
             for fd in (self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
                     os.close(fd)
+            if self.ring is not None:
+                self.ring.close()
             if sync_parent is not None:
                 sync_parent.close()
             raise
@@ -177,8 +191,10 @@ class Worker:
             os.close(res_w)
             if sync_child is not None:
                 sync_child.close()
-            if stdin is None:
+            if own_stdin:
                 os.close(child_stdin)
+            if self.ring is not None:
+                self.ring.close_child_ends()
             if child_stdout is not None:
                 os.close(child_stdout)
         assert booted is not None
@@ -271,6 +287,8 @@ class Worker:
             self.proc.wait()
         self._reader.join()
         os.close(self._res_r)
+        if self.ring is not None:
+            self.ring.close()
         if self.stdout_r >= 0:
             os.close(self.stdout_r)
             self.stdout_r = -1

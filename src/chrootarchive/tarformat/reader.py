@@ -30,8 +30,10 @@ from chrootarchive.tarformat.format import BLOCK, NS, ZERO_BLOCK
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import NoReturn
+
+    from chrootarchive._ring import RingInput
 
 __all__ = [
     "BLOCKDEV",
@@ -452,20 +454,29 @@ class TarReader:
         max_pax_size: int = MAX_PAX_SIZE,
         max_long_name: int = MAX_LONG_NAME,
         max_sparse_regions: int = MAX_SPARSE_REGIONS,
+        ring: RingInput | None = None,
     ) -> None:
         if bufsize < BLOCK or bufsize % BLOCK:
             raise ValueError("bufsize must be a positive multiple of 512")
         self._fd = fd
+        # A stream in a ring (chrootarchive._ring: a compressed input, decompressed by
+        # the parent): read as a regular file, at the ring's own position.
+        self._ring = ring
+        self._read: Callable[[memoryview], int] = (
+            ring.read if ring is not None else self._read_fd)
+        if ring is not None:
+            ring.consumed = self._consumed
         self._buf = bytearray(bufsize)
         self._mv = memoryview(self._buf)
         self._pos = 0  # next unread byte in the buffer
         self._end = 0  # end of the valid bytes in the buffer
         self._base = 0  # stream offset of buffer[0]
         self._eof = False
-        self._seekable = _is_seekable(fd)
-        self._pipe = _is_pipe(fd)  # data may be moved from it with splice()
+        self._seekable = ring is not None or _is_seekable(fd)
+        self._pipe = ring is None and _is_pipe(fd)  # data may be moved with splice()
         # Where the stream starts in the file (for extent()).
-        self._origin = os.lseek(fd, 0, os.SEEK_CUR) if self._seekable else -1
+        self._origin = (0 if ring is not None
+                        else os.lseek(fd, 0, os.SEEK_CUR) if self._seekable else -1)
         # Reads made to find headers: on a regular file, small ones, so that skipping
         # large entries (by lseek) does not read their data anyway. Entry data is
         # always read in whole buffers.
@@ -648,14 +659,16 @@ class TarReader:
 
     def can_splice(self, entry: TarEntry) -> bool:
         """Whether :meth:`spliced` can move the current plain file's data (the input is
-        a pipe, and none of the data was read yet)."""
-        return (self._pipe and entry is self._current and entry.sparse is None
-                and self._remaining == entry.stored_size and entry.kind == REGULAR)
+        a pipe or a ring, and none of the data was read yet)."""
+        return ((self._pipe or self._ring is not None) and entry is self._current
+                and entry.sparse is None and self._remaining == entry.stored_size
+                and entry.kind == REGULAR)
 
     def spliced(self, entry: TarEntry, fd: int) -> Iterator[int]:
         """Move all the data of the current plain file into ``fd`` (see
         :meth:`can_splice`): what the buffer holds by ``write``, the rest straight from
-        the pipe with ``splice``, never through the interpreter. Yields the size of each
+        the pipe with ``splice`` (or from the ring with ``sendfile``), never through the
+        interpreter. Yields the size of each
         step before it is moved, for the caller to count against its limits; a pipe
         that ends inside the data is the entry's "truncated data" error."""
         if not self.can_splice(entry):
@@ -677,7 +690,8 @@ class TarReader:
             step = min(self._remaining, _SPLICE_STEP)
             yield step
             while step:
-                moved = os.splice(self._fd, fd, step) if not self._eof else 0
+                moved = (0 if self._eof else self._ring.copy_to(fd, step)
+                         if self._ring is not None else os.splice(self._fd, fd, step))
                 if not moved:
                     self._eof = True
                     _fail("unexpected end of archive: truncated data", entry.name)
@@ -686,18 +700,44 @@ class TarReader:
                 self._base += moved
 
     def file_source(self) -> int:
-        """The input, when it is a regular file that :meth:`extent` offsets are in; -1."""
+        """The input, when it is a regular file (or a ring) that :meth:`extent` offsets
+        are in; -1."""
         return self._fd if self._seekable else -1
+
+    @property
+    def ring_size(self) -> int:
+        """The size of the ring the input is in (extents wrap there), or 0."""
+        return self._ring.size if self._ring is not None else 0
+
+    def hold_ring(self, pinned: Callable[[], int], unpin: Callable[[], None]) -> None:
+        """For whoever copies extents out of a ring: ``pinned`` gives the oldest stream
+        offset still to be copied (the parent must not overwrite it), ``unpin`` makes
+        those copies when the ring is full (see chrootarchive._ring)."""
+        if self._ring is not None:
+            self._ring.pinned = pinned
+            self._ring.unpin = unpin
+
+    def _read_fd(self, view: memoryview) -> int:
+        return os.readv(self._fd, [view])
+
+    def _consumed(self) -> int:
+        return self._base + self._pos
 
     def extent(self, entry: TarEntry) -> int:
         """The file offset of all the data of a plain file in a regular-file input,
         which the caller copies from the file itself (the reader then seeks over it,
         and finds a truncated archive there); -1 when it cannot (a pipe, a sparse
-        file, data already read)."""
+        file, data already read). In a ring: only a file of at most a quarter of the
+        ring, once the parent has written all of it there."""
         if (entry is not self._current or not self._seekable or entry.sparse is not None
                 or self._remaining != entry.stored_size or entry.kind != REGULAR):
             return -1
-        return self._origin + self._base + self._pos
+        start = self._origin + self._base + self._pos
+        ring = self._ring
+        if ring is not None and (entry.stored_size > ring.size // 4
+                                 or not ring.wait_for(start + entry.stored_size)):
+            return -1  # read as from a pipe (a truncated stream is found there)
+        return start
 
     def drain(self) -> int:
         """Read the input to its end; return the bytes discarded.
@@ -713,6 +753,8 @@ class TarReader:
         if self._eof:
             return count
         self._eof = True
+        if self._ring is not None:
+            return count + self._ring.drain()
         if self._seekable:
             here = os.lseek(self._fd, 0, os.SEEK_CUR)
             end = os.lseek(self._fd, 0, os.SEEK_END)
@@ -743,7 +785,7 @@ class TarReader:
             self._pos, self._end = 0, avail
         while avail < want:
             end = self._end
-            n = os.readv(self._fd, [self._mv[end : end + max(want - avail, self._header_read)]])
+            n = self._read(self._mv[end : end + max(want - avail, self._header_read)])
             if not n:
                 self._eof = True
                 break
@@ -758,7 +800,7 @@ class TarReader:
         self._pos = self._end = 0
         if self._eof:
             return 0
-        n = os.readv(self._fd, [self._mv[: limit or len(self._buf)]])
+        n = self._read(self._mv[: limit or len(self._buf)])
         if not n:
             self._eof = True
         self._end = n
@@ -816,7 +858,10 @@ class TarReader:
             # Seek to the last byte and read it: lseek happily goes past the end of
             # the file, and a truncated archive must not pass unnoticed.
             try:
-                os.lseek(self._fd, size - 1, os.SEEK_CUR)
+                if self._ring is not None:
+                    self._ring.skip(size - 1)
+                else:
+                    os.lseek(self._fd, size - 1, os.SEEK_CUR)
             except OSError:
                 # EINVAL/EOVERFLOW: past the largest offset, so past the end of the file.
                 _fail("unexpected end of archive: truncated data", name)

@@ -34,6 +34,8 @@ class JobContext:
         stdout: the descriptor the job writes its output to (pack: the tar stream).
         channel: a stack of layers: the layer channel (:mod:`chrootarchive._channel`),
             else -1.
+        ring_pipes: a stream in a ring (``JobRequest.ring``, :mod:`chrootarchive._ring`;
+            ``stdin`` is the ring): its *written* and *freed* pipes, else -1s.
         files: the file operations, relative to the directory the job works in, as the
             mechanism resolves paths (the jail's, or ``openat2`` under a pinned root).
         root_fd: the root that absolute paths of the job are resolved under
@@ -45,14 +47,16 @@ class JobContext:
         warnings: what :meth:`warn` collected (at most ``MAX_WARNINGS``).
     """
 
-    __slots__ = ("channel", "files", "in_user_namespace", "own_process", "root_fd", "stdin",
-                 "stdout", "warnings")
+    __slots__ = ("channel", "files", "in_user_namespace", "own_process", "ring_pipes",
+                 "root_fd", "stdin", "stdout", "warnings")
 
     def __init__(self, *, stdin: int, stdout: int, files: FileOps, root_fd: int,
-                 own_process: bool, in_user_namespace: bool, channel: int = -1) -> None:
+                 own_process: bool, in_user_namespace: bool, channel: int = -1,
+                 ring_pipes: tuple[int, int] = (-1, -1)) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.channel = channel
+        self.ring_pipes = ring_pipes
         self.files = files
         self.root_fd = root_fd
         self.own_process = own_process

@@ -8,6 +8,7 @@ import time
 
 from chrootarchive import _channel
 from chrootarchive._fdio import write_all
+from chrootarchive._ring import RingInput
 from chrootarchive.contract import JobReply, limits_after
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
@@ -77,7 +78,10 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         # Forked from a jailed worker of our own only: openat2 runs in the caller's
         # process (its threads, its working directory), where a fork is no helper's.
         worker.finisher_countdown = unpacker.FINISHER_AFTER
-    reader = tarreader.TarReader(fd)
+    ring = None
+    if request.ring and fd == context.stdin:
+        ring = RingInput(fd, request.ring, *context.ring_pipes)
+    reader = tarreader.TarReader(fd, ring=ring)
     try:
         stats = worker.run(reader)
     finally:

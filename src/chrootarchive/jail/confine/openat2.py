@@ -32,6 +32,7 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
 
 __all__ = ["InProcess", "Openat2FileOps", "unavailable_reason"]
@@ -243,6 +244,7 @@ class InProcess:
         job: Job = sys.modules[JOB_MODULES[request.job]].JOB
         self.stdin_w = -1
         self.stdout_r = -1
+        self.ring: RingWriter | None = None  # fed through a pipe: the job is in-process
         self._reply: JobReply | None = None
         self._error: BaseException | None = None
         self._own: list[int] = []  # descriptors the thread closes when it ends

@@ -1,0 +1,237 @@
+"""The decompressed stream in shared memory: the parent writes it, the worker reads it.
+
+A compressed input does not reach the worker through a pipe but through a ring: a
+``memfd`` of :data:`SIZE` bytes that the parent's feeding thread writes the tar stream
+into, each byte at its stream offset modulo the size. The worker reads it as a file,
+so its files can be extents (the worker's helper copies them from the ring with
+``sendfile``, as from a plain tar in a regular file): the worker neither reads their
+data through a pipe nor copies it into batches (issue 16, docs/performance.md).
+
+Two pipes carry stream offsets, 8 bytes each:
+
+* *written* (parent to worker): how much of the stream the ring holds; its end is the
+  end of the stream (the parent closes it after the last byte, or on an error).
+* *freed* (worker to parent): how much the parent may overwrite: what the worker has
+  consumed (:attr:`RingInput.consumed`: its reader's position, not how far it read
+  ahead, since an extent may start in what it read ahead), except what its helper
+  has still to copy (:attr:`RingInput.pinned`).
+
+The parent waits when the ring is full; the worker when it needs bytes not yet
+written. Before it waits, the worker frees what it can and, if the ring is full and
+held by copies still to be made, finishes them (:attr:`RingInput.unpin`): no wait is
+ever on a process that waits in turn.
+
+Shared by both sides: :class:`RingWriter` is the parent's, :class:`RingInput` the
+worker's.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
+
+SIZE = 32 << 20  # bytes of the ring: the stream the parent may write ahead of the worker
+NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
+_OFFSET = struct.Struct("<Q")
+
+
+class RingWriter:
+    """The parent's side: a new ring and its two pipes; :meth:`child_fds` go to the
+    worker, :meth:`write` and :meth:`finish` feed it."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size or SIZE
+        self.fd = os.memfd_create("chrootarchive-stream", os.MFD_CLOEXEC)
+        self._pipes: list[int] = []
+        try:
+            os.ftruncate(self.fd, self.size)
+            self._written_r, self._written_w = os.pipe2(os.O_CLOEXEC)
+            self._pipes += (self._written_r, self._written_w)
+            self._freed_r, self._freed_w = os.pipe2(os.O_CLOEXEC)
+            self._pipes += (self._freed_r, self._freed_w)
+        except BaseException:
+            self.close()
+            raise
+        self._end = 0  # stream bytes written
+        self._freed = 0  # stream bytes the worker let go
+
+    def child_fds(self) -> dict[str, int]:
+        """The worker's descriptors: the ring (its stdin) and its ends of the pipes."""
+        return {"stdin": self.fd, "ring_written": self._written_r,
+                "ring_freed": self._freed_w}
+
+    def close_child_ends(self) -> None:
+        """Once the worker has its ends: close ours of them (a worker that dies then
+        ends the freed pipe, and the parent stops waiting)."""
+        for fd in (self._written_r, self._freed_w):
+            self._close(fd)
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` at the end of the stream, waiting for room; False when the
+        worker is gone (the rest is not wanted)."""
+        view = memoryview(data)
+        while view:
+            room = self._freed + self.size - self._end
+            if not room:
+                if not self._wait_freed():
+                    return False
+                continue
+            at = self._end % self.size
+            done = os.pwrite(self.fd, view[:min(len(view), room, self.size - at)], at)
+            self._end += done
+            view = view[done:]
+            try:
+                os.write(self._written_w, _OFFSET.pack(self._end))
+            except BrokenPipeError:
+                return False
+        return True
+
+    def finish(self) -> None:
+        """The end of the stream (after the last byte, or on an error)."""
+        self._close(self._written_w)
+
+    def close(self) -> None:
+        """Release everything (idempotent)."""
+        for fd in list(self._pipes):
+            self._close(fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _wait_freed(self) -> bool:
+        data = os.read(self._freed_r, 8 * 512)
+        if not data:
+            return False  # the worker closed it: it ended
+        whole = len(data) - len(data) % 8
+        if not whole:
+            return True  # not what a worker of ours writes: read on
+        # Never back: whatever the worker says, the parent writes inside the ring only.
+        # (It may be ahead of what was written: data the worker skips, unread.)
+        self._freed = max(self._freed, _OFFSET.unpack_from(data, whole - 8)[0])
+        return True
+
+    def _close(self, fd: int) -> None:
+        if fd in self._pipes:
+            self._pipes.remove(fd)
+            os.close(fd)
+
+
+class RingInput:
+    """The worker's side: reads the stream at its own position, waits for the parent,
+    and tells it what it may overwrite."""
+
+    def __init__(self, fd: int, size: int, written_fd: int, freed_fd: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._written_fd = written_fd
+        self._freed_fd = freed_fd
+        os.set_blocking(freed_fd, False)  # a full pipe: the next offset says it
+        self.pos = 0  # stream offset of the next byte this side reads
+        self.end = 0  # stream bytes the parent said it wrote
+        self.eof = False  # the parent said no more
+        self._told = 0  # stream bytes the parent was told it may overwrite
+        self._step = max(size // 8, 1)
+        #: The stream offset up to which the reader is done with the stream (set by
+        #: the reader; what it read ahead may still become an extent).
+        self.consumed: Callable[[], int] | None = None
+        #: The stream offset of the oldest byte still to be copied from the ring (the
+        #: helper's extents), or None: set by whoever makes such copies.
+        self.pinned: Callable[[], int] | None = None
+        #: Finishes those copies: called when the ring is full and held by them.
+        self.unpin: Callable[[], None] | None = None
+
+    def read(self, view: memoryview) -> int:
+        """Read into ``view`` from :attr:`pos` (at least one byte, waiting for the
+        parent); 0 at the end of the stream."""
+        if self.pos >= self.end and not self.wait_for(self.pos + 1):
+            return 0
+        n = min(len(view), self.end - self.pos)
+        at = self.pos % self.size
+        first = min(n, self.size - at)
+        got = os.preadv(self.fd, [view[:first]], at)
+        if first < n:
+            got += os.preadv(self.fd, [view[first:n]], 0)
+        self.pos += got
+        if self.pos - self._told >= self._step:
+            self._free()
+        return got
+
+    def skip(self, count: int) -> None:
+        """Move :attr:`pos` over ``count`` bytes (reads wait for them as for any)."""
+        self.pos += count
+
+    def copy_to(self, fd: int, count: int) -> int:
+        """Copy up to ``count`` bytes from :attr:`pos` into ``fd`` in the kernel
+        (``sendfile``); the bytes copied, 0 at the end of the stream."""
+        if self.pos >= self.end and not self.wait_for(self.pos + 1):
+            return 0
+        n = min(count, self.end - self.pos)
+        send(fd, self.fd, self.pos, n, self.size)
+        self.pos += n
+        if self.pos - self._told >= self._step:
+            self._free()
+        return n
+
+    def wait_for(self, upto: int) -> bool:
+        """Wait until the stream holds ``upto`` bytes; False if it ends before."""
+        while self.end < upto:
+            if self.eof:
+                return False
+            self._free()
+            if self.end - self._told >= self.size and self.unpin is not None:
+                # The parent waits for room that copies still to be made hold.
+                self.unpin()
+                self._free()
+            data = os.read(self._written_fd, 8 * 512)
+            if not data:
+                self.eof = True
+            else:
+                self.end = _OFFSET.unpack_from(data, len(data) - 8)[0]
+        return True
+
+    def drain(self) -> int:
+        """Read to the end of the stream, letting the parent finish; the bytes skipped.
+        Only once the reader and the copies are done: everything read is freed."""
+        self.consumed = self.pinned = None
+        start = self.pos
+        while self.wait_for(self.end + 1):
+            self.pos = self.end
+            self._free()
+        self.pos = max(self.pos, self.end)
+        return self.pos - start
+
+    def _free(self) -> None:
+        upto = self.pos if self.consumed is None else min(self.pos, self.consumed())
+        if self.pinned is not None:
+            upto = min(upto, self.pinned())
+        if upto > self._told:
+            try:
+                os.write(self._freed_fd, _OFFSET.pack(upto))
+            except BlockingIOError:
+                return  # the parent has not read the last ones: this one can wait
+            except OSError:
+                pass  # the parent is gone: the worker is about to be
+            self._told = upto
+
+
+def send(fd: int, source: int, offset: int, size: int, ring: int) -> None:
+    """Copy ``size`` bytes of the stream from ``offset`` out of the ring ``source`` (of
+    ``ring`` bytes) into ``fd``, in the kernel."""
+    while size:
+        at = offset % ring
+        count = min(size, ring - at)
+        while count:
+            sent = os.sendfile(fd, source, at, count)
+            if not sent:
+                raise OSError(61, "the ring ends inside the file's data")  # ENODATA
+            at += sent
+            offset += sent
+            size -= sent
+            count -= sent
+

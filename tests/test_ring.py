@@ -1,0 +1,245 @@
+"""A compressed input reaches the worker through a ring (``chrootarchive._ring``).
+
+The parent decompresses into shared memory that the worker reads as a file, so that
+the worker's helper copies files from it (extents) as from a plain tar in a file. These
+tests shrink the ring to 64 KiB, so that every path wraps it many times: files of every
+size (extents, files too large to be one, sparse files, links), more headers without
+data than the ring holds, and a helper that falls behind while it holds the ring. The
+tree must be the one the plain tar gives, nothing may wait forever, and a stream that
+ends early or a worker that dies must end the call with its error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import chrootarchive
+from chrootarchive import _ring
+from chrootarchive.errors import MalformedArchiveError
+from helpers import tree
+from helpers.leaks import child_pids
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SMALL_RING = 64 << 10
+pytestmark = pytest.mark.timeout(120)  # a ring that waits forever fails here, not in 5 min
+
+
+def _archive(seed: int = 1) -> bytes:
+    """Files of every size around the ring's (64 KiB): tiny, extents (at most 16 KiB),
+    larger than an extent may be, larger than the ring; links, a sparse file, long
+    names; then more directory headers than the ring holds, and files again."""
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+
+        def add(name: str, data: bytes | None = None, **kw: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000 + rng.randrange(10**6)
+            for key, value in kw.items():
+                setattr(info, key, value)
+            if data is not None:
+                info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        add("d", type=tarfile.DIRTYPE, mode=0o755)
+        for i in range(400):
+            size = rng.choice([0, 1, 100, 511, 512, 3000, 9000, 16 << 10, (16 << 10) + 1,
+                               40_000, 70_000, 300_000])
+            add(f"d/f{i:04d}" + "-long" * (i % 7 * 6), rng.randbytes(size), mode=0o644)
+            if i % 50 == 7:
+                add(f"d/h{i}", type=tarfile.LNKTYPE, linkname=f"d/f{i:04d}" + "-long" * (
+                    i % 7 * 6))
+                add(f"d/s{i}", type=tarfile.SYMTYPE, linkname=f"f{i:04d}")
+        add("e", type=tarfile.DIRTYPE, mode=0o755)
+        add("z", type=tarfile.DIRTYPE, mode=0o755)
+        for i in range(600):  # 300 KiB of headers, no data
+            add(f"e/{i:04d}", type=tarfile.DIRTYPE, mode=0o755)
+        add("big", rng.randbytes(3 << 20))
+        for i in range(100):
+            add(f"z/{i}", rng.randbytes(rng.randrange(1, 20_000)))
+    return buf.getvalue()
+
+
+def _untar_file(archive: bytes, dest: Path) -> None:
+    """The plain tar from a file: the worker reads it itself, without a ring."""
+    path = dest.with_name(dest.name + ".tar")
+    path.write_bytes(archive)
+    chrootarchive.untar(path, dest)
+
+
+def _snapshot(dest: Path) -> tree.Snapshot:
+    return tree.snapshot(dest, ignore_root_mtime=True, nlink=True)
+
+
+@pytest.fixture
+def small_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ring, "SIZE", SMALL_RING)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_compressed_archive_through_a_small_ring_gives_the_plain_tree(
+        seed: int, tmp_path: Path, small_ring: None) -> None:
+    archive = _archive(seed)
+    plain, ringed = tmp_path / "plain", tmp_path / "ringed"
+    _untar_file(archive, plain)  # read by the worker itself, no ring
+    chrootarchive.untar(gzip.compress(archive, 1), ringed)  # decompressed into the ring
+    tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
+
+
+def test_data_skipped_past_the_end_of_the_ring_is_not_waited_for(
+        tmp_path: Path, small_ring: None) -> None:
+    """Entries whose data the reader skips (excluded here), many times the ring's size:
+    the worker lets the parent write past them without reading them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, size in (("skip/a", 5 << 20), ("keep", 3000), ("skip/b", 1 << 20),
+                           ("last", 10)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, io.BytesIO(bytes([len(name)]) * size))
+    dest = tmp_path / "dest"
+    chrootarchive.untar(gzip.compress(buf.getvalue(), 1), dest, excludes=["skip"])
+    assert sorted(os.listdir(dest)) == ["keep", "last"]
+    assert (dest / "last").read_bytes() == bytes([4]) * 10
+
+
+def test_data_after_the_end_of_the_archive_longer_than_the_ring(
+        tmp_path: Path, small_ring: None) -> None:
+    """Zeros, or a whole second archive, after the end-of-archive blocks, many times
+    the ring's size: read to their end (not unpacked), and the call ends."""
+    archive = _archive(4)
+    for tail in (bytes(1 << 20), bytes(512) + archive):
+        dest = tmp_path / f"dest{len(tail)}"
+        chrootarchive.untar(gzip.compress(archive + tail, 1), dest)
+        assert (dest / "big").stat().st_size == 3 << 20
+
+
+def test_the_ring_is_not_used_for_a_plain_tar_in_a_file(tmp_path: Path,
+                                                        small_ring: None) -> None:
+    """A plain tar in a file is read by the worker itself: no ring is made."""
+    path = tmp_path / "a.tar"
+    path.write_bytes(_archive())
+    made: list[int] = []
+    real = _ring.RingWriter.__init__
+
+    def counting(self: _ring.RingWriter, size: int | None = None) -> None:
+        made.append(1)
+        real(self, size)
+
+    _ring.RingWriter.__init__ = counting  # type: ignore[method-assign]
+    try:
+        chrootarchive.untar(path, tmp_path / "dest")
+        assert not made
+        chrootarchive.untar(gzip.compress(path.read_bytes(), 1), tmp_path / "dest2")
+        assert made
+    finally:
+        _ring.RingWriter.__init__ = real  # type: ignore[method-assign]
+
+
+def test_a_stream_that_ends_early_names_the_entry(tmp_path: Path, small_ring: None) -> None:
+    archive = _archive()
+    cut = gzip.compress(archive[: len(archive) // 2 + 700], 1)  # a whole gzip stream
+    with pytest.raises(MalformedArchiveError) as raised:
+        chrootarchive.untar(cut, tmp_path / "dest")
+    assert "truncated" in raised.value.message and raised.value.entry
+
+
+# The unpacker in a child process (no jail), reading a ring that a thread of the same
+# process feeds, with its helper stopped for a while once it has files in flight: the
+# ring is full and held by the helper's extents; the reader must have them copied (or
+# wait for them) and go on, not wait forever.
+_STALLED = textwrap.dedent("""\
+    import gzip, os, signal, sys, threading, time
+    sys.path.insert(0, sys.argv[1])
+    from chrootarchive import _ring
+    from chrootarchive.engine import fsops, unpacker as unpack
+    from chrootarchive.options import UnpackOptions, unpack_spec
+    from chrootarchive.tarformat import reader as tarreader
+    archive = open(sys.argv[2], "rb").read()
+    os.chdir(sys.argv[3])
+    os.umask(0)
+    writer = _ring.RingWriter(int(sys.argv[4]))
+    fds = writer.child_fds()
+    def feed():
+        for i in range(0, len(archive), 7000):
+            if not writer.write(archive[i:i + 7000]):
+                break
+        writer.finish()
+    threading.Thread(target=feed, daemon=True).start()
+    ring = _ring.RingInput(fds["stdin"], writer.size, fds["ring_written"], fds["ring_freed"])
+    u = unpack.Unpacker(fsops.FileOps(), unpack_spec(UnpackOptions()), print)
+    u.finisher_countdown = 64
+    start = u._start_finisher
+    def start_then_stall(*args):
+        start(*args)
+        pid = u.finisher._pid
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start()
+    u._start_finisher = start_then_stall
+    u.run(tarreader.TarReader(fds["stdin"], ring=ring))
+    print("extents", u.finisher.extents, "here", u.extents_here)
+""")
+
+
+def test_a_helper_that_holds_a_full_ring_does_not_stop_the_unpack(tmp_path: Path) -> None:
+    archive = _archive(3)
+    path = tmp_path / "a.tar"
+    path.write_bytes(archive)
+    dest, plain = tmp_path / "dest", tmp_path / "plain"
+    dest.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _STALLED, str(SRC), str(path), str(dest),
+                           str(SMALL_RING)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    extents = int(proc.stdout.split()[-3])
+    assert extents > 0, proc.stdout  # the helper held the ring
+    _untar_file(archive, plain)
+    tree.assert_same(_snapshot(plain), _snapshot(dest), "the stalled helper changed the tree")
+
+
+def test_a_worker_that_dies_ends_the_feeding(tmp_path: Path) -> None:
+    """The worker is killed while the parent waits for room in the ring: the call ends
+    with the worker's error at once, and leaves no process behind."""
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w") as tf:
+        info = tarfile.TarInfo("big")
+        info.size = 300 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    packed = tmp_path / "big.tar.gz"
+    packed.write_bytes(gzip.compress(big.getvalue(), 1))
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, time
+        sys.path[:0] = [{str(SRC)!r}, {str(Path(__file__).parent)!r}]
+        import chrootarchive
+        from chrootarchive import _ring
+        from helpers.leaks import child_pids
+        _ring.SIZE = {SMALL_RING}
+        try:
+            chrootarchive.untar({str(packed)!r}, {str(dest)!r})
+        except chrootarchive.ChrootArchiveError as err:
+            print(type(err).__name__, err.message)
+        time.sleep(0.3)
+        print("left", [pid for pid, _, state in child_pids() if state != "Z"])
+        """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (dest / "big").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    workers = [pid for pid, _, state in child_pids(proc.pid) if state != "Z"]
+    assert workers, "no worker seen"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert "WorkerError" in out and "killed by SIGKILL" in out, (out, err)
+    assert "left []" in out, out
