@@ -590,7 +590,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                 next_fd += 1
             if failed is None and fd >= 0:
                 if extent >= 0:
-                    if buffer is None:
+                    if buffer is None and not ring:  # a ring is copied by sendfile only
                         buffer = memoryview(bytearray(_COPY_CHUNK))
                     _copy_extent(fd, source, extent, size, buffer, ring)
                 else:
@@ -654,7 +654,7 @@ def _serve(sock: _socket.socket, source: int, ring: int) -> None:
             for fd in fds:  # after an error, files are only closed
                 os.close(fd)
         else:
-            if copy_buffer is None and source >= 0:
+            if copy_buffer is None and source >= 0 and not ring:
                 copy_buffer = memoryview(bytearray(_COPY_CHUNK))
             problem, returned = _finish_batch(view[:size], fds, source, copy_buffer, ring)
         tail = struct.pack(f"<{len(returned)}H", *returned)

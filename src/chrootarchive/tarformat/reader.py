@@ -668,9 +668,9 @@ class TarReader:
         """Move all the data of the current plain file into ``fd`` (see
         :meth:`can_splice`): what the buffer holds by ``write``, the rest straight from
         the pipe with ``splice`` (or from the ring with ``sendfile``), never through the
-        interpreter. Yields the size of each
-        step before it is moved, for the caller to count against its limits; a pipe
-        that ends inside the data is the entry's "truncated data" error."""
+        interpreter. Yields the size of each step before it is moved, for the caller to
+        count against its limits; a stream that ends inside the data is the entry's
+        "truncated data" error."""
         if not self.can_splice(entry):
             raise InternalError("spliced() called for data it cannot move", entry.name)
         pos = self._pos
