@@ -46,6 +46,7 @@ import _signal  # type: ignore[import-not-found]  # no stub; `signal` imports en
 import _socket
 import os
 import resource
+import select
 import struct
 
 from chrootarchive import _linux, _ring
@@ -97,6 +98,11 @@ class Finisher:
     def __init__(self, sock: _socket.socket, pid: int, source: int = -1, ring: int = 0
                  ) -> None:
         self._sock = sock
+        # Asked before each non-blocking read: a read that finds nothing raises, which
+        # costs three times the poll, and the worker asks once a file while the
+        # helper is behind.
+        self._replies = select.poll()
+        self._replies.register(sock, select.POLLIN)
         self._pid = pid
         self._source = source  # the archive (for extents), or -1
         # A ring (chrootarchive._ring) holds what is not yet copied: a quarter of it in
@@ -244,7 +250,7 @@ class Finisher:
                 len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES)
         # Sent after it is added: the batch it is in, once its extents reach the limit.
         after = (0 if full else self._extents) + size >= self._batch_extents
-        return self._can_send(full + after, size if after else 0)
+        return not (full or after) or self._can_send(full + after, size if after else 0)
 
     def _can_send(self, sends: int, extra: int) -> bool:
         """Whether ``sends`` batches, holding ``extra`` more bytes, can leave now without
@@ -260,13 +266,14 @@ class Finisher:
                 return True
         return False
 
-    def add_new(self, path: str, mode: int, data: memoryview | bytes, offset: int, size: int,
-                atime_ns: int, mtime_ns: int, entry: str, token: object) -> None:
-        """Create the new file ``path`` (which :attr:`pending` must not hold) with
-        ``mode`` in the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes
-        of the archive from there), set its times and close it; or give it back (with
+    def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
+                offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
+                token: object) -> None:
+        """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
+        caller has already made), which :attr:`pending` must not hold, with ``mode`` in
+        the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
+        archive from there), set its times and close it; or give it back (with
         ``token``) through :meth:`take_returned`."""
-        encoded = os.fsencode(path)
         if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
                 self._paths) + len(data) + len(encoded) > self._max_data):
             self._send()
@@ -297,7 +304,8 @@ class Finisher:
         """Create the symlink ``path`` (which :attr:`pending` must not hold) to
         ``target`` in the helper and set its times through an ``O_PATH`` descriptor
         (refused unless it is the symlink just made); or give it back."""
-        self.add_new(path, SYMLINK, target, -1, 0, atime_ns, mtime_ns, entry, token)
+        self.add_new(path, os.fsencode(path), SYMLINK, target, -1, 0, atime_ns, mtime_ns,
+                     entry, token)
 
     def settle(self) -> None:
         """Send what is batched and wait until the helper has done all it was sent;
@@ -413,7 +421,7 @@ class Finisher:
 
     def poll(self) -> int:
         """Read the replies already there, without waiting; the bytes still in flight."""
-        while self._sent:
+        while self._sent and self._replies.poll(0):
             try:
                 reply = self._sock.recv(_REPLY.size + 2 * MAX_FILES, _socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -456,6 +464,9 @@ class Finisher:
                    own: list[tuple[str, object, int, int, int] | None],
                    data: bytearray) -> None:
         """Keep the files the helper left to the worker; the others are done."""
+        if not returned:  # the usual reply: all done
+            self.pending.difference_update([item[0] for item in own if item is not None])
+            return
         back = set(returned)
         view = memoryview(data)
         for index, item in enumerate(own):

@@ -300,9 +300,11 @@ class Unpacker:
         # _check_entry_limits() (a name of n characters has at most 4n bytes).
         limits = self.limits
         huge = 1 << 80
-        self.safe_name_chars = (huge if limits.max_path_length is None
-                                else limits.max_path_length // 4)
-        self.safe_slashes = huge if limits.max_path_depth is None else limits.max_path_depth - 1
+        # A name of n characters has at most n slashes: one length compare covers the
+        # depth too (a longer name gets the full check, which counts them).
+        self.safe_name_chars = min(
+            huge if limits.max_path_length is None else limits.max_path_length // 4,
+            huge if limits.max_path_depth is None else limits.max_path_depth - 1)
         self.safe_size = huge if limits.max_file_size is None else limits.max_file_size
         self.create_file = fs.create_file
         self.has_excludes = bool(self.excludes)
@@ -393,8 +395,7 @@ class Unpacker:
         if self.strip and not self._strip(entry):
             return False
         name = paths.clean_name(entry.name)
-        if (len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs
-                or name.count("/") > self.safe_slashes):
+        if len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs:
             self._check_entry_limits(name, entry)
         if self.has_excludes and self.excludes.matches(name):
             return False
@@ -420,7 +421,7 @@ class Unpacker:
         if self.aliased and self.pending and parent in self.aliased:
             self._settle()  # this name may be another name of a file in flight
         if kind is tarreader.REGULAR:
-            self._file(name, entry, reader)
+            self._file(name, entry, reader, parent)
         elif kind == tarreader.DIRECTORY:
             self._dir(name, entry)
         elif kind == tarreader.SYMLINK:
@@ -745,17 +746,21 @@ class Unpacker:
         self._create(name, entry, create)
         return fd
 
-    def _file(self, name: str, entry: TarEntry, reader: TarReader) -> None:
+    def _file(self, name: str, entry: TarEntry, reader: TarReader,
+              parent: str | None = None) -> None:
+        """A regular file; ``parent``: ``name``'s directory, when the caller has it."""
         finisher = self.finisher
         helper = True
         if (finisher is not None and self.by_name and self.identity_owner
-                and not entry.xattrs and not entry.mode & 0o7000 and name not in self.dirs
-                and not (self.aliased and name.rpartition("/")[0] in self.aliased)):
+                and not entry.xattrs and not entry.mode & 0o7000 and name not in self.dirs):
+            if parent is None:
+                parent = name.rpartition("/")[0]
             # Not over a directory of ours: the helper would give the file back, and
             # until then the names below would still go into that directory.
-            if self._file_by_name(finisher, name, entry, reader):
-                return
-            helper = False  # the helper is behind: this one is done here
+            if not (self.aliased and parent in self.aliased):
+                if self._file_by_name(finisher, name, parent, entry, reader):
+                    return
+                helper = False  # the helper is behind: this one is done here
         try:
             fd = self.create_file(name, entry.mode & 0o777)
         except FileExistsError:
@@ -806,14 +811,22 @@ class Unpacker:
             if not handed_over:
                 os.close(fd)
 
-    def _file_by_name(self, finisher: Finisher, name: str, entry: TarEntry,
+    def _file_by_name(self, finisher: Finisher, name: str, parent: str, entry: TarEntry,
                       reader: TarReader) -> bool:
         """A plain file that the helper creates, writes (or copies from the archive),
         times and closes; False (nothing done) when it cannot take it now."""
         if entry.uid != self.euid or entry.gid != self.egid or self.dirs.get(
-                name.rpartition("/")[0] or ".", True):
+                parent or ".", True):
             return False  # an owner to set: the helper has no capability
         size = entry.size
+        # Written out (what _charge and _times do in the common case): this is the
+        # path of most entries, and its cost is what small files cost.
+        mtime = entry.mtime_ns
+        if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
+            atime = mtime
+        else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
+            atime, mtime = self._times(entry)
+        encoded = os.fsencode(name)
         # From a regular file, any file with data travels as an extent: the worker then
         # neither copies its data into a batch nor sends it, and a batch holds up to
         # MAX_FILES files however large they are (with the data in the batch, a tree of
@@ -821,7 +834,7 @@ class Unpacker:
         # bench/engine_time.py, issue 16's ninth round).
         offset = reader.extent(entry) if size else -1
         if offset >= 0:
-            if not finisher.has_extent_room(size, len(os.fsencode(name))):
+            if not finisher.has_extent_room(size, len(encoded)):
                 fd = self._create_file(name, entry)
                 try:
                     self._charge(size, entry.name)
@@ -830,25 +843,19 @@ class Unpacker:
                     raise
                 self._copy_extent_here(finisher, fd, entry, offset)
                 return True
-            self._charge(size, entry.name)
-            atime, mtime = self._times(entry)
-            finisher.add_new(name, entry.mode & 0o777, b"", offset, size, atime, mtime,
-                             entry.name, entry)
+            self._charge_small(size, entry.name)
+            finisher.add_new(name, encoded, entry.mode & 0o777, b"", offset, size, atime,
+                             mtime, entry.name, entry)
         else:
-            if size > _FINISHER_MAX_FILE or not finisher.has_room(size + len(name)):
+            if size > _FINISHER_MAX_FILE or not finisher.has_room(size + len(encoded)):
                 return False  # too large for a batch, or the helper is behind
             view = reader.whole_data(entry)
             if view is None:
                 return False
             if size:
                 self._charge_small(size, entry.name)
-            mtime = entry.mtime_ns
-            if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
-                atime = mtime
-            else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
-                atime, mtime = self._times(entry)
-            finisher.add_new(name, entry.mode & 0o777, view, -1, 0, atime, mtime, entry.name,
-                             entry)
+            finisher.add_new(name, encoded, entry.mode & 0o777, view, -1, 0, atime, mtime,
+                             entry.name, entry)
         if finisher.error is not None:
             self._raise_finisher_error(finisher.error)
         if finisher.returned:
