@@ -24,6 +24,7 @@ from typing import Any, cast
 import pytest
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
+from chrootarchive.tarformat import format as fmt
 from chrootarchive.tarformat.reader import (
     BLOCKDEV,
     CHARDEV,
@@ -802,6 +803,50 @@ def test_checksums() -> None:
     fails(member("a") + bad + EOA, "invalid header checksum")
     err = fails(bad + EOA, "not a tar archive")
     assert err.entry is None
+
+
+def test_byte_sum_is_the_exact_sum() -> None:
+    """One adler32 call for an ASCII block, two halves for any other: exact either way,
+    up to the largest sums (0x7f * 512 lies just below adler32's modulus, 65521)."""
+    rng = random.Random(16)
+    blocks = [bytes(512), b"\x7f" * 512, b"\xff" * 512, b"\x80" + b"\x7f" * 511,
+              b"\x7f" * 511 + b"\x80", bytes(rng.randrange(128) for _ in range(512)),
+              *(bytes(rng.randrange(256) for _ in range(512)) for _ in range(50))]
+    for block in blocks:
+        assert fmt.byte_sum(block) == sum(block)
+        assert fmt.byte_sum(bytearray(block)) == sum(block)
+
+
+@pytest.mark.parametrize("high", [False, True], ids=["ascii", "high-bytes"])
+@pytest.mark.parametrize("forged", ["entry", "entry-after-pax", "pax"])
+def test_a_checksum_right_only_modulo_adler32s_modulus_is_refused(
+        high: bool, forged: str) -> None:
+    """The header loop sums a block with adler32, which counts modulo 65521: a recorded
+    checksum 65521 off the true sum (which GNU tar refuses) must be refused too, in an
+    entry's header and in a PAX header."""
+    name = b"\xff" * 100 if high else b"n" * 100
+    prefix = b"\xfe" * 155 if high else b"p" * 155
+
+    def forge(block: bytearray, by: int) -> bytes:
+        true_sum = int(block[148:154], 8)
+        assert (true_sum >= 65521) == high  # both sides of the modulus are covered
+        block[148:156] = b"%06o\x00 " % (true_sum + by)
+        return bytes(block)
+
+    records = pax_record("mtime", "1.5")
+    for by, ok in ((0, True), (-65521 if high else 65521, False)):
+        if forged == "pax":
+            extended = forge(bytearray(header(name, prefix=prefix, typeflag=b"x",
+                                              size=len(records))), by) + pad(records)
+            data = extended + member("f", b"x")
+        else:
+            first = pax([("mtime", "1.5")]) if forged == "entry-after-pax" else b""
+            data = first + forge(bytearray(header(name, prefix=prefix, uid=0, gid=0)), by)
+        archive = member("good", b"x") + data + EOA
+        if ok:  # its true sum: read, by the same path
+            assert len(names(archive)) == 2
+        else:
+            fails(archive, "checksum")
 
 
 def test_ustar_prefix() -> None:

@@ -59,7 +59,10 @@ GNU_MAGIC = b"ustar  \x00"  # old GNU: no prefix; atime/ctime/sparse fields inst
 def byte_sum(block: bytes | bytearray) -> int:
     """The sum of the 512 bytes of a block, computed in C.
 
-    zlib.adler32's low half is 1 + the byte sum mod 65521; a 256-byte half sums to at
-    most 65280, so two calls give the exact sum, much faster than sum().
+    zlib.adler32's low half is 1 + the byte sum mod 65521: an ASCII block sums to at
+    most 127 * 512 = 65024, so one call gives its exact sum; any other block is summed
+    in two halves (a 256-byte half sums to at most 65280). Much faster than sum().
     """
+    if block.isascii():
+        return (zlib.adler32(block) & 0xFFFF) - 1
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2

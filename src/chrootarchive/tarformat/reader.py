@@ -536,11 +536,10 @@ class TarReader:
                     after = pos + BLOCK + size + (-size % BLOCK)
                     if (after + BLOCK <= self._end and size <= self._max_pax
                             and int(checksum, 8) == (
-                                (adler32(hdr[:256]) & 0xFFFF)
-                                + (adler32(hdr[256:]) & 0xFFFF)
+                                ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
+                                 (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
                                 - (adler32(hdr[148:156]) & 0xFFFF)
-                                + 8 * 0x20
-                                - 1)):
+                                + 8 * 0x20)):
                         times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]),
                                            layouts)
                         if times is not None:
@@ -554,13 +553,13 @@ class TarReader:
                 kind = kinds.get(hdr[156])
                 if kind is not None and buf[pos] and hdr[100:156].translate(table) == form:
                     mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
-                    # The exact byte sum, see format.byte_sum().
+                    # The exact byte sum, written out from format.byte_sum(); the
+                    # checksum field counts as eight spaces.
                     if int(checksum, 8) == (
-                        (adler32(hdr[:256]) & 0xFFFF)
-                        + (adler32(hdr[256:]) & 0xFFFF)
+                        ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
+                         (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
                         - (adler32(hdr[148:156]) & 0xFFFF)
                         + 8 * 0x20
-                        - 1
                     ):
                         if pax is not None and not pax.times_only():
                             # The general rules apply the records (names, sizes, sparse
