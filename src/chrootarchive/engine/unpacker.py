@@ -18,6 +18,7 @@ import os
 import posixpath
 import stat
 import struct
+import sys
 import time
 
 from chrootarchive.engine import acl, filters, fsops, idmap, layer, space
@@ -50,6 +51,9 @@ __all__ = ["UnpackStats", "Unpacker"]
 
 _NS_MIN = -(2**63)
 _NS_MAX = 2**63 - 1
+# os.fsencode() without its call: a name is encoded once per entry.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 _DEST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                 errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 _MAX_RETRIES = 8
@@ -826,7 +830,7 @@ class Unpacker:
             atime = mtime
         else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
             atime, mtime = self._times(entry)
-        encoded = os.fsencode(name)
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
         # From a regular file, any file with data travels as an extent: the worker then
         # neither copies its data into a batch nor sends it, and a batch holds up to
         # MAX_FILES files however large they are (with the data in the batch, a tree of
@@ -843,7 +847,10 @@ class Unpacker:
                     raise
                 self._copy_extent_here(finisher, fd, entry, offset)
                 return True
-            self._charge_small(size, entry.name)
+            self.bytes_budget -= size  # _charge_small(), written out
+            if self.bytes_budget < 0 or self.deadline is not None:
+                self.bytes_budget += size
+                self._charge(size, entry.name)
             finisher.add_new(name, encoded, entry.mode & 0o777, b"", offset, size, atime,
                              mtime, entry.name, entry)
         else:
