@@ -1123,6 +1123,21 @@ class Unpacker:
             self.fs.mkdir(name, created_mode)
 
         kept = self._create(name, entry, create)
+        if not kept and not entry.xattrs and not self.markers:
+            owner = self._owner(entry)
+            if owner is None or not self._needs_chown(owner, name.rpartition("/")[0]):
+                # Nothing to set now (most directories): its identity, for the end, is
+                # read with lstat rather than through a descriptor (three syscalls).
+                # The same guarantee: a directory someone renames into place between
+                # the mkdir and the look is theirs either way (docs/security.md).
+                st = self.fs.lstat(name)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    self._remember(name, bool(st.st_mode & stat.S_ISGID))
+                    atime, mtime = self._times(entry)
+                    self.pending_dirs.append(name, st.st_dev, st.st_ino,
+                                             entry.mode & 0o7777, atime, mtime)
+                    return
+                # Not a directory any more: the descriptor's open below says so.
         self._apply_dir(name, entry, kept)
 
     def _merge_dir(self, name: str, entry: TarEntry) -> None:
