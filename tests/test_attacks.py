@@ -951,3 +951,38 @@ def test_worker_survives_blocking_input(dest: Path, victim: Victim) -> None:
     assert result.entries == 2
     assert (dest / "a").read_bytes() == b"a" * 100_000
     victim.assert_untouched()
+
+
+def test_symlink_targets_that_climb_are_refused_by_the_rule_the_fast_check_keeps() -> None:
+    """``check_symlink`` skips its path arithmetic for a target with no ``..`` in it
+    (most targets): on every combination of components it must decide as the full
+    rule does (a relative target that climbs above the root is a breakout)."""
+    import posixpath
+
+    from chrootarchive.engine import names
+    from chrootarchive.errors import BreakoutError
+
+    def climbs(name: str, target: str) -> bool:
+        if target.startswith("/"):
+            return False
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        return joined == ".." or joined.startswith("../")
+
+    rng = random.Random(16)
+    parts = ["..", ".", "a", "...", "..b", "b..", ""]
+    cases = [("a/link", "../../x"), ("link", ".."), ("a/link", "b/../../../x"),
+             ("a/link", "..."), ("a/link", "x/.."), ("a/b/link", "/etc/../.."),
+             ("link", "lib/x.so.1")]
+    cases += [("/".join(rng.choice(["a", "b", "c"]) for _ in range(rng.randrange(1, 4))),
+               ("/" if rng.random() < 0.1 else "")
+               + "/".join(rng.choice(parts) for _ in range(rng.randrange(1, 6))))
+              for _ in range(3000)]
+    refused = 0
+    for name, target in cases:
+        if climbs(name, target):
+            refused += 1
+            with pytest.raises(BreakoutError):
+                names.check_symlink(name, target, name)
+        else:
+            names.check_symlink(name, target, name)
+    assert 100 < refused < len(cases) - 100  # both answers are well covered

@@ -86,8 +86,8 @@ def check_symlink(name: str, unsafe_target: str, entry: str) -> None:
     """
     if "\x00" in unsafe_target:
         raise MalformedArchiveError("symlink target contains a NUL byte", entry)
-    if unsafe_target.startswith("/"):
-        return
+    if unsafe_target.startswith("/") or ".." not in unsafe_target:
+        return  # absolute, or no ".." at all (the usual target): it cannot climb
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), unsafe_target))
     if joined == ".." or joined.startswith("../"):
         raise BreakoutError(
