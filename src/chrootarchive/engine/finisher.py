@@ -572,6 +572,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
     failed: tuple[OSError, int] | None = None
     returned: list[int] = []
     write = os.write
+    sendfile = os.sendfile
     next_fd = 0
     for index in range(count):
         size = numbers[index]
@@ -601,9 +602,17 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                 next_fd += 1
             if failed is None and fd >= 0:
                 if extent >= 0:
-                    if buffer is None and not ring:  # a ring is copied by sendfile only
-                        buffer = memoryview(bytearray(_COPY_CHUNK))
-                    _copy_extent(fd, source, extent, size, buffer, ring)
+                    sent = 0
+                    if not ring:  # the usual case written out: one sendfile does it
+                        try:
+                            sent = sendfile(fd, source, extent, size)
+                        except OSError as err:
+                            if err.errno not in _NO_SENDFILE:
+                                raise
+                        if sent != size and buffer is None:
+                            buffer = memoryview(bytearray(_COPY_CHUNK))
+                    if sent != size:  # the rest (or a ring: by sendfile only)
+                        _copy_extent(fd, source, extent + sent, size - sent, buffer, ring)
                 else:
                     data = batch[pos : pos + size]
                     written = write(fd, data) if size else 0
