@@ -382,8 +382,9 @@ def test_the_early_worker_is_not_used_once_the_context_changed(tmp_path: Path) -
 
 
 def test_each_command_parses_as_with_the_full_parser() -> None:
-    """The parser built for one command (the others only listed) is the full parser for
-    it: same help, same top-level listing."""
+    """The parser built for one command (no parser made for the others) is the full
+    parser for it: the same help and usage; the one for no command (``--help``) lists
+    every command as the full parser does."""
     from chrootarchive.cli.commands import COMMANDS
     from chrootarchive.cli.main import build_parser
 
@@ -392,9 +393,10 @@ def test_each_command_parses_as_with_the_full_parser() -> None:
     sub = next(a for a in full._actions if a.dest == "command")
     for name in COMMANDS:
         one = build_parser(name)
-        assert one.format_help() == full.format_help()
         one_sub = next(a for a in one._actions if a.dest == "command")
+        assert list(one_sub.choices) == [name]
         assert one_sub.choices[name].format_help() == sub.choices[name].format_help()
+        assert one_sub.choices[name].format_usage() == sub.choices[name].format_usage()
 
 
 def _workers_started_by(pid: int) -> list[int]:

@@ -41,9 +41,10 @@ def _version_line() -> str:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command; with ``command``, only that one's arguments are
-    added (the others are listed by name, for ``--help``), so that only its module is
-    imported. ``""``: none of them (``--help``, ``--version``)."""
+    """The parser of every command; with ``command``, only that one (its module alone is
+    imported, and no parser is made for the others: argv names the command, so the
+    top-level help that lists them is never printed). ``""``: the others listed by
+    name only, for ``--help`` and ``--version``."""
     parser = argparse.ArgumentParser(
         prog="chrootarchive",
         description=_DESCRIPTION,
@@ -55,7 +56,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (_module, add, _run) in COMMANDS.items():
         if command is None or name == command:
             getattr(_module_of(name), add)(commands)
-        else:
+        elif not command:
             commands.add_parser(name, help=HELP[name], formatter_class=Formatter)
     return parser
 
