@@ -571,8 +571,11 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
     pos = name_at + sum(numbers[count : 2 * count])
     failed: tuple[OSError, int] | None = None
     returned: list[int] = []
-    write = os.write
-    sendfile = os.sendfile
+    # One copy of all the names, sliced per file (a file's cost is what small files
+    # cost: the helper's share of them is mostly this loop).
+    names = bytes(batch[name_at:pos])
+    name_at = 0
+    write, sendfile, open_, utime, close = os.write, os.sendfile, os.open, os.utime, os.close
     next_fd = 0
     for index in range(count):
         size = numbers[index]
@@ -582,7 +585,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
         fd = -1
         try:
             if name_size:
-                name = bytes(batch[name_at : name_at + name_size])
+                name = names[name_at : name_at + name_size]
                 name_at += name_size
                 if failed is not None:
                     pass
@@ -592,7 +595,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                         returned.append(index)
                 else:
                     try:
-                        fd = os.open(name, _CREATE, numbers[at + 3])
+                        fd = open_(name, _CREATE, numbers[at + 3])
                     except OSError as err:
                         if err.errno not in _RETURNED:
                             raise
@@ -618,12 +621,12 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                     written = write(fd, data) if size else 0
                     while written < size:
                         written += write(fd, data[written:])
-                os.utime(fd, ns=(numbers[at], numbers[at + 1]))
+                utime(fd, ns=(numbers[at], numbers[at + 1]))
         except OSError as err:
             failed = (err, index)
         finally:
             if fd >= 0:
-                os.close(fd)
+                close(fd)
         if extent < 0:
             pos += size
     return failed, returned
