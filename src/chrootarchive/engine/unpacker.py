@@ -847,10 +847,7 @@ class Unpacker:
                     raise
                 self._copy_extent_here(finisher, fd, entry, offset)
                 return True
-            self.bytes_budget -= size  # _charge_small(), written out
-            if self.bytes_budget < 0 or self.deadline is not None:
-                self.bytes_budget += size
-                self._charge(size, entry.name)
+            self._charge_small(size, entry.name)
             finisher.add_new(name, encoded, entry.mode & 0o777, b"", offset, size, atime,
                              mtime, entry.name, entry)
         else:
