@@ -69,7 +69,8 @@ def main() -> int:
     helper = worker.finisher
     if helper is not None:
         print(f"helper: {helper.taken:,} files taken ({helper.by_name:,} by name, "
-              f"{helper.extents:,} extents, {worker.extents_here:,} more copied by the worker), "
+              f"{helper.extents:,} extents, {worker.extents_here:,} more copied by the worker, "
+              f"{worker.extents_handed_over:,} begun by it and finished by the helper), "
               f"{helper.given_back:,} given back; "
               f"{worker.stats.entries - helper.taken:,} entries done by the worker",
               file=sys.stderr)

@@ -221,6 +221,29 @@ if mode.startswith("stalled:"):
             os.kill(pid, signal.SIGCONT)
         threading.Thread(target=resume, daemon=True).start()
     u._start_finisher = start_then_stall
+if mode.startswith("release-when-copying:"):
+    # The helper is stopped once forked, and let go once the worker has begun to copy
+    # the large file itself: the helper then runs dry while that copy goes on.
+    import threading, time
+    big = mode.partition(":")[2]
+    start = u._start_finisher
+    def start_then_hold(*args):
+        start(*args)
+        pid = u.finisher._pid
+        os.kill(pid, signal.SIGSTOP)
+        def resume():
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if os.stat(big).st_size:
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.0005)
+            result["released_while_copying"] = os.stat(big).st_size < os.path.getsize(archive) // 2
+            os.kill(pid, signal.SIGCONT)
+        threading.Thread(target=resume, daemon=True).start()
+    u._start_finisher = start_then_hold
 fd = os.open(archive, os.O_RDONLY)
 try:
     u.run(tarreader.TarReader(fd))
@@ -233,6 +256,7 @@ result["extents"] = u.finisher.extents if u.finisher else 0
 result["by_name"] = u.finisher.by_name if u.finisher else 0
 result["given_back"] = u.finisher.given_back if u.finisher else 0
 result["extents_here"] = u.extents_here
+result["extents_handed_over"] = u.extents_handed_over
 print(json.dumps(result))
 """
 
@@ -321,6 +345,27 @@ def test_larger_files_are_copied_by_the_helper_from_the_archive(tmp_path: Path) 
     assert "error" not in result, result
     assert result["helper"] and result["extents"] > len(sizes) // 2, result
     assert result["extents"] + result["extents_here"] >= len(sizes) - 1, result
+    assert _actual(tmp_path / "dest") == _expected(archive)
+
+
+def test_the_rest_of_a_large_copy_goes_to_the_helper_once_it_runs_dry(
+        tmp_path: Path) -> None:
+    """The worker copies a large file itself while the helper is behind; once the
+    helper has done all it was sent, it takes over the rest of that copy (it writes
+    on from the descriptor's offset, which it shares) and the worker goes on parsing.
+    The file is whole, byte for byte, and has its time."""
+    # After the helper's start, files of 2.5 MB until it has as much in flight as it
+    # may (32 MiB), then one of 128 MiB: copied here. The helper, let go then, has
+    # about a quarter as much to copy as the worker.
+    first = HELPER_AFTER + 1
+    big = first + 16
+    count = big + 4
+    archive = _archive(count, lambda i: 1000 if i < first or i > big
+                       else 128 << 20 if i == big else 2_500_000)
+    result = _in_process(archive, tmp_path, f"release-when-copying:d{big % 10}/f{big:05d}")
+    assert "error" not in result, result
+    assert result["released_while_copying"], result
+    assert result["extents_handed_over"] == 1, json.dumps(result)
     assert _actual(tmp_path / "dest") == _expected(archive)
 
 

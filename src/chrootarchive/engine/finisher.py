@@ -231,6 +231,21 @@ class Finisher:
         if self._extents >= self._batch_extents:
             self._send()
 
+    def take_over_if_idle(self, fd: int, offset: int, size: int, atime_ns: int,
+                          mtime_ns: int, entry: str) -> bool:
+        """:meth:`add_extent` and send it at once, if the helper has nothing left to do
+        (after reading its replies); False (``fd`` still the caller's) when it has.
+
+        For a copy the worker began: ``fd``'s offset is where it stopped, and the
+        helper, which shares it, writes on from there."""
+        self.poll()
+        if self._sent:
+            return False
+        self.add_extent(fd, offset, size, atime_ns, mtime_ns, entry)
+        if self._names:
+            self._send()
+        return True
+
     def has_room(self, size: int) -> bool:
         """Whether a file of ``size`` bytes of data (and name) can be added now without
         waiting for the helper; False: the helper is behind, the worker does it itself."""

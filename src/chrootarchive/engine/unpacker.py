@@ -60,6 +60,9 @@ _MAX_RETRIES = 8
 _THREADED_MIN_SIZE = 256 << 10  # files from this size on are written by the writer thread
 FINISHER_AFTER = 64  # small files before a helper process is worth its fork
 _FINISHER_MAX_FILE = 64 << 10  # larger files from a pipe are not handed to the helper
+# A larger file the worker copies itself goes a step at a time: once the helper has run
+# dry, it takes the rest (more than a step) and the worker goes back to parsing.
+_COPY_STEP = 1 << 20
 # Data charged and not yet written, at most: the writer thread's queue (MAX_PENDING
 # chunks of 1 MiB, and the one it writes), the helper's batches in flight.
 _WRITER_IN_FLIGHT = 6 << 20
@@ -228,6 +231,7 @@ class Unpacker:
         self.finisher: Finisher | None = None
         self.finisher_countdown = -1  # set to FINISHER_AFTER to allow the helper
         self.extents_here = 0  # larger files copied here while the helper was behind
+        self.extents_handed_over = 0  # of which the helper, once idle, copied the rest
         # Paths of files the helper creates and has not yet created (its pending set):
         # nothing else is done to such a path, or below it, before it has (_settle).
         self.pending: set[str] = set()
@@ -950,11 +954,27 @@ class Unpacker:
                           offset: int) -> None:
         """Copy a larger file's data from the archive in this thread (the helper is too
         far behind to take it: see :meth:`Finisher.has_extent_room`), time and close it
-        (``fd``, in every case); the reader seeks over the data, as for the helper."""
+        (``fd``, in every case); the reader seeks over the data, as for the helper.
+
+        A step at a time: if the helper runs dry meanwhile, it takes over the rest
+        (from the descriptor's offset, which it shares), so that neither core waits
+        for the other on a large file (rootfs.tar's 47 MB file list: issue 16)."""
         try:
             if finisher.error is not None:  # the helper failed: say so, not go on
                 self._raise_finisher_error(finisher.error)
-            finisher.copy_extent(fd, offset, entry.size)
+            size = entry.size
+            while size > 2 * _COPY_STEP:
+                finisher.copy_extent(fd, offset, _COPY_STEP)
+                offset += _COPY_STEP
+                size -= _COPY_STEP
+                atime, mtime = self._times(entry)
+                if finisher.take_over_if_idle(fd, offset, size, atime, mtime, entry.name):
+                    fd = -1  # the helper's now
+                    self.extents_handed_over += 1
+                    if finisher.error is not None:
+                        self._raise_finisher_error(finisher.error)
+                    return
+            finisher.copy_extent(fd, offset, size)
             os.utime(fd, ns=self._times(entry))
             self.extents_here += 1
         except OSError as err:
@@ -963,7 +983,8 @@ class Unpacker:
                                             entry.name) from None
             raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _plain_file(self, fd: int, name: str, reader: TarReader, entry: TarEntry,
                     helper: bool = True) -> None:
