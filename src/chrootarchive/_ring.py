@@ -36,7 +36,12 @@ if TYPE_CHECKING:
 
 __all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
 
-SIZE = 32 << 20  # bytes of the ring: the stream the parent may write ahead of the worker
+# Bytes of the ring: the stream the parent may write ahead of the worker. An archive
+# has stretches where the decompressor is the slower side (binaries) and stretches
+# where the worker is (many small files); 64 MiB carries more of one over the other
+# than 32 did (rootfs.tar.zst 7% faster, linux.tar.zst 3%: docs/performance.md). Its
+# pages are taken as the stream first reaches them, so a small input takes no more.
+SIZE = 64 << 20
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
 
