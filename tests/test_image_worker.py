@@ -1,8 +1,10 @@
 """One worker per image (issue 16): every layer of an image applied by one job.
 
 The layers reach the job one after another over the layer channel
-(``chrootarchive._channel``), each through a pipe of its own; the parent hands over the
-next layer only after it checked this one's digest and DiffID. What must hold:
+(``chrootarchive._channel``), each through a ring of its own (a pipe for the in-process
+``openat2``); the parent hands over the next layer only after it checked this one's
+digest and DiffID, which it computes in a thread of its own for a large blob. What must
+hold:
 
 - one worker process is started for the whole image (counted with the interpreter's
   own audit events, in a program of its own: no standby from an earlier call);
@@ -12,7 +14,11 @@ next layer only after it checked this one's digest and DiffID. What must hold:
   per layer: what a layer wrote is its own state, reset between layers;
 - a layer cannot run into the next one: data after its end-of-archive blocks (a whole
   second archive, say) is not unpacked, and a layer without them ends where its stream
-  does.
+  does;
+- a large layer reaches a worker through a ring, and the worker's helper creates its
+  small files, as for ``untar``; the tree is the layer's;
+- a large blob is hashed in a thread of its own, and a digest or DiffID mismatch is
+  still found there.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from chrootarchive import DigestMismatchError, UnpackOptions, unpack_image
+from helpers import hardening
 from helpers.leaks import child_pids, idle_standbys
 from helpers.oci_images import Entry, OCIBuilder, make_tar, sha256
 
@@ -215,6 +225,108 @@ def test_a_layer_cannot_run_into_the_next(mechanism: str, tmp_path: Path) -> Non
     assert sorted(os.listdir(dest)) == ["one", "three", "two"]
     assert (dest / "two").read_bytes() == b"2" * 600
     assert [layer.entries for layer in result.layers] == [1, 1, 1]
+
+
+def _many_files_layer(count: int) -> bytes:
+    """``count`` small files in 20 directories, and one of 3 MB."""
+    entries = [Entry(f"d{d}/", "dir", mode=0o755) for d in range(20)]
+    entries += [Entry(f"d{i % 20}/f{i:05d}", data=(b"%d;" % i) * (i % 700), mode=0o644)
+                for i in range(count)]
+    entries.append(Entry("big", data=bytes(range(256)) * 12_000, mode=0o600))
+    return make_tar(entries)
+
+
+def _files(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_mode & 0o7777, p.read_bytes())
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_large_layer_reaches_the_worker_through_a_ring_and_its_helper(
+        worker_mechanism: str, tmp_path: Path, no_leaks: None) -> None:
+    """The second of two layers: seen in /proc while it is applied, the worker holds a
+    ring (a memfd) and has forked a helper; the tree is the layers' own."""
+    small = make_tar([Entry("first", data=b"1")])
+    layer = _many_files_layer(12_000)
+    image = _layered(tmp_path / "image", [small, layer])
+    seen: dict[str, bool] = {"ring": False, "helper": False}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for worker in hardening.workers_of():
+                try:
+                    links = [os.readlink(f"/proc/{worker}/fd/{fd}")
+                             for fd in os.listdir(f"/proc/{worker}/fd")]
+                except OSError:
+                    continue  # it ended, or an fd closed while it was read
+                if any("memfd:chrootarchive-stream" in link for link in links):
+                    seen["ring"] = True
+                if hardening.workers_of(worker):
+                    seen["helper"] = True
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = unpack_image(image, tmp_path / "root", UnpackOptions(confine=worker_mechanism))
+    finally:
+        done.set()
+        watcher.join()
+    assert result.confinement.startswith(worker_mechanism)
+    assert [one.entries for one in result.layers] == [1, 12_000 + 20 + 1]
+    assert seen == {"ring": True, "helper": True}, seen
+    expected = tmp_path / "expected"
+    expected.mkdir()
+    for data in (small, layer):
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            tf.extractall(expected, filter="fully_trusted")
+    assert _files(tmp_path / "root") == _files(expected)
+
+
+def _big_layer(seed: int) -> bytes:
+    """A layer of 5 MiB of random bytes: its blob (uncompressed) is hashed in a thread."""
+    data = random.Random(seed).randbytes(5 << 20)
+    return make_tar([Entry("data", data=data), Entry("after", data=b"after")])
+
+
+def test_a_large_blob_is_hashed_in_a_thread_of_its_own(tmp_path: Path) -> None:
+    tars = [_big_layer(1), _big_layer(2)]
+    b = OCIBuilder(tmp_path / "image")
+    b.tag(b.image(tars, "none"), "t")
+    threads: set[str] = set()
+
+    def progress(report: object) -> None:  # called by the thread that reads the blob
+        threads.update(thread.name for thread in threading.enumerate())
+
+    result = unpack_image(b.root, tmp_path / "root", progress=progress)
+    assert len(result.layers) == 2
+    assert "chrootarchive-hash" in threads, threads
+    assert not [t for t in threading.enumerate() if t.name == "chrootarchive-hash"]
+    assert (tmp_path / "root" / "after").read_bytes() == b"after"
+
+
+@pytest.mark.parametrize("wrong", ["digest", "diff_id"])
+def test_a_mismatch_in_a_large_blob_is_found_by_the_hash_thread(
+        wrong: str, tmp_path: Path) -> None:
+    tars = [_big_layer(1), _big_layer(2), make_tar([Entry("third", data=b"3")])]
+    b = OCIBuilder(tmp_path / "image")
+    if wrong == "diff_id":
+        layers = [b.layer(t, "none") for t in tars]
+        b.tag(b.manifest(b.config([sha256(tars[0])] * 3), layers), "t")
+    else:
+        b.tag(b.image(tars, "none"), "t")
+        blob = b.root / "blobs" / "sha256" / sha256(tars[1]).partition(":")[2]
+        blob.chmod(0o644)
+        data = bytearray(blob.read_bytes())
+        data[4 << 20] ^= 0xFF  # inside the file's data: still a valid tar
+        blob.write_bytes(bytes(data))
+    dest = tmp_path / "root"
+    message = "DiffID mismatch" if wrong == "diff_id" else "digest mismatch"
+    with pytest.raises(DigestMismatchError, match=message) as info:
+        unpack_image(b.root, dest)
+    assert (info.value.entry or "").startswith("layer 1 (sha256:")
+    assert sorted(os.listdir(dest)) == ["after", "data"]  # layer 3 was not applied
+    assert not [t for t in threading.enumerate() if t.name == "chrootarchive-hash"]
 
 
 # -- several layers on the command line: apply-layer L1 L2 L3 DEST --------------------

@@ -2,8 +2,10 @@
 
 A job that applies a stack of layers (``JobRequest.stack``) gets, besides its usual
 descriptors, one end of a Unix stream socket. On it the parent sends, for each layer, one
-byte ``L`` with the read end of a fresh pipe (SCM_RIGHTS) that carries that layer's
-uncompressed tar stream, and at last one byte ``E``. The layer ends where its pipe ends:
+byte with the descriptors (SCM_RIGHTS) that carry that layer's uncompressed tar stream:
+``R`` with a fresh ring and its two pipes (:mod:`chrootarchive._ring`, of
+``JobRequest.ring`` bytes: a worker process), or ``L`` with the read end of a fresh pipe
+(the in-process job); and at last one byte ``E``. The layer ends where its stream ends:
 a hostile layer without end-of-archive blocks, or with data after them, cannot run into
 the next one. After each layer the job answers with its result (a length, then one JSON
 document) and waits: the parent sends the next layer only once it has checked this
@@ -21,19 +23,22 @@ import sys
 
 from chrootarchive import _wire
 
-__all__ = ["END", "LAYER", "MAX_RESULT", "receive_layer", "receive_result", "send_end",
-           "send_layer", "send_result"]
+__all__ = ["END", "LAYER", "MAX_RESULT", "RING", "receive_layer", "receive_result",
+           "send_end", "send_layer", "send_result"]
 
-LAYER = b"L"
+LAYER = b"L"  # one descriptor: a pipe
+RING = b"R"  # three: a ring, the pipe of what was written, the pipe of what was freed
 END = b"E"
 MAX_RESULT = 16 << 20  # bytes of one layer's result, at most (warnings are capped)
 _LENGTH = 4
 
 
-def send_layer(sock: _socket.socket, fd: int) -> None:
-    """Hand the job the next layer's stream (it reads ``fd`` to its end)."""
-    rights = fd.to_bytes(4, sys.byteorder)
-    sock.sendmsg([LAYER], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
+def send_layer(sock: _socket.socket, fds: tuple[int, ...]) -> None:
+    """Hand the job the next layer's stream: a pipe ``(fd,)`` it reads to its end, or a
+    ring ``(ring, written, freed)`` (the worker's ends, :meth:`RingWriter.child_fds`)."""
+    kind = LAYER if len(fds) == 1 else RING
+    rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+    sock.sendmsg([kind], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
                  _socket.MSG_NOSIGNAL)
 
 
@@ -42,22 +47,24 @@ def send_end(sock: _socket.socket) -> None:
     sock.sendall(END, _socket.MSG_NOSIGNAL)
 
 
-def receive_layer(sock: _socket.socket) -> int | None:
-    """The job's side: the next layer's descriptor, or None at the end of the stack.
+def receive_layer(sock: _socket.socket) -> tuple[int, ...] | None:
+    """The job's side: the next layer's descriptors (``(pipe,)`` or ``(ring, written,
+    freed)``, as sent), or None at the end of the stack.
 
     Raises EOFError when the parent closed the channel without ``E`` (it stopped the
     image: a digest mismatch, an error, an interrupt) and ValueError on anything that
     is not the parent's protocol.
     """
     data, ancillary, flags, _addr = sock.recvmsg(
-        1, _socket.CMSG_SPACE(4), _socket.MSG_CMSG_CLOEXEC)
+        1, _socket.CMSG_SPACE(3 * 4), _socket.MSG_CMSG_CLOEXEC)
     passed: list[int] = []
     for level, kind, payload in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             passed += [int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True)
                        for i in range(0, len(payload) - 3, 4)]
-    if data == LAYER and len(passed) == 1 and not flags & _socket.MSG_CTRUNC:
-        return passed[0]
+    if not flags & _socket.MSG_CTRUNC and (
+            (data == LAYER and len(passed) == 1) or (data == RING and len(passed) == 3)):
+        return tuple(passed)
     for fd in passed:
         os.close(fd)
     if not data:

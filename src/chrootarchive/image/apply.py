@@ -22,7 +22,7 @@ from chrootarchive.errors import (
     ImageError,
     from_os_error,
 )
-from chrootarchive.image.digests import Hasher
+from chrootarchive.image.digests import Hasher, HashThread
 from chrootarchive.image.layout import Reader, open_layout
 from chrootarchive.image.plan import LayerPlan, Plan, make_plan
 from chrootarchive.image.platforms import default_platform, platform_from_text
@@ -38,6 +38,7 @@ from chrootarchive.operations import untar as api
 from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions, UnpackResult
 
 _CHUNK = compression.CHUNK
+_HASH_THREAD_MIN = 4 << 20  # bytes of blob: a smaller one is hashed where it is read
 
 _APPLIED = "(the layer was applied, at least in part, before this could be known)"
 
@@ -46,11 +47,12 @@ class _BlobStream:
     """Reads a layer blob, counting and hashing; checks size and digest at its end."""
 
     def __init__(self, reader: Reader, layer: LayerPlan, label: str,
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[int], None] | None,
+                 hashing: HashThread | None = None) -> None:
         self._reader = reader
         self._layer = layer
         self._label = label
-        self._hasher = Hasher(layer.digest) if layer.digest else None
+        self._hasher = Hasher(layer.digest, hashing) if layer.digest else None
         self._progress = progress
         self.count = 0
         self._ended = False
@@ -109,7 +111,8 @@ class _BlobStream:
 
 
 def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: list[str],
-                  max_memory: int | None) -> Generator[bytes, None, None]:
+                  max_memory: int | None, hashing: HashThread | None = None,
+                  ) -> Generator[bytes, None, None]:
     """The layer's uncompressed tar stream, hashed on its way for the DiffID."""
     declared = layer.compression
     kind, chunks = compression.decompressed_chunks(blob, compressed=declared != "none",
@@ -119,9 +122,7 @@ def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: li
         actual = "not compressed" if kind == "none" else kind
         raise ImageError(f"the media type {layer.media_type} says {declared} but the data "
                          f"is {actual}", label)
-    # Hashed here, in the feeding thread: a thread of its own for the digest and the
-    # DiffID did not pay on two cores (docs/performance.md, issue 16).
-    diff = Hasher(layer.diff_id)
+    diff = Hasher(layer.diff_id, hashing)
     try:
         for chunk in chunks:
             diff.update(chunk)
@@ -160,10 +161,20 @@ def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
             cb(LayerProgress(layer.index, count, digest, layer.blob_size, done))
 
         report(0)
-    reader = open_blob(layer, label)
-    blob = _BlobStream(reader, layer, label, report)
+    # Both digests in a thread of their own, but for a small blob (a thread's start
+    # costs more than hashing it).
+    hashing = (HashThread() if layer.blob_size is None or layer.blob_size >= _HASH_THREAD_MIN
+               else None)
+    try:
+        reader = open_blob(layer, label)
+    except BaseException:
+        if hashing is not None:
+            hashing.close()
+        raise
+    blob = _BlobStream(reader, layer, label, report, hashing)
     kind_seen: list[str] = []
-    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory)
+    chunks = _layer_chunks(blob, layer, label, kind_seen, options.limits.max_memory,
+                           hashing)
     try:
         result = stack.apply(chunks)
         for _ in chunks:  # the job drains its input; make sure every check ran
@@ -184,6 +195,8 @@ def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
     finally:
         chunks.close()
         reader.close()
+        if hashing is not None:
+            hashing.close()
     if progress is not None:
         progress(LayerProgress(layer.index, count, layer.digest or layer.diff_id,
                                layer.blob_size, blob.count, finished=True))

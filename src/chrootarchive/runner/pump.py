@@ -22,8 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chrootarchive._ring import RingWriter
 
-__all__ = ["drive", "feed", "feed_fd_while_alive", "feed_while_alive", "list_names",
-           "watch_offset"]
+__all__ = ["drive", "feed", "feed_fd_while_alive", "feed_ring_while_alive",
+           "feed_while_alive", "list_names", "watch_offset"]
 
 Progress = Callable[[int], None]
 
@@ -93,7 +93,7 @@ def feed_while_alive(job: Running, data: Iterable[bytes]) -> None:
     the data does."""
     if job.ring is not None:
         ring, job.ring = job.ring, None  # the feeding thread owns (and closes) it
-        err = _feed_ring_while_alive(job, ring, data)
+        err = feed_ring_while_alive(job, ring, data)
     else:
         fd, job.stdin_w = job.stdin_w, -1  # the feeding thread owns (and closes) it
         err = feed_fd_while_alive(job, fd, data)
@@ -114,7 +114,7 @@ def feed_fd_while_alive(job: Running, fd: int, data: Iterable[bytes]) -> BaseExc
     return _feed_from_thread(job, lambda: feed(fd, data), lambda: os.close(fd))
 
 
-def _feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
+def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
                            ) -> BaseException | None:
     """:func:`feed_fd_while_alive` through the job's ring (closed here): the end of the
     data (or an error) is the end of the stream."""

@@ -3,10 +3,11 @@
 Starting a worker (a process, a jail, its lock-down) for each layer of an image cost more
 than many small layers do. :func:`start` starts one job for all of them
 (``JobRequest.stack``); :meth:`Stack.apply` hands it each layer through the layer channel
-(:mod:`chrootarchive._channel`): a pipe of its own per layer, fed from a thread while the
-job is watched, then that layer's result. The next layer is handed over only when the
-caller asks, after it has checked this one (its digest and DiffID): on a mismatch,
-:meth:`Stack.stop` ends the job before it applies anything more.
+(:mod:`chrootarchive._channel`): a ring of its own per layer (a pipe for the in-process
+job), fed from a thread while the job is watched, then that layer's result. A ring lets
+the worker's helper copy the layer's files out of it, as for ``untar``. The next layer
+is handed over only when the caller asks, after it has checked this one (its digest and
+DiffID): on a mismatch, :meth:`Stack.stop` ends the job before it applies anything more.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 
-from chrootarchive import _channel
+from chrootarchive import _channel, _ring
 from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ChrootArchiveError, WorkerError
+from chrootarchive.jail.confine import IN_PROCESS
 from chrootarchive.runner import ladder, pump, standby
 from chrootarchive.runner.worker import Running, pipe
 
@@ -30,9 +32,10 @@ class Stack:
     """A started job that applies layers one after another (see the module)."""
 
     def __init__(self, job: Running, channel: _socket.socket,
-                 names: Callable[[str], None] | None) -> None:
+                 names: Callable[[str], None] | None, ring: int = 0) -> None:
         self._job = job
         self._channel: _socket.socket | None = channel
+        self._ring = ring  # the size of each layer's ring (the job's), or 0: pipes
         self._lister: threading.Thread | None = None
         if names is not None:
             fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
@@ -47,15 +50,8 @@ class Stack:
         channel = self._channel
         if channel is None:
             raise ValueError("this stack of layers has ended")
-        read_end, write_end = pipe(big=True)
-        try:
-            _channel.send_layer(channel, read_end)
-        except OSError:
-            os.close(write_end)
-            self._job_error()  # it ended: its error says why
-        finally:
-            os.close(read_end)
-        failure = pump.feed_fd_while_alive(self._job, write_end, chunks)
+        failure = (self._feed_ring(channel, chunks) if self._ring
+                   else self._feed_pipe(channel, chunks))
         if failure is not None:
             self.stop()
             raise failure
@@ -72,6 +68,34 @@ class Stack:
             self._job.kill()
             raise WorkerError(f"the worker sent an unreadable layer result: {err}") from None
         return reply
+
+    def _feed_pipe(self, channel: _socket.socket, chunks: Iterable[bytes]
+                   ) -> BaseException | None:
+        read_end, write_end = pipe(big=True)
+        try:
+            _channel.send_layer(channel, (read_end,))
+        except OSError:
+            os.close(write_end)
+            self._job_error()  # it ended: its error says why
+        finally:
+            os.close(read_end)
+        return pump.feed_fd_while_alive(self._job, write_end, chunks)
+
+    def _feed_ring(self, channel: _socket.socket, chunks: Iterable[bytes]
+                   ) -> BaseException | None:
+        ring = _ring.RingWriter(self._ring)
+        try:
+            fds = ring.child_fds()
+            _channel.send_layer(channel, (fds["stdin"], fds["ring_written"],
+                                          fds["ring_freed"]))
+        except OSError:
+            ring.close()
+            self._job_error()  # it ended: its error says why
+        except BaseException:
+            ring.close()
+            raise
+        ring.close_child_ends()
+        return pump.feed_ring_while_alive(self._job, ring, chunks)  # closes the ring
 
     def _job_error(self) -> None:
         """The job ended before it answered: raise its error."""
@@ -120,16 +144,19 @@ def start(root_fd: int, request: JobRequest, requested: str, *,
     ladder that the kernel accepts; ``names``: told each name the job lists."""
 
     def attempt(mechanism: str) -> Stack:
+        # A worker process gets each layer in a ring, and may fork a helper for it.
+        ring = 0 if mechanism in IN_PROCESS else _ring.SIZE
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
         try:
-            job = ladder.start(root_fd, request.replace(mechanism=mechanism),
+            job = ladder.start(root_fd, request.replace(mechanism=mechanism, ring=ring,
+                                                        helper=bool(ring)),
                                stdout_pipe=names is not None, channel=theirs.fileno())
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        return Stack(job, ours, names)
+        return Stack(job, ours, names, ring)
 
     try:
         return ladder.run_ladder(requested, attempt)

@@ -61,14 +61,17 @@ class UnpackJob:
         names = _NameList(context.stdout) if spec.verbose else None
         if request.stack:
             return _run_stack(request, spec, context, names)
-        stats, details = _unpack_one(request, spec, context, context.stdin, names)
+        ring = (RingInput(context.stdin, request.ring, *context.ring_pipes)
+                if request.ring else None)
+        stats, details = _unpack_one(request, spec, context, context.stdin, ring, names)
         return JobReply.make(stats.entries, stats.size, details or None)
 
 
 def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: int,
-                names: _NameList | None) -> tuple[unpacker.UnpackStats, dict[str, object]]:
-    """Unpack the tar stream read from ``fd`` (to its end) with a fresh unpacker: its
-    stats and the reply's details."""
+                ring: RingInput | None, names: _NameList | None,
+                ) -> tuple[unpacker.UnpackStats, dict[str, object]]:
+    """Unpack the tar stream read from ``fd`` (to its end; ``ring``: the ring ``fd``
+    is) with a fresh unpacker: its stats and the reply's details."""
     worker = unpacker.Unpacker(
         context.files, spec, context.warn, layer_mode=request.layer,
         in_user_namespace=context.in_user_namespace,
@@ -78,9 +81,6 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         # Forked from a jailed worker of our own only: openat2 runs in the caller's
         # process (its threads, its working directory), where a fork is no helper's.
         worker.finisher_countdown = unpacker.FINISHER_AFTER
-    ring = None
-    if request.ring and fd == context.stdin:
-        ring = RingInput(fd, request.ring, *context.ring_pipes)
     reader = tarreader.TarReader(fd, ring=ring)
     try:
         stats = worker.run(reader)
@@ -105,11 +105,13 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
 
 def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
                names: _NameList | None) -> JobReply:
-    """The layers of one image, one after another, as the layer channel hands them over.
+    """The layers of one image, one after another, as the layer channel hands them over
+    (each in a ring of its own, as an ``untar`` gets its stream, or a pipe).
 
     Each layer gets a fresh unpacker, as a worker of its own would: a layer's whiteouts
-    apply to the layers below it only, and what it wrote is its own state. The limits
-    hold for the whole stack: each layer counts what the ones before it used.
+    apply to the layers below it only, and what it wrote is its own state (and its own
+    helper, if it forks one). The limits hold for the whole stack: each layer counts
+    what the ones before it used.
     """
     if context.channel < 0:
         raise ValueError("a stack of layers without a layer channel")
@@ -119,12 +121,18 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
                 else time.monotonic() + limits.timeout - limits.used_seconds)
     entries = size = layers = 0
     try:
-        while (fd := _channel.receive_layer(sock)) is not None:
+        while (fds := _channel.receive_layer(sock)) is not None:
             try:
                 layer_spec = spec.replace(limits=limits_after(limits, size, entries, deadline))
-                stats, details = _unpack_one(request, layer_spec, context, fd, names)
+                ring = (RingInput(fds[0], request.ring, fds[1], fds[2])
+                        if len(fds) == 3 and request.ring else None)
+                if ring is None and len(fds) != 1:
+                    raise ValueError("a layer in a ring, but the job was given no ring size")
+                stats, details = _unpack_one(request, layer_spec, context, fds[0], ring,
+                                             names)
             finally:
-                os.close(fd)
+                for fd in fds:
+                    os.close(fd)
             entries += stats.entries
             size += stats.size
             layers += 1
