@@ -65,6 +65,26 @@ for _cls, _name in ((RecordBase, "RecordBase"), (RecordChild, "RecordChild"),
     _cls.__qualname__ = _cls.__name__ = _name
 
 
+def _keyword_bodies(decorate: Any, field_of: Any) -> type:
+    """A subclass of ``RecordBase``'s body whose own fields are keyword-only: required
+    ones after the base's defaults (what ``ImageResult`` needs)."""
+    base = RecordBase if decorate is make_record else DataBase
+
+    @decorate(frozen=True, kw_only=True)
+    class Keyed(base):  # type: ignore[valid-type,misc]
+        kind: str
+        count: int = 1
+        labels: tuple[str, ...] = field_of(default=())
+
+    return Keyed
+
+
+RecordKeyed = _keyword_bodies(make_record, make_field)
+DataKeyed = _keyword_bodies(dataclasses.dataclass, dataclasses.field)
+RecordKeyed.__qualname__ = RecordKeyed.__name__ = "RecordKeyed"
+DataKeyed.__qualname__ = DataKeyed.__name__ = "DataKeyed"
+
+
 def _hash_or_error(obj: object) -> object:
     try:
         return hash(obj)
@@ -74,7 +94,8 @@ def _hash_or_error(obj: object) -> object:
 
 def _same(record: object, data: object) -> None:
     """``record`` shows and compares as ``data`` does, but for the class's name."""
-    shown = repr(data).replace("DataBase(", "RecordBase(").replace("DataChild(", "RecordChild(")
+    shown = (repr(data).replace("DataBase(", "RecordBase(").replace("DataChild(", "RecordChild(")
+             .replace("DataKeyed(", "RecordKeyed("))
     assert repr(record) == shown
 
 
@@ -104,6 +125,28 @@ def test_a_record_is_the_dataclass_of_its_class_body(pair: tuple[type, type]) ->
     assert described[0] == described[1]
     assert record_cls.__match_args__ == data_cls.__match_args__
     assert str(inspect.signature(record_cls)) == str(inspect.signature(data_cls))
+
+
+def test_a_keyword_only_record_is_the_dataclass_of_its_class_body() -> None:
+    for args, kwargs in [(("a",), {"kind": "k"}), (("a", 3), {"kind": "k", "count": 2}),
+                         ((), {"name": "b", "kind": "k", "labels": ("x",)})]:
+        record, data = RecordKeyed(*args, **kwargs), DataKeyed(*args, **kwargs)
+        _same(record, data)
+        assert dataclasses.asdict(record) == dataclasses.asdict(data)
+        _same(dataclasses.replace(record, kind="z"), dataclasses.replace(data, kind="z"))
+        _same(pickle.loads(pickle.dumps(record)), data)
+    described = [[(f.name, f.type, f.default, f.default_factory, f.kw_only)
+                  for f in dataclasses.fields(c)] for c in (RecordKeyed, DataKeyed)]
+    assert described[0] == described[1]
+    assert RecordKeyed.__match_args__ == DataKeyed.__match_args__
+    assert str(inspect.signature(RecordKeyed)) == str(inspect.signature(DataKeyed))
+    for call in (lambda cls: cls("a"),  # the keyword-only field missing
+                 lambda cls: cls("a", 1, (), {}, "k"),  # given by position
+                 lambda cls: cls("a", kind="k", size=-1)):
+        with pytest.raises(Exception) as data_err:
+            call(DataKeyed)
+        with pytest.raises(data_err.type):
+            call(RecordKeyed)
 
 
 @pytest.mark.parametrize("call", [

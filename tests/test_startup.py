@@ -172,12 +172,19 @@ def test_clean_name_fast_path_agrees_with_normpath(name: str) -> None:
 # the worker of an unpack before any of that, so that the two start on two cores.
 
 # Runs the console script's entry point with ARGS; writes the modules it loaded (beyond
-# the interpreter's own) to OUT, and those loaded when the worker was spawned to OUT.spawn.
+# the interpreter's own) to OUT, those loaded when the worker was spawned to OUT.spawn,
+# and the number of workers spawned later (by subprocess) to OUT.later.
 _CLI_IMPORTS = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
 base = set(sys.modules)
 out = sys.argv[2]
+later = []
+def hook(event, args):
+    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
+                                           for a in args[1]):
+        later.append(1)
+sys.addaudithook(hook)
 
 def dump(path, names):
     with open(path, "w") as f:
@@ -191,6 +198,8 @@ os.posix_spawn = posix_spawn
 real_exit = os._exit
 def _exit(code):
     dump(out, set(sys.modules))
+    with open(out + ".later", "w") as f:
+        f.write(str(len(later)))
     real_exit(code)
 os._exit = _exit
 sys.argv = ["chrootarchive", *sys.argv[3:]]
@@ -287,7 +296,8 @@ def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: s
 @pytest.mark.parametrize("argv", [
     ["untar", "--help", "a.tar", "d"], ["untar", "-h"], ["untar", "--confine", "openat2", "a"],
     ["untar", "--confine=openat2", "a", "d"], ["apply-layer", "--conf", "openat2", "a", "d"],
-    ["list", "a.tar"], ["tar", "src"], ["unpack-image", "i", "d"], ["pull", "debian:12", "d"],
+    ["list", "a.tar"], ["tar", "src"], ["pull", "debian:12", "d"],
+    ["unpack-image", "--confine", "openat2", "i", "d"],
     ["--version"], [],
     ["--", "untar", "a", "d"],
 ])
@@ -303,6 +313,26 @@ def test_early_worker_wanted_for_an_unpack() -> None:
     assert cli._wants_early_worker(["untar", "a.tar", "d"])
     assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"])
     assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"])  # a file named so
+    assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"])
+
+
+def test_an_image_unpack_uses_the_worker_it_started_first(tmp_path: Path) -> None:
+    """``unpack-image`` starts its worker before its imports (the image code: 8 ms), and
+    its one job for all the layers runs in that worker: no other is spawned."""
+    from helpers.oci_images import Entry, OCIBuilder, make_tar
+
+    b = OCIBuilder(tmp_path / "image")
+    b.tag(b.image([make_tar([Entry("hello.txt", data=b"hello\n")]),
+                   make_tar([Entry("two", data=b"2")])]), "t")
+    loaded, at_spawn = _cli_imports(tmp_path, "unpack-image", str(b.root),
+                                    str(tmp_path / "dest"))
+    assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"hello\n"
+    assert "chrootarchive.image.apply" in loaded  # the check looked at a real image
+    assert at_spawn is not None, "no worker was started early"
+    assert not {m for m in at_spawn if m.startswith("chrootarchive.image")}
+    assert (tmp_path / "modules.later").read_text() == "0", "another worker was spawned"
+    assert not {"dataclasses", "inspect", "typing", "tempfile"} & loaded, sorted(
+        {"dataclasses", "inspect", "typing", "tempfile"} & loaded)
 
 
 # Starts the worker early as entry_point does, then CHANGE, then runs untar; prints

@@ -71,16 +71,18 @@ def _twin(owner: type) -> type:
         import dataclasses
 
         fields = []
+        keyword_only = owner.__record_kw_only__  # type: ignore[attr-defined]
         for name, annotation in owner.__record_annotations__:  # type: ignore[attr-defined]
             spec = owner.__record_defaults__.get(name, _MISSING)  # type: ignore[attr-defined]
+            kw_only = name in keyword_only
             if isinstance(spec, _Field):
-                made = (dataclasses.field(default_factory=spec.default_factory)
+                made = (dataclasses.field(default_factory=spec.default_factory, kw_only=kw_only)
                         if spec.default_factory is not _MISSING
-                        else dataclasses.field(default=spec.default))
+                        else dataclasses.field(default=spec.default, kw_only=kw_only))
             elif spec is _MISSING:
-                made = dataclasses.field()
+                made = dataclasses.field(kw_only=kw_only)
             else:
-                made = dataclasses.field(default=spec)
+                made = dataclasses.field(default=spec, kw_only=kw_only)
             fields.append((name, annotation, made))
         twin = _TWINS[owner] = dataclasses.make_dataclass(owner.__name__, fields, frozen=True)
     return twin
@@ -94,10 +96,11 @@ def _is_record(cls: type) -> bool:
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     names = cls.__record_fields__
-    if len(args) > len(names):
-        raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments but "
-                        f"{len(args)} were given")
-    values = dict(zip(names, args, strict=False))
+    positional = cls.__match_args__  # the fields but the keyword-only ones
+    if len(args) > len(positional):
+        raise TypeError(f"{cls.__name__}() takes {len(positional)} positional arguments "
+                        f"but {len(args)} were given")
+    values = dict(zip(positional, args, strict=False))
     for name, value in kwargs.items():
         if name not in names:
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
@@ -181,8 +184,11 @@ def _merge(annotations: dict[str, str], defaults: dict[str, object],
             defaults.pop(name, None)
 
 
-def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
-    """``@dataclass(frozen=True)`` at run time, as cheap as a plain class."""
+def make_record(cls: type[T] | None = None, /, *, frozen: bool = True,
+                kw_only: bool = False) -> Any:
+    """``@dataclass(frozen=True)`` at run time, as cheap as a plain class; ``kw_only``:
+    the fields this class declares are keyword-only, as ``dataclass(kw_only=True)``
+    makes them (they may then follow fields with defaults)."""
     if not frozen:
         raise TypeError("records are frozen")
 
@@ -191,11 +197,15 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
         # first), a redeclared field keeping its place; then this class's own.
         annotations: dict[str, str] = {}
         defaults: dict[str, object] = {}
+        keyword_only: set[str] = set()
         for base in reversed(cls.__mro__[1:]):
             if "__record_fields__" in base.__dict__:
                 _merge(annotations, defaults, base.__record_annotations__,  # type: ignore[attr-defined]
                        base.__record_defaults__)  # type: ignore[attr-defined]
+                keyword_only |= base.__record_kw_only__  # type: ignore[attr-defined]
         own = _annotations(cls)
+        for name, _ in own:  # a field declared again takes this class's kind
+            (keyword_only.add if kw_only else keyword_only.discard)(name)
         # A field given again without a value keeps the value its class inherits.
         own_defaults = {name: getattr(cls, name) for name, _ in own
                         if getattr(cls, name, _MISSING) is not _MISSING}
@@ -212,17 +222,21 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
                     delattr(cls, name)
         seen_default = ""
         for name in annotations:
+            if name in keyword_only:
+                continue
             if name in defaults:
                 seen_default = name
             elif seen_default:
                 raise TypeError(f"non-default argument {name!r} follows default argument")
         names = tuple(annotations)
+        positional = tuple(name for name in names if name not in keyword_only)
         for name in ("__setattr__", "__delattr__"):
             if name in cls.__dict__:
                 raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
         attrs: dict[str, object] = {
             "__record_fields__": names, "__record_annotations__": list(annotations.items()),
-            "__record_defaults__": defaults, "__match_args__": names,
+            "__record_defaults__": defaults, "__record_kw_only__": frozenset(keyword_only),
+            "__match_args__": positional,
             "__setattr__": _frozen_setattr, "__delattr__": _frozen_delattr,
             "__replace__": _replace,
             "__dataclass_fields__": _AsDataclass("__dataclass_fields__"),

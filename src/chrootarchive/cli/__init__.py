@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "entry_point", "main"]
 
 #: The commands whose single job is an unpack: their worker is started first thing.
-_UNPACK_COMMANDS = ("untar", "apply-layer")
+_UNPACK_COMMANDS = ("untar", "apply-layer", "unpack-image")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from chrootarchive.errors import (
     from_os_error,
 )
 from chrootarchive.image.digests import Hasher, HashThread
-from chrootarchive.image.layout import Reader, open_layout
+from chrootarchive.image.layout import open_layout
 from chrootarchive.image.plan import LayerPlan, Plan, make_plan
 from chrootarchive.image.platforms import default_platform, platform_from_text
 from chrootarchive.image.results import (
@@ -36,6 +36,10 @@ from chrootarchive.image.selection import Selection
 from chrootarchive.operations import compression, destination, staging
 from chrootarchive.operations import untar as api
 from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions, UnpackResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chrootarchive.image.layout import Reader
 
 _CHUNK = compression.CHUNK
 _HASH_THREAD_MIN = 4 << 20  # bytes of blob: a smaller one is hashed where it is read
@@ -144,7 +148,7 @@ def _layer_label(layer: LayerPlan) -> str:
 
 #: Opens a layer's blob, lazily, as its turn comes (a file of the layout, or a stream
 #: from a registry): ``open_blob(layer, label)``.
-BlobOpener = Callable[[LayerPlan, str], Reader]
+BlobOpener = Callable[[LayerPlan, str], "Reader"]
 
 
 def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from chrootarchive._record import record as dataclass
 from chrootarchive.errors import DigestMismatchError, ImageError, from_os_error
 from chrootarchive.image.digests import Hasher, blob_name, check_digest, clip
-from chrootarchive.image.layout import Layout, Reader
+from chrootarchive.image.layout import Layout
 from chrootarchive.image.mediatypes import CONTAINERD_NAME, REF_NAME
 from chrootarchive.image.platforms import Platform, normalize_platform
 from chrootarchive.operations import compression
+
+TYPE_CHECKING = False  # no typing, no dataclasses at run time: the start (issue 16)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from chrootarchive.image.layout import Reader
 
 MAX_JSON_SIZE = 4 << 20
 """The largest JSON document (index, manifest, config, ``manifest.json``) read."""

@@ -20,11 +20,8 @@ import os
 import posixpath
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 from chrootarchive._fdio import describe, open_input, open_regular
 from chrootarchive.engine import space
@@ -41,6 +38,7 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression
 from chrootarchive.tarformat import reader as tarreader
 
+TYPE_CHECKING = False  # no typing at run time: the start (issue 16)
 if TYPE_CHECKING:
     from chrootarchive.options import Limits
 
@@ -56,12 +54,15 @@ _LOOK_BYTES = 64 << 20  # the spool looks at the reserve at least this often
 
 _MAX_LINK_HOPS = 16
 
-class Reader(Protocol):
-    size: int
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    def read(self, n: int) -> bytes: ...
+    class Reader(Protocol):
+        size: int
 
-    def close(self) -> None: ...
+        def read(self, n: int) -> bytes: ...
+
+        def close(self) -> None: ...
 
 
 class _FdReader:
@@ -240,13 +241,18 @@ class _DirLayout(Layout):
         return _FdReader(fd, st.st_size)
 
 
-@dataclass(slots=True)
 class _Member:
-    kind: str  # file, dir, symlink, hardlink, other
-    offset: int = 0  # of its data; -1: not spooled yet (a compressed tar's large member)
-    size: int = 0
-    target: str = ""
-    index: int = 0  # its place in the archive (the first member is 1)
+    """A member of an image archive: what its kind, place and data are."""
+
+    __slots__ = ("index", "kind", "offset", "size", "target")
+
+    def __init__(self, kind: str, offset: int = 0, size: int = 0, target: str = "",
+                 index: int = 0) -> None:
+        self.kind = kind  # file, dir, symlink, hardlink, other
+        self.offset = offset  # of its data; -1: not spooled yet (a compressed tar's large member)
+        self.size = size
+        self.target = target
+        self.index = index  # its place in the archive (the first member is 1)
 
 
 def _member_name(raw: str) -> str | None:
@@ -412,6 +418,8 @@ class Spool:
             if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise self._error(err) from err
             try:
+                import tempfile  # 2 ms: only for a compressed image archive
+
                 self.fd, path = tempfile.mkstemp(prefix=".chrootarchive-spool-",
                                                  dir=self.where)
                 os.unlink(path)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from chrootarchive._record import record as dataclass
 from chrootarchive.errors import DigestMismatchError, ImageError
 from chrootarchive.image.digests import blob_name, check_digest, clip, digest_ref
 from chrootarchive.image.documents import (
@@ -46,6 +45,10 @@ from chrootarchive.image.selection import (
     resolve_manifest,
 )
 
+TYPE_CHECKING = False  # no typing, no dataclasses at run time: the start (issue 16)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -59,15 +62,22 @@ class LayerPlan:
     blob_size: int
 
 
-@dataclass
 class Plan:
-    format: str
-    manifest_digest: str | None
-    config_digest: str
-    ref: str | None
-    platform: str
-    layers: list[LayerPlan]
-    warnings: list[str]
+    """The image chosen, and its layers, checked; ``warnings`` grows as it is made."""
+
+    __slots__ = ("config_digest", "format", "layers", "manifest_digest", "platform", "ref",
+                 "warnings")
+
+    def __init__(self, format: str, manifest_digest: str | None, config_digest: str,
+                 ref: str | None, platform: str, layers: list[LayerPlan],
+                 warnings: list[str]) -> None:
+        self.format = format
+        self.manifest_digest = manifest_digest
+        self.config_digest = config_digest
+        self.ref = ref
+        self.platform = platform
+        self.layers = layers
+        self.warnings = warnings
 
 
 def _config_info(config: Any, where: str, layer_count: int,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chrootarchive.errors import ChrootArchiveError, ImageError
 from chrootarchive.image.apply import (
@@ -34,13 +34,15 @@ from chrootarchive.image.documents import (
     as_object,
     parse_json,
 )
-from chrootarchive.image.layout import Reader
 from chrootarchive.image.mediatypes import INDEX_TYPES, MANIFEST_TYPES, SCHEMA1_TYPES
 from chrootarchive.image.plan import LayerPlan, Plan, plan_manifest
 from chrootarchive.image.results import ImageResult, ProgressCallback
 from chrootarchive.image.selection import Selection, resolve_manifest
 from chrootarchive.operations import untar as api
 from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions
+
+if TYPE_CHECKING:
+    from chrootarchive.image.layout import Reader
 
 PREFETCH_BYTES = 8 << 20
 """How much of the next layer's blob is read ahead, in memory, while one is applied."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from chrootarchive._record import as_dict
+from chrootarchive._record import record as dataclass
 from chrootarchive.options import UnpackResult
+
+TYPE_CHECKING = False  # no typing, no dataclasses at run time: the start (issue 16)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class LayerResult:
     skipped_xattrs: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data: dict[str, Any] = as_dict(self)
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +70,7 @@ class ImageResult(UnpackResult):
     layers: tuple[LayerResult, ...]
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data: dict[str, Any] = as_dict(self)
         data["layers"] = [layer.to_json() for layer in self.layers]
         data["warnings"] = list(self.warnings)
         return data

@@ -3,8 +3,6 @@ through nested image indexes (bounded in depth and number, cycles refused)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from chrootarchive.errors import ImageError
 from chrootarchive.image.digests import clip, short_digest
 from chrootarchive.image.documents import (
@@ -29,12 +27,18 @@ MAX_INDEX_ENTRIES = 1000
 """Manifests (platforms) one image index below ``index.json`` may list: a registry's
 index for a tag is one of these (Docker Hub's largest list a dozen or two)."""
 
-@dataclass
 class Selection:
-    want: Platform
-    explicit: bool
-    warnings: list[str]
-    documents: int = 0
+    """The platform wanted (``explicit``: the caller named it), and what choosing met on
+    the way: ``warnings``, and the index ``documents`` read so far."""
+
+    __slots__ = ("documents", "explicit", "want", "warnings")
+
+    def __init__(self, want: Platform, explicit: bool, warnings: list[str],
+                 documents: int = 0) -> None:
+        self.want = want
+        self.explicit = explicit
+        self.warnings = warnings
+        self.documents = documents
 
 
 def _index_children(fetch: Fetch, desc: Descriptor, sel: Selection,
