@@ -203,47 +203,40 @@ if mode == "gone":
             pass  # dead, its socket closed (finish() reaps it)
     u._start_finisher = start_then_lose_the_helper
 result = {"helper": False}
-if mode.startswith("stalled:"):
-    # The helper is stopped once forked, and let go only when the worker has created
-    # the archive's last file (or after 20 s): the worker must not wait for it.
+# The helper is stopped once forked, and let go when until() is true (or after
+# timeout s), after note() is called.
+def hold_helper(until, timeout, note):
     import threading, time
-    last, _, wait = mode.partition(":")[2].partition(":")
-    start = u._start_finisher
-    def start_then_stall(*args):
-        start(*args)
-        pid = u.finisher._pid
-        os.kill(pid, signal.SIGSTOP)
-        def resume():
-            deadline = time.monotonic() + float(wait or 20)
-            while not os.path.exists(last) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            result["last_made_while_stalled"] = os.path.exists(last)
-            os.kill(pid, signal.SIGCONT)
-        threading.Thread(target=resume, daemon=True).start()
-    u._start_finisher = start_then_stall
-if mode.startswith("release-when-copying:"):
-    # The helper is stopped once forked, and let go once the worker has begun to copy
-    # the large file itself: the helper then runs dry while that copy goes on.
-    import threading, time
-    big = mode.partition(":")[2]
     start = u._start_finisher
     def start_then_hold(*args):
         start(*args)
         pid = u.finisher._pid
         os.kill(pid, signal.SIGSTOP)
         def resume():
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    if os.stat(big).st_size:
-                        break
-                except FileNotFoundError:
-                    pass
+            deadline = time.monotonic() + timeout
+            while not until() and time.monotonic() < deadline:
                 time.sleep(0.0005)
-            result["released_while_copying"] = os.stat(big).st_size < os.path.getsize(archive) // 2
+            note()
             os.kill(pid, signal.SIGCONT)
         threading.Thread(target=resume, daemon=True).start()
     u._start_finisher = start_then_hold
+def size_of(path):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+if mode.startswith("stalled:"):
+    # Let go only when the worker has created the archive's last file (or after 20 s):
+    # the worker must not wait for it.
+    last, _, wait = mode.partition(":")[2].partition(":")
+    hold_helper(lambda: os.path.exists(last), float(wait or 20),
+                lambda: result.update(last_made_while_stalled=os.path.exists(last)))
+if mode.startswith("release-when-copying:"):
+    # Let go once the worker has begun to copy the large file itself: the helper then
+    # runs dry while that copy goes on.
+    big = mode.partition(":")[2]
+    hold_helper(lambda: size_of(big) > 0, 20, lambda: result.update(
+        released_while_copying=0 < size_of(big) < os.path.getsize(archive) // 2))
 fd = os.open(archive, os.O_RDONLY)
 try:
     u.run(tarreader.TarReader(fd))

@@ -38,27 +38,17 @@ import pytest
 
 from chrootarchive import DigestMismatchError, UnpackOptions, unpack_image
 from helpers import hardening
-from helpers.leaks import child_pids, idle_standbys
+from helpers.leaks import COUNT_SPAWNED_WORKERS, child_pids, idle_standbys
 from helpers.oci_images import Entry, OCIBuilder, make_tar, sha256
 
 pytestmark = pytest.mark.kernel
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
-# Counts the worker interpreters this process starts: every subprocess.Popen raises an
-# audit event with its arguments; a worker's are its boot code (jail.main).
-_COUNT_WORKERS = r"""
-import json, sys
+# Counts the worker interpreters this process starts (helpers.leaks).
+_COUNT_WORKERS = "import json, sys\n" + COUNT_SPAWNED_WORKERS + r"""
 from chrootarchive import UnpackOptions, unpack_image
 
-started = []
-
-def hook(event, args):
-    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
-                                           for a in args[1]):
-        started.append(1)
-
-sys.addaudithook(hook)
 result = unpack_image(sys.argv[1], sys.argv[2], UnpackOptions(confine=sys.argv[3]))
 print(json.dumps({"workers": len(started), "layers": len(result.layers),
                   "confinement": result.confinement}))
@@ -331,22 +321,12 @@ def test_a_mismatch_in_a_large_blob_is_found_by_the_hash_thread(
 
 # -- several layers on the command line: apply-layer L1 L2 L3 DEST --------------------
 
-_COUNT_CLI_WORKERS = r"""
-import json, sys
+_COUNT_CLI_WORKERS = "import json, sys\n" + COUNT_SPAWNED_WORKERS + r"""
 from chrootarchive.cli.main import main
 
-started = []
-
-def hook(event, args):
-    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
-                                           for a in args[1]):
-        started.append(1)
-
-sys.addaudithook(hook)
 code = main(sys.argv[1:])
 print(json.dumps({"workers": len(started), "code": code}), file=sys.stderr)
 """
-
 
 def _layer_files(where: Path) -> list[Path]:
     layers = [

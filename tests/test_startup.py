@@ -29,6 +29,7 @@ from chrootarchive import _wire
 from chrootarchive.engine import names as paths
 from chrootarchive.errors import BreakoutError, MalformedArchiveError
 from chrootarchive.tarformat import reader as tarreader
+from helpers.leaks import COUNT_SPAWNED_WORKERS
 
 SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
 
@@ -174,17 +175,11 @@ def test_clean_name_fast_path_agrees_with_normpath(name: str) -> None:
 # Runs the console script's entry point with ARGS; writes the modules it loaded (beyond
 # the interpreter's own) to OUT, those loaded when the worker was spawned to OUT.spawn,
 # and the number of workers spawned later (by subprocess) to OUT.later.
-_CLI_IMPORTS = """
-import os, sys
+_CLI_IMPORTS = "import sys\n" + COUNT_SPAWNED_WORKERS + """
+import os
 sys.path.insert(0, sys.argv[1])
 base = set(sys.modules)
 out = sys.argv[2]
-later = []
-def hook(event, args):
-    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
-                                           for a in args[1]):
-        later.append(1)
-sys.addaudithook(hook)
 
 def dump(path, names):
     with open(path, "w") as f:
@@ -199,7 +194,7 @@ real_exit = os._exit
 def _exit(code):
     dump(out, set(sys.modules))
     with open(out + ".later", "w") as f:
-        f.write(str(len(later)))
+        f.write(str(len(started)))
     real_exit(code)
 os._exit = _exit
 sys.argv = ["chrootarchive", *sys.argv[3:]]

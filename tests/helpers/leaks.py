@@ -137,3 +137,19 @@ class LeakCheck:
     def assert_clean(self) -> None:
         problems = self.problems()
         assert not problems, "; ".join(problems)
+
+
+#: Lines for a script run with ``python -c``, after ``import sys``: count in ``started``
+#: the worker interpreters it spawns through ``subprocess`` (each ``subprocess.Popen``
+#: raises an audit event with its arguments; a worker's are its boot code, jail.main).
+#: A worker the command line starts first (``os.posix_spawn``) is not counted.
+COUNT_SPAWNED_WORKERS = """
+started = []
+
+def count_workers(event, args):
+    if event == "subprocess.Popen" and any("chrootarchive.jail.main" in str(a)
+                                           for a in args[1]):
+        started.append(1)
+
+sys.addaudithook(count_workers)
+"""
