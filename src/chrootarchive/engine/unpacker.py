@@ -963,11 +963,11 @@ class Unpacker:
             if finisher.error is not None:  # the helper failed: say so, not go on
                 self._raise_finisher_error(finisher.error)
             size = entry.size
+            atime, mtime = self._times(entry)
             while size > 2 * _COPY_STEP:
                 finisher.copy_extent(fd, offset, _COPY_STEP)
                 offset += _COPY_STEP
                 size -= _COPY_STEP
-                atime, mtime = self._times(entry)
                 if finisher.take_over_if_idle(fd, offset, size, atime, mtime, entry.name):
                     fd = -1  # the helper's now
                     self.extents_handed_over += 1
@@ -975,7 +975,7 @@ class Unpacker:
                         self._raise_finisher_error(finisher.error)
                     return
             finisher.copy_extent(fd, offset, size)
-            os.utime(fd, ns=self._times(entry))
+            os.utime(fd, ns=(atime, mtime))
             self.extents_here += 1
         except OSError as err:
             if err.errno == errno.ENODATA:  # an extent past the end of the archive
