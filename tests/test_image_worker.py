@@ -319,6 +319,85 @@ def test_a_mismatch_in_a_large_blob_is_found_by_the_hash_thread(
     assert not [t for t in threading.enumerate() if t.name == "chrootarchive-hash"]
 
 
+def test_the_hash_thread_hashes_in_order_and_strands_no_caller() -> None:
+    """What is queued before ``close`` is hashed, in order; after it, ``update`` queues
+    nothing and ``wait`` returns at once, so a feeding thread still running (its source
+    stalled) never blocks on a closed one, however the two interleave."""
+    import hashlib
+
+    from chrootarchive.image.digests import HashThread
+
+    chunks = [bytes([i]) * (3000 + i) for i in range(40)]
+    hashing = HashThread()
+    ours = hashlib.sha256()
+    for chunk in chunks:
+        hashing.update(ours, chunk)
+    hashing.wait()
+    assert ours.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    hashing.close()
+    hashing.update(ours, b"after")  # nothing queued, nothing blocks
+    hashing.wait()
+    assert ours.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    for _ in range(200):  # a feeder racing close()
+        hashing = HashThread()
+        target = hashlib.sha256()
+
+        def feed(hashing: HashThread = hashing, target: object = target) -> None:
+            for chunk in chunks[:10]:
+                hashing.update(target, chunk)  # type: ignore[arg-type]
+                hashing.wait()
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        hashing.close()
+        feeder.join(10)
+        assert not feeder.is_alive(), "a feeding thread blocked on a closed hash thread"
+    assert not [t for t in threading.enumerate() if t.name == "chrootarchive-hash"]
+
+
+def test_a_layer_that_fails_while_its_source_stalls_leaves_no_thread(tmp_path: Path) -> None:
+    """The worker refuses a large layer (not a tar) while the feeding thread is blocked
+    reading its blob (a registry stream that stalls): the archive's error is raised,
+    not the feeding thread's state, and once that thread ends no hash thread is left."""
+    from chrootarchive import MalformedArchiveError
+    from chrootarchive.image.apply import apply_planned_layers
+    from chrootarchive.image.plan import LayerPlan
+
+    junk = b"\xff" * 512 + bytes((5 << 20) - 512)
+    digest = sha256(junk)
+
+    class StallingReader:
+        size = len(junk)
+
+        def __init__(self) -> None:
+            self.pos = 0
+            self.reads = 0
+
+        def read(self, n: int) -> bytes:
+            self.reads += 1
+            if self.reads >= 3 and threading.current_thread().name == "chrootarchive-feed":
+                time.sleep(1.0)
+            data = junk[self.pos:self.pos + min(n, 1 << 20)]
+            self.pos += len(data)
+            return data
+
+        def close(self) -> None:
+            pass
+
+    layer = LayerPlan(0, "x", digest, len(junk), "application/vnd.oci.image.layer.v1.tar",
+                      "none", digest, len(junk))
+    with pytest.raises(MalformedArchiveError, match="not a tar archive"):
+        apply_planned_layers([layer], lambda plan, label: StallingReader(),
+                             str(tmp_path / "root"), UnpackOptions())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+            t.name in ("chrootarchive-feed", "chrootarchive-hash")
+            for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.name in ("chrootarchive-feed", "chrootarchive-hash")]
+
+
 # -- several layers on the command line: apply-layer L1 L2 L3 DEST --------------------
 
 _COUNT_CLI_WORKERS = "import json, sys\n" + COUNT_SPAWNED_WORKERS + r"""

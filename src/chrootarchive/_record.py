@@ -96,7 +96,7 @@ def _is_record(cls: type) -> bool:
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     names = cls.__record_fields__
-    positional = cls.__match_args__  # the fields but the keyword-only ones
+    positional = cls.__record_positional__  # the fields but the keyword-only ones
     if len(args) > len(positional):
         raise TypeError(f"{cls.__name__}() takes {len(positional)} positional arguments "
                         f"but {len(args)} were given")
@@ -236,7 +236,7 @@ def make_record(cls: type[T] | None = None, /, *, frozen: bool = True,
         attrs: dict[str, object] = {
             "__record_fields__": names, "__record_annotations__": list(annotations.items()),
             "__record_defaults__": defaults, "__record_kw_only__": frozenset(keyword_only),
-            "__match_args__": positional,
+            "__record_positional__": positional, "__match_args__": positional,
             "__setattr__": _frozen_setattr, "__delattr__": _frozen_delattr,
             "__replace__": _replace,
             "__dataclass_fields__": _AsDataclass("__dataclass_fields__"),

@@ -222,7 +222,10 @@ class Limits:
             compressed stream may declare (9 MiB of the default 64 MiB: ``zstd -19``,
             ``xz -6``; a larger one is refused before it is allocated) and the worker's
             data segment (``RLIMIT_DATA``, 27 MiB: heap, anonymous mappings, thread
-            stacks); above 64 MiB each gets half of the rest.
+            stacks); above 64 MiB each gets half of the rest. Not counted: the ring
+            a decompressed stream goes through to the worker (``chrootarchive._ring``),
+            shared memory of at most 64 MiB that an input smaller than that does not
+            fill, freed when the unpack (or the layer) ends.
         reserve: a percentage of the destination's filesystem kept free, of its space
             and of its inodes, but at most 1 GiB and 100,000 inodes: writing (the
             spool of an image tar included) stops with a limit error before the

@@ -968,12 +968,15 @@ class Unpacker:
                 finisher.copy_extent(fd, offset, _COPY_STEP)
                 offset += _COPY_STEP
                 size -= _COPY_STEP
-                if finisher.take_over_if_idle(fd, offset, size, atime, mtime, entry.name):
-                    fd = -1  # the helper's now
+                # Not ours while the helper may take it: an interrupt (the timeout's
+                # alarm) after the helper's batch closed it must not close it again.
+                owned, fd = fd, -1
+                if finisher.take_over_if_idle(owned, offset, size, atime, mtime, entry.name):
                     self.extents_handed_over += 1
                     if finisher.error is not None:
                         self._raise_finisher_error(finisher.error)
                     return
+                fd = owned
             finisher.copy_extent(fd, offset, size)
             os.utime(fd, ns=(atime, mtime))
             self.extents_here += 1

@@ -197,8 +197,15 @@ def _apply_layer(stack: api.LayerStack, open_blob: BlobOpener, layer: LayerPlan,
             err.entry = f"{label}: {err.entry}" if err.entry else label
         raise
     finally:
-        chunks.close()
-        reader.close()
+        try:
+            chunks.close()
+        except ValueError:
+            # "generator already executing": the feeding thread is still in it (its
+            # source stalled after the job ended). It stops on its own; its reader is
+            # left to it (closed under a read, the number could be reused under it).
+            pass
+        else:
+            reader.close()
         if hashing is not None:
             hashing.close()
     if progress is not None:

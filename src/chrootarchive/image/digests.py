@@ -101,42 +101,42 @@ class HashThread:
         self._queue: queue.Queue[tuple[_Hash, bytes] | threading.Event | None] = (
             queue.Queue(maxsize=_MAX_QUEUED))
         self._failed: BaseException | None = None
+        # Held while an item is queued and while closing: nothing is queued after the
+        # end (a put blocked on a full queue still ends, as the thread runs until then).
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="chrootarchive-hash",
                                         daemon=True)
         self._thread.start()
-        self._closed = False
 
     def update(self, hasher: _Hash, data: bytes) -> None:
         """Queue ``data`` for ``hasher`` (a ``hashlib`` object); nothing once closed."""
-        if not self._closed:
-            self._queue.put((hasher, data))
+        with self._lock:
+            if not self._closed:
+                self._queue.put((hasher, data))
 
     def wait(self) -> None:
         """Return once everything queued so far is hashed (at once, once closed)."""
-        if self._closed:
-            return
         done = threading.Event()
-        self._queue.put(done)
+        with self._lock:
+            if self._closed:
+                return
+            self._queue.put(done)
         done.wait()
         if self._failed is not None:
             raise self._failed
 
     def close(self) -> None:
-        """Stop the thread (what is queued is hashed first). Idempotent.
+        """Stop the thread once it has hashed what is queued. Idempotent.
 
-        A feeding thread still running (a job that ended early leaves it to stop on
-        its own) never waits on a closed one: a chunk it queued as this closed is
-        dropped, and it queues nothing more."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
+        A feeding thread still running (its source stalled after the job ended) never
+        waits on a closed one: it queues nothing more, and its waits return at once."""
+        with self._lock:
+            if self._closed:
                 return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
