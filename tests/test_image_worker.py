@@ -321,8 +321,9 @@ def test_a_mismatch_in_a_large_blob_is_found_by_the_hash_thread(
 
 def test_the_hash_thread_hashes_in_order_and_strands_no_caller() -> None:
     """What is queued before ``close`` is hashed, in order; after it, ``update`` queues
-    nothing and ``wait`` returns at once, so a feeding thread still running (its source
-    stalled) never blocks on a closed one, however the two interleave."""
+    nothing and ``wait`` returns at once. And a ``wait`` that a feeding thread (its
+    source stalled) has begun when ``close`` comes still returns: here ``close`` comes
+    while that ``wait`` is queueing its marker."""
     import hashlib
 
     from chrootarchive.image.digests import HashThread
@@ -338,20 +339,24 @@ def test_the_hash_thread_hashes_in_order_and_strands_no_caller() -> None:
     hashing.update(ours, b"after")  # nothing queued, nothing blocks
     hashing.wait()
     assert ours.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
-    for _ in range(200):  # a feeder racing close()
-        hashing = HashThread()
-        target = hashlib.sha256()
 
-        def feed(hashing: HashThread = hashing, target: object = target) -> None:
-            for chunk in chunks[:10]:
-                hashing.update(target, chunk)  # type: ignore[arg-type]
-                hashing.wait()
+    hashing = HashThread()
+    putting = threading.Event()
+    queue_put = hashing._queue.put
 
-        feeder = threading.Thread(target=feed)
-        feeder.start()
-        hashing.close()
-        feeder.join(10)
-        assert not feeder.is_alive(), "a feeding thread blocked on a closed hash thread"
+    def slow_put(item: object, *args: object) -> None:
+        if isinstance(item, threading.Event):  # the wait's marker
+            putting.set()
+            time.sleep(0.3)
+        queue_put(item, *args)  # type: ignore[arg-type]
+
+    hashing._queue.put = slow_put  # type: ignore[method-assign]
+    waiter = threading.Thread(target=hashing.wait)
+    waiter.start()
+    assert putting.wait(10)
+    hashing.close()
+    waiter.join(10)
+    assert not waiter.is_alive(), "a wait begun before close() never returned"
     assert not [t for t in threading.enumerate() if t.name == "chrootarchive-hash"]
 
 

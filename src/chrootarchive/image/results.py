@@ -41,8 +41,7 @@ class LayerResult:
     skipped_xattrs: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = as_dict(self)
-        return data
+        return as_dict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +69,7 @@ class ImageResult(UnpackResult):
     layers: tuple[LayerResult, ...]
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = as_dict(self)
+        data = as_dict(self)
         data["layers"] = [layer.to_json() for layer in self.layers]
         data["warnings"] = list(self.warnings)
         return data
