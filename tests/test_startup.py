@@ -69,6 +69,8 @@ def test_unpack_worker_imports_nothing_heavy() -> None:
     mechanisms = {f"chrootarchive.jail.confine.{name}"
                   for name in ("pivot", "chroot", "userns", "mounts")}
     assert mechanisms <= loaded, sorted(mechanisms - loaded)
+    # So is the compiled header parser (an extension module: mapped before the jail).
+    assert "chrootarchive.tarformat._ustar" in loaded
 
 
 def test_a_one_file_untar_works_from_a_lean_worker(tmp_path: Path) -> None:

@@ -230,6 +230,54 @@ def _cstr(raw: _Bytes) -> bytes:
     return bytes(raw if nul < 0 else raw[:nul])
 
 
+# What _ustar gives for a header on the fast path: typeflag, mode, uid, gid, size, mtime,
+# the name (joined to a ustar prefix), the link name of a hard or symbolic link.
+_Header = tuple[int, int, int, int, int, int, str, str | None]
+
+
+def _ustar_py(buf: _Bytes, pos: int, end: int) -> _Header | None:
+    """The block at ``buf[pos:pos + 512]`` read as most archives write it, or None.
+
+    The fast path of :meth:`TarReader.__iter__`: a whole block within ``buf[:end]``, a
+    non-zero first byte, the numeric fields in the usual layout, a correct unsigned
+    checksum. The compiled ``_ustar.ustar`` does the same four times faster (issue 16);
+    this is its reference (tests/test_ustar_parser.py) and the fallback where it was not
+    built. None sends the block to the general rules, which also report its errors.
+    """
+    if pos < 0 or end > len(buf) or end - pos < BLOCK:
+        return None
+    hdr = buf[pos : pos + BLOCK]
+    if not hdr[0] or hdr[100:156].translate(_CANON_TABLE) != _CANON_FORM:
+        return None
+    mode, uid, gid, size, mtime, checksum = _CANON_FIELDS.unpack_from(hdr)
+    # The exact byte sum, written out from format.byte_sum(); the checksum field counts
+    # as eight spaces.
+    adler32 = zlib.adler32
+    if int(checksum, 8) != (
+        ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
+         (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
+        - (adler32(hdr[148:156]) & 0xFFFF)
+        + 8 * 0x20
+    ):
+        return None
+    nul = hdr.find(0, 0, 100)
+    raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
+    if hdr[345] and hdr[257:263] == fmt.USTAR_MAGIC:
+        raw = _cstr(hdr[345:500]) + b"/" + raw
+    flag = hdr[156]
+    linkname = _decode(_cstr(hdr[157:257])) if flag in _LINK_FLAGS else None
+    return (flag, int(mode, 8), int(uid, 8), int(gid, 8), int(size, 8), int(mtime, 8),
+            _decode(raw), linkname)
+
+
+_LINK_FLAGS = (fmt.LNKTYPE, fmt.SYMTYPE)
+
+try:
+    from chrootarchive.tarformat._ustar import ustar as _ustar
+except ImportError:  # built without a C compiler: the same rules, in Python
+    _ustar = _ustar_py
+
+
 def _number(raw: _Bytes) -> int | None:
     """A numeric header field, read as GNU tar's from_header() does; None if invalid.
 
@@ -501,16 +549,13 @@ class TarReader:
 
     def __iter__(self) -> Iterator[TarEntry]:
         """Yield the entries; data the consumer did not read is skipped on each step."""
-        # The hot loop, inlined for speed: most headers take the fast path, a whole,
-        # non-zero header already in the buffer, its numbers in the usual layout, a
-        # correct unsigned checksum, a type that needs no other header. Anything else
-        # (extended headers, zero blocks, odd numbers, errors) goes to _next_slow().
+        # The hot loop, inlined for speed: most headers take the fast path, a whole
+        # header already in the buffer that _ustar reads (compiled, or _ustar_py) and
+        # of a type that needs no other header. Anything else (extended headers, zero
+        # blocks, odd numbers, errors) goes to _next_slow().
         buf = self._buf
         kinds = _PLAIN_KINDS
-        table = _CANON_TABLE
-        form = _CANON_FORM
-        adler32 = zlib.adler32
-        fields = _CANON_FIELDS.unpack_from
+        parse = _ustar
         layouts = self._time_layouts
         while not self._done:
             if self._current is not None:
@@ -524,88 +569,55 @@ class TarReader:
             pos = self._pos
             pax: _Pax | None = None
             times: tuple[int | None, int | None] | None = None
-            if self._end - pos >= BLOCK and buf[pos] and self._started:
-                hdr = buf[pos : pos + BLOCK]
-                if hdr[156] == 0x78 and hdr[100:156].translate(table) == form:
-                    # A PAX header ('x'; GNU tar --format=posix or --xattrs writes one
-                    # per entry): read here when its records and the header after them
-                    # are in the buffer; times alone by _times_only, anything else with
-                    # _read_pax's strict rules.
-                    mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
-                    size = int(size_field, 8)
-                    after = pos + BLOCK + size + (-size % BLOCK)
-                    if (after + BLOCK <= self._end and size <= self._max_pax
-                            and int(checksum, 8) == (
-                                ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
-                                 (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
-                                - (adler32(hdr[148:156]) & 0xFFFF)
-                                + 8 * 0x20)):
-                        times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]),
-                                           layouts)
-                        if times is not None:
-                            self._pos = pos = after
-                        else:
-                            self._pos = pos + BLOCK
-                            pax = self._read_pax(
-                                size, f"extended header at offset {self._base + pos}")
-                            pos = self._pos
-                        hdr = buf[pos : pos + BLOCK]
-                kind = kinds.get(hdr[156])
-                if kind is not None and buf[pos] and hdr[100:156].translate(table) == form:
-                    mode, uid, gid, size_field, mtime, checksum = fields(buf, pos)
-                    # The exact byte sum, written out from format.byte_sum(); the
-                    # checksum field counts as eight spaces.
-                    if int(checksum, 8) == (
-                        ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
-                         (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
-                        - (adler32(hdr[148:156]) & 0xFFFF)
-                        + 8 * 0x20
-                    ):
-                        if pax is not None and not pax.times_only():
-                            # The general rules apply the records (names, sizes, sparse
-                            # maps...), with the numbers already read.
-                            where = self._base + pos
-                            self._pos = pos + BLOCK
-                            yield self._entry(
-                                hdr, hdr[156], kind, int(size_field, 8), pax, None, None,
-                                where, (int(mode, 8), int(uid, 8), int(gid, 8), int(mtime, 8)))
-                            continue
+            header = parse(buf, pos, self._end) if self._started else None
+            if header is not None and header[0] == 0x78:
+                # A PAX header ('x'; GNU tar --format=posix or --xattrs writes one per
+                # entry): read here when its records and the header after them are in
+                # the buffer; times alone by _times_only, anything else with
+                # _read_pax's strict rules.
+                size = header[4]
+                after = pos + BLOCK + size + (-size % BLOCK)
+                if after + BLOCK <= self._end and size <= self._max_pax:
+                    times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]), layouts)
+                    if times is not None:
+                        self._pos = pos = after
+                    else:
                         self._pos = pos + BLOCK
-                        nul = hdr.find(0, 0, 100)
-                        raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
-                        if hdr[345] and hdr[257:263] == fmt.USTAR_MAGIC:
-                            raw = _cstr(hdr[345:500]) + b"/" + raw
-                        entry = TarEntry(
-                            raw.decode("utf-8", "surrogateescape"),
-                            kind,
-                            int(mode, 8) & 0o7777,
-                            int(uid, 8),
-                            int(gid, 8),
-                            0,
-                            int(mtime, 8) * NS,
-                        )
-                        if times is not None:  # only times (GNU tar --xattrs, posix)
-                            if times[0] is not None:
-                                entry.mtime_ns = times[0]
-                            entry.atime_ns = times[1]
-                        elif pax is not None:  # the same, read by _read_pax
-                            if pax.mtime is not None:
-                                entry.mtime_ns = pax.mtime
-                            entry.atime_ns = pax.atime
-                        self._current = entry
-                        if kind is REGULAR:
-                            if entry.name[-1:] == "/":
-                                entry.kind = DIRECTORY  # see _entry()
-                            else:
-                                size = int(size_field, 8)
-                                entry.size = entry.stored_size = self._remaining = size
-                                self._padding = -size % BLOCK
-                        elif kind is HARDLINK or kind is SYMLINK:
-                            entry.linkname = _decode(_cstr(hdr[157:257]))
-                        elif kind is CHARDEV or kind is BLOCKDEV:
-                            self._devices(hdr, entry)
-                        yield entry
-                        continue
+                        pax = self._read_pax(
+                            size, f"extended header at offset {self._base + pos}")
+                        pos = self._pos
+                    header = parse(buf, pos, self._end)
+            if header is not None and (kind := kinds.get(header[0])) is not None:
+                flag, mode, uid, gid, size, mtime, name, linkname = header
+                self._pos = pos + BLOCK
+                if pax is not None and not pax.times_only():
+                    # The general rules apply the records (names, sizes, sparse maps...),
+                    # with the numbers already read.
+                    yield self._entry(buf[pos : pos + BLOCK], flag, kind, size, pax, None,
+                                      None, self._base + pos, (mode, uid, gid, mtime))
+                    continue
+                entry = TarEntry(name, kind, mode & 0o7777, uid, gid, 0, mtime * NS)
+                if times is not None:  # only times (GNU tar --xattrs, posix)
+                    if times[0] is not None:
+                        entry.mtime_ns = times[0]
+                    entry.atime_ns = times[1]
+                elif pax is not None:  # the same, read by _read_pax
+                    if pax.mtime is not None:
+                        entry.mtime_ns = pax.mtime
+                    entry.atime_ns = pax.atime
+                self._current = entry
+                if kind is REGULAR:
+                    if name[-1:] == "/":
+                        entry.kind = DIRECTORY  # see _entry()
+                    else:
+                        entry.size = entry.stored_size = self._remaining = size
+                        self._padding = -size % BLOCK
+                elif linkname is not None:  # a hard or symbolic link
+                    entry.linkname = linkname
+                elif kind is CHARDEV or kind is BLOCKDEV:
+                    self._devices(buf[pos : pos + BLOCK], entry)
+                yield entry
+                continue
             if times is not None:  # the header after them needs the general rules
                 pax = _Pax()
                 pax.mtime, pax.atime = times
