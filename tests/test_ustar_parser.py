@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -199,27 +200,44 @@ def test_whole_archives_read_alike_through_either(
     assert _read_file(path) == fast
 
 
-def test_without_a_compiler_the_install_builds_and_reads_in_python(tmp_path: Path) -> None:
-    """setup.py declares the extension optional: a failed compile is a warning, and the
-    reader then imports with the Python rules."""
+def _wheel(tree: Path, out: Path, **env: str) -> Path:
+    """Build the project's wheel from ``tree`` (its setup.py, no isolation)."""
+    built = subprocess.run(
+        [sys.executable, "setup.py", "-q", "bdist_wheel", "--dist-dir", str(out)],
+        cwd=tree, env=dict(os.environ, **env), capture_output=True, text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+def test_without_a_compiler_the_wheel_is_pure_and_reads_in_python(tmp_path: Path) -> None:
+    """setup.py declares the extension optional: a failed compile is a warning, the
+    wheel is then tagged as pure Python, and the reader imports with the Python rules.
+    With the compiler, the wheel holds the extension and is tagged for the stable ABI."""
     tree = Path(chrootarchive.__file__).resolve().parents[2]
     copy = tmp_path / "tree"
     shutil.copytree(tree / "src", copy / "src",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(tree / name, copy / name)
-    env = dict(os.environ, CC="/bin/false")
-    built = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace"],
-        cwd=copy, env=env, capture_output=True, text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    assert not list((copy / "src").rglob("*.so"))
+    wheel = _wheel(copy, tmp_path / "pure", CC="/bin/false")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".so")]
+        archive.extractall(unpacked)
     probe = subprocess.run(
         [sys.executable, "-I", "-c",
          "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.tarformat import reader;"
-         "print(reader._ustar is reader._ustar_py)", str(copy / "src")],
+         "print(reader._ustar is reader._ustar_py)", str(unpacked)],
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "True"
+    shutil.rmtree(copy / "build")
+    wheel = _wheel(copy, tmp_path / "compiled")
+    assert wheel.name.endswith("-cp311-abi3-linux_" + os.uname().machine + ".whl"), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        assert [n for n in archive.namelist() if n.endswith("_ustar.abi3.so")]
