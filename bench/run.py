@@ -848,6 +848,9 @@ def markdown(report: dict[str, Any]) -> str:
         " same run; peak RSS: largest over runs, MiB; others' CPU: median CPU time used by"
         " other processes on the machine during a run (noise)."
     )
+    line = meta.get("versions", {}).get("chrootarchive_version_line")
+    if line:
+        lines += ["", f"`{line}`"]
     lines.append("")
     for target in ("tmpfs", "disk"):
         rows = [r for r in report["results"] if r["target"] == target]
@@ -942,6 +945,9 @@ def versions(tools: Tools) -> dict[str, str]:
     except Exception:
         v["chrootarchive"] = "?"
     v["chrootarchive_cmd"] = " ".join(tools.chroot)
+    # The command's own --version line says whether its header parser is compiled
+    # (setup.py builds it where a C compiler was found): figures differ without it.
+    v["chrootarchive_version_line"] = first_line([*tools.chroot, "--version"])
     return v
 
 

@@ -256,7 +256,8 @@ def test_help_and_version_import_almost_nothing(tmp_path: Path, args: list[str])
     assert not _NOT_BEFORE_A_COMMAND & loaded, sorted(_NOT_BEFORE_A_COMMAND & loaded)
     ours = {m for m in loaded if m.startswith("chrootarchive")}
     assert ours <= {"chrootarchive", "chrootarchive.cli", "chrootarchive.cli.main",
-                    "chrootarchive.cli.commands", "chrootarchive.errors"}, sorted(ours)
+                    "chrootarchive.cli.commands", "chrootarchive.errors",
+                    "chrootarchive.tarformat", "chrootarchive.tarformat._ustar"}, sorted(ours)
     assert at_spawn is None  # no worker for a command that runs none
 
 

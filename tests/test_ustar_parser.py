@@ -236,6 +236,12 @@ def test_without_a_compiler_the_wheel_is_pure_and_reads_in_python(tmp_path: Path
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "True"
+    version = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+         "from chrootarchive.cli import main; main(['--version'])", str(unpacked)],
+        capture_output=True, text=True,
+    )
+    assert "header parser in Python: installed without a C compiler" in version.stdout
     shutil.rmtree(copy / "build")
     wheel = _wheel(copy, tmp_path / "compiled")
     assert wheel.name.endswith("-cp311-abi3-linux_" + os.uname().machine + ".whl"), wheel.name
