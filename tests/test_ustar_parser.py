@@ -115,7 +115,8 @@ def test_each_byte_of_the_numeric_fields_is_checked(where: int) -> None:
         for value in b"\0 07389x\xff":
             mutated = bytearray(block)
             mutated[where] = value
-            _fix_checksum(mutated)
+            if not 148 <= where < 154:  # the checksum's own digits: as mutated
+                _fix_checksum(mutated)
             _both(mutated, 0, BLOCK)
 
 
