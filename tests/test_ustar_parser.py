@@ -175,16 +175,17 @@ def _archives() -> list[Path]:
     return sorted(p for p in corpus_dir().iterdir() if p.suffix == ".tar")
 
 
-def _read_file(path: Path) -> tuple[list[TarEntry], str]:
-    entries: list[TarEntry] = []
+def _read_file(path: Path) -> tuple[list[tuple[TarEntry, bytes]], str]:
+    """Each entry with its data (offsets and bytes), and the error that ended the
+    reading ("" for none)."""
+    entries: list[tuple[TarEntry, bytes]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
         tar = TarReader(fd)
         for entry in tar:
-            entry.xattrs = dict(entry.xattrs)
-            entries.append(entry)
-            for _ in tar.data(entry):
-                pass
+            data = b"".join(b"%d:" % offset + bytes(chunk)
+                            for offset, chunk in tar.data(entry))
+            entries.append((entry, data))
     except MalformedArchiveError as exc:
         return entries, str(exc)
     finally:
