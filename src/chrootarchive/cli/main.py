@@ -32,19 +32,20 @@ but the destination, and nothing from the archive ever runs.
 
 def _version_line() -> str:
     """``chrootarchive 0.2.0 (Python 3.11.7, Linux 6.1.0 x86_64, compiled header
-    parser)``: what a bug report needs. The parser is Python where the install had no C
-    compiler (setup.py): slower on archives of many small files."""
+    parser and helper loop)``: what a bug report needs. Both are Python where the
+    install had no C compiler (setup.py): slower on archives of many small files."""
     from chrootarchive import __version__
 
     try:
-        import chrootarchive.tarformat._ustar  # noqa: F401 - only whether it loads
-        parser = "compiled header parser"
+        import chrootarchive.engine._finish
+        import chrootarchive.tarformat._ustar  # noqa: F401 - only whether both load
+        compiled = "compiled header parser and helper loop"
     except ImportError:
-        parser = "header parser in Python: installed without a C compiler"
+        compiled = "header parser and helper loop in Python: installed without a C compiler"
     uname = os.uname()
     python = ".".join(str(part) for part in sys.version_info[:3])
     return (f"chrootarchive {__version__} (Python {python}, "
-            f"{uname.sysname} {uname.release} {uname.machine}, {parser})")
+            f"{uname.sysname} {uname.release} {uname.machine}, {compiled})")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -51,6 +51,10 @@ import struct
 
 from chrootarchive import _linux, _ring
 
+TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = ["Finisher"]
 
 MAX_FDS = 32  # descriptors per batch
@@ -647,6 +651,25 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
     return failed, returned
 
 
+def _finish_either(batch: memoryview, fds: list[int], source: int,
+                   buffer: memoryview | None, ring: int
+                   ) -> tuple[tuple[OSError, int] | None, Sequence[int]]:
+    """:func:`_finish_batch`, compiled where it was built and the batch is one it takes
+    (no symlink): the helper's share of a small file is then the kernel's work alone."""
+    done = (None if _finish_compiled is None
+            else _finish_compiled(batch, fds, source, ring))
+    if done is None:
+        return _finish_batch(batch, fds, source, buffer, ring)
+    errno, index, returned = done
+    return (OSError(errno, os.strerror(errno)), index) if errno else None, returned
+
+
+try:
+    from chrootarchive.engine._finish import finish as _finish_compiled
+except ImportError:  # built without a C compiler: _finish_batch does it all
+    _finish_compiled = None  # type: ignore[assignment]
+
+
 def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
     """Make a symlink and time it through an ``O_PATH`` descriptor, which must be the
     symlink just made (one link: not a hard link a racer swapped in); False: left to
@@ -685,7 +708,7 @@ def _serve(sock: _socket.socket, source: int, ring: int) -> None:
         if not size and not fds:
             return  # the worker closed its end
         problem: tuple[OSError, int] | None = None
-        returned: list[int] = []
+        returned: Sequence[int] = ()
         if flags & (_socket.MSG_CTRUNC | _socket.MSG_TRUNC) or not _well_formed(view[:size], fds):
             problem = (OSError(_EMSGSIZE, os.strerror(_EMSGSIZE)), 0)  # files lost
         if failed or problem is not None:
@@ -694,7 +717,7 @@ def _serve(sock: _socket.socket, source: int, ring: int) -> None:
         else:
             if copy_buffer is None and source >= 0 and not ring:
                 copy_buffer = memoryview(bytearray(_COPY_CHUNK))
-            problem, returned = _finish_batch(view[:size], fds, source, copy_buffer, ring)
+            problem, returned = _finish_either(view[:size], fds, source, copy_buffer, ring)
         tail = struct.pack(f"<{len(returned)}H", *returned)
         if problem is not None and not failed:
             failed = True
