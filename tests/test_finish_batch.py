@@ -9,7 +9,8 @@ batches in two fresh directories, and the files they make (names, kinds, modes, 
 times) and their replies must be the same: every kind of file, errors at each place,
 names something is in the way of (a symlink to a victim outside included), rings that
 wrap, odd times, and random mixtures. Batches the C does not take (a symlink, a layout
-that does not add up) it must refuse before it touches anything.
+that does not add up) it must refuse before it touches anything; the helper's
+``_well_formed`` rules out the second kind before either loop sees it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import errno
 import os
 import random
 import stat
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,12 +81,13 @@ def _tree(root: Path) -> dict[str, tuple[object, ...]]:
     return found
 
 
-def _passed_fds(directory: Path, files: list[File]) -> list[int]:
+def _passed_fds(directory: Path, files: list[File], flags: int = 0) -> list[int]:
     """Descriptors of files made beforehand, for the files of a batch sent without a
     name (the worker created them): ``fd0``, ``fd1``... in ``directory``."""
     fds = []
-    for index, file in enumerate(f for f in files if f[0] is None):
-        fd = os.open(directory / f"fd{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    for index, _file in enumerate(f for f in files if f[0] is None):
+        fd = os.open(directory / f"fd{index}",
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o640)
         os.utime(fd, ns=(1, 1))  # what is not finished keeps these
         fds.append(fd)
     return fds
@@ -102,7 +105,7 @@ def _closed(fds: list[int]) -> bool:
 
 
 def _run_both(tmp_path: Path, files: list[File], source: int = -1, ring: int = 0,
-              prepare: object = None
+              prepare: object = None, fd_flags: int = 0
               ) -> tuple[tuple[int, int, tuple[int, ...]], dict[str, tuple[object, ...]]]:
     """Run the batch through both loops (each in a directory of its own, prepared alike
     by ``prepare(dir)``); assert they did the same; return the reply and the tree."""
@@ -114,7 +117,7 @@ def _run_both(tmp_path: Path, files: list[File], source: int = -1, ring: int = 0
         directory.mkdir()
         if callable(prepare):
             prepare(directory)
-        fds = _passed_fds(directory, files)
+        fds = _passed_fds(directory, files, fd_flags)
         with _inside(directory):
             if which == "c":
                 done = _finish.finish(batch, list(fds), source, ring)
@@ -328,6 +331,58 @@ def test_random_batches_agree(tmp_path: Path) -> None:
         os.close(source)
 
 
+def test_copies_that_sendfile_refuses_go_through_a_buffer(tmp_path: Path) -> None:
+    """``sendfile`` refuses a descriptor opened with ``O_APPEND`` (EINVAL): the data is
+    then read and written in chunks of 1 MiB, large files in several."""
+    source = _source(tmp_path, ARCHIVE)
+    try:
+        files: list[File] = [
+            (None, 0o644, None, (5, 100), 1, 2),
+            (None, 0o644, None, (1000, (2 << 20) + 12345), 3, 4),
+            (None, 0o644, None, (len(ARCHIVE) - 50, 100), 5, 6),  # past the end
+        ]
+        reply, tree = _run_both(tmp_path, files, source, fd_flags=os.O_APPEND)
+    finally:
+        os.close(source)
+    assert reply == (errno.ENODATA, 2, ())
+    assert tree["fd1"][2] == ARCHIVE[1000 : 1000 + (2 << 20) + 12345]
+    assert tree["fd2"][2] == ARCHIVE[-50:]
+
+
+@pytest.mark.parametrize("ring_size", [4095, 12345])
+def test_ring_offsets_near_the_largest_stream_offset(tmp_path: Path, ring_size: int) -> None:
+    """A ring of any size (not only a power of two), at stream offsets near 2^63:
+    the wrapped position is the same in both, and nothing overflows."""
+    ring = os.memfd_create("ring")
+    try:
+        os.write(ring, ARCHIVE[:ring_size])
+        top = (1 << 63) - 6
+        files: list[File] = [
+            (b"near-top", 0o644, None, (top, 5000), 1, 2),
+            (b"top", 0o644, None, ((1 << 63) - 1, 1), 3, 4),
+        ]
+        reply, tree = _run_both(tmp_path, files, ring, ring_size)
+    finally:
+        os.close(ring)
+    assert reply == (0, 0, ())
+    at = top % ring_size
+    expected = (ARCHIVE[at:ring_size] + ARCHIVE[:ring_size] * 2)[:5000]
+    assert tree["near-top"][2] == expected
+
+
+def test_empty_extents_copy_nothing(tmp_path: Path) -> None:
+    """An extent of no bytes (the worker sends none) is not copied from, whatever its
+    source or offset: the file is made and timed."""
+    files: list[File] = [
+        (b"nowhere", 0o644, None, (0, 0), 1, 2),
+        (b"far", 0o644, None, (1 << 62, 0), 3, 4),
+        (None, 0o644, None, ((1 << 63) - 1, 0), 5, 6),
+    ]
+    reply, tree = _run_both(tmp_path, files, -1)
+    assert reply == (0, 0, ())
+    assert tree["far"] == (stat.S_IFREG, 0o644, b"", (3, 4))
+
+
 def _layout_refused(batch: bytes, fds: list[int] | None = None) -> None:
     assert _finish.finish(batch, fds or [], -1, 0) is None
 
@@ -344,10 +399,23 @@ def test_batches_it_does_not_take_are_refused_untouched(tmp_path: Path) -> None:
         _layout_refused(finisher._COUNT.pack(0))
         _layout_refused(_batch([(b"f%d" % i, 0o644, b"", None, 0, 0)
                                 for i in range(finisher.MAX_FILES + 1)]))
+        assert finisher._well_formed(memoryview(batch), [])
         for cut in (3, len(batch) - len(b"data") - 1, len(batch) - 1):
             _layout_refused(batch[:cut])  # the numbers, a name or the data cut short
+            # The helper rules those out before either loop (Python's would wait
+            # forever on data cut short).
+            assert not finisher._well_formed(memoryview(batch[:cut]), [])
         _layout_refused(_batch([(b"m", 0o10644, b"", None, 0, 0)]))  # not a permission
         _layout_refused(_batch([(None, 0o644, b"", None, 0, 0)]), [])  # no descriptor
+        # Inline sizes whose sum wraps at 2^64 (the first 100 bytes are there).
+        wrapping = bytearray(_batch([(b"a", 0o644, b"x" * 100, None, 0, 0),
+                                     (b"missing/x", 0o644, b"", None, 0, 0),
+                                     *[(b"b%d" % i, 0o644, b"", None, 0, 0)
+                                       for i in range(3)]]))
+        sizes = [100, 1 << 62, 1 << 62, 1 << 62, (1 << 62) - 100]
+        struct.pack_into("<5Q", wrapping, finisher._COUNT.size, *sizes)
+        _layout_refused(bytes(wrapping))
+        assert not finisher._well_formed(memoryview(bytes(wrapping)), [])
         assert os.listdir(".") == []
         fd = os.open("extra", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -358,15 +426,18 @@ def test_batches_it_does_not_take_are_refused_untouched(tmp_path: Path) -> None:
 
 
 def test_names_the_kernel_would_shorten_are_errors(tmp_path: Path) -> None:
-    """A name with a NUL byte is an error, never the name before it (the worker never
-    sends one; Python's os.open refuses it too); a name longer than PATH_MAX is
-    ENAMETOOLONG, as the kernel says."""
+    """A name with a NUL byte is EINVAL, never the name before it (the reader refuses
+    such names, so the worker never sends one; Python's loop would die of the
+    ValueError); a name longer than PATH_MAX is ENAMETOOLONG, as the kernel says, NUL
+    or not."""
     with _inside(tmp_path):
         done = _finish.finish(_batch([(b"ok", 0o644, b"", None, 0, 0),
                                       (b"short\x00long", 0o644, b"x", None, 0, 0)]), [], -1, 0)
         assert done == (errno.EINVAL, 1, ())
         assert sorted(os.listdir(".")) == ["ok"]
         done = _finish.finish(_batch([(b"n/" * 2100, 0o644, b"", None, 0, 0)]), [], -1, 0)
+        assert done == (errno.ENAMETOOLONG, 0, ())
+        done = _finish.finish(_batch([(b"\x00" * 5000, 0o644, b"", None, 0, 0)]), [], -1, 0)
         assert done == (errno.ENAMETOOLONG, 0, ())
 
 
@@ -384,6 +455,8 @@ def test_arguments_are_checked() -> None:
         _finish.finish(batch, [], -1, -1)
     with pytest.raises(ValueError):
         _finish.finish(_batch([(None, 0o644, b"", None, 0, 0)]), [-1], -1, 0)
+    with pytest.raises(TypeError):
+        _finish.finish(_batch([(None, 0o644, b"", None, 0, 0)]), ["3"], -1, 0)  # type: ignore[list-item]
 
 
 def test_the_helper_uses_the_compiled_loop() -> None:

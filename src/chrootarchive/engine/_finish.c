@@ -11,17 +11,22 @@
  * descriptor passed with the batch, copy its extent from ``source`` (the archive:
  * sendfile, else pread and write; or, with ring > 0, a ring of that size, where the
  * stream's offsets wrap: sendfile) or write its data from the batch, set its times
- * through the descriptor, close it. It returns (errno, index,
- * returned): the first error and its file (errno 0: none), and the files left to the
- * worker (their creation met EEXIST, EACCES or EPERM). After an error the remaining
- * files are only closed. It returns None, having done nothing, for a batch it does not
- * take (a symlink, a layout that does not add up): the Python loop takes that one.
+ * through the descriptor, close it. It returns (errno, index, returned): the first
+ * error and its file (errno 0: none), and the files left to the worker (their creation
+ * met EEXIST, EACCES or EPERM). After an error the remaining files are only closed. A
+ * failed close is the file's error (Python's loop dies of it). It returns None, having
+ * done nothing, for a batch it does not take (a symlink, a layout that does not add
+ * up): the Python loop takes the first; the helper's _well_formed() rules out the
+ * second before either loop sees it.
  *
  * The reference is _finish_batch() in finisher.py: tests/test_finish_batch.py runs the
  * two on the same batches and compares the files made and the replies. Bounds: the
- * whole layout (count, the numbers, every name and every inline data) is checked to lie
- * inside the batch before any file is touched; names are copied into a NUL-terminated
- * buffer and one holding a NUL byte is an error (EINVAL), never a shorter name.
+ * whole layout (the count, at most 64; the numbers; every name and every inline datum)
+ * is checked to lie inside the batch, with running sums that cannot wrap, and the
+ * numbers are copied out, before any file is touched or the GIL released; afterwards
+ * only names and data are read, within those bounds. A name is copied into a
+ * NUL-terminated buffer: longer than PATH_MAX is ENAMETOOLONG, and one holding a NUL
+ * byte is EINVAL (the reader refuses such names), never a shorter name.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,6 +44,12 @@
 #define SYMLINK (-1)
 #define COPY_CHUNK (1 << 20)
 #define CREATE (O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC)
+
+/* One file of a batch, as checked. */
+struct file {
+    uint64_t size, name_size;
+    int64_t atime, mtime, extent, mode;
+};
 
 /* Little-endian fields of the batch (struct "<H", "<Q", "<I", "<q"). */
 static uint64_t le(const unsigned char *p, int n)
@@ -66,11 +77,12 @@ static int returned_errno(int err) { return err == EEXIST || err == EACCES || er
 
 /* Copy size bytes of the stream from offset out of the ring source (of ring bytes) to
  * fd: _ring.send(). 0 or an errno (ENODATA: the ring ends inside the file's data). */
-static int copy_from_ring(int fd, int source, int64_t offset, uint64_t size, int64_t ring)
+static int copy_from_ring(int fd, int source, uint64_t offset, uint64_t size, uint64_t ring)
 {
+    /* offset + size < 2**63 + 2**62: no wrap in 64 unsigned bits. */
     while (size) {
         off_t at = (off_t)(offset % ring);
-        uint64_t count = (uint64_t)(ring - at) < size ? (uint64_t)(ring - at) : size;
+        uint64_t count = ring - (uint64_t)at < size ? ring - (uint64_t)at : size;
         while (count) {
             size_t want = count > 0x7ffff000u ? 0x7ffff000u : (size_t)count;
             ssize_t sent = sendfile(fd, source, &at, want);
@@ -81,7 +93,7 @@ static int copy_from_ring(int fd, int source, int64_t offset, uint64_t size, int
             }
             if (sent == 0)
                 return ENODATA;
-            offset += sent;
+            offset += (uint64_t)sent;
             size -= (uint64_t)sent;
             count -= (uint64_t)sent;
         }
@@ -204,34 +216,48 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyObject *result = NULL;
 
     /* The layout: count, count sizes (Q), count name sizes (I), 4 * count numbers (q),
-     * then the names, then the inline data. All of it checked before anything is done. */
+     * then the names, then the inline data. All of it is checked, and copied here,
+     * before anything is done: the loop below reads the batch only for the names and
+     * the data, within the bounds checked, whatever changes in it meanwhile. */
     if (length < 2)
         goto not_taken;
-    Py_ssize_t count = (Py_ssize_t)le(b, 2);
+    const Py_ssize_t count = (Py_ssize_t)le(b, 2);
     if (count < 1 || count > MAX_FILES)
         goto not_taken;
     const Py_ssize_t sizes_at = 2, name_sizes_at = sizes_at + 8 * count;
     const Py_ssize_t numbers_at = name_sizes_at + 4 * count, names_at = numbers_at + 32 * count;
     if (length < names_at)
         goto not_taken;
-    uint64_t names_total = 0, data_total = 0;
+    const uint64_t room = (uint64_t)(length - names_at);  /* for the names and the data */
+    struct file files[MAX_FILES];
+    uint64_t taken = 0;  /* <= room, so no sum below can wrap */
     Py_ssize_t without_name = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        uint64_t size = le(b + sizes_at + 8 * i, 8);
-        uint64_t name_size = le(b + name_sizes_at + 4 * i, 4);
-        int64_t extent = (int64_t)le(b + numbers_at + 32 * i + 16, 8);
-        int64_t mode = (int64_t)le(b + numbers_at + 32 * i + 24, 8);
-        if (mode == SYMLINK || mode < 0 || mode > 07777 || size > (uint64_t)1 << 62)
-            goto not_taken;
-        if (!name_size)
+        struct file *f = &files[i];
+        const unsigned char *numbers = b + numbers_at + 32 * i;
+        f->size = le(b + sizes_at + 8 * i, 8);
+        f->name_size = le(b + name_sizes_at + 4 * i, 4);
+        f->atime = (int64_t)le(numbers, 8);
+        f->mtime = (int64_t)le(numbers + 8, 8);
+        f->extent = (int64_t)le(numbers + 16, 8);
+        f->mode = (int64_t)le(numbers + 24, 8);
+        if (f->mode < 0 || f->mode > 07777 || f->size >= (uint64_t)1 << 62)
+            goto not_taken;  /* a symlink (SYMLINK, -1), or not a batch of ours */
+        if (!f->name_size)
             without_name++;
-        names_total += name_size;
-        if (extent < 0)
-            data_total += size;
+        if (f->name_size > room - taken)
+            goto not_taken;
+        taken += f->name_size;
     }
-    if (without_name != PyList_Size(fds)
-        || names_total > (uint64_t)(length - names_at)
-        || data_total > (uint64_t)(length - names_at) - names_total)
+    const uint64_t names_total = taken;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (files[i].extent < 0) {
+            if (files[i].size > room - taken)
+                goto not_taken;
+            taken += files[i].size;
+        }
+    }
+    if (without_name != PyList_Size(fds))
         goto not_taken;
     int passed[MAX_FILES];
     for (Py_ssize_t i = 0; i < without_name; i++) {
@@ -249,21 +275,20 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
     const unsigned char *data = names + names_total;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count; i++) {
-        uint64_t size = le(b + sizes_at + 8 * i, 8);
-        uint64_t name_size = le(b + name_sizes_at + 4 * i, 4);
-        const unsigned char *numbers = b + numbers_at + 32 * i;
-        int64_t extent = (int64_t)le(numbers + 16, 8);
+        const struct file *f = &files[i];
         int fd = -1, err = 0;
-        if (name_size) {
+        if (f->name_size) {
             if (!failed) {
-                if (name_size > PATH_MAX)
+                if (f->name_size > PATH_MAX)
                     err = ENAMETOOLONG;
-                else if (memchr(names, 0, name_size) != NULL)
+                else if (memchr(names, 0, f->name_size) != NULL)
                     err = EINVAL;
                 else {
-                    memcpy(name, names, name_size);
-                    name[name_size] = 0;
-                    fd = open(name, CREATE, (mode_t)le(numbers + 24, 8));
+                    memcpy(name, names, f->name_size);
+                    name[f->name_size] = 0;
+                    do
+                        fd = open(name, CREATE, (mode_t)f->mode);
+                    while (fd < 0 && errno == EINTR);
                     if (fd < 0) {
                         if (returned_errno(errno))
                             returned[returned_count++] = (unsigned short)i;
@@ -272,31 +297,33 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
                     }
                 }
             }
-            names += name_size;
+            names += f->name_size;
         } else {
             fd = passed[next_fd++];
         }
         if (!failed && !err && fd >= 0) {
-            if (extent >= 0)
-                err = ring ? copy_from_ring(fd, (int)source, extent, size, ring)
-                           : copy_extent(fd, (int)source, extent, size, &buffer);
-            else
-                err = write_all(fd, data, size);
+            if (f->extent < 0)
+                err = write_all(fd, data, f->size);
+            else if (f->size)
+                err = ring ? copy_from_ring(fd, (int)source, (uint64_t)f->extent, f->size,
+                                            (uint64_t)ring)
+                           : copy_extent(fd, (int)source, f->extent, f->size, &buffer);
             if (!err) {
-                struct timespec times[2] = {
-                    to_timespec((int64_t)le(numbers, 8)), to_timespec((int64_t)le(numbers + 8, 8))};
+                struct timespec times[2] = {to_timespec(f->atime), to_timespec(f->mtime)};
                 if (futimens(fd, times) < 0)
                     err = errno;
             }
         }
+        /* A failed close is the file's error (NFS and FUSE report some only there);
+         * EINTR leaves the descriptor closed on Linux. */
+        if (fd >= 0 && close(fd) < 0 && errno != EINTR && !err)
+            err = errno;
         if (err && !failed) {
             failed = err;
             failed_index = i;
         }
-        if (fd >= 0)
-            close(fd);
-        if (extent < 0)
-            data += size;
+        if (f->extent < 0)
+            data += f->size;
     }
     Py_END_ALLOW_THREADS
     free(buffer);

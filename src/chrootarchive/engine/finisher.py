@@ -623,7 +623,12 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                 fd = fds[next_fd]
                 next_fd += 1
             if failed is None and fd >= 0:
-                if extent >= 0:
+                if extent < 0:
+                    data = batch[pos : pos + size]
+                    written = write(fd, data) if size else 0
+                    while written < size:
+                        written += write(fd, data[written:])
+                elif size:  # (the worker sends no empty extent)
                     sent = 0
                     if not ring:  # the usual case written out: one sendfile does it
                         try:
@@ -635,11 +640,6 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                             buffer = memoryview(bytearray(_COPY_CHUNK))
                     if sent != size:  # the rest (or a ring: by sendfile only)
                         _copy_extent(fd, source, extent + sent, size - sent, buffer, ring)
-                else:
-                    data = batch[pos : pos + size]
-                    written = write(fd, data) if size else 0
-                    while written < size:
-                        written += write(fd, data[written:])
                 utime(fd, ns=(numbers[at], numbers[at + 1]))
         except OSError as err:
             failed = (err, index)
@@ -727,8 +727,9 @@ def _serve(sock: _socket.socket, source: int, ring: int) -> None:
 
 
 def _well_formed(batch: memoryview, fds: list[int]) -> bool:
-    """A batch as the worker makes them: its count, its layout and as many descriptors
-    as files without a name."""
+    """A batch as the worker makes them: its count, its layout, sizes and modes in
+    range, names and data that fit in it, and as many descriptors as files without a
+    name. Neither loop sees any other (Python's would wait forever on data cut short)."""
     if len(batch) < _COUNT.size:
         return False
     count = _COUNT.unpack_from(batch)[0]
@@ -738,5 +739,11 @@ def _well_formed(batch: memoryview, fds: list[int]) -> bool:
     if len(batch) < _COUNT.size + layout.size:
         return False
     numbers = layout.unpack_from(batch, _COUNT.size)
+    sizes = numbers[:count]
     name_sizes = numbers[count : 2 * count]
-    return name_sizes.count(0) == len(fds)
+    extents = numbers[2 * count + 2 :: 4]
+    modes = numbers[2 * count + 3 :: 4]
+    inline = sum(size for size, extent in zip(sizes, extents, strict=True) if extent < 0)
+    return (name_sizes.count(0) == len(fds) and max(sizes) < 1 << 62
+            and all(mode == SYMLINK or 0 <= mode <= 0o7777 for mode in modes)
+            and _COUNT.size + layout.size + sum(name_sizes) + inline <= len(batch))
