@@ -660,8 +660,8 @@ def _finish_either(batch: memoryview, fds: list[int], source: int,
             else _finish_compiled(batch, fds, source, ring))
     if done is None:
         return _finish_batch(batch, fds, source, buffer, ring)
-    errno, index, returned = done
-    return (OSError(errno, os.strerror(errno)), index) if errno else None, returned
+    code, index, returned = done
+    return (OSError(code, os.strerror(code)), index) if code else None, returned
 
 
 try:
