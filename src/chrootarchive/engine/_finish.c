@@ -75,54 +75,68 @@ static int as_fd(PyObject *number)
 
 static int returned_errno(int err) { return err == EEXIST || err == EACCES || err == EPERM; }
 
+/* sendfile() from source at *at into fd until *size bytes are sent (both updated as
+ * it goes): 0, or an errno (ENODATA: the source ends first). */
+static int send_range(int fd, int source, off_t *at, uint64_t *size)
+{
+    while (*size) {
+        size_t want = *size > 0x7ffff000u ? 0x7ffff000u : (size_t)*size;
+        ssize_t sent = sendfile(fd, source, at, want);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (sent == 0)
+            return ENODATA;
+        *size -= (uint64_t)sent;
+    }
+    return 0;
+}
+
 /* Copy size bytes of the stream from offset out of the ring source (of ring bytes) to
  * fd: _ring.send(). 0 or an errno (ENODATA: the ring ends inside the file's data). */
 static int copy_from_ring(int fd, int source, uint64_t offset, uint64_t size, uint64_t ring)
 {
     /* offset + size < 2**63 + 2**62: no wrap in 64 unsigned bits. */
     while (size) {
-        off_t at = (off_t)(offset % ring);
-        uint64_t count = ring - (uint64_t)at < size ? ring - (uint64_t)at : size;
-        while (count) {
-            size_t want = count > 0x7ffff000u ? 0x7ffff000u : (size_t)count;
-            ssize_t sent = sendfile(fd, source, &at, want);
-            if (sent < 0) {
-                if (errno == EINTR)
-                    continue;
-                return errno;
-            }
-            if (sent == 0)
-                return ENODATA;
-            offset += (uint64_t)sent;
-            size -= (uint64_t)sent;
-            count -= (uint64_t)sent;
+        uint64_t at = offset % ring;
+        uint64_t lap = ring - at < size ? ring - at : size, left = lap;
+        off_t from = (off_t)at;
+        int err = send_range(fd, source, &from, &left);
+        if (err)
+            return err;
+        offset += lap;
+        size -= lap;
+    }
+    return 0;
+}
+
+/* Write all of data to fd: 0 or an errno. */
+static int write_all(int fd, const unsigned char *data, uint64_t size)
+{
+    while (size) {
+        ssize_t n = write(fd, data, size > 0x7ffff000u ? 0x7ffff000u : (size_t)size);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
         }
+        data += n;
+        size -= (uint64_t)n;
     }
     return 0;
 }
 
 /* Copy size bytes of the archive source from offset to fd: sendfile (page cache to
- * page cache), else through a buffer. 0 or an errno (ENODATA: the archive ends inside
- * the file's data): _copy_extent(). */
+ * page cache), else through a buffer where the kernel cannot. 0 or an errno (ENODATA:
+ * the archive ends inside the file's data): _copy_extent(). */
 static int copy_extent(int fd, int source, int64_t offset, uint64_t size, char **buffer)
 {
     off_t at = (off_t)offset;
-    while (size) {
-        size_t want = size > 0x7ffff000u ? 0x7ffff000u : (size_t)size;
-        ssize_t sent = sendfile(fd, source, &at, want);
-        if (sent < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
-                break;
-            return errno;
-        }
-        if (sent == 0)
-            return ENODATA;
-        size -= (uint64_t)sent;
-    }
-    if (!size)
-        return 0;
+    int err = send_range(fd, source, &at, &size);
+    if (err != EINVAL && err != ENOSYS && err != EOPNOTSUPP)
+        return err;  /* 0: all sent */
     if (*buffer == NULL) {
         *buffer = malloc(COPY_CHUNK);
         if (*buffer == NULL)
@@ -138,35 +152,15 @@ static int copy_extent(int fd, int source, int64_t offset, uint64_t size, char *
         }
         if (got == 0)
             return ENODATA;
-        for (ssize_t done = 0; done < got;) {
-            ssize_t n = write(fd, *buffer + done, (size_t)(got - done));
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                return errno;
-            }
-            done += n;
-        }
+        err = write_all(fd, (const unsigned char *)*buffer, (uint64_t)got);
+        if (err)
+            return err;
         at += got;
         size -= (uint64_t)got;
     }
     return 0;
 }
 
-static int write_all(int fd, const unsigned char *data, uint64_t size)
-{
-    while (size) {
-        ssize_t n = write(fd, data, size > 0x7ffff000u ? 0x7ffff000u : (size_t)size);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno;
-        }
-        data += n;
-        size -= (uint64_t)n;
-    }
-    return 0;
-}
 
 /* Python's os.utime(fd, ns=...): seconds rounded down, nanoseconds 0..999999999. */
 static struct timespec to_timespec(int64_t ns)
