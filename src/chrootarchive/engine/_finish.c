@@ -161,7 +161,6 @@ static int copy_extent(int fd, int source, int64_t offset, uint64_t size, char *
     return 0;
 }
 
-
 /* Python's os.utime(fd, ns=...): seconds rounded down, nanoseconds 0..999999999. */
 static struct timespec to_timespec(int64_t ns)
 {
@@ -235,8 +234,10 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
         f->mtime = (int64_t)le(numbers + 8, 8);
         f->extent = (int64_t)le(numbers + 16, 8);
         f->mode = (int64_t)le(numbers + 24, 8);
+        if (f->mode == SYMLINK)
+            goto not_taken;  /* the Python loop makes symlinks */
         if (f->mode < 0 || f->mode > 07777 || f->size >= (uint64_t)1 << 62)
-            goto not_taken;  /* a symlink (SYMLINK, -1), or not a batch of ours */
+            goto not_taken;  /* not a batch of ours */
         if (!f->name_size)
             without_name++;
         if (f->name_size > room - taken)
