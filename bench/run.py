@@ -945,8 +945,9 @@ def versions(tools: Tools) -> dict[str, str]:
     except Exception:
         v["chrootarchive"] = "?"
     v["chrootarchive_cmd"] = " ".join(tools.chroot)
-    # The command's own --version line says whether its header parser is compiled
-    # (setup.py builds it where a C compiler was found): figures differ without it.
+    # The command's own --version line says whether its header parser and helper loop
+    # are compiled (setup.py builds them where a C compiler was found): figures differ
+    # without them.
     v["chrootarchive_version_line"] = first_line([*tools.chroot, "--version"])
     return v
 

@@ -63,7 +63,7 @@ static uint64_t le(const unsigned char *p, int n)
 /* A descriptor number: an int of 0 or more (-1 and an exception otherwise). */
 static int as_fd(PyObject *number)
 {
-    long value = number == NULL ? -1 : PyLong_AsLong(number);
+    long value = PyLong_AsLong(number);
     if (value == -1 && PyErr_Occurred())
         return -1;
     if (value < 0 || value > INT_MAX) {
@@ -348,8 +348,7 @@ done:
 static PyMethodDef methods[] = {
     {"finish", (PyCFunction)(void (*)(void))finish, METH_FASTCALL,
      "finish(batch, fds, source, ring) -> (errno, index, returned) | None: the helper's "
-     "loop "
-     "over one batch (engine.finisher._finish_batch)."},
+     "loop over one batch (engine.finisher._finish_batch)."},
     {NULL, NULL, 0, NULL},
 };
 
