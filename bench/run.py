@@ -599,6 +599,8 @@ def run_input(
             entry.update(
                 wall_s=wall,
                 cpu_s=summary([s.cpu for s in ss]),
+                user_s=summary([s.user for s in ss]),
+                sys_s=summary([s.sys for s in ss]),
                 other_cpu_s=summary([s.other_cpu for s in ss]),
                 peak_rss_kib=summary([s.peak_rss_kib for s in ss]),
                 maxrss_rusage_kib=max(s.maxrss_rusage_kib for s in ss),
@@ -796,13 +798,15 @@ def check_targets(
 # ---------------------------------------------------------------------------- output
 
 
-def fmt_s(d: dict[str, float]) -> str:
-    def one(x: float) -> str:
-        return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f}"
+def fmt_one(x: float) -> str:
+    """Seconds, or milliseconds below one second."""
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f}"
 
+
+def fmt_s(d: dict[str, float]) -> str:
     if d["min"] == d["max"]:
-        return one(d["median"])
-    return f"{one(d['median'])} ({one(d['min'])}-{one(d['max'])})"
+        return fmt_one(d["median"])
+    return f"{fmt_one(d['median'])} ({fmt_one(d['min'])}-{fmt_one(d['max'])})"
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -832,6 +836,13 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
+def fmt_user_sys(t: dict[str, Any]) -> str:
+    """Median user and system CPU seconds (a report from before they were kept: blank)."""
+    if "user_s" not in t or "sys_s" not in t:
+        return ""
+    return f"{fmt_one(t['user_s']['median'])} / {fmt_one(t['sys_s']['median'])}"
+
+
 def fmt_other(t: dict[str, Any]) -> str:
     other = t.get("other_cpu_s")
     return f"{other['median']:.2f}" if other else ""
@@ -844,7 +855,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Run {meta['started']} on {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']},"
         f" {meta['runs']} runs per tool, round-robin, niceness {meta.get('nice', 0)}."
         " Times in seconds unless marked;"
-        " wall and CPU: median (min-max); ratio: median wall / GNU tar's median wall in the"
+        " wall and CPU: median (min-max); user / system: medians of the CPU time's two"
+        " parts; ratio: median wall / GNU tar's median wall in the"
         " same run; peak RSS: largest over runs, MiB; others' CPU: median CPU time used by"
         " other processes on the machine during a run (noise)."
     )
@@ -859,10 +871,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"### {target} ({report['meta']['dest'][target]})")
         lines.append("")
         lines.append(
-            "| input | entries | tar MB | tool | wall s | CPU s | peak RSS MiB | entries/s |"
-            " MB/s | ratio to GNU tar | others' CPU s |"
+            "| input | entries | tar MB | tool | wall s | CPU s | user / system s | peak RSS MiB |"
+            " entries/s | MB/s | ratio to GNU tar | others' CPU s |"
         )
-        lines.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             first = True
             for tool, t in r["tools"].items():
@@ -875,12 +887,12 @@ def markdown(report: dict[str, Any]) -> str:
                 first = False
                 if "wall_s" not in t:
                     why = str(t.get("error") or t.get("skipped") or "no run").replace("|", "/")
-                    lines.append(f"| {head} | {tool} | {why} | | | | | | |")
+                    lines.append(f"| {head} | {tool} | {why} | | | | | | | |")
                     continue
                 ratio = t["ratio_to_gnutar"]
                 lines.append(
                     f"| {head} | {tool} | {fmt_s(t['wall_s'])} | {fmt_s(t['cpu_s'])}"
-                    f" | {t['peak_rss_kib']['max'] / 1024:.1f}"
+                    f" | {fmt_user_sys(t)} | {t['peak_rss_kib']['max'] / 1024:.1f}"
                     f" | {fmt_rate(t['entries_per_s'])} | {t['mb_per_s']:,.0f}"
                     f" | {'' if ratio is None else f'{ratio:.2f}'}"
                     f" | {fmt_other(t)} |"

@@ -275,6 +275,10 @@ def test_untar_imports_only_what_it_needs(tmp_path: Path) -> None:
     assert not _NOT_FOR_UNTAR & loaded, f"untar imports {sorted(_NOT_FOR_UNTAR & loaded)}"
     # The option classes are records, not dataclasses (chrootarchive._record): 17 ms.
     assert not {"dataclasses", "inspect"} & loaded
+    # The compiled modules are the worker's; --version's line, which loads them, is made
+    # only when asked for.
+    compiled = {"chrootarchive.engine._finish", "chrootarchive.tarformat._ustar"}
+    assert not compiled & loaded, sorted(compiled & loaded)
     if os.geteuid() == 0:  # pivot needs no ctypes in the parent (userns reads its maps)
         libc = {"ctypes", "chrootarchive._linux", "chrootarchive.jail.confine.pivot"}
         assert not libc & loaded, sorted(libc & loaded)

@@ -48,6 +48,23 @@ def _version_line() -> str:
             f"{uname.sysname} {uname.release} {uname.machine}, {compiled})")
 
 
+class _Version(argparse.Action):
+    """``--version``: its line is made only when it is asked for, since making it loads
+    the compiled modules, which a command's own parent never needs (the start of a
+    one-file ``untar``: docs/performance.md)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS,
+                 help: str = "show program's version number and exit",
+                 ) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        sys.stdout.write(_version_line() + "\n")  # where argparse's own version goes
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command; with ``command``, only that one (its module alone is
     imported, and no parser is made for the others: argv names the command, so the
@@ -58,7 +75,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=Formatter,
     )
-    parser.add_argument("--version", action="version", version=_version_line())
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name, (_module, add, _run) in COMMANDS.items():
