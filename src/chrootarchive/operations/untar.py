@@ -167,7 +167,7 @@ def apply_layers(
         raise ValueError("apply_layers needs at least one layer")
     if sum(1 for s in layers if isinstance(s, str) and s == "-") > 1:
         raise ValueError("standard input ('-') can be only one of the layers")
-    ladder.candidates(chosen.confine)  # fail before creating anything
+    ladder.check(chosen.confine)  # fail before creating anything
     if chosen.atomic:
         with staging.atomic_destination(os.fspath(dest)) as stage:
             return _apply_stack(layers, stage, replace(chosen, atomic=False),
@@ -426,7 +426,7 @@ def layer_stack(
     stops the job before it applies anything more.
     """
     options = options or UnpackOptions()
-    ladder.candidates(options.confine)  # fail before creating anything
+    ladder.check(options.confine)  # fail before creating anything
     spec = unpack_spec(options, verbose=on_entry is not None)
     spec.limits = limits_after(spec.limits, used_bytes, 0, deadline)
     root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=False,
@@ -461,7 +461,7 @@ def unpack_stream(
     the destination's lock (``image`` holds it across all layers).
     """
     options = options or UnpackOptions()
-    ladder.candidates(options.confine)  # fail before creating anything
+    ladder.check(options.confine)  # fail before creating anything
     root_fd, rel_dest = destination.pin_destination(os.fspath(dest), None, lock=lock,
                                         owner=destination.root_owner(options))
     try:
