@@ -95,6 +95,21 @@ for _ in range(n):
 print(json.dumps({"import_s": import_s, "times": times}))
 """
 
+# The floors of the one-file figures, timed beside them (issue 16 asks what the floor
+# is): the interpreter alone, as the worker starts it (``-I -S``) and as a console
+# script starts (with ``site``); and a program that only parses two arguments with
+# ``argparse`` (which imports ``re`` and ``gettext``), as the command line does first.
+FLOOR_ARGPARSE_CODE = (
+    "import argparse; p = argparse.ArgumentParser(); c = p.add_subparsers();"
+    " u = c.add_parser('untar'); u.add_argument('archive'); u.add_argument('dest');"
+    " p.parse_args(['untar', 'one.tar', 'dest'])"
+)
+FLOORS: dict[str, list[str]] = {
+    "python -I -S -c pass": ["-I", "-S", "-c", "pass"],
+    "python -c pass": ["-c", "pass"],
+    "python, argparse parsing two arguments": ["-c", FLOOR_ARGPARSE_CODE],
+}
+
 TARFILE_API_CODE = """\
 import json, shutil, sys, tarfile, tempfile, time
 archive, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -384,6 +399,20 @@ class Sample:
     processes: list[tuple[str, int]] = field(default_factory=list)
     error: str = ""
     stdout: str = ""
+
+
+def cpu_model() -> str:
+    """The CPU's name (/proc/cpuinfo): absolute times move with it as ratios move with
+    the kernel (issue 16's fourteenth and fifteenth rounds ran on two kinds of CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return ""
 
 
 def machine_busy_s() -> float:
@@ -705,9 +734,27 @@ def micro(
         else:
             res["cli"][tool] = {"s": summary(walls), "iterations": len(walls)}
             log(f"  micro cli {tool}: median {statistics.median(walls) * 1000:.1f} ms")
+    res["floor"] = floors(iters_cli)
     os.unlink(archive)
     shutil.rmtree(root / "one-src")
     return res
+
+
+def floors(iters: int) -> dict[str, Any]:
+    """:data:`FLOORS`, each run ``iters`` times through :func:`measure` (as the tools)."""
+    out: dict[str, Any] = {}
+    for name, args in FLOORS.items():
+        walls: list[float] = []
+        for _ in range(iters):
+            s = measure([sys.executable, *args], 60, 0)
+            if not s.ok:
+                out[name] = {"error": s.error}
+                break
+            walls.append(s.wall)
+        else:
+            out[name] = {"s": summary(walls), "iterations": len(walls)}
+            log(f"  micro floor {name}: median {statistics.median(walls) * 1000:.1f} ms")
+    return out
 
 
 # ---------------------------------------------------------------------------- targets
@@ -783,6 +830,12 @@ def check_targets(
             )
             m = micro_res[how].get(tool, {})
             value = m["s"]["median"] if "s" in m else None
+            floor = micro_res.get("floor", {}).get(
+                "python, argparse parsing two arguments" if kind == "cli"
+                else "python -I -S -c pass", {})
+            if value is not None and "s" in floor:
+                what = "argparse alone" if kind == "cli" else "the worker's bare interpreter"
+                note = f"floor in this run, {what}: {floor['s']['median'] * 1000:.1f} ms"
         if value is None:
             met: bool | None = None
         elif kind == "vs-bsdtar":
@@ -852,7 +905,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     meta = report["meta"]
     lines.append(
-        f"Run {meta['started']} on {meta['host']['cpus']} CPUs, kernel {meta['host']['kernel']},"
+        f"Run {meta['started']} on {meta['host']['cpus']} CPUs"
+        f"{' (' + meta['host']['cpu'] + ')' if meta['host'].get('cpu') else ''},"
+        f" kernel {meta['host']['kernel']},"
         f" {meta['runs']} runs per tool, round-robin, niceness {meta.get('nice', 0)}."
         " Times in seconds unless marked;"
         " wall and CPU: median (min-max); user / system: medians of the CPU time's two"
@@ -863,6 +918,10 @@ def markdown(report: dict[str, Any]) -> str:
     line = meta.get("versions", {}).get("chrootarchive_version_line")
     if line:
         lines += ["", f"`{line}`"]
+    script_re = meta.get("versions", {}).get("console_script_imports_re")
+    if script_re in ("yes", "no"):
+        lines += ["", "The console script imports `re` before chrootarchive starts"
+                  f" (pip before 25.0 writes such a script): {script_re}."]
     lines.append("")
     for target in ("tmpfs", "disk"):
         rows = [r for r in report["results"] if r["target"] == target]
@@ -912,6 +971,9 @@ def markdown(report: dict[str, Any]) -> str:
                 first_call = f"{t['first_s'] * 1000:.1f} ms" if "first_s" in t else ""
                 imp = f"{t['import_s'] * 1000:.1f} ms" if t.get("import_s") else ""
                 lines.append(f"| {how} | {tool} | {fmt_s(t['s'])} | {first_call} | {imp} |")
+        for name, t in m.get("floor", {}).items():
+            shown = fmt_s(t["s"]) if "s" in t else t.get("error", "")
+            lines.append(f"| floor | {name} | {shown} | | |")
         lines.append("")
     lines.append("### targets of issue 16 (chrootarchive, tmpfs, same run)")
     lines.append("")
@@ -936,6 +998,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def script_imports_re(path: str) -> str:
+    """Whether the console script imports ``re`` before chrootarchive's entry point:
+    pip before 25.0 writes one that does, which delays the worker's spawn by the
+    7-10 ms ``re`` costs (docs/performance.md, issue 16's fifteenth round)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "?"
+    if not head.startswith(b"#!"):
+        return "?"  # an interpreter, not a script
+    return "yes" if b"\nimport re\n" in head else "no"
+
+
 def versions(tools: Tools) -> dict[str, str]:
     def first_line(cmd: list[str]) -> str:
         try:
@@ -957,6 +1033,7 @@ def versions(tools: Tools) -> dict[str, str]:
     except Exception:
         v["chrootarchive"] = "?"
     v["chrootarchive_cmd"] = " ".join(tools.chroot)
+    v["console_script_imports_re"] = script_imports_re(tools.chroot[0])
     # The command's own --version line says whether its header parser and helper loop
     # are compiled (setup.py builds them where a C compiler was found): figures differ
     # without them.
@@ -1146,6 +1223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": {
                 "cpus": os.cpu_count(),
                 "kernel": platform.release(),
+                "cpu": cpu_model(),
                 "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
             },
             "rss_method": (
