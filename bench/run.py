@@ -104,10 +104,12 @@ FLOOR_ARGPARSE_CODE = (
     " u = c.add_parser('untar'); u.add_argument('archive'); u.add_argument('dest');"
     " p.parse_args(['untar', 'one.tar', 'dest'])"
 )
+FLOOR_WORKER = "python -I -S -c pass"  # the API's floor
+FLOOR_CLI = "python, argparse parsing two arguments"  # the command line's floor
 FLOORS: dict[str, list[str]] = {
-    "python -I -S -c pass": ["-I", "-S", "-c", "pass"],
+    FLOOR_WORKER: ["-I", "-S", "-c", "pass"],
     "python -c pass": ["-c", "pass"],
-    "python, argparse parsing two arguments": ["-c", FLOOR_ARGPARSE_CODE],
+    FLOOR_CLI: ["-c", FLOOR_ARGPARSE_CODE],
 }
 
 TARFILE_API_CODE = """\
@@ -831,8 +833,7 @@ def check_targets(
             m = micro_res[how].get(tool, {})
             value = m["s"]["median"] if "s" in m else None
             floor = micro_res.get("floor", {}).get(
-                "python, argparse parsing two arguments" if kind == "cli"
-                else "python -I -S -c pass", {})
+                FLOOR_CLI if kind == "cli" else FLOOR_WORKER, {})
             if value is not None and "s" in floor:
                 what = "argparse alone" if kind == "cli" else "the worker's bare interpreter"
                 note = f"floor in this run, {what}: {floor['s']['median'] * 1000:.1f} ms"
