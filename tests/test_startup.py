@@ -220,6 +220,9 @@ _NOT_FOR_UNTAR = {
     "chrootarchive.operations.copy",
     "chrootarchive.operations.listing", "chrootarchive.operations.pythonic",
     "chrootarchive.jail.confine.openat2",
+    # Only for layer stacks, --atomic and gzip: the parent's path is the longer one.
+    "chrootarchive.runner.stack", "chrootarchive._channel",
+    "chrootarchive.operations.staging", "zlib",
 }
 _NOT_BEFORE_A_COMMAND = {
     "dataclasses", "inspect", "typing", "json", "subprocess", "threading", "ctypes",

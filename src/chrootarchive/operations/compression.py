@@ -10,7 +10,6 @@ and bzip2 (900 KiB blocks, under 4 MiB) are bounded by their formats.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 from chrootarchive.contract import memory_for_window, memory_shares
@@ -133,6 +132,8 @@ def _open_decompressor(kind: str, src: _Peekable) -> tuple[IO[bytes], tuple[type
     """The decoder for ``kind``, and the errors by which it reports corrupt data."""
     fileobj = cast("IO[bytes]", src)
     if kind == "gzip":
+        import zlib  # only for gzip: a plain tar's start does without it
+
         try:
             from isal import igzip, igzip_lib  # fastest well-kept gzip decoder (ISA-L)
         except ImportError:  # a declared dependency; the stdlib is the fallback

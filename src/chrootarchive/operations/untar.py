@@ -23,10 +23,9 @@ from chrootarchive.errors import (
     SourceError,
     from_os_error,
 )
-from chrootarchive.operations import compression, destination, staging
+from chrootarchive.operations import compression, destination
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, unpack_spec
 from chrootarchive.runner import ladder
-from chrootarchive.runner import stack as runner_stack
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 _HELPER_MIN_COMPRESSED = 1 << 20  # the same, compressed
@@ -50,6 +49,8 @@ __all__ = [
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
+
+    from chrootarchive.runner.stack import Stack
 
     Source = str | os.PathLike[str] | BinaryIO | bytes | bytearray | memoryview
 else:  # no typing at run time (the command line's start): io.IOBase for BinaryIO
@@ -169,6 +170,8 @@ def apply_layers(
         raise ValueError("standard input ('-') can be only one of the layers")
     ladder.check(chosen.confine)  # fail before creating anything
     if chosen.atomic:
+        from chrootarchive.operations import staging
+
         with staging.atomic_destination(os.fspath(dest)) as stage:
             return _apply_stack(layers, stage, replace(chosen, atomic=False),
                                 compressed=detect_compression, progress=cumulative(progress),
@@ -295,6 +298,8 @@ def _unpack(
     if options.atomic:
         if root is not None:
             raise DestinationError("atomic unpacking is not available with a root", str(root))
+        from chrootarchive.operations import staging
+
         with staging.atomic_destination(os.fspath(dest)) as stage:
             # The staging directory is private (and flocked as such): no second lock.
             return _unpack(source, stage, None, replace(options, atomic=False),
@@ -391,7 +396,7 @@ def _result(reply: JobReply) -> UnpackResult:
 class LayerStack:
     """Layers applied one after another by one job (:func:`layer_stack`)."""
 
-    def __init__(self, stack: runner_stack.Stack) -> None:
+    def __init__(self, stack: Stack) -> None:
         self._stack = stack
         self.confinement = ""
 
@@ -436,6 +441,8 @@ def layer_stack(
             "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=True,
             stack=True, unpack=spec,
         )
+        from chrootarchive.runner import stack as runner_stack
+
         stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
     finally:
         os.close(root_fd)  # the job has its own (passed, or duplicated)
