@@ -1,7 +1,9 @@
 """The compiled header parser (tarformat/_ustar.c) against its Python reference.
 
 The reader's fast path reads most headers with ``_ustar.ustar``; ``reader._ustar_py``
-holds the same rules in Python and is used where the extension was not built. They must
+holds the same rules in Python and is used where the extension was not built. The
+entries are made in C too (``_ustar.Fields``, whose reference is
+``reader._EntryFields``). They must
 agree on every block: real headers of every kind and format, random mutations of them
 (bytes changed, checksums fixed up so the later checks are reached), any bounds; and
 whole archives must read the same through either. The extension is built by the
@@ -11,12 +13,14 @@ the compiler, so it must be there.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -51,6 +55,7 @@ def _headers() -> list[bytes]:
         ("blk", tarfile.BLKTYPE, ""),
         ("fifo", tarfile.FIFOTYPE, ""),
         ("cont", tarfile.CONTTYPE, ""),
+        ("old-dir/", tarfile.REGTYPE, ""),  # a file named as a directory
     ]:
         info = tarfile.TarInfo(name)
         info.type = kind
@@ -81,14 +86,56 @@ def _fix_checksum(block: bytearray) -> None:
     block[148:154] = b"%06o" % (sum(block[:148]) + 8 * 0x20 + sum(block[156:]))
 
 
+def _made(entry: object) -> object:
+    if entry is None:
+        return None
+    return type(entry), {name: getattr(entry, name) for name in reader._FIELD_NAMES}
+
+
 def _both(buf: bytes | bytearray, pos: int, end: int) -> object:
+    """The header through both parsers, and the entry through both makers (they
+    agree, and the entry is what the header holds)."""
     fast = _ustar.ustar(buf, pos, end)
     assert fast == reader._ustar_py(buf, pos, end)
+    args = (buf, pos, end, TarEntry, reader._ENTRY_KINDS, reader.REGULAR)
+    entry = _ustar.entry(*args)
+    assert _made(entry) == _made(reader._entry_py(*args))
+    if entry is not None:
+        assert fast is not None
+        flag, mode, uid, gid, size, mtime, name, link = fast
+        assert entry.kind is reader._ENTRY_KINDS[flag]
+        assert (entry.name, entry.mode, entry.uid, entry.gid, entry.mtime_ns) == (
+            name, mode & 0o7777, uid, gid, mtime * 10**9)
+        assert entry.size == entry.stored_size == (size if entry.kind is reader.REGULAR
+                                                   else 0)
+        assert entry.linkname == (link or "")
     return fast
 
 
 def test_the_reader_uses_the_compiled_parser() -> None:
     assert reader._ustar is _ustar.ustar
+    assert reader._entry is _ustar.entry
+
+
+def test_which_headers_make_their_entry_in_one_step() -> None:
+    """Plain files, directories, links and FIFOs; not device nodes (their numbers),
+    extended headers, or a file whose name ends in "/" (read as a directory)."""
+    made = {}
+    for name, kind in [("f", tarfile.REGTYPE), ("d/", tarfile.DIRTYPE),
+                       ("h", tarfile.LNKTYPE), ("s", tarfile.SYMTYPE),
+                       ("p", tarfile.FIFOTYPE), ("c", tarfile.CHRTYPE),
+                       ("b", tarfile.BLKTYPE), ("old-dir/", tarfile.REGTYPE),
+                       ("k", tarfile.CONTTYPE)]:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, 3 if kind == tarfile.REGTYPE else 0
+        block = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+        _both(block, 0, BLOCK)
+        entry = _ustar.entry(block, 0, BLOCK, TarEntry, reader._ENTRY_KINDS, reader.REGULAR)
+        made[name] = None if entry is None else entry.kind
+    assert made == {"f": "file", "d/": "dir", "h": "hardlink", "s": "symlink",
+                    "p": "fifo", "c": None, "b": None, "old-dir/": None, "k": "file"}
+    pax = bytearray(tarfile.TarInfo("x" * 200).tobuf(tarfile.PAX_FORMAT)[:BLOCK])
+    assert _ustar.entry(pax, 0, BLOCK, TarEntry, reader._ENTRY_KINDS, reader.REGULAR) is None
 
 
 def test_every_usual_header_reads_alike() -> None:
@@ -162,6 +209,18 @@ def test_random_blocks_read_alike(data: bytes, fix: bool) -> None:
 
 
 def test_arguments_are_checked() -> None:
+    kinds, regular = reader._ENTRY_KINDS, reader.REGULAR
+    block = bytearray(HEADERS[0])
+    with pytest.raises(TypeError):
+        _ustar.entry(block, 0, BLOCK, TarEntry, kinds)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _ustar.entry(block, 0, BLOCK, dict, kinds, regular)
+    with pytest.raises(TypeError):
+        _ustar.entry(block, 0, BLOCK, TarEntry, kinds[:255], regular)
+    with pytest.raises(TypeError):
+        _ustar.entry(block, 0, BLOCK, TarEntry, list(kinds), regular)  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        _ustar.entry(block, 2**80, BLOCK, TarEntry, kinds, regular)
     with pytest.raises(TypeError):
         _ustar.ustar(bytearray(BLOCK), 0)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
@@ -170,6 +229,79 @@ def test_arguments_are_checked() -> None:
         _ustar.ustar(bytearray(BLOCK), "0", BLOCK)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         _ustar.ustar(bytearray(BLOCK), 2**80, BLOCK)
+
+
+# Calls of TarEntry's constructor: the reader's (seven positional arguments), every
+# default given, keywords, and wrong ones (each class must refuse them alike).
+_FIELD_CALLS: list[tuple[tuple[object, ...], dict[str, object]]] = [
+    (("a/b", "file", 0o644, 1, 2, 3, 4_000_000_000), {}),
+    (("d/", "dir", 0o7777, 0, 0, 0, -5), {}),
+    (("x", "file", 1, 2, 3, 4, 5, 6, "l", 7, 8, {"user.a": b"1"}, [(0, 1)], 9, "Z"), {}),
+    (("x", "file", 1, 2, 3, 4, 5, None, "", 0, 0, None), {}),
+    ((), {"name": "n", "kind": "symlink", "mode": 0, "uid": 0, "gid": 0, "size": 0,
+          "mtime_ns": 0, "linkname": "t", "xattrs": None, "unknown_type": "V"}),
+    (("n", "chardev", 0, 0, 0, 0, 0), {"devmajor": 4, "devminor": 5, "sparse": []}),
+    (("n", "file", 0, 0, 0, 0), {}),  # too few
+    (("n", "file", 0, 0, 0, 0, 0, None, "", 0, 0, None, None, 0, "", "extra"), {}),
+    (("n", "file", 0, 0, 0, 0, 0), {"name": "twice"}),
+    (("n", "file", 0, 0, 0, 0, 0), {"colour": "blue"}),
+    ((), {}),
+]
+
+
+def _fields(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    try:
+        made = cls(*args, **kwargs)
+    except TypeError:
+        return TypeError
+    return {name: getattr(made, name) for name in reader._FIELD_NAMES}
+
+
+def test_the_reader_makes_its_entries_in_c() -> None:
+    assert reader._Fields is _ustar.Fields
+    assert issubclass(TarEntry, _ustar.Fields)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), _FIELD_CALLS)
+def test_entry_fields_agree_with_their_reference(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    compiled = _fields(_ustar.Fields, args, kwargs)
+    assert compiled == _fields(reader._EntryFields, args, kwargs)
+    assert compiled == _fields(TarEntry, args, kwargs)
+
+
+def test_entry_fields_behave_as_slots() -> None:
+    """Each entry its own xattrs dict; the objects given are kept, not copied; any field
+    can be set and deleted; no other attribute can be set."""
+    for cls in (_ustar.Fields, reader._EntryFields, TarEntry):
+        first, second = cls("a", "file", 0, 0, 0, 0, 0), cls("b", "file", 0, 0, 0, 0, 0)
+        assert first.xattrs == {} and first.xattrs is not second.xattrs
+        xattrs = {"user.k": b"v"}
+        assert cls("a", "file", 0, 0, 0, 0, 0, xattrs=xattrs).xattrs is xattrs
+        first.size = 2**70
+        first.sparse = [(0, 1)]
+        assert (first.size, first.sparse) == (2**70, [(0, 1)])
+        del first.linkname
+        with pytest.raises(AttributeError):
+            _ = first.linkname
+        with pytest.raises(AttributeError):
+            first.colour = "blue"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", [_ustar.Fields, TarEntry])
+def test_an_entry_in_a_reference_cycle_is_collected(cls: type[TarEntry]) -> None:
+    """The compiled fields take part in the cycle collector, as a Python class does."""
+    class Holder:
+        entry: object = None
+
+    holder = Holder()
+    entry = cls("a", "file", 0, 0, 0, 0, 0, sparse=[holder])  # type: ignore[list-item]
+    holder.entry = entry
+    gone = weakref.ref(holder)
+    del entry, holder
+    gc.collect()
+    assert gone() is None
 
 
 def _archives() -> list[Path]:
@@ -200,6 +332,10 @@ def test_whole_archives_read_alike_through_either(
 ) -> None:
     fast = _read_file(path)
     monkeypatch.setattr(reader, "_ustar", reader._ustar_py)
+    monkeypatch.setattr(reader, "_entry", reader._entry_py)
+    assert _read_file(path) == fast
+    # And with no entry made in one step: every header through the steps after it.
+    monkeypatch.setattr(reader, "_entry", lambda *args: None)
     assert _read_file(path) == fast
 
 
@@ -237,11 +373,12 @@ def test_without_a_compiler_the_wheel_is_pure_and_works_in_python(tmp_path: Path
          "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.tarformat import reader;"
          "from chrootarchive.engine import finisher;"
-         "print(reader._ustar is reader._ustar_py, finisher._finish_compiled is None)",
+         "print(reader._ustar is reader._ustar_py, reader._entry is reader._entry_py,"
+         " reader._Fields is reader._EntryFields, finisher._finish_compiled is None)",
          str(unpacked)],
         capture_output=True, text=True, check=True,
     )
-    assert probe.stdout.split() == ["True", "True"]
+    assert probe.stdout.split() == ["True", "True", "True", "True"]
     version = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.cli import main; main(['--version'])", str(unpacked)],
