@@ -144,7 +144,9 @@ class Finisher:
                                bytearray]] = []
         #: Paths of the files sent by name and not yet created (or given back).
         self.pending: set[str] = set()
-        self._returned: list[tuple[str, object, memoryview | None, int, int]] = []
+        #: The files the helper left to the worker, in order (:meth:`take_returned`): a
+        #: list and not a property, as the worker asks after each file it sends.
+        self.returned: list[tuple[str, object, memoryview | None, int, int]] = []
         self.error: tuple[OSError, str] | None = None  # the first, with its entry name
         self.finished_here = 0  # files of batches the kernel refused, finished here
         self.taken = 0  # files given to add(), add_extent() and add_new()
@@ -258,15 +260,13 @@ class Finisher:
             return True
         return self._can_send(1, 0)
 
-    def has_extent_room(self, size: int, name_size: int, by_name: bool = True) -> bool:
+    def has_extent_room(self, size: int) -> bool:
         """:meth:`has_room` for a file of ``size`` bytes of the archive (an extent), sent
-        by name (``name_size`` bytes) or with its descriptor. False: the helper is that
-        far behind, and the worker copies the file itself rather than wait: a run of
-        large files would otherwise leave its core idle while the helper copies."""
-        full = (len(self._names) >= MAX_FILES
-                or len(self._data) + len(self._paths) + name_size > self._max_data
-                if by_name else
-                len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES)
+        with its descriptor (:meth:`add_extent`; :meth:`add_new_extent` asks the same for
+        a file sent by name). False: the helper is that far behind, and the worker
+        copies the file itself rather than wait: a run of large files would otherwise
+        leave its core idle while the helper copies."""
+        full = len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES
         # Sent after it is added: the batch it is in, once its extents reach the limit.
         after = (0 if full else self._extents) + size >= self._batch_extents
         return not (full or after) or self._can_send(full + after, size if after else 0)
@@ -286,26 +286,45 @@ class Finisher:
         return False
 
     def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
-                offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
-                token: object) -> None:
+                atime_ns: int, mtime_ns: int, entry: str, token: object) -> None:
         """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
         caller has already made), which :attr:`pending` must not hold, with ``mode`` in
-        the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
-        archive from there), set its times and close it; or give it back (with
+        the helper, write ``data``, set its times and close it; or give it back (with
         ``token``) through :meth:`take_returned`."""
         if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
                 self._paths) + len(data) + len(encoded) > self._max_data):
             self._send()
         start = len(self._data)
-        if offset < 0:
-            size = len(data)
-            self._data += data
-        else:
-            if self._first_extent < 0:
-                self._first_extent = offset
-            self._extents += size
-            self.in_flight_bytes += size
-            self.extents += 1
+        self._data += data
+        self._add_named(path, encoded, mode, start, len(data), -1, atime_ns, mtime_ns,
+                        entry, token)
+
+    def add_new_extent(self, path: str, encoded: bytes, mode: int, offset: int, size: int,
+                       atime_ns: int, mtime_ns: int, entry: str, token: object) -> bool:
+        """:meth:`add_new` for a file whose data is ``size`` bytes of the archive from
+        ``offset``, when :meth:`has_extent_room` allows it; False (nothing done) when
+        the helper is that far behind. One call, as it is made for most files."""
+        full = (len(self._names) >= MAX_FILES
+                or len(self._data) + len(self._paths) + len(encoded) > self._max_data)
+        after = (0 if full else self._extents) + size >= self._batch_extents
+        if (full or after) and not self._can_send(full + after, size if after else 0):
+            return False
+        if full and self._names:
+            self._send()
+        if self._first_extent < 0:
+            self._first_extent = offset
+        self._extents += size
+        self.in_flight_bytes += size
+        self.extents += 1
+        self._add_named(path, encoded, mode, len(self._data), size, offset, atime_ns,
+                        mtime_ns, entry, token)
+        if self._extents >= self._batch_extents:
+            self._send()
+        return True
+
+    def _add_named(self, path: str, encoded: bytes, mode: int, start: int, size: int,
+                   offset: int, atime_ns: int, mtime_ns: int, entry: str, token: object
+                   ) -> None:
         self._paths += encoded
         self._sizes.append(size)
         self._name_sizes.append(len(encoded))
@@ -315,16 +334,14 @@ class Finisher:
         self.pending.add(path)
         self.taken += 1
         self.by_name += 1
-        if self._extents >= self._batch_extents:
-            self._send()
 
     def add_symlink(self, path: str, target: bytes, atime_ns: int, mtime_ns: int,
                     entry: str, token: object) -> None:
         """Create the symlink ``path`` (which :attr:`pending` must not hold) to
         ``target`` in the helper and set its times through an ``O_PATH`` descriptor
         (refused unless it is the symlink just made); or give it back."""
-        self.add_new(path, os.fsencode(path), SYMLINK, target, -1, 0, atime_ns, mtime_ns,
-                     entry, token)
+        self.add_new(path, os.fsencode(path), SYMLINK, target, atime_ns, mtime_ns, entry,
+                     token)
 
     def settle(self) -> None:
         """Send what is batched and wait until the helper has done all it was sent;
@@ -337,16 +354,11 @@ class Finisher:
     def take_returned(self) -> list[tuple[str, object, memoryview | None, int, int]]:
         """The files the helper left to the worker, in order: (path, token, data or
         None, extent offset, size); they leave :attr:`pending`."""
-        returned = self._returned
-        self._returned = []
+        returned = self.returned
+        self.returned = []
         for item in returned:
             self.pending.discard(item[0])
         return returned
-
-    @property
-    def returned(self) -> bool:
-        """Whether files wait in :meth:`take_returned`."""
-        return bool(self._returned)
 
     def copy_extent(self, fd: int, offset: int, size: int) -> None:
         """Copy ``size`` bytes of the archive from ``offset`` into ``fd`` (a file given
@@ -357,7 +369,7 @@ class Finisher:
         """The stream offset of the oldest extent not yet copied (batched, in flight or
         given back), or ``_ring.NOTHING_PINNED``: what a ring must still hold."""
         oldest = _ring.NOTHING_PINNED
-        for item in self._returned:
+        for item in self.returned:
             if item[3] >= 0:
                 oldest = item[3]
                 break
@@ -494,7 +506,7 @@ class Finisher:
             path, token, start, size, offset = item
             if index in back:
                 chunk = view[start : start + size] if offset < 0 else None
-                self._returned.append((path, token, chunk, offset, size))
+                self.returned.append((path, token, chunk, offset, size))
                 self.given_back += 1
             else:
                 self.pending.discard(path)

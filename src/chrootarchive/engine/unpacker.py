@@ -842,18 +842,20 @@ class Unpacker:
         # bench/engine_time.py, issue 16's ninth round).
         offset = reader.extent(entry) if size else -1
         if offset >= 0:
-            if not finisher.has_extent_room(size, len(encoded)):
-                fd = self._create_file(name, entry)
+            self.bytes_budget -= size  # _charge_small(), written out
+            if self.bytes_budget < 0 or self.deadline is not None:
+                self.bytes_budget += size
+                self._charge(size, entry.name)
+            if not finisher.add_new_extent(name, encoded, entry.mode & 0o777, offset, size,
+                                           atime, mtime, entry.name, entry):
+                # The helper is far behind: this file is copied here.
                 try:
-                    self._charge(size, entry.name)
-                except BaseException:
-                    os.close(fd)
+                    fd = self._create_file(name, entry)
+                except _SkipEntry:
+                    self.bytes_budget += size  # charged, and not written
                     raise
                 self._copy_extent_here(finisher, fd, entry, offset)
                 return True
-            self._charge_small(size, entry.name)
-            finisher.add_new(name, encoded, entry.mode & 0o777, b"", offset, size, atime,
-                             mtime, entry.name, entry)
         else:
             if size > _FINISHER_MAX_FILE or not finisher.has_room(size + len(encoded)):
                 return False  # too large for a batch, or the helper is behind
@@ -862,7 +864,7 @@ class Unpacker:
                 return False
             if size:
                 self._charge_small(size, entry.name)
-            finisher.add_new(name, encoded, entry.mode & 0o777, view, -1, 0, atime, mtime,
+            finisher.add_new(name, encoded, entry.mode & 0o777, view, atime, mtime,
                              entry.name, entry)
         if finisher.error is not None:
             self._raise_finisher_error(finisher.error)
@@ -936,7 +938,7 @@ class Unpacker:
         try:
             self._charge(entry.size, entry.name)
             atime, mtime = self._times(entry)
-            room = self.finisher.has_extent_room(entry.size, 0, by_name=False)
+            room = self.finisher.has_extent_room(entry.size)
         except BaseException:
             os.close(fd)
             raise
