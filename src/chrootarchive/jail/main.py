@@ -9,6 +9,7 @@ needs before the jail imports only what it uses: no ``json`` (and ``re``), no
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 
@@ -80,6 +81,10 @@ def _boot(job_name: str) -> Job:
     _linux.preload_library("libgcc_s.so.1")
     os.umask(0)
     job: Job = sys.modules[module].JOB
+    # What the boot made (modules, classes, functions) lives as long as the worker:
+    # the cycle collector need not walk it again at each of its full passes (issue 16:
+    # 1.2% of the worker's instructions on an archive of small files).
+    gc.freeze()
     return job
 
 
