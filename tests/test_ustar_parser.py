@@ -260,6 +260,8 @@ def _fields(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> o
 def test_the_reader_makes_its_entries_in_c() -> None:
     assert reader._Fields is _ustar.Fields
     assert issubclass(TarEntry, _ustar.Fields)
+    # _ustar.entry fills an instance without calling them: TarEntry must have none.
+    assert "__new__" not in vars(TarEntry) and "__init__" not in vars(TarEntry)
 
 
 @pytest.mark.parametrize(("args", "kwargs"), _FIELD_CALLS)

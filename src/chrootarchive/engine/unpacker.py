@@ -848,12 +848,9 @@ class Unpacker:
                 self._charge(size, entry.name)
             if not finisher.add_new_extent(name, encoded, entry.mode & 0o777, offset, size,
                                            atime, mtime, entry.name, entry):
-                # The helper is far behind: this file is copied here.
-                try:
-                    fd = self._create_file(name, entry)
-                except _SkipEntry:
-                    self.bytes_budget += size  # charged, and not written
-                    raise
+                # The helper is far behind: this file is copied here (charged as one
+                # the helper takes, even if an old file is kept: --skip-old-files).
+                fd = self._create_file(name, entry)
                 self._copy_extent_here(finisher, fd, entry, offset)
                 return True
         else:

@@ -287,8 +287,9 @@ typedef struct {
  * at buffer[pos:pos + 512] when its typeflag's kind, kinds[typeflag] (a tuple of 256),
  * is not None and the header takes ustar()'s fast path; None otherwise, and for a
  * member of kind ``regular`` whose name ends in "/" (the reader makes it a directory).
- * cls: a subtype of Fields. A member of kind ``regular`` has its size (and stored
- * size); any other, 0. */
+ * cls: a subtype of Fields that defines neither __new__ nor __init__ (the instance is
+ * allocated and filled here; they would not be called). A member of kind ``regular``
+ * has its size (and stored size); any other, 0. */
 static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 6) {
@@ -345,26 +346,23 @@ static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     PyObject *values[N_FIELDS] = {NULL};
     values[0] = name;
     values[1] = Py_NewRef(kind);
-    values[2] = PyLong_FromLongLong(octal_value(h, 100, 7) & 07777);
-    values[3] = PyLong_FromLongLong(octal_value(h, 108, 7));
-    values[4] = PyLong_FromLongLong(octal_value(h, 116, 7));
-    values[5] = PyLong_FromLongLong(size);
-    /* At most 11 octal digits of seconds: below 2**33, so below 2**63 in ns. */
-    values[6] = PyLong_FromLongLong(octal_value(h, 136, 11) * 1000000000LL);
     values[7] = Py_NewRef(Py_None);
-    values[8] = (h[156] == '1' || h[156] == '2') ? c_string(h + 157, 100)
-                                                 : PyUnicode_FromStringAndSize("", 0);
-    values[9] = PyLong_FromLong(0);
-    values[10] = PyLong_FromLong(0);
-    values[11] = PyDict_New();
     values[12] = Py_NewRef(Py_None);
-    values[13] = PyLong_FromLongLong(size);
-    values[14] = PyUnicode_FromStringAndSize("", 0);
     Fields *made = NULL;
-    int complete = 1;
-    for (int i = 0; i < N_FIELDS; i++)
-        complete &= values[i] != NULL;
-    if (complete) {
+    /* Each made only once the one before it was (no call with an error set). */
+    if ((values[2] = PyLong_FromLongLong(octal_value(h, 100, 7) & 07777))
+        && (values[3] = PyLong_FromLongLong(octal_value(h, 108, 7)))
+        && (values[4] = PyLong_FromLongLong(octal_value(h, 116, 7)))
+        && (values[5] = PyLong_FromLongLong(size))
+        /* At most 11 octal digits of seconds: below 2**33, so below 2**63 in ns. */
+        && (values[6] = PyLong_FromLongLong(octal_value(h, 136, 11) * 1000000000LL))
+        && (values[8] = (h[156] == '1' || h[156] == '2')
+                            ? c_string(h + 157, 100) : PyUnicode_FromStringAndSize("", 0))
+        && (values[9] = PyLong_FromLong(0))
+        && (values[10] = PyLong_FromLong(0))
+        && (values[11] = PyDict_New())
+        && (values[13] = PyLong_FromLongLong(size))
+        && (values[14] = PyUnicode_FromStringAndSize("", 0))) {
         allocfunc alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)cls, Py_tp_alloc);
         made = (Fields *)alloc((PyTypeObject *)cls, 0);
     }
