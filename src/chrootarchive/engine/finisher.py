@@ -262,8 +262,8 @@ class Finisher:
 
     def has_extent_room(self, size: int) -> bool:
         """:meth:`has_room` for a file of ``size`` bytes of the archive (an extent), sent
-        with its descriptor (:meth:`add_extent`; :meth:`add_new_extent` asks the same for
-        a file sent by name). False: the helper is that far behind, and the worker
+        with its descriptor (:meth:`add_extent`; :meth:`add_new` asks the same for a
+        file sent by name). False: the helper is that far behind, and the worker
         copies the file itself rather than wait: a run of large files would otherwise
         leave its core idle while the helper copies."""
         full = len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES
@@ -286,45 +286,39 @@ class Finisher:
         return False
 
     def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
-                atime_ns: int, mtime_ns: int, entry: str, token: object) -> None:
+                offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
+                token: object) -> bool:
         """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
         caller has already made), which :attr:`pending` must not hold, with ``mode`` in
-        the helper, write ``data``, set its times and close it; or give it back (with
-        ``token``) through :meth:`take_returned`."""
-        if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
-                self._paths) + len(data) + len(encoded) > self._max_data):
-            self._send()
-        start = len(self._data)
-        self._data += data
-        self._add_named(path, encoded, mode, start, len(data), -1, atime_ns, mtime_ns,
-                        entry, token)
+        the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
+        archive from there), set its times and close it; or give it back (with
+        ``token``) through :meth:`take_returned`.
 
-    def add_new_extent(self, path: str, encoded: bytes, mode: int, offset: int, size: int,
-                       atime_ns: int, mtime_ns: int, entry: str, token: object) -> bool:
-        """:meth:`add_new` for a file whose data is ``size`` bytes of the archive from
-        ``offset``, when :meth:`has_extent_room` allows it; False (nothing done) when
-        the helper is that far behind. One call, as it is made for most files."""
-        full = (len(self._names) >= MAX_FILES
-                or len(self._data) + len(self._paths) + len(encoded) > self._max_data)
-        after = (0 if full else self._extents) + size >= self._batch_extents
-        if (full or after) and not self._can_send(full + after, size if after else 0):
-            return False
-        if full and self._names:
-            self._send()
-        if self._first_extent < 0:
-            self._first_extent = offset
-        self._extents += size
-        self.in_flight_bytes += size
-        self.extents += 1
-        self._add_named(path, encoded, mode, len(self._data), size, offset, atime_ns,
-                        mtime_ns, entry, token)
-        if self._extents >= self._batch_extents:
-            self._send()
-        return True
-
-    def _add_named(self, path: str, encoded: bytes, mode: int, start: int, size: int,
-                   offset: int, atime_ns: int, mtime_ns: int, entry: str, token: object
-                   ) -> None:
+        With an extent, only while the helper is not too far behind (what
+        :meth:`has_extent_room` asks for a descriptor, asked here for a name: one call,
+        as it is made for most files); False, nothing done, when it is. With data, the
+        caller has asked :meth:`has_room`; True."""
+        if offset < 0:
+            if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
+                    self._paths) + len(data) + len(encoded) > self._max_data):
+                self._send()
+            start = len(self._data)
+            size = len(data)
+            self._data += data
+        else:
+            full = (len(self._names) >= MAX_FILES
+                    or len(self._data) + len(self._paths) + len(encoded) > self._max_data)
+            after = (0 if full else self._extents) + size >= self._batch_extents
+            if (full or after) and not self._can_send(full + after, size if after else 0):
+                return False
+            if full and self._names:
+                self._send()
+            start = len(self._data)
+            if self._first_extent < 0:
+                self._first_extent = offset
+            self._extents += size
+            self.in_flight_bytes += size
+            self.extents += 1
         self._paths += encoded
         self._sizes.append(size)
         self._name_sizes.append(len(encoded))
@@ -334,14 +328,17 @@ class Finisher:
         self.pending.add(path)
         self.taken += 1
         self.by_name += 1
+        if self._extents >= self._batch_extents:
+            self._send()
+        return True
 
     def add_symlink(self, path: str, target: bytes, atime_ns: int, mtime_ns: int,
                     entry: str, token: object) -> None:
         """Create the symlink ``path`` (which :attr:`pending` must not hold) to
         ``target`` in the helper and set its times through an ``O_PATH`` descriptor
         (refused unless it is the symlink just made); or give it back."""
-        self.add_new(path, os.fsencode(path), SYMLINK, target, atime_ns, mtime_ns, entry,
-                     token)
+        self.add_new(path, os.fsencode(path), SYMLINK, target, -1, 0, atime_ns, mtime_ns,
+                     entry, token)
 
     def settle(self) -> None:
         """Send what is batched and wait until the helper has done all it was sent;

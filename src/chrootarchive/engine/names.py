@@ -34,6 +34,7 @@ def clean_name(unsafe_name: str) -> str:
         MalformedArchiveError: the name holds a NUL byte.
     """
     name = unsafe_name[2:] if unsafe_name.startswith("./") else unsafe_name
+    # The same test is written out in Unpacker.apply (keep them alike).
     if (name and name[0] not in "./" and name[-1] != "/" and "//" not in name
             and "/." not in name and "\x00" not in name):
         return name  # already clean (most names): no normpath
