@@ -123,6 +123,28 @@ static PyObject *parse(const unsigned char *h)
                          octal_value(h, 124, 11), octal_value(h, 136, 11), name, link);
 }
 
+/* The 512 bytes at buffer[pos:pos + 512], when they lie within both buffer[:end] and
+ * the buffer: 1, with *view held (the caller releases it) and *block set; 0 when they
+ * do not (nothing held); -1 with an exception set. */
+static int block_at(PyObject *buffer, PyObject *pos_arg, PyObject *end_arg, Py_buffer *view,
+                    const unsigned char **block)
+{
+    Py_ssize_t pos = PyLong_AsSsize_t(pos_arg);
+    if (pos == -1 && PyErr_Occurred())
+        return -1;
+    Py_ssize_t end = PyLong_AsSsize_t(end_arg);
+    if (end == -1 && PyErr_Occurred())
+        return -1;
+    if (PyObject_GetBuffer(buffer, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (pos < 0 || end > view->len || pos > end || end - pos < BLOCK) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    *block = (const unsigned char *)view->buf + pos;
+    return 1;
+}
+
 static PyObject *ustar(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
@@ -130,20 +152,12 @@ static PyObject *ustar(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "ustar() takes (buffer, pos, end)");
         return NULL;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
-    if (end == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *result;
-    if (pos < 0 || end > view.len || pos > end || end - pos < BLOCK)
-        result = Py_NewRef(Py_None);
-    else
-        result = parse((const unsigned char *)view.buf + pos);
+    const unsigned char *h;
+    int found = block_at(args[0], args[1], args[2], &view, &h);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *result = parse(h);
     PyBuffer_Release(&view);
     return result;
 }
@@ -309,21 +323,12 @@ static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "entry(): kinds must be a tuple of 256");
         return NULL;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
-    if (end == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+    const unsigned char *h;
+    int found = block_at(args[0], args[1], args[2], &view, &h);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = NULL;
-    if (pos < 0 || end > view.len || pos > end || end - pos < BLOCK) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    const unsigned char *h = (const unsigned char *)view.buf + pos;
     PyObject *kind = PyTuple_GetItem(kinds, h[156]);  /* borrowed */
     if (kind == NULL)
         goto done;

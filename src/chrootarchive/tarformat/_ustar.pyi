@@ -1,4 +1,4 @@
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # The compiled fast path for one tar header (_ustar.c); reader._ustar_py is its reference.
 def ustar(
@@ -7,41 +7,11 @@ def ustar(
 
 _T = TypeVar("_T")
 
-# The fields of reader.TarEntry, stored in C; reader._EntryFields is its reference.
+# The fields of reader.TarEntry, stored in C: its parameters and attributes are those
+# of reader._EntryFields, its reference (which the reader's types name).
 class Fields:
-    name: str
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    atime_ns: int | None
-    linkname: str
-    devmajor: int
-    devminor: int
-    xattrs: dict[str, bytes]
-    sparse: list[tuple[int, int]] | None
-    stored_size: int
-    unknown_type: str
-    def __init__(
-        self,
-        name: str,
-        kind: str,
-        mode: int,
-        uid: int,
-        gid: int,
-        size: int,
-        mtime_ns: int,
-        atime_ns: int | None = None,
-        linkname: str = "",
-        devmajor: int = 0,
-        devminor: int = 0,
-        xattrs: dict[str, bytes] | None = None,
-        sparse: list[tuple[int, int]] | None = None,
-        stored_size: int = 0,
-        unknown_type: str = "",
-    ) -> None: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def __getattr__(self, name: str) -> Any: ...
 
 # A plain member's header straight to its entry; reader._entry_py is its reference.
 def entry(
