@@ -13,10 +13,15 @@
  * surrogateescape, the link name only for a hard or symbolic link, else None. Any other
  * block gives None, and the Python reader's general rules take it (errors included).
  *
- * The reference is _ustar_py() in reader.py: the two must agree on every block, which
- * tests/test_ustar_parser.py checks on random and mutated headers. Bounds: every read is
- * inside the 512 bytes after pos, checked against end and the buffer's length first;
- * the joined name is at most 155 + 1 + 100 bytes; the largest number is 11 octal digits.
+ * entry() makes such a header, a plain member's, into its entry (a Fields) at once;
+ * pax_entry() does the same for the member after a PAX header that holds only times.
+ *
+ * The references are _ustar_py(), _entry_py() and _pax_entry_py() in reader.py: each
+ * pair must agree on every block, which tests/test_ustar_parser.py checks on random and
+ * mutated headers and records. Bounds: every read is inside the 512 bytes after pos,
+ * checked against end and the buffer's length first (pax_entry: the records and the
+ * member's header, within end, once the size is checked against max_pax); the joined
+ * name is at most 155 + 1 + 100 bytes; the largest number is 11 octal digits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -124,10 +129,10 @@ static PyObject *parse(const unsigned char *h)
 }
 
 /* The 512 bytes at buffer[pos:pos + 512], when they lie within both buffer[:end] and
- * the buffer: 1, with *view held (the caller releases it) and *block set; 0 when they
- * do not (nothing held); -1 with an exception set. */
+ * the buffer: 1, with *view held (the caller releases it), *block set and *room the
+ * bytes from pos to end; 0 when they do not (nothing held); -1 with an exception set. */
 static int block_at(PyObject *buffer, PyObject *pos_arg, PyObject *end_arg, Py_buffer *view,
-                    const unsigned char **block)
+                    const unsigned char **block, Py_ssize_t *room)
 {
     Py_ssize_t pos = PyLong_AsSsize_t(pos_arg);
     if (pos == -1 && PyErr_Occurred())
@@ -142,6 +147,7 @@ static int block_at(PyObject *buffer, PyObject *pos_arg, PyObject *end_arg, Py_b
         return 0;
     }
     *block = (const unsigned char *)view->buf + pos;
+    *room = end - pos;
     return 1;
 }
 
@@ -154,7 +160,8 @@ static PyObject *ustar(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     Py_buffer view;
     const unsigned char *h;
-    int found = block_at(args[0], args[1], args[2], &view, &h);
+    Py_ssize_t room;
+    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
     if (found <= 0)
         return found < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = parse(h);
@@ -290,68 +297,160 @@ static PyType_Spec fields_spec = {
  * Why: most members of most archives are a plain file, directory or link with nothing
  * but its header. Reading the header as a tuple, then making the entry from it in
  * Python, cost about 4,000 machine instructions per member more than making it here
- * (issue 16, sixteenth round: callgrind, small.tar). reader._entry_py is the reference: the two must agree
- * on every block (tests/test_ustar_parser.py). */
+ * (issue 16, sixteenth round: callgrind, small.tar). reader._entry_py is the
+ * reference: the two must agree on every block (tests/test_ustar_parser.py). */
 
 typedef struct {
     PyTypeObject *fields_type;
 } module_state;
 
-/* entry(buffer, pos, end, cls, kinds, regular) -> cls | None: the entry of the header
- * at buffer[pos:pos + 512] when its typeflag's kind, kinds[typeflag] (a tuple of 256),
- * is not None and the header takes ustar()'s fast path; None otherwise, and for a
- * member of kind ``regular`` whose name ends in "/" (the reader makes it a directory).
- * cls: a subtype of Fields that defines neither __new__ nor __init__ (the instance is
- * allocated and filled here; they would not be called). A member of kind ``regular``
- * has its size (and stored size); any other, 0. */
-static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* PAX times in nanoseconds, as read by plain_times(): present[i] for mtime (0) and
+ * atime (1); seconds of at most 18 digits and the fraction's first nine digits. */
+typedef struct {
+    int present[2];
+    long long seconds[2];
+    long long fraction[2];
+} pax_times;
+
+/* The entry of the header h, of kind ``kind`` (not None), when it takes the fast path:
+ * a new reference; None when it does not, or is of kind ``regular`` and named "x/";
+ * NULL with an exception set. Its mtime_ns and atime_ns are those of ``times`` where
+ * given (a times-only PAX header before it), else the header's mtime and None. */
+static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kind,
+                            PyObject *regular, const pax_times *times);
+
+/* The arguments cls, kinds and regular of entry() and pax_entry(): 0 when they are of
+ * the right types, -1 with TypeError set. */
+static int check_entry_args(PyObject *module, PyObject *const *args, const char *usage)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "entry() takes (buffer, pos, end, cls, kinds, regular)");
-        return NULL;
-    }
     module_state *state = PyModule_GetState(module);
     if (state == NULL)
-        return NULL;
-    PyObject *cls = args[3], *kinds = args[4], *regular = args[5];
+        return -1;
+    PyObject *cls = args[3], *kinds = args[4];
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, state->fields_type)) {
-        PyErr_SetString(PyExc_TypeError, "entry(): cls must be a subtype of Fields");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s: cls must be a subtype of Fields", usage);
+        return -1;
     }
     if (!PyTuple_Check(kinds) || PyTuple_Size(kinds) != 256) {
-        PyErr_SetString(PyExc_TypeError, "entry(): kinds must be a tuple of 256");
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s: kinds must be a tuple of 256", usage);
+        return -1;
     }
-    Py_buffer view;
-    const unsigned char *h;
-    int found = block_at(args[0], args[1], args[2], &view, &h);
-    if (found <= 0)
-        return found < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *result = NULL;
-    PyObject *kind = PyTuple_GetItem(kinds, h[156]);  /* borrowed */
-    if (kind == NULL)
-        goto done;
-    if (kind == Py_None || !h[0] || !usual_layout(h)
-            || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6)) {
-        result = Py_NewRef(Py_None);
-        goto done;
+    return 0;
+}
+
+/* A PAX time's value in nanoseconds: seconds (at most 18 digits, so the product may
+ * pass 2**63) times 10**9, plus the fraction. */
+static PyObject *time_ns(long long seconds, long long fraction)
+{
+    if (seconds <= 9000000000LL)
+        return PyLong_FromLongLong(seconds * 1000000000LL + fraction);
+    PyObject *secs = PyLong_FromLongLong(seconds), *scale = PyLong_FromLong(1000000000L);
+    PyObject *frac = PyLong_FromLongLong(fraction), *product = NULL, *sum = NULL;
+    if (secs && scale && frac && (product = PyNumber_Multiply(secs, scale)))
+        sum = PyNumber_Add(product, frac);
+    Py_XDECREF(secs);
+    Py_XDECREF(scale);
+    Py_XDECREF(frac);
+    Py_XDECREF(product);
+    return sum;
+}
+
+static int all_digits(const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
     }
+    return 1;
+}
+
+/* Whether p[0:n], PAX records, hold nothing but times in the plain form GNU tar
+ * writes ("seconds[.fraction]" of decimal digits): each record "length key=value\n"
+ * with a decimal length that counts the whole record, the key mtime, atime or ctime
+ * (ctime checked, then ignored), the seconds 1 to 18 digits, a fraction of at least
+ * one digit after a dot. A later record of a key wins. The reference is
+ * reader._pax_times; anything else goes to the reader's general rules. */
+static int plain_times(const unsigned char *p, Py_ssize_t n, pax_times *times)
+{
+    times->present[0] = times->present[1] = 0;
+    if (n > 0 && p[n - 1] != '\n')
+        return 0;
+    for (Py_ssize_t at = 0; at < n;) {
+        const unsigned char *record = p + at;
+        Py_ssize_t len = (const unsigned char *)memchr(record, '\n', (size_t)(n - at)) - record;
+        const unsigned char *space = memchr(record, ' ', (size_t)len);
+        if (space == NULL || space == record)
+            return 0;
+        long long length = 0;
+        for (const unsigned char *d = record; d < space; d++) {
+            if (*d < '0' || *d > '9')
+                return 0;
+            length = length * 10 + (*d - '0');
+            if (length > n + 1)  /* too large to count the record (leading zeros pass) */
+                return 0;
+        }
+        if (length != len + 1)
+            return 0;
+        const unsigned char *key = space + 1, *stop = record + len;
+        const unsigned char *equals = memchr(key, '=', (size_t)(stop - key));
+        if (equals == NULL)
+            return 0;
+        int slot;
+        if (equals - key == 5 && memcmp(key, "mtime", 5) == 0)
+            slot = 0;
+        else if (equals - key == 5 && memcmp(key, "atime", 5) == 0)
+            slot = 1;
+        else if (equals - key == 5 && memcmp(key, "ctime", 5) == 0)
+            slot = 2;
+        else
+            return 0;
+        const unsigned char *value = equals + 1;
+        const unsigned char *dot = memchr(value, '.', (size_t)(stop - value));
+        const unsigned char *secs_end = dot ? dot : stop;
+        Py_ssize_t secs_len = secs_end - value;
+        if (secs_len < 1 || secs_len > 18 || !all_digits(value, secs_len))
+            return 0;
+        long long fraction = 0;
+        if (dot) {
+            Py_ssize_t frac_len = stop - dot - 1;
+            if (frac_len < 1 || !all_digits(dot + 1, frac_len))
+                return 0;
+            for (int i = 0; i < 9; i++)
+                fraction = fraction * 10 + (i < frac_len ? dot[1 + i] - '0' : 0);
+        }
+        if (slot < 2) {
+            long long seconds = 0;
+            for (const unsigned char *d = value; d < secs_end; d++)
+                seconds = seconds * 10 + (*d - '0');
+            times->present[slot] = 1;
+            times->seconds[slot] = seconds;
+            times->fraction[slot] = fraction;
+        }
+        at += len + 1;
+    }
+    return 1;
+}
+
+static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kind,
+                            PyObject *regular, const pax_times *times)
+{
+    if (!h[0] || !usual_layout(h) || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6))
+        return Py_NewRef(Py_None);
     int is_regular = kind == regular;
     PyObject *name = entry_name(h);
     if (name == NULL)
-        goto done;
+        return NULL;
     Py_ssize_t length = PyUnicode_GetLength(name);
     if (is_regular && length > 0 && PyUnicode_ReadChar(name, length - 1) == '/') {
         Py_DECREF(name);
-        result = Py_NewRef(Py_None);
-        goto done;
+        return Py_NewRef(Py_None);
     }
     long long size = is_regular ? octal_value(h, 124, 11) : 0;
+    int has_mtime = times != NULL && times->present[0];
+    int has_atime = times != NULL && times->present[1];
     PyObject *values[N_FIELDS] = {NULL};
     values[0] = name;
     values[1] = Py_NewRef(kind);
-    values[7] = Py_NewRef(Py_None);
     values[12] = Py_NewRef(Py_None);
     Fields *made = NULL;
     /* Each made only once the one before it was (no call with an error set). */
@@ -360,7 +459,10 @@ static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         && (values[4] = PyLong_FromLongLong(octal_value(h, 116, 7)))
         && (values[5] = PyLong_FromLongLong(size))
         /* At most 11 octal digits of seconds: below 2**33, so below 2**63 in ns. */
-        && (values[6] = PyLong_FromLongLong(octal_value(h, 136, 11) * 1000000000LL))
+        && (values[6] = has_mtime ? time_ns(times->seconds[0], times->fraction[0])
+                                  : PyLong_FromLongLong(octal_value(h, 136, 11) * 1000000000LL))
+        && (values[7] = has_atime ? time_ns(times->seconds[1], times->fraction[1])
+                                  : Py_NewRef(Py_None))
         && (values[8] = (h[156] == '1' || h[156] == '2')
                             ? c_string(h + 157, 100) : PyUnicode_FromStringAndSize("", 0))
         && (values[9] = PyLong_FromLong(0))
@@ -374,10 +476,103 @@ static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (made == NULL) {
         for (int i = 0; i < N_FIELDS; i++)
             Py_XDECREF(values[i]);
-        goto done;
+        return NULL;
     }
     memcpy(made->fields, values, sizeof(values));  /* the references move */
-    result = (PyObject *)made;
+    return (PyObject *)made;
+}
+
+/* entry(buffer, pos, end, cls, kinds, regular) -> cls | None: the entry of the header
+ * at buffer[pos:pos + 512] when its typeflag's kind, kinds[typeflag] (a tuple of 256),
+ * is not None and the header takes ustar()'s fast path; None otherwise, and for a
+ * member of kind ``regular`` whose name ends in "/" (the reader makes it a directory).
+ * cls: a subtype of Fields that defines neither __new__ nor __init__ (the instance is
+ * allocated and filled here; they would not be called). A member of kind ``regular``
+ * has its size (and stored size); any other, 0. */
+static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] = "entry() takes (buffer, pos, end, cls, kinds, regular)";
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    if (check_entry_args(module, args, usage) < 0)
+        return NULL;
+    Py_buffer view;
+    const unsigned char *h;
+    Py_ssize_t room;
+    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *kind = PyTuple_GetItem(args[4], h[156]);  /* borrowed */
+    PyObject *result = kind == NULL ? NULL
+                       : kind == Py_None ? Py_NewRef(Py_None)
+                       : make_entry(h, args[3], kind, args[5], NULL);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- pax_entry(): a times-only PAX header and the member after it, in one step ------
+ *
+ * Why: GNU tar's --format=posix and --xattrs write a PAX header before every member
+ * that holds nothing but its times (rootfs.tar: every one of 6,700). Reading the
+ * extended header as a tuple, copying its records to bytes and reading them in Python
+ * cost about 15,000 machine instructions per member more than this (issue 16,
+ * seventeenth round: callgrind, rootfs.tar). reader._pax_entry_py is the reference: the
+ * two must agree on every block (tests/test_ustar_parser.py). */
+
+/* pax_entry(buffer, pos, end, cls, kinds, regular, max_pax) -> (cls, int) | None: for
+ * a PAX header ('x') at buffer[pos:pos + 512] on ustar()'s fast path, of at most
+ * max_pax bytes of records that plain_times() reads, followed within buffer[:end] by a
+ * header that entry() makes into an entry: that entry, with the records' times, and
+ * the position of its header. None otherwise. */
+static PyObject *pax_entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char usage[] =
+        "pax_entry() takes (buffer, pos, end, cls, kinds, regular, max_pax)";
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    if (check_entry_args(module, args, usage) < 0)
+        return NULL;
+    Py_ssize_t max_pax = PyLong_AsSsize_t(args[6]);
+    if (max_pax == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    const unsigned char *h;
+    Py_ssize_t room;
+    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *result = NULL;
+    pax_times times;
+    if (h[156] != 'x' || !h[0] || !usual_layout(h)
+            || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    long long size = octal_value(h, 124, 11);
+    /* The member's header: after the records, padded to whole blocks. */
+    Py_ssize_t after = BLOCK + (Py_ssize_t)((size + BLOCK - 1) / BLOCK * BLOCK);
+    if (size > max_pax || after > room - BLOCK || !plain_times(h + BLOCK, size, &times)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *kind = PyTuple_GetItem(args[4], h[after + 156]);  /* borrowed */
+    if (kind == NULL || kind == Py_None) {
+        result = kind == NULL ? NULL : Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *made = make_entry(h + after, args[3], kind, args[5], &times);
+    if (made == NULL || made == Py_None) {
+        result = made;
+        goto done;
+    }
+    PyObject *at = PyLong_FromSsize_t(PyLong_AsSsize_t(args[1]) + after);
+    result = at ? PyTuple_Pack(2, made, at) : NULL;
+    Py_DECREF(made);
+    Py_XDECREF(at);
 done:
     PyBuffer_Release(&view);
     return result;
@@ -423,6 +618,11 @@ static PyMethodDef methods[] = {
     {"entry", (PyCFunction)(void (*)(void))entry, METH_FASTCALL,
      "entry(buffer, pos, end, cls, kinds, regular) -> cls | None\n\nThe entry of a"
      " plain member's header at buffer[pos:pos + 512] (see reader._entry_py); None"
+     " for the general rules."},
+    {"pax_entry", (PyCFunction)(void (*)(void))pax_entry, METH_FASTCALL,
+     "pax_entry(buffer, pos, end, cls, kinds, regular, max_pax) -> (cls, int) | None\n\n"
+     "The entry of the member after a times-only PAX header at buffer[pos:pos + 512],"
+     " with those times, and its header's position (see reader._pax_entry_py); None"
      " for the general rules."},
     {NULL, NULL, 0, NULL},
 };

@@ -23,3 +23,16 @@ def entry(
     regular: str,
     /,
 ) -> _T | None: ...
+
+# A times-only PAX header and the member after it, in one step: that member's entry and
+# the position of its header; reader._pax_entry_py is its reference.
+def pax_entry(
+    buffer: bytes | bytearray,
+    pos: int,
+    end: int,
+    cls: type[_T],
+    kinds: tuple[str | None, ...],
+    regular: str,
+    max_pax: int,
+    /,
+) -> tuple[_T, int] | None: ...

@@ -327,6 +327,38 @@ def _entry_py(buf: _Bytes, pos: int, end: int, cls: type[TarEntry],
                linkname=linkname or "", stored_size=size)
 
 
+def _pax_entry_py(buf: _Bytes, pos: int, end: int, cls: type[TarEntry],
+                  kinds: tuple[str | None, ...], regular: str, max_pax: int
+                  ) -> tuple[TarEntry, int] | None:
+    """The entry of the member after a times-only PAX header at ``buf[pos:pos + 512]``,
+    and the position of its header; or None.
+
+    The second step of :meth:`TarReader.__iter__`, for what GNU tar's --format=posix
+    and --xattrs write before every member: a PAX header ('x') on :func:`_ustar_py`'s
+    fast path, of at most ``max_pax`` bytes of records that :func:`_pax_times` reads,
+    followed within ``buf[:end]`` by a header that :func:`_entry_py` makes into an
+    entry, which is given the records' times. The compiled ``_ustar.pax_entry`` does
+    the same (tests/test_ustar_parser.py); this is its reference, and the fallback.
+    """
+    header = _ustar_py(buf, pos, end)
+    if header is None or header[0] != fmt.PAXTYPE:
+        return None
+    size = header[4]
+    after = pos + BLOCK + size + (-size % BLOCK)
+    if size > max_pax or after + BLOCK > end:
+        return None
+    times = _pax_times(bytes(buf[pos + BLOCK : pos + BLOCK + size]))
+    if times is None:
+        return None
+    entry = _entry_py(buf, after, end, cls, kinds, regular)
+    if entry is None:
+        return None
+    if times[0] is not None:
+        entry.mtime_ns = times[0]
+    entry.atime_ns = times[1]
+    return entry, after
+
+
 # The kind of each typeflag whose member _entry (or _entry_py) makes in one step: the
 # plain kinds but device nodes, whose numbers the general rules read.
 _ENTRY_KINDS = tuple(
@@ -337,13 +369,16 @@ _ENTRY_KINDS = tuple(
 if TYPE_CHECKING:  # the compiled ones take and give the same (_ustar.pyi)
     _ustar = _ustar_py
     _entry = _entry_py
+    _pax_entry = _pax_entry_py
 else:
     try:
         from chrootarchive.tarformat._ustar import entry as _entry
+        from chrootarchive.tarformat._ustar import pax_entry as _pax_entry
         from chrootarchive.tarformat._ustar import ustar as _ustar
     except ImportError:  # built without a C compiler: the same rules, in Python
         _ustar = _ustar_py
         _entry = _entry_py
+        _pax_entry = _pax_entry_py
 
 
 def _number(raw: _Bytes) -> int | None:
@@ -390,55 +425,18 @@ def _plain_time(value: bytes) -> int | None:
     return int(secs) * NS + (int(frac[:9].ljust(9, b"0")) if dot else 0)
 
 
-#: Digits to "9": the layout of a times-only PAX block (see _times_only).
-_DIGIT_TABLE = bytes.maketrans(b"0123456789", b"9999999999")
-_MAX_LAYOUTS = 32  # layouts remembered by one reader
-_MAX_LAYOUT_SIZE = 256  # bytes of a block whose layout is remembered
-# The layout of a times-only block: the bytes of each record's length field (start,
-# stop, bytes), then for each mtime or atime record in order its slot, where its
-# seconds and fraction are, and the fraction's scale to nanoseconds.
-_TimeLayout = tuple[tuple[tuple[int, int, bytes], ...],
-                    tuple[tuple[int, int, int, int, int, int], ...]]
-
-
-def _times_only(data: bytes, layouts: dict[bytes, _TimeLayout]
-                ) -> tuple[int | None, int | None] | None:
+def _pax_times(data: bytes) -> tuple[int | None, int | None] | None:
     """(mtime, atime) of PAX records that hold nothing but times in the plain form
     (GNU tar's --format=posix and --xattrs headers), or None for anything else, which
     :meth:`TarReader._read_pax` then reads with its strict rules.
 
-    An archive's blocks share a few layouts (the same keys, lengths and digit counts;
-    other digits), so each layout read here is remembered in ``layouts``, keyed by the
-    block with every digit made "9": a block of a known layout is read by position,
-    once its length fields are checked, in a third of the time (issue 16).
+    The reference of the compiled reader of the same records (``plain_times`` in
+    _ustar.c, through ``_ustar.pax_entry``), and the fallback where it was not built.
     """
-    shape = data.translate(_DIGIT_TABLE)
-    layout = layouts.get(shape)
-    if layout is not None:
-        lengths, places = layout
-        for start, stop, digits in lengths:
-            if data[start:stop] != digits:
-                break
-        else:
-            times: list[int | None] = [None, None]
-            for slot, secs, dot, frac, end, scale in places:
-                times[slot] = (int(data[secs:dot]) * NS + int(data[frac:end]) * scale
-                               if end > frac else int(data[secs:dot]) * NS)
-            return times[0], times[1]
-    return _times_by_record(data, shape, layouts)
-
-
-def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout]
-                     ) -> tuple[int | None, int | None] | None:
-    """:func:`_times_only` for a block of a layout not seen before; remembers it."""
     times: list[int | None] = [None, None, None]  # mtime, atime, ctime
     records = data.split(b"\n")
     if records.pop():
         return None  # not ending with a newline: malformed, or a record holds one
-    learn = len(shape) <= _MAX_LAYOUT_SIZE and len(layouts) < _MAX_LAYOUTS
-    lengths: list[tuple[int, int, bytes]] = []
-    places: list[tuple[int, int, int, int, int, int]] = []
-    pos = 0
     for record in records:
         length, _, rest = record.partition(b" ")
         key, _, value = rest.partition(b"=")
@@ -451,17 +449,6 @@ def _times_by_record(data: bytes, shape: bytes, layouts: dict[bytes, _TimeLayout
         if time is None:
             return None
         times[slot] = time
-        if not learn:
-            continue
-        lengths.append((pos, pos + len(length), length))
-        if slot < 2:
-            secs = pos + len(length) + len(key) + 2
-            dot = secs + value.find(b".") if b"." in value else secs + len(value)
-            digits = min(pos + len(record) - dot - 1, 9) if dot < pos + len(record) else 0
-            places.append((slot, secs, dot, dot + 1, dot + 1 + digits, 10 ** (9 - digits)))
-        pos += len(record) + 1
-    if learn:
-        layouts[shape] = (tuple(lengths), tuple(places))
     return times[0], times[1]
 
 
@@ -598,7 +585,6 @@ class TarReader:
         # always read in whole buffers.
         self._header_read = min(SEEK_MIN, bufsize) if self._seekable else bufsize
         self._max_pax = max_pax_size
-        self._time_layouts: dict[bytes, _TimeLayout] = {}  # see _times_only
         self._max_long = max_long_name
         self._max_regions = max_sparse_regions
         self._current: TarEntry | None = None
@@ -620,14 +606,17 @@ class TarReader:
         # The hot loop, inlined for speed: most headers take the fast path, a whole
         # header already in the buffer that _ustar reads (compiled, or _ustar_py) and
         # of a type that needs no other header; most of those, a plain member's, are
-        # made into their entry in one step (_entry, or _entry_py). Anything else
-        # (extended headers, zero blocks, odd numbers, errors) goes to _next_slow().
+        # made into their entry in one step (_entry, or _entry_py), and so is a member
+        # after a PAX header that holds only its times (_pax_entry, or _pax_entry_py).
+        # Anything else (extended headers, zero blocks, odd numbers, errors) goes to
+        # _next_slow().
         buf = self._buf
         kinds = _PLAIN_KINDS
         parse = _ustar
         plain = _entry
+        after_times = _pax_entry
         entry_kinds = _ENTRY_KINDS
-        layouts = self._time_layouts
+        max_pax = self._max_pax
         while not self._done:
             if self._current is not None:
                 skip = self._remaining + self._padding
@@ -641,37 +630,35 @@ class TarReader:
             pax: _Pax | None = None
             times: tuple[int | None, int | None] | None = None
             header = None
-            # Most headers: a plain member, its entry made in one step.
-            entry = plain(buf, pos, self._end, TarEntry, entry_kinds, REGULAR
-                          ) if self._started else None
-            if entry is None and self._started:
-                header = parse(buf, pos, self._end)
+            entry = None
+            if self._started:
+                # Most headers: a plain member, its entry made in one step; or one
+                # after a PAX header of its times (GNU tar --format=posix, --xattrs).
+                entry = plain(buf, pos, self._end, TarEntry, entry_kinds, REGULAR)
+                if entry is None:
+                    found = after_times(buf, pos, self._end, TarEntry, entry_kinds,
+                                        REGULAR, max_pax)
+                    if found is not None:
+                        entry, pos = found
+                    else:
+                        header = parse(buf, pos, self._end)
                 if header is not None and header[0] == 0x78:
-                    # A PAX header ('x'; GNU tar --format=posix or --xattrs writes one per
-                    # entry): read here when its records and the header after them are
-                    # in the buffer; times alone by _times_only (then the header after
-                    # them made in one step, if it can be), anything else with
-                    # _read_pax's strict rules.
+                    # Another PAX header ('x'): read here when its records and the
+                    # header after them are in the buffer; times alone by _pax_times
+                    # (a header after them that the general rules read), anything
+                    # else with _read_pax's strict rules.
                     size = header[4]
                     after = pos + BLOCK + size + (-size % BLOCK)
-                    if after + BLOCK <= self._end and size <= self._max_pax:
-                        times = _times_only(bytes(buf[pos + BLOCK : pos + BLOCK + size]),
-                                            layouts)
+                    if after + BLOCK <= self._end and size <= max_pax:
+                        times = _pax_times(bytes(buf[pos + BLOCK : pos + BLOCK + size]))
                         if times is not None:
                             self._pos = pos = after
-                            entry = plain(buf, pos, self._end, TarEntry, entry_kinds,
-                                          REGULAR)
-                            if entry is not None:
-                                if times[0] is not None:
-                                    entry.mtime_ns = times[0]
-                                entry.atime_ns = times[1]
                         else:
                             self._pos = pos + BLOCK
                             pax = self._read_pax(
                                 size, f"extended header at offset {self._base + pos}")
                             pos = self._pos
-                        if entry is None:
-                            header = parse(buf, pos, self._end)
+                        header = parse(buf, pos, self._end)
             if entry is not None:
                 self._pos = pos + BLOCK
                 self._current = entry
