@@ -740,9 +740,12 @@ class Unpacker:
         mtime = entry.mtime_ns
         if not _NS_MIN <= mtime <= _NS_MAX:
             mtime = _clamp_ns(mtime)
-        if entry.atime_ns is None:
+        atime = entry.atime_ns
+        if atime is None:
             return mtime, mtime
-        return max(_clamp_ns(entry.atime_ns), mtime), mtime
+        if not _NS_MIN <= atime <= _NS_MAX:
+            atime = _clamp_ns(atime)
+        return (atime if atime > mtime else mtime), mtime
 
     def _needs_chown(self, owner: tuple[int, int] | None, parent: str) -> bool:
         if owner is None:
@@ -840,9 +843,10 @@ class Unpacker:
         # Written out (what _charge and _times do in the common case): this is the
         # path of most entries, and its cost is what small files cost.
         mtime = entry.mtime_ns
-        if entry.atime_ns is None and _NS_MIN <= mtime <= _NS_MAX:
+        atime = entry.atime_ns  # a PAX atime (GNU tar --xattrs, --format=posix), or None
+        if atime is None:
             atime = mtime
-        else:  # a PAX atime (GNU tar --xattrs, --format=posix) or an odd mtime
+        if not _NS_MIN <= mtime <= atime <= _NS_MAX:  # an odd time, or an atime before it
             atime, mtime = self._times(entry)
         encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
         # From a regular file, any file with data travels as an extent: the worker then
