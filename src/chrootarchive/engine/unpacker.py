@@ -845,8 +845,11 @@ class Unpacker:
         mtime = entry.mtime_ns
         atime = entry.atime_ns  # a PAX atime (GNU tar --xattrs, --format=posix), or None
         if atime is None:
-            atime = mtime
-        if not _NS_MIN <= mtime <= atime <= _NS_MAX:  # an odd time, or an atime before it
+            if _NS_MIN <= mtime <= _NS_MAX:
+                atime = mtime
+            else:
+                atime, mtime = self._times(entry)
+        elif not _NS_MIN <= mtime <= atime <= _NS_MAX:  # an odd time, or atime < mtime
             atime, mtime = self._times(entry)
         encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
         # From a regular file, any file with data travels as an extent: the worker then

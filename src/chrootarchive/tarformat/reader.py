@@ -630,7 +630,6 @@ class TarReader:
             pax: _Pax | None = None
             times: tuple[int | None, int | None] | None = None
             header = None
-            entry = None
             if self._started:
                 # Most headers: a plain member, its entry made in one step; or one
                 # after a PAX header of its times (GNU tar --format=posix, --xattrs).
@@ -642,23 +641,11 @@ class TarReader:
                         entry, pos = found
                     else:
                         header = parse(buf, pos, self._end)
-                if header is not None and header[0] == 0x78:
-                    # Another PAX header ('x'): read here when its records and the
-                    # header after them are in the buffer; times alone by _pax_times
-                    # (a header after them that the general rules read), anything
-                    # else with _read_pax's strict rules.
-                    size = header[4]
-                    after = pos + BLOCK + size + (-size % BLOCK)
-                    if after + BLOCK <= self._end and size <= max_pax:
-                        times = _pax_times(bytes(buf[pos + BLOCK : pos + BLOCK + size]))
-                        if times is not None:
-                            self._pos = pos = after
-                        else:
-                            self._pos = pos + BLOCK
-                            pax = self._read_pax(
-                                size, f"extended header at offset {self._base + pos}")
+                        if header is not None and header[0] == 0x78:
+                            header, times, pax = self._pax_here(header, pos)
                             pos = self._pos
-                        header = parse(buf, pos, self._end)
+            else:
+                entry = None
             if entry is not None:
                 self._pos = pos + BLOCK
                 self._current = entry
@@ -990,6 +977,28 @@ class TarReader:
         return entry
 
     # -- headers ------------------------------------------------------------------
+
+    def _pax_here(self, header: _Header, pos: int) -> tuple[
+            _Header | None, tuple[int | None, int | None] | None, _Pax | None]:
+        """A PAX header at ``pos`` that the one-step path did not take (the header
+        after it is not a plain member's, or its records hold more than times), read
+        here when its records and the header after them are in the buffer: the header
+        after it (``_ustar``'s, or None), with its times when the records hold nothing
+        else (:func:`_pax_times`), or else the records as :meth:`_read_pax` reads them;
+        ``self._pos`` is then that header's. Otherwise ``(header, None, None)``, and
+        the general rules read it."""
+        size = header[4]
+        after = pos + BLOCK + size + (-size % BLOCK)
+        if after + BLOCK > self._end or size > self._max_pax:
+            return header, None, None
+        times = _pax_times(bytes(self._buf[pos + BLOCK : pos + BLOCK + size]))
+        pax = None
+        if times is not None:
+            self._pos = after
+        else:
+            self._pos = pos + BLOCK
+            pax = self._read_pax(size, f"extended header at offset {self._base + pos}")
+        return _ustar(self._buf, self._pos, self._end), times, pax
 
     def _next_slow(self, pax: _Pax | None = None) -> TarEntry | None:
         """Read headers up to the next entry in the general case; None at the end.
