@@ -42,7 +42,6 @@ __all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
 # than 32 did (rootfs.tar.zst 7% faster, linux.tar.zst 3%: docs/performance.md). Its
 # pages are taken as the stream first reaches them, so a small input takes no more.
 SIZE = 64 << 20
-STEP = 1 << 20  # the most that fill() writes before it tells the worker
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
 
@@ -97,35 +96,6 @@ class RingWriter:
             except BrokenPipeError:
                 return False
         return True
-
-    def fill(self, readinto: Callable[[memoryview], int]) -> bool:
-        """Write the stream that ``readinto`` gives (the bytes it put into the buffer
-        given; 0 at the end) straight into the ring, mapped here, in steps of at most
-        :data:`STEP` bytes; False when the worker is gone. Spares :meth:`write`'s copy
-        where the producer can write into a buffer (a zstd decompressor: issue 16)."""
-        import mmap  # only a compressed stream needs it (the command line's start)
-
-        with mmap.mmap(self.fd, self.size) as mapped:
-            ring = memoryview(mapped)
-            try:
-                while True:
-                    room = self._freed + self.size - self._end
-                    if not room:
-                        if not self._wait_freed():
-                            return False
-                        continue
-                    at = self._end % self.size
-                    with ring[at : at + min(room, self.size - at, STEP)] as free:
-                        done = readinto(free)
-                    if not done:
-                        return True
-                    self._end += done
-                    try:
-                        os.write(self._written_w, _OFFSET.pack(self._end))
-                    except BrokenPipeError:
-                        return False
-            finally:
-                ring.release()
 
     def finish(self) -> None:
         """The end of the stream (after the last byte, or on an error)."""

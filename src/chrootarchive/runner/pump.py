@@ -120,12 +120,6 @@ def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
     data (or an error) is the end of the stream."""
 
     def write() -> None:
-        # Data that can be written into a buffer (a zstd stream: compression's
-        # readinto) goes straight into the ring, a copy fewer.
-        readinto: Callable[[memoryview], int] | None = getattr(data, "readinto", None)
-        if readinto is not None:
-            ring.fill(readinto)  # False: the job ended (its reply says why)
-            return
         for chunk in data:
             if not ring.write(chunk):
                 return  # the job ended (its reply says why)
