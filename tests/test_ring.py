@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import chrootarchive
 from chrootarchive import _ring
@@ -88,13 +89,20 @@ def small_ring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ring, "SIZE", SMALL_RING)
 
 
+def _compress(data: bytes, method: str) -> bytes:
+    if method == "gzip":
+        return gzip.compress(data, 1)
+    return zstandard.ZstdCompressor(level=1).compress(data)
+
+
+@pytest.mark.parametrize("method", ["gzip", "zstd"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_compressed_archive_through_a_small_ring_gives_the_plain_tree(
-        seed: int, tmp_path: Path, small_ring: None) -> None:
+        seed: int, method: str, tmp_path: Path, small_ring: None) -> None:
     archive = _archive(seed)
     plain, ringed = tmp_path / "plain", tmp_path / "ringed"
     _untar_file(archive, plain)  # read by the worker itself, no ring
-    chrootarchive.untar(gzip.compress(archive, 1), ringed)  # decompressed into the ring
+    chrootarchive.untar(_compress(archive, method), ringed)  # decompressed into the ring
     tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
 
 
@@ -148,9 +156,11 @@ def test_the_ring_is_not_used_for_a_plain_tar_in_a_file(tmp_path: Path,
         _ring.RingWriter.__init__ = real  # type: ignore[method-assign]
 
 
-def test_a_stream_that_ends_early_names_the_entry(tmp_path: Path, small_ring: None) -> None:
+@pytest.mark.parametrize("method", ["gzip", "zstd"])
+def test_a_stream_that_ends_early_names_the_entry(method: str, tmp_path: Path,
+                                                  small_ring: None) -> None:
     archive = _archive()
-    cut = gzip.compress(archive[: len(archive) // 2 + 700], 1)  # a whole gzip stream
+    cut = _compress(archive[: len(archive) // 2 + 700], method)  # a whole stream
     with pytest.raises(MalformedArchiveError) as raised:
         chrootarchive.untar(cut, tmp_path / "dest")
     assert "truncated" in raised.value.message and raised.value.entry
