@@ -151,17 +151,38 @@ static int block_at(PyObject *buffer, PyObject *pos_arg, PyObject *end_arg, Py_b
     return 1;
 }
 
+/* The arguments of the entry makers (entry(), pax_entry()) after the first three. */
+typedef struct {
+    PyObject *cls, *kinds, *regular;
+    Py_ssize_t max_pax;  /* pax_entry()'s seventh */
+} entry_args;
+
+static int check_entry_args(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                            const char *usage, entry_args *out);
+
+/* The start of each function: ``nargs`` must be ``want`` (else TypeError, ``usage``);
+ * for an entry maker (``out`` not NULL) its other arguments are checked; then
+ * block_at() (its result). */
+static int start_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                      Py_ssize_t want, const char *usage, entry_args *out,
+                      Py_buffer *view, const unsigned char **block, Py_ssize_t *room)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (out != NULL && check_entry_args(module, args, nargs, usage, out) < 0)
+        return -1;
+    return block_at(args[0], args[1], args[2], view, block, room);
+}
+
 static PyObject *ustar(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "ustar() takes (buffer, pos, end)");
-        return NULL;
-    }
     Py_buffer view;
     const unsigned char *h;
     Py_ssize_t room;
-    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
+    int found = start_call(module, args, nargs, 3, "ustar() takes (buffer, pos, end)",
+                           NULL, &view, &h, &room);
     if (found <= 0)
         return found < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = parse(h);
@@ -319,9 +340,11 @@ typedef struct {
 static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kind,
                             PyObject *regular, const pax_times *times);
 
-/* The arguments cls, kinds and regular of entry() and pax_entry(): 0 when they are of
- * the right types, -1 with TypeError set. */
-static int check_entry_args(PyObject *module, PyObject *const *args, const char *usage)
+/* The arguments cls, kinds and regular of entry() and pax_entry(), and pax_entry()'s
+ * max_pax (when there are 7): 0 when they are of the right types (*out set), -1 with
+ * an exception set. */
+static int check_entry_args(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                            const char *usage, entry_args *out)
 {
     module_state *state = PyModule_GetState(module);
     if (state == NULL)
@@ -334,6 +357,15 @@ static int check_entry_args(PyObject *module, PyObject *const *args, const char 
     if (!PyTuple_Check(kinds) || PyTuple_Size(kinds) != 256) {
         PyErr_Format(PyExc_TypeError, "%s: kinds must be a tuple of 256", usage);
         return -1;
+    }
+    out->cls = cls;
+    out->kinds = kinds;
+    out->regular = args[5];
+    out->max_pax = 0;
+    if (nargs > 6) {
+        out->max_pax = PyLong_AsSsize_t(args[6]);
+        if (out->max_pax == -1 && PyErr_Occurred())
+            return -1;
     }
     return 0;
 }
@@ -491,23 +523,19 @@ static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kin
  * has its size (and stored size); any other, 0. */
 static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const char usage[] = "entry() takes (buffer, pos, end, cls, kinds, regular)";
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return NULL;
-    }
-    if (check_entry_args(module, args, usage) < 0)
-        return NULL;
+    entry_args given;
     Py_buffer view;
     const unsigned char *h;
     Py_ssize_t room;
-    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
+    int found = start_call(module, args, nargs, 6,
+                           "entry() takes (buffer, pos, end, cls, kinds, regular)", &given,
+                           &view, &h, &room);
     if (found <= 0)
         return found < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *kind = PyTuple_GetItem(args[4], h[156]);  /* borrowed */
+    PyObject *kind = PyTuple_GetItem(given.kinds, h[156]);  /* borrowed */
     PyObject *result = kind == NULL ? NULL
                        : kind == Py_None ? Py_NewRef(Py_None)
-                       : make_entry(h, args[3], kind, args[5], NULL);
+                       : make_entry(h, given.cls, kind, given.regular, NULL);
     PyBuffer_Release(&view);
     return result;
 }
@@ -528,21 +556,14 @@ static PyObject *entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs
  * the position of its header. None otherwise. */
 static PyObject *pax_entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const char usage[] =
-        "pax_entry() takes (buffer, pos, end, cls, kinds, regular, max_pax)";
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, usage);
-        return NULL;
-    }
-    if (check_entry_args(module, args, usage) < 0)
-        return NULL;
-    Py_ssize_t max_pax = PyLong_AsSsize_t(args[6]);
-    if (max_pax == -1 && PyErr_Occurred())
-        return NULL;
+    entry_args given;
     Py_buffer view;
     const unsigned char *h;
     Py_ssize_t room;
-    int found = block_at(args[0], args[1], args[2], &view, &h, &room);
+    int found = start_call(
+        module, args, nargs, 7,
+        "pax_entry() takes (buffer, pos, end, cls, kinds, regular, max_pax)", &given,
+        &view, &h, &room);
     if (found <= 0)
         return found < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = NULL;
@@ -555,16 +576,17 @@ static PyObject *pax_entry(PyObject *module, PyObject *const *args, Py_ssize_t n
     long long size = octal_value(h, 124, 11);
     /* The member's header: after the records, padded to whole blocks. */
     Py_ssize_t after = BLOCK + (Py_ssize_t)((size + BLOCK - 1) / BLOCK * BLOCK);
-    if (size > max_pax || after > room - BLOCK || !plain_times(h + BLOCK, size, &times)) {
+    if (size > given.max_pax || after > room - BLOCK
+            || !plain_times(h + BLOCK, size, &times)) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *kind = PyTuple_GetItem(args[4], h[after + 156]);  /* borrowed */
+    PyObject *kind = PyTuple_GetItem(given.kinds, h[after + 156]);  /* borrowed */
     if (kind == NULL || kind == Py_None) {
         result = kind == NULL ? NULL : Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *made = make_entry(h + after, args[3], kind, args[5], &times);
+    PyObject *made = make_entry(h + after, given.cls, kind, given.regular, &times);
     if (made == NULL || made == Py_None) {
         result = made;
         goto done;
