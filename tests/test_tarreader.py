@@ -1404,6 +1404,9 @@ _FAST_PAX_CASES = {
     # What the times-only reader (_times_only) must take, or leave to the general rules:
     "times repeated": pax([("mtime", "5.5"), ("atime", "6"), ("mtime", "7.25")]) + member("f"),
     "times zero-padded length": pax(b"030 mtime=1796405849.08096796\n") + member("f"),
+    "times length of 21 characters": pax(b"0" * 19 + b"49 mtime=1796405849.080967965\n")
+    + member("f"),
+    "times length of 5000 characters": pax(b"0" * 4996 + b"5009 mtime=1\n") + member("f"),
     "times length one short": pax(b"29 mtime=1796405849.080967965\n") + member("f"),
     "times length one long": pax(b"31 mtime=1796405849.080967965\n") + member("f"),
     "times no last newline": pax(b"30 mtime=1796405849.080967965\n10 atime=1") + member("f"),

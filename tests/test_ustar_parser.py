@@ -316,6 +316,10 @@ def test_which_members_after_times_take_one_step() -> None:
     pax_record("mtime", "9000000000.999999999"), pax_record("mtime", "9000000001.5"),
     pax_record("atime", "1" + "0" * 17), pax_record("mtime", "0" * 18 + ".000000001"),
     b"99999999999999999999999999 mtime=5\n", b"2 \n", b"3 \n", b"0 mtime=1\n",
+    # A length field of 20 characters, and of 21 and 5,000 (the strict rules refuse
+    # those, and int() refuses 5,000 digits).
+    b"0" * 18 + b"31 mtime=5.5\n", b"0" * 19 + b"32 mtime=5.5\n",
+    b"0" * 4996 + b"5009 mtime=1\n",
 ])
 def test_times_records_read_alike(records: bytes) -> None:
     data = bytearray(_times_block(records))
@@ -379,7 +383,7 @@ def test_bounds_and_the_size_limit_are_checked() -> None:
         assert (_pax_both(data, BLOCK, len(data), max_pax) is not None) == (max_pax >= 482)
     for pos in (-1, 1, BLOCK - 1, BLOCK + 1, len(data)):
         assert _pax_both(data, pos, len(data)) is None
-    # A size field larger than the buffer, or than 2**33: refused before any record.
+    # A size field larger than the buffer, up to the largest: refused before any record.
     for size in (10**9, 8**11 - 1):
         huge = bytearray(header("PaxHeaders/f", typeflag=b"x", size=size) + bytes(BLOCK))
         assert _pax_both(huge, 0, len(huge), max_pax=1 << 40) is None

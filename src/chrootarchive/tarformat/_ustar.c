@@ -20,7 +20,7 @@
  * pair must agree on every block, which tests/test_ustar_parser.py checks on random and
  * mutated headers and records. Bounds: every read is inside the 512 bytes after pos,
  * checked against end and the buffer's length first (pax_entry: the records and the
- * member's header, within end, once the size is checked against max_pax); the joined
+ * member's header after them, within end); the joined
  * name is at most 155 + 1 + 100 bytes; the largest number is 11 octal digits.
  */
 #define PY_SSIZE_T_CLEAN
@@ -398,7 +398,8 @@ static int all_digits(const unsigned char *p, Py_ssize_t n)
 
 /* Whether p[0:n], PAX records, hold nothing but times in the plain form GNU tar
  * writes ("seconds[.fraction]" of decimal digits): each record "length key=value\n"
- * with a decimal length that counts the whole record, the key mtime, atime or ctime
+ * with a decimal length of 1 to 20 characters (as TarReader._read_pax takes it) that
+ * counts the whole record, the key mtime, atime or ctime
  * (ctime checked, then ignored), the seconds 1 to 18 digits, a fraction of at least
  * one digit after a dot. A later record of a key wins. The reference is
  * reader._pax_times; anything else goes to the reader's general rules. */
@@ -411,8 +412,8 @@ static int plain_times(const unsigned char *p, Py_ssize_t n, pax_times *times)
         const unsigned char *record = p + at;
         Py_ssize_t len = (const unsigned char *)memchr(record, '\n', (size_t)(n - at)) - record;
         const unsigned char *space = memchr(record, ' ', (size_t)len);
-        if (space == NULL || space == record)
-            return 0;
+        if (space == NULL || space == record || space - record > 20)
+            return 0;  /* no length, or longer than _read_pax takes (20 characters) */
         long long length = 0;
         for (const unsigned char *d = record; d < space; d++) {
             if (*d < '0' || *d > '9')

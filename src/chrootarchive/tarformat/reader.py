@@ -440,7 +440,8 @@ def _pax_times(data: bytes) -> tuple[int | None, int | None] | None:
     for record in records:
         length, _, rest = record.partition(b" ")
         key, _, value = rest.partition(b"=")
-        if not length.isdigit() or int(length) != len(record) + 1:
+        # At most 20 characters, as _read_pax takes it (and no int() of thousands).
+        if not length.isdigit() or len(length) > 20 or int(length) != len(record) + 1:
             return None
         slot = _TIME_SLOTS.get(key)
         if slot is None:
