@@ -105,9 +105,16 @@ static PyObject *entry_name(const unsigned char *h)
     return PyUnicode_DecodeUTF8(joined, prefix_len + 1 + name_len, "surrogateescape");
 }
 
+/* Whether the header h takes the fast path: a non-zero first byte, the usual layout,
+ * a correct unsigned checksum. */
+static int fast_path(const unsigned char *h)
+{
+    return h[0] && usual_layout(h) && unsigned_sum(h) == (unsigned int)octal_value(h, 148, 6);
+}
+
 static PyObject *parse(const unsigned char *h)
 {
-    if (!h[0] || !usual_layout(h) || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6))
+    if (!fast_path(h))
         Py_RETURN_NONE;
     PyObject *name = entry_name(h);
     if (name == NULL)
@@ -333,13 +340,6 @@ typedef struct {
     long long fraction[2];
 } pax_times;
 
-/* The entry of the header h, of kind ``kind`` (not None), when it takes the fast path:
- * a new reference; None when it does not, or is of kind ``regular`` and named "x/";
- * NULL with an exception set. Its mtime_ns and atime_ns are those of ``times`` where
- * given (a times-only PAX header before it), else the header's mtime and None. */
-static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kind,
-                            PyObject *regular, const pax_times *times);
-
 /* The arguments cls, kinds and regular of entry() and pax_entry(), and pax_entry()'s
  * max_pax (when there are 7): 0 when they are of the right types (*out set), -1 with
  * an exception set. */
@@ -464,10 +464,14 @@ static int plain_times(const unsigned char *p, Py_ssize_t n, pax_times *times)
     return 1;
 }
 
+/* The entry of the header h, of kind ``kind`` (not None), when it takes the fast path:
+ * a new reference; None when it does not, or is of kind ``regular`` and named "x/";
+ * NULL with an exception set. Its mtime_ns and atime_ns are those of ``times`` where
+ * given (a times-only PAX header before it), else the header's mtime and None. */
 static PyObject *make_entry(const unsigned char *h, PyObject *cls, PyObject *kind,
                             PyObject *regular, const pax_times *times)
 {
-    if (!h[0] || !usual_layout(h) || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6))
+    if (!fast_path(h))
         return Py_NewRef(Py_None);
     int is_regular = kind == regular;
     PyObject *name = entry_name(h);
@@ -569,8 +573,7 @@ static PyObject *pax_entry(PyObject *module, PyObject *const *args, Py_ssize_t n
         return found < 0 ? NULL : Py_NewRef(Py_None);
     PyObject *result = NULL;
     pax_times times;
-    if (h[156] != 'x' || !h[0] || !usual_layout(h)
-            || unsigned_sum(h) != (unsigned int)octal_value(h, 148, 6)) {
+    if (h[156] != 'x' || !fast_path(h)) {
         result = Py_NewRef(Py_None);
         goto done;
     }
