@@ -11,6 +11,9 @@ names something is in the way of (a symlink to a victim outside included), rings
 wrap, odd times, and random mixtures. Batches the C does not take (a symlink, a layout
 that does not add up) it must refuse before it touches anything; the helper's
 ``_well_formed`` rules out the second kind before either loop sees it.
+
+The worker's side is compiled too: ``_finish.Batch.add_new`` adds a file to the batch
+being made, and ``finisher._Batch`` is its reference (the last tests here).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chrootarchive.engine import _finish, finisher
 
@@ -462,3 +467,116 @@ def test_arguments_are_checked() -> None:
 def test_the_helper_uses_the_compiled_loop() -> None:
     """The suite's install has a compiler: the helper must not silently fall back."""
     assert finisher._finish_compiled is _finish.finish  # type: ignore[attr-defined]
+
+
+# ---- the worker's side: a file added to the batch being made -------------------------
+#
+# _finish.Batch holds the batch's members and does add_new() in C; finisher._Batch is
+# its reference (and the fallback). Each runs the same calls here, with a _send() that
+# starts a new batch as Finisher._send() does and a _can_send() that answers from a
+# shared script; their answers, the calls they made back and every member must agree.
+
+_MEMBERS = ("_names", "_own", "_sizes", "_name_sizes", "_numbers", "_paths", "_data",
+            "pending", "_extents", "_first_extent", "in_flight_bytes", "extents", "taken",
+            "by_name", "_max_data", "_batch_extents")
+
+
+def _scripted(base: type) -> type:
+    class Scripted(base):  # type: ignore[misc, valid-type]
+        def __init__(self, max_data: int, batch_extents: int, answers: list[bool]) -> None:
+            self._answers = answers
+            self.calls: list[tuple[object, ...]] = []
+            self._new_batch()
+            self.pending = set()
+            self._first_extent = -1
+            self.in_flight_bytes = self.extents = self.taken = self.by_name = 0
+            self._max_data, self._batch_extents = max_data, batch_extents
+
+        def _new_batch(self) -> None:
+            self._names, self._own, self._sizes, self._name_sizes = [], [], [], []
+            self._numbers, self._paths, self._data = [], bytearray(), bytearray()
+            self._extents, self._first_extent = 0, -1
+
+        def _send(self) -> None:
+            self.calls.append(("send", len(self._names), bytes(self._data)))
+            self.pending.difference_update(item[0] for item in self._own if item)
+            self._new_batch()
+
+        def _can_send(self, sends: int, extra: int) -> bool:
+            answer = self._answers.pop(0) if self._answers else True
+            self.calls.append(("can_send", sends, extra, answer))
+            return answer
+
+        def state(self) -> dict[str, object]:
+            return {name: getattr(self, name) for name in _MEMBERS} | {"calls": self.calls}
+
+    return Scripted
+
+
+# A call: (name, data or None for an extent, offset, size, atime, mtime, mode).
+_Call = tuple[str, bytes | None, int, int, int, int, int]
+
+
+def _agree(calls: list[_Call], max_data: int, batch_extents: int, answers: list[bool]
+           ) -> None:
+    made = [_scripted(base)(max_data, batch_extents, list(answers))
+            for base in (finisher._Batch, _finish.Batch)]
+    for name, data, offset, size, atime, mtime, mode in calls:
+        token = object()
+        results = [b.add_new(name, os.fsencode(name), mode,
+                             memoryview(data) if data is not None else b"",
+                             -1 if data is not None else offset, size, atime, mtime,
+                             f"entry {name}", token) for b in made]
+        assert results[0] == results[1]
+        python, compiled = (b.state() for b in made)
+        for key in python:
+            assert python[key] == compiled[key], key
+
+
+_calls = st.lists(st.tuples(
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1,
+            max_size=40),
+    st.one_of(st.none(), st.binary(max_size=3000)),
+    st.integers(0, 1 << 40), st.integers(0, 1 << 24),
+    st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-(1 << 63), (1 << 63) - 1),
+    st.sampled_from([0o644, 0o755, 0o600, finisher.SYMLINK])), max_size=150)
+
+
+@given(_calls, st.integers(0, 20000), st.integers(1, 1 << 22), st.lists(st.booleans()))
+@settings(max_examples=200, deadline=None)
+def test_the_compiled_batch_adds_as_its_reference(
+    calls: list[_Call], max_data: int, batch_extents: int, answers: list[bool]
+) -> None:
+    _agree(calls, max_data, batch_extents, answers)
+
+
+def test_full_batches_and_extents_past_the_limit_call_back_alike() -> None:
+    """Chosen: 64 files fill a batch; an extent that reaches the limit asks first, and a
+    refusal adds nothing; data that does not fit sends the batch first."""
+    many: list[_Call] = [(f"f{i}", None, 512 * i, 100, i, i, 0o644) for i in range(200)]
+    _agree(many, 1 << 20, 1 << 30, [True] * 10)
+    large: list[_Call] = [("a", None, 0, 5000, 1, 2, 0o644), ("b", None, 5000, 4000, 1, 2, 0o644),
+                          ("c", b"x" * 700, 0, 0, 3, 4, 0o600), ("d", b"y" * 800, 0, 0, 3, 4, 0o600)]
+    _agree(large, 1000, 8000, [False, True, True])
+
+
+def test_the_compiled_batch_checks_what_it_is_given() -> None:
+    batch = _scripted(_finish.Batch)(1000, 1000, [])
+    with pytest.raises(TypeError):
+        batch.add_new("a", b"a", 0o644, b"", 0, 1, 0, 0, "a")  # nine arguments
+    with pytest.raises(TypeError):
+        batch.add_new("a", "a", 0o644, b"", 0, 1, 0, 0, "a", None)  # not bytes
+    with pytest.raises(TypeError):
+        batch.add_new("a", b"a", 0o644, "data", -1, 0, 0, 0, "a", None)  # no buffer
+    with pytest.raises(OverflowError):
+        batch.add_new("a", b"a", 0o644, b"", 0, -1, 0, 0, "a", None)
+    with pytest.raises(OverflowError):
+        batch.add_new("a", b"a", 0o644, b"", 0, 1 << 64, 0, 0, "a", None)
+    batch._names = ()  # a member of the wrong type: an error, never a crash
+    with pytest.raises(TypeError, match="_names"):
+        batch.add_new("a", b"a", 0o644, b"", 0, 1, 0, 0, "a", None)
+    del batch.pending
+    with pytest.raises(AttributeError):
+        batch.pending  # noqa: B018
+    assert not finisher.Finisher.__dict__.get("add_new")  # the base's, compiled here
+    assert finisher._BatchBase is _finish.Batch  # type: ignore[attr-defined]

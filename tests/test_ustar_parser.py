@@ -554,11 +554,12 @@ def test_without_a_compiler_the_wheel_is_pure_and_works_in_python(tmp_path: Path
          "from chrootarchive.engine import finisher;"
          "print(reader._ustar is reader._ustar_py, reader._entry is reader._entry_py,"
          " reader._pax_entry is reader._pax_entry_py,"
-         " reader._Fields is reader._EntryFields, finisher._finish_compiled is None)",
+         " reader._Fields is reader._EntryFields, finisher._finish_compiled is None,"
+         " finisher._BatchBase is finisher._Batch)",
          str(unpacked)],
         capture_output=True, text=True, check=True,
     )
-    assert probe.stdout.split() == ["True"] * 5
+    assert probe.stdout.split() == ["True"] * 6
     version = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.cli import main; main(['--version'])", str(unpacked)],

@@ -96,7 +96,97 @@ def _layout(count: int) -> struct.Struct:
     return layout
 
 
-class Finisher:
+class _Batch:
+    """The batch a :class:`Finisher` is making, and :meth:`add_new`, in Python: the
+    reference of the compiled ``_finish.Batch`` (tests/test_finish_batch.py runs both on
+    the same calls and compares every member), and the fallback where it was not
+    built. :class:`Finisher` sets the members and sends the batch."""
+
+    _names: list[str]  # the entry name of each file (for errors)
+    # What the worker needs to create a file itself that the helper left to it:
+    # (path, token, data start, size, extent offset) of each file sent by name.
+    _own: list[tuple[str, object, int, int, int] | None]
+    _sizes: list[int]
+    _name_sizes: list[int]
+    _numbers: list[int]  # atime, mtime, extent offset, mode of each file
+    _paths: bytearray  # the names of the files created by name
+    _data: bytearray
+    #: Paths of the files sent by name and not yet created (or given back).
+    pending: set[str]
+    _extents: int  # bytes of extents in the batch being made
+    _first_extent: int  # stream offset of the batch's first extent, or -1
+    in_flight_bytes: int  # file data the helper has not confirmed written
+    extents: int  # files given as extents
+    taken: int  # files given to add(), add_extent() and add_new()
+    by_name: int  # of which given by name
+    _max_data: int  # bytes of data and names in a batch, at most
+    _batch_extents: int  # bytes of extents in a batch, at most
+
+    def _send(self) -> None:
+        raise NotImplementedError
+
+    def _can_send(self, sends: int, extra: int) -> bool:
+        raise NotImplementedError
+
+    def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
+                offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
+                token: object) -> bool:
+        """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
+        caller has already made), which :attr:`pending` must not hold, with ``mode`` in
+        the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
+        archive from there), set its times and close it; or give it back (with
+        ``token``) through :meth:`Finisher.take_returned`.
+
+        With an extent, only while the helper is not too far behind (what
+        :meth:`Finisher.has_extent_room` asks for a descriptor, asked here for a name:
+        one call, as it is made for most files); False, nothing done, when it is. With
+        data, the caller has asked :meth:`Finisher.has_room`; True."""
+        if offset < 0:
+            if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
+                    self._paths) + len(data) + len(encoded) > self._max_data):
+                self._send()
+            start = len(self._data)
+            size = len(data)
+            self._data += data
+        else:
+            full = (len(self._names) >= MAX_FILES
+                    or len(self._data) + len(self._paths) + len(encoded) > self._max_data)
+            after = (0 if full else self._extents) + size >= self._batch_extents
+            if (full or after) and not self._can_send(full + after, size if after else 0):
+                return False
+            if full and self._names:
+                self._send()
+            start = len(self._data)
+            if self._first_extent < 0:
+                self._first_extent = offset
+            self._extents += size
+            self.in_flight_bytes += size
+            self.extents += 1
+        self._paths += encoded
+        self._sizes.append(size)
+        self._name_sizes.append(len(encoded))
+        self._numbers += (atime_ns, mtime_ns, offset, mode)
+        self._names.append(entry)
+        self._own.append((path, token, start, size, offset))
+        self.pending.add(path)
+        self.taken += 1
+        self.by_name += 1
+        if self._extents >= self._batch_extents:
+            self._send()
+        return True
+
+
+
+if TYPE_CHECKING:
+    _BatchBase = _Batch
+else:
+    try:
+        from chrootarchive.engine._finish import Batch as _BatchBase
+    except ImportError:  # built without a C compiler: the batch is made in Python
+        _BatchBase = _Batch
+
+
+class Finisher(_BatchBase):
     """The worker's side: batches files for the helper and collects its replies."""
 
     def __init__(self, sock: _socket.socket, pid: int, source: int = -1, ring: int = 0
@@ -114,7 +204,7 @@ class Finisher:
         self._ring = ring
         self._max_in_flight = min(MAX_BYTES_IN_FLIGHT, ring // 4) if ring else MAX_BYTES_IN_FLIGHT
         self._batch_extents = min(_BATCH_EXTENTS, ring // 8) if ring else _BATCH_EXTENTS
-        self._first_extent = -1  # stream offset of the batch's first extent, or -1
+        self._first_extent = -1
         self._sent_extents: list[int] = []  # the same, of each batch in flight
         # One batch is one message, which must fit in the socket's send buffer; and
         # several must, or the worker waits at each send until the helper has read the
@@ -126,32 +216,29 @@ class Finisher:
             pass
         buffer = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
         self._max_data = max(min(_MAX_MESSAGE, buffer // 3 - 4096) - MAX_FILES * 48 - 2, 0)
-        self._extents = 0  # bytes of extents in the batch being made
+        self._extents = 0
         self._in_flight: list[int] = []  # bytes of each batch not yet acknowledged
-        self.in_flight_bytes = 0  # file data the helper has not confirmed written
+        self.in_flight_bytes = 0
         self._data = bytearray()
-        self._paths = bytearray()  # the names of the files created by name
+        self._paths = bytearray()
         self._fds: list[int] = []
-        self._sizes: list[int] = []
-        self._name_sizes: list[int] = []
-        self._numbers: list[int] = []  # atime, mtime, extent offset, mode of each file
-        self._names: list[str] = []  # the entry name of each file (for errors)
-        # What the worker needs to create a file itself that the helper left to it:
-        # (path, token, data start, size, extent offset) of each file sent by name.
-        self._own: list[tuple[str, object, int, int, int] | None] = []
+        self._sizes = []
+        self._name_sizes = []
+        self._numbers = []
+        self._names = []
+        self._own = []
         # The batches not yet acknowledged: entry names, _own, the data.
         self._sent: list[tuple[list[str], list[tuple[str, object, int, int, int] | None],
                                bytearray]] = []
-        #: Paths of the files sent by name and not yet created (or given back).
-        self.pending: set[str] = set()
+        self.pending = set()
         #: The files the helper left to the worker, in order (:meth:`take_returned`): a
         #: list and not a property, as the worker asks after each file it sends.
         self.returned: list[tuple[str, object, memoryview | None, int, int]] = []
         self.error: tuple[OSError, str] | None = None  # the first, with its entry name
         self.finished_here = 0  # files of batches the kernel refused, finished here
-        self.taken = 0  # files given to add(), add_extent() and add_new()
-        self.extents = 0  # of which given as extents
-        self.by_name = 0  # of which given by name
+        self.taken = 0
+        self.extents = 0
+        self.by_name = 0
         self.given_back = 0  # of which the helper left to the worker
         self._done = False
         self._reaped = False
@@ -284,53 +371,6 @@ class Finisher:
                     or self.in_flight_bytes + len(self._data) + extra <= self._max_in_flight):
                 return True
         return False
-
-    def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
-                offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
-                token: object) -> bool:
-        """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
-        caller has already made), which :attr:`pending` must not hold, with ``mode`` in
-        the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
-        archive from there), set its times and close it; or give it back (with
-        ``token``) through :meth:`take_returned`.
-
-        With an extent, only while the helper is not too far behind (what
-        :meth:`has_extent_room` asks for a descriptor, asked here for a name: one call,
-        as it is made for most files); False, nothing done, when it is. With data, the
-        caller has asked :meth:`has_room`; True."""
-        if offset < 0:
-            if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
-                    self._paths) + len(data) + len(encoded) > self._max_data):
-                self._send()
-            start = len(self._data)
-            size = len(data)
-            self._data += data
-        else:
-            full = (len(self._names) >= MAX_FILES
-                    or len(self._data) + len(self._paths) + len(encoded) > self._max_data)
-            after = (0 if full else self._extents) + size >= self._batch_extents
-            if (full or after) and not self._can_send(full + after, size if after else 0):
-                return False
-            if full and self._names:
-                self._send()
-            start = len(self._data)
-            if self._first_extent < 0:
-                self._first_extent = offset
-            self._extents += size
-            self.in_flight_bytes += size
-            self.extents += 1
-        self._paths += encoded
-        self._sizes.append(size)
-        self._name_sizes.append(len(encoded))
-        self._numbers += (atime_ns, mtime_ns, offset, mode)
-        self._names.append(entry)
-        self._own.append((path, token, start, size, offset))
-        self.pending.add(path)
-        self.taken += 1
-        self.by_name += 1
-        if self._extents >= self._batch_extents:
-            self._send()
-        return True
 
     def add_symlink(self, path: str, target: bytes, atime_ns: int, mtime_ns: int,
                     entry: str, token: object) -> None:
