@@ -555,8 +555,9 @@ def test_full_batches_and_extents_past_the_limit_call_back_alike() -> None:
     refusal adds nothing; data that does not fit sends the batch first."""
     many: list[_Call] = [(f"f{i}", None, 512 * i, 100, i, i, 0o644) for i in range(200)]
     _agree(many, 1 << 20, 1 << 30, [True] * 10)
-    large: list[_Call] = [("a", None, 0, 5000, 1, 2, 0o644), ("b", None, 5000, 4000, 1, 2, 0o644),
-                          ("c", b"x" * 700, 0, 0, 3, 4, 0o600), ("d", b"y" * 800, 0, 0, 3, 4, 0o600)]
+    large: list[_Call] = [
+        ("a", None, 0, 5000, 1, 2, 0o644), ("b", None, 5000, 4000, 1, 2, 0o644),
+        ("c", b"x" * 700, 0, 0, 3, 4, 0o600), ("d", b"y" * 800, 0, 0, 3, 4, 0o600)]
     _agree(large, 1000, 8000, [False, True, True])
 
 
@@ -577,6 +578,6 @@ def test_the_compiled_batch_checks_what_it_is_given() -> None:
         batch.add_new("a", b"a", 0o644, b"", 0, 1, 0, 0, "a", None)
     del batch.pending
     with pytest.raises(AttributeError):
-        batch.pending  # noqa: B018
+        batch.pending
     assert not finisher.Finisher.__dict__.get("add_new")  # the base's, compiled here
     assert finisher._BatchBase is _finish.Batch  # type: ignore[attr-defined]
