@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #define MAX_FILES 64
+#define MAX_EXTENT (1LL << 62) /* finisher.MAX_EXTENT */
 #define SYMLINK (-1)
 #define COPY_CHUNK (1 << 20)
 #define CREATE (O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC)
@@ -445,9 +446,9 @@ static int extend(PyObject *b, const void *p, Py_ssize_t n)
 /* Files in the batch and bytes of its data and names (-1: an error). */
 static int batch_fill(Batch *self, Py_ssize_t *files, Py_ssize_t *fill)
 {
-    PyObject *names = LIST(self, names), *data = BYTES(self, data),
-             *paths = BYTES(self, paths);
-    if (names == NULL || data == NULL || paths == NULL)
+    PyObject *names, *data, *paths;
+    if ((names = LIST(self, names)) == NULL || (data = BYTES(self, data)) == NULL
+        || (paths = BYTES(self, paths)) == NULL)
         return -1;
     *files = PyList_Size(names);
     *fill = PyByteArray_Size(data) + PyByteArray_Size(paths);
@@ -459,15 +460,6 @@ static int call_send(PyObject *self)
     PyObject *done = PyObject_CallMethod(self, "_send", NULL);
     Py_XDECREF(done);
     return done == NULL ? -1 : 0;
-}
-
-static int append_new(PyObject *list, PyObject *value)
-{
-    if (value == NULL)
-        return -1;
-    int failed = PyList_Append(list, value);
-    Py_DECREF(value);
-    return failed;
 }
 
 static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
@@ -488,12 +480,18 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     long long offset = PyLong_AsLongLong(offset_obj);
-    long long size = PyLong_AsLongLong(args[5]);
-    if ((offset == -1 || size == -1) && PyErr_Occurred())
+    if (offset == -1 && PyErr_Occurred())
         return NULL;
-    if (size < 0 || size > LLONG_MAX - self->extents || size > LLONG_MAX - self->in_flight_bytes) {
-        PyErr_SetString(PyExc_OverflowError, "add_new(): size out of range");
-        return NULL;
+    long long size = 0;
+    if (offset >= 0) {
+        /* An extent larger than MAX_EXTENT (or below 0) is not taken: False, as for a
+         * helper too far behind (the worker copies it, and finds the archive short). */
+        int overflow;
+        size = PyLong_AsLongLongAndOverflow(args[5], &overflow);
+        if (size == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow || size < 0 || size > MAX_EXTENT)
+            Py_RETURN_FALSE;
     }
     Py_ssize_t name_len = PyBytes_Size(encoded);
     Py_ssize_t files, fill, start = 0;
@@ -539,33 +537,47 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         if (buffer == NULL)
             return NULL;
         start = PyByteArray_Size(buffer);
-        if (self->first_extent < 0)
-            self->first_extent = offset;
-        self->extents += size;
-        self->in_flight_bytes += size;
-        self->extent_count += 1;
     }
-    PyObject *paths = BYTES(self, paths), *sizes = LIST(self, sizes);
-    PyObject *name_sizes = LIST(self, name_sizes), *numbers = LIST(self, numbers);
-    PyObject *names = LIST(self, names), *own = LIST(self, own);
-    PyObject *pending = member(self->pending, 's', "pending");
-    if (paths == NULL || sizes == NULL || name_sizes == NULL || numbers == NULL
-        || names == NULL || own == NULL || pending == NULL)
-        return NULL;
-    /* The size given, or the data's (a new int). */
+    /* Everything that allocates an object the collector tracks (or might run Python)
+     * comes first: a collection's finalizers may replace a member, so the members are
+     * looked up only after it, and nothing between their lookup and their use calls
+     * back into Python (appends and a bytearray's resize do not). */
     PyObject *size_obj = offset < 0 ? PyLong_FromLongLong(size) : Py_NewRef(args[5]);
     PyObject *start_obj = PyLong_FromSsize_t(start);
-    PyObject *mine = size_obj == NULL || start_obj == NULL ? NULL
+    PyObject *name_size = PyLong_FromSsize_t(name_len);
+    PyObject *mine = size_obj == NULL || start_obj == NULL || name_size == NULL ? NULL
         : PyTuple_Pack(5, path, token, start_obj, size_obj, offset_obj);
     Py_XDECREF(start_obj);
-    int failed = mine == NULL || extend(paths, PyBytes_AsString(encoded), name_len) < 0
-        || PyList_Append(sizes, size_obj) < 0
-        || append_new(name_sizes, PyLong_FromSsize_t(name_len)) < 0
+    PyObject *paths = NULL, *sizes = NULL, *name_sizes = NULL, *numbers = NULL;
+    PyObject *names = NULL, *own = NULL, *pending = NULL;
+    long long extents = self->extents, in_flight = self->in_flight_bytes;
+    int failed = mine == NULL
+        || (paths = BYTES(self, paths)) == NULL || (sizes = LIST(self, sizes)) == NULL
+        || (name_sizes = LIST(self, name_sizes)) == NULL
+        || (numbers = LIST(self, numbers)) == NULL || (names = LIST(self, names)) == NULL
+        || (own = LIST(self, own)) == NULL
+        || (pending = member(self->pending, 's', "pending")) == NULL;
+    if (!failed && offset >= 0
+        && (__builtin_add_overflow(extents, size, &extents)
+            || __builtin_add_overflow(in_flight, size, &in_flight))) {
+        PyErr_SetString(PyExc_OverflowError, "add_new(): the batch's byte counts overflow");
+        failed = 1;
+    }
+    if (!failed && offset >= 0) {
+        if (self->first_extent < 0)
+            self->first_extent = offset;
+        self->extents = extents;
+        self->in_flight_bytes = in_flight;
+        self->extent_count += 1;
+    }
+    failed = failed || extend(paths, PyBytes_AsString(encoded), name_len) < 0
+        || PyList_Append(sizes, size_obj) < 0 || PyList_Append(name_sizes, name_size) < 0
         || PyList_Append(numbers, atime) < 0 || PyList_Append(numbers, mtime) < 0
         || PyList_Append(numbers, offset_obj) < 0 || PyList_Append(numbers, mode) < 0
         || PyList_Append(names, entry) < 0 || PyList_Append(own, mine) < 0
-        || PySet_Add(pending, path) < 0;
+        || PySet_Add(pending, path) < 0;  /* last: hashing a str subclass may run Python */
     Py_XDECREF(size_obj);
+    Py_XDECREF(name_size);
     Py_XDECREF(mine);
     if (failed)
         return NULL;

@@ -62,6 +62,7 @@ MAX_FILES = 64  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
 _MAX_MESSAGE = 160 << 10  # data of a batch at most (a batch is one message)
 _BATCH_EXTENTS = 8 << 20  # bytes of extents in a batch, at most (then it is sent)
+MAX_EXTENT = 1 << 62  # bytes of one extent sent by name, at most (_finish.c's too)
 MAX_BYTES_IN_FLIGHT = 32 << 20  # data and extents sent and not acknowledged, at most
 _COPY_CHUNK = 1 << 20  # the helper's buffer for extents
 _SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
@@ -130,7 +131,7 @@ class _Batch:
 
     def add_new(self, path: str, encoded: bytes, mode: int, data: memoryview | bytes,
                 offset: int, size: int, atime_ns: int, mtime_ns: int, entry: str,
-                token: object) -> bool:
+                token: object, /) -> bool:
         """Create the new file ``path`` (``encoded``: ``os.fsencode(path)``, which the
         caller has already made), which :attr:`pending` must not hold, with ``mode`` in
         the helper, write ``data`` (or, with ``offset`` >= 0, ``size`` bytes of the
@@ -140,13 +141,17 @@ class _Batch:
         With an extent, only while the helper is not too far behind (what
         :meth:`Finisher.has_extent_room` asks for a descriptor, asked here for a name:
         one call, as it is made for most files); False, nothing done, when it is. With
-        data, the caller has asked :meth:`Finisher.has_room`; True."""
+        data, the caller has asked :meth:`Finisher.has_room`; True. An extent of more
+        than :data:`MAX_EXTENT` bytes is not taken either (False): the worker copies
+        it, and finds the archive short (a header may claim up to 2**63 bytes)."""
+        if offset >= 0 and not 0 <= size <= MAX_EXTENT:
+            return False
         if offset < 0:
             if self._names and (len(self._names) >= MAX_FILES or len(self._data) + len(
                     self._paths) + len(data) + len(encoded) > self._max_data):
                 self._send()
             start = len(self._data)
-            size = len(data)
+            size = memoryview(data).nbytes
             self._data += data
         else:
             full = (len(self._names) >= MAX_FILES
@@ -353,6 +358,8 @@ class Finisher(_BatchBase):
         file sent by name). False: the helper is that far behind, and the worker
         copies the file itself rather than wait: a run of large files would otherwise
         leave its core idle while the helper copies."""
+        if size > MAX_EXTENT:
+            return False  # a header's claim (up to 2**63): the worker meets the short archive
         full = len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES
         # Sent after it is added: the batch it is in, once its extents reach the limit.
         after = (0 if full else self._extents) + size >= self._batch_extents
