@@ -341,7 +341,8 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
     result = Py_BuildValue("(inN)", failed, failed_index, indexes);
     goto done;
 not_taken:
-    result = Py_NewRef(Py_None);
+    Py_IncRef(Py_None);  /* immortal: counted by the interpreter (see Batch below) */
+    result = Py_None;
 done:
     PyBuffer_Release(&view);
     return result;
@@ -358,9 +359,16 @@ done:
  * names engine.finisher.Finisher gives them (Finisher subclasses it), and add_new()
  * does what finisher._Batch.add_new() does, its reference and the fallback where this
  * was not built (tests/test_finish_batch.py runs both on the same calls and compares
- * every member). The Python code may replace a member at any time (Finisher._send() starts a
- * new batch): each is looked up, and its type checked, where it is used, after any
- * call back into Python (_send(), _can_send()). */
+ * every member). The Python code may replace a member at any time (Finisher._send()
+ * starts a new batch): each is looked up, and its type checked, where it is used,
+ * after any call back into Python (_send(), _can_send()).
+ *
+ * References to objects that may be immortal (bools, None, small ints) are taken and
+ * dropped by the interpreter's functions (PyBool_FromLong, Py_IncRef, Py_DecRef), not
+ * by the inline macros: built against 3.11's headers, those count an immortal's
+ * references in a way 3.13 does not, and 3.13 never drops the reference to a bool it
+ * tests in an if: a True returned by Py_RETURN_TRUE brought the worker down on 3.13
+ * ("bool_dealloc", tests/test_finisher.py as uid 65534). */
 
 typedef struct {
     PyObject_HEAD
@@ -458,8 +466,10 @@ static int batch_fill(Batch *self, Py_ssize_t *files, Py_ssize_t *fill)
 static int call_send(PyObject *self)
 {
     PyObject *done = PyObject_CallMethod(self, "_send", NULL);
-    Py_XDECREF(done);
-    return done == NULL ? -1 : 0;
+    if (done == NULL)
+        return -1;
+    Py_DecRef(done);
+    return 0;
 }
 
 static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
@@ -491,7 +501,7 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         if (size == -1 && PyErr_Occurred())
             return NULL;
         if (overflow || size < 0 || size > MAX_EXTENT)
-            Py_RETURN_FALSE;
+            return PyBool_FromLong(0);
     }
     Py_ssize_t name_len = PyBytes_Size(encoded);
     Py_ssize_t files, fill, start = 0;
@@ -522,11 +532,11 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
             if (can == NULL)
                 return NULL;
             int yes = PyObject_IsTrue(can);
-            Py_DECREF(can);
+            Py_DecRef(can);
             if (yes < 0)
                 return NULL;
             if (!yes)
-                Py_RETURN_FALSE;
+                return PyBool_FromLong(0);
         }
         if (full) {
             PyObject *names = LIST(self, names);
@@ -542,12 +552,13 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
      * comes first: a collection's finalizers may replace a member, so the members are
      * looked up only after it, and nothing between their lookup and their use calls
      * back into Python (appends and a bytearray's resize do not). */
-    PyObject *size_obj = offset < 0 ? PyLong_FromLongLong(size) : Py_NewRef(args[5]);
+    PyObject *size_obj = offset < 0 ? PyLong_FromLongLong(size) : (Py_IncRef(args[5]), args[5]);
     PyObject *start_obj = PyLong_FromSsize_t(start);
     PyObject *name_size = PyLong_FromSsize_t(name_len);
     PyObject *mine = size_obj == NULL || start_obj == NULL || name_size == NULL ? NULL
         : PyTuple_Pack(5, path, token, start_obj, size_obj, offset_obj);
-    Py_XDECREF(start_obj);
+    if (start_obj != NULL)
+        Py_DecRef(start_obj);
     PyObject *paths = NULL, *sizes = NULL, *name_sizes = NULL, *numbers = NULL;
     PyObject *names = NULL, *own = NULL, *pending = NULL;
     long long extents = self->extents, in_flight = self->in_flight_bytes;
@@ -576,16 +587,17 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         || PyList_Append(numbers, offset_obj) < 0 || PyList_Append(numbers, mode) < 0
         || PyList_Append(names, entry) < 0 || PyList_Append(own, mine) < 0
         || PySet_Add(pending, path) < 0;  /* last: hashing a str subclass may run Python */
-    Py_XDECREF(size_obj);
-    Py_XDECREF(name_size);
-    Py_XDECREF(mine);
+    PyObject *made[] = {size_obj, name_size, mine};
+    for (int i = 0; i < 3; i++)
+        if (made[i] != NULL)
+            Py_DecRef(made[i]);
     if (failed)
         return NULL;
     self->taken += 1;
     self->by_name += 1;
     if (self->extents >= self->batch_extents && call_send(op) < 0)
         return NULL;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(1);
 }
 
 static PyMethodDef batch_methods[] = {

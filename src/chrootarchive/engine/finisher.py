@@ -181,7 +181,6 @@ class _Batch:
         return True
 
 
-
 if TYPE_CHECKING:
     _BatchBase = _Batch
 else:
