@@ -370,19 +370,26 @@ done:
  * tests in an if: a True returned by Py_RETURN_TRUE brought the worker down on 3.13
  * ("bool_dealloc", tests/test_finisher.py as uid 65534). */
 
+/* The object members, by index (their Python names in object_names). */
+enum { NAMES, OWN, SIZES, NAME_SIZES, NUMBERS, PATHS, DATA, PENDING, N_OBJECTS };
+static const char *object_names[N_OBJECTS] = {
+    "_names", "_own", "_sizes", "_name_sizes", "_numbers", "_paths", "_data", "pending",
+};
+
 typedef struct {
     PyObject_HEAD
-    PyObject *names, *own, *sizes, *name_sizes, *numbers, *paths, *data, *pending;
+    PyObject *objects[N_OBJECTS];
     long long extents, first_extent, in_flight_bytes, extent_count, taken, by_name;
     long long max_data, batch_extents;
 } Batch;
 
-#define OBJECT(name, field) {name, T_OBJECT_EX, offsetof(Batch, field), 0, NULL}
+#define OBJECT(name, i) \
+    {name, T_OBJECT_EX, offsetof(Batch, objects) + (i) * sizeof(PyObject *), 0, NULL}
 #define NUMBER(name, field) {name, T_LONGLONG, offsetof(Batch, field), 0, NULL}
 static PyMemberDef batch_members[] = {
-    OBJECT("_names", names), OBJECT("_own", own), OBJECT("_sizes", sizes),
-    OBJECT("_name_sizes", name_sizes), OBJECT("_numbers", numbers),
-    OBJECT("_paths", paths), OBJECT("_data", data), OBJECT("pending", pending),
+    OBJECT("_names", NAMES), OBJECT("_own", OWN), OBJECT("_sizes", SIZES),
+    OBJECT("_name_sizes", NAME_SIZES), OBJECT("_numbers", NUMBERS),
+    OBJECT("_paths", PATHS), OBJECT("_data", DATA), OBJECT("pending", PENDING),
     NUMBER("_extents", extents), NUMBER("_first_extent", first_extent),
     NUMBER("in_flight_bytes", in_flight_bytes), NUMBER("extents", extent_count),
     NUMBER("taken", taken), NUMBER("by_name", by_name), NUMBER("_max_data", max_data),
@@ -390,22 +397,18 @@ static PyMemberDef batch_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-#define N_OBJECTS 8
-
-static PyObject **batch_objects(Batch *self) { return &self->names; }
-
 static int batch_traverse(PyObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     for (int i = 0; i < N_OBJECTS; i++)
-        Py_VISIT(batch_objects((Batch *)self)[i]);
+        Py_VISIT(((Batch *)self)->objects[i]);
     return 0;
 }
 
 static int batch_clear(PyObject *self)
 {
     for (int i = 0; i < N_OBJECTS; i++)
-        Py_CLEAR(batch_objects((Batch *)self)[i]);
+        Py_CLEAR(((Batch *)self)->objects[i]);
     return 0;
 }
 
@@ -419,21 +422,22 @@ static void batch_dealloc(PyObject *self)
     Py_DECREF(type);
 }
 
-/* The member at *slot, which must be a list (kind 'l'), a bytearray ('b') or a set
+/* The object member i, which must be a list (kind 'l'), a bytearray ('b') or a set
  * ('s'): borrowed, or NULL with an error. */
-static PyObject *member(PyObject *value, char kind, const char *name)
+static PyObject *member(Batch *self, int i, char kind)
 {
+    PyObject *value = self->objects[i];
     int ok = value != NULL && (kind == 'l'   ? PyList_Check(value)
                                : kind == 'b' ? PyByteArray_Check(value)
                                              : PySet_Check(value));
     if (!ok)
-        PyErr_Format(PyExc_TypeError, "Batch.%s is not a %s", name,
+        PyErr_Format(PyExc_TypeError, "Batch.%s is not a %s", object_names[i],
                      kind == 'l' ? "list" : kind == 'b' ? "bytearray" : "set");
     return ok ? value : NULL;
 }
 
-#define LIST(self, field) member((self)->field, 'l', "_" #field)
-#define BYTES(self, field) member((self)->field, 'b', "_" #field)
+#define LIST(self, i) member((self), (i), 'l')
+#define BYTES(self, i) member((self), (i), 'b')
 
 /* Append n bytes to the bytearray b. */
 static int extend(PyObject *b, const void *p, Py_ssize_t n)
@@ -455,8 +459,8 @@ static int extend(PyObject *b, const void *p, Py_ssize_t n)
 static int batch_fill(Batch *self, Py_ssize_t *files, Py_ssize_t *fill)
 {
     PyObject *names, *data, *paths;
-    if ((names = LIST(self, names)) == NULL || (data = BYTES(self, data)) == NULL
-        || (paths = BYTES(self, paths)) == NULL)
+    if ((names = LIST(self, NAMES)) == NULL || (data = BYTES(self, DATA)) == NULL
+        || (paths = BYTES(self, PATHS)) == NULL)
         return -1;
     *files = PyList_Size(names);
     *fill = PyByteArray_Size(data) + PyByteArray_Size(paths);
@@ -514,7 +518,7 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         int failed = 0;
         if (files && (files >= MAX_FILES || fill + view.len + name_len > self->max_data))
             failed = call_send(op);
-        PyObject *buffer = failed ? NULL : BYTES(self, data);
+        PyObject *buffer = failed ? NULL : BYTES(self, DATA);
         if (buffer != NULL) {
             start = PyByteArray_Size(buffer);
             size = view.len;
@@ -539,11 +543,11 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
                 return PyBool_FromLong(0);
         }
         if (full) {
-            PyObject *names = LIST(self, names);
+            PyObject *names = LIST(self, NAMES);
             if (names == NULL || (PyList_Size(names) && call_send(op) < 0))
                 return NULL;
         }
-        PyObject *buffer = BYTES(self, data);
+        PyObject *buffer = BYTES(self, DATA);
         if (buffer == NULL)
             return NULL;
         start = PyByteArray_Size(buffer);
@@ -563,11 +567,11 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
     PyObject *names = NULL, *own = NULL, *pending = NULL;
     long long extents = self->extents, in_flight = self->in_flight_bytes;
     int failed = mine == NULL
-        || (paths = BYTES(self, paths)) == NULL || (sizes = LIST(self, sizes)) == NULL
-        || (name_sizes = LIST(self, name_sizes)) == NULL
-        || (numbers = LIST(self, numbers)) == NULL || (names = LIST(self, names)) == NULL
-        || (own = LIST(self, own)) == NULL
-        || (pending = member(self->pending, 's', "pending")) == NULL;
+        || (paths = BYTES(self, PATHS)) == NULL || (sizes = LIST(self, SIZES)) == NULL
+        || (name_sizes = LIST(self, NAME_SIZES)) == NULL
+        || (numbers = LIST(self, NUMBERS)) == NULL || (names = LIST(self, NAMES)) == NULL
+        || (own = LIST(self, OWN)) == NULL
+        || (pending = member(self, PENDING, 's')) == NULL;
     if (!failed && offset >= 0
         && (__builtin_add_overflow(extents, size, &extents)
             || __builtin_add_overflow(in_flight, size, &in_flight))) {
