@@ -33,6 +33,7 @@ setup(
         Extension(
             f"chrootarchive.{name}",
             sources=[f"src/chrootarchive/{name.replace('.', '/')}.c"],
+            depends=["src/chrootarchive/stable_refs.h"],  # in the sdist too
             define_macros=[("Py_LIMITED_API", "0x030B0000")],
             py_limited_api=True,
             optional=True,

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import compiled  # bench/compiled.py, beside this script
+
 CONSOLE = Path(sys.executable).with_name("chrootarchive")
 
 
@@ -50,6 +52,9 @@ def main() -> int:
     ap.add_argument("--target", type=Path, default=Path("/dev/shm/chrootarchive-ab"))
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
+    for name, tree in variants.items():
+        for problem in compiled.problems(Path(tree) / "chrootarchive"):
+            print(f"warning: {name}: {problem}", file=sys.stderr)
     names = [*variants, *(["gnutar"] if args.gnutar else [])]
     inputs = [p if os.sep in p else str(args.dir / "inputs" / p)
               for p in args.inputs.split(",")]

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import compiled  # bench/compiled.py, beside this script
+
 DEFAULT_DIR = Path("/var/tmp/chrootarchive-bench")
 DEFAULT_TMPFS = Path("/dev/shm/chrootarchive-bench")
 INPUT_ORDER = [
@@ -1171,6 +1173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [str(snap[0]), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
         log(f"chrootarchive: running a copy of {snap[1]} (--no-snapshot to run it in place)")
+        for problem in compiled.problems(Path(snap[1])):
+            log(f"warning: {problem}")
     tools = probe_tools(order, args.chrootarchive)
     for t, why in tools.available.items():
         if why:
@@ -1219,7 +1223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nice": os.nice(0),
             "tools": order,
             "versions": versions(tools),
-            "chrootarchive_source": source_state(snap[1]) | {"path": snap[1]} if snap else {},
+            "chrootarchive_source": source_state(snap[1]) | {
+                "path": snap[1], "compiled_problems": compiled.problems(Path(snap[1]))}
+            if snap else {},
             "dest": {t: f"{roots[t]} ({fs_type(roots[t])})" for t in targets},
             "host": {
                 "cpus": os.cpu_count(),

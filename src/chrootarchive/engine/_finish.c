@@ -30,6 +30,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "../stable_refs.h"  /* after Python.h: references counted alike by every version */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -363,12 +364,10 @@ done:
  * starts a new batch): each is looked up, and its type checked, where it is used,
  * after any call back into Python (_send(), _can_send()).
  *
- * References to objects that may be immortal (bools, None, small ints) are taken and
- * dropped by the interpreter's functions (PyBool_FromLong, Py_IncRef, Py_DecRef), not
- * by the inline macros: built against 3.11's headers, those count an immortal's
- * references in a way 3.13 does not, and 3.13 never drops the reference to a bool it
- * tests in an if: a True returned by Py_RETURN_TRUE brought the worker down on 3.13
- * ("bool_dealloc", tests/test_finisher.py as uid 65534). */
+ * References to objects that may be immortal (bools, None, small ints) are counted by
+ * the interpreter's functions (stable_refs.h, and PyBool_FromLong): a True returned by
+ * 3.11's inline Py_RETURN_TRUE brought the worker down on 3.13 ("bool_dealloc",
+ * tests/test_finisher.py as uid 65534). */
 
 /* The object members, by index (their Python names in object_names). */
 enum { NAMES, OWN, SIZES, NAME_SIZES, NUMBERS, PATHS, DATA, PENDING, N_OBJECTS };

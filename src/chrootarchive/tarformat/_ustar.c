@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "../stable_refs.h"  /* after Python.h: references counted alike by every version */
 #include <stddef.h>
 #include <string.h>
 #include <structmember.h>
