@@ -37,7 +37,9 @@ from pathlib import Path
 
 import pytest
 
+from chrootarchive import Limits, MalformedArchiveError, untar
 from chrootarchive.engine import unpacker as unpack
+from chrootarchive.engine.finisher import MAX_EXTENT
 from helpers import hardening, tree
 from helpers.cli import CLI, CLIResult, assert_one_line_error
 from helpers.leaks import child_pids
@@ -395,6 +397,36 @@ def test_an_extent_past_the_end_of_a_truncated_archive_names_its_entry(
     assert result["error"][0] == "MalformedArchiveError", result
     assert result["error"][2] == "d0/f00150", result
     assert "truncated" in result["error"][1], result
+
+
+@pytest.mark.parametrize("claimed", [MAX_EXTENT, MAX_EXTENT + 1, (1 << 63) - 1])
+def test_a_file_claiming_more_than_an_archive_holds_is_named_with_every_limit_off(
+        claimed: int, tmp_path: Path) -> None:
+    """With every limit off, a header may claim up to 2**63 bytes (base-256). The
+    worker copies such a file itself, and hands the rest of that copy to the helper
+    only when it is at most MAX_EXTENT bytes: the helper refuses a batch with a larger
+    extent, and lost the batch's other files, and the error named the first of them
+    ("d5/f00065: message too long"). The archive's end names the file, whoever meets
+    it."""
+    small = _archive(HELPER_AFTER + 40, lambda i: 1000)
+    with tarfile.open(fileobj=io.BytesIO(small)) as tf:
+        last = tf.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    info = tarfile.TarInfo("claims")
+    info.size = claimed
+    header = info.tobuf(tarfile.GNU_FORMAT)
+    assert header[124] & 0x80  # the size in base 256
+    archive = tmp_path / "claims.tar"
+    archive.write_bytes(small[:end] + header + b"x" * (20 << 20))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    off = Limits(**{name: None for name in (
+        "max_bytes", "max_entries", "max_file_size", "max_path_length", "max_path_depth",
+        "max_xattr_bytes", "max_memory", "reserve")})
+    with pytest.raises(MalformedArchiveError) as caught:
+        untar(archive, dest, limits=off)
+    assert caught.value.entry == "claims", caught.value
+    assert "truncated" in str(caught.value), caught.value
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE,

@@ -101,7 +101,7 @@ static int send_range(int fd, int source, off_t *at, uint64_t *size)
  * fd: _ring.send(). 0 or an errno (ENODATA: the ring ends inside the file's data). */
 static int copy_from_ring(int fd, int source, uint64_t offset, uint64_t size, uint64_t ring)
 {
-    /* offset + size < 2**63 + 2**62: no wrap in 64 unsigned bits. */
+    /* offset + size <= 2**63 + 2**62 (MAX_EXTENT): no wrap in 64 unsigned bits. */
     while (size) {
         uint64_t at = offset % ring;
         uint64_t lap = ring - at < size ? ring - at : size, left = lap;
@@ -239,7 +239,7 @@ static PyObject *finish(PyObject *module, PyObject *const *args, Py_ssize_t narg
         f->mode = (int64_t)le(numbers + 24, 8);
         if (f->mode == SYMLINK)
             goto not_taken;  /* the Python loop makes symlinks */
-        if (f->mode < 0 || f->mode > 07777 || f->size >= (uint64_t)1 << 62)
+        if (f->mode < 0 || f->mode > 07777 || f->size > (uint64_t)MAX_EXTENT)
             goto not_taken;  /* not a batch of ours */
         if (!f->name_size)
             without_name++;

@@ -62,7 +62,7 @@ MAX_FILES = 64  # files per batch
 MAX_IN_FLIGHT = 4  # batches sent and not yet acknowledged
 _MAX_MESSAGE = 160 << 10  # data of a batch at most (a batch is one message)
 _BATCH_EXTENTS = 8 << 20  # bytes of extents in a batch, at most (then it is sent)
-MAX_EXTENT = 1 << 62  # bytes of one extent sent by name, at most (_finish.c's too)
+MAX_EXTENT = 1 << 62  # bytes of one extent a batch may hold (the helper refuses more)
 MAX_BYTES_IN_FLIGHT = 32 << 20  # data and extents sent and not acknowledged, at most
 _COPY_CHUNK = 1 << 20  # the helper's buffer for extents
 _SNDBUF = 1 << 20  # asked for the worker's socket: MAX_IN_FLIGHT batches fit
@@ -334,9 +334,11 @@ class Finisher(_BatchBase):
         (after reading its replies); False (``fd`` still the caller's) when it has.
 
         For a copy the worker began: ``fd``'s offset is where it stopped, and the
-        helper, which shares it, writes on from there."""
+        helper, which shares it, writes on from there. Not the rest of a file whose
+        header claims more than :data:`MAX_EXTENT` bytes: the worker goes on and meets
+        the archive's end (the helper refuses such a batch, losing its other files)."""
         self.poll()
-        if self._sent:
+        if self._sent or size > MAX_EXTENT:
             return False
         self.add_extent(fd, offset, size, atime_ns, mtime_ns, entry)
         if self._names:
@@ -799,6 +801,6 @@ def _well_formed(batch: memoryview, fds: list[int]) -> bool:
     extents = numbers[2 * count + 2 :: 4]
     modes = numbers[2 * count + 3 :: 4]
     inline = sum(size for size, extent in zip(sizes, extents, strict=True) if extent < 0)
-    return (name_sizes.count(0) == len(fds) and max(sizes) < 1 << 62
+    return (name_sizes.count(0) == len(fds) and max(sizes) <= MAX_EXTENT
             and all(mode == SYMLINK or 0 <= mode <= 0o7777 for mode in modes)
             and _COUNT.size + layout.size + sum(name_sizes) + inline <= len(batch))
