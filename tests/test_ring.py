@@ -11,6 +11,7 @@ ends early or a worker that dies must end the call with its error.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import os
@@ -104,6 +105,35 @@ def test_a_compressed_archive_through_a_small_ring_gives_the_plain_tree(
     _untar_file(archive, plain)  # read by the worker itself, no ring
     chrootarchive.untar(_compress(archive, method), ringed)  # decompressed into the ring
     tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_zstd_decompressed_straight_into_a_window_that_moves_through_the_ring(
+        seed: int, tmp_path: Path, small_ring: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd writes into the ring's pages, a window of them mapped at a time
+    (``RingWriter.fill``): with a window of a quarter of the ring, it moves four times a
+    lap and waits for room inside it; the tree is the plain tar's."""
+    monkeypatch.setattr(_ring, "WINDOW", SMALL_RING // 4)
+    archive = _archive(seed)
+    plain, ringed = tmp_path / "plain", tmp_path / "ringed"
+    _untar_file(archive, plain)
+    chrootarchive.untar(_compress(archive, "zstd"), ringed)
+    tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
+
+
+def test_the_ring_keeps_its_size() -> None:
+    """The parent writes the ring through a mapping: a worker (which holds the ring) that
+    shrank it would kill the parent with SIGBUS. Sealed: neither shrunk nor grown."""
+    ring = _ring.RingWriter(SMALL_RING)
+    try:
+        for size in (0, SMALL_RING // 2, SMALL_RING * 2):
+            with pytest.raises(PermissionError):
+                os.ftruncate(ring.fd, size)
+        with pytest.raises(PermissionError):  # and the seals are final
+            fcntl.fcntl(ring.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        assert os.fstat(ring.fd).st_size == SMALL_RING
+    finally:
+        ring.close()
 
 
 def test_data_skipped_past_the_end_of_the_ring_is_not_waited_for(
@@ -218,7 +248,8 @@ def test_a_helper_that_holds_a_full_ring_does_not_stop_the_unpack(tmp_path: Path
     tree.assert_same(_snapshot(plain), _snapshot(dest), "the stalled helper changed the tree")
 
 
-def test_a_worker_that_dies_ends_the_feeding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["gzip", "zstd"])  # chunks written; or decompressed in
+def test_a_worker_that_dies_ends_the_feeding(method: str, tmp_path: Path) -> None:
     """The worker is killed while the parent waits for room in the ring: the call ends
     with the worker's error at once, and leaves no process behind."""
     big = io.BytesIO()
@@ -226,8 +257,8 @@ def test_a_worker_that_dies_ends_the_feeding(tmp_path: Path) -> None:
         info = tarfile.TarInfo("big")
         info.size = 300 << 20
         tf.addfile(info, io.BytesIO(bytes(info.size)))
-    packed = tmp_path / "big.tar.gz"
-    packed.write_bytes(gzip.compress(big.getvalue(), 1))
+    packed = tmp_path / "big.tar.packed"
+    packed.write_bytes(_compress(big.getvalue(), method))
     dest = tmp_path / "dest"
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import sys, time

@@ -2,7 +2,9 @@
 
 A compressed input does not reach the worker through a pipe but through a ring: a
 ``memfd`` of :data:`SIZE` bytes that the parent's feeding thread writes the tar stream
-into, each byte at its stream offset modulo the size. The worker reads it as a file,
+into (zstd decompresses straight into its pages: :meth:`RingWriter.fill`), each byte
+at its stream offset modulo the size; sealed at that size, so that a worker cannot
+shrink it under the parent's mapping. The worker reads it as a file,
 so its files can be extents (the worker's helper copies them from the ring with
 ``sendfile``, as from a plain tar in a regular file): the worker neither reads their
 data through a pipe nor copies it into batches (issue 16, docs/performance.md).
@@ -27,6 +29,8 @@ worker's.
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import struct
 
@@ -42,6 +46,12 @@ __all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
 # than 32 did (rootfs.tar.zst 7% faster, linux.tar.zst 3%: docs/performance.md). Its
 # pages are taken as the stream first reaches them, so a small input takes no more.
 SIZE = 64 << 20
+# Bytes of the ring the parent maps at a time to decompress straight into
+# (RingWriter.fill): its pages all mapped at once (MAP_POPULATE), then written with no
+# system call and no copy; small, so that the parent's resident memory grows by
+# this much, not by the ring (docs/performance.md, issue 16, nineteenth round).
+WINDOW = 4 << 20
+_FILL_STEP = 1 << 20  # bytes asked of the decompressor at a time
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
 
@@ -52,10 +62,14 @@ class RingWriter:
 
     def __init__(self, size: int | None = None) -> None:
         self.size = size or SIZE
-        self.fd = os.memfd_create("chrootarchive-stream", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("chrootarchive-stream", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self._pipes: list[int] = []
         try:
             os.ftruncate(self.fd, self.size)
+            # Its size for good: the parent writes it through a mapping, and a worker
+            # (which holds it) that shrank it would kill the parent with SIGBUS.
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self._written_r, self._written_w = os.pipe2(os.O_CLOEXEC)
             self._pipes += (self._written_r, self._written_w)
             self._freed_r, self._freed_w = os.pipe2(os.O_CLOEXEC)
@@ -96,6 +110,49 @@ class RingWriter:
             except BrokenPipeError:
                 return False
         return True
+
+    def fill(self, readinto: Callable[[memoryview], int]) -> bool:
+        """:meth:`write` the stream that ``readinto`` gives (it fills a buffer, as a
+        file's readinto does; 0: the end), straight into the ring: the decompressor
+        writes into the ring's pages, mapped a :data:`WINDOW` at a time, where
+        :meth:`write` copies its chunks (linux.tar.zst: 0.2-0.3 s of the feeding
+        thread's 1.5). False when the worker is gone."""
+        window = WINDOW if self.size % WINDOW == 0 else self.size
+        mapped: mmap.mmap | None = None
+        view = memoryview(b"")
+        base = 0  # ring offset of the mapped window
+        try:
+            while True:
+                room = self._freed + self.size - self._end
+                if not room:
+                    if not self._wait_freed():
+                        return False
+                    continue
+                at = self._end % self.size
+                if mapped is None or not base <= at < base + window:
+                    view.release()
+                    if mapped is not None:
+                        mapped.close()
+                    base = at - at % window
+                    mapped = mmap.mmap(self.fd, window, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                       offset=base)
+                    view = memoryview(mapped)
+                span = view[at - base:at - base + min(room, base + window - at, _FILL_STEP)]
+                try:
+                    done = readinto(span)
+                finally:
+                    span.release()  # else the window cannot be unmapped
+                if not done:
+                    return True
+                self._end += done
+                try:
+                    os.write(self._written_w, _OFFSET.pack(self._end))
+                except BrokenPipeError:
+                    return False
+        finally:
+            view.release()
+            if mapped is not None:
+                mapped.close()
 
     def finish(self) -> None:
         """The end of the stream (after the last byte, or on an error)."""

@@ -17,7 +17,10 @@ from chrootarchive.errors import CompressionError, LimitExceededError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Protocol, cast
+    from collections.abc import Callable
+    from typing import IO, Any, Protocol, TypeVar, cast
+
+    _T = TypeVar("_T")
 else:  # no typing at run time (the command line's start): stand-ins
     Protocol = object
 
@@ -351,33 +354,69 @@ class _ZstdFrames(_ReaderBase):
                     self._state = "magic"
 
 
-def _zstd_chunks(src: _Peekable, allowance: int | None) -> Iterator[bytes]:
-    """zstd with bounded output and window, and an error for a stream cut inside a frame."""
-    try:
-        import zstandard
-    except ImportError as err:
-        raise CompressionError(
-            "zstd input needs the 'zstandard' package (pip install zstandard)"
-        ) from err
-    frames = _ZstdFrames(src, allowance)
-    limit = _ZSTD_WINDOW_MAX if allowance is None else min(allowance, _ZSTD_WINDOW_MAX)
-    reader = zstandard.ZstdDecompressor(max_window_size=limit).stream_reader(
-        cast("IO[bytes]", frames), read_size=CHUNK, read_across_frames=True
-    )
-    try:
-        while True:
-            data = reader.read(CHUNK)
+class _ZstdChunks:
+    """zstd with bounded output and window, and an error for a stream cut inside a frame:
+    an iterator of chunks that also reads straight into a buffer (:meth:`readinto`: the
+    ring's pages, ``RingWriter.fill``, without a chunk made and copied)."""
+
+    def __init__(self, src: _Peekable, allowance: int | None) -> None:
+        self._src = src
+        self._allowance = allowance
+        self._frames: _ZstdFrames | None = None
+        self._reader: Any = None  # zstandard's stream reader, made at the first read
+        self._errors: tuple[type[Exception], ...] = ()
+        self._ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self._step(lambda reader: reader.read(CHUNK), b"")
+        if not data:
+            raise StopIteration
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill the start of ``buffer``: the bytes written, 0 at the end of the stream."""
+        return self._step(lambda reader: reader.readinto(buffer), 0)
+
+    def _step(self, read: Callable[[Any], _T], nothing: _T) -> _T:
+        """``read`` from the library's reader, its errors ours; at the end (nothing
+        read, then ``nothing`` for good), the rest of the input is read and a frame cut
+        short is an error."""
+        if self._ended:
+            return nothing
+        if self._reader is None:
+            self._open()
+        try:
+            data = read(self._reader)
             if not data:
-                break
-            yield data
-        while frames.read(CHUNK):  # what the reader did not ask for (trailing bytes)
-            pass
-    except zstandard.ZstdError as err:
-        if allowance is not None and "too much memory" in str(err):  # a frame not followed
-            raise _too_big("zstd", "its window", None, allowance) from err
-        raise CompressionError(f"corrupt zstd data: {err}") from err
-    if not frames.between_frames:
-        raise CompressionError("zstd data is truncated")
+                self._ended = True
+                assert self._frames is not None
+                while self._frames.read(CHUNK):  # what the reader did not ask for
+                    pass
+        except self._errors as err:
+            if self._allowance is not None and "too much memory" in str(err):
+                raise _too_big("zstd", "its window", None, self._allowance) from err
+            raise CompressionError(f"corrupt zstd data: {err}") from err
+        if self._ended and self._frames is not None and not self._frames.between_frames:
+            raise CompressionError("zstd data is truncated")
+        return data
+
+    def _open(self) -> None:
+        try:
+            import zstandard
+        except ImportError as err:
+            raise CompressionError(
+                "zstd input needs the 'zstandard' package (pip install zstandard)"
+            ) from err
+        allowance = self._allowance
+        self._frames = _ZstdFrames(self._src, allowance)
+        limit = _ZSTD_WINDOW_MAX if allowance is None else min(allowance, _ZSTD_WINDOW_MAX)
+        self._reader = zstandard.ZstdDecompressor(max_window_size=limit).stream_reader(
+            cast("IO[bytes]", self._frames), read_size=CHUNK, read_across_frames=True
+        )
+        self._errors = (zstandard.ZstdError,)
 
 
 def decompressed_chunks(
@@ -405,7 +444,7 @@ def decompressed_chunks(
         return kind, plain()
 
     if kind == "zstd":
-        return kind, _zstd_chunks(src, allowance)
+        return kind, _ZstdChunks(src, allowance)
     if kind == "xz":
         return kind, _xz_chunks(src, allowance)
 

@@ -120,6 +120,10 @@ def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
     data (or an error) is the end of the stream."""
 
     def write() -> None:
+        readinto = getattr(data, "readinto", None)
+        if readinto is not None:  # a decompressor that writes into the ring itself
+            ring.fill(readinto)
+            return
         for chunk in data:
             if not ring.write(chunk):
                 return  # the job ended (its reply says why)
