@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -119,6 +120,35 @@ def test_zstd_decompressed_straight_into_a_window_that_moves_through_the_ring(
     _untar_file(archive, plain)
     chrootarchive.untar(_compress(archive, "zstd"), ringed)
     tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_plain_tar_from_a_pipe_is_read_straight_into_the_ring(
+        progress: bool, tmp_path: Path, small_ring: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain tar from a pipe (``docker save | chrootarchive untar -``) is read into the
+    ring's pages (``readinto``), through the progress counter too; the tree is the
+    one the same tar in a file gives, and progress (bytes read so far) reaches the
+    archive's size and never goes back."""
+    monkeypatch.setattr(_ring, "WINDOW", SMALL_RING // 4)
+    archive = _archive(3)
+    plain, piped = tmp_path / "plain", tmp_path / "piped"
+    _untar_file(archive, plain)
+    read, write = os.pipe()
+
+    def feed() -> None:
+        with open(write, "wb") as out:
+            out.write(archive)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    counted: list[int] = []
+    with open(read, "rb") as source:
+        chrootarchive.untar(source, piped, progress=counted.append if progress else None)
+    writer.join()
+    tree.assert_same(_snapshot(plain), _snapshot(piped), "the pipe gave another tree")
+    if progress:
+        assert counted == sorted(counted) and counted[-1] == len(archive), counted[-3:]
 
 
 def test_the_ring_keeps_its_size() -> None:

@@ -10,6 +10,7 @@ and bzip2 (900 KiB blocks, under 4 MiB) are bounded by their formats.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 from chrootarchive.contract import memory_for_window, memory_shares
@@ -27,7 +28,8 @@ else:  # no typing at run time (the command line's start): stand-ins
     def cast(_type: object, value: object) -> object:
         return value
 
-__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "window_allowance"]
+__all__ = ["CHUNK", "Readable", "decompressed_chunks", "detect", "direct_readinto",
+           "window_allowance"]
 
 
 class Readable(Protocol):
@@ -116,6 +118,26 @@ class _Peekable(_ReaderBase):
             head, self._head = self._head[:size], self._head[size:]
             return head
         return self._raw.read(size)
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """Straight into ``buf`` from a source that can (:func:`direct_readinto`): no
+        chunk made and copied."""
+        readinto = None if self._head else direct_readinto(self._raw)
+        if readinto is None:
+            return super().readinto(buf)
+        return readinto(buf)
+
+
+def direct_readinto(raw: object) -> Callable[[memoryview | bytearray], int] | None:
+    """``raw``'s own readinto, when it is a file the standard library opened (a path,
+    standard input) or a wrapper that passes one through (``direct_readinto()``); else
+    None: a caller's file object promises ``read`` only (``io.RawIOBase`` subclasses
+    that define ``read`` alone have a ``readinto`` that raises)."""
+    if type(raw) in (io.BufferedReader, io.FileIO):
+        readinto = cast("Callable[[memoryview | bytearray], int | None]", raw.readinto)  # type: ignore[attr-defined]
+        return lambda buf: readinto(buf) or 0  # None (non-blocking, empty): the end, as read()
+    passed = getattr(raw, "direct_readinto", None)
+    return cast("Callable[[memoryview | bytearray], int] | None", passed()) if passed else None
 
 
 
@@ -354,6 +376,28 @@ class _ZstdFrames(_ReaderBase):
                     self._state = "magic"
 
 
+class _PlainChunks:
+    """An uncompressed stream: an iterator of chunks that also reads straight into a
+    buffer (:meth:`readinto`: the ring's pages, ``RingWriter.fill``), as
+    :class:`_ZstdChunks` does (``docker save | chrootarchive untar -``)."""
+
+    def __init__(self, src: _Peekable) -> None:
+        self._src = src
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self._src.read(CHUNK)
+        if not data:
+            raise StopIteration
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill the start of ``buffer``: the bytes read, 0 at the end of the stream."""
+        return self._src.readinto(buffer)
+
+
 class _ZstdChunks:
     """zstd with bounded output and window, and an error for a stream cut inside a frame:
     an iterator of chunks that also reads straight into a buffer (:meth:`readinto`: the
@@ -434,14 +478,7 @@ def decompressed_chunks(
     src = _Peekable(head, raw)
 
     if kind == "none":
-        def plain() -> Iterator[bytes]:
-            while True:
-                data = src.read(CHUNK)
-                if not data:
-                    return
-                yield data
-
-        return kind, plain()
+        return kind, _PlainChunks(src)
 
     if kind == "zstd":
         return kind, _ZstdChunks(src, allowance)

@@ -558,3 +558,17 @@ class _Counting:
         if data:
             self._progress(len(data))
         return data
+
+    def direct_readinto(self) -> Callable[[memoryview | bytearray], int] | None:
+        """The source's readinto, counted (``compression.direct_readinto``)."""
+        readinto = compression.direct_readinto(self._raw)
+        if readinto is None:
+            return None
+
+        def counted(buffer: memoryview | bytearray) -> int:
+            done = readinto(buffer)
+            if done:
+                self._progress(done)
+            return done
+
+        return counted
