@@ -151,6 +151,69 @@ def test_a_plain_tar_from_a_pipe_is_read_straight_into_the_ring(
         assert counted == sorted(counted) and counted[-1] == len(archive), counted[-3:]
 
 
+_CFFI = textwrap.dedent("""\
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import zstandard
+    import chrootarchive
+    assert zstandard.backend == "cffi", zstandard.backend
+    chrootarchive.untar(sys.argv[2], sys.argv[3])
+    try:
+        chrootarchive.untar(sys.argv[4], sys.argv[5])
+    except chrootarchive.LimitExceededError as err:
+        print("refused:", err.message)
+    import gc
+    gc.collect()
+    """)
+
+
+def test_zstd_with_the_librarys_cffi_backend_goes_in_chunks(tmp_path: Path) -> None:
+    """zstandard's cffi backend (its fallback where the C extension cannot load) keeps
+    a hold on a buffer it failed to fill, which a ring's window then could not unmap:
+    the real error was lost to a BufferError and the process died at its exit. With
+    that backend the stream goes into the ring in chunks: a good archive gives the
+    plain tree, one over the window limit its own error, and the process ends well."""
+    archive = _archive(5)
+    good = tmp_path / "good.tar.zst"
+    good.write_bytes(_compress(archive, "zstd"))
+    params = zstandard.ZstdCompressionParameters(window_log=27, write_content_size=False)
+    packer = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    wide = tmp_path / "wide.tar.zst"  # a 128 MiB window, over the default limit
+    wide.write_bytes(packer.compress(archive + bytes(40 << 20)) + packer.flush())
+    plain, ringed = tmp_path / "plain", tmp_path / "ringed"
+    _untar_file(archive, plain)
+    done = subprocess.run(
+        [sys.executable, "-c", _CFFI, str(SRC), str(good), str(ringed), str(wide),
+         str(tmp_path / "wide")],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHON_ZSTANDARD_IMPORT_POLICY="cffi"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: limit max_memory exceeded" in done.stdout, done.stdout
+    tree.assert_same(_snapshot(plain), _snapshot(ringed), "the ring gave another tree")
+
+
+class _Greedy:
+    """A caller's file object that gives more than it is asked for (urllib3 1.x's
+    ``read(amt)`` with ``decode_content`` may), and has no readinto."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(-1 if size < 0 else size + 4096)
+
+
+def test_a_callers_file_object_is_read_with_read_alone(tmp_path: Path) -> None:
+    """Only files the standard library opened are read straight into the ring; a
+    caller's file object promises ``read`` alone, and is read with it, whatever size
+    it gives."""
+    archive = _archive(6)
+    plain, given = tmp_path / "plain", tmp_path / "given"
+    _untar_file(archive, plain)
+    chrootarchive.untar(_Greedy(archive), given)
+    tree.assert_same(_snapshot(plain), _snapshot(given), "the object gave another tree")
+
+
 def test_the_ring_keeps_its_size() -> None:
     """The parent writes the ring through a mapping: a worker (which holds the ring) that
     shrank it would kill the parent with SIGBUS. Sealed: neither shrunk nor grown."""

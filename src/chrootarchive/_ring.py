@@ -44,13 +44,16 @@ __all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
 # has stretches where the decompressor is the slower side (binaries) and stretches
 # where the worker is (many small files); 64 MiB carries more of one over the other
 # than 32 did (rootfs.tar.zst 7% faster, linux.tar.zst 3%: docs/performance.md). Its
-# pages are taken as the stream first reaches them, so a small input takes no more.
+# pages are taken as the stream first reaches them (RingWriter.fill: at most a 64 KiB
+# window ahead), so a small input takes little more.
 SIZE = 64 << 20
 # Bytes of the ring the parent maps at a time to decompress straight into
 # (RingWriter.fill): its pages all mapped at once (MAP_POPULATE), then written with no
 # system call and no copy; small, so that the parent's resident memory grows by
-# this much, not by the ring (docs/performance.md, issue 16, nineteenth round).
+# this much, not by the ring (docs/performance.md, issue 16, nineteenth round). The
+# first window of a stream is smaller, each next one twice as large.
 WINDOW = 4 << 20
+_FIRST_WINDOW = 64 << 10
 _FILL_STEP = 1 << 20  # bytes asked of the decompressor at a time
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
@@ -114,13 +117,15 @@ class RingWriter:
     def fill(self, readinto: Callable[[memoryview], int]) -> bool:
         """:meth:`write` the stream that ``readinto`` gives (it fills a buffer, as a
         file's readinto does; 0: the end), straight into the ring: the decompressor
-        writes into the ring's pages, mapped a :data:`WINDOW` at a time, where
-        :meth:`write` copies its chunks (linux.tar.zst: 0.2-0.3 s of the feeding
-        thread's 1.5). False when the worker is gone."""
-        window = WINDOW if self.size % WINDOW == 0 else self.size
+        (or the read) writes into the ring's pages, mapped a window at a time, where
+        :meth:`write` copies chunks (linux.tar.zst: 0.2 s of the feeding thread's 1.7).
+        ``readinto`` must keep no hold on the buffer it is given (the windows are
+        unmapped): zstandard's C backend and the standard library's files do not.
+        False when the worker is gone."""
         mapped: mmap.mmap | None = None
         view = memoryview(b"")
         base = 0  # ring offset of the mapped window
+        window = 0  # bytes mapped: 64 KiB first, twice as many each time, to WINDOW
         try:
             while True:
                 room = self._freed + self.size - self._end
@@ -133,7 +138,10 @@ class RingWriter:
                     view.release()
                     if mapped is not None:
                         mapped.close()
-                    base = at - at % window
+                    # From the page that holds ``at``, never past the ring's end; small
+                    # at first: a small stream takes little more than it needs.
+                    base = at - at % mmap.PAGESIZE
+                    window = min(max(2 * window, _FIRST_WINDOW), WINDOW, self.size - base)
                     mapped = mmap.mmap(self.fd, window, mmap.MAP_SHARED | mmap.MAP_POPULATE,
                                        offset=base)
                     view = memoryview(mapped)
@@ -141,7 +149,7 @@ class RingWriter:
                 try:
                     done = readinto(span)
                 finally:
-                    span.release()  # else the window cannot be unmapped
+                    span.release()
                 if not done:
                     return True
                 self._end += done

@@ -107,22 +107,22 @@ class _Peekable(_ReaderBase):
 
     def __init__(self, head: bytes, raw: Readable) -> None:
         self._head = head
-        self._raw = raw
+        self.raw = raw
 
     def read(self, size: int = -1) -> bytes:
         if self._head:
             if size < 0 or size >= len(self._head):
                 head, self._head = self._head, b""
-                rest = self._raw.read(-1 if size < 0 else size - len(head))
+                rest = self.raw.read(-1 if size < 0 else size - len(head))
                 return head + (rest or b"")
             head, self._head = self._head[:size], self._head[size:]
             return head
-        return self._raw.read(size)
+        return self.raw.read(size)
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         """Straight into ``buf`` from a source that can (:func:`direct_readinto`): no
         chunk made and copied."""
-        readinto = None if self._head else direct_readinto(self._raw)
+        readinto = None if self._head else direct_readinto(self.raw)
         if readinto is None:
             return super().readinto(buf)
         return readinto(buf)
@@ -378,7 +378,7 @@ class _ZstdFrames(_ReaderBase):
 
 class _PlainChunks:
     """An uncompressed stream: an iterator of chunks that also reads straight into a
-    buffer (:meth:`readinto`: the ring's pages, ``RingWriter.fill``), as
+    buffer (:meth:`direct_readinto`: the ring's pages, ``RingWriter.fill``), as
     :class:`_ZstdChunks` does (``docker save | chrootarchive untar -``)."""
 
     def __init__(self, src: _Peekable) -> None:
@@ -393,15 +393,17 @@ class _PlainChunks:
             raise StopIteration
         return data
 
-    def readinto(self, buffer: memoryview) -> int:
-        """Fill the start of ``buffer``: the bytes read, 0 at the end of the stream."""
-        return self._src.readinto(buffer)
+    def direct_readinto(self) -> Callable[[memoryview], int] | None:
+        """What fills a buffer straight from the source (``RingWriter.fill``), or None
+        where the source is a caller's file object: chunks, read as before."""
+        return self._src.readinto if direct_readinto(self._src.raw) is not None else None
 
 
 class _ZstdChunks:
     """zstd with bounded output and window, and an error for a stream cut inside a frame:
-    an iterator of chunks that also reads straight into a buffer (:meth:`readinto`: the
-    ring's pages, ``RingWriter.fill``, without a chunk made and copied)."""
+    an iterator of chunks that also decompresses straight into a buffer
+    (:meth:`direct_readinto`: the ring's pages, ``RingWriter.fill``, without a chunk made
+    and copied)."""
 
     def __init__(self, src: _Peekable, allowance: int | None) -> None:
         self._src = src
@@ -409,6 +411,7 @@ class _ZstdChunks:
         self._frames: _ZstdFrames | None = None
         self._reader: Any = None  # zstandard's stream reader, made at the first read
         self._errors: tuple[type[Exception], ...] = ()
+        self._direct = False  # the library's C backend: direct_readinto() may be used
         self._ended = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -420,7 +423,15 @@ class _ZstdChunks:
             raise StopIteration
         return data
 
-    def readinto(self, buffer: memoryview) -> int:
+    def direct_readinto(self) -> Callable[[memoryview], int] | None:
+        """What decompresses straight into a buffer (``RingWriter.fill``), or None:
+        with the library's cffi backend (its fallback) a failed read keeps a hold on the
+        buffer, which the ring then could not unmap."""
+        if self._reader is None:
+            self._open()
+        return self._readinto if self._direct else None
+
+    def _readinto(self, buffer: memoryview) -> int:
         """Fill the start of ``buffer``: the bytes written, 0 at the end of the stream."""
         return self._step(lambda reader: reader.readinto(buffer), 0)
 
@@ -461,6 +472,7 @@ class _ZstdChunks:
             cast("IO[bytes]", self._frames), read_size=CHUNK, read_across_frames=True
         )
         self._errors = (zstandard.ZstdError,)
+        self._direct = zstandard.backend == "cext"
 
 
 def decompressed_chunks(

@@ -120,8 +120,9 @@ def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
     data (or an error) is the end of the stream."""
 
     def write() -> None:
-        readinto = getattr(data, "readinto", None)
-        if readinto is not None:  # a decompressor that writes into the ring itself
+        direct = getattr(data, "direct_readinto", None)  # operations.compression's
+        readinto = direct() if direct is not None else None
+        if readinto is not None:  # it writes into the ring itself
             ring.fill(readinto)
             return
         for chunk in data:
