@@ -311,6 +311,7 @@ class Finisher(_BatchBase):
                    entry: str) -> None:
         """Finish ``fd`` (which this takes over) with ``size`` bytes of the archive from
         ``offset`` (the file given to :meth:`start`), then its times, and close it."""
+        assert size <= MAX_EXTENT  # the helper refuses a batch with more (has_extent_room)
         if self._names and (len(self._fds) >= MAX_FDS or len(self._names) >= MAX_FILES):
             self._send()
         self._fds.append(fd)
