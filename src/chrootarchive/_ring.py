@@ -99,18 +99,13 @@ class RingWriter:
         worker is gone (the rest is not wanted)."""
         view = memoryview(data)
         while view:
-            room = self._freed + self.size - self._end
+            room = self._room()
             if not room:
-                if not self._wait_freed():
-                    return False
-                continue
+                return False
             at = self._end % self.size
             done = os.pwrite(self.fd, view[:min(len(view), room, self.size - at)], at)
-            self._end += done
             view = view[done:]
-            try:
-                os.write(self._written_w, _OFFSET.pack(self._end))
-            except BrokenPipeError:
+            if not self._advance(done):
                 return False
         return True
 
@@ -128,11 +123,9 @@ class RingWriter:
         window = 0  # bytes mapped: 64 KiB first, twice as many each time, to WINDOW
         try:
             while True:
-                room = self._freed + self.size - self._end
+                room = self._room()
                 if not room:
-                    if not self._wait_freed():
-                        return False
-                    continue
+                    return False
                 at = self._end % self.size
                 if mapped is None or not base <= at < base + window:
                     view.release()
@@ -152,10 +145,7 @@ class RingWriter:
                     span.release()
                 if not done:
                     return True
-                self._end += done
-                try:
-                    os.write(self._written_w, _OFFSET.pack(self._end))
-                except BrokenPipeError:
+                if not self._advance(done):
                     return False
         finally:
             view.release()
@@ -173,6 +163,26 @@ class RingWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _room(self) -> int:
+        """The bytes the parent may write now, once the worker has freed some; 0 when
+        the worker is gone."""
+        while True:
+            room = self._freed + self.size - self._end
+            if room:
+                return room
+            if not self._wait_freed():
+                return 0
+
+    def _advance(self, done: int) -> bool:
+        """``done`` more bytes of the stream are in the ring: tell the worker; False
+        when it is gone."""
+        self._end += done
+        try:
+            os.write(self._written_w, _OFFSET.pack(self._end))
+        except BrokenPipeError:
+            return False
+        return True
 
     def _wait_freed(self) -> bool:
         data = os.read(self._freed_r, 8 * 512)
