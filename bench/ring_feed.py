@@ -28,16 +28,21 @@ def _reader(path: str) -> zstandard.ZstdDecompressionReader:
         open(path, "rb"), read_size=STEP, read_across_frames=True, closefd=True)
 
 
+def _pwrite(fd: int, view: memoryview, end: int) -> int:
+    """``view`` written at stream offset ``end`` of the ring: the new end."""
+    while view:
+        at = end % RING
+        done = os.pwrite(fd, view[:RING - at], at)
+        end += done
+        view = view[done:]
+    return end
+
+
 def chunks_pwrite(path: str, fd: int) -> int:
     end = 0
     with _reader(path) as reader:
         while chunk := reader.read(STEP):
-            view = memoryview(chunk)
-            while view:
-                at = end % RING
-                done = os.pwrite(fd, view[:RING - at], at)
-                end += done
-                view = view[done:]
+            end = _pwrite(fd, memoryview(chunk), end)
     return end
 
 
@@ -46,36 +51,47 @@ def buffer_pwrite(path: str, fd: int) -> int:
     buffer = memoryview(bytearray(STEP))
     with _reader(path) as reader:
         while done := reader.readinto(buffer):
-            view = buffer[:done]
-            while view:
-                at = end % RING
-                written = os.pwrite(fd, view[:RING - at], at)
-                end += written
-                view = view[written:]
+            end = _pwrite(fd, buffer[:done], end)
     return end
 
 
-def windows(size: int, populate: bool) -> Callable[[str, int], int]:
+def _fill(reader: zstandard.ZstdDecompressionReader, mapped: mmap.mmap, start: int) -> int:
+    """Decompress into ``mapped`` from ``start`` to its end, or the stream's: the bytes
+    written (fewer than asked: the stream ended)."""
+    view = memoryview(mapped)
+    at = start
+    while at < len(view):
+        span = view[at:at + STEP]
+        done = reader.readinto(span)
+        span.release()
+        if not done:
+            break
+        at += done
+    view.release()
+    return at - start
+
+
+def windows(size: int, populate: bool, first_lap_pwrite: bool = False
+            ) -> Callable[[str, int], int]:
+    """Windows of ``size`` bytes; with ``first_lap_pwrite``, the first lap through the
+    ring (its pages new) written from a reused buffer by ``pwrite`` instead."""
     flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
 
     def feed(path: str, fd: int) -> int:
         end = 0
         with _reader(path) as reader:
+            buffer = memoryview(bytearray(STEP))
+            while first_lap_pwrite and end < RING:
+                done = reader.readinto(buffer[:RING - end])
+                if not done:
+                    return end
+                end = _pwrite(fd, buffer[:done], end)
             while True:
-                base = end % RING
-                with mmap.mmap(fd, size, flags, offset=base) as mapped:
-                    view = memoryview(mapped)
-                    at = 0
-                    while at < size:
-                        span = view[at:min(size, at + STEP)]
-                        done = reader.readinto(span)
-                        span.release()
-                        if not done:
-                            view.release()
-                            return end
-                        at += done
-                        end += done
-                    view.release()
+                with mmap.mmap(fd, size, flags, offset=end % RING) as mapped:
+                    done = _fill(reader, mapped, 0)
+                end += done
+                if done < size:
+                    return end
 
     return feed
 
@@ -83,16 +99,11 @@ def windows(size: int, populate: bool) -> Callable[[str, int], int]:
 def whole_ring(path: str, fd: int) -> int:
     end = 0
     with _reader(path) as reader, mmap.mmap(fd, RING) as mapped:
-        view = memoryview(mapped)
         while True:
-            at = end % RING
-            span = view[at:at + min(STEP, RING - at)]
-            done = reader.readinto(span)
-            span.release()
-            if not done:
-                view.release()
-                return end
+            done = _fill(reader, mapped, end % RING)
             end += done
+            if done < RING - (end - done) % RING:
+                return end
 
 
 def main() -> None:
@@ -105,6 +116,7 @@ def main() -> None:
         "reused buffer, pwrite": buffer_pwrite,
         "4 MiB windows, MAP_POPULATE": windows(4 << 20, True),
         "16 MiB windows, MAP_POPULATE": windows(16 << 20, True),
+        "pwrite the first lap, 4 MiB windows": windows(4 << 20, True, True),
         "4 MiB windows, a fault a page": windows(4 << 20, False),
         "the whole ring mapped once": whole_ring,
     }

@@ -111,9 +111,10 @@ def test_a_compressed_archive_through_a_small_ring_gives_the_plain_tree(
 @pytest.mark.parametrize("seed", [1, 2])
 def test_zstd_decompressed_straight_into_a_window_that_moves_through_the_ring(
         seed: int, tmp_path: Path, small_ring: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """zstd writes into the ring's pages, a window of them mapped at a time
-    (``RingWriter.fill``): with a window of a quarter of the ring, it moves four times a
-    lap and waits for room inside it; the tree is the plain tar's."""
+    """zstd writes into the ring's pages, a window of them mapped at a time, after a
+    first lap written from one buffer (``RingWriter.fill``): with a window of a quarter
+    of the ring, it moves four times a lap and waits for room inside it; the tree is
+    the plain tar's."""
     monkeypatch.setattr(_ring, "WINDOW", SMALL_RING // 4)
     archive = _archive(seed)
     plain, ringed = tmp_path / "plain", tmp_path / "ringed"

@@ -44,16 +44,14 @@ __all__ = ["NOTHING_PINNED", "SIZE", "RingInput", "RingWriter", "send"]
 # has stretches where the decompressor is the slower side (binaries) and stretches
 # where the worker is (many small files); 64 MiB carries more of one over the other
 # than 32 did (rootfs.tar.zst 7% faster, linux.tar.zst 3%: docs/performance.md). Its
-# pages are taken as the stream first reaches them (RingWriter.fill: at most a 64 KiB
-# window ahead), so a small input takes little more.
+# pages are taken as the stream first reaches them, so a small input takes no more.
 SIZE = 64 << 20
-# Bytes of the ring the parent maps at a time to decompress straight into
-# (RingWriter.fill): its pages all mapped at once (MAP_POPULATE), then written with no
-# system call and no copy; small, so that the parent's resident memory grows by
-# this much, not by the ring (docs/performance.md, issue 16, nineteenth round). The
-# first window of a stream is smaller, each next one twice as large.
+# Bytes of the ring the parent maps at a time to decompress straight into, after the
+# first lap (RingWriter.fill): its pages all mapped at once (MAP_POPULATE), then
+# written with no system call and no copy; small, so that the parent's resident
+# memory grows by this much, not by the ring (docs/performance.md, issue 16,
+# nineteenth round).
 WINDOW = 4 << 20
-_FIRST_WINDOW = 64 << 10
 _FILL_STEP = 1 << 20  # bytes asked of the decompressor at a time
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
@@ -94,7 +92,7 @@ class RingWriter:
         for fd in (self._written_r, self._freed_w):
             self._close(fd)
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Write ``data`` at the end of the stream, waiting for room; False when the
         worker is gone (the rest is not wanted)."""
         view = memoryview(data)
@@ -111,16 +109,27 @@ class RingWriter:
 
     def fill(self, readinto: Callable[[memoryview], int]) -> bool:
         """:meth:`write` the stream that ``readinto`` gives (it fills a buffer, as a
-        file's readinto does; 0: the end), straight into the ring: the decompressor
-        (or the read) writes into the ring's pages, mapped a window at a time, where
-        :meth:`write` copies chunks (linux.tar.zst: 0.2 s of the feeding thread's 1.7).
-        ``readinto`` must keep no hold on the buffer it is given (the windows are
-        unmapped): zstandard's C backend and the standard library's files do not.
-        False when the worker is gone."""
+        file's readinto does; 0: the end), without a chunk made for each step: the
+        first lap through the ring (its pages new) from one reused buffer by
+        ``pwrite``, which fills a new page at once; after it, straight into the ring's
+        pages, mapped a :data:`WINDOW` at a time (linux.tar.zst: 0.1-0.2 s of the
+        feeding thread's 1.6, ``bench/ring_feed.py``). ``readinto`` must keep no hold
+        on the buffer it is given (the windows are unmapped): zstandard's C backend and
+        the standard library's files do not. False when the worker is gone."""
+        scratch = memoryview(bytearray(min(_FILL_STEP, self.size)))
+        while self._end < self.size:  # the first lap
+            room = self._room()
+            if not room:
+                return False
+            done = readinto(scratch[:min(room, self.size - self._end)])
+            if not done:
+                return True
+            if not self.write(scratch[:done]):
+                return False
+        del scratch  # its megabyte, for the rest of a long stream
         mapped: mmap.mmap | None = None
         view = memoryview(b"")
-        base = 0  # ring offset of the mapped window
-        window = 0  # bytes mapped: 64 KiB first, twice as many each time, to WINDOW
+        base = window = 0  # the ring's bytes mapped
         try:
             while True:
                 room = self._room()
@@ -131,10 +140,8 @@ class RingWriter:
                     view.release()
                     if mapped is not None:
                         mapped.close()
-                    # From the page that holds ``at``, never past the ring's end; small
-                    # at first: a small stream takes little more than it needs.
-                    base = at - at % mmap.PAGESIZE
-                    window = min(max(2 * window, _FIRST_WINDOW), WINDOW, self.size - base)
+                    base = at - at % mmap.PAGESIZE  # from the page that holds ``at``
+                    window = min(WINDOW, self.size - base)
                     mapped = mmap.mmap(self.fd, window, mmap.MAP_SHARED | mmap.MAP_POPULATE,
                                        offset=base)
                     view = memoryview(mapped)
