@@ -2,9 +2,10 @@
 
 A compressed input does not reach the worker through a pipe but through a ring: a
 ``memfd`` of :data:`SIZE` bytes that the parent's feeding thread writes the tar stream
-into (zstd decompresses straight into its pages: :meth:`RingWriter.fill`), each byte
-at its stream offset modulo the size; sealed at that size, so that a worker cannot
-shrink it under the parent's mapping. The worker reads it as a file,
+into (zstd, and a plain tar from a pipe, without a chunk made for each step:
+:meth:`RingWriter.fill`), each byte at its stream offset modulo the size; sealed at
+that size, so that a worker cannot shrink it under the parent's mapping. The worker
+reads it as a file,
 so its files can be extents (the worker's helper copies them from the ring with
 ``sendfile``, as from a plain tar in a regular file): the worker neither reads their
 data through a pipe nor copies it into batches (issue 16, docs/performance.md).
