@@ -31,6 +31,8 @@ import zstandard
 import chrootarchive
 from chrootarchive import _ring
 from chrootarchive.errors import MalformedArchiveError
+from chrootarchive.operations import compression
+from chrootarchive.operations import untar as untar_operation
 from helpers import tree
 from helpers.leaks import child_pids
 
@@ -213,6 +215,29 @@ def test_a_callers_file_object_is_read_with_read_alone(tmp_path: Path) -> None:
     _untar_file(archive, plain)
     chrootarchive.untar(_Greedy(archive), given)
     tree.assert_same(_snapshot(plain), _snapshot(given), "the object gave another tree")
+
+
+def test_what_goes_straight_into_the_ring(tmp_path: Path) -> None:
+    """The trees above are the same either way; this says which way each input takes:
+    zstd with the C backend, and a plain tar from a file the standard library opened
+    (counted for progress or not), fill the ring themselves; a caller's file object
+    and gzip give chunks."""
+    archive = _archive(7)
+    plain = tmp_path / "a.tar"
+    plain.write_bytes(archive)
+    with open(plain, "rb") as raw:
+        _, chunks = compression.decompressed_chunks(raw)
+        assert chunks.direct_readinto() is not None  # type: ignore[attr-defined]
+        counted = untar_operation._Counting(raw, lambda _done: None)
+        _, chunks = compression.decompressed_chunks(counted)
+        assert chunks.direct_readinto() is not None  # type: ignore[attr-defined]
+    _, chunks = compression.decompressed_chunks(_Greedy(archive))
+    assert chunks.direct_readinto() is None  # type: ignore[attr-defined]
+    _, chunks = compression.decompressed_chunks(io.BytesIO(_compress(archive, "zstd")))
+    assert zstandard.backend == "cext"
+    assert chunks.direct_readinto() is not None  # type: ignore[attr-defined]
+    _, chunks = compression.decompressed_chunks(io.BytesIO(_compress(archive, "gzip")))
+    assert not hasattr(chunks, "direct_readinto")
 
 
 def test_the_ring_keeps_its_size() -> None:
