@@ -9,13 +9,17 @@ with ``PYTHONPATH`` set to the variant's tree, into a fresh directory of
 ``--target``), and GNU tar with ``--gnutar``; the order of the variants rotates each
 round, so that a machine that slows down or speeds up during the run weighs on all of
 them alike. Printed: the median wall time (and its minimum), the median CPU time of
-the process tree, and the ratio to GNU tar's median in the same run. A quick check
-between two commits; the table of issue 16 is ``bench/run.py``'s.
+the process tree, and the ratio to GNU tar's median in the same run. With
+``--split``, each run goes through ``bench/split_run.py``, and the CPU time is also
+shown by process: the command line's own (its feeding thread decompresses) and its
+workers' (the jailed worker and its helper), user and system. A quick check between
+two commits; the table of issue 16 is ``bench/run.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -27,6 +31,8 @@ from pathlib import Path
 import compiled  # bench/compiled.py, beside this script
 
 CONSOLE = Path(sys.executable).with_name("chrootarchive")
+SPLIT_RUN = Path(__file__).with_name("split_run.py")
+SPLIT_KEYS = ("parent_user", "parent_system", "workers_user", "workers_system")
 
 
 def _run(argv: list[str], env: dict[str, str] | None) -> tuple[float, float]:
@@ -40,6 +46,13 @@ def _run(argv: list[str], env: dict[str, str] | None) -> tuple[float, float]:
     return wall, cpu
 
 
+def _split_text(splits: list[dict[str, float]]) -> str:
+    """Median user/system time of the command line and of its workers."""
+    med = {key: statistics.median(s[key] for s in splits) for key in SPLIT_KEYS}
+    return (f"\n{'':31}parent {med['parent_user']:.3f} u + {med['parent_system']:.3f} s"
+            f"   workers {med['workers_user']:.3f} u + {med['workers_system']:.3f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", required=True,
@@ -50,6 +63,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp/chrootarchive-bench"))
     ap.add_argument("--target", type=Path, default=Path("/dev/shm/chrootarchive-ab"))
+    ap.add_argument("--split", action="store_true",
+                    help="also the CPU time of the command line and of its workers")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     for name, tree in variants.items():
@@ -59,6 +74,8 @@ def main() -> int:
     inputs = [p if os.sep in p else str(args.dir / "inputs" / p)
               for p in args.inputs.split(",")]
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    splits: dict[tuple[str, str], list[dict[str, float]]] = {}
+    split_file = args.target.with_name(args.target.name + ".split.json")
     print(f"kernel {os.uname().release}; {args.runs} rounds; target {args.target}")
     try:
         for round_ in range(args.runs):
@@ -72,10 +89,16 @@ def main() -> int:
                         env = None
                     else:
                         argv = [str(CONSOLE), "untar", path, str(args.target)]
+                        if args.split:
+                            argv[:1] = [sys.executable, str(SPLIT_RUN), str(split_file)]
                         env = dict(os.environ, PYTHONPATH=variants[name])
                     times.setdefault((path, name), []).append(_run(argv, env))
+                    if args.split and name != "gnutar":
+                        splits.setdefault((path, name), []).append(
+                            json.loads(split_file.read_text()))
     finally:
         shutil.rmtree(args.target, ignore_errors=True)
+        split_file.unlink(missing_ok=True)
     for path in inputs:
         runs = times.get((path, "gnutar"))
         gnutar = statistics.median(w for w, _ in runs) if runs else None
@@ -84,8 +107,9 @@ def main() -> int:
             cpus = [c for _, c in times[(path, name)]]
             wall = statistics.median(walls)
             ratio = f"  ratio {wall / gnutar:.2f}" if gnutar else ""
+            split = _split_text(splits[(path, name)]) if (path, name) in splits else ""
             print(f"{Path(path).name:18} {name:12} wall {wall:7.3f} s (min {min(walls):.3f})"
-                  f"  cpu {statistics.median(cpus):6.3f} s{ratio}")
+                  f"  cpu {statistics.median(cpus):6.3f} s{ratio}{split}")
     return 0
 
 

@@ -35,6 +35,10 @@ def main() -> int:
     args = ap.parse_args()
     import chrootarchive.engine.finisher  # noqa: F401 - imported before the chroot
 
+    if args.profile:  # nothing can be imported after the chroot
+        import cProfile
+        import pstats
+
     source = os.open(args.archive, os.O_RDONLY)
     spec = unpack_spec(UnpackOptions())
     thread_stat = os.open("/proc/thread-self/stat", os.O_RDONLY)  # no /proc after chroot
@@ -46,9 +50,6 @@ def main() -> int:
         worker.finisher_countdown = unpacker.FINISHER_AFTER
     start, before, thread_before = time.perf_counter(), os.times(), time.thread_time()
     if args.profile:
-        import cProfile
-        import pstats
-
         profile = cProfile.Profile()
         profile.enable()
         worker.run(TarReader(source))

@@ -255,6 +255,57 @@ def test_the_ring_keeps_its_size() -> None:
         ring.close()
 
 
+def test_holes_a_worker_punches_in_the_ring_do_not_harm_the_parent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seals leave a worker one way to change the ring: punching holes in it
+    (``fallocate``), also under the window the parent has mapped. Here it punches out
+    all it read before it frees it: the parent's next writes there fill fresh pages (no
+    SIGBUS, no error), the stream goes on to its end, and every byte it writes after a
+    hole is there to read. (A hole in what the parent wrote and the worker has not
+    read is the worker spoiling its own input: the parent never reads the ring.)"""
+    monkeypatch.setattr(_ring, "WINDOW", SMALL_RING // 4)  # windows that move
+    data = random.Random(7).randbytes(SMALL_RING * 24 + 12345)  # 24 laps and a bit
+    ring = _ring.RingWriter(SMALL_RING)
+    fds = ring.child_fds()
+    ring_path = f"/proc/{os.getpid()}/fd/{ring.fd}"
+    seen = {"end": 0, "punches": 0, "pages_freed": 0}
+    wrong: list[int] = []
+
+    def punch(start: int, length: int) -> None:
+        blocks = os.fstat(ring.fd).st_blocks
+        subprocess.run(["fallocate", "--punch-hole", "--offset", str(start), "--length",
+                        str(length), ring_path], check=True)
+        seen["punches"] += 1
+        seen["pages_freed"] += os.fstat(ring.fd).st_blocks < blocks
+
+    def hostile_worker() -> None:
+        while offsets := os.read(fds["ring_written"], 8 * 512):
+            end = int.from_bytes(offsets[-8:], "little")
+            for pos in range(seen["end"], end, 4096):  # what was written since
+                n = min(4096, end - pos, SMALL_RING - pos % SMALL_RING)
+                if os.pread(ring.fd, n, pos % SMALL_RING) != data[pos:pos + n]:
+                    wrong.append(pos)
+            if seen["punches"] < 32:  # what it read, before it frees it
+                at, length = seen["end"] % SMALL_RING, end - seen["end"]
+                punch(at, min(length, SMALL_RING - at))
+                if at + length > SMALL_RING:
+                    punch(0, at + length - SMALL_RING)
+            seen["end"] = end
+            os.write(fds["ring_freed"], end.to_bytes(8, "little"))
+
+    worker = threading.Thread(target=hostile_worker)
+    worker.start()
+    try:
+        assert ring.fill(io.BytesIO(data).readinto)
+        ring.finish()
+        worker.join(60)
+    finally:
+        ring.close()
+    assert not worker.is_alive()
+    assert seen["end"] == len(data) and not wrong, (seen, wrong[:5])
+    assert seen["punches"] >= 32 and seen["pages_freed"] >= 16, seen  # real holes
+
+
 def test_data_skipped_past_the_end_of_the_ring_is_not_waited_for(
         tmp_path: Path, small_ring: None) -> None:
     """Entries whose data the reader skips (excluded here), many times the ring's size:
