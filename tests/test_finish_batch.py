@@ -24,6 +24,9 @@ import os
 import random
 import stat
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -608,6 +611,46 @@ def test_a_member_replaced_during_a_collection_is_never_written_freed() -> None:
         gc.enable()
         gc.collect()
     assert bytes(batch._paths).endswith(b"NAME") and batch._names == ["e"]
+
+
+def test_extents_whose_sum_overflows_ask_first_as_in_python() -> None:
+    """Two extents whose sum passes 2**63 with a limit above 2**62: past the limit, as
+    Python's integers say, so the batch asks first (and a refusal adds nothing); the
+    compiled sum overflowed, and went on to an OverflowError (review, issue 16,
+    twentieth round)."""
+    calls: list[_Call] = [("a", None, 0, finisher.MAX_EXTENT, 1, 2, 0o644),
+                          ("b", None, finisher.MAX_EXTENT, finisher.MAX_EXTENT, 1, 2, 0o644)]
+    _agree(calls, 1 << 20, (1 << 63) - 1, [False])
+
+
+def test_a_name_whose_hash_replaces_pending_is_added_to_the_set_it_was_given() -> None:
+    """Hashing a str subclass runs Python, which may replace ``pending`` and free the old
+    set while it is being added to: the compiled batch holds it (it went on inside the
+    freed set: a spin or a crash), and both add the name to the set they looked up
+    (review, issue 16, twentieth round). In a child: the old code does not return."""
+    script = textwrap.dedent("""\
+        import sys
+        sys.path[:0] = sys.argv[1:]
+        from test_finish_batch import _scripted
+        from chrootarchive.engine import _finish, finisher
+        for base in (finisher._Batch, _finish.Batch):
+            batch = _scripted(base)(1 << 20, 1 << 40, [])
+            batch.pending = {f"k{i}" for i in range(1000)}  # its only reference
+
+            class Name(str):
+                def __hash__(self) -> int:
+                    batch.pending = set()
+                    filler = [bytes(64) for _ in range(20000)]  # reuse freed memory
+                    return hash(str(self))
+
+            assert batch.add_new(Name("k5"), b"k5", 0o644, b"", 0, 10, 1, 2, "e", None)
+            assert batch.pending == set() and batch._names == ["e"], base
+        print("ok")
+        """)
+    tests = Path(__file__).parent
+    done = subprocess.run([sys.executable, "-c", script, str(tests), str(tests.parent / "src")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "ok\n", (done.returncode, done.stderr)
 
 
 def test_the_compiled_batch_checks_what_it_is_given() -> None:

@@ -528,7 +528,9 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
             return NULL;
     } else {
         int full = files >= MAX_FILES || fill + name_len > self->max_data;
-        int after = (full ? 0 : self->extents) + size >= self->batch_extents;
+        long long planned;  /* past any limit when it overflows, as in Python */
+        int after = __builtin_add_overflow(full ? 0 : self->extents, size, &planned)
+            || planned >= self->batch_extents;
         if (full || after) {
             PyObject *can = PyObject_CallMethod(op, "_can_send", "iL", full + after,
                                                 after ? size : 0LL);
@@ -571,6 +573,8 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         || (numbers = LIST(self, NUMBERS)) == NULL || (names = LIST(self, NAMES)) == NULL
         || (own = LIST(self, OWN)) == NULL
         || (pending = member(self, PENDING, 's')) == NULL;
+    if (pending != NULL)
+        Py_IncRef(pending);  /* hashing a str subclass may run Python that replaces it */
     if (!failed && offset >= 0
         && (__builtin_add_overflow(extents, size, &extents)
             || __builtin_add_overflow(in_flight, size, &in_flight))) {
@@ -590,8 +594,8 @@ static PyObject *batch_add_new(PyObject *op, PyObject *const *args, Py_ssize_t n
         || PyList_Append(numbers, offset_obj) < 0 || PyList_Append(numbers, mode) < 0
         || PyList_Append(names, entry) < 0 || PyList_Append(own, mine) < 0
         || PySet_Add(pending, path) < 0;  /* last: hashing a str subclass may run Python */
-    PyObject *made[] = {size_obj, name_size, mine};
-    for (int i = 0; i < 3; i++)
+    PyObject *made[] = {size_obj, name_size, mine, pending};
+    for (int i = 0; i < 4; i++)
         if (made[i] != NULL)
             Py_DecRef(made[i]);
     if (failed)
