@@ -117,6 +117,28 @@ def test_xz_reads_as_before() -> None:
         b"".join(compression.decompressed_chunks(io.BytesIO(bytes(bad)))[1])
 
 
+
+def test_xz_stream_padding_is_read_past_as_xz_does() -> None:
+    """NUL bytes after a stream are Stream Padding (xz's format): the streams after
+    them were lost, and an exit status of 0 said nothing (``lzma.LZMAFile`` loses them
+    too); 4 or 8 of them at the end were "truncated" data. A few trailing bytes that are
+    no stream are ignored as more are; the start of a stream cut short is not
+    (differential fuzzing, issue 16, twentieth round)."""
+    one, two = _tar()[:-1024], tb.TarBuilder().file("b", b"more").build()
+
+    def read(blob: bytes) -> bytes:
+        return b"".join(compression.decompressed_chunks(io.BytesIO(blob))[1])
+
+    for padding in (4, 8, 12, 16, compression.CHUNK + 4):  # also past a read's end
+        nul = b"\0" * padding
+        assert read(lzma.compress(one) + nul + lzma.compress(two) + nul) == one + two
+        assert read(lzma.compress(one) + nul) == one
+    for junk in (b"ab", b"junk", b"\0\0\0\0xyz"):
+        assert read(lzma.compress(one) + junk) == one
+    for cut in (b"\xfd", b"\xfd7zX", lzma.compress(two)[:9]):
+        with pytest.raises(chrootarchive.CompressionError, match="truncated"):
+            read(lzma.compress(one) + cut)
+
 _PEAK = """
 import io, json, resource, sys
 import chrootarchive

@@ -337,3 +337,42 @@ def test_verbose_lists_what_came_before_an_error(tmp_path: Path) -> None:
     with pytest.raises(chrootarchive.BreakoutError):
         chrootarchive.untar(data, tmp_path / "d", on_entry=seen.append)
     assert seen == ["one", "two"]
+
+
+def _dir_metadata(root: Path) -> dict[str, tuple[int, int]]:
+    """directory name -> (mode, mtime in ns)."""
+    return {str(p.relative_to(root)): (stat.S_IMODE(p.lstat().st_mode), p.lstat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_dir() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("confine", ["pivot", "openat2"])
+def test_a_directory_declared_again_takes_its_last_entrys_mode_and_times(
+        tmp_path: Path, confine: str) -> None:
+    """As with GNU tar and tarfile, the last entry of a directory sets its mode and
+    times; the first one won, and after a file replaced the directory, an entry of the
+    directory that was removed could win over the new one's, when the new one got its
+    inode back (differential fuzzing, issue 16, twentieth round)."""
+    b = tb.TarBuilder()
+    b.dir("d/", mode=0o777, mtime=1000)
+    b.file("d/f", b"f", mtime=1500)
+    b.dir("d/", mode=0o750, mtime=2000)
+    b.dir("locked/", mode=0o000, mtime=1000)
+    b.dir("locked/", mode=0o755, mtime=2500)
+    for i in range(8):  # a directory, a file in its place, the directory again
+        b.dir(f"r{i}/", mode=0o700, mtime=1000 + i)
+        b.file(f"r{i}", b"in the way", mtime=1100)
+        b.dir(f"r{i}/", mode=0o751, mtime=3000 + i)
+        b.dir(f"r{i}/sub/", mode=0o755, mtime=4000)
+    archive = tmp_path / "a.tar"
+    b.write(archive)
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xpf", str(archive), "-C", str(gnu)], check=True)
+    expected = _dir_metadata(gnu)
+    assert expected["d"] == (0o750, 2000 * 10**9) and expected["r7"] == (0o751, 3007 * 10**9)
+    ours = tmp_path / "ours"
+    chrootarchive.untar(archive, ours, UnpackOptions(confine=confine))
+    assert _dir_metadata(ours) == expected
+    cli = run_cli("untar", archive, tmp_path / "cli")
+    assert cli.rc == 0, cli.err
+    assert _dir_metadata(tmp_path / "cli") == expected

@@ -1525,6 +1525,11 @@ class Unpacker:
             self.pending_dirs.close()
 
     def _finish_dirs(self) -> None:
+        """Each directory takes the mode and times of its last entry, as with GNU tar
+        and ``tarfile``: the records are read newest first, and a directory already
+        done (by any of its names) is left alone. An older record of a directory that
+        was replaced would otherwise win too, whenever the new one reused its inode."""
+        done: set[tuple[int, int]] = set()
         for path, dev, ino, mode, atime_ns, mtime_ns in self.pending_dirs.newest_first():
             try:
                 fd = self.fs.open_dir(path)
@@ -1532,8 +1537,9 @@ class Unpacker:
                 continue  # replaced or removed since: not ours any more
             try:
                 st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != (dev, ino):
+                if (st.st_dev, st.st_ino) != (dev, ino) or (dev, ino) in done:
                     continue
+                done.add((dev, ino))
                 if stat.S_IMODE(st.st_mode) != mode:
                     os.fchmod(fd, mode)
                 os.utime(fd, ns=(atime_ns, mtime_ns))

@@ -68,10 +68,11 @@ def _too_big(kind: str, what: str, need: int | None, allowance: int) -> LimitExc
         f"the {ceil(allowance)} MiB the limit leaves for decompression; to allow it, use "
         f"{hint} (Limits.max_memory)")
 
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 _MAGIC = (
     (b"\x1f\x8b\x08", "gzip"),
     (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
+    (_XZ_MAGIC, "xz"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
 )
 
@@ -214,8 +215,10 @@ def _xz_dictionary(stream_head: bytes) -> int | None:
 def _xz_chunks(src: Readable, allowance: int | None) -> Iterator[bytes]:
     """xz with bounded output and a memory limit checked before the dictionary is made.
 
-    As ``lzma.LZMAFile`` reads: concatenated streams are read on, and bytes after the
-    last stream that do not start a valid one are ignored.
+    As xz reads: concatenated streams are read on, past the NUL bytes of Stream
+    Padding between and after them (``lzma.LZMAFile`` stops at padding, and loses the
+    streams after it); as ``LZMAFile`` reads, bytes after the last stream that do not
+    start a valid one are ignored, however few.
     """
     import lzma  # loaded for the formats that need it
 
@@ -234,13 +237,17 @@ def _xz_chunks(src: Readable, allowance: int | None) -> Iterator[bytes]:
 
     dec = fresh()
     head = b""
+    later = False  # a stream after the first: what does not start one is ignored
     try:
         while True:
             if dec.eof:
-                data = dec.unused_data or src.read(CHUNK)
-                if not data:
-                    return
-                dec, head = fresh(), data[:64]
+                data = dec.unused_data.lstrip(b"\0")  # Stream Padding
+                while not data:
+                    data = src.read(CHUNK)
+                    if not data:
+                        return
+                    data = data.lstrip(b"\0")
+                dec, head, later = fresh(), data[:64], True
                 try:
                     out = decode(dec, data, head)
                 except lzma.LZMAError:
@@ -250,6 +257,8 @@ def _xz_chunks(src: Readable, allowance: int | None) -> Iterator[bytes]:
                 if dec.needs_input:
                     data = src.read(CHUNK)
                     if not data:
+                        if later and not head.startswith(_XZ_MAGIC[:len(head)]):
+                            return  # too few trailing bytes to be told from a stream
                         raise CompressionError("xz data is truncated")
                     if len(head) < 64:
                         head += data[:64 - len(head)]
