@@ -346,6 +346,23 @@ def test_platform_not_available(multiarch: OCIBuilder, tmp_path: Path) -> None:
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.parametrize("with_platforms", [False, True])
+def test_two_named_images_need_a_ref_even_with_platforms(images: Path, tmp_path: Path,
+                                                        with_platforms: bool) -> None:
+    """index.json names two images: without a reference it is refused, also when both
+    entries carry a platform that matches (the first was unpacked, with nothing said:
+    differential fuzzing, issue 16, twentieth round); with one, that image."""
+    b = OCIBuilder(images / "two")
+    for name in ("first", "second"):
+        extra = {"platform": platform_of("linux", "amd64")} if with_platforms else {}
+        b.tag({**_marker_image(b, name), **extra}, name)
+    with pytest.raises(ImageError, match="choose one by reference"):
+        unpack_image(b.root, tmp_path / "none", platform="linux/amd64")
+    assert not (tmp_path / "none").exists()
+    unpack_image(b.root, tmp_path / "second", platform="linux/amd64", ref="second")
+    assert sorted(os.listdir(tmp_path / "second")) == ["second"]
+
+
 def test_single_image_for_another_platform(images: Path, tmp_path: Path) -> None:
     """Without an index, the config says what the image is: another platform is an
     error when one was asked for, a warning otherwise."""

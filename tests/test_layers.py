@@ -241,6 +241,55 @@ def test_overlay_format_matches_the_kernel(mechanism: str, tmp_path: Path) -> No
                       "keep": "dir", "keep/k2": "k3", "new": "n2", "top": "t4"}
 
 
+
+# A whiteout after the layer's own entries under the same name hides the lower layers'
+# content only (OCI; umoci): the layer's own stays, in either format and whatever the
+# order inside the layer (differential fuzzing against umoci, issue 16, twentieth round).
+OWN_THEN_WHITEOUT = [
+    [("d", "d", None), ("d/lower", "f", b"l0"), ("p", "d", None), ("p/lower", "f", b"l0"),
+     ("a", "d", None), ("a/lower", "f", b"l0"), ("f2", "d", None), ("f2/lower", "f", b"l0")],
+    [("d/x", "f", b"x1"), (".wh.d", "f", b""),  # d only implied by d/x
+     ("p", "d", None), ("p/x", "f", b"x1"), (".wh.p", "f", b""),  # p declared
+     (".wh.a", "f", b""), ("a/x", "f", b"x1"),  # the whiteout first, a then implied
+     ("f2", "f", b"mine"), (".wh.f2", "f", b"")],  # a file of its own
+]
+OWN_THEN_WHITEOUT_TREE = {"d": "dir", "d/x": "x1", "p": "dir", "p/x": "x1", "a": "dir",
+                          "a/x": "x1", "f2": "mine"}
+
+
+def test_a_whiteout_hides_only_lower_content_in_either_format(mechanism: str,
+                                                              tmp_path: Path) -> None:
+    """Applied in order, the two layers give the tree the spec says; in overlay format
+    (each layer a diff, mounted as overlayfs lowers) the kernel shows the same tree:
+    the layer's own directories are opaque, not whiteouts. The first whiteouts removed
+    the layer's own files, or left the lower ones; the last made a whiteout device
+    that ``a/x`` could not be created under."""
+    applied = tmp_path / "applied"
+    aufs = chrootarchive.UnpackOptions(confine=mechanism)
+    opts = chrootarchive.UnpackOptions(whiteout_format="overlay", confine=mechanism)
+    diffs = []
+    for i, entries in enumerate(OWN_THEN_WHITEOUT):
+        path = layer(tmp_path / f"l{i}.tar", entries)
+        chrootarchive.apply_layer(path, applied, aufs)
+        diffs.append(tmp_path / f"diff{i}")
+        chrootarchive.apply_layer(path, diffs[-1], opts)
+    assert listing(applied) == OWN_THEN_WHITEOUT_TREE
+    namespace = "user" if mechanism == "userns" else "trusted"
+    for name in ("d", "p", "a"):
+        assert os.getxattr(diffs[1] / name, f"{namespace}.overlay.opaque") == b"y", name
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lowers = ":".join(str(d) for d in reversed(diffs))
+    if namespace == "user":
+        lowers += ",userxattr"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+         _MOUNT_AND_LIST, lowers, str(mnt)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == OWN_THEN_WHITEOUT_TREE
+
 # -- a directory declared again takes exactly its own xattrs and ACLs ------------------
 
 _MOUNT_AND_XATTRS = r"""

@@ -179,11 +179,7 @@ class LayerRules:
         parent = posixpath.dirname(name) or "."
         if base == OPAQUE:
             if self.overlay:
-                fd = self.fs.open_dir(parent)
-                try:
-                    fsops.with_privilege(lambda: os.setxattr(fd, self.opaque_xattr, b"y"))
-                finally:
-                    os.close(fd)
+                self._make_opaque(self.fs.open_dir(parent))
             elif self.apply_whiteouts:
                 self._empty_lower(parent)
             return
@@ -193,17 +189,47 @@ class LayerRules:
         if original in ("", ".", "..") or "/" in original:
             raise MalformedArchiveError(f"invalid whiteout name {base!r}", entry.name)
         target = original if parent == "." else f"{parent}/{original}"
-        if self.overlay:
+        if self._kept(target):
+            # This layer wrote it, or below it: the whiteout hides the lower layers'
+            # content only (the OCI spec; umoci). A directory of this layer's keeps
+            # what the layer put in it, as if opaque; a file of its own already hides
+            # whatever was below it.
+            self._own_directory_whited_out(target)
+        elif self.overlay:
             make_whiteout(target)
             self.whited_out.add(target)
-        elif self.apply_whiteouts and target not in self.written:
+        elif self.apply_whiteouts:
             self._remove(target)
+
+    def _own_directory_whited_out(self, path: str) -> None:
+        try:
+            fd = self.fs.open_dir(path)  # never through a symlink (O_NOFOLLOW)
+        except OSError:
+            return  # not a directory: nothing lower shows through it
+        if self.overlay:
+            self._make_opaque(fd)
+        else:
+            os.close(fd)
+            if self.apply_whiteouts:
+                self._empty_lower(path)
+
+    def replaces_whiteout(self, path: str) -> bool:
+        """Overlay: ``path`` is a whiteout this layer made, which a directory of the
+        same layer (one it only implies, as a parent) is to replace."""
+        return self.overlay and path in self.whited_out
 
     def directory_made(self, name: str, fd: int) -> None:
         """Overlay: a directory re-created where this layer whited one out hides the
         lower one entirely, so it must be opaque (else lower content shows through)."""
         if self.overlay and name in self.whited_out:
             fsops.with_privilege(lambda: os.setxattr(fd, self.opaque_xattr, b"y"))
+
+    def _make_opaque(self, fd: int) -> None:
+        """Overlay: mark the directory ``fd`` opaque; closes ``fd``."""
+        try:
+            fsops.with_privilege(lambda: os.setxattr(fd, self.opaque_xattr, b"y"))
+        finally:
+            os.close(fd)
 
     # -- removal -------------------------------------------------------------------
 

@@ -519,6 +519,9 @@ class Unpacker:
             try:
                 self.fs.mkdir(prefix, 0o755)
             except FileExistsError:
+                if self.markers and self._dir_over_own_whiteout(prefix, entry_name):
+                    self._remember(prefix, parent_setgid, linked)
+                    continue
                 try:
                     st = self.fs.stat(prefix)  # in-root symlinks to directories are fine
                 except FileNotFoundError:
@@ -545,6 +548,28 @@ class Unpacker:
             if owner is not None and (parent_setgid or owner != (self.euid, self.egid)):
                 self._chown_new_dir(prefix, owner, entry_name)
             self._remember(prefix, parent_setgid, linked)
+
+    def _dir_over_own_whiteout(self, path: str, entry_name: str) -> bool:
+        """Overlay: a parent that this layer implies where it whited out a lower one
+        (``.wh.a``, then ``a/x``): its whiteout gives way to an opaque directory, as
+        when the layer declares ``a/`` itself. False: no whiteout of this layer's is
+        there."""
+        if not self.whiteouts.replaces_whiteout(path):
+            return False
+        st = self.fs.lstat(path)
+        if st is None or not stat.S_ISCHR(st.st_mode) or st.st_rdev != 0:
+            return False  # the layer put something else there since
+        self.fs.unlink(path)
+        self.fs.mkdir(path, 0o755)
+        fd = self.fs.open_dir(path)
+        try:
+            self.whiteouts.directory_made(path, fd)
+        finally:
+            os.close(fd)
+        owner = self.root_owner
+        if owner is not None and owner != (self.euid, self.egid):
+            self._chown_new_dir(path, owner, entry_name)
+        return True
 
     def _remember(self, path: str, setgid: bool, linked: bool = False) -> None:
         """Cache ``path`` as a directory (``linked``: reached through an in-root

@@ -42,6 +42,7 @@ from chrootarchive.image.selection import (
     find_digest,
     normalize_name,
     pick,
+    refuse_several_named_images,
     resolve_manifest,
 )
 
@@ -152,6 +153,7 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         chosen_ref = ref
         desc = pick(candidates, sel, "index.json", top=True)
     else:
+        refuse_several_named_images(top, "index.json")
         desc = pick(top, sel, "index.json", top=True)
         names = desc.names()
         chosen_ref = names[0] if names else None

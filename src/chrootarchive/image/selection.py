@@ -63,6 +63,21 @@ def _index_children(fetch: Fetch, desc: Descriptor, sel: Selection,
     return [parse_descriptor(d, where) for d in entries]
 
 
+def refuse_several_named_images(top: list[Descriptor], where: str) -> None:
+    """A layout's index that names two images (entries with no name in common) is
+    not one image for several platforms: the platform must not choose between them
+    (the first would be unpacked, with nothing said); a reference must."""
+    named = [(d, set(d.names())) for d in top if d.names()]
+    if any(not names & named[0][1] for _, names in named[1:]):
+        raise _several_images([d for d, _ in named], len({d.digest for d in top}), where)
+
+
+def _several_images(listed: list[Descriptor], count: int, where: str) -> ImageError:
+    names = sorted({n for d in listed for n in d.names()})
+    return ImageError(f"the layout holds {count} images; choose one by reference "
+                      f"(names: {', '.join(names[:20]) or 'unnamed'})", where)
+
+
 def pick(candidates: list[Descriptor], sel: Selection, where: str,
          top: bool) -> Descriptor:
     """Choose among an index's entries by platform (containerd's rules)."""
@@ -89,10 +104,7 @@ def pick(candidates: list[Descriptor], sel: Selection, where: str,
         return min(ranked, key=lambda r: (r[0], r[1]))[2]
     unplatformed = [d for d in usable if d.platform is None]
     if top and len(unplatformed) > 1:
-        names = sorted({n for d in unplatformed for n in d.names()})
-        listed = ", ".join(names[:20]) or "unnamed"
-        raise ImageError(f"the layout holds {len(unique)} images; choose one by reference "
-                         f"(names: {listed})", where)
+        raise _several_images(unplatformed, len(unique), where)
     if len(unplatformed) == 1:
         return unplatformed[0]
     available = sorted({str(d.platform) for d in usable if d.platform is not None})
