@@ -929,6 +929,26 @@ def test_cli_nobody_auto_picks_userns(nobody_work, pythonpath, unpriv_base: Path
 
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
+def test_cli_nobody_atomic_failure_removes_directories_it_cannot_enter(
+        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    """A failed ``--atomic`` unpack as 65534 whose first layer made directories of
+    mode 0o000 and 0o500 (with files in them): the second layer's breakout is the
+    error, and the staging directory goes. Unprivileged, its removal was refused: exit
+    70, the breakout unreported, and a staging directory that 65534 could not remove
+    (fuzzing, issue 16, twentieth round)."""
+    work, victim = nobody_work
+    first = _archive(unpriv_base, B().dir("shut", mode=0o000).file("shut/f", b"f")
+                     .dir("ro", mode=0o500).file("ro/g", b"g").dir("ro/sub", mode=0o000)
+                     .build())
+    second = _archive(unpriv_base, B().file("../escape", PWN).build())
+    result = cli_as(pythonpath, "apply-layer", "--atomic", "--confine", mechanism, first,
+                    second, work / "dest" / "rootfs")
+    assert_one_line_error(result, rc=1, mentions=("escape", "leave the destination"))
+    assert os.listdir(work / "dest") == []  # no staging directory left
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pythonpath,
                                                 unpriv_base: Path) -> None:
     """A destination that does not exist yet is created (0755, the user's own), as it is

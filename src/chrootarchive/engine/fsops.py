@@ -153,15 +153,44 @@ def refuse_kernel_filesystem(fd: int, path: str) -> None:
         raise BreakoutError(f"a {kind} mounted inside the destination (refused)", path)
 
 
-def remove_tree_at(parent_fd: int, name: str, where: str = "") -> None:
+def remove_tree_at(parent_fd: int, name: str, where: str = "", *,
+                   force: bool = False) -> None:
     """Remove ``name`` under ``parent_fd`` recursively, walking by descriptors only.
 
     A directory on a kernel file system (a procfs mounted below) is never walked:
     :class:`BreakoutError` naming it (``where`` is ``name``'s path, for the message).
+    ``force``, for a tree of the caller's own outside any jail (a failed ``--atomic``
+    unpack's staging directory): a directory below ``name`` whose mode keeps its owner
+    out (an archive's 0o000 or 0o500) is made 0o700 first, which an unprivileged caller
+    needs (root passes anyway); it goes through ``/proc/self/fd``, never by name.
     """
     stack: list[tuple[int, str, int, str]] = []  # (parent fd, name, own fd, path)
     top = where or name
-    fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+
+    def open_dir(dfd: int, child: str) -> int:
+        try:
+            return os.open(child, OPEN_DIR, dir_fd=dfd)
+        except PermissionError:
+            if not force:
+                raise
+            pinned = os.open(child, OPEN_PATH | os.O_DIRECTORY, dir_fd=dfd)
+            try:
+                os.chmod(f"/proc/self/fd/{pinned}", 0o700)
+            finally:
+                os.close(pinned)
+            return os.open(child, OPEN_DIR, dir_fd=dfd)
+
+    def remove(dfd: int, child: str, directory: bool) -> None:
+        act = os.rmdir if directory else os.unlink
+        try:
+            act(child, dir_fd=dfd)
+        except PermissionError:
+            if not force or dfd == parent_fd:
+                raise
+            os.fchmod(dfd, 0o700)  # a directory of the tree that its owner may not write
+            act(child, dir_fd=dfd)
+
+    fd = open_dir(parent_fd, name)
     refuse_kernel_filesystem(fd, top)
     stack.append((parent_fd, name, fd, top))
     try:
@@ -171,18 +200,18 @@ def remove_tree_at(parent_fd: int, name: str, where: str = "") -> None:
             with os.scandir(dfd) as it:
                 for entry in it:
                     if entry.is_dir(follow_symlinks=False):
-                        child = os.open(entry.name, OPEN_DIR, dir_fd=dfd)
+                        child = open_dir(dfd, entry.name)
                         child_path = f"{path}/{entry.name}"
                         refuse_kernel_filesystem(child, child_path)
                         stack.append((dfd, entry.name, child, child_path))
                         descended = True
                         break
-                    os.unlink(entry.name, dir_fd=dfd)
+                    remove(dfd, entry.name, False)
             if descended:
                 continue
             stack.pop()
             os.close(dfd)
-            os.rmdir(pname, dir_fd=pfd)
+            remove(pfd, pname, True)
     finally:
         for _pfd, _pname, dfd, _path in stack:
             os.close(dfd)

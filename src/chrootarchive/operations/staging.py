@@ -28,10 +28,12 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _remove(parent_fd: int, name: str) -> None:
+    """Remove a staging directory of ours, also below directories whose modes (the
+    archive's 0o000, say) would keep an unprivileged owner out."""
     from chrootarchive.engine.fsops import remove_tree_at  # ctypes: only to clean up
 
     with contextlib.suppress(FileNotFoundError):
-        remove_tree_at(parent_fd, name)
+        remove_tree_at(parent_fd, name, force=True)
 
 
 def remove_stale(parent: str) -> int:
@@ -153,7 +155,10 @@ def atomic_destination(dest: str) -> Iterator[str]:
                         err, dest, kind=DestinationError,
                         action="cannot rename into place") from err
             except BaseException:
-                _remove(parent_fd, stage)
+                # The unpack's own error is the one to report; a staging directory that
+                # cannot go now is a stale one to the next run (remove_stale).
+                with contextlib.suppress(OSError):
+                    _remove(parent_fd, stage)
                 raise
         finally:
             os.close(stage_fd)
