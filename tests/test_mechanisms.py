@@ -949,6 +949,30 @@ def test_cli_nobody_atomic_failure_removes_directories_it_cannot_enter(
 
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
+def test_cli_nobody_read_only_files_keep_their_xattrs_and_modes(
+        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    """Read-only files with a ``user.*`` xattr, small and large (the writer thread's):
+    setting a ``user.*`` xattr needs write permission, which the unprivileged owner of a
+    0o444 file lacks. The file gets its mode after its xattrs; under ``openat2`` the
+    whole unpack failed on it (fuzzing, issue 16, twentieth round)."""
+    work, victim = nobody_work
+    b = B()
+    files = {"ro": (0o444, b"r"), "none": (0o000, b"n"), "big": (0o440, b"b" * (300 << 10)),
+             "rw": (0o644, b"w")}
+    for name, (mode, data) in files.items():
+        b.pax_file(name, data, records={"SCHILY.xattr.user.k": name}, mode=mode)
+    result = cli_as(pythonpath, "untar", "--confine", mechanism,
+                    _archive(unpriv_base, b.build()), work / "dest")
+    assert result.rc == 0, result.err
+    for name, (mode, data) in files.items():
+        path = work / "dest" / name
+        assert stat.S_IMODE(path.lstat().st_mode) == mode, name
+        assert os.getxattr(path, "user.k") == name.encode(), name
+        assert path.read_bytes() == data, name
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pythonpath,
                                                 unpriv_base: Path) -> None:
     """A destination that does not exist yet is created (0755, the user's own), as it is

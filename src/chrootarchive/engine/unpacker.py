@@ -103,6 +103,19 @@ _PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(p
 _PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
 
+def _creation_mode(entry: TarEntry) -> int:
+    """The mode a regular file is created with: its own, and the owner's write bit
+    while its xattrs are set (``user.*`` ones need write permission, which the
+    unprivileged owner of a 0o444 file lacks; :func:`_mode_after` then sets the mode)."""
+    return entry.mode & 0o777 | (0o200 if entry.xattrs else 0)
+
+
+def _mode_after(entry: TarEntry) -> bool:
+    """Whether a file's mode is set once its owner and xattrs are: setuid, setgid and
+    sticky bits (a chown clears them), or a mode it was not created with."""
+    return bool(entry.mode & 0o7000) or bool(entry.xattrs and not entry.mode & 0o200)
+
+
 class _PendingDirs:
     """Directories whose mode and times are applied at the end (deepest first).
 
@@ -778,7 +791,7 @@ class Unpacker:
         return owner != (self.euid, self.egid) or self.dirs.get(parent or ".", True)
 
     def _create_file(self, name: str, entry: TarEntry) -> int:
-        mode = entry.mode & 0o777
+        mode = _creation_mode(entry)
         try:
             return self.create_file(name, mode)
         except FileExistsError:
@@ -798,7 +811,7 @@ class Unpacker:
         asked first); ``helper``: False when that found the helper behind, or an owner
         to set, so that this file is not handed to it either."""
         try:
-            fd = self.create_file(name, entry.mode & 0o777)
+            fd = self.create_file(name, _creation_mode(entry))
         except FileExistsError:
             fd = self._create_file(name, entry)  # clears what is in the way
         if (helper and entry.size and self.finisher is not None
@@ -823,7 +836,7 @@ class Unpacker:
                 size=entry.size if sparse else None,
                 owner=owner if self._needs_chown(owner, name.rpartition("/")[0]) else None,
                 xattrs=entry.xattrs or None,
-                special_mode=entry.mode if entry.mode & 0o7000 else None,
+                special_mode=entry.mode & 0o7777 if _mode_after(entry) else None,
                 atime_ns=atime,
                 mtime_ns=mtime,
             )
@@ -1099,8 +1112,8 @@ class Unpacker:
                 self._chown(fd, owner, entry.name, os.fchown)
             if entry.xattrs:
                 self._xattrs_fd(fd, entry)
-            if entry.mode & 0o7000:
-                os.fchmod(fd, entry.mode)
+            if _mode_after(entry):
+                os.fchmod(fd, entry.mode & 0o7777)
             os.utime(fd, ns=self._times(entry))
         finally:
             os.close(fd)
