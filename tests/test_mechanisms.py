@@ -973,6 +973,27 @@ def test_cli_nobody_read_only_files_keep_their_xattrs_and_modes(
 
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
+def test_cli_nobody_skips_a_hardlink_to_a_skipped_device(
+        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    """Another name of a device node that an unprivileged unpack skips is skipped with
+    it, and counted in the warning; it failed the unpack ("hardlink target does not
+    exist"), and what followed was not unpacked (fuzzing, issue 16, twentieth round).
+    A name that a later entry makes a file again is linked to as usual."""
+    work, victim = nobody_work
+    archive = _archive(unpriv_base, B().chardev("dev/null", 1, 3).hardlink("dev/null2", "dev/null")
+                       .chardev("dev/zero", 1, 5).file("dev/zero", b"now a file")
+                       .hardlink("dev/zero2", "dev/zero").file("etc/after", b"after").build())
+    result = cli_as(pythonpath, "untar", "--confine", mechanism, archive, work / "dest")
+    assert result.rc == 0, result.err
+    assert "3 device nodes skipped" in result.err, result.err
+    dest = work / "dest"
+    assert sorted(os.listdir(dest / "dev")) == ["zero", "zero2"]
+    assert (dest / "dev" / "zero2").read_bytes() == b"now a file"
+    assert (dest / "etc" / "after").read_bytes() == b"after"
+    victim.assert_untouched()
+
+
+@pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pythonpath,
                                                 unpriv_base: Path) -> None:
     """A destination that does not exist yet is created (0755, the user's own), as it is

@@ -268,6 +268,7 @@ class Unpacker:
         self.unmappable: set[tuple[int, int]] = set()
         self.skipped_owners = 0
         self.skipped_devices = 0
+        self.skipped_device_names = layer.NameSet()  # hashed: an archive may hold many
         self.skipped_xattrs = 0  # privileged ones, without privilege
         self.refused_xattrs = 0  # refused by the kernel (EPERM), as Docker and GNU tar skip
         self.refused_example = ""
@@ -1280,11 +1281,16 @@ class Unpacker:
             # in-root symlink (s/f for real/f), or an old file the helper gives back.
             self._settle()
 
+        skipped = [False]
+
         def create() -> None:
             try:
                 self.fs.hardlink(target, name)
             except FileNotFoundError:
                 if self.fs.lstat(target) is None:
+                    if target in self.skipped_device_names:
+                        skipped[0] = True  # another name of a device skipped
+                        return
                     raise ArchiveError(
                         f"hardlink target {entry.linkname!r} does not exist", entry.name
                     ) from None
@@ -1298,6 +1304,8 @@ class Unpacker:
                 raise
 
         self._create(name, entry, create)
+        if skipped[0]:
+            self.skipped_devices += 1
 
     def _special(self, name: str, entry: TarEntry) -> None:
         if entry.kind == tarreader.FIFO:
@@ -1314,6 +1322,7 @@ class Unpacker:
             if not self.limited or entry.kind == tarreader.FIFO:
                 raise
             self.skipped_devices += 1  # devices need real root (CAP_MKNOD in init userns)
+            self.skipped_device_names.add(name)  # a hardlink to it is skipped too
             return
         if entry.kind != tarreader.FIFO and (entry.devmajor or entry.devminor):
             self.filter.made("device nodes")  # not a 0/0 whiteout
