@@ -376,3 +376,21 @@ def test_a_directory_declared_again_takes_its_last_entrys_mode_and_times(
     cli = run_cli("untar", archive, tmp_path / "cli")
     assert cli.rc == 0, cli.err
     assert _dir_metadata(tmp_path / "cli") == expected
+
+
+@pytest.mark.parametrize("confine", ["pivot", "chroot", "userns", "openat2"])
+def test_a_directory_replaced_through_a_symlinked_parent(tmp_path: Path, confine: str) -> None:
+    """``l -> sub``, then a file ``l/e`` where ``sub/e`` is a directory: replaced, as
+    without the symlink, under every mechanism. In a jail the removal opened the parent
+    without following it: "l/e: not a directory" (fuzzing, issue 16, twentieth round)."""
+    b = tb.TarBuilder()
+    b.dir("sub/e/")
+    b.file("sub/e/inner", b"I")
+    b.symlink("l", "sub")
+    b.file("l/e", b"NEW")
+    archive = tmp_path / "a.tar"
+    b.write(archive)
+    dest = tmp_path / "dest"
+    chrootarchive.untar(archive, dest, UnpackOptions(confine=confine))
+    assert (dest / "sub" / "e").read_bytes() == b"NEW"
+    assert os.readlink(dest / "l") == "sub"

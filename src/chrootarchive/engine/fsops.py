@@ -79,9 +79,12 @@ class FileOps:
         os.unlink(path)
 
     def remove_tree(self, path: str) -> None:
-        """Remove a directory and everything below it, never following a symlink."""
+        """Remove a directory and everything below it, never following a symlink below
+        it. Its parent is reached as every path is (in-root symlinks on the way are
+        followed: the jail keeps them inside); opened without following its last
+        component, ``l/e`` under ``l -> sub`` was "not a directory"."""
         parent, _, name = path.rpartition("/")
-        top = self.open_dir(parent or ".")
+        top = os.open(parent or ".", OPEN_DIR & ~os.O_NOFOLLOW)
         try:
             remove_tree_at(top, name, path)
         finally:
