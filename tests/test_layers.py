@@ -198,6 +198,23 @@ print(json.dumps(out))
 """
 
 
+def _overlay_listing(diffs: list[Path], mnt: Path, namespace: str) -> dict[str, str]:
+    """:func:`listing` of the layers' diffs (lowest first) mounted as one overlayfs, in
+    a private mount namespace of a child (``namespace``: of the opaque xattr)."""
+    mnt.mkdir()
+    lowers = ":".join(str(d) for d in reversed(diffs))
+    if namespace == "user":
+        lowers += ",userxattr"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+         _MOUNT_AND_LIST, lowers, str(mnt)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    merged: dict[str, str] = json.loads(proc.stdout)
+    return merged
+
+
 # overlayfs ignores the opaque xattr on a layer's own root directory, so the kernel
 # comparison uses a fourth layer without the root-level marker (documented limit of the
 # overlay format, as in Docker's overlay2 driver).
@@ -224,18 +241,7 @@ def test_overlay_format_matches_the_kernel(mechanism: str, tmp_path: Path) -> No
     assert stat.S_ISCHR((tmp_path / "diff1" / "e").lstat().st_mode)
     namespace = "user" if mechanism == "userns" else "trusted"
     assert os.getxattr(tmp_path / "diff2" / "a", f"{namespace}.overlay.opaque") == b"y"
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    lowers = ":".join(str(d) for d in reversed(diffs))
-    if namespace == "user":
-        lowers += ",userxattr"
-    proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
-         _MOUNT_AND_LIST, lowers, str(mnt)],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    merged = json.loads(proc.stdout)
+    merged = _overlay_listing(diffs, tmp_path / "mnt", namespace)
     assert merged == listing(applied)
     assert merged == {"a": "dir", "a/z": "z3", "a/w": "w3", "a/v": "v4", ".hdir": "dir",
                       "keep": "dir", "keep/k2": "k3", "new": "n2", "top": "t4"}
@@ -277,18 +283,7 @@ def test_a_whiteout_hides_only_lower_content_in_either_format(mechanism: str,
     namespace = "user" if mechanism == "userns" else "trusted"
     for name in ("d", "p", "a"):
         assert os.getxattr(diffs[1] / name, f"{namespace}.overlay.opaque") == b"y", name
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    lowers = ":".join(str(d) for d in reversed(diffs))
-    if namespace == "user":
-        lowers += ",userxattr"
-    proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
-         _MOUNT_AND_LIST, lowers, str(mnt)],
-        capture_output=True, text=True, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == OWN_THEN_WHITEOUT_TREE
+    assert _overlay_listing(diffs, tmp_path / "mnt", namespace) == OWN_THEN_WHITEOUT_TREE
 
 # -- a directory declared again takes exactly its own xattrs and ACLs ------------------
 
