@@ -914,7 +914,7 @@ class TarReader:
             parts.append(self._buf[self._pos : self._pos + n])
             self._pos += n
             left -= n
-        self._skip_padding(-size % BLOCK)
+        self._skip_padding(-size % BLOCK, where, what)
         return b"".join(parts)
 
     def _read_block(self, what: str, where: str) -> bytearray:
@@ -956,11 +956,15 @@ class TarReader:
             self._pos = n
             size -= n
 
-    def _skip_padding(self, size: int) -> None:
-        """Skip block padding; the input may end inside it (as Go and GNU tar allow)."""
+    def _skip_padding(self, size: int, name: str, what: str = "data") -> None:
+        """Skip block padding. The input may not end inside it: GNU tar, bsdtar and
+        ``tarfile`` all say "unexpected EOF", and what followed the entry is lost (a
+        download cut short looked like a whole archive)."""
         if size:
             avail = self._fill(size)  # may move the buffer contents: read _pos after
-            self._pos += min(avail, size)
+            if avail < size:
+                _fail(f"unexpected end of archive: truncated padding after the {what}", name)
+            self._pos += size
 
     def _finish_entry(self, entry: TarEntry) -> None:
         """Skip what the consumer left of the current entry's data, and its padding."""
@@ -968,7 +972,7 @@ class TarReader:
         if self._remaining:
             self._skip_data(self._remaining, entry.name)
             self._remaining = 0
-        self._skip_padding(self._padding)
+        self._skip_padding(self._padding, entry.name)
         self._padding = 0
 
     def _start_data(self, entry: TarEntry) -> TarEntry:
@@ -1041,7 +1045,7 @@ class TarReader:
                 self.global_headers += 1
             elif flag == fmt.VOLTYPE:
                 self._skip_data(size, f"volume header at offset {where}")
-                self._skip_padding(-size % BLOCK)
+                self._skip_padding(-size % BLOCK, f"volume header at offset {where}")
             elif flag == fmt.MULTIVOLTYPE:
                 _fail("multi-volume archives are not supported", self._where(hdr, where))
             else:
