@@ -88,3 +88,49 @@ def test_tqdm_is_a_dependency() -> None:
 
     requires = importlib.metadata.requires("chrootarchive") or []
     assert any(r.startswith("tqdm") and "extra ==" not in r for r in requires)
+
+
+def _closing(redirection: str) -> list[str]:
+    """A prefix that runs the command line with a standard descriptor redirected."""
+    return ["sh", "-c", f'exec {redirection} "$@"', "sh"]
+
+
+@pytest.mark.parametrize("command", ["untar", "list"])
+def test_a_closed_standard_input_named_by_dash_is_a_source_error(
+        tmp_path: Path, command: str) -> None:
+    """``-`` with standard input closed (a daemon's, a CI runner's): one line, exit 4.
+    It was exit 70, "'NoneType' object has no attribute 'isatty'" (fuzzing, issue 16,
+    twentieth round)."""
+    argv = [command, "-"] + ([str(tmp_path / "dest")] if command == "untar" else [])
+    result = run_cli(*argv, prefix=_closing("0<&-"))
+    assert result.rc == 4, result
+    assert result.err == "chrootarchive: error: -: standard input is closed (give ARCHIVE, " \
+                         "or pipe one into -)\n"
+
+
+@pytest.mark.parametrize("closed", ["1>&-", "2>&-"])
+def test_a_closed_stdout_or_stderr_does_not_stop_an_unpack(
+        tmp_path: Path, write_archive, closed: str) -> None:
+    """A closed standard output or error becomes /dev/null, as with GNU tar: the unpack
+    succeeds. With stderr closed it did not run at all; with stdout closed it ended in
+    a traceback, exit 1."""
+    archive = write_archive(tb.TarBuilder().file("f", b"data").build())
+    for argv in (["untar", "-v", archive, tmp_path / "dest"], ["list", "-v", archive]):
+        result = run_cli(*argv, prefix=_closing(closed))
+        assert result.rc == 0 and "Traceback" not in result.err, result
+    assert (tmp_path / "dest" / "f").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("argv", [["untar", "-v"], ["untar", "--json"], ["list", "-v"]])
+def test_a_full_standard_output_is_an_error_not_a_success(
+        tmp_path: Path, write_archive, argv: list[str]) -> None:
+    """Standard output on a full disk (/dev/full): the listing or the JSON document is
+    lost, so the command fails with one line, exit 4. ``untar -v`` said nothing and
+    exited 0 (a thread's traceback); ``list -v`` exited 70; ``--json`` printed two
+    tracebacks."""
+    archive = write_archive(tb.TarBuilder().file("f", b"data").build())
+    dest = [str(tmp_path / "dest")] if argv[0] == "untar" else []
+    result = run_cli(*argv, archive, *dest, prefix=_closing(">/dev/full"))
+    assert result.rc == 4, result
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "no space left" in lines[0], lines

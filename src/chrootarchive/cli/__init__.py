@@ -100,8 +100,45 @@ def _start_worker_early(argv: Sequence[str]) -> bool:
     return True
 
 
+def _open_closed_streams() -> None:
+    """A closed descriptor 0, 1 or 2 (a daemon's, a CI runner's) becomes /dev/null, as
+    GNU tar has it: Python left its stream None (every print failed, exit 70), and
+    the next file opened would have taken its number."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    if not closed:
+        return
+    from chrootarchive.cli import commands
+
+    commands.closed_streams = frozenset(closed)
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what is left for standard output: a reader that went away (``| head``)
+    is quiet, as tar under SIGPIPE; one that cannot take it (a full disk) is an
+    error, exit status 4, and never a success."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return code
+    except OSError as err:
+        print(f"chrootarchive: error: cannot write to standard output: "
+              f"{(err.strerror or str(err)).lower()}", file=sys.stderr)
+        return code or 4
+    return code
+
+
 def entry_point() -> None:
     """The console script and ``python -m chrootarchive``."""
+    _open_closed_streams()
     argv = sys.argv[1:]
     early = _start_worker_early(argv)
     try:
@@ -113,6 +150,9 @@ def entry_point() -> None:
             standby.stop_all()
     # Exit without interpreter shutdown: a feeding thread may still be blocked reading
     # standard input (a worker that stopped early), and finalizing would wait on it.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    code = _flush_stdout(code)
+    try:
+        sys.stderr.flush()
+    except OSError:  # nowhere left to say it
+        code = code or 4
     os._exit(code)

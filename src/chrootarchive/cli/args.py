@@ -12,9 +12,11 @@ import math
 import sys
 
 from chrootarchive._record import replace
+from chrootarchive.cli import commands
 from chrootarchive.cli.commands import UsageError as UsageError
 from chrootarchive.contract import FILTERS
 from chrootarchive.engine.names import EXCLUDE_STYLES
+from chrootarchive.errors import SourceError
 from chrootarchive.jail.confine import MECHANISMS
 from chrootarchive.options import IDMap, Limits, UnpackOptions
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 def archive_input(path: str) -> str:
     """``path``, unless it is ``-`` and standard input is a terminal: GNU tar refuses
     that too (a user who forgot the archive would wait forever, typing into it)."""
+    if path == "-" and 0 in commands.closed_streams:
+        raise SourceError("standard input is closed (give ARCHIVE, or pipe one into -)",
+                          "-")
     if path == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an archive from a terminal "
                          "(give ARCHIVE, or pipe one into -)")

@@ -14,6 +14,12 @@ import sys
 __all__ = ["COMMANDS", "HELP", "Formatter", "UsageError"]
 
 
+#: The standard descriptors that were closed when the command line started (now
+#: /dev/null, set by :func:`chrootarchive.cli.entry_point`): ``-`` then names a
+#: closed standard input, not an empty archive.
+closed_streams: frozenset[int] = frozenset()
+
+
 class UsageError(Exception):
     """A command line that cannot run: reported as one line, exit status 2."""
 

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from chrootarchive.cli.args import archive_input
 from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json
+from chrootarchive.errors import ChrootArchiveError, DestinationError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ _EPILOG = """\
 examples:
   chrootarchive list rootfs.tar.gz
   chrootarchive list -v layer.tar.zst          # mode, owner, size, time, name (tar -tv)
-  chrootarchive list --json image-layer.tar | jq -r '.[] | select(.kind=="chardev") | .name'
+  chrootarchive list --json image-layer.tar | jq -r '.entries[] | select(.kind=="chardev") | .name'
 
 Nothing is unpacked, so no jail is needed; compression is detected. Names are printed
 escaped (control characters as \\xNN): an archive controls them.
@@ -60,4 +61,11 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # `| head`: the reader has what it wanted. Quiet, like tar under SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ChrootArchiveError:
+        raise  # the archive's (an OSError too)
+    except OSError as err:  # standard output's: a full disk
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest: gone
+        raise DestinationError(f"cannot write the listing: "
+                               f"{(err.strerror or str(err)).lower()}",
+                               "standard output") from err
     return 0

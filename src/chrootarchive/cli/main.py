@@ -8,6 +8,7 @@ whatever it imports) is loaded by its ``run`` once the arguments are known to be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -158,6 +159,8 @@ def _fail(args: argparse.Namespace, cls: str, line: str, status: int, message: s
     if getattr(args, "json", False):
         from chrootarchive.cli import output
 
-        output.print_json({"schema_version": output.JSON_SCHEMA_VERSION, "error": {
-            "class": cls, "entry": entry, "message": message, "exit_status": status}})
+        # Standard output may be full: the line above says what failed.
+        with contextlib.suppress(ChrootArchiveError):
+            output.print_json({"schema_version": output.JSON_SCHEMA_VERSION, "error": {
+                "class": cls, "entry": entry, "message": message, "exit_status": status}})
     return status

@@ -3,9 +3,10 @@ people."""
 
 from __future__ import annotations
 
+import os
 import sys
 
-from chrootarchive.errors import printable
+from chrootarchive.errors import DestinationError, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,8 +44,16 @@ def _printable_json(value: Any) -> Any:
 def print_json(data: dict[str, Any]) -> None:
     import json  # only for --json: not at the command line's start
 
-    json.dump(_printable_json(data), sys.stdout)
-    sys.stdout.write("\n")
+    try:
+        sys.stdout.write(json.dumps(_printable_json(data)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: quiet, like tar under SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as err:  # a full disk: an error, never a success
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest: gone
+        raise DestinationError(f"cannot write the JSON document: "
+                               f"{(err.strerror or str(err)).lower()}",
+                               "standard output") from err
 
 
 def print_warnings(warnings: Iterable[str]) -> None:
@@ -87,8 +96,15 @@ class EntryLister:
     def __call__(self, name: str) -> None:
         if self.json:
             self.names.append(name)
-        else:
+            return
+        try:
             sys.stdout.write(printable(name, 0) + "\n")
+        except BrokenPipeError:  # `| head`: quiet from here on, like tar under SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as err:  # a full disk: the unpack goes on, and then fails
+            raise DestinationError(f"cannot write the list of entries: "
+                                   f"{(err.strerror or str(err)).lower()}",
+                                   "standard output") from err
 
     def extra(self) -> dict[str, Any]:
         return {"names": self.names} if self.json else {}

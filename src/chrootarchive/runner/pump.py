@@ -44,22 +44,28 @@ def drive(start: Callable[[], Running], data: int | Iterable[bytes],
     with watch:
         job = start()
         lister = None
+        listing_failed: list[BaseException] = []
         if names is not None:
             fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
-            lister = list_names(fd, names)
+            lister = list_names(fd, names, listing_failed)
         try:
             if not isinstance(data, int):
                 feed_while_alive(job, data)
-            return job.finish()
+            reply = job.finish()
         finally:
             if lister is not None:
                 lister.join()  # the job has ended: its stdout is at its end
             job.close()
+        if listing_failed:
+            raise listing_failed[0]  # the names could not be told (a full disk)
+        return reply
 
 
-def list_names(fd: int, names: Callable[[str], None]) -> threading.Thread:
+def list_names(fd: int, names: Callable[[str], None],
+               failed: list[BaseException] | None = None) -> threading.Thread:
     """A thread that reads NUL-terminated names from ``fd`` until its end (the job's
-    exit), then closes it."""
+    exit), then closes it. What ``names`` raises goes into ``failed`` (the rest is
+    read, not told: the job must not wait on a full pipe)."""
 
     def run() -> None:
         pending = b""
@@ -70,7 +76,14 @@ def list_names(fd: int, names: Callable[[str], None]) -> threading.Thread:
                     return
                 *whole, pending = (pending + data).split(b"\0")
                 for name in whole:
-                    names(name.decode("utf-8", "surrogateescape"))
+                    if failed:
+                        break
+                    try:
+                        names(name.decode("utf-8", "surrogateescape"))
+                    except Exception as err:
+                        if failed is None:
+                            raise
+                        failed.append(err)
         finally:
             os.close(fd)
 
