@@ -330,6 +330,10 @@ class Unpacker:
         self.safe_size = huge if limits.max_file_size is None else limits.max_file_size
         self.create_file = fs.create_file
         self.has_excludes = bool(self.excludes)
+        # GNU tar matches its patterns against the name as stored ("./src/x.js" for
+        # "./src/*.js"): tar-style patterns are tried on it too, not on the clean name
+        # alone (docs/excludes.md).
+        self.stored_names_excluded = options.exclude_style == "tar"
         self.caller_owns = options.filter == "data"  # PEP 706: the owners are the caller's
         self.identity_owner = not (options.no_lchown or self.caller_owns or options.chown
                                    or options.uid_maps or options.gid_maps)
@@ -425,7 +429,9 @@ class Unpacker:
             name = paths.clean_name(name)
         if len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs:
             self._check_entry_limits(name, entry)
-        if self.has_excludes and self.excludes.matches(name):
+        if self.has_excludes and (self.excludes.matches(name) or (
+                self.stored_names_excluded and name != entry.name
+                and self.excludes.matches(entry.name.rstrip("/")))):
             return False
         if self.filtering:
             if not self.filter.keep(entry):
