@@ -292,3 +292,21 @@ def test_data_filter_same_under_every_mechanism(tmp_path: Path) -> None:
                             UnpackOptions(filter="data", confine=confine))
         trees.append(sorted(str(p.relative_to(dest)) for p in dest.rglob("*")))
     assert all(t == trees[0] for t in trees)
+
+
+@pytest.mark.parametrize("kind", ["chardev", "fifo"])
+def test_data_filter_leaves_out_a_hardlink_to_a_dropped_device(tmp_path: Path,
+                                                                kind: str) -> None:
+    """``filter="data"`` drops device nodes and FIFOs so that one stray node does not
+    lose the rest: a hardlink to one is dropped with it, and counted. It failed the
+    unpack ("hardlink target does not exist"), and nothing after it was unpacked
+    (fuzzing, issue 16, twentieth round)."""
+    b = tb.TarBuilder()
+    if kind == "chardev":
+        b.chardev("null", 1, 3)
+    else:
+        b.fifo("null")
+    b.hardlink("null2", "null").file("after.txt", b"hi")
+    result = chrootarchive.untar(b.build(), tmp_path / "d", filter="data")
+    assert sorted(os.listdir(tmp_path / "d")) == ["after.txt"]
+    assert result.warnings == ("filter data: dropped 2 device nodes and FIFOs",)

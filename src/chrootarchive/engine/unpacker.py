@@ -268,7 +268,9 @@ class Unpacker:
         self.unmappable: set[tuple[int, int]] = set()
         self.skipped_owners = 0
         self.skipped_devices = 0
-        self.skipped_device_names = layer.NameSet()  # hashed: an archive may hold many
+        # Device nodes (and FIFOs) not made: skipped without privilege, or left out by
+        # filter data; a hardlink to one is not made either. Hashed: there may be many.
+        self.skipped_device_names = layer.NameSet()
         self.skipped_xattrs = 0  # privileged ones, without privilege
         self.refused_xattrs = 0  # refused by the kernel (EPERM), as Docker and GNU tar skip
         self.refused_example = ""
@@ -435,6 +437,8 @@ class Unpacker:
             return False
         if self.filtering:
             if not self.filter.keep(entry):
+                if entry.kind in (tarreader.CHARDEV, tarreader.BLOCKDEV, tarreader.FIFO):
+                    self.skipped_device_names.add(name)  # a hardlink to it is left out too
                 return False
         elif entry.mode & 0o6000:
             self.filter.note(entry)
@@ -1311,7 +1315,10 @@ class Unpacker:
 
         self._create(name, entry, create)
         if skipped[0]:
-            self.skipped_devices += 1
+            if self.filtering and self.filter.name == "data":
+                self.filter.dropped["device nodes and FIFOs"] += 1
+            else:
+                self.skipped_devices += 1
 
     def _special(self, name: str, entry: TarEntry) -> None:
         if entry.kind == tarreader.FIFO:
