@@ -581,3 +581,19 @@ def test_reserve_option_and_api(tmp_path: Path) -> None:
             "    print(e.exit_status, e.entry, sep='|', file=sys.stderr)\n")
     run = on_tmpfs(mnt, "size=64m", CLI[0], "-c", code, str(archive), str(mnt / "dest"))
     assert run.err.strip() == "1|big", run.err
+
+
+@pytest.mark.slow
+def test_many_directories_fit_the_default_memory_limit(tmp_path: Path) -> None:
+    """160,000 directories, far below the default entry limit: unpacked with the
+    default limits. The directories whose mode and times were set were kept as a set of
+    tuples (115 bytes each), and the run failed at its very end with "limit max_memory
+    exceeded" and a MemoryError's traceback (fuzzing, issue 16, twentieth round)."""
+    archive = tmp_path / "dirs.tar"
+    with archive.open("wb") as out:
+        for i in range(160_000):
+            out.write(tb.header(f"d{i // 1000}/s{i}/", typeflag=tb.DIR, mode=0o755))
+        out.write(bytes(1024))
+    result = run_cli("untar", archive, tmp_path / "dest", timeout=300)
+    assert result.rc == 0 and result.err == "", result
+    assert len(os.listdir(tmp_path / "dest" / "d159")) == 1000

@@ -264,7 +264,9 @@ def test_holes_a_worker_punches_in_the_ring_do_not_harm_the_parent(
     hole is there to read. (A hole in what the parent wrote and the worker has not
     read is the worker spoiling its own input: the parent never reads the ring.)"""
     monkeypatch.setattr(_ring, "WINDOW", SMALL_RING // 4)  # windows that move
-    data = random.Random(7).randbytes(SMALL_RING * 24 + 12345)  # 24 laps and a bit
+    # 64 laps and a bit: the worker frees all it saw at each look, so that the parent is
+    # never more than a lap ahead of it: 64 looks at least, whatever the machine's pace.
+    data = random.Random(7).randbytes(SMALL_RING * 64 + 12345)
     ring = _ring.RingWriter(SMALL_RING)
     fds = ring.child_fds()
     ring_path = f"/proc/{os.getpid()}/fd/{ring.fd}"
@@ -303,7 +305,7 @@ def test_holes_a_worker_punches_in_the_ring_do_not_harm_the_parent(
         ring.close()
     assert not worker.is_alive()
     assert seen["end"] == len(data) and not wrong, (seen, wrong[:5])
-    assert seen["punches"] >= 32 and seen["pages_freed"] >= 16, seen  # real holes
+    assert seen["punches"] >= 32 and seen["pages_freed"] >= 8, seen  # real holes
 
 
 def test_data_skipped_past_the_end_of_the_ring_is_not_waited_for(
