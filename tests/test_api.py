@@ -105,6 +105,13 @@ def test_extractall_reads_like_tarfile(tmp_path: Path) -> None:
         chrootarchive.extractall(link, tmp_path / "link")
     chrootarchive.extractall(link, tmp_path / "trusted", filter="fully_trusted")
     assert os.readlink(tmp_path / "trusted" / "l") == "/etc/passwd"
+    # filter=None is the default, as in tarfile 3.14 (it was fully_trusted, silently);
+    # with options, theirs (the keyword's default overrode them: fuzzing, issue 16).
+    with pytest.raises(BreakoutError):
+        chrootarchive.extractall(link, tmp_path / "none", filter=None)
+    chrootarchive.extractall(link, tmp_path / "options",
+                             options=chrootarchive.UnpackOptions(filter="tar"))
+    assert os.readlink(tmp_path / "options" / "l") == "/etc/passwd"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def extractall(
     source: api.Source,
     path: str | os.PathLike[str] = ".",
     *,
-    filter: str = "data",  # tarfile's name (PEP 706)
+    filter: str | None = None,  # tarfile's name (PEP 706); None: the default
     options: UnpackOptions | None = None,
     excludes: Iterable[str] | None = None,
     atomic: bool | None = None,
@@ -42,9 +42,14 @@ def extractall(
     filter=...)`` would, but confined by the kernel.
 
     ``filter`` takes PEP 706's names (``data``, the default; ``tar``;
-    ``fully_trusted``), not a callable. ``source`` is a path, a binary file object, or
-    the archive as bytes; compression is detected.
+    ``fully_trusted``), not a callable. ``None`` is the default, as in ``tarfile`` from
+    Python 3.14: ``data``, or the filter of ``options`` when they are given (it was
+    ``fully_trusted``, silently, and a keyword default overrode ``options``).
+    ``source`` is a path, a binary file object, or the archive as bytes; compression is
+    detected.
     """
+    if filter is None:
+        filter = options.filter if options is not None else "data"
     return api.untar(source, path, options, filter=filter, excludes=excludes, atomic=atomic,
                      confine=confine, limits=limits, progress=progress)
 
