@@ -134,3 +134,17 @@ def test_a_full_standard_output_is_an_error_not_a_success(
     assert result.rc == 4, result
     lines = result.err.splitlines()
     assert len(lines) == 1 and "cannot write" in lines[0] and "no space left" in lines[0], lines
+
+
+def test_a_full_standard_output_fails_a_stack_of_layers_too(tmp_path: Path,
+                                                            write_archive) -> None:
+    """``apply-layer -v`` of two layers lists them from one worker's stack: the same
+    one-line error, exit 4, when standard output is full (the stack's listing thread
+    printed a traceback and the command exited 0)."""
+    first = write_archive(tb.TarBuilder().file("a", b"a").build())
+    second = write_archive(tb.TarBuilder().file("b", b"b").build())
+    result = run_cli("apply-layer", "-v", first, second, tmp_path / "dest",
+                     prefix=_closing(">/dev/full"))
+    assert result.rc == 4, result
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and "cannot write the list of entries" in lines[0], lines

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict
 
 from chrootarchive.cli.args import archive_input
 from chrootarchive.cli.commands import HELP, Formatter
-from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json
-from chrootarchive.errors import ChrootArchiveError, DestinationError
+from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json, stdout_failed
+from chrootarchive.errors import ChrootArchiveError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,14 +57,8 @@ def run(args: argparse.Namespace) -> int:
             for entry in entries:
                 sys.stdout.write(entry.line(args.verbose) + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:
-        # `| head`: the reader has what it wanted. Quiet, like tar under SIGPIPE.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except ChrootArchiveError:
         raise  # the archive's (an OSError too)
-    except OSError as err:  # standard output's: a full disk
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest: gone
-        raise DestinationError(f"cannot write the listing: "
-                               f"{(err.strerror or str(err)).lower()}",
-                               "standard output") from err
+    except OSError as err:  # standard output's
+        stdout_failed(err, "the listing")
     return 0

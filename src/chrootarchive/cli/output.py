@@ -41,19 +41,24 @@ def _printable_json(value: Any) -> Any:
     return value
 
 
+def stdout_failed(err: OSError, what: str) -> None:
+    """Standard output refused ``what``: from here on it is /dev/null. A reader that
+    went away (``| head``) is quiet, like tar under SIGPIPE; anything else (a full
+    disk) is an error, exit status 4, never a success."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if not isinstance(err, BrokenPipeError):
+        raise DestinationError(f"cannot write {what}: {(err.strerror or str(err)).lower()}",
+                               "standard output") from err
+
+
 def print_json(data: dict[str, Any]) -> None:
     import json  # only for --json: not at the command line's start
 
     try:
         sys.stdout.write(json.dumps(_printable_json(data)) + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away: quiet, like tar under SIGPIPE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as err:  # a full disk: an error, never a success
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest: gone
-        raise DestinationError(f"cannot write the JSON document: "
-                               f"{(err.strerror or str(err)).lower()}",
-                               "standard output") from err
+    except OSError as err:
+        stdout_failed(err, "the JSON document")
 
 
 def print_warnings(warnings: Iterable[str]) -> None:
@@ -99,12 +104,8 @@ class EntryLister:
             return
         try:
             sys.stdout.write(printable(name, 0) + "\n")
-        except BrokenPipeError:  # `| head`: quiet from here on, like tar under SIGPIPE
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError as err:  # a full disk: the unpack goes on, and then fails
-            raise DestinationError(f"cannot write the list of entries: "
-                                   f"{(err.strerror or str(err)).lower()}",
-                                   "standard output") from err
+            stdout_failed(err, "the list of entries")
 
     def extra(self) -> dict[str, Any]:
         return {"names": self.names} if self.json else {}

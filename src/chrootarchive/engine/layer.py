@@ -202,16 +202,16 @@ class LayerRules:
             self._remove(target)
 
     def _own_directory_whited_out(self, path: str) -> None:
+        """Not a directory (opened never through a symlink): nothing lower shows
+        through it, and nothing is done."""
+        if self.apply_whiteouts:
+            self._empty_lower(path)
+            return
         try:
-            fd = self.fs.open_dir(path)  # never through a symlink (O_NOFOLLOW)
+            fd = self.fs.open_dir(path)
         except OSError:
-            return  # not a directory: nothing lower shows through it
-        if self.overlay:
-            self._make_opaque(fd)
-        else:
-            os.close(fd)
-            if self.apply_whiteouts:
-                self._empty_lower(path)
+            return
+        self._make_opaque(fd)
 
     def replaces_whiteout(self, path: str) -> bool:
         """Overlay: ``path`` is a whiteout this layer made, which a directory of the

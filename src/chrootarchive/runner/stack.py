@@ -37,9 +37,10 @@ class Stack:
         self._channel: _socket.socket | None = channel
         self._ring = ring  # the size of each layer's ring (the job's), or 0: pipes
         self._lister: threading.Thread | None = None
+        self._listing_failed: list[BaseException] = []
         if names is not None:
             fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
-            self._lister = pump.list_names(fd, names)
+            self._lister = pump.list_names(fd, names, self._listing_failed)
 
     def apply(self, chunks: Iterable[bytes]) -> JobReply:
         """Apply one layer (its uncompressed tar stream); its result, or the job's error.
@@ -112,9 +113,12 @@ class Stack:
         with contextlib.suppress(OSError):  # ended already: its reply says why
             _channel.send_end(channel)
         try:
-            return self._job.finish()
+            reply = self._job.finish()
         finally:
             self.close()
+        if self._listing_failed:
+            raise self._listing_failed[0]  # the names could not be told (a full disk)
+        return reply
 
     def stop(self) -> None:
         """Apply nothing more: end the job once it has finished the layer it was given
