@@ -12,8 +12,10 @@ the same rules (docs/filters.md has the table beside tarfile's):
   file capability, their xattr twin).
 - ``data``: ``tar``'s rules; no device node or FIFO (dropped and counted: tarfile
   refuses them); no symlink to an absolute path (refused, as tarfile does: whoever
-  reads the tree later would follow it); regular files get owner read and write, and
-  lose group and other execute where the owner has none; directories get the caller's
+  reads the tree later would follow it), nor one that leads out through the symlinks
+  on its way (the unpacker follows them once all is written: :mod:`.linkwalk`);
+  regular files get owner read and write, and lose group and other execute where the
+  owner has none; directories get the caller's
   default mode (``0777 & ~umask``); only ``user.*`` xattrs; the owners are the
   caller's.
 

@@ -62,6 +62,9 @@ class FileOps:
     def symlink(self, target: str, path: str) -> None:
         os.symlink(target, path)
 
+    def readlink(self, path: str) -> str:
+        return os.readlink(path)
+
     def hardlink(self, target: str, path: str) -> None:
         os.link(target, path, follow_symlinks=False)
 

@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 
-from chrootarchive.engine import acl, filters, fsops, idmap, layer, space
+from chrootarchive.engine import acl, filters, fsops, idmap, layer, linkwalk, space
 from chrootarchive.engine import names as paths
 from chrootarchive.engine.filewriter import FileMetadata, FileWriter
 from chrootarchive.errors import (
@@ -100,6 +100,11 @@ class UnpackStats:
 
 
 _PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
+_NAME_ONLY = struct.Struct("<I")  # len(path)
+# What following the symlinks made under filter data may cost (lstat calls): enough for
+# any real tree, and a bound on what a tangle of symlinks can make it take.
+_LINK_LOOKUPS = 1 << 16
+_LINK_LOOKUPS_PER_ENTRY = 64
 _PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
 
@@ -116,8 +121,10 @@ def _mode_after(entry: TarEntry) -> bool:
     return bool(entry.mode & 0o7000) or bool(entry.xattrs and not entry.mode & 0o200)
 
 
-class _PendingDirs:
-    """Directories whose mode and times are applied at the end (deepest first).
+class _Records:
+    """Names with a few numbers each, kept until the end of the unpack: the directories
+    whose mode and times are applied then (deepest first), and the symlinks that the
+    ``data`` filter follows then (:mod:`.linkwalk`).
 
     Packed, a directory is its name and 40 bytes (as objects it was about 300). Past
     :data:`_PENDING_BUDGET` the records go to a spill file: an unnamed file
@@ -126,19 +133,19 @@ class _PendingDirs:
     memory limit).
     """
 
-    __slots__ = ("_data", "_open_spill", "_segments", "_spill")
+    __slots__ = ("_data", "_fields", "_open_spill", "_segments", "_spill")
 
-    def __init__(self, open_spill: Callable[[], int]) -> None:
-        self._data = bytearray()  # records: the name, then _PENDING (read backwards)
+    def __init__(self, open_spill: Callable[[], int], fields: struct.Struct) -> None:
+        self._data = bytearray()  # records: the name, then its fields (read backwards)
+        self._fields = fields  # the last one is the name's length
         self._open_spill = open_spill
         self._spill = -2  # -2: not opened yet, -1: none to be had
         self._segments: list[tuple[int, int]] = []  # (offset, size) in the spill file
 
-    def append(self, path: str, dev: int, ino: int, mode: int, atime_ns: int,
-               mtime_ns: int) -> None:
+    def append(self, path: str, *values: int) -> None:
         name = os.fsencode(path)
         self._data += name
-        self._data += _PENDING.pack(dev, ino, mode, atime_ns, mtime_ns, len(name))
+        self._data += self._fields.pack(*values, len(name))
         if len(self._data) > _PENDING_BUDGET:
             self._flush()
 
@@ -158,26 +165,26 @@ class _PendingDirs:
         self._segments.append((offset, len(self._data)))
         self._data = bytearray()
 
-    def newest_first(self) -> Iterator[tuple[str, int, int, int, int, int]]:
-        """(path, dev, ino, mode, atime_ns, mtime_ns), the last appended first."""
+    def newest_first(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """(path, its numbers), the last appended first."""
         yield from self._records(self._data)
         for offset, size in reversed(self._segments):
             data = bytearray()
             while len(data) < size:
                 got = os.pread(self._spill, size - len(data), offset + len(data))
                 if not got:
-                    raise OSError(errno.EIO, "the spill file of pending directories is short")
+                    raise OSError(errno.EIO, "a spill file of records is short")
                 data += got
             yield from self._records(data)
 
-    @staticmethod
-    def _records(data: bytearray) -> Iterator[tuple[str, int, int, int, int, int]]:
+    def _records(self, data: bytearray) -> Iterator[tuple[str, tuple[int, ...]]]:
+        fields = self._fields
         end = len(data)
         while end:
-            end -= _PENDING.size
-            dev, ino, mode, atime, mtime, size = _PENDING.unpack_from(data, end)
+            end -= fields.size
+            *values, size = fields.unpack_from(data, end)
             end -= size
-            yield os.fsdecode(bytes(data[end:end + size])), dev, ino, mode, atime, mtime
+            yield os.fsdecode(bytes(data[end:end + size])), tuple(values)
 
     def close(self) -> None:
         if self._spill >= 0:
@@ -310,7 +317,10 @@ class Unpacker:
         # never creates one by name, and the worker settles with the helper before it
         # creates one (a file the helper is still creating could be the same file).
         self.aliased: set[str] = set()
-        self.pending_dirs = _PendingDirs(self._open_spill)
+        self.pending_dirs = _Records(self._open_spill, _PENDING)
+        # filter data: the symlinks made, followed once all is written (_check_data_links).
+        self.data_links = (_Records(self._open_spill, _NAME_ONLY)
+                           if options.filter == "data" else None)
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -363,7 +373,12 @@ class Unpacker:
                     self.writer.drain()
         except BaseException:
             self.pending_dirs.close()  # its spill file, if any
+            try:
+                self._check_data_links(failing=True)
+            except Exception:  # the first error is the one to report
+                pass
             raise
+        self._check_data_links()
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
@@ -1259,6 +1274,8 @@ class Unpacker:
 
     def _symlink(self, name: str, entry: TarEntry) -> None:
         paths.check_symlink(name, entry.linkname, entry.name)
+        if self.data_links is not None:
+            self.data_links.append(name)
         finisher = self.finisher
         if (finisher is not None and self.by_name and self.identity_owner
                 and not entry.xattrs and entry.uid == self.euid and entry.gid == self.egid
@@ -1314,6 +1331,10 @@ class Unpacker:
                 raise
 
         self._create(name, entry, create)
+        if self.data_links is not None and not skipped[0]:
+            st = self.fs.lstat(name)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                self.data_links.append(name)  # another name of a symlink: followed too
         if skipped[0]:
             if self.filtering and self.filter.name == "data":
                 self.filter.dropped["device nodes and FIFOs"] += 1
@@ -1568,6 +1589,55 @@ class Unpacker:
 
     # -- the end ------------------------------------------------------------------
 
+    def _check_data_links(self, *, failing: bool = False) -> None:
+        """filter data: no symlink made leads out of the destination, now that all is
+        written (:mod:`.linkwalk`: a lexical check at each entry cannot see it). Those
+        that do are removed, and the first is the error. After another error
+        (``failing``) they are only removed. Past the lookups the archive's size allows,
+        every symlink not yet checked is removed, and that is the error."""
+        links = self.data_links
+        if links is None:
+            return
+        self.data_links = None
+        budget = _LINK_LOOKUPS + _LINK_LOOKUPS_PER_ENTRY * self.stats.entries
+        walk: linkwalk.LinkWalk | None = linkwalk.LinkWalk(self.fs, budget)
+        refused: tuple[str, str] | None = None
+        removed = 0
+        path = ""
+        try:
+            for path, _ in links.newest_first():
+                if walk is not None:
+                    try:
+                        target = walk.leaves(path)
+                    except linkwalk.TooManyLookups:
+                        walk = None
+                if walk is None:  # not checked: removed unless it is no symlink now
+                    st = self.fs.lstat(path)
+                    if st is None or not stat.S_ISLNK(st.st_mode):
+                        continue
+                elif target is None:
+                    continue
+                else:
+                    refused = (path, target)  # read newest first: the archive's first
+                self.fs.unlink(path)
+                removed += 1
+        except OSError as err:
+            raise self._os_error(err, path) from err
+        finally:
+            links.close()
+        if failing:
+            return
+        if walk is None:
+            raise ArchiveError(
+                f"the data filter could not follow the archive's symlinks in {budget:,} "
+                f"lookups (a tangle of symlinks); the {removed:,} not followed were removed")
+        if refused is not None:
+            path, target = refused
+            more = f"; {removed - 1:,} more like it removed" if removed > 1 else ""
+            raise BreakoutError(
+                f"symlink target {target!r} leads out of the destination through the "
+                f"symlinks on its way: refused by the data filter, and removed{more}", path)
+
     def _open_spill(self) -> int:
         """An unnamed file in the destination (gone when closed), for state that does
         not fit in the worker's memory."""
@@ -1593,7 +1663,7 @@ class Unpacker:
         a set of tuples took 115 bytes a directory, and 150,000 directories ran out of
         the default memory limit."""
         done = layer.NameSet()
-        for path, dev, ino, mode, atime_ns, mtime_ns in self.pending_dirs.newest_first():
+        for path, (dev, ino, mode, atime_ns, mtime_ns) in self.pending_dirs.newest_first():
             try:
                 fd = self.fs.open_dir(path)
             except OSError:

@@ -145,6 +145,13 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(pfd)
 
+    def readlink(self, path: str) -> str:
+        fd = self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            return os.readlink("", dir_fd=fd)  # readlinkat(2) of the link itself
+        finally:
+            os.close(fd)
+
     def hardlink(self, target: str, path: str) -> None:
         sfd, sname = self._parent(target)
         try:
