@@ -15,9 +15,8 @@ the same rules (docs/filters.md has the table beside tarfile's):
   reads the tree later would follow it), nor one that leads out through the symlinks
   on its way (the unpacker follows them once all is written: :mod:`.linkwalk`);
   regular files get owner read and write, and lose group and other execute where the
-  owner has none; directories get the caller's
-  default mode (``0777 & ~umask``); only ``user.*`` xattrs; the owners are the
-  caller's.
+  owner has none; directories get the caller's default mode (``0777 & ~umask``);
+  only ``user.*`` xattrs; the owners are the caller's.
 
 Names, hardlinks and symlinks that climb out of the destination are refused under
 every filter (Docker's rule).
