@@ -45,7 +45,9 @@ from chrootarchive.options import (
 #: the job lists the names it unpacks (-v, on_entry).
 SPEC_ONLY = {"umask", "verbose",
              # What an image's earlier parts used (limits_after), counted by the engine.
-             "used_bytes", "used_entries", "used_seconds"}
+             "used_bytes", "used_entries", "used_seconds",
+             # The file the archive is written to (tar(archive_fds=...)): not packed.
+             "archive_files"}
 #: What only the parent acts on: never sent to a job.
 PARENT_ONLY = {
     UnpackOptions: {"confine", "atomic"},

@@ -568,3 +568,21 @@ def test_cli_help_has_examples() -> None:
     result = run_cli("--help")
     assert " tar " in result.out and " cp " in result.out
 
+
+
+@pytest.mark.parametrize("dst", ["src/sub", "src/", "src/d/x"])
+def test_cp_refuses_to_copy_a_directory_into_itself(tmp_path: Path, dst: str) -> None:
+    """GNU cp's "cannot copy a directory into itself": the copy read what it wrote, for
+    as long as the walk kept finding it. A symlink to the directory is copied as a
+    symlink, and may go anywhere."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "f").write_bytes(b"f")
+    (src / "self").symlink_to(".")
+    before = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
+    result = run_cli("cp", "src" if dst != "src/" else "src/.", dst, cwd=tmp_path)
+    assert_one_line_error(result, rc=4, mentions=("into itself",))
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == before
+    result = run_cli("cp", "src/self", "src/d/", cwd=tmp_path)
+    assert result.rc == 0, result.err
+    assert os.readlink(src / "d" / "self") == "."

@@ -750,3 +750,42 @@ def test_special_files_keep_their_kind(mechanism: str, tmp_path: Path) -> None:
         10, 200)
     assert by_name["blk"].isblk() and (by_name["blk"].devmajor, by_name["blk"].devminor) == (
         7, 1)
+
+
+def test_tar_leaves_its_own_output_out(tmp_path: Path) -> None:
+    """An archive written inside its own source is not packed into itself, as GNU tar
+    says "file is the archive; not dumped": neither the file being written, nor the
+    old archive it replaces, nor a standard output redirected into the tree. It packed
+    its own partial output (fuzzing the command line, issue 16, twentieth round)."""
+    from helpers.cli import CLI, run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    (src / "out.tar").write_bytes(b"an old archive")
+    result = run_cli("tar", src, "-o", src / "out.tar")
+    assert result.rc == 0, result.err
+    with tarfile.open(src / "out.tar") as archive:
+        assert archive.getnames() == ["a"]
+    assert result.err.count("file is the archive; not dumped") == 2, result.err
+    assert sorted(os.listdir(src)) == ["a", "out.tar"]  # no partial file left
+    with open(src / "stdout.tar", "wb") as out:
+        proc = subprocess.run([*CLI, "tar", str(src)], stdout=out, stderr=subprocess.PIPE,
+                              check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"stdout.tar: file is the archive; not dumped" in proc.stderr
+    with tarfile.open(src / "stdout.tar") as archive:
+        assert sorted(archive.getnames()) == ["a", "out.tar"]
+
+
+def test_tar_api_leaves_the_archive_file_out(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    with open(src / "self.tar", "wb") as out:
+        with ca.tar(src, archive_fds=[out.fileno()]) as stream:
+            shutil.copyfileobj(stream, out)
+        assert stream.result is not None
+        assert any("self.tar: file is the archive" in w for w in stream.result.warnings)
+    with tarfile.open(src / "self.tar") as archive:
+        assert archive.getnames() == ["a"]

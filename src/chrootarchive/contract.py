@@ -279,6 +279,7 @@ class PackSpec(_Record):
     """
 
     __slots__ = (
+        "archive_files",
         "chown",
         "excludes",
         "gid_maps",
@@ -303,6 +304,8 @@ class PackSpec(_Record):
     group_names: dict[str, str]
     xattrs: bool
     whole_second_mtimes: bool
+    #: ``"dev:ino"`` of the file the archive is written to: never packed into itself.
+    archive_files: tuple[str, ...]
 
 
 class JobRequest(_Record):

@@ -559,9 +559,10 @@ def _caller_umask() -> int:
     return _host.current_umask()
 
 
-def pack_spec(options: PackOptions) -> PackSpec:
+def pack_spec(options: PackOptions, archive_files: tuple[str, ...] = ()) -> PackSpec:
     """What the pack job reads of ``options`` (compression is the parent's business)."""
     return PackSpec(
+        archive_files=archive_files,
         include_files=tuple(options.include_files), excludes=tuple(options.excludes),
         rebase_names=dict(options.rebase_names),
         include_source_dir=options.include_source_dir, chown=options.chown,

@@ -18,6 +18,7 @@ from chrootarchive.options import PackOptions, UnpackOptions
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from chrootarchive.operations.copy import TarStream
@@ -35,7 +36,8 @@ the tree by directory descriptors and never follows a symlink below SRC, so noth
 outside ROOT can be read, even by someone who swaps a directory for a symlink while it
 runs. SRC's last component is packed as it is (a symlink as a symlink) unless SRC ends
 with '/' or '/.'. Owners are numeric; names are never looked up. Compression happens
-outside the jail. Sockets are skipped with a warning.
+outside the jail. Sockets are skipped with a warning, and so is OUT when it is inside
+SRC (as GNU tar's "file is the archive; not dumped").
 
 exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
 read or output cannot be written, 70 internal error.
@@ -54,7 +56,7 @@ SRC's contents into DST. Directories are copied whole (modes, numeric owners, ti
 xattrs, hardlinks, devices); DST's parents are created if missing. The reading side is
 jailed at --from-root (else at SRC or its directory) and follows no symlink below SRC;
 the writing side is jailed at --to-root (else at DST's directory), so symlinks in
-either root resolve inside it.
+either root resolve inside it. A directory is never copied into itself.
 
 exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
 read or destination cannot be written, 70 internal error.
@@ -178,13 +180,13 @@ def run_tar(args: argparse.Namespace) -> int:
     from chrootarchive.operations.copy import tar
 
     bar = ByteProgress(None, enabled=not args.quiet and sys.stderr.isatty(), desc="packing")
+    where = "standard output" if to_stdout else args.output
     try:
-        with tar(args.src, args.root, options, progress=bar.update) as stream:
-            if to_stdout:
-                sys.stdout.flush()
-                _copy_out(stream, sys.stdout.fileno(), "standard output")
-            else:
-                _write_file(stream, args.output)
+        # The output is opened first: when it is inside SRC, it is not packed into itself.
+        with _output(args.output) as fds, tar(args.src, args.root, options,
+                                              progress=bar.update,
+                                              archive_fds=fds) as stream:
+            _copy_out(stream, fds[0], where)
             result = stream.result
     finally:
         bar.close()
@@ -209,9 +211,16 @@ def _copy_out(stream: TarStream, fd: int, where: str) -> None:
             view = view[written:]
 
 
-def _write_file(stream: TarStream, path: str) -> None:
-    """Write the archive to ``path``: a regular file appears whole or not at all (it is
-    written beside and renamed into place); a device or FIFO is written directly."""
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[tuple[int, ...]]:
+    """Descriptors of where the archive goes: the first is written, and any other is
+    the file it will replace. A regular file appears whole or not at all: it is written
+    beside, then renamed into place; standard output, a device or a FIFO is written
+    directly."""
+    if path == "-":
+        sys.stdout.flush()
+        yield (sys.stdout.fileno(),)
+        return
     try:
         st: os.stat_result | None = os.stat(path)
     except OSError:
@@ -223,7 +232,7 @@ def _write_file(stream: TarStream, path: str) -> None:
             reason = (err.strerror or str(err)).lower()
             raise DestinationError(f"cannot open the output: {reason}", path) from err
         try:
-            _copy_out(stream, fd, path)
+            yield (fd,)
         finally:
             os.close(fd)
         return
@@ -235,14 +244,19 @@ def _write_file(stream: TarStream, path: str) -> None:
     except OSError as err:
         reason = (err.strerror or str(err)).lower()
         raise DestinationError(f"cannot create the archive: {reason}", path) from err
+    replaced = -1
     try:
         try:
             mask = os.umask(0)
             os.umask(mask)
             os.fchmod(fd, 0o666 & ~mask)
-            _copy_out(stream, fd, path)
+            with contextlib.suppress(OSError):  # none yet, or not ours to read
+                replaced = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            yield (fd,) if replaced < 0 else (fd, replaced)
         finally:
             os.close(fd)
+            if replaced >= 0:
+                os.close(replaced)
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -211,6 +211,8 @@ class Packer:
         self.kinds: dict[int, str | None] = {}
         self.entries = 0
         self.size = 0
+        #: "dev:ino" of the file being written: GNU tar's "file is the archive".
+        self.archive_files = frozenset(options.archive_files)
 
     # -- naming and owners ----------------------------------------------------------
 
@@ -738,6 +740,9 @@ class Packer:
                     self.noatime = 0
                 except OSError as err:
                     raise _source_error(err, where(rel)) from err
+            if self.archive_files and f"{st.st_dev}:{st.st_ino}" in self.archive_files:
+                self.warn(f"{where(rel)}: file is the archive; not dumped")
+                return None
             archived = self._archive_name(rel, False, single)
             first = self._first_link(st, archived)
             if first is not None:

@@ -17,7 +17,7 @@ import io
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Protocol, cast
 
 from chrootarchive import _linux
@@ -25,6 +25,7 @@ from chrootarchive._record import replace
 from chrootarchive.contract import JobRequest
 from chrootarchive.errors import (
     ConfinementError,
+    DestinationError,
     MechanismUnavailableError,
     SourceError,
     from_os_error,
@@ -193,6 +194,7 @@ def tar(
     options: PackOptions | None = None,
     *,
     progress: Progress | None = None,
+    archive_fds: Sequence[int] = (),
 ) -> TarStream:
     """Make a tar stream of ``src``, read by a worker jailed at ``root``.
 
@@ -208,6 +210,10 @@ def tar(
         options: what to include, names, owners, compression (:class:`PackOptions`).
         progress: called with the number of tar bytes read from the worker so far
             (cumulative, like tqdm's ``n``), as they come.
+        archive_fds: descriptors of the file the stream is written to (and of one it
+            will replace), when it may be inside ``src``: such a file is left out
+            with a warning, as GNU tar's "file is the archive; not dumped" (it would
+            be packed into itself).
 
     Returns:
         A :class:`TarStream`: read it to the end, then close it (or use ``with``).
@@ -225,11 +231,23 @@ def tar(
     except OSError as err:
         raise from_os_error(err, jail, kind=SourceError) from err
     try:
-        source = _start(root_fd, inner, options, mechanisms, os.fspath(src))
+        source = _start(root_fd, inner, options, mechanisms, os.fspath(src),
+                        _regular_file_ids(archive_fds))
     finally:
         os.close(root_fd)
     return TarStream(source, options.compression, options.compression_level,
                      api.cumulative(progress))
+
+
+def _regular_file_ids(fds: Sequence[int]) -> tuple[str, ...]:
+    """``"dev:ino"`` of each of ``fds`` that is a regular file (a pipe or a terminal
+    cannot be in the tree)."""
+    ids = []
+    for fd in fds:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            ids.append(f"{st.st_dev}:{st.st_ino}")
+    return tuple(ids)
 
 
 def _reason(err: OSError) -> str:
@@ -295,11 +313,12 @@ def _locate(src: str, root: str | None) -> tuple[str, str]:
 
 
 def _start(
-    root_fd: int, inner: str, options: PackOptions, mechanisms: list[str], display: str
+    root_fd: int, inner: str, options: PackOptions, mechanisms: list[str], display: str,
+    archive_files: tuple[str, ...] = (),
 ) -> Running:
     """Start the pack with the first mechanism the kernel accepts."""
-    request = JobRequest.make(
-        "pack", create_dest=False, src=inner, display=display, pack=pack_spec(options))
+    request = JobRequest.make("pack", create_dest=False, src=inner, display=display,
+                              pack=pack_spec(options, archive_files))
 
     def attempt(mechanism: str) -> Running:
         running = ladder.start(root_fd, request.replace(mechanism=mechanism), stdout_pipe=True)
@@ -453,4 +472,37 @@ def copy_path(
         else:
             untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
         pack_options = replace(base, include_source_dir=True, rebase_names={".": new_name})
+        target = posixpath.join(untar_dir, new_name)
+    _refuse_copy_into_itself(source, src_root, target, dst_root)
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)
+
+
+def _host_path(path: str, root: PathLike | None) -> str | None:
+    """Where ``path`` (inside ``root``, if given) is on the host, its symlinks resolved
+    as far as it exists; None where the host would resolve it out of ``root`` (the
+    jail resolves such a symlink inside it: the host's view says nothing then)."""
+    if root is None:
+        return os.path.realpath(path)
+    top = os.path.realpath(root)
+    found = os.path.realpath(os.path.join(top, path.lstrip("/")))
+    return found if found == top or found.startswith(top.rstrip("/") + "/") else None
+
+
+def _refuse_copy_into_itself(source: str, src_root: PathLike | None, target: str,
+                             dst_root: PathLike | None) -> None:
+    """GNU cp's "cannot copy a directory into itself": the copy would read what it
+    writes, and grow for as long as the walk keeps finding it. Seen from the host: a
+    guard for a mistake, not the confinement (the jails resolve the paths)."""
+    src_path = _host_path(source, src_root)
+    parent = _host_path(posixpath.dirname(source.rstrip("/")) or ".", src_root)
+    if src_path is None or parent is None or not os.path.isdir(src_path):
+        return
+    if not source.endswith(("/", "/.")) and os.path.islink(
+            os.path.join(parent, posixpath.basename(source))):
+        return  # the symlink itself is copied
+    dst_path = _host_path(target, dst_root)
+    if dst_path is None:
+        return
+    if dst_path == src_path or dst_path.startswith(src_path.rstrip("/") + "/"):
+        raise DestinationError(
+            f"cannot copy a directory, {source!r}, into itself ({target!r})", target)
