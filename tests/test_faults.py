@@ -306,6 +306,18 @@ def test_input_closed_early_compressed(tmp_path: Path) -> None:
     assert_one_line_error(result, rc=1, mentions=("truncated",))
 
 
+def test_bytes_after_gzip_data_are_named_as_such(tmp_path: Path) -> None:
+    """GNU gzip: "decompression OK, trailing garbage ignored" (and GNU tar exits 2).
+    The message said only "truncated", of an archive that was whole; trailing zeros
+    (a tape's padding) are accepted, as gzip accepts them."""
+    data = tb.compress(B().file("a", b"x").build(), "gzip")
+    result = run_cli("untar", "-", tmp_path / "dest", input=data + b"garbage!")
+    assert_one_line_error(result, rc=1, mentions=(
+        "gzip data is truncated, or followed by bytes that are not gzip data",))
+    result = run_cli("untar", "-", tmp_path / "zeros", input=data + bytes(1024))
+    assert result.rc == 0, result.err
+
+
 def test_empty_input_is_an_empty_archive(tmp_path: Path) -> None:
     result = run_cli("untar", "-", tmp_path / "dest", input=b"")
     assert result.rc in (0, 1), result

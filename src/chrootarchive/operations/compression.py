@@ -517,7 +517,11 @@ def decompressed_chunks(
                         return
                     yield data
         except EOFError as err:
-            raise CompressionError(f"{kind} data is truncated") from err
+            # A gzip member cut short, or bytes after the last one that are not one
+            # (GNU gzip: "trailing garbage"): the decoder tells them apart for neither.
+            raise CompressionError(f"{kind} data is truncated" + (
+                ", or followed by bytes that are not gzip data" if kind == "gzip" else "")
+            ) from err
         except OSError as err:
             if err.errno is not None:  # reading the input failed, not decoding it
                 raise
