@@ -7,14 +7,19 @@ promise: ``a -> .`` then ``a/e -> ../x`` puts ``e -> ../x`` at the top; ``d -> .
 after ``l -> d/../x`` turns an innocent ``l`` into one that leads out. ``tarfile``
 resolves each link's real path as it extracts it, and so misses the second.
 
-So the unpacker checks, once the archive is all written, every symlink it made under
-``data``: :class:`LinkWalk` follows it as the kernel would, through the symlinks now in
-the destination, and says whether it climbs above the destination or meets an absolute
-symlink (which a reader outside the jail would follow to the host's own files).
+So the unpacker notes where each symlink it makes under ``data`` really is (its parent
+resolved through the symlinks on the way: :meth:`LinkWalk.real_parent`) and, once the
+archive is all written, follows each one from there (:meth:`LinkWalk.leads_out`), as a
+reader would: through the symlinks now in the destination. It leads out when it climbs
+above the destination or meets an absolute symlink (which a reader outside the jail
+follows to the host's own files). It is followed as :func:`os.path.realpath` follows
+it, not as the kernel does: with no limit of 40 symlinks, and a loop read as a name,
+then ``..`` climbs over it (``a/loop/../..``). Go's ``EvalSymlinks`` follows 255.
 """
 
 from __future__ import annotations
 
+import errno
 import stat
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -25,70 +30,86 @@ if TYPE_CHECKING:
 
 __all__ = ["LinkWalk", "TooManyLookups"]
 
-#: Symlinks one lookup follows before the kernel gives up with ELOOP (MAXSYMLINKS).
-MAX_SYMLINKS = 40
+#: What a lookup can fail with when nothing is there to be reached.
+_NOTHING_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 
 class TooManyLookups(Exception):
-    """The walks used up their budget of lookups (a hostile tangle of symlinks)."""
+    """The walks used up their budget (a hostile tangle of symlinks)."""
+
+
+class LeadsOut(Exception):
+    """The path climbs above the destination, or through an absolute symlink."""
 
 
 class LinkWalk:
-    """Follows symlinks below the destination (``fs``'s root), ``lookups`` at most in all.
+    """Follows paths below the destination (``fs``'s root), ``budget`` steps in all.
 
-    The budget bounds the time an archive can make the check take: each ``lstat`` is
-    one lookup, and a target of 4 KiB can ask for a thousand of them.
+    Every component is a step, and so is every symlink read: the budget bounds the
+    time an archive can make the walks take.
     """
 
-    __slots__ = ("fs", "lookups_left")
+    __slots__ = ("budget", "fs")
 
-    def __init__(self, fs: FileOps, lookups: int) -> None:
+    def __init__(self, fs: FileOps, budget: int) -> None:
         self.fs = fs
-        self.lookups_left = lookups
+        self.budget = budget
 
-    def leaves(self, name: str) -> str | None:
-        """How the symlink at ``name`` leads out of the destination (its target, for the
-        message), or None: it stays inside, dangles, loops, or is no symlink now.
+    def real_parent(self, parent: str) -> list[str] | None:
+        """The components of the directory ``parent`` really is (no symlink among
+        them), or None when it leads out of the destination."""
+        try:
+                return self._walk([], parent)
+        except LeadsOut:
+            return None
 
-        Raises:
-            TooManyLookups: the budget is spent.
-            OSError: a lookup failed other than by a missing component.
-        """
-        st = self._lstat(name)
-        if st is None or not stat.S_ISLNK(st.st_mode):
-            return None  # replaced since by something else (checked itself, if a link)
-        target = self.fs.readlink(name)
-        if self._climbs_out(name.rpartition("/")[0], target):
-            return target
-        return None
+    def leads_out(self, parent: list[str], name: str) -> bool:
+        """Whether the symlink ``name`` in ``parent`` (real components) leads out of
+        the destination, followed now."""
+        try:
+            self._walk(list(parent), name)
+        except LeadsOut:
+            return True
+        return False
+
+    def _spend(self, steps: int) -> None:
+        self.budget -= steps
+        if self.budget < 0:
+            raise TooManyLookups
 
     def _lstat(self, path: str) -> os.stat_result | None:
-        if self.lookups_left <= 0:
-            raise TooManyLookups
-        self.lookups_left -= 1
-        return self.fs.lstat(path)
+        try:
+            return self.fs.lstat(path)
+        except OSError as err:
+            if err.errno in _NOTHING_THERE:
+                return None
+            raise
 
-    def _climbs_out(self, parent: str, target: str) -> bool:
-        """Resolve ``parent/target`` component by component, from the destination.
+    def _walk(self, resolved: list[str], path: str) -> list[str]:
+        """Resolve ``path`` from ``resolved``, component by component, as
+        :func:`os.path.realpath` does.
 
-        A missing component (or one that is not a directory) ends the real lookups
-        until a ``..`` climbs back over it: from there on the path is read lexically,
-        as :func:`os.path.realpath` reads it. Nothing can be reached through it now,
-        and climbing above the destination lexically is refused all the same.
+        A missing component (or one that is not a directory, or a symlink in a loop)
+        ends the real lookups until a ``..`` climbs back over it: from there on the
+        path is read lexically. Nothing can be reached through it now, and climbing
+        above the destination lexically leads out all the same.
         """
-        if target.startswith("/"):
-            return True  # outside the jail, the host's root
-        todo = target.split("/")[::-1] + parent.split("/")[::-1]
-        resolved: list[str] = []
+        if path.startswith("/"):
+            raise LeadsOut
+        todo = path.split("/")[::-1]
+        self._spend(len(todo))
         missing_at = -1  # len(resolved) at the first component not there; -1: none
-        links = 0
+        known: dict[str, list[str] | None] = {}  # symlink -> where it leads (None: in progress)
         while todo:
             part = todo.pop()
             if part in ("", "."):
                 continue
+            if part[0] == "\0":  # a symlink's components are all read: where it leads
+                known[part[1:]] = list(resolved)
+                continue
             if part == "..":
                 if not resolved:
-                    return True
+                    raise LeadsOut
                 resolved.pop()
                 if len(resolved) < missing_at:
                     missing_at = -1  # back over the missing component: real again
@@ -96,21 +117,30 @@ class LinkWalk:
             resolved.append(part)
             if missing_at >= 0:
                 continue
-            path = "/".join(resolved)
-            st = self._lstat(path)
+            where = "/".join(resolved)
+            if where in known:
+                found = known[where]
+                if found is None:  # a loop: realpath reads it as a name
+                    missing_at = len(resolved)
+                else:
+                    resolved[:] = found
+                continue
+            self._spend(1)
+            st = self._lstat(where)
             if st is None:
                 missing_at = len(resolved)
                 continue
-            mode = st.st_mode
-            if stat.S_ISLNK(mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    return False  # ELOOP: the kernel never follows it
-                link = self.fs.readlink(path)
-                resolved.pop()
+            if stat.S_ISLNK(st.st_mode):
+                self._spend(1)
+                link = self.fs.readlink(where)
                 if link.startswith("/"):
-                    return True
-                todo.extend(link.split("/")[::-1])
-            elif not stat.S_ISDIR(mode) and todo:
+                    raise LeadsOut
+                resolved.pop()
+                known[where] = None
+                more = link.split("/")[::-1]
+                self._spend(len(more))
+                todo.append("\0" + where)
+                todo.extend(more)
+            elif not stat.S_ISDIR(st.st_mode) and todo:
                 missing_at = len(resolved)  # ENOTDIR: nothing is reached below it
-        return False
+        return resolved

@@ -100,11 +100,12 @@ class UnpackStats:
 
 
 _PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
-_NAME_ONLY = struct.Struct("<I")  # len(path)
-# What following the symlinks made under filter data may cost (lstat calls): enough for
-# any real tree, and a bound on what a tangle of symlinks can make it take.
-_LINK_LOOKUPS = 1 << 16
-_LINK_LOOKUPS_PER_ENTRY = 64
+_DATA_LINK = struct.Struct("<QQI")  # dev, ino, len(path)
+# What following the symlinks made under filter data may cost (path components looked
+# at): enough for any real tree, and a bound on what a tangle of symlinks can make it
+# take (linkwalk.LinkWalk).
+_LINK_STEPS = 1 << 16
+_LINK_STEPS_PER_ENTRY = 64
 _PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
 
@@ -318,9 +319,12 @@ class Unpacker:
         # creates one (a file the helper is still creating could be the same file).
         self.aliased: set[str] = set()
         self.pending_dirs = _Records(self._open_spill, _PENDING)
-        # filter data: the symlinks made, followed once all is written (_check_data_links).
-        self.data_links = (_Records(self._open_spill, _NAME_ONLY)
+        # filter data: the symlinks made (where they really are, and their inodes),
+        # followed once all is written (_check_data_links).
+        self.data_links = (_Records(self._open_spill, _DATA_LINK)
                            if options.filter == "data" else None)
+        self.link_walk = linkwalk.LinkWalk(fs, _LINK_STEPS)
+        self.link_steps_given = 0  # entries whose steps were added to the walk's budget
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -1274,8 +1278,11 @@ class Unpacker:
 
     def _symlink(self, name: str, entry: TarEntry) -> None:
         paths.check_symlink(name, entry.linkname, entry.name)
-        if self.data_links is not None:
-            self.data_links.append(name)
+        if self.data_links is not None:  # made here (not by the helper): its inode
+            where = self._real_location(name, entry.name)
+            self._make_symlink(name, entry)
+            self._note_data_link(name, where)
+            return
         finisher = self.finisher
         if (finisher is not None and self.by_name and self.identity_owner
                 and not entry.xattrs and entry.uid == self.euid and entry.gid == self.egid
@@ -1334,7 +1341,13 @@ class Unpacker:
         if self.data_links is not None and not skipped[0]:
             st = self.fs.lstat(name)
             if st is not None and stat.S_ISLNK(st.st_mode):
-                self.data_links.append(name)  # another name of a symlink: followed too
+                # Another name of a symlink: followed too, from where it is.
+                try:
+                    where = self._real_location(name, entry.name)
+                except BreakoutError:
+                    self.fs.unlink(name)
+                    raise
+                self._note_data_link(name, where)
         if skipped[0]:
             if self.filtering and self.filter.name == "data":
                 self.filter.dropped["device nodes and FIFOs"] += 1
@@ -1589,54 +1602,107 @@ class Unpacker:
 
     # -- the end ------------------------------------------------------------------
 
+    # -- filter data: symlinks that lead out ---------------------------------------
+
+    def _link_walk(self) -> linkwalk.LinkWalk:
+        """The walk, its budget topped up for the entries read since."""
+        walk = self.link_walk
+        walk.budget += _LINK_STEPS_PER_ENTRY * (self.stats.entries - self.link_steps_given)
+        self.link_steps_given = self.stats.entries
+        return walk
+
+    def _real_location(self, name: str, entry_name: str) -> str:
+        """Where ``name`` really is: its parent resolved through the symlinks on the
+        way (a directory known to have none is taken as it is).
+
+        Raises:
+            BreakoutError: the parent leads out of the destination.
+            ArchiveError: the walks' budget is spent.
+        """
+        parent, _, base = name.rpartition("/")
+        if not parent or (parent in self.dirs and parent not in self.aliased):
+            return name
+        try:
+            parts = self._link_walk().real_parent(parent)
+        except linkwalk.TooManyLookups:
+            raise self._tangle_error() from None
+        if parts is None:
+            raise BreakoutError(
+                "the directory it is in leads out of the destination through the "
+                "symlinks on its way: refused by the data filter", entry_name)
+        return "/".join([*parts, base])
+
+    def _note_data_link(self, name: str, where: str) -> None:
+        st = self.fs.lstat(name)
+        if st is not None and self.data_links is not None:
+            self.data_links.append(where, st.st_dev, st.st_ino)
+
+    def _tangle_error(self) -> ArchiveError:
+        return ArchiveError(
+            f"the data filter could not follow the archive's symlinks within the steps "
+            f"it allows ({_LINK_STEPS:,}, and {_LINK_STEPS_PER_ENTRY} an entry): a "
+            f"tangle of symlinks; those not followed were removed")
+
     def _check_data_links(self, *, failing: bool = False) -> None:
         """filter data: no symlink made leads out of the destination, now that all is
-        written (:mod:`.linkwalk`: a lexical check at each entry cannot see it). Those
-        that do are removed, and the first is the error. After another error
-        (``failing``) they are only removed. Past the lookups the archive's size allows,
-        every symlink not yet checked is removed, and that is the error."""
+        written (:mod:`.linkwalk`: a lexical check at each entry cannot see it). Each
+        is followed from where it was made, if it is still there; those that lead
+        out, or cannot be followed, are removed, and the first is the error. After
+        another error (``failing``) they are only removed. Past the walks' budget,
+        every symlink not yet followed is removed, and that is the error."""
         links = self.data_links
         if links is None:
             return
         self.data_links = None
-        budget = _LINK_LOOKUPS + _LINK_LOOKUPS_PER_ENTRY * self.stats.entries
-        walk: linkwalk.LinkWalk | None = linkwalk.LinkWalk(self.fs, budget)
+        walk: linkwalk.LinkWalk | None = self._link_walk()
+        if walk is not None and walk.budget < 0:
+            walk = None
         refused: tuple[str, str] | None = None
-        removed = 0
-        path = ""
+        removed = unfollowed = 0
+        stuck: tuple[OSError, str] | None = None  # a symlink that could not be removed
         try:
-            for path, _ in links.newest_first():
+            for where, (dev, ino) in links.newest_first():
+                try:
+                    st = self.fs.lstat(where)
+                except OSError:
+                    continue  # not reached any more: not where it was made
+                if st is None or (st.st_dev, st.st_ino) != (dev, ino):
+                    continue  # replaced, or removed with its directory
                 if walk is not None:
                     try:
-                        target = walk.leaves(path)
+                        target = self.fs.readlink(where)
+                        parent, _, name = where.rpartition("/")
+                        if not walk.leads_out(parent.split("/") if parent else [], name):
+                            continue
+                        refused = (where, target)  # read newest first: the archive's first
                     except linkwalk.TooManyLookups:
                         walk = None
-                if walk is None:  # not checked: removed unless it is no symlink now
-                    st = self.fs.lstat(path)
-                    if st is None or not stat.S_ISLNK(st.st_mode):
-                        continue
-                elif target is None:
-                    continue
-                else:
-                    refused = (path, target)  # read newest first: the archive's first
-                self.fs.unlink(path)
-                removed += 1
-        except OSError as err:
-            raise self._os_error(err, path) from err
+                    except OSError:
+                        unfollowed += 1  # removed, as one that leads out
+                try:
+                    self.fs.unlink(where)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    stuck = stuck or (err, where)
         finally:
             links.close()
         if failing:
             return
+        if stuck is not None:
+            raise self._os_error(*stuck)
         if walk is None:
-            raise ArchiveError(
-                f"the data filter could not follow the archive's symlinks in {budget:,} "
-                f"lookups (a tangle of symlinks); the {removed:,} not followed were removed")
+            raise self._tangle_error()
         if refused is not None:
-            path, target = refused
-            more = f"; {removed - 1:,} more like it removed" if removed > 1 else ""
+            where, target = refused
+            more = f"; {removed - 1:,} more removed" if removed > 1 else ""
             raise BreakoutError(
                 f"symlink target {target!r} leads out of the destination through the "
-                f"symlinks on its way: refused by the data filter, and removed{more}", path)
+                f"symlinks on its way: refused by the data filter, and removed{more}", where)
+        if unfollowed:
+            self.warn(f"filter data: removed {unfollowed} symlinks that could not be "
+                      "followed to see where they lead")
 
     def _open_spill(self) -> int:
         """An unnamed file in the destination (gone when closed), for state that does
