@@ -239,6 +239,52 @@ def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
     tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")
 
 
+@pytest.mark.parametrize("command", ["untar", "tar"])
+def test_sigterm_leaves_nothing_cli(parent: Path, command: str) -> None:
+    """SIGTERM (``docker stop``, a CI job's timeout) unwinds as Ctrl-C does: exit
+    status 143, one line, the worker stopped, and neither the ``--atomic`` staging
+    directory nor ``tar``'s partial output left. Both were left behind (fuzzing the
+    command line, issue 16, twentieth round)."""
+    dest = parent / "dest"
+    before = parent_snapshot(parent)
+    out = parent / "out.tar"
+    src = parent.parent / "src"  # tar: a sparse file of 64 GiB, read as zeros
+    src.mkdir()
+    with open(src / "sparse", "wb") as sparse:
+        sparse.truncate(64 << 30)
+    cmd = ([*CLI, "untar", "--atomic", "-", str(dest)] if command == "untar"
+           else [*CLI, "tar", "-o", str(out), str(src)])
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 30)
+    feeder = Trickler(proc.stdin.fileno(), [head] + [bytes(1 << 20)] * 2000, 0.001,
+                      keep_open=True)
+    feeder.start()
+    try:
+        if command == "untar":
+            wait_for(lambda: any((parent / s / "first").exists() for s in stages(parent)),
+                     what="the first entry in the staging directory")
+        else:
+            wait_for(lambda: any(p.name.endswith(".partial") and p.stat().st_size > 1 << 20
+                                 for p in parent.iterdir()), what="a partial output")
+        worker = wait_worker(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(10)
+        wait_for(lambda: not alive(worker), 5, what="the worker to be stopped")
+    finally:
+        feeder.stop.set()
+        proc.kill()
+        proc.wait()
+        feeder.join()
+        proc.stdin.close()
+    result = CLIResult((rc, "", proc.stderr.read().decode()))
+    proc.stderr.close()
+    assert assert_one_line_error(result, rc=143) == "chrootarchive: error: terminated"
+    assert not dest.exists() and not out.exists()
+    tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")
+
+
 FULL_DISK = textwrap.dedent(
     """
     set -u

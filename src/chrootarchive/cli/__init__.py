@@ -136,9 +136,28 @@ def _flush_stdout(code: int) -> int:
     return code
 
 
+def _catch_termination() -> None:
+    """SIGTERM unwinds the command as Ctrl-C does (:class:`.commands.Terminated`):
+    killed outright, it left its worker's ``--atomic`` staging directory behind.
+    ``_signal``: ``signal`` loads ``enum`` (the start of every command)."""
+    import _signal  # type: ignore[import-not-found]
+
+    _signal.signal(_signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    import _signal
+
+    from chrootarchive.cli.commands import Terminated
+
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # a second one kills at once
+    raise Terminated
+
+
 def entry_point() -> None:
     """The console script and ``python -m chrootarchive``."""
     _open_closed_streams()
+    _catch_termination()
     argv = sys.argv[1:]
     early = _start_worker_early(argv)
     try:

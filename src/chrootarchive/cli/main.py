@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 
-from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, UsageError
+from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, Terminated, UsageError
 from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
                      printable(err.message, 0), err.entry)
+    except Terminated:
+        return _fail(args, "Terminated", "chrootarchive: error: terminated", 143,
+                     "terminated")
     except KeyboardInterrupt:
         return _fail(args, "KeyboardInterrupt", "chrootarchive: error: interrupted", 130,
                      "interrupted")
