@@ -8,7 +8,7 @@ import os
 import pytest
 
 from chrootarchive.errors import MalformedArchiveError, printable
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 from helpers.tarbuild import TarBuilder, truncate
 
 HOSTILE = [
@@ -202,3 +202,18 @@ def test_worker_cannot_import_the_package(tmp_path) -> None:  # type: ignore[no-
         assert "\n" not in line and "cannot import chrootarchive" in line, line
         assert str(private / "pythonpath") in line and "uid 65534" in line, line
         assert not (dest / "f").exists()
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--max-memory", "1"], "--max-memory must be >= 50331648, not 1"),
+    (["--timeout", "-5"], "--timeout must be more than 0"),
+    (["--uid-map", "0:1000:10", "--uid-map", "5:2000:10"],
+     "--uid-map: 0:1000:10 and 5:2000:10 overlap in their container_ids"),
+])
+def test_usage_errors_speak_the_command_lines_words(tmp_path, args, line) -> None:  # type: ignore[no-untyped-def]
+    """A value the options refuse is named by its option, not by the class behind it
+    (``Limits.max_memory``, ``IDMap(container_id=0, ...)``)."""
+    result = run_cli("untar", *args, tmp_path / "a.tar", tmp_path / "d")
+    got = assert_one_line_error(result, rc=2)
+    assert got.startswith("chrootarchive: error: " + line), got
+    assert "Limits." not in got and "IDMap" not in got and "Options." not in got

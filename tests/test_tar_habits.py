@@ -296,6 +296,20 @@ def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
         UnpackOptions(exclude_style="rsync")
 
 
+def test_a_hardlink_to_an_excluded_file_is_left_out(tmp_path: Path, write_archive) -> None:
+    """The user excluded the target: its other names go with it, counted in one
+    warning. It stopped the unpack ("hardlink target does not exist"), where GNU tar
+    fails each such link and goes on (fuzzing the command line, issue 16, twentieth
+    round)."""
+    data = (tb.TarBuilder().file("secret.key", b"k").hardlink("copy.key", "secret.key")
+            .file("after", b"a").build())
+    result = run_cli("untar", "--exclude", "secret.key", write_archive(data), tmp_path / "d")
+    assert result.rc == 0, result.err
+    assert sorted(os.listdir(tmp_path / "d")) == ["after"]
+    assert result.err == ("chrootarchive: warning: 1 hardlinks to excluded files left "
+                          "out\n"), result.err
+
+
 # -- -v: entries as they are unpacked --------------------------------------------------
 
 

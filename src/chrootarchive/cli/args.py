@@ -42,11 +42,28 @@ def archive_input(path: str) -> str:
 
 def checked(build: Callable[..., T], /, *args: Any, **fields: Any) -> T:
     """``build(*args, **fields)``, an options object; a value it refuses (``ValueError``,
-    ``TypeError``) is the user's, so it becomes a :class:`UsageError`."""
+    ``TypeError``) is the user's, so it becomes a :class:`UsageError`, in the command
+    line's words: ``--max-memory``, not ``Limits.max_memory``; ``0:1000:10``, not
+    ``IDMap(container_id=0, host_id=1000, size=10)``."""
     try:
         return build(*args, **fields)
     except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from err
+        raise UsageError(_in_cli_words(str(err))) from err
+
+
+#: Fields whose option has another name.
+_OPTION_NAMES = {"uid_maps": "uid_map", "gid_maps": "gid_map", "excludes": "exclude",
+                 "include_files": "include"}
+
+
+def _in_cli_words(message: str) -> str:
+    import re  # only for a usage error
+
+    message = re.sub(r"\b(?:Limits|UnpackOptions|PackOptions)\.(\w+)",
+                     lambda m: "--" + _OPTION_NAMES.get(m.group(1), m.group(1)).replace("_", "-"),
+                     message)
+    return re.sub(r"\bIDMap\(container_id=(\d+), host_id=(\d+), size=(\d+)\)",
+                  r"\1:\2:\3", message)
 
 
 def parse_id_map(text: str) -> IDMap:

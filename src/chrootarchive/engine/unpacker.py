@@ -279,6 +279,8 @@ class Unpacker:
         # Device nodes (and FIFOs) not made: skipped without privilege, or left out by
         # filter data; a hardlink to one is not made either. Hashed: there may be many.
         self.skipped_device_names = layer.NameSet()
+        self.excluded_names = layer.NameSet()  # files left out by the excludes: the same
+        self.excluded_links = 0  # hardlinks to them, left out (GNU tar fails on each)
         self.skipped_xattrs = 0  # privileged ones, without privilege
         self.refused_xattrs = 0  # refused by the kernel (EPERM), as Docker and GNU tar skip
         self.refused_example = ""
@@ -453,6 +455,8 @@ class Unpacker:
         if self.has_excludes and (self.excludes.matches(name) or (
                 self.stored_names_excluded and name != entry.name
                 and self.excludes.matches(entry.name.rstrip("/")))):
+            if entry.kind != tarreader.DIRECTORY:
+                self.excluded_names.add(name)  # a hardlink to it is left out too
             return False
         if self.filtering:
             if not self.filter.keep(entry):
@@ -1325,6 +1329,9 @@ class Unpacker:
                     if target in self.skipped_device_names:
                         skipped[0] = True  # another name of a device skipped
                         return
+                    if self.has_excludes and target in self.excluded_names:
+                        self.excluded_links += 1  # another name of a file excluded
+                        return
                     raise ArchiveError(
                         f"hardlink target {entry.linkname!r} does not exist", entry.name
                     ) from None
@@ -1584,9 +1591,11 @@ class Unpacker:
         if self.skipped_devices:
             self.warn(f"{self.skipped_devices} device nodes skipped: creating devices needs "
                       "real root")
+        if self.excluded_links:
+            self.warn(f"{self.excluded_links} hardlinks to excluded files left out")
         if self.skipped_xattrs:
-            self.warn(f"{self.skipped_xattrs} privileged xattrs (trusted.*) skipped: they "
-                      "need real root")
+            self.warn(f"{self.skipped_xattrs} privileged xattrs (trusted.*, security.*) "
+                      "skipped: they need real root")
         if self.refused_xattrs:
             self.warn(f"{self.refused_xattrs} xattrs refused by the kernel (operation not "
                       f"permitted) skipped, as Docker and GNU tar skip them (the first: "
