@@ -525,3 +525,22 @@ def test_data_symlink_check_counts_every_component(tmp_path: Path) -> None:
         chrootarchive.untar(io.BytesIO(builder.build()), dest, UnpackOptions(filter="data"))
     assert "could not follow the archive's symlinks" in str(caught.value)
     assert _links_leading_out(dest) == []
+
+
+def test_data_follows_every_layers_symlinks_at_the_end_of_a_stack(tmp_path: Path) -> None:
+    """A later layer can make an earlier one's symlink lead out (``s -> .`` under
+    ``l -> a/s/../..``): a stack of layers follows all of them at its end. Each layer
+    followed only its own (an attacker's review, issue 16, twenty-first round)."""
+    lower = (tb.TarBuilder().dir("d").dir("d/e").symlink("a", ".").symlink("s", "d/e")
+             .symlink("l", "a/s/../..").build())
+    upper = tb.TarBuilder().file(".wh.s", b"").symlink("s", ".").build()
+    dest = tmp_path / "dest"
+    with pytest.raises(BreakoutError) as caught:
+        chrootarchive.apply_layers([io.BytesIO(lower), io.BytesIO(upper)], dest,
+                                   UnpackOptions(filter="data"))
+    assert caught.value.entry == "l"
+    assert _links_leading_out(dest) == []
+    # Each layer alone is harmless.
+    chrootarchive.apply_layers([io.BytesIO(lower)], tmp_path / "one",
+                               UnpackOptions(filter="data"))
+    assert _links_leading_out(tmp_path / "one") == []

@@ -231,8 +231,36 @@ def _clamp_ns(value: int) -> int:
     return min(max(value, _NS_MIN), _NS_MAX)
 
 
+def _open_spill(fs: fsops.FileOps) -> int:
+    """An unnamed file in the destination (gone when closed), for state that does not
+    fit in the worker's memory."""
+    root = fs.open_dir(".")
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
+    finally:
+        os.close(root)
+
+
+class DataLinks:
+    """filter data: the symlinks made (where they really are, and their inodes), to be
+    followed once all is written, and the walk that follows them with its budget.
+    One for a stack of layers: a later layer can make an earlier one's symlink lead
+    out (``s -> .`` under ``l -> a/s/../..``), so all are followed at the end."""
+
+    __slots__ = ("records", "walk")
+
+    def __init__(self, fs: fsops.FileOps) -> None:
+        self.records = _Records(lambda: _open_spill(fs), _DATA_LINK)
+        self.walk = linkwalk.LinkWalk(fs, _LINK_STEPS)
+
+
 class Unpacker:
-    """Applies the entries of one archive below the current root."""
+    """Applies the entries of one archive below the current root.
+
+    ``data_links``: under filter data, the stack's record of the symlinks made, which
+    the stack follows at its end (:meth:`check_data_links`); without it, each unpack
+    keeps its own and follows them at its end.
+    """
 
     def __init__(
         self,
@@ -243,6 +271,7 @@ class Unpacker:
         layer_mode: bool = False,
         in_user_namespace: bool = False,
         listed: Callable[[str], None] | None = None,
+        data_links: DataLinks | None = None,
     ) -> None:
         self.fs = fs
         self.listed = listed  # told each entry's name once it is unpacked (tar -v)
@@ -322,10 +351,13 @@ class Unpacker:
         self.aliased: set[str] = set()
         self.pending_dirs = _Records(self._open_spill, _PENDING)
         # filter data: the symlinks made (where they really are, and their inodes),
-        # followed once all is written (_check_data_links).
-        self.data_links = (_Records(self._open_spill, _DATA_LINK)
-                           if options.filter == "data" else None)
-        self.link_walk = linkwalk.LinkWalk(fs, _LINK_STEPS)
+        # followed once all is written (check_data_links).
+        self.follows_links_at_end = data_links is None  # not a stack's layer
+        if options.filter != "data":
+            data_links = None
+        elif data_links is None:
+            data_links = DataLinks(fs)
+        self.data_links = data_links
         self.link_steps_given = 0  # entries whose steps were added to the walk's budget
         self.whiteouts = layer.LayerRules(
             fs,
@@ -380,11 +412,14 @@ class Unpacker:
         except BaseException:
             self.pending_dirs.close()  # its spill file, if any
             try:
-                self._check_data_links(failing=True)
+                self.check_data_links(failing=True)
             except Exception:  # the first error is the one to report
                 pass
             raise
-        self._check_data_links()
+        if self.follows_links_at_end:
+            self.check_data_links()
+        elif self.data_links is not None:
+            self._link_walk()  # this layer's entries count for the stack's walk
         self.finish_dirs()
         self.whiteouts.finish()
         self._summarize_skips()
@@ -1615,7 +1650,8 @@ class Unpacker:
 
     def _link_walk(self) -> linkwalk.LinkWalk:
         """The walk, its budget topped up for the entries read since."""
-        walk = self.link_walk
+        assert self.data_links is not None
+        walk = self.data_links.walk
         walk.budget += _LINK_STEPS_PER_ENTRY * (self.stats.entries - self.link_steps_given)
         self.link_steps_given = self.stats.entries
         return walk
@@ -1644,7 +1680,7 @@ class Unpacker:
     def _note_data_link(self, name: str, where: str) -> None:
         st = self.fs.lstat(name)
         if st is not None and self.data_links is not None:
-            self.data_links.append(where, st.st_dev, st.st_ino)
+            self.data_links.records.append(where, st.st_dev, st.st_ino)
 
     def _tangle_error(self) -> ArchiveError:
         return ArchiveError(
@@ -1652,18 +1688,18 @@ class Unpacker:
             f"it allows ({_LINK_STEPS:,}, and {_LINK_STEPS_PER_ENTRY} an entry): a "
             f"tangle of symlinks; those not followed were removed")
 
-    def _check_data_links(self, *, failing: bool = False) -> None:
+    def check_data_links(self, *, failing: bool = False) -> None:
         """filter data: no symlink made leads out of the destination, now that all is
         written (:mod:`.linkwalk`: a lexical check at each entry cannot see it). Each
         is followed from where it was made, if it is still there; those that lead
         out, or cannot be followed, are removed, and the first is the error. After
         another error (``failing``) they are only removed. Past the walks' budget,
         every symlink not yet followed is removed, and that is the error."""
-        links = self.data_links
-        if links is None:
+        if self.data_links is None:
             return
-        self.data_links = None
         walk: linkwalk.LinkWalk | None = self._link_walk()
+        links = self.data_links.records
+        self.data_links = None
         if walk is not None and walk.budget < 0:
             walk = None
         refused: tuple[str, str] | None = None
@@ -1714,13 +1750,7 @@ class Unpacker:
                       "followed to see where they lead")
 
     def _open_spill(self) -> int:
-        """An unnamed file in the destination (gone when closed), for state that does
-        not fit in the worker's memory."""
-        root = self.fs.open_dir(".")
-        try:
-            return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=root)
-        finally:
-            os.close(root)
+        return _open_spill(self.fs)
 
     def finish_dirs(self) -> None:
         """Apply directory modes and times, deepest first, only to our directories."""

@@ -63,19 +63,20 @@ class UnpackJob:
             return _run_stack(request, spec, context, names)
         ring = (RingInput(context.stdin, request.ring, *context.ring_pipes)
                 if request.ring else None)
-        stats, details = _unpack_one(request, spec, context, context.stdin, ring, names)
+        _, stats, details = _unpack_one(request, spec, context, context.stdin, ring, names)
         return JobReply.make(stats.entries, stats.size, details or None)
 
 
 def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: int,
                 ring: RingInput | None, names: _NameList | None,
-                ) -> tuple[unpacker.UnpackStats, dict[str, object]]:
+                data_links: unpacker.DataLinks | None = None,
+                ) -> tuple[unpacker.Unpacker, unpacker.UnpackStats, dict[str, object]]:
     """Unpack the tar stream read from ``fd`` (to its end; ``ring``: the ring ``fd``
-    is) with a fresh unpacker: its stats and the reply's details."""
+    is) with a fresh unpacker: it, its stats and the reply's details."""
     worker = unpacker.Unpacker(
         context.files, spec, context.warn, layer_mode=request.layer,
         in_user_namespace=context.in_user_namespace,
-        listed=None if names is None else names.add,
+        listed=None if names is None else names.add, data_links=data_links,
     )
     if request.helper and context.own_process:
         # Forked from a jailed worker of our own only: openat2 runs in the caller's
@@ -100,7 +101,7 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         details["privileged"] = privileged
     if stats.skipped_xattrs:
         details["skipped_xattrs"] = stats.skipped_xattrs
-    return stats, details
+    return worker, stats, details
 
 
 def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
@@ -120,6 +121,9 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
     deadline = (None if limits.timeout is None
                 else time.monotonic() + limits.timeout - limits.used_seconds)
     entries = size = layers = 0
+    # filter data: the symlinks of every layer are followed at the end of the stack.
+    data_links = unpacker.DataLinks(context.files) if spec.filter == "data" else None
+    last: unpacker.Unpacker | None = None
     try:
         while (fds := _channel.receive_layer(sock)) is not None:
             try:
@@ -128,8 +132,8 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
                         if len(fds) == 3 and request.ring else None)
                 if ring is None and len(fds) != 1:
                     raise ValueError("a layer in a ring, but the job was given no ring size")
-                stats, details = _unpack_one(request, layer_spec, context, fds[0], ring,
-                                             names)
+                last, stats, details = _unpack_one(request, layer_spec, context, fds[0],
+                                                   ring, names, data_links)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -140,6 +144,8 @@ def _run_stack(request: JobRequest, spec: UnpackSpec, context: JobContext,
             reply.warnings = tuple(context.warnings)
             context.warnings.clear()  # each layer's own (and at most MAX_WARNINGS each)
             _channel.send_result(sock, reply.to_wire())
+        if last is not None:
+            last.check_data_links()
     finally:
         sock.close()
     return JobReply.make(entries, size, {"layers": layers})
