@@ -789,3 +789,34 @@ def test_tar_api_leaves_the_archive_file_out(tmp_path: Path) -> None:
         assert any("self.tar: file is the archive" in w for w in stream.result.warnings)
     with tarfile.open(src / "self.tar") as archive:
         assert archive.getnames() == ["a"]
+
+
+@pytest.mark.parametrize("confine", ["userns", "openat2"])
+def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> None:
+    """Under ``userns`` the caller's own files are 0:0 inside the namespace and others'
+    the overflow id: they were recorded so, the caller's as root's. The caller's are
+    now recorded as theirs, and those the namespace cannot map are counted in a
+    warning (``openat2`` sees every owner)."""
+    with unpriv.world_dir("owners") as top:
+        src = top / "src"
+        src.mkdir()
+        (src / "mine").write_bytes(b"m")
+        (src / "roots").write_bytes(b"r")
+        for path in (src, src / "mine"):
+            os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
+        pythonpath = unpriv.make_package_copy(top)
+        out = top / "out"
+        out.mkdir()
+        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
+        result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src,
+                               "-o", out / "a.tar")
+        assert result.rc == 0, result.err
+        with tarfile.open(out / "a.tar") as archive:
+            owners = {m.name: (m.uid, m.gid) for m in archive.getmembers()}
+    assert owners["mine"] == (unpriv.NOBODY, unpriv.NOBODY)
+    if confine == "openat2":
+        assert owners["roots"] == (0, 0)
+        assert result.err == ""
+    else:
+        assert owners["roots"] == (65534, 65534)
+        assert "2 owners (uids and gids) are not mapped in the user namespace" in result.err

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from chrootarchive.contract import PackSpec
+    from chrootarchive.engine.jobs import IdMapRanges
 
 
     #: Opens a directory below the root (a path as the caller gave it), returns its fd.
@@ -192,6 +193,7 @@ class Packer:
         *,
         src: str,
         jailed: bool,
+        outside_ids: tuple[IdMapRanges, IdMapRanges] | None = None,
     ) -> None:
         self.out = _Out(out_fd)
         self.options = options
@@ -211,6 +213,11 @@ class Packer:
         self.kinds: dict[int, str | None] = {}
         self.entries = 0
         self.size = 0
+        #: In a user namespace of the jail's: its (inside, outside, count) uid and gid
+        #: ranges. Owners are recorded as they are outside (the caller's files are 0:0
+        #: inside); an owner it does not map shows as the overflow id, and is counted.
+        self.outside_ids = outside_ids
+        self.unseen_owners = 0
         #: "dev:ino" of the file being written: GNU tar's "file is the archive".
         self.archive_files = frozenset(options.archive_files)
 
@@ -240,12 +247,30 @@ class Packer:
             raw = b"./" if raw == b"." else raw + b"/"
         return raw
 
+    def _outside(self, uid: int, gid: int) -> tuple[int, int]:
+        """The owner outside the jail's user namespace; one it does not map (seen as
+        the overflow id) is kept as seen, and counted."""
+        assert self.outside_ids is not None
+        found = []
+        for inside, ranges in ((uid, self.outside_ids[0]), (gid, self.outside_ids[1])):
+            for first, outside, count in ranges:
+                if first <= inside < first + count:
+                    found.append(outside + inside - first)
+                    break
+            else:
+                found.append(inside)
+                self.unseen_owners += 1
+        return found[0], found[1]
+
     def _owner(self, st: os.stat_result, rel: str) -> tuple[int, int]:
         if self.options.chown is not None:
             return self.options.chown
-        uid = idmap.to_container(st.st_uid, self.options.uid_maps)
-        gid = idmap.to_container(st.st_gid, self.options.gid_maps)
-        for kind, host, mapped in (("uid", st.st_uid, uid), ("gid", st.st_gid, gid)):
+        host_uid, host_gid = st.st_uid, st.st_gid
+        if self.outside_ids is not None:
+            host_uid, host_gid = self._outside(host_uid, host_gid)
+        uid = idmap.to_container(host_uid, self.options.uid_maps)
+        gid = idmap.to_container(host_gid, self.options.gid_maps)
+        for kind, host, mapped in (("uid", host_uid, uid), ("gid", host_gid, gid)):
             if mapped is None:
                 raise SourceError(
                     f"host {kind} {host} cannot be mapped to a container {kind}",
@@ -377,6 +402,11 @@ class Packer:
             if self.fds >= 0:
                 os.close(self.fds)
                 self.fds = -1
+        if self.unseen_owners:
+            self.warn(f"{self.unseen_owners} owners (uids and gids) are not mapped in the "
+                      "user namespace (--confine userns) and were recorded as it shows "
+                      "them (the overflow id, 65534): openat2, or subordinate ids "
+                      "(/etc/subuid), record them as they are")
 
     def _pack(self, open_dir: Opener, src: str) -> None:
         norm = posixpath.normpath("/" + src)

@@ -183,10 +183,12 @@ def _child_work(job: Job, request: JobRequest, fds: dict[str, int]) -> JobReply:
     lockdown.lock_down(job, request)
     if request.dest not in ("", ".", "/"):
         _enter_dest(request.dest, create=request.create_dest, owner=request.dest_owner)
+    outside_ids = confine.userns.outside_ids if used.startswith("userns") else None
     context = JobContext(stdin=0, stdout=1, files=fsops.FileOps(), root_fd=_linux.AT_FDCWD,
                          own_process=True, in_user_namespace=in_user_namespace,
                          channel=fds.get("channel", -1),
-                         ring_pipes=(fds.get("ring_written", -1), fds.get("ring_freed", -1)))
+                         ring_pipes=(fds.get("ring_written", -1), fds.get("ring_freed", -1)),
+                         outside_ids=outside_ids)
     _fdio.write_all(result_fd, READY)
     reply = job.run(request, context)
     reply.confinement = used

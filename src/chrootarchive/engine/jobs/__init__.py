@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from chrootarchive.contract import JobReply, JobRequest
     from chrootarchive.engine.fsops import FileOps
 
+    IdMapRanges = tuple[tuple[int, int, int], ...]  # (id inside, id outside, count)
+
 __all__ = ["WRITE_FILES", "Job", "JobContext"]
 
 #: The capabilities writing files needs (what the unpack job keeps once jailed).
@@ -44,15 +46,18 @@ class JobContext:
             False in the caller's process.
         in_user_namespace: without full privilege over the files (a user namespace, or
             an unprivileged caller): owners and some xattrs degrade.
+        outside_ids: in a user namespace the jail made, its uid and gid maps ((id
+            inside, id outside, count) ranges): who owns a file outside.
         warnings: what :meth:`warn` collected (at most ``MAX_WARNINGS``).
     """
 
-    __slots__ = ("channel", "files", "in_user_namespace", "own_process", "ring_pipes",
-                 "root_fd", "stdin", "stdout", "warnings")
+    __slots__ = ("channel", "files", "in_user_namespace", "outside_ids", "own_process",
+                 "ring_pipes", "root_fd", "stdin", "stdout", "warnings")
 
     def __init__(self, *, stdin: int, stdout: int, files: FileOps, root_fd: int,
                  own_process: bool, in_user_namespace: bool, channel: int = -1,
-                 ring_pipes: tuple[int, int] = (-1, -1)) -> None:
+                 ring_pipes: tuple[int, int] = (-1, -1),
+                 outside_ids: tuple[IdMapRanges, IdMapRanges] | None = None) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.channel = channel
@@ -61,6 +66,7 @@ class JobContext:
         self.root_fd = root_fd
         self.own_process = own_process
         self.in_user_namespace = in_user_namespace
+        self.outside_ids = outside_ids
         self.warnings: list[str] = []
 
     def warn(self, text: str) -> None:

@@ -62,7 +62,7 @@ class PackJob:
             _raise_fd_limit()
         root_fd = context.root_fd
         packer = Packer(context.stdout, spec, context.warn, src=request.display or request.src,
-                        jailed=root_fd == _linux.AT_FDCWD)
+                        jailed=root_fd == _linux.AT_FDCWD, outside_ids=context.outside_ids)
         packer.pack(lambda path: fsops.open_dir_in_root(root_fd, path), request.src)
         return JobReply.make(packer.entries, packer.size)
 

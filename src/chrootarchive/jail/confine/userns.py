@@ -20,10 +20,17 @@ from chrootarchive.errors import (
 )
 from chrootarchive.jail.confine import pivot
 
-__all__ = ["IdRanges", "enter", "map_ids", "subordinate_ranges", "unavailable_reason"]
+__all__ = ["IdMapRanges", "IdRanges", "enter", "map_ids", "outside_ids",
+           "subordinate_ranges", "unavailable_reason"]
 
 #: (uid start, uid count, gid start, gid count) of the caller's subordinate ranges.
 IdRanges = tuple[int, int, int, int]
+#: An id map as the kernel shows it: (id inside, id outside, count) ranges.
+IdMapRanges = tuple[tuple[int, int, int], ...]
+
+#: The uid and gid maps of the namespace :func:`enter` made, read before the pivot took
+#: /proc away: what the owners seen inside are outside (``tar`` records those).
+outside_ids: tuple[IdMapRanges, IdMapRanges] | None = None
 
 _UNSUPPORTED = {errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EUSERS, errno.ENOSYS,
                 errno.EACCES}
@@ -114,6 +121,12 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
+def _read_map(path: str) -> IdMapRanges:
+    with open(path, "rb") as f:
+        return tuple((int(a), int(b), int(c))
+                     for a, b, c in (line.split() for line in f.read().splitlines()))
+
+
 def enter(root_fd: int, sync_fd: int | None) -> str:
     """Worker side: new user + mount namespace, ids mapped, then the pivot jail.
 
@@ -148,6 +161,8 @@ def enter(root_fd: int, sync_fd: int | None) -> str:
             _write("/proc/self/gid_map", f"0 {gid} 1\n")
     except OSError as err:
         raise ConfinementError(f"userns: mapping ids failed: {err.strerror}") from err
+    global outside_ids
+    outside_ids = (_read_map("/proc/self/uid_map"), _read_map("/proc/self/gid_map"))
     try:
         used = pivot.pivot_cwd()
     except DestinationError:
