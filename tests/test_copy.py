@@ -586,3 +586,30 @@ def test_cp_refuses_to_copy_a_directory_into_itself(tmp_path: Path, dst: str) ->
     result = run_cli("cp", "src/self", "src/d/", cwd=tmp_path)
     assert result.rc == 0, result.err
     assert os.readlink(src / "d" / "self") == "."
+
+
+@pytest.mark.parametrize("confine", ["userns", "openat2"])
+def test_unprivileged_cp_belongs_to_the_caller_without_warnings(confine: str) -> None:
+    """As GNU cp run by a user: the copy is the caller's. It warned that the caller's
+    own files had "owners that cannot be represented" (the source's host ids, which
+    the caller's user namespace does not map)."""
+    from helpers import unpriv
+
+    with unpriv.world_dir("cp-owners") as top:
+        src = top / "src"
+        src.mkdir()
+        (src / "mine").write_bytes(b"m")
+        (src / "roots").write_bytes(b"r")
+        os.chmod(src / "roots", 0o644)
+        for path in (src, src / "mine"):
+            os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
+        out = top / "out"
+        out.mkdir()
+        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
+        pythonpath = unpriv.make_package_copy(top)
+        result = unpriv.cli_as(pythonpath, "cp", "--confine", confine, src, out / "copy")
+        assert result.rc == 0, result.err
+        assert result.err == ""
+        owners = {p.name: (p.stat().st_uid, p.stat().st_gid)
+                  for p in (out / "copy").iterdir()}
+    assert owners == {"mine": (unpriv.NOBODY,) * 2, "roots": (unpriv.NOBODY,) * 2}

@@ -340,8 +340,19 @@ def _pipe(
     pack_options: PackOptions,
     progress: Progress | None,
 ) -> UnpackResult:
-    """tar (jailed at the source) | untar (jailed at the destination)."""
+    """tar (jailed at the source) | untar (jailed at the destination).
+
+    Unprivileged, the copy belongs to the caller, as GNU cp's does: the owners the
+    source records are the host's, which no user namespace of the caller's maps (its
+    own files were "owners that cannot be represented", in a warning).
+    """
     pack_options = replace(pack_options, compression="none")
+    options = options or UnpackOptions()
+    if os.geteuid() != 0 and options.chown is None and not (
+            options.uid_maps or options.gid_maps):
+        options = replace(options, no_lchown=True)
+        if pack_options.chown is None:  # not read: nor counted, where a namespace hides them
+            pack_options = replace(pack_options, chown=(os.geteuid(), os.getegid()))
     with tar(src, src_root, pack_options, progress=progress) as stream:
         source = cast(BinaryIO, stream)
         if dst_root is None:
