@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -314,14 +315,31 @@ def test_data_filter_leaves_out_a_hardlink_to_a_dropped_device(tmp_path: Path,
 
 
 def _links_leading_out(dest: Path) -> list[str]:
-    """The symlinks below ``dest`` that a reader on the host follows out of it."""
+    """The symlinks below ``dest`` that a reader on the host follows out of it (by
+    directory descriptors, not paths and recursion: some trees here are a thousand
+    directories deep, their paths longer than PATH_MAX)."""
+    if not dest.is_dir():
+        return []
     real_dest = os.path.realpath(dest)
     out = []
-    for path in dest.rglob("*"):
-        if path.is_symlink():
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, real_dest]) != real_dest:
-                out.append(f"{path.relative_to(dest)} -> {os.readlink(path)}")
+    stack = [(os.open(dest, os.O_RDONLY | os.O_DIRECTORY), os.fspath(dest))]
+    while stack:
+        fd, path = stack.pop()
+        try:
+            for name in os.listdir(fd):
+                st = os.lstat(name, dir_fd=fd)
+                where = f"{path}/{name}"
+                if stat.S_ISLNK(st.st_mode):
+                    real = os.path.realpath(where)  # as the host reads it, whatever its length
+                    if os.path.commonpath([real, real_dest]) != real_dest:
+                        out.append(f"{os.path.relpath(where, dest)} -> "
+                                   f"{os.readlink(name, dir_fd=fd)}")
+                elif stat.S_ISDIR(st.st_mode):
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                    dir_fd=fd)
+                    stack.append((child, where))
+        finally:
+            os.close(fd)
     return out
 
 
@@ -485,6 +503,18 @@ _REVIEWED = {
     # 41 symlinks: the kernel stops (ELOOP); realpath and Go's EvalSymlinks go on.
     "more symlinks than the kernel follows": (
         lambda b: b.symlink("a", ".").symlink("x", "a/" * 41 + ".."), "x"),
+    # Second review. "s/d" replaced the directory "d" through "s -> .": the cache of
+    # directories still called "d" a real one, so "d/e" was recorded as made there.
+    "a directory replaced through a symlink": (
+        lambda b: b.dir("d").symlink("s", ".").symlink("s/d", ".")
+        .symlink("d/e", "../x"), "e"),
+    "a directory replaced by a hardlink through a symlink": (
+        lambda b: b.symlink("t", ".").dir("d").symlink("s", ".").hardlink("s/d", "t")
+        .symlink("d/e", "../x"), "e"),
+    # Python 3.11 and 3.12 read what follows a loop as text: "../../x" from the top.
+    "a loop, then the rest as text": (
+        lambda b: b.dir("c/d").symlink("b", "c/d").symlink("loop", "loop")
+        .symlink("a", ".").symlink("e", "a/loop/../b/../../x"), "e"),
 }
 
 
@@ -544,3 +574,37 @@ def test_data_follows_every_layers_symlinks_at_the_end_of_a_stack(tmp_path: Path
     chrootarchive.apply_layers([io.BytesIO(lower)], tmp_path / "one",
                                UnpackOptions(filter="data"))
     assert _links_leading_out(tmp_path / "one") == []
+
+
+def test_data_symlink_check_of_a_long_chain_is_bounded(tmp_path: Path) -> None:
+    """A chain of 3,000 symlinks, each through the next: following each one from the
+    start of the chain costs the square of its length. The walks kept where each
+    symlink led, and ran out of memory, leaving the symlinks not yet followed (an
+    attacker's review, issue 16, twenty-first round)."""
+    builder = tb.TarBuilder().symlink("a", ".").symlink("a/e", "../x")
+    builder.symlink("l3000", "y")
+    for i in range(2999, 0, -1):
+        builder.symlink(f"l{i}", f"l{i + 1}/x")
+    dest = tmp_path / "dest"
+    with pytest.raises(chrootarchive.ChrootArchiveError):
+        chrootarchive.untar(io.BytesIO(builder.build()), dest, UnpackOptions(filter="data"))
+    assert _links_leading_out(dest) == []
+
+
+def test_data_does_not_follow_paths_too_long_for_the_host(tmp_path: Path) -> None:
+    """Inside the jail a path of 4,089 bytes is followed; on the host, after the
+    destination's own path, ``realpath`` meets ENAMETOOLONG and reads the rest as
+    text, one level higher. Paths of more than 2,048 bytes are not followed."""
+    deep = "/".join(["ccc"] * 1022)
+    other = "/".join(["r"] * 1021)
+    data = (tb.TarBuilder().file(f"{deep}/f", b"f").symlink(f"{deep}/S", "y/z")
+            .symlink("A", deep).file(f"{other}/f", b"f")
+            .symlink(f"{other}/up", "../" * 1021)
+            .symlink(f"{other}/up/e", "A/S/" + "../" * 1024 + "x").build())
+    dest = tmp_path / "dest"
+    try:
+        with pytest.raises(BreakoutError):
+            chrootarchive.untar(io.BytesIO(data), dest, UnpackOptions(filter="data"))
+        assert _links_leading_out(dest) == []
+    finally:  # too deep for shutil.rmtree's recursion (pytest's own clean-up)
+        subprocess.run(["rm", "-rf", "--", str(dest)], check=True)

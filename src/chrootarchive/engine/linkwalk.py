@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LinkWalk", "TooManyLookups"]
 
+#: The longest path below the destination that is followed: beyond it, the host's
+#: ``realpath`` (the destination's own path first) meets ENAMETOOLONG where the jail
+#: did not, and reads the rest differently. PATH_MAX is 4096.
+MAX_FOLLOWED = 2048
 #: What a lookup can fail with when nothing is there to be reached.
 _NOTHING_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
@@ -89,23 +93,26 @@ class LinkWalk:
         """Resolve ``path`` from ``resolved``, component by component, as
         :func:`os.path.realpath` does.
 
-        A missing component (or one that is not a directory, or a symlink in a loop)
-        ends the real lookups until a ``..`` climbs back over it: from there on the
-        path is read lexically. Nothing can be reached through it now, and climbing
-        above the destination lexically leads out all the same.
+        A missing component (or one that is not a directory) ends the real lookups
+        until a ``..`` climbs back over it: from there on the path is read lexically.
+        Nothing can be reached through it now, and climbing above the destination
+        lexically leads out all the same. A loop is read both ways ``realpath`` has
+        read it: Python 3.13 as a missing name, 3.11 and 3.12 by reading all the rest
+        of the path lexically. A path too long to look up the same way on the host
+        (where the destination's own path comes before it) cannot be followed.
         """
         if path.startswith("/"):
             raise LeadsOut
         todo = path.split("/")[::-1]
         self._spend(len(todo))
         missing_at = -1  # len(resolved) at the first component not there; -1: none
-        known: dict[str, list[str] | None] = {}  # symlink -> where it leads (None: in progress)
+        expanding: set[str] = set()  # the symlinks being followed (a loop meets one)
         while todo:
             part = todo.pop()
             if part in ("", "."):
                 continue
-            if part[0] == "\0":  # a symlink's components are all read: where it leads
-                known[part[1:]] = list(resolved)
+            if part[0] == "\0":  # a symlink's components are all read
+                expanding.discard(part[1:])
                 continue
             if part == "..":
                 if not resolved:
@@ -118,12 +125,11 @@ class LinkWalk:
             if missing_at >= 0:
                 continue
             where = "/".join(resolved)
-            if where in known:
-                found = known[where]
-                if found is None:  # a loop: realpath reads it as a name
-                    missing_at = len(resolved)
-                else:
-                    resolved[:] = found
+            if len(where) > MAX_FOLLOWED:
+                raise LeadsOut
+            if where in expanding:  # a loop
+                _read_lexically(resolved, todo)
+                missing_at = len(resolved)
                 continue
             self._spend(1)
             st = self._lstat(where)
@@ -136,7 +142,7 @@ class LinkWalk:
                 if link.startswith("/"):
                     raise LeadsOut
                 resolved.pop()
-                known[where] = None
+                expanding.add(where)
                 more = link.split("/")[::-1]
                 self._spend(len(more))
                 todo.append("\0" + where)
@@ -144,3 +150,17 @@ class LinkWalk:
             elif not stat.S_ISDIR(st.st_mode) and todo:
                 missing_at = len(resolved)  # ENOTDIR: nothing is reached below it
         return resolved
+
+
+def _read_lexically(resolved: list[str], todo: list[str]) -> None:
+    """Raise :class:`LeadsOut` when the rest of the path, read as text after
+    ``resolved``, climbs above the destination (``realpath`` of Python 3.11 and 3.12,
+    once it meets a loop)."""
+    depth = len(resolved)
+    for part in reversed(todo):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise LeadsOut
+        elif part not in ("", ".") and part[0] != "\0":
+            depth += 1

@@ -682,7 +682,24 @@ class Unpacker:
             os.close(fd)
 
     def _forget(self, path: str) -> None:
-        """Drop cached knowledge about ``path`` and anything below it."""
+        """Drop cached knowledge about ``path`` and anything below it.
+
+        What was removed through an in-root symlink (``s/d`` for ``s -> .``) is known
+        by another name too (``d``), and a name reached through one may lead into what
+        was removed: then the cache is dropped whole, or its aliases with it.
+        """
+        if self.aliased:
+            if path in self.aliased or path.rpartition("/")[0] in self.aliased:
+                root = self.dirs["."]
+                self.dirs.clear()
+                self.dirs["."] = root
+                self.dirs_size = 0
+                self.aliased.clear()
+                return
+            for alias in self.aliased:
+                if self.dirs.pop(alias, None) is not None:
+                    self.dirs_size -= len(alias) + _DIR_OVERHEAD
+            self.aliased.clear()
         if self.dirs.pop(path, None) is not None:
             self.dirs_size -= len(path) + _DIR_OVERHEAD
         self.aliased.discard(path)
@@ -1682,6 +1699,15 @@ class Unpacker:
         if st is not None and self.data_links is not None:
             self.data_links.records.append(where, st.st_dev, st.st_ino)
 
+    @staticmethod
+    def _leads_out(walk: linkwalk.LinkWalk, where: str) -> bool:
+        """Whether the symlink recorded at ``where`` leads out. Its directory is
+        resolved again: a name recorded as real may now pass through a symlink, and
+        the symlink is where the kernel found it by that name."""
+        parent, _, name = where.rpartition("/")
+        parts = walk.real_parent(parent) if parent else []
+        return parts is None or walk.leads_out(parts, name)
+
     def _tangle_error(self) -> ArchiveError:
         return ArchiveError(
             f"the data filter could not follow the archive's symlinks within the steps "
@@ -1705,6 +1731,7 @@ class Unpacker:
         refused: tuple[str, str] | None = None
         removed = unfollowed = 0
         stuck: tuple[OSError, str] | None = None  # a symlink that could not be removed
+        broke: BaseException | None = None  # what stopped the walks (memory, say)
         try:
             for where, (dev, ino) in links.newest_first():
                 try:
@@ -1716,14 +1743,15 @@ class Unpacker:
                 if walk is not None:
                     try:
                         target = self.fs.readlink(where)
-                        parent, _, name = where.rpartition("/")
-                        if not walk.leads_out(parent.split("/") if parent else [], name):
+                        if not self._leads_out(walk, where):
                             continue
                         refused = (where, target)  # read newest first: the archive's first
                     except linkwalk.TooManyLookups:
                         walk = None
                     except OSError:
                         unfollowed += 1  # removed, as one that leads out
+                    except BaseException as err:  # the rest is removed, then it is raised
+                        walk, broke = None, err
                 try:
                     self.fs.unlink(where)
                     removed += 1
@@ -1733,6 +1761,13 @@ class Unpacker:
                     stuck = stuck or (err, where)
         finally:
             links.close()
+        if broke is not None:
+            if isinstance(broke, MemoryError) and self.limits.max_memory is not None:
+                raise LimitExceededError(
+                    f"limit max_memory ({self.limits.max_memory:,} bytes) exceeded while "
+                    f"following the archive's symlinks (filter data); those not followed "
+                    f"were removed")
+            raise broke
         if failing:
             return
         if stuck is not None:
