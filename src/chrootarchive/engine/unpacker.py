@@ -681,14 +681,14 @@ class Unpacker:
         finally:
             os.close(fd)
 
-    def _forget(self, path: str) -> None:
+    def _forget(self, path: str, directory: bool = True) -> None:
         """Drop cached knowledge about ``path`` and anything below it.
 
-        What was removed through an in-root symlink (``s/d`` for ``s -> .``) is known
-        by another name too (``d``), and a name reached through one may lead into what
-        was removed: then the cache is dropped whole, or its aliases with it.
+        A ``directory`` removed through an in-root symlink (``s/d`` for ``s -> .``) is
+        known by another name too (``d``), and a name reached through one may lead into
+        a directory removed: then the cache is dropped whole, or its aliases with it.
         """
-        if self.aliased:
+        if directory and self.aliased:
             if path in self.aliased or path.rpartition("/")[0] in self.aliased:
                 root = self.dirs["."]
                 self.dirs.clear()
@@ -737,7 +737,7 @@ class Unpacker:
             self.fs.remove_tree(name)
         else:
             self.fs.unlink(name)
-        self._forget(name)
+        self._forget(name, existing_dir)
         return False
 
     def _create(self, name: str, entry: TarEntry, create: Callable[[], None]) -> bool:
