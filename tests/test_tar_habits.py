@@ -332,6 +332,21 @@ def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive) -> None:
     assert ours[4:] == ["evil\\x1b[2Jname\\x0ax"]  # one line, escaped
 
 
+def test_verbose_lists_stored_names_with_strip_components(tmp_path: Path,
+                                                          write_archive) -> None:
+    """GNU tar lists each entry by its name in the archive, stripped or not; ours listed
+    the stripped names (fuzzing the command line, issue 16, twentieth round)."""
+    archive = write_archive(verbose_archive())
+    result = run_cli("untar", "-v", "--strip-components", "1", archive, tmp_path / "ours")
+    assert result.rc == 0, result.err
+    (tmp_path / "gnu").mkdir()
+    gnu = subprocess.run(["tar", "-xvf", str(archive), "-C", str(tmp_path / "gnu"),
+                          "--strip-components=1"], capture_output=True, check=True)
+    assert result.out.splitlines() == gnu.stdout.decode().splitlines() == [
+        "d/a", "d/s", "d/h", "skip/me"]  # "d/" is stripped to nothing
+    assert sorted(os.listdir(tmp_path / "ours")) == ["a", "h", "me", "s"]
+
+
 @pytest.mark.parametrize("confine", ["pivot", "chroot", "userns", "openat2"])
 def test_on_entry_under_every_mechanism(tmp_path: Path, confine: str) -> None:
     seen: list[str] = []

@@ -456,7 +456,7 @@ class Unpacker:
                     self._check_time(name)
                 try:
                     if apply(entry, reader) and listed is not None:
-                        listed(entry.name)
+                        listed(name)  # as stored: GNU tar lists it so, stripped or not
                 except _SkipEntry:
                     pass  # the reader skips its data
                 except ChrootArchiveError:

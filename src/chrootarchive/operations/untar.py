@@ -91,6 +91,8 @@ def untar(
             like tqdm's ``n``), now and then, from a thread of the library's.
         on_entry: called with each entry's name once it is unpacked (``tar -v``),
             from a thread of the library's; excluded and dropped entries are not.
+            The name is the archive's, as GNU tar lists it (before
+            ``strip_components``).
 
     Returns:
         What was unpacked.
