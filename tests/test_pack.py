@@ -820,3 +820,80 @@ def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> N
     else:
         assert owners["roots"] == (65534, 65534)
         assert "2 owners (uids and gids) are not mapped in the user namespace" in result.err
+
+
+def _sparse_file(path: Path) -> bytes:
+    """A 1 GiB file of 8 KiB of data in two places, ending in a hole; its bytes at
+    those places."""
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)
+        f.seek(123 << 12)
+        f.write(b"a" * 4096)
+        f.seek(200 << 20)
+        f.write(b"b" * 4096)
+    return b"a" * 4096 + b"b" * 4096
+
+
+@pytest.mark.parametrize("confine", ["pivot", "openat2"])
+def test_sparse_files_keep_their_holes(tmp_path: Path, confine: str) -> None:
+    """GNU tar's --sparse (PAX GNU sparse 1.0): a 1 GiB file of 8 KiB takes 8 KiB in
+    the archive and on disk once unpacked, and tarfile and GNU tar read it. Without
+    it the holes are written as zeros, as GNU tar writes them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _sparse_file(src / "lastlog")
+    (src / "plain").write_bytes(b"p" * 5000)
+    with ca.tar(src, options=ca.PackOptions(sparse=True, confine=confine)) as stream:
+        data = stream.read()
+    assert len(data) < 64 << 10
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(data)
+    with tarfile.open(archive) as t:
+        members = {m.name: m for m in t.getmembers()}
+        assert members["lastlog"].size == 1 << 30
+        assert members["lastlog"].sparse == [(123 << 12, 4096), (200 << 20, 4096),
+                                              (1 << 30, 0)]
+        assert members["plain"].sparse is None
+    listing = subprocess.run(["tar", "-tvf", str(archive)], capture_output=True,
+                             check=True).stdout.decode()
+    assert "1073741824" in listing and "lastlog" in listing and "GNUSparse" not in listing
+    dest = tmp_path / "dest"
+    ca.untar(archive, dest)
+    st = os.stat(dest / "lastlog")
+    assert st.st_size == 1 << 30 and st.st_blocks * 512 < 1 << 20
+    with open(dest / "lastlog", "rb") as f:
+        f.seek(123 << 12)
+        assert f.read(4097) == b"a" * 4096 + b"\0"
+        f.seek(200 << 20)
+        assert f.read(4096) == b"b" * 4096
+    assert (dest / "plain").read_bytes() == b"p" * 5000
+    # Without --sparse: zeros, as GNU tar writes them (read, not stored).
+    with ca.tar(src / "lastlog", options=ca.PackOptions(confine=confine)) as stream:
+        total = 0
+        while chunk := stream.read(1 << 22):
+            total += len(chunk)
+    assert total > 1 << 30
+
+
+def test_cp_keeps_holes(tmp_path: Path) -> None:
+    """As GNU cp: a copy of a sparse file is sparse. It took all its size on disk."""
+    from helpers.cli import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _sparse_file(src / "lastlog")
+    result = run_cli("cp", src, tmp_path / "copy")
+    assert result.rc == 0, result.err
+    st = os.stat(tmp_path / "copy" / "lastlog")
+    assert st.st_size == 1 << 30 and st.st_blocks * 512 < 1 << 20
+
+
+def test_cli_tar_sparse_flag(tmp_path: Path) -> None:
+    from helpers.cli import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _sparse_file(src / "lastlog")
+    result = run_cli("tar", "-S", src, "-o", tmp_path / "a.tar")
+    assert result.rc == 0, result.err
+    assert (tmp_path / "a.tar").stat().st_size < 64 << 10

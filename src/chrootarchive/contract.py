@@ -287,6 +287,7 @@ class PackSpec(_Record):
         "include_files",
         "include_source_dir",
         "rebase_names",
+        "sparse",
         "uid_maps",
         "user_names",
         "whole_second_mtimes",
@@ -304,6 +305,7 @@ class PackSpec(_Record):
     group_names: dict[str, str]
     xattrs: bool
     whole_second_mtimes: bool
+    sparse: bool
     #: ``"dev:ino"`` of the file the archive is written to: never packed into itself.
     archive_files: tuple[str, ...]
 

@@ -450,6 +450,10 @@ class PackOptions:
         whole_second_mtimes: truncate times to whole seconds, as Docker does
             (reproducible layers, no PAX record per file); by default sub-second
             times are kept.
+        sparse: write the holes of sparse files as holes (GNU tar's ``--sparse``:
+            PAX GNU sparse 1.0, which GNU tar, bsdtar, Python's tarfile and Go
+            read; an old reader makes a file of the map and the data). Off by
+            default, as in GNU tar: a 2 GiB ``lastlog`` of 4 KiB is then 2 GiB.
         confine: ``auto``, or the name of one confinement mechanism.
     """
 
@@ -466,6 +470,7 @@ class PackOptions:
     compression_level: int | None = None
     xattrs: bool = True
     whole_second_mtimes: bool = False
+    sparse: bool = False
     confine: str = "auto"
 
     def __post_init__(self) -> None:
@@ -478,7 +483,7 @@ class PackOptions:
             low, high = _LEVELS[self.compression]
             _int(f"PackOptions.compression_level ({self.compression})", level, low=low,
                  high=high)
-        for name in ("include_source_dir", "xattrs", "whole_second_mtimes"):
+        for name in ("include_source_dir", "xattrs", "whole_second_mtimes", "sparse"):
             _bool(f"PackOptions.{name}", getattr(self, name))
         _confine("PackOptions.confine", self.confine)
         set_ = object.__setattr__
@@ -570,4 +575,5 @@ def pack_spec(options: PackOptions, archive_files: tuple[str, ...] = ()) -> Pack
         user_names={str(k): v for k, v in options.user_names.items()},
         group_names={str(k): v for k, v in options.group_names.items()},
         xattrs=options.xattrs, whole_second_mtimes=options.whole_second_mtimes,
+        sparse=options.sparse,
     )

@@ -120,6 +120,10 @@ def add_tar_parser(commands: Any) -> None:
     own.add_argument("--whole-second-mtimes", action="store_true",
                      help="truncate times to whole seconds, as Docker does (reproducible "
                           "layers)")
+    own.add_argument("-S", "--sparse", action="store_true",
+                     help="write the holes of sparse files as holes, as GNU tar's "
+                          "--sparse (PAX GNU sparse 1.0: GNU tar, bsdtar, Python's tarfile "
+                          "and Go read it); without it, a hole is written as zeros")
     add_common(tar_p)
 
 
@@ -161,6 +165,7 @@ def _pack_options(args: argparse.Namespace, compression: str) -> PackOptions:
         compression=compression,
         xattrs=not args.no_xattrs,
         whole_second_mtimes=args.whole_second_mtimes,
+        sparse=args.sparse,
         confine=args.confine,
     )
 

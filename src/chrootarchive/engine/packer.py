@@ -82,6 +82,9 @@ __all__ = ["Packer"]
 _FLUSH_AT = 1 << 20  # bytes buffered before a write to the pipe
 _SMALL_FILE = 256 << 10  # files up to this size are copied through the buffer
 _SENDFILE_MAX = 1 << 30
+#: Data regions of one sparse file, at most: beyond, it is written whole (the map is
+#: read into memory by whoever unpacks it, under its limits).
+_MAX_SPARSE_REGIONS = 10_000
 _MAX_LINKS = 100_000  # inodes remembered for their next hard link (about 150 bytes each)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -127,12 +130,12 @@ class _Out:
             write_all(self.fd, self.buf)
             self.buf = bytearray()
 
-    def copy_from(self, src: int, size: int) -> int:
-        """Copy the first ``size`` bytes of ``src``; returns how many there were."""
+    def copy_from(self, src: int, size: int, start: int = 0) -> int:
+        """Copy ``size`` bytes of ``src`` from ``start``; returns how many there were."""
         done = 0
         if size <= _SMALL_FILE:
             while done < size:
-                chunk = os.pread(src, size - done, done)
+                chunk = os.pread(src, size - done, start + done)
                 if not chunk:
                     break
                 self.buf += chunk
@@ -144,14 +147,15 @@ class _Out:
         while done < size:
             if self.sendfile_ok:
                 try:
-                    n = os.sendfile(self.fd, src, done, min(size - done, _SENDFILE_MAX))
+                    n = os.sendfile(self.fd, src, start + done,
+                                    min(size - done, _SENDFILE_MAX))
                 except OSError as err:
                     if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                         raise
                     self.sendfile_ok = False
                     continue
             else:
-                chunk = os.pread(src, min(size - done, _FLUSH_AT), done)
+                chunk = os.pread(src, min(size - done, _FLUSH_AT), start + done)
                 n = len(chunk)
                 if n:
                     write_all(self.fd, chunk)
@@ -163,6 +167,36 @@ class _Out:
     def finish(self) -> None:
         self.zeros(2 * BLOCK)  # the end-of-archive marker
         self.flush()
+
+
+def _data_regions(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of the data in a file with holes (``SEEK_DATA``/``SEEK_HOLE``),
+    ending with ``(size, 0)`` when it ends in a hole, as GNU tar writes it; None when it
+    has no hole after all, or too many regions, or the filesystem cannot tell."""
+    regions: list[tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno != errno.ENXIO:  # ENXIO: only a hole from here
+                    raise
+                break
+            if data >= size:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+            regions.append((data, hole - data))
+            if len(regions) > _MAX_SPARSE_REGIONS:
+                return None
+            offset = hole
+    except OSError:
+        return None
+    if regions == [(0, size)]:
+        return None
+    if not regions or sum(regions[-1]) < size:
+        regions.append((size, 0))
+    return regions
 
 
 # -- the walk ------------------------------------------------------------------------
@@ -288,6 +322,7 @@ class Packer:
         size: int = 0,
         linkname: bytes = b"",
         xattrs: dict[str, bytes] | None = None,
+        records: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         uid, gid = self._owner(st, rel)
         mtime_ns = st.st_mtime_ns
@@ -301,9 +336,43 @@ class Packer:
             mtime_ns=mtime_ns, size=size, linkname=linkname,
             uname=self.options.user_names.get(str(uid), ""),
             gname=self.options.group_names.get(str(gid), ""),
-            devmajor=devmajor, devminor=devminor, xattrs=xattrs,
+            devmajor=devmajor, devminor=devminor, xattrs=xattrs, records=records,
         ))
         self.entries += 1
+
+    def _sparse(self, fd: int, archived: bytes, st: os.stat_result, rel: str,
+                regions: list[tuple[int, int]]) -> None:
+        """A file with holes, as GNU tar's ``--sparse`` writes it (PAX, sparse format
+        1.0): the real name in ``GNU.sparse.name``, then the map of data regions in
+        the first blocks of the data, then the regions' bytes."""
+        lines = [b"%d\n" % len(regions)]
+        lines += [b"%d\n%d\n" % region for region in regions]
+        sparse_map = b"".join(lines)
+        sparse_map += bytes(-len(sparse_map) % BLOCK)
+        stored = sum(length for _, length in regions)
+        base = posixpath.basename(archived) or b"entry"
+        placeholder = (posixpath.dirname(archived) + b"/" if b"/" in archived else b"") + \
+            b"GNUSparseFile.0/" + base
+        self._emit(placeholder, REGTYPE, st, rel, size=len(sparse_map) + stored,
+                   xattrs=self._fd_xattrs(fd, rel), records=(
+                       (b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                       (b"GNU.sparse.name", archived),
+                       (b"GNU.sparse.realsize", b"%d" % st.st_size)))
+        self.out.write(sparse_map)
+        where = self._where
+        for offset, length in regions:
+            try:
+                copied = self.out.copy_from(fd, length, offset)
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise _source_error(err, where(rel)) from err
+            if copied < length:
+                self.warn(f"{where(rel)}: file shrank by {length - copied} bytes while "
+                          "being packed; padded with zeros")
+                self.out.zeros(length - copied)
+        self.out.zeros(-stored % BLOCK)
+        self.size += stored
 
     def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
         """The name this inode was already packed under (a hardlink), or None.
@@ -779,6 +848,11 @@ class Packer:
                 self._emit(archived, LNKTYPE, st, rel, linkname=first)
                 return None
             size = st.st_size
+            if self.options.sparse and st.st_blocks * 512 < size:
+                regions = _data_regions(fd, size)
+                if regions is not None:
+                    self._sparse(fd, archived, st, rel, regions)
+                    return None
             self._emit(archived, REGTYPE, st, rel, size=size,
                        xattrs=self._fd_xattrs(fd, rel))
             try:

@@ -340,13 +340,14 @@ def _pipe(
     pack_options: PackOptions,
     progress: Progress | None,
 ) -> UnpackResult:
-    """tar (jailed at the source) | untar (jailed at the destination).
+    """tar (jailed at the source) | untar (jailed at the destination). Holes stay
+    holes (the stream is sparse), as with GNU cp.
 
     Unprivileged, the copy belongs to the caller, as GNU cp's does: the owners the
     source records are the host's, which no user namespace of the caller's maps (its
     own files were "owners that cannot be represented", in a warning).
     """
-    pack_options = replace(pack_options, compression="none")
+    pack_options = replace(pack_options, compression="none", sparse=True)
     options = options or UnpackOptions()
     if os.geteuid() != 0 and options.chown is None and not (
             options.uid_maps or options.gid_maps):

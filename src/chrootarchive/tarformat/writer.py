@@ -87,6 +87,7 @@ def header(
     devmajor: int = 0,
     devminor: int = 0,
     xattrs: dict[str, bytes] | None = None,
+    records: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
     """The header blocks of one entry: a PAX 'x' header when needed, then ustar.
 
@@ -95,6 +96,7 @@ def header(
         typeflag: the ustar type byte (``ord("0")`` for a file...).
         mtime_ns: the modification time; sub-second parts get a PAX record.
         xattrs: name -> value, written as ``SCHILY.xattr.NAME`` records.
+        records: more PAX records, key and value (a sparse file's ``GNU.sparse.*``).
     """
     pax: list[bytes] = []
     binary = False
@@ -137,6 +139,9 @@ def header(
         assert xattrs is not None
         pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"),
                                xattrs[key]))
+    for key_b, value_b in records:
+        pax.append(_pax_record(key_b, value_b))
+        binary = binary or not _valid_utf8(value_b)
     if binary:
         pax.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
     assert mtime_field is not None
@@ -146,14 +151,14 @@ def header(
     )
     if not pax:
         return block
-    records = b"".join(pax)
+    data = b"".join(pax)
     base = posixpath.basename(name.rstrip(b"/")) or b"."
     pax_name = b"PaxHeaders.0/" + (base if _is_ascii(base) else b"entry")[-80:]
     pax_block = _ustar(
         pax_name, b"", PAXTYPE, 0o644, _octal(0, 8) or b"", _octal(0, 8) or b"",
-        _octal(len(records), 12) or b"", mtime_field, b"", b"", b"", 0, 0,
+        _octal(len(data), 12) or b"", mtime_field, b"", b"", b"", 0, 0,
     )
-    return pax_block + records + bytes(-len(records) % BLOCK) + block
+    return pax_block + data + bytes(-len(data) % BLOCK) + block
 
 
 def _valid_utf8(raw: bytes) -> bool:
