@@ -217,3 +217,17 @@ def test_usage_errors_speak_the_command_lines_words(tmp_path, args, line) -> Non
     got = assert_one_line_error(result, rc=2)
     assert got.startswith("chrootarchive: error: " + line), got
     assert "Limits." not in got and "IDMap" not in got and "Options." not in got
+
+
+def test_names_are_escaped_one_way(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A backslash in a name is listed as ``\\\\``, as GNU tar lists it: a name holding
+    the four characters ``\\x1b`` is told from one holding ESC. And a name quoted in a
+    message is escaped as the entry's own name is (``\\xff``; ``repr()`` wrote
+    ``\\udcff``)."""
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(TarBuilder().file("lit\\x1b", b"").file("esc\x1b", b"").build())
+    assert run_cli("list", archive).out.splitlines() == ["lit\\\\x1b", "esc\\x1b"]
+    archive.write_bytes(TarBuilder().hardlink("h\udcfe", "t\udcff").build())
+    line = assert_one_line_error(run_cli("untar", archive, tmp_path / "d"), rc=1)
+    assert line.startswith(
+        "chrootarchive: error: h\\xfe: hardlink target 't\\xff' does not exist"), line

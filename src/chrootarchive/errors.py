@@ -33,6 +33,7 @@ __all__ = [
     "from_os_error",
     "os_reason",
     "printable",
+    "quoted",
 ]
 
 #: Warnings kept for one operation (one line each): a hostile archive can make millions.
@@ -47,12 +48,15 @@ NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 NAME_KEEP = 60
 
 
-def printable(name: str, keep: int = NAME_KEEP) -> str:
+def printable(name: str, keep: int = NAME_KEEP, *, backslash: bool = False) -> str:
     """NAME safe for a terminal: a hostile entry name can hold escape sequences.
 
     C0 and C1 controls, DEL and undecodable bytes (surrogate-escaped) become ``\\xNN``;
     printable Unicode is kept. A name longer than ``2 * keep + 1`` characters keeps its
     first and last ``keep`` characters around an ellipsis, so the message still shows.
+    ``backslash``: a backslash becomes ``\\\\``, as GNU tar lists it, so that a name
+    holding ``\\x1b`` is told from one holding ESC (for a name shown alone; a message
+    whose names are already escaped is not escaped twice).
     """
     if keep > 0 and len(name) > 2 * keep + 1:
         name = name[:keep] + "\u2026" + name[-keep:]
@@ -65,9 +69,18 @@ def printable(name: str, keep: int = NAME_KEEP) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
             out.append(f"\\u{code:04x}")
+        elif char == "\\" and backslash:
+            out.append("\\\\")
         else:
             out.append(char)
     return "".join(out)
+
+
+def quoted(name: str) -> str:
+    """``'NAME'`` for a message, escaped as :func:`printable` escapes it: ``repr()``
+    wrote an undecodable byte as ``\\udcff`` where the entry's own name shows
+    ``\\xff``, and a quote inside as ``\\'``."""
+    return "'" + printable(name, backslash=True) + "'"
 
 
 class ChrootArchiveError(Exception):
@@ -87,7 +100,7 @@ class ChrootArchiveError(Exception):
 
     def __str__(self) -> str:
         if self.entry:
-            return f"{printable(self.entry)}: {printable(self.message, 0)}"
+            return f"{printable(self.entry, backslash=True)}: {printable(self.message, 0)}"
         return printable(self.message, 0)
 
 

@@ -103,7 +103,7 @@ class EntryLister:
             self.names.append(name)
             return
         try:
-            sys.stdout.write(printable(name, 0) + "\n")
+            sys.stdout.write(printable(name, 0, backslash=True) + "\n")
         except OSError as err:  # a full disk: the unpack goes on, and then fails
             stdout_failed(err, "the list of entries")
 

@@ -20,7 +20,7 @@ import struct
 from bisect import bisect_left
 
 from chrootarchive.engine import fsops
-from chrootarchive.errors import MalformedArchiveError
+from chrootarchive.errors import MalformedArchiveError, quoted
 from chrootarchive.tarformat import reader as tarreader
 from chrootarchive.tarformat.reader import TarEntry
 
@@ -187,7 +187,7 @@ class LayerRules:
             return  # AUFS metadata: never extracted
         original = base[len(WHITEOUT_PREFIX):]
         if original in ("", ".", "..") or "/" in original:
-            raise MalformedArchiveError(f"invalid whiteout name {base!r}", entry.name)
+            raise MalformedArchiveError(f"invalid whiteout name {quoted(base)}", entry.name)
         target = original if parent == "." else f"{parent}/{original}"
         if self._kept(target):
             # This layer wrote it, or below it: the whiteout hides the lower layers'

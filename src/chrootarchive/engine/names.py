@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 
-from chrootarchive.errors import BreakoutError, MalformedArchiveError
+from chrootarchive.errors import BreakoutError, MalformedArchiveError, quoted
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def hardlink_target(unsafe_target: str, entry: str) -> str:
         return clean_name(unsafe_target)
     except BreakoutError:
         raise BreakoutError(
-            f"hardlink target {unsafe_target!r} would leave the destination", entry
+            f"hardlink target {quoted(unsafe_target)} would leave the destination", entry
         ) from None
 
 
@@ -92,7 +92,7 @@ def check_symlink(name: str, unsafe_target: str, entry: str) -> None:
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), unsafe_target))
     if joined == ".." or joined.startswith("../"):
         raise BreakoutError(
-            f"symlink target {unsafe_target!r} would leave the destination", entry
+            f"symlink target {quoted(unsafe_target)} would leave the destination", entry
         )
 
 

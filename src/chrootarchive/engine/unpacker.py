@@ -35,6 +35,7 @@ from chrootarchive.errors import (
     WorkerError,
     from_os_error,
     printable,
+    quoted,
 )
 from chrootarchive.tarformat import reader as tarreader
 from chrootarchive.tarformat.reader import TarEntry, TarReader
@@ -610,12 +611,12 @@ class Unpacker:
                     if self.whiteouts.is_marker(entry_name.rpartition("/")[2]):
                         raise
                     raise ArchiveError(
-                        f"cannot create parent directory {prefix!r}: a symlink that leads "
+                        f"cannot create parent directory {quoted(prefix)}: a symlink that leads "
                         "nowhere is in the way", entry_name,
                     ) from None
                 if not stat.S_ISDIR(st.st_mode):
                     raise ArchiveError(
-                        f"cannot create parent directory {prefix!r}: not a directory",
+                        f"cannot create parent directory {quoted(prefix)}: not a directory",
                         entry_name,
                     ) from None
                 parent_setgid = bool(st.st_mode & stat.S_ISGID)
@@ -1385,14 +1386,14 @@ class Unpacker:
                         self.excluded_links += 1  # another name of a file excluded
                         return
                     raise ArchiveError(
-                        f"hardlink target {entry.linkname!r} does not exist", entry.name
+                        f"hardlink target {quoted(entry.linkname)} does not exist", entry.name
                     ) from None
                 raise
             except PermissionError:
                 st = self.fs.lstat(target)
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     raise ArchiveError(
-                        f"hardlink target {entry.linkname!r} is a directory", entry.name
+                        f"hardlink target {quoted(entry.linkname)} is a directory", entry.name
                     ) from None
                 raise
 
@@ -1778,7 +1779,7 @@ class Unpacker:
             where, target = refused
             more = f"; {removed - 1:,} more removed" if removed > 1 else ""
             raise BreakoutError(
-                f"symlink target {target!r} leads out of the destination through the "
+                f"symlink target {quoted(target)} leads out of the destination through the "
                 f"symlinks on its way: refused by the data filter, and removed{more}", where)
         if unfollowed:
             self.warn(f"filter data: removed {unfollowed} symlinks that could not be "

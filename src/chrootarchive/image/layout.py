@@ -34,6 +34,7 @@ from chrootarchive.errors import (
     MalformedArchiveError,
     SourceError,
     from_os_error,
+    quoted,
 )
 from chrootarchive.operations import compression
 from chrootarchive.tarformat import reader as tarreader
@@ -159,7 +160,7 @@ class Layout:
                 if counter[0] > _MAX_LINK_HOPS:
                     raise ImageError("too many levels of symbolic links", name)
                 if target.startswith("/"):
-                    raise ImageError(f"symbolic link {current!r} points outside the image",
+                    raise ImageError(f"symbolic link {quoted(current)} points outside the image",
                                      name)
                 stack.extend(reversed(target.split("/")))
                 continue

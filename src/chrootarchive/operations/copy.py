@@ -29,6 +29,7 @@ from chrootarchive.errors import (
     MechanismUnavailableError,
     SourceError,
     from_os_error,
+    quoted,
 )
 from chrootarchive.jail.confine import IN_PROCESS
 from chrootarchive.operations import destination
@@ -517,4 +518,4 @@ def _refuse_copy_into_itself(source: str, src_root: PathLike | None, target: str
         return
     if dst_path == src_path or dst_path.startswith(src_path.rstrip("/") + "/"):
         raise DestinationError(
-            f"cannot copy a directory, {source!r}, into itself ({target!r})", target)
+            f"cannot copy a directory, {quoted(source)}, into itself ({quoted(target)})", target)

@@ -52,7 +52,7 @@ class ListedEntry:
     def line(self, verbose: bool = False) -> str:
         """``tar -t`` (the name) or ``tar -tv`` (mode, owner, size, time, name) output,
         with names escaped: an archive controls them."""
-        name = printable(self.name, 0)
+        name = printable(self.name, 0, backslash=True)
         if not verbose:
             return name
         mode = stat.filemode(_TYPE_BITS[self.kind] | self.mode)
@@ -63,9 +63,9 @@ class ListedEntry:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(_clamped(self.mtime)))
         text = f"{mode} {self.uid}/{self.gid} {size:>9} {when} {name}"
         if self.kind == tarreader.SYMLINK:
-            text += f" -> {printable(self.linkname, 0)}"
+            text += f" -> {printable(self.linkname, 0, backslash=True)}"
         elif self.kind == tarreader.HARDLINK:
-            text += f" link to {printable(self.linkname, 0)}"
+            text += f" link to {printable(self.linkname, 0, backslash=True)}"
         return text
 
 
