@@ -231,3 +231,13 @@ def test_names_are_escaped_one_way(tmp_path) -> None:  # type: ignore[no-untyped
     line = assert_one_line_error(run_cli("untar", archive, tmp_path / "d"), rc=1)
     assert line.startswith(
         "chrootarchive: error: h\\xfe: hardlink target 't\\xff' does not exist"), line
+
+
+def test_an_unknown_option_is_the_commands_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """argparse reports what a command's parser does not know at the top level, with
+    the top level's usage (a list of commands); it is the command's own error."""
+    result = run_cli("untar", "--bogus", tmp_path / "a.tar", tmp_path / "d")
+    assert result.rc == 2
+    assert result.err.startswith("usage: chrootarchive untar "), result.err
+    assert result.err.endswith(
+        "chrootarchive untar: error: unrecognized arguments: --bogus\n"), result.err

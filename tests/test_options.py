@@ -62,6 +62,7 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (PackOptions, "compression_level", "9", 10),  # with gzip: 0-9
     (PackOptions, "xattrs", "yes", _NO_BAD_VALUE),
     (PackOptions, "whole_second_mtimes", None, _NO_BAD_VALUE),
+    (PackOptions, "sparse", "yes", _NO_BAD_VALUE),
     (PackOptions, "confine", 0, "nope"),
 ]
 

@@ -79,6 +79,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    # For an option the command does not know: its own usage, not the top level's.
+    parser.set_defaults(command_parsers=commands.choices)
     for name, (_module, add, _run) in COMMANDS.items():
         if command is None or name == command:
             getattr(_module_of(name), add)(commands)
@@ -105,6 +107,16 @@ def chosen_command(argv: Sequence[str]) -> str:
     return words[0] if words[0] in COMMANDS else ""
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parse_args``, but what the command does not know is the command's error, with
+    its usage (argparse reports it at the top level, with the list of commands)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        own = args.command_parsers.get(args.command, parser)
+        own.error("unrecognized arguments: " + " ".join(extra))
+    return args
+
+
 def _one_line(text: str) -> str:
     """``chrootarchive: error: TEXT`` on one line, whatever the entry name holds.
 
@@ -123,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (callable from tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = chosen_command(argv)
-    args = build_parser(command).parse_args(argv)
+    args = _parse(build_parser(command), argv)
     if args.command != command:  # not where chosen_command looked: parse it all
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     if args.debug:
         from chrootarchive.runner.settings import set_debug
 
