@@ -17,6 +17,7 @@ import signal
 import subprocess
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -210,11 +211,11 @@ def test_killed_worker_leaves_nothing(parent: Path) -> None:
     check.assert_clean()
 
 
-def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
-    dest = parent / "dest"
-    before = parent_snapshot(parent)
-    proc = subprocess.Popen([*CLI, "untar", "--atomic", "-", str(dest)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+def _stopped_mid_run(cmd: list[str], started: Callable[[], object],
+                     stop: Callable[[int, int], None]) -> CLIResult:
+    """Run ``cmd`` with a stream trickled into its standard input (an entry, then a
+    1 GiB file, a MiB at a time); once ``started()``, ``stop(pid, worker pid)``."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
     head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 30)
@@ -222,10 +223,11 @@ def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
                       keep_open=True)
     feeder.start()
     try:
-        wait_for(lambda: any((parent / s / "first").exists() for s in stages(parent)),
-                 what="the first entry in the staging directory")
-        os.kill(wait_worker(proc.pid), signal.SIGKILL)
+        wait_for(started, what="the command to be under way")
+        worker = wait_worker(proc.pid)
+        stop(proc.pid, worker)
         rc = proc.wait(10)
+        wait_for(lambda: not alive(worker), 5, what="the worker to be stopped")
     finally:
         feeder.stop.set()
         proc.kill()  # its end of the pipe goes: a blocked feeder gets EPIPE
@@ -234,6 +236,16 @@ def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
         proc.stdin.close()
     result = CLIResult((rc, "", proc.stderr.read().decode()))
     proc.stderr.close()
+    return result
+
+
+def test_killed_worker_leaves_nothing_cli(parent: Path) -> None:
+    dest = parent / "dest"
+    before = parent_snapshot(parent)
+    result = _stopped_mid_run(
+        [*CLI, "untar", "--atomic", "-", str(dest)],
+        lambda: any((parent / s / "first").exists() for s in stages(parent)),
+        lambda pid, worker: os.kill(worker, signal.SIGKILL))
     assert_one_line_error(result, rc=70, mentions=("worker", "SIGKILL"))
     assert not dest.exists()
     tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")
@@ -252,34 +264,17 @@ def test_sigterm_leaves_nothing_cli(parent: Path, command: str) -> None:
     src.mkdir()
     with open(src / "sparse", "wb") as sparse:
         sparse.truncate(64 << 30)
-    cmd = ([*CLI, "untar", "--atomic", "-", str(dest)] if command == "untar"
-           else [*CLI, "tar", "-o", str(out), str(src)])
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stderr is not None
-    head = B().file("first", b"1").build(eoa=False) + tb.header("big", size=1 << 30)
-    feeder = Trickler(proc.stdin.fileno(), [head] + [bytes(1 << 20)] * 2000, 0.001,
-                      keep_open=True)
-    feeder.start()
-    try:
-        if command == "untar":
-            wait_for(lambda: any((parent / s / "first").exists() for s in stages(parent)),
-                     what="the first entry in the staging directory")
-        else:
-            wait_for(lambda: any(p.name.endswith(".partial") and p.stat().st_size > 1 << 20
-                                 for p in parent.iterdir()), what="a partial output")
-        worker = wait_worker(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(10)
-        wait_for(lambda: not alive(worker), 5, what="the worker to be stopped")
-    finally:
-        feeder.stop.set()
-        proc.kill()
-        proc.wait()
-        feeder.join()
-        proc.stdin.close()
-    result = CLIResult((rc, "", proc.stderr.read().decode()))
-    proc.stderr.close()
+    if command == "untar":
+        cmd = [*CLI, "untar", "--atomic", "-", str(dest)]
+        started: Callable[[], object] = lambda: any(  # noqa: E731
+            (parent / s / "first").exists() for s in stages(parent))
+    else:
+        cmd = [*CLI, "tar", "-o", str(out), str(src)]
+        started = lambda: any(  # noqa: E731
+            p.name.endswith(".partial") and p.stat().st_size > 1 << 20
+            for p in parent.iterdir())
+    result = _stopped_mid_run(cmd, started,
+                              lambda pid, worker: os.kill(pid, signal.SIGTERM))
     assert assert_one_line_error(result, rc=143) == "chrootarchive: error: terminated"
     assert not dest.exists() and not out.exists()
     tree.assert_same(before, parent_snapshot(parent), "the parent directory changed")

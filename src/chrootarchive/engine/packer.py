@@ -359,20 +359,24 @@ class Packer:
                        (b"GNU.sparse.name", archived),
                        (b"GNU.sparse.realsize", b"%d" % st.st_size)))
         self.out.write(sparse_map)
-        where = self._where
         for offset, length in regions:
-            try:
-                copied = self.out.copy_from(fd, length, offset)
-            except BrokenPipeError:
-                raise
-            except OSError as err:
-                raise _source_error(err, where(rel)) from err
-            if copied < length:
-                self.warn(f"{where(rel)}: file shrank by {length - copied} bytes while "
-                          "being packed; padded with zeros")
-                self.out.zeros(length - copied)
+            self._copy_data(fd, rel, length, offset)
         self.out.zeros(-stored % BLOCK)
         self.size += stored
+
+    def _copy_data(self, fd: int, rel: str, length: int, offset: int = 0) -> None:
+        """``length`` bytes of the file from ``offset`` into the stream: as many as its
+        header said, zeros for what it lost while being packed."""
+        try:
+            copied = self.out.copy_from(fd, length, offset)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise _source_error(err, self._where(rel)) from err
+        if copied < length:
+            self.warn(f"{self._where(rel)}: file shrank by {length - copied} bytes while "
+                      "being packed; padded with zeros")
+            self.out.zeros(length - copied)
 
     def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
         """The name this inode was already packed under (a hardlink), or None.
@@ -855,16 +859,7 @@ class Packer:
                     return None
             self._emit(archived, REGTYPE, st, rel, size=size,
                        xattrs=self._fd_xattrs(fd, rel))
-            try:
-                copied = self.out.copy_from(fd, size)
-            except BrokenPipeError:
-                raise
-            except OSError as err:
-                raise _source_error(err, where(rel)) from err
-            if copied < size:
-                self.warn(f"{where(rel)}: file shrank by {size - copied} bytes while being "
-                          "packed; padded with zeros")
-                self.out.zeros(size - copied)
+            self._copy_data(fd, rel, size)
             self.out.zeros(-size % BLOCK)
             self.size += size
         finally:
