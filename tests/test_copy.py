@@ -588,6 +588,20 @@ def test_cp_refuses_to_copy_a_directory_into_itself(tmp_path: Path, dst: str) ->
     assert os.readlink(src / "d" / "self") == "."
 
 
+def test_cp_into_a_symlink_to_inside_the_source(tmp_path: Path) -> None:
+    """DST a symlink into SRC: ``cp src link`` replaces the symlink (not refused: it
+    was); ``cp src link/`` copies into where it leads, inside SRC (refused)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("src/sub")
+    assert_one_line_error(run_cli("cp", "src", "link/", cwd=tmp_path), rc=4,
+                          mentions=("into itself",))
+    result = run_cli("cp", "src", "link", cwd=tmp_path)
+    assert result.rc == 0, result.err
+    assert (tmp_path / "link").is_dir() and not (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(src)) == ["sub"] and os.listdir(src / "sub") == []
+
+
 @pytest.mark.parametrize("confine", ["userns", "openat2"])
 def test_unprivileged_cp_belongs_to_the_caller_without_warnings(confine: str) -> None:
     """As GNU cp run by a user: the copy is the caller's. It warned that the caller's

@@ -500,3 +500,64 @@ def test_unprivileged_success_for_comparison(unpriv: Unprivileged) -> None:
     result = unpriv.cli("untar", archive, dest)
     assert result.rc == 0, result.err
     assert (dest / "d" / "f").read_bytes() == b"hello\n"
+
+
+# -- SIGTERM ---------------------------------------------------------------------------
+
+
+def test_sigterm_stops_list_of_a_stalled_pipe(tmp_path: Path) -> None:
+    """``list -`` of a pipe that stalls: SIGTERM ends it at once. It waited for its
+    feeding thread, blocked reading the pipe, until the pipe closed (a review of
+    issue 16's twenty-first round)."""
+    data = B().file("first", b"1").file("big", os.urandom(4 << 20)).build()
+    proc = subprocess.Popen([*CLI, "list", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(data[:1 << 20])
+        proc.stdin.flush()
+        time.sleep(0.5)  # the command line is under way, its reader waiting for more
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(5)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert rc == 143, err
+    assert err.endswith("chrootarchive: error: terminated\n"), err
+
+
+def test_sigterm_to_the_whole_process_group(tmp_path: Path) -> None:
+    """systemd's stop and ``kill -- -PGID`` signal the worker too: whatever the worker
+    does first, the command reports the termination (exit 143). It raced: a worker
+    reaped by a wait that the handler cut short was killed again (ProcessLookupError,
+    "this is a bug", exit 70), or its death replaced the termination."""
+    archive = tmp_path / "many.tar"
+    builder = B()
+    for i in range(20_000):
+        builder.file(f"d{i % 50}/f{i}", b"x")
+    archive.write_bytes(builder.build())
+    outcomes = []
+    for round_ in range(8):
+        dest = tmp_path / f"dest{round_}"
+        proc = subprocess.Popen([*CLI, "untar", "--atomic", str(archive), str(dest)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.stderr is not None
+        time.sleep(0.1 + 0.05 * round_)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # already done
+        rc = proc.wait(10)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        outcomes.append(rc)
+        assert rc in (0, 143), err
+        if rc == 143:
+            assert err == "chrootarchive: error: terminated\n", err
+            assert not dest.exists()
+    assert outcomes.count(143) >= 4, outcomes
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".chrootarchive")] == []

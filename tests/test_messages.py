@@ -241,3 +241,11 @@ def test_an_unknown_option_is_the_commands_error(tmp_path) -> None:  # type: ign
     assert result.err.startswith("usage: chrootarchive untar "), result.err
     assert result.err.endswith(
         "chrootarchive untar: error: unrecognized arguments: --bogus\n"), result.err
+
+
+def test_an_option_before_the_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``chrootarchive -q untar A D``: -q is the command's option, given too early."""
+    result = run_cli("-q", "untar", tmp_path / "a.tar", tmp_path / "d")
+    assert result.rc == 2
+    assert result.err.startswith("usage: chrootarchive untar "), result.err
+    assert result.err.endswith("error: unrecognized arguments: -q\n"), result.err

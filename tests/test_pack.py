@@ -778,6 +778,24 @@ def test_tar_leaves_its_own_output_out(tmp_path: Path) -> None:
         assert sorted(archive.getnames()) == ["a", "out.tar"]
 
 
+def test_tar_packs_a_file_the_output_only_names(tmp_path: Path) -> None:
+    """OUT a symlink to a file in SRC, or another name of one: the rename replaces that
+    name alone, and the file is packed (it was left out as "the archive")."""
+    from helpers.cli import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    (tmp_path / "link.tar").symlink_to("src/a")
+    os.link(src / "a", tmp_path / "other.tar")
+    for out in ("link.tar", "other.tar"):
+        result = run_cli("tar", "-o", tmp_path / out, src)
+        assert result.rc == 0 and result.err == "", result.err
+        with tarfile.open(tmp_path / out) as archive:
+            assert archive.getnames() == ["a"]
+    assert (src / "a").read_bytes() == b"a"
+
+
 def test_tar_api_leaves_the_archive_file_out(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -148,10 +148,11 @@ def _catch_termination() -> None:
 def _terminated(signum: int, frame: object) -> None:
     import _signal
 
-    from chrootarchive.cli.commands import Terminated
+    from chrootarchive.cli import commands
 
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # a second one kills at once
-    raise Terminated
+    commands.terminated = True
+    raise commands.Terminated
 
 
 def entry_point() -> None:

@@ -24,6 +24,11 @@ class UsageError(Exception):
     """A command line that cannot run: reported as one line, exit status 2."""
 
 
+#: Set by the SIGTERM handler: an error met while the command unwinds (a worker that
+#: the same signal killed, say) is reported as the termination it follows.
+terminated = False
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``docker stop``, systemd, a CI job's timeout), raised where Ctrl-C is:
     the command unwinds as for Ctrl-C (its worker stopped, an ``--atomic`` staging

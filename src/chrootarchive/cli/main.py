@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 
+from chrootarchive.cli import commands
 from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, Terminated, UsageError
 from chrootarchive.errors import ChrootArchiveError, printable
 
@@ -107,16 +108,6 @@ def chosen_command(argv: Sequence[str]) -> str:
     return words[0] if words[0] in COMMANDS else ""
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """``parse_args``, but what the command does not know is the command's error, with
-    its usage (argparse reports it at the top level, with the list of commands)."""
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        own = args.command_parsers.get(args.command, parser)
-        own.error("unrecognized arguments: " + " ".join(extra))
-    return args
-
-
 def _one_line(text: str) -> str:
     """``chrootarchive: error: TEXT`` on one line, whatever the entry name holds.
 
@@ -135,9 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (callable from tests)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = chosen_command(argv)
-    args = _parse(build_parser(command), argv)
+    parser = build_parser(command)
+    args, extra = parser.parse_known_args(argv)
     if args.command != command:  # not where chosen_command looked: parse it all
-        args = _parse(build_parser(), argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+    if extra:  # what the command does not know is its own error, with its usage
+        args.command_parsers.get(args.command, parser).error(
+            "unrecognized arguments: " + " ".join(extra))
     if args.debug:
         from chrootarchive.runner.settings import set_debug
 
@@ -148,22 +144,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except UsageError as err:
         return _fail(args, "UsageError", _one_line(str(err)), EXIT_USAGE, str(err))
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated) or commands.terminated:
+            return _terminated(args)
+        return _fail(args, "KeyboardInterrupt", "chrootarchive: error: interrupted", 130,
+                     "interrupted")
     except ChrootArchiveError as err:
+        if commands.terminated:
+            return _terminated(args)
         if args.debug:
             raise
         return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
                      printable(err.message, 0), err.entry)
-    except Terminated:
-        return _fail(args, "Terminated", "chrootarchive: error: terminated", 143,
-                     "terminated")
-    except KeyboardInterrupt:
-        return _fail(args, "KeyboardInterrupt", "chrootarchive: error: interrupted", 130,
-                     "interrupted")
     except Exception as err:
+        if commands.terminated:
+            return _terminated(args)
         if args.debug:
             raise
         line = _error_line(err) + " (this is a bug: please report it with --debug output)"
         return _fail(args, "InternalError", line, EXIT_INTERNAL, line)
+
+
+def _terminated(args: argparse.Namespace) -> int:
+    """SIGTERM: the worker it also reached may have failed first, as unwinding began."""
+    return _fail(args, "Terminated", "chrootarchive: error: terminated", 143, "terminated")
 
 
 def _fail(args: argparse.Namespace, cls: str, line: str, status: int, message: str,

@@ -256,7 +256,12 @@ def _output(path: str) -> Iterator[tuple[int, ...]]:
             os.umask(mask)
             os.fchmod(fd, 0o666 & ~mask)
             with contextlib.suppress(OSError):  # none yet, or not ours to read
-                replaced = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                replaced = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if replaced >= 0 and os.fstat(replaced).st_nlink != 1:
+                # A symlink is replaced, not what it names; a file with other names
+                # keeps them, and is packed by them.
+                os.close(replaced)
+                replaced = -1
             yield (fd,) if replaced < 0 else (fd, replaced)
         finally:
             os.close(fd)

@@ -474,6 +474,7 @@ def copy_path(
     target = os.fspath(dst)
     name = posixpath.basename(posixpath.normpath(source))
     base = pack_options or PackOptions()
+    made: str | None = None  # the name made (or replaced) in untar_dir; None: its contents
     if source.endswith("/.") or name in ("", ".", ".."):
         pack_options = replace(base, include_source_dir=True, rebase_names={})
         untar_dir = target
@@ -485,8 +486,8 @@ def copy_path(
         else:
             untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
         pack_options = replace(base, include_source_dir=True, rebase_names={".": new_name})
-        target = posixpath.join(untar_dir, new_name)
-    _refuse_copy_into_itself(source, src_root, target, dst_root)
+        made = new_name
+    _refuse_copy_into_itself(source, src_root, untar_dir, dst_root, made)
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)
 
 
@@ -501,11 +502,13 @@ def _host_path(path: str, root: PathLike | None) -> str | None:
     return found if found == top or found.startswith(top.rstrip("/") + "/") else None
 
 
-def _refuse_copy_into_itself(source: str, src_root: PathLike | None, target: str,
-                             dst_root: PathLike | None) -> None:
+def _refuse_copy_into_itself(source: str, src_root: PathLike | None, untar_dir: str,
+                             dst_root: PathLike | None, new_name: str | None) -> None:
     """GNU cp's "cannot copy a directory into itself": the copy would read what it
     writes, and grow for as long as the walk keeps finding it. Seen from the host: a
-    guard for a mistake, not the confinement (the jails resolve the paths)."""
+    guard for a mistake, not the confinement (the jails resolve the paths). The copy
+    goes into ``untar_dir`` (followed) as ``new_name``, which is made or replaced (a
+    symlink there is not followed); None: into ``untar_dir`` itself."""
     src_path = _host_path(source, src_root)
     parent = _host_path(posixpath.dirname(source.rstrip("/")) or ".", src_root)
     if src_path is None or parent is None or not os.path.isdir(src_path):
@@ -513,9 +516,13 @@ def _refuse_copy_into_itself(source: str, src_root: PathLike | None, target: str
     if not source.endswith(("/", "/.")) and os.path.islink(
             os.path.join(parent, posixpath.basename(source))):
         return  # the symlink itself is copied
-    dst_path = _host_path(target, dst_root)
+    dst_path = _host_path(untar_dir, dst_root)
     if dst_path is None:
         return
+    target = untar_dir
+    if new_name is not None:
+        dst_path = os.path.join(dst_path, new_name)
+        target = posixpath.join(untar_dir, new_name)
     if dst_path == src_path or dst_path.startswith(src_path.rstrip("/") + "/"):
         raise DestinationError(
             f"cannot copy a directory, {quoted(source)}, into itself ({quoted(target)})", target)

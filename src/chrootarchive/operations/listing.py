@@ -101,11 +101,14 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
         feeder.start()
         open_fds = [read_fd]
 
-        def stop_feeding() -> None:
-            """Close our end (a feeder still writing gets EPIPE) and wait for it."""
+        def stop_feeding(wait: bool = True) -> None:
+            """Close our end (a feeder still writing gets EPIPE) and wait for it; not
+            after an error or an early stop: it may be blocked reading the source
+            (a stalled pipe), and ends at its next write."""
             while open_fds:
                 os.close(open_fds.pop())
-            feeder.join()
+            if wait:
+                feeder.join()
 
         try:
             reader = tarreader.TarReader(read_fd)
@@ -131,4 +134,4 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
             if not seen and not offset:
                 raise MalformedArchiveError("not a tar archive: empty input")
         finally:
-            stop_feeding()
+            stop_feeding(wait=False)

@@ -149,7 +149,10 @@ class Child:
 
     def kill(self) -> None:
         if self.returncode is None:
-            os.kill(self.pid, _SIGKILL)
+            try:  # noqa: SIM105 - contextlib is not loaded on this path (the start)
+                os.kill(self.pid, _SIGKILL)
+            except ProcessLookupError:
+                pass  # reaped, by a wait that a signal handler's exception cut short
 
 
 def _inherited_fds(keep: Sequence[int]) -> list[int] | None:
