@@ -209,6 +209,10 @@ def test_worker_cannot_import_the_package(tmp_path) -> None:  # type: ignore[no-
     (["--timeout", "-5"], "--timeout must be more than 0"),
     (["--uid-map", "0:1000:10", "--uid-map", "5:2000:10"],
      "--uid-map: 0:1000:10 and 5:2000:10 overlap in their container_ids"),
+    # Two ranges that start at the same id: sorting them compared the IDMaps
+    # ("'<' not supported between instances of 'IDMap' and 'IDMap'").
+    (["--uid-map", "0:0:10", "--uid-map", "0:100:10"],
+     "--uid-map: 0:0:10 and 0:100:10 overlap in their container_ids"),
 ])
 def test_usage_errors_speak_the_command_lines_words(tmp_path, args, line) -> None:  # type: ignore[no-untyped-def]
     """A value the options refuse is named by its option, not by the class behind it

@@ -161,7 +161,8 @@ def _id_maps(name: str, value: object) -> tuple[IDMap, ...]:
         if not isinstance(m, IDMap):
             raise TypeError(f"{name} must hold IDMap ranges, not {_shown(m)}")
     for kind in ("container_id", "host_id"):  # the kernel's uid_map refuses both
-        spans = sorted(((getattr(m, kind), getattr(m, kind) + m.size), m) for m in maps)
+        spans = sorted((((getattr(m, kind), getattr(m, kind) + m.size), m) for m in maps),
+                       key=lambda span: span[0])  # by span alone: IDMaps do not order
         for ((_, end), first), ((start, _), second) in itertools.pairwise(spans):
             if start < end:
                 raise ValueError(f"{name}: {first} and {second} overlap in their {kind}s")
