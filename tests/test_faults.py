@@ -561,3 +561,27 @@ def test_sigterm_to_the_whole_process_group(tmp_path: Path) -> None:
             assert not dest.exists()
     assert outcomes.count(143) >= 4, outcomes
     assert [p for p in os.listdir(tmp_path) if p.startswith(".chrootarchive")] == []
+
+
+def test_sigterm_while_the_command_line_starts(tmp_path: Path) -> None:
+    """A SIGTERM as the modules load or the arguments are parsed: one line and 143 (or
+    the default action, -15, before the handler is in place). The handler imported a
+    module, which a signal could cut short, and the termination was caught only once
+    the command ran: tracebacks, exit status 1 (a review of the round)."""
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(B().file("a", b"a").build())
+    seen = set()
+    for i in range(24):
+        proc = subprocess.Popen([*CLI, "list", str(archive)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        time.sleep(0.005 * i)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(10)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        seen.add(rc)
+        assert "Traceback" not in err, err
+        assert (rc, err) in ((-signal.SIGTERM, ""), (0, ""),
+                             (143, "chrootarchive: error: terminated\n")), (rc, err)
+    assert 143 in seen, seen

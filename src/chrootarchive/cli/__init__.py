@@ -18,6 +18,7 @@ what the command needs (docs/performance.md, issue 16).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal, without the enum it loads
 import os
 import sys
 
@@ -26,7 +27,23 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-__all__ = ["build_parser", "entry_point", "main"]
+__all__ = ["Terminated", "build_parser", "entry_point", "main", "was_terminated"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, systemd, a CI job's timeout), raised where Ctrl-C is:
+    the command unwinds as for Ctrl-C (its worker stopped, an ``--atomic`` staging
+    directory and a partial output removed), then exits with status 143. Here, not in
+    a submodule: the handler imports nothing (a signal may cut an import short)."""
+
+
+_terminated_by_signal = False
+
+
+def was_terminated() -> bool:
+    """Whether SIGTERM came: an error met while the command unwinds (a worker that the
+    same signal killed, say) is reported as the termination it follows."""
+    return _terminated_by_signal
 
 #: The commands whose single job is an unpack: their worker is started first thing.
 _UNPACK_COMMANDS = ("untar", "apply-layer", "unpack-image")
@@ -137,22 +154,26 @@ def _flush_stdout(code: int) -> int:
 
 
 def _catch_termination() -> None:
-    """SIGTERM unwinds the command as Ctrl-C does (:class:`.commands.Terminated`):
-    killed outright, it left its worker's ``--atomic`` staging directory behind.
-    ``_signal``: ``signal`` loads ``enum`` (the start of every command)."""
-    import _signal  # type: ignore[import-not-found]
-
+    """SIGTERM unwinds the command as Ctrl-C does (:class:`Terminated`): killed
+    outright, it left its worker's ``--atomic`` staging directory behind."""
     _signal.signal(_signal.SIGTERM, _terminated)
 
 
 def _terminated(signum: int, frame: object) -> None:
-    import _signal
-
-    from chrootarchive.cli import commands
-
+    global _terminated_by_signal
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)  # a second one kills at once
-    commands.terminated = True
-    raise commands.Terminated
+    _terminated_by_signal = True
+    raise Terminated
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM before the command's own handling (its modules loading, its
+    arguments parsed): one line, as there, and no traceback."""
+    if isinstance(err, Terminated) or _terminated_by_signal:
+        print("chrootarchive: error: terminated", file=sys.stderr)
+        return 143
+    print("chrootarchive: error: interrupted", file=sys.stderr)
+    return 130
 
 
 def entry_point() -> None:
@@ -163,6 +184,8 @@ def entry_point() -> None:
     early = _start_worker_early(argv)
     try:
         code = main(argv)
+    except KeyboardInterrupt as err:
+        code = _interrupted(err)
     finally:
         if early:  # not used (a usage error, openat2): no process is left behind
             from chrootarchive.runner import standby

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["COMMANDS", "HELP", "Formatter", "Terminated", "UsageError"]
+__all__ = ["COMMANDS", "HELP", "Formatter", "UsageError"]
 
 
 #: The standard descriptors that were closed when the command line started (now
@@ -22,17 +22,6 @@ closed_streams: frozenset[int] = frozenset()
 
 class UsageError(Exception):
     """A command line that cannot run: reported as one line, exit status 2."""
-
-
-#: Set by the SIGTERM handler: an error met while the command unwinds (a worker that
-#: the same signal killed, say) is reported as the termination it follows.
-terminated = False
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``docker stop``, systemd, a CI job's timeout), raised where Ctrl-C is:
-    the command unwinds as for Ctrl-C (its worker stopped, an ``--atomic`` staging
-    directory and a partial output removed), then exits with status 143."""
 
 
 #: name -> (module under chrootarchive.cli, function adding its parser, function running it)

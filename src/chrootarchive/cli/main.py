@@ -12,8 +12,8 @@ import contextlib
 import os
 import sys
 
-from chrootarchive.cli import commands
-from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, Terminated, UsageError
+from chrootarchive.cli import Terminated, was_terminated
+from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, UsageError
 from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
@@ -145,19 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         return _fail(args, "UsageError", _one_line(str(err)), EXIT_USAGE, str(err))
     except KeyboardInterrupt as err:
-        if isinstance(err, Terminated) or commands.terminated:
+        if isinstance(err, Terminated) or was_terminated():
             return _terminated(args)
         return _fail(args, "KeyboardInterrupt", "chrootarchive: error: interrupted", 130,
                      "interrupted")
     except ChrootArchiveError as err:
-        if commands.terminated:
+        if was_terminated():
             return _terminated(args)
         if args.debug:
             raise
         return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
                      printable(err.message, 0), err.entry)
     except Exception as err:
-        if commands.terminated:
+        if was_terminated():
             return _terminated(args)
         if args.debug:
             raise
