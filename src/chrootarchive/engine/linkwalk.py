@@ -13,8 +13,8 @@ archive is all written, follows each one from there (:meth:`LinkWalk.leads_out`)
 reader would: through the symlinks now in the destination. It leads out when it climbs
 above the destination or meets an absolute symlink (which a reader outside the jail
 follows to the host's own files). It is followed as :func:`os.path.realpath` follows
-it, not as the kernel does: with no limit of 40 symlinks, and a loop read as a name,
-then ``..`` climbs over it (``a/loop/../..``). Go's ``EvalSymlinks`` follows 255.
+it, not as the kernel does: with no limit of 40 symlinks (Go's ``EvalSymlinks``
+follows 255), and a loop read both ways ``realpath`` has read one (:meth:`_walk`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class LinkWalk:
         """The components of the directory ``parent`` really is (no symlink among
         them), or None when it leads out of the destination."""
         try:
-                return self._walk([], parent)
+            return self._walk([], parent)
         except LeadsOut:
             return None
 
