@@ -319,16 +319,19 @@ def verbose_archive() -> bytes:
     return b.build()
 
 
-def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive) -> None:
-    archive = write_archive(verbose_archive())
-    result = run_cli("untar", "-v", "--exclude", "skip", archive, tmp_path / "ours")
+def _verbose_both(tmp_path: Path, archive: Path, *flags: str) -> tuple[list[str], list[str]]:
+    """The lines ``untar -v FLAGS`` and GNU tar's ``-xvf FLAGS`` print for ``archive``."""
+    result = run_cli("untar", "-v", *flags, archive, tmp_path / "ours")
     assert result.rc == 0, result.err
     (tmp_path / "gnu").mkdir()
-    gnu = subprocess.run(["tar", "-xvf", str(archive), "-C", str(tmp_path / "gnu"),
-                          "--exclude=skip"], capture_output=True, check=True)
-    gnu_lines = gnu.stdout.decode().splitlines()
-    ours = result.out.splitlines()
-    assert ours[:4] == gnu_lines[:4] == ["d/", "d/a", "d/s", "d/h"]
+    gnu = subprocess.run(["tar", "-xvf", str(archive), "-C", str(tmp_path / "gnu"), *flags],
+                         capture_output=True, check=True)
+    return result.out.splitlines(), gnu.stdout.decode().splitlines()
+
+
+def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive) -> None:
+    ours, gnu = _verbose_both(tmp_path, write_archive(verbose_archive()), "--exclude=skip")
+    assert ours[:4] == gnu[:4] == ["d/", "d/a", "d/s", "d/h"]
     assert ours[4:] == ["evil\\x1b[2Jname\\x0ax"]  # one line, escaped
 
 
@@ -337,13 +340,8 @@ def test_verbose_lists_stored_names_with_strip_components(tmp_path: Path,
     """GNU tar lists each entry by its name in the archive, stripped or not; ours listed
     the stripped names (fuzzing the command line, issue 16, twentieth round)."""
     archive = write_archive(verbose_archive())
-    result = run_cli("untar", "-v", "--strip-components", "1", archive, tmp_path / "ours")
-    assert result.rc == 0, result.err
-    (tmp_path / "gnu").mkdir()
-    gnu = subprocess.run(["tar", "-xvf", str(archive), "-C", str(tmp_path / "gnu"),
-                          "--strip-components=1"], capture_output=True, check=True)
-    assert result.out.splitlines() == gnu.stdout.decode().splitlines() == [
-        "d/a", "d/s", "d/h", "skip/me"]  # "d/" is stripped to nothing
+    ours, gnu = _verbose_both(tmp_path, archive, "--strip-components=1")
+    assert ours == gnu == ["d/a", "d/s", "d/h", "skip/me"]  # "d/" is stripped to nothing
     assert sorted(os.listdir(tmp_path / "ours")) == ["a", "h", "me", "s"]
 
 

@@ -247,9 +247,10 @@ class Packer:
         self.kinds: dict[int, str | None] = {}
         self.entries = 0
         self.size = 0
-        #: In a user namespace of the jail's: its (inside, outside, count) uid and gid
-        #: ranges. Owners are recorded as they are outside (the caller's files are 0:0
-        #: inside); an owner it does not map shows as the overflow id, and is counted.
+        #: In a user namespace of the jail's: its uid and gid maps (inside as
+        #: ``container_id``, outside as ``host_id``). Owners are recorded as they are
+        #: outside (the caller's files are 0:0 inside); an owner it does not map shows
+        #: as the overflow id, and is counted.
         self.outside_ids = outside_ids
         self.unseen_owners = 0
         #: "dev:ino" of the file being written: GNU tar's "file is the archive".
@@ -287,13 +288,11 @@ class Packer:
         assert self.outside_ids is not None
         found = []
         for inside, ranges in ((uid, self.outside_ids[0]), (gid, self.outside_ids[1])):
-            for first, outside, count in ranges:
-                if first <= inside < first + count:
-                    found.append(outside + inside - first)
-                    break
-            else:
-                found.append(inside)
+            outside = idmap.to_host(inside, ranges)
+            if outside is None:
+                outside = inside
                 self.unseen_owners += 1
+            found.append(outside)
         return found[0], found[1]
 
     def _owner(self, st: os.stat_result, rel: str) -> tuple[int, int]:

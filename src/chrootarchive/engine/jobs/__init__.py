@@ -14,10 +14,10 @@ TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from chrootarchive.contract import JobReply, JobRequest
+    from chrootarchive.contract import IdRange, JobReply, JobRequest
     from chrootarchive.engine.fsops import FileOps
 
-    IdMapRanges = tuple[tuple[int, int, int], ...]  # (id inside, id outside, count)
+    IdMapRanges = tuple[IdRange, ...]  # ids inside (container_id) and outside (host_id)
 
 __all__ = ["WRITE_FILES", "Job", "JobContext"]
 
@@ -46,8 +46,9 @@ class JobContext:
             False in the caller's process.
         in_user_namespace: without full privilege over the files (a user namespace, or
             an unprivileged caller): owners and some xattrs degrade.
-        outside_ids: in a user namespace the jail made, its uid and gid maps ((id
-            inside, id outside, count) ranges): who owns a file outside.
+        outside_ids: in a user namespace the jail made, its uid and gid maps (ids
+            inside as ``container_id``, outside as ``host_id``): who owns a file
+            outside.
         warnings: what :meth:`warn` collected (at most ``MAX_WARNINGS``).
     """
 

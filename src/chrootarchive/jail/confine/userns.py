@@ -13,6 +13,7 @@ import errno
 import os
 
 from chrootarchive import _linux
+from chrootarchive.contract import IdRange
 from chrootarchive.errors import (
     ConfinementError,
     DestinationError,
@@ -25,8 +26,9 @@ __all__ = ["IdMapRanges", "IdRanges", "enter", "map_ids", "outside_ids",
 
 #: (uid start, uid count, gid start, gid count) of the caller's subordinate ranges.
 IdRanges = tuple[int, int, int, int]
-#: An id map as the kernel shows it: (id inside, id outside, count) ranges.
-IdMapRanges = tuple[tuple[int, int, int], ...]
+#: An id map as the kernel shows it: ranges of ids inside (``container_id``) and outside
+#: (``host_id``), as an image's maps are.
+IdMapRanges = tuple[IdRange, ...]
 
 #: The uid and gid maps of the namespace :func:`enter` made, read before the pivot took
 #: /proc away: what the owners seen inside are outside (``tar`` records those).
@@ -123,7 +125,7 @@ def _write(path: str, text: str) -> None:
 
 def _read_map(path: str) -> IdMapRanges:
     with open(path, "rb") as f:
-        return tuple((int(a), int(b), int(c))
+        return tuple(IdRange(container_id=int(a), host_id=int(b), size=int(c))
                      for a, b, c in (line.split() for line in f.read().splitlines()))
 
 
