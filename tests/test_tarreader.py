@@ -265,6 +265,7 @@ WELL_FORMED = [name for name in corpus_lists.WELL_FORMED if name != "pax-path-hd
 MALFORMED = {
     "pax-bad-hdr-file.tar": ("pax", "newline"),
     "pax-bad-hdr-large.tar.bz2": ("pax header too large",),
+    "pax-bad-mtime-file.tar": ("invalid pax mtime", "999xxx9324"),
     "pax-nul-xattrs.tar": ("nul",),
     "pax-nul-path.tar": ("nul", "path"),
     "neg-size.tar": ("size",),
@@ -423,17 +424,6 @@ def test_corpus_malformed(name: str, via: str, tmp_path: Path) -> None:
     fails(corpus(name), *MALFORMED[name], via=via, tmp_path=tmp_path)
 
 
-def test_corpus_lenient() -> None:
-    """Go refuses pax-bad-mtime-file.tar; GNU tar and bsdtar read its mtime as 999 s."""
-    fd = os.open(CORPUS / "pax-bad-mtime-file.tar", os.O_RDONLY)
-    try:
-        entries, reader = read_fd(fd)
-    finally:
-        os.close(fd)
-    assert [(r.entry.name, r.entry.mtime_ns) for r in entries] == [("foo", 999 * 10**9)]
-    assert reader.lenient_times == 1
-
-
 def test_corpus_details() -> None:
     """Values tarfile cannot show: nanoseconds, sparse maps, hardlink sizes."""
     pax_tar = read(corpus("pax.tar"))
@@ -530,11 +520,7 @@ def test_lone_zero_block_followed_by_data_ends_the_archive() -> None:
 @pytest.mark.parametrize(
     ("value", "ns"),
     [
-        (b"999xxx9324.432432444444", 999 * 10**9),
         (b"1600000000.5xyz", 1600000000_500000000),
-        (b"1600000000.5.5", 1600000000_500000000),
-        (b"1600000000,5", 1600000000 * 10**9),
-        (b"1e9", 10**9),
         (b"-5abc", -5 * 10**9),
         (b"1600000000.", 1600000000 * 10**9),
         (b"1600000000.123456789123x", 1600000000_123456789),
@@ -554,6 +540,15 @@ def test_pax_time_with_trailing_characters(value: bytes, ns: int) -> None:
 @pytest.mark.parametrize("value", [b"abc", b" 1600000000", b"+1", b".5", b"-", b"1" * 25 + b"x"])
 def test_pax_time_without_a_leading_number_is_refused(value: bytes) -> None:
     """GNU tar refuses these (and bsdtar reads 0): no reading to follow."""
+    fails(pax([("mtime", value)]) + member("a", b"x") + EOA, "invalid pax mtime")
+
+
+@pytest.mark.parametrize(
+    "value", [b"999xxx9324.432432444444", b"1e9", b"1600000000,5", b"1600000000.5.5", b"7 7"])
+def test_pax_time_whose_digits_go_on_after_other_characters_is_refused(value: bytes) -> None:
+    """GNU tar and bsdtar read the leading number (``1e9`` as 1 s): the writer's number
+    goes on after the other characters, so that prefix is a wrong time. Refused, as Go
+    refuses it (Go's corpus file pax-bad-mtime-file.tar)."""
     fails(pax([("mtime", value)]) + member("a", b"x") + EOA, "invalid pax mtime")
 
 

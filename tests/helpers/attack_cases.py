@@ -943,8 +943,9 @@ def case_pax_negative_size_value(V: str) -> Case:
 
 @case
 def case_pax_bad_mtime(V: str) -> Case:
-    # No leading number: GNU tar refuses it, bsdtar reads 0 (Go's "999xxx..." is 999 s to
-    # both, and read so: tests/test_conformance.py).
+    # No leading number: GNU tar refuses it, bsdtar reads 0 (Go's "999xxx9324..." is
+    # 999 s to both, and refused by us for the digits after the "xxx":
+    # tests/test_conformance.py).
     return _bad_pax(tb.pax_record("mtime", "xxx9324.432432444444"))
 
 

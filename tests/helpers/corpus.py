@@ -53,7 +53,3 @@ WELL_FORMED = [
     "writer.tar",
     "xattrs.tar",
 ]
-
-#: Archives Go refuses but GNU tar and bsdtar read alike: we read them as they do, with a
-#: warning (a PAX mtime "999xxx9324.43..." is 999 s).
-LENIENT = ["pax-bad-mtime-file.tar"]

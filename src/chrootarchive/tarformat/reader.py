@@ -12,7 +12,7 @@ whose slots GNU tar and bsdtar read differently. Two things GNU tar and bsdtar a
 and Go refuses are read as they read them, and noted for a warning: a lone zero block
 followed by data ends the archive (:attr:`TarReader.lone_zero_block`), and a PAX time
 with trailing characters after ``[-]seconds[.fraction]`` is that number
-(:attr:`TarReader.lenient_times`). PAX global headers are validated and then ignored,
+(:attr:`TarReader.lenient_times`), unless digits follow them (``1e9`` is not 1 s). PAX global headers are validated and then ignored,
 as Docker does (GNU tar and tarfile apply them).
 """
 
@@ -469,7 +469,10 @@ def _pax_time(raw: bytes) -> int | None:
 def _pax_time_prefix(raw: bytes) -> int | None:
     """The leading "[-]seconds[.fraction]" of a PAX time followed by other characters,
     as GNU tar and bsdtar both read it ("999xxx" is 999 s), or None when it does not
-    start with one (there they disagree: GNU tar refuses, bsdtar reads 0)."""
+    start with one (there they disagree: GNU tar refuses, bsdtar reads 0) or when
+    digits follow the other characters (``1e9``, ``999xxx9324.43``, ``1600000000,5``):
+    the writer's number goes on there, and its prefix would be a wrong time (Go
+    refuses all of these)."""
     start = 1 if raw.startswith(b"-") else 0
     end = start
     while end < len(raw) and 0x30 <= raw[end] <= 0x39:
@@ -480,6 +483,8 @@ def _pax_time_prefix(raw: bytes) -> int | None:
         end += 1
         while end < len(raw) and 0x30 <= raw[end] <= 0x39:
             end += 1
+    if any(0x30 <= c <= 0x39 for c in raw[end:]):
+        return None
     return _pax_time(raw[:end].rstrip(b"."))
 
 
