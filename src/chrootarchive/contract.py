@@ -307,6 +307,8 @@ class PackSpec(_Record):
     whole_second_mtimes: bool
     sparse: bool
     #: ``"dev:ino"`` of the file the archive is written to: never packed into itself.
+    #: ``"dev:ino/NAME"`` when that file is written under a temporary name and will be
+    #: renamed to NAME (a base name) in the same directory: the warning names NAME.
     archive_files: tuple[str, ...]
 
 

@@ -188,9 +188,9 @@ def run_tar(args: argparse.Namespace) -> int:
     where = "standard output" if to_stdout else args.output
     try:
         # The output is opened first: when it is inside SRC, it is not packed into itself.
-        with _output(args.output) as fds, tar(args.src, args.root, options,
-                                              progress=bar.update,
-                                              archive_fds=fds) as stream:
+        with _output(args.output) as (fds, final_name), tar(
+                args.src, args.root, options, progress=bar.update, archive_fds=fds,
+                archive_name=final_name) as stream:
             _copy_out(stream, fds[0], where)
             result = stream.result
     finally:
@@ -217,14 +217,14 @@ def _copy_out(stream: TarStream, fd: int, where: str) -> None:
 
 
 @contextlib.contextmanager
-def _output(path: str) -> Iterator[tuple[int, ...]]:
-    """Descriptors of where the archive goes: the first is written, and any other is
-    the file it will replace. A regular file appears whole or not at all: it is written
-    beside, then renamed into place; standard output, a device or a FIFO is written
-    directly."""
+def _output(path: str) -> Iterator[tuple[tuple[int, ...], str | None]]:
+    """Descriptors of where the archive goes (the first is written, and any other is
+    the file it will replace), and the name the first will be renamed to, if it is. A
+    regular file appears whole or not at all: it is written beside, then renamed into
+    place; standard output, a device or a FIFO is written directly."""
     if path == "-":
         sys.stdout.flush()
-        yield (sys.stdout.fileno(),)
+        yield (sys.stdout.fileno(),), None
         return
     try:
         st: os.stat_result | None = os.stat(path)
@@ -237,7 +237,7 @@ def _output(path: str) -> Iterator[tuple[int, ...]]:
             reason = (err.strerror or str(err)).lower()
             raise DestinationError(f"cannot open the output: {reason}", path) from err
         try:
-            yield (fd,)
+            yield (fd,), None
         finally:
             os.close(fd)
         return
@@ -262,7 +262,7 @@ def _output(path: str) -> Iterator[tuple[int, ...]]:
                 # keeps them, and is packed by them.
                 os.close(replaced)
                 replaced = -1
-            yield (fd,) if replaced < 0 else (fd, replaced)
+            yield ((fd,) if replaced < 0 else (fd, replaced)), name
         finally:
             os.close(fd)
             if replaced >= 0:

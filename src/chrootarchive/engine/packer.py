@@ -253,13 +253,26 @@ class Packer:
         #: as the overflow id, and is counted.
         self.outside_ids = outside_ids
         self.unseen_owners = 0
-        #: "dev:ino" of the file being written: GNU tar's "file is the archive".
-        self.archive_files = frozenset(options.archive_files)
+        #: "dev:ino" of the file being written -> the base name it will have (None: its
+        #: own): GNU tar's "file is the archive".
+        self.archive_files = {key: name or None for key, _, name in
+                              (item.partition("/") for item in options.archive_files)}
+        self._archive_warned: set[str] = set()
 
     # -- naming and owners ----------------------------------------------------------
 
     def _where(self, rel: str) -> str:
         return self.src if rel == "." else posixpath.join(self.src, rel)
+
+    def _archive_left_out(self, rel: str, final_name: str | None) -> None:
+        """Warn, once a name, that the archive being written was found in the source
+        (under its temporary name, the name it will have: the old file it replaces
+        is found there too)."""
+        if final_name is not None:
+            rel = posixpath.join(posixpath.dirname(rel), final_name)
+        if rel not in self._archive_warned:
+            self._archive_warned.add(rel)
+            self.warn(f"{self._where(rel)}: file is the archive; not dumped")
 
     def _rebased(self, rel: str) -> str:
         for old, new in self.rebase:
@@ -843,7 +856,7 @@ class Packer:
                 except OSError as err:
                     raise _source_error(err, where(rel)) from err
             if self.archive_files and f"{st.st_dev}:{st.st_ino}" in self.archive_files:
-                self.warn(f"{where(rel)}: file is the archive; not dumped")
+                self._archive_left_out(rel, self.archive_files[f"{st.st_dev}:{st.st_ino}"])
                 return None
             archived = self._archive_name(rel, False, single)
             first = self._first_link(st, archived)

@@ -196,6 +196,7 @@ def tar(
     *,
     progress: Progress | None = None,
     archive_fds: Sequence[int] = (),
+    archive_name: str | None = None,
 ) -> TarStream:
     """Make a tar stream of ``src``, read by a worker jailed at ``root``.
 
@@ -215,6 +216,9 @@ def tar(
             will replace), when it may be inside ``src``: such a file is left out
             with a warning, as GNU tar's "file is the archive; not dumped" (it would
             be packed into itself).
+        archive_name: the base name that the first of ``archive_fds`` will have, when
+            it is written under a temporary name and then renamed in its directory:
+            the warning names it.
 
     Returns:
         A :class:`TarStream`: read it to the end, then close it (or use ``with``).
@@ -233,21 +237,24 @@ def tar(
         raise from_os_error(err, jail, kind=SourceError) from err
     try:
         source = _start(root_fd, inner, options, mechanisms, os.fspath(src),
-                        _regular_file_ids(archive_fds))
+                        _regular_file_ids(archive_fds, archive_name))
     finally:
         os.close(root_fd)
     return TarStream(source, options.compression, options.compression_level,
                      api.cumulative(progress))
 
 
-def _regular_file_ids(fds: Sequence[int]) -> tuple[str, ...]:
+def _regular_file_ids(fds: Sequence[int], first_name: str | None = None) -> tuple[str, ...]:
     """``"dev:ino"`` of each of ``fds`` that is a regular file (a pipe or a terminal
-    cannot be in the tree)."""
+    cannot be in the tree); the first as ``"dev:ino/NAME"`` with ``first_name``."""
+    if first_name is not None and (first_name in ("", ".", "..") or "/" in first_name):
+        raise ValueError(f"archive_name must be a base name, not {first_name!r}")
     ids = []
-    for fd in fds:
+    for i, fd in enumerate(fds):
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode):
-            ids.append(f"{st.st_dev}:{st.st_ino}")
+            ids.append(f"{st.st_dev}:{st.st_ino}" + (f"/{first_name}" if first_name and not i
+                                                     else ""))
     return tuple(ids)
 
 

@@ -12,8 +12,9 @@ whose slots GNU tar and bsdtar read differently. Two things GNU tar and bsdtar a
 and Go refuses are read as they read them, and noted for a warning: a lone zero block
 followed by data ends the archive (:attr:`TarReader.lone_zero_block`), and a PAX time
 with trailing characters after ``[-]seconds[.fraction]`` is that number
-(:attr:`TarReader.lenient_times`), unless digits follow them (``1e9`` is not 1 s). PAX global headers are validated and then ignored,
-as Docker does (GNU tar and tarfile apply them).
+(:attr:`TarReader.lenient_times`), unless digits follow them (``1e9`` is not 1 s).
+PAX global headers are validated and then ignored, as Docker does (GNU tar and tarfile
+apply them).
 """
 
 from __future__ import annotations
