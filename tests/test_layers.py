@@ -285,6 +285,92 @@ def test_a_whiteout_hides_only_lower_content_in_either_format(mechanism: str,
         assert os.getxattr(diffs[1] / name, f"{namespace}.overlay.opaque") == b"y", name
     assert _overlay_listing(diffs, tmp_path / "mnt", namespace) == OWN_THEN_WHITEOUT_TREE
 
+# A usrmerge-style lower layer: lib -> usr/lib (and an absolute one), a file in usr/lib.
+USRMERGE_LOWER: list[Entry] = [
+    ("usr", "d", None), ("usr/lib", "d", None), ("usr/lib/old", "f", b"o0"),
+    ("lib", "l", "usr/lib"), ("lib2", "l", "/usr/lib"), ("up", "l", "/../usr/./lib/.."),
+]
+USRMERGE_KEPT = {"usr": "dir", "usr/lib": "dir", "lib": "link:usr/lib", "lib2": "link:/usr/lib",
+                 "up": "link:/../usr/./lib/.."}
+
+# Layer entries -> what usr/lib then holds. A marker hides what lower layers left in the
+# directory it really names, never what this layer wrote there, under whichever name
+# (umoci resolves both the same way).
+THROUGH_SYMLINKS = {
+    "opaque-via-link": ([("usr/lib/new", "f", b"n1"), ("lib/.wh..wh..opq", "f", b"")],
+                        {"usr/lib/new": "n1"}),
+    "opaque-via-absolute-link": ([("usr/lib/new", "f", b"n1"),
+                                  ("lib2/.wh..wh..opq", "f", b"")], {"usr/lib/new": "n1"}),
+    "written-via-link": ([("lib/new", "f", b"n1"), ("usr/lib/.wh..wh..opq", "f", b"")],
+                         {"usr/lib/new": "n1"}),
+    "written-via-link-opaque-via-other": ([("lib2/new", "f", b"n1"),
+                                           ("up/lib/.wh..wh..opq", "f", b"")],
+                                          {"usr/lib/new": "n1"}),
+    "whiteout-of-own-via-link": ([("usr/lib/new", "f", b"n1"), ("lib/.wh.new", "f", b""),
+                                  ("lib/.wh.old", "f", b"")], {"usr/lib/new": "n1"}),
+    "whiteout-of-lower-via-link": ([("lib/.wh.old", "f", b"")], {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(THROUGH_SYMLINKS))
+def test_a_marker_through_a_symlink_keeps_what_the_layer_wrote(mechanism: str, case: str,
+                                                                tmp_path: Path) -> None:
+    """``lib/.wh..wh..opq`` with ``lib -> usr/lib`` removed the layer's own
+    ``usr/lib/new``: the layer's names were remembered as written, not where they are."""
+    root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    chrootarchive.apply_layer(layer(tmp_path / "l0.tar", USRMERGE_LOWER), root, opts)
+    entries, kept = THROUGH_SYMLINKS[case]
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", entries), root, opts)
+    assert listing(root) == {**USRMERGE_KEPT, **kept}
+
+
+def test_whiteouts_of_the_symlink_itself_remove_it(mechanism: str, tmp_path: Path) -> None:
+    """The layer wrote through ``lib``, not ``lib``: its whiteout removes the lower
+    symlink, and what was written through it stays where it is."""
+    root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    chrootarchive.apply_layer(layer(tmp_path / "l0.tar", USRMERGE_LOWER), root, opts)
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", [
+        ("lib/new", "f", b"n1"), (".wh.lib", "f", b"")]), root, opts)
+    expected = {**USRMERGE_KEPT, "usr/lib/old": "o0", "usr/lib/new": "n1"}
+    del expected["lib"]
+    assert listing(root) == expected
+
+
+def test_overlay_markers_through_a_symlink_act_where_it_leads(mechanism: str,
+                                                              tmp_path: Path) -> None:
+    """Overlay format: ``lib/.wh..wh..opq`` with the layer's own ``lib -> usr/lib``
+    marks ``usr/lib`` opaque, and ``lib/.wh.y`` is a whiteout in it (as umoci resolves
+    the marker's directory). It failed with "not a directory"."""
+    diff = tmp_path / "diff"
+    chrootarchive.apply_layer(layer(tmp_path / "l.tar", [
+        ("usr", "d", None), ("usr/lib", "d", None), ("lib", "l", "usr/lib"),
+        ("usr/lib/x", "f", b"x"), ("lib/.wh..wh..opq", "f", b""), ("lib/.wh.y", "f", b""),
+    ]), diff, chrootarchive.UnpackOptions(whiteout_format="overlay", confine=mechanism))
+    assert listing(diff) == {"usr": "dir", "usr/lib": "dir", "lib": "link:usr/lib",
+                             "usr/lib/x": "x", "usr/lib/y": "chr:0:0"}
+    namespace = "user" if mechanism == "userns" else "trusted"
+    assert os.getxattr(diff / "usr" / "lib", f"{namespace}.overlay.opaque") == b"y"
+
+
+def test_a_tangle_of_symlinks_under_markers_ends(mechanism: str, tmp_path: Path) -> None:
+    """Markers below a chain of 30 symlinks of 20 components each: resolving one takes
+    more steps than an entry adds to the budget, so the budget runs out; the rest are
+    taken by their names, and the layer is applied in bounded time."""
+    root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    chain: list[Entry] = [("d", "d", None), ("d/f", "f", b"x"), ("s0", "l", "d")]
+    chain += [(f"s{i}", "l", f"s{i - 1}" + "/." * 20) for i in range(1, 30)]
+    chrootarchive.apply_layer(layer(tmp_path / "l0.tar", chain), root, opts)
+    markers: list[Entry] = []
+    for i in range(3000):
+        markers += [(f"s29/n{i}", "f", b"n"), (f"s29/.wh.f{i}", "f", b"")]
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", markers), root, opts)
+    assert (root / "d" / "f").read_bytes() == b"x"
+    assert (root / "d" / "n2999").read_bytes() == b"n"
+
+
 # -- a directory declared again takes exactly its own xattrs and ACLs ------------------
 
 _MOUNT_AND_XATTRS = r"""

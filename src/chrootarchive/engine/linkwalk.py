@@ -15,6 +15,11 @@ above the destination or meets an absolute symlink (which a reader outside the j
 follows to the host's own files). It is followed as :func:`os.path.realpath` follows
 it, not as the kernel does: with no limit of 40 symlinks (Go's ``EvalSymlinks``
 follows 255), and a loop read both ways ``realpath`` has read one (:meth:`_walk`).
+
+A layer's whiteouts need the other reading, the kernel's in the jail
+(:meth:`LinkWalk.in_root`): where a directory that the unpacker reached through a
+symlink really is, so that a marker hides only what lower layers left there, whatever
+name the layer used for it (umoci's ``upperPaths`` are resolved paths too).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = ["LinkWalk", "TooManyLookups"]
 #: ``realpath`` (the destination's own path first) meets ENAMETOOLONG where the jail
 #: did not, and reads the rest differently. PATH_MAX is 4096.
 MAX_FOLLOWED = 2048
+#: The symlinks the kernel follows in one lookup before ELOOP.
+_KERNEL_MAX_LINKS = 40
 #: What a lookup can fail with when nothing is there to be reached.
 _NOTHING_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
@@ -66,6 +73,47 @@ class LinkWalk:
             return self._walk([], parent)
         except LeadsOut:
             return None
+
+    def in_root(self, path: str) -> list[str] | None:
+        """The components of the directory ``path`` as the kernel finds it in the
+        jail (a chroot, or ``RESOLVE_IN_ROOT``): an absolute symlink starts again at
+        the root and ``..`` stops there. None when a component is missing or not a
+        directory, past the kernel's 40 symlinks, or too long to follow."""
+        resolved: list[str] = []
+        todo = path.split("/")[::-1]
+        self._spend(len(todo))
+        links = 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            resolved.append(part)
+            where = "/".join(resolved)
+            if len(where) > MAX_FOLLOWED:
+                return None
+            self._spend(1)
+            st = self._lstat(where)
+            if st is None:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _KERNEL_MAX_LINKS:
+                    return None
+                self._spend(1)
+                link = self.fs.readlink(where)
+                resolved.pop()
+                if link.startswith("/"):
+                    resolved.clear()
+                more = link.split("/")[::-1]
+                self._spend(len(more))
+                todo.extend(more)
+            elif not stat.S_ISDIR(st.st_mode):
+                return None
+        return resolved
 
     def leads_out(self, parent: list[str], name: str) -> bool:
         """Whether the symlink ``name`` in ``parent`` (real components) leads out of

@@ -360,6 +360,7 @@ class Unpacker:
             data_links = DataLinks(fs)
         self.data_links = data_links
         self.link_steps_given = 0  # entries whose steps were added to the walk's budget
+        self.layer_walk: linkwalk.LinkWalk | None = None  # whiteouts through symlinks
         self.whiteouts = layer.LayerRules(
             fs,
             apply_whiteouts=layer_mode,
@@ -532,7 +533,8 @@ class Unpacker:
         else:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
         if self.markers:
-            self.whiteouts.note_written(name)
+            self.whiteouts.note_written(
+                self._layer_name(name) if self.aliased and parent in self.aliased else name)
         return True
 
     def _strip(self, entry: TarEntry) -> bool:
@@ -568,6 +570,9 @@ class Unpacker:
             raise  # a parent on a kernel file system (openat2): never "nothing there"
         except (FileNotFoundError, NotADirectoryError, ArchiveError):
             return  # below a file, or a symlink that leads nowhere: nothing to white out
+
+        if self.aliased and name.rpartition("/")[0] in self.aliased:
+            name = self._layer_name(name)  # "lib/.wh.x" for lib -> usr/lib: usr/lib's x
 
         def overlay_whiteout(target: str) -> None:
             device = TarEntry(name=entry.name, kind=tarreader.CHARDEV, mode=0,
@@ -1667,12 +1672,32 @@ class Unpacker:
     # -- filter data: symlinks that lead out ---------------------------------------
 
     def _link_walk(self) -> linkwalk.LinkWalk:
-        """The walk, its budget topped up for the entries read since."""
-        assert self.data_links is not None
-        walk = self.data_links.walk
+        """The walk (the data filter's, else one of the layer's), its budget topped up
+        for the entries read since."""
+        if self.data_links is not None:
+            walk = self.data_links.walk
+        else:
+            if self.layer_walk is None:
+                self.layer_walk = linkwalk.LinkWalk(self.fs, _LINK_STEPS)
+            walk = self.layer_walk
         walk.budget += _LINK_STEPS_PER_ENTRY * (self.stats.entries - self.link_steps_given)
         self.link_steps_given = self.stats.entries
         return walk
+
+    def _layer_name(self, name: str) -> str:
+        """Layer rules: ``name``, whose parent was reached through an in-root symlink,
+        by where it really is, so that a marker hides only what lower layers left
+        there, whichever name the layer gives it (umoci's ``upperPaths``). As it is
+        when that cannot be said (a tangle past the budget): then a marker may take
+        some of the layer's own files in that directory, and nothing else."""
+        parent, _, base = name.rpartition("/")
+        try:
+            parts = self._link_walk().in_root(parent)
+        except linkwalk.TooManyLookups:
+            return name
+        if parts is None:
+            return name
+        return "/".join([*parts, base])
 
     def _real_location(self, name: str, entry_name: str) -> str:
         """Where ``name`` really is: its parent resolved through the symlinks on the
