@@ -9,6 +9,7 @@ each mechanism (the ``mechanism`` fixture); CI runs as root.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import shutil
 import socket
@@ -860,6 +861,36 @@ def _sparse_file(path: Path) -> bytes:
         f.seek(200 << 20)
         f.write(b"b" * 4096)
     return b"a" * 4096 + b"b" * 4096
+
+
+def test_a_file_that_shrinks_while_packed_is_padded_with_one_warning(tmp_path: Path) -> None:
+    """Its header's size is kept (zeros for what it lost) and the user is told once a
+    file: a sparse one of 200 data regions, cut to nothing once packing has begun,
+    gave a warning a region."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes", "wb") as f:
+        for i in range(200):
+            f.seek(i << 20)
+            f.write(os.urandom(64 << 10))
+        f.truncate(200 << 20)
+    with open(src / "plain", "wb") as f:
+        f.write(os.urandom(16 << 20))
+    for name in ("holes", "plain"):
+        with ca.tar(src / name, options=ca.PackOptions(sparse=True)) as stream:
+            data = stream.read(1 << 16)
+            os.truncate(src / name, 0)  # the worker is a pipe's length ahead, at most
+            data += stream.read()
+        assert stream.result is not None
+        shrank = [w for w in stream.result.warnings if "shrank" in w]
+        assert len(shrank) == 1 and "padded with zeros" in shrank[0], stream.result.warnings
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.getmember(name)
+            assert member.size == (200 << 20 if name == "holes" else 16 << 20)
+            extracted = archive.extractfile(member)
+            assert extracted is not None
+            extracted.seek(member.size - (64 << 10))
+            assert extracted.read() == bytes(64 << 10)  # the last data: zeros now
 
 
 @pytest.mark.parametrize("confine", ["pivot", "openat2"])

@@ -371,14 +371,17 @@ class Packer:
                        (b"GNU.sparse.name", archived),
                        (b"GNU.sparse.realsize", b"%d" % st.st_size)))
         self.out.write(sparse_map)
+        lost = 0
         for offset, length in regions:
-            self._copy_data(fd, rel, length, offset)
+            lost += self._copy_data(fd, rel, length, offset)
+        self._shrank(rel, lost)
         self.out.zeros(-stored % BLOCK)
         self.size += stored
 
-    def _copy_data(self, fd: int, rel: str, length: int, offset: int = 0) -> None:
+    def _copy_data(self, fd: int, rel: str, length: int, offset: int = 0) -> int:
         """``length`` bytes of the file from ``offset`` into the stream: as many as its
-        header said, zeros for what it lost while being packed."""
+        header said, zeros for what it lost while being packed; returns how many were
+        lost (the caller warns once a file: :meth:`_shrank`)."""
         try:
             copied = self.out.copy_from(fd, length, offset)
         except BrokenPipeError:
@@ -386,9 +389,13 @@ class Packer:
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
         if copied < length:
-            self.warn(f"{self._where(rel)}: file shrank by {length - copied} bytes while "
-                      "being packed; padded with zeros")
             self.out.zeros(length - copied)
+        return length - copied
+
+    def _shrank(self, rel: str, lost: int) -> None:
+        if lost:
+            self.warn(f"{self._where(rel)}: file shrank by {lost} bytes while being packed; "
+                      "padded with zeros")
 
     def _first_link(self, st: os.stat_result, name: bytes) -> bytes | None:
         """The name this inode was already packed under (a hardlink), or None.
@@ -871,7 +878,7 @@ class Packer:
                     return None
             self._emit(archived, REGTYPE, st, rel, size=size,
                        xattrs=self._fd_xattrs(fd, rel))
-            self._copy_data(fd, rel, size)
+            self._shrank(rel, self._copy_data(fd, rel, size))
             self.out.zeros(-size % BLOCK)
             self.size += size
         finally:
