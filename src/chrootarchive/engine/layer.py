@@ -6,11 +6,11 @@ format, turned into overlayfs whiteouts (a 0/0 character device) and opaque xatt
 
 Following the OCI image spec, a whiteout hides only what lower layers left: the layer
 remembers every path it wrote (and their parents), so that a later marker in the same
-layer cannot remove them (umoci's ``upperPaths``). Paths are where the files really are:
-the unpacker resolves a name whose directory it reached through a symlink before it
-notes it or applies a marker there (``Unpacker._layer_name``). It remembers them as 64-bit hashes,
-8 bytes a name once packed (:class:`NameSet`), not as strings (about 120 bytes each: a
-layer of 200,000 files took 24 MiB of the worker's memory).
+layer cannot remove them (umoci's ``upperPaths``). Paths are where the files really
+are: the unpacker resolves a name whose directory it reached through a symlink before
+it notes it or applies a marker there (``Unpacker._layer_name``). It remembers them as
+64-bit hashes, 8 bytes a name once packed (:class:`NameSet`), not as strings (about
+120 bytes each: a layer of 200,000 files took 24 MiB of the worker's memory).
 """
 
 from __future__ import annotations
