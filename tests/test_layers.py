@@ -287,7 +287,8 @@ def test_a_whiteout_hides_only_lower_content_in_either_format(mechanism: str,
 
 # A usrmerge-style lower layer: lib -> usr/lib (and an absolute one), a file in usr/lib.
 USRMERGE_LOWER: list[Entry] = [
-    ("usr", "d", None), ("usr/lib", "d", None), ("usr/lib/old", "f", b"o0"),
+    ("usr", "d", None), ("usr/lib", "d", None), ("usr/lib/old", "d", None),
+    ("usr/lib/old/f", "f", b"o0"),
     ("lib", "l", "usr/lib"), ("lib2", "l", "/usr/lib"), ("up", "l", "/../usr/./lib/.."),
 ]
 USRMERGE_KEPT = {"usr": "dir", "usr/lib": "dir", "lib": "link:usr/lib", "lib2": "link:/usr/lib",
@@ -309,6 +310,13 @@ THROUGH_SYMLINKS = {
     "whiteout-of-own-via-link": ([("usr/lib/new", "f", b"n1"), ("lib/.wh.new", "f", b""),
                                   ("lib/.wh.old", "f", b"")], {"usr/lib/new": "n1"}),
     "whiteout-of-lower-via-link": ([("lib/.wh.old", "f", b"")], {}),
+    # The write replaces a lower directory (and with it what was known of the
+    # symlinks on the way): found by differential fuzzing against umoci.
+    "written-via-link-over-a-dir": ([("lib/old", "f", b"n1"), ("lib/.wh..wh..opq", "f", b"")],
+                                    {"usr/lib/old": "n1"}),
+    "written-via-link-over-a-dir-then-opaque": ([("lib/old", "f", b"n1"),
+                                                 ("usr/lib/.wh..wh..opq", "f", b"")],
+                                                {"usr/lib/old": "n1"}),
 }
 
 
@@ -333,8 +341,26 @@ def test_whiteouts_of_the_symlink_itself_remove_it(mechanism: str, tmp_path: Pat
     chrootarchive.apply_layer(layer(tmp_path / "l0.tar", USRMERGE_LOWER), root, opts)
     chrootarchive.apply_layer(layer(tmp_path / "l1.tar", [
         ("lib/new", "f", b"n1"), (".wh.lib", "f", b"")]), root, opts)
-    expected = {**USRMERGE_KEPT, "usr/lib/old": "o0", "usr/lib/new": "n1"}
+    expected = {**USRMERGE_KEPT, "usr/lib/old": "dir", "usr/lib/old/f": "o0",
+                "usr/lib/new": "n1"}
     del expected["lib"]
+    assert listing(root) == expected
+
+
+@pytest.mark.parametrize(("upper", "expected"), [
+    ([("l/x", "f", b"1"), (".wh.x", "f", b"")], {"l": "link:.", "x": "1"}),
+    ([("l/x", "f", b"1"), (".wh.l", "f", b"")], {"x": "1"}),
+])
+def test_a_write_through_a_symlink_over_a_lower_directory(
+        mechanism: str, upper: list[Entry], expected: dict[str, str], tmp_path: Path) -> None:
+    """``l -> .`` and a lower directory ``x``: the layer's ``l/x`` replaces it, and is
+    the layer's own ``x`` (kept by ``.wh.x``); ``.wh.l`` removes the lower symlink. The
+    write dropped what was known of ``l`` before the name was noted (umoci agrees)."""
+    root = tmp_path / "root"
+    opts = chrootarchive.UnpackOptions(confine=mechanism)
+    chrootarchive.apply_layer(layer(tmp_path / "l0.tar", [("x", "d", None), ("l", "l", ".")]),
+                              root, opts)
+    chrootarchive.apply_layer(layer(tmp_path / "l1.tar", upper), root, opts)
     assert listing(root) == expected
 
 

@@ -518,6 +518,10 @@ class Unpacker:
             self._make_dirs(parent, entry.name)
         if self.aliased and self.pending and parent in self.aliased:
             self._settle()  # this name may be another name of a file in flight
+        # Layer rules: where the name really is, resolved before the write (which may
+        # replace a directory, and drop what is known of the symlinks on the way).
+        written = (self._layer_name(name) if self.markers and self.aliased
+                   and parent in self.aliased else name)
         if kind is tarreader.REGULAR:
             done = self._file_by_name(name, parent, entry, reader)
             if not done:
@@ -533,8 +537,7 @@ class Unpacker:
         else:
             raise InternalError(f"unhandled entry kind {kind!r}", entry.name)
         if self.markers:
-            self.whiteouts.note_written(
-                self._layer_name(name) if self.aliased and parent in self.aliased else name)
+            self.whiteouts.note_written(written)
         return True
 
     def _strip(self, entry: TarEntry) -> bool:
