@@ -406,10 +406,8 @@ def test_copy_errors_leave_nothing_behind(rich: Path, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_bytes(b"x")
     with pytest.raises(ca.DestinationError):
         ca.copy_with_tar(rich, tmp_path / "a-file")  # the destination is not a directory
-    with pytest.raises(ca.ArchiveError):
-        # The unpacking side refuses what it must: a directory over a file.
-        ca.copy_path(rich, tmp_path / "a-file",
-                     options=ca.UnpackOptions(no_overwrite_dir_nondir=True))
+    with pytest.raises(ca.DestinationError, match="to a file"):
+        ca.copy_path(rich, tmp_path / "a-file")  # a directory over a file
     assert check.problems() == []
 
 
@@ -589,17 +587,90 @@ def test_cp_refuses_to_copy_a_directory_into_itself(tmp_path: Path, dst: str) ->
 
 
 def test_cp_into_a_symlink_to_inside_the_source(tmp_path: Path) -> None:
-    """DST a symlink into SRC: ``cp src link`` replaces the symlink (not refused: it
-    was); ``cp src link/`` copies into where it leads, inside SRC (refused)."""
+    """DST a symlink to a directory inside SRC: ``cp src link`` and ``cp src link/``
+    both copy into where it leads (as docker cp and GNU cp), inside SRC: refused. A
+    symlink to a file is replaced, not followed."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
+    (src / "f").write_bytes(b"f")
     (tmp_path / "link").symlink_to("src/sub")
-    assert_one_line_error(run_cli("cp", "src", "link/", cwd=tmp_path), rc=4,
-                          mentions=("into itself",))
-    result = run_cli("cp", "src", "link", cwd=tmp_path)
+    for dst in ("link/", "link"):
+        assert_one_line_error(run_cli("cp", "src", dst, cwd=tmp_path), rc=4,
+                              mentions=("into itself",))
+    assert sorted(os.listdir(src)) == ["f", "sub"] and os.listdir(src / "sub") == []
+    (tmp_path / "file-link").symlink_to("src/f")
+    result = run_cli("cp", "src/sub", "file-link", cwd=tmp_path)
+    assert_one_line_error(result, rc=4, mentions=("to a file",))
+    (tmp_path / "g").write_bytes(b"g")
+    result = run_cli("cp", "g", "file-link", cwd=tmp_path)
     assert result.rc == 0, result.err
-    assert (tmp_path / "link").is_dir() and not (tmp_path / "link").is_symlink()
-    assert sorted(os.listdir(src)) == ["sub"] and os.listdir(src / "sub") == []
+    assert not (tmp_path / "file-link").is_symlink()
+    assert (tmp_path / "file-link").read_bytes() == b"g" and (src / "f").read_bytes() == b"f"
+
+
+def test_cp_streams_a_tar_archive_as_docker_cp(tmp_path: Path) -> None:
+    """docker cp's ``-``: ``cp SRC -`` writes SRC as a tar archive (SRC's name at its
+    top, its contents for ``SRC/.``); ``cp - DST`` unpacks one from stdin into DST
+    (compressed or not). It made a directory named ``-``, or looked for a file ``-``."""
+    import gzip
+    import io
+    import tarfile
+
+    from helpers.cli import CLI
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x").write_bytes(b"x")
+    for source, names in ((src, ["src", "src/d", "src/d/x"]), (f"{src}/.", [".", "d", "d/x"]),
+                          (src / "d" / "x", ["x"])):
+        proc = subprocess.run([*CLI, "cp", str(source), "-"], capture_output=True, check=False,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
+            assert sorted(m.name.rstrip("/") for m in archive) == names
+    assert not (tmp_path / "-").exists()
+    proc = subprocess.run([*CLI, "cp", str(src), "-"], capture_output=True, check=True)
+    result = run_cli("cp", "-", tmp_path / "dst", input=gzip.compress(proc.stdout))
+    assert result.rc == 0, result.err
+    assert (tmp_path / "dst" / "src" / "d" / "x").read_bytes() == b"x"
+    other = tmp_path / "root"
+    (other / "real").mkdir(parents=True)
+    (other / "in").symlink_to("/real")
+    result = run_cli("cp", "--to-root", other, "-", "/in/restored", input=proc.stdout)
+    assert result.rc == 0, result.err
+    assert (other / "real" / "restored" / "src" / "d" / "x").read_bytes() == b"x"
+    assert_one_line_error(run_cli("cp", "-", "-"), rc=2, mentions=("both",))
+    assert_one_line_error(run_cli("cp", src, "-", "--json"), rc=2, mentions=("--json",))
+
+
+def test_cp_onto_what_exists_as_docker_cp(mechanism: str, tmp_path: Path) -> None:
+    """An existing directory DST is copied into (DST/NAME), as docker cp and GNU cp do,
+    followed through an in-root symlink; a directory is never copied onto a file. A
+    file copied onto a directory replaced it, and everything in it, silently."""
+    both = {"options": ca.UnpackOptions(confine=mechanism),
+            "pack_options": ca.PackOptions(confine=mechanism)}
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x").write_bytes(b"x")
+    (src / "f").write_bytes(b"f")
+    dst = tmp_path / "dst"
+    (dst / "existing").mkdir(parents=True)
+    (dst / "existing" / "precious").write_bytes(b"keep me")
+    (dst / "a-file").write_bytes(b"old")
+    (dst / "to-existing").symlink_to("/existing")  # inside the root, as the jail sees it
+    ca.copy_path(src / "f", dst / "existing", **both)
+    ca.copy_path(src / "d", dst / "existing", **both)
+    ca.copy_path("/src/f", "/to-existing", src_root=tmp_path, dst_root=dst, **both)
+    found = {str(p.relative_to(dst / "existing")): p.read_bytes() if p.is_file() else b"/"
+             for p in (dst / "existing").rglob("*")}
+    assert found == {"precious": b"keep me", "f": b"f", "d": b"/", "d/x": b"x"}
+    for source in (src / "d", f"{src}/d/."):
+        with pytest.raises(ca.DestinationError, match="to a file"):
+            ca.copy_path(source, dst / "a-file", **both)
+    ca.copy_path(src / "f", dst / "a-file", **both)  # a file onto a file: replaced
+    assert (dst / "a-file").read_bytes() == b"f"
+    ca.copy_path(f"{src}/d/.", dst / "existing", **both)  # the contents, merged
+    assert (dst / "existing" / "x").read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("confine", ["userns", "openat2"])

@@ -9,7 +9,14 @@ import os
 import stat
 import sys
 
-from chrootarchive.cli.args import UsageError, add_common, checked, parse_id_map, parse_owner
+from chrootarchive.cli.args import (
+    UsageError,
+    add_common,
+    archive_input,
+    checked,
+    parse_id_map,
+    parse_owner,
+)
 from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import report
 from chrootarchive.cli.progress import ByteProgress
@@ -51,8 +58,14 @@ examples:
   chrootarchive cp --to-root /containers/c2/rootfs ./config/. /etc/app
   chrootarchive cp --from-root /containers/c1/rootfs --to-root /containers/c2/rootfs /data /data
 
-SRC is copied to DST, or into DST when DST ends with '/' (as DST/NAME); 'SRC/.' copies
-SRC's contents into DST. Directories are copied whole (modes, numeric owners, times,
+  chrootarchive cp --from-root /containers/c1/rootfs /etc - | gzip > etc.tar.gz
+  zcat etc.tar.gz | chrootarchive cp --to-root /containers/c2/rootfs - /restore
+
+As docker cp: SRC is copied to DST, or into DST (as DST/NAME) when DST is a directory
+or ends with '/'; 'SRC/.' copies SRC's contents into DST. A directory is never copied
+onto a file. SRC '-' reads a tar archive from standard input and unpacks it into DST;
+DST '-' writes SRC as a tar archive (NAME at its top) to standard output. Directories
+are copied whole (modes, numeric owners, times,
 xattrs, hardlinks, devices); DST's parents are created if missing. The reading side is
 jailed at --from-root (else at SRC or its directory) and follows no symlink below SRC;
 the writing side is jailed at --to-root (else at DST's directory), so symlinks in
@@ -136,8 +149,12 @@ def add_cp_parser(commands: Any) -> None:
         epilog=_CP_EPILOG,
         formatter_class=Formatter,
     )
-    cp_p.add_argument("src", metavar="SRC", help="what to copy (inside --from-root if given)")
-    cp_p.add_argument("dst", metavar="DST", help="where to copy it (inside --to-root if given)")
+    cp_p.add_argument("src", metavar="SRC",
+                      help="what to copy (inside --from-root if given); - for a tar archive "
+                           "on stdin")
+    cp_p.add_argument("dst", metavar="DST",
+                      help="where to copy it (inside --to-root if given); - for a tar "
+                           "archive on stdout")
     cp_p.add_argument("--from-root", metavar="ROOT",
                       help="jail the reading side at ROOT and resolve SRC inside it")
     cp_p.add_argument("--to-root", metavar="ROOT",
@@ -275,9 +292,15 @@ def _output(path: str) -> Iterator[tuple[tuple[int, ...], str | None]]:
 
 
 def run_cp(args: argparse.Namespace) -> int:
+    if args.src == "-" and args.dst == "-":
+        raise UsageError("SRC and DST cannot both be - (use a pipe: tar ... | untar ...)")
+    if args.dst == "-":
+        return _cp_to_stdout(args)
     pack_options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine)
     options = checked(UnpackOptions, chown=args.chown, no_lchown=args.no_lchown,
                       confine=args.confine)
+    if args.src == "-":
+        return _cp_from_stdin(args, options)
     from chrootarchive.operations.copy import copy_path
 
     bar = ByteProgress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
@@ -286,6 +309,54 @@ def run_cp(args: argparse.Namespace) -> int:
         result = copy_path(args.src, args.dst, src_root=args.from_root,
                            dst_root=args.to_root, options=options,
                            pack_options=pack_options, progress=bar.update)
+    finally:
+        bar.close()
+    report(result, args)
+    return 0
+
+
+def _cp_to_stdout(args: argparse.Namespace) -> int:
+    """docker cp's ``SRC -``: SRC as a tar archive on stdout, named after SRC at its top
+    (its contents for ``SRC/.``), as ``docker cp CONTAINER:SRC -`` writes it."""
+    if args.json:
+        raise UsageError("--json needs a DST: standard output holds the archive")
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write an archive to a terminal (use a pipe)")
+    if args.to_root is not None:
+        raise UsageError("--to-root needs a DST: standard output is not in a root")
+    source = args.src
+    name = os.path.basename(os.path.normpath(source))
+    contents = source.endswith("/.") or name in ("", ".", "..")
+    options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine,
+                      chown=args.chown, include_source_dir=True,
+                      rebase_names={} if contents else {".": name})
+    from chrootarchive.operations.copy import tar
+
+    with _output("-") as (fds, _), tar(source, args.from_root, options,
+                                       archive_fds=fds) as stream:
+        _copy_out(stream, fds[0], "standard output")
+        result = stream.result
+    assert result is not None
+    report(result, args)
+    return 0
+
+
+def _cp_from_stdin(args: argparse.Namespace, options: UnpackOptions) -> int:
+    """docker cp's ``- DST``: a tar archive on stdin (compressed or not) unpacked into
+    the directory DST."""
+    if args.from_root is not None:
+        raise UsageError("--from-root needs a SRC: standard input is not in a root")
+    from chrootarchive.operations.untar import untar, untar_with_root
+
+    source = archive_input("-")
+    bar = ByteProgress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
+                       desc="copying")
+    try:
+        if args.to_root is None:
+            result = untar(source, args.dst, options, progress=bar.update)
+        else:
+            result = untar_with_root(source, args.dst, args.to_root, options,
+                                     progress=bar.update)
     finally:
         bar.close()
     report(result, args)

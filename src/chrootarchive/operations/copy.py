@@ -18,7 +18,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, NoReturn, Protocol, cast
 
 from chrootarchive import _linux
 from chrootarchive._record import replace
@@ -467,8 +467,10 @@ def copy_path(
     writing jailed at ``dst_root``.
 
     * ``src`` is copied to ``dst`` (a directory with everything below it, its mode,
-      owner and times included), or into ``dst`` when ``dst`` ends with ``/`` (it
-      then becomes ``dst/basename(src)``).
+      owner and times included), or into ``dst`` when ``dst`` is a directory or ends
+      with ``/`` (it then becomes ``dst/basename(src)``), as ``docker cp`` and GNU
+      ``cp -a`` do. An existing file ``dst`` is replaced by a file, never by a
+      directory (:class:`DestinationError`, "cannot copy a directory to a file").
     * ``src`` ending with ``/.`` copies its contents into ``dst`` instead.
     * The last component of ``src`` is not followed (a symlink is copied as a
       symlink) unless ``src`` ends with ``/`` or ``/.``; nothing below it ever is.
@@ -482,20 +484,60 @@ def copy_path(
     name = posixpath.basename(posixpath.normpath(source))
     base = pack_options or PackOptions()
     made: str | None = None  # the name made (or replaced) in untar_dir; None: its contents
+    # What DST is now decides where the copy goes (docker cp's rules), seen as the
+    # writing side's jail will see it: a guard for the user's meaning, not the
+    # confinement (the jailed writer resolves DST again, and a race only changes
+    # which of the two meanings it gets).
+    dst_kind = _file_type(target, dst_root, follow=True)
     if source.endswith("/.") or name in ("", ".", ".."):
         pack_options = replace(base, include_source_dir=True, rebase_names={})
         untar_dir = target
+        if dst_kind not in (None, stat.S_IFDIR):
+            _refuse_directory_onto_file(source, target)
     else:
         cleaned = posixpath.normpath(target)
         new_name = posixpath.basename(cleaned)
-        if target.endswith("/") or new_name in ("", ".", ".."):
+        if target.endswith("/") or new_name in ("", ".", "..") or dst_kind == stat.S_IFDIR:
             untar_dir, new_name = target, name
         else:
+            if dst_kind is not None and _file_type(
+                    source, src_root, follow=source.endswith("/")) == stat.S_IFDIR:
+                _refuse_directory_onto_file(source, target)
             untar_dir = posixpath.dirname(cleaned) or ("/" if dst_root is not None else ".")
         pack_options = replace(base, include_source_dir=True, rebase_names={".": new_name})
         made = new_name
     _refuse_copy_into_itself(source, src_root, untar_dir, dst_root, made)
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)
+
+
+def _file_type(path: str, root: PathLike | None, *, follow: bool) -> int | None:
+    """The type (``S_IFMT``) of what is at ``path``, resolved as the jail at ``root``
+    resolves it (``RESOLVE_IN_ROOT``; the host's view without a root); None when
+    nothing is there, or it cannot be told."""
+    try:
+        if root is None:
+            return stat.S_IFMT(os.stat(path, follow_symlinks=follow).st_mode)
+        top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _linux.openat2(
+                top, path.lstrip("/") or ".",
+                os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW), 0,
+                _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS)
+        finally:
+            os.close(top)
+        try:
+            return stat.S_IFMT(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+
+
+def _refuse_directory_onto_file(source: str, target: str) -> NoReturn:
+    """docker cp's "cannot copy a directory to a file" (GNU cp: "cannot overwrite
+    non-directory with directory"): replacing the file is not what either means."""
+    raise DestinationError(
+        f"cannot copy a directory, {quoted(source)}, to a file ({quoted(target)})", target)
 
 
 def _host_path(path: str, root: PathLike | None) -> str | None:
