@@ -276,6 +276,23 @@ def test_trickled_manifest_body(tls_server: FakeServer, certs: Path) -> None:
     assert time.monotonic() - start < 4
 
 
+def test_a_refused_connection_says_so_at_once(certs: Path) -> None:
+    """urllib3 2 makes NewConnectionError a ConnectTimeoutError: a refused connection
+    (or a name not resolved) read "no answer in 30 s" after a few milliseconds."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+        ref = parse_reference(f"127.0.0.1:{port}/team/app:1.0")
+        started = time.monotonic()
+        with Client(ref, certs_dirs=[str(certs)], timeout=30.0) as c:
+            with pytest.raises(RegistryError, match="connection refused") as caught:
+                c.get_manifest("1.0")
+    assert "no answer" not in str(caught.value)
+    assert time.monotonic() - started < 10
+
+
 def test_bad_reference_is_refused_before_a_request(tls_server: FakeServer, certs: Path) -> None:
     with client(tls_server, certs) as c:
         with pytest.raises(RegistryError, match="not a tag"):

@@ -263,6 +263,9 @@ class Client:
                 "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
                 retries=False, preload_content=False, decode_content=False,
                 timeout=self._timeout)
+        except _ux.NewConnectionError as err:  # urllib3 2 makes it a ConnectTimeoutError
+            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
+                              reference) from err
         except _ux.ConnectTimeoutError as err:
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
                               f"{self.timeout:g} s", reference) from err
