@@ -72,6 +72,31 @@ def test_strip_components_as_gnu_tar(tmp_path: Path, count: int) -> None:
     assert mine == theirs
 
 
+@pytest.mark.parametrize("pattern", ["top/sub", "sub", "more/rel", "top/*", "./top/a*"])
+def test_tar_style_excludes_see_the_name_before_stripping(tmp_path: Path, pattern: str) -> None:
+    """GNU tar matches ``--exclude`` against the name as stored, before
+    ``--strip-components`` (and, unanchored, any tail of it): ``top/sub`` still
+    excludes what ``--strip-components 1`` writes as ``sub``. It matched nothing."""
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(strip_archive())
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    # GNU tar exits 2 where a hardlink's target was left out (we warn): the trees agree.
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(gnu), "--strip-components=1",
+                    f"--exclude={pattern}"], check=False, capture_output=True)
+    ours = tmp_path / "ours"
+    result = run_cli("untar", "--strip-components", "1", "--exclude-style", "tar",
+                     "--exclude", pattern, archive, ours)
+    assert result.rc == 0, result.err
+    ours.mkdir(exist_ok=True)
+    assert snapshot(ours) == snapshot(gnu)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(whole), "--strip-components=1"],
+                   check=True, capture_output=True)
+    assert snapshot(gnu) != snapshot(whole)  # the pattern left something out
+
+
 def test_strip_components_never_makes_a_name_absolute(tmp_path: Path) -> None:
     """GNU tar 1.34 strips ``a//b/c`` of one component to ``/b/c`` and writes it at the
     filesystem's root, outside -C (seen while writing this test). Here a run of

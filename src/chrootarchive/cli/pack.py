@@ -34,7 +34,7 @@ _TAR_EPILOG = """\
 examples:
   chrootarchive tar ./app -o app.tar.gz
   chrootarchive tar --root /var/lib/containers/c1/rootfs /etc -o etc.tar
-  chrootarchive tar --root /containers/c1/rootfs /var/log/ --exclude '*.gz' > logs.tar
+  chrootarchive tar --root /containers/c1/rootfs /var/log/ --exclude '**/*.gz' > logs.tar
   chrootarchive tar ./tree --include bin --include lib --exclude 'lib/*.a' -o sub.tar.zst
   chrootarchive tar ./rootfs --uid-map 0:100000:65536 --gid-map 0:100000:65536 -o layer.tar
 
@@ -112,8 +112,9 @@ def add_tar_parser(commands: Any) -> None:
                           "packed even if an --exclude pattern matches it")
     sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                      help="skip paths below SRC matching PATTERN and everything below them "
-                          "(glob, '**' across directories, '!PATTERN' re-includes; "
-                          "repeatable, last match wins)")
+                          "(Docker's patterns: matched against the whole path from SRC, so "
+                          "'*.gz' is at the top only and '**/*.gz' at any depth; "
+                          "'!PATTERN' re-includes; repeatable, last match wins)")
     sel.add_argument("--rebase", type=_rebase, action="append", default=[], metavar="OLD=NEW",
                      help="rename the prefix OLD of names to NEW ('.' renames SRC itself; "
                           "repeatable)")

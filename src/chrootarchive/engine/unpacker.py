@@ -478,6 +478,7 @@ class Unpacker:
 
     def apply(self, entry: TarEntry, reader: TarReader) -> bool:
         """Unpack one entry; False when it was left out (excluded, stripped, dropped)."""
+        stored = entry.name  # as GNU tar matches tar-style excludes: before stripping
         if self.strip and not self._strip(entry):
             return False
         # paths.clean_name(), whose first test is written out here: most names are
@@ -490,8 +491,8 @@ class Unpacker:
         if len(name) > self.safe_name_chars or entry.size > self.safe_size or entry.xattrs:
             self._check_entry_limits(name, entry)
         if self.has_excludes and (self.excludes.matches(name) or (
-                self.stored_names_excluded and name != entry.name
-                and self.excludes.matches(entry.name.rstrip("/")))):
+                self.stored_names_excluded and name != stored
+                and self.excludes.matches(stored.rstrip("/")))):
             if entry.kind != tarreader.DIRECTORY:
                 self.excluded_names.add(name)  # a hardlink to it is left out too
             return False
