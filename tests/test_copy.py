@@ -495,6 +495,13 @@ def test_cli_tar_errors(tmp_path: Path) -> None:
     assert result.rc == 2 and "names are never looked up" in result.err
     result = run_cli("tar", tmp_path / "src", "--confine", "nonsense", "-o", tmp_path / "z.tar")
     assert result.rc == 2 and "nonsense" in result.err
+    # A suffix tar does not write: it wrote a plain tar under that name, silently.
+    for name, kind in (("o.tar.xz", "xz"), ("o.tbz2", "bzip2"), ("o.tar.lz4", "lz4")):
+        result = run_cli("tar", tmp_path / "src", "-o", tmp_path / name)
+        assert_one_line_error(result, rc=2, mentions=(f"cannot write {kind}", "--compress none"))
+        assert not (tmp_path / name).exists()
+    result = run_cli("tar", tmp_path / "src", "--compress", "none", "-o", tmp_path / "o.tar.xz")
+    assert result.rc == 0, result.err
 
 
 def test_cli_tar_json_and_warnings(tmp_path: Path) -> None:

@@ -77,6 +77,11 @@ read or destination cannot be written, 70 internal error.
 
 _SUFFIXES = ((".tar.gz", "gzip"), (".tgz", "gzip"), (".gz", "gzip"), (".tar.zst", "zstd"),
              (".tzst", "zstd"), (".zst", "zstd"))
+#: Suffixes of compressions that ``tar`` reads (or GNU tar writes) but does not write:
+#: an archive named so and written plain would fail later, far from here.
+_UNWRITTEN = {".xz": "xz", ".txz": "xz", ".bz2": "bzip2", ".tbz": "bzip2", ".tbz2": "bzip2",
+              ".tb2": "bzip2", ".lz": "lzip", ".lzma": "lzma", ".tlz": "lzma", ".lz4": "lz4",
+              ".lzo": "lzop", ".z": "compress", ".taz": "compress", ".zip": "zip"}
 
 
 def _rebase(text: str) -> tuple[str, str]:
@@ -195,6 +200,11 @@ def run_tar(args: argparse.Namespace) -> int:
         name = "" if to_stdout else args.output.lower()
         compression = next((kind for suffix, kind in _SUFFIXES if name.endswith(suffix)),
                            "none")
+        unwritten = _UNWRITTEN.get(os.path.splitext(name)[1])
+        if compression == "none" and unwritten is not None:
+            raise UsageError(f"{args.output}: cannot write {unwritten} (tar writes gzip: "
+                             ".tar.gz, .tgz; zstd: .tar.zst, .tzst); name the file so, "
+                             "or give --compress none to write it uncompressed anyway")
     if to_stdout and args.json:
         raise UsageError("--json needs -o FILE: standard output holds the archive")
     if to_stdout and sys.stdout.isatty():
