@@ -41,10 +41,13 @@ examples:
 The reading side runs in a kernel jail at ROOT (or at SRC, or SRC's directory), walks
 the tree by directory descriptors and never follows a symlink below SRC, so nothing
 outside ROOT can be read, even by someone who swaps a directory for a symlink while it
-runs. SRC's last component is packed as it is (a symlink as a symlink) unless SRC ends
-with '/' or '/.'. Owners are numeric; names are never looked up. Compression happens
-outside the jail. Sockets are skipped with a warning, and so is OUT when it is inside
-SRC (as GNU tar's "file is the archive; not dumped").
+runs. A directory's entries are named relative to it, as Docker's archives are
+('tar -C SRC .'): 'chrootarchive tar ./app' holds 'bin/x', not 'app/bin/x'; add
+'--rebase .=app --include-source-dir' for GNU tar's 'tar -c app'. A SRC that is a
+symlink is packed as a symlink unless SRC ends with '/' or '/.'. Owners are numeric;
+names are never looked up. Compression happens outside the jail. Sockets are skipped
+with a warning, and so is OUT when it is inside SRC (as GNU tar's "file is the
+archive; not dumped").
 
 exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
 read or output cannot be written, 70 internal error.
