@@ -161,19 +161,30 @@ def new_archive() -> bytes:
 
 
 def test_keep_old_files_refuses_to_replace(tmp_path: Path, write_archive) -> None:
+    """As GNU tar's -k: an existing file is kept and is an error, and the rest of the
+    archive is unpacked all the same (it stopped at the first)."""
     dest = existing(tmp_path)
-    archive = write_archive(new_archive())
+    (dest / "also").write_bytes(b"mine too")
+    archive = write_archive(tb.TarBuilder().dir("dir", mode=0o700).file("dir/old", b"theirs")
+                            .file("dir/new", b"new").file("also", b"theirs")
+                            .file("last", b"last").build())
     result = run_cli("untar", "--keep-old-files", archive, dest)
     assert result.rc == 4, result
     assert result.err.strip() == ("chrootarchive: error: dir/old: exists, and old files "
-                                  "are kept (--keep-old-files)")
+                                  "are kept (--keep-old-files; 1 more kept); the rest was "
+                                  "unpacked")
     assert (dest / "dir" / "old").read_bytes() == b"mine"
+    assert (dest / "also").read_bytes() == b"mine too"
+    assert (dest / "dir" / "new").read_bytes() == b"new"
+    assert (dest / "last").read_bytes() == b"last"
+    gnu = existing(tmp_path / "gnu")
+    (gnu / "also").write_bytes(b"mine too")
+    proc = subprocess.run(["tar", "-xkf", str(archive), "-C", str(gnu)],
+                          capture_output=True, check=False)
+    assert proc.returncode == 2
+    assert snapshot(dest) == snapshot(gnu)
     with pytest.raises(FileExistsError):
         chrootarchive.untar(new_archive(), dest, UnpackOptions(old_files="keep"))
-    # GNU tar -k also refuses (and goes on with the rest: status 2).
-    gnu = subprocess.run(["tar", "-xkf", str(archive), "-C", str(dest)],
-                         capture_output=True, check=False)
-    assert gnu.returncode == 2 and (dest / "dir" / "old").read_bytes() == b"mine"
 
 
 def test_skip_old_files_as_gnu_tar(tmp_path: Path, write_archive) -> None:

@@ -308,8 +308,9 @@ class UnpackOptions:
             skipped.
         old_files: a file that exists where an entry goes (directories merge
             anyway): ``replace`` it (the default, as Docker and GNU tar do), ``keep``
-            it and fail (``--keep-old-files``: a :class:`DestinationError` that is a
-            ``FileExistsError``), or ``skip`` the entry (``--skip-old-files``).
+            it and fail once the rest is unpacked (``--keep-old-files``, as GNU tar's
+            ``-k``: a :class:`DestinationError` that is a ``FileExistsError``, naming the
+            first), or ``skip`` the entry (``--skip-old-files``).
         atomic: unpack into a staging directory beside ``dest`` and rename it into
             place only when everything succeeded; ``dest`` must be missing or empty.
     """

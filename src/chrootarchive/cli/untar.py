@@ -71,7 +71,8 @@ def add_parser(commands: Any) -> None:
     old = tar_like.add_mutually_exclusive_group()
     old.add_argument("-k", "--keep-old-files", dest="old_files", action="store_const",
                      const="keep", default="replace",
-                     help="an existing file is an error (exit status 4); directories merge")
+                     help="keep existing files: each is an error, reported once the rest is "
+                          "unpacked (exit status 4), as GNU tar's -k; directories merge")
     old.add_argument("--skip-old-files", dest="old_files", action="store_const",
                      const="skip", help="leave existing files alone, silently")
     add_unpack_options(untar_p)

@@ -297,6 +297,8 @@ class Unpacker:
         self.excludes = paths.exclude_matcher(options.excludes, options.exclude_style)
         self.strip = options.strip_components
         self.old_files = options.old_files
+        self.kept_old = 0  # old_files "keep": the files kept, the error at the end
+        self.kept_old_first: str | None = None
         self.stats = UnpackStats()
         self.euid = os.geteuid()
         # Without full privilege (a user namespace, or no root at all) some things
@@ -428,6 +430,11 @@ class Unpacker:
         self._reader_notes(reader)
         self.stats.skipped_xattrs = (self.skipped_xattrs + self.refused_xattrs
                                      + self.unsupported_xattrs)
+        if self.kept_old:
+            more = f"; {self.kept_old - 1:,} more kept" if self.kept_old > 1 else ""
+            raise DestinationError(
+                f"exists, and old files are kept (--keep-old-files{more}); the rest was "
+                "unpacked", self.kept_old_first, errno.EEXIST)
         return self.stats
 
     def _reader_notes(self, reader: TarReader) -> None:
@@ -732,10 +739,11 @@ class Unpacker:
         existing_dir = stat.S_ISDIR(st.st_mode)
         new_dir = entry.kind == tarreader.DIRECTORY
         if self.old_files != "replace" and not (existing_dir and new_dir):
-            if self.old_files == "skip":
-                raise _SkipEntry
-            raise DestinationError("exists, and old files are kept (--keep-old-files)",
-                                   entry.name, errno.EEXIST)
+            if self.old_files == "keep":  # GNU tar's -k: an error, once the rest is done
+                self.kept_old += 1
+                if self.kept_old_first is None:
+                    self.kept_old_first = entry.name
+            raise _SkipEntry
         if self.options.no_overwrite_dir_nondir and existing_dir != new_dir:
             what = "directory" if existing_dir else "non-directory"
             raise ArchiveError(
