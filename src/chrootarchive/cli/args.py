@@ -185,8 +185,9 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                           "(GNU tar's: any tail of the name, '*' crosses '/': '*.txt' "
                           "also excludes sub/b.txt)")
     sel.add_argument("--no-overwrite-dir-nondir", action="store_true",
-                     help="fail instead of replacing a directory by a non-directory "
-                          "or the reverse")
+                     help="fail instead of replacing a directory (and all below it) "
+                          "by a non-directory or the reverse, as GNU tar and tarfile do "
+                          "(by default an entry replaces what is in its way, as Docker's)")
     sel.add_argument("--best-effort-xattrs", action="store_true",
                      help="skip xattrs that the destination filesystem does not support")
     sel.add_argument("--filter", choices=FILTERS, default=None, metavar="NAME",
