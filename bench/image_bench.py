@@ -48,8 +48,8 @@ def log(msg: str) -> None:
     print(f"[image_bench] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], **kw: object) -> None:
-    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+def run(cmd: list[str], *, stderr: int | None = None) -> None:
+    subprocess.run(cmd, check=True, stderr=stderr)
 
 
 def _sizes(root: Path) -> dict[str, int]:

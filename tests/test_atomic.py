@@ -93,7 +93,7 @@ def test_success_into_existing_empty_destination(parent: Path) -> None:
     assert stages(parent) == []
 
 
-def test_success_cli(parent: Path, write_archive) -> None:
+def test_success_cli(parent: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(tb.compress(archive(), "zstd"), ".tar.zst")
     result = run_cli("untar", "--atomic", "--json", path, parent / "a" / "b" / "dest")
     assert result.rc == 0, result.err
@@ -130,7 +130,7 @@ def test_atomic_with_root_is_refused(parent: Path) -> None:
 # -- failures leave nothing ------------------------------------------------------------
 
 
-FAILURES = {
+FAILURES: dict[str, tuple[Callable[[], bytes], Limits, type[Exception]]] = {
     "breakout": (lambda: B().file("a", b"1").file("b", b"2").file("../../evil", b"x").build(),
                  Limits(), chrootarchive.BreakoutError),
     "malformed": (lambda: tb.truncate(B().file("a", b"1").file("b", b"2" * 5000).build(), 2000),
@@ -159,7 +159,9 @@ def test_failure_leaves_nothing(failure: str, existing: bool, parent: Path) -> N
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
-def test_failure_leaves_nothing_cli(failure: str, parent: Path, write_archive) -> None:
+def test_failure_leaves_nothing_cli(
+    failure: str, parent: Path, write_archive: Callable[..., Path]
+) -> None:
     build, limits, _ = FAILURES[failure]
     flags = ["--max-entries", str(limits.max_entries)] if failure == "limit" else []
     before = parent_snapshot(parent)
@@ -296,7 +298,7 @@ FULL_DISK = textwrap.dedent(
 )
 
 
-def test_full_disk_leaves_nothing(tmp_path: Path, write_archive) -> None:
+def test_full_disk_leaves_nothing(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     """A 1 MiB tmpfs in a private mount namespace of a child: a 3 MiB archive fills it;
     neither a missing nor an existing empty destination is changed, and the space is
     given back."""

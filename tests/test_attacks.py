@@ -31,7 +31,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -52,6 +54,9 @@ from helpers.attack_cases import (
 from helpers.cli import assert_one_line_error, run_cli
 from helpers.corpus import corpus_dir
 from helpers.victim import HELLO, SECRET, Victim
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -87,7 +92,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize(("name", "mentions"), CLI_CASES)
 def test_attack_cli(
-    name: str, mentions: str | None, dest: Path, victim: Victim, write_archive
+    name: str, mentions: str | None, dest: Path, victim: Victim, write_archive: Callable[..., Path]
 ) -> None:
     case_ = CASES[name](str(victim.root))
     path = write_archive(case_.archive)
@@ -103,7 +108,9 @@ def test_attack_cli_stdin(dest: Path, victim: Victim) -> None:
     victim.assert_untouched()
 
 
-def test_attack_cli_debug_shows_traceback(dest: Path, victim: Victim, write_archive) -> None:
+def test_attack_cli_debug_shows_traceback(
+    dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     """``--debug`` is the one way to get a traceback; the exit status stays 1."""
     path = write_archive(CASES["dotdot_plain"](str(victim.root)).archive)
     result = run_cli("untar", "--debug", path, dest)
@@ -142,7 +149,9 @@ def test_modules_unpacked_into_the_working_directory_are_never_imported(
 # -- FIFOs and devices that could hang or be written (run in a child, with a timeout) --
 
 
-def test_fifo_then_file_does_not_hang(dest: Path, victim: Victim, write_archive) -> None:
+def test_fifo_then_file_does_not_hang(
+    dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     path = write_archive(B().fifo("pipe").file("pipe", PWN).build())
     start = time.monotonic()
     result = run_cli("untar", path, dest, timeout=60)
@@ -152,7 +161,9 @@ def test_fifo_then_file_does_not_hang(dest: Path, victim: Victim, write_archive)
     victim.assert_untouched()
 
 
-def test_preexisting_fifo_is_replaced_not_opened(dest: Path, victim: Victim, write_archive) -> None:
+def test_preexisting_fifo_is_replaced_not_opened(
+    dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     os.mkfifo(dest / "fifo")
     path = write_archive(B().file("fifo", PWN).build())
     result = run_cli("untar", path, dest, timeout=60)
@@ -266,6 +277,7 @@ def test_planted_hardlink_to_victim_is_replaced(dest: Path, victim: Victim) -> N
     # Unlinking the planted names lowers the victim inodes' link counts (and so their
     # ctime): that is the only change allowed.
     touched = {"victim/hello", "victim/hello-hardlink", "victim/secret"}
+    assert victim.before is not None
     tree.assert_same(
         victim.before,
         after,
@@ -448,7 +460,7 @@ _FORMAT_HEADER = {"gzip": 10, "bzip2": 4, "xz": 12, "zstd": 4}
     "damage", ["half", "trailer", "corrupt-middle", "garbage-body", "header-only"]
 )
 def test_damaged_compression(
-    method: str, damage: str, dest: Path, victim: Victim, write_archive
+    method: str, damage: str, dest: Path, victim: Victim, write_archive: Callable[..., Path]
 ) -> None:
     tar = _payload_archive()
     comp = tb.compress(tar, method)
@@ -459,11 +471,11 @@ def test_damaged_compression(
         # (checksum / end marker) is missing: still a compression error.
         data = comp[:-3]
     elif damage == "corrupt-middle":
-        data = bytearray(comp)
-        mid = len(data) // 2
+        corrupt = bytearray(comp)
+        mid = len(corrupt) // 2
         for i in range(mid, mid + 64):
-            data[i] ^= 0x5A
-        data = bytes(data)
+            corrupt[i] ^= 0x5A
+        data = bytes(corrupt)
     elif damage == "garbage-body":
         # A valid format header, then bytes no decoder accepts (for deflate: a block of
         # the reserved type), so each library raises its own "corrupt data" error.
@@ -483,7 +495,9 @@ def test_damaged_compression(
 
 
 @pytest.mark.parametrize("method", tb.COMPRESSIONS)
-def test_damaged_compression_cli(method: str, dest: Path, victim: Victim, write_archive) -> None:
+def test_damaged_compression_cli(
+    method: str, dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     comp = tb.compress(_payload_archive(), method)
     result = run_cli("untar", write_archive(comp[: len(comp) // 2]), dest)
     assert_one_line_error(result, rc=1)
@@ -491,7 +505,9 @@ def test_damaged_compression_cli(method: str, dest: Path, victim: Victim, write_
 
 
 @pytest.mark.parametrize("method", tb.COMPRESSIONS)
-def test_compressed_non_tar(method: str, dest: Path, victim: Victim, write_archive) -> None:
+def test_compressed_non_tar(
+    method: str, dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     data = tb.compress(b"just some text, definitely not a tar archive\n" * 30, method)
     result = run_cli("untar", write_archive(data), dest)
     assert_one_line_error(result, rc=1)
@@ -511,7 +527,9 @@ def test_compressed_non_tar(method: str, dest: Path, victim: Victim, write_archi
         pytest.param(os.urandom(4096), id="random"),
     ],
 )
-def test_not_a_tar_archive(data: bytes, dest: Path, victim: Victim, write_archive) -> None:
+def test_not_a_tar_archive(
+    data: bytes, dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     path = write_archive(data)
     result = run_cli("untar", path, dest)
     line = assert_one_line_error(result, rc=1)
@@ -524,7 +542,9 @@ def test_not_a_tar_archive(data: bytes, dest: Path, victim: Victim, write_archiv
     victim.assert_untouched()
 
 
-def test_text_file_says_not_a_tar_archive(dest: Path, victim: Victim, write_archive) -> None:
+def test_text_file_says_not_a_tar_archive(
+    dest: Path, victim: Victim, write_archive: Callable[..., Path]
+) -> None:
     result = run_cli("untar", write_archive(b"Kilts\n"), dest)
     assert_one_line_error(result, rc=1, mentions=("not a tar archive",))
 
@@ -550,18 +570,20 @@ class SlowZeros(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, buf: WriteableBuffer) -> int:
+        view = memoryview(buf)
         if self.left <= 0:
             return 0
         time.sleep(self.delay)
-        n = min(self.chunk, self.left, len(buf))
-        buf[:n] = b"\x00" * n
+        n = min(self.chunk, self.left, len(view))
+        view[:n] = b"\x00" * n
         self.left -= n
         return n
 
 
 def test_slow_zeros(dest: Path, victim: Victim) -> None:
-    result = chrootarchive.untar(SlowZeros(), dest)
+    # A raw stream, not a BinaryIO: untar reads any object with read().
+    result = chrootarchive.untar(SlowZeros(), dest)  # type: ignore[arg-type]
     assert result.entries == 0
     victim.assert_untouched()
 
@@ -768,7 +790,7 @@ def planted_archive(payloads: dict[str, object]) -> bytes:
             return
         seen.add(name)
         raw = data.encode() if isinstance(data, str) else data
-        owner = {"uid": 0, "gid": 0, "uname": "root", "gname": "root"}
+        owner: tb.CommonFields = {"uid": 0, "gid": 0, "uname": "root", "gname": "root"}
         if len(raw) > 4096 and raw in first_copy:
             b.hardlink(name, first_copy[raw], **owner)
             return
@@ -876,7 +898,7 @@ def _assert_no_marker(dest: Path, markers: Path) -> None:
 
 
 def test_code_execution_payloads_never_run(
-    payloads: dict[str, object], dest: Path, victim: Victim, write_archive
+    payloads: dict[str, object], dest: Path, victim: Victim, write_archive: Callable[..., Path]
 ) -> None:
     """Plant modules, NSS and helper programs, then unpack into that destination
     through every path of the worker (each compression, owners given by name only,
@@ -921,12 +943,13 @@ def test_code_execution_payloads_never_run(
         with pytest.raises(chrootarchive.ArchiveError):
             chrootarchive.untar(io.BytesIO(bad), dest)
         _assert_no_marker(dest, markers)
-    for args in (
+    command_lines: tuple[list[str | Path], ...] = (
         ["untar", write_archive(owners), dest],
         ["untar", "--debug", write_archive(b"not a tar" * 100), dest],
         ["untar", "--json", "--confine", "chroot", write_archive(owners), dest],
         ["untar", "--debug", write_archive(B().file("../x", b"").build()), dest],
-    ):
+    )
+    for args in command_lines:
         run_cli(*args)
         _assert_no_marker(dest, markers)
     victim.assert_untouched()

@@ -14,6 +14,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import chrootarchive
@@ -115,7 +116,7 @@ def test_sixteen_threads_mixed_outcomes(tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_sixteen_processes(tmp_path: Path, write_archive) -> None:
+def test_sixteen_processes(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     paths = [write_archive(tb.compress(archive_for(i), "gzip"), ".tar.gz") for i in range(N)]
     expected = [expected_tree(tmp_path, i) for i in range(N)]
     check = LeakCheck(tmp_path)
@@ -132,7 +133,9 @@ def test_sixteen_processes(tmp_path: Path, write_archive) -> None:
     check.assert_clean()
 
 
-def test_sixteen_processes_into_one_parent_atomically(tmp_path: Path, write_archive) -> None:
+def test_sixteen_processes_into_one_parent_atomically(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """Atomic runs side by side in one parent do not clean each other's staging."""
     paths = [write_archive(archive_for(i)) for i in range(N)]
     parent = tmp_path / "parent"
@@ -263,7 +266,7 @@ def test_same_destination_many_threads(tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_same_destination_cli_processes(tmp_path: Path, write_archive) -> None:
+def test_same_destination_cli_processes(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     dest = tmp_path / "dest"
     paths = [write_archive(tb.TarBuilder().file(f"own{i}", b"x").file("common", bytes([i]) * 5000)
                            .build()) for i in range(6)]
@@ -312,7 +315,8 @@ def test_two_atomic_unpacks_into_one_destination(tmp_path: Path) -> None:
 # -- the same races, without workers (many rounds in a second) ----------------------------
 
 
-def _race(rounds: int, threads: int, action) -> list[BaseException]:
+def _race(rounds: int, threads: int, action: Callable[[int, int], object]
+          ) -> list[BaseException]:
     errors: list[BaseException] = []
     for r in range(rounds):
         barrier = threading.Barrier(threads)

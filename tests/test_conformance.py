@@ -496,7 +496,7 @@ def _old_gnu_sparse(slots: list[tuple[int, int] | None], realsize: int, data: by
                   version=GNU_VERSION, raw=raw) + pad(data) + end_of_archive()
 
 
-SPARSE_AMBIGUITIES = {
+SPARSE_AMBIGUITIES: dict[str, tuple[list[tuple[int, int] | None], str]] = {
     "skipped-slot": ([(0, 1), None, (4096, 1)], "used slot after an empty one"),
     "reused-slot": ([(0, 1), (0, 1)], "overlap"),
     "out-of-order": ([(4096, 1), (0, 1)], "out of order"),

@@ -58,7 +58,9 @@ PARENT_ONLY = {
 
 @pytest.mark.parametrize(("public", "spec"), [(UnpackOptions, UnpackSpec),
                                               (PackOptions, PackSpec), (Limits, LimitSpec)])
-def test_every_option_reaches_the_job_or_is_the_parents(public: type, spec: type) -> None:
+def test_every_option_reaches_the_job_or_is_the_parents(
+    public: type, spec: type[UnpackSpec | PackSpec | LimitSpec]
+) -> None:
     fields = {f.name for f in dataclasses.fields(public)}
     assert set(spec.__slots__) - SPEC_ONLY == fields - PARENT_ONLY[public]
 

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -240,7 +242,7 @@ def _race_root(tmp_path: Path, target: str) -> tuple[Path, list[tuple[Path, Path
 
 
 def _race(root: Path, pairs: list[tuple[Path, Path]], method: str, mechanism: str,
-          pack: object) -> None:
+          pack: Callable[[], bytes]) -> None:
     racer = Racer(pairs, method)
     old_interval = sys.getswitchinterval()
     if mechanism == "openat2":
@@ -252,7 +254,7 @@ def _race(root: Path, pairs: list[tuple[Path, Path]], method: str, mechanism: st
         while counted < 5 and time.monotonic() < deadline:
             rounds += 1
             before = racer.swaps
-            data = pack()  # type: ignore[operator]
+            data = pack()
             during = racer.swaps - before
             assert racer.error is None, racer.error
             assert MARKER not in data, f"outside bytes in round {rounds} ({mechanism})"
@@ -374,12 +376,17 @@ def test_copy_path_naming(rich: Path, tmp_path: Path) -> None:
     assert (tmp_path / "f" / "plain").read_bytes() == (rich / "plain").read_bytes()
 
 
+class _BothOptions(TypedDict):
+    options: ca.UnpackOptions
+    pack_options: ca.PackOptions
+
+
 def test_copy_between_roots(mechanism: str, hostile: tuple[Path, Path], tmp_path: Path) -> None:
     """From one root to another; the destination's symlinks resolve inside its root,
     whatever they say (both sides under each mechanism)."""
     src_root, outside = hostile
-    both = {"options": ca.UnpackOptions(confine=mechanism),
-            "pack_options": ca.PackOptions(confine=mechanism)}
+    both: _BothOptions = {"options": ca.UnpackOptions(confine=mechanism),
+                          "pack_options": ca.PackOptions(confine=mechanism)}
     dst_root = tmp_path / "other"
     (dst_root / "real").mkdir(parents=True)
     os.symlink("/real", dst_root / "in-root")  # absolute: inside the jail, stays inside
@@ -427,7 +434,7 @@ def test_pack_warnings_reach_the_copy_result(tmp_path: Path) -> None:
 
 
 def cli_bytes(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "chrootarchive", *map(os.fspath, args)],
+    return subprocess.run([sys.executable, "-m", "chrootarchive", *(os.fspath(a) for a in args)],
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -654,8 +661,8 @@ def test_cp_onto_what_exists_as_docker_cp(mechanism: str, tmp_path: Path) -> Non
     """An existing directory DST is copied into (DST/NAME), as docker cp and GNU cp do,
     followed through an in-root symlink; a directory is never copied onto a file. A
     file copied onto a directory replaced it, and everything in it, silently."""
-    both = {"options": ca.UnpackOptions(confine=mechanism),
-            "pack_options": ca.PackOptions(confine=mechanism)}
+    both: _BothOptions = {"options": ca.UnpackOptions(confine=mechanism),
+                          "pack_options": ca.PackOptions(confine=mechanism)}
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d" / "x").write_bytes(b"x")

@@ -374,7 +374,7 @@ def _where_unshare_fails(*args: str | os.PathLike[str]) -> dict[str, Any]:
         ["unshare", "--mount", "--propagation", "private",
          sys.executable, "-c", _IN_NAMESPACE,
          sys.executable, str(SECCOMP_RUN), "--deny", "unshare:EPERM", "--",
-         sys.executable, "-m", "chrootarchive", *map(os.fspath, args)],
+         sys.executable, "-m", "chrootarchive", *(os.fspath(a) for a in args)],
         capture_output=True, text=True, timeout=120, check=True)
     result: dict[str, Any] = json.loads(proc.stdout)
     return result

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,19 +55,19 @@ def unpriv() -> Iterator[Unprivileged]:
 class _UntarThread(threading.Thread):
     """``untar`` from a pipe in a thread; ``error`` and ``finished`` (monotonic time)."""
 
-    def __init__(self, dest: Path, **kw: object) -> None:
+    def __init__(self, dest: Path, *, confine: str | None = None) -> None:
         super().__init__(daemon=True)
         r, self.w = os.pipe()
         self.source = os.fdopen(r, "rb")
         self.dest = dest
-        self.kw = kw
+        self.confine = confine
         self.error: BaseException | None = None
         self.result: object = None
         self.finished = 0.0
 
     def run(self) -> None:
         try:
-            self.result = chrootarchive.untar(self.source, self.dest, **self.kw)
+            self.result = chrootarchive.untar(self.source, self.dest, confine=self.confine)
         except BaseException as err:
             self.error = err
         finally:
@@ -354,7 +354,9 @@ def test_trickling_archive(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("padding", [0, 512, 10 * 1024, 3 << 20])
 @pytest.mark.parametrize("how", ["pipe", "file", "gzip"])
-def test_zero_padded_input(how: str, padding: int, tmp_path: Path, write_archive) -> None:
+def test_zero_padded_input(
+    how: str, padding: int, tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """Archives padded with zeros (blocking factor, dd, tapes) are fine, and the whole
     input is read (the writer of a pipe does not get EPIPE)."""
     data = small() + bytes(padding)
@@ -394,7 +396,7 @@ def test_missing_archive_is_not_an_internal_error(tmp_path: Path) -> None:
 # -- a full disk -----------------------------------------------------------------------
 
 
-def test_full_disk_names_the_entry(tmp_path: Path, write_archive) -> None:
+def test_full_disk_names_the_entry(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     """A 1 MiB tmpfs mounted in a private mount namespace of a child process."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -409,7 +411,7 @@ def test_full_disk_names_the_entry(tmp_path: Path, write_archive) -> None:
     assert list(mnt.iterdir()) == []
 
 
-def test_full_disk_api_error(tmp_path: Path, write_archive) -> None:
+def test_full_disk_api_error(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     path = write_archive(B().file("big", os.urandom(3 << 20)).build())
@@ -431,7 +433,7 @@ def test_full_disk_api_error(tmp_path: Path, write_archive) -> None:
 # -- odd destinations ------------------------------------------------------------------
 
 
-def test_destination_is_a_file(tmp_path: Path, write_archive) -> None:
+def test_destination_is_a_file(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     dest = tmp_path / "file"
     dest.write_bytes(b"not a directory")
     result = run_cli("untar", write_archive(small()), dest)
@@ -442,13 +444,15 @@ def test_destination_is_a_file(tmp_path: Path, write_archive) -> None:
         chrootarchive.untar(io.BytesIO(small()), dest)
 
 
-def test_destination_below_a_file(tmp_path: Path, write_archive) -> None:
+def test_destination_below_a_file(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     (tmp_path / "file").write_bytes(b"x")
     result = run_cli("untar", write_archive(small()), tmp_path / "file" / "dest")
     assert_one_line_error(result, rc=4, mentions=("not a directory",))
 
 
-def test_destination_symlink_to_directory_is_followed(tmp_path: Path, write_archive) -> None:
+def test_destination_symlink_to_directory_is_followed(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """The destination path is the user's own: a symlink there is followed (only
     symlinks *inside* the destination are the archive's business)."""
     real = tmp_path / "real"
@@ -463,7 +467,9 @@ def test_destination_symlink_to_directory_is_followed(tmp_path: Path, write_arch
 
 
 @pytest.mark.parametrize("target", ["nowhere", "/nonexistent-chrootarchive/x"])
-def test_destination_dangling_symlink(target: str, tmp_path: Path, write_archive) -> None:
+def test_destination_dangling_symlink(
+    target: str, tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     link = tmp_path / "dest-link"
     os.symlink(target, link)
     result = run_cli("untar", write_archive(small()), link)

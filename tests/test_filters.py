@@ -17,7 +17,9 @@ import stat
 import struct
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -89,7 +91,9 @@ def tree(root: Path) -> dict[str, tuple[str, int, int, int]]:
 
 
 @pytest.mark.parametrize("name", ["fully_trusted", "tar", "data"])
-def test_modes_and_owners_match_tarfile(tmp_path: Path, name: str) -> None:
+def test_modes_and_owners_match_tarfile(
+    tmp_path: Path, name: Literal["fully_trusted", "tar", "data"]
+) -> None:
     """The same archive through tarfile's filter and ours: the same modes and owners."""
     data = modes_archive()
     theirs = tmp_path / "tarfile"
@@ -162,7 +166,7 @@ def test_fully_trusted_counts_what_needs_privilege(tmp_path: Path) -> None:
 
 
 def test_cli_names_the_filter_when_the_default_made_privileged_files(
-        tmp_path: Path, write_archive) -> None:
+        tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(rootfs_like(), ".tar")
     result = run_cli("untar", path, tmp_path / "dest")
     assert result.rc == 0, result.err
@@ -180,7 +184,7 @@ def test_cli_names_the_filter_when_the_default_made_privileged_files(
     assert "note:" not in result.err
 
 
-def test_cli_refuses_an_unknown_filter(tmp_path: Path, write_archive) -> None:
+def test_cli_refuses_an_unknown_filter(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(rootfs_like(), ".tar")
     result = run_cli("untar", "--filter", "trusting", path, tmp_path / "dest")
     assert result.rc == 2
@@ -244,7 +248,7 @@ def test_default_mode_keeps_everything(tmp_path: Path) -> None:
     assert os.lstat(dest / "bin" / "wall").st_gid == 5
 
 
-def test_data_filter_cli(tmp_path: Path, write_archive) -> None:
+def test_data_filter_cli(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(tb.compress(rootfs_like(), "gzip"), ".tar.gz")
     result = run_cli("untar", "--filter", "data", "--json", path, tmp_path / "dest")
     assert result.rc == 0, result.err
@@ -345,7 +349,10 @@ def _links_leading_out(dest: Path) -> list[str]:
 
 # Each archive makes a symlink whose own target looks harmless to a lexical check, and
 # that leads out of the destination once the symlinks on its way are followed.
-_LEADING_OUT = {
+#: What adds entries to a builder.
+_Add = Callable[[tb.TarBuilder], object]
+
+_LEADING_OUT: dict[str, tuple[_Add, str]] = {
     # "a" is the destination itself: "a/esc" is "esc", and "../x" is outside.
     "through its own parent": (
         lambda b: b.symlink("a", ".").symlink("a/esc", "../victim/file"), "esc"),
@@ -400,7 +407,9 @@ def test_data_follows_the_symlinks_already_in_the_destination(tmp_path: Path) ->
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "up").symlink_to("..")  # the user's own, not this archive's
-    for add in (lambda b: b.symlink("l", "up/victim"), lambda b: b.hardlink("h", "up")):
+    adds: tuple[_Add, ...] = (lambda b: b.symlink("l", "up/victim"),
+                              lambda b: b.hardlink("h", "up"))
+    for add in adds:
         builder = tb.TarBuilder()
         add(builder)
         with pytest.raises(BreakoutError) as caught:
@@ -487,7 +496,7 @@ def test_data_follows_symlinks_as_an_unprivileged_user(confine: str) -> None:
 
 # Found by an attacker's review of the first version of the check (issue 16, twenty-
 # first round): each left a symlink that leads out, or refused a harmless one.
-_REVIEWED = {
+_REVIEWED: dict[str, tuple[_Add, str]] = {
     # Made through "a -> ../../..", so really at the top; "a" is then replaced: by its
     # name, "p/q/r/a/l" was nothing at the end, and the real "l" was never followed.
     "followed where it was made, not by its name": (
@@ -535,7 +544,8 @@ def test_data_symlink_check_after_review(tmp_path: Path, case: str) -> None:
 def test_data_keeps_what_no_longer_leads_anywhere(tmp_path: Path) -> None:
     """A symlink made through a parent that is later replaced by a file, or by a
     loop, is followed from where it was made, and kept."""
-    for last in (lambda b: b.file("a", b"f"), lambda b: b.symlink("a", "a")):
+    lasts: tuple[_Add, ...] = (lambda b: b.file("a", b"f"), lambda b: b.symlink("a", "a"))
+    for last in lasts:
         builder = tb.TarBuilder().dir("d").symlink("a", "d").symlink("a/l", "y")
         last(builder)
         dest = tmp_path / str(len(os.listdir(tmp_path)))

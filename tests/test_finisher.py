@@ -32,8 +32,9 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 HELPER_AFTER = unpack.FINISHER_AFTER
 
 
-def _archive(count: int, size_of, *, big_every: int = 0) -> bytes:
+def _archive(count: int, size_of: Callable[[int], int], *, big_every: int = 0) -> bytes:
     """``count`` files in 10 directories: sizes from ``size_of(i)``, various modes and
     times, every ``big_every``-th file larger than the helper takes."""
     buf = io.BytesIO()
@@ -71,7 +72,7 @@ def _archive(count: int, size_of, *, big_every: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _expected(archive: bytes) -> dict[str, tuple[int, int, str]]:
+def _expected(archive: bytes) -> dict[str, tuple[int, float, str]]:
     out = {}
     with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
         for m in tf:
@@ -256,7 +257,8 @@ print(json.dumps(result))
 """
 
 
-def _in_process(archive: bytes, tmp_path: Path, mode: str, dest: Path | None = None) -> dict:
+def _in_process(archive: bytes, tmp_path: Path, mode: str, dest: Path | None = None
+                ) -> dict[str, Any]:
     path = tmp_path / "in.tar"
     path.write_bytes(archive)
     if dest is None:
@@ -265,7 +267,8 @@ def _in_process(archive: bytes, tmp_path: Path, mode: str, dest: Path | None = N
     proc = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(SRC), str(path), str(dest),
                            mode], capture_output=True, timeout=120)
     assert proc.stdout, proc.stderr.decode()
-    return json.loads(proc.stdout.decode().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.decode().splitlines()[-1])
+    return result
 
 
 def test_helper_error_names_its_entry(tmp_path: Path) -> None:
@@ -795,7 +798,7 @@ def test_a_file_over_a_directory_of_ours_then_a_name_below_it_as_without_the_hel
         _add(tf, "q/y", b"below it")
         for i in range(70):
             _add(tf, f"w/f{i:02d}", b"after")
-    outcomes = {}
+    outcomes: dict[str, tuple[Any, tree.Snapshot]] = {}  # (the JSON error, the tree)
     for mode in ("alone", "plain"):
         (tmp_path / mode).mkdir()
         result = _in_process(buf.getvalue(), tmp_path / mode, mode)

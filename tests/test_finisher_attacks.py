@@ -19,6 +19,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from helpers.leaks import LeakCheck
 from test_finisher import _add, _files_for_the_helper_to_start, _in_process
 
 
-def _both(archive: bytes, tmp_path: Path) -> dict[str, dict]:
+def _both(archive: bytes, tmp_path: Path) -> dict[str, dict[str, Any]]:
     results = {}
     for mode in ("alone", "plain"):
         (tmp_path / mode).mkdir()

@@ -22,6 +22,7 @@ import io
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,7 +93,7 @@ plan = st.fixed_dictionaries({
 })
 
 
-def build(entries: list[dict], victim_root: str) -> bytes:
+def build(entries: list[dict[str, Any]], victim_root: str) -> bytes:
     b = tb.TarBuilder()
     for e in entries:
         name = e["name"].replace(VICTIM, victim_root)
@@ -155,7 +156,7 @@ class Example:
         assert pivot_leftovers(self.work) == []
 
 
-def run_example(base: Path, p: dict, *, layer: bool) -> None:
+def run_example(base: Path, p: dict[str, Any], *, layer: bool) -> None:
     ex = Example(base, p["plant"])
     entries = list(p["entries"])
     if p["repeat_last"]:
@@ -180,7 +181,7 @@ def test_fuzz_untar(tmp_path: Path) -> None:
 
     @FUZZ
     @given(plan)
-    def prop(p: dict) -> None:
+    def prop(p: dict[str, Any]) -> None:
         run_example(tmp_path, p, layer=False)
 
     prop()
@@ -192,7 +193,7 @@ def test_fuzz_apply_layer(tmp_path: Path) -> None:
 
     @FUZZ
     @given(plan)
-    def prop(p: dict) -> None:
+    def prop(p: dict[str, Any]) -> None:
         run_example(tmp_path, p, layer=True)
 
     prop()
@@ -206,7 +207,7 @@ def test_grammar_reaches_every_kind_and_escape() -> None:
 
     @settings(max_examples=200, deadline=None, database=None)
     @given(entry)
-    def collect(e: dict) -> None:
+    def collect(e: dict[str, Any]) -> None:
         nonlocal seen_escape, seen_abs
         seen_kinds.add(e["kind"])
         seen_escape |= e["name"].startswith("..") or "/../" in e["name"]

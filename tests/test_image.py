@@ -284,7 +284,7 @@ def test_docker_save_directory_and_repeated_layer(parts: ImageParts, images: Pat
 
 
 def test_compressed_docker_save_from_stdin(parts: ImageParts, images: Path, tmp_path: Path,
-                                           run_cli: Callable[..., tuple[int, str, str]],
+                                           run_cli: Callable[..., CLIResult],
                                            umoci_image: UmociImage) -> None:
     archive = write_docker_save(images / "save.tar", parts.config, parts.tars,
                                 layout="classic")
@@ -472,7 +472,7 @@ def test_every_mechanism(mechanism: str, umoci_image: UmociImage, parts: ImagePa
 
 
 def test_cli_json_and_help(umoci_image: UmociImage, tmp_path: Path,
-                           run_cli: Callable[..., tuple[int, str, str]]) -> None:
+                           run_cli: Callable[..., CLIResult]) -> None:
     rc, out, err = run_cli("unpack-image", "--ref", "latest", "--json", umoci_image.layout,
                            tmp_path / "rootfs")
     assert rc == 0, err
@@ -511,14 +511,16 @@ class Case:
     written: bool = False
 
 
-def _good(root: Path) -> tuple[OCIBuilder, list[dict[str, object]], dict[str, object]]:
+def _good(root: Path) -> tuple[OCIBuilder, list[dict[str, Any]], dict[str, Any]]:
     b = OCIBuilder(root)
     layers = [b.layer(t, "none") for t in GOOD]
     config = b.config([sha256(t) for t in GOOD])
     return b, layers, config
 
 
-def _with_manifest(root: Path, change: Callable[[OCIBuilder, list[dict], dict], None]) -> Path:
+def _with_manifest(
+    root: Path, change: Callable[[OCIBuilder, list[dict[str, Any]], dict[str, Any]], None]
+) -> Path:
     b, layers, config = _good(root)
     change(b, layers, config)
     b.tag(b.manifest(config, layers), "x")
@@ -535,20 +537,22 @@ def case_dotdot_digest_in_index(root: Path, victim: Victim) -> Path:
 
 
 def case_slash_digest_in_layer(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[1] = {**layers[1], "digest": "sha256:abc/../../../victim/secret"}
     return _with_manifest(root, change)
 
 
 def case_dotdot_algorithm(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(
+        b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]
+    ) -> None:
         hexpart = layers[0]["digest"].split(":")[1]
         layers[0] = {**layers[0], "digest": f"..:{hexpart}"}
     return _with_manifest(root, change)
 
 
 def case_uppercase_digest(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[0] = {**layers[0], "digest": layers[0]["digest"].upper().replace("SHA", "sha")}
     return _with_manifest(root, change)
 
@@ -574,7 +578,7 @@ def case_corrupt_gzip_layer(root: Path, victim: Victim) -> Path:
 
 
 def case_size_mismatch(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[1] = {**layers[1], "size": layers[1]["size"] + 1}
     return _with_manifest(root, change)
 
@@ -661,7 +665,7 @@ def case_ten_thousand_layers(root: Path, victim: Victim) -> Path:
 
 
 def case_huge_layer_size(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[1] = {**layers[1], "size": 1 << 62}
     return _with_manifest(root, change)
 
@@ -674,13 +678,13 @@ def case_huge_manifest_size(root: Path, victim: Victim) -> Path:
 
 
 def case_size_beyond_64_bits(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[0] = {**layers[0], "size": 1 << 70}
     return _with_manifest(root, change)
 
 
 def case_unknown_media_type(root: Path, victim: Victim) -> Path:
-    def change(b: OCIBuilder, layers: list[dict], config: dict) -> None:
+    def change(b: OCIBuilder, layers: list[dict[str, Any]], config: dict[str, Any]) -> None:
         layers[1] = {**layers[1], "mediaType": "application/vnd.example.evil.tar"}
     return _with_manifest(root, change)
 
@@ -767,16 +771,23 @@ def case_docker_layer_symlink_loop(root: Path, victim: Victim) -> Path:
                            {"a/layer.tar": "../b/layer.tar", "b/layer.tar": "../a/layer.tar"})
 
 
+def _member_data(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tf.extractfile(member)
+    assert f is not None
+    return f.read()
+
+
 def case_docker_config_tampered(root: Path, victim: Victim) -> Path:
     archive = _docker_archive(root.with_suffix(".tar"), ["l/layer.tar"],
                               {"l/layer.tar": GOOD[0]})
     # Rewrite the config member with other bytes under the same (digest) name.
     with tarfile.open(archive) as tf:
-        members = [(m, tf.extractfile(m).read() if m.isfile() else None)
+        members = [(m, _member_data(tf, m) if m.isfile() else None)
                    for m in tf.getmembers()]
     with tarfile.open(archive, "w") as tf:
         for m, data in members:
             if m.name.endswith(".json") and m.name != "manifest.json":
+                assert data is not None
                 data = data.replace(b"amd64", b"AMD64")
             tf.addfile(m, io.BytesIO(data) if data is not None else None)
     return archive
@@ -874,7 +885,7 @@ def test_hostile_image_api(name: str, images: Path, work: Path, dest: Path,
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_image_cli(name: str, images: Path, work: Path, dest: Path,
                            victim: Victim,
-                           run_cli: Callable[..., tuple[int, str, str]]) -> None:
+                           run_cli: Callable[..., CLIResult]) -> None:
     case = CASES[name]
     image = case.build(images / name, victim)
     victim.snap()
@@ -949,7 +960,7 @@ def _docker_v1(root: Path) -> Path:
 ])
 def test_unsupported_format_says_what_is_supported(
         kind: str, mentions: tuple[str, ...], images: Path, tmp_path: Path,
-        run_cli: Callable[..., tuple[int, str, str]]) -> None:
+        run_cli: Callable[..., CLIResult]) -> None:
     """An image in a format we do not read gets one line that names it and lists the
     formats that are read, not a parse error (podman save --format docker-dir gave
     "manifest.json must be a non-empty list")."""

@@ -33,6 +33,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -344,11 +345,12 @@ def test_the_hash_thread_hashes_in_order_and_strands_no_caller() -> None:
     putting = threading.Event()
     queue_put = hashing._queue.put
 
-    def slow_put(item: object, *args: object) -> None:
+    def slow_put(item: tuple[Any, bytes] | threading.Event | None, block: bool = True,
+                 timeout: float | None = None) -> None:
         if isinstance(item, threading.Event):  # the wait's marker
             putting.set()
             time.sleep(0.3)
-        queue_put(item, *args)  # type: ignore[arg-type]
+        queue_put(item, block, timeout)
 
     hashing._queue.put = slow_put  # type: ignore[method-assign]
     waiter = threading.Thread(target=hashing.wait)

@@ -28,7 +28,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,7 @@ from helpers import tree
 from helpers.cli import CLI, assert_one_line_error, run_cli
 from helpers.leaks import LeakCheck, child_pids, pivot_leftovers
 from helpers.mechanisms import LIMITED_AS_ROOT, variants
+from helpers.victim import Victim
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("no_leaks")]
 
@@ -93,20 +96,20 @@ def test_confine_chroot_api(dest: Path) -> None:
     assert os.readlink(dest / "d" / "s") == "f"
 
 
-def test_confine_chroot_cli(dest: Path, write_archive) -> None:
+def test_confine_chroot_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     result = run_cli("untar", "--confine", "chroot", "--json", write_archive(small_archive()), dest)
     assert result.rc == 0, result.err
     assert json.loads(result.out)["confinement"] == "chroot"
     assert (dest / "d" / "f").exists()
 
 
-def test_confine_unknown_is_usage_error(dest: Path, write_archive) -> None:
+def test_confine_unknown_is_usage_error(dest: Path, write_archive: Callable[..., Path]) -> None:
     result = run_cli("untar", "--confine", "bogus", write_archive(small_archive()), dest)
     assert result.rc == 2, result
     assert "Traceback" not in result.err
 
 
-def test_chroot_jail_still_contains(dest: Path, victim) -> None:
+def test_chroot_jail_still_contains(dest: Path, victim: Victim) -> None:
     """The weaker rung still keeps writes inside: absolute symlinks resolve in dest."""
     V = str(victim.root)
     archive = B().dir(V).symlink("l", V).file("l/pwned", b"x").symlink("r", "/").build()
@@ -148,7 +151,9 @@ INSIDE_NS = textwrap.dedent(
 )
 
 
-def run_in_mount_namespace(tmp_path: Path, setup: str, dest: Path, archive: Path) -> dict:
+def run_in_mount_namespace(
+    tmp_path: Path, setup: str, dest: Path, archive: Path
+) -> dict[str, Any]:
     """Run ``setup`` (shell, $1 = dest) then an untar, in a private mount namespace."""
     script = tmp_path / "inside.py"
     script.write_text(INSIDE_NS)
@@ -162,10 +167,11 @@ def run_in_mount_namespace(tmp_path: Path, setup: str, dest: Path, archive: Path
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
-    return json.loads(proc.stdout)
+    out: dict[str, Any] = json.loads(proc.stdout)  # what INSIDE_NS printed
+    return out
 
 
-def test_dest_already_a_mount_point(tmp_path: Path, write_archive) -> None:
+def test_dest_already_a_mount_point(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     dest = tmp_path / "mnt"
     dest.mkdir()
     out = run_in_mount_namespace(
@@ -181,7 +187,7 @@ def test_dest_already_a_mount_point(tmp_path: Path, write_archive) -> None:
     assert list(dest.iterdir()) == []
 
 
-def test_dest_bind_mounted_on_itself(tmp_path: Path, write_archive) -> None:
+def test_dest_bind_mounted_on_itself(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     dest = tmp_path / "bound"
     dest.mkdir()
     out = run_in_mount_namespace(
@@ -243,7 +249,9 @@ def test_the_jail_is_made_without_writing_into_the_destination(mechanism: str,
     assert os.listdir(dest) == []
 
 
-def test_dest_read_only_mount_is_a_destination_error(tmp_path: Path, write_archive) -> None:
+def test_dest_read_only_mount_is_a_destination_error(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     dest = tmp_path / "ro"
     dest.mkdir()
     out = run_in_mount_namespace(
@@ -253,7 +261,9 @@ def test_dest_read_only_mount_is_a_destination_error(tmp_path: Path, write_archi
     assert out.get("error") == "DestinationError", out
 
 
-def test_dest_full_is_a_destination_error(tmp_path: Path, write_archive) -> None:
+def test_dest_full_is_a_destination_error(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     dest = tmp_path / "full"
     dest.mkdir()
     big = B().file("big", os.urandom(3 << 20)).build()
@@ -263,7 +273,7 @@ def test_dest_full_is_a_destination_error(tmp_path: Path, write_archive) -> None
     assert out.get("error") == "DestinationError", out
 
 
-def test_cli_destination_full_exit_4(tmp_path: Path, write_archive) -> None:
+def test_cli_destination_full_exit_4(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     dest = tmp_path / "full"
     dest.mkdir()
     archive = write_archive(B().file("big", os.urandom(3 << 20)).build())
@@ -282,7 +292,9 @@ def test_cli_destination_full_exit_4(tmp_path: Path, write_archive) -> None:
     assert_one_line_error(result, rc=4)
 
 
-def test_user_namespace_falls_back_to_chroot(dest: Path, write_archive) -> None:
+def test_user_namespace_falls_back_to_chroot(
+    dest: Path, write_archive: Callable[..., Path]
+) -> None:
     """Inside a user namespace the reference does not pivot: it chroots."""
     archive = write_archive(B().dir("d").file("d/f", b"in userns\n").build())
     result = run_cli(
@@ -294,7 +306,9 @@ def test_user_namespace_falls_back_to_chroot(dest: Path, write_archive) -> None:
     assert pivot_leftovers(dest) == []
 
 
-def test_user_namespace_with_mount_namespace(dest: Path, write_archive) -> None:
+def test_user_namespace_with_mount_namespace(
+    dest: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(B().file("f", b"x").build())
     result = run_cli(
         "untar",
@@ -307,7 +321,9 @@ def test_user_namespace_with_mount_namespace(dest: Path, write_archive) -> None:
     assert json.loads(result.out)["confinement"] == "chroot"
 
 
-def test_user_namespace_skips_what_it_cannot_do(dest: Path, write_archive) -> None:
+def test_user_namespace_skips_what_it_cannot_do(
+    dest: Path, write_archive: Callable[..., Path]
+) -> None:
     """Devices that cannot be created and owners that cannot be set are skipped with a
     warning inside a user namespace, as Docker does; the rest is unpacked."""
     archive = write_archive(
@@ -349,7 +365,7 @@ def test_no_leaks_after_many_extractions(tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_no_leaks_after_many_cli_runs(tmp_path: Path, write_archive) -> None:
+def test_no_leaks_after_many_cli_runs(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(tb.compress(small_archive(), "gzip"))
     check = LeakCheck(tmp_path)
     for i in range(8):
@@ -477,7 +493,7 @@ def test_chown(mechanism: str, dest: Path) -> None:
         assert owner(dest / p) == (77, 88), p
 
 
-def test_chown_cli(dest: Path, write_archive) -> None:
+def test_chown_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     result = run_cli("untar", "--chown", "77:88", write_archive(owners_archive()), dest)
     assert result.rc == 0, result.err
     assert owner(dest / "dir" / "file") == (77, 88)
@@ -534,7 +550,7 @@ def test_unmapped_id_is_an_error(mechanism: str, uid: int, gid: int, dest: Path)
     assert str(max(uid, gid)) in str(info.value), str(info.value)
 
 
-def test_unmapped_id_cli(dest: Path, write_archive) -> None:
+def test_unmapped_id_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(B().file("unmapped", b"", uid=70000).build())
     result = run_cli(
         "untar", "--uid-map", "0:100000:65536", "--gid-map", "0:100000:65536", path, dest
@@ -542,7 +558,7 @@ def test_unmapped_id_cli(dest: Path, write_archive) -> None:
     assert_one_line_error(result, rc=(1, 4), mentions=("70000",))
 
 
-def test_id_map_cli(dest: Path, write_archive) -> None:
+def test_id_map_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(owners_archive())
     result = run_cli(
         "untar", "--uid-map", "0:100000:65536", "--gid-map", "0:200000:65536", path, dest
@@ -608,7 +624,7 @@ def test_excludes(mechanism: str, dest: Path) -> None:
     assert result.entries == 9
 
 
-def test_excludes_cli(dest: Path, write_archive) -> None:
+def test_excludes_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     args = [a for p in EXCLUDES for a in ("--exclude", p)]
     result = run_cli("untar", *args, write_archive(excludes_archive()), dest)
     assert result.rc == 0, result.err
@@ -616,7 +632,7 @@ def test_excludes_cli(dest: Path, write_archive) -> None:
 
 
 def test_excluded_breakout_is_still_a_breakout_or_skipped(mechanism: str, dest: Path,
-                                                          victim) -> None:
+                                                          victim: Victim) -> None:
     archive = B().file("../victim/pwned", b"x").build()
     try:
         chrootarchive.untar(io.BytesIO(archive), dest,
@@ -703,7 +719,7 @@ def test_no_overwrite_dir_nondir(mechanism: str, existing: str, dest: Path) -> N
         assert (dest / "n" / "x").read_bytes() == b"x"
 
 
-def test_no_overwrite_dir_nondir_cli(dest: Path, write_archive) -> None:
+def test_no_overwrite_dir_nondir_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     (dest / "n").mkdir()
     result = run_cli(
         "untar", "--no-overwrite-dir-nondir", write_archive(B().file("n", b"f").build()), dest
@@ -766,7 +782,7 @@ def test_missing_dest_created_0755_under_umask_077(mechanism: str, tmp_path: Pat
     assert mode(dest) == 0o755
 
 
-def test_implied_parents_cli_umask_077(dest: Path, write_archive) -> None:
+def test_implied_parents_cli_umask_077(dest: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(B().file("p/q/r", b"x").build())
     result = run_cli("untar", path, dest, umask=0o077)
     assert result.rc == 0, result.err
@@ -879,7 +895,7 @@ def test_best_effort_xattrs(mechanism: str, dest: Path) -> None:
     assert os.getxattr(dest / "f", "user.ok") == b"fine"
 
 
-def test_best_effort_xattrs_cli(dest: Path, write_archive) -> None:
+def test_best_effort_xattrs_cli(dest: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(B().pax({"SCHILY.xattr.bogusns.name": "v"}).file("f", b"x").build())
     assert run_cli("untar", path, dest).rc == 1
     result = run_cli("untar", "--best-effort-xattrs", path, dest)
@@ -1055,7 +1071,8 @@ def test_symlink_metadata_without_following(mechanism: str, dest: Path) -> None:
         pytest.param({"pax": "99999999999.999999999"}, "future", id="pax-fraction"),
     ],
 )
-def test_out_of_range_mtimes_are_clamped(mechanism: str, mtime: dict, direction: str,
+def test_out_of_range_mtimes_are_clamped(mechanism: str, mtime: dict[str, bytes | str],
+                                         direction: str,
                                          dest: Path) -> None:
     """Times the file system cannot hold are clamped (Docker: to the epoch), never an
     error, never wrapped around to the other side."""
@@ -1063,7 +1080,9 @@ def test_out_of_range_mtimes_are_clamped(mechanism: str, mtime: dict, direction:
     if "pax" in mtime:
         b.pax({"mtime": mtime["pax"]}).file("f", b"x").pax({"mtime": mtime["pax"]}).dir("d")
     else:
-        b.file("f", b"x", mtime=mtime["mtime"]).dir("d", mtime=mtime["mtime"])
+        raw = mtime["mtime"]
+        assert isinstance(raw, bytes)  # base256
+        b.file("f", b"x", mtime=raw).dir("d", mtime=raw)
     chrootarchive.untar(io.BytesIO(b.build()), dest, UnpackOptions(confine=mechanism))
     for p in ("f", "d"):
         t = os.lstat(dest / p).st_mtime_ns
@@ -1158,7 +1177,7 @@ def test_untar_with_root_breakout_in_archive(mechanism: str, container: Path,
     assert not (tmp_path / "escape").exists()
 
 
-def test_untar_with_root_cli(container: Path, write_archive) -> None:
+def test_untar_with_root_cli(container: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(B().file("via-cli", b"c").build())
     result = run_cli("untar", "--root", container, path, "/lib")
     assert result.rc == 0, result.err
@@ -1285,7 +1304,7 @@ def test_real_error_picklable(dest: Path) -> None:
     assert back.message == info.value.message
 
 
-def test_json_output(dest: Path, write_archive) -> None:
+def test_json_output(dest: Path, write_archive: Callable[..., Path]) -> None:
     archive = B().file("a", b"x" * 10).file("b", b"y" * 20).dir("c").build()
     result = run_cli("untar", "--json", write_archive(archive), dest)
     assert result.rc == 0, result.err
@@ -1296,7 +1315,7 @@ def test_json_output(dest: Path, write_archive) -> None:
     assert out["warnings"] == []
 
 
-def test_quiet(dest: Path, write_archive) -> None:
+def test_quiet(dest: Path, write_archive: Callable[..., Path]) -> None:
     result = run_cli("untar", "--quiet", write_archive(small_archive()), dest)
     assert result == (0, "", "")
 
@@ -1322,7 +1341,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.err.strip(), "usage errors say something"
 
 
-def test_dest_is_a_regular_file_exit_4(tmp_path: Path, write_archive) -> None:
+def test_dest_is_a_regular_file_exit_4(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     target = tmp_path / "file"
     target.write_bytes(b"not a directory")
     result = run_cli("untar", write_archive(small_archive()), target)
@@ -1372,7 +1391,7 @@ def test_help() -> None:
         assert mech in result.out
 
 
-def test_console_script(dest: Path, write_archive) -> None:
+def test_console_script(dest: Path, write_archive: Callable[..., Path]) -> None:
     exe = Path(sys.executable).with_name("chrootarchive")
     assert exe.exists(), "the console script 'chrootarchive' is not installed"
     proc = subprocess.run(
@@ -1382,7 +1401,7 @@ def test_console_script(dest: Path, write_archive) -> None:
     assert (dest / "d" / "f").exists()
 
 
-def test_concurrent_extractions_same_dest(dest: Path, write_archive) -> None:
+def test_concurrent_extractions_same_dest(dest: Path, write_archive: Callable[..., Path]) -> None:
     """Two commands on one destination at once both finish, the tree is whole."""
     path = write_archive(B().file("a", b"a" * 100_000).file("b", b"b").build())
     procs = [

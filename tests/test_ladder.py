@@ -116,14 +116,16 @@ def test_filter_really_blocks(pythonpath: Path) -> None:
     assert result.rc == 0, f"unprivileged user namespaces must work here: {result.err}"
 
 
-def test_nothing_blocked_auto_picks_userns(pythonpath: Path, good_archive: Path, work) -> None:
+def test_nothing_blocked_auto_picks_userns(
+    pythonpath: Path, good_archive: Path, work: tuple[Path, Victim]
+) -> None:
     dest = work[0] / "dest"
     _assert_unpacked(_nobody(pythonpath, good_archive, dest), dest, "userns")
 
 
 @pytest.mark.parametrize("errno_name", ["EPERM", "ENOSYS"])
 def test_unshare_blocked_auto_picks_openat2(errno_name: str, pythonpath: Path,
-                                            good_archive: Path, work) -> None:
+                                            good_archive: Path, work: tuple[Path, Victim]) -> None:
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, f"unshare:{errno_name}")
     _assert_unpacked(result, dest, "openat2")
@@ -131,7 +133,7 @@ def test_unshare_blocked_auto_picks_openat2(errno_name: str, pythonpath: Path,
 
 @pytest.mark.parametrize("errno_name", ["ENOSYS", "EPERM"])
 def test_openat2_blocked_auto_still_userns(errno_name: str, pythonpath: Path,
-                                           good_archive: Path, work) -> None:
+                                           good_archive: Path, work: tuple[Path, Victim]) -> None:
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, f"openat2:{errno_name}")
     _assert_unpacked(result, dest, "userns")
@@ -139,7 +141,7 @@ def test_openat2_blocked_auto_still_userns(errno_name: str, pythonpath: Path,
 
 @pytest.mark.parametrize("errno_name", ["EPERM", "ENOSYS"])
 def test_unshare_and_openat2_blocked_exit_3(errno_name: str, pythonpath: Path,
-                                            good_archive: Path, work) -> None:
+                                            good_archive: Path, work: tuple[Path, Victim]) -> None:
     """No rung left: exit status 3 and one line listing each mechanism and why."""
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, f"unshare:{errno_name}",
@@ -161,7 +163,7 @@ def test_unshare_and_openat2_blocked_exit_3(errno_name: str, pythonpath: Path,
 
 
 def test_forced_userns_with_unshare_blocked_exit_3(pythonpath: Path, good_archive: Path,
-                                                   work) -> None:
+                                                   work: tuple[Path, Victim]) -> None:
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, "unshare:EPERM", confine="userns")
     assert_one_line_error(result, rc=3, mentions=("userns", "Operation not permitted"))
@@ -169,7 +171,7 @@ def test_forced_userns_with_unshare_blocked_exit_3(pythonpath: Path, good_archiv
 
 
 def test_forced_openat2_with_openat2_blocked_exit_3(pythonpath: Path, good_archive: Path,
-                                                    work) -> None:
+                                                    work: tuple[Path, Victim]) -> None:
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, "openat2:ENOSYS", confine="openat2")
     assert_one_line_error(result, rc=3, mentions=("openat2", "Function not implemented"))
@@ -177,14 +179,14 @@ def test_forced_openat2_with_openat2_blocked_exit_3(pythonpath: Path, good_archi
 
 
 def test_forced_openat2_with_unshare_blocked_works(pythonpath: Path, good_archive: Path,
-                                                   work) -> None:
+                                                   work: tuple[Path, Victim]) -> None:
     dest = work[0] / "dest"
     result = _nobody(pythonpath, good_archive, dest, "unshare:EPERM", confine="openat2")
     _assert_unpacked(result, dest, "openat2")
 
 
 def test_mount_denied_in_user_namespace_next_rung(pythonpath: Path, good_archive: Path,
-                                                  work) -> None:
+                                                  work: tuple[Path, Victim]) -> None:
     """A user namespace in which mounting is denied (as AppArmor's unprivileged-userns
     restriction does): ``userns`` cannot pivot, and ``auto`` must go on to ``openat2``
     (issue 4: "checking that the next rung is chosen"), never run unconfined."""
@@ -193,7 +195,9 @@ def test_mount_denied_in_user_namespace_next_rung(pythonpath: Path, good_archive
     _assert_unpacked(result, dest, "openat2")
 
 
-def test_breakout_still_refused_on_the_lower_rung(pythonpath: Path, base: Path, work) -> None:
+def test_breakout_still_refused_on_the_lower_rung(
+    pythonpath: Path, base: Path, work: tuple[Path, Victim]
+) -> None:
     """Falling back to openat2 does not weaken the archive rules."""
     dest = work[0] / "dest"
     archive = base / "breakout.tar"
@@ -204,7 +208,7 @@ def test_breakout_still_refused_on_the_lower_rung(pythonpath: Path, base: Path, 
 
 
 def test_not_supported_is_learned_once_per_process(pythonpath: Path, good_archive: Path,
-                                                   work) -> None:
+                                                   work: tuple[Path, Victim]) -> None:
     """With ``unshare`` blocked, the first extraction tries ``userns`` (a worker that
     fails before it is confined) and moves on; the second goes straight to ``openat2``."""
     dest = work[0] / "dest"
@@ -256,8 +260,9 @@ def root_work(tmp_path: Path) -> Iterator[tuple[Path, Path, Victim]]:
 
 @pytest.mark.parametrize("errno_name", ["EPERM", "ENOSYS"])
 @pytest.mark.parametrize("confine", ["pivot", "userns"])
-def test_root_forced_mechanism_with_unshare_blocked_exit_3(confine: str, errno_name: str,
-                                                           root_work) -> None:
+def test_root_forced_mechanism_with_unshare_blocked_exit_3(
+    confine: str, errno_name: str, root_work: tuple[Path, Path, Victim]
+) -> None:
     """A forced rung that the kernel refuses is a ConfinementError, never an unconfined
     extraction."""
     archive, dest, _victim = root_work
@@ -267,7 +272,9 @@ def test_root_forced_mechanism_with_unshare_blocked_exit_3(confine: str, errno_n
     assert list(dest.iterdir()) == []
 
 
-def test_root_auto_with_unshare_blocked_never_unconfined(root_work) -> None:
+def test_root_auto_with_unshare_blocked_never_unconfined(
+    root_work: tuple[Path, Path, Victim]
+) -> None:
     """Root's first rung, pivot, cannot make its mount namespace: the error is reported
     (exit 3), or a confined rung is used; never an unconfined run."""
     archive, dest, _victim = root_work
@@ -279,18 +286,18 @@ def test_root_auto_with_unshare_blocked_never_unconfined(root_work) -> None:
         assert list(dest.iterdir()) == []
 
 
-def test_root_chroot_needs_no_namespace(root_work) -> None:
+def test_root_chroot_needs_no_namespace(root_work: tuple[Path, Path, Victim]) -> None:
     archive, dest, _victim = root_work
     _assert_unpacked(_root(archive, dest, "unshare:EPERM", confine="chroot"), dest, "chroot")
 
 
-def test_root_forced_openat2_blocked_exit_3(root_work) -> None:
+def test_root_forced_openat2_blocked_exit_3(root_work: tuple[Path, Path, Victim]) -> None:
     archive, dest, _victim = root_work
     result = _root(archive, dest, "openat2:ENOSYS", confine="openat2")
     assert_one_line_error(result, rc=3, mentions=("openat2",))
     assert list(dest.iterdir()) == []
 
 
-def test_root_openat2_blocked_pivot_unaffected(root_work) -> None:
+def test_root_openat2_blocked_pivot_unaffected(root_work: tuple[Path, Path, Victim]) -> None:
     archive, dest, _victim = root_work
     _assert_unpacked(_root(archive, dest, "openat2:ENOSYS"), dest, "pivot")

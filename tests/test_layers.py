@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from helpers.tarbuild import ACL_GROUP, ACL_USER, TarBuilder, posix_acl
 Entry = tuple[str, str, object]  # (name, kind f/d/l/h/c, data or link target)
 
 
-def layer(path: Path, entries: list[Entry]) -> Path:
+def layer(path: Path, entries: Sequence[Entry]) -> Path:
     """Write a layer tar: f=file (bytes), d=dir, l=symlink, h=hardlink, c=chardev."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
         for name, kind, data in entries:
@@ -218,7 +219,7 @@ def _overlay_listing(diffs: list[Path], mnt: Path, namespace: str) -> dict[str, 
 # overlayfs ignores the opaque xattr on a layer's own root directory, so the kernel
 # comparison uses a fourth layer without the root-level marker (documented limit of the
 # overlay format, as in Docker's overlay2 driver).
-KERNEL_LAYERS = [*FOUR_LAYERS[:3], [("top", "f", b"t4"), ("a/v", "f", b"v4"),
+KERNEL_LAYERS: list[list[Entry]] = [*FOUR_LAYERS[:3], [("top", "f", b"t4"), ("a/v", "f", b"v4"),
                                     (".hdir/.wh.y", "f", b"")]]
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def B() -> tb.TarBuilder:
 
 
 # One case per limit: (archive, Limits, CLI flags, offending entry, entries before it).
-CASES = {
+CASES: dict[str, tuple[Callable[[], bytes], Limits, list[str], str, list[str]]] = {
     "max_bytes": (
         lambda: B().file("a", b"x" * 3000).file("b", b"y" * 3000).file("c", b"z").build(),
         Limits(max_bytes=5000), ["--max-bytes", "5000"], "b", ["a"],
@@ -93,7 +94,7 @@ def test_limit_api(mechanism: str, limit: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("limit", sorted(CASES))
-def test_limit_cli(limit: str, tmp_path: Path, write_archive) -> None:
+def test_limit_cli(limit: str, tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     build, _limits, flags, entry, _before = CASES[limit]
     archive = write_archive(tb.compress(build(), "gzip"), ".tar.gz")
     result = run_cli("untar", *flags, archive, tmp_path / "dest")
@@ -119,7 +120,7 @@ def test_limit_exactly_reached_is_allowed(mechanism: str, tmp_path: Path) -> Non
     assert r.entries == 3
 
 
-def test_limit_value_is_printed_exactly(tmp_path: Path, write_archive) -> None:
+def test_limit_value_is_printed_exactly(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     """The message gives the limit as a number a user can read back (not 1.04858e+07)."""
     archive = write_archive(B().file("big", bytes(3 * MiB)).build())
     result = run_cli("untar", "--max-bytes", "2M", archive, tmp_path / "d2")
@@ -181,7 +182,7 @@ BOMB_LIMIT = 16 * MiB
 
 
 @pytest.fixture(scope="module")
-def bomb(tmp_path_factory) -> Path:
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bomb") / "bomb.tar.gz"
     path.write_bytes(gzip_bomb(BOMB_SIZE))
     assert path.stat().st_size < BOMB_SIZE // 1000
@@ -246,7 +247,7 @@ def test_gzip_bomb_stopped_by_max_bytes_api(mechanism: str, bomb: Path, tmp_path
 
 
 @pytest.fixture
-def huge_header(write_archive) -> Path:
+def huge_header(write_archive: Callable[..., Path]) -> Path:
     """A gzip'd tar whose first header declares a 6 GiB file (only 1 MiB follows)."""
     data = tb.header("zeros", size=BOMB_SIZE) + bytes(MiB)
     return write_archive(tb.compress(data, "gzip"), ".tar.gz")
@@ -267,7 +268,9 @@ def test_strict_limits_refuse_a_huge_file(huge_header: Path, tmp_path: Path) -> 
     assert not (tmp_path / "dest" / "zeros").exists()
 
 
-def test_hundred_thousand_files_stopped_by_max_entries(tmp_path: Path, write_archive) -> None:
+def test_hundred_thousand_files_stopped_by_max_entries(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(gzip.compress(many_files(100_000), compresslevel=1, mtime=0),
                             ".tar.gz")
     dest = tmp_path / "dest"
@@ -360,7 +363,8 @@ def test_timeout_api_slow_source(mechanism: str, tmp_path: Path) -> None:
     source = _SlowSource(data, 16 * 1024, 0.05)  # about 6 s of input
     start = time.monotonic()
     with pytest.raises(LimitExceededError) as info:
-        chrootarchive.untar(source, tmp_path / "d",
+        # A raw stream, not a BinaryIO: untar reads any object with read().
+        chrootarchive.untar(source, tmp_path / "d",  # type: ignore[arg-type]
                             UnpackOptions(confine=mechanism, limits=Limits(timeout=0.5)))
     elapsed = time.monotonic() - start
     assert "timeout" in info.value.message
@@ -435,7 +439,9 @@ def test_strict_limits_documented_as_they_are(untar_help: str) -> None:
     assert strict.timeout == 3600 and "1 hour" in doc and "1 hour" in help_text
 
 
-def test_cli_strict_limits_can_be_loosened(tmp_path: Path, write_archive) -> None:
+def test_cli_strict_limits_can_be_loosened(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(B().file("/".join(["d"] * 70) + "/f", b"x").build())
     result = run_cli("untar", "--strict-limits", archive, tmp_path / "a")
     assert_one_line_error(result, rc=1, mentions=("max_path_depth",))
@@ -453,7 +459,9 @@ def test_security_doc_lists_the_defaults() -> None:
         assert any(s in rows[0] for s in _human(getattr(defaults, name))), rows[0]
 
 
-def test_bad_limit_values_are_usage_errors(tmp_path: Path, write_archive) -> None:
+def test_bad_limit_values_are_usage_errors(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(B().file("a").build())
     for args in (["--max-bytes", "lots"], ["--max-entries", "-1"], ["--timeout", "soon"],
                  ["--max-bytes", "nan"], ["--max-bytes", "inf"], ["--max-file-size", "1e400"]):
@@ -530,7 +538,7 @@ def test_without_a_reserve_the_bomb_fills_the_filesystem(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("mechanism", RESERVE_MECHANISMS, indirect=True)
 def test_reserve_stops_an_inode_bomb(mechanism: str, tmp_path: Path,
-                                     write_archive) -> None:
+                                     write_archive: Callable[..., Path]) -> None:
     """5,000 empty files into a filesystem of 2,000 inodes: the reserve (5%: 100 inodes)
     stops them before the filesystem runs out of inodes; without it, it does."""
     archive = write_archive(many_files(5000, b""))

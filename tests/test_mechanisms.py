@@ -597,7 +597,8 @@ class Batches:
         names = []
         for item in self.session.items:
             callspec = getattr(item, "callspec", None)
-            if (callspec is not None and item.module is not None
+            if (callspec is not None and isinstance(item, pytest.Function)
+                    and item.module is not None
                     and item.module.__name__ == __name__
                     and callspec.params.get("user") == user
                     and callspec.params.get("mechanism") == mechanism
@@ -902,8 +903,9 @@ def _archive(base: Path, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
-def test_cli_nobody_breakout_is_one_line_exit_1(mechanism: str, nobody_work, pythonpath,
-                                                unpriv_base: Path) -> None:
+def test_cli_nobody_breakout_is_one_line_exit_1(
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     work, victim = nobody_work
     archive = _archive(unpriv_base, B().file("ok", b"x").file("../victim/pwned", PWN).build())
     result = cli_as(pythonpath, "untar", "--confine", mechanism, archive, work / "dest")
@@ -911,7 +913,9 @@ def test_cli_nobody_breakout_is_one_line_exit_1(mechanism: str, nobody_work, pyt
     victim.assert_untouched()
 
 
-def test_cli_nobody_auto_picks_userns(nobody_work, pythonpath, unpriv_base: Path) -> None:
+def test_cli_nobody_auto_picks_userns(
+    nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     work, victim = nobody_work
     archive = _archive(unpriv_base, B().symlink("lnk", str(victim.root))
                        .file("lnk/pwned", PWN).dir("d").file("d/f", b"f").build())
@@ -930,7 +934,8 @@ def test_cli_nobody_auto_picks_userns(nobody_work, pythonpath, unpriv_base: Path
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_atomic_failure_removes_directories_it_cannot_enter(
-        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     """A failed ``--atomic`` unpack as 65534 whose first layer made directories of
     mode 0o000 and 0o500 (with files in them): the second layer's breakout is the
     error, and the staging directory goes. Unprivileged, its removal was refused: exit
@@ -950,7 +955,8 @@ def test_cli_nobody_atomic_failure_removes_directories_it_cannot_enter(
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_read_only_files_keep_their_xattrs_and_modes(
-        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     """Read-only files with a ``user.*`` xattr, small and large (the writer thread's):
     setting a ``user.*`` xattr needs write permission, which the unprivileged owner of a
     0o444 file lacks. The file gets its mode after its xattrs; under ``openat2`` the
@@ -974,7 +980,8 @@ def test_cli_nobody_read_only_files_keep_their_xattrs_and_modes(
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
 def test_cli_nobody_skips_a_hardlink_to_a_skipped_device(
-        mechanism: str, nobody_work, pythonpath, unpriv_base: Path) -> None:
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     """Another name of a device node that an unprivileged unpack skips is skipped with
     it, and counted in the warning; it failed the unpack ("hardlink target does not
     exist"), and what followed was not unpacked (fuzzing, issue 16, twentieth round).
@@ -994,8 +1001,9 @@ def test_cli_nobody_skips_a_hardlink_to_a_skipped_device(
 
 
 @pytest.mark.parametrize("mechanism", NOBODY_MECHANISMS)
-def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pythonpath,
-                                                unpriv_base: Path) -> None:
+def test_cli_nobody_creates_missing_destination(
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     """A destination that does not exist yet is created (0755, the user's own), as it is
     for root: an unprivileged user has no other owner to give it."""
     work, victim = nobody_work
@@ -1011,8 +1019,9 @@ def test_cli_nobody_creates_missing_destination(mechanism: str, nobody_work, pyt
 
 
 @pytest.mark.parametrize("mechanism", ["pivot", "chroot"])
-def test_cli_nobody_root_mechanisms_refused(mechanism: str, nobody_work, pythonpath,
-                                            unpriv_base: Path) -> None:
+def test_cli_nobody_root_mechanisms_refused(
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     work, victim = nobody_work
     archive = _archive(unpriv_base, B().file("f", b"f").build())
     result = cli_as(pythonpath, "untar", "--confine", mechanism, archive, work / "dest")
@@ -1022,8 +1031,9 @@ def test_cli_nobody_root_mechanisms_refused(mechanism: str, nobody_work, pythonp
 
 
 @pytest.mark.parametrize("mechanism", ["userns", "openat2"])
-def test_cli_nobody_skips_summarized_once(mechanism: str, nobody_work, pythonpath,
-                                          unpriv_base: Path) -> None:
+def test_cli_nobody_skips_summarized_once(
+    mechanism: str, nobody_work: tuple[Path, Victim], pythonpath: Path, unpriv_base: Path
+) -> None:
     """Owners that cannot be represented, devices and trusted.* xattrs are skipped,
     counted, and each kind summarized in one warning line."""
     work, victim = nobody_work

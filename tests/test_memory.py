@@ -60,7 +60,7 @@ def zstd_declaring(exponent: int, mantissa: int, data: bytes) -> bytes:
     return b"\x28\xb5\x2f\xfd" + bytes([0, exponent << 3 | mantissa]) + block + data
 
 
-HOSTILE = {
+HOSTILE: dict[str, tuple[Callable[[], bytes], int]] = {
     "xz-1.5G": (lambda: xz_declaring(37, _tar()), 1537),
     "xz-4G": (lambda: xz_declaring(40, _tar()), 4097),
     "zstd-1.5G": (lambda: zstd_declaring(20, 4, _tar()), 1536),
@@ -168,7 +168,9 @@ def test_huge_window_refused_before_allocation(mechanism: str, case: str,
     assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
 
 
-def test_cli_huge_window_is_a_one_line_limit_error(tmp_path: Path, write_archive) -> None:
+def test_cli_huge_window_is_a_one_line_limit_error(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(xz_declaring(37, _tar()), ".tar.xz")
     result = run_cli("untar", archive, tmp_path / "d")
     assert_one_line_error(result, rc=1, mentions=("max_memory", "1537 MiB", "--max-memory"))
@@ -183,7 +185,9 @@ def test_api_limit_error(tmp_path: Path) -> None:
 # -- the limit as an option, and the worker's backstop --------------------------------
 
 
-def test_max_memory_option_allows_a_larger_window(tmp_path: Path, write_archive) -> None:
+def test_max_memory_option_allows_a_larger_window(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(xz_declaring(28, _tar()), ".tar.xz")  # 64 MiB: xz -9
     result = run_cli("untar", archive, tmp_path / "refused")
     assert_one_line_error(result, rc=1, mentions=("max_memory", "65 MiB", "--max-memory 175M"))

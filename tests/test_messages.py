@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +44,7 @@ def test_error_str_escapes_and_shortens_entry() -> None:
 
 
 @pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
-def test_cli_error_with_hostile_name(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_error_with_hostile_name(tmp_path: Path, name: str) -> None:
     """A truncated entry with a hostile name: one line, no raw control, the problem shown."""
     data = TarBuilder().file(name.encode("utf-8", "surrogateescape"), b"x" * 4000).build(eoa=False)
     archive = tmp_path / "a.tar"
@@ -72,14 +74,14 @@ def _strings(value: object) -> list[str]:
 def _assert_strict_json(out: str) -> dict[str, object]:
     """One JSON document that a strict parser takes: valid UTF-8 once decoded (no lone
     surrogate from undecodable bytes), no control character in any string."""
-    doc = json.loads(out)
+    doc: dict[str, object] = json.loads(out)
     for text in _strings(doc):
         text.encode("utf-8")  # a lone surrogate raises here
         assert not _raw_controls(text) and "\n" not in text, repr(text)
     return doc
 
 
-def test_json_output_escapes_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_json_output_escapes_names(tmp_path: Path) -> None:
     """A warning naming a hostile entry (an xattr the kernel refuses, on a symlink whose
     name holds an escape sequence and undecodable bytes): --json prints it escaped."""
     name = b"bad\xff\x1b[32mOK"
@@ -96,7 +98,7 @@ def test_json_output_escapes_names(tmp_path) -> None:  # type: ignore[no-untyped
     assert not _raw_controls(result.err.replace("\n", "")), repr(result.err)
 
 
-def test_image_json_escapes_the_ref(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_image_json_escapes_the_ref(tmp_path: Path) -> None:
     """The ref comes from the image (an index annotation): escaped in --json output."""
     from helpers.oci_images import Entry, OCIBuilder, make_tar
 
@@ -128,8 +130,9 @@ sys.exit(main(["untar", "--confine", sys.argv[4], sys.argv[5], sys.argv[6]]))
 """
 
 
-def _untar_with_interpreter(base, package, user: str, interpreter: str,  # type: ignore[no-untyped-def]
-                            mechanism: str = "userns"):
+def _untar_with_interpreter(base: Path, package: Path, user: str, interpreter: str,
+                            mechanism: str = "userns"
+                            ) -> tuple[subprocess.CompletedProcess[str], Path]:
     import subprocess
 
     from helpers.unpriv import NOBODY, SYSTEM_PYTHON
@@ -165,7 +168,7 @@ def test_worker_interpreter_missing_is_a_setup_error(interpreter: str) -> None:
         assert not (dest / "f").exists()
 
 
-def test_worker_interpreter_the_user_may_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_worker_interpreter_the_user_may_not_run(tmp_path: Path) -> None:
     """A caller that dropped root (uid 65534), whose interpreter lives below a directory
     only root may enter (a venv in a private home): exit 3 saying what to fix."""
     from helpers.unpriv import SYSTEM_PYTHON, make_package_copy, world_dir
@@ -183,7 +186,7 @@ def test_worker_interpreter_the_user_may_not_run(tmp_path) -> None:  # type: ign
         assert not (dest / "f").exists()
 
 
-def test_worker_cannot_import_the_package(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_worker_cannot_import_the_package(tmp_path: Path) -> None:
     """The interpreter runs, but the package is below a directory the (dropped) user may
     not read: exit 3 naming the package's directory, not "exited with status 1"."""
     import shutil
@@ -214,7 +217,8 @@ def test_worker_cannot_import_the_package(tmp_path) -> None:  # type: ignore[no-
     (["--uid-map", "0:0:10", "--uid-map", "0:100:10"],
      "--uid-map: 0:0:10 and 0:100:10 overlap in their container_ids"),
 ])
-def test_usage_errors_speak_the_command_lines_words(tmp_path, args, line) -> None:  # type: ignore[no-untyped-def]
+def test_usage_errors_speak_the_command_lines_words(tmp_path: Path, args: list[str],
+                                                    line: str) -> None:
     """A value the options refuse is named by its option, not by the class behind it
     (``Limits.max_memory``, ``IDMap(container_id=0, ...)``)."""
     result = run_cli("untar", *args, tmp_path / "a.tar", tmp_path / "d")
@@ -223,7 +227,7 @@ def test_usage_errors_speak_the_command_lines_words(tmp_path, args, line) -> Non
     assert "Limits." not in got and "IDMap" not in got and "Options." not in got
 
 
-def test_names_are_escaped_one_way(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_names_are_escaped_one_way(tmp_path: Path) -> None:
     """A backslash in a name is listed as ``\\\\``, as GNU tar lists it: a name holding
     the four characters ``\\x1b`` is told from one holding ESC. And a name quoted in a
     message is escaped as the entry's own name is (``\\xff``; ``repr()`` wrote
@@ -237,7 +241,7 @@ def test_names_are_escaped_one_way(tmp_path) -> None:  # type: ignore[no-untyped
         "chrootarchive: error: h\\xfe: hardlink target 't\\xff' does not exist"), line
 
 
-def test_an_unknown_option_is_the_commands_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_option_is_the_commands_error(tmp_path: Path) -> None:
     """argparse reports what a command's parser does not know at the top level, with
     the top level's usage (a list of commands); it is the command's own error."""
     result = run_cli("untar", "--bogus", tmp_path / "a.tar", tmp_path / "d")
@@ -247,7 +251,7 @@ def test_an_unknown_option_is_the_commands_error(tmp_path) -> None:  # type: ign
         "chrootarchive untar: error: unrecognized arguments: --bogus\n"), result.err
 
 
-def test_an_option_before_the_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_option_before_the_command(tmp_path: Path) -> None:
     """``chrootarchive -q untar A D``: -q is the command's option, given too early."""
     result = run_cli("-q", "untar", tmp_path / "a.tar", tmp_path / "d")
     assert result.rc == 2

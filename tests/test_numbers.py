@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_out_of_range_number_is_malformed(tmp_path, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_range_number_is_malformed(tmp_path: Path, case: str) -> None:
     archive = tmp_path / "a.tar"
     CASES[case].write(archive)
     dest = tmp_path / "dest"
@@ -77,7 +78,7 @@ EDGES = {
 
 @pytest.mark.parametrize("confine", ["pivot", "openat2"])
 @pytest.mark.parametrize("case", sorted(EDGES))
-def test_numeric_edges_never_exit_70(tmp_path, case: str, confine: str) -> None:  # type: ignore[no-untyped-def]
+def test_numeric_edges_never_exit_70(tmp_path: Path, case: str, confine: str) -> None:
     builder, rc = EDGES[case]
     archive = tmp_path / "a.tar"
     builder.write(archive)
@@ -100,7 +101,7 @@ def test_numeric_edges_never_exit_70(tmp_path, case: str, confine: str) -> None:
             assert os.lstat(dest / "f").st_size == 1 << 62
 
 
-def test_limit_beyond_rlim_t_is_no_overflow(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_limit_beyond_rlim_t_is_no_overflow(tmp_path: Path) -> None:
     """--max-file-size above 2^63 (a huge unit) is "no limit" for the kernel's
     RLIMIT_FSIZE backstop, not an OverflowError in the worker (exit 70)."""
     archive = tmp_path / "a.tar"

@@ -94,7 +94,7 @@ def _refused(error: type[Exception], cls: type, name: str, value: object) -> Non
     assert name in str(info.value) and cls.__name__ in str(info.value), info.value
     good = cls(**_BASE.get(cls, {}))
     with pytest.raises(error):
-        dataclasses.replace(good, **{name: value})  # type: ignore[type-var]
+        dataclasses.replace(good, **{name: value})
 
 
 def test_every_field_has_cases() -> None:
@@ -170,7 +170,7 @@ def test_id_ranges_must_not_overflow(args: tuple[Any, ...], error: type[Exceptio
 
 def test_a_long_value_is_shortened_in_the_message() -> None:
     with pytest.raises(ValueError, match=r"\[x+\.\.\.x+'") as info:
-        UnpackOptions(excludes=["[" + "x" * 10_000])
+        UnpackOptions(excludes=["[" + "x" * 10_000])  # type: ignore[arg-type]
     assert len(str(info.value)) < 300
     with pytest.raises(ValueError, match=r"Limits\.max_bytes") as info:
         Limits(max_bytes=-(10**5000))  # too long even to print
@@ -190,10 +190,13 @@ def test_good_values_are_accepted_and_normalised() -> None:
     for mechanism in ("auto", *MECHANISMS):
         assert UnpackOptions(confine=mechanism).confine == mechanism
         assert PackOptions(confine=mechanism).confine == mechanism
+    # Lists and a generator on purpose (type: ignore): the options make them tuples.
     options = UnpackOptions(
-        excludes=["a", "!a/b", "*.log", "**/x", "[!a]?", "a\\*", "  ", ""], chown=[5, 6],
-        uid_maps=[IDMap(0, 100000, 65536), IDMap(65536, 0, 1)],
-        gid_maps=(m for m in [IDMap(0, 100000, 65536)]), confine="openat2",
+        excludes=["a", "!a/b", "*.log", "**/x", "[!a]?", "a\\*", "  ", ""],  # type: ignore[arg-type]
+        chown=[5, 6],  # type: ignore[arg-type]
+        uid_maps=[IDMap(0, 100000, 65536), IDMap(65536, 0, 1)],  # type: ignore[arg-type]
+        gid_maps=(m for m in [IDMap(0, 100000, 65536)]),  # type: ignore[arg-type]
+        confine="openat2",
         limits=Limits.strict(), whiteout_format="overlay", no_lchown=True,
         no_overwrite_dir_nondir=True, best_effort_xattrs=True, rootless_xattr=True,
         filter="tar", atomic=True)
@@ -201,11 +204,13 @@ def test_good_values_are_accepted_and_normalised() -> None:
     assert options.chown == (5, 6)
     assert options.uid_maps == (IDMap(0, 100000, 65536), IDMap(65536, 0, 1))
     assert options.gid_maps == (IDMap(0, 100000, 65536),)
-    pack = PackOptions(include_files=["a/", "/b", "."], excludes=("**/*.o",),
+    pack = PackOptions(include_files=["a/", "/b", "."],  # type: ignore[arg-type]
+                       excludes=("**/*.o",),
                        compression="zstd", compression_level=22, user_names={0: "root"},
                        group_names={2**32 - 2: "nogroup"}, rebase_names={"a": "z", ".": ""},
                        chown=(0, 0), include_source_dir=True, xattrs=False,
-                       whole_second_mtimes=True, uid_maps=[IDMap(100000, 0, 65536)])
+                       whole_second_mtimes=True,
+                       uid_maps=[IDMap(100000, 0, 65536)])  # type: ignore[arg-type]
     assert pack.include_files == ("a", "b", ".") and pack.excludes == ("**/*.o",)
     assert pack.uid_maps == (IDMap(100000, 0, 65536),)
     assert dict(pack.rebase_names) == {"a": "z", ".": ""}

@@ -5,6 +5,7 @@ before writing (or a message that says what is left)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,16 @@ from helpers import tarbuild as tb
 from helpers.cli import run_cli
 
 
-def test_json_result_has_a_schema_version(tmp_path: Path, write_archive) -> None:
+def test_json_result_has_a_schema_version(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(tb.TarBuilder().file("f", b"1").build())
     document = json.loads(run_cli("untar", "--json", archive, tmp_path / "d").out)
     assert document["schema_version"] == 1
     assert document["entries"] == 1 and document["confinement"]
 
 
-def test_json_error_document(tmp_path: Path, write_archive) -> None:
+def test_json_error_document(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     archive = write_archive(tb.TarBuilder().file("../evil\x1b[31m", b"x").build())
     result = run_cli("untar", "--json", archive, tmp_path / "d")
     assert result.rc == 1
@@ -70,7 +73,7 @@ def test_an_existing_destination_is_kept(tmp_path: Path) -> None:
     assert dest.is_dir()
 
 
-def test_a_partial_tree_is_named(tmp_path: Path, write_archive) -> None:
+def test_a_partial_tree_is_named(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     archive = write_archive(tb.TarBuilder().file("ok", b"1").file("../x", b"x").build())
     result = run_cli("untar", archive, tmp_path / "dest")
     assert result.rc == 1
@@ -110,12 +113,14 @@ def test_a_closed_standard_input_named_by_dash_is_a_source_error(
 
 @pytest.mark.parametrize("closed", ["1>&-", "2>&-"])
 def test_a_closed_stdout_or_stderr_does_not_stop_an_unpack(
-        tmp_path: Path, write_archive, closed: str) -> None:
+        tmp_path: Path, write_archive: Callable[..., Path], closed: str) -> None:
     """A closed standard output or error becomes /dev/null, as with GNU tar: the unpack
     succeeds. With stderr closed it did not run at all; with stdout closed it ended in
     a traceback, exit 1."""
     archive = write_archive(tb.TarBuilder().file("f", b"data").build())
-    for argv in (["untar", "-v", archive, tmp_path / "dest"], ["list", "-v", archive]):
+    argvs: tuple[list[str | Path], ...] = (["untar", "-v", archive, tmp_path / "dest"],
+                                           ["list", "-v", archive])
+    for argv in argvs:
         result = run_cli(*argv, prefix=_closing(closed))
         assert result.rc == 0 and "Traceback" not in result.err, result
     assert (tmp_path / "dest" / "f").read_bytes() == b"data"
@@ -123,7 +128,7 @@ def test_a_closed_stdout_or_stderr_does_not_stop_an_unpack(
 
 @pytest.mark.parametrize("argv", [["untar", "-v"], ["untar", "--json"], ["list", "-v"]])
 def test_a_full_standard_output_is_an_error_not_a_success(
-        tmp_path: Path, write_archive, argv: list[str]) -> None:
+        tmp_path: Path, write_archive: Callable[..., Path], argv: list[str]) -> None:
     """Standard output on a full disk (/dev/full): the listing or the JSON document is
     lost, so the command fails with one line, exit 4. ``untar -v`` said nothing and
     exited 0 (a thread's traceback); ``list -v`` exited 70; ``--json`` printed two
@@ -136,8 +141,9 @@ def test_a_full_standard_output_is_an_error_not_a_success(
     assert len(lines) == 1 and "cannot write" in lines[0] and "no space left" in lines[0], lines
 
 
-def test_a_full_standard_output_fails_a_stack_of_layers_too(tmp_path: Path,
-                                                            write_archive) -> None:
+def test_a_full_standard_output_fails_a_stack_of_layers_too(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """``apply-layer -v`` of two layers lists them from one worker's stack: the same
     one-line error, exit 4, when standard output is full (the stack's listing thread
     printed a traceback and the command exited 0)."""

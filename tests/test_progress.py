@@ -42,7 +42,11 @@ def test_progress_adds_up_to_the_source(how: str, tmp_path: Path) -> None:
         chrootarchive.untar(path, dest, progress=steps.append)
     else:
         r, w = os.pipe()
-        writer = threading.Thread(target=lambda: (os.write(w, source), os.close(w)))
+        def feed() -> None:
+            os.write(w, source)
+            os.close(w)
+
+        writer = threading.Thread(target=feed)
         writer.start()
         with os.fdopen(r, "rb") as stream:
             chrootarchive.untar(stream, dest, progress=steps.append)

@@ -47,14 +47,14 @@ from helpers.oci_images import (
 from helpers.unpriv import NOBODY, cli_as, make_package_copy, world_dir
 from test_image import assert_same_rootfs
 
-pytestmark = pytest.mark.kernel
+pytestmark: list[pytest.MarkDecorator] = [pytest.mark.kernel]
 
 USER, PASSWORD = "puller", "s3cret-pass"
 
 for _tool in ("docker-registry", "skopeo", "htpasswd", "umoci", "openssl"):
     if shutil.which(_tool) is None:
-        pytestmark = [pytestmark, pytest.mark.skip(reason=f"{_tool} is not installed "
-                                                   "(scripts/install-test-deps)")]
+        pytestmark.append(pytest.mark.skip(reason=f"{_tool} is not installed "
+                                           "(scripts/install-test-deps)"))
 
 
 def _free_port() -> int:

@@ -480,10 +480,10 @@ def run_scenario(base: Path, archive: Path, scenario: str, user: str, *, rounds:
     floor = rounds if min_rounds is None else min_rounds
     n = 0
     while True:
-        counted = any(r.counted for r in results)
-        if n >= rounds + EXTRA_ROUNDS or (counted and n >= rounds):
+        any_counted = any(r.counted for r in results)
+        if n >= rounds + EXTRA_ROUNDS or (any_counted and n >= rounds):
             break
-        if counted and n >= floor and time.monotonic() - start > BUDGET:
+        if any_counted and n >= floor and time.monotonic() - start > BUDGET:
             break
         results.append(run_round(base, archive, scenario, user, n, extract, mechanism))
         n += 1

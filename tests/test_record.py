@@ -14,8 +14,8 @@ import dataclasses
 import inspect
 import pickle
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,10 +24,13 @@ from chrootarchive._record import field, make_field, make_record
 from chrootarchive.image.results import ImageResult
 from chrootarchive.options import Result
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 PUBLIC = [IDMap, Limits, UnpackOptions, Result, UnpackResult, PackOptions, PackResult]
 
 
-def _bodies(decorate: Any, field_of: Any) -> tuple[type, type]:
+def _bodies(decorate: Any, field_of: Any) -> tuple[type[Any], type[Any]]:
     """The same two class bodies (a base and a subclass), made by ``decorate``."""
 
     @decorate
@@ -65,7 +68,7 @@ for _cls, _name in ((RecordBase, "RecordBase"), (RecordChild, "RecordChild"),
     _cls.__qualname__ = _cls.__name__ = _name
 
 
-def _keyword_bodies(decorate: Any, field_of: Any) -> type:
+def _keyword_bodies(decorate: Any, field_of: Any) -> type[Any]:
     """A subclass of ``RecordBase``'s body whose own fields are keyword-only: required
     ones after the base's defaults (what ``ImageResult`` needs)."""
     base = RecordBase if decorate is make_record else DataBase
@@ -101,10 +104,11 @@ def _same(record: object, data: object) -> None:
 
 @pytest.mark.parametrize("pair", [(RecordBase, DataBase), (RecordChild, DataChild)],
                          ids=["base", "subclass"])
-def test_a_record_is_the_dataclass_of_its_class_body(pair: tuple[type, type]) -> None:
+def test_a_record_is_the_dataclass_of_its_class_body(pair: tuple[type[Any], type[Any]]) -> None:
     record_cls, data_cls = pair
-    for args, kwargs in [(("a",), {}), (("a", 3), {"tags": ["x", "y"]}),
-                         ((), {"name": "b", "extra": {"k": 1}})]:
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = [
+        (("a",), {}), (("a", 3), {"tags": ["x", "y"]}), ((), {"name": "b", "extra": {"k": 1}})]
+    for args, kwargs in calls:
         record, data = record_cls(*args, **kwargs), data_cls(*args, **kwargs)
         _same(record, data)
         assert record == record_cls(*args, **kwargs)
@@ -123,13 +127,16 @@ def test_a_record_is_the_dataclass_of_its_class_body(pair: tuple[type, type]) ->
     described = [[(f.name, f.type, f.default, f.default_factory) for f in dataclasses.fields(c)]
                  for c in (record_cls, data_cls)]
     assert described[0] == described[1]
-    assert record_cls.__match_args__ == data_cls.__match_args__
+    # getattr: the assertion above narrowed record_cls to a type that does not declare it
+    assert getattr(record_cls, "__match_args__") == data_cls.__match_args__
     assert str(inspect.signature(record_cls)) == str(inspect.signature(data_cls))
 
 
 def test_a_keyword_only_record_is_the_dataclass_of_its_class_body() -> None:
-    for args, kwargs in [(("a",), {"kind": "k"}), (("a", 3), {"kind": "k", "count": 2}),
-                         ((), {"name": "b", "kind": "k", "labels": ("x",)})]:
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = [
+        (("a",), {"kind": "k"}), (("a", 3), {"kind": "k", "count": 2}),
+        ((), {"name": "b", "kind": "k", "labels": ("x",)})]
+    for args, kwargs in calls:
         record, data = RecordKeyed(*args, **kwargs), DataKeyed(*args, **kwargs)
         _same(record, data)
         assert dataclasses.asdict(record) == dataclasses.asdict(data)
@@ -140,9 +147,11 @@ def test_a_keyword_only_record_is_the_dataclass_of_its_class_body() -> None:
     assert described[0] == described[1]
     assert RecordKeyed.__match_args__ == DataKeyed.__match_args__
     assert str(inspect.signature(RecordKeyed)) == str(inspect.signature(DataKeyed))
-    for call in (lambda cls: cls("a"),  # the keyword-only field missing
-                 lambda cls: cls("a", 1, (), {}, "k"),  # given by position
-                 lambda cls: cls("a", kind="k", size=-1)):
+    refused: tuple[Callable[[type[Any]], object], ...] = (
+        lambda cls: cls("a"),  # the keyword-only field missing
+        lambda cls: cls("a", 1, (), {}, "k"),  # given by position
+        lambda cls: cls("a", kind="k", size=-1))
+    for call in refused:
         with pytest.raises(Exception) as data_err:
             call(DataKeyed)
         with pytest.raises(data_err.type):
@@ -169,9 +178,9 @@ def test_a_record_refuses_what_its_dataclass_refuses(call: Any) -> None:
 def test_a_record_is_frozen() -> None:
     record = RecordBase("a")
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'size'"):
-        record.size = 1  # type: ignore[misc]
+        record.size = 1
     with pytest.raises(dataclasses.FrozenInstanceError):
-        del record.size  # type: ignore[misc]
+        del record.size
     assert record.size == 0
 
 
@@ -187,11 +196,11 @@ def test_a_default_after_no_default_is_refused_as_dataclasses_refuses_it() -> No
 
 def test_field_takes_a_default_or_a_factory_not_both() -> None:
     with pytest.raises(ValueError, match="both default and default_factory"):
-        field(default=1, default_factory=list)
+        field(default=1, default_factory=list)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("cls", PUBLIC, ids=lambda cls: cls.__name__)
-def test_the_public_classes_are_dataclasses_to_callers(cls: type) -> None:
+def test_the_public_classes_are_dataclasses_to_callers(cls: type[DataclassInstance]) -> None:
     """``fields``, ``replace`` and ``asdict`` work on every public option and result
     class, and describe what the class does: each field's default is what a new object
     gets."""
@@ -235,7 +244,8 @@ def test_a_dataclass_inherits_a_records_fields() -> None:
 
 def test_options_validate_as_before() -> None:
     """A record's checks run on every new object, from ``replace`` too."""
-    options = UnpackOptions(excludes=["a/**"], filter="data")
+    # A list on purpose: the record makes it the tuple its field declares.
+    options = UnpackOptions(excludes=["a/**"], filter="data")  # type: ignore[arg-type]
     assert options.excludes == ("a/**",)
     with pytest.raises(ValueError, match=r"UnpackOptions\.filter"):
         dataclasses.replace(options, filter="nonsense")
@@ -247,7 +257,10 @@ def test_options_validate_as_before() -> None:
 
 
 def test_a_class_bodys_own_methods_are_kept_as_dataclasses_keeps_them() -> None:
-    for decorate in (make_record, dataclasses.dataclass(frozen=True)):
+    # Applied at run time: mypy cannot see the fields of the classes they return.
+    decorators: tuple[Callable[[type], type[Any]], ...] = (
+        make_record, dataclasses.dataclass(frozen=True))
+    for decorate in decorators:
         class Secret:
             user: str
             token: str = "t"

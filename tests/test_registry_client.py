@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -26,6 +27,7 @@ from chrootarchive.registry.client import (
     MAX_RETRIES,
     MAX_RETRY_PAUSE,
     RETRY_PAUSE,
+    BlobReader,
     Client,
 )
 from chrootarchive.registry.reference import parse_reference
@@ -77,10 +79,18 @@ def authfile(path: Path, key: str, entry: dict[str, str] | None = None) -> Path:
     return path
 
 
-def client(server: FakeServer, certs: Path, repo: str = "team/app", **kw: object) -> Client:
+class _ClientOptions(TypedDict, total=False):
+    insecure: bool
+    authfile: str | None
+    timeout: float
+    max_redirects: int
+
+
+def client(server: FakeServer, certs: Path, repo: str = "team/app",
+           **kw: Unpack[_ClientOptions]) -> Client:
     ref = parse_reference(f"{server.netloc}/{repo}:1.0")
-    return Client(ref, certs_dirs=[str(certs)], timeout=kw.pop("timeout", 5.0),  # type: ignore[arg-type]
-                  **kw)  # type: ignore[arg-type]
+    options: _ClientOptions = {"timeout": 5.0, **kw}
+    return Client(ref, certs_dirs=[str(certs)], **options)
 
 
 def serve_manifest(h: Handler) -> None:
@@ -316,9 +326,9 @@ def test_get_blob_wrong_digest(tls_server: FakeServer, certs: Path) -> None:
             c.get_blob(BLOB_DIGEST, max_size=1000)
 
 
-def read_all(reader: object) -> bytes:
+def read_all(reader: BlobReader) -> bytes:
     parts = []
-    while data := reader.read(65536):  # type: ignore[attr-defined]
+    while data := reader.read(65536):
         parts.append(data)
     return b"".join(parts)
 
@@ -466,7 +476,7 @@ def test_two_blobs_at_once_from_one_client(tls_server: FakeServer, certs: Path,
             h.wfile.write(data[start:start + 65536])
             time.sleep(0.002)
 
-    tls_server.app = basic_protected(app)  # type: ignore[assignment]
+    tls_server.app = basic_protected(app)
     auth = authfile(tmp_path / "a.json", tls_server.netloc)
     results: dict[str, bytes] = {}
 
@@ -492,12 +502,12 @@ def test_blob_size_disagrees_with_content_length(tls_server: FakeServer, certs: 
 # -- redirects --------------------------------------------------------------------------
 
 
-def basic_protected(inner: object) -> object:
+def basic_protected(inner: Callable[[Handler], None]) -> Callable[[Handler], None]:
     def app(h: Handler) -> None:
         if h.headers.get("Authorization") != BASIC:
             h.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="registry"'})
             return
-        inner(h)  # type: ignore[operator]
+        inner(h)
     return app
 
 
@@ -543,7 +553,7 @@ def test_relative_redirect_on_the_registry_keeps_authorization(
         else:
             h.reply(200, BLOB)
 
-    tls_server.app = basic_protected(app)  # type: ignore[assignment]
+    tls_server.app = basic_protected(app)
     auth = authfile(tmp_path / "auth.json", tls_server.netloc)
     with client(tls_server, certs, authfile=str(auth)) as c:
         assert c.get_blob(BLOB_DIGEST, max_size=len(BLOB)) == BLOB
@@ -667,7 +677,7 @@ def test_token_realm_on_plain_http_gets_no_credentials(tls_server: FakeServer, c
 
 def test_basic_auth_and_no_secret_in_errors(tls_server: FakeServer, certs: Path,
                                             tmp_path: Path) -> None:
-    tls_server.app = basic_protected(lambda h: h.reply(500, b"{}"))  # type: ignore[assignment]
+    tls_server.app = basic_protected(lambda h: h.reply(500, b"{}"))
     auth = authfile(tmp_path / "a.json", tls_server.netloc)
     with client(tls_server, certs, authfile=str(auth)) as c, \
             pytest.raises(RegistryError) as caught:
@@ -679,7 +689,7 @@ def test_basic_auth_and_no_secret_in_errors(tls_server: FakeServer, certs: Path,
 
 
 def test_basic_challenge_without_credentials(tls_server: FakeServer, certs: Path) -> None:
-    tls_server.app = basic_protected(serve_manifest)  # type: ignore[assignment]
+    tls_server.app = basic_protected(serve_manifest)
     with client(tls_server, certs) as c, \
             pytest.raises(RegistryError, match="authentication required"):
         c.get_manifest("1.0")
@@ -687,7 +697,7 @@ def test_basic_challenge_without_credentials(tls_server: FakeServer, certs: Path
 
 def test_wrong_credentials_are_access_denied(tls_server: FakeServer, certs: Path,
                                              tmp_path: Path) -> None:
-    tls_server.app = basic_protected(serve_manifest)  # type: ignore[assignment]
+    tls_server.app = basic_protected(serve_manifest)
     auth = authfile(tmp_path / "a.json", tls_server.netloc,
                     {"username": USER, "password": "wrong"})
     with client(tls_server, certs, authfile=str(auth)) as c, \
@@ -700,7 +710,7 @@ def test_wrong_credentials_are_access_denied(tls_server: FakeServer, certs: Path
                                    "config-containers", "docker-config"])
 def test_credentials_file_locations(tls_server: FakeServer, certs: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    tls_server.app = basic_protected(serve_manifest)  # type: ignore[assignment]
+    tls_server.app = basic_protected(serve_manifest)
     home = tmp_path / "home"
     path = {
         "authfile": tmp_path / "explicit.json",

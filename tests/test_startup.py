@@ -427,15 +427,19 @@ def test_each_command_parses_as_with_the_full_parser() -> None:
     """The parser built for one command (no parser made for the others) is the full
     parser for it: the same help and usage; the one for no command (``--help``) lists
     every command as the full parser does."""
+    import argparse
+
     from chrootarchive.cli.commands import COMMANDS
     from chrootarchive.cli.main import build_parser
 
     full = build_parser()
     assert build_parser("").format_help() == full.format_help()
     sub = next(a for a in full._actions if a.dest == "command")
+    assert isinstance(sub, argparse._SubParsersAction)
     for name in COMMANDS:
         one = build_parser(name)
         one_sub = next(a for a in one._actions if a.dest == "command")
+        assert isinstance(one_sub, argparse._SubParsersAction)
         assert list(one_sub.choices) == [name]
         assert one_sub.choices[name].format_help() == sub.choices[name].format_help()
         assert one_sub.choices[name].format_usage() == sub.choices[name].format_usage()

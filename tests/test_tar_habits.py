@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ def test_strip_components_through_the_api(tmp_path: Path) -> None:
         UnpackOptions(strip_components=-1)
 
 
-def test_dash_c_is_the_destination(tmp_path: Path, write_archive) -> None:
+def test_dash_c_is_the_destination(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     archive = write_archive(tb.TarBuilder().file("f", b"1").build())
     assert run_cli("untar", "-C", tmp_path / "c", archive).rc == 0
     assert run_cli("untar", archive, tmp_path / "p").rc == 0
@@ -160,7 +161,9 @@ def new_archive() -> bytes:
             .file("dir/new", b"new").build())
 
 
-def test_keep_old_files_refuses_to_replace(tmp_path: Path, write_archive) -> None:
+def test_keep_old_files_refuses_to_replace(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """As GNU tar's -k: an existing file is kept and is an error, and the rest of the
     archive is unpacked all the same (it stopped at the first)."""
     dest = existing(tmp_path)
@@ -187,7 +190,7 @@ def test_keep_old_files_refuses_to_replace(tmp_path: Path, write_archive) -> Non
         chrootarchive.untar(new_archive(), dest, UnpackOptions(old_files="keep"))
 
 
-def test_skip_old_files_as_gnu_tar(tmp_path: Path, write_archive) -> None:
+def test_skip_old_files_as_gnu_tar(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     archive = write_archive(new_archive())
     ours = existing(tmp_path / "ours")
     result = run_cli("untar", "--skip-old-files", archive, ours)
@@ -200,7 +203,9 @@ def test_skip_old_files_as_gnu_tar(tmp_path: Path, write_archive) -> None:
     assert (ours / "dir" / "new").read_bytes() == b"new"
 
 
-def test_keep_and_skip_exclude_each_other(tmp_path: Path, write_archive) -> None:
+def test_keep_and_skip_exclude_each_other(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     archive = write_archive(new_archive())
     result = run_cli("untar", "-k", "--skip-old-files", archive, tmp_path / "d")
     assert result.rc == 2 and "not allowed with argument" in result.err
@@ -222,7 +227,9 @@ def listing_archive() -> bytes:
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
-def test_list_names_as_gnu_tar(tmp_path: Path, compression: str, write_archive) -> None:
+def test_list_names_as_gnu_tar(
+    tmp_path: Path, compression: str, write_archive: Callable[..., Path]
+) -> None:
     data = listing_archive()
     archive = write_archive(data if compression == "none" else tb.compress(data, compression))
     result = run_cli("list", archive)
@@ -236,7 +243,7 @@ def test_list_names_as_gnu_tar(tmp_path: Path, compression: str, write_archive) 
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
-def test_list_verbose(write_archive) -> None:
+def test_list_verbose(write_archive: Callable[..., Path]) -> None:
     archive = write_archive(listing_archive())
     lines = run_cli("list", "-v", archive).out.splitlines()
     assert lines[0].startswith("drwxr-x--- 1000/100 ")
@@ -249,7 +256,7 @@ def test_list_verbose(write_archive) -> None:
     assert "\x1b" not in "\n".join(lines)
 
 
-def test_list_json_and_api(write_archive) -> None:
+def test_list_json_and_api(write_archive: Callable[..., Path]) -> None:
     archive = write_archive(listing_archive())
     document = json.loads(run_cli("list", "--json", archive).out)
     assert document["schema_version"] == 1
@@ -264,7 +271,9 @@ def test_list_json_and_api(write_archive) -> None:
     (b"x" * 700, 1, "not a tar archive"),
     (tb.TarBuilder().file("a", b"x" * 3000).build()[:1500], 1, "unexpected end"),
 ])
-def test_list_bad_input(write_archive, data: bytes, status: int, message: str) -> None:
+def test_list_bad_input(
+    write_archive: Callable[..., Path], data: bytes, status: int, message: str
+) -> None:
     result = run_cli("list", write_archive(data))
     assert result.rc == status, result
     assert message in result.err and "Traceback" not in result.err
@@ -276,7 +285,7 @@ def test_list_missing_archive(tmp_path: Path) -> None:
     assert "cannot open the archive: No such file or directory" in result.err
 
 
-def test_list_to_a_closed_pipe_is_quiet(write_archive) -> None:
+def test_list_to_a_closed_pipe_is_quiet(write_archive: Callable[..., Path]) -> None:
     many = tb.TarBuilder()
     for i in range(5000):
         many.file(f"f{i:05d}", b"")
@@ -332,7 +341,9 @@ def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
         UnpackOptions(exclude_style="rsync")
 
 
-def test_a_hardlink_to_an_excluded_file_is_left_out(tmp_path: Path, write_archive) -> None:
+def test_a_hardlink_to_an_excluded_file_is_left_out(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """The user excluded the target: its other names go with it, counted in one
     warning. It stopped the unpack ("hardlink target does not exist"), where GNU tar
     fails each such link and goes on (fuzzing the command line, issue 16, twentieth
@@ -365,14 +376,15 @@ def _verbose_both(tmp_path: Path, archive: Path, *flags: str) -> tuple[list[str]
     return result.out.splitlines(), gnu.stdout.decode().splitlines()
 
 
-def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive) -> None:
+def test_verbose_lists_as_gnu_tar(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     ours, gnu = _verbose_both(tmp_path, write_archive(verbose_archive()), "--exclude=skip")
     assert ours[:4] == gnu[:4] == ["d/", "d/a", "d/s", "d/h"]
     assert ours[4:] == ["evil\\x1b[2Jname\\x0ax"]  # one line, escaped
 
 
-def test_verbose_lists_stored_names_with_strip_components(tmp_path: Path,
-                                                          write_archive) -> None:
+def test_verbose_lists_stored_names_with_strip_components(
+    tmp_path: Path, write_archive: Callable[..., Path]
+) -> None:
     """GNU tar lists each entry by its name in the archive, stripped or not; ours listed
     the stripped names (fuzzing the command line, issue 16, twentieth round)."""
     archive = write_archive(verbose_archive())
@@ -389,7 +401,7 @@ def test_on_entry_under_every_mechanism(tmp_path: Path, confine: str) -> None:
     assert seen == ["d/", "d/a", "d/s", "d/h", "evil\x1b[2Jname\nx"]
 
 
-def test_verbose_json_and_layers(tmp_path: Path, write_archive) -> None:
+def test_verbose_json_and_layers(tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     archive = write_archive(verbose_archive())
     document = json.loads(run_cli("untar", "-v", "--json", archive, tmp_path / "j").out)
     assert document["names"][-1] == "evil\\x1b[2Jname\\x0ax"  # escaped (docs/json.md)

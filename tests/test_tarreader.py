@@ -25,13 +25,13 @@ import pytest
 
 from chrootarchive.errors import InternalError, MalformedArchiveError
 from chrootarchive.tarformat import format as fmt
+from chrootarchive.tarformat.format import NS
 from chrootarchive.tarformat.reader import (
     BLOCKDEV,
     CHARDEV,
     DIRECTORY,
     FIFO,
     HARDLINK,
-    NS,
     REGULAR,
     SYMLINK,
     TarEntry,

@@ -30,6 +30,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,7 +188,7 @@ def gnu_tree(base: Path, archive: Path, pythonpath: Path) -> tree.Snapshot:
 
 
 def _unpack(base: Path, archive: Path, pythonpath: Path, mechanism: str,
-            *extra: str) -> tuple[Path, dict[str, object]]:
+            *extra: str) -> tuple[Path, dict[str, Any]]:
     dest = _fresh_dest(base, f"{mechanism}{''.join(extra)}")
     result = cli_as(pythonpath, "untar", "--json", "--confine", mechanism, *extra, archive, dest,
                     timeout=300)
@@ -288,5 +289,5 @@ def test_rootless_xattr_records_original_owners(mechanism: str, base: Path, arch
     assert decode_rootless(ours["srv/extra/setgid-shadow"]["xattrs"][ROOTLESS]) == (0, SHADOW_GID)
     assert decode_rootless(ours["srv/extra/uid-only"]["xattrs"][ROOTLESS]) == (1000, 0)
     assert decode_rootless(ours["srv/extra/home-1000"]["xattrs"][ROOTLESS]) == (1000, 1000)
-    owners = [w for w in out["warnings"] if "ownership" in w]  # type: ignore[union-attr]
+    owners = [w for w in out["warnings"] if "ownership" in w]
     assert len(owners) == 1 and ROOTLESS in owners[0], out["warnings"]

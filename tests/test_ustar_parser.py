@@ -23,6 +23,7 @@ import tarfile
 import weakref
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,7 +68,7 @@ def _headers() -> list[bytes]:
         info.size = 0o7777777 if kind in (tarfile.REGTYPE, tarfile.CONTTYPE) else 0
         info.devmajor, info.devminor = 8, 1
         infos.append(info)
-    blocks = []
+    blocks: list[bytes] = []
     for info in infos:
         for form in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
             try:
@@ -433,7 +434,8 @@ def _fields(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> o
 
 
 def test_the_reader_makes_its_entries_in_c() -> None:
-    assert reader._Fields is _ustar.Fields
+    # mypy sees the reference (reader's TYPE_CHECKING branch); at run time, the compiled.
+    assert reader._Fields is _ustar.Fields  # type: ignore[comparison-overlap]
     assert issubclass(TarEntry, _ustar.Fields)
     # _ustar.entry fills an instance without calling them: TarEntry must have none.
     assert "__new__" not in vars(TarEntry) and "__init__" not in vars(TarEntry)
@@ -451,7 +453,10 @@ def test_entry_fields_agree_with_their_reference(
 def test_entry_fields_behave_as_slots() -> None:
     """Each entry its own xattrs dict; the objects given are kept, not copied; any field
     can be set and deleted; no other attribute can be set."""
-    for cls in (_ustar.Fields, reader._EntryFields, TarEntry):
+    # The compiled Fields has the reference's fields (its stub does not list them).
+    classes: tuple[type[reader._EntryFields], ...] = (
+        cast(type[reader._EntryFields], _ustar.Fields), reader._EntryFields, TarEntry)
+    for cls in classes:
         first, second = cls("a", "file", 0, 0, 0, 0, 0), cls("b", "file", 0, 0, 0, 0, 0)
         assert first.xattrs == {} and first.xattrs is not second.xattrs
         xattrs = {"user.k": b"v"}

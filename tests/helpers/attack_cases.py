@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import chrootarchive
 from helpers import tarbuild as tb
@@ -56,7 +57,7 @@ def untar_outcome(
     data: bytes | Path, dest: Path, options: chrootarchive.UnpackOptions | None = None
 ) -> chrootarchive.UnpackResult | BaseException:
     """Run the API; return the result or the exception raised."""
-    source: object = io.BytesIO(data) if isinstance(data, bytes) else data
+    source: BinaryIO | Path = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         return chrootarchive.untar(source, dest, options)
     except Exception as err:  # classified by the caller

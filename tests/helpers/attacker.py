@@ -52,6 +52,10 @@ import struct
 import sys
 import time
 
+TYPE_CHECKING = False  # the racer imports no more than it needs
+if TYPE_CHECKING:
+    from typing import Any
+
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 _SYSCALL_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "armv7l": 382, "ppc64le": 357,
@@ -74,7 +78,7 @@ def renameat2(old: str, new: str, flags: int) -> None:
 
 
 class Attacker:
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict[str, Any]) -> None:  # the JSON configuration
         self.cfg = cfg
         self.dest: str = cfg.get("dest", "")
         self.targets: list[str] = list(cfg.get("targets", []))

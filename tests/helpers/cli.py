@@ -9,7 +9,7 @@ import sys
 CLI = [sys.executable, "-m", "chrootarchive"]
 
 
-class CLIResult(tuple):
+class CLIResult(tuple[int, str, str]):
     """``(rc, stdout, stderr)``, also reachable as ``.rc``, ``.out``, ``.err``."""
 
     @property
@@ -35,7 +35,7 @@ def run_cli(
     cwd: str | os.PathLike[str] | None = None,
 ) -> CLIResult:
     """Run ``[*prefix, python, -m, chrootarchive, *args]``; stdin is ``input`` (or empty)."""
-    cmd = [*(prefix or []), *CLI, *map(os.fspath, args)]
+    cmd = [*(prefix or []), *CLI, *(os.fspath(a) for a in args)]
     full_env = dict(os.environ)
     if env:
         full_env.update(env)

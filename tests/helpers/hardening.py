@@ -21,11 +21,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from chrootarchive.runner import standby
 from helpers import tarbuild as tb
 from helpers.cli import CLIResult
 from helpers.leaks import child_pids
+
+_T = TypeVar("_T")
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -153,8 +156,9 @@ def workers_of(parent: int | None = None) -> list[int]:
             if st != "Z" and is_worker(pid) and pid not in kept]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0,
-             interval: float = 0.01, what: str = "condition") -> object:
+def wait_for(predicate: Callable[[], _T | None], timeout: float = 20.0,
+             interval: float = 0.01, what: str = "condition") -> _T:
+    """What ``predicate`` returns once it is true, asked every ``interval`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -331,7 +335,7 @@ class Unprivileged:
 
     def cli(self, *args: str | os.PathLike[str], input: bytes | None = None,
             timeout: float = 60) -> CLIResult:
-        return self.run([SYSTEM_PYTHON, "-m", "chrootarchive", *map(os.fspath, args)],
+        return self.run([SYSTEM_PYTHON, "-m", "chrootarchive", *(os.fspath(a) for a in args)],
                         input=input, timeout=timeout)
 
     def script(self, code: str, *args: str, timeout: float = 60) -> CLIResult:

@@ -201,7 +201,8 @@ def read_image(layout: Path, ref: str) -> ImageParts:
                 if m.get("annotations", {}).get(REF_NAME) == ref)
 
     def blob(d: dict[str, Any]) -> bytes:
-        alg, _, hexpart = d["digest"].partition(":")
+        digest: str = d["digest"]
+        alg, _, hexpart = digest.partition(":")
         return (layout / "blobs" / alg / hexpart).read_bytes()
 
     manifest = json.loads(blob(desc))
@@ -328,7 +329,8 @@ def umoci(*args: str | os.PathLike[str]) -> str:
     """Run umoci; a missing umoci or a failure fails the test."""
     exe = shutil.which("umoci")
     assert exe is not None, "umoci is not installed (Debian package 'umoci')"
-    proc = subprocess.run([exe, *map(os.fspath, args)], capture_output=True, text=True)
+    proc = subprocess.run([exe, *(os.fspath(a) for a in args)], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, f"umoci {' '.join(map(str, args))}: {proc.stderr}"
     return proc.stdout
 

@@ -12,6 +12,7 @@ import stat
 import struct
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,8 @@ def names(data: bytes) -> list[str]:
     return [m.name for m in members(data)]
 
 
-def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+def run(cmd: Sequence[str | os.PathLike[str]], **kwargs: Any
+        ) -> subprocess.CompletedProcess[bytes]:
     """Run a tool; fail the test with its stderr if it fails."""
     proc = subprocess.run(cmd, capture_output=True, env={**os.environ, "LC_ALL": "C.UTF-8"},
                           **kwargs)

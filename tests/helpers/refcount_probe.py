@@ -48,7 +48,15 @@ def main() -> None:
     zero = bytearray(1024)
     kinds, regular = reader._ENTRY_KINDS, reader.REGULAR
 
-    class Batch(_finish.Batch):  # type: ignore[misc]
+    class Batch(_finish.Batch):
+        # The members finisher._Batch declares (the compiled Batch's stub does not).
+        _names: list[str]
+        _own: list[tuple[str, object, int, int, int] | None]
+        _sizes: list[int]
+        _name_sizes: list[int]
+        _numbers: list[int]
+        pending: set[str]
+
         def __init__(self) -> None:
             self._names, self._own, self._sizes, self._name_sizes = [], [], [], []
             self._numbers, self._paths, self._data = [], bytearray(), bytearray()

@@ -17,9 +17,11 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 BLOCK = 512
 
@@ -160,15 +162,107 @@ def header(
     return bytes(block)
 
 
+# The keyword arguments the helpers below pass on to :func:`header`: each helper takes
+# the fields it does not set itself (a field it sets cannot be given twice).
+
+
+class CommonFields(TypedDict, total=False):
+    """The fields no helper sets itself (owners, time, prefix, checksum, raw patches)."""
+
+    uid: int | bytes
+    gid: int | bytes
+    mtime: int | bytes
+    uname: bytes | str
+    gname: bytes | str
+    prefix: bytes | str
+    chksum: int | bytes | None
+    raw: Mapping[int, bytes] | None
+
+
+class _Device(TypedDict, total=False):
+    devmajor: int | bytes
+    devminor: int | bytes
+
+
+class _Magic(TypedDict, total=False):
+    magic: bytes
+    version: bytes
+
+
+class _Mode(TypedDict, total=False):
+    mode: int | bytes
+
+
+class _Typeflag(TypedDict, total=False):
+    typeflag: bytes
+
+
+class _Size(TypedDict, total=False):
+    size: int | bytes
+
+
+class _Linkname(TypedDict, total=False):
+    linkname: bytes | str
+
+
+class HeaderFields(CommonFields, _Device, _Magic, _Mode, _Typeflag, _Size, _Linkname, total=False):
+    """Every field of :func:`header` but the name."""
+
+
+class _PaxFields(CommonFields, _Device, _Magic, _Mode, _Linkname, total=False):
+    pass
+
+
+class _PaxGlobalFields(_PaxFields, total=False):
+    size: int | bytes | None
+
+
+class _PaxHeaderFields(_PaxGlobalFields, total=False):
+    name: bytes | str
+    typeflag: bytes
+
+
+class _GnuFields(CommonFields, _Device, _Mode, _Size, _Linkname, total=False):
+    pass
+
+
+class _GnuBuilderFields(_GnuFields, total=False):
+    nul: bool
+
+
+class _EntryFields(CommonFields, _Device, _Magic, _Mode, _Typeflag, _Size, total=False):
+    pass
+
+
+class _FileFields(CommonFields, _Device, _Magic, _Typeflag, _Size, total=False):
+    pass
+
+
+class _PaxFileFields(_FileFields, _Mode, total=False):
+    pass
+
+
+class _DirFields(CommonFields, _Device, _Magic, _Size, total=False):
+    data: bytes
+
+
+class _LinkFields(_DirFields, _Mode, total=False):
+    pass
+
+
+class _DeviceFields(CommonFields, _Magic, _Size, total=False):
+    data: bytes
+
+
 def pad(data: bytes) -> bytes:
     """``data`` padded with NULs to a multiple of 512 bytes."""
     return data + b"\x00" * (-len(data) % BLOCK)
 
 
-def member(name: bytes | str, data: bytes = b"", **kw: object) -> bytes:
+def member(name: bytes | str, data: bytes = b"", **kw: Unpack[HeaderFields]) -> bytes:
     """A header plus its padded data; ``size`` defaults to ``len(data)``."""
     kw.setdefault("size", len(data))
-    return header(name, **kw) + pad(data)  # type: ignore[arg-type]
+    return header(name, **kw) + pad(data)
 
 
 def end_of_archive(blocks: int = 2) -> bytes:
@@ -202,23 +296,25 @@ def pax_header(
     name: bytes | str = b"././@PaxHeader",
     typeflag: bytes = PAX,
     size: int | bytes | None = None,
-    **kw: object,
+    **kw: Unpack[_PaxFields],
 ) -> bytes:
     """An extended header entry. ``records`` may be raw bytes (for malformed records)."""
     body = records if isinstance(records, bytes) else pax_records(records)
     return header(name, typeflag=typeflag, size=len(body) if size is None else size, **kw) + pad(
         body
-    )  # type: ignore[arg-type]
+    )
 
 
-def pax_global(records: Mapping[str, bytes | str] | bytes, **kw: object) -> bytes:
-    return pax_header(records, typeflag=PAX_GLOBAL, name=b"pax_global_header", **kw)  # type: ignore[arg-type]
+def pax_global(
+    records: Mapping[str, bytes | str] | bytes, **kw: Unpack[_PaxGlobalFields]
+) -> bytes:
+    return pax_header(records, typeflag=PAX_GLOBAL, name=b"pax_global_header", **kw)
 
 
 # -- GNU ---------------------------------------------------------------------------
 
 
-def gnu_longname(name: bytes | str, *, nul: bool = True, **kw: object) -> bytes:
+def gnu_longname(name: bytes | str, *, nul: bool = True, **kw: Unpack[_GnuFields]) -> bytes:
     """A GNU ``L`` entry carrying ``name`` for the next header."""
     data = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
     if nul:
@@ -228,7 +324,7 @@ def gnu_longname(name: bytes | str, *, nul: bool = True, **kw: object) -> bytes:
     )
 
 
-def gnu_longlink(target: bytes | str, *, nul: bool = True, **kw: object) -> bytes:
+def gnu_longlink(target: bytes | str, *, nul: bool = True, **kw: Unpack[_GnuFields]) -> bytes:
     """A GNU ``K`` entry carrying ``target`` as the next header's link name."""
     data = target.encode("utf-8", "surrogateescape") if isinstance(target, str) else target
     if nul:
@@ -284,7 +380,14 @@ class TarBuilder:
         self.parts.append(data)
         return self
 
-    def _entry(self, name: bytes | str, linkname: bytes | str = b"", **kw: object) -> TarBuilder:
+    def _entry(
+        self,
+        name: bytes | str,
+        linkname: bytes | str = b"",
+        *,
+        data: bytes = b"",
+        **kw: Unpack[_EntryFields],
+    ) -> TarBuilder:
         """A header; names or link names over 100 bytes travel in a PAX record."""
         bname = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
         blink = (
@@ -299,51 +402,79 @@ class TarBuilder:
             blink = blink[:99]
         if records:
             self.pax(records)
-        data = kw.pop("data", b"")
         assert isinstance(data, bytes)
         return self.raw(member(bname, data, linkname=blink, **kw))
 
     def file(
-        self, name: bytes | str, data: bytes = b"", *, mode: int = 0o644, **kw: object
+        self,
+        name: bytes | str,
+        data: bytes = b"",
+        *,
+        mode: int | bytes = 0o644,
+        **kw: Unpack[_FileFields],
     ) -> TarBuilder:
         kw.setdefault("typeflag", REG)
         return self._entry(name, data=data, mode=mode, **kw)
 
-    def dir(self, name: bytes | str, *, mode: int = 0o755, **kw: object) -> TarBuilder:
+    def dir(
+        self, name: bytes | str, *, mode: int | bytes = 0o755, **kw: Unpack[_DirFields]
+    ) -> TarBuilder:
         return self._entry(name, mode=mode, typeflag=DIR, **kw)
 
-    def symlink(self, name: bytes | str, target: bytes | str, **kw: object) -> TarBuilder:
+    def symlink(
+        self, name: bytes | str, target: bytes | str, **kw: Unpack[_LinkFields]
+    ) -> TarBuilder:
         kw.setdefault("mode", 0o777)
         return self._entry(name, target, typeflag=SYM, **kw)
 
-    def hardlink(self, name: bytes | str, target: bytes | str, **kw: object) -> TarBuilder:
+    def hardlink(
+        self, name: bytes | str, target: bytes | str, **kw: Unpack[_LinkFields]
+    ) -> TarBuilder:
         return self._entry(name, target, typeflag=LNK, **kw)
 
     def chardev(
-        self, name: bytes | str, major: int, minor: int, *, mode: int = 0o666, **kw: object
+        self,
+        name: bytes | str,
+        major: int | bytes,
+        minor: int | bytes,
+        *,
+        mode: int | bytes = 0o666,
+        **kw: Unpack[_DeviceFields],
     ) -> TarBuilder:
         return self._entry(name, typeflag=CHR, mode=mode, devmajor=major, devminor=minor, **kw)
 
     def blockdev(
-        self, name: bytes | str, major: int, minor: int, *, mode: int = 0o660, **kw: object
+        self,
+        name: bytes | str,
+        major: int | bytes,
+        minor: int | bytes,
+        *,
+        mode: int | bytes = 0o660,
+        **kw: Unpack[_DeviceFields],
     ) -> TarBuilder:
         return self._entry(name, typeflag=BLK, mode=mode, devmajor=major, devminor=minor, **kw)
 
-    def fifo(self, name: bytes | str, *, mode: int = 0o644, **kw: object) -> TarBuilder:
+    def fifo(
+        self, name: bytes | str, *, mode: int | bytes = 0o644, **kw: Unpack[_DirFields]
+    ) -> TarBuilder:
         return self._entry(name, typeflag=FIFO, mode=mode, **kw)
 
-    def pax(self, records: Mapping[str, bytes | str] | bytes, **kw: object) -> TarBuilder:
+    def pax(
+        self, records: Mapping[str, bytes | str] | bytes, **kw: Unpack[_PaxHeaderFields]
+    ) -> TarBuilder:
         """A PAX ``x`` header applying to the next entry."""
-        return self.raw(pax_header(records, **kw))  # type: ignore[arg-type]
+        return self.raw(pax_header(records, **kw))
 
-    def pax_global(self, records: Mapping[str, bytes | str] | bytes, **kw: object) -> TarBuilder:
+    def pax_global(
+        self, records: Mapping[str, bytes | str] | bytes, **kw: Unpack[_PaxGlobalFields]
+    ) -> TarBuilder:
         return self.raw(pax_global(records, **kw))
 
-    def longname(self, name: bytes | str, **kw: object) -> TarBuilder:
-        return self.raw(gnu_longname(name, **kw))  # type: ignore[arg-type]
+    def longname(self, name: bytes | str, **kw: Unpack[_GnuBuilderFields]) -> TarBuilder:
+        return self.raw(gnu_longname(name, **kw))
 
-    def longlink(self, target: bytes | str, **kw: object) -> TarBuilder:
-        return self.raw(gnu_longlink(target, **kw))  # type: ignore[arg-type]
+    def longlink(self, target: bytes | str, **kw: Unpack[_GnuBuilderFields]) -> TarBuilder:
+        return self.raw(gnu_longlink(target, **kw))
 
     def pax_file(
         self,
@@ -351,7 +482,7 @@ class TarBuilder:
         data: bytes = b"",
         *,
         records: Mapping[str, bytes | str] | None = None,
-        **kw: object,
+        **kw: Unpack[_PaxFileFields],
     ) -> TarBuilder:
         """A regular file whose name travels in a PAX ``path`` record."""
         recs: dict[str, bytes | str] = {"path": name}
@@ -372,8 +503,8 @@ class TarBuilder:
     def __bytes__(self) -> bytes:
         return self.build()
 
-    def write(self, path: object, *, eoa: bool = True) -> None:
-        with open(path, "wb") as f:  # type: ignore[call-overload]
+    def write(self, path: str | os.PathLike[str], *, eoa: bool = True) -> None:
+        with open(path, "wb") as f:
             f.write(self.build(eoa=eoa))
 
 

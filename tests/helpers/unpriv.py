@@ -93,7 +93,7 @@ def run_as(
     cwd: str | os.PathLike[str] | None = None,
 ) -> CLIResult:
     """Run ``cmd`` as ``uid`` (after ``prefix``, e.g. the seccomp wrapper)."""
-    full = [*setpriv(uid, gid), *prefix, *map(os.fspath, cmd)]
+    full = [*setpriv(uid, gid), *prefix, *(os.fspath(c) for c in cmd)]
     proc = subprocess.run(full, input=input if input is not None else b"",
                           capture_output=True, timeout=timeout,
                           env=unpriv_env(pythonpath, env), cwd=cwd or "/")
