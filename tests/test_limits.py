@@ -364,7 +364,7 @@ def test_timeout_api_slow_source(mechanism: str, tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(LimitExceededError) as info:
         # A raw stream, not a BinaryIO: untar reads any object with read().
-        chrootarchive.untar(source, tmp_path / "d",  # type: ignore[arg-type]
+        chrootarchive.untar(source, tmp_path / "d",
                             UnpackOptions(confine=mechanism, limits=Limits(timeout=0.5)))
     elapsed = time.monotonic() - start
     assert "timeout" in info.value.message

@@ -48,11 +48,17 @@ __all__ = [
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, Protocol
 
     from chrootarchive.runner.stack import Stack
 
-    Source = str | os.PathLike[str] | BinaryIO | bytes | bytearray | memoryview
+    class Readable(Protocol):
+        """What a source may be besides a path or bytes: any object with ``read``
+        (a file, a socket's ``makefile``, a raw stream that returns None when empty)."""
+
+        def read(self, size: int = ..., /) -> bytes | None: ...
+
+    Source = str | os.PathLike[str] | Readable | bytes | bytearray | memoryview
 else:  # no typing at run time (the command line's start): io.IOBase for BinaryIO
     Source = str | os.PathLike[str] | io.IOBase | bytes | bytearray | memoryview
 Progress = Callable[[int], None]
@@ -503,7 +509,9 @@ def open_source(source: Source) -> Iterator[BinaryIO]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(source)
         return
-    yield source
+    # Any object with read(): the pipeline asks no more of it (typing has no cast here).
+    readable: BinaryIO = source  # type: ignore[assignment]
+    yield readable
 
 
 def _helper_pays(raw: BinaryIO, direct_fd: int | None) -> bool:
