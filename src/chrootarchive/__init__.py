@@ -119,14 +119,16 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'chrootarchive' has no attribute {name!r}")
-    __import__(module)  # not importlib: it costs the worker's start-up
-    value = getattr(sys.modules[module], name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name is then their error
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'chrootarchive' has no attribute {name!r}")
+        __import__(module)  # not importlib: it costs the worker's start-up
+        value = getattr(sys.modules[module], name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
