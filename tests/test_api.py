@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import shutil
 import stat
 import tarfile
@@ -156,3 +157,32 @@ def test_shutil_unpack_archive_uses_the_confined_engine(tmp_path: Path,
     assert (tmp_path / "zst" / "etc" / "hostname").exists()
     names = {name for name, _, _ in shutil.get_unpack_formats()}
     assert {"tar", "gztar", "bztar", "xztar", "zstdtar"} <= names
+
+
+@pytest.mark.parametrize("data", [b"", b"plain text, no tar at all\n" * 40,
+                                  tb.compress(b"gzip'ed text, no tar\n" * 40, "gzip")],
+                         ids=["empty", "text", "gzip-text"])
+def test_shutil_not_a_tar_archive_is_a_read_error(tmp_path: Path, shutil_formats: None,
+                                                  data: bytes) -> None:
+    """shutil's own unpackers raise ReadError for a file that is no tar archive: code
+    catches that. Ours raise one error that is both theirs and chrootarchive's."""
+    archive = tmp_path / "upload.tar"
+    archive.write_bytes(data)
+    chrootarchive.register_unpack_formats()
+    with pytest.raises(shutil.ReadError) as caught:
+        shutil.unpack_archive(archive, tmp_path / "d")
+    err = caught.value
+    assert isinstance(err, chrootarchive.MalformedArchiveError)
+    assert "not a tar archive" in str(err)
+    assert type(err.__cause__) is chrootarchive.MalformedArchiveError
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and str(again) == str(err)
+    # Other errors stay chrootarchive's alone.
+    archive.write_bytes(tb.TarBuilder().file("a", b"x" * 3000).build()[:1500])
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        shutil.unpack_archive(archive, tmp_path / "e")
+    assert not isinstance(caught.value, shutil.ReadError)
+    archive.write_bytes(tb.TarBuilder().file("../x", b"x").build())
+    with pytest.raises(BreakoutError) as broke:
+        shutil.unpack_archive(archive, tmp_path / "f")
+    assert not isinstance(broke.value, shutil.ReadError)

@@ -13,6 +13,7 @@ import errno
 
 __all__ = [
     "MAX_WARNINGS",
+    "NOT_A_TAR",
     "NO_ROOM_ERRNOS",
     "ArchiveError",
     "BreakoutError",
@@ -42,6 +43,11 @@ MAX_WARNINGS = 1000
 #: errno values that mean the destination cannot take more, whatever was being done:
 #: these are always a :class:`DestinationError`.
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+#: How a message says that the input is no tar archive at all (the start of the message):
+#: ``shutil``'s unpackers (``operations.pythonic``) raise its ``ReadError`` for it.
+NOT_A_TAR = "not a tar archive"
 
 
 #: Characters of a name kept at each end when a message shortens it in the middle.

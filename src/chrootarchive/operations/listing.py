@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from chrootarchive._fdio import write_all
-from chrootarchive.errors import MalformedArchiveError, printable
+from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
 from chrootarchive.operations import compression
 from chrootarchive.operations.untar import Source, open_source
 from chrootarchive.tarformat import reader as tarreader
@@ -132,6 +132,6 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
             if failure:
                 raise failure[0]
             if not seen and not offset:
-                raise MalformedArchiveError("not a tar archive: empty input")
+                raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
         finally:
             stop_feeding(wait=False)
