@@ -234,6 +234,39 @@ def test_list_bad_input(write_archive, data: bytes, status: int, message: str) -
     assert message in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.parametrize(("argv", "unknown"), [
+    (["untar", "-xf", "a.tgz", "-C", "d"], "-xf"),
+    (["untar", "-f", "a.tgz", "d"], "-f"),
+    (["untar", "-z", "a.tgz", "d"], "-z"),
+    (["untar", "-zxvf", "a.tgz", "d"], "-zxvf"),
+    (["untar", "--zstd", "a.tgz", "d"], "--zstd"),
+    (["untar", "--file=a.tgz", "d"], "--file=a.tgz"),
+    (["list", "-t", "a.tgz"], "-t"),
+    (["list", "-tvf", "a.tgz"], "-tvf"),
+    (["apply-layer", "-J", "l.tar.xz", "d"], "-J"),
+    (["tar", "-czf", "out.tgz", "dir"], "-czf dir"),
+])
+def test_tars_options_are_answered_with_a_hint(tmp_path: Path, argv: list[str],
+                                               unknown: str) -> None:
+    """``untar -xf A -C D``, ``list -t A``: still a usage error (exit 2, the command's
+    usage), and one more line saying how the command takes it."""
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.rc == 2, result
+    assert result.err.startswith(f"usage: chrootarchive {argv[0]} "), result.err
+    error, hint = result.err.splitlines()[-2:]
+    assert error == f"chrootarchive {argv[0]}: error: unrecognized arguments: {unknown}"
+    assert hint.startswith("hint: ") and f"chrootarchive {argv[0]} " in hint, hint
+    assert "not -f" in hint and ("-z" in hint or argv[0] == "tar"), hint
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_option_that_is_not_tars_gets_no_hint(tmp_path: Path) -> None:
+    result = run_cli("untar", "--bogus", "-q", "a.tgz", "d", cwd=tmp_path)
+    assert result.rc == 2
+    assert result.err.endswith("error: unrecognized arguments: --bogus\n"), result.err
+    assert "hint" not in result.err
+
+
 def test_list_missing_archive(tmp_path: Path) -> None:
     result = run_cli("list", tmp_path / "missing.tar")
     assert result.rc == 4
