@@ -1208,12 +1208,12 @@ def test_image_bomb_is_refused_before_the_bulk(tmp_path: Path, source: str) -> N
     image = "-" if source == "stdin" else str(archive)
     out = _spool_run(tmp_path, "size=64m", image, "@D/rootfs", stdin=stdin)
     assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
-                          mentions=("limit reserve", "l1/layer.tar"))
+                          mentions=("limit --reserve", "l1/layer.tar"))
     assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
     out = _spool_run(tmp_path, "size=1g", "--max-bytes", "100M", image, "@D/rootfs",
                      stdin=stdin)
     assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
-                          mentions=("limit max_bytes", "spooled", "l1/layer.tar"))
+                          mentions=("limit --max-bytes", "spooled", "l1/layer.tar"))
     assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
 
 

@@ -155,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _terminated(args)
         if args.debug:
             raise
+        from chrootarchive.cli.args import in_cli_words
+
+        err.message = in_cli_words(err.message)  # "--max-bytes", not "max_bytes"
         return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
                      printable(err.message, 0), err.entry)
     except Exception as err:

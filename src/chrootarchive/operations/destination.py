@@ -48,7 +48,7 @@ def undo_created(created: list[str], err: ChrootArchiveError) -> None:
         except OSError as cause:
             if path == created[0] and cause.errno == errno.ENOTEMPTY:
                 err.message += (" (what was unpacked before is left in the destination; "
-                                "--atomic unpacks all or nothing)")
+                                "atomic=True unpacks all or nothing)")
             return
 
 
