@@ -4,6 +4,7 @@ developer knows (``extractall`` like tarfile's, ``shutil.unpack_archive``)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -186,3 +187,28 @@ def test_shutil_not_a_tar_archive_is_a_read_error(tmp_path: Path, shutil_formats
     with pytest.raises(BreakoutError) as broke:
         shutil.unpack_archive(archive, tmp_path / "f")
     assert not isinstance(broke.value, shutil.ReadError)
+
+
+@pytest.mark.parametrize("where", ["dest", "atomic", "root", "dest-in-root"])
+def test_a_file_as_the_destination_is_a_not_a_directory_error(tmp_path: Path,
+                                                              where: str) -> None:
+    """As ``os.mkdir``'s error would be: the other destination errors carry their errno
+    (the CHANGELOG's promise), and this one had none (``except NotADirectoryError``
+    missed it)."""
+    regular = tmp_path / "file"
+    regular.write_bytes(b"not a directory")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "inside").write_bytes(b"not a directory")
+    call = {
+        "dest": lambda: chrootarchive.extractall(small(), regular),
+        "atomic": lambda: chrootarchive.extractall(small(), regular, atomic=True),
+        "root": lambda: chrootarchive.untar(small(), "d", root=regular),
+        "dest-in-root": lambda: chrootarchive.untar(small(), "inside",
+                                                    root=tmp_path / "root"),
+    }[where]
+    with pytest.raises(NotADirectoryError) as caught:
+        call()
+    err = caught.value
+    assert isinstance(err, chrootarchive.DestinationError)
+    assert err.errno == errno.ENOTDIR and err.message == "not a directory", err
+    assert regular.read_bytes() == b"not a directory"
