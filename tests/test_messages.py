@@ -295,6 +295,12 @@ def test_each_side_names_the_limit_and_atomic_in_its_own_words(tmp_path) -> None
      "limit --timeout (3 seconds) exceeded (between layers)"),
     ("limit max_bytes (9 bytes) exceeded: the image archive needs 10 bytes spooled",
      "limit --max-bytes (9 bytes) exceeded: the image archive needs 10 bytes spooled"),
+    ("the layout holds 2 images; choose one by reference (ref=NAME; names: a, b)",
+     "the layout holds 2 images; choose one by reference (--ref NAME; names: a, b)"),
+    ("cannot open the image: No such file or directory; to choose an image in a layout "
+     "by its tag, use ref='v1.0' with the image 'img'",
+     "cannot open the image: No such file or directory; to choose an image in a layout "
+     "by its tag, use --ref v1.0 with the image 'img'"),
 ])
 def test_library_words_become_the_command_lines(api: str, cli: str) -> None:
     from chrootarchive.cli.args import in_cli_words

@@ -58,8 +58,9 @@ _OPTION_NAMES = {"uid_maps": "uid_map", "gid_maps": "gid_map", "excludes": "excl
 
 def in_cli_words(message: str) -> str:
     """A library message in the command line's words: the library names what a caller
-    of the API sets (``Limits.max_memory``, ``limit max_bytes``, ``atomic=True``), the
-    command line its options (``--max-memory``, ``limit --max-bytes``, ``--atomic``)."""
+    of the API sets (``Limits.max_memory``, ``limit max_bytes``, ``atomic=True``,
+    ``ref='latest'``), the command line its options (``--max-memory``,
+    ``limit --max-bytes``, ``--atomic``, ``--ref latest``)."""
     import re  # only for an error
 
     def option(field: str) -> str:
@@ -70,6 +71,8 @@ def in_cli_words(message: str) -> str:
     message = re.sub(r"\blimit (max_\w+|reserve|timeout)\b",
                      lambda m: "limit " + option(m.group(1)), message)
     message = re.sub(r"\batomic=True\b", "--atomic", message)
+    message = re.sub(r"\bref=(NAME\b|'[\w.-]+')", lambda m: "--ref " + m.group(1).strip("'"),
+                     message)
     # A message that gave both words ("--max-memory, Limits.max_memory") says it once.
     message = re.sub(r"(--[a-z][\w-]*)(?:, \1)+\b", r"\1", message)
     return re.sub(r"\bIDMap\(container_id=(\d+), host_id=(\d+), size=(\d+)\)",
