@@ -1095,6 +1095,23 @@ def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
     assert proc.stdout == b""
 
 
+def test_the_summary_of_one_layer_says_1_layer(images: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, the line after the bars said "1 layers"."""
+    from chrootarchive.cli.main import main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    b = OCIBuilder(images / "one")
+    b.tag(_marker_image(b, "only"), "latest")
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["unpack-image", str(b.root), str(tmp_path / "r")]) == 0
+    assert "unpacked latest (linux/amd64, 1 layer, " in terminal.getvalue(), terminal.getvalue()
+
+
 # -- unprivileged ---------------------------------------------------------------------
 
 

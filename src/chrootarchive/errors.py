@@ -30,6 +30,7 @@ __all__ = [
     "RegistryError",
     "SourceError",
     "WorkerError",
+    "counted",
     "error_class",
     "from_os_error",
     "os_reason",
@@ -80,6 +81,12 @@ def printable(name: str, keep: int = NAME_KEEP, *, backslash: bool = False) -> s
         else:
             out.append(char)
     return "".join(out)
+
+
+def counted(count: int, one: str, many: str | None = None) -> str:
+    """``"1 device node"``, ``"2 device nodes"``: ``many`` is the plural when it is not
+    ``one`` with an ``s``."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def quoted(name: str) -> str:
