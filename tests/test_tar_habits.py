@@ -16,7 +16,7 @@ import pytest
 import chrootarchive
 from chrootarchive import UnpackOptions
 from helpers import tarbuild as tb
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -265,6 +265,37 @@ def test_an_option_that_is_not_tars_gets_no_hint(tmp_path: Path) -> None:
     assert result.rc == 2
     assert result.err.endswith("error: unrecognized arguments: --bogus\n"), result.err
     assert "hint" not in result.err
+
+
+@pytest.mark.parametrize("command", ["untar", "list", "apply-layer"])
+@pytest.mark.parametrize(("data", "message"), [
+    (b"no tar at all\n" * 60, "not a tar archive"),
+    (b"", "not a tar archive: empty input"),
+    (tb.compress(b"no tar at all\n" * 60, "gzip"), "not a tar archive"),
+    (tb.compress(b"no tar at all\n" * 60, "gzip")[:-30], "gzip data is truncated"),
+], ids=["text", "empty", "gzip-text", "cut-gzip"])
+def test_an_archive_bad_as_a_whole_is_named(tmp_path: Path, write_archive, command: str,
+                                            data: bytes, message: str) -> None:
+    """"not a tar archive" named no archive, where a layer of several was named (and
+    the entries of a bad archive are): ``ARCHIVE: not a tar archive``."""
+    archive = write_archive(data)
+    dest = [] if command == "list" else [tmp_path / "d"]
+    line = assert_one_line_error(run_cli(command, archive, *dest), rc=1)
+    assert line.startswith(f"chrootarchive: error: {archive}: {message}"), line
+    result = run_cli(command, "--json", archive, *dest)
+    assert json.loads(result.out)["error"]["entry"] == str(archive), result.out
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        if command == "list":
+            list(chrootarchive.list_entries(archive))
+        else:
+            chrootarchive.untar(archive, tmp_path / "api")
+    assert caught.value.entry == str(archive)
+    # Standard input has no name to give; a caller's bytes neither.
+    line = assert_one_line_error(run_cli(command, "-", *dest, input=data), rc=1)
+    assert line.startswith(f"chrootarchive: error: {message}"), line
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        chrootarchive.untar(data, tmp_path / "bytes")
+    assert caught.value.entry is None
 
 
 def test_list_missing_archive(tmp_path: Path) -> None:
