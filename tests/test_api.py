@@ -4,8 +4,10 @@ developer knows (``extractall`` like tarfile's, ``shutil.unpack_archive``)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import pickle
 import shutil
 import stat
 import tarfile
@@ -156,3 +158,57 @@ def test_shutil_unpack_archive_uses_the_confined_engine(tmp_path: Path,
     assert (tmp_path / "zst" / "etc" / "hostname").exists()
     names = {name for name, _, _ in shutil.get_unpack_formats()}
     assert {"tar", "gztar", "bztar", "xztar", "zstdtar"} <= names
+
+
+@pytest.mark.parametrize("data", [b"", b"plain text, no tar at all\n" * 40,
+                                  tb.compress(b"gzip'ed text, no tar\n" * 40, "gzip")],
+                         ids=["empty", "text", "gzip-text"])
+def test_shutil_not_a_tar_archive_is_a_read_error(tmp_path: Path, shutil_formats: None,
+                                                  data: bytes) -> None:
+    """shutil's own unpackers raise ReadError for a file that is no tar archive: code
+    catches that. Ours raise one error that is both theirs and chrootarchive's."""
+    archive = tmp_path / "upload.tar"
+    archive.write_bytes(data)
+    chrootarchive.register_unpack_formats()
+    with pytest.raises(shutil.ReadError) as caught:
+        shutil.unpack_archive(archive, tmp_path / "d")
+    err = caught.value
+    assert isinstance(err, chrootarchive.MalformedArchiveError)
+    assert "not a tar archive" in str(err)
+    assert type(err.__cause__) is chrootarchive.MalformedArchiveError
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and str(again) == str(err)
+    # Other errors stay chrootarchive's alone.
+    archive.write_bytes(tb.TarBuilder().file("a", b"x" * 3000).build()[:1500])
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        shutil.unpack_archive(archive, tmp_path / "e")
+    assert not isinstance(caught.value, shutil.ReadError)
+    archive.write_bytes(tb.TarBuilder().file("../x", b"x").build())
+    with pytest.raises(BreakoutError) as broke:
+        shutil.unpack_archive(archive, tmp_path / "f")
+    assert not isinstance(broke.value, shutil.ReadError)
+
+
+@pytest.mark.parametrize("where", ["dest", "atomic", "root", "dest-in-root"])
+def test_a_file_as_the_destination_is_a_not_a_directory_error(tmp_path: Path,
+                                                              where: str) -> None:
+    """As ``os.mkdir``'s error would be: the other destination errors carry their errno
+    (the CHANGELOG's promise), and this one had none (``except NotADirectoryError``
+    missed it)."""
+    regular = tmp_path / "file"
+    regular.write_bytes(b"not a directory")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "inside").write_bytes(b"not a directory")
+    call = {
+        "dest": lambda: chrootarchive.extractall(small(), regular),
+        "atomic": lambda: chrootarchive.extractall(small(), regular, atomic=True),
+        "root": lambda: chrootarchive.untar(small(), "d", root=regular),
+        "dest-in-root": lambda: chrootarchive.untar(small(), "inside",
+                                                    root=tmp_path / "root"),
+    }[where]
+    with pytest.raises(NotADirectoryError) as caught:
+        call()
+    err = caught.value
+    assert isinstance(err, chrootarchive.DestinationError)
+    assert err.errno == errno.ENOTDIR and err.message == "not a directory", err
+    assert regular.read_bytes() == b"not a directory"

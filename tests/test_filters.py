@@ -155,7 +155,7 @@ def test_tar_filter_keeps_devices_and_owners_drops_capabilities(tmp_path: Path) 
     st = os.lstat(dest / "home" / "user" / "data")
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     text = "\n".join(r.warnings)
-    assert "filter tar: dropped 1 file capabilities" in text, text
+    assert "filter tar: dropped 1 file capability" in text, text
     assert r.privileged == {}
 
 
@@ -172,7 +172,7 @@ def test_cli_names_the_filter_when_the_default_made_privileged_files(
     assert result.rc == 0, result.err
     assert result.err.splitlines() == [
         "chrootarchive: note: as the archive says (filter fully_trusted), this created "
-        "2 device nodes, 2 setuid/setgid files, 1 file capabilities; for data you do not "
+        "2 device nodes, 2 setuid/setgid files, 1 file capability; for data you do not "
         "trust, use --filter data"]
     # Chosen explicitly, quiet, or as JSON: no note (the JSON has the counts).
     for extra in (["--filter", "fully_trusted"], ["-q"]):
@@ -222,7 +222,7 @@ def test_data_filter_api(tmp_path: Path) -> None:
     text = "\n".join(r.warnings)
     assert "filter data: dropped 3 device nodes and FIFOs" in text, r.warnings
     assert "filter data: dropped 4 setuid/setgid/sticky bits" in text, r.warnings
-    assert "filter data: dropped 1 file capabilities" in text, r.warnings
+    assert "filter data: dropped 1 file capability" in text, r.warnings
     assert "filter data: dropped 2 security/trusted xattrs" in text, r.warnings
     assert r.privileged == {}
 
@@ -261,6 +261,22 @@ def test_data_filter_cli(tmp_path: Path, write_archive: Callable[..., Path]) -> 
     lines = result.err.splitlines()
     assert lines and all(line.startswith("chrootarchive: warning: ") for line in lines)
     assert any("device nodes" in line for line in lines)
+
+
+def test_one_of_a_kind_is_counted_in_the_singular(tmp_path: Path, write_archive) -> None:
+    """"created 1 setuid/setgid files", "dropped 1 device nodes and FIFOs": one is one."""
+    path = write_archive(tb.TarBuilder().chardev("dev/null", 1, 3)
+                         .file("bin/su", b"su", mode=0o4755).build())
+    result = run_cli("untar", path, tmp_path / "trusted")
+    assert result.rc == 0, result.err
+    assert result.err.splitlines() == [
+        "chrootarchive: note: as the archive says (filter fully_trusted), this created "
+        "1 device node, 1 setuid/setgid file; for data you do not trust, use --filter data"]
+    result = run_cli("untar", "--filter", "data", path, tmp_path / "data")
+    assert result.rc == 0, result.err
+    assert result.err.splitlines() == [
+        "chrootarchive: warning: filter data: dropped 1 device node or FIFO",
+        "chrootarchive: warning: filter data: dropped 1 setuid/setgid/sticky bit"]
 
 
 def test_data_filter_nothing_dropped_no_warnings(tmp_path: Path) -> None:

@@ -490,6 +490,73 @@ def test_cli_json_and_help(umoci_image: UmociImage, tmp_path: Path,
     assert "latest" in line
 
 
+def test_an_image_path_with_a_tag_says_how_to_choose_by_tag(
+        images: Path, tmp_path: Path, run_cli: Callable[..., CLIResult]) -> None:
+    """umoci's ``--image LAYOUT:TAG`` habit: ``unpack-image layout:latest DEST`` said only
+    "No such file or directory". When LAYOUT exists, the error says how to choose the
+    tag: ``--ref`` on the command line, ``ref=`` in Python."""
+    b = OCIBuilder(images / "layout")
+    b.tag(_marker_image(b, "tagged"), "latest")
+    line = assert_one_line_error(run_cli("unpack-image", f"{b.root}:latest", tmp_path / "d"),
+                                 rc=4)
+    assert line == (f"chrootarchive: error: {b.root}:latest: cannot open the image: No such "
+                    f"file or directory; to choose an image in a layout by its tag, use --ref "
+                    f"latest with the image '{b.root}'"), line
+    with pytest.raises(FileNotFoundError) as caught:
+        unpack_image(f"{b.root}:latest", tmp_path / "d")
+    assert isinstance(caught.value, chrootarchive.SourceError)
+    assert caught.value.message.endswith(f"use ref='latest' with the image '{b.root}'")
+    # No such layout: nothing to hint at.
+    line = assert_one_line_error(run_cli("unpack-image", f"{images}/nope:latest",
+                                         tmp_path / "d"), rc=4)
+    assert line.endswith("cannot open the image: No such file or directory"), line
+    assert not (tmp_path / "d").exists()
+    assert run_cli("unpack-image", "--ref", "latest", b.root, tmp_path / "d").rc == 0
+
+
+def test_several_images_name_the_option_that_chooses(
+        images: Path, tmp_path: Path, run_cli: Callable[..., CLIResult]) -> None:
+    """"choose one by reference" said how in neither word: ``--ref NAME`` on the
+    command line, ``ref=NAME`` in Python; the same for a docker save of several."""
+    b = OCIBuilder(images / "two")
+    for name in ("first", "second"):
+        b.tag(_marker_image(b, name), name)
+    docker = images / "docker-dir"
+    docker.mkdir()
+    (docker / "manifest.json").write_text(json.dumps([
+        {"Config": "a.json", "RepoTags": ["example/a:1"], "Layers": []},
+        {"Config": "b.json", "RepoTags": ["example/b:2"], "Layers": []}]))
+    for root, names in ((b.root, "names: first, second"),
+                        (docker, "tags: example/a:1, example/b:2")):
+        line = assert_one_line_error(run_cli("unpack-image", root, tmp_path / "d"), rc=1)
+        assert f"(--ref NAME; {names})" in line, line
+        with pytest.raises(ImageError) as caught:
+            unpack_image(root, tmp_path / "d")
+        assert f"(ref=NAME; {names})" in caught.value.message
+    assert not (tmp_path / "d").exists()
+
+
+def test_what_is_not_an_image_is_named_by_its_path(
+        images: Path, tmp_path: Path, run_cli: Callable[..., CLIResult]) -> None:
+    """The error named "image directory" or "image archive", or nothing, not the path."""
+    empty = images / "empty"
+    empty.mkdir()
+    text = images / "text.tar"
+    text.write_bytes(b"no tar at all\n" * 100)
+    plain = images / "plain.tar"
+    plain.write_bytes(tb.TarBuilder().file("README", b"hello").build())
+    for path, problem in ((empty, "not an image: no index.json"),
+                          (text, "not an image archive (OCI layout or docker save tar): "
+                                 "not a tar archive"),
+                          (plain, "not an image: no index.json")):
+        line = assert_one_line_error(run_cli("unpack-image", path, tmp_path / "d"), rc=1)
+        assert line.startswith(f"chrootarchive: error: {path}: {problem}"), line
+    line = assert_one_line_error(run_cli("unpack-image", "-", tmp_path / "d",
+                                         input=b"no tar at all\n" * 100), rc=1)
+    assert line.startswith("chrootarchive: error: standard input: not an image archive"), line
+    assert not (tmp_path / "d").exists()
+
+
 # -- hostile images -------------------------------------------------------------------
 
 GOOD = [
@@ -1039,6 +1106,23 @@ def test_cli_progress_on_a_terminal(images: Path, tmp_path: Path) -> None:
     assert proc.stdout == b""
 
 
+def test_the_summary_of_one_layer_says_1_layer(images: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, the line after the bars said "1 layers"."""
+    from chrootarchive.cli.main import main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    b = OCIBuilder(images / "one")
+    b.tag(_marker_image(b, "only"), "latest")
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["unpack-image", str(b.root), str(tmp_path / "r")]) == 0
+    assert "unpacked latest (linux/amd64, 1 layer, " in terminal.getvalue(), terminal.getvalue()
+
+
 # -- unprivileged ---------------------------------------------------------------------
 
 
@@ -1219,12 +1303,12 @@ def test_image_bomb_is_refused_before_the_bulk(tmp_path: Path, source: str) -> N
     image = "-" if source == "stdin" else str(archive)
     out = _spool_run(tmp_path, "size=64m", image, "@D/rootfs", stdin=stdin)
     assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
-                          mentions=("limit reserve", "l1/layer.tar"))
+                          mentions=("limit --reserve", "l1/layer.tar"))
     assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
     out = _spool_run(tmp_path, "size=1g", "--max-bytes", "100M", image, "@D/rootfs",
                      stdin=stdin)
     assert_one_line_error(CLIResult((int(out["rc"]), "", out["err"])), rc=1,
-                          mentions=("limit max_bytes", "spooled", "l1/layer.tar"))
+                          mentions=("limit --max-bytes", "spooled", "l1/layer.tar"))
     assert out["tmp_used"] == "0" and out["listing"] == "" and out["dest_used"] == "0", out
 
 

@@ -257,3 +257,56 @@ def test_an_option_before_the_command(tmp_path: Path) -> None:
     assert result.rc == 2
     assert result.err.startswith("usage: chrootarchive untar "), result.err
     assert result.err.endswith("error: unrecognized arguments: -q\n"), result.err
+
+
+def test_each_side_names_the_limit_and_atomic_in_its_own_words(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The API says ``limit max_entries`` and ``atomic=True``, which a caller sets; the
+    command line says ``limit --max-entries`` and ``--atomic``, which a user types
+    (the API's errors ended with "--atomic unpacks all or nothing")."""
+    import chrootarchive
+
+    data = TarBuilder().file("a", b"1").file("b", b"2").build()
+    with pytest.raises(chrootarchive.LimitExceededError) as caught:
+        chrootarchive.untar(data, tmp_path / "api", limits=chrootarchive.Limits(max_entries=1))
+    message = caught.value.message
+    assert message.startswith("limit max_entries (1 entries) exceeded"), message
+    assert message.endswith("; atomic=True unpacks all or nothing)"), message
+    assert "--" not in message, message
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(data)
+    line = assert_one_line_error(run_cli("untar", "--max-entries", "1", archive,
+                                         tmp_path / "cli"), rc=1)
+    assert line.startswith("chrootarchive: error: b: limit --max-entries (1 entries) "
+                           "exceeded"), line
+    assert line.endswith("; --atomic unpacks all or nothing)"), line
+    assert "max_entries" not in line and "atomic=True" not in line, line
+    result = run_cli("untar", "--json", "--max-entries", "1", archive, tmp_path / "json")
+    error = json.loads(result.out)["error"]
+    assert error["message"].startswith("limit --max-entries"), error
+    assert error["message"].endswith("--atomic unpacks all or nothing)"), error
+
+
+@pytest.mark.parametrize(("api", "cli"), [
+    ("limit max_memory (67,108,864 bytes) exceeded: the worker ran out of the memory the "
+     "limit allows it (raise it with --max-memory, Limits.max_memory)",
+     "limit --max-memory (67,108,864 bytes) exceeded: the worker ran out of the memory the "
+     "limit allows it (raise it with --max-memory)"),
+    ("limit reserve (5% of the destination's filesystem: 1M and 10 inodes kept free) "
+     "exceeded: 0 would be left; change Limits.reserve (a percentage; 0: none)",
+     "limit --reserve (5% of the destination's filesystem: 1M and 10 inodes kept free) "
+     "exceeded: 0 would be left; change --reserve (a percentage; 0: none)"),
+    ("limit timeout (3 seconds) exceeded (between layers)",
+     "limit --timeout (3 seconds) exceeded (between layers)"),
+    ("limit max_bytes (9 bytes) exceeded: the image archive needs 10 bytes spooled",
+     "limit --max-bytes (9 bytes) exceeded: the image archive needs 10 bytes spooled"),
+    ("the layout holds 2 images; choose one by reference (ref=NAME; names: a, b)",
+     "the layout holds 2 images; choose one by reference (--ref NAME; names: a, b)"),
+    ("cannot open the image: No such file or directory; to choose an image in a layout "
+     "by its tag, use ref='v1.0' with the image 'img'",
+     "cannot open the image: No such file or directory; to choose an image in a layout "
+     "by its tag, use --ref v1.0 with the image 'img'"),
+])
+def test_library_words_become_the_command_lines(api: str, cli: str) -> None:
+    from chrootarchive.cli.args import in_cli_words
+
+    assert in_cli_words(api) == cli

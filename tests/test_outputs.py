@@ -42,6 +42,44 @@ def test_json_usage_error_document(tmp_path: Path) -> None:
     assert json.loads(result.out)["error"]["class"] == "UsageError"
 
 
+JSON_DOC = Path(__file__).resolve().parents[1] / "docs" / "json.md"
+
+
+def test_every_field_of_the_documents_is_documented(tmp_path: Path, write_archive) -> None:
+    """docs/json.md lists each field a success document has (``names``, with ``-v``, and
+    ``skipped_xattrs`` were missing)."""
+    doc = JSON_DOC.read_text()
+    archive = write_archive(tb.TarBuilder().file("f", b"1").build())
+    untar = json.loads(run_cli("untar", "-v", "--json", archive, tmp_path / "d").out)
+    layers = json.loads(run_cli("apply-layer", "-v", "--json", archive, archive,
+                                tmp_path / "l").out)
+    assert untar["names"] == ["f"] and layers["names"] == ["f", "f"]
+    for field in {*untar, *layers, *layers["layers"][0]} - {"schema_version"}:
+        assert f"| `{field}` |" in doc, f"{field} is not in docs/json.md"
+
+
+@pytest.mark.parametrize(("raised", "cls", "status"), [
+    (KeyboardInterrupt, "KeyboardInterrupt", 130), (None, "Terminated", 143)])
+def test_an_interruption_is_documented_with_its_class_and_status(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        raised: type[BaseException] | None, cls: str, status: int) -> None:
+    """Ctrl-C and SIGTERM end a command with their own status and ``class``: each is a
+    row of docs/json.md's exit statuses (143 and ``Terminated`` were not)."""
+    from chrootarchive.cli import Terminated, untar
+    from chrootarchive.cli.main import main
+
+    def interrupted(_args: object) -> int:
+        raise raised or Terminated
+
+    monkeypatch.setattr(untar, "run", interrupted)
+    assert main(["untar", "--json", "a.tar", "d"]) == status
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["class"], error["exit_status"]) == (cls, status)
+    rows = [line for line in JSON_DOC.read_text().splitlines()
+            if line.startswith(f"| {status} |")]
+    assert len(rows) == 1 and f"`{cls}`" in rows[0], rows
+
+
 @pytest.mark.parametrize("argv", [
     ["untar", "MISSING", "DEST"], ["apply-layer", "MISSING", "DEST"],
     ["unpack-image", "MISSING", "DEST"], ["list", "MISSING"],

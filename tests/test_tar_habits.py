@@ -17,7 +17,7 @@ import pytest
 import chrootarchive
 from chrootarchive import UnpackOptions
 from helpers import tarbuild as tb
-from helpers.cli import run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -277,6 +277,70 @@ def test_list_bad_input(
     result = run_cli("list", write_archive(data))
     assert result.rc == status, result
     assert message in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(("argv", "unknown"), [
+    (["untar", "-xf", "a.tgz", "-C", "d"], "-xf"),
+    (["untar", "-f", "a.tgz", "d"], "-f"),
+    (["untar", "-z", "a.tgz", "d"], "-z"),
+    (["untar", "-zxvf", "a.tgz", "d"], "-zxvf"),
+    (["untar", "--zstd", "a.tgz", "d"], "--zstd"),
+    (["untar", "--file=a.tgz", "d"], "--file=a.tgz"),
+    (["list", "-t", "a.tgz"], "-t"),
+    (["list", "-tvf", "a.tgz"], "-tvf"),
+    (["apply-layer", "-J", "l.tar.xz", "d"], "-J"),
+    (["tar", "-czf", "out.tgz", "dir"], "-czf dir"),
+])
+def test_tars_options_are_answered_with_a_hint(tmp_path: Path, argv: list[str],
+                                               unknown: str) -> None:
+    """``untar -xf A -C D``, ``list -t A``: still a usage error (exit 2, the command's
+    usage), and one more line saying how the command takes it."""
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.rc == 2, result
+    assert result.err.startswith(f"usage: chrootarchive {argv[0]} "), result.err
+    error, hint = result.err.splitlines()[-2:]
+    assert error == f"chrootarchive {argv[0]}: error: unrecognized arguments: {unknown}"
+    assert hint.startswith("hint: ") and f"chrootarchive {argv[0]} " in hint, hint
+    assert "not -f" in hint and ("-z" in hint or argv[0] == "tar"), hint
+    assert not (tmp_path / "d").exists()
+
+
+def test_an_option_that_is_not_tars_gets_no_hint(tmp_path: Path) -> None:
+    result = run_cli("untar", "--bogus", "-q", "a.tgz", "d", cwd=tmp_path)
+    assert result.rc == 2
+    assert result.err.endswith("error: unrecognized arguments: --bogus\n"), result.err
+    assert "hint" not in result.err
+
+
+@pytest.mark.parametrize("command", ["untar", "list", "apply-layer"])
+@pytest.mark.parametrize(("data", "message"), [
+    (b"no tar at all\n" * 60, "not a tar archive"),
+    (b"", "not a tar archive: empty input"),
+    (tb.compress(b"no tar at all\n" * 60, "gzip"), "not a tar archive"),
+    (tb.compress(b"no tar at all\n" * 60, "gzip")[:-30], "gzip data is truncated"),
+], ids=["text", "empty", "gzip-text", "cut-gzip"])
+def test_an_archive_bad_as_a_whole_is_named(tmp_path: Path, write_archive, command: str,
+                                            data: bytes, message: str) -> None:
+    """"not a tar archive" named no archive, where a layer of several was named (and
+    the entries of a bad archive are): ``ARCHIVE: not a tar archive``."""
+    archive = write_archive(data)
+    dest = [] if command == "list" else [tmp_path / "d"]
+    line = assert_one_line_error(run_cli(command, archive, *dest), rc=1)
+    assert line.startswith(f"chrootarchive: error: {archive}: {message}"), line
+    result = run_cli(command, "--json", archive, *dest)
+    assert json.loads(result.out)["error"]["entry"] == str(archive), result.out
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        if command == "list":
+            list(chrootarchive.list_entries(archive))
+        else:
+            chrootarchive.untar(archive, tmp_path / "api")
+    assert caught.value.entry == str(archive)
+    # Standard input has no name to give; a caller's bytes neither.
+    line = assert_one_line_error(run_cli(command, "-", *dest, input=data), rc=1)
+    assert line.startswith(f"chrootarchive: error: {message}"), line
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        chrootarchive.untar(data, tmp_path / "bytes")
+    assert caught.value.entry is None
 
 
 def test_list_missing_archive(tmp_path: Path) -> None:

@@ -420,7 +420,7 @@ def encode_error(err: BaseException) -> dict[str, Any]:
     elif isinstance(err, MemoryError):  # the worker's RLIMIT_DATA (Limits.max_memory)
         detail = {"type": "LimitExceededError", "entry": None, "message":
                   "limit max_memory exceeded: the worker ran out of the memory the limit "
-                  "allows it (raise it with --max-memory, Limits.max_memory)"}
+                  "allows it (raise Limits.max_memory)"}
     elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         detail = {"type": "DestinationError", "message": err.strerror, "entry": None}
     else:

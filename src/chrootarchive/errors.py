@@ -13,6 +13,7 @@ import errno
 
 __all__ = [
     "MAX_WARNINGS",
+    "NOT_A_TAR",
     "NO_ROOM_ERRNOS",
     "ArchiveError",
     "BreakoutError",
@@ -29,6 +30,7 @@ __all__ = [
     "RegistryError",
     "SourceError",
     "WorkerError",
+    "counted",
     "error_class",
     "from_os_error",
     "os_reason",
@@ -42,6 +44,11 @@ MAX_WARNINGS = 1000
 #: errno values that mean the destination cannot take more, whatever was being done:
 #: these are always a :class:`DestinationError`.
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+#: How a message says that the input is no tar archive at all (the start of the message):
+#: ``shutil``'s unpackers (``operations.pythonic``) raise its ``ReadError`` for it.
+NOT_A_TAR = "not a tar archive"
 
 
 #: Characters of a name kept at each end when a message shortens it in the middle.
@@ -74,6 +81,12 @@ def printable(name: str, keep: int = NAME_KEEP, *, backslash: bool = False) -> s
         else:
             out.append(char)
     return "".join(out)
+
+
+def counted(count: int, one: str, many: str | None = None) -> str:
+    """``"1 device node"``, ``"2 device nodes"``: ``many`` is the plural when it is not
+    ``one`` with an ``s``."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def quoted(name: str) -> str:

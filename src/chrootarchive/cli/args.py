@@ -48,7 +48,7 @@ def checked(build: Callable[..., T], /, *args: Any, **fields: Any) -> T:
     try:
         return build(*args, **fields)
     except (ValueError, TypeError) as err:
-        raise UsageError(_in_cli_words(str(err))) from err
+        raise UsageError(in_cli_words(str(err))) from err
 
 
 #: Fields whose option has another name.
@@ -56,12 +56,25 @@ _OPTION_NAMES = {"uid_maps": "uid_map", "gid_maps": "gid_map", "excludes": "excl
                  "include_files": "include"}
 
 
-def _in_cli_words(message: str) -> str:
-    import re  # only for a usage error
+def in_cli_words(message: str) -> str:
+    """A library message in the command line's words: the library names what a caller
+    of the API sets (``Limits.max_memory``, ``limit max_bytes``, ``atomic=True``,
+    ``ref='latest'``), the command line its options (``--max-memory``,
+    ``limit --max-bytes``, ``--atomic``, ``--ref latest``)."""
+    import re  # only for an error
+
+    def option(field: str) -> str:
+        return "--" + _OPTION_NAMES.get(field, field).replace("_", "-")
 
     message = re.sub(r"\b(?:Limits|UnpackOptions|PackOptions)\.(\w+)",
-                     lambda m: "--" + _OPTION_NAMES.get(m.group(1), m.group(1)).replace("_", "-"),
+                     lambda m: option(m.group(1)), message)
+    message = re.sub(r"\blimit (max_\w+|reserve|timeout)\b",
+                     lambda m: "limit " + option(m.group(1)), message)
+    message = re.sub(r"\batomic=True\b", "--atomic", message)
+    message = re.sub(r"\bref=(NAME\b|'[\w.-]+')", lambda m: "--ref " + m.group(1).strip("'"),
                      message)
+    # A message that gave both words ("--max-memory, Limits.max_memory") says it once.
+    message = re.sub(r"(--[a-z][\w-]*)(?:, \1)+\b", r"\1", message)
     return re.sub(r"\bIDMap\(container_id=(\d+), host_id=(\d+), size=(\d+)\)",
                   r"\1:\2:\3", message)
 

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["COMMANDS", "HELP", "Formatter", "UsageError"]
+__all__ = ["COMMANDS", "HELP", "TAR_HABITS", "Formatter", "UsageError", "tar_habit_hint"]
 
 
 #: The standard descriptors that were closed when the command line started (now
@@ -71,3 +71,41 @@ HELP = {
     "cp": "copy a file or directory through a tar stream, both sides jailed",
     "list": "list the entries of a tar archive (like tar -t), unpacking nothing",
 }
+
+
+#: tar's options that these commands take another way, and the long ones among them.
+_TAR_LETTERS = frozenset("xtcfzjJv")
+_TAR_LONG = frozenset({"--file", "--extract", "--get", "--list", "--create", "--gzip",
+                       "--gunzip", "--ungzip", "--bzip2", "--xz", "--lzma", "--zstd",
+                       "--auto-compress"})
+_DETECTED = "compression is detected from the data (no -z/-j/-J/--zstd)"
+
+#: name -> the line after "unrecognized arguments" when they are tar's habits
+TAR_HABITS = {
+    "untar": f"untar is tar -x: ARCHIVE is an argument, not -f; {_DETECTED}: "
+             "chrootarchive untar [-v] ARCHIVE -C DIR",
+    "list": f"list is tar -t: ARCHIVE is an argument, not -f; {_DETECTED}: "
+            "chrootarchive list [-v] ARCHIVE",
+    "apply-layer": f"LAYER is an argument, not -f; {_DETECTED}: "
+                   "chrootarchive apply-layer [-v] LAYER DEST",
+    "unpack-image": f"IMAGE is an argument, not -f; {_DETECTED}: "
+                    "chrootarchive unpack-image [-v] IMAGE DEST",
+    "tar": "tar is tar -c: the archive is -o OUT, not -f; compression follows OUT's suffix "
+           "(.gz, .zst) or --compress (no -z/--zstd): chrootarchive tar -o OUT.tar.gz DIR",
+}
+
+
+def tar_habit_hint(command: str, unknown: list[str]) -> str | None:
+    """``hint: ...`` for a command given tar's options (``-xzf A``, ``-t``, ``--zstd``):
+    the command's way to say it, or None when ``unknown`` holds none of them."""
+    hint = TAR_HABITS.get(command)
+    if hint is None or not any(_tar_habit(word) for word in unknown):
+        return None
+    return "hint: " + hint
+
+
+def _tar_habit(word: str) -> bool:
+    """``word`` is one of tar's options, or several of its letters (``-xvf``)."""
+    if word.startswith("--"):
+        return word.partition("=")[0] in _TAR_LONG
+    return len(word) > 1 and word[0] == "-" and set(word[1:]) <= _TAR_LETTERS

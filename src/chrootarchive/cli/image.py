@@ -15,7 +15,7 @@ from chrootarchive.cli.args import (
 from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import EntryLister, human_bytes, report
 from chrootarchive.cli.progress import LayerBars
-from chrootarchive.errors import printable
+from chrootarchive.errors import counted, printable
 from chrootarchive.options import DEFAULT_MAX_LAYERS
 
 TYPE_CHECKING = False
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and not args.quiet and sys.stderr.isatty():
         # The ref and the platform come from the image: escaped like any name.
         name = printable(result.ref or result.manifest_digest or result.config_digest)
-        print(f"unpacked {name} ({printable(result.platform)}, {len(result.layers)} layers, "
+        layers = counted(len(result.layers), "layer")
+        print(f"unpacked {name} ({printable(result.platform)}, {layers}, "
               f"{human_bytes(result.size)}) into {printable(args.dest)}", file=sys.stderr)
     return 0

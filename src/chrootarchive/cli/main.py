@@ -13,7 +13,7 @@ import os
 import sys
 
 from chrootarchive.cli import Terminated, was_terminated
-from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, UsageError
+from chrootarchive.cli.commands import COMMANDS, HELP, Formatter, UsageError, tar_habit_hint
 from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
@@ -132,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
     if extra:  # what the command does not know is its own error, with its usage
+        hint = tar_habit_hint(args.command, extra)  # a line of its own, after the error
         args.command_parsers.get(args.command, parser).error(
-            "unrecognized arguments: " + " ".join(extra))
+            "unrecognized arguments: " + " ".join(extra) + (f"\n{hint}" if hint else ""))
     if args.debug:
         from chrootarchive.runner.settings import set_debug
 
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _terminated(args)
         if args.debug:
             raise
+        from chrootarchive.cli.args import in_cli_words
+
+        err.message = in_cli_words(err.message)  # "--max-bytes", not "max_bytes"
         return _fail(args, type(err).__name__, _error_line(err), err.exit_status,
                      printable(err.message, 0), err.entry)
     except Exception as err:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from chrootarchive.errors import DestinationError, printable
+from chrootarchive.errors import DestinationError, counted, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,10 +80,16 @@ def report(result: Result, args: argparse.Namespace,
             print_privileged(getattr(result, "privileged", {}))
 
 
+#: Each kind of ``Result.privileged`` (its keys are plural), counted once.
+_ONE = {"device nodes": "device node", "setuid/setgid files": "setuid/setgid file",
+        "file capabilities": "file capability"}
+
+
 def print_privileged(privileged: Mapping[str, int]) -> None:
     """One line when the default filter (``fully_trusted``) made what only a root
     filesystem needs: a user who unpacked an upload learns it, and the option."""
-    counts = ", ".join(f"{count} {what}" for what, count in privileged.items() if count)
+    counts = ", ".join(counted(count, _ONE.get(what, what), what)
+                       for what, count in privileged.items() if count)
     if counts:
         print(f"chrootarchive: note: as the archive says (filter fully_trusted), this "
               f"created {counts}; for data you do not trust, use --filter data",

@@ -16,7 +16,7 @@ from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.image import platform_arg
 from chrootarchive.cli.output import EntryLister, human_bytes, report
 from chrootarchive.cli.progress import LayerBars
-from chrootarchive.errors import printable
+from chrootarchive.errors import counted, printable
 from chrootarchive.options import DEFAULT_MAX_LAYERS
 
 TYPE_CHECKING = False
@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         bars.close()
     report(result, args, lister.extra() if lister else None)
     if not args.json and not args.quiet and sys.stderr.isatty():
+        layers = counted(len(result.layers), "layer")
         print(f"pulled {printable(result.ref or str(reference))} "
-              f"({printable(result.platform)}, {len(result.layers)} layers, "
+              f"({printable(result.platform)}, {layers}, "
               f"{human_bytes(result.size)}) into {printable(args.dest)}", file=sys.stderr)
     return 0

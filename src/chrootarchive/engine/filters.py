@@ -25,7 +25,7 @@ every filter (Docker's rule).
 from __future__ import annotations
 
 from chrootarchive.contract import FILTERS
-from chrootarchive.errors import BreakoutError, printable
+from chrootarchive.errors import BreakoutError, counted, printable
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -125,8 +125,15 @@ class EntryFilter:
 
     def warnings(self) -> list[str]:
         """One line per kind of thing removed, for the result's warnings."""
-        return [f"filter {self.name}: dropped {count} {what}"
+        return [f"filter {self.name}: dropped {counted(count, _ONE[what], what)}"
                 for what, count in self.dropped.items() if count]
+
+
+#: Each kind of :attr:`EntryFilter.dropped`, counted once.
+_ONE = {"device nodes and FIFOs": "device node or FIFO",
+        "setuid/setgid/sticky bits": "setuid/setgid/sticky bit",
+        "group/other write bits": "group/other write bit",
+        "file capabilities": "file capability", "security/trusted xattrs": "security/trusted xattr"}
 
 
 def _check_symlink(entry: TarEntry) -> None:

@@ -63,6 +63,6 @@ class Reserve:
             raise LimitExceededError(
                 f"limit reserve ({self.percent:g}% of the destination's filesystem: "
                 f"{_shown_size(self.bytes)} and {self.inodes:,} inodes kept free) "
-                f"exceeded: {left} would be left; change it with --reserve PERCENT "
-                f"(Limits.reserve; 0: none)", entry)
+                f"exceeded: {left} would be left; change Limits.reserve (a percentage; "
+                f"0: none)", entry)
         return free_bytes - self.bytes, free_inodes - self.inodes

@@ -112,6 +112,8 @@ class Layout:
     """The files of an image, by their names relative to its root."""
 
     description = "image"
+    #: The image as the caller named it (a path, or standard input), for messages.
+    where = "image"
 
     def kind(self, name: str) -> tuple[str | None, str]:
         """(``dir``, ``file``, ``symlink``, ``hardlink``, ``other`` or None, link target)."""
@@ -588,8 +590,15 @@ class _StreamLayout(_TarLayout):
 @contextlib.contextmanager
 def open_layout(image: str, dest: str, limits: Limits) -> Iterator[Layout]:
     """The layout of ``image``; what must be spooled goes beside ``dest`` (see above)."""
+    where = "standard input" if image == "-" else image
     with contextlib.ExitStack() as stack:
-        layout = _open(image, dest, limits, stack)
+        try:
+            layout = _open(image, dest, limits, stack)
+        except ChrootArchiveError as err:
+            if err.entry is None:  # "not an image archive": which one
+                err.entry = where
+            raise
+        layout.where = where
         stack.callback(layout.close)
         yield layout
 
@@ -600,15 +609,13 @@ def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) ->
     try:
         st = os.stat(image)
     except OSError as err:
-        raise from_os_error(
-            err, image, kind=SourceError, action="cannot open the image") from err
+        raise _cannot_open(err, image) from err
     if stat.S_ISDIR(st.st_mode):
         return _DirLayout(image)
     try:
         fd, st = open_input(image)
     except OSError as err:
-        raise from_os_error(
-            err, image, kind=SourceError, action="cannot open the image") from err
+        raise _cannot_open(err, image) from err
     if fd < 0:
         raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
                          "never is); give its data on standard input ('-')", image)
@@ -623,6 +630,19 @@ def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) ->
 
 
 _WHOLE = 1 << 62  # "to the end of the file"
+
+
+def _cannot_open(err: OSError, image: str) -> ChrootArchiveError:
+    """The error for an image path that cannot be opened. ``PATH:TAG`` where ``PATH``
+    exists is umoci's ``--image PATH:TAG`` habit: the message says how to choose by tag
+    here (``ref=``, the command line's ``--ref``)."""
+    error = from_os_error(err, image, kind=SourceError, action="cannot open the image")
+    path, _, tag = image.rpartition(":")
+    if (err.errno == errno.ENOENT and path and tag[:1].isalnum()
+            and all(c.isalnum() or c in "_.-" for c in tag) and os.path.lexists(path)):
+        error.message += (f"; to choose an image in a layout by its tag, use ref='{tag}' "
+                          f"with the image {quoted(path)}")
+    return error
 
 
 def _from_stream(raw: compression.Readable, where: str, dest: str, limits: Limits,

@@ -260,7 +260,8 @@ def _plan_docker(layout: Layout, doc: list[Any], ref: str | None, sel: Selection
         if len(configs) > 1:
             tags = sorted({str(t) for e, _, _ in configs for t in (e.get("RepoTags") or [])})
             raise ImageError(f"the archive holds {len(configs)} images; choose one by tag "
-                             f"(tags: {', '.join(tags[:20]) or 'none'})", "manifest.json")
+                             f"(ref=NAME; tags: {', '.join(tags[:20]) or 'none'})",
+                             "manifest.json")
         entry, config_name, config_digest = configs[0]
         tags = entry.get("RepoTags") or []
         chosen_ref = str(tags[0]) if isinstance(tags, list) and tags else None
@@ -344,4 +345,4 @@ def make_plan(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         raise _not_supported("a docker save archive of Docker before 1.10 ('repositories' "
                              "and per-layer directories, no manifest.json)", "repositories")
     raise ImageError("not an image: no index.json (OCI image layout) and no manifest.json "
-                     f"(docker save); {SUPPORTED_FORMATS}", layout.description)
+                     f"(docker save); {SUPPORTED_FORMATS}", layout.where)

@@ -75,7 +75,7 @@ def refuse_several_named_images(top: list[Descriptor], where: str) -> None:
 def _several_images(listed: list[Descriptor], count: int, where: str) -> ImageError:
     names = sorted({n for d in listed for n in d.names()})
     return ImageError(f"the layout holds {count} images; choose one by reference "
-                      f"(names: {', '.join(names[:20]) or 'unnamed'})", where)
+                      f"(ref=NAME; names: {', '.join(names[:20]) or 'unnamed'})", where)
 
 
 def pick(candidates: list[Descriptor], sel: Selection, where: str,

@@ -209,5 +209,5 @@ def _enter_dest(dest: str, *, create: bool, owner: tuple[int, int] | None) -> No
         os.chdir(dest)
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):
-            raise DestinationError("not a directory", dest) from err
+            raise DestinationError("not a directory", dest, errno.ENOTDIR) from err
         raise from_os_error(err, dest, kind=DestinationError) from err

@@ -48,7 +48,7 @@ def undo_created(created: list[str], err: ChrootArchiveError) -> None:
         except OSError as cause:
             if path == created[0] and cause.errno == errno.ENOTEMPTY:
                 err.message += (" (what was unpacked before is left in the destination; "
-                                "--atomic unpacks all or nothing)")
+                                "atomic=True unpacks all or nothing)")
             return
 
 
@@ -89,7 +89,7 @@ def pin_destination(
         try:
             _make_dest(dest, owner)
         except FileExistsError:
-            raise DestinationError("not a directory", dest) from None
+            raise DestinationError("not a directory", dest, errno.ENOTDIR) from None
         except OSError as err:
             raise from_os_error(err, dest, kind=DestinationError, action="cannot create") from err
     else:
@@ -98,7 +98,7 @@ def pin_destination(
     try:
         fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except NotADirectoryError:
-        raise DestinationError("not a directory", jail) from None
+        raise DestinationError("not a directory", jail, errno.ENOTDIR) from None
     except OSError as err:
         raise from_os_error(err, jail, kind=DestinationError, action="cannot open") from err
     if lock:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from chrootarchive._fdio import write_all
-from chrootarchive.errors import MalformedArchiveError, printable
+from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
 from chrootarchive.operations import compression
-from chrootarchive.operations.untar import Source, open_source
+from chrootarchive.operations.untar import Source, name_archive, open_source
 from chrootarchive.tarformat import reader as tarreader
 
 __all__ = ["ListedEntry", "list_entries"]
@@ -81,6 +81,14 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
         MalformedArchiveError: the archive is corrupt (after the entries before).
         SourceError: the archive cannot be read.
     """
+    try:
+        yield from _entries(source, detect_compression)
+    except MalformedArchiveError as err:
+        name_archive(err, source)
+        raise
+
+
+def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
     with open_source(source) as raw:
         _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression)
         read_fd, write_fd = os.pipe()
@@ -132,6 +140,6 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
             if failure:
                 raise failure[0]
             if not seen and not offset:
-                raise MalformedArchiveError("not a tar archive: empty input")
+                raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
         finally:
             stop_feeding(wait=False)

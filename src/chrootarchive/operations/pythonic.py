@@ -11,10 +11,11 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError
 from chrootarchive.operations import untar as api
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult
 
-__all__ = ["SHUTIL_FORMATS", "extractall", "register_unpack_formats"]
+__all__ = ["SHUTIL_FORMATS", "ShutilReadError", "extractall", "register_unpack_formats"]
 
 #: shutil's format names and extensions, and zstd's (Python 3.14's name for it).
 SHUTIL_FORMATS = {
@@ -54,12 +55,39 @@ def extractall(
                      confine=confine, limits=limits, progress=progress)
 
 
+class ShutilReadError(MalformedArchiveError, shutil.ReadError):
+    """What ``shutil.unpack_archive`` raises, after :func:`register_unpack_formats`, for
+    a file that is no (compressed) tar archive at all: ``shutil``'s own unpackers raise
+    ``shutil.ReadError`` there, and code written for them catches that; code written
+    for chrootarchive catches :class:`MalformedArchiveError`. Both work.
+
+    Its ``__cause__`` is the :class:`MalformedArchiveError` the unpack raised.
+    """
+
+    def __new__(cls, message: str, entry: str | None = None) -> ShutilReadError:
+        # As errors._OSLevelError: OSError.__new__ takes the arguments, not __init__.
+        return OSError.__new__(cls, None, message, entry)
+
+    def __init__(self, message: str, entry: str | None = None) -> None:
+        super().__init__(message, entry)
+        self.args = (message, entry)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str | None]]:
+        # OSError's would rebuild it from (errno, strerror, filename).
+        return (type(self), (self.message, self.entry))
+
+
 def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None) -> None:
     """What ``shutil.unpack_archive`` calls for the formats registered below."""
     if filter is not None and not isinstance(filter, str):
         raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
                         "not a callable")
-    api.untar(filename, extract_dir, filter=filter or "data")
+    try:
+        api.untar(filename, extract_dir, filter=filter or "data")
+    except MalformedArchiveError as err:
+        if err.message.startswith(NOT_A_TAR):
+            raise ShutilReadError(err.message, err.entry) from err
+        raise
 
 
 def register_unpack_formats() -> None:
@@ -69,6 +97,11 @@ def register_unpack_formats() -> None:
     adds ``zstdtar``): ``shutil.unpack_archive("upload.tar.gz", dest, filter="data")``
     then runs confined. Without ``filter=``, ``data`` applies. Calling it again does
     nothing more.
+
+    A file that is no (compressed) tar archive raises :class:`ShutilReadError`, both
+    ``shutil.ReadError`` (as ``shutil``'s own unpackers) and
+    :class:`MalformedArchiveError`; other errors are chrootarchive's, as from
+    :func:`chrootarchive.untar`.
     """
     for name, (extensions, description) in SHUTIL_FORMATS.items():
         for registered, known, _ in shutil.get_unpack_formats():

@@ -92,7 +92,7 @@ def _is_empty_dir(path: str) -> bool:
     except FileNotFoundError:
         return True
     if not stat.S_ISDIR(st.st_mode):
-        raise DestinationError("not a directory", path)
+        raise DestinationError("not a directory", path, errno.ENOTDIR)
     return not os.listdir(path)
 
 

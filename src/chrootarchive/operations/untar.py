@@ -20,6 +20,7 @@ from chrootarchive.errors import (
     ArchiveError,
     ChrootArchiveError,
     DestinationError,
+    MalformedArchiveError,
     SourceError,
     from_os_error,
 )
@@ -329,8 +330,17 @@ def _unpack(
             finally:
                 os.close(root_fd)
     except ChrootArchiveError as err:
+        name_archive(err, source)
         destination.undo_created(created, err)
         raise
+
+
+def name_archive(err: ChrootArchiveError, source: Source) -> None:
+    """An archive that is malformed as a whole ("not a tar archive", "corrupt gzip
+    data": no entry to name) is named by its path, as a layer of several is."""
+    if (isinstance(err, MalformedArchiveError) and err.entry is None
+            and isinstance(source, (str, os.PathLike)) and os.fspath(source) != "-"):
+        err.entry = os.fspath(source)
 
 
 def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResult:

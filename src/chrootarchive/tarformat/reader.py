@@ -25,7 +25,7 @@ import stat
 import struct
 import zlib
 
-from chrootarchive.errors import InternalError, MalformedArchiveError
+from chrootarchive.errors import NOT_A_TAR, InternalError, MalformedArchiveError
 from chrootarchive.tarformat import format as fmt
 from chrootarchive.tarformat.format import BLOCK, NS, ZERO_BLOCK
 
@@ -1067,7 +1067,7 @@ class TarReader:
             if not avail:
                 return None  # the input ends at a header boundary: accepted, as GNU tar
             if first:
-                _fail("not a tar archive", None)
+                _fail(NOT_A_TAR, None)
             _fail("unexpected end of archive: truncated header", f"header at offset {where}")
         pos = self._pos
         self._pos = pos + BLOCK
@@ -1091,7 +1091,7 @@ class TarReader:
         hdr = buf[pos : pos + BLOCK]
         if not _checksum_ok(hdr):
             if first:
-                _fail("not a tar archive", None)
+                _fail(NOT_A_TAR, None)
             _fail("invalid header checksum", f"header at offset {where}")
         return hdr
 

@@ -12,7 +12,7 @@ from chrootarchive._ring import RingInput
 from chrootarchive.contract import JobReply, limits_after
 from chrootarchive.engine import unpacker
 from chrootarchive.engine.jobs import WRITE_FILES
-from chrootarchive.errors import LimitExceededError, MalformedArchiveError
+from chrootarchive.errors import NOT_A_TAR, LimitExceededError, MalformedArchiveError
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
@@ -91,7 +91,7 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
     if not stats.entries and not reader.offset:
         # GNU tar and bsdtar refuse an empty input (a tar of only end-of-archive
         # blocks stays a valid empty archive: layers use it).
-        raise MalformedArchiveError("not a tar archive: empty input")
+        raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
     # Archives may be zero-padded: read the input to its end. Only on success: after
     # an error (a bomb stopped by a limit) the worker exits and the parent stops.
     reader.drain()
