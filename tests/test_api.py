@@ -11,7 +11,7 @@ import pickle
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -180,9 +180,9 @@ def test_shutil_not_a_tar_archive_is_a_read_error(tmp_path: Path, shutil_formats
     assert type(again) is type(err) and str(again) == str(err)
     # Other errors stay chrootarchive's alone.
     archive.write_bytes(tb.TarBuilder().file("a", b"x" * 3000).build()[:1500])
-    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+    with pytest.raises(chrootarchive.MalformedArchiveError) as malformed:
         shutil.unpack_archive(archive, tmp_path / "e")
-    assert not isinstance(caught.value, shutil.ReadError)
+    assert not isinstance(malformed.value, shutil.ReadError)
     archive.write_bytes(tb.TarBuilder().file("../x", b"x").build())
     with pytest.raises(BreakoutError) as broke:
         shutil.unpack_archive(archive, tmp_path / "f")
@@ -199,7 +199,7 @@ def test_a_file_as_the_destination_is_a_not_a_directory_error(tmp_path: Path,
     regular.write_bytes(b"not a directory")
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "inside").write_bytes(b"not a directory")
-    call = {
+    call: Callable[[], object] = {
         "dest": lambda: chrootarchive.extractall(small(), regular),
         "atomic": lambda: chrootarchive.extractall(small(), regular, atomic=True),
         "root": lambda: chrootarchive.untar(small(), "d", root=regular),

@@ -263,7 +263,8 @@ def test_data_filter_cli(tmp_path: Path, write_archive: Callable[..., Path]) -> 
     assert any("device nodes" in line for line in lines)
 
 
-def test_one_of_a_kind_is_counted_in_the_singular(tmp_path: Path, write_archive) -> None:
+def test_one_of_a_kind_is_counted_in_the_singular(tmp_path: Path,
+                                                write_archive: Callable[..., Path]) -> None:
     """"created 1 setuid/setgid files", "dropped 1 device nodes and FIFOs": one is one."""
     path = write_archive(tb.TarBuilder().chardev("dev/null", 1, 3)
                          .file("bin/su", b"su", mode=0o4755).build())

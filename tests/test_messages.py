@@ -269,14 +269,14 @@ def test_each_side_names_the_limit_and_atomic_in_its_own_words(tmp_path) -> None
     with pytest.raises(chrootarchive.LimitExceededError) as caught:
         chrootarchive.untar(data, tmp_path / "api", limits=chrootarchive.Limits(max_entries=1))
     message = caught.value.message
-    assert message.startswith("limit max_entries (1 entries) exceeded"), message
+    assert message.startswith("limit max_entries (1 entry) exceeded"), message
     assert message.endswith("; atomic=True unpacks all or nothing)"), message
     assert "--" not in message, message
     archive = tmp_path / "a.tar"
     archive.write_bytes(data)
     line = assert_one_line_error(run_cli("untar", "--max-entries", "1", archive,
                                          tmp_path / "cli"), rc=1)
-    assert line.startswith("chrootarchive: error: b: limit --max-entries (1 entries) "
+    assert line.startswith("chrootarchive: error: b: limit --max-entries (1 entry) "
                            "exceeded"), line
     assert line.endswith("; --atomic unpacks all or nothing)"), line
     assert "max_entries" not in line and "atomic=True" not in line, line
@@ -305,6 +305,14 @@ def test_each_side_names_the_limit_and_atomic_in_its_own_words(tmp_path) -> None
      "by its tag, use ref='v1.0' with the image 'img'",
      "cannot open the image: No such file or directory; to choose an image in a layout "
      "by its tag, use --ref v1.0 with the image 'img'"),
+    ("exists, and old files are kept (old_files='keep'; 2 more kept); the rest was unpacked",
+     "exists, and old files are kept (--keep-old-files; 2 more kept); the rest was unpacked"),
+    ("hardlink target a has no more than 1 components (UnpackOptions.strip_components)",
+     "hardlink target a has no more than 1 components (--strip-components)"),
+    ("limit max_memory (1,024 bytes) exceeded: the worker ran out of the memory the limit "
+     "allows it (raise Limits.max_memory)",
+     "limit --max-memory (1,024 bytes) exceeded: the worker ran out of the memory the limit "
+     "allows it (raise --max-memory)"),
 ])
 def test_library_words_become_the_command_lines(api: str, cli: str) -> None:
     from chrootarchive.cli.args import in_cli_words

@@ -45,7 +45,8 @@ def test_json_usage_error_document(tmp_path: Path) -> None:
 JSON_DOC = Path(__file__).resolve().parents[1] / "docs" / "json.md"
 
 
-def test_every_field_of_the_documents_is_documented(tmp_path: Path, write_archive) -> None:
+def test_every_field_of_the_documents_is_documented(tmp_path: Path,
+                                                  write_archive: Callable[..., Path]) -> None:
     """docs/json.md lists each field a success document has (``names``, with ``-v``, and
     ``skipped_xattrs`` were missing)."""
     doc = JSON_DOC.read_text()

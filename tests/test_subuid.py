@@ -193,7 +193,7 @@ def test_full_range_keeps_owners(confine: str, subuser: SubUser, pythonpath: Pat
     # Only the owner beyond the range is reported, once.
     warnings = out["warnings"]
     assert len(warnings) == 1, warnings
-    assert f"{BEYOND}:{BEYOND}" in warnings[0] and "1 entries" in warnings[0], warnings
+    assert f"{BEYOND}:{BEYOND}" in warnings[0] and "1 entry kept" in warnings[0], warnings
 
 
 def test_owners_inside_the_namespace(subuser: SubUser, pythonpath: Path, base: Path) -> None:

@@ -319,7 +319,8 @@ def test_an_option_that_is_not_tars_gets_no_hint(tmp_path: Path) -> None:
     (tb.compress(b"no tar at all\n" * 60, "gzip"), "not a tar archive"),
     (tb.compress(b"no tar at all\n" * 60, "gzip")[:-30], "gzip data is truncated"),
 ], ids=["text", "empty", "gzip-text", "cut-gzip"])
-def test_an_archive_bad_as_a_whole_is_named(tmp_path: Path, write_archive, command: str,
+def test_an_archive_bad_as_a_whole_is_named(tmp_path: Path, write_archive: Callable[..., Path],
+                                            command: str,
                                             data: bytes, message: str) -> None:
     """"not a tar archive" named no archive, where a layer of several was named (and
     the entries of a bad archive are): ``ARCHIVE: not a tar archive``."""
@@ -417,7 +418,7 @@ def test_a_hardlink_to_an_excluded_file_is_left_out(
     result = run_cli("untar", "--exclude", "secret.key", write_archive(data), tmp_path / "d")
     assert result.rc == 0, result.err
     assert sorted(os.listdir(tmp_path / "d")) == ["after"]
-    assert result.err == ("chrootarchive: warning: 1 hardlinks to excluded files left "
+    assert result.err == ("chrootarchive: warning: 1 hardlink to excluded files left "
                           "out\n"), result.err
 
 

@@ -222,7 +222,7 @@ def test_rootfs_equals_gnu_tar_as_nobody(mechanism: str, base: Path, archive: Pa
     xattrs = [w for w in warnings if "trusted" in w]
     assert len(owners) == 1 and len(devices) == 1 and len(xattrs) == 1, warnings
     assert devices[0].startswith("2 device nodes skipped"), devices
-    assert xattrs[0].startswith("1 privileged xattrs"), xattrs
+    assert xattrs[0].startswith("1 privileged xattr "), xattrs
     unrepresentable = {(m.uid, m.gid) for m in members.values()
                        if (m.uid, m.gid) != (0, 0) and not m.isdev()}
     shown = owners[0]

@@ -71,6 +71,8 @@ def in_cli_words(message: str) -> str:
     message = re.sub(r"\blimit (max_\w+|reserve|timeout)\b",
                      lambda m: "limit " + option(m.group(1)), message)
     message = re.sub(r"\batomic=True\b", "--atomic", message)
+    message = re.sub(r"\bold_files='(keep|skip)'",
+                     lambda m: f"--{m.group(1)}-old-files", message)
     message = re.sub(r"\bref=(NAME\b|'[\w.-]+')", lambda m: "--ref " + m.group(1).strip("'"),
                      message)
     # A message that gave both words ("--max-memory, Limits.max_memory") says it once.

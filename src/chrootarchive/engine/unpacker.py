@@ -33,6 +33,7 @@ from chrootarchive.errors import (
     LimitExceededError,
     MalformedArchiveError,
     WorkerError,
+    counted,
     from_os_error,
     printable,
     quoted,
@@ -433,7 +434,7 @@ class Unpacker:
         if self.kept_old:
             more = f"; {self.kept_old - 1:,} more kept" if self.kept_old > 1 else ""
             raise DestinationError(
-                f"exists, and old files are kept (--keep-old-files{more}); the rest was "
+                f"exists, and old files are kept (old_files='keep'{more}); the rest was "
                 "unpacked", self.kept_old_first, errno.EEXIST)
         return self.stats
 
@@ -480,8 +481,7 @@ class Unpacker:
         if out_of_memory:  # raised here, so that what ran out is freed (no traceback)
             raise LimitExceededError(
                 f"limit max_memory ({self.limits.max_memory:,} bytes) exceeded: the worker "
-                f"ran out of the memory the limit allows it (raise it with --max-memory, "
-                f"Limits.max_memory)", name)
+                f"ran out of the memory the limit allows it (raise Limits.max_memory)", name)
 
     def apply(self, entry: TarEntry, reader: TarReader) -> bool:
         """Unpack one entry; False when it was left out (excluded, stripped, dropped)."""
@@ -560,7 +560,7 @@ class Unpacker:
             if target is None:  # GNU tar fails this entry too ("Cannot hard link to ''")
                 raise ArchiveError(
                     f"hardlink target {printable(entry.linkname)} has no more than "
-                    f"{self.strip} components (--strip-components)", entry.name)
+                    f"{self.strip} components (UnpackOptions.strip_components)", entry.name)
             entry.linkname = target
         entry.name = name
         return True
@@ -776,6 +776,8 @@ class Unpacker:
 
     def _limit(self, limit: str, value: float, unit: str, entry: str) -> None:
         shown = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+        if value == 1:
+            unit = "entry" if unit == "entries" else unit.removesuffix("s")
         raise LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded", entry)
 
     def _charge(self, size: int, entry: str) -> None:
@@ -1653,30 +1655,35 @@ class Unpacker:
         if self.skipped_owners:
             ids = ", ".join(f"{u}:{g}" for u, g in sorted(self.unmappable)[:5])
             self.warn(
-                f"{self.skipped_owners} entries kept the unpacking user's ownership: "
+                f"{counted(self.skipped_owners, 'entry', 'entries')} kept the unpacking "
+                "user's ownership: "
                 f"owners ({ids}{', ...' if len(self.unmappable) > 5 else ''}) cannot be "
                 "represented without privilege or outside the user namespace's id map"
                 + (f" (recorded in {ROOTLESS_XATTR})" if self.options.rootless_xattr else "")
             )
         if self.skipped_devices:
-            self.warn(f"{self.skipped_devices} device nodes skipped: creating devices needs "
-                      "real root")
+            self.warn(f"{counted(self.skipped_devices, 'device node')} skipped: creating "
+                      "devices needs real root")
         if self.excluded_links:
-            self.warn(f"{self.excluded_links} hardlinks to excluded files left out")
+            self.warn(f"{counted(self.excluded_links, 'hardlink')} to excluded files left "
+                      "out")
         if self.skipped_xattrs:
-            self.warn(f"{self.skipped_xattrs} privileged xattrs (trusted.*, security.*) "
-                      "skipped: they need real root")
+            self.warn(f"{counted(self.skipped_xattrs, 'privileged xattr')} (trusted.*, "
+                      "security.*) skipped: they need real root")
         if self.refused_xattrs:
-            self.warn(f"{self.refused_xattrs} xattrs refused by the kernel (operation not "
+            self.warn(f"{counted(self.refused_xattrs, 'xattr')} refused by the kernel "
+                      f"(operation not "
                       f"permitted) skipped, as Docker and GNU tar skip them (the first: "
                       f"{self.refused_example})")
         if self.acl_dropped:
             ids = ", ".join(self.acl_dropped_ids)
-            self.warn(f"{self.acl_dropped} ACL entries left out: their ids ({ids}"
+            self.warn(f"{counted(self.acl_dropped, 'ACL entry', 'ACL entries')} left out: "
+                      f"their ids ({ids}"
                       f"{', ...' if self.acl_dropped > len(self.acl_dropped_ids) else ''}) "
                       "are outside the user namespace's id map and cannot be represented")
         if self.stale_xattrs:
-            self.warn(f"{self.stale_xattrs} xattrs of directories declared again by the "
+            self.warn(f"{counted(self.stale_xattrs, 'xattr')} of directories declared "
+                      "again by the "
                       "layer could not be removed (not permitted here)")
 
     # -- the end ------------------------------------------------------------------
