@@ -526,14 +526,30 @@ def test_several_images_name_the_option_that_chooses(
     (docker / "manifest.json").write_text(json.dumps([
         {"Config": "a.json", "RepoTags": ["example/a:1"], "Layers": []},
         {"Config": "b.json", "RepoTags": ["example/b:2"], "Layers": []}]))
-    for root, names in ((b.root, "names: first, second"),
-                        (docker, "tags: example/a:1, example/b:2")):
+    for root, names in ((b.root, "names: 'first', 'second'"),
+                        (docker, "tags: 'example/a:1', 'example/b:2'")):
         line = assert_one_line_error(run_cli("unpack-image", root, tmp_path / "d"), rc=1)
         assert f"(--ref NAME; {names})" in line, line
         with pytest.raises(ImageError) as caught:
             unpack_image(root, tmp_path / "d")
         assert f"(ref=NAME; {names})" in caught.value.message
     assert not (tmp_path / "d").exists()
+
+
+def test_hostile_image_names_are_shown_clipped_and_never_rewritten(
+        images: Path, tmp_path: Path, run_cli: Callable[..., CLIResult]) -> None:
+    """Names from an image's index are the image's, not the library's words: a name
+    "Limits.max_bytes" is not shown as "--max-bytes", and names of 21,000 characters
+    ("--a--a...", which made the command line's word translation backtrack for
+    seconds, and hours for longer ones) are clipped."""
+    b = OCIBuilder(images / "hostile")
+    for name in ("Limits.max_bytes", "0" + "--a" * 7000, "1" + "--a" * 7000):
+        b.tag(_marker_image(b, name), name)
+    started = time.monotonic()
+    line = assert_one_line_error(run_cli("unpack-image", b.root, tmp_path / "d"), rc=1)
+    assert time.monotonic() - started < 10
+    assert "'Limits.max_bytes'" in line and "--max-bytes" not in line, line
+    assert len(line) < 1000, len(line)
 
 
 def test_what_is_not_an_image_is_named_by_its_path(

@@ -318,3 +318,24 @@ def test_library_words_become_the_command_lines(api: str, cli: str) -> None:
     from chrootarchive.cli.args import in_cli_words
 
     assert in_cli_words(api) == cli
+
+
+def test_names_are_never_translated_and_translation_is_linear() -> None:
+    """An archive's name that reads like the library's words stays as it is (a file
+    "Limits.max_bytes" showed as "--max-bytes"), and a long hostile name costs time in
+    proportion to its length (the "--x, --x" rule backtracked at every "--")."""
+    import time
+
+    from chrootarchive.cli.args import in_cli_words
+    from chrootarchive.errors import quoted
+
+    message = (f"cannot create parent directory {quoted('Limits.max_bytes')}: not a "
+               "directory (raise Limits.max_bytes)")
+    assert in_cli_words(message) == ("cannot create parent directory 'Limits.max_bytes': "
+                                     "not a directory (raise --max-bytes)")
+    assert in_cli_words(quoted("it's atomic=True")) == quoted("it's atomic=True")
+    hostile = "names: " + "0" + "--a" * 50_000
+    started = time.monotonic()
+    assert in_cli_words(hostile) == hostile
+    assert time.monotonic() - started < 1
+

@@ -66,19 +66,27 @@ def in_cli_words(message: str) -> str:
     def option(field: str) -> str:
         return "--" + _OPTION_NAMES.get(field, field).replace("_", "-")
 
-    message = re.sub(r"\b(?:Limits|UnpackOptions|PackOptions)\.(\w+)",
-                     lambda m: option(m.group(1)), message)
-    message = re.sub(r"\blimit (max_\w+|reserve|timeout)\b",
-                     lambda m: "limit " + option(m.group(1)), message)
-    message = re.sub(r"\batomic=True\b", "--atomic", message)
+    def translate(text: str) -> str:
+        text = re.sub(r"\b(?:Limits|UnpackOptions|PackOptions)\.(\w++)",
+                      lambda m: option(m.group(1)), text)
+        text = re.sub(r"\blimit (max_\w++|reserve|timeout)\b",
+                      lambda m: "limit " + option(m.group(1)), text)
+        text = re.sub(r"\batomic=True\b", "--atomic", text)
+        text = re.sub(r"\bref=NAME\b", "--ref NAME", text)
+        # A message that gave both words ("--max-memory, Limits.max_memory") says it
+        # once. Possessive: a long run of "--a--a..." must not be tried at every "--".
+        text = re.sub(r"(?<![\w-])(--[a-z][\w-]*+)(?:, \1)++(?![\w-])", r"\1", text)
+        return re.sub(r"\bIDMap\(container_id=(\d++), host_id=(\d++), size=(\d++)\)",
+                      r"\1:\2:\3", text)
+
+    # Words with a quoted value first (a name quoted inside one is escaped: \').
     message = re.sub(r"\bold_files='(keep|skip)'",
                      lambda m: f"--{m.group(1)}-old-files", message)
-    message = re.sub(r"\bref=(NAME\b|'[\w.-]+')", lambda m: "--ref " + m.group(1).strip("'"),
-                     message)
-    # A message that gave both words ("--max-memory, Limits.max_memory") says it once.
-    message = re.sub(r"(--[a-z][\w-]*)(?:, \1)+\b", r"\1", message)
-    return re.sub(r"\bIDMap\(container_id=(\d+), host_id=(\d+), size=(\d+)\)",
-                  r"\1:\2:\3", message)
+    message = re.sub(r"\bref='([\w.-]++)'", r"--ref \1", message)
+    # Then only the library's own words: a name it quotes (an archive's, an image's,
+    # a tag; escaped by errors.quoted or repr) is shown as it is, never rewritten.
+    parts = re.split(r"('(?:[^'\\]|\\.)*+')", message)
+    return "".join(part if i % 2 else translate(part) for i, part in enumerate(parts))
 
 
 def parse_id_map(text: str) -> IDMap:

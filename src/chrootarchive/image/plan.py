@@ -40,6 +40,7 @@ from chrootarchive.image.platforms import normalize_platform, platform_rank
 from chrootarchive.image.selection import (
     Selection,
     find_digest,
+    listed_names,
     normalize_name,
     pick,
     refuse_several_named_images,
@@ -148,8 +149,8 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
                           or normalize_name(d.annotations.get(CONTAINERD_NAME, "")) == short]
             if not candidates:
                 names = sorted({n for d in top for n in d.names()})
-                raise ImageError(f"no image named {ref!r} in the layout (names: "
-                                 f"{', '.join(names[:20]) or 'none'})", "index.json")
+                raise ImageError(f"no image named {clip(ref)} in the layout (names: "
+                                 f"{listed_names(names)})", "index.json")
         chosen_ref = ref
         desc = pick(candidates, sel, "index.json", top=True)
     else:
@@ -252,16 +253,15 @@ def _plan_docker(layout: Layout, doc: list[Any], ref: str | None, sel: Selection
                 picked.append((e, name, config_digest))
         if not picked:
             tags = sorted({str(t) for e, _, _ in configs for t in (e.get("RepoTags") or [])})
-            raise ImageError(f"no image tagged {ref!r} in the archive (tags: "
-                             f"{', '.join(tags[:20]) or 'none'})", "manifest.json")
+            raise ImageError(f"no image tagged {clip(ref)} in the archive (tags: "
+                             f"{listed_names(tags)})", "manifest.json")
         entry, config_name, config_digest = picked[0]
         chosen_ref = ref
     else:
         if len(configs) > 1:
             tags = sorted({str(t) for e, _, _ in configs for t in (e.get("RepoTags") or [])})
             raise ImageError(f"the archive holds {len(configs)} images; choose one by tag "
-                             f"(ref=NAME; tags: {', '.join(tags[:20]) or 'none'})",
-                             "manifest.json")
+                             f"(ref=NAME; tags: {listed_names(tags)})", "manifest.json")
         entry, config_name, config_digest = configs[0]
         tags = entry.get("RepoTags") or []
         chosen_ref = str(tags[0]) if isinstance(tags, list) and tags else None

@@ -75,7 +75,14 @@ def refuse_several_named_images(top: list[Descriptor], where: str) -> None:
 def _several_images(listed: list[Descriptor], count: int, where: str) -> ImageError:
     names = sorted({n for d in listed for n in d.names()})
     return ImageError(f"the layout holds {count} images; choose one by reference "
-                      f"(ref=NAME; names: {', '.join(names[:20]) or 'unnamed'})", where)
+                      f"(ref=NAME; names: {listed_names(names, 'unnamed')})", where)
+
+
+def listed_names(names: list[str], none: str = "none") -> str:
+    """Names or tags from an image's documents, for a message: each quoted and clipped,
+    twenty at most (an index can hold thousands, each as long as it likes)."""
+    shown = ", ".join(clip(name, 60) for name in names[:20])
+    return (shown + (", ..." if len(names) > 20 else "")) or none
 
 
 def pick(candidates: list[Descriptor], sel: Selection, where: str,
