@@ -333,7 +333,8 @@ def test_names_are_never_translated_and_translation_is_linear() -> None:
                "directory (raise Limits.max_bytes)")
     assert in_cli_words(message) == ("cannot create parent directory 'Limits.max_bytes': "
                                      "not a directory (raise --max-bytes)")
-    assert in_cli_words(quoted("it's atomic=True")) == quoted("it's atomic=True")
+    name = quoted("atomic=True, Limits.timeout")
+    assert in_cli_words(name) == name
     hostile = "names: " + "0" + "--a" * 50_000
     started = time.monotonic()
     assert in_cli_words(hostile) == hostile
