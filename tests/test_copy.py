@@ -10,7 +10,9 @@ in a stream or a copy. Then the copy helpers (Docker's archiver), and the ``tar`
 from __future__ import annotations
 
 import ctypes  # noqa: TID251 - renameat2(RENAME_EXCHANGE) for the racer, in the test only
+import errno
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 
@@ -289,11 +291,13 @@ def test_race_swapping_a_directory_for_a_symlink(
 
 def test_race_while_copying_out(tmp_path: Path) -> None:
     root, pairs = _race_root(tmp_path, "abs")
-    dst = tmp_path / "copy"
+    rounds = iter(range(1 << 30))
 
     def copy() -> bytes:
+        dst = tmp_path / f"copy{next(rounds)}"  # a new one: an existing one is copied into
         ca.copy_path("/tree", dst, src_root=root)
         hits = tree.find_content(dst, MARKER)
+        shutil.rmtree(dst)
         return MARKER if hits else b""
 
     _race(root, pairs, "exchange", "auto", copy)
@@ -622,6 +626,69 @@ def test_cp_into_a_symlink_to_inside_the_source(tmp_path: Path) -> None:
     assert (tmp_path / "file-link").read_bytes() == b"g" and (src / "f").read_bytes() == b"f"
 
 
+@pytest.mark.parametrize("failure", [errno.ENOSYS, errno.EPERM, errno.EAGAIN])
+def test_cp_onto_a_directory_without_openat2_never_replaces_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: int) -> None:
+    """Where openat2 is missing (before 5.6), refused (a seccomp profile) or races a
+    rename (EAGAIN), what DST is was read as "nothing there": a file then replaced the
+    directory DST and all in it. Now the host's view stands in, and the writer never
+    replaces a directory by a file in any case."""
+    from chrootarchive import _linux
+
+    real = _linux.openat2
+    calls = iter(range(1 << 30))
+
+    def failing(*args: Any) -> int:
+        if failure != errno.EAGAIN or next(calls) == 0:  # EAGAIN: the first call only
+            raise OSError(failure, os.strerror(failure))
+        return real(*args)
+
+    monkeypatch.setattr(_linux, "openat2", failing)
+    root = tmp_path / "root"
+    (root / "data" / "keep").mkdir(parents=True)
+    (root / "data" / "keep" / "precious").write_bytes(b"keep me")
+    (tmp_path / "f").write_bytes(b"f")
+    both: _BothOptions = {"options": ca.UnpackOptions(confine="pivot"),
+                          "pack_options": ca.PackOptions(confine="pivot")}
+    ca.copy_path(tmp_path / "f", "/data", dst_root=root, **both)
+    assert (root / "data" / "keep" / "precious").read_bytes() == b"keep me"
+    assert (root / "data" / "f").read_bytes() == b"f"
+
+
+def test_cp_never_replaces_a_directory_below_dst_by_a_file(tmp_path: Path) -> None:
+    """docker cp's rule below DST: copying ``f`` into a directory that has a directory
+    ``f`` (with files in it) is refused; it replaced that directory silently."""
+    dst = tmp_path / "dst"
+    (dst / "f" / "sub").mkdir(parents=True)
+    (dst / "f" / "sub" / "precious").write_bytes(b"keep me")
+    (tmp_path / "f").write_bytes(b"f")
+    for target in (dst, f"{dst}/"):
+        result = run_cli("cp", tmp_path / "f", target)
+        assert_one_line_error(result, rc=1, mentions=("cannot replace existing directory",))
+    assert (dst / "f" / "sub" / "precious").read_bytes() == b"keep me"
+
+
+def test_cp_to_a_symlink_is_read_inside_its_directory(tmp_path: Path) -> None:
+    """Without --to-root the writer is jailed at DST's directory: a symlink DST (an
+    absolute one planted in a container's tree) is read there, never followed to the
+    host's directory of that name."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    before = tree.snapshot(victim, ctime=True)
+    etc = tmp_path / "rootfs" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "app.conf").symlink_to(victim)  # absolute: the host's victim
+    (tmp_path / "conf").write_bytes(b"conf")
+    result = run_cli("cp", tmp_path / "conf", etc / "app.conf")
+    assert result.rc == 0, result.err
+    tree.assert_same(before, tree.snapshot(victim, ctime=True), "victim changed")
+    assert (etc / "app.conf").read_bytes() == b"conf"  # replaced, as before
+    (etc / "d").mkdir()
+    (etc / "to-d").symlink_to("d")  # relative, inside: copied into, as docker cp
+    assert run_cli("cp", tmp_path / "conf", etc / "to-d").rc == 0
+    assert (etc / "d" / "conf").read_bytes() == b"conf"
+
+
 def test_cp_streams_a_tar_archive_as_docker_cp(tmp_path: Path) -> None:
     """docker cp's ``-``: ``cp SRC -`` writes SRC as a tar archive (SRC's name at its
     top, its contents for ``SRC/.``); ``cp - DST`` unpacks one from stdin into DST
@@ -654,6 +721,11 @@ def test_cp_streams_a_tar_archive_as_docker_cp(tmp_path: Path) -> None:
     assert result.rc == 0, result.err
     assert (other / "real" / "restored" / "src" / "d" / "x").read_bytes() == b"x"
     assert_one_line_error(run_cli("cp", "-", "-"), rc=2, mentions=("both",))
+    result = run_cli("cp", "--exclude", "src/d/x", "-", tmp_path / "excluded",
+                     input=proc.stdout)
+    assert result.rc == 0, result.err
+    assert (tmp_path / "excluded" / "src" / "d").is_dir()
+    assert not (tmp_path / "excluded" / "src" / "d" / "x").exists()  # it was written
     assert_one_line_error(run_cli("cp", src, "-", "--json"), rc=2, mentions=("--json",))
 
 

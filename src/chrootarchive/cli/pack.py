@@ -314,7 +314,11 @@ def run_cp(args: argparse.Namespace) -> int:
     options = checked(UnpackOptions, chown=args.chown, no_lchown=args.no_lchown,
                       confine=args.confine)
     if args.src == "-":
-        return _cp_from_stdin(args, options)
+        # docker cp's rules for a stream too: a file never replaces a directory nor a
+        # directory a file; --exclude applies to what is unpacked.
+        return _cp_from_stdin(args, checked(
+            UnpackOptions, chown=args.chown, no_lchown=args.no_lchown, confine=args.confine,
+            excludes=tuple(args.exclude), no_overwrite_dir_nondir=True))
     from chrootarchive.operations.copy import copy_path
 
     bar = ByteProgress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),

@@ -13,6 +13,7 @@ side is confined at the destination: both ends are jailed, each in its own root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import posixpath
@@ -470,7 +471,11 @@ def copy_path(
       owner and times included), or into ``dst`` when ``dst`` is a directory or ends
       with ``/`` (it then becomes ``dst/basename(src)``), as ``docker cp`` and GNU
       ``cp -a`` do. An existing file ``dst`` is replaced by a file, never by a
-      directory (:class:`DestinationError`, "cannot copy a directory to a file").
+      directory (:class:`DestinationError`, "cannot copy a directory to a file");
+      below ``dst`` too, a file never replaces a directory nor a directory a file
+      (``no_overwrite_dir_nondir`` is set, as docker cp sets it).
+    * A symlink as ``dst`` (without ``dst_root``) is read inside its directory, as
+      the writer jailed there reads it: never followed out of it on the host.
     * ``src`` ending with ``/.`` copies its contents into ``dst`` instead.
     * The last component of ``src`` is not followed (a symlink is copied as a
       symlink) unless ``src`` ends with ``/`` or ``/.``; nothing below it ever is.
@@ -483,11 +488,19 @@ def copy_path(
     target = os.fspath(dst)
     name = posixpath.basename(posixpath.normpath(source))
     base = pack_options or PackOptions()
+    # docker cp's rule below DST too: a file never replaces a directory (and all in
+    # it), nor a directory a file; whatever was decided here, the writer refuses.
+    options = replace(options or UnpackOptions(), no_overwrite_dir_nondir=True)
     made: str | None = None  # the name made (or replaced) in untar_dir; None: its contents
+    if dst_root is None and not target.endswith("/") and os.path.islink(target):
+        # A symlink as DST is read as the writer's jail at DST's directory reads it,
+        # inside that directory (it was replaced there), never followed on the host.
+        dst_root = os.path.dirname(os.path.abspath(target))
+        target = "/" + os.path.basename(os.path.abspath(target))
     # What DST is now decides where the copy goes (docker cp's rules), seen as the
     # writing side's jail will see it: a guard for the user's meaning, not the
-    # confinement (the jailed writer resolves DST again, and a race only changes
-    # which of the two meanings it gets).
+    # confinement (the jailed writer resolves DST again, and refuses to replace a
+    # directory by a file or the reverse, whichever meaning a race leaves it).
     dst_kind = _file_type(target, dst_root, follow=True)
     if source.endswith("/.") or name in ("", ".", ".."):
         pack_options = replace(base, include_source_dir=True, rebase_names={})
@@ -518,19 +531,46 @@ def _file_type(path: str, root: PathLike | None, *, follow: bool) -> int | None:
         if root is None:
             return stat.S_IFMT(os.stat(path, follow_symlinks=follow).st_mode)
         top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = _linux.openat2(
-                top, path.lstrip("/") or ".",
-                os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW), 0,
-                _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS)
-        finally:
-            os.close(top)
-        try:
-            return stat.S_IFMT(os.fstat(fd).st_mode)
-        finally:
-            os.close(fd)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        for _ in range(8):  # EAGAIN: a rename in the root raced the lookup
+            try:
+                fd = _linux.openat2(
+                    top, path.lstrip("/") or ".",
+                    os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW), 0,
+                    _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as err:
+                if err.errno == errno.EAGAIN:
+                    continue
+                if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+                    return _host_file_type(path, root, follow)  # no openat2 here
+                return None  # ELOOP, EACCES...: the writer meets it and says so
+            try:
+                return stat.S_IFMT(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+        return None
+    finally:
+        os.close(top)
+
+
+def _host_file_type(path: str, root: PathLike, follow: bool) -> int | None:
+    """:func:`_file_type` where ``openat2`` is missing: the host's view, when it stays
+    in ``root`` (an absolute symlink inside reads otherwise there: None, as unknown).
+    A wrong answer costs an error, not a file: the writer never replaces a directory
+    by a file or the reverse (``no_overwrite_dir_nondir``)."""
+    found = _host_path(path, root) if follow else None
+    try:
+        if found is not None:
+            return stat.S_IFMT(os.stat(found).st_mode)
+        if not follow:
+            return stat.S_IFMT(os.lstat(os.path.join(root, path.lstrip("/"))).st_mode)
+    except OSError:
+        pass
+    return None
 
 
 def _refuse_directory_onto_file(source: str, target: str) -> NoReturn:
