@@ -108,6 +108,9 @@ _DATA_LINK = struct.Struct("<QQI")  # dev, ino, len(path)
 # take (linkwalk.LinkWalk).
 _LINK_STEPS = 1 << 16
 _LINK_STEPS_PER_ENTRY = 64
+# A layer's markers through symlinks: its own walk, so a small start (an image of
+# many layers must not have 65,536 steps for each).
+_LAYER_LINK_STEPS = 4096
 _PENDING_BUDGET = 1 << 20  # bytes of records kept in memory; the older ones are spilled
 
 
@@ -1696,8 +1699,8 @@ class Unpacker:
         if self.data_links is not None:
             walk = self.data_links.walk
         else:
-            if self.layer_walk is None:
-                self.layer_walk = linkwalk.LinkWalk(self.fs, _LINK_STEPS)
+            if self.layer_walk is None:  # each layer's own: a small start, then per entry
+                self.layer_walk = linkwalk.LinkWalk(self.fs, _LAYER_LINK_STEPS)
             walk = self.layer_walk
         walk.budget += _LINK_STEPS_PER_ENTRY * (self.stats.entries - self.link_steps_given)
         self.link_steps_given = self.stats.entries
