@@ -11,6 +11,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -567,6 +568,36 @@ def test_sigterm_to_the_whole_process_group(tmp_path: Path) -> None:
             assert not dest.exists()
     assert outcomes.count(143) >= 4, outcomes
     assert [p for p in os.listdir(tmp_path) if p.startswith(".chrootarchive")] == []
+
+
+_SIGTERM_IN_A_CALLBACK = """
+import signal, sys, time, weakref
+from chrootarchive import cli
+cli._catch_termination()
+class X: pass
+x = X()
+def callback(_):
+    signal.raise_signal(signal.SIGTERM)  # the handler runs here, where nothing propagates
+keep = weakref.ref(x, callback)
+try:
+    del x
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.001)
+except cli.Terminated:
+    print("unwound")
+    sys.exit(143)
+print("went on")
+"""
+
+
+def test_sigterm_inside_a_weakref_callback_still_unwinds() -> None:
+    """SIGTERM landing in a weakref callback of the import system (as the modules
+    load): the exception cannot propagate there, so Python printed "Exception ignored"
+    with a traceback and the command went on. It is delivered again, outside."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_CALLBACK],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (143, "unwound\n", ""), proc
 
 
 def test_sigterm_while_the_command_line_starts(tmp_path: Path) -> None:

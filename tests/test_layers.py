@@ -382,17 +382,18 @@ def test_overlay_markers_through_a_symlink_act_where_it_leads(mechanism: str,
 
 
 def test_a_tangle_of_symlinks_under_markers_ends(mechanism: str, tmp_path: Path) -> None:
-    """Markers below a chain of 30 symlinks of 20 components each: resolving one takes
+    """Markers below a chain of 12 symlinks of 60 components each: resolving one takes
     more steps than an entry adds to the budget, so the budget runs out; the rest are
-    taken by their names, and the layer is applied in bounded time."""
+    taken by their names, and the layer is applied in bounded time. (Well below the
+    kernel's 40 symlinks: near it, its lookups fail now and then with ELOOP.)"""
     root = tmp_path / "root"
     opts = chrootarchive.UnpackOptions(confine=mechanism)
     chain: list[Entry] = [("d", "d", None), ("d/f", "f", b"x"), ("s0", "l", "d")]
-    chain += [(f"s{i}", "l", f"s{i - 1}" + "/." * 20) for i in range(1, 30)]
+    chain += [(f"s{i}", "l", f"s{i - 1}" + "/." * 60) for i in range(1, 12)]
     chrootarchive.apply_layer(layer(tmp_path / "l0.tar", chain), root, opts)
     markers: list[Entry] = []
     for i in range(3000):
-        markers += [(f"s29/n{i}", "f", b"n"), (f"s29/.wh.f{i}", "f", b"")]
+        markers += [(f"s11/n{i}", "f", b"n"), (f"s11/.wh.f{i}", "f", b"")]
     chrootarchive.apply_layer(layer(tmp_path / "l1.tar", markers), root, opts)
     assert (root / "d" / "f").read_bytes() == b"x"
     assert (root / "d" / "n2999").read_bytes() == b"n"

@@ -19,6 +19,7 @@ what the command needs (docs/performance.md, issue 16).
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal, without the enum it loads
+import _thread
 import os
 import sys
 
@@ -157,6 +158,22 @@ def _catch_termination() -> None:
     """SIGTERM unwinds the command as Ctrl-C does (:class:`Terminated`): killed
     outright, it left its worker's ``--atomic`` staging directory behind."""
     _signal.signal(_signal.SIGTERM, _terminated)
+    sys.unraisablehook = _unraisable
+
+
+_default_unraisable = sys.unraisablehook
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """:class:`Terminated` raised where no exception can propagate (a weakref callback
+    of the import system, as the modules load; a ``__del__``): Python printed it with
+    a traceback and went on. SIGTERM is delivered again, from another thread, so that
+    it lands at the main thread's next ordinary step."""
+    if isinstance(unraisable.exc_value, Terminated):
+        _signal.signal(_signal.SIGTERM, _terminated)
+        _thread.start_new_thread(os.kill, (os.getpid(), _signal.SIGTERM))
+        return
+    _default_unraisable(unraisable)
 
 
 def _terminated(signum: int, frame: object) -> None:
