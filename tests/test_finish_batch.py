@@ -36,6 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chrootarchive.engine import _finish, finisher
+from helpers.batch_members import BatchMembers
 
 SYMLINK = finisher.SYMLINK
 
@@ -486,14 +487,7 @@ _MEMBERS = ("_names", "_own", "_sizes", "_name_sizes", "_numbers", "_paths", "_d
 
 
 def _scripted(base: type) -> type:
-    class Scripted(base):  # type: ignore[misc]
-        # The members finisher._Batch declares (base is either Batch).
-        _names: list[str]
-        _own: list[tuple[str, object, int, int, int] | None]
-        _sizes: list[int]
-        _name_sizes: list[int]
-        _numbers: list[int]
-        pending: set[str]
+    class Scripted(base, BatchMembers):  # type: ignore[misc]
 
         def __init__(self, max_data: int, batch_extents: int, answers: list[bool]) -> None:
             self._answers = answers

@@ -44,18 +44,14 @@ def main() -> None:
     from chrootarchive.engine import _finish, finisher
     from chrootarchive.tarformat import _ustar, reader
 
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from helpers.batch_members import BatchMembers  # run as a script: tests/ for helpers
+
     data = bytearray(_archive())
     zero = bytearray(1024)
     kinds, regular = reader._ENTRY_KINDS, reader.REGULAR
 
-    class Batch(_finish.Batch):
-        # The members finisher._Batch declares (the compiled Batch's stub does not).
-        _names: list[str]
-        _own: list[tuple[str, object, int, int, int] | None]
-        _sizes: list[int]
-        _name_sizes: list[int]
-        _numbers: list[int]
-        pending: set[str]
+    class Batch(_finish.Batch, BatchMembers):
 
         def __init__(self) -> None:
             self._names, self._own, self._sizes, self._name_sizes = [], [], [], []
