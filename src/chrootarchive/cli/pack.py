@@ -342,13 +342,13 @@ def _cp_to_stdout(args: argparse.Namespace) -> int:
         raise UsageError("refusing to write an archive to a terminal (use a pipe)")
     if args.to_root is not None:
         raise UsageError("--to-root needs a DST: standard output is not in a root")
+    from chrootarchive.operations.copy import copies_contents, tar
+
     source = args.src
     name = os.path.basename(os.path.normpath(source))
-    contents = source.endswith("/.") or name in ("", ".", "..")
     options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine,
                       chown=args.chown, include_source_dir=True,
-                      rebase_names={} if contents else {".": name})
-    from chrootarchive.operations.copy import tar
+                      rebase_names={} if copies_contents(source) else {".": name})
 
     with _output("-") as (fds, _), tar(source, args.from_root, options,
                                        archive_fds=fds) as stream:

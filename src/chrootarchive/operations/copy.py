@@ -42,6 +42,7 @@ from chrootarchive.runner.worker import Running
 
 __all__ = [
     "TarStream",
+    "copies_contents",
     "copy_file_with_tar",
     "copy_path",
     "copy_with_tar",
@@ -502,7 +503,7 @@ def copy_path(
     # confinement (the jailed writer resolves DST again, and refuses to replace a
     # directory by a file or the reverse, whichever meaning a race leaves it).
     dst_kind = _file_type(target, dst_root, follow=True)
-    if source.endswith("/.") or name in ("", ".", ".."):
+    if copies_contents(source):
         pack_options = replace(base, include_source_dir=True, rebase_names={})
         untar_dir = target
         if dst_kind not in (None, stat.S_IFDIR):
@@ -521,6 +522,13 @@ def copy_path(
         made = new_name
     _refuse_copy_into_itself(source, src_root, untar_dir, dst_root, made)
     return _pipe(source, src_root, untar_dir, dst_root, options, pack_options, progress)
+
+
+def copies_contents(source: str) -> bool:
+    """docker cp's ``SRC/.`` (or a root, ``/``, ``.``): SRC's contents are copied, not
+    SRC under its name."""
+    return source.endswith("/.") or posixpath.basename(posixpath.normpath(source)) in (
+        "", ".", "..")
 
 
 def _file_type(path: str, root: PathLike | None, *, follow: bool) -> int | None:
