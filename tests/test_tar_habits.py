@@ -305,6 +305,41 @@ def test_tars_options_are_answered_with_a_hint(tmp_path: Path, argv: list[str],
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["untar", "-vxf", "a.tgz", "d"],
+    ["untar", "-kxf", "a.tgz", "d"],
+    ["list", "-vtf", "a.tgz"],
+    ["-xf", "a.tgz", "d"],
+    ["-tvf", "a.tgz"],
+])
+def test_tars_clusters_argparse_rejects_first_get_the_hint(tmp_path: Path,
+                                                         argv: list[str]) -> None:
+    """``-vxf`` starts with an option the command knows, so argparse itself rejects it
+    ("-v: ignored explicit argument 'xf'"); without a command, tar's letters are not
+    one. The hint still follows, and names the command to use."""
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.rc == 2, result
+    hint = result.err.splitlines()[-1]
+    assert hint.startswith("hint: "), result.err
+    assert "chrootarchive untar" in hint or "chrootarchive list" in hint, hint
+    assert "Traceback" not in result.err and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["untar", "-v", "-k", "--bogus", "a.tgz", "d"],
+    ["untar", "-k"],
+    ["list", "-v", "--max-bytes", "lots", "a.tgz"],
+    ["--bogus"],
+])
+def test_the_commands_own_letters_are_not_taken_for_tars(tmp_path: Path,
+                                                         argv: list[str]) -> None:
+    """``-v`` and ``-k`` are tar's letters and these commands' own options: alone,
+    they are no habit to correct."""
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.rc == 2, result
+    assert "hint" not in result.err, result.err
+
+
 def test_an_option_that_is_not_tars_gets_no_hint(tmp_path: Path) -> None:
     result = run_cli("untar", "--bogus", "-q", "a.tgz", "d", cwd=tmp_path)
     assert result.rc == 2

@@ -11,6 +11,10 @@ import argparse
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Container, Sequence
+
 __all__ = ["COMMANDS", "HELP", "TAR_HABITS", "Formatter", "UsageError", "tar_habit_hint"]
 
 
@@ -80,8 +84,10 @@ _TAR_LONG = frozenset({"--file", "--extract", "--get", "--list", "--create", "--
                        "--auto-compress"})
 _DETECTED = "compression is detected from the data (no -z/-j/-J/--zstd)"
 
-#: name -> the line after "unrecognized arguments" when they are tar's habits
+#: name -> the line after a usage error when its words hold tar's habits ("": no command)
 TAR_HABITS = {
+    "": "chrootarchive's commands name what tar's letters say: untar is tar -x, list is "
+        "tar -t, tar is tar -c: chrootarchive untar [-v] ARCHIVE -C DIR",
     "untar": f"untar is tar -x: ARCHIVE is an argument, not -f; {_DETECTED}: "
              "chrootarchive untar [-v] ARCHIVE -C DIR",
     "list": f"list is tar -t: ARCHIVE is an argument, not -f; {_DETECTED}: "
@@ -95,17 +101,22 @@ TAR_HABITS = {
 }
 
 
-def tar_habit_hint(command: str, unknown: list[str]) -> str | None:
-    """``hint: ...`` for a command given tar's options (``-xzf A``, ``-t``, ``--zstd``):
-    the command's way to say it, or None when ``unknown`` holds none of them."""
+def tar_habit_hint(command: str, words: Sequence[str],
+                   known: Container[str] = ()) -> str | None:
+    """``hint: ...`` for a command given tar's options (``-xzf A``, ``-t``, ``--zstd``,
+    ``-vxf``): the command's way to say it, or None when ``words`` hold none of them.
+    ``known``: the command's own options (``-v``, ``-k``), never taken for tar's."""
     hint = TAR_HABITS.get(command)
-    if hint is None or not any(_tar_habit(word) for word in unknown):
+    if hint is None or not any(_tar_habit(word) for word in words if word not in known):
         return None
     return "hint: " + hint
 
 
 def _tar_habit(word: str) -> bool:
-    """``word`` is one of tar's options, or several of its letters (``-xvf``)."""
+    """``word`` is one of tar's options, or several of its letters (``-xvf``, ``-kxf``:
+    ``-k`` is tar's, and these commands' own, letter)."""
     if word.startswith("--"):
         return word.partition("=")[0] in _TAR_LONG
-    return len(word) > 1 and word[0] == "-" and set(word[1:]) <= _TAR_LETTERS
+    letters = set(word[1:])
+    return (len(word) > 1 and word[0] == "-" and letters <= _TAR_LETTERS | {"k"}
+            and not letters <= {"k"})

@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from types import ModuleType
+    from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -67,12 +68,31 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors end with a hint when its words hold tar's
+    options (``-xf A``, ``-vxf A``): argparse itself reports some of them (``-vxf``
+    reads as ``-v`` given ``xf``) before the command sees what it does not know."""
+
+    words: Sequence[str] = ()
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        self.words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self.words, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]  # "chrootarchive untar": its subparser
+        hint = tar_habit_hint(command, self.words, self._option_string_actions)
+        super().error(message + (f"\n{hint}" if hint else ""))
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command; with ``command``, only that one (its module alone is
     imported, and no parser is made for the others: argv names the command, so the
     top-level help that lists them is never printed). ``""``: the others listed by
     name only, for ``--help`` and ``--version``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chrootarchive",
         description=_DESCRIPTION,
         formatter_class=Formatter,
@@ -132,9 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
     if extra:  # what the command does not know is its own error, with its usage
-        hint = tar_habit_hint(args.command, extra)  # a line of its own, after the error
         args.command_parsers.get(args.command, parser).error(
-            "unrecognized arguments: " + " ".join(extra) + (f"\n{hint}" if hint else ""))
+            "unrecognized arguments: " + " ".join(extra))
     if args.debug:
         from chrootarchive.runner.settings import set_debug
 
