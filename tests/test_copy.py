@@ -729,6 +729,43 @@ def test_cp_streams_a_tar_archive_as_docker_cp(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("cp", src, "-", "--json"), rc=2, mentions=("--json",))
 
 
+def test_tar_and_cp_take_gnu_tars_exclude_style(tmp_path: Path) -> None:
+    """``--exclude-style tar`` on every command with ``--exclude``, as untar has it:
+    ``*.txt`` excludes ``sub/b.txt`` too, and ``deep`` a directory at any depth."""
+    import io
+    import tarfile
+
+    from helpers.cli import CLI
+
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    for name in ("a.txt", "keep", "sub/b.txt", "sub/keep", "sub/deep/c"):
+        (src / name).write_bytes(name.encode())
+    kept = ["keep", "sub", "sub/keep"]
+    tar_style = ("--exclude", "*.txt", "--exclude", "deep", "--exclude-style", "tar")
+
+    result = run_cli("tar", "-o", tmp_path / "out.tar", *tar_style, src)
+    assert result.rc == 0, result.err
+    with tarfile.open(tmp_path / "out.tar") as archive:
+        assert sorted(m.name for m in archive) == kept
+    result = run_cli("cp", *tar_style, src, tmp_path / "copy")
+    assert result.rc == 0, result.err
+    assert sorted(str(p.relative_to(tmp_path / "copy"))
+                  for p in (tmp_path / "copy").rglob("*")) == kept
+    proc = subprocess.run([*CLI, "cp", *tar_style, f"{src}/.", "-"], capture_output=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
+        assert sorted(m.name.rstrip("/") for m in archive) == [".", *kept]
+    whole = subprocess.run([*CLI, "cp", f"{src}/.", "-"], capture_output=True, check=True)
+    result = run_cli("cp", *tar_style, "-", tmp_path / "streamed", input=whole.stdout)
+    assert result.rc == 0, result.err
+    assert sorted(str(p.relative_to(tmp_path / "streamed"))
+                  for p in (tmp_path / "streamed").rglob("*")) == kept
+    result = run_cli("tar", "--exclude-style", "gnu", src)
+    assert result.rc == 2 and "argument --exclude-style: invalid choice" in result.err
+
+
 def test_cp_onto_what_exists_as_docker_cp(mechanism: str, tmp_path: Path) -> None:
     """An existing directory DST is copied into (DST/NAME), as docker cp and GNU cp do,
     followed through an in-root symlink; a directory is never copied onto a file. A

@@ -51,6 +51,7 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (UnpackOptions, "atomic", 1.0, _NO_BAD_VALUE),
     (PackOptions, "include_files", "a", ["a", "../b"]),
     (PackOptions, "excludes", b"x", ["a[b"]),
+    (PackOptions, "exclude_style", 1, "gnu"),
     (PackOptions, "rebase_names", {"a": 1}, {"../a": "b"}),
     (PackOptions, "include_source_dir", 1, _NO_BAD_VALUE),
     (PackOptions, "chown", (0, "0"), (0, 2**32 - 1)),

@@ -316,6 +316,27 @@ def test_excludes_with_exceptions(selection: Path) -> None:
     assert sorted(names) == ["a", "a/keep.log", "a/y.txt", "c/keep/k", "d", "d/one"]
 
 
+@pytest.mark.parametrize("pattern", ["*.log", "b", "y", "b/y", "?/y", "[ac]", "*/k*",
+                                     "keep", "!c", "top.log", "x*"])
+def test_tar_style_excludes_as_gnu_tar_create(selection: Path, pattern: str) -> None:
+    """``exclude_style='tar'``: GNU tar's ``tar -c --exclude`` on the same names (the
+    source's own, as ``tar -c -C SRC NAME...`` writes them): any tail of the name,
+    ``*`` across ``/``, ``!`` literal. Docker's style would keep ``a/x.log`` for
+    ``*.log`` and drop nothing for ``y``."""
+    gnu = subprocess.run(["tar", "-c", "-f", "-", "-C", str(selection), f"--exclude={pattern}",
+                          *sorted(os.listdir(selection))], capture_output=True, check=True)
+    expected = sorted(packing.names(gnu.stdout))
+    assert sorted(packing.names(packed(selection, excludes=(pattern,),
+                                       exclude_style="tar"))) == expected
+
+
+def test_exclude_style_is_checked(selection: Path) -> None:
+    with pytest.raises(ValueError, match=r"PackOptions\.exclude_style"):
+        ca.PackOptions(exclude_style="gnu")
+    with pytest.raises(ValueError, match=r"PackOptions\.excludes"):
+        ca.PackOptions(excludes=("[a",), exclude_style="tar")
+
+
 def test_include_files(selection: Path) -> None:
     """Only the included paths; an explicitly included path is packed even when
     excluded (its children are not), as Docker does; includes may overlap."""

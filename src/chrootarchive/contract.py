@@ -281,6 +281,7 @@ class PackSpec(_Record):
     __slots__ = (
         "archive_files",
         "chown",
+        "exclude_style",
         "excludes",
         "gid_maps",
         "group_names",
@@ -296,6 +297,7 @@ class PackSpec(_Record):
     _NESTED = {"uid_maps": IdRange, "gid_maps": IdRange}  # noqa: RUF012
     include_files: tuple[str, ...]
     excludes: tuple[str, ...]
+    exclude_style: str  # docker or tar
     rebase_names: dict[str, str]
     include_source_dir: bool
     chown: tuple[int, int] | None

@@ -426,9 +426,12 @@ class PackOptions:
         include_files: paths below the source to pack (default: the whole source);
             an explicitly included path is packed even if an exclude pattern matches
             it (as Docker does), its children are not.
-        excludes: patterns (Docker/filepath.Match syntax, ``**``, ``!`` exceptions,
-            last match wins) matched against names relative to the source; a matching
-            directory is skipped with everything below it.
+        excludes: patterns matched against names relative to the source; a matching
+            directory is skipped with everything below it. How they match is
+            ``exclude_style``.
+        exclude_style: ``docker`` (the default, Docker's: filepath.Match syntax,
+            ``**``, ``!`` exceptions, last match wins) or ``tar`` (GNU tar's: any
+            tail of the name, ``*`` crosses ``/``), as for :class:`UnpackOptions`.
         rebase_names: old prefix -> new prefix for the names in the archive (``.``
             as the old prefix renames the source itself: every name gets the new
             prefix; for a single file, its name).
@@ -461,6 +464,7 @@ class PackOptions:
 
     include_files: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    exclude_style: str = "docker"
     rebase_names: Mapping[str, str] = field(default_factory=dict)
     include_source_dir: bool = False
     chown: tuple[int, int] | None = None
@@ -495,7 +499,9 @@ class PackOptions:
         set_(self, "include_files",
              tuple(_relative_path(p, "PackOptions.include_files")
                    for p in _strings("PackOptions.include_files", self.include_files)))
-        set_(self, "excludes", _patterns("PackOptions.excludes", self.excludes))
+        _choice("PackOptions.exclude_style", self.exclude_style, EXCLUDE_STYLES)
+        set_(self, "excludes", _patterns("PackOptions.excludes", self.excludes,
+                                         self.exclude_style))
         if not isinstance(self.rebase_names, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str)
                 for k, v in self.rebase_names.items()):
@@ -571,7 +577,7 @@ def pack_spec(options: PackOptions, archive_files: tuple[str, ...] = ()) -> Pack
     return PackSpec(
         archive_files=archive_files,
         include_files=tuple(options.include_files), excludes=tuple(options.excludes),
-        rebase_names=dict(options.rebase_names),
+        exclude_style=options.exclude_style, rebase_names=dict(options.rebase_names),
         include_source_dir=options.include_source_dir, chown=options.chown,
         uid_maps=_id_ranges(options.uid_maps), gid_maps=_id_ranges(options.gid_maps),
         user_names={str(k): v for k, v in options.user_names.items()},

@@ -179,6 +179,16 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_exclude_style(group: argparse._ActionsContainer, start: str) -> None:
+    """``--exclude-style``: Docker's patterns or GNU tar's, for every command that
+    takes ``--exclude``; ``start``: where Docker's patterns are matched from."""
+    group.add_argument("--exclude-style", choices=EXCLUDE_STYLES, default="docker",
+                       help=f"how --exclude matches: docker (default: from {start}, '*' "
+                            "within one component, '**' across, '!' re-includes) or tar "
+                            "(GNU tar's: any tail of the name, '*' crosses '/': '*.txt' "
+                            "also excludes sub/b.txt)")
+
+
 def add_unpack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="list each entry as it is unpacked, like tar -xv (names "
@@ -202,11 +212,7 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                           "(repeatable; by default Docker's style: from the root, '**' "
                           "across directories, '!PATTERN' re-includes, last match wins; "
                           "see --exclude-style)")
-    sel.add_argument("--exclude-style", choices=EXCLUDE_STYLES, default="docker",
-                     help="how --exclude matches: docker (default: from the root, '*' "
-                          "within one component, '**' across, '!' re-includes) or tar "
-                          "(GNU tar's: any tail of the name, '*' crosses '/': '*.txt' "
-                          "also excludes sub/b.txt)")
+    add_exclude_style(sel, "the root")
     sel.add_argument("--no-overwrite-dir-nondir", action="store_true",
                      help="fail instead of replacing a directory (and all below it) "
                           "by a non-directory or the reverse, as GNU tar and tarfile do "

@@ -12,6 +12,7 @@ import sys
 from chrootarchive.cli.args import (
     UsageError,
     add_common,
+    add_exclude_style,
     archive_input,
     checked,
     parse_id_map,
@@ -122,7 +123,9 @@ def add_tar_parser(commands: Any) -> None:
                      help="skip paths below SRC matching PATTERN and everything below them "
                           "(Docker's patterns: matched against the whole path from SRC, so "
                           "'*.gz' is at the top only and '**/*.gz' at any depth; "
-                          "'!PATTERN' re-includes; repeatable, last match wins)")
+                          "'!PATTERN' re-includes; repeatable, last match wins; see "
+                          "--exclude-style)")
+    add_exclude_style(sel, "SRC")
     sel.add_argument("--rebase", type=_rebase, action="append", default=[], metavar="OLD=NEW",
                      help="rename the prefix OLD of names to NEW ('.' renames SRC itself; "
                           "repeatable)")
@@ -170,7 +173,9 @@ def add_cp_parser(commands: Any) -> None:
                       help="jail the writing side at ROOT and resolve DST inside it")
     cp_sel = cp_p.add_argument_group("selection and ownership")
     cp_sel.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                        help="skip paths below SRC matching PATTERN (as for 'tar')")
+                        help="skip paths below SRC matching PATTERN (as for 'tar'; "
+                             "repeatable; see --exclude-style)")
+    add_exclude_style(cp_sel, "SRC")
     cp_sel.add_argument("--chown", type=parse_owner, metavar="UID:GID",
                         help="give every copy this owner instead of the source's")
     cp_sel.add_argument("--no-lchown", action="store_true",
@@ -182,7 +187,7 @@ def _pack_options(args: argparse.Namespace, compression: str) -> PackOptions:
     return checked(
         PackOptions,
         include_files=tuple(args.include),
-        excludes=tuple(args.exclude),
+        excludes=tuple(args.exclude), exclude_style=args.exclude_style,
         rebase_names=dict(args.rebase),
         include_source_dir=args.include_source_dir,
         chown=args.chown,
@@ -310,7 +315,8 @@ def run_cp(args: argparse.Namespace) -> int:
         raise UsageError("SRC and DST cannot both be - (use a pipe: tar ... | untar ...)")
     if args.dst == "-":
         return _cp_to_stdout(args)
-    pack_options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine)
+    pack_options = checked(PackOptions, excludes=tuple(args.exclude),
+                           exclude_style=args.exclude_style, confine=args.confine)
     options = checked(UnpackOptions, chown=args.chown, no_lchown=args.no_lchown,
                       confine=args.confine)
     if args.src == "-":
@@ -318,7 +324,8 @@ def run_cp(args: argparse.Namespace) -> int:
         # directory a file; --exclude applies to what is unpacked.
         return _cp_from_stdin(args, checked(
             UnpackOptions, chown=args.chown, no_lchown=args.no_lchown, confine=args.confine,
-            excludes=tuple(args.exclude), no_overwrite_dir_nondir=True))
+            excludes=tuple(args.exclude), exclude_style=args.exclude_style,
+            no_overwrite_dir_nondir=True))
     from chrootarchive.operations.copy import copy_path
 
     bar = ByteProgress(None, enabled=not args.quiet and not args.json and sys.stderr.isatty(),
@@ -346,7 +353,8 @@ def _cp_to_stdout(args: argparse.Namespace) -> int:
 
     source = args.src
     name = os.path.basename(os.path.normpath(source))
-    options = checked(PackOptions, excludes=tuple(args.exclude), confine=args.confine,
+    options = checked(PackOptions, excludes=tuple(args.exclude),
+                      exclude_style=args.exclude_style, confine=args.confine,
                       chown=args.chown, include_source_dir=True,
                       rebase_names={} if copies_contents(source) else {".": name})
 

@@ -234,8 +234,9 @@ class Packer:
         self.warn = warn
         self.src = src
         self.jailed = jailed
-        self.excludes = paths.PatternMatcher(options.excludes)
-        self.has_exceptions = any(p.strip().startswith("!") for p in options.excludes)
+        self.excludes = paths.exclude_matcher(options.excludes, options.exclude_style)
+        self.has_exceptions = options.exclude_style == "docker" and any(
+            p.strip().startswith("!") for p in options.excludes)  # tar's '!' is literal
         self.rebase = sorted(options.rebase_names.items(), key=lambda kv: -len(kv[0]))
         # Inodes with more links still to come: (name packed first, links not seen yet).
         self.links: dict[tuple[int, int], tuple[bytes, int]] = {}
