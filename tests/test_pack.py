@@ -330,9 +330,10 @@ def test_tar_style_excludes_as_gnu_tar_create(selection: Path, pattern: str) -> 
                                        exclude_style="tar"))) == expected
 
 
-def test_exclude_style_is_checked(selection: Path) -> None:
-    with pytest.raises(ValueError, match=r"PackOptions\.exclude_style"):
-        ca.PackOptions(exclude_style="gnu")
+def test_tar_style_patterns_are_checked_in_the_caller() -> None:
+    """With tar's style, a bad pattern is refused by its own compiler (``[]a`` is
+    tar's bracket holding ``]``, ``[a`` is unclosed), before a worker starts."""
+    ca.PackOptions(excludes=("[]a]",), exclude_style="tar")
     with pytest.raises(ValueError, match=r"PackOptions\.excludes"):
         ca.PackOptions(excludes=("[a",), exclude_style="tar")
 
