@@ -604,6 +604,28 @@ def test_cp_refuses_to_copy_a_directory_into_itself(tmp_path: Path, dst: str) ->
     assert os.readlink(src / "d" / "self") == "."
 
 
+@pytest.mark.parametrize("dst", ["/link/sub", "/link/new/deeper", "/link", "/data/"])
+def test_cp_into_itself_is_seen_as_the_jails_see_the_paths(tmp_path: Path, dst: str) -> None:
+    """Inside a root, ``/link -> /data`` leads to the root's ``/data``, as the writer
+    jailed there reads it; on the host it leads to the host's ``/data``, so a check
+    made from the host's view let the copy read what it wrote. Paths are now resolved
+    in their roots and compared by inode, also for what the copy will make."""
+    root = tmp_path / "root"
+    (root / "data" / "sub").mkdir(parents=True)
+    (root / "data" / "f").write_bytes(b"f")
+    (root / "link").symlink_to("/data")
+    before = tree.snapshot(root)
+    result = run_cli("cp", "--from-root", root, "--to-root", root, "/data", dst)
+    assert_one_line_error(result, rc=4, mentions=("into itself",))
+    assert tree.snapshot(root) == before
+    result = run_cli("cp", "--from-root", root, "--to-root", root / "data", "/", "/x")
+    assert_one_line_error(result, rc=4, mentions=("into itself",))  # the host's view
+    assert tree.snapshot(root) == before
+    result = run_cli("cp", "--from-root", root, "--to-root", root, "/data/.", "/copy")
+    assert result.rc == 0, result.err
+    assert (root / "copy" / "f").read_bytes() == b"f"
+
+
 def test_cp_into_a_symlink_to_inside_the_source(tmp_path: Path) -> None:
     """DST a symlink to a directory inside SRC: ``cp src link`` and ``cp src link/``
     both copy into where it leads (as docker cp and GNU cp), inside SRC: refused. A

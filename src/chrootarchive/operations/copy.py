@@ -535,50 +535,57 @@ def _file_type(path: str, root: PathLike | None, *, follow: bool) -> int | None:
     """The type (``S_IFMT``) of what is at ``path``, resolved as the jail at ``root``
     resolves it (``RESOLVE_IN_ROOT``; the host's view without a root); None when
     nothing is there, or it cannot be told."""
+    fd = _open_as_jailed(path, root, follow=follow)
+    if fd is None:
+        return None
+    try:
+        return stat.S_IFMT(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def _open_as_jailed(path: str, root: PathLike | None, *, follow: bool) -> int | None:
+    """An ``O_PATH`` descriptor of what is at ``path``, resolved as the jail at
+    ``root`` resolves it (``RESOLVE_IN_ROOT``; the host's view without a root); None
+    when nothing is there, or it cannot be told. The caller closes it."""
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
         if root is None:
-            return stat.S_IFMT(os.stat(path, follow_symlinks=follow).st_mode)
+            return os.open(path, flags)
         top = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     try:
         for _ in range(8):  # EAGAIN: a rename in the root raced the lookup
             try:
-                fd = _linux.openat2(
-                    top, path.lstrip("/") or ".",
-                    os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW), 0,
-                    _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS)
+                return _linux.openat2(top, path.lstrip("/") or ".", flags, 0,
+                                      _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as err:
                 if err.errno == errno.EAGAIN:
                     continue
                 if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
-                    return _host_file_type(path, root, follow)  # no openat2 here
+                    return _open_host_view(path, root, follow)  # no openat2 here
                 return None  # ELOOP, EACCES...: the writer meets it and says so
-            try:
-                return stat.S_IFMT(os.fstat(fd).st_mode)
-            finally:
-                os.close(fd)
         return None
     finally:
         os.close(top)
 
 
-def _host_file_type(path: str, root: PathLike, follow: bool) -> int | None:
-    """:func:`_file_type` where ``openat2`` is missing: the host's view, when it stays
-    in ``root`` (an absolute symlink inside reads otherwise there: None, as unknown).
-    A wrong answer costs an error, not a file: the writer never replaces a directory
-    by a file or the reverse (``no_overwrite_dir_nondir``)."""
-    found = _host_path(path, root) if follow else None
+def _open_host_view(path: str, root: PathLike, follow: bool) -> int | None:
+    """:func:`_open_as_jailed` where ``openat2`` is missing: the host's view, when it
+    stays in ``root`` (an absolute symlink inside reads otherwise there: None, as
+    unknown). A wrong answer costs an error, not a file: the writer never replaces a
+    directory by a file or the reverse (``no_overwrite_dir_nondir``)."""
+    found = (_host_path(path, root) if follow
+             else os.path.join(root, path.lstrip("/")))
+    if found is None:
+        return None
     try:
-        if found is not None:
-            return stat.S_IFMT(os.stat(found).st_mode)
-        if not follow:
-            return stat.S_IFMT(os.lstat(os.path.join(root, path.lstrip("/"))).st_mode)
+        return os.open(found, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError:
-        pass
-    return None
+        return None
 
 
 def _refuse_directory_onto_file(source: str, target: str) -> NoReturn:
@@ -602,24 +609,70 @@ def _host_path(path: str, root: PathLike | None) -> str | None:
 def _refuse_copy_into_itself(source: str, src_root: PathLike | None, untar_dir: str,
                              dst_root: PathLike | None, new_name: str | None) -> None:
     """GNU cp's "cannot copy a directory into itself": the copy would read what it
-    writes, and grow for as long as the walk keeps finding it. Seen from the host: a
-    guard for a mistake, not the confinement (the jails resolve the paths). The copy
-    goes into ``untar_dir`` (followed) as ``new_name``, which is made or replaced (a
-    symlink there is not followed); None: into ``untar_dir`` itself."""
-    src_path = _host_path(source, src_root)
-    parent = _host_path(posixpath.dirname(source.rstrip("/")) or ".", src_root)
-    if src_path is None or parent is None or not os.path.isdir(src_path):
+    writes, and grow for as long as the walk keeps finding it. The copy goes into
+    ``untar_dir`` (followed) as ``new_name``, which is made or replaced (a symlink
+    there is not followed); None: into ``untar_dir`` itself.
+
+    Both paths are resolved as their jails resolve them (an absolute symlink inside a
+    root leads inside it), then compared by inode, as GNU cp does: ``untar_dir``, or
+    where it will be made, must not be SRC or below it, whatever the two roots are.
+    A guard for a mistake, not the confinement."""
+    src_fd = _open_as_jailed(source, src_root, follow=source.endswith(("/", "/.")))
+    if src_fd is None:
         return
-    if not source.endswith(("/", "/.")) and os.path.islink(
-            os.path.join(parent, posixpath.basename(source))):
-        return  # the symlink itself is copied
-    dst_path = _host_path(untar_dir, dst_root)
-    if dst_path is None:
-        return
-    target = untar_dir
-    if new_name is not None:
-        dst_path = os.path.join(dst_path, new_name)
-        target = posixpath.join(untar_dir, new_name)
-    if dst_path == src_path or dst_path.startswith(src_path.rstrip("/") + "/"):
-        raise DestinationError(
-            f"cannot copy a directory, {quoted(source)}, into itself ({quoted(target)})", target)
+    try:
+        src = os.fstat(src_fd)
+    finally:
+        os.close(src_fd)
+    if not stat.S_ISDIR(src.st_mode):
+        return  # a file, or the symlink itself, is copied
+    target = untar_dir if new_name is None else posixpath.join(untar_dir, new_name)
+    existing, made = untar_dir, False
+    while (dst_fd := _open_as_jailed(existing, dst_root, follow=True)) is None:
+        parent = posixpath.dirname(existing.rstrip("/"))
+        if parent == existing or not existing:
+            return  # nothing of it is there: the writer says why
+        existing, made = parent or ".", True  # made by the copy, below ``existing``
+    try:
+        if new_name is not None and not made:
+            with contextlib.suppress(OSError):
+                there = os.stat(new_name, dir_fd=dst_fd, follow_symlinks=False)
+                if (there.st_dev, there.st_ino) == (src.st_dev, src.st_ino):
+                    _refuse_into_itself(source, target)
+        if _is_below(dst_fd, src):
+            _refuse_into_itself(source, target)
+    finally:
+        os.close(dst_fd)
+
+
+def _is_below(fd: int, top: os.stat_result) -> bool:
+    """The directory ``fd`` is ``top`` or below it: its ``..`` chain (through mounts,
+    as the kernel walks it) meets ``top`` before the host's root."""
+    here = os.fstat(fd)
+    fd = os.dup(fd)
+    try:
+        for _ in range(_MAX_DEPTH):
+            if (here.st_dev, here.st_ino) == (top.st_dev, top.st_ino):
+                return True
+            try:
+                up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:  # not a directory, or no search permission: not known
+                return False
+            os.close(fd)
+            fd = up
+            parent = os.fstat(fd)
+            if (parent.st_dev, parent.st_ino) == (here.st_dev, here.st_ino):
+                return False  # the host's root
+            here = parent
+        return False
+    finally:
+        os.close(fd)
+
+
+#: Directories walked up from DST at most: far deeper than any path can name.
+_MAX_DEPTH = 4096
+
+
+def _refuse_into_itself(source: str, target: str) -> NoReturn:
+    raise DestinationError(
+        f"cannot copy a directory, {quoted(source)}, into itself ({quoted(target)})", target)
