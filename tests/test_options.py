@@ -6,6 +6,7 @@ a bad value below; the good values are the defaults and those the other tests us
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gzip
 import tarfile
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 
+import chrootarchive.options as options_module
 from chrootarchive import IDMap, Limits, PackOptions, UnpackOptions, tar
 from chrootarchive.jail.confine import MECHANISMS
 from helpers.cli import run_cli
@@ -171,7 +173,7 @@ def test_id_ranges_must_not_overflow(args: tuple[Any, ...], error: type[Exceptio
 
 def test_a_long_value_is_shortened_in_the_message() -> None:
     with pytest.raises(ValueError, match=r"\[x+\.\.\.x+'") as info:
-        UnpackOptions(excludes=["[" + "x" * 10_000])  # type: ignore[arg-type]
+        UnpackOptions(excludes=["[" + "x" * 10_000])
     assert len(str(info.value)) < 300
     with pytest.raises(ValueError, match=r"Limits\.max_bytes") as info:
         Limits(max_bytes=-(10**5000))  # too long even to print
@@ -191,12 +193,13 @@ def test_good_values_are_accepted_and_normalised() -> None:
     for mechanism in ("auto", *MECHANISMS):
         assert UnpackOptions(confine=mechanism).confine == mechanism
         assert PackOptions(confine=mechanism).confine == mechanism
-    # Lists and a generator on purpose (type: ignore): the options make them tuples.
+    # Lists and a generator, as callers pass them (accepted by mypy --strict too: the
+    # signature takes them); the fields hold tuples.
     options = UnpackOptions(
-        excludes=["a", "!a/b", "*.log", "**/x", "[!a]?", "a\\*", "  ", ""],  # type: ignore[arg-type]
-        chown=[5, 6],  # type: ignore[arg-type]
-        uid_maps=[IDMap(0, 100000, 65536), IDMap(65536, 0, 1)],  # type: ignore[arg-type]
-        gid_maps=(m for m in [IDMap(0, 100000, 65536)]),  # type: ignore[arg-type]
+        excludes=["a", "!a/b", "*.log", "**/x", "[!a]?", "a\\*", "  ", ""],
+        chown=[5, 6],
+        uid_maps=[IDMap(0, 100000, 65536), IDMap(65536, 0, 1)],
+        gid_maps=(m for m in [IDMap(0, 100000, 65536)]),
         confine="openat2",
         limits=Limits.strict(), whiteout_format="overlay", no_lchown=True,
         no_overwrite_dir_nondir=True, best_effort_xattrs=True, rootless_xattr=True,
@@ -205,19 +208,34 @@ def test_good_values_are_accepted_and_normalised() -> None:
     assert options.chown == (5, 6)
     assert options.uid_maps == (IDMap(0, 100000, 65536), IDMap(65536, 0, 1))
     assert options.gid_maps == (IDMap(0, 100000, 65536),)
-    pack = PackOptions(include_files=["a/", "/b", "."],  # type: ignore[arg-type]
+    pack = PackOptions(include_files=["a/", "/b", "."],
                        excludes=("**/*.o",),
                        compression="zstd", compression_level=22, user_names={0: "root"},
                        group_names={2**32 - 2: "nogroup"}, rebase_names={"a": "z", ".": ""},
                        chown=(0, 0), include_source_dir=True, xattrs=False,
                        whole_second_mtimes=True,
-                       uid_maps=[IDMap(100000, 0, 65536)])  # type: ignore[arg-type]
+                       uid_maps=[IDMap(100000, 0, 65536)])
     assert pack.include_files == ("a", "b", ".") and pack.excludes == ("**/*.o",)
     assert pack.uid_maps == (IDMap(100000, 0, 65536),)
     assert dict(pack.rebase_names) == {"a": "z", ".": ""}
     assert PackOptions(compression="gzip", compression_level=0).compression_level == 0
     assert PackOptions(compression="none", compression_level=None).compression == "none"
     assert dataclasses.replace(options, atomic=False).excludes == options.excludes
+
+
+def test_the_typed_signature_names_every_field() -> None:
+    """The ``__init__`` that type checkers read (it takes lists where the fields hold
+    tuples) names every field, in order, as the one that runs does: a field added
+    without it could not be passed under ``mypy --strict``."""
+    tree = ast.parse(Path(options_module.__file__).read_text())
+    for cls in (UnpackOptions, PackOptions):
+        body = next(node for node in tree.body
+                    if isinstance(node, ast.ClassDef) and node.name == cls.__name__).body
+        init = next(func for block in body if isinstance(block, ast.If)
+                    for func in block.body
+                    if isinstance(func, ast.FunctionDef) and func.name == "__init__")
+        assert [arg.arg for arg in init.args.args[1:]] == [
+            field.name for field in dataclasses.fields(cls)], cls.__name__
 
 
 @pytest.mark.parametrize(("compression", "level"),

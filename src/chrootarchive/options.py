@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 from chrootarchive._record import as_dict, field
 from chrootarchive._record import record as dataclass
@@ -269,6 +269,10 @@ class Limits:
 class UnpackOptions:
     """How to unpack. The defaults are Docker's.
 
+    Sequences may be given as lists (or any iterable but a lone string, a set or a
+    mapping: the order of patterns matters); the fields hold them as tuples, so the
+    options stay immutable and hashable.
+
     Attributes:
         no_lchown: do not change owners; files belong to the worker's user.
         chown: give every entry this ``(uid, gid)`` instead of the archive's.
@@ -331,6 +335,17 @@ class UnpackOptions:
     strip_components: int = 0
     old_files: str = "replace"
     atomic: bool = False
+
+    if TYPE_CHECKING:  # what a caller may pass: lists too; the fields hold tuples
+        def __init__(
+            self, no_lchown: bool = ..., chown: tuple[int, int] | list[int] | None = ...,
+            uid_maps: Iterable[IDMap] = ..., gid_maps: Iterable[IDMap] = ...,
+            excludes: Sequence[str] = ..., exclude_style: str = ...,
+            no_overwrite_dir_nondir: bool = ..., best_effort_xattrs: bool = ...,
+            confine: str = ..., whiteout_format: str = ..., rootless_xattr: bool = ...,
+            limits: Limits = ..., filter: str = ..., strip_components: int = ...,
+            old_files: str = ..., atomic: bool = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -422,6 +437,9 @@ def _relative_path(text: str, what: str) -> str:
 class PackOptions:
     """How to make a tar stream (Docker's ``TarOptions``). The defaults copy everything.
 
+    Sequences may be given as lists, as for :class:`UnpackOptions`; the fields hold
+    tuples.
+
     Attributes:
         include_files: paths below the source to pack (default: the whole source);
             an explicitly included path is packed even if an exclude pattern matches
@@ -478,6 +496,18 @@ class PackOptions:
     whole_second_mtimes: bool = False
     sparse: bool = False
     confine: str = "auto"
+
+    if TYPE_CHECKING:  # what a caller may pass: lists too; the fields hold tuples
+        def __init__(
+            self, include_files: Sequence[str] = ..., excludes: Sequence[str] = ...,
+            exclude_style: str = ..., rebase_names: Mapping[str, str] = ...,
+            include_source_dir: bool = ...,
+            chown: tuple[int, int] | list[int] | None = ..., uid_maps: Iterable[IDMap] = ...,
+            gid_maps: Iterable[IDMap] = ..., user_names: Mapping[int, str] = ...,
+            group_names: Mapping[int, str] = ..., compression: str = ...,
+            compression_level: int | None = ..., xattrs: bool = ...,
+            whole_second_mtimes: bool = ..., sparse: bool = ..., confine: str = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         _choice("PackOptions.compression", self.compression, COMPRESSIONS)
