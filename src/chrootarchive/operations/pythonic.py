@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from chrootarchive._record import replace
 from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError
 from chrootarchive.operations import untar as api
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult
@@ -38,6 +39,7 @@ def extractall(
     confine: str | None = None,
     limits: Limits | None = None,
     progress: api.Progress | None = None,
+    no_overwrite_dir_nondir: bool | None = None,
 ) -> UnpackResult:
     """Unpack ``source`` into ``path`` as ``tarfile.open(source).extractall(path,
     filter=...)`` would, but confined by the kernel.
@@ -48,10 +50,19 @@ def extractall(
     ``fully_trusted``, silently, and a keyword default overrode ``options``).
     ``source`` is a path, a binary file object, or the archive as bytes; compression is
     detected.
+
+    A file (or symlink) of the archive that meets a directory in ``path``, or a
+    directory that meets a file, is an error (an :class:`ArchiveError` naming the
+    entry), as in ``tarfile`` (``IsADirectoryError``) and GNU tar: the directory and
+    what it holds are kept. :func:`chrootarchive.untar` replaces it instead, as Docker
+    does; ``no_overwrite_dir_nondir=False`` asks for that here (the ``options`` cannot:
+    their ``False`` is also their default).
     """
     if filter is None:
         filter = options.filter if options is not None else "data"
-    return api.untar(source, path, options, filter=filter, excludes=excludes, atomic=atomic,
+    chosen = replace(options or UnpackOptions(), no_overwrite_dir_nondir=(
+        True if no_overwrite_dir_nondir is None else no_overwrite_dir_nondir))
+    return api.untar(source, path, chosen, filter=filter, excludes=excludes, atomic=atomic,
                      confine=confine, limits=limits, progress=progress)
 
 
@@ -82,8 +93,9 @@ def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None
     if filter is not None and not isinstance(filter, str):
         raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
                         "not a callable")
-    try:
-        api.untar(filename, extract_dir, filter=filter or "data")
+    try:  # a directory in the way is kept (an error), as shutil's tarfile keeps it
+        api.untar(filename, extract_dir, UnpackOptions(no_overwrite_dir_nondir=True),
+                  filter=filter or "data")
     except MalformedArchiveError as err:
         if err.message.startswith(NOT_A_TAR):
             raise ShutilReadError(err.message, err.entry) from err
@@ -95,8 +107,9 @@ def register_unpack_formats() -> None:
 
     Replaces shutil's own ``tar``, ``gztar``, ``bztar`` and ``xztar`` unpackers (and
     adds ``zstdtar``): ``shutil.unpack_archive("upload.tar.gz", dest, filter="data")``
-    then runs confined. Without ``filter=``, ``data`` applies. Calling it again does
-    nothing more.
+    then runs confined. Without ``filter=``, ``data`` applies. A file of the archive
+    that meets a directory (or the reverse) is an error, as with ``shutil``'s own
+    unpackers: :func:`extractall`'s rule. Calling it again does nothing more.
 
     A file that is no (compressed) tar archive raises :class:`ShutilReadError`, both
     ``shutil.ReadError`` (as ``shutil``'s own unpackers) and
