@@ -153,6 +153,30 @@ def test_extractall_keeps_a_directory_a_file_meets(tmp_path: Path) -> None:
     assert (dest / "d").read_bytes() == b"now a file"
 
 
+def test_arguments_of_the_wrong_kind_are_type_errors_before_anything_is_made(
+        tmp_path: Path) -> None:
+    """What a tarfile user passes first (an open TarFile, a file opened in text mode,
+    tarfile's callable filter, untar's third argument read as the filter) is a
+    TypeError that says what to pass, and no destination is made: they were
+    AttributeError or UnicodeDecodeError from deep inside, after DEST was created."""
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(small())
+    dest = tmp_path / "dest"
+    with tarfile.open(archive) as opened, pytest.raises(TypeError, match=r"tarfile\.TarFile"):
+        chrootarchive.extractall(opened, dest)  # type: ignore[arg-type]
+    with open(archive) as text, pytest.raises(TypeError, match="open it with 'rb'"):
+        chrootarchive.untar(text, dest)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="binary file object"):
+        chrootarchive.apply_layers([small(), 5], dest)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="options must be an UnpackOptions or None, not str"):
+        chrootarchive.untar(small(), dest, "data")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not dict"):
+        chrootarchive.extractall(small(), dest, options={"atomic": True})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not a callable \(data_filter\).*jailed worker"):
+        chrootarchive.extractall(small(), dest, filter=tarfile.data_filter)  # type: ignore[arg-type]
+    assert not dest.exists()
+
+
 @pytest.fixture
 def shutil_formats() -> Iterator[None]:
     """The registry of shutil's unpack formats, restored after the test."""

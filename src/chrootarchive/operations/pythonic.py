@@ -58,9 +58,11 @@ def extractall(
     does; ``no_overwrite_dir_nondir=False`` asks for that here (the ``options`` cannot:
     their ``False`` is also their default).
     """
+    base = api.with_changes(options)  # an options of the wrong type: a TypeError
+    _check_filter(filter)
     if filter is None:
         filter = options.filter if options is not None else "data"
-    chosen = replace(options or UnpackOptions(), no_overwrite_dir_nondir=(
+    chosen = replace(base, no_overwrite_dir_nondir=(
         True if no_overwrite_dir_nondir is None else no_overwrite_dir_nondir))
     return api.untar(source, path, chosen, filter=filter, excludes=excludes, atomic=atomic,
                      confine=confine, limits=limits, progress=progress)
@@ -88,11 +90,21 @@ class ShutilReadError(MalformedArchiveError, shutil.ReadError):
         return (type(self), (self.message, self.entry))
 
 
+def _check_filter(filter: object) -> None:
+    """A callable filter (``tarfile``'s ``tarfile.data_filter``, or one of the caller's)
+    is refused with the reason: the filter runs in the jailed worker, which runs no
+    caller code."""
+    if callable(filter):
+        name = getattr(filter, "__qualname__", type(filter).__name__)
+        raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
+                        f"not a callable ({name}): the filter runs in the jailed worker, "
+                        "which runs no code of the caller's (to leave entries out: "
+                        "excludes=)")
+
+
 def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None) -> None:
     """What ``shutil.unpack_archive`` calls for the formats registered below."""
-    if filter is not None and not isinstance(filter, str):
-        raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
-                        "not a callable")
+    _check_filter(filter)
     try:  # a directory in the way is kept (an error), as shutil's tarfile keeps it
         api.untar(filename, extract_dir, UnpackOptions(no_overwrite_dir_nondir=True),
                   filter=filter or "data")

@@ -175,6 +175,8 @@ def apply_layers(
     layers = list(sources)
     if not layers:
         raise ValueError("apply_layers needs at least one layer")
+    for layer in layers:
+        check_source(layer)
     if sum(1 for s in layers if isinstance(s, str) and s == "-") > 1:
         raise ValueError("standard input ('-') can be only one of the layers")
     ladder.check(chosen.confine)  # fail before creating anything
@@ -269,6 +271,11 @@ def apply_uncompressed_layer(
 
 def with_changes(options: UnpackOptions | None, **changes: Any) -> UnpackOptions:
     """``options`` (or the defaults) with the keyword shortcuts that were given."""
+    if options is not None and not isinstance(options, UnpackOptions):
+        # untar(src, dest, "data") read as tarfile's filter: say so, not AttributeError
+        raise TypeError(f"options must be an UnpackOptions or None, not "
+                        f"{type(options).__name__}; the keywords (filter=, excludes=, "
+                        "atomic=, limits=...) change its common fields")
     given = {name: value for name, value in changes.items() if value is not None}
     base = options or UnpackOptions()
     return replace(base, **given) if given else base
@@ -303,6 +310,7 @@ def _unpack(
     on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     options = options or UnpackOptions()
+    check_source(source)
     ladder.check(options.confine)  # fail before creating anything
     if options.atomic:
         if root is not None:
@@ -494,6 +502,22 @@ def unpack_stream(
                            on_entry=on_entry)
     finally:
         os.close(root_fd)
+
+
+def check_source(source: object) -> None:
+    """A source of the wrong kind is the caller's ``TypeError``, before anything is
+    created: it was an ``AttributeError`` or a ``UnicodeDecodeError`` from deep in the
+    pipeline (a ``tarfile.TarFile``, a file opened in text mode), after ``dest`` was
+    made."""
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return
+    kind = f"{type(source).__module__}.{type(source).__qualname__}".removeprefix("builtins.")
+    if isinstance(source, io.TextIOBase):
+        raise TypeError(f"source must be a binary file, not a text one ({kind}): open it "
+                        "with 'rb' (standard input: sys.stdin.buffer, or '-')")
+    if not callable(getattr(source, "read", None)):
+        raise TypeError("source must be a path, '-', bytes or a binary file object (with "
+                        f"read()), not {kind}")
 
 
 @contextlib.contextmanager
