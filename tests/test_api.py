@@ -114,6 +114,15 @@ def test_extractall_reads_like_tarfile(tmp_path: Path) -> None:
     chrootarchive.extractall(link, tmp_path / "options",
                              options=chrootarchive.UnpackOptions(filter="tar"))
     assert os.readlink(tmp_path / "options" / "l") == "/etc/passwd"
+    # Options given for something else leave the filter at their default, Docker's
+    # fully_trusted, which cannot be told from a choice: data still (it was
+    # fully_trusted, so the absolute symlink and a setuid bit were kept).
+    for unrelated in (UnpackOptions(limits=Limits.strict()), UnpackOptions()):
+        with pytest.raises(BreakoutError):
+            chrootarchive.extractall(link, tmp_path / "unrelated", options=unrelated)
+    chrootarchive.extractall(data, tmp_path / "strict", options=UnpackOptions(
+        limits=Limits.strict()))
+    assert stat.S_IMODE(os.lstat(tmp_path / "strict" / "bin" / "su").st_mode) == 0o755
 
 
 def directory_then_file() -> tuple[bytes, bytes]:

@@ -46,8 +46,10 @@ def extractall(
 
     ``filter`` takes PEP 706's names (``data``, the default; ``tar``;
     ``fully_trusted``), not a callable. ``None`` is the default, as in ``tarfile`` from
-    Python 3.14: ``data``, or the filter of ``options`` when they are given (it was
-    ``fully_trusted``, silently, and a keyword default overrode ``options``).
+    Python 3.14: ``data``, or the filter of ``options`` when they chose another than
+    their default (``fully_trusted``, Docker's, which cannot be told from a choice:
+    ``options=UnpackOptions(limits=...)`` alone gave a root filesystem's rules to an
+    upload). For ``fully_trusted``, pass ``filter="fully_trusted"``.
     ``source`` is a path, a binary file object, or the archive as bytes; compression is
     detected.
 
@@ -60,8 +62,8 @@ def extractall(
     """
     base = api.with_changes(options)  # an options of the wrong type: a TypeError
     _check_filter(filter)
-    if filter is None:
-        filter = options.filter if options is not None else "data"
+    if filter is None:  # the options' filter where it is not their (Docker's) default
+        filter = base.filter if base.filter != UnpackOptions().filter else "data"
     chosen = replace(base, no_overwrite_dir_nondir=(
         True if no_overwrite_dir_nondir is None else no_overwrite_dir_nondir))
     return api.untar(source, path, chosen, filter=filter, excludes=excludes, atomic=atomic,
