@@ -679,14 +679,16 @@ def test_cp_onto_a_directory_without_openat2_never_replaces_it(
 
 def test_cp_never_replaces_a_directory_below_dst_by_a_file(tmp_path: Path) -> None:
     """docker cp's rule below DST: copying ``f`` into a directory that has a directory
-    ``f`` (with files in it) is refused; it replaced that directory silently."""
+    ``f`` (with files in it) is refused; it replaced that directory silently. The
+    destination's state: exit status 4, as "cannot copy a directory to a file"."""
     dst = tmp_path / "dst"
     (dst / "f" / "sub").mkdir(parents=True)
     (dst / "f" / "sub" / "precious").write_bytes(b"keep me")
     (tmp_path / "f").write_bytes(b"f")
     for target in (dst, f"{dst}/"):
         result = run_cli("cp", tmp_path / "f", target)
-        assert_one_line_error(result, rc=1, mentions=("cannot replace existing directory",))
+        assert_one_line_error(result, rc=4, mentions=(
+            "cannot replace existing directory (--no-overwrite-dir-nondir)",))
     assert (dst / "f" / "sub" / "precious").read_bytes() == b"keep me"
 
 

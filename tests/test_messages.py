@@ -307,6 +307,8 @@ def test_each_side_names_the_limit_and_atomic_in_its_own_words(tmp_path) -> None
      "by its tag, use --ref v1.0 with the image 'img'"),
     ("exists, and old files are kept (old_files='keep'; 2 more kept); the rest was unpacked",
      "exists, and old files are kept (--keep-old-files; 2 more kept); the rest was unpacked"),
+    ("cannot replace existing directory (no_overwrite_dir_nondir=True)",
+     "cannot replace existing directory (--no-overwrite-dir-nondir)"),
     ("hardlink target a has no more than 1 components (UnpackOptions.strip_components)",
      "hardlink target a has no more than 1 components (--strip-components)"),
     ("limit max_memory (1,024 bytes) exceeded: the worker ran out of the memory the limit "

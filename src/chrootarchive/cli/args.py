@@ -72,6 +72,7 @@ def in_cli_words(message: str) -> str:
         text = re.sub(r"\blimit (max_\w++|reserve|timeout)\b",
                       lambda m: "limit " + option(m.group(1)), text)
         text = re.sub(r"\batomic=True\b", "--atomic", text)
+        text = re.sub(r"\bno_overwrite_dir_nondir=True\b", "--no-overwrite-dir-nondir", text)
         text = re.sub(r"\bref=NAME\b", "--ref NAME", text)
         # A message that gave both words ("--max-memory, Limits.max_memory") says it
         # once. Possessive: a long run of "--a--a..." must not be tried at every "--".

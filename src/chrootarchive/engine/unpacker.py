@@ -748,9 +748,13 @@ class Unpacker:
                     self.kept_old_first = entry.name
             raise _SkipEntry
         if self.options.no_overwrite_dir_nondir and existing_dir != new_dir:
+            # The destination's state, not a fault of the archive: an OSError, as
+            # tarfile's (IsADirectoryError; FileExistsError from os.mkdir) and old_files
+            # 'keep' (FileExistsError) raise it.
             what = "directory" if existing_dir else "non-directory"
-            raise ArchiveError(
-                f"cannot replace existing {what} (no-overwrite-dir-nondir)", entry.name
+            raise DestinationError(
+                f"cannot replace existing {what} (no_overwrite_dir_nondir=True)", entry.name,
+                errno.EISDIR if existing_dir else errno.EEXIST,
             )
         if existing_dir and new_dir:
             return True

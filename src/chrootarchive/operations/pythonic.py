@@ -54,11 +54,13 @@ def extractall(
     detected.
 
     A file (or symlink) of the archive that meets a directory in ``path``, or a
-    directory that meets a file, is an error (an :class:`ArchiveError` naming the
-    entry), as in ``tarfile`` (``IsADirectoryError``) and GNU tar: the directory and
-    what it holds are kept. :func:`chrootarchive.untar` replaces it instead, as Docker
-    does; ``no_overwrite_dir_nondir=False`` asks for that here (the ``options`` cannot:
-    their ``False`` is also their default).
+    directory that meets a file, is an error naming the entry, as in ``tarfile`` and
+    GNU tar: the directory and what it holds are kept. The error is a
+    :class:`~chrootarchive.DestinationError` that is also ``tarfile``'s
+    ``IsADirectoryError`` (``FileExistsError`` for a directory meeting a file).
+    :func:`chrootarchive.untar` replaces it instead, as Docker does;
+    ``no_overwrite_dir_nondir=False`` asks for that here (the ``options`` cannot: their
+    ``False`` is also their default).
     """
     base = api.with_changes(options)  # an options of the wrong type: a TypeError
     _check_filter(filter)
