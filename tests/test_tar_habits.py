@@ -441,6 +441,21 @@ def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
         UnpackOptions(exclude_style="rsync")
 
 
+def test_a_double_star_pattern_excludes_what_is_below_what_it_matches(
+        tmp_path: Path) -> None:
+    """``**/.git`` (the README's example) matches ``.git`` at any depth, and what is
+    below a matched directory is excluded: only the directories' own entries were
+    (the parent tested was the one at the pattern's depth, 2), so every file in them
+    was unpacked, their directories made again as implied parents."""
+    archive = (tb.TarBuilder().dir(".git").file(".git/config", b"c").dir(".git/objects")
+               .file(".git/objects/ab", b"o").file("a/b/.git/c/d", b"d")
+               .file("a/b/.git/keep", b"k").file("a/b/kept", b"k").build())
+    dest = tmp_path / "d"
+    chrootarchive.untar(archive, dest, excludes=["**/.git", "!a/**/keep"])
+    found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert found == ["a", "a/b", "a/b/.git", "a/b/.git/keep", "a/b/kept"], found
+
+
 def test_a_hardlink_to_an_excluded_file_is_left_out(
     tmp_path: Path, write_archive: Callable[..., Path]
 ) -> None:

@@ -205,7 +205,10 @@ class PatternMatcher:
                 continue
             import re  # see _translate
 
-            depth = text.count("/") + 1
+            # The components a match spans, to test the one parent that could match;
+            # 0: "**" spans any number, so every parent is tested (as Docker's
+            # MatchesOrParentMatches): "**/.git" excludes ".git/config" and "a/.git/x".
+            depth = 0 if "**" in text else text.count("/") + 1
             self._rules.append((negated, re.compile(_translate(text) + r"\Z"), depth, None))
 
     def __bool__(self) -> bool:
@@ -230,7 +233,10 @@ class PatternMatcher:
                 if not hit:
                     if parts is None:
                         parts = path.split("/")
-                    if depth < len(parts):
+                    if not depth:
+                        hit = any(regex.match("/".join(parts[:i])) is not None
+                                  for i in range(1, len(parts)))
+                    elif depth < len(parts):
                         hit = regex.match("/".join(parts[:depth])) is not None
             if hit:
                 excluded = not negated
