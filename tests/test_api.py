@@ -189,6 +189,13 @@ def test_arguments_of_the_wrong_kind_are_type_errors_before_anything_is_made(
         chrootarchive.extractall(small(), dest, options={"atomic": True})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"not a callable \(data_filter\).*jailed worker"):
         chrootarchive.extractall(small(), dest, filter=tarfile.data_filter)  # type: ignore[arg-type]
+    # Packing and copying too (an empty dict passed unnoticed).
+    with pytest.raises(TypeError, match="options must be a PackOptions or None, not dict"):
+        chrootarchive.tar(tmp_path, options={"compression": "gzip"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be an UnpackOptions or None, not dict"):
+        chrootarchive.copy_path(archive, dest, options={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pack_options must be a PackOptions or None"):
+        chrootarchive.copy_path(archive, dest, pack_options={})  # type: ignore[arg-type]
     assert not dest.exists()
 
 

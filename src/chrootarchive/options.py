@@ -21,7 +21,9 @@ from chrootarchive.engine.names import (  # 0.4 ms: the one pattern compiler
 
 TYPE_CHECKING = False  # no typing at run time: the command line's start (issue 16)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "GiB", "IDMap", "Limits", "PackOptions", "PackResult", "UnpackOptions", "UnpackResult",
@@ -563,6 +565,19 @@ class PackResult(Result):
             confinement=str(data["confinement"]),
             warnings=tuple(str(w) for w in data["warnings"]),
         )
+
+
+def given(options: object, cls: type[T], name: str = "options", hint: str = "") -> T:
+    """``options``, or ``cls()`` for None. Another type is the caller's ``TypeError``
+    at once: it was an ``AttributeError`` from deep inside (``untar(src, dest,
+    "data")``), or passed unnoticed when empty (``options={}``)."""
+    if options is None:
+        return cls()
+    if not isinstance(options, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise TypeError(f"{name} must be {article} {cls.__name__} or None, not "
+                        f"{type(options).__name__}{hint}")
+    return options
 
 
 # -- the job contract: the one conversion from these classes to what a job reads -------

@@ -36,7 +36,14 @@ from chrootarchive.jail.confine import IN_PROCESS
 from chrootarchive.operations import destination
 from chrootarchive.operations import untar as api
 from chrootarchive.operations.compression import CHUNK
-from chrootarchive.options import PackOptions, PackResult, UnpackOptions, UnpackResult, pack_spec
+from chrootarchive.options import (
+    PackOptions,
+    PackResult,
+    UnpackOptions,
+    UnpackResult,
+    given,
+    pack_spec,
+)
 from chrootarchive.runner import ladder
 from chrootarchive.runner.worker import Running
 
@@ -230,7 +237,7 @@ def tar(
             are raised by the stream).
         ConfinementError: no confinement mechanism is available.
     """
-    options = options or PackOptions()
+    options = given(options, PackOptions)
     mechanisms = _pack_candidates(options.confine)
     jail, inner = _locate(os.fspath(src), None if root is None else os.fspath(root))
     try:
@@ -358,7 +365,7 @@ def _pipe(
     own files were "owners that cannot be represented", in a warning).
     """
     pack_options = replace(pack_options, compression="none", sparse=True)
-    options = options or UnpackOptions()
+    options = given(options, UnpackOptions)
     if os.geteuid() != 0 and options.chown is None and not (
             options.uid_maps or options.gid_maps):
         options = replace(options, no_lchown=True)
@@ -403,7 +410,7 @@ def copy_with_tar(
                                   progress=progress)
     source = path if path.endswith("/") else path + "/"
     return _pipe(source, None, os.fspath(dst), None, options,
-                 pack_options or PackOptions(), progress)
+                 given(pack_options, PackOptions, "pack_options"), progress)
 
 
 def copy_file_with_tar(
@@ -436,7 +443,7 @@ def copy_file_with_tar(
     if os.path.islink(path):
         path = os.path.realpath(path)
     dst_dir, dst_name = os.path.split(target)
-    pack_options = replace(pack_options or PackOptions(),
+    pack_options = replace(given(pack_options, PackOptions, "pack_options"),
                            rebase_names={".": dst_name}, include_files=())
     return _pipe(path, None, dst_dir or ".", None, options, pack_options, progress)
 
@@ -488,10 +495,10 @@ def copy_path(
     source = os.fspath(src)
     target = os.fspath(dst)
     name = posixpath.basename(posixpath.normpath(source))
-    base = pack_options or PackOptions()
+    base = given(pack_options, PackOptions, "pack_options")
     # docker cp's rule below DST too: a file never replaces a directory (and all in
     # it), nor a directory a file; whatever was decided here, the writer refuses.
-    options = replace(options or UnpackOptions(), no_overwrite_dir_nondir=True)
+    options = replace(given(options, UnpackOptions), no_overwrite_dir_nondir=True)
     made: str | None = None  # the name made (or replaced) in untar_dir; None: its contents
     if dst_root is None and not target.endswith("/") and os.path.islink(target):
         # A symlink as DST is read as the writer's jail at DST's directory reads it,

@@ -25,7 +25,7 @@ from chrootarchive.errors import (
     from_os_error,
 )
 from chrootarchive.operations import compression, destination
-from chrootarchive.options import Limits, UnpackOptions, UnpackResult, unpack_spec
+from chrootarchive.options import Limits, UnpackOptions, UnpackResult, given, unpack_spec
 from chrootarchive.runner import ladder
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
@@ -271,14 +271,11 @@ def apply_uncompressed_layer(
 
 def with_changes(options: UnpackOptions | None, **changes: Any) -> UnpackOptions:
     """``options`` (or the defaults) with the keyword shortcuts that were given."""
-    if options is not None and not isinstance(options, UnpackOptions):
-        # untar(src, dest, "data") read as tarfile's filter: say so, not AttributeError
-        raise TypeError(f"options must be an UnpackOptions or None, not "
-                        f"{type(options).__name__}; the keywords (filter=, excludes=, "
-                        "atomic=, limits=...) change its common fields")
-    given = {name: value for name, value in changes.items() if value is not None}
-    base = options or UnpackOptions()
-    return replace(base, **given) if given else base
+    # untar(src, dest, "data"), tarfile's filter where the options go: say what to pass
+    base = given(options, UnpackOptions, hint="; the keywords (filter=, excludes=, atomic=, "
+                 "limits=...) change its common fields")
+    chosen = {name: value for name, value in changes.items() if value is not None}
+    return replace(base, **chosen) if chosen else base
 
 
 def cumulative(progress: Progress | None) -> Progress | None:
