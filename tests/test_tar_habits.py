@@ -446,10 +446,12 @@ def test_a_double_star_pattern_excludes_what_is_below_what_it_matches(
     """``**/.git`` (the README's example) matches ``.git`` at any depth, and what is
     below a matched directory is excluded: only the directories' own entries were
     (the parent tested was the one at the pattern's depth, 2), so every file in them
-    was unpacked, their directories made again as implied parents."""
+    was unpacked, their directories made again as implied parents. ``**`` crosses a
+    newline in a name too."""
     archive = (tb.TarBuilder().dir(".git").file(".git/config", b"c").dir(".git/objects")
                .file(".git/objects/ab", b"o").file("a/b/.git/c/d", b"d")
-               .file("a/b/.git/keep", b"k").file("a/b/kept", b"k").build())
+               .file("a/b/.git/keep", b"k").file("a/b/kept", b"k")
+               .file("new\nline/.git/hooks/x", b"x").build())
     dest = tmp_path / "d"
     chrootarchive.untar(archive, dest, excludes=["**/.git", "!a/**/keep"])
     found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))

@@ -169,6 +169,16 @@ class TarPatternMatcher:
         return self._regex is not None and self._regex.match(path) is not None
 
 
+def _parent_ends(path: str, count: int) -> list[int]:
+    """Where the first ``count`` parents of ``path`` end (the "/" after each)."""
+    ends: list[int] = []
+    end = path.find("/")
+    while end >= 0 and len(ends) < count:
+        ends.append(end)
+        end = path.find("/", end + 1)
+    return ends
+
+
 def exclude_matcher(patterns: Iterable[str], style: str = "docker"
                     ) -> PatternMatcher | TarPatternMatcher:
     """The matcher for ``style`` (:data:`EXCLUDE_STYLES`)."""
@@ -197,19 +207,28 @@ class PatternMatcher:
                 text = text[1:]
             text = posixpath.normpath(text).lstrip("/") or "."
             if not _GLOB_CHARS.intersection(text):
+                # depth: the components of the deepest name in the set, the parents
+                # of a path worth looking up (a path of 1,000 parts: not 1,000 joins)
+                depth = text.count("/") + 1
                 last = self._rules[-1] if self._rules else None
                 if last is not None and last[3] is not None and last[0] == negated:
                     last[3].add(text)
+                    self._rules[-1] = (negated, None, max(depth, last[2]), last[3])
                 else:
-                    self._rules.append((negated, None, 0, {text}))
+                    self._rules.append((negated, None, depth, {text}))
                 continue
             import re  # see _translate
 
             # The components a match spans, to test the one parent that could match;
-            # 0: "**" spans any number, so every parent is tested (as Docker's
-            # MatchesOrParentMatches): "**/.git" excludes ".git/config" and "a/.git/x".
-            depth = 0 if "**" in text else text.count("/") + 1
-            self._rules.append((negated, re.compile(_translate(text) + r"\Z"), depth, None))
+            # 0: "**" spans any number, so the pattern may match any parent (Docker's
+            # MatchesOrParentMatches: "**/.git" excludes ".git/config" and "a/.git/x"),
+            # which one match says: the pattern, then "/" and anything, or the end.
+            # DOTALL: a name may hold a newline, which "**" crosses as any character.
+            if "**" in text:
+                regex, depth = re.compile(_translate(text) + r"(?:/.*)?\Z", re.DOTALL), 0
+            else:
+                regex, depth = re.compile(_translate(text) + r"\Z"), text.count("/") + 1
+            self._rules.append((negated, regex, depth, None))
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -218,25 +237,19 @@ class PatternMatcher:
         """True when ``path`` (clean, root-relative) is excluded."""
         excluded = False
         parts: list[str] | None = None
-        prefixes: list[str] | None = None
         for negated, regex, depth, literals in self._rules:
             if excluded == (not negated):
                 continue  # this rule could not change the answer
             if literals is not None:
-                if prefixes is None:
-                    parts = parts or path.split("/")
-                    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-                hit = any(p in literals for p in prefixes)
+                hit = path in literals or any(
+                    path[:end] in literals for end in _parent_ends(path, depth))
             else:
                 assert regex is not None
                 hit = regex.match(path) is not None
-                if not hit:
+                if not hit and depth:  # 0: the regex tested every parent already
                     if parts is None:
                         parts = path.split("/")
-                    if not depth:
-                        hit = any(regex.match("/".join(parts[:i])) is not None
-                                  for i in range(1, len(parts)))
-                    elif depth < len(parts):
+                    if depth < len(parts):
                         hit = regex.match("/".join(parts[:depth])) is not None
             if hit:
                 excluded = not negated
