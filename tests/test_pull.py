@@ -529,3 +529,20 @@ def test_an_unprivileged_user_pulls(tmp_path: Path) -> None:
                         f"{server.netloc}/stub/img:1", base / "out" / "rootfs")
         assert result.rc == 0, result.err
         assert (base / "out/rootfs/etc/f").read_bytes() == b"f\n"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Location": "http://[::1/x"}, {"WWW-Authenticate": 'Bearer realm="http://[::1/token"'}])
+def test_a_header_no_parser_expects_is_a_registry_error(tmp_path: Path,
+                                                        headers: dict[str, str]) -> None:
+    """Not "this is a bug" (exit status 70): the registry chose the header's text."""
+    status = 302 if "Location" in headers else 401
+
+    def app(h: Handler) -> None:
+        h.reply(status, b"", headers)
+
+    with FakeServer(app).running() as server:
+        result = run_cli("pull", "--insecure", server.netloc, f"{server.netloc}/odd/h:1",
+                         tmp_path / "dest")
+    assert_one_line_error(result, rc=1, mentions=(server.netloc,))
+    assert not (tmp_path / "dest").exists()

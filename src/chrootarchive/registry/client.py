@@ -81,7 +81,18 @@ _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _HAS_READ1 = False
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# ASCII digits, at most 20 (2**64 has 20): ``\d`` alone takes other scripts' digits,
+# and int() refuses more than 4,300 digits with a ValueError.
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)")
+_NUMBER = re.compile(r"[0-9]{1,20}")
+
+
+def _header_number(value: str | None) -> int | None:
+    """A header's decimal number (Content-Length); None when it is not one: the
+    registry chooses the text, and ``str.isdigit`` takes ``\xb9`` that int() refuses."""
+    if value is None or _NUMBER.fullmatch(value.strip()) is None:
+        return None
+    return int(value)
 
 
 def _is_digest(text: str) -> bool:
@@ -117,7 +128,9 @@ def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
         return None
     try:
         seconds: float = urllib3.util.Retry().parse_retry_after(value)
-    except _ux.InvalidHeader:
+    except (_ux.InvalidHeader, ValueError, OverflowError):
+        # Not a number or a date urllib3 reads: 5,000 digits (int()'s limit), a date
+        # in the year 99999999999 (OverflowError).
         return None
     return seconds
 
@@ -331,9 +344,14 @@ class Client:
 
     def _token(self, params: dict[str, str], what: str, reference: str | None) -> str:
         realm = params.get("realm", "")
-        scheme = urlsplit(realm).scheme.lower()
-        if scheme not in ("http", "https") or not urlsplit(realm).hostname:
+        try:
+            parts = urlsplit(realm)
+            usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "http://[::1": an IPv6 address that does not parse
+            usable = False
+        if not usable:
             raise self._error("the bearer challenge has no usable realm", reference)
+        scheme = parts.scheme.lower()
         credentials = self._get_credentials()
         if scheme != "https" and credentials is not None and not (
                 self.insecure and self._is_registry(realm)):
@@ -343,7 +361,7 @@ class Client:
         query = {"scope": f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        url = realm + ("&" if urlsplit(realm).query else "?") + urlencode(query)
+        url = realm + ("&" if parts.query else "?") + urlencode(query)
         headers = {"Accept": "application/json"}
         if credentials is not None:
             headers["Authorization"] = credentials.basic()
@@ -414,7 +432,11 @@ class Client:
             if redirects > self.max_redirects:
                 raise self._error(f"more than {self.max_redirects} redirects ({what})",
                                   reference)
-            target = urljoin(url, location.strip())
+            try:
+                target = urljoin(url, location.strip())
+            except ValueError:  # "http://[::1": an IPv6 address that does not parse
+                raise self._error(f"redirect to an unusable location ({what})",
+                                  reference) from None
             if urlsplit(target).scheme.lower() not in ("http", "https"):
                 raise self._error(f"redirect to an unsupported scheme ({what})", reference)
             if urlsplit(target).scheme.lower() == "http" and not self.insecure:
@@ -470,10 +492,10 @@ class Client:
                       reference: str | None) -> bytes:
         """The whole body, at most ``limit`` bytes: the declared length is checked first,
         then what arrives is counted (a lying or missing Content-Length)."""
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        declared = _header_number(response.headers.get("Content-Length"))
+        if declared is not None and declared > limit:
             _discard(response)
-            raise self._error(f"{what} too large: {int(declared)} bytes declared, the limit "
+            raise self._error(f"{what} too large: {declared} bytes declared, the limit "
                               f"is {limit}", reference)
         parts: list[bytes] = []
         total = 0
@@ -619,16 +641,16 @@ class BlobReader:
             raise self._error(f"the registry cannot resume (no range support) after "
                               f"{offset} bytes")
         client._check_status(response, "blob", self.digest, (206,) if offset else (200,))
-        declared = response.headers.get("Content-Length", "").strip()
+        declared = _header_number(response.headers.get("Content-Length"))
         if offset:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
             if match is None or int(match.group(1)) != offset:
                 _discard(response)
                 raise self._error(f"the registry resumed at the wrong place (asked for "
                                   f"byte {offset})")
-        if self.size is not None and declared.isdigit() and int(declared) != self.size - offset:
+        if self.size is not None and declared is not None and declared != self.size - offset:
             _discard(response)
-            raise self._error(f"size mismatch: the registry sends {int(declared) + offset} "
+            raise self._error(f"size mismatch: the registry sends {declared + offset} "
                               f"bytes, the manifest declares {self.size}")
         return response
 
