@@ -546,3 +546,76 @@ def test_a_header_no_parser_expects_is_a_registry_error(tmp_path: Path,
                          tmp_path / "dest")
     assert_one_line_error(result, rc=1, mentions=(server.netloc,))
     assert not (tmp_path / "dest").exists()
+
+
+def _endless_registry(head: bytes, filler: bytes, media_type: str) -> tuple[FakeServer,
+                                                                            list[int]]:
+    """A registry whose one layer declares 2**50 bytes: ``head``, then ``filler`` over
+    and over until the client hangs up, or 1 GiB (the bytes it sent go to the list)."""
+    tar = make_tar([Entry("f", data=b"f\n")])
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}})
+    layer_digest = "sha256:" + "ab" * 32
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": 1 << 50}]})
+    sent: list[int] = []
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.endswith(sha256(config)):
+            h.reply(200, config)
+        elif h.path.endswith(layer_digest):
+            h.send_response(200)
+            h.send_header("Content-Length", str(1 << 50))
+            h.end_headers()
+            count = 0
+            try:
+                h.wfile.write(head)
+                block = filler * ((1 << 20) // len(filler))
+                while count < 1 << 30:  # then hang up: an unbounded client fails too
+                    h.wfile.write(block)
+                    count += len(block)
+            except OSError:
+                pass
+            sent.append(count)
+        else:
+            h.reply(200, b"{}")
+
+    return FakeServer(app), sent
+
+
+@pytest.mark.parametrize("case", ["zeros after the archive", "empty gzip members",
+                                  "an error, then more"])
+def test_a_layer_declared_endless_is_not_read_for_days(tmp_path: Path, case: str) -> None:
+    """A blob of 2**50 bytes: past the archive's end (uncompressed), in gzip members that
+    hold nothing, or after the error that stops the job, at most some MiB are read."""
+    gz = "application/vnd.oci.image.layer.v1.tar+gzip"
+    if case == "zeros after the archive":
+        args = (make_tar([Entry("f", data=b"f\n")]), bytes(4096),
+                "application/vnd.oci.image.layer.v1.tar")
+        expected = "follow the end of the archive"
+    elif case == "empty gzip members":
+        args = (gzip.compress(make_tar([Entry("f", data=b"f\n")]), mtime=0),
+                gzip.compress(b"", mtime=0), gz)
+        expected = "not a layer's compressed tar"
+    else:
+        args = (make_tar([Entry("../../evil", data=b"x")]), bytes(4096),
+                "application/vnd.oci.image.layer.v1.tar")
+        expected = "would leave the destination"
+    server, sent = _endless_registry(*args)
+    with server.running():
+        started = time.monotonic()
+        result = run_cli("pull", "--insecure", server.netloc, "--atomic",
+                         f"{server.netloc}/endless/img:1", tmp_path / "dest")
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert_one_line_error(result, rc=1, mentions=(expected,))
+    assert not (tmp_path / "dest").exists()
+    assert not (tmp_path.parent / "evil").exists()
+    assert sent and sent[0] < 256 << 20, sent
+    assert elapsed < 60, elapsed
