@@ -346,6 +346,34 @@ def test_platform_not_available(multiarch: OCIBuilder, tmp_path: Path) -> None:
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.parametrize("field", ["mediaType", "platform"])
+def test_an_index_of_long_names_makes_a_short_error(tmp_path: Path, field: str) -> None:
+    """An index's 1,000 entries, each naming a media type or an OS of 3,900 characters
+    that nothing can use: the error lists twenty, each clipped (it was a line of 3.9 MB,
+    all of the index)."""
+    layout = tmp_path / "layout"
+    (layout / "blobs/sha256").mkdir(parents=True)
+    entries = []
+    for i in range(1000):
+        entry: dict[str, Any] = {"mediaType": OCI_MANIFEST, "digest": f"sha256:{i:064x}",
+                                 "size": 1}
+        if field == "mediaType":
+            entry["mediaType"] = f"application/x-{'y' * 3900}{i}"
+        else:
+            entry["platform"] = {"os": f"linux{'z' * 3900}{i}", "architecture": "amd64"}
+        entries.append(entry)
+    index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    (layout / "blobs/sha256" / sha256(index).split(":")[1]).write_bytes(index)
+    (layout / "index.json").write_bytes(canonical({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_INDEX, "digest": sha256(index), "size": len(index)}]}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    result = run_cli("unpack-image", layout, tmp_path / "dest")
+    line = assert_one_line_error(result, rc=1, mentions=(
+        "media types" if field == "mediaType" else "available",))
+    assert len(line) < 4096, len(line)
+    assert not (tmp_path / "dest").exists()
+
+
 @pytest.mark.parametrize("with_platforms", [False, True])
 def test_two_named_images_need_a_ref_even_with_platforms(images: Path, tmp_path: Path,
                                                         with_platforms: bool) -> None:
