@@ -584,6 +584,42 @@ def test_redirect_to_plain_http_refused(tls_server: FakeServer, certs: Path) -> 
 
 
 
+
+def chunked_by_byte(h: Handler, body: bytes) -> None:
+    """``body`` as a chunked response of 1-byte chunks (each read gets one byte)."""
+    h.send_response(200)
+    h.send_header("Content-Type", OCI_MANIFEST)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    out = bytearray()
+    for i in range(len(body)):
+        out += b"1\r\n" + body[i:i + 1] + b"\r\n"
+        if len(out) >= 1 << 16:
+            h.wfile.write(out)
+            out.clear()
+    h.wfile.write(out + b"0\r\n\r\n")
+    h.wfile.flush()
+
+
+def test_a_manifest_in_1_byte_chunks_takes_its_size_in_memory(tls_server: FakeServer,
+                                                              certs: Path) -> None:
+    """Each read of a chunked body gives at most a chunk: kept as a list of what each
+    read gave, 1-byte chunks took 90 times their size (4 MiB, the bound: 390 MB)."""
+    import tracemalloc
+
+    body = MANIFEST[:-1] + b" " * (256 << 10) + b"}"
+    tls_server.app = lambda h: chunked_by_byte(h, body)
+    with client(tls_server, certs) as c:
+        tracemalloc.start()
+        try:
+            got = c.get_manifest("1.0")[1]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert got == body
+    assert peak < 4 * len(body), peak
+
+
 # -- header values no parser expects ----------------------------------------------------
 # The registry writes its headers' text: a value that str.isdigit() takes but int()
 # refuses (a superscript digit), 5,000 digits (int()'s limit), an IPv6 address that does
