@@ -664,3 +664,36 @@ def test_a_layer_in_1_byte_chunks_is_read_ahead_in_linear_time(tmp_path: Path) -
     assert result.rc == 0, result.err
     assert (tmp_path / "dest/b").read_bytes() == tars[1][512:512 + (1 << 20)]
     assert elapsed < 60, elapsed
+
+
+@pytest.mark.parametrize("registry_is", ["busy", "trickling"])
+def test_timeout_bounds_a_busy_or_trickling_registry(tmp_path: Path, registry_is: str) -> None:
+    """--timeout is the whole pull's: four retries 10 s apart took 40 s of a --timeout
+    of 2, and a manifest trickled a byte at a time ten times the timeout."""
+    stop = __import__("threading").Event()
+
+    def app(h: Handler) -> None:
+        if registry_is == "busy":
+            h.reply(429, b"", {"Retry-After": "10"})
+            return
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        try:
+            while not stop.wait(0.2):
+                h.wfile.write(b" ")
+                h.wfile.flush()
+        except OSError:
+            pass
+
+    with FakeServer(app).running() as server:
+        started = time.monotonic()
+        try:
+            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "2",
+                             f"{server.netloc}/slow/img:1", tmp_path / "dest")
+        finally:
+            stop.set()
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, rc=1, mentions=("limit --timeout (2 seconds) exceeded",))
+    assert elapsed < 10, elapsed
+    assert not (tmp_path / "dest").exists()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from chrootarchive import __version__
-from chrootarchive.errors import RegistryError, printable
+from chrootarchive.errors import LimitExceededError, RegistryError, printable
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
 from chrootarchive.registry.tls import ssl_context
@@ -207,13 +207,18 @@ class Client:
 
     def __init__(self, ref: Reference, *, insecure: bool = False, authfile: str | None = None,
                  certs_dirs: Sequence[str] | None = None, timeout: float = 30.0,
-                 max_redirects: int = 5) -> None:
+                 max_redirects: int = 5, time_limit: float | None = None) -> None:
+        """``timeout``: of each request (to connect, for the next bytes);
+        ``time_limit``: seconds for all of them, their pauses and retries included
+        (``Limits.timeout``: the whole operation's)."""
         _load_urllib3()
         self.ref = ref
         self.insecure = insecure
         self._certs_dirs = certs_dirs
         self.timeout = timeout
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._time_limit = time_limit
+        self._deadline = None if time_limit is None else time.monotonic() + time_limit
         self.max_redirects = max_redirects
         self._scheme = "https"
         self._plain_tried = False
@@ -240,6 +245,31 @@ class Client:
 
     def _error(self, problem: str, reference: str | None = None) -> RegistryError:
         return RegistryError(printable(problem, 0), self._entry(reference))
+
+    def _out_of_time(self, what: str, reference: str | None) -> LimitExceededError:
+        return LimitExceededError(f"limit timeout ({self._time_limit or 0:g} seconds) "
+                                  f"exceeded{f' ({what})' if what else ''}",
+                                  self._entry(reference))
+
+    def _left(self, what: str, reference: str | None) -> float | None:
+        """Seconds until ``time_limit`` runs out (None: no limit); the limit's error
+        once it has: retries, pauses and slow bodies stop there, not after minutes."""
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(what, reference)
+        return left
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _pause(self, seconds: float, what: str, reference: str | None) -> None:
+        """Sleep, unless ``time_limit`` runs out first: then its error at once."""
+        left = self._left(what, reference)
+        if left is not None and seconds >= left:
+            raise self._out_of_time(what, reference)
+        time.sleep(seconds)
 
     @property
     def base_url(self) -> str:
@@ -271,18 +301,25 @@ class Client:
     def _send(self, url: str, headers: dict[str, str], what: str,
               reference: str | None) -> urllib3.BaseHTTPResponse:
         """One request, no redirect followed, body not read."""
+        left = self._left(what, reference)
+        timeout = (self._timeout if left is None or left >= self.timeout
+                   else urllib3.Timeout(connect=left, read=left))
         try:
             return self._pool(url).request(
                 "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
                 retries=False, preload_content=False, decode_content=False,
-                timeout=self._timeout)
+                timeout=timeout)
         except _ux.NewConnectionError as err:  # urllib3 2 makes it a ConnectTimeoutError
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
                               reference) from err
         except _ux.ConnectTimeoutError as err:
+            if self._expired():
+                raise self._out_of_time(what, reference) from err
             raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
                               f"{self.timeout:g} s", reference) from err
         except _ux.ReadTimeoutError as err:
+            if self._expired():
+                raise self._out_of_time(what, reference) from err
             raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
                               f"{self.timeout:g} s", reference) from err
         except _ux.HTTPError as err:  # SSLError, NewConnectionError, ProtocolError...
@@ -368,7 +405,7 @@ class Client:
         retries = 0
         while True:
             response = self._send(url, headers, f"token from {_netloc(realm)}", reference)
-            if not self._waited_if_busy(response, retries):
+            if not self._waited_if_busy(response, retries, "token", reference):
                 break
             retries += 1
         try:
@@ -417,7 +454,7 @@ class Client:
                 authenticated = True
                 self._authenticate(header, what, reference)
                 continue
-            if self._waited_if_busy(response, retries):
+            if self._waited_if_busy(response, retries, what, reference):
                 retries += 1
                 continue
             if response.status not in _REDIRECTS:
@@ -447,7 +484,8 @@ class Client:
             seen.add(target)
             url = target
 
-    def _waited_if_busy(self, response: urllib3.BaseHTTPResponse, retries: int) -> bool:
+    def _waited_if_busy(self, response: urllib3.BaseHTTPResponse, retries: int,
+                        what: str, reference: str | None) -> bool:
         """For a busy answer that may be asked again (RETRY_STATUSES): discard it, wait
         the pause and say so; else False (the answer is the caller's to read)."""
         if response.status not in RETRY_STATUSES or retries >= MAX_RETRIES:
@@ -457,7 +495,7 @@ class Client:
             return False
         self._drain(response)
         response.release_conn()
-        time.sleep(pause)
+        self._pause(pause, what, reference)
         return True
 
     def _error_code(self, response: urllib3.BaseHTTPResponse) -> str:
@@ -503,6 +541,8 @@ class Client:
         total = 0
         # A server that trickles a byte now and then never trips the read timeout.
         deadline = time.monotonic() + self.timeout * BODY_TIME_FACTOR
+        if self._deadline is not None:
+            deadline = min(deadline, self._deadline)
         try:
             while True:
                 want = min(_CHUNK, limit + 1 - total)
@@ -511,6 +551,8 @@ class Client:
                     break
                 if time.monotonic() > deadline:
                     _discard(response)
+                    if self._expired():
+                        raise self._out_of_time(what, reference)
                     raise self._error(f"{what} too slow: not complete in "
                                       f"{self.timeout * BODY_TIME_FACTOR:g} s", reference)
                 body += data
@@ -521,6 +563,8 @@ class Client:
                                       reference)
         except _ux.ReadTimeoutError as err:
             _discard(response)
+            if self._expired():
+                raise self._out_of_time(what, reference) from err
             raise self._error(f"{what} stalled: no data for {self.timeout:g} s",
                               reference) from err
         except (_ux.HTTPError, OSError) as err:
@@ -726,7 +770,8 @@ class BlobReader:
                 if not isinstance(err.__cause__, _UNREACHABLE):
                     raise
                 cause = err.__cause__
-            time.sleep(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0))
+            self._client._pause(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0), "blob",
+                                self.digest)
 
     def close(self) -> None:
         """Drop the connection (what is unread is not read)."""
