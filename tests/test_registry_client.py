@@ -251,6 +251,42 @@ def test_a_busy_blob_is_asked_again(tls_server: FakeServer, certs: Path) -> None
     assert len(tls_server.seen) == 2
 
 
+@pytest.mark.parametrize("head", ["100 Continue over and over", "a header trickled"])
+def test_a_response_head_that_never_ends(tls_server: FakeServer, certs: Path,
+                                         head: str) -> None:
+    """Each read gets bytes within the read timeout, but the status line and headers
+    never end: they too must be complete within ten timeouts (this was forever)."""
+    def app(h: Handler) -> None:
+        try:
+            if head.startswith("100"):
+                while True:
+                    h.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+            h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            h.close_connection = True
+
+    tls_server.app = app
+    raised: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            with client(tls_server, certs, timeout=0.5) as c:
+                c.get_manifest("1.0")
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=get, daemon=True)  # a test that fails, not hangs
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the response head was waited for 30 s"
+    assert len(raised) == 1 and isinstance(raised[0], RegistryError), raised
+    assert "too slow (manifest): no complete response in 5 s" in str(raised[0])
+
+
 def test_stalled_manifest_body(tls_server: FakeServer, certs: Path) -> None:
     def stall(h: Handler) -> None:
         h.send_response(200)

@@ -11,6 +11,7 @@ HTTP and TLS are urllib3's; nothing here parses HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -19,11 +20,16 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from chrootarchive import __version__
-from chrootarchive.errors import LimitExceededError, RegistryError, printable
+from chrootarchive.errors import (
+    ChrootArchiveError,
+    LimitExceededError,
+    RegistryError,
+    printable,
+)
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
 from chrootarchive.registry.tls import ssl_context
@@ -44,6 +50,61 @@ def _load_urllib3() -> None:
     # urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
     _HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
     _UNREACHABLE = (_ux.NewConnectionError, _ux.ConnectTimeoutError, _ux.ProtocolError)
+    if not _POOL_CLASSES:
+        _POOL_CLASSES.update(_head_timed_pools())
+
+
+#: The seconds the response head (status line and headers) of the request this thread
+#: sends may take in all: each read has the read timeout, but a registry that sends
+#: "100 Continue" over and over, or a header a byte at a time, never trips it.
+_head = threading.local()
+_POOL_CLASSES: dict[str, type[urllib3.HTTPConnectionPool]] = {}
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut ``sock`` down under a read that waits on it (the read then ends): the base
+    class's call, which an SSL socket's own would race with its reader."""
+    with contextlib.suppress(OSError):  # closed meanwhile: nothing to cut
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _head_within(conn: urllib3.connection.HTTPConnection,
+                 get: Callable[[], urllib3.response.HTTPResponse]
+                 ) -> urllib3.response.HTTPResponse:
+    """``get()`` the response of ``conn``, its socket cut when ``_head.seconds`` pass."""
+    seconds = getattr(_head, "seconds", None)
+    sock = conn.sock
+    if seconds is None or sock is None:
+        return get()
+    timer = threading.Timer(seconds, _cut, (sock,))
+    timer.daemon = True
+    timer.start()
+    try:
+        return get()
+    finally:
+        timer.cancel()
+
+
+def _head_timed_pools() -> dict[str, type[urllib3.HTTPConnectionPool]]:
+    """Connection pools whose connections wait for a response head at most
+    ``_head.seconds``."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class Conn(HTTPConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            return _head_within(self, super().getresponse)
+
+    class SConn(HTTPSConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            return _head_within(self, super().getresponse)
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class SPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = SConn
+
+    return {"http": Pool, "https": SPool}
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "BlobReader", "Client"]
 
@@ -295,6 +356,7 @@ class Client:
                                           entry=self._entry())
                 pool = urllib3.PoolManager(num_pools=2, maxsize=4, ssl_context=context,
                                            retries=False, timeout=self._timeout)
+                pool.pool_classes_by_scheme = _POOL_CLASSES
                 self._pools[key] = pool
             return pool
 
@@ -304,27 +366,48 @@ class Client:
         left = self._left(what, reference)
         timeout = (self._timeout if left is None or left >= self.timeout
                    else urllib3.Timeout(connect=left, read=left))
+        head = self.timeout * BODY_TIME_FACTOR if left is None else min(
+            self.timeout * BODY_TIME_FACTOR, left)
+        pool = self._pool(url)
+        _head.seconds = head
+        started = time.monotonic()
+        cause: Exception | None = None
         try:
-            return self._pool(url).request(
+            response = pool.request(
                 "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
                 retries=False, preload_content=False, decode_content=False,
                 timeout=timeout)
-        except _ux.NewConnectionError as err:  # urllib3 2 makes it a ConnectTimeoutError
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
-                              reference) from err
-        except _ux.ConnectTimeoutError as err:
-            if self._expired():
-                raise self._out_of_time(what, reference) from err
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
-                              f"{self.timeout:g} s", reference) from err
-        except _ux.ReadTimeoutError as err:
-            if self._expired():
-                raise self._out_of_time(what, reference) from err
-            raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
-                              f"{self.timeout:g} s", reference) from err
-        except _ux.HTTPError as err:  # SSLError, NewConnectionError, ProtocolError...
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
-                              reference) from err
+        except _ux.HTTPError as err:
+            if time.monotonic() - started < head:
+                raise self._send_error(err, url, what, reference) from err
+            cause = err
+        finally:
+            _head.seconds = None
+        if cause is None:
+            if time.monotonic() - started < head:
+                return response
+            _discard(response)  # its head was cut short: what it says is not all
+        if self._expired():
+            raise self._out_of_time(what, reference) from cause
+        raise self._error(f"{_netloc(url)} too slow ({what}): no complete response in "
+                          f"{head:g} s", reference) from cause
+
+    def _send_error(self, err: Exception, url: str, what: str,
+                    reference: str | None) -> ChrootArchiveError:
+        """The error of a request that failed before its response came."""
+        if isinstance(err, _ux.ConnectTimeoutError | _ux.ReadTimeoutError) and self._expired():
+            return self._out_of_time(what, reference)
+        # NewConnectionError first: urllib3 2 makes it a ConnectTimeoutError.
+        if isinstance(err, _ux.ConnectTimeoutError) and not isinstance(
+                err, _ux.NewConnectionError):
+            return self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
+                               f"{self.timeout:g} s", reference)
+        if isinstance(err, _ux.ReadTimeoutError):
+            return self._error(f"{_netloc(url)} stalled ({what}): no response in "
+                               f"{self.timeout:g} s", reference)
+        # SSLError, NewConnectionError, ProtocolError...
+        return self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
+                           reference)
 
     def _first_contact(self, url: str, headers: dict[str, str], what: str,
                        reference: str | None) -> urllib3.BaseHTTPResponse:
