@@ -41,7 +41,7 @@ from chrootarchive.image import documents as image_documents
 from chrootarchive.options import Limits
 from helpers import tarbuild as tb
 from helpers import tree
-from helpers.cli import CLI, CLIResult, assert_one_line_error
+from helpers.cli import CLI, CLIResult, assert_one_line_error, run_cli
 from helpers.oci_images import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -344,6 +344,34 @@ def test_platform_not_available(multiarch: OCIBuilder, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="OS/ARCH"):
         unpack_image(multiarch.root, tmp_path / "root", platform="linux")
     assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize("field", ["mediaType", "platform"])
+def test_an_index_of_long_names_makes_a_short_error(tmp_path: Path, field: str) -> None:
+    """An index's 1,000 entries, each naming a media type or an OS of 3,900 characters
+    that nothing can use: the error lists twenty, each clipped (it was a line of 3.9 MB,
+    all of the index)."""
+    layout = tmp_path / "layout"
+    (layout / "blobs/sha256").mkdir(parents=True)
+    entries = []
+    for i in range(1000):
+        entry: dict[str, Any] = {"mediaType": OCI_MANIFEST, "digest": f"sha256:{i:064x}",
+                                 "size": 1}
+        if field == "mediaType":
+            entry["mediaType"] = f"application/x-{'y' * 3900}{i}"
+        else:
+            entry["platform"] = {"os": f"linux{'z' * 3900}{i}", "architecture": "amd64"}
+        entries.append(entry)
+    index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    (layout / "blobs/sha256" / sha256(index).split(":")[1]).write_bytes(index)
+    (layout / "index.json").write_bytes(canonical({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_INDEX, "digest": sha256(index), "size": len(index)}]}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    result = run_cli("unpack-image", layout, tmp_path / "dest")
+    line = assert_one_line_error(result, rc=1, mentions=(
+        "media types" if field == "mediaType" else "available",))
+    assert len(line) < 4096, len(line)
+    assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.parametrize("with_platforms", [False, True])
@@ -1336,6 +1364,29 @@ def test_members_no_layer_needs_are_not_spooled(tmp_path: Path) -> None:
     out = _spool_run(tmp_path, "size=64m", str(archive), "@D/rootfs")
     assert out["rc"] == "0", out
     assert out["content"] == "hi" and out["listing"].split() == ["rootfs"], out
+
+
+
+def test_a_member_read_through_is_bounded_as_if_spooled(tmp_path: Path) -> None:
+    """1.8 MB of bzip2 (128 MiB of zeros in 112 bytes, 16,384 times) hold a member of
+    2 TiB that no manifest names: reading through it took hours. Beyond what gzip's
+    ratio explains it counts as if spooled, and the limits refuse it at once."""
+    import bz2
+
+    info = tarfile.TarInfo("blobs/sha256/" + "cd" * 32)
+    info.size = 2 << 40
+    zeros = bz2.compress(bytes(128 << 20), 9)
+    archive = tmp_path / "bomb.tar.bz2"
+    with archive.open("wb") as f:
+        f.write(bz2.compress(info.tobuf(format=tarfile.PAX_FORMAT)))
+        for _ in range(info.size // (128 << 20)):
+            f.write(zeros)
+    assert archive.stat().st_size < 2 << 20
+    started = time.monotonic()
+    result = run_cli("unpack-image", archive, tmp_path / "dest", timeout=120)
+    assert_one_line_error(result, rc=1, mentions=("limit --", "blobs/sha256/cdcd"))
+    assert time.monotonic() - started < 30
+    assert sorted(os.listdir(tmp_path)) == ["bomb.tar.bz2"]  # no spool, no destination
 
 
 _IMAGE_PEAK = """

@@ -529,3 +529,171 @@ def test_an_unprivileged_user_pulls(tmp_path: Path) -> None:
                         f"{server.netloc}/stub/img:1", base / "out" / "rootfs")
         assert result.rc == 0, result.err
         assert (base / "out/rootfs/etc/f").read_bytes() == b"f\n"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Location": "http://[::1/x"}, {"WWW-Authenticate": 'Bearer realm="http://[::1/token"'}])
+def test_a_header_no_parser_expects_is_a_registry_error(tmp_path: Path,
+                                                        headers: dict[str, str]) -> None:
+    """Not "this is a bug" (exit status 70): the registry chose the header's text."""
+    status = 302 if "Location" in headers else 401
+
+    def app(h: Handler) -> None:
+        h.reply(status, b"", headers)
+
+    with FakeServer(app).running() as server:
+        result = run_cli("pull", "--insecure", server.netloc, f"{server.netloc}/odd/h:1",
+                         tmp_path / "dest")
+    assert_one_line_error(result, rc=1, mentions=(server.netloc,))
+    assert not (tmp_path / "dest").exists()
+
+
+def _endless_registry(head: bytes, filler: bytes, media_type: str) -> tuple[FakeServer,
+                                                                            list[int]]:
+    """A registry whose one layer declares 2**50 bytes: ``head``, then ``filler`` over
+    and over until the client hangs up, or 1 GiB (the bytes it sent go to the list)."""
+    tar = make_tar([Entry("f", data=b"f\n")])
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}})
+    layer_digest = "sha256:" + "ab" * 32
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": 1 << 50}]})
+    sent: list[int] = []
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.endswith(sha256(config)):
+            h.reply(200, config)
+        elif h.path.endswith(layer_digest):
+            h.send_response(200)
+            h.send_header("Content-Length", str(1 << 50))
+            h.end_headers()
+            count = 0
+            try:
+                h.wfile.write(head)
+                block = filler * ((1 << 20) // len(filler))
+                while count < 1 << 30:  # then hang up: an unbounded client fails too
+                    h.wfile.write(block)
+                    count += len(block)
+            except OSError:
+                pass
+            sent.append(count)
+        else:
+            h.reply(200, b"{}")
+
+    return FakeServer(app), sent
+
+
+@pytest.mark.parametrize("case", ["zeros after the archive", "empty gzip members",
+                                  "an error, then more"])
+def test_a_layer_declared_endless_is_not_read_for_days(tmp_path: Path, case: str) -> None:
+    """A blob of 2**50 bytes: past the archive's end (uncompressed), in gzip members that
+    hold nothing, or after the error that stops the job, at most some MiB are read."""
+    gz = "application/vnd.oci.image.layer.v1.tar+gzip"
+    if case == "zeros after the archive":
+        args = (make_tar([Entry("f", data=b"f\n")]), bytes(4096),
+                "application/vnd.oci.image.layer.v1.tar")
+        expected = "follow the end of the archive"
+    elif case == "empty gzip members":
+        args = (gzip.compress(make_tar([Entry("f", data=b"f\n")]), mtime=0),
+                gzip.compress(b"", mtime=0), gz)
+        expected = "not a layer's compressed tar"
+    else:
+        args = (make_tar([Entry("../../evil", data=b"x")]), bytes(4096),
+                "application/vnd.oci.image.layer.v1.tar")
+        expected = "would leave the destination"
+    server, sent = _endless_registry(*args)
+    with server.running():
+        started = time.monotonic()
+        result = run_cli("pull", "--insecure", server.netloc, "--atomic",
+                         f"{server.netloc}/endless/img:1", tmp_path / "dest")
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert_one_line_error(result, rc=1, mentions=(expected,))
+    assert not (tmp_path / "dest").exists()
+    assert not (tmp_path.parent / "evil").exists()
+    assert sent and sent[0] < 256 << 20, sent
+    assert elapsed < 60, elapsed
+
+
+def test_a_layer_in_1_byte_chunks_is_read_ahead_in_linear_time(tmp_path: Path) -> None:
+    """The next layer's blob, read ahead while one is applied, in a chunked body of
+    1-byte chunks: each read gives a byte. Kept as a list popped from its front, 1 MiB
+    took minutes (the quadratic moves) and 40 bytes of memory each; one buffer now."""
+    tars = [make_tar([Entry("a", data=b"a" * 1000)]),
+            make_tar([Entry("b", data=os.urandom(1 << 20))])]
+    blobs = [gzip.compress(tars[0], mtime=0), tars[1]]
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in tars]}})
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(blobs[0]), "size": len(blobs[0])},
+                   {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(blobs[1]), "size": len(blobs[1])}]})
+    by_digest = {sha256(config): config, sha256(blobs[0]): blobs[0]}
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.endswith(sha256(blobs[1])):
+            h.send_response(200)
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            out = bytearray()
+            for i in range(len(blobs[1])):
+                out += b"1\r\n" + blobs[1][i:i + 1] + b"\r\n"
+                if len(out) >= 1 << 16:
+                    h.wfile.write(out)
+                    out.clear()
+            h.wfile.write(out + b"0\r\n\r\n")
+        else:
+            h.reply(200, by_digest[h.path.rsplit("/", 1)[1]])
+
+    with FakeServer(app).running() as server:
+        started = time.monotonic()
+        result = run_cli("pull", "--insecure", server.netloc, f"{server.netloc}/bytes/img:1",
+                         tmp_path / "dest", timeout=120)
+        elapsed = time.monotonic() - started
+    assert result.rc == 0, result.err
+    assert (tmp_path / "dest/b").read_bytes() == tars[1][512:512 + (1 << 20)]
+    assert elapsed < 60, elapsed
+
+
+@pytest.mark.parametrize("registry_is", ["busy", "trickling"])
+def test_timeout_bounds_a_busy_or_trickling_registry(tmp_path: Path, registry_is: str) -> None:
+    """--timeout is the whole pull's: four retries 10 s apart took 40 s of a --timeout
+    of 2, and a manifest trickled a byte at a time ten times the timeout."""
+    stop = __import__("threading").Event()
+
+    def app(h: Handler) -> None:
+        if registry_is == "busy":
+            h.reply(429, b"", {"Retry-After": "10"})
+            return
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        try:
+            while not stop.wait(0.2):
+                h.wfile.write(b" ")
+                h.wfile.flush()
+        except OSError:
+            pass
+
+    with FakeServer(app).running() as server:
+        started = time.monotonic()
+        try:
+            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "2",
+                             f"{server.netloc}/slow/img:1", tmp_path / "dest")
+        finally:
+            stop.set()
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, rc=1, mentions=("limit --timeout (2 seconds) exceeded",))
+    assert elapsed < 10, elapsed
+    assert not (tmp_path / "dest").exists()

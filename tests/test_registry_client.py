@@ -251,6 +251,42 @@ def test_a_busy_blob_is_asked_again(tls_server: FakeServer, certs: Path) -> None
     assert len(tls_server.seen) == 2
 
 
+@pytest.mark.parametrize("head", ["100 Continue over and over", "a header trickled"])
+def test_a_response_head_that_never_ends(tls_server: FakeServer, certs: Path,
+                                         head: str) -> None:
+    """Each read gets bytes within the read timeout, but the status line and headers
+    never end: they too must be complete within ten timeouts (this was forever)."""
+    def app(h: Handler) -> None:
+        try:
+            if head.startswith("100"):
+                while True:
+                    h.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+            h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            h.close_connection = True
+
+    tls_server.app = app
+    raised: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            with client(tls_server, certs, timeout=0.5) as c:
+                c.get_manifest("1.0")
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=get, daemon=True)  # a test that fails, not hangs
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the response head was waited for 30 s"
+    assert len(raised) == 1 and isinstance(raised[0], RegistryError), raised
+    assert "too slow (manifest): no complete response in 5 s" in str(raised[0])
+
+
 def test_stalled_manifest_body(tls_server: FakeServer, certs: Path) -> None:
     def stall(h: Handler) -> None:
         h.send_response(200)
@@ -580,6 +616,128 @@ def test_too_many_redirects(tls_server: FakeServer, certs: Path) -> None:
 def test_redirect_to_plain_http_refused(tls_server: FakeServer, certs: Path) -> None:
     tls_server.app = lambda h: h.reply(302, b"", {"Location": "http://127.0.0.1:9/x"})
     with client(tls_server, certs) as c, pytest.raises(RegistryError, match="plain HTTP"):
+        c.get_manifest("1.0")
+
+
+
+
+def chunked_by_byte(h: Handler, body: bytes) -> None:
+    """``body`` as a chunked response of 1-byte chunks (each read gets one byte)."""
+    h.send_response(200)
+    h.send_header("Content-Type", OCI_MANIFEST)
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    out = bytearray()
+    for i in range(len(body)):
+        out += b"1\r\n" + body[i:i + 1] + b"\r\n"
+        if len(out) >= 1 << 16:
+            h.wfile.write(out)
+            out.clear()
+    h.wfile.write(out + b"0\r\n\r\n")
+    h.wfile.flush()
+
+
+def test_a_manifest_in_1_byte_chunks_takes_its_size_in_memory(tls_server: FakeServer,
+                                                              certs: Path) -> None:
+    """Each read of a chunked body gives at most a chunk: kept as a list of what each
+    read gave, 1-byte chunks took 90 times their size (4 MiB, the bound: 390 MB)."""
+    import tracemalloc
+
+    body = MANIFEST[:-1] + b" " * (256 << 10) + b"}"
+    tls_server.app = lambda h: chunked_by_byte(h, body)
+    with client(tls_server, certs) as c:
+        tracemalloc.start()
+        try:
+            got = c.get_manifest("1.0")[1]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert got == body
+    assert peak < 4 * len(body), peak
+
+
+# -- header values no parser expects ----------------------------------------------------
+# The registry writes its headers' text: a value that str.isdigit() takes but int()
+# refuses (a superscript digit), 5,000 digits (int()'s limit), an IPv6 address that does
+# not parse. Each used to escape as a ValueError or OverflowError: "this is a bug" and
+# exit status 70 from the command line, not a RegistryError.
+
+UNREADABLE_NUMBERS = ["\xb9", "\xb2\xb3", "9" * 5000]
+
+
+def close_delimited(h: Handler, body: bytes, headers: dict[str, str]) -> None:
+    """A 200 whose body ends with the connection, with exactly ``headers``."""
+    h.send_response(200)
+    for key, value in headers.items():
+        h.send_header(key, value)  # encoded as latin-1: "\xb9" is one byte on the wire
+    h.send_header("Connection", "close")
+    h.end_headers()
+    h.wfile.write(body)
+    h.wfile.flush()
+    h.close_connection = True
+
+
+@pytest.mark.parametrize("length", UNREADABLE_NUMBERS)
+def test_an_unreadable_content_length_of_a_manifest_is_no_length(
+        tls_server: FakeServer, certs: Path, length: str) -> None:
+    tls_server.app = lambda h: close_delimited(h, MANIFEST, {
+        "Content-Type": OCI_MANIFEST, "Content-Length": length})
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[1:] == (MANIFEST, MANIFEST_DIGEST)
+
+
+@pytest.mark.parametrize("length", UNREADABLE_NUMBERS)
+def test_an_unreadable_content_length_of_a_blob_is_no_length(
+        tls_server: FakeServer, certs: Path, length: str) -> None:
+    tls_server.app = lambda h: close_delimited(h, BLOB, {"Content-Length": length})
+    with client(tls_server, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader:
+        assert read_all(reader) == BLOB
+
+
+@pytest.mark.parametrize("retry_after", ["9" * 5000, "Mon, 01 Jan 99999999999 00:00:00 GMT"])
+def test_an_unreadable_retry_after_is_the_usual_pause(tls_server: FakeServer, certs: Path,
+                                                      retry_after: str) -> None:
+    tls_server.app = busy_then(429, 1, retry_after, serve_manifest)
+    with client(tls_server, certs) as c:
+        assert c.get_manifest("1.0")[2] == MANIFEST_DIGEST
+    assert len(tls_server.seen) == 2
+
+
+def test_an_unreadable_content_range_is_the_wrong_place(tls_server: FakeServer,
+                                                        certs: Path) -> None:
+    def app(h: Handler) -> None:
+        if h.headers.get("Range") is None:
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(BLOB)))
+            h.end_headers()
+            h.wfile.write(BLOB[:1000])
+            h.drop()
+        else:
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {'1' * 5000}-{len(BLOB) - 1}/{len(BLOB)}")
+            h.send_header("Content-Length", str(len(BLOB) - 1000))
+            h.end_headers()
+            h.wfile.write(BLOB[1000:])
+
+    tls_server.app = app
+    with client(tls_server, certs) as c, c.open_blob(BLOB_DIGEST, len(BLOB)) as reader, \
+            pytest.raises(RegistryError, match="resumed at the wrong place"):
+        read_all(reader)
+
+
+def test_a_redirect_to_an_unparsable_location_is_refused(tls_server: FakeServer,
+                                                         certs: Path) -> None:
+    tls_server.app = lambda h: h.reply(302, b"", {"Location": "https://[::1/x"})
+    with client(tls_server, certs) as c, \
+            pytest.raises(RegistryError, match="redirect to an unusable location"):
+        c.get_manifest("1.0")
+
+
+def test_a_token_realm_that_does_not_parse_is_refused(tls_server: FakeServer,
+                                                      certs: Path) -> None:
+    tls_server.app = lambda h: h.reply(401, b"", {
+        "WWW-Authenticate": 'Bearer realm="https://[::1/token"'})
+    with client(tls_server, certs) as c, pytest.raises(RegistryError, match="no usable realm"):
         c.get_manifest("1.0")
 
 

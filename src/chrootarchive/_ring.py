@@ -283,12 +283,13 @@ class RingInput:
                 self.end = _OFFSET.unpack_from(data, len(data) - 8)[0]
         return True
 
-    def drain(self) -> int:
+    def drain(self, limit: int | None = None) -> int:
         """Read to the end of the stream, letting the parent finish; the bytes skipped.
-        Only once the reader and the copies are done: everything read is freed."""
+        Only once the reader and the copies are done: everything read is freed.
+        ``limit``: stop once more than that many were skipped."""
         self.consumed = self.pinned = None
         start = self.pos
-        while self.wait_for(self.end + 1):
+        while (limit is None or self.pos - start <= limit) and self.wait_for(self.end + 1):
             self.pos = self.end
             self._free()
         self.pos = max(self.pos, self.end)

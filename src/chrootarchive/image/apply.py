@@ -46,6 +46,12 @@ _HASH_THREAD_MIN = 4 << 20  # bytes of blob: a smaller one is hashed where it is
 
 _APPLIED = "(the layer was applied, at least in part, before this could be known)"
 
+#: A blob may be read this far ahead of what it decompressed to (twice that, plus this):
+#: no compressor makes more than a few bytes in a thousand of overhead, but a registry
+#: can declare a blob of 2**62 bytes and send gzip members or zstd frames that hold
+#: nothing, or send more after an error, and the stream would be read for days.
+BLOB_SLACK = 16 << 20
+
 
 class _BlobStream:
     """Reads a layer blob, counting and hashing; checks size and digest at its end."""
@@ -59,6 +65,7 @@ class _BlobStream:
         self._hasher = Hasher(layer.digest, hashing) if layer.digest else None
         self._progress = progress
         self.count = 0
+        self.produced = 0  # the bytes its decompressed stream has yielded so far
         self._ended = False
         self._error: ChrootArchiveError | None = None
 
@@ -83,6 +90,10 @@ class _BlobStream:
             self._fail(DigestMismatchError(
                 f"size mismatch: declared {expected} bytes, the blob is longer {_APPLIED}",
                 self._label))
+        if self.count > 2 * self.produced + BLOB_SLACK:
+            self._fail(ImageError(
+                f"{self.count:,} bytes of the blob read but only {self.produced:,} bytes "
+                f"of layer data: not a layer's compressed tar", self._label))
         if self._hasher is not None:
             self._hasher.update(data)
         if self._progress is not None:
@@ -129,6 +140,7 @@ def _layer_chunks(blob: _BlobStream, layer: LayerPlan, label: str, kind_seen: li
     diff = Hasher(layer.diff_id, hashing)
     try:
         for chunk in chunks:
+            blob.produced += len(chunk)
             diff.update(chunk)
             yield chunk
     except ChrootArchiveError:

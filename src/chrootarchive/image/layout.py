@@ -52,6 +52,13 @@ MAX_KEPT_MEMBER = 4 << 20
 """Members of a compressed image tar up to this size (the JSON documents: see
 ``documents.MAX_JSON_SIZE``) are spooled when it is indexed; larger ones when chosen."""
 _LOOK_BYTES = 64 << 20  # the spool looks at the reserve at least this often
+PASS_FLOOR = 1 << 30
+PASS_RATIO = 1032
+"""The members of a compressed image tar that are not kept are decompressed all the
+same, to reach the next member: beyond PASS_FLOOR plus PASS_RATIO (gzip's most) times
+the compressed bytes read, they must fit what the spool could hold, as an untar of the
+same stream is bounded by what it can write (a bzip2 stream of 1 MB holds 1 TiB of
+zeros: two hours to read through)."""
 
 _MAX_LINK_HOPS = 16
 
@@ -87,9 +94,14 @@ class _RangeReader:
 
     def __init__(self, fd: int, offset: int, size: int) -> None:
         self._fd = fd
-        self._pos = offset
+        self._start = self._pos = offset
         self._end = offset + size
         self.size = size
+
+    @property
+    def done(self) -> int:
+        """The bytes read so far."""
+        return self._pos - self._start
 
     def read(self, n: int = -1, /) -> bytes:
         if n < 0:  # the rest
@@ -286,8 +298,10 @@ class _TarLayout(Layout):
         return self._spool.size if self._spool is not None else 0
 
     def _index(self, reader: tarreader.TarReader,
-               file_member: Callable[[tarreader.TarEntry], _Member]) -> None:
-        """Index the members; ``file_member`` makes a regular file's (its data unread)."""
+               file_member: Callable[[tarreader.TarEntry], _Member],
+               seen: Callable[[tarreader.TarEntry], None] | None = None) -> None:
+        """Index the members; ``file_member`` makes a regular file's (its data unread);
+        ``seen`` is shown each member first."""
         self._members: dict[str, _Member] = {}
         self._dirs: set[str] = set()
         self._prefix = ""
@@ -299,6 +313,8 @@ class _TarLayout(Layout):
                 if count > MAX_TAR_MEMBERS:
                     raise ImageError(
                         f"the image archive has more than {MAX_TAR_MEMBERS:,} members")
+                if seen is not None:
+                    seen(entry)
                 name = _member_name(entry.name)
                 if name is None:
                     continue
@@ -509,9 +525,10 @@ class _StreamLayout(_TarLayout):
     """A compressed image tar, read as a stream: indexed in a first pass that spools the
     small members; the large members the plan chooses are spooled by :meth:`fetch`."""
 
-    def __init__(self, open_source: Callable[[], compression.Readable], spool: Spool,
+    def __init__(self, open_source: Callable[[], _RangeReader], spool: Spool,
                  max_memory: int | None) -> None:
         self._open_source = open_source
+        self._source: _RangeReader | None = None
         self._spool = self._stream_spool = spool
         self._max_memory = max_memory
         self._fd = spool.fd
@@ -520,7 +537,8 @@ class _StreamLayout(_TarLayout):
     def _each_member(self, run: Callable[[tarreader.TarReader], None]) -> None:
         """Run ``run`` on a reader of the decompressed stream; its errors or the
         decompressor's (which come first: a cut stream shows as a truncated tar)."""
-        feed = _Feed(self._open_source(), self._max_memory)
+        self._source = self._open_source()
+        feed = _Feed(self._source, self._max_memory)
         try:
             try:
                 run(tarreader.TarReader(feed.fd))
@@ -546,7 +564,20 @@ class _StreamLayout(_TarLayout):
                 spool.write(chunk, entry.name)
             return _Member("file", offset, entry.size)
 
-        self._index(reader, keep_small)
+        passed = 0
+        source = self._source
+
+        def read_past(entry: tarreader.TarEntry) -> None:
+            nonlocal passed
+            if (entry.kind == tarreader.REGULAR and entry.sparse is None
+                    and entry.size <= MAX_KEPT_MEMBER) or not entry.stored_size:
+                return  # kept: spool.write counts it
+            passed += entry.stored_size
+            compressed = source.done if source is not None else 0
+            if passed > PASS_FLOOR + PASS_RATIO * compressed:
+                spool.check(passed, entry.name)  # as if spooled: max_bytes, the reserve
+
+        self._index(reader, keep_small, read_past)
 
     def fetch(self, names: list[str]) -> None:
         members: dict[int, _Member] = {}

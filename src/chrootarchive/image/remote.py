@@ -107,23 +107,28 @@ def remote_plan(registry: Registry, reference: str, name: str, sel: Selection,
 class _Prefetched:
     """A layer blob whose first bytes were read ahead: those, then the rest."""
 
-    def __init__(self, head: list[bytes], reader: Any) -> None:
+    def __init__(self, head: bytearray, reader: Any) -> None:
         self._head = head
+        self._at = 0
         self._reader = reader
         self.size: int = reader.size
 
     def read(self, n: int = -1) -> bytes:
-        if self._head:
-            data = self._head.pop(0)
-            if 0 <= n < len(data):
-                self._head.insert(0, data[n:])
-                data = data[:n]
+        if self._at < len(self._head):
+            end = len(self._head) if n < 0 else min(self._at + max(n, 1), len(self._head))
+            end = min(end, self._at + _PREFETCH_CHUNK)
+            data = bytes(self._head[self._at:end])
+            self._at = end
+            if self._at == len(self._head):
+                self._head = bytearray()
+                self._at = 0
             return data
         rest: bytes = self._reader.read(n)
         return rest
 
     def close(self) -> None:
-        self._head = []
+        self._head = bytearray()
+        self._at = 0
         self._reader.close()
 
 
@@ -143,14 +148,14 @@ class Prefetcher:
         try:
             reader = self._registry.open_blob(layer.name, layer.size)
             box["reader"] = reader
-            head: list[bytes] = []
-            got = 0
-            while got < self._limit and not self._closed:
-                data = reader.read(min(_PREFETCH_CHUNK, self._limit - got))
+            # One buffer: a registry that sends 1-byte chunks makes each read a byte,
+            # and 8 MiB of 1-byte objects would take 330 MB.
+            head = bytearray()
+            while len(head) < self._limit and not self._closed:
+                data = reader.read(min(_PREFETCH_CHUNK, self._limit - len(head)))
                 if not data:
                     break
-                head.append(data)
-                got += len(data)
+                head += data
             box["head"] = head
             if self._closed:  # given up on meanwhile: nobody will read it
                 reader.close()

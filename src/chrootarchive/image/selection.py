@@ -96,8 +96,8 @@ def pick(candidates: list[Descriptor], sel: Selection, where: str,
             raise ImageError("the index lists no manifests", where)
         if any(t in SCHEMA1_TYPES for t in types):
             raise ImageError("Docker schema 1 manifests are not supported", where)
-        raise ImageError(f"no image manifest in the index (media types: {', '.join(types)})",
-                         where)
+        raise ImageError(f"no image manifest in the index (media types: "
+                         f"{listed_names(types)})", where)
     if len(unique) == 1:
         return usable[0]
     ranked = []
@@ -116,7 +116,7 @@ def pick(candidates: list[Descriptor], sel: Selection, where: str,
         return unplatformed[0]
     available = sorted({str(d.platform) for d in usable if d.platform is not None})
     raise ImageError(f"no manifest for platform {sel.want} (available: "
-                     f"{', '.join(available) or 'none'})", where)
+                     f"{listed_names(available)})", where)
 
 
 def resolve_manifest(fetch: Fetch, desc: Descriptor, sel: Selection,

@@ -11,6 +11,7 @@ HTTP and TLS are urllib3's; nothing here parses HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -19,11 +20,16 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from chrootarchive import __version__
-from chrootarchive.errors import RegistryError, printable
+from chrootarchive.errors import (
+    ChrootArchiveError,
+    LimitExceededError,
+    RegistryError,
+    printable,
+)
 from chrootarchive.registry.auth import Credentials, find_credentials, parse_challenges
 from chrootarchive.registry.reference import Reference
 from chrootarchive.registry.tls import ssl_context
@@ -44,6 +50,61 @@ def _load_urllib3() -> None:
     # urllib3 2.3 added ``read1``; older 2.x waits for ``n`` bytes in ``read``.
     _HAS_READ1 = hasattr(urllib3.HTTPResponse, "read1")
     _UNREACHABLE = (_ux.NewConnectionError, _ux.ConnectTimeoutError, _ux.ProtocolError)
+    if not _POOL_CLASSES:
+        _POOL_CLASSES.update(_head_timed_pools())
+
+
+#: The seconds the response head (status line and headers) of the request this thread
+#: sends may take in all: each read has the read timeout, but a registry that sends
+#: "100 Continue" over and over, or a header a byte at a time, never trips it.
+_head = threading.local()
+_POOL_CLASSES: dict[str, type[urllib3.HTTPConnectionPool]] = {}
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut ``sock`` down under a read that waits on it (the read then ends): the base
+    class's call, which an SSL socket's own would race with its reader."""
+    with contextlib.suppress(OSError):  # closed meanwhile: nothing to cut
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _head_within(conn: urllib3.connection.HTTPConnection,
+                 get: Callable[[], urllib3.response.HTTPResponse]
+                 ) -> urllib3.response.HTTPResponse:
+    """``get()`` the response of ``conn``, its socket cut when ``_head.seconds`` pass."""
+    seconds = getattr(_head, "seconds", None)
+    sock = conn.sock
+    if seconds is None or sock is None:
+        return get()
+    timer = threading.Timer(seconds, _cut, (sock,))
+    timer.daemon = True
+    timer.start()
+    try:
+        return get()
+    finally:
+        timer.cancel()
+
+
+def _head_timed_pools() -> dict[str, type[urllib3.HTTPConnectionPool]]:
+    """Connection pools whose connections wait for a response head at most
+    ``_head.seconds``."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class Conn(HTTPConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            return _head_within(self, super().getresponse)
+
+    class SConn(HTTPSConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            return _head_within(self, super().getresponse)
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class SPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = SConn
+
+    return {"http": Pool, "https": SPool}
 
 __all__ = ["MANIFEST_MEDIA_TYPES", "BlobReader", "Client"]
 
@@ -81,7 +142,18 @@ _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _HAS_READ1 = False
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# ASCII digits, at most 20 (2**64 has 20): ``\d`` alone takes other scripts' digits,
+# and int() refuses more than 4,300 digits with a ValueError.
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)")
+_NUMBER = re.compile(r"[0-9]{1,20}")
+
+
+def _header_number(value: str | None) -> int | None:
+    """A header's decimal number (Content-Length); None when it is not one: the
+    registry chooses the text, and ``str.isdigit`` takes ``\xb9`` that int() refuses."""
+    if value is None or _NUMBER.fullmatch(value.strip()) is None:
+        return None
+    return int(value)
 
 
 def _is_digest(text: str) -> bool:
@@ -117,7 +189,9 @@ def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
         return None
     try:
         seconds: float = urllib3.util.Retry().parse_retry_after(value)
-    except _ux.InvalidHeader:
+    except (_ux.InvalidHeader, ValueError, OverflowError):
+        # Not a number or a date urllib3 reads: 5,000 digits (int()'s limit), a date
+        # in the year 99999999999 (OverflowError).
         return None
     return seconds
 
@@ -194,13 +268,18 @@ class Client:
 
     def __init__(self, ref: Reference, *, insecure: bool = False, authfile: str | None = None,
                  certs_dirs: Sequence[str] | None = None, timeout: float = 30.0,
-                 max_redirects: int = 5) -> None:
+                 max_redirects: int = 5, time_limit: float | None = None) -> None:
+        """``timeout``: of each request (to connect, for the next bytes);
+        ``time_limit``: seconds for all of them, their pauses and retries included
+        (``Limits.timeout``: the whole operation's)."""
         _load_urllib3()
         self.ref = ref
         self.insecure = insecure
         self._certs_dirs = certs_dirs
         self.timeout = timeout
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._time_limit = time_limit
+        self._deadline = None if time_limit is None else time.monotonic() + time_limit
         self.max_redirects = max_redirects
         self._scheme = "https"
         self._plain_tried = False
@@ -228,6 +307,31 @@ class Client:
     def _error(self, problem: str, reference: str | None = None) -> RegistryError:
         return RegistryError(printable(problem, 0), self._entry(reference))
 
+    def _out_of_time(self, what: str, reference: str | None) -> LimitExceededError:
+        return LimitExceededError(f"limit timeout ({self._time_limit or 0:g} seconds) "
+                                  f"exceeded{f' ({what})' if what else ''}",
+                                  self._entry(reference))
+
+    def _left(self, what: str, reference: str | None) -> float | None:
+        """Seconds until ``time_limit`` runs out (None: no limit); the limit's error
+        once it has: retries, pauses and slow bodies stop there, not after minutes."""
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(what, reference)
+        return left
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _pause(self, seconds: float, what: str, reference: str | None) -> None:
+        """Sleep, unless ``time_limit`` runs out first: then its error at once."""
+        left = self._left(what, reference)
+        if left is not None and seconds >= left:
+            raise self._out_of_time(what, reference)
+        time.sleep(seconds)
+
     @property
     def base_url(self) -> str:
         """``SCHEME://ENDPOINT/v2/REPOSITORY`` (http only after ``insecure`` fell back)."""
@@ -252,29 +356,58 @@ class Client:
                                           entry=self._entry())
                 pool = urllib3.PoolManager(num_pools=2, maxsize=4, ssl_context=context,
                                            retries=False, timeout=self._timeout)
+                pool.pool_classes_by_scheme = _POOL_CLASSES
                 self._pools[key] = pool
             return pool
 
     def _send(self, url: str, headers: dict[str, str], what: str,
               reference: str | None) -> urllib3.BaseHTTPResponse:
         """One request, no redirect followed, body not read."""
+        left = self._left(what, reference)
+        timeout = (self._timeout if left is None or left >= self.timeout
+                   else urllib3.Timeout(connect=left, read=left))
+        head = self.timeout * BODY_TIME_FACTOR if left is None else min(
+            self.timeout * BODY_TIME_FACTOR, left)
+        pool = self._pool(url)
+        _head.seconds = head
+        started = time.monotonic()
+        cause: Exception | None = None
         try:
-            return self._pool(url).request(
+            response = pool.request(
                 "GET", url, headers={"User-Agent": _USER_AGENT, **headers}, redirect=False,
                 retries=False, preload_content=False, decode_content=False,
-                timeout=self._timeout)
-        except _ux.NewConnectionError as err:  # urllib3 2 makes it a ConnectTimeoutError
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
-                              reference) from err
-        except _ux.ConnectTimeoutError as err:
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
-                              f"{self.timeout:g} s", reference) from err
-        except _ux.ReadTimeoutError as err:
-            raise self._error(f"{_netloc(url)} stalled ({what}): no response in "
-                              f"{self.timeout:g} s", reference) from err
-        except _ux.HTTPError as err:  # SSLError, NewConnectionError, ProtocolError...
-            raise self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
-                              reference) from err
+                timeout=timeout)
+        except _ux.HTTPError as err:
+            if time.monotonic() - started < head:
+                raise self._send_error(err, url, what, reference) from err
+            cause = err
+        finally:
+            _head.seconds = None
+        if cause is None:
+            if time.monotonic() - started < head:
+                return response
+            _discard(response)  # its head was cut short: what it says is not all
+        if self._expired():
+            raise self._out_of_time(what, reference) from cause
+        raise self._error(f"{_netloc(url)} too slow ({what}): no complete response in "
+                          f"{head:g} s", reference) from cause
+
+    def _send_error(self, err: Exception, url: str, what: str,
+                    reference: str | None) -> ChrootArchiveError:
+        """The error of a request that failed before its response came."""
+        if isinstance(err, _ux.ConnectTimeoutError | _ux.ReadTimeoutError) and self._expired():
+            return self._out_of_time(what, reference)
+        # NewConnectionError first: urllib3 2 makes it a ConnectTimeoutError.
+        if isinstance(err, _ux.ConnectTimeoutError) and not isinstance(
+                err, _ux.NewConnectionError):
+            return self._error(f"cannot connect to {_netloc(url)} ({what}): no answer in "
+                               f"{self.timeout:g} s", reference)
+        if isinstance(err, _ux.ReadTimeoutError):
+            return self._error(f"{_netloc(url)} stalled ({what}): no response in "
+                               f"{self.timeout:g} s", reference)
+        # SSLError, NewConnectionError, ProtocolError...
+        return self._error(f"cannot connect to {_netloc(url)} ({what}): {_cause(err)}",
+                           reference)
 
     def _first_contact(self, url: str, headers: dict[str, str], what: str,
                        reference: str | None) -> urllib3.BaseHTTPResponse:
@@ -331,9 +464,14 @@ class Client:
 
     def _token(self, params: dict[str, str], what: str, reference: str | None) -> str:
         realm = params.get("realm", "")
-        scheme = urlsplit(realm).scheme.lower()
-        if scheme not in ("http", "https") or not urlsplit(realm).hostname:
+        try:
+            parts = urlsplit(realm)
+            usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "http://[::1": an IPv6 address that does not parse
+            usable = False
+        if not usable:
             raise self._error("the bearer challenge has no usable realm", reference)
+        scheme = parts.scheme.lower()
         credentials = self._get_credentials()
         if scheme != "https" and credentials is not None and not (
                 self.insecure and self._is_registry(realm)):
@@ -343,14 +481,14 @@ class Client:
         query = {"scope": f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        url = realm + ("&" if urlsplit(realm).query else "?") + urlencode(query)
+        url = realm + ("&" if parts.query else "?") + urlencode(query)
         headers = {"Accept": "application/json"}
         if credentials is not None:
             headers["Authorization"] = credentials.basic()
         retries = 0
         while True:
             response = self._send(url, headers, f"token from {_netloc(realm)}", reference)
-            if not self._waited_if_busy(response, retries):
+            if not self._waited_if_busy(response, retries, "token", reference):
                 break
             retries += 1
         try:
@@ -399,7 +537,7 @@ class Client:
                 authenticated = True
                 self._authenticate(header, what, reference)
                 continue
-            if self._waited_if_busy(response, retries):
+            if self._waited_if_busy(response, retries, what, reference):
                 retries += 1
                 continue
             if response.status not in _REDIRECTS:
@@ -414,7 +552,11 @@ class Client:
             if redirects > self.max_redirects:
                 raise self._error(f"more than {self.max_redirects} redirects ({what})",
                                   reference)
-            target = urljoin(url, location.strip())
+            try:
+                target = urljoin(url, location.strip())
+            except ValueError:  # "http://[::1": an IPv6 address that does not parse
+                raise self._error(f"redirect to an unusable location ({what})",
+                                  reference) from None
             if urlsplit(target).scheme.lower() not in ("http", "https"):
                 raise self._error(f"redirect to an unsupported scheme ({what})", reference)
             if urlsplit(target).scheme.lower() == "http" and not self.insecure:
@@ -425,7 +567,8 @@ class Client:
             seen.add(target)
             url = target
 
-    def _waited_if_busy(self, response: urllib3.BaseHTTPResponse, retries: int) -> bool:
+    def _waited_if_busy(self, response: urllib3.BaseHTTPResponse, retries: int,
+                        what: str, reference: str | None) -> bool:
         """For a busy answer that may be asked again (RETRY_STATUSES): discard it, wait
         the pause and say so; else False (the answer is the caller's to read)."""
         if response.status not in RETRY_STATUSES or retries >= MAX_RETRIES:
@@ -435,7 +578,7 @@ class Client:
             return False
         self._drain(response)
         response.release_conn()
-        time.sleep(pause)
+        self._pause(pause, what, reference)
         return True
 
     def _error_code(self, response: urllib3.BaseHTTPResponse) -> str:
@@ -470,15 +613,19 @@ class Client:
                       reference: str | None) -> bytes:
         """The whole body, at most ``limit`` bytes: the declared length is checked first,
         then what arrives is counted (a lying or missing Content-Length)."""
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        declared = _header_number(response.headers.get("Content-Length"))
+        if declared is not None and declared > limit:
             _discard(response)
-            raise self._error(f"{what} too large: {int(declared)} bytes declared, the limit "
+            raise self._error(f"{what} too large: {declared} bytes declared, the limit "
                               f"is {limit}", reference)
-        parts: list[bytes] = []
+        # One buffer, not a list of what each read gave: a chunked body of 1-byte chunks
+        # makes each read a byte, and 4 MiB of 1-byte objects took 390 MB.
+        body = bytearray()
         total = 0
         # A server that trickles a byte now and then never trips the read timeout.
         deadline = time.monotonic() + self.timeout * BODY_TIME_FACTOR
+        if self._deadline is not None:
+            deadline = min(deadline, self._deadline)
         try:
             while True:
                 want = min(_CHUNK, limit + 1 - total)
@@ -487,9 +634,11 @@ class Client:
                     break
                 if time.monotonic() > deadline:
                     _discard(response)
+                    if self._expired():
+                        raise self._out_of_time(what, reference)
                     raise self._error(f"{what} too slow: not complete in "
                                       f"{self.timeout * BODY_TIME_FACTOR:g} s", reference)
-                parts.append(data)
+                body += data
                 total += len(data)
                 if total > limit:
                     _discard(response)
@@ -497,12 +646,14 @@ class Client:
                                       reference)
         except _ux.ReadTimeoutError as err:
             _discard(response)
+            if self._expired():
+                raise self._out_of_time(what, reference) from err
             raise self._error(f"{what} stalled: no data for {self.timeout:g} s",
                               reference) from err
         except (_ux.HTTPError, OSError) as err:
             _discard(response)
             raise self._error(f"{what} cut short: {_cause(err)}", reference) from err
-        return b"".join(parts)
+        return bytes(body)
 
     # -- the API ------------------------------------------------------------------------
 
@@ -619,16 +770,16 @@ class BlobReader:
             raise self._error(f"the registry cannot resume (no range support) after "
                               f"{offset} bytes")
         client._check_status(response, "blob", self.digest, (206,) if offset else (200,))
-        declared = response.headers.get("Content-Length", "").strip()
+        declared = _header_number(response.headers.get("Content-Length"))
         if offset:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
             if match is None or int(match.group(1)) != offset:
                 _discard(response)
                 raise self._error(f"the registry resumed at the wrong place (asked for "
                                   f"byte {offset})")
-        if self.size is not None and declared.isdigit() and int(declared) != self.size - offset:
+        if self.size is not None and declared is not None and declared != self.size - offset:
             _discard(response)
-            raise self._error(f"size mismatch: the registry sends {int(declared) + offset} "
+            raise self._error(f"size mismatch: the registry sends {declared + offset} "
                               f"bytes, the manifest declares {self.size}")
         return response
 
@@ -702,7 +853,8 @@ class BlobReader:
                 if not isinstance(err.__cause__, _UNREACHABLE):
                     raise
                 cause = err.__cause__
-            time.sleep(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0))
+            self._client._pause(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0), "blob",
+                                self.digest)
 
     def close(self) -> None:
         """Drop the connection (what is unread is not read)."""

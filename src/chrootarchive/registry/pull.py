@@ -89,7 +89,7 @@ def pull(
     if options.limits.timeout is not None:
         timeout = max(min(timeout, options.limits.timeout), 0.001)
     client = Client(reference, insecure=insecure, authfile=authfile, certs_dirs=certs_dirs,
-                    timeout=timeout)
+                    timeout=timeout, time_limit=options.limits.timeout)
     try:
         return unpack_remote(
             client, reference.object, str(reference), dest, options, platform=platform,

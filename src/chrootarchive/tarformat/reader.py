@@ -825,11 +825,14 @@ class TarReader:
             return -1  # read as from a pipe (a truncated stream is found there)
         return start
 
-    def drain(self) -> int:
+    def drain(self, limit: int | None = None) -> int:
         """Read the input to its end; return the bytes discarded.
 
         Lets the process feeding a pipe finish normally after the end of the archive
-        or after an error. Nothing read here is interpreted.
+        or after an error. Nothing read here is interpreted. ``limit``: more bytes
+        than that to read is a :class:`MalformedArchiveError` (a layer streamed from a
+        registry that declares 2**62 bytes would be read for days); a regular file's
+        rest is skipped, not read, and never counts.
         """
         self._done = True
         self._current = None
@@ -840,13 +843,17 @@ class TarReader:
             return count
         self._eof = True
         if self._ring is not None:
-            return count + self._ring.drain()
-        if self._seekable:
+            count += self._ring.drain(None if limit is None else max(limit - count, 0))
+        elif self._seekable:
             here = os.lseek(self._fd, 0, os.SEEK_CUR)
             end = os.lseek(self._fd, 0, os.SEEK_END)
             return count + max(end - here, 0)
-        while n := os.readv(self._fd, [self._mv]):
-            count += n
+        else:
+            while (limit is None or count <= limit) and (n := os.readv(self._fd, [self._mv])):
+                count += n
+        if limit is not None and count > limit:
+            raise MalformedArchiveError(
+                f"more than {limit >> 20} MiB follow the end of the archive")
         return count
 
     @property

@@ -67,6 +67,10 @@ class UnpackJob:
         return JobReply.make(stats.entries, stats.size, details or None)
 
 
+#: Bytes a layer's stream may hold after the end of its archive (tar padding).
+LAYER_TRAILING_MAX = 16 << 20
+
+
 def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: int,
                 ring: RingInput | None, names: _NameList | None,
                 data_links: unpacker.DataLinks | None = None,
@@ -94,7 +98,9 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
     # Archives may be zero-padded: read the input to its end. Only on success: after
     # an error (a bomb stopped by a limit) the worker exits and the parent stops.
-    reader.drain()
+    # A layer's padding is a record at most (10 KiB for GNU tar, none for Go's): what
+    # follows beyond LAYER_TRAILING_MAX is not read for days (a registry's blob).
+    reader.drain(LAYER_TRAILING_MAX if request.layer else None)
     details: dict[str, object] = {}
     privileged = {what: n for what, n in worker.filter.privileged.items() if n}
     if privileged:
