@@ -180,6 +180,32 @@ def test_bsdtar_extracts_ours(rich: Path, tmp_path: Path) -> None:
     packing.assert_same_tree(rich, dest, ignore=waived)
 
 
+def test_bsdtar_keeps_links_whose_targets_need_pax(tmp_path: Path) -> None:
+    """A link target in a PAX ``linkpath`` record (non-ASCII, or over 100 bytes) also
+    has an ASCII head in the ustar field: bsdtar 3.6 made an empty regular file of a
+    symlink or hardlink whose field was empty (unprivileged extraction)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("café", src / "a-first")  # the archive's first entry
+    long_name = "f" * 150
+    (src / long_name).write_bytes(b"data\n")
+    os.link(src / long_name, src / "hard")
+    os.symlink("T" * 150, src / "long-link")
+    with unpriv.world_dir("bsdlinks") as world:
+        archive = world / "a.tar"
+        archive.write_bytes(packed(src))
+        archive.chmod(0o644)
+        dest = world / "dest"
+        dest.mkdir()
+        os.chown(dest, unpriv.NOBODY, unpriv.NOBODY)
+        packing.run([*unpriv.setpriv(), "bsdtar", "-xf", archive, "-C", dest])
+        assert os.readlink(dest / "a-first") == "café"
+        assert os.readlink(dest / "long-link") == "T" * 150
+        assert (dest / "hard").read_bytes() == b"data\n"
+        assert os.stat(dest / "hard").st_ino == os.stat(dest / long_name).st_ino
+    assert tarfile.open(fileobj=io.BytesIO(packed(src))).getmember("a-first").linkname == "café"
+
+
 def test_we_extract_gnu_tar(rich: Path, tmp_path: Path) -> None:
     archive = tmp_path / "gnu.tar"
     packing.run(["tar", "-cf", archive, "--format=pax", "--xattrs", "--xattrs-include=*",

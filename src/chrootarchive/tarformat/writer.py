@@ -110,7 +110,7 @@ def header(
     if len(linkname) > 100 or not _is_ascii(linkname):
         pax.append(_pax_record(b"linkpath", linkname))
         binary = binary or not _valid_utf8(linkname)
-        link_field = b""
+        link_field = _fallback_link(linkname)
     else:
         link_field = linkname
     fields: dict[str, bytes] = {}
@@ -173,6 +173,13 @@ def _fallback_name(name: bytes) -> bytes:
     """What a reader without PAX sees: the ASCII tail of the name, at most 100 bytes."""
     tail = bytes(c if 0x20 <= c < 0x7F else 0x5F for c in name[-100:])
     return tail
+
+
+def _fallback_link(linkname: bytes) -> bytes:
+    """What a reader without PAX sees of a link target: its ASCII head, as Go and
+    tarfile write it. Never empty: bsdtar 3.6 turns a symlink whose ustar field is
+    empty into an empty regular file, even with the right ``linkpath`` record."""
+    return bytes(c if 0x20 <= c < 0x7F else 0x5F for c in linkname[:100])
 
 
 def _ustar(
