@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -432,6 +433,47 @@ def test_id_maps_host_to_container(mechanism: str, tmp_path: Path) -> None:
         packed(src, uid_maps=maps, gid_maps=maps, confine=mechanism)
     assert info.value.entry is not None and info.value.entry.endswith("unmapped")
     assert "cannot be mapped" in info.value.message
+
+
+def _acl(*named: tuple[int, int]) -> bytes:
+    """A ``system.posix_acl_access`` value (version 2) naming ``(tag, id)`` entries:
+    tag 2 a user, 8 a group."""
+    undefined = 0xFFFFFFFF
+    entries = sorted([(1, 6, undefined), *((tag, 4, ident) for tag, ident in named),
+                      (4, 4, undefined), (0x10, 6, undefined), (0x20, 4, undefined)])
+    return b"\x02\x00\x00\x00" + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
+
+
+def _acl_named(value: str | bytes) -> set[tuple[int, int]]:
+    """The (tag, id) of an ACL's named users (2) and groups (8)."""
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    entries = (struct.unpack("<HHI", raw[i:i + 8]) for i in range(4, len(raw), 8))
+    return {(tag, ident) for tag, _, ident in entries if tag in (2, 8)}
+
+
+def test_acl_ids_are_mapped_like_owners(tmp_path: Path) -> None:
+    """An ACL's named ids are owners: --uid-map/--gid-map write them as container ids,
+    as untar maps them back (they were written as host ids, which untar with the same
+    maps refused), and one outside the maps fails naming the entry."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.chown(src / "f", 100000, 100000)
+    os.setxattr(src / "f", "system.posix_acl_access", _acl((2, 101234), (8, 100050)))
+    maps = (ca.IDMap(container_id=0, host_id=100000, size=65536),)
+    data = packed(src, uid_maps=maps, gid_maps=maps)
+    member = {m.name: m for m in packing.members(data)}["f"]
+    assert _acl_named(member.pax_headers["SCHILY.xattr.system.posix_acl_access"]) == {
+        (2, 1234), (8, 50)}
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, data), dest, ca.UnpackOptions(uid_maps=maps, gid_maps=maps))
+    assert os.getxattr(dest / "f", "system.posix_acl_access") == os.getxattr(
+        src / "f", "system.posix_acl_access")
+    os.setxattr(src / "f", "system.posix_acl_access", _acl((2, 7)))
+    with pytest.raises(ca.SourceError, match=r"uid 7 \(in an ACL\) cannot be mapped") as info:
+        packed(src, uid_maps=maps, gid_maps=maps)
+    assert info.value.entry is not None and info.value.entry.endswith("f")
 
 
 def test_whole_second_mtimes_and_no_xattrs(rich: Path) -> None:
@@ -899,6 +941,37 @@ def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> N
     else:
         assert owners["roots"] == (65534, 65534)
         assert "2 owners (uids and gids) are not mapped in the user namespace" in result.err
+
+
+@pytest.mark.parametrize("confine", ["userns", "openat2"])
+def test_unprivileged_pack_records_acl_ids_as_they_are_outside(confine: str) -> None:
+    """Under ``userns`` an ACL naming the caller's own group read as group 0 (root's)
+    and one naming an unmapped user as 4294967295; they are recorded as they are
+    outside, and the entries the namespace shows as no one are left out with a
+    warning (``openat2`` sees every id)."""
+    with unpriv.world_dir("acls") as top:
+        src = top / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"m")
+        for path in (src, src / "f"):
+            os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
+        os.setxattr(src / "f", "system.posix_acl_access",
+                    _acl((2, 1234), (8, unpriv.NOBODY)))
+        pythonpath = unpriv.make_package_copy(top)
+        out = top / "out"
+        out.mkdir()
+        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
+        result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src,
+                               "-o", out / "a.tar")
+        assert result.rc == 0, result.err
+        with tarfile.open(out / "a.tar") as archive:
+            value = archive.getmember("f").pax_headers["SCHILY.xattr.system.posix_acl_access"]
+    if confine == "openat2":
+        assert _acl_named(value) == {(2, 1234), (8, unpriv.NOBODY)}
+        assert result.err == ""
+    else:
+        assert _acl_named(value) == {(8, unpriv.NOBODY)}
+        assert "1 named ACL entries (users and groups) are not mapped" in result.err
 
 
 def _sparse_file(path: Path) -> bytes:
