@@ -207,6 +207,41 @@ def test_bsdtar_keeps_links_whose_targets_need_pax(tmp_path: Path) -> None:
     assert tarfile.open(fileobj=io.BytesIO(packed(src))).getmember("a-first").linkname == "café"
 
 
+def test_xattr_names_with_equals_and_percent(tmp_path: Path) -> None:
+    """A PAX key ends at its first ``=``: ``user.a=b`` was written as ``user.a`` with the
+    value ``b=...`` for every reader. Names are written with GNU tar's escapes (``%3D``,
+    ``%25``) and read back with them, by us and by GNU tar (unprivileged)."""
+    xattrs = {"user.a=b": b"eq", "user.100%": b"pct", "user.%3D": b"literal"}
+    with unpriv.world_dir("xattrnames") as world:
+        src = world / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"x")
+        for key, value in xattrs.items():
+            os.setxattr(src / "f", key, value)
+        data = packed(src)
+        keys = {k for k in {m.name: m for m in packing.members(data)}["f"].pax_headers
+                if k.startswith("SCHILY.xattr.")}
+        assert keys == {"SCHILY.xattr.user.a%3Db", "SCHILY.xattr.user.100%25",
+                        "SCHILY.xattr.user.%253D"}
+        ours = world / "ours.tar"
+        ours.write_bytes(data)
+        ours.chmod(0o644)
+        gnu = world / "gnu.tar"
+        packing.run(["tar", "-cf", gnu, "--format=pax", "--xattrs", "--xattrs-include=*",
+                     "-C", src, "."])
+        gnu.chmod(0o644)
+        for name, archive in (("ours", ours), ("gnu", gnu)):
+            dest = world / f"by-us-{name}"
+            ca.untar(archive, dest)
+            assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
+        dest = world / "by-gnu-tar"
+        dest.mkdir()
+        os.chown(dest, unpriv.NOBODY, unpriv.NOBODY)
+        packing.run([*unpriv.setpriv(), "tar", "-xf", ours, "--xattrs",
+                     "--xattrs-include=*", "-C", dest])
+        assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
+
+
 def test_we_extract_gnu_tar(rich: Path, tmp_path: Path) -> None:
     archive = tmp_path / "gnu.tar"
     packing.run(["tar", "-cf", archive, "--format=pax", "--xattrs", "--xattrs-include=*",
@@ -223,6 +258,24 @@ def test_we_extract_bsdtar(rich: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     ca.untar(archive, dest)
     packing.assert_same_tree(rich, dest, ignore=_bsdtar_waiver)
+
+
+def test_we_extract_bsdtar_xattr_names_once(tmp_path: Path) -> None:
+    """bsdtar writes each xattr twice, ``LIBARCHIVE.xattr.`` and ``SCHILY.xattr.``, both
+    under a URL-encoded name when it is not plain ASCII: ``user.日本`` was also set as
+    ``user.%E6%97%A5%E6%9C%AC`` (and ``user.a=b`` as ``user.a%3Db``)."""
+    xattrs = {"user.日本": b"\xff\x00bin", "user.a=b": b"eq", "user.plain": b"p",
+              os.fsdecode(b"user.\xff"): b"raw"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    for key, value in xattrs.items():
+        os.setxattr(src / "f", key, value)
+    archive = tmp_path / "bsd.tar"
+    packing.run(["bsdtar", "-cf", archive, "--format", "pax", "--xattrs", "-C", src, "."])
+    dest = tmp_path / "dest"
+    ca.untar(archive, dest)
+    assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
 
 
 def test_gnu_tar_lists_same_entries_as_ours(rich: Path, tmp_path: Path) -> None:

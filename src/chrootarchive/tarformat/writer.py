@@ -137,8 +137,11 @@ def header(
         gname_b = b""
     for key in sorted(xattrs or ()):
         assert xattrs is not None
-        pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"),
-                               xattrs[key]))
+        # A PAX key ends at the first "=": GNU tar's escapes for "=" and "%" in names.
+        name = key.encode("utf-8", "surrogateescape")
+        if b"=" in name or b"%" in name:
+            name = name.replace(b"%", b"%25").replace(b"=", b"%3D")
+        pax.append(_pax_record(b"SCHILY.xattr." + name, xattrs[key]))
     for key_b, value_b in records:
         pax.append(_pax_record(key_b, value_b))
         binary = binary or not _valid_utf8(value_b)
