@@ -996,6 +996,26 @@ def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> N
         assert "2 owners (uids and gids) are not mapped in the user namespace" in result.err
 
 
+def test_default_acl_is_not_inherited_by_what_is_unpacked_below(tmp_path: Path) -> None:
+    """A directory's default ACL was set as soon as it was made, so every file and
+    directory unpacked below it inherited an access ACL the archive does not hold
+    (here: user 1234 could read a 0640 file). It is set at the end, as GNU tar and
+    bsdtar do."""
+    src = tmp_path / "src"
+    (src / "d" / "sub").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"secret")
+    (src / "d" / "f").chmod(0o640)
+    (src / "d" / "sub").chmod(0o750)
+    default = _acl((2, 1234))
+    os.setxattr(src / "d", "system.posix_acl_default", default)
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, packed(src)), dest)
+    assert os.getxattr(dest / "d", "system.posix_acl_default") == default
+    for path, mode in ((dest / "d" / "f", 0o640), (dest / "d" / "sub", 0o750)):
+        assert os.listxattr(path) == [], path
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
 @pytest.mark.parametrize("confine", ["userns", "openat2"])
 def test_unprivileged_pack_records_acl_ids_as_they_are_outside(confine: str) -> None:
     """Under ``userns`` an ACL naming the caller's own group read as group 0 (root's)
