@@ -294,6 +294,21 @@ def test_gnu_tar_lists_same_entries_as_ours(rich: Path, tmp_path: Path) -> None:
     assert sorted(map(key, ours)) == sorted(map(key, theirs))
 
 
+def test_entries_in_the_bytes_order_of_their_names(tmp_path: Path) -> None:
+    """Entries come in the byte order of their names, as GNU tar's ``--sort=name`` and
+    Docker's walk write them: a name that is not UTF-8 (b"\\xff") came before "日"."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for raw in (b"\xff", "日".encode(), b"z", b"a", b"\x80x", "é".encode(), "𝄞".encode(),
+                b"d/\xfe", b"d/\xc3\xa9"):
+        (src / os.fsdecode(raw)).write_bytes(b"x")
+    gnu = tmp_path / "gnu.tar"
+    packing.run(["tar", "-cf", gnu, "--format=pax", "--sort=name", "-C", src, "."])
+    theirs = [m.name.removeprefix("./") for m in packing.members(gnu.read_bytes())
+              if m.name != "."]
+    assert packing.names(packed(src)) == theirs
+
+
 def test_stdlib_reads_ours(rich: Path) -> None:
     """Python's tarfile (a third reader) sees what we meant."""
     by_name = {m.name: m for m in packing.members(packed(rich))}

@@ -169,6 +169,10 @@ class _Out:
         self.flush()
 
 
+def _name_bytes(item: tuple[str, int]) -> bytes:
+    return item[0].encode("utf-8", "surrogateescape")
+
+
 def _data_regions(fd: int, size: int) -> list[tuple[int, int]] | None:
     """(offset, length) of the data in a file with holes (``SEEK_DATA``/``SEEK_HOLE``),
     ending with ``(size, 0)`` when it ends in a hole, as GNU tar writes it; None when it
@@ -716,13 +720,18 @@ class Packer:
         the listing says each is (``_FILE``, ``_DIR``, ``_OTHER``; one byte a name)."""
         try:
             with os.scandir(fd) as it:
-                listed = sorted(
-                    ((entry.name, _FILE if entry.is_file(follow_symlinks=False)
-                      else _DIR if entry.is_dir(follow_symlinks=False) else _OTHER)
-                     for entry in it),
-                    reverse=True)
+                listed = [(entry.name, _FILE if entry.is_file(follow_symlinks=False)
+                           else _DIR if entry.is_dir(follow_symlinks=False) else _OTHER)
+                          for entry in it]
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
+        # In the names' bytes' order, as GNU tar's --sort=name and Go's (Docker's) walk:
+        # str order is the same but for bytes that are not UTF-8 (surrogate escapes
+        # sorted after U+DBFF: b"\xff" came before "日").
+        if all(name.isascii() for name, _ in listed):
+            listed.sort(reverse=True)
+        else:
+            listed.sort(key=_name_bytes, reverse=True)
         return [name for name, _ in listed], bytearray(kind for _, kind in listed)
 
     def _lstat(self, parent_fd: int, name: str, rel: str, include: str) -> os.stat_result | None:
