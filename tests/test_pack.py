@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -180,6 +181,67 @@ def test_bsdtar_extracts_ours(rich: Path, tmp_path: Path) -> None:
     packing.assert_same_tree(rich, dest, ignore=waived)
 
 
+def test_bsdtar_keeps_links_whose_targets_need_pax(tmp_path: Path) -> None:
+    """A link target in a PAX ``linkpath`` record (non-ASCII, or over 100 bytes) also
+    has an ASCII head in the ustar field: bsdtar 3.6 made an empty regular file of a
+    symlink or hardlink whose field was empty (unprivileged extraction)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("café", src / "a-first")  # the archive's first entry
+    long_name = "f" * 150
+    (src / long_name).write_bytes(b"data\n")
+    os.link(src / long_name, src / "hard")
+    os.symlink("T" * 150, src / "long-link")
+    with unpriv.world_dir("bsdlinks") as world:
+        archive = world / "a.tar"
+        archive.write_bytes(packed(src))
+        archive.chmod(0o644)
+        dest = world / "dest"
+        dest.mkdir()
+        os.chown(dest, unpriv.NOBODY, unpriv.NOBODY)
+        packing.run([*unpriv.setpriv(), "bsdtar", "-xf", archive, "-C", dest])
+        assert os.readlink(dest / "a-first") == "café"
+        assert os.readlink(dest / "long-link") == "T" * 150
+        assert (dest / "hard").read_bytes() == b"data\n"
+        assert os.stat(dest / "hard").st_ino == os.stat(dest / long_name).st_ino
+    assert tarfile.open(fileobj=io.BytesIO(packed(src))).getmember("a-first").linkname == "café"
+
+
+def test_xattr_names_with_equals_and_percent(tmp_path: Path) -> None:
+    """A PAX key ends at its first ``=``: ``user.a=b`` was written as ``user.a`` with the
+    value ``b=...`` for every reader. Names are written with GNU tar's escapes (``%3D``,
+    ``%25``) and read back with them, by us and by GNU tar (unprivileged)."""
+    xattrs = {"user.a=b": b"eq", "user.100%": b"pct", "user.%3D": b"literal"}
+    with unpriv.world_dir("xattrnames") as world:
+        src = world / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"x")
+        for key, value in xattrs.items():
+            os.setxattr(src / "f", key, value)
+        data = packed(src)
+        keys = {k for k in {m.name: m for m in packing.members(data)}["f"].pax_headers
+                if k.startswith("SCHILY.xattr.")}
+        assert keys == {"SCHILY.xattr.user.a%3Db", "SCHILY.xattr.user.100%25",
+                        "SCHILY.xattr.user.%253D"}
+        ours = world / "ours.tar"
+        ours.write_bytes(data)
+        ours.chmod(0o644)
+        gnu = world / "gnu.tar"
+        packing.run(["tar", "-cf", gnu, "--format=pax", "--xattrs", "--xattrs-include=*",
+                     "-C", src, "."])
+        gnu.chmod(0o644)
+        for name, archive in (("ours", ours), ("gnu", gnu)):
+            dest = world / f"by-us-{name}"
+            ca.untar(archive, dest)
+            assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
+        dest = world / "by-gnu-tar"
+        dest.mkdir()
+        os.chown(dest, unpriv.NOBODY, unpriv.NOBODY)
+        packing.run([*unpriv.setpriv(), "tar", "-xf", ours, "--xattrs",
+                     "--xattrs-include=*", "-C", dest])
+        assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
+
+
 def test_we_extract_gnu_tar(rich: Path, tmp_path: Path) -> None:
     archive = tmp_path / "gnu.tar"
     packing.run(["tar", "-cf", archive, "--format=pax", "--xattrs", "--xattrs-include=*",
@@ -198,6 +260,24 @@ def test_we_extract_bsdtar(rich: Path, tmp_path: Path) -> None:
     packing.assert_same_tree(rich, dest, ignore=_bsdtar_waiver)
 
 
+def test_we_extract_bsdtar_xattr_names_once(tmp_path: Path) -> None:
+    """bsdtar writes each xattr twice, ``LIBARCHIVE.xattr.`` and ``SCHILY.xattr.``, both
+    under a URL-encoded name when it is not plain ASCII: ``user.日本`` was also set as
+    ``user.%E6%97%A5%E6%9C%AC`` (and ``user.a=b`` as ``user.a%3Db``)."""
+    xattrs = {"user.日本": b"\xff\x00bin", "user.a=b": b"eq", "user.plain": b"p",
+              os.fsdecode(b"user.\xff"): b"raw"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    for key, value in xattrs.items():
+        os.setxattr(src / "f", key, value)
+    archive = tmp_path / "bsd.tar"
+    packing.run(["bsdtar", "-cf", archive, "--format", "pax", "--xattrs", "-C", src, "."])
+    dest = tmp_path / "dest"
+    ca.untar(archive, dest)
+    assert {k: os.getxattr(dest / "f", k) for k in os.listxattr(dest / "f")} == xattrs
+
+
 def test_gnu_tar_lists_same_entries_as_ours(rich: Path, tmp_path: Path) -> None:
     """The same member list (names, types, sizes) as GNU tar's for the same tree."""
     ours = packing.members(packed(rich))
@@ -212,6 +292,21 @@ def test_gnu_tar_lists_same_entries_as_ours(rich: Path, tmp_path: Path) -> None:
         return (m.name.removeprefix("./"), kind, m.linkname if m.issym() else "")
 
     assert sorted(map(key, ours)) == sorted(map(key, theirs))
+
+
+def test_entries_in_the_bytes_order_of_their_names(tmp_path: Path) -> None:
+    """Entries come in the byte order of their names, as GNU tar's ``--sort=name`` and
+    Docker's walk write them: a name that is not UTF-8 (b"\\xff") came before "日"."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for raw in (b"\xff", "日".encode(), b"z", b"a", b"\x80x", "é".encode(), "𝄞".encode(),
+                b"d/\xfe", b"d/\xc3\xa9"):
+        (src / os.fsdecode(raw)).write_bytes(b"x")
+    gnu = tmp_path / "gnu.tar"
+    packing.run(["tar", "-cf", gnu, "--format=pax", "--sort=name", "-C", src, "."])
+    theirs = [m.name.removeprefix("./") for m in packing.members(gnu.read_bytes())
+              if m.name != "."]
+    assert packing.names(packed(src)) == theirs
 
 
 def test_stdlib_reads_ours(rich: Path) -> None:
@@ -406,6 +501,47 @@ def test_id_maps_host_to_container(mechanism: str, tmp_path: Path) -> None:
         packed(src, uid_maps=maps, gid_maps=maps, confine=mechanism)
     assert info.value.entry is not None and info.value.entry.endswith("unmapped")
     assert "cannot be mapped" in info.value.message
+
+
+def _acl(*named: tuple[int, int]) -> bytes:
+    """A ``system.posix_acl_access`` value (version 2) naming ``(tag, id)`` entries:
+    tag 2 a user, 8 a group."""
+    undefined = 0xFFFFFFFF
+    entries = sorted([(1, 6, undefined), *((tag, 4, ident) for tag, ident in named),
+                      (4, 4, undefined), (0x10, 6, undefined), (0x20, 4, undefined)])
+    return b"\x02\x00\x00\x00" + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
+
+
+def _acl_named(value: str | bytes) -> set[tuple[int, int]]:
+    """The (tag, id) of an ACL's named users (2) and groups (8)."""
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    entries = (struct.unpack("<HHI", raw[i:i + 8]) for i in range(4, len(raw), 8))
+    return {(tag, ident) for tag, _, ident in entries if tag in (2, 8)}
+
+
+def test_acl_ids_are_mapped_like_owners(tmp_path: Path) -> None:
+    """An ACL's named ids are owners: --uid-map/--gid-map write them as container ids,
+    as untar maps them back (they were written as host ids, which untar with the same
+    maps refused), and one outside the maps fails naming the entry."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.chown(src / "f", 100000, 100000)
+    os.setxattr(src / "f", "system.posix_acl_access", _acl((2, 101234), (8, 100050)))
+    maps = (ca.IDMap(container_id=0, host_id=100000, size=65536),)
+    data = packed(src, uid_maps=maps, gid_maps=maps)
+    member = {m.name: m for m in packing.members(data)}["f"]
+    assert _acl_named(member.pax_headers["SCHILY.xattr.system.posix_acl_access"]) == {
+        (2, 1234), (8, 50)}
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, data), dest, ca.UnpackOptions(uid_maps=maps, gid_maps=maps))
+    assert os.getxattr(dest / "f", "system.posix_acl_access") == os.getxattr(
+        src / "f", "system.posix_acl_access")
+    os.setxattr(src / "f", "system.posix_acl_access", _acl((2, 7)))
+    with pytest.raises(ca.SourceError, match=r"uid 7 \(in an ACL\) cannot be mapped") as info:
+        packed(src, uid_maps=maps, gid_maps=maps)
+    assert info.value.entry is not None and info.value.entry.endswith("f")
 
 
 def test_whole_second_mtimes_and_no_xattrs(rich: Path) -> None:
@@ -873,6 +1009,57 @@ def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> N
     else:
         assert owners["roots"] == (65534, 65534)
         assert "2 owners (uids and gids) are not mapped in the user namespace" in result.err
+
+
+def test_default_acl_is_not_inherited_by_what_is_unpacked_below(tmp_path: Path) -> None:
+    """A directory's default ACL was set as soon as it was made, so every file and
+    directory unpacked below it inherited an access ACL the archive does not hold
+    (here: user 1234 could read a 0640 file). It is set at the end, as GNU tar and
+    bsdtar do."""
+    src = tmp_path / "src"
+    (src / "d" / "sub").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"secret")
+    (src / "d" / "f").chmod(0o640)
+    (src / "d" / "sub").chmod(0o750)
+    default = _acl((2, 1234))
+    os.setxattr(src / "d", "system.posix_acl_default", default)
+    dest = tmp_path / "dest"
+    ca.untar(_file(tmp_path, packed(src)), dest)
+    assert os.getxattr(dest / "d", "system.posix_acl_default") == default
+    for path, mode in ((dest / "d" / "f", 0o640), (dest / "d" / "sub", 0o750)):
+        assert os.listxattr(path) == [], path
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+@pytest.mark.parametrize("confine", ["userns", "openat2"])
+def test_unprivileged_pack_records_acl_ids_as_they_are_outside(confine: str) -> None:
+    """Under ``userns`` an ACL naming the caller's own group read as group 0 (root's)
+    and one naming an unmapped user as 4294967295; they are recorded as they are
+    outside, and the entries the namespace shows as no one are left out with a
+    warning (``openat2`` sees every id)."""
+    with unpriv.world_dir("acls") as top:
+        src = top / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"m")
+        for path in (src, src / "f"):
+            os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
+        os.setxattr(src / "f", "system.posix_acl_access",
+                    _acl((2, 1234), (8, unpriv.NOBODY)))
+        pythonpath = unpriv.make_package_copy(top)
+        out = top / "out"
+        out.mkdir()
+        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
+        result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src,
+                               "-o", out / "a.tar")
+        assert result.rc == 0, result.err
+        with tarfile.open(out / "a.tar") as archive:
+            value = archive.getmember("f").pax_headers["SCHILY.xattr.system.posix_acl_access"]
+    if confine == "openat2":
+        assert _acl_named(value) == {(2, 1234), (8, unpriv.NOBODY)}
+        assert result.err == ""
+    else:
+        assert _acl_named(value) == {(8, unpriv.NOBODY)}
+        assert "1 named ACL entries (users and groups) are not mapped" in result.err
 
 
 def _sparse_file(path: Path) -> bytes:

@@ -44,7 +44,7 @@ from chrootarchive._fdio import (
     reopen,
     write_all,
 )
-from chrootarchive.engine import fsops, idmap
+from chrootarchive.engine import acl, fsops, idmap
 from chrootarchive.engine import names as paths
 from chrootarchive.errors import (
     ChrootArchiveError,
@@ -169,6 +169,10 @@ class _Out:
         self.flush()
 
 
+def _name_bytes(item: tuple[str, int]) -> bytes:
+    return item[0].encode("utf-8", "surrogateescape")
+
+
 def _data_regions(fd: int, size: int) -> list[tuple[int, int]] | None:
     """(offset, length) of the data in a file with holes (``SEEK_DATA``/``SEEK_HOLE``),
     ending with ``(size, 0)`` when it ends in a hole, as GNU tar writes it; None when it
@@ -254,6 +258,7 @@ class Packer:
         #: as the overflow id, and is counted.
         self.outside_ids = outside_ids
         self.unseen_owners = 0
+        self.unseen_acl_ids = 0  # named ACL entries the user namespace shows as no one
         #: "dev:ino" of the file being written -> the base name it will have (None: its
         #: own): GNU tar's "file is the archive".
         self.archive_files = {key: name or None for key, _, name in
@@ -426,24 +431,63 @@ class Packer:
 
     # -- xattrs ---------------------------------------------------------------------
 
-    def _collect(self, names: list[str], get: Callable[[str], bytes]) -> dict[str, bytes]:
+    def _collect(
+        self, names: list[str], get: Callable[[str], bytes], rel: str
+    ) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for key in sorted(names):
             if key in _SKIPPED_XATTRS or key.startswith(_SKIPPED_PREFIX):
                 continue
             try:
-                out[key] = get(key)
+                value = get(key)
             except OSError as err:
                 if err.errno in (errno.ENODATA, *_NO_XATTRS):
                     continue
                 raise
+            if key in acl.ACL_XATTRS and (
+                    self.outside_ids is not None
+                    or (self.options.chown is None
+                        and (self.options.uid_maps or self.options.gid_maps))):
+                value = self._acl_ids(value, rel)
+            out[key] = value
         return out
+
+    def _acl_ids(self, value: bytes, rel: str) -> bytes:
+        """An ACL with its named ids recorded as owners are, since untar maps them back
+        as owners: as they are outside the jail's user namespace (one it shows as no
+        one is left out, and counted), then host to container through the id maps."""
+        entries = acl.parse(value)
+        if entries is None:
+            return value  # not an ACL the kernel would give: kept as it is
+        kept: list[acl.Entry] = []
+        for tag, perm, ident in entries:
+            if tag in (acl.USER, acl.GROUP):
+                user = tag == acl.USER
+                if self.outside_ids is not None:
+                    outside = idmap.to_host(ident, self.outside_ids[0 if user else 1])
+                    if outside is None:
+                        self.unseen_acl_ids += 1
+                        continue
+                    ident = outside
+                if self.options.chown is None:
+                    kind = "uid" if user else "gid"
+                    mapped = idmap.to_container(
+                        ident, self.options.uid_maps if user else self.options.gid_maps)
+                    if mapped is None:
+                        raise SourceError(
+                            f"host {kind} {ident} (in an ACL) cannot be mapped to a "
+                            f"container {kind}", self._where(rel))
+                    ident = mapped
+            kept.append((tag, perm, ident))
+        return acl.build(kept)
 
     def _fd_xattrs(self, fd: int, rel: str) -> dict[str, bytes]:
         if not self.options.xattrs:
             return {}
         try:
-            return self._collect(os.listxattr(fd), lambda key: os.getxattr(fd, key))
+            return self._collect(os.listxattr(fd), lambda key: os.getxattr(fd, key), rel)
+        except ChrootArchiveError:
+            raise  # an ACL id the maps do not hold
         except OSError as err:
             if err.errno in _NO_XATTRS:
                 return {}
@@ -467,7 +511,10 @@ class Packer:
             return self._collect(
                 os.listxattr(target, follow_symlinks=follow),
                 lambda key: os.getxattr(target, key, follow_symlinks=follow),
+                rel,
             )
+        except ChrootArchiveError:
+            raise  # an ACL id the maps do not hold
         except FileNotFoundError:
             return {}
         except OSError as err:
@@ -500,6 +547,11 @@ class Packer:
                       "user namespace (--confine userns) and were recorded as it shows "
                       "them (the overflow id, 65534): openat2, or subordinate ids "
                       "(/etc/subuid), record them as they are")
+        if self.unseen_acl_ids:
+            self.warn(f"{self.unseen_acl_ids} named ACL entries (users and groups) are not "
+                      "mapped in the user namespace (--confine userns), which shows them as "
+                      "no one: they were left out; openat2, or subordinate ids "
+                      "(/etc/subuid), record them")
 
     def _pack(self, open_dir: Opener, src: str) -> None:
         norm = posixpath.normpath("/" + src)
@@ -668,13 +720,18 @@ class Packer:
         the listing says each is (``_FILE``, ``_DIR``, ``_OTHER``; one byte a name)."""
         try:
             with os.scandir(fd) as it:
-                listed = sorted(
-                    ((entry.name, _FILE if entry.is_file(follow_symlinks=False)
-                      else _DIR if entry.is_dir(follow_symlinks=False) else _OTHER)
-                     for entry in it),
-                    reverse=True)
+                listed = [(entry.name, _FILE if entry.is_file(follow_symlinks=False)
+                           else _DIR if entry.is_dir(follow_symlinks=False) else _OTHER)
+                          for entry in it]
         except OSError as err:
             raise _source_error(err, self._where(rel)) from err
+        # In the names' bytes' order, as GNU tar's --sort=name and Go's (Docker's) walk:
+        # str order is the same but for bytes that are not UTF-8 (surrogate escapes
+        # sorted after U+DBFF: b"\xff" came before "日").
+        if all(name.isascii() for name, _ in listed):
+            listed.sort(reverse=True)
+        else:
+            listed.sort(key=_name_bytes, reverse=True)
         return [name for name, _ in listed], bytearray(kind for _, kind in listed)
 
     def _lstat(self, parent_fd: int, name: str, rel: str, include: str) -> os.stat_result | None:

@@ -200,6 +200,8 @@ class _Records:
 
 ROOTLESS_XATTR = "user.rootlesscontainers"
 
+_DEFAULT_ACL = "system.posix_acl_default"
+
 #: xattrs a directory declared again by a layer keeps from below: labels that the kernel
 #: or a security module manages (as umoci leaves ``security.selinux`` and
 #: ``system.nfs4_acl`` alone). Names ending in "." are prefixes.
@@ -357,6 +359,9 @@ class Unpacker:
         # creates one (a file the helper is still creating could be the same file).
         self.aliased: set[str] = set()
         self.pending_dirs = _Records(self._open_spill, _PENDING)
+        #: Directories' default ACLs, set once all is unpacked: path -> (dev, ino, value,
+        #: entry name).
+        self.default_acls: dict[str, tuple[int, int, bytes, str]] = {}
         # filter data: the symlinks made (where they really are, and their inodes),
         # followed once all is written (check_data_links).
         self.follows_links_at_end = data_links is None  # not a stack's layer
@@ -1349,7 +1354,7 @@ class Unpacker:
             if owner is not None and (existed or self._needs_chown(owner, posixpath.dirname(name))):
                 self._chown(fd, owner, entry.name, os.fchown)
             if entry.xattrs:
-                self._xattrs_fd(fd, entry)
+                self._dir_xattrs(fd, name, entry)
             if not existed:
                 self.whiteouts.directory_made(name, fd)
             st = os.fstat(fd)
@@ -1498,6 +1503,36 @@ class Unpacker:
             raise DestinationError(
                 "replaced while being created (a concurrent writer?)", entry.name
             )
+
+    def _dir_xattrs(self, fd: int, name: str, entry: TarEntry) -> None:
+        """A directory's xattrs, but its default ACL, set once all is unpacked (as GNU
+        tar and bsdtar do): set now, every entry made below would inherit it, an access
+        ACL (and mask) that the archive does not give it."""
+        for key, value in entry.xattrs.items():
+            if key == _DEFAULT_ACL:
+                st = os.fstat(fd)
+                self.default_acls[name] = (st.st_dev, st.st_ino, value, entry.name)
+            else:
+                self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
+
+    def _set_default_acls(self) -> None:
+        """The default ACLs :meth:`_dir_xattrs` kept, on the directories that were made
+        (one replaced since is not ours any more)."""
+        acls, self.default_acls = self.default_acls, {}
+        for path, (dev, ino, value, entry) in acls.items():
+            try:
+                fd = self.fs.open_dir(path)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    self._xattr_fd(fd, _DEFAULT_ACL, value, entry)
+            finally:
+                os.close(fd)
+
+    def _xattr_fd(self, fd: int, key: str, value: bytes, entry: str) -> None:
+        self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
 
     def _xattrs_fd(self, fd: int, entry: TarEntry) -> None:
         for key, value in entry.xattrs.items():
@@ -1842,6 +1877,7 @@ class Unpacker:
     def finish_dirs(self) -> None:
         """Apply directory modes and times, deepest first, only to our directories."""
         try:
+            self._set_default_acls()
             self._finish_dirs()
         finally:
             self.pending_dirs.close()

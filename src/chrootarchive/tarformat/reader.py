@@ -506,6 +506,22 @@ def _percent_decode(text: str) -> bytes:
     return bytes(out)
 
 
+def _schily_name(name: str) -> str:
+    """An xattr name from its ``SCHILY.xattr.`` key, where GNU tar writes ``%`` as
+    ``%25`` and ``=`` as ``%3D`` (a PAX key ends at the first ``=``); GNU tar's reading:
+    those two escapes only, left to right."""
+    parts = name.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if part.startswith("25"):
+            out.append("%" + part[2:])
+        elif part.startswith("3D"):
+            out.append("=" + part[2:])
+        else:
+            out.append("%" + part)
+    return "".join(out)
+
+
 def _checksum_ok(hdr: _Bytes) -> bool:
     """Check the header checksum, unsigned or signed, as GNU tar accepts both."""
     field = hdr[148:156]
@@ -1281,7 +1297,15 @@ class TarReader:
         elif key.startswith("SCHILY.xattr."):
             if len(key) == 13:
                 _fail("empty xattr name", where)
-            pax.xattrs[key[13:]] = value
+            raw = key[13:]
+            if "%" not in raw:
+                pax.xattrs[raw] = value
+            else:
+                xattr = _schily_name(raw)
+                if xattr in pax.xattrs or _decode(_percent_decode(raw)) not in pax.xattrs:
+                    pax.xattrs[xattr] = value
+                # else: libarchive's copy, under its URL-encoded name, of the
+                # LIBARCHIVE.xattr record read before it (not a second xattr)
         elif key.startswith("LIBARCHIVE.xattr."):
             name = _percent_decode(key[17:])
             if not name or 0 in name:
@@ -1290,8 +1314,12 @@ class TarReader:
                 decoded = binascii.a2b_base64(value + b"=" * (-len(value) % 4), strict_mode=True)
             except binascii.Error:
                 _fail(f"invalid base64 value of {key}", where)
-            # libarchive writes SCHILY.xattr records too: those win.
-            pax.xattrs.setdefault(_decode(name), decoded)
+            # libarchive writes SCHILY.xattr records too, under the same URL-encoded
+            # name: one read first is this xattr, not a second one; plain names win.
+            real = _decode(name)
+            for copy in {key[17:], _schily_name(key[17:])} - {real}:
+                pax.xattrs.pop(copy, None)
+            pax.xattrs.setdefault(real, decoded)
         elif key.startswith("GNU.sparse."):
             if key == "GNU.sparse.offset" or key == "GNU.sparse.numbytes":
                 # Format 0.0: repeated offset/numbytes records, in order (as Go).

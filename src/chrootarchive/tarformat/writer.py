@@ -110,7 +110,7 @@ def header(
     if len(linkname) > 100 or not _is_ascii(linkname):
         pax.append(_pax_record(b"linkpath", linkname))
         binary = binary or not _valid_utf8(linkname)
-        link_field = b""
+        link_field = _fallback_link(linkname)
     else:
         link_field = linkname
     fields: dict[str, bytes] = {}
@@ -137,8 +137,11 @@ def header(
         gname_b = b""
     for key in sorted(xattrs or ()):
         assert xattrs is not None
-        pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"),
-                               xattrs[key]))
+        # A PAX key ends at the first "=": GNU tar's escapes for "=" and "%" in names.
+        name = key.encode("utf-8", "surrogateescape")
+        if b"=" in name or b"%" in name:
+            name = name.replace(b"%", b"%25").replace(b"=", b"%3D")
+        pax.append(_pax_record(b"SCHILY.xattr." + name, xattrs[key]))
     for key_b, value_b in records:
         pax.append(_pax_record(key_b, value_b))
         binary = binary or not _valid_utf8(value_b)
@@ -173,6 +176,13 @@ def _fallback_name(name: bytes) -> bytes:
     """What a reader without PAX sees: the ASCII tail of the name, at most 100 bytes."""
     tail = bytes(c if 0x20 <= c < 0x7F else 0x5F for c in name[-100:])
     return tail
+
+
+def _fallback_link(linkname: bytes) -> bytes:
+    """What a reader without PAX sees of a link target: its ASCII head, as Go and
+    tarfile write it. Never empty: bsdtar 3.6 turns a symlink whose ustar field is
+    empty into an empty regular file, even with the right ``linkpath`` record."""
+    return bytes(c if 0x20 <= c < 0x7F else 0x5F for c in linkname[:100])
 
 
 def _ustar(
