@@ -360,6 +360,35 @@ def test_pending_directories_spill_beside_the_tree(mechanism: str, tmp_path: Pat
     assert lines[6] == str(count), lines  # the directories, and nothing else
 
 
+def test_default_acls_spill_as_the_pending_directories(tmp_path: Path) -> None:
+    """40,000 directories with 99-byte names, each with a default ACL, set once all
+    is unpacked (so that nothing below inherits it): kept as packed records, spilled
+    past 1 MiB, not as objects (about 24 MB, more than the worker's 19 MiB under
+    ``--max-memory 48M``). The first, a middle and the last have theirs."""
+    import struct
+
+    count = 40_000
+    unset = 0xFFFFFFFF  # the id of an entry that names no one
+    acl = b"\x02\x00\x00\x00" + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in (
+            (1, 7, unset), (2, 5, 1234), (4, 5, unset), (0x10, 5, unset), (0x20, 0, unset)))
+    pax = tb.pax_header({"SCHILY.xattr.system.posix_acl_default": acl})
+    archive = tmp_path / "acls.tar.gz"
+    archive.write_bytes(gzip.compress(b"".join(
+        pax + tb.header(f"d{i:06d}".ljust(98, "x") + "/", typeflag=tb.DIR, mode=0o755)
+        for i in range(count)) + bytes(1024), 1))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    check = (f"import os, sys; d = sys.argv[1]; names = sorted(os.listdir(d)); "
+             f"print(len(names), *(os.getxattr(os.path.join(d, names[i]), "
+             f"'system.posix_acl_default') == {acl!r} for i in (0, {count // 2}, -1)))")
+    run = on_tmpfs(mnt, "size=256m", "sh", "-c", f'"$@" && "$0" -c "{check}" "{mnt}/dest"',
+                   sys.executable, *CLI, "untar", "--max-memory", "48M", str(archive),
+                   str(mnt / "dest"))
+    assert run.rc == 0, run.err
+    assert run.proc.stdout.decode().split() == [str(count), "True", "True", "True"]
+
+
 @pytest.mark.parametrize("mechanism", WORKERS, indirect=True)
 def test_layer_bookkeeping_is_packed(mechanism: str, tmp_path: Path) -> None:
     """A layer of 200,000 files over a lower layer, with whiteouts and an opaque marker

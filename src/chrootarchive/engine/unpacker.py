@@ -103,6 +103,9 @@ class UnpackStats:
 
 _PENDING = struct.Struct("<QQIqqI")  # dev, ino, mode, atime_ns, mtime_ns, len(path)
 _DATA_LINK = struct.Struct("<QQI")  # dev, ino, len(path)
+# dev, ino, len(path), len(entry name), then the whole record's length: path, entry name
+# and the ACL's value, one after the other (:meth:`Unpacker._dir_xattrs`)
+_DEFAULT_ACL_RECORD = struct.Struct("<QQIII")
 # What following the symlinks made under filter data may cost (path components looked
 # at): enough for any real tree, and a bound on what a tangle of symlinks can make it
 # take (linkwalk.LinkWalk).
@@ -359,9 +362,9 @@ class Unpacker:
         # creates one (a file the helper is still creating could be the same file).
         self.aliased: set[str] = set()
         self.pending_dirs = _Records(self._open_spill, _PENDING)
-        #: Directories' default ACLs, set once all is unpacked: path -> (dev, ino, value,
-        #: entry name).
-        self.default_acls: dict[str, tuple[int, int, bytes, str]] = {}
+        #: Directories' default ACLs, set once all is unpacked; spilled as the pending
+        #: directories are (a tree of directories each with one is the archive's choice).
+        self.default_acls = _Records(self._open_spill, _DEFAULT_ACL_RECORD)
         # filter data: the symlinks made (where they really are, and their inodes),
         # followed once all is written (check_data_links).
         self.follows_links_at_end = data_links is None  # not a stack's layer
@@ -424,6 +427,7 @@ class Unpacker:
                     self.writer.drain()
         except BaseException:
             self.pending_dirs.close()  # its spill file, if any
+            self.default_acls.close()
             try:
                 self.check_data_links(failing=True)
             except Exception:  # the first error is the one to report
@@ -1511,25 +1515,37 @@ class Unpacker:
         for key, value in entry.xattrs.items():
             if key == _DEFAULT_ACL:
                 st = os.fstat(fd)
-                self.default_acls[name] = (st.st_dev, st.st_ino, value, entry.name)
+                path, entry_name = os.fsencode(name), os.fsencode(entry.name)
+                self.default_acls.append(os.fsdecode(path + entry_name + value), st.st_dev,
+                                         st.st_ino, len(path), len(entry_name))
             else:
                 self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
 
     def _set_default_acls(self) -> None:
         """The default ACLs :meth:`_dir_xattrs` kept, on the directories that were made
-        (one replaced since is not ours any more)."""
-        acls, self.default_acls = self.default_acls, {}
-        for path, (dev, ino, value, entry) in acls.items():
-            try:
-                fd = self.fs.open_dir(path)
-            except OSError:
-                continue
-            try:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    self._xattr_fd(fd, _DEFAULT_ACL, value, entry)
-            finally:
-                os.close(fd)
+        (one replaced since is not ours any more); a directory's last one wins."""
+        done = layer.NameSet()
+        try:
+            for record, (dev, ino, path_size, entry_size) in self.default_acls.newest_first():
+                key = f"{dev}:{ino}"
+                if key in done:
+                    continue
+                done.add(key)
+                data = os.fsencode(record)
+                path = os.fsdecode(data[:path_size])
+                entry = os.fsdecode(data[path_size:path_size + entry_size])
+                try:
+                    fd = self.fs.open_dir(path)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) == (dev, ino):
+                        self._xattr_fd(fd, _DEFAULT_ACL, data[path_size + entry_size:], entry)
+                finally:
+                    os.close(fd)
+        finally:
+            self.default_acls.close()
 
     def _xattr_fd(self, fd: int, key: str, value: bytes, entry: str) -> None:
         self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
