@@ -29,6 +29,7 @@ from chrootarchive.engine.jobs import pack
 from chrootarchive.tarformat import format as tarformat
 from chrootarchive.tarformat import writer
 from helpers import packing, tree, unpriv
+from helpers.cli import CLIResult
 from helpers.leaks import LeakCheck, child_pids
 from helpers.mechanisms import LIMITED_AS_ROOT
 
@@ -980,6 +981,18 @@ def test_tar_api_leaves_the_archive_file_out(tmp_path: Path) -> None:
         ca.tar(src, archive_fds=[0], archive_name="d/x.tar")
 
 
+def _packed_as_nobody(top: Path, src: Path, confine: str) -> tuple[CLIResult, Path]:
+    """``chrootarchive tar SRC`` run as nobody under ``confine``, into ``top/out``:
+    its result (it succeeded) and the archive."""
+    pythonpath = unpriv.make_package_copy(top)
+    out = top / "out"
+    out.mkdir()
+    os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
+    result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src, "-o", out / "a.tar")
+    assert result.rc == 0, result.err
+    return result, out / "a.tar"
+
+
 @pytest.mark.parametrize("confine", ["userns", "openat2"])
 def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> None:
     """Under ``userns`` the caller's own files are 0:0 inside the namespace and others'
@@ -993,14 +1006,8 @@ def test_unprivileged_pack_records_owners_as_they_are_outside(confine: str) -> N
         (src / "roots").write_bytes(b"r")
         for path in (src, src / "mine"):
             os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
-        pythonpath = unpriv.make_package_copy(top)
-        out = top / "out"
-        out.mkdir()
-        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
-        result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src,
-                               "-o", out / "a.tar")
-        assert result.rc == 0, result.err
-        with tarfile.open(out / "a.tar") as archive:
+        result, archive_path = _packed_as_nobody(top, src, confine)
+        with tarfile.open(archive_path) as archive:
             owners = {m.name: (m.uid, m.gid) for m in archive.getmembers()}
     assert owners["mine"] == (unpriv.NOBODY, unpriv.NOBODY)
     if confine == "openat2":
@@ -1045,14 +1052,8 @@ def test_unprivileged_pack_records_acl_ids_as_they_are_outside(confine: str) -> 
             os.chown(path, unpriv.NOBODY, unpriv.NOBODY)
         os.setxattr(src / "f", "system.posix_acl_access",
                     _acl((2, 1234), (8, unpriv.NOBODY)))
-        pythonpath = unpriv.make_package_copy(top)
-        out = top / "out"
-        out.mkdir()
-        os.chown(out, unpriv.NOBODY, unpriv.NOBODY)
-        result = unpriv.cli_as(pythonpath, "tar", "--confine", confine, src,
-                               "-o", out / "a.tar")
-        assert result.rc == 0, result.err
-        with tarfile.open(out / "a.tar") as archive:
+        result, archive_path = _packed_as_nobody(top, src, confine)
+        with tarfile.open(archive_path) as archive:
             value = archive.getmember("f").pax_headers["SCHILY.xattr.system.posix_acl_access"]
     if confine == "openat2":
         assert _acl_named(value) == {(2, 1234), (8, unpriv.NOBODY)}

@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -408,6 +409,23 @@ def test_the_stub_image_pulls_when_its_digest_matches(tmp_path: Path) -> None:
     assert (tmp_path / "dest/etc/f").read_bytes() == b"f\n"
 
 
+_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def _documents(tars: list[bytes], blobs: list[bytes], media_types: list[str]
+               ) -> tuple[bytes, bytes]:
+    """The config and the manifest of an image of ``blobs`` (the layers ``tars``,
+    each stored as its media type says)."""
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in tars]}})
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": kind, "digest": sha256(blob), "size": len(blob)}
+                   for blob, kind in zip(blobs, media_types, strict=True)]})
+    return config, manifest
+
+
 def test_registry_error_is_an_image_error() -> None:
     assert issubclass(RegistryError, chrootarchive.ImageError)
     assert RegistryError("x").exit_status == 1
@@ -420,13 +438,7 @@ def test_the_next_layer_downloads_while_one_is_applied(tmp_path: Path) -> None:
     tars = [make_tar([Entry(f"l{i}/", "dir", mode=0o755), Entry(f"l{i}/f", data=b"x" * 1000)])
             for i in range(2)]
     layers = [gzip.compress(t, mtime=0) for t in tars]
-    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
-                        "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in tars]}})
-    manifest = canonical({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": sha256(b), "size": len(b)} for b in layers]})
+    config, manifest = _documents(tars, layers, [_GZIP_LAYER] * 2)
     blobs = {sha256(config): config, **{sha256(b): b for b in layers}}
 
     def app(h: Handler) -> None:
@@ -477,9 +489,22 @@ def test_an_index_with_too_many_platforms_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "dest").exists()
 
 
+def _pull_timed(server: FakeServer, name: str, timeout: str, dest: Path,
+                release: threading.Event) -> tuple[CLIResult, float]:
+    """``pull --timeout TIMEOUT`` of ``name`` from ``server``: its result and how long
+    it took; ``release`` is set once it ended (the server's handler waits on it)."""
+    started = time.monotonic()
+    try:
+        result = run_cli("pull", "--insecure", server.netloc, "--timeout", timeout,
+                         f"{server.netloc}/{name}", dest)
+    finally:
+        release.set()
+    return result, time.monotonic() - started
+
+
 def test_timeout_bounds_a_stalled_registry(tmp_path: Path) -> None:
     """--timeout is also the longest wait for a registry's next bytes."""
-    release = __import__("threading").Event()
+    release = threading.Event()
 
     def app(h: Handler) -> None:
         if "/manifests/" in h.path:
@@ -487,13 +512,7 @@ def test_timeout_bounds_a_stalled_registry(tmp_path: Path) -> None:
         h.reply(200, b"{}")
 
     with FakeServer(app).running() as server:
-        started = time.monotonic()
-        try:
-            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "1",
-                             f"{server.netloc}/stalled/img:1", tmp_path / "dest")
-        finally:
-            release.set()
-        elapsed = time.monotonic() - started
+        result, elapsed = _pull_timed(server, "stalled/img:1", "1", tmp_path / "dest", release)
     assert_one_line_error(result, rc=1, mentions=(server.netloc,))
     assert elapsed < 15, elapsed
 
@@ -628,15 +647,7 @@ def test_a_layer_in_1_byte_chunks_is_read_ahead_in_linear_time(tmp_path: Path) -
     tars = [make_tar([Entry("a", data=b"a" * 1000)]),
             make_tar([Entry("b", data=os.urandom(1 << 20))])]
     blobs = [gzip.compress(tars[0], mtime=0), tars[1]]
-    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
-                        "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in tars]}})
-    manifest = canonical({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": sha256(blobs[0]), "size": len(blobs[0])},
-                   {"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": sha256(blobs[1]), "size": len(blobs[1])}]})
+    config, manifest = _documents(tars, blobs, [_GZIP_LAYER, _GZIP_LAYER.removesuffix("+gzip")])
     by_digest = {sha256(config): config, sha256(blobs[0]): blobs[0]}
 
     def app(h: Handler) -> None:
@@ -670,7 +681,7 @@ def test_a_layer_in_1_byte_chunks_is_read_ahead_in_linear_time(tmp_path: Path) -
 def test_timeout_bounds_a_busy_or_trickling_registry(tmp_path: Path, registry_is: str) -> None:
     """--timeout is the whole pull's: four retries 10 s apart took 40 s of a --timeout
     of 2, and a manifest trickled a byte at a time ten times the timeout."""
-    stop = __import__("threading").Event()
+    stop = threading.Event()
 
     def app(h: Handler) -> None:
         if registry_is == "busy":
@@ -687,13 +698,7 @@ def test_timeout_bounds_a_busy_or_trickling_registry(tmp_path: Path, registry_is
             pass
 
     with FakeServer(app).running() as server:
-        started = time.monotonic()
-        try:
-            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "2",
-                             f"{server.netloc}/slow/img:1", tmp_path / "dest")
-        finally:
-            stop.set()
-        elapsed = time.monotonic() - started
+        result, elapsed = _pull_timed(server, "slow/img:1", "2", tmp_path / "dest", stop)
     assert_one_line_error(result, rc=1, mentions=("limit --timeout (2 seconds) exceeded",))
     assert elapsed < 10, elapsed
     assert not (tmp_path / "dest").exists()
