@@ -458,6 +458,19 @@ def test_a_double_star_pattern_excludes_what_is_below_what_it_matches(
     assert found == ["a", "a/b", "a/b/.git", "a/b/.git/keep", "a/b/kept"], found
 
 
+def test_a_double_star_slash_spans_whole_components(tmp_path: Path) -> None:
+    """``**/`` is any number of whole components, as Docker's ``(.*/)?``: ``**/.git``
+    left out ``foo.git`` and ``a/b.git`` too (it read as ``.*`` then an optional
+    ``/``), and ``a/**/b`` left out ``a/xb``."""
+    archive = (tb.TarBuilder().file("foo.git", b"f").file("a/b.git", b"b")
+               .file("a/xb", b"x").file("a/.git", b"g").file("a/y/b/z", b"z")
+               .file("a/b", b"b").build())
+    dest = tmp_path / "d"
+    chrootarchive.untar(archive, dest, excludes=["**/.git", "a/**/b"])
+    found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert found == ["a", "a/b.git", "a/xb", "foo.git"], found
+
+
 def test_a_hardlink_to_an_excluded_file_is_left_out(
     tmp_path: Path, write_archive: Callable[..., Path]
 ) -> None:

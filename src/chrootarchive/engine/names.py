@@ -112,11 +112,14 @@ def _translate(pattern: str, *, across_slashes: bool = False) -> str:
                     i += 1  # a run of stars is one: no needless backtracking
                 out.append(".*")
             elif pattern.startswith("**", i):
-                out.append(".*")
                 i += 2
                 if pattern.startswith("/", i):
-                    out.append("(?:/|)")  # "**/" also matches nothing
+                    # "**/": whole components, or none (Docker's "(.*/)?"): "**/.git"
+                    # is no "foo.git", "a/**/b" no "a/xb"
+                    out.append("(?:.*/)?")
                     i += 1
+                else:
+                    out.append(".*")
                 continue
             else:
                 out.append("[^/]*")
