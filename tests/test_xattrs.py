@@ -167,8 +167,9 @@ def test_default_acls_kept_for_the_end_count_as_bytes_written(tmp_path: Path) ->
 
 def test_a_default_acl_larger_than_any_xattr_is_an_error_at_once(tmp_path: Path) -> None:
     """A default ACL value larger than the kernel takes (64 KiB) is the error setting it
-    gives (E2BIG), at its entry as before the ACLs were kept for the end: not 100 KB (up to a MiB) of
-    it kept per entry, to be replaced by the next declaration of the directory."""
+    gives (E2BIG), at its entry as before the ACLs were kept for the end: not 100 KB
+    (up to a MiB) of it kept per entry, to be replaced by the next declaration of the
+    directory."""
     archive = tmp_path / "a.tar"
     _redeclared_default_acls(archive, 1, 100_000)
     with pytest.raises(chrootarchive.ArchiveError, match="setting xattr") as info:
