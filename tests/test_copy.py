@@ -626,6 +626,18 @@ def test_cp_into_itself_is_seen_as_the_jails_see_the_paths(tmp_path: Path, dst: 
     assert (root / "copy" / "f").read_bytes() == b"f"
 
 
+def test_cp_into_itself_check_ends_at_a_root_it_cannot_open(tmp_path: Path) -> None:
+    """The into-itself check climbs from DST to what exists of it; a --to-root that is
+    missing (or not searchable) never opens, and its climb went from ``x`` to ``.`` and
+    stayed there, spinning for ever: now the writer's error, at once."""
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    for dst in ("x/y", "x", "/x/y"):
+        result = run_cli("cp", "--to-root", tmp_path / "missing", tmp_path / "src", dst,
+                         timeout=30)
+        assert_one_line_error(result, rc=4, mentions=("missing",))
+    assert not (tmp_path / "missing").exists()
+
+
 def test_cp_into_a_symlink_to_inside_the_source(tmp_path: Path) -> None:
     """DST a symlink to a directory inside SRC: ``cp src link`` and ``cp src link/``
     both copy into where it leads (as docker cp and GNU cp), inside SRC: refused. A

@@ -677,6 +677,51 @@ def test_a_layer_in_1_byte_chunks_is_read_ahead_in_linear_time(tmp_path: Path) -
     assert elapsed < 60, elapsed
 
 
+def test_timeout_bounds_a_trickled_layer_blob(tmp_path: Path) -> None:
+    """A layer's blob a byte every 0.3 s (each read in time): --timeout 2 ended a
+    request, a retry, a manifest, but not the blob's body, read for hours (100 KB);
+    and the registry's error, once there was one, was reported as a short blob."""
+    stop = __import__("threading").Event()
+    tar = make_tar([Entry("a", data=b"a" * 100_000)])
+    config = canonical({"architecture": "amd64", "os": "linux", "config": {},
+                        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}})
+    manifest = canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(tar), "size": len(tar)}]})
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.endswith(sha256(config)):
+            h.reply(200, config)
+        else:
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(tar)))
+            h.end_headers()
+            try:
+                for i in range(len(tar)):
+                    if stop.wait(0.3):
+                        break
+                    h.wfile.write(tar[i:i + 1])
+                    h.wfile.flush()
+            except OSError:
+                pass
+
+    with FakeServer(app).running() as server:
+        started = time.monotonic()
+        try:
+            result = run_cli("pull", "--insecure", server.netloc, "--timeout", "2",
+                             f"{server.netloc}/slow/img:1", tmp_path / "dest", timeout=60)
+        finally:
+            stop.set()
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, rc=1, mentions=("limit --timeout (2 seconds) exceeded",
+                                                  "blob, after"))
+    assert elapsed < 10, elapsed
+
+
 @pytest.mark.parametrize("registry_is", ["busy", "trickling"])
 def test_timeout_bounds_a_busy_or_trickling_registry(tmp_path: Path, registry_is: str) -> None:
     """--timeout is the whole pull's: four retries 10 s apart took 40 s of a --timeout

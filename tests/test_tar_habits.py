@@ -458,6 +458,40 @@ def test_a_double_star_pattern_excludes_what_is_below_what_it_matches(
     assert found == ["a", "a/b", "a/b/.git", "a/b/.git/keep", "a/b/kept"], found
 
 
+def test_a_double_star_slash_spans_whole_components(tmp_path: Path) -> None:
+    """``**/`` is any number of whole components, as Docker's ``(.*/)?``: ``**/.git``
+    left out ``foo.git`` and ``a/b.git`` too (it read as ``.*`` then an optional
+    ``/``), and ``a/**/b`` left out ``a/xb``."""
+    archive = (tb.TarBuilder().file("foo.git", b"f").file("a/b.git", b"b")
+               .file("a/xb", b"x").file("a/.git", b"g").file("a/y/b/z", b"z")
+               .file("a/b", b"b").build())
+    dest = tmp_path / "d"
+    chrootarchive.untar(archive, dest, excludes=["**/.git", "a/**/b"])
+    found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert found == ["a", "a/b.git", "a/xb", "foo.git"], found
+
+
+def test_patterns_of_many_double_stars_take_linear_time(tmp_path: Path) -> None:
+    """``**/a/**/a/**/b`` against names of 1,000 components ``a/a/.../c``: as one
+    regex, each name tried every way to split it among the three ``**`` (three seconds
+    a name, twenty names a minute); component by component, milliseconds."""
+    import time
+
+    deep = "a/" * 1000  # max_path_depth: 1,024
+    builder = tb.TarBuilder()
+    for i in range(20):
+        builder.pax({"path": f"{deep}c{i}"}).file(f"c{i}", b"c")
+    builder.pax({"path": f"{deep}b"}).file("b", b"b")
+    dest = tmp_path / "d"
+    started = time.monotonic()
+    chrootarchive.untar(builder.build(), dest, excludes=["**/a/**/a/**/b", "x/**/y/**"])
+    assert time.monotonic() - started < 20
+    try:
+        assert sorted(os.listdir(dest / deep)) == sorted(f"c{i}" for i in range(20))
+    finally:
+        subprocess.run(["rm", "-rf", str(dest)], check=True)  # too deep for rmtree
+
+
 def test_a_hardlink_to_an_excluded_file_is_left_out(
     tmp_path: Path, write_archive: Callable[..., Path]
 ) -> None:

@@ -136,3 +136,42 @@ def test_acl_naming_unmapped_ids_as_nobody(mechanism: str) -> None:
             assert dropped[0].startswith("3 ACL entries left out") and "u:1000" in dropped[0]
         else:
             assert dropped == [], out["warnings"]
+
+
+def _redeclared_default_acls(path: Path, count: int, size: int) -> bytes:
+    """``d`` declared ``count`` times with a ``size``-byte default ACL value, then once
+    more with a valid one (the last one wins): the value it gets."""
+    final = posix_acl((ACL_USER, 5, 1234))
+    builder = TarBuilder()
+    for _ in range(count):
+        builder.pax({f"SCHILY.xattr.{DEFAULT}": posix_acl() + bytes(size)}).dir("d")
+    builder.pax({f"SCHILY.xattr.{DEFAULT}": final}).dir("d").write(path)
+    return final
+
+
+def test_default_acls_kept_for_the_end_count_as_bytes_written(tmp_path: Path) -> None:
+    """The default ACLs kept for the end go to a spill file on the destination's
+    filesystem: counted as file data, against max_bytes and the reserve. A directory
+    declared 200 times with a 60 KiB value (12 MB, a 40 KiB gzip) filled the
+    filesystem past the reserve, and any max_bytes, with nothing written."""
+    archive = tmp_path / "a.tar"
+    _redeclared_default_acls(archive, 200, 60_000)
+    options = chrootarchive.UnpackOptions(limits=chrootarchive.Limits(max_bytes=1 << 20))
+    with pytest.raises(chrootarchive.LimitExceededError, match="max_bytes"):
+        chrootarchive.untar(archive, tmp_path / "dest", options)
+    dest = tmp_path / "dest2"  # a few are fine
+    final = _redeclared_default_acls(archive, 3, 60_000)
+    chrootarchive.untar(archive, dest, options)
+    assert os.getxattr(dest / "d", DEFAULT) == final
+
+
+def test_a_default_acl_larger_than_any_xattr_is_an_error_at_once(tmp_path: Path) -> None:
+    """A default ACL value larger than the kernel takes (64 KiB) is the error setting it
+    gives (E2BIG), at its entry as before the ACLs were kept for the end: not 100 KB
+    (up to a MiB) of it kept per entry, to be replaced by the next declaration of the
+    directory."""
+    archive = tmp_path / "a.tar"
+    _redeclared_default_acls(archive, 1, 100_000)
+    with pytest.raises(chrootarchive.ArchiveError, match="setting xattr") as info:
+        chrootarchive.untar(archive, tmp_path / "dest")
+    assert info.value.entry == "d"

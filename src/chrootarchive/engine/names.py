@@ -112,11 +112,14 @@ def _translate(pattern: str, *, across_slashes: bool = False) -> str:
                     i += 1  # a run of stars is one: no needless backtracking
                 out.append(".*")
             elif pattern.startswith("**", i):
-                out.append(".*")
                 i += 2
                 if pattern.startswith("/", i):
-                    out.append("(?:/|)")  # "**/" also matches nothing
+                    # "**/": whole components, or none (Docker's "(.*/)?"): "**/.git"
+                    # is no "foo.git", "a/**/b" no "a/xb"
+                    out.append("(?:.*/)?")
                     i += 1
+                else:
+                    out.append(".*")
                 continue
             else:
                 out.append("[^/]*")
@@ -187,6 +190,50 @@ def exclude_matcher(patterns: Iterable[str], style: str = "docker"
     return PatternMatcher(patterns)
 
 
+class _ComponentGlob:
+    """A Docker pattern with two or more ``**`` components (``a/**/b/**/c``), matched
+    component by component: as one regex, each ``**`` a ``(?:.*/)?``, a name of 1,300
+    components took seconds (the regex tries every split of it among them); here
+    (components) x (pattern components) tests at most. It matches what its regex
+    matches: the pattern, then ``/`` and anything, or the end."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[re.Pattern[str] | int]) -> None:
+        # a component's regex, or for "**": 0 (any number of components), 1 (the
+        # last: one or more, as "a/**" is "a/.*")
+        self._parts = parts
+
+    @classmethod
+    def of(cls, text: str) -> _ComponentGlob | None:
+        """The matcher of ``text`` (clean), or None where one regex does as well (one
+        ``**``) or better (``**`` inside a component, ``[...]`` or ``\\`` escapes)."""
+        import re  # see _translate
+
+        names = text.split("/")
+        if names.count("**") < 2 or "[" in text or "\\" in text or any(
+                "**" in name and name != "**" for name in names):
+            return None
+        parts: list[re.Pattern[str] | int] = [
+            (1 if i == len(names) - 1 else 0) if name == "**"
+            else re.compile(_translate(name) + r"\Z") for i, name in enumerate(names)]
+        return cls(parts)
+
+    def match(self, path: str) -> bool | None:
+        """True when the pattern matches ``path`` or one of its parents, else None."""
+        names = path.split("/")
+        count = len(names)
+        reach = [0]  # the components matched so far, each way that got there (sorted)
+        for part in self._parts:
+            if isinstance(part, int):
+                reach = list(range(reach[0] + part, count + 1))
+            else:
+                reach = [at + 1 for at in reach if at < count and part.match(names[at])]
+            if not reach:
+                return None
+        return True
+
+
 class PatternMatcher:
     """Docker's exclude patterns: globs per path, ``!`` exceptions, last match wins.
 
@@ -197,7 +244,8 @@ class PatternMatcher:
 
     def __init__(self, patterns: Iterable[str]) -> None:
         # Each rule: (negated, regex or None, depth, literal set or None).
-        self._rules: list[tuple[bool, re.Pattern[str] | None, int, set[str] | None]] = []
+        self._rules: list[tuple[bool, re.Pattern[str] | _ComponentGlob | None, int,
+                                set[str] | None]] = []
         for raw in patterns:
             text = raw.strip()
             if not text:
@@ -224,8 +272,10 @@ class PatternMatcher:
             # MatchesOrParentMatches: "**/.git" excludes ".git/config" and "a/.git/x"),
             # which one match says: the pattern, then "/" and anything, or the end.
             # DOTALL: a name may hold a newline, which "**" crosses as any character.
+            regex: re.Pattern[str] | _ComponentGlob
             if "**" in text:
-                regex, depth = re.compile(_translate(text) + r"(?:/.*)?\Z", re.DOTALL), 0
+                regex, depth = _ComponentGlob.of(text) or re.compile(
+                    _translate(text) + r"(?:/.*)?\Z", re.DOTALL), 0
             else:
                 regex, depth = re.compile(_translate(text) + r"\Z"), text.count("/") + 1
             self._rules.append((negated, regex, depth, None))

@@ -204,6 +204,7 @@ class _Records:
 ROOTLESS_XATTR = "user.rootlesscontainers"
 
 _DEFAULT_ACL = "system.posix_acl_default"
+_XATTR_SIZE_MAX = 65536  # the kernel's largest xattr value (E2BIG beyond)
 
 #: xattrs a directory declared again by a layer keeps from below: labels that the kernel
 #: or a security module manages (as umoci leaves ``security.selinux`` and
@@ -1514,10 +1515,19 @@ class Unpacker:
         ACL (and mask) that the archive does not give it."""
         for key, value in entry.xattrs.items():
             if key == _DEFAULT_ACL:
+                if len(value) > _XATTR_SIZE_MAX:  # what setxattr(2) would say now
+                    err = OSError(errno.E2BIG, os.strerror(errno.E2BIG))
+                    raise from_os_error(err, entry.name, kind=ArchiveError,
+                                        action=f"setting xattr {key}") from err
                 st = os.fstat(fd)
                 path, entry_name = os.fsencode(name), os.fsencode(entry.name)
-                self.default_acls.append(os.fsdecode(path + entry_name + value), st.st_dev,
-                                         st.st_ino, len(path), len(entry_name))
+                record = path + entry_name + value
+                # Kept until the end, spilled to the destination's filesystem: counted
+                # as file data (max_bytes, the reserve), as a directory declared again
+                # and again keeps a record each time (64 KiB of ACL per 1 KiB of gzip).
+                self._charge(len(record) + _DEFAULT_ACL_RECORD.size, entry.name)
+                self.default_acls.append(os.fsdecode(record), st.st_dev, st.st_ino,
+                                         len(path), len(entry_name))
             else:
                 self._set_xattr(lambda k, v: os.setxattr(fd, k, v), key, value, entry)
 

@@ -82,6 +82,10 @@ class _BlobStream:
         except OSError as err:
             raise from_os_error(
                 err, self._label, kind=ImageError, action="cannot read the blob") from err
+        except ChrootArchiveError as err:
+            # The registry's (stalled, out of --timeout): the blob's end, not a short
+            # blob, when finish() is asked after it.
+            self._fail(err)
         if not data:
             self._end()
             return b""

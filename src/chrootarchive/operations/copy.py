@@ -636,10 +636,10 @@ def _refuse_copy_into_itself(source: str, src_root: PathLike | None, untar_dir: 
     target = untar_dir if new_name is None else posixpath.join(untar_dir, new_name)
     existing, made = untar_dir, False
     while (dst_fd := _open_as_jailed(existing, dst_root, follow=True)) is None:
-        parent = posixpath.dirname(existing.rstrip("/"))
-        if parent == existing or not existing:
-            return  # nothing of it is there: the writer says why
-        existing, made = parent or ".", True  # made by the copy, below ``existing``
+        parent = _parent(existing)
+        if parent is None:
+            return  # nothing of it is there, or it cannot be seen: the writer says why
+        existing, made = parent, True  # made by the copy, below ``existing``
     try:
         if new_name is not None and not made:
             with contextlib.suppress(OSError):
@@ -650,6 +650,15 @@ def _refuse_copy_into_itself(source: str, src_root: PathLike | None, untar_dir: 
             _refuse_into_itself(source, target)
     finally:
         os.close(dst_fd)
+
+
+def _parent(path: str) -> str | None:
+    """The directory ``path`` is in, lexically; None for the top (``/``, ``.``): a
+    root that cannot be opened (missing, or not searchable) ends the climb there."""
+    stripped = path.rstrip("/")
+    if not stripped or stripped == ".":
+        return None
+    return posixpath.dirname(stripped) or "."
 
 
 def _is_below(fd: int, top: os.stat_result) -> bool:

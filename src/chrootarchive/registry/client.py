@@ -794,6 +794,11 @@ class BlobReader:
             response = self._response
             if response is None:
                 return b""
+            if self._client._expired():  # a byte now and then: each read is in time
+                _discard(response)
+                self._response = None
+                raise self._client._out_of_time(
+                    f"blob, after {self.bytes_read} bytes", self.digest)
             try:
                 # read1: what has arrived (up to n), not a wait for n bytes.
                 data = (response.read1(want) if _HAS_READ1 else response.read(want))
