@@ -90,7 +90,7 @@ def test_windows_within_the_limit_decompress() -> None:
 def test_a_larger_max_memory_allows_a_larger_window() -> None:
     blob = xz_declaring(28, _tar())  # 64 MiB: xz -9
     with pytest.raises(LimitExceededError,
-                       match=r"needs 65 MiB.*raise Limits.max_memory to 175M"):
+                       match=r"needs 65 MiB.*raise Limits\.max_memory to 175 MiB"):
         b"".join(compression.decompressed_chunks(io.BytesIO(blob))[1])
     chunks = compression.decompressed_chunks(io.BytesIO(blob), max_memory=175 * MiB)[1]
     assert b"".join(chunks) == _tar()

@@ -67,6 +67,7 @@ def in_cli_words(message: str) -> str:
         return "--" + _OPTION_NAMES.get(field, field).replace("_", "-")
 
     def translate(text: str) -> str:
+        text = re.sub(r"\bLimits\.max_memory to (\d++) MiB\b", r"--max-memory to \1M", text)
         text = re.sub(r"\b(?:Limits|UnpackOptions|PackOptions)\.(\w++)",
                       lambda m: option(m.group(1)), text)
         text = re.sub(r"\blimit (max_\w++|reserve|timeout)\b",

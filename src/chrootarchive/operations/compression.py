@@ -61,8 +61,9 @@ def _too_big(kind: str, what: str, need: int | None, allowance: int) -> LimitExc
     ceil = _mib
     needs = (f"needs {ceil(need)} MiB of memory ({what})" if need is not None
              else f"needs more than {ceil(allowance)} MiB of memory ({what})")
-    hint = (f"raise Limits.max_memory to {ceil(memory_for_window(need))}M" if need is not None
-            else "raise Limits.max_memory")  # the command line says --max-memory
+    # The command line says "--max-memory to 175M" (cli.args.in_cli_words).
+    hint = (f"raise Limits.max_memory to {ceil(memory_for_window(need))} MiB"
+            if need is not None else "raise Limits.max_memory")
     return LimitExceededError(
         f"limit max_memory exceeded: the {kind} stream {needs} to decompress, more than "
         f"the {ceil(allowance)} MiB the limit leaves for decompression; to allow it, {hint}")
