@@ -59,5 +59,7 @@ def test_counts_do_not_move_under_every_python(interpreter: str) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     moved = json.loads(done.stdout)
-    # A one-off change (a cache filled or emptied) is a few; a fault, ROUNDS or more.
-    assert all(abs(delta) < ROUNDS // 20 for delta in moved.values()), moved
+    # A fault moves a count by ROUNDS or more (one a call at least). What else moves
+    # None's count under 3.11 (objects that held it freed meanwhile: free lists,
+    # caches) varied from -2 to -181 over runs, as much at the round's start (1b3b0b5).
+    assert all(abs(delta) < ROUNDS // 4 for delta in moved.values()), moved
