@@ -428,6 +428,30 @@ def test_tar_exclude_style_matches_gnu_tar(tmp_path: Path, pattern: str, prefix:
     assert snapshot(ours) == snapshot(gnu)
 
 
+def test_an_options_value_may_start_with_a_dash_as_in_gnu_tar(tmp_path: Path) -> None:
+    """``--exclude -lead`` and ``-C -dir``: GNU tar (getopt) takes the next word as the
+    value whatever it is; argparse read ``-lead`` as an unknown option and exited 2."""
+    b = tb.TarBuilder()
+    for name in ("-lead", "keep"):
+        b.file(name, name.encode())
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(b.build())
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(gnu), "--exclude", "-lead"],
+                   check=True)
+    result = run_cli("untar", "--exclude", "-lead", archive, "-C", "-dir", cwd=tmp_path)
+    assert result.rc == 0, result.err
+    assert snapshot(tmp_path / "-dir") == snapshot(gnu) != {}
+    packed = tmp_path / "packed.tar"
+    result = run_cli("tar", "--exclude", "-lead", "-o", packed, tmp_path / "-dir")
+    assert result.rc == 0, result.err
+    assert [e.name for e in chrootarchive.list_entries(packed)] == ["keep"]
+    # "--" stays the end of the options, as argparse has it.
+    result = run_cli("untar", "--exclude", "--", archive, tmp_path / "d")
+    assert result.rc == 2 and "--exclude: expected one argument" in result.err
+
+
 def test_docker_exclude_style_is_anchored(tmp_path: Path) -> None:
     """The default (Docker's): ``*.txt`` is matched from the root within one component,
     so ``sub/b.txt`` stays, where GNU tar (and ``--exclude-style tar``) drops it."""

@@ -79,7 +79,30 @@ class _Parser(argparse.ArgumentParser):
                          namespace: argparse.Namespace | None = None,
                          ) -> tuple[argparse.Namespace, list[str]]:
         self.words = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(self.words, namespace)
+        return super().parse_known_args(self._values_attached(self.words), namespace)
+
+    def _values_attached(self, words: list[str]) -> list[str]:
+        """``words`` with each value that starts with ``-`` attached to the option that
+        takes it (``--exclude -lead`` as ``--exclude=-lead``, ``-C -dir`` as
+        ``-C-dir``): tar (getopt) takes the next word as an option's value whatever it
+        is; argparse reads it as an option and reports the value missing."""
+        out: list[str] = []
+        words_left = iter(words)
+        for word in words_left:
+            if word == "--":
+                out.append(word)
+                out.extend(words_left)
+                break
+            action = self._option_string_actions.get(word)
+            if action is None or action.nargs is not None:
+                out.append(word)
+                continue
+            value = next(words_left, None)
+            if value is None or value == "--" or not value.startswith("-"):
+                out.extend(w for w in (word, value) if w is not None)
+            else:
+                out.append(f"{word}={value}" if word.startswith("--") else word + value)
+        return out
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]  # "chrootarchive untar": its subparser
