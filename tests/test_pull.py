@@ -468,6 +468,53 @@ def test_the_next_layer_downloads_while_one_is_applied(tmp_path: Path) -> None:
     assert (tmp_path / "dest/l1/f").exists()
 
 
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("chrootarchive-prefetch")]
+
+
+def test_a_failed_pull_leaves_no_read_ahead_waiting_on_the_registry(tmp_path: Path) -> None:
+    """Layer 0 is not a tar while layer 1's blob is read ahead from a registry that
+    stops sending: the read-ahead thread waited on its socket for the read timeout
+    (30 s) after ``pull`` had raised, in the caller's process; it is cut short now."""
+    tars = [b"not a tar archive\n" * 64, make_tar([Entry("b", data=os.urandom(300_000))])]
+    layers = [gzip.compress(t, mtime=0) for t in tars]
+    config, manifest = _documents(tars, layers, [_GZIP_LAYER] * 2)
+    layer_1_sent = threading.Event()
+    stop = threading.Event()
+
+    def app(h: Handler) -> None:
+        if "/manifests/" in h.path:
+            h.reply(200, manifest, {"Content-Type": OCI_MANIFEST})
+        elif h.path.endswith(sha256(config)):
+            h.reply(200, config)
+        elif h.path.endswith(sha256(layers[0])):
+            layer_1_sent.wait(10)  # fails once layer 1 is being read ahead
+            time.sleep(0.2)
+            h.reply(200, layers[0])
+        else:
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(layers[1])))
+            h.end_headers()
+            h.wfile.write(layers[1][:1000])
+            h.wfile.flush()
+            layer_1_sent.set()
+            stop.wait(60)  # then nothing more
+
+    assert not _prefetch_threads()
+    with FakeServer(app).running() as server:
+        try:
+            with pytest.raises(chrootarchive.ArchiveError):
+                chrootarchive.pull(f"{server.netloc}/two/layers:1", tmp_path / "dest",
+                                   insecure=True)
+            assert layer_1_sent.is_set()
+            deadline = time.monotonic() + 3
+            while _prefetch_threads() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _prefetch_threads()
+        finally:
+            stop.set()
+
+
 def test_an_index_with_too_many_platforms_is_refused(tmp_path: Path) -> None:
     from chrootarchive.image.selection import MAX_INDEX_ENTRIES
 

@@ -191,11 +191,15 @@ class Prefetcher:
         return _Prefetched(box["head"], box["reader"])
 
     def close(self) -> None:
-        """Stop the read-ahead: its thread ends at its next chunk, its reader closed."""
+        """Stop the read-ahead: a read in flight is cut short (a library caller's
+        failed pull left its thread waiting on the registry for the read timeout), and
+        its reader closed. A thread still opening its blob ends at the client's head
+        deadline, and closes the reader then."""
         self._closed = True
         for thread, box in self._pending.values():
-            # Not waited for long: a read in flight ends with the client's timeout at
-            # worst, and the thread closes its reader then (the caller closes the client).
+            reader = box.get("reader")
+            if reader is not None:
+                reader.interrupt()
             thread.join(timeout=1)
             if not thread.is_alive() and "reader" in box:
                 box["reader"].close()

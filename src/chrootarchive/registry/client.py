@@ -756,6 +756,7 @@ class BlobReader:
         self.resumes = 0
         self._timeouts = 0
         self._closed = False
+        self._interrupted = False
         self._response: urllib3.BaseHTTPResponse | None = self._start(0)
 
     def _error(self, problem: str) -> RegistryError:
@@ -791,6 +792,7 @@ class BlobReader:
         if want == 0:
             return b""
         while True:
+            self._check_interrupted()
             response = self._response
             if response is None:
                 return b""
@@ -802,6 +804,7 @@ class BlobReader:
             try:
                 # read1: what has arrived (up to n), not a wait for n bytes.
                 data = (response.read1(want) if _HAS_READ1 else response.read(want))
+                self._check_interrupted()
             except _ux.ReadTimeoutError as err:
                 if self._complete():
                     return b""
@@ -814,6 +817,7 @@ class BlobReader:
                 self._resume(err)
                 continue
             except (_ux.HTTPError, OSError) as err:
+                self._check_interrupted()
                 if self._complete():
                     return b""
                 self._resume(err)
@@ -846,6 +850,7 @@ class BlobReader:
             _discard(self._response)
             self._response = None
         while True:
+            self._check_interrupted()
             self.resumes += 1
             if self.resumes > MAX_RESUMES:
                 reason = _cause(cause) if cause is not None else "the body ended early"
@@ -860,6 +865,23 @@ class BlobReader:
                 cause = err.__cause__
             self._client._pause(min(RESUME_PAUSE * 2 ** (self.resumes - 1), 4.0), "blob",
                                 self.digest)
+
+    def interrupt(self) -> None:
+        """From another thread: end the read that waits on the registry now (its socket
+        shut down), not at the read timeout, and resume nothing; the reading thread
+        gets a :class:`RegistryError` and closes the reader."""
+        self._interrupted = True
+        connection = getattr(self._response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if isinstance(sock, socket.socket):
+            _cut(sock)
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted:
+            if self._response is not None:
+                _discard(self._response)
+                self._response = None
+            raise self._error(f"given up after {self.bytes_read} bytes")
 
     def close(self) -> None:
         """Drop the connection (what is unread is not read)."""
