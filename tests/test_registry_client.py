@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import pickle
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 from chrootarchive.errors import ImageError, RegistryError
 from chrootarchive.registry.auth import find_credentials, parse_challenges
 from chrootarchive.registry.client import (
+    LOW_SPEED_BYTES,
     MANIFEST_MEDIA_TYPES,
     MAX_RETRIES,
     MAX_RETRY_PAUSE,
@@ -497,6 +499,55 @@ def test_stalled_blob_body(tls_server: FakeServer, certs: Path) -> None:
     # One read timeout is resumed; the second is the error.
     assert "stalled: no data for 0.4 s after 2000 bytes" in str(caught.value)
     assert time.monotonic() - start < 2.5
+
+
+def test_a_trickled_blob_body_is_too_slow(tls_server: FakeServer, certs: Path) -> None:
+    """Ten bytes every 0.1 s: each read is in time (the read timeout is 0.4 s), so only
+    the whole pull's --timeout, if given, ended it; with none, a layer took forever. A
+    blob must bring LOW_SPEED_BYTES a second over each window of two timeouts."""
+    stop = threading.Event()
+
+    def trickle(h: Handler) -> None:
+        if h.headers.get("Range"):  # a resume: the floor was not kept (or ended early)
+            h.reply(404)
+            return
+        ranged(h, BLOB)
+        for at in range(0, 500, 10):  # 5 s, then the connection drops
+            if stop.wait(0.1):
+                return
+            h.wfile.write(BLOB[at:at + 10])
+            h.wfile.flush()
+        h.drop()
+
+    tls_server.app = trickle
+    start = time.monotonic()
+    try:
+        with client(tls_server, certs, timeout=0.4) as c, c.open_blob(BLOB_DIGEST, None) as r, \
+                pytest.raises(RegistryError) as caught:
+            read_all(r)
+    finally:
+        stop.set()
+    assert re.search(rf"too slow: \d+ bytes in 0.8 s, under {LOW_SPEED_BYTES} bytes a "
+                     rf"second, after \d+ bytes$", str(caught.value)), caught.value
+    assert time.monotonic() - start < 3
+
+
+def test_a_slow_blob_above_the_floor_is_read(tls_server: FakeServer, certs: Path) -> None:
+    """A blob sent at four times the floor, in small pieces over several windows,
+    arrives whole."""
+    piece = LOW_SPEED_BYTES * 4 // 10
+    small = BLOB[:LOW_SPEED_BYTES * 6]
+
+    def slow(h: Handler) -> None:
+        offset, _ = ranged(h, small)
+        for at in range(offset, len(small), piece):
+            time.sleep(0.1)
+            h.wfile.write(small[at:at + piece])
+            h.wfile.flush()
+
+    tls_server.app = slow
+    with client(tls_server, certs, timeout=0.4) as c, c.open_blob(BLOB_DIGEST, len(small)) as r:
+        assert read_all(r) == small
 
 
 def test_two_blobs_at_once_from_one_client(tls_server: FakeServer, certs: Path,

@@ -123,6 +123,12 @@ TOKEN_BODY_MAX = 1 << 20
 BODY_TIME_FACTOR = 10
 #: Resumes of one blob after a dropped connection.
 MAX_RESUMES = 5
+#: The slowest a blob's body may arrive: at least this many bytes a second over every
+#: window of LOW_SPEED_TIMEOUTS timeouts (60 s by default), as curl's ``--speed-limit``.
+#: A byte just within each read timeout never trips it, and a layer of a gigabyte
+#: would take decades.
+LOW_SPEED_BYTES = 1024
+LOW_SPEED_TIMEOUTS = 2
 #: The first pause before a resume when the registry cannot be reached (then doubled).
 RESUME_PAUSE = 0.5
 #: Answers that mean "busy now, ask again" (rate limited, a proxy or the registry
@@ -758,6 +764,9 @@ class BlobReader:
         self._closed = False
         self._interrupted = False
         self._response: urllib3.BaseHTTPResponse | None = self._start(0)
+        self._window = client.timeout * LOW_SPEED_TIMEOUTS
+        self._window_ends = time.monotonic() + self._window
+        self._window_bytes = 0
 
     def _error(self, problem: str) -> RegistryError:
         return self._client._error(problem, self.digest)
@@ -824,6 +833,7 @@ class BlobReader:
                 continue
             if data:
                 self.bytes_read += len(data)
+                self._check_speed()
                 return data
             if self.size is not None and self.bytes_read < self.size:
                 # A close-delimited body cut short looks like an end: resume it.
@@ -875,6 +885,23 @@ class BlobReader:
         sock = getattr(connection, "sock", None)
         if isinstance(sock, socket.socket):
             _cut(sock)
+
+    def _check_speed(self) -> None:
+        """The error when the window that just ended brought fewer bytes than
+        :data:`LOW_SPEED_BYTES` a second."""
+        now = time.monotonic()
+        if now < self._window_ends:
+            return
+        got = self.bytes_read - self._window_bytes
+        if got < LOW_SPEED_BYTES * self._window:
+            if self._response is not None:
+                _discard(self._response)
+                self._response = None
+            raise self._error(f"too slow: {got} bytes in {self._window:g} s, under "
+                              f"{LOW_SPEED_BYTES} bytes a second, after {self.bytes_read} "
+                              f"bytes")
+        self._window_ends = now + self._window
+        self._window_bytes = self.bytes_read
 
     def _check_interrupted(self) -> None:
         if self._interrupted:
