@@ -165,6 +165,21 @@ def test_fully_trusted_counts_what_needs_privilege(tmp_path: Path) -> None:
                             "file capabilities": 1}
 
 
+def test_fully_trusted_counts_only_what_it_made_when_old_files_are_kept(
+        tmp_path: Path, write_archive: Callable[..., Path]) -> None:
+    """``privileged`` (and the note) say what was *created*: what ``old_files`` kept is
+    not (``--skip-old-files`` over a full tree said it "created 2 setuid/setgid files",
+    docs/filters.md, "What the default made")."""
+    dest = tmp_path / "dest"
+    chrootarchive.untar(io.BytesIO(rootfs_like()), dest)
+    os.unlink(dest / "bin" / "wall")  # made again; the rest is kept
+    r = chrootarchive.untar(io.BytesIO(rootfs_like()), dest, UnpackOptions(old_files="skip"))
+    assert r.privileged == {"setuid/setgid files": 1}
+    assert mode(dest / "bin" / "wall") == 0o2755
+    result = run_cli("untar", "--skip-old-files", write_archive(rootfs_like(), ".tar"), dest)
+    assert result.rc == 0 and result.err == "", result.err
+
+
 def test_cli_names_the_filter_when_the_default_made_privileged_files(
         tmp_path: Path, write_archive: Callable[..., Path]) -> None:
     path = write_archive(rootfs_like(), ".tar")
