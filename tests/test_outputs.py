@@ -5,6 +5,7 @@ before writing (or a message that says what is left)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,48 @@ def test_every_field_of_the_documents_is_documented(tmp_path: Path,
         assert f"| `{field}` |" in doc, f"{field} is not in docs/json.md"
 
 
+def _section(doc: str, heading: str) -> str:
+    """The text of docs/json.md from ``heading`` to the next heading of its level."""
+    start = doc.index(heading + "\n")
+    level = heading.split(" ")[0] + " "
+    end = doc.find("\n" + level, start + len(heading))
+    return doc[start:] if end < 0 else doc[start:end]
+
+
+def test_every_commands_fields_are_documented(tmp_path: Path,
+                                              write_archive: Callable[..., Path]) -> None:
+    """The documents of ``unpack-image`` (and its ``layers``), ``tar``, ``list``, ``cp``
+    and of a failure hold only fields docs/json.md lists (a layer's ``skipped_xattrs``
+    was missing); ``pull``'s is ``unpack-image``'s (tests/test_pull.py)."""
+    from helpers.oci_images import Entry, OCIBuilder, make_tar
+
+    doc = JSON_DOC.read_text()
+    layer = make_tar([Entry("f", data=b"1")])
+    builder = OCIBuilder(tmp_path / "img")
+    builder.tag(builder.image([layer]), "latest")
+    image = json.loads(run_cli("unpack-image", "-v", "--json", builder.root,
+                               tmp_path / "i").out)
+    rows = _section(doc, "### `unpack-image`, `pull`")
+    for field in set(image) - {"schema_version"}:
+        assert f"| `{field}` |" in doc, f"unpack-image: {field} is not in docs/json.md"
+    layers_row = next(line for line in rows.splitlines() if line.startswith("| `layers` |"))
+    for field in image["layers"][0]:
+        assert f"`{field}`" in layers_row, f"a layer's {field} is not in docs/json.md"
+    archive = write_archive(layer)
+    tar = json.loads(run_cli("tar", "--json", "-o", tmp_path / "t.tar", tmp_path / "i").out)
+    for field in set(tar) - {"schema_version"}:
+        assert f"`{field}`" in _section(doc, "### `tar`"), f"tar: {field} is not documented"
+    listed = json.loads(run_cli("list", "--json", archive).out)
+    for field in listed["entries"][0]:
+        assert f'"{field}":' in _section(doc, "### `list`"), f"list: {field} is not documented"
+    copied = json.loads(run_cli("cp", "--json", tmp_path / "i", tmp_path / "c").out)
+    for field in set(copied) - {"schema_version"}:
+        assert f"| `{field}` |" in _section(doc, "### `untar`, `apply-layer`, `cp`"), field
+    failed = json.loads(run_cli("untar", "--json", tmp_path / "missing.tar", tmp_path / "m").out)
+    for field in failed["error"]:
+        assert f"| `{field}` |" in _section(doc, "## Failure"), f"error: {field}"
+
+
 @pytest.mark.parametrize(("raised", "cls", "status"), [
     (KeyboardInterrupt, "KeyboardInterrupt", 130), (None, "Terminated", 143)])
 def test_an_interruption_is_documented_with_its_class_and_status(
@@ -92,6 +135,66 @@ def test_a_missing_input_is_exit_4_everywhere(tmp_path: Path, argv: list[str]) -
     assert result.rc == 4, result
     assert "No such file or directory" in result.err
     assert not (tmp_path / "dest").exists()
+
+
+def _help(*command: str) -> str:
+    """A command's ``--help``, its lines joined (argparse wraps to the terminal)."""
+    result = run_cli(*command, "--help")
+    assert result.rc == 0, result.err
+    return " ".join(result.out.split())
+
+
+def test_cp_from_standard_input_exits_as_its_help_says(tmp_path: Path) -> None:
+    """``cp - DST`` unpacks an archive: a hostile one is exit status 1, which ``cp
+    --help`` did not list (0, 2, 3, 4, 70 only). The victim beside DST is untouched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_bytes(b"victim")
+    hostile = tb.TarBuilder().file("ok", b"1").file("../victim/f", b"evil").build()
+    result = run_cli("cp", "-", tmp_path / "dst", input=hostile)
+    assert result.rc == 1, result
+    assert "../victim/f: name would leave the destination" in result.err
+    assert (victim / "f").read_bytes() == b"victim" and os.listdir(victim) == ["f"]
+    assert "exit status: 0 done, 1 a bad or hostile archive" in _help("cp")
+
+
+@pytest.mark.parametrize("command", [["untar"], ["tar"], ["cp"]])
+def test_confine_auto_is_what_the_help_says(tmp_path: Path, command: list[str]) -> None:
+    """As root, ``auto`` uses the mechanism ``--help`` names first for it: ``pivot`` to
+    unpack, ``chroot`` to read a tree (``tar``; ``cp`` reports its writing side). The
+    help of ``tar`` and ``cp`` said "pivot as root" for reading too."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"1")
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(tb.TarBuilder().file("f", b"1").build())
+    args: dict[str, list[str | Path]] = {
+        "untar": [archive, tmp_path / "d"], "cp": [source, tmp_path / "d"],
+        "tar": ["-o", tmp_path / "out.tar", source]}
+    result = run_cli(*command, "--json", *args[command[0]])
+    assert result.rc == 0, result.err
+    used = json.loads(result.out)["confinement"]
+    auto = _help(*command).split("auto (default: ", 1)[1]
+    expected = {"untar": "the strongest available: pivot as root,",
+                "tar": "chroot as root, else openat2",
+                "cp": "reading, chroot as root, else openat2, else userns; writing, pivot as root,"}
+    assert auto.startswith(expected[command[0]]), auto[:120]
+    assert used == {"untar": "pivot", "tar": "chroot", "cp": "pivot"}[command[0]]
+
+
+def test_pull_help_names_every_auth_file_it_reads() -> None:
+    """``pull --help`` lists the auth files in the order they are read; it left out
+    ``~/.config/containers/auth.json``. docs/pull.md lists them too."""
+    from chrootarchive.registry.auth import auth_files
+
+    files, _ = auth_files(None, {"XDG_RUNTIME_DIR": "/RUN", "HOME": "/HOME"})
+    shown = [f.replace("/RUN", "$XDG_RUNTIME_DIR").replace("/HOME", "~") for f in files]
+    text = _help("pull")
+    pull_md = " ".join((JSON_DOC.parent / "pull.md").read_text().split())
+    positions = [text.index(name) for name in shown]
+    assert positions == sorted(positions), shown
+    for name in shown:
+        assert f"`{name}`" in pull_md, name
 
 
 @pytest.mark.parametrize("data", [b"", b"not a tar archive at all" * 40,

@@ -162,7 +162,16 @@ def format_size(value: int | None) -> str:
     return str(value)
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+#: How ``--confine auto`` chooses for an unpack (``runner.ladder``)...
+AUTO_UNPACK = "pivot as root, else userns, else openat2"
+#: ... and for reading a tree (``operations.copy._pack_candidates``: no namespace first).
+AUTO_READ = "chroot as root, else openat2, else userns"
+
+
+def add_common(parser: argparse.ArgumentParser,
+               auto: str = f"the strongest available: {AUTO_UNPACK}") -> None:
+    """``--json``, ``-q``, ``--debug`` and ``--confine``, whose ``auto`` is ``auto``:
+    reading a tree (``tar``, ``cp``) tries the mechanisms in another order."""
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true",
                      help="print the result (or the error) as one JSON document on stdout "
@@ -173,10 +182,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--confine", default="auto", metavar="MECHANISM",
         choices=("auto", *MECHANISMS),
-        help="confinement mechanism: auto (default: the strongest available: pivot as "
-             "root, else userns, else openat2), pivot (mount namespace + pivot_root, "
-             "needs root), chroot (needs root), userns (unprivileged user namespace + "
-             "pivot_root), openat2 (in-process, every path resolved with "
+        help=f"confinement mechanism: auto (default: {auto}), pivot (mount namespace + "
+             "pivot_root, needs root), chroot (needs root), userns (unprivileged user "
+             "namespace + pivot_root), openat2 (in-process, every path resolved with "
              "RESOLVE_IN_ROOT; Linux 5.6+)",
     )
 
