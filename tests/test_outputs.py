@@ -182,6 +182,89 @@ def test_confine_auto_is_what_the_help_says(tmp_path: Path, command: list[str]) 
     assert used == {"untar": "pivot", "tar": "chroot", "cp": "pivot"}[command[0]]
 
 
+COMMANDS = ("untar", "apply-layer", "unpack-image", "pull", "tar", "cp", "list")
+
+
+def _parsed_options() -> dict[str, set[str]]:
+    """Each option string of each command's parser (``-h`` aside): the commands."""
+    import argparse
+
+    from chrootarchive.cli.main import build_parser
+
+    found: dict[str, set[str]] = {}
+    for command in COMMANDS:
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[command]._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    found.setdefault(option, set()).add(command)
+    return found
+
+
+def _documented_options() -> dict[str, set[str]]:
+    """The rows of docs/cli.md's tables: each option written in the first cell (``-C
+    DIR``, ``--directory DIR``), the commands named in the second."""
+    import re
+
+    found: dict[str, set[str]] = {}
+    for line in (JSON_DOC.parent / "cli.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| `-") or len(cells) < 3:
+            continue
+        named = set(re.findall(r"`([a-z-]+)`", cells[1]))
+        commands = (set(COMMANDS) - named if cells[1].startswith("all but")
+                    else set(COMMANDS) if cells[1] == "all" else named)
+        for option in re.findall(r"`(-[^` ]+)", cells[0]):
+            assert option not in found, f"{option} is in docs/cli.md twice"
+            found[option] = commands
+    return found
+
+
+def test_every_option_is_in_docs_cli_md() -> None:
+    """docs/cli.md lists every option of every command, with the commands that take
+    it, and no option that none takes: a new option, or one a command gains or loses,
+    fails here until the table says so."""
+    parsed, documented = _parsed_options(), _documented_options()
+    assert set(documented) == set(parsed), (
+        f"not in docs/cli.md: {sorted(set(parsed) - set(documented))}; "
+        f"no command takes: {sorted(set(documented) - set(parsed))}")
+    for option, commands in parsed.items():
+        assert documented[option] == commands, (option, sorted(commands))
+    assert "`--version`" in (JSON_DOC.parent / "cli.md").read_text()
+
+
+#: Code spans that are other programs' command lines (`tar -tv` is GNU tar's).
+OTHER_COMMANDS = ("tar ", "python", "pip ", ".venv/", "docker ", "umoci ", "skopeo ", "unshare ")
+#: Other tools' options the docs quote alone: GNU tar's letters, Python's `-m`, `-P`, umoci's
+#: `--rootless`, skopeo's `--all-platforms` (not done), Docker's `--pid=host`.
+OTHER_TOOLS = {"-x", "-f", "-z", "-m", "-P", "--rootless", "--all-platforms", "--pid"}
+
+
+def test_options_the_docs_name_exist() -> None:
+    """Every option written in code spans of the README and docs/*.md (but the
+    benchmark's page), and in their shell examples' ``chrootarchive`` command lines, is
+    one that some command takes, or another tool's."""
+    import re
+
+    parsed = set(_parsed_options()) | {"-h", "--help", "--version"}
+    docs = [JSON_DOC.parents[1] / "README.md",
+            *(p for p in JSON_DOC.parent.glob("*.md") if p.name != "performance.md")]
+    unknown = []
+    for doc in docs:
+        text = doc.read_text()
+        examples = [line.split("chrootarchive ", 1)[1].split("|")[0].split("&&")[0]
+                    for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+                    for line in block.splitlines() if "chrootarchive " in line]
+        for span in [*re.findall(r"`([^`\n]+)`", text), *examples]:
+            if span.startswith(OTHER_COMMANDS):
+                continue
+            for option in re.findall(r"(?:^|\s)(--?[a-zA-Z][\w-]*)", span):
+                if option not in parsed | OTHER_TOOLS:
+                    unknown.append(f"{doc.name}: {span!r}: {option}")
+    assert not unknown, unknown
+
+
 def test_pull_help_names_every_auth_file_it_reads() -> None:
     """``pull --help`` lists the auth files in the order they are read; it left out
     ``~/.config/containers/auth.json``. docs/pull.md lists them too."""
