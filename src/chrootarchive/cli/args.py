@@ -254,7 +254,7 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-path-length", type=parse_count, metavar="N",
                      help=f"bytes in a name (default {defaults.max_path_length})")
     lim.add_argument("--max-path-depth", type=parse_count, metavar="N",
-                     help=f"directories in a name (default {defaults.max_path_depth})")
+                     help=f"components in a name (default {defaults.max_path_depth})")
     lim.add_argument("--max-xattr-bytes", type=parse_size, metavar="SIZE",
                      help=f"one entry's xattrs (default {format_size(defaults.max_xattr_bytes)})")
     lim.add_argument("--max-memory", type=parse_size, metavar="SIZE",
