@@ -138,8 +138,9 @@ def test_a_missing_input_is_exit_4_everywhere(tmp_path: Path, argv: list[str]) -
 
 
 def _help(*command: str) -> str:
-    """A command's ``--help``, its lines joined (argparse wraps to the terminal)."""
-    result = run_cli(*command, "--help")
+    """A command's ``--help``, its lines joined (argparse wraps to the terminal, and
+    after a hyphen: one line each here)."""
+    result = run_cli(*command, "--help", env={"COLUMNS": "1000"})
     assert result.rc == 0, result.err
     return " ".join(result.out.split())
 
@@ -263,6 +264,19 @@ def test_options_the_docs_name_exist() -> None:
                 if option not in parsed | OTHER_TOOLS:
                     unknown.append(f"{doc.name}: {span!r}: {option}")
     assert not unknown, unknown
+
+
+def test_quiet_keeps_the_output_as_its_help_says(tmp_path: Path,
+                                                write_archive: Callable[..., Path]) -> None:
+    """``-q`` silences standard error but for errors (the note of what ``fully_trusted``
+    made, here); the output stays: ``apply-layer``'s size, ``-v``'s names. Its help said
+    "print nothing but errors"."""
+    archive = write_archive(tb.TarBuilder().file("su", b"12", mode=0o4755).build())
+    assert "note:" in run_cli("apply-layer", archive, tmp_path / "loud").err
+    quiet = run_cli("apply-layer", "-q", "-v", archive, tmp_path / "quiet")
+    assert (quiet.rc, quiet.out, quiet.err) == (0, "su\n2\n", "")
+    assert "-q, --quiet nothing but errors on standard error" in _help("apply-layer")
+    assert "the output (-v's names, apply-layer's sizes) stays" in _help("untar")
 
 
 def test_pull_help_names_every_auth_file_it_reads() -> None:

@@ -177,7 +177,8 @@ def add_common(parser: argparse.ArgumentParser,
                      help="print the result (or the error) as one JSON document on stdout "
                           "(docs/json.md)")
     out.add_argument("-q", "--quiet", action="store_true",
-                     help="print nothing but errors (no warnings, no progress bar)")
+                     help="nothing but errors on standard error (no warnings, notes or "
+                          "progress bar); the output (-v's names, apply-layer's sizes) stays")
     out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     out.add_argument(
         "--confine", default="auto", metavar="MECHANISM",
