@@ -304,6 +304,9 @@ def probe_tools(wanted: Sequence[str], override: str | None) -> Tools:
             why = "" if shutil.which("tar") else "tar not installed"
         elif tool == "bsdtar":
             why = "" if shutil.which("bsdtar") else "bsdtar not installed (libarchive-tools)"
+        elif tool.startswith("tarfile-") and not hasattr(tarfile, "data_filter"):
+            why = (f"tarfile has no filters before Python 3.11.4 (PEP 706); this is "
+                   f"{platform.python_version()}")
         available[tool] = why
     return Tools(chroot, chroot_json, available)
 

@@ -39,8 +39,8 @@ from chrootarchive import (
 from chrootarchive import image as image_module
 from chrootarchive.image import documents as image_documents
 from chrootarchive.options import Limits
+from helpers import pep706, tree
 from helpers import tarbuild as tb
-from helpers import tree
 from helpers.cli import CLI, CLIResult, assert_one_line_error, run_cli
 from helpers.oci_images import (
     OCI_INDEX,
@@ -256,7 +256,7 @@ def test_docker_save_gives_the_same_tree(umoci_image: UmociImage, parts: ImagePa
     if layout == "oci":
         plain = images / "plain"
         with tarfile.open(archive) as tf:
-            tf.extractall(plain, filter="data")  # our own fixture, trusted
+            pep706.extract_own(tf, plain, "data")  # our own fixture, trusted
         (plain / "manifest.json").unlink()
         unpack_image(plain, tmp_path / "via-index")
         assert_same_rootfs(umoci_image.rootfs, tmp_path / "via-index")
@@ -273,7 +273,7 @@ def test_docker_save_directory_and_repeated_layer(parts: ImageParts, images: Pat
     archive = write_docker_save(images / "save.tar", config_bytes, tars, layout="classic")
     with tarfile.open(archive) as tf:
         assert sum(m.issym() for m in tf.getmembers()) == 1
-        tf.extractall(images / "dir", filter="fully_trusted")  # our own fixture
+        pep706.extract_own(tf, images / "dir")  # our own fixture
     oci = OCIBuilder(images / "oci")
     oci.tag(oci.image(tars, "gzip"), "x")
     unpack_image(oci.root, tmp_path / "expected")

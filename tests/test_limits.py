@@ -430,6 +430,19 @@ def test_every_limit_has_a_flag_and_a_documented_default(untar_help: str) -> Non
             f"{flag}: help says {text!r}, Limits() has {getattr(defaults, name)!r}")
 
 
+def test_max_path_depth_counts_components_as_its_help_says(
+        untar_help: str, tmp_path: Path, write_archive: Callable[..., Path]) -> None:
+    """``a/b/c`` is 3 components (2 directories): ``--max-path-depth 3`` takes it, 2
+    does not; ``--help`` said "directories in a name", one fewer than what is counted."""
+    archive = write_archive(tb.TarBuilder().file("a/b/c", b"1").build())
+    assert run_cli("untar", "--max-path-depth", "3", archive, tmp_path / "ok").rc == 0
+    line = assert_one_line_error(
+        run_cli("untar", "--max-path-depth", "2", archive, tmp_path / "no"), rc=1)
+    assert "limit --max-path-depth (2 components) exceeded" in line
+    assert _help_for("--max-path-depth", untar_help).startswith(
+        "--max-path-depth N components in a name")
+
+
 def test_strict_limits_documented_as_they_are(untar_help: str) -> None:
     strict = Limits.strict()
     doc = " ".join((Limits.strict.__doc__ or "").split())

@@ -216,6 +216,8 @@ def test_worker_cannot_import_the_package(tmp_path: Path) -> None:
     # ("'<' not supported between instances of 'IDMap' and 'IDMap'").
     (["--uid-map", "0:0:10", "--uid-map", "0:100:10"],
      "--uid-map: 0:0:10 and 0:100:10 overlap in their container_ids"),
+    # Options that cannot go together: exit status 4 ("DEST cannot be written") before.
+    (["--atomic", "--root", "/"], "--atomic is not available with --root"),
 ])
 def test_usage_errors_speak_the_command_lines_words(tmp_path: Path, args: list[str],
                                                     line: str) -> None:

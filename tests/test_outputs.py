@@ -5,6 +5,7 @@ before writing (or a message that says what is left)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,48 @@ def test_every_field_of_the_documents_is_documented(tmp_path: Path,
         assert f"| `{field}` |" in doc, f"{field} is not in docs/json.md"
 
 
+def _section(doc: str, heading: str) -> str:
+    """The text of docs/json.md from ``heading`` to the next heading of its level."""
+    start = doc.index(heading + "\n")
+    level = heading.split(" ")[0] + " "
+    end = doc.find("\n" + level, start + len(heading))
+    return doc[start:] if end < 0 else doc[start:end]
+
+
+def test_every_commands_fields_are_documented(tmp_path: Path,
+                                              write_archive: Callable[..., Path]) -> None:
+    """The documents of ``unpack-image`` (and its ``layers``), ``tar``, ``list``, ``cp``
+    and of a failure hold only fields docs/json.md lists (a layer's ``skipped_xattrs``
+    was missing); ``pull``'s is ``unpack-image``'s (tests/test_pull.py)."""
+    from helpers.oci_images import Entry, OCIBuilder, make_tar
+
+    doc = JSON_DOC.read_text()
+    layer = make_tar([Entry("f", data=b"1")])
+    builder = OCIBuilder(tmp_path / "img")
+    builder.tag(builder.image([layer]), "latest")
+    image = json.loads(run_cli("unpack-image", "-v", "--json", builder.root,
+                               tmp_path / "i").out)
+    rows = _section(doc, "### `unpack-image`, `pull`")
+    for field in set(image) - {"schema_version"}:
+        assert f"| `{field}` |" in doc, f"unpack-image: {field} is not in docs/json.md"
+    layers_row = next(line for line in rows.splitlines() if line.startswith("| `layers` |"))
+    for field in image["layers"][0]:
+        assert f"`{field}`" in layers_row, f"a layer's {field} is not in docs/json.md"
+    archive = write_archive(layer)
+    tar = json.loads(run_cli("tar", "--json", "-o", tmp_path / "t.tar", tmp_path / "i").out)
+    for field in set(tar) - {"schema_version"}:
+        assert f"`{field}`" in _section(doc, "### `tar`"), f"tar: {field} is not documented"
+    listed = json.loads(run_cli("list", "--json", archive).out)
+    for field in listed["entries"][0]:
+        assert f'"{field}":' in _section(doc, "### `list`"), f"list: {field} is not documented"
+    copied = json.loads(run_cli("cp", "--json", tmp_path / "i", tmp_path / "c").out)
+    for field in set(copied) - {"schema_version"}:
+        assert f"| `{field}` |" in _section(doc, "### `untar`, `apply-layer`, `cp`"), field
+    failed = json.loads(run_cli("untar", "--json", tmp_path / "missing.tar", tmp_path / "m").out)
+    for field in failed["error"]:
+        assert f"| `{field}` |" in _section(doc, "## Failure"), f"error: {field}"
+
+
 @pytest.mark.parametrize(("raised", "cls", "status"), [
     (KeyboardInterrupt, "KeyboardInterrupt", 130), (None, "Terminated", 143)])
 def test_an_interruption_is_documented_with_its_class_and_status(
@@ -92,6 +135,163 @@ def test_a_missing_input_is_exit_4_everywhere(tmp_path: Path, argv: list[str]) -
     assert result.rc == 4, result
     assert "No such file or directory" in result.err
     assert not (tmp_path / "dest").exists()
+
+
+def _help(*command: str) -> str:
+    """A command's ``--help``, its lines joined (argparse wraps to the terminal, and
+    after a hyphen: one line each here)."""
+    result = run_cli(*command, "--help", env={"COLUMNS": "1000"})
+    assert result.rc == 0, result.err
+    return " ".join(result.out.split())
+
+
+def test_cp_from_standard_input_exits_as_its_help_says(tmp_path: Path) -> None:
+    """``cp - DST`` unpacks an archive: a hostile one is exit status 1, which ``cp
+    --help`` did not list (0, 2, 3, 4, 70 only). The victim beside DST is untouched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_bytes(b"victim")
+    hostile = tb.TarBuilder().file("ok", b"1").file("../victim/f", b"evil").build()
+    result = run_cli("cp", "-", tmp_path / "dst", input=hostile)
+    assert result.rc == 1, result
+    assert "../victim/f: name would leave the destination" in result.err
+    assert (victim / "f").read_bytes() == b"victim" and os.listdir(victim) == ["f"]
+    assert "exit status: 0 done, 1 a bad or hostile archive" in _help("cp")
+
+
+@pytest.mark.parametrize("command", [["untar"], ["tar"], ["cp"]])
+def test_confine_auto_is_what_the_help_says(tmp_path: Path, command: list[str]) -> None:
+    """As root, ``auto`` uses the mechanism ``--help`` names first for it: ``pivot`` to
+    unpack, ``chroot`` to read a tree (``tar``; ``cp`` reports its writing side). The
+    help of ``tar`` and ``cp`` said "pivot as root" for reading too."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"1")
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(tb.TarBuilder().file("f", b"1").build())
+    args: dict[str, list[str | Path]] = {
+        "untar": [archive, tmp_path / "d"], "cp": [source, tmp_path / "d"],
+        "tar": ["-o", tmp_path / "out.tar", source]}
+    result = run_cli(*command, "--json", *args[command[0]])
+    assert result.rc == 0, result.err
+    used = json.loads(result.out)["confinement"]
+    auto = _help(*command).split("auto (default: ", 1)[1]
+    expected = {"untar": "the strongest available: pivot as root,",
+                "tar": "chroot as root, else openat2",
+                "cp": "reading, chroot as root, else openat2, else userns; writing, pivot as root,"}
+    assert auto.startswith(expected[command[0]]), auto[:120]
+    assert used == {"untar": "pivot", "tar": "chroot", "cp": "pivot"}[command[0]]
+
+
+COMMANDS = ("untar", "apply-layer", "unpack-image", "pull", "tar", "cp", "list")
+
+
+def _parsed_options() -> dict[str, set[str]]:
+    """Each option string of each command's parser (``-h`` aside): the commands."""
+    import argparse
+
+    from chrootarchive.cli.main import build_parser
+
+    found: dict[str, set[str]] = {}
+    for command in COMMANDS:
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[command]._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    found.setdefault(option, set()).add(command)
+    return found
+
+
+def _documented_options() -> dict[str, set[str]]:
+    """The rows of docs/cli.md's tables: each option written in the first cell (``-C
+    DIR``, ``--directory DIR``), the commands named in the second."""
+    import re
+
+    found: dict[str, set[str]] = {}
+    for line in (JSON_DOC.parent / "cli.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| `-") or len(cells) < 3:
+            continue
+        named = set(re.findall(r"`([a-z-]+)`", cells[1]))
+        commands = (set(COMMANDS) - named if cells[1].startswith("all but")
+                    else set(COMMANDS) if cells[1] == "all" else named)
+        for option in re.findall(r"`(-[^` ]+)", cells[0]):
+            assert option not in found, f"{option} is in docs/cli.md twice"
+            found[option] = commands
+    return found
+
+
+def test_every_option_is_in_docs_cli_md() -> None:
+    """docs/cli.md lists every option of every command, with the commands that take
+    it, and no option that none takes: a new option, or one a command gains or loses,
+    fails here until the table says so."""
+    parsed, documented = _parsed_options(), _documented_options()
+    assert set(documented) == set(parsed), (
+        f"not in docs/cli.md: {sorted(set(parsed) - set(documented))}; "
+        f"no command takes: {sorted(set(documented) - set(parsed))}")
+    for option, commands in parsed.items():
+        assert documented[option] == commands, (option, sorted(commands))
+    assert "`--version`" in (JSON_DOC.parent / "cli.md").read_text()
+
+
+#: Code spans that are other programs' command lines (`tar -tv` is GNU tar's).
+OTHER_COMMANDS = ("tar ", "python", "pip ", ".venv/", "docker ", "umoci ", "skopeo ", "unshare ")
+#: Other tools' options the docs quote alone: GNU tar's letters, Python's `-m`, `-P`, umoci's
+#: `--rootless`, skopeo's `--all-platforms` (not done), Docker's `--pid=host`.
+OTHER_TOOLS = {"-x", "-f", "-z", "-m", "-P", "--rootless", "--all-platforms", "--pid"}
+
+
+def test_options_the_docs_name_exist() -> None:
+    """Every option written in code spans of the README and docs/*.md (but the
+    benchmark's page), and in their shell examples' ``chrootarchive`` command lines, is
+    one that some command takes, or another tool's."""
+    import re
+
+    parsed = set(_parsed_options()) | {"-h", "--help", "--version"}
+    docs = [JSON_DOC.parents[1] / "README.md",
+            *(p for p in JSON_DOC.parent.glob("*.md") if p.name != "performance.md")]
+    unknown = []
+    for doc in docs:
+        text = doc.read_text()
+        examples = [line.split("chrootarchive ", 1)[1].split("|")[0].split("&&")[0]
+                    for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+                    for line in block.splitlines() if "chrootarchive " in line]
+        for span in [*re.findall(r"`([^`\n]+)`", text), *examples]:
+            if span.startswith(OTHER_COMMANDS):
+                continue
+            for option in re.findall(r"(?:^|\s)(--?[a-zA-Z][\w-]*)", span):
+                if option not in parsed | OTHER_TOOLS:
+                    unknown.append(f"{doc.name}: {span!r}: {option}")
+    assert not unknown, unknown
+
+
+def test_quiet_keeps_the_output_as_its_help_says(tmp_path: Path,
+                                                write_archive: Callable[..., Path]) -> None:
+    """``-q`` silences standard error but for errors (the note of what ``fully_trusted``
+    made, here); the output stays: ``apply-layer``'s size, ``-v``'s names. Its help said
+    "print nothing but errors"."""
+    archive = write_archive(tb.TarBuilder().file("su", b"12", mode=0o4755).build())
+    assert "note:" in run_cli("apply-layer", archive, tmp_path / "loud").err
+    quiet = run_cli("apply-layer", "-q", "-v", archive, tmp_path / "quiet")
+    assert (quiet.rc, quiet.out, quiet.err) == (0, "su\n2\n", "")
+    assert "-q, --quiet nothing but errors on standard error" in _help("apply-layer")
+    assert "the output (-v's names, apply-layer's sizes) stays" in _help("untar")
+
+
+def test_pull_help_names_every_auth_file_it_reads() -> None:
+    """``pull --help`` lists the auth files in the order they are read; it left out
+    ``~/.config/containers/auth.json``. docs/pull.md lists them too."""
+    from chrootarchive.registry.auth import auth_files
+
+    files, _ = auth_files(None, {"XDG_RUNTIME_DIR": "/RUN", "HOME": "/HOME"})
+    shown = [f.replace("/RUN", "$XDG_RUNTIME_DIR").replace("/HOME", "~") for f in files]
+    text = _help("pull")
+    pull_md = " ".join((JSON_DOC.parent / "pull.md").read_text().split())
+    positions = [text.index(name) for name in shown]
+    assert positions == sorted(positions), shown
+    for name in shown:
+        assert f"`{name}`" in pull_md, name
 
 
 @pytest.mark.parametrize("data", [b"", b"not a tar archive at all" * 40,

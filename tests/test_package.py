@@ -182,3 +182,24 @@ def test_readme_reads_well_on_a_package_index() -> None:
             ast.parse(code)
     ci = (REPO / ".ci" / "run").read_text()
     assert ".venv/bin/python -m pytest -q\n" in ci
+
+
+def test_the_benchmark_leaves_out_tarfile_where_it_has_no_filters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/performance.md reruns the benchmark in a venv of Debian 12's Python 3.11.2,
+    whose tarfile has no filters (PEP 706, 3.11.4): its tarfile tools are reported as
+    unavailable there, not failed in every run (``run.py --smoke --strict`` exited 1)."""
+    import importlib.util
+    import tarfile
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # run.py imports compiled.py
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", run)  # its dataclasses look it up
+    spec.loader.exec_module(run)
+    assert run.probe_tools(["tarfile-data"], "true").available == {"tarfile-data": ""}
+    monkeypatch.delattr(tarfile, "data_filter")
+    why = run.probe_tools(["tarfile-data", "tarfile-trusted"], "true").available
+    assert set(why) == {"tarfile-data", "tarfile-trusted"}
+    assert all("before Python 3.11.4" in reason for reason in why.values()), why

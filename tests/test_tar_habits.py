@@ -411,7 +411,8 @@ def exclude_archive(prefix: str = "") -> bytes:
 @pytest.mark.parametrize("prefix", ["", "./"])
 @pytest.mark.parametrize("pattern", ["*.txt", "b.txt", "sub", "sub/*.txt", "*/deep", "d?r",
                                      "[ab].txt", "!keep", "sub/deep", "*.txt/inner", "x*",
-                                     "./sub", "*/sub", "./sub/*.txt", "./*.txt"])
+                                     "./sub", "*/sub", "./sub/*.txt", "./*.txt",
+                                     "**/*.txt"])
 def test_tar_exclude_style_matches_gnu_tar(tmp_path: Path, pattern: str, prefix: str) -> None:
     """Also on an archive whose names start with ``./`` (``tar -C dir .``): GNU tar
     matches the name as stored, so ``./sub`` and ``*/sub`` exclude there; they excluded

@@ -162,21 +162,30 @@ def format_size(value: int | None) -> str:
     return str(value)
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+#: How ``--confine auto`` chooses for an unpack (``runner.ladder``)...
+AUTO_UNPACK = "pivot as root, else userns, else openat2"
+#: ... and for reading a tree (``operations.copy._pack_candidates``: no namespace first).
+AUTO_READ = "chroot as root, else openat2, else userns"
+
+
+def add_common(parser: argparse.ArgumentParser,
+               auto: str = f"the strongest available: {AUTO_UNPACK}") -> None:
+    """``--json``, ``-q``, ``--debug`` and ``--confine``, whose ``auto`` is ``auto``:
+    reading a tree (``tar``, ``cp``) tries the mechanisms in another order."""
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true",
                      help="print the result (or the error) as one JSON document on stdout "
                           "(docs/json.md)")
     out.add_argument("-q", "--quiet", action="store_true",
-                     help="print nothing but errors (no warnings, no progress bar)")
+                     help="nothing but errors on standard error (no warnings, notes or "
+                          "progress bar); the output (-v's names, apply-layer's sizes) stays")
     out.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     out.add_argument(
         "--confine", default="auto", metavar="MECHANISM",
         choices=("auto", *MECHANISMS),
-        help="confinement mechanism: auto (default: the strongest available: pivot as "
-             "root, else userns, else openat2), pivot (mount namespace + pivot_root, "
-             "needs root), chroot (needs root), userns (unprivileged user namespace + "
-             "pivot_root), openat2 (in-process, every path resolved with "
+        help=f"confinement mechanism: auto (default: {auto}), pivot (mount namespace + "
+             "pivot_root, needs root), chroot (needs root), userns (unprivileged user "
+             "namespace + pivot_root), openat2 (in-process, every path resolved with "
              "RESOLVE_IN_ROOT; Linux 5.6+)",
     )
 
@@ -246,7 +255,7 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-path-length", type=parse_count, metavar="N",
                      help=f"bytes in a name (default {defaults.max_path_length})")
     lim.add_argument("--max-path-depth", type=parse_count, metavar="N",
-                     help=f"directories in a name (default {defaults.max_path_depth})")
+                     help=f"components in a name (default {defaults.max_path_depth})")
     lim.add_argument("--max-xattr-bytes", type=parse_size, metavar="SIZE",
                      help=f"one entry's xattrs (default {format_size(defaults.max_xattr_bytes)})")
     lim.add_argument("--max-memory", type=parse_size, metavar="SIZE",

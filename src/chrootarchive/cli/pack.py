@@ -10,6 +10,8 @@ import stat
 import sys
 
 from chrootarchive.cli.args import (
+    AUTO_READ,
+    AUTO_UNPACK,
     UsageError,
     add_common,
     add_exclude_style,
@@ -75,8 +77,9 @@ jailed at --from-root (else at SRC or its directory) and follows no symlink belo
 the writing side is jailed at --to-root (else at DST's directory), so symlinks in
 either root resolve inside it. A directory is never copied into itself.
 
-exit status: 0 done, 2 usage, 3 no confinement mechanism available, 4 source cannot be
-read or destination cannot be written, 70 internal error.
+exit status: 0 done, 1 a bad or hostile archive on standard input (SRC -) or a limit
+crossed, 2 usage, 3 no confinement mechanism available, 4 source cannot be read or
+destination cannot be written, 70 internal error.
 """
 
 _SUFFIXES = ((".tar.gz", "gzip"), (".tgz", "gzip"), (".gz", "gzip"), (".tar.zst", "zstd"),
@@ -149,7 +152,7 @@ def add_tar_parser(commands: Any) -> None:
                      help="write the holes of sparse files as holes, as GNU tar's "
                           "--sparse (PAX GNU sparse 1.0: GNU tar, bsdtar, Python's tarfile "
                           "and Go read it); without it, a hole is written as zeros")
-    add_common(tar_p)
+    add_common(tar_p, AUTO_READ)
 
 
 def add_cp_parser(commands: Any) -> None:
@@ -180,7 +183,7 @@ def add_cp_parser(commands: Any) -> None:
                         help="give every copy this owner instead of the source's")
     cp_sel.add_argument("--no-lchown", action="store_true",
                         help="do not set owners: copies belong to the user running this")
-    add_common(cp_p)
+    add_common(cp_p, f"reading, {AUTO_READ}; writing, {AUTO_UNPACK}")
 
 
 def _pack_options(args: argparse.Namespace, compression: str) -> PackOptions:

@@ -41,10 +41,11 @@ downloads while one is applied, and a dropped connection resumes where it stoppe
 Every document and blob is checked against its digest and size, every layer against
 the config's DiffID. With --atomic, DEST appears only when every layer was verified.
 
-credentials: --authfile, else $REGISTRY_AUTH_FILE, else
-$XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json (what docker login
-and podman login write). They go to the registry only, never to another host, and are
-never printed. TLS: the system's authorities plus /etc/containers/certs.d/HOST[:PORT]/
+credentials: --authfile, else $REGISTRY_AUTH_FILE, else the first of
+$XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json and
+~/.docker/config.json (what podman login and docker login write) that has an entry for
+the registry. They go to the registry only, never to another host, and are never
+printed. TLS: the system's authorities plus /etc/containers/certs.d/HOST[:PORT]/
 and /etc/docker/certs.d/HOST[:PORT]/ (*.crt), or --cert-dir's HOST[:PORT]/ instead.
 
 exit status: 0 done, 1 bad or hostile image or registry (digest mismatch, refused or

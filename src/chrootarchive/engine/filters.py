@@ -70,6 +70,12 @@ class EntryFilter:
         if entry.kind not in _LINK_OR_DIR:
             self.privileged["setuid/setgid files"] += 1
 
+    def unnote(self, entry: TarEntry) -> None:
+        """``fully_trusted``: an entry :meth:`note` counted was not made after all (an
+        existing file kept: ``old_files``), so the count says what was created."""
+        if entry.mode & 0o6000 and entry.kind not in _LINK_OR_DIR:
+            self.privileged["setuid/setgid files"] -= 1
+
     def made(self, what: str) -> None:
         """``fully_trusted``: a ``device nodes`` or ``file capabilities`` was made."""
         if self.name == "fully_trusted":

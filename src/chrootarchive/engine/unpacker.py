@@ -756,6 +756,8 @@ class Unpacker:
                 self.kept_old += 1
                 if self.kept_old_first is None:
                     self.kept_old_first = entry.name
+            if not self.filtering:
+                self.filter.unnote(entry)  # counted as made in apply(): it is not
             raise _SkipEntry
         if self.options.no_overwrite_dir_nondir and existing_dir != new_dir:
             # The destination's state, not a fault of the archive: an OSError, as

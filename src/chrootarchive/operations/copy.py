@@ -275,9 +275,8 @@ def _reason(err: OSError) -> str:
 def _pack_candidates(requested: str) -> list[str]:
     """The mechanisms for the reading side: the ladder, in another order for ``auto``.
 
-    As root, ``chroot`` first: ``pivot`` makes its temporary directory in the root,
-    which would change the source's modification time and fails on a read-only
-    source, while ``chroot`` leaves the source untouched; the worker then holds no
+    As root, ``chroot`` first: it needs no mount of the source (``pivot`` binds it onto
+    itself where it is not a mount point); the worker then holds no
     descriptor from outside, neither CAP_SYS_CHROOT nor the ``chroot`` system call
     (seccomp), and no capability but reading. Then ``openat2``, before ``pivot`` and
     ``userns``: reading needs no namespace, and inside one, owners would read as the
