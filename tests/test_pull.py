@@ -375,6 +375,29 @@ def _stub_registry(layer_served: bytes, layer_declared: bytes) -> tuple[FakeServ
     return FakeServer(app), sha256(manifest)
 
 
+@pytest.mark.parametrize("how", ["--authfile", "REGISTRY_AUTH_FILE"])
+def test_a_missing_auth_file_is_an_error_before_any_request(tmp_path: Path, how: str) -> None:
+    """A mistyped ``--authfile`` (or ``$REGISTRY_AUTH_FILE``) against a registry that
+    never asks for credentials: the pull succeeded, anonymous; podman refuses it up
+    front, and so do we: before the first request, DEST untouched."""
+    tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
+    good = gzip.compress(tar, mtime=0)
+    server, _ = _stub_registry(layer_served=good, layer_declared=good)
+    missing = tmp_path / "auth.jsno"
+    given = ["--authfile", str(missing)] if how == "--authfile" else []
+    env = {"REGISTRY_AUTH_FILE": str(missing)} if how == "REGISTRY_AUTH_FILE" else None
+    with server.running():
+        result = run_cli("pull", "--insecure", server.netloc, *given,
+                         f"{server.netloc}/stub/img:1", tmp_path / "dest", env=env)
+        assert_one_line_error(result, rc=1, mentions=(f"auth file {missing} does not exist",))
+        assert server.seen == []
+        assert not (tmp_path / "dest").exists()
+        with pytest.raises(RegistryError, match="does not exist"):
+            chrootarchive.pull(f"{server.netloc}/stub/img:1", tmp_path / "dest",
+                               insecure=True, authfile=str(missing))
+        assert server.seen == []
+
+
 def test_a_wrong_layer_digest_with_atomic_leaves_nothing(tmp_path: Path) -> None:
     tar = make_tar([Entry("etc/", "dir", mode=0o755), Entry("etc/f", data=b"f\n")])
     good = gzip.compress(tar, mtime=0)

@@ -116,6 +116,16 @@ def _read_auths(path: str, entry: str | None) -> dict[str, object] | None:
     return auths if isinstance(auths, dict) else {}
 
 
+def check_auth_file(authfile: str | None = None, environ: Mapping[str, str] | None = None,
+                    entry: str | None = None) -> None:
+    """An auth file named explicitly must exist and be one, checked before the first
+    request (as podman does): a mistyped ``--authfile`` went unnoticed until a
+    registry asked for credentials, and a pull from one that never asks succeeded."""
+    files, explicit = auth_files(authfile, environ)
+    if explicit and _read_auths(files[0], entry) is None:
+        raise RegistryError(f"auth file {files[0]} does not exist", entry)
+
+
 def find_credentials(registry: str, repository: str = "", *, authfile: str | None = None,
                      environ: Mapping[str, str] | None = None,
                      entry: str | None = None) -> Credentials | None:

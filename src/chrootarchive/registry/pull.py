@@ -11,6 +11,7 @@ from chrootarchive.image.remote import unpack_remote
 from chrootarchive.image.results import ImageResult, ProgressCallback
 from chrootarchive.operations.untar import with_changes
 from chrootarchive.options import DEFAULT_MAX_LAYERS, Limits, UnpackOptions
+from chrootarchive.registry.auth import check_auth_file
 from chrootarchive.registry.client import Client
 from chrootarchive.registry.reference import parse_reference
 
@@ -88,6 +89,7 @@ def pull(
     timeout = REQUEST_TIMEOUT
     if options.limits.timeout is not None:
         timeout = max(min(timeout, options.limits.timeout), 0.001)
+    check_auth_file(authfile, entry=str(reference))
     client = Client(reference, insecure=insecure, authfile=authfile, certs_dirs=certs_dirs,
                     timeout=timeout, time_limit=options.limits.timeout)
     try:
