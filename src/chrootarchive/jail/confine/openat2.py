@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 
 from chrootarchive import _host, _linux
@@ -170,6 +171,7 @@ class Openat2FileOps(fsops.FileOps):
             if mode & 0o7777 & self.umask:
                 fd = os.open(name, fsops.OPEN_PATH, dir_fd=pfd)
                 try:
+                    _check_made_node(os.fstat(fd), mode, device)
                     self.chmod_via(fd, path, mode)
                 finally:
                     os.close(fd)
@@ -207,6 +209,16 @@ class Openat2FileOps(fsops.FileOps):
             if err.errno != errno.ENOSYS:
                 raise
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
+
+
+def _check_made_node(st: os.stat_result, mode: int, device: int) -> None:
+    """The node re-opened by name to put back the bits the umask took must be the one
+    ``mknod`` just made: a racer may have put a hard link to a file outside there, and
+    the chmod would change that file. Otherwise FileExistsError: something is in the
+    way, which the unpacker clears (and retries a few times)."""
+    if (stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode) or st.st_nlink != 1
+            or (device and st.st_rdev != device)):
+        raise FileExistsError(errno.EEXIST, "replaced while being created")
 
 
 _openat2_reason: str | None = None
