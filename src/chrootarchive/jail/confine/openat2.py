@@ -33,6 +33,8 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
 
@@ -198,9 +200,11 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(pfd)
 
-    def setxattr_via(self, fd: int, path: str, key: str, value: bytes) -> None:
+    def setxattrs_via(self, fd: int, path: str,
+                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
         # The magic link leads to the pinned object itself, not through the path.
-        os.setxattr(f"/proc/self/fd/{fd}", key, value)
+        apply(lambda key, value: os.setxattr(f"/proc/self/fd/{fd}", key, value))
+        return True
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
         try:
