@@ -433,6 +433,10 @@ class Unpacker:
                 self.check_data_links(failing=True)
             except Exception:  # the first error is the one to report
                 pass
+            try:
+                self.whiteouts.finish()  # the AUFS link directory: ours, not the archive's
+            except Exception:  # the first error is the one to report
+                pass
             raise
         if self.follows_links_at_end:
             self.check_data_links()
