@@ -183,12 +183,11 @@ def _setxattrs_hidden(fd: int, parent_fd: int, name: str, private_fd: int,
                       apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
     """:meth:`FileOps.setxattrs_via` once the private directory is made."""
     os.rename(name, "x", src_dir_fd=parent_fd, dst_dir_fd=private_fd)
-    back = False
     try:
         st, pinned = os.stat("x", dir_fd=private_fd, follow_symlinks=False), os.fstat(fd)
         if (st.st_dev, st.st_ino) != (pinned.st_dev, pinned.st_ino):
-            return False  # what a racer put at the name (removed below)
-        here = os.open(".", OPEN_DIR)
+            return False  # what a racer put at the name: given back as it is
+        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # may be 0o000
         try:
             os.fchdir(private_fd)  # setxattr has no *at form (but 6.13's, not for O_PATH)
             try:
@@ -197,12 +196,16 @@ def _setxattrs_hidden(fd: int, parent_fd: int, name: str, private_fd: int,
                 os.fchdir(here)
         finally:
             os.close(here)
-        os.rename("x", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd)
-        back = True
         return True
     finally:
-        if not back:  # replaced, or failed: the directory must be empty to go
-            os.unlink("x", dir_fd=private_fd)
+        try:
+            os.rename("x", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd)
+        except OSError:  # something else is in the way now: the private directory goes
+            if stat.S_ISDIR(os.stat("x", dir_fd=private_fd, follow_symlinks=False).st_mode):
+                remove_tree_at(private_fd, "x")
+            else:
+                os.unlink("x", dir_fd=private_fd)
+            raise
 
 
 def kernel_filesystem(fd: int) -> str | None:
