@@ -87,7 +87,10 @@ class Openat2FileOps(fsops.FileOps):
                 continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
             except OSError as err:
                 if err.errno != errno.EXDEV or resolve == RESOLVE:
-                    raise
+                    # The kernel's reason, as os.* gives it: the message names the entry
+                    # (it showed "openat2(6, 'a', 0x280000, 0x13): Too many levels...").
+                    code = err.errno or errno.EIO
+                    raise OSError(code, os.strerror(code)) from err
                 resolve = RESOLVE  # crosses a mount: resolve, then check the type
                 continue
             if resolve == RESOLVE:
