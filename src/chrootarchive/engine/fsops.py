@@ -105,14 +105,23 @@ class FileOps:
         and back once they are set.
         """
         parent, _, name = path.rpartition("/")
-        parent_fd = os.open(parent or ".", OPEN_DIR & ~os.O_NOFOLLOW)
+        parent_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             private, private_fd = _private_dir(parent_fd)
             try:
                 return _setxattrs_hidden(fd, parent_fd, name, private_fd, apply)
             finally:
-                os.close(private_fd)
-                os.rmdir(private, dir_fd=parent_fd)
+                try:
+                    os.rmdir(private, dir_fd=parent_fd)
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    # rename() over another name of the same inode (a racer's link to
+                    # what it had put there, given back) does nothing: "x" stayed.
+                    os.unlink("x", dir_fd=private_fd)
+                    os.rmdir(private, dir_fd=parent_fd)
+                finally:
+                    os.close(private_fd)
         finally:
             os.close(parent_fd)
 
