@@ -161,6 +161,19 @@ def test_aufs_metadata_and_hardlink_dir(mechanism: str, tmp_path: Path) -> None:
     assert (root / "one").stat().st_ino == (root / "two").stat().st_ino
 
 
+def test_aufs_hardlink_dir_goes_when_the_layer_fails(mechanism: str, tmp_path: Path) -> None:
+    """The hidden directory that keeps the AUFS link files is ours: a layer that fails
+    after it was made left it in the destination (``.chrootarchive-plnk-*``, with a
+    copy of the linked data)."""
+    root = tmp_path / "root"
+    with pytest.raises(chrootarchive.ArchiveError, match="does not exist"):
+        chrootarchive.apply_layer(layer(tmp_path / "l.tar", [
+            (".wh..wh.plnk", "d", None), (".wh..wh.plnk/1234.5678", "f", b"shared"),
+            ("one", "h", ".wh..wh.plnk/1234.5678"), ("two", "h", "missing"),
+        ]), root, chrootarchive.UnpackOptions(confine=mechanism))
+    assert sorted(p.name for p in root.iterdir()) == ["one"]
+
+
 def test_untar_keeps_whiteout_files_as_files(mechanism: str, tmp_path: Path) -> None:
     """Plain untar (not a layer) extracts AUFS markers verbatim, as Docker's Unpack."""
     root = tmp_path / "root"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chrootarchive.errors import MalformedArchiveError, printable
+from chrootarchive import UnpackOptions, untar
+from chrootarchive.errors import ArchiveError, MalformedArchiveError, printable
 from helpers.cli import assert_one_line_error, run_cli
 from helpers.tarbuild import TarBuilder, truncate
 
@@ -344,3 +345,15 @@ def test_names_are_never_translated_and_translation_is_linear() -> None:
     assert in_cli_words(hostile) == hostile
     assert time.monotonic() - started < 1
 
+
+
+def test_a_kernel_refusal_reads_the_same_under_every_mechanism(mechanism: str,
+                                                               tmp_path: Path) -> None:
+    """The kernel's reason, in its words, under ``openat2`` too: a lookup there failed
+    with the system call's own text ("a/b: openat2(6, 'a', 0x280000, 0x13): Too many
+    levels of symbolic links"); a race that removes a parent showed it the same way."""
+    archive = tmp_path / "loop.tar"
+    TarBuilder().symlink("a", "a").file("a/b", b"x").write(archive)
+    with pytest.raises(ArchiveError) as caught:
+        untar(archive, tmp_path, UnpackOptions(confine=mechanism))
+    assert str(caught.value) == "a/b: too many levels of symbolic links"

@@ -539,3 +539,115 @@ def test_archive_shape() -> None:
     # A plain tar of 4 MiB or more: the worker forks its helper, which creates the d*/f*
     # files by name (in the rounds with a mirror, through the swapped-in symlinks).
     assert len(build_race_archive()) >= _HELPER_MIN_INPUT
+
+
+# -- metadata of a symlink or special file, by name (a hard link swapped in) ----------
+
+NODE_SECONDS = 3.0  # rounds of one test, at least (a round takes 0.05 to 0.5 s)
+NODE_XATTRS = 40  # user.* xattrs on each node: the kernel refuses them on a FIFO or a
+#                   symlink, but not on a regular file a racer links in
+
+
+def _node_archive(kind: bytes, count: int, *, mode: int = 0o644, xattrs: int = 0) -> bytes:
+    """``count`` entries named ``p`` of ``kind`` (a FIFO or a symlink)."""
+    pax = {f"SCHILY.xattr.user.race{k}": "from the archive" for k in range(xattrs)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for _ in range(count):
+            _add(tf, "p", kind, mode=mode, linkname="target", pax=pax)
+    return buf.getvalue()
+
+
+def _node_round(base: Path, archive: Path, n: int, confine: str) -> tuple[int, str]:
+    """One extraction while the unprivileged attacker swaps ``p`` for hard links to its
+    own file outside; that file's mode, owner, times, content and xattrs must hold."""
+    x = base / f"node-{n}"
+    dest = x / "dest"
+    dest.mkdir(parents=True)
+    x.chmod(0o755)
+    dest.chmod(0o777)
+    victim = x / "victim"
+    victim.write_bytes(b"the attacker's file, outside the destination\n")
+    os.chown(victim, NOBODY, NOBODY)
+    victim.chmod(0o600)
+    os.utime(victim, (OLD, OLD))
+    before = fingerprint(victim)
+    counter = x / "counter"
+    counter.write_bytes(bytes(16))
+    counter.chmod(0o666)
+    config = {"dest": str(dest), "mode": "file-swap", "kind": "hardlink", "targets": ["p"],
+              "victim_file": str(victim), "trigger": str(dest / "p"), "window": 10,
+              "counter": str(counter), "timeout": 60}
+    proc = subprocess.Popen(_attacker_cmd("nobody", config), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fd = os.open(counter, os.O_RDWR)
+    shared = mmap.mmap(fd, 16)
+    os.close(fd)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        outcome = extract_api(chrootarchive.UnpackOptions(confine=confine))(archive, dest)
+        swaps = struct.unpack_from("<Q", shared, 0)[0]
+        shared[8] = 1
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shared.close()
+    after = fingerprint(victim)
+    # The attacker's own link() and the unpacker's unlink() of it move the ctime and
+    # the link count; nothing else may move.
+    for key in ("ctime_ns", "nlink"):
+        before.pop(key)
+        after.pop(key)
+    assert after == before, (
+        f"a file outside the destination changed through a hard link swapped in for a "
+        f"node ({confine}, round {n}, {swaps} swaps, outcome {outcome}): "
+        f"{before} -> {after}"
+    )
+    assert not [p for p in dest.iterdir() if p.name.startswith(".chrootarchive-")], outcome
+    shutil.rmtree(x)
+    return swaps, outcome
+
+
+def _node_rounds(base: Path, archive: Path, confine: str) -> None:
+    """Rounds for NODE_SECONDS, and until one had a swap during the extraction."""
+    start = time.monotonic()
+    results: list[tuple[int, str]] = []
+    while time.monotonic() - start < NODE_SECONDS or not any(s for s, _ in results):
+        assert any(s for s, _ in results) or len(results) < 30, (
+            f"no round had a swap during the extraction: {results}")
+        results.append(_node_round(base, archive, len(results), confine))
+    print(f"\n[race] nodes {archive.name} {confine}: {len(results)} rounds, "
+          f"{sum(1 for s, _ in results if s)} with swaps")
+
+
+def test_openat2_node_mode_is_not_put_back_through_a_swapped_name(base: Path) -> None:
+    """Under ``openat2`` the umask's bits of a new FIFO or device were put back by
+    re-opening its name: a hard link to a file outside, swapped in right after the
+    ``mknod``, took the chmod (its 0600 became 0666, done by root). The re-opened
+    node is now checked first (type, device, one link). Unfixed, about one round in
+    three changed the file."""
+    archive = base / "fifos-0666.tar"
+    archive.write_bytes(_node_archive(tarfile.FIFOTYPE, 3000, mode=0o666))
+    old_umask = os.umask(0o022)
+    try:
+        _node_rounds(base, archive, "openat2")
+    finally:
+        os.umask(old_umask)
+
+
+@pytest.mark.parametrize(("kind", "confine"), [(tarfile.FIFOTYPE, "auto"),
+                                               (tarfile.SYMTYPE, "auto"),
+                                               (tarfile.FIFOTYPE, "chroot")],
+                         ids=["fifo-pivot", "symlink-pivot", "fifo-chroot"])
+def test_node_xattrs_never_land_on_a_swapped_in_link(base: Path, kind: bytes,
+                                                     confine: str) -> None:
+    """In a jail the xattrs of a symlink or special file can only be set by path (no
+    fsetxattr for O_PATH, no /proc): a hard link to a file outside swapped in after the
+    node was checked took them (user.* ones, which the kernel refuses on the node
+    itself, were set on the file). The node is now moved into a private directory of
+    the worker's for that. Unfixed, every round changed the file."""
+    archive = base / f"nodes-{confine}.tar"
+    archive.write_bytes(_node_archive(kind, 1000, xattrs=NODE_XATTRS))
+    _node_rounds(base, archive, confine)

@@ -93,12 +93,37 @@ class FileOps:
         finally:
             os.close(top)
 
-    def setxattr_via(self, fd: int, path: str, key: str, value: bytes) -> None:
-        """Set an xattr on the symlink or special file ``path`` that ``fd`` (O_PATH) pins.
+    def setxattrs_via(self, fd: int, path: str,
+                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
+        """Let ``apply`` set xattrs on the symlink or special file ``path`` that ``fd``
+        (O_PATH) pins; False, with nothing set, if ``path`` is not that object any more.
 
-        Inside the jail the path cannot leave the root; there is no /proc there.
+        Linux has no ``fsetxattr`` for an O_PATH descriptor, and the jail has no /proc:
+        only a path will do, and one that a racer can swap for a hard link to a file
+        outside would give that file the xattrs. So the object is moved into a new
+        directory of its own (0700, pinned), where no one else can reach its name,
+        and back once they are set.
         """
-        os.setxattr(path, key, value, follow_symlinks=False)
+        parent, _, name = path.rpartition("/")
+        parent_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            private, private_fd = _private_dir(parent_fd)
+            try:
+                return _setxattrs_hidden(fd, parent_fd, name, private_fd, apply)
+            finally:
+                try:
+                    os.rmdir(private, dir_fd=parent_fd)
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    # rename() over another name of the same inode (a racer's link to
+                    # what it had put there, given back) does nothing: "x" stayed.
+                    os.unlink("x", dir_fd=private_fd)
+                    os.rmdir(private, dir_fd=parent_fd)
+                finally:
+                    os.close(private_fd)
+        finally:
+            os.close(parent_fd)
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
         """Change the mode of the special file (never a symlink) that ``fd`` pins.
@@ -139,6 +164,57 @@ class FileOps:
                 continue
             return name
         raise FileExistsError(errno.EEXIST, "cannot create a temporary directory", prefix)
+
+
+#: The directory a symlink or special file is moved into while its xattrs are set.
+XATTR_DIR_PREFIX = ".chrootarchive-xattrs-"
+
+
+def _private_dir(parent_fd: int) -> tuple[str, int]:
+    """A new directory below ``parent_fd`` that only we can enter, and its descriptor
+    (checked: a racer may rename a directory of its own over the new, empty one)."""
+    for _ in range(100):
+        name = XATTR_DIR_PREFIX + os.urandom(6).hex()
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            continue
+        fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700:
+            return name, fd
+        os.close(fd)
+        raise FileExistsError(errno.EEXIST, "replaced while being created", name)
+    raise FileExistsError(errno.EEXIST, "cannot create a private directory", XATTR_DIR_PREFIX)
+
+
+def _setxattrs_hidden(fd: int, parent_fd: int, name: str, private_fd: int,
+                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
+    """:meth:`FileOps.setxattrs_via` once the private directory is made."""
+    os.rename(name, "x", src_dir_fd=parent_fd, dst_dir_fd=private_fd)
+    try:
+        st, pinned = os.stat("x", dir_fd=private_fd, follow_symlinks=False), os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (pinned.st_dev, pinned.st_ino):
+            return False  # what a racer put at the name: given back as it is
+        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # may be 0o000
+        try:
+            os.fchdir(private_fd)  # setxattr has no *at form (but 6.13's, not for O_PATH)
+            try:
+                apply(lambda key, value: os.setxattr("x", key, value, follow_symlinks=False))
+            finally:
+                os.fchdir(here)
+        finally:
+            os.close(here)
+        return True
+    finally:
+        try:
+            os.rename("x", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd)
+        except OSError:  # something else is in the way now: the private directory goes
+            if stat.S_ISDIR(os.stat("x", dir_fd=private_fd, follow_symlinks=False).st_mode):
+                remove_tree_at(private_fd, "x")
+            else:
+                os.unlink("x", dir_fd=private_fd)
+            raise
 
 
 def kernel_filesystem(fd: int) -> str | None:

@@ -433,6 +433,10 @@ class Unpacker:
                 self.check_data_links(failing=True)
             except Exception:  # the first error is the one to report
                 pass
+            try:
+                self.whiteouts.finish()  # the AUFS link directory: ours, not the archive's
+            except Exception:  # the first error is the one to report
+                pass
             raise
         if self.follows_links_at_end:
             self.check_data_links()
@@ -1483,9 +1487,14 @@ class Unpacker:
             if owner is not None and (owner != (st.st_uid, st.st_gid)):
                 self._chown(fd, owner, entry.name, fsops.set_owner_path_fd)
             if entry.xattrs:
-                for key, value in entry.xattrs.items():
-                    self._set_xattr(lambda k, v: self.fs.setxattr_via(fd, name, k, v),
-                                    key, value, entry)
+                def set_all(setxattr: Callable[[str, bytes], None]) -> None:
+                    for key, value in entry.xattrs.items():
+                        self._set_xattr(setxattr, key, value, entry)
+
+                if not self.fs.setxattrs_via(fd, name, set_all):
+                    raise DestinationError(
+                        "replaced while being created (a concurrent writer?)", entry.name
+                    )
             if not stat.S_ISLNK(st.st_mode) and entry.mode & 0o7000:
                 # Special bits on a device or FIFO: by path, but only on the object
                 # we just created (the O_PATH descriptor proves it is still there).

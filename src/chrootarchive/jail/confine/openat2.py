@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 
 from chrootarchive import _host, _linux
@@ -32,6 +33,8 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
 
@@ -84,7 +87,10 @@ class Openat2FileOps(fsops.FileOps):
                 continue  # EAGAIN: a concurrent rename; the kernel asks us to retry
             except OSError as err:
                 if err.errno != errno.EXDEV or resolve == RESOLVE:
-                    raise
+                    # The kernel's reason, as os.* gives it: the message names the entry
+                    # (it showed "openat2(6, 'a', 0x280000, 0x13): Too many levels...").
+                    code = err.errno or errno.EIO
+                    raise OSError(code, os.strerror(code)) from err
                 resolve = RESOLVE  # crosses a mount: resolve, then check the type
                 continue
             if resolve == RESOLVE:
@@ -170,6 +176,7 @@ class Openat2FileOps(fsops.FileOps):
             if mode & 0o7777 & self.umask:
                 fd = os.open(name, fsops.OPEN_PATH, dir_fd=pfd)
                 try:
+                    _check_made_node(os.fstat(fd), mode, device)
                     self.chmod_via(fd, path, mode)
                 finally:
                     os.close(fd)
@@ -196,9 +203,11 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(pfd)
 
-    def setxattr_via(self, fd: int, path: str, key: str, value: bytes) -> None:
+    def setxattrs_via(self, fd: int, path: str,
+                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
         # The magic link leads to the pinned object itself, not through the path.
-        os.setxattr(f"/proc/self/fd/{fd}", key, value)
+        apply(lambda key, value: os.setxattr(f"/proc/self/fd/{fd}", key, value))
+        return True
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
         try:
@@ -207,6 +216,16 @@ class Openat2FileOps(fsops.FileOps):
             if err.errno != errno.ENOSYS:
                 raise
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
+
+
+def _check_made_node(st: os.stat_result, mode: int, device: int) -> None:
+    """The node re-opened by name to put back the bits the umask took must be the one
+    ``mknod`` just made: a racer may have put a hard link to a file outside there, and
+    the chmod would change that file. Otherwise FileExistsError: something is in the
+    way, which the unpacker clears (and retries a few times)."""
+    if (stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode) or st.st_nlink != 1
+            or (device and st.st_rdev != device)):
+        raise FileExistsError(errno.EEXIST, "replaced while being created")
 
 
 _openat2_reason: str | None = None
