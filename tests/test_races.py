@@ -651,3 +651,68 @@ def test_node_xattrs_never_land_on_a_swapped_in_link(base: Path, kind: bytes,
     archive = base / f"nodes-{confine}.tar"
     archive.write_bytes(_node_archive(kind, 1000, xattrs=NODE_XATTRS))
     _node_rounds(base, archive, confine)
+
+
+# A racer's own symlink, hard-linked at the name of the one just made for the moment
+# of its re-opening (and unlinked after it, so that it has one link again): played
+# deterministically in the unpacker's process (no jail, in a child), at that moment.
+_LINKED_FOR_THE_OPEN = """\
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from chrootarchive.engine import fsops
+from chrootarchive.engine import unpacker as unpack
+from chrootarchive.errors import DestinationError
+from chrootarchive.options import UnpackOptions, unpack_spec
+from chrootarchive.tarformat.reader import TarReader
+archive, dest, outside = sys.argv[2:5]
+
+class Racer(fsops.FileOps):
+    def open_path(self, path):
+        if path != "link":
+            return super().open_path(path)
+        os.link(outside, "staged", follow_symlinks=False)
+        os.rename("staged", path)
+        try:
+            return super().open_path(path)
+        finally:
+            os.unlink(path)
+
+os.chdir(dest)
+u = unpack.Unpacker(Racer(), unpack_spec(UnpackOptions()), print)
+try:
+    with open(archive, "rb") as f:
+        u.run(TarReader(f.fileno()))
+except DestinationError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_racers_symlink_linked_for_the_open_is_not_chowned(tmp_path: Path) -> None:
+    """The identity check of a new symlink read its link count after opening its name:
+    a racer's own symlink outside, linked there just before the open and unlinked
+    just after, passed it and was chowned to the archive's owner (root: a root-owned
+    symlink in a sticky directory is followed by everyone, past
+    fs.protected_symlinks) and timed. Found by an attacker's review (issue 16,
+    twenty-fourth round); its owner is checked now."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "racers-link"
+    os.symlink("/etc/shadow", victim)
+    os.lchown(victim, 65534, 65534)
+    os.utime(victim, ns=(10**18, 10**18), follow_symlinks=False)
+    before = tree.snapshot(outside)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("link")
+        info.type, info.linkname, info.uid, info.gid = tarfile.SYMTYPE, "target", 0, 0
+        tf.addfile(info)
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(buf.getvalue())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = Path(chrootarchive.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _LINKED_FOR_THE_OPEN, str(src), str(archive),
+                           str(dest), str(victim)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    tree.assert_same(before, tree.snapshot(outside))
+    assert "refused: link: replaced while being created" in proc.stdout, proc.stdout

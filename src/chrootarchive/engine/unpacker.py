@@ -318,6 +318,7 @@ class Unpacker:
         self.unmappable: set[tuple[int, int]] = set()
         self.skipped_owners = 0
         self.skipped_devices = 0
+        self._new_owner: int | None = None  # who new objects belong to, if not euid
         # Device nodes (and FIFOs) not made: skipped without privilege, or left out by
         # filter data; a hardlink to one is not made either. Hashed: there may be many.
         self.skipped_device_names = layer.NameSet()
@@ -1483,6 +1484,13 @@ class Unpacker:
         try:
             st = os.fstat(fd)
             self._check_just_made(st, entry)
+            if st.st_uid != self.euid and st.st_uid != self._owner_of_new(name):
+                # A racer's own symlink or FIFO, linked at the name for the moment of
+                # the open (one link again when unlinked after it): ours would be
+                # chowned to the archive's owner (root), out of fs.protected_symlinks'
+                # reach, and timed.
+                raise DestinationError(
+                    "replaced while being created (a concurrent writer?)", entry.name)
             owner = self._owner(entry)
             if owner is not None and (owner != (st.st_uid, st.st_gid)):
                 self._chown(fd, owner, entry.name, fsops.set_owner_path_fd)
@@ -1502,6 +1510,20 @@ class Unpacker:
             fsops.set_times_path_fd(fd, *self._times(entry))
         finally:
             os.close(fd)
+
+    def _owner_of_new(self, name: str) -> int:
+        """The owner the file system gives what this worker creates beside ``name``
+        where it is not the euid (NFS's root_squash): a probe's, made once."""
+        if self._new_owner is None:
+            parent = name.rpartition("/")[0]
+            probe = (parent + "/" if parent else "") + f".chrootarchive-owner-{os.urandom(6).hex()}"
+            fd = self.fs.create_file(probe, 0o600)
+            try:
+                self._new_owner = os.fstat(fd).st_uid
+            finally:
+                os.close(fd)
+                self.fs.unlink(probe)
+        return self._new_owner
 
     @staticmethod
     def _check_just_made(st: os.stat_result, entry: TarEntry) -> None:
