@@ -83,6 +83,12 @@ _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 _LOOK_BYTES = 64 << 20
 _LOOK_ENTRIES = 4096
 _HUGE = 1 << 80
+PASS_FLOOR = 1 << 30
+"""Data a stream holds that nothing writes (a whiteout's, an excluded file's, a GNU
+dumpdir's, what follows the end of the archive) is read through all the same: beyond
+this much, it counts as if written, against the reserve, so that its time is bounded as
+an untar's of the same stream is by what it can write (1 MB of bzip2 holds 1 TiB of
+zeros: two hours to read through). A file's is seeked over, and never counts so."""
 
 
 class _SkipEntry(Exception):
@@ -344,6 +350,11 @@ class Unpacker:
         # max_bytes and the filesystem's reserve (_look_bytes).
         self.bytes_used = self.limits.used_bytes
         self.bytes_budget = self.bytes_given = 0
+        # Data read through and not written (_read_past); whether reading it costs
+        # time (a stream: a pipe, or a ring the parent decompresses into).
+        self.passed = 0
+        self.pass_look = PASS_FLOOR
+        self.passes_cost = True
         self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
         self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
         self.filter = filters.EntryFilter(options.filter, options.umask)
@@ -411,6 +422,7 @@ class Unpacker:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, reader: TarReader) -> UnpackStats:
+        self.passes_cost = reader.file_source() < 0 or reader.ring_size > 0
         try:
             try:
                 try:
@@ -477,6 +489,9 @@ class Unpacker:
                     most_entries = self._look_entries(stats.entries, name)
                 if self.deadline is not None:
                     self._check_time(name)
+                stored = entry.stored_size
+                if stored:
+                    charged = self.bytes_used + self.bytes_given - self.bytes_budget
                 try:
                     if apply(entry, reader) and listed is not None:
                         listed(name)  # as stored: GNU tar lists it so, stripped or not
@@ -486,6 +501,12 @@ class Unpacker:
                     raise
                 except OSError as err:
                     raise self._os_error(err, name) from err
+                if stored:
+                    # What was not charged as written is read past (the reader skips it).
+                    left = stored - (self.bytes_used + self.bytes_given
+                                     - self.bytes_budget - charged)
+                    if left > 0:
+                        self._read_past(left, name)
                 name = None
         except MemoryError:  # the worker's RLIMIT_DATA (jail.lockdown)
             if self.limits.max_memory is None:
@@ -806,6 +827,53 @@ class Unpacker:
         if self.deadline is not None:
             self._check_time(entry)
 
+    def _read_past(self, size: int, entry: str) -> None:
+        """Count ``size`` bytes of data that nothing writes (see PASS_FLOOR) against
+        max_bytes, as file data (the size the result reports counts them too), and, in
+        a stream, beyond PASS_FLOOR, against the reserve as if written."""
+        self.bytes_budget -= size
+        if self.bytes_budget < 0:
+            self._look_bytes(entry, 0)  # none of it goes to the filesystem
+        if self.passes_cost:
+            self.passed += size
+            if self.reserve is not None and self.passed > self.pass_look:
+                self._check_reserve(entry, self.passed - PASS_FLOOR)
+                self.pass_look = self.passed + min(self.room[0] // 2, _LOOK_BYTES)
+        if self.deadline is not None:
+            self._check_time(entry)
+
+    def trailing_allowance(self) -> int | None:
+        """The most bytes that may follow the end of the archive (read through, as
+        :meth:`_read_past` counts them); None: no bound (a file: they are seeked over)."""
+        if not self.passes_cost:
+            return None
+        allowed = _HUGE
+        max_bytes = self.limits.max_bytes
+        if max_bytes is not None:
+            allowed = max_bytes - (self.bytes_used + self.bytes_given - self.bytes_budget)
+        if self.reserve is not None:
+            try:
+                self._check_reserve(None, max(self.passed - PASS_FLOOR, 0))
+                room = self.room[0]
+            except LimitExceededError:  # filled since: what is left of the floor only
+                room = 0
+            allowed = min(allowed, room + max(PASS_FLOOR - self.passed, 0))
+        return None if allowed >= _HUGE else max(allowed, 0)
+
+    def trailing_error(self, size: int) -> LimitExceededError:
+        """The error of more than :meth:`trailing_allowance` (``size``) bytes after the
+        end of the archive: the limit they would cross."""
+        max_bytes = self.limits.max_bytes
+        used = self.bytes_used + self.bytes_given - self.bytes_budget
+        if max_bytes is not None and used + size >= max_bytes:
+            return LimitExceededError(
+                f"limit max_bytes ({max_bytes:,} bytes) exceeded: more than {size:,} bytes "
+                "follow the end of the archive", None)
+        return LimitExceededError(
+            f"limit reserve ({self.limits.reserve:g}% of the destination's filesystem) "
+            f"exceeded: more than {size:,} bytes follow the end of the archive, read "
+            "through as if written; change Limits.reserve (a percentage; 0: none)", None)
+
     def _charge_small(self, size: int, entry: str) -> None:
         """:meth:`_charge` for a small file: one subtraction while the budget lasts and
         no deadline is set."""
@@ -852,7 +920,7 @@ class Unpacker:
             step = min(step, max_entries - total + 1)
         return entries + step - 1
 
-    def _check_reserve(self, entry: str, need: int) -> None:
+    def _check_reserve(self, entry: str | None, need: int) -> None:
         """Stop before the destination's filesystem has less than the reserve free."""
         assert self.reserve is not None
         fd = self.fs.open_dir(".")

@@ -25,7 +25,12 @@ import stat
 import struct
 import zlib
 
-from chrootarchive.errors import NOT_A_TAR, InternalError, MalformedArchiveError
+from chrootarchive.errors import (
+    NOT_A_TAR,
+    ChrootArchiveError,
+    InternalError,
+    MalformedArchiveError,
+)
 from chrootarchive.tarformat import format as fmt
 from chrootarchive.tarformat.format import BLOCK, NS, ZERO_BLOCK
 
@@ -841,14 +846,15 @@ class TarReader:
             return -1  # read as from a pipe (a truncated stream is found there)
         return start
 
-    def drain(self, limit: int | None = None) -> int:
+    def drain(self, limit: int | None = None,
+              error: Callable[[int], ChrootArchiveError] | None = None) -> int:
         """Read the input to its end; return the bytes discarded.
 
         Lets the process feeding a pipe finish normally after the end of the archive
         or after an error. Nothing read here is interpreted. ``limit``: more bytes
         than that to read is a :class:`MalformedArchiveError` (a layer streamed from a
-        registry that declares 2**62 bytes would be read for days); a regular file's
-        rest is skipped, not read, and never counts.
+        registry that declares 2**62 bytes would be read for days), or ``error(limit)``;
+        a regular file's rest is skipped, not read, and never counts.
         """
         self._done = True
         self._current = None
@@ -868,6 +874,8 @@ class TarReader:
             while (limit is None or count <= limit) and (n := os.readv(self._fd, [self._mv])):
                 count += n
         if limit is not None and count > limit:
+            if error is not None:
+                raise error(limit)
             raise MalformedArchiveError(
                 f"more than {limit >> 20} MiB follow the end of the archive")
         return count
