@@ -685,3 +685,20 @@ def test_data_read_through_in_a_stream_is_bounded_by_the_reserve(
         assert ".wh.big" in line, line
     assert run.seconds < 15, run.seconds
 
+
+def test_extended_headers_beyond_an_entrys_own_count_as_entries(
+        write_archive: Callable[..., Path], tmp_path: Path) -> None:
+    """20 files, each after 10 global headers: 7 of each 10 are more than an entry
+    needs, and count against max_entries (reading them costs what an entry's header
+    does: a stream of them was unbounded by any limit)."""
+    glob = tb.pax_global({"comment": "x"})
+    archive = write_archive(b"".join(glob * 10 + tb.member(f"f{i}", b"1") for i in range(20))
+                            + tb.end_of_archive())
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(archive, tmp_path / "dest",
+                            UnpackOptions(limits=Limits(max_entries=100)))
+    assert "max_entries" in str(info.value)
+    assert info.value.entry is not None and info.value.entry.startswith("f")
+    result = chrootarchive.untar(archive, tmp_path / "dest2",
+                                 UnpackOptions(limits=Limits(max_entries=200)))
+    assert result.entries == 20

@@ -83,6 +83,7 @@ _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 _LOOK_BYTES = 64 << 20
 _LOOK_ENTRIES = 4096
 _HUGE = 1 << 80
+_HEADERS_EACH = tarreader.MAX_HEADERS - tarreader.FREE_HEADERS + 1  # entries one may count
 PASS_FLOOR = 1 << 30
 """Data a stream holds that nothing writes (a whiteout's, an excluded file's, a GNU
 dumpdir's, what follows the end of the archive) is read through all the same: beyond
@@ -486,7 +487,8 @@ class Unpacker:
                 stats.entries += 1
                 stats.size += entry.size
                 if stats.entries > most_entries:
-                    most_entries = self._look_entries(stats.entries, name)
+                    most_entries = self._look_entries(stats.entries, name,
+                                                      reader.extra_headers)
                 if self.deadline is not None:
                     self._check_time(name)
                 stored = entry.stored_size
@@ -904,10 +906,11 @@ class Unpacker:
             step = min(step, max_bytes - self.bytes_used)
         self.bytes_given = self.bytes_budget = step
 
-    def _look_entries(self, entries: int, entry: str) -> int:
-        """Check max_entries and the reserve; return the count of the next look."""
+    def _look_entries(self, entries: int, entry: str, extra: int = 0) -> int:
+        """Check max_entries and the reserve; return the count of the next look.
+        ``extra``: extended headers that count as entries (TarReader.extra_headers)."""
         max_entries = self.limits.max_entries
-        total = entries + self.limits.used_entries  # the layers below counted too
+        total = entries + extra + self.limits.used_entries  # the layers below counted too
         if max_entries is not None and total > max_entries:
             self._limit("max_entries", max_entries, "entries", entry)
         step = _HUGE
@@ -917,7 +920,9 @@ class Unpacker:
             step = max(min(room_inodes // 4, room_bytes // 4 // self.reserve.block,
                            _LOOK_ENTRIES), 1)
         if max_entries is not None:
-            step = min(step, max_entries - total + 1)
+            # Each entry may bring extended headers that count too (at most
+            # _HEADERS_EACH in all): the next look comes before they can cross it.
+            step = min(step, max((max_entries - total + 1) // _HEADERS_EACH, 1))
         return entries + step - 1
 
     def _check_reserve(self, entry: str | None, need: int) -> None:
