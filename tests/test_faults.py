@@ -126,7 +126,12 @@ def test_worker_killed_while_input_stalls(tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_worker_killed_cli(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=["SIGKILL", "SIGINT", "SIGTERM"])
+def test_worker_killed_cli(sig: signal.Signals, tmp_path: Path) -> None:
+    """A signal to the worker alone (the OOM killer, a supervisor's ``kill -INT``): one
+    line naming it, status 70. SIGINT was caught as Python's KeyboardInterrupt and
+    reported as an internal error, "KeyboardInterrupt: " and nothing more."""
     dest = tmp_path / "dest"
     check = LeakCheck(tmp_path)
     proc = subprocess.Popen([*CLI, "untar", "-", str(dest)], stdin=subprocess.PIPE,
@@ -138,7 +143,7 @@ def test_worker_killed_cli(tmp_path: Path) -> None:
     feeder.start()
     try:
         wait_for(lambda: (dest / "big").exists(), what="the worker to be writing 'big'")
-        os.kill(wait_worker(proc.pid), signal.SIGKILL)
+        os.kill(wait_worker(proc.pid), sig)
         rc = proc.wait(10)
     finally:
         feeder.stop.set()
@@ -148,7 +153,9 @@ def test_worker_killed_cli(tmp_path: Path) -> None:
         proc.stdin.close()
     err = proc.stderr.read().decode()
     proc.stderr.close()
-    assert_one_line_error(CLIResult((rc, "", err)), rc=70, mentions=("worker", "SIGKILL"))
+    line = assert_one_line_error(CLIResult((rc, "", err)), rc=70,
+                                 mentions=("worker", f"killed by {sig.name}"))
+    assert "KeyboardInterrupt" not in line and "bug" not in line, line
     check.assert_clean()
 
 
