@@ -25,12 +25,7 @@ import stat
 import struct
 import zlib
 
-from chrootarchive.errors import (
-    NOT_A_TAR,
-    ChrootArchiveError,
-    InternalError,
-    MalformedArchiveError,
-)
+from chrootarchive.errors import NOT_A_TAR, InternalError, MalformedArchiveError
 from chrootarchive.tarformat import format as fmt
 from chrootarchive.tarformat.format import BLOCK, NS, ZERO_BLOCK
 
@@ -855,7 +850,7 @@ class TarReader:
         return start
 
     def drain(self, limit: int | None = None,
-              error: Callable[[int], ChrootArchiveError] | None = None) -> int:
+              error: Callable[[int], Exception] | None = None) -> int:
         """Read the input to its end; return the bytes discarded.
 
         Lets the process feeding a pipe finish normally after the end of the archive
