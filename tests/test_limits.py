@@ -702,3 +702,27 @@ def test_extended_headers_beyond_an_entrys_own_count_as_entries(
     result = chrootarchive.untar(archive, tmp_path / "dest2",
                                  UnpackOptions(limits=Limits(max_entries=200)))
     assert result.entries == 20
+
+
+def test_reserve_counts_xattrs(tmp_path: Path) -> None:
+    """300 entries, each with 16 xattrs of 60,000 bytes (28 KB of zstd), into a tmpfs of
+    50,000 inodes: tmpfs takes an inode for each KiB of xattrs (Linux 6.6 on), and they
+    used its inodes up ("no space left", 38 free), as the reserve counted entries and
+    data, not xattrs. Now the reserve (5%: 2,500 inodes) stops them, naming the entry."""
+    import zstandard
+
+    xattrs = {f"SCHILY.xattr.trusted.k{i}": "v" * 60_000 for i in range(16)}
+    data = b"".join(tb.pax_header(xattrs) + tb.member(f"f{i}") for i in range(300))
+    archive = tmp_path / "xattrs.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(data + tb.end_of_archive()))
+    assert archive.stat().st_size < 100_000
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=64m,nr_inodes=50000", *CLI, "untar", str(archive),
+                   str(mnt / "dest"))
+    if run.rc == 0:
+        pytest.skip("this kernel's tmpfs does not count xattrs against its inodes")
+    _reserve_error(run, "inodes")
+    assert "no space left" not in run.err.lower(), run.err
+    assert run.ffree >= 2500, run.ffree
+    assert run.seconds < 15, run.seconds

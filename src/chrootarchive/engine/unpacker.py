@@ -82,6 +82,7 @@ _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 # _LOOK_BYTES of data and _LOOK_ENTRIES entries.
 _LOOK_BYTES = 64 << 20
 _LOOK_ENTRIES = 4096
+_XATTR_INODE = 1024  # xattr bytes for which tmpfs takes one inode (BOGO_INODE_SIZE)
 _HUGE = 1 << 80
 _HEADERS_EACH = tarreader.MAX_HEADERS - tarreader.FREE_HEADERS + 1  # entries one may count
 PASS_FLOOR = 1 << 30
@@ -356,6 +357,7 @@ class Unpacker:
         self.passed = 0
         self.pass_look = PASS_FLOOR
         self.passes_cost = True
+        self.xattr_budget = 0  # xattr bytes until the next look at the reserve
         self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
         self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
         self.filter = filters.EntryFilter(options.filter, options.umask)
@@ -925,12 +927,12 @@ class Unpacker:
             step = min(step, max((max_entries - total + 1) // _HEADERS_EACH, 1))
         return entries + step - 1
 
-    def _check_reserve(self, entry: str | None, need: int) -> None:
+    def _check_reserve(self, entry: str | None, need: int, need_inodes: int = 0) -> None:
         """Stop before the destination's filesystem has less than the reserve free."""
         assert self.reserve is not None
         fd = self.fs.open_dir(".")
         try:
-            self.room = self.reserve.room(fd, entry, need)
+            self.room = self.reserve.room(fd, entry, need, need_inodes)
         finally:
             os.close(fd)
 
@@ -949,10 +951,24 @@ class Unpacker:
         if (limits.max_file_size is not None and entry.kind == tarreader.REGULAR
                 and entry.size > limits.max_file_size):
             self._limit("max_file_size", limits.max_file_size, "bytes", entry.name)
-        if limits.max_xattr_bytes is not None and entry.xattrs:
+        if entry.xattrs:
             total = sum(len(k) + len(v) for k, v in entry.xattrs.items())
-            if total > limits.max_xattr_bytes:
+            if limits.max_xattr_bytes is not None and total > limits.max_xattr_bytes:
                 self._limit("max_xattr_bytes", limits.max_xattr_bytes, "bytes", entry.name)
+            if self.reserve is not None:
+                self._charge_xattrs(total, entry.name)
+
+    def _charge_xattrs(self, size: int, entry: str) -> None:
+        """xattrs take room that no data charge counts: blocks (ext4, xfs) or, on
+        tmpfs, inodes (a KiB of xattrs for each): the reserve is looked at again before
+        half of what was left of either may have gone (300 entries of 1 MB of xattrs,
+        in 28 KB of zstd, used up the 50,000 inodes of a tmpfs)."""
+        self.xattr_budget -= size
+        if self.xattr_budget < 0:  # this entry's counted as both, to be sure
+            self._check_reserve(entry, size, -(-size // _XATTR_INODE))
+            room_bytes, room_inodes = self.room
+            self.xattr_budget = min(room_bytes // 2, room_inodes * _XATTR_INODE // 2,
+                                    _LOOK_BYTES)
 
     # -- entry kinds --------------------------------------------------------------
 
