@@ -126,7 +126,12 @@ def test_worker_killed_while_input_stalls(tmp_path: Path) -> None:
     check.assert_clean()
 
 
-def test_worker_killed_cli(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
+                         ids=["SIGKILL", "SIGINT", "SIGTERM"])
+def test_worker_killed_cli(sig: signal.Signals, tmp_path: Path) -> None:
+    """A signal to the worker alone (the OOM killer, a supervisor's ``kill -INT``): one
+    line naming it, status 70. SIGINT was caught as Python's KeyboardInterrupt and
+    reported as an internal error, "KeyboardInterrupt: " and nothing more."""
     dest = tmp_path / "dest"
     check = LeakCheck(tmp_path)
     proc = subprocess.Popen([*CLI, "untar", "-", str(dest)], stdin=subprocess.PIPE,
@@ -138,7 +143,7 @@ def test_worker_killed_cli(tmp_path: Path) -> None:
     feeder.start()
     try:
         wait_for(lambda: (dest / "big").exists(), what="the worker to be writing 'big'")
-        os.kill(wait_worker(proc.pid), signal.SIGKILL)
+        os.kill(wait_worker(proc.pid), sig)
         rc = proc.wait(10)
     finally:
         feeder.stop.set()
@@ -148,7 +153,9 @@ def test_worker_killed_cli(tmp_path: Path) -> None:
         proc.stdin.close()
     err = proc.stderr.read().decode()
     proc.stderr.close()
-    assert_one_line_error(CLIResult((rc, "", err)), rc=70, mentions=("worker", "SIGKILL"))
+    line = assert_one_line_error(CLIResult((rc, "", err)), rc=70,
+                                 mentions=("worker", f"killed by {sig.name}"))
+    assert "KeyboardInterrupt" not in line and "bug" not in line, line
     check.assert_clean()
 
 
@@ -387,6 +394,29 @@ def test_zero_padded_pipe_writer_sees_no_epipe(tmp_path: Path) -> None:
     assert consumer.returncode == 0, cerr
     assert producer.returncode == 0 and b"rc=0" in perr, perr
 
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_list_does_not_decompress_what_follows_the_end(how: str, tmp_path: Path) -> None:
+    """32 GiB of zeros in 1 MB of zstd after the end of the archive: there is nothing
+    to list there, and list decompressed it all (half a minute; 1 MB of bzip2 holds
+    1 TiB: two hours). Now it reads the rest as it comes (a pipe's writer still sees
+    no EPIPE), decompressing at most 16 MiB of it."""
+    import zstandard
+
+    gib = zstandard.ZstdCompressor(level=1).compress(bytes(1 << 30))
+    archive = tmp_path / "padded.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(small()) + gib * 32)
+    assert archive.stat().st_size < 2_000_000
+    start = time.monotonic()
+    if how == "file":
+        result = run_cli("list", archive, timeout=120)
+    else:
+        result = run_cli("list", "-", input=archive.read_bytes(), timeout=120)
+    seconds = time.monotonic() - start
+    assert result.rc == 0 and result.err == "", result
+    assert result.out.splitlines() == ["d", "d/f", "d/s"]
+    assert seconds < 8, seconds
 
 def test_missing_archive_is_not_an_internal_error(tmp_path: Path) -> None:
     result = run_cli("untar", tmp_path / "no-such.tar", tmp_path / "dest")

@@ -618,3 +618,124 @@ def test_many_directories_fit_the_default_memory_limit(tmp_path: Path) -> None:
     result = run_cli("untar", archive, tmp_path / "dest", timeout=300)
     assert result.rc == 0 and result.err == "", result
     assert len(os.listdir(tmp_path / "dest" / "d159")) == 1000
+
+
+# Data that nothing writes (a whiteout's, an excluded or kept file's, a GNU dumpdir's,
+# what follows the end of the archive) is read all the same: counted as file data
+# against max_bytes, and in a stream beyond unpacker.PASS_FLOOR (1 GiB) against the
+# reserve as if written. Before, none of it counted: --max-bytes 1G let a layer's
+# whiteout carry 2 GiB, and 1 MB of bzip2 after the end of an archive held 1 TiB of
+# zeros that untar read for two hours.
+
+def _unwritten_data(how: str, size: int) -> bytes:
+    """A small archive whose entry ``big`` (or ``.wh.big``) carries ``size`` bytes that
+    are not written, ``how`` the unpacker leaves them out."""
+    big = tb.header(".wh.big" if how == "whiteout" else "big", size=size,
+                    typeflag=b"D" if how == "dumpdir" else tb.REG)
+    pad = bytes(-size % tb.BLOCK)
+    return (tb.member("a", b"1") + big + bytes(size) + pad + tb.member("z", b"2")
+            + tb.end_of_archive())
+
+
+@pytest.mark.parametrize("how", ["whiteout", "excluded", "dumpdir", "kept"])
+def test_data_nothing_writes_counts_against_max_bytes(
+        how: str, tmp_path: Path, write_archive: Callable[..., Path]) -> None:
+    archive = write_archive(_unwritten_data(how, 2 * MiB))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "big").write_bytes(b"old")
+    options = UnpackOptions(limits=Limits(max_bytes=MiB),
+                            excludes=("big",) * (how == "excluded"),
+                            old_files="skip" if how == "kept" else "replace")
+    unpack = chrootarchive.apply_layer if how == "whiteout" else chrootarchive.untar
+    with pytest.raises(LimitExceededError) as info:
+        unpack(archive, dest, options)
+    assert info.value.entry == (".wh.big" if how == "whiteout" else "big")
+    assert "max_bytes" in str(info.value)
+    assert not (dest / "z").exists()
+    # Within the limit, the same archive unpacks: the data counts, it is not written.
+    options = dataclasses.replace(options, limits=Limits(max_bytes=3 * MiB))
+    unpack(archive, dest, options)
+    assert (dest / "z").read_bytes() == b"2"
+    assert (dest / "big").exists() == (how != "whiteout")
+
+
+def zstd_zeros(head: bytes, size: int) -> bytes:
+    """``head`` and then ``size`` zero bytes, in zstd (about 32 KB per GiB)."""
+    import zstandard
+
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as writer:
+        writer.write(head)
+        zeros = bytes(MiB)
+        for _ in range(size // MiB):
+            writer.write(zeros)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("how", ["trailing", "whiteout"])
+def test_data_read_through_in_a_stream_is_bounded_by_the_reserve(
+        how: str, tmp_path: Path) -> None:
+    """2 GiB of zeros in 64 KB of zstd, into a 64 MiB filesystem: after the end of the
+    archive (untar), or as a whiteout's data (apply-layer). Nothing is written, but
+    reading it is what a bomb costs (1 TiB in 1 MB of bzip2: two hours): beyond 1 GiB
+    it must fit the filesystem as if written, and the reserve stops it."""
+    head = tb.member("a", b"1") + (
+        tb.end_of_archive() if how == "trailing" else tb.header(".wh.big", size=2 * GiB))
+    data = zstd_zeros(head, 2 * GiB) + zstd_zeros(tb.end_of_archive(), 0)
+    archive = tmp_path / "bomb.tar.zst"
+    archive.write_bytes(data)
+    assert archive.stat().st_size < 100_000
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    command = "untar" if how == "trailing" else "apply-layer"
+    run = on_tmpfs(mnt, "size=64m", *CLI, command, str(archive), str(mnt / "dest"))
+    result = CLIResult((run.rc, run.proc.stdout.decode(), run.err))
+    line = assert_one_line_error(result, rc=1, mentions=("limit --reserve",))
+    if how == "trailing":
+        assert "follow the end of the archive" in line, line
+    else:
+        assert ".wh.big" in line, line
+    assert run.seconds < 15, run.seconds
+
+
+def test_extended_headers_beyond_an_entrys_own_count_as_entries(
+        write_archive: Callable[..., Path], tmp_path: Path) -> None:
+    """20 files, each after 10 global headers: 7 of each 10 are more than an entry
+    needs, and count against max_entries (reading them costs what an entry's header
+    does: a stream of them was unbounded by any limit)."""
+    glob = tb.pax_global({"comment": "x"})
+    archive = write_archive(b"".join(glob * 10 + tb.member(f"f{i}", b"1") for i in range(20))
+                            + tb.end_of_archive())
+    with pytest.raises(LimitExceededError) as info:
+        chrootarchive.untar(archive, tmp_path / "dest",
+                            UnpackOptions(limits=Limits(max_entries=100)))
+    assert "max_entries" in str(info.value)
+    assert info.value.entry is not None and info.value.entry.startswith("f")
+    result = chrootarchive.untar(archive, tmp_path / "dest2",
+                                 UnpackOptions(limits=Limits(max_entries=200)))
+    assert result.entries == 20
+
+
+def test_reserve_counts_xattrs(tmp_path: Path) -> None:
+    """300 entries, each with 16 xattrs of 60,000 bytes (28 KB of zstd), into a tmpfs of
+    50,000 inodes: tmpfs takes an inode for each KiB of xattrs (Linux 6.6 on), and they
+    used its inodes up ("no space left", 38 free), as the reserve counted entries and
+    data, not xattrs. Now the reserve (5%: 2,500 inodes) stops them, naming the entry."""
+    import zstandard
+
+    xattrs = {f"SCHILY.xattr.trusted.k{i}": "v" * 60_000 for i in range(16)}
+    data = b"".join(tb.pax_header(xattrs) + tb.member(f"f{i}") for i in range(300))
+    archive = tmp_path / "xattrs.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(data + tb.end_of_archive()))
+    assert archive.stat().st_size < 100_000
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = on_tmpfs(mnt, "size=64m,nr_inodes=50000", *CLI, "untar", str(archive),
+                   str(mnt / "dest"))
+    if run.rc == 0:
+        pytest.skip("this kernel's tmpfs does not count xattrs against its inodes")
+    _reserve_error(run, "inodes")
+    assert "no space left" not in run.err.lower(), run.err
+    assert run.ffree >= 2500, run.ffree
+    assert run.seconds < 15, run.seconds

@@ -1014,6 +1014,34 @@ def test_pax_global_headers_are_ignored() -> None:
     assert reader.global_headers == 2
 
 
+
+@pytest.mark.parametrize("kind", [b"g", b"x", b"L", b"V"])
+def test_a_chain_of_extended_headers_is_bounded(kind: bytes) -> None:
+    """Extended headers yield no entry: a stream of them (256 MiB of global headers in
+    22 KB of zstd) was read to its end, uncounted, minutes per megabyte. At most
+    MAX_HEADERS come before one entry; beyond FREE_HEADERS they are counted."""
+    from chrootarchive.tarformat.reader import FREE_HEADERS, MAX_HEADERS
+
+    one = (member("././@LongLink", b"n" * 20 + b"\0", typeflag=b"L") if kind == b"L"
+           else header("vol", typeflag=b"V") if kind == b"V"
+           else pax([("comment", "x")], typeflag=kind))
+    fd = feed_pipe(one * MAX_HEADERS + member("f", b"x") + one * 5 + member("g") + EOA)
+    entries, reader = read_fd(fd)
+    os.close(fd)
+    assert len(entries) == 2
+    assert reader.extra_headers == MAX_HEADERS - FREE_HEADERS + 5 - FREE_HEADERS
+    err = fails(member("a") + one * (MAX_HEADERS + 1) + member("f") + EOA,
+                f"more than {MAX_HEADERS} extended headers before one entry")
+    assert err.entry == f"header at offset {512 * (1 + (MAX_HEADERS + 1) * len(one) // 512)}"
+
+
+def test_volume_header_data_is_bounded() -> None:
+    """A volume header's data (a label: none, as GNU tar writes it) is read for
+    nothing: no more than a long name's."""
+    fails(header("vol", typeflag=b"V", size=(1 << 16) + 1) + EOA, "volume header too large")
+    assert names(header("vol", typeflag=b"V", size=10) + pad(b"0123456789")
+                 + member("f") + EOA) == ["f"]
+
 def test_pax_size_limit() -> None:
     fails(header("PaxHeaders/x", typeflag=b"x", size=(1 << 20) + 1), "pax header too large")
     records = pax_record("comment", "c" * 5000)

@@ -214,7 +214,9 @@ class Limits:
     deserves tighter ones (``Limits.strict()``). ``None`` means no limit.
 
     Attributes:
-        max_bytes: file data written, in total (holes of sparse files not counted).
+        max_bytes: file data written, in total (holes of sparse files not counted),
+            and data read past that nothing writes (a whiteout's, an excluded file's,
+            what follows the end of the archive in a stream).
         max_entries: archive entries.
         max_file_size: the size of one file (as declared, checked before writing).
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).

@@ -41,9 +41,10 @@ class Reserve:
         self.inodes = 0
         self.block = 4096
 
-    def room(self, fd: int, entry: str | None, need: int = 0) -> tuple[int, int]:
+    def room(self, fd: int, entry: str | None, need: int = 0,
+             need_inodes: int = 0) -> tuple[int, int]:
         """Bytes and inodes free above the reserve once ``need`` more bytes are
-        written to the filesystem of ``fd``.
+        written to the filesystem of ``fd`` (and ``need_inodes`` more inodes taken).
 
         Raises:
             LimitExceededError: nothing is left above the reserve.
@@ -55,7 +56,7 @@ class Reserve:
             self.bytes = min(int(st.f_blocks * st.f_frsize * share), MAX_BYTES)
             self.inodes = min(int(st.f_files * share), MAX_INODES)
         free_bytes = st.f_bavail * st.f_frsize - need
-        free_inodes = st.f_favail if st.f_files else _NO_LIMIT
+        free_inodes = st.f_favail - need_inodes if st.f_files else _NO_LIMIT
         if free_bytes <= self.bytes or free_inodes <= self.inodes:
             left = f"{_shown_size(max(free_bytes, 0))}"
             if st.f_files:

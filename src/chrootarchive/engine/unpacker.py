@@ -82,7 +82,15 @@ _MAX_UNMAPPABLE = 1024  # owners remembered as unrepresentable (a cache, too)
 # _LOOK_BYTES of data and _LOOK_ENTRIES entries.
 _LOOK_BYTES = 64 << 20
 _LOOK_ENTRIES = 4096
+_XATTR_INODE = 1024  # xattr bytes for which tmpfs takes one inode (BOGO_INODE_SIZE)
 _HUGE = 1 << 80
+_HEADERS_EACH = tarreader.MAX_HEADERS - tarreader.FREE_HEADERS + 1  # entries one may count
+PASS_FLOOR = 1 << 30
+"""Data a stream holds that nothing writes (a whiteout's, an excluded file's, a GNU
+dumpdir's, what follows the end of the archive) is read through all the same: beyond
+this much, it counts as if written, against the reserve, so that its time is bounded as
+an untar's of the same stream is by what it can write (1 MB of bzip2 holds 1 TiB of
+zeros: two hours to read through). A file's is seeked over, and never counts so."""
 
 
 class _SkipEntry(Exception):
@@ -345,6 +353,12 @@ class Unpacker:
         # max_bytes and the filesystem's reserve (_look_bytes).
         self.bytes_used = self.limits.used_bytes
         self.bytes_budget = self.bytes_given = 0
+        # Data read through and not written (_read_past); whether reading it costs
+        # time (a stream: a pipe, or a ring the parent decompresses into).
+        self.passed = 0
+        self.pass_look = PASS_FLOOR
+        self.passes_cost = True
+        self.xattr_budget = 0  # xattr bytes until the next look at the reserve
         self.reserve = space.Reserve(self.limits.reserve) if self.limits.reserve else None
         self.room = (_HUGE, _HUGE)  # free bytes and inodes above the reserve, last seen
         self.filter = filters.EntryFilter(options.filter, options.umask)
@@ -412,6 +426,7 @@ class Unpacker:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, reader: TarReader) -> UnpackStats:
+        self.passes_cost = reader.file_source() < 0 or reader.ring_size > 0
         try:
             try:
                 try:
@@ -479,9 +494,13 @@ class Unpacker:
                 stats.entries += 1
                 stats.size += entry.size
                 if stats.entries > most_entries:
-                    most_entries = self._look_entries(stats.entries, name)
+                    most_entries = self._look_entries(stats.entries, name,
+                                                      reader.extra_headers)
                 if self.deadline is not None:
                     self._check_time(name)
+                stored = entry.stored_size
+                if stored:
+                    charged = self.bytes_used + self.bytes_given - self.bytes_budget
                 try:
                     if apply(entry, reader) and listed is not None:
                         listed(name)  # as stored: GNU tar lists it so, stripped or not
@@ -491,6 +510,12 @@ class Unpacker:
                     raise
                 except OSError as err:
                     raise self._os_error(err, name) from err
+                if stored:
+                    # What was not charged as written is read past (the reader skips it).
+                    left = stored - (self.bytes_used + self.bytes_given
+                                     - self.bytes_budget - charged)
+                    if left > 0:
+                        self._read_past(left, name)
                 name = None
         except MemoryError:  # the worker's RLIMIT_DATA (jail.lockdown)
             if self.limits.max_memory is None:
@@ -813,6 +838,53 @@ class Unpacker:
         if self.deadline is not None:
             self._check_time(entry)
 
+    def _read_past(self, size: int, entry: str) -> None:
+        """Count ``size`` bytes of data that nothing writes (see PASS_FLOOR) against
+        max_bytes, as file data (the size the result reports counts them too), and, in
+        a stream, beyond PASS_FLOOR, against the reserve as if written."""
+        self.bytes_budget -= size
+        if self.bytes_budget < 0:
+            self._look_bytes(entry, 0)  # none of it goes to the filesystem
+        if self.passes_cost:
+            self.passed += size
+            if self.reserve is not None and self.passed > self.pass_look:
+                self._check_reserve(entry, self.passed - PASS_FLOOR)
+                self.pass_look = self.passed + min(self.room[0] // 2, _LOOK_BYTES)
+        if self.deadline is not None:
+            self._check_time(entry)
+
+    def trailing_allowance(self) -> int | None:
+        """The most bytes that may follow the end of the archive (read through, as
+        :meth:`_read_past` counts them); None: no bound (a file: they are seeked over)."""
+        if not self.passes_cost:
+            return None
+        allowed = _HUGE
+        max_bytes = self.limits.max_bytes
+        if max_bytes is not None:
+            allowed = max_bytes - (self.bytes_used + self.bytes_given - self.bytes_budget)
+        if self.reserve is not None:
+            try:
+                self._check_reserve(None, max(self.passed - PASS_FLOOR, 0))
+                room = self.room[0]
+            except LimitExceededError:  # filled since: what is left of the floor only
+                room = 0
+            allowed = min(allowed, room + max(PASS_FLOOR - self.passed, 0))
+        return None if allowed >= _HUGE else max(allowed, 0)
+
+    def trailing_error(self, size: int) -> LimitExceededError:
+        """The error of more than :meth:`trailing_allowance` (``size``) bytes after the
+        end of the archive: the limit they would cross."""
+        max_bytes = self.limits.max_bytes
+        used = self.bytes_used + self.bytes_given - self.bytes_budget
+        if max_bytes is not None and used + size >= max_bytes:
+            return LimitExceededError(
+                f"limit max_bytes ({max_bytes:,} bytes) exceeded: more than {size:,} bytes "
+                "follow the end of the archive", None)
+        return LimitExceededError(
+            f"limit reserve ({self.limits.reserve:g}% of the destination's filesystem) "
+            f"exceeded: more than {size:,} bytes follow the end of the archive, read "
+            "through as if written; change Limits.reserve (a percentage; 0: none)", None)
+
     def _charge_small(self, size: int, entry: str) -> None:
         """:meth:`_charge` for a small file: one subtraction while the budget lasts and
         no deadline is set."""
@@ -843,10 +915,11 @@ class Unpacker:
             step = min(step, max_bytes - self.bytes_used)
         self.bytes_given = self.bytes_budget = step
 
-    def _look_entries(self, entries: int, entry: str) -> int:
-        """Check max_entries and the reserve; return the count of the next look."""
+    def _look_entries(self, entries: int, entry: str, extra: int = 0) -> int:
+        """Check max_entries and the reserve; return the count of the next look.
+        ``extra``: extended headers that count as entries (TarReader.extra_headers)."""
         max_entries = self.limits.max_entries
-        total = entries + self.limits.used_entries  # the layers below counted too
+        total = entries + extra + self.limits.used_entries  # the layers below counted too
         if max_entries is not None and total > max_entries:
             self._limit("max_entries", max_entries, "entries", entry)
         step = _HUGE
@@ -856,15 +929,17 @@ class Unpacker:
             step = max(min(room_inodes // 4, room_bytes // 4 // self.reserve.block,
                            _LOOK_ENTRIES), 1)
         if max_entries is not None:
-            step = min(step, max_entries - total + 1)
+            # Each entry may bring extended headers that count too (at most
+            # _HEADERS_EACH in all): the next look comes before they can cross it.
+            step = min(step, max((max_entries - total + 1) // _HEADERS_EACH, 1))
         return entries + step - 1
 
-    def _check_reserve(self, entry: str, need: int) -> None:
+    def _check_reserve(self, entry: str | None, need: int, need_inodes: int = 0) -> None:
         """Stop before the destination's filesystem has less than the reserve free."""
         assert self.reserve is not None
         fd = self.fs.open_dir(".")
         try:
-            self.room = self.reserve.room(fd, entry, need)
+            self.room = self.reserve.room(fd, entry, need, need_inodes)
         finally:
             os.close(fd)
 
@@ -883,10 +958,24 @@ class Unpacker:
         if (limits.max_file_size is not None and entry.kind == tarreader.REGULAR
                 and entry.size > limits.max_file_size):
             self._limit("max_file_size", limits.max_file_size, "bytes", entry.name)
-        if limits.max_xattr_bytes is not None and entry.xattrs:
+        if entry.xattrs:
             total = sum(len(k) + len(v) for k, v in entry.xattrs.items())
-            if total > limits.max_xattr_bytes:
+            if limits.max_xattr_bytes is not None and total > limits.max_xattr_bytes:
                 self._limit("max_xattr_bytes", limits.max_xattr_bytes, "bytes", entry.name)
+            if self.reserve is not None:
+                self._charge_xattrs(total, entry.name)
+
+    def _charge_xattrs(self, size: int, entry: str) -> None:
+        """xattrs take room that no data charge counts: blocks (ext4, xfs) or, on
+        tmpfs, inodes (a KiB of xattrs for each): the reserve is looked at again before
+        half of what was left of either may have gone (300 entries of 1 MB of xattrs,
+        in 28 KB of zstd, used up the 50,000 inodes of a tmpfs)."""
+        self.xattr_budget -= size
+        if self.xattr_budget < 0:  # this entry's counted as both, to be sure
+            self._check_reserve(entry, size, -(-size // _XATTR_INODE))
+            room_bytes, room_inodes = self.room
+            self.xattr_budget = min(room_bytes // 2, room_inodes * _XATTR_INODE // 2,
+                                    _LOOK_BYTES)
 
     # -- entry kinds --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ needs before the jail imports only what it uses: no ``json`` (and ``re``), no
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal, without its enum
 import errno
 import gc
 import os
@@ -37,6 +38,10 @@ def child_main(argv: list[str]) -> None:
     (:mod:`chrootarchive.runner.standby`) gets them at the next call.
     """
     control_fd, parent_pid, job_name = int(argv[0]), int(argv[1]), argv[2]
+    # SIGINT ends the worker as SIGTERM does, by the signal, which the parent names;
+    # not as Python's KeyboardInterrupt, raised wherever the job was and reported as
+    # an internal error. (Ctrl-C reaches the parent too, which reports it.)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     from chrootarchive import _linux
 
     _linux.prctl(_linux.PR_SET_PDEATHSIG, _linux.SIGKILL)

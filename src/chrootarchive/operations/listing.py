@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from chrootarchive._fdio import write_all
 from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
@@ -21,6 +22,15 @@ from chrootarchive.operations.untar import Source, name_archive, open_source
 from chrootarchive.tarformat import reader as tarreader
 
 __all__ = ["ListedEntry", "list_entries"]
+
+#: What follows the end of the archive is read so that the writer of a pipe never sees
+#: EPIPE; beyond this much of the decompressed stream, the rest is read as it comes, not
+#: decompressed (1 MB of bzip2 holds 1 TiB of zeros: two hours, for nothing to list).
+_TRAILING_DECOMPRESSED = 16 << 20
+
+
+class _MoreAfterTheEnd(Exception):
+    """More than _TRAILING_DECOMPRESSED follow the end of the archive."""
 
 _TYPE_BITS = {
     tarreader.REGULAR: stat.S_IFREG, tarreader.DIRECTORY: stat.S_IFDIR,
@@ -130,7 +140,11 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
                         mtime=entry.mtime_ns / 1e9, linkname=entry.linkname,
                         devmajor=entry.devmajor, devminor=entry.devminor)
                 offset = reader.offset
-                reader.drain()  # the padding after the end: the feeder writes it
+                try:
+                    reader.drain(_TRAILING_DECOMPRESSED, lambda _: _MoreAfterTheEnd())
+                except _MoreAfterTheEnd:
+                    stop_feeding()  # the feeder stops at its next chunk
+                    _read_to_end(raw)
             except MalformedArchiveError:
                 stop_feeding()
                 if failure:  # the decompressor's error says more than "truncated"
@@ -143,3 +157,16 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
                 raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
         finally:
             stop_feeding(wait=False)
+
+
+
+def _read_to_end(raw: BinaryIO) -> None:
+    """Read (and drop) the rest of the source as it comes, so that a pipe's writer
+    finishes normally; a regular file's rest is not read."""
+    try:
+        if stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):
+        pass  # not a file (BytesIO, a caller's object): read it
+    while raw.read(1 << 20):
+        pass

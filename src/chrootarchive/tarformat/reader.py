@@ -61,6 +61,13 @@ MAX_PAX_SIZE = 1 << 20  # bytes of one PAX header (Go's limit)
 MAX_LONG_NAME = 1 << 16  # bytes of one GNU long name or long link name
 MAX_SPARSE_REGIONS = 1_000_000  # ~120 MB of (offset, length) tuples at most
 SEEK_MIN = 1 << 16  # on a regular file, seek over data to skip beyond this much
+MAX_HEADERS = 64
+"""Extended headers (PAX, global, GNU long names, volume labels) before one entry,
+at most: an entry needs two or three, and a chain of them yields nothing to count."""
+FREE_HEADERS = 3
+"""Extended headers an entry may have that are not counted as entries: more (a
+stream of global headers, say) are ``extra_headers``, counted against max_entries, as
+reading them costs what an entry's header does."""
 
 _Bytes = bytes | bytearray
 _MAX_OFF = (1 << 63) - 1  # off_t
@@ -616,6 +623,7 @@ class TarReader:
         self._started = False
         self._done = False
         self.global_headers = 0  # PAX global headers seen (validated, then ignored)
+        self.extra_headers = 0  # extended headers beyond FREE_HEADERS of their entry
         # Read as GNU tar and bsdtar read them (Go refuses), for the caller to warn about:
         self.lone_zero_block: int | None = None  # offset of a lone zero block that
         # ended the archive although data followed it
@@ -841,14 +849,15 @@ class TarReader:
             return -1  # read as from a pipe (a truncated stream is found there)
         return start
 
-    def drain(self, limit: int | None = None) -> int:
+    def drain(self, limit: int | None = None,
+              error: Callable[[int], Exception] | None = None) -> int:
         """Read the input to its end; return the bytes discarded.
 
         Lets the process feeding a pipe finish normally after the end of the archive
         or after an error. Nothing read here is interpreted. ``limit``: more bytes
         than that to read is a :class:`MalformedArchiveError` (a layer streamed from a
-        registry that declares 2**62 bytes would be read for days); a regular file's
-        rest is skipped, not read, and never counts.
+        registry that declares 2**62 bytes would be read for days), or ``error(limit)``;
+        a regular file's rest is skipped, not read, and never counts.
         """
         self._done = True
         self._current = None
@@ -868,6 +877,8 @@ class TarReader:
             while (limit is None or count <= limit) and (n := os.readv(self._fd, [self._mv])):
                 count += n
         if limit is not None and count > limit:
+            if error is not None:
+                raise error(limit)
             raise MalformedArchiveError(
                 f"more than {limit >> 20} MiB follow the end of the archive")
         return count
@@ -1041,8 +1052,15 @@ class TarReader:
         """
         long_name: bytes | None = None
         long_link: bytes | None = None
+        headers = 0 if pax is None else 1  # extended headers of this entry
         while True:
             where = self.offset
+            if headers > FREE_HEADERS:
+                self.extra_headers += 1
+                if headers > MAX_HEADERS:
+                    _fail(f"more than {MAX_HEADERS} extended headers before one entry",
+                          f"header at offset {where}")
+            headers += 1
             hdr = self._header(where)
             if hdr is None:
                 self._done = True
@@ -1073,6 +1091,9 @@ class TarReader:
                 self._read_pax(size, f"global header at offset {where}")
                 self.global_headers += 1
             elif flag == fmt.VOLTYPE:
+                if size > self._max_long:  # a label; its data would be read for nothing
+                    _fail(f"volume header too large ({size} bytes)",
+                          f"header at offset {where}")
                 self._skip_data(size, f"volume header at offset {where}")
                 self._skip_padding(-size % BLOCK, f"volume header at offset {where}")
             elif flag == fmt.MULTIVOLTYPE:

@@ -99,8 +99,12 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
     # Archives may be zero-padded: read the input to its end. Only on success: after
     # an error (a bomb stopped by a limit) the worker exits and the parent stops.
     # A layer's padding is a record at most (10 KiB for GNU tar, none for Go's): what
-    # follows beyond LAYER_TRAILING_MAX is not read for days (a registry's blob).
-    reader.drain(LAYER_TRAILING_MAX if request.layer else None)
+    # follows beyond LAYER_TRAILING_MAX is not read for days (a registry's blob). Any
+    # other stream's is read through as data nothing writes (unpacker.PASS_FLOOR).
+    if request.layer:
+        reader.drain(LAYER_TRAILING_MAX)
+    else:
+        reader.drain(worker.trailing_allowance(), worker.trailing_error)
     details: dict[str, object] = {}
     privileged = {what: n for what, n in worker.filter.privileged.items() if n}
     if privileged:
