@@ -46,6 +46,9 @@ __all__ = ["Running", "Worker", "pipe"]
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 _MAX_RESULT = 16 << 20
+# Seconds between looks for a KeyboardInterrupt while the caller waits for the worker:
+# one that ``_thread.interrupt_main`` raised (no signal) waits for the next bytecode.
+_INTERRUPTIBLE = 0.05
 
 
 class Running(Protocol):
@@ -270,8 +273,13 @@ class Worker:
         """Wait for the worker; return its reply or raise its error (same class)."""
         try:
             self.close_stdin()
+            # The reader ends with the worker (it closes the result pipe as it exits):
+            # joined in steps, since a blocking wait (waitpid) runs no bytecode until
+            # the worker ends, and an archive of minutes would hold back the
+            # interrupt_main of a watchdog or an IDE that much.
+            while self._reader.is_alive():
+                self._reader.join(_INTERRUPTIBLE)
             code = self.proc.wait()
-            self._reader.join()
             return _decode(bytes(self._reply), code)
         finally:
             self.close()
