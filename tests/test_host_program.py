@@ -5,7 +5,10 @@ process), which prints what it saw as JSON. What is proven:
 
 - ``_thread.interrupt_main`` (a watchdog's, an IDE's: no signal, only a flag the next
   bytecode sees) stops a long unpack at once, as it stops ``tarfile``'s loop: the
-  caller's thread never waits for the worker in a call that runs no bytecode.
+  caller's thread never waits for the worker in a call that runs no bytecode;
+- a fork made by another thread while a call runs (``os.fork``, a ``multiprocessing``
+  pool started then) holds nothing of that call: the call ends when its input does,
+  and the next call into the same destination does not wait for the fork's exit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import chrootarchive
+from helpers import mechanisms
+from helpers import tarbuild as tb
 
 SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
 
@@ -106,3 +113,63 @@ print(json.dumps({"outcome": outcome, "after": after, "children": children,
     assert seen["after"] < 5, f"the interrupt was seen {seen['after']:.1f} s late"
     assert seen["children"] == [], "the interrupted call left its worker"
     assert seen["again"] == 1000  # and the next call works
+
+
+@pytest.mark.parametrize("confine", ["pivot", "openat2"])
+def test_a_fork_during_a_call_holds_neither_its_stream_nor_its_lock(
+        tmp_path: Path, confine: str) -> None:
+    """A thread unpacks a stream; meanwhile the main thread forks, and the fork lives
+    on (15 s). The call must end with its input, and the next call into the same
+    destination must not wait: the fork's copies of the stream's pipe and of the
+    destination's locked descriptor kept both for the fork's life (the worker waited
+    for an end of input, the next call for the ``flock``)."""
+    mechanisms.require(confine)
+    b = tb.TarBuilder()
+    for i in range(20):
+        b.file(f"f{i}", bytes([i]) * 5000)
+    (tmp_path / "a.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import io
+confine = sys.argv[3]
+with open(os.path.join(top, "a.tar"), "rb") as f:
+    archive = f.read()
+dest = os.path.join(top, "dest")
+reading = threading.Event()
+class Trickle:
+    # A stream the call reads for a while (0.3 s): the fork comes once the worker is
+    # fed (the first read, to detect compression, comes before it is started).
+    def __init__(self):
+        self.data = io.BytesIO(archive)
+        self.reads = 0
+    def read(self, size=-1):
+        self.reads += 1
+        if self.reads == 4:
+            reading.set()
+        time.sleep(0.01)
+        return self.data.read(4096)
+took = {}
+def call():
+    start = time.monotonic()
+    took["entries"] = chrootarchive.untar(Trickle(), dest, confine=confine).entries
+    took["stream"] = time.monotonic() - start
+thread = threading.Thread(target=call)
+thread.start()
+reading.wait()
+release_r, release_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(release_w)
+    select.select([release_r], [], [], 15)   # lives on until let go (15 s at most)
+    os._exit(0)
+os.close(release_r)
+thread.join()
+start = time.monotonic()
+chrootarchive.untar(archive, dest, confine=confine)
+took["again"] = time.monotonic() - start
+os.close(release_w)
+os.waitpid(pid, 0)
+print(json.dumps(took))
+""", confine)
+    assert seen["entries"] == 20
+    assert seen["stream"] < 8, f"the call waited {seen['stream']:.1f} s for the fork"
+    assert seen["again"] < 8, f"the next call waited {seen['again']:.1f} s for the fork"

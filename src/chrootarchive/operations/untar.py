@@ -196,7 +196,7 @@ def apply_layers(
                                 compressed=detect_compression, progress=cumulative(progress),
                                 on_entry=on_entry)
         finally:
-            os.close(fd)
+            _fdio.close(fd)
     except ChrootArchiveError as err:
         destination.undo_created(created, err)
         raise
@@ -333,7 +333,7 @@ def _unpack(
                     os.fspath(dest),
                 )
             finally:
-                os.close(root_fd)
+                _fdio.close(root_fd)
     except ChrootArchiveError as err:
         name_archive(err, source)
         destination.undo_created(created, err)
@@ -468,7 +468,7 @@ def layer_stack(
 
         stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
     finally:
-        os.close(root_fd)  # the job has its own (passed, or duplicated)
+        _fdio.close(root_fd)  # the job has its own (passed, or duplicated)
     try:
         yield LayerStack(stack)
     finally:
@@ -498,7 +498,7 @@ def unpack_stream(
         return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer,
                            on_entry=on_entry)
     finally:
-        os.close(root_fd)
+        _fdio.close(root_fd)
 
 
 def check_source(source: object) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 
+from chrootarchive import _fdio
 from chrootarchive.errors import ConfinementError
 from chrootarchive.runner.launch import ENV, EXIT_NO_PACKAGE, command, package_parent
 
@@ -103,6 +104,7 @@ class Booted:
         finally:
             theirs.close()
         self._control = ours
+        _fdio.guard(ours.fileno())  # the worker reads its job until EOF: no fork may hold it
 
     @classmethod
     def adopt(cls, proc: Process, control: _socket.socket) -> Booted:
@@ -138,6 +140,7 @@ class Booted:
                                    _socket.MSG_NOSIGNAL)
             control.sendall(document[sent:], _socket.MSG_NOSIGNAL)
         finally:
+            _fdio.unguard(control.fileno())
             control.close()
 
     def discard(self) -> None:
@@ -159,5 +162,6 @@ class Booted:
     def forget(self) -> None:
         """Close this process's end of the control socket (after a fork, say)."""
         if self._control is not None:
+            _fdio.unguard(self._control.fileno())
             self._control.close()
             self._control = None

@@ -20,7 +20,7 @@ import fcntl
 import os
 import threading
 
-from chrootarchive import _wire
+from chrootarchive import _fdio, _wire
 from chrootarchive._ring import RingWriter
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
@@ -144,7 +144,11 @@ class Worker:
         sync_child: _socket.socket | None = None
         if id_ranges:
             sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+            _fdio.guard(sync_child.fileno())
+        # What a fork made meanwhile must not keep (_fdio.guard): the ends whose
+        # closing tells the worker, or us, that the other side is done.
         self._res_r, res_w = pipe()
+        _fdio.guard(res_w)
         own_stdin = stdin is None and not ring
         if ring:
             self.ring = RingWriter()
@@ -153,12 +157,14 @@ class Worker:
         else:
             if stdin is None:
                 child_stdin, self.stdin_w = pipe(big=True)
+                _fdio.guard(self.stdin_w)
             else:
                 child_stdin = stdin
             passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         child_stdout: int | None = None
         if stdout_pipe:
             self.stdout_r, child_stdout = pipe(big=True)
+            _fdio.guard(child_stdout)
         if child_stdout is not None:
             passed["stdout"] = child_stdout
         if _has_stderr():
@@ -184,22 +190,23 @@ class Worker:
                 booted.discard()  # interrupted: no worker may outlive this call
             for fd in (self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
-                    os.close(fd)
+                    _fdio.close(fd)
             if self.ring is not None:
                 self.ring.close()
             if sync_parent is not None:
                 sync_parent.close()
             raise
         finally:
-            os.close(res_w)
+            _fdio.close(res_w)
             if sync_child is not None:
+                _fdio.unguard(sync_child.fileno())
                 sync_child.close()
             if own_stdin:
                 os.close(child_stdin)
             if self.ring is not None:
                 self.ring.close_child_ends()
             if child_stdout is not None:
-                os.close(child_stdout)
+                _fdio.close(child_stdout)
         assert booted is not None
         self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
@@ -262,7 +269,7 @@ class Worker:
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
-            os.close(self.stdin_w)
+            _fdio.close(self.stdin_w)
             self.stdin_w = -1
 
     def kill(self) -> None:

@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 
-from chrootarchive import _host, _linux
+from chrootarchive import _fdio, _host, _linux
 from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
@@ -280,18 +280,19 @@ class InProcess:
         files = Openat2FileOps(root_fd, _enter_dest(root_fd, request))
         if stdin is None:
             job_stdin, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+            _fdio.guard(self.stdin_w)  # the job reads to its end: no fork may hold it
             self._own.append(job_stdin)
         else:
             job_stdin = stdin
         job_stdout = -1
         if stdout_pipe:
             self.stdout_r, job_stdout = os.pipe2(os.O_CLOEXEC)
-            self._own.append(job_stdout)
+            self._own.append(_fdio.guard(job_stdout))
         job_channel = -1
         if channel is not None:
-            job_channel = os.dup(channel)
+            job_channel = _fdio.guard(os.dup(channel))
             self._own.append(job_channel)
-        root = os.dup(root_fd)
+        root = _fdio.guard(os.dup(root_fd))  # the destination's lock too: no fork may hold it
         self._own.append(root)
         files.root_fd = root
         context = JobContext(stdin=job_stdin, stdout=job_stdout, files=files, root_fd=root,
@@ -308,7 +309,7 @@ class InProcess:
                 self._error = err
             finally:
                 for fd in self._own:
-                    os.close(fd)
+                    _fdio.close(fd)
 
         self._thread = threading.Thread(target=work, name=f"chrootarchive-{request.job}",
                                         daemon=True)
@@ -317,7 +318,7 @@ class InProcess:
         except BaseException:
             for fd in (*self._own, self.stdin_w, self.stdout_r):
                 if fd >= 0:
-                    os.close(fd)
+                    _fdio.close(fd)
             raise
 
     def wait_ready(self) -> None:
@@ -332,7 +333,7 @@ class InProcess:
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
-            os.close(self.stdin_w)
+            _fdio.close(self.stdin_w)
             self.stdin_w = -1
 
     def kill(self) -> None:
