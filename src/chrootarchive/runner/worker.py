@@ -27,10 +27,12 @@ from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.main import READY
 from chrootarchive.runner import standby
 from chrootarchive.runner.spawn import (
+    EXIT_LOADER,
     EXIT_NO_PACKAGE,
     Booted,
     cannot_import_error,
     interpreter_error,
+    loader_error,
 )
 
 TYPE_CHECKING = False
@@ -313,6 +315,8 @@ def _decode(reply: bytes, returncode: int) -> JobReply:
     if not reply:
         if returncode == EXIT_NO_PACKAGE:
             raise cannot_import_error()
+        if returncode == EXIT_LOADER:
+            raise loader_error()
         if returncode < 0:
             import signal  # only now: it loads enum (the command line's start)
 
