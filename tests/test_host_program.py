@@ -6,8 +6,9 @@ process), which prints what it saw as JSON. What is proven:
 - ``_thread.interrupt_main`` (a watchdog's, an IDE's: no signal, only a flag the next
   bytecode sees) stops a long unpack at once, as it stops ``tarfile``'s loop: the
   caller's thread never waits for the worker in a call that runs no bytecode;
-- under ``openat2`` (the job a thread of the caller's), an interrupted call leaves
-  nothing running: no file is written after the call has raised;
+- an interrupted call leaves nothing running, whenever the interrupt lands (as the
+  worker gets its job; under ``openat2``, where the job is a thread of the caller's):
+  no file is written after the call has raised;
 - a fork made by another thread while a call runs (``os.fork``, a ``multiprocessing``
   pool started then) holds nothing of that call: the call ends when its input does,
   and the next call into the same destination does not wait for the fork's exit.
@@ -115,6 +116,44 @@ print(json.dumps({"outcome": outcome, "after": after, "children": children,
     assert seen["after"] < 5, f"the interrupt was seen {seen['after']:.1f} s late"
     assert seen["children"] == [], "the interrupted call left its worker"
     assert seen["again"] == 1000  # and the next call works
+
+
+def test_an_interrupt_as_the_worker_gets_its_job_leaves_nothing_running(
+        tmp_path: Path) -> None:
+    """A Ctrl-C (SIGINT) that lands as the worker has got its job, while the call
+    spawns the thread's next standby: the call raises, and the worker must not go on.
+    It did, unwatched: it unpacked on after the call had raised (files appeared in the
+    destination afterwards), and its reader thread, pipes and process were left."""
+    b = tb.TarBuilder()
+    for i in range(20_000):
+        b.file(f"d{i % 50}/f{i}", b"x")
+    (tmp_path / "many.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+from chrootarchive.runner import standby
+dest = os.path.join(top, "dest")
+def count():
+    return sum(len(files) for _, _, files in os.walk(dest))
+real = standby.replenish
+def interrupted(job, spawn):
+    signal.raise_signal(signal.SIGINT)   # Ctrl-C as the next standby is spawned
+    return real(job, spawn)
+standby.replenish = interrupted
+fds = len(os.listdir("/proc/self/fd"))
+try:
+    chrootarchive.untar(os.path.join(top, "many.tar"), dest)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+at_raise = count()
+time.sleep(0.5)
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": count(),
+                  "children": children_of_ours(), "threads": threading.active_count(),
+                  "fds": len(os.listdir("/proc/self/fd")) - fds}))
+""")
+    assert seen["outcome"] == "interrupted"
+    assert seen["later"] == seen["at_raise"], "the worker unpacked on after the call raised"
+    assert seen["children"] == [] and seen["threads"] == 1 and seen["fds"] == 0, seen
 
 
 @pytest.mark.parametrize("confine", ["pivot", "openat2"])

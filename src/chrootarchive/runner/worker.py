@@ -135,6 +135,7 @@ class Worker:
         self.ring: RingWriter | None = None
         self._reply = bytearray()
         self._ready = threading.Event()
+        self._read_all = threading.Event()  # the reader has seen the result pipe's end
         self._is_ready = False
         self._closed = False
         id_ranges = None
@@ -212,12 +213,19 @@ class Worker:
         assert booted is not None
         self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
-        self._reader.start()
-        standby.replenish(job, lambda: Booted(job, standby=True))
-        if sync_parent is not None and id_ranges:
-            try:
+        try:
+            self._reader.start()
+            standby.replenish(job, lambda: Booted(job, standby=True))
+            if sync_parent is not None and id_ranges:
                 self._map_ids(sync_parent, id_ranges)
-            finally:
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt while the next standby is spawned): the
+            # worker has its job, and must not unpack on, unwatched, once the call has
+            # raised.
+            self.close()
+            raise
+        finally:
+            if sync_parent is not None:
                 sync_parent.close()
 
     def _map_ids(self, sync: _socket.socket, ranges: IdRanges) -> None:
@@ -253,6 +261,7 @@ class Worker:
                 self._reply += data
         finally:
             self._ready.set()
+            self._read_all.set()
 
     def wait_ready(self) -> None:
         """Block until the worker is confined; raise its error if it never got there."""
@@ -283,11 +292,13 @@ class Worker:
         try:
             self.close_stdin()
             # The reader ends with the worker (it closes the result pipe as it exits):
-            # joined in steps, since a blocking wait (waitpid) runs no bytecode until
-            # the worker ends, and an archive of minutes would hold back the
-            # interrupt_main of a watchdog or an IDE that much.
-            while self._reader.is_alive():
-                self._reader.join(_INTERRUPTIBLE)
+            # waited for in steps, since a blocking wait (waitpid) runs no bytecode
+            # until the worker ends, and an archive of minutes would hold back the
+            # interrupt_main of a watchdog or an IDE that much. On an Event, not with
+            # Thread.join: under 3.11 a join that a KeyboardInterrupt cuts short marks
+            # the thread ended, and a later join returns at once while it reads on.
+            while not self._read_all.wait(_INTERRUPTIBLE):
+                pass
             code = self.proc.wait()
             return _decode(bytes(self._reply), code)
         finally:
@@ -302,7 +313,8 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._reader.join()
+        if self._reader.ident is not None:  # started (else an interrupt came first)
+            self._read_all.wait()  # the worker is gone: the pipe's end comes at once
         os.close(self._res_r)
         if self.ring is not None:
             self.ring.close()
