@@ -34,6 +34,24 @@ def test_bytes_like_sources(tmp_path: Path, kind: type) -> None:
     assert (tmp_path / "d" / "keep" / "a.txt").read_bytes() == b"a" * 3000
 
 
+@pytest.mark.parametrize("call", ["untar", "extractall"])
+def test_a_path_given_as_bytes_is_told_from_an_archive(tmp_path: Path, call: str) -> None:
+    """``tarfile.open(b"/srv/upload.tar")`` opens that path; here bytes are the archive
+    itself. Bytes that name a file got "not a tar archive" and nothing more: the error
+    says that they are a path, and how to give one."""
+    archive = tmp_path / "upload.tar"
+    archive.write_bytes(small())
+    with pytest.raises(chrootarchive.MalformedArchiveError) as caught:
+        getattr(chrootarchive, call)(os.fsencode(archive), tmp_path / "dest")
+    assert str(caught.value).startswith("not a tar archive; the bytes given are the archive "
+                                        "itself, and these name a file"), caught.value
+    assert "os.fsdecode(path)" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "dest").exists()
+    with pytest.raises(chrootarchive.MalformedArchiveError) as other:  # not a path: as before
+        chrootarchive.untar(b"no such file" * 50, tmp_path / "dest")
+    assert str(other.value) == "not a tar archive"
+
+
 def test_keyword_shortcuts_change_the_options(tmp_path: Path) -> None:
     base = UnpackOptions(excludes=("nothing",))
     result = chrootarchive.untar(small(), tmp_path / "d", base, filter="tar",

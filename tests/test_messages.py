@@ -187,6 +187,47 @@ def test_worker_interpreter_the_user_may_not_run(tmp_path: Path) -> None:
         assert not (dest / "f").exists()
 
 
+def _interpreter_with_a_private_libpython() -> str | None:
+    """A pyenv interpreter linked to its libpython through an rpath below root's home,
+    which uid 65534 may not enter: copied elsewhere, its loader fails for that user."""
+    import glob
+    import stat
+
+    if stat.S_IMODE(os.stat(os.path.expanduser("~")).st_mode) & 0o001:
+        return None
+    for exe in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1*/bin/python3.1*"))):
+        if not exe.endswith("-config") and os.path.isfile(exe):
+            with open(exe, "rb") as f:
+                if b"libpython3." in f.read():
+                    return exe
+    return None
+
+
+def test_worker_interpreter_the_loader_cannot_start(tmp_path: Path) -> None:
+    """The interpreter is executed, but the dynamic loader cannot find its libpython
+    (found through LD_LIBRARY_PATH by the caller's environment, say, which the worker's
+    lacks): exit 3 saying so, not "the worker exited with status 127 without a
+    result", a bug's exit 70."""
+    import shutil
+
+    from helpers.unpriv import make_package_copy, world_dir
+
+    exe = _interpreter_with_a_private_libpython()
+    if exe is None:
+        pytest.skip("no interpreter here whose libpython uid 65534 cannot reach")
+    with world_dir("interp") as base:
+        package = make_package_copy(base)
+        copy = base / "python3"
+        shutil.copy(exe, copy)
+        copy.chmod(0o755)
+        proc, dest = _untar_with_interpreter(base, package, "nobody", str(copy))
+        assert proc.returncode == 3, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]  # the loader's own line comes first
+        assert "the dynamic loader could not start its interpreter" in line, line
+        assert "LD_LIBRARY_PATH" in line and "bug" not in line, line
+        assert not (dest / "f").exists()
+
+
 def test_worker_cannot_import_the_package(tmp_path: Path) -> None:
     """The interpreter runs, but the package is below a directory the (dropped) user may
     not read: exit 3 naming the package's directory, not "exited with status 1"."""

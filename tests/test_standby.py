@@ -195,6 +195,37 @@ print(json.dumps({"pid": pid, "while_alive": while_alive, "mine": mine_pid,
     assert seen["pid"] not in seen["now"], "a dead thread's standby is still kept"
 
 
+def test_a_thread_that_ends_leaves_no_zombie_and_no_descriptor(tmp_path: Path) -> None:
+    """The threads of a pool that ends (``concurrent.futures``, ``asyncio.to_thread``)
+    leave nothing: each one's standby, which dies with it, is reaped and its socket
+    closed when it ends, not at some other thread's next call (there was none here:
+    four zombies and four descriptors stayed for the program's life)."""
+    seen = run(tmp_path, """
+import concurrent.futures
+fds_before = len(os.listdir("/proc/self/fd"))
+barrier = threading.Barrier(4)
+pids = []
+def two_calls(k):
+    barrier.wait()   # four threads of their own, each with its standby
+    unpack(os.path.join(top, f"t{k}a")); unpack(os.path.join(top, f"t{k}b"))
+    pids.append(mine().pid())
+for k in range(4):
+    os.mkdir(os.path.join(top, f"t{k}a")); os.mkdir(os.path.join(top, f"t{k}b"))
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(two_calls, range(4)))
+deadline = time.monotonic() + 5
+while (children_of_ours() or standby.running()) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps({"pids": pids, "states": [state(p) for p in pids],
+                  "children": children_of_ours(), "kept": standby.running(),
+                  "fds": len(os.listdir("/proc/self/fd")) - fds_before}))
+""")
+    assert len(seen["pids"]) == 4
+    assert seen["states"] == ["gone"] * 4, "an ended thread's standby is a zombie"
+    assert seen["children"] == [] and seen["kept"] == []
+    assert seen["fds"] == 0, "an ended thread's standby socket is still open"
+
+
 def test_a_killed_standby_is_replaced_by_a_fresh_worker(tmp_path: Path) -> None:
     seen = run(tmp_path, """
 unpack(); unpack()

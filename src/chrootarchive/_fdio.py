@@ -12,8 +12,68 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["READ_FLAGS", "close_pair", "describe", "open_input", "open_regular",
-           "open_regular_in_jail", "pin_regular", "proc_fds", "reopen", "write_all"]
+__all__ = ["READ_FLAGS", "close", "close_pair", "describe", "guard", "open_input",
+           "open_regular", "open_regular_in_jail", "pin_regular", "proc_fds", "reopen",
+           "unguard", "write_all"]
+
+#: The descriptors of calls in progress that a fork must not keep (:func:`guard`):
+#: descriptor -> (st_dev, st_ino) of what it was when guarded.
+_GUARDED: dict[int, tuple[int, int]] = {}
+
+
+def guard(fd: int) -> int:
+    """Keep ``fd`` out of a fork of this process (the caller's ``os.fork``, a
+    ``multiprocessing`` pool's) made by another thread during a call, and return it.
+
+    A fork's copy would outlive the call: the worker waits for the end of a stream
+    (a pipe's last writer, a socket's) until the fork exits, and a destination's
+    ``flock`` is held until then, so the next call into it waits as long. In the fork,
+    a guarded descriptor becomes /dev/null (its number stays taken: what closes it
+    there closes that). Close it with :func:`close` (a socket: :func:`unguard` first).
+    """
+    st = os.fstat(fd)
+    _GUARDED[fd] = (st.st_dev, st.st_ino)
+    return fd
+
+
+def unguard(fd: int) -> None:
+    """``fd`` is about to be closed (by its socket's ``close``): no longer guarded."""
+    _GUARDED.pop(fd, None)
+
+
+def close(fd: int) -> None:
+    """``os.close`` for a descriptor that may be guarded (:func:`guard`)."""
+    _GUARDED.pop(fd, None)
+    os.close(fd)
+
+
+def _blank_guarded() -> None:
+    """In a fork: /dev/null in place of each guarded descriptor that is still what it
+    was (one closed and reused meanwhile by another thread is left alone)."""
+    if not _GUARDED:
+        return
+    guarded = list(_GUARDED.items())
+    _GUARDED.clear()
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        null = -1
+    for fd, was in guarded:
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != was:
+                continue
+            if null >= 0:
+                os.dup2(null, fd, inheritable=False)
+            else:
+                os.close(fd)
+        except OSError:
+            continue
+    if null >= 0:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_blank_guarded)
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

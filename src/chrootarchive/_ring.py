@@ -35,6 +35,8 @@ import mmap
 import os
 import struct
 
+from chrootarchive import _fdio
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,6 +76,7 @@ class RingWriter:
                         fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self._written_r, self._written_w = os.pipe2(os.O_CLOEXEC)
             self._pipes += (self._written_r, self._written_w)
+            _fdio.guard(self._written_w)  # its end is the stream's: no fork may hold it
             self._freed_r, self._freed_w = os.pipe2(os.O_CLOEXEC)
             self._pipes += (self._freed_r, self._freed_w)
         except BaseException:
@@ -207,7 +210,7 @@ class RingWriter:
     def _close(self, fd: int) -> None:
         if fd in self._pipes:
             self._pipes.remove(fd)
-            os.close(fd)
+            _fdio.close(fd)
 
 
 class RingInput:

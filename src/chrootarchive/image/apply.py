@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 
+from chrootarchive import _fdio
 from chrootarchive._record import replace
 from chrootarchive.contract import MAX_WARNINGS, timeout_between_layers
 from chrootarchive.errors import (
@@ -296,7 +297,7 @@ def _locked_dest(dest: str, options: UnpackOptions) -> Iterator[str]:
     try:
         yield dest
     finally:
-        os.close(fd)
+        _fdio.close(fd)
 
 
 def unpack_image(

@@ -11,6 +11,7 @@ import fcntl
 import os
 import posixpath
 
+from chrootarchive import _fdio
 from chrootarchive.engine.idmap import root_owner
 from chrootarchive.errors import (
     BreakoutError,
@@ -82,7 +83,8 @@ def pin_destination(
     """Open the jail's root once; everything afterwards is relative to that descriptor.
 
     With ``lock``, an exclusive ``flock`` on it serializes two operations on the same
-    destination: the second waits for the first.
+    destination: the second waits for the first. Close it with :func:`_fdio.close`
+    (guarded: a fork made meanwhile must not hold the lock).
     """
     if root is None:
         jail, rel = dest, "."
@@ -101,8 +103,13 @@ def pin_destination(
         raise DestinationError("not a directory", jail, errno.ENOTDIR) from None
     except OSError as err:
         raise from_os_error(err, jail, kind=DestinationError, action="cannot open") from err
-    if lock:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        _fdio.guard(fd)
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:  # interrupted while it waited for the lock
+        _fdio.close(fd)
+        raise
     return fd, rel
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from chrootarchive import _fdio
 from chrootarchive._fdio import write_all
 from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
 from chrootarchive.operations import compression
@@ -102,6 +103,7 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
     with open_source(source) as raw:
         _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression)
         read_fd, write_fd = os.pipe()
+        _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
         failure: list[BaseException] = []
 
         def feed() -> None:
@@ -113,7 +115,7 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
             except BaseException as err:  # raised again in the caller's thread
                 failure.append(err)
             finally:
-                os.close(write_fd)
+                _fdio.close(write_fd)
 
         feeder = threading.Thread(target=feed, name="chrootarchive-list", daemon=True)
         feeder.start()

@@ -17,6 +17,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+from chrootarchive import _fdio
 from chrootarchive.errors import DestinationError, from_os_error
 
 __all__ = ["PREFIX", "atomic_destination", "remove_stale"]
@@ -102,18 +103,30 @@ def _make_locked_stage(parent_fd: int, parent: str) -> tuple[str, int]:
     for _ in range(100):
         token = os.urandom(6).hex()
         building = NEW_PREFIX + token
+        fd = -1
+        made = False
         try:
-            os.mkdir(building, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise from_os_error(
-                err, parent, kind=DestinationError,
-                action="cannot create a staging directory") from err
-        fd = os.open(building, _OPEN_DIR, dir_fd=parent_fd)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        stage = PREFIX + token
-        os.rename(building, stage, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            try:
+                os.mkdir(building, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                continue
+            made = True
+            # Guarded: a fork's copy would keep it locked (in use, never cleaned up).
+            fd = _fdio.guard(os.open(building, _OPEN_DIR, dir_fd=parent_fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stage = PREFIX + token
+            os.rename(building, stage, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException as err:  # a signal's exception too: no half-made directory
+            if fd >= 0:
+                _fdio.close(fd)
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(building, dir_fd=parent_fd)
+            if isinstance(err, OSError) and not made:
+                raise from_os_error(
+                    err, parent, kind=DestinationError,
+                    action="cannot create a staging directory") from err
+            raise
         return stage, fd
     raise DestinationError("cannot create a staging directory", parent)
 
@@ -161,6 +174,6 @@ def atomic_destination(dest: str) -> Iterator[str]:
                     _remove(parent_fd, stage)
                 raise
         finally:
-            os.close(stage_fd)
+            _fdio.close(stage_fd)
     finally:
         os.close(parent_fd)

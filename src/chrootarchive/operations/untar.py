@@ -17,6 +17,7 @@ from chrootarchive import _fdio
 from chrootarchive._record import replace
 from chrootarchive.contract import JobReply, JobRequest, limits_after
 from chrootarchive.errors import (
+    NOT_A_TAR,
     ArchiveError,
     ChrootArchiveError,
     DestinationError,
@@ -196,7 +197,7 @@ def apply_layers(
                                 compressed=detect_compression, progress=cumulative(progress),
                                 on_entry=on_entry)
         finally:
-            os.close(fd)
+            _fdio.close(fd)
     except ChrootArchiveError as err:
         destination.undo_created(created, err)
         raise
@@ -333,7 +334,7 @@ def _unpack(
                     os.fspath(dest),
                 )
             finally:
-                os.close(root_fd)
+                _fdio.close(root_fd)
     except ChrootArchiveError as err:
         name_archive(err, source)
         destination.undo_created(created, err)
@@ -342,10 +343,26 @@ def _unpack(
 
 def name_archive(err: ChrootArchiveError, source: Source) -> None:
     """An archive that is malformed as a whole ("not a tar archive", "corrupt gzip
-    data": no entry to name) is named by its path, as a layer of several is."""
-    if (isinstance(err, MalformedArchiveError) and err.entry is None
-            and isinstance(source, (str, os.PathLike)) and os.fspath(source) != "-"):
+    data": no entry to name) is named by its path, as a layer of several is.
+
+    ``bytes`` are the archive itself, where ``tarfile.open`` takes them as a path: bytes
+    that are no tar archive but name a file say so."""
+    if not isinstance(err, MalformedArchiveError) or err.entry is not None:
+        return
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source) != "-":
         err.entry = os.fspath(source)
+    elif isinstance(source, bytes) and err.message.startswith(NOT_A_TAR) and _names_a_file(source):
+        err.message += ("; the bytes given are the archive itself, and these name a file: "
+                        "give a path as a str (os.fsdecode(path))")
+
+
+def _names_a_file(data: bytes) -> bool:
+    if not data or len(data) > 4096 or b"\0" in data:
+        return False
+    try:
+        return os.path.isfile(data)
+    except (OSError, ValueError):
+        return False
 
 
 def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResult:
@@ -468,7 +485,7 @@ def layer_stack(
 
         stack = runner_stack.start(root_fd, request, options.confine, names=on_entry)
     finally:
-        os.close(root_fd)  # the job has its own (passed, or duplicated)
+        _fdio.close(root_fd)  # the job has its own (passed, or duplicated)
     try:
         yield LayerStack(stack)
     finally:
@@ -498,7 +515,7 @@ def unpack_stream(
         return _run_unpack(root_fd, rel_dest, options, chunks, layer=layer,
                            on_entry=on_entry)
     finally:
-        os.close(root_fd)
+        _fdio.close(root_fd)
 
 
 def check_source(source: object) -> None:

@@ -122,7 +122,7 @@ def feed_fd_while_alive(job: Running, fd: int, data: Iterable[bytes]) -> BaseExc
     """Feed ``data`` into ``fd`` (a pipe the job reads; closed here) from a thread of its
     own, until the data ends or the job does; return what the feeding raised, if
     anything (the caller decides what becomes of the job)."""
-    return _feed_from_thread(job, lambda: feed(fd, data), lambda: os.close(fd))
+    return _feed_from_thread(job, lambda: feed(fd, data), lambda: _fdio.close(fd))
 
 
 def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]

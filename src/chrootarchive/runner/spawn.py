@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 
+from chrootarchive import _fdio
 from chrootarchive.errors import ConfinementError
 from chrootarchive.runner.launch import ENV, EXIT_NO_PACKAGE, command, package_parent
 
@@ -35,7 +36,12 @@ if TYPE_CHECKING:
 
         def kill(self) -> None: ...
 
-__all__ = ["EXIT_NO_PACKAGE", "Booted", "cannot_import_error", "interpreter_error"]
+__all__ = ["EXIT_LOADER", "EXIT_NO_PACKAGE", "Booted", "cannot_import_error",
+           "interpreter_error", "loader_error"]
+
+#: The exit status of a program the dynamic loader could not start (ld.so's, and the
+#: shell's for a command it could not run).
+EXIT_LOADER = 127
 
 _DISCARD_WAIT = 5.0  # seconds for a discarded worker to end (it dies with us anyway)
 _FIRST_MESSAGE = 1 << 16  # the request's first bytes, sent with the descriptors
@@ -61,6 +67,17 @@ def interpreter_error(err: OSError) -> ConfinementError:
     return ConfinementError(
         f"cannot start the worker: {what}; or run chrootarchive with a python3 that {user} "
         "can execute")
+
+
+def loader_error() -> ConfinementError:
+    """The worker's interpreter was executed, but the dynamic loader could not start it
+    (a library not found): its environment is ``launch.ENV`` alone, so a library that
+    the caller's interpreter finds through ``LD_LIBRARY_PATH`` is not found."""
+    return ConfinementError(
+        f"cannot start the worker: the dynamic loader could not start its interpreter "
+        f"{sys.executable!r} (sys.executable; exit status {EXIT_LOADER}) as uid "
+        f"{os.geteuid()}: the worker's environment has no LD_LIBRARY_PATH or LD_PRELOAD, "
+        "so the interpreter must find its libraries itself (its rpath, or ldconfig)")
 
 
 def cannot_import_error() -> ConfinementError:
@@ -103,6 +120,7 @@ class Booted:
         finally:
             theirs.close()
         self._control = ours
+        _fdio.guard(ours.fileno())  # the worker reads its job until EOF: no fork may hold it
 
     @classmethod
     def adopt(cls, proc: Process, control: _socket.socket) -> Booted:
@@ -138,6 +156,7 @@ class Booted:
                                    _socket.MSG_NOSIGNAL)
             control.sendall(document[sent:], _socket.MSG_NOSIGNAL)
         finally:
+            _fdio.unguard(control.fileno())
             control.close()
 
     def discard(self) -> None:
@@ -159,5 +178,6 @@ class Booted:
     def forget(self) -> None:
         """Close this process's end of the control socket (after a fork, say)."""
         if self._control is not None:
+            _fdio.unguard(self._control.fileno())
             self._control.close()
             self._control = None

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 
-from chrootarchive import _channel, _ring
+from chrootarchive import _channel, _fdio, _ring
 from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.confine import IN_PROCESS
@@ -73,10 +73,11 @@ class Stack:
     def _feed_pipe(self, channel: _socket.socket, chunks: Iterable[bytes]
                    ) -> BaseException | None:
         read_end, write_end = pipe(big=True)
+        _fdio.guard(write_end)  # its end is the layer's: no fork may hold it
         try:
             _channel.send_layer(channel, (read_end,))
         except OSError:
-            os.close(write_end)
+            _fdio.close(write_end)
             self._job_error()  # it ended: its error says why
         finally:
             os.close(read_end)
@@ -130,6 +131,7 @@ class Stack:
 
     def _close_channel(self) -> None:
         if self._channel is not None:
+            _fdio.unguard(self._channel.fileno())
             self._channel.close()
             self._channel = None
 
@@ -151,11 +153,13 @@ def start(root_fd: int, request: JobRequest, requested: str, *,
         # A worker process gets each layer in a ring, and may fork a helper for it.
         ring = 0 if mechanism in IN_PROCESS else _ring.SIZE
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+        _fdio.guard(ours.fileno())  # its end is the last layer's: no fork may hold it
         try:
             job = ladder.start(root_fd, request.replace(mechanism=mechanism, ring=ring,
                                                         helper=bool(ring)),
                                stdout_pipe=names is not None, channel=theirs.fileno())
         except BaseException:
+            _fdio.unguard(ours.fileno())
             ours.close()
             raise
         finally:

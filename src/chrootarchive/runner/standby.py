@@ -10,7 +10,8 @@ exactly what a worker spawned for the call gets, and from there the two are the 
 
 A standby is used only when nothing it inherited can differ from what a worker spawned
 now would inherit (:func:`_context`): the same process (not a fork of it) and thread
-(it dies with the thread that spawned it: ``PR_SET_PDEATHSIG``), credentials,
+(it dies with the thread that spawned it: ``PR_SET_PDEATHSIG``; and it is reaped then,
+not left a zombie holding a socket: :class:`_ThreadEnd`), credentials,
 capabilities, ``no_new_privs`` and seccomp, namespaces, cgroup, security label, root
 directory, resource limits, niceness and CPU affinity. Otherwise it is killed and a
 worker is spawned as usual. A call that fails lets its thread's standby go, so that
@@ -106,10 +107,32 @@ def stop_all() -> None:
 
 def drop_own() -> None:
     """Let this thread's standby go (after a failed call: an error leaves no process)."""
+    _drop(threading.get_native_id())
+
+
+def _drop(tid: int) -> None:
     with _registry.lock:
-        entry = _registry.standbys.pop(threading.get_native_id(), None)
+        entry = _registry.standbys.pop(tid, None)
     if entry is not None:
         entry[2].discard()
+
+
+class _ThreadEnd:
+    """Kept in the local storage of a thread that has a standby, which Python frees
+    when the thread ends: the standby (which the kernel kills then) is reaped and its
+    socket closed at once. Else each ended thread of a pool left a zombie and a
+    descriptor until some other thread's next call."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.tid = threading.get_native_id()
+
+    def __del__(self) -> None:
+        try:
+            if os.getpid() == self.pid:  # in a fork, the standbys are the parent's
+                _drop(self.tid)
+        except Exception:  # the interpreter's end: atexit has stopped them all
+            pass
 
 
 def take(job: str) -> Booted | None:
@@ -159,6 +182,8 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
             booted = None
     if booted is not None:
         booted.discard()
+    else:
+        _watch_thread_end()
 
 
 def enabled() -> bool:
@@ -177,10 +202,20 @@ def adopt(job: str, context: tuple[object, ...], booted: Booted) -> None:
     """
     tid = threading.get_native_id()
     with _registry.lock:
-        if _registry.enabled and tid not in _registry.standbys:
+        kept = _registry.enabled and tid not in _registry.standbys
+        if kept:
             _registry.standbys[tid] = (context, job, booted)
-            return
-    booted.discard()
+    if kept:
+        _watch_thread_end()
+    else:
+        booted.discard()
+
+
+def _watch_thread_end() -> None:
+    """This thread has a standby: let it go when the thread ends (:class:`_ThreadEnd`)."""
+    end = getattr(_calls, "end", None)
+    if end is None or end.pid != os.getpid():
+        _calls.end = _ThreadEnd()
 
 
 def _after_fork_in_child() -> None:

@@ -20,17 +20,19 @@ import fcntl
 import os
 import threading
 
-from chrootarchive import _wire
+from chrootarchive import _fdio, _wire
 from chrootarchive._ring import RingWriter
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.main import READY
 from chrootarchive.runner import standby
 from chrootarchive.runner.spawn import (
+    EXIT_LOADER,
     EXIT_NO_PACKAGE,
     Booted,
     cannot_import_error,
     interpreter_error,
+    loader_error,
 )
 
 TYPE_CHECKING = False
@@ -46,6 +48,9 @@ __all__ = ["Running", "Worker", "pipe"]
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 _MAX_RESULT = 16 << 20
+# Seconds between looks for a KeyboardInterrupt while the caller waits for the worker:
+# one that ``_thread.interrupt_main`` raised (no signal) waits for the next bytecode.
+_INTERRUPTIBLE = 0.05
 
 
 class Running(Protocol):
@@ -130,6 +135,7 @@ class Worker:
         self.ring: RingWriter | None = None
         self._reply = bytearray()
         self._ready = threading.Event()
+        self._read_all = threading.Event()  # the reader has seen the result pipe's end
         self._is_ready = False
         self._closed = False
         id_ranges = None
@@ -141,7 +147,11 @@ class Worker:
         sync_child: _socket.socket | None = None
         if id_ranges:
             sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+            _fdio.guard(sync_child.fileno())
+        # What a fork made meanwhile must not keep (_fdio.guard): the ends whose
+        # closing tells the worker, or us, that the other side is done.
         self._res_r, res_w = pipe()
+        _fdio.guard(res_w)
         own_stdin = stdin is None and not ring
         if ring:
             self.ring = RingWriter()
@@ -150,12 +160,14 @@ class Worker:
         else:
             if stdin is None:
                 child_stdin, self.stdin_w = pipe(big=True)
+                _fdio.guard(self.stdin_w)
             else:
                 child_stdin = stdin
             passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
         child_stdout: int | None = None
         if stdout_pipe:
             self.stdout_r, child_stdout = pipe(big=True)
+            _fdio.guard(child_stdout)
         if child_stdout is not None:
             passed["stdout"] = child_stdout
         if _has_stderr():
@@ -181,31 +193,39 @@ class Worker:
                 booted.discard()  # interrupted: no worker may outlive this call
             for fd in (self._res_r, self.stdin_w, self.stdout_r):
                 if fd >= 0:
-                    os.close(fd)
+                    _fdio.close(fd)
             if self.ring is not None:
                 self.ring.close()
             if sync_parent is not None:
                 sync_parent.close()
             raise
         finally:
-            os.close(res_w)
+            _fdio.close(res_w)
             if sync_child is not None:
+                _fdio.unguard(sync_child.fileno())
                 sync_child.close()
             if own_stdin:
                 os.close(child_stdin)
             if self.ring is not None:
                 self.ring.close_child_ends()
             if child_stdout is not None:
-                os.close(child_stdout)
+                _fdio.close(child_stdout)
         assert booted is not None
         self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
-        self._reader.start()
-        standby.replenish(job, lambda: Booted(job, standby=True))
-        if sync_parent is not None and id_ranges:
-            try:
+        try:
+            self._reader.start()
+            standby.replenish(job, lambda: Booted(job, standby=True))
+            if sync_parent is not None and id_ranges:
                 self._map_ids(sync_parent, id_ranges)
-            finally:
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt while the next standby is spawned): the
+            # worker has its job, and must not unpack on, unwatched, once the call has
+            # raised.
+            self.close()
+            raise
+        finally:
+            if sync_parent is not None:
                 sync_parent.close()
 
     def _map_ids(self, sync: _socket.socket, ranges: IdRanges) -> None:
@@ -241,6 +261,7 @@ class Worker:
                 self._reply += data
         finally:
             self._ready.set()
+            self._read_all.set()
 
     def wait_ready(self) -> None:
         """Block until the worker is confined; raise its error if it never got there."""
@@ -259,7 +280,7 @@ class Worker:
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
-            os.close(self.stdin_w)
+            _fdio.close(self.stdin_w)
             self.stdin_w = -1
 
     def kill(self) -> None:
@@ -270,8 +291,15 @@ class Worker:
         """Wait for the worker; return its reply or raise its error (same class)."""
         try:
             self.close_stdin()
+            # The reader ends with the worker (it closes the result pipe as it exits):
+            # waited for in steps, since a blocking wait (waitpid) runs no bytecode
+            # until the worker ends, and an archive of minutes would hold back the
+            # interrupt_main of a watchdog or an IDE that much. On an Event, not with
+            # Thread.join: under 3.11 a join that a KeyboardInterrupt cuts short marks
+            # the thread ended, and a later join returns at once while it reads on.
+            while not self._read_all.wait(_INTERRUPTIBLE):
+                pass
             code = self.proc.wait()
-            self._reader.join()
             return _decode(bytes(self._reply), code)
         finally:
             self.close()
@@ -285,7 +313,8 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._reader.join()
+        if self._reader.ident is not None:  # started (else an interrupt came first)
+            self._read_all.wait()  # the worker is gone: the pipe's end comes at once
         os.close(self._res_r)
         if self.ring is not None:
             self.ring.close()
@@ -298,6 +327,8 @@ def _decode(reply: bytes, returncode: int) -> JobReply:
     if not reply:
         if returncode == EXIT_NO_PACKAGE:
             raise cannot_import_error()
+        if returncode == EXIT_LOADER:
+            raise loader_error()
         if returncode < 0:
             import signal  # only now: it loads enum (the command line's start)
 

@@ -18,7 +18,7 @@ import os
 import stat
 import threading
 
-from chrootarchive import _host, _linux
+from chrootarchive import _fdio, _host, _linux
 from chrootarchive.contract import JOB_MODULES, JobReply, JobRequest
 from chrootarchive.engine import fsops
 from chrootarchive.engine.fsops import RESOLVE
@@ -274,24 +274,32 @@ class InProcess:
         self._reply: JobReply | None = None
         self._error: BaseException | None = None
         self._own: list[int] = []  # descriptors the thread closes when it ends
+        self._own_lock = threading.Lock()  # closing them, or cutting the input (kill)
+        self._done = threading.Event()  # the job has ended (Thread.join cannot say: below)
         kind = fsops.kernel_filesystem(root_fd)
         if kind is not None:  # as pivot and chroot refuse a procfs destination
             raise ConfinementError(f"the root is a {kind} mount (refused)")
         files = Openat2FileOps(root_fd, _enter_dest(root_fd, request))
         if stdin is None:
             job_stdin, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+            _fdio.guard(self.stdin_w)  # the job reads to its end: no fork may hold it
             self._own.append(job_stdin)
         else:
-            job_stdin = stdin
+            # The job's own number for the caller's file: kill() can then end its input
+            # (and the job reads nothing else under that number once the caller closed it).
+            job_stdin = os.dup(stdin) if stdin >= 0 else stdin
+            if job_stdin >= 0:
+                self._own.append(job_stdin)
+        self._job_stdin = job_stdin
         job_stdout = -1
         if stdout_pipe:
             self.stdout_r, job_stdout = os.pipe2(os.O_CLOEXEC)
-            self._own.append(job_stdout)
+            self._own.append(_fdio.guard(job_stdout))
         job_channel = -1
         if channel is not None:
-            job_channel = os.dup(channel)
+            job_channel = _fdio.guard(os.dup(channel))
             self._own.append(job_channel)
-        root = os.dup(root_fd)
+        root = _fdio.guard(os.dup(root_fd))  # the destination's lock too: no fork may hold it
         self._own.append(root)
         files.root_fd = root
         context = JobContext(stdin=job_stdin, stdout=job_stdout, files=files, root_fd=root,
@@ -307,8 +315,11 @@ class InProcess:
             except BaseException as err:
                 self._error = err
             finally:
-                for fd in self._own:
-                    os.close(fd)
+                with self._own_lock:
+                    for fd in self._own:
+                        _fdio.close(fd)
+                    self._own.clear()
+                self._done.set()
 
         self._thread = threading.Thread(target=work, name=f"chrootarchive-{request.job}",
                                         daemon=True)
@@ -317,35 +328,55 @@ class InProcess:
         except BaseException:
             for fd in (*self._own, self.stdin_w, self.stdout_r):
                 if fd >= 0:
-                    os.close(fd)
+                    _fdio.close(fd)
             raise
 
     def wait_ready(self) -> None:
         """Confined from the start: nothing to wait for."""
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return not self._done.is_set()
 
     def outcome(self) -> bool | None:
         """None while the job runs; then whether it succeeded."""
-        return None if self._thread.is_alive() else self._error is None
+        return None if not self._done.is_set() else self._error is None
 
     def close_stdin(self) -> None:
         if self.stdin_w >= 0:
-            os.close(self.stdin_w)
+            _fdio.close(self.stdin_w)
             self.stdin_w = -1
 
     def kill(self) -> None:
-        """Stop feeding and reading: the job meets the end of its input (or EPIPE)."""
+        """Stop feeding and reading: the job meets the end of its input (or EPIPE).
+
+        Its input becomes /dev/null under the number it reads: a file it reads itself,
+        or a pipe still fed, would have let it unpack on after the call had raised (a
+        KeyboardInterrupt) and released the destination's lock.
+        """
         self.close_stdin()
         if self.stdout_r >= 0:
             os.close(self.stdout_r)
             self.stdout_r = -1
+        with self._own_lock:
+            if self._job_stdin in self._own:
+                null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(null, self._job_stdin, inheritable=False)
+                finally:
+                    os.close(null)
+
+    def _wait(self) -> None:
+        """Until the job has ended. Not ``Thread.join``: under 3.11 a join that a
+        KeyboardInterrupt cut short leaves the thread marked as ended, and the next join
+        returns at once while it runs; and a blocking join runs no bytecode for
+        ``_thread.interrupt_main`` to be seen."""
+        while not self._done.wait(0.05):
+            pass
 
     def finish(self) -> JobReply:
         """Wait for the job; return its reply or raise its error."""
         self.close_stdin()
-        self._thread.join()
+        self._wait()
         self.close()
         if self._error is not None:
             if isinstance(self._error, ChrootArchiveError):
@@ -362,7 +393,7 @@ class InProcess:
     def close(self) -> None:
         """Release everything; the job stops at its next read or write. Idempotent."""
         self.kill()
-        self._thread.join()
+        self._wait()
 
 
 def _enter_dest(root_fd: int, request: JobRequest) -> str:

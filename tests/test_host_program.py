@@ -1,0 +1,260 @@
+"""The library inside a caller's program: what the program's other threads do to a call.
+
+Each test runs a small program in a process of its own (it interrupts or forks that
+process), which prints what it saw as JSON. What is proven:
+
+- ``_thread.interrupt_main`` (a watchdog's, an IDE's: no signal, only a flag the next
+  bytecode sees) stops a long unpack at once, as it stops ``tarfile``'s loop: the
+  caller's thread never waits for the worker in a call that runs no bytecode;
+- an interrupted call leaves nothing running, whenever the interrupt lands (as the
+  worker gets its job; under ``openat2``, where the job is a thread of the caller's):
+  no file is written after the call has raised;
+- a fork made by another thread while a call runs (``os.fork``, a ``multiprocessing``
+  pool started then) holds nothing of that call: the call ends when its input does,
+  and the next call into the same destination does not wait for the fork's exit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chrootarchive
+from helpers import mechanisms
+from helpers import tarbuild as tb
+
+SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
+
+PRELUDE = """
+import json, os, select, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import chrootarchive
+
+top = sys.argv[2]
+
+
+def children_of_ours():
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rpartition(")")[2].split()[1]
+            except OSError:
+                continue
+            if ppid == str(os.getpid()):
+                found.append(p)
+    return found
+"""
+
+
+def run(tmp_path: Path, body: str, *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + body, SRC, str(tmp_path), *args],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CHROOTARCHIVE_STANDBY": "0"},  # a worker is a call's child
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def long_names_archive(path: Path, count: int = 1000) -> None:
+    """``count`` empty files whose names (2.4 KB each) fill the pipe that lists them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(count):
+            tar.addfile(tarfile.TarInfo(("d" * 200 + "/") * 12 + f"f{i}"))
+    path.write_bytes(buf.getvalue())
+
+
+def test_interrupt_main_stops_a_long_unpack(tmp_path: Path) -> None:
+    """The worker is held (its list of names waits on a reader that is slow until the
+    worker is gone), and the caller's thread waits for it: interrupt_main then must
+    end the call, and the worker, within moments. It came only when the worker had
+    finished: an archive of minutes (4 s here, 20,000 files) ran to its end, the
+    KeyboardInterrupt after it."""
+    long_names_archive(tmp_path / "long.tar")
+    seen = run(tmp_path, """
+import _thread
+first = threading.Event()
+until = []
+def slow(name):
+    if not until:
+        until.append(time.monotonic() + 10)
+        first.set()
+    while children_of_ours() and time.monotonic() < until[0]:
+        time.sleep(0.01)   # held while the worker lives (10 s at most)
+def interrupter():
+    first.wait()
+    time.sleep(0.2)   # the caller's thread now waits for the worker
+    sent.append(time.monotonic())
+    _thread.interrupt_main()
+sent = []
+threading.Thread(target=interrupter, daemon=True).start()
+try:
+    chrootarchive.untar(os.path.join(top, "long.tar"), os.path.join(top, "dest"),
+                        on_entry=slow)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+after = time.monotonic() - sent[0]
+children = children_of_ours()
+again = chrootarchive.untar(os.path.join(top, "long.tar"), os.path.join(top, "again"))
+print(json.dumps({"outcome": outcome, "after": after, "children": children,
+                  "again": again.entries}))
+""")
+    assert seen["outcome"] == "interrupted"
+    assert seen["after"] < 5, f"the interrupt was seen {seen['after']:.1f} s late"
+    assert seen["children"] == [], "the interrupted call left its worker"
+    assert seen["again"] == 1000  # and the next call works
+
+
+def test_an_interrupt_as_the_worker_gets_its_job_leaves_nothing_running(
+        tmp_path: Path) -> None:
+    """A Ctrl-C (SIGINT) that lands as the worker has got its job, while the call
+    spawns the thread's next standby: the call raises, and the worker must not go on.
+    It did, unwatched: it unpacked on after the call had raised (files appeared in the
+    destination afterwards), and its reader thread, pipes and process were left."""
+    b = tb.TarBuilder()
+    for i in range(20_000):
+        b.file(f"d{i % 50}/f{i}", b"x")
+    (tmp_path / "many.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+from chrootarchive.runner import standby
+dest = os.path.join(top, "dest")
+def count():
+    return sum(len(files) for _, _, files in os.walk(dest))
+real = standby.replenish
+def interrupted(job, spawn):
+    signal.raise_signal(signal.SIGINT)   # Ctrl-C as the next standby is spawned
+    return real(job, spawn)
+standby.replenish = interrupted
+fds = len(os.listdir("/proc/self/fd"))
+try:
+    chrootarchive.untar(os.path.join(top, "many.tar"), dest)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+at_raise = count()
+time.sleep(0.5)
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": count(),
+                  "children": children_of_ours(), "threads": threading.active_count(),
+                  "fds": len(os.listdir("/proc/self/fd")) - fds}))
+""")
+    assert seen["outcome"] == "interrupted"
+    assert seen["later"] == seen["at_raise"], "the worker unpacked on after the call raised"
+    assert seen["children"] == [] and seen["threads"] == 1 and seen["fds"] == 0, seen
+
+
+@pytest.mark.parametrize("confine", ["pivot", "openat2"])
+def test_a_fork_during_a_call_holds_neither_its_stream_nor_its_lock(
+        tmp_path: Path, confine: str) -> None:
+    """A thread unpacks a stream; meanwhile the main thread forks, and the fork lives
+    on (15 s). The call must end with its input, and the next call into the same
+    destination must not wait: the fork's copies of the stream's pipe and of the
+    destination's locked descriptor kept both for the fork's life (the worker waited
+    for an end of input, the next call for the ``flock``)."""
+    mechanisms.require(confine)
+    b = tb.TarBuilder()
+    for i in range(20):
+        b.file(f"f{i}", bytes([i]) * 5000)
+    (tmp_path / "a.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import io
+confine = sys.argv[3]
+with open(os.path.join(top, "a.tar"), "rb") as f:
+    archive = f.read()
+dest = os.path.join(top, "dest")
+reading = threading.Event()
+class Trickle:
+    # A stream the call reads for a while (0.3 s): the fork comes once the worker is
+    # fed (the first read, to detect compression, comes before it is started).
+    def __init__(self):
+        self.data = io.BytesIO(archive)
+        self.reads = 0
+    def read(self, size=-1):
+        self.reads += 1
+        if self.reads == 4:
+            reading.set()
+        time.sleep(0.01)
+        return self.data.read(4096)
+took = {}
+def call():
+    start = time.monotonic()
+    took["entries"] = chrootarchive.untar(Trickle(), dest, confine=confine).entries
+    took["stream"] = time.monotonic() - start
+thread = threading.Thread(target=call)
+thread.start()
+reading.wait()
+release_r, release_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(release_w)
+    select.select([release_r], [], [], 15)   # lives on until let go (15 s at most)
+    os._exit(0)
+os.close(release_r)
+thread.join()
+start = time.monotonic()
+chrootarchive.untar(archive, dest, confine=confine)
+took["again"] = time.monotonic() - start
+os.close(release_w)
+os.waitpid(pid, 0)
+print(json.dumps(took))
+""", confine)
+    assert seen["entries"] == 20
+    assert seen["stream"] < 8, f"the call waited {seen['stream']:.1f} s for the fork"
+    assert seen["again"] < 8, f"the next call waited {seen['again']:.1f} s for the fork"
+
+
+@pytest.mark.parametrize("how", ["interrupt_main", "SIGINT"])
+def test_an_interrupted_in_process_job_writes_nothing_after_the_call(
+        tmp_path: Path, how: str) -> None:
+    """Under ``openat2`` the job is a thread of the caller's, reading the archive file
+    itself: a KeyboardInterrupt must stop it, and nothing may be written once the call
+    has raised. Under 3.11 a SIGINT's interrupt left the job unpacking on after the call
+    (Python's join, cut short, marked the thread ended; 300 more files half a second
+    later, the destination's lock released); interrupt_main came only at the end."""
+    mechanisms.require("openat2")
+    b = tb.TarBuilder()
+    for i in range(20_000):
+        b.file(f"d{i % 50}/f{i}", b"x")
+    (tmp_path / "many.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import _thread, signal
+how = sys.argv[3]
+dest = os.path.join(top, "dest")
+started = threading.Event()
+def count():
+    return sum(len(files) for _, _, files in os.walk(dest))
+def interrupter():
+    started.wait()
+    if how == "SIGINT":
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    else:
+        _thread.interrupt_main()
+threading.Thread(target=interrupter, daemon=True).start()
+try:
+    chrootarchive.untar(os.path.join(top, "many.tar"), dest, confine="openat2",
+                        progress=lambda done: started.set())
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+at_raise = count()
+time.sleep(0.5)
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": count(),
+                  "threads": threading.active_count()}))
+""", how)
+    assert seen["outcome"] == "interrupted"
+    assert seen["at_raise"] < 20_000, "the interrupt came only when the job had ended"
+    assert seen["later"] == seen["at_raise"], "the job wrote on after the call raised"
+    assert seen["threads"] == 1
