@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import chrootarchive
-from helpers import mechanisms
+from helpers import leaks, mechanisms
 from helpers import tarbuild as tb
 
 SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
@@ -41,19 +41,18 @@ import chrootarchive
 top = sys.argv[2]
 
 
-def children_of_ours():
-    found = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    ppid = f.read().rpartition(")")[2].split()[1]
-            except OSError:
-                continue
-            if ppid == str(os.getpid()):
-                found.append(p)
-    return found
-"""
+def outcome_of(call):
+    # "finished", or "interrupted" by a KeyboardInterrupt
+    try:
+        call()
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "finished"
+
+
+def files_in(tree):
+    return sum(len(files) for _, _, files in os.walk(tree))
+""" + leaks.CHILDREN_OF_OURS
 
 
 def run(tmp_path: Path, body: str, *args: str) -> dict[str, Any]:
@@ -100,12 +99,8 @@ def interrupter():
     _thread.interrupt_main()
 sent = []
 threading.Thread(target=interrupter, daemon=True).start()
-try:
-    chrootarchive.untar(os.path.join(top, "long.tar"), os.path.join(top, "dest"),
-                        on_entry=slow)
-    outcome = "finished"
-except KeyboardInterrupt:
-    outcome = "interrupted"
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "long.tar"), os.path.join(top, "dest"), on_entry=slow))
 after = time.monotonic() - sent[0]
 children = children_of_ours()
 again = chrootarchive.untar(os.path.join(top, "long.tar"), os.path.join(top, "again"))
@@ -132,22 +127,16 @@ def test_an_interrupt_as_the_worker_gets_its_job_leaves_nothing_running(
 import signal
 from chrootarchive.runner import standby
 dest = os.path.join(top, "dest")
-def count():
-    return sum(len(files) for _, _, files in os.walk(dest))
 real = standby.replenish
 def interrupted(job, spawn):
     signal.raise_signal(signal.SIGINT)   # Ctrl-C as the next standby is spawned
     return real(job, spawn)
 standby.replenish = interrupted
 fds = len(os.listdir("/proc/self/fd"))
-try:
-    chrootarchive.untar(os.path.join(top, "many.tar"), dest)
-    outcome = "finished"
-except KeyboardInterrupt:
-    outcome = "interrupted"
-at_raise = count()
+outcome = outcome_of(lambda: chrootarchive.untar(os.path.join(top, "many.tar"), dest))
+at_raise = files_in(dest)
 time.sleep(0.5)
-print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": count(),
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": files_in(dest),
                   "children": children_of_ours(), "threads": threading.active_count(),
                   "fds": len(os.listdir("/proc/self/fd")) - fds}))
 """)
@@ -234,8 +223,6 @@ import _thread, signal
 how = sys.argv[3]
 dest = os.path.join(top, "dest")
 started = threading.Event()
-def count():
-    return sum(len(files) for _, _, files in os.walk(dest))
 def interrupter():
     started.wait()
     if how == "SIGINT":
@@ -243,15 +230,12 @@ def interrupter():
     else:
         _thread.interrupt_main()
 threading.Thread(target=interrupter, daemon=True).start()
-try:
-    chrootarchive.untar(os.path.join(top, "many.tar"), dest, confine="openat2",
-                        progress=lambda done: started.set())
-    outcome = "finished"
-except KeyboardInterrupt:
-    outcome = "interrupted"
-at_raise = count()
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "many.tar"), dest, confine="openat2",
+    progress=lambda done: started.set()))
+at_raise = files_in(dest)
 time.sleep(0.5)
-print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": count(),
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": files_in(dest),
                   "threads": threading.active_count()}))
 """, how)
     assert seen["outcome"] == "interrupted"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import chrootarchive
-from helpers import hardening
+from helpers import hardening, leaks
 from helpers.hardening import NOBODY, SYSTEM_PYTHON, Unprivileged
 
 SRC = str(Path(chrootarchive.__file__).resolve().parent.parent)
@@ -60,27 +60,12 @@ def state(pid):
         return "gone"
 
 
-def children_of_ours():
-    # Our child processes (one that ends while we look is not one).
-    found = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    ppid = f.read().rpartition(")")[2].split()[1]
-            except OSError:
-                continue
-            if ppid == str(os.getpid()):
-                found.append(p)
-    return found
-
-
 def wait_gone(pid, timeout=10.0):
     deadline = time.monotonic() + timeout
     while state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
         time.sleep(0.01)
     return state(pid)
-"""
+""" + leaks.CHILDREN_OF_OURS
 
 
 def one_file_archive(top: Path) -> None:

@@ -139,6 +139,23 @@ class LeakCheck:
         assert not problems, "; ".join(problems)
 
 
+#: For the programs that tests run (``os`` imported): ``children_of_ours()``, the pids
+#: of the program's children (one that ends while it looks is not one).
+CHILDREN_OF_OURS = """
+def children_of_ours():
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rpartition(")")[2].split()[1]
+            except OSError:
+                continue
+            if ppid == str(os.getpid()):
+                found.append(p)
+    return found
+"""
+
 #: Lines for a script run with ``python -c``, after ``import sys``: count in ``started``
 #: the worker interpreters it spawns through ``subprocess`` (each ``subprocess.Popen``
 #: raises an audit event with its arguments; a worker's are its boot code, jail.main).
