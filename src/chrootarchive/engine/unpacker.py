@@ -1882,7 +1882,10 @@ class Unpacker:
         if self.skipped_devices:
             self.warn(f"{counted(self.skipped_devices, 'device node')} skipped: creating "
                       "devices needs real root")
-        if self.excluded_links:
+        if self.excluded_links and self.members is not None:
+            self.warn(f"{counted(self.excluded_links, 'hardlink')} left out: the target is "
+                      "not among members= (or excluded); tarfile would copy its data there")
+        elif self.excluded_links:
             self.warn(f"{counted(self.excluded_links, 'hardlink')} to excluded files left "
                       "out")
         if self.skipped_xattrs:
