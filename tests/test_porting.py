@@ -22,6 +22,7 @@ import pytest
 import chrootarchive
 from helpers import pep706
 from helpers import tarbuild as tb
+from helpers.victim import Victim
 
 needs_filters = pytest.mark.skipif(not pep706.HAS_FILTERS,
                                    reason="tarfile without filters (Python < 3.11.4)")
@@ -90,6 +91,26 @@ def test_members_unpack_what_tarfiles_members_do(tmp_path: Path, filter: str,
     assert sorted(tree(tmp_path / "ours")) == ["d", "d/b.txt", "d/hard", "d/link", "d/sub",
                                                "d/sub/c.txt", "top.txt"]
     assert result.warnings == ()
+
+
+@pytest.mark.parametrize("members", [["esc", "esc/hello"], ["esc/hello"]])
+def test_members_under_every_mechanism_keep_the_jail(
+    mechanism: str, work: Path, dest: Path, victim: Victim, members: list[str]
+) -> None:
+    """Selecting entries changes none of the confinement: a member written through a
+    symlink to the victim (selected or not) stays in the destination."""
+    hostile = (tb.TarBuilder().symlink("esc", str(victim.root)).file("esc/hello", b"pwned")
+               .file("other", b"o").build())
+    if "esc" in members:  # the symlink made, then a file through it: refused
+        with pytest.raises(chrootarchive.ArchiveError) as caught:
+            chrootarchive.extractall(hostile, dest, members, filter="tar", confine=mechanism)
+        assert caught.value.entry == "esc/hello" and isinstance(caught.value, tarfile.TarError)
+        assert os.readlink(dest / "esc") == str(victim.root)
+    else:  # the symlink left out: a directory is made in its place
+        chrootarchive.extractall(hostile, dest, members, filter="tar", confine=mechanism)
+        assert (dest / "esc" / "hello").read_bytes() == b"pwned"
+    victim.assert_untouched()
+    assert not (dest / "other").exists()
 
 
 def test_members_select_a_directory_alone(tmp_path: Path) -> None:

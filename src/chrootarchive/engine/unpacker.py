@@ -496,7 +496,7 @@ class Unpacker:
     def _loop(self, reader: TarReader) -> None:
         most_entries = 0  # entries before the next look (_look_entries)
         stats = self.stats
-        apply = self.apply
+        apply = self.apply if self.members is None else self._apply_members
         listed = self.listed
         name: str | None = None  # of the entry being applied; None while reading one
         out_of_memory = False
@@ -541,8 +541,6 @@ class Unpacker:
     def apply(self, entry: TarEntry, reader: TarReader) -> bool:
         """Unpack one entry; False when it was left out (excluded, stripped, dropped)."""
         stored = entry.name  # as GNU tar matches tar-style excludes: before stripping
-        if self.members is not None and not self._selected(entry):
-            return False
         if self.strip and not self._strip(entry):
             return False
         # paths.clean_name(), whose first test is written out here: most names are
@@ -605,14 +603,15 @@ class Unpacker:
             self.whiteouts.note_written(written)
         return True
 
-    def _selected(self, entry: TarEntry) -> bool:
-        """Whether ``members=`` names the entry (by its name as stored, cleaned); one
-        left out is excluded, and a hardlink to it too."""
+    def _apply_members(self, entry: TarEntry, reader: TarReader) -> bool:
+        """:meth:`apply` for the entries ``members=`` names (by the name as stored,
+        cleaned); one left out is excluded, and a hardlink to it too. The loop calls
+        this one in place of ``apply`` only when there are members: no cost else."""
         assert self.members is not None
         name = paths.clean_name(entry.name)
         if name in self.members:
             self.members_unseen.pop(name, None)
-            return True
+            return self.apply(entry, reader)
         if entry.kind != tarreader.DIRECTORY:  # named as a hardlink's target will be
             left = paths.strip_components(entry.name, self.strip) if self.strip else name
             if left is not None:
