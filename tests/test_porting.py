@@ -250,6 +250,25 @@ def test_tarfile_is_imported_only_when_an_error_is(tmp_path: Path) -> None:
     assert out.split() == ["False", "True"], out
 
 
+def test_what_a_tarfile_user_passes_first_says_what_to_pass(tmp_path: Path) -> None:
+    """An open ``TarFile`` as the source, or a callable filter that picks entries: the
+    message names the argument to pass instead."""
+    path = tmp_path / "a.tar"
+    path.write_bytes(archive())
+    with tarfile.open(path) as opened, pytest.raises(
+            TypeError, match=r"source must be what tarfile.open\(\) was given \(a path, bytes "
+                             r"or a binary file object\), not a tarfile.TarFile"):
+        chrootarchive.extractall(opened, tmp_path / "d")  # type: ignore[arg-type]
+
+    def only_text(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        return member if member.name.endswith(".txt") else None
+
+    with pytest.raises(TypeError, match="to pick entries: members=; to leave them out: "
+                                        "excludes="):
+        chrootarchive.extractall(path, tmp_path / "d", filter=only_text)  # type: ignore[arg-type]
+    assert not (tmp_path / "d").exists()
+
+
 # -- Three programs, ported -------------------------------------------------------------
 
 

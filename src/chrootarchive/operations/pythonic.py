@@ -192,8 +192,8 @@ def _check_filter(filter: object) -> None:
         name = getattr(filter, "__qualname__", type(filter).__name__)
         raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
                         f"not a callable ({name}): the filter runs in the jailed worker, "
-                        "which runs no code of the caller's (to leave entries out: "
-                        "excludes=)")
+                        "which runs no code of the caller's (to pick entries: members=; to "
+                        "leave them out: excludes=)")
 
 
 def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None) -> None:
