@@ -269,6 +269,26 @@ def test_what_a_tarfile_user_passes_first_says_what_to_pass(tmp_path: Path) -> N
     assert not (tmp_path / "d").exists()
 
 
+def is_tar_archive(source: bytes) -> bool:
+    """``tarfile.is_tarfile`` as docs/filters.md ports it: the first entry read (or
+    none, of an empty archive), or the error that it is none."""
+    try:
+        next(chrootarchive.list_entries(source), None)
+    except chrootarchive.MalformedArchiveError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["tar", "gzip", "xz", "empty archive", "html", "nothing"])
+def test_is_tarfile_ported(tmp_path: Path, name: str) -> None:
+    plain = tb.TarBuilder().file("a", b"a" * 5000).build()
+    data = {"tar": plain, "gzip": tb.compress(plain, "gzip"), "xz": tb.compress(plain, "xz"),
+            "empty archive": b"\0" * 10240, "html": b"<html>" * 200, "nothing": b""}[name]
+    path = tmp_path / "x"
+    path.write_bytes(data)
+    assert is_tar_archive(data) == tarfile.is_tarfile(path) == (name not in ("html", "nothing"))
+
+
 # -- Three programs, ported -------------------------------------------------------------
 
 
