@@ -115,29 +115,24 @@ def as_tar_error(err: ArchiveError) -> ArchiveError:
     ``tarfile`` is imported here, on the way out of a failed call only: importing it
     costs the command line and the worker milliseconds they never pay.
     """
-    if isinstance(err, _TarErrors.bases):
-        return err
     import tarfile
 
+    if isinstance(err, tarfile.TarError):
+        return err
     cls = type(err)
-    made = _TarErrors.made.get(cls)
-    if made is None:
-        made = type(cls.__name__, (cls, tarfile.TarError), {
+    made = _TAR_ERRORS.get(cls)
+    if made is None:  # two threads may both make one: the first kept is the one used
+        made = _TAR_ERRORS.setdefault(cls, type(cls.__name__, (cls, tarfile.TarError), {
             "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__, "__reduce__": _reduce_to_base})
-        _TarErrors.made[cls] = made
-        _TarErrors.bases = (*_TarErrors.bases, made)
+            "__doc__": cls.__doc__, "__reduce__": _reduce_to_base}))
     twin = made(err.message, err.entry)
     twin.__dict__.update(err.__dict__)  # what the call added (notes included)
     twin.__traceback__ = err.__traceback__
     return twin
 
 
-class _TarErrors:
-    """The classes :func:`as_tar_error` made, one per class of ours."""
-
-    made: dict[type[ArchiveError], type[ArchiveError]] = {}  # noqa: RUF012
-    bases: tuple[type[ArchiveError], ...] = ()
+#: The classes :func:`as_tar_error` made, one per class of ours.
+_TAR_ERRORS: dict[type[ArchiveError], type[ArchiveError]] = {}
 
 
 def _reduce_to_base(self: ArchiveError) -> tuple[object, tuple[str, str | None]]:
