@@ -51,6 +51,7 @@ FIELDS: list[tuple[type, str, object, object]] = [
     (UnpackOptions, "old_files", None, "overwrite"),
     (UnpackOptions, "exclude_style", 1, "rsync"),
     (UnpackOptions, "atomic", 1.0, _NO_BAD_VALUE),
+    (UnpackOptions, "members", "a.txt", ["a", "../b"]),
     (PackOptions, "include_files", "a", ["a", "../b"]),
     (PackOptions, "excludes", b"x", ["a[b"]),
     (PackOptions, "exclude_style", 1, "gnu"),

@@ -48,7 +48,7 @@ HEAVY = {
     "json", "re", "enum", "typing", "dataclasses", "inspect", "subprocess", "socket",
     "selectors", "threading", "queue", "tempfile", "random", "shutil", "urllib",
     "urllib.parse", "contextlib", "functools", "collections", "platform", "signal",
-    "importlib", "chrootarchive.options",
+    "importlib", "chrootarchive.options", "tarfile",
 }
 # The parent's packages: the worker never loads any module of these.
 PARENT_PACKAGES = ("chrootarchive.cli", "chrootarchive.image", "chrootarchive.operations",
@@ -223,6 +223,7 @@ _NOT_FOR_UNTAR = {
     # Only for layer stacks, --atomic and gzip: the parent's path is the longer one.
     "chrootarchive.runner.stack", "chrootarchive._channel",
     "chrootarchive.operations.staging", "zlib",
+    "tarfile",  # only for extractall's errors (operations.pythonic.as_tar_error)
 }
 _NOT_BEFORE_A_COMMAND = {
     "dataclasses", "inspect", "typing", "json", "subprocess", "threading", "ctypes",

@@ -242,6 +242,7 @@ class UnpackSpec(_Record):
         "filter",
         "gid_maps",
         "limits",
+        "members",
         "no_lchown",
         "no_overwrite_dir_nondir",
         "old_files",
@@ -270,6 +271,7 @@ class UnpackSpec(_Record):
     old_files: str  # replace, keep (an existing file is an error), skip
     umask: int  # the caller's: the data filter gives directories 0777 & ~umask
     verbose: bool  # write each unpacked entry's name to stdout (NUL-terminated)
+    members: tuple[str, ...] | None  # the only names to unpack (tarfile's members=)
 
 
 class PackSpec(_Record):

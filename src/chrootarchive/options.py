@@ -16,8 +16,10 @@ from chrootarchive._record import record as dataclass
 from chrootarchive.contract import FILTERS, OLD_FILES, IdRange, LimitSpec, PackSpec, UnpackSpec
 from chrootarchive.engine.names import (  # 0.4 ms: the one pattern compiler
     EXCLUDE_STYLES,
+    clean_name,
     exclude_matcher,
 )
+from chrootarchive.errors import BreakoutError
 
 TYPE_CHECKING = False  # no typing at run time: the command line's start (issue 16)
 if TYPE_CHECKING:
@@ -142,6 +144,20 @@ def _patterns(name: str, value: object, style: str = "docker") -> tuple[str, ...
                 raise ValueError(f"{name}: {text}") from None
         raise
     return patterns
+
+
+def _members(name: str, value: object) -> tuple[str, ...]:
+    """Entry names, each checked as the worker will clean it: one that leaves the
+    destination can name no entry that is unpacked."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray, Mapping)):
+        value = list(value)  # a set of names is fine: their order does not matter
+    names = _strings(name, value)
+    for member in names:
+        try:
+            clean_name(member)
+        except BreakoutError:
+            raise ValueError(f"{name}: {_shown(member)} leaves the destination") from None
+    return names
 
 
 def _owner(name: str, value: object) -> tuple[int, int] | None:
@@ -321,6 +337,12 @@ class UnpackOptions:
             first), or ``skip`` the entry (``--skip-old-files``).
         atomic: unpack into a staging directory beside ``dest`` and rename it into
             place only when everything succeeded; ``dest`` must be missing or empty.
+        members: the names of the only entries to unpack (``tarfile``'s
+            ``extractall(members=)``, GNU tar's member arguments), or None for all. A
+            name matches an entry of that name exactly (``./a`` and ``a/`` are ``a``),
+            before ``strip_components``; a directory's entries are not selected with
+            it. A name no entry has is an error once the rest is unpacked (with
+            several layers: each layer must have every name).
     """
 
     no_lchown: bool = False
@@ -339,6 +361,7 @@ class UnpackOptions:
     strip_components: int = 0
     old_files: str = "replace"
     atomic: bool = False
+    members: tuple[str, ...] | None = None
 
     if TYPE_CHECKING:  # what a caller may pass: lists too; the fields hold tuples
         def __init__(
@@ -348,7 +371,7 @@ class UnpackOptions:
             no_overwrite_dir_nondir: bool = ..., best_effort_xattrs: bool = ...,
             confine: str = ..., whiteout_format: str = ..., rootless_xattr: bool = ...,
             limits: Limits = ..., filter: str = ..., strip_components: int = ...,
-            old_files: str = ..., atomic: bool = ...,
+            old_files: str = ..., atomic: bool = ..., members: Iterable[str] | None = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -369,6 +392,8 @@ class UnpackOptions:
         _int("UnpackOptions.strip_components", self.strip_components, high=4096)
         if not isinstance(self.limits, Limits):
             raise TypeError(f"UnpackOptions.limits must be a Limits, not {_shown(self.limits)}")
+        if self.members is not None:
+            set_(self, "members", _members("UnpackOptions.members", self.members))
 
 
 @dataclass(frozen=True)
@@ -608,7 +633,7 @@ def unpack_spec(options: UnpackOptions, *, verbose: bool = False) -> UnpackSpec:
         limits=LimitSpec(**{name: getattr(limits, name) for name in _LIMIT_FIELDS},
                          used_bytes=0, used_entries=0, used_seconds=0.0),
         filter=options.filter, strip_components=options.strip_components,
-        old_files=options.old_files, verbose=verbose,
+        old_files=options.old_files, verbose=verbose, members=options.members,
         umask=_caller_umask() if options.filter == "data" else 0o022,
     )
 

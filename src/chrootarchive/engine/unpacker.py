@@ -332,6 +332,13 @@ class Unpacker:
         self.skipped_device_names = layer.NameSet()
         self.excluded_names = layer.NameSet()  # files left out by the excludes: the same
         self.excluded_links = 0  # hardlinks to them, left out (GNU tar fails on each)
+        # tarfile's members=: the only names unpacked (cleaned as entry names are); those
+        # not yet met, an error at the end.
+        self.members: frozenset[str] | None = None
+        self.members_unseen: dict[str, None] = {}  # in the caller's order
+        if options.members is not None:
+            self.members_unseen = dict.fromkeys(paths.clean_name(m) for m in options.members)
+            self.members = frozenset(self.members_unseen)
         self.skipped_xattrs = 0  # privileged ones, without privilege
         self.refused_xattrs = 0  # refused by the kernel (EPERM), as Docker and GNU tar skip
         self.refused_example = ""
@@ -469,6 +476,11 @@ class Unpacker:
             raise DestinationError(
                 f"exists, and old files are kept (old_files='keep'{more}); the rest was "
                 "unpacked", self.kept_old_first, errno.EEXIST)
+        if self.members_unseen:
+            missing = len(self.members_unseen) - 1
+            raise ArchiveError("no entry of this name in the archive (members=)"
+                               + (f"; {missing:,} more not found" if missing else "")
+                               + "; the rest was unpacked", next(iter(self.members_unseen)))
         return self.stats
 
     def _reader_notes(self, reader: TarReader) -> None:
@@ -484,7 +496,7 @@ class Unpacker:
     def _loop(self, reader: TarReader) -> None:
         most_entries = 0  # entries before the next look (_look_entries)
         stats = self.stats
-        apply = self.apply
+        apply = self.apply if self.members is None else self._apply_members
         listed = self.listed
         name: str | None = None  # of the entry being applied; None while reading one
         out_of_memory = False
@@ -590,6 +602,21 @@ class Unpacker:
         if self.markers:
             self.whiteouts.note_written(written)
         return True
+
+    def _apply_members(self, entry: TarEntry, reader: TarReader) -> bool:
+        """:meth:`apply` for the entries ``members=`` names (by the name as stored,
+        cleaned); one left out is excluded, and a hardlink to it too. The loop calls
+        this one in place of ``apply`` only when there are members: no cost else."""
+        assert self.members is not None
+        name = paths.clean_name(entry.name)
+        if name in self.members:
+            self.members_unseen.pop(name, None)
+            return self.apply(entry, reader)
+        if entry.kind != tarreader.DIRECTORY:  # named as a hardlink's target will be
+            left = paths.strip_components(entry.name, self.strip) if self.strip else name
+            if left is not None:
+                self.excluded_names.add(paths.clean_name(left))
+        return False
 
     def _strip(self, entry: TarEntry) -> bool:
         """``strip_components`` as GNU tar does it: on the name and on a hardlink's
@@ -1514,7 +1541,7 @@ class Unpacker:
                     if target in self.skipped_device_names:
                         skipped[0] = True  # another name of a device skipped
                         return
-                    if self.has_excludes and target in self.excluded_names:
+                    if target in self.excluded_names:  # by excludes or members
                         self.excluded_links += 1  # another name of a file excluded
                         return
                     raise ArchiveError(
@@ -1854,7 +1881,10 @@ class Unpacker:
         if self.skipped_devices:
             self.warn(f"{counted(self.skipped_devices, 'device node')} skipped: creating "
                       "devices needs real root")
-        if self.excluded_links:
+        if self.excluded_links and self.members is not None:
+            self.warn(f"{counted(self.excluded_links, 'hardlink')} left out: the target is "
+                      "not among members= (or excluded); tarfile would copy its data there")
+        elif self.excluded_links:
             self.warn(f"{counted(self.excluded_links, 'hardlink')} to excluded files left "
                       "out")
         if self.skipped_xattrs:

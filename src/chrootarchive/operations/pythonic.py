@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterable
 
 from chrootarchive._record import replace
-from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError
+from chrootarchive.errors import NOT_A_TAR, ArchiveError, MalformedArchiveError
 from chrootarchive.operations import untar as api
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult
 
@@ -28,10 +28,23 @@ SHUTIL_FORMATS = {
 }
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Named(Protocol):
+        """What ``members=`` reads of a ``tarfile.TarInfo``: its name, nothing else."""
+
+        @property
+        def name(self) -> str: ...
+
+
 def extractall(
     source: api.Source,
     path: str | os.PathLike[str] = ".",
+    members: Iterable[str | Named] | None = None,
     *,
+    numeric_owner: bool = True,
     filter: str | None = None,  # tarfile's name (PEP 706); None: the default
     options: UnpackOptions | None = None,
     excludes: Iterable[str] | None = None,
@@ -61,15 +74,71 @@ def extractall(
     :func:`chrootarchive.untar` replaces it instead, as Docker does;
     ``no_overwrite_dir_nondir=False`` asks for that here (the ``options`` cannot: their
     ``False`` is also their default).
+
+    ``members``, as ``tarfile``'s: the entries to unpack, the others left out, given as
+    names or as ``TarInfo`` objects (of which only the name is read: the jailed worker
+    selects the entries by name, as it reads them). A name no entry has is an
+    :class:`~chrootarchive.ArchiveError` once the rest is unpacked (``tarfile``: a
+    ``KeyError``). A hardlink whose target is left out is left out too (``tarfile``
+    copies the target's data there).
+
+    ``numeric_owner``: owners are always the archive's numeric ids (``tarfile``'s
+    ``numeric_owner=True``, and Docker's rule): the archive's user and group names are
+    not looked up. ``False`` is refused where owners are set (filters ``tar`` and
+    ``fully_trusted``); under ``data`` no owner is set, so it changes nothing, as in
+    ``tarfile``.
     """
     base = api.with_changes(options)  # an options of the wrong type: a TypeError
     _check_filter(filter)
     if filter is None:  # the options' filter where it is not their (Docker's) default
         filter = base.filter if base.filter != UnpackOptions().filter else "data"
+    if not numeric_owner and filter != "data":
+        raise ValueError(f"numeric_owner=False with filter {filter!r}: chrootarchive sets "
+                         "owners by the archive's numeric ids only (the jail has no user "
+                         "database to look names up in); pass numeric_owner=True, or "
+                         "options=UnpackOptions(uid_maps=..., gid_maps=...) to map ids")
     chosen = replace(base, no_overwrite_dir_nondir=(
         True if no_overwrite_dir_nondir is None else no_overwrite_dir_nondir))
-    return api.untar(source, path, chosen, filter=filter, excludes=excludes, atomic=atomic,
-                     confine=confine, limits=limits, progress=progress)
+    if members is not None:
+        chosen = replace(chosen, members=tuple(_member_names(members)))
+    try:
+        return api.untar(source, path, chosen, filter=filter, excludes=excludes,
+                         atomic=atomic, confine=confine, limits=limits, progress=progress)
+    except ArchiveError as err:
+        raise as_tar_error(err) from err.__cause__
+
+
+def as_tar_error(err: ArchiveError) -> ArchiveError:
+    """``err`` as an instance of a subclass of both its class and ``tarfile.TarError``,
+    so that ``except tarfile.TarError`` in code ported from ``tarfile`` catches it.
+
+    ``tarfile`` is imported here, on the way out of a failed call only: importing it
+    costs the command line and the worker milliseconds they never pay.
+    """
+    import tarfile
+
+    if isinstance(err, tarfile.TarError):
+        return err
+    cls = type(err)
+    made = _TAR_ERRORS.get(cls)
+    if made is None:  # two threads may both make one: the first kept is the one used
+        made = _TAR_ERRORS.setdefault(cls, type(cls.__name__, (cls, tarfile.TarError), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "__reduce__": _reduce_to_base}))
+    twin = made(err.message, err.entry)
+    twin.__dict__.update(err.__dict__)  # what the call added (notes included)
+    twin.__traceback__ = err.__traceback__
+    return twin
+
+
+#: The classes :func:`as_tar_error` made, one per class of ours.
+_TAR_ERRORS: dict[type[ArchiveError], type[ArchiveError]] = {}
+
+
+def _reduce_to_base(self: ArchiveError) -> tuple[object, tuple[str, str | None]]:
+    """Pickled as the class of ours it was made from: the made one has no importable
+    name (a ``TarError`` no more once unpickled)."""
+    return (type(self).__mro__[1], (self.message, self.entry))
 
 
 class ShutilReadError(MalformedArchiveError, shutil.ReadError):
@@ -94,6 +163,22 @@ class ShutilReadError(MalformedArchiveError, shutil.ReadError):
         return (type(self), (self.message, self.entry))
 
 
+def _member_names(members: object) -> list[str]:
+    """The names of ``members=``: strings, or ``tarfile.TarInfo``-like objects' names
+    (``str`` only: the worker matches text)."""
+    if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
+        raise TypeError("extractall: members must be an iterable of names or TarInfo "
+                        f"objects, not {type(members).__name__}")
+    names = []
+    for member in members:
+        name = member if isinstance(member, str) else getattr(member, "name", None)
+        if not isinstance(name, str):
+            raise TypeError("extractall: members must hold names (str) or TarInfo objects, "
+                            f"not {type(member).__name__}")
+        names.append(name)
+    return names
+
+
 def _check_filter(filter: object) -> None:
     """A callable filter (``tarfile``'s ``tarfile.data_filter``, or one of the caller's)
     is refused with the reason: the filter runs in the jailed worker, which runs no
@@ -102,8 +187,8 @@ def _check_filter(filter: object) -> None:
         name = getattr(filter, "__qualname__", type(filter).__name__)
         raise TypeError("chrootarchive takes a filter's name (data, tar, fully_trusted), "
                         f"not a callable ({name}): the filter runs in the jailed worker, "
-                        "which runs no code of the caller's (to leave entries out: "
-                        "excludes=)")
+                        "which runs no code of the caller's (to pick entries: members=; to "
+                        "leave them out: excludes=)")
 
 
 def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None) -> None:
@@ -112,10 +197,10 @@ def _shutil_unpack(filename: str, extract_dir: str, *, filter: str | None = None
     try:  # a directory in the way is kept (an error), as shutil's tarfile keeps it
         api.untar(filename, extract_dir, UnpackOptions(no_overwrite_dir_nondir=True),
                   filter=filter or "data")
-    except MalformedArchiveError as err:
-        if err.message.startswith(NOT_A_TAR):
+    except ArchiveError as err:
+        if isinstance(err, MalformedArchiveError) and err.message.startswith(NOT_A_TAR):
             raise ShutilReadError(err.message, err.entry) from err
-        raise
+        raise as_tar_error(err) from err.__cause__
 
 
 def register_unpack_formats() -> None:

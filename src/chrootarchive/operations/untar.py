@@ -530,6 +530,10 @@ def check_source(source: object) -> None:
         raise TypeError(f"source must be a binary file, not a text one ({kind}): open it "
                         "with 'rb' (standard input: sys.stdin.buffer, or '-')")
     if not callable(getattr(source, "read", None)):
+        if kind.startswith("tarfile."):  # an open TarFile: a tarfile user's first try
+            raise TypeError("source must be what tarfile.open() was given (a path, bytes or "
+                            f"a binary file object), not a {kind}: the archive is read by "
+                            "chrootarchive's own reader")
         raise TypeError("source must be a path, '-', bytes or a binary file object (with "
                         f"read()), not {kind}")
 
