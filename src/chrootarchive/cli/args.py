@@ -252,7 +252,7 @@ def add_limits(parser: argparse.ArgumentParser, *, listing: bool = False) -> Non
     lim = parser.add_argument_group(
         "limits (crossing one stops the work: exit status 1; SIZE takes K, M, G, T)")
     defaults = Limits()
-    counted = ("the archive read (decompressed)" if listing
+    counted = ("the archive read, decompressed" if listing
                else "file data written in total")
     lim.add_argument("--max-bytes", type=parse_size, metavar="SIZE",
                      help=f"{counted} (default {format_size(defaults.max_bytes)})")
