@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,7 @@ from helpers.leaks import LeakCheck
 from helpers.mechanisms import variants
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def B() -> tb.TarBuilder:
@@ -715,6 +718,9 @@ def test_extended_headers_beyond_an_entrys_own_count_as_entries(
     result = chrootarchive.untar(archive, tmp_path / "dest2",
                                  UnpackOptions(limits=Limits(max_entries=200)))
     assert result.entries == 20
+    with pytest.raises(LimitExceededError, match="max_entries"):  # listing them too
+        list(chrootarchive.list_entries(archive, limits=Limits(max_entries=100)))
+    assert len(list(chrootarchive.list_entries(archive, limits=Limits(max_entries=200)))) == 20
 
 
 def test_reserve_counts_xattrs(tmp_path: Path) -> None:
@@ -739,3 +745,124 @@ def test_reserve_counts_xattrs(tmp_path: Path) -> None:
     assert "no space left" not in run.err.lower(), run.err
     assert run.ffree >= 2500, run.ffree
     assert run.seconds < 15, run.seconds
+
+
+# -- listing (list_entries, ``chrootarchive list``) --------------------------------------
+
+
+@pytest.mark.parametrize("limit", sorted(CASES))
+def test_list_limit_api(limit: str) -> None:
+    """Listing holds the limits an unpack does: the entries before are listed, the
+    offending one is refused, named."""
+    build, limits, _flags, entry, before = CASES[limit]
+    listed = []
+    with pytest.raises(LimitExceededError) as info:
+        for item in chrootarchive.list_entries(io.BytesIO(build()), limits=limits):
+            listed.append(item.name)
+    assert limit in info.value.message and info.value.entry == entry, info.value
+    assert listed == before
+
+
+@pytest.mark.parametrize("limit", sorted(CASES))
+def test_list_limit_cli(limit: str, write_archive: Callable[..., Path]) -> None:
+    build, _limits, flags, entry, before = CASES[limit]
+    archive = write_archive(tb.compress(build(), "gzip"), ".tar.gz")
+    result = run_cli("list", *flags, archive)
+    line = assert_one_line_error(result, rc=1, mentions=("limit --" + limit.replace("_", "-"),))
+    assert entry in line or (entry[:40] in line and entry[-40:] in line), line
+    assert result.out.splitlines() == before
+
+
+def _bzip2_zeros(size: int) -> bytes:
+    """bzip2 streams (concatenated, as ``bzip2`` reads them) of ``size`` zero bytes, a
+    multiple of 64 MiB: 79 bytes each, 1.3 MB a TiB."""
+    import bz2
+
+    assert size % (64 * MiB) == 0
+    return bz2.compress(bytes(64 * MiB)) * (size // (64 * MiB))
+
+
+def _bzip2_bomb(*sizes: int) -> bytes:
+    """A ``.tar.bz2`` of a small file, then files of ``sizes`` zero bytes each."""
+    import bz2
+
+    out = [bz2.compress(tb.member("small", b"hi"))]
+    for i, size in enumerate(sizes):
+        out.append(bz2.compress(tb.header(f"zeros{i}", size=tb.base256(size, 12))))
+        out.append(_bzip2_zeros(size))
+    out.append(bz2.compress(tb.end_of_archive()))
+    return b"".join(out)
+
+
+_LIST_PEAK = """
+import json, resource, sys, time
+import chrootarchive
+start = time.monotonic()
+names, error = [], None
+try:
+    for entry in chrootarchive.list_entries(sys.argv[1]):
+        names.append(entry.name)
+except chrootarchive.LimitExceededError as err:
+    error = [err.message, err.entry]
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"names": names, "error": error, "seconds": time.monotonic() - start,
+                  "kib": int(hwm[0].split()[1])}))
+"""
+
+
+def test_list_bomb_is_refused_at_its_header_with_the_defaults(tmp_path: Path) -> None:
+    """1.3 MB of bzip2 declaring a 1 TiB file of zeros: listing decompressed it all to
+    reach the next header (about an hour, as GNU tar does); with the default limits it
+    is refused at its header, in well under a second and in bounded memory."""
+    archive = tmp_path / "bomb.tar.bz2"
+    archive.write_bytes(_bzip2_bomb(1 << 40))
+    assert archive.stat().st_size < 2_000_000
+    proc = subprocess.run([sys.executable, "-c", _LIST_PEAK, str(archive)], capture_output=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["names"] == ["small"], seen
+    assert seen["error"][1] == "zeros0" and "limit max_file_size" in seen["error"][0], seen
+    assert seen["seconds"] < 5, seen
+    assert seen["kib"] < 64 * 1024, seen
+
+
+def test_list_max_bytes_counts_the_stream_read(write_archive: Callable[..., Path]) -> None:
+    """Files under max_file_size add up: 1 GiB is read through, the next file (100 GiB
+    of zeros, 100 KB of bzip2) would cross --max-bytes and is refused at its header."""
+    archive = write_archive(_bzip2_bomb(GiB, 100 * GiB), ".tar.bz2")
+    start = time.monotonic()
+    result = run_cli("list", "--max-bytes", "2G", archive, timeout=120)
+    seconds = time.monotonic() - start
+    assert_one_line_error(result, rc=1, mentions=("limit --max-bytes", "zeros1"))
+    assert result.out.splitlines() == ["small", "zeros0"]
+    assert seconds < 30, seconds
+
+
+def test_list_timeout_stops_inside_an_entrys_data(tmp_path: Path) -> None:
+    """200 GiB of zeros in one file (under the default max_file_size): --timeout stops
+    the listing while it reads through them, not after."""
+    data = _bzip2_bomb(200 * GiB)
+    start = time.monotonic()
+    result = run_cli("list", "--timeout", "1", "-", input=data, timeout=120)
+    seconds = time.monotonic() - start
+    assert_one_line_error(result, rc=1, mentions=("limit --timeout (1 seconds) exceeded",))
+    assert result.out.splitlines() == ["small", "zeros0"]
+    assert seconds < 10, seconds
+
+
+def test_list_honest_large_archive_with_the_defaults(
+        write_archive: Callable[..., Path]) -> None:
+    """4 GiB of data (zstd) and 20,000 entries list with the default limits."""
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(level=1).compress(bytes(64 * MiB))
+    comp = zstandard.ZstdCompressor(level=1)
+    many = many_files(20_000)[: -2 * 512]  # without its end of archive
+    data = (comp.compress(many + tb.header("big", size=4 * GiB)) + frame * 64
+            + comp.compress(tb.member("last", b"1") + tb.end_of_archive()))
+    archive = write_archive(data, ".tar.zst")
+    result = run_cli("list", archive, timeout=120)
+    assert result.rc == 0 and result.err == "", result
+    names = result.out.splitlines()
+    assert len(names) == 20_002 and names[-2:] == ["big", "last"]

@@ -232,7 +232,8 @@ class Limits:
     Attributes:
         max_bytes: file data written, in total (holes of sparse files not counted),
             and data read past that nothing writes (a whiteout's, an excluded file's,
-            what follows the end of the archive in a stream).
+            what follows the end of the archive in a stream); listing
+            (``list_entries``, which has no reserve): the tar stream read, decompressed.
         max_entries: archive entries.
         max_file_size: the size of one file (as declared, checked before writing).
         max_path_length: bytes in an entry's cleaned name (PATH_MAX is 4096).

@@ -243,11 +243,19 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--atomic", action="store_true",
                      help="all or nothing: unpack beside DEST and rename into place only "
                           "when everything succeeded (DEST must be missing or empty)")
+    add_limits(parser)
+
+
+def add_limits(parser: argparse.ArgumentParser, *, listing: bool = False) -> None:
+    """The limits' options; ``listing``: ``list``'s, which writes nothing (no reserve,
+    and ``--max-bytes`` counts the archive read)."""
     lim = parser.add_argument_group(
         "limits (crossing one stops the work: exit status 1; SIZE takes K, M, G, T)")
     defaults = Limits()
+    counted = ("the archive read, decompressed" if listing
+               else "file data written in total")
     lim.add_argument("--max-bytes", type=parse_size, metavar="SIZE",
-                     help=f"file data written in total (default {format_size(defaults.max_bytes)})")
+                     help=f"{counted} (default {format_size(defaults.max_bytes)})")
     lim.add_argument("--max-entries", type=parse_count, metavar="N",
                      help=f"archive entries (default {defaults.max_entries:,})")
     lim.add_argument("--max-file-size", type=parse_size, metavar="SIZE",
@@ -262,10 +270,11 @@ def add_unpack_options(parser: argparse.ArgumentParser) -> None:
                      help="memory of the decompressor and the worker together: a stream "
                           "needing a larger window is refused (at least 48M; default "
                           f"{format_size(defaults.max_memory)})")
-    lim.add_argument("--reserve", type=parse_percent, metavar="PERCENT",
-                     help="stop before the destination's filesystem has less than PERCENT "
-                          "of its space and inodes free, at most 1G and 100,000 inodes "
-                          f"(default {defaults.reserve:g}; 0: none)")
+    if not listing:
+        lim.add_argument("--reserve", type=parse_percent, metavar="PERCENT",
+                         help="stop before the destination's filesystem has less than "
+                              "PERCENT of its space and inodes free, at most 1G and "
+                              f"100,000 inodes (default {defaults.reserve:g}; 0: none)")
     lim.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="wall-clock time for the whole operation (default: none)")
     lim.add_argument("--strict-limits", action="store_true",
@@ -279,7 +288,7 @@ def limits(args: argparse.Namespace) -> Limits:
         name: getattr(args, name)
         for name in ("max_bytes", "max_entries", "max_file_size", "max_path_length",
                      "max_path_depth", "max_xattr_bytes", "max_memory", "reserve", "timeout")
-        if getattr(args, name) is not None
+        if getattr(args, name, None) is not None  # list has no --reserve
     }
     chosen: Limits = checked(replace, base, **changes)
     return chosen

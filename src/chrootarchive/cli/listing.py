@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from chrootarchive.cli.args import archive_input
+from chrootarchive.cli.args import add_limits, archive_input, limits
 from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json, stdout_failed
 from chrootarchive.errors import ChrootArchiveError
@@ -22,9 +22,12 @@ examples:
   chrootarchive list --json image-layer.tar | jq -r '.entries[] | select(.kind=="chardev") | .name'
 
 Nothing is unpacked, so no jail is needed; compression is detected. Names are printed
-escaped (control characters as \\xNN): an archive controls them.
+escaped (control characters as \\xNN): an archive controls them. The limits of untar
+hold (but --reserve: nothing is written); --max-bytes counts the archive read, as every
+byte of it (decompressed) is read to list it.
 
-exit status: 0 listed, 1 bad archive, 2 usage, 4 cannot read the archive.
+exit status: 0 listed, 1 bad archive (or a limit crossed), 2 usage, 4 cannot read the
+archive.
 """
 
 
@@ -41,6 +44,7 @@ def add_parser(commands: Any) -> None:
                         help="the input is plain tar: do not detect compression")
     parser.add_argument("--json", action="store_true",
                         help="one JSON document with the entries (docs/json.md) instead of lines")
+    add_limits(parser, listing=True)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     archive_input(args.archive)
     from chrootarchive.operations.listing import list_entries
 
-    entries = list_entries(args.archive, detect_compression=not args.uncompressed)
+    entries = list_entries(args.archive, detect_compression=not args.uncompressed,
+                           limits=limits(args))
     try:
         if args.json:
             listed: list[dict[str, Any]] = [asdict(entry) for entry in entries]

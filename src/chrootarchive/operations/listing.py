@@ -2,12 +2,16 @@
 
 Nothing is written, so no jail is needed: the reader only parses (with the same bounds
 on PAX records, long names and sparse maps as when unpacking), and decompression runs
-here as it always does.
+here as it always does. The limits of an unpack that bound reading hold here too
+(``Limits``: ``max_bytes`` counts the decompressed stream read, as every byte of it is
+read to list what follows; the reserve has no destination to keep): 1 MB of bzip2
+declaring a 1 TiB file is refused at its header, not decompressed for an hour.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import threading
 import time
@@ -17,9 +21,15 @@ from typing import BinaryIO
 
 from chrootarchive import _fdio
 from chrootarchive._fdio import write_all
-from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
+from chrootarchive.errors import (
+    NOT_A_TAR,
+    LimitExceededError,
+    MalformedArchiveError,
+    printable,
+)
 from chrootarchive.operations import compression
 from chrootarchive.operations.untar import Source, name_archive, open_source
+from chrootarchive.options import Limits
 from chrootarchive.tarformat import reader as tarreader
 
 __all__ = ["ListedEntry", "list_entries"]
@@ -84,24 +94,82 @@ def _clamped(seconds: float) -> float:
     return min(max(seconds, -(2**40)), 2**40)  # what localtime can show
 
 
-def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator[ListedEntry]:
+def list_entries(source: Source, *, detect_compression: bool = True,
+                 limits: Limits | None = None) -> Iterator[ListedEntry]:
     """The entries of a tar archive (compression detected), in order, without
     unpacking anything.
 
+    ``limits`` (default ``Limits()``): those of an unpack but ``reserve``;
+    ``max_bytes`` counts the decompressed tar stream read (headers and data: a listing
+    reads through every entry's data to reach the next header).
+
     Raises:
+        LimitExceededError: a limit was crossed (after the entries before).
         MalformedArchiveError: the archive is corrupt (after the entries before).
         SourceError: the archive cannot be read.
     """
     try:
-        yield from _entries(source, detect_compression)
+        yield from _entries(source, detect_compression,
+                            Limits() if limits is None else limits)
     except MalformedArchiveError as err:
         name_archive(err, source)
         raise
 
 
-def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
+def _limit(limit: str, value: float, unit: str, entry: str | None,
+           more: str = "") -> LimitExceededError:
+    """The unpacker's message (``Unpacker._limit``), for the same limit."""
+    shown = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+    return LimitExceededError(f"limit {limit} ({shown} {unit}) exceeded{more}", entry)
+
+
+def _check(entry: tarreader.TarEntry, limits: Limits, entries: int, read: int) -> None:
+    """Refuse ``entry`` before its data is read: ``entries`` counted with it, ``read``
+    bytes of the stream read up to its data."""
+    if limits.max_entries is not None and entries > limits.max_entries:
+        raise _limit("max_entries", limits.max_entries, "entries", entry.name)
+    if (limits.max_file_size is not None and entry.kind == tarreader.REGULAR
+            and entry.size > limits.max_file_size):
+        raise _limit("max_file_size", limits.max_file_size, "bytes", entry.name)
+    if limits.max_bytes is not None and read + entry.stored_size > limits.max_bytes:
+        raise _limit("max_bytes", limits.max_bytes, "bytes", entry.name,
+                     f": listing reads its {entry.stored_size:,} bytes of data after "
+                     f"{read:,} bytes of the archive")
+    name = entry.name
+    if limits.max_path_length is not None and len(name) * 4 > limits.max_path_length:
+        # the length and depth of the name as unpacking cleans it (engine.names)
+        clean = posixpath.normpath(name.removeprefix("./").lstrip("/") or ".")
+        if len(os.fsencode(clean)) > limits.max_path_length:
+            raise _limit("max_path_length", limits.max_path_length, "bytes", name)
+    if limits.max_path_depth is not None and name.count("/") >= limits.max_path_depth:
+        clean = posixpath.normpath(name.removeprefix("./").lstrip("/") or ".")
+        if clean.count("/") + 1 > limits.max_path_depth:
+            raise _limit("max_path_depth", limits.max_path_depth, "components", name)
+    if entry.xattrs and limits.max_xattr_bytes is not None and (
+            sum(len(k) + len(v) for k, v in entry.xattrs.items()) > limits.max_xattr_bytes):
+        raise _limit("max_xattr_bytes", limits.max_xattr_bytes, "bytes", name)
+
+
+def _entries(source: Source, detect_compression: bool,
+             limits: Limits) -> Iterator[ListedEntry]:
+    deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+    # What needs no closer look (_check: a tenth of a listing's time), as the unpacker's
+    # safe_name_chars: a name of n characters has at most 4n bytes and n components.
+    huge = 1 << 80
+    most_entries, most_bytes, most_size = (
+        huge if value is None else value
+        for value in (limits.max_entries, limits.max_bytes, limits.max_file_size))
+    safe_chars = min(huge if limits.max_path_length is None else limits.max_path_length // 4,
+                     huge if limits.max_path_depth is None else limits.max_path_depth - 1)
+
+    def check_time(entry: str | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            assert limits.timeout is not None
+            raise _limit("timeout", limits.timeout, "seconds", entry)
+
     with open_source(source) as raw:
-        _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression)
+        _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression,
+                                                    max_memory=limits.max_memory)
         read_fd, write_fd = os.pipe()
         _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
         failure: list[BaseException] = []
@@ -109,7 +177,8 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
         def feed() -> None:
             try:
                 for chunk in chunks:
-                    write_all(write_fd, chunk)
+                    check_time(None)  # within one entry's data too: the reader ends
+                    write_all(write_fd, chunk)  # at the stream's end, then raises it
             except BrokenPipeError:
                 pass  # the listing stopped early
             except BaseException as err:  # raised again in the caller's thread
@@ -136,6 +205,12 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
             try:
                 for entry in reader:
                     seen += 1
+                    if (seen + reader.extra_headers > most_entries
+                            or reader.offset + entry.stored_size > most_bytes
+                            or entry.size > most_size or len(entry.name) > safe_chars
+                            or entry.xattrs or deadline is not None):  # else: all within
+                        _check(entry, limits, seen + reader.extra_headers, reader.offset)
+                        check_time(entry.name)
                     yield ListedEntry(
                         name=entry.name, kind=entry.kind, mode=entry.mode & 0o7777,
                         uid=entry.uid, gid=entry.gid, size=entry.size,
