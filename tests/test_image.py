@@ -57,6 +57,7 @@ from helpers.oci_images import (
     platform_of,
     read_image,
     sha256,
+    skopeo,
     tar_directory,
     umoci,
     write_docker_save,
@@ -260,6 +261,51 @@ def test_docker_save_gives_the_same_tree(umoci_image: UmociImage, parts: ImagePa
         (plain / "manifest.json").unlink()
         unpack_image(plain, tmp_path / "via-index")
         assert_same_rootfs(umoci_image.rootfs, tmp_path / "via-index")
+
+
+@pytest.mark.parametrize("form", ["oci-gzip", "oci-zstd", "oci-zstd-chunked",
+                                  "oci-uncompressed", "oci-archive", "docker-archive"])
+def test_skopeo_transports_give_the_same_tree(umoci_image: UmociImage, images: Path,
+                                              tmp_path: Path, form: str) -> None:
+    """What skopeo (containers/image) writes, from umoci's layout, unpacks to umoci's
+    tree. zstd:chunked layers are zstd with a TOC in skippable frames and annotations,
+    and end with a frame that declares a 32 MiB window for a few KiB (refused at the
+    default limit before); its writer also drops the padding that Python's tarfile
+    puts after a tar's end (the last, raw layer), so that layer no longer has its
+    DiffID: the repacked tag ``step3`` is used there, against ``umoci unpack`` of it."""
+    ref, reference = "latest", umoci_image.rootfs
+    source = f"oci:{umoci_image.layout}:{ref}"
+    copy = ["copy", "--quiet"]
+    if form == "oci-zstd-chunked":
+        ref, reference = "step3", tmp_path / "reference"
+        umoci("unpack", "--image", f"{umoci_image.layout}:{ref}", reference)
+        reference = reference / "rootfs"
+        source = f"oci:{umoci_image.layout}:{ref}"
+    if form.startswith("oci-") and form != "oci-archive":
+        image = images / "layout"
+        if form == "oci-uncompressed":
+            skopeo(*copy, "--dest-decompress", source, f"dir:{images / 'plain'}")
+            skopeo(*copy, "--dest-oci-accept-uncompressed-layers", f"dir:{images / 'plain'}",
+                   f"oci:{image}:{ref}")
+        else:
+            skopeo(*copy, "--dest-compress-format", form.removeprefix("oci-").replace(
+                "zstd-chunked", "zstd:chunked"), source, f"oci:{image}:{ref}")
+    elif form == "oci-archive":
+        image = images / "image.tar"
+        skopeo(*copy, "--dest-compress-format", "zstd", source, f"oci-archive:{image}:{ref}")
+    else:
+        image = images / "image.tar"
+        skopeo(*copy, source, f"docker-archive:{image}:example/app:1.0")
+    result = unpack_image(image, tmp_path / "rootfs", ref=None)
+    assert_same_rootfs(reference, tmp_path / "rootfs")
+    if form == "oci-zstd-chunked":
+        assert result.manifest_digest is not None
+        manifest = json.loads((image / "blobs" / "sha256" / result.manifest_digest
+                               .partition(":")[2]).read_bytes())
+        for layer, done in zip(manifest["layers"], result.layers, strict=True):
+            assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+            assert "io.containers.zstd-chunked.manifest-position" in layer["annotations"]
+            assert (done.digest, done.compression) == (layer["digest"], "zstd")
 
 
 def test_docker_save_directory_and_repeated_layer(parts: ImageParts, images: Path,

@@ -6,6 +6,8 @@
   which ``repack`` never writes), and unpacks it with ``umoci unpack`` for reference.
 - :class:`OCIBuilder` writes OCI layouts blob by blob, so that a test can make any
   image, well-formed or hostile (wrong digests, sizes, media types, nesting...).
+- :func:`skopeo` converts them between containers/image's transports (``oci:``,
+  ``oci-archive:``, ``docker-archive:``, ``dir:``) and layer compressions.
 - :func:`write_docker_save` writes ``docker save`` archives in both layouts: classic
   (``<id>/layer.tar``, ``<id>.json``, ``manifest.json``) and the one Docker 25+ writes
   (an OCI layout whose ``manifest.json`` names ``blobs/sha256/...``).
@@ -332,6 +334,16 @@ def umoci(*args: str | os.PathLike[str]) -> str:
     proc = subprocess.run([exe, *(os.fspath(a) for a in args)], capture_output=True,
                           text=True)
     assert proc.returncode == 0, f"umoci {' '.join(map(str, args))}: {proc.stderr}"
+    return proc.stdout
+
+
+def skopeo(*args: str | os.PathLike[str]) -> str:
+    """Run ``skopeo --insecure-policy``; a missing skopeo or a failure fails the test."""
+    exe = shutil.which("skopeo")
+    assert exe is not None, "skopeo is not installed (Debian package 'skopeo')"
+    proc = subprocess.run([exe, "--insecure-policy", *(os.fspath(a) for a in args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"skopeo {' '.join(map(str, args))}: {proc.stderr}"
     return proc.stdout
 
 
