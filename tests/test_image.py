@@ -264,15 +264,17 @@ def test_docker_save_gives_the_same_tree(umoci_image: UmociImage, parts: ImagePa
 
 
 @pytest.mark.parametrize("form", ["oci-gzip", "oci-zstd", "oci-zstd-chunked",
-                                  "oci-uncompressed", "oci-archive", "docker-archive"])
+                                  "oci-uncompressed", "oci-archive", "docker-archive",
+                                  "dir-v2s2", "dir-oci", "dir-uncompressed"])
 def test_skopeo_transports_give_the_same_tree(umoci_image: UmociImage, images: Path,
                                               tmp_path: Path, form: str) -> None:
-    """What skopeo (containers/image) writes, from umoci's layout, unpacks to umoci's
-    tree. zstd:chunked layers are zstd with a TOC in skippable frames and annotations,
-    and end with a frame that declares a 32 MiB window for a few KiB (refused at the
-    default limit before); its writer also drops the padding that Python's tarfile
-    puts after a tar's end (the last, raw layer), so that layer no longer has its
-    DiffID: the repacked tag ``step3`` is used there, against ``umoci unpack`` of it."""
+    """What skopeo (containers/image) writes from umoci's layout (``oci:``,
+    ``oci-archive:``, ``docker-archive:``, ``dir:``) unpacks to umoci's tree.
+    zstd:chunked layers are zstd with a TOC in skippable frames and annotations, and end
+    with a frame that declares a 32 MiB window for a few KiB (refused at the default
+    limit before); its writer also drops the padding that Python's tarfile puts after a
+    tar's end (the last, raw layer), so that layer no longer has its DiffID: the
+    repacked tag ``step3`` is used there, against ``umoci unpack`` of it."""
     ref, reference = "latest", umoci_image.rootfs
     source = f"oci:{umoci_image.layout}:{ref}"
     copy = ["copy", "--quiet"]
@@ -290,6 +292,11 @@ def test_skopeo_transports_give_the_same_tree(umoci_image: UmociImage, images: P
         else:
             skopeo(*copy, "--dest-compress-format", form.removeprefix("oci-").replace(
                 "zstd-chunked", "zstd:chunked"), source, f"oci:{image}:{ref}")
+    elif form.startswith("dir-"):
+        image = images / "dir"
+        how = {"dir-v2s2": ["--format", "v2s2"], "dir-oci": ["--format", "oci"],
+               "dir-uncompressed": ["--dest-decompress"]}[form]
+        skopeo(*copy, *how, source, f"dir:{image}")
     elif form == "oci-archive":
         image = images / "image.tar"
         skopeo(*copy, "--dest-compress-format", "zstd", source, f"oci-archive:{image}:{ref}")
@@ -1076,7 +1083,7 @@ def test_nesting_up_to_the_limit_is_fine(images: Path, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "dest" / "etc")) == ["b", "c"]
 
 
-def _dir_transport(root: Path, media_type: str) -> Path:
+def _dir_transport(root: Path, media_type: str, *, schema: int = 2) -> Path:
     """containers/image's ``dir:`` layout (podman save --format docker-dir or oci-dir,
     skopeo copy dir:): one image manifest as manifest.json, a version file, and the
     blobs named by their hex digests."""
@@ -1086,7 +1093,7 @@ def _dir_transport(root: Path, media_type: str) -> Path:
                          "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}).encode()
     for blob in (layer, config):
         (root / sha256(blob).partition(":")[2]).write_bytes(blob)
-    manifest = {"schemaVersion": 2, "mediaType": media_type,
+    manifest = {"schemaVersion": schema, "mediaType": media_type,
                 "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                            "digest": sha256(config), "size": len(config)},
                 "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
@@ -1109,8 +1116,8 @@ def _docker_v1(root: Path) -> Path:
 
 
 @pytest.mark.parametrize(("kind", "mentions"), [
-    ("docker-dir", ("Docker v2 schema 2", "docker-dir", "'dir' layout")),
-    ("oci-dir", ("single OCI image manifest", "oci-dir")),
+    ("dir-schema1", ("Docker schema 1", "'dir' layout")),
+    ("dir-index", ("image index", "skopeo copy --all dir:")),
     ("docker-v1", ("Docker before 1.10", "repositories")),
     ("docker-v1-tar", ("Docker before 1.10",)),
     ("empty", ("not an image", "no index.json")),
@@ -1121,11 +1128,13 @@ def test_unsupported_format_says_what_is_supported(
     """An image in a format we do not read gets one line that names it and lists the
     formats that are read, not a parse error (podman save --format docker-dir gave
     "manifest.json must be a non-empty list")."""
-    if kind == "docker-dir":
+    if kind == "dir-schema1":
         image = _dir_transport(images / kind, "application/vnd.docker.distribution."
-                                              "manifest.v2+json")
-    elif kind == "oci-dir":
-        image = _dir_transport(images / kind, OCI_MANIFEST)
+                                              "manifest.v1+prettyjws", schema=1)
+    elif kind == "dir-index":
+        image = _dir_transport(images / kind, OCI_INDEX)
+        (image / "manifest.json").write_text(json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
     elif kind.startswith("docker-v1"):
         image = _docker_v1(images / "v1")
         if kind.endswith("tar"):
@@ -1140,6 +1149,34 @@ def test_unsupported_format_says_what_is_supported(
                                            "docker save", *mentions))
     assert "non-empty list" not in line
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, "application/vnd.docker."
+                                        "distribution.manifest.v2+json"])
+def test_a_dir_layout_is_read(media_type: str, images: Path, tmp_path: Path,
+                              run_cli: Callable[..., CLIResult]) -> None:
+    """containers/image's ``dir:`` layout (skopeo copy dir:, podman save --format
+    docker-dir or oci-dir): one image manifest as manifest.json, its blobs beside it
+    named by their digests, read as an OCI layout's are (it was refused). Its manifest
+    has no name; its digest is that of manifest.json."""
+    image = _dir_transport(images / "dir", media_type)
+    digest = sha256((image / "manifest.json").read_bytes())
+    rc, out, err = run_cli("unpack-image", "--json", image, tmp_path / "a")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert (doc["format"], doc["manifest_digest"]) == ("dir", digest)
+    unpack_image(image, tmp_path / "b", ref=digest)
+    assert_same_rootfs(tmp_path / "a", tmp_path / "b")
+    line = assert_one_line_error(run_cli("unpack-image", "--ref", "latest", image,
+                                         tmp_path / "c"), rc=1,
+                                 mentions=("holds one image", digest, "leave out --ref"))
+    assert "Traceback" not in line
+    # A blob that is not what its name says is found as in an OCI layout.
+    layer = json.loads((image / "manifest.json").read_bytes())["layers"][0]["digest"]
+    blob = image / layer.partition(":")[2]
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\1")
+    with pytest.raises(DigestMismatchError, match="digest mismatch"):
+        unpack_image(image, tmp_path / "d")
 
 
 def test_digest_check_refuses_names_before_opening() -> None:
