@@ -426,8 +426,11 @@ def opaque_layer() -> bytes:
     - ``opq/.wh..wh..opq`` removes ``lower-file`` and ``lower-dir`` of layer 1;
     - ``etc/conf.d/.wh..wh..opq`` comes first, then a new file in that directory;
     - ``usr/.wh.lib`` removes a whole directory tree.
+
+    It ends as Go's tar writer ends one (two zero blocks, no 10 KiB record): skopeo's
+    zstd:chunked writer drops the rest, which would change the layer's DiffID.
     """
-    return make_tar([
+    data = make_tar([
         Entry("opq/", "dir", mode=0o755),
         Entry("opq/kept", data=b"upper version\n"),
         Entry("opq/.wh..wh..opq", mode=0),
@@ -439,6 +442,9 @@ def opaque_layer() -> bytes:
         Entry("usr/", "dir", mode=0o755),
         Entry("usr/.wh.lib", mode=0),
     ])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        last = tf.getmembers()[-1]
+    return data[:last.offset_data + -(-last.size // 512) * 512] + bytes(1024)
 
 
 def _build(root: Path, steps: list[Callable[[Path], None]],
