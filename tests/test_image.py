@@ -1110,7 +1110,7 @@ def _docker_v1(root: Path) -> Path:
 
 @pytest.mark.parametrize(("kind", "mentions"), [
     ("dir-schema1", ("Docker schema 1", "'dir' layout")),
-    ("dir-index", ("image index", "skopeo copy --all dir:")),
+    ("dir-unknown", ("media type 'application/x-unknown'", "'dir' layout")),
     ("docker-v1", ("Docker before 1.10", "repositories")),
     ("docker-v1-tar", ("Docker before 1.10",)),
     ("empty", ("not an image", "no index.json")),
@@ -1124,10 +1124,8 @@ def test_unsupported_format_says_what_is_supported(
     if kind == "dir-schema1":
         image = _dir_transport(images / kind, "application/vnd.docker.distribution."
                                               "manifest.v1+prettyjws", schema=1)
-    elif kind == "dir-index":
-        image = _dir_transport(images / kind, OCI_INDEX)
-        (image / "manifest.json").write_text(json.dumps(
-            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
+    elif kind == "dir-unknown":
+        image = _dir_transport(images / kind, "application/x-unknown")
     elif kind.startswith("docker-v1"):
         image = _docker_v1(images / "v1")
         if kind.endswith("tar"):
@@ -1162,7 +1160,7 @@ def test_a_dir_layout_is_read(media_type: str, images: Path, tmp_path: Path,
     assert_same_rootfs(tmp_path / "a", tmp_path / "b")
     line = assert_one_line_error(run_cli("unpack-image", "--ref", "latest", image,
                                          tmp_path / "c"), rc=1,
-                                 mentions=("holds one image", digest, "leave out --ref"))
+                                 mentions=("has no names", digest, "leave out --ref"))
     assert "Traceback" not in line
     # A blob that is not what its name says is found as in an OCI layout.
     layer = json.loads((image / "manifest.json").read_bytes())["layers"][0]["digest"]
@@ -1170,6 +1168,21 @@ def test_a_dir_layout_is_read(media_type: str, images: Path, tmp_path: Path,
     blob.write_bytes(blob.read_bytes()[:-1] + b"\1")
     with pytest.raises(DigestMismatchError, match="digest mismatch"):
         unpack_image(image, tmp_path / "d")
+
+
+@pytest.mark.parametrize(("platform", "marker"), [(None, "amd64"), ("linux/arm/v7", "armv7")])
+def test_a_dir_layout_of_an_index_chooses_the_platform(
+        multiarch: OCIBuilder, images: Path, tmp_path: Path, platform: str | None,
+        marker: str) -> None:
+    """``skopeo copy --all`` to ``dir:`` writes the index as manifest.json and each image
+    manifest as ``DIGEST.manifest.json``: the platform is chosen as in an OCI layout."""
+    image = images / "dir"
+    skopeo("copy", "--quiet", "--all", f"oci:{multiarch.root}:multi", f"dir:{image}")
+    assert "manifests" in json.loads((image / "manifest.json").read_bytes())
+    unpack_image(image, tmp_path / "root", platform=platform)
+    assert os.listdir(tmp_path / "root") == [marker]
+    with pytest.raises(ImageError, match=r"no manifest for platform linux/s390x .*linux/arm64"):
+        unpack_image(image, tmp_path / "none", platform="linux/s390x")
 
 
 def test_digest_check_refuses_names_before_opening() -> None:

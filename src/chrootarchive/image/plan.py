@@ -32,8 +32,10 @@ from chrootarchive.image.mediatypes import (
     CONFIG_TYPES,
     CONTAINERD_NAME,
     DOCKER_CONFIG,
-    DOCKER_MANIFEST,
+    INDEX_TYPES,
     LAYER_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
     OCI_MANIFEST,
 )
 from chrootarchive.image.platforms import normalize_platform, platform_rank
@@ -195,9 +197,10 @@ def _dir_blob(digest: str) -> str:
 
 def _plan_dir(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
     """containers/image's ``dir:`` layout (skopeo copy dir:, podman save --format
-    docker-dir or oci-dir): ``manifest.json`` is one image manifest, the root of trust as
-    ``index.json`` is in an OCI layout (its digest is that of the bytes read here), and
-    the blobs beside it are named by their digests."""
+    docker-dir or oci-dir): ``manifest.json`` is one image manifest or index (``skopeo
+    copy --all``), the root of trust as ``index.json`` is in an OCI layout (its digest is
+    that of the bytes read here); the blobs beside it are named by their digests, an
+    index's manifests ``DIGEST.manifest.json``."""
     reader = layout.open("manifest.json", "manifest.json")
     try:
         data = read_all(reader, MAX_JSON_SIZE)
@@ -207,21 +210,26 @@ def _plan_dir(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         raise ImageError(f"manifest.json is too large (limit {MAX_JSON_SIZE} bytes)",
                          "manifest.json")
     doc = parse_json(data, "manifest.json", "manifest.json")
-    media = doc.get("mediaType", OCI_MANIFEST) if isinstance(doc, dict) else None
-    if (not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or "manifests" in doc
-            or media not in (OCI_MANIFEST, DOCKER_MANIFEST)):
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise _single_manifest(layout, doc)
+    media = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
+    if media not in MANIFEST_TYPES | INDEX_TYPES:
         raise _single_manifest(layout, doc)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if ref is not None and digest_ref(ref) != digest:
-        raise ImageError(f"no image {clip(ref)}: a 'dir' layout holds one image, unnamed "
-                         f"(its manifest digest: {digest}); leave out --ref",
+        raise ImageError(f"no image {clip(ref)}: a 'dir' layout has no names (the digest "
+                         f"of its manifest.json: {digest}); leave out --ref",
                          "manifest.json")
-    files = layout_fetch(layout, _dir_blob)
+    blobs = layout_fetch(layout, _dir_blob)
+    documents = layout_fetch(layout, lambda d: _dir_blob(d) + ".manifest.json")
 
     def fetch(desc: Descriptor, what: str) -> bytes:
-        return data if desc.digest == digest else files(desc, what)
+        if desc.digest == digest:
+            return data
+        listed = desc.media_type in MANIFEST_TYPES | INDEX_TYPES
+        return (documents if listed else blobs)(desc, what)
 
-    desc = Descriptor(media, digest, len(data), {}, None)
+    desc = resolve_manifest(fetch, Descriptor(media, digest, len(data), {}, None), sel, ())
     return plan_manifest(fetch, desc, ref, sel, max_layers, _blob_check(layout, _dir_blob),
                          "dir")
 
@@ -354,7 +362,8 @@ SUPPORTED_FORMATS = (
     "oci-archive:, docker save of Docker 25 and later), a docker save archive "
     "(manifest.json listing the images, a directory or a tar: docker save, podman save "
     "--format docker-archive), and containers/image's 'dir' layout (manifest.json holding "
-    "one image manifest: skopeo copy dir:, podman save --format docker-dir or oci-dir)"
+    "one image manifest or index: skopeo copy dir:, podman save --format docker-dir or "
+    "oci-dir)"
 )
 
 
@@ -368,8 +377,7 @@ def _single_manifest(layout: Layout, doc: Any) -> ImageError:
     if isinstance(doc, dict) and "schemaVersion" in doc:
         media = doc.get("mediaType")
         kind = ("a Docker schema 1 image manifest" if doc.get("schemaVersion") == 1
-                else "an image index (skopeo copy --all dir:)" if "manifests" in doc
-                else f"a manifest of media type {clip(media)}")
+                else f"a document of media type {clip(media)}")
         dir_transport = " of a containers/image 'dir' layout" if layout.exists("version") else ""
         return _not_supported(f"{kind} as the manifest.json{dir_transport}", "manifest.json")
     return _not_supported("a manifest.json that is not docker save's list of images",
