@@ -888,6 +888,37 @@ def case_blob_absolute_symlink(root: Path, victim: Victim) -> Path:
     return root
 
 
+def _dir_layout_stealing(root: Path, victim: Victim, *, index: bool) -> Path:
+    """A ``dir:`` layout whose layer blob (``index``: whose image manifest, named by an
+    index) is a symlink to a victim file whose digest the attacker knows."""
+    root.mkdir()
+    secret = victim.secret.read_bytes()
+    stolen = {"mediaType": OCI_MANIFEST if index else "application/vnd.oci.image.layer.v1.tar",
+              "digest": sha256(secret), "size": len(secret)}
+    name = sha256(secret).partition(":")[2] + (".manifest.json" if index else "")
+    (root / name).symlink_to(os.path.relpath(victim.secret, root))
+    if index:
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                               "manifests": [stolen]}
+    else:
+        config = canonical({"architecture": "amd64", "os": "linux",
+                            "rootfs": {"type": "layers", "diff_ids": [sha256(secret)]}})
+        (root / sha256(config).partition(":")[2]).write_bytes(config)
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [stolen],
+               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                          "digest": sha256(config), "size": len(config)}}
+    (root / "manifest.json").write_bytes(canonical(doc))
+    return root
+
+
+def case_dir_blob_symlink_out_of_layout(root: Path, victim: Victim) -> Path:
+    return _dir_layout_stealing(root, victim, index=False)
+
+
+def case_dir_manifest_symlink_out_of_layout(root: Path, victim: Victim) -> Path:
+    return _dir_layout_stealing(root, victim, index=True)
+
+
 def _docker_archive(root: Path, layers: list[str], members: dict[str, bytes | str],
                     config: bytes | None = None) -> Path:
     """A docker save tar: ``members`` maps names to data, or to a symlink target."""
@@ -999,6 +1030,10 @@ CASES = {
                               written=True),
     "blob-symlink-out-of-layout": Case(case_blob_symlink_out_of_layout, ("leaves the image",)),
     "blob-absolute-symlink": Case(case_blob_absolute_symlink, ("outside the image",)),
+    "dir-blob-symlink-out-of-layout": Case(case_dir_blob_symlink_out_of_layout,
+                                           ("leaves the image",)),
+    "dir-manifest-symlink-out-of-layout": Case(case_dir_manifest_symlink_out_of_layout,
+                                               ("leaves the image",)),
     "docker-layer-path-leaves": Case(case_docker_layer_path_leaves, ("leaves the image",)),
     "docker-layer-symlink-absolute": Case(case_docker_layer_symlink_absolute,
                                           ("outside the image",)),
