@@ -216,6 +216,21 @@ def test_huge_window_refused_before_allocation(mechanism: str, case: str,
     assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
 
 
+def test_a_frame_declaring_more_than_it_makes_is_read_in_little_memory(
+        mechanism: str, tmp_path: Path) -> None:
+    """A frame that declares 1.5 GiB and makes 7.5 MiB is read (held back, then given
+    to the library with a window of 8 MiB) with parent + worker under 64 MiB."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path / "dest"), mechanism],
+        input=zstd_declaring(20, 4, _tar(), zeros=60), capture_output=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"] is None, seen
+    assert (tmp_path / "dest" / "a").read_bytes() == b"hello"
+    assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
+
+
 def test_cli_huge_window_is_a_one_line_limit_error(
     tmp_path: Path, write_archive: Callable[..., Path]
 ) -> None:
