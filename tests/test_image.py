@@ -1146,6 +1146,7 @@ def _docker_v1(root: Path) -> Path:
 @pytest.mark.parametrize(("kind", "mentions"), [
     ("dir-schema1", ("Docker schema 1", "'dir' layout")),
     ("dir-unknown", ("media type 'application/x-unknown'", "'dir' layout")),
+    ("dir-media-type-list", ("media type", "'dir' layout")),
     ("docker-v1", ("Docker before 1.10", "repositories")),
     ("docker-v1-tar", ("Docker before 1.10",)),
     ("empty", ("not an image", "no index.json")),
@@ -1161,6 +1162,10 @@ def test_unsupported_format_says_what_is_supported(
                                               "manifest.v1+prettyjws", schema=1)
     elif kind == "dir-unknown":
         image = _dir_transport(images / kind, "application/x-unknown")
+    elif kind == "dir-media-type-list":
+        image = _dir_transport(images / kind, "")
+        doc = json.loads((image / "manifest.json").read_bytes())
+        (image / "manifest.json").write_text(json.dumps({**doc, "mediaType": [OCI_MANIFEST]}))
     elif kind.startswith("docker-v1"):
         image = _docker_v1(images / "v1")
         if kind.endswith("tar"):

@@ -213,7 +213,7 @@ def _plan_dir(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise _single_manifest(layout, doc)
     media = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
-    if media not in MANIFEST_TYPES | INDEX_TYPES:
+    if not isinstance(media, str) or media not in MANIFEST_TYPES | INDEX_TYPES:
         raise _single_manifest(layout, doc)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if ref is not None and digest_ref(ref) != digest:
@@ -372,8 +372,8 @@ def _not_supported(what: str, where: str) -> ImageError:
 
 
 def _single_manifest(layout: Layout, doc: Any) -> ImageError:
-    """manifest.json is neither docker save's list nor one image manifest of a ``dir:``
-    layout that we read (``_plan_dir``)."""
+    """manifest.json is neither docker save's list nor an image manifest or index of a
+    ``dir:`` layout (``_plan_dir``)."""
     if isinstance(doc, dict) and "schemaVersion" in doc:
         media = doc.get("mediaType")
         kind = ("a Docker schema 1 image manifest" if doc.get("schemaVersion") == 1
