@@ -57,6 +57,7 @@ from helpers.oci_images import (
     platform_of,
     read_image,
     sha256,
+    skopeo,
     tar_directory,
     umoci,
     write_docker_save,
@@ -260,6 +261,51 @@ def test_docker_save_gives_the_same_tree(umoci_image: UmociImage, parts: ImagePa
         (plain / "manifest.json").unlink()
         unpack_image(plain, tmp_path / "via-index")
         assert_same_rootfs(umoci_image.rootfs, tmp_path / "via-index")
+
+
+@pytest.mark.parametrize("form", ["oci-gzip", "oci-zstd", "oci-zstd-chunked",
+                                  "oci-uncompressed", "oci-archive", "docker-archive",
+                                  "dir-v2s2", "dir-oci", "dir-uncompressed"])
+def test_skopeo_transports_give_the_same_tree(umoci_image: UmociImage, images: Path,
+                                              tmp_path: Path, form: str) -> None:
+    """What skopeo (containers/image) writes from umoci's layout (``oci:``,
+    ``oci-archive:``, ``docker-archive:``, ``dir:``) unpacks to umoci's tree, whiteouts
+    and opaque markers included. zstd:chunked layers are zstd with a TOC in skippable
+    frames and annotations, and end with a frame that declares a 32 MiB window for a few
+    KiB (refused at the default limit before)."""
+    ref = "latest"
+    source = f"oci:{umoci_image.layout}:{ref}"
+    copy = ["copy", "--quiet"]
+    if form.startswith("oci-") and form != "oci-archive":
+        image = images / "layout"
+        if form == "oci-uncompressed":
+            skopeo(*copy, "--dest-decompress", source, f"dir:{images / 'plain'}")
+            skopeo(*copy, "--dest-oci-accept-uncompressed-layers", f"dir:{images / 'plain'}",
+                   f"oci:{image}:{ref}")
+        else:
+            skopeo(*copy, "--dest-compress-format", form.removeprefix("oci-").replace(
+                "zstd-chunked", "zstd:chunked"), source, f"oci:{image}:{ref}")
+    elif form.startswith("dir-"):
+        image = images / "dir"
+        how = {"dir-v2s2": ["--format", "v2s2"], "dir-oci": ["--format", "oci"],
+               "dir-uncompressed": ["--dest-decompress"]}[form]
+        skopeo(*copy, *how, source, f"dir:{image}")
+    elif form == "oci-archive":
+        image = images / "image.tar"
+        skopeo(*copy, "--dest-compress-format", "zstd", source, f"oci-archive:{image}:{ref}")
+    else:
+        image = images / "image.tar"
+        skopeo(*copy, source, f"docker-archive:{image}:example/app:1.0")
+    result = unpack_image(image, tmp_path / "rootfs", ref=None)
+    assert_same_rootfs(umoci_image.rootfs, tmp_path / "rootfs")
+    if form == "oci-zstd-chunked":
+        assert result.manifest_digest is not None
+        manifest = json.loads((image / "blobs" / "sha256" / result.manifest_digest
+                               .partition(":")[2]).read_bytes())
+        for layer, done in zip(manifest["layers"], result.layers, strict=True):
+            assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+            assert "io.containers.zstd-chunked.manifest-position" in layer["annotations"]
+            assert (done.digest, done.compression) == (layer["digest"], "zstd")
 
 
 def test_docker_save_directory_and_repeated_layer(parts: ImageParts, images: Path,
@@ -842,6 +888,37 @@ def case_blob_absolute_symlink(root: Path, victim: Victim) -> Path:
     return root
 
 
+def _dir_layout_stealing(root: Path, victim: Victim, *, index: bool) -> Path:
+    """A ``dir:`` layout whose layer blob (``index``: whose image manifest, named by an
+    index) is a symlink to a victim file whose digest the attacker knows."""
+    root.mkdir()
+    secret = victim.secret.read_bytes()
+    stolen = {"mediaType": OCI_MANIFEST if index else "application/vnd.oci.image.layer.v1.tar",
+              "digest": sha256(secret), "size": len(secret)}
+    name = sha256(secret).partition(":")[2] + (".manifest.json" if index else "")
+    (root / name).symlink_to(os.path.relpath(victim.secret, root))
+    if index:
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                               "manifests": [stolen]}
+    else:
+        config = canonical({"architecture": "amd64", "os": "linux",
+                            "rootfs": {"type": "layers", "diff_ids": [sha256(secret)]}})
+        (root / sha256(config).partition(":")[2]).write_bytes(config)
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [stolen],
+               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                          "digest": sha256(config), "size": len(config)}}
+    (root / "manifest.json").write_bytes(canonical(doc))
+    return root
+
+
+def case_dir_blob_symlink_out_of_layout(root: Path, victim: Victim) -> Path:
+    return _dir_layout_stealing(root, victim, index=False)
+
+
+def case_dir_manifest_symlink_out_of_layout(root: Path, victim: Victim) -> Path:
+    return _dir_layout_stealing(root, victim, index=True)
+
+
 def _docker_archive(root: Path, layers: list[str], members: dict[str, bytes | str],
                     config: bytes | None = None) -> Path:
     """A docker save tar: ``members`` maps names to data, or to a symlink target."""
@@ -953,6 +1030,10 @@ CASES = {
                               written=True),
     "blob-symlink-out-of-layout": Case(case_blob_symlink_out_of_layout, ("leaves the image",)),
     "blob-absolute-symlink": Case(case_blob_absolute_symlink, ("outside the image",)),
+    "dir-blob-symlink-out-of-layout": Case(case_dir_blob_symlink_out_of_layout,
+                                           ("leaves the image",)),
+    "dir-manifest-symlink-out-of-layout": Case(case_dir_manifest_symlink_out_of_layout,
+                                               ("leaves the image",)),
     "docker-layer-path-leaves": Case(case_docker_layer_path_leaves, ("leaves the image",)),
     "docker-layer-symlink-absolute": Case(case_docker_layer_symlink_absolute,
                                           ("outside the image",)),
@@ -1030,7 +1111,7 @@ def test_nesting_up_to_the_limit_is_fine(images: Path, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "dest" / "etc")) == ["b", "c"]
 
 
-def _dir_transport(root: Path, media_type: str) -> Path:
+def _dir_transport(root: Path, media_type: str, *, schema: int = 2) -> Path:
     """containers/image's ``dir:`` layout (podman save --format docker-dir or oci-dir,
     skopeo copy dir:): one image manifest as manifest.json, a version file, and the
     blobs named by their hex digests."""
@@ -1040,7 +1121,7 @@ def _dir_transport(root: Path, media_type: str) -> Path:
                          "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}).encode()
     for blob in (layer, config):
         (root / sha256(blob).partition(":")[2]).write_bytes(blob)
-    manifest = {"schemaVersion": 2, "mediaType": media_type,
+    manifest = {"schemaVersion": schema, "mediaType": media_type,
                 "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                            "digest": sha256(config), "size": len(config)},
                 "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar",
@@ -1063,8 +1144,9 @@ def _docker_v1(root: Path) -> Path:
 
 
 @pytest.mark.parametrize(("kind", "mentions"), [
-    ("docker-dir", ("Docker v2 schema 2", "docker-dir", "'dir' layout")),
-    ("oci-dir", ("single OCI image manifest", "oci-dir")),
+    ("dir-schema1", ("Docker schema 1", "'dir' layout")),
+    ("dir-unknown", ("media type 'application/x-unknown'", "'dir' layout")),
+    ("dir-media-type-list", ("media type", "'dir' layout")),
     ("docker-v1", ("Docker before 1.10", "repositories")),
     ("docker-v1-tar", ("Docker before 1.10",)),
     ("empty", ("not an image", "no index.json")),
@@ -1075,11 +1157,15 @@ def test_unsupported_format_says_what_is_supported(
     """An image in a format we do not read gets one line that names it and lists the
     formats that are read, not a parse error (podman save --format docker-dir gave
     "manifest.json must be a non-empty list")."""
-    if kind == "docker-dir":
+    if kind == "dir-schema1":
         image = _dir_transport(images / kind, "application/vnd.docker.distribution."
-                                              "manifest.v2+json")
-    elif kind == "oci-dir":
-        image = _dir_transport(images / kind, OCI_MANIFEST)
+                                              "manifest.v1+prettyjws", schema=1)
+    elif kind == "dir-unknown":
+        image = _dir_transport(images / kind, "application/x-unknown")
+    elif kind == "dir-media-type-list":
+        image = _dir_transport(images / kind, "")
+        doc = json.loads((image / "manifest.json").read_bytes())
+        (image / "manifest.json").write_text(json.dumps({**doc, "mediaType": [OCI_MANIFEST]}))
     elif kind.startswith("docker-v1"):
         image = _docker_v1(images / "v1")
         if kind.endswith("tar"):
@@ -1094,6 +1180,49 @@ def test_unsupported_format_says_what_is_supported(
                                            "docker save", *mentions))
     assert "non-empty list" not in line
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, "application/vnd.docker."
+                                        "distribution.manifest.v2+json"])
+def test_a_dir_layout_is_read(media_type: str, images: Path, tmp_path: Path,
+                              run_cli: Callable[..., CLIResult]) -> None:
+    """containers/image's ``dir:`` layout (skopeo copy dir:, podman save --format
+    docker-dir or oci-dir): one image manifest as manifest.json, its blobs beside it
+    named by their digests, read as an OCI layout's are (it was refused). Its manifest
+    has no name; its digest is that of manifest.json."""
+    image = _dir_transport(images / "dir", media_type)
+    digest = sha256((image / "manifest.json").read_bytes())
+    rc, out, err = run_cli("unpack-image", "--json", image, tmp_path / "a")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert (doc["format"], doc["manifest_digest"]) == ("dir", digest)
+    unpack_image(image, tmp_path / "b", ref=digest)
+    assert_same_rootfs(tmp_path / "a", tmp_path / "b")
+    line = assert_one_line_error(run_cli("unpack-image", "--ref", "latest", image,
+                                         tmp_path / "c"), rc=1,
+                                 mentions=("has no names", digest, "leave out --ref"))
+    assert "Traceback" not in line
+    # A blob that is not what its name says is found as in an OCI layout.
+    layer = json.loads((image / "manifest.json").read_bytes())["layers"][0]["digest"]
+    blob = image / layer.partition(":")[2]
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\1")
+    with pytest.raises(DigestMismatchError, match="digest mismatch"):
+        unpack_image(image, tmp_path / "d")
+
+
+@pytest.mark.parametrize(("platform", "marker"), [(None, "amd64"), ("linux/arm/v7", "armv7")])
+def test_a_dir_layout_of_an_index_chooses_the_platform(
+        multiarch: OCIBuilder, images: Path, tmp_path: Path, platform: str | None,
+        marker: str) -> None:
+    """``skopeo copy --all`` to ``dir:`` writes the index as manifest.json and each image
+    manifest as ``DIGEST.manifest.json``: the platform is chosen as in an OCI layout."""
+    image = images / "dir"
+    skopeo("copy", "--quiet", "--all", f"oci:{multiarch.root}:multi", f"dir:{image}")
+    assert "manifests" in json.loads((image / "manifest.json").read_bytes())
+    unpack_image(image, tmp_path / "root", platform=platform)
+    assert os.listdir(tmp_path / "root") == [marker]
+    with pytest.raises(ImageError, match=r"no manifest for platform linux/s390x .*linux/arm64"):
+        unpack_image(image, tmp_path / "none", platform="linux/s390x")
 
 
 def test_digest_check_refuses_names_before_opening() -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 
 import chrootarchive
 from chrootarchive import LimitExceededError, Limits, UnpackOptions
@@ -53,17 +54,22 @@ def xz_declaring(bits: int, data: bytes) -> bytes:
     return bytes(x)
 
 
-def zstd_declaring(exponent: int, mantissa: int, data: bytes) -> bytes:
-    """A zstd frame of one raw block whose window is (1 << (10 + exponent)) * (1 +
-    mantissa / 8): (20, 4) is 1.5 GiB."""
-    block = ((len(data) << 3) | 1).to_bytes(3, "little")  # raw, last
-    return b"\x28\xb5\x2f\xfd" + bytes([0, exponent << 3 | mantissa]) + block + data
+def zstd_declaring(exponent: int, mantissa: int, data: bytes, *, zeros: int = 0) -> bytes:
+    """A zstd frame of a raw block of ``data``, then ``zeros`` RLE blocks of 128 KiB of
+    zeros, whose window is (1 << (10 + exponent)) * (1 + mantissa / 8): (20, 4) is
+    1.5 GiB."""
+    blocks = [(len(data) << 3).to_bytes(3, "little") + data]  # raw
+    blocks += [((128 << 10) << 3 | 2).to_bytes(3, "little") + b"\0"] * zeros  # RLE
+    blocks[-1] = (int.from_bytes(blocks[-1][:3], "little") | 1).to_bytes(3, "little") \
+        + blocks[-1][3:]  # the last
+    return b"\x28\xb5\x2f\xfd" + bytes([0, exponent << 3 | mantissa]) + b"".join(blocks)
 
 
 HOSTILE: dict[str, tuple[Callable[[], bytes], int]] = {
     "xz-1.5G": (lambda: xz_declaring(37, _tar()), 1537),
     "xz-4G": (lambda: xz_declaring(40, _tar()), 4097),
-    "zstd-1.5G": (lambda: zstd_declaring(20, 4, _tar()), 1536),
+    # 10 MiB made: more than the 9 MiB the limit leaves, so the window may be needed.
+    "zstd-1.5G": (lambda: zstd_declaring(20, 4, _tar(), zeros=80), 1536),
 }
 
 
@@ -85,6 +91,46 @@ def test_windows_within_the_limit_decompress() -> None:
                  zstd_declaring(13, 0, _tar())):  # 8 MiB: zstd -19's window
         kind, chunks = compression.decompressed_chunks(io.BytesIO(blob))
         assert b"".join(chunks) == _tar(), kind
+
+
+def _read_in_pieces(blob: bytes, piece: int) -> bytes:
+    """``blob`` decompressed from a source that gives at most ``piece`` bytes a read."""
+
+    class Pieces:
+        def __init__(self) -> None:
+            self._data = io.BytesIO(blob)
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(piece if size < 0 else min(size, piece))
+
+    return b"".join(compression.decompressed_chunks(Pieces())[1])
+
+
+def test_a_frame_that_makes_less_than_its_window_is_read() -> None:
+    """A window is what the encoder might have used; a decoder needs no more than what
+    the frame makes. zstd:chunked layers (containers/storage's, ``skopeo copy
+    --dest-compress-format zstd:chunked``) end with a frame that declares 32 MiB for a
+    few KiB of tar trailer, beside small frames and skippable frames (the TOC): they
+    were refused at the default limit. Read whatever the pieces the source gives."""
+    params = zstandard.ZstdCompressionParameters(window_log=25, write_content_size=False,
+                                                 write_checksum=True)
+    packer = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    trailer = packer.compress(bytes(3000)) + packer.flush()
+    assert trailer[5] == 15 << 3  # a 32 MiB window, over the default 9 MiB
+    body = _tar()[:-1024]
+    toc = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"toc.."
+    blob = zstandard.ZstdCompressor().compress(body) + trailer + toc
+    for piece in (1, 5, 7, 4096, compression.CHUNK):
+        assert _read_in_pieces(blob, piece) == body + bytes(3000), piece
+    # What the frames above declare does not matter: 1.5 GiB for a tar of 10 KiB.
+    assert _read_in_pieces(zstd_declaring(20, 4, _tar()), 3) == _tar()
+    # Up to the limit's 9 MiB made, but not past it.
+    near = zstd_declaring(20, 4, _tar(), zeros=60)
+    assert _read_in_pieces(near, 1 << 16) == _tar() + bytes(60 << 17)
+    with pytest.raises(LimitExceededError, match="needs 1536 MiB"):
+        _read_in_pieces(zstd_declaring(20, 4, _tar(), zeros=80), 1 << 16)
+    with pytest.raises(chrootarchive.CompressionError, match="truncated"):
+        _read_in_pieces(blob[:-len(toc) - 20], 7)
 
 
 def test_a_larger_max_memory_allows_a_larger_window() -> None:
@@ -170,6 +216,21 @@ def test_huge_window_refused_before_allocation(mechanism: str, case: str,
     assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
 
 
+def test_a_frame_declaring_more_than_it_makes_is_read_in_little_memory(
+        mechanism: str, tmp_path: Path) -> None:
+    """A frame that declares 1.5 GiB and makes 7.5 MiB is read (held back, then given
+    to the library with a window of 8 MiB) with parent + worker under 64 MiB."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(tmp_path / "dest"), mechanism],
+        input=zstd_declaring(20, 4, _tar(), zeros=60), capture_output=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr.decode()
+    seen = json.loads(proc.stdout)
+    assert seen["error"] is None, seen
+    assert (tmp_path / "dest" / "a").read_bytes() == b"hello"
+    assert seen["self"] + seen["children"] < 64 * 1024, seen  # KiB: parent + worker
+
+
 def test_cli_huge_window_is_a_one_line_limit_error(
     tmp_path: Path, write_archive: Callable[..., Path]
 ) -> None:
@@ -181,7 +242,7 @@ def test_cli_huge_window_is_a_one_line_limit_error(
 
 def test_api_limit_error(tmp_path: Path) -> None:
     with pytest.raises(LimitExceededError, match="max_memory"):
-        chrootarchive.untar(io.BytesIO(zstd_declaring(20, 4, _tar())), tmp_path / "d",
+        chrootarchive.untar(io.BytesIO(HOSTILE["zstd-1.5G"][0]()), tmp_path / "d",
                             UnpackOptions(confine="openat2"))
 
 

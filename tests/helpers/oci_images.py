@@ -6,6 +6,8 @@
   which ``repack`` never writes), and unpacks it with ``umoci unpack`` for reference.
 - :class:`OCIBuilder` writes OCI layouts blob by blob, so that a test can make any
   image, well-formed or hostile (wrong digests, sizes, media types, nesting...).
+- :func:`skopeo` converts them between containers/image's transports (``oci:``,
+  ``oci-archive:``, ``docker-archive:``, ``dir:``) and layer compressions.
 - :func:`write_docker_save` writes ``docker save`` archives in both layouts: classic
   (``<id>/layer.tar``, ``<id>.json``, ``manifest.json``) and the one Docker 25+ writes
   (an OCI layout whose ``manifest.json`` names ``blobs/sha256/...``).
@@ -335,6 +337,16 @@ def umoci(*args: str | os.PathLike[str]) -> str:
     return proc.stdout
 
 
+def skopeo(*args: str | os.PathLike[str]) -> str:
+    """Run ``skopeo --insecure-policy``; a missing skopeo or a failure fails the test."""
+    exe = shutil.which("skopeo")
+    assert exe is not None, "skopeo is not installed (Debian package 'skopeo')"
+    proc = subprocess.run([exe, "--insecure-policy", *(os.fspath(a) for a in args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"skopeo {' '.join(map(str, args))}: {proc.stderr}"
+    return proc.stdout
+
+
 def _rootless() -> list[str]:
     return [] if os.geteuid() == 0 else ["--rootless"]
 
@@ -414,8 +426,11 @@ def opaque_layer() -> bytes:
     - ``opq/.wh..wh..opq`` removes ``lower-file`` and ``lower-dir`` of layer 1;
     - ``etc/conf.d/.wh..wh..opq`` comes first, then a new file in that directory;
     - ``usr/.wh.lib`` removes a whole directory tree.
+
+    It ends as Go's tar writer ends one (two zero blocks, no 10 KiB record): skopeo's
+    zstd:chunked writer drops the rest, which would change the layer's DiffID.
     """
-    return make_tar([
+    data = make_tar([
         Entry("opq/", "dir", mode=0o755),
         Entry("opq/kept", data=b"upper version\n"),
         Entry("opq/.wh..wh..opq", mode=0),
@@ -427,6 +442,9 @@ def opaque_layer() -> bytes:
         Entry("usr/", "dir", mode=0o755),
         Entry("usr/.wh.lib", mode=0),
     ])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        last = tf.getmembers()[-1]
+    return data[:last.offset_data + -(-last.size // 512) * 512] + bytes(1024)
 
 
 def _build(root: Path, steps: list[Callable[[Path], None]],

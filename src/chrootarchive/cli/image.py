@@ -31,13 +31,14 @@ examples:
   docker save example/app | chrootarchive unpack-image --ref example/app:latest - ./root
 
 IMAGE is an OCI image layout (a directory holding oci-layout, index.json and blobs/,
-or a tar of one) or a 'docker save' archive (classic, or Docker 25+'s OCI layout);
-tars may be compressed; - reads standard input. The image tar is never extracted: its
-members are read in place. Every document and blob is checked against its digest and
-size, and every layer's uncompressed stream against the config's DiffID. Layers are
-applied in order, each by a worker jailed at DEST, whiteouts included. Nothing but the
-digest and DiffID of a layer can be checked before it is written: with --atomic, DEST
-appears only when every layer was verified.
+or a tar of one: skopeo copy oci: or oci-archive:), a 'docker save' archive (classic,
+or Docker 25+'s OCI layout), or a 'dir' layout (one manifest.json and its blobs, as
+skopeo copy dir: writes it); tars may be compressed; - reads standard input. The image
+tar is never extracted: its members are read in place. Every document and blob is
+checked against its digest and size, and every layer's uncompressed stream against the
+config's DiffID. Layers are applied in order, each by a worker jailed at DEST,
+whiteouts included. Nothing but the digest and DiffID of a layer can be checked before
+it is written: with --atomic, DEST appears only when every layer was verified.
 
 exit status: 0 done, 1 bad or hostile image (digest mismatch, missing blob, unknown
 media type, too many layers...), 2 usage, 3 no confinement mechanism available,

@@ -1,4 +1,5 @@
-"""Container images to a root filesystem: OCI image layouts and ``docker save`` archives.
+"""Container images to a root filesystem: OCI image layouts, ``docker save`` archives
+and containers/image's ``dir:`` layout.
 
 :func:`unpack_image` reads an image from a directory or a tar file, without a daemon
 and without extracting the image tar to disk: a tar is indexed once (with the
@@ -40,10 +41,16 @@ through its ``manifest.json`` (tags as ``RepoTags``), whose layer and config nam
 ``blobs/sha256/...`` and so are checked against their digests too. Without
 ``manifest.json``, the same archive is read as the OCI layout it holds.
 
-Other formats are refused with a message that names them and lists these two:
 containers/image's ``dir:`` layout (``podman save --format docker-dir`` or ``oci-dir``,
-``skopeo copy dir:``: one image manifest as ``manifest.json`` and bare blobs), and the
-``docker save`` of Docker before 1.10 (``repositories``, no ``manifest.json``).
+``skopeo copy dir:``) is one image manifest (or, with ``skopeo copy --all``, an index)
+as ``manifest.json`` and its blobs beside it, named by their digests (an index's
+manifests as ``DIGEST.manifest.json``): its ``manifest.json`` is the root of trust (its
+digest is that of the bytes read), and everything it names is checked as in an OCI
+layout.
+
+Other formats are refused with a message that names them and lists those read: a
+``dir:`` layout of a Docker schema 1 manifest, and the ``docker save`` of Docker before
+1.10 (``repositories``, no ``manifest.json``).
 
 Docker's ``docker save`` has no digest for its ``manifest.json`` (nor an OCI layout for
 its ``index.json``): the chain of trust starts there. Pass a digest as ``ref`` to pin

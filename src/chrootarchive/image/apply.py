@@ -323,7 +323,9 @@ def unpack_image(
             ``blobs/``, or a tar of one), or a ``docker save`` archive (``manifest.json``;
             the classic layout with ``<id>/layer.tar`` and the newer one that embeds an
             OCI layout), as a tar file (compressed or not; ``-`` for standard input) or
-            a directory.
+            a directory; or containers/image's ``dir:`` layout (one image manifest or
+            index as ``manifest.json``, its blobs beside it: ``skopeo copy dir:``),
+            which has no names (``ref`` may only be the digest of its manifest.json).
         dest: the root filesystem directory; created (0755) if missing. Layers are
             applied onto what it holds.
         ref: which image: an ``org.opencontainers.image.ref.name`` (or

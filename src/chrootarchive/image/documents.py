@@ -89,11 +89,11 @@ def read_root_json(layout: Layout, name: str, what: str) -> Any:
 Fetch = Callable[["Descriptor", str], bytes]
 
 
-def layout_fetch(layout: Layout) -> Fetch:
-    """A :data:`Fetch` reading the blobs of ``layout``."""
+def layout_fetch(layout: Layout, name_of: Callable[[str], str] = blob_name) -> Fetch:
+    """A :data:`Fetch` reading the blobs of ``layout`` (a digest's file: ``name_of``)."""
 
     def fetch(desc: Descriptor, what: str) -> bytes:
-        reader = layout.open(blob_name(desc.digest), f"blob of the {what}")
+        reader = layout.open(name_of(desc.digest), f"blob of the {what}")
         try:
             if reader.size != desc.size:  # known before reading (a large one is not spooled)
                 raise DigestMismatchError(

@@ -32,8 +32,10 @@ from chrootarchive.image.mediatypes import (
     CONFIG_TYPES,
     CONTAINERD_NAME,
     DOCKER_CONFIG,
-    DOCKER_MANIFEST,
+    INDEX_TYPES,
     LAYER_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
     OCI_MANIFEST,
 )
 from chrootarchive.image.platforms import normalize_platform, platform_rank
@@ -159,9 +161,20 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         names = desc.names()
         chosen_ref = names[0] if names else None
     desc = resolve_manifest(layout_fetch(layout), desc, sel, ())
+    return plan_manifest(layout_fetch(layout), desc, chosen_ref, sel, max_layers,
+                         _blob_check(layout, blob_name), "oci")
+
+
+#: Checks a layer's blob before anything is applied and returns its name (for the
+#: opener) and size: ``check_blob(index, descriptor)``.
+BlobCheck = Callable[[int, Descriptor], tuple[str, int]]
+
+
+def _blob_check(layout: Layout, name_of: Callable[[str], str]) -> BlobCheck:
+    """A :data:`BlobCheck` for the blobs of ``layout`` (a digest's file: ``name_of``)."""
 
     def check_blob(index: int, d: Descriptor) -> tuple[str, int]:
-        name = blob_name(d.digest)
+        name = name_of(d.digest)
         what = f"blob of layer {index} ({d.digest})"
         if not layout.exists(name):
             hint = " (a non-distributable layer: its urls are not fetched)" if d.urls else ""
@@ -172,13 +185,53 @@ def _plan_oci(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
                                       f"{actual}", f"layer {index} ({d.digest})")
         return name, actual
 
-    return plan_manifest(layout_fetch(layout), desc, chosen_ref, sel, max_layers, check_blob,
-                         "oci")
+    return check_blob
 
 
-#: Checks a layer's blob before anything is applied and returns its name (for the
-#: opener) and size: ``check_blob(index, descriptor)``.
-BlobCheck = Callable[[int, Descriptor], tuple[str, int]]
+def _dir_blob(digest: str) -> str:
+    """A blob's file in containers/image's ``dir:`` layout: its sha256 in hex, or
+    ``ALG-HEX`` for another algorithm (``digest`` must have been checked)."""
+    alg, _, encoded = digest.partition(":")
+    return encoded if alg == "sha256" else f"{alg}-{encoded}"
+
+
+def _plan_dir(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
+    """containers/image's ``dir:`` layout (skopeo copy dir:, podman save --format
+    docker-dir or oci-dir): ``manifest.json`` is one image manifest or index (``skopeo
+    copy --all``), the root of trust as ``index.json`` is in an OCI layout (its digest is
+    that of the bytes read here); the blobs beside it are named by their digests, an
+    index's manifests ``DIGEST.manifest.json``."""
+    reader = layout.open("manifest.json", "manifest.json")
+    try:
+        data = read_all(reader, MAX_JSON_SIZE)
+    finally:
+        reader.close()
+    if len(data) > MAX_JSON_SIZE:
+        raise ImageError(f"manifest.json is too large (limit {MAX_JSON_SIZE} bytes)",
+                         "manifest.json")
+    doc = parse_json(data, "manifest.json", "manifest.json")
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise _single_manifest(layout, doc)
+    media = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
+    if not isinstance(media, str) or media not in MANIFEST_TYPES | INDEX_TYPES:
+        raise _single_manifest(layout, doc)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if ref is not None and digest_ref(ref) != digest:
+        raise ImageError(f"no image {clip(ref)}: a 'dir' layout has no names (the digest "
+                         f"of its manifest.json: {digest}); leave out --ref",
+                         "manifest.json")
+    blobs = layout_fetch(layout, _dir_blob)
+    documents = layout_fetch(layout, lambda d: _dir_blob(d) + ".manifest.json")
+
+    def fetch(desc: Descriptor, what: str) -> bytes:
+        if desc.digest == digest:
+            return data
+        listed = desc.media_type in MANIFEST_TYPES | INDEX_TYPES
+        return (documents if listed else blobs)(desc, what)
+
+    desc = resolve_manifest(fetch, Descriptor(media, digest, len(data), {}, None), sel, ())
+    return plan_manifest(fetch, desc, ref, sel, max_layers, _blob_check(layout, _dir_blob),
+                         "dir")
 
 
 def plan_manifest(fetch: Fetch, desc: Descriptor, ref: str | None, sel: Selection,
@@ -306,9 +359,11 @@ def _plan_docker(layout: Layout, doc: list[Any], ref: str | None, sel: Selection
 SUPPORTED_FORMATS = (
     "supported formats: an OCI image layout (oci-layout, index.json, blobs/), as a "
     "directory or a tar (podman save --format oci-archive, skopeo copy oci: or "
-    "oci-archive:, docker save of Docker 25 and later), and a docker save archive "
+    "oci-archive:, docker save of Docker 25 and later), a docker save archive "
     "(manifest.json listing the images, a directory or a tar: docker save, podman save "
-    "--format docker-archive)"
+    "--format docker-archive), and containers/image's 'dir' layout (manifest.json holding "
+    "one image manifest or index: skopeo copy dir:, podman save --format docker-dir or "
+    "oci-dir)"
 )
 
 
@@ -317,17 +372,14 @@ def _not_supported(what: str, where: str) -> ImageError:
 
 
 def _single_manifest(layout: Layout, doc: Any) -> ImageError:
-    """manifest.json holds one image manifest, not docker save's list: containers/image's
-    ``dir:`` layout (podman save --format docker-dir or oci-dir, skopeo copy dir:)."""
+    """manifest.json is neither docker save's list nor an image manifest or index of a
+    ``dir:`` layout (``_plan_dir``)."""
     if isinstance(doc, dict) and "schemaVersion" in doc:
         media = doc.get("mediaType")
-        kind = ("Docker schema 1" if doc.get("schemaVersion") == 1
-                else "Docker v2 schema 2" if media == DOCKER_MANIFEST
-                else "OCI" if media in (None, OCI_MANIFEST) else clip(media))
-        dir_transport = " in a containers/image 'dir' layout" if layout.exists("version") else ""
-        return _not_supported(
-            f"a single {kind} image manifest{dir_transport} (podman save --format docker-dir "
-            "or oci-dir, skopeo copy dir:)", "manifest.json")
+        kind = ("a Docker schema 1 image manifest" if doc.get("schemaVersion") == 1
+                else f"a document of media type {clip(media)}")
+        dir_transport = " of a containers/image 'dir' layout" if layout.exists("version") else ""
+        return _not_supported(f"{kind} as the manifest.json{dir_transport}", "manifest.json")
     return _not_supported("a manifest.json that is not docker save's list of images",
                           "manifest.json")
 
@@ -338,7 +390,7 @@ def make_plan(layout: Layout, ref: str | None, sel: Selection, max_layers: int) 
         if isinstance(doc, list):
             return _plan_docker(layout, doc, ref, sel, max_layers)
         if not layout.exists("index.json"):
-            raise _single_manifest(layout, doc)
+            return _plan_dir(layout, ref, sel, max_layers)
     if layout.exists("index.json"):
         return _plan_oci(layout, ref, sel, max_layers)
     if layout.exists("repositories"):

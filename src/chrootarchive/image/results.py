@@ -51,7 +51,8 @@ class ImageResult(UnpackResult):
     layer), and:
 
     Attributes:
-        format: ``oci`` (an OCI image layout) or ``docker-save``.
+        format: ``oci`` (an OCI image layout), ``docker-save`` or ``dir``
+            (containers/image's ``dir:`` layout).
         manifest_digest: the digest of the image manifest applied (None for
             ``docker save``, whose ``manifest.json`` has none).
         config_digest: the digest of the image config (Docker's image ID).

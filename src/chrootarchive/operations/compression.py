@@ -4,7 +4,8 @@ Decompression never happens inside the jail (CVE-2014-9357: the jailed child onc
 the image's own ``xz``). Memory stays bounded: data flows through in chunks, and a
 stream whose declared window (zstd) or dictionary (xz) needs more memory than
 ``Limits.max_memory`` leaves for decompression is refused before it is allocated (the
-formats allow 2 GiB and 4 GiB, which a few bytes of input can ask for). gzip (32 KiB)
+formats allow 2 GiB and 4 GiB, which a few bytes of input can ask for), unless it is a
+zstd frame whose blocks make less (:class:`_ZstdFrames`). gzip (32 KiB)
 and bzip2 (900 KiB blocks, under 4 MiB) are bounded by their formats.
 """
 
@@ -276,7 +277,12 @@ class _ZstdFrames(_ReaderBase):
     thousandfold) but ends quietly at a truncated frame; this tells whether the input
     ended between frames. Only headers are looked at; block contents are counted. A
     frame whose window is larger than ``max_window`` is refused here, before the library
-    sees its header (the library is also told the limit, for what this cannot follow).
+    sees its header (the library is also told the limit, for what this cannot follow),
+    unless its blocks can make no more than the limit allows: the window is what the
+    encoder might have used, and a decoder needs no more than the frame's output.
+    zstd:chunked layers (containers/storage) end with such a frame, 32 MiB declared for
+    a few KiB of tar trailer. That frame is held here until its last block, and passed
+    on with a window that covers its output.
     """
 
     def __init__(self, raw: _Peekable, max_window: int | None) -> None:
@@ -289,12 +295,67 @@ class _ZstdFrames(_ReaderBase):
         self._descriptor = 0
         self._rest = 0
         self.lost = False  # an unknown structure: leave judgement to the library
+        self._holding = False  # a frame's header, or a frame on probation, kept back
+        self._held = bytearray()  # what was kept back of the chunks before this one
+        self._mark = 0  # in the chunk followed: where what is not yet given out starts
+        self._out: list[bytes | memoryview] = []
+        self._probation = 0  # the window a held frame declares (0: none held)
+        self._bound = 0  # the most that the held frame's blocks so far can make
+        self._release_at_end = False  # the held frame ends when the skip is done
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data and not self.lost:
-            self._follow(memoryview(data))
-        return data
+        while True:
+            data = self._raw.read(size)
+            if not data or self.lost:
+                if self._probation and not self.lost:
+                    raise CompressionError("zstd data is truncated")
+                if not self._held:
+                    return data
+                out = bytes(self._held) + data  # a header cut short: the library says so
+                self._held.clear()
+                self._holding = False
+                return out
+            view = memoryview(data)
+            self._mark = 0
+            self._follow(view)
+            if self.lost:  # give out everything as it came, for the library to judge
+                self._probation = 0
+                self._give(view, len(view))
+                self._out.append(view[self._mark:])
+            elif self._holding:
+                self._held += view[self._mark:]
+            else:
+                self._out.append(view[self._mark:])
+            parts, self._out = self._out, []
+            if len(parts) == 1 and len(parts[0]) == len(data):
+                return data  # nothing held: the chunk as it came
+            out = b"".join(parts)
+            if out:
+                return out
+
+    def _hold(self, data: memoryview, i: int) -> None:
+        """Keep back from ``i`` on: a frame starts there."""
+        if not self._holding:
+            self._out.append(data[self._mark:i])
+            self._mark = i
+            self._holding = True
+
+    def _give(self, data: memoryview, i: int) -> None:
+        """Give out what was kept back, up to ``i``."""
+        if self._holding:
+            self._held += data[self._mark:i]
+            if self._probation:
+                self._held[5] = _window_descriptor(self._need())
+                self._probation = 0
+            self._out.append(bytes(self._held))
+            self._held.clear()
+            self._mark = i
+            self._holding = False
+
+    def _need(self) -> int:
+        """The window the held frame needs: what its blocks can make (128 KiB at least:
+        the largest block)."""
+        return _representable_window(max(self._bound, 128 << 10))
 
 
     def _check_window(self, header: bytes) -> None:
@@ -311,7 +372,10 @@ class _ZstdFrames(_ReaderBase):
             raise CompressionError(f"corrupt zstd data: a frame declares a window of "
                                    f"{window} bytes, more than the format's 2 GiB")
         if self._max_window is not None and window > self._max_window:
-            raise _too_big("zstd", "its window", window, self._max_window)
+            if d & 0x20:  # the content size: what it makes, no smaller window to give
+                raise _too_big("zstd", "its window", window, self._max_window)
+            self._probation = window  # held until its blocks show what they make
+            self._bound = 0
 
     @property
     def between_frames(self) -> bool:
@@ -334,8 +398,13 @@ class _ZstdFrames(_ReaderBase):
                 step = min(self._skip, len(data) - i)
                 self._skip -= step
                 i += step
+                if not self._skip and self._release_at_end:
+                    self._release_at_end = False
+                    self._give(data, i)
                 continue
             if self._state == "magic":
+                if not self._header and self._max_window is not None:
+                    self._hold(data, i)
                 got, i = self._want(data, i, 4)
                 if got is None:
                     return
@@ -344,6 +413,7 @@ class _ZstdFrames(_ReaderBase):
                     self._state = "descriptor"
                 elif magic & 0xFFFFFFF0 == 0x184D2A50:
                     self._state = "skippable"
+                    self._give(data, i)
                 else:
                     self.lost = True
                     return
@@ -370,6 +440,8 @@ class _ZstdFrames(_ReaderBase):
                     return
                 self._check_window(got)
                 self._state = "block"
+                if not self._probation:
+                    self._give(data, i)
             elif self._state == "block":
                 got, i = self._want(data, i, 3)
                 if got is None:
@@ -380,9 +452,35 @@ class _ZstdFrames(_ReaderBase):
                     self.lost = True
                     return
                 self._skip = 1 if kind == 1 else size
+                if self._probation:
+                    self._bound += 128 << 10 if kind == 2 else size  # compressed: at most
+                    assert self._max_window is not None
+                    held = len(self._held) + i - self._mark + self._skip
+                    if self._need() + held > self._max_window:
+                        raise _too_big("zstd", "its window", self._probation, self._max_window)
                 if h & 1:  # the last block: then the checksum, then the next frame
                     self._skip += 4 if self._checksum else 0
                     self._state = "magic"
+                    if self._probation:
+                        if self._skip:
+                            self._release_at_end = True
+                        else:
+                            self._give(data, i)
+
+
+def _representable_window(size: int) -> int:
+    """The smallest zstd window of at least ``size`` bytes that a frame header can say."""
+    base = 1 << max(size.bit_length() - 1, 10)
+    step = base >> 3
+    return base + -(-max(size - base, 0) // step) * step
+
+
+def _window_descriptor(window: int) -> int:
+    """The Window_Descriptor byte of ``window`` (one that :func:`_representable_window`
+    gives)."""
+    exponent = window.bit_length() - 1
+    base = 1 << exponent
+    return (exponent - 10) << 3 | (window - base) // (base >> 3)
 
 
 class _PlainChunks:
