@@ -112,6 +112,8 @@ def untar(
             ``FileNotFoundError`` for a missing one).
         DestinationError: the destination cannot be written (also an OSError).
         ConfinementError: no confinement mechanism is available.
+        ValueError: arguments that do not go together (``atomic`` with ``root``), as
+            for an option's value out of its range.
     """
     chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                           confine=confine, limits=limits)
@@ -308,11 +310,13 @@ def _unpack(
     on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     options = options or UnpackOptions()
+    if options.atomic and root is not None:
+        # The caller's mistake, not the destination's: as any invalid combination.
+        raise ValueError("atomic=True is not available with root= (the destination is "
+                         "resolved inside the root's jail)")
     check_source(source)
     ladder.check(options.confine)  # fail before creating anything
     if options.atomic:
-        if root is not None:
-            raise DestinationError("atomic unpacking is not available with a root", str(root))
         from chrootarchive.operations import staging
 
         with staging.atomic_destination(os.fspath(dest)) as stage:
