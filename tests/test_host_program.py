@@ -242,3 +242,81 @@ print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": files_in(de
     assert seen["at_raise"] < 20_000, "the interrupt came only when the job had ended"
     assert seen["later"] == seen["at_raise"], "the job wrote on after the call raised"
     assert seen["threads"] == 1
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "interrupt_main"])
+def test_an_interrupt_inside_the_spawn_leaves_no_child(tmp_path: Path, how: str) -> None:
+    """A Ctrl-C that lands inside ``subprocess.Popen`` as the worker is spawned (here:
+    as the fork returns, by a hook on subprocess's ``_fork_exec``): the call raises
+    KeyboardInterrupt, and leaves no child, no zombie, no descriptor. The worker was
+    left untracked, a zombie, with 3 descriptors (2 of 200 random interrupts). Then one
+    as the worker's pipes are made (they were left open), and SIGINTs at random moments
+    of whole calls (one inside the start of the result's reader thread let the pipe be
+    closed under its read; a standby spawned but not yet registered was left)."""
+    (tmp_path / "a.tar").write_bytes(tb.TarBuilder().file("a", b"x").build())
+    seen = run(tmp_path, """
+import _thread, gc, random, signal, subprocess
+how = sys.argv[3]
+archive = os.path.join(top, "a.tar")
+chrootarchive.untar(archive, os.path.join(top, "warm"))   # imports done
+real = subprocess._fork_exec
+def interrupted(*args):
+    pid = real(*args)
+    if how == "SIGINT":
+        signal.raise_signal(signal.SIGINT)
+    else:
+        _thread.interrupt_main()
+    return pid
+fds = sorted(os.listdir("/proc/self/fd"))
+subprocess._fork_exec = interrupted
+outcome = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "dest")))
+subprocess._fork_exec = real
+children = children_of_ours()
+fds_after = sorted(os.listdir("/proc/self/fd"))
+from chrootarchive.runner import worker
+real_has_stderr = worker._has_stderr
+def interrupted_setup():
+    signal.raise_signal(signal.SIGINT)   # as the worker's pipes are made
+    return real_has_stderr()
+worker._has_stderr = interrupted_setup
+setup = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "dest2")))
+worker._has_stderr = real_has_stderr
+fds_setup = sorted(os.listdir("/proc/self/fd"))
+outcomes = set()
+main = threading.main_thread().ident
+def settle(fired):
+    # Until the timer's SIGINT has been seen, whenever it lands.
+    while True:
+        try:
+            while not fired.is_set():
+                time.sleep(0.005)
+            time.sleep(0.02)
+            return
+        except KeyboardInterrupt:
+            continue
+for i in range(40):   # SIGINT at random moments of whole calls
+    fired = threading.Event()
+    def interrupt():
+        signal.pthread_kill(main, signal.SIGINT)
+        fired.set()
+    try:
+        threading.Timer(random.uniform(0, 0.04), interrupt).start()
+        outcomes.add(outcome_of(lambda: chrootarchive.untar(
+            archive, os.path.join(top, f"r{i}"))))
+    except KeyboardInterrupt:
+        outcomes.add("after")
+    settle(fired)
+gc.collect()   # what a reference cycle of an interrupted frame holds is not a leak
+print(json.dumps({"outcome": outcome, "children": children, "fds": [fds, fds_after],
+                  "setup": [setup, fds_setup],
+                  "random": sorted(outcomes), "children_random": children_of_ours(),
+                  "fds_random": sorted(os.listdir("/proc/self/fd")),
+                  "what": {fd: os.readlink(f"/proc/self/fd/{fd}")
+                           for fd in os.listdir("/proc/self/fd") if fd not in fds}}))
+""", how)
+    assert seen["outcome"] == "interrupted"
+    assert seen["children"] == [], "the interrupted spawn left its worker"
+    assert seen["fds"][1] == seen["fds"][0], "the interrupted spawn left descriptors"
+    assert seen["setup"] == ["interrupted", seen["fds"][0]], "the worker's pipes were left"
+    assert "interrupted" in seen["random"]
+    assert seen["children_random"] == [] and seen["fds_random"] == seen["fds"][0], seen
