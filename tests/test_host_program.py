@@ -320,3 +320,76 @@ print(json.dumps({"outcome": outcome, "children": children, "fds": [fds, fds_aft
     assert seen["setup"] == ["interrupted", seen["fds"][0]], "the worker's pipes were left"
     assert "interrupted" in seen["random"]
     assert seen["children_random"] == [] and seen["fds_random"] == seen["fds"][0], seen
+
+
+def test_an_interrupt_while_the_names_are_told_stops_them(tmp_path: Path) -> None:
+    """The worker has ended, and its names are still being told (``on_entry``, slow)
+    while the caller's thread waits for the lister: a SIGINT then must raise, and no
+    name be told after the call has raised. Under 3.11 the interrupted ``join`` marked
+    the lister ended, and it told the rest of the names after the call."""
+    b = tb.TarBuilder()
+    for i in range(2000):
+        b.file(f"f{i}", b"")
+    (tmp_path / "names.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+told = []
+first = threading.Event()
+def slow(name):
+    told.append(name)
+    first.set()
+    time.sleep(0.002)   # 2000 names: 4 s
+def interrupter():
+    first.wait()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(0.2)   # the caller's thread now waits for the lister
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupter, daemon=True).start()
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "names.tar"), os.path.join(top, "dest"), on_entry=slow))
+at_raise = len(told)
+time.sleep(0.5)
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": len(told),
+                  "threads": threading.active_count()}))
+""")
+    assert seen["outcome"] == "interrupted"
+    assert seen["at_raise"] < 2000, "the interrupt came only when all names were told"
+    assert seen["later"] == seen["at_raise"], "names were told after the call raised"
+    assert seen["threads"] <= 2, seen  # the main one, and the interrupter's at most
+
+
+def test_an_interrupt_while_progress_is_told_waits_for_it(tmp_path: Path) -> None:
+    """The progress poller is in the caller's callback (slow) when the call ends and
+    waits for it: a SIGINT then must raise only once the callback has returned. Under
+    3.11 the interrupted ``join`` marked the poller ended while the callback ran on."""
+    b = tb.TarBuilder()
+    for i in range(5000):
+        b.file(f"d{i % 50}/f{i}", b"x")
+    (tmp_path / "a.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+inside = threading.Event()
+returned = threading.Event()
+def slow(done):
+    if threading.current_thread() is threading.main_thread():
+        return   # the last report, once the poller has ended
+    inside.set()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(1)   # held past the worker's end
+    returned.set()
+def interrupter():
+    inside.wait()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(0.3)   # the caller's thread now waits for the poller
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupter, daemon=True).start()
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "a.tar"), os.path.join(top, "dest"), progress=slow))
+print(json.dumps({"outcome": outcome, "inside": inside.is_set(),
+                  "returned_at_raise": returned.is_set()}))
+""")
+    assert seen["outcome"] == "interrupted" and seen["inside"]
+    assert seen["returned_at_raise"], "the progress callback ran on after the call raised"

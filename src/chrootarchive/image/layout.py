@@ -23,7 +23,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from chrootarchive import _fdio
 from chrootarchive._fdio import describe, open_input, open_regular
+from chrootarchive._threads import wait_ended
 from chrootarchive.engine import space
 from chrootarchive.errors import (
     ChrootArchiveError,
@@ -489,10 +491,14 @@ class _Feed:
     def __init__(self, source: compression.Readable, max_memory: int | None) -> None:
         _kind, chunks = compression.decompressed_chunks(source, max_memory=max_memory)
         self.fd, self._w = os.pipe2(os.O_CLOEXEC)
+        # No fork made meanwhile may keep an end: a copy of the write end held back the
+        # reader's end of input, one of the read end the feeder's EPIPE (and its end).
+        _fdio.guard(self.fd)
+        _fdio.guard(self._w)
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True,
-                                        name="chrootarchive-image-feed")
-        self._thread.start()
+        self._ended = threading.Event()
+        threading.Thread(target=self._run, args=(chunks,), daemon=True,
+                         name="chrootarchive-image-feed").start()
 
     def _run(self, chunks: Iterator[bytes]) -> None:
         try:
@@ -505,20 +511,22 @@ class _Feed:
         except BaseException as err:  # reported by finish()
             self.error = err
         finally:
-            os.close(self._w)
+            _fdio.close(self._w)
+            self._ended.set()
 
     def finish(self) -> None:
         """Wait for the thread; raise its error (a corrupt stream, a window too large)."""
-        self._thread.join()
+        wait_ended(self._ended, self.close)
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
         """Stop reading (the thread's next write fails) and wait for the thread."""
         if self.fd >= 0:
-            os.close(self.fd)
+            _fdio.close(self.fd)
             self.fd = -1
-        self._thread.join()
+        if not self._ended.is_set():
+            wait_ended(self._ended)
 
 
 class _StreamLayout(_TarLayout):

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from chrootarchive import _fdio
 from chrootarchive._fdio import write_all
+from chrootarchive._threads import wait_ended
 from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
 from chrootarchive.operations import compression
 from chrootarchive.operations.untar import Source, name_archive, open_source
@@ -116,9 +117,10 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
                 failure.append(err)
             finally:
                 _fdio.close(write_fd)
+                fed.set()
 
-        feeder = threading.Thread(target=feed, name="chrootarchive-list", daemon=True)
-        feeder.start()
+        fed = threading.Event()
+        threading.Thread(target=feed, name="chrootarchive-list", daemon=True).start()
         open_fds = [read_fd]
 
         def stop_feeding(wait: bool = True) -> None:
@@ -128,7 +130,7 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
             while open_fds:
                 os.close(open_fds.pop())
             if wait:
-                feeder.join()
+                wait_ended(fed)
 
         try:
             reader = tarreader.TarReader(read_fd)

@@ -277,7 +277,8 @@ class Worker:
 
     def wait_ready(self) -> None:
         """Block until the worker is confined; raise its error if it never got there."""
-        self._ready.wait()
+        while not self._ready.wait(_INTERRUPTIBLE):  # in steps: see finish()
+            pass
         if not self._is_ready:
             self.finish()  # raises the worker's error
             raise WorkerError("the worker stopped before it was confined")
