@@ -393,3 +393,50 @@ print(json.dumps({"outcome": outcome, "inside": inside.is_set(),
 """)
     assert seen["outcome"] == "interrupted" and seen["inside"]
     assert seen["returned_at_raise"], "the progress callback ran on after the call raised"
+
+
+def test_a_fork_during_an_image_read_holds_none_of_its_pipes(tmp_path: Path) -> None:
+    """A compressed image archive is read through a pipe that a thread feeds; a fork
+    made meanwhile (here: as each pipe is made) lives on for 15 s. The call must not
+    wait for it: the fork's copy of the pipe's read end kept the feeder blocked on a
+    full pipe once the reader had what it wanted (a padding member after the layer),
+    and the call waited for the fork's exit."""
+    import gzip
+
+    from helpers.oci_images import OCIBuilder, tar_directory
+
+    b = OCIBuilder(tmp_path / "layout")
+    layer = tb.TarBuilder().file("big", os.urandom(5 << 20)).build()  # > 4 MiB gzipped
+    b.tag(b.image([layer]), "latest")
+    (tmp_path / "layout" / "zz-padding").write_bytes(bytes(4 << 20))
+    archive = tar_directory(tmp_path / "layout", tmp_path / "image.tar")
+    (tmp_path / "image.tar.gz").write_bytes(gzip.compress(archive.read_bytes(), 1))
+    seen = run(tmp_path, """
+from chrootarchive.image import layout
+real = layout._Feed.__init__
+forks = []
+def forking(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    release_r, release_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release_w)
+        for _pid, earlier in forks:
+            os.close(earlier)   # each fork is let go by its own pipe alone
+        select.select([release_r], [], [], 15)   # lives on until let go (15 s at most)
+        os._exit(0)
+    os.close(release_r)
+    forks.append((pid, release_w))
+layout._Feed.__init__ = forking
+start = time.monotonic()
+result = chrootarchive.unpack_image(os.path.join(top, "image.tar.gz"),
+                                    os.path.join(top, "rootfs"))
+took = time.monotonic() - start
+for pid, release_w in forks:
+    os.close(release_w)
+    os.waitpid(pid, 0)
+print(json.dumps({"took": took, "forks": len(forks),
+                  "big": os.path.getsize(os.path.join(top, "rootfs", "big"))}))
+""")
+    assert seen["forks"] >= 2 and seen["big"] == 5 << 20
+    assert seen["took"] < 8, f"the call waited {seen['took']:.1f} s for the fork"
