@@ -440,3 +440,56 @@ print(json.dumps({"took": took, "forks": len(forks),
 """)
     assert seen["forks"] >= 2 and seen["big"] == 5 << 20
     assert seen["took"] < 8, f"the call waited {seen['took']:.1f} s for the fork"
+
+
+def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
+    """A Ctrl-C as the archive's file is opened, as the names lister starts, as a
+    listing's pipe is made: the call raises KeyboardInterrupt and leaves no descriptor,
+    thread or process. Each left something (random interrupts found them: the archive's
+    descriptor; the worker running with its pipes and reader thread; the pipe)."""
+    b = tb.TarBuilder()
+    for i in range(50):
+        b.file(f"f{i}", b"x")
+    (tmp_path / "a.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal, types
+from chrootarchive import _fdio
+from chrootarchive.operations import listing, untar as untar_module
+from chrootarchive.runner import pump
+archive = os.path.join(top, "a.tar")
+data = open(archive, "rb").read()
+def interrupt_after(real):
+    def hooked(*args, **kwargs):
+        result = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+    return hooked
+def interrupt_before(real):
+    def hooked(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+    return hooked
+def shim(**hooks):
+    return types.SimpleNamespace(**{**vars(_fdio), **hooks})
+chrootarchive.untar(archive, os.path.join(top, "warm"), on_entry=lambda name: None)
+base = sorted(os.listdir("/proc/self/fd"))
+seen = {}
+untar_module._fdio = shim(open_input=interrupt_after(_fdio.open_input))
+seen["open"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d1")))
+untar_module._fdio = _fdio
+real_list_names = pump.list_names
+pump.list_names = interrupt_before(real_list_names)
+seen["lister"] = outcome_of(lambda: chrootarchive.untar(
+    data, os.path.join(top, "d2"), on_entry=lambda name: None))
+pump.list_names = real_list_names
+listing._fdio = shim(guard=interrupt_after(_fdio.guard))
+seen["listing"] = outcome_of(lambda: list(chrootarchive.list_entries(archive)))
+listing._fdio = _fdio
+time.sleep(0.2)
+seen["fds"] = sorted(os.listdir("/proc/self/fd")) == base
+seen["children"] = children_of_ours()
+seen["threads"] = threading.active_count()
+print(json.dumps(seen))
+""")
+    assert seen == {"open": "interrupted", "lister": "interrupted",
+                    "listing": "interrupted", "fds": True, "children": [], "threads": 1}

@@ -21,6 +21,7 @@ from chrootarchive._threads import wait_ended
 from chrootarchive.errors import NOT_A_TAR, MalformedArchiveError, printable
 from chrootarchive.operations import compression
 from chrootarchive.operations.untar import Source, name_archive, open_source
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
 
 __all__ = ["ListedEntry", "list_entries"]
@@ -103,11 +104,11 @@ def list_entries(source: Source, *, detect_compression: bool = True) -> Iterator
 def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
     with open_source(source) as raw:
         _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression)
-        read_fd, write_fd = os.pipe()
-        _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
         failure: list[BaseException] = []
+        fed = threading.Event()
+        open_fds: list[int] = []
 
-        def feed() -> None:
+        def feed(write_fd: int) -> None:
             try:
                 for chunk in chunks:
                     write_all(write_fd, chunk)
@@ -119,10 +120,6 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
                 _fdio.close(write_fd)
                 fed.set()
 
-        fed = threading.Event()
-        threading.Thread(target=feed, name="chrootarchive-list", daemon=True).start()
-        open_fds = [read_fd]
-
         def stop_feeding(wait: bool = True) -> None:
             """Close our end (a feeder still writing gets EPIPE) and wait for it; not
             after an error or an early stop: it may be blocked reading the source
@@ -133,6 +130,19 @@ def _entries(source: Source, detect_compression: bool) -> Iterator[ListedEntry]:
                 wait_ended(fed)
 
         try:
+            # Interrupts held: a KeyboardInterrupt between the pipe and its feeder's
+            # start left the pipe open.
+            with InterruptsHeld():
+                read_fd, write_fd = os.pipe()
+                open_fds.append(read_fd)
+                _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
+                try:
+                    threading.Thread(target=feed, args=(write_fd,), name="chrootarchive-list",
+                                     daemon=True).start()
+                except BaseException:
+                    _fdio.close(write_fd)
+                    fed.set()
+                    raise
             reader = tarreader.TarReader(read_fd)
             seen = 0
             try:

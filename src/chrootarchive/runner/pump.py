@@ -17,6 +17,7 @@ from chrootarchive import _fdio
 from chrootarchive._threads import wait_ended
 from chrootarchive.contract import JobReply
 from chrootarchive.errors import ChrootArchiveError
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.runner.worker import Running
 
 TYPE_CHECKING = False
@@ -46,10 +47,12 @@ def drive(start: Callable[[], Running], data: int | Iterable[bytes],
         job = start()
         lister = None
         listing_failed: list[BaseException] = []
-        if names is not None:
-            fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
-            lister = list_names(fd, names, listing_failed)
         try:
+            if names is not None:
+                # Held: a KeyboardInterrupt as the lister started left the job running.
+                with InterruptsHeld():
+                    fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
+                    lister = list_names(fd, names, listing_failed)
             if not isinstance(data, int):
                 feed_while_alive(job, data)
             reply = job.finish()
