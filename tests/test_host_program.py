@@ -444,13 +444,22 @@ print(json.dumps({"took": took, "forks": len(forks),
 
 def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
     """A Ctrl-C as the archive's file is opened, as the names lister starts, as a
-    listing's pipe is made: the call raises KeyboardInterrupt and leaves no descriptor,
-    thread or process. Each left something (random interrupts found them: the archive's
-    descriptor; the worker running with its pipes and reader thread; the pipe)."""
+    listing's pipe is made, as a compressed image's feed thread starts: the call raises
+    KeyboardInterrupt and leaves no descriptor, thread or process. Each left something
+    (random interrupts found them: the archive's descriptor; the worker running with its
+    pipes and reader thread; the pipe; the feed thread, blocked for ever on its pipe)."""
+    import gzip
+
+    from helpers.oci_images import OCIBuilder, tar_directory
+
     b = tb.TarBuilder()
     for i in range(50):
         b.file(f"f{i}", b"x")
     (tmp_path / "a.tar").write_bytes(b.build())
+    image = OCIBuilder(tmp_path / "layout")
+    image.tag(image.image([b.build()]), "latest")
+    image_tar = tar_directory(tmp_path / "layout", tmp_path / "image.tar")
+    (tmp_path / "image.tar.gz").write_bytes(gzip.compress(image_tar.read_bytes(), 1))
     seen = run(tmp_path, """
 import signal, types
 from chrootarchive import _fdio
@@ -485,11 +494,20 @@ pump.list_names = real_list_names
 listing._fdio = shim(guard=interrupt_after(_fdio.guard))
 seen["listing"] = outcome_of(lambda: list(chrootarchive.list_entries(archive)))
 listing._fdio = _fdio
+from chrootarchive.image import layout
+class InterruptedThread(threading.Thread):
+    def start(self):
+        super().start()
+        signal.raise_signal(signal.SIGINT)
+layout.threading = types.SimpleNamespace(Thread=InterruptedThread, Event=threading.Event)
+seen["image"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d3")))
+layout.threading = threading
 time.sleep(0.2)
 seen["fds"] = sorted(os.listdir("/proc/self/fd")) == base
 seen["children"] = children_of_ours()
 seen["threads"] = threading.active_count()
 print(json.dumps(seen))
 """)
-    assert seen == {"open": "interrupted", "lister": "interrupted",
-                    "listing": "interrupted", "fds": True, "children": [], "threads": 1}
+    assert seen == {"open": "interrupted", "lister": "interrupted", "listing": "interrupted",
+                    "image": "interrupted", "fds": True, "children": [], "threads": 1}

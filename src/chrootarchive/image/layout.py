@@ -39,6 +39,7 @@ from chrootarchive.errors import (
     quoted,
 )
 from chrootarchive.operations import compression
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # no typing at run time: the start (issue 16)
@@ -546,8 +547,12 @@ class _StreamLayout(_TarLayout):
         """Run ``run`` on a reader of the decompressed stream; its errors or the
         decompressor's (which come first: a cut stream shows as a truncated tar)."""
         self._source = self._open_source()
-        feed = _Feed(self._source, self._max_memory)
+        # Made with interrupts held: a KeyboardInterrupt as its thread started left the
+        # thread blocked for ever on a pipe no one reads, and the pipe open.
+        feed: _Feed | None = None
         try:
+            with InterruptsHeld():
+                feed = _Feed(self._source, self._max_memory)
             try:
                 run(tarreader.TarReader(feed.fd))
             except ChrootArchiveError:
@@ -559,7 +564,8 @@ class _StreamLayout(_TarLayout):
             if feed.error is not None:
                 raise feed.error
         finally:
-            feed.close()
+            if feed is not None:
+                feed.close()
 
     def _first_pass(self, reader: tarreader.TarReader) -> None:
         spool = self._stream_spool
