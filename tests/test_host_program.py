@@ -444,10 +444,11 @@ print(json.dumps({"took": took, "forks": len(forks),
 
 def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
     """A Ctrl-C as the archive's file is opened, as the names lister starts, as a
-    listing's pipe is made, as a compressed image's feed thread starts: the call raises
-    KeyboardInterrupt and leaves no descriptor, thread or process. Each left something
-    (random interrupts found them: the archive's descriptor; the worker running with its
-    pipes and reader thread; the pipe; the feed thread, blocked for ever on its pipe)."""
+    listing's pipe is made, as a compressed image's feed thread starts or its spool is
+    made: the call raises KeyboardInterrupt and leaves no descriptor, thread or process.
+    Each left something (random interrupts found most: the archive's descriptor; the
+    worker running with its pipes and reader thread; the pipe; the feed thread, blocked
+    for ever on its pipe; the spool's descriptor)."""
     import gzip
 
     from helpers.oci_images import OCIBuilder, tar_directory
@@ -503,6 +504,15 @@ layout.threading = types.SimpleNamespace(Thread=InterruptedThread, Event=threadi
 seen["image"] = outcome_of(lambda: chrootarchive.unpack_image(
     os.path.join(top, "image.tar.gz"), os.path.join(top, "d3")))
 layout.threading = threading
+class InterruptedSpool(layout.Spool):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+real_spool = layout.Spool
+layout.Spool = InterruptedSpool
+seen["spool"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d4")))
+layout.Spool = real_spool
 time.sleep(0.2)
 seen["fds"] = sorted(os.listdir("/proc/self/fd")) == base
 seen["children"] = children_of_ours()
@@ -510,4 +520,5 @@ seen["threads"] = threading.active_count()
 print(json.dumps(seen))
 """)
     assert seen == {"open": "interrupted", "lister": "interrupted", "listing": "interrupted",
-                    "image": "interrupted", "fds": True, "children": [], "threads": 1}
+                    "image": "interrupted", "spool": "interrupted", "fds": True,
+                    "children": [], "threads": 1}

@@ -669,8 +669,9 @@ def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) ->
         return _from_stream(open(fd, "rb", closefd=False), image, dest, limits, stack)
     if compression.detect(os.pread(fd, 6, 0)) == "none":
         return _TarLayout(fd)  # read in place
-    spool = Spool(dest, limits)
-    stack.callback(spool.close)
+    with InterruptsHeld():  # a KeyboardInterrupt as it was made left its descriptor
+        spool = Spool(dest, limits)
+        stack.callback(spool.close)
     return _StreamLayout(lambda: _RangeReader(fd, 0, _WHOLE), spool, limits.max_memory)
 
 
@@ -693,8 +694,9 @@ def _cannot_open(err: OSError, image: str) -> ChrootArchiveError:
 def _from_stream(raw: compression.Readable, where: str, dest: str, limits: Limits,
                  stack: contextlib.ExitStack) -> Layout:
     """A stream that cannot be read twice: spooled as it comes (compressed or not)."""
-    spool = Spool(dest, limits)
-    stack.callback(spool.close)
+    with InterruptsHeld():  # a KeyboardInterrupt as it was made left its descriptor
+        spool = Spool(dest, limits)
+        stack.callback(spool.close)
     try:
         while data := raw.read(compression.CHUNK):
             spool.write(data, where)
