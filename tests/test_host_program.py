@@ -445,10 +445,11 @@ print(json.dumps({"took": took, "forks": len(forks),
 def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
     """A Ctrl-C as the archive's file is opened, as the names lister starts, as a
     listing's pipe is made, as a compressed image's feed thread starts or its spool is
-    made: the call raises KeyboardInterrupt and leaves no descriptor, thread or process.
-    Each left something (random interrupts found most: the archive's descriptor; the
-    worker running with its pipes and reader thread; the pipe; the feed thread, blocked
-    for ever on its pipe; the spool's descriptor)."""
+    made, as the destination is made or opened: the call raises KeyboardInterrupt and
+    leaves no descriptor, thread or process. Each left something (random interrupts
+    found most): the archive's descriptor; the worker running with its pipes and reader
+    thread; the pipe; the feed thread, blocked for ever on its pipe; the spool's
+    descriptor; the destination's."""
     import gzip
 
     from helpers.oci_images import OCIBuilder, tar_directory
@@ -513,6 +514,10 @@ layout.Spool = InterruptedSpool
 seen["spool"] = outcome_of(lambda: chrootarchive.unpack_image(
     os.path.join(top, "image.tar.gz"), os.path.join(top, "d4")))
 layout.Spool = real_spool
+from chrootarchive.operations import destination
+destination.os = types.SimpleNamespace(**{**vars(os), "open": interrupt_after(os.open)})
+seen["destination"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d5")))
+destination.os = os
 time.sleep(0.2)
 seen["fds"] = sorted(os.listdir("/proc/self/fd")) == base
 seen["children"] = children_of_ours()
@@ -520,5 +525,6 @@ seen["threads"] = threading.active_count()
 print(json.dumps(seen))
 """)
     assert seen == {"open": "interrupted", "lister": "interrupted", "listing": "interrupted",
-                    "image": "interrupted", "spool": "interrupted", "fds": True,
+                    "image": "interrupted", "spool": "interrupted",
+                    "destination": "interrupted", "fds": True,
                     "children": [], "threads": 1}
