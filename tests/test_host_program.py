@@ -443,7 +443,7 @@ print(json.dumps({"took": took, "forks": len(forks),
 
 
 def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
-    """A Ctrl-C as the archive's file is opened, as the names lister starts, as a
+    """A Ctrl-C as the archive's (or image's) file is opened, as the names lister starts, as a
     listing's pipe is made, as a compressed image's feed thread starts or its spool is
     made, as the destination is made or opened: the call raises KeyboardInterrupt and
     leaves no descriptor, thread or process. Each left something (random interrupts
@@ -514,6 +514,11 @@ layout.Spool = InterruptedSpool
 seen["spool"] = outcome_of(lambda: chrootarchive.unpack_image(
     os.path.join(top, "image.tar.gz"), os.path.join(top, "d4")))
 layout.Spool = real_spool
+real_open_input = layout.open_input
+layout.open_input = interrupt_after(real_open_input)
+seen["image_open"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d6")))
+layout.open_input = real_open_input
 from chrootarchive.operations import destination
 destination.os = types.SimpleNamespace(**{**vars(os), "open": interrupt_after(os.open)})
 seen["destination"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d5")))
@@ -525,6 +530,6 @@ seen["threads"] = threading.active_count()
 print(json.dumps(seen))
 """)
     assert seen == {"open": "interrupted", "lister": "interrupted", "listing": "interrupted",
-                    "image": "interrupted", "spool": "interrupted",
+                    "image": "interrupted", "spool": "interrupted", "image_open": "interrupted",
                     "destination": "interrupted", "fds": True,
                     "children": [], "threads": 1}

@@ -657,14 +657,16 @@ def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) ->
         raise _cannot_open(err, image) from err
     if stat.S_ISDIR(st.st_mode):
         return _DirLayout(image)
-    try:
-        fd, st = open_input(image)
-    except OSError as err:
-        raise _cannot_open(err, image) from err
+    with InterruptsHeld():  # until it is closed with the stack: an interrupt left it open
+        try:
+            fd, st = open_input(image)
+        except OSError as err:
+            raise _cannot_open(err, image) from err
+        if fd >= 0:
+            stack.callback(os.close, fd)
     if fd < 0:
         raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
                          "never is); give its data on standard input ('-')", image)
-    stack.callback(os.close, fd)
     if not stat.S_ISREG(st.st_mode):  # an anonymous pipe: read once, as it comes
         return _from_stream(open(fd, "rb", closefd=False), image, dest, limits, stack)
     if compression.detect(os.pread(fd, 6, 0)) == "none":
