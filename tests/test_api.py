@@ -343,3 +343,25 @@ def test_a_file_as_the_destination_is_a_not_a_directory_error(tmp_path: Path,
     assert isinstance(err, chrootarchive.DestinationError)
     assert err.errno == errno.ENOTDIR and err.message == "not a directory", err
     assert regular.read_bytes() == b"not a directory"
+
+
+def test_atomic_with_root_is_a_value_error(tmp_path: Path) -> None:
+    """Arguments that do not go together raise ValueError (as ``apply_layers([])`` or a
+    limit out of its range), before anything is read or created: it was a
+    DestinationError (an OSError, exit status 4's class) raised after the checks."""
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = tb.TarBuilder().file("a", b"x").build()
+    calls: list[Callable[[], object]] = [
+        lambda: chrootarchive.untar(archive, "dest", atomic=True, root=root),
+        lambda: chrootarchive.untar_with_root(archive, "dest", root,
+                                              UnpackOptions(atomic=True)),
+        lambda: chrootarchive.untar(str(tmp_path / "missing.tar"), "dest", atomic=True,
+                                    root=root),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="atomic=True is not available with root=") \
+                as caught:
+            call()
+        assert not isinstance(caught.value, chrootarchive.ChrootArchiveError)
+    assert os.listdir(root) == []

@@ -122,7 +122,8 @@ def test_non_empty_destination_is_refused(parent: Path) -> None:
 
 
 def test_atomic_with_root_is_refused(parent: Path) -> None:
-    with pytest.raises(chrootarchive.DestinationError):
+    """Arguments that do not go together: a ValueError (tests/test_api.py)."""
+    with pytest.raises(ValueError, match="atomic=True is not available with root="):
         chrootarchive.untar_with_root(io.BytesIO(archive()), "sub", parent, ATOMIC)
     assert not (parent / "sub").exists()
 

@@ -242,3 +242,294 @@ print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": files_in(de
     assert seen["at_raise"] < 20_000, "the interrupt came only when the job had ended"
     assert seen["later"] == seen["at_raise"], "the job wrote on after the call raised"
     assert seen["threads"] == 1
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "interrupt_main"])
+def test_an_interrupt_inside_the_spawn_leaves_no_child(tmp_path: Path, how: str) -> None:
+    """A Ctrl-C that lands inside ``subprocess.Popen`` as the worker is spawned (here:
+    as the fork returns, by a hook on subprocess's ``_fork_exec``): the call raises
+    KeyboardInterrupt, and leaves no child, no zombie, no descriptor. The worker was
+    left untracked, a zombie, with 3 descriptors (2 of 200 random interrupts). Then one
+    as the worker's pipes are made (they were left open), and SIGINTs at random moments
+    of whole calls (one inside the start of the result's reader thread let the pipe be
+    closed under its read; a standby spawned but not yet registered was left)."""
+    (tmp_path / "a.tar").write_bytes(tb.TarBuilder().file("a", b"x").build())
+    seen = run(tmp_path, """
+import _thread, gc, random, signal, subprocess
+how = sys.argv[3]
+archive = os.path.join(top, "a.tar")
+chrootarchive.untar(archive, os.path.join(top, "warm"))   # imports done
+real = subprocess._fork_exec
+def interrupted(*args):
+    pid = real(*args)
+    if how == "SIGINT":
+        signal.raise_signal(signal.SIGINT)
+    else:
+        _thread.interrupt_main()
+    return pid
+fds = sorted(os.listdir("/proc/self/fd"))
+subprocess._fork_exec = interrupted
+outcome = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "dest")))
+subprocess._fork_exec = real
+children = children_of_ours()
+fds_after = sorted(os.listdir("/proc/self/fd"))
+from chrootarchive.runner import worker
+real_has_stderr = worker._has_stderr
+def interrupted_setup():
+    signal.raise_signal(signal.SIGINT)   # as the worker's pipes are made
+    return real_has_stderr()
+worker._has_stderr = interrupted_setup
+setup = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "dest2")))
+worker._has_stderr = real_has_stderr
+fds_setup = sorted(os.listdir("/proc/self/fd"))
+outcomes = set()
+main = threading.main_thread().ident
+def settle(fired):
+    # Until the timer's SIGINT has been seen, whenever it lands.
+    while True:
+        try:
+            while not fired.is_set():
+                time.sleep(0.005)
+            time.sleep(0.02)
+            return
+        except KeyboardInterrupt:
+            continue
+for i in range(40):   # SIGINT at random moments of whole calls
+    fired = threading.Event()
+    def interrupt():
+        signal.pthread_kill(main, signal.SIGINT)
+        fired.set()
+    try:
+        threading.Timer(random.uniform(0, 0.04), interrupt).start()
+        outcomes.add(outcome_of(lambda: chrootarchive.untar(
+            archive, os.path.join(top, f"r{i}"))))
+    except KeyboardInterrupt:
+        outcomes.add("after")
+    settle(fired)
+gc.collect()   # what a reference cycle of an interrupted frame holds is not a leak
+print(json.dumps({"outcome": outcome, "children": children, "fds": [fds, fds_after],
+                  "setup": [setup, fds_setup],
+                  "random": sorted(outcomes), "children_random": children_of_ours(),
+                  "fds_random": sorted(os.listdir("/proc/self/fd")),
+                  "what": {fd: os.readlink(f"/proc/self/fd/{fd}")
+                           for fd in os.listdir("/proc/self/fd") if fd not in fds}}))
+""", how)
+    assert seen["outcome"] == "interrupted"
+    assert seen["children"] == [], "the interrupted spawn left its worker"
+    assert seen["fds"][1] == seen["fds"][0], "the interrupted spawn left descriptors"
+    assert seen["setup"] == ["interrupted", seen["fds"][0]], "the worker's pipes were left"
+    assert "interrupted" in seen["random"]
+    assert seen["children_random"] == [] and seen["fds_random"] == seen["fds"][0], seen
+
+
+def test_an_interrupt_while_the_names_are_told_stops_them(tmp_path: Path) -> None:
+    """The worker has ended, and its names are still being told (``on_entry``, slow)
+    while the caller's thread waits for the lister: a SIGINT then must raise, and no
+    name be told after the call has raised. Under 3.11 the interrupted ``join`` marked
+    the lister ended, and it told the rest of the names after the call."""
+    b = tb.TarBuilder()
+    for i in range(2000):
+        b.file(f"f{i}", b"")
+    (tmp_path / "names.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+told = []
+first = threading.Event()
+def slow(name):
+    told.append(name)
+    first.set()
+    time.sleep(0.002)   # 2000 names: 4 s
+def interrupter():
+    first.wait()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(0.2)   # the caller's thread now waits for the lister
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupter, daemon=True).start()
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "names.tar"), os.path.join(top, "dest"), on_entry=slow))
+at_raise = len(told)
+time.sleep(0.5)
+print(json.dumps({"outcome": outcome, "at_raise": at_raise, "later": len(told),
+                  "threads": threading.active_count()}))
+""")
+    assert seen["outcome"] == "interrupted"
+    assert seen["at_raise"] < 2000, "the interrupt came only when all names were told"
+    assert seen["later"] == seen["at_raise"], "names were told after the call raised"
+    assert seen["threads"] <= 2, seen  # the main one, and the interrupter's at most
+
+
+def test_an_interrupt_while_progress_is_told_waits_for_it(tmp_path: Path) -> None:
+    """The progress poller is in the caller's callback (slow) when the call ends and
+    waits for it: a SIGINT then must raise only once the callback has returned. Under
+    3.11 the interrupted ``join`` marked the poller ended while the callback ran on."""
+    b = tb.TarBuilder()
+    for i in range(5000):
+        b.file(f"d{i % 50}/f{i}", b"x")
+    (tmp_path / "a.tar").write_bytes(b.build())
+    seen = run(tmp_path, """
+import signal
+inside = threading.Event()
+returned = threading.Event()
+def slow(done):
+    if threading.current_thread() is threading.main_thread():
+        return   # the last report, once the poller has ended
+    inside.set()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(1)   # held past the worker's end
+    returned.set()
+def interrupter():
+    inside.wait()
+    while children_of_ours():
+        time.sleep(0.01)
+    time.sleep(0.3)   # the caller's thread now waits for the poller
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupter, daemon=True).start()
+outcome = outcome_of(lambda: chrootarchive.untar(
+    os.path.join(top, "a.tar"), os.path.join(top, "dest"), progress=slow))
+print(json.dumps({"outcome": outcome, "inside": inside.is_set(),
+                  "returned_at_raise": returned.is_set()}))
+""")
+    assert seen["outcome"] == "interrupted" and seen["inside"]
+    assert seen["returned_at_raise"], "the progress callback ran on after the call raised"
+
+
+def test_a_fork_during_an_image_read_holds_none_of_its_pipes(tmp_path: Path) -> None:
+    """A compressed image archive is read through a pipe that a thread feeds; a fork
+    made meanwhile (here: as each pipe is made) lives on for 15 s. The call must not
+    wait for it: the fork's copy of the pipe's read end kept the feeder blocked on a
+    full pipe once the reader had what it wanted (a padding member after the layer),
+    and the call waited for the fork's exit."""
+    import gzip
+
+    from helpers.oci_images import OCIBuilder, tar_directory
+
+    b = OCIBuilder(tmp_path / "layout")
+    layer = tb.TarBuilder().file("big", os.urandom(5 << 20)).build()  # > 4 MiB gzipped
+    b.tag(b.image([layer]), "latest")
+    (tmp_path / "layout" / "zz-padding").write_bytes(bytes(4 << 20))
+    archive = tar_directory(tmp_path / "layout", tmp_path / "image.tar")
+    (tmp_path / "image.tar.gz").write_bytes(gzip.compress(archive.read_bytes(), 1))
+    seen = run(tmp_path, """
+from chrootarchive.image import layout
+real = layout._Feed.__init__
+forks = []
+def forking(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    release_r, release_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release_w)
+        for _pid, earlier in forks:
+            os.close(earlier)   # each fork is let go by its own pipe alone
+        select.select([release_r], [], [], 15)   # lives on until let go (15 s at most)
+        os._exit(0)
+    os.close(release_r)
+    forks.append((pid, release_w))
+layout._Feed.__init__ = forking
+start = time.monotonic()
+result = chrootarchive.unpack_image(os.path.join(top, "image.tar.gz"),
+                                    os.path.join(top, "rootfs"))
+took = time.monotonic() - start
+for pid, release_w in forks:
+    os.close(release_w)
+    os.waitpid(pid, 0)
+print(json.dumps({"took": took, "forks": len(forks),
+                  "big": os.path.getsize(os.path.join(top, "rootfs", "big"))}))
+""")
+    assert seen["forks"] >= 2 and seen["big"] == 5 << 20
+    assert seen["took"] < 8, f"the call waited {seen['took']:.1f} s for the fork"
+
+
+def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
+    """A Ctrl-C as the archive's (or image's) file is opened, as the names lister starts, as a
+    listing's pipe is made, as a compressed image's feed thread starts or its spool is
+    made, as the destination is made or opened: the call raises KeyboardInterrupt and
+    leaves no descriptor, thread or process. Each left something (random interrupts
+    found most): the archive's descriptor; the worker running with its pipes and reader
+    thread; the pipe; the feed thread, blocked for ever on its pipe; the spool's
+    descriptor; the destination's."""
+    import gzip
+
+    from helpers.oci_images import OCIBuilder, tar_directory
+
+    b = tb.TarBuilder()
+    for i in range(50):
+        b.file(f"f{i}", b"x")
+    (tmp_path / "a.tar").write_bytes(b.build())
+    image = OCIBuilder(tmp_path / "layout")
+    image.tag(image.image([b.build()]), "latest")
+    image_tar = tar_directory(tmp_path / "layout", tmp_path / "image.tar")
+    (tmp_path / "image.tar.gz").write_bytes(gzip.compress(image_tar.read_bytes(), 1))
+    seen = run(tmp_path, """
+import signal, types
+from chrootarchive import _fdio
+from chrootarchive.operations import listing, untar as untar_module
+from chrootarchive.runner import pump
+archive = os.path.join(top, "a.tar")
+data = open(archive, "rb").read()
+def interrupt_after(real):
+    def hooked(*args, **kwargs):
+        result = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+    return hooked
+def interrupt_before(real):
+    def hooked(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+    return hooked
+def shim(**hooks):
+    return types.SimpleNamespace(**{**vars(_fdio), **hooks})
+chrootarchive.untar(archive, os.path.join(top, "warm"), on_entry=lambda name: None)
+base = sorted(os.listdir("/proc/self/fd"))
+seen = {}
+untar_module._fdio = shim(open_input=interrupt_after(_fdio.open_input))
+seen["open"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d1")))
+untar_module._fdio = _fdio
+real_list_names = pump.list_names
+pump.list_names = interrupt_before(real_list_names)
+seen["lister"] = outcome_of(lambda: chrootarchive.untar(
+    data, os.path.join(top, "d2"), on_entry=lambda name: None))
+pump.list_names = real_list_names
+listing._fdio = shim(guard=interrupt_after(_fdio.guard))
+seen["listing"] = outcome_of(lambda: list(chrootarchive.list_entries(archive)))
+listing._fdio = _fdio
+from chrootarchive.image import layout
+class InterruptedThread(threading.Thread):
+    def start(self):
+        super().start()
+        signal.raise_signal(signal.SIGINT)
+layout.threading = types.SimpleNamespace(Thread=InterruptedThread, Event=threading.Event)
+seen["image"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d3")))
+layout.threading = threading
+class InterruptedSpool(layout.Spool):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+real_spool = layout.Spool
+layout.Spool = InterruptedSpool
+seen["spool"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d4")))
+layout.Spool = real_spool
+real_open_input = layout.open_input
+layout.open_input = interrupt_after(real_open_input)
+seen["image_open"] = outcome_of(lambda: chrootarchive.unpack_image(
+    os.path.join(top, "image.tar.gz"), os.path.join(top, "d6")))
+layout.open_input = real_open_input
+from chrootarchive.operations import destination
+destination.os = types.SimpleNamespace(**{**vars(os), "open": interrupt_after(os.open)})
+seen["destination"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d5")))
+destination.os = os
+time.sleep(0.2)
+seen["fds"] = sorted(os.listdir("/proc/self/fd")) == base
+seen["children"] = children_of_ours()
+seen["threads"] = threading.active_count()
+print(json.dumps(seen))
+""")
+    assert seen == {"open": "interrupted", "lister": "interrupted", "listing": "interrupted",
+                    "image": "interrupted", "spool": "interrupted", "image_open": "interrupted",
+                    "destination": "interrupted", "fds": True,
+                    "children": [], "threads": 1}

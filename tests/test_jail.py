@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -1438,3 +1439,70 @@ def test_signal_kill_of_api_caller_leaves_nothing(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert all(_state(p) in ("gone", "Z") for p in workers), workers
     assert pivot_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("name", "code", "builtin"), [
+    ("SourceError", errno.ENOENT, FileNotFoundError),
+    ("DestinationError", errno.EACCES, PermissionError),
+    ("DestinationError", errno.ENOTDIR, NotADirectoryError),
+])
+def test_errno_variant_classes_picklable(name: str, code: int, builtin: type) -> None:
+    """The class of an error with an errno is a variant of its own (also the built-in
+    class), named like its base: pickling it (multiprocessing pickles a class by
+    reference) failed, "not the same object as chrootarchive.errors.SourceError"."""
+    err = getattr(chrootarchive, name)("broke", "some/entry", code)
+    variant = type(err)
+    assert isinstance(err, builtin) and variant is not getattr(chrootarchive, name)
+    assert pickle.loads(pickle.dumps(variant)) is variant
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(variant, protocol)) is variant
+        back = pickle.loads(pickle.dumps(err, protocol))
+        assert type(back) is variant and back.errno == code and back.entry == "some/entry"
+
+
+def test_an_error_in_a_process_pool_arrives_whole(tmp_path: Path) -> None:
+    """A call made in a ProcessPoolExecutor's worker: its error reaches the parent with
+    its class (the errno variant), errno, message and entry; a variant class returned
+    arrives as itself. Run in a program of its own: the pool leaves multiprocessing's
+    resource tracker running."""
+    (tmp_path / "file").write_bytes(b"x")
+    program = textwrap.dedent("""
+        import concurrent.futures, errno, json, multiprocessing, sys
+        sys.path.insert(0, sys.argv[1])
+        import chrootarchive
+        top = sys.argv[2]
+        seen = {}
+        if __name__ == "__main__":
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                calls = {
+                    "missing": pool.submit(chrootarchive.untar, top + "/missing.tar",
+                                           top + "/d"),
+                    "blocked": pool.submit(chrootarchive.untar, b"\\0" * 1024,
+                                           top + "/file/dest"),
+                }
+                for name, call in calls.items():
+                    try:
+                        call.result()
+                    except OSError as err:
+                        seen[name] = [type(err).__name__, err.errno, err.entry,
+                                      isinstance(err, FileNotFoundError),
+                                      isinstance(err, NotADirectoryError),
+                                      isinstance(err, chrootarchive.ChrootArchiveError)]
+                variant = type(chrootarchive.SourceError("gone", "x", errno.ENOENT))
+                error = chrootarchive.SourceError("gone", "x", errno.ENOENT)
+                seen["class"] = pool.submit(type, error).result() is variant
+            print(json.dumps(seen))
+    """)
+    script = tmp_path / "pool.py"
+    script.write_text(program)
+    src = str(Path(chrootarchive.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, str(script), src, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["missing"] == ["SourceError", errno.ENOENT, str(tmp_path / "missing.tar"),
+                               True, False, True]
+    assert seen["blocked"][:2] == ["DestinationError", errno.ENOTDIR]
+    assert seen["blocked"][3:] == [False, True, True]
+    assert seen["class"] is True

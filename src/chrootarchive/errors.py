@@ -4,11 +4,13 @@ Every error the package raises derives from :class:`ChrootArchiveError`. Errors 
 the confined worker travel to the parent as ``(class name, message, entry)`` and are
 raised there again as the same class, so callers can catch them by type. All classes are
 picklable (their constructor arguments are ``(message, entry)``, and the errno for the
-two that are also :class:`OSError`: :class:`SourceError`, :class:`DestinationError`).
+two that are also :class:`OSError`: :class:`SourceError`, :class:`DestinationError`),
+and so are the classes themselves, the per-errno variants of those two included.
 """
 
 from __future__ import annotations
 
+import copyreg
 import errno
 
 __all__ = [
@@ -177,6 +179,28 @@ _BUILTIN_OSERRORS: dict[int, type[OSError]] = {
 }
 
 
+class _ErrnoVariant(type):
+    """The metaclass of the classes :class:`_OSLevelError` makes per built-in class:
+    they bear their base's name, which pickle would find to be the base, so a class is
+    pickled as its base and its built-in class (:func:`_reduce_variant`)."""
+
+
+def _errno_variant(base: type[_OSLevelError], builtin: str) -> type[_OSLevelError]:
+    """The variant of ``base`` that is also the built-in class named ``builtin``
+    (unpickling a class)."""
+    return base._variants[builtin]
+
+
+def _reduce_variant(cls: _ErrnoVariant) -> tuple[object, tuple[type, str]]:
+    # The built-in class by its name: pickle's protocols 0-2 write FileNotFoundError
+    # as Python 2's OSError.
+    base, builtin = cls.__bases__
+    return _errno_variant, (base, builtin.__name__)
+
+
+copyreg.pickle(_ErrnoVariant, _reduce_variant)  # type: ignore[arg-type]
+
+
 class _OSLevelError(ChrootArchiveError, OSError):
     """An error that is also an :class:`OSError`, with the kernel's ``errno`` when one was
     the cause, so ``except FileNotFoundError`` or ``except PermissionError`` work as
@@ -187,6 +211,7 @@ class _OSLevelError(ChrootArchiveError, OSError):
     """
 
     _by_errno: dict[int, type[_OSLevelError]]
+    _variants: dict[str, type[_OSLevelError]]  # the built-in class's name -> variant
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,14 +220,16 @@ class _OSLevelError(ChrootArchiveError, OSError):
         # One subclass per built-in class, named like its base (the name is what crosses
         # the process boundary; the errno travels beside it).
         cls._by_errno = {}
-        made: dict[type[OSError], type[_OSLevelError]] = {}
+        cls._variants = made = {}
         for code, builtin in _BUILTIN_OSERRORS.items():
-            if builtin not in made:
-                made[builtin] = type(cls.__name__, (cls, builtin), {
-                    "_errno_variant": True, "__module__": cls.__module__,
-                    "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-                })
-            cls._by_errno[code] = made[builtin]
+            if builtin.__name__ not in made:
+                variant: type[_OSLevelError] = _ErrnoVariant(  # type: ignore[assignment]
+                    cls.__name__, (cls, builtin), {
+                        "_errno_variant": True, "__module__": cls.__module__,
+                        "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                    })
+                made[builtin.__name__] = variant
+            cls._by_errno[code] = made[builtin.__name__]
 
     def __new__(cls, message: str, entry: str | None = None,
                 code: int | None = None) -> _OSLevelError:

@@ -80,7 +80,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.atomic and args.root is not None:  # the API's DestinationError: exit 4
+    if args.atomic and args.root is not None:  # the API's ValueError
         raise UsageError("--atomic is not available with --root")
     archive_input(args.archive)
     if (args.dest is None) == (args.directory is None):

@@ -7,6 +7,7 @@ import queue
 import re
 import threading
 
+from chrootarchive._threads import wait_ended
 from chrootarchive.errors import ImageError
 
 TYPE_CHECKING = False
@@ -105,9 +106,8 @@ class HashThread:
         # end (a put blocked on a full queue still ends, as the thread runs until then).
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="chrootarchive-hash",
-                                        daemon=True)
-        self._thread.start()
+        self._ended = threading.Event()
+        threading.Thread(target=self._run, name="chrootarchive-hash", daemon=True).start()
 
     def update(self, hasher: _Hash, data: bytes) -> None:
         """Queue ``data`` for ``hasher`` (a ``hashlib`` object); nothing once closed."""
@@ -122,7 +122,7 @@ class HashThread:
             if self._closed:
                 return
             self._queue.put(done)
-        done.wait()
+        wait_ended(done)  # in steps: an interrupt_main is seen
         if self._failed is not None:
             raise self._failed
 
@@ -136,17 +136,20 @@ class HashThread:
                 return
             self._closed = True
             self._queue.put(None)
-        self._thread.join()
+        wait_ended(self._ended)  # not Thread.join (see wait_ended)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-            elif self._failed is None:
-                try:
-                    item[0].update(item[1])
-                except BaseException as err:  # raised by wait()
-                    self._failed = err
+        try:
+            while (item := self._queue.get()) is not None:
+                if isinstance(item, threading.Event):
+                    item.set()
+                elif self._failed is None:
+                    try:
+                        item[0].update(item[1])
+                    except BaseException as err:  # raised by wait()
+                        self._failed = err
+        finally:
+            self._ended.set()
 
 
 def digest_ref(ref: str) -> str | None:

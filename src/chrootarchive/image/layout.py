@@ -23,7 +23,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from chrootarchive import _fdio
 from chrootarchive._fdio import describe, open_input, open_regular
+from chrootarchive._threads import wait_ended
 from chrootarchive.engine import space
 from chrootarchive.errors import (
     ChrootArchiveError,
@@ -37,6 +39,7 @@ from chrootarchive.errors import (
     quoted,
 )
 from chrootarchive.operations import compression
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
 
 TYPE_CHECKING = False  # no typing at run time: the start (issue 16)
@@ -489,10 +492,14 @@ class _Feed:
     def __init__(self, source: compression.Readable, max_memory: int | None) -> None:
         _kind, chunks = compression.decompressed_chunks(source, max_memory=max_memory)
         self.fd, self._w = os.pipe2(os.O_CLOEXEC)
+        # No fork made meanwhile may keep an end: a copy of the write end held back the
+        # reader's end of input, one of the read end the feeder's EPIPE (and its end).
+        _fdio.guard(self.fd)
+        _fdio.guard(self._w)
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True,
-                                        name="chrootarchive-image-feed")
-        self._thread.start()
+        self._ended = threading.Event()
+        threading.Thread(target=self._run, args=(chunks,), daemon=True,
+                         name="chrootarchive-image-feed").start()
 
     def _run(self, chunks: Iterator[bytes]) -> None:
         try:
@@ -505,20 +512,22 @@ class _Feed:
         except BaseException as err:  # reported by finish()
             self.error = err
         finally:
-            os.close(self._w)
+            _fdio.close(self._w)
+            self._ended.set()
 
     def finish(self) -> None:
         """Wait for the thread; raise its error (a corrupt stream, a window too large)."""
-        self._thread.join()
+        wait_ended(self._ended, self.close)
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
         """Stop reading (the thread's next write fails) and wait for the thread."""
         if self.fd >= 0:
-            os.close(self.fd)
+            _fdio.close(self.fd)
             self.fd = -1
-        self._thread.join()
+        if not self._ended.is_set():
+            wait_ended(self._ended)
 
 
 class _StreamLayout(_TarLayout):
@@ -538,8 +547,12 @@ class _StreamLayout(_TarLayout):
         """Run ``run`` on a reader of the decompressed stream; its errors or the
         decompressor's (which come first: a cut stream shows as a truncated tar)."""
         self._source = self._open_source()
-        feed = _Feed(self._source, self._max_memory)
+        # Made with interrupts held: a KeyboardInterrupt as its thread started left the
+        # thread blocked for ever on a pipe no one reads, and the pipe open.
+        feed: _Feed | None = None
         try:
+            with InterruptsHeld():
+                feed = _Feed(self._source, self._max_memory)
             try:
                 run(tarreader.TarReader(feed.fd))
             except ChrootArchiveError:
@@ -551,7 +564,8 @@ class _StreamLayout(_TarLayout):
             if feed.error is not None:
                 raise feed.error
         finally:
-            feed.close()
+            if feed is not None:
+                feed.close()
 
     def _first_pass(self, reader: tarreader.TarReader) -> None:
         spool = self._stream_spool
@@ -643,20 +657,23 @@ def _open(image: str, dest: str, limits: Limits, stack: contextlib.ExitStack) ->
         raise _cannot_open(err, image) from err
     if stat.S_ISDIR(st.st_mode):
         return _DirLayout(image)
-    try:
-        fd, st = open_input(image)
-    except OSError as err:
-        raise _cannot_open(err, image) from err
+    with InterruptsHeld():  # until it is closed with the stack: an interrupt left it open
+        try:
+            fd, st = open_input(image)
+        except OSError as err:
+            raise _cannot_open(err, image) from err
+        if fd >= 0:
+            stack.callback(os.close, fd)
     if fd < 0:
         raise SourceError(f"{describe(st)}: not opened (a device, named FIFO or socket "
                          "never is); give its data on standard input ('-')", image)
-    stack.callback(os.close, fd)
     if not stat.S_ISREG(st.st_mode):  # an anonymous pipe: read once, as it comes
         return _from_stream(open(fd, "rb", closefd=False), image, dest, limits, stack)
     if compression.detect(os.pread(fd, 6, 0)) == "none":
         return _TarLayout(fd)  # read in place
-    spool = Spool(dest, limits)
-    stack.callback(spool.close)
+    with InterruptsHeld():  # a KeyboardInterrupt as it was made left its descriptor
+        spool = Spool(dest, limits)
+        stack.callback(spool.close)
     return _StreamLayout(lambda: _RangeReader(fd, 0, _WHOLE), spool, limits.max_memory)
 
 
@@ -679,8 +696,9 @@ def _cannot_open(err: OSError, image: str) -> ChrootArchiveError:
 def _from_stream(raw: compression.Readable, where: str, dest: str, limits: Limits,
                  stack: contextlib.ExitStack) -> Layout:
     """A stream that cannot be read twice: spooled as it comes (compressed or not)."""
-    spool = Spool(dest, limits)
-    stack.callback(spool.close)
+    with InterruptsHeld():  # a KeyboardInterrupt as it was made left its descriptor
+        spool = Spool(dest, limits)
+        stack.callback(spool.close)
     try:
         while data := raw.read(compression.CHUNK):
             spool.write(data, where)

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chrootarchive._threads import STEP
 from chrootarchive.errors import ChrootArchiveError, ImageError
 from chrootarchive.image.apply import (
     _locked_dest,
@@ -141,10 +142,12 @@ class Prefetcher:
         self._registry = registry
         self._layers = list(layers)
         self._limit = limit
-        self._pending: dict[int, tuple[threading.Thread, dict[str, Any]]] = {}
+        # position -> (set when its thread has ended, what the thread found)
+        self._pending: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
         self._closed = False
 
-    def _fetch_head(self, layer: LayerPlan, box: dict[str, Any]) -> None:
+    def _fetch_head(self, layer: LayerPlan, box: dict[str, Any],
+                    ended: threading.Event) -> None:
         try:
             reader = self._registry.open_blob(layer.name, layer.size)
             box["reader"] = reader
@@ -161,15 +164,19 @@ class Prefetcher:
                 reader.close()
         except BaseException as err:  # raised again where the layer is opened
             box["error"] = err
+        finally:
+            ended.set()
 
     def _start(self, position: int) -> None:
         if (self._limit <= 0 or position >= len(self._layers) or position in self._pending
                 or self._closed):
             return
         box: dict[str, Any] = {}
-        thread = threading.Thread(target=self._fetch_head, args=(self._layers[position], box),
+        ended = threading.Event()
+        thread = threading.Thread(target=self._fetch_head,
+                                  args=(self._layers[position], box, ended),
                                   name=f"chrootarchive-prefetch-{position}", daemon=True)
-        self._pending[position] = (thread, box)
+        self._pending[position] = (ended, box)
         thread.start()
 
     def __call__(self, layer: LayerPlan, label: str) -> Reader:
@@ -179,8 +186,15 @@ class Prefetcher:
         if pending is None:
             reader: Reader = self._registry.open_blob(layer.name, layer.size)
             return reader
-        thread, box = pending
-        thread.join()
+        ended, box = pending
+        try:
+            # Not Thread.join: under 3.11 one cut short by a KeyboardInterrupt marks the
+            # thread ended while it reads on; and in steps, for interrupt_main.
+            while not ended.wait(STEP):
+                pass
+        except BaseException:
+            self._pending[position] = pending  # close() cuts its read short, closes it
+            raise
         error = box.get("error")
         if error is not None:
             if "reader" in box:
@@ -196,12 +210,11 @@ class Prefetcher:
         its reader closed. A thread still opening its blob ends at the client's head
         deadline, and closes the reader then."""
         self._closed = True
-        for thread, box in self._pending.values():
+        for ended, box in self._pending.values():
             reader = box.get("reader")
             if reader is not None:
                 reader.interrupt()
-            thread.join(timeout=1)
-            if not thread.is_alive() and "reader" in box:
+            if ended.wait(timeout=1) and "reader" in box:
                 box["reader"].close()
         self._pending.clear()
 

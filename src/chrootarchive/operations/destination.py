@@ -19,6 +19,7 @@ from chrootarchive.errors import (
     DestinationError,
     from_os_error,
 )
+from chrootarchive.runner.launch import InterruptsHeld
 
 __all__ = ["inside", "missing_dirs", "pin_destination", "root_owner", "undo_created"]
 
@@ -63,13 +64,14 @@ def _make_dest(dest: str, owner: tuple[int, int] | None) -> None:
             if os.path.isdir(new):
                 continue  # made at the same moment by a concurrent call: fine
             raise
-        fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if owner is not None and os.geteuid() == 0 and owner != (0, 0):
-                os.fchown(fd, *owner)
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
+        with InterruptsHeld():  # an interrupt as the open returned left it open
+            fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if owner is not None and os.geteuid() == 0 and owner != (0, 0):
+                    os.fchown(fd, *owner)
+                os.fchmod(fd, 0o755)
+            finally:
+                os.close(fd)
     if not os.path.isdir(dest):
         if os.path.islink(dest):
             raise DestinationError("a symlink to a directory that does not exist", dest)
@@ -97,18 +99,24 @@ def pin_destination(
     else:
         jail = os.fspath(root)
         rel = _dest_inside_root(dest, jail)
+    fd = -1
     try:
-        fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except NotADirectoryError:
-        raise DestinationError("not a directory", jail, errno.ENOTDIR) from None
-    except OSError as err:
-        raise from_os_error(err, jail, kind=DestinationError, action="cannot open") from err
-    try:
-        _fdio.guard(fd)
+        # Held until the descriptor is ours to close: a KeyboardInterrupt as the open
+        # returned left it open.
+        with InterruptsHeld():
+            try:
+                fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except NotADirectoryError:
+                raise DestinationError("not a directory", jail, errno.ENOTDIR) from None
+            except OSError as err:
+                raise from_os_error(err, jail, kind=DestinationError,
+                                    action="cannot open") from err
+            _fdio.guard(fd)
         if lock:
             fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:  # interrupted while it waited for the lock
-        _fdio.close(fd)
+    except BaseException:  # interrupted (while it waited for the lock, say)
+        if fd >= 0:
+            _fdio.close(fd)
         raise
     return fd, rel
 

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from chrootarchive import _fdio
 from chrootarchive._fdio import write_all
+from chrootarchive._threads import wait_ended
 from chrootarchive.errors import (
     NOT_A_TAR,
     LimitExceededError,
@@ -30,6 +31,7 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression
 from chrootarchive.operations.untar import Source, name_archive, open_source
 from chrootarchive.options import Limits
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
 
 __all__ = ["ListedEntry", "list_entries"]
@@ -170,11 +172,11 @@ def _entries(source: Source, detect_compression: bool,
     with open_source(source) as raw:
         _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression,
                                                     max_memory=limits.max_memory)
-        read_fd, write_fd = os.pipe()
-        _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
         failure: list[BaseException] = []
+        fed = threading.Event()
+        open_fds: list[int] = []
 
-        def feed() -> None:
+        def feed(write_fd: int) -> None:
             try:
                 for chunk in chunks:
                     check_time(None)  # within one entry's data too: the reader ends
@@ -185,10 +187,7 @@ def _entries(source: Source, detect_compression: bool,
                 failure.append(err)
             finally:
                 _fdio.close(write_fd)
-
-        feeder = threading.Thread(target=feed, name="chrootarchive-list", daemon=True)
-        feeder.start()
-        open_fds = [read_fd]
+                fed.set()
 
         def stop_feeding(wait: bool = True) -> None:
             """Close our end (a feeder still writing gets EPIPE) and wait for it; not
@@ -197,9 +196,22 @@ def _entries(source: Source, detect_compression: bool,
             while open_fds:
                 os.close(open_fds.pop())
             if wait:
-                feeder.join()
+                wait_ended(fed)
 
         try:
+            # Interrupts held: a KeyboardInterrupt between the pipe and its feeder's
+            # start left the pipe open.
+            with InterruptsHeld():
+                read_fd, write_fd = os.pipe()
+                open_fds.append(read_fd)
+                _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
+                try:
+                    threading.Thread(target=feed, args=(write_fd,), name="chrootarchive-list",
+                                     daemon=True).start()
+                except BaseException:
+                    _fdio.close(write_fd)
+                    fed.set()
+                    raise
             reader = tarreader.TarReader(read_fd)
             seen = 0
             try:
@@ -234,7 +246,6 @@ def _entries(source: Source, detect_compression: bool,
                 raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
         finally:
             stop_feeding(wait=False)
-
 
 
 def _read_to_end(raw: BinaryIO) -> None:

@@ -28,6 +28,7 @@ from chrootarchive.errors import (
 from chrootarchive.operations import compression, destination
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, given, unpack_spec
 from chrootarchive.runner import ladder
+from chrootarchive.runner.launch import InterruptsHeld
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 _HELPER_MIN_COMPRESSED = 1 << 20  # the same, compressed
@@ -112,6 +113,8 @@ def untar(
             ``FileNotFoundError`` for a missing one).
         DestinationError: the destination cannot be written (also an OSError).
         ConfinementError: no confinement mechanism is available.
+        ValueError: arguments that do not go together (``atomic`` with ``root``), as
+            for an option's value out of its range.
     """
     chosen = with_changes(options, filter=filter, excludes=excludes, atomic=atomic,
                           confine=confine, limits=limits)
@@ -308,11 +311,13 @@ def _unpack(
     on_entry: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     options = options or UnpackOptions()
+    if options.atomic and root is not None:
+        # The caller's mistake, not the destination's: as any invalid combination.
+        raise ValueError("atomic=True is not available with root= (the destination is "
+                         "resolved inside the root's jail)")
     check_source(source)
     ladder.check(options.confine)  # fail before creating anything
     if options.atomic:
-        if root is not None:
-            raise DestinationError("atomic unpacking is not available with a root", str(root))
         from chrootarchive.operations import staging
 
         with staging.atomic_destination(os.fspath(dest)) as stage:
@@ -545,17 +550,27 @@ def open_source(source: Source) -> Iterator[BinaryIO]:
         if path == "-":
             yield sys.stdin.buffer
             return
+        # Held until the file object owns the descriptor: a KeyboardInterrupt as the
+        # open returned left it open.
+        f: BinaryIO | None = None
         try:
-            fd, st = _fdio.open_input(path)
-        except OSError as err:
-            raise from_os_error(
-                err, path, kind=SourceError, action="cannot open the archive") from err
-        if fd < 0 and stat.S_ISDIR(st.st_mode):
+            with InterruptsHeld():
+                try:
+                    fd, st = _fdio.open_input(path)
+                except OSError as err:
+                    raise from_os_error(
+                        err, path, kind=SourceError, action="cannot open the archive") from err
+                f = open(fd, "rb") if fd >= 0 else None  # noqa: SIM115 - closed below
+        except BaseException:
+            if f is not None:
+                f.close()  # the interrupt held back came once it was open
+            raise
+        if f is None and stat.S_ISDIR(st.st_mode):
             raise SourceError("cannot open the archive: Is a directory", path, errno.EISDIR)
-        if fd < 0:
+        if f is None:
             raise SourceError(f"{_fdio.describe(st)}: not opened (a device, named FIFO or "
                               "socket never is); give its data on standard input ('-')", path)
-        with open(fd, "rb") as f:
+        with f:
             yield f
         return
     if isinstance(source, (bytes, bytearray, memoryview)):

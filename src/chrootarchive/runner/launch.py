@@ -26,10 +26,10 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-__all__ = ["ENV", "EXIT_NO_PACKAGE", "Child", "command", "context", "package_parent",
-           "spawn_early"]
+__all__ = ["ENV", "EXIT_NO_PACKAGE", "Child", "InterruptsHeld", "command", "context",
+           "package_parent", "spawn_early"]
 
 #: The worker's exit status when its interpreter cannot import the package.
 EXIT_NO_PACKAGE = 119
@@ -52,6 +52,7 @@ _STATUS_FIELDS = (
 )
 _NAMESPACES = ("mnt", "user", "pid_for_children", "net", "ipc", "uts", "cgroup",
                "time_for_children")
+_SIGINT: int = _signal.SIGINT
 _SIGKILL: int = _signal.SIGKILL
 _SIGPIPE: int = _signal.SIGPIPE
 _SIGXFSZ: int = _signal.SIGXFSZ
@@ -109,6 +110,46 @@ def context() -> tuple[object, ...]:
         tuple(resource.getrlimit(limit) for limit in _RLIMITS),
         os.getpriority(os.PRIO_PROCESS, 0),
     )
+
+
+class InterruptsHeld:
+    """SIGINT (Ctrl-C, ``_thread.interrupt_main``) held back across a spawn and the
+    bookkeeping that tracks the child: a KeyboardInterrupt raised inside
+    ``subprocess.Popen`` (or between ``posix_spawn`` and our record of its pid) left
+    the child untracked, a zombie, with its descriptors. On exit the caller's handler
+    is put back and then given the signal held, if one came: the default one raises
+    KeyboardInterrupt there, once the child is tracked, and the caller's cleanup kills
+    and reaps it.
+
+    Only in the main thread (Python runs signal handlers there alone), and only over a
+    handler of Python's (one set to ignore, or left to the kernel, is not changed).
+    """
+
+    def __init__(self) -> None:
+        self._old: Callable[[int, object], object] | None = None
+        self._held: tuple[int, object] | None = None
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self._held = (signum, frame)
+
+    def __enter__(self) -> InterruptsHeld:
+        old = _signal.getsignal(_SIGINT)
+        if callable(old):
+            try:
+                _signal.signal(_SIGINT, self._hold)
+            except ValueError:
+                return self  # not the main thread: no handler runs here
+            self._old = old
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        old, self._old = self._old, None
+        if old is None:
+            return
+        _signal.signal(_SIGINT, old)
+        held, self._held = self._held, None
+        if held is not None:
+            old(*held)  # the default handler raises KeyboardInterrupt
 
 
 class Child:
@@ -198,13 +239,20 @@ def spawn_early(job: str) -> tuple[Child, _socket.socket] | None:
         actions += [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
+        child: Child | None = None
         try:
-            pid = os.posix_spawn(sys.executable, command(fd, job), ENV,
-                                 file_actions=actions,
-                                 setsigdef=(_SIGPIPE, _SIGXFSZ))
-        except OSError:
-            ours.close()
-            return None
+            with InterruptsHeld():  # a Ctrl-C now would leave the child untracked
+                child = Child(os.posix_spawn(sys.executable, command(fd, job), ENV,
+                                             file_actions=actions,
+                                             setsigdef=(_SIGPIPE, _SIGXFSZ)))
+        except BaseException as err:
+            ours.close()  # a worker started ends at the end of its control socket
+            if child is not None:  # interrupted once it was started: it goes now
+                child.kill()
+                child.wait()
+            elif isinstance(err, OSError):
+                return None
+            raise
     finally:
         theirs.close()
-    return Child(pid), ours
+    return child, ours

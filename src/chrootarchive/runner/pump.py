@@ -14,15 +14,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from chrootarchive import _fdio
+from chrootarchive._threads import wait_ended
 from chrootarchive.contract import JobReply
 from chrootarchive.errors import ChrootArchiveError
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.runner.worker import Running
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chrootarchive._ring import RingWriter
 
-__all__ = ["drive", "feed", "feed_fd_while_alive", "feed_ring_while_alive",
+__all__ = ["Lister", "drive", "feed", "feed_fd_while_alive", "feed_ring_while_alive",
            "feed_while_alive", "list_names", "watch_offset"]
 
 Progress = Callable[[int], None]
@@ -45,49 +47,70 @@ def drive(start: Callable[[], Running], data: int | Iterable[bytes],
         job = start()
         lister = None
         listing_failed: list[BaseException] = []
-        if names is not None:
-            fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
-            lister = list_names(fd, names, listing_failed)
         try:
+            if names is not None:
+                # Held: a KeyboardInterrupt as the lister started left the job running.
+                with InterruptsHeld():
+                    fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
+                    lister = list_names(fd, names, listing_failed)
             if not isinstance(data, int):
                 feed_while_alive(job, data)
             reply = job.finish()
         finally:
-            if lister is not None:
-                lister.join()  # the job has ended: its stdout is at its end
-            job.close()
+            try:
+                job.close()
+            finally:
+                if lister is not None:
+                    lister.wait()  # the job has ended: its stdout is at its end
         if listing_failed:
             raise listing_failed[0]  # the names could not be told (a full disk)
         return reply
 
 
-def list_names(fd: int, names: Callable[[str], None],
-               failed: list[BaseException]) -> threading.Thread:
+class Lister:
     """A thread that reads NUL-terminated names from ``fd`` until its end (the job's
     exit), then closes it. What ``names`` raises goes into ``failed`` (the rest is
     read, not told: the job must not wait on a full pipe)."""
 
-    def run() -> None:
-        pending = b""
-        try:
-            while True:
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    return
-                *whole, pending = (pending + data).split(b"\0")
-                for name in whole:
-                    if failed:
-                        break
-                    try:
-                        names(name.decode("utf-8", "surrogateescape"))
-                    except Exception as err:
-                        failed.append(err)
-        finally:
-            os.close(fd)
+    def __init__(self, fd: int, names: Callable[[str], None],
+                 failed: list[BaseException]) -> None:
+        self._ended = threading.Event()
+        self._stopped = False
 
-    thread = threading.Thread(target=run, name="chrootarchive-names", daemon=True)
-    thread.start()
-    return thread
+        def run() -> None:
+            pending = b""
+            try:
+                while True:
+                    data = os.read(fd, 1 << 16)
+                    if not data:
+                        return
+                    *whole, pending = (pending + data).split(b"\0")
+                    for name in whole:
+                        if failed or self._stopped:
+                            break
+                        try:
+                            names(name.decode("utf-8", "surrogateescape"))
+                        except Exception as err:
+                            failed.append(err)
+            finally:
+                os.close(fd)
+                self._ended.set()
+
+        threading.Thread(target=run, name="chrootarchive-names", daemon=True).start()
+
+    def wait(self) -> None:
+        """Until the thread has read to the end. Interrupted, it tells no more names
+        and is still waited for: none is told after the call has raised."""
+        wait_ended(self._ended, self._stop)
+
+    def _stop(self) -> None:
+        self._stopped = True
+
+
+def list_names(fd: int, names: Callable[[str], None],
+               failed: list[BaseException]) -> Lister:
+    """:class:`Lister`, started."""
+    return Lister(fd, names, failed)
 
 
 def feed(fd: int, chunks: Iterable[bytes]) -> None:
@@ -167,7 +190,8 @@ def _feed_from_thread(job: Running, write: Callable[[], None], end: Callable[[],
                 # the very end of a gzip stream, say), however busy the machine. After
                 # a failure, if the input stalls, the job's error is reported now.
                 if outcome:
-                    done.wait()
+                    while not done.wait(_WATCH):  # in steps: an interrupt_main is seen
+                        pass
                 elif not done.wait(0.2):
                     return None
                 break
@@ -186,6 +210,7 @@ def watch_offset(fd: int, progress: Progress) -> Iterator[None]:
     """
     last = [os.lseek(fd, 0, os.SEEK_CUR)]
     done = threading.Event()
+    ended = threading.Event()
 
     def report() -> None:
         try:
@@ -197,14 +222,16 @@ def watch_offset(fd: int, progress: Progress) -> Iterator[None]:
             last[0] = here
 
     def poll() -> None:
-        while not done.wait(_PROGRESS_POLL):
-            report()
+        try:
+            while not done.wait(_PROGRESS_POLL):
+                report()
+        finally:
+            ended.set()
 
-    poller = threading.Thread(target=poll, name="chrootarchive-progress", daemon=True)
-    poller.start()
+    threading.Thread(target=poll, name="chrootarchive-progress", daemon=True).start()
     try:
         yield
     finally:
         done.set()
-        poller.join()
+        wait_ended(ended)  # no progress is reported after the call has raised
     report()

@@ -18,7 +18,13 @@ import sys
 
 from chrootarchive import _fdio
 from chrootarchive.errors import ConfinementError
-from chrootarchive.runner.launch import ENV, EXIT_NO_PACKAGE, command, package_parent
+from chrootarchive.runner.launch import (
+    ENV,
+    EXIT_NO_PACKAGE,
+    InterruptsHeld,
+    command,
+    package_parent,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -105,22 +111,32 @@ class Booted:
         import subprocess  # not at the top: the command line's early start does without
 
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+        self._control = None
+        proc = None
         try:
-            self.proc = subprocess.Popen(
-                command(theirs.fileno(), job),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL if standby else None,
-                pass_fds=(theirs.fileno(),),
-                env=ENV,
-            )
+            # A KeyboardInterrupt inside Popen left the worker untracked (a zombie, its
+            # descriptors): held back until it is ours, then raised here.
+            with InterruptsHeld():
+                try:
+                    proc = subprocess.Popen(
+                        command(theirs.fileno(), job),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL if standby else None,
+                        pass_fds=(theirs.fileno(),),
+                        env=ENV,
+                    )
+                finally:
+                    theirs.close()
+                self.proc = proc
+                self._control = ours
+                # The worker reads its job until EOF: no fork may hold it.
+                _fdio.guard(ours.fileno())
         except BaseException:
+            if proc is not None:
+                self.discard()  # interrupted once it was started: kill and reap it
             ours.close()
             raise
-        finally:
-            theirs.close()
-        self._control = ours
-        _fdio.guard(ours.fileno())  # the worker reads its job until EOF: no fork may hold it
 
     @classmethod
     def adopt(cls, proc: Process, control: _socket.socket) -> Booted:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import _socket
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Iterable
 
 from chrootarchive import _channel, _fdio, _ring
@@ -36,7 +35,7 @@ class Stack:
         self._job = job
         self._channel: _socket.socket | None = channel
         self._ring = ring  # the size of each layer's ring (the job's), or 0: pipes
-        self._lister: threading.Thread | None = None
+        self._lister: pump.Lister | None = None
         self._listing_failed: list[BaseException] = []
         if names is not None:
             fd, job.stdout_r = job.stdout_r, -1  # the lister owns (and closes) it
@@ -140,7 +139,7 @@ class Stack:
         self._close_channel()
         self._job.close()
         if self._lister is not None:
-            self._lister.join()  # the job has ended: its stdout is at its end
+            self._lister.wait()  # the job has ended: its stdout is at its end
             self._lister = None
 
 

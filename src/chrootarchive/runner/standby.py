@@ -26,6 +26,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.runner.launch import context as _context
 
 TYPE_CHECKING = False
@@ -172,18 +173,21 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
         if not _registry.enabled or tid in _registry.standbys:
             return
     context = _context()
-    try:
-        booted: Booted | None = spawn()
-    except OSError:
-        return  # only a head start was lost: the next call spawns its worker itself
-    with _registry.lock:
-        if _registry.enabled and tid not in _registry.standbys and booted is not None:
-            _registry.standbys[tid] = (context, job, booted)
-            booted = None
-    if booted is not None:
-        booted.discard()
-    else:
-        _watch_thread_end()
+    # Spawned and registered with interrupts held: a KeyboardInterrupt between the two
+    # left the worker untracked (a process and a socket, until the garbage collector).
+    with InterruptsHeld():
+        try:
+            booted: Booted | None = spawn()
+        except OSError:
+            return  # only a head start was lost: the next call spawns its worker itself
+        with _registry.lock:
+            if _registry.enabled and tid not in _registry.standbys and booted is not None:
+                _registry.standbys[tid] = (context, job, booted)
+                booted = None
+        if booted is not None:
+            booted.discard()
+        else:
+            _watch_thread_end()
 
 
 def enabled() -> bool:

@@ -26,6 +26,7 @@ from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.main import READY
 from chrootarchive.runner import standby
+from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.runner.spawn import (
     EXIT_LOADER,
     EXIT_NO_PACKAGE,
@@ -145,42 +146,48 @@ class Worker:
             id_ranges = userns.subordinate_ranges()
         sync_parent: _socket.socket | None = None
         sync_child: _socket.socket | None = None
-        if id_ranges:
-            sync_parent, sync_child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM, 0)
-            _fdio.guard(sync_child.fileno())
-        # What a fork made meanwhile must not keep (_fdio.guard): the ends whose
-        # closing tells the worker, or us, that the other side is done.
-        self._res_r, res_w = pipe()
-        _fdio.guard(res_w)
-        own_stdin = stdin is None and not ring
-        if ring:
-            self.ring = RingWriter()
-            request = request.replace(ring=self.ring.size)
-            passed = {"result": res_w, "root": root_fd, **self.ring.child_fds()}
-        else:
-            if stdin is None:
-                child_stdin, self.stdin_w = pipe(big=True)
-                _fdio.guard(self.stdin_w)
-            else:
-                child_stdin = stdin
-            passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
+        self._res_r = res_w = child_stdin = -1
         child_stdout: int | None = None
-        if stdout_pipe:
-            self.stdout_r, child_stdout = pipe(big=True)
-            _fdio.guard(child_stdout)
-        if child_stdout is not None:
-            passed["stdout"] = child_stdout
-        if _has_stderr():
-            passed["stderr"] = 2
-        if sync_child is not None:
-            passed["sync"] = sync_child.fileno()
-        if channel is not None:
-            passed["channel"] = channel
-        document = _wire.dumps({"request": request.to_wire(), "fds": list(passed)})
-        fds = list(passed.values())
+        own_stdin = stdin is None and not ring
         booted: Booted | None = None
         try:
-            booted = _boot(job)
+            # The descriptors are made with interrupts held: a KeyboardInterrupt between
+            # two of them left the first ones open (none is a wait).
+            with InterruptsHeld():
+                if id_ranges:
+                    sync_parent, sync_child = _socket.socketpair(
+                        _socket.AF_UNIX, _socket.SOCK_STREAM, 0)
+                    _fdio.guard(sync_child.fileno())
+                # What a fork made meanwhile must not keep (_fdio.guard): the ends whose
+                # closing tells the worker, or us, that the other side is done.
+                self._res_r, res_w = pipe()
+                _fdio.guard(res_w)
+                if ring:
+                    self.ring = RingWriter()
+                    request = request.replace(ring=self.ring.size)
+                    passed = {"result": res_w, "root": root_fd, **self.ring.child_fds()}
+                else:
+                    if stdin is None:
+                        child_stdin, self.stdin_w = pipe(big=True)
+                        _fdio.guard(self.stdin_w)
+                    else:
+                        child_stdin = stdin
+                    passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
+                if stdout_pipe:
+                    self.stdout_r, child_stdout = pipe(big=True)
+                    _fdio.guard(child_stdout)
+            if child_stdout is not None:
+                passed["stdout"] = child_stdout
+            if _has_stderr():
+                passed["stderr"] = 2
+            if sync_child is not None:
+                passed["sync"] = sync_child.fileno()
+            if channel is not None:
+                passed["channel"] = channel
+            document = _wire.dumps({"request": request.to_wire(), "fds": list(passed)})
+            fds = list(passed.values())
+            with InterruptsHeld():  # a standby taken, or a worker spawned, is tracked
+                booted = _boot(job)
             try:
                 booted.hand_over(document, fds)
             except OSError:
@@ -200,11 +207,12 @@ class Worker:
                 sync_parent.close()
             raise
         finally:
-            _fdio.close(res_w)
+            if res_w >= 0:
+                _fdio.close(res_w)
             if sync_child is not None:
                 _fdio.unguard(sync_child.fileno())
                 sync_child.close()
-            if own_stdin:
+            if own_stdin and child_stdin >= 0:
                 os.close(child_stdin)
             if self.ring is not None:
                 self.ring.close_child_ends()
@@ -214,7 +222,11 @@ class Worker:
         self.proc = booted.proc
         self._reader = threading.Thread(target=self._read_result, daemon=True)
         try:
-            self._reader.start()
+            # Held: an interrupt inside start() left a thread running that close() took
+            # for never started, and the result pipe was closed under its read (or the
+            # number reused meanwhile read from).
+            with InterruptsHeld():
+                self._reader.start()
             standby.replenish(job, lambda: Booted(job, standby=True))
             if sync_parent is not None and id_ranges:
                 self._map_ids(sync_parent, id_ranges)
@@ -265,7 +277,8 @@ class Worker:
 
     def wait_ready(self) -> None:
         """Block until the worker is confined; raise its error if it never got there."""
-        self._ready.wait()
+        while not self._ready.wait(_INTERRUPTIBLE):  # in steps: see finish()
+            pass
         if not self._is_ready:
             self.finish()  # raises the worker's error
             raise WorkerError("the worker stopped before it was confined")
@@ -305,16 +318,18 @@ class Worker:
             self.close()
 
     def close(self) -> None:
-        """Release everything; kills the worker if it still runs. Idempotent."""
+        """Release everything; kills the worker if it still runs. Idempotent, and done
+        again in full when a KeyboardInterrupt cut it short (in a wait): it was marked
+        done first, and the next call left the worker unreaped and the pipe open."""
         if self._closed:
             return
-        self._closed = True
         self.close_stdin()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         if self._reader.ident is not None:  # started (else an interrupt came first)
             self._read_all.wait()  # the worker is gone: the pipe's end comes at once
+        self._closed = True
         os.close(self._res_r)
         if self.ring is not None:
             self.ring.close()
