@@ -326,7 +326,6 @@ class Unpacker:
         self.unmappable: set[tuple[int, int]] = set()
         self.skipped_owners = 0
         self.skipped_devices = 0
-        self._new_owner: int | None = None  # who new objects belong to, if not euid
         # Device nodes (and FIFOs) not made: skipped without privilege, or left out by
         # filter data; a hardlink to one is not made either. Hashed: there may be many.
         self.skipped_device_names = layer.NameSet()
@@ -1490,8 +1489,9 @@ class Unpacker:
         self._make_symlink(name, entry)
 
     def _make_symlink(self, name: str, entry: TarEntry) -> None:
-        self._create(name, entry, lambda: self.fs.symlink(entry.linkname, name))
-        self._path_metadata(name, entry)
+        target = entry.linkname
+        self._make_node(name, entry, lambda dir_fd, node: os.symlink(target, node,
+                                                                     dir_fd=dir_fd))
 
     def _hardlink(self, name: str, entry: TarEntry) -> None:
         target = self.whiteouts.hardlink_target(paths.hardlink_target(entry.linkname, entry.name))
@@ -1556,7 +1556,8 @@ class Unpacker:
             device = os.makedev(entry.devmajor, entry.devminor)
         mode = fmt | (entry.mode & 0o777)
         try:
-            self._create(name, entry, lambda: self.fs.mknod(name, mode, device))
+            self._make_node(name, entry, lambda dir_fd, node: os.mknod(node, mode, device,
+                                                                       dir_fd=dir_fd))
         except PermissionError:
             if not self.limited or entry.kind == tarreader.FIFO:
                 raise
@@ -1565,59 +1566,43 @@ class Unpacker:
             return
         if entry.kind != tarreader.FIFO and (entry.devmajor or entry.devminor):
             self.filter.made("device nodes")  # not a 0/0 whiteout
-        self._path_metadata(name, entry)
 
-    def _path_metadata(self, name: str, entry: TarEntry) -> None:
-        """Owner, xattrs, mode and times of a symlink or special file, via O_PATH."""
-        fd = self.fs.open_path(name)
+    def _make_node(self, name: str, entry: TarEntry,
+                   make: Callable[[int, str], None]) -> None:
+        """A symlink or special file, made by ``make(dir_fd, name)`` in a private
+        directory of the worker's, given its owner, xattrs, mode and times there, and
+        moved to ``name`` (what is in the way cleared as for files). Made at ``name``, it
+        was re-opened there for them: a racer with the worker's uid passed every check
+        with a node of its own linked there for the moment, and it took them."""
+        if self.old_files != "replace" and self.fs.lstat(name) is not None:
+            self._clear_for(name, entry)  # skipped, as before anything is made
         try:
-            st = os.fstat(fd)
-            self._check_just_made(st, entry)
-            if st.st_uid != self.euid and st.st_uid != self._owner_of_new(name):
-                # A racer's own symlink or FIFO, linked at the name for the moment of
-                # the open (one link again when unlinked after it): ours would be
-                # chowned to the archive's owner (root), out of fs.protected_symlinks'
-                # reach, and timed.
+            node = self.fs.make_node(name, make)
+        except FileExistsError:
+            raise DestinationError(
+                "replaced while being created (a concurrent writer?)", entry.name) from None
+        with node:
+            st = node.st
+            if not self._is_made(st, entry) or (
+                    entry.kind == tarreader.SYMLINK and node.readlink() != entry.linkname):
                 raise DestinationError(
                     "replaced while being created (a concurrent writer?)", entry.name)
             owner = self._owner(entry)
             if owner is not None and (owner != (st.st_uid, st.st_gid)):
-                self._chown(fd, owner, entry.name, fsops.set_owner_path_fd)
-            if entry.xattrs:
-                def set_all(setxattr: Callable[[str, bytes], None]) -> None:
-                    for key, value in entry.xattrs.items():
-                        self._set_xattr(setxattr, key, value, entry)
-
-                if not self.fs.setxattrs_via(fd, name, set_all):
-                    raise DestinationError(
-                        "replaced while being created (a concurrent writer?)", entry.name
-                    )
-            if not stat.S_ISLNK(st.st_mode) and entry.mode & 0o7000:
-                # Special bits on a device or FIFO: by path, but only on the object
-                # we just created (the O_PATH descriptor proves it is still there).
-                self.fs.chmod_via(fd, name, stat.S_IFMT(st.st_mode) | entry.mode)
-            fsops.set_times_path_fd(fd, *self._times(entry))
-        finally:
-            os.close(fd)
-
-    def _owner_of_new(self, name: str) -> int:
-        """The owner the file system gives what this worker creates beside ``name``
-        where it is not the euid (NFS's root_squash): a probe's, made once."""
-        if self._new_owner is None:
-            parent = name.rpartition("/")[0]
-            probe = (parent + "/" if parent else "") + f".chrootarchive-owner-{os.urandom(6).hex()}"
-            fd = self.fs.create_file(probe, 0o600)
-            try:
-                self._new_owner = os.fstat(fd).st_uid
-            finally:
-                os.close(fd)
-                self.fs.unlink(probe)
-        return self._new_owner
+                self._chown(node.fd, owner, entry.name, fsops.set_owner_path_fd)
+            for key, value in entry.xattrs.items():
+                self._set_xattr(node.setxattr, key, value, entry)
+            if not stat.S_ISLNK(st.st_mode) and (
+                    entry.mode & 0o7000 or stat.S_IMODE(st.st_mode) != entry.mode & 0o777):
+                # Special bits, or those the caller's umask took (openat2): through the
+                # descriptor, on the node no one else can reach.
+                self.fs.chmod_via(node.fd, name, stat.S_IFMT(st.st_mode) | entry.mode)
+            fsops.set_times_path_fd(node.fd, *self._times(entry))
+            self._create(name, entry, node.place)
 
     @staticmethod
-    def _check_just_made(st: os.stat_result, entry: TarEntry) -> None:
-        """The object re-opened by name must be the one just made, not something a
-        racer put there (a hard link to a file elsewhere would take our metadata)."""
+    def _is_made(st: os.stat_result, entry: TarEntry) -> bool:
+        """The node in the private directory is of the entry's kind (and device)."""
         if entry.kind == tarreader.SYMLINK:
             ok = stat.S_ISLNK(st.st_mode)
         elif entry.kind == tarreader.FIFO:
@@ -1626,10 +1611,7 @@ class Unpacker:
             want = stat.S_IFCHR if entry.kind == tarreader.CHARDEV else stat.S_IFBLK
             ok = (stat.S_IFMT(st.st_mode) == want
                   and st.st_rdev == os.makedev(entry.devmajor, entry.devminor))
-        if not ok or st.st_nlink != 1:
-            raise DestinationError(
-                "replaced while being created (a concurrent writer?)", entry.name
-            )
+        return ok
 
     def _dir_xattrs(self, fd: int, name: str, entry: TarEntry) -> None:
         """A directory's xattrs, but its default ACL, set once all is unpacked (as GNU
