@@ -666,7 +666,7 @@ from chrootarchive.engine.fsops import FileOps
 from chrootarchive.errors import DestinationError
 from chrootarchive.options import UnpackOptions, unpack_spec
 from chrootarchive.tarformat.reader import TarReader
-archive, dest, victim, how = sys.argv[2:6]
+archive, dest, victim, how = sys.argv[2:6]  # then who: the unpacker or the helper
 real_open = os.open
 
 def ours(path, dir_fd):
@@ -676,6 +676,7 @@ def ours(path, dir_fd):
     return stat.S_ISFIFO(st.st_mode) and st.st_uid == 0 and st.st_nlink == 1
 
 def racing_open(path, flags, mode=0o777, *, dir_fd=None):
+    path = os.fsdecode(path)  # the helper's names are bytes
     if not flags & os.O_PATH or not ours(path, dir_fd):
         return real_open(path, flags, mode, dir_fd=dir_fd)
     if dir_fd is None:
@@ -696,6 +697,11 @@ def racing_open(path, flags, mode=0o777, *, dir_fd=None):
 
 os.open = racing_open
 os.chdir(dest)
+if sys.argv[6] == "helper":
+    from chrootarchive.engine import finisher
+    made = finisher._symlink(b"node", b"target", 1_600_000_000 * 10**9, 1_600_000_000 * 10**9)
+    print("made" if made else "left to the worker")
+    sys.exit()
 u = unpack.Unpacker(FileOps(), unpack_spec(UnpackOptions()), print)
 try:
     with open(archive, "rb") as f:
@@ -737,9 +743,35 @@ def test_a_racers_node_at_the_open_takes_no_metadata(tmp_path: Path, kind: bytes
     dest.mkdir()
     src = Path(chrootarchive.__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", _RACER_AT_THE_OPEN, str(src), str(archive),
-                           str(dest), str(victim), how],
+                           str(dest), str(victim), how, "unpacker"],
                           capture_output=True, text=True, timeout=60)
     tree.assert_same(before, tree.snapshot(outside, ignore_root_mtime=True))
     assert proc.returncode == 0, proc.stderr
     assert "refused: node: replaced while being created" in proc.stdout, proc.stdout
+    assert os.listdir(dest) == []
+
+
+@pytest.mark.parametrize("how", ["linked", "moved"])
+def test_a_racers_symlink_at_the_helpers_open_is_not_timed(tmp_path: Path, how: str) -> None:
+    """The helper process (plain symlinks, when it runs) made a symlink at its name and
+    re-opened it there to time it, checking its kind and link count only: a racer's
+    symlink of the helper's own user (root's, without capabilities), linked or moved
+    there for the moment of the open, took the entry's times outside the destination.
+    It now makes it as the worker does, in a private directory, and leaves a node that
+    is not the one made to the worker."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "racers-node"
+    os.symlink("/etc/shadow", victim)
+    os.utime(victim, ns=(10**18, 10**18), follow_symlinks=False)
+    before = tree.snapshot(outside, ignore_root_mtime=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = Path(chrootarchive.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _RACER_AT_THE_OPEN, str(src), "-", str(dest),
+                           str(victim), how, "helper"],
+                          capture_output=True, text=True, timeout=60)
+    tree.assert_same(before, tree.snapshot(outside, ignore_root_mtime=True))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "left to the worker\n", proc.stdout
     assert os.listdir(dest) == []

@@ -235,8 +235,15 @@ class PrivateNode:
             self.fd = -1
         if self.private_fd >= 0:
             try:
-                _empty(self.private_fd)
-                os.rmdir(self.private, dir_fd=self.parent_fd)
+                if not self.placed:
+                    _empty(self.private_fd)
+                try:
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    _empty(self.private_fd)  # what someone who could enter put there
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
             finally:
                 os.close(self.private_fd)
                 self.private_fd = -1
