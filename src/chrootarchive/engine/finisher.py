@@ -737,22 +737,24 @@ def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
     the times. False: left to the worker (something in the way, or not the node made)."""
     path, text = os.fsdecode(name), os.fsdecode(target)
     try:
-        node = _FILE_OPS.make_node(
-            path, lambda dir_fd, made: os.symlink(text, made, dir_fd=dir_fd))
+        where = _FILE_OPS.node_dir(path.rpartition("/")[0])
     except OSError as err:
         if err.errno not in _RETURNED:
             raise
         return False
-    with node:
-        if node.st.st_mode & 0o170000 != 0o120000 or node.readlink() != text:
-            return False  # the worker meets it, and says so
-        _linux.utimensat_empty(node.fd, atime_ns, mtime_ns)
-        try:
+    try:
+        with where.make(path, lambda dir_fd, made: os.symlink(text, made, dir_fd=dir_fd)
+                        ) as node:
+            if node.st.st_mode & 0o170000 != 0o120000 or node.readlink() != text:
+                return False  # the worker meets it, and says so
+            _linux.utimensat_empty(node.fd, atime_ns, mtime_ns)
             node.place()
-        except OSError as err:
-            if err.errno not in _RETURNED:
-                raise
-            return False
+    except OSError as err:
+        if err.errno not in _RETURNED:
+            raise
+        return False
+    finally:
+        where.close()
     return True
 
 

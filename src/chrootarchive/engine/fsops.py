@@ -24,7 +24,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FileOps", "PrivateNode", "kernel_filesystem", "open_dir_in_root",
+__all__ = ["FileOps", "PrivateDir", "PrivateNode", "kernel_filesystem", "open_dir_in_root",
            "refuse_kernel_filesystem", "remove_tree_at"]
 
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -98,11 +98,9 @@ class FileOps:
                 os.unlink(probe, dir_fd=parent_fd)
         return self._new_owner
 
-    def make_node(self, path: str, make: Callable[[int, str], None]) -> PrivateNode:
-        """A symlink or special file made by ``make(dir_fd, name)`` for ``path``, not
-        yet there: see :class:`PrivateNode`."""
-        parent = path.rpartition("/")[0]
-        return PrivateNode(self, os.open(parent or ".", PARENT), path, make)
+    def node_dir(self, parent: str) -> PrivateDir:
+        """A new private directory in the directory ``parent``, to make nodes in."""
+        return PrivateDir(self, os.open(parent or ".", PARENT))
 
     def setxattr_private(self, private_fd: int, key: str, value: bytes) -> None:
         """Set an xattr on the node of a :class:`PrivateNode` (``x`` in ``private_fd``).
@@ -168,34 +166,64 @@ NODE = "x"  # its name there
 PARENT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+class PrivateDir:
+    """A new directory of the worker's own (0700, pinned by a descriptor and checked)
+    in the directory ``parent_fd`` (whose descriptor it takes), where symlinks and
+    special files are made and given their metadata (:meth:`make`), where no one else
+    can reach their names; :meth:`close` removes it."""
+
+    def __init__(self, fs: FileOps, parent_fd: int) -> None:
+        self.fs, self.parent_fd = fs, parent_fd
+        try:
+            self.private, self.private_fd = _private_dir(parent_fd, fs)
+        except BaseException:
+            os.close(parent_fd)
+            raise
+
+    def make(self, path: str, make: Callable[[int, str], None]) -> PrivateNode:
+        """A node made by ``make(dir_fd, name)`` here, for ``path`` (in the parent)."""
+        return PrivateNode(self, path, make)
+
+    def close(self) -> None:
+        try:
+            if os.fstat(self.private_fd).st_nlink:  # else removed with what held it
+                try:
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    _empty(self.private_fd)  # what someone who could enter put there
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
+        finally:
+            os.close(self.private_fd)
+            os.close(self.parent_fd)
+
+
 class PrivateNode:
-    """A symlink or special file made in a new directory of the worker's own beside its
-    path (0700, pinned by a descriptor and checked), given its owner, xattrs, mode and
-    times there through :attr:`fd` (``O_PATH``), then put at its path by :meth:`place`,
-    in one step that replaces nothing.
+    """A symlink or special file made in a :class:`PrivateDir` beside its path, given
+    its owner, xattrs, mode and times there through :attr:`fd` (``O_PATH``), then put at
+    its path by :meth:`place`, in one step that replaces nothing.
 
     Made at its path, it had to be re-opened there by name for its metadata, and a
     racer with the worker's uid could link or move a node of its own at that name for
     the moment of the open: that node took the entry's owner, mode and times. A node
     that is not the one made (moved in, or linked in and out again, by someone who can
-    enter the directory) is refused: :meth:`FileOps.make_node` raises FileExistsError
-    with nothing left behind. The descriptor of the parent is the caller's to give (it
-    is closed here); :meth:`close` removes the directory, and the node unless placed.
+    enter the directory) is refused: FileExistsError, with nothing left behind.
+    :meth:`close` removes the node unless it was placed.
     """
 
-    def __init__(self, fs: FileOps, parent_fd: int, path: str,
+    def __init__(self, where: PrivateDir, path: str,
                  make: Callable[[int, str], None]) -> None:
-        self.fs, self.parent_fd, self.name = fs, parent_fd, path.rpartition("/")[2]
-        self.fd = self.private_fd = -1
+        self.where, self.name = where, path.rpartition("/")[2]
+        self.fd = -1
         self.placed = False
-        self.private = ""
+        private_fd = where.private_fd
         try:
-            self.private, self.private_fd = _private_dir(parent_fd, fs)
-            make(self.private_fd, NODE)
-            self.fd = os.open(NODE, OPEN_PATH, dir_fd=self.private_fd)
+            make(private_fd, NODE)
+            self.fd = os.open(NODE, OPEN_PATH, dir_fd=private_fd)
             self.st = os.fstat(self.fd)
             try:
-                here = os.stat(NODE, dir_fd=self.private_fd, follow_symlinks=False)
+                here = os.stat(NODE, dir_fd=private_fd, follow_symlinks=False)
             except FileNotFoundError:
                 here = None
             if (here is None or self.st.st_nlink != 1
@@ -212,44 +240,31 @@ class PrivateNode:
         self.close()
 
     def readlink(self) -> str:
-        return os.readlink(NODE, dir_fd=self.private_fd)
+        return os.readlink(NODE, dir_fd=self.where.private_fd)
 
     def setxattr(self, key: str, value: bytes) -> None:
-        self.fs.setxattr_private(self.private_fd, key, value)
+        self.where.fs.setxattr_private(self.where.private_fd, key, value)
 
     def place(self) -> None:
         """Move the node to its path; FileExistsError when something is there."""
+        where = self.where
         try:
-            _linux.rename_noreplace(self.private_fd, NODE, self.parent_fd, self.name)
+            _linux.rename_noreplace(where.private_fd, NODE, where.parent_fd, self.name)
         except OSError as err:
             if err.errno != errno.EINVAL:
                 raise
             # A file system without RENAME_NOREPLACE: a link fails the same way.
-            os.link(NODE, self.name, src_dir_fd=self.private_fd, dst_dir_fd=self.parent_fd,
-                    follow_symlinks=False)
+            os.link(NODE, self.name, src_dir_fd=where.private_fd,
+                    dst_dir_fd=where.parent_fd, follow_symlinks=False)
+            os.unlink(NODE, dir_fd=where.private_fd)
         self.placed = True
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.private_fd >= 0:
-            try:
-                if not self.placed:
-                    _empty(self.private_fd)
-                try:
-                    os.rmdir(self.private, dir_fd=self.parent_fd)
-                except OSError as err:
-                    if err.errno != errno.ENOTEMPTY:
-                        raise
-                    _empty(self.private_fd)  # what someone who could enter put there
-                    os.rmdir(self.private, dir_fd=self.parent_fd)
-            finally:
-                os.close(self.private_fd)
-                self.private_fd = -1
-        if self.parent_fd >= 0:
-            os.close(self.parent_fd)
-            self.parent_fd = -1
+        if not self.placed:
+            _empty(self.where.private_fd)
 
 
 def _empty(dir_fd: int) -> None:

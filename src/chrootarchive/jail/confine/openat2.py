@@ -32,7 +32,6 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
@@ -178,8 +177,8 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(pfd)
 
-    def make_node(self, path: str, make: Callable[[int, str], None]) -> fsops.PrivateNode:
-        return fsops.PrivateNode(self, self._parent(path)[0], path, make)
+    def node_dir(self, parent: str) -> fsops.PrivateDir:
+        return fsops.PrivateDir(self, self._resolve(parent or ".", os.O_PATH | os.O_DIRECTORY))
 
     def setxattr_private(self, private_fd: int, key: str, value: bytes) -> None:
         # In-process (a thread of the caller's): no fchdir; the magic link leads to
