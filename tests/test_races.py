@@ -653,32 +653,56 @@ def test_node_xattrs_never_land_on_a_swapped_in_link(base: Path, kind: bytes,
     _node_rounds(base, archive, confine)
 
 
-# A racer's own symlink, hard-linked at the name of the one just made for the moment
-# of its re-opening (and unlinked after it, so that it has one link again): played
-# deterministically in the unpacker's process (no jail, in a child), at that moment.
-_LINKED_FOR_THE_OPEN = """\
-import os, sys
+# A racer with the worker's own uid (root here), at the moment the new node is opened
+# for its metadata: it replaces the node with a node of its own from outside, linked in
+# (and unlinked after the open, so that it has one link again) or moved in (and moved
+# back out after it). Played deterministically in the unpacker's process (no jail, in a
+# child), at every O_PATH open of a node of the archive's kind, wherever it is made.
+_RACER_AT_THE_OPEN = """\
+import os, stat, sys
 sys.path.insert(0, sys.argv[1])
-from chrootarchive.engine import fsops
 from chrootarchive.engine import unpacker as unpack
+from chrootarchive.engine.fsops import FileOps
 from chrootarchive.errors import DestinationError
 from chrootarchive.options import UnpackOptions, unpack_spec
 from chrootarchive.tarformat.reader import TarReader
-archive, dest, outside = sys.argv[2:5]
+archive, dest, victim, how = sys.argv[2:6]  # then who: the unpacker or the helper
+real_open = os.open
 
-class Racer(fsops.FileOps):
-    def open_path(self, path):
-        if path != "link":
-            return super().open_path(path)
-        os.link(outside, "staged", follow_symlinks=False)
-        os.rename("staged", path)
-        try:
-            return super().open_path(path)
-        finally:
-            os.unlink(path)
+def ours(path, dir_fd):
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        return os.readlink(path, dir_fd=dir_fd) == "target"
+    return stat.S_ISFIFO(st.st_mode) and st.st_uid == 0 and st.st_nlink == 1
 
+def racing_open(path, flags, mode=0o777, *, dir_fd=None):
+    path = os.fsdecode(path)  # the helper's names are bytes
+    if not flags & os.O_PATH or not ours(path, dir_fd):
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+    if dir_fd is None:
+        dir_fd = real_open(os.path.dirname(path) or ".", os.O_PATH)
+        path = os.path.basename(path)
+    if how == "linked":
+        os.link(victim, "staged", dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.rename("staged", path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    else:
+        os.rename(victim, path, dst_dir_fd=dir_fd)
+    try:
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+    finally:
+        if how == "linked":
+            os.unlink(path, dir_fd=dir_fd)
+        else:
+            os.rename(path, victim, src_dir_fd=dir_fd)
+
+os.open = racing_open
 os.chdir(dest)
-u = unpack.Unpacker(Racer(), unpack_spec(UnpackOptions()), print)
+if sys.argv[6] == "helper":
+    from chrootarchive.engine import finisher
+    made = finisher._symlink(b"node", b"target", 1_600_000_000 * 10**9, 1_600_000_000 * 10**9)
+    print("made" if made else "left to the worker")
+    sys.exit()
+u = unpack.Unpacker(FileOps(), unpack_spec(UnpackOptions()), print)
 try:
     with open(archive, "rb") as f:
         u.run(TarReader(f.fileno()))
@@ -687,32 +711,67 @@ except DestinationError as err:
 """
 
 
-def test_a_racers_symlink_linked_for_the_open_is_not_chowned(tmp_path: Path) -> None:
-    """The identity check of a new symlink read its link count after opening its name:
-    a racer's own symlink outside, linked there just before the open and unlinked
-    just after, passed it and was chowned to the archive's owner (root: a root-owned
-    symlink in a sticky directory is followed by everyone, past
-    fs.protected_symlinks) and timed. Found by an attacker's review (issue 16,
-    twenty-fourth round); its owner is checked now."""
+@pytest.mark.parametrize("xattr", [False, True], ids=["", "xattr"])
+@pytest.mark.parametrize("how", ["linked", "moved"])
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.FIFOTYPE], ids=["symlink", "fifo"])
+def test_a_racers_node_at_the_open_takes_no_metadata(tmp_path: Path, kind: bytes, how: str,
+                                                     xattr: bool) -> None:
+    """A new symlink or special file was re-opened by its name in the destination for
+    its owner, xattrs, mode and times, and checked (kind, one link, its owner the
+    worker's). A racer with the worker's own uid passed that check with a node of its
+    own, linked or moved there for the moment of the open: the node (outside the
+    destination again) took the entry's owner, mode and times. Nodes are made, given
+    their metadata and checked in a private directory of the worker's now, and moved to
+    their name; a node swapped in there is refused. (An earlier fix, the owner check,
+    stopped only a racer of another uid: issue 16, twenty-fourth round.)"""
     outside = tmp_path / "outside"
     outside.mkdir()
-    victim = outside / "racers-link"
-    os.symlink("/etc/shadow", victim)
-    os.lchown(victim, 65534, 65534)
+    victim = outside / "racers-node"
+    if kind == tarfile.SYMTYPE:
+        os.symlink("/etc/shadow", victim)
+    else:
+        os.mkfifo(victim, 0o600)
     os.utime(victim, ns=(10**18, 10**18), follow_symlinks=False)
-    before = tree.snapshot(outside)
+    before = tree.snapshot(outside, ignore_root_mtime=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo("link")
-        info.type, info.linkname, info.uid, info.gid = tarfile.SYMTYPE, "target", 0, 0
-        tf.addfile(info)
+        _add(tf, "node", kind, mode=0o6755, owner=HOT_OWNER, linkname="target",
+             pax={"SCHILY.xattr.trusted.race": "from the archive"} if xattr else None)
     archive = tmp_path / "a.tar"
     archive.write_bytes(buf.getvalue())
     dest = tmp_path / "dest"
     dest.mkdir()
     src = Path(chrootarchive.__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", _LINKED_FOR_THE_OPEN, str(src), str(archive),
-                           str(dest), str(victim)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _RACER_AT_THE_OPEN, str(src), str(archive),
+                           str(dest), str(victim), how, "unpacker"],
+                          capture_output=True, text=True, timeout=60)
+    tree.assert_same(before, tree.snapshot(outside, ignore_root_mtime=True))
     assert proc.returncode == 0, proc.stderr
-    tree.assert_same(before, tree.snapshot(outside))
-    assert "refused: link: replaced while being created" in proc.stdout, proc.stdout
+    assert "refused: node: replaced while being created" in proc.stdout, proc.stdout
+    assert os.listdir(dest) == []
+
+
+@pytest.mark.parametrize("how", ["linked", "moved"])
+def test_a_racers_symlink_at_the_helpers_open_is_not_timed(tmp_path: Path, how: str) -> None:
+    """The helper process (plain symlinks, when it runs) made a symlink at its name and
+    re-opened it there to time it, checking its kind and link count only: a racer's
+    symlink of the helper's own user (root's, without capabilities), linked or moved
+    there for the moment of the open, took the entry's times outside the destination.
+    It now makes it as the worker does, in a private directory, and leaves a node that
+    is not the one made to the worker."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "racers-node"
+    os.symlink("/etc/shadow", victim)
+    os.utime(victim, ns=(10**18, 10**18), follow_symlinks=False)
+    before = tree.snapshot(outside, ignore_root_mtime=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = Path(chrootarchive.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _RACER_AT_THE_OPEN, str(src), "-", str(dest),
+                           str(victim), how, "helper"],
+                          capture_output=True, text=True, timeout=60)
+    tree.assert_same(before, tree.snapshot(outside, ignore_root_mtime=True))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "left to the worker\n", proc.stdout
+    assert os.listdir(dest) == []

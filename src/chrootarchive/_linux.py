@@ -35,6 +35,7 @@ __all__ = [
     "pivot_root",
     "prctl",
     "preload_library",
+    "rename_noreplace",
     "umount2",
     "unshare",
     "utimensat_empty",
@@ -68,6 +69,7 @@ _SYSCALLS = {
     "move_mount": (429, 429),
     "openat2": (437, 437),
     "mount_setattr": (442, 442),
+    "renameat2": (316, 276),
 }
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
 
@@ -186,6 +188,17 @@ def fchmod_path_fd(fd: int, mode: int) -> None:
     Linux 6.6+; raises OSError(ENOSYS) before.
     """
     _check(_libc.syscall(452, fd, b"", mode, AT_EMPTY_PATH), f"fchmodat2({fd}, {mode:#o})")
+
+
+RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> None:
+    """renameat2(..., RENAME_NOREPLACE): FileExistsError when ``new`` exists (EINVAL
+    where the file system cannot do it)."""
+    _check(_libc.syscall(_nr("renameat2"), old_dir_fd, os.fsencode(old), new_dir_fd,
+                         os.fsencode(new), RENAME_NOREPLACE),
+           f"renameat2({old!r}, {new!r}, RENAME_NOREPLACE)")
 
 
 def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:

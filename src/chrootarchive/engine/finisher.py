@@ -50,6 +50,7 @@ import select
 import struct
 
 from chrootarchive import _linux, _ring
+from chrootarchive.engine import fsops
 
 TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ _OK = b"k"
 _ERR = b"E"
 _RETURNED = {17, 13, 1}  # EEXIST, EACCES, EPERM: the worker creates those files
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_OPS = fsops.FileOps()  # the helper is in the worker's jail
 SYMLINK = -1  # the mode of a symlink sent by name (add_symlink)
 _MIN_NOFILE = 256  # descriptors: a batch held here, those in flight, the unpacker's
 _EMSGSIZE = 90
@@ -729,23 +730,31 @@ except ImportError:  # built without a C compiler: _finish_batch does it all
 
 
 def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
-    """Make a symlink and time it through an ``O_PATH`` descriptor, which must be the
-    symlink just made (one link: not a hard link a racer swapped in); False: left to
-    the worker (something in the way, or replaced while being made)."""
+    """Make a symlink as the worker does (:class:`fsops.PrivateNode`): in a new directory
+    of the helper's own beside ``name``, timed there through an ``O_PATH`` descriptor and
+    moved to ``name`` by a rename that replaces nothing. Made at ``name`` and re-opened
+    there, a racer's node of the helper's user, linked or moved in for the moment, took
+    the times. False: left to the worker (something in the way, or not the node made)."""
+    path, text = os.fsdecode(name), os.fsdecode(target)
     try:
-        os.symlink(target, name)
+        where = _FILE_OPS.node_dir(path.rpartition("/")[0])
     except OSError as err:
         if err.errno not in _RETURNED:
             raise
         return False
-    fd = os.open(name, _OPEN_PATH)
     try:
-        st = os.fstat(fd)
-        if not (st.st_mode & 0o170000 == 0o120000 and st.st_nlink == 1):
-            return False  # the worker meets it, and says so
-        _linux.utimensat_empty(fd, atime_ns, mtime_ns)
+        with where.make(path, lambda dir_fd, made: os.symlink(text, made, dir_fd=dir_fd)
+                        ) as node:
+            if node.st.st_mode & 0o170000 != 0o120000 or node.readlink() != text:
+                return False  # the worker meets it, and says so
+            _linux.utimensat_empty(node.fd, atime_ns, mtime_ns)
+            node.place()
+    except OSError as err:
+        if err.errno not in _RETURNED:
+            raise
+        return False
     finally:
-        os.close(fd)
+        where.close()
     return True
 
 

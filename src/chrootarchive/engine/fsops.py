@@ -24,8 +24,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: worker start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FileOps", "kernel_filesystem", "open_dir_in_root", "refuse_kernel_filesystem",
-           "remove_tree_at"]
+__all__ = ["FileOps", "PrivateDir", "PrivateNode", "kernel_filesystem", "open_dir_in_root",
+           "refuse_kernel_filesystem", "remove_tree_at"]
 
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -59,24 +59,14 @@ class FileOps:
         """Create a new regular file; never opens an existing one."""
         return os.open(path, CREATE, mode)
 
-    def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, path)
-
     def readlink(self, path: str) -> str:
         return os.readlink(path)
 
     def hardlink(self, target: str, path: str) -> None:
         os.link(target, path, follow_symlinks=False)
 
-    def mknod(self, path: str, mode: int, device: int) -> None:
-        os.mknod(path, mode, device)
-
     def open_dir(self, path: str) -> int:
         return os.open(path, OPEN_DIR)
-
-    def open_path(self, path: str) -> int:
-        """An ``O_PATH`` descriptor of the object itself (a symlink is not followed)."""
-        return os.open(path, OPEN_PATH)
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
@@ -93,37 +83,41 @@ class FileOps:
         finally:
             os.close(top)
 
-    def setxattrs_via(self, fd: int, path: str,
-                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
-        """Let ``apply`` set xattrs on the symlink or special file ``path`` that ``fd``
-        (O_PATH) pins; False, with nothing set, if ``path`` is not that object any more.
+    _new_owner: int | None = None
+
+    def new_owner(self, parent_fd: int) -> int:
+        """The owner the file system gives what this process creates where it is not
+        the euid (NFS's root_squash): a probe's, made once."""
+        if self._new_owner is None:
+            probe = f".chrootarchive-owner-{os.urandom(6).hex()}"
+            fd = os.open(probe, CREATE, 0o600, dir_fd=parent_fd)
+            try:
+                self._new_owner = os.fstat(fd).st_uid
+            finally:
+                os.close(fd)
+                os.unlink(probe, dir_fd=parent_fd)
+        return self._new_owner
+
+    def node_dir(self, parent: str) -> PrivateDir:
+        """A new private directory in the directory ``parent``, to make nodes in."""
+        return PrivateDir(self, os.open(parent or ".", PARENT))
+
+    def setxattr_private(self, private_fd: int, key: str, value: bytes) -> None:
+        """Set an xattr on the node of a :class:`PrivateNode` (``x`` in ``private_fd``).
 
         Linux has no ``fsetxattr`` for an O_PATH descriptor, and the jail has no /proc:
-        only a path will do, and one that a racer can swap for a hard link to a file
-        outside would give that file the xattrs. So the object is moved into a new
-        directory of its own (0700, pinned), where no one else can reach its name,
-        and back once they are set.
+        a path it is, one in the private directory (setxattr has no *at form but
+        6.13's, not for O_PATH).
         """
-        parent, _, name = path.rpartition("/")
-        parent_fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        here = os.open(".", PARENT)  # the working directory may be 0o000
         try:
-            private, private_fd = _private_dir(parent_fd)
+            os.fchdir(private_fd)
             try:
-                return _setxattrs_hidden(fd, parent_fd, name, private_fd, apply)
+                os.setxattr(NODE, key, value, follow_symlinks=False)
             finally:
-                try:
-                    os.rmdir(private, dir_fd=parent_fd)
-                except OSError as err:
-                    if err.errno != errno.ENOTEMPTY:
-                        raise
-                    # rename() over another name of the same inode (a racer's link to
-                    # what it had put there, given back) does nothing: "x" stayed.
-                    os.unlink("x", dir_fd=private_fd)
-                    os.rmdir(private, dir_fd=parent_fd)
-                finally:
-                    os.close(private_fd)
+                os.fchdir(here)
         finally:
-            os.close(parent_fd)
+            os.close(here)
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
         """Change the mode of the special file (never a symlink) that ``fd`` pins.
@@ -166,55 +160,139 @@ class FileOps:
         raise FileExistsError(errno.EEXIST, "cannot create a temporary directory", prefix)
 
 
-#: The directory a symlink or special file is moved into while its xattrs are set.
-XATTR_DIR_PREFIX = ".chrootarchive-xattrs-"
+#: The directory a symlink or special file is made in and given its metadata.
+NODE_DIR_PREFIX = ".chrootarchive-node-"
+NODE = "x"  # its name there
+PARENT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _private_dir(parent_fd: int) -> tuple[str, int]:
+class PrivateDir:
+    """A new directory of the worker's own (0700, pinned by a descriptor and checked)
+    in the directory ``parent_fd`` (whose descriptor it takes), where symlinks and
+    special files are made and given their metadata (:meth:`make`), where no one else
+    can reach their names; :meth:`close` removes it."""
+
+    def __init__(self, fs: FileOps, parent_fd: int) -> None:
+        self.fs, self.parent_fd = fs, parent_fd
+        try:
+            self.private, self.private_fd = _private_dir(parent_fd, fs)
+        except BaseException:
+            os.close(parent_fd)
+            raise
+
+    def make(self, path: str, make: Callable[[int, str], None]) -> PrivateNode:
+        """A node made by ``make(dir_fd, name)`` here, for ``path`` (in the parent)."""
+        return PrivateNode(self, path, make)
+
+    def close(self) -> None:
+        try:
+            if os.fstat(self.private_fd).st_nlink:  # else removed with what held it
+                try:
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
+                except OSError as err:
+                    if err.errno != errno.ENOTEMPTY:
+                        raise
+                    _empty(self.private_fd)  # what someone who could enter put there
+                    os.rmdir(self.private, dir_fd=self.parent_fd)
+        finally:
+            os.close(self.private_fd)
+            os.close(self.parent_fd)
+
+
+class PrivateNode:
+    """A symlink or special file made in a :class:`PrivateDir` beside its path, given
+    its owner, xattrs, mode and times there through :attr:`fd` (``O_PATH``), then put at
+    its path by :meth:`place`, in one step that replaces nothing.
+
+    Made at its path, it had to be re-opened there by name for its metadata, and a
+    racer with the worker's uid could link or move a node of its own at that name for
+    the moment of the open: that node took the entry's owner, mode and times. A node
+    that is not the one made (moved in, or linked in and out again, by someone who can
+    enter the directory) is refused: FileExistsError, with nothing left behind.
+    :meth:`close` removes the node unless it was placed.
+    """
+
+    def __init__(self, where: PrivateDir, path: str,
+                 make: Callable[[int, str], None]) -> None:
+        self.where, self.name = where, path.rpartition("/")[2]
+        self.fd = -1
+        self.placed = False
+        private_fd = where.private_fd
+        try:
+            make(private_fd, NODE)
+            self.fd = os.open(NODE, OPEN_PATH, dir_fd=private_fd)
+            self.st = os.fstat(self.fd)
+            try:
+                here = os.stat(NODE, dir_fd=private_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                here = None
+            if (here is None or self.st.st_nlink != 1
+                    or (here.st_dev, here.st_ino) != (self.st.st_dev, self.st.st_ino)):
+                raise FileExistsError(errno.EEXIST, "replaced while being created", path)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> PrivateNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def readlink(self) -> str:
+        return os.readlink(NODE, dir_fd=self.where.private_fd)
+
+    def setxattr(self, key: str, value: bytes) -> None:
+        self.where.fs.setxattr_private(self.where.private_fd, key, value)
+
+    def place(self) -> None:
+        """Move the node to its path; FileExistsError when something is there."""
+        where = self.where
+        try:
+            _linux.rename_noreplace(where.private_fd, NODE, where.parent_fd, self.name)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            # A file system without RENAME_NOREPLACE: a link fails the same way.
+            os.link(NODE, self.name, src_dir_fd=where.private_fd,
+                    dst_dir_fd=where.parent_fd, follow_symlinks=False)
+            os.unlink(NODE, dir_fd=where.private_fd)
+        self.placed = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if not self.placed:
+            _empty(self.where.private_fd)
+
+
+def _empty(dir_fd: int) -> None:
+    """Remove everything in the directory ``dir_fd`` (never following a symlink)."""
+    for entry in os.listdir(dir_fd):
+        if stat.S_ISDIR(os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            remove_tree_at(dir_fd, entry)
+        else:
+            os.unlink(entry, dir_fd=dir_fd)
+
+
+def _private_dir(parent_fd: int, fs: FileOps) -> tuple[str, int]:
     """A new directory below ``parent_fd`` that only we can enter, and its descriptor
     (checked: a racer may rename a directory of its own over the new, empty one)."""
     for _ in range(100):
-        name = XATTR_DIR_PREFIX + os.urandom(6).hex()
+        name = NODE_DIR_PREFIX + os.urandom(6).hex()
         try:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
         except FileExistsError:
             continue
         fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
         st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700:
+        if stat.S_IMODE(st.st_mode) == 0o700 and (
+                st.st_uid == os.geteuid() or st.st_uid == fs.new_owner(parent_fd)):
             return name, fd
         os.close(fd)
         raise FileExistsError(errno.EEXIST, "replaced while being created", name)
-    raise FileExistsError(errno.EEXIST, "cannot create a private directory", XATTR_DIR_PREFIX)
-
-
-def _setxattrs_hidden(fd: int, parent_fd: int, name: str, private_fd: int,
-                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
-    """:meth:`FileOps.setxattrs_via` once the private directory is made."""
-    os.rename(name, "x", src_dir_fd=parent_fd, dst_dir_fd=private_fd)
-    try:
-        st, pinned = os.stat("x", dir_fd=private_fd, follow_symlinks=False), os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (pinned.st_dev, pinned.st_ino):
-            return False  # what a racer put at the name: given back as it is
-        here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # may be 0o000
-        try:
-            os.fchdir(private_fd)  # setxattr has no *at form (but 6.13's, not for O_PATH)
-            try:
-                apply(lambda key, value: os.setxattr("x", key, value, follow_symlinks=False))
-            finally:
-                os.fchdir(here)
-        finally:
-            os.close(here)
-        return True
-    finally:
-        try:
-            os.rename("x", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd)
-        except OSError:  # something else is in the way now: the private directory goes
-            if stat.S_ISDIR(os.stat("x", dir_fd=private_fd, follow_symlinks=False).st_mode):
-                remove_tree_at(private_fd, "x")
-            else:
-                os.unlink("x", dir_fd=private_fd)
-            raise
+    raise FileExistsError(errno.EEXIST, "cannot create a private directory", NODE_DIR_PREFIX)
 
 
 def kernel_filesystem(fd: int) -> str | None:

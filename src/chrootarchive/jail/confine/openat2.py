@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 
 from chrootarchive import _fdio, _host, _linux
@@ -33,7 +32,6 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
@@ -144,13 +142,6 @@ class Openat2FileOps(fsops.FileOps):
             os.fchmod(fd, mode)
         return fd
 
-    def symlink(self, target: str, path: str) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.symlink(target, name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-
     def readlink(self, path: str) -> str:
         fd = self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
         try:
@@ -169,25 +160,8 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(sfd)
 
-    def mknod(self, path: str, mode: int, device: int) -> None:
-        pfd, name = self._parent(path)
-        try:
-            os.mknod(name, mode, device, dir_fd=pfd)
-            if mode & 0o7777 & self.umask:
-                fd = os.open(name, fsops.OPEN_PATH, dir_fd=pfd)
-                try:
-                    _check_made_node(os.fstat(fd), mode, device)
-                    self.chmod_via(fd, path, mode)
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(pfd)
-
     def open_dir(self, path: str) -> int:
         return self._resolve(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-
-    def open_path(self, path: str) -> int:
-        return self._resolve(path, os.O_PATH | os.O_NOFOLLOW)
 
     def unlink(self, path: str) -> None:
         pfd, name = self._parent(path)
@@ -203,11 +177,14 @@ class Openat2FileOps(fsops.FileOps):
         finally:
             os.close(pfd)
 
-    def setxattrs_via(self, fd: int, path: str,
-                      apply: Callable[[Callable[[str, bytes], None]], None]) -> bool:
-        # The magic link leads to the pinned object itself, not through the path.
-        apply(lambda key, value: os.setxattr(f"/proc/self/fd/{fd}", key, value))
-        return True
+    def node_dir(self, parent: str) -> fsops.PrivateDir:
+        return fsops.PrivateDir(self, self._resolve(parent or ".", os.O_PATH | os.O_DIRECTORY))
+
+    def setxattr_private(self, private_fd: int, key: str, value: bytes) -> None:
+        # In-process (a thread of the caller's): no fchdir; the magic link leads to
+        # the private directory itself.
+        os.setxattr(f"/proc/self/fd/{private_fd}/{fsops.NODE}", key, value,
+                    follow_symlinks=False)
 
     def chmod_via(self, fd: int, path: str, mode: int) -> None:
         try:
@@ -216,16 +193,6 @@ class Openat2FileOps(fsops.FileOps):
             if err.errno != errno.ENOSYS:
                 raise
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link leads to the object
-
-
-def _check_made_node(st: os.stat_result, mode: int, device: int) -> None:
-    """The node re-opened by name to put back the bits the umask took must be the one
-    ``mknod`` just made: a racer may have put a hard link to a file outside there, and
-    the chmod would change that file. Otherwise FileExistsError: something is in the
-    way, which the unpacker clears (and retries a few times)."""
-    if (stat.S_IFMT(st.st_mode) != stat.S_IFMT(mode) or st.st_nlink != 1
-            or (device and st.st_rdev != device)):
-        raise FileExistsError(errno.EEXIST, "replaced while being created")
 
 
 _openat2_reason: str | None = None
