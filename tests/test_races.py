@@ -699,7 +699,10 @@ os.open = racing_open
 os.chdir(dest)
 if sys.argv[6] == "helper":
     from chrootarchive.engine import finisher
-    made = finisher._symlink(b"node", b"target", 1_600_000_000 * 10**9, 1_600_000_000 * 10**9)
+    nodes = finisher._NodeDirs()
+    made = finisher._symlink(b"node", b"target", 1_600_000_000 * 10**9, 1_600_000_000 * 10**9,
+                             nodes, 0)
+    assert nodes.close() is None  # the batch's end: its private directory removed
     print("made" if made else "left to the worker")
     sys.exit()
 u = unpack.Unpacker(FileOps(), unpack_spec(UnpackOptions()), print)

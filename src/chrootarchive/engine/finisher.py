@@ -647,11 +647,27 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
     numbers = layout.unpack_from(batch, _COUNT.size)
     name_at = _COUNT.size + layout.size
     pos = name_at + sum(numbers[count : 2 * count])
-    failed: tuple[OSError, int] | None = None
     returned: list[int] = []
     # One copy of all the names, sliced per file (a file's cost is what small files
     # cost: the helper's share of them is mostly this loop).
     names = bytes(batch[name_at:pos])
+    nodes = _NodeDirs()
+    try:
+        failed = _finish_files(batch, fds, source, buffer, ring, count, numbers, names,
+                               pos, returned, nodes)
+    finally:
+        closed = nodes.close()
+    if closed is not None and failed is None:
+        failed = closed
+    return failed, returned
+
+
+def _finish_files(batch: memoryview, fds: list[int], source: int,
+                  buffer: memoryview | None, ring: int, count: int,
+                  numbers: tuple[int, ...], names: bytes, pos: int, returned: list[int],
+                  nodes: _NodeDirs) -> tuple[OSError, int] | None:
+    """:func:`_finish_batch`'s loop over the files (``names``: all of theirs)."""
+    failed: tuple[OSError, int] | None = None
     name_at = 0
     write, sendfile, open_, utime, close = os.write, os.sendfile, os.open, os.utime, os.close
     next_fd = 0
@@ -669,7 +685,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                     pass
                 elif numbers[at + 3] == SYMLINK:
                     if not _symlink(name, bytes(batch[pos : pos + size]), numbers[at],
-                                    numbers[at + 1]):
+                                    numbers[at + 1], nodes, index):
                         returned.append(index)
                 else:
                     try:
@@ -707,7 +723,7 @@ def _finish_batch(batch: memoryview, fds: list[int], source: int,
                 close(fd)
         if extent < 0:
             pos += size
-    return failed, returned
+    return failed
 
 
 def _finish_either(batch: memoryview, fds: list[int], source: int,
@@ -729,15 +745,56 @@ except ImportError:  # built without a C compiler: _finish_batch does it all
     _finish_compiled = None  # type: ignore[assignment]
 
 
-def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
-    """Make a symlink as the worker does (:class:`fsops.PrivateNode`): in a new directory
-    of the helper's own beside ``name``, timed there through an ``O_PATH`` descriptor and
-    moved to ``name`` by a rename that replaces nothing. Made at ``name`` and re-opened
-    there, a racer's node of the helper's user, linked or moved in for the moment, took
-    the times. False: left to the worker (something in the way, or not the node made)."""
+class _NodeDirs:
+    """The private directory a batch's symlinks are made in (:func:`_symlink`): one for a
+    run of them in the same directory, kept while the directory's path still leads to
+    it, removed when the batch ends. Made and removed for each, as most of a root
+    file system's symlinks come between files, it cost rootfs.tar 5%."""
+
+    __slots__ = ("last", "parent", "where")
+
+    def __init__(self) -> None:
+        self.where: fsops.PrivateDir | None = None
+        self.parent = ""
+        self.last = -1  # the index of the last symlink made in it
+
+    def get(self, parent: str, index: int) -> fsops.PrivateDir:
+        held = self.where
+        if held is not None:
+            if self.parent == parent and os.fstat(held.private_fd).st_nlink:
+                st, pinned = os.stat(parent or "."), os.fstat(held.parent_fd)
+                if (st.st_dev, st.st_ino) == (pinned.st_dev, pinned.st_ino):
+                    self.last = index
+                    return held
+            failed = self.close()
+            if failed is not None:
+                raise failed[0]
+        self.where = _FILE_OPS.node_dir(parent)
+        self.parent, self.last = parent, index
+        return self.where
+
+    def close(self) -> tuple[OSError, int] | None:
+        """Remove the directory; what failed, told as the last symlink made in it's."""
+        held, self.where = self.where, None
+        if held is not None:
+            try:
+                held.close()
+            except OSError as err:
+                return err, self.last
+        return None
+
+
+def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int,
+             nodes: _NodeDirs, index: int) -> bool:
+    """Make a symlink as the worker does (:class:`fsops.PrivateNode`): in a directory of
+    the helper's own beside ``name`` (``nodes``'), timed there through an ``O_PATH``
+    descriptor and moved to ``name`` by a rename that replaces nothing. Made at ``name``
+    and re-opened there, a racer's node of the helper's user, linked or moved in for the
+    moment, took the times. False: left to the worker (something in the way, or not the
+    node made)."""
     path, text = os.fsdecode(name), os.fsdecode(target)
     try:
-        where = _FILE_OPS.node_dir(path.rpartition("/")[0])
+        where = nodes.get(path.rpartition("/")[0], index)
     except OSError as err:
         if err.errno not in _RETURNED:
             raise
@@ -752,9 +809,7 @@ def _symlink(name: bytes, target: bytes, atime_ns: int, mtime_ns: int) -> bool:
     except OSError as err:
         if err.errno not in _RETURNED:
             raise
-        return False
-    finally:
-        where.close()
+        return False  # (the node is gone: the directory serves the next)
     return True
 
 
