@@ -205,7 +205,9 @@ def test_grammar_reaches_every_kind_and_escape() -> None:
     seen_kinds: set[str] = set()
     seen_escape = seen_abs = False
 
-    @settings(max_examples=200, deadline=None, database=None)
+    # Derandomized: the same 500 examples every run (200 random ones once missed every
+    # symlink, 2 kinds in 12, on a clean run of the suite).
+    @settings(max_examples=500, deadline=None, database=None, derandomize=True)
     @given(entry)
     def collect(e: dict[str, Any]) -> None:
         nonlocal seen_escape, seen_abs
