@@ -52,6 +52,21 @@ def outcome_of(call):
 
 def files_in(tree):
     return sum(len(files) for _, _, files in os.walk(tree))
+
+
+def interrupt_when_workers_end(started, settle):
+    # SIGINT to the main thread, settle seconds after the call's workers have ended
+    # (once started is set): the caller's thread then waits for a thread of the call's
+    import signal
+
+    def interrupter():
+        started.wait()
+        while children_of_ours():
+            time.sleep(0.01)
+        time.sleep(settle)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupter, daemon=True).start()
 """ + leaks.CHILDREN_OF_OURS
 
 
@@ -332,20 +347,13 @@ def test_an_interrupt_while_the_names_are_told_stops_them(tmp_path: Path) -> Non
         b.file(f"f{i}", b"")
     (tmp_path / "names.tar").write_bytes(b.build())
     seen = run(tmp_path, """
-import signal
 told = []
 first = threading.Event()
 def slow(name):
     told.append(name)
     first.set()
     time.sleep(0.002)   # 2000 names: 4 s
-def interrupter():
-    first.wait()
-    while children_of_ours():
-        time.sleep(0.01)
-    time.sleep(0.2)   # the caller's thread now waits for the lister
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-threading.Thread(target=interrupter, daemon=True).start()
+interrupt_when_workers_end(first, 0.2)   # the caller's thread then waits for the lister
 outcome = outcome_of(lambda: chrootarchive.untar(
     os.path.join(top, "names.tar"), os.path.join(top, "dest"), on_entry=slow))
 at_raise = len(told)
@@ -368,7 +376,6 @@ def test_an_interrupt_while_progress_is_told_waits_for_it(tmp_path: Path) -> Non
         b.file(f"d{i % 50}/f{i}", b"x")
     (tmp_path / "a.tar").write_bytes(b.build())
     seen = run(tmp_path, """
-import signal
 inside = threading.Event()
 returned = threading.Event()
 def slow(done):
@@ -379,13 +386,7 @@ def slow(done):
         time.sleep(0.01)
     time.sleep(1)   # held past the worker's end
     returned.set()
-def interrupter():
-    inside.wait()
-    while children_of_ours():
-        time.sleep(0.01)
-    time.sleep(0.3)   # the caller's thread now waits for the poller
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-threading.Thread(target=interrupter, daemon=True).start()
+interrupt_when_workers_end(inside, 0.3)   # the caller's thread then waits for the poller
 outcome = outcome_of(lambda: chrootarchive.untar(
     os.path.join(top, "a.tar"), os.path.join(top, "dest"), progress=slow))
 print(json.dumps({"outcome": outcome, "inside": inside.is_set(),
