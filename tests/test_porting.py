@@ -358,6 +358,7 @@ def ci_step_fetch_toolchain(archive: Path, dest: Path) -> None:
 
 
 @needs_filters
+@pytest.mark.filterwarnings("ignore:Python 3.14 will:DeprecationWarning")  # shutil's own
 def test_ported_ci_step(tmp_path: Path, shutil_formats: None) -> None:
     """Ported by one line (``register_unpack_formats()``); the step itself unchanged."""
     download = tmp_path / "toolchain.tar.gz"
