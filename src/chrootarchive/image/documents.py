@@ -70,6 +70,11 @@ def parse_json(data: bytes, what: str, where: str) -> Any:
 
 def read_root_json(layout: Layout, name: str, what: str) -> Any:
     """A document without a digest (``index.json``, ``manifest.json``, ``oci-layout``)."""
+    return parse_json(read_root_document(layout, name, what), what, name)
+
+
+def read_root_document(layout: Layout, name: str, what: str) -> bytes:
+    """The bytes of a document without a digest, bounded (:func:`read_root_json`)."""
     reader = layout.open(name, what)
     try:
         if reader.size > MAX_JSON_SIZE:
@@ -80,7 +85,7 @@ def read_root_json(layout: Layout, name: str, what: str) -> Any:
         reader.close()
     if len(data) > MAX_JSON_SIZE:
         raise ImageError(f"{what} is too large (limit {MAX_JSON_SIZE} bytes)", name)
-    return parse_json(data, what, name)
+    return data
 
 
 #: Fetches the bytes of a document named by a descriptor: from a layout's blobs, or a

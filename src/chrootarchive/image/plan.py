@@ -23,6 +23,7 @@ from chrootarchive.image.documents import (
     parse_descriptor,
     parse_json,
     read_all,
+    read_root_document,
     read_root_json,
     string_field,
     verify_blob,
@@ -195,21 +196,14 @@ def _dir_blob(digest: str) -> str:
     return encoded if alg == "sha256" else f"{alg}-{encoded}"
 
 
-def _plan_dir(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
+def _plan_dir(layout: Layout, data: bytes, doc: Any, ref: str | None, sel: Selection,
+              max_layers: int) -> Plan:
     """containers/image's ``dir:`` layout (skopeo copy dir:, podman save --format
     docker-dir or oci-dir): ``manifest.json`` is one image manifest or index (``skopeo
     copy --all``), the root of trust as ``index.json`` is in an OCI layout (its digest is
     that of the bytes read here); the blobs beside it are named by their digests, an
-    index's manifests ``DIGEST.manifest.json``."""
-    reader = layout.open("manifest.json", "manifest.json")
-    try:
-        data = read_all(reader, MAX_JSON_SIZE)
-    finally:
-        reader.close()
-    if len(data) > MAX_JSON_SIZE:
-        raise ImageError(f"manifest.json is too large (limit {MAX_JSON_SIZE} bytes)",
-                         "manifest.json")
-    doc = parse_json(data, "manifest.json", "manifest.json")
+    index's manifests ``DIGEST.manifest.json``. ``data``: its bytes as read once,
+    ``doc`` parsed."""
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise _single_manifest(layout, doc)
     media = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
@@ -386,11 +380,12 @@ def _single_manifest(layout: Layout, doc: Any) -> ImageError:
 
 def make_plan(layout: Layout, ref: str | None, sel: Selection, max_layers: int) -> Plan:
     if layout.exists("manifest.json"):
-        doc = read_root_json(layout, "manifest.json", "manifest.json")
+        data = read_root_document(layout, "manifest.json", "manifest.json")
+        doc = parse_json(data, "manifest.json", "manifest.json")
         if isinstance(doc, list):
             return _plan_docker(layout, doc, ref, sel, max_layers)
         if not layout.exists("index.json"):
-            return _plan_dir(layout, ref, sel, max_layers)
+            return _plan_dir(layout, data, doc, ref, sel, max_layers)
     if layout.exists("index.json"):
         return _plan_oci(layout, ref, sel, max_layers)
     if layout.exists("repositories"):

@@ -32,7 +32,6 @@ from chrootarchive.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-
     from chrootarchive._ring import RingWriter
     from chrootarchive.engine.jobs import Job
 
