@@ -1,11 +1,13 @@
-"""The one thing pyproject.toml cannot say without setuptools' experimental tables: two
-small extensions in C (issue 16), the tar reader's fast path for one header and the
-helper process's loop over a batch of small files.
+"""The one thing pyproject.toml cannot say without setuptools' experimental tables: three
+small extensions in C (issue 16), the tar reader's fast path for one header, the
+helper process's loop over a batch of small files, and the system calls that Python
+3.11 lacks (without ctypes, a third of the worker's start-up).
 
-Both are optional: without a C compiler and Python's headers the install still
+All are optional: without a C compiler and Python's headers the install still
 succeeds, and the same rules run in Python (``reader._ustar_py``,
-``finisher._finish_batch``), slower on archives of many small files. One build serves
-every Python from 3.11 on (the stable ABI).
+``finisher._finish_batch``, ``_linux._ctypes_calls``), slower on archives of many small
+files and in the worker's start. One build serves every Python from 3.11 on (the
+stable ABI).
 """
 
 from pathlib import Path
@@ -14,7 +16,7 @@ from setuptools import Extension, setup
 from setuptools.command.bdist_wheel import bdist_wheel
 
 # Modules under chrootarchive/, each with its Python reference, which is its fallback.
-_EXTENSIONS = ("tarformat._ustar", "engine._finish")
+_EXTENSIONS = ("tarformat._ustar", "engine._finish", "_syscall")
 
 
 class _Wheel(bdist_wheel):

@@ -4,7 +4,7 @@ They are built once, for the stable ABI of 3.11 (``cp311-abi3``), and loaded by 
 Python from 3.11 on. Built with 3.11's headers they counted the references of 3.13's
 immortal None and bools inline, and 3.13 died of it ("bool_dealloc"); built with 3.13's
 headers they returned None without a reference, and 3.11 died of that
-("none_dealloc"). ``stable_refs.h`` makes both modules count through the running
+("none_dealloc"). ``stable_refs.h`` makes the modules count through the running
 interpreter's functions. Here the modules as built for this suite are loaded by every
 Python the machine has (the one running the suite first) and their entry points called
 thousands of times; the counts of None, the bools, small ints and interned strings must
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import chrootarchive
+from chrootarchive import _syscall
 from chrootarchive.engine import _finish
 from chrootarchive.tarformat import _ustar
 
@@ -49,7 +50,8 @@ def _interpreters() -> list[str]:
 
 
 def test_the_modules_are_the_compiled_ones() -> None:
-    assert _ustar.__file__.endswith(".so") and _finish.__file__.endswith(".so")
+    assert all(module.__file__ and module.__file__.endswith(".so")
+               for module in (_ustar, _finish, _syscall))
 
 
 @pytest.mark.parametrize("interpreter", _interpreters())

@@ -538,8 +538,9 @@ def _wheel(tree: Path, out: Path, **env: str) -> Path:
 def test_without_a_compiler_the_wheel_is_pure_and_works_in_python(tmp_path: Path) -> None:
     """setup.py declares the extensions optional: a failed compile is a warning, the
     wheel is then tagged as pure Python, and the reader and the helper use their Python
-    rules: an archive of many small files (the helper's) unpacks the same. With the
-    compiler, the wheel holds both extensions and is tagged for the stable ABI."""
+    rules, and ``_linux`` makes its system calls through ctypes: an archive of many
+    small files (the helper's) unpacks the same, in a jail. With the compiler, the
+    wheel holds the three extensions and is tagged for the stable ABI."""
     tree = Path(chrootarchive.__file__).resolve().parents[2]
     copy = tmp_path / "tree"
     shutil.copytree(tree / "src", copy / "src",
@@ -557,14 +558,17 @@ def test_without_a_compiler_the_wheel_is_pure_and_works_in_python(tmp_path: Path
          "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.tarformat import reader;"
          "from chrootarchive.engine import finisher;"
+         "from chrootarchive.tarformat import format;"
+         "from chrootarchive import _linux;"
          "print(reader._ustar is reader._ustar_py, reader._entry is reader._entry_py,"
          " reader._pax_entry is reader._pax_entry_py,"
          " reader._Fields is reader._EntryFields, finisher._finish_compiled is None,"
-         " finisher._BatchBase is finisher._Batch)",
+         " finisher._BatchBase is finisher._Batch, format.byte_sum is format.byte_sum_zlib,"
+         " not _linux.COMPILED)",
          str(unpacked)],
         capture_output=True, text=True, check=True,
     )
-    assert probe.stdout.split() == ["True"] * 6
+    assert probe.stdout.split() == ["True"] * 8
     version = subprocess.run(
         [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
          "from chrootarchive.cli import main; main(['--version'])", str(unpacked)],
@@ -596,4 +600,4 @@ def test_without_a_compiler_the_wheel_is_pure_and_works_in_python(tmp_path: Path
     assert wheel.name.endswith("-cp311-abi3-linux_" + os.uname().machine + ".whl"), wheel.name
     with zipfile.ZipFile(wheel) as archive:
         built = sorted(Path(n).name for n in archive.namelist() if n.endswith(".so"))
-    assert built == ["_finish.abi3.so", "_ustar.abi3.so"]
+    assert built == ["_finish.abi3.so", "_syscall.abi3.so", "_ustar.abi3.so"]

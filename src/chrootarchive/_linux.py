@@ -1,19 +1,26 @@
-"""The only module that talks to libc directly (ctypes).
+"""The only module that talks to libc directly: system calls by number, through the
+compiled ``_syscall`` (or ctypes, where the install had no C compiler).
 
 Python 3.11 has no ``os.unshare``, ``pivot_root``, ``mount``, ``open_tree`` or
 ``openat2``; these thin wrappers raise ``OSError`` with errno, and a message that
-names the call and its arguments, as libpathrs' syscall layer does.
+names the call and its arguments, as libpathrs' syscall layer does. ``_syscall`` is
+the same calls without ctypes, whose import is a third of the worker's boot (issue 16);
+the ctypes path (:func:`_ctypes_calls`) is its fallback and its reference
+(tests/test_syscall.py runs both).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
+import sys
 
 from chrootarchive._host import MACHINE as _MACHINE
 from chrootarchive._host import MACHINES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "AT_EMPTY_PATH",
@@ -64,69 +71,118 @@ PR_SET_NO_NEW_PRIVS = 38
 
 _SYSCALLS = {
     # name: one number per machine of _host.MACHINES (x86_64, aarch64)
+    "mount": (165, 40),
+    "umount2": (166, 39),
     "pivot_root": (155, 41),
+    "unshare": (272, 97),
+    "prctl": (157, 167),
+    "capset": (126, 91),
+    "fchownat": (260, 54),
+    "utimensat": (280, 88),
+    "fstatfs": (138, 44),
+    "renameat2": (316, 276),
     "open_tree": (428, 428),
     "move_mount": (429, 429),
     "openat2": (437, 437),
     "mount_setattr": (442, 442),
-    "renameat2": (316, 276),
+    "fchmodat2": (452, 452),
+    "prlimit64": (302, 261),
 }
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
+_ORDER = sys.byteorder
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = [
-    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]
-_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
-                           ctypes.c_int]
+def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callable[[str], bool]]:
+    """The three calls through ctypes: the fallback of ``_syscall`` (no C compiler)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def syscall(nr: int, *args: int | bytes | bytearray | None) -> int:
+        values: list[object] = []
+        for arg in args:
+            if isinstance(arg, int):
+                values.append(ctypes.c_long(arg))
+            elif isinstance(arg, bytearray):
+                values.append((ctypes.c_char * len(arg)).from_buffer(arg))
+            else:
+                values.append(arg)
+        result: int = libc.syscall(ctypes.c_long(nr), *values)
+        return -ctypes.get_errno() if result == -1 else result
+
+    def address(data: bytes) -> int:
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+    def dlopen(name: str) -> bool:
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            return False
+        return True
+
+    return syscall, address, dlopen
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+# _syscall(nr, *args) -> the result, or -errno; each argument an int, None, bytes (read
+# by the call) or a bytearray (written by it). _address(data): where bytes' data lies.
+# _dlopen(name): whether a library could be loaded for good (RTLD_GLOBAL).
+try:
+    from chrootarchive._syscall import address as _address
+    from chrootarchive._syscall import dlopen as _dlopen
+    from chrootarchive._syscall import syscall as _syscall
 
-
-_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec),
-                            ctypes.c_int]
+    COMPILED = True
+except ImportError:  # installed without a C compiler (setup.py)
+    _syscall, _address, _dlopen = _ctypes_calls()
+    COMPILED = False
 
 
 def _check(result: int, call: str) -> int:
+    """``result`` of a call (-errno when it failed): an OSError that names the call."""
     if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{call}: {os.strerror(err)}")
+        raise OSError(-result, f"{call}: {os.strerror(-result)}")
     return result
 
 
-def _nr(name: str) -> int:
-    return _SYSCALLS[name][_ARCH]
+def _call(name: str, *args: int | bytes | bytearray | None) -> int:
+    """System call ``name``: its result, or -errno."""
+    return _syscall(_SYSCALLS[name][_ARCH], *args)
 
 
 def _b(path: str | None) -> bytes | None:
-    return None if path is None else os.fsencode(path)
+    """A path for the kernel: a NUL byte would end it early, so it is refused (as
+    ``os`` refuses it)."""
+    if path is None:
+        return None
+    encoded = os.fsencode(path)
+    if b"\0" in encoded:
+        raise ValueError(f"embedded null byte in path {path!r}")
+    return encoded
+
+
+def _words(*values: int) -> bytes:
+    """``values`` as the 64-bit words of a kernel structure (native byte order)."""
+    return b"".join(value.to_bytes(8, _ORDER, signed=value < 0) for value in values)
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+    _check(_call("unshare", flags), f"unshare({flags:#x})")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
     _check(
-        _libc.mount(_b(source), _b(target), _b(fstype), flags, None),
+        _call("mount", _b(source), _b(target), _b(fstype), flags, None),
         f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x})",
     )
 
 
 def umount2(target: str, flags: int) -> None:
-    _check(_libc.umount2(_b(target), flags), f"umount2({target!r}, {flags:#x})")
+    _check(_call("umount2", _b(target), flags), f"umount2({target!r}, {flags:#x})")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(
-        _libc.syscall(_nr("pivot_root"), _b(new_root), _b(put_old)),
+        _call("pivot_root", _b(new_root), _b(put_old)),
         f"pivot_root({new_root!r}, {put_old!r})",
     )
 
@@ -135,15 +191,14 @@ def open_tree_clone_cwd() -> int:
     """A detached recursive bind-mount copy of the current directory (open_tree(2))."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
     return _check(
-        _libc.syscall(_nr("open_tree"), AT_FDCWD, b".", flags), "open_tree('.', CLONE)"
+        _call("open_tree", AT_FDCWD, b".", flags), "open_tree('.', CLONE)"
     )
 
 
 def move_mount_onto_cwd(tree_fd: int) -> None:
     """Attach the detached mount ``tree_fd`` on top of the current directory."""
     _check(
-        _libc.syscall(_nr("move_mount"), tree_fd, b"", AT_FDCWD, b".",
-                      MOVE_MOUNT_F_EMPTY_PATH),
+        _call("move_mount", tree_fd, b"", AT_FDCWD, b".", MOVE_MOUNT_F_EMPTY_PATH),
         f"move_mount({tree_fd}, '.')",
     )
 
@@ -154,11 +209,9 @@ MOUNT_ATTR_NODEV = 0x4
 def mount_setattr_nodev(path: str) -> None:
     """mount_setattr(2) with ``AT_RECURSIVE``: every mount from ``path`` (a mount root)
     down becomes ``nodev``, so no device node below can be opened (Linux 5.12)."""
-    attr = struct.pack("QQQQ", MOUNT_ATTR_NODEV, 0, 0, 0)
-    buf = ctypes.create_string_buffer(attr, len(attr))
+    attr = _words(MOUNT_ATTR_NODEV, 0, 0, 0)  # struct mount_attr
     _check(
-        _libc.syscall(_nr("mount_setattr"), AT_FDCWD, _b(path), AT_RECURSIVE, buf,
-                      ctypes.c_size_t(len(attr))),
+        _call("mount_setattr", AT_FDCWD, _b(path), AT_RECURSIVE, attr, len(attr)),
         f"mount_setattr({path!r}, AT_RECURSIVE, MOUNT_ATTR_NODEV)",
     )
 
@@ -166,18 +219,17 @@ def mount_setattr_nodev(path: str) -> None:
 def mount_setattr_missing() -> bool:
     """Whether the kernel has no mount_setattr(2) (Linux < 5.12): asked with a size it
     refuses (EINVAL), which changes nothing."""
-    result = _libc.syscall(_nr("mount_setattr"), -1, None, 0, None, ctypes.c_size_t(0))
-    return result < 0 and ctypes.get_errno() == errno.ENOSYS
+    return _call("mount_setattr", -1, None, 0, None, 0) == -errno.ENOSYS
 
 
 def prctl(option: int, arg2: int = 0) -> None:
-    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option}, {arg2})")
+    _check(_call("prctl", option, arg2, 0, 0, 0), f"prctl({option}, {arg2})")
 
 
 def fchownat_empty(fd: int, uid: int, gid: int) -> None:
     """Change the owner of the object behind ``fd`` (an O_PATH fd works; never follows)."""
     _check(
-        _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        _call("fchownat", fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
         f"fchownat({fd}, '', {uid}, {gid}, AT_EMPTY_PATH)",
     )
 
@@ -187,7 +239,7 @@ def fchmod_path_fd(fd: int, mode: int) -> None:
 
     Linux 6.6+; raises OSError(ENOSYS) before.
     """
-    _check(_libc.syscall(452, fd, b"", mode, AT_EMPTY_PATH), f"fchmodat2({fd}, {mode:#o})")
+    _check(_call("fchmodat2", fd, b"", mode, AT_EMPTY_PATH), f"fchmodat2({fd}, {mode:#o})")
 
 
 RENAME_NOREPLACE = 1
@@ -196,29 +248,24 @@ RENAME_NOREPLACE = 1
 def rename_noreplace(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> None:
     """renameat2(..., RENAME_NOREPLACE): FileExistsError when ``new`` exists (EINVAL
     where the file system cannot do it)."""
-    _check(_libc.syscall(_nr("renameat2"), old_dir_fd, os.fsencode(old), new_dir_fd,
-                         os.fsencode(new), RENAME_NOREPLACE),
+    _check(_call("renameat2", old_dir_fd, _b(old), new_dir_fd, _b(new), RENAME_NOREPLACE),
            f"renameat2({old!r}, {new!r}, RENAME_NOREPLACE)")
 
 
 def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:
     """Set the times of the object behind ``fd`` (an O_PATH fd of a symlink works)."""
-    times = (_Timespec * 2)(
-        _Timespec(*divmod(atime_ns, 1_000_000_000)),
-        _Timespec(*divmod(mtime_ns, 1_000_000_000)),
-    )
+    times = _words(*divmod(atime_ns, 1_000_000_000), *divmod(mtime_ns, 1_000_000_000))
     _check(
-        _libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        _call("utimensat", fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
         f"utimensat({fd}, '', AT_EMPTY_PATH)",
     )
 
 
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """openat2(2): resolve ``path`` under ``dirfd`` with RESOLVE_* restrictions."""
-    how = struct.pack("QQQ", flags, mode, resolve)
-    buf = ctypes.create_string_buffer(how, len(how))
+    how = _words(flags, mode, resolve)  # struct open_how
     return _check(
-        _libc.syscall(_nr("openat2"), dirfd, os.fsencode(path), buf, ctypes.c_size_t(len(how))),
+        _call("openat2", dirfd, _b(path), how, len(how)),
         f"openat2({dirfd}, {path!r}, {flags:#x}, {resolve:#x})",
     )
 
@@ -234,15 +281,14 @@ KERNEL_FILESYSTEMS = {
     0x62656570: "configfs", 0xDE5E81E4: "efivarfs", 0x6165676C: "pstorefs",
     0x65735543: "fusectl", 0xF97CFF8C: "selinuxfs", 0x43415D53: "smackfs",
 }
-_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
 
 
 def fstatfs_type(fd: int) -> int:
     """The file system type (``f_type``, a magic number) of the object behind ``fd``."""
-    buf = ctypes.create_string_buffer(_STATFS_SIZE)
-    _check(_libc.fstatfs(fd, buf), f"fstatfs({fd})")
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    buf = bytearray(_STATFS_SIZE)
+    _check(_call("fstatfs", fd, buf), f"fstatfs({fd})")
+    return int.from_bytes(buf[:8], _ORDER) & 0xFFFFFFFF
 
 
 def preload_library(name: str) -> bool:
@@ -251,11 +297,24 @@ def preload_library(name: str) -> bool:
     glibc loads ``libgcc_s.so.1`` lazily (thread cancellation, unwinding); inside the
     jail that would run a library from the destination.
     """
-    try:
-        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        return False
-    return True
+    return _dlopen(name)
+
+
+RLIMIT_FSIZE = 1  # the same on every machine of MACHINES
+RLIMIT_DATA = 2
+RLIMIT_CORE = 4
+RLIMIT_NOFILE = 7
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def prlimit(resource: int, limits: tuple[int, int] | None = None) -> tuple[int, int]:
+    """This process's (soft, hard) limit of ``resource`` as it was, and ``limits`` set
+    if given (prlimit64(2); :data:`RLIM_INFINITY` is no limit): ``resource`` without
+    the module, which the worker need not load."""
+    old = bytearray(16)
+    new = None if limits is None else _words(*limits)  # struct rlimit64
+    _check(_call("prlimit64", 0, resource, new, old), f"prlimit64({resource}, {limits})")
+    return int.from_bytes(old[:8], _ORDER), int.from_bytes(old[8:], _ORDER)
 
 
 # -- locking the worker down ---------------------------------------------------------
@@ -264,7 +323,6 @@ PR_CAPBSET_DROP = 24
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 _CAP_LAST = 63
-_CAPSET = {0: 126, 1: 91}  # x86_64, aarch64
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 CAPABILITIES = {
@@ -282,25 +340,19 @@ CAPABILITIES = {
 }
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
 _permitted_mask = 0
 
 
+def _u32(*values: int) -> bytes:
+    """``values`` as 32-bit fields of a kernel structure (native byte order)."""
+    return b"".join(value.to_bytes(4, _ORDER) for value in values)
+
+
 def _capset(effective: int, permitted: int) -> None:
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)(
-        _CapData(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0),
-        _CapData(effective >> 32, permitted >> 32, 0),
-    )
-    _check(_libc.syscall(_CAPSET[_ARCH], ctypes.byref(header), data), "capset")
+    header = _u32(_LINUX_CAPABILITY_VERSION_3, 0)  # cap_user_header_t: this thread
+    data = _u32(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0,  # two cap_user_data_t
+                effective >> 32, permitted >> 32, 0)
+    _check(_call("capset", header, data), "capset")
 
 
 def _mask(caps: set[int]) -> int:
@@ -326,11 +378,10 @@ def drop_capabilities(keep: set[int], dormant: set[int] | frozenset[int] = froze
     for cap in range(_CAP_LAST + 1):
         if cap in allowed:
             continue
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
-            err = ctypes.get_errno()
-            if err == errno.EINVAL:
-                break  # past the last capability this kernel knows
-            raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)}")
+        result = _call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0)
+        if result == -errno.EINVAL:
+            break  # past the last capability this kernel knows
+        _check(result, f"prctl(PR_CAPBSET_DROP, {cap})")
     _permitted_mask = _mask(allowed)
     _capset(_mask(set(keep)), _permitted_mask)
 
@@ -355,12 +406,14 @@ _NONE = -1  # no such call on this architecture
 _DENIED_SYSCALLS = {
     # name: (x86_64, aarch64). Refused with EPERM whatever the capabilities.
     # Running programs, changing the mount tree or the namespaces:
-    "execve": (59, 221), "execveat": (322, 281), "mount": (165, 40), "umount2": (166, 39),
-    "pivot_root": (155, 41), "chroot": (161, 51), "unshare": (272, 97), "setns": (308, 268),
-    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
-    "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
-    "mount_setattr": (442, 442), "open_tree_attr": (467, 467), "statmount": (457, 457),
-    "listmount": (458, 458),
+    "execve": (59, 221), "execveat": (322, 281), "mount": _SYSCALLS["mount"],
+    "umount2": _SYSCALLS["umount2"], "pivot_root": _SYSCALLS["pivot_root"],
+    "chroot": (161, 51), "unshare": _SYSCALLS["unshare"], "setns": (308, 268),
+    "open_tree": _SYSCALLS["open_tree"], "move_mount": _SYSCALLS["move_mount"],
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "mount_setattr": _SYSCALLS["mount_setattr"], "open_tree_attr": (467, 467),
+    "statmount": (457, 457), "listmount": (458, 458),
     # The kernel itself: modules, kexec, reboot, swap, accounting, clocks, names, quotas:
     "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
     "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142),
@@ -399,7 +452,7 @@ _SELF_ONLY_SYSCALLS = {
     "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
     "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
 }
-_PRLIMIT64 = (302, 261)  # setrlimit(): target 0 (itself) or its own pid
+_PRLIMIT64 = _SYSCALLS["prlimit64"]  # setrlimit(): target 0 (itself) or its own pid
 _IOCTL = (16, 29)
 #: ioctl() requests refused on any descriptor: typing into a terminal (the worker's
 #: stderr may be the caller's: TIOCSTI would run commands there) and the console's.
@@ -421,17 +474,7 @@ X32_SYSCALL_BIT = _X32_SYSCALL_BIT if _ARCH == 0 else 0
 
 def raw_syscall(nr: int, *args: int) -> int:
     """syscall(2) by number with integer arguments (the probe job's only use)."""
-    values = [ctypes.c_long(arg) for arg in args]
-    return _check(_libc.syscall(ctypes.c_long(nr), *values), f"syscall({nr})")
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+    return _check(_syscall(nr, *args), f"syscall({nr})")
 
 
 _LD_W_ABS, _JEQ_K, _JSET_K, _RET_K = 0x20, 0x15, 0x45, 0x06
@@ -511,8 +554,11 @@ def install_seccomp_denylist() -> None:
     Needs no_new_privs (or CAP_SYS_ADMIN) first.
     """
     prog = seccomp_program(os.getpid())
-    filters = (_SockFilter * len(prog))(*(_SockFilter(*ins) for ins in prog))
-    fprog = _SockFprog(len(prog), filters)
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
-                       ctypes.cast(ctypes.byref(fprog), ctypes.c_void_p).value or 0, 0, 0),
+    # struct sock_filter {u16 code; u8 jt, jf; u32 k}, and struct sock_fprog {unsigned
+    # short len; (padding); struct sock_filter *filter}, which points at them: the
+    # local ``filters`` keeps them alive while the kernel copies them.
+    filters = b"".join(code.to_bytes(2, _ORDER) + bytes((jt, jf)) + k.to_bytes(4, _ORDER)
+                       for code, jt, jf, k in prog)
+    fprog = len(prog).to_bytes(2, _ORDER) + bytes(6) + _address(filters).to_bytes(8, _ORDER)
+    _check(_call("prctl", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0),
            "prctl(PR_SET_SECCOMP)")

@@ -30,7 +30,6 @@ worker's.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import struct
@@ -66,6 +65,8 @@ class RingWriter:
 
     def __init__(self, size: int | None = None) -> None:
         self.size = size or SIZE
+        import fcntl  # the parent's alone: the worker never loads it (its start-up)
+
         self.fd = os.memfd_create("chrootarchive-stream", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self._pipes: list[int] = []
         try:

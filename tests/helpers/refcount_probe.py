@@ -38,9 +38,13 @@ def _archive() -> bytes:
     return plain[:1024] + out.getvalue()
 
 
+GETPID = {"x86_64": 39, "aarch64": 172}[os.uname().machine]
+
+
 def main() -> None:
     sys.path.insert(0, sys.argv[1])
     rounds = int(sys.argv[2])
+    from chrootarchive import _syscall
     from chrootarchive.engine import _finish, finisher
     from chrootarchive.tarformat import _ustar, reader
 
@@ -83,6 +87,13 @@ def main() -> None:
         assert batch.add_new("q", b"q", 0o644, b"", 0, 1 << 20, 0, 0, "q", None) is False
         assert batch.add_new("r", b"r", 0o644, b"", 0, 1 << 63, 0, 0, "r", None) is False
         del batch
+        assert _ustar.byte_sum(b"") == 0 and _ustar.byte_sum(b"\x01") == 1
+        assert _syscall.syscall(GETPID) == os.getpid()
+        assert _syscall.syscall(GETPID, None, 0, 1, -1) == os.getpid()
+        assert _syscall.syscall(-1) < 0  # -ENOSYS
+        assert _syscall.dlopen("libc.so.6") is True
+        assert _syscall.dlopen("/nonexistent/libnothing.so") is False
+        assert _syscall.address(b"a") != 0
         name = b"made"
         layout = finisher._layout(1).pack(1, len(name), 0, 0, -1, 0o644)
         assert _finish.finish(finisher._COUNT.pack(1) + layout + name + b"x", [], -1,

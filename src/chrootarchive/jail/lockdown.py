@@ -12,7 +12,6 @@ fails.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 from chrootarchive import _linux
@@ -46,7 +45,7 @@ def lock_down(job: Job, request: JobRequest) -> None:
     """Keep only what ``job`` needs for ``request``; then forbid imports."""
     keep = {_linux.CAPABILITIES[name] for name in job.capabilities(request)}
     dormant = {_linux.CAPABILITIES[name] for name in job.dormant_capabilities} - keep
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _linux.prlimit(_linux.RLIMIT_CORE, (0, 0))
     limits = request.unpack.limits if request.unpack is not None else None
     _backing_rlimits(limits)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
@@ -73,20 +72,17 @@ def _backing_rlimits(limits: LimitSpec | None) -> None:
     max_memory = limits.max_memory if limits is not None else None
     if max_memory is not None:
         want = memory_shares(max_memory)[1]
-        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        if hard != resource.RLIM_INFINITY:
-            want = min(want, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (want, want))
+        _soft, hard = _linux.prlimit(_linux.RLIMIT_DATA)
+        want = min(want, hard)
+        _linux.prlimit(_linux.RLIMIT_DATA, (want, want))
     max_file = limits.max_file_size if limits is not None else None
     if max_file is not None:
         # Python starts with SIGXFSZ ignored: writes past the limit fail with EFBIG.
-        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        want = min(max_file + 1, (1 << 63) - 1)  # rlim_t as Python converts it
-        if hard == resource.RLIM_INFINITY or want <= hard:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (want, want))
+        _soft, hard = _linux.prlimit(_linux.RLIMIT_FSIZE)
+        want = min(max_file + 1, (1 << 63) - 1)
+        if want <= hard:
+            _linux.prlimit(_linux.RLIMIT_FSIZE, (want, want))
     depth = (limits.max_path_depth if limits is not None else None) or 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = depth + 256  # a descriptor per level when removing deep trees
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    _soft, hard = _linux.prlimit(_linux.RLIMIT_NOFILE)
+    want = min(depth + 256, hard)  # a descriptor per level when removing deep trees
+    _linux.prlimit(_linux.RLIMIT_NOFILE, (want, want))

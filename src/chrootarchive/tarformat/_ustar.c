@@ -637,7 +637,24 @@ static int module_clear(PyObject *module)
 
 static void module_free(void *module) { module_clear((PyObject *)module); }
 
+/* byte_sum(data): the sum of its bytes (format.byte_sum, the header checksum's rule),
+ * so that the worker need not load zlib for it (its start-up: issue 16). */
+static PyObject *byte_sum(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    unsigned long long sum = 0;
+
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < view.len; i++)
+        sum += ((const unsigned char *)view.buf)[i];
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(sum);
+}
+
 static PyMethodDef methods[] = {
+    {"byte_sum", byte_sum, METH_O,
+     "byte_sum(data) -> int\n\nThe sum of the bytes of data (a header's checksum)."},
     {"ustar", (PyCFunction)(void (*)(void))ustar, METH_FASTCALL,
      "ustar(buffer, pos, end) -> (typeflag, mode, uid, gid, size, mtime, name, linkname)"
      " | None\n\nThe tar header at buffer[pos:pos + 512] when it takes the fast path;"

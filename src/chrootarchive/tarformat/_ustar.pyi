@@ -36,3 +36,7 @@ def pax_entry(
     max_pax: int,
     /,
 ) -> tuple[_T, int] | None: ...
+
+# The sum of the bytes of ``data`` (a header's checksum); format.byte_sum_zlib is its
+# reference and fallback.
+def byte_sum(data: bytes | bytearray, /) -> int: ...

@@ -1,12 +1,11 @@
 """What the tar format fixes, shared by the reader and the writer: block size, type
 flags, magic strings, the header checksum.
 
-Lean (imports only ``zlib``): the jailed worker loads it.
+Lean (imports only the compiled ``_ustar``, or ``zlib`` where it was not built): the
+jailed worker loads it.
 """
 
 from __future__ import annotations
-
-import zlib
 
 __all__ = [
     "BLKTYPE",
@@ -56,13 +55,24 @@ USTAR_MAGIC = b"ustar\x00"  # POSIX ustar and star: the prefix field holds a nam
 GNU_MAGIC = b"ustar  \x00"  # old GNU: no prefix; atime/ctime/sparse fields instead
 
 
-def byte_sum(block: bytes | bytearray) -> int:
-    """The sum of the 512 bytes of a block, computed in C.
+def byte_sum_zlib(block: bytes | bytearray, /) -> int:
+    """The sum of the 512 bytes of a block through zlib: the fallback and reference of
+    the compiled ``_ustar.byte_sum``, which spares the worker loading zlib (issue 16).
 
     zlib.adler32's low half is 1 + the byte sum mod 65521: an ASCII block sums to at
     most 127 * 512 = 65024, so one call gives its exact sum; any other block is summed
     in two halves (a 256-byte half sums to at most 65280). Much faster than sum().
     """
+    import zlib  # where this is byte_sum, loaded below (before any jail)
+
     if block.isascii():
         return (zlib.adler32(block) & 0xFFFF) - 1
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
+try:
+    from chrootarchive.tarformat._ustar import byte_sum
+except ImportError:  # installed without a C compiler
+    import zlib  # noqa: F401 - byte_sum_zlib's, loaded now: the jail forbids imports
+
+    byte_sum = byte_sum_zlib

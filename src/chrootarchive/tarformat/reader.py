@@ -23,7 +23,6 @@ import binascii
 import os
 import stat
 import struct
-import zlib
 
 from chrootarchive.errors import NOT_A_TAR, InternalError, MalformedArchiveError
 from chrootarchive.tarformat import format as fmt
@@ -282,15 +281,9 @@ def _ustar_py(buf: _Bytes, pos: int, end: int) -> _Header | None:
     if not hdr[0] or hdr[100:156].translate(_CANON_TABLE) != _CANON_FORM:
         return None
     mode, uid, gid, size, mtime, checksum = _CANON_FIELDS.unpack_from(hdr)
-    # The exact byte sum, written out from format.byte_sum(); the checksum field counts
-    # as eight spaces.
-    adler32 = zlib.adler32
-    if int(checksum, 8) != (
-        ((adler32(hdr) & 0xFFFF) if hdr.isascii() else
-         (adler32(hdr[:256]) & 0xFFFF) + (adler32(hdr[256:]) & 0xFFFF) - 1)
-        - (adler32(hdr[148:156]) & 0xFFFF)
-        + 8 * 0x20
-    ):
+    # The exact byte sum; the checksum field counts as eight spaces.
+    byte_sum = fmt.byte_sum
+    if int(checksum, 8) != byte_sum(hdr) - byte_sum(hdr[148:156]) + 8 * 0x20:
         return None
     nul = hdr.find(0, 0, 100)
     raw: _Bytes = hdr[:nul] if nul >= 0 else hdr[:100]
