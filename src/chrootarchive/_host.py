@@ -6,6 +6,7 @@ an unpack as root never needs in the parent (docs/performance.md, issue 16).
 from __future__ import annotations
 
 import os
+import sys
 
 __all__ = ["MACHINE", "MACHINES", "current_umask", "unsupported_machine"]
 
@@ -17,11 +18,16 @@ MACHINE = os.uname().machine
 
 def unsupported_machine() -> str | None:
     """Why no confinement can work on this machine, or None: the system-call numbers
-    (and the seccomp filter's architecture) are known for :data:`MACHINES` only."""
-    if MACHINE in MACHINES:
-        return None
-    return (f"this machine is {MACHINE or 'unknown'}; chrootarchive supports "
-            f"{' and '.join(MACHINES)} only")
+    (and the seccomp filter's architecture) are known for :data:`MACHINES` only, and
+    the structures passed to the kernel are laid out for a 64-bit process (a 32-bit
+    Python on an x86_64 kernel says x86_64, and would make its calls by i386 numbers)."""
+    if MACHINE not in MACHINES:
+        return (f"this machine is {MACHINE or 'unknown'}; chrootarchive supports "
+                f"{' and '.join(MACHINES)} only")
+    if sys.maxsize < 1 << 32:
+        return (f"this Python is a 32-bit program on {MACHINE}; chrootarchive needs a "
+                "64-bit Python")
+    return None
 
 
 def current_umask() -> int:

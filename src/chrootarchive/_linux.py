@@ -15,6 +15,7 @@ import errno
 import os
 import sys
 
+from chrootarchive import _host
 from chrootarchive._host import MACHINE as _MACHINE
 from chrootarchive._host import MACHINES
 
@@ -27,11 +28,17 @@ __all__ = [
     "AT_SYMLINK_NOFOLLOW",
     "CLONE_NEWNS",
     "CLONE_NEWUSER",
+    "COMPILED",
     "MNT_DETACH",
     "MS_BIND",
     "MS_PRIVATE",
     "MS_REC",
     "MS_SLAVE",
+    "RLIMIT_CORE",
+    "RLIMIT_DATA",
+    "RLIMIT_FSIZE",
+    "RLIMIT_NOFILE",
+    "RLIM_INFINITY",
     "clear_capabilities",
     "fchownat_empty",
     "mount",
@@ -42,6 +49,7 @@ __all__ = [
     "pivot_root",
     "prctl",
     "preload_library",
+    "prlimit",
     "rename_noreplace",
     "umount2",
     "unshare",
@@ -89,6 +97,7 @@ _SYSCALLS = {
     "prlimit64": (302, 261),
 }
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
+_KNOWN_MACHINE = _host.unsupported_machine() is None  # numbers and layouts known
 _ORDER = sys.byteorder
 
 def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callable[[str], bool]]:
@@ -100,13 +109,17 @@ def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callabl
 
     def syscall(nr: int, *args: int | bytes | bytearray | None) -> int:
         values: list[object] = []
-        for arg in args:
+        for arg in args:  # what _syscall.c takes, refused as it refuses it
             if isinstance(arg, int):
+                if not -(1 << 63) <= arg < 1 << 64:
+                    raise OverflowError(f"system call argument {arg} does not fit a register")
                 values.append(ctypes.c_long(arg))
             elif isinstance(arg, bytearray):
                 values.append((ctypes.c_char * len(arg)).from_buffer(arg))
-            else:
+            elif arg is None or isinstance(arg, bytes):
                 values.append(arg)
+            else:
+                raise TypeError("system call arguments are int, None, bytes or bytearray")
         result: int = libc.syscall(ctypes.c_long(nr), *values)
         return -ctypes.get_errno() if result == -1 else result
 
@@ -127,10 +140,9 @@ def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callabl
 # by the call) or a bytearray (written by it). _address(data): where bytes' data lies.
 # _dlopen(name): whether a library could be loaded for good (RTLD_GLOBAL).
 try:
-    from chrootarchive._syscall import address as _address
-    from chrootarchive._syscall import dlopen as _dlopen
-    from chrootarchive._syscall import syscall as _syscall
+    from chrootarchive._syscall import address, dlopen, syscall
 
+    _syscall, _address, _dlopen = syscall, address, dlopen
     COMPILED = True
 except ImportError:  # installed without a C compiler (setup.py)
     _syscall, _address, _dlopen = _ctypes_calls()
@@ -145,7 +157,10 @@ def _check(result: int, call: str) -> int:
 
 
 def _call(name: str, *args: int | bytes | bytearray | None) -> int:
-    """System call ``name``: its result, or -errno."""
+    """System call ``name``: its result, or -errno (ENOSYS on a machine whose numbers
+    are not known: _host.unsupported_machine says why)."""
+    if not _KNOWN_MACHINE:
+        return -errno.ENOSYS
     return _syscall(_SYSCALLS[name][_ARCH], *args)
 
 
@@ -349,8 +364,10 @@ def _u32(*values: int) -> bytes:
 
 
 def _capset(effective: int, permitted: int) -> None:
-    header = _u32(_LINUX_CAPABILITY_VERSION_3, 0)  # cap_user_header_t: this thread
-    data = _u32(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0,  # two cap_user_data_t
+    # cap_user_header_t (this thread), which the kernel writes back to on a version it
+    # does not know; then two cap_user_data_t.
+    header = bytearray(_u32(_LINUX_CAPABILITY_VERSION_3, 0))
+    data = _u32(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0,
                 effective >> 32, permitted >> 32, 0)
     _check(_call("capset", header, data), "capset")
 

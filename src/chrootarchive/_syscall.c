@@ -9,7 +9,8 @@
  * tests/test_syscall.py runs the two on the same calls.
  *
  * What: syscall(nr, *args) makes system call ``nr`` with up to six arguments, each an
- * int (passed as a C long), None (NULL), bytes (a pointer to its data, which the call
+ * int (a C long, or an unsigned long: -2**63 <= int < 2**64; OverflowError beyond),
+ * None (NULL), bytes (a pointer to its data, which the call
  * may only read) or a bytearray (a pointer to its data, which the call may write). It
  * returns the call's result, or -errno when the call failed: the kernel's own
  * convention, so that the caller (_linux._check) names the call in its error. The GIL
@@ -51,9 +52,18 @@ static PyObject *sys_syscall(PyObject *self, PyObject *args)
         if (arg == Py_None) {
             values[i - 1] = 0;
         } else if (PyLong_Check(arg)) {
+            /* a C long, or an unsigned long as the kernel reads its registers */
             values[i - 1] = PyLong_AsLong(arg);
-            if (values[i - 1] == -1 && PyErr_Occurred())
-                goto done;
+            if (values[i - 1] == -1 && PyErr_Occurred()) {
+                unsigned long as_unsigned;
+                if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                    goto done;
+                PyErr_Clear();
+                as_unsigned = PyLong_AsUnsignedLong(arg);
+                if (as_unsigned == (unsigned long)-1 && PyErr_Occurred())
+                    goto done;
+                values[i - 1] = (long)as_unsigned;
+            }
         } else if (PyBytes_Check(arg)) {
             values[i - 1] = (long)PyBytes_AsString(arg);
         } else if (PyByteArray_Check(arg)) {

@@ -94,6 +94,13 @@ def main() -> None:
         assert _syscall.dlopen("libc.so.6") is True
         assert _syscall.dlopen("/nonexistent/libnothing.so") is False
         assert _syscall.address(b"a") != 0
+        held = bytearray(8)
+        try:  # an error after a buffer is held: it is let go
+            _syscall.syscall(GETPID, held, 1.5)
+        except TypeError:
+            pass
+        held.append(0)  # (a buffer still held could not be resized)
+        assert _syscall.syscall(GETPID, b"x", held, 2**64 - 1) == os.getpid()
         name = b"made"
         layout = finisher._layout(1).pack(1, len(name), 0, 0, -1, 0o644)
         assert _finish.finish(finisher._COUNT.pack(1) + layout + name + b"x", [], -1,
