@@ -1040,8 +1040,8 @@ def versions(tools: Tools) -> dict[str, str]:
         v["chrootarchive"] = "?"
     v["chrootarchive_cmd"] = " ".join(tools.chroot)
     v["console_script_imports_re"] = script_imports_re(tools.chroot[0])
-    # The command's own --version line says whether its header parser and helper loop
-    # are compiled (setup.py builds them where a C compiler was found): figures differ
+    # The command's own --version line says whether its header parser, helper loop and
+    # system calls are compiled (setup.py builds them where a C compiler was found): figures differ
     # without them.
     v["chrootarchive_version_line"] = first_line([*tools.chroot, "--version"])
     return v

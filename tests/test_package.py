@@ -31,7 +31,7 @@ def test_version_flag_prints_version_and_platform() -> None:
     assert line.startswith(f"chrootarchive {chrootarchive.__version__} (Python ")
     assert "Linux" in line
     # The test suite's install has gcc.
-    assert line.endswith(", compiled header parser and helper loop)")
+    assert line.endswith(", compiled header parser, helper loop and system calls)")
 
 
 def test_metadata_for_a_package_index() -> None:

@@ -35,16 +35,19 @@ but the destination, and nothing from the archive ever runs.
 
 def _version_line() -> str:
     """``chrootarchive 0.2.0 (Python 3.11.7, Linux 6.1.0 x86_64, compiled header
-    parser and helper loop)``: what a bug report needs. Both are Python where the
-    install had no C compiler (setup.py): slower on archives of many small files."""
+    parser, helper loop and system calls)``: what a bug report needs. They are Python
+    (and ctypes) where the install had no C compiler (setup.py): slower on archives of
+    many small files, and in each worker's start."""
     from chrootarchive import __version__
 
     try:
+        import chrootarchive._syscall
         import chrootarchive.engine._finish
-        import chrootarchive.tarformat._ustar  # noqa: F401 - only whether both load
-        compiled = "compiled header parser and helper loop"
+        import chrootarchive.tarformat._ustar  # noqa: F401 - only whether all load
+        compiled = "compiled header parser, helper loop and system calls"
     except ImportError:
-        compiled = "header parser and helper loop in Python: installed without a C compiler"
+        compiled = ("header parser, helper loop and system calls in Python: installed "
+                    "without a C compiler")
     uname = os.uname()
     python = ".".join(str(part) for part in sys.version_info[:3])
     return (f"chrootarchive {__version__} (Python {python}, "
