@@ -185,10 +185,13 @@ class _ErrnoVariant(type):
     pickled as its base and its built-in class (:func:`_reduce_variant`)."""
 
 
+_BUILTIN_BY_NAME = {builtin.__name__: builtin for builtin in _BUILTIN_OSERRORS.values()}
+
+
 def _errno_variant(base: type[_OSLevelError], builtin: str) -> type[_OSLevelError]:
     """The variant of ``base`` that is also the built-in class named ``builtin``
     (unpickling a class)."""
-    return base._variants[builtin]
+    return base.variant(_BUILTIN_BY_NAME[builtin])
 
 
 def _reduce_variant(cls: _ErrnoVariant) -> tuple[object, tuple[type, str]]:
@@ -210,30 +213,35 @@ class _OSLevelError(ChrootArchiveError, OSError):
     constructor picks the subclass that is also the built-in class for ``code``.
     """
 
-    _by_errno: dict[int, type[_OSLevelError]]
-    _variants: dict[str, type[_OSLevelError]]  # the built-in class's name -> variant
+    _variants: dict[type[OSError], type[_OSLevelError]]  # built-in class -> variant
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if "_by_errno" in vars(cls) or cls.__dict__.get("_errno_variant"):
-            return
-        # One subclass per built-in class, named like its base (the name is what crosses
-        # the process boundary; the errno travels beside it).
-        cls._by_errno = {}
-        cls._variants = made = {}
-        for code, builtin in _BUILTIN_OSERRORS.items():
-            if builtin.__name__ not in made:
-                variant: type[_OSLevelError] = _ErrnoVariant(  # type: ignore[assignment]
-                    cls.__name__, (cls, builtin), {
-                        "_errno_variant": True, "__module__": cls.__module__,
-                        "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-                    })
-                made[builtin.__name__] = variant
-            cls._by_errno[code] = made[builtin.__name__]
+        if not cls.__dict__.get("_errno_variant"):
+            cls._variants = {}  # filled by variant(), as each is first needed
+
+    @classmethod
+    def variant(cls, builtin: type[OSError]) -> type[_OSLevelError]:
+        """The subclass of this class (of its base, for a variant) that is also
+        ``builtin``, named like it (the name is what crosses the process boundary; the
+        errno travels beside it). Made when first needed, once: making them all as
+        the module loaded was a quarter of a millisecond of every process's start."""
+        base: type[_OSLevelError] = (
+            cls.__bases__[0] if cls.__dict__.get("_errno_variant") else cls)
+        made = base._variants.get(builtin)
+        if made is None:
+            new: type[_OSLevelError] = _ErrnoVariant(  # type: ignore[assignment]
+                base.__name__, (base, builtin), {
+                    "_errno_variant": True, "__module__": base.__module__,
+                    "__qualname__": base.__qualname__, "__doc__": base.__doc__,
+                })
+            made = base._variants.setdefault(builtin, new)  # one, whatever the threads
+        return made
 
     def __new__(cls, message: str, entry: str | None = None,
                 code: int | None = None) -> _OSLevelError:
-        variant = cls._by_errno.get(code, cls) if code is not None else cls
+        builtin = _BUILTIN_OSERRORS.get(code) if code is not None else None
+        variant = cls.variant(builtin) if builtin is not None else cls
         # OSError.__new__ sets errno, strerror and filename when __new__ is overridden.
         return OSError.__new__(variant, code, message, entry)
 

@@ -126,7 +126,9 @@ def _no_catalogue_no_lookups() -> None:
             argparse, "ngettext", None) is not gettext.ngettext:
         return  # an argparse that asks otherwise
     domain = gettext.textdomain()
-    if gettext.find(domain, gettext.bindtextdomain(domain)) is not None:
+    catalogues = gettext.bindtextdomain(domain)
+    # No directory of catalogues, no catalogue: a stat, where find() loads ``locale``.
+    if os.path.isdir(catalogues) and gettext.find(domain, catalogues) is not None:
         return
     setattr(argparse, "_", _as_is)  # noqa: B010 - a private name: mypy does not know it
     setattr(argparse, "ngettext", _as_is_plural)  # noqa: B010
