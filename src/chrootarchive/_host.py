@@ -1,6 +1,7 @@
 """What the parent asks about this machine and process before it starts a worker, read
-without libc: ``_linux`` loads ``ctypes`` (5-8 ms with the mechanisms' modules), which
-an unpack as root never needs in the parent (docs/performance.md, issue 16).
+without libc: ``_linux`` and the mechanisms' modules (3-5 ms; 5-8 ms when ``_linux``
+went through ``ctypes``), which an unpack as root never needs in the parent
+(docs/performance.md, issue 16).
 """
 
 from __future__ import annotations

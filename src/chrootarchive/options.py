@@ -97,7 +97,7 @@ def _bool(name: str, value: object) -> None:
 
 def _confine(name: str, value: object) -> None:
     """``auto`` or the name of a confinement mechanism."""
-    from chrootarchive.jail.confine import MECHANISMS  # 4-7 ms (ctypes): when first made
+    from chrootarchive.jail.confine import MECHANISMS  # 3-5 ms (_linux...): when first made
 
     _choice(name, value, ("auto", *MECHANISMS))
 

@@ -31,7 +31,7 @@ _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def _remove(parent_fd: int, name: str) -> None:
     """Remove a staging directory of ours, also below directories whose modes (the
     archive's 0o000, say) would keep an unprivileged owner out."""
-    from chrootarchive.engine.fsops import remove_tree_at  # ctypes: only to clean up
+    from chrootarchive.engine.fsops import remove_tree_at  # _linux: only to clean up
 
     with contextlib.suppress(FileNotFoundError):
         remove_tree_at(parent_fd, name, force=True)

@@ -141,7 +141,7 @@ class Worker:
         self._closed = False
         id_ranges = None
         if request.mechanism == "userns":
-            from chrootarchive.jail.confine import userns  # ctypes: only for this mechanism
+            from chrootarchive.jail.confine import userns  # _linux: only for this mechanism
 
             id_ranges = userns.subordinate_ranges()
         sync_parent: _socket.socket | None = None

@@ -27,7 +27,7 @@ __all__ = ["IN_PROCESS", "MECHANISMS", "enter", "import_all", "unavailable_reaso
 def import_all() -> None:
     """Import every mechanism a worker may enter: the worker does so as it boots,
     before the jail (imports are refused there). Not at this package's import: the
-    parent asks only :func:`unavailable_reason`, and as root that needs no ``ctypes``."""
+    parent asks only :func:`unavailable_reason`, and as root that needs no ``_linux``."""
     from chrootarchive.jail.confine import chroot, mounts, pivot, userns  # noqa: F401
 
 
