@@ -100,6 +100,7 @@ _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
 _KNOWN_MACHINE = _host.unsupported_machine() is None  # numbers and layouts known
 _ORDER = sys.byteorder
 
+
 def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callable[[str], bool]]:
     """The three calls through ctypes: the fallback of ``_syscall`` (no C compiler)."""
     import ctypes

@@ -18,7 +18,7 @@ from chrootarchive.errors import ChrootArchiveError, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from types import ModuleType
     from typing import NoReturn
 
@@ -113,25 +113,35 @@ class _Parser(argparse.ArgumentParser):
         super().error(message + (f"\n{hint}" if hint else ""))
 
 
-def _no_catalogue_no_lookups() -> None:
+@contextlib.contextmanager
+def _messages_as_they_are() -> Iterator[None]:
     """argparse asks gettext for a translation of each message it makes as a parser is
     built and used, and each question looks for a catalogue again (a ``stat`` and an
     exception, about 30 us; some 60 of them, 2 ms, for ``untar``'s parser: a one-file
     ``untar`` takes 30 ms). Where the program's text domain has no catalogue for the
-    user's languages, every answer is the message itself, and argparse is given that
-    answer directly; where one exists, argparse asks gettext as before."""
+    user's languages, every answer is the message itself, and while the command line
+    runs argparse is given that answer directly (then its own functions are put back,
+    for a caller of :func:`main` in its own process); where one exists, argparse asks
+    gettext as before."""
     import gettext
 
-    if getattr(argparse, "_", None) is not gettext.gettext or getattr(
-            argparse, "ngettext", None) is not gettext.ngettext:
-        return  # an argparse that asks otherwise
+    asks = (getattr(argparse, "_", None), getattr(argparse, "ngettext", None))
+    if asks != (gettext.gettext, gettext.ngettext):
+        yield  # an argparse that asks otherwise
+        return
     domain = gettext.textdomain()
     catalogues = gettext.bindtextdomain(domain)
     # No directory of catalogues, no catalogue: a stat, where find() loads ``locale``.
     if os.path.isdir(catalogues) and gettext.find(domain, catalogues) is not None:
+        yield
         return
     setattr(argparse, "_", _as_is)  # noqa: B010 - a private name: mypy does not know it
     setattr(argparse, "ngettext", _as_is_plural)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(argparse, "_", asks[0])  # noqa: B010
+        setattr(argparse, "ngettext", asks[1])  # noqa: B010
 
 
 def _as_is(message: str) -> str:
@@ -149,7 +159,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     imported, and no parser is made for the others: argv names the command, so the
     top-level help that lists them is never printed). ``""``: the others listed by
     name only, for ``--help`` and ``--version``."""
-    _no_catalogue_no_lookups()
     parser = _Parser(
         prog="chrootarchive",
         description=_DESCRIPTION,
@@ -202,7 +211,11 @@ def _error_line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (callable from tests)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    with _messages_as_they_are():
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     command = chosen_command(argv)
     parser = build_parser(command)
     args, extra = parser.parse_known_args(argv)
