@@ -3,8 +3,8 @@
 ``_syscall`` spares the worker loading ctypes (a third of its boot: issue 16); ctypes is
 its fallback where the install had no C compiler, and its reference. Each wrapper runs
 here through both, on real files and, for the calls that change the process
-(capabilities, seccomp, limits, namespaces), in a forked child; they must agree, and
-their errors must name the call.
+(capabilities, seccomp, limits, namespaces), in a child interpreter; they must agree,
+and their errors must name the call.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,25 +38,76 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     yield request.param
 
 
-def _in_child(check: Callable[[], object]) -> object:
-    """``check()`` run in a forked child (it may change the process for good); its
-    result (repr'd) or its exception's, read back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            answer = repr(check())
-        except BaseException as err:  # reported to the parent
-            answer = f"{type(err).__name__}: {err}"
-        os.write(w, answer.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        answer = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return answer
+# A fresh interpreter for the calls that change the process for good: a fork of the
+# test process would carry its threads (3.12+ warns of that, rightly).
+_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import test_syscall
+sys.stdout.write(test_syscall._child(sys.argv[2], sys.argv[3], sys.argv[4:]))
+"""
+
+
+def _child(backend: str, name: str, args: list[str]) -> str:
+    """In the child: ``name(*args)`` with ``_linux``'s calls through ``backend``; its
+    result (repr'd), or its exception's."""
+    if backend == "ctypes":
+        syscall, address, dlopen = _linux._ctypes_calls()
+        vars(_linux).update(_syscall=syscall, _address=address, _dlopen=dlopen)
+    try:
+        return repr(globals()[name](*args))
+    except BaseException as err:  # reported to the parent
+        return f"{type(err).__name__}: {err}"
+
+
+def _in_child(backend: str, check: Callable[..., object], *args: str) -> str:
+    """``check(*args)`` run in a child interpreter (it may change the process for good)
+    with the backend given; what :func:`_child` says."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(Path(__file__).parent), backend, check.__name__,
+         *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _lower_limits() -> object:
+    old = _linux.prlimit(_linux.RLIMIT_NOFILE, (100, 200))
+    return old, resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _lock() -> object:
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    chown = _linux.CAPABILITIES["CAP_CHOWN"]
+    _linux.drop_capabilities({chown})
+    with open("/proc/self/status") as f:
+        caps = {line.split(":")[0]: int(line.split()[1], 16)
+                for line in f if line.startswith(("CapEff", "CapPrm", "CapBnd"))}
+    _linux.install_seccomp_denylist()
+    try:
+        _linux.unshare(_linux.CLONE_NEWNS)
+        denied = "allowed"
+    except PermissionError as err:
+        denied = str(err)
+    return caps, denied, _linux.raw_syscall(_linux.SYSCALL_NUMBERS["getpid"]) == os.getpid()
+
+
+def _mounts(top: str) -> object:
+    tmp_path = Path(top)
+    _linux.unshare(_linux.CLONE_NEWNS)
+    _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+    _linux.mount(str(tmp_path / "src"), str(tmp_path / "onto"), None, _linux.MS_BIND)
+    bound = (tmp_path / "onto" / "file").read_bytes()
+    os.chdir(tmp_path / "src")
+    tree = _linux.open_tree_clone_cwd()
+    os.chdir(tmp_path / "onto")
+    _linux.move_mount_onto_cwd(tree)
+    os.close(tree)
+    _linux.mount_setattr_nodev(str(tmp_path / "onto"))
+    nodev = bool(os.statvfs(tmp_path / "onto").f_flag & os.ST_NODEV)
+    os.chdir("/")
+    _linux.umount2(str(tmp_path / "onto"), _linux.MNT_DETACH)
+    _linux.umount2(str(tmp_path / "onto"), _linux.MNT_DETACH)
+    return bound, nodev, os.listdir(tmp_path / "onto")
 
 
 def test_the_worker_uses_the_compiled_calls() -> None:
@@ -169,11 +221,7 @@ def test_limits_read_and_set(backend: str) -> None:
     assert tuple(infinity if v == resource.RLIM_INFINITY else v
                  for v in resource.getrlimit(resource.RLIMIT_CORE)) == core
 
-    def lower() -> object:
-        old = _linux.prlimit(_linux.RLIMIT_NOFILE, (100, 200))
-        return old, resource.getrlimit(resource.RLIMIT_NOFILE)
-
-    assert _in_child(lower) == repr(((soft, hard), (100, 200)))
+    assert _in_child(backend, _lower_limits) == repr(((soft, hard), (100, 200)))
 
 
 def test_libraries_load_for_good(backend: str) -> None:
@@ -182,30 +230,14 @@ def test_libraries_load_for_good(backend: str) -> None:
 
 
 def test_capabilities_and_seccomp_in_a_child(backend: str) -> None:
-    """What lock_down does, in a forked child: the capabilities left, and the filter's
-    EPERM for a denied call (unshare) while an allowed one (getpid) still works."""
-
-    def lock() -> object:
-        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-        chown = _linux.CAPABILITIES["CAP_CHOWN"]
-        _linux.drop_capabilities({chown})
-        with open("/proc/self/status") as f:
-            caps = {line.split(":")[0]: int(line.split()[1], 16)
-                    for line in f if line.startswith(("CapEff", "CapPrm", "CapBnd"))}
-        _linux.install_seccomp_denylist()
-        try:
-            _linux.unshare(_linux.CLONE_NEWNS)
-            denied = "allowed"
-        except PermissionError as err:
-            denied = str(err)
-        return caps, denied, _linux.raw_syscall(_linux.SYSCALL_NUMBERS["getpid"]) == os.getpid()
-
+    """What lock_down does, in a child: the capabilities left, and the filter's EPERM
+    for a denied call (unshare) while an allowed one (getpid) still works."""
     if os.geteuid() != 0:
         pytest.skip("drops capabilities that only root holds")  # CI runs as root
     chown = 1 << _linux.CAPABILITIES["CAP_CHOWN"]
     caps = {"CapPrm": chown, "CapEff": chown, "CapBnd": chown}
-    assert _in_child(lock) == repr((caps, "[Errno 1] unshare(0x20000): Operation not permitted",
-                                    True))
+    assert _in_child(backend, _lock) == repr(
+        (caps, "[Errno 1] unshare(0x20000): Operation not permitted", True))
 
 
 def test_a_namespace_and_mounts_in_a_child(backend: str, tmp_path: Path) -> None:
@@ -217,24 +249,7 @@ def test_a_namespace_and_mounts_in_a_child(backend: str, tmp_path: Path) -> None
     (tmp_path / "src" / "file").write_bytes(b"seen")
     (tmp_path / "onto").mkdir()
 
-    def mounts() -> object:
-        _linux.unshare(_linux.CLONE_NEWNS)
-        _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-        _linux.mount(str(tmp_path / "src"), str(tmp_path / "onto"), None, _linux.MS_BIND)
-        bound = (tmp_path / "onto" / "file").read_bytes()
-        os.chdir(tmp_path / "src")
-        tree = _linux.open_tree_clone_cwd()
-        os.chdir(tmp_path / "onto")
-        _linux.move_mount_onto_cwd(tree)
-        os.close(tree)
-        _linux.mount_setattr_nodev(str(tmp_path / "onto"))
-        nodev = bool(os.statvfs(tmp_path / "onto").f_flag & os.ST_NODEV)
-        os.chdir("/")
-        _linux.umount2(str(tmp_path / "onto"), _linux.MNT_DETACH)
-        _linux.umount2(str(tmp_path / "onto"), _linux.MNT_DETACH)
-        return bound, nodev, os.listdir(tmp_path / "onto")
-
-    assert _in_child(mounts) == repr((b"seen", True, []))
+    assert _in_child(backend, _mounts, str(tmp_path)) == repr((b"seen", True, []))
     assert os.listdir(tmp_path / "onto") == []  # the host's own mount table untouched
 
 
@@ -255,7 +270,6 @@ def test_byte_sum_compiled_agrees_with_zlib(size: int) -> None:
 
 def test_the_fallback_is_chosen_without_the_compiled_module(tmp_path: Path) -> None:
     """With ``_syscall`` unloadable, ``_linux`` takes ctypes (and says so)."""
-    import subprocess
 
     code = (
         "import sys; sys.modules['chrootarchive._syscall'] = None\n"
@@ -311,7 +325,6 @@ def test_the_aarch64_numbers_are_the_kernels() -> None:
 
 def test_a_32_bit_python_is_refused_by_name() -> None:
     """Its calls would go by the i386 (or x32) numbers with 64-bit structures."""
-    import subprocess
 
     code = ("import sys; sys.maxsize = 2**31 - 1\n"
             "from chrootarchive import _host, _linux\n"
