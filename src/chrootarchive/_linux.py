@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
+import struct
 
 from chrootarchive import _host
 from chrootarchive._host import MACHINE as _MACHINE
@@ -98,7 +98,6 @@ _SYSCALLS = {
 }
 _ARCH = MACHINES.index(_MACHINE) if _MACHINE in MACHINES else 0
 _KNOWN_MACHINE = _host.unsupported_machine() is None  # numbers and layouts known
-_ORDER = sys.byteorder
 
 
 def _ctypes_calls() -> tuple[Callable[..., int], Callable[[bytes], int], Callable[[str], bool]]:
@@ -176,11 +175,6 @@ def _b(path: str | None) -> bytes | None:
     return encoded
 
 
-def _words(*values: int) -> bytes:
-    """``values`` as the 64-bit words of a kernel structure (native byte order)."""
-    return b"".join(value.to_bytes(8, _ORDER, signed=value < 0) for value in values)
-
-
 def unshare(flags: int) -> None:
     _check(_call("unshare", flags), f"unshare({flags:#x})")
 
@@ -225,7 +219,7 @@ MOUNT_ATTR_NODEV = 0x4
 def mount_setattr_nodev(path: str) -> None:
     """mount_setattr(2) with ``AT_RECURSIVE``: every mount from ``path`` (a mount root)
     down becomes ``nodev``, so no device node below can be opened (Linux 5.12)."""
-    attr = _words(MOUNT_ATTR_NODEV, 0, 0, 0)  # struct mount_attr
+    attr = struct.pack("=4Q", MOUNT_ATTR_NODEV, 0, 0, 0)  # struct mount_attr
     _check(
         _call("mount_setattr", AT_FDCWD, _b(path), AT_RECURSIVE, attr, len(attr)),
         f"mount_setattr({path!r}, AT_RECURSIVE, MOUNT_ATTR_NODEV)",
@@ -270,7 +264,8 @@ def rename_noreplace(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> No
 
 def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:
     """Set the times of the object behind ``fd`` (an O_PATH fd of a symlink works)."""
-    times = _words(*divmod(atime_ns, 1_000_000_000), *divmod(mtime_ns, 1_000_000_000))
+    times = struct.pack("=4q", *divmod(atime_ns, 1_000_000_000),  # two struct timespec
+                        *divmod(mtime_ns, 1_000_000_000))
     _check(
         _call("utimensat", fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
         f"utimensat({fd}, '', AT_EMPTY_PATH)",
@@ -279,7 +274,7 @@ def utimensat_empty(fd: int, atime_ns: int, mtime_ns: int) -> None:
 
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     """openat2(2): resolve ``path`` under ``dirfd`` with RESOLVE_* restrictions."""
-    how = _words(flags, mode, resolve)  # struct open_how
+    how = struct.pack("=3Q", flags, mode, resolve)  # struct open_how
     return _check(
         _call("openat2", dirfd, _b(path), how, len(how)),
         f"openat2({dirfd}, {path!r}, {flags:#x}, {resolve:#x})",
@@ -304,7 +299,8 @@ def fstatfs_type(fd: int) -> int:
     """The file system type (``f_type``, a magic number) of the object behind ``fd``."""
     buf = bytearray(_STATFS_SIZE)
     _check(_call("fstatfs", fd, buf), f"fstatfs({fd})")
-    return int.from_bytes(buf[:8], _ORDER) & 0xFFFFFFFF
+    f_type: int = struct.unpack_from("=q", buf)[0]
+    return f_type & 0xFFFFFFFF
 
 
 def preload_library(name: str) -> bool:
@@ -328,9 +324,10 @@ def prlimit(resource: int, limits: tuple[int, int] | None = None) -> tuple[int, 
     if given (prlimit64(2); :data:`RLIM_INFINITY` is no limit): ``resource`` without
     the module, which the worker need not load."""
     old = bytearray(16)
-    new = None if limits is None else _words(*limits)  # struct rlimit64
+    new = None if limits is None else struct.pack("=2Q", *limits)  # struct rlimit64
     _check(_call("prlimit64", 0, resource, new, old), f"prlimit64({resource}, {limits})")
-    return int.from_bytes(old[:8], _ORDER), int.from_bytes(old[8:], _ORDER)
+    soft, hard = struct.unpack("=2Q", old)
+    return soft, hard
 
 
 # -- locking the worker down ---------------------------------------------------------
@@ -359,17 +356,12 @@ CAPABILITIES = {
 _permitted_mask = 0
 
 
-def _u32(*values: int) -> bytes:
-    """``values`` as 32-bit fields of a kernel structure (native byte order)."""
-    return b"".join(value.to_bytes(4, _ORDER) for value in values)
-
-
 def _capset(effective: int, permitted: int) -> None:
     # cap_user_header_t (this thread), which the kernel writes back to on a version it
     # does not know; then two cap_user_data_t.
-    header = bytearray(_u32(_LINUX_CAPABILITY_VERSION_3, 0))
-    data = _u32(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0,
-                effective >> 32, permitted >> 32, 0)
+    header = bytearray(struct.pack("=2I", _LINUX_CAPABILITY_VERSION_3, 0))
+    data = struct.pack("=6I", effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, 0,
+                       effective >> 32, permitted >> 32, 0)
     _check(_call("capset", header, data), "capset")
 
 
@@ -575,8 +567,7 @@ def install_seccomp_denylist() -> None:
     # struct sock_filter {u16 code; u8 jt, jf; u32 k}, and struct sock_fprog {unsigned
     # short len; (padding); struct sock_filter *filter}, which points at them: the
     # local ``filters`` keeps them alive while the kernel copies them.
-    filters = b"".join(code.to_bytes(2, _ORDER) + bytes((jt, jf)) + k.to_bytes(4, _ORDER)
-                       for code, jt, jf, k in prog)
-    fprog = len(prog).to_bytes(2, _ORDER) + bytes(6) + _address(filters).to_bytes(8, _ORDER)
+    filters = b"".join(struct.pack("=HBBI", *instruction) for instruction in prog)
+    fprog = struct.pack("@HP", len(prog), _address(filters))
     _check(_call("prctl", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0),
            "prctl(PR_SET_SECCOMP)")
