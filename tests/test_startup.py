@@ -496,8 +496,7 @@ def test_a_failed_command_leaves_no_early_worker(tmp_path: Path, args: list[str]
 _GETTEXT_PROBE = """
 import gettext, sys
 sys.path.insert(0, sys.argv[1])
-if sys.argv[2]:
-    gettext.bindtextdomain("messages", sys.argv[2])
+gettext.bindtextdomain("messages", sys.argv[2])
 asked = []
 find = gettext.find
 gettext.find = lambda *args, **kwargs: asked.append(args) or find(*args, **kwargs)

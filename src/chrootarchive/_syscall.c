@@ -10,8 +10,8 @@
  *
  * What: syscall(nr, *args) makes system call ``nr`` with up to six arguments, each an
  * int (a C long, or an unsigned long: -2**63 <= int < 2**64; OverflowError beyond),
- * None (NULL), bytes (a pointer to its data, which the call
- * may only read) or a bytearray (a pointer to its data, which the call may write). It
+ * None (NULL), bytes (a pointer to its data, which the call may only read) or a
+ * bytearray (a pointer to its data, which the call may write). It
  * returns the call's result, or -errno when the call failed: the kernel's own
  * convention, so that the caller (_linux._check) names the call in its error. The GIL
  * is released during the call; the arguments stay referenced by the call's tuple, and
