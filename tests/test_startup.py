@@ -80,6 +80,20 @@ def test_unpack_worker_imports_nothing_heavy() -> None:
     assert "chrootarchive.tarformat._ustar" in loaded
 
 
+def test_pack_worker_imports_nothing_heavy() -> None:
+    """The pack job's worker boots as lean as the unpack job's: its descriptor limit
+    through ``_linux.prlimit``, not ``resource`` (and ``contextlib``)."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _WORKER_IMPORTS, SRC, "pack"],
+        capture_output=True, text=True, check=True,
+    )
+    loaded = set(out.stdout.split())
+    assert "chrootarchive.engine.packer" in loaded  # a real pack worker's imports
+    assert not HEAVY & loaded, f"the pack worker now imports {sorted(HEAVY & loaded)}"
+    parent = sorted(m for m in loaded if m.startswith(PARENT_PACKAGES))
+    assert not parent, f"the pack worker now imports parent code: {parent}"
+
+
 def test_a_one_file_untar_works_from_a_lean_worker(tmp_path: Path) -> None:
     """End to end: the lean worker, jailed with imports forbidden, unpacks."""
     buf = io.BytesIO()

@@ -9,9 +9,6 @@ symlink); the headers are :mod:`chrootarchive.tarformat.writer`'s.
 
 from __future__ import annotations
 
-import contextlib
-import resource
-
 from chrootarchive import _linux
 from chrootarchive.contract import JobReply
 from chrootarchive.engine import fsops
@@ -34,11 +31,14 @@ def capabilities(request: JobRequest) -> frozenset[str]:
 
 
 def _raise_fd_limit() -> None:
-    """One descriptor per directory level is held open: allow as many as we may."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """One descriptor per directory level is held open: allow as many as we may
+    (``_linux.prlimit``: the worker loads neither ``resource`` nor ``contextlib``)."""
+    soft, hard = _linux.prlimit(_linux.RLIMIT_NOFILE)
     if soft != hard:
-        with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:  # noqa: SIM105 - the worker does not import contextlib
+            _linux.prlimit(_linux.RLIMIT_NOFILE, (hard, hard))
+        except OSError:
+            pass  # the lock-down's own limit stands
 
 
 class PackJob:
