@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from chrootarchive import IDMap, Limits, PackOptions, PackResult, UnpackOptions, UnpackResult
+from chrootarchive import (
+    IDMap,
+    Limits,
+    ListedEntry,
+    PackOptions,
+    PackResult,
+    UnpackOptions,
+    UnpackResult,
+)
 from chrootarchive._record import field, make_field, make_record
 from chrootarchive.image.results import ImageResult
 from chrootarchive.options import Result
@@ -27,7 +35,8 @@ from chrootarchive.options import Result
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-PUBLIC = [IDMap, Limits, UnpackOptions, Result, UnpackResult, PackOptions, PackResult]
+PUBLIC = [IDMap, Limits, UnpackOptions, Result, UnpackResult, PackOptions, PackResult,
+          ListedEntry]
 
 
 def _bodies(decorate: Any, field_of: Any) -> tuple[type[Any], type[Any]]:
@@ -204,7 +213,12 @@ def test_the_public_classes_are_dataclasses_to_callers(cls: type[DataclassInstan
     """``fields``, ``replace`` and ``asdict`` work on every public option and result
     class, and describe what the class does: each field's default is what a new object
     gets."""
-    required = {"container_id": 0, "host_id": 1000, "size": 1} if cls is IDMap else {}
+    needed: dict[type[Any], dict[str, object]] = {
+        IDMap: {"container_id": 0, "host_id": 1000, "size": 1},
+        ListedEntry: {"name": "a", "kind": "file", "mode": 0o644, "uid": 0, "gid": 0,
+                      "size": 1, "mtime": 0.0},
+    }
+    required = needed.get(cls, {})
     made = cls(**required)
     assert dataclasses.is_dataclass(made)
     fields = dataclasses.fields(cls)

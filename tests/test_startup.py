@@ -309,6 +309,20 @@ def test_untar_imports_only_what_it_needs(tmp_path: Path) -> None:
         assert not libc & loaded, sorted(libc & loaded)
 
 
+def test_list_imports_only_what_it_needs(tmp_path: Path) -> None:
+    """``list`` runs no worker: none of the runner's modules that start and feed one,
+    and its entries are records (``_record``), not dataclasses (with ``inspect``)."""
+    archive = _one_file_archive(tmp_path)
+    loaded, at_spawn = _cli_imports(tmp_path, "list", "--json", str(archive))
+    assert "chrootarchive.operations.listing" in loaded  # the check looked at a real list
+    assert at_spawn is None
+    heavy = {"dataclasses", "inspect", "typing", "subprocess", "shutil", "zstandard",
+             "isal", "chrootarchive.operations.untar", "chrootarchive.runner.ladder",
+             "chrootarchive.runner.pump", "chrootarchive.runner.worker",
+             "chrootarchive.operations.destination"}
+    assert not heavy & loaded, f"list imports {sorted(heavy & loaded)}"
+
+
 @pytest.mark.parametrize("command", ["untar", "apply-layer"])
 def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: str) -> None:
     """The worker's interpreter starts while the command line imports what it needs."""

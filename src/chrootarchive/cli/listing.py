@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 
+from chrootarchive._record import as_dict
 from chrootarchive.cli.args import add_limits, archive_input, limits
 from chrootarchive.cli.commands import HELP, Formatter
 from chrootarchive.cli.output import JSON_SCHEMA_VERSION, print_json, stdout_failed
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                            limits=limits(args))
     try:
         if args.json:
-            listed: list[dict[str, Any]] = [asdict(entry) for entry in entries]
+            listed: list[dict[str, Any]] = [as_dict(entry) for entry in entries]
             print_json({"schema_version": JSON_SCHEMA_VERSION, "entries": listed})
         else:
             for entry in entries:

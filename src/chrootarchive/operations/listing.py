@@ -16,11 +16,10 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
 
 from chrootarchive import _fdio
 from chrootarchive._fdio import write_all
+from chrootarchive._record import record
 from chrootarchive._threads import wait_ended
 from chrootarchive.errors import (
     NOT_A_TAR,
@@ -29,10 +28,14 @@ from chrootarchive.errors import (
     printable,
 )
 from chrootarchive.operations import compression
-from chrootarchive.operations.untar import Source, name_archive, open_source
+from chrootarchive.operations.source import Source, name_archive, open_source
 from chrootarchive.options import Limits
 from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = ["ListedEntry", "list_entries"]
 
@@ -53,7 +56,7 @@ _TYPE_BITS = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)  # a dataclass, without importing dataclasses (_record)
 class ListedEntry:
     """One archive entry, as ``tar -tv`` shows it.
 

@@ -6,29 +6,23 @@ The package ``__init__`` re-exports these; ``image`` and ``copy`` build on them.
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
 import os
 import stat
-import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from chrootarchive import _fdio
 from chrootarchive._record import replace
 from chrootarchive.contract import JobReply, JobRequest, limits_after
 from chrootarchive.errors import (
-    NOT_A_TAR,
     ArchiveError,
     ChrootArchiveError,
     DestinationError,
-    MalformedArchiveError,
     SourceError,
-    from_os_error,
 )
 from chrootarchive.operations import compression, destination
+from chrootarchive.operations.source import Source, check_source, name_archive, open_source
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, given, unpack_spec
 from chrootarchive.runner import ladder
-from chrootarchive.runner.launch import InterruptsHeld
 
 _HELPER_MIN_INPUT = 4 << 20  # bytes of plain tar from which the worker may fork a helper
 _HELPER_MIN_COMPRESSED = 1 << 20  # the same, compressed
@@ -51,19 +45,9 @@ __all__ = [
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Protocol
+    from typing import Any, BinaryIO
 
     from chrootarchive.runner.stack import Stack
-
-    class Readable(Protocol):
-        """What a source may be besides a path or bytes: any object with ``read``
-        (a file, a socket's ``makefile``, a raw stream that returns None when empty)."""
-
-        def read(self, size: int = ..., /) -> bytes | None: ...
-
-    Source = str | os.PathLike[str] | Readable | bytes | bytearray | memoryview
-else:  # no typing at run time (the command line's start): io.IOBase for BinaryIO
-    Source = str | os.PathLike[str] | io.IOBase | bytes | bytearray | memoryview
 Progress = Callable[[int], None]
 
 
@@ -346,30 +330,6 @@ def _unpack(
         raise
 
 
-def name_archive(err: ChrootArchiveError, source: Source) -> None:
-    """An archive that is malformed as a whole ("not a tar archive", "corrupt gzip
-    data": no entry to name) is named by its path, as a layer of several is.
-
-    ``bytes`` are the archive itself, where ``tarfile.open`` takes them as a path: bytes
-    that are no tar archive but name a file say so."""
-    if not isinstance(err, MalformedArchiveError) or err.entry is not None:
-        return
-    if isinstance(source, (str, os.PathLike)) and os.fspath(source) != "-":
-        err.entry = os.fspath(source)
-    elif isinstance(source, bytes) and err.message.startswith(NOT_A_TAR) and _names_a_file(source):
-        err.message += ("; the bytes given are the archive itself, and these name a file: "
-                        "give a path as a str (os.fsdecode(path))")
-
-
-def _names_a_file(data: bytes) -> bool:
-    if not data or len(data) > 4096 or b"\0" in data:
-        return False
-    try:
-        return os.path.isfile(data)
-    except (OSError, ValueError):
-        return False
-
-
 def _name_destination(run: Callable[[], UnpackResult], dest: str) -> UnpackResult:
     """A destination error that names no entry is about the destination: say which."""
     try:
@@ -521,64 +481,6 @@ def unpack_stream(
                            on_entry=on_entry)
     finally:
         _fdio.close(root_fd)
-
-
-def check_source(source: object) -> None:
-    """A source of the wrong kind is the caller's ``TypeError``, before anything is
-    created: it was an ``AttributeError`` or a ``UnicodeDecodeError`` from deep in the
-    pipeline (a ``tarfile.TarFile``, a file opened in text mode), after ``dest`` was
-    made."""
-    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return
-    kind = f"{type(source).__module__}.{type(source).__qualname__}".removeprefix("builtins.")
-    if isinstance(source, io.TextIOBase):
-        raise TypeError(f"source must be a binary file, not a text one ({kind}): open it "
-                        "with 'rb' (standard input: sys.stdin.buffer, or '-')")
-    if not callable(getattr(source, "read", None)):
-        if kind.startswith("tarfile."):  # an open TarFile: a tarfile user's first try
-            raise TypeError("source must be what tarfile.open() was given (a path, bytes or "
-                            f"a binary file object), not a {kind}: the archive is read by "
-                            "chrootarchive's own reader")
-        raise TypeError("source must be a path, '-', bytes or a binary file object (with "
-                        f"read()), not {kind}")
-
-
-@contextlib.contextmanager
-def open_source(source: Source) -> Iterator[BinaryIO]:
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path == "-":
-            yield sys.stdin.buffer
-            return
-        # Held until the file object owns the descriptor: a KeyboardInterrupt as the
-        # open returned left it open.
-        f: BinaryIO | None = None
-        try:
-            with InterruptsHeld():
-                try:
-                    fd, st = _fdio.open_input(path)
-                except OSError as err:
-                    raise from_os_error(
-                        err, path, kind=SourceError, action="cannot open the archive") from err
-                f = open(fd, "rb") if fd >= 0 else None  # noqa: SIM115 - closed below
-        except BaseException:
-            if f is not None:
-                f.close()  # the interrupt held back came once it was open
-            raise
-        if f is None and stat.S_ISDIR(st.st_mode):
-            raise SourceError("cannot open the archive: Is a directory", path, errno.EISDIR)
-        if f is None:
-            raise SourceError(f"{_fdio.describe(st)}: not opened (a device, named FIFO or "
-                              "socket never is); give its data on standard input ('-')", path)
-        with f:
-            yield f
-        return
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        yield io.BytesIO(source)
-        return
-    # Any object with read(): the pipeline asks no more of it (typing has no cast here).
-    readable: BinaryIO = source  # type: ignore[assignment]
-    yield readable
 
 
 def _helper_pays(raw: BinaryIO, direct_fd: int | None) -> bool:
