@@ -337,10 +337,31 @@ def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: s
     assert ours <= _AT_SPAWN, sorted(ours - _AT_SPAWN)
 
 
+def test_tar_spawns_its_pack_worker_first_and_uses_it(tmp_path: Path) -> None:
+    """``tar -o OUT SRC`` starts its pack worker before its imports and hands it the
+    job (no other worker is spawned); and writes OUT beside itself without ``tempfile``
+    (with ``shutil`` and ``random``), nor ``typing``, nor ``subprocess``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.txt").write_bytes(b"hello\n")
+    out = tmp_path / "out.tar"
+    loaded, at_spawn = _cli_imports(tmp_path, "tar", "-o", str(out), str(src))
+    with tarfile.open(out) as t:
+        assert "hello.txt" in t.getnames()  # the check looked at a real tar
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    assert at_spawn is not None, "no worker was started early"
+    assert {m for m in at_spawn if m.startswith("chrootarchive")} <= _AT_SPAWN
+    assert (tmp_path / "modules.later").read_text() == "0", "another worker was spawned"
+    heavy = {"tempfile", "shutil", "random", "typing", "subprocess", "dataclasses",
+             "inspect"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+
+
 @pytest.mark.parametrize("argv", [
     ["untar", "--help", "a.tar", "d"], ["untar", "-h"], ["untar", "--confine", "openat2", "a"],
     ["untar", "--confine=openat2", "a", "d"], ["apply-layer", "--conf", "openat2", "a", "d"],
-    ["list", "a.tar"], ["tar", "src"], ["pull", "debian:12", "d"],
+    ["list", "a.tar"], ["tar", "--help"], ["tar", "--confine", "openat2", "src"],
+    ["cp", "a", "b"], ["pull", "debian:12", "d"],
     ["unpack-image", "--confine", "openat2", "i", "d"],
     ["--version"], [],
     ["--", "untar", "a", "d"],
@@ -351,13 +372,14 @@ def test_no_early_worker_where_none_would_run(argv: list[str]) -> None:
     assert not cli._wants_early_worker(argv)
 
 
-def test_early_worker_wanted_for_an_unpack() -> None:
+def test_early_worker_wanted_for_an_unpack_or_a_pack() -> None:
     from chrootarchive import cli
 
-    assert cli._wants_early_worker(["untar", "a.tar", "d"])
-    assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"])
-    assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"])  # a file named so
-    assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"])
+    assert cli._wants_early_worker(["untar", "a.tar", "d"]) == "unpack"
+    assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"]) == "unpack"
+    assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"]) == "unpack"  # a file
+    assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"]) == "unpack"
+    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) == "pack"
 
 
 def test_an_image_unpack_uses_the_worker_it_started_first(tmp_path: Path) -> None:

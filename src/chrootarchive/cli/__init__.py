@@ -46,8 +46,10 @@ def was_terminated() -> bool:
     same signal killed, say) is reported as the termination it follows."""
     return _terminated_by_signal
 
-#: The commands whose single job is an unpack: their worker is started first thing.
-_UNPACK_COMMANDS = ("untar", "apply-layer", "unpack-image")
+#: The commands that run one kind of job in a worker, and that job: their worker is
+#: started first thing.
+_EARLY_JOBS = {"untar": "unpack", "apply-layer": "unpack", "unpack-image": "unpack",
+               "tar": "pack"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,46 +77,47 @@ def _rebind() -> None:
     globals().update(_OWN)
 
 
-def _wants_early_worker(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` runs an unpack in a worker: its first word an unpack command,
-    no ``--help``, no ``--confine openat2`` (in-process), standbys not turned off.
+def _wants_early_worker(argv: Sequence[str]) -> str | None:
+    """The job that ``argv`` runs in a worker (``unpack``, ``pack``), or None: its first
+    word a command of :data:`_EARLY_JOBS`, no ``--help``, no ``--confine openat2``
+    (in-process), standbys not turned off.
 
     A guess made before parsing: a wrong one costs a worker that is killed unused.
     """
-    if not argv or argv[0] not in _UNPACK_COMMANDS:
-        return False
-    if os.environ.get("CHROOTARCHIVE_STANDBY", "1") == "0":
-        return False
+    job = _EARLY_JOBS.get(argv[0]) if argv else None
+    if job is None or os.environ.get("CHROOTARCHIVE_STANDBY", "1") == "0":
+        return None
     words = list(argv)
     for i, word in enumerate(words):
         if word == "--":
             break
         if word in ("-h", "--help"):
-            return False
+            return None
         option, eq, value = word.partition("=")
         if len(option) > 4 and "--confine".startswith(option):
             if not eq:
                 value = words[i + 1] if i + 1 < len(words) else ""
             if value == "openat2":
-                return False
-    return True
+                return None
+    return job
 
 
 def _start_worker_early(argv: Sequence[str]) -> bool:
-    """Start the worker of an unpack now, before this process imports what the command
-    needs; it waits for its job as this thread's standby (docs/security.md), and the
-    call uses it only if nothing it inherited has changed since."""
-    if not _wants_early_worker(argv):
+    """Start the worker of the command's job now, before this process imports what the
+    command needs; it waits for its job as this thread's standby (docs/security.md),
+    and the call uses it only if nothing it inherited has changed since."""
+    job = _wants_early_worker(argv)
+    if job is None:
         return False
     from chrootarchive.runner import launch
 
     context = launch.context()
-    started = launch.spawn_early("unpack")
+    started = launch.spawn_early(job)
     if started is None:
         return False
     from chrootarchive.runner import spawn, standby
 
-    standby.adopt("unpack", context, spawn.Booted.adopt(*started))
+    standby.adopt(job, context, spawn.Booted.adopt(*started))
     return True
 
 

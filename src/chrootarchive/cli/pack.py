@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -282,9 +283,7 @@ def _output(path: str) -> Iterator[tuple[tuple[int, ...], str | None]]:
         return
     directory, name = os.path.split(os.path.abspath(path))
     try:
-        import tempfile
-
-        fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=directory)
+        fd, partial = _create_beside(directory, name)
     except OSError as err:
         reason = (err.strerror or str(err)).lower()
         raise DestinationError(f"cannot create the archive: {reason}", path) from err
@@ -311,6 +310,20 @@ def _output(path: str) -> Iterator[tuple[tuple[int, ...], str | None]]:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
+
+
+def _create_beside(directory: str, name: str) -> tuple[int, str]:
+    """A new file ``.NAME.RANDOM.partial`` in ``directory``, as ``tempfile.mkstemp``
+    makes one (mode 0600, ``O_EXCL``, ``O_NOFOLLOW``, another name if it exists);
+    without ``tempfile``, whose ``shutil`` and ``random`` were 6 ms of ``tar``'s start."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        partial = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.partial")
+        try:
+            return os.open(partial, flags, 0o600), partial
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused name for the partial archive", directory)
 
 
 def run_cp(args: argparse.Namespace) -> int:

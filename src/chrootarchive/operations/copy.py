@@ -19,7 +19,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO, NoReturn, Protocol, cast
 
 from chrootarchive import _linux
 from chrootarchive._record import replace
@@ -46,6 +45,15 @@ from chrootarchive.options import (
 )
 from chrootarchive.runner import ladder
 from chrootarchive.runner.worker import Running
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Protocol, cast
+else:  # no typing at run time (the command line's start: tar, cp): stand-ins
+    Protocol = object
+
+    def cast(_type: object, value: object) -> object:
+        return value
 
 __all__ = [
     "TarStream",
@@ -371,11 +379,10 @@ def _pipe(
         if pack_options.chown is None:  # not read: nor counted, where a namespace hides them
             pack_options = replace(pack_options, chown=(os.geteuid(), os.getegid()))
     with tar(src, src_root, pack_options, progress=progress) as stream:
-        source = cast(BinaryIO, stream)
         if dst_root is None:
-            result = api.untar_uncompressed(source, dst, options)
+            result = api.untar_uncompressed(stream, dst, options)
         else:
-            result = api.untar_with_root(source, dst, dst_root, options)
+            result = api.untar_with_root(stream, dst, dst_root, options)
         packed = stream.result
     if packed is not None and packed.warnings:
         result = replace(result, warnings=packed.warnings + result.warnings)
