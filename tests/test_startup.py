@@ -526,10 +526,11 @@ def _workers_started_by(pid: int) -> list[int]:
 @pytest.mark.parametrize("args", [
     ["untar", "{archive}", "{dest}", "--max-bytes", "lots"],  # refused by argparse
     ["untar", "{missing}", "{dest}"],  # refused by the operation
+    ["tar", "-o", "{dest}.tar", "{missing}"],  # the pack worker, for a missing source
 ])
 def test_a_failed_command_leaves_no_early_worker(tmp_path: Path, args: list[str]) -> None:
-    """The worker started for an unpack that never runs is killed before the command
-    line exits, not left to find out by itself."""
+    """The worker started for a job that never runs is killed before the command line
+    exits, not left to find out by itself."""
     archive = _one_file_archive(tmp_path)
     argv = [a.format(archive=archive, dest=tmp_path / "dest", missing=tmp_path / "no.tar")
             for a in args]
