@@ -357,11 +357,40 @@ def test_tar_spawns_its_pack_worker_first_and_uses_it(tmp_path: Path) -> None:
     assert not heavy & loaded, sorted(heavy & loaded)
 
 
+@pytest.mark.parametrize(("how", "later"), [("file", 1), ("to stdout", 0), ("from stdin", 0)])
+def test_cp_uses_the_worker_it_started_first(tmp_path: Path, how: str, later: int) -> None:
+    """``cp`` starts its first job's worker before its imports and uses it: for
+    ``cp SRC DST`` the pack's (its unpack's is spawned as it comes: one more), for
+    ``cp SRC -`` the pack's, for ``cp - DST`` the unpack's."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.txt").write_bytes(b"hello\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    args = {"file": [str(src / "hello.txt"), str(dest)],
+            "to stdout": [str(src / "hello.txt"), "-"],
+            "from stdin": ["-", str(dest)]}[how]
+    stdin = _one_file_archive(tmp_path) if how == "from stdin" else None
+    out = tmp_path / "modules"
+    env = {k: v for k, v in os.environ.items() if k != "CHROOTARCHIVE_STANDBY"}
+    with open(stdin or os.devnull, "rb") as given:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CLI_IMPORTS, SRC, str(out),
+                               "cp", *args], stdin=given, capture_output=True, check=False,
+                              env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if how == "to stdout":
+        assert tarfile.open(fileobj=io.BytesIO(done.stdout)).getnames() == ["hello.txt"]
+    else:
+        assert (dest / "hello.txt").read_bytes() == b"hello\n"
+    assert Path(f"{out}.spawn").exists(), "no worker was started early"
+    assert Path(f"{out}.later").read_text() == str(later), "the early worker went unused"
+
+
 @pytest.mark.parametrize("argv", [
     ["untar", "--help", "a.tar", "d"], ["untar", "-h"], ["untar", "--confine", "openat2", "a"],
     ["untar", "--confine=openat2", "a", "d"], ["apply-layer", "--conf", "openat2", "a", "d"],
     ["list", "a.tar"], ["tar", "--help"], ["tar", "--confine", "openat2", "src"],
-    ["cp", "a", "b"], ["pull", "debian:12", "d"],
+    ["cp", "--help"], ["pull", "debian:12", "d"],
     ["unpack-image", "--confine", "openat2", "i", "d"],
     ["--version"], [],
     ["--", "untar", "a", "d"],
@@ -380,6 +409,9 @@ def test_early_worker_wanted_for_an_unpack_or_a_pack() -> None:
     assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"]) == "unpack"  # a file
     assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"]) == "unpack"
     assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) == "pack"
+    assert cli._wants_early_worker(["cp", "src", "dst"]) == "pack"  # its first worker
+    assert cli._wants_early_worker(["cp", "src", "-"]) == "pack"
+    assert cli._wants_early_worker(["cp", "-", "dst"]) == "unpack"
 
 
 def test_an_image_unpack_uses_the_worker_it_started_first(tmp_path: Path) -> None:

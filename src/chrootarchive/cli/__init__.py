@@ -46,10 +46,11 @@ def was_terminated() -> bool:
     same signal killed, say) is reported as the termination it follows."""
     return _terminated_by_signal
 
-#: The commands that run one kind of job in a worker, and that job: their worker is
-#: started first thing.
+#: The commands that run their job in a worker, and that job: its worker is started
+#: first thing. ``cp`` runs a pack, then an unpack into DST (``cp - DST``: the unpack
+#: alone): its first (:func:`_wants_early_worker`).
 _EARLY_JOBS = {"untar": "unpack", "apply-layer": "unpack", "unpack-image": "unpack",
-               "tar": "pack"}
+               "tar": "pack", "cp": "pack"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +86,8 @@ def _wants_early_worker(argv: Sequence[str]) -> str | None:
     A guess made before parsing: a wrong one costs a worker that is killed unused.
     """
     job = _EARLY_JOBS.get(argv[0]) if argv else None
+    if job == "pack" and argv[0] == "cp" and "-" in argv[1:-1]:
+        job = "unpack"  # cp - DST: SRC is standard input (cp SRC - packs only)
     if job is None or os.environ.get("CHROOTARCHIVE_STANDBY", "1") == "0":
         return None
     words = list(argv)
@@ -118,6 +121,7 @@ def _start_worker_early(argv: Sequence[str]) -> bool:
     from chrootarchive.runner import spawn, standby
 
     standby.adopt(job, context, spawn.Booted.adopt(*started))
+    standby.none_ahead()  # the command's jobs are these: none will come after them
     return True
 
 

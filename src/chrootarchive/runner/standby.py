@@ -36,7 +36,7 @@ else:
     Protocol = object  # no typing at run time (start-up): a plain class stands in
 
 __all__ = [
-    "Booted", "adopt", "descriptors", "drop_own", "enabled", "replenish", "running",
+    "Booted", "adopt", "descriptors", "drop_own", "enabled", "none_ahead", "replenish", "running",
     "set_standby", "stop_all", "take",
 ]
 
@@ -62,6 +62,7 @@ class _Registry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.enabled = os.environ.get("CHROOTARCHIVE_STANDBY", "1") != "0"
+        self.ahead = True  # replenish() may boot one (none_ahead())
         # native thread id -> (context when spawned, job, worker)
         self.standbys: dict[int, tuple[tuple[object, ...], str, Booted]] = {}
 
@@ -81,6 +82,16 @@ def set_standby(enabled: bool) -> None:
         _registry.enabled = enabled
     if not enabled:
         stop_all()
+
+
+def none_ahead() -> None:
+    """Boot no worker ahead of a thread's next call (:func:`replenish`) from now on:
+    for a command line, which runs the jobs its arguments name and exits (``cp``
+    makes two calls, and a third worker, booted for a call that never came, took a
+    core from the second and was killed at exit). Its early worker (:func:`adopt`)
+    is kept and used."""
+    with _registry.lock:
+        _registry.ahead = False
 
 
 def running() -> list[int]:
@@ -170,7 +181,7 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
         return
     tid = threading.get_native_id()
     with _registry.lock:
-        if not _registry.enabled or tid in _registry.standbys:
+        if not (_registry.enabled and _registry.ahead) or tid in _registry.standbys:
             return
     context = _context()
     # Spawned and registered with interrupts held: a KeyboardInterrupt between the two
