@@ -338,9 +338,10 @@ def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: s
 
 
 def test_tar_spawns_its_pack_worker_first_and_uses_it(tmp_path: Path) -> None:
-    """``tar -o OUT SRC`` starts its pack worker before its imports and hands it the
-    job (no other worker is spawned); and writes OUT beside itself without ``tempfile``
-    (with ``shutil`` and ``random``), nor ``typing``, nor ``subprocess``."""
+    """``tar -o OUT SRC`` starts its pack worker before its imports (no other worker is
+    spawned; the job goes to it: ``test_tar_and_cp_hand_their_first_job_to_the_early_worker``)
+    and writes OUT beside itself without ``tempfile`` (with ``shutil`` and ``random``),
+    nor ``typing``, nor ``subprocess``."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_bytes(b"hello\n")
@@ -349,41 +350,75 @@ def test_tar_spawns_its_pack_worker_first_and_uses_it(tmp_path: Path) -> None:
     with tarfile.open(out) as t:
         assert "hello.txt" in t.getnames()  # the check looked at a real tar
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
-    assert at_spawn is not None, "no worker was started early"
-    assert {m for m in at_spawn if m.startswith("chrootarchive")} <= _AT_SPAWN
-    assert (tmp_path / "modules.later").read_text() == "0", "another worker was spawned"
+    if os.geteuid() == 0:  # else the tree is read in-process (openat2): no worker
+        assert at_spawn is not None, "no worker was started early"
+        assert {m for m in at_spawn if m.startswith("chrootarchive")} <= _AT_SPAWN
+        assert (tmp_path / "modules.later").read_text() == "0", "another worker was spawned"
     heavy = {"tempfile", "shutil", "random", "typing", "subprocess", "dataclasses",
              "inspect"}
     assert not heavy & loaded, sorted(heavy & loaded)
 
 
-@pytest.mark.parametrize(("how", "later"), [("file", 1), ("to stdout", 0), ("from stdin", 0)])
-def test_cp_uses_the_worker_it_started_first(tmp_path: Path, how: str, later: int) -> None:
-    """``cp`` starts its first job's worker before its imports and uses it: for
-    ``cp SRC DST`` the pack's (its unpack's is spawned as it comes: one more), for
-    ``cp SRC -`` the pack's, for ``cp - DST`` the unpack's."""
+# Starts the early worker of ARGV as entry_point does, runs the command, and prints
+# the pid of that worker and of each worker given a job (the real hand-over, observed).
+_EARLY_USED = "import sys\n" + COUNT_SPAWNED_WORKERS + """
+import json, threading
+sys.path.insert(0, sys.argv[1])
+argv = sys.argv[2:]
+from chrootarchive import cli
+from chrootarchive.runner import spawn, standby
+handed = []
+real_hand_over = spawn.Booted.hand_over
+def hand_over(self, document, fds):
+    handed.append(self.pid())
+    return real_hand_over(self, document, fds)
+spawn.Booted.hand_over = hand_over
+assert cli._start_worker_early(argv), "no early worker"
+early = standby._registry.standbys[threading.get_native_id()][2].pid()
+code = cli.main(argv)
+sys.stdout.flush()
+sys.stderr.write(json.dumps({"code": code, "early": early, "handed": handed,
+                             "later": len(started)}))
+"""
+
+
+@pytest.mark.parametrize(("how", "workers"), [("tar", 1), ("cp file", 2), ("cp to stdout", 1),
+                                              ("cp from stdin", 1)])
+def test_tar_and_cp_hand_their_first_job_to_the_early_worker(
+        tmp_path: Path, how: str, workers: int) -> None:
+    """``tar`` and ``cp`` start their first job's worker before their imports, and that
+    job runs in it: ``tar``'s pack, ``cp SRC DST``'s pack (then its unpack in a second
+    worker, and no third booted ahead: ``standby.none_ahead``), ``cp SRC -``'s pack,
+    ``cp - DST``'s unpack. Reading a tree runs in a worker by default for root only
+    (``test_early_worker_wanted_for_an_unpack_or_a_pack``)."""
+    if os.geteuid() != 0:
+        pytest.skip("as root: a tree is read in-process (openat2) by default otherwise")
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_bytes(b"hello\n")
     dest = tmp_path / "dest"
     dest.mkdir()
-    args = {"file": [str(src / "hello.txt"), str(dest)],
-            "to stdout": [str(src / "hello.txt"), "-"],
-            "from stdin": ["-", str(dest)]}[how]
-    stdin = _one_file_archive(tmp_path) if how == "from stdin" else None
-    out = tmp_path / "modules"
+    args = {"tar": ["tar", "-o", str(tmp_path / "out.tar"), str(src)],
+            "cp file": ["cp", str(src / "hello.txt"), str(dest)],
+            "cp to stdout": ["cp", str(src / "hello.txt"), "-"],
+            "cp from stdin": ["cp", "-", str(dest)]}[how]
+    stdin = _one_file_archive(tmp_path) if how == "cp from stdin" else None
     env = {k: v for k, v in os.environ.items() if k != "CHROOTARCHIVE_STANDBY"}
     with open(stdin or os.devnull, "rb") as given:
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CLI_IMPORTS, SRC, str(out),
-                               "cp", *args], stdin=given, capture_output=True, check=False,
-                              env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
-    if how == "to stdout":
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _EARLY_USED, SRC, *args],
+                              stdin=given, capture_output=True, check=False, env=env,
+                              timeout=60)
+    seen = json.loads(done.stderr.decode().splitlines()[-1])
+    assert seen["code"] == 0, done.stderr
+    assert seen["handed"][:1] == [seen["early"]], "the first job did not go to the early worker"
+    assert len(seen["handed"]) == workers, seen
+    assert seen["later"] == workers - 1, "a worker was booted that no job was handed to"
+    if how == "tar":
+        assert tarfile.open(tmp_path / "out.tar").getnames() == ["hello.txt"]
+    elif how == "cp to stdout":
         assert tarfile.open(fileobj=io.BytesIO(done.stdout)).getnames() == ["hello.txt"]
     else:
         assert (dest / "hello.txt").read_bytes() == b"hello\n"
-    assert Path(f"{out}.spawn").exists(), "no worker was started early"
-    assert Path(f"{out}.later").read_text() == str(later), "the early worker went unused"
 
 
 @pytest.mark.parametrize("argv", [
@@ -408,10 +443,28 @@ def test_early_worker_wanted_for_an_unpack_or_a_pack() -> None:
     assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"]) == "unpack"
     assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"]) == "unpack"  # a file
     assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"]) == "unpack"
-    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) == "pack"
-    assert cli._wants_early_worker(["cp", "src", "dst"]) == "pack"  # its first worker
-    assert cli._wants_early_worker(["cp", "src", "-"]) == "pack"
-    assert cli._wants_early_worker(["cp", "-", "dst"]) == "unpack"
+    assert cli._wants_early_worker(["cp", "-", "dst"]) == "unpack"  # cp's only job
+    assert cli._wants_early_worker(["cp", "--chown", "1:1", "-", "dst"]) == "unpack"
+    root = os.geteuid() == 0
+    # cp's first job, its pack: in a worker by default for root only (AUTO_READ);
+    # otherwise its unpack's worker is the one to start (tar's pack has none).
+    assert cli._wants_early_worker(["cp", "src", "dst"]) == ("pack" if root else "unpack")
+    assert cli._wants_early_worker(["cp", "src", "-", "--json"]) == ("pack" if root else None)
+    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) == ("pack" if root else None)
+
+
+def test_early_worker_guessed_for_a_user_who_is_not_root(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root, ``auto`` reads a tree in-process (openat2): no early pack worker, but
+    for a mechanism that is a worker."""
+    from chrootarchive import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) is None
+    assert cli._wants_early_worker(["tar", "--confine", "userns", "src"]) == "pack"
+    assert cli._wants_early_worker(["cp", "src", "dst"]) == "unpack"
+    assert cli._wants_early_worker(["cp", "src", "-"]) is None  # a pack alone
+    assert cli._wants_early_worker(["untar", "a.tar", "d"]) == "unpack"
 
 
 def test_an_image_unpack_uses_the_worker_it_started_first(tmp_path: Path) -> None:

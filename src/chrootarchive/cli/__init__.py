@@ -79,29 +79,37 @@ def _rebind() -> None:
 
 
 def _wants_early_worker(argv: Sequence[str]) -> str | None:
-    """The job that ``argv`` runs in a worker (``unpack``, ``pack``), or None: its first
-    word a command of :data:`_EARLY_JOBS`, no ``--help``, no ``--confine openat2``
-    (in-process), standbys not turned off.
+    """The job that ``argv`` runs first in a worker (``unpack``, ``pack``), or None: its
+    first word a command of :data:`_EARLY_JOBS`, no ``--help``, no ``--confine
+    openat2`` (in-process), standbys not turned off. Reading a tree (``tar``, ``cp``'s
+    pack) runs in a worker by default only for root (``auto`` reads in-process with
+    openat2 otherwise: ``cli.args.AUTO_READ``); ``cp - DST`` runs only its unpack.
 
     A guess made before parsing: a wrong one costs a worker that is killed unused.
     """
     job = _EARLY_JOBS.get(argv[0]) if argv else None
-    if job == "pack" and argv[0] == "cp" and "-" in argv[1:-1]:
-        job = "unpack"  # cp - DST: SRC is standard input (cp SRC - packs only)
     if job is None or os.environ.get("CHROOTARCHIVE_STANDBY", "1") == "0":
         return None
     words = list(argv)
-    for i, word in enumerate(words):
+    confine = "auto"
+    operands = []  # the words that are not options (or a value of one, as it comes)
+    for i, word in enumerate(words[1:], 1):
         if word == "--":
+            operands += words[i + 1:]
             break
         if word in ("-h", "--help"):
             return None
         option, eq, value = word.partition("=")
         if len(option) > 4 and "--confine".startswith(option):
-            if not eq:
-                value = words[i + 1] if i + 1 < len(words) else ""
-            if value == "openat2":
-                return None
+            confine = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+        if word == "-" or not word.startswith("-"):
+            operands.append(word)
+    if confine == "openat2":
+        return None
+    if argv[0] == "cp" and "-" in operands[:-1]:
+        return "unpack"  # cp - DST: its source is standard input (cp SRC - packs only)
+    if job == "pack" and confine == "auto" and os.geteuid() != 0:
+        return "unpack" if argv[0] == "cp" and operands[-1:] != ["-"] else None
     return job
 
 
@@ -116,12 +124,12 @@ def _start_worker_early(argv: Sequence[str]) -> bool:
 
     context = launch.context()
     started = launch.spawn_early(job)
-    if started is None:
-        return False
     from chrootarchive.runner import spawn, standby
 
+    standby.none_ahead()  # the command's jobs are its arguments': none comes after them
+    if started is None:
+        return False
     standby.adopt(job, context, spawn.Booted.adopt(*started))
-    standby.none_ahead()  # the command's jobs are these: none will come after them
     return True
 
 

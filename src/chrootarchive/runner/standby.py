@@ -238,7 +238,7 @@ def _after_fork_in_child() -> None:
     global _registry
     old = _registry
     _registry = _Registry()
-    _registry.enabled = old.enabled
+    _registry.enabled, _registry.ahead = old.enabled, old.ahead
     for _context_then, _job, booted in old.standbys.values():
         booted.forget()
         _inherited.append(booted)
