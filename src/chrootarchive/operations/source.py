@@ -65,6 +65,8 @@ def check_source(source: object) -> None:
 
 @contextlib.contextmanager
 def open_source(source: Source) -> Iterator[BinaryIO]:
+    """``source`` as a binary file for the ``with``: a path opened (and closed after;
+    ``-`` is standard input), bytes wrapped, a file object as it is."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path == "-":
