@@ -466,7 +466,7 @@ def test_an_interrupt_as_a_call_sets_up_leaves_nothing(tmp_path: Path) -> None:
     seen = run(tmp_path, """
 import signal, types
 from chrootarchive import _fdio
-from chrootarchive.operations import listing, untar as untar_module
+from chrootarchive.operations import listing, source as source_module
 from chrootarchive.runner import pump
 archive = os.path.join(top, "a.tar")
 data = open(archive, "rb").read()
@@ -486,9 +486,9 @@ def shim(**hooks):
 chrootarchive.untar(archive, os.path.join(top, "warm"), on_entry=lambda name: None)
 base = sorted(os.listdir("/proc/self/fd"))
 seen = {}
-untar_module._fdio = shim(open_input=interrupt_after(_fdio.open_input))
+source_module._fdio = shim(open_input=interrupt_after(_fdio.open_input))
 seen["open"] = outcome_of(lambda: chrootarchive.untar(archive, os.path.join(top, "d1")))
-untar_module._fdio = _fdio
+source_module._fdio = _fdio
 real_list_names = pump.list_names
 pump.list_names = interrupt_before(real_list_names)
 seen["lister"] = outcome_of(lambda: chrootarchive.untar(
