@@ -60,16 +60,23 @@ PARENT_PACKAGES = ("chrootarchive.cli", "chrootarchive.image", "chrootarchive.op
                    "chrootarchive.runner")
 
 
-def test_unpack_worker_imports_nothing_heavy() -> None:
+def _lean_worker_imports(job: str) -> set[str]:
+    """The modules a worker for ``job`` loads as it boots, checked to hold nothing of
+    :data:`HEAVY` and no parent code."""
     out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _WORKER_IMPORTS, SRC, "unpack"],
+        [sys.executable, "-I", "-S", "-c", _WORKER_IMPORTS, SRC, job],
         capture_output=True, text=True, check=True,
     )
     loaded = set(out.stdout.split())
-    assert "chrootarchive.engine.unpacker" in loaded  # the check looked at a real worker's imports
-    assert not HEAVY & loaded, f"the worker now imports {sorted(HEAVY & loaded)}"
+    assert not HEAVY & loaded, f"the {job} worker now imports {sorted(HEAVY & loaded)}"
     parent = sorted(m for m in loaded if m.startswith(PARENT_PACKAGES))
-    assert not parent, f"the worker now imports parent code: {parent}"
+    assert not parent, f"the {job} worker now imports parent code: {parent}"
+    return loaded
+
+
+def test_unpack_worker_imports_nothing_heavy() -> None:
+    loaded = _lean_worker_imports("unpack")
+    assert "chrootarchive.engine.unpacker" in loaded  # the check looked at a real worker's imports
     # Every mechanism it may enter is loaded before the jail (imports are refused there).
     mechanisms = {f"chrootarchive.jail.confine.{name}"
                   for name in ("pivot", "chroot", "userns", "mounts")}
@@ -83,15 +90,7 @@ def test_unpack_worker_imports_nothing_heavy() -> None:
 def test_pack_worker_imports_nothing_heavy() -> None:
     """The pack job's worker boots as lean as the unpack job's: its descriptor limit
     through ``_linux.prlimit``, not ``resource`` (and ``contextlib``)."""
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _WORKER_IMPORTS, SRC, "pack"],
-        capture_output=True, text=True, check=True,
-    )
-    loaded = set(out.stdout.split())
-    assert "chrootarchive.engine.packer" in loaded  # a real pack worker's imports
-    assert not HEAVY & loaded, f"the pack worker now imports {sorted(HEAVY & loaded)}"
-    parent = sorted(m for m in loaded if m.startswith(PARENT_PACKAGES))
-    assert not parent, f"the pack worker now imports parent code: {parent}"
+    assert "chrootarchive.engine.packer" in _lean_worker_imports("pack")  # a real pack worker
 
 
 def test_a_one_file_untar_works_from_a_lean_worker(tmp_path: Path) -> None:
@@ -337,7 +336,7 @@ def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: s
     assert ours <= _AT_SPAWN, sorted(ours - _AT_SPAWN)
 
 
-def test_tar_spawns_its_pack_worker_first_and_uses_it(tmp_path: Path) -> None:
+def test_tar_spawns_its_pack_worker_before_importing(tmp_path: Path) -> None:
     """``tar -o OUT SRC`` starts its pack worker before its imports (no other worker is
     spawned; the job goes to it: ``test_tar_and_cp_hand_their_first_job_to_the_early_worker``)
     and writes OUT beside itself without ``tempfile`` (with ``shutil`` and ``random``),
@@ -414,9 +413,11 @@ def test_tar_and_cp_hand_their_first_job_to_the_early_worker(
     assert len(seen["handed"]) == workers, seen
     assert seen["later"] == workers - 1, "a worker was booted that no job was handed to"
     if how == "tar":
-        assert tarfile.open(tmp_path / "out.tar").getnames() == ["hello.txt"]
+        with tarfile.open(tmp_path / "out.tar") as t:
+            assert t.getnames() == ["hello.txt"]
     elif how == "cp to stdout":
-        assert tarfile.open(fileobj=io.BytesIO(done.stdout)).getnames() == ["hello.txt"]
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as t:
+            assert t.getnames() == ["hello.txt"]
     else:
         assert (dest / "hello.txt").read_bytes() == b"hello\n"
 
