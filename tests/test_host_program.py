@@ -67,6 +67,33 @@ def interrupt_when_workers_end(started, settle):
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     threading.Thread(target=interrupter, daemon=True).start()
+
+
+def hold_worker_once_it_read(path, until):
+    # SIGSTOP the call's worker once it has read some of path (the offset that a
+    # progress poller watches) and until `until` is set: the poller then reports while
+    # the worker runs, however fast the machine unpacks
+    import signal
+
+    def holder():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for pid in children_of_ours():
+                try:
+                    fds = [fd for fd in os.listdir(f"/proc/{pid}/fd")
+                           if os.readlink(f"/proc/{pid}/fd/{fd}") == path]
+                    for fd in fds:
+                        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                            if int(f.readline().split()[1]) > 0:
+                                os.kill(int(pid), signal.SIGSTOP)
+                                until.wait(30)
+                                os.kill(int(pid), signal.SIGCONT)
+                                return
+                except OSError:
+                    continue
+            time.sleep(0.0005)
+
+    threading.Thread(target=holder, daemon=True).start()
 """ + leaks.CHILDREN_OF_OURS
 
 
@@ -387,6 +414,7 @@ def slow(done):
     time.sleep(1)   # held past the worker's end
     returned.set()
 interrupt_when_workers_end(inside, 0.3)   # the caller's thread then waits for the poller
+hold_worker_once_it_read(os.path.join(top, "a.tar"), inside)
 outcome = outcome_of(lambda: chrootarchive.untar(
     os.path.join(top, "a.tar"), os.path.join(top, "dest"), progress=slow))
 print(json.dumps({"outcome": outcome, "inside": inside.is_set(),
