@@ -49,7 +49,7 @@ def unpack(where=None):
 
 
 def mine():
-    return standby._registry.standbys[threading.get_native_id()][2]
+    return standby._registry.standbys[(threading.get_native_id(), "unpack")][2]
 
 
 def state(pid):
@@ -334,3 +334,40 @@ print(json.dumps({"error": error, "children": children, "after": after,
     assert seen["old"] == "gone"
     assert len(seen["again"]) == 1
 
+
+
+def test_a_thread_keeps_one_standby_a_job(tmp_path: Path) -> None:
+    """The command line's ``cp`` keeps a pack's and an unpack's worker together: each
+    call takes its own job's, a second one for a job already kept is let go at once,
+    and a failed call lets all of the thread's go."""
+    seen = run(tmp_path, """
+from chrootarchive.runner import launch, spawn
+context = launch.context()
+for job in ("pack", "unpack"):
+    standby.adopt(job, context, spawn.Booted(job, standby=True))
+tid = threading.get_native_id()
+kept = {job: b.pid() for (t, job), (_c, _j, b) in standby._registry.standbys.items()
+        if t == tid}
+unpacker = mine()
+extra = spawn.Booted("unpack", standby=True)
+standby.adopt("unpack", context, extra)
+extra_state = wait_gone(extra.pid())
+unpack()  # takes the unpack's standby, leaves the pack's
+after_unpack = standby.running()
+bad = os.path.join(top, "bad.tar")
+with open(bad, "wb") as f:
+    f.write(b"this is not a tar archive" * 40)
+try:
+    chrootarchive.untar(bad, os.path.join(top, "bad-dest"))
+except chrootarchive.ArchiveError:
+    pass
+print(json.dumps({"kept": kept, "extra": extra_state, "used": unpacker.proc.returncode,
+                  "after_unpack": after_unpack, "after_failure": standby.running(),
+                  "pack_then": wait_gone(kept["pack"]), "children": children_of_ours()}))
+""")
+    assert set(seen["kept"]) == {"pack", "unpack"}
+    assert seen["extra"] in ("gone", "Z"), "a second standby for one job was kept"
+    assert seen["used"] == 0, "the unpack did not use its job's standby"
+    assert seen["after_unpack"] == [seen["kept"]["pack"]], "the pack's standby was not kept"
+    assert seen["after_failure"] == [] and seen["pack_then"] == "gone"
+    assert seen["children"] == []

@@ -338,7 +338,7 @@ def test_an_unpack_spawns_its_worker_before_importing(tmp_path: Path, command: s
 
 def test_tar_spawns_its_pack_worker_before_importing(tmp_path: Path) -> None:
     """``tar -o OUT SRC`` starts its pack worker before its imports (no other worker is
-    spawned; the job goes to it: ``test_tar_and_cp_hand_their_first_job_to_the_early_worker``)
+    spawned; the job goes to it: ``test_tar_and_cp_hand_their_jobs_to_the_early_workers``)
     and writes OUT beside itself without ``tempfile`` (with ``shutil`` and ``random``),
     nor ``typing``, nor ``subprocess``."""
     src = tmp_path / "src"
@@ -358,8 +358,8 @@ def test_tar_spawns_its_pack_worker_before_importing(tmp_path: Path) -> None:
     assert not heavy & loaded, sorted(heavy & loaded)
 
 
-# Starts the early worker of ARGV as entry_point does, runs the command, and prints
-# the pid of that worker and of each worker given a job (the real hand-over, observed).
+# Starts the early workers of ARGV as entry_point does, runs the command, and prints
+# their pids and those of each worker given a job (the real hand-over, observed).
 _EARLY_USED = "import sys\n" + COUNT_SPAWNED_WORKERS + """
 import json, threading
 sys.path.insert(0, sys.argv[1])
@@ -372,8 +372,9 @@ def hand_over(self, document, fds):
     handed.append(self.pid())
     return real_hand_over(self, document, fds)
 spawn.Booted.hand_over = hand_over
-assert cli._start_worker_early(argv), "no early worker"
-early = standby._registry.standbys[threading.get_native_id()][2].pid()
+assert cli._start_workers_early(argv), "no early worker"
+tid = threading.get_native_id()
+early = [entry[2].pid() for key, entry in standby._registry.standbys.items() if key[0] == tid]
 code = cli.main(argv)
 sys.stdout.flush()
 sys.stderr.write(json.dumps({"code": code, "early": early, "handed": handed,
@@ -383,13 +384,13 @@ sys.stderr.write(json.dumps({"code": code, "early": early, "handed": handed,
 
 @pytest.mark.parametrize(("how", "workers"), [("tar", 1), ("cp file", 2), ("cp to stdout", 1),
                                               ("cp from stdin", 1)])
-def test_tar_and_cp_hand_their_first_job_to_the_early_worker(
+def test_tar_and_cp_hand_their_jobs_to_the_early_workers(
         tmp_path: Path, how: str, workers: int) -> None:
-    """``tar`` and ``cp`` start their first job's worker before their imports, and that
-    job runs in it: ``tar``'s pack, ``cp SRC DST``'s pack (then its unpack in a second
-    worker, and no third booted ahead: ``standby.none_ahead``), ``cp SRC -``'s pack,
-    ``cp - DST``'s unpack. Reading a tree runs in a worker by default for root only
-    (``test_early_worker_wanted_for_an_unpack_or_a_pack``)."""
+    """``tar`` and ``cp`` start the worker of each job before their imports, and each
+    job runs in its own: ``tar``'s pack, ``cp SRC DST``'s pack then its unpack (no
+    worker is spawned later, none booted ahead: ``standby.none_ahead``), ``cp SRC -``'s
+    pack, ``cp - DST``'s unpack. Reading a tree runs in a worker by default for root
+    only (``test_early_workers_wanted_for_an_unpack_or_a_pack``)."""
     if os.geteuid() != 0:
         pytest.skip("as root: a tree is read in-process (openat2) by default otherwise")
     src = tmp_path / "src"
@@ -409,9 +410,9 @@ def test_tar_and_cp_hand_their_first_job_to_the_early_worker(
                               timeout=60)
     seen = json.loads(done.stderr.decode().splitlines()[-1])
     assert seen["code"] == 0, done.stderr
-    assert seen["handed"][:1] == [seen["early"]], "the first job did not go to the early worker"
     assert len(seen["handed"]) == workers, seen
-    assert seen["later"] == workers - 1, "a worker was booted that no job was handed to"
+    assert seen["handed"] == seen["early"], "a job did not go to its early worker"
+    assert seen["later"] == 0, "a worker was spawned after the early ones"
     if how == "tar":
         with tarfile.open(tmp_path / "out.tar") as t:
             assert t.getnames() == ["hello.txt"]
@@ -434,38 +435,39 @@ def test_tar_and_cp_hand_their_first_job_to_the_early_worker(
 def test_no_early_worker_where_none_would_run(argv: list[str]) -> None:
     from chrootarchive import cli
 
-    assert not cli._wants_early_worker(argv)
+    assert cli._early_jobs(argv) == ()
 
 
-def test_early_worker_wanted_for_an_unpack_or_a_pack() -> None:
+def test_early_workers_wanted_for_an_unpack_or_a_pack() -> None:
     from chrootarchive import cli
 
-    assert cli._wants_early_worker(["untar", "a.tar", "d"]) == "unpack"
-    assert cli._wants_early_worker(["apply-layer", "--confine", "pivot", "l.tar", "d"]) == "unpack"
-    assert cli._wants_early_worker(["untar", "a.tar", "--", "--help"]) == "unpack"  # a file
-    assert cli._wants_early_worker(["unpack-image", "--ref", "latest", "image", "d"]) == "unpack"
-    assert cli._wants_early_worker(["cp", "-", "dst"]) == "unpack"  # cp's only job
-    assert cli._wants_early_worker(["cp", "--chown", "1:1", "-", "dst"]) == "unpack"
+    assert cli._early_jobs(["untar", "a.tar", "d"]) == ("unpack",)
+    assert cli._early_jobs(["apply-layer", "--confine", "pivot", "l.tar", "d"]) == ("unpack",)
+    assert cli._early_jobs(["untar", "a.tar", "--", "--help"]) == ("unpack",)  # a file
+    assert cli._early_jobs(["unpack-image", "--ref", "latest", "image", "d"]) == ("unpack",)
+    assert cli._early_jobs(["cp", "-", "dst"]) == ("unpack",)  # cp's only job
+    assert cli._early_jobs(["cp", "--chown", "1:1", "-", "dst"]) == ("unpack",)
     root = os.geteuid() == 0
-    # cp's first job, its pack: in a worker by default for root only (AUTO_READ);
-    # otherwise its unpack's worker is the one to start (tar's pack has none).
-    assert cli._wants_early_worker(["cp", "src", "dst"]) == ("pack" if root else "unpack")
-    assert cli._wants_early_worker(["cp", "src", "-", "--json"]) == ("pack" if root else None)
-    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) == ("pack" if root else None)
+    # cp's pack and tar's: in a worker by default for root only (AUTO_READ); otherwise
+    # the tree is read in-process, and cp's unpack alone has a worker.
+    assert cli._early_jobs(["cp", "src", "dst"]) == (("pack",) if root else ()) + ("unpack",)
+    assert cli._early_jobs(["cp", "src", "-", "--json"]) == (("pack",) if root else ())
+    assert cli._early_jobs(["tar", "-o", "out.tar", "src"]) == (("pack",) if root else ())
 
 
-def test_early_worker_guessed_for_a_user_who_is_not_root(
+def test_early_workers_guessed_for_a_user_who_is_not_root(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Not root, ``auto`` reads a tree in-process (openat2): no early pack worker, but
     for a mechanism that is a worker."""
     from chrootarchive import cli
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert cli._wants_early_worker(["tar", "-o", "out.tar", "src"]) is None
-    assert cli._wants_early_worker(["tar", "--confine", "userns", "src"]) == "pack"
-    assert cli._wants_early_worker(["cp", "src", "dst"]) == "unpack"
-    assert cli._wants_early_worker(["cp", "src", "-"]) is None  # a pack alone
-    assert cli._wants_early_worker(["untar", "a.tar", "d"]) == "unpack"
+    assert cli._early_jobs(["tar", "-o", "out.tar", "src"]) == ()
+    assert cli._early_jobs(["tar", "--confine", "userns", "src"]) == ("pack",)
+    assert cli._early_jobs(["cp", "src", "dst"]) == ("unpack",)
+    assert cli._early_jobs(["cp", "--confine=userns", "src", "dst"]) == ("pack", "unpack")
+    assert cli._early_jobs(["cp", "src", "-"]) == ()  # a pack alone
+    assert cli._early_jobs(["untar", "a.tar", "d"]) == ("unpack",)
 
 
 def test_an_image_unpack_uses_the_worker_it_started_first(tmp_path: Path) -> None:
@@ -508,8 +510,8 @@ def hand_over(self, document, fds):
     handed.append(self.pid())
     return real_hand_over(self, document, fds)
 spawn.Booted.hand_over = hand_over
-assert cli._start_worker_early(["untar", archive, dest])
-booted = standby._registry.standbys[threading.get_native_id()][2]
+assert cli._start_workers_early(["untar", archive, dest])
+booted = standby._registry.standbys[(threading.get_native_id(), "unpack")][2]
 pid = booted.pid()
 fds = {}
 deadline = time.monotonic() + 20

@@ -12,7 +12,7 @@ tracebacks; ``--json`` adds the error as a JSON document on stdout.
 them.
 
 This package itself loads nothing: :func:`entry_point` (the console script) starts the
-worker of an unpack first thing, so that its interpreter starts while this one imports
+worker of each job first thing, so that its interpreter starts while this one imports
 what the command needs (docs/performance.md, issue 16).
 """
 
@@ -47,8 +47,8 @@ def was_terminated() -> bool:
     return _terminated_by_signal
 
 #: The commands that run their job in a worker, and that job: its worker is started
-#: first thing. ``cp`` runs a pack, then an unpack into DST (``cp - DST``: the unpack
-#: alone): its first (:func:`_wants_early_worker`).
+#: first thing. ``cp`` runs a pack, then an unpack into DST: both are started
+#: (:func:`_early_jobs`).
 _EARLY_JOBS = {"untar": "unpack", "apply-layer": "unpack", "unpack-image": "unpack",
                "tar": "pack", "cp": "pack"}
 
@@ -78,18 +78,19 @@ def _rebind() -> None:
     globals().update(_OWN)
 
 
-def _wants_early_worker(argv: Sequence[str]) -> str | None:
-    """The job that ``argv`` runs first in a worker (``unpack``, ``pack``), or None: its
-    first word a command of :data:`_EARLY_JOBS`, no ``--help``, no ``--confine
-    openat2`` (in-process), standbys not turned off. Reading a tree (``tar``, ``cp``'s
-    pack) runs in a worker by default only for root (``auto`` reads in-process with
-    openat2 otherwise: ``cli.args.AUTO_READ``); ``cp - DST`` runs only its unpack.
+def _early_jobs(argv: Sequence[str]) -> tuple[str, ...]:
+    """The jobs that ``argv`` runs in a worker (``unpack``, ``pack``), in their order:
+    none for a first word not in :data:`_EARLY_JOBS`, ``--help``, ``--confine openat2``
+    (in-process) or standbys turned off. Reading a tree (``tar``, ``cp``'s pack) runs in
+    a worker by default only for root (``auto`` reads in-process with openat2
+    otherwise: ``cli.args.AUTO_READ``); ``cp - DST`` runs only its unpack, ``cp SRC -``
+    only its pack.
 
     A guess made before parsing: a wrong one costs a worker that is killed unused.
     """
     job = _EARLY_JOBS.get(argv[0]) if argv else None
     if job is None or os.environ.get("CHROOTARCHIVE_STANDBY", "1") == "0":
-        return None
+        return ()
     words = list(argv)
     confine = "auto"
     operands = []  # the words that are not options (or a value of one, as it comes)
@@ -98,39 +99,46 @@ def _wants_early_worker(argv: Sequence[str]) -> str | None:
             operands += words[i + 1:]
             break
         if word in ("-h", "--help"):
-            return None
+            return ()
         option, eq, value = word.partition("=")
         if len(option) > 4 and "--confine".startswith(option):
             confine = value if eq else (words[i + 1] if i + 1 < len(words) else "")
         if word == "-" or not word.startswith("-"):
             operands.append(word)
     if confine == "openat2":
-        return None
-    if argv[0] == "cp" and "-" in operands[:-1]:
-        return "unpack"  # cp - DST: its source is standard input (cp SRC - packs only)
-    if job == "pack" and confine == "auto" and os.geteuid() != 0:
-        return "unpack" if argv[0] == "cp" and operands[-1:] != ["-"] else None
-    return job
+        return ()
+    reads_in_worker = confine != "auto" or os.geteuid() == 0
+    if argv[0] == "cp":
+        if "-" in operands[:-1]:
+            return ("unpack",)  # cp - DST: its source is standard input
+        packs = ("pack",) if reads_in_worker else ()
+        return packs if operands[-1:] == ["-"] else (*packs, "unpack")
+    return (job,) if job == "unpack" or reads_in_worker else ()
 
 
-def _start_worker_early(argv: Sequence[str]) -> bool:
-    """Start the worker of the command's job now, before this process imports what the
-    command needs; it waits for its job as this thread's standby (docs/security.md),
-    and the call uses it only if nothing it inherited has changed since."""
-    job = _wants_early_worker(argv)
-    if job is None:
+def _start_workers_early(argv: Sequence[str]) -> bool:
+    """Start the worker of each of the command's jobs now, before this process imports
+    what the command needs; each waits for its job as this thread's standby
+    (docs/security.md), and a call uses it only if nothing it inherited has changed
+    since."""
+    jobs = _early_jobs(argv)
+    if not jobs:
         return False
     from chrootarchive.runner import launch
 
     context = launch.context()
-    started = launch.spawn_early(job)
+    worker = launch.spawn_early(jobs[0])  # the first job's, before the imports below
     from chrootarchive.runner import spawn, standby
 
     standby.none_ahead()  # the command's jobs are its arguments': none comes after them
-    if started is None:
-        return False
-    standby.adopt(job, context, spawn.Booted.adopt(*started))
-    return True
+    started = False
+    for i, job in enumerate(jobs):
+        if i:  # the next job's, once the one before is kept (an interrupt leaves none)
+            worker = launch.spawn_early(job)
+        if worker is not None:
+            standby.adopt(job, context, spawn.Booted.adopt(*worker))
+            started = True
+    return started
 
 
 def _open_closed_streams() -> None:
@@ -213,7 +221,7 @@ def entry_point() -> None:
     _open_closed_streams()
     _catch_termination()
     argv = sys.argv[1:]
-    early = _start_worker_early(argv)
+    early = _start_workers_early(argv)
     try:
         code = main(argv)
     except KeyboardInterrupt as err:

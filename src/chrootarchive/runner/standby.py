@@ -7,6 +7,8 @@ job, it imports everything, then waits on its control socket. It has read no inp
 holds nothing but that socket, /dev/null and the interpreter's own files, and is not
 confined yet: the hand-over (:meth:`chrootarchive.runner.worker.Booted.hand_over`) gives it
 exactly what a worker spawned for the call gets, and from there the two are the same.
+A thread holds at most one standby a job: the command line starts the worker of each
+job its arguments name before its imports (``cp SRC DST``: a pack and an unpack).
 
 A standby is used only when nothing it inherited can differ from what a worker spawned
 now would inherit (:func:`_context`): the same process (not a fork of it) and thread
@@ -63,8 +65,9 @@ class _Registry:
         self.lock = threading.Lock()
         self.enabled = os.environ.get("CHROOTARCHIVE_STANDBY", "1") != "0"
         self.ahead = True  # replenish() may boot one (none_ahead())
-        # native thread id -> (context when spawned, job, worker)
-        self.standbys: dict[int, tuple[tuple[object, ...], str, Booted]] = {}
+        # (native thread id, job) -> (context when spawned, job, worker): one a job
+        # (``cp`` starts the workers of its pack and of its unpack together)
+        self.standbys: dict[tuple[int, str], tuple[tuple[object, ...], str, Booted]] = {}
 
 
 _registry = _Registry()
@@ -118,15 +121,16 @@ def stop_all() -> None:
 
 
 def drop_own() -> None:
-    """Let this thread's standby go (after a failed call: an error leaves no process)."""
+    """Let this thread's standbys go (after a failed call: an error leaves no process)."""
     _drop(threading.get_native_id())
 
 
 def _drop(tid: int) -> None:
     with _registry.lock:
-        entry = _registry.standbys.pop(tid, None)
-    if entry is not None:
-        entry[2].discard()
+        entries = [_registry.standbys.pop(key) for key in list(_registry.standbys)
+                   if key[0] == tid]
+    for _context_then, _job, booted in entries:
+        booted.discard()
 
 
 class _ThreadEnd:
@@ -149,15 +153,11 @@ class _ThreadEnd:
 
 def take(job: str) -> Booted | None:
     """This thread's standby for ``job``, if it is alive and nothing has changed."""
-    tid = threading.get_native_id()
+    key = (threading.get_native_id(), job)
     with _registry.lock:
-        entry = _registry.standbys.get(tid)
-        if entry is not None and entry[1] == job:
-            del _registry.standbys[tid]
-        else:
-            entry = None  # none, or one for another job: kept for that job
-        dead = [t for t, (_c, _j, b) in _registry.standbys.items() if not b.alive()]
-        gone = [_registry.standbys.pop(t)[2] for t in dead]  # threads that ended
+        entry = _registry.standbys.pop(key, None)  # one for another job is kept for it
+        dead = [k for k, (_c, _j, b) in _registry.standbys.items() if not b.alive()]
+        gone = [_registry.standbys.pop(k)[2] for k in dead]  # threads that ended
     for booted in gone:
         booted.discard()
     if entry is None:
@@ -179,9 +179,9 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
     _calls.count = calls
     if calls < 2 or job not in JOBS:
         return
-    tid = threading.get_native_id()
+    key = (threading.get_native_id(), job)
     with _registry.lock:
-        if not (_registry.enabled and _registry.ahead) or tid in _registry.standbys:
+        if not (_registry.enabled and _registry.ahead) or key in _registry.standbys:
             return
     context = _context()
     # Spawned and registered with interrupts held: a KeyboardInterrupt between the two
@@ -192,8 +192,8 @@ def replenish(job: str, spawn: Callable[[], Booted]) -> None:
         except OSError:
             return  # only a head start was lost: the next call spawns its worker itself
         with _registry.lock:
-            if _registry.enabled and tid not in _registry.standbys and booted is not None:
-                _registry.standbys[tid] = (context, job, booted)
+            if _registry.enabled and key not in _registry.standbys and booted is not None:
+                _registry.standbys[key] = (context, job, booted)
                 booted = None
         if booted is not None:
             booted.discard()
@@ -208,18 +208,18 @@ def enabled() -> bool:
 
 
 def adopt(job: str, context: tuple[object, ...], booted: Booted) -> None:
-    """Keep ``booted`` as this thread's standby for its next call: a worker the caller
-    started for a call it is about to make (the command line starts its worker before
-    its own imports: :func:`chrootarchive.runner.launch.spawn_early`).
+    """Keep ``booted`` as this thread's standby for its next call of ``job``: a worker
+    the caller started for a call it is about to make (the command line starts its
+    workers before its own imports: :func:`chrootarchive.runner.launch.spawn_early`).
 
     ``context`` is :func:`_context` taken before that worker was spawned; the call uses
     it only if that is still so (:func:`take`), as with any standby.
     """
-    tid = threading.get_native_id()
+    key = (threading.get_native_id(), job)
     with _registry.lock:
-        kept = _registry.enabled and tid not in _registry.standbys
+        kept = _registry.enabled and key not in _registry.standbys
         if kept:
-            _registry.standbys[tid] = (context, job, booted)
+            _registry.standbys[key] = (context, job, booted)
     if kept:
         _watch_thread_end()
     else:
