@@ -361,7 +361,8 @@ print(json.dumps({"outcome": outcome, "children": children, "fds": [fds, fds_aft
     assert seen["fds"][1] == seen["fds"][0], "the interrupted spawn left descriptors"
     assert seen["setup"] == ["interrupted", seen["fds"][0]], "the worker's pipes were left"
     assert "interrupted" in seen["random"]
-    assert seen["children_random"] == [] and seen["fds_random"] == seen["fds"][0], seen
+    assert seen["children_random"] == [], seen
+    assert seen["fds_random"] == seen["fds"][0], f"descriptors left: {seen['what']}"
 
 
 def test_an_interrupt_while_the_names_are_told_stops_them(tmp_path: Path) -> None:
