@@ -484,6 +484,42 @@ def test_limits_hold_for_the_whole_image(images: Path, tmp_path: Path) -> None:
     assert "layer 2" in str(info.value)
 
 
+def _cut_after_last_data(tar: bytes, last_size: int) -> bytes:
+    """``tar`` up to the end of its last member's data: no padding, no end-of-archive
+    blocks (as umoci 0.4.7 wrote some layers)."""
+    end = len(tar.rstrip(b"\0"))  # the data's last byte is not NUL here
+    assert end % 512 == last_size % 512
+    return tar[:end]
+
+
+def test_a_layer_cut_in_its_last_padding_is_read_as_go_reads_it(images: Path,
+                                                                  tmp_path: Path) -> None:
+    """A layer that ends right after its last file's data (umoci 0.4.7 wrote such
+    layers: Docker, containerd and umoci read them, as Go's archive/tar ends the archive
+    there) is applied, with a warning; its DiffID is of the stream as it is. A download
+    cut there instead fails the DiffID check; and a lone layer file, whose end no
+    digest checks, is still refused."""
+    last = b"y" * 700
+    whole = make_tar([Entry("dir", kind="dir", mode=0o755), Entry("dir/a", data=b"first"),
+                      Entry("dir/b", data=last)])
+    cut = _cut_after_last_data(whole, len(last))
+    b = OCIBuilder(images / "cut")
+    b.tag(b.image([cut]), "cut")
+    result = unpack_image(b.root, tmp_path / "root")
+    assert (tmp_path / "root" / "dir" / "b").read_bytes() == last
+    assert (tmp_path / "root" / "dir" / "a").read_bytes() == b"first"
+    assert any("ends in the padding after dir/b's data" in w for w in result.warnings), \
+        result.warnings
+    b2 = OCIBuilder(images / "cut-download")
+    layer = b2.layer(cut)  # the blob holds the cut stream; the config, the whole one's
+    b2.tag(b2.manifest(b2.config([sha256(whole)]), [layer]), "d")
+    with pytest.raises(DigestMismatchError, match="DiffID mismatch"):
+        unpack_image(b2.root, tmp_path / "download")
+    (tmp_path / "layer.tar").write_bytes(cut)
+    with pytest.raises(chrootarchive.MalformedArchiveError, match="truncated padding"):
+        chrootarchive.apply_layer(tmp_path / "layer.tar", tmp_path / "lone")
+
+
 def test_atomic_leaves_nothing_on_a_diffid_mismatch(images: Path, tmp_path: Path) -> None:
     b = OCIBuilder(images / "a")
     good = make_tar([Entry("good", data=b"good")])

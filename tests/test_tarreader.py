@@ -502,6 +502,44 @@ def test_end_of_input_in_padding_is_an_error() -> None:
     assert [r.content for r in read(data[: 512 + 1024])] == [b"x" * 700]  # a whole block
 
 
+@pytest.mark.parametrize("via", ["pipe", "tiny", "file"])
+def test_a_digested_stream_may_end_in_its_last_padding(tmp_path: Path, via: str) -> None:
+    """An image's layer, whose DiffID the parent checks, may end in the padding after
+    its last entry's data, with no end-of-archive blocks, as Go's archive/tar reads it
+    (umoci 0.4 writes such layers). The reader says after which entry, for a warning.
+    It may still not end inside data, nor after an extended header."""
+    data = member("a", b"first") + member("b", b"x" * 700)
+    whole = len(data) - (-700 % 512)
+    for cut in (whole, whole + 100, len(data) - 1):
+        fd = feed_pipe(data[:cut], (1, 7) if via == "tiny" else None) if via != "file" else None
+        if fd is None:
+            (tmp_path / "in.tar").write_bytes(data[:cut])
+            fd = os.open(tmp_path / "in.tar", os.O_RDONLY)
+        try:
+            entries, reader = read_fd(fd, end_in_padding=True)
+            reader.drain()
+        finally:
+            os.close(fd)
+        assert [(r.entry.name, r.content) for r in entries] == [
+            ("a", b"first"), ("b", b"x" * 700)]
+        assert reader.padding_cut == "b"
+    with pytest.raises(MalformedArchiveError, match="truncated padding"):
+        read(data[:whole], via, tmp_path)  # any other stream: an error, as before
+    with pytest.raises(MalformedArchiveError, match="truncated data"):
+        read(data[:whole - 1], via, tmp_path, end_in_padding=True)
+    extended = pax([("path", "c")])[:-10]  # its records whole, its padding cut
+    assert len(extended) > 512 + len(pax_record("path", "c"))
+    with pytest.raises(MalformedArchiveError, match="truncated padding after the"):
+        read(member("a", b"first") + extended, via, tmp_path, end_in_padding=True)
+    whole_archive = data + EOA
+    fd = feed_pipe(whole_archive)
+    try:
+        entries, reader = read_fd(fd, end_in_padding=True)
+    finally:
+        os.close(fd)
+    assert len(entries) == 2 and reader.padding_cut is None
+
+
 def test_lone_zero_block_followed_by_data_ends_the_archive() -> None:
     """GNU tar, bsdtar and tarfile stop at a lone zero block (Go refuses): so do we,
     and the reader says where, for a warning. What follows is drained, not read."""

@@ -331,6 +331,9 @@ class JobRequest(_Record):
         helper: the unpacker may fork a helper for small files (a large plain tar).
         stack: unpack several layers one after another, each read from a descriptor
             passed on the layer channel (:mod:`chrootarchive._channel`), not stdin.
+        digested: the stack's layers are an image's, each checked against its DiffID
+            by the parent: one may end in the padding after its last entry's data, as
+            Go's archive/tar reads it (a stream cut there would fail that check).
         ring: unpack: stdin is a ring of this many bytes that the parent writes the
             stream into (:mod:`chrootarchive._ring`); 0: a pipe or a file.
         debug: print the worker's traceback on failure.
@@ -345,6 +348,7 @@ class JobRequest(_Record):
         "debug",
         "dest",
         "dest_owner",
+        "digested",
         "display",
         "helper",
         "job",
@@ -365,6 +369,7 @@ class JobRequest(_Record):
     layer: bool
     helper: bool
     stack: bool
+    digested: bool
     ring: int
     debug: bool
     src: str
@@ -378,7 +383,8 @@ class JobRequest(_Record):
         by the runner for each rung of the ladder)."""
         values: dict[str, Any] = {
             "mechanism": "", "dest": ".", "create_dest": True, "dest_owner": None,
-            "layer": False, "helper": False, "stack": False, "ring": 0, "debug": False,
+            "layer": False, "helper": False, "stack": False, "digested": False, "ring": 0,
+            "debug": False,
             "src": "",
             "display": "", "unpack": None, "pack": None,
         }

@@ -494,10 +494,15 @@ class Unpacker:
         return self.stats
 
     def _reader_notes(self, reader: TarReader) -> None:
-        """What the reader read leniently, as GNU tar and bsdtar do (Go refuses it)."""
+        """What the reader read leniently, as GNU tar and bsdtar do (Go refuses it), or
+        as Go does (a layer cut in its last padding)."""
         if reader.lone_zero_block is not None:
             self.warn(f"the archive ends at a lone zero block (offset {reader.lone_zero_block:,}):"
                       " what follows it was not read, as GNU tar and bsdtar stop there")
+        if reader.padding_cut is not None:
+            self.warn(f"the layer ends in the padding after {reader.padding_cut}'s data, "
+                      "without end-of-archive blocks: read to there as Go's archive/tar "
+                      "reads it (umoci writes such layers), its DiffID being checked")
         if reader.lenient_times:
             self.warn(f"{reader.lenient_times} PAX time records had characters after the "
                       f"number (the first in the {reader.lenient_time_where}): read as GNU "

@@ -257,7 +257,7 @@ def apply_planned_layers(layers: Sequence[LayerPlan], open_blob: BlobOpener, tar
     applied = Applied()
     applied.warnings = list(warnings)
     with api.layer_stack(target, replace(options, atomic=False), on_entry=on_entry,
-                         used_bytes=used_bytes, deadline=deadline) as stack:
+                         used_bytes=used_bytes, deadline=deadline, digested=True) as stack:
         if not layers:
             # Nothing to apply, but the destination is made as a layer would make it.
             stack.apply([bytes(1024)])

@@ -425,6 +425,7 @@ def layer_stack(
     on_entry: Callable[[str], None] | None = None,
     used_bytes: int = 0,
     deadline: float | None = None,
+    digested: bool = False,
 ) -> Iterator[LayerStack]:
     """One confined job for several layers (an image's): one worker, one jail.
 
@@ -433,7 +434,8 @@ def layer_stack(
     ``options.limits`` hold for all the layers together, with ``used_bytes`` (a spool)
     already used and the time until ``deadline`` (the ``time.monotonic()`` value at
     which ``timeout`` runs out). Leaving the block early (an error, a digest mismatch)
-    stops the job before it applies anything more.
+    stops the job before it applies anything more. ``digested``: the caller checks each
+    layer's stream against its DiffID (:data:`JobRequest.digested`).
     """
     options = options or UnpackOptions()
     ladder.check(options.confine)  # fail before creating anything
@@ -444,7 +446,7 @@ def layer_stack(
     try:
         request = JobRequest.make(
             "unpack", dest=rel_dest, dest_owner=destination.root_owner(options), layer=True,
-            stack=True, unpack=spec,
+            stack=True, digested=digested, unpack=spec,
         )
         from chrootarchive.runner import stack as runner_stack
 

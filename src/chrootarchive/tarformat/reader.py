@@ -581,6 +581,7 @@ class TarReader:
         max_long_name: int = MAX_LONG_NAME,
         max_sparse_regions: int = MAX_SPARSE_REGIONS,
         ring: RingInput | None = None,
+        end_in_padding: bool = False,
     ) -> None:
         if bufsize < BLOCK or bufsize % BLOCK:
             raise ValueError("bufsize must be a positive multiple of 512")
@@ -621,6 +622,12 @@ class TarReader:
         self.lone_zero_block: int | None = None  # offset of a lone zero block that
         # ended the archive although data followed it
         self.lenient_times = 0  # PAX times with trailing characters after the number
+        # A stream whose end is checked by its digest (an image's layer: the parent
+        # checks its DiffID) may end in the padding after its last entry's data, with
+        # no end-of-archive blocks, as Go's archive/tar reads it (umoci 0.4 writes such
+        # layers); any other stream may not (_skip_padding). The entry it ended after:
+        self._end_in_padding = end_in_padding
+        self.padding_cut: str | None = None
         self.lenient_time_where = ""  # the first one's extended header
 
     # -- public interface ---------------------------------------------------------
@@ -992,11 +999,17 @@ class TarReader:
     def _skip_padding(self, size: int, name: str, what: str = "data") -> None:
         """Skip block padding. The input may not end inside it: GNU tar, bsdtar and
         ``tarfile`` all say "unexpected EOF", and what followed the entry is lost (a
-        download cut short looked like a whole archive)."""
+        download cut short looked like a whole archive). But for a stream whose digest
+        is checked (``end_in_padding``): after an entry's data, its end is the
+        archive's."""
         if size:
             avail = self._fill(size)  # may move the buffer contents: read _pos after
             if avail < size:
-                _fail(f"unexpected end of archive: truncated padding after the {what}", name)
+                if not (self._end_in_padding and what == "data"):
+                    _fail(f"unexpected end of archive: truncated padding after the {what}",
+                          name)
+                self.padding_cut = name
+                size = avail  # the end of the input: the next header is none
             self._pos += size
 
     def _finish_entry(self, entry: TarEntry) -> None:

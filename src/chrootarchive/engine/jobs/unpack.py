@@ -86,7 +86,7 @@ def _unpack_one(request: JobRequest, spec: UnpackSpec, context: JobContext, fd: 
         # Forked from a jailed worker of our own only: openat2 runs in the caller's
         # process (its threads, its working directory), where a fork is no helper's.
         worker.finisher_countdown = unpacker.FINISHER_AFTER
-    reader = tarreader.TarReader(fd, ring=ring)
+    reader = tarreader.TarReader(fd, ring=ring, end_in_padding=request.digested)
     try:
         stats = worker.run(reader)
     finally:
