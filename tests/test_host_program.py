@@ -74,6 +74,7 @@ def hold_worker_once_it_read(path, until):
     # progress poller watches) and until `until` is set: the poller then reports while
     # the worker runs, however fast the machine unpacks
     import signal
+    path = os.path.realpath(path)  # as the worker's descriptor names it
 
     def holder():
         deadline = time.monotonic() + 30

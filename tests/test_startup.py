@@ -631,6 +631,40 @@ def test_a_failed_command_leaves_no_early_worker(tmp_path: Path, args: list[str]
     assert left == [], f"workers left behind: {left}"
 
 
+_INTERRUPT_AT_SPAWN = """
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from chrootarchive.runner import launch
+real = launch.spawn_early
+def spawn_early(job):
+    started = real(job)
+    if job == "unpack":  # cp SRC DST's second (as root), or its only one
+        signal.raise_signal(signal.SIGINT)
+    return started
+launch.spawn_early = spawn_early
+sys.argv = ["chrootarchive", *sys.argv[2:]]
+from chrootarchive.cli import entry_point
+entry_point()
+"""
+
+
+def test_an_interrupt_as_the_early_workers_start_leaves_none(tmp_path: Path) -> None:
+    """Ctrl-C just after ``cp``'s unpack worker was spawned, before it is kept: the
+    command says "interrupted" in one line (130), and no worker is left behind. It
+    raised out of the command line's start with a traceback, the worker untracked."""
+    src = tmp_path / "hello.txt"
+    src.write_bytes(b"hello\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_AT_SPAWN, SRC, "cp", str(src),
+                             str(dest)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, b"chrootarchive: error: interrupted\n")
+    assert os.listdir(dest) == []
+    left = _workers_started_by(proc.pid)  # killed and reaped before the command exits
+    assert left == [], f"workers left behind: {left}"
+
+
 # argparse's messages through gettext: counted, and translated where a catalogue is.
 _GETTEXT_PROBE = """
 import gettext, sys

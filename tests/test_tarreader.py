@@ -531,6 +531,9 @@ def test_a_digested_stream_may_end_in_its_last_padding(tmp_path: Path, via: str)
     assert len(extended) > 512 + len(pax_record("path", "c"))
     with pytest.raises(MalformedArchiveError, match="truncated padding after the"):
         read(member("a", b"first") + extended, via, tmp_path, end_in_padding=True)
+    label = header("vol", typeflag=b"V", size=5) + b"label"  # a volume label, cut after
+    with pytest.raises(MalformedArchiveError, match="padding after the volume header"):
+        read(member("a", b"first") + label, via, tmp_path, end_in_padding=True)
     whole_archive = data + EOA
     fd = feed_pipe(whole_archive)
     try:

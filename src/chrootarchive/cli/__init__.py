@@ -126,18 +126,22 @@ def _start_workers_early(argv: Sequence[str]) -> bool:
         return False
     from chrootarchive.runner import launch
 
-    context = launch.context()
-    worker = launch.spawn_early(jobs[0])  # the first job's, before the imports below
-    from chrootarchive.runner import spawn, standby
+    # A Ctrl-C is held until each worker started is kept (then raised): one between a
+    # spawn and its adoption left the worker untracked until this process's exit.
+    with launch.InterruptsHeld():
+        context = launch.context()
+        worker = launch.spawn_early(jobs[0])  # the first job's, before the imports below
+        from chrootarchive.runner import spawn, standby
 
-    standby.none_ahead()  # the command's jobs are its arguments': none comes after them
-    started = False
-    for i, job in enumerate(jobs):
-        if i:  # the next job's, once the one before is kept (an interrupt leaves none)
-            worker = launch.spawn_early(job)
-        if worker is not None:
-            standby.adopt(job, context, spawn.Booted.adopt(*worker))
-            started = True
+        standby.none_ahead()  # the command's jobs are its arguments': none comes after
+        started = False
+        for i, job in enumerate(jobs):
+            if i:  # the next job's, in the context it is spawned in
+                context = launch.context()
+                worker = launch.spawn_early(job)
+            if worker is not None:
+                standby.adopt(job, context, spawn.Booted.adopt(*worker))
+                started = True
     return started
 
 
@@ -221,16 +225,15 @@ def entry_point() -> None:
     _open_closed_streams()
     _catch_termination()
     argv = sys.argv[1:]
-    early = _start_workers_early(argv)
     try:
+        _start_workers_early(argv)
         code = main(argv)
     except KeyboardInterrupt as err:
         code = _interrupted(err)
     finally:
-        if early:  # not used (a usage error, openat2): no process is left behind
-            from chrootarchive.runner import standby
-
-            standby.stop_all()
+        standby = sys.modules.get("chrootarchive.runner.standby")
+        if standby is not None:  # an early worker not used (a usage error, openat2,
+            standby.stop_all()   # an interrupt): no process is left behind
     # Exit without interpreter shutdown: a feeding thread may still be blocked reading
     # standard input (a worker that stopped early), and finalizing would wait on it.
     code = _flush_stdout(code)

@@ -500,7 +500,8 @@ class Unpacker:
             self.warn(f"the archive ends at a lone zero block (offset {reader.lone_zero_block:,}):"
                       " what follows it was not read, as GNU tar and bsdtar stop there")
         if reader.padding_cut is not None:
-            self.warn(f"the layer ends in the padding after {reader.padding_cut}'s data, "
+            self.warn(f"the layer ends in the padding after {printable(reader.padding_cut)}'s "
+                      "data, "
                       "without end-of-archive blocks: read to there as Go's archive/tar "
                       "reads it (umoci writes such layers), its DiffID being checked")
         if reader.lenient_times:

@@ -1101,7 +1101,8 @@ class TarReader:
                     _fail(f"volume header too large ({size} bytes)",
                           f"header at offset {where}")
                 self._skip_data(size, f"volume header at offset {where}")
-                self._skip_padding(-size % BLOCK, f"volume header at offset {where}")
+                self._skip_padding(-size % BLOCK, f"volume header at offset {where}",
+                                   "volume header")
             elif flag == fmt.MULTIVOLTYPE:
                 _fail("multi-volume archives are not supported", self._where(hdr, where))
             else:
