@@ -501,9 +501,9 @@ class Unpacker:
                       " what follows it was not read, as GNU tar and bsdtar stop there")
         if reader.padding_cut is not None:
             self.warn(f"the layer ends in the padding after {printable(reader.padding_cut)}'s "
-                      "data, "
-                      "without end-of-archive blocks: read to there as Go's archive/tar "
-                      "reads it (umoci writes such layers), its DiffID being checked")
+                      "data, without end-of-archive blocks: read to there as Go's "
+                      "archive/tar reads it (umoci writes such layers), its DiffID being "
+                      "checked")
         if reader.lenient_times:
             self.warn(f"{reader.lenient_times} PAX time records had characters after the "
                       f"number (the first in the {reader.lenient_time_where}): read as GNU "
