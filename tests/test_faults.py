@@ -576,6 +576,12 @@ def test_sigterm_to_the_whole_process_group(tmp_path: Path) -> None:
     for i in range(20_000):
         builder.file(f"d{i % 50}/f{i}", b"x")
     archive.write_bytes(builder.build())
+    # The signal lands at 15% to 85% of an uninterrupted run, however fast the machine
+    # (fixed delays of 0.1-0.45 s came after the end of most runs on a fast one).
+    start = time.monotonic()
+    subprocess.run([*CLI, "untar", "--atomic", str(archive), str(tmp_path / "whole")],
+                   check=True, stdout=subprocess.DEVNULL)
+    took = time.monotonic() - start
     outcomes = []
     for round_ in range(8):
         dest = tmp_path / f"dest{round_}"
@@ -583,7 +589,7 @@ def test_sigterm_to_the_whole_process_group(tmp_path: Path) -> None:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         assert proc.stderr is not None
-        time.sleep(0.1 + 0.05 * round_)
+        time.sleep(took * (0.15 + 0.1 * round_))
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
