@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import gzip
 import io
+import mmap
 import os
 import random
 import signal
@@ -307,6 +308,127 @@ def test_holes_a_worker_punches_in_the_ring_do_not_harm_the_parent(
     assert not worker.is_alive()
     assert seen["end"] == len(data) and not wrong, (seen, wrong[:5])
     assert seen["punches"] >= 32 and seen["pages_freed"] >= 8, seen  # real holes
+
+
+@pytest.mark.parametrize(("length", "kept"), [
+    (SMALL_RING * 3 + 5000, 0),  # the worker let go of everything
+    (SMALL_RING * 3 + 40_000, 30_000),  # what it still reads lies inside the ring
+    (SMALL_RING * 3 + 10_000, 30_000),  # and across the ring's end
+    (SMALL_RING // 2, 10_000),  # a stream that never went round
+])
+def test_the_pages_the_worker_let_go_are_given_back_at_the_end(length: int,
+                                                               kept: int) -> None:
+    """After the stream's last byte, the parent empties the ring's pages that the
+    worker has let go (``RingWriter.release_consumed``): their freeing no longer falls
+    on the worker's exit, which the caller waits for. What the worker has still to read
+    is left whole."""
+    data = random.Random(length).randbytes(length)
+    ring = _ring.RingWriter(SMALL_RING)
+    fds = ring.child_fds()
+    let_go = threading.Event()
+
+    def worker() -> None:  # reads everything, and lets go of all but the last ``kept``
+        told = 0
+        while offsets := os.read(fds["ring_written"], 8 * 512):
+            end = int.from_bytes(offsets[-8:], "little")
+            upto = min(end, length - kept)
+            if upto > told:
+                os.write(fds["ring_freed"], upto.to_bytes(8, "little"))
+                told = upto
+            if end == length:
+                let_go.set()
+
+    def pages() -> int:
+        return os.fstat(ring.fd).st_blocks * 512 // mmap.PAGESIZE
+
+    reader = threading.Thread(target=worker)
+    reader.start()
+    try:
+        assert ring.fill(io.BytesIO(data).readinto)
+        assert let_go.wait(30)
+        assert pages() == -(-min(length, SMALL_RING) // mmap.PAGESIZE)  # all it wrote
+        ring.finish()
+        ring.release_consumed()
+        # The pages that hold the kept bytes: one more where they start inside a page,
+        # one more where they wrap round the ring's end.
+        at = (length - kept) % SMALL_RING
+        most = -(-kept // mmap.PAGESIZE) + (at % mmap.PAGESIZE > 0) + (
+            at + kept > SMALL_RING)
+        assert pages() <= most, (pages(), most)
+        for pos in range(length - kept, length, 4096):  # and they are whole
+            n = min(4096, length - pos, SMALL_RING - pos % SMALL_RING)
+            assert os.pread(ring.fd, n, pos % SMALL_RING) == data[pos:pos + n]
+        reader.join(30)
+    finally:
+        ring.close()
+    assert not reader.is_alive()
+
+
+def test_the_first_bytes_are_asked_for_in_a_small_step() -> None:
+    """The worker waits for the stream's first bytes: the decompressor is asked for 64
+    KiB of them first, then for twice as much at each step, up to a megabyte."""
+    asked: list[int] = []
+    source = io.BytesIO(bytes(5 << 20))
+
+    def readinto(buffer: memoryview) -> int:
+        asked.append(len(buffer))
+        return source.readinto(buffer)
+
+    ring = _ring.RingWriter(8 << 20)  # room for it all: no worker needed
+    try:
+        assert ring.fill(readinto)
+    finally:
+        ring.close()
+    kib = [size >> 10 for size in asked]
+    assert kib[:6] == [64, 128, 256, 512, 1024, 1024], kib
+
+
+def test_the_feeding_gives_the_pages_back_once_the_stream_has_ended(
+        tmp_path: Path, small_ring: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feeding thread releases the ring's pages after the stream's last byte, once
+    the worker has been told that it is the last; then closes the ring."""
+    calls: list[tuple[int, bool]] = []
+    real = _ring.RingWriter.release_consumed
+
+    def watched(self: _ring.RingWriter) -> None:
+        calls.append((self._end, self._written_w in self._pipes))
+        real(self)
+
+    monkeypatch.setattr(_ring.RingWriter, "release_consumed", watched)
+    archive = _archive(5)
+    for method in ("gzip", "zstd"):  # chunks written; decompressed into the ring
+        chrootarchive.untar(_compress(archive, method), tmp_path / method)
+    assert calls == [(len(archive), False)] * 2, calls
+
+
+def test_the_zstd_decoder_is_made_while_the_worker_confines_itself(tmp_path: Path) -> None:
+    """``zstandard`` (4-5 ms to import) is loaded once the job is handed over, before
+    the parent waits for the worker to be confined, not after; and making the decoder
+    reads none of the stream (a refused rung leaves it all to the next)."""
+    packed = tmp_path / "a.tar.zst"
+    packed.write_bytes(_compress(_archive(6), "zstd"))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys
+        sys.path.insert(0, {str(SRC)!r})
+        import chrootarchive
+        from chrootarchive.runner import worker
+        seen = []
+        real = worker.Worker.wait_ready
+        def wait_ready(self):
+            seen.append("zstandard" in sys.modules)
+            real(self)
+        worker.Worker.wait_ready = wait_ready
+        chrootarchive.untar({str(packed)!r}, {str(tmp_path / "dest")!r})
+        print(seen)
+        """)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[True]"], proc.stdout
+    raw = io.BytesIO(packed.read_bytes())
+    _, chunks = compression.decompressed_chunks(raw)
+    at = raw.tell()
+    chunks.prepare_decoder()  # type: ignore[attr-defined]
+    assert raw.tell() == at
+    assert b"".join(chunks) == _archive(6)
 
 
 def test_data_skipped_past_the_end_of_the_ring_is_not_waited_for(

@@ -530,6 +530,13 @@ class _ZstdChunks:
             raise StopIteration
         return data
 
+    def prepare_decoder(self) -> None:
+        """Load the library and make the reader, reading nothing: called while the
+        worker confines itself (``ladder.start``), so that its first bytes do not wait
+        for the import too (4-5 ms: ``zstandard`` loads ``typing`` and ``platform``)."""
+        if self._reader is None:
+            self._open()
+
     def direct_readinto(self) -> Callable[[memoryview], int] | None:
         """What decompresses straight into a buffer (``RingWriter.fill``), or None:
         with the library's cffi backend (its fallback) a failed read keeps a hold on the

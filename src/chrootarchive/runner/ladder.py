@@ -128,13 +128,15 @@ def run_ladder(
 
 def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
           stdout_pipe: bool = False, channel: int | None = None,
-          ring: bool = False) -> Running:
+          ring: bool = False, prepare: Callable[[], None] | None = None) -> Running:
     """Start ``request`` with its mechanism: a jailed worker, or the in-process runner.
 
     Either way the caller gets the same interface (:class:`Running`), confined and
     ready to be fed (``stdin_w``, or ``ring``) or read (``stdout_r``). ``channel``: the
     job's end of a layer channel (borrowed), for a stack of layers. ``ring``: feed a
     worker through a ring (:mod:`chrootarchive._ring`) rather than a pipe.
+    ``prepare``: called once the job is handed over, while the worker confines itself
+    (it must read no data: the next rung may need it all).
     """
     running: Running
     if settings.debug() and not request.debug:
@@ -148,6 +150,8 @@ def start(root_fd: int, request: JobRequest, *, stdin: int | None = None,
         running = Worker(root_fd, request, stdin=stdin, stdout_pipe=stdout_pipe,
                          channel=channel, ring=ring)
     try:
+        if prepare is not None:
+            prepare()
         running.wait_ready()
     except BaseException:
         running.close()
@@ -171,11 +175,13 @@ def run(root_fd: int, request: JobRequest, data: int | Iterable[bytes], requeste
     # Chunks to unpack go through a ring: the worker reads them as a file, so its files
     # can be extents, as from a plain tar in a file (chrootarchive._ring).
     ring = stdin is None and request.job == "unpack" and not request.stack
+    # A decoder made while the worker confines itself (operations.compression's).
+    prepare = None if isinstance(data, int) else getattr(data, "prepare_decoder", None)
 
     def attempt(mechanism: str) -> JobReply:
         return pump.drive(
             lambda: start(root_fd, request.replace(mechanism=mechanism), stdin=stdin,
-                          stdout_pipe=names is not None, ring=ring),
+                          stdout_pipe=names is not None, ring=ring, prepare=prepare),
             data, offset_progress, names)
 
     try:

@@ -157,11 +157,14 @@ def feed_ring_while_alive(job: Running, ring: RingWriter, data: Iterable[bytes]
         direct = getattr(data, "direct_readinto", None)  # operations.compression's
         readinto = direct() if direct is not None else None
         if readinto is not None:  # it writes into the ring itself
-            ring.fill(readinto)
-            return
-        for chunk in data:
-            if not ring.write(chunk):
+            if not ring.fill(readinto):
                 return  # the job ended (its reply says why)
+        else:
+            for chunk in data:
+                if not ring.write(chunk):
+                    return
+        ring.finish()  # the job reads on to the end...
+        ring.release_consumed()  # ...while the pages it is done with are given back
 
     return _feed_from_thread(job, write, ring.close)
 
