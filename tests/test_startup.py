@@ -453,6 +453,27 @@ def test_early_workers_wanted_for_an_unpack_or_a_pack() -> None:
     assert cli._early_jobs(["cp", "src", "dst"]) == (("pack",) if root else ()) + ("unpack",)
     assert cli._early_jobs(["cp", "src", "-", "--json"]) == (("pack",) if root else ())
     assert cli._early_jobs(["tar", "-o", "out.tar", "src"]) == (("pack",) if root else ())
+    # An option's value is not an operand: "-" after --chown is not cp's SRC.
+    packs = ("pack",) if root else ()
+    assert cli._early_jobs(["cp", "src", "-", "--chown", "1:1"]) == packs
+    assert cli._early_jobs(["cp", "src", "-", "--ch", "1:1"]) == packs  # its prefix
+    assert cli._early_jobs(["cp", "--exclude", "-", "src", "dst"]) == (*packs, "unpack")
+    assert cli._early_jobs(["cp", "--to-root=/r", "-", "dst"]) == ("unpack",)
+    assert cli._early_jobs(["cp", "--from-root", "/", "src", "-"]) == packs
+
+
+def test_the_early_guess_knows_which_of_cps_options_take_a_value() -> None:
+    """``_early_jobs`` skips the value of each of cp's options that take one: the list
+    it keeps is the parser's."""
+    import argparse
+
+    from chrootarchive import cli
+
+    parser = cli.build_parser("cp")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    taking = {option for action in sub.choices["cp"]._actions if action.nargs != 0
+              for option in action.option_strings}
+    assert taking == set(cli._CP_VALUE_OPTIONS)
 
 
 def test_early_workers_guessed_for_a_user_who_is_not_root(

@@ -51,6 +51,11 @@ def was_terminated() -> bool:
 #: (:func:`_early_jobs`).
 _EARLY_JOBS = {"untar": "unpack", "apply-layer": "unpack", "unpack-image": "unpack",
                "tar": "pack", "cp": "pack"}
+#: ``cp``'s options that take a value, the word after them unless it is given as
+#: ``--option=value`` (tests/test_startup.py keeps this list and cp's parser agreeing):
+#: where its operands are ``-`` decides which of its jobs run.
+_CP_VALUE_OPTIONS = ("--chown", "--confine", "--exclude", "--exclude-style", "--from-root",
+                     "--to-root")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,8 +98,12 @@ def _early_jobs(argv: Sequence[str]) -> tuple[str, ...]:
         return ()
     words = list(argv)
     confine = "auto"
-    operands = []  # the words that are not options (or a value of one, as it comes)
+    operands = []  # the words that are neither options nor cp's options' values
+    value_next = False
     for i, word in enumerate(words[1:], 1):
+        if value_next:
+            value_next = False
+            continue
         if word == "--":
             operands += words[i + 1:]
             break
@@ -105,6 +114,9 @@ def _early_jobs(argv: Sequence[str]) -> tuple[str, ...]:
             confine = value if eq else (words[i + 1] if i + 1 < len(words) else "")
         if word == "-" or not word.startswith("-"):
             operands.append(word)
+        elif argv[0] == "cp" and not eq and len(option) > 2:
+            # argparse takes a long option's unique prefix too (--ch for --chown)
+            value_next = any(name.startswith(option) for name in _CP_VALUE_OPTIONS)
     if confine == "openat2":
         return ()
     reads_in_worker = confine != "auto" or os.geteuid() == 0
