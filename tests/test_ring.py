@@ -401,6 +401,57 @@ def test_the_feeding_gives_the_pages_back_once_the_stream_has_ended(
     assert calls == [(len(archive), False)] * 2, calls
 
 
+def test_a_release_that_the_kernel_refuses_leaves_the_unpack_whole(tmp_path: Path) -> None:
+    """Giving the pages back is only a saving: where the kernel refuses its mapping (no
+    address space left, under ``RLIMIT_AS``), the stream has still been fed whole, and
+    the unpack ends as it would have, every file there."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(3):  # more than the ring holds, so that it is all in use
+            info = tarfile.TarInfo(f"zeros{i}")
+            info.size = 30 << 20
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+        for i in range(20):
+            info = tarfile.TarInfo(f"small/{i}")
+            info.size = 100
+            tf.addfile(info, io.BytesIO(bytes([i]) * 100))
+    packed = tmp_path / "a.tar.zst"
+    packed.write_bytes(_compress(buf.getvalue(), "zstd"))
+    dest = tmp_path / "dest"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
+        import mmap, resource, sys, time
+        sys.path.insert(0, {str(SRC)!r})
+        import chrootarchive
+        from chrootarchive import _ring
+        refused = []
+        real_punch, real_release = _ring._punch, _ring.RingWriter.release_consumed
+        def punch(fd, offset, length):
+            try:
+                real_punch(fd, offset, length)
+            except OSError as err:
+                refused.append(err.errno)
+                raise
+        def release(self):
+            time.sleep(1)  # the worker reads to the end, and lets go of all it read
+            with open("/proc/self/statm") as statm:
+                size = int(statm.read().split()[0]) * mmap.PAGESIZE
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            resource.setrlimit(resource.RLIMIT_AS, (size + (16 << 20), hard))
+            try:
+                real_release(self)
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        _ring._punch = punch
+        _ring.RingWriter.release_consumed = release
+        result = chrootarchive.untar({str(packed)!r}, {str(dest)!r})
+        print(result.entries, refused)
+        """)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["23", "[12]"], proc.stdout  # ENOMEM, and every entry
+    assert sorted(os.listdir(dest / "small")) == sorted(str(i) for i in range(20))
+    assert all((dest / f"zeros{i}").stat().st_size == 30 << 20 for i in range(3))
+
+
 def test_the_zstd_decoder_is_made_while_the_worker_confines_itself(tmp_path: Path) -> None:
     """``zstandard`` (4-5 ms to import) is loaded once the job is handed over, before
     the parent waits for the worker to be confined, not after; and making the decoder
