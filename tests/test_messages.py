@@ -37,6 +37,25 @@ def test_printable_has_no_control(name: str) -> None:
     assert shown.encode("utf-8")  # no lone surrogate left
 
 
+@pytest.mark.parametrize("backslash", [False, True])
+def test_printable_escapes_each_ascii_character_as_before(backslash: bool) -> None:
+    """A name of printable ASCII alone is returned as it is (the fast path that a listing
+    of 200k names takes); every ASCII character, alone or in a name, is escaped as the
+    character-by-character rule escapes it."""
+    def by_character(char: str) -> str:
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            return f"\\x{code:02x}"
+        return "\\\\" if char == "\\" and backslash else char
+
+    for code in range(128):
+        char = chr(code)
+        for name in (char, f"a{char}b", f"{char}{char}"):
+            assert printable(name, backslash=backslash) == "".join(map(by_character, name))
+    plain = "usr/share/doc/base-files/README.Debian ~!@#$%^&*()_+`-=[]{};':\",./<>?"
+    assert printable(plain) is plain
+
+
 def test_error_str_escapes_and_shortens_entry() -> None:
     err = MalformedArchiveError("truncated data", "x" * 2100 + "\x1b[32mOK")
     text = str(err)

@@ -96,6 +96,14 @@ def _is_record(cls: type) -> bool:
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     names = cls.__record_fields__
+    if not args and tuple(kwargs) == names:
+        # Every field by name, in order (a listing's entries: 4 us each by the loop
+        # below, a fifth of listing 200k names): the values are the instance's own.
+        self.__dict__.update(kwargs)
+        post_init = getattr(self, "__post_init__", None)
+        if post_init is not None:
+            post_init()
+        return
     positional = cls.__record_positional__  # the fields but the keyword-only ones
     if len(args) > len(positional):
         raise TypeError(f"{cls.__name__}() takes {len(positional)} positional arguments "

@@ -28,7 +28,12 @@ from chrootarchive.errors import (
     printable,
 )
 from chrootarchive.operations import compression
-from chrootarchive.operations.source import Source, name_archive, open_source
+from chrootarchive.operations.source import (
+    Source,
+    name_archive,
+    open_source,
+    plain_regular_fd,
+)
 from chrootarchive.options import Limits
 from chrootarchive.runner.launch import InterruptsHeld
 from chrootarchive.tarformat import reader as tarreader
@@ -172,7 +177,33 @@ def _entries(source: Source, detect_compression: bool,
             assert limits.timeout is not None
             raise _limit("timeout", limits.timeout, "seconds", entry)
 
+    def listed(reader: tarreader.TarReader) -> Iterator[ListedEntry]:
+        """The entries, each checked against the limits before its data is read."""
+        seen = 0
+        for entry in reader:
+            seen += 1
+            if (seen + reader.extra_headers > most_entries
+                    or reader.offset + entry.stored_size > most_bytes
+                    or entry.size > most_size or len(entry.name) > safe_chars
+                    or entry.xattrs or deadline is not None):  # else: all within
+                _check(entry, limits, seen + reader.extra_headers, reader.offset)
+                check_time(entry.name)
+            yield ListedEntry(
+                name=entry.name, kind=entry.kind, mode=entry.mode & 0o7777,
+                uid=entry.uid, gid=entry.gid, size=entry.size,
+                mtime=entry.mtime_ns / 1e9, linkname=entry.linkname,
+                devmajor=entry.devmajor, devminor=entry.devminor)
+        if not seen and not reader.offset:
+            raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
+
     with open_source(source) as raw:
+        direct = plain_regular_fd(raw, detect_compression)
+        if direct is not None:
+            # A plain tar in a regular file: read in place, each entry's data skipped
+            # by lseek (as GNU tar's -t does), not read through a pipe. What follows
+            # the end is not read.
+            yield from listed(tarreader.TarReader(direct))
+            return
         _, chunks = compression.decompressed_chunks(raw, compressed=detect_compression,
                                                     max_memory=limits.max_memory)
         failure: list[BaseException] = []
@@ -205,7 +236,7 @@ def _entries(source: Source, detect_compression: bool,
             # Interrupts held: a KeyboardInterrupt between the pipe and its feeder's
             # start left the pipe open.
             with InterruptsHeld():
-                read_fd, write_fd = os.pipe()
+                read_fd, write_fd = _fdio.pipe(big=True)  # 1 MiB: fewer switches
                 open_fds.append(read_fd)
                 _fdio.guard(write_fd)  # the listing reads to its end: no fork may hold it
                 try:
@@ -216,22 +247,8 @@ def _entries(source: Source, detect_compression: bool,
                     fed.set()
                     raise
             reader = tarreader.TarReader(read_fd)
-            seen = 0
             try:
-                for entry in reader:
-                    seen += 1
-                    if (seen + reader.extra_headers > most_entries
-                            or reader.offset + entry.stored_size > most_bytes
-                            or entry.size > most_size or len(entry.name) > safe_chars
-                            or entry.xattrs or deadline is not None):  # else: all within
-                        _check(entry, limits, seen + reader.extra_headers, reader.offset)
-                        check_time(entry.name)
-                    yield ListedEntry(
-                        name=entry.name, kind=entry.kind, mode=entry.mode & 0o7777,
-                        uid=entry.uid, gid=entry.gid, size=entry.size,
-                        mtime=entry.mtime_ns / 1e9, linkname=entry.linkname,
-                        devmajor=entry.devmajor, devminor=entry.devminor)
-                offset = reader.offset
+                yield from listed(reader)
                 try:
                     reader.drain(_TRAILING_DECOMPRESSED, lambda _: _MoreAfterTheEnd())
                 except _MoreAfterTheEnd:
@@ -245,8 +262,6 @@ def _entries(source: Source, detect_compression: bool,
             stop_feeding()
             if failure:
                 raise failure[0]
-            if not seen and not offset:
-                raise MalformedArchiveError(f"{NOT_A_TAR}: empty input")
         finally:
             stop_feeding(wait=False)
 

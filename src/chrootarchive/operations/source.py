@@ -24,9 +24,10 @@ from chrootarchive.errors import (
     SourceError,
     from_os_error,
 )
+from chrootarchive.operations import compression
 from chrootarchive.runner.launch import InterruptsHeld
 
-__all__ = ["Source", "check_source", "name_archive", "open_source"]
+__all__ = ["Source", "check_source", "name_archive", "open_source", "plain_regular_fd"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,3 +126,31 @@ def _names_a_file(data: bytes) -> bool:
         return os.path.isfile(data)
     except (OSError, ValueError):
         return False
+
+
+def plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:
+    """The fd of a plain tar in a regular file, unread: the worker reads it directly, and
+    a listing skips each entry's data by ``lseek``. ``compressed``: the file may be
+    compressed (its first bytes are looked at; a compressed one gives None)."""
+    try:
+        fd = raw.fileno()
+        st = os.fstat(fd)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if hasattr(raw, "peek") or hasattr(raw, "raw"):
+        # A buffered reader may hold bytes already; only trust an unread file.
+        try:
+            pos = raw.tell()
+        except OSError:
+            return None
+        if pos != os.lseek(fd, 0, os.SEEK_CUR):
+            return None
+    else:
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+    if compressed:
+        head = os.pread(fd, 6, pos)
+        if compression.detect(head) != "none":
+            return None
+    return fd

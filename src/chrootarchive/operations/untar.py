@@ -20,7 +20,13 @@ from chrootarchive.errors import (
     SourceError,
 )
 from chrootarchive.operations import compression, destination
-from chrootarchive.operations.source import Source, check_source, name_archive, open_source
+from chrootarchive.operations.source import (
+    Source,
+    check_source,
+    name_archive,
+    open_source,
+    plain_regular_fd,
+)
 from chrootarchive.options import Limits, UnpackOptions, UnpackResult, given, unpack_spec
 from chrootarchive.runner import ladder
 
@@ -315,7 +321,7 @@ def _unpack(
             root_fd, rel_dest = destination.pin_destination(
                 os.fspath(dest), root, lock=lock, owner=destination.root_owner(options))
             try:
-                direct_fd = _plain_regular_fd(raw, compressed)
+                direct_fd = plain_regular_fd(raw, compressed)
                 return _name_destination(
                     lambda: _unpack_data(raw, direct_fd, root_fd, rel_dest, options,
                                          compressed=compressed, progress=progress,
@@ -499,32 +505,6 @@ def _helper_pays(raw: BinaryIO, direct_fd: int | None) -> bool:
     if not stat.S_ISREG(st.st_mode):
         return True
     return st.st_size >= (_HELPER_MIN_INPUT if direct_fd is not None else _HELPER_MIN_COMPRESSED)
-
-
-def _plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:
-    """The fd of a plain tar in a regular file, which the worker can read directly."""
-    try:
-        fd = raw.fileno()
-        st = os.fstat(fd)
-    except (OSError, AttributeError, ValueError):
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    if hasattr(raw, "peek") or hasattr(raw, "raw"):
-        # A buffered reader may hold bytes already; only trust an unread file.
-        try:
-            pos = raw.tell()
-        except OSError:
-            return None
-        if pos != os.lseek(fd, 0, os.SEEK_CUR):
-            return None
-    else:
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
-    if compressed:
-        head = os.pread(fd, 6, pos)
-        if compression.detect(head) != "none":
-            return None
-    return fd
 
 
 class _Counting:

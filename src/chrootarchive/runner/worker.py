@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import _socket
 import contextlib
-import fcntl
 import os
 import threading
 
 from chrootarchive import _fdio, _wire
+from chrootarchive._fdio import pipe
 from chrootarchive._ring import RingWriter
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
@@ -46,8 +46,6 @@ else:
 
 __all__ = ["Running", "Worker", "pipe"]
 
-_F_SETPIPE_SZ = 1031
-_PIPE_SIZE = 1 << 20
 _MAX_RESULT = 16 << 20
 # Seconds between looks for a KeyboardInterrupt while the caller waits for the worker:
 # one that ``_thread.interrupt_main`` raised (no signal) waits for the next bytecode.
@@ -74,14 +72,6 @@ class Running(Protocol):
     def finish(self) -> JobReply: ...
 
     def close(self) -> None: ...
-
-
-def pipe(big: bool = False) -> tuple[int, int]:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    if big:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
-    return r, w
 
 
 def _boot(job: str) -> Booted:
