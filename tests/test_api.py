@@ -34,6 +34,56 @@ def test_bytes_like_sources(tmp_path: Path, kind: type) -> None:
     assert (tmp_path / "d" / "keep" / "a.txt").read_bytes() == b"a" * 3000
 
 
+class _Digesting(io.RawIOBase):
+    """A caller's reader that counts (as it might hash) what it gives, and passes its
+    file's ``fileno`` and ``tell`` on, as thin wrappers do."""
+
+    def __init__(self, inner: io.BufferedReader) -> None:
+        self.inner, self.given = inner, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = self.inner.readinto(buffer)
+        self.given += count
+        return count
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+
+@pytest.mark.parametrize("call", ["untar", "list_entries"])
+def test_a_file_object_that_is_not_a_plain_file_is_read_through(tmp_path: Path,
+                                                                call: str) -> None:
+    """Only a file the standard library opened is read by its descriptor (the worker's
+    own reads, a listing's lseek): another object's ``fileno`` may be that of what it
+    reads from (``gzip.open``'s: the compressed file), and a caller's wrapper must see
+    every byte it checks. Both were read by descriptor, the wrapper bypassed."""
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(small())
+    (tmp_path / "a.tar.gz").write_bytes(tb.compress(small(), "gzip"))
+
+    def run(source: object, name: str, **kw: object) -> list[str]:
+        if call == "untar":
+            chrootarchive.untar(source, tmp_path / name, **kw)  # type: ignore[arg-type]
+            return sorted(str(p.relative_to(tmp_path / name))
+                          for p in (tmp_path / name).rglob("*.txt"))
+        return sorted(e.name for e in chrootarchive.list_entries(source, **kw))  # type: ignore[arg-type]
+
+    import gzip
+
+    with gzip.open(tmp_path / "a.tar.gz") as unzipped:
+        assert run(unzipped, "g", detect_compression=False) == ["keep/a.txt", "skip/b.txt"]
+    with open(archive, "rb") as plain:
+        wrapper = _Digesting(plain)
+        assert run(wrapper, "w") == ["keep/a.txt", "skip/b.txt"]
+    assert wrapper.given == archive.stat().st_size
+
+
 @pytest.mark.parametrize("call", ["untar", "extractall"])
 def test_a_path_given_as_bytes_is_told_from_an_archive(tmp_path: Path, call: str) -> None:
     """``tarfile.open(b"/srv/upload.tar")`` opens that path; here bytes are the archive

@@ -443,6 +443,16 @@ def test_list_of_a_plain_tar_in_a_file_skips_each_entrys_data(tmp_path: Path) ->
     assert raised.value.entry == "big" and "truncated" in raised.value.message, raised.value
 
 
+def test_list_of_an_archive_that_cannot_be_read_says_so() -> None:
+    """A read error of the archive itself (EIO: /proc/self/mem at offset 0) is the
+    source's (exit status 4), named; it was reported as standard output's ("cannot
+    write the listing")."""
+    result = run_cli("list", "/proc/self/mem")
+    line = assert_one_line_error(result, rc=4, mentions=("/proc/self/mem",
+                                                         "cannot read the archive"))
+    assert "Input/output error" in line and "standard output" not in line, line
+
+
 def test_missing_archive_is_not_an_internal_error(tmp_path: Path) -> None:
     result = run_cli("untar", tmp_path / "no-such.tar", tmp_path / "dest")
     line = assert_one_line_error(result, rc=(1, 2, 4), mentions=("no-such.tar",))

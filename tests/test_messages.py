@@ -55,6 +55,11 @@ def test_printable_escapes_each_ascii_character_as_before(backslash: bool) -> No
     plain = "usr/share/doc/base-files/README.Debian ~!@#$%^&*()_+`-=[]{};':\",./<>?"
     assert printable(plain) is plain
 
+    class Name(str):
+        pass
+
+    assert type(printable(Name("a/b"))) is str  # a str, as the loop's join gives
+
 
 def test_error_str_escapes_and_shortens_entry() -> None:
     err = MalformedArchiveError("truncated data", "x" * 2100 + "\x1b[32mOK")

@@ -193,6 +193,34 @@ def test_a_record_is_frozen() -> None:
     assert record.size == 0
 
 
+def test_every_field_by_name_in_order_is_the_same_record() -> None:
+    """A record made with every field by name, in order (the fast path a listing's
+    entries take), is the one made any other way; a plain subclass that makes a field
+    a read-only property refuses it either way, as the dataclass's does."""
+    from chrootarchive.operations.listing import ListedEntry
+
+    values: dict[str, Any] = {"name": "a", "kind": "file", "mode": 0o644, "uid": 1,
+                              "gid": 2, "size": 3, "mtime": 4.0, "linkname": "",
+                              "devmajor": 0, "devminor": 0}
+    fast = ListedEntry(**values)
+    slow = ListedEntry(*values.values())
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
+    assert vars(fast) == vars(slow) and list(vars(fast)) == list(values)
+    assert dataclasses.asdict(fast) == values
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.size = 5  # type: ignore[misc]
+
+    class Sized(ListedEntry):
+        @property
+        def size(self) -> int:
+            return 0
+
+    with pytest.raises(AttributeError):
+        Sized(**values)
+    with pytest.raises(AttributeError):
+        Sized(*values.values())
+
+
 def test_a_default_after_no_default_is_refused_as_dataclasses_refuses_it() -> None:
     for decorate in (make_record, dataclasses.dataclass(frozen=True)):
         class Body:

@@ -96,9 +96,10 @@ def _is_record(cls: type) -> bool:
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     names = cls.__record_fields__
-    if not args and tuple(kwargs) == names:
+    if not args and tuple(kwargs) == names and "__record_fields__" in cls.__dict__:
         # Every field by name, in order (a listing's entries: 4 us each by the loop
-        # below, a fifth of listing 200k names): the values are the instance's own.
+        # below, a fifth of listing 200k names): the values are the instance's own. Not
+        # for a plain subclass, which may define a property of a field's name.
         self.__dict__.update(kwargs)
         post_init = getattr(self, "__post_init__", None)
         if post_init is not None:

@@ -23,8 +23,11 @@ from chrootarchive._record import record
 from chrootarchive._threads import wait_ended
 from chrootarchive.errors import (
     NOT_A_TAR,
+    ChrootArchiveError,
     LimitExceededError,
     MalformedArchiveError,
+    SourceError,
+    from_os_error,
     printable,
 )
 from chrootarchive.operations import compression
@@ -110,8 +113,9 @@ def list_entries(source: Source, *, detect_compression: bool = True,
     unpacking anything.
 
     ``limits`` (default ``Limits()``): those of an unpack but ``reserve``;
-    ``max_bytes`` counts the decompressed tar stream read (headers and data: a listing
-    reads through every entry's data to reach the next header).
+    ``max_bytes`` counts the decompressed tar stream (headers and data: a listing reads
+    through every entry's data to reach the next header, or skips it by ``lseek`` in a
+    plain tar in a regular file).
 
     Raises:
         LimitExceededError: a limit was crossed (after the entries before).
@@ -124,6 +128,12 @@ def list_entries(source: Source, *, detect_compression: bool = True,
     except MalformedArchiveError as err:
         name_archive(err, source)
         raise
+    except ChrootArchiveError:
+        raise
+    except OSError as err:  # reading the archive (EIO): not the caller's standard output
+        named = isinstance(source, (str, os.PathLike)) and os.fspath(source) != "-"
+        raise from_os_error(err, os.fspath(source) if named else None,  # type: ignore[arg-type]
+                            kind=SourceError, action="cannot read the archive") from err
 
 
 def _limit(limit: str, value: float, unit: str, entry: str | None,

@@ -131,7 +131,16 @@ def _names_a_file(data: bytes) -> bool:
 def plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:
     """The fd of a plain tar in a regular file, unread: the worker reads it directly, and
     a listing skips each entry's data by ``lseek``. ``compressed``: the file may be
-    compressed (its first bytes are looked at; a compressed one gives None)."""
+    compressed (its first bytes are looked at; a compressed one gives None).
+
+    Only for a file the standard library opened (a path, standard input, ``open(...,
+    "rb")``): another object's ``fileno`` may be that of what it reads from, not of what
+    it gives (``gzip.open``'s is the compressed file's), and a caller's wrapper that
+    checks what it reads (a digest, a limit) must be read through."""
+    buffered = type(raw) in (io.BufferedReader, io.BufferedRandom)
+    inner = getattr(raw, "raw", None) if buffered else raw
+    if type(inner) is not io.FileIO:
+        return None
     try:
         fd = raw.fileno()
         st = os.fstat(fd)
