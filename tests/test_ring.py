@@ -364,25 +364,6 @@ def test_the_pages_the_worker_let_go_are_given_back_at_the_end(length: int,
     assert not reader.is_alive()
 
 
-def test_the_first_bytes_are_asked_for_in_a_small_step() -> None:
-    """The worker waits for the stream's first bytes: the decompressor is asked for 64
-    KiB of them first, then for twice as much at each step, up to a megabyte."""
-    asked: list[int] = []
-    source = io.BytesIO(bytes(5 << 20))
-
-    def readinto(buffer: memoryview) -> int:
-        asked.append(len(buffer))
-        return source.readinto(buffer)
-
-    ring = _ring.RingWriter(8 << 20)  # room for it all: no worker needed
-    try:
-        assert ring.fill(readinto)
-    finally:
-        ring.close()
-    kib = [size >> 10 for size in asked]
-    assert kib[:6] == [64, 128, 256, 512, 1024, 1024], kib
-
-
 def test_the_feeding_gives_the_pages_back_once_the_stream_has_ended(
         tmp_path: Path, small_ring: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The feeding thread releases the ring's pages after the stream's last byte, once

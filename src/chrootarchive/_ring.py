@@ -55,10 +55,6 @@ SIZE = 64 << 20
 # nineteenth round).
 WINDOW = 4 << 20
 _FILL_STEP = 1 << 20  # bytes asked of the decompressor at a time
-# The first step's bytes, doubled at each step up to _FILL_STEP: the worker waits for
-# the stream's first bytes, and a decompressor's first megabyte took 3.4 ms of which
-# 1.1 came before its first 64 KiB (rootfs.tar.zst, docs/performance.md).
-_FIRST_STEP = 64 << 10
 _RELEASE_READS = 64  # reads of the freed pipe before release_consumed gives up
 NOTHING_PINNED = 1 << 62  # what RingInput.pinned gives when no copy holds the ring
 _OFFSET = struct.Struct("<Q")
@@ -127,13 +123,11 @@ class RingWriter:
         on the buffer it is given (the windows are unmapped): zstandard's C backend and
         the standard library's files do not. False when the worker is gone."""
         scratch = memoryview(bytearray(min(_FILL_STEP, self.size)))
-        step = _FIRST_STEP
         while self._end < self.size:  # the first lap
             room = self._room()
             if not room:
                 return False
-            done = readinto(scratch[:min(room, self.size - self._end, step)])
-            step = min(step * 2, len(scratch))
+            done = readinto(scratch[:min(room, self.size - self._end)])
             if not done:
                 return True
             if not self.write(scratch[:done]):
