@@ -144,11 +144,11 @@ def plain_regular_fd(raw: BinaryIO, compressed: bool) -> int | None:
     try:
         fd = raw.fileno()
         st = os.fstat(fd)
-    except (OSError, AttributeError, ValueError):
+    except (OSError, ValueError):  # ValueError: closed
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    if hasattr(raw, "peek") or hasattr(raw, "raw"):
+    if buffered:
         # A buffered reader may hold bytes already; only trust an unread file.
         try:
             pos = raw.tell()

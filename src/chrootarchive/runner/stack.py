@@ -22,7 +22,7 @@ from chrootarchive.contract import JobReply, JobRequest
 from chrootarchive.errors import ChrootArchiveError, WorkerError
 from chrootarchive.jail.confine import IN_PROCESS
 from chrootarchive.runner import ladder, pump, standby
-from chrootarchive.runner.worker import Running, pipe
+from chrootarchive.runner.worker import Running
 
 __all__ = ["Stack", "start"]
 
@@ -71,7 +71,7 @@ class Stack:
 
     def _feed_pipe(self, channel: _socket.socket, chunks: Iterable[bytes]
                    ) -> BaseException | None:
-        read_end, write_end = pipe(big=True)
+        read_end, write_end = _fdio.pipe(big=True)
         _fdio.guard(write_end)  # its end is the layer's: no fork may hold it
         try:
             _channel.send_layer(channel, (read_end,))

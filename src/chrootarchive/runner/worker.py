@@ -20,7 +20,6 @@ import os
 import threading
 
 from chrootarchive import _fdio, _wire
-from chrootarchive._fdio import pipe
 from chrootarchive._ring import RingWriter
 from chrootarchive.contract import JobReply, JobRequest, decode_reply
 from chrootarchive.errors import ChrootArchiveError, WorkerError
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object  # no typing at run time (start-up): a plain class stands in
 
-__all__ = ["Running", "Worker", "pipe"]
+__all__ = ["Running", "Worker"]
 
 _MAX_RESULT = 16 << 20
 # Seconds between looks for a KeyboardInterrupt while the caller waits for the worker:
@@ -150,7 +149,7 @@ class Worker:
                     _fdio.guard(sync_child.fileno())
                 # What a fork made meanwhile must not keep (_fdio.guard): the ends whose
                 # closing tells the worker, or us, that the other side is done.
-                self._res_r, res_w = pipe()
+                self._res_r, res_w = _fdio.pipe()
                 _fdio.guard(res_w)
                 if ring:
                     self.ring = RingWriter()
@@ -158,13 +157,13 @@ class Worker:
                     passed = {"result": res_w, "root": root_fd, **self.ring.child_fds()}
                 else:
                     if stdin is None:
-                        child_stdin, self.stdin_w = pipe(big=True)
+                        child_stdin, self.stdin_w = _fdio.pipe(big=True)
                         _fdio.guard(self.stdin_w)
                     else:
                         child_stdin = stdin
                     passed = {"result": res_w, "root": root_fd, "stdin": child_stdin}
                 if stdout_pipe:
-                    self.stdout_r, child_stdout = pipe(big=True)
+                    self.stdout_r, child_stdout = _fdio.pipe(big=True)
                     _fdio.guard(child_stdout)
             if child_stdout is not None:
                 passed["stdout"] = child_stdout
